@@ -1,0 +1,62 @@
+use tonic::{Request, Response, Status};
+use weave_proto::{
+    cidr::parse_address,
+    v1::{
+        AllocateRequest, Allocation, ListAllocationsRequest, ListAllocationsResponse, ReleaseRequest, ReleaseResponse,
+        ipam_service_server::IpamService,
+    },
+};
+
+use super::Shared;
+use crate::{error::Error, store::AllocationFilter};
+
+pub struct Ipam(pub Shared);
+
+fn opt(s: &str) -> Option<&str> {
+    Some(s.trim()).filter(|s| !s.is_empty())
+}
+
+#[tonic::async_trait]
+impl IpamService for Ipam {
+    #[tracing::instrument(skip_all, fields(container = %request.get_ref().container, subnet = %request.get_ref().subnet))]
+    async fn allocate(&self, request: Request<AllocateRequest>) -> Result<Response<Allocation>, Status> {
+        let caller = self.0.caller(&request).await?;
+        let r = request.get_ref();
+        let node = self.0.target_node(&caller, &r.node).await?;
+        let explicit = match opt(&r.address) {
+            Some(a) => Some(parse_address(a).ok_or_else(|| {
+                Error::InvalidArgument(format!("'{a}' is not an address (like 10.2.3.7 or 10.2.3.7/24)"))
+            })?),
+            None => None,
+        };
+        let allocation = self.0.store.allocate(node, &r.container, &r.subnet, explicit, opt(&r.dns_name)).await?;
+        Ok(Response::new(allocation))
+    }
+
+    #[tracing::instrument(skip_all, fields(container = %request.get_ref().container, subnet = %request.get_ref().subnet))]
+    async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
+        let caller = self.0.caller(&request).await?;
+        let r = request.get_ref();
+        let node = self.0.target_node(&caller, &r.node).await?;
+        let (released, records) = self.0.store.release(node, r.container.trim(), opt(&r.subnet)).await?;
+        Ok(Response::new(ReleaseResponse { released, removed_dns_records: records }))
+    }
+
+    async fn list_allocations(
+        &self,
+        request: Request<ListAllocationsRequest>,
+    ) -> Result<Response<ListAllocationsResponse>, Status> {
+        self.0.caller(&request).await?;
+        let r = request.get_ref();
+        let node_id = match opt(&r.node) {
+            Some(n) => Some(self.0.store.node(n).await?.id),
+            None => None,
+        };
+        let filter = AllocationFilter {
+            node_id,
+            subnet: opt(&r.subnet).map(str::to_string),
+            container: opt(&r.container).map(str::to_string),
+        };
+        Ok(Response::new(ListAllocationsResponse { allocations: self.0.store.list_allocations(&filter).await? }))
+    }
+}

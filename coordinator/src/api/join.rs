@@ -1,0 +1,65 @@
+use tonic::{Request, Response, Status};
+use weave_proto::{
+    key::WgPublicKey,
+    token::{JoinToken, hash_secret},
+    v1::{JoinRequest, JoinResponse, join_service_server::JoinService},
+};
+
+use super::Shared;
+use crate::{error::Error, identity::new_secret, store};
+
+pub struct Join(pub Shared);
+
+/// A host name: what DNS allows in one label, so nodes can be named in records later.
+fn check_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && name.parse::<i64>().is_err();
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "node name '{name}' is not valid: use 1-63 letters, digits, '-', '_' or '.' (not only digits)"
+        )))
+    }
+}
+
+pub(super) fn check_endpoints(endpoints: &[String]) -> Result<(), Error> {
+    match endpoints.iter().find(|e| e.parse::<std::net::SocketAddr>().is_err()) {
+        Some(bad) => Err(Error::InvalidArgument(format!("endpoint '{bad}' is not ip:port"))),
+        None => Ok(()),
+    }
+}
+
+#[tonic::async_trait]
+impl JoinService for Join {
+    #[tracing::instrument(skip_all, fields(node = %request.get_ref().name))]
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let r = request.into_inner();
+        let token = JoinToken::parse(&r.token).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        if token.pin != self.0.pin {
+            return Err(Error::Unauthenticated("this join token was issued by another coordinator".into()).into());
+        }
+        let name = r.name.trim().to_string();
+        check_name(&name)?;
+        let key = WgPublicKey::from_bytes(&r.public_key).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        check_endpoints(&r.endpoints)?;
+        let credential = new_secret();
+        let joined = self
+            .0
+            .store
+            .join(store::JoinRequest {
+                token_id: token.id.clone(),
+                token_secret_hash: hash_secret(&token.secret),
+                name,
+                public_key: *key.as_bytes(),
+                endpoints: r.endpoints,
+                credential_hash: hash_secret(&credential),
+            })
+            .await?;
+        tracing::info!(node = %joined.node.name, address = %joined.node.address, key = %key.to_base64().get(..8).unwrap_or(""), new = joined.new, token = %token.id, "node joined");
+        let map = self.0.store.snapshot().await?;
+        Ok(Response::new(JoinResponse { node: Some(joined.node), credential, map: Some(map) }))
+    }
+}

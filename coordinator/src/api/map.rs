@@ -1,0 +1,102 @@
+//! The network-map watch: a snapshot, then every change in revision order.
+//! Changes are read back from the event log, so a watcher can never skip one;
+//! the revision channel only says when to look.
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use weave_proto::v1::{
+    GetMapRequest, NetworkMap, WatchEvent, WatchRequest, map_service_server::MapService, watch_event,
+};
+
+use super::Shared;
+use crate::store::Events;
+
+pub struct Map(pub Shared);
+
+const BATCH: i64 = 1000;
+
+/// Decrements the watcher count when the stream task ends, however it ends.
+struct WatcherGuard(Shared);
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn send_snapshot(state: &Shared, tx: &mpsc::Sender<Result<WatchEvent, Status>>) -> Option<u64> {
+    match state.store.snapshot().await {
+        Ok(map) => {
+            let revision = map.revision;
+            let event = WatchEvent { revision, event: Some(watch_event::Event::Snapshot(map)) };
+            tx.send(Ok(event)).await.ok().map(|_| revision)
+        }
+        Err(e) => {
+            let _ = tx.send(Err(e.into())).await;
+            None
+        }
+    }
+}
+
+async fn stream(state: Shared, from: u64, tx: mpsc::Sender<Result<WatchEvent, Status>>) {
+    let _guard = WatcherGuard(state.clone());
+    let mut revisions = state.store.revisions();
+    let mut seen = if from == 0 {
+        match send_snapshot(&state, &tx).await {
+            Some(r) => r,
+            None => return,
+        }
+    } else {
+        from
+    };
+    loop {
+        match state.store.events_after(seen, BATCH).await {
+            Ok(Events::NeedSnapshot) => match send_snapshot(&state, &tx).await {
+                Some(r) => seen = r,
+                None => return,
+            },
+            Ok(Events::Changes(changes)) => {
+                let caught_up = (changes.len() as i64) < BATCH;
+                for (revision, change) in changes {
+                    let event = WatchEvent { revision, event: Some(watch_event::Event::Change(change)) };
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                    seen = revision;
+                }
+                if caught_up {
+                    tokio::select! {
+                        r = revisions.wait_for(|r| *r > seen) => if r.is_err() { return },
+                        _ = tx.closed() => return,
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl MapService for Map {
+    type WatchStream = ReceiverStream<Result<WatchEvent, Status>>;
+
+    #[tracing::instrument(skip_all, fields(from = request.get_ref().from_revision))]
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = self.0.caller(&request).await?;
+        tracing::debug!(?caller, "watch opened");
+        let (tx, rx) = mpsc::channel(256);
+        self.0.watchers.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(stream(self.0.clone(), request.get_ref().from_revision, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_map(&self, request: Request<GetMapRequest>) -> Result<Response<NetworkMap>, Status> {
+        self.0.caller(&request).await?;
+        Ok(Response::new(self.0.store.snapshot().await?))
+    }
+}

@@ -1,0 +1,95 @@
+//! gRPC services, one file each. A handler authenticates the caller, checks
+//! its role, converts the request, calls the store, and converts back.
+//!
+//! Roles: admin may call everything; a node may read (map, nodes, subnets,
+//! allocations, records, status) and change only its own endpoints,
+//! allocations and DNS records. Join is authenticated by its token alone.
+
+mod dns;
+mod ipam;
+mod join;
+mod map;
+mod nodes;
+mod status;
+mod subnets;
+mod tokens;
+
+use std::sync::{Arc, atomic::AtomicU32};
+
+use tonic::{Request, Status};
+use weave_proto::token::{Pin, hash_secret};
+
+pub use self::{
+    dns::Dns, ipam::Ipam, join::Join, map::Map, nodes::Nodes, status::StatusApi, subnets::Subnets, tokens::Tokens,
+};
+use crate::{
+    error::Error,
+    store::{Caller, Cluster, Store},
+};
+
+/// What every service shares.
+pub struct State {
+    pub store: Store,
+    pub cluster: Cluster,
+    /// host:port put into join tokens.
+    pub advertise: String,
+    pub pin: Pin,
+    pub token_ttl: Option<std::time::Duration>,
+    pub started_at: i64,
+    /// Watch streams open now.
+    pub watchers: AtomicU32,
+}
+
+pub type Shared = Arc<State>;
+
+impl State {
+    /// The caller behind the request's bearer credential.
+    pub async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        let header = req.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated("no credential: pass the admin credential (weavectl) or a node credential")
+        })?;
+        let secret = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("the authorization header is not 'Bearer <credential>'"))?;
+        // weavectl may pass the whole admin credential string; only its secret is checked.
+        let secret = match weave_proto::token::AdminCredential::parse(secret) {
+            Ok(admin) => admin.secret,
+            Err(_) => secret.to_string(),
+        };
+        self.store.caller(&hash_secret(&secret)).await.map_err(Status::from)?.ok_or_else(|| {
+            Status::unauthenticated(
+                "credential not recognised by this coordinator (wrong coordinator, or the node was removed)",
+            )
+        })
+    }
+
+    pub async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        match self.caller(req).await? {
+            Caller::Admin => Ok(()),
+            Caller::Node { name, .. } => {
+                Err(Status::permission_denied(format!("node {name} may not do this: it needs the admin role")))
+            }
+        }
+    }
+
+    /// The node a node-scoped call acts on: a node caller acts on itself (and
+    /// may name only itself); an admin must name the node.
+    pub async fn target_node(&self, caller: &Caller, requested: &str) -> Result<u64, Status> {
+        let requested = requested.trim();
+        match caller {
+            Caller::Node { id, name } => {
+                if requested.is_empty() || requested == name || requested == id.to_string() {
+                    Ok(*id)
+                } else {
+                    Err(Status::permission_denied(format!("node {name} may act only on itself, not on '{requested}'")))
+                }
+            }
+            Caller::Admin if requested.is_empty() => {
+                Err(Error::InvalidArgument("name the node this is for (admin callers act on any node)".into()).into())
+            }
+            Caller::Admin => Ok(self.store.node(requested).await?.id),
+        }
+    }
+}

@@ -1,0 +1,37 @@
+use tonic::{Request, Response, Status};
+use weave_proto::v1::{
+    ListNodesRequest, ListNodesResponse, Node, RemoveNodeRequest, RemoveNodeResponse, UpdateEndpointsRequest,
+    node_service_server::NodeService,
+};
+
+use super::{Shared, join::check_endpoints};
+
+pub struct Nodes(pub Shared);
+
+#[tonic::async_trait]
+impl NodeService for Nodes {
+    async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+        self.0.caller(&request).await?;
+        Ok(Response::new(ListNodesResponse { nodes: self.0.store.list_nodes().await? }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %request.get_ref().node))]
+    async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
+        self.0.admin(&request).await?;
+        let (node, allocations, records) = self.0.store.remove_node(&request.get_ref().node).await?;
+        tracing::info!(node = %node.name, allocations, records, "node removed");
+        Ok(Response::new(RemoveNodeResponse {
+            node: Some(node),
+            released_allocations: allocations,
+            removed_dns_records: records,
+        }))
+    }
+
+    async fn update_endpoints(&self, request: Request<UpdateEndpointsRequest>) -> Result<Response<Node>, Status> {
+        let caller = self.0.caller(&request).await?;
+        let r = request.get_ref();
+        let node = self.0.target_node(&caller, &r.node).await?;
+        check_endpoints(&r.endpoints)?;
+        Ok(Response::new(self.0.store.update_endpoints(node, &r.endpoints).await?))
+    }
+}

@@ -1,0 +1,71 @@
+use tonic::{Request, Response, Status};
+use weave_proto::{
+    token::{JoinToken, hash_secret},
+    v1::{
+        CreateTokenRequest, CreateTokenResponse, ListTokensRequest, ListTokensResponse, RevokeTokenRequest, Token,
+        token_service_server::TokenService,
+    },
+};
+
+use super::Shared;
+use crate::{
+    identity::{new_id, new_secret},
+    store::NewToken,
+};
+
+pub struct Tokens(pub Shared);
+
+impl Tokens {
+    /// Creates a token and returns it with its one-string form (shown once).
+    pub async fn create(
+        state: &super::State,
+        ttl_seconds: Option<u64>,
+        uses: Option<u32>,
+        description: String,
+    ) -> Result<(Token, JoinToken), crate::error::Error> {
+        let (id, secret) = (new_id(), new_secret());
+        let token = state
+            .store
+            .create_token(NewToken {
+                id: id.clone(),
+                secret_hash: hash_secret(&secret),
+                ttl_seconds,
+                uses,
+                description,
+            })
+            .await?;
+        let join = JoinToken { coordinator: state.advertise.clone(), pin: state.pin, id, secret };
+        Ok((token, join))
+    }
+}
+
+#[tonic::async_trait]
+impl TokenService for Tokens {
+    #[tracing::instrument(skip_all)]
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        self.0.admin(&request).await?;
+        let r = request.into_inner();
+        let ttl = match r.ttl_seconds {
+            0 => self.0.token_ttl.map(|d| d.as_secs()),
+            s => Some(s),
+        };
+        let uses = Some(r.uses).filter(|u| *u > 0);
+        let (token, join) = Self::create(&self.0, ttl, uses, r.description).await?;
+        tracing::info!(token = %token.id, expires_at = token.expires_at, uses = ?uses, "join token created");
+        Ok(Response::new(CreateTokenResponse { token: Some(token), secret_token: join.to_string() }))
+    }
+
+    async fn list_tokens(&self, request: Request<ListTokensRequest>) -> Result<Response<ListTokensResponse>, Status> {
+        self.0.admin(&request).await?;
+        Ok(Response::new(ListTokensResponse { tokens: self.0.store.list_tokens().await? }))
+    }
+
+    #[tracing::instrument(skip_all, fields(token = %request.get_ref().id))]
+    async fn revoke_token(&self, request: Request<RevokeTokenRequest>) -> Result<Response<Token>, Status> {
+        self.0.admin(&request).await?;
+        Ok(Response::new(self.0.store.revoke_token(&request.get_ref().id).await?))
+    }
+}

@@ -1,0 +1,149 @@
+//! `coordinator serve` flags, every one also readable from a `WEAVE_*`
+//! variable, and their validation into [`Settings`].
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use ipnet::IpNet;
+use weave_proto::cidr::parse_subnet;
+
+use crate::{ipam, store::ClusterSettings};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address for the gRPC API (TLS).
+    #[arg(long, env = "WEAVE_LISTEN", default_value = "0.0.0.0:6783")]
+    pub listen: SocketAddr,
+    /// host:port that agents and weavectl use to reach this coordinator; it goes
+    /// into join tokens. Default: the listen address, or this host's first
+    /// non-loopback address when listening on all addresses.
+    #[arg(long, env = "WEAVE_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Database, TLS identity and admin credential live here.
+    #[arg(long, env = "WEAVE_DATA_DIR", default_value = "/var/lib/weave")]
+    pub data_dir: PathBuf,
+    /// The allocation range: the default subnet and the node addresses come from it.
+    #[arg(long, env = "WEAVE_RANGE", default_value = "10.32.0.0/12")]
+    pub range: String,
+    /// Subnet for `net:default` [default: the first /16 of --range]
+    #[arg(long, env = "WEAVE_DEFAULT_SUBNET")]
+    pub default_subnet: Option<String>,
+    /// Block for node addresses; no subnet may overlap it [default: the last /16 of --range]
+    #[arg(long, env = "WEAVE_NODE_RANGE")]
+    pub node_range: Option<String>,
+    /// DNS domain served by the agents.
+    #[arg(long, env = "WEAVE_DNS_DOMAIN", default_value = "weave.local.")]
+    pub dns_domain: String,
+    /// Lifetime of join tokens created without --ttl, and of the one printed at first start.
+    #[arg(long, env = "WEAVE_TOKEN_TTL", default_value = "24h")]
+    pub token_ttl: String,
+}
+
+/// Checked settings for one coordinator process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    pub cluster: ClusterSettings,
+    pub token_ttl: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+fn flag(name: &str, e: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("--{name}: {e}"))
+}
+
+impl ServeArgs {
+    /// Defaults as `coordinator serve` has them, with another data dir and listen address.
+    pub fn for_data_dir(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            advertise: None,
+            data_dir,
+            range: "10.32.0.0/12".into(),
+            default_subnet: None,
+            node_range: None,
+            dns_domain: "weave.local.".into(),
+            token_ttl: "24h".into(),
+        }
+    }
+
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let range = parse_subnet(&self.range).map_err(|e| flag("range", e))?;
+        let (default_default, default_nodes) = ipam::default_layout(&range);
+        let parse = |name: &str, v: &Option<String>, d: IpNet| match v {
+            Some(s) => parse_subnet(s).map_err(|e| flag(name, e)),
+            None => Ok(d),
+        };
+        let default_subnet = parse("default-subnet", &self.default_subnet, default_default)?;
+        let node_range = parse("node-range", &self.node_range, default_nodes)?;
+        for (name, net) in [("default-subnet", default_subnet), ("node-range", node_range)] {
+            if !range.contains(&net) {
+                return Err(flag(name, format!("{net} is not inside --range {range}")));
+            }
+        }
+        if ipam::overlaps(&default_subnet, &node_range) {
+            return Err(ConfigError(format!(
+                "--default-subnet {default_subnet} overlaps --node-range {node_range}; they must be disjoint"
+            )));
+        }
+        let domain = self.dns_domain.trim().trim_end_matches('.').to_ascii_lowercase();
+        if domain.is_empty()
+            || !domain.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            return Err(flag("dns-domain", format!("'{}' is not a domain name", self.dns_domain)));
+        }
+        if let Some(a) = &self.advertise {
+            if !a.contains(':') {
+                return Err(flag("advertise", format!("'{a}' should be host:port")));
+            }
+        }
+        let token_ttl = weave_proto::duration::parse(&self.token_ttl).map_err(|e| flag("token-ttl", e))?;
+        Ok(Settings {
+            listen: self.listen,
+            advertise: self.advertise.clone(),
+            data_dir: self.data_dir.clone(),
+            cluster: ClusterSettings { range, node_range, default_subnet, dns_domain: format!("{domain}.") },
+            token_ttl,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs::for_data_dir("/tmp/x".into(), "127.0.0.1:0".parse().unwrap())
+    }
+
+    #[test]
+    fn defaults_split_the_weave_range() {
+        let s = args().settings().unwrap();
+        assert_eq!(s.cluster.default_subnet.to_string(), "10.32.0.0/16");
+        assert_eq!(s.cluster.node_range.to_string(), "10.47.0.0/16");
+        assert_eq!(s.cluster.dns_domain, "weave.local.");
+        assert_eq!(s.token_ttl, Some(Duration::from_secs(86_400)));
+    }
+
+    #[test]
+    fn bad_flags_name_the_flag() {
+        let mut a = args();
+        a.range = "10.32.0.1/12".into();
+        assert!(a.settings().unwrap_err().to_string().starts_with("--range: "));
+        let mut a = args();
+        a.default_subnet = Some("10.2.0.0/16".into());
+        assert_eq!(
+            a.settings().unwrap_err().to_string(),
+            "--default-subnet: 10.2.0.0/16 is not inside --range 10.32.0.0/12"
+        );
+        let mut a = args();
+        a.node_range = Some("10.32.0.0/24".into());
+        assert!(a.settings().unwrap_err().to_string().contains("overlaps"));
+        let mut a = args();
+        a.dns_domain = "bad domain".into();
+        assert!(a.settings().is_err());
+    }
+}

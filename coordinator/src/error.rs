@@ -1,0 +1,62 @@
+//! What can go wrong in the coordinator, and the one place it becomes a gRPC status.
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed: bad CIDR, host bits, bad name, bad key.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A named thing (node, subnet, token, container, record) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// It exists already, or conflicts with something that does (overlap, taken name, held address).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The state forbids it now (subnet still in use, token revoked or spent).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A subnet or the node block has no free address.
+    #[error("{0}")]
+    Exhausted(String),
+    /// No credential, or one the coordinator does not know.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A known caller asked for something its role does not allow.
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Exhausted(_) => Code::ResourceExhausted,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            // A constraint the code should have checked first: still a conflict,
+            // and the caller learns which rule it broke.
+            Error::Database(sqlx::Error::Database(db)) if db.is_unique_violation() => Code::AlreadyExists,
+            Error::Database(sqlx::Error::Database(db)) if db.message().contains("overlaps") => Code::AlreadyExists,
+            Error::Database(_) | Error::Migrate(_) => {
+                tracing::error!(error = %e, "internal error");
+                Code::Internal
+            }
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<weave_proto::cidr::CidrError> for Error {
+    fn from(e: weave_proto::cidr::CidrError) -> Self {
+        Error::InvalidArgument(e.to_string())
+    }
+}

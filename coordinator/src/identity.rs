@@ -1,0 +1,94 @@
+//! The coordinator's identity on disk: a self-signed certificate whose public
+//! key is pinned by every token, and the admin credential file weavectl reads.
+//! Made on first start, reused after; secret files are mode 0600.
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+};
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use rand::RngCore;
+use rcgen::{CertificateParams, DnType, KeyPair, PublicKeyData};
+use weave_proto::{client::SERVER_NAME, token::Pin};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a usable key or certificate: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
+    move |source| IdentityError::Io { path: path.to_path_buf(), source }
+}
+
+pub struct TlsIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub pin: Pin,
+}
+
+/// 256 random bits, base64url: the form of every secret weave hands out.
+pub fn new_secret() -> String {
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+/// 64 random bits as 16 hex digits: public ids (join tokens).
+pub fn new_id() -> String {
+    let mut b = [0u8; 8];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+pub fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))
+}
+
+/// Writes `contents` to `path` with mode 0600, atomically (temp file + rename).
+pub fn write_secret_file(path: &Path, contents: &str) -> Result<(), IdentityError> {
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
+    f.write_all(contents.as_bytes()).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Loads `tls/coordinator.{crt,key}` under `dir`, creating them on first start.
+/// Returns the identity and whether it was created now.
+pub fn load_or_create_tls(dir: &Path) -> Result<(TlsIdentity, bool), IdentityError> {
+    let tls = dir.join("tls");
+    let (cert_path, key_path) = (tls.join("coordinator.crt"), tls.join("coordinator.key"));
+    if key_path.exists() {
+        let key_pem = fs::read_to_string(&key_path).map_err(io(&key_path))?;
+        let cert_pem = fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| IdentityError::Invalid { path: key_path.clone(), reason: e.to_string() })?;
+        let pin = Pin::of_spki(&key.subject_public_key_info());
+        return Ok((TlsIdentity { cert_pem, key_pem, pin }, false));
+    }
+    create_private_dir(&tls)?;
+    let invalid = |e: rcgen::Error| IdentityError::Invalid { path: cert_path.clone(), reason: e.to_string() };
+    let key = KeyPair::generate().map_err(invalid)?;
+    let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(invalid)?;
+    params.distinguished_name.push(DnType::CommonName, "weave coordinator");
+    let cert = params.self_signed(&key).map_err(invalid)?;
+    let identity = TlsIdentity {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        pin: Pin::of_spki(&key.subject_public_key_info()),
+    };
+    write_secret_file(&key_path, &identity.key_pem)?;
+    fs::write(&cert_path, &identity.cert_pem).map_err(io(&cert_path))?;
+    Ok((identity, true))
+}
+
+/// Where `coordinator serve` writes the admin credential, and where weavectl
+/// looks for it on the coordinator host.
+pub fn admin_credential_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.credential")
+}

@@ -1,0 +1,21 @@
+//! The weave coordinator: the one owner of the cluster's truth.
+//!
+//! - [`config`]: `coordinator serve` flags (each also a `WEAVE_*` variable), checked at start.
+//! - [`identity`]: the TLS certificate and key, the pin, the admin credential file.
+//! - [`store`]: the only SQL (SQLite through sqlx); every change one transaction
+//!   plus one map event.
+//! - [`ipam`]: pure address arithmetic.
+//! - [`api`]: one file per gRPC service; handlers check the caller's role,
+//!   convert, and call the store.
+//! - [`server`]: start-up order and the tonic server with health and reflection.
+//! - [`error`]: the error enum and its one mapping to gRPC status codes.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod ipam;
+pub mod server;
+pub mod store;
+
+pub use server::{Running, start};

@@ -1,0 +1,73 @@
+//! `coordinator serve`: parse flags, init tracing, start, wait for SIGINT/SIGTERM.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use weave_coordinator::config::ServeArgs;
+
+#[derive(Parser)]
+#[command(name = "coordinator", version, about = "weave coordinator: the cluster's gRPC API and store")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gRPC API (creates the database, TLS identity and admin credential on first start).
+    Serve(ServeArgs),
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        }
+        // Without signal handlers the process still ends on a signal, just not gracefully.
+        _ => std::future::pending().await,
+    }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let Command::Serve(args) = Cli::parse().command;
+    let settings = match args.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("coordinator: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let data_dir = settings.data_dir.clone();
+    let running = match weave_coordinator::start(settings, shutdown_signal()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("coordinator: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("coordinator listening on {} (advertised as {})", running.local_addr, running.advertise);
+    println!("admin credential: {}", weave_coordinator::identity::admin_credential_path(&data_dir).display());
+    match &running.first_token {
+        Some(token) => println!("join token (first start): {token}\n  on each host: agent join --token {token}"),
+        None => println!("more join tokens: weavectl token create"),
+    }
+    match running.task.await {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("coordinator: {}", weave_proto::client::error_chain(&e));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("coordinator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

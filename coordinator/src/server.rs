@@ -1,0 +1,123 @@
+//! Start-up, in order: data dir, TLS identity, database, cluster settings,
+//! listener, admin credential, first join token; then serve until shutdown.
+use std::{
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, atomic::AtomicU32},
+};
+
+use tokio::{net::TcpListener, task::JoinHandle};
+use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
+use weave_proto::{
+    token::{AdminCredential, JoinToken, hash_secret},
+    v1::{
+        dns_service_server::DnsServiceServer, ipam_service_server::IpamServiceServer,
+        join_service_server::JoinServiceServer, map_service_server::MapServiceServer,
+        node_service_server::NodeServiceServer, status_service_server::StatusServiceServer,
+        subnet_service_server::SubnetServiceServer, token_service_server::TokenServiceServer,
+    },
+};
+
+use crate::{
+    api::{self, State},
+    config::Settings,
+    identity::{self, admin_credential_path, create_private_dir, load_or_create_tls, new_secret, write_secret_file},
+    store::{Store, now},
+};
+
+/// A coordinator that is serving.
+pub struct Running {
+    /// Where it listens (the real port when started on port 0).
+    pub local_addr: SocketAddr,
+    /// host:port in its tokens.
+    pub advertise: String,
+    pub admin: AdminCredential,
+    /// The join token made at first start (None on later starts).
+    pub first_token: Option<JoinToken>,
+    pub store: Store,
+    pub task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+fn advertise_for(listen: SocketAddr) -> String {
+    let ip = if listen.ip().is_unspecified() {
+        if_addrs::get_if_addrs()
+            .ok()
+            .and_then(|ifs| ifs.into_iter().map(|i| i.ip()).find(|ip| ip.is_ipv4() && !ip.is_loopback()))
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    } else {
+        listen.ip()
+    };
+    SocketAddr::new(ip, listen.port()).to_string()
+}
+
+/// Starts a coordinator with `settings`; it serves until `shutdown` resolves.
+pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Running> {
+    create_private_dir(&settings.data_dir)?;
+    let (tls, tls_created) = load_or_create_tls(&settings.data_dir)?;
+    if tls_created {
+        tracing::info!(pin = %tls.pin, "created the coordinator's TLS identity");
+    }
+    let store = Store::open(&settings.data_dir.join("coordinator.db")).await?;
+    let (cluster, first_start) = store.init_cluster(&settings.cluster).await?;
+    if !first_start && (cluster.range != settings.cluster.range || cluster.node_range != settings.cluster.node_range) {
+        tracing::warn!(
+            range = %cluster.range, node_range = %cluster.node_range,
+            "the database was created with other --range/--node-range; keeping the recorded ones"
+        );
+    }
+
+    let listener = TcpListener::bind(settings.listen).await?;
+    let local_addr = listener.local_addr()?;
+    let advertise = settings.advertise.clone().unwrap_or_else(|| advertise_for(local_addr));
+
+    // The admin credential: keep its secret across restarts; refresh address and pin.
+    let admin_path = admin_credential_path(&settings.data_dir);
+    let secret = match std::fs::read_to_string(&admin_path).ok().and_then(|s| AdminCredential::parse(&s).ok()) {
+        Some(existing) => existing.secret,
+        None => new_secret(),
+    };
+    store.add_admin_credential(&hash_secret(&secret)).await?;
+    let admin = AdminCredential { coordinator: advertise.clone(), pin: tls.pin, secret };
+    write_secret_file(&admin_path, &format!("{admin}\n"))?;
+
+    let state = Arc::new(State {
+        store: store.clone(),
+        cluster,
+        advertise: advertise.clone(),
+        pin: tls.pin,
+        token_ttl: settings.token_ttl,
+        started_at: now(),
+        watchers: AtomicU32::new(0),
+    });
+    let first_token = if first_start {
+        let ttl = settings.token_ttl.map(|d| d.as_secs());
+        Some(api::Tokens::create(&state, ttl, None, "created at first start".into()).await?.1)
+    } else {
+        None
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(weave_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let router = Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)))?
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(JoinServiceServer::new(api::Join(state.clone())))
+        .add_service(NodeServiceServer::new(api::Nodes(state.clone())))
+        .add_service(MapServiceServer::new(api::Map(state.clone())))
+        .add_service(SubnetServiceServer::new(api::Subnets(state.clone())))
+        .add_service(IpamServiceServer::new(api::Ipam(state.clone())))
+        .add_service(DnsServiceServer::new(api::Dns(state.clone())))
+        .add_service(TokenServiceServer::new(api::Tokens(state.clone())))
+        .add_service(StatusServiceServer::new(api::StatusApi(state)));
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown));
+    tracing::info!(listen = %local_addr, %advertise, pin = %tls.pin, data_dir = %settings.data_dir.display(), "coordinator serving");
+    Ok(Running { local_addr, advertise, admin, first_token, store, task })
+}
+
+pub use identity::TlsIdentity;

@@ -1,0 +1,200 @@
+//! IPAM allocations: idempotent per (node, container, subnet), lowest free
+//! address first, explicit addresses honoured or refused naming the holder.
+use std::net::IpAddr;
+
+use sqlx::{Row, SqliteConnection};
+use weave_proto::v1::{self, map_change::Change};
+
+use super::{
+    Store, Tx, dns,
+    rows::{self, ALLOCATION_SELECT},
+};
+use crate::{
+    error::{Error, Result},
+    ipam::{self, Unusable},
+};
+
+#[derive(Debug, Default, Clone)]
+pub struct AllocationFilter {
+    pub node_id: Option<u64>,
+    pub subnet: Option<String>,
+    pub container: Option<String>,
+}
+
+pub(super) async fn list(c: &mut SqliteConnection, f: &AllocationFilter) -> Result<Vec<v1::Allocation>> {
+    let subnet_id = match &f.subnet {
+        Some(sel) => Some(rows::resolve_subnet(&mut *c, sel).await?.id),
+        None => None,
+    };
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{ALLOCATION_SELECT} WHERE ($1 IS NULL OR a.node_id = $1) AND ($2 IS NULL OR a.subnet_id = $2) \
+         AND ($3 IS NULL OR a.container = $3) ORDER BY a.id"
+    )))
+    .bind(f.node_id.map(|n| n as i64))
+    .bind(subnet_id)
+    .bind(f.container.as_deref())
+    .fetch_all(&mut *c)
+    .await?;
+    rows.iter().map(rows::allocation).collect()
+}
+
+async fn by_id(tx: &mut Tx, id: i64) -> Result<v1::Allocation> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{ALLOCATION_SELECT} WHERE a.id = $1")))
+        .bind(id)
+        .fetch_one(tx.c())
+        .await?;
+    rows::allocation(&row)
+}
+
+impl Store {
+    /// Gives `container` on `node_id` an address in `subnet` (the one in
+    /// `explicit`, or the lowest free), and registers `dns_name` for it.
+    pub async fn allocate(
+        &self,
+        node_id: u64,
+        container: &str,
+        subnet: &str,
+        explicit: Option<(IpAddr, Option<u8>)>,
+        dns_name: Option<&str>,
+    ) -> Result<v1::Allocation> {
+        let container = check_container(container)?;
+        let mut tx = self.begin().await?;
+        let subnet = rows::resolve_subnet(tx.c(), subnet).await?;
+        let net = subnet.net;
+        let existing: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM allocations WHERE node_id = $1 AND container = $2 AND subnet_id = $3")
+                .bind(node_id as i64)
+                .bind(container)
+                .bind(subnet.id)
+                .fetch_optional(tx.c())
+                .await?;
+        let allocation = if let Some(id) = existing {
+            let allocation = by_id(&mut tx, id).await?;
+            if let Some((ip, _)) = explicit {
+                if !allocation.address.starts_with(&format!("{ip}/")) {
+                    return Err(Error::AlreadyExists(format!(
+                        "container {container} already has {} in {net}; detach it first to change its address",
+                        allocation.address
+                    )));
+                }
+            }
+            allocation
+        } else {
+            let address = match explicit {
+                Some((ip, prefix)) => {
+                    if let Some(p) = prefix.filter(|p| *p != net.prefix_len()) {
+                        return Err(Error::InvalidArgument(format!(
+                            "{ip}/{p} does not match subnet {net}: the prefix length there is /{}",
+                            net.prefix_len()
+                        )));
+                    }
+                    match ipam::check_explicit(&net, ip) {
+                        Err(Unusable::Outside) => {
+                            return Err(Error::InvalidArgument(format!("{ip} is outside subnet {net}")));
+                        }
+                        Err(Unusable::Reserved) => {
+                            return Err(Error::InvalidArgument(format!(
+                                "{ip} is the network or broadcast address of {net} and cannot be assigned"
+                            )));
+                        }
+                        Ok(()) => {}
+                    }
+                    let holder = sqlx::query(
+                        "SELECT a.container, n.name AS node FROM allocations a JOIN nodes n ON n.id = a.node_id \
+                         WHERE a.address = $1",
+                    )
+                    .bind(ip.to_string())
+                    .fetch_optional(tx.c())
+                    .await?;
+                    if let Some(h) = holder {
+                        let (c, n): (String, String) = (h.try_get("container")?, h.try_get("node")?);
+                        return Err(Error::AlreadyExists(format!("{ip} is already held by container {c} on node {n}")));
+                    }
+                    ip
+                }
+                None => {
+                    let used: Vec<String> = sqlx::query_scalar("SELECT address FROM allocations WHERE subnet_id = $1")
+                        .bind(subnet.id)
+                        .fetch_all(tx.c())
+                        .await?;
+                    let in_use = used.len();
+                    ipam::lowest_free(&net, used.iter().filter_map(|a| a.parse::<IpAddr>().ok())).ok_or_else(|| {
+                        Error::Exhausted(format!(
+                            "subnet {net} has no free address ({in_use} of {} in use)",
+                            ipam::capacity(&net)
+                        ))
+                    })?
+                }
+            };
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO allocations (subnet_id, node_id, container, address, created_at) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            )
+            .bind(subnet.id)
+            .bind(node_id as i64)
+            .bind(container)
+            .bind(address.to_string())
+            .bind(super::now())
+            .fetch_one(tx.c())
+            .await?;
+            let allocation = by_id(&mut tx, id).await?;
+            tx.record(Change::AllocationAdded(allocation.clone())).await?;
+            allocation
+        };
+        if let Some(name) = dns_name.filter(|n| !n.trim().is_empty()) {
+            let ip = allocation.address.split('/').next().unwrap_or_default().to_string();
+            dns::insert_if_absent(&mut tx, name, &ip, Some(allocation.id as i64)).await?;
+        }
+        self.commit(tx).await?;
+        Ok(allocation)
+    }
+
+    /// Releases the container's address in `subnet`, or in every subnet when
+    /// `subnet` is None, with the DNS records that point at them.
+    pub async fn release(
+        &self,
+        node_id: u64,
+        container: &str,
+        subnet: Option<&str>,
+    ) -> Result<(Vec<v1::Allocation>, u32)> {
+        let mut tx = self.begin().await?;
+        let subnet_row = match subnet {
+            Some(sel) => Some(rows::resolve_subnet(tx.c(), sel).await?),
+            None => None,
+        };
+        let filter = AllocationFilter {
+            node_id: Some(node_id),
+            subnet: subnet_row.as_ref().map(|s| s.record.cidr.clone()),
+            container: Some(container.to_string()),
+        };
+        let released = list(tx.c(), &filter).await?;
+        if released.is_empty() {
+            let node = rows::resolve_node(tx.c(), &node_id.to_string()).await?;
+            return Err(Error::NotFound(match subnet_row {
+                Some(s) => format!("container {container} on node {} has no address in {}", node.name, s.net),
+                None => format!("container {container} on node {} has no address", node.name),
+            }));
+        }
+        let mut records = 0;
+        for a in &released {
+            records += super::nodes::release_where(&mut tx, "a.id = $1", a.id as i64).await?.1;
+        }
+        self.commit(tx).await?;
+        Ok((released, records))
+    }
+
+    pub async fn list_allocations(&self, filter: &AllocationFilter) -> Result<Vec<v1::Allocation>> {
+        let mut c = self.read.acquire().await?;
+        list(&mut c, filter).await
+    }
+}
+
+fn check_container(container: &str) -> Result<&str> {
+    let c = container.trim();
+    if c.is_empty() || c.len() > 256 || c.chars().any(|ch| ch.is_control() || ch.is_whitespace()) {
+        return Err(Error::InvalidArgument(format!(
+            "'{container}' is not a container id (1-256 characters, no spaces)"
+        )));
+    }
+    Ok(c)
+}

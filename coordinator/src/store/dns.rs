@@ -1,0 +1,172 @@
+//! DNS records under the cluster domain: several per name (round robin),
+//! owned by a container's allocation (and removed with it) or external.
+use sqlx::SqliteConnection;
+use weave_proto::v1::{self, map_change::Change};
+
+use super::{
+    Caller, Store, Tx,
+    rows::{self, DNS_SELECT},
+};
+use crate::error::{Error, Result};
+
+/// `web`, `WEB.weave.local`, `web.weave.local.` -> `web.weave.local.`.
+/// Names are case-insensitive and always live under `domain`.
+pub fn qualify_name(name: &str, domain: &str) -> Result<String> {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let lower = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    let relative = lower.strip_suffix(&format!(".{domain}")).unwrap_or(&lower);
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if relative.is_empty() || relative == domain || !relative.split('.').all(valid_label) {
+        return Err(Error::InvalidArgument(format!(
+            "'{name}' is not a valid DNS name (labels of letters, digits, '-' and '_', separated by dots)"
+        )));
+    }
+    let fqdn = format!("{relative}.{domain}.");
+    if fqdn.len() > 254 {
+        return Err(Error::InvalidArgument(format!("'{name}' is too long for DNS")));
+    }
+    Ok(fqdn)
+}
+
+pub(super) async fn all(c: &mut SqliteConnection) -> Result<Vec<v1::DnsRecord>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{DNS_SELECT} ORDER BY d.name, d.id"))).fetch_all(c).await?;
+    rows.iter().map(rows::dns_record).collect()
+}
+
+async fn domain(tx: &mut Tx) -> Result<String> {
+    Ok(sqlx::query_scalar("SELECT dns_domain FROM cluster WHERE id = 1").fetch_one(tx.c()).await?)
+}
+
+/// Adds (name, address) unless it is there; returns the record either way.
+pub(super) async fn insert_if_absent(
+    tx: &mut Tx,
+    name: &str,
+    address: &str,
+    allocation_id: Option<i64>,
+) -> Result<(v1::DnsRecord, bool)> {
+    let fqdn = qualify_name(name, &domain(tx).await?)?;
+    let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM dns_records WHERE name = $1 AND address = $2")
+        .bind(&fqdn)
+        .bind(address)
+        .fetch_optional(tx.c())
+        .await?;
+    let (id, new) = match existing {
+        Some(id) => (id, false),
+        None => {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO dns_records (name, address, allocation_id, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+            )
+            .bind(&fqdn)
+            .bind(address)
+            .bind(allocation_id)
+            .bind(super::now())
+            .fetch_one(tx.c())
+            .await?;
+            (id, true)
+        }
+    };
+    let row =
+        sqlx::query(sqlx::AssertSqlSafe(format!("{DNS_SELECT} WHERE d.id = $1"))).bind(id).fetch_one(tx.c()).await?;
+    let record = rows::dns_record(&row)?;
+    if new {
+        tx.record(Change::DnsRecordAdded(record.clone())).await?;
+    }
+    Ok((record, new))
+}
+
+impl Store {
+    /// An admin may add any record; one that points at an allocated address
+    /// belongs to that container and goes when it is detached. A node may add
+    /// records only for addresses its own containers hold.
+    pub async fn add_record(&self, caller: &Caller, name: &str, address: &str) -> Result<v1::DnsRecord> {
+        let ip = rows::parse_ip(address)?.to_string();
+        let mut tx = self.begin().await?;
+        let holder: Option<(i64, i64)> = sqlx::query_as("SELECT id, node_id FROM allocations WHERE address = $1")
+            .bind(&ip)
+            .fetch_optional(tx.c())
+            .await?;
+        if let Caller::Node { id, name: node } = caller {
+            if holder.is_none_or(|(_, n)| n as u64 != *id) {
+                return Err(Error::PermissionDenied(format!(
+                    "node {node} may add records only for addresses its containers hold, and {ip} is not one"
+                )));
+            }
+        }
+        let (record, new) = insert_if_absent(&mut tx, name, &ip, holder.map(|(a, _)| a)).await?;
+        if !new {
+            return Err(Error::AlreadyExists(format!("{} already resolves to {ip}", record.name)));
+        }
+        self.commit(tx).await?;
+        Ok(record)
+    }
+
+    /// Removes the records of `name` (only the one for `address`, if given).
+    pub async fn remove_records(&self, caller: &Caller, name: &str, address: Option<&str>) -> Result<u32> {
+        let address = address.map(rows::parse_ip).transpose()?.map(|a| a.to_string());
+        let mut tx = self.begin().await?;
+        let fqdn = qualify_name(name, &domain(&mut tx).await?)?;
+        let node_id = match caller {
+            Caller::Admin => None,
+            Caller::Node { id, .. } => Some(*id as i64),
+        };
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT d.id FROM dns_records d LEFT JOIN allocations a ON a.id = d.allocation_id \
+             WHERE d.name = $1 AND ($2 IS NULL OR d.address = $2) AND ($3 IS NULL OR a.node_id = $3) ORDER BY d.id",
+        )
+        .bind(&fqdn)
+        .bind(address.as_deref())
+        .bind(node_id)
+        .fetch_all(tx.c())
+        .await?;
+        if ids.is_empty() {
+            let what = address.map(|a| format!(" with address {a}")).unwrap_or_default();
+            return Err(Error::NotFound(format!("no record {fqdn}{what} to remove")));
+        }
+        for id in &ids {
+            sqlx::query("DELETE FROM dns_records WHERE id = $1").bind(id).execute(tx.c()).await?;
+            tx.record(Change::DnsRecordRemoved(*id as u64)).await?;
+        }
+        self.commit(tx).await?;
+        Ok(ids.len() as u32)
+    }
+
+    pub async fn lookup(&self, name: &str, domain: &str) -> Result<(String, Vec<String>)> {
+        let fqdn = qualify_name(name, domain)?;
+        let addresses: Vec<String> = sqlx::query_scalar("SELECT address FROM dns_records WHERE name = $1 ORDER BY id")
+            .bind(&fqdn)
+            .fetch_all(&self.read)
+            .await?;
+        if addresses.is_empty() {
+            return Err(Error::NotFound(format!("no record for {fqdn}")));
+        }
+        Ok((fqdn, addresses))
+    }
+
+    pub async fn list_records(&self) -> Result<Vec<v1::DnsRecord>> {
+        let mut c = self.read.acquire().await?;
+        all(&mut c).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_qualified_and_case_folded() {
+        let d = "weave.local.";
+        assert_eq!(qualify_name("web", d).unwrap(), "web.weave.local.");
+        assert_eq!(qualify_name("WEB.Weave.Local", d).unwrap(), "web.weave.local.");
+        assert_eq!(qualify_name("web.weave.local.", d).unwrap(), "web.weave.local.");
+        assert_eq!(qualify_name("a.b", d).unwrap(), "a.b.weave.local.");
+        for bad in ["", "weave.local", "-x", "a..b", "sp ace", "x!"] {
+            assert!(qualify_name(bad, d).is_err(), "{bad:?} should be refused");
+        }
+    }
+}

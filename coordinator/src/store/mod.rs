@@ -1,0 +1,299 @@
+//! The only SQL in weave: every change is one transaction that also bumps the
+//! map revision and appends the change to `map_events`, which is what the watch
+//! stream replays.
+//!
+//! SQLite allows one writer at a time: writes go through a pool of one
+//! connection (`BEGIN IMMEDIATE`), so concurrent RPCs queue here instead of
+//! failing with SQLITE_BUSY; reads use a separate pool and see WAL snapshots.
+//! The SQL itself is plain (`$n` placeholders, `RETURNING`, `ON CONFLICT`) so
+//! that it also runs on Postgres.
+//!
+//! Records are the `weave.v1` messages themselves: the store builds each once,
+//! and the watch stream sends the stored change as it is.
+
+mod allocations;
+mod auth;
+mod dns;
+mod nodes;
+mod rows;
+mod subnets;
+mod tokens;
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use ipnet::IpNet;
+use prost::Message as _;
+use sqlx::{
+    Row, Sqlite, SqliteConnection, Transaction,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
+};
+use tokio::sync::watch;
+use weave_proto::v1::{self, map_change::Change};
+
+pub use self::{
+    allocations::AllocationFilter,
+    auth::Caller,
+    dns::qualify_name,
+    nodes::{JoinRequest, JoinedNode},
+    tokens::NewToken,
+};
+use crate::{
+    error::{Error, Result},
+    ipam,
+};
+
+/// Events kept for watchers that reconnect; older ones are pruned and such a
+/// watcher gets a fresh snapshot instead.
+const EVENTS_KEPT: i64 = 10_000;
+
+/// What the coordinator was started with on its first run; later runs keep it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    pub range: IpNet,
+    pub node_range: IpNet,
+    pub default_subnet: IpNet,
+    pub dns_domain: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub range: IpNet,
+    pub node_range: IpNet,
+    pub dns_domain: String,
+    pub created_at: i64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    write: SqlitePool,
+    read: SqlitePool,
+    revision: watch::Sender<u64>,
+}
+
+/// A write transaction and the revision its last change took.
+pub(crate) struct Tx {
+    inner: Transaction<'static, Sqlite>,
+    revision: Option<u64>,
+}
+
+impl Tx {
+    fn c(&mut self) -> &mut SqliteConnection {
+        &mut self.inner
+    }
+
+    /// Bumps the revision and appends `change` to the event log.
+    async fn record(&mut self, change: Change) -> Result<u64> {
+        let rev: i64 = sqlx::query_scalar("UPDATE cluster SET revision = revision + 1 WHERE id = 1 RETURNING revision")
+            .fetch_one(self.c())
+            .await?;
+        let bytes = v1::MapChange { change: Some(change) }.encode_to_vec();
+        sqlx::query("INSERT INTO map_events (revision, change, created_at) VALUES ($1, $2, $3)")
+            .bind(rev)
+            .bind(bytes)
+            .bind(now())
+            .execute(self.c())
+            .await?;
+        if rev % 1000 == 0 {
+            sqlx::query("DELETE FROM map_events WHERE revision <= $1")
+                .bind(rev - EVENTS_KEPT)
+                .execute(self.c())
+                .await?;
+        }
+        self.revision = Some(rev as u64);
+        Ok(rev as u64)
+    }
+}
+
+/// Changes after a revision, or word that the caller is too far behind.
+pub enum Events {
+    Changes(Vec<(u64, v1::MapChange)>),
+    /// The caller's revision is older than the oldest kept event, or newer
+    /// than this coordinator's (another database): it needs a snapshot.
+    NeedSnapshot,
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path` and migrates it.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: an acknowledged allocation survives power loss, not only a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let write = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        sqlx::migrate!("../migrations").run(&write).await?;
+        let read = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT revision FROM cluster WHERE id = 1").fetch_optional(&read).await?;
+        let (revision, _) = watch::channel(current.unwrap_or(0) as u64);
+        Ok(Self { write, read, revision })
+    }
+
+    pub(crate) async fn begin(&self) -> Result<Tx> {
+        Ok(Tx { inner: self.write.begin_with("BEGIN IMMEDIATE").await?, revision: None })
+    }
+
+    pub(crate) async fn commit(&self, tx: Tx) -> Result<()> {
+        tx.inner.commit().await?;
+        if let Some(rev) = tx.revision {
+            self.revision.send_if_modified(|r| {
+                let newer = rev > *r;
+                if newer {
+                    *r = rev;
+                }
+                newer
+            });
+        }
+        Ok(())
+    }
+
+    /// The latest committed revision, and a way to wait for the next.
+    pub fn revisions(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    /// First start: records the settings and creates the default subnet.
+    /// Later starts: returns what was recorded (flags that differ are ignored
+    /// with a warning by the caller).
+    pub async fn init_cluster(&self, settings: &ClusterSettings) -> Result<(Cluster, bool)> {
+        if let Some(c) = self.cluster().await? {
+            return Ok((c, false));
+        }
+        let mut tx = self.begin().await?;
+        let created = now();
+        sqlx::query(
+            "INSERT INTO cluster (id, range_cidr, node_range, node_first, node_last, dns_domain, revision, created_at) \
+             VALUES (1, $1, $2, $3, $4, $5, 0, $6)",
+        )
+        .bind(settings.range.to_string())
+        .bind(settings.node_range.to_string())
+        .bind(ipam::key_text(settings.node_range.network()))
+        .bind(ipam::key_text(settings.node_range.broadcast()))
+        .bind(&settings.dns_domain)
+        .bind(created)
+        .execute(tx.c())
+        .await?;
+        subnets::insert(&mut tx, &settings.default_subnet, Some("default"), true).await?;
+        self.commit(tx).await?;
+        let cluster = self.cluster().await?.ok_or_else(|| Error::NotFound("cluster settings vanished".into()))?;
+        Ok((cluster, true))
+    }
+
+    pub async fn cluster(&self) -> Result<Option<Cluster>> {
+        let row = sqlx::query("SELECT range_cidr, node_range, dns_domain, created_at FROM cluster WHERE id = 1")
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| {
+            Ok(Cluster {
+                range: parse_net(r.try_get("range_cidr")?)?,
+                node_range: parse_net(r.try_get("node_range")?)?,
+                dns_domain: r.try_get("dns_domain")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The whole map at one revision (one read transaction = one snapshot).
+    pub async fn snapshot(&self) -> Result<v1::NetworkMap> {
+        let mut tx = self.read.begin().await?;
+        let c = &mut *tx;
+        let row = sqlx::query("SELECT revision, range_cidr, node_range, dns_domain FROM cluster WHERE id = 1")
+            .fetch_one(&mut *c)
+            .await?;
+        let nodes = nodes::all(&mut *c).await?;
+        let subnets = subnets::all(&mut *c, false).await?;
+        let allocations = allocations::list(&mut *c, &AllocationFilter::default()).await?;
+        let dns_records = dns::all(&mut *c).await?;
+        tx.commit().await?;
+        Ok(v1::NetworkMap {
+            revision: row.try_get::<i64, _>("revision")? as u64,
+            range: row.try_get("range_cidr")?,
+            node_range: row.try_get("node_range")?,
+            dns_domain: row.try_get("dns_domain")?,
+            nodes,
+            subnets,
+            allocations,
+            dns_records,
+        })
+    }
+
+    /// Up to `limit` changes after revision `after`, in revision order.
+    pub async fn events_after(&self, after: u64, limit: i64) -> Result<Events> {
+        let mut tx = self.read.begin().await?;
+        let current: i64 = sqlx::query_scalar("SELECT revision FROM cluster WHERE id = 1").fetch_one(&mut *tx).await?;
+        if after as i64 > current {
+            return Ok(Events::NeedSnapshot);
+        }
+        let oldest: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(revision) FROM map_events").fetch_one(&mut *tx).await?;
+        if (after as i64) < current && oldest.is_none_or(|o| after as i64 + 1 < o) {
+            return Ok(Events::NeedSnapshot);
+        }
+        let rows =
+            sqlx::query("SELECT revision, change FROM map_events WHERE revision > $1 ORDER BY revision LIMIT $2")
+                .bind(after as i64)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let bytes: Vec<u8> = r.try_get("change")?;
+            let change = v1::MapChange::decode(bytes.as_slice())
+                .map_err(|e| Error::Database(sqlx::Error::Decode(Box::new(e))))?;
+            out.push((r.try_get::<i64, _>("revision")? as u64, change));
+        }
+        Ok(Events::Changes(out))
+    }
+
+    /// Counts for `weavectl status`.
+    pub async fn counts(&self) -> Result<Counts> {
+        let t = now();
+        let row = sqlx::query(
+            "SELECT (SELECT revision FROM cluster WHERE id = 1) AS revision, \
+                    (SELECT COUNT(*) FROM nodes) AS nodes, \
+                    (SELECT COUNT(*) FROM subnets) AS subnets, \
+                    (SELECT COUNT(*) FROM allocations) AS allocations, \
+                    (SELECT COUNT(*) FROM dns_records) AS dns_records, \
+                    (SELECT COUNT(*) FROM join_tokens WHERE revoked_at IS NULL \
+                        AND (expires_at IS NULL OR expires_at > $1) \
+                        AND (uses_left IS NULL OR uses_left > 0)) AS active_tokens, \
+                    (SELECT cidr FROM subnets WHERE is_default) AS default_subnet",
+        )
+        .bind(t)
+        .fetch_one(&self.read)
+        .await?;
+        Ok(Counts {
+            revision: row.try_get::<i64, _>("revision")? as u64,
+            nodes: row.try_get::<i64, _>("nodes")? as u32,
+            subnets: row.try_get::<i64, _>("subnets")? as u32,
+            allocations: row.try_get::<i64, _>("allocations")? as u64,
+            dns_records: row.try_get::<i64, _>("dns_records")? as u32,
+            active_tokens: row.try_get::<i64, _>("active_tokens")? as u32,
+            default_subnet: row.try_get::<Option<String>, _>("default_subnet")?.unwrap_or_default(),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Counts {
+    pub revision: u64,
+    pub nodes: u32,
+    pub subnets: u32,
+    pub allocations: u64,
+    pub dns_records: u32,
+    pub active_tokens: u32,
+    pub default_subnet: String,
+}
+
+fn parse_net(s: String) -> Result<IpNet> {
+    IpNet::from_str(&s).map_err(|e| Error::Database(sqlx::Error::Decode(Box::new(e))))
+}

@@ -1,0 +1,201 @@
+//! Nodes: join (spending a token), listing, endpoint updates and removal,
+//! which reclaims everything the node held in the same transaction.
+use std::net::IpAddr;
+
+use sqlx::{Row, SqliteConnection};
+use subtle::ConstantTimeEq;
+use weave_proto::v1::{self, map_change::Change};
+
+use super::{
+    Store, Tx, now, parse_net,
+    rows::{self, NODE_COLUMNS},
+};
+use crate::{
+    error::{Error, Result},
+    ipam,
+};
+
+pub struct JoinRequest {
+    pub token_id: String,
+    pub token_secret_hash: String,
+    pub name: String,
+    pub public_key: [u8; 32],
+    pub endpoints: Vec<String>,
+    pub credential_hash: String,
+}
+
+pub struct JoinedNode {
+    pub node: v1::Node,
+    /// false when the same key joined again (same node, new credential).
+    pub new: bool,
+}
+
+pub(super) async fn all(c: &mut SqliteConnection) -> Result<Vec<v1::Node>> {
+    let rows =
+        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY id"))).fetch_all(c).await?;
+    rows.iter().map(rows::node).collect()
+}
+
+impl Store {
+    pub async fn join(&self, r: JoinRequest) -> Result<JoinedNode> {
+        let mut tx = self.begin().await?;
+        let t = now();
+        let token = sqlx::query("SELECT secret_hash, expires_at, uses_left, revoked_at FROM join_tokens WHERE id = $1")
+            .bind(&r.token_id)
+            .fetch_optional(tx.c())
+            .await?
+            .ok_or_else(|| {
+                Error::Unauthenticated(format!("join token {} is not known to this coordinator", r.token_id))
+            })?;
+        let hash: String = token.try_get("secret_hash")?;
+        if !bool::from(hash.as_bytes().ct_eq(r.token_secret_hash.as_bytes())) {
+            return Err(Error::Unauthenticated(format!("join token {} has a wrong secret", r.token_id)));
+        }
+        if token.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
+            return Err(Error::Unauthenticated(format!("join token {} was revoked", r.token_id)));
+        }
+        if token.try_get::<Option<i64>, _>("expires_at")?.is_some_and(|e| e <= t) {
+            return Err(Error::Unauthenticated(format!(
+                "join token {} has expired (create a new one with `weavectl token create`)",
+                r.token_id
+            )));
+        }
+
+        let by_key =
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE public_key = $1")))
+                .bind(&r.public_key[..])
+                .fetch_optional(tx.c())
+                .await?;
+        if let Some(row) = by_key {
+            let existing = rows::node(&row)?;
+            if existing.name != r.name {
+                return Err(Error::AlreadyExists(format!(
+                    "this WireGuard key already belongs to node '{}'; join with --name {} or remove that node first",
+                    existing.name, existing.name
+                )));
+            }
+            // Same host again: same node and address, fresh credential; the token is not spent.
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE nodes SET credential_hash = $1, endpoints = $2, updated_at = $3 WHERE id = $4 RETURNING {NODE_COLUMNS}"
+            )))
+            .bind(&r.credential_hash)
+            .bind(r.endpoints.join(","))
+            .bind(t)
+            .bind(existing.id as i64)
+            .fetch_one(tx.c())
+            .await?;
+            let node = rows::node(&row)?;
+            tx.record(Change::NodeUpserted(node.clone())).await?;
+            self.commit(tx).await?;
+            return Ok(JoinedNode { node, new: false });
+        }
+
+        if token.try_get::<Option<i64>, _>("uses_left")? == Some(0) {
+            return Err(Error::Unauthenticated(format!("join token {} is used up", r.token_id)));
+        }
+        let taken: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM nodes WHERE name = $1").bind(&r.name).fetch_optional(tx.c()).await?;
+        if let Some(id) = taken {
+            return Err(Error::AlreadyExists(format!(
+                "node name '{}' is taken by another host's key (node {id}); pick another --name, \
+                 or remove the old node with `weavectl node rm {}`",
+                r.name, r.name
+            )));
+        }
+        let node_range: String =
+            sqlx::query_scalar("SELECT node_range FROM cluster WHERE id = 1").fetch_one(tx.c()).await?;
+        let node_range = parse_net(node_range)?;
+        let used: Vec<String> = sqlx::query_scalar("SELECT address FROM nodes").fetch_all(tx.c()).await?;
+        let address = ipam::lowest_free(&node_range, used.iter().filter_map(|a| a.parse::<IpAddr>().ok()))
+            .ok_or_else(|| Error::Exhausted(format!("the node block {node_range} has no free address")))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO nodes (name, public_key, endpoints, address, credential_hash, joined_via, joined_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {NODE_COLUMNS}"
+        )))
+        .bind(&r.name)
+        .bind(&r.public_key[..])
+        .bind(r.endpoints.join(","))
+        .bind(address.to_string())
+        .bind(&r.credential_hash)
+        .bind(&r.token_id)
+        .bind(t)
+        .fetch_one(tx.c())
+        .await?;
+        let node = rows::node(&row)?;
+        sqlx::query(
+            "UPDATE join_tokens SET uses = uses + 1, \
+             uses_left = CASE WHEN uses_left IS NULL THEN NULL ELSE uses_left - 1 END WHERE id = $1",
+        )
+        .bind(&r.token_id)
+        .execute(tx.c())
+        .await?;
+        tx.record(Change::NodeUpserted(node.clone())).await?;
+        self.commit(tx).await?;
+        Ok(JoinedNode { node, new: true })
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<v1::Node>> {
+        let mut c = self.read.acquire().await?;
+        all(&mut c).await
+    }
+
+    pub async fn node(&self, sel: &str) -> Result<v1::Node> {
+        let mut c = self.read.acquire().await?;
+        rows::resolve_node(&mut c, sel).await
+    }
+
+    pub async fn update_endpoints(&self, node_id: u64, endpoints: &[String]) -> Result<v1::Node> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE nodes SET endpoints = $1, updated_at = $2 WHERE id = $3 RETURNING {NODE_COLUMNS}"
+        )))
+        .bind(endpoints.join(","))
+        .bind(now())
+        .bind(node_id as i64)
+        .fetch_optional(tx.c())
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no node {node_id}")))?;
+        let node = rows::node(&row)?;
+        tx.record(Change::NodeUpserted(node.clone())).await?;
+        self.commit(tx).await?;
+        Ok(node)
+    }
+
+    /// Removes a node with every allocation and DNS record it held, in one transaction.
+    pub async fn remove_node(&self, sel: &str) -> Result<(v1::Node, u32, u32)> {
+        let mut tx = self.begin().await?;
+        let node = rows::resolve_node(tx.c(), sel).await?;
+        let (allocations, records) = release_where(&mut tx, "a.node_id = $1", node.id as i64).await?;
+        sqlx::query("DELETE FROM nodes WHERE id = $1").bind(node.id as i64).execute(tx.c()).await?;
+        tx.record(Change::NodeRemoved(node.id)).await?;
+        self.commit(tx).await?;
+        Ok((node, allocations, records))
+    }
+}
+
+/// Deletes the allocations matching `condition` (on alias `a`, one i64
+/// parameter) and their DNS records, recording each removal. Returns how many
+/// allocations and records went.
+pub(super) async fn release_where(tx: &mut Tx, condition: &str, param: i64) -> Result<(u32, u32)> {
+    let records: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT d.id FROM dns_records d JOIN allocations a ON a.id = d.allocation_id WHERE {condition} ORDER BY d.id"
+    )))
+    .bind(param)
+    .fetch_all(tx.c())
+    .await?;
+    let allocations: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT a.id FROM allocations a WHERE {condition} ORDER BY a.id"
+    )))
+    .bind(param)
+    .fetch_all(tx.c())
+    .await?;
+    for id in &records {
+        sqlx::query("DELETE FROM dns_records WHERE id = $1").bind(id).execute(tx.c()).await?;
+        tx.record(Change::DnsRecordRemoved(*id as u64)).await?;
+    }
+    for id in &allocations {
+        sqlx::query("DELETE FROM allocations WHERE id = $1").bind(id).execute(tx.c()).await?;
+        tx.record(Change::AllocationRemoved(*id as u64)).await?;
+    }
+    Ok((allocations.len() as u32, records.len() as u32))
+}

@@ -1,0 +1,158 @@
+//! Subnets: one L2 segment each. Overlaps are refused here (naming the
+//! subnet in the way) and, as a last line, by the schema's triggers.
+use ipnet::IpNet;
+use sqlx::{Row, SqliteConnection};
+use weave_proto::v1::{self, map_change::Change};
+
+use super::{
+    Store, Tx,
+    nodes::release_where,
+    now, parse_net,
+    rows::{self, SUBNET_COLUMNS},
+};
+use crate::{
+    error::{Error, Result},
+    ipam,
+};
+
+pub(super) async fn all(c: &mut SqliteConnection, with_counts: bool) -> Result<Vec<v1::Subnet>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SUBNET_COLUMNS} FROM subnets ORDER BY id")))
+        .fetch_all(&mut *c)
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let mut s = rows::subnet(r)?.record;
+        if with_counts {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM allocations WHERE subnet_id = $1")
+                .bind(s.id as i64)
+                .fetch_one(&mut *c)
+                .await?;
+            s.allocated = n as u64;
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// A subnet label: what DNS allows in a label, so it can name things later.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && name.parse::<i64>().is_err();
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "subnet name '{name}' is not valid: use 1-63 letters, digits, '-' or '_' (not only digits)"
+        )))
+    }
+}
+
+pub(super) async fn insert(tx: &mut Tx, net: &IpNet, name: Option<&str>, is_default: bool) -> Result<v1::Subnet> {
+    let node_range: String =
+        sqlx::query_scalar("SELECT node_range FROM cluster WHERE id = 1").fetch_one(tx.c()).await?;
+    let node_range = parse_net(node_range)?;
+    if ipam::overlaps(net, &node_range) {
+        return Err(Error::InvalidArgument(format!(
+            "{net} overlaps {node_range}, the block reserved for node addresses; choose a subnet outside it"
+        )));
+    }
+    let existing = all(tx.c(), false).await?;
+    if let Some(other) = existing.iter().find(|s| s.cidr.parse::<IpNet>().is_ok_and(|o| ipam::overlaps(net, &o))) {
+        let label = if other.name.is_empty() { String::new() } else { format!(" ({})", other.name) };
+        return Err(if other.cidr == net.to_string() {
+            Error::AlreadyExists(format!("subnet {net} already exists{label}"))
+        } else {
+            Error::AlreadyExists(format!("{net} overlaps subnet {}{label}", other.cidr))
+        });
+    }
+    if let Some(name) = name {
+        if !is_default {
+            check_name(name)?;
+            if name == "default" {
+                return Err(Error::InvalidArgument("'default' names the default subnet; pick another name".into()));
+            }
+        }
+        if let Some(other) = existing.iter().find(|s| s.name == name) {
+            return Err(Error::AlreadyExists(format!("subnet name '{name}' is taken by {}", other.cidr)));
+        }
+    }
+    let used: Vec<u32> = existing.iter().map(|s| s.vni).collect();
+    let vni = (0..).map(|attempt| ipam::vni(net, attempt)).find(|v| !used.contains(v)).unwrap_or(1);
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO subnets (cidr, name, first_key, last_key, is_default, vni, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {SUBNET_COLUMNS}"
+    )))
+    .bind(net.to_string())
+    .bind(name)
+    .bind(ipam::key_text(net.network()))
+    .bind(ipam::key_text(net.broadcast()))
+    .bind(is_default)
+    .bind(i64::from(vni))
+    .bind(now())
+    .fetch_one(tx.c())
+    .await?;
+    let subnet = rows::subnet(&row)?.record;
+    tx.record(Change::SubnetAdded(subnet.clone())).await?;
+    Ok(subnet)
+}
+
+impl Store {
+    pub async fn add_subnet(&self, net: &IpNet, name: Option<&str>) -> Result<v1::Subnet> {
+        let mut tx = self.begin().await?;
+        let subnet = insert(&mut tx, net, name, false).await?;
+        self.commit(tx).await?;
+        Ok(subnet)
+    }
+
+    pub async fn list_subnets(&self) -> Result<Vec<v1::Subnet>> {
+        let mut c = self.read.acquire().await?;
+        all(&mut c, true).await
+    }
+
+    /// Refused while containers hold addresses in it, unless `force`, which
+    /// releases them (and their DNS records) in the same transaction.
+    pub async fn remove_subnet(&self, sel: &str, force: bool) -> Result<(v1::Subnet, u32)> {
+        let mut tx = self.begin().await?;
+        let subnet = rows::resolve_subnet(tx.c(), sel).await?;
+        if subnet.record.is_default {
+            return Err(Error::FailedPrecondition(format!(
+                "{} is the default subnet and cannot be removed",
+                subnet.net
+            )));
+        }
+        let holders = sqlx::query(
+            "SELECT a.container, n.name AS node FROM allocations a JOIN nodes n ON n.id = a.node_id \
+             WHERE a.subnet_id = $1 ORDER BY a.id LIMIT 3",
+        )
+        .bind(subnet.id)
+        .fetch_all(tx.c())
+        .await?;
+        if !holders.is_empty() && !force {
+            let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM allocations WHERE subnet_id = $1")
+                .bind(subnet.id)
+                .fetch_one(tx.c())
+                .await?;
+            let names: Vec<String> = holders
+                .iter()
+                .map(|r| {
+                    let container: String = r.try_get("container").unwrap_or_default();
+                    let node: String = r.try_get("node").unwrap_or_default();
+                    format!("{container} on {node}")
+                })
+                .collect();
+            let more = if count > 3 { ", ..." } else { "" };
+            return Err(Error::FailedPrecondition(format!(
+                "subnet {} still has {count} allocation(s) ({}{more}); detach them first or remove with --force",
+                subnet.net,
+                names.join(", ")
+            )));
+        }
+        let (released, _) = release_where(&mut tx, "a.subnet_id = $1", subnet.id).await?;
+        sqlx::query("DELETE FROM subnets WHERE id = $1").bind(subnet.id).execute(tx.c()).await?;
+        tx.record(Change::SubnetRemoved(subnet.id as u64)).await?;
+        self.commit(tx).await?;
+        Ok((subnet.record, released))
+    }
+}

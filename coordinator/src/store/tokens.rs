@@ -1,0 +1,78 @@
+//! Join tokens: created by an admin, spent by `agent join`.
+use sqlx::{Row, sqlite::SqliteRow};
+use weave_proto::v1;
+
+use super::{Store, now};
+use crate::error::{Error, Result};
+
+pub struct NewToken {
+    pub id: String,
+    pub secret_hash: String,
+    pub ttl_seconds: Option<u64>,
+    pub uses: Option<u32>,
+    pub description: String,
+}
+
+const TOKEN_COLUMNS: &str = "id, created_at, expires_at, uses_left, revoked_at, uses, description";
+
+fn token(r: &SqliteRow) -> Result<v1::Token> {
+    let uses_left: Option<i64> = r.try_get("uses_left")?;
+    Ok(v1::Token {
+        id: r.try_get("id")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get::<Option<i64>, _>("expires_at")?.unwrap_or(0),
+        uses_left: uses_left.unwrap_or(0) as u32,
+        unlimited: uses_left.is_none(),
+        revoked: r.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+        uses: r.try_get::<i64, _>("uses")? as u32,
+        description: r.try_get("description")?,
+    })
+}
+
+impl Store {
+    pub async fn create_token(&self, t: NewToken) -> Result<v1::Token> {
+        let created = now();
+        let expires = t.ttl_seconds.map(|s| created.saturating_add(s.min(i64::MAX as u64) as i64));
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO join_tokens (id, secret_hash, description, created_at, expires_at, uses_left) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TOKEN_COLUMNS}"
+        )))
+        .bind(&t.id)
+        .bind(&t.secret_hash)
+        .bind(&t.description)
+        .bind(created)
+        .bind(expires)
+        .bind(t.uses.map(i64::from))
+        .fetch_one(tx.c())
+        .await?;
+        let out = token(&row)?;
+        self.commit(tx).await?;
+        Ok(out)
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<v1::Token>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at, id"
+        )))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(token).collect()
+    }
+
+    /// Revoking twice is not an error: the token stays revoked.
+    pub async fn revoke_token(&self, id: &str) -> Result<v1::Token> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE join_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1 RETURNING {TOKEN_COLUMNS}"
+        )))
+        .bind(id.trim().to_ascii_lowercase())
+        .bind(now())
+        .fetch_optional(tx.c())
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no join token with id '{id}' (see `weavectl token ls`)")))?;
+        let out = token(&row)?;
+        self.commit(tx).await?;
+        Ok(out)
+    }
+}

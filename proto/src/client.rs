@@ -1,0 +1,201 @@
+//! Connecting to the coordinator: TLS that trusts exactly one public key (the
+//! pin from a join token or admin credential), and a bearer credential on
+//! every call.
+//!
+//! There is no CA: the verifier accepts the server certificate only if the
+//! SHA-256 of its SubjectPublicKeyInfo equals the pin, and still checks the
+//! handshake signatures, which is what proves the server holds that key.
+use std::{sync::Arc, time::Duration};
+
+use rustls::{
+    DigitallySignedStruct, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::WebPkiSupportedAlgorithms,
+    pki_types::{CertificateDer, ServerName, UnixTime},
+};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, ClientTlsConfig, Endpoint},
+};
+
+use crate::{
+    token::Pin,
+    v1::{
+        dns_service_client::DnsServiceClient, ipam_service_client::IpamServiceClient,
+        join_service_client::JoinServiceClient, map_service_client::MapServiceClient,
+        node_service_client::NodeServiceClient, status_service_client::StatusServiceClient,
+        subnet_service_client::SubnetServiceClient, token_service_client::TokenServiceClient,
+    },
+};
+
+/// The name the coordinator's certificate is issued for and clients ask for
+/// (SNI). Identity comes from the pin, not from this name.
+pub const SERVER_NAME: &str = "weave-coordinator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("'{0}' is not a coordinator address (host:port)")]
+    Address(String),
+    #[error("cannot reach the coordinator at {addr}: {cause}")]
+    Unreachable { addr: String, cause: String },
+    #[error("the coordinator credential is not valid in a header")]
+    Credential,
+}
+
+/// Opens a TLS channel to `addr` ("host:port") that trusts only `pin`.
+/// Connects eagerly so that a wrong address or pin fails here, with its cause.
+pub async fn connect(addr: &str, pin: Pin) -> Result<Channel, ConnectError> {
+    let endpoint = endpoint(addr, pin)?;
+    endpoint.connect().await.map_err(|e| ConnectError::Unreachable { addr: addr.to_string(), cause: error_chain(&e) })
+}
+
+/// Like [`connect`], but connects on first use and reconnects by itself: for
+/// long-lived clients (agents) that must survive coordinator restarts.
+pub fn connect_lazy(addr: &str, pin: Pin) -> Result<Channel, ConnectError> {
+    Ok(endpoint(addr, pin)?.connect_lazy())
+}
+
+fn endpoint(addr: &str, pin: Pin) -> Result<Endpoint, ConnectError> {
+    let bad = || ConnectError::Address(addr.to_string());
+    if addr.contains('/') || !addr.contains(':') {
+        return Err(bad());
+    }
+    // Always https: an http:// endpoint would silently skip TLS and the pin.
+    let verifier = Arc::new(PinnedServer::new(pin));
+    Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|_| bad())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_keepalive(Some(Duration::from_secs(30)))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .tls_config_with_verifier(ClientTlsConfig::new().domain_name(SERVER_NAME), verifier)
+        .map_err(|e| ConnectError::Unreachable { addr: addr.to_string(), cause: error_chain(&e) })
+}
+
+/// An error and all its sources, joined by ": " (tonic's own message is
+/// only "transport error"; the cause is further down).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[derive(Debug)]
+struct PinnedServer {
+    pin: Pin,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl PinnedServer {
+    fn new(pin: Pin) -> Self {
+        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        Self { pin, algorithms }
+    }
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+        let seen = Pin::of_spki(&cert.subject_public_key_info());
+        if seen == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the coordinator's identity does not match the pin (expected {}, got {seen}): \
+                 wrong address, or a token from another coordinator",
+                self.pin
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Adds `authorization: Bearer <credential>` to every request.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Bearer {
+    pub fn new(credential: &str) -> Result<Self, ConnectError> {
+        let mut value: MetadataValue<Ascii> =
+            format!("Bearer {credential}").parse().map_err(|_| ConnectError::Credential)?;
+        value.set_sensitive(true);
+        Ok(Self(value))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+pub type AuthChannel = InterceptedService<Channel, Bearer>;
+
+/// Every service client over one channel with one credential.
+#[derive(Clone)]
+pub struct Api {
+    pub join: JoinServiceClient<Channel>,
+    pub nodes: NodeServiceClient<AuthChannel>,
+    pub map: MapServiceClient<AuthChannel>,
+    pub subnets: SubnetServiceClient<AuthChannel>,
+    pub ipam: IpamServiceClient<AuthChannel>,
+    pub dns: DnsServiceClient<AuthChannel>,
+    pub tokens: TokenServiceClient<AuthChannel>,
+    pub status: StatusServiceClient<AuthChannel>,
+}
+
+impl Api {
+    pub fn new(channel: Channel, credential: &str) -> Result<Self, ConnectError> {
+        let bearer = Bearer::new(credential)?;
+        let auth = |c: &Channel| InterceptedService::new(c.clone(), bearer.clone());
+        Ok(Self {
+            join: JoinServiceClient::new(channel.clone()),
+            nodes: NodeServiceClient::new(auth(&channel)),
+            map: MapServiceClient::new(auth(&channel)),
+            subnets: SubnetServiceClient::new(auth(&channel)),
+            ipam: IpamServiceClient::new(auth(&channel)),
+            dns: DnsServiceClient::new(auth(&channel)),
+            tokens: TokenServiceClient::new(auth(&channel)),
+            status: StatusServiceClient::new(auth(&channel)),
+        })
+    }
+}

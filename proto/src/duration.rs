@@ -1,0 +1,46 @@
+//! Durations as people type them on the command line: `90s`, `30m`, `24h`,
+//! `7d`, or `never`.
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("'{0}' is not a duration: use a number with s, m, h or d (like 30m, 24h, 7d), or 'never'")]
+pub struct DurationError(pub String);
+
+/// `None` means never.
+pub fn parse(s: &str) -> Result<Option<Duration>, DurationError> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("never") {
+        return Ok(None);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().map_err(|_| DurationError(s.to_string()))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n.checked_mul(60).ok_or_else(|| DurationError(s.to_string()))?,
+        "h" => n.checked_mul(3600).ok_or_else(|| DurationError(s.to_string()))?,
+        "d" => n.checked_mul(86_400).ok_or_else(|| DurationError(s.to_string()))?,
+        _ => return Err(DurationError(s.to_string())),
+    };
+    if secs == 0 {
+        return Err(DurationError(s.to_string()));
+    }
+    Ok(Some(Duration::from_secs(secs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units_and_never() {
+        assert_eq!(parse("90s"), Ok(Some(Duration::from_secs(90))));
+        assert_eq!(parse("24h"), Ok(Some(Duration::from_secs(86_400))));
+        assert_eq!(parse("7d"), Ok(Some(Duration::from_secs(604_800))));
+        assert_eq!(parse("never"), Ok(None));
+        assert!(parse("0").is_err());
+        assert!(parse("soon").is_err());
+        assert!(parse("5w").is_err());
+        assert!(parse("").is_err());
+    }
+}
