@@ -1,0 +1,513 @@
+//! The coordinator's API end to end: real server in-process, temp database,
+//! real TLS with the pinned identity.
+mod common;
+
+use common::{TestCoordinator, assert_status, join_request, mode};
+use tonic::{Code, Request};
+use weave_coordinator::store::NewToken;
+use weave_proto::{
+    token::{JoinToken, hash_secret},
+    v1::*,
+};
+
+fn subnet(cidr: &str) -> AddSubnetRequest {
+    AddSubnetRequest { cidr: cidr.into(), name: String::new() }
+}
+
+fn alloc(container: &str, subnet: &str) -> AllocateRequest {
+    AllocateRequest { container: container.into(), subnet: subnet.into(), ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_then_restart_reuses_identity_credential_and_data() {
+    let c = TestCoordinator::start().await;
+    let data = c.data_dir();
+    assert_eq!(mode(&data.join("admin.credential")), 0o600);
+    assert_eq!(mode(&data.join("tls/coordinator.key")), 0o600);
+    let token = c.running.first_token.clone().expect("a join token at first start");
+    assert_eq!(token.pin, c.running.admin.pin);
+    let first_admin = c.running.admin.clone();
+    let mut admin = c.admin().await;
+    admin.subnets.add_subnet(subnet("10.2.3.0/24")).await.unwrap();
+    let (node, _) = c.join("host1", 1).await;
+    // Secrets are stored only as hashes.
+    let mut bytes = std::fs::read(data.join("coordinator.db")).unwrap();
+    bytes.extend(std::fs::read(data.join("coordinator.db-wal")).unwrap_or_default());
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains(&hash_secret(&first_admin.secret)), "the admin credential's hash is stored");
+    assert!(!text.contains(&first_admin.secret), "admin secret stored in clear");
+    assert!(!text.contains(&token.secret), "token secret stored in clear");
+
+    let dir = c.stop().await;
+    let c = TestCoordinator::start_in(dir, |_| {}).await;
+    assert!(c.running.first_token.is_none(), "no new token on a later start");
+    assert_eq!(c.running.admin.pin, first_admin.pin, "same TLS identity");
+    assert_eq!(c.running.admin.secret, first_admin.secret, "same admin credential");
+    let mut admin = c.admin().await;
+    let subnets = admin.subnets.list_subnets(ListSubnetsRequest {}).await.unwrap().into_inner().subnets;
+    let cidrs: Vec<&str> = subnets.iter().map(|s| s.cidr.as_str()).collect();
+    assert_eq!(cidrs, ["10.32.0.0/16", "10.2.3.0/24"]);
+    let nodes = admin.nodes.list_nodes(ListNodesRequest {}).await.unwrap().into_inner().nodes;
+    assert_eq!(nodes, vec![node]);
+    // The token from the first start still works against the restarted coordinator.
+    let mut api = c.admin().await;
+    api.join.join(join_request(&token.to_string(), "host2", 2)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_accepts_valid_tokens_and_refuses_the_rest() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    let (n1, mut api1) = c.join("host1", 1).await;
+    assert_eq!(n1.address, "10.47.0.1");
+    assert_eq!(n1.endpoints, ["192.0.2.1:6784"]);
+
+    // Re-join with the same key and name: same node, fresh credential, old one dead.
+    let again = admin.join.join(join_request(&c.token(), "host1", 1)).await.unwrap().into_inner();
+    assert_eq!(again.node.as_ref().unwrap().id, n1.id);
+    assert_eq!(again.node.as_ref().unwrap().address, n1.address);
+    assert!(again.map.unwrap().nodes.iter().any(|n| n.name == "host1"));
+    assert_status(api1.status.get_status(GetStatusRequest {}).await, Code::Unauthenticated, "not recognised");
+    let mut fresh = c.api_with(&again.credential).await;
+    fresh.status.get_status(GetStatusRequest {}).await.unwrap();
+
+    assert_status(
+        admin.join.join(join_request(&c.token(), "host1", 9)).await,
+        Code::AlreadyExists,
+        "node name 'host1' is taken",
+    );
+    assert_status(
+        admin.join.join(join_request(&c.token(), "other", 1)).await,
+        Code::AlreadyExists,
+        "already belongs to node 'host1'",
+    );
+
+    // Garbage and tampered tokens.
+    assert_status(
+        admin.join.join(join_request("garbage", "h", 3)).await,
+        Code::InvalidArgument,
+        "not a weave join token",
+    );
+    let mut wrong = JoinToken::parse(&c.token()).unwrap();
+    wrong.secret = "A".repeat(43);
+    assert_status(
+        admin.join.join(join_request(&wrong.to_string(), "h", 3)).await,
+        Code::Unauthenticated,
+        "wrong secret",
+    );
+    let mut foreign = JoinToken::parse(&c.token()).unwrap();
+    foreign.pin.0[0] ^= 1;
+    assert_status(
+        admin.join.join(join_request(&foreign.to_string(), "h", 3)).await,
+        Code::Unauthenticated,
+        "another coordinator",
+    );
+    let mut unknown = JoinToken::parse(&c.token()).unwrap();
+    unknown.id = "00000000000000ff".into();
+    assert_status(
+        admin.join.join(join_request(&unknown.to_string(), "h", 3)).await,
+        Code::Unauthenticated,
+        "not known",
+    );
+
+    // Expired.
+    let base = JoinToken::parse(&c.token()).unwrap();
+    let expired = JoinToken { id: "00000000000000e1".into(), ..base.clone() };
+    c.running
+        .store
+        .create_token(NewToken {
+            id: expired.id.clone(),
+            secret_hash: hash_secret(&expired.secret),
+            ttl_seconds: Some(0),
+            uses: None,
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_status(admin.join.join(join_request(&expired.to_string(), "h", 3)).await, Code::Unauthenticated, "expired");
+
+    // Used up.
+    let once = admin
+        .tokens
+        .create_token(CreateTokenRequest { ttl_seconds: 600, uses: 1, description: "once".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(once.token.as_ref().unwrap().uses_left, 1);
+    admin.join.join(join_request(&once.secret_token, "host3", 3)).await.unwrap();
+    assert_status(
+        admin.join.join(join_request(&once.secret_token, "host4", 4)).await,
+        Code::Unauthenticated,
+        "used up",
+    );
+
+    // Revoked.
+    let t = admin.tokens.create_token(CreateTokenRequest::default()).await.unwrap().into_inner();
+    let id = t.token.unwrap().id;
+    let revoked = admin.tokens.revoke_token(RevokeTokenRequest { id: id.clone() }).await.unwrap().into_inner();
+    assert!(revoked.revoked);
+    assert_status(admin.join.join(join_request(&t.secret_token, "host5", 5)).await, Code::Unauthenticated, "revoked");
+    assert_status(
+        admin.tokens.revoke_token(RevokeTokenRequest { id: "ffffffffffffffff".into() }).await,
+        Code::NotFound,
+        "no join token",
+    );
+    let tokens = admin.tokens.list_tokens(ListTokensRequest {}).await.unwrap().into_inner().tokens;
+    let once_listed = tokens.iter().find(|t| t.description == "once").unwrap();
+    assert_eq!((once_listed.uses, once_listed.uses_left, once_listed.unlimited), (1, 0, false));
+
+    // Bad requests.
+    let mut r = join_request(&c.token(), "h6", 6);
+    r.public_key = vec![1, 2, 3];
+    assert_status(admin.join.join(r).await, Code::InvalidArgument, "32 bytes");
+    let mut r = join_request(&c.token(), "h6", 6);
+    r.endpoints = vec!["nowhere".into()];
+    assert_status(admin.join.join(r).await, Code::InvalidArgument, "not ip:port");
+    assert_status(admin.join.join(join_request(&c.token(), "bad name", 6)).await, Code::InvalidArgument, "not valid");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mutating_rpc_checks_the_callers_role() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    admin.subnets.add_subnet(subnet("10.2.3.0/24")).await.unwrap();
+    let (n1, mut node) = c.join("host1", 1).await;
+    let (_n2, mut other) = c.join("host2", 2).await;
+    let theirs = other.ipam.allocate(alloc("c2", "")).await.unwrap().into_inner();
+    let denied = Code::PermissionDenied;
+
+    assert_status(node.subnets.add_subnet(subnet("10.9.0.0/24")).await, denied, "admin role");
+    assert_status(
+        node.subnets.remove_subnet(RemoveSubnetRequest { subnet: "10.2.3.0/24".into(), force: true }).await,
+        denied,
+        "admin role",
+    );
+    assert_status(node.nodes.remove_node(RemoveNodeRequest { node: "host2".into() }).await, denied, "admin role");
+    assert_status(node.tokens.create_token(CreateTokenRequest::default()).await, denied, "admin role");
+    assert_status(node.tokens.list_tokens(ListTokensRequest {}).await, denied, "admin role");
+    assert_status(
+        node.tokens.revoke_token(RevokeTokenRequest { id: "0000000000000000".into() }).await,
+        denied,
+        "admin role",
+    );
+    let mut for_other = alloc("c9", "");
+    for_other.node = "host2".into();
+    assert_status(node.ipam.allocate(for_other).await, denied, "only on itself");
+    let release_other = ReleaseRequest { node: "host2".into(), container: "c2".into(), subnet: String::new() };
+    assert_status(node.ipam.release(release_other).await, denied, "only on itself");
+    let eps = UpdateEndpointsRequest { node: "host2".into(), endpoints: vec!["192.0.2.9:1".into()] };
+    assert_status(node.nodes.update_endpoints(eps).await, denied, "only on itself");
+    let ip = theirs.address.split('/').next().unwrap().to_string();
+    assert_status(
+        node.dns.add_record(AddRecordRequest { name: "x".into(), address: ip.clone() }).await,
+        denied,
+        "not one",
+    );
+
+    // What a node may do: its own endpoints, allocations and records.
+    let mine = node.ipam.allocate(alloc("c1", "")).await.unwrap().into_inner();
+    assert_eq!(mine.node_id, n1.id);
+    let my_ip = mine.address.split('/').next().unwrap().to_string();
+    node.dns.add_record(AddRecordRequest { name: "web".into(), address: my_ip }).await.unwrap();
+    let eps = UpdateEndpointsRequest { node: String::new(), endpoints: vec!["198.51.100.1:6784".into()] };
+    assert_eq!(node.nodes.update_endpoints(eps).await.unwrap().into_inner().endpoints, ["198.51.100.1:6784"]);
+    // A node removing another node's records removes nothing.
+    other.dns.add_record(AddRecordRequest { name: "db".into(), address: ip }).await.unwrap();
+    assert_status(
+        node.dns.remove_records(RemoveRecordsRequest { name: "db".into(), address: String::new() }).await,
+        Code::NotFound,
+        "no record",
+    );
+
+    // No credential, a bad header, an unknown credential.
+    let mut anon = weave_proto::v1::subnet_service_client::SubnetServiceClient::new(c.channel().await);
+    assert_status(anon.add_subnet(subnet("10.9.0.0/24")).await, Code::Unauthenticated, "no credential");
+    let mut req = Request::new(subnet("10.9.0.0/24"));
+    req.metadata_mut().insert("authorization", "Basic abc".parse().unwrap());
+    assert_status(anon.add_subnet(req).await, Code::Unauthenticated, "Bearer");
+    let mut stranger = c.api_with("not-a-credential").await;
+    assert_status(stranger.subnets.add_subnet(subnet("10.9.0.0/24")).await, Code::Unauthenticated, "not recognised");
+    assert_status(stranger.map.get_map(GetMapRequest {}).await, Code::Unauthenticated, "not recognised");
+    // An admin must name the node for node-scoped calls.
+    assert_status(admin.ipam.allocate(alloc("c1", "")).await, Code::InvalidArgument, "name the node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subnets_refuse_overlaps_bad_cidrs_and_the_node_block() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    let s = admin
+        .subnets
+        .add_subnet(AddSubnetRequest { cidr: "10.2.3.0/24".into(), name: "backend".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((s.cidr.as_str(), s.name.as_str(), s.is_default), ("10.2.3.0/24", "backend", false));
+    assert!(s.vni > 0 && s.vni < 1 << 24);
+    admin.subnets.add_subnet(subnet("fd00:1::/64")).await.unwrap();
+
+    assert_status(
+        admin.subnets.add_subnet(subnet("10.2.0.0/16")).await,
+        Code::AlreadyExists,
+        "overlaps subnet 10.2.3.0/24 (backend)",
+    );
+    assert_status(
+        admin.subnets.add_subnet(subnet("10.2.3.128/25")).await,
+        Code::AlreadyExists,
+        "overlaps subnet 10.2.3.0/24",
+    );
+    assert_status(
+        admin.subnets.add_subnet(subnet("10.32.5.0/24")).await,
+        Code::AlreadyExists,
+        "overlaps subnet 10.32.0.0/16 (default)",
+    );
+    assert_status(admin.subnets.add_subnet(subnet("10.2.3.0/24")).await, Code::AlreadyExists, "already exists");
+    assert_status(
+        admin.subnets.add_subnet(subnet("10.47.1.0/24")).await,
+        Code::InvalidArgument,
+        "reserved for node addresses",
+    );
+    assert_status(
+        admin.subnets.add_subnet(subnet("10.2.300.0/24")).await,
+        Code::InvalidArgument,
+        "not a subnet in CIDR notation",
+    );
+    assert_status(admin.subnets.add_subnet(subnet("banana")).await, Code::InvalidArgument, "not a subnet");
+    assert_status(
+        admin.subnets.add_subnet(subnet("10.5.3.1/24")).await,
+        Code::InvalidArgument,
+        "did you mean 10.5.3.0/24",
+    );
+    assert_status(
+        admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.6.0.0/24".into(), name: "backend".into() }).await,
+        Code::AlreadyExists,
+        "name 'backend' is taken",
+    );
+
+    // Removal: refused while in use (naming holders), unless forced; never the default.
+    let (_, mut node) = c.join("host1", 1).await;
+    node.ipam.allocate(alloc("c1", "backend")).await.unwrap();
+    assert_status(
+        admin.subnets.remove_subnet(RemoveSubnetRequest { subnet: "backend".into(), force: false }).await,
+        Code::FailedPrecondition,
+        "still has 1 allocation(s) (c1 on host1)",
+    );
+    let removed = admin
+        .subnets
+        .remove_subnet(RemoveSubnetRequest { subnet: "10.2.3.0/24".into(), force: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(removed.released_allocations, 1);
+    assert!(
+        admin
+            .ipam
+            .list_allocations(ListAllocationsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .allocations
+            .is_empty()
+    );
+    assert_status(
+        admin.subnets.remove_subnet(RemoveSubnetRequest { subnet: "default".into(), force: true }).await,
+        Code::FailedPrecondition,
+        "default subnet",
+    );
+    assert_status(
+        admin.subnets.remove_subnet(RemoveSubnetRequest { subnet: "10.9.9.0/24".into(), force: false }).await,
+        Code::NotFound,
+        "not defined",
+    );
+    let list = admin.subnets.list_subnets(ListSubnetsRequest {}).await.unwrap().into_inner().subnets;
+    assert_eq!(list.iter().map(|s| s.cidr.as_str()).collect::<Vec<_>>(), ["10.32.0.0/16", "fd00:1::/64"]);
+    assert_eq!(list[0].capacity, "65534");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipam_allocates_lowest_free_idempotently_and_refuses_conflicts() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.2.3.0/30".into(), name: "tiny".into() }).await.unwrap();
+    admin.subnets.add_subnet(subnet("10.2.4.0/24")).await.unwrap();
+    let (_, mut node) = c.join("host1", 1).await;
+
+    let a1 = node.ipam.allocate(alloc("c1", "")).await.unwrap().into_inner();
+    assert_eq!((a1.address.as_str(), a1.subnet.as_str(), a1.node.as_str()), ("10.32.0.1/16", "10.32.0.0/16", "host1"));
+    let again = node.ipam.allocate(alloc("c1", "default")).await.unwrap().into_inner();
+    assert_eq!(again, a1, "same container and subnet: same allocation");
+    let a2 = node.ipam.allocate(alloc("c2", "net:default")).await.unwrap().into_inner();
+    assert_eq!(a2.address, "10.32.0.2/16");
+
+    // Explicit addresses.
+    let mut want = alloc("c3", "10.2.4.0/24");
+    want.address = "10.2.4.7/24".into();
+    assert_eq!(node.ipam.allocate(want).await.unwrap().into_inner().address, "10.2.4.7/24");
+    let mut held = alloc("c4", "10.2.4.0/24");
+    held.address = "10.2.4.7".into();
+    assert_status(
+        node.ipam.allocate(held).await,
+        Code::AlreadyExists,
+        "10.2.4.7 is already held by container c3 on node host1",
+    );
+    for (addr, needle) in [
+        ("10.2.5.1", "outside subnet 10.2.4.0/24"),
+        ("10.2.4.0", "network or broadcast"),
+        ("10.2.4.255", "network or broadcast"),
+        ("10.2.4.9/16", "prefix length there is /24"),
+        ("ten", "is not an address"),
+    ] {
+        let mut r = alloc("c5", "10.2.4.0/24");
+        r.address = addr.into();
+        assert_status(node.ipam.allocate(r).await, Code::InvalidArgument, needle);
+    }
+    let mut change = alloc("c3", "10.2.4.0/24");
+    change.address = "10.2.4.8".into();
+    assert_status(node.ipam.allocate(change).await, Code::AlreadyExists, "already has 10.2.4.7/24");
+
+    // Exhaustion names the subnet; release makes room and the lowest is reused.
+    assert_eq!(node.ipam.allocate(alloc("t1", "tiny")).await.unwrap().into_inner().address, "10.2.3.1/30");
+    assert_eq!(node.ipam.allocate(alloc("t2", "tiny")).await.unwrap().into_inner().address, "10.2.3.2/30");
+    assert_status(
+        node.ipam.allocate(alloc("t3", "tiny")).await,
+        Code::ResourceExhausted,
+        "subnet 10.2.3.0/30 has no free address (2 of 2 in use)",
+    );
+    let released = node
+        .ipam
+        .release(ReleaseRequest { node: String::new(), container: "t1".into(), subnet: "tiny".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.released.len(), 1);
+    assert_eq!(node.ipam.allocate(alloc("t3", "tiny")).await.unwrap().into_inner().address, "10.2.3.1/30");
+
+    // Release errors and all-subnet release.
+    assert_status(
+        node.ipam.release(ReleaseRequest { container: "ghost".into(), ..Default::default() }).await,
+        Code::NotFound,
+        "container ghost on node host1 has no address",
+    );
+    assert_status(
+        node.ipam.release(ReleaseRequest { container: "c1".into(), subnet: "tiny".into(), ..Default::default() }).await,
+        Code::NotFound,
+        "has no address in 10.2.3.0/30",
+    );
+    node.ipam.allocate(alloc("c1", "10.2.4.0/24")).await.unwrap();
+    let all =
+        node.ipam.release(ReleaseRequest { container: "c1".into(), ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(all.released.len(), 2, "every subnet of the container");
+    assert_status(node.ipam.allocate(alloc("c1", "10.9.0.0/24")).await, Code::NotFound, "not defined");
+    assert_status(node.ipam.allocate(alloc("bad id", "")).await, Code::InvalidArgument, "not a container id");
+
+    // IPv6.
+    admin.subnets.add_subnet(subnet("fd00:2::/64")).await.unwrap();
+    assert_eq!(node.ipam.allocate(alloc("c6", "fd00:2::/64")).await.unwrap().into_inner().address, "fd00:2::1/64");
+    let listed = admin
+        .ipam
+        .list_allocations(ListAllocationsRequest { subnet: "tiny".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.allocations.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_records_are_owned_by_containers_or_external() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    let (_, mut node) = c.join("host1", 1).await;
+    let mut r = alloc("c1", "");
+    r.dns_name = "Web".into();
+    let a = node.ipam.allocate(r).await.unwrap().into_inner();
+    let ip1 = a.address.split('/').next().unwrap().to_string();
+    let mut r = alloc("c2", "");
+    r.dns_name = "web".into();
+    let ip2 = node.ipam.allocate(r).await.unwrap().into_inner().address.split('/').next().unwrap().to_string();
+    admin
+        .dns
+        .add_record(AddRecordRequest { name: "ext.weave.local".into(), address: "192.0.2.50".into() })
+        .await
+        .unwrap();
+
+    let found = admin.dns.lookup(LookupRequest { name: "WEB".into() }).await.unwrap().into_inner();
+    assert_eq!(found.name, "web.weave.local.");
+    assert_eq!(found.addresses, [ip1.clone(), ip2.clone()]);
+    assert_status(
+        admin.dns.add_record(AddRecordRequest { name: "web".into(), address: ip1.clone() }).await,
+        Code::AlreadyExists,
+        "already resolves",
+    );
+    assert_status(
+        admin.dns.add_record(AddRecordRequest { name: "web".into(), address: "nope".into() }).await,
+        Code::InvalidArgument,
+        "not an IP",
+    );
+    assert_status(
+        admin.dns.add_record(AddRecordRequest { name: "a..b".into(), address: "192.0.2.1".into() }).await,
+        Code::InvalidArgument,
+        "not a valid DNS name",
+    );
+
+    // Detach removes the container's record, not the other one.
+    let rel =
+        node.ipam.release(ReleaseRequest { container: "c1".into(), ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(rel.removed_dns_records, 1);
+    assert_eq!(admin.dns.lookup(LookupRequest { name: "web".into() }).await.unwrap().into_inner().addresses, [ip2]);
+    let removed = admin
+        .dns
+        .remove_records(RemoveRecordsRequest { name: "ext".into(), address: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(removed.removed, 1);
+    assert_status(
+        admin.dns.lookup(LookupRequest { name: "ext".into() }).await,
+        Code::NotFound,
+        "no record for ext.weave.local.",
+    );
+    assert_status(
+        admin.dns.remove_records(RemoveRecordsRequest { name: "ext".into(), address: String::new() }).await,
+        Code::NotFound,
+        "no record",
+    );
+    let all = admin.dns.list_records(ListRecordsRequest {}).await.unwrap().into_inner().records;
+    assert_eq!(all.len(), 1);
+    assert_eq!((all[0].container.as_str(), all[0].node.as_str()), ("c2", "host1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_node_reclaims_its_addresses_and_records() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    let (n1, mut node1) = c.join("host1", 1).await;
+    let (_, mut node2) = c.join("host2", 2).await;
+    for i in 0..3 {
+        let mut r = alloc(&format!("c{i}"), "");
+        r.dns_name = format!("svc{i}");
+        node1.ipam.allocate(r).await.unwrap();
+    }
+    let mut r = alloc("d1", "");
+    r.dns_name = "svc0".into();
+    let kept = node2.ipam.allocate(r).await.unwrap().into_inner();
+
+    let removed = admin.nodes.remove_node(RemoveNodeRequest { node: n1.id.to_string() }).await.unwrap().into_inner();
+    assert_eq!((removed.released_allocations, removed.removed_dns_records), (3, 3));
+    let left = admin.ipam.list_allocations(ListAllocationsRequest::default()).await.unwrap().into_inner().allocations;
+    assert_eq!(left, vec![kept.clone()]);
+    let records = admin.dns.list_records(ListRecordsRequest {}).await.unwrap().into_inner().records;
+    assert_eq!(records.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["svc0.weave.local."]);
+    // The removed node's credential is dead, its name and addresses are free again.
+    assert_status(node1.status.get_status(GetStatusRequest {}).await, Code::Unauthenticated, "node was removed");
+    assert_status(
+        admin.nodes.remove_node(RemoveNodeRequest { node: "host1".into() }).await,
+        Code::NotFound,
+        "no node 'host1'",
+    );
+    let (again, mut node1) = c.join("host1", 11).await;
+    assert_eq!(again.address, n1.address, "the node address is reused");
+    assert_eq!(node1.ipam.allocate(alloc("x", "")).await.unwrap().into_inner().address, "10.32.0.1/16");
+    let status = admin.status.get_status(GetStatusRequest {}).await.unwrap().into_inner();
+    assert_eq!((status.nodes, status.allocations, status.dns_records, status.subnets), (2, 2, 1, 1));
+    assert_eq!(status.default_subnet, "10.32.0.0/16");
+}

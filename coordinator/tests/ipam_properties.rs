@@ -1,0 +1,144 @@
+//! Random sequences of join, allocate, release and remove-node against the
+//! real store never hand out a duplicate address, never lose one, and always
+//! hand out the lowest free address.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use proptest::prelude::*;
+use weave_coordinator::{
+    error::Error,
+    ipam,
+    store::{AllocationFilter, ClusterSettings, JoinRequest, NewToken, Store},
+};
+
+const SUBNETS: [&str; 3] = ["10.2.0.0/29", "10.2.1.0/28", "fd00::/125"];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Join(u8),
+    Allocate { node: u8, container: u8, subnet: usize },
+    Release { node: u8, container: u8 },
+    RemoveNode(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => (0..4u8).prop_map(Op::Join),
+        6 => (0..4u8, 0..8u8, 0..SUBNETS.len()).prop_map(|(node, container, subnet)| Op::Allocate { node, container, subnet }),
+        2 => (0..4u8, 0..8u8).prop_map(|(node, container)| Op::Release { node, container }),
+        1 => (0..4u8).prop_map(Op::RemoveNode),
+    ]
+}
+
+type Key = (u8, String, usize);
+
+async fn run(ops: Vec<Op>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db")).await.unwrap();
+    let range: IpNet = "10.32.0.0/12".parse().unwrap();
+    let (default_subnet, node_range) = ipam::default_layout(&range);
+    store
+        .init_cluster(&ClusterSettings { range, node_range, default_subnet, dns_domain: "weave.local.".into() })
+        .await
+        .unwrap();
+    for s in SUBNETS {
+        store.add_subnet(&s.parse().unwrap(), None).await.unwrap();
+    }
+    let secret_hash = weave_proto::token::hash_secret("s");
+    store
+        .create_token(NewToken {
+            id: "t".into(),
+            secret_hash: secret_hash.clone(),
+            ttl_seconds: None,
+            uses: None,
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+
+    let mut nodes: HashMap<u8, u64> = HashMap::new();
+    let mut model: BTreeMap<Key, IpAddr> = BTreeMap::new();
+    for op in ops {
+        match op {
+            Op::Join(n) => {
+                let joined = store
+                    .join(JoinRequest {
+                        token_id: "t".into(),
+                        token_secret_hash: secret_hash.clone(),
+                        name: format!("n{n}"),
+                        public_key: [n + 1; 32],
+                        endpoints: vec![],
+                        credential_hash: format!("cred-{n}-{}", model.len()),
+                    })
+                    .await
+                    .unwrap();
+                if let Some(id) = nodes.get(&n) {
+                    assert_eq!(*id, joined.node.id, "re-join keeps the node");
+                }
+                nodes.insert(n, joined.node.id);
+            }
+            Op::Allocate { node, container, subnet } => {
+                let Some(&id) = nodes.get(&node) else { continue };
+                let net: IpNet = SUBNETS[subnet].parse().unwrap();
+                let key = (node, format!("c{container}"), subnet);
+                let used: Vec<IpAddr> = model.iter().filter(|((_, _, s), _)| *s == subnet).map(|(_, a)| *a).collect();
+                let result = store.allocate(id, &key.1, SUBNETS[subnet], None, None).await;
+                match (model.get(&key), result) {
+                    (Some(held), Ok(a)) => assert_eq!(a.address, format!("{held}/{}", net.prefix_len()), "idempotent"),
+                    (None, Ok(a)) => {
+                        let ip: IpAddr = a.address.split('/').next().unwrap().parse().unwrap();
+                        assert_eq!(Some(ip), ipam::lowest_free(&net, used.iter().copied()), "lowest free address");
+                        assert!(!model.values().any(|v| *v == ip), "duplicate {ip}");
+                        model.insert(key, ip);
+                    }
+                    (None, Err(Error::Exhausted(_))) => assert_eq!(used.len() as u128, ipam::capacity(&net)),
+                    (_, other) => panic!("unexpected {other:?}"),
+                }
+            }
+            Op::Release { node, container } => {
+                let Some(&id) = nodes.get(&node) else { continue };
+                let name = format!("c{container}");
+                let held: Vec<Key> = model.keys().filter(|(n, c, _)| *n == node && *c == name).cloned().collect();
+                match store.release(id, &name, None).await {
+                    Ok((released, _)) => assert_eq!(released.len(), held.len()),
+                    Err(Error::NotFound(_)) => assert!(held.is_empty()),
+                    Err(e) => panic!("unexpected {e}"),
+                }
+                for k in held {
+                    model.remove(&k);
+                }
+            }
+            Op::RemoveNode(n) => {
+                let held = model.keys().filter(|(m, _, _)| *m == n).count() as u32;
+                match (nodes.remove(&n), store.remove_node(&format!("n{n}")).await) {
+                    (Some(_), Ok((_, released, _))) => assert_eq!(released, held),
+                    (None, Err(Error::NotFound(_))) => {}
+                    (_, other) => panic!("unexpected {other:?}"),
+                }
+                model.retain(|(m, _, _), _| *m != n);
+            }
+        }
+        // The store holds exactly the model: nothing lost, nothing extra, nothing doubled.
+        let stored = store.list_allocations(&AllocationFilter::default()).await.unwrap();
+        let mut actual: BTreeMap<Key, IpAddr> = BTreeMap::new();
+        for a in stored {
+            let n = *nodes.iter().find(|(_, id)| **id == a.node_id).expect("allocation of a live node").0;
+            let s = SUBNETS.iter().position(|s| *s == a.subnet).expect("known subnet");
+            let ip = a.address.split('/').next().unwrap().parse().unwrap();
+            assert!(actual.insert((n, a.container, s), ip).is_none());
+        }
+        assert_eq!(actual, model);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn allocations_never_duplicate_or_vanish(ops in prop::collection::vec(op(), 1..60)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(run(ops));
+    }
+}

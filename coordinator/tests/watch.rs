@@ -1,0 +1,136 @@
+//! The network-map watch: snapshot first, then every change in revision
+//! order; resuming from a revision sends only what came after it.
+mod common;
+
+use std::time::Duration;
+
+use common::TestCoordinator;
+use tonic::Streaming;
+use weave_proto::v1::{map_change::Change, watch_event::Event, *};
+
+async fn next(stream: &mut Streaming<WatchEvent>) -> WatchEvent {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an event within 10 s")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+fn kind(e: &WatchEvent) -> &'static str {
+    match &e.event {
+        Some(Event::Snapshot(_)) => "snapshot",
+        Some(Event::Change(MapChange { change: Some(c) })) => match c {
+            Change::NodeUpserted(_) => "node+",
+            Change::NodeRemoved(_) => "node-",
+            Change::SubnetAdded(_) => "subnet+",
+            Change::SubnetRemoved(_) => "subnet-",
+            Change::AllocationAdded(_) => "alloc+",
+            Change::AllocationRemoved(_) => "alloc-",
+            Change::DnsRecordAdded(_) => "dns+",
+            Change::DnsRecordRemoved(_) => "dns-",
+        },
+        _ => "empty",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_sends_a_snapshot_then_every_change_in_order_and_resumes() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    let mut stream = admin.map.watch(WatchRequest { from_revision: 0 }).await.unwrap().into_inner();
+    let first = next(&mut stream).await;
+    let Some(Event::Snapshot(map)) = &first.event else { panic!("first event must be a snapshot") };
+    let base = first.revision;
+    assert_eq!(map.revision, base);
+    assert_eq!(
+        (map.range.as_str(), map.node_range.as_str(), map.dns_domain.as_str()),
+        ("10.32.0.0/12", "10.47.0.0/16", "weave.local.")
+    );
+    assert_eq!(map.subnets.iter().map(|s| s.cidr.as_str()).collect::<Vec<_>>(), ["10.32.0.0/16"]);
+
+    admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.2.3.0/24".into(), name: String::new() }).await.unwrap();
+    let (node, mut api) = c.join("host1", 1).await;
+    let a = api
+        .ipam
+        .allocate(AllocateRequest { container: "c1".into(), dns_name: "web".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    api.ipam.release(ReleaseRequest { container: "c1".into(), ..Default::default() }).await.unwrap();
+    admin.nodes.remove_node(RemoveNodeRequest { node: "host1".into() }).await.unwrap();
+
+    let expected = ["subnet+", "node+", "alloc+", "dns+", "dns-", "alloc-", "node-"];
+    let mut events = Vec::new();
+    for _ in expected {
+        events.push(next(&mut stream).await);
+    }
+    assert_eq!(events.iter().map(kind).collect::<Vec<_>>(), expected);
+    let revisions: Vec<u64> = events.iter().map(|e| e.revision).collect();
+    assert_eq!(revisions, (base + 1..=base + 7).collect::<Vec<_>>(), "consecutive revisions");
+    let Some(Event::Change(MapChange { change: Some(Change::AllocationAdded(added)) })) = &events[2].event else {
+        unreachable!()
+    };
+    assert_eq!(added, &a);
+    let Some(Event::Change(MapChange { change: Some(Change::NodeRemoved(id)) })) = &events[6].event else {
+        unreachable!()
+    };
+    assert_eq!(*id, node.id);
+
+    // Resume from a revision: only the later changes, no snapshot.
+    let mut resumed = admin.map.watch(WatchRequest { from_revision: base + 3 }).await.unwrap().into_inner();
+    let mut later = Vec::new();
+    for _ in 0..4 {
+        later.push(next(&mut resumed).await);
+    }
+    assert_eq!(later.iter().map(kind).collect::<Vec<_>>(), &expected[3..]);
+    assert_eq!(later[0].revision, base + 4);
+
+    // Both streams then receive live changes.
+    admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.2.4.0/24".into(), name: String::new() }).await.unwrap();
+    for s in [&mut stream, &mut resumed] {
+        let e = next(s).await;
+        assert_eq!((kind(&e), e.revision), ("subnet+", base + 8));
+    }
+
+    // A revision this coordinator never had (another database): a snapshot.
+    let mut foreign = admin.map.watch(WatchRequest { from_revision: base + 1000 }).await.unwrap().into_inner();
+    let e = next(&mut foreign).await;
+    assert_eq!((kind(&e), e.revision), ("snapshot", base + 8));
+    let status = admin.status.get_status(GetStatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.watchers, 3);
+    drop((stream, resumed, foreign));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_plus_changes_equals_the_current_map() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    let (_, mut api) = c.join("host1", 1).await;
+    let mut stream = api.map.watch(WatchRequest { from_revision: 0 }).await.unwrap().into_inner();
+    let Some(Event::Snapshot(mut map)) = next(&mut stream).await.event else { panic!("snapshot first") };
+    for i in 0..20 {
+        let r = AllocateRequest { container: format!("c{i}"), dns_name: format!("n{}", i % 3), ..Default::default() };
+        api.ipam.allocate(r).await.unwrap();
+    }
+    for i in (0..20).step_by(3) {
+        api.ipam.release(ReleaseRequest { container: format!("c{i}"), ..Default::default() }).await.unwrap();
+    }
+    let target = admin.map.get_map(GetMapRequest {}).await.unwrap().into_inner();
+    while map.revision < target.revision {
+        let e = next(&mut stream).await;
+        assert_eq!(e.revision, map.revision + 1);
+        map.revision = e.revision;
+        match e.event {
+            Some(Event::Change(MapChange { change: Some(ch) })) => match ch {
+                Change::AllocationAdded(a) => map.allocations.push(a),
+                Change::AllocationRemoved(id) => map.allocations.retain(|a| a.id != id),
+                Change::DnsRecordAdded(r) => map.dns_records.push(r),
+                Change::DnsRecordRemoved(id) => map.dns_records.retain(|r| r.id != id),
+                other => panic!("unexpected change {other:?}"),
+            },
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    map.dns_records.sort_by(|a, b| (&a.name, a.id).cmp(&(&b.name, b.id)));
+    assert_eq!(map, target);
+}
