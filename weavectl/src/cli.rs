@@ -1,0 +1,180 @@
+//! The command line: one clap-derived tree; every global flag also reads a
+//! `WEAVE_*` variable.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  anything else (an internal error in the coordinator, an unexpected reply)
+  2  bad usage or a value refused before or by the coordinator (CIDR, duration, IP, name)
+  3  cannot reach the coordinator, or its identity does not match the credential's pin
+  4  not found (node, subnet, token, DNS record)
+  5  already exists or conflicts with the current state (overlap, default subnet, in use)
+  6  permission denied or authentication failed (credential unreadable or not recognised)
+  7  resource exhausted (no free address)
+
+Credential: --admin (WEAVE_ADMIN), else --admin-file (WEAVE_ADMIN_FILE), else
+<data-dir>/admin.credential. --coordinator overrides the address inside it.";
+
+#[derive(Debug, Parser)]
+#[command(name = "weavectl", version, about = "Manage a weave cluster through its coordinator", after_help = EXIT_CODES)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
+pub(crate) struct Global {
+    /// The admin credential string (wva1.…) printed by the coordinator.
+    #[arg(long, global = true, env = "WEAVE_ADMIN", hide_env_values = true, value_name = "WVA1")]
+    pub(crate) admin: Option<String>,
+    /// A file holding the admin credential.
+    #[arg(long, global = true, env = "WEAVE_ADMIN_FILE", value_name = "PATH")]
+    pub(crate) admin_file: Option<PathBuf>,
+    /// The coordinator's data dir; its admin.credential is used when neither of the above is given.
+    #[arg(long, global = true, env = "WEAVE_DATA_DIR", default_value = "/var/lib/weave", value_name = "DIR")]
+    pub(crate) data_dir: PathBuf,
+    /// host:port of the coordinator, instead of the address inside the credential.
+    #[arg(long, global = true, env = "WEAVE_COORDINATOR", value_name = "HOST:PORT")]
+    pub(crate) coordinator: Option<String>,
+    /// Print JSON instead of tables (for scripts).
+    #[arg(long, global = true, env = "WEAVE_JSON")]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Join tokens: create one per host (or batch), list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Hosts that joined the cluster.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Subnets (L2 segments) that containers get addresses from.
+    #[command(subcommand)]
+    Subnet(SubnetCommand),
+    /// Addresses held by containers.
+    #[command(subcommand)]
+    Ipam(IpamCommand),
+    /// Names served under the cluster DNS domain.
+    #[command(subcommand)]
+    Dns(DnsCommand),
+    /// The cluster summary, or one of its tables.
+    Status {
+        #[arg(value_enum, default_value_t = StatusView::Cluster)]
+        view: StatusView,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StatusView {
+    Cluster,
+    Nodes,
+    Subnets,
+    Ipam,
+    Dns,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Create a join token; prints it alone on the first line.
+    Create {
+        /// Lifetime, like 30m, 24h, 7d, or never [default: the coordinator's, 24h]
+        #[arg(long)]
+        ttl: Option<String>,
+        /// How many hosts may join with it [default: unlimited]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        uses: Option<u32>,
+        /// A note for `token ls`.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List join tokens (never their secrets).
+    #[command(alias = "list")]
+    Ls,
+    /// Revoke a join token; hosts that already joined stay.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodeCommand {
+    /// List nodes.
+    #[command(alias = "list")]
+    Ls,
+    /// Remove a node, releasing its addresses and DNS records.
+    #[command(alias = "remove")]
+    Rm {
+        /// Node name or id.
+        node: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SubnetCommand {
+    /// Add a subnet, like `weavectl subnet add 10.2.3.0/24`.
+    Add {
+        cidr: String,
+        /// A label to refer to it by.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List subnets with their usage.
+    #[command(alias = "list")]
+    Ls,
+    /// Remove a subnet (refused while containers hold addresses in it, unless --force).
+    #[command(alias = "remove")]
+    Rm {
+        /// CIDR or name.
+        subnet: String,
+        /// Release the addresses held in it (and their DNS records).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum IpamCommand {
+    /// List allocations, optionally filtered.
+    #[command(alias = "list")]
+    Ls {
+        /// Node name or id.
+        #[arg(long)]
+        node: Option<String>,
+        /// Subnet CIDR or name.
+        #[arg(long)]
+        subnet: Option<String>,
+        #[arg(long)]
+        container: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DnsCommand {
+    /// Add an external record: `dns add db 10.2.3.9`.
+    Add { name: String, ip: String },
+    /// Remove a name's records, or only the one with this address.
+    #[command(alias = "remove")]
+    Rm { name: String, ip: Option<String> },
+    /// Print a name's addresses, one per line.
+    Lookup { name: String },
+    /// List every record.
+    #[command(alias = "list")]
+    Ls,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

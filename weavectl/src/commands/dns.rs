@@ -1,0 +1,91 @@
+//! `weavectl dns add|rm|lookup|ls`.
+use std::net::IpAddr;
+
+use serde_json::{Value, json};
+use weave_proto::{
+    client::Api,
+    v1::{AddRecordRequest, DnsRecord, ListRecordsRequest, LookupRequest, RemoveRecordsRequest},
+};
+
+use super::{Output, or_dash};
+use crate::{
+    cli::DnsCommand,
+    failure::{Doing, Failure, Outcome},
+    table::Table,
+};
+
+fn ip(s: &str) -> Outcome<IpAddr> {
+    s.trim().parse().map_err(|_| Failure::usage(format!("'{s}'"), "not an IP address (like 10.2.3.9 or fd00::9)"))
+}
+
+/// Addresses are checked here; names by the coordinator, which owns the domain.
+pub(super) fn check(command: DnsCommand) -> Outcome<DnsCommand> {
+    match &command {
+        DnsCommand::Add { ip: a, .. } | DnsCommand::Rm { ip: Some(a), .. } => {
+            ip(a)?;
+        }
+        _ => {}
+    }
+    Ok(command)
+}
+
+pub(super) async fn run(api: &mut Api, out: &Output, command: DnsCommand) -> Outcome {
+    match command {
+        DnsCommand::Add { name, ip: address } => {
+            let address = ip(&address)?.to_string();
+            let r = api
+                .dns
+                .add_record(AddRecordRequest { name: name.clone(), address: address.clone() })
+                .await
+                .doing(format!("adding {name} -> {address}"))?;
+            out.done(&format!("added {} -> {}", r.name, r.address), || record_json(&r));
+        }
+        DnsCommand::Rm { name, ip: address } => {
+            let address = address.as_deref().map(ip).transpose()?.map(|a| a.to_string()).unwrap_or_default();
+            let what =
+                if address.is_empty() { format!("removing {name}") } else { format!("removing {name} -> {address}") };
+            let r = api.dns.remove_records(RemoveRecordsRequest { name, address }).await.doing(what)?;
+            out.done(&format!("removed {} record(s)", r.removed), || json!({ "removed": r.removed }));
+        }
+        DnsCommand::Lookup { name } => {
+            let r = api.dns.lookup(LookupRequest { name: name.clone() }).await.doing(format!("looking up {name}"))?;
+            if out.json {
+                out.print_json(&json!({ "name": r.name, "addresses": r.addresses }));
+            } else {
+                for a in &r.addresses {
+                    println!("{a}");
+                }
+            }
+        }
+        DnsCommand::Ls => list(api, out).await?,
+    }
+    Ok(())
+}
+
+pub(super) async fn list(api: &mut Api, out: &Output) -> Outcome {
+    let records = api.dns.list_records(ListRecordsRequest {}).await.doing("listing DNS records")?.records;
+    let mut table = Table::new(&["NAME", "ADDRESS", "NODE", "CONTAINER"]);
+    for r in &records {
+        let external = r.allocation_id == 0;
+        table.row(vec![
+            r.name.clone(),
+            r.address.clone(),
+            if external { "(external)".into() } else { or_dash(&r.node) },
+            if external { "-".into() } else { or_dash(&r.container) },
+        ]);
+    }
+    out.list(&table, || Value::Array(records.iter().map(record_json).collect()));
+    Ok(())
+}
+
+fn record_json(r: &DnsRecord) -> Value {
+    json!({
+        "id": r.id,
+        "name": r.name,
+        "address": r.address,
+        "external": r.allocation_id == 0,
+        "allocation_id": if r.allocation_id == 0 { Value::Null } else { json!(r.allocation_id) },
+        "node": r.node,
+        "container": r.container,
+    })
+}

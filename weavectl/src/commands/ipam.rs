@@ -1,0 +1,61 @@
+//! `weavectl ipam ls`.
+use serde_json::{Value, json};
+use weave_proto::{
+    cidr::parse_subnet,
+    client::Api,
+    v1::{Allocation, ListAllocationsRequest},
+};
+
+use super::{Output, or_dash, relative};
+use crate::{
+    cli::IpamCommand,
+    failure::{Doing, Failure, Outcome},
+    table::Table,
+};
+
+pub(super) fn check(command: IpamCommand) -> Outcome<IpamCommand> {
+    let IpamCommand::Ls { subnet: Some(subnet), .. } = &command else { return Ok(command) };
+    if subnet.contains('/') {
+        parse_subnet(subnet).map_err(|e| Failure::usage("--subnet", e))?;
+    }
+    Ok(command)
+}
+
+pub(super) async fn run(api: &mut Api, out: &Output, command: IpamCommand) -> Outcome {
+    let IpamCommand::Ls { node, subnet, container } = command;
+    let req = ListAllocationsRequest {
+        node: node.unwrap_or_default(),
+        subnet: subnet.unwrap_or_default(),
+        container: container.unwrap_or_default(),
+    };
+    list(api, out, req).await
+}
+
+pub(super) async fn list(api: &mut Api, out: &Output, req: ListAllocationsRequest) -> Outcome {
+    let allocations = api.ipam.list_allocations(req).await.doing("listing allocations")?.allocations;
+    let mut table = Table::new(&["ADDRESS", "SUBNET", "NODE", "CONTAINER", "CREATED"]);
+    for a in &allocations {
+        table.row(vec![
+            a.address.clone(),
+            a.subnet.clone(),
+            a.node.clone(),
+            or_dash(&a.container),
+            relative(a.created_at),
+        ]);
+    }
+    out.list(&table, || Value::Array(allocations.iter().map(allocation_json).collect()));
+    Ok(())
+}
+
+fn allocation_json(a: &Allocation) -> Value {
+    json!({
+        "id": a.id,
+        "address": a.address,
+        "subnet": a.subnet,
+        "subnet_id": a.subnet_id,
+        "node": a.node,
+        "node_id": a.node_id,
+        "container": a.container,
+        "created_at": a.created_at,
+    })
+}

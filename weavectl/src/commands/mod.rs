@@ -1,0 +1,109 @@
+//! One module per command group. A command validates its arguments locally,
+//! makes its calls, and prints either a table (people) or JSON (scripts).
+mod dns;
+mod ipam;
+mod nodes;
+mod status;
+mod subnets;
+mod tokens;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::{
+    cli::{Cli, Command},
+    connect::admin_api,
+    failure::Outcome,
+    table::Table,
+};
+
+/// Runs the parsed command line.
+pub(crate) async fn run(cli: Cli) -> Outcome {
+    let out = Output { json: cli.global.json };
+    // Arguments are checked before connecting: a typo should not need a coordinator.
+    match cli.command {
+        Command::Token(c) => {
+            let c = tokens::check(c)?;
+            tokens::run(&mut admin_api(&cli.global).await?, &out, c).await
+        }
+        Command::Node(c) => nodes::run(&mut admin_api(&cli.global).await?, &out, c).await,
+        Command::Subnet(c) => {
+            let c = subnets::check(c)?;
+            subnets::run(&mut admin_api(&cli.global).await?, &out, c).await
+        }
+        Command::Ipam(c) => {
+            let c = ipam::check(c)?;
+            ipam::run(&mut admin_api(&cli.global).await?, &out, c).await
+        }
+        Command::Dns(c) => {
+            let c = dns::check(c)?;
+            dns::run(&mut admin_api(&cli.global).await?, &out, c).await
+        }
+        Command::Status { view } => status::run(&mut admin_api(&cli.global).await?, &out, view).await,
+    }
+}
+
+/// Where results go: stdout, as a table or as JSON.
+pub(crate) struct Output {
+    json: bool,
+}
+
+impl Output {
+    /// A listing: the table for people, `json` for scripts.
+    fn list(&self, table: &Table, json: impl FnOnce() -> Value) {
+        if self.json {
+            self.print_json(&json());
+        } else {
+            print!("{table}");
+        }
+    }
+
+    /// The result of a change: a sentence for people, `json` for scripts.
+    fn done(&self, message: &str, json: impl FnOnce() -> Value) {
+        if self.json {
+            self.print_json(&json());
+        } else {
+            println!("{message}");
+        }
+    }
+
+    fn print_json(&self, value: &Value) {
+        // Serializing a Value built by json!() cannot fail (no non-string keys).
+        println!("{}", serde_json::to_string_pretty(value).expect("a serde_json::Value serializes"));
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// A unix time relative to now, roughly: "3h ago", "in 23h".
+fn relative(ts: i64) -> String {
+    let delta = ts - now();
+    let span = delta.unsigned_abs();
+    let text = match span {
+        0..60 => format!("{span}s"),
+        60..3600 => format!("{}m", span / 60),
+        3600..172_800 => format!("{}h", span / 3600),
+        _ => format!("{}d", span / 86_400),
+    };
+    if delta > 0 { format!("in {text}") } else { format!("{text} ago") }
+}
+
+/// An empty string shown as "-" so columns stay readable.
+fn or_dash(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times_read_naturally() {
+        assert_eq!(relative(now() - 7200), "2h ago");
+        assert_eq!(relative(now() + 3 * 86_400 + 100), "in 3d");
+        assert_eq!(or_dash(""), "-");
+    }
+}

@@ -1,0 +1,68 @@
+//! `weavectl node ls|rm`.
+use serde_json::{Value, json};
+use weave_proto::{
+    client::Api,
+    key::fingerprint,
+    v1::{ListNodesRequest, Node, RemoveNodeRequest},
+};
+
+use super::{Output, relative};
+use crate::{
+    cli::NodeCommand,
+    failure::{Doing, Outcome},
+    table::Table,
+};
+
+pub(super) async fn run(api: &mut Api, out: &Output, command: NodeCommand) -> Outcome {
+    match command {
+        NodeCommand::Ls => list(api, out).await?,
+        NodeCommand::Rm { node } => {
+            let r = api
+                .nodes
+                .remove_node(RemoveNodeRequest { node: node.clone() })
+                .await
+                .doing(format!("removing node {node}"))?;
+            let removed = r.node.unwrap_or_default();
+            let message = format!(
+                "removed node {} ({}): released {} allocation(s) and {} DNS record(s)",
+                removed.name, removed.address, r.released_allocations, r.removed_dns_records
+            );
+            out.done(&message, || {
+                json!({
+                    "node": node_json(&removed),
+                    "released_allocations": r.released_allocations,
+                    "removed_dns_records": r.removed_dns_records,
+                })
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn list(api: &mut Api, out: &Output) -> Outcome {
+    let nodes = api.nodes.list_nodes(ListNodesRequest {}).await.doing("listing nodes")?.nodes;
+    let mut table = Table::new(&["ID", "NAME", "ADDRESS", "ENDPOINTS", "KEY", "JOINED"]);
+    for n in &nodes {
+        table.row(vec![
+            n.id.to_string(),
+            n.name.clone(),
+            n.address.clone(),
+            if n.endpoints.is_empty() { "-".into() } else { n.endpoints.join(",") },
+            fingerprint(&n.public_key),
+            relative(n.joined_at),
+        ]);
+    }
+    out.list(&table, || Value::Array(nodes.iter().map(node_json).collect()));
+    Ok(())
+}
+
+fn node_json(n: &Node) -> Value {
+    json!({
+        "id": n.id,
+        "name": n.name,
+        "address": n.address,
+        "endpoints": n.endpoints,
+        "key_fingerprint": fingerprint(&n.public_key),
+        "joined_at": n.joined_at,
+    })
+}

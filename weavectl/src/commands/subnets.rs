@@ -1,0 +1,90 @@
+//! `weavectl subnet add|ls|rm`.
+use serde_json::{Value, json};
+use weave_proto::{
+    cidr::parse_subnet,
+    client::Api,
+    v1::{AddSubnetRequest, ListSubnetsRequest, RemoveSubnetRequest, Subnet},
+};
+
+use super::{Output, or_dash};
+use crate::{
+    cli::SubnetCommand,
+    failure::{Doing, Failure, Outcome},
+    table::Table,
+};
+
+/// Refuses a malformed CIDR before calling, with parse_subnet's message
+/// (which suggests the network when host bits are set).
+pub(super) fn check(command: SubnetCommand) -> Outcome<SubnetCommand> {
+    match &command {
+        SubnetCommand::Add { cidr, .. } => {
+            parse_subnet(cidr).map_err(|e| Failure::usage(format!("adding subnet {cidr}"), e))?;
+        }
+        // A name has no '/'; anything with one must be a CIDR.
+        SubnetCommand::Rm { subnet, .. } if subnet.contains('/') => {
+            parse_subnet(subnet).map_err(|e| Failure::usage(format!("removing subnet {subnet}"), e))?;
+        }
+        _ => {}
+    }
+    Ok(command)
+}
+
+pub(super) async fn run(api: &mut Api, out: &Output, command: SubnetCommand) -> Outcome {
+    match command {
+        SubnetCommand::Add { cidr, name } => {
+            // Checked above; sent normalised ("10.2.3.0/24", not " 10.2.3.0/24").
+            let net = parse_subnet(&cidr).map_err(|e| Failure::usage(format!("adding subnet {cidr}"), e))?;
+            let req = AddSubnetRequest { cidr: net.to_string(), name: name.unwrap_or_default() };
+            let s = api.subnets.add_subnet(req).await.doing(format!("adding subnet {net}"))?;
+            let label = if s.name.is_empty() { String::new() } else { format!(" ({})", s.name) };
+            out.done(&format!("added subnet {}{label}, vni {}", s.cidr, s.vni), || subnet_json(&s));
+        }
+        SubnetCommand::Ls => list(api, out).await?,
+        SubnetCommand::Rm { subnet, force } => {
+            let r = api
+                .subnets
+                .remove_subnet(RemoveSubnetRequest { subnet: subnet.clone(), force })
+                .await
+                .doing(format!("removing subnet {subnet}"))?;
+            let s = r.subnet.unwrap_or_default();
+            let released = match r.released_allocations {
+                0 => String::new(),
+                n => format!("; released {n} allocation(s)"),
+            };
+            out.done(
+                &format!("removed subnet {}{released}", s.cidr),
+                || json!({ "subnet": subnet_json(&s), "released_allocations": r.released_allocations }),
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn list(api: &mut Api, out: &Output) -> Outcome {
+    let subnets = api.subnets.list_subnets(ListSubnetsRequest {}).await.doing("listing subnets")?.subnets;
+    let mut table = Table::new(&["CIDR", "NAME", "DEFAULT", "VNI", "ALLOCATED"]);
+    for s in &subnets {
+        table.row(vec![
+            s.cidr.clone(),
+            or_dash(&s.name),
+            if s.is_default { "yes".into() } else { String::new() },
+            s.vni.to_string(),
+            format!("{}/{}", s.allocated, s.capacity),
+        ]);
+    }
+    out.list(&table, || Value::Array(subnets.iter().map(subnet_json).collect()));
+    Ok(())
+}
+
+fn subnet_json(s: &Subnet) -> Value {
+    json!({
+        "id": s.id,
+        "cidr": s.cidr,
+        "name": s.name,
+        "default": s.is_default,
+        "vni": s.vni,
+        "allocated": s.allocated,
+        // A decimal string: an IPv6 subnet's capacity does not fit a JSON number.
+        "capacity": s.capacity,
+    })
+}

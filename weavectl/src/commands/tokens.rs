@@ -1,0 +1,129 @@
+//! `weavectl token create|ls|revoke`.
+use serde_json::{Value, json};
+use weave_proto::{
+    client::Api,
+    v1::{CreateTokenRequest, ListTokensRequest, RevokeTokenRequest, Token},
+};
+
+use super::{Output, now, or_dash, relative};
+use crate::{
+    cli::TokenCommand,
+    failure::{Doing, Failure, Outcome},
+    table::Table,
+};
+
+/// The API has no "never" (0 means the coordinator's default), so a lifetime
+/// the coordinator clamps to the end of time stands for it; see `expiry`.
+const NEVER: u64 = u64::MAX;
+/// Expiry times past this many years from now are shown as "never".
+const NEVER_AFTER_YEARS: i64 = 1000;
+
+pub(super) struct Checked {
+    command: TokenCommand,
+    ttl_seconds: u64,
+}
+
+pub(super) fn check(command: TokenCommand) -> Outcome<Checked> {
+    let ttl_seconds = match &command {
+        TokenCommand::Create { ttl: Some(ttl), .. } => match weave_proto::duration::parse(ttl) {
+            Ok(Some(d)) => d.as_secs(),
+            Ok(None) => NEVER,
+            Err(e) => return Err(Failure::usage("--ttl", e)),
+        },
+        _ => 0,
+    };
+    Ok(Checked { command, ttl_seconds })
+}
+
+pub(super) async fn run(api: &mut Api, out: &Output, c: Checked) -> Outcome {
+    match c.command {
+        TokenCommand::Create { uses, description, .. } => {
+            let description = description.unwrap_or_default();
+            let req = CreateTokenRequest { ttl_seconds: c.ttl_seconds, uses: uses.unwrap_or(0), description };
+            let resp = api.tokens.create_token(req).await.doing("creating a join token")?;
+            let token = resp.token.unwrap_or_default();
+            if out.json {
+                let mut v = token_json(&token);
+                v["secret_token"] = json!(resp.secret_token);
+                out.print_json(&v);
+            } else {
+                // The token alone first: `T=$(weavectl token create | head -1)`.
+                println!("{}", resp.secret_token);
+                println!(
+                    "token {} ({}, {}); on each host: agent join --token <the line above>",
+                    token.id,
+                    uses_text(&token),
+                    expiry(token.expires_at)
+                );
+            }
+        }
+        TokenCommand::Ls => {
+            let tokens = api.tokens.list_tokens(ListTokensRequest {}).await.doing("listing join tokens")?.tokens;
+            let mut table = Table::new(&["ID", "STATE", "EXPIRES", "USES", "LEFT", "CREATED", "DESCRIPTION"]);
+            for t in &tokens {
+                table.row(vec![
+                    t.id.clone(),
+                    state(t).into(),
+                    if never(t.expires_at) { "never".into() } else { relative(t.expires_at) },
+                    t.uses.to_string(),
+                    if t.unlimited { "unlimited".into() } else { t.uses_left.to_string() },
+                    relative(t.created_at),
+                    or_dash(&t.description),
+                ]);
+            }
+            out.list(&table, || Value::Array(tokens.iter().map(token_json).collect()));
+        }
+        TokenCommand::Revoke { id } => {
+            let token = api
+                .tokens
+                .revoke_token(RevokeTokenRequest { id: id.clone() })
+                .await
+                .doing(format!("revoking token {id}"))?;
+            out.done(&format!("revoked token {}; nodes that joined with it stay", token.id), || token_json(&token));
+        }
+    }
+    Ok(())
+}
+
+fn state(t: &Token) -> &'static str {
+    if t.revoked {
+        "revoked"
+    } else if t.expires_at != 0 && t.expires_at <= now() {
+        "expired"
+    } else if !t.unlimited && t.uses_left == 0 {
+        "used up"
+    } else {
+        "active"
+    }
+}
+
+fn never(expires_at: i64) -> bool {
+    expires_at == 0 || expires_at > now().saturating_add(NEVER_AFTER_YEARS * 365 * 86_400)
+}
+
+fn expiry(expires_at: i64) -> String {
+    if never(expires_at) {
+        "never expires".into()
+    } else if expires_at <= now() {
+        format!("expired {}", relative(expires_at))
+    } else {
+        format!("expires {}", relative(expires_at))
+    }
+}
+
+fn uses_text(t: &Token) -> String {
+    if t.unlimited { "unlimited uses".into() } else { format!("{} use(s)", t.uses_left) }
+}
+
+fn token_json(t: &Token) -> Value {
+    json!({
+        "id": t.id,
+        "state": state(t),
+        "created_at": t.created_at,
+        "expires_at": if never(t.expires_at) { Value::Null } else { json!(t.expires_at) },
+        "uses": t.uses,
+        "uses_left": if t.unlimited { Value::Null } else { json!(t.uses_left) },
+        "revoked": t.revoked,
+        "description": t.description,
+    })
+}

@@ -1,0 +1,120 @@
+//! Why a command failed, as one line (`<what failed>: <why>`) and an exit code
+//! that scripts can branch on (documented in `weavectl --help`).
+use std::fmt;
+
+use tonic::Code;
+use weave_proto::client::ConnectError;
+
+/// How weave_proto's pin verifier starts its refusal.
+const PIN_MISMATCH: &str = "the coordinator's identity does not match the pin";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    Other = 1,
+    Usage = 2,
+    Unreachable = 3,
+    NotFound = 4,
+    Conflict = 5,
+    Denied = 6,
+    Exhausted = 7,
+}
+
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) what: String,
+    pub(crate) why: String,
+    pub(crate) exit: Exit,
+}
+
+impl Failure {
+    pub(crate) fn new(exit: Exit, what: impl Into<String>, why: impl fmt::Display) -> Self {
+        Self { what: what.into(), why: why.to_string(), exit }
+    }
+
+    /// A value refused before anything was sent.
+    pub(crate) fn usage(what: impl Into<String>, why: impl fmt::Display) -> Self {
+        Self::new(Exit::Usage, what, why)
+    }
+
+    /// A call the coordinator answered with an error. Its message is already
+    /// specific ("10.2.0.0/16 overlaps subnet ..."), so it is passed through.
+    pub(crate) fn status(what: impl Into<String>, status: &tonic::Status) -> Self {
+        let exit = match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => Exit::Usage,
+            Code::Unavailable | Code::DeadlineExceeded => Exit::Unreachable,
+            Code::NotFound => Exit::NotFound,
+            Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => Exit::Conflict,
+            Code::PermissionDenied | Code::Unauthenticated => Exit::Denied,
+            Code::ResourceExhausted => Exit::Exhausted,
+            _ => Exit::Other,
+        };
+        let why = match status.message() {
+            "" => format!("{} (no message from the coordinator)", status.code().description()),
+            // A transport failure mid-call has the cause in the status source.
+            m if exit == Exit::Unreachable => match std::error::Error::source(status) {
+                Some(s) => format!("{m}: {}", weave_proto::client::error_chain(s)),
+                None => m.to_string(),
+            },
+            m => m.to_string(),
+        };
+        Self::new(exit, what, why)
+    }
+
+    pub(crate) fn connect(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Unreachable { addr, cause } => {
+                // tonic's wrappers ("transport error: unexpected error: ") say nothing;
+                // the pin verifier's own sentence explains a mismatch.
+                let why = match cause.find(PIN_MISMATCH) {
+                    Some(at) => cause[at..].to_string(),
+                    None => cause.strip_prefix("transport error: ").unwrap_or(&cause).to_string(),
+                };
+                Self::new(Exit::Unreachable, format!("cannot reach the coordinator at {addr}"), why)
+            }
+            ConnectError::Address(addr) => {
+                Self::usage("coordinator address", format!("'{addr}' is not host:port (like 192.0.2.1:6783)"))
+            }
+            ConnectError::Credential => {
+                Self::usage("admin credential", "it contains characters not allowed in a header")
+            }
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // One line, whatever the cause contained.
+        let why = self.why.replace(['\n', '\r'], " ");
+        write!(f, "{}: {}", self.what, why.trim())
+    }
+}
+
+/// `Result` for everything a command does.
+pub(crate) type Outcome<T = ()> = Result<T, Failure>;
+
+/// Attaches "what was being done" to a gRPC error.
+pub(crate) trait Doing<T> {
+    fn doing(self, what: impl Into<String>) -> Outcome<T>;
+}
+
+impl<T> Doing<T> for Result<tonic::Response<T>, tonic::Status> {
+    fn doing(self, what: impl Into<String>) -> Outcome<T> {
+        self.map(tonic::Response::into_inner).map_err(|s| Failure::status(what, &s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_exit_codes() {
+        let f = Failure::status("adding subnet 10.2.0.0/16", &tonic::Status::already_exists("overlaps"));
+        assert_eq!((f.exit, f.to_string().as_str()), (Exit::Conflict, "adding subnet 10.2.0.0/16: overlaps"));
+        assert_eq!(Failure::status("x", &tonic::Status::not_found("y")).exit, Exit::NotFound);
+        assert_eq!(Failure::status("x", &tonic::Status::unauthenticated("y")).exit, Exit::Denied);
+        assert_eq!(Failure::status("x", &tonic::Status::resource_exhausted("y")).exit, Exit::Exhausted);
+        assert_eq!(Failure::status("x", &tonic::Status::internal("y")).exit, Exit::Other);
+        assert_eq!(Failure::usage("x", "a\nb").to_string(), "x: a b");
+    }
+}

@@ -1,0 +1,440 @@
+//! The weavectl binary against a real coordinator started in-process (port 0,
+//! temp data dir): success paths, and every refusal with its one-line error
+//! and exit code.
+use std::net::TcpListener;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::runtime::Runtime;
+use weave_coordinator::config::ServeArgs;
+use weave_proto::{
+    client::{Api, connect},
+    token::{AdminCredential, JoinToken},
+    v1::{AllocateRequest, JoinRequest},
+};
+
+/// A coordinator serving on its own runtime's threads while the test thread
+/// runs the binary. Dropping it drops the runtime, which stops the server.
+struct Cluster {
+    dir: TempDir,
+    admin: AdminCredential,
+    first_token: JoinToken,
+    rt: Runtime,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let settings =
+            ServeArgs::for_data_dir(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap()).settings().unwrap();
+        let running = rt.block_on(weave_coordinator::start(settings, std::future::pending())).unwrap();
+        let first_token = running.first_token.clone().expect("a first start makes a token");
+        Self { dir, admin: running.admin.clone(), first_token, rt }
+    }
+
+    /// weavectl with this cluster's data dir, and nothing from the test's environment.
+    fn weavectl(&self) -> Command {
+        let mut cmd = bare();
+        cmd.arg("--data-dir").arg(self.dir.path());
+        cmd
+    }
+
+    /// Joins a fake node (no agent) and gives container `c1` an address named `web`.
+    fn join_node_with_container(&self, name: &str) {
+        self.rt.block_on(async {
+            let channel = connect(&self.admin.coordinator, self.admin.pin).await.unwrap();
+            let mut admin = Api::new(channel.clone(), &self.admin.secret).unwrap();
+            let joined = admin
+                .join
+                .join(JoinRequest {
+                    token: self.first_token.to_string(),
+                    name: name.into(),
+                    public_key: vec![7; 32],
+                    endpoints: vec!["192.0.2.1:6784".into()],
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut node = Api::new(channel, &joined.credential).unwrap();
+            node.ipam
+                .allocate(AllocateRequest { container: "c1".into(), dns_name: "web".into(), ..Default::default() })
+                .await
+                .unwrap();
+        });
+    }
+
+    /// Runs weavectl with `args` and expects success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.weavectl().args(args).output().unwrap();
+        assert!(out.status.success(), "weavectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).expect("--json prints JSON")
+    }
+
+    /// Runs weavectl with `args`, expects exit `code` and exactly one stderr line equal to `line`.
+    fn fails(&self, args: &[&str], code: i32, line: &str) {
+        self.weavectl().args(args).assert().code(code).stdout("").stderr(format!("{line}\n"));
+    }
+}
+
+fn bare() -> Command {
+    let mut cmd = Command::cargo_bin("weavectl").unwrap();
+    for var in ["WEAVE_ADMIN", "WEAVE_ADMIN_FILE", "WEAVE_DATA_DIR", "WEAVE_COORDINATOR", "WEAVE_JSON"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn one_line(s: &str) -> bool {
+    s.ends_with('\n') && s.matches('\n').count() == 1
+}
+
+#[test]
+fn subnet_add_list_remove() {
+    let c = Cluster::start();
+    let added = c.ok(&["subnet", "add", "10.2.3.0/24"]);
+    let vni = c.json(&["subnet", "ls"])[1]["vni"].as_u64().unwrap();
+    assert_eq!(added, format!("added subnet 10.2.3.0/24, vni {vni}\n"));
+    c.ok(&["subnet", "add", "10.9.0.0/16", "--name", "blue"]);
+
+    let table = c.ok(&["subnet", "ls"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    assert!(lines[0].starts_with("CIDR") && lines[0].contains("NAME") && lines[0].contains("ALLOCATED"));
+    assert!(lines[1].starts_with("10.32.0.0/16  default  yes"), "{table}");
+    assert!(lines[1].ends_with("0/65534"), "{table}");
+    assert!(lines[3].starts_with("10.9.0.0/16   blue"), "{table}");
+
+    let list = c.json(&["subnet", "ls"]);
+    let cidrs: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["cidr"].as_str().unwrap()).collect();
+    assert_eq!(cidrs, ["10.32.0.0/16", "10.2.3.0/24", "10.9.0.0/16"]);
+    assert_eq!(list[0]["default"], true);
+    assert_eq!(list[1]["capacity"], "254");
+
+    assert_eq!(c.ok(&["subnet", "rm", "blue"]), "removed subnet 10.9.0.0/16\n");
+    let removed = c.json(&["subnet", "rm", "10.2.3.0/24"]);
+    assert_eq!(removed["subnet"]["cidr"], "10.2.3.0/24");
+    assert_eq!(c.json(&["subnet", "ls"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn subnet_refusals() {
+    let c = Cluster::start();
+    c.fails(
+        &["subnet", "add", "banana"],
+        2,
+        "weavectl: adding subnet banana: 'banana' is not a subnet in CIDR notation (like 10.2.3.0/24 or fd00:1::/64)",
+    );
+    c.fails(
+        &["subnet", "add", "10.2.3.1/24"],
+        2,
+        "weavectl: adding subnet 10.2.3.1/24: '10.2.3.1/24' has host bits set; did you mean 10.2.3.0/24?",
+    );
+    c.ok(&["subnet", "add", "10.2.0.0/16", "--name", "wide"]);
+    c.fails(
+        &["subnet", "add", "10.2.3.0/24"],
+        5,
+        "weavectl: adding subnet 10.2.3.0/24: 10.2.3.0/24 overlaps subnet 10.2.0.0/16 (wide)",
+    );
+    c.fails(
+        &["subnet", "add", "10.2.0.0/16"],
+        5,
+        "weavectl: adding subnet 10.2.0.0/16: subnet 10.2.0.0/16 already exists (wide)",
+    );
+    c.fails(
+        &["subnet", "add", "10.47.0.0/16"],
+        2,
+        "weavectl: adding subnet 10.47.0.0/16: 10.47.0.0/16 overlaps 10.47.0.0/16, the block reserved for node \
+         addresses; choose a subnet outside it",
+    );
+    c.fails(
+        &["subnet", "rm", "default"],
+        5,
+        "weavectl: removing subnet default: 10.32.0.0/16 is the default subnet and cannot be removed",
+    );
+    c.fails(
+        &["subnet", "rm", "10.32.0.0/16"],
+        5,
+        "weavectl: removing subnet 10.32.0.0/16: 10.32.0.0/16 is the default subnet and cannot be removed",
+    );
+    c.fails(
+        &["subnet", "rm", "nosuch"],
+        4,
+        "weavectl: removing subnet nosuch: subnet 'nosuch' is not defined (add it with `weavectl subnet add`, see \
+         `weavectl subnet ls`)",
+    );
+    c.fails(
+        &["subnet", "rm", "10.8.0.1/16"],
+        2,
+        "weavectl: removing subnet 10.8.0.1/16: '10.8.0.1/16' has host bits set; did you mean 10.8.0.0/16?",
+    );
+    // clap's own usage errors keep clap's exit code.
+    c.weavectl().args(["subnet", "add"]).assert().code(2);
+}
+
+#[test]
+fn token_create_list_revoke() {
+    let c = Cluster::start();
+    let out = c.ok(&["token", "create", "--ttl", "1h", "--uses", "2", "--description", "ci hosts"]);
+    let first = out.lines().next().unwrap();
+    let token = JoinToken::parse(first).expect("the first line is the token alone");
+    assert_eq!(token.pin, c.admin.pin);
+    assert!(out.lines().nth(1).unwrap().contains("agent join --token"), "{out}");
+
+    let list = c.json(&["token", "ls"]);
+    let created = list.as_array().unwrap().iter().find(|t| t["id"] == token.id.as_str()).unwrap();
+    assert_eq!(created["description"], "ci hosts");
+    assert_eq!(created["uses_left"], 2);
+    assert_eq!(created["state"], "active");
+    assert!(!c.ok(&["token", "ls"]).contains(&token.secret), "listing never shows secrets");
+
+    let never = c.json(&["token", "create", "--ttl", "never"]);
+    assert_eq!(never["expires_at"], Value::Null);
+    let table = c.ok(&["token", "ls"]);
+    assert!(table.starts_with("ID"), "{table}");
+    let never_row = table.lines().find(|l| l.starts_with(never["id"].as_str().unwrap())).unwrap();
+    assert!(never_row.contains("never") && never_row.contains("unlimited"), "{table}");
+
+    assert_eq!(
+        c.ok(&["token", "revoke", &token.id]),
+        format!("revoked token {}; nodes that joined with it stay\n", token.id)
+    );
+    let list = c.json(&["token", "ls"]);
+    let revoked = list.as_array().unwrap().iter().find(|t| t["id"] == token.id.as_str()).unwrap();
+    assert_eq!(revoked["state"], "revoked");
+
+    c.fails(
+        &["token", "revoke", "0123456789abcdef"],
+        4,
+        "weavectl: revoking token 0123456789abcdef: no join token with id '0123456789abcdef' (see `weavectl token ls`)",
+    );
+    c.fails(
+        &["token", "create", "--ttl", "soon"],
+        2,
+        "weavectl: --ttl: 'soon' is not a duration: use a number with s, m, h or d (like 30m, 24h, 7d), or 'never'",
+    );
+    c.weavectl().args(["token", "create", "--uses", "0"]).assert().code(2);
+}
+
+#[test]
+fn dns_add_lookup_remove() {
+    let c = Cluster::start();
+    assert_eq!(c.ok(&["dns", "add", "db", "10.2.3.9"]), "added db.weave.local. -> 10.2.3.9\n");
+    c.ok(&["dns", "add", "DB.weave.local", "10.2.3.10"]);
+    assert_eq!(c.ok(&["dns", "lookup", "db"]), "10.2.3.9\n10.2.3.10\n");
+    let looked = c.json(&["dns", "lookup", "db"]);
+    assert_eq!(looked["name"], "db.weave.local.");
+
+    let table = c.ok(&["dns", "ls"]);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains("db.weave.local.  10.2.3.9   (external)"), "{table}");
+    assert_eq!(c.json(&["dns", "ls"]).as_array().unwrap().len(), 2);
+
+    c.fails(
+        &["dns", "add", "db", "10.2.3.9"],
+        5,
+        "weavectl: adding db -> 10.2.3.9: db.weave.local. already resolves to 10.2.3.9",
+    );
+    assert_eq!(c.ok(&["dns", "rm", "db", "10.2.3.10"]), "removed 1 record(s)\n");
+    assert_eq!(c.ok(&["dns", "rm", "db"]), "removed 1 record(s)\n");
+    c.fails(&["dns", "lookup", "db"], 4, "weavectl: looking up db: no record for db.weave.local.");
+    c.fails(&["dns", "rm", "db"], 4, "weavectl: removing db: no record db.weave.local. to remove");
+    c.fails(&["dns", "add", "db", "10.2.3"], 2, "weavectl: '10.2.3': not an IP address (like 10.2.3.9 or fd00::9)");
+    c.fails(&["dns", "rm", "db", "nope"], 2, "weavectl: 'nope': not an IP address (like 10.2.3.9 or fd00::9)");
+    c.fails(
+        &["dns", "add", "bad name", "10.2.3.9"],
+        2,
+        "weavectl: adding bad name -> 10.2.3.9: 'bad name' is not a valid DNS name (labels of letters, digits, '-' \
+         and '_', separated by dots)",
+    );
+}
+
+#[test]
+fn nodes_and_allocations_until_node_removal() {
+    let c = Cluster::start();
+    assert_eq!(c.ok(&["node", "ls"]).lines().count(), 1, "only the header before any node joins");
+    c.join_node_with_container("host-1");
+
+    let nodes = c.ok(&["node", "ls"]);
+    let row = nodes.lines().nth(1).unwrap();
+    assert!(nodes.starts_with("ID") && nodes.contains("KEY"), "{nodes}");
+    assert!(row.contains("host-1") && row.contains("10.47.") && row.contains("192.0.2.1:6784"), "{nodes}");
+    assert!(row.contains("BwcHBwcH"), "key fingerprint: first 8 base64 chars of [7; 32]: {nodes}");
+    let json = c.json(&["node", "ls"]);
+    assert_eq!(json[0]["name"], "host-1");
+    assert_eq!(json[0]["key_fingerprint"], "BwcHBwcH");
+
+    let allocations = c.json(&["ipam", "ls"]);
+    assert_eq!(allocations.as_array().unwrap().len(), 1);
+    assert_eq!(allocations[0]["container"], "c1");
+    assert_eq!(allocations[0]["node"], "host-1");
+    assert_eq!(allocations[0]["subnet"], "10.32.0.0/16");
+    let table = c.ok(&["ipam", "ls", "--node", "host-1", "--subnet", "default"]);
+    assert!(table.lines().nth(1).unwrap().contains("10.32.0.0/16  host-1  c1"), "{table}");
+    assert_eq!(c.json(&["ipam", "ls", "--container", "other"]), serde_json::json!([]));
+    assert_eq!(c.ok(&["dns", "lookup", "web"]).lines().count(), 1);
+    assert!(c.ok(&["subnet", "ls"]).contains("1/65534"));
+    c.fails(
+        &["ipam", "ls", "--subnet", "10.32.0.1/16"],
+        2,
+        "weavectl: --subnet: '10.32.0.1/16' has host bits set; did you mean 10.32.0.0/16?",
+    );
+
+    c.fails(&["node", "rm", "host-9"], 4, "weavectl: removing node host-9: no node 'host-9' (see `weavectl node ls`)");
+    let address = json[0]["address"].as_str().unwrap();
+    assert_eq!(
+        c.ok(&["node", "rm", "host-1"]),
+        format!("removed node host-1 ({address}): released 1 allocation(s) and 1 DNS record(s)\n")
+    );
+    assert_eq!(c.json(&["ipam", "ls"]), serde_json::json!([]));
+    assert_eq!(c.json(&["node", "ls"]), serde_json::json!([]));
+    c.fails(&["dns", "lookup", "web"], 4, "weavectl: looking up web: no record for web.weave.local.");
+}
+
+#[test]
+fn status_summary_views_and_json() {
+    let c = Cluster::start();
+    let text = c.ok(&["status"]);
+    assert!(text.contains("default subnet  10.32.0.0/16"), "{text}");
+    assert!(text.contains("node range      10.47.0.0/16"), "{text}");
+    assert!(text.contains("dns domain      weave.local."), "{text}");
+    let s = c.json(&["status"]);
+    assert_eq!(s["range"], "10.32.0.0/12");
+    assert_eq!(s["nodes"], 0);
+    assert_eq!(s["subnets"], 1);
+    assert_eq!(s["active_tokens"], 1);
+    assert!(s["version"].is_string());
+    assert!(c.ok(&["status", "subnets"]).starts_with("CIDR"));
+    assert!(c.ok(&["status", "nodes"]).starts_with("ID"));
+    assert!(c.ok(&["status", "ipam"]).starts_with("ADDRESS"));
+    assert!(c.ok(&["status", "dns"]).starts_with("NAME"));
+    // Every listing parses as JSON too.
+    for view in ["nodes", "subnets", "ipam", "dns"] {
+        assert!(c.json(&["status", view]).is_array());
+    }
+    c.weavectl().args(["status", "peers"]).assert().code(2);
+}
+
+#[test]
+fn credential_from_env_file_and_coordinator_override() {
+    let c = Cluster::start();
+    let elsewhere = tempfile::tempdir().unwrap();
+
+    // WEAVE_ADMIN wins over a data dir without a credential.
+    bare()
+        .env("WEAVE_ADMIN", c.admin.to_string())
+        .env("WEAVE_DATA_DIR", elsewhere.path())
+        .args(["subnet", "add", "10.2.3.0/24"])
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with("added subnet 10.2.3.0/24"));
+
+    let file = elsewhere.path().join("cred");
+    std::fs::write(&file, format!("{}\n", c.admin)).unwrap();
+    bare().arg("--admin-file").arg(&file).args(["subnet", "ls"]).assert().success();
+    bare().env("WEAVE_ADMIN_FILE", &file).args(["status"]).assert().success();
+
+    // A credential pointing at a closed port, corrected by --coordinator.
+    let stale = AdminCredential { coordinator: closed_port(), ..c.admin.clone() };
+    bare().arg("--admin").arg(stale.to_string()).args(["status"]).assert().code(3);
+    bare()
+        .arg("--admin")
+        .arg(stale.to_string())
+        .args(["--coordinator", &c.admin.coordinator, "--json", "status"])
+        .assert()
+        .success()
+        .stdout(predicate::function(|s: &str| serde_json::from_str::<Value>(s).is_ok()));
+    bare()
+        .env("WEAVE_ADMIN", stale.to_string())
+        .env("WEAVE_COORDINATOR", &c.admin.coordinator)
+        .args(["node", "ls"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn missing_or_malformed_credential() {
+    let empty = tempfile::tempdir().unwrap();
+    let path = empty.path().join("admin.credential");
+    bare().arg("--data-dir").arg(empty.path()).args(["status"]).assert().code(2).stdout("").stderr(format!(
+        "weavectl: no admin credential: {} does not exist; pass --admin <wva1…> (WEAVE_ADMIN), --admin-file <path> \
+         (WEAVE_ADMIN_FILE), or --data-dir <the coordinator's data dir> (WEAVE_DATA_DIR)\n",
+        path.display()
+    ));
+    bare()
+        .args(["--admin", "hello", "status"])
+        .assert()
+        .code(2)
+        .stderr("weavectl: --admin (WEAVE_ADMIN): not a weave admin credential: it should start with 'wva1'\n");
+    bare().arg("--admin-file").arg(empty.path().join("nope")).arg("status").assert().code(2).stderr(
+        predicate::str::starts_with("weavectl: --admin-file (WEAVE_ADMIN_FILE) ").and(predicate::function(one_line)),
+    );
+}
+
+#[test]
+fn wrong_pin_is_refused() {
+    let first = Cluster::start();
+    let second = Cluster::start();
+    let impostor = AdminCredential { coordinator: first.admin.coordinator.clone(), ..second.admin.clone() };
+    let out = bare().arg("--admin").arg(impostor.to_string()).arg("status").assert().code(3).stdout("");
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(one_line(&stderr), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("weavectl: cannot reach the coordinator at {}: ", first.admin.coordinator)),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(": the coordinator's identity does not match the pin (expected sha256:"),
+        "the verifier's sentence, without tonic's wrappers: {stderr}"
+    );
+}
+
+#[test]
+fn unknown_credential_is_refused_by_the_coordinator() {
+    let first = Cluster::start();
+    let second = Cluster::start();
+    let stranger = AdminCredential { secret: second.admin.secret.clone(), ..first.admin.clone() };
+    bare().arg("--admin").arg(stranger.to_string()).arg("status").assert().code(6).stdout("").stderr(
+        "weavectl: getting the cluster status: credential not recognised by this coordinator (wrong coordinator, or \
+         the node was removed)\n",
+    );
+}
+
+#[test]
+fn unreachable_coordinator() {
+    let c = Cluster::start();
+    let addr = closed_port();
+    let out = c.weavectl().args(["--coordinator", &addr, "status"]).assert().code(3).stdout("");
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(one_line(&stderr), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("weavectl: cannot reach the coordinator at {addr}: tcp connect error")),
+        "{stderr}"
+    );
+    c.fails(
+        &["--coordinator", "no-port", "status"],
+        2,
+        "weavectl: coordinator address: 'no-port' is not host:port (like 192.0.2.1:6783)",
+    );
+}
+
+#[test]
+fn help_documents_exit_codes() {
+    bare().arg("--help").assert().success().stdout(
+        predicate::str::contains("Exit codes:").and(predicate::str::contains("3  cannot reach the coordinator")),
+    );
+}
+
+/// A local port nothing listens on (bound, then released).
+fn closed_port() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
