@@ -1,1 +1,43 @@
-fn main() {}
+//! `agent`: parse flags, init tracing, run the command, exit with one clear line on failure.
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use weave_agent::{
+    agent,
+    config::{Cli, Command},
+};
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        }
+        // Without handlers the process still ends on a signal, just without cleanup.
+        _ => std::future::pending().await,
+    }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let result = match Cli::parse().command {
+        Command::Join(args) => agent::join(args, shutdown_signal()).await,
+        Command::Run(args) => agent::run(args, shutdown_signal()).await,
+        Command::Reset(args) => agent::reset(args).await,
+        Command::Status(args) => agent::status(args).await.map(|s| print!("{s}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent: {}", agent::describe(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The agent's commands: join (once, with a token), run (from the saved
+//! identity), status, reset.
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::watch;
+use weave_proto::{
+    client::{Api, connect, connect_lazy, error_chain},
+    token::JoinToken,
+    v1::{JoinRequest, NetworkMap},
+};
+
+use crate::{
+    config::{JoinArgs, ResetArgs, RunArgs, StatusArgs},
+    control,
+    dataplane::{Transport, tun_udp::TunUdp},
+    error::Error,
+    local_api::{self, AgentStatus, Handler, Request, Response, SegmentStatus},
+    netlink::Netlink,
+    netmap,
+    reconcile::{self, bridge_name},
+    state::{Identity, NodeKey, StateDir},
+};
+
+/// The TUN device that holds the node address.
+pub const TUN_NAME: &str = "wvtun0";
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `agent join`: joins with the token unless this host already has an
+/// identity, then runs. Nothing is written and no interface is created
+/// unless the coordinator accepted the join.
+pub async fn join(args: JoinArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let dir = StateDir::new(&args.run.paths.data_dir);
+    if dir.is_joined() {
+        tracing::info!(data_dir = %dir.path().display(), "already joined; restarting from the saved identity");
+        return run(args.run, shutdown).await;
+    }
+    let token = JoinToken::parse(&args.token).map_err(|e| Error::Token(e.to_string()))?;
+    let endpoint = match args.endpoint {
+        Some(e) => e,
+        None => SocketAddr::new(default_address()?, args.run.listen_port),
+    };
+    let name = match args.name {
+        Some(n) => n,
+        None => hostname()?,
+    };
+    let channel = connect(&token.coordinator, token.pin).await.map_err(|e| Error::Connect(e.to_string()))?;
+    let key = NodeKey::generate();
+    let mut api = Api::new(channel, "-").map_err(|e| Error::Connect(e.to_string()))?;
+    let request = JoinRequest {
+        token: args.token.trim().to_string(),
+        name: name.clone(),
+        public_key: key.public().as_bytes().to_vec(),
+        endpoints: vec![endpoint.to_string()],
+    };
+    let response = tokio::time::timeout(JOIN_TIMEOUT, api.join.join(request))
+        .await
+        .map_err(|_| Error::Connect(format!("the coordinator at {} did not answer the join", token.coordinator)))?
+        .map_err(|s| Error::JoinRefused(s.message().to_string()))?
+        .into_inner();
+    let node = response.node.ok_or_else(|| Error::JoinRefused("the answer names no node".into()))?;
+    let address: Ipv4Addr =
+        node.address.parse().map_err(|_| Error::JoinRefused(format!("node address '{}' is not IPv4", node.address)))?;
+    let identity = Identity {
+        node_id: node.id,
+        name: node.name,
+        address,
+        coordinator: token.coordinator.clone(),
+        pin: token.pin.to_string(),
+        credential: response.credential,
+        endpoint,
+        listen_port: args.run.listen_port,
+    };
+    let map = response.map.unwrap_or_default();
+    dir.save_join(&key, &identity, &map)?;
+    tracing::info!(node = identity.node_id, name = %identity.name, address = %address, "joined");
+    serve(dir, key, identity, map, args.run, shutdown).await
+}
+
+/// `agent run`: restart from the saved identity and map.
+pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let dir = StateDir::new(&args.paths.data_dir);
+    if !dir.is_joined() {
+        return Err(Error::State(format!("no identity in {}: run `agent join --token …` first", dir.path().display())));
+    }
+    let (key, identity, map) = dir.load()?;
+    serve(dir, key, identity, map, args, shutdown).await
+}
+
+struct Running {
+    identity: Identity,
+    transport: Arc<TunUdp>,
+    maps: watch::Receiver<NetworkMap>,
+    connected: Arc<AtomicBool>,
+    segment_mtu: u32,
+}
+
+impl Handler for Running {
+    fn status(&self) -> AgentStatus {
+        let map = self.maps.borrow();
+        AgentStatus {
+            node_id: self.identity.node_id,
+            name: self.identity.name.clone(),
+            address: self.identity.address,
+            endpoint: self.identity.endpoint.to_string(),
+            revision: map.revision,
+            coordinator_connected: self.connected.load(Ordering::Relaxed),
+            segments: map
+                .subnets
+                .iter()
+                .map(|s| SegmentStatus {
+                    subnet: s.cidr.clone(),
+                    vni: s.vni,
+                    bridge: bridge_name(s.vni),
+                    mtu: self.segment_mtu,
+                })
+                .collect(),
+            peers: self.transport.status(),
+        }
+    }
+}
+
+async fn serve(
+    dir: StateDir,
+    key: NodeKey,
+    identity: Identity,
+    map: NetworkMap,
+    args: RunArgs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let netlink = Netlink::connect()?;
+    let underlay = netlink.mtu_of_address(identity.endpoint.ip()).await?.unwrap_or(1500);
+    let (tun_mtu, segment_mtu) = reconcile::mtus(underlay);
+    let listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), args.listen_port);
+    let transport = TunUdp::start(TUN_NAME, tun_mtu as u16, listen, key.secret().clone())
+        .map_err(|e| Error::Dataplane(format!("start {TUN_NAME} and udp {listen}: {e}")))?;
+    let transport = Arc::new(transport);
+    netlink.setup_tun(TUN_NAME, identity.address, netmap::node_prefix(&map), tun_mtu).await?;
+    tracing::info!(node = identity.node_id, address = %identity.address, tun_mtu, segment_mtu, revision = map.revision, "data plane up");
+
+    let channel = connect_lazy(&identity.coordinator, identity.pin()?).map_err(|e| Error::Connect(e.to_string()))?;
+    let api = Api::new(channel, &identity.credential).map_err(|e| Error::Connect(e.to_string()))?;
+    let (map_tx, map_rx) = watch::channel(map);
+    let connected = Arc::new(AtomicBool::new(false));
+    let listener = local_api::bind(&args.paths.socket)?;
+
+    let dyn_transport: Arc<dyn Transport> = transport.clone();
+    let tasks = [
+        tokio::spawn(control::reconcile_loop(
+            netlink.clone(),
+            dyn_transport,
+            identity.node_id,
+            identity.address,
+            segment_mtu,
+            map_rx.clone(),
+        )),
+        tokio::spawn(control::watch_map(api.map.clone(), dir, map_tx, connected.clone())),
+        tokio::spawn(local_api::serve(
+            listener,
+            Arc::new(Running { identity, transport: transport.clone(), maps: map_rx, connected, segment_mtu }),
+        )),
+    ];
+    shutdown.await;
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = std::fs::remove_file(&args.paths.socket);
+    if args.cleanup_on_exit {
+        netlink.remove_all(TUN_NAME).await?;
+        tracing::info!("removed this agent's interfaces");
+    } else {
+        tracing::info!("bridges and VXLAN devices stay up for the next start (`agent reset` removes them)");
+    }
+    drop(transport);
+    Ok(())
+}
+
+/// `agent reset`: removes every interface and file this agent created.
+pub async fn reset(args: ResetArgs) -> Result<(), Error> {
+    let netlink = Netlink::connect()?;
+    netlink.remove_all(TUN_NAME).await?;
+    match std::fs::remove_file(&args.paths.socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::Io(args.paths.socket.display().to_string(), e)),
+    }
+    StateDir::new(&args.paths.data_dir).remove()
+}
+
+/// `agent status`: asks the running agent.
+pub async fn status(args: StatusArgs) -> Result<String, Error> {
+    match local_api::request(&args.socket, &Request::Status).await? {
+        Response::Status(s) if args.json => serde_json::to_string_pretty(&s).map_err(|e| Error::State(e.to_string())),
+        Response::Status(s) => Ok(local_api::format_status(&s)),
+        Response::Error(e) => Err(Error::State(e)),
+    }
+}
+
+fn default_address() -> Result<IpAddr, Error> {
+    let addrs = if_addrs::get_if_addrs().map_err(|e| Error::Io("list addresses".into(), e))?;
+    addrs
+        .iter()
+        .map(|i| i.ip())
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+        .ok_or_else(|| Error::State("no IPv4 address to advertise: pass --endpoint ip:port".into()))
+}
+
+fn hostname() -> Result<String, Error> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .map_err(|e| Error::Io("/proc/sys/kernel/hostname".into(), e))
+}
+
+/// Tonic's errors carry their cause deep down; one line with all of it.
+pub fn describe(e: &Error) -> String {
+    error_chain(e)
+}

@@ -1,0 +1,162 @@
+//! The control loop: a watch on the coordinator's network map (resumed from
+//! the last revision, retried with backoff, persisted after every event) and
+//! the reconcile pass that turns the current map into peers and segments.
+use std::{
+    net::Ipv4Addr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::watch;
+use weave_proto::{
+    client::AuthChannel,
+    v1::{NetworkMap, WatchRequest, map_service_client::MapServiceClient},
+};
+
+use crate::{
+    dataplane::Transport,
+    netlink::Netlink,
+    netmap,
+    reconcile::{self, Desired},
+    state::StateDir,
+};
+
+/// Retry delays for the watch: start small so a restarted coordinator is
+/// picked up quickly, cap low enough that changes never wait long.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A reconcile pass also runs this often without map changes, to repair
+/// interfaces someone else removed.
+const RESYNC: Duration = Duration::from_secs(10);
+
+/// Next retry delay: doubled, capped, with up to 25 % jitter so that many
+/// agents do not reconnect in lockstep after a coordinator restart.
+pub fn next_backoff(current: Duration) -> Duration {
+    let doubled = (current * 2).min(BACKOFF_MAX);
+    let jitter = doubled.mul_f64(rand::random::<f64>() * 0.25);
+    (doubled + jitter).min(BACKOFF_MAX)
+}
+
+/// Holds the watch forever. Publishes every applied event on `maps` and
+/// saves it to disk; while the coordinator is unreachable the last map stays
+/// in force. `connected` tells the status API whether a watch is open.
+pub async fn watch_map(
+    mut client: MapServiceClient<AuthChannel>,
+    state: StateDir,
+    maps: watch::Sender<NetworkMap>,
+    connected: Arc<AtomicBool>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let from = maps.borrow().revision;
+        match client.watch(WatchRequest { from_revision: from }).await {
+            Ok(response) => {
+                tracing::info!(from_revision = from, "watching the network map");
+                connected.store(true, Ordering::Relaxed);
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(event)) => {
+                            backoff = BACKOFF_MIN;
+                            let mut map = maps.borrow().clone();
+                            let revision = event.revision;
+                            if let Err(e) = netmap::apply(&mut map, event) {
+                                tracing::warn!(revision, error = %e, "ignoring a watch event");
+                                continue;
+                            }
+                            if let Err(e) = state.save_map(&map) {
+                                tracing::warn!(error = %e, "cannot save the network map");
+                            }
+                            tracing::debug!(revision, "map updated");
+                            maps.send_replace(map);
+                        }
+                        Ok(None) => {
+                            tracing::warn!("the coordinator closed the watch");
+                            break;
+                        }
+                        Err(status) => {
+                            tracing::warn!(code = ?status.code(), message = status.message(), "watch broke");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "cannot watch the network map; retrying");
+            }
+        }
+        connected.store(false, Ordering::Relaxed);
+        tokio::time::sleep(backoff).await;
+        backoff = next_backoff(backoff);
+    }
+}
+
+/// Applies the current map whenever it changes (and every [`RESYNC`]).
+pub async fn reconcile_loop(
+    netlink: Netlink,
+    transport: Arc<dyn Transport>,
+    own_node: u64,
+    local: Ipv4Addr,
+    segment_mtu: u32,
+    mut maps: watch::Receiver<NetworkMap>,
+) {
+    loop {
+        let map = maps.borrow_and_update().clone();
+        reconcile_once(&netlink, &*transport, &map, own_node, local, segment_mtu).await;
+        tokio::select! {
+            changed = maps.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(RESYNC) => {}
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(revision = map.revision))]
+async fn reconcile_once(
+    netlink: &Netlink,
+    transport: &dyn Transport,
+    map: &NetworkMap,
+    own_node: u64,
+    local: Ipv4Addr,
+    segment_mtu: u32,
+) {
+    let (peers, problems) = netmap::peers(map, own_node);
+    for p in problems {
+        tracing::warn!("{p}");
+    }
+    transport.set_peers(&peers);
+    let desired = Desired::from_map(map, own_node, local, segment_mtu);
+    let observed = match netlink.observe().await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read interfaces");
+            return;
+        }
+    };
+    for change in reconcile::diff(&desired, &observed) {
+        match netlink.apply(&change).await {
+            Ok(()) => tracing::debug!(?change, "applied"),
+            Err(e) => tracing::warn!(?change, error = %e, "change failed; retrying on the next pass"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_capped() {
+        let mut b = BACKOFF_MIN;
+        let mut seen = vec![b];
+        for _ in 0..20 {
+            b = next_backoff(b);
+            seen.push(b);
+        }
+        assert!(seen[1] >= BACKOFF_MIN * 2);
+        assert!(seen.iter().all(|d| *d <= BACKOFF_MAX));
+        assert_eq!(*seen.last().unwrap(), BACKOFF_MAX);
+    }
+}

@@ -1,0 +1,389 @@
+//! The WireGuard router without I/O: callers hand it packets from the tunnel
+//! device or datagrams from the network, and it tells a [`Sink`] what to send
+//! where. One `Tunn` per peer, each behind its own lock.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+};
+
+use boringtun::{
+    noise::{
+        Packet, Tunn, TunnResult, errors::WireGuardError, handshake::parse_handshake_anon, rate_limiter::RateLimiter,
+    },
+    x25519::{PublicKey, StaticSecret},
+};
+
+use super::PeerStatus;
+use crate::netmap::PeerConfig;
+
+/// Seconds between keepalives on an otherwise idle tunnel (keeps NAT state and roaming fresh).
+pub const PERSISTENT_KEEPALIVE: u16 = 25;
+/// Handshake messages per second before the rate limiter demands cookies.
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Largest buffer any output needs: a full-size IP packet plus WireGuard's framing.
+pub const BUF_SIZE: usize = 65_535 + 64;
+
+/// Where the router's output goes.
+pub trait Sink {
+    fn to_network(&self, dst: SocketAddr, datagram: &[u8]);
+    fn to_tunnel(&self, packet: &[u8]);
+}
+
+struct Peer {
+    config: PeerConfig,
+    index: u32,
+    tunn: Mutex<Tunn>,
+    endpoint: Mutex<Option<SocketAddr>>,
+    dropped_spoofed: AtomicU64,
+}
+
+impl Peer {
+    fn endpoint(&self) -> Option<SocketAddr> {
+        *lock(&self.endpoint)
+    }
+}
+
+#[derive(Default)]
+struct Peers {
+    by_address: HashMap<Ipv4Addr, Arc<Peer>>,
+    by_index: HashMap<u32, Arc<Peer>>,
+    by_key: HashMap<[u8; 32], Arc<Peer>>,
+}
+
+pub struct Router {
+    secret: StaticSecret,
+    public: PublicKey,
+    peers: RwLock<Peers>,
+    rate_limiter: Arc<RateLimiter>,
+    next_index: AtomicU32,
+}
+
+/// A poisoned lock means a panic mid-update of one peer's tunnel state; the
+/// state is still memory-safe, and WireGuard recovers by re-handshaking.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Router {
+    pub fn new(secret: StaticSecret) -> Self {
+        let public = PublicKey::from(&secret);
+        Self {
+            rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            secret,
+            public,
+            peers: RwLock::new(Peers::default()),
+            next_index: AtomicU32::new(rand::random::<u32>() & 0xff_ffff),
+        }
+    }
+
+    pub fn set_peers(&self, wanted: &[PeerConfig], sink: &impl Sink) {
+        let mut fresh = Vec::new();
+        {
+            let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+            let old = std::mem::take(&mut *peers);
+            for config in wanted {
+                let keep = old.by_key.get(&config.public_key).filter(|p| p.config.address == config.address);
+                let peer = match keep {
+                    Some(p) => {
+                        if p.config.endpoint != config.endpoint && config.endpoint.is_some() {
+                            *lock(&p.endpoint) = config.endpoint;
+                        }
+                        // Same tunnel; the rest of the config (name, endpoint) is informational.
+                        Arc::clone(p)
+                    }
+                    None => {
+                        let p = Arc::new(self.new_peer(config.clone()));
+                        fresh.push(Arc::clone(&p));
+                        p
+                    }
+                };
+                peers.by_address.insert(config.address, Arc::clone(&peer));
+                peers.by_index.insert(peer.index, Arc::clone(&peer));
+                peers.by_key.insert(config.public_key, peer);
+            }
+        }
+        // Start handshakes with new peers right away, so that the first packet
+        // (and `status`) does not wait for one.
+        let mut buf = vec![0u8; 256];
+        for p in fresh {
+            let Some(endpoint) = p.endpoint() else { continue };
+            let mut tunn = lock(&p.tunn);
+            if let TunnResult::WriteToNetwork(init) = tunn.format_handshake_initiation(&mut buf, false) {
+                sink.to_network(endpoint, init);
+            }
+        }
+    }
+
+    fn new_peer(&self, config: PeerConfig) -> Peer {
+        let index = self.next_index.fetch_add(1, Ordering::Relaxed) & 0xff_ffff;
+        let tunn = Tunn::new(
+            self.secret.clone(),
+            PublicKey::from(config.public_key),
+            None,
+            Some(PERSISTENT_KEEPALIVE),
+            index,
+            Some(Arc::clone(&self.rate_limiter)),
+        );
+        Peer {
+            endpoint: Mutex::new(config.endpoint),
+            config,
+            index,
+            tunn: Mutex::new(tunn),
+            dropped_spoofed: AtomicU64::new(0),
+        }
+    }
+
+    fn peers(&self) -> std::sync::RwLockReadGuard<'_, Peers> {
+        self.peers.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A packet read from the tunnel device: encrypt it for the peer that owns
+    /// its destination node address; anything else is dropped.
+    pub fn from_tunnel(&self, packet: &[u8], buf: &mut [u8], sink: &impl Sink) {
+        let Some(IpAddr::V4(dst)) = Tunn::dst_address(packet) else { return };
+        let Some(peer) = self.peers().by_address.get(&dst).cloned() else { return };
+        let mut tunn = lock(&peer.tunn);
+        if let TunnResult::WriteToNetwork(datagram) = tunn.encapsulate(packet, buf)
+            && let Some(endpoint) = peer.endpoint()
+        {
+            sink.to_network(endpoint, datagram);
+        }
+    }
+
+    /// A datagram from the UDP socket.
+    pub fn from_network(&self, src: SocketAddr, datagram: &[u8], buf: &mut [u8], sink: &impl Sink) {
+        let peer = match Tunn::parse_incoming_packet(datagram) {
+            Ok(Packet::HandshakeInit(init)) => {
+                // Under load this answers with a cookie instead of doing the DH below.
+                match self.rate_limiter.verify_packet(Some(src.ip()), datagram, buf) {
+                    Ok(_) => {}
+                    Err(TunnResult::WriteToNetwork(cookie)) => return sink.to_network(src, cookie),
+                    Err(_) => return,
+                }
+                let Ok(half) = parse_handshake_anon(&self.secret, &self.public, &init) else { return };
+                self.peers().by_key.get(&half.peer_static_public).cloned()
+            }
+            Ok(Packet::HandshakeResponse(p)) => self.peers().by_index.get(&(p.receiver_idx >> 8)).cloned(),
+            Ok(Packet::PacketCookieReply(p)) => self.peers().by_index.get(&(p.receiver_idx >> 8)).cloned(),
+            Ok(Packet::PacketData(p)) => self.peers().by_index.get(&(p.receiver_idx >> 8)).cloned(),
+            Err(_) => None,
+        };
+        let Some(peer) = peer else { return };
+        let mut tunn = lock(&peer.tunn);
+        match tunn.decapsulate(Some(src.ip()), datagram, buf) {
+            TunnResult::Done => {}
+            TunnResult::Err(WireGuardError::DuplicateCounter) | TunnResult::Err(_) => return,
+            TunnResult::WriteToNetwork(out) => {
+                sink.to_network(src, out);
+                // Flush packets that were queued while the handshake ran.
+                while let TunnResult::WriteToNetwork(out) = tunn.decapsulate(None, &[], buf) {
+                    sink.to_network(src, out);
+                }
+            }
+            TunnResult::WriteToTunnelV4(packet, inner_src) => {
+                if inner_src == peer.config.address {
+                    sink.to_tunnel(packet);
+                } else {
+                    peer.dropped_spoofed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // Node addresses are IPv4; nothing else is allowed from a peer.
+            TunnResult::WriteToTunnelV6(..) => {
+                peer.dropped_spoofed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // The datagram authenticated: this is where the peer is now (roaming).
+        *lock(&peer.endpoint) = Some(src);
+    }
+
+    /// Timers for every peer (rekey, keepalive, expiry); call every ~250 ms.
+    pub fn tick(&self, buf: &mut [u8], sink: &impl Sink) {
+        let peers: Vec<Arc<Peer>> = self.peers().by_index.values().cloned().collect();
+        for peer in peers {
+            let mut tunn = lock(&peer.tunn);
+            if let TunnResult::WriteToNetwork(out) = tunn.update_timers(buf)
+                && let Some(endpoint) = peer.endpoint()
+            {
+                sink.to_network(endpoint, out);
+            }
+        }
+    }
+
+    /// Call once a second: the handshake rate limit is per second.
+    pub fn reset_rate_limit(&self) {
+        self.rate_limiter.reset_count();
+    }
+
+    pub fn status(&self) -> Vec<PeerStatus> {
+        let mut out: Vec<PeerStatus> = self
+            .peers()
+            .by_index
+            .values()
+            .map(|p| {
+                let (age, tx, rx, _, _) = lock(&p.tunn).stats();
+                PeerStatus {
+                    node_id: p.config.node_id,
+                    name: p.config.name.clone(),
+                    address: p.config.address,
+                    endpoint: p.endpoint(),
+                    handshake_age_secs: age.map(|d| d.as_secs_f64()),
+                    tx_bytes: tx as u64,
+                    rx_bytes: rx as u64,
+                    dropped_spoofed: p.dropped_spoofed.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        out.sort_by_key(|p| p.address);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Wire {
+        net: RefCell<Vec<(SocketAddr, Vec<u8>)>>,
+        tun: RefCell<Vec<Vec<u8>>>,
+    }
+
+    impl Sink for Wire {
+        fn to_network(&self, dst: SocketAddr, datagram: &[u8]) {
+            self.net.borrow_mut().push((dst, datagram.to_vec()));
+        }
+        fn to_tunnel(&self, packet: &[u8]) {
+            self.tun.borrow_mut().push(packet.to_vec());
+        }
+    }
+
+    /// A minimal IPv4 header + payload, enough for boringtun to read addresses and length.
+    fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+        let len = 20 + payload.len();
+        let mut p = vec![0x45, 0, (len >> 8) as u8, len as u8, 0, 0, 0, 0, 64, 17, 0, 0];
+        p.extend_from_slice(&src.octets());
+        p.extend_from_slice(&dst.octets());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    struct Node {
+        router: Router,
+        addr: Ipv4Addr,
+        endpoint: SocketAddr,
+        public: [u8; 32],
+        wire: Wire,
+    }
+
+    fn node(n: u8) -> Node {
+        let secret = StaticSecret::from([n; 32]);
+        let public = PublicKey::from(&secret).to_bytes();
+        Node {
+            router: Router::new(secret),
+            addr: Ipv4Addr::new(10, 47, 0, n),
+            endpoint: SocketAddr::from(([192, 0, 2, 10 + n], 6784)),
+            public,
+            wire: Wire::default(),
+        }
+    }
+
+    fn config(of: &Node, endpoint: Option<SocketAddr>) -> PeerConfig {
+        PeerConfig {
+            node_id: of.addr.octets()[3] as u64,
+            name: format!("h{}", of.addr.octets()[3]),
+            public_key: of.public,
+            address: of.addr,
+            endpoint,
+        }
+    }
+
+    /// Delivers everything `from` sent to the network to whichever node owns the
+    /// destination endpoint, with `from`'s endpoint (or `src`) as source.
+    fn deliver(from: &Node, to: &Node, src: SocketAddr) -> usize {
+        let msgs: Vec<_> = from.wire.net.borrow_mut().drain(..).collect();
+        let mut buf = vec![0u8; BUF_SIZE];
+        for (dst, msg) in &msgs {
+            assert_eq!(*dst, to.endpoint, "sent to the peer's endpoint");
+            assert!((1..=4).contains(&msg[0]), "every datagram is a WireGuard message");
+            to.router.from_network(src, msg, &mut buf, &to.wire);
+        }
+        msgs.len()
+    }
+
+    fn pair() -> (Node, Node) {
+        let (a, b) = (node(1), node(2));
+        a.router.set_peers(&[config(&b, Some(b.endpoint))], &a.wire);
+        b.router.set_peers(&[config(&a, Some(a.endpoint))], &b.wire);
+        // Both sides initiated; let the handshakes cross until the wire is quiet.
+        for _ in 0..4 {
+            deliver(&a, &b, a.endpoint);
+            deliver(&b, &a, b.endpoint);
+        }
+        (a, b)
+    }
+
+    #[test]
+    fn two_routers_handshake_and_exchange_data() {
+        let (a, b) = pair();
+        assert!(a.router.status()[0].handshake_age_secs.is_some(), "handshake completed");
+        let mut buf = vec![0u8; BUF_SIZE];
+        let packet = ipv4(a.addr, b.addr, b"hello over wireguard");
+        a.router.from_tunnel(&packet, &mut buf, &a.wire);
+        let sent = a.wire.net.borrow().clone();
+        assert_eq!(sent.len(), 1);
+        assert!(!sent[0].1.windows(5).any(|w| w == b"hello"), "the payload is encrypted on the wire");
+        deliver(&a, &b, a.endpoint);
+        assert_eq!(b.wire.tun.borrow_mut().drain(..).collect::<Vec<_>>(), vec![packet]);
+        let reply = ipv4(b.addr, a.addr, b"and back");
+        b.router.from_tunnel(&reply, &mut buf, &b.wire);
+        deliver(&b, &a, b.endpoint);
+        assert_eq!(a.wire.tun.borrow().as_slice(), &[reply]);
+        let st = b.router.status();
+        assert!(st[0].rx_bytes > 0 && st[0].tx_bytes > 0);
+    }
+
+    #[test]
+    fn packets_with_a_foreign_inner_source_are_dropped() {
+        let (a, b) = pair();
+        let mut buf = vec![0u8; BUF_SIZE];
+        // a claims to be 10.47.0.9, which is not its node address.
+        let spoofed = ipv4(Ipv4Addr::new(10, 47, 0, 9), b.addr, b"spoof");
+        a.router.from_tunnel(&spoofed, &mut buf, &a.wire);
+        deliver(&a, &b, a.endpoint);
+        assert!(b.wire.tun.borrow().is_empty());
+        assert_eq!(b.router.status()[0].dropped_spoofed, 1);
+    }
+
+    #[test]
+    fn unknown_destinations_and_peers_are_dropped() {
+        let (a, b) = pair();
+        let mut buf = vec![0u8; BUF_SIZE];
+        a.router.from_tunnel(&ipv4(a.addr, Ipv4Addr::new(10, 47, 0, 77), b"x"), &mut buf, &a.wire);
+        assert!(a.wire.net.borrow().is_empty(), "no peer owns that address");
+        // b forgets a: a's data can no longer be decrypted by b.
+        b.router.set_peers(&[], &b.wire);
+        a.router.from_tunnel(&ipv4(a.addr, b.addr, b"x"), &mut buf, &a.wire);
+        deliver(&a, &b, a.endpoint);
+        assert!(b.wire.tun.borrow().is_empty());
+        assert!(b.router.status().is_empty());
+    }
+
+    #[test]
+    fn endpoint_roams_to_the_source_of_authenticated_packets() {
+        let (a, b) = pair();
+        let mut buf = vec![0u8; BUF_SIZE];
+        let moved: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+        a.router.from_tunnel(&ipv4(a.addr, b.addr, b"from a new place"), &mut buf, &a.wire);
+        deliver(&a, &b, moved);
+        assert_eq!(b.router.status()[0].endpoint, Some(moved));
+        // Garbage from yet another address does not move it.
+        b.router.from_network("203.0.113.5:1".parse().unwrap(), &[4, 0, 0, 0, 1, 2, 3], &mut buf, &b.wire);
+        assert_eq!(b.router.status()[0].endpoint, Some(moved));
+    }
+}

@@ -1,0 +1,22 @@
+//! What can go wrong in the agent, one variant per kind of failure.
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bad join token: {0}")]
+    Token(String),
+    #[error("{0}")]
+    Connect(String),
+    #[error("the coordinator refused to join this host: {0}")]
+    JoinRefused(String),
+    #[error("saved state: {0}")]
+    State(String),
+    #[error("{0}: {1}")]
+    Io(String, #[source] io::Error),
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("data plane: {0}")]
+    Dataplane(String),
+    #[error("the network map is inconsistent: {0}")]
+    Map(String),
+}

@@ -1,0 +1,280 @@
+//! The only module that changes interfaces: TUN addressing, bridges, VXLAN
+//! devices and their FDB flood entries, all through rtnetlink (no `ip`).
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use futures::{StreamExt, TryStreamExt};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    address::AddressAttribute,
+    link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
+};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan};
+
+use crate::{
+    error::Error,
+    reconcile::{
+        BRIDGE_PREFIX, Change, Observed, ObservedSegment, ObservedVxlan, VXLAN_PORT, VXLAN_PREFIX, bridge_name,
+        vxlan_name,
+    },
+};
+
+/// NUD_NOARP | NUD_PERMANENT, as `bridge fdb append` sets them.
+const FDB_STATE: u16 = 0xC0;
+const EEXIST: i32 = 17;
+const ENOENT: i32 = 2;
+const ENODEV: i32 = 19;
+
+fn nl(what: impl std::fmt::Display, e: rtnetlink::Error) -> Error {
+    Error::Netlink(format!("{what}: {e}"))
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+/// A netlink connection in the calling task's network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Must be called inside a tokio runtime (the connection runs as a task).
+    pub fn connect() -> Result<Self, Error> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| Error::Netlink(e.to_string()))?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    async fn links(&self) -> Result<Vec<LinkMessage>, Error> {
+        self.handle.link().get().execute().try_collect().await.map_err(|e| nl("list links", e))
+    }
+
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>, Error> {
+        let mut stream = self.handle.link().get().match_name(name.to_string()).execute();
+        match stream.try_next().await {
+            Ok(Some(link)) => Ok(Some(link.header.index)),
+            Ok(None) => Ok(None),
+            Err(e) if matches!(errno(&e), Some(ENODEV)) => Ok(None),
+            Err(e) => Err(nl(format!("find {name}"), e)),
+        }
+    }
+
+    /// MTU of the interface that holds `ip` (the underlay), if any does.
+    pub async fn mtu_of_address(&self, ip: IpAddr) -> Result<Option<u32>, Error> {
+        let addrs: Vec<_> =
+            self.handle.address().get().execute().try_collect().await.map_err(|e| nl("list addresses", e))?;
+        let Some(index) = addrs.iter().find_map(|a| {
+            a.attributes
+                .iter()
+                .any(|attr| matches!(attr, AddressAttribute::Address(x) | AddressAttribute::Local(x) if *x == ip))
+                .then_some(a.header.index)
+        }) else {
+            return Ok(None);
+        };
+        Ok(self.links().await?.iter().find(|l| l.header.index == index).and_then(mtu))
+    }
+
+    /// Gives the TUN its node address (the whole node block routes through
+    /// it), sets its MTU and brings it up. Idempotent.
+    pub async fn setup_tun(&self, name: &str, address: Ipv4Addr, prefix: u8, mtu: u32) -> Result<(), Error> {
+        let index = self.link_index(name).await?.ok_or_else(|| Error::Netlink(format!("{name} does not exist")))?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
+            .execute()
+            .await
+            .map_err(|e| nl(format!("set {name} up"), e))?;
+        match self.handle.address().add(index, address.into(), prefix).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(nl(format!("add {address}/{prefix} to {name}"), e)),
+        }
+    }
+
+    /// The segments (bridges, VXLANs, flood entries) this agent owns, by name prefix.
+    pub async fn observe(&self) -> Result<Observed, Error> {
+        let links = self.links().await?;
+        let mut segments: BTreeMap<u32, ObservedSegment> = BTreeMap::new();
+        let mut bridge_index = BTreeMap::new();
+        let mut vxlan_index = BTreeMap::new();
+        for l in &links {
+            let Some(name) = name(l) else { continue };
+            if let Some(vni) = name.strip_prefix(BRIDGE_PREFIX).and_then(|v| v.parse::<u32>().ok()) {
+                segments.entry(vni).or_default().bridge_mtu = mtu(l);
+                bridge_index.insert(vni, l.header.index);
+            }
+        }
+        for l in &links {
+            let Some(name) = name(l) else { continue };
+            if let Some(vni) = name.strip_prefix(VXLAN_PREFIX).and_then(|v| v.parse::<u32>().ok()) {
+                let controller = l
+                    .attributes
+                    .iter()
+                    .find_map(|a| if let LinkAttribute::Controller(c) = a { Some(*c) } else { None });
+                segments.entry(vni).or_default().vxlan = Some(ObservedVxlan {
+                    local: vxlan_local(l),
+                    mtu: mtu(l).unwrap_or(0),
+                    in_bridge: controller.is_some() && controller == bridge_index.get(&vni).copied(),
+                });
+                vxlan_index.insert(l.header.index, vni);
+            }
+        }
+        let mut request = self.handle.neighbours().get();
+        request.message_mut().header.family = AddressFamily::Bridge;
+        let fdb: Vec<NeighbourMessage> = request.execute().try_collect().await.map_err(|e| nl("dump fdb", e))?;
+        for entry in fdb {
+            let Some(vni) = vxlan_index.get(&entry.header.ifindex) else { continue };
+            let zero_mac = entry
+                .attributes
+                .iter()
+                .any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(m) if m.iter().all(|b| *b == 0)));
+            let dst = entry.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) if raw.len() == 4 => {
+                    Some(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+                }
+                _ => None,
+            });
+            if let (true, Some(dst)) = (zero_mac, dst) {
+                segments.entry(*vni).or_default().flood.insert(dst);
+            }
+        }
+        Ok(Observed { segments })
+    }
+
+    pub async fn apply(&self, change: &Change) -> Result<(), Error> {
+        match *change {
+            Change::RemoveFlood { vni, peer } => self.flood(vni, peer, false).await,
+            Change::RemoveSegment { vni } => {
+                self.delete_link(&vxlan_name(vni)).await?;
+                self.delete_link(&bridge_name(vni)).await
+            }
+            Change::RemoveVxlan { vni } => self.delete_link(&vxlan_name(vni)).await,
+            Change::EnsureSegment { vni, local, mtu } => self.ensure_segment(vni, local, mtu).await,
+            Change::AddFlood { vni, peer } => self.flood(vni, peer, true).await,
+        }
+    }
+
+    async fn ensure_segment(&self, vni: u32, local: Ipv4Addr, mtu: u32) -> Result<(), Error> {
+        let (br, vx) = (bridge_name(vni), vxlan_name(vni));
+        let bridge = match self.link_index(&br).await? {
+            Some(i) => i,
+            None => {
+                self.create(LinkBridge::new(&br).mtu(mtu).up().build(), &br).await?;
+                self.link_index(&br).await?.ok_or_else(|| Error::Netlink(format!("{br} vanished")))?
+            }
+        };
+        let vxlan = match self.link_index(&vx).await? {
+            Some(i) => i,
+            None => {
+                let msg = LinkVxlan::new(&vx, vni).local(local).port(VXLAN_PORT).learning(true).mtu(mtu).build();
+                self.create(msg, &vx).await?;
+                self.link_index(&vx).await?.ok_or_else(|| Error::Netlink(format!("{vx} vanished")))?
+            }
+        };
+        let set = |msg| self.handle.link().set(msg).execute();
+        set(LinkUnspec::new_with_index(vxlan).mtu(mtu).controller(bridge).build())
+            .await
+            .map_err(|e| nl(format!("put {vx} into {br}"), e))?;
+        set(LinkUnspec::new_with_index(vxlan).up().build()).await.map_err(|e| nl(format!("set {vx} up"), e))?;
+        set(LinkUnspec::new_with_index(bridge).mtu(mtu).up().build()).await.map_err(|e| nl(format!("set {br} up"), e))
+    }
+
+    async fn create(&self, msg: LinkMessage, name: &str) -> Result<(), Error> {
+        match self.handle.link().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(nl(format!("create {name}"), e)),
+        }
+    }
+
+    /// `bridge fdb append|del 00:00:00:00:00:00 dev wvvx-<vni> dst <peer>`. The
+    /// stock builder always sends EXCL, so a second destination would fail.
+    async fn flood(&self, vni: u32, peer: Ipv4Addr, add: bool) -> Result<(), Error> {
+        let vx = vxlan_name(vni);
+        let Some(index) = self.link_index(&vx).await? else {
+            return if add { Err(Error::Netlink(format!("{vx} does not exist"))) } else { Ok(()) };
+        };
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Other(FDB_STATE);
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(peer)));
+        let mut req = if add {
+            let mut r = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
+            r.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
+            r
+        } else {
+            let mut r = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(msg));
+            r.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+            r
+        };
+        req.finalize();
+        let mut handle = self.handle.clone();
+        let mut response = handle.request(req).map_err(|e| nl(format!("fdb {vx} {peer}"), e))?;
+        while let Some(message) = response.next().await {
+            if let NetlinkPayload::Error(err) = message.payload {
+                let code = -err.raw_code();
+                let benign = if add { code == EEXIST } else { code == ENOENT };
+                if !benign {
+                    return Err(Error::Netlink(format!(
+                        "fdb {} {vx} dst {peer}: {}",
+                        if add { "append" } else { "del" },
+                        err.to_io()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn delete_link(&self, name: &str) -> Result<(), Error> {
+        let Some(index) = self.link_index(name).await? else { return Ok(()) };
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(ENODEV)) => Ok(()),
+            Err(e) => Err(nl(format!("delete {name}"), e)),
+        }
+    }
+
+    /// Deletes every segment this agent owns and the TUN (if it outlived us).
+    pub async fn remove_all(&self, tun: &str) -> Result<(), Error> {
+        for l in self.links().await? {
+            if let Some(name) = name(&l)
+                && (name.starts_with(VXLAN_PREFIX) || name.starts_with(BRIDGE_PREFIX))
+            {
+                self.delete_link(name).await?;
+            }
+        }
+        self.delete_link(tun).await
+    }
+}
+
+fn name(l: &LinkMessage) -> Option<&str> {
+    l.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.as_str()) } else { None })
+}
+
+fn mtu(l: &LinkMessage) -> Option<u32> {
+    l.attributes.iter().find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None })
+}
+
+fn vxlan_local(l: &LinkMessage) -> Option<Ipv4Addr> {
+    let infos = l.attributes.iter().find_map(|a| if let LinkAttribute::LinkInfo(i) = a { Some(i) } else { None })?;
+    infos.iter().find_map(|i| match i {
+        LinkInfo::Data(InfoData::Vxlan(data)) => {
+            data.iter().find_map(|d| if let InfoVxlan::Local(ip) = d { Some(*ip) } else { None })
+        }
+        _ => None,
+    })
+}

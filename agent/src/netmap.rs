@@ -1,0 +1,159 @@
+//! The network map as the agent holds it: applying watch events (pure), and
+//! reading out what this host should have (peers and L2 segments).
+use std::net::{Ipv4Addr, SocketAddr};
+
+use weave_proto::v1::{MapChange, NetworkMap, WatchEvent, map_change::Change, watch_event::Event};
+
+use crate::error::Error;
+
+/// Applies one watch event: a snapshot replaces the map, a change edits it.
+/// Either way the map's revision becomes the event's.
+pub fn apply(map: &mut NetworkMap, event: WatchEvent) -> Result<(), Error> {
+    match event.event {
+        Some(Event::Snapshot(snapshot)) => {
+            *map = snapshot;
+            map.revision = event.revision.max(map.revision);
+        }
+        Some(Event::Change(MapChange { change: Some(change) })) => {
+            apply_change(map, change);
+            map.revision = event.revision;
+        }
+        Some(Event::Change(MapChange { change: None })) | None => {
+            return Err(Error::Map(format!("revision {} carries no event", event.revision)));
+        }
+    }
+    Ok(())
+}
+
+fn apply_change(map: &mut NetworkMap, change: Change) {
+    match change {
+        Change::NodeUpserted(node) => match map.nodes.iter_mut().find(|n| n.id == node.id) {
+            Some(n) => *n = node,
+            None => map.nodes.push(node),
+        },
+        Change::NodeRemoved(id) => {
+            map.nodes.retain(|n| n.id != id);
+            map.allocations.retain(|a| a.node_id != id);
+        }
+        Change::SubnetAdded(subnet) => match map.subnets.iter_mut().find(|s| s.id == subnet.id) {
+            Some(s) => *s = subnet,
+            None => map.subnets.push(subnet),
+        },
+        Change::SubnetRemoved(id) => {
+            map.subnets.retain(|s| s.id != id);
+            map.allocations.retain(|a| a.subnet_id != id);
+        }
+        Change::AllocationAdded(a) => match map.allocations.iter_mut().find(|x| x.id == a.id) {
+            Some(x) => *x = a,
+            None => map.allocations.push(a),
+        },
+        Change::AllocationRemoved(id) => map.allocations.retain(|a| a.id != id),
+        Change::DnsRecordAdded(r) => match map.dns_records.iter_mut().find(|x| x.id == r.id) {
+            Some(x) => *x = r,
+            None => map.dns_records.push(r),
+        },
+        Change::DnsRecordRemoved(id) => map.dns_records.retain(|r| r.id != id),
+    }
+}
+
+/// A remote node as the data plane needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub node_id: u64,
+    pub name: String,
+    pub public_key: [u8; 32],
+    pub address: Ipv4Addr,
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// Every other node of the map with a usable key and address. Nodes whose
+/// entries are malformed are skipped (and named in the returned list of problems).
+pub fn peers(map: &NetworkMap, own_node: u64) -> (Vec<PeerConfig>, Vec<String>) {
+    let mut peers = Vec::new();
+    let mut problems = Vec::new();
+    for n in map.nodes.iter().filter(|n| n.id != own_node) {
+        let key: Option<[u8; 32]> = n.public_key.as_slice().try_into().ok();
+        let address = n.address.parse::<Ipv4Addr>().ok();
+        match (key, address) {
+            (Some(public_key), Some(address)) => peers.push(PeerConfig {
+                node_id: n.id,
+                name: n.name.clone(),
+                public_key,
+                address,
+                endpoint: n.endpoints.iter().find_map(|e| e.parse().ok()),
+            }),
+            _ => problems.push(format!("node {} ({}) has no usable key or IPv4 address", n.id, n.name)),
+        }
+    }
+    peers.sort_by_key(|p| p.address);
+    (peers, problems)
+}
+
+/// Prefix length of the node block, for the TUN address (default /16).
+pub fn node_prefix(map: &NetworkMap) -> u8 {
+    map.node_range.split_once('/').and_then(|(_, p)| p.parse().ok()).unwrap_or(16)
+}
+
+#[cfg(test)]
+mod tests {
+    use weave_proto::v1::{Allocation, Node, Subnet};
+
+    use super::*;
+
+    fn node(id: u64, addr: &str) -> Node {
+        Node {
+            id,
+            name: format!("h{id}"),
+            public_key: vec![id as u8; 32],
+            endpoints: vec![format!("192.0.2.{}:6784", 10 + id)],
+            address: addr.into(),
+            joined_at: 0,
+        }
+    }
+
+    fn change(revision: u64, change: Change) -> WatchEvent {
+        WatchEvent { revision, event: Some(Event::Change(MapChange { change: Some(change) })) }
+    }
+
+    #[test]
+    fn snapshot_then_changes() {
+        let mut map = NetworkMap::default();
+        let snap = NetworkMap { revision: 5, nodes: vec![node(1, "10.47.0.1")], ..Default::default() };
+        apply(&mut map, WatchEvent { revision: 5, event: Some(Event::Snapshot(snap)) }).unwrap();
+        assert_eq!(map.revision, 5);
+        apply(&mut map, change(6, Change::NodeUpserted(node(2, "10.47.0.2")))).unwrap();
+        let mut moved = node(2, "10.47.0.2");
+        moved.endpoints = vec!["192.0.2.99:6784".into()];
+        apply(&mut map, change(7, Change::NodeUpserted(moved))).unwrap();
+        assert_eq!(map.nodes.len(), 2);
+        assert_eq!(map.nodes[1].endpoints, vec!["192.0.2.99:6784".to_string()]);
+        let subnet = Subnet { id: 3, cidr: "10.32.0.0/16".into(), vni: 77, ..Default::default() };
+        apply(&mut map, change(8, Change::SubnetAdded(subnet))).unwrap();
+        let alloc = Allocation { id: 9, node_id: 2, subnet_id: 3, ..Default::default() };
+        apply(&mut map, change(9, Change::AllocationAdded(alloc))).unwrap();
+        apply(&mut map, change(10, Change::NodeRemoved(2))).unwrap();
+        assert_eq!(map.nodes.len(), 1);
+        assert!(map.allocations.is_empty(), "a removed node's allocations go with it");
+        apply(&mut map, change(11, Change::SubnetRemoved(3))).unwrap();
+        assert!(map.subnets.is_empty());
+        assert_eq!(map.revision, 11);
+        assert!(apply(&mut map, WatchEvent { revision: 12, event: None }).is_err());
+    }
+
+    #[test]
+    fn peers_skip_self_and_malformed_nodes() {
+        let mut bad = node(3, "not-an-ip");
+        bad.public_key = vec![1, 2];
+        let map = NetworkMap {
+            node_range: "10.47.0.0/16".into(),
+            nodes: vec![node(2, "10.47.0.2"), node(1, "10.47.0.1"), bad],
+            ..Default::default()
+        };
+        let (peers, problems) = peers(&map, 1);
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].address, "10.47.0.2".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(peers[0].endpoint, Some("192.0.2.12:6784".parse().unwrap()));
+        assert_eq!(problems.len(), 1);
+        assert_eq!(node_prefix(&map), 16);
+    }
+}

@@ -1,0 +1,183 @@
+//! What the agent keeps on disk: its private key, its identity in the cluster
+//! and the last network map it saw. Files holding secrets are mode 0600; every
+//! write goes to a temporary file first and is renamed into place, so a crash
+//! never leaves half a file.
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use weave_proto::{token::Pin, v1::NetworkMap};
+
+use crate::error::Error;
+
+const KEY: &str = "private.key";
+const IDENTITY: &str = "identity.json";
+const MAP: &str = "map.pb";
+
+/// The node's WireGuard key pair. The private half is never sent anywhere.
+#[derive(Clone)]
+pub struct NodeKey(StaticSecret);
+
+impl NodeKey {
+    pub fn generate() -> Self {
+        Self(StaticSecret::from(rand::random::<[u8; 32]>()))
+    }
+
+    pub fn secret(&self) -> &StaticSecret {
+        &self.0
+    }
+
+    pub fn public(&self) -> PublicKey {
+        PublicKey::from(&self.0)
+    }
+}
+
+/// Who this host is in the cluster, as the coordinator answered at join.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub node_id: u64,
+    pub name: String,
+    /// The node's overlay address (from the node block).
+    pub address: std::net::Ipv4Addr,
+    pub coordinator: String,
+    /// `sha256:<hex>` of the coordinator's public key.
+    pub pin: String,
+    /// Bearer credential for the coordinator: a secret.
+    pub credential: String,
+    pub endpoint: std::net::SocketAddr,
+    pub listen_port: u16,
+}
+
+impl Identity {
+    pub fn pin(&self) -> Result<Pin, Error> {
+        Pin::parse(&self.pin).ok_or_else(|| Error::State(format!("{IDENTITY}: the coordinator pin is malformed")))
+    }
+}
+
+/// The agent's data directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn is_joined(&self) -> bool {
+        self.dir.join(IDENTITY).exists()
+    }
+
+    /// Writes everything a fresh join produced. Called only after the
+    /// coordinator accepted the join, so a failed join leaves no files.
+    pub fn save_join(&self, key: &NodeKey, identity: &Identity, map: &NetworkMap) -> Result<(), Error> {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir).map_err(|e| self.io("create", e))?;
+        self.write(KEY, STANDARD.encode(key.0.to_bytes()).as_bytes())?;
+        let json = serde_json::to_vec_pretty(identity).map_err(|e| Error::State(e.to_string()))?;
+        self.write(IDENTITY, &json)?;
+        self.save_map(map)
+    }
+
+    pub fn save_map(&self, map: &NetworkMap) -> Result<(), Error> {
+        self.write(MAP, &map.encode_to_vec())
+    }
+
+    pub fn load(&self) -> Result<(NodeKey, Identity, NetworkMap), Error> {
+        let key = fs::read_to_string(self.dir.join(KEY)).map_err(|e| self.io(KEY, e))?;
+        let key: [u8; 32] = STANDARD
+            .decode(key.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| Error::State(format!("{KEY} is not a base64 X25519 key")))?;
+        let identity = fs::read(self.dir.join(IDENTITY)).map_err(|e| self.io(IDENTITY, e))?;
+        let identity: Identity =
+            serde_json::from_slice(&identity).map_err(|e| Error::State(format!("{IDENTITY}: {e}")))?;
+        let map = match fs::read(self.dir.join(MAP)) {
+            Ok(bytes) => NetworkMap::decode(bytes.as_slice()).map_err(|e| Error::State(format!("{MAP}: {e}")))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => NetworkMap::default(),
+            Err(e) => return Err(self.io(MAP, e)),
+        };
+        Ok((NodeKey(StaticSecret::from(key)), identity, map))
+    }
+
+    /// Removes the files this agent wrote, and the directory if it is then empty.
+    pub fn remove(&self) -> Result<(), Error> {
+        for name in [KEY, IDENTITY, MAP] {
+            match fs::remove_file(self.dir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.io(name, e)),
+            }
+        }
+        let _ = fs::remove_dir(&self.dir);
+        Ok(())
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), Error> {
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| self.io(name, e))?;
+        f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| self.io(name, e))?;
+        fs::rename(&tmp, self.dir.join(name)).map_err(|e| self.io(name, e))
+    }
+
+    fn io(&self, what: &str, e: std::io::Error) -> Error {
+        Error::Io(format!("{}/{what}", self.dir.display()), e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn join_state_round_trips_with_private_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("agent"));
+        assert!(!dir.is_joined());
+        let key = NodeKey::generate();
+        let identity = Identity {
+            node_id: 7,
+            name: "h1".into(),
+            address: "10.47.0.1".parse().unwrap(),
+            coordinator: "192.0.2.2:6783".into(),
+            pin: Pin([3; 32]).to_string(),
+            credential: "secret".into(),
+            endpoint: "192.0.2.11:6784".parse().unwrap(),
+            listen_port: 6784,
+        };
+        let map = NetworkMap { revision: 42, range: "10.32.0.0/12".into(), ..Default::default() };
+        dir.save_join(&key, &identity, &map).unwrap();
+        assert!(dir.is_joined());
+        for f in [KEY, IDENTITY, MAP] {
+            let mode = fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+        let (k, id, m) = dir.load().unwrap();
+        assert_eq!(k.public().as_bytes(), key.public().as_bytes());
+        assert_eq!(id.node_id, 7);
+        assert_eq!(id.pin().unwrap(), Pin([3; 32]));
+        assert_eq!(m.revision, 42);
+        dir.remove().unwrap();
+        assert!(!dir.path().exists());
+    }
+}
