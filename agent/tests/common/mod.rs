@@ -1,0 +1,426 @@
+//! Multi-host test bed: hosts are network namespaces on an underlay bridge
+//! (itself in its own namespace, 192.0.2.0/24), the real `coordinator` runs
+//! in one more namespace and real `agent`s in every host. Workloads are
+//! further namespaces with a veth (`ethwe`) plugged into their host's subnet
+//! bridge, addressed through the coordinator's IPAM.
+//!
+//! Every name starts with a per-bed prefix (`wv<pid>x<n>`), and [`Bed`]'s
+//! `Drop` kills every process it started (by pid) and deletes every
+//! namespace, also when the test panics. Beds in one test binary run one at
+//! a time (a global lock), which keeps the 2-core CI machine predictable.
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use weave_agent::local_api::AgentStatus;
+use weave_proto::{client::Api, token::AdminCredential};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub const COORDINATOR_IP: &str = "192.0.2.2";
+pub const WG_PORT: u16 = 6784;
+
+pub fn agent_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_agent"))
+}
+
+/// The coordinator binary next to the agent's (built by `cargo test --workspace`
+/// or `cargo build`); built on demand otherwise.
+pub fn coordinator_bin() -> PathBuf {
+    let path = agent_bin().with_file_name("coordinator");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "weave-coordinator", "--bin", "coordinator"])
+            .status()
+            .expect("run cargo build for the coordinator");
+        assert!(status.success(), "building the coordinator failed");
+    }
+    path
+}
+
+/// Runs a command, returns its output (never panics on a non-zero exit).
+pub fn run(args: &[&str]) -> Output {
+    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// Runs a command and panics with its stderr unless it succeeds.
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command inside namespace `ns`.
+pub fn in_ns(ns: &str, args: &[&str]) -> Output {
+    let mut all = vec!["ip", "netns", "exec", ns];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+pub fn ok_in(ns: &str, args: &[&str]) -> String {
+    let out = in_ns(ns, args);
+    assert!(
+        out.status.success(),
+        "in {ns}: {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One ping with a short timeout.
+pub fn ping_once(ns: &str, ip: Ipv4Addr) -> bool {
+    in_ns(ns, &["ping", "-c1", "-W1", &ip.to_string()]).status.success()
+}
+
+pub struct Host {
+    pub name: String,
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub agent: Option<Child>,
+}
+
+impl Host {
+    pub fn endpoint(&self) -> String {
+        format!("{}:{WG_PORT}", self.ip)
+    }
+}
+
+pub struct Workload {
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub host: usize,
+    pub subnet: String,
+}
+
+pub struct Bed {
+    pub prefix: String,
+    pub dir: tempfile::TempDir,
+    pub underlay: String,
+    pub coordinator_ns: String,
+    pub coordinator: Option<Child>,
+    pub coordinator_dir: PathBuf,
+    pub token: String,
+    pub admin: AdminCredential,
+    pub hosts: Vec<Host>,
+    pub workloads: Vec<Workload>,
+    namespaces: Vec<String>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Bed {
+    /// An underlay and a running coordinator, no hosts yet.
+    pub fn new() -> Self {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let prefix = format!("wv{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let dir = tempfile::Builder::new().prefix(&format!("{prefix}-")).tempdir().unwrap();
+        let mut bed = Bed {
+            underlay: format!("{prefix}-u"),
+            coordinator_ns: format!("{prefix}-c"),
+            coordinator_dir: dir.path().join("coordinator"),
+            prefix,
+            dir,
+            coordinator: None,
+            token: String::new(),
+            admin: AdminCredential {
+                coordinator: String::new(),
+                pin: weave_proto::token::Pin([0; 32]),
+                secret: String::new(),
+            },
+            hosts: Vec::new(),
+            workloads: Vec::new(),
+            namespaces: Vec::new(),
+            _serial: serial,
+        };
+        let u = bed.underlay.clone();
+        bed.add_ns(&u);
+        ok_in(&u, &["ip", "link", "add", "br0", "type", "bridge"]);
+        ok_in(&u, &["ip", "link", "set", "br0", "up"]);
+        let c = bed.coordinator_ns.clone();
+        bed.plug(&c, "c", COORDINATOR_IP.parse().unwrap());
+        bed.start_coordinator();
+        bed
+    }
+
+    /// A bed with `n` hosts whose agents have joined and see each other.
+    pub fn with_hosts(n: usize) -> Self {
+        let mut bed = Self::new();
+        for _ in 0..n {
+            bed.add_host();
+        }
+        for i in 0..n {
+            bed.wait_peers(i, n - 1);
+        }
+        bed
+    }
+
+    fn add_ns(&mut self, ns: &str) {
+        ok(&["ip", "netns", "add", ns]);
+        self.namespaces.push(ns.to_string());
+        ok_in(ns, &["ip", "link", "set", "lo", "up"]);
+    }
+
+    /// Creates namespace `ns` with `eth0` = `ip`/24 on the underlay bridge.
+    fn plug(&mut self, ns: &str, port: &str, ip: Ipv4Addr) {
+        self.add_ns(ns);
+        ok(&["ip", "-n", &self.underlay, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns]);
+        ok(&["ip", "-n", &self.underlay, "link", "set", port, "master", "br0", "up"]);
+        ok_in(ns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        ok_in(ns, &["ip", "link", "set", "eth0", "up"]);
+    }
+
+    pub fn coordinator_addr(&self) -> String {
+        format!("{COORDINATOR_IP}:6783")
+    }
+
+    /// Starts (or restarts) the coordinator; on first start reads its join token.
+    pub fn start_coordinator(&mut self) {
+        let log = self.dir.path().join("coordinator.log");
+        let out = self.dir.path().join("coordinator.out");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.coordinator_ns])
+            .arg(coordinator_bin())
+            .args(["serve", "--listen", &self.coordinator_addr(), "--data-dir"])
+            .arg(&self.coordinator_dir)
+            .stdout(fs::File::create(&out).unwrap())
+            .stderr(fs::OpenOptions::new().create(true).append(true).open(&log).unwrap())
+            .spawn()
+            .expect("start coordinator");
+        self.coordinator = Some(child);
+        let stdout = wait_for("the coordinator to start", Duration::from_secs(30), || {
+            let s = fs::read_to_string(&out).ok()?;
+            s.contains("listening on").then_some(s)
+        });
+        if self.token.is_empty() {
+            self.token = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("join token (first start): "))
+                .expect("first start prints a join token")
+                .trim()
+                .to_string();
+            let cred = fs::read_to_string(self.coordinator_dir.join("admin.credential")).unwrap();
+            self.admin = AdminCredential::parse(cred.trim()).unwrap();
+        }
+    }
+
+    pub fn kill_coordinator(&mut self) {
+        if let Some(mut c) = self.coordinator.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Adds a host namespace at 192.0.2.(11+i) and starts `agent join` in it.
+    pub fn add_host(&mut self) -> usize {
+        let i = self.hosts.len();
+        let ns = format!("{}-h{}", self.prefix, i + 1);
+        let ip = Ipv4Addr::new(192, 0, 2, 11 + i as u8);
+        self.plug(&ns, &format!("h{}", i + 1), ip);
+        self.hosts.push(Host {
+            name: format!("h{}", i + 1),
+            ns,
+            ip,
+            data_dir: self.dir.path().join(format!("h{}", i + 1)),
+            socket: self.dir.path().join(format!("h{}.sock", i + 1)),
+            log: self.dir.path().join(format!("h{}.log", i + 1)),
+            agent: None,
+        });
+        self.start_agent(i, true);
+        self.wait_status(i);
+        i
+    }
+
+    /// The `agent` command line for host `i` (join with the token, or run).
+    pub fn agent_command(&self, i: usize, join: bool) -> Command {
+        let h = &self.hosts[i];
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &h.ns]).arg(agent_bin());
+        if join {
+            cmd.args(["join", "--token", &self.token, "--name", &h.name, "--endpoint", &h.endpoint()]);
+        } else {
+            cmd.arg("run");
+        }
+        cmd.arg("--data-dir").arg(&h.data_dir).arg("--socket").arg(&h.socket);
+        cmd.env("RUST_LOG", "info,weave_agent=debug");
+        cmd
+    }
+
+    pub fn start_agent(&mut self, i: usize, join: bool) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.hosts[i].log).unwrap();
+        let child =
+            self.agent_command(i, join).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("start agent");
+        self.hosts[i].agent = Some(child);
+    }
+
+    /// Sends `signal` to host `i`'s agent (its pid: `ip netns exec` execs it) and reaps it.
+    pub fn signal_agent(&mut self, i: usize, signal: nix::sys::signal::Signal) {
+        if let Some(mut c) = self.hosts[i].agent.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, signal);
+            let _ = c.wait();
+        }
+    }
+
+    pub fn status(&self, i: usize) -> Option<AgentStatus> {
+        let out = Command::new(agent_bin())
+            .args(["status", "--json", "--socket"])
+            .arg(&self.hosts[i].socket)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn wait_status(&self, i: usize) -> AgentStatus {
+        wait_for(&format!("agent {} to answer status (log: {})", i + 1, self.log(i)), Duration::from_secs(30), || {
+            self.status(i)
+        })
+    }
+
+    /// Waits until host `i` knows `n` peers and has completed a handshake with each.
+    pub fn wait_peers(&self, i: usize, n: usize) -> AgentStatus {
+        wait_for(&format!("host {} to handshake with {n} peers", i + 1), Duration::from_secs(30), || {
+            self.status(i).filter(|s| s.peers.len() == n && s.peers.iter().all(|p| p.handshake_age_secs.is_some()))
+        })
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        fs::read_to_string(&self.hosts[i].log).unwrap_or_default()
+    }
+
+    /// Runs `f` with an admin API client, from a thread inside the
+    /// coordinator's namespace (the coordinator is not reachable from here).
+    pub fn admin<R: Send + 'static, F, Fut>(&self, f: F) -> R
+    where
+        F: FnOnce(Api) -> Fut + Send + 'static,
+        Fut: Future<Output = R>,
+    {
+        let ns = self.coordinator_ns.clone();
+        let cred = self.admin.clone();
+        thread::spawn(move || {
+            let fd = fs::File::open(format!("/run/netns/{ns}")).unwrap();
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let channel = weave_proto::client::connect(&cred.coordinator, cred.pin).await.unwrap();
+                f(Api::new(channel, &cred.secret).unwrap()).await
+            })
+        })
+        .join()
+        .expect("admin call panicked")
+    }
+
+    /// A workload namespace on host `i`, attached to `subnet` ("default", a
+    /// name or a CIDR) with an address from the coordinator's IPAM.
+    pub fn add_workload(&mut self, i: usize, subnet: &str) -> usize {
+        let n = self.workloads.len();
+        let ns = format!("{}-w{}", self.prefix, n + 1);
+        let (node, container, sub) = (self.hosts[i].name.clone(), ns.clone(), subnet.to_string());
+        let alloc = self.admin(move |mut api| async move {
+            let req = weave_proto::v1::AllocateRequest { node, container, subnet: sub, ..Default::default() };
+            api.ipam.allocate(req).await.unwrap().into_inner()
+        });
+        let (ip, prefix) = alloc.address.split_once('/').unwrap();
+        let (ip, prefix): (Ipv4Addr, u8) = (ip.parse().unwrap(), prefix.parse().unwrap());
+        let segment = wait_for(
+            &format!("host {} to build the bridge for {}", i + 1, alloc.subnet),
+            Duration::from_secs(15),
+            || {
+                let s = self.status(i)?;
+                let seg = s.segments.into_iter().find(|g| g.subnet == alloc.subnet)?;
+                let has = in_ns(&self.hosts[i].ns, &["ip", "link", "show", &seg.bridge]).status.success();
+                has.then_some(seg)
+            },
+        );
+        self.add_ns(&ns);
+        let port = format!("wl{}", n + 1);
+        let host_ns = self.hosts[i].ns.clone();
+        let mtu = segment.mtu.to_string();
+        ok(&[
+            "ip", "-n", &host_ns, "link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "ethwe", "mtu",
+            &mtu, "netns", &ns,
+        ]);
+        ok(&["ip", "-n", &host_ns, "link", "set", &port, "master", &segment.bridge, "up"]);
+        ok_in(&ns, &["ip", "addr", "add", &format!("{ip}/{prefix}"), "dev", "ethwe"]);
+        ok_in(&ns, &["ip", "link", "set", "ethwe", "up"]);
+        self.workloads.push(Workload { ns, ip, prefix, host: i, subnet: alloc.subnet });
+        n
+    }
+
+    /// Waits until workload `a` pings workload `b`.
+    pub fn wait_ping(&self, a: usize, b: usize, timeout: Duration) {
+        let (from, to) = (&self.workloads[a], &self.workloads[b]);
+        wait_for(&format!("{} to ping {}", from.ns, to.ip), timeout, || ping_once(&from.ns, to.ip).then_some(()));
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        for i in 0..self.hosts.len() {
+            self.signal_agent(i, nix::sys::signal::Signal::SIGKILL);
+        }
+        self.kill_coordinator();
+        for ns in self.namespaces.iter().rev() {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+        if std::thread::panicking() {
+            for (i, h) in self.hosts.iter().enumerate() {
+                eprintln!("---- agent {} log ----\n{}", i + 1, fs::read_to_string(&h.log).unwrap_or_default());
+            }
+            eprintln!(
+                "---- coordinator log ----\n{}",
+                fs::read_to_string(self.dir.path().join("coordinator.log")).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Files under `dir`, for "nothing left behind" checks.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            out.push(e.path());
+            if e.path().is_dir() {
+                out.extend(files_under(&e.path()));
+            }
+        }
+    }
+    out
+}
