@@ -424,3 +424,108 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Runs `f` on a thread that has entered namespace `ns` (sockets it opens live there).
+pub fn in_netns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'static) -> thread::JoinHandle<R> {
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        let fd = fs::File::open(&path).unwrap();
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+}
+
+/// A packet capture running in namespace `ns` on `iface`, stopped on drop.
+pub struct Capture {
+    child: Option<Child>,
+    pub file: PathBuf,
+}
+
+impl Capture {
+    pub fn start(ns: &str, iface: &str, filter: &str, file: PathBuf) -> Self {
+        let log = file.with_extension("log");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "tcpdump", "-i", iface, "-s", "0", "-U", "-n", "-w"])
+            .arg(&file)
+            .args(filter.split_whitespace())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start tcpdump");
+        wait_for("tcpdump to start listening", Duration::from_secs(10), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("tcpdump exited with {status}: {}", fs::read_to_string(&log).unwrap_or_default());
+            }
+            fs::read_to_string(&log).ok().filter(|s| s.contains("listening on")).map(|_| ())
+        });
+        Self { child: Some(child), file }
+    }
+
+    /// Stops the capture (SIGINT, so tcpdump flushes) and returns the file.
+    pub fn stop(mut self) -> PathBuf {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGINT);
+            let _ = c.wait();
+        }
+        self.file.clone()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One IPv4 packet of an Ethernet pcap file.
+pub struct Captured {
+    pub protocol: u8,
+    pub fragment: bool,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub payload: Vec<u8>,
+}
+
+/// Reads an Ethernet pcap file (tcpdump's default format); returns IPv4
+/// packets and the number of non-IPv4 frames.
+pub fn read_pcap(path: &Path) -> (Vec<Captured>, usize) {
+    let data = fs::read(path).unwrap();
+    assert!(data.len() >= 24, "pcap file too short");
+    let le = data[0..4] == [0xd4, 0xc3, 0xb2, 0xa1];
+    let u32_at = |b: &[u8]| {
+        let a: [u8; 4] = b[..4].try_into().unwrap();
+        if le { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) }
+    };
+    assert_eq!(u32_at(&data[20..24]), 1, "not an Ethernet capture");
+    let (mut pos, mut packets, mut other) = (24, Vec::new(), 0);
+    while pos + 16 <= data.len() {
+        let incl = u32_at(&data[pos + 8..pos + 12]) as usize;
+        let frame = &data[pos + 16..(pos + 16 + incl).min(data.len())];
+        pos += 16 + incl;
+        if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
+            other += 1;
+            continue;
+        }
+        let ip = &frame[14..];
+        let ihl = ((ip[0] & 0x0f) as usize) * 4;
+        let frag = u16::from_be_bytes([ip[6], ip[7]]);
+        let fragment = frag & 0x3fff != 0;
+        let protocol = ip[9];
+        let l4 = &ip[ihl.min(ip.len())..];
+        let (src_port, dst_port, payload) = if protocol == 17 && l4.len() >= 8 && !fragment {
+            (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]]), l4[8..].to_vec())
+        } else {
+            (0, 0, l4.to_vec())
+        };
+        packets.push(Captured { protocol, fragment, src_port, dst_port, payload });
+    }
+    (packets, other)
+}
+
+/// Whether `needle` occurs anywhere in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
