@@ -1,0 +1,71 @@
+//! Hosts coming and going: a late join is reachable within 5 s, a removed
+//! node is unreachable within 5 s.
+mod common;
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_late_host_is_reachable_within_5s_of_join() {
+    let mut bed = Bed::with_hosts(2);
+    bed.add_workload(0, "default");
+    bed.add_workload(1, "default");
+    bed.wait_ping(0, 1, Duration::from_secs(10));
+
+    let joined = Instant::now();
+    let h3 = bed.add_host();
+    let address = bed.wait_status(h3).address;
+    for h in 0..2 {
+        let ns = bed.hosts[h].ns.clone();
+        wait_for(&format!("host {} to reach the new node {address}", h + 1), Duration::from_secs(5), || {
+            ping_once(&ns, address).then_some(())
+        });
+    }
+    let took = joined.elapsed();
+    assert!(took <= Duration::from_secs(5), "the new host became reachable only after {took:?}");
+    // Its workloads are on the same L2 segment as everyone else's.
+    bed.add_workload(h3, "default");
+    bed.wait_ping(0, 2, Duration::from_secs(10));
+    bed.wait_ping(2, 1, Duration::from_secs(10));
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_removed_node_is_unreachable_within_5s() {
+    let mut bed = Bed::with_hosts(3);
+    for h in 0..3 {
+        bed.add_workload(h, "default");
+    }
+    bed.wait_ping(0, 2, Duration::from_secs(10));
+    bed.wait_ping(1, 2, Duration::from_secs(10));
+    let node3: Ipv4Addr = bed.status(2).unwrap().address;
+
+    let removed = bed.admin(|mut api| async move {
+        let req = weave_proto::v1::RemoveNodeRequest { node: "h3".into() };
+        api.nodes.remove_node(req).await.unwrap().into_inner()
+    });
+    let since = Instant::now();
+    assert_eq!(removed.node.unwrap().name, "h3");
+    let w3 = bed.workloads[2].ip;
+    for h in 0..2 {
+        let (host_ns, wl_ns) = (bed.hosts[h].ns.clone(), bed.workloads[h].ns.clone());
+        wait_for(&format!("host {} to lose node 3", h + 1), Duration::from_secs(5), || {
+            (!ping_once(&wl_ns, w3) && !ping_once(&host_ns, node3)).then_some(())
+        });
+        wait_for(&format!("host {} to drop node 3 as a peer", h + 1), Duration::from_secs(5), || {
+            bed.status(h).filter(|s| s.peers.iter().all(|p| p.address != node3)).map(|_| ())
+        });
+    }
+    let took = since.elapsed();
+    assert!(took <= Duration::from_secs(5), "node 3 stayed reachable for {took:?}");
+    // It stays unreachable, and the others still reach each other.
+    for _ in 0..3 {
+        assert!(!ping_once(&bed.workloads[0].ns, w3), "node 3's workload answered after removal");
+    }
+    bed.wait_ping(0, 1, Duration::from_secs(5));
+}

@@ -1,0 +1,68 @@
+//! Agent restarts: SIGKILL keeps the identity and traffic resumes within 3 s;
+//! SIGTERM keeps the segments by default; `agent reset` removes everything.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn sigkilled_agent_restarts_with_its_identity_and_traffic_resumes_within_3s() {
+    let mut bed = Bed::with_hosts(2);
+    bed.add_workload(0, "default");
+    bed.add_workload(1, "default");
+    bed.wait_ping(0, 1, Duration::from_secs(10));
+    let before = bed.status(1).unwrap();
+
+    bed.signal_agent(1, Signal::SIGKILL);
+    assert!(!ping_once(&bed.workloads[0].ns, bed.workloads[1].ip), "traffic flows without host 2's agent");
+    let restarted = Instant::now();
+    bed.start_agent(1, false);
+    bed.wait_ping(0, 1, Duration::from_secs(3));
+    let took = restarted.elapsed();
+    assert!(took <= Duration::from_secs(3), "traffic resumed only after {took:?}");
+    let after = bed.wait_status(1);
+    assert_eq!((after.node_id, after.address, &after.name), (before.node_id, before.address, &before.name));
+    // `agent join` again (with the token) is also a restart, not a new node.
+    bed.signal_agent(1, Signal::SIGKILL);
+    bed.start_agent(1, true);
+    bed.wait_ping(1, 0, Duration::from_secs(10));
+    assert_eq!(bed.wait_status(1).node_id, before.node_id);
+    let nodes = bed.admin(|mut api| async move {
+        api.nodes.list_nodes(weave_proto::v1::ListNodesRequest {}).await.unwrap().into_inner().nodes
+    });
+    assert_eq!(nodes.len(), 2, "no duplicate node");
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn sigterm_keeps_segments_and_reset_removes_everything() {
+    let mut bed = Bed::with_hosts(2);
+    bed.add_workload(0, "default");
+    let bridge = bed.status(0).unwrap().segments[0].bridge.clone();
+    let ns = bed.hosts[0].ns.clone();
+    bed.signal_agent(0, Signal::SIGTERM);
+    let links = ok_in(&ns, &["ip", "-o", "link", "show"]);
+    assert!(links.contains(&bridge), "the bridge stays for the next start: {links}");
+    assert!(!links.contains("wvtun0"), "the TUN goes with the process: {links}");
+    assert!(!bed.hosts[0].socket.exists(), "the socket is removed");
+
+    let h = &bed.hosts[0];
+    let out = in_ns(
+        &h.ns,
+        &[
+            agent_bin().to_str().unwrap(),
+            "reset",
+            "--data-dir",
+            h.data_dir.to_str().unwrap(),
+            "--socket",
+            h.socket.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "reset: {}", String::from_utf8_lossy(&out.stderr));
+    let links = ok_in(&ns, &["ip", "-o", "link", "show"]);
+    assert!(!links.contains("wvbr-") && !links.contains("wvvx-"), "reset leaves interfaces: {links}");
+    assert!(!h.data_dir.exists(), "reset leaves {:?}", files_under(&h.data_dir));
+}
