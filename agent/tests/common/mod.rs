@@ -134,6 +134,8 @@ pub struct Bed {
     pub hosts: Vec<Host>,
     pub workloads: Vec<Workload>,
     namespaces: Vec<String>,
+    /// Other processes to kill on drop.
+    extra: Vec<Child>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -159,6 +161,7 @@ impl Bed {
             hosts: Vec::new(),
             workloads: Vec::new(),
             namespaces: Vec::new(),
+            extra: Vec::new(),
             _serial: serial,
         };
         let u = bed.underlay.clone();
@@ -196,6 +199,37 @@ impl Bed {
         ok(&["ip", "-n", &self.underlay, "link", "set", port, "master", "br0", "up"]);
         ok_in(ns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
         ok_in(ns, &["ip", "link", "set", "eth0", "up"]);
+    }
+
+    /// A second coordinator (own data dir and identity) on this bed's
+    /// underlay at `ip`; returns its address. It runs until the bed drops.
+    pub fn new_with_coordinator_ip_in(bed: &mut Bed, ip: &str) -> String {
+        let ns = format!("{}-c2", bed.prefix);
+        bed.plug(&ns, "c2", ip.parse().unwrap());
+        let addr = format!("{ip}:6783");
+        let out = bed.path("coordinator2.out");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(coordinator_bin())
+            .args(["serve", "--listen", &addr, "--data-dir"])
+            .arg(bed.path("coordinator2"))
+            .stdout(fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the second coordinator");
+        bed.extra.push(child);
+        wait_for("the second coordinator to start", Duration::from_secs(30), || {
+            fs::read_to_string(&out).ok().filter(|s| s.contains("listening on")).map(|_| ())
+        });
+        addr
+    }
+
+    /// A host namespace on the underlay with no agent.
+    pub fn add_bare_host(&mut self, ip: &str) -> String {
+        let ns = format!("{}-b{}", self.prefix, self.namespaces.len());
+        let port = format!("b{}", self.namespaces.len());
+        self.plug(&ns, &port, ip.parse().unwrap());
+        ns
     }
 
     pub fn coordinator_addr(&self) -> String {
@@ -396,6 +430,10 @@ impl Drop for Bed {
             self.signal_agent(i, nix::sys::signal::Signal::SIGKILL);
         }
         self.kill_coordinator();
+        for c in &mut self.extra {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         for ns in self.namespaces.iter().rev() {
             let _ = run(&["ip", "netns", "del", ns]);
         }
