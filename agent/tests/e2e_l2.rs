@@ -47,10 +47,10 @@ fn arp_and_multicast_cross_hosts() {
                 let mut buf = [0u8; 64];
                 let deadline = std::time::Instant::now() + Duration::from_secs(20);
                 while std::time::Instant::now() < deadline {
-                    if let Ok((n, from)) = s.recv_from(&mut buf) {
-                        if &buf[..n] == b"weave multicast" {
-                            return Some(from.ip());
-                        }
+                    if let Ok((n, from)) = s.recv_from(&mut buf)
+                        && &buf[..n] == b"weave multicast"
+                    {
+                        return Some(from.ip());
                     }
                 }
                 None
