@@ -115,7 +115,10 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .add_service(DnsServiceServer::new(api::Dns(state.clone())))
         .add_service(TokenServiceServer::new(api::Tokens(state.clone())))
         .add_service(StatusServiceServer::new(api::StatusApi(state)));
-    let task = tokio::spawn(router.serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown));
+    // No Nagle: a join answer (with the whole map) would otherwise wait for a delayed ACK.
+    let incoming =
+        TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(std::time::Duration::from_secs(30)));
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
     tracing::info!(listen = %local_addr, %advertise, pin = %tls.pin, data_dir = %settings.data_dir.display(), "coordinator serving");
     Ok(Running { local_addr, advertise, admin, first_token, store, task })
 }
