@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every weave test on this machine: installs what the tests need (Debian
+# packages), checks formatting and lints, builds, and runs unit, gRPC, CLI and
+# end-to-end tests. End-to-end tests build hosts out of network namespaces and
+# need root; without root they are skipped by cargo's #[ignore] and this script
+# says so.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" = 0 ]; then
+    bash .ci/install-deps.sh
+    ignored=(--include-ignored)
+else
+    echo "test.sh: not root: end-to-end tests (network namespaces) will be skipped" >&2
+    ignored=()
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# One test binary at a time (each runs its tests in parallel): the end-to-end
+# binaries each build several namespaces and share two cores.
+cargo test --workspace --locked --no-fail-fast -- "${ignored[@]}"
