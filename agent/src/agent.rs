@@ -13,15 +13,15 @@ use tokio::sync::watch;
 use weave_proto::{
     client::{Api, connect, connect_lazy, error_chain},
     token::JoinToken,
-    v1::{JoinRequest, NetworkMap},
+    v1::{AllocateRequest, JoinRequest, NetworkMap, ReleaseRequest},
 };
 
 use crate::{
-    config::{JoinArgs, ResetArgs, RunArgs, StatusArgs},
+    config::{AllocateArgs, JoinArgs, ResetArgs, RunArgs, StatusArgs},
     control,
     dataplane::{Transport, tun_udp::TunUdp},
     error::Error,
-    local_api::{self, AgentStatus, Handler, Request, Response, SegmentStatus},
+    local_api::{self, AgentStatus, Attachment, Handler, Reply, Request, Response, SegmentStatus},
     netlink::Netlink,
     netmap,
     reconcile::{self, bridge_name},
@@ -94,6 +94,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
 }
 
 struct Running {
+    api: Api,
     identity: Identity,
     transport: Arc<TunUdp>,
     maps: watch::Receiver<NetworkMap>,
@@ -102,6 +103,56 @@ struct Running {
 }
 
 impl Handler for Running {
+    fn handle(&self, request: Request) -> Reply<'_> {
+        Box::pin(async move {
+            match request {
+                Request::Status => Response::Status(self.status()),
+                Request::Allocate { container, subnet } => self.allocate(container, subnet).await,
+                Request::Release { container } => {
+                    let req = ReleaseRequest { container, ..Default::default() };
+                    match self.api.ipam.clone().release(req).await {
+                        Ok(r) => Response::Released(r.into_inner().released.into_iter().map(|a| a.address).collect()),
+                        Err(s) => Response::Error(s.message().to_string()),
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl Running {
+    async fn allocate(&self, container: String, subnet: String) -> Response {
+        let req = AllocateRequest { container, subnet, ..Default::default() };
+        let alloc = match self.api.ipam.clone().allocate(req).await {
+            Ok(a) => a.into_inner(),
+            Err(s) => return Response::Error(s.message().to_string()),
+        };
+        // The subnet's vni comes from the map; a brand-new subnet may not have
+        // reached it yet.
+        let mut maps = self.maps.clone();
+        let vni = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(s) = maps.borrow_and_update().subnets.iter().find(|s| s.id == alloc.subnet_id) {
+                    return s.vni;
+                }
+                if maps.changed().await.is_err() {
+                    return 0;
+                }
+            }
+        })
+        .await
+        .unwrap_or(0);
+        if vni == 0 {
+            return Response::Error(format!("subnet {} is not in this agent's map yet", alloc.subnet));
+        }
+        Response::Allocated(Attachment {
+            address: alloc.address,
+            subnet: alloc.subnet,
+            bridge: bridge_name(vni),
+            mtu: self.segment_mtu,
+        })
+    }
+
     fn status(&self) -> AgentStatus {
         let map = self.maps.borrow();
         AgentStatus {
@@ -163,7 +214,14 @@ async fn serve(
         tokio::spawn(control::watch_map(api.map.clone(), dir, map_tx, connected.clone())),
         tokio::spawn(local_api::serve(
             listener,
-            Arc::new(Running { identity, transport: transport.clone(), maps: map_rx, connected, segment_mtu }),
+            Arc::new(Running {
+                api: api.clone(),
+                identity,
+                transport: transport.clone(),
+                maps: map_rx,
+                connected,
+                segment_mtu,
+            }),
         )),
     ];
     shutdown.await;
@@ -202,6 +260,17 @@ pub async fn status(args: StatusArgs) -> Result<String, Error> {
         Response::Status(s) if args.json => serde_json::to_string_pretty(&s).map_err(|e| Error::State(e.to_string())),
         Response::Status(s) => Ok(local_api::format_status(&s)),
         Response::Error(e) => Err(Error::State(e)),
+        other => Err(Error::State(format!("unexpected answer: {other:?}"))),
+    }
+}
+
+/// `agent allocate`: an address and a bridge for a workload, through the running agent.
+pub async fn allocate(args: AllocateArgs) -> Result<String, Error> {
+    let request = Request::Allocate { container: args.container, subnet: args.subnet };
+    match local_api::request(&args.socket, &request).await? {
+        Response::Allocated(a) => Ok(format!("{} {} {}\n", a.address, a.bridge, a.mtu)),
+        Response::Error(e) => Err(Error::State(e)),
+        other => Err(Error::State(format!("unexpected answer: {other:?}"))),
     }
 }
 

@@ -25,6 +25,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Remove every interface and file the agent created on this host.
     Reset(ResetArgs),
+    /// Get an address for a workload from the running agent; prints `address bridge mtu`.
+    Allocate(AllocateArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -78,4 +80,16 @@ pub struct StatusArgs {
 pub struct ResetArgs {
     #[command(flatten)]
     pub paths: Paths,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AllocateArgs {
+    #[arg(long, env = "WEAVE_AGENT_SOCKET", default_value = "/run/weave/agent.sock")]
+    pub socket: PathBuf,
+    /// A name for the workload, unique on this host.
+    #[arg(long)]
+    pub container: String,
+    /// Subnet CIDR or name.
+    #[arg(long, default_value = "default")]
+    pub subnet: String,
 }

@@ -19,6 +19,16 @@ use crate::{dataplane::PeerStatus, error::Error};
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// An address for `container` on `subnet` (cidr, name or "default") from
+    /// the coordinator's IPAM, and the bridge to plug it into. Idempotent.
+    Allocate {
+        container: String,
+        subnet: String,
+    },
+    /// Releases every address of `container` on this node.
+    Release {
+        container: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,12 +56,25 @@ pub struct AgentStatus {
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Status(AgentStatus),
+    Allocated(Attachment),
+    Released(Vec<String>),
     Error(String),
 }
 
+/// Where a workload goes: its address (with prefix) and the segment's bridge.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Attachment {
+    pub address: String,
+    pub subnet: String,
+    pub bridge: String,
+    pub mtu: u32,
+}
+
+pub type Reply<'a> = std::pin::Pin<Box<dyn Future<Output = Response> + Send + 'a>>;
+
 /// Whatever answers requests (the running agent).
 pub trait Handler: Send + Sync + 'static {
-    fn status(&self) -> AgentStatus;
+    fn handle(&self, request: Request) -> Reply<'_>;
 }
 
 /// Binds `path` (replacing a stale socket) with mode 0600.
@@ -87,7 +110,7 @@ async fn answer(stream: UnixStream, handler: &dyn Handler) -> std::io::Result<()
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
         let response = match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Status) => Response::Status(handler.status()),
+            Ok(request) => handler.handle(request).await,
             Err(e) => Response::Error(format!("bad request: {e}")),
         };
         let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
@@ -147,26 +170,35 @@ mod tests {
 
     struct Fixed;
     impl Handler for Fixed {
-        fn status(&self) -> AgentStatus {
-            AgentStatus {
-                node_id: 1,
-                name: "h1".into(),
-                address: "10.47.0.1".parse().unwrap(),
-                endpoint: "192.0.2.11:6784".into(),
-                revision: 9,
-                coordinator_connected: true,
-                segments: vec![],
-                peers: vec![PeerStatus {
-                    node_id: 2,
-                    name: "h2".into(),
-                    address: "10.47.0.2".parse().unwrap(),
-                    endpoint: Some("192.0.2.12:6784".parse().unwrap()),
-                    handshake_age_secs: Some(3.0),
-                    tx_bytes: 10,
-                    rx_bytes: 20,
-                    dropped_spoofed: 0,
-                }],
-            }
+        fn handle(&self, request: Request) -> Reply<'_> {
+            Box::pin(async move {
+                match request {
+                    Request::Status => Response::Status(status()),
+                    other => Response::Error(format!("not here: {other:?}")),
+                }
+            })
+        }
+    }
+
+    fn status() -> AgentStatus {
+        AgentStatus {
+            node_id: 1,
+            name: "h1".into(),
+            address: "10.47.0.1".parse().unwrap(),
+            endpoint: "192.0.2.11:6784".into(),
+            revision: 9,
+            coordinator_connected: true,
+            segments: vec![],
+            peers: vec![PeerStatus {
+                node_id: 2,
+                name: "h2".into(),
+                address: "10.47.0.2".parse().unwrap(),
+                endpoint: Some("192.0.2.12:6784".parse().unwrap()),
+                handshake_age_secs: Some(3.0),
+                tx_bytes: 10,
+                rx_bytes: 20,
+                dropped_spoofed: 0,
+            }],
         }
     }
 
@@ -181,5 +213,7 @@ mod tests {
         assert_eq!(s.peers[0].rx_bytes, 20);
         let table = format_status(&s);
         assert!(table.contains("h2") && table.contains("3s ago"), "{table}");
+        let release = Request::Release { container: "c".into() };
+        assert!(matches!(request(&path, &release).await.unwrap(), Response::Error(_)));
     }
 }

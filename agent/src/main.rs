@@ -32,6 +32,7 @@ async fn main() -> ExitCode {
         Command::Run(args) => agent::run(args, shutdown_signal()).await,
         Command::Reset(args) => agent::reset(args).await,
         Command::Status(args) => agent::status(args).await.map(|s| print!("{s}")),
+        Command::Allocate(args) => agent::allocate(args).await.map(|s| print!("{s}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

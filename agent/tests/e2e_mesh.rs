@@ -10,9 +10,11 @@ use common::*;
 #[ignore = "needs root: network namespaces"]
 fn three_hosts_workloads_ping_each_other() {
     let mut bed = Bed::with_hosts(3);
-    for h in 0..3 {
-        bed.add_workload(h, "default");
-    }
+    bed.add_workload(0, "default");
+    bed.add_workload(1, "default");
+    // The third through the agent's own local API (`agent allocate`).
+    bed.add_workload_via_agent(2, "default");
+    assert_eq!(bed.workloads[2].subnet, bed.workloads[0].subnet);
     for a in 0..3 {
         for b in 0..3 {
             if a != b {

@@ -398,18 +398,60 @@ impl Bed {
                 has.then_some(seg)
             },
         );
+        self.attach(i, ns, ip, prefix, &segment.bridge, segment.mtu, alloc.subnet)
+    }
+
+    /// Like [`Bed::add_workload`], but the address and bridge come from the
+    /// host's agent (`agent allocate`, its local API) instead of the admin API.
+    pub fn add_workload_via_agent(&mut self, i: usize, subnet: &str) -> usize {
+        let ns = format!("{}-w{}", self.prefix, self.workloads.len() + 1);
+        let out = run(&[
+            agent_bin().to_str().unwrap(),
+            "allocate",
+            "--socket",
+            self.hosts[i].socket.to_str().unwrap(),
+            "--container",
+            &ns,
+            "--subnet",
+            subnet,
+        ]);
+        assert!(out.status.success(), "agent allocate: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let parts: Vec<&str> = text.split_whitespace().collect();
+        let [address, bridge, mtu] = parts[..] else { panic!("agent allocate printed {text}") };
+        let (ip, prefix) = address.split_once('/').unwrap();
+        let subnet = self.status(i).unwrap().segments.into_iter().find(|g| g.bridge == bridge).unwrap().subnet;
+        wait_for(&format!("{bridge} on host {}", i + 1), Duration::from_secs(15), || {
+            in_ns(&self.hosts[i].ns, &["ip", "link", "show", bridge]).status.success().then_some(())
+        });
+        self.attach(i, ns, ip.parse().unwrap(), prefix.parse().unwrap(), bridge, mtu.parse().unwrap(), subnet)
+    }
+
+    /// Creates workload namespace `ns` with `ethwe` = `ip`/`prefix` plugged into `bridge` on host `i`.
+    #[allow(clippy::too_many_arguments)]
+    fn attach(
+        &mut self,
+        i: usize,
+        ns: String,
+        ip: Ipv4Addr,
+        prefix: u8,
+        bridge: &str,
+        mtu: u32,
+        subnet: String,
+    ) -> usize {
+        let n = self.workloads.len();
         self.add_ns(&ns);
         let port = format!("wl{}", n + 1);
         let host_ns = self.hosts[i].ns.clone();
-        let mtu = segment.mtu.to_string();
+        let mtu = mtu.to_string();
         ok(&[
             "ip", "-n", &host_ns, "link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "ethwe", "mtu",
             &mtu, "netns", &ns,
         ]);
-        ok(&["ip", "-n", &host_ns, "link", "set", &port, "master", &segment.bridge, "up"]);
+        ok(&["ip", "-n", &host_ns, "link", "set", &port, "master", bridge, "up"]);
         ok_in(&ns, &["ip", "addr", "add", &format!("{ip}/{prefix}"), "dev", "ethwe"]);
         ok_in(&ns, &["ip", "link", "set", "ethwe", "up"]);
-        self.workloads.push(Workload { ns, ip, prefix, host: i, subnet: alloc.subnet });
+        self.workloads.push(Workload { ns, ip, prefix, host: i, subnet });
         n
     }
 
