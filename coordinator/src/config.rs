@@ -95,10 +95,8 @@ impl ServeArgs {
         {
             return Err(flag("dns-domain", format!("'{}' is not a domain name", self.dns_domain)));
         }
-        if let Some(a) = &self.advertise {
-            if !a.contains(':') {
-                return Err(flag("advertise", format!("'{a}' should be host:port")));
-            }
+        if let Some(a) = self.advertise.as_ref().filter(|a| !a.contains(':')) {
+            return Err(flag("advertise", format!("'{a}' should be host:port")));
         }
         let token_ttl = weave_proto::duration::parse(&self.token_ttl).map_err(|e| flag("token-ttl", e))?;
         Ok(Settings {

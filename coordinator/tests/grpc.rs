@@ -129,7 +129,12 @@ async fn join_accepts_valid_tokens_and_refuses_the_rest() {
     // Used up.
     let once = admin
         .tokens
-        .create_token(CreateTokenRequest { ttl_seconds: 600, uses: 1, description: "once".into() })
+        .create_token(CreateTokenRequest {
+            ttl_seconds: 600,
+            uses: 1,
+            description: "once".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -140,6 +145,16 @@ async fn join_accepts_valid_tokens_and_refuses_the_rest() {
         Code::Unauthenticated,
         "used up",
     );
+
+    // Never expires.
+    let forever = admin
+        .tokens
+        .create_token(CreateTokenRequest { never_expires: true, ttl_seconds: 60, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(forever.token.unwrap().expires_at, 0);
+    admin.join.join(join_request(&forever.secret_token, "host7", 7)).await.unwrap();
 
     // Revoked.
     let t = admin.tokens.create_token(CreateTokenRequest::default()).await.unwrap().into_inner();

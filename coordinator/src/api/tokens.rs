@@ -48,9 +48,10 @@ impl TokenService for Tokens {
     ) -> Result<Response<CreateTokenResponse>, Status> {
         self.0.admin(&request).await?;
         let r = request.into_inner();
-        let ttl = match r.ttl_seconds {
-            0 => self.0.token_ttl.map(|d| d.as_secs()),
-            s => Some(s),
+        let ttl = match (r.never_expires, r.ttl_seconds) {
+            (true, _) => None,
+            (false, 0) => self.0.token_ttl.map(|d| d.as_secs()),
+            (false, s) => Some(s),
         };
         let uses = Some(r.uses).filter(|u| *u > 0);
         let (token, join) = Self::create(&self.0, ttl, uses, r.description).await?;

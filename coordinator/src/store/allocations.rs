@@ -70,13 +70,13 @@ impl Store {
                 .await?;
         let allocation = if let Some(id) = existing {
             let allocation = by_id(&mut tx, id).await?;
-            if let Some((ip, _)) = explicit {
-                if !allocation.address.starts_with(&format!("{ip}/")) {
-                    return Err(Error::AlreadyExists(format!(
-                        "container {container} already has {} in {net}; detach it first to change its address",
-                        allocation.address
-                    )));
-                }
+            if let Some((ip, _)) = explicit
+                && !allocation.address.starts_with(&format!("{ip}/"))
+            {
+                return Err(Error::AlreadyExists(format!(
+                    "container {container} already has {} in {net}; detach it first to change its address",
+                    allocation.address
+                )));
             }
             allocation
         } else {

@@ -91,12 +91,12 @@ impl Store {
             .bind(&ip)
             .fetch_optional(tx.c())
             .await?;
-        if let Caller::Node { id, name: node } = caller {
-            if holder.is_none_or(|(_, n)| n as u64 != *id) {
-                return Err(Error::PermissionDenied(format!(
-                    "node {node} may add records only for addresses its containers hold, and {ip} is not one"
-                )));
-            }
+        if let Caller::Node { id, name: node } = caller
+            && holder.is_none_or(|(_, n)| n as u64 != *id)
+        {
+            return Err(Error::PermissionDenied(format!(
+                "node {node} may add records only for addresses its containers hold, and {ip} is not one"
+            )));
         }
         let (record, new) = insert_if_absent(&mut tx, name, &ip, holder.map(|(a, _)| a)).await?;
         if !new {

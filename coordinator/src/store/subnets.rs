@@ -55,7 +55,7 @@ pub(super) async fn insert(tx: &mut Tx, net: &IpNet, name: Option<&str>, is_defa
     let node_range = parse_net(node_range)?;
     if ipam::overlaps(net, &node_range) {
         return Err(Error::InvalidArgument(format!(
-            "{net} overlaps {node_range}, the block reserved for node addresses; choose a subnet outside it"
+            "{net} overlaps the block reserved for node addresses ({node_range}, --node-range); choose a subnet outside it"
         )));
     }
     let existing = all(tx.c(), false).await?;

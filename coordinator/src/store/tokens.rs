@@ -62,11 +62,12 @@ impl Store {
 
     /// Revoking twice is not an error: the token stays revoked.
     pub async fn revoke_token(&self, id: &str) -> Result<v1::Token> {
+        let id = id.trim().to_ascii_lowercase();
         let mut tx = self.begin().await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE join_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1 RETURNING {TOKEN_COLUMNS}"
         )))
-        .bind(id.trim().to_ascii_lowercase())
+        .bind(&id)
         .bind(now())
         .fetch_optional(tx.c())
         .await?

@@ -12,34 +12,35 @@ use crate::{
     table::Table,
 };
 
-/// The API has no "never" (0 means the coordinator's default), so a lifetime
-/// the coordinator clamps to the end of time stands for it; see `expiry`.
-const NEVER: u64 = u64::MAX;
-/// Expiry times past this many years from now are shown as "never".
-const NEVER_AFTER_YEARS: i64 = 1000;
-
 pub(super) struct Checked {
     command: TokenCommand,
+    /// 0: the coordinator's default lifetime.
     ttl_seconds: u64,
+    never_expires: bool,
 }
 
 pub(super) fn check(command: TokenCommand) -> Outcome<Checked> {
-    let ttl_seconds = match &command {
+    let (ttl_seconds, never_expires) = match &command {
         TokenCommand::Create { ttl: Some(ttl), .. } => match weave_proto::duration::parse(ttl) {
-            Ok(Some(d)) => d.as_secs(),
-            Ok(None) => NEVER,
+            Ok(Some(d)) => (d.as_secs(), false),
+            Ok(None) => (0, true),
             Err(e) => return Err(Failure::usage("--ttl", e)),
         },
-        _ => 0,
+        _ => (0, false),
     };
-    Ok(Checked { command, ttl_seconds })
+    Ok(Checked { command, ttl_seconds, never_expires })
 }
 
 pub(super) async fn run(api: &mut Api, out: &Output, c: Checked) -> Outcome {
     match c.command {
         TokenCommand::Create { uses, description, .. } => {
             let description = description.unwrap_or_default();
-            let req = CreateTokenRequest { ttl_seconds: c.ttl_seconds, uses: uses.unwrap_or(0), description };
+            let req = CreateTokenRequest {
+                ttl_seconds: c.ttl_seconds,
+                uses: uses.unwrap_or(0),
+                description,
+                never_expires: c.never_expires,
+            };
             let resp = api.tokens.create_token(req).await.doing("creating a join token")?;
             let token = resp.token.unwrap_or_default();
             if out.json {
@@ -97,8 +98,9 @@ fn state(t: &Token) -> &'static str {
     }
 }
 
+/// The API says "never expires" with 0.
 fn never(expires_at: i64) -> bool {
-    expires_at == 0 || expires_at > now().saturating_add(NEVER_AFTER_YEARS * 365 * 86_400)
+    expires_at == 0
 }
 
 fn expiry(expires_at: i64) -> String {
