@@ -152,8 +152,8 @@ fn subnet_refusals() {
     c.fails(
         &["subnet", "add", "10.47.0.0/16"],
         2,
-        "weavectl: adding subnet 10.47.0.0/16: 10.47.0.0/16 overlaps 10.47.0.0/16, the block reserved for node \
-         addresses; choose a subnet outside it",
+        "weavectl: adding subnet 10.47.0.0/16: 10.47.0.0/16 overlaps the block reserved for node addresses \
+         (10.47.0.0/16, --node-range); choose a subnet outside it",
     );
     c.fails(
         &["subnet", "rm", "default"],
