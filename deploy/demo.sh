@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# weave on one machine: a coordinator and 3 agents, each host a network
+# namespace on an underlay bridge (192.0.2.0/24), one workload per host on the
+# default subnet; pings between the workloads, prints every agent's status,
+# then tears everything down.
+#
+#   sudo deploy/demo.sh           # run, print, tear down
+#   sudo deploy/demo.sh --keep    # leave it running (and say how to stop it)
+#   sudo deploy/demo.sh --down    # tear down a kept demo
+#
+# Everything lives in namespaces named $WEAVE_DEMO_PREFIX-* (default wvdemo)
+# and in $WEAVE_DEMO_DIR (default /tmp/weave-demo); nothing touches the
+# host's own namespace.
+set -euo pipefail
+
+P=${WEAVE_DEMO_PREFIX:-wvdemo}
+DIR=${WEAVE_DEMO_DIR:-/tmp/weave-demo}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${WEAVE_BIN:-$ROOT/target/debug}
+HOSTS=3
+
+down() {
+    if [[ -f $DIR/pids ]]; then
+        while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$DIR/pids"
+        sleep 0.5
+        while read -r pid; do kill -9 "$pid" 2>/dev/null || true; done <"$DIR/pids"
+    fi
+    for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do
+        ip netns del "$ns"
+    done
+    rm -rf "$DIR"
+}
+
+case "${1:-}" in
+--down) down; echo "demo removed"; exit 0 ;;
+--keep) KEEP=1 ;;
+"") KEEP=0 ;;
+*) echo "usage: $0 [--keep|--down]" >&2; exit 2 ;;
+esac
+
+[[ $(id -u) == 0 ]] || { echo "demo.sh: needs root (network namespaces)" >&2; exit 1; }
+if ip netns list | grep -q "^$P-"; then
+    echo "demo.sh: a demo is already up ($P-*); remove it with: $0 --down" >&2
+    exit 1
+fi
+[[ $KEEP == 1 ]] || trap down EXIT
+
+if [[ -z ${WEAVE_BIN:-} ]]; then
+    (cd "$ROOT" && cargo build -q -p weave-coordinator -p weave-agent)
+fi
+mkdir -p "$DIR"
+: >"$DIR/pids"
+
+# Underlay: a bridge in its own namespace; each host plugs one veth into it.
+ip netns add "$P-u"
+ip -n "$P-u" link add br0 type bridge
+ip -n "$P-u" link set br0 up
+plug() { # namespace, port name, address
+    ip netns add "$1"
+    ip -n "$1" link set lo up
+    ip -n "$P-u" link add "$2" type veth peer name eth0 netns "$1"
+    ip -n "$P-u" link set "$2" master br0 up
+    ip -n "$1" addr add "$3/24" dev eth0
+    ip -n "$1" link set eth0 up
+}
+
+wait_for() { # what, command...
+    local what=$1; shift
+    for _ in $(seq 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+    echo "demo.sh: timed out waiting for $what" >&2
+    return 1
+}
+
+echo "== coordinator in $P-c (192.0.2.2:6783)"
+plug "$P-c" c 192.0.2.2
+ip netns exec "$P-c" "$BIN/coordinator" serve --listen 192.0.2.2:6783 --data-dir "$DIR/coordinator" \
+    >"$DIR/coordinator.out" 2>"$DIR/coordinator.log" </dev/null &
+echo $! >>"$DIR/pids"
+wait_for "the coordinator" grep -q "join token" "$DIR/coordinator.out"
+TOKEN=$(sed -n 's/^join token (first start): //p' "$DIR/coordinator.out")
+
+for i in $(seq $HOSTS); do
+    echo "== agent h$i in $P-h$i (192.0.2.1$i)"
+    plug "$P-h$i" "h$i" "192.0.2.1$i"
+    ip netns exec "$P-h$i" "$BIN/agent" join --token "$TOKEN" --name "h$i" --endpoint "192.0.2.1$i:6784" \
+        --data-dir "$DIR/h$i" --socket "$DIR/h$i.sock" >"$DIR/h$i.log" 2>&1 </dev/null &
+    echo $! >>"$DIR/pids"
+done
+
+declare -a IPS
+for i in $(seq $HOSTS); do
+    wait_for "agent h$i" "$BIN/agent" status --socket "$DIR/h$i.sock"
+    # An address and the default subnet's bridge from the agent, then a veth into it.
+    wait_for "an address for w$i" "$BIN/agent" allocate --socket "$DIR/h$i.sock" --container "$P-w$i"
+    read -r addr bridge mtu < <("$BIN/agent" allocate --socket "$DIR/h$i.sock" --container "$P-w$i")
+    wait_for "$bridge on h$i" ip -n "$P-h$i" link show "$bridge"
+    ip netns add "$P-w$i"
+    ip -n "$P-w$i" link set lo up
+    ip -n "$P-h$i" link add "w$i" mtu "$mtu" type veth peer name ethwe mtu "$mtu" netns "$P-w$i"
+    ip -n "$P-h$i" link set "w$i" master "$bridge" up
+    ip -n "$P-w$i" addr add "$addr" dev ethwe
+    ip -n "$P-w$i" link set ethwe up
+    IPS[i]=${addr%/*}
+    echo "== workload $P-w$i on h$i: $addr (bridge $bridge, mtu $mtu)"
+done
+
+echo "== pings between workloads"
+for a in $(seq $HOSTS); do
+    for b in $(seq $HOSTS); do
+        [[ $a == "$b" ]] && continue
+        wait_for "w$a -> w$b" ip netns exec "$P-w$a" ping -c1 -W1 "${IPS[b]}"
+        printf 'w%s -> w%s (%s): ' "$a" "$b" "${IPS[b]}"
+        ip netns exec "$P-w$a" ping -c3 -i0.2 -q "${IPS[b]}" | tail -1
+    done
+done
+
+for i in $(seq $HOSTS); do
+    echo "== agent status h$i"
+    "$BIN/agent" status --socket "$DIR/h$i.sock"
+done
+if [[ -x $BIN/weavectl ]]; then
+    echo "== weavectl status"
+    ip netns exec "$P-c" "$BIN/weavectl" --data-dir "$DIR/coordinator" status || true
+fi
+
+if [[ $KEEP == 1 ]]; then
+    cat <<MSG
+== the demo stays up
+  workloads:   ip netns exec $P-w1 ping ${IPS[2]}
+  status:      $BIN/agent status --socket $DIR/h1.sock
+  tear down:   $0 --down
+MSG
+fi
