@@ -17,7 +17,7 @@ P=${WEAVE_DEMO_PREFIX:-wvdemo}
 DIR=${WEAVE_DEMO_DIR:-/tmp/weave-demo}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${WEAVE_BIN:-$ROOT/target/debug}
-HOSTS=3
+HOSTS=${WEAVE_DEMO_HOSTS:-3}
 
 down() {
     if [[ -f $DIR/pids ]]; then
