@@ -1,6 +1,12 @@
-//! Control-plane benchmark: joins/s and allocations/s against a real
-//! coordinator (SQLite, TLS) for 1, 10 and 100 concurrent clients.
-//! Each figure is the median of --repeat runs. Not a test: it prints numbers.
+//! Control-plane benchmark against a real coordinator (SQLite, TLS). Not a
+//! test: it prints numbers.
+//!
+//! - `cp-bench throughput`: joins/s and allocations/s for 1, 10 and 100
+//!   concurrent clients (coordinator in-process), median of --repeat runs.
+//! - `cp-bench scale`: the coordinator binary as its own process; time for N
+//!   nodes to join, time for one change to reach W watchers (p50/p99), and the
+//!   coordinator's RSS at N and at 10×N nodes.
+mod scale;
 use std::{
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -18,6 +24,14 @@ use weave_proto::{
 
 #[derive(Parser)]
 #[command(about = "weave control-plane benchmark")]
+enum Cli {
+    /// Joins/s and allocations/s for several client counts.
+    Throughput(Args),
+    /// Join time, watch fan-out latency and coordinator memory at scale.
+    Scale(scale::Args),
+}
+
+#[derive(clap::Args)]
 struct Args {
     /// Concurrent clients to measure with.
     #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
@@ -35,9 +49,9 @@ struct Args {
     json: Option<std::path::PathBuf>,
 }
 
-static NEXT_KEY: AtomicU32 = AtomicU32::new(1);
+pub(crate) static NEXT_KEY: AtomicU32 = AtomicU32::new(1);
 
-fn key() -> Vec<u8> {
+pub(crate) fn key() -> Vec<u8> {
     let n = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
     let mut k = vec![0x5a; 32];
     k[..4].copy_from_slice(&n.to_le_bytes());
@@ -124,14 +138,17 @@ async fn allocations(clients: usize, total: usize) -> anyhow::Result<f64> {
     Ok((per * clients) as f64 / start.elapsed().as_secs_f64())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = match Cli::parse() {
+        Cli::Throughput(a) => a,
+        Cli::Scale(a) => return scale::run(a).await,
+    };
     let mut rows = Vec::new();
     println!("{:>8} {:>14} {:>18}   (median of {} runs)", "clients", "joins/s", "allocations/s", args.repeat);
     for &clients in &args.clients {

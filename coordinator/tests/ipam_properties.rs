@@ -132,6 +132,9 @@ async fn run(ops: Vec<Op>) {
         }
         assert_eq!(actual, model);
     }
+    // The in-memory map (what joins and watchers get) is what the database holds.
+    let reopened = Store::open(&dir.path().join("db")).await.unwrap();
+    assert_eq!(store.snapshot().await.unwrap(), reopened.snapshot().await.unwrap());
 }
 
 proptest! {

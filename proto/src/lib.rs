@@ -13,6 +13,7 @@ pub mod cidr;
 pub mod client;
 pub mod duration;
 pub mod key;
+pub mod map;
 pub mod token;
 
 #[allow(unreachable_pub, clippy::all)]

@@ -35,7 +35,7 @@ pub fn qualify_name(name: &str, domain: &str) -> Result<String> {
 }
 
 pub(super) async fn all(c: &mut SqliteConnection) -> Result<Vec<v1::DnsRecord>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{DNS_SELECT} ORDER BY d.name, d.id"))).fetch_all(c).await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{DNS_SELECT} ORDER BY d.id"))).fetch_all(c).await?;
     rows.iter().map(rows::dns_record).collect()
 }
 

@@ -10,6 +10,12 @@
 //!
 //! Records are the `weave.v1` messages themselves: the store builds each once,
 //! and the watch stream sends the stored change as it is.
+//!
+//! The committed map is also kept in memory ([`Live`]): write transactions hold
+//! one lock from `BEGIN` until their changes are applied to it, so it is always
+//! the map at exactly the latest committed revision. Snapshots (every join, every
+//! new watcher) are a clone of it, and watchers read recent changes from its
+//! ring, not from SQLite.
 
 mod allocations;
 mod auth;
@@ -19,7 +25,13 @@ mod rows;
 mod subnets;
 mod tokens;
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{
+    collections::VecDeque,
+    path::Path,
+    str::FromStr,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use ipnet::IpNet;
 use prost::Message as _;
@@ -27,7 +39,7 @@ use sqlx::{
     Row, Sqlite, SqliteConnection, Transaction,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
-use tokio::sync::watch;
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use weave_proto::v1::{self, map_change::Change};
 
 pub use self::{
@@ -45,6 +57,8 @@ use crate::{
 /// Events kept for watchers that reconnect; older ones are pruned and such a
 /// watcher gets a fresh snapshot instead.
 const EVENTS_KEPT: i64 = 10_000;
+/// Changes kept in memory for watchers; older resumes read `map_events`.
+const RING: usize = 4096;
 
 /// What the coordinator was started with on its first run; later runs keep it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,12 +82,23 @@ pub struct Store {
     write: SqlitePool,
     read: SqlitePool,
     revision: watch::Sender<u64>,
+    live: Arc<RwLock<Live>>,
+    /// Held by a write transaction until its changes are in `live`.
+    writer: Arc<Mutex<()>>,
 }
 
-/// A write transaction and the revision its last change took.
+/// The map at the latest committed revision, and the changes that led to it.
+#[derive(Default)]
+struct Live {
+    map: v1::NetworkMap,
+    recent: VecDeque<(u64, v1::MapChange)>,
+}
+
+/// A write transaction and the changes it recorded.
 pub(crate) struct Tx {
     inner: Transaction<'static, Sqlite>,
-    revision: Option<u64>,
+    changes: Vec<(u64, v1::MapChange)>,
+    _writer: OwnedMutexGuard<()>,
 }
 
 impl Tx {
@@ -86,7 +111,8 @@ impl Tx {
         let rev: i64 = sqlx::query_scalar("UPDATE cluster SET revision = revision + 1 WHERE id = 1 RETURNING revision")
             .fetch_one(self.c())
             .await?;
-        let bytes = v1::MapChange { change: Some(change) }.encode_to_vec();
+        let change = v1::MapChange { change: Some(change) };
+        let bytes = change.encode_to_vec();
         sqlx::query("INSERT INTO map_events (revision, change, created_at) VALUES ($1, $2, $3)")
             .bind(rev)
             .bind(bytes)
@@ -99,7 +125,7 @@ impl Tx {
                 .execute(self.c())
                 .await?;
         }
-        self.revision = Some(rev as u64);
+        self.changes.push((rev as u64, change));
         Ok(rev as u64)
     }
 }
@@ -133,24 +159,38 @@ impl Store {
         let current: Option<i64> =
             sqlx::query_scalar("SELECT revision FROM cluster WHERE id = 1").fetch_optional(&read).await?;
         let (revision, _) = watch::channel(current.unwrap_or(0) as u64);
-        Ok(Self { write, read, revision })
+        let store = Self { write, read, revision, live: Arc::default(), writer: Arc::default() };
+        store.reload_live().await?;
+        Ok(store)
+    }
+
+    /// Rebuilds the in-memory map from the database.
+    async fn reload_live(&self) -> Result<()> {
+        let _writer = self.writer.lock().await;
+        let map = self.load_snapshot().await?;
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Live { map, recent: VecDeque::new() };
+        Ok(())
     }
 
     pub(crate) async fn begin(&self) -> Result<Tx> {
-        Ok(Tx { inner: self.write.begin_with("BEGIN IMMEDIATE").await?, revision: None })
+        let writer = self.writer.clone().lock_owned().await;
+        Ok(Tx { inner: self.write.begin_with("BEGIN IMMEDIATE").await?, changes: Vec::new(), _writer: writer })
     }
 
     pub(crate) async fn commit(&self, tx: Tx) -> Result<()> {
         tx.inner.commit().await?;
-        if let Some(rev) = tx.revision {
-            self.revision.send_if_modified(|r| {
-                let newer = rev > *r;
-                if newer {
-                    *r = rev;
+        let Some(&(last, _)) = tx.changes.last() else { return Ok(()) };
+        {
+            let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+            for (rev, change) in tx.changes {
+                weave_proto::map::apply_change(&mut live.map, rev, &change);
+                live.recent.push_back((rev, change));
+                if live.recent.len() > RING {
+                    live.recent.pop_front();
                 }
-                newer
-            });
+            }
         }
+        self.revision.send_replace(last);
         Ok(())
     }
 
@@ -182,6 +222,7 @@ impl Store {
         .await?;
         subnets::insert(&mut tx, &settings.default_subnet, Some("default"), true).await?;
         self.commit(tx).await?;
+        self.reload_live().await?;
         let cluster = self.cluster().await?.ok_or_else(|| Error::NotFound("cluster settings vanished".into()))?;
         Ok((cluster, true))
     }
@@ -201,13 +242,21 @@ impl Store {
         .transpose()
     }
 
-    /// The whole map at one revision (one read transaction = one snapshot).
+    /// The whole map at the latest committed revision.
     pub async fn snapshot(&self) -> Result<v1::NetworkMap> {
+        Ok(self.live.read().unwrap_or_else(|p| p.into_inner()).map.clone())
+    }
+
+    /// The whole map read from the database (one read transaction = one revision).
+    async fn load_snapshot(&self) -> Result<v1::NetworkMap> {
         let mut tx = self.read.begin().await?;
         let c = &mut *tx;
-        let row = sqlx::query("SELECT revision, range_cidr, node_range, dns_domain FROM cluster WHERE id = 1")
-            .fetch_one(&mut *c)
-            .await?;
+        let Some(row) = sqlx::query("SELECT revision, range_cidr, node_range, dns_domain FROM cluster WHERE id = 1")
+            .fetch_optional(&mut *c)
+            .await?
+        else {
+            return Ok(v1::NetworkMap::default());
+        };
         let nodes = nodes::all(&mut *c).await?;
         let subnets = subnets::all(&mut *c, false).await?;
         let allocations = allocations::list(&mut *c, &AllocationFilter::default()).await?;
@@ -225,8 +274,25 @@ impl Store {
         })
     }
 
-    /// Up to `limit` changes after revision `after`, in revision order.
+    /// Up to `limit` changes after revision `after`, in revision order: from
+    /// memory when the ring still holds them, else from `map_events`.
     pub async fn events_after(&self, after: u64, limit: i64) -> Result<Events> {
+        {
+            let live = self.live.read().unwrap_or_else(|p| p.into_inner());
+            if after > live.map.revision {
+                return Ok(Events::NeedSnapshot);
+            }
+            if after == live.map.revision {
+                return Ok(Events::Changes(Vec::new()));
+            }
+            if let Some(&(first, _)) = live.recent.front()
+                && first <= after + 1
+            {
+                let skip = (after + 1 - first) as usize;
+                let changes = live.recent.iter().skip(skip).take(limit as usize).cloned().collect();
+                return Ok(Events::Changes(changes));
+            }
+        }
         let mut tx = self.read.begin().await?;
         let current: i64 = sqlx::query_scalar("SELECT revision FROM cluster WHERE id = 1").fetch_one(&mut *tx).await?;
         if after as i64 > current {

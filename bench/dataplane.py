@@ -1,0 +1,561 @@
+#!/usr/bin/env python3
+"""Data-plane benchmark (run through bench/dataplane.sh, which builds, installs
+and cleans up). Four paths between two namespace "hosts" on one underlay bridge:
+
+  veth       host -> host over the underlay (veth + bridge + veth), no tunnel
+  boringtun  boringtun-cli (1 thread) between two hosts, configured with wg
+  wggo       wireguard-go (Debian) between two hosts
+  weave      coordinator + 2 agents, one workload namespace per host on the
+             default subnet, workload -> workload
+
+Per path and repeat: iperf3 TCP 1 stream, TCP 4 streams, UDP at a fixed
+offered rate, 200 pings at 10 ms. Around each test: CPU (utime+stime from
+/proc/PID/stat) of the tunnel processes and UdpRcvbufErrors (/proc/net/snmp)
+of the host namespaces. Reports medians over repeats.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+PREFIX = os.environ.get("WVB_PREFIX", f"wvb{os.getpid()}")
+DIR = os.environ.get("WVB_DIR") or tempfile.mkdtemp(prefix=f"{PREFIX}.")
+BIN = os.environ.get("WVB_BIN", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+UNDERLAY_MTU = 1500
+WG_MTU = UNDERLAY_MTU - 80
+PATHS = ["veth", "boringtun", "wggo", "weave"]
+LABELS = {
+    "veth": "plain veth (underlay)",
+    "boringtun": "boringtun-cli 1 thread",
+    "wggo": "wireguard-go",
+    "weave": "weave (workload->workload)",
+}
+
+children = []  # (name, Popen)
+namespaces = []
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def run(args, check=True, **kw):
+    r = subprocess.run(args, capture_output=True, text=True, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}{r.stdout.strip()}")
+    return r
+
+
+def ns_run(ns, args, check=True, **kw):
+    return run(["ip", "netns", "exec", ns] + args, check=check, **kw)
+
+
+def spawn(name, ns, args, logfile, env=None):
+    """Starts args in namespace ns (ip netns exec execs it: the pid is the program's)."""
+    f = open(logfile, "ab")
+    p = subprocess.Popen(["ip", "netns", "exec", ns] + args, stdout=f, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL, env=env)
+    children.append((name, p))
+    with open(os.path.join(DIR, "pids"), "a") as pf:
+        pf.write(f"{p.pid}\n")
+    return p
+
+
+def stop(p):
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(3)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def cleanup():
+    for _, p in reversed(children):
+        try:
+            stop(p)
+        except Exception:
+            pass
+    for ns in reversed(namespaces):
+        run(["ip", "netns", "del", ns], check=False)
+
+
+def wait_for(what, f, timeout=30.0, interval=0.1):
+    deadline = time.time() + timeout
+    while True:
+        v = f()
+        if v:
+            return v
+        if time.time() > deadline:
+            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------- topology
+
+def add_ns(name):
+    ns = f"{PREFIX}-{name}"
+    run(["ip", "netns", "add", ns])
+    namespaces.append(ns)
+    run(["ip", "-n", ns, "link", "set", "lo", "up"])
+    return ns
+
+
+def plug(underlay, name, ip):
+    """A host namespace with eth0 = ip/24 on the underlay bridge."""
+    ns = add_ns(name)
+    run(["ip", "-n", underlay, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", ns])
+    run(["ip", "-n", underlay, "link", "set", name, "master", "br0", "up"])
+    run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0"])
+    run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+    return ns
+
+
+def ping_ok(ns, ip):
+    return ns_run(ns, ["ping", "-c1", "-W1", ip], check=False).returncode == 0
+
+
+class Path:
+    """One thing to measure: client namespace -> server address, plus the processes that carry it."""
+
+    def __init__(self, key, client_ns, server_ns, server_ip, mtu, pids, host_nss):
+        self.key, self.client_ns, self.server_ns, self.server_ip = key, client_ns, server_ns, server_ip
+        self.mtu, self.pids, self.host_nss = mtu, pids, host_nss
+
+
+def wg_keys():
+    priv = run(["wg", "genkey"]).stdout.strip()
+    pub = run(["wg", "pubkey"], input=priv).stdout.strip()
+    return priv, pub
+
+
+def setup_wg_pair(key, underlay, names, ips, inner, port, start):
+    """Two hosts running a userspace WireGuard (start(ns, ifname, log) -> Popen), configured with wg."""
+    nss = [plug(underlay, n, ip) for n, ip in zip(names, ips)]
+    ifs = [f"{PREFIX}{n}" for n in names]
+    keys = [wg_keys() for _ in names]
+    procs = []
+    for i, ns in enumerate(nss):
+        p = start(ns, ifs[i], os.path.join(DIR, f"{key}-{names[i]}.log"))
+        procs.append(p)
+        sock = f"/var/run/wireguard/{ifs[i]}.sock"
+        wait_for(f"{key} UAPI socket {sock}", lambda: os.path.exists(sock) or p.poll() is not None, 20)
+        if p.poll() is not None:
+            raise RuntimeError(f"{key} exited: see {DIR}/{key}-{names[i]}.log")
+    for i, ns in enumerate(nss):
+        j = 1 - i
+        pk = os.path.join(DIR, f"{key}-{names[i]}.key")
+        with open(pk, "w") as f:
+            f.write(keys[i][0] + "\n")
+        ns_run(ns, ["wg", "set", ifs[i], "private-key", pk, "listen-port", str(port),
+                    "peer", keys[j][1], "endpoint", f"{ips[j]}:{port}", "allowed-ips", f"{inner[j]}/32"])
+        run(["ip", "-n", ns, "addr", "add", f"{inner[i]}/24", "dev", ifs[i]])
+        run(["ip", "-n", ns, "link", "set", ifs[i], "mtu", str(WG_MTU), "up"])
+    wait_for(f"{key} tunnel ping", lambda: ping_ok(nss[0], inner[1]), 20)
+    return Path(key, nss[0], nss[1], inner[1], WG_MTU, [p.pid for p in procs], nss)
+
+
+def boringtun_start(ns, ifname, logfile):
+    return spawn("boringtun-cli", ns, ["boringtun-cli", "--foreground", "--threads", "1",
+                                       "--disable-drop-privileges", "--log", logfile, ifname], logfile + ".out")
+
+
+def wggo_start(ns, ifname, logfile):
+    env = dict(os.environ, LOG_LEVEL="error")
+    return spawn("wireguard-go", ns, ["wireguard-go", "-f", ifname], logfile, env=env)
+
+
+def agent_status(sock):
+    r = run([f"{BIN}/agent", "status", "--json", "--socket", sock], check=False)
+    if r.returncode != 0:
+        return None
+    try:
+        return json.loads(r.stdout)
+    except json.JSONDecodeError:
+        return None
+
+
+def setup_weave(underlay):
+    c = plug(underlay, "c", "192.0.2.2")
+    out = os.path.join(DIR, "coordinator.out")
+    spawn("coordinator", c, [f"{BIN}/coordinator", "serve", "--listen", "192.0.2.2:6783",
+                             "--data-dir", os.path.join(DIR, "coordinator")], out)
+
+    def token():
+        try:
+            m = re.search(r"^join token \(first start\): (\S+)", open(out).read(), re.M)
+        except FileNotFoundError:
+            return None
+        return m and m.group(1)
+
+    tok = wait_for("the coordinator's join token", token, 30)
+    hosts, agents = [], []
+    for i in (1, 2):
+        ip = f"192.0.2.1{i}"
+        ns = plug(underlay, f"h{i}", ip)
+        sock = os.path.join(DIR, f"h{i}.sock")
+        env = dict(os.environ, RUST_LOG="warn")
+        p = spawn("agent", ns, [f"{BIN}/agent", "join", "--token", tok, "--name", f"h{i}",
+                                "--endpoint", f"{ip}:6784", "--data-dir", os.path.join(DIR, f"h{i}"),
+                                "--socket", sock], os.path.join(DIR, f"h{i}.log"), env=env)
+        hosts.append((ns, sock))
+        agents.append(p)
+    for ns, sock in hosts:
+        wait_for(f"agent in {ns} to handshake with its peer",
+                 lambda: (lambda s: s and len(s.get("peers", [])) == 1
+                          and all(x.get("handshake_age_secs") is not None for x in s["peers"]))(agent_status(sock)),
+                 60)
+    workloads = []
+    for i, (hns, sock) in enumerate(hosts, 1):
+        name = f"{PREFIX}-w{i}"
+        out_ = wait_for(f"an address for w{i}", lambda: (lambda r: r.returncode == 0 and r.stdout.split())(
+            run([f"{BIN}/agent", "allocate", "--socket", sock, "--container", name], check=False)), 30)
+        addr, bridge, mtu = out_[:3]
+        wait_for(f"bridge {bridge} in {hns}",
+                 lambda: run(["ip", "-n", hns, "link", "show", bridge], check=False).returncode == 0, 15)
+        wns = add_ns(f"w{i}")
+        run(["ip", "-n", hns, "link", "add", f"w{i}", "mtu", mtu, "type", "veth", "peer", "name", "ethwe",
+             "mtu", mtu, "netns", wns])
+        run(["ip", "-n", hns, "link", "set", f"w{i}", "master", bridge, "up"])
+        run(["ip", "-n", wns, "addr", "add", addr, "dev", "ethwe"])
+        run(["ip", "-n", wns, "link", "set", "ethwe", "up"])
+        workloads.append((wns, addr.split("/")[0], int(mtu)))
+    wait_for("w1 -> w2 ping", lambda: ping_ok(workloads[0][0], workloads[1][1]), 30)
+    return Path("weave", workloads[0][0], workloads[1][0], workloads[1][1], workloads[0][2],
+                [p.pid for p in agents], [h[0] for h in hosts])
+
+
+# ---------------------------------------------------------------- probes
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / CLK_TCK
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        m = re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M)
+    return int(m.group(1)) / 1024 if m else None
+
+
+def rcvbuf_errors(nss):
+    total = 0
+    for ns in nss:
+        lines = [l.split() for l in ns_run(ns, ["cat", "/proc/net/snmp"]).stdout.splitlines() if l.startswith("Udp:")]
+        total += int(lines[1][lines[0].index("RcvbufErrors")])
+    return total
+
+
+class Probe:
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        self.t0 = time.monotonic()
+        self.cpu0 = cpu_seconds(self.path.pids)
+        self.drop0 = rcvbuf_errors(self.path.host_nss)
+        return self
+
+    def __exit__(self, *exc):
+        self.cpu = cpu_seconds(self.path.pids) - self.cpu0
+        self.drops = rcvbuf_errors(self.path.host_nss) - self.drop0
+        self.wall = time.monotonic() - self.t0
+        return False
+
+
+def iperf(path, secs, args):
+    r = ns_run(path.client_ns, ["iperf3", "-c", path.server_ip, "-p", "5201", "-t", str(secs), "-J",
+                                "--connect-timeout", "5000"] + args, check=False, timeout=secs + 60)
+    try:
+        j = json.loads(r.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeError(f"iperf3 {args} on {path.key}: {r.stderr.strip() or r.stdout[:300]}")
+    if "error" in j:
+        raise RuntimeError(f"iperf3 {args} on {path.key}: {j['error']}")
+    return j
+
+
+def tcp(path, secs, streams):
+    with Probe(path) as pr:
+        j = iperf(path, secs, ["-P", str(streams)])
+    recv = j["end"]["sum_received"]
+    gb = recv["bytes"] / 1e9
+    return {
+        "gbit_s": recv["bits_per_second"] / 1e9,
+        "retransmits": j["end"]["sum_sent"].get("retransmits"),
+        "bytes": recv["bytes"],
+        "tunnel_cpu_s": pr.cpu if path.pids else None,
+        "tunnel_cpu_s_per_gb": (pr.cpu / gb if gb else None) if path.pids else None,
+        "tunnel_cpu_util": (pr.cpu / pr.wall) if path.pids else None,
+        "rcvbuf_errors": pr.drops,
+    }
+
+
+def udp(path, secs, rate):
+    size = path.mtu - 28
+    with Probe(path) as pr:
+        j = iperf(path, secs, ["-u", "-b", rate, "-l", str(size)])
+    s = j["end"]["sum"]
+    return {
+        "loss_pct": s.get("lost_percent"),
+        "received_gbit_s": s["bits_per_second"] * (1 - (s.get("lost_percent") or 0) / 100) / 1e9,
+        "datagram_bytes": size,
+        "tunnel_cpu_s": pr.cpu if path.pids else None,
+        "rcvbuf_errors": pr.drops,
+    }
+
+
+def ping(path, count=200, interval="0.01"):
+    with Probe(path) as pr:
+        r = ns_run(path.client_ns, ["ping", "-n", "-c", str(count), "-i", interval, "-W", "1", path.server_ip],
+                   check=False)
+    rtts = sorted(float(x) for x in re.findall(r"time=([\d.]+) ms", r.stdout))
+    if not rtts:
+        raise RuntimeError(f"ping on {path.key}: no replies: {r.stdout[-300:]}")
+    p99 = rtts[min(len(rtts) - 1, int(round(0.99 * len(rtts))) - 1)]
+    return {"avg_ms": statistics.fmean(rtts), "p99_ms": p99, "replies": len(rtts), "sent": count,
+            "rcvbuf_errors": pr.drops}
+
+
+# ---------------------------------------------------------------- report
+
+def med(samples, test, field):
+    vals = [s[test][field] for s in samples if s.get(test) and s[test].get(field) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def version(cmd):
+    r = run(cmd, check=False)
+    return (r.stdout or r.stderr).strip().splitlines()[0] if (r.stdout or r.stderr).strip() else None
+
+
+def main():
+    ap = argparse.ArgumentParser(description="weave data-plane benchmark")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="1 repeat, 3 s runs")
+    ap.add_argument("--time", type=int, default=10, help="seconds per iperf3 run")
+    ap.add_argument("--udp-rate", default="500M")
+    ap.add_argument("--paths", default=",".join(PATHS))
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--no-build", action="store_true", help="(handled by dataplane.sh)")
+    a = ap.parse_args()
+    if a.quick:
+        a.repeat, a.time = 1, 3
+    paths_wanted = [p for p in a.paths.split(",") if p]
+    for p in paths_wanted:
+        if p not in PATHS:
+            ap.error(f"unknown path {p}; known: {','.join(PATHS)}")
+    started = datetime.datetime.now(datetime.timezone.utc)
+    if a.json is None:
+        a.json = os.path.join(ROOT, "bench", "results", f"dataplane-{started:%Y-%m-%dT%H%M%SZ}.json")
+
+    os.makedirs(DIR, exist_ok=True)
+    load_start = open("/proc/loadavg").read().split()[:3]
+    log(f"== namespaces {PREFIX}-*, files in {DIR}")
+    underlay = add_ns("u")
+    run(["ip", "-n", underlay, "link", "add", "br0", "type", "bridge"])
+    run(["ip", "-n", underlay, "link", "set", "br0", "up"])
+
+    paths = {}
+    setup_notes = {}
+    for key in paths_wanted:
+        log(f"== setting up {LABELS[key]}")
+        try:
+            if key == "veth":
+                a_ns = plug(underlay, "v1", "192.0.2.31")
+                b_ns = plug(underlay, "v2", "192.0.2.32")
+                wait_for("veth ping", lambda: ping_ok(a_ns, "192.0.2.32"), 10)
+                paths[key] = Path(key, a_ns, b_ns, "192.0.2.32", UNDERLAY_MTU, [], [a_ns, b_ns])
+            elif key == "boringtun":
+                paths[key] = setup_wg_pair(key, underlay, ["t1", "t2"], ["192.0.2.41", "192.0.2.42"],
+                                           ["198.51.100.1", "198.51.100.2"], 51820, boringtun_start)
+            elif key == "wggo":
+                paths[key] = setup_wg_pair(key, underlay, ["g1", "g2"], ["192.0.2.51", "192.0.2.52"],
+                                           ["203.0.113.1", "203.0.113.2"], 51821, wggo_start)
+            elif key == "weave":
+                paths[key] = setup_weave(underlay)
+        except Exception as e:  # a path that cannot be set up is reported, the others still run
+            setup_notes[key] = str(e)
+            log(f"!! {key}: {e}")
+    for p in paths.values():
+        spawn("iperf3-server", p.server_ns, ["iperf3", "-s", "-B", p.server_ip, "-p", "5201"],
+              os.path.join(DIR, f"iperf3-{p.key}.log"))
+    time.sleep(0.5)
+
+    idle = {}
+    if "weave" in paths:
+        w = paths["weave"]
+        c0 = cpu_seconds(w.pids)
+        time.sleep(5)
+        idle = {"agents_cpu_pct_idle_5s": (cpu_seconds(w.pids) - c0) / 5 * 100,
+                "agent_rss_mb": [rss_mb(pid) for pid in w.pids]}
+        log(f"== weave agents idle: {idle['agents_cpu_pct_idle_5s']:.1f}% CPU (both, 5 s), RSS "
+            + ", ".join(f"{x:.1f} MB" for x in idle["agent_rss_mb"]))
+
+    samples = {k: [] for k in paths}
+    for r in range(a.repeat):
+        for key, p in paths.items():  # interleaved, so drifts in machine load hit every path alike
+            s = {}
+            for test, f in (("tcp1", lambda: tcp(p, a.time, 1)), ("tcp4", lambda: tcp(p, a.time, 4)),
+                            ("udp", lambda: udp(p, a.time, a.udp_rate)), ("ping", lambda: ping(p))):
+                try:
+                    s[test] = f()
+                except Exception as e:
+                    s[test] = None
+                    s.setdefault("errors", []).append(f"{test}: {e}")
+                    log(f"!! {key} {test}: {e}")
+                time.sleep(0.5)
+            samples[key].append(s)
+            t1, t4, u, pg = (s.get(x) or {} for x in ("tcp1", "tcp4", "udp", "ping"))
+            log(f"   run {r + 1}/{a.repeat} {key:9} tcp1 {fmt(t1.get('gbit_s'), '.2f')} "
+                f"tcp4 {fmt(t4.get('gbit_s'), '.2f')} Gbit/s, udp loss {fmt(u.get('loss_pct'), '.2f')}%, "
+                f"ping {fmt(pg.get('avg_ms'), '.3f')}/{fmt(pg.get('p99_ms'), '.3f')} ms, "
+                f"cpu/GB {fmt(t1.get('tunnel_cpu_s_per_gb'), '.2f')} s, drops {t1.get('rcvbuf_errors', '-')}")
+
+    medians = {}
+    for key, ss in samples.items():
+        medians[key] = {
+            "tcp1_gbit_s": med(ss, "tcp1", "gbit_s"),
+            "tcp4_gbit_s": med(ss, "tcp4", "gbit_s"),
+            "udp_loss_pct": med(ss, "udp", "loss_pct"),
+            "udp_received_gbit_s": med(ss, "udp", "received_gbit_s"),
+            "ping_avg_ms": med(ss, "ping", "avg_ms"),
+            "ping_p99_ms": med(ss, "ping", "p99_ms"),
+            "tcp1_tunnel_cpu_s_per_gb": med(ss, "tcp1", "tunnel_cpu_s_per_gb"),
+            "tcp4_tunnel_cpu_s_per_gb": med(ss, "tcp4", "tunnel_cpu_s_per_gb"),
+            "tcp1_tunnel_cpu_util": med(ss, "tcp1", "tunnel_cpu_util"),
+            "tcp1_rcvbuf_errors": med(ss, "tcp1", "rcvbuf_errors"),
+            "tcp4_rcvbuf_errors": med(ss, "tcp4", "rcvbuf_errors"),
+            "udp_rcvbuf_errors": med(ss, "udp", "rcvbuf_errors"),
+        }
+
+    rate = a.udp_rate
+    print()
+    print(f"Data plane, median of {a.repeat} run(s), {a.time} s iperf3 runs, UDP offered {rate}bit/s, "
+          f"200 pings at 10 ms; {os.cpu_count()} CPUs, kernel {platform.release()}, load average "
+          f"{' '.join(load_start)} at start, {' '.join(open('/proc/loadavg').read().split()[:3])} at end")
+    hdr = ["path", "TCP 1 (Gbit/s)", "TCP 4 (Gbit/s)", f"UDP {rate} loss %", "ping avg (ms)", "ping p99 (ms)",
+           "CPU s/GB (TCP 1)", "CPU s/GB (TCP 4)", "RcvbufErrors TCP1/TCP4/UDP"]
+    rows = []
+    for key in PATHS:
+        if key not in medians:
+            continue
+        m = medians[key]
+        drops = "/".join(fmt(m[x], ".0f") for x in ("tcp1_rcvbuf_errors", "tcp4_rcvbuf_errors", "udp_rcvbuf_errors"))
+        rows.append([LABELS[key], fmt(m["tcp1_gbit_s"], ".2f"), fmt(m["tcp4_gbit_s"], ".2f"),
+                     fmt(m["udp_loss_pct"], ".2f"), fmt(m["ping_avg_ms"], ".3f"), fmt(m["ping_p99_ms"], ".3f"),
+                     fmt(m["tcp1_tunnel_cpu_s_per_gb"], ".2f"), fmt(m["tcp4_tunnel_cpu_s_per_gb"], ".2f"), drops])
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "---|" * len(hdr))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+    ratios = {}
+    if "weave" in medians:
+        w = medians["weave"]
+        print()
+        for base in ("boringtun", "wggo", "veth"):
+            if base not in medians:
+                continue
+            b = medians[base]
+            r = {}
+            for f in ("tcp1_gbit_s", "tcp4_gbit_s", "ping_avg_ms", "ping_p99_ms", "tcp1_tunnel_cpu_s_per_gb"):
+                r[f] = (w[f] / b[f]) if w[f] is not None and b[f] else None
+            ratios[f"weave/{base}"] = r
+            print(f"weave/{base:9}: TCP 1 {fmt(r['tcp1_gbit_s'], '.2f')}x, TCP 4 {fmt(r['tcp4_gbit_s'], '.2f')}x, "
+                  f"ping avg {fmt(r['ping_avg_ms'], '.2f')}x, p99 {fmt(r['ping_p99_ms'], '.2f')}x"
+                  + (f", CPU/GB {fmt(r['tcp1_tunnel_cpu_s_per_gb'], '.2f')}x" if base != "veth" else ""))
+        # Issue 5 targets.
+        print()
+        checks = []
+        bt, wg, ve = (medians.get(k, {}) for k in ("boringtun", "wggo", "veth"))
+
+        def target(name, value, goal, ok):
+            checks.append({"target": name, "value": value, "goal": goal, "met": ok})
+            print(f"target {name}: {fmt(value, '.3f')} (goal {goal}) -> {'met' if ok else 'MISSED'}")
+
+        if bt.get("tcp1_gbit_s") and w["tcp1_gbit_s"] is not None:
+            v = w["tcp1_gbit_s"] / bt["tcp1_gbit_s"]
+            target("TCP 1 stream vs boringtun-cli", v, ">= 2.5x", v >= 2.5)
+        if wg.get("tcp1_gbit_s") and w["tcp1_gbit_s"] is not None:
+            v = w["tcp1_gbit_s"] / wg["tcp1_gbit_s"]
+            target("TCP 1 stream vs wireguard-go", v, ">= 5x", v >= 5)
+        if ve.get("tcp1_gbit_s") and w["tcp1_gbit_s"] is not None:
+            v = w["tcp1_gbit_s"] / ve["tcp1_gbit_s"]
+            target("TCP 1 stream vs plain veth", v, ">= 0.25x", v >= 0.25)
+        if ve.get("ping_avg_ms") is not None and w["ping_avg_ms"] is not None:
+            v = w["ping_avg_ms"] - ve["ping_avg_ms"]
+            target("added ping RTT over veth (ms)", v, "<= 0.1 ms", v <= 0.1)
+        if w["tcp1_rcvbuf_errors"] is not None:
+            v = w["tcp1_rcvbuf_errors"]
+            target("UdpRcvbufErrors during TCP 1 stream", v, "0", v == 0)
+        ratios["targets"] = checks
+
+    def git(*args):
+        return run(["git", "-C", ROOT] + list(args), check=False).stdout.strip()
+
+    cpu_model = None
+    try:
+        cpu_model = re.search(r"^model name\s*:\s*(.*)$", open("/proc/cpuinfo").read(), re.M).group(1)
+    except Exception:
+        pass
+    result = {
+        "started": started.isoformat(),
+        "machine": {"nproc": os.cpu_count(), "cpu": cpu_model, "kernel": platform.release(),
+                    "loadavg_at_start": load_start, "loadavg_at_end": open("/proc/loadavg").read().split()[:3]},
+        "git": {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "agent",
+                                                                       "coordinator", "proto"))},
+        "config": {"repeat": a.repeat, "seconds": a.time, "udp_rate": a.udp_rate, "pings": 200,
+                   "ping_interval_s": 0.01, "underlay_mtu": UNDERLAY_MTU,
+                   "mtu": {k: p.mtu for k, p in paths.items()}},
+        "versions": {"boringtun-cli": version(["boringtun-cli", "--version"]),
+                     "wireguard-go": version(["wireguard-go", "--version"]),
+                     "iperf3": version(["iperf3", "--version"])},
+        "setup_errors": setup_notes,
+        "weave_idle": idle,
+        "medians": medians,
+        "ratios": ratios,
+        "samples": samples,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+    with open(a.json, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"\nJSON: {a.json}")
+    failed = bool(setup_notes) or any(s.get("errors") for ss in samples.values() for s in ss)
+    return 1 if failed else 0
+
+
+def _term(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _term)
+    if os.geteuid() != 0:
+        sys.exit("dataplane.py: needs root (network namespaces); run bench/dataplane.sh")
+    rc = 1
+    try:
+        rc = main()
+    finally:
+        cleanup()
+    sys.exit(rc)

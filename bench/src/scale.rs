@@ -1,0 +1,218 @@
+//! `cp-bench scale`: many simulated agents (one gRPC connection each, in this
+//! process) against the coordinator binary running as its own process.
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use futures::{StreamExt, stream};
+use tokio::sync::mpsc;
+use weave_proto::{
+    client::{Api, connect},
+    token::{AdminCredential, Pin},
+    v1::{AddSubnetRequest, JoinRequest, WatchRequest, map_change::Change, watch_event::Event},
+};
+
+use crate::{key, median};
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Nodes that join (and then watch) in the first phase.
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Total nodes after the second phase (RSS is measured there too).
+    #[arg(long, default_value_t = 10_000)]
+    total_nodes: usize,
+    /// Changes whose fan-out is timed.
+    #[arg(long, default_value_t = 5)]
+    changes: usize,
+    /// Concurrent joins.
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+struct Coordinator {
+    child: Child,
+    addr: String,
+    pin: Pin,
+    admin: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Coordinator {
+    fn start() -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?.with_file_name("coordinator");
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        let mut child = Command::new(&exe)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {} (build it with the same profile)", exe.display()))?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let (mut addr, mut token) = (String::new(), String::new());
+        for _ in 0..3 {
+            let line = lines.next().context("coordinator banner")??;
+            if let Some(rest) = line.strip_prefix("coordinator listening on ") {
+                addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+            }
+            if let Some(rest) = line.strip_prefix("join token (first start): ") {
+                token = rest.trim().to_string();
+            }
+        }
+        let cred = AdminCredential::parse(&std::fs::read_to_string(data.join("admin.credential"))?)?;
+        Ok(Self { child, addr, pin: cred.pin, admin: cred.secret, token, _dir: dir })
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        kib / 1024.0
+    }
+
+    async fn api(&self, credential: &str) -> anyhow::Result<Api> {
+        Ok(Api::new(connect(&self.addr, self.pin).await?, credential)?)
+    }
+}
+
+/// Joins `range` nodes, `concurrency` at a time; returns their credentials.
+async fn join(c: &Coordinator, range: std::ops::Range<usize>, concurrency: usize) -> anyhow::Result<Vec<String>> {
+    let apis: Vec<Api> = {
+        let mut v = Vec::new();
+        for _ in 0..concurrency {
+            v.push(c.api("-").await?);
+        }
+        v
+    };
+    let results: Vec<anyhow::Result<String>> = stream::iter(range.map(|i| {
+        let mut api = apis[i % concurrency].clone();
+        let token = c.token.clone();
+        async move {
+            let r = JoinRequest { token, name: format!("n{i}"), public_key: key(), endpoints: vec![] };
+            Ok(api.join.join(r).await?.into_inner().credential)
+        }
+    }))
+    .buffer_unordered(concurrency)
+    .collect()
+    .await;
+    results.into_iter().collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let c = Coordinator::start()?;
+    let start = Instant::now();
+    let credentials = join(&c, 0..args.nodes, args.concurrency).await?;
+    let join_secs = start.elapsed().as_secs_f64();
+    println!("{} joins: {join_secs:.2} s ({:.0}/s)", args.nodes, args.nodes as f64 / join_secs);
+
+    // Every node holds a watch on its own connection, as agents do.
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Instant)>();
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
+    let mut watchers = Vec::new();
+    for cred in &credentials {
+        let mut api = c.api(cred).await?;
+        let (tx, ready_tx) = (tx.clone(), ready_tx.clone());
+        watchers.push(tokio::spawn(async move {
+            let mut stream = api.map.watch(WatchRequest { from_revision: 0 }).await?.into_inner();
+            while let Some(event) = stream.message().await? {
+                match event.event {
+                    Some(Event::Snapshot(_)) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Some(Event::Change(ch)) => {
+                        if let Some(Change::SubnetAdded(s)) = ch.change {
+                            let i: usize = s.name.trim_start_matches('b').parse().unwrap_or(usize::MAX);
+                            let _ = tx.send((i, Instant::now()));
+                        }
+                    }
+                    None => {}
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for _ in 0..credentials.len() {
+        ready_rx.recv().await.context("a watcher ended before its snapshot")?;
+    }
+    let rss_at_nodes = c.rss_mib();
+    println!("{} watchers hold a watch; coordinator RSS {rss_at_nodes:.1} MiB", credentials.len());
+
+    let mut admin = c.api(&c.admin).await?;
+    let (mut p50s, mut p99s, mut maxes) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..args.changes {
+        let t0 = Instant::now();
+        let req = AddSubnetRequest { cidr: format!("10.100.{i}.0/24"), name: format!("b{i}") };
+        admin.subnets.add_subnet(req).await?;
+        let mut lat = Vec::with_capacity(credentials.len());
+        while lat.len() < credentials.len() {
+            let (idx, at) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .context("fan-out took over 30 s")?
+                .context("watchers gone")?;
+            if idx == i {
+                lat.push(at.duration_since(t0).as_secs_f64() * 1000.0);
+            }
+        }
+        lat.sort_by(f64::total_cmp);
+        let (p50, p99, max) = (percentile(&lat, 0.5), percentile(&lat, 0.99), lat[lat.len() - 1]);
+        println!("change {i}: reached {} watchers: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms", lat.len());
+        p50s.push(p50);
+        p99s.push(p99);
+        maxes.push(max);
+    }
+    for w in watchers {
+        w.abort();
+    }
+
+    let start = Instant::now();
+    join(&c, args.nodes..args.total_nodes, args.concurrency).await?;
+    let more_secs = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_at_total = c.rss_mib();
+    println!(
+        "{} more joins: {more_secs:.1} s; coordinator RSS at {} nodes: {rss_at_total:.1} MiB",
+        args.total_nodes - args.nodes,
+        args.total_nodes
+    );
+    let summary = serde_json::json!({
+        "nodes": args.nodes,
+        "join_seconds": join_secs,
+        "fanout_watchers": credentials.len(),
+        "fanout_p50_ms_median": median(p50s),
+        "fanout_p99_ms_median": median(p99s),
+        "fanout_max_ms_median": median(maxes),
+        "rss_mib_at_nodes": rss_at_nodes,
+        "total_nodes": args.total_nodes,
+        "rss_mib_at_total_nodes": rss_at_total,
+    });
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&summary)?)?;
+    }
+    Ok(())
+}
