@@ -13,6 +13,7 @@ use std::{
 };
 
 use boringtun::x25519::StaticSecret;
+use nix::sys::socket::{setsockopt, sockopt};
 use tun_rs::{DeviceBuilder, InterruptEvent, SyncDevice};
 
 use super::{
@@ -22,6 +23,8 @@ use super::{
 use crate::netmap::PeerConfig;
 
 const TICK: Duration = Duration::from_millis(250);
+/// UDP socket buffers, each way.
+const BUFFER_BYTES: usize = 4 << 20;
 
 struct Io {
     tun: SyncDevice,
@@ -56,6 +59,11 @@ impl TunUdp {
     pub fn start(name: &str, mtu: u16, listen: SocketAddr, secret: StaticSecret) -> io::Result<Self> {
         let tun = DeviceBuilder::new().name(name).mtu(mtu).enable(false).build_sync()?;
         let udp = UdpSocket::bind(listen)?;
+        // Bursts of a TCP window arrive faster than one thread decrypts them;
+        // the default buffers drop most of such a burst. As root the limit
+        // (net.core.rmem_max) does not apply; otherwise keep the default.
+        let _ = setsockopt(&udp, sockopt::RcvBufForce, &BUFFER_BYTES);
+        let _ = setsockopt(&udp, sockopt::SndBufForce, &BUFFER_BYTES);
         // The receive thread wakes up this often to notice a stop request.
         udp.set_read_timeout(Some(TICK))?;
         let io = Arc::new(Io { tun, udp });
