@@ -29,6 +29,16 @@ fn arp_and_multicast_cross_hosts() {
     let neigh = ok_in(&w2.ns, &["ip", "neigh", "show", &w1.ip.to_string(), "dev", "ethwe"]);
     assert!(neigh.contains(&mac(&w1.ns)), "w2 learned w1's MAC: {neigh}");
 
+    // IPv6 neighbour discovery: link-local addresses resolve across hosts too.
+    let ll = wait_for("w2's IPv6 link-local address", Duration::from_secs(10), || {
+        let out = ok_in(&w2.ns, &["ip", "-6", "-o", "addr", "show", "dev", "ethwe", "scope", "link"]);
+        (!out.contains("tentative"))
+            .then(|| out.split_whitespace().nth(3).map(|a| a.split('/').next().unwrap().to_string()))?
+    });
+    wait_for("w1 to ping w2's link-local address", Duration::from_secs(10), || {
+        in_ns(&w1.ns, &["ping", "-6", "-c1", "-W1", &format!("{ll}%ethwe")]).status.success().then_some(())
+    });
+
     // Multicast: one datagram from host 1 reaches listeners on hosts 2 and 3.
     let group = Ipv4Addr::new(239, 1, 2, 3);
     for w in &bed.workloads {

@@ -66,3 +66,26 @@ fn sigterm_keeps_segments_and_reset_removes_everything() {
     assert!(!links.contains("wvbr-") && !links.contains("wvvx-"), "reset leaves interfaces: {links}");
     assert!(!h.data_dir.exists(), "reset leaves {:?}", files_under(&h.data_dir));
 }
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn cleanup_on_exit_removes_everything_on_sigterm() {
+    let mut bed = Bed::with_hosts(2);
+    bed.add_workload(0, "default");
+    // Restart host 1's agent with the flag (from the environment, as systemd would set it).
+    bed.signal_agent(0, Signal::SIGKILL);
+    let log = std::fs::OpenOptions::new().append(true).open(&bed.hosts[0].log).unwrap();
+    let child = bed
+        .agent_command(0, false)
+        .env("WEAVE_CLEANUP_ON_EXIT", "true")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    bed.hosts[0].agent = Some(child);
+    bed.wait_peers(0, 1);
+    bed.signal_agent(0, Signal::SIGTERM);
+    let links = ok_in(&bed.hosts[0].ns, &["ip", "-o", "link", "show"]);
+    assert!(!links.contains("wvbr-") && !links.contains("wvvx-") && !links.contains("wvtun0"), "left: {links}");
+    assert!(bed.hosts[0].data_dir.exists(), "the identity stays for the next start");
+}
