@@ -2,11 +2,12 @@
 //! reading out what this host should have (peers and L2 segments).
 use std::net::{Ipv4Addr, SocketAddr};
 
-use weave_proto::v1::{MapChange, NetworkMap, WatchEvent, map_change::Change, watch_event::Event};
+use weave_proto::v1::{MapChange, NetworkMap, WatchEvent, watch_event::Event};
 
 use crate::error::Error;
 
-/// Applies one watch event: a snapshot replaces the map, a change edits it.
+/// Applies one watch event: a snapshot replaces the map, a change edits it
+/// (with the coordinator's own rules, [`weave_proto::map::apply_change`]).
 /// Either way the map's revision becomes the event's.
 pub fn apply(map: &mut NetworkMap, event: WatchEvent) -> Result<(), Error> {
     match event.event {
@@ -14,46 +15,14 @@ pub fn apply(map: &mut NetworkMap, event: WatchEvent) -> Result<(), Error> {
             *map = snapshot;
             map.revision = event.revision.max(map.revision);
         }
-        Some(Event::Change(MapChange { change: Some(change) })) => {
-            apply_change(map, change);
-            map.revision = event.revision;
+        Some(Event::Change(change @ MapChange { change: Some(_) })) => {
+            weave_proto::map::apply_change(map, event.revision, &change);
         }
         Some(Event::Change(MapChange { change: None })) | None => {
             return Err(Error::Map(format!("revision {} carries no event", event.revision)));
         }
     }
     Ok(())
-}
-
-fn apply_change(map: &mut NetworkMap, change: Change) {
-    match change {
-        Change::NodeUpserted(node) => match map.nodes.iter_mut().find(|n| n.id == node.id) {
-            Some(n) => *n = node,
-            None => map.nodes.push(node),
-        },
-        Change::NodeRemoved(id) => {
-            map.nodes.retain(|n| n.id != id);
-            map.allocations.retain(|a| a.node_id != id);
-        }
-        Change::SubnetAdded(subnet) => match map.subnets.iter_mut().find(|s| s.id == subnet.id) {
-            Some(s) => *s = subnet,
-            None => map.subnets.push(subnet),
-        },
-        Change::SubnetRemoved(id) => {
-            map.subnets.retain(|s| s.id != id);
-            map.allocations.retain(|a| a.subnet_id != id);
-        }
-        Change::AllocationAdded(a) => match map.allocations.iter_mut().find(|x| x.id == a.id) {
-            Some(x) => *x = a,
-            None => map.allocations.push(a),
-        },
-        Change::AllocationRemoved(id) => map.allocations.retain(|a| a.id != id),
-        Change::DnsRecordAdded(r) => match map.dns_records.iter_mut().find(|x| x.id == r.id) {
-            Some(x) => *x = r,
-            None => map.dns_records.push(r),
-        },
-        Change::DnsRecordRemoved(id) => map.dns_records.retain(|r| r.id != id),
-    }
 }
 
 /// A remote node as the data plane needs it.
@@ -99,6 +68,7 @@ mod tests {
     use weave_proto::v1::{Allocation, Node, Subnet};
 
     use super::*;
+    use weave_proto::v1::map_change::Change;
 
     fn node(id: u64, addr: &str) -> Node {
         Node {
