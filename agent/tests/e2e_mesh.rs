@@ -111,7 +111,15 @@ fn bulk_tcp_arrives_intact_and_the_underlay_carries_only_wireguard() {
     assert!(packets.len() > 10_000, "the capture saw the transfer ({} packets)", packets.len());
     for p in &packets {
         assert!(!p.fragment, "a fragmented datagram on the underlay");
-        assert_eq!(p.protocol, 17, "only UDP between hosts");
+        assert_eq!(
+            p.protocol,
+            17,
+            "only UDP between hosts; got protocol {} {} -> {}: {:02x?}",
+            p.protocol,
+            p.src,
+            p.dst,
+            &p.payload[..p.payload.len().min(48)]
+        );
         assert!(p.src_port == WG_PORT || p.dst_port == WG_PORT, "UDP {} -> {}", p.src_port, p.dst_port);
         assert!(
             p.payload.len() >= 4 && (1..=4).contains(&p.payload[0]) && p.payload[1..4] == [0, 0, 0],

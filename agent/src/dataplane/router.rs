@@ -386,4 +386,23 @@ mod tests {
         b.router.from_network("203.0.113.5:1".parse().unwrap(), &[4, 0, 0, 0, 1, 2, 3], &mut buf, &b.wire);
         assert_eq!(b.router.status()[0].endpoint, Some(moved));
     }
+
+    #[test]
+    fn a_handshake_flood_gets_cookie_replies_instead_of_handshakes() {
+        let (a, b) = (node(1), node(2));
+        a.router.set_peers(&[config(&b, Some(b.endpoint))], &a.wire);
+        // b has no endpoint for a, so it does not initiate itself.
+        b.router.set_peers(&[config(&a, None)], &b.wire);
+        let init = a.wire.net.borrow()[0].1.clone();
+        assert_eq!(init[0], 1, "a handshake initiation");
+        let mut buf = vec![0u8; BUF_SIZE];
+        for _ in 0..(2 * HANDSHAKE_RATE_LIMIT) {
+            b.router.from_network(a.endpoint, &init, &mut buf, &b.wire);
+        }
+        let sent = b.wire.net.borrow();
+        let responses = sent.iter().filter(|(_, m)| m[0] == 2).count();
+        let cookies = sent.iter().filter(|(_, m)| m[0] == 3).count();
+        assert_eq!(responses, 1, "one handshake answered, replays are not");
+        assert!(cookies > 0, "past the rate limit, the answer is a cookie");
+    }
 }

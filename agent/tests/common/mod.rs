@@ -166,7 +166,9 @@ impl Bed {
         };
         let u = bed.underlay.clone();
         bed.add_ns(&u);
-        ok_in(&u, &["ip", "link", "add", "br0", "type", "bridge"]);
+        // A plain switch: without snooping the bridge sends no IGMP of its own
+        // (which would show up in underlay captures).
+        ok_in(&u, &["ip", "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"]);
         ok_in(&u, &["ip", "link", "set", "br0", "up"]);
         let c = bed.coordinator_ns.clone();
         bed.plug(&c, "c", COORDINATOR_IP.parse().unwrap());
@@ -562,6 +564,8 @@ impl Drop for Capture {
 
 /// One IPv4 packet of an Ethernet pcap file.
 pub struct Captured {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
     pub protocol: u8,
     pub fragment: bool,
     pub src_port: u16,
@@ -600,7 +604,9 @@ pub fn read_pcap(path: &Path) -> (Vec<Captured>, usize) {
         } else {
             (0, 0, l4.to_vec())
         };
-        packets.push(Captured { protocol, fragment, src_port, dst_port, payload });
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        packets.push(Captured { src, dst, protocol, fragment, src_port, dst_port, payload });
     }
     (packets, other)
 }
