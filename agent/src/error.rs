@@ -17,6 +17,8 @@ pub enum Error {
     Netlink(String),
     #[error("data plane: {0}")]
     Dataplane(String),
+    #[error("dns: {0}")]
+    Dns(String),
     #[error("the network map is inconsistent: {0}")]
     Map(String),
 }

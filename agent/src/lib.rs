@@ -21,12 +21,14 @@
 //! - [`netlink`]: the only module that changes interfaces.
 //! - [`dataplane`]: the [`dataplane::Transport`] trait, the WireGuard router and the TUN+UDP transport.
 //! - [`control`]: watch with backoff, reconcile loop.
+//! - [`dns`]: the workloads' resolver at 127.0.0.11:53 in each attached namespace.
 //! - [`local_api`]: status over a Unix socket.
 //! - [`agent`]: the commands.
 pub mod agent;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod dns;
 pub mod error;
 pub mod local_api;
 pub mod netlink;

@@ -239,6 +239,13 @@ impl Netlink {
         Ok(())
     }
 
+    /// Sets link `name` up (e.g. `lo` in a fresh container namespace).
+    pub async fn set_up(&self, name: &str) -> Result<(), Error> {
+        let index = self.link_index(name).await?.ok_or_else(|| Error::Netlink(format!("no link {name}")))?;
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.handle.link().set(msg).execute().await.map_err(|e| nl(format!("set {name} up"), e))
+    }
+
     pub async fn delete_link(&self, name: &str) -> Result<(), Error> {
         let Some(index) = self.link_index(name).await? else { return Ok(()) };
         match self.handle.link().del(index).execute().await {
