@@ -80,6 +80,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     let admin = AdminCredential { coordinator: advertise.clone(), pin: tls.pin, secret };
     write_secret_file(&admin_path, &format!("{admin}\n"))?;
 
+    let (stop_tx, stopping) = tokio::sync::watch::channel(false);
     let state = Arc::new(State {
         store: store.clone(),
         cluster,
@@ -88,6 +89,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         token_ttl: settings.token_ttl,
         started_at: now(),
         watchers: AtomicU32::new(0),
+        stopping,
     });
     let first_token = if first_start {
         let ttl = settings.token_ttl.map(|d| d.as_secs());
@@ -118,6 +120,11 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     // No Nagle: a join answer (with the whole map) would otherwise wait for a delayed ACK.
     let incoming =
         TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(std::time::Duration::from_secs(30)));
+    // Tell the watch streams first, then let tonic drain the connections.
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
     tracing::info!(listen = %local_addr, %advertise, pin = %tls.pin, data_dir = %settings.data_dir.display(), "coordinator serving");
     Ok(Running { local_addr, advertise, admin, first_token, store, task })

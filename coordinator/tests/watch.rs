@@ -124,3 +124,14 @@ async fn a_snapshot_plus_changes_equals_the_current_map() {
     }
     assert_eq!(map, target);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_watches_instead_of_waiting_for_them() {
+    let c = TestCoordinator::start().await;
+    let (_, mut api) = c.join("host1", 1).await;
+    let mut stream = api.map.watch(WatchRequest { from_revision: 0 }).await.unwrap().into_inner();
+    assert_eq!(kind(&next(&mut stream).await), "snapshot");
+    tokio::time::timeout(Duration::from_secs(10), c.stop()).await.expect("graceful stop with a watch open");
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("the stream ends");
+    assert!(matches!(end, Err(ref s) if s.code() == tonic::Code::Unavailable) || matches!(end, Ok(None)), "{end:?}");
+}

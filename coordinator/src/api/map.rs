@@ -43,6 +43,7 @@ async fn send_snapshot(state: &Shared, tx: &mpsc::Sender<Result<WatchEvent, Stat
 async fn stream(state: Shared, from: u64, tx: mpsc::Sender<Result<WatchEvent, Status>>) {
     let _guard = WatcherGuard(state.clone());
     let mut revisions = state.store.revisions();
+    let mut stopping = state.stopping.clone();
     let mut seen = if from == 0 {
         match send_snapshot(&state, &tx).await {
             Some(r) => r,
@@ -67,9 +68,16 @@ async fn stream(state: Shared, from: u64, tx: mpsc::Sender<Result<WatchEvent, St
                     seen = revision;
                 }
                 if caught_up {
-                    tokio::select! {
-                        r = revisions.wait_for(|r| *r > seen) => if r.is_err() { return },
+                    let stop = tokio::select! {
+                        r = revisions.wait_for(|r| *r > seen) => r.is_err(),
                         _ = tx.closed() => return,
+                        _ = stopping.wait_for(|s| *s) => true,
+                    };
+                    if stop {
+                        // Ending the stream lets the agent reconnect (to this coordinator
+                        // restarted, or another one) from the revision it has.
+                        let _ = tx.send(Err(Status::unavailable("the coordinator is shutting down"))).await;
+                        return;
                     }
                 }
             }

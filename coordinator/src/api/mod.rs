@@ -38,6 +38,9 @@ pub struct State {
     pub started_at: i64,
     /// Watch streams open now.
     pub watchers: AtomicU32,
+    /// Becomes true when the coordinator shuts down: watch streams end then,
+    /// or graceful shutdown would wait for them forever.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 pub type Shared = Arc<State>;
