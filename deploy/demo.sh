@@ -45,8 +45,10 @@ if ip netns list | grep -q "^$P-"; then
 fi
 [[ $KEEP == 1 ]] || trap down EXIT
 
+# A fresh machine: the tools the demo runs (ip, ping), then the binaries.
+bash "$ROOT/.ci/install-deps.sh"
 if [[ -z ${WEAVE_BIN:-} ]]; then
-    (cd "$ROOT" && cargo build -q -p weave-coordinator -p weave-agent)
+    (cd "$ROOT" && cargo build -q -p weave-coordinator -p weave-agent -p weavectl)
 fi
 mkdir -p "$DIR"
 : >"$DIR/pids"
@@ -118,10 +120,10 @@ for i in $(seq $HOSTS); do
     echo "== agent status h$i"
     "$BIN/agent" status --socket "$DIR/h$i.sock"
 done
-if [[ -x $BIN/weavectl ]]; then
-    echo "== weavectl status"
-    ip netns exec "$P-c" "$BIN/weavectl" --data-dir "$DIR/coordinator" status || true
-fi
+echo "== weavectl status (on the coordinator host)"
+ip netns exec "$P-c" "$BIN/weavectl" --data-dir "$DIR/coordinator" status
+ip netns exec "$P-c" "$BIN/weavectl" --data-dir "$DIR/coordinator" node ls
+ip netns exec "$P-c" "$BIN/weavectl" --data-dir "$DIR/coordinator" ipam ls
 
 if [[ $KEEP == 1 ]]; then
     cat <<MSG
