@@ -100,6 +100,7 @@ struct Running {
     maps: watch::Receiver<NetworkMap>,
     connected: Arc<AtomicBool>,
     segment_mtu: u32,
+    attacher: crate::attach::Attacher,
 }
 
 impl Handler for Running {
@@ -108,6 +109,12 @@ impl Handler for Running {
             match request {
                 Request::Status => Response::Status(self.status()),
                 Request::Allocate { container, subnet } => self.allocate(container, subnet).await,
+                Request::Attach { container, name, addrs, no_multicast } => {
+                    reply_attached(self.attacher.attach(&container, name.as_deref(), &addrs, !no_multicast).await)
+                }
+                Request::Detach { container, addrs } => reply_released(self.attacher.detach(&container, &addrs).await),
+                Request::Expose { addrs } => reply_attached(self.attacher.expose(&addrs).await),
+                Request::Hide { addrs } => reply_released(self.attacher.hide(&addrs).await),
                 Request::Release { container } => {
                     let req = ReleaseRequest { container, ..Default::default() };
                     match self.api.ipam.clone().release(req).await {
@@ -118,6 +125,14 @@ impl Handler for Running {
             }
         })
     }
+}
+
+fn reply_attached(r: Result<Vec<crate::attach::Attached>, String>) -> Response {
+    r.map_or_else(Response::Error, Response::Attached)
+}
+
+fn reply_released(r: Result<Vec<String>, String>) -> Response {
+    r.map_or_else(Response::Error, Response::Released)
 }
 
 impl Running {
@@ -201,6 +216,15 @@ async fn serve(
     let connected = Arc::new(AtomicBool::new(false));
     let listener = local_api::bind(&args.paths.socket)?;
 
+    let attacher = crate::attach::Attacher::new(
+        api.clone(),
+        map_rx.clone(),
+        identity.node_id,
+        identity.name.clone(),
+        segment_mtu,
+        netlink.clone(),
+        dir.path().join("names.json"),
+    );
     let dyn_transport: Arc<dyn Transport> = transport.clone();
     let tasks = [
         tokio::spawn(control::reconcile_loop(
@@ -221,6 +245,7 @@ async fn serve(
                 maps: map_rx,
                 connected,
                 segment_mtu,
+                attacher,
             }),
         )),
     ];

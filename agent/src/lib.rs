@@ -23,8 +23,10 @@
 //! - [`control`]: watch with backoff, reconcile loop.
 //! - [`dns`]: the workloads' resolver at 127.0.0.11:53 in each attached namespace.
 //! - [`local_api`]: status over a Unix socket.
+//! - [`attach`]: attach/detach of containers, expose/hide of the host.
 //! - [`agent`]: the commands.
 pub mod agent;
+pub mod attach;
 pub mod config;
 pub mod control;
 pub mod dataplane;

@@ -29,6 +29,36 @@ pub enum Request {
     Release {
         container: String,
     },
+    /// Gives a running container (netns path, pid or registered name) an
+    /// `ethwe*` per subnet of `addrs` (`net:default`, `net:<CIDR>`,
+    /// `ip:<IP>/<len>`, `<IP>/<len>`; none = `net:default`). Idempotent.
+    Attach {
+        container: String,
+        /// Registers the name (and `<name>.weave.local`).
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        addrs: Vec<String>,
+        /// Skip the 224.0.0.0/4 route.
+        #[serde(default)]
+        no_multicast: bool,
+    },
+    /// Removes the subnets of `addrs` (all if none) from the container.
+    Detach {
+        container: String,
+        #[serde(default)]
+        addrs: Vec<String>,
+    },
+    /// Gives this host an address on each subnet of `addrs` (on its bridge).
+    Expose {
+        #[serde(default)]
+        addrs: Vec<String>,
+    },
+    /// Removes this host's addresses from the subnets of `addrs` (all if none).
+    Hide {
+        #[serde(default)]
+        addrs: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +88,7 @@ pub enum Response {
     Status(AgentStatus),
     Allocated(Attachment),
     Released(Vec<String>),
+    Attached(Vec<crate::attach::Attached>),
     Error(String),
 }
 

@@ -42,6 +42,15 @@ pub(crate) struct Global {
     /// host:port of the coordinator, instead of the address inside the credential.
     #[arg(long, global = true, env = "WEAVE_COORDINATOR", value_name = "HOST:PORT")]
     pub(crate) coordinator: Option<String>,
+    /// The local agent's socket (attach, detach, expose, hide, status peers).
+    #[arg(
+        long,
+        global = true,
+        env = "WEAVE_AGENT_SOCKET",
+        default_value = "/run/weave/agent.sock",
+        value_name = "PATH"
+    )]
+    pub(crate) socket: PathBuf,
     /// Print JSON instead of tables (for scripts).
     #[arg(long, global = true, env = "WEAVE_JSON")]
     pub(crate) json: bool,
@@ -64,7 +73,10 @@ pub(crate) enum Command {
     /// Names served under the cluster DNS domain.
     #[command(subcommand)]
     Dns(DnsCommand),
-    /// The cluster summary, or one of its tables.
+    /// Host actions through the local agent (attach, detach, expose, hide).
+    #[command(flatten)]
+    Local(LocalCommand),
+    /// The cluster summary, or one of its tables (`peers` asks the local agent).
     Status {
         #[arg(value_enum, default_value_t = StatusView::Cluster)]
         view: StatusView,
@@ -78,6 +90,34 @@ pub(crate) enum StatusView {
     Subnets,
     Ipam,
     Dns,
+    Peers,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LocalCommand {
+    /// Attach a running container: `attach [ADDR...] <container>`; prints its addresses.
+    ///
+    /// ADDR: net:default, net:<CIDR>, ip:<IP>/<len> or <IP>/<len> (none = net:default).
+    /// Container: a netns path (/run/netns/x, /proc/<pid>/ns/net), a pid, or a name given with --name.
+    Attach {
+        #[arg(required = true, value_name = "ADDR... CONTAINER")]
+        args: Vec<String>,
+        /// Register this name for the container (and <name>.weave.local).
+        #[arg(long)]
+        name: Option<String>,
+        /// No 224.0.0.0/4 route through ethwe.
+        #[arg(long)]
+        no_multicast_route: bool,
+    },
+    /// Detach: `detach [ADDR...] <container>` removes those subnets (all if none).
+    Detach {
+        #[arg(required = true, value_name = "ADDR... CONTAINER")]
+        args: Vec<String>,
+    },
+    /// Give this host an address on the subnets (net:default if none); prints it.
+    Expose { addrs: Vec<String> },
+    /// Remove this host's address from the subnets (all if none).
+    Hide { addrs: Vec<String> },
 }
 
 #[derive(Debug, Subcommand)]

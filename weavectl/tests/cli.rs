@@ -320,7 +320,14 @@ fn status_summary_views_and_json() {
     for view in ["nodes", "subnets", "ipam", "dns"] {
         assert!(c.json(&["status", view]).is_array());
     }
-    c.weavectl().args(["status", "peers"]).assert().code(2);
+    // `status peers` asks the local agent: none here, so "unreachable" (3), one line.
+    let missing = c.dir.path().join("no-agent.sock");
+    c.weavectl()
+        .args(["status", "peers", "--socket"])
+        .arg(&missing)
+        .assert()
+        .code(3)
+        .stderr(predicates::str::contains("cannot reach the agent at"));
 }
 
 #[test]

@@ -51,6 +51,20 @@ pub fn coordinator_bin() -> PathBuf {
     path
 }
 
+/// The weavectl binary (built on demand: it is another package's).
+pub fn weavectl_bin() -> PathBuf {
+    let path = agent_bin().with_file_name("weavectl");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "weavectl", "--bin", "weavectl"])
+            .status()
+            .expect("run cargo build for weavectl");
+        assert!(status.success(), "building weavectl failed");
+    }
+    path
+}
+
 /// Runs a command, returns its output (never panics on a non-zero exit).
 pub fn run(args: &[&str]) -> Output {
     Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"))
@@ -466,6 +480,92 @@ impl Bed {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+
+    /// A running "container": a namespace with only `lo` (up), no overlay
+    /// interface. Returns its name (`/run/netns/<name>`).
+    pub fn add_container(&mut self, name: &str) -> String {
+        let ns = format!("{}-k-{name}", self.prefix);
+        self.add_ns(&ns);
+        ns
+    }
+
+    /// `weavectl <args>` against host `i`'s agent socket.
+    pub fn weavectl(&self, i: usize, args: &[&str]) -> Output {
+        Command::new(weavectl_bin())
+            .arg("--socket")
+            .arg(&self.hosts[i].socket)
+            .args(args)
+            .output()
+            .expect("run weavectl")
+    }
+
+    /// `weavectl <args>` as the admin, from the coordinator's namespace.
+    pub fn weavectl_admin(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.coordinator_ns])
+            .arg(weavectl_bin())
+            .arg("--admin")
+            .arg(self.admin.to_string())
+            .args(args)
+            .output()
+            .expect("run weavectl")
+    }
+
+    /// `weavectl attach <args>` on host `i` (the container is the last
+    /// argument); panics unless it succeeds. Each printed address becomes a
+    /// [`Workload`] (in its order), so `wait_ping` works on it.
+    /// `ns` is the container's namespace name (the workloads' `ns`).
+    pub fn weavectl_attach(&mut self, i: usize, ns: &str, args: &[&str]) -> Vec<usize> {
+        let mut all = vec!["attach", "--json"];
+        all.extend_from_slice(args);
+        let out = self.weavectl(i, &all);
+        assert!(out.status.success(), "weavectl {all:?}: {}{}", String::from_utf8_lossy(&out.stderr), self.log(i));
+        let attached: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).expect("attach --json prints a list");
+        attached
+            .iter()
+            .map(|a| {
+                let (ip, prefix) = a["address"].as_str().unwrap().split_once('/').unwrap();
+                self.workloads.push(Workload {
+                    ns: ns.to_string(),
+                    ip: ip.parse().unwrap(),
+                    prefix: prefix.parse().unwrap(),
+                    host: i,
+                    subnet: a["subnet"].as_str().unwrap().to_string(),
+                });
+                self.workloads.len() - 1
+            })
+            .collect()
+    }
+
+    /// Every allocation in the cluster as `container subnet address` lines, sorted.
+    pub fn allocations(&self) -> Vec<String> {
+        let list = self.admin(|mut api| async move {
+            let req = weave_proto::v1::ListAllocationsRequest::default();
+            api.ipam.list_allocations(req).await.unwrap().into_inner().allocations
+        });
+        let mut out: Vec<String> =
+            list.iter().map(|a| format!("{} {} {} {}", a.node, a.container, a.subnet, a.address)).collect();
+        out.sort();
+        out
+    }
+}
+
+/// A namespace's interfaces and IPv4 addresses, as `name addr/len` lines (sorted; `lo` left out).
+pub fn interfaces(ns: &str) -> Vec<String> {
+    let links = ok_in(ns, &["ip", "-o", "link", "show"]);
+    let addrs = ok_in(ns, &["ip", "-o", "-4", "addr", "show"]);
+    let mut out: Vec<String> = links
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap().to_string()))
+        .filter(|n| n != "lo")
+        .collect();
+    out.extend(addrs.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) != Some(&"lo")).then(|| format!("{} {}", f[1], f[3]))
+    }));
+    out.sort();
+    out
 }
 
 impl Drop for Bed {

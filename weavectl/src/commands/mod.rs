@@ -2,6 +2,7 @@
 //! makes its calls, and prints either a table (people) or JSON (scripts).
 mod dns;
 mod ipam;
+mod local;
 mod nodes;
 mod status;
 mod subnets;
@@ -40,13 +41,15 @@ pub(crate) async fn run(cli: Cli) -> Outcome {
             let c = dns::check(c)?;
             dns::run(&mut admin_api(&cli.global).await?, &out, c).await
         }
+        Command::Local(c) => local::run(&cli.global.socket, &out, c).await,
+        Command::Status { view: crate::cli::StatusView::Peers } => local::peers(&cli.global.socket, &out).await,
         Command::Status { view } => status::run(&mut admin_api(&cli.global).await?, &out, view).await,
     }
 }
 
 /// Where results go: stdout, as a table or as JSON.
 pub(crate) struct Output {
-    json: bool,
+    pub(crate) json: bool,
 }
 
 impl Output {
@@ -68,7 +71,7 @@ impl Output {
         }
     }
 
-    fn print_json(&self, value: &Value) {
+    pub(crate) fn print_json(&self, value: &Value) {
         // Serializing a Value built by json!() cannot fail (no non-string keys).
         println!("{}", serde_json::to_string_pretty(value).expect("a serde_json::Value serializes"));
     }

@@ -20,6 +20,8 @@ pub(super) async fn run(api: &mut Api, out: &Output, view: StatusView) -> Outcom
         StatusView::Subnets => subnets::list(api, out).await,
         StatusView::Ipam => ipam::list(api, out, ListAllocationsRequest::default()).await,
         StatusView::Dns => dns::list(api, out).await,
+        // Answered by the local agent before a coordinator is needed.
+        StatusView::Peers => unreachable!("status peers is handled by commands::local"),
     }
 }
 

@@ -1,0 +1,554 @@
+//! Attach/detach of running containers (network namespaces) and
+//! expose/hide of this host, for the local API.
+//!
+//! One `ethwe*` interface per subnet (`ethwe`, `ethwe1`, …): each is a veth
+//! whose host side is plugged into that subnet's bridge, so a container on two
+//! subnets sits on two separate L2 segments and nothing else joins them.
+//! Addresses come from the coordinator's IPAM (the truth, so they survive
+//! agent and coordinator restarts); interfaces change only through
+//! [`crate::netlink`]. Every request checks everything it can before it
+//! changes anything, and undoes its own steps if a later one fails.
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    net::Ipv4Addr,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::Duration,
+};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use weave_proto::{
+    client::Api,
+    v1::{AllocateRequest, NetworkMap, ReleaseRequest, Subnet},
+};
+
+use crate::{
+    netlink::{Netlink, WORKLOAD_IF, WorkloadInterface},
+    reconcile::bridge_name,
+};
+
+/// One `ADDR` of `weavectl attach|detach|expose|hide`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddrSpec {
+    /// `net:default` (also what no ADDR means).
+    Default,
+    /// `net:<CIDR>`.
+    Net(Ipv4Net),
+    /// `ip:<IP>/<len>` or a bare `<IP>/<len>`.
+    Ip(Ipv4Addr, u8),
+}
+
+impl AddrSpec {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(net) = s.strip_prefix("net:") {
+            if net == "default" {
+                return Ok(Self::Default);
+            }
+            let cidr: Ipv4Net = net.parse().map_err(|_| format!("'{s}': expected net:default or net:<CIDR>"))?;
+            if cidr.network() != cidr.addr() {
+                return Err(format!("'{s}': {cidr} is not a network address (did you mean ip:{cidr}?)"));
+            }
+            return Ok(Self::Net(cidr));
+        }
+        let ip = s.strip_prefix("ip:").unwrap_or(s);
+        let (addr, len) =
+            ip.split_once('/').ok_or_else(|| format!("'{s}': an address needs its prefix length (ip:<IP>/<len>)"))?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("'{s}': '{addr}' is not an IPv4 address"))?;
+        let len: u8 =
+            len.parse().ok().filter(|l| *l <= 32).ok_or_else(|| format!("'{s}': bad prefix length '{len}'"))?;
+        Ok(Self::Ip(addr, len))
+    }
+
+    /// All of `addrs`, or `net:default` if there are none.
+    pub fn parse_all(addrs: &[String]) -> Result<Vec<Self>, String> {
+        if addrs.is_empty() {
+            return Ok(vec![Self::Default]);
+        }
+        addrs.iter().map(|a| Self::parse(a)).collect()
+    }
+
+    /// The subnet of the map this spec names.
+    fn subnet<'m>(&self, map: &'m NetworkMap) -> Result<&'m Subnet, String> {
+        let cidr = |s: &Subnet| s.cidr.parse::<Ipv4Net>().ok();
+        match self {
+            Self::Default => map.subnets.iter().find(|s| s.is_default).ok_or_else(|| "no default subnet".to_string()),
+            Self::Net(net) => map
+                .subnets
+                .iter()
+                .find(|s| cidr(s) == Some(*net))
+                .ok_or_else(|| format!("subnet {net} is not defined (weavectl subnet add {net})")),
+            Self::Ip(ip, len) => {
+                let s = map
+                    .subnets
+                    .iter()
+                    .find(|s| cidr(s).is_some_and(|c| c.contains(ip)))
+                    .ok_or_else(|| format!("address {ip}/{len} is outside every subnet (weavectl subnet ls)"))?;
+                match cidr(s) {
+                    Some(c) if c.prefix_len() == *len => Ok(s),
+                    _ => Err(format!(
+                        "address {ip}/{len} is outside subnet {}: use ip:{ip}/{}",
+                        s.cidr,
+                        s.cidr.split('/').nth(1).unwrap_or("?")
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// The result of one attach, per subnet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Attached {
+    /// `10.32.0.5/16`.
+    pub address: String,
+    pub subnet: String,
+    /// The interface in the container (`ethwe`, `ethwe1`, …; the bridge for expose).
+    pub interface: String,
+    pub bridge: String,
+    pub mtu: u32,
+}
+
+/// How a request named its container, resolved.
+struct Container {
+    netns: File,
+    /// The IPAM key: the registered name, or `netns:<inode>`.
+    key: String,
+    name: Option<String>,
+    inode: u64,
+    path: PathBuf,
+}
+
+/// Names registered with `attach --name`, kept in the data dir so that a
+/// restarted agent still finds `detach web`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Names {
+    /// name -> (netns path, netns inode)
+    names: BTreeMap<String, (PathBuf, u64)>,
+}
+
+pub struct Attacher {
+    pub api: Api,
+    pub maps: watch::Receiver<NetworkMap>,
+    pub node_id: u64,
+    pub node_name: String,
+    pub mtu: u32,
+    pub host: Netlink,
+    pub names_file: PathBuf,
+    /// One attach/detach at a time: each one reads, then changes.
+    lock: tokio::sync::Mutex<()>,
+    names: Mutex<Names>,
+}
+
+impl Attacher {
+    pub fn new(
+        api: Api,
+        maps: watch::Receiver<NetworkMap>,
+        node_id: u64,
+        node_name: String,
+        mtu: u32,
+        host: Netlink,
+        names_file: PathBuf,
+    ) -> Self {
+        let names = std::fs::read(&names_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        Self {
+            api,
+            maps,
+            node_id,
+            node_name,
+            mtu,
+            host,
+            names_file,
+            lock: tokio::sync::Mutex::new(()),
+            names: Mutex::new(names),
+        }
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, Names> {
+        // A panic while holding it cannot leave the map half-written.
+        self.names.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn resolve(&self, container: &str, name: Option<&str>) -> Result<Container, String> {
+        let path = if container.starts_with('/') {
+            PathBuf::from(container)
+        } else if !container.is_empty() && container.bytes().all(|b| b.is_ascii_digit()) {
+            PathBuf::from(format!("/proc/{container}/ns/net"))
+        } else if let Some((p, _)) = self.names().names.get(container) {
+            p.clone()
+        } else if !container.is_empty() && !container.contains('/') && Path::new("/run/netns").join(container).exists()
+        {
+            Path::new("/run/netns").join(container)
+        } else {
+            return Err(format!(
+                "unknown container '{container}': give a netns path, a pid, or a name registered with --name"
+            ));
+        };
+        let netns =
+            File::open(&path).map_err(|e| format!("unknown container '{container}': {}: {e}", path.display()))?;
+        let meta = netns.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
+        // A network namespace file is on nsfs; anything else is not a container.
+        if nix::sys::statfs::fstatfs(&netns)
+            .map(|s| s.filesystem_type() != nix::sys::statfs::NSFS_MAGIC)
+            .unwrap_or(true)
+        {
+            return Err(format!("unknown container '{container}': {} is not a network namespace", path.display()));
+        }
+        let inode = meta.ino();
+        let registered = self.names().names.iter().find(|(_, (_, ino))| *ino == inode).map(|(n, _)| n.clone());
+        let name = name.map(str::to_string).or(registered);
+        let key = name.clone().unwrap_or_else(|| format!("netns:{inode}"));
+        Ok(Container { netns, key, name, inode, path })
+    }
+
+    fn remember(&self, name: &str, path: PathBuf, inode: u64) {
+        let mut names = self.names();
+        names.names.insert(name.to_string(), (path, inode));
+        if let Ok(bytes) = serde_json::to_vec(&*names) {
+            let _ = std::fs::write(&self.names_file, bytes);
+        }
+    }
+
+    fn forget(&self, name: &str) {
+        let mut names = self.names();
+        if names.names.remove(name).is_some()
+            && let Ok(bytes) = serde_json::to_vec(&*names)
+        {
+            let _ = std::fs::write(&self.names_file, bytes);
+        }
+    }
+
+    /// The subnets `specs` name, checked against the map (waits a little for
+    /// a subnet that was just added to reach it).
+    async fn subnets(&self, specs: &[AddrSpec]) -> Result<Vec<(AddrSpec, Subnet)>, String> {
+        let mut maps = self.maps.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let found: Result<Vec<_>, String> = {
+                let map = maps.borrow_and_update();
+                specs.iter().map(|s| s.subnet(&map).map(|sub| (s.clone(), sub.clone()))).collect()
+            };
+            match found {
+                Ok(f) => return Ok(f),
+                Err(e) => {
+                    if tokio::time::timeout_at(deadline, maps.changed()).await.is_err() {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Addresses this node holds for `key`, by subnet id, from the map.
+    fn held(&self, key: &str) -> BTreeMap<u64, String> {
+        let map = self.maps.borrow();
+        map.allocations
+            .iter()
+            .filter(|a| a.node_id == self.node_id && a.container == key)
+            .map(|a| (a.subnet_id, a.address.clone()))
+            .collect()
+    }
+
+    async fn release(&self, key: &str, subnet: &str) -> Result<Vec<String>, String> {
+        let req = ReleaseRequest { container: key.to_string(), subnet: subnet.to_string(), ..Default::default() };
+        let r = self.api.ipam.clone().release(req).await.map_err(|s| s.message().to_string())?;
+        Ok(r.into_inner().released.into_iter().map(|a| a.address).collect())
+    }
+
+    /// Allocates every spec; on any refusal, releases what this call added.
+    async fn allocate_all(
+        &self,
+        key: &str,
+        dns: &str,
+        wanted: &[(AddrSpec, Subnet)],
+    ) -> Result<Vec<(Subnet, Ipv4Addr, u8)>, String> {
+        let held = self.held(key);
+        let mut out = Vec::new();
+        for (spec, subnet) in wanted {
+            let address = match spec {
+                AddrSpec::Ip(ip, _) => ip.to_string(),
+                _ => String::new(),
+            };
+            let req = AllocateRequest {
+                container: key.to_string(),
+                subnet: subnet.cidr.clone(),
+                address,
+                dns_name: dns.to_string(),
+                ..Default::default()
+            };
+            let got = match self.api.ipam.clone().allocate(req).await {
+                Ok(a) => a.into_inner(),
+                Err(s) => {
+                    for (sub, _, _) in &out {
+                        let sub: &Subnet = sub;
+                        if !held.contains_key(&sub.id) {
+                            let _ = self.release(key, &sub.cidr).await;
+                        }
+                    }
+                    return Err(s.message().to_string());
+                }
+            };
+            let net: Ipv4Net =
+                got.address.parse().map_err(|_| format!("the coordinator gave a bad address '{}'", got.address))?;
+            out.push((subnet.clone(), net.addr(), net.prefix_len()));
+        }
+        Ok(out)
+    }
+
+    /// `attach`: one `ethwe*` per subnet, addressed from IPAM. Idempotent.
+    pub async fn attach(
+        &self,
+        container: &str,
+        name: Option<&str>,
+        addrs: &[String],
+        multicast: bool,
+    ) -> Result<Vec<Attached>, String> {
+        let specs = AddrSpec::parse_all(addrs)?;
+        let _one = self.lock.lock().await;
+        let c = self.resolve(container, name)?;
+        let wanted = self.subnets(&specs).await?;
+        let inside = Netlink::in_netns(&c.netns).await.map_err(|e| e.to_string())?;
+        let before = inside.workload_interfaces().await.map_err(|e| e.to_string())?;
+        // An explicit address that differs from the one the container has on
+        // that subnet is a conflict, not a second interface.
+        for (spec, subnet) in &wanted {
+            if let (AddrSpec::Ip(ip, _), Some((_, have))) = (spec, on_subnet(&before, &subnet.cidr))
+                && have != *ip
+            {
+                return Err(format!("container '{container}' already has {have} on subnet {}", subnet.cidr));
+            }
+        }
+        let previously = self.held(&c.key);
+        let allocated = self.allocate_all(&c.key, c.name.as_deref().unwrap_or(""), &wanted).await?;
+        let mut created: Vec<String> = Vec::new();
+        let mut result = Vec::new();
+        let mut used: Vec<String> = before.iter().map(|i| i.name.clone()).collect();
+        for (subnet, ip, len) in &allocated {
+            let bridge = bridge_name(subnet.vni);
+            let step = async {
+                let ifname = match on_subnet(&before, &subnet.cidr) {
+                    Some((i, _)) => i.name.clone(),
+                    None => {
+                        let ifname = next_ifname(&used);
+                        let host_if = host_ifname(c.inode, subnet.vni);
+                        self.host
+                            .plug_veth(&host_if, &bridge, &c.netns, &ifname, self.mtu)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        created.push(ifname.clone());
+                        used.push(ifname.clone());
+                        ifname
+                    }
+                };
+                inside.configure_workload(&ifname, *ip, *len, multicast).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(ifname)
+            };
+            match step.await {
+                Ok(ifname) => result.push(Attached {
+                    address: format!("{ip}/{len}"),
+                    subnet: subnet.cidr.clone(),
+                    interface: ifname,
+                    bridge,
+                    mtu: self.mtu,
+                }),
+                Err(e) => {
+                    for ifname in &created {
+                        let _ = inside.delete_link(ifname).await;
+                    }
+                    for (s, _, _) in &allocated {
+                        if !previously.contains_key(&s.id) {
+                            let _ = self.release(&c.key, &s.cidr).await;
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(n) = name {
+            self.remember(n, c.path.clone(), c.inode);
+        }
+        Ok(result)
+    }
+
+    /// `detach`: removes the given subnets (all if none) and releases their
+    /// addresses (and DNS records). A subnet the container is not on is an
+    /// error, and then nothing changes.
+    pub async fn detach(&self, container: &str, addrs: &[String]) -> Result<Vec<String>, String> {
+        let _one = self.lock.lock().await;
+        let c = self.resolve(container, None)?;
+        let inside = Netlink::in_netns(&c.netns).await.map_err(|e| e.to_string())?;
+        let before = inside.workload_interfaces().await.map_err(|e| e.to_string())?;
+        let held = self.held(&c.key);
+        let subnets: Vec<String> = if addrs.is_empty() {
+            let map = self.maps.borrow();
+            let mut all: Vec<String> =
+                map.subnets.iter().filter(|s| held.contains_key(&s.id)).map(|s| s.cidr.clone()).collect();
+            for s in &map.subnets {
+                if on_subnet(&before, &s.cidr).is_some() && !all.contains(&s.cidr) {
+                    all.push(s.cidr.clone());
+                }
+            }
+            all
+        } else {
+            let specs = AddrSpec::parse_all(addrs)?;
+            let wanted = self.subnets(&specs).await?;
+            for (_, s) in &wanted {
+                if !held.contains_key(&s.id) && on_subnet(&before, &s.cidr).is_none() {
+                    return Err(format!("container '{container}' is not attached to subnet {}", s.cidr));
+                }
+            }
+            wanted.into_iter().map(|(_, s)| s.cidr).collect()
+        };
+        let mut released = Vec::new();
+        for cidr in &subnets {
+            if let Some((i, _)) = on_subnet(&before, cidr) {
+                inside.delete_link(&i.name).await.map_err(|e| e.to_string())?;
+            }
+            released.extend(self.release(&c.key, cidr).await?);
+        }
+        if addrs.is_empty()
+            && let Some(n) = &c.name
+        {
+            self.forget(n);
+        }
+        Ok(released)
+    }
+
+    /// `expose`: an address on each subnet's bridge for this host (container
+    /// `host:<node>` in IPAM).
+    pub async fn expose(&self, addrs: &[String]) -> Result<Vec<Attached>, String> {
+        let specs = AddrSpec::parse_all(addrs)?;
+        let _one = self.lock.lock().await;
+        let key = format!("host:{}", self.node_name);
+        let wanted = self.subnets(&specs).await?;
+        let previously = self.held(&key);
+        let allocated = self.allocate_all(&key, "", &wanted).await?;
+        let mut result = Vec::new();
+        for (subnet, ip, len) in &allocated {
+            let bridge = bridge_name(subnet.vni);
+            if let Err(e) = self.host.set_address(&bridge, *ip, *len, true).await {
+                for (s, ip, len) in &allocated {
+                    if !previously.contains_key(&s.id) {
+                        let _ = self.host.set_address(&bridge_name(s.vni), *ip, *len, false).await;
+                        let _ = self.release(&key, &s.cidr).await;
+                    }
+                }
+                return Err(e.to_string());
+            }
+            result.push(Attached {
+                address: format!("{ip}/{len}"),
+                subnet: subnet.cidr.clone(),
+                interface: bridge.clone(),
+                bridge,
+                mtu: self.mtu,
+            });
+        }
+        Ok(result)
+    }
+
+    /// `hide`: removes this host's address from the given subnets (all if none).
+    pub async fn hide(&self, addrs: &[String]) -> Result<Vec<String>, String> {
+        let _one = self.lock.lock().await;
+        let key = format!("host:{}", self.node_name);
+        let held = self.held(&key);
+        let subnets: Vec<Subnet> = if addrs.is_empty() {
+            self.maps.borrow().subnets.iter().filter(|s| held.contains_key(&s.id)).cloned().collect()
+        } else {
+            let specs = AddrSpec::parse_all(addrs)?;
+            let wanted = self.subnets(&specs).await?;
+            for (_, s) in &wanted {
+                if !held.contains_key(&s.id) {
+                    return Err(format!("this host is not exposed on subnet {}", s.cidr));
+                }
+            }
+            wanted.into_iter().map(|(_, s)| s).collect()
+        };
+        let mut released = Vec::new();
+        for s in &subnets {
+            if let Some(addr) = held.get(&s.id).and_then(|a| a.parse::<Ipv4Net>().ok()) {
+                self.host
+                    .set_address(&bridge_name(s.vni), addr.addr(), addr.prefix_len(), false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            released.extend(self.release(&key, &s.cidr).await?);
+        }
+        Ok(released)
+    }
+}
+
+/// The interface of `ifaces` with an address inside `cidr`, and that address.
+fn on_subnet<'i>(ifaces: &'i [WorkloadInterface], cidr: &str) -> Option<(&'i WorkloadInterface, Ipv4Addr)> {
+    let net: Ipv4Net = cidr.parse().ok()?;
+    ifaces.iter().find_map(|i| {
+        i.addresses.iter().find(|(ip, len)| net.contains(ip) && *len == net.prefix_len()).map(|(ip, _)| (i, *ip))
+    })
+}
+
+/// `ethwe`, then `ethwe1`, `ethwe2`, … : the first name not in `used`.
+pub fn next_ifname(used: &[String]) -> String {
+    (0..)
+        .map(|n| if n == 0 { WORKLOAD_IF.to_string() } else { format!("{WORKLOAD_IF}{n}") })
+        .find(|n| !used.contains(n))
+        .unwrap_or_else(|| WORKLOAD_IF.to_string())
+}
+
+/// The host side of a container's veth: `wv` + 8 hex digits of (netns, vni)
+/// (IFNAMSIZ leaves 15 characters; its temporary peer adds one).
+pub fn host_ifname(inode: u64, vni: u32) -> String {
+    let mut x = inode ^ (u64::from(vni) << 32) ^ u64::from(vni);
+    x = x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    format!("wv{:08x}", (x >> 32) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addr_specs_parse() {
+        assert_eq!(AddrSpec::parse_all(&[]).unwrap(), vec![AddrSpec::Default]);
+        assert_eq!(AddrSpec::parse("net:default").unwrap(), AddrSpec::Default);
+        assert_eq!(AddrSpec::parse("net:10.2.3.0/24").unwrap(), AddrSpec::Net("10.2.3.0/24".parse().unwrap()));
+        assert_eq!(AddrSpec::parse("ip:10.2.3.7/24").unwrap(), AddrSpec::Ip("10.2.3.7".parse().unwrap(), 24));
+        assert_eq!(AddrSpec::parse("10.2.3.7/24").unwrap(), AddrSpec::Ip("10.2.3.7".parse().unwrap(), 24));
+        for bad in ["net:10.2.3.7/24", "net:nope", "10.2.3.7", "ip:10.2.3.300/24", "ip:10.2.3.7/33", "web", ""] {
+            assert!(AddrSpec::parse(bad).is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn specs_name_subnets_of_the_map() {
+        let map = NetworkMap {
+            subnets: vec![
+                Subnet { id: 1, cidr: "10.32.0.0/16".into(), is_default: true, vni: 5, ..Default::default() },
+                Subnet { id: 2, cidr: "10.2.3.0/24".into(), vni: 6, ..Default::default() },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(AddrSpec::Default.subnet(&map).unwrap().id, 1);
+        assert_eq!(AddrSpec::parse("net:10.2.3.0/24").unwrap().subnet(&map).unwrap().id, 2);
+        assert_eq!(AddrSpec::parse("10.2.3.9/24").unwrap().subnet(&map).unwrap().id, 2);
+        let e = AddrSpec::parse("net:10.9.0.0/24").unwrap().subnet(&map).unwrap_err();
+        assert!(e.contains("not defined"), "{e}");
+        let e = AddrSpec::parse("10.2.3.9/16").unwrap().subnet(&map).unwrap_err();
+        assert!(e.contains("outside subnet 10.2.3.0/24"), "{e}");
+        let e = AddrSpec::parse("10.9.9.9/24").unwrap().subnet(&map).unwrap_err();
+        assert!(e.contains("outside every subnet"), "{e}");
+    }
+
+    #[test]
+    fn interface_names() {
+        assert_eq!(next_ifname(&[]), "ethwe");
+        assert_eq!(next_ifname(&["ethwe".into()]), "ethwe1");
+        assert_eq!(next_ifname(&["ethwe1".into()]), "ethwe");
+        assert_eq!(next_ifname(&["ethwe".into(), "ethwe1".into()]), "ethwe2");
+        let h = host_ifname(4026532000, 7);
+        assert!(h.len() <= 14 && h.starts_with("wv"), "{h}");
+        assert_ne!(h, host_ifname(4026532000, 8));
+        assert_ne!(h, host_ifname(4026532001, 7));
+    }
+}

@@ -1,0 +1,178 @@
+//! `weavectl attach/detach` on running containers (namespaces), through the
+//! agent's local API: the seed scenario of Weave's tutorials (addresses only;
+//! names are the DNS tests'), idempotence, persistence across restarts, and
+//! refusals that leave nothing half-applied.
+mod common;
+
+use std::{process::Output, time::Duration};
+
+use common::*;
+
+const SUBNET: &str = "10.2.3.0/24";
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_string()
+}
+
+/// The printed line of `weavectl attach` (addresses without prefix, one line).
+fn attach_line(bed: &Bed, host: usize, args: &[&str]) -> String {
+    let mut all = vec!["attach"];
+    all.extend_from_slice(args);
+    let out = bed.weavectl(host, &all);
+    assert!(out.status.success(), "weavectl {all:?}: {}", stderr(&out));
+    let line = stdout(&out);
+    assert_eq!(line.lines().count(), 1, "one line: {line}");
+    line
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn seed_scenario_by_address() {
+    let mut bed = Bed::with_hosts(2);
+    let out = bed.weavectl_admin(&["subnet", "add", SUBNET]);
+    assert!(out.status.success(), "subnet add: {}", stderr(&out));
+
+    let a1 = bed.add_container("a1");
+    let a2 = bed.add_container("a2");
+    let w1 = bed.weavectl_attach(0, &a1, &["--name", "a1", &format!("/run/netns/{a1}")])[0];
+    let w2 = bed.weavectl_attach(1, &a2, &["--name", "a2", &format!("/run/netns/{a2}")])[0];
+    // The interface: ethwe with the segment's MTU, the subnet's route and the multicast route.
+    let mtu = bed.status(0).unwrap().segments[0].mtu;
+    let link = ok_in(&a1, &["ip", "-o", "link", "show", "ethwe"]);
+    assert!(link.contains(&format!("mtu {mtu} ")) && link.contains("UP"), "{link}");
+    let routes = ok_in(&a1, &["ip", "route", "show", "dev", "ethwe"]);
+    let w = &bed.workloads[w1];
+    assert!(routes.contains("224.0.0.0/4"), "multicast route: {routes}");
+    let net = ipnet::Ipv4Net::new(w.ip, w.prefix).unwrap().trunc();
+    assert!(routes.contains(&net.to_string()), "subnet route: {routes}");
+    bed.wait_ping(w1, w2, Duration::from_secs(10));
+    bed.wait_ping(w2, w1, Duration::from_secs(10));
+
+    // a3 joins later on a third host and reaches a2.
+    let h3 = bed.add_host();
+    bed.wait_peers(h3, 2);
+    let a3 = bed.add_container("a3");
+    let w3 = bed.weavectl_attach(h3, &a3, &["--name", "a3", &format!("/run/netns/{a3}")])[0];
+    bed.wait_ping(w3, w2, Duration::from_secs(10));
+
+    // Someone on 10.2.3.0/24 (host 3), to check the second interface.
+    let b = bed.add_container("b");
+    let wb = bed.weavectl_attach(h3, &b, &[&format!("net:{SUBNET}"), &format!("/run/netns/{b}")])[0];
+
+    // A container started with no overlay interface, attached while running
+    // (by pid: a process inside it).
+    let c = bed.add_container("c");
+    assert!(interfaces(&c).is_empty(), "no interface yet: {:?}", interfaces(&c));
+    let mut sleeper = std::process::Command::new("ip").args(["netns", "exec", &c, "sleep", "300"]).spawn().unwrap();
+    let pid = sleeper.id().to_string();
+    wait_for("the sleeper to enter its namespace", Duration::from_secs(5), || {
+        let own = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+        let target = std::fs::metadata(format!("/run/netns/{c}")).ok()?;
+        use std::os::unix::fs::MetadataExt;
+        own.to_string_lossy().contains(&target.ino().to_string()).then_some(())
+    });
+    let first = attach_line(&bed, 0, &[&pid]);
+    assert_eq!(first.split(' ').count(), 1, "{first}");
+    let both = attach_line(&bed, 0, &["net:default", &format!("net:{SUBNET}"), &pid]);
+    let both: Vec<&str> = both.split(' ').collect();
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert_eq!(both[0], first, "same container, same subnet: same address");
+    assert!(both[1].starts_with("10.2.3."), "{both:?}");
+    let ifs = interfaces(&c);
+    assert!(ifs.contains(&format!("ethwe {first}/{}", bed.workloads[w1].prefix)), "{ifs:?}");
+    assert!(ifs.contains(&format!("ethwe1 {}/24", both[1])), "{ifs:?}");
+    // Idempotent: the same again changes nothing.
+    let again = attach_line(&bed, 0, &["net:default", &format!("net:{SUBNET}"), &format!("/proc/{pid}/ns/net")]);
+    assert_eq!(again, both.join(" "));
+    assert_eq!(interfaces(&c), ifs);
+    // Both subnets reachable from c.
+    let wc = bed.weavectl_attach(0, &c, &["net:default", &format!("net:{SUBNET}"), &pid]);
+    bed.wait_ping(wc[0], w2, Duration::from_secs(10));
+    bed.wait_ping(wc[1], wb, Duration::from_secs(10));
+
+    // Detach one: ethwe1 and its allocation go, ethwe stays.
+    let out = bed.weavectl(0, &["detach", &format!("net:{SUBNET}"), &pid]);
+    assert!(out.status.success(), "detach: {}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{}/24", both[1]));
+    let ifs = interfaces(&c);
+    assert!(!ifs.iter().any(|l| l.starts_with("ethwe1")), "{ifs:?}");
+    assert!(ifs.contains(&format!("ethwe {first}/{}", bed.workloads[w1].prefix)), "{ifs:?}");
+    assert!(!bed.allocations().iter().any(|a| a.ends_with(&format!("{}/24", both[1]))), "released");
+    assert!(!ping_once(&c, bed.workloads[wb].ip), "no path to 10.2.3.0/24 after detach");
+    bed.wait_ping(wc[0], w1, Duration::from_secs(10));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn addresses_persist_across_agent_and_coordinator_restarts_and_names_detach() {
+    let mut bed = Bed::with_hosts(1);
+    let web = bed.add_container("web");
+    let first = attach_line(&bed, 0, &["--name", "web", &format!("/run/netns/{web}")]);
+    bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
+    bed.start_agent(0, false);
+    bed.wait_status(0);
+    // By its registered name, after the agent restarted.
+    assert_eq!(attach_line(&bed, 0, &["web"]), first);
+    bed.kill_coordinator();
+    bed.start_coordinator();
+    let again = wait_for("attach after the coordinator restart", Duration::from_secs(30), || {
+        let out = bed.weavectl(0, &["attach", &format!("/run/netns/{web}")]);
+        out.status.success().then(|| stdout(&out))
+    });
+    assert_eq!(again, first);
+    // Detach by name removes everything.
+    let out = bed.weavectl(0, &["detach", "web"]);
+    assert!(out.status.success(), "detach: {}", stderr(&out));
+    assert!(interfaces(&web).is_empty(), "{:?}", interfaces(&web));
+    assert!(!bed.allocations().iter().any(|a| a.contains(&first)), "{:?}", bed.allocations());
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn bad_input_is_one_line_and_changes_nothing() {
+    let mut bed = Bed::with_hosts(1);
+    let out = bed.weavectl_admin(&["subnet", "add", SUBNET]);
+    assert!(out.status.success(), "subnet add: {}", stderr(&out));
+    let holder = bed.add_container("holder");
+    let held = attach_line(&bed, 0, &["ip:10.2.3.7/24", &format!("/run/netns/{holder}")]);
+    assert_eq!(held, "10.2.3.7");
+    let c = bed.add_container("c");
+    let cpath = format!("/run/netns/{c}");
+    attach_line(&bed, 0, &[&cpath]);
+    let fresh = bed.add_container("fresh");
+    let missing = format!("/run/netns/{}-nope", bed.prefix);
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["attach".into(), missing.clone()], "unknown container"),
+        (vec!["attach".into(), "no-such-name".into()], "unknown container"),
+        (vec!["attach".into(), format!("net:{SUBNET}"), "net:10.9.0.0/24".into(), cpath.clone()], "not defined"),
+        (vec!["attach".into(), "ip:10.2.3.9/16".into(), cpath.clone()], "outside subnet"),
+        (vec!["attach".into(), "10.99.0.5/24".into(), cpath.clone()], "outside every subnet"),
+        // The first subnet is fine, the second address is held: nothing of either stays.
+        (
+            vec!["attach".into(), "net:default".into(), "ip:10.2.3.7/24".into(), format!("/run/netns/{fresh}")],
+            "10.2.3.7",
+        ),
+        (vec!["detach".into(), format!("net:{SUBNET}"), cpath.clone()], "not attached"),
+        (vec!["detach".into(), missing.clone()], "unknown container"),
+    ];
+    for (args, expect) in cases {
+        let (ifs, fresh_ifs, allocs) = (interfaces(&c), interfaces(&fresh), bed.allocations());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = bed.weavectl(0, &args);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?} succeeded: {}", stdout(&out));
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert_eq!(interfaces(&c), ifs, "{args:?} changed the interfaces");
+        assert_eq!(interfaces(&fresh), fresh_ifs, "{args:?} changed the interfaces");
+        assert_eq!(bed.allocations(), allocs, "{args:?} changed the allocations");
+    }
+    // The held address still belongs to its holder, on its interface.
+    assert!(interfaces(&holder).contains(&"ethwe 10.2.3.7/24".to_string()));
+}
