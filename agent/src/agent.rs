@@ -235,6 +235,7 @@ async fn serve(
             segment_mtu,
             map_rx.clone(),
         )),
+        tokio::spawn(crate::firewall::keep(map_rx.clone())),
         tokio::spawn(control::watch_map(api.map.clone(), dir, map_tx, connected.clone())),
         tokio::spawn(local_api::serve(
             listener,
@@ -259,7 +260,8 @@ async fn serve(
     let _ = std::fs::remove_file(&args.paths.socket);
     if args.cleanup_on_exit {
         netlink.remove_all(TUN_NAME).await?;
-        tracing::info!("removed this agent's interfaces");
+        crate::firewall::remove().await?;
+        tracing::info!("removed this agent's interfaces and isolation rules");
     } else {
         tracing::info!("bridges and VXLAN devices stay up for the next start (`agent reset` removes them)");
     }
@@ -271,6 +273,7 @@ async fn serve(
 pub async fn reset(args: ResetArgs) -> Result<(), Error> {
     let netlink = Netlink::connect()?;
     netlink.remove_all(TUN_NAME).await?;
+    crate::firewall::remove().await?;
     match std::fs::remove_file(&args.paths.socket) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -22,6 +22,7 @@
 //! - [`dataplane`]: the [`dataplane::Transport`] trait, the WireGuard router and the TUN+UDP transport.
 //! - [`control`]: watch with backoff, reconcile loop.
 //! - [`dns`]: the workloads' resolver at 127.0.0.11:53 in each attached namespace.
+//! - [`firewall`]: the nftables table `inet weave` that isolates subnets.
 //! - [`local_api`]: status over a Unix socket.
 //! - [`attach`]: attach/detach of containers, expose/hide of the host.
 //! - [`agent`]: the commands.
@@ -32,6 +33,7 @@ pub mod control;
 pub mod dataplane;
 pub mod dns;
 pub mod error;
+pub mod firewall;
 pub mod local_api;
 pub mod netlink;
 pub mod netmap;
