@@ -45,12 +45,12 @@ fn a_removed_node_is_unreachable_within_5s() {
     bed.wait_ping(1, 2, Duration::from_secs(10));
     let node3: Ipv4Addr = bed.status(2).unwrap().address;
 
-    let removed = bed.admin(|mut api| async move {
-        let req = weave_proto::v1::RemoveNodeRequest { node: "h3".into() };
-        api.nodes.remove_node(req).await.unwrap().into_inner()
-    });
+    // The way an operator does it: `weavectl node rm` on the coordinator host.
+    let removed = bed.weavectl_admin(&["node", "rm", "h3"]);
     let since = Instant::now();
-    assert_eq!(removed.node.unwrap().name, "h3");
+    let said = String::from_utf8_lossy(&removed.stdout);
+    assert!(removed.status.success(), "weavectl node rm: {}", String::from_utf8_lossy(&removed.stderr));
+    assert!(said.contains("h3"), "weavectl node rm says what it removed: {said}");
     let w3 = bed.workloads[2].ip;
     for h in 0..2 {
         let (host_ns, wl_ns) = (bed.hosts[h].ns.clone(), bed.workloads[h].ns.clone());
