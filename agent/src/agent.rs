@@ -109,10 +109,12 @@ impl Handler for Running {
             match request {
                 Request::Status => Response::Status(self.status()),
                 Request::Allocate { container, subnet } => self.allocate(container, subnet).await,
-                Request::Attach { container, name, addrs, no_multicast } => {
-                    reply_attached(self.attacher.attach(&container, name.as_deref(), &addrs, !no_multicast).await)
+                Request::Attach { container, name, id, addrs, no_multicast } => reply_attached(
+                    self.attacher.attach(&container, name.as_deref(), id.as_deref(), &addrs, !no_multicast).await,
+                ),
+                Request::Detach { container, id, addrs } => {
+                    reply_released(self.attacher.detach(&container, id.as_deref(), &addrs).await)
                 }
-                Request::Detach { container, addrs } => reply_released(self.attacher.detach(&container, &addrs).await),
                 Request::Expose { addrs } => reply_attached(self.attacher.expose(&addrs).await),
                 Request::Hide { addrs } => reply_released(self.attacher.hide(&addrs).await),
                 Request::Release { container } => {

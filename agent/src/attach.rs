@@ -172,7 +172,9 @@ impl Attacher {
         self.names.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn resolve(&self, container: &str, name: Option<&str>) -> Result<Container, String> {
+    /// `id`, when given, is the IPAM key (e.g. `cni:<container id>`, so
+    /// that a CNI DEL can release it after the namespace is gone).
+    fn resolve(&self, container: &str, name: Option<&str>, id: Option<&str>) -> Result<Container, String> {
         let path = if container.starts_with('/') {
             PathBuf::from(container)
         } else if !container.is_empty() && container.bytes().all(|b| b.is_ascii_digit()) {
@@ -200,7 +202,7 @@ impl Attacher {
         let inode = meta.ino();
         let registered = self.names().names.iter().find(|(_, (_, ino))| *ino == inode).map(|(n, _)| n.clone());
         let name = name.map(str::to_string).or(registered);
-        let key = name.clone().unwrap_or_else(|| format!("netns:{inode}"));
+        let key = id.map(str::to_string).or_else(|| name.clone()).unwrap_or_else(|| format!("netns:{inode}"));
         Ok(Container { netns, key, name, inode, path })
     }
 
@@ -303,12 +305,13 @@ impl Attacher {
         &self,
         container: &str,
         name: Option<&str>,
+        id: Option<&str>,
         addrs: &[String],
         multicast: bool,
     ) -> Result<Vec<Attached>, String> {
         let specs = AddrSpec::parse_all(addrs)?;
         let _one = self.lock.lock().await;
-        let c = self.resolve(container, name)?;
+        let c = self.resolve(container, name, id)?;
         let wanted = self.subnets(&specs).await?;
         let inside = Netlink::in_netns(&c.netns).await.map_err(|e| e.to_string())?;
         let before = inside.workload_interfaces().await.map_err(|e| e.to_string())?;
@@ -376,9 +379,9 @@ impl Attacher {
     /// `detach`: removes the given subnets (all if none) and releases their
     /// addresses (and DNS records). A subnet the container is not on is an
     /// error, and then nothing changes.
-    pub async fn detach(&self, container: &str, addrs: &[String]) -> Result<Vec<String>, String> {
+    pub async fn detach(&self, container: &str, id: Option<&str>, addrs: &[String]) -> Result<Vec<String>, String> {
         let _one = self.lock.lock().await;
-        let c = self.resolve(container, None)?;
+        let c = self.resolve(container, None, id)?;
         let inside = Netlink::in_netns(&c.netns).await.map_err(|e| e.to_string())?;
         let before = inside.workload_interfaces().await.map_err(|e| e.to_string())?;
         let held = self.held(&c.key);

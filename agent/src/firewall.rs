@@ -4,14 +4,17 @@
 //! workload that adds a foreign address or route, or a host with IP
 //! forwarding on, still cannot carry traffic between subnets (or between a
 //! subnet and anything else). Traffic inside one bridge stays allowed, also
-//! when `br_netfilter` passes bridged frames through the IP hooks.
+//! when `br_netfilter` passes bridged frames through the IP hooks, and so do
+//! connections a port mapping DNATed (the CNI `portmap` plugin's rules, an
+//! explicit opt-in of the runtime).
 //!
-//! Why `nft -f -` and not netlink: no maintained Rust crate builds nftables
-//! rules over netlink with this toolchain (`rustables` and `nftnl` need
-//! libnftnl's C headers, which this machine lacks), and a hand-written
-//! nf_tables netlink encoder is far more code than this ruleset. So this one
-//! module runs the `nft` binary with a generated ruleset, applied
-//! atomically (one transaction: the table is replaced as a whole).
+//! Why `nft -f -` and not netlink (the one documented exception to "netlink,
+//! not commands"): the `nftnl` crate binds libnftnl, whose C headers are not
+//! installed on the build machines, and a pure-Rust nf_tables encoder was not
+//! evaluated within the time this was written in; a hand-written encoder is
+//! far more code than this ruleset. So this one module runs the `nft`
+//! binary with a generated ruleset, applied atomically (one transaction: the
+//! table is replaced as a whole). Replacing it with netlink touches only here.
 use std::process::Stdio;
 
 use tokio::{io::AsyncWriteExt, process::Command, sync::watch};
@@ -33,6 +36,8 @@ pub fn ruleset(bridges: &[String]) -> String {
     for b in bridges {
         out += &format!("    iifname \"{b}\" oifname \"{b}\" accept\n");
     }
+    // Port mappings (CNI portmap, DNAT) are the one explicit way in.
+    out += "    ct status dnat accept\n";
     out += &format!("    iifname \"{BRIDGE_PREFIX}*\" drop\n    oifname \"{BRIDGE_PREFIX}*\" drop\n  }}\n}}\n");
     out
 }

@@ -25,9 +25,11 @@
 //! - [`firewall`]: the nftables table `inet weave` that isolates subnets.
 //! - [`local_api`]: status over a Unix socket.
 //! - [`attach`]: attach/detach of containers, expose/hide of the host.
+//! - [`cni`]: the CNI plugin's configuration, result and error JSON (bin `weave-cni`).
 //! - [`agent`]: the commands.
 pub mod agent;
 pub mod attach;
+pub mod cni;
 pub mod config;
 pub mod control;
 pub mod dataplane;

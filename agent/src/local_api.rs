@@ -37,6 +37,9 @@ pub enum Request {
         /// Registers the name (and `<name>.weave.local`).
         #[serde(default)]
         name: Option<String>,
+        /// The IPAM key instead of the name or namespace (the CNI plugin's `cni:<id>`).
+        #[serde(default)]
+        id: Option<String>,
         #[serde(default)]
         addrs: Vec<String>,
         /// Skip the 224.0.0.0/4 route.
@@ -46,6 +49,8 @@ pub enum Request {
     /// Removes the subnets of `addrs` (all if none) from the container.
     Detach {
         container: String,
+        #[serde(default)]
+        id: Option<String>,
         #[serde(default)]
         addrs: Vec<String>,
     },

@@ -1,0 +1,124 @@
+//! `weave-cni`: a CNI 1.0 plugin (ADD, DEL, CHECK, VERSION). The runtime
+//! passes the command and container in `CNI_*` variables and the network
+//! configuration on stdin; ADD and DEL go to the local agent's socket, which
+//! does the attach/detach (see weave_agent::attach). Results and errors are
+//! the spec's JSON on stdout.
+use std::{io::Read, path::Path, process::ExitCode};
+
+use weave_agent::{
+    cni::{self, CniError, NetConf, code},
+    local_api::{self, Request, Response},
+    netlink::Netlink,
+};
+
+fn env(name: &str) -> Result<String, CniError> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| CniError::new(code::BAD_ENV, format!("{name} is not set"), "the runtime must set it"))
+}
+
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&CniError::new(code::TRY_AGAIN, "cannot start", e.to_string())),
+    };
+    match runtime.block_on(run()) {
+        Ok(Some(out)) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &CniError) -> ExitCode {
+    println!("{}", e.to_json());
+    ExitCode::FAILURE
+}
+
+async fn run() -> Result<Option<serde_json::Value>, CniError> {
+    let command = env("CNI_COMMAND")?;
+    if command == "VERSION" {
+        return Ok(Some(cni::version_result()));
+    }
+    if !matches!(command.as_str(), "ADD" | "DEL" | "CHECK") {
+        return Err(CniError::new(
+            code::BAD_ENV,
+            format!("unknown CNI_COMMAND {command}"),
+            "expected ADD, DEL, CHECK or VERSION",
+        ));
+    }
+    let mut stdin = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut stdin)
+        .map_err(|e| CniError::new(code::BAD_CONFIG, "cannot read the configuration", e.to_string()))?;
+    let conf = NetConf::parse(&stdin)?;
+    let id = cni::container_key(&env("CNI_CONTAINERID")?);
+    env("CNI_IFNAME")?;
+    match command.as_str() {
+        "ADD" => add(&conf, &env("CNI_NETNS")?, &id).await.map(Some),
+        "DEL" => del(&conf, std::env::var("CNI_NETNS").unwrap_or_default(), &id).await.map(|()| None),
+        _ => check(&conf, &env("CNI_NETNS")?).await.map(|()| None),
+    }
+}
+
+async fn ask(conf: &NetConf, request: Request) -> Result<Response, CniError> {
+    match local_api::request(Path::new(conf.socket()), &request).await {
+        Ok(Response::Error(e)) => Err(cni::refusal(&e)),
+        Ok(r) => Ok(r),
+        Err(e) => Err(CniError::new(code::TRY_AGAIN, "the weave agent is not reachable", e.to_string())),
+    }
+}
+
+async fn add(conf: &NetConf, netns: &str, id: &str) -> Result<serde_json::Value, CniError> {
+    let multicast = conf.multicast.unwrap_or(true);
+    let request = Request::Attach {
+        container: netns.to_string(),
+        name: None,
+        id: Some(id.to_string()),
+        addrs: vec![conf.addr()],
+        no_multicast: !multicast,
+    };
+    match ask(conf, request).await? {
+        Response::Attached(list) if !list.is_empty() => {
+            let addresses: Vec<String> = list.iter().map(|a| a.address.clone()).collect();
+            Ok(cni::add_result(netns, &list[0].interface, &addresses, multicast))
+        }
+        other => Err(CniError::new(code::REFUSED, "unexpected answer from the agent", format!("{other:?}"))),
+    }
+}
+
+/// Idempotent: a missing namespace or nothing attached is success.
+async fn del(conf: &NetConf, netns: String, id: &str) -> Result<(), CniError> {
+    let request = if !netns.is_empty() && Path::new(&netns).exists() {
+        Request::Detach { container: netns, id: Some(id.to_string()), addrs: Vec::new() }
+    } else {
+        Request::Release { container: id.to_string() }
+    };
+    ask(conf, request).await.map(|_| ())
+}
+
+/// The namespace still has every address of the previous result on an `ethwe*`.
+async fn check(conf: &NetConf, netns: &str) -> Result<(), CniError> {
+    let want = conf.prev_addresses();
+    if want.is_empty() {
+        return Err(CniError::new(code::BAD_CONFIG, "CHECK needs prevResult with ips", ""));
+    }
+    let file = std::fs::File::open(netns)
+        .map_err(|e| CniError::new(code::UNKNOWN_CONTAINER, format!("cannot open {netns}"), e.to_string()))?;
+    let inside =
+        Netlink::in_netns(&file).await.map_err(|e| CniError::new(code::CHECK_FAILED, "netlink", e.to_string()))?;
+    let have: Vec<String> = inside
+        .workload_interfaces()
+        .await
+        .map_err(|e| CniError::new(code::CHECK_FAILED, "netlink", e.to_string()))?
+        .iter()
+        .flat_map(|i| i.addresses.iter().map(|(ip, len)| format!("{ip}/{len}")))
+        .collect();
+    match want.iter().find(|a| !have.contains(a)) {
+        Some(missing) => Err(CniError::new(code::CHECK_FAILED, format!("{missing} is missing in {netns}"), "")),
+        None => Ok(()),
+    }
+}

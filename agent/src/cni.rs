@@ -1,0 +1,167 @@
+//! The pure half of the `weave-cni` plugin (CNI spec 1.0): the network
+//! configuration it reads from stdin, the result and error JSON it prints.
+//! The binary (src/bin/weave-cni.rs) does the I/O: env vars, the agent's
+//! local socket, the namespace check.
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub const CNI_VERSION: &str = "1.0.0";
+pub const DOMAIN: &str = "weave.local";
+
+/// Error codes of the spec (section "Error").
+pub mod code {
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const UNKNOWN_CONTAINER: u32 = 3;
+    pub const BAD_ENV: u32 = 4;
+    pub const BAD_CONFIG: u32 = 7;
+    pub const TRY_AGAIN: u32 = 11;
+    /// Plugin-specific: CHECK found the container not as ADD left it.
+    pub const CHECK_FAILED: u32 = 100;
+    /// Plugin-specific: the agent refused the request.
+    pub const REFUSED: u32 = 101;
+}
+
+/// The plugin's part of a network configuration (`type: weave-cni`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `default`, a CIDR or a subnet name [default: the default subnet].
+    #[serde(default)]
+    pub subnet: Option<String>,
+    /// The agent's local socket [default: /run/weave/agent.sock].
+    #[serde(default)]
+    pub socket: Option<String>,
+    /// Add the 224.0.0.0/4 route [default: true].
+    #[serde(default)]
+    pub multicast: Option<bool>,
+    #[serde(default)]
+    pub prev_result: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CniError {
+    pub code: u32,
+    pub msg: String,
+    pub details: String,
+}
+
+impl CniError {
+    pub fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
+        Self { code, msg: msg.into(), details: details.into() }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({"cniVersion": CNI_VERSION, "code": self.code, "msg": self.msg, "details": self.details})
+    }
+}
+
+impl NetConf {
+    pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
+        let conf: Self = serde_json::from_slice(stdin)
+            .map_err(|e| CniError::new(code::BAD_CONFIG, "invalid network configuration", e.to_string()))?;
+        if conf.name.is_empty() || conf.kind.is_empty() {
+            return Err(CniError::new(code::BAD_CONFIG, "invalid network configuration", "name and type are required"));
+        }
+        if conf.cni_version != CNI_VERSION {
+            return Err(CniError::new(
+                code::INCOMPATIBLE_VERSION,
+                "incompatible CNI version",
+                format!("config has {}, this plugin supports {CNI_VERSION}", conf.cni_version),
+            ));
+        }
+        Ok(conf)
+    }
+
+    /// The ADDR for the agent (`net:default`, `net:<CIDR>`, or a name as is).
+    pub fn addr(&self) -> String {
+        match self.subnet.as_deref() {
+            None | Some("") | Some("default") => "net:default".into(),
+            Some(s) if s.contains('/') && !s.starts_with("net:") && !s.starts_with("ip:") => format!("net:{s}"),
+            Some(s) => s.to_string(),
+        }
+    }
+
+    pub fn socket(&self) -> &str {
+        self.socket.as_deref().unwrap_or("/run/weave/agent.sock")
+    }
+
+    /// Addresses of the previous result (for CHECK), as `ip/len`.
+    pub fn prev_addresses(&self) -> Vec<String> {
+        let Some(prev) = &self.prev_result else { return Vec::new() };
+        prev["ips"].as_array().into_iter().flatten().filter_map(|i| i["address"].as_str().map(str::to_string)).collect()
+    }
+}
+
+/// The ADD result: one interface in the sandbox, its addresses, routes, DNS.
+pub fn add_result(netns: &str, interface: &str, addresses: &[String], multicast: bool) -> Value {
+    let ips: Vec<Value> = addresses.iter().map(|a| json!({"address": a, "interface": 0})).collect();
+    let mut routes = Vec::new();
+    if multicast {
+        routes.push(json!({"dst": "224.0.0.0/4"}));
+    }
+    json!({
+        "cniVersion": CNI_VERSION,
+        "interfaces": [{"name": interface, "sandbox": netns}],
+        "ips": ips,
+        "routes": routes,
+        "dns": {"domain": DOMAIN, "search": [DOMAIN]},
+    })
+}
+
+pub fn version_result() -> Value {
+    json!({"cniVersion": CNI_VERSION, "supportedVersions": [CNI_VERSION]})
+}
+
+/// The IPAM key of a CNI container, so that DEL can release it without its namespace.
+pub fn container_key(container_id: &str) -> String {
+    format!("cni:{container_id}")
+}
+
+/// Sorts an agent refusal into the spec's codes.
+pub fn refusal(msg: &str) -> CniError {
+    let code = if msg.contains("unknown container") { code::UNKNOWN_CONTAINER } else { code::REFUSED };
+    CniError::new(code, "weave agent refused", msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_parses_and_refuses() {
+        let c = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"weave","type":"weave-cni","subnet":"10.2.3.0/24"}"#)
+            .unwrap();
+        assert_eq!(c.addr(), "net:10.2.3.0/24");
+        assert_eq!(c.socket(), "/run/weave/agent.sock");
+        let d = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"w","type":"weave-cni","socket":"/x.sock"}"#).unwrap();
+        assert_eq!((d.addr().as_str(), d.socket()), ("net:default", "/x.sock"));
+        assert_eq!(NetConf::parse(b"{not json").unwrap_err().code, code::BAD_CONFIG);
+        assert_eq!(NetConf::parse(br#"{"cniVersion":"1.0.0","type":"weave-cni"}"#).unwrap_err().code, code::BAD_CONFIG);
+        let old = NetConf::parse(br#"{"cniVersion":"0.3.1","name":"w","type":"weave-cni"}"#).unwrap_err();
+        assert_eq!(old.code, code::INCOMPATIBLE_VERSION);
+        let with_prev = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"w","type":"weave-cni","prevResult":{"ips":[{"address":"10.32.0.5/16"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(with_prev.prev_addresses(), vec!["10.32.0.5/16".to_string()]);
+    }
+
+    #[test]
+    fn results_have_the_spec_shape() {
+        let r = add_result("/run/netns/x", "ethwe", &["10.32.0.5/16".into()], true);
+        assert_eq!(r["cniVersion"], "1.0.0");
+        assert_eq!(r["interfaces"][0]["sandbox"], "/run/netns/x");
+        assert_eq!(r["ips"][0]["interface"], 0);
+        assert_eq!(r["ips"][0]["address"], "10.32.0.5/16");
+        assert_eq!(r["routes"][0]["dst"], "224.0.0.0/4");
+        assert!(r["dns"].is_object());
+        assert_eq!(version_result()["supportedVersions"][0], "1.0.0");
+        let e = CniError::new(code::BAD_CONFIG, "m", "d").to_json();
+        assert_eq!((e["code"].as_u64(), e["msg"].as_str()), (Some(7), Some("m")));
+        assert_eq!(refusal("unknown container 'x'").code, code::UNKNOWN_CONTAINER);
+    }
+}

@@ -1,0 +1,155 @@
+//! `weave-cni` driven exactly as a runtime drives a plugin: `CNI_*`
+//! environment variables, the network configuration on stdin, JSON on
+//! stdout. ADD/CHECK/DEL/VERSION, errors with the spec's codes, and the
+//! chain of deploy/cni/10-weave.conflist (weave-cni then portmap).
+mod common;
+
+use std::{
+    io::Write,
+    net::Ipv4Addr,
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn plugin(bin: &str, command: &str, ns_path: &str, id: &str, conf: &Value, in_ns: Option<&str>) -> Output {
+    let mut cmd = match in_ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, bin]);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = cmd
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", ns_path)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the plugin");
+    // VERSION may exit without reading stdin.
+    let _ = child.stdin.take().unwrap().write_all(conf.to_string().as_bytes());
+    child.wait_with_output().unwrap()
+}
+
+fn weave_cni() -> String {
+    env!("CARGO_BIN_EXE_weave-cni").to_string()
+}
+
+fn json_out(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+/// The spec's result shape (section "ADD Success").
+fn validate_add_result(r: &Value, netns: &str) -> Vec<(Ipv4Addr, u8)> {
+    assert_eq!(r["cniVersion"], "1.0.0", "{r}");
+    let ifs = r["interfaces"].as_array().expect("interfaces is a list");
+    assert!(!ifs.is_empty(), "{r}");
+    for i in ifs {
+        assert!(i["name"].as_str().is_some_and(|n| !n.is_empty()), "{r}");
+    }
+    assert_eq!(ifs[0]["sandbox"], netns, "{r}");
+    let ips = r["ips"].as_array().expect("ips is a list");
+    assert!(!ips.is_empty(), "{r}");
+    let addrs = ips
+        .iter()
+        .map(|ip| {
+            let index = ip["interface"].as_u64().expect("ips[].interface is an index") as usize;
+            assert!(index < ifs.len(), "{r}");
+            let net: ipnet::Ipv4Net = ip["address"].as_str().unwrap().parse().expect("ips[].address is CIDR");
+            (net.addr(), net.prefix_len())
+        })
+        .collect();
+    for route in r["routes"].as_array().expect("routes is a list") {
+        let _: ipnet::IpNet = route["dst"].as_str().unwrap().parse().expect("routes[].dst is CIDR");
+    }
+    assert!(r["dns"].is_object(), "{r}");
+    addrs
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn cni_add_check_del_version_and_errors() {
+    let mut bed = Bed::with_hosts(2);
+    let bin = weave_cni();
+    let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
+    let conf = json!({"cniVersion": "1.0.0", "name": "weave", "type": "weave-cni", "socket": socket});
+    let ns = bed.add_container("cni");
+    let netns = format!("/run/netns/{ns}");
+    let id = format!("{}-ctr", bed.prefix);
+
+    let out = plugin(&bin, "ADD", &netns, &id, &conf, None);
+    assert!(out.status.success(), "ADD: {}", String::from_utf8_lossy(&out.stdout));
+    let result = json_out(&out);
+    let addrs = validate_add_result(&result, &netns);
+    let (ip, prefix) = addrs[0];
+    assert!(interfaces(&ns).contains(&format!("ethwe {ip}/{prefix}")), "{:?}", interfaces(&ns));
+    // A working interface: a container on the other host reaches it.
+    let peer = bed.add_container("peer");
+    let wp = bed.weavectl_attach(1, &peer, &[&format!("/run/netns/{peer}")])[0];
+    wait_for("the CNI container to be reachable", Duration::from_secs(10), || ping_once(&peer, ip).then_some(()));
+    bed.wait_ping(wp, wp, Duration::from_secs(1));
+    // ADD again: same address.
+    let again = json_out(&plugin(&bin, "ADD", &netns, &id, &conf, None));
+    assert_eq!(again["ips"], result["ips"]);
+    // CHECK with the previous result passes; with a wrong one it fails.
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = result.clone();
+    let out = plugin(&bin, "CHECK", &netns, &id, &with_prev, None);
+    assert!(out.status.success(), "CHECK: {}", String::from_utf8_lossy(&out.stdout));
+    let mut wrong = with_prev.clone();
+    wrong["prevResult"]["ips"][0]["address"] = json!("10.32.255.254/16");
+    let out = plugin(&bin, "CHECK", &netns, &id, &wrong, None);
+    assert!(!out.status.success());
+    assert_eq!(json_out(&out)["code"], 100);
+
+    // VERSION.
+    let out = plugin(&bin, "VERSION", "", "", &json!({"cniVersion": "1.0.0"}), None);
+    assert!(out.status.success());
+    assert!(json_out(&out)["supportedVersions"].as_array().unwrap().contains(&json!("1.0.0")));
+    // Errors: bad config (7), unknown command (4), unknown container (3), agent down (11).
+    let (ifs, allocs) = (interfaces(&ns), bed.allocations());
+    let mut bad = plugin(&bin, "ADD", &netns, &id, &json!({"cniVersion": "1.0.0", "type": "weave-cni"}), None);
+    assert!(!bad.status.success());
+    assert_eq!(json_out(&bad)["code"], 7);
+    let mut child =
+        Command::new(&bin).env("CNI_COMMAND", "ADD").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"{not json").unwrap();
+    bad = child.wait_with_output().unwrap();
+    assert_eq!(json_out(&bad)["code"], 7, "garbage on stdin");
+    bad = plugin(&bin, "FROB", &netns, &id, &conf, None);
+    assert!(!bad.status.success());
+    assert_eq!(json_out(&bad)["code"], 4);
+    bad = plugin(&bin, "ADD", &format!("/run/netns/{}-gone", bed.prefix), "x", &conf, None);
+    assert_eq!(json_out(&bad)["code"], 3, "{}", String::from_utf8_lossy(&bad.stdout));
+    let mut down = conf.clone();
+    down["socket"] = json!(bed.path("no-agent.sock").to_str().unwrap());
+    bad = plugin(&bin, "ADD", &netns, &id, &down, None);
+    assert_eq!(json_out(&bad)["code"], 11);
+    assert_eq!((interfaces(&ns), bed.allocations()), (ifs, allocs), "failed calls changed nothing");
+
+    // DEL twice: both succeed; the interface and the allocation are gone.
+    for n in 1..=2 {
+        let out = plugin(&bin, "DEL", &netns, &id, &conf, None);
+        assert!(out.status.success(), "DEL #{n}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    assert!(interfaces(&ns).is_empty(), "{:?}", interfaces(&ns));
+    assert!(!bed.allocations().iter().any(|a| a.contains(&format!("{ip}/"))), "{:?}", bed.allocations());
+    // DEL after the namespace is gone releases by container id.
+    let ns2 = bed.add_container("cni2");
+    let netns2 = format!("/run/netns/{ns2}");
+    let r2 = json_out(&plugin(&bin, "ADD", &netns2, &format!("{id}2"), &conf, None));
+    let ip2 = validate_add_result(&r2, &netns2)[0].0;
+    ok(&["ip", "netns", "del", &ns2]);
+    let out = plugin(&bin, "DEL", &netns2, &format!("{id}2"), &conf, None);
+    assert!(out.status.success(), "DEL without netns: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(!bed.allocations().iter().any(|a| a.contains(&format!("{ip2}/"))), "{:?}", bed.allocations());
+}
