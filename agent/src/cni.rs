@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 pub const CNI_VERSION: &str = "1.0.0";
 pub const DOMAIN: &str = "weave.local";
+pub const NAMESERVER: &str = "127.0.0.11";
 
 /// Error codes of the spec (section "Error").
 pub mod code {
@@ -108,7 +109,8 @@ pub fn add_result(netns: &str, interface: &str, addresses: &[String], multicast:
         "interfaces": [{"name": interface, "sandbox": netns}],
         "ips": ips,
         "routes": routes,
-        "dns": {"domain": DOMAIN, "search": [DOMAIN]},
+        // The agent's DNS server answers inside every attached namespace (agent/src/dns.rs).
+        "dns": {"nameservers": [NAMESERVER], "domain": DOMAIN, "search": [DOMAIN]},
     })
 }
 
@@ -158,7 +160,7 @@ mod tests {
         assert_eq!(r["ips"][0]["interface"], 0);
         assert_eq!(r["ips"][0]["address"], "10.32.0.5/16");
         assert_eq!(r["routes"][0]["dst"], "224.0.0.0/4");
-        assert!(r["dns"].is_object());
+        assert_eq!(r["dns"]["nameservers"][0], "127.0.0.11");
         assert_eq!(version_result()["supportedVersions"][0], "1.0.0");
         let e = CniError::new(code::BAD_CONFIG, "m", "d").to_json();
         assert_eq!((e["code"].as_u64(), e["msg"].as_str()), (Some(7), Some("m")));
