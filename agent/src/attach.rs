@@ -306,6 +306,7 @@ impl Attacher {
         container: &str,
         name: Option<&str>,
         id: Option<&str>,
+        ifname: Option<&str>,
         addrs: &[String],
         multicast: bool,
     ) -> Result<Vec<Attached>, String> {
@@ -314,7 +315,7 @@ impl Attacher {
         let c = self.resolve(container, name, id)?;
         let wanted = self.subnets(&specs).await?;
         let inside = Netlink::in_netns(&c.netns).await.map_err(|e| e.to_string())?;
-        let before = inside.workload_interfaces().await.map_err(|e| e.to_string())?;
+        let before = inside.workload_interfaces(ifname).await.map_err(|e| e.to_string())?;
         // An explicit address that differs from the one the container has on
         // that subnet is a conflict, not a second interface.
         for (spec, subnet) in &wanted {
@@ -335,7 +336,11 @@ impl Attacher {
                 let ifname = match on_subnet(&before, &subnet.cidr) {
                     Some((i, _)) => i.name.clone(),
                     None => {
-                        let ifname = next_ifname(&used);
+                        // The CNI runtime's name, for the first interface it asks for.
+                        let ifname = match ifname {
+                            Some(n) if !used.iter().any(|u| u == n) => n.to_string(),
+                            _ => next_ifname(&used),
+                        };
                         let host_if = host_ifname(c.inode, subnet.vni);
                         self.host
                             .plug_veth(&host_if, &bridge, &c.netns, &ifname, self.mtu)
@@ -379,11 +384,17 @@ impl Attacher {
     /// `detach`: removes the given subnets (all if none) and releases their
     /// addresses (and DNS records). A subnet the container is not on is an
     /// error, and then nothing changes.
-    pub async fn detach(&self, container: &str, id: Option<&str>, addrs: &[String]) -> Result<Vec<String>, String> {
+    pub async fn detach(
+        &self,
+        container: &str,
+        id: Option<&str>,
+        ifname: Option<&str>,
+        addrs: &[String],
+    ) -> Result<Vec<String>, String> {
         let _one = self.lock.lock().await;
         let c = self.resolve(container, None, id)?;
         let inside = Netlink::in_netns(&c.netns).await.map_err(|e| e.to_string())?;
-        let before = inside.workload_interfaces().await.map_err(|e| e.to_string())?;
+        let before = inside.workload_interfaces(ifname).await.map_err(|e| e.to_string())?;
         let held = self.held(&c.key);
         let subnets: Vec<String> = if addrs.is_empty() {
             let map = self.maps.borrow();

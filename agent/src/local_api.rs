@@ -19,20 +19,6 @@ use crate::{dataplane::PeerStatus, error::Error};
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum Request {
     Status,
-    /// The addresses of `name` from this agent's copy of the DNS records
-    /// (unqualified names are looked up in the cluster domain).
-    DnsLookup {
-        name: String,
-    },
-    /// Serves DNS at 127.0.0.11:53 inside the namespace at `netns` (a path)
-    /// until `dns_stop` with the same `key`. Idempotent per key.
-    DnsServe {
-        netns: String,
-        key: String,
-    },
-    DnsStop {
-        key: String,
-    },
     /// An address for `container` on `subnet` (cidr, name or "default") from
     /// the coordinator's IPAM, and the bridge to plug it into. Idempotent.
     Allocate {
@@ -54,6 +40,9 @@ pub enum Request {
         /// The IPAM key instead of the name or namespace (the CNI plugin's `cni:<id>`).
         #[serde(default)]
         id: Option<String>,
+        /// The interface name for a new interface (the CNI runtime's `CNI_IFNAME`) instead of `ethwe*`.
+        #[serde(default)]
+        ifname: Option<String>,
         #[serde(default)]
         addrs: Vec<String>,
         /// Skip the 224.0.0.0/4 route.
@@ -65,6 +54,8 @@ pub enum Request {
         container: String,
         #[serde(default)]
         id: Option<String>,
+        #[serde(default)]
+        ifname: Option<String>,
         #[serde(default)]
         addrs: Vec<String>,
     },
@@ -105,13 +96,6 @@ pub struct AgentStatus {
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Status(AgentStatus),
-    /// Answer to `dns_lookup`: the addresses (shuffled), empty if unknown.
-    Dns {
-        name: String,
-        addresses: Vec<String>,
-    },
-    /// A request with nothing to return succeeded.
-    Done,
     Allocated(Attachment),
     Released(Vec<String>),
     Attached(Vec<crate::attach::Attached>),

@@ -325,15 +325,16 @@ impl Netlink {
         Ok(Self { handle })
     }
 
-    /// The `ethwe*` interfaces of this namespace with their IPv4 addresses.
-    pub async fn workload_interfaces(&self) -> Result<Vec<WorkloadInterface>, Error> {
+    /// The `ethwe*` interfaces of this namespace (and `extra`, a name the
+    /// CNI runtime chose) with their IPv4 addresses.
+    pub async fn workload_interfaces(&self, extra: Option<&str>) -> Result<Vec<WorkloadInterface>, Error> {
         let mut out: Vec<WorkloadInterface> = self
             .links()
             .await?
             .iter()
             .filter_map(|l| {
                 let n = name(l)?;
-                is_workload_if(n).then(|| WorkloadInterface {
+                (is_workload_if(n) || Some(n) == extra).then(|| WorkloadInterface {
                     name: n.to_string(),
                     index: l.header.index,
                     mtu: mtu(l).unwrap_or(0),

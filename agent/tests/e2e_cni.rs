@@ -91,7 +91,8 @@ fn cni_add_check_del_version_and_errors() {
     let result = json_out(&out);
     let addrs = validate_add_result(&result, &netns);
     let (ip, prefix) = addrs[0];
-    assert!(interfaces(&ns).contains(&format!("ethwe {ip}/{prefix}")), "{:?}", interfaces(&ns));
+    assert_eq!(result["interfaces"][0]["name"], "eth0", "CNI_IFNAME is honoured");
+    assert!(interfaces(&ns).contains(&format!("eth0 {ip}/{prefix}")), "{:?}", interfaces(&ns));
     // A working interface: a container on the other host reaches it.
     let peer = bed.add_container("peer");
     let wp = bed.weavectl_attach(1, &peer, &[&format!("/run/netns/{peer}")])[0];

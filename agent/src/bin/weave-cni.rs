@@ -56,11 +56,11 @@ async fn run() -> Result<Option<serde_json::Value>, CniError> {
         .map_err(|e| CniError::new(code::BAD_CONFIG, "cannot read the configuration", e.to_string()))?;
     let conf = NetConf::parse(&stdin)?;
     let id = cni::container_key(&env("CNI_CONTAINERID")?);
-    env("CNI_IFNAME")?;
+    let ifname = env("CNI_IFNAME")?;
     match command.as_str() {
-        "ADD" => add(&conf, &env("CNI_NETNS")?, &id).await.map(Some),
-        "DEL" => del(&conf, std::env::var("CNI_NETNS").unwrap_or_default(), &id).await.map(|()| None),
-        _ => check(&conf, &env("CNI_NETNS")?).await.map(|()| None),
+        "ADD" => add(&conf, &env("CNI_NETNS")?, &id, &ifname).await.map(Some),
+        "DEL" => del(&conf, std::env::var("CNI_NETNS").unwrap_or_default(), &id, &ifname).await.map(|()| None),
+        _ => check(&conf, &env("CNI_NETNS")?, &ifname).await.map(|()| None),
     }
 }
 
@@ -72,12 +72,13 @@ async fn ask(conf: &NetConf, request: Request) -> Result<Response, CniError> {
     }
 }
 
-async fn add(conf: &NetConf, netns: &str, id: &str) -> Result<serde_json::Value, CniError> {
+async fn add(conf: &NetConf, netns: &str, id: &str, ifname: &str) -> Result<serde_json::Value, CniError> {
     let multicast = conf.multicast.unwrap_or(true);
     let request = Request::Attach {
         container: netns.to_string(),
         name: None,
         id: Some(id.to_string()),
+        ifname: Some(ifname.to_string()),
         addrs: vec![conf.addr()],
         no_multicast: !multicast,
     };
@@ -91,9 +92,14 @@ async fn add(conf: &NetConf, netns: &str, id: &str) -> Result<serde_json::Value,
 }
 
 /// Idempotent: a missing namespace or nothing attached is success.
-async fn del(conf: &NetConf, netns: String, id: &str) -> Result<(), CniError> {
+async fn del(conf: &NetConf, netns: String, id: &str, ifname: &str) -> Result<(), CniError> {
     let request = if !netns.is_empty() && Path::new(&netns).exists() {
-        Request::Detach { container: netns, id: Some(id.to_string()), addrs: Vec::new() }
+        Request::Detach {
+            container: netns,
+            id: Some(id.to_string()),
+            ifname: Some(ifname.to_string()),
+            addrs: Vec::new(),
+        }
     } else {
         Request::Release { container: id.to_string() }
     };
@@ -101,7 +107,7 @@ async fn del(conf: &NetConf, netns: String, id: &str) -> Result<(), CniError> {
 }
 
 /// The namespace still has every address of the previous result on an `ethwe*`.
-async fn check(conf: &NetConf, netns: &str) -> Result<(), CniError> {
+async fn check(conf: &NetConf, netns: &str, ifname: &str) -> Result<(), CniError> {
     let want = conf.prev_addresses();
     if want.is_empty() {
         return Err(CniError::new(code::BAD_CONFIG, "CHECK needs prevResult with ips", ""));
@@ -111,7 +117,7 @@ async fn check(conf: &NetConf, netns: &str) -> Result<(), CniError> {
     let inside =
         Netlink::in_netns(&file).await.map_err(|e| CniError::new(code::CHECK_FAILED, "netlink", e.to_string()))?;
     let have: Vec<String> = inside
-        .workload_interfaces()
+        .workload_interfaces(Some(ifname))
         .await
         .map_err(|e| CniError::new(code::CHECK_FAILED, "netlink", e.to_string()))?
         .iter()

@@ -147,8 +147,6 @@ pub struct Bed {
     pub admin: AdminCredential,
     pub hosts: Vec<Host>,
     pub workloads: Vec<Workload>,
-    /// Extra flags for every agent started after they are set (e.g. `--dns-upstream`).
-    pub agent_args: Vec<String>,
     namespaces: Vec<String>,
     /// Other processes to kill on drop.
     extra: Vec<Child>,
@@ -176,7 +174,6 @@ impl Bed {
             },
             hosts: Vec::new(),
             workloads: Vec::new(),
-            agent_args: Vec::new(),
             namespaces: Vec::new(),
             extra: Vec::new(),
             _serial: serial,
@@ -323,7 +320,6 @@ impl Bed {
             cmd.arg("run");
         }
         cmd.arg("--data-dir").arg(&h.data_dir).arg("--socket").arg(&h.socket);
-        cmd.args(&self.agent_args);
         cmd.env("RUST_LOG", "info,weave_agent=debug");
         cmd
     }

@@ -1,0 +1,161 @@
+//! deploy/cni/10-weave.conflist run as a runtime runs a chain: weave-cni,
+//! then the standard portmap plugin.
+mod common;
+
+use std::{
+    io::Write,
+    net::Ipv4Addr,
+    process::{Command, Output, Stdio},
+};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn plugin(bin: &str, command: &str, ns_path: &str, id: &str, conf: &Value, in_ns: Option<&str>) -> Output {
+    let mut cmd = match in_ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, bin]);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = cmd
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", ns_path)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the plugin");
+    // VERSION may exit without reading stdin.
+    let _ = child.stdin.take().unwrap().write_all(conf.to_string().as_bytes());
+    child.wait_with_output().unwrap()
+}
+
+fn weave_cni() -> String {
+    env!("CARGO_BIN_EXE_weave-cni").to_string()
+}
+
+fn json_out(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+/// The spec's result shape (section "ADD Success").
+fn validate_add_result(r: &Value, netns: &str) -> Vec<(Ipv4Addr, u8)> {
+    assert_eq!(r["cniVersion"], "1.0.0", "{r}");
+    let ifs = r["interfaces"].as_array().expect("interfaces is a list");
+    assert!(!ifs.is_empty(), "{r}");
+    for i in ifs {
+        assert!(i["name"].as_str().is_some_and(|n| !n.is_empty()), "{r}");
+    }
+    assert_eq!(ifs[0]["sandbox"], netns, "{r}");
+    let ips = r["ips"].as_array().expect("ips is a list");
+    assert!(!ips.is_empty(), "{r}");
+    let addrs = ips
+        .iter()
+        .map(|ip| {
+            let index = ip["interface"].as_u64().expect("ips[].interface is an index") as usize;
+            assert!(index < ifs.len(), "{r}");
+            let net: ipnet::Ipv4Net = ip["address"].as_str().unwrap().parse().expect("ips[].address is CIDR");
+            (net.addr(), net.prefix_len())
+        })
+        .collect();
+    for route in r["routes"].as_array().expect("routes is a list") {
+        let _: ipnet::IpNet = route["dst"].as_str().unwrap().parse().expect("routes[].dst is CIDR");
+    }
+    assert!(r["dns"].is_object(), "{r}");
+    addrs
+}
+
+/// The conflist of deploy/cni/ run as a runtime runs a chain: each plugin's
+/// result is the next one's prevResult, portmap runs in the host namespace.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn conflist_chains_weave_cni_with_portmap() {
+    let portmap = "/usr/lib/cni/portmap";
+    assert!(std::path::Path::new(portmap).exists(), "install containernetworking-plugins (.ci/install-deps.sh)");
+    let mut bed = Bed::with_hosts(1);
+    let list: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/cni/10-weave.conflist")).unwrap(),
+    )
+    .unwrap();
+    let ns = bed.add_container("web");
+    let netns = format!("/run/netns/{ns}");
+    let id = format!("{}-web", bed.prefix);
+    let host = bed.hosts[0].ns.clone();
+    let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
+    let mut prev: Option<Value> = None;
+    for p in list["plugins"].as_array().unwrap() {
+        let mut conf = p.clone();
+        conf["cniVersion"] = list["cniVersion"].clone();
+        conf["name"] = list["name"].clone();
+        if p["type"] == "weave-cni" {
+            conf["socket"] = json!(socket);
+        }
+        if p["type"] == "portmap" {
+            conf["runtimeConfig"] =
+                json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]});
+        }
+        if let Some(prev) = &prev {
+            conf["prevResult"] = prev.clone();
+        }
+        let bin = if p["type"] == "weave-cni" { weave_cni() } else { portmap.to_string() };
+        let out = plugin(&bin, "ADD", &netns, &id, &conf, Some(&host));
+        assert!(
+            out.status.success(),
+            "{} ADD: {}{}",
+            p["type"],
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        prev = Some(json_out(&out));
+    }
+    let result = prev.unwrap();
+    let ip = validate_add_result(&result, &netns)[0].0;
+    // portmap's DNAT: a connection to the host's port 8080 reaches the container's port 80.
+    let rules = ok_in(&host, &["nft", "list", "ruleset"]);
+    assert!(rules.contains("8080") && rules.contains(&ip.to_string()), "{rules}");
+    let server = in_netns(&ns, move || {
+        let l = std::net::TcpListener::bind((ip, 80)).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        s.write_all(b"hello from the container").unwrap();
+    });
+    // The host reaches the subnet through its exposed address; a connection
+    // from it to its own underlay address, port 8080, goes through portmap's DNAT.
+    let out = bed.weavectl(0, &["expose"]);
+    assert!(out.status.success(), "expose: {}", String::from_utf8_lossy(&out.stderr));
+    let hip = bed.hosts[0].ip;
+    // Replies go back through the host (a runtime would give the container a default route).
+    let exposed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    ok_in(&ns, &["ip", "route", "add", "default", "via", &exposed]);
+    let got = ok_in(&host, &["timeout", "10", "bash", "-c", &format!("exec 3<>/dev/tcp/{hip}/8080; timeout 5 cat <&3")]);
+    assert_eq!(got, "hello from the container");
+    server.join().unwrap();
+    // DEL in reverse order, twice.
+    for _ in 0..2 {
+        for p in list["plugins"].as_array().unwrap().iter().rev() {
+            let mut conf = p.clone();
+            conf["cniVersion"] = list["cniVersion"].clone();
+            conf["name"] = list["name"].clone();
+            conf["socket"] = json!(socket);
+            conf["runtimeConfig"] =
+                json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]});
+            conf["prevResult"] = result.clone();
+            let bin = if p["type"] == "weave-cni" { weave_cni() } else { portmap.to_string() };
+            let out = plugin(&bin, "DEL", &netns, &id, &conf, Some(&host));
+            assert!(
+                out.status.success(),
+                "{} DEL: {}{}",
+                p["type"],
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    assert!(interfaces(&ns).is_empty());
+}
