@@ -48,6 +48,8 @@ fn sigterm_keeps_segments_and_reset_removes_everything() {
     assert!(links.contains(&bridge), "the bridge stays for the next start: {links}");
     assert!(!links.contains("wvtun0"), "the TUN goes with the process: {links}");
     assert!(!bed.hosts[0].socket.exists(), "the socket is removed");
+    let rules = ok_in(&ns, &["nft", "list", "tables"]);
+    assert!(rules.contains("inet weave"), "the isolation table stays with the bridges: {rules}");
 
     let h = &bed.hosts[0];
     let out = in_ns(
@@ -64,6 +66,8 @@ fn sigterm_keeps_segments_and_reset_removes_everything() {
     assert!(out.status.success(), "reset: {}", String::from_utf8_lossy(&out.stderr));
     let links = ok_in(&ns, &["ip", "-o", "link", "show"]);
     assert!(!links.contains("wvbr-") && !links.contains("wvvx-"), "reset leaves interfaces: {links}");
+    let rules = ok_in(&ns, &["nft", "list", "tables"]);
+    assert!(!rules.contains("inet weave"), "reset leaves the isolation table: {rules}");
     assert!(!h.data_dir.exists(), "reset leaves {:?}", files_under(&h.data_dir));
 }
 
