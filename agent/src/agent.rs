@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use rand::seq::SliceRandom;
 use tokio::sync::watch;
 use weave_proto::{
     client::{Api, connect, connect_lazy, error_chain},
@@ -20,6 +21,7 @@ use crate::{
     config::{AllocateArgs, JoinArgs, ResetArgs, RunArgs, StatusArgs},
     control,
     dataplane::{Transport, tun_udp::TunUdp},
+    dns::{self, DnsServer},
     error::Error,
     local_api::{self, AgentStatus, Attachment, Handler, Reply, Request, Response, SegmentStatus},
     netlink::Netlink,
@@ -99,6 +101,9 @@ struct Running {
     transport: Arc<TunUdp>,
     maps: watch::Receiver<NetworkMap>,
     connected: Arc<AtomicBool>,
+    dns: DnsServer,
+    /// `attach --name` names -> DNS server key, for a detach by name.
+    dns_names: std::sync::Mutex<std::collections::HashMap<String, String>>,
     segment_mtu: u32,
     attacher: crate::attach::Attacher,
 }
@@ -106,8 +111,23 @@ struct Running {
 impl Handler for Running {
     fn handle(&self, request: Request) -> Reply<'_> {
         Box::pin(async move {
-            match request {
+            let dns = self.dns_plan(&request);
+            let response = match request {
                 Request::Status => Response::Status(self.status()),
+                Request::DnsLookup { name } => {
+                    let records = self.dns.records();
+                    let mut addresses: Vec<String> = records.lookup(&name).iter().map(|a| a.to_string()).collect();
+                    addresses.shuffle(&mut rand::rng());
+                    Response::Dns { name: dns::qualify(&name, &records.domain), addresses }
+                }
+                Request::DnsServe { netns, key } => match self.dns.serve_in(std::path::Path::new(&netns), &key).await {
+                    Ok(()) => Response::Done,
+                    Err(e) => Response::Error(e.to_string()),
+                },
+                Request::DnsStop { key } => {
+                    self.dns.stop(&key);
+                    Response::Done
+                }
                 Request::Allocate { container, subnet } => self.allocate(container, subnet).await,
                 Request::Attach { container, name, id, ifname, addrs, no_multicast } => reply_attached(
                     self.attacher
@@ -126,7 +146,9 @@ impl Handler for Running {
                         Err(s) => Response::Error(s.message().to_string()),
                     }
                 }
-            }
+            };
+            self.dns_after(dns, &response).await;
+            response
         })
     }
 }
@@ -139,7 +161,67 @@ fn reply_released(r: Result<Vec<String>, String>) -> Response {
     r.map_or_else(Response::Error, Response::Released)
 }
 
+/// What attach/detach mean for DNS: serve the container's namespace, or stop.
+enum DnsPlan {
+    Serve { netns: std::path::PathBuf, key: String, name: Option<String> },
+    Stop { key: String },
+}
+
+/// The namespace file a container argument names, without the registry of
+/// names (a path, a pid, or a name under /run/netns).
+fn dns_netns(container: &str) -> Option<std::path::PathBuf> {
+    let path = if container.starts_with('/') {
+        std::path::PathBuf::from(container)
+    } else if !container.is_empty() && container.bytes().all(|b| b.is_ascii_digit()) {
+        std::path::PathBuf::from(format!("/proc/{container}/ns/net"))
+    } else {
+        std::path::Path::new("/run/netns").join(container)
+    };
+    path.exists().then_some(path)
+}
+
+/// One DNS server per container namespace, keyed by the namespace's inode.
+fn dns_key(netns: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(netns).ok().map(|m| format!("netns:{}", m.ino()))
+}
+
 impl Running {
+    fn dns_plan(&self, request: &Request) -> Option<DnsPlan> {
+        let names = || self.dns_names.lock().unwrap_or_else(|e| e.into_inner());
+        match request {
+            Request::Attach { container, name, .. } => {
+                let netns = dns_netns(container)?;
+                let key = dns_key(&netns)?;
+                Some(DnsPlan::Serve { netns, key, name: name.clone() })
+            }
+            // Only a detach of every subnet leaves the container without the overlay.
+            Request::Detach { container, addrs, .. } if addrs.is_empty() => {
+                let key = dns_netns(container).and_then(|p| dns_key(&p)).or_else(|| names().get(container).cloned())?;
+                Some(DnsPlan::Stop { key })
+            }
+            _ => None,
+        }
+    }
+
+    async fn dns_after(&self, plan: Option<DnsPlan>, response: &Response) {
+        match (plan, response) {
+            (Some(DnsPlan::Serve { netns, key, name }), Response::Attached(_)) => {
+                if let Some(name) = name {
+                    self.dns_names.lock().unwrap_or_else(|e| e.into_inner()).insert(name, key.clone());
+                }
+                if let Err(e) = self.dns.serve_in(&netns, &key).await {
+                    tracing::warn!(netns = %netns.display(), error = %e, "attached, but cannot serve DNS in the container");
+                }
+            }
+            (Some(DnsPlan::Stop { key }), Response::Released(_)) => {
+                self.dns.stop(&key);
+                self.dns_names.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, k| *k != key);
+            }
+            _ => {}
+        }
+    }
+
     async fn allocate(&self, container: String, subnet: String) -> Response {
         let req = AllocateRequest { container, subnet, ..Default::default() };
         let alloc = match self.api.ipam.clone().allocate(req).await {
@@ -216,6 +298,10 @@ async fn serve(
 
     let channel = connect_lazy(&identity.coordinator, identity.pin()?).map_err(|e| Error::Connect(e.to_string()))?;
     let api = Api::new(channel, &identity.credential).map_err(|e| Error::Connect(e.to_string()))?;
+    // Records come from the saved map first, so names resolve before (or
+    // without) the coordinator.
+    let dns = DnsServer::new(dns::DEFAULT_DOMAIN, dns_upstreams(&args));
+    dns.update(&map);
     let (map_tx, map_rx) = watch::channel(map);
     let connected = Arc::new(AtomicBool::new(false));
     let listener = local_api::bind(&args.paths.socket)?;
@@ -241,6 +327,7 @@ async fn serve(
         )),
         tokio::spawn(crate::firewall::keep(map_rx.clone())),
         tokio::spawn(control::watch_map(api.map.clone(), dir, map_tx, connected.clone())),
+        tokio::spawn(control::dns_loop(dns.clone(), map_rx.clone())),
         tokio::spawn(local_api::serve(
             listener,
             Arc::new(Running {
@@ -249,6 +336,8 @@ async fn serve(
                 transport: transport.clone(),
                 maps: map_rx,
                 connected,
+                dns: dns.clone(),
+                dns_names: Default::default(),
                 segment_mtu,
                 attacher,
             }),
@@ -258,6 +347,7 @@ async fn serve(
     for t in &tasks {
         t.abort();
     }
+    dns.stop_all();
     for t in tasks {
         let _ = t.await;
     }
@@ -304,6 +394,18 @@ pub async fn allocate(args: AllocateArgs) -> Result<String, Error> {
         Response::Error(e) => Err(Error::State(e)),
         other => Err(Error::State(format!("unexpected answer: {other:?}"))),
     }
+}
+
+/// `--dns-upstream`, or else the nameservers of the host's /etc/resolv.conf.
+fn dns_upstreams(args: &RunArgs) -> Vec<SocketAddr> {
+    if !args.dns_upstream.is_empty() {
+        return args.dns_upstream.clone();
+    }
+    let found = std::fs::read_to_string("/etc/resolv.conf").map(|t| dns::parse_resolv_conf(&t)).unwrap_or_default();
+    if found.is_empty() {
+        tracing::warn!("no nameserver in /etc/resolv.conf and no --dns-upstream: only cluster names will resolve");
+    }
+    found
 }
 
 fn default_address() -> Result<IpAddr, Error> {

@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// that attached workloads survive an agent restart or upgrade).
     #[arg(long, env = "WEAVE_CLEANUP_ON_EXIT")]
     pub cleanup_on_exit: bool,
+    /// ip:port of a resolver for names outside the cluster domain (repeatable;
+    /// comma-separated in the env) [default: the nameservers of /etc/resolv.conf].
+    #[arg(long = "dns-upstream", env = "WEAVE_DNS_UPSTREAM", value_delimiter = ',')]
+    pub dns_upstream: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -18,6 +18,7 @@ use weave_proto::{
 
 use crate::{
     dataplane::Transport,
+    dns::DnsServer,
     netlink::Netlink,
     netmap,
     reconcile::{self, Desired},
@@ -109,6 +110,21 @@ pub async fn reconcile_loop(
         tokio::select! {
             changed = maps.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(RESYNC) => {}
+        }
+    }
+}
+
+/// Keeps the DNS records equal to the map's: one cheap rebuild per change.
+pub async fn dns_loop(dns: DnsServer, mut maps: watch::Receiver<NetworkMap>) {
+    loop {
+        let records = {
+            let map = maps.borrow_and_update();
+            dns.update(&map);
+            map.dns_records.len()
+        };
+        tracing::debug!(records, "dns records updated");
+        if maps.changed().await.is_err() {
+            return;
         }
     }
 }

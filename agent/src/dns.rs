@@ -273,7 +273,15 @@ impl DnsServer {
         let (udp, tcp) = tokio::task::spawn_blocking(move || open_in_netns(&path))
             .await
             .map_err(|e| Error::Dns(format!("socket thread: {e}")))??;
-        let io = |e| Error::Io(format!("register DNS sockets of {}", netns.display()), e);
+        self.serve_sockets(udp, tcp, key)?;
+        tracing::info!(netns = %netns.display(), key, "serving DNS at {LISTEN}");
+        Ok(())
+    }
+
+    /// Serves sockets bound elsewhere (non-blocking), under `key`. Must be
+    /// called inside the tokio runtime.
+    pub fn serve_sockets(&self, udp: std::net::UdpSocket, tcp: std::net::TcpListener, key: &str) -> Result<(), Error> {
+        let io = |e| Error::Io(format!("register DNS sockets for {key}"), e);
         let udp = UdpSocket::from_std(udp).map_err(io)?;
         let tcp = TcpListener::from_std(tcp).map_err(io)?;
         let tasks = vec![tokio::spawn(self.clone().udp_loop(udp)), tokio::spawn(self.clone().tcp_loop(tcp))];
@@ -281,7 +289,6 @@ impl DnsServer {
         for t in old.into_iter().flatten() {
             t.abort();
         }
-        tracing::info!(netns = %netns.display(), key, "serving DNS at {LISTEN}");
         Ok(())
     }
 

@@ -147,6 +147,8 @@ pub struct Bed {
     pub admin: AdminCredential,
     pub hosts: Vec<Host>,
     pub workloads: Vec<Workload>,
+    /// Extra flags for every agent started after they are set (e.g. `--dns-upstream`).
+    pub agent_args: Vec<String>,
     namespaces: Vec<String>,
     /// Other processes to kill on drop.
     extra: Vec<Child>,
@@ -174,6 +176,7 @@ impl Bed {
             },
             hosts: Vec::new(),
             workloads: Vec::new(),
+            agent_args: Vec::new(),
             namespaces: Vec::new(),
             extra: Vec::new(),
             _serial: serial,
@@ -320,6 +323,7 @@ impl Bed {
             cmd.arg("run");
         }
         cmd.arg("--data-dir").arg(&h.data_dir).arg("--socket").arg(&h.socket);
+        cmd.args(&self.agent_args);
         cmd.env("RUST_LOG", "info,weave_agent=debug");
         cmd
     }

@@ -1,5 +1,5 @@
 //! `weavectl dns add|rm|lookup|ls`.
-use std::net::IpAddr;
+use std::{net::IpAddr, path::Path};
 
 use serde_json::{Value, json};
 use weave_proto::{
@@ -10,7 +10,7 @@ use weave_proto::{
 use super::{Output, or_dash};
 use crate::{
     cli::DnsCommand,
-    failure::{Doing, Failure, Outcome},
+    failure::{Doing, Exit, Failure, Outcome},
     table::Table,
 };
 
@@ -60,6 +60,33 @@ pub(super) async fn run(api: &mut Api, out: &Output, command: DnsCommand) -> Out
         DnsCommand::Ls => list(api, out).await?,
     }
     Ok(())
+}
+
+/// `dns lookup` on a host with an agent: answered from the agent's copy of the
+/// records (what its containers see, and it works with the coordinator down).
+/// `None` when no agent answers there, so the caller asks the coordinator.
+pub(super) async fn lookup_local(socket: &Path, name: &str, out: &Output) -> Option<Outcome> {
+    let what = format!("looking up {name}");
+    let answer = match super::local::request(socket, &what, json!({ "method": "dns_lookup", "name": name })).await {
+        Ok(a) => a,
+        Err(e) if e.exit == Exit::Unreachable => return None,
+        Err(e) => return Some(Err(e)),
+    };
+    let found = &answer["dns"];
+    let qualified = found["name"].as_str().unwrap_or(name).to_string();
+    let addresses: Vec<String> =
+        found["addresses"].as_array().into_iter().flatten().filter_map(|a| a.as_str().map(str::to_string)).collect();
+    if addresses.is_empty() {
+        return Some(Err(Failure::new(Exit::NotFound, what, format!("no record for {qualified}"))));
+    }
+    if out.json {
+        out.print_json(&json!({ "name": qualified, "addresses": addresses }));
+    } else {
+        for a in &addresses {
+            println!("{a}");
+        }
+    }
+    Some(Ok(()))
 }
 
 pub(super) async fn list(api: &mut Api, out: &Output) -> Outcome {

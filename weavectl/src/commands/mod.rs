@@ -37,6 +37,16 @@ pub(crate) async fn run(cli: Cli) -> Outcome {
             let c = ipam::check(c)?;
             ipam::run(&mut admin_api(&cli.global).await?, &out, c).await
         }
+        // With an agent on this host, lookups ask it (what containers here resolve).
+        Command::Dns(crate::cli::DnsCommand::Lookup { name }) if cli.global.socket.exists() => {
+            match dns::lookup_local(&cli.global.socket, &name, &out).await {
+                Some(done) => done,
+                None => {
+                    let c = crate::cli::DnsCommand::Lookup { name };
+                    dns::run(&mut admin_api(&cli.global).await?, &out, c).await
+                }
+            }
+        }
         Command::Dns(c) => {
             let c = dns::check(c)?;
             dns::run(&mut admin_api(&cli.global).await?, &out, c).await

@@ -1,0 +1,266 @@
+//! weave.local DNS end to end: workloads query the agent at 127.0.0.11:53
+//! inside their own namespace (their resolv.conf, bind-mounted by `ip netns
+//! exec`, says so) with `dig`. A test upstream resolver (the agent's DNS code
+//! with a zone of its own) runs in a namespace on the underlay at 192.0.2.53.
+mod common;
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use weave_agent::{
+    dns::DnsServer,
+    local_api::{self, Request, Response},
+};
+use weave_proto::v1::{AddRecordRequest, AllocateRequest, DnsRecord, NetworkMap, ReleaseRequest};
+
+const UPSTREAM_IP: &str = "192.0.2.53";
+const UPSTREAM_NAME: &str = "upstream.example.test";
+const UPSTREAM_ANSWER: &str = "198.51.100.7";
+
+/// `/etc/netns/<ns>/resolv.conf`, removed on drop.
+struct ResolvConf(PathBuf);
+
+impl ResolvConf {
+    fn write(ns: &str) -> Self {
+        let dir = PathBuf::from(format!("/etc/netns/{ns}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("resolv.conf"), "nameserver 127.0.0.11\noptions timeout:1 attempts:2\n").unwrap();
+        ResolvConf(dir)
+    }
+}
+
+impl Drop for ResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A bed with an upstream resolver namespace and `hosts` agents that forward to it.
+struct DnsBed {
+    bed: Bed,
+    rt: tokio::runtime::Runtime,
+    _upstream: DnsServer,
+    resolv: Vec<ResolvConf>,
+}
+
+impl DnsBed {
+    fn new(hosts: usize) -> Self {
+        let mut bed = Bed::new();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let upstream_ns = bed.add_bare_host(UPSTREAM_IP);
+        let upstream = DnsServer::new("example.test.", vec![]);
+        upstream.update(&NetworkMap {
+            dns_domain: "example.test.".into(),
+            dns_records: vec![DnsRecord {
+                id: 1,
+                name: format!("{UPSTREAM_NAME}."),
+                address: UPSTREAM_ANSWER.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let bind = format!("{UPSTREAM_IP}:53");
+        let (udp, tcp) = in_netns(&upstream_ns, move || {
+            let udp = std::net::UdpSocket::bind(&bind).unwrap();
+            let tcp = std::net::TcpListener::bind(&bind).unwrap();
+            udp.set_nonblocking(true).unwrap();
+            tcp.set_nonblocking(true).unwrap();
+            (udp, tcp)
+        })
+        .join()
+        .unwrap();
+        rt.block_on(async { upstream.serve_sockets(udp, tcp, "upstream") }).unwrap();
+        bed.agent_args = vec!["--dns-upstream".into(), format!("{UPSTREAM_IP}:53")];
+        for _ in 0..hosts {
+            bed.add_host();
+        }
+        for i in 0..hosts {
+            bed.wait_peers(i, hosts - 1);
+        }
+        DnsBed { bed, rt, _upstream: upstream, resolv: Vec::new() }
+    }
+
+    /// A workload on host `i` named `name` (its record tied to its
+    /// allocation), with the agent serving DNS in its namespace.
+    fn workload(&mut self, i: usize, name: &str) -> usize {
+        let w = self.bed.add_workload(i, "default");
+        let (node, container, dns_name) =
+            (self.bed.hosts[i].name.clone(), self.bed.workloads[w].ns.clone(), name.to_string());
+        self.bed.admin(move |mut api| async move {
+            let req = AllocateRequest { node, container, subnet: "default".into(), dns_name, ..Default::default() };
+            api.ipam.allocate(req).await.unwrap()
+        });
+        let ns = self.bed.workloads[w].ns.clone();
+        self.resolv.push(ResolvConf::write(&ns));
+        let request = Request::DnsServe { netns: format!("/run/netns/{ns}"), key: ns.clone() };
+        match self.rt.block_on(local_api::request(&self.bed.hosts[i].socket, &request)).unwrap() {
+            Response::Done => {}
+            other => panic!("dns_serve: {other:?}"),
+        }
+        w
+    }
+
+    /// `dig +short <args>` inside workload `w` (its resolv.conf points at
+    /// 127.0.0.11): the answer lines.
+    fn dig(&self, w: usize, args: &[&str]) -> Vec<String> {
+        let mut all = vec!["dig", "+short", "+time=1", "+tries=2"];
+        all.extend_from_slice(args);
+        let out = in_ns(&self.bed.workloads[w].ns, &all);
+        assert!(out.status.success(), "dig {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+    }
+
+    fn ip(&self, w: usize) -> String {
+        self.bed.workloads[w].ip.to_string()
+    }
+
+    fn wait_answer(&self, w: usize, name: &str, want: &[String]) {
+        let mut want = want.to_vec();
+        want.sort();
+        wait_for(&format!("{name} -> {want:?} from workload {w}"), Duration::from_secs(15), || {
+            let mut got = self.dig(w, &[name]);
+            got.sort();
+            (got == want).then_some(())
+        });
+    }
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn names_round_robin_ptr_case_upstream_and_outage() {
+    let mut d = DnsBed::new(2);
+    let a1 = d.workload(0, "a1");
+    let a2 = d.workload(1, "a2");
+    let web1 = d.workload(0, "web");
+    let web2 = d.workload(1, "web");
+    let webs = vec![d.ip(web1), d.ip(web2)];
+
+    // a2 resolves a1, a record made for a container on another host.
+    d.wait_answer(a2, "a1.weave.local", &[d.ip(a1)]);
+    d.wait_answer(a1, "a2.weave.local", &[d.ip(a2)]);
+
+    // Round robin: both records, both orders over 20 queries.
+    d.wait_answer(a1, "web.weave.local", &webs);
+    let mut orders = HashSet::new();
+    for _ in 0..20 {
+        let got = d.dig(a1, &["web.weave.local"]);
+        assert_eq!(got.len(), 2, "{got:?}");
+        orders.insert(got);
+    }
+    assert_eq!(orders.len(), 2, "20 answers came in one order only: {orders:?}");
+
+    // Unqualified and mixed case.
+    assert_eq!(d.dig(a2, &["A1"]), [d.ip(a1)]);
+    assert_eq!(d.dig(a2, &["A1.Weave.LOCAL"]), [d.ip(a1)]);
+    // An unknown name in the domain is NXDOMAIN, not forwarded.
+    let out = in_ns(&d.bed.workloads[a1].ns, &["dig", "+time=1", "nosuch.weave.local"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("status: NXDOMAIN"));
+
+    // PTR for a container address.
+    assert_eq!(d.dig(a2, &["-x", &d.ip(a1)]), ["a1.weave.local."]);
+
+    // Other names go to the upstream (in its own namespace on the underlay).
+    assert_eq!(d.dig(a1, &[UPSTREAM_NAME]), [UPSTREAM_ANSWER]);
+
+    // `agent`'s local API answers lookups from the same records.
+    let reply = d.rt.block_on(local_api::request(&d.bed.hosts[0].socket, &Request::DnsLookup { name: "Web".into() }));
+    let Response::Dns { name, mut addresses } = reply.unwrap() else { panic!("not a dns answer") };
+    addresses.sort();
+    let mut sorted = webs.clone();
+    sorted.sort();
+    assert_eq!((name.as_str(), addresses), ("web.weave.local.", sorted));
+
+    // With the coordinator gone, answers continue from the agents' maps.
+    d.bed.kill_coordinator();
+    wait_for("agents to notice the outage", Duration::from_secs(60), || {
+        d.bed.status(0).filter(|s| !s.coordinator_connected).map(|_| ())
+    });
+    for _ in 0..5 {
+        assert_eq!(d.dig(a2, &["a1"]), [d.ip(a1)]);
+        assert_eq!(d.dig(a1, &["web"]).len(), 2);
+        assert_eq!(d.dig(a1, &[UPSTREAM_NAME]), [UPSTREAM_ANSWER]);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn release_removes_records_within_2s_and_big_answers_use_tcp() {
+    let mut d = DnsBed::new(2);
+    let a1 = d.workload(0, "a1");
+    let gone = d.workload(1, "gone");
+    d.wait_answer(a1, "gone.weave.local", &[d.ip(gone)]);
+
+    // Releasing the container's addresses removes its record everywhere.
+    let (node, container) = (d.bed.hosts[1].name.clone(), d.bed.workloads[gone].ns.clone());
+    let start = Instant::now();
+    d.bed.admin(move |mut api| async move {
+        api.ipam.release(ReleaseRequest { node, container, ..Default::default() }).await.unwrap()
+    });
+    wait_for("the record to disappear", Duration::from_secs(2), || {
+        d.dig(a1, &["gone.weave.local"]).is_empty().then_some(())
+    });
+    eprintln!("record gone after {:?}", start.elapsed());
+
+    // 50 records for one name: too big for 512-byte UDP, so TC and TCP.
+    let addrs: Vec<String> = (1..=50).map(|i| Ipv4Addr::new(10, 99, 0, i).to_string()).collect();
+    let to_add = addrs.clone();
+    d.bed.admin(move |mut api| async move {
+        for address in to_add {
+            api.dns.add_record(AddRecordRequest { name: "many".into(), address }).await.unwrap();
+        }
+    });
+    wait_for("50 records", Duration::from_secs(10), || (d.dig(a1, &["+tcp", "many"]).len() == 50).then_some(()));
+    let ns = d.bed.workloads[a1].ns.clone();
+    // Over UDP without EDNS: truncated, nothing in the answer.
+    let udp = in_ns(&ns, &["dig", "+noedns", "+ignore", "+time=1", "many.weave.local"]);
+    let udp = String::from_utf8_lossy(&udp.stdout);
+    assert!(udp.contains(" tc") && udp.contains("ANSWER: 0"), "{udp}");
+    // dig's default: retried over TCP, all 50.
+    let out = in_ns(&ns, &["dig", "+noedns", "+time=1", "many.weave.local"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Truncated, retrying in TCP mode") && text.contains("ANSWER: 50"), "{text}");
+    let mut got: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("many.weave.local.") && l.contains("\tA\t"))
+        .map(|l| l.rsplit('\t').next().unwrap().to_string())
+        .collect();
+    got.sort_by_key(|a| a.parse::<IpAddr>().unwrap());
+    assert_eq!(got, addrs);
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn attach_serves_dns_in_the_container_and_detach_removes_it() {
+    let mut d = DnsBed::new(2);
+    let (ns1, ns2) = (d.bed.add_container("c1"), d.bed.add_container("c2"));
+    d.resolv.push(ResolvConf::write(&ns1));
+    d.resolv.push(ResolvConf::write(&ns2));
+    let c1 = d.bed.weavectl_attach(0, &ns1, &["--name", "c1", &format!("/run/netns/{ns1}")])[0];
+    let c2 = d.bed.weavectl_attach(1, &ns2, &["--name", "c2", &format!("/run/netns/{ns2}")])[0];
+    d.wait_answer(c2, "c1", &[d.ip(c1)]);
+    d.wait_answer(c1, "C2.weave.local", &[d.ip(c2)]);
+    assert_eq!(d.dig(c1, &[UPSTREAM_NAME]), [UPSTREAM_ANSWER]);
+
+    // `weavectl dns lookup` on a host asks that host's agent.
+    let looked = d.bed.weavectl(1, &["dns", "lookup", "C1"]);
+    assert_eq!(String::from_utf8_lossy(&looked.stdout), format!("{}\n", d.ip(c1)), "{looked:?}");
+
+    let out = d.bed.weavectl(0, &["detach", &format!("/run/netns/{ns1}")]);
+    assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
+    let start = Instant::now();
+    wait_for("c1's record to disappear from host 2", Duration::from_secs(2), || {
+        d.dig(c2, &["c1"]).is_empty().then_some(())
+    });
+    eprintln!("record gone {:?} after detach", start.elapsed());
+    let looked = d.bed.weavectl(1, &["dns", "lookup", "c1"]);
+    assert_eq!(looked.status.code(), Some(4), "{looked:?}");
+    // The detached container has no resolver at 127.0.0.11 any more.
+    let out = in_ns(&ns1, &["dig", "+time=1", "+tries=1", "c2.weave.local"]);
+    assert!(!out.status.success(), "still answered after detach: {}", String::from_utf8_lossy(&out.stdout));
+}
