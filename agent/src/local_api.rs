@@ -19,6 +19,20 @@ use crate::{dataplane::PeerStatus, error::Error};
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// The addresses of `name` from this agent's copy of the DNS records
+    /// (unqualified names are looked up in the cluster domain).
+    DnsLookup {
+        name: String,
+    },
+    /// Serves DNS at 127.0.0.11:53 inside the namespace at `netns` (a path)
+    /// until `dns_stop` with the same `key`. Idempotent per key.
+    DnsServe {
+        netns: String,
+        key: String,
+    },
+    DnsStop {
+        key: String,
+    },
     /// An address for `container` on `subnet` (cidr, name or "default") from
     /// the coordinator's IPAM, and the bridge to plug it into. Idempotent.
     Allocate {
@@ -96,6 +110,13 @@ pub struct AgentStatus {
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Status(AgentStatus),
+    /// Answer to `dns_lookup`: the addresses (shuffled), empty if unknown.
+    Dns {
+        name: String,
+        addresses: Vec<String>,
+    },
+    /// A request with nothing to return succeeded.
+    Done,
     Allocated(Attachment),
     Released(Vec<String>),
     Attached(Vec<crate::attach::Attached>),
