@@ -190,7 +190,7 @@ fn names_round_robin_ptr_case_upstream_and_outage() {
 
 #[test]
 #[ignore = "needs root: network namespaces"]
-fn release_removes_records_within_2s_and_big_answers_use_tcp() {
+fn release_and_node_removal_remove_records_within_2s_and_big_answers_use_tcp() {
     let mut d = DnsBed::new(2);
     let a1 = d.workload(0, "a1");
     let gone = d.workload(1, "gone");
@@ -206,6 +206,15 @@ fn release_removes_records_within_2s_and_big_answers_use_tcp() {
         d.dig(a1, &["gone.weave.local"]).is_empty().then_some(())
     });
     eprintln!("record gone after {:?}", start.elapsed());
+
+    // Removing a node removes its containers' records.
+    let on_h2 = d.workload(1, "onh2");
+    d.wait_answer(a1, "onh2.weave.local", &[d.ip(on_h2)]);
+    let removed = d.bed.weavectl_admin(&["node", "rm", "h2"]);
+    assert!(removed.status.success(), "node rm: {}", String::from_utf8_lossy(&removed.stderr));
+    wait_for("the removed node's record to disappear", Duration::from_secs(2), || {
+        d.dig(a1, &["onh2"]).is_empty().then_some(())
+    });
 
     // 50 records for one name: too big for 512-byte UDP, so TC and TCP.
     let addrs: Vec<String> = (1..=50).map(|i| Ipv4Addr::new(10, 99, 0, i).to_string()).collect();
