@@ -300,8 +300,11 @@ async fn serve(
     let api = Api::new(channel, &identity.credential).map_err(|e| Error::Connect(e.to_string()))?;
     // Records come from the saved map first, so names resolve before (or
     // without) the coordinator.
-    let dns = DnsServer::new(dns::DEFAULT_DOMAIN, dns_upstreams(&args));
+    let registry = dir.path().join("dns-namespaces.json");
+    let dns = DnsServer::with_registry(dns::DEFAULT_DOMAIN, dns_upstreams(&args), &registry);
     dns.update(&map);
+    // Containers attached before a restart get their resolver back.
+    dns.restore().await;
     let (map_tx, map_rx) = watch::channel(map);
     let connected = Arc::new(AtomicBool::new(false));
     let listener = local_api::bind(&args.paths.socket)?;

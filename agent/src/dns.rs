@@ -230,6 +230,9 @@ pub struct DnsServer {
 }
 
 struct Inner {
+    /// Where the served namespaces are kept (key -> netns path), so that a
+    /// restarted agent serves its attached containers again.
+    registry: Option<std::path::PathBuf>,
     default_domain: String,
     upstreams: Vec<SocketAddr>,
     records: RwLock<Arc<Records>>,
@@ -242,11 +245,61 @@ impl DnsServer {
         let records = Records { domain: default_domain.clone(), ..Default::default() };
         DnsServer {
             inner: Arc::new(Inner {
+                registry: None,
                 default_domain,
                 upstreams,
                 records: RwLock::new(Arc::new(records)),
                 served: Mutex::new(HashMap::new()),
             }),
+        }
+    }
+
+    /// Like [`DnsServer::new`], remembering served namespaces in `registry`.
+    pub fn with_registry(domain: &str, upstreams: Vec<SocketAddr>, registry: &Path) -> Self {
+        let mut server = Self::new(domain, upstreams);
+        if let Some(inner) = Arc::get_mut(&mut server.inner) {
+            inner.registry = Some(registry.to_path_buf());
+        }
+        server
+    }
+
+    fn registered(&self) -> HashMap<String, String> {
+        let Some(path) = &self.inner.registry else { return HashMap::new() };
+        std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    fn register(&self, change: impl FnOnce(&mut HashMap<String, String>)) {
+        let Some(path) = &self.inner.registry else { return };
+        let mut all = self.registered();
+        change(&mut all);
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec(&all)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save the served DNS namespaces");
+        }
+    }
+
+    /// Serves again every namespace served before a restart that still
+    /// exists (and, for `netns:<inode>` keys, is still the same namespace).
+    pub async fn restore(&self) {
+        for (key, netns) in self.registered() {
+            let path = Path::new(&netns);
+            let same = std::fs::metadata(path).ok().map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                key.strip_prefix("netns:").is_none_or(|ino| ino == m.ino().to_string())
+            });
+            if same != Some(true) {
+                self.register(|all| {
+                    all.remove(&key);
+                });
+                continue;
+            }
+            if let Err(e) = self.serve_in(path, &key).await {
+                tracing::warn!(netns, error = %e, "cannot serve DNS again after restart");
+            }
         }
     }
 
@@ -274,6 +327,10 @@ impl DnsServer {
             .await
             .map_err(|e| Error::Dns(format!("socket thread: {e}")))??;
         self.serve_sockets(udp, tcp, key)?;
+        let netns_path = netns.display().to_string();
+        self.register(|all| {
+            all.insert(key.to_string(), netns_path);
+        });
         tracing::info!(netns = %netns.display(), key, "serving DNS at {LISTEN}");
         Ok(())
     }
@@ -299,6 +356,9 @@ impl DnsServer {
         for t in tasks.into_iter().flatten() {
             t.abort();
         }
+        self.register(|all| {
+            all.remove(key);
+        });
         found
     }
 

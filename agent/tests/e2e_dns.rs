@@ -256,6 +256,14 @@ fn attach_serves_dns_in_the_container_and_detach_removes_it() {
     d.wait_answer(c1, "C2.weave.local", &[d.ip(c2)]);
     assert_eq!(d.dig(c1, &[UPSTREAM_NAME]), [UPSTREAM_ANSWER]);
 
+    // A restarted agent (coordinator down) serves its containers again.
+    d.bed.kill_coordinator();
+    d.bed.signal_agent(0, nix::sys::signal::Signal::SIGKILL);
+    d.bed.start_agent(0, false);
+    d.bed.wait_status(0);
+    d.wait_answer(c1, "c2", &[d.ip(c2)]);
+    d.bed.start_coordinator();
+
     // `weavectl dns lookup` on a host asks that host's agent.
     let looked = d.bed.weavectl(1, &["dns", "lookup", "C1"]);
     assert_eq!(String::from_utf8_lossy(&looked.stdout), format!("{}\n", d.ip(c1)), "{looked:?}");
