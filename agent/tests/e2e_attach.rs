@@ -1,7 +1,7 @@
 //! `weavectl attach/detach` on running containers (namespaces), through the
-//! agent's local API: the seed scenario of Weave's tutorials (addresses only;
-//! names are the DNS tests'), idempotence, persistence across restarts, and
-//! refusals that leave nothing half-applied.
+//! agent's local API: the seed scenario of Weave's tutorials (by address and
+//! by name through the agent's DNS at 127.0.0.11), idempotence, persistence
+//! across restarts, and refusals that leave nothing half-applied.
 mod common;
 
 use std::{process::Output, time::Duration};
@@ -9,6 +9,32 @@ use std::{process::Output, time::Duration};
 use common::*;
 
 const SUBNET: &str = "10.2.3.0/24";
+
+/// `/etc/netns/<ns>/resolv.conf` pointing at the agent's resolver (`ip netns
+/// exec` bind-mounts it over /etc/resolv.conf); removed on drop.
+struct Resolver(std::path::PathBuf);
+
+impl Resolver {
+    fn for_ns(ns: &str) -> Self {
+        let dir = std::path::Path::new("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("resolv.conf"), "nameserver 127.0.0.11\noptions timeout:1 attempts:2\n").unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Waits until `ns` pings `name` (resolved through its resolv.conf).
+fn wait_ping_name(ns: &str, name: &str) {
+    wait_for(&format!("{ns} to ping {name} by name"), Duration::from_secs(15), || {
+        in_ns(ns, &["ping", "-c1", "-W1", name]).status.success().then_some(())
+    });
+}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
@@ -31,13 +57,14 @@ fn attach_line(bed: &Bed, host: usize, args: &[&str]) -> String {
 
 #[test]
 #[ignore = "needs root: network namespaces"]
-fn seed_scenario_by_address() {
+fn seed_scenario() {
     let mut bed = Bed::with_hosts(2);
     let out = bed.weavectl_admin(&["subnet", "add", SUBNET]);
     assert!(out.status.success(), "subnet add: {}", stderr(&out));
 
     let a1 = bed.add_container("a1");
     let a2 = bed.add_container("a2");
+    let _dns = [Resolver::for_ns(&a1), Resolver::for_ns(&a2)];
     let w1 = bed.weavectl_attach(0, &a1, &["--name", "a1", &format!("/run/netns/{a1}")])[0];
     let w2 = bed.weavectl_attach(1, &a2, &["--name", "a2", &format!("/run/netns/{a2}")])[0];
     // The interface: ethwe with the segment's MTU, the subnet's route and the multicast route.
@@ -51,13 +78,18 @@ fn seed_scenario_by_address() {
     assert!(routes.contains(&net.to_string()), "subnet route: {routes}");
     bed.wait_ping(w1, w2, Duration::from_secs(10));
     bed.wait_ping(w2, w1, Duration::from_secs(10));
+    // By name: `ping a1` from a2 resolves a1.weave.local.
+    wait_ping_name(&a2, "a1");
+    wait_ping_name(&a1, "a2.weave.local");
 
     // a3 joins later on a third host and reaches a2.
     let h3 = bed.add_host();
     bed.wait_peers(h3, 2);
     let a3 = bed.add_container("a3");
+    let _dns3 = Resolver::for_ns(&a3);
     let w3 = bed.weavectl_attach(h3, &a3, &["--name", "a3", &format!("/run/netns/{a3}")])[0];
     bed.wait_ping(w3, w2, Duration::from_secs(10));
+    wait_ping_name(&a3, "a2");
 
     // Someone on 10.2.3.0/24 (host 3), to check the second interface.
     let b = bed.add_container("b");
