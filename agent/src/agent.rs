@@ -300,7 +300,7 @@ async fn serve(
     let api = Api::new(channel, &identity.credential).map_err(|e| Error::Connect(e.to_string()))?;
     // Records come from the saved map first, so names resolve before (or
     // without) the coordinator.
-    let registry = dir.path().join("dns-namespaces.json");
+    let registry = dir.path().join(dns::REGISTRY_FILE);
     let dns = DnsServer::with_registry(dns::DEFAULT_DOMAIN, dns_upstreams(&args), &registry);
     dns.update(&map);
     // Containers attached before a restart get their resolver back.
@@ -376,6 +376,7 @@ pub async fn reset(args: ResetArgs) -> Result<(), Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::Io(args.paths.socket.display().to_string(), e)),
     }
+    let _ = std::fs::remove_file(args.paths.data_dir.join(dns::REGISTRY_FILE));
     StateDir::new(&args.paths.data_dir).remove()
 }
 

@@ -42,6 +42,8 @@ use crate::error::Error;
 /// Docker's embedded-DNS address; workloads put it in their resolv.conf.
 pub const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11)), 53);
 pub const DEFAULT_DOMAIN: &str = "weave.local.";
+/// In the agent's data dir: the namespaces served (key -> path), for restarts.
+pub const REGISTRY_FILE: &str = "dns-namespaces.json";
 /// As Weave: records change as containers come and go.
 pub const TTL: u32 = 1;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -320,8 +322,13 @@ impl DnsServer {
 
     /// Opens 127.0.0.11:53 (UDP and TCP) inside the namespace at `netns` and
     /// serves it until [`DnsServer::stop`] with the same `key`. Serving a key
-    /// again replaces its sockets. Must be called inside the tokio runtime.
+    /// again does nothing. Must be called inside the tokio runtime.
     pub async fn serve_in(&self, netns: &Path, key: &str) -> Result<(), Error> {
+        // Attach is idempotent and attaching a second subnet attaches again:
+        // the sockets already there keep serving (a second bind would fail).
+        if self.inner.served.lock().unwrap_or_else(|e| e.into_inner()).contains_key(key) {
+            return Ok(());
+        }
         let path = netns.to_path_buf();
         let (udp, tcp) = tokio::task::spawn_blocking(move || open_in_netns(&path))
             .await
