@@ -255,6 +255,12 @@ fn attach_serves_dns_in_the_container_and_detach_removes_it() {
     d.wait_answer(c2, "c1", &[d.ip(c1)]);
     d.wait_answer(c1, "C2.weave.local", &[d.ip(c2)]);
     assert_eq!(d.dig(c1, &[UPSTREAM_NAME]), [UPSTREAM_ANSWER]);
+    // The libc resolver in the container goes the same way: ping by name.
+    wait_for("c2 to ping c1 by name", Duration::from_secs(10), || {
+        in_ns(&ns2, &["ping", "-c1", "-W1", "c1"]).status.success().then_some(())
+    });
+    let out = in_ns(&ns2, &["ping", "-c1", "-W1", "c1"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&d.ip(c1)), "{out:?}");
 
     // A restarted agent (coordinator down) serves its containers again.
     d.bed.kill_coordinator();
