@@ -102,7 +102,7 @@ struct Running {
     maps: watch::Receiver<NetworkMap>,
     connected: Arc<AtomicBool>,
     dns: DnsServer,
-    /// `attach --name` names -> DNS server key, for a detach by name.
+    /// `attach --name` names and CNI ids -> DNS server key, for a detach by those.
     dns_names: std::sync::Mutex<std::collections::HashMap<String, String>>,
     segment_mtu: u32,
     attacher: crate::attach::Attacher,
@@ -163,8 +163,15 @@ fn reply_released(r: Result<Vec<String>, String>) -> Response {
 
 /// What attach/detach mean for DNS: serve the container's namespace, or stop.
 enum DnsPlan {
-    Serve { netns: std::path::PathBuf, key: String, name: Option<String> },
-    Stop { key: String },
+    /// `aliases`: the `--name` and CNI id, for a detach that names the container so.
+    Serve {
+        netns: std::path::PathBuf,
+        key: String,
+        aliases: Vec<String>,
+    },
+    Stop {
+        key: String,
+    },
 }
 
 /// The namespace file a container argument names, without the registry of
@@ -190,14 +197,18 @@ impl Running {
     fn dns_plan(&self, request: &Request) -> Option<DnsPlan> {
         let names = || self.dns_names.lock().unwrap_or_else(|e| e.into_inner());
         match request {
-            Request::Attach { container, name, .. } => {
+            Request::Attach { container, name, id, .. } => {
                 let netns = dns_netns(container)?;
                 let key = dns_key(&netns)?;
-                Some(DnsPlan::Serve { netns, key, name: name.clone() })
+                Some(DnsPlan::Serve { netns, key, aliases: name.iter().chain(id).cloned().collect() })
             }
-            // Only a detach of every subnet leaves the container without the overlay.
-            Request::Detach { container, addrs, .. } if addrs.is_empty() => {
-                let key = dns_netns(container).and_then(|p| dns_key(&p)).or_else(|| names().get(container).cloned())?;
+            // Only a detach of every subnet leaves the container without the
+            // overlay. By name or CNI id too: the namespace may be gone by then.
+            Request::Detach { container, id, addrs, .. } if addrs.is_empty() => {
+                let key = dns_netns(container)
+                    .and_then(|p| dns_key(&p))
+                    .or_else(|| names().get(container).cloned())
+                    .or_else(|| id.as_ref().and_then(|i| names().get(i).cloned()))?;
                 Some(DnsPlan::Stop { key })
             }
             _ => None,
@@ -206,9 +217,12 @@ impl Running {
 
     async fn dns_after(&self, plan: Option<DnsPlan>, response: &Response) {
         match (plan, response) {
-            (Some(DnsPlan::Serve { netns, key, name }), Response::Attached(_)) => {
-                if let Some(name) = name {
-                    self.dns_names.lock().unwrap_or_else(|e| e.into_inner()).insert(name, key.clone());
+            (Some(DnsPlan::Serve { netns, key, aliases }), Response::Attached(_)) => {
+                {
+                    let mut names = self.dns_names.lock().unwrap_or_else(|e| e.into_inner());
+                    for alias in aliases {
+                        names.insert(alias, key.clone());
+                    }
                 }
                 if let Err(e) = self.dns.serve_in(&netns, &key).await {
                     tracing::warn!(netns = %netns.display(), error = %e, "attached, but cannot serve DNS in the container");
