@@ -133,7 +133,8 @@ fn conflist_chains_weave_cni_with_portmap() {
     // Replies go back through the host (a runtime would give the container a default route).
     let exposed = String::from_utf8_lossy(&out.stdout).trim().to_string();
     ok_in(&ns, &["ip", "route", "add", "default", "via", &exposed]);
-    let got = ok_in(&host, &["timeout", "10", "bash", "-c", &format!("exec 3<>/dev/tcp/{hip}/8080; timeout 5 cat <&3")]);
+    let got =
+        ok_in(&host, &["timeout", "10", "bash", "-c", &format!("exec 3<>/dev/tcp/{hip}/8080; timeout 5 cat <&3")]);
     assert_eq!(got, "hello from the container");
     server.join().unwrap();
     // DEL in reverse order, twice.
