@@ -27,6 +27,7 @@ down() {
     fi
     for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do
         ip netns del "$ns"
+        rm -rf "/etc/netns/$ns"
     done
     rm -rf "$DIR"
 }
@@ -92,18 +93,15 @@ done
 declare -a IPS
 for i in $(seq $HOSTS); do
     wait_for "agent h$i" "$BIN/agent" status --socket "$DIR/h$i.sock"
-    # An address and the default subnet's bridge from the agent, then a veth into it.
-    wait_for "an address for w$i" "$BIN/agent" allocate --socket "$DIR/h$i.sock" --container "$P-w$i"
-    read -r addr bridge mtu < <("$BIN/agent" allocate --socket "$DIR/h$i.sock" --container "$P-w$i")
-    wait_for "$bridge on h$i" ip -n "$P-h$i" link show "$bridge"
+    # A "container": a namespace that resolves through the agent (127.0.0.11),
+    # attached while running, as `weave attach` did.
     ip netns add "$P-w$i"
-    ip -n "$P-w$i" link set lo up
-    ip -n "$P-h$i" link add "w$i" mtu "$mtu" type veth peer name ethwe mtu "$mtu" netns "$P-w$i"
-    ip -n "$P-h$i" link set "w$i" master "$bridge" up
-    ip -n "$P-w$i" addr add "$addr" dev ethwe
-    ip -n "$P-w$i" link set ethwe up
-    IPS[i]=${addr%/*}
-    echo "== workload $P-w$i on h$i: $addr (bridge $bridge, mtu $mtu)"
+    mkdir -p "/etc/netns/$P-w$i"
+    echo "nameserver 127.0.0.11" >"/etc/netns/$P-w$i/resolv.conf"
+    wait_for "w$i attached" "$BIN/weavectl" --socket "$DIR/h$i.sock" attach --name "w$i" "/run/netns/$P-w$i"
+    addrs=$("$BIN/weavectl" --socket "$DIR/h$i.sock" attach --name "w$i" "/run/netns/$P-w$i")
+    IPS[i]=${addrs%%/*}
+    echo "== weavectl attach --name w$i on h$i: $addrs"
 done
 
 echo "== pings between workloads"
@@ -113,6 +111,9 @@ for a in $(seq $HOSTS); do
         wait_for "w$a -> w$b" ip netns exec "$P-w$a" ping -c1 -W1 "${IPS[b]}"
         printf 'w%s -> w%s (%s): ' "$a" "$b" "${IPS[b]}"
         ip netns exec "$P-w$a" ping -c3 -i0.2 -q "${IPS[b]}" | tail -1
+        printf 'w%s -> w%s by name: ' "$a" "$b"
+        wait_for "w$a resolving w$b" ip netns exec "$P-w$a" ping -c1 -W1 "w$b"
+        ip netns exec "$P-w$a" ping -c1 -W1 "w$b" | head -1
     done
 done
 
