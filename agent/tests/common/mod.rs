@@ -10,6 +10,8 @@
 //! a time (a global lock), which keeps the 2-core CI machine predictable.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cni;
+
 use std::{
     fs,
     net::Ipv4Addr,
