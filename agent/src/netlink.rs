@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    address::AddressAttribute,
+    address::{AddressAttribute, AddressMessage},
     link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
 };
@@ -460,15 +460,7 @@ impl Netlink {
                 Err(e) => Err(nl(format!("add {address}/{prefix} to {ifname}"), e)),
             };
         }
-        let addrs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl("list addresses", e))?;
+        let addrs = self.address_messages(index).await?;
         for a in addrs {
             let ours =
                 a.attributes.iter().any(|x| matches!(x, AddressAttribute::Local(IpAddr::V4(ip)) if *ip == address));
@@ -484,18 +476,21 @@ impl Netlink {
         Ok(())
     }
 
-    /// IPv4 addresses on `ifname` in this namespace.
-    pub async fn addresses_of(&self, ifname: &str) -> Result<Vec<(Ipv4Addr, u8)>, Error> {
-        let Some(index) = self.link_index(ifname).await? else { return Ok(Vec::new()) };
-        let addrs: Vec<_> = self
-            .handle
+    async fn address_messages(&self, index: u32) -> Result<Vec<AddressMessage>, Error> {
+        self.handle
             .address()
             .get()
             .set_link_index_filter(index)
             .execute()
             .try_collect()
             .await
-            .map_err(|e| nl("list addresses", e))?;
+            .map_err(|e| nl("list addresses", e))
+    }
+
+    /// IPv4 addresses on `ifname` in this namespace.
+    pub async fn addresses_of(&self, ifname: &str) -> Result<Vec<(Ipv4Addr, u8)>, Error> {
+        let Some(index) = self.link_index(ifname).await? else { return Ok(Vec::new()) };
+        let addrs = self.address_messages(index).await?;
         Ok(addrs
             .iter()
             .flat_map(|a| {

@@ -114,30 +114,6 @@ fn subnets_stay_apart_whatever_the_workloads_do() {
     never(&host, ip(xw), "hidden host");
 }
 
-/// Listens on `group`:5000 inside `ns` (joined on `ip`) for `secs`; the sender of the first datagram.
-fn listen(ns: &str, ip: Ipv4Addr, group: Ipv4Addr, secs: u64) -> std::thread::JoinHandle<Option<std::net::IpAddr>> {
-    use std::net::{SocketAddr, UdpSocket};
-    let (tx, rx) = std::sync::mpsc::channel();
-    let handle = in_netns(ns, move || {
-        let s = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 5000))).unwrap();
-        s.join_multicast_v4(&group, &ip).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        tx.send(()).unwrap();
-        let mut buf = [0u8; 64];
-        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-        while std::time::Instant::now() < deadline {
-            if let Ok((n, from)) = s.recv_from(&mut buf)
-                && &buf[..n] == b"weave multicast"
-            {
-                return Some(from.ip());
-            }
-        }
-        None
-    });
-    rx.recv().unwrap();
-    handle
-}
-
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn multicast_reaches_its_subnet_on_every_host_and_no_other() {
@@ -163,8 +139,8 @@ fn multicast_reaches_its_subnet_on_every_host_and_no_other() {
     }
     let group = Ipv4Addr::new(239, 1, 1, 1);
     let w = |i: usize| (bed.workloads[i].ns.clone(), bed.workloads[i].ip);
-    let same_l: Vec<_> = same.iter().map(|&i| listen(&w(i).0, w(i).1, group, 20)).collect();
-    let other_l: Vec<_> = other.iter().map(|&i| listen(&w(i).0, w(i).1, group, 12)).collect();
+    let same_l: Vec<_> = same.iter().map(|&i| listen_multicast(&w(i).0, w(i).1, group, 20)).collect();
+    let other_l: Vec<_> = other.iter().map(|&i| listen_multicast(&w(i).0, w(i).1, group, 12)).collect();
     let (sns, sip) = w(sender);
     let sending = in_netns(&sns, move || {
         let s = UdpSocket::bind(SocketAddr::from((sip, 0))).unwrap();

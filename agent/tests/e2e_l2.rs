@@ -44,31 +44,7 @@ fn arp_and_multicast_cross_hosts() {
     for w in &bed.workloads {
         ok_in(&w.ns, &["ip", "route", "add", "224.0.0.0/4", "dev", "ethwe"]);
     }
-    let listeners: Vec<_> = bed.workloads[1..]
-        .iter()
-        .map(|w| {
-            let ip = w.ip;
-            let (tx, rx) = std::sync::mpsc::channel();
-            let handle = in_netns(&w.ns, move || {
-                let s = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 5000))).unwrap();
-                s.join_multicast_v4(&group, &ip).unwrap();
-                s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-                tx.send(()).unwrap();
-                let mut buf = [0u8; 64];
-                let deadline = std::time::Instant::now() + Duration::from_secs(20);
-                while std::time::Instant::now() < deadline {
-                    if let Ok((n, from)) = s.recv_from(&mut buf)
-                        && &buf[..n] == b"weave multicast"
-                    {
-                        return Some(from.ip());
-                    }
-                }
-                None
-            });
-            rx.recv().unwrap();
-            handle
-        })
-        .collect();
+    let listeners: Vec<_> = bed.workloads[1..].iter().map(|w| listen_multicast(&w.ns, w.ip, group, 20)).collect();
     let sender_ip = bed.workloads[0].ip;
     let sender = in_netns(&bed.workloads[0].ns, move || {
         let s = UdpSocket::bind(SocketAddr::from((sender_ip, 0))).unwrap();

@@ -721,3 +721,32 @@ pub fn read_pcap(path: &Path) -> (Vec<Captured>, usize) {
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Listens on `group`:5000 inside `ns` (joined on `ip`) for `secs`; the sender of the first datagram.
+pub fn listen_multicast(
+    ns: &str,
+    ip: Ipv4Addr,
+    group: Ipv4Addr,
+    secs: u64,
+) -> std::thread::JoinHandle<Option<std::net::IpAddr>> {
+    use std::net::{SocketAddr, UdpSocket};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = in_netns(ns, move || {
+        let s = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 5000))).unwrap();
+        s.join_multicast_v4(&group, &ip).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 64];
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if let Ok((n, from)) = s.recv_from(&mut buf)
+                && &buf[..n] == b"weave multicast"
+            {
+                return Some(from.ip());
+            }
+        }
+        None
+    });
+    rx.recv().unwrap();
+    handle
+}
