@@ -33,6 +33,14 @@ pub struct PeerConfig {
     pub public_key: [u8; 32],
     pub address: Ipv4Addr,
     pub endpoint: Option<SocketAddr>,
+    /// The workload addresses this node hosts (its allocations): routed to
+    /// it, and the only inner sources besides `address` accepted from it.
+    pub routes: Vec<Ipv4Addr>,
+}
+
+/// An allocation's address without its prefix length ("10.32.0.1/16").
+pub fn allocation_address(address: &str) -> Option<Ipv4Addr> {
+    address.split('/').next()?.parse().ok()
 }
 
 /// Every other node of the map with a usable key and address. Nodes whose
@@ -40,6 +48,12 @@ pub struct PeerConfig {
 pub fn peers(map: &NetworkMap, own_node: u64) -> (Vec<PeerConfig>, Vec<String>) {
     let mut peers = Vec::new();
     let mut problems = Vec::new();
+    let mut routes: std::collections::HashMap<u64, Vec<Ipv4Addr>> = Default::default();
+    for a in &map.allocations {
+        if let Some(ip) = allocation_address(&a.address) {
+            routes.entry(a.node_id).or_default().push(ip);
+        }
+    }
     for n in map.nodes.iter().filter(|n| n.id != own_node) {
         let key: Option<[u8; 32]> = n.public_key.as_slice().try_into().ok();
         let address = n.address.parse::<Ipv4Addr>().ok();
@@ -50,6 +64,7 @@ pub fn peers(map: &NetworkMap, own_node: u64) -> (Vec<PeerConfig>, Vec<String>) 
                 public_key,
                 address,
                 endpoint: n.endpoints.iter().find_map(|e| e.parse().ok()),
+                routes: routes.remove(&n.id).unwrap_or_default(),
             }),
             _ => problems.push(format!("node {} ({}) has no usable key or IPv4 address", n.id, n.name)),
         }
@@ -114,13 +129,17 @@ mod tests {
     fn peers_skip_self_and_malformed_nodes() {
         let mut bad = node(3, "not-an-ip");
         bad.public_key = vec![1, 2];
+        let alloc =
+            |id, node_id, address: &str| Allocation { id, node_id, address: address.into(), ..Default::default() };
         let map = NetworkMap {
             node_range: "10.47.0.0/16".into(),
             nodes: vec![node(2, "10.47.0.2"), node(1, "10.47.0.1"), bad],
+            allocations: vec![alloc(1, 2, "10.32.0.5/16"), alloc(2, 1, "10.32.0.6/16"), alloc(3, 2, "bad")],
             ..Default::default()
         };
         let (peers, problems) = peers(&map, 1);
         assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].routes, vec!["10.32.0.5".parse::<Ipv4Addr>().unwrap()], "its own allocations only");
         assert_eq!(peers[0].address, "10.47.0.2".parse::<Ipv4Addr>().unwrap());
         assert_eq!(peers[0].endpoint, Some("192.0.2.12:6784".parse().unwrap()));
         assert_eq!(problems.len(), 1);

@@ -1,6 +1,8 @@
 //! The WireGuard router without I/O: callers hand it packets from the tunnel
-//! device or datagrams from the network, and it tells a [`Sink`] what to send
-//! where. One `Tunn` per peer, each behind its own lock.
+//! device or datagrams from the network. Data comes back to the caller (so it
+//! can batch the I/O); handshakes, cookies and keepalives go to a [`Sink`].
+//! One `Tunn` per peer, each behind its own lock; the peer table is an
+//! immutable snapshot ([`Table`]) that the packet threads take once per batch.
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -27,10 +29,9 @@ const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// Largest buffer any output needs: a full-size IP packet plus WireGuard's framing.
 pub const BUF_SIZE: usize = 65_535 + 64;
 
-/// Where the router's output goes.
+/// Where the router's control messages (handshakes, cookies, keepalives) go.
 pub trait Sink {
     fn to_network(&self, dst: SocketAddr, datagram: &[u8]);
-    fn to_tunnel(&self, packet: &[u8]);
 }
 
 struct Peer {
@@ -47,8 +48,11 @@ impl Peer {
     }
 }
 
+/// The peers at one moment. `by_address` holds every address a peer may use
+/// inside the tunnel: its node address and the workload addresses it hosts
+/// (its allowed IPs), so one lookup routes a packet out and checks one in.
 #[derive(Default)]
-struct Peers {
+pub struct Table {
     by_address: HashMap<Ipv4Addr, Arc<Peer>>,
     by_index: HashMap<u32, Arc<Peer>>,
     by_key: HashMap<[u8; 32], Arc<Peer>>,
@@ -57,7 +61,7 @@ struct Peers {
 pub struct Router {
     secret: StaticSecret,
     public: PublicKey,
-    peers: RwLock<Peers>,
+    peers: RwLock<Arc<Table>>,
     rate_limiter: Arc<RateLimiter>,
     next_index: AtomicU32,
 }
@@ -75,7 +79,7 @@ impl Router {
             rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
             secret,
             public,
-            peers: RwLock::new(Peers::default()),
+            peers: RwLock::new(Arc::new(Table::default())),
             next_index: AtomicU32::new(rand::random::<u32>() & 0xff_ffff),
         }
     }
@@ -83,10 +87,10 @@ impl Router {
     pub fn set_peers(&self, wanted: &[PeerConfig], sink: &impl Sink) {
         let mut fresh = Vec::new();
         {
-            let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
-            let old = std::mem::take(&mut *peers);
+            let mut current = self.peers.write().unwrap_or_else(|e| e.into_inner());
+            let mut table = Table::default();
             for config in wanted {
-                let keep = old.by_key.get(&config.public_key).filter(|p| p.config.address == config.address);
+                let keep = current.by_key.get(&config.public_key).filter(|p| p.config.address == config.address);
                 let peer = match keep {
                     Some(p) => {
                         if p.config.endpoint != config.endpoint && config.endpoint.is_some() {
@@ -101,10 +105,15 @@ impl Router {
                         p
                     }
                 };
-                peers.by_address.insert(config.address, Arc::clone(&peer));
-                peers.by_index.insert(peer.index, Arc::clone(&peer));
-                peers.by_key.insert(config.public_key, peer);
+                // Workload addresses first: a node address always wins a clash.
+                for a in &config.routes {
+                    table.by_address.entry(*a).or_insert_with(|| Arc::clone(&peer));
+                }
+                table.by_address.insert(config.address, Arc::clone(&peer));
+                table.by_index.insert(peer.index, Arc::clone(&peer));
+                table.by_key.insert(config.public_key, peer);
             }
+            *current = Arc::new(table);
         }
         // Start handshakes with new peers right away, so that the first packet
         // (and `status`) does not wait for one.
@@ -137,73 +146,91 @@ impl Router {
         }
     }
 
-    fn peers(&self) -> std::sync::RwLockReadGuard<'_, Peers> {
-        self.peers.read().unwrap_or_else(|e| e.into_inner())
+    /// The current peer table; take it once per batch of packets.
+    pub fn table(&self) -> Arc<Table> {
+        Arc::clone(&self.peers.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// A packet read from the tunnel device: encrypt it for the peer that owns
-    /// its destination node address; anything else is dropped.
-    pub fn from_tunnel(&self, packet: &[u8], buf: &mut [u8], sink: &impl Sink) {
-        let Some(IpAddr::V4(dst)) = Tunn::dst_address(packet) else { return };
-        let Some(peer) = self.peers().by_address.get(&dst).cloned() else { return };
+    /// A packet read from the tunnel device: encrypts it into `out` for the
+    /// peer that owns its destination (a node or a workload address) and
+    /// returns where to send how many bytes of `out`. Anything else is dropped.
+    /// `out` needs 32 bytes more than the packet (and at least 148).
+    pub fn encapsulate(&self, table: &Table, packet: &[u8], out: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        let Some(IpAddr::V4(dst)) = Tunn::dst_address(packet) else { return None };
+        let peer = table.by_address.get(&dst)?;
         let mut tunn = lock(&peer.tunn);
-        if let TunnResult::WriteToNetwork(datagram) = tunn.encapsulate(packet, buf)
-            && let Some(endpoint) = peer.endpoint()
-        {
-            sink.to_network(endpoint, datagram);
+        match tunn.encapsulate(packet, out) {
+            TunnResult::WriteToNetwork(datagram) => Some((peer.endpoint()?, datagram.len())),
+            _ => None,
         }
     }
 
-    /// A datagram from the UDP socket.
-    pub fn from_network(&self, src: SocketAddr, datagram: &[u8], buf: &mut [u8], sink: &impl Sink) {
+    /// A datagram from the UDP socket: decrypts data into `out` and returns
+    /// its length once the inner source proved to belong to the sending peer;
+    /// handshake traffic is answered through `sink`.
+    pub fn decapsulate(
+        &self,
+        table: &Table,
+        src: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+        sink: &impl Sink,
+    ) -> Option<usize> {
         let peer = match Tunn::parse_incoming_packet(datagram) {
             Ok(Packet::HandshakeInit(init)) => {
                 // Under load this answers with a cookie instead of doing the DH below.
-                match self.rate_limiter.verify_packet(Some(src.ip()), datagram, buf) {
+                match self.rate_limiter.verify_packet(Some(src.ip()), datagram, out) {
                     Ok(_) => {}
-                    Err(TunnResult::WriteToNetwork(cookie)) => return sink.to_network(src, cookie),
-                    Err(_) => return,
+                    Err(TunnResult::WriteToNetwork(cookie)) => {
+                        sink.to_network(src, cookie);
+                        return None;
+                    }
+                    Err(_) => return None,
                 }
-                let Ok(half) = parse_handshake_anon(&self.secret, &self.public, &init) else { return };
-                self.peers().by_key.get(&half.peer_static_public).cloned()
+                let half = parse_handshake_anon(&self.secret, &self.public, &init).ok()?;
+                table.by_key.get(&half.peer_static_public)
             }
-            Ok(Packet::HandshakeResponse(p)) => self.peers().by_index.get(&(p.receiver_idx >> 8)).cloned(),
-            Ok(Packet::PacketCookieReply(p)) => self.peers().by_index.get(&(p.receiver_idx >> 8)).cloned(),
-            Ok(Packet::PacketData(p)) => self.peers().by_index.get(&(p.receiver_idx >> 8)).cloned(),
+            Ok(Packet::HandshakeResponse(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
+            Ok(Packet::PacketCookieReply(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
+            Ok(Packet::PacketData(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
             Err(_) => None,
-        };
-        let Some(peer) = peer else { return };
+        }?;
         let mut tunn = lock(&peer.tunn);
-        match tunn.decapsulate(Some(src.ip()), datagram, buf) {
-            TunnResult::Done => {}
-            TunnResult::Err(WireGuardError::DuplicateCounter) | TunnResult::Err(_) => return,
-            TunnResult::WriteToNetwork(out) => {
-                sink.to_network(src, out);
+        let plain = match tunn.decapsulate(Some(src.ip()), datagram, out) {
+            TunnResult::Done => None,
+            TunnResult::Err(WireGuardError::DuplicateCounter) | TunnResult::Err(_) => return None,
+            TunnResult::WriteToNetwork(reply) => {
+                sink.to_network(src, reply);
                 // Flush packets that were queued while the handshake ran.
-                while let TunnResult::WriteToNetwork(out) = tunn.decapsulate(None, &[], buf) {
-                    sink.to_network(src, out);
+                while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], out) {
+                    sink.to_network(src, queued);
                 }
+                None
             }
             TunnResult::WriteToTunnelV4(packet, inner_src) => {
-                if inner_src == peer.config.address {
-                    sink.to_tunnel(packet);
+                if table.by_address.get(&inner_src).is_some_and(|p| Arc::ptr_eq(p, peer)) {
+                    Some(packet.len())
                 } else {
                     peer.dropped_spoofed.fetch_add(1, Ordering::Relaxed);
+                    None
                 }
             }
-            // Node addresses are IPv4; nothing else is allowed from a peer.
+            // Node and workload addresses are IPv4; nothing else is allowed from a peer.
             TunnResult::WriteToTunnelV6(..) => {
                 peer.dropped_spoofed.fetch_add(1, Ordering::Relaxed);
+                None
             }
-        }
+        };
+        drop(tunn);
         // The datagram authenticated: this is where the peer is now (roaming).
         *lock(&peer.endpoint) = Some(src);
+        plain
     }
 
     /// Timers for every peer (rekey, keepalive, expiry); call every ~250 ms.
     pub fn tick(&self, buf: &mut [u8], sink: &impl Sink) {
-        let peers: Vec<Arc<Peer>> = self.peers().by_index.values().cloned().collect();
-        for peer in peers {
+        let table = self.table();
+        for peer in table.by_index.values() {
             let mut tunn = lock(&peer.tunn);
             if let TunnResult::WriteToNetwork(out) = tunn.update_timers(buf)
                 && let Some(endpoint) = peer.endpoint()
@@ -220,7 +247,7 @@ impl Router {
 
     pub fn status(&self) -> Vec<PeerStatus> {
         let mut out: Vec<PeerStatus> = self
-            .peers()
+            .table()
             .by_index
             .values()
             .map(|p| {
@@ -258,8 +285,23 @@ mod tests {
         fn to_network(&self, dst: SocketAddr, datagram: &[u8]) {
             self.net.borrow_mut().push((dst, datagram.to_vec()));
         }
-        fn to_tunnel(&self, packet: &[u8]) {
-            self.tun.borrow_mut().push(packet.to_vec());
+    }
+
+    impl Node {
+        /// A packet from this node's tunnel device: what it sends goes on its wire.
+        fn send(&self, packet: &[u8]) {
+            let mut out = vec![0u8; BUF_SIZE];
+            if let Some((dst, n)) = self.router.encapsulate(&self.router.table(), packet, &mut out) {
+                self.wire.net.borrow_mut().push((dst, out[..n].to_vec()));
+            }
+        }
+
+        /// A datagram from the network: decrypted data goes to this node's tunnel device.
+        fn receive(&self, src: SocketAddr, datagram: &[u8]) {
+            let mut out = vec![0u8; BUF_SIZE];
+            if let Some(n) = self.router.decapsulate(&self.router.table(), src, datagram, &mut out, &self.wire) {
+                self.wire.tun.borrow_mut().push(out[..n].to_vec());
+            }
         }
     }
 
@@ -300,18 +342,23 @@ mod tests {
             public_key: of.public,
             address: of.addr,
             endpoint,
+            routes: vec![workload(of)],
         }
+    }
+
+    /// The one workload address each test node hosts.
+    fn workload(of: &Node) -> Ipv4Addr {
+        Ipv4Addr::new(10, 32, 0, of.addr.octets()[3])
     }
 
     /// Delivers everything `from` sent to the network to whichever node owns the
     /// destination endpoint, with `from`'s endpoint (or `src`) as source.
     fn deliver(from: &Node, to: &Node, src: SocketAddr) -> usize {
         let msgs: Vec<_> = from.wire.net.borrow_mut().drain(..).collect();
-        let mut buf = vec![0u8; BUF_SIZE];
         for (dst, msg) in &msgs {
             assert_eq!(*dst, to.endpoint, "sent to the peer's endpoint");
             assert!((1..=4).contains(&msg[0]), "every datagram is a WireGuard message");
-            to.router.from_network(src, msg, &mut buf, &to.wire);
+            to.receive(src, msg);
         }
         msgs.len()
     }
@@ -332,16 +379,15 @@ mod tests {
     fn two_routers_handshake_and_exchange_data() {
         let (a, b) = pair();
         assert!(a.router.status()[0].handshake_age_secs.is_some(), "handshake completed");
-        let mut buf = vec![0u8; BUF_SIZE];
         let packet = ipv4(a.addr, b.addr, b"hello over wireguard");
-        a.router.from_tunnel(&packet, &mut buf, &a.wire);
+        a.send(&packet);
         let sent = a.wire.net.borrow().clone();
         assert_eq!(sent.len(), 1);
         assert!(!sent[0].1.windows(5).any(|w| w == b"hello"), "the payload is encrypted on the wire");
         deliver(&a, &b, a.endpoint);
         assert_eq!(b.wire.tun.borrow_mut().drain(..).collect::<Vec<_>>(), vec![packet]);
         let reply = ipv4(b.addr, a.addr, b"and back");
-        b.router.from_tunnel(&reply, &mut buf, &b.wire);
+        b.send(&reply);
         deliver(&b, &a, b.endpoint);
         assert_eq!(a.wire.tun.borrow().as_slice(), &[reply]);
         let st = b.router.status();
@@ -349,12 +395,30 @@ mod tests {
     }
 
     #[test]
+    fn workload_addresses_route_to_their_node_and_only_it_may_use_them() {
+        let (a, b) = pair();
+        // Workload to workload: routed by b's workload address, accepted from a's.
+        let packet = ipv4(workload(&a), workload(&b), b"container to container");
+        a.send(&packet);
+        assert_eq!(deliver(&a, &b, a.endpoint), 1);
+        assert_eq!(b.wire.tun.borrow_mut().drain(..).collect::<Vec<_>>(), vec![packet]);
+        // a may not use b's own workload address (or any other) as its source.
+        a.send(&ipv4(workload(&b), b.addr, b"not a's address"));
+        deliver(&a, &b, a.endpoint);
+        assert!(b.wire.tun.borrow().is_empty());
+        assert_eq!(b.router.status()[0].dropped_spoofed, 1);
+        // A workload that moved away is no longer routed to b.
+        a.router.set_peers(&[PeerConfig { routes: vec![], ..config(&b, Some(b.endpoint)) }], &a.wire);
+        a.send(&ipv4(a.addr, workload(&b), b"gone"));
+        assert!(a.wire.net.borrow().is_empty(), "no peer owns that address any more");
+    }
+
+    #[test]
     fn packets_with_a_foreign_inner_source_are_dropped() {
         let (a, b) = pair();
-        let mut buf = vec![0u8; BUF_SIZE];
         // a claims to be 10.47.0.9, which is not its node address.
         let spoofed = ipv4(Ipv4Addr::new(10, 47, 0, 9), b.addr, b"spoof");
-        a.router.from_tunnel(&spoofed, &mut buf, &a.wire);
+        a.send(&spoofed);
         deliver(&a, &b, a.endpoint);
         assert!(b.wire.tun.borrow().is_empty());
         assert_eq!(b.router.status()[0].dropped_spoofed, 1);
@@ -363,12 +427,11 @@ mod tests {
     #[test]
     fn unknown_destinations_and_peers_are_dropped() {
         let (a, b) = pair();
-        let mut buf = vec![0u8; BUF_SIZE];
-        a.router.from_tunnel(&ipv4(a.addr, Ipv4Addr::new(10, 47, 0, 77), b"x"), &mut buf, &a.wire);
+        a.send(&ipv4(a.addr, Ipv4Addr::new(10, 47, 0, 77), b"x"));
         assert!(a.wire.net.borrow().is_empty(), "no peer owns that address");
         // b forgets a: a's data can no longer be decrypted by b.
         b.router.set_peers(&[], &b.wire);
-        a.router.from_tunnel(&ipv4(a.addr, b.addr, b"x"), &mut buf, &a.wire);
+        a.send(&ipv4(a.addr, b.addr, b"x"));
         deliver(&a, &b, a.endpoint);
         assert!(b.wire.tun.borrow().is_empty());
         assert!(b.router.status().is_empty());
@@ -377,13 +440,12 @@ mod tests {
     #[test]
     fn endpoint_roams_to_the_source_of_authenticated_packets() {
         let (a, b) = pair();
-        let mut buf = vec![0u8; BUF_SIZE];
         let moved: SocketAddr = "198.51.100.7:40000".parse().unwrap();
-        a.router.from_tunnel(&ipv4(a.addr, b.addr, b"from a new place"), &mut buf, &a.wire);
+        a.send(&ipv4(a.addr, b.addr, b"from a new place"));
         deliver(&a, &b, moved);
         assert_eq!(b.router.status()[0].endpoint, Some(moved));
         // Garbage from yet another address does not move it.
-        b.router.from_network("203.0.113.5:1".parse().unwrap(), &[4, 0, 0, 0, 1, 2, 3], &mut buf, &b.wire);
+        b.receive("203.0.113.5:1".parse().unwrap(), &[4, 0, 0, 0, 1, 2, 3]);
         assert_eq!(b.router.status()[0].endpoint, Some(moved));
     }
 
@@ -395,9 +457,8 @@ mod tests {
         b.router.set_peers(&[config(&a, None)], &b.wire);
         let init = a.wire.net.borrow()[0].1.clone();
         assert_eq!(init[0], 1, "a handshake initiation");
-        let mut buf = vec![0u8; BUF_SIZE];
         for _ in 0..(2 * HANDSHAKE_RATE_LIMIT) {
-            b.router.from_network(a.endpoint, &init, &mut buf, &b.wire);
+            b.receive(a.endpoint, &init);
         }
         let sent = b.wire.net.borrow();
         let responses = sent.iter().filter(|(_, m)| m[0] == 2).count();

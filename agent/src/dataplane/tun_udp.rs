@@ -1,9 +1,21 @@
-//! The first transport: a TUN device holding the node address and one UDP
-//! socket, with the [`Router`] between them. Two blocking threads move
-//! packets (TUN -> UDP and UDP -> TUN), a third runs the timers.
+//! The transport: a TUN device holding the node address and one UDP socket,
+//! with the [`Router`] between them, both sides batched.
+//!
+//! - TUN with virtio-net offloads (tun-rs `offload`): the kernel hands over
+//!   TCP/UDP super-packets of up to 64 KB (TSO/USO), split here into MTU-sized
+//!   packets; going the other way, decrypted packets of one flow are coalesced
+//!   (GRO) into one write.
+//! - UDP with GSO and GRO: the datagrams encrypted from one read leave in one
+//!   `sendmsg` per peer (`UDP_SEGMENT`), and one `recvmsg` returns up to 64
+//!   datagrams of a peer (`UDP_GRO`).
+//!
+//! Two blocking threads move packets (TUN -> UDP and UDP -> TUN), a third
+//! runs the timers. Each packet thread takes the peer table once per batch;
+//! the only lock per packet is the peer's own.
 use std::{
-    io,
-    net::{SocketAddr, UdpSocket},
+    io::{self, IoSlice, IoSliceMut},
+    net::{SocketAddr, SocketAddrV4, UdpSocket},
+    os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -13,8 +25,11 @@ use std::{
 };
 
 use boringtun::x25519::StaticSecret;
-use nix::sys::socket::{setsockopt, sockopt};
-use tun_rs::{DeviceBuilder, InterruptEvent, SyncDevice};
+use nix::{
+    errno::Errno,
+    sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage, setsockopt, sockopt},
+};
+use tun_rs::{DeviceBuilder, GROTable, InterruptEvent, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::{
     PeerStatus, Transport,
@@ -25,10 +40,22 @@ use crate::netmap::PeerConfig;
 const TICK: Duration = Duration::from_millis(250);
 /// UDP socket buffers, each way.
 const BUFFER_BYTES: usize = 4 << 20;
+/// Room for the virtio-net header in front of every packet written to the TUN.
+const OFFSET: usize = VIRTIO_NET_HDR_LEN;
+/// Packets per batch: a 64 KB super-packet of 1,380-byte segments is 48.
+const BATCH: usize = 128;
+/// The kernel's limit on segments in one UDP GSO send (UDP_MAX_SEGMENTS).
+const MAX_GSO_SEGMENTS: usize = 64;
+/// And on the bytes in it (one IPv4 datagram).
+const MAX_GSO_BYTES: usize = 65_000;
+/// WireGuard's framing on a data packet (header 16, tag 16) plus padding to 16.
+const WG_GROWTH: usize = 32 + 15;
 
 struct Io {
     tun: SyncDevice,
     udp: UdpSocket,
+    /// UDP GSO works until a send says otherwise (an underlay without checksum offload).
+    gso: AtomicBool,
 }
 
 impl Sink for Io {
@@ -37,12 +64,101 @@ impl Sink for Io {
             tracing::trace!(%dst, error = %e, "udp send failed");
         }
     }
+}
 
-    fn to_tunnel(&self, packet: &[u8]) {
-        if let Err(e) = self.tun.send(packet) {
-            tracing::trace!(error = %e, "tun write failed");
+impl Io {
+    /// Sends `datagrams`, all `segment` bytes long but the last, to `dst`:
+    /// one GSO send, or one send each where GSO is not available.
+    fn send_run(&self, dst: SocketAddr, datagrams: &[u8], segment: usize) {
+        if datagrams.len() > segment && self.gso.load(Ordering::Relaxed) {
+            let size = segment as u16;
+            let addr = SockaddrStorage::from(dst);
+            let sent = socket::sendmsg(
+                self.udp.as_raw_fd(),
+                &[IoSlice::new(datagrams)],
+                &[ControlMessage::UdpGsoSegments(&size)],
+                MsgFlags::empty(),
+                Some(&addr),
+            );
+            match sent {
+                Ok(_) => return,
+                Err(e @ (Errno::EIO | Errno::EINVAL | Errno::EOPNOTSUPP)) => {
+                    tracing::warn!(error = %e, "UDP GSO refused; sending datagrams one at a time from now on");
+                    self.gso.store(false, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::trace!(%dst, error = %e, "udp send failed");
+                    return;
+                }
+            }
+        }
+        for d in datagrams.chunks(segment) {
+            self.to_network(dst, d);
         }
     }
+}
+
+/// One encrypted datagram in the send buffer.
+struct Encrypted {
+    dst: SocketAddr,
+    start: usize,
+    len: usize,
+}
+
+/// Splits a batch into runs that one GSO send can carry: same destination,
+/// consecutive, all the same size but the last, within the kernel's limits.
+/// Calls `run(first, count, bytes)` for each.
+fn group(out: &[Encrypted], mut run: impl FnMut(usize, usize, usize)) {
+    let mut i = 0;
+    while i < out.len() {
+        let (dst, segment) = (out[i].dst, out[i].len);
+        let mut total = segment;
+        let mut j = i + 1;
+        while j < out.len()
+            && out[j].dst == dst
+            && out[j - 1].len == segment
+            && out[j].len <= segment
+            && j - i < MAX_GSO_SEGMENTS
+            && total + out[j].len <= MAX_GSO_BYTES
+        {
+            total += out[j].len;
+            j += 1;
+        }
+        run(i, j - i, total);
+        i = j;
+    }
+}
+
+fn flush(io: &Io, buf: &[u8], out: &[Encrypted]) {
+    group(out, |first, _, bytes| {
+        let e = &out[first];
+        io.send_run(e.dst, &buf[e.start..e.start + bytes], e.len);
+    });
+}
+
+/// One `recvmsg`: the bytes, the sender, and the size of each datagram in
+/// them (all of it unless the kernel coalesced several with UDP GRO).
+fn recv_datagrams(
+    udp: &UdpSocket,
+    buf: &mut [u8],
+    cmsg: &mut [u8],
+    flags: MsgFlags,
+) -> io::Result<(usize, SocketAddr, usize)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = socket::recvmsg::<SockaddrStorage>(udp.as_raw_fd(), &mut iov, Some(cmsg), flags)?;
+    let mut segment = msg.bytes;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::UdpGroSegments(s) = c
+            && s > 0
+        {
+            segment = s as usize;
+        }
+    }
+    let src = msg
+        .address
+        .and_then(|a| a.as_sockaddr_in().map(|s| SocketAddr::V4(SocketAddrV4::from(*s))))
+        .ok_or_else(|| io::Error::other("datagram without an IPv4 source"))?;
+    Ok((msg.bytes, src, segment.max(1)))
 }
 
 pub struct TunUdp {
@@ -57,68 +173,144 @@ impl TunUdp {
     /// Creates the TUN `name` (not yet addressed: the netlink module does
     /// that) and binds the UDP port, then starts the packet threads.
     pub fn start(name: &str, mtu: u16, listen: SocketAddr, secret: StaticSecret) -> io::Result<Self> {
-        let tun = DeviceBuilder::new().name(name).mtu(mtu).enable(false).build_sync()?;
+        let tun = DeviceBuilder::new().name(name).mtu(mtu).offload(true).enable(false).build_sync()?;
+        if !tun.tcp_gso() {
+            tracing::warn!("the TUN has no offloads: one packet per read and write");
+        }
         let udp = UdpSocket::bind(listen)?;
         // Bursts of a TCP window arrive faster than one thread decrypts them;
         // the default buffers drop most of such a burst. As root the limit
         // (net.core.rmem_max) does not apply; otherwise keep the default.
         let _ = setsockopt(&udp, sockopt::RcvBufForce, &BUFFER_BYTES);
         let _ = setsockopt(&udp, sockopt::SndBufForce, &BUFFER_BYTES);
+        if let Err(e) = setsockopt(&udp, sockopt::UdpGroSegment, &true) {
+            tracing::warn!(error = %e, "no UDP GRO: one datagram per receive");
+        }
         // The receive thread wakes up this often to notice a stop request.
         udp.set_read_timeout(Some(TICK))?;
-        let io = Arc::new(Io { tun, udp });
+        let io = Arc::new(Io { tun, udp, gso: AtomicBool::new(true) });
         let router = Arc::new(Router::new(secret));
         let stop = Arc::new(AtomicBool::new(false));
         let interrupt = Arc::new(InterruptEvent::new()?);
-        let mut threads = Vec::new();
-
-        let (r, i, s, intr) = (router.clone(), io.clone(), stop.clone(), interrupt.clone());
-        threads.push(thread::Builder::new().name("wg-tun".into()).spawn(move || {
-            let (mut packet, mut buf) = (vec![0u8; BUF_SIZE], vec![0u8; BUF_SIZE]);
-            while !s.load(Ordering::Relaxed) {
-                match i.tun.recv_intr(&mut packet, &intr) {
-                    Ok(n) => r.from_tunnel(&packet[..n], &mut buf, &*i),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "tun read failed");
+        let mtu = mtu as usize;
+        let threads = vec![
+            thread::Builder::new().name("wg-tun".into()).spawn({
+                let (r, i, s, intr) = (router.clone(), io.clone(), stop.clone(), interrupt.clone());
+                move || tun_to_udp(&r, &i, &s, &intr, mtu)
+            })?,
+            thread::Builder::new().name("wg-udp".into()).spawn({
+                let (r, i, s) = (router.clone(), io.clone(), stop.clone());
+                move || udp_to_tun(&r, &i, &s, mtu)
+            })?,
+            thread::Builder::new().name("wg-timers".into()).spawn({
+                let (r, i, s) = (router.clone(), io.clone(), stop.clone());
+                move || {
+                    let mut buf = vec![0u8; BUF_SIZE];
+                    let mut last_reset = Instant::now();
+                    while !s.load(Ordering::Relaxed) {
                         thread::sleep(TICK);
+                        r.tick(&mut buf, &*i);
+                        if last_reset.elapsed() >= Duration::from_secs(1) {
+                            r.reset_rate_limit();
+                            last_reset = Instant::now();
+                        }
                     }
                 }
-            }
-        })?);
-
-        let (r, i, s) = (router.clone(), io.clone(), stop.clone());
-        threads.push(thread::Builder::new().name("wg-udp".into()).spawn(move || {
-            let (mut datagram, mut buf) = (vec![0u8; BUF_SIZE], vec![0u8; BUF_SIZE]);
-            while !s.load(Ordering::Relaxed) {
-                match i.udp.recv_from(&mut datagram) {
-                    Ok((n, src)) => r.from_network(src, &datagram[..n], &mut buf, &*i),
-                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => tracing::trace!(error = %e, "udp receive failed"),
-                }
-            }
-        })?);
-
-        let (r, i, s) = (router.clone(), io.clone(), stop.clone());
-        threads.push(thread::Builder::new().name("wg-timers".into()).spawn(move || {
-            let mut buf = vec![0u8; BUF_SIZE];
-            let mut last_reset = Instant::now();
-            while !s.load(Ordering::Relaxed) {
-                thread::sleep(TICK);
-                r.tick(&mut buf, &*i);
-                if last_reset.elapsed() >= Duration::from_secs(1) {
-                    r.reset_rate_limit();
-                    last_reset = Instant::now();
-                }
-            }
-        })?);
-
+            })?,
+        ];
         Ok(Self { router, io, stop, interrupt, threads })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.io.udp.local_addr()
+    }
+}
+
+/// Reads (super-)packets from the TUN, encrypts every segment, sends the batch.
+fn tun_to_udp(router: &Router, io: &Io, stop: &AtomicBool, intr: &InterruptEvent, mtu: usize) {
+    let mut original = vec![0u8; OFFSET + 65_535];
+    let mut packets = vec![vec![0u8; mtu + 64]; BATCH];
+    let mut sizes = vec![0usize; BATCH];
+    let stride = (mtu + 64 + WG_GROWTH).max(148);
+    let mut buf = vec![0u8; BATCH * stride];
+    let mut out = Vec::with_capacity(BATCH);
+    let mut failures = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        let n = match io.tun.recv_multiple_intr(&mut original, &mut packets, &mut sizes, 0, intr) {
+            Ok(n) => {
+                failures = 0;
+                n
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // A malformed super-packet costs that packet; a device that
+                // keeps failing is not spun on.
+                tracing::debug!(error = %e, "tun read failed");
+                failures += 1;
+                if failures > 100 {
+                    thread::sleep(TICK);
+                }
+                continue;
+            }
+        };
+        let table = router.table();
+        let mut cursor = 0;
+        out.clear();
+        for (packet, &size) in packets.iter().zip(&sizes).take(n) {
+            let room = &mut buf[cursor..cursor + stride];
+            if let Some((dst, len)) = router.encapsulate(&table, &packet[..size], room) {
+                out.push(Encrypted { dst, start: cursor, len });
+                cursor += len;
+            }
+        }
+        flush(io, &buf, &out);
+    }
+}
+
+/// Receives datagrams (coalesced by UDP GRO), decrypts them, writes the
+/// batch to the TUN (coalesced again by GRO).
+fn udp_to_tun(router: &Router, io: &Io, stop: &AtomicBool, mtu: usize) {
+    let mut datagrams = vec![0u8; 65_535];
+    let mut cmsg = nix::cmsg_space!(i32);
+    // GRO appends a flow's packets to the first buffer of it: each needs
+    // room for a whole super-packet, or GRO silently does nothing.
+    let mut packets: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(2 * OFFSET + 65_535)).collect();
+    let mut gro = GROTable::default();
+    // Room for a queued packet flushed after a handshake, whatever the datagram.
+    let least = mtu + 64 + WG_GROWTH;
+    while !stop.load(Ordering::Relaxed) {
+        let mut count = 0;
+        let table = router.table();
+        // Block for the first datagrams, then take what else is waiting.
+        while count + MAX_GSO_SEGMENTS <= BATCH {
+            let flags = if count == 0 { MsgFlags::empty() } else { MsgFlags::MSG_DONTWAIT };
+            let (len, src, segment) = match recv_datagrams(&io.udp, &mut datagrams, &mut cmsg, flags) {
+                Ok(r) => r,
+                Err(e) => {
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    ) {
+                        tracing::trace!(error = %e, "udp receive failed");
+                    }
+                    break;
+                }
+            };
+            for d in datagrams[..len].chunks(segment) {
+                let p = &mut packets[count];
+                p.clear();
+                p.resize(OFFSET + d.len().max(least), 0);
+                if let Some(n) = router.decapsulate(&table, src, d, &mut p[OFFSET..], io) {
+                    p.truncate(OFFSET + n);
+                    count += 1;
+                }
+            }
+        }
+        if count > 0
+            && let Err(e) = io.tun.send_multiple(&mut gro, &mut packets[..count], OFFSET)
+        {
+            tracing::trace!(error = %e, "tun write failed");
+        }
     }
 }
 
@@ -139,5 +331,39 @@ impl Drop for TunUdp {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_for_gso_break_at_a_new_peer_a_short_datagram_and_the_segment_limit() {
+        let a: SocketAddr = "192.0.2.1:6784".parse().unwrap();
+        let b: SocketAddr = "192.0.2.2:6784".parse().unwrap();
+        let mut out = Vec::new();
+        let mut start = 0;
+        let mut push = |dst, len| {
+            out.push(Encrypted { dst, start, len });
+            start += len;
+        };
+        // a: 3 full + 1 short; then a again (new run: the short one ended it);
+        // b: 70 full (split at 64).
+        for len in [100, 100, 100, 60, 100] {
+            push(a, len);
+        }
+        for _ in 0..70 {
+            push(b, 100);
+        }
+        let runs = runs(&out);
+        assert_eq!(runs, vec![(a, 4, 360), (a, 1, 100), (b, 64, 6400), (b, 6, 600)]);
+    }
+
+    /// The runs `flush` would send: (destination, datagrams, bytes).
+    fn runs(out: &[Encrypted]) -> Vec<(SocketAddr, usize, usize)> {
+        let mut sent = Vec::new();
+        group(out, |first, n, bytes| sent.push((out[first].dst, n, bytes)));
+        sent
     }
 }
