@@ -106,6 +106,8 @@ struct Running {
     dns_names: std::sync::Mutex<std::collections::HashMap<String, String>>,
     segment_mtu: u32,
     attacher: crate::attach::Attacher,
+    /// Wakes the reconcile loop: an expose or hide changes the source of the host's routes.
+    reconcile_now: Arc<tokio::sync::Notify>,
 }
 
 impl Handler for Running {
@@ -137,8 +139,16 @@ impl Handler for Running {
                 Request::Detach { container, id, ifname, addrs } => {
                     reply_released(self.attacher.detach(&container, id.as_deref(), ifname.as_deref(), &addrs).await)
                 }
-                Request::Expose { addrs } => reply_attached(self.attacher.expose(&addrs).await),
-                Request::Hide { addrs } => reply_released(self.attacher.hide(&addrs).await),
+                Request::Expose { addrs } => {
+                    let r = reply_attached(self.attacher.expose(&addrs).await);
+                    self.reconcile_now.notify_one();
+                    r
+                }
+                Request::Hide { addrs } => {
+                    let r = reply_released(self.attacher.hide(&addrs).await);
+                    self.reconcile_now.notify_one();
+                    r
+                }
                 Request::Release { container } => {
                     let req = ReleaseRequest { container, ..Default::default() };
                     match self.api.ipam.clone().release(req).await {
@@ -308,6 +318,9 @@ async fn serve(
         .map_err(|e| Error::Dataplane(format!("start {TUN_NAME} and udp {listen}: {e}")))?;
     let transport = Arc::new(transport);
     netlink.setup_tun(TUN_NAME, identity.address, netmap::node_prefix(&map), tun_mtu).await?;
+    // The fast path routes between the bridges and the TUN; the isolation
+    // rules (firewall.rs) decide what may be routed.
+    crate::netlink::sysctl("net/ipv4/ip_forward", "1")?;
     tracing::info!(node = identity.node_id, address = %identity.address, tun_mtu, segment_mtu, revision = map.revision, "data plane up");
 
     let channel = connect_lazy(&identity.coordinator, identity.pin()?).map_err(|e| Error::Connect(e.to_string()))?;
@@ -333,6 +346,7 @@ async fn serve(
         dir.path().join("names.json"),
     );
     let dyn_transport: Arc<dyn Transport> = transport.clone();
+    let reconcile_now = Arc::new(tokio::sync::Notify::new());
     let tasks = [
         tokio::spawn(control::reconcile_loop(
             netlink.clone(),
@@ -341,8 +355,9 @@ async fn serve(
             identity.address,
             segment_mtu,
             map_rx.clone(),
+            reconcile_now.clone(),
         )),
-        tokio::spawn(crate::firewall::keep(map_rx.clone())),
+        tokio::spawn(crate::firewall::keep(map_rx.clone(), identity.node_id)),
         tokio::spawn(control::watch_map(api.map.clone(), dir, map_tx, connected.clone())),
         tokio::spawn(control::dns_loop(dns.clone(), map_rx.clone())),
         tokio::spawn(local_api::serve(
@@ -357,6 +372,7 @@ async fn serve(
                 dns_names: Default::default(),
                 segment_mtu,
                 attacher,
+                reconcile_now,
             }),
         )),
     ];

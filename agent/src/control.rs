@@ -95,7 +95,8 @@ pub async fn watch_map(
     }
 }
 
-/// Applies the current map whenever it changes (and every [`RESYNC`]).
+/// Applies the current map whenever it changes, when `now` is notified, and
+/// every [`RESYNC`].
 pub async fn reconcile_loop(
     netlink: Netlink,
     transport: Arc<dyn Transport>,
@@ -103,12 +104,14 @@ pub async fn reconcile_loop(
     local: Ipv4Addr,
     segment_mtu: u32,
     mut maps: watch::Receiver<NetworkMap>,
+    now: Arc<tokio::sync::Notify>,
 ) {
     loop {
         let map = maps.borrow_and_update().clone();
         reconcile_once(&netlink, &*transport, &map, own_node, local, segment_mtu).await;
         tokio::select! {
             changed = maps.changed() => if changed.is_err() { return },
+            _ = now.notified() => {}
             _ = tokio::time::sleep(RESYNC) => {}
         }
     }

@@ -1,12 +1,21 @@
 //! Subnet isolation in the host's forwarding path: the only module that
-//! touches nftables. It owns one table, `inet weave`, whose forward chain
-//! drops everything routed into or out of a weave bridge (`wvbr-*`), so a
-//! workload that adds a foreign address or route, or a host with IP
-//! forwarding on, still cannot carry traffic between subnets (or between a
-//! subnet and anything else). Traffic inside one bridge stays allowed, also
-//! when `br_netfilter` passes bridged frames through the IP hooks, and so do
-//! connections a port mapping DNATed (the CNI `portmap` plugin's rules, an
-//! explicit opt-in of the runtime).
+//! touches nftables. It owns two tables, replaced as a whole on every change:
+//!
+//! - `inet weave`: its forward chain lets traffic stay inside one bridge
+//!   (`wvbr-*`, also when `br_netfilter` passes bridged frames through the IP
+//!   hooks), lets the fast path route between a bridge and the TUN only for
+//!   that subnet's addresses (from the subnet to a remote workload of it, and
+//!   back), keeps connections a port mapping DNATed (the CNI `portmap`
+//!   plugin's rules, an explicit opt-in of the runtime), and drops everything
+//!   else routed into or out of a bridge or the TUN. So a workload that adds a
+//!   foreign address or route, a host with IP forwarding on, or a peer that
+//!   sends a packet for somewhere else still cannot carry traffic between
+//!   subnets (or between a subnet and anything else). Its output chain keeps
+//!   the host itself off a subnet it is not exposed on.
+//! - `bridge weave`: no ARP crosses a VXLAN device. Remote workloads are
+//!   answered by proxy ARP with the local bridge's MAC (their IPv4 unicast is
+//!   routed); a remote workload's own ARP would point workloads back at the
+//!   slow path, and a host would answer proxy ARP for another host's workloads.
 //!
 //! Why `nft -f -` and not netlink (the one documented exception to "netlink,
 //! not commands"): the `nftnl` crate binds libnftnl, whose C headers are not
@@ -14,31 +23,85 @@
 //! evaluated within the time this was written in; a hand-written encoder is
 //! far more code than this ruleset. So this one module runs the `nft`
 //! binary with a generated ruleset, applied atomically (one transaction: the
-//! table is replaced as a whole). Replacing it with netlink touches only here.
-use std::process::Stdio;
+//! tables are replaced as a whole). Replacing it with netlink touches only here.
+use std::{collections::BTreeSet, fmt::Write, net::Ipv4Addr, process::Stdio};
 
+use ipnet::Ipv4Net;
 use tokio::{io::AsyncWriteExt, process::Command, sync::watch};
 use weave_proto::v1::NetworkMap;
 
 use crate::{
+    agent::TUN_NAME,
     error::Error,
-    reconcile::{BRIDGE_PREFIX, bridge_name},
+    reconcile::{BRIDGE_PREFIX, VXLAN_PREFIX, bridge_name, remote_workloads, segment_subnets},
 };
 
 pub const TABLE: &str = "weave";
 
-/// The whole table for these bridges (pure, for tests and logs).
-pub fn ruleset(bridges: &[String]) -> String {
-    let mut out = format!(
-        "table inet {TABLE} {{}}\nflush table inet {TABLE}\ntable inet {TABLE} {{\n  chain forward {{\n    \
-         type filter hook forward priority filter - 10; policy accept;\n"
-    );
-    for b in bridges {
-        out += &format!("    iifname \"{b}\" oifname \"{b}\" accept\n");
+/// One subnet's segment as the rules see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub bridge: String,
+    pub subnet: Ipv4Net,
+    /// Workloads (and exposed hosts) of the subnet on other nodes.
+    pub remote: BTreeSet<Ipv4Addr>,
+}
+
+/// The segments of `map`, seen from `own_node`.
+pub fn segments(map: &NetworkMap, own_node: u64) -> Vec<Segment> {
+    let mut remote = remote_workloads(map, own_node);
+    segment_subnets(map)
+        .into_iter()
+        .map(|(vni, subnet)| Segment {
+            bridge: bridge_name(vni),
+            subnet,
+            remote: remote.remove(&vni).unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// Both tables for these segments (pure, for tests and logs).
+pub fn ruleset(segments: &[Segment]) -> String {
+    let mut out = format!("table inet {TABLE} {{}}\nflush table inet {TABLE}\n");
+    out += &format!("table bridge {TABLE} {{}}\nflush table bridge {TABLE}\n");
+    out += &format!("table inet {TABLE} {{\n");
+    for (i, s) in segments.iter().enumerate() {
+        let _ = write!(out, "  set remote{i} {{\n    type ipv4_addr\n");
+        if !s.remote.is_empty() {
+            let elements: Vec<String> = s.remote.iter().map(|a| a.to_string()).collect();
+            let _ = writeln!(out, "    elements = {{ {} }}", elements.join(", "));
+        }
+        out += "  }\n";
+    }
+    out += "  chain forward {\n    type filter hook forward priority filter - 10; policy accept;\n";
+    for s in segments {
+        let _ = writeln!(out, "    iifname \"{b}\" oifname \"{b}\" accept", b = s.bridge);
     }
     // Port mappings (CNI portmap, DNAT) are the one explicit way in.
     out += "    ct status dnat accept\n";
-    out += &format!("    iifname \"{BRIDGE_PREFIX}*\" drop\n    oifname \"{BRIDGE_PREFIX}*\" drop\n  }}\n}}\n");
+    for (i, s) in segments.iter().enumerate() {
+        let (b, net) = (&s.bridge, s.subnet);
+        let _ = writeln!(out, "    iifname \"{b}\" oifname \"{TUN_NAME}\" ip saddr {net} ip daddr @remote{i} accept");
+        let _ = writeln!(out, "    iifname \"{TUN_NAME}\" oifname \"{b}\" ip saddr @remote{i} ip daddr {net} accept");
+    }
+    let _ = write!(
+        out,
+        "    iifname \"{BRIDGE_PREFIX}*\" drop\n    oifname \"{BRIDGE_PREFIX}*\" drop\n    \
+         iifname \"{TUN_NAME}\" drop\n    oifname \"{TUN_NAME}\" drop\n  }}\n"
+    );
+    out += "  chain output {\n    type filter hook output priority filter - 10; policy accept;\n    ct status dnat accept\n";
+    for s in segments {
+        let _ = writeln!(out, "    oifname \"{}\" ip saddr != {} drop", s.bridge, s.subnet);
+    }
+    out += "  }\n}\n";
+    let _ = write!(
+        out,
+        "table bridge {TABLE} {{\n  chain prerouting {{\n    type filter hook prerouting priority filter; policy accept;\n    \
+         iifname \"{VXLAN_PREFIX}*\" ether type arp drop\n  }}\n  chain forward {{\n    \
+         type filter hook forward priority filter; policy accept;\n    oifname \"{VXLAN_PREFIX}*\" ether type arp drop\n  }}\n  \
+         chain output {{\n    type filter hook output priority filter; policy accept;\n    \
+         oifname \"{VXLAN_PREFIX}*\" ether type arp drop\n  }}\n}}\n"
+    );
     out
 }
 
@@ -61,27 +124,29 @@ async fn nft(script: &str) -> Result<(), Error> {
     }
 }
 
-pub async fn apply(bridges: &[String]) -> Result<(), Error> {
-    nft(&ruleset(bridges)).await
+pub async fn apply(segments: &[Segment]) -> Result<(), Error> {
+    nft(&ruleset(segments)).await
 }
 
-/// Removes the table (`agent reset`, `--cleanup-on-exit`); fine if absent.
+/// Removes the tables (`agent reset`, `--cleanup-on-exit`); fine if absent.
 pub async fn remove() -> Result<(), Error> {
-    nft(&format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")).await
+    nft(&format!(
+        "table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n"
+    ))
+    .await
 }
 
-/// Applies the ruleset now and again whenever the set of subnets changes.
-pub async fn keep(mut maps: watch::Receiver<NetworkMap>) {
-    let mut applied: Option<Vec<String>> = None;
+/// Applies the ruleset now and again whenever the segments or their remote
+/// workloads change.
+pub async fn keep(mut maps: watch::Receiver<NetworkMap>, own_node: u64) {
+    let mut applied: Option<Vec<Segment>> = None;
     loop {
-        let mut bridges: Vec<String> =
-            maps.borrow_and_update().subnets.iter().filter(|s| s.vni != 0).map(|s| bridge_name(s.vni)).collect();
-        bridges.sort();
-        if applied.as_ref() != Some(&bridges) {
-            match apply(&bridges).await {
+        let segments = segments(&maps.borrow_and_update(), own_node);
+        if applied.as_ref() != Some(&segments) {
+            match apply(&segments).await {
                 Ok(()) => {
-                    tracing::debug!(bridges = bridges.len(), "isolation rules applied");
-                    applied = Some(bridges);
+                    tracing::debug!(segments = segments.len(), "isolation rules applied");
+                    applied = Some(segments);
                 }
                 Err(e) => tracing::warn!(error = %e, "isolation rules not applied; retrying"),
             }
@@ -100,12 +165,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_ruleset_replaces_the_table_and_drops_routing_across_bridges() {
-        let r = ruleset(&["wvbr-5".into(), "wvbr-9".into()]);
-        assert!(r.starts_with("table inet weave {}\nflush table inet weave\n"), "{r}");
+    fn the_ruleset_replaces_the_tables_and_routes_only_within_a_subnet() {
+        let seg = |vni, subnet: &str, remote: &[&str]| Segment {
+            bridge: bridge_name(vni),
+            subnet: subnet.parse().unwrap(),
+            remote: remote.iter().map(|a| a.parse().unwrap()).collect(),
+        };
+        let r = ruleset(&[seg(5, "10.32.0.0/16", &["10.32.0.7", "10.32.0.9"]), seg(9, "10.2.3.0/24", &[])]);
+        assert!(r.starts_with("table inet weave {}\nflush table inet weave\ntable bridge weave {}\n"), "{r}");
         assert!(r.contains("iifname \"wvbr-5\" oifname \"wvbr-5\" accept"), "{r}");
         assert!(r.contains("iifname \"wvbr-9\" oifname \"wvbr-9\" accept"), "{r}");
+        assert!(r.contains("elements = { 10.32.0.7, 10.32.0.9 }"), "{r}");
+        assert!(
+            r.contains("iifname \"wvbr-5\" oifname \"wvtun0\" ip saddr 10.32.0.0/16 ip daddr @remote0 accept"),
+            "{r}"
+        );
+        assert!(
+            r.contains("iifname \"wvtun0\" oifname \"wvbr-9\" ip saddr @remote1 ip daddr 10.2.3.0/24 accept"),
+            "{r}"
+        );
         let accept = r.find("accept\n    iifname \"wvbr-*\" drop").expect("drops after the accepts");
-        assert!(accept > 0 && r.contains("oifname \"wvbr-*\" drop"), "{r}");
+        assert!(accept > 0 && r.contains("oifname \"wvbr-*\" drop") && r.contains("oifname \"wvtun0\" drop"), "{r}");
+        assert!(r.contains("oifname \"wvbr-9\" ip saddr != 10.2.3.0/24 drop"), "{r}");
+        assert!(r.contains("iifname \"wvvx-*\" ether type arp drop"), "{r}");
     }
 }

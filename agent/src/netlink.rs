@@ -1,25 +1,29 @@
 //! The only module that changes interfaces: TUN addressing, bridges, VXLAN
-//! devices and their FDB flood entries, all through rtnetlink (no `ip`).
+//! devices and their FDB flood entries, the fast path's routes and proxy-ARP
+//! entries, all through rtnetlink (no `ip`), plus the few sysctls they need.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
 };
 
 use futures::{StreamExt, TryStreamExt};
+use ipnet::Ipv4Net;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
     link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
 };
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use crate::{
+    agent::TUN_NAME,
     error::Error,
     reconcile::{
-        BRIDGE_PREFIX, Change, Observed, ObservedSegment, ObservedVxlan, VXLAN_PORT, VXLAN_PREFIX, bridge_name,
-        vxlan_name,
+        BRIDGE_PREFIX, Change, Observed, ObservedSegment, ObservedVxlan, ROUTE_PROTOCOL, SUBNET_ROUTE_METRIC,
+        VXLAN_PORT, VXLAN_PREFIX, bridge_name, vxlan_name,
     },
 };
 
@@ -28,6 +32,21 @@ const FDB_STATE: u16 = 0xC0;
 const EEXIST: i32 = 17;
 const ENOENT: i32 = 2;
 const ENODEV: i32 = 19;
+const ESRCH: i32 = 3;
+const EINVAL: i32 = 22;
+
+/// Writes a sysctl of the calling thread's network namespace.
+pub fn sysctl(path: &str, value: &str) -> Result<(), Error> {
+    std::fs::write(format!("/proc/sys/{path}"), value).map_err(|e| Error::Io(format!("sysctl {path}={value}"), e))
+}
+
+/// The fixed MAC of this node's bridges (02:57 + the node address): a bridge
+/// without one takes its lowest port's MAC and changes it as ports come and
+/// go, which would strand the proxy-ARP answers workloads have cached.
+pub fn bridge_mac(local: Ipv4Addr) -> Vec<u8> {
+    let o = local.octets();
+    vec![0x02, 0x57, o[0], o[1], o[2], o[3]]
+}
 
 fn nl(what: impl std::fmt::Display, e: rtnetlink::Error) -> Error {
     Error::Netlink(format!("{what}: {e}"))
@@ -148,7 +167,50 @@ impl Netlink {
                 segments.entry(*vni).or_default().flood.insert(dst);
             }
         }
-        Ok(Observed { segments })
+        let bridge_vni: BTreeMap<u32, u32> = bridge_index.iter().map(|(vni, index)| (*index, *vni)).collect();
+        let mut observed = Observed { segments, ..Default::default() };
+        let tun = self.link_index(TUN_NAME).await?;
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl("dump routes", e))?;
+        for r in routes.iter().filter(|r| u8::from(r.header.protocol) == ROUTE_PROTOCOL) {
+            let (mut dst, mut oif, mut src) = (None, None, None);
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => src = Some(*ip),
+                    _ => {}
+                }
+            }
+            let (Some(dst), Some(oif)) = (dst, oif) else { continue };
+            let len = r.header.destination_prefix_length;
+            if Some(oif) == tun && len == 32 {
+                observed.routes.insert(dst, src);
+            } else if let (Some(vni), Ok(net)) = (bridge_vni.get(&oif), Ipv4Net::new(dst, len)) {
+                observed.subnets.insert((*vni, net));
+            }
+        }
+        let mut request = self.handle.neighbours().get().proxies();
+        request.message_mut().header.family = AddressFamily::Inet;
+        let proxies: Vec<NeighbourMessage> =
+            request.execute().try_collect().await.map_err(|e| nl("dump proxy entries", e))?;
+        for p in proxies {
+            let Some(vni) = bridge_vni.get(&p.header.ifindex) else { continue };
+            let dst = p.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(dst) = dst {
+                observed.proxies.entry(*vni).or_default().insert(dst);
+            }
+        }
+        Ok(observed)
     }
 
     pub async fn apply(&self, change: &Change) -> Result<(), Error> {
@@ -161,6 +223,69 @@ impl Netlink {
             Change::RemoveVxlan { vni } => self.delete_link(&vxlan_name(vni)).await,
             Change::EnsureSegment { vni, local, mtu } => self.ensure_segment(vni, local, mtu).await,
             Change::AddFlood { vni, peer } => self.flood(vni, peer, true).await,
+            Change::RemoveRoute { dst } => {
+                let Some(tun) = self.link_index(TUN_NAME).await? else { return Ok(()) };
+                self.del_route(route(Ipv4Net::from(dst), tun, None, None), format!("route {dst}")).await
+            }
+            Change::AddRoute { dst, src } => {
+                let tun = self.link_index(TUN_NAME).await?.ok_or_else(|| Error::Netlink(format!("no {TUN_NAME}")))?;
+                let added =
+                    self.handle.route().add(route(Ipv4Net::from(dst), tun, src, None)).replace().execute().await;
+                match added {
+                    Ok(()) => Ok(()),
+                    // The exposed address is not on the bridge yet (or no more):
+                    // route without it now; the pass after the expose fixes it.
+                    Err(e) if src.is_some() && errno(&e) == Some(EINVAL) => self
+                        .handle
+                        .route()
+                        .add(route(Ipv4Net::from(dst), tun, None, None))
+                        .replace()
+                        .execute()
+                        .await
+                        .map_err(|e| nl(format!("route {dst} via {TUN_NAME}"), e)),
+                    Err(e) => Err(nl(format!("route {dst} via {TUN_NAME}"), e)),
+                }
+            }
+            Change::RemoveSubnetRoute { vni, net } => {
+                let Some(br) = self.link_index(&bridge_name(vni)).await? else { return Ok(()) };
+                self.del_route(route(net, br, None, Some(SUBNET_ROUTE_METRIC)), format!("route {net}")).await
+            }
+            Change::AddSubnetRoute { vni, net } => {
+                let br = self.bridge(vni).await?;
+                let msg = route(net, br, None, Some(SUBNET_ROUTE_METRIC));
+                self.handle.route().add(msg).replace().execute().await.map_err(|e| nl(format!("route {net}"), e))
+            }
+            Change::AddProxy { vni, addr } => {
+                let br = self.bridge(vni).await?;
+                let request = self.handle.neighbours().add(br, IpAddr::V4(addr)).flags(NeighbourFlags::Proxy);
+                request.replace().execute().await.map_err(|e| nl(format!("proxy entry {addr}"), e))
+            }
+            Change::RemoveProxy { vni, addr } => {
+                let Some(br) = self.link_index(&bridge_name(vni)).await? else { return Ok(()) };
+                let mut msg = NeighbourMessage::default();
+                msg.header.family = AddressFamily::Inet;
+                msg.header.ifindex = br;
+                msg.header.flags = NeighbourFlags::Proxy;
+                msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)));
+                match self.handle.neighbours().del(msg).execute().await {
+                    Ok(()) => Ok(()),
+                    Err(e) if matches!(errno(&e), Some(ENOENT)) => Ok(()),
+                    Err(e) => Err(nl(format!("remove proxy entry {addr}"), e)),
+                }
+            }
+        }
+    }
+
+    async fn bridge(&self, vni: u32) -> Result<u32, Error> {
+        let br = bridge_name(vni);
+        self.link_index(&br).await?.ok_or_else(|| Error::Netlink(format!("{br} does not exist")))
+    }
+
+    async fn del_route(&self, msg: RouteMessage, what: String) -> Result<(), Error> {
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(ESRCH | ENOENT)) => Ok(()),
+            Err(e) => Err(nl(format!("remove {what}"), e)),
         }
     }
 
@@ -169,10 +294,12 @@ impl Netlink {
         let bridge = match self.link_index(&br).await? {
             Some(i) => i,
             None => {
-                self.create(LinkBridge::new(&br).mtu(mtu).up().build(), &br).await?;
+                self.create(LinkBridge::new(&br).mtu(mtu).address(bridge_mac(local)).up().build(), &br).await?;
                 self.link_index(&br).await?.ok_or_else(|| Error::Netlink(format!("{br} vanished")))?
             }
         };
+        // Proxy ARP answers at once (the default delays answers up to 0.8 s).
+        sysctl(&format!("net/ipv4/neigh/{br}/proxy_delay"), "0")?;
         let vxlan = match self.link_index(&vx).await? {
             Some(i) => i,
             None => {
@@ -186,7 +313,9 @@ impl Netlink {
             .await
             .map_err(|e| nl(format!("put {vx} into {br}"), e))?;
         set(LinkUnspec::new_with_index(vxlan).up().build()).await.map_err(|e| nl(format!("set {vx} up"), e))?;
-        set(LinkUnspec::new_with_index(bridge).mtu(mtu).up().build()).await.map_err(|e| nl(format!("set {br} up"), e))
+        set(LinkUnspec::new_with_index(bridge).mtu(mtu).address(bridge_mac(local)).up().build())
+            .await
+            .map_err(|e| nl(format!("set {br} up"), e))
     }
 
     async fn create(&self, msg: LinkMessage, name: &str) -> Result<(), Error> {
@@ -266,6 +395,22 @@ impl Netlink {
         }
         self.delete_link(tun).await
     }
+}
+
+/// A route of ours: `net dev <oif> scope link proto 87 [src] [metric]`.
+fn route(net: Ipv4Net, oif: u32, src: Option<Ipv4Addr>, metric: Option<u32>) -> RouteMessage {
+    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(net.addr(), net.prefix_len())
+        .output_interface(oif)
+        .scope(RouteScope::Link)
+        .protocol(RouteProtocol::from(ROUTE_PROTOCOL));
+    if let Some(src) = src {
+        b = b.pref_source(src);
+    }
+    if let Some(metric) = metric {
+        b = b.priority(metric);
+    }
+    b.build()
 }
 
 fn name(l: &LinkMessage) -> Option<&str> {

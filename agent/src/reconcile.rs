@@ -5,13 +5,24 @@
 //!
 //! One L2 segment per subnet: a bridge `wvbr-<vni>` and a VXLAN device
 //! `wvvx-<vni>` (local address = this node's address, port 4789) enslaved to
-//! it, plus one all-zero-MAC flood entry per peer in the VXLAN's FDB.
+//! it, plus one all-zero-MAC flood entry per peer in the VXLAN's FDB. The
+//! VXLAN carries broadcast, multicast and IPv6.
+//!
+//! IPv4 unicast to a workload on another host is routed instead (the fast
+//! path: the TUN takes whole TCP super-packets, the kernel's VXLAN cannot):
+//! a /32 route per remote workload through the TUN, a proxy-ARP entry for it
+//! on its subnet's bridge (so local workloads get the bridge's MAC for it),
+//! and a route for the subnet onto its bridge (for packets from the TUN to
+//! local workloads). These carry [`ROUTE_PROTOCOL`] so they are recognised as ours.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
 };
 
+use ipnet::Ipv4Net;
 use weave_proto::v1::NetworkMap;
+
+use crate::netmap::allocation_address;
 
 pub const BRIDGE_PREFIX: &str = "wvbr-";
 pub const VXLAN_PREFIX: &str = "wvvx-";
@@ -20,6 +31,12 @@ pub const VXLAN_PORT: u16 = 4789;
 pub const VXLAN_OVERHEAD: u32 = 50;
 /// WireGuard over IPv6 (the larger of the two underlays): 40 + 8 + 32.
 pub const WIREGUARD_OVERHEAD: u32 = 80;
+
+/// The `proto` of the routes this agent owns (`ip route show proto 87`).
+pub const ROUTE_PROTOCOL: u8 = 87;
+/// Metric of the subnet route on a bridge: the kernel's own route for an
+/// exposed address (metric 0) is preferred while it exists.
+pub const SUBNET_ROUTE_METRIC: u32 = 1000;
 
 pub fn bridge_name(vni: u32) -> String {
     format!("{BRIDGE_PREFIX}{vni}")
@@ -42,6 +59,34 @@ pub struct Desired {
     /// vni -> subnet CIDR (for logs and status).
     pub segments: BTreeMap<u32, String>,
     pub peers: BTreeSet<Ipv4Addr>,
+    /// Remote workload -> source address for this host's own traffic to it
+    /// (the host's exposed address on that subnet, if it has one).
+    pub routes: BTreeMap<Ipv4Addr, Option<Ipv4Addr>>,
+    /// vni -> the remote workloads of that segment (proxy ARP on its bridge).
+    pub proxies: BTreeMap<u32, BTreeSet<Ipv4Addr>>,
+    /// vni -> the subnet, routed onto its bridge.
+    pub subnets: BTreeMap<u32, Ipv4Net>,
+}
+
+/// The workloads (and exposed hosts) on other nodes, by segment.
+pub fn remote_workloads(map: &NetworkMap, own_node: u64) -> BTreeMap<u32, BTreeSet<Ipv4Addr>> {
+    let vni: BTreeMap<u64, u32> = map.subnets.iter().filter(|s| s.vni != 0).map(|s| (s.id, s.vni)).collect();
+    let mut out: BTreeMap<u32, BTreeSet<Ipv4Addr>> = vni.values().map(|v| (*v, BTreeSet::new())).collect();
+    for a in map.allocations.iter().filter(|a| a.node_id != own_node) {
+        if let (Some(v), Some(ip)) = (vni.get(&a.subnet_id), allocation_address(&a.address)) {
+            out.entry(*v).or_default().insert(ip);
+        }
+    }
+    out
+}
+
+/// The subnets with a segment, by vni.
+pub fn segment_subnets(map: &NetworkMap) -> BTreeMap<u32, Ipv4Net> {
+    map.subnets
+        .iter()
+        .filter(|s| s.vni != 0)
+        .filter_map(|s| Some((s.vni, s.cidr.parse::<Ipv4Net>().ok()?.trunc())))
+        .collect()
 }
 
 impl Desired {
@@ -54,7 +99,21 @@ impl Desired {
             .filter_map(|n| n.address.parse().ok())
             .filter(|a| *a != local)
             .collect();
-        Self { local, mtu, segments, peers }
+        let proxies = remote_workloads(map, own_node);
+        // This host's exposed address per segment: the source of its own traffic to remote workloads.
+        let vni_of: BTreeMap<u64, u32> = map.subnets.iter().map(|s| (s.id, s.vni)).collect();
+        let exposed: BTreeMap<u32, Ipv4Addr> = map
+            .allocations
+            .iter()
+            .filter(|a| a.node_id == own_node && a.container.starts_with("host:"))
+            .filter_map(|a| Some((*vni_of.get(&a.subnet_id)?, allocation_address(&a.address)?)))
+            .collect();
+        let routes = proxies
+            .iter()
+            .flat_map(|(vni, ips)| ips.iter().map(|ip| (*ip, exposed.get(vni).copied())))
+            .filter(|(ip, _)| *ip != local)
+            .collect();
+        Self { local, mtu, segments, peers, routes, proxies, subnets: segment_subnets(map) }
     }
 }
 
@@ -77,6 +136,12 @@ pub struct ObservedVxlan {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
     pub segments: BTreeMap<u32, ObservedSegment>,
+    /// Our /32 routes through the TUN, with their preferred source.
+    pub routes: BTreeMap<Ipv4Addr, Option<Ipv4Addr>>,
+    /// Proxy-ARP entries on our bridges, by vni.
+    pub proxies: BTreeMap<u32, BTreeSet<Ipv4Addr>>,
+    /// Our subnet routes on our bridges.
+    pub subnets: BTreeSet<(u32, Ipv4Net)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,11 +169,81 @@ pub enum Change {
         vni: u32,
         peer: Ipv4Addr,
     },
+    RemoveRoute {
+        dst: Ipv4Addr,
+    },
+    RemoveProxy {
+        vni: u32,
+        addr: Ipv4Addr,
+    },
+    RemoveSubnetRoute {
+        vni: u32,
+        net: Ipv4Net,
+    },
+    AddSubnetRoute {
+        vni: u32,
+        net: Ipv4Net,
+    },
+    AddProxy {
+        vni: u32,
+        addr: Ipv4Addr,
+    },
+    /// Adds or replaces the route (the source may have changed).
+    AddRoute {
+        dst: Ipv4Addr,
+        src: Option<Ipv4Addr>,
+    },
 }
 
-/// Ordered: removals of flood entries and stale segments first, then
-/// creations, then new flood entries (which need their VXLAN device).
+/// Ordered: removals first (routes, proxy entries, flood entries, stale
+/// segments), then creations, then what needs the segment's devices: flood
+/// entries, subnet routes, proxy entries, and last the routes that draw
+/// traffic into all of that.
 pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for dst in observed.routes.keys().filter(|d| !desired.routes.contains_key(d)) {
+        changes.push(Change::RemoveRoute { dst: *dst });
+    }
+    let none = BTreeSet::new();
+    for (vni, addrs) in &observed.proxies {
+        // A removed segment takes its proxy entries and routes with its bridge.
+        if !desired.segments.contains_key(vni) {
+            continue;
+        }
+        for addr in addrs.difference(desired.proxies.get(vni).unwrap_or(&none)) {
+            changes.push(Change::RemoveProxy { vni: *vni, addr: *addr });
+        }
+    }
+    for &(vni, net) in &observed.subnets {
+        if desired.segments.contains_key(&vni) && desired.subnets.get(&vni) != Some(&net) {
+            changes.push(Change::RemoveSubnetRoute { vni, net });
+        }
+    }
+    changes.extend(diff_segments(desired, observed));
+    for (&vni, &net) in &desired.subnets {
+        let bridge_kept = observed.segments.get(&vni).is_some_and(|s| s.bridge_mtu.is_some());
+        if !(bridge_kept && observed.subnets.contains(&(vni, net))) {
+            changes.push(Change::AddSubnetRoute { vni, net });
+        }
+    }
+    for (&vni, addrs) in &desired.proxies {
+        let bridge_kept = observed.segments.get(&vni).is_some_and(|s| s.bridge_mtu.is_some());
+        for &addr in addrs {
+            if !(bridge_kept && observed.proxies.get(&vni).is_some_and(|o| o.contains(&addr))) {
+                changes.push(Change::AddProxy { vni, addr });
+            }
+        }
+    }
+    for (&dst, &src) in &desired.routes {
+        if observed.routes.get(&dst) != Some(&src) {
+            changes.push(Change::AddRoute { dst, src });
+        }
+    }
+    changes
+}
+
+/// Bridges, VXLAN devices and flood entries.
+fn diff_segments(desired: &Desired, observed: &Observed) -> Vec<Change> {
     let mut remove_flood = Vec::new();
     let mut remove = Vec::new();
     let mut ensure = Vec::new();
@@ -167,6 +302,9 @@ mod tests {
             mtu: 1370,
             segments: vnis.iter().map(|v| (*v, format!("net{v}"))).collect(),
             peers: peers.iter().map(|p| ip(p)).collect(),
+            routes: Default::default(),
+            proxies: Default::default(),
+            subnets: Default::default(),
         }
     }
 
@@ -196,13 +334,16 @@ mod tests {
 
     #[test]
     fn converged_host_needs_nothing() {
-        let observed = Observed { segments: [(5, complete(&["10.47.0.2"]))].into() };
+        let observed = Observed { segments: [(5, complete(&["10.47.0.2"]))].into(), ..Default::default() };
         assert!(diff(&desired(&[5], &["10.47.0.2"]), &observed).is_empty());
     }
 
     #[test]
     fn removed_peer_and_subnet_go_first() {
-        let observed = Observed { segments: [(5, complete(&["10.47.0.2", "10.47.0.3"])), (6, complete(&[]))].into() };
+        let observed = Observed {
+            segments: [(5, complete(&["10.47.0.2", "10.47.0.3"])), (6, complete(&[]))].into(),
+            ..Default::default()
+        };
         let changes = diff(&desired(&[5, 7], &["10.47.0.2", "10.47.0.4"]), &observed);
         assert_eq!(
             changes,
@@ -221,7 +362,7 @@ mod tests {
     fn wrong_local_address_rebuilds_vxlan_and_its_flood_entries() {
         let mut seg = complete(&["10.47.0.2"]);
         seg.vxlan.as_mut().unwrap().local = Some(ip("10.47.0.9"));
-        let observed = Observed { segments: [(5, seg)].into() };
+        let observed = Observed { segments: [(5, seg)].into(), ..Default::default() };
         assert_eq!(
             diff(&desired(&[5], &["10.47.0.2"]), &observed),
             vec![
@@ -237,7 +378,7 @@ mod tests {
         let mut seg = complete(&["10.47.0.2"]);
         seg.vxlan.as_mut().unwrap().in_bridge = false;
         seg.bridge_mtu = Some(1500);
-        let observed = Observed { segments: [(5, seg)].into() };
+        let observed = Observed { segments: [(5, seg)].into(), ..Default::default() };
         assert_eq!(
             diff(&desired(&[5], &["10.47.0.2"]), &observed),
             vec![Change::EnsureSegment { vni: 5, local: ip("10.47.0.1"), mtu: 1370 }]
@@ -260,6 +401,88 @@ mod tests {
         let d = Desired::from_map(&map, 1, ip("10.47.0.1"), 1370);
         assert_eq!(d.peers, [ip("10.47.0.2")].into());
         assert_eq!(d.segments.keys().copied().collect::<Vec<_>>(), vec![100]);
+    }
+
+    #[test]
+    fn remote_workloads_get_routes_proxy_entries_and_their_subnet_a_route() {
+        use weave_proto::v1::Allocation;
+        let alloc = |id, node_id, subnet_id, address: &str, container: &str| Allocation {
+            id,
+            node_id,
+            subnet_id,
+            address: address.into(),
+            container: container.into(),
+            ..Default::default()
+        };
+        let map = NetworkMap {
+            nodes: vec![
+                Node { id: 1, address: "10.47.0.1".into(), ..Default::default() },
+                Node { id: 2, address: "10.47.0.2".into(), ..Default::default() },
+            ],
+            subnets: vec![
+                Subnet { id: 1, cidr: "10.32.0.0/16".into(), vni: 100, ..Default::default() },
+                Subnet { id: 2, cidr: "10.2.3.0/24".into(), vni: 200, ..Default::default() },
+            ],
+            allocations: vec![
+                alloc(1, 1, 1, "10.32.0.1/16", "local"),
+                alloc(2, 2, 1, "10.32.0.2/16", "remote"),
+                alloc(3, 2, 2, "10.2.3.2/24", "remote"),
+                alloc(4, 1, 2, "10.2.3.1/24", "host:h1"),
+            ],
+            ..Default::default()
+        };
+        let d = Desired::from_map(&map, 1, ip("10.47.0.1"), 1370);
+        // Own traffic to a subnet the host is exposed on leaves from its exposed address.
+        assert_eq!(d.routes, [(ip("10.32.0.2"), None), (ip("10.2.3.2"), Some(ip("10.2.3.1")))].into());
+        assert_eq!(d.proxies, [(100, [ip("10.32.0.2")].into()), (200, [ip("10.2.3.2")].into())].into());
+        assert_eq!(d.subnets, [(100, "10.32.0.0/16".parse().unwrap()), (200, "10.2.3.0/24".parse().unwrap())].into());
+
+        // From nothing: segments first, then subnet routes, proxy entries, routes.
+        let changes = diff(&d, &Observed::default());
+        let kinds: Vec<&str> = changes
+            .iter()
+            .map(|c| match c {
+                Change::EnsureSegment { .. } => "segment",
+                Change::AddFlood { .. } => "flood",
+                Change::AddSubnetRoute { .. } => "subnet",
+                Change::AddProxy { .. } => "proxy",
+                Change::AddRoute { .. } => "route",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["segment", "segment", "flood", "flood", "subnet", "subnet", "proxy", "proxy", "route", "route"]
+        );
+
+        // Converged, then the remote workload moves away and the host is hidden.
+        let observed = Observed {
+            segments: [(100, complete(&["10.47.0.2"])), (200, complete(&["10.47.0.2"]))].into(),
+            routes: d.routes.clone(),
+            proxies: d.proxies.clone(),
+            subnets: d.subnets.iter().map(|(v, n)| (*v, *n)).collect(),
+        };
+        assert!(diff(&d, &observed).is_empty(), "{:?}", diff(&d, &observed));
+        let mut moved = map.clone();
+        moved.allocations.retain(|a| a.id != 2 && a.id != 4);
+        let d2 = Desired::from_map(&moved, 1, ip("10.47.0.1"), 1370);
+        assert_eq!(
+            diff(&d2, &observed),
+            vec![
+                Change::RemoveRoute { dst: ip("10.32.0.2") },
+                Change::RemoveProxy { vni: 100, addr: ip("10.32.0.2") },
+                Change::AddRoute { dst: ip("10.2.3.2"), src: None },
+            ]
+        );
+        // A removed subnet: its bridge goes, and with it its entries; only the routes are removed one by one.
+        let mut gone = map.clone();
+        gone.subnets.retain(|s| s.id != 2);
+        gone.allocations.retain(|a| a.subnet_id != 2);
+        let d3 = Desired::from_map(&gone, 1, ip("10.47.0.1"), 1370);
+        assert_eq!(
+            diff(&d3, &observed),
+            vec![Change::RemoveRoute { dst: ip("10.2.3.2") }, Change::RemoveSegment { vni: 200 }]
+        );
     }
 
     #[test]

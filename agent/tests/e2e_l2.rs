@@ -1,5 +1,7 @@
-//! One L2 segment per subnet across hosts: ARP and multicast cross hosts;
-//! nothing crosses between subnets.
+//! One segment per subnet across hosts: IPv4 unicast to a remote workload is
+//! routed (proxy ARP answers with the local bridge's MAC), while IPv6
+//! neighbour discovery and multicast cross hosts at L2; nothing crosses
+//! between subnets.
 mod common;
 
 use std::{
@@ -9,9 +11,15 @@ use std::{
 
 use common::*;
 
-fn mac(ns: &str) -> String {
-    let out = ok_in(ns, &["cat", "/sys/class/net/ethwe/address"]);
+fn mac(ns: &str, ifname: &str) -> String {
+    let out = ok_in(ns, &["cat", &format!("/sys/class/net/{ifname}/address")]);
     out.trim().to_string()
+}
+
+/// The one weave bridge of a host with a single subnet.
+fn bridge(ns: &str) -> String {
+    let out = ok_in(ns, &["ls", "/sys/class/net"]);
+    out.split_whitespace().find(|n| n.starts_with("wvbr-")).expect("a weave bridge").to_string()
 }
 
 #[test]
@@ -22,12 +30,17 @@ fn arp_and_multicast_cross_hosts() {
         bed.add_workload(h, "default");
     }
     let (w1, w2) = (&bed.workloads[0], &bed.workloads[1]);
-    // ARP: w1 resolves w2 (and w2 learns w1 from the request) across hosts.
+    // ARP: w1 resolves w2 on the other host to its own host's bridge, which
+    // routes the packet through the TUN (and w2 resolves w1 likewise).
     bed.wait_ping(0, 1, Duration::from_secs(10));
+    let (h1, h2) = (&bed.hosts[0].ns, &bed.hosts[1].ns);
     let neigh = ok_in(&w1.ns, &["ip", "neigh", "show", &w2.ip.to_string(), "dev", "ethwe"]);
-    assert!(neigh.contains(&mac(&w2.ns)), "w1 resolved w2's MAC by ARP: {neigh}");
+    assert!(neigh.contains(&mac(h1, &bridge(h1))), "w1 resolved w2 to host 1's bridge by proxy ARP: {neigh}");
+    assert!(!neigh.contains(&mac(&w2.ns, "ethwe")), "w2's own MAC never reached w1: {neigh}");
     let neigh = ok_in(&w2.ns, &["ip", "neigh", "show", &w1.ip.to_string(), "dev", "ethwe"]);
-    assert!(neigh.contains(&mac(&w1.ns)), "w2 learned w1's MAC: {neigh}");
+    assert!(neigh.contains(&mac(h2, &bridge(h2))), "w2 resolved w1 to host 2's bridge: {neigh}");
+    let route = ok_in(h1, &["ip", "route", "get", &w2.ip.to_string()]);
+    assert!(route.contains("dev wvtun0"), "host 1 routes w2 through the TUN: {route}");
 
     // IPv6 neighbour discovery: link-local addresses resolve across hosts too.
     let ll = wait_for("w2's IPv6 link-local address", Duration::from_secs(10), || {
