@@ -187,6 +187,31 @@ def agent_status(sock):
         return None
 
 
+# The weave path's coordinator (namespace, join token) and agent sockets, for the 100-peer phase.
+WEAVE = {}
+
+
+def idle_with_peers(w, peers=100):
+    """Joins nodes that never run an agent until each agent has `peers` - 1
+    peers, then measures the agents' idle CPU and RSS."""
+    ns_run(WEAVE["coordinator_ns"], [f"{BIN}/cp-bench", "fake-nodes", "--token", WEAVE["token"],
+                                     "--count", str(peers - 2), "--first-endpoint", "192.0.2.100:6784"])
+
+    def all_have_peers():
+        return all((lambda s: s and len(s.get("peers", [])) == peers - 1)(agent_status(sock))
+                   for sock in WEAVE["sockets"])
+
+    wait_for(f"both agents to have {peers - 1} peers", all_have_peers, 60)
+    time.sleep(5)  # the first handshake attempts to the new peers
+    c0 = cpu_seconds(w.pids)
+    time.sleep(10)
+    r = {"peers": peers - 1, "agents_cpu_pct_idle_10s": (cpu_seconds(w.pids) - c0) / 10 * 100,
+         "agent_rss_mb": [rss_mb(pid) for pid in w.pids]}
+    log(f"== weave agents with {peers - 1} peers, idle: {r['agents_cpu_pct_idle_10s']:.1f}% CPU (both, 10 s), RSS "
+        + ", ".join(f"{x:.1f} MB" for x in r["agent_rss_mb"]))
+    return r
+
+
 def setup_weave(underlay):
     c = plug(underlay, "c", "192.0.2.2")
     out = os.path.join(DIR, "coordinator.out")
@@ -201,6 +226,7 @@ def setup_weave(underlay):
         return m and m.group(1)
 
     tok = wait_for("the coordinator's join token", token, 30)
+    WEAVE.update(token=tok, coordinator_ns=c)
     hosts, agents = [], []
     for i in (1, 2):
         ip = f"192.0.2.1{i}"
@@ -211,6 +237,7 @@ def setup_weave(underlay):
                                 "--endpoint", f"{ip}:6784", "--data-dir", os.path.join(DIR, f"h{i}"),
                                 "--socket", sock], os.path.join(DIR, f"h{i}.log"), env=env)
         hosts.append((ns, sock))
+        WEAVE.setdefault("sockets", []).append(sock)
         agents.append(p)
     for ns, sock in hosts:
         wait_for(f"agent in {ns} to handshake with its peer",
@@ -432,6 +459,15 @@ def main():
                 f"ping {fmt(pg.get('avg_ms'), '.3f')}/{fmt(pg.get('p99_ms'), '.3f')} ms, "
                 f"cpu/GB {fmt(t1.get('tunnel_cpu_s_per_gb'), '.2f')} s, drops {t1.get('rcvbuf_errors', '-')}")
 
+    # Last, as it leaves the agents with peers that never answer.
+    idle100 = {}
+    if "weave" in paths:
+        try:
+            idle100 = idle_with_peers(paths["weave"])
+        except Exception as e:
+            setup_notes["weave_100_peers"] = str(e)
+            log(f"!! weave with 100 peers: {e}")
+
     medians = {}
     for key, ss in samples.items():
         medians[key] = {
@@ -509,6 +545,9 @@ def main():
         if w["tcp1_rcvbuf_errors"] is not None:
             v = w["tcp1_rcvbuf_errors"]
             target("UdpRcvbufErrors during TCP 1 stream", v, "0", v == 0)
+        if idle100.get("agent_rss_mb"):
+            v = max(idle100["agent_rss_mb"])
+            target("agent RSS with 99 peers (MB)", v, "<= 30 MB", v <= 30)
         ratios["targets"] = checks
 
     def git(*args):
@@ -533,6 +572,7 @@ def main():
                      "iperf3": version(["iperf3", "--version"])},
         "setup_errors": setup_notes,
         "weave_idle": idle,
+        "weave_idle_100_peers": idle100,
         "medians": medians,
         "ratios": ratios,
         "samples": samples,

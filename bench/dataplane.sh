@@ -41,7 +41,7 @@ if ! boringtun-cli --version >/dev/null 2>&1; then
 fi
 if [[ $BUILD == 1 ]]; then
     echo "== cargo build --release"
-    (cd "$ROOT" && cargo build --release -q -p weave-agent -p weave-coordinator -p weavectl)
+    (cd "$ROOT" && cargo build --release -q -p weave-agent -p weave-coordinator -p weavectl -p weave-bench)
 fi
 
 export WVB_PREFIX=wvb$$

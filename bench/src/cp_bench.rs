@@ -6,6 +6,8 @@
 //! - `cp-bench scale`: the coordinator binary as its own process; time for N
 //!   nodes to join, time for one change to reach W watchers (p50/p99), and the
 //!   coordinator's RSS at N and at 10×N nodes.
+//! - `cp-bench fake-nodes`: joins N nodes that never run an agent (for the
+//!   data-plane benchmark's "agent with 100 peers" figures).
 mod scale;
 use std::{
     sync::atomic::{AtomicU32, Ordering},
@@ -29,6 +31,39 @@ enum Cli {
     Throughput(Args),
     /// Join time, watch fan-out latency and coordinator memory at scale.
     Scale(scale::Args),
+    /// Joins nodes that never run an agent, so that real agents get more peers.
+    FakeNodes(FakeArgs),
+}
+
+#[derive(clap::Args)]
+struct FakeArgs {
+    /// A join token of the coordinator (it names the coordinator and its pin).
+    #[arg(long)]
+    token: String,
+    #[arg(long, default_value_t = 98)]
+    count: u32,
+    /// Endpoint of the first node; the others count up from its address.
+    /// Nothing answers there: the agents' handshakes to them go unanswered.
+    #[arg(long)]
+    first_endpoint: std::net::SocketAddrV4,
+}
+
+async fn fake_nodes(args: FakeArgs) -> anyhow::Result<()> {
+    let token = weave_proto::token::JoinToken::parse(&args.token)?;
+    let mut api = Api::new(connect(&token.coordinator, token.pin).await?, "-")?;
+    let first = u32::from(*args.first_endpoint.ip());
+    for i in 0..args.count {
+        let ip = std::net::Ipv4Addr::from(first + i);
+        let r = JoinRequest {
+            token: args.token.clone(),
+            name: format!("fake-{i}"),
+            public_key: key(),
+            endpoints: vec![format!("{ip}:{}", args.first_endpoint.port())],
+        };
+        api.join.join(r).await.context("join")?;
+    }
+    println!("joined {} nodes", args.count);
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -148,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
     let args = match Cli::parse() {
         Cli::Throughput(a) => a,
         Cli::Scale(a) => return scale::run(a).await,
+        Cli::FakeNodes(a) => return fake_nodes(a).await,
     };
     let mut rows = Vec::new();
     println!("{:>8} {:>14} {:>18}   (median of {} runs)", "clients", "joins/s", "allocations/s", args.repeat);

@@ -280,7 +280,7 @@ fn udp_to_tun(router: &Router, io: &Io, stop: &AtomicBool, mtu: usize) {
     let least = mtu + 64 + WG_GROWTH;
     while !stop.load(Ordering::Relaxed) {
         let mut count = 0;
-        let table = router.table();
+        let mut table = None;
         // Block for the first datagrams, then take what else is waiting.
         while count + MAX_GSO_SEGMENTS <= BATCH {
             let flags = if count == 0 { MsgFlags::empty() } else { MsgFlags::MSG_DONTWAIT };
@@ -296,11 +296,14 @@ fn udp_to_tun(router: &Router, io: &Io, stop: &AtomicBool, mtu: usize) {
                     break;
                 }
             };
+            // The table as of now, not of before the wait: a handshake from a
+            // peer that just joined must find it.
+            let table = table.get_or_insert_with(|| router.table());
             for d in datagrams[..len].chunks(segment) {
                 let p = &mut packets[count];
                 p.clear();
                 p.resize(OFFSET + d.len().max(least), 0);
-                if let Some(n) = router.decapsulate(&table, src, d, &mut p[OFFSET..], io) {
+                if let Some(n) = router.decapsulate(table, src, d, &mut p[OFFSET..], io) {
                     p.truncate(OFFSET + n);
                     count += 1;
                 }
