@@ -62,8 +62,10 @@ pub fn segments(map: &NetworkMap, own_node: u64) -> Vec<Segment> {
 
 /// Both tables for these segments (pure, for tests and logs).
 pub fn ruleset(segments: &[Segment]) -> String {
-    let mut out = format!("table inet {TABLE} {{}}\nflush table inet {TABLE}\n");
-    out += &format!("table bridge {TABLE} {{}}\nflush table bridge {TABLE}\n");
+    // Declare-then-delete, then define: one transaction, so the tables are
+    // replaced atomically, sets included (`flush table` would keep set elements).
+    let mut out = format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n");
+    out += &format!("table bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n");
     out += &format!("table inet {TABLE} {{\n");
     for (i, s) in segments.iter().enumerate() {
         let _ = write!(out, "  set remote{i} {{\n    type ipv4_addr\n");
@@ -172,7 +174,7 @@ mod tests {
             remote: remote.iter().map(|a| a.parse().unwrap()).collect(),
         };
         let r = ruleset(&[seg(5, "10.32.0.0/16", &["10.32.0.7", "10.32.0.9"]), seg(9, "10.2.3.0/24", &[])]);
-        assert!(r.starts_with("table inet weave {}\nflush table inet weave\ntable bridge weave {}\n"), "{r}");
+        assert!(r.starts_with("table inet weave {}\ndelete table inet weave\ntable bridge weave {}\n"), "{r}");
         assert!(r.contains("iifname \"wvbr-5\" oifname \"wvbr-5\" accept"), "{r}");
         assert!(r.contains("iifname \"wvbr-9\" oifname \"wvbr-9\" accept"), "{r}");
         assert!(r.contains("elements = { 10.32.0.7, 10.32.0.9 }"), "{r}");

@@ -99,3 +99,45 @@ fn subnets_are_isolated_even_with_a_foreign_address() {
     assert!(!ping_once(&wb.ns, Ipv4Addr::new(10, 40, 0, 200)), "and not the other way either");
     bed.wait_ping(c, b, Duration::from_secs(5));
 }
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn routes_and_proxy_entries_follow_remote_workloads() {
+    let mut bed = Bed::with_hosts(2);
+    let here = bed.add_workload(0, "default");
+    let ns = bed.add_container("far");
+    let path = format!("/run/netns/{ns}");
+    let far = bed.weavectl_attach(1, &ns, &[&path])[0];
+    let ip = bed.workloads[far].ip.to_string();
+    let h1 = bed.hosts[0].ns.clone();
+    let has_route = |h: &str| ok_in(h, &["ip", "route", "show", "proto", "87", "dev", "wvtun0"]).contains(&ip);
+    let has_proxy = |h: &str| ok_in(h, &["ip", "neigh", "show", "proxy"]).contains(&ip);
+    // Attached on host 2: host 1 routes it through the TUN and answers ARP for it.
+    wait_for("host 1 to route the new workload", Duration::from_secs(5), || {
+        (has_route(&h1) && has_proxy(&h1)).then_some(())
+    });
+    bed.wait_ping(here, far, Duration::from_secs(10));
+    // A workload without an IPAM address is not routed across hosts (and no
+    // ARP crosses the VXLAN to find it): the documented price of the fast path.
+    ok_in(&ns, &["ip", "addr", "add", "10.32.255.250/16", "dev", "ethwe"]);
+    assert!(!ping_once(&bed.workloads[here].ns, "10.32.255.250".parse().unwrap()), "a hand-made address was reached");
+    // Detached: the route and the proxy entry go, and with them the reach.
+    let out = bed.weavectl(1, &["detach", &path]);
+    assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
+    let in_rules = |h: &str| {
+        let rules = ok_in(h, &["nft", "list", "table", "inet", "weave"]);
+        rules.contains(&format!("{ip},")) || rules.contains(&format!("{ip} "))
+    };
+    let forgot = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        !has_route(&h1) && !has_proxy(&h1) && !in_rules(&h1)
+    });
+    assert!(
+        forgot,
+        "host 1 still knows {ip} 5 s after the detach: route {}, proxy {}, rules {}; allocations {:?}",
+        has_route(&h1),
+        has_proxy(&h1),
+        in_rules(&h1),
+        bed.allocations()
+    );
+}
