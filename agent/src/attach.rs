@@ -352,6 +352,15 @@ impl Attacher {
                     }
                 };
                 inside.configure_workload(&ifname, *ip, *len, multicast).await.map_err(|e| e.to_string())?;
+                let mac = inside
+                    .workload_interfaces(Some(&ifname))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .find(|i| i.name == ifname)
+                    .map(|i| i.mac)
+                    .ok_or_else(|| format!("{ifname} vanished from the container"))?;
+                self.host.pin_neighbour(&bridge, *ip, &mac).await.map_err(|e| e.to_string())?;
                 Ok::<_, String>(ifname)
             };
             match step.await {
@@ -418,8 +427,15 @@ impl Attacher {
         };
         let mut released = Vec::new();
         for cidr in &subnets {
-            if let Some((i, _)) = on_subnet(&before, cidr) {
+            if let Some((i, ip)) = on_subnet(&before, cidr) {
                 inside.delete_link(&i.name).await.map_err(|e| e.to_string())?;
+                // Best effort: the reconcile also removes pins of addresses no longer ours.
+                let bridge = self.maps.borrow().subnets.iter().find(|s| s.cidr == *cidr).map(|s| bridge_name(s.vni));
+                if let Some(bridge) = bridge
+                    && let Err(e) = self.host.unpin_neighbour(&bridge, ip).await
+                {
+                    tracing::debug!(error = %e, "unpin on detach");
+                }
             }
             released.extend(self.release(&c.key, cidr).await?);
         }

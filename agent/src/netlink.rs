@@ -196,6 +196,19 @@ impl Netlink {
                 observed.subnets.insert((*vni, net));
             }
         }
+        let mut request = self.handle.neighbours().get();
+        request.message_mut().header.family = AddressFamily::Inet;
+        let neighbours: Vec<NeighbourMessage> =
+            request.execute().try_collect().await.map_err(|e| nl("dump neighbours", e))?;
+        for n in neighbours.iter().filter(|n| n.header.state == NeighbourState::Permanent) {
+            let Some(vni) = bridge_vni.get(&n.header.ifindex) else { continue };
+            if let Some(ip) = n.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            }) {
+                observed.pinned.entry(*vni).or_default().insert(ip);
+            }
+        }
         let mut request = self.handle.neighbours().get().proxies();
         request.message_mut().header.family = AddressFamily::Inet;
         let proxies: Vec<NeighbourMessage> =
@@ -260,6 +273,7 @@ impl Netlink {
                 let request = self.handle.neighbours().add(br, IpAddr::V4(addr)).flags(NeighbourFlags::Proxy);
                 request.replace().execute().await.map_err(|e| nl(format!("proxy entry {addr}"), e))
             }
+            Change::Unpin { vni, addr } => self.unpin_neighbour(&bridge_name(vni), addr).await,
             Change::RemoveProxy { vni, addr } => {
                 let Some(br) = self.link_index(&bridge_name(vni)).await? else { return Ok(()) };
                 let mut msg = NeighbourMessage::default();
@@ -368,6 +382,30 @@ impl Netlink {
         Ok(())
     }
 
+    /// A permanent neighbour entry for a local workload on its bridge. The
+    /// host then never has to ARP for it: its ARP would come from an address
+    /// outside the subnet, which a workload with reverse-path filtering (and
+    /// no route back to that address) ignores.
+    pub async fn pin_neighbour(&self, bridge: &str, ip: Ipv4Addr, mac: &[u8]) -> Result<(), Error> {
+        let index = self.link_index(bridge).await?.ok_or_else(|| Error::Netlink(format!("no bridge {bridge}")))?;
+        let request = self.handle.neighbours().add(index, IpAddr::V4(ip)).link_layer_address(mac);
+        request.replace().execute().await.map_err(|e| nl(format!("neighbour {ip} on {bridge}"), e))
+    }
+
+    /// Removes what [`Self::pin_neighbour`] added; fine if absent.
+    pub async fn unpin_neighbour(&self, bridge: &str, ip: Ipv4Addr) -> Result<(), Error> {
+        let Some(index) = self.link_index(bridge).await? else { return Ok(()) };
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(ENOENT)) => Ok(()),
+            Err(e) => Err(nl(format!("remove neighbour {ip} on {bridge}"), e)),
+        }
+    }
+
     /// Sets link `name` up (e.g. `lo` in a fresh container namespace).
     pub async fn set_up(&self, name: &str) -> Result<(), Error> {
         let index = self.link_index(name).await?.ok_or_else(|| Error::Netlink(format!("no link {name}")))?;
@@ -437,6 +475,7 @@ pub struct WorkloadInterface {
     pub name: String,
     pub index: u32,
     pub mtu: u32,
+    pub mac: Vec<u8>,
     pub addresses: Vec<(Ipv4Addr, u8)>,
 }
 
@@ -483,6 +522,11 @@ impl Netlink {
                     name: n.to_string(),
                     index: l.header.index,
                     mtu: mtu(l).unwrap_or(0),
+                    mac: l
+                        .attributes
+                        .iter()
+                        .find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.clone()) } else { None })
+                        .unwrap_or_default(),
                     addresses: Vec::new(),
                 })
             })

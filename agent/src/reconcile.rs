@@ -66,6 +66,8 @@ pub struct Desired {
     pub proxies: BTreeMap<u32, BTreeSet<Ipv4Addr>>,
     /// vni -> the subnet, routed onto its bridge.
     pub subnets: BTreeMap<u32, Ipv4Net>,
+    /// vni -> the workloads of this node (attach pins their MACs on the bridge).
+    pub local_workloads: BTreeMap<u32, BTreeSet<Ipv4Addr>>,
 }
 
 /// The workloads (and exposed hosts) on other nodes, by segment.
@@ -113,7 +115,13 @@ impl Desired {
             .flat_map(|(vni, ips)| ips.iter().map(|ip| (*ip, exposed.get(vni).copied())))
             .filter(|(ip, _)| *ip != local)
             .collect();
-        Self { local, mtu, segments, peers, routes, proxies, subnets: segment_subnets(map) }
+        let mut workloads: BTreeMap<u32, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+        for a in map.allocations.iter().filter(|a| a.node_id == own_node) {
+            if let (Some(&vni), Some(ip)) = (vni_of.get(&a.subnet_id), allocation_address(&a.address)) {
+                workloads.entry(vni).or_default().insert(ip);
+            }
+        }
+        Self { local, mtu, segments, peers, routes, proxies, subnets: segment_subnets(map), local_workloads: workloads }
     }
 }
 
@@ -142,6 +150,8 @@ pub struct Observed {
     pub proxies: BTreeMap<u32, BTreeSet<Ipv4Addr>>,
     /// Our subnet routes on our bridges.
     pub subnets: BTreeSet<(u32, Ipv4Net)>,
+    /// Permanent neighbour entries on our bridges, by vni.
+    pub pinned: BTreeMap<u32, BTreeSet<Ipv4Addr>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +183,11 @@ pub enum Change {
         dst: Ipv4Addr,
     },
     RemoveProxy {
+        vni: u32,
+        addr: Ipv4Addr,
+    },
+    /// A pinned neighbour whose workload is no longer this node's.
+    Unpin {
         vni: u32,
         addr: Ipv4Addr,
     },
@@ -212,6 +227,13 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Change> {
         }
         for addr in addrs.difference(desired.proxies.get(vni).unwrap_or(&none)) {
             changes.push(Change::RemoveProxy { vni: *vni, addr: *addr });
+        }
+    }
+    for (vni, addrs) in &observed.pinned {
+        if desired.segments.contains_key(vni) {
+            for addr in addrs.difference(desired.local_workloads.get(vni).unwrap_or(&none)) {
+                changes.push(Change::Unpin { vni: *vni, addr: *addr });
+            }
         }
     }
     for &(vni, net) in &observed.subnets {
@@ -305,6 +327,7 @@ mod tests {
             routes: Default::default(),
             proxies: Default::default(),
             subnets: Default::default(),
+            local_workloads: Default::default(),
         }
     }
 
@@ -461,16 +484,18 @@ mod tests {
             routes: d.routes.clone(),
             proxies: d.proxies.clone(),
             subnets: d.subnets.iter().map(|(v, n)| (*v, *n)).collect(),
+            pinned: [(100, [ip("10.32.0.1")].into())].into(),
         };
         assert!(diff(&d, &observed).is_empty(), "{:?}", diff(&d, &observed));
         let mut moved = map.clone();
-        moved.allocations.retain(|a| a.id != 2 && a.id != 4);
+        moved.allocations.retain(|a| a.id != 1 && a.id != 2 && a.id != 4);
         let d2 = Desired::from_map(&moved, 1, ip("10.47.0.1"), 1370);
         assert_eq!(
             diff(&d2, &observed),
             vec![
                 Change::RemoveRoute { dst: ip("10.32.0.2") },
                 Change::RemoveProxy { vni: 100, addr: ip("10.32.0.2") },
+                Change::Unpin { vni: 100, addr: ip("10.32.0.1") },
                 Change::AddRoute { dst: ip("10.2.3.2"), src: None },
             ]
         );
