@@ -408,13 +408,15 @@ mod tests {
         );
     }
 
+    /// Nodes 1 (this one, 10.47.0.1) and 2 (10.47.0.2).
+    fn two_nodes() -> Vec<Node> {
+        [1, 2].map(|id| Node { id, address: format!("10.47.0.{id}"), ..Default::default() }).to_vec()
+    }
+
     #[test]
     fn desired_from_map_skips_self_and_vni_zero() {
         let map = NetworkMap {
-            nodes: vec![
-                Node { id: 1, address: "10.47.0.1".into(), ..Default::default() },
-                Node { id: 2, address: "10.47.0.2".into(), ..Default::default() },
-            ],
+            nodes: two_nodes(),
             subnets: vec![
                 Subnet { id: 1, cidr: "10.32.0.0/16".into(), vni: 100, ..Default::default() },
                 Subnet { id: 2, cidr: "10.2.0.0/24".into(), vni: 0, ..Default::default() },
@@ -438,10 +440,7 @@ mod tests {
             ..Default::default()
         };
         let map = NetworkMap {
-            nodes: vec![
-                Node { id: 1, address: "10.47.0.1".into(), ..Default::default() },
-                Node { id: 2, address: "10.47.0.2".into(), ..Default::default() },
-            ],
+            nodes: two_nodes(),
             subnets: vec![
                 Subnet { id: 1, cidr: "10.32.0.0/16".into(), vni: 100, ..Default::default() },
                 Subnet { id: 2, cidr: "10.2.3.0/24".into(), vni: 200, ..Default::default() },
