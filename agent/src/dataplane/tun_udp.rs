@@ -44,6 +44,10 @@ const BUFFER_BYTES: usize = 4 << 20;
 const OFFSET: usize = VIRTIO_NET_HDR_LEN;
 /// Packets per batch: a 64 KB super-packet of 1,380-byte segments is 48.
 const BATCH: usize = 128;
+/// Packets per batch read from the TUN: reads go on while room is left for
+/// one more super-packet of the smallest segments (64 KB of 536-byte ones).
+const TUN_BATCH: usize = 256;
+const TUN_READ_ROOM: usize = 128;
 /// The kernel's limit on segments in one UDP GSO send (UDP_MAX_SEGMENTS).
 const MAX_GSO_SEGMENTS: usize = 64;
 /// And on the bytes in it (one IPv4 datagram).
@@ -229,14 +233,18 @@ impl TunUdp {
 /// Reads (super-)packets from the TUN, encrypts every segment, sends the batch.
 fn tun_to_udp(router: &Router, io: &Io, stop: &AtomicBool, intr: &InterruptEvent, mtu: usize) {
     let mut original = vec![0u8; OFFSET + 65_535];
-    let mut packets = vec![vec![0u8; mtu + 64]; BATCH];
-    let mut sizes = vec![0usize; BATCH];
+    let mut packets = vec![vec![0u8; mtu + 64]; TUN_BATCH];
+    let mut sizes = vec![0usize; TUN_BATCH];
     let stride = (mtu + 64 + WG_GROWTH).max(148);
-    let mut buf = vec![0u8; BATCH * stride];
-    let mut out = Vec::with_capacity(BATCH);
+    let mut buf = vec![0u8; TUN_BATCH * stride];
+    let mut out = Vec::with_capacity(TUN_BATCH);
     let mut failures = 0u32;
+    // Reads after the first of a batch must not wait.
+    if let Err(e) = io.tun.set_nonblocking(true) {
+        tracing::warn!(error = %e, "TUN stays blocking: one read per batch");
+    }
     while !stop.load(Ordering::Relaxed) {
-        let n = match io.tun.recv_multiple_intr(&mut original, &mut packets, &mut sizes, 0, intr) {
+        let mut n = match io.tun.recv_multiple_intr(&mut original, &mut packets, &mut sizes, 0, intr) {
             Ok(n) => {
                 failures = 0;
                 n
@@ -253,6 +261,17 @@ fn tun_to_udp(router: &Router, io: &Io, stop: &AtomicBool, intr: &InterruptEvent
                 continue;
             }
         };
+        // Whatever else is queued (small packets come one per read) joins the batch.
+        while n + TUN_READ_ROOM <= TUN_BATCH {
+            match io.tun.recv_multiple(&mut original, &mut packets[n..], &mut sizes[n..], 0) {
+                Ok(more) => n += more,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "tun read failed");
+                    break;
+                }
+            }
+        }
         let table = router.table();
         let mut cursor = 0;
         out.clear();
@@ -283,7 +302,8 @@ fn udp_to_tun(router: &Router, io: &Io, stop: &AtomicBool, mtu: usize) {
         let mut table = None;
         // Block for the first datagrams, then take what else is waiting.
         while count + MAX_GSO_SEGMENTS <= BATCH {
-            let flags = if count == 0 { MsgFlags::empty() } else { MsgFlags::MSG_DONTWAIT };
+            // Only the first read waits: after a wait the table is taken anew.
+            let flags = if table.is_none() { MsgFlags::empty() } else { MsgFlags::MSG_DONTWAIT };
             let (len, src, segment) = match recv_datagrams(&io.udp, &mut datagrams, &mut cmsg, flags) {
                 Ok(r) => r,
                 Err(e) => {
