@@ -318,9 +318,14 @@ async fn serve(
         .map_err(|e| Error::Dataplane(format!("start {TUN_NAME} and udp {listen}: {e}")))?;
     let transport = Arc::new(transport);
     netlink.setup_tun(TUN_NAME, identity.address, netmap::node_prefix(&map), tun_mtu).await?;
-    // The fast path routes between the bridges and the TUN; the isolation
-    // rules (firewall.rs) decide what may be routed.
-    crate::netlink::sysctl("net/ipv4/ip_forward", "1")?;
+    // The isolation rules go in before anything is routed, and the agent
+    // does not run without them. Forwarding is then turned on for the TUN
+    // only (and for each bridge as it is made), not host-wide.
+    let segments = crate::firewall::segments(&map, identity.node_id);
+    crate::firewall::apply(&segments)
+        .await
+        .map_err(|e| Error::Dataplane(format!("cannot install the isolation rules (nftables): {e}")))?;
+    crate::netlink::sysctl(&format!("net/ipv4/conf/{TUN_NAME}/forwarding"), "1")?;
     tracing::info!(node = identity.node_id, address = %identity.address, tun_mtu, segment_mtu, revision = map.revision, "data plane up");
 
     let channel = connect_lazy(&identity.coordinator, identity.pin()?).map_err(|e| Error::Connect(e.to_string()))?;
@@ -357,7 +362,7 @@ async fn serve(
             map_rx.clone(),
             reconcile_now.clone(),
         )),
-        tokio::spawn(crate::firewall::keep(map_rx.clone(), identity.node_id)),
+        tokio::spawn(crate::firewall::keep(map_rx.clone(), identity.node_id, Some(segments))),
         tokio::spawn(control::watch_map(api.map.clone(), dir, map_tx, connected.clone())),
         tokio::spawn(control::dns_loop(dns.clone(), map_rx.clone())),
         tokio::spawn(local_api::serve(

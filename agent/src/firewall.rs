@@ -138,10 +138,22 @@ pub async fn remove() -> Result<(), Error> {
     .await
 }
 
-/// Applies the ruleset now and again whenever the segments or their remote
-/// workloads change.
-pub async fn keep(mut maps: watch::Receiver<NetworkMap>, own_node: u64) {
-    let mut applied: Option<Vec<Segment>> = None;
+/// Whether both tables are still there (someone may flush the ruleset).
+async fn present() -> bool {
+    let list = |family: &'static str| {
+        Command::new("nft").args(["list", "table", family, TABLE]).stdout(Stdio::null()).stderr(Stdio::null()).status()
+    };
+    matches!(list("inet").await, Ok(s) if s.success()) && matches!(list("bridge").await, Ok(s) if s.success())
+}
+
+/// How often the tables are checked for having been removed by someone else.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Applies the ruleset whenever the segments or their remote workloads
+/// change, retries a failed apply every 2 s, and puts the tables back if
+/// they vanish (a `flush ruleset`, a firewall reload). `applied` is what the
+/// caller already applied (see `agent::serve`, which applies before routing).
+pub async fn keep(mut maps: watch::Receiver<NetworkMap>, own_node: u64, mut applied: Option<Vec<Segment>>) {
     loop {
         let segments = segments(&maps.borrow_and_update(), own_node);
         if applied.as_ref() != Some(&segments) {
@@ -150,14 +162,22 @@ pub async fn keep(mut maps: watch::Receiver<NetworkMap>, own_node: u64) {
                     tracing::debug!(segments = segments.len(), "isolation rules applied");
                     applied = Some(segments);
                 }
-                Err(e) => tracing::warn!(error = %e, "isolation rules not applied; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "isolation rules not applied; retrying");
+                    applied = None;
+                }
             }
         }
-        // Retry a failed apply after a pause, else wait for the next map.
         if applied.is_none() {
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        } else if maps.changed().await.is_err() {
-            return;
+            continue;
+        }
+        tokio::select! {
+            changed = maps.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(RECHECK) => if !present().await {
+                tracing::warn!("the isolation tables were removed; putting them back");
+                applied = None;
+            },
         }
     }
 }

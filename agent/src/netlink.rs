@@ -106,12 +106,11 @@ impl Netlink {
     /// it), sets its MTU and brings it up. Idempotent.
     pub async fn setup_tun(&self, name: &str, address: Ipv4Addr, prefix: u8, mtu: u32) -> Result<(), Error> {
         let index = self.link_index(name).await?.ok_or_else(|| Error::Netlink(format!("{name} does not exist")))?;
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
-            .execute()
-            .await
-            .map_err(|e| nl(format!("set {name} up"), e))?;
+        let mut msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
+        // No super-packet with more segments than a batch has room for
+        // (larger ones the kernel segments before the TUN).
+        msg.attributes.push(LinkAttribute::GsoMaxSegs(crate::dataplane::tun_udp::TUN_READ_ROOM as u32));
+        self.handle.link().set(msg).execute().await.map_err(|e| nl(format!("set {name} up"), e))?;
         match self.handle.address().add(index, address.into(), prefix).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
@@ -128,7 +127,12 @@ impl Netlink {
         for l in &links {
             let Some(name) = name(l) else { continue };
             if let Some(vni) = name.strip_prefix(BRIDGE_PREFIX).and_then(|v| v.parse::<u32>().ok()) {
-                segments.entry(vni).or_default().bridge_mtu = mtu(l);
+                let seg = segments.entry(vni).or_default();
+                seg.bridge_mtu = mtu(l);
+                seg.bridge_mac = l
+                    .attributes
+                    .iter()
+                    .find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.clone()) } else { None });
                 bridge_index.insert(vni, l.header.index);
             }
         }
@@ -312,8 +316,10 @@ impl Netlink {
                 self.link_index(&br).await?.ok_or_else(|| Error::Netlink(format!("{br} vanished")))?
             }
         };
-        // Proxy ARP answers at once (the default delays answers up to 0.8 s).
+        // Proxy ARP answers at once (the default delays answers up to 0.8 s),
+        // and needs forwarding on the bridge, as does routing from it to the TUN.
         sysctl(&format!("net/ipv4/neigh/{br}/proxy_delay"), "0")?;
+        sysctl(&format!("net/ipv4/conf/{br}/forwarding"), "1")?;
         let vxlan = match self.link_index(&vx).await? {
             Some(i) => i,
             None => {

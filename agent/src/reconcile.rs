@@ -129,6 +129,8 @@ impl Desired {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObservedSegment {
     pub bridge_mtu: Option<u32>,
+    /// A bridge made before its MAC was fixed is completed (MAC, proxy delay).
+    pub bridge_mac: Option<Vec<u8>>,
     pub vxlan: Option<ObservedVxlan>,
     pub flood: BTreeSet<Ipv4Addr>,
 }
@@ -229,11 +231,12 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Change> {
             changes.push(Change::RemoveProxy { vni: *vni, addr: *addr });
         }
     }
+    // Only a pin whose address now belongs to another node is removed: an
+    // address missing from the map may be one attach just allocated whose
+    // allocation has not reached the map yet (detach unpins its own).
     for (vni, addrs) in &observed.pinned {
-        if desired.segments.contains_key(vni) {
-            for addr in addrs.difference(desired.local_workloads.get(vni).unwrap_or(&none)) {
-                changes.push(Change::Unpin { vni: *vni, addr: *addr });
-            }
+        for addr in addrs.intersection(desired.proxies.get(vni).unwrap_or(&none)) {
+            changes.push(Change::Unpin { vni: *vni, addr: *addr });
         }
     }
     for &(vni, net) in &observed.subnets {
@@ -290,6 +293,7 @@ fn diff_segments(desired: &Desired, observed: &Observed) -> Vec<Change> {
         let seg = observed.segments.get(&vni);
         let complete = seg.is_some_and(|s| {
             s.bridge_mtu == Some(desired.mtu)
+                && s.bridge_mac.as_deref().is_none_or(|m| m == crate::netlink::bridge_mac(desired.local))
                 && s.vxlan
                     .as_ref()
                     .is_some_and(|v| v.local == Some(desired.local) && v.mtu == desired.mtu && v.in_bridge)
@@ -334,6 +338,7 @@ mod tests {
     fn complete(flood: &[&str]) -> ObservedSegment {
         ObservedSegment {
             bridge_mtu: Some(1370),
+            bridge_mac: None,
             vxlan: Some(ObservedVxlan { local: Some(ip("10.47.0.1")), mtu: 1370, in_bridge: true }),
             flood: flood.iter().map(|p| ip(p)).collect(),
         }
@@ -487,17 +492,31 @@ mod tests {
         };
         assert!(diff(&d, &observed).is_empty(), "{:?}", diff(&d, &observed));
         let mut moved = map.clone();
-        moved.allocations.retain(|a| a.id != 1 && a.id != 2 && a.id != 4);
+        moved.allocations.retain(|a| a.id != 2 && a.id != 4);
         let d2 = Desired::from_map(&moved, 1, ip("10.47.0.1"), 1370);
         assert_eq!(
             diff(&d2, &observed),
             vec![
                 Change::RemoveRoute { dst: ip("10.32.0.2") },
                 Change::RemoveProxy { vni: 100, addr: ip("10.32.0.2") },
-                Change::Unpin { vni: 100, addr: ip("10.32.0.1") },
                 Change::AddRoute { dst: ip("10.2.3.2"), src: None },
             ]
         );
+        // A pinned address that is not in the map (yet) stays pinned; one that
+        // now belongs to another node is unpinned.
+        moved.allocations.retain(|a| a.id != 1);
+        let d2 = Desired::from_map(&moved, 1, ip("10.47.0.1"), 1370);
+        assert!(!diff(&d2, &observed).iter().any(|c| matches!(c, Change::Unpin { .. })));
+        let mut elsewhere = moved.clone();
+        elsewhere.allocations.push(weave_proto::v1::Allocation {
+            id: 9,
+            node_id: 2,
+            subnet_id: 1,
+            address: "10.32.0.1/16".into(),
+            ..Default::default()
+        });
+        let d3 = Desired::from_map(&elsewhere, 1, ip("10.47.0.1"), 1370);
+        assert!(diff(&d3, &observed).contains(&Change::Unpin { vni: 100, addr: ip("10.32.0.1") }));
         // A removed subnet: its bridge goes, and with it its entries; only the routes are removed one by one.
         let mut gone = map.clone();
         gone.subnets.retain(|s| s.id != 2);

@@ -93,17 +93,24 @@ fn subnets_stay_apart_whatever_the_workloads_do() {
     never(&x, yip, "routed through a forwarding host, same host");
     never(&x2, zip, "routed through a forwarding host, cross host");
     never(&y, ip(xw), "routed through a forwarding host, the other way");
-    // Control: without weave's table the same path works, so the table is what stops it...
+    // Control: without weave's table the same path works, so the table is what
+    // stops it (the agent is stopped first: running, it puts the table back)...
+    bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
     ok_in(&host, &["nft", "delete", "table", "inet", "weave"]);
     wait_for("x to reach y once the rules are gone", Duration::from_secs(10), || ping_once(&x, yip).then_some(()));
     // ...and the agent puts it back when it starts.
-    bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
     bed.start_agent(0, false);
     bed.wait_status(0);
     wait_for("the rules to be back", Duration::from_secs(10), || {
         in_ns(&host, &["nft", "list", "table", "inet", "weave"]).status.success().then_some(())
     });
     never(&x, yip, "routed through a forwarding host after an agent restart");
+    // A running agent puts a removed table back by itself (a `flush ruleset`, a firewall reload).
+    ok_in(&host, &["nft", "delete", "table", "inet", "weave"]);
+    wait_for("the running agent to restore the rules", Duration::from_secs(20), || {
+        in_ns(&host, &["nft", "list", "table", "inet", "weave"]).status.success().then_some(())
+    });
+    never(&x, yip, "routed through a forwarding host after the rules were restored");
 
     // Hide: the host's addresses go, and with them its reach.
     let out = bed.weavectl(0, &["hide"]);

@@ -45,9 +45,9 @@ const OFFSET: usize = VIRTIO_NET_HDR_LEN;
 /// Packets per batch: a 64 KB super-packet of 1,380-byte segments is 48.
 const BATCH: usize = 128;
 /// Packets per batch read from the TUN: reads go on while room is left for
-/// one more super-packet of the smallest segments (64 KB of 536-byte ones).
+/// one more super-packet of the most segments the TUN accepts.
 const TUN_BATCH: usize = 256;
-const TUN_READ_ROOM: usize = 128;
+pub const TUN_READ_ROOM: usize = 128;
 /// The kernel's limit on segments in one UDP GSO send (UDP_MAX_SEGMENTS).
 const MAX_GSO_SEGMENTS: usize = 64;
 /// And on the bytes in it (one IPv4 datagram).
@@ -86,7 +86,11 @@ impl Io {
             );
             match sent {
                 Ok(_) => return,
-                Err(e @ (Errno::EIO | Errno::EINVAL | Errno::EOPNOTSUPP)) => {
+                // The path to this peer is narrower than a segment (a smaller
+                // path MTU): this run goes one datagram at a time, which the
+                // kernel may fragment; GSO stays on for everyone else.
+                Err(Errno::EMSGSIZE | Errno::EINVAL) => {}
+                Err(e @ (Errno::EIO | Errno::EOPNOTSUPP)) => {
                     tracing::warn!(error = %e, "UDP GSO refused; sending datagrams one at a time from now on");
                     self.gso.store(false, Ordering::Relaxed);
                 }
@@ -250,9 +254,13 @@ fn tun_to_udp(router: &Router, io: &Io, stop: &AtomicBool, intr: &InterruptEvent
                 n
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // A malformed super-packet costs that packet, and only that one.
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput || e.raw_os_error().is_none() => {
+                tracing::debug!(error = %e, "tun packet dropped");
+                continue;
+            }
             Err(e) => {
-                // A malformed super-packet costs that packet; a device that
-                // keeps failing is not spun on.
+                // A device that keeps failing is not spun on.
                 tracing::debug!(error = %e, "tun read failed");
                 failures += 1;
                 if failures > 100 {
