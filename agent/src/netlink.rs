@@ -160,13 +160,7 @@ impl Netlink {
                 .attributes
                 .iter()
                 .any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(m) if m.iter().all(|b| *b == 0)));
-            let dst = entry.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-                NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) if raw.len() == 4 => {
-                    Some(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
-                }
-                _ => None,
-            });
+            let dst = neighbour_ip(&entry);
             if let (true, Some(dst)) = (zero_mac, dst) {
                 segments.entry(*vni).or_default().flood.insert(dst);
             }
@@ -205,11 +199,7 @@ impl Netlink {
         let neighbours: Vec<NeighbourMessage> =
             request.execute().try_collect().await.map_err(|e| nl("dump neighbours", e))?;
         for n in neighbours.iter().filter(|n| n.header.state == NeighbourState::Permanent) {
-            let Some(vni) = bridge_vni.get(&n.header.ifindex) else { continue };
-            if let Some(ip) = n.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-                _ => None,
-            }) {
+            if let (Some(vni), Some(ip)) = (bridge_vni.get(&n.header.ifindex), neighbour_ip(n)) {
                 observed.pinned.entry(*vni).or_default().insert(ip);
             }
         }
@@ -217,14 +207,9 @@ impl Netlink {
         request.message_mut().header.family = AddressFamily::Inet;
         let proxies: Vec<NeighbourMessage> =
             request.execute().try_collect().await.map_err(|e| nl("dump proxy entries", e))?;
-        for p in proxies {
-            let Some(vni) = bridge_vni.get(&p.header.ifindex) else { continue };
-            let dst = p.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-                _ => None,
-            });
-            if let Some(dst) = dst {
-                observed.proxies.entry(*vni).or_default().insert(dst);
+        for p in &proxies {
+            if let (Some(vni), Some(ip)) = (bridge_vni.get(&p.header.ifindex), neighbour_ip(p)) {
+                observed.proxies.entry(*vni).or_default().insert(ip);
             }
         }
         Ok(observed)
@@ -246,22 +231,14 @@ impl Netlink {
             }
             Change::AddRoute { dst, src } => {
                 let tun = self.link_index(TUN_NAME).await?.ok_or_else(|| Error::Netlink(format!("no {TUN_NAME}")))?;
-                let added =
-                    self.handle.route().add(route(Ipv4Net::from(dst), tun, src, None)).replace().execute().await;
-                match added {
-                    Ok(()) => Ok(()),
+                let add = |src| self.handle.route().add(route(Ipv4Net::from(dst), tun, src, None)).replace().execute();
+                match add(src).await {
                     // The exposed address is not on the bridge yet (or no more):
                     // route without it now; the pass after the expose fixes it.
-                    Err(e) if src.is_some() && errno(&e) == Some(EINVAL) => self
-                        .handle
-                        .route()
-                        .add(route(Ipv4Net::from(dst), tun, None, None))
-                        .replace()
-                        .execute()
-                        .await
-                        .map_err(|e| nl(format!("route {dst} via {TUN_NAME}"), e)),
-                    Err(e) => Err(nl(format!("route {dst} via {TUN_NAME}"), e)),
+                    Err(e) if src.is_some() && errno(&e) == Some(EINVAL) => add(None).await,
+                    other => other,
                 }
+                .map_err(|e| nl(format!("route {dst} via {TUN_NAME}"), e))
             }
             Change::RemoveSubnetRoute { vni, net } => {
                 let Some(br) = self.link_index(&bridge_name(vni)).await? else { return Ok(()) };
@@ -279,17 +256,7 @@ impl Netlink {
             }
             Change::Unpin { vni, addr } => self.unpin_neighbour(&bridge_name(vni), addr).await,
             Change::RemoveProxy { vni, addr } => {
-                let Some(br) = self.link_index(&bridge_name(vni)).await? else { return Ok(()) };
-                let mut msg = NeighbourMessage::default();
-                msg.header.family = AddressFamily::Inet;
-                msg.header.ifindex = br;
-                msg.header.flags = NeighbourFlags::Proxy;
-                msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)));
-                match self.handle.neighbours().del(msg).execute().await {
-                    Ok(()) => Ok(()),
-                    Err(e) if matches!(errno(&e), Some(ENOENT)) => Ok(()),
-                    Err(e) => Err(nl(format!("remove proxy entry {addr}"), e)),
-                }
+                self.del_neighbour(&bridge_name(vni), addr, NeighbourFlags::Proxy).await
             }
         }
     }
@@ -400,15 +367,21 @@ impl Netlink {
 
     /// Removes what [`Self::pin_neighbour`] added; fine if absent.
     pub async fn unpin_neighbour(&self, bridge: &str, ip: Ipv4Addr) -> Result<(), Error> {
+        self.del_neighbour(bridge, ip, NeighbourFlags::empty()).await
+    }
+
+    /// Deletes a neighbour entry (`flags`: `Proxy` for a proxy-ARP entry) on a bridge; fine if absent.
+    async fn del_neighbour(&self, bridge: &str, ip: Ipv4Addr, flags: NeighbourFlags) -> Result<(), Error> {
         let Some(index) = self.link_index(bridge).await? else { return Ok(()) };
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Inet;
         msg.header.ifindex = index;
+        msg.header.flags = flags;
         msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
         match self.handle.neighbours().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno(&e), Some(ENOENT)) => Ok(()),
-            Err(e) => Err(nl(format!("remove neighbour {ip} on {bridge}"), e)),
+            Err(e) => Err(nl(format!("remove neighbour entry {ip} on {bridge}"), e)),
         }
     }
 
@@ -439,6 +412,17 @@ impl Netlink {
         }
         self.delete_link(tun).await
     }
+}
+
+/// The IPv4 destination of a neighbour or FDB entry (FDB dumps may carry it raw).
+fn neighbour_ip(n: &NeighbourMessage) -> Option<Ipv4Addr> {
+    n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) if raw.len() == 4 => {
+            Some(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+        }
+        _ => None,
+    })
 }
 
 /// A route of ours: `net dev <oif> scope link proto 87 [src] [metric]`.
