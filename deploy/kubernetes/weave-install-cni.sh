@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The DaemonSet's `install-cni` container (shipped in the image as
+# /usr/local/bin/weave-install-cni): waits until this node's agent is ready,
+# then installs weave-cni into <root>/opt/cni/bin and writes
+# <root>/etc/cni/net.d/10-weave.conflist, each atomically (temporary file in
+# the same directory, then rename), and stays running so that the pod's
+# lifetime matches the agent's.
+#
+# Why wait: a container runtime marks the node's network ready as soon as any
+# conflist exists in its directory, and the scheduler then sends pods here.
+# Before the agent has joined and holds its watch on the coordinator, every
+# one of those pods would fail its CNI ADD.
+#
+#   weave-install-cni            wait, install, stay running (the container command)
+#   weave-install-cni --once     wait, install, exit 0
+#   weave-install-cni --check    exit 0 if the agent is ready now, 1 otherwise
+#                                (the agent container's readiness probe)
+#
+# Environment (defaults are the paths inside the DaemonSet's pod):
+#   WEAVE_HOST_ROOT        where the host's root is mounted            (/host)
+#   WEAVE_AGENT_SOCKET     the agent's local API                       (/run/weave/agent.sock)
+#   WEAVE_AGENT_BIN        the agent binary (runs `agent status`)      (agent, from PATH)
+#   WEAVE_READY_URL        optional http://host:port/path answering 200 when the
+#                          agent is ready (e.g. http://127.0.0.1:6782/readyz);
+#                          either check passing means ready
+#   WEAVE_CNI_PLUGIN       the weave-cni binary to install             (/usr/local/bin/weave-cni)
+#   WEAVE_CNI_CONFLIST     the conflist to install                     (/usr/local/share/weave/10-weave.conflist)
+#   WEAVE_CNI_BIN_DIR      under the root                              (/opt/cni/bin)
+#   WEAVE_CNI_CONF_DIR     under the root                              (/etc/cni/net.d)
+#   WEAVE_READY_INTERVAL   seconds between readiness checks            (2)
+set -euo pipefail
+
+ROOT=${WEAVE_HOST_ROOT:-/host}
+SOCKET=${WEAVE_AGENT_SOCKET:-/run/weave/agent.sock}
+AGENT=${WEAVE_AGENT_BIN:-agent}
+READY_URL=${WEAVE_READY_URL:-}
+PLUGIN=${WEAVE_CNI_PLUGIN:-/usr/local/bin/weave-cni}
+CONFLIST=${WEAVE_CNI_CONFLIST:-/usr/local/share/weave/10-weave.conflist}
+BIN_DIR=$ROOT${WEAVE_CNI_BIN_DIR:-/opt/cni/bin}
+CONF_DIR=$ROOT${WEAVE_CNI_CONF_DIR:-/etc/cni/net.d}
+INTERVAL=${WEAVE_READY_INTERVAL:-2}
+
+log() { echo "weave-install-cni: $*" >&2; }
+
+# Ready = the agent answers on its socket and its watch on the coordinator is
+# open (it has joined and holds the current network map). An agent that answers
+# but runs from its saved map with the coordinator unreachable is not ready.
+agent_ready() {
+    local out
+    out=$("$AGENT" status --json --socket "$SOCKET" 2>/dev/null) || return 1
+    [[ $out =~ \"coordinator_connected\":[[:space:]]*true ]]
+}
+
+# GET over bash's /dev/tcp: the image carries no HTTP client.
+url_ready() {
+    [[ -n $READY_URL ]] || return 1
+    local rest=${READY_URL#http://} hostport path status
+    hostport=${rest%%/*}
+    path=/${rest#*/}
+    [[ $rest == */* ]] || path=/
+    status=$(timeout 3 bash -c '
+        exec 3<>"/dev/tcp/${1%:*}/${1##*:}" || exit 1
+        printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$2" "$1" >&3
+        IFS= read -r line <&3 && printf "%s" "$line"' _ "$hostport" "$path" 2>/dev/null) || return 1
+    [[ $status =~ ^HTTP/[0-9.]+\ 200 ]]
+}
+
+ready() { agent_ready || url_ready; }
+
+# Copies $1 to $2 through a temporary file in $2's directory, then renames:
+# a runtime reading the directory sees either nothing or the whole file.
+install_atomic() {
+    local src=$1 dst=$2 mode=$3 tmp
+    tmp=$(dirname "$dst")/.$(basename "$dst").weave-tmp.$$
+    cp "$src" "$tmp"
+    chmod "$mode" "$tmp"
+    mv -f "$tmp" "$dst"
+}
+
+case "${1:-}" in
+--check) ready; exit ;;
+--once | "") ;;
+*) echo "usage: $0 [--once|--check]" >&2; exit 2 ;;
+esac
+
+[[ -x $PLUGIN ]] || { log "no executable weave-cni at $PLUGIN"; exit 1; }
+[[ -r $CONFLIST ]] || { log "no conflist at $CONFLIST"; exit 1; }
+
+log "waiting for the agent (socket $SOCKET${READY_URL:+, $READY_URL}) before installing the CNI config"
+waited=0
+until ready; do
+    if ((waited % 30 == 0)); then log "agent not ready yet (${waited}s)"; fi
+    sleep "$INTERVAL"
+    waited=$((waited + INTERVAL))
+done
+
+mkdir -p "$BIN_DIR" "$CONF_DIR"
+# The plugin first: the conflist makes the runtime call it at once.
+install_atomic "$PLUGIN" "$BIN_DIR/weave-cni" 0755
+install_atomic "$CONFLIST" "$CONF_DIR/10-weave.conflist" 0644
+log "agent ready: installed $BIN_DIR/weave-cni and $CONF_DIR/10-weave.conflist"
+
+[[ ${1:-} == --once ]] && exit 0
+
+# Stay up with the agent. The conflist is left in place on exit: removing it
+# would mark the node's network unready during every agent upgrade, while the
+# interfaces of running pods survive an agent restart.
+sleeper=
+trap '[[ -n $sleeper ]] && kill "$sleeper" 2>/dev/null; exit 0' TERM INT
+while :; do
+    sleep 3600 &
+    sleeper=$!
+    wait "$sleeper" || true
+done
