@@ -28,6 +28,10 @@ pub const PERSISTENT_KEEPALIVE: u16 = 25;
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// Largest buffer any output needs: a full-size IP packet plus WireGuard's framing.
 pub const BUF_SIZE: usize = 65_535 + 64;
+/// WireGuard message types (the first byte of every datagram).
+const HANDSHAKE_INIT: u8 = 1;
+const HANDSHAKE_RESPONSE: u8 = 2;
+const DATA: u8 = 4;
 
 /// Where the router's control messages (handshakes, cookies, keepalives) go.
 pub trait Sink {
@@ -196,10 +200,25 @@ impl Router {
             Err(_) => None,
         }?;
         let mut tunn = lock(&peer.tunn);
+        // Whether the datagram proved to come from the peer now: only then is
+        // its source where the peer is (roaming). Anyone can send a cookie
+        // reply (its key is derived from the public key) or replay an old
+        // message, so neither may move the endpoint.
+        let mut authenticated = false;
         let plain = match tunn.decapsulate(Some(src.ip()), datagram, out) {
-            TunnResult::Done => None,
+            // A fresh keepalive: it decrypted, and its counter was new.
+            TunnResult::Done => {
+                authenticated = datagram[0] == DATA;
+                None
+            }
             TunnResult::Err(WireGuardError::DuplicateCounter) | TunnResult::Err(_) => return None,
             TunnResult::WriteToNetwork(reply) => {
+                // boringtun answers an initiation it accepted (fresh timestamp)
+                // with a response, and a response that matched its own
+                // initiation with a keepalive; a cookie (the rate limiter under
+                // load) is what it answers anyone.
+                authenticated = matches!((datagram[0], reply.first()), (HANDSHAKE_INIT, Some(&HANDSHAKE_RESPONSE)))
+                    || matches!((datagram[0], reply.first()), (HANDSHAKE_RESPONSE, Some(&DATA)));
                 sink.to_network(src, reply);
                 // Flush packets that were queued while the handshake ran.
                 while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], out) {
@@ -209,6 +228,7 @@ impl Router {
             }
             TunnResult::WriteToTunnelV4(packet, inner_src) => {
                 if table.by_address.get(&inner_src).is_some_and(|p| Arc::ptr_eq(p, peer)) {
+                    authenticated = true;
                     Some(packet.len())
                 } else {
                     peer.dropped_spoofed.fetch_add(1, Ordering::Relaxed);
@@ -222,8 +242,9 @@ impl Router {
             }
         };
         drop(tunn);
-        // The datagram authenticated: this is where the peer is now (roaming).
-        *lock(&peer.endpoint) = Some(src);
+        if authenticated {
+            *lock(&peer.endpoint) = Some(src);
+        }
         plain
     }
 
@@ -447,6 +468,63 @@ mod tests {
         // Garbage from yet another address does not move it.
         b.receive("203.0.113.5:1".parse().unwrap(), &[4, 0, 0, 0, 1, 2, 3]);
         assert_eq!(b.router.status()[0].endpoint, Some(moved));
+    }
+
+    #[test]
+    fn spoofed_data_from_a_new_address_does_not_move_the_endpoint() {
+        let (a, b) = pair();
+        a.send(&ipv4(Ipv4Addr::new(10, 47, 0, 9), b.addr, b"spoof"));
+        deliver(&a, &b, "198.51.100.7:40000".parse().unwrap());
+        assert_eq!(b.router.status()[0].endpoint, Some(a.endpoint), "the inner source was not a's");
+    }
+
+    #[test]
+    fn replayed_handshakes_from_a_new_address_leave_the_endpoint_unchanged() {
+        let (a, b) = (node(1), node(2));
+        a.router.set_peers(&[config(&b, Some(b.endpoint))], &a.wire);
+        b.router.set_peers(&[config(&a, Some(a.endpoint))], &b.wire);
+        // Both initiate and both respond: record what a sent (its initiation and its response).
+        let mut from_a = Vec::new();
+        for _ in 0..4 {
+            from_a.extend(a.wire.net.borrow().iter().map(|(_, m)| m.clone()).filter(|m| m[0] <= 2));
+            deliver(&a, &b, a.endpoint);
+            deliver(&b, &a, b.endpoint);
+        }
+        assert_eq!(from_a.iter().map(|m| m[0]).collect::<Vec<_>>(), vec![1, 2], "{from_a:?}");
+        let evil: SocketAddr = "203.0.113.66:6784".parse().unwrap();
+        // Replays alternate between initiation and response, so that the rate
+        // limiter passes load at every count, including where boringtun (not
+        // the router) is the one that answers with a cookie.
+        for round in 0..(2 * HANDSHAKE_RATE_LIMIT) {
+            b.receive(evil, &from_a[(round % 2) as usize]);
+            assert_eq!(b.router.status()[0].endpoint, Some(a.endpoint), "replay {round} moved the endpoint");
+        }
+        assert!(b.wire.net.borrow().iter().any(|(_, m)| m[0] == 3), "the replays met the rate limiter's cookies");
+        // The tunnel still works from where a really is.
+        b.wire.net.borrow_mut().clear();
+        a.send(&ipv4(a.addr, b.addr, b"still here"));
+        assert_eq!(deliver(&a, &b, a.endpoint), 1);
+        assert_eq!(b.wire.tun.borrow().len(), 1);
+    }
+
+    #[test]
+    fn a_forged_cookie_reply_from_a_new_address_leaves_the_endpoint_unchanged() {
+        let (a, b) = (node(1), node(2));
+        a.router.set_peers(&[config(&b, Some(b.endpoint))], &a.wire);
+        let init = a.wire.net.borrow()[0].1.clone();
+        // A cookie reply needs only b's public key and a's mac1 (both seen on
+        // the wire): an on-path machine makes one with a limiter already "under load".
+        let forger = RateLimiter::new(&PublicKey::from(b.public), 0);
+        let mut buf = [0u8; 64];
+        let cookie = match forger.verify_packet(Some("203.0.113.66".parse().unwrap()), &init, &mut buf) {
+            Err(TunnResult::WriteToNetwork(cookie)) => cookie.to_vec(),
+            _ => panic!("a limiter under load answers with a cookie"),
+        };
+        assert_eq!(cookie[0], 3);
+        for _ in 0..2 {
+            a.receive("203.0.113.66:6784".parse().unwrap(), &cookie);
+            assert_eq!(a.router.status()[0].endpoint, Some(b.endpoint), "a cookie reply is not authenticated");
+        }
     }
 
     #[test]
