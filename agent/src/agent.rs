@@ -187,6 +187,10 @@ enum DnsPlan {
 /// The namespace file a container argument names, without the registry of
 /// names (a path, a pid, or a name under /run/netns).
 fn dns_netns(container: &str) -> Option<std::path::PathBuf> {
+    // A CNI DEL may name no namespace (it is gone); "" would be /run/netns itself.
+    if container.is_empty() {
+        return None;
+    }
     let path = if container.starts_with('/') {
         std::path::PathBuf::from(container)
     } else if !container.is_empty() && container.bytes().all(|b| b.is_ascii_digit()) {
@@ -228,11 +232,20 @@ impl Running {
     async fn dns_after(&self, plan: Option<DnsPlan>, response: &Response) {
         match (plan, response) {
             (Some(DnsPlan::Serve { netns, key, aliases }), Response::Attached(_)) => {
-                {
+                let gone: Vec<String> = {
                     let mut names = self.dns_names.lock().unwrap_or_else(|e| e.into_inner());
-                    for alias in aliases {
-                        names.insert(alias, key.clone());
-                    }
+                    let moved: Vec<String> = aliases
+                        .into_iter()
+                        .filter_map(|a| names.insert(a, key.clone()))
+                        .filter(|k| *k != key)
+                        .collect();
+                    // A name that moved left a dead namespace (attach refuses
+                    // a live one's name): its sockets would keep it alive.
+                    names.retain(|_, k| !moved.contains(k));
+                    moved
+                };
+                for old in gone {
+                    self.dns.stop(&old);
                 }
                 if let Err(e) = self.dns.serve_in(&netns, &key).await {
                     tracing::warn!(netns = %netns.display(), error = %e, "attached, but cannot serve DNS in the container");

@@ -175,11 +175,15 @@ impl Attacher {
     /// `id`, when given, is the IPAM key (e.g. `cni:<container id>`, so
     /// that a CNI DEL can release it after the namespace is gone).
     fn resolve(&self, container: &str, name: Option<&str>, id: Option<&str>) -> Result<Container, String> {
+        // The inode a registered name was given to: its path may since lead
+        // to another namespace (`ip netns del` then `add`, a reused pid).
+        let mut registered_inode = None;
         let path = if container.starts_with('/') {
             PathBuf::from(container)
         } else if !container.is_empty() && container.bytes().all(|b| b.is_ascii_digit()) {
             PathBuf::from(format!("/proc/{container}/ns/net"))
-        } else if let Some((p, _)) = self.names().names.get(container) {
+        } else if let Some((p, ino)) = self.names().names.get(container) {
+            registered_inode = Some(*ino);
             p.clone()
         } else if !container.is_empty() && !container.contains('/') && Path::new("/run/netns").join(container).exists()
         {
@@ -200,10 +204,50 @@ impl Attacher {
             return Err(format!("unknown container '{container}': {} is not a network namespace", path.display()));
         }
         let inode = meta.ino();
-        let registered = self.names().names.iter().find(|(_, (_, ino))| *ino == inode).map(|(n, _)| n.clone());
+        if registered_inode.is_some_and(|ino| ino != inode) {
+            return Err(format!(
+                "unknown container '{container}': its namespace is gone ({} is another one now)",
+                path.display()
+            ));
+        }
+        let registered = self.registered_name(inode);
         let name = name.map(str::to_string).or(registered);
         let key = id.map(str::to_string).or_else(|| name.clone()).unwrap_or_else(|| format!("netns:{inode}"));
         Ok(Container { netns, key, name, inode, path })
+    }
+
+    /// The name a live namespace was registered under. Namespace inodes are
+    /// reused once a namespace dies, so the registered path must still lead
+    /// to that inode.
+    fn registered_name(&self, inode: u64) -> Option<String> {
+        let names = self.names();
+        names.names.iter().find(|(_, (path, ino))| *ino == inode && alive(path, *ino)).map(|(n, _)| n.clone())
+    }
+
+    /// `attach --name n` for the namespace `c`: refuses a name that another
+    /// live namespace holds, or a second name for a named namespace. Returns
+    /// the inode of a dead namespace that held the name (to be retired).
+    fn check_name(&self, n: &str, container: &str, c: &Container) -> Result<Option<u64>, String> {
+        let names = self.names();
+        if let Some((path, inode)) = names.names.get(n)
+            && *inode != c.inode
+        {
+            if alive(path, *inode) {
+                return Err(format!(
+                    "name '{n}' is already in use by another container ({}): weavectl detach {n} first",
+                    path.display()
+                ));
+            }
+            return Ok(Some(*inode));
+        }
+        if let Some((other, _)) =
+            names.names.iter().find(|(m, (path, ino))| m.as_str() != n && *ino == c.inode && alive(path, *ino))
+        {
+            return Err(format!(
+                "container '{container}' is already attached as '{other}': weavectl detach {other} first"
+            ));
+        }
+        Ok(None)
     }
 
     fn remember(&self, name: &str, path: PathBuf, inode: u64) {
@@ -254,10 +298,56 @@ impl Attacher {
             .collect()
     }
 
+    /// Releases `key`'s address on `subnet` (every subnet if empty).
     async fn release(&self, key: &str, subnet: &str) -> Result<Vec<String>, String> {
         let req = ReleaseRequest { container: key.to_string(), subnet: subnet.to_string(), ..Default::default() };
-        let r = self.api.ipam.clone().release(req).await.map_err(|s| s.message().to_string())?;
-        Ok(r.into_inner().released.into_iter().map(|a| a.address).collect())
+        match self.api.ipam.clone().release(req).await {
+            Ok(r) => Ok(r.into_inner().released.into_iter().map(|a| a.address).collect()),
+            // Nothing held under that key: already released (a repeated
+            // detach or CNI DEL), which is what was asked.
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(Vec::new()),
+            Err(s) => Err(s.message().to_string()),
+        }
+    }
+
+    /// What a container whose namespace is gone still holds: the host ends of
+    /// its veths (deleting one takes its `ethwe*` with it, should the
+    /// namespace live on where we cannot see it), its addresses on the
+    /// subnets of `addrs` (all if none) and, for all of them, its name.
+    async fn retire(
+        &self,
+        key: &str,
+        inode: Option<u64>,
+        name: Option<&str>,
+        addrs: &[String],
+    ) -> Result<Vec<String>, String> {
+        let subnets: Vec<Subnet> = if addrs.is_empty() {
+            self.maps.borrow().subnets.clone()
+        } else {
+            let specs = AddrSpec::parse_all(addrs)?;
+            self.subnets(&specs).await?.into_iter().map(|(_, s)| s).collect()
+        };
+        if let Some(inode) = inode {
+            for s in &subnets {
+                self.host.delete_link(&host_ifname(inode, s.vni)).await.map_err(|e| e.to_string())?;
+            }
+        }
+        let released = if addrs.is_empty() {
+            self.release(key, "").await?
+        } else {
+            let mut released = Vec::new();
+            for s in &subnets {
+                released.extend(self.release(key, &s.cidr).await?);
+            }
+            released
+        };
+        if addrs.is_empty()
+            && let Some(n) = name
+        {
+            self.forget(n);
+        }
+        tracing::info!(container = key, ?released, "released the addresses of a container whose namespace is gone");
+        Ok(released)
     }
 
     /// Allocates every spec; on any refusal, releases what this call added.
@@ -313,7 +403,16 @@ impl Attacher {
         let specs = AddrSpec::parse_all(addrs)?;
         let _one = self.lock.lock().await;
         let c = self.resolve(container, name, id)?;
+        let stale = match name {
+            Some(n) => self.check_name(n, container, &c)?,
+            None => None,
+        };
         let wanted = self.subnets(&specs).await?;
+        // The name's namespace is gone: this one takes the name over, and
+        // nothing of the dead one (addresses, DNS name, veths) carries over.
+        if let (Some(n), Some(inode)) = (name, stale) {
+            self.retire(n, Some(inode), Some(n), &[]).await?;
+        }
         let inside = Netlink::in_netns(&c.netns).await.map_err(|e| e.to_string())?;
         let before = inside.workload_interfaces(ifname).await.map_err(|e| e.to_string())?;
         // An explicit address that differs from the one the container has on
@@ -392,7 +491,9 @@ impl Attacher {
 
     /// `detach`: removes the given subnets (all if none) and releases their
     /// addresses (and DNS records). A subnet the container is not on is an
-    /// error, and then nothing changes.
+    /// error, and then nothing changes. Idempotent, also once the namespace
+    /// is gone (a CNI DEL after the runtime removed it, by its `id`; a
+    /// registered name): then what it held is released.
     pub async fn detach(
         &self,
         container: &str,
@@ -401,7 +502,19 @@ impl Attacher {
         addrs: &[String],
     ) -> Result<Vec<String>, String> {
         let _one = self.lock.lock().await;
-        let c = self.resolve(container, None, id)?;
+        let c = match self.resolve(container, None, id) {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(id) = id {
+                    return self.retire(id, None, None, addrs).await;
+                }
+                let registered = self.names().names.get(container).map(|(_, ino)| *ino);
+                return match registered {
+                    Some(inode) => self.retire(container, Some(inode), Some(container), addrs).await,
+                    None => Err(e),
+                };
+            }
+        };
         let inside = Netlink::in_netns(&c.netns).await.map_err(|e| e.to_string())?;
         let before = inside.workload_interfaces(ifname).await.map_err(|e| e.to_string())?;
         let held = self.held(&c.key);
@@ -508,6 +621,11 @@ impl Attacher {
         }
         Ok(released)
     }
+}
+
+/// The namespace at `path` is still the one with `inode`.
+fn alive(path: &Path, inode: u64) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.ino() == inode)
 }
 
 /// The interface of `ifaces` with an address inside `cidr`, and that address.

@@ -208,3 +208,56 @@ fn bad_input_is_one_line_and_changes_nothing() {
     // The held address still belongs to its holder, on its interface.
     assert!(interfaces(&holder).contains(&"ethwe 10.2.3.7/24".to_string()));
 }
+
+/// `--name` is the IPAM key: a name another live namespace holds would hand
+/// over its address, so it is refused (exit 5, nothing applied). Once the
+/// holder's namespace is gone, the name is free and nothing of the dead
+/// container carries over; `detach <name>` works on a gone namespace too.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_name_belongs_to_one_live_namespace() {
+    let mut bed = Bed::with_hosts(1);
+    let a = bed.add_container("a");
+    let b = bed.add_container("b");
+    let first = attach_line(&bed, 0, &["--name", "web", &format!("/run/netns/{a}")]);
+    let refused = |bed: &Bed, args: &[&str], expect: &str| {
+        let (a_ifs, b_ifs, allocs) = (interfaces(&a), interfaces(&b), bed.allocations());
+        let out = bed.weavectl(0, args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert_eq!((interfaces(&a), interfaces(&b), bed.allocations()), (a_ifs, b_ifs, allocs), "{args:?} changed");
+    };
+    refused(&bed, &["attach", "--name", "web", &format!("/run/netns/{b}")], "name 'web' is already in use");
+    // One name per namespace, too.
+    refused(&bed, &["attach", "--name", "db", &format!("/run/netns/{a}")], "already attached as 'web'");
+    assert!(interfaces(&b).is_empty(), "{:?}", interfaces(&b));
+    // The same name for the same namespace stays idempotent.
+    assert_eq!(attach_line(&bed, 0, &["--name", "web", &format!("/run/netns/{a}")]), first);
+
+    // web's namespace is gone: b takes the name over, with one address under it.
+    ok(&["ip", "netns", "del", &a]);
+    let taken = attach_line(&bed, 0, &["--name", "web", &format!("/run/netns/{b}")]);
+    let web: Vec<String> = bed.allocations().into_iter().filter(|l| l.split(' ').nth(1) == Some("web")).collect();
+    assert_eq!(web.len(), 1, "{web:?}");
+    assert!(
+        web[0].ends_with(&format!(" {taken}/{}", bed.status(0).unwrap().segments[0].subnet.split('/').nth(1).unwrap())),
+        "{web:?}"
+    );
+    assert!(interfaces(&b).iter().any(|l| l.starts_with(&format!("ethwe {taken}/"))), "{:?}", interfaces(&b));
+    // `web` is b now.
+    let out = bed.weavectl(0, &["detach", "web"]);
+    assert!(out.status.success(), "detach web: {}", stderr(&out));
+    assert!(interfaces(&b).is_empty(), "{:?}", interfaces(&b));
+
+    // detach by name once the namespace is gone: its address is released.
+    let c = bed.add_container("c");
+    let held = attach_line(&bed, 0, &["--name", "db", &format!("/run/netns/{c}")]);
+    ok(&["ip", "netns", "del", &c]);
+    let out = bed.weavectl(0, &["detach", "db"]);
+    assert!(out.status.success(), "detach db after ip netns del: {}", stderr(&out));
+    assert!(!bed.allocations().iter().any(|l| l.contains(&format!(" {held}/"))), "{:?}", bed.allocations());
+    let out = bed.weavectl(0, &["attach", "db"]);
+    assert!(!out.status.success() && stderr(&out).contains("unknown container"), "{}", stderr(&out));
+}

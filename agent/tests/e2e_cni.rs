@@ -92,3 +92,66 @@ fn cni_add_check_del_version_and_errors() {
     assert!(out.status.success(), "DEL without netns: {}", String::from_utf8_lossy(&out.stdout));
     assert!(!bed.allocations().iter().any(|a| a.contains(&format!("{ip2}/"))), "{:?}", bed.allocations());
 }
+
+/// The spec: DEL succeeds when what it would remove is already gone, and
+/// when CNI_NETNS is empty or unset. A repeated DEL releases nothing more
+/// (another container's address stays).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn del_is_idempotent_once_the_namespace_is_gone() {
+    let mut bed = Bed::with_hosts(1);
+    let bin = weave_cni();
+    let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
+    let conf = json!({"cniVersion": "1.0.0", "name": "weave", "type": "weave-cni", "socket": socket});
+    let add = |bed: &mut Bed, name: &str| {
+        let ns = bed.add_container(name);
+        let netns = format!("/run/netns/{ns}");
+        let id = format!("{}-{name}", bed.prefix);
+        let out = plugin(&bin, "ADD", &netns, &id, &conf, None);
+        assert!(out.status.success(), "ADD {name}: {}", String::from_utf8_lossy(&out.stdout));
+        let ip = validate_add_result(&json_out(&out), &netns)[0].0;
+        (ns, netns, id, ip)
+    };
+    let held = |bed: &Bed, ip: std::net::Ipv4Addr| bed.allocations().iter().any(|a| a.contains(&format!(" {ip}/")));
+    let del = |netns: Option<&str>, id: &str| {
+        let mut cmd = Command::new(weave_cni());
+        cmd.env("CNI_COMMAND", "DEL")
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni");
+        match netns {
+            Some(n) => cmd.env("CNI_NETNS", n),
+            None => cmd.env_remove("CNI_NETNS"),
+        };
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+
+    let (ns, netns, id, ip) = add(&mut bed, "gone");
+    ok(&["ip", "netns", "del", &ns]);
+    // Another container holds an address meanwhile: a repeated DEL leaves it alone.
+    let (_, _, _, other) = add(&mut bed, "other");
+    let mut after = Vec::new();
+    for n in 1..=2 {
+        let out = del(Some(&netns), &id);
+        assert!(out.status.success(), "DEL #{n} after ip netns del: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(!held(&bed, ip), "DEL #{n}: {:?}", bed.allocations());
+        after.push(bed.allocations());
+    }
+    assert_eq!(after[0], after[1], "the second DEL released nothing");
+    assert!(held(&bed, other), "{:?}", bed.allocations());
+
+    // No namespace at all: CNI_NETNS empty, then unset (twice each).
+    let (ns, _, id, ip) = add(&mut bed, "nonetns");
+    ok(&["ip", "netns", "del", &ns]);
+    for netns in [Some(""), Some(""), None, None] {
+        let out = del(netns, &id);
+        assert!(out.status.success(), "DEL with CNI_NETNS {netns:?}: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(!held(&bed, ip), "{:?}", bed.allocations());
+    }
+    // A DEL for a container this agent never saw.
+    let out = del(None, &format!("{}-never", bed.prefix));
+    assert!(out.status.success(), "DEL of an unknown container: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(held(&bed, other), "{:?}", bed.allocations());
+}

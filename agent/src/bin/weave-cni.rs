@@ -91,17 +91,15 @@ async fn add(conf: &NetConf, netns: &str, id: &str, ifname: &str) -> Result<serd
     }
 }
 
-/// Idempotent: a missing namespace or nothing attached is success.
+/// Idempotent, as the spec asks: a namespace that is gone (or not given) or
+/// nothing attached is success. The agent releases by the container id what
+/// it can no longer reach in the namespace.
 async fn del(conf: &NetConf, netns: String, id: &str, ifname: &str) -> Result<(), CniError> {
-    let request = if !netns.is_empty() && Path::new(&netns).exists() {
-        Request::Detach {
-            container: netns,
-            id: Some(id.to_string()),
-            ifname: Some(ifname.to_string()),
-            addrs: Vec::new(),
-        }
-    } else {
-        Request::Release { container: id.to_string() }
+    let request = Request::Detach {
+        container: netns,
+        id: Some(id.to_string()),
+        ifname: Some(ifname.to_string()),
+        addrs: Vec::new(),
     };
     ask(conf, request).await.map(|_| ())
 }
