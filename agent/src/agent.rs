@@ -334,8 +334,8 @@ async fn serve(
     // The isolation rules go in before anything is routed, and the agent
     // does not run without them. Forwarding is then turned on for the TUN
     // only (and for each bridge as it is made), not host-wide.
-    let segments = crate::firewall::segments(&map, identity.node_id);
-    crate::firewall::apply(&segments)
+    let rules = crate::firewall::rules(&map, identity.node_id);
+    crate::firewall::apply(&rules)
         .await
         .map_err(|e| Error::Dataplane(format!("cannot install the isolation rules (nftables): {e}")))?;
     crate::netlink::sysctl(&format!("net/ipv4/conf/{TUN_NAME}/forwarding"), "1")?;
@@ -375,7 +375,7 @@ async fn serve(
             map_rx.clone(),
             reconcile_now.clone(),
         )),
-        tokio::spawn(crate::firewall::keep(map_rx.clone(), identity.node_id, Some(segments))),
+        tokio::spawn(crate::firewall::keep(map_rx.clone(), identity.node_id, Some(rules))),
         tokio::spawn(control::watch_map(api.map.clone(), dir, map_tx, connected.clone())),
         tokio::spawn(control::dns_loop(dns.clone(), map_rx.clone())),
         tokio::spawn(local_api::serve(

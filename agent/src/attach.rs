@@ -14,7 +14,6 @@ use std::{
     net::Ipv4Addr,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::Mutex,
     time::Duration,
 };
 
@@ -26,7 +25,9 @@ use weave_proto::{
     v1::{AllocateRequest, NetworkMap, ReleaseRequest, Subnet},
 };
 
+mod names;
 mod spec;
+use names::Names;
 pub use spec::AddrSpec;
 
 use crate::{
@@ -56,14 +57,6 @@ struct Container {
     path: PathBuf,
 }
 
-/// Names registered with `attach --name`, kept in the data dir so that a
-/// restarted agent still finds `detach web`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Names {
-    /// name -> (netns path, netns inode)
-    names: BTreeMap<String, (PathBuf, u64)>,
-}
-
 pub struct Attacher {
     pub api: Api,
     pub maps: watch::Receiver<NetworkMap>,
@@ -71,10 +64,9 @@ pub struct Attacher {
     pub node_name: String,
     pub mtu: u32,
     pub host: Netlink,
-    pub names_file: PathBuf,
     /// One attach/detach at a time: each one reads, then changes.
     lock: tokio::sync::Mutex<()>,
-    names: Mutex<Names>,
+    names: Names,
 }
 
 impl Attacher {
@@ -87,7 +79,6 @@ impl Attacher {
         host: Netlink,
         names_file: PathBuf,
     ) -> Self {
-        let names = std::fs::read(&names_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         Self {
             api,
             maps,
@@ -95,15 +86,9 @@ impl Attacher {
             node_name,
             mtu,
             host,
-            names_file,
             lock: tokio::sync::Mutex::new(()),
-            names: Mutex::new(names),
+            names: Names::load(names_file),
         }
-    }
-
-    fn names(&self) -> std::sync::MutexGuard<'_, Names> {
-        // A panic while holding it cannot leave the map half-written.
-        self.names.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `id`, when given, is the IPAM key (e.g. `cni:<container id>`, so
@@ -116,9 +101,9 @@ impl Attacher {
             PathBuf::from(container)
         } else if !container.is_empty() && container.bytes().all(|b| b.is_ascii_digit()) {
             PathBuf::from(format!("/proc/{container}/ns/net"))
-        } else if let Some((p, ino)) = self.names().names.get(container) {
-            registered_inode = Some(*ino);
-            p.clone()
+        } else if let Some((p, ino)) = self.names.get(container) {
+            registered_inode = Some(ino);
+            p
         } else if !container.is_empty() && !container.contains('/') && Path::new("/run/netns").join(container).exists()
         {
             Path::new("/run/netns").join(container)
@@ -144,61 +129,10 @@ impl Attacher {
                 path.display()
             ));
         }
-        let registered = self.registered_name(inode);
+        let registered = self.names.of(inode);
         let name = name.map(str::to_string).or(registered);
         let key = id.map(str::to_string).or_else(|| name.clone()).unwrap_or_else(|| format!("netns:{inode}"));
         Ok(Container { netns, key, name, inode, path })
-    }
-
-    /// The name a live namespace was registered under. Namespace inodes are
-    /// reused once a namespace dies, so the registered path must still lead
-    /// to that inode.
-    fn registered_name(&self, inode: u64) -> Option<String> {
-        let names = self.names();
-        names.names.iter().find(|(_, (path, ino))| *ino == inode && alive(path, *ino)).map(|(n, _)| n.clone())
-    }
-
-    /// `attach --name n` for the namespace `c`: refuses a name that another
-    /// live namespace holds, or a second name for a named namespace. Returns
-    /// the inode of a dead namespace that held the name (to be retired).
-    fn check_name(&self, n: &str, container: &str, c: &Container) -> Result<Option<u64>, String> {
-        let names = self.names();
-        if let Some((path, inode)) = names.names.get(n)
-            && *inode != c.inode
-        {
-            if alive(path, *inode) {
-                return Err(format!(
-                    "name '{n}' is already in use by another container ({}): weavectl detach {n} first",
-                    path.display()
-                ));
-            }
-            return Ok(Some(*inode));
-        }
-        if let Some((other, _)) =
-            names.names.iter().find(|(m, (path, ino))| m.as_str() != n && *ino == c.inode && alive(path, *ino))
-        {
-            return Err(format!(
-                "container '{container}' is already attached as '{other}': weavectl detach {other} first"
-            ));
-        }
-        Ok(None)
-    }
-
-    fn remember(&self, name: &str, path: PathBuf, inode: u64) {
-        let mut names = self.names();
-        names.names.insert(name.to_string(), (path, inode));
-        if let Ok(bytes) = serde_json::to_vec(&*names) {
-            let _ = std::fs::write(&self.names_file, bytes);
-        }
-    }
-
-    fn forget(&self, name: &str) {
-        let mut names = self.names();
-        if names.names.remove(name).is_some()
-            && let Ok(bytes) = serde_json::to_vec(&*names)
-        {
-            let _ = std::fs::write(&self.names_file, bytes);
-        }
     }
 
     /// The subnets `specs` name, checked against the map (waits a little for
@@ -278,7 +212,7 @@ impl Attacher {
         if addrs.is_empty()
             && let Some(n) = name
         {
-            self.forget(n);
+            self.names.forget(n);
         }
         tracing::info!(container = key, ?released, "released the addresses of a container whose namespace is gone");
         Ok(released)
@@ -338,7 +272,7 @@ impl Attacher {
         let _one = self.lock.lock().await;
         let c = self.resolve(container, name, id)?;
         let stale = match name {
-            Some(n) => self.check_name(n, container, &c)?,
+            Some(n) => self.names.check(n, container, c.inode)?,
             None => None,
         };
         let wanted = self.subnets(&specs).await?;
@@ -418,7 +352,7 @@ impl Attacher {
             }
         }
         if let Some(n) = name {
-            self.remember(n, c.path.clone(), c.inode);
+            self.names.remember(n, c.path.clone(), c.inode);
         }
         Ok(result)
     }
@@ -442,7 +376,7 @@ impl Attacher {
                 if let Some(id) = id {
                     return self.retire(id, None, None, addrs).await;
                 }
-                let registered = self.names().names.get(container).map(|(_, ino)| *ino);
+                let registered = self.names.get(container).map(|(_, ino)| ino);
                 return match registered {
                     Some(inode) => self.retire(container, Some(inode), Some(container), addrs).await,
                     None => Err(e),
@@ -489,7 +423,7 @@ impl Attacher {
         if addrs.is_empty()
             && let Some(n) = &c.name
         {
-            self.forget(n);
+            self.names.forget(n);
         }
         Ok(released)
     }
@@ -555,11 +489,6 @@ impl Attacher {
         }
         Ok(released)
     }
-}
-
-/// The namespace at `path` is still the one with `inode`.
-fn alive(path: &Path, inode: u64) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.ino() == inode)
 }
 
 /// The interface of `ifaces` with an address inside `cidr`, and that address.

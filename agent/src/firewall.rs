@@ -33,7 +33,7 @@ use weave_proto::v1::NetworkMap;
 use crate::{
     agent::TUN_NAME,
     error::Error,
-    reconcile::{BRIDGE_PREFIX, VXLAN_PREFIX, bridge_name, remote_workloads, segment_subnets},
+    reconcile::{BRIDGE_PREFIX, VXLAN_PORT, VXLAN_PREFIX, bridge_name, remote_workloads, segment_subnets},
 };
 
 pub const TABLE: &str = "weave";
@@ -45,6 +45,16 @@ pub struct Segment {
     pub subnet: Ipv4Net,
     /// Workloads (and exposed hosts) of the subnet on other nodes.
     pub remote: BTreeSet<Ipv4Addr>,
+}
+
+/// Everything the rules are made of, from one map.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    pub segments: Vec<Segment>,
+    /// The other nodes' addresses: the only sources VXLAN is accepted from.
+    pub peers: BTreeSet<Ipv4Addr>,
+    /// The node range and every subnet: addresses the underlay never carries.
+    pub overlay: BTreeSet<Ipv4Net>,
 }
 
 /// The segments of `map`, seen from `own_node`.
@@ -60,21 +70,58 @@ pub fn segments(map: &NetworkMap, own_node: u64) -> Vec<Segment> {
         .collect()
 }
 
-/// Both tables for these segments (pure, for tests and logs).
-pub fn ruleset(segments: &[Segment]) -> String {
+/// The rules for `map`, seen from `own_node`.
+pub fn rules(map: &NetworkMap, own_node: u64) -> Rules {
+    let peers = map.nodes.iter().filter(|n| n.id != own_node).filter_map(|n| n.address.parse().ok()).collect();
+    let overlay = std::iter::once(&map.node_range)
+        .chain(map.subnets.iter().map(|s| &s.cidr))
+        .filter_map(|c| c.parse::<Ipv4Net>().ok())
+        .map(|n| n.trunc())
+        .collect();
+    Rules { segments: segments(map, own_node), peers, overlay }
+}
+
+/// `set <name> { type ipv4_addr; elements = { .. } }` (no elements line when empty).
+fn set<T: std::fmt::Display>(out: &mut String, name: &str, interval: bool, elements: impl IntoIterator<Item = T>) {
+    let _ = write!(out, "  set {name} {{\n    type ipv4_addr\n");
+    if interval {
+        out.push_str("    flags interval\n");
+    }
+    let elements: Vec<String> = elements.into_iter().map(|e| e.to_string()).collect();
+    if !elements.is_empty() {
+        let _ = writeln!(out, "    elements = {{ {} }}", elements.join(", "));
+    }
+    out.push_str("  }\n");
+}
+
+/// Both tables for these rules (pure, for tests and logs).
+pub fn ruleset(rules: &Rules) -> String {
+    let segments = &rules.segments;
     // Declare-then-delete, then define: one transaction, so the tables are
     // replaced atomically, sets included (`flush table` would keep set elements).
     let mut out = format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n");
     out += &format!("table bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n");
     out += &format!("table inet {TABLE} {{\n");
     for (i, s) in segments.iter().enumerate() {
-        let _ = write!(out, "  set remote{i} {{\n    type ipv4_addr\n");
-        if !s.remote.is_empty() {
-            let elements: Vec<String> = s.remote.iter().map(|a| a.to_string()).collect();
-            let _ = writeln!(out, "    elements = {{ {} }}", elements.join(", "));
-        }
-        out += "  }\n";
+        set(&mut out, &format!("remote{i}"), false, &s.remote);
     }
+    set(&mut out, "peers", false, &rules.peers);
+    // The kernel refuses overlapping intervals: nested ranges are merged first.
+    set(&mut out, "overlay", true, Ipv4Net::aggregate(&rules.overlay.iter().copied().collect()));
+    // At raw priority: before conntrack and DNAT, so a port mapping's packet
+    // (to the host's underlay address) passes, and is DNATed afterwards.
+    let _ = write!(
+        out,
+        "  chain prerouting {{\n    type filter hook prerouting priority raw; policy accept;\n    \
+         iifname {{ \"lo\", \"{TUN_NAME}\" }} accept\n    iifname \"{BRIDGE_PREFIX}*\" accept\n    \
+         ip daddr @overlay drop\n    ip saddr @overlay drop\n  }}\n"
+    );
+    let _ = write!(
+        out,
+        "  chain input {{\n    type filter hook input priority filter - 10; policy accept;\n    \
+         iifname \"{TUN_NAME}\" ip saddr @peers udp dport {VXLAN_PORT} accept\n    \
+         udp dport {VXLAN_PORT} drop\n  }}\n"
+    );
     out += "  chain forward {\n    type filter hook forward priority filter - 10; policy accept;\n";
     for s in segments {
         let _ = writeln!(out, "    iifname \"{b}\" oifname \"{b}\" accept", b = s.bridge);
@@ -126,8 +173,8 @@ async fn nft(script: &str) -> Result<(), Error> {
     }
 }
 
-pub async fn apply(segments: &[Segment]) -> Result<(), Error> {
-    nft(&ruleset(segments)).await
+pub async fn apply(rules: &Rules) -> Result<(), Error> {
+    nft(&ruleset(rules)).await
 }
 
 /// Removes the tables (`agent reset`, `--cleanup-on-exit`); fine if absent.
@@ -149,18 +196,22 @@ async fn present() -> bool {
 /// How often the tables are checked for having been removed by someone else.
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Applies the ruleset whenever the segments or their remote workloads
-/// change, retries a failed apply every 2 s, and puts the tables back if
+/// Applies the ruleset whenever the segments, their remote workloads, the
+/// peers or the overlay ranges change, retries a failed apply every 2 s, and puts the tables back if
 /// they vanish (a `flush ruleset`, a firewall reload). `applied` is what the
 /// caller already applied (see `agent::serve`, which applies before routing).
-pub async fn keep(mut maps: watch::Receiver<NetworkMap>, own_node: u64, mut applied: Option<Vec<Segment>>) {
+pub async fn keep(mut maps: watch::Receiver<NetworkMap>, own_node: u64, mut applied: Option<Rules>) {
     loop {
-        let segments = segments(&maps.borrow_and_update(), own_node);
-        if applied.as_ref() != Some(&segments) {
-            match apply(&segments).await {
+        let rules = rules(&maps.borrow_and_update(), own_node);
+        if applied.as_ref() != Some(&rules) {
+            match apply(&rules).await {
                 Ok(()) => {
-                    tracing::debug!(segments = segments.len(), "isolation rules applied");
-                    applied = Some(segments);
+                    tracing::debug!(
+                        segments = rules.segments.len(),
+                        peers = rules.peers.len(),
+                        "isolation rules applied"
+                    );
+                    applied = Some(rules);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "isolation rules not applied; retrying");
@@ -193,7 +244,8 @@ mod tests {
             subnet: subnet.parse().unwrap(),
             remote: remote.iter().map(|a| a.parse().unwrap()).collect(),
         };
-        let r = ruleset(&[seg(5, "10.32.0.0/16", &["10.32.0.7", "10.32.0.9"]), seg(9, "10.2.3.0/24", &[])]);
+        let segments = vec![seg(5, "10.32.0.0/16", &["10.32.0.7", "10.32.0.9"]), seg(9, "10.2.3.0/24", &[])];
+        let r = ruleset(&Rules { segments, ..Default::default() });
         assert!(r.starts_with("table inet weave {}\ndelete table inet weave\ntable bridge weave {}\n"), "{r}");
         assert!(r.contains("iifname \"wvbr-5\" oifname \"wvbr-5\" accept"), "{r}");
         assert!(r.contains("iifname \"wvbr-9\" oifname \"wvbr-9\" accept"), "{r}");
@@ -210,5 +262,36 @@ mod tests {
         assert!(accept > 0 && r.contains("oifname \"wvbr-*\" drop") && r.contains("oifname \"wvtun0\" drop"), "{r}");
         assert!(r.contains("oifname \"wvbr-9\" ip saddr != 10.2.3.0/24 drop"), "{r}");
         assert!(r.contains("iifname \"wvvx-*\" ether type arp drop"), "{r}");
+    }
+
+    #[test]
+    fn the_overlay_is_sealed_from_the_underlay_and_vxlan_comes_only_from_peers_over_the_tun() {
+        use weave_proto::v1::{Node, Subnet};
+        let node = |id, address: &str| Node { id, address: address.into(), ..Default::default() };
+        let subnet = |cidr: &str, vni| Subnet { cidr: cidr.into(), vni, ..Default::default() };
+        let map = NetworkMap {
+            node_range: "10.47.0.0/16".into(),
+            nodes: vec![node(1, "10.47.0.1"), node(2, "10.47.0.2"), node(3, "10.47.0.3")],
+            // Nested ranges merge into one interval (the kernel refuses overlaps):
+            // the default subnet and the node range lie inside 10.32.0.0/12.
+            subnets: vec![subnet("10.32.0.0/12", 0), subnet("10.32.0.0/16", 5), subnet("10.2.3.0/24", 9)],
+            ..Default::default()
+        };
+        let rules = rules(&map, 1);
+        assert_eq!(rules.peers, ["10.47.0.2", "10.47.0.3"].iter().map(|a| a.parse().unwrap()).collect());
+        let r = ruleset(&rules);
+        assert!(r.contains("set peers {\n    type ipv4_addr\n    elements = { 10.47.0.2, 10.47.0.3 }\n"), "{r}");
+        assert!(r.contains("flags interval\n    elements = { 10.2.3.0/24, 10.32.0.0/12 }\n"), "{r}");
+        // From the underlay, nothing to or from an overlay address; raw priority (before DNAT).
+        let pre = &r[r.find("chain prerouting").expect("a prerouting chain")..];
+        assert!(pre.starts_with("chain prerouting {\n    type filter hook prerouting priority raw;"), "{r}");
+        let accept = pre.find("iifname { \"lo\", \"wvtun0\" } accept\n    iifname \"wvbr-*\" accept\n").unwrap();
+        assert!(accept < pre.find("ip daddr @overlay drop\n    ip saddr @overlay drop").unwrap(), "{r}");
+        // VXLAN: from the TUN, by a peer's node address, else dropped.
+        assert!(
+            r.contains("iifname \"wvtun0\" ip saddr @peers udp dport 4789 accept\n    udp dport 4789 drop\n"),
+            "{r}"
+        );
+        assert_eq!(ruleset(&Rules::default()).matches("set peers {\n    type ipv4_addr\n  }").count(), 1);
     }
 }

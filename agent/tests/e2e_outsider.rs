@@ -1,0 +1,170 @@
+//! An outsider on the underlay (never joined: no key, no token) tries every
+//! way into the overlay that does not go through WireGuard: plain VXLAN with
+//! the subnet's VNI (IPv4 to a workload with its MAC, IPv6 to all-nodes
+//! multicast, a source MAC stolen from a remote workload so that learning
+//! would steer replies to it, an outer source spoofed as a peer's node
+//! address), UDP junk to every port the host listens on, and packets routed
+//! via the host to workload, exposed and node addresses. Captures on the
+//! workloads' `ethwe`, the bridge and the outsider show none of it arriving
+//! and nothing coming back. The control: with the isolation table removed,
+//! the same VXLAN ping does reach the workload (so the test cannot pass
+//! because the construction is wrong), and the agent puts the table back.
+mod common;
+
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    path::Path,
+    thread,
+    time::Duration,
+};
+
+use common::*;
+
+const OUTSIDER: &str = "192.0.2.66";
+/// In every packet the outsider sends ("outsider" in ping's -p hex).
+const MARKER: &[u8] = b"outsider";
+const MARKER_HEX: &str = "6f757473696465720a";
+
+fn mac(ns: &str, dev: &str) -> String {
+    ok_in(ns, &["cat", &format!("/sys/class/net/{dev}/address")]).trim().to_string()
+}
+
+/// Pings (a few, short) from `ns` with the marker as payload; the result does not matter.
+fn ping_marked(ns: &str, args: &[&str]) {
+    let mut all = vec!["ping", "-c", "3", "-i", "0.2", "-W", "1", "-p", MARKER_HEX];
+    all.extend_from_slice(args);
+    let _ = in_ns(ns, &all);
+}
+
+/// Whether a capture file holds the marker anywhere (any frame, any protocol).
+fn has_marker(file: &Path) -> bool {
+    contains(&fs::read(file).unwrap(), MARKER)
+}
+
+/// From a VXLAN device in the outsider with the segment's VNI (local
+/// `local`, toward `remote`, port 4789), pings `workload` (at `mac`) and
+/// IPv6 all-nodes, then removes the device (one VNI per port and namespace).
+fn vxlan_pings(ns: &str, vni: u32, local: &str, remote: &str, own_mac: Option<&str>, workload: Ipv4Addr, mac: &str) {
+    let (vni, port, ip) = (vni.to_string(), "4789", workload.to_string());
+    ok_in(
+        ns,
+        &["ip", "link", "add", "vx", "type", "vxlan", "id", &vni, "local", local, "remote", remote, "dstport", port],
+    );
+    if let Some(own) = own_mac {
+        ok_in(ns, &["ip", "link", "set", "vx", "address", own]);
+    }
+    // A /32: the subnet itself is routed via the host (c); a ping bound to a
+    // device with no route for it goes out on that device anyway.
+    let (net, _) = ip.rsplit_once('.').unwrap();
+    ok_in(ns, &["ip", "addr", "add", &format!("{net}.250/32"), "dev", "vx"]);
+    ok_in(ns, &["ip", "link", "set", "vx", "up"]);
+    ok_in(ns, &["ip", "neigh", "replace", &ip, "lladdr", mac, "dev", "vx", "nud", "permanent"]);
+    ping_marked(ns, &["-I", "vx", &ip]);
+    ping_marked(ns, &["-6", "-I", "vx", "ff02::1"]);
+    ok_in(ns, &["ip", "link", "del", "vx"]);
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn nothing_from_the_underlay_reaches_a_workload_except_through_wireguard() {
+    let mut bed = Bed::with_hosts(2);
+    let w0 = bed.add_workload(0, "default");
+    let w1 = bed.add_workload(1, "default");
+    bed.wait_ping(w0, w1, Duration::from_secs(15));
+    let status = bed.status(0).unwrap();
+    let seg = status.segments.iter().find(|s| s.subnet == bed.workloads[w0].subnet).unwrap().clone();
+    let (host, host_ip, node0) = (bed.hosts[0].ns.clone(), bed.hosts[0].ip.to_string(), status.address);
+    let node1 = bed.status(1).unwrap().address;
+    // The host is exposed on the subnet too: its address there is a target.
+    let out = bed.weavectl(0, &["expose", "net:default"]);
+    assert!(out.status.success(), "expose: {}", String::from_utf8_lossy(&out.stderr));
+    let exposed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (ns0, ip0) = (bed.workloads[w0].ns.clone(), bed.workloads[w0].ip);
+    let (mac0, mac1) = (mac(&ns0, "ethwe"), mac(&bed.workloads[w1].ns, "ethwe"));
+
+    let outsider = bed.add_bare_host(OUTSIDER);
+    for key in ["all", "default"] {
+        ok_in(&outsider, &["sysctl", "-qw", &format!("net.ipv6.conf.{key}.accept_dad=0")]);
+    }
+    // The other node's address, for a spoofed outer source (a).
+    ok_in(&outsider, &["ip", "addr", "add", &format!("{node1}/32"), "dev", "eth0"]);
+    ok_in(&outsider, &["ip", "route", "add", &format!("{node0}/32"), "via", &host_ip, "src", &node1.to_string()]);
+    // (c) Overlay ranges routed via the host.
+    ok_in(&outsider, &["ip", "route", "add", &seg.subnet, "via", &host_ip]);
+    ok_in(&outsider, &["ip", "route", "add", "10.47.0.0/16", "via", &host_ip]);
+
+    let caps = [
+        Capture::start(&ns0, "ethwe", "", bed.path("w0.pcap")),
+        Capture::start(&bed.workloads[w1].ns, "ethwe", "", bed.path("w1.pcap")),
+        Capture::start(&host, &seg.bridge, "", bed.path("bridge.pcap")),
+    ];
+    let back = Capture::start(&outsider, "eth0", "", bed.path("outsider.pcap"));
+
+    // (a) Plain VXLAN with the right VNI to the host's underlay address; with
+    // a source MAC stolen from the remote workload (learning would steer w0's
+    // replies to the outsider); with the outer source spoofed as the other
+    // node, to the node address.
+    vxlan_pings(&outsider, seg.vni, OUTSIDER, &host_ip, None, ip0, &mac0);
+    vxlan_pings(&outsider, seg.vni, OUTSIDER, &host_ip, Some(&mac1), ip0, &mac0);
+    vxlan_pings(&outsider, seg.vni, &node1.to_string(), &node0.to_string(), None, ip0, &mac0);
+    // (c) Packets routed via the host to workload, exposed and node addresses.
+    for to in [ip0.to_string(), exposed.clone(), node0.to_string()] {
+        ping_marked(&outsider, &[&to]);
+        ping_marked(&outsider, &["-I", &node1.to_string(), &to]);
+    }
+    // (b) UDP junk to every port the host listens on (on every address; a
+    // closed port's ICMP error is an answer of another kind), at every address it has.
+    let listening = ok_in(&host, &["ss", "-H", "-lnu"]);
+    let ports: Vec<u16> = listening
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3)?.rsplit_once(':'))
+        .filter(|(addr, _)| ["0.0.0.0", "*", "[::]"].contains(addr))
+        .filter_map(|(_, port)| port.parse().ok())
+        .collect();
+    assert!(ports.contains(&WG_PORT) && ports.contains(&4789), "{listening}");
+    let targets: Vec<Ipv4Addr> = vec![host_ip.parse().unwrap(), node0, ip0, exposed.parse().unwrap()];
+    in_netns(&outsider, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for to in &targets {
+            for port in &ports {
+                for junk in [&[MARKER, &[0u8; 40]].concat(), &[&[1u8, 0, 0, 0][..], MARKER, &[7u8; 140]].concat()] {
+                    let _ = s.send_to(junk, SocketAddr::from((*to, *port)));
+                }
+            }
+        }
+    })
+    .join()
+    .unwrap();
+    thread::sleep(Duration::from_secs(1));
+
+    for cap in caps {
+        let file = cap.stop();
+        assert!(!has_marker(&file), "the outsider's packets reached {}", file.display());
+    }
+    let (packets, _) = read_pcap(&back.stop());
+    let outsider_ips = [OUTSIDER.parse::<Ipv4Addr>().unwrap(), node1];
+    let replies: Vec<_> =
+        packets.iter().filter(|p| !outsider_ips.contains(&p.src) && contains(&p.payload, MARKER)).collect();
+    assert!(replies.is_empty(), "the outsider got answers: {:?}", replies.iter().map(|p| p.src).collect::<Vec<_>>());
+    let fdb = ok_in(&host, &["bridge", "fdb", "show", "dev", &format!("wvvx-{}", seg.vni)]);
+    let w1_learned = fdb.lines().filter(|l| l.starts_with(&mac1) && l.contains(" dst "));
+    assert!(
+        !fdb.contains(OUTSIDER) && w1_learned.clone().all(|l| l.contains(&format!("dst {node1} "))),
+        "the VXLAN learned from the outsider: {fdb}"
+    );
+    // The real peers still work.
+    assert!(ping_once(&ns0, bed.workloads[w1].ip), "w0 lost w1");
+
+    // Control: without the isolation table the same VXLAN ping arrives.
+    let cap = Capture::start(&ns0, "ethwe", "", bed.path("control.pcap"));
+    ok_in(&host, &["nft", "delete", "table", "inet", "weave"]);
+    vxlan_pings(&outsider, seg.vni, OUTSIDER, &host_ip, None, ip0, &mac0);
+    assert!(has_marker(&cap.stop()), "the outsider's VXLAN did not arrive even without the rules: the test is void");
+    wait_for("the agent to put its table back", Duration::from_secs(20), || {
+        in_ns(&host, &["nft", "list", "table", "inet", "weave"]).status.success().then_some(())
+    });
+    let cap = Capture::start(&ns0, "ethwe", "", bed.path("again.pcap"));
+    vxlan_pings(&outsider, seg.vni, OUTSIDER, &host_ip, None, ip0, &mac0);
+    assert!(!has_marker(&cap.stop()), "after the table came back, the outsider got in again");
+}
