@@ -11,7 +11,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs::write(out.join("weave_v1_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
         // These carry secrets: their Debug impls (in lib.rs) redact them.
-        .skip_debug([".weave.v1.JoinRequest", ".weave.v1.JoinResponse", ".weave.v1.CreateTokenResponse"])
+        .skip_debug([
+            ".weave.v1.JoinRequest",
+            ".weave.v1.JoinResponse",
+            ".weave.v1.CreateTokenResponse",
+            ".weave.v1.RotateAdminCredentialResponse",
+        ])
         .compile_fds(fds)?;
     Ok(())
 }

@@ -60,6 +60,7 @@ pub async fn join(args: JoinArgs, shutdown: impl Future<Output = ()>) -> Result<
         name: name.clone(),
         public_key: key.public().as_bytes().to_vec(),
         endpoints: vec![endpoint.to_string()],
+        ..Default::default()
     };
     let response = tokio::time::timeout(JOIN_TIMEOUT, api.join.join(request))
         .await

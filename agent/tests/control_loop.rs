@@ -37,7 +37,7 @@ fn start(dir: &Path, listen: SocketAddr) -> (Coordinator, oneshot::Sender<()>) {
                 .send(Coordinator {
                     addr: running.local_addr,
                     admin: running.admin.clone(),
-                    token: running.first_token.clone(),
+                    token: running.first_token.clone().map(|(join, _)| join),
                 })
                 .unwrap();
             let _ = die_rx.await;
@@ -91,6 +91,7 @@ async fn watch_applies_saves_survives_an_outage_and_resumes() {
             name: "h1".into(),
             public_key: key.public().as_bytes().to_vec(),
             endpoints: vec!["192.0.2.11:6784".into()],
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -59,6 +59,7 @@ async fn fake_nodes(args: FakeArgs) -> anyhow::Result<()> {
             name: format!("fake-{i}"),
             public_key: key(),
             endpoints: vec![format!("{ip}:{}", args.first_endpoint.port())],
+            ..Default::default()
         };
         api.join.join(r).await.context("join")?;
     }
@@ -139,6 +140,7 @@ async fn joins(clients: usize, total: usize) -> anyhow::Result<f64> {
                     name: format!("n{i}-{j}"),
                     public_key: key(),
                     endpoints: vec![],
+                    ..Default::default()
                 };
                 api.join.join(r).await.context("join")?;
             }
@@ -156,7 +158,13 @@ async fn allocations(clients: usize, total: usize) -> anyhow::Result<f64> {
     let mut nodes = Vec::new();
     for i in 0..clients {
         let mut api = Api::new(connect(&c.addr, c.pin).await?, "-")?;
-        let r = JoinRequest { token: token.clone(), name: format!("n{i}"), public_key: key(), endpoints: vec![] };
+        let r = JoinRequest {
+            token: token.clone(),
+            name: format!("n{i}"),
+            public_key: key(),
+            endpoints: vec![],
+            ..Default::default()
+        };
         let credential = api.join.join(r).await?.into_inner().credential;
         nodes.push(Api::new(connect(&c.addr, c.pin).await?, &credential)?);
     }

@@ -59,7 +59,7 @@ impl Coordinator {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
         let mut child = Command::new(&exe)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--first-token-uses", "0", "--data-dir"])
             .arg(&data)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -109,7 +109,13 @@ async fn join(c: &Coordinator, range: std::ops::Range<usize>, concurrency: usize
         let mut api = apis[i % concurrency].clone();
         let token = c.token.clone();
         async move {
-            let r = JoinRequest { token, name: format!("n{i}"), public_key: key(), endpoints: vec![] };
+            let r = JoinRequest {
+                token,
+                name: format!("n{i}"),
+                public_key: key(),
+                endpoints: vec![],
+                ..Default::default()
+            };
             Ok(api.join.join(r).await?.into_inner().credential)
         }
     }))

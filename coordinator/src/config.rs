@@ -32,9 +32,15 @@ pub struct ServeArgs {
     /// DNS domain served by the agents.
     #[arg(long, env = "WEAVE_DNS_DOMAIN", default_value = "weave.local.")]
     pub dns_domain: String,
-    /// Lifetime of join tokens created without --ttl, and of the one printed at first start.
+    /// Lifetime of join tokens created without --ttl.
     #[arg(long, env = "WEAVE_TOKEN_TTL", default_value = "24h")]
     pub token_ttl: String,
+    /// Lifetime of the join token printed at first start ("never" for none).
+    #[arg(long, env = "WEAVE_FIRST_TOKEN_TTL", default_value = "1h")]
+    pub first_token_ttl: String,
+    /// How many hosts may join with the token printed at first start (0: unlimited).
+    #[arg(long, env = "WEAVE_FIRST_TOKEN_USES", default_value_t = 1)]
+    pub first_token_uses: u32,
 }
 
 /// Checked settings for one coordinator process.
@@ -45,6 +51,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub cluster: ClusterSettings,
     pub token_ttl: Option<Duration>,
+    pub first_token_ttl: Option<Duration>,
+    pub first_token_uses: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +75,8 @@ impl ServeArgs {
             node_range: None,
             dns_domain: "weave.local.".into(),
             token_ttl: "24h".into(),
+            first_token_ttl: "1h".into(),
+            first_token_uses: 1,
         }
     }
 
@@ -99,12 +109,16 @@ impl ServeArgs {
             return Err(flag("advertise", format!("'{a}' should be host:port")));
         }
         let token_ttl = weave_proto::duration::parse(&self.token_ttl).map_err(|e| flag("token-ttl", e))?;
+        let first_token_ttl =
+            weave_proto::duration::parse(&self.first_token_ttl).map_err(|e| flag("first-token-ttl", e))?;
         Ok(Settings {
             listen: self.listen,
             advertise: self.advertise.clone(),
             data_dir: self.data_dir.clone(),
             cluster: ClusterSettings { range, node_range, default_subnet, dns_domain: format!("{domain}.") },
             token_ttl,
+            first_token_ttl,
+            first_token_uses: self.first_token_uses,
         })
     }
 }
@@ -124,6 +138,8 @@ mod tests {
         assert_eq!(s.cluster.node_range.to_string(), "10.47.0.0/16");
         assert_eq!(s.cluster.dns_domain, "weave.local.");
         assert_eq!(s.token_ttl, Some(Duration::from_secs(86_400)));
+        assert_eq!(s.first_token_ttl, Some(Duration::from_secs(3600)), "the first-start token is short-lived");
+        assert_eq!(s.first_token_uses, 1, "and single-use");
     }
 
     #[test]

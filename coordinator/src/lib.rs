@@ -5,12 +5,14 @@
 //! - [`store`]: the only SQL (SQLite through sqlx); every change one transaction
 //!   plus one map event.
 //! - [`ipam`]: pure address arithmetic.
+//! - [`challenge`]: stateless join challenges (proof that a re-joining host holds the node's key).
 //! - [`api`]: one file per gRPC service; handlers check the caller's role,
 //!   convert, and call the store.
 //! - [`server`]: start-up order and the tonic server with health and reflection.
 //! - [`error`]: the error enum and its one mapping to gRPC status codes.
 
 pub mod api;
+pub mod challenge;
 pub mod config;
 pub mod error;
 pub mod identity;

@@ -56,7 +56,17 @@ async fn main() -> ExitCode {
     println!("coordinator listening on {} (advertised as {})", running.local_addr, running.advertise);
     println!("admin credential: {}", weave_coordinator::identity::admin_credential_path(&data_dir).display());
     match &running.first_token {
-        Some(token) => println!("join token (first start): {token}\n  on each host: agent join --token {token}"),
+        Some((join, token)) => {
+            let uses =
+                if token.unlimited { "unlimited uses".to_string() } else { format!("{} use(s)", token.uses_left) };
+            let expiry = match token.expires_at {
+                0 => "never expires".to_string(),
+                at => format!("expires in {} s", at - weave_coordinator::store::now()),
+            };
+            println!("join token (first start): {join}");
+            println!("  {uses}, {expiry}; on a host: agent join --token-file <file holding it>");
+            println!("  tokens for more hosts: weavectl token create");
+        }
         None => println!("more join tokens: weavectl token create"),
     }
     match running.task.await {

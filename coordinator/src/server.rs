@@ -11,10 +11,11 @@ use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use weave_proto::{
     token::{AdminCredential, JoinToken, hash_secret},
     v1::{
-        dns_service_server::DnsServiceServer, ipam_service_server::IpamServiceServer,
-        join_service_server::JoinServiceServer, map_service_server::MapServiceServer,
-        node_service_server::NodeServiceServer, status_service_server::StatusServiceServer,
-        subnet_service_server::SubnetServiceServer, token_service_server::TokenServiceServer,
+        admin_service_server::AdminServiceServer, dns_service_server::DnsServiceServer,
+        ipam_service_server::IpamServiceServer, join_service_server::JoinServiceServer,
+        map_service_server::MapServiceServer, node_service_server::NodeServiceServer,
+        status_service_server::StatusServiceServer, subnet_service_server::SubnetServiceServer,
+        token_service_server::TokenServiceServer,
     },
 };
 
@@ -32,8 +33,8 @@ pub struct Running {
     /// host:port in its tokens.
     pub advertise: String,
     pub admin: AdminCredential,
-    /// The join token made at first start (None on later starts).
-    pub first_token: Option<JoinToken>,
+    /// The join token made at first start, with its limits (None on later starts).
+    pub first_token: Option<(JoinToken, weave_proto::v1::Token)>,
     pub store: Store,
     pub task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -76,7 +77,9 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         Some(existing) => existing.secret,
         None => new_secret(),
     };
-    store.add_admin_credential(&hash_secret(&secret)).await?;
+    // The file's credential is the only valid one: deleting the file and
+    // restarting is an offline rotation (`weavectl admin rotate` is the online one).
+    store.replace_admin_credential(&hash_secret(&secret)).await?;
     let admin = AdminCredential { coordinator: advertise.clone(), pin: tls.pin, secret };
     write_secret_file(&admin_path, &format!("{admin}\n"))?;
 
@@ -87,13 +90,22 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         advertise: advertise.clone(),
         pin: tls.pin,
         token_ttl: settings.token_ttl,
+        challenger: Default::default(),
+        data_dir: settings.data_dir.clone(),
+        credentials_epoch: tokio::sync::watch::channel(0).0,
         started_at: now(),
         watchers: AtomicU32::new(0),
         stopping,
     });
     let first_token = if first_start {
-        let ttl = settings.token_ttl.map(|d| d.as_secs());
-        Some(api::Tokens::create(&state, ttl, None, "created at first start".into()).await?.1)
+        let ttl = settings.first_token_ttl.map(|d| d.as_secs());
+        let uses = Some(settings.first_token_uses).filter(|u| *u > 0);
+        let (token, join) = api::Tokens::create(&state, ttl, uses, "created at first start".into()).await?;
+        tracing::info!(
+            token = %token.id, expires_at = token.expires_at, uses = ?uses,
+            "first-start join token created (see --first-token-ttl and --first-token-uses)"
+        );
+        Some((join, token))
     } else {
         None
     };
@@ -116,6 +128,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .add_service(IpamServiceServer::new(api::Ipam(state.clone())))
         .add_service(DnsServiceServer::new(api::Dns(state.clone())))
         .add_service(TokenServiceServer::new(api::Tokens(state.clone())))
+        .add_service(AdminServiceServer::new(api::Admin(state.clone())))
         .add_service(StatusServiceServer::new(api::StatusApi(state)));
     // No Nagle: a join answer (with the whole map) would otherwise wait for a delayed ACK.
     let incoming =

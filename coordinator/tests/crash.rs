@@ -70,6 +70,7 @@ async fn sigkill_during_allocations_loses_no_acknowledged_allocation() {
             name: "host1".into(),
             public_key: vec![1; 32],
             endpoints: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()

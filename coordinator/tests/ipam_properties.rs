@@ -72,6 +72,8 @@ async fn run(ops: Vec<Op>) {
                         public_key: [n + 1; 32],
                         endpoints: vec![],
                         credential_hash: format!("cred-{n}-{}", model.len()),
+                        // A re-join here stands for an agent that proved its key.
+                        proven: true,
                     })
                     .await
                     .unwrap();
@@ -85,7 +87,9 @@ async fn run(ops: Vec<Op>) {
                 let net: IpNet = SUBNETS[subnet].parse().unwrap();
                 let key = (node, format!("c{container}"), subnet);
                 let used: Vec<IpAddr> = model.iter().filter(|((_, _, s), _)| *s == subnet).map(|(_, a)| *a).collect();
-                let result = store.allocate(id, &key.1, SUBNETS[subnet], None, None).await;
+                let result = store
+                    .allocate(&weave_coordinator::store::Caller::Admin, id, &key.1, SUBNETS[subnet], None, None)
+                    .await;
                 match (model.get(&key), result) {
                     (Some(held), Ok(a)) => assert_eq!(a.address, format!("{held}/{}", net.prefix_len()), "idempotent"),
                     (None, Ok(a)) => {

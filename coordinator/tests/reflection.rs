@@ -26,6 +26,7 @@ async fn reflection_lists_every_service_and_health_is_serving() {
     for expected in [
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
+        "weave.v1.AdminService",
         "weave.v1.DnsService",
         "weave.v1.IpamService",
         "weave.v1.JoinService",

@@ -22,10 +22,11 @@ use tonic::{
 use crate::{
     token::Pin,
     v1::{
-        dns_service_client::DnsServiceClient, ipam_service_client::IpamServiceClient,
-        join_service_client::JoinServiceClient, map_service_client::MapServiceClient,
-        node_service_client::NodeServiceClient, status_service_client::StatusServiceClient,
-        subnet_service_client::SubnetServiceClient, token_service_client::TokenServiceClient,
+        admin_service_client::AdminServiceClient, dns_service_client::DnsServiceClient,
+        ipam_service_client::IpamServiceClient, join_service_client::JoinServiceClient,
+        map_service_client::MapServiceClient, node_service_client::NodeServiceClient,
+        status_service_client::StatusServiceClient, subnet_service_client::SubnetServiceClient,
+        token_service_client::TokenServiceClient,
     },
 };
 
@@ -181,6 +182,7 @@ pub struct Api {
     pub dns: DnsServiceClient<AuthChannel>,
     pub tokens: TokenServiceClient<AuthChannel>,
     pub status: StatusServiceClient<AuthChannel>,
+    pub admin: AdminServiceClient<AuthChannel>,
 }
 
 impl Api {
@@ -196,6 +198,7 @@ impl Api {
             dns: DnsServiceClient::new(auth(&channel)),
             tokens: TokenServiceClient::new(auth(&channel)),
             status: StatusServiceClient::new(auth(&channel)),
+            admin: AdminServiceClient::new(auth(&channel)),
         })
     }
 }

@@ -5,6 +5,7 @@
 //! - [`token`]: the one-string join token and admin credential, and the
 //!   coordinator identity pin they carry.
 //! - [`key`]: WireGuard public keys.
+//! - [`proof`]: the join proof that a re-joining host holds the node's private key.
 //! - [`cidr`]: subnet parsing that refuses host bits and says why.
 //! - [`client`]: a TLS channel that trusts only the pinned coordinator, plus
 //!   bearer credentials on every call.
@@ -14,6 +15,7 @@ pub mod client;
 pub mod duration;
 pub mod key;
 pub mod map;
+pub mod proof;
 pub mod token;
 
 #[allow(unreachable_pub, clippy::all)]
@@ -32,6 +34,7 @@ pub mod v1 {
                 .field("name", &self.name)
                 .field("public_key", &crate::key::fingerprint(&self.public_key))
                 .field("endpoints", &self.endpoints)
+                .field("proof", &!self.proof.is_empty())
                 .finish()
         }
     }
@@ -42,6 +45,12 @@ pub mod v1 {
                 .field("node", &self.node)
                 .field("credential", &"<redacted>")
                 .finish_non_exhaustive()
+        }
+    }
+
+    impl fmt::Debug for RotateAdminCredentialResponse {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("RotateAdminCredentialResponse").field("credential", &"<redacted>").finish()
         }
     }
 

@@ -31,7 +31,7 @@ impl Cluster {
         let settings =
             ServeArgs::for_data_dir(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap()).settings().unwrap();
         let running = rt.block_on(weave_coordinator::start(settings, std::future::pending())).unwrap();
-        let first_token = running.first_token.clone().expect("a first start makes a token");
+        let first_token = running.first_token.clone().expect("a first start makes a token").0;
         Self { dir, admin: running.admin.clone(), first_token, rt }
     }
 
@@ -54,6 +54,7 @@ impl Cluster {
                     name: name.into(),
                     public_key: vec![7; 32],
                     endpoints: vec!["192.0.2.1:6784".into()],
+                    ..Default::default()
                 })
                 .await
                 .unwrap()

@@ -284,6 +284,11 @@ impl Bed {
                 .to_string();
             let cred = fs::read_to_string(self.coordinator_dir.join("admin.credential")).unwrap();
             self.admin = AdminCredential::parse(cred.trim()).unwrap();
+            // The first-start token is single-use: the bed's hosts share one made for them.
+            self.token = self.admin(|mut api| async move {
+                let r = weave_proto::v1::CreateTokenRequest { description: "test bed".into(), ..Default::default() };
+                api.tokens.create_token(r).await.expect("create the bed's join token").into_inner().secret_token
+            });
         }
     }
 

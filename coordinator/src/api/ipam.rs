@@ -29,7 +29,8 @@ impl IpamService for Ipam {
             })?),
             None => None,
         };
-        let allocation = self.0.store.allocate(node, &r.container, &r.subnet, explicit, opt(&r.dns_name)).await?;
+        let allocation =
+            self.0.store.allocate(&caller, node, &r.container, &r.subnet, explicit, opt(&r.dns_name)).await?;
         Ok(Response::new(allocation))
     }
 

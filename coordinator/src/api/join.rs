@@ -2,11 +2,15 @@ use tonic::{Request, Response, Status};
 use weave_proto::{
     key::WgPublicKey,
     token::{JoinToken, hash_secret},
-    v1::{JoinRequest, JoinResponse, join_service_server::JoinService},
+    v1::{ChallengeRequest, JoinChallenge, JoinRequest, JoinResponse, join_service_server::JoinService},
 };
 
 use super::Shared;
-use crate::{error::Error, identity::new_secret, store};
+use crate::{
+    error::Error,
+    identity::new_secret,
+    store::{self, now},
+};
 
 pub struct Join(pub Shared);
 
@@ -45,6 +49,15 @@ impl JoinService for Join {
         check_name(&name)?;
         let key = WgPublicKey::from_bytes(&r.public_key).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         check_endpoints(&r.endpoints)?;
+        // A proof is optional (a first join needs none), but one that is
+        // sent must verify: a host that thinks it re-joins learns why not.
+        let proven = !r.proof.is_empty() || !r.challenge.is_empty();
+        if proven {
+            self.0
+                .challenger
+                .verify(now(), &r.challenge, &name, key.as_bytes(), &r.proof)
+                .map_err(|e| Error::Unauthenticated(e.to_string()))?;
+        }
         let credential = new_secret();
         let joined = self
             .0
@@ -56,10 +69,16 @@ impl JoinService for Join {
                 public_key: *key.as_bytes(),
                 endpoints: r.endpoints,
                 credential_hash: hash_secret(&credential),
+                proven,
             })
             .await?;
         tracing::info!(node = %joined.node.name, address = %joined.node.address, key = %key.to_base64().get(..8).unwrap_or(""), new = joined.new, token = %token.id, "node joined");
         let map = self.0.store.snapshot().await?;
         Ok(Response::new(JoinResponse { node: Some(joined.node), credential, map: Some(map) }))
+    }
+
+    async fn challenge(&self, _request: Request<ChallengeRequest>) -> Result<Response<JoinChallenge>, Status> {
+        let (nonce, coordinator_key) = self.0.challenger.issue(now());
+        Ok(Response::new(JoinChallenge { nonce, coordinator_key: coordinator_key.to_vec() }))
     }
 }

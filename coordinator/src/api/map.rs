@@ -11,7 +11,7 @@ use weave_proto::v1::{
 };
 
 use super::Shared;
-use crate::store::Events;
+use crate::store::{Caller, Events};
 
 pub struct Map(pub Shared);
 
@@ -40,10 +40,34 @@ async fn send_snapshot(state: &Shared, tx: &mpsc::Sender<Result<WatchEvent, Stat
     }
 }
 
-async fn stream(state: Shared, from: u64, tx: mpsc::Sender<Result<WatchEvent, Status>>) {
+/// Why the watch of `caller` must end now, if its credential stopped
+/// working (the node was removed, joined again, or the admin credential was
+/// rotated). A watch is authenticated when it opens and again on every wake.
+async fn revoked(state: &Shared, caller: &Caller, hash: &str) -> Option<Status> {
+    match state.store.caller(hash).await {
+        Ok(Some(now)) if now == *caller => None,
+        Ok(_) => Some(Status::unauthenticated(match caller {
+            Caller::Admin => "the admin credential was rotated".to_string(),
+            Caller::Node { id, name } => match state.store.node(&id.to_string()).await {
+                Ok(_) => format!("node '{name}' joined again elsewhere: this credential was replaced"),
+                Err(_) => format!("node '{name}' was removed from the cluster"),
+            },
+        })),
+        // A database error ends the stream; the agent retries as after any outage.
+        Err(e) => Some(e.into()),
+    }
+}
+
+async fn stream(
+    state: Shared,
+    (caller, hash): (Caller, String),
+    from: u64,
+    tx: mpsc::Sender<Result<WatchEvent, Status>>,
+) {
     let _guard = WatcherGuard(state.clone());
     let mut revisions = state.store.revisions();
     let mut stopping = state.stopping.clone();
+    let mut credentials = state.credentials_epoch.subscribe();
     let mut seen = if from == 0 {
         match send_snapshot(&state, &tx).await {
             Some(r) => r,
@@ -53,6 +77,11 @@ async fn stream(state: Shared, from: u64, tx: mpsc::Sender<Result<WatchEvent, St
         from
     };
     loop {
+        if let Some(status) = revoked(&state, &caller, &hash).await {
+            tracing::info!(?caller, message = status.message(), "closing a watch whose credential stopped working");
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
         match state.store.events_after(seen, BATCH).await {
             Ok(Events::NeedSnapshot) => match send_snapshot(&state, &tx).await {
                 Some(r) => seen = r,
@@ -70,6 +99,7 @@ async fn stream(state: Shared, from: u64, tx: mpsc::Sender<Result<WatchEvent, St
                 if caught_up {
                     let stop = tokio::select! {
                         r = revisions.wait_for(|r| *r > seen) => r.is_err(),
+                        r = credentials.changed() => r.is_err(),
                         _ = tx.closed() => return,
                         _ = stopping.wait_for(|s| *s) => true,
                     };
@@ -95,11 +125,11 @@ impl MapService for Map {
 
     #[tracing::instrument(skip_all, fields(from = request.get_ref().from_revision))]
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let caller = self.0.caller(&request).await?;
-        tracing::debug!(?caller, "watch opened");
+        let caller = self.0.caller_and_hash(&request).await?;
+        tracing::debug!(caller = ?caller.0, "watch opened");
         let (tx, rx) = mpsc::channel(256);
         self.0.watchers.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(stream(self.0.clone(), request.get_ref().from_revision, tx));
+        tokio::spawn(stream(self.0.clone(), caller, request.get_ref().from_revision, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

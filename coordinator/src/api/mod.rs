@@ -5,6 +5,7 @@
 //! allocations, records, status) and change only its own endpoints,
 //! allocations and DNS records. Join is authenticated by its token alone.
 
+mod admin;
 mod dns;
 mod ipam;
 mod join;
@@ -20,7 +21,8 @@ use tonic::{Request, Status};
 use weave_proto::token::{Pin, hash_secret};
 
 pub use self::{
-    dns::Dns, ipam::Ipam, join::Join, map::Map, nodes::Nodes, status::StatusApi, subnets::Subnets, tokens::Tokens,
+    admin::Admin, dns::Dns, ipam::Ipam, join::Join, map::Map, nodes::Nodes, status::StatusApi, subnets::Subnets,
+    tokens::Tokens,
 };
 use crate::{
     error::Error,
@@ -38,6 +40,13 @@ pub struct State {
     pub started_at: i64,
     /// Watch streams open now.
     pub watchers: AtomicU32,
+    /// Issues and checks the challenges of re-joins.
+    pub challenger: crate::challenge::Challenger,
+    /// Where `admin.credential` lives: rotation rewrites it.
+    pub data_dir: std::path::PathBuf,
+    /// Bumped when credentials stop being valid without a map change (admin
+    /// rotation): open watch streams re-check their caller then.
+    pub credentials_epoch: tokio::sync::watch::Sender<u64>,
     /// Becomes true when the coordinator shuts down: watch streams end then,
     /// or graceful shutdown would wait for them forever.
     pub stopping: tokio::sync::watch::Receiver<bool>,
@@ -48,6 +57,12 @@ pub type Shared = Arc<State>;
 impl State {
     /// The caller behind the request's bearer credential.
     pub async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        Ok(self.caller_and_hash(req).await?.0)
+    }
+
+    /// The caller and the hash of its credential, for streams that check
+    /// later that the credential is still valid.
+    pub async fn caller_and_hash<T>(&self, req: &Request<T>) -> Result<(Caller, String), Status> {
         let header = req.metadata().get("authorization").ok_or_else(|| {
             Status::unauthenticated("no credential: pass the admin credential (weavectl) or a node credential")
         })?;
@@ -61,11 +76,14 @@ impl State {
             Ok(admin) => admin.secret,
             Err(_) => secret.to_string(),
         };
-        self.store.caller(&hash_secret(&secret)).await.map_err(Status::from)?.ok_or_else(|| {
+        let hash = hash_secret(&secret);
+        let caller = self.store.caller(&hash).await.map_err(Status::from)?.ok_or_else(|| {
             Status::unauthenticated(
-                "credential not recognised by this coordinator (wrong coordinator, or the node was removed)",
+                "credential not recognised by this coordinator (wrong coordinator, the node was removed, \
+                 or the credential was replaced)",
             )
-        })
+        })?;
+        Ok((caller, hash))
     }
 
     pub async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {

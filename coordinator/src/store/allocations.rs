@@ -6,7 +6,7 @@ use sqlx::{Row, SqliteConnection};
 use weave_proto::v1::{self, map_change::Change};
 
 use super::{
-    Store, Tx, dns,
+    Caller, Store, Tx, dns,
     rows::{self, ALLOCATION_SELECT},
 };
 use crate::{
@@ -49,8 +49,10 @@ async fn by_id(tx: &mut Tx, id: i64) -> Result<v1::Allocation> {
 impl Store {
     /// Gives `container` on `node_id` an address in `subnet` (the one in
     /// `explicit`, or the lowest free), and registers `dns_name` for it.
+    /// `caller` decides who may take `dns_name` (see [`Store::add_record`]).
     pub async fn allocate(
         &self,
+        caller: &Caller,
         node_id: u64,
         container: &str,
         subnet: &str,
@@ -143,7 +145,11 @@ impl Store {
         };
         if let Some(name) = dns_name.filter(|n| !n.trim().is_empty()) {
             let ip = allocation.address.split('/').next().unwrap_or_default().to_string();
-            dns::insert_if_absent(&mut tx, name, &ip, Some(allocation.id as i64)).await?;
+            let claimant = match caller {
+                Caller::Admin => None,
+                Caller::Node { .. } => Some(node_id),
+            };
+            dns::insert_if_absent(&mut tx, name, &ip, Some(allocation.id as i64), claimant).await?;
         }
         self.commit(tx).await?;
         Ok(allocation)

@@ -15,13 +15,20 @@ pub enum Caller {
 }
 
 impl Store {
-    pub async fn add_admin_credential(&self, secret_hash: &str) -> Result<()> {
-        sqlx::query("INSERT INTO admin_credentials (secret_hash, created_at) VALUES ($1, $2) ON CONFLICT (secret_hash) DO NOTHING")
-            .bind(secret_hash)
-            .bind(super::now())
-            .execute(&self.write)
-            .await?;
-        Ok(())
+    /// Makes `secret_hash` the one admin credential: every other one stops
+    /// working in the same transaction (rotation, and a start after the
+    /// credential file was deleted).
+    pub async fn replace_admin_credential(&self, secret_hash: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM admin_credentials WHERE secret_hash <> $1").bind(secret_hash).execute(tx.c()).await?;
+        sqlx::query(
+            "INSERT INTO admin_credentials (secret_hash, created_at) VALUES ($1, $2) ON CONFLICT (secret_hash) DO NOTHING",
+        )
+        .bind(secret_hash)
+        .bind(super::now())
+        .execute(tx.c())
+        .await?;
+        self.commit(tx).await
     }
 
     /// The caller holding the credential whose hash is `secret_hash`, if any.

@@ -44,13 +44,34 @@ async fn domain(tx: &mut Tx) -> Result<String> {
 }
 
 /// Adds (name, address) unless it is there; returns the record either way.
+/// With `claimant` (a node caller), the name must not be held by another
+/// node's container or by an external record: a node cannot join someone
+/// else's round robin.
 pub(super) async fn insert_if_absent(
     tx: &mut Tx,
     name: &str,
     address: &str,
     allocation_id: Option<i64>,
+    claimant: Option<u64>,
 ) -> Result<(v1::DnsRecord, bool)> {
     let fqdn = qualify_name(name, &domain(tx).await?)?;
+    if let Some(node) = claimant {
+        let holder: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT n.name FROM dns_records d LEFT JOIN allocations a ON a.id = d.allocation_id \
+             LEFT JOIN nodes n ON n.id = a.node_id \
+             WHERE d.name = $1 AND (a.node_id IS NULL OR a.node_id <> $2) ORDER BY d.id LIMIT 1",
+        )
+        .bind(&fqdn)
+        .bind(node as i64)
+        .fetch_optional(tx.c())
+        .await?;
+        if let Some((holder,)) = holder {
+            let by = holder.map_or_else(|| "an external record".to_string(), |n| format!("node {n}'s containers"));
+            return Err(Error::AlreadyExists(format!(
+                "{fqdn} is held by {by}; a node may add only names that no other node holds"
+            )));
+        }
+    }
     let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM dns_records WHERE name = $1 AND address = $2")
         .bind(&fqdn)
         .bind(address)
@@ -83,7 +104,8 @@ pub(super) async fn insert_if_absent(
 impl Store {
     /// An admin may add any record; one that points at an allocated address
     /// belongs to that container and goes when it is detached. A node may add
-    /// records only for addresses its own containers hold.
+    /// records only for addresses its own containers hold, and only under
+    /// names no other node (and no external record) holds.
     pub async fn add_record(&self, caller: &Caller, name: &str, address: &str) -> Result<v1::DnsRecord> {
         let ip = rows::parse_ip(address)?.to_string();
         let mut tx = self.begin().await?;
@@ -98,7 +120,11 @@ impl Store {
                 "node {node} may add records only for addresses its containers hold, and {ip} is not one"
             )));
         }
-        let (record, new) = insert_if_absent(&mut tx, name, &ip, holder.map(|(a, _)| a)).await?;
+        let claimant = match caller {
+            Caller::Admin => None,
+            Caller::Node { id, .. } => Some(*id),
+        };
+        let (record, new) = insert_if_absent(&mut tx, name, &ip, holder.map(|(a, _)| a), claimant).await?;
         if !new {
             return Err(Error::AlreadyExists(format!("{} already resolves to {ip}", record.name)));
         }

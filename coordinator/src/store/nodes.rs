@@ -22,11 +22,14 @@ pub struct JoinRequest {
     pub public_key: [u8; 32],
     pub endpoints: Vec<String>,
     pub credential_hash: String,
+    /// The caller proved (join challenge) that it holds the private key of
+    /// `public_key`: only then may it take over a node that has that key.
+    pub proven: bool,
 }
 
 pub struct JoinedNode {
     pub node: v1::Node,
-    /// false when the same key joined again (same node, new credential).
+    /// false when the same key joined again with a proof (same node, new credential).
     pub new: bool,
 }
 
@@ -40,6 +43,39 @@ impl Store {
     pub async fn join(&self, r: JoinRequest) -> Result<JoinedNode> {
         let mut tx = self.begin().await?;
         let t = now();
+        let by_key =
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE public_key = $1")))
+                .bind(&r.public_key[..])
+                .fetch_optional(tx.c())
+                .await?
+                .map(|row| rows::node(&row))
+                .transpose()?;
+        if let Some(existing) = by_key.as_ref().filter(|_| r.proven) {
+            if existing.name != r.name {
+                return Err(Error::AlreadyExists(format!(
+                    "this WireGuard key already belongs to node '{}'; join with --name {} or remove that node first",
+                    existing.name, existing.name
+                )));
+            }
+            // The host proved it holds the node's key: same node and address,
+            // fresh credential (the old one stops working). The node was
+            // admitted once already, so the token is neither needed nor spent.
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE nodes SET credential_hash = $1, endpoints = $2, updated_at = $3 WHERE id = $4 RETURNING {NODE_COLUMNS}"
+            )))
+            .bind(&r.credential_hash)
+            .bind(r.endpoints.join(","))
+            .bind(t)
+            .bind(existing.id as i64)
+            .fetch_one(tx.c())
+            .await?;
+            let node = rows::node(&row)?;
+            tx.record(Change::NodeUpserted(node.clone())).await?;
+            self.commit(tx).await?;
+            return Ok(JoinedNode { node, new: false });
+        }
+
+        // Everything else is a first join: the token must be valid and have uses left.
         let token = sqlx::query("SELECT secret_hash, expires_at, uses_left, revoked_at FROM join_tokens WHERE id = $1")
             .bind(&r.token_id)
             .fetch_optional(tx.c())
@@ -60,36 +96,14 @@ impl Store {
                 r.token_id
             )));
         }
-
-        let by_key =
-            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE public_key = $1")))
-                .bind(&r.public_key[..])
-                .fetch_optional(tx.c())
-                .await?;
-        if let Some(row) = by_key {
-            let existing = rows::node(&row)?;
-            if existing.name != r.name {
-                return Err(Error::AlreadyExists(format!(
-                    "this WireGuard key already belongs to node '{}'; join with --name {} or remove that node first",
-                    existing.name, existing.name
-                )));
-            }
-            // Same host again: same node and address, fresh credential; the token is not spent.
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE nodes SET credential_hash = $1, endpoints = $2, updated_at = $3 WHERE id = $4 RETURNING {NODE_COLUMNS}"
-            )))
-            .bind(&r.credential_hash)
-            .bind(r.endpoints.join(","))
-            .bind(t)
-            .bind(existing.id as i64)
-            .fetch_one(tx.c())
-            .await?;
-            let node = rows::node(&row)?;
-            tx.record(Change::NodeUpserted(node.clone())).await?;
-            self.commit(tx).await?;
-            return Ok(JoinedNode { node, new: false });
+        if let Some(existing) = by_key {
+            // Names and public keys are in every node's map: knowing them proves nothing.
+            return Err(Error::PermissionDenied(format!(
+                "node '{}' already exists with this WireGuard key, and joining as it again needs proof that \
+                 this host holds its private key (`agent join` sends one; it was missing or wrong)",
+                existing.name
+            )));
         }
-
         if token.try_get::<Option<i64>, _>("uses_left")? == Some(0) {
             return Err(Error::Unauthenticated(format!("join token {} is used up", r.token_id)));
         }

@@ -27,6 +27,9 @@ impl TestCoordinator {
     /// Starts on `dir` (reused across restarts), after `tweak` adjusts the flags.
     pub async fn start_in(dir: TempDir, tweak: impl FnOnce(&mut ServeArgs)) -> Self {
         let mut args = ServeArgs::for_data_dir(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+        // Tests join many fake nodes with the first-start token; its
+        // single-use default is tested on its own (membership.rs).
+        args.first_token_uses = 0;
         tweak(&mut args);
         let (tx, rx) = oneshot::channel::<()>();
         let running = weave_coordinator::start(args.settings().expect("settings"), async {
@@ -68,7 +71,7 @@ impl TestCoordinator {
     }
 
     pub fn token(&self) -> String {
-        self.running.first_token.as_ref().expect("first start token").to_string()
+        self.running.first_token.as_ref().expect("first start token").0.to_string()
     }
 
     /// Joins a node named `name` with public key [key; 32]; returns it and its API.
@@ -91,6 +94,33 @@ pub fn join_request(token: &str, name: &str, key: u8) -> JoinRequest {
         name: name.to_string(),
         public_key: vec![key; 32],
         endpoints: vec![format!("192.0.2.{key}:6784")],
+        ..Default::default()
+    }
+}
+
+/// A real X25519 key pair for node tests that need a join proof.
+pub fn node_key(seed: u8) -> (x25519_dalek::StaticSecret, [u8; 32]) {
+    let secret = x25519_dalek::StaticSecret::from([seed; 32]);
+    let public = x25519_dalek::PublicKey::from(&secret).to_bytes();
+    (secret, public)
+}
+
+/// A join request for `name` with the key from `seed`, carrying a proof
+/// made with `prover` (the key the caller really holds) for a fresh challenge.
+pub async fn proven_join_request(api: &mut Api, token: &str, name: &str, seed: u8, prover: u8) -> JoinRequest {
+    let (_, public) = node_key(seed);
+    let (holder, _) = node_key(prover);
+    let challenge = api.join.challenge(weave_proto::v1::ChallengeRequest {}).await.expect("challenge").into_inner();
+    let coordinator: [u8; 32] = challenge.coordinator_key.as_slice().try_into().expect("32-byte key");
+    let shared = holder.diffie_hellman(&x25519_dalek::PublicKey::from(coordinator));
+    let proof = weave_proto::proof::compute(shared.as_bytes(), &challenge.nonce, name, &public);
+    JoinRequest {
+        token: token.to_string(),
+        name: name.to_string(),
+        public_key: public.to_vec(),
+        endpoints: vec![format!("192.0.2.{seed}:6784")],
+        challenge: challenge.nonce,
+        proof: proof.to_vec(),
     }
 }
 

@@ -1,0 +1,213 @@
+//! Who is a member, and for how long: re-joins need proof of the node's key,
+//! removed nodes and replaced credentials lose their watch at once, nodes
+//! cannot take other nodes' DNS names, the admin credential can be rotated,
+//! and the first-start token is single-use and short-lived.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestCoordinator, assert_status, join_request, node_key, proven_join_request};
+use tonic::{Code, Streaming};
+use weave_proto::{token::AdminCredential, v1::*};
+
+/// Waits for the stream to end with an error; returns it and how long it took.
+async fn end_of(stream: &mut Streaming<WatchEvent>) -> (tonic::Status, Duration) {
+    let since = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("the watch ended within 5 s")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the watch ended without a status"),
+            Err(status) => return (status, since.elapsed()),
+        }
+    }
+}
+
+async fn open_watch(api: &mut weave_proto::client::Api) -> Streaming<WatchEvent> {
+    let mut s = api.map.watch(WatchRequest { from_revision: 0 }).await.unwrap().into_inner();
+    s.message().await.unwrap().expect("a snapshot first");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoin_needs_proof_of_the_nodes_private_key() {
+    let c = TestCoordinator::start().await;
+    let mut anon = c.admin().await;
+    // A first join may carry a proof too (the agent always sends one).
+    let first = proven_join_request(&mut anon, &c.token(), "h1", 21, 21).await;
+    let first = anon.join.join(first).await.unwrap().into_inner();
+    let n1 = first.node.unwrap();
+    let mut real = c.api_with(&first.credential).await;
+    let mut watch = open_watch(&mut real).await;
+
+    // Name and public key are in every node's map: with them alone, refused.
+    let (_, public) = node_key(21);
+    let mut bare = join_request(&c.token(), "h1", 0);
+    bare.public_key = public.to_vec();
+    assert_status(anon.join.join(bare.clone()).await, Code::PermissionDenied, "needs proof");
+    // A proof made with another key, or for another name, does not verify.
+    let forged = proven_join_request(&mut anon, &c.token(), "h1", 21, 22).await;
+    assert_status(anon.join.join(forged).await, Code::Unauthenticated, "does not verify");
+    let mut other_name = proven_join_request(&mut anon, &c.token(), "h9", 21, 21).await;
+    other_name.name = "h1".into();
+    assert_status(anon.join.join(other_name).await, Code::Unauthenticated, "does not verify");
+    // Garbage in the proof fields is refused, not ignored.
+    let mut junk = bare.clone();
+    junk.proof = vec![0; 32];
+    assert_status(anon.join.join(junk).await, Code::Unauthenticated, "malformed");
+    // The real node kept its credential and its watch through all of this.
+    real.status.get_status(GetStatusRequest {}).await.expect("the real node still works");
+    assert!(tokio::time::timeout(Duration::from_millis(300), watch.message()).await.is_err(), "watch still open");
+
+    // A challenge from before a restart is stale.
+    let stale = proven_join_request(&mut anon, &c.token(), "h1", 21, 21).await;
+    let dir = c.stop().await;
+    let c = TestCoordinator::start_in(dir, |_| {}).await;
+    let mut anon = c.admin().await;
+    assert_status(anon.join.join(stale).await, Code::Unauthenticated, "does not verify");
+
+    // With a fresh proof: the same node, a new credential, the old one dead.
+    // The token is not what authorizes a re-join: a used-up one does not matter.
+    let once = anon
+        .tokens
+        .create_token(CreateTokenRequest { uses: 1, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret_token;
+    anon.join.join(join_request(&once, "spender", 30)).await.unwrap();
+    assert_status(anon.join.join(join_request(&once, "late", 31)).await, Code::Unauthenticated, "used up");
+    let proven = proven_join_request(&mut anon, &once, "h1", 21, 21).await;
+    let again = anon.join.join(proven).await.unwrap().into_inner();
+    let n1_again = again.node.unwrap();
+    assert_eq!((n1_again.id, &n1_again.address), (n1.id, &n1.address));
+    let mut old = c.api_with(&first.credential).await;
+    assert_status(old.status.get_status(GetStatusRequest {}).await, Code::Unauthenticated, "not recognised");
+    c.api_with(&again.credential).await.status.get_status(GetStatusRequest {}).await.unwrap();
+    // A proven key under another node's name is still refused.
+    let wrong_name = proven_join_request(&mut anon, &once, "spender", 21, 21).await;
+    assert_status(anon.join.join(wrong_name).await, Code::AlreadyExists, "already belongs to node 'h1'");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_or_replaced_node_loses_its_watch_within_a_second() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    let (_, mut h1) = c.join("h1", 1).await;
+    let mut w1 = open_watch(&mut h1).await;
+    admin.nodes.remove_node(RemoveNodeRequest { node: "h1".into() }).await.unwrap();
+    let (status, took) = end_of(&mut w1).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("node 'h1' was removed from the cluster"), "{status:?}");
+    assert!(took < Duration::from_secs(1), "the removed node kept its watch for {took:?}");
+    // Opening a new one fails the same way.
+    assert_status(h1.map.watch(WatchRequest { from_revision: 0 }).await, Code::Unauthenticated, "not recognised");
+
+    // A re-join (with proof) replaces the credential: the old holder's watch ends.
+    let mut anon = c.admin().await;
+    let r = proven_join_request(&mut anon, &c.token(), "h2", 41, 41).await;
+    let first = anon.join.join(r).await.unwrap().into_inner();
+    let mut old = c.api_with(&first.credential).await;
+    let mut w2 = open_watch(&mut old).await;
+    let r = proven_join_request(&mut anon, &c.token(), "h2", 41, 41).await;
+    anon.join.join(r).await.unwrap();
+    let (status, took) = end_of(&mut w2).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("credential was replaced"), "{status:?}");
+    assert!(took < Duration::from_secs(1), "the replaced credential kept its watch for {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_squat_another_nodes_dns_name() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    let (_, mut h1) = c.join("h1", 1).await;
+    let (_, mut h2) = c.join("h2", 2).await;
+    let alloc = |container: &str, name: &str| AllocateRequest {
+        container: container.into(),
+        dns_name: name.into(),
+        ..Default::default()
+    };
+    h1.ipam.allocate(alloc("web1", "web")).await.unwrap();
+    // Its own second container may join its own round robin.
+    h1.ipam.allocate(alloc("web2", "web")).await.unwrap();
+    // Another node may not, neither at allocation nor with AddRecord.
+    assert_status(h2.ipam.allocate(alloc("evil", "WEB")).await, Code::AlreadyExists, "held by node h1");
+    let evil = h2.ipam.allocate(alloc("evil2", "")).await.unwrap().into_inner();
+    let ip = evil.address.split('/').next().unwrap().to_string();
+    assert_status(
+        h2.dns.add_record(AddRecordRequest { name: "web".into(), address: ip.clone() }).await,
+        Code::AlreadyExists,
+        "held by node h1",
+    );
+    // External names (added by an admin) are not up for grabs either.
+    admin.dns.add_record(AddRecordRequest { name: "db".into(), address: "192.0.2.80".into() }).await.unwrap();
+    assert_status(
+        h2.dns.add_record(AddRecordRequest { name: "db".into(), address: ip.clone() }).await,
+        Code::AlreadyExists,
+        "external record",
+    );
+    // A free name is fine, and an admin may do anything.
+    h2.dns.add_record(AddRecordRequest { name: "mine".into(), address: ip.clone() }).await.unwrap();
+    admin.dns.add_record(AddRecordRequest { name: "web".into(), address: ip }).await.unwrap();
+    let web = admin.dns.lookup(LookupRequest { name: "web".into() }).await.unwrap().into_inner();
+    assert_eq!(web.addresses.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_credential_rotates_and_the_old_one_dies() {
+    let c = TestCoordinator::start().await;
+    let old = c.running.admin.clone();
+    let mut admin = c.admin().await;
+    let mut watch = open_watch(&mut admin).await;
+    let (_, mut node) = c.join("h1", 1).await;
+    assert_status(
+        node.admin.rotate_admin_credential(RotateAdminCredentialRequest {}).await,
+        Code::PermissionDenied,
+        "admin role",
+    );
+    let new = admin.admin.rotate_admin_credential(RotateAdminCredentialRequest {}).await.unwrap().into_inner();
+    let new = AdminCredential::parse(&new.credential).unwrap();
+    assert_ne!(new.secret, old.secret);
+    assert_eq!(new.pin, old.pin);
+    assert_status(admin.status.get_status(GetStatusRequest {}).await, Code::Unauthenticated, "not recognised");
+    let (status, took) = end_of(&mut watch).await;
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let mut rotated = c.api_with(&new.secret).await;
+    rotated.status.get_status(GetStatusRequest {}).await.unwrap();
+    // The file weavectl reads on the coordinator host has the new one, still 0600.
+    let path = c.data_dir().join("admin.credential");
+    assert_eq!(AdminCredential::parse(&std::fs::read_to_string(&path).unwrap()).unwrap(), new);
+    assert_eq!(common::mode(&path), 0o600);
+    // Node credentials are untouched.
+    node.status.get_status(GetStatusRequest {}).await.unwrap();
+
+    // Offline: deleting the file and restarting makes a new one, and the
+    // one before it no longer works.
+    let dir = c.stop().await;
+    std::fs::remove_file(dir.path().join("data/admin.credential")).unwrap();
+    let c = TestCoordinator::start_in(dir, |_| {}).await;
+    assert_ne!(c.running.admin.secret, new.secret);
+    let mut stale = c.api_with(&new.secret).await;
+    assert_status(stale.status.get_status(GetStatusRequest {}).await, Code::Unauthenticated, "not recognised");
+    c.admin().await.status.get_status(GetStatusRequest {}).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_start_token_is_single_use_and_short_lived_by_default() {
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| {
+        let defaults = weave_coordinator::config::ServeArgs::for_data_dir(a.data_dir.clone(), a.listen);
+        a.first_token_uses = defaults.first_token_uses;
+        a.first_token_ttl = defaults.first_token_ttl;
+    })
+    .await;
+    let (_, token) = c.running.first_token.clone().unwrap();
+    assert!(!token.unlimited);
+    assert_eq!(token.uses_left, 1);
+    let lifetime = token.expires_at - token.created_at;
+    assert_eq!(lifetime, 3600, "an hour");
+    let mut api = c.admin().await;
+    api.join.join(join_request(&c.token(), "h1", 1)).await.unwrap();
+    assert_status(api.join.join(join_request(&c.token(), "h2", 2)).await, Code::Unauthenticated, "used up");
+}
