@@ -396,7 +396,8 @@ impl DnsServer {
     }
 
     /// The response to one query, as bytes; `udp_max` set for UDP clients.
-    async fn respond(&self, query: &[u8], udp_max: Option<u16>) -> Option<Vec<u8>> {
+    /// Public for the fuzz target (fuzz/fuzz_targets/dns_query.rs).
+    pub async fn respond(&self, query: &[u8], udp_max: Option<u16>) -> Option<Vec<u8>> {
         let message = match Message::from_vec(query) {
             Ok(m) => m,
             Err(_) => {
