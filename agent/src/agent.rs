@@ -132,14 +132,22 @@ impl Handler for Running {
                     Response::Done
                 }
                 Request::Allocate { container, subnet } => self.allocate(container, subnet).await,
-                Request::Attach { container, name, id, ifname, addrs, no_multicast } => reply_attached(
+                Request::Attach { container, netns, name, id, ifname, addrs, no_multicast, .. } => reply_attached(
                     self.attacher
-                        .attach(&container, name.as_deref(), id.as_deref(), ifname.as_deref(), &addrs, !no_multicast)
+                        .attach(
+                            &container,
+                            netns.as_deref(),
+                            name.as_deref(),
+                            id.as_deref(),
+                            ifname.as_deref(),
+                            &addrs,
+                            !no_multicast,
+                        )
                         .await,
                 ),
-                Request::Detach { container, id, ifname, addrs } => {
-                    reply_released(self.attacher.detach(&container, id.as_deref(), ifname.as_deref(), &addrs).await)
-                }
+                Request::Detach { container, netns, id, ifname, addrs, .. } => reply_released(
+                    self.attacher.detach(&container, netns.as_deref(), id.as_deref(), ifname.as_deref(), &addrs).await,
+                ),
                 Request::Expose { addrs } => {
                     let r = reply_attached(self.attacher.expose(&addrs).await);
                     self.reconcile_now.notify_one();
@@ -176,7 +184,7 @@ fn reply_released(r: Result<Vec<String>, String>) -> Response {
 enum DnsPlan {
     /// `aliases`: the `--name` and CNI id, for a detach that names the container so.
     Serve {
-        netns: std::path::PathBuf,
+        netns: DnsNetns,
         key: String,
         aliases: Vec<String>,
     },
@@ -208,20 +216,42 @@ fn dns_key(netns: &std::path::Path) -> Option<String> {
     std::fs::metadata(netns).ok().map(|m| format!("netns:{}", m.ino()))
 }
 
+/// The namespace to serve DNS in: a path the agent sees, or a descriptor
+/// the caller passed.
+enum DnsNetns {
+    Path(std::path::PathBuf),
+    Passed(std::sync::Arc<std::fs::File>),
+}
+
+/// The namespace and DNS key of an attach or detach request.
+fn dns_target(container: &str, passed: Option<&std::sync::Arc<std::fs::File>>) -> Option<(DnsNetns, String)> {
+    use std::os::unix::fs::MetadataExt;
+    match passed {
+        Some(f) => {
+            let key = format!("netns:{}", f.metadata().ok()?.ino());
+            Some((DnsNetns::Passed(f.clone()), key))
+        }
+        None => {
+            let netns = dns_netns(container)?;
+            let key = dns_key(&netns)?;
+            Some((DnsNetns::Path(netns), key))
+        }
+    }
+}
+
 impl Running {
     fn dns_plan(&self, request: &Request) -> Option<DnsPlan> {
         let names = || self.dns_names.lock().unwrap_or_else(|e| e.into_inner());
         match request {
-            Request::Attach { container, name, id, .. } => {
-                let netns = dns_netns(container)?;
-                let key = dns_key(&netns)?;
+            Request::Attach { container, netns, name, id, .. } => {
+                let (netns, key) = dns_target(container, netns.as_ref())?;
                 Some(DnsPlan::Serve { netns, key, aliases: name.iter().chain(id).cloned().collect() })
             }
             // Only a detach of every subnet leaves the container without the
             // overlay. By name or CNI id too: the namespace may be gone by then.
-            Request::Detach { container, id, addrs, .. } if addrs.is_empty() => {
-                let key = dns_netns(container)
-                    .and_then(|p| dns_key(&p))
+            Request::Detach { container, netns, id, addrs, .. } if addrs.is_empty() => {
+                let key = dns_target(container, netns.as_ref())
+                    .map(|(_, key)| key)
                     .or_else(|| names().get(container).cloned())
                     .or_else(|| id.as_ref().and_then(|i| names().get(i).cloned()))?;
                 Some(DnsPlan::Stop { key })
@@ -248,8 +278,12 @@ impl Running {
                 for old in gone {
                     self.dns.stop(&old);
                 }
-                if let Err(e) = self.dns.serve_in(&netns, &key).await {
-                    tracing::warn!(netns = %netns.display(), error = %e, "attached, but cannot serve DNS in the container");
+                let served = match &netns {
+                    DnsNetns::Path(p) => self.dns.serve_in(p, &key).await,
+                    DnsNetns::Passed(f) => self.dns.serve_in_file(f, &key).await,
+                };
+                if let Err(e) = served {
+                    tracing::warn!(key, error = %e, "attached, but cannot serve DNS in the container");
                 }
             }
             (Some(DnsPlan::Stop { key }), Response::Released(_)) => {

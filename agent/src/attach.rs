@@ -45,6 +45,10 @@ pub struct Attached {
     pub interface: String,
     pub bridge: String,
     pub mtu: u32,
+    /// The container interface's MAC (`aa:bb:…`; empty for expose): CNI
+    /// runtimes such as podman parse it from the ADD result.
+    #[serde(default)]
+    pub mac: String,
 }
 
 /// How a request named its container, resolved.
@@ -93,11 +97,24 @@ impl Attacher {
 
     /// `id`, when given, is the IPAM key (e.g. `cni:<container id>`, so
     /// that a CNI DEL can release it after the namespace is gone).
-    fn resolve(&self, container: &str, name: Option<&str>, id: Option<&str>) -> Result<Container, String> {
+    /// `passed`: the namespace the caller sent as a descriptor; it wins over
+    /// the path in `container` (which the agent may not see), but not over a
+    /// registered name.
+    fn resolve(
+        &self,
+        container: &str,
+        passed: Option<&File>,
+        name: Option<&str>,
+        id: Option<&str>,
+    ) -> Result<Container, String> {
         // The inode a registered name was given to: its path may since lead
         // to another namespace (`ip netns del` then `add`, a reused pid).
         let mut registered_inode = None;
-        let path = if container.starts_with('/') {
+        let mut netns = None;
+        let path = if let Some(file) = passed.filter(|_| self.names.get(container).is_none()) {
+            netns = Some(file.try_clone().map_err(|e| format!("the passed namespace of '{container}': {e}"))?);
+            PathBuf::from(container)
+        } else if container.starts_with('/') {
             PathBuf::from(container)
         } else if !container.is_empty() && container.bytes().all(|b| b.is_ascii_digit()) {
             PathBuf::from(format!("/proc/{container}/ns/net"))
@@ -112,8 +129,12 @@ impl Attacher {
                 "unknown container '{container}': give a netns path, a pid, or a name registered with --name"
             ));
         };
-        let netns =
-            File::open(&path).map_err(|e| format!("unknown container '{container}': {}: {e}", path.display()))?;
+        let netns = match netns {
+            Some(n) => n,
+            None => {
+                File::open(&path).map_err(|e| format!("unknown container '{container}': {}: {e}", path.display()))?
+            }
+        };
         let meta = netns.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
         // A network namespace file is on nsfs; anything else is not a container.
         if nix::sys::statfs::fstatfs(&netns)
@@ -259,9 +280,11 @@ impl Attacher {
     }
 
     /// `attach`: one `ethwe*` per subnet, addressed from IPAM. Idempotent.
+    #[allow(clippy::too_many_arguments)]
     pub async fn attach(
         &self,
         container: &str,
+        passed: Option<&File>,
         name: Option<&str>,
         id: Option<&str>,
         ifname: Option<&str>,
@@ -270,15 +293,18 @@ impl Attacher {
     ) -> Result<Vec<Attached>, String> {
         let specs = AddrSpec::parse_all(addrs)?;
         let _one = self.lock.lock().await;
-        let c = self.resolve(container, name, id)?;
-        let stale = match name {
+        let c = self.resolve(container, passed, name, id)?;
+        // With an `id` (a CNI runtime) the name is only the DNS name: the
+        // runtime keeps its names unique, and DEL comes by id.
+        let registered = name.filter(|_| id.is_none());
+        let stale = match registered {
             Some(n) => self.names.check(n, container, c.inode)?,
             None => None,
         };
         let wanted = self.subnets(&specs).await?;
         // The name's namespace is gone: this one takes the name over, and
         // nothing of the dead one (addresses, DNS name, veths) carries over.
-        if let (Some(n), Some(inode)) = (name, stale) {
+        if let (Some(n), Some(inode)) = (registered, stale) {
             self.retire(n, Some(inode), Some(n), &[]).await?;
         }
         let inside = Netlink::in_netns(&c.netns).await.map_err(|e| e.to_string())?;
@@ -328,15 +354,16 @@ impl Attacher {
                     .map(|i| i.mac)
                     .ok_or_else(|| format!("{ifname} vanished from the container"))?;
                 self.host.pin_neighbour(&bridge, *ip, &mac).await.map_err(|e| e.to_string())?;
-                Ok::<_, String>(ifname)
+                Ok::<_, String>((ifname, mac))
             };
             match step.await {
-                Ok(ifname) => result.push(Attached {
+                Ok((ifname, mac)) => result.push(Attached {
                     address: format!("{ip}/{len}"),
                     subnet: subnet.cidr.clone(),
                     interface: ifname,
                     bridge,
                     mtu: self.mtu,
+                    mac: format_mac(&mac),
                 }),
                 Err(e) => {
                     for ifname in &created {
@@ -351,7 +378,7 @@ impl Attacher {
                 }
             }
         }
-        if let Some(n) = name {
+        if let Some(n) = registered {
             self.names.remember(n, c.path.clone(), c.inode);
         }
         Ok(result)
@@ -365,12 +392,13 @@ impl Attacher {
     pub async fn detach(
         &self,
         container: &str,
+        passed: Option<&File>,
         id: Option<&str>,
         ifname: Option<&str>,
         addrs: &[String],
     ) -> Result<Vec<String>, String> {
         let _one = self.lock.lock().await;
-        let c = match self.resolve(container, None, id) {
+        let c = match self.resolve(container, passed, None, id) {
             Ok(c) => c,
             Err(e) => {
                 if let Some(id) = id {
@@ -455,6 +483,7 @@ impl Attacher {
                 interface: bridge.clone(),
                 bridge,
                 mtu: self.mtu,
+                mac: String::new(),
             });
         }
         Ok(result)
@@ -499,6 +528,11 @@ fn on_subnet<'i>(ifaces: &'i [WorkloadInterface], cidr: &str) -> Option<(&'i Wor
     })
 }
 
+/// `02:42:0a:…`: lower-case hex pairs, as Go's `net.ParseMAC` reads them.
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 /// `ethwe`, then `ethwe1`, `ethwe2`, … : the first name not in `used`.
 pub fn next_ifname(used: &[String]) -> String {
     (0..)
@@ -529,5 +563,6 @@ mod tests {
         assert!(h.len() <= 14 && h.starts_with("wv"), "{h}");
         assert_ne!(h, host_ifname(4026532000, 8));
         assert_ne!(h, host_ifname(4026532001, 7));
+        assert_eq!(format_mac(&[0x02, 0x42, 0x0a, 0, 0xff, 1]), "02:42:0a:00:ff:01");
     }
 }

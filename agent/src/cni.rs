@@ -1,7 +1,8 @@
 //! The pure half of the `weave-cni` plugin (CNI spec 1.0): the network
 //! configuration it reads from stdin, the result and error JSON it prints.
 //! The binary (src/bin/weave-cni.rs) does the I/O: env vars, the agent's
-//! local socket, the namespace check.
+//! local socket (the namespace goes to the agent as an open descriptor),
+//! the namespace check.
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -97,8 +98,9 @@ impl NetConf {
     }
 }
 
-/// The ADD result: one interface in the sandbox, its addresses, routes, DNS.
-pub fn add_result(netns: &str, interface: &str, addresses: &[String], multicast: bool) -> Value {
+/// The ADD result: one interface in the sandbox (with its MAC: podman
+/// parses it and refuses a result without one), its addresses, routes, DNS.
+pub fn add_result(netns: &str, interface: &str, mac: &str, addresses: &[String], multicast: bool) -> Value {
     let ips: Vec<Value> = addresses.iter().map(|a| json!({"address": a, "interface": 0})).collect();
     let mut routes = Vec::new();
     if multicast {
@@ -106,7 +108,7 @@ pub fn add_result(netns: &str, interface: &str, addresses: &[String], multicast:
     }
     json!({
         "cniVersion": CNI_VERSION,
-        "interfaces": [{"name": interface, "sandbox": netns}],
+        "interfaces": [{"name": interface, "mac": mac, "sandbox": netns}],
         "ips": ips,
         "routes": routes,
         // The agent's DNS server answers inside every attached namespace (agent/src/dns.rs).
@@ -116,6 +118,31 @@ pub fn add_result(netns: &str, interface: &str, addresses: &[String], multicast:
 
 pub fn version_result() -> Value {
     json!({"cniVersion": CNI_VERSION, "supportedVersions": [CNI_VERSION]})
+}
+
+/// The container's name in `weave.local`, from `CNI_ARGS` (`K=V;K=V`):
+/// Kubernetes passes `K8S_POD_NAME` and `K8S_POD_NAMESPACE`, giving
+/// `<pod>.<namespace>` (pods of two namespaces may share a name); podman
+/// passes the container's name as `K8S_POD_NAME` alone, giving that name.
+/// None when there is no name or it is not a valid DNS name (the container
+/// then gets an address without a name rather than no address).
+pub fn dns_name(cni_args: &str) -> Option<String> {
+    let arg = |key: &str| {
+        cni_args.split(';').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v.trim()))
+    };
+    let pod = arg("K8S_POD_NAME").filter(|p| !p.is_empty())?;
+    let name = match arg("K8S_POD_NAMESPACE").filter(|n| !n.is_empty()) {
+        Some(ns) => format!("{pod}.{ns}"),
+        None => pod.to_string(),
+    };
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    (name.len() <= 200 && name.split('.').all(label)).then(|| name.to_ascii_lowercase())
 }
 
 /// The IPAM key of a CNI container, so that DEL can release it without its namespace.
@@ -154,8 +181,9 @@ mod tests {
 
     #[test]
     fn results_have_the_spec_shape() {
-        let r = add_result("/run/netns/x", "ethwe", &["10.32.0.5/16".into()], true);
+        let r = add_result("/run/netns/x", "ethwe", "02:42:0a:20:00:05", &["10.32.0.5/16".into()], true);
         assert_eq!(r["cniVersion"], "1.0.0");
+        assert_eq!(r["interfaces"][0]["mac"], "02:42:0a:20:00:05");
         assert_eq!(r["interfaces"][0]["sandbox"], "/run/netns/x");
         assert_eq!(r["ips"][0]["interface"], 0);
         assert_eq!(r["ips"][0]["address"], "10.32.0.5/16");
@@ -165,5 +193,20 @@ mod tests {
         let e = CniError::new(code::BAD_CONFIG, "m", "d").to_json();
         assert_eq!((e["code"].as_u64(), e["msg"].as_str()), (Some(7), Some("m")));
         assert_eq!(refusal("unknown container 'x'").code, code::UNKNOWN_CONTAINER);
+    }
+
+    #[test]
+    fn names_from_cni_args() {
+        // podman 4.3 (CNI backend)
+        assert_eq!(dns_name("IgnoreUnknown=1;K8S_POD_NAME=web").as_deref(), Some("web"));
+        // Kubernetes (kubelet, containerd, CRI-O)
+        let k8s =
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=Web-0;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u";
+        assert_eq!(dns_name(k8s).as_deref(), Some("web-0.shop"));
+        assert_eq!(dns_name(""), None);
+        assert_eq!(dns_name("IgnoreUnknown=1"), None);
+        assert_eq!(dns_name("K8S_POD_NAME="), None);
+        assert_eq!(dns_name("K8S_POD_NAME=bad name!"), None, "not a DNS label: no name, still an address");
+        assert_eq!(dns_name("K8S_POD_NAME=-x"), None);
     }
 }

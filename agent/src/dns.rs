@@ -342,6 +342,23 @@ impl DnsServer {
         Ok(())
     }
 
+    /// Like [`DnsServer::serve_in`] for a namespace the caller passed as a
+    /// descriptor (the agent may not see its path). Not registered for
+    /// [`DnsServer::restore`]: after a restart there is nothing to reopen.
+    pub async fn serve_in_file(&self, netns: &std::fs::File, key: &str) -> Result<(), Error> {
+        if self.inner.served.lock().unwrap_or_else(|e| e.into_inner()).contains_key(key) {
+            return Ok(());
+        }
+        let file = netns.try_clone().map_err(|e| Error::Io(format!("the namespace of {key}"), e))?;
+        let label = key.to_string();
+        let (udp, tcp) = tokio::task::spawn_blocking(move || open_in_file(file, label))
+            .await
+            .map_err(|e| Error::Dns(format!("socket thread: {e}")))??;
+        self.serve_sockets(udp, tcp, key)?;
+        tracing::info!(key, "serving DNS at {LISTEN} (passed namespace)");
+        Ok(())
+    }
+
     /// Serves sockets bound elsewhere (non-blocking), under `key`. Must be
     /// called inside the tokio runtime.
     pub fn serve_sockets(&self, udp: std::net::UdpSocket, tcp: std::net::TcpListener, key: &str) -> Result<(), Error> {
@@ -486,10 +503,15 @@ async fn write_framed(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<(
 /// On a thread of its own (setns changes only the calling thread): enter the
 /// namespace, bring `lo` up, bind both sockets. They stay in that namespace.
 fn open_in_netns(netns: &Path) -> Result<(std::net::UdpSocket, std::net::TcpListener), Error> {
-    let path = netns.to_path_buf();
+    let file = std::fs::File::open(netns).map_err(|e| Error::Io(netns.display().to_string(), e))?;
+    open_in_file(file, netns.display().to_string())
+}
+
+/// The sockets, opened inside the namespace `file` (`label` names it in errors).
+fn open_in_file(file: std::fs::File, label: String) -> Result<(std::net::UdpSocket, std::net::TcpListener), Error> {
+    let thread_label = label.clone();
     std::thread::spawn(move || {
-        let what = |w: &str| format!("{w} in {}", path.display());
-        let file = std::fs::File::open(&path).map_err(|e| Error::Io(path.display().to_string(), e))?;
+        let what = |w: &str| format!("{w} in {thread_label}");
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| Error::Io(what("setns"), e.into()))?;
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -504,7 +526,7 @@ fn open_in_netns(netns: &Path) -> Result<(std::net::UdpSocket, std::net::TcpList
         Ok((udp, tcp))
     })
     .join()
-    .map_err(|_| Error::Dns(format!("the socket thread for {} panicked", netns.display())))?
+    .map_err(|_| Error::Dns(format!("the socket thread for {label} panicked")))?
 }
 
 #[cfg(test)]

@@ -1,15 +1,28 @@
 //! The agent's local API on a Unix socket (mode 0600: root only). One JSON
 //! request per line, one JSON answer per line: `{"method":"status"}`.
+//!
+//! `attach` and `detach` may carry the container's network namespace as an
+//! open file descriptor (`SCM_RIGHTS`, sent with the request's first byte,
+//! `"netns_fd": true` in the JSON): the agent then needs no view of the
+//! caller's mounts (a runtime's `/run/netns/…` lives in the runtime's mount
+//! namespace, an agent in a DaemonSet pod lives in another).
 use std::{
+    collections::VecDeque,
+    fs::File,
+    io::{IoSlice, IoSliceMut},
     net::Ipv4Addr,
-    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    os::{
+        fd::{AsRawFd, RawFd},
+        unix::fs::{DirBuilderExt, PermissionsExt},
+    },
     path::Path,
     sync::Arc,
 };
 
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest},
     net::{UnixListener, UnixStream},
 };
 
@@ -48,7 +61,15 @@ pub enum Request {
     /// `ip:<IP>/<len>`, `<IP>/<len>`; none = `net:default`). Idempotent.
     Attach {
         container: String,
-        /// Registers the name (and `<name>.weave.local`).
+        /// The namespace came with the request as a descriptor; `container`
+        /// is then only the caller's name for it (messages, `--name` lookups).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        netns_fd: bool,
+        /// That descriptor: filled in by [`serve`], sent by [`request`].
+        #[serde(skip)]
+        netns: Option<Arc<File>>,
+        /// Registers the name (and `<name>.weave.local`). With `id`, only
+        /// the DNS name: the runtime owns the container's identity.
         #[serde(default)]
         name: Option<String>,
         /// The IPAM key instead of the name or namespace (the CNI plugin's `cni:<id>`).
@@ -66,6 +87,10 @@ pub enum Request {
     /// Removes the subnets of `addrs` (all if none) from the container.
     Detach {
         container: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        netns_fd: bool,
+        #[serde(skip)]
+        netns: Option<Arc<File>>,
         #[serde(default)]
         id: Option<String>,
         #[serde(default)]
@@ -169,10 +194,13 @@ pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>) {
 
 async fn answer(stream: UnixStream, handler: &dyn Handler) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Some(line) = lines.next_line().await? {
-        let response = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => handler.handle(request).await,
+    let mut inbox = Inbox::default();
+    while let Some((line, mut fds)) = inbox.next_line(read.as_ref()).await? {
+        let response = match serde_json::from_slice::<Request>(&line) {
+            Ok(mut request) => match request.take_passed(&mut fds) {
+                Ok(()) => handler.handle(request).await,
+                Err(e) => Response::Error(e),
+            },
             Err(e) => Response::Error(format!("bad request: {e}")),
         };
         let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
@@ -182,14 +210,150 @@ async fn answer(stream: UnixStream, handler: &dyn Handler) -> std::io::Result<()
     Ok(())
 }
 
-/// Client side, for `agent status` (and weavectl later).
+impl Request {
+    /// Puts the descriptor that came with this request where it belongs.
+    fn take_passed(&mut self, fds: &mut VecDeque<File>) -> Result<(), String> {
+        match self {
+            Request::Attach { netns_fd: true, netns, .. } | Request::Detach { netns_fd: true, netns, .. } => {
+                let file = fds.pop_front().ok_or("netns_fd is set but no descriptor came with the request")?;
+                *netns = Some(Arc::new(file));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The namespace descriptor to send with this request.
+    fn passed(&self) -> Option<&File> {
+        match self {
+            Request::Attach { netns, .. } | Request::Detach { netns, .. } => netns.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// Descriptors a client may pass with one message; more are closed.
+const MAX_FDS: usize = 4;
+
+/// The bytes and descriptors read from one connection, split into lines.
+/// The kernel delivers a descriptor with the first byte of the `sendmsg`
+/// that carried it and never merges data across it, so a descriptor belongs
+/// to the request whose first byte it came with.
+#[derive(Default)]
+struct Inbox {
+    bytes: Vec<u8>,
+    /// (offset in `bytes` of the first byte it came with, descriptor)
+    fds: VecDeque<(usize, File)>,
+    eof: bool,
+}
+
+impl Inbox {
+    /// The next request line and the descriptors that came with it; None at
+    /// end of stream.
+    async fn next_line(&mut self, stream: &UnixStream) -> std::io::Result<Option<(Vec<u8>, VecDeque<File>)>> {
+        loop {
+            if let Some(end) = self.bytes.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.bytes.drain(..=end).collect();
+                let mut mine = VecDeque::new();
+                while self.fds.front().is_some_and(|(at, _)| *at <= end) {
+                    if let Some((_, f)) = self.fds.pop_front() {
+                        mine.push_back(f);
+                    }
+                }
+                for (at, _) in &mut self.fds {
+                    *at -= end + 1;
+                }
+                return Ok(Some((line, mine)));
+            }
+            if self.eof {
+                return Ok(None);
+            }
+            stream.readable().await?;
+            let got = stream.try_io(Interest::READABLE, || receive(stream.as_raw_fd()));
+            let (chunk, fds) = match got {
+                Ok(g) => g,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            self.eof = chunk.is_empty();
+            let at = self.bytes.len();
+            self.bytes.extend_from_slice(&chunk);
+            self.fds.extend(fds.into_iter().map(|f| (at, f)));
+        }
+    }
+}
+
+/// One `recvmsg`: the bytes, and the descriptors that came with them.
+fn receive(socket: RawFd) -> std::io::Result<(Vec<u8>, Vec<File>)> {
+    let mut buf = vec![0u8; 8192];
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(socket, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let n = msg.bytes;
+    let mut raw = Vec::new();
+    // More descriptors than fit were closed by the kernel (MSG_CTRUNC):
+    // the request then finds none and is refused.
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                raw.extend(fds);
+            }
+        }
+    }
+    buf.truncate(n);
+    Ok((buf, raw.into_iter().filter_map(adopt).collect()))
+}
+
+/// A received descriptor as a `File`, without `unsafe`: reopen it through
+/// `/proc/self/fd` (for a namespace that is the same namespace) and close the
+/// raw one. A descriptor that cannot be reopened (a socket) is dropped.
+fn adopt(raw: RawFd) -> Option<File> {
+    let file = File::open(format!("/proc/self/fd/{raw}"));
+    let _ = nix::unistd::close(raw);
+    match file {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::debug!(error = %e, "a passed descriptor is not a file; dropped");
+            None
+        }
+    }
+}
+
+/// Sends `bytes` with `fd` attached to the first one (SCM_RIGHTS).
+async fn send_with_fd(stream: &UnixStream, bytes: &[u8], fd: RawFd) -> std::io::Result<usize> {
+    loop {
+        stream.writable().await?;
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            let fds = [fd];
+            Ok(sendmsg::<()>(
+                stream.as_raw_fd(),
+                &[IoSlice::new(bytes)],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                None,
+            )?)
+        });
+        match sent {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Client side, for `agent status` and weave-cni. A request that carries a
+/// namespace ([`Request::Attach`]/[`Request::Detach`] `netns`) sends it as a
+/// descriptor.
 pub async fn request(path: &Path, request: &Request) -> Result<Response, Error> {
     let io = |e| Error::Io(path.display().to_string(), e);
     let stream = UnixStream::connect(path).await.map_err(io)?;
-    let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(request).map_err(|e| Error::State(e.to_string()))?;
     line.push(b'\n');
-    write.write_all(&line).await.map_err(io)?;
+    let sent = match request.passed() {
+        Some(file) => send_with_fd(&stream, &line, file.as_raw_fd()).await.map_err(io)?,
+        None => 0,
+    };
+    let (read, mut write) = stream.into_split();
+    write.write_all(&line[sent..]).await.map_err(io)?;
     let answer = BufReader::new(read).lines().next_line().await.map_err(io)?.unwrap_or_default();
     serde_json::from_str(&answer).map_err(|e| Error::State(format!("bad answer from the agent: {e}")))
 }
@@ -236,6 +400,11 @@ mod tests {
             Box::pin(async move {
                 match request {
                     Request::Status => Response::Status(status()),
+                    // Answers with the inode of the descriptor that came along.
+                    Request::Attach { netns: Some(f), .. } => {
+                        use std::os::unix::fs::MetadataExt;
+                        Response::Dns { name: f.metadata().unwrap().ino().to_string(), addresses: vec![] }
+                    }
                     other => Response::Error(format!("not here: {other:?}")),
                 }
             })
@@ -277,5 +446,40 @@ mod tests {
         assert!(table.contains("h2") && table.contains("3s ago"), "{table}");
         let release = Request::Release { container: "c".into() };
         assert!(matches!(request(&path, &release).await.unwrap(), Response::Error(_)));
+    }
+
+    #[tokio::test]
+    async fn a_passed_descriptor_reaches_the_handler() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        tokio::spawn(serve(bind(&path).unwrap(), Arc::new(Fixed)));
+        // Any file stands in for a namespace here; the path is one the server cannot open.
+        let file = dir.path().join("ns");
+        std::fs::write(&file, "").unwrap();
+        let attach = |netns_fd, netns| Request::Attach {
+            container: "/nowhere/ns".into(),
+            netns_fd,
+            netns,
+            name: None,
+            id: None,
+            ifname: None,
+            addrs: vec![],
+            no_multicast: false,
+        };
+        let opened = Arc::new(File::open(&file).unwrap());
+        let want = std::fs::metadata(&file).unwrap().ino().to_string();
+        for _ in 0..2 {
+            let Response::Dns { name, .. } = request(&path, &attach(true, Some(opened.clone()))).await.unwrap() else {
+                panic!("the descriptor did not arrive")
+            };
+            assert_eq!(name, want);
+        }
+        // The flag without a descriptor is refused, not taken from elsewhere.
+        let Response::Error(e) = request(&path, &attach(true, None)).await.unwrap() else { panic!("accepted") };
+        assert!(e.contains("no descriptor"), "{e}");
+        // An old client (a path, no flag) reaches the handler without one.
+        let Response::Error(e) = request(&path, &attach(false, None)).await.unwrap() else { panic!("accepted") };
+        assert!(e.contains("not here"), "{e}");
     }
 }

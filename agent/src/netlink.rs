@@ -290,6 +290,11 @@ impl Netlink {
         let vxlan = match self.link_index(&vx).await? {
             Some(i) => i,
             None => {
+                // Learning stays on: IPv6 and other unicast then goes to the one
+                // peer that holds the MAC instead of being flooded to all. It
+                // learns only from what the firewall lets in: VXLAN from the
+                // TUN by a peer's node address (an outsider's plain VXLAN is
+                // dropped before the kernel's socket, which listens on every address).
                 let msg = LinkVxlan::new(&vx, vni).local(local).port(VXLAN_PORT).learning(true).mtu(mtu).build();
                 self.create(msg, &vx).await?;
                 self.link_index(&vx).await?.ok_or_else(|| Error::Netlink(format!("{vx} vanished")))?

@@ -73,6 +73,9 @@ pub(crate) enum Command {
     /// Names served under the cluster DNS domain.
     #[command(subcommand)]
     Dns(DnsCommand),
+    /// The admin credential itself.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Host actions through the local agent (attach, detach, expose, hide).
     #[command(flatten)]
     Local(LocalCommand),
@@ -139,6 +142,16 @@ pub(crate) enum TokenCommand {
     Ls,
     /// Revoke a join token; hosts that already joined stay.
     Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AdminCommand {
+    /// Replace the admin credential; the current one stops working at once.
+    ///
+    /// The new one is written where this credential was read from when that
+    /// was a file (--admin-file, <data-dir>/admin.credential), else printed.
+    /// The coordinator also writes it to its own data dir.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]

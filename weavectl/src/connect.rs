@@ -1,5 +1,8 @@
 //! Finding the admin credential and opening a pinned channel to the coordinator.
-use std::{io::ErrorKind, path::Path};
+use std::{
+    io::ErrorKind,
+    path::{Path, PathBuf},
+};
 
 use weave_proto::{
     client::{Api, connect},
@@ -10,6 +13,15 @@ use crate::{
     cli::Global,
     failure::{Exit, Failure, Outcome},
 };
+
+/// The file the admin credential is read from, if it comes from a file.
+pub(crate) fn credential_file(global: &Global) -> Option<PathBuf> {
+    match (&global.admin, &global.admin_file) {
+        (Some(_), _) => None,
+        (None, Some(path)) => Some(path.clone()),
+        (None, None) => Some(global.data_dir.join("admin.credential")),
+    }
+}
 
 /// The admin credential from the first source given (order in `weavectl --help`).
 fn load(global: &Global) -> Outcome<AdminCredential> {

@@ -411,9 +411,44 @@ fn unknown_credential_is_refused_by_the_coordinator() {
     let second = Cluster::start();
     let stranger = AdminCredential { secret: second.admin.secret.clone(), ..first.admin.clone() };
     bare().arg("--admin").arg(stranger.to_string()).arg("status").assert().code(6).stdout("").stderr(
-        "weavectl: getting the cluster status: credential not recognised by this coordinator (wrong coordinator, or \
-         the node was removed)\n",
+        "weavectl: getting the cluster status: credential not recognised by this coordinator (wrong coordinator, the \
+         node was removed, or the credential was replaced)\n",
     );
+}
+
+#[test]
+fn admin_rotate_saves_the_new_credential_and_kills_the_old() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::start();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let file = elsewhere.path().join("cred");
+    std::fs::write(&file, format!("{}\n", c.admin)).unwrap();
+    // From a file: the new one replaces it there (0600), and is not printed.
+    let said = bare().arg("--admin-file").arg(&file).args(["admin", "rotate"]).assert().success();
+    let said = String::from_utf8(said.get_output().stdout.clone()).unwrap();
+    assert!(said.contains("the old one no longer works") && !said.contains("wva1."), "{said}");
+    let new = AdminCredential::parse(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_ne!(new.secret, c.admin.secret);
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    bare()
+        .arg("--admin")
+        .arg(c.admin.to_string())
+        .arg("status")
+        .assert()
+        .code(6)
+        .stderr(predicate::str::contains("credential not recognised"));
+    bare().arg("--admin-file").arg(&file).arg("status").assert().success();
+    // The coordinator's own copy was rewritten too.
+    assert_eq!(
+        AdminCredential::parse(&std::fs::read_to_string(c.dir.path().join("admin.credential")).unwrap()).unwrap(),
+        new
+    );
+    // From --admin: printed alone on the first line.
+    let said = bare().arg("--admin").arg(new.to_string()).args(["admin", "rotate"]).assert().success();
+    let said = String::from_utf8(said.get_output().stdout.clone()).unwrap();
+    let newest = AdminCredential::parse(said.lines().next().unwrap()).unwrap();
+    bare().arg("--admin").arg(newest.to_string()).arg("status").assert().success();
+    bare().arg("--admin-file").arg(&file).arg("status").assert().code(6);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! configuration on stdin; ADD and DEL go to the local agent's socket, which
 //! does the attach/detach (see weave_agent::attach). Results and errors are
 //! the spec's JSON on stdout.
-use std::{io::Read, path::Path, process::ExitCode};
+use std::{fs::File, io::Read, path::Path, process::ExitCode, sync::Arc};
 
 use weave_agent::{
     cni::{self, CniError, NetConf, code},
@@ -58,7 +58,10 @@ async fn run() -> Result<Option<serde_json::Value>, CniError> {
     let id = cni::container_key(&env("CNI_CONTAINERID")?);
     let ifname = env("CNI_IFNAME")?;
     match command.as_str() {
-        "ADD" => add(&conf, &env("CNI_NETNS")?, &id, &ifname).await.map(Some),
+        "ADD" => {
+            let name = cni::dns_name(&std::env::var("CNI_ARGS").unwrap_or_default());
+            add(&conf, &env("CNI_NETNS")?, &id, name, &ifname).await.map(Some)
+        }
         "DEL" => del(&conf, std::env::var("CNI_NETNS").unwrap_or_default(), &id, &ifname).await.map(|()| None),
         _ => check(&conf, &env("CNI_NETNS")?, &ifname).await.map(|()| None),
     }
@@ -72,11 +75,28 @@ async fn ask(conf: &NetConf, request: Request) -> Result<Response, CniError> {
     }
 }
 
-async fn add(conf: &NetConf, netns: &str, id: &str, ifname: &str) -> Result<serde_json::Value, CniError> {
+/// The runtime's namespace, opened here: the agent gets the descriptor, so
+/// it needs no view of the runtime's mounts (podman mounts `CNI_NETNS` in
+/// its own mount namespace).
+fn open_netns(netns: &str) -> Result<Arc<File>, CniError> {
+    File::open(netns)
+        .map(Arc::new)
+        .map_err(|e| CniError::new(code::UNKNOWN_CONTAINER, format!("cannot open {netns}"), e.to_string()))
+}
+
+async fn add(
+    conf: &NetConf,
+    netns: &str,
+    id: &str,
+    name: Option<String>,
+    ifname: &str,
+) -> Result<serde_json::Value, CniError> {
     let multicast = conf.multicast.unwrap_or(true);
     let request = Request::Attach {
         container: netns.to_string(),
-        name: None,
+        netns_fd: true,
+        netns: Some(open_netns(netns)?),
+        name,
         id: Some(id.to_string()),
         ifname: Some(ifname.to_string()),
         addrs: vec![conf.addr()],
@@ -85,7 +105,7 @@ async fn add(conf: &NetConf, netns: &str, id: &str, ifname: &str) -> Result<serd
     match ask(conf, request).await? {
         Response::Attached(list) if !list.is_empty() => {
             let addresses: Vec<String> = list.iter().map(|a| a.address.clone()).collect();
-            Ok(cni::add_result(netns, &list[0].interface, &addresses, multicast))
+            Ok(cni::add_result(netns, &list[0].interface, &list[0].mac, &addresses, multicast))
         }
         other => Err(CniError::new(code::REFUSED, "unexpected answer from the agent", format!("{other:?}"))),
     }
@@ -95,8 +115,12 @@ async fn add(conf: &NetConf, netns: &str, id: &str, ifname: &str) -> Result<serd
 /// nothing attached is success. The agent releases by the container id what
 /// it can no longer reach in the namespace.
 async fn del(conf: &NetConf, netns: String, id: &str, ifname: &str) -> Result<(), CniError> {
+    // A namespace that is gone is no error: the agent releases by id.
+    let passed = (!netns.is_empty()).then(|| open_netns(&netns).ok()).flatten();
     let request = Request::Detach {
         container: netns,
+        netns_fd: passed.is_some(),
+        netns: passed,
         id: Some(id.to_string()),
         ifname: Some(ifname.to_string()),
         addrs: Vec::new(),

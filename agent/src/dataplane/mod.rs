@@ -4,7 +4,8 @@
 //!
 //! - [`router`]: the sans-I/O WireGuard router: one boringtun `Tunn` per peer,
 //!   peer chosen by destination node address, source checked on the way in,
-//!   endpoint roaming, timers, handshake rate limiting.
+//!   endpoint roaming (only on packets that authenticated), timers, handshake
+//!   rate limiting.
 //! - [`tun_udp`]: the first transport: a TUN device holding the node address
 //!   and one UDP socket, driven by two blocking I/O threads and a timer thread.
 pub mod router;

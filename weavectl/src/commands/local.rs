@@ -1,10 +1,19 @@
 //! Host actions through the local agent's Unix socket (JSON lines, the same
 //! protocol as `agent status`): attach/detach, expose/hide, `status peers`.
-use std::path::Path;
+//! Attach and detach send the container's namespace as an open descriptor
+//! (SCM_RIGHTS, `"netns_fd": true`): the agent may live in another mount
+//! namespace (a DaemonSet pod) and not see this one's `/run/netns`.
+use std::{
+    fs::File,
+    io::IoSlice,
+    os::fd::{AsRawFd, RawFd},
+    path::{Path, PathBuf},
+};
 
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest},
     net::UnixStream,
 };
 
@@ -17,14 +26,23 @@ use crate::{
 
 /// One request, one answer: `{"<kind>": …}` or `{"error": "…"}`.
 pub(crate) async fn request(socket: &Path, what: &str, req: Value) -> Outcome<Value> {
+    request_with(socket, what, req, None).await
+}
+
+/// [`request`], with `netns` sent as a descriptor along with the request.
+async fn request_with(socket: &Path, what: &str, req: Value, netns: Option<&File>) -> Outcome<Value> {
     let unreachable = |e: std::io::Error| {
         Failure::new(Exit::Unreachable, format!("cannot reach the agent at {}", socket.display()), e)
     };
     let stream = UnixStream::connect(socket).await.map_err(unreachable)?;
-    let (read, mut write) = stream.into_split();
     let mut line = req.to_string();
     line.push('\n');
-    write.write_all(line.as_bytes()).await.map_err(unreachable)?;
+    let sent = match netns {
+        Some(f) => send_with_fd(&stream, line.as_bytes(), f.as_raw_fd()).await.map_err(unreachable)?,
+        None => 0,
+    };
+    let (read, mut write) = stream.into_split();
+    write.write_all(&line.as_bytes()[sent..]).await.map_err(unreachable)?;
     let answer = BufReader::new(read).lines().next_line().await.map_err(unreachable)?.unwrap_or_default();
     let answer: Value = serde_json::from_str(&answer)
         .map_err(|e| Failure::new(Exit::Other, what, format!("bad answer from the agent: {e}")))?;
@@ -33,6 +51,49 @@ pub(crate) async fn request(socket: &Path, what: &str, req: Value) -> Outcome<Va
         return Err(Failure::new(exit_for(&why), what, why));
     }
     Ok(answer)
+}
+
+/// Sends `bytes` with `fd` attached to the first one (the agent takes it
+/// as the request's namespace).
+async fn send_with_fd(stream: &UnixStream, bytes: &[u8], fd: RawFd) -> std::io::Result<usize> {
+    loop {
+        stream.writable().await?;
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            let fds = [fd];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            Ok(sendmsg::<()>(stream.as_raw_fd(), &[IoSlice::new(bytes)], &cmsg, MsgFlags::empty(), None)?)
+        });
+        match sent {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+/// The namespace file a container argument names as the agent reads it (a
+/// path, a pid, or a name under /run/netns), seen from here; None for a
+/// name registered with `--name` (the agent knows it) or anything else.
+fn netns_path(container: &str) -> Option<PathBuf> {
+    if container.starts_with('/') {
+        Some(PathBuf::from(container))
+    } else if !container.is_empty() && container.bytes().all(|b| b.is_ascii_digit()) {
+        Some(PathBuf::from(format!("/proc/{container}/ns/net")))
+    } else if !container.is_empty() && !container.contains('/') {
+        Some(Path::new("/run/netns").join(container)).filter(|p| p.exists())
+    } else {
+        None
+    }
+}
+
+/// Sends `req` about `container`, with its namespace when this process can
+/// open it. A namespace it cannot open goes by name: the agent then says
+/// what is wrong (or finds a registered name, or a CNI id).
+async fn request_about(socket: &Path, what: &str, mut req: Value, container: &str) -> Outcome<Value> {
+    let netns = netns_path(container).and_then(|p| File::open(p).ok());
+    if netns.is_some() {
+        req["netns_fd"] = json!(true);
+    }
+    request_with(socket, what, req, netns.as_ref()).await
 }
 
 /// The agent answers in sentences; the exit code follows weavectl's table.
@@ -61,14 +122,14 @@ pub(crate) async fn run(socket: &Path, out: &Output, c: LocalCommand) -> Outcome
             let (addrs, container) = split_container(args)?;
             let what = format!("attaching {container}");
             let req = json!({"method": "attach", "container": container, "name": name, "addrs": addrs, "no_multicast": no_multicast});
-            let answer = request(socket, &what, req).await?;
+            let answer = request_about(socket, &what, req, &container).await?;
             print_addresses(out, &answer["attached"]);
         }
         LocalCommand::Detach { args } => {
             let (addrs, container) = split_container(args)?;
             let what = format!("detaching {container}");
-            let answer =
-                request(socket, &what, json!({"method": "detach", "container": container, "addrs": addrs})).await?;
+            let req = json!({"method": "detach", "container": container, "addrs": addrs});
+            let answer = request_about(socket, &what, req, &container).await?;
             print_released(out, &answer["released"]);
         }
         LocalCommand::Expose { addrs } => {

@@ -1,5 +1,6 @@
 //! One module per command group. A command validates its arguments locally,
 //! makes its calls, and prints either a table (people) or JSON (scripts).
+mod admin;
 mod dns;
 mod ipam;
 mod local;
@@ -50,6 +51,10 @@ pub(crate) async fn run(cli: Cli) -> Outcome {
         Command::Dns(c) => {
             let c = dns::check(c)?;
             dns::run(&mut admin_api(&cli.global).await?, &out, c).await
+        }
+        Command::Admin(crate::cli::AdminCommand::Rotate) => {
+            let file = crate::connect::credential_file(&cli.global);
+            admin::rotate(&mut admin_api(&cli.global).await?, &out, file.as_deref()).await
         }
         Command::Local(c) => local::run(&cli.global.socket, &out, c).await,
         Command::Status { view: crate::cli::StatusView::Peers } => local::peers(&cli.global.socket, &out).await,
