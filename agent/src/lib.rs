@@ -24,6 +24,7 @@
 //! - [`dns`]: the workloads' resolver at 127.0.0.11:53 in each attached namespace.
 //! - [`firewall`]: the nftables table `inet weave` that isolates subnets.
 //! - [`local_api`]: status over a Unix socket.
+//! - [`metrics`]: `/metrics`, `/healthz`, `/readyz` (plain HTTP, 127.0.0.1:6782 by default).
 //! - [`attach`]: attach/detach of containers, expose/hide of the host.
 //! - [`cni`]: the CNI plugin's configuration, result and error JSON (bin `weave-cni`).
 //! - [`agent`]: the commands.
@@ -37,6 +38,7 @@ pub mod dns;
 pub mod error;
 pub mod firewall;
 pub mod local_api;
+pub mod metrics;
 pub mod netlink;
 pub mod netmap;
 pub mod reconcile;

@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// How many hosts may join with the token printed at first start (0: unlimited).
     #[arg(long, env = "WEAVE_FIRST_TOKEN_USES", default_value_t = 1)]
     pub first_token_uses: u32,
+    /// Plain-HTTP address for /metrics, /healthz and /readyz ("off" for none).
+    /// Loopback by default; 0.0.0.0:6781 lets Prometheus and probes reach it.
+    #[arg(long, env = "WEAVE_METRICS_LISTEN", default_value = "127.0.0.1:6781")]
+    pub metrics_listen: String,
 }
 
 /// Checked settings for one coordinator process.
@@ -53,6 +57,8 @@ pub struct Settings {
     pub token_ttl: Option<Duration>,
     pub first_token_ttl: Option<Duration>,
     pub first_token_uses: u32,
+    /// Where /metrics, /healthz and /readyz are served (None: nowhere).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +83,8 @@ impl ServeArgs {
             token_ttl: "24h".into(),
             first_token_ttl: "1h".into(),
             first_token_uses: 1,
+            // Tests start many coordinators in one process: no fixed port.
+            metrics_listen: "off".into(),
         }
     }
 
@@ -119,6 +127,10 @@ impl ServeArgs {
             token_ttl,
             first_token_ttl,
             first_token_uses: self.first_token_uses,
+            metrics_listen: match self.metrics_listen.trim() {
+                "off" | "none" | "" => None,
+                a => Some(a.parse().map_err(|e| flag("metrics-listen", format!("'{a}': {e} (ip:port or off)")))?),
+            },
         })
     }
 }

@@ -8,6 +8,7 @@
 //! - [`challenge`]: stateless join challenges (proof that a re-joining host holds the node's key).
 //! - [`api`]: one file per gRPC service; handlers check the caller's role,
 //!   convert, and call the store.
+//! - [`metrics`]: `/metrics`, `/healthz`, `/readyz` (plain HTTP, own port) and the RPC timing layer.
 //! - [`server`]: start-up order and the tonic server with health and reflection.
 //! - [`error`]: the error enum and its one mapping to gRPC status codes.
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod identity;
 pub mod ipam;
+pub mod metrics;
 pub mod server;
 pub mod store;
 

@@ -36,6 +36,8 @@ pub struct Running {
     /// The join token made at first start, with its limits (None on later starts).
     pub first_token: Option<(JoinToken, weave_proto::v1::Token)>,
     pub store: Store,
+    /// Where /metrics, /healthz and /readyz are served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     pub task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
@@ -68,6 +70,13 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     }
 
     let listener = TcpListener::bind(settings.listen).await?;
+    // Bound now, so a taken port fails the start rather than a later scrape.
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => {
+            Some(weave_proto::observe::bind(addr).await.map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?)
+        }
+        None => None,
+    };
     let local_addr = listener.local_addr()?;
     let advertise = settings.advertise.clone().unwrap_or_else(|| advertise_for(local_addr));
 
@@ -116,11 +125,27 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .register_encoded_file_descriptor_set(weave_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    // v1alpha too: Python's grpcio-reflection, Postman and older grpcurl speak only that.
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(weave_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let metrics_addr = match metrics_listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            tracing::info!(listen = %addr, "serving /metrics, /healthz and /readyz");
+            crate::metrics::spawn(listener, state.clone(), state.stopping.clone());
+            Some(addr)
+        }
+        None => None,
+    };
 
     let router = Server::builder()
         .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)))?
+        .layer(crate::metrics::RpcMetricsLayer)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(JoinServiceServer::new(api::Join(state.clone())))
         .add_service(NodeServiceServer::new(api::Nodes(state.clone())))
         .add_service(MapServiceServer::new(api::Map(state.clone())))
@@ -140,7 +165,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     };
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
     tracing::info!(listen = %local_addr, %advertise, pin = %tls.pin, data_dir = %settings.data_dir.display(), "coordinator serving");
-    Ok(Running { local_addr, advertise, admin, first_token, store, task })
+    Ok(Running { local_addr, advertise, admin, first_token, store, metrics_addr, task })
 }
 
 pub use identity::TlsIdentity;

@@ -54,3 +54,24 @@ async fn reflection_lists_every_service_and_health_is_serving() {
     let status = health.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
     assert_eq!(status.status(), ServingStatus::Serving);
 }
+
+/// Python's grpcio-reflection, Postman and older tools speak only v1alpha.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_v1alpha_is_served_too() {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let c = TestCoordinator::start().await;
+    let mut reflection = ServerReflectionClient::new(c.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let response = responses.message().await.unwrap().expect("a response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("expected a service list, got {:?}", response.message_response)
+    };
+    assert!(list.service.iter().any(|s| s.name == "weave.v1.SubnetService"), "{:?}", list.service);
+}

@@ -15,6 +15,8 @@ pub mod client;
 pub mod duration;
 pub mod key;
 pub mod map;
+#[cfg(feature = "observe")]
+pub mod observe;
 pub mod proof;
 pub mod token;
 

@@ -84,6 +84,11 @@ pub(crate) enum Command {
         #[arg(value_enum, default_value_t = StatusView::Cluster)]
         view: StatusView,
     },
+    /// Prints a shell completion script: `weavectl completion bash > /etc/bash_completion.d/weavectl`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

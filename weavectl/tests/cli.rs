@@ -184,11 +184,18 @@ fn subnet_refusals() {
 #[test]
 fn token_create_list_revoke() {
     let c = Cluster::start();
-    let out = c.ok(&["token", "create", "--ttl", "1h", "--uses", "2", "--description", "ci hosts"]);
-    let first = out.lines().next().unwrap();
-    let token = JoinToken::parse(first).expect("the first line is the token alone");
+    // `T=$(weavectl token create)`: stdout is the token and nothing else; the hint goes to stderr.
+    let out = c
+        .weavectl()
+        .args(["token", "create", "--ttl", "1h", "--uses", "2", "--description", "ci hosts"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let token = JoinToken::parse(stdout.trim_end()).expect("stdout is the token alone");
     assert_eq!(token.pin, c.admin.pin);
-    assert!(out.lines().nth(1).unwrap().contains("agent join --token"), "{out}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agent join --token-file"), "{:?}", out.stderr);
 
     let list = c.json(&["token", "ls"]);
     let created = list.as_array().unwrap().iter().find(|t| t["id"] == token.id.as_str()).unwrap();
@@ -480,4 +487,15 @@ fn help_documents_exit_codes() {
 fn closed_port() -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
+}
+
+#[test]
+fn completions_generate_for_every_shell() {
+    let c = Cluster::start();
+    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef weavectl"), ("fish", "complete -c weavectl")] {
+        let out = c.ok(&["completion", shell]);
+        assert!(out.contains(marker), "{shell}: {out}");
+        assert!(out.contains("subnet") && out.contains("attach"), "{shell} completes subcommands");
+    }
+    c.weavectl().args(["completion", "tcsh"]).assert().code(2);
 }

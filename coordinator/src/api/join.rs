@@ -73,6 +73,7 @@ impl JoinService for Join {
             })
             .await?;
         tracing::info!(node = %joined.node.name, address = %joined.node.address, key = %key.to_base64().get(..8).unwrap_or(""), new = joined.new, token = %token.id, "node joined");
+        metrics::counter!("weave_joins_total", "result" => if joined.new { "new" } else { "rejoin" }).increment(1);
         let map = self.0.store.snapshot().await?;
         Ok(Response::new(JoinResponse { node: Some(joined.node), credential, map: Some(map) }))
     }

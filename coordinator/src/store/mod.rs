@@ -242,6 +242,18 @@ impl Store {
         .transpose()
     }
 
+    /// Reads the map at the latest committed revision in place (no copy),
+    /// e.g. for the metrics a scrape renders.
+    pub fn with_map<R>(&self, f: impl FnOnce(&v1::NetworkMap) -> R) -> R {
+        f(&self.live.read().unwrap_or_else(|p| p.into_inner()).map)
+    }
+
+    /// One trivial read: whether the database answers at all (readiness).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
     /// The whole map at the latest committed revision.
     pub async fn snapshot(&self) -> Result<v1::NetworkMap> {
         Ok(self.live.read().unwrap_or_else(|p| p.into_inner()).map.clone())

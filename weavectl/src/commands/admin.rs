@@ -46,8 +46,9 @@ pub(super) async fn rotate(api: &mut Api, out: &Output, file: Option<&Path>) -> 
             println!("admin credential rotated; the old one no longer works; the new one is in {path}")
         }
         (None, false) => {
+            // Only the credential on stdout, for `C=$(weavectl admin rotate)`.
             println!("{}", resp.credential);
-            println!("admin credential rotated (the line above); the old one no longer works");
+            eprintln!("admin credential rotated (printed on stdout); the old one no longer works");
         }
         (Some(path), true) => out.print_json(&json!({ "rotated": true, "file": path })),
         (None, true) => out.print_json(&json!({ "rotated": true, "credential": resp.credential })),

@@ -57,6 +57,11 @@ pub(crate) async fn run(cli: Cli) -> Outcome {
             admin::rotate(&mut admin_api(&cli.global).await?, &out, file.as_deref()).await
         }
         Command::Local(c) => local::run(&cli.global.socket, &out, c).await,
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "weavectl", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Status { view: crate::cli::StatusView::Peers } => local::peers(&cli.global.socket, &out).await,
         Command::Status { view } => status::run(&mut admin_api(&cli.global).await?, &out, view).await,
     }

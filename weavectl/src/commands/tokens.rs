@@ -48,10 +48,10 @@ pub(super) async fn run(api: &mut Api, out: &Output, c: Checked) -> Outcome {
                 v["secret_token"] = json!(resp.secret_token);
                 out.print_json(&v);
             } else {
-                // The token alone first: `T=$(weavectl token create | head -1)`.
+                // Only the token on stdout (`T=$(weavectl token create)`); the hint is for people.
                 println!("{}", resp.secret_token);
-                println!(
-                    "token {} ({}, {}); on each host: agent join --token <the line above>",
+                eprintln!(
+                    "token {} ({}, {}); on each host: agent join --token-file <a file holding it>",
                     token.id,
                     uses_text(&token),
                     expiry(token.expires_at)

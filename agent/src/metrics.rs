@@ -1,0 +1,169 @@
+//! What the agent tells Prometheus and probes: `/metrics`, `/healthz` and
+//! `/readyz` on `--metrics-listen` (127.0.0.1:6782 by default, Weave Net's
+//! status port), served by `weave_proto::observe`.
+//!
+//! Read at scrape time (nothing to keep current between scrapes): peers and
+//! `weave_connections{state}` (Weave Net's name: established = a handshake in
+//! the last 180 s), the oldest handshake, traffic in and out summed over
+//! peers, local workload addresses (`weave_ips{state="local"}`), DNS entries,
+//! the map revision and whether the watch is open. Kept where they happen:
+//! reconcile duration and errors (`control.rs`), firewall repairs
+//! (`firewall.rs`), DNS queries by result (`dns.rs`). No per-peer label: the
+//! series count would grow with the square of the cluster.
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use tokio::sync::watch;
+use weave_proto::{
+    observe::{Probe, ProbeFuture},
+    v1::NetworkMap,
+};
+
+use crate::dataplane::{PeerStatus, Transport};
+
+/// A handshake younger than this means a live tunnel (WireGuard re-keys
+/// every 120 s while traffic flows; 180 s is REJECT_AFTER_TIME).
+const ESTABLISHED_SECS: f64 = 180.0;
+
+/// The agent's readiness and scrape-time gauges.
+pub struct AgentProbe {
+    pub node_id: u64,
+    pub transport: Arc<dyn Transport>,
+    pub maps: watch::Receiver<NetworkMap>,
+    /// A watch on the coordinator is open.
+    pub connected: Arc<AtomicBool>,
+    /// Byte counters per peer at the last scrape, so that totals stay
+    /// monotonic (counters) while peers come and go.
+    seen: Mutex<HashMap<u64, Traffic>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Traffic {
+    tx: u64,
+    rx: u64,
+    spoofed: u64,
+}
+
+impl AgentProbe {
+    pub fn new(
+        node_id: u64,
+        transport: Arc<dyn Transport>,
+        maps: watch::Receiver<NetworkMap>,
+        connected: Arc<AtomicBool>,
+    ) -> Self {
+        Self { node_id, transport, maps, connected, seen: Mutex::default() }
+    }
+}
+
+/// Peers by state, and the oldest live handshake (seconds).
+fn connections(peers: &[PeerStatus]) -> (usize, usize, f64) {
+    let live: Vec<f64> =
+        peers.iter().filter_map(|p| p.handshake_age_secs).filter(|age| *age < ESTABLISHED_SECS).collect();
+    let oldest = live.iter().copied().fold(0.0, f64::max);
+    (live.len(), peers.len() - live.len(), oldest)
+}
+
+/// How much each counter grew since `seen` (a peer whose counters went
+/// backwards got a new tunnel: its whole count is new), updating `seen` to
+/// the peers present now.
+fn growth(seen: &mut HashMap<u64, Traffic>, peers: &[PeerStatus]) -> Traffic {
+    let mut grown = Traffic::default();
+    let mut now = HashMap::with_capacity(peers.len());
+    for p in peers {
+        let cur = Traffic { tx: p.tx_bytes, rx: p.rx_bytes, spoofed: p.dropped_spoofed };
+        let before = seen.get(&p.node_id).copied().unwrap_or_default();
+        let delta = |c: u64, b: u64| if c >= b { c - b } else { c };
+        grown.tx += delta(cur.tx, before.tx);
+        grown.rx += delta(cur.rx, before.rx);
+        grown.spoofed += delta(cur.spoofed, before.spoofed);
+        now.insert(p.node_id, cur);
+    }
+    *seen = now;
+    grown
+}
+
+impl Probe for AgentProbe {
+    fn ready(&self) -> ProbeFuture<'_, Result<(), String>> {
+        let revision = self.maps.borrow().revision;
+        let connected = self.connected.load(Ordering::Relaxed);
+        Box::pin(async move {
+            match (revision, connected) {
+                (0, _) => Err("no network map yet".into()),
+                (_, false) => Err("no watch open on the coordinator (attach cannot allocate)".into()),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn refresh(&self) -> ProbeFuture<'_, ()> {
+        let peers = self.transport.status();
+        let (established, connecting, oldest) = connections(&peers);
+        metrics::gauge!("weave_peers").set(peers.len() as f64);
+        metrics::gauge!("weave_connections", "state" => "established").set(established as f64);
+        metrics::gauge!("weave_connections", "state" => "connecting").set(connecting as f64);
+        metrics::gauge!("weave_handshake_age_max_seconds").set(oldest);
+        let grown = growth(&mut self.seen.lock().unwrap_or_else(|p| p.into_inner()), &peers);
+        metrics::counter!("weave_traffic_bytes_total", "direction" => "out").increment(grown.tx);
+        metrics::counter!("weave_traffic_bytes_total", "direction" => "in").increment(grown.rx);
+        metrics::counter!("weave_spoofed_packets_dropped_total").increment(grown.spoofed);
+        {
+            let map = self.maps.borrow();
+            let local = map.allocations.iter().filter(|a| a.node_id == self.node_id).count();
+            metrics::gauge!("weave_ips", "state" => "local").set(local as f64);
+            metrics::gauge!("weave_dns_entries").set(map.dns_records.len() as f64);
+            metrics::gauge!("weave_map_revision").set(map.revision as f64);
+        }
+        metrics::gauge!("weave_coordinator_connected").set(f64::from(u8::from(self.connected.load(Ordering::Relaxed))));
+        Box::pin(async {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn peer(id: u64, age: Option<f64>, tx: u64, rx: u64) -> PeerStatus {
+        PeerStatus {
+            node_id: id,
+            name: format!("h{id}"),
+            address: Ipv4Addr::new(10, 47, 0, id as u8),
+            endpoint: None,
+            handshake_age_secs: age,
+            tx_bytes: tx,
+            rx_bytes: rx,
+            dropped_spoofed: 0,
+        }
+    }
+
+    #[test]
+    fn peers_are_established_only_with_a_recent_handshake() {
+        let peers =
+            [peer(1, Some(3.0), 0, 0), peer(2, Some(500.0), 0, 0), peer(3, None, 0, 0), peer(4, Some(90.0), 0, 0)];
+        assert_eq!(connections(&peers), (2, 2, 90.0));
+        assert_eq!(connections(&[]), (0, 0, 0.0));
+    }
+
+    #[test]
+    fn traffic_totals_stay_monotonic_as_peers_come_go_and_rekey() {
+        let mut seen = HashMap::new();
+        assert_eq!(growth(&mut seen, &[peer(1, None, 100, 10)]), Traffic { tx: 100, rx: 10, spoofed: 0 });
+        assert_eq!(
+            growth(&mut seen, &[peer(1, None, 150, 10), peer(2, None, 5, 5)]),
+            Traffic { tx: 55, rx: 5, spoofed: 0 }
+        );
+        // Peer 1 gone, peer 2's tunnel rebuilt (its counters restarted).
+        assert_eq!(growth(&mut seen, &[peer(2, None, 3, 1)]), Traffic { tx: 3, rx: 1, spoofed: 0 });
+        // Peer 1 back: all of its count is new.
+        assert_eq!(
+            growth(&mut seen, &[peer(1, None, 7, 0), peer(2, None, 3, 1)]),
+            Traffic { tx: 7, rx: 0, spoofed: 0 }
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! What the coordinator tells Prometheus and probes (served by
+//! `weave_proto::observe` on its own plain-HTTP port, never the gRPC one).
+//!
+//! Kept as they happen: `weave_rpc_duration_seconds{method,code}` (this
+//! module's tower layer around every gRPC service) and `weave_joins_total`
+//! (`api/join.rs`). Read at scrape time from the in-memory map, so they cost
+//! nothing between scrapes: nodes, subnets, IPs used and usable (Weave Net's
+//! `weave_ips`/`weave_max_ips`), DNS entries, the map revision, open watches.
+use std::{
+    sync::{Arc, atomic::Ordering},
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use futures::future::BoxFuture;
+use ipnet::IpNet;
+use weave_proto::observe::{Probe, ProbeFuture};
+
+use crate::{api::Shared, ipam};
+
+/// The coordinator's readiness and scrape-time gauges.
+pub struct CoordinatorProbe(pub Shared);
+
+impl Probe for CoordinatorProbe {
+    fn ready(&self) -> ProbeFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            if *self.0.stopping.borrow() {
+                return Err("shutting down".into());
+            }
+            self.0.store.ping().await.map_err(|e| format!("the database does not answer: {e}"))
+        })
+    }
+
+    fn refresh(&self) -> ProbeFuture<'_, ()> {
+        let s = &self.0;
+        s.store.with_map(|map| {
+            let capacity: f64 = map
+                .subnets
+                .iter()
+                .filter_map(|sn| sn.cidr.parse::<IpNet>().ok())
+                .map(|net| ipam::capacity(&net) as f64)
+                .sum();
+            metrics::gauge!("weave_nodes").set(map.nodes.len() as f64);
+            metrics::gauge!("weave_subnets").set(map.subnets.len() as f64);
+            metrics::gauge!("weave_ips", "state" => "used").set(map.allocations.len() as f64);
+            metrics::gauge!("weave_max_ips").set(capacity);
+            metrics::gauge!("weave_dns_entries").set(map.dns_records.len() as f64);
+            metrics::gauge!("weave_map_revision").set(map.revision as f64);
+        });
+        metrics::gauge!("weave_watchers").set(f64::from(s.watchers.load(Ordering::Relaxed)));
+        Box::pin(async {})
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until shutdown.
+pub fn spawn(listener: tokio::net::TcpListener, state: Shared, mut stopping: tokio::sync::watch::Receiver<bool>) {
+    let probe: Arc<dyn Probe> = Arc::new(CoordinatorProbe(state));
+    tokio::spawn(weave_proto::observe::serve(listener, probe, async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    }));
+}
+
+/// The `method` label: the gRPC path of one of our services, or "other"
+/// (anything a client makes up must not create a new series).
+fn method_label(path: &str) -> String {
+    let known = ["/weave.v1.", "/grpc.health.v1.", "/grpc.reflection.v1"];
+    if known.iter().any(|p| path.starts_with(p)) && path.len() <= 96 { path.to_string() } else { "other".into() }
+}
+
+/// gRPC status code names, as Prometheus users read them.
+fn code_label(code: &str) -> &'static str {
+    match code.parse::<i32>().map(tonic::Code::from) {
+        Ok(tonic::Code::Ok) => "OK",
+        Ok(tonic::Code::Cancelled) => "CANCELLED",
+        Ok(tonic::Code::InvalidArgument) => "INVALID_ARGUMENT",
+        Ok(tonic::Code::DeadlineExceeded) => "DEADLINE_EXCEEDED",
+        Ok(tonic::Code::NotFound) => "NOT_FOUND",
+        Ok(tonic::Code::AlreadyExists) => "ALREADY_EXISTS",
+        Ok(tonic::Code::PermissionDenied) => "PERMISSION_DENIED",
+        Ok(tonic::Code::ResourceExhausted) => "RESOURCE_EXHAUSTED",
+        Ok(tonic::Code::FailedPrecondition) => "FAILED_PRECONDITION",
+        Ok(tonic::Code::Aborted) => "ABORTED",
+        Ok(tonic::Code::Unimplemented) => "UNIMPLEMENTED",
+        Ok(tonic::Code::Internal) => "INTERNAL",
+        Ok(tonic::Code::Unavailable) => "UNAVAILABLE",
+        Ok(tonic::Code::Unauthenticated) => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// A tower layer timing every RPC until its response headers, labelled by
+/// method and status code. A call that fails before any message carries its
+/// status in the headers (gRPC "trailers-only"); a call whose headers carry
+/// none went on to stream its answer and counts as OK.
+#[derive(Clone, Copy, Default)]
+pub struct RpcMetricsLayer;
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+    fn layer(&self, inner: S) -> RpcMetrics<S> {
+        RpcMetrics(inner)
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcMetrics<S>(S);
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for RpcMetrics<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let method = method_label(request.uri().path());
+        let started = Instant::now();
+        let future = self.0.call(request);
+        Box::pin(async move {
+            let result = future.await;
+            let code = match &result {
+                Ok(response) => {
+                    code_label(response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0"))
+                }
+                Err(_) => "UNAVAILABLE",
+            };
+            metrics::histogram!("weave_rpc_duration_seconds", "method" => method, "code" => code)
+                .record(started.elapsed().as_secs_f64());
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(method_label("/weave.v1.NodeService/ListNodes"), "/weave.v1.NodeService/ListNodes");
+        assert_eq!(method_label("/evil/x"), "other");
+        assert_eq!(method_label(&format!("/weave.v1.{}", "a".repeat(200))), "other");
+        assert_eq!(code_label("0"), "OK");
+        assert_eq!(code_label("16"), "UNAUTHENTICATED");
+        assert_eq!(code_label("junk"), "UNKNOWN");
+    }
+}

@@ -1,0 +1,212 @@
+//! The plain-HTTP endpoint both daemons serve for operators and orchestrators:
+//! `/metrics` (Prometheus text format), `/healthz` (the process answers) and
+//! `/readyz` (it can do its job now). It is never the TLS gRPC port: scrapers
+//! and kubelet probes speak plain HTTP, and nothing served here is secret.
+//!
+//! Metrics are recorded through the `metrics` facade into one process-wide
+//! Prometheus recorder ([`recorder`]); values that are cheaper to read than to
+//! keep current (peer counts, map sizes) are set by [`Probe::refresh`] just
+//! before each scrape renders.
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::{net::TcpListener, sync::Semaphore};
+
+/// Connections served at once; more wait in the listen backlog. A scraper and
+/// two probes need three; the bound keeps a flood of idle connections from
+/// costing more than this many tasks.
+const MAX_CONNECTIONS: usize = 32;
+/// A client must send its request head within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Latency buckets (seconds) for every `*_seconds` histogram: RPCs and
+/// reconcile passes take from ~100 µs to seconds.
+const BUCKETS: &[f64] = &[0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A future a probe returns (boxed: probes are trait objects).
+pub type ProbeFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a daemon tells the endpoint.
+pub trait Probe: Send + Sync + 'static {
+    /// `Ok` when the daemon can do its job (answered as 200 on `/readyz`),
+    /// else why not (503, the reason as the body).
+    fn ready(&self) -> ProbeFuture<'_, Result<(), String>>;
+    /// Sets the gauges that are read rather than kept, before a scrape renders.
+    fn refresh(&self) -> ProbeFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use. Later calls
+/// return the same handle (tests start several daemons in one process).
+pub fn recorder() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new();
+            // Invariant: BUCKETS is a non-empty constant, the only way this can fail.
+            #[allow(clippy::expect_used)]
+            let recorder = builder
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .expect("non-empty buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (a test harness);
+            // rendering then shows only what this one saw, which is harmless.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Binds `addr` (so a taken port is an error at start, not later).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves the three paths on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, probe: Arc<dyn Probe>, shutdown: impl Future<Output = ()>) {
+    let handle = recorder();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => return,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let stream = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (probe, handle) = (probe.clone(), handle.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let (probe, handle) = (probe.clone(), handle.clone());
+                async move { Ok::<_, Infallible>(answer(&req, probe.as_ref(), &handle).await) }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            drop(permit);
+        });
+    }
+}
+
+/// One request's answer (pure apart from the probe and the recorder).
+pub async fn answer<B>(req: &Request<B>, probe: &dyn Probe, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            probe.refresh().await;
+            let mut response = text(StatusCode::OK, handle.render());
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => match probe.ready().await {
+            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        },
+        _ => text(StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n".into()),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    struct Flag(AtomicBool);
+    impl Probe for Flag {
+        fn ready(&self) -> ProbeFuture<'_, Result<(), String>> {
+            let ready = self.0.load(Ordering::Relaxed);
+            Box::pin(async move { if ready { Ok(()) } else { Err("no map yet".into()) } })
+        }
+        fn refresh(&self) -> ProbeFuture<'_, ()> {
+            metrics::gauge!("weave_test_refreshed").set(1.0);
+            Box::pin(async {})
+        }
+    }
+
+    fn get(path: &str) -> Request<()> {
+        Request::builder().uri(path).body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn paths_answer_as_probes_expect() {
+        let handle = recorder();
+        let probe = Flag(AtomicBool::new(false));
+        assert_eq!(answer(&get("/healthz"), &probe, &handle).await.status(), StatusCode::OK);
+        assert_eq!(answer(&get("/readyz"), &probe, &handle).await.status(), StatusCode::SERVICE_UNAVAILABLE);
+        probe.0.store(true, Ordering::Relaxed);
+        assert_eq!(answer(&get("/readyz"), &probe, &handle).await.status(), StatusCode::OK);
+        assert_eq!(answer(&get("/nope"), &probe, &handle).await.status(), StatusCode::NOT_FOUND);
+        let post = Request::builder().method(Method::POST).uri("/metrics").body(()).unwrap();
+        assert_eq!(answer(&post, &probe, &handle).await.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn metrics_are_rendered_after_a_refresh() {
+        let handle = recorder();
+        metrics::counter!("weave_test_total", "result" => "ok").increment(2);
+        metrics::histogram!("weave_test_duration_seconds").record(0.003);
+        let probe = Flag(AtomicBool::new(true));
+        let response = answer(&get("/metrics"), &probe, &handle).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = handle.render();
+        assert!(body.contains("weave_test_total{result=\"ok\"} 2"), "{body}");
+        assert!(body.contains("weave_test_refreshed 1"), "{body}");
+        assert!(body.contains("weave_test_duration_seconds_bucket{le=\"0.005\"} 1"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn serves_over_tcp_until_shutdown() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, Arc::new(Flag(AtomicBool::new(true))), async {
+            let _ = stopped.await;
+        }));
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.ends_with("ready\n"), "{out}");
+        stop.send(()).unwrap();
+        server.await.unwrap();
+    }
+}
