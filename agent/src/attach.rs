@@ -150,7 +150,10 @@ impl Attacher {
                 path.display()
             ));
         }
-        let registered = self.names.of(inode);
+        let registered = match passed {
+            Some(_) => self.names.of_passed(inode, &path),
+            None => self.names.of(inode),
+        };
         let name = name.map(str::to_string).or(registered);
         let key = id.map(str::to_string).or_else(|| name.clone()).unwrap_or_else(|| format!("netns:{inode}"));
         Ok(Container { netns, key, name, inode, path })

@@ -47,6 +47,17 @@ impl Names {
         self.saved().names.iter().find(|(_, (path, ino))| *ino == inode && alive(path, *ino)).map(|(n, _)| n.clone())
     }
 
+    /// Like [`Names::of`] for a namespace the caller passed as a descriptor
+    /// (alive: it is open) by `path`, which the agent may not see: the name
+    /// given to that inode under that same path.
+    pub(super) fn of_passed(&self, inode: u64, path: &Path) -> Option<String> {
+        self.saved()
+            .names
+            .iter()
+            .find(|(_, (p, ino))| *ino == inode && (p == path || alive(p, *ino)))
+            .map(|(n, _)| n.clone())
+    }
+
     /// `attach --name n` for `container` (namespace `inode`): refuses a name
     /// another live namespace holds, or a second name for a named namespace.
     /// Returns the inode of a dead namespace that held the name (to retire).
@@ -127,6 +138,13 @@ mod tests {
         let e = names.check("db", "a", ia).unwrap_err();
         assert!(e.contains("already attached as 'web'"), "{e}");
         assert_eq!(names.of(ia).as_deref(), Some("web"));
+        // Passed by descriptor under a path the agent cannot see.
+        let unseen = Path::new("/nowhere/a");
+        names.remember("hid", unseen.to_path_buf(), ib);
+        assert_eq!(names.of(ib), None, "not alive by path");
+        assert_eq!(names.of_passed(ib, unseen).as_deref(), Some("hid"));
+        assert_eq!(names.of_passed(ib, Path::new("/nowhere/b")), None, "another path: a reused inode");
+        names.forget("hid");
         // Saved across restarts.
         let names = Names::load(file.clone());
         assert_eq!(names.get("web"), Some((a.clone(), ia)));

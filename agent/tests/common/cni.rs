@@ -49,6 +49,10 @@ pub fn validate_add_result(r: &Value, netns: &str) -> Vec<(Ipv4Addr, u8)> {
     assert!(!ifs.is_empty(), "{r}");
     for i in ifs {
         assert!(i["name"].as_str().is_some_and(|n| !n.is_empty()), "{r}");
+        // podman parses it with Go's net.ParseMAC and fails the container without one.
+        let mac = i["mac"].as_str().unwrap_or_else(|| panic!("interfaces[].mac is missing: {r}"));
+        let octets: Vec<&str> = mac.split(':').collect();
+        assert!(octets.len() == 6 && octets.iter().all(|o| u8::from_str_radix(o, 16).is_ok() && o.len() == 2), "{r}");
     }
     assert_eq!(ifs[0]["sandbox"], netns, "{r}");
     let ips = r["ips"].as_array().expect("ips is a list");
