@@ -12,8 +12,20 @@ for pair in nft:nftables ip:iproute2 bridge:iproute2 ping:iputils-ping tcpdump:t
 done
 # The CNI test chains weave-cni with the standard portmap plugin.
 [[ -x /usr/lib/cni/portmap ]] || need+=(containernetworking-plugins)
+# Prometheus scrapes the daemons in e2e_prometheus (promtool checks the exposition).
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# The automation test runs Python's grpcio from a venv.
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u)
+fi
+
+# Python clients for the automation test (coordinator/tests/python_automation.rs):
+# grpcio and grpcio-reflection from PyPI in a venv of their own.
+venv=${WEAVE_TEST_VENV:-/opt/weave-test/venv}
+if ! "$venv/bin/python3" -c 'import grpc, grpc_reflection, google.protobuf' 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check grpcio grpcio-reflection protobuf
 fi

@@ -80,12 +80,15 @@ ip netns exec "$P-c" "$BIN/coordinator" serve --listen 192.0.2.2:6783 --data-dir
     >"$DIR/coordinator.out" 2>"$DIR/coordinator.log" </dev/null &
 echo $! >>"$DIR/pids"
 wait_for "the coordinator" grep -q "join token" "$DIR/coordinator.out"
-TOKEN=$(sed -n 's/^join token (first start): //p' "$DIR/coordinator.out")
+# The first-start token is single-use: one token for all the demo's hosts,
+# in a 0600 file, so that it is on no command line (`ps` shows those).
+(umask 077; ip netns exec "$P-c" "$BIN/weavectl" --data-dir "$DIR/coordinator" \
+    token create --uses "$HOSTS" --ttl 1h --description demo | head -1 >"$DIR/token")
 
 for i in $(seq $HOSTS); do
     echo "== agent h$i in $P-h$i (192.0.2.1$i)"
     plug "$P-h$i" "h$i" "192.0.2.1$i"
-    ip netns exec "$P-h$i" "$BIN/agent" join --token "$TOKEN" --name "h$i" --endpoint "192.0.2.1$i:6784" \
+    ip netns exec "$P-h$i" "$BIN/agent" join --token-file "$DIR/token" --name "h$i" --endpoint "192.0.2.1$i:6784" \
         --data-dir "$DIR/h$i" --socket "$DIR/h$i.sock" >"$DIR/h$i.log" 2>&1 </dev/null &
     echo $! >>"$DIR/pids"
 done

@@ -58,9 +58,16 @@ pub struct RunArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct JoinArgs {
-    /// The join token printed by the coordinator or `weavectl token create`.
-    #[arg(long, env = "WEAVE_TOKEN", hide_env_values = true)]
-    pub token: String,
+    /// The join token printed by the coordinator or `weavectl token create`;
+    /// `-` reads it from stdin. Prefer --token-file or WEAVE_TOKEN: a command
+    /// line is visible to every user (`ps`). Either way the agent goes on as
+    /// `agent run`, whose command line and environment hold no token.
+    /// Not needed when this host has joined already.
+    #[arg(long, env = "WEAVE_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// A file holding the join token.
+    #[arg(long, env = "WEAVE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// This host's name in the cluster [default: the host name].
     #[arg(long, env = "WEAVE_NAME")]
     pub name: Option<String>,
@@ -69,6 +76,24 @@ pub struct JoinArgs {
     pub endpoint: Option<SocketAddr>,
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+impl RunArgs {
+    /// The `agent run` arguments that reproduce these settings: what a
+    /// joined agent re-executes itself with, leaving the token behind.
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut out: Vec<std::ffi::OsString> = vec!["run".into()];
+        out.extend(["--data-dir".into(), self.paths.data_dir.clone().into_os_string()]);
+        out.extend(["--socket".into(), self.paths.socket.clone().into_os_string()]);
+        out.extend(["--listen-port".into(), self.listen_port.to_string().into()]);
+        if self.cleanup_on_exit {
+            out.push("--cleanup-on-exit".into());
+        }
+        for upstream in &self.dns_upstream {
+            out.extend(["--dns-upstream".into(), upstream.to_string().into()]);
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -96,4 +121,41 @@ pub struct AllocateArgs {
     /// Subnet CIDR or name.
     #[arg(long, default_value = "default")]
     pub subnet: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_args_survive_the_re_exec_without_the_token() {
+        let cli = Cli::try_parse_from([
+            "agent",
+            "join",
+            "--token",
+            "wv1.secret",
+            "--name",
+            "h1",
+            "--data-dir",
+            "/d",
+            "--socket",
+            "/s",
+            "--listen-port",
+            "7000",
+            "--cleanup-on-exit",
+            "--dns-upstream",
+            "192.0.2.53:53",
+        ])
+        .unwrap();
+        let Command::Join(join) = cli.command else { panic!("a join") };
+        let args = join.run.to_args();
+        assert!(args.iter().all(|a| !a.to_string_lossy().contains("secret")));
+        let again = Cli::try_parse_from(std::iter::once("agent".into()).chain(args)).unwrap();
+        let Command::Run(run) = again.command else { panic!("a run") };
+        assert_eq!(run.paths.data_dir, PathBuf::from("/d"));
+        assert_eq!(run.paths.socket, PathBuf::from("/s"));
+        assert_eq!(run.listen_port, 7000);
+        assert!(run.cleanup_on_exit);
+        assert_eq!(run.dns_upstream, vec!["192.0.2.53:53".parse::<SocketAddr>().unwrap()]);
+    }
 }

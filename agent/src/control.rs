@@ -19,6 +19,7 @@ use weave_proto::{
 use crate::{
     dataplane::Transport,
     dns::DnsServer,
+    error::Error,
     netlink::Netlink,
     netmap,
     reconcile::{self, Desired},
@@ -41,15 +42,25 @@ pub fn next_backoff(current: Duration) -> Duration {
     (doubled + jitter).min(BACKOFF_MAX)
 }
 
-/// Holds the watch forever. Publishes every applied event on `maps` and
-/// saves it to disk; while the coordinator is unreachable the last map stays
-/// in force. `connected` tells the status API whether a watch is open.
+/// Whether a failed watch means this node is no longer a member. The
+/// coordinator says so with UNAUTHENTICATED (the node was removed, or its
+/// credential replaced by a re-join elsewhere); anything else (unreachable,
+/// restarting, overloaded) is an outage to wait out.
+pub fn membership_ended(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unauthenticated
+}
+
+/// Holds the watch until this node stops being a member. Publishes every
+/// applied event on `maps` and saves it to disk; while the coordinator is
+/// unreachable the last map stays in force. `connected` tells the status API
+/// whether a watch is open. Returns only when the coordinator refused this
+/// node's credential, with its reason.
 pub async fn watch_map(
     mut client: MapServiceClient<AuthChannel>,
     state: StateDir,
     maps: watch::Sender<NetworkMap>,
     connected: Arc<AtomicBool>,
-) {
+) -> Error {
     let mut backoff = BACKOFF_MIN;
     loop {
         let from = maps.borrow().revision;
@@ -78,6 +89,10 @@ pub async fn watch_map(
                             tracing::warn!("the coordinator closed the watch");
                             break;
                         }
+                        Err(status) if membership_ended(&status) => {
+                            connected.store(false, Ordering::Relaxed);
+                            return Error::Removed(status.message().to_string());
+                        }
                         Err(status) => {
                             tracing::warn!(code = ?status.code(), message = status.message(), "watch broke");
                             break;
@@ -85,6 +100,7 @@ pub async fn watch_map(
                     }
                 }
             }
+            Err(status) if membership_ended(&status) => return Error::Removed(status.message().to_string()),
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "cannot watch the network map; retrying");
             }
@@ -165,6 +181,20 @@ async fn reconcile_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_unauthenticated_ends_membership() {
+        assert!(membership_ended(&tonic::Status::unauthenticated("node 'h3' was removed from the cluster")));
+        for s in [
+            tonic::Status::unavailable("connection refused"),
+            tonic::Status::unavailable("the coordinator is shutting down"),
+            tonic::Status::internal("database"),
+            tonic::Status::deadline_exceeded("slow"),
+            tonic::Status::unknown("transport error"),
+        ] {
+            assert!(!membership_ended(&s), "{s:?} is an outage, not a removal");
+        }
+    }
 
     #[test]
     fn backoff_grows_and_stays_capped() {

@@ -21,4 +21,11 @@ pub enum Error {
     Dns(String),
     #[error("the network map is inconsistent: {0}")]
     Map(String),
+    /// The coordinator refused this node's credential: it was removed from
+    /// the cluster, or re-joined elsewhere. The agent stops for good.
+    #[error(
+        "this node is no longer a member of the cluster (the coordinator said: {0}); its tunnels and \
+         interfaces are removed. To join again: `agent join` with a new token"
+    )]
+    Removed(String),
 }

@@ -28,7 +28,8 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match Cli::parse().command {
-        Command::Join(args) => agent::join(args, shutdown_signal()).await,
+        // A joined agent becomes `agent run`: the token leaves its command line.
+        Command::Join(args) => agent::join(&args).await.and_then(|()| Err(agent::exec_run(&args.run))),
         Command::Run(args) => agent::run(args, shutdown_signal()).await,
         Command::Reset(args) => agent::reset(args).await,
         Command::Status(args) => agent::status(args).await.map(|s| print!("{s}")),
@@ -38,7 +39,11 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("agent: {}", agent::describe(&e));
-            ExitCode::FAILURE
+            match e {
+                // Distinct, so that a service manager does not restart it (RestartPreventExitStatus=3).
+                weave_agent::error::Error::Removed(_) => ExitCode::from(3),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

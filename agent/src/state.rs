@@ -80,14 +80,51 @@ impl StateDir {
         self.dir.join(IDENTITY).exists()
     }
 
-    /// Writes everything a fresh join produced. Called only after the
-    /// coordinator accepted the join, so a failed join leaves no files.
-    pub fn save_join(&self, key: &NodeKey, identity: &Identity, map: &NetworkMap) -> Result<(), Error> {
+    /// Writes the node's private key, durably (file and directory synced),
+    /// before the join is sent: if the coordinator commits the join and the
+    /// agent then dies, the host can still prove it is that node and join
+    /// again under its name.
+    pub fn save_key(&self, key: &NodeKey) -> Result<(), Error> {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir).map_err(|e| self.io("create", e))?;
-        self.write(KEY, STANDARD.encode(key.0.to_bytes()).as_bytes())?;
+        self.write(KEY, STANDARD.encode(key.0.to_bytes()).as_bytes())
+    }
+
+    /// The saved private key, if there is one (from a join that may not have
+    /// finished, or from a node that was removed).
+    pub fn load_key(&self) -> Result<Option<NodeKey>, Error> {
+        match fs::read_to_string(self.dir.join(KEY)) {
+            Ok(text) => {
+                let key: [u8; 32] = STANDARD
+                    .decode(text.trim())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| Error::State(format!("{KEY} is not a base64 X25519 key")))?;
+                Ok(Some(NodeKey(StaticSecret::from(key))))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io(KEY, e)),
+        }
+    }
+
+    /// Writes everything a join produced; the key is written (again) too.
+    pub fn save_join(&self, key: &NodeKey, identity: &Identity, map: &NetworkMap) -> Result<(), Error> {
+        self.save_key(key)?;
         let json = serde_json::to_vec_pretty(identity).map_err(|e| Error::State(e.to_string()))?;
         self.write(IDENTITY, &json)?;
         self.save_map(map)
+    }
+
+    /// Forgets the membership (identity and map) but keeps the key: after a
+    /// removal, `agent join` with a new token works without `agent reset`.
+    pub fn forget_membership(&self) -> Result<(), Error> {
+        for name in [IDENTITY, MAP] {
+            match fs::remove_file(self.dir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.io(name, e)),
+            }
+        }
+        Ok(())
     }
 
     pub fn save_map(&self, map: &NetworkMap) -> Result<(), Error> {
@@ -95,12 +132,7 @@ impl StateDir {
     }
 
     pub fn load(&self) -> Result<(NodeKey, Identity, NetworkMap), Error> {
-        let key = fs::read_to_string(self.dir.join(KEY)).map_err(|e| self.io(KEY, e))?;
-        let key: [u8; 32] = STANDARD
-            .decode(key.trim())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| Error::State(format!("{KEY} is not a base64 X25519 key")))?;
+        let key = self.load_key()?.ok_or_else(|| Error::State(format!("{KEY} is missing")))?;
         let identity = fs::read(self.dir.join(IDENTITY)).map_err(|e| self.io(IDENTITY, e))?;
         let identity: Identity =
             serde_json::from_slice(&identity).map_err(|e| Error::State(format!("{IDENTITY}: {e}")))?;
@@ -109,7 +141,7 @@ impl StateDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => NetworkMap::default(),
             Err(e) => return Err(self.io(MAP, e)),
         };
-        Ok((NodeKey(StaticSecret::from(key)), identity, map))
+        Ok((key, identity, map))
     }
 
     /// Removes the files this agent wrote, and the directory if it is then empty.
@@ -135,7 +167,9 @@ impl StateDir {
             .open(&tmp)
             .map_err(|e| self.io(name, e))?;
         f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| self.io(name, e))?;
-        fs::rename(&tmp, self.dir.join(name)).map_err(|e| self.io(name, e))
+        fs::rename(&tmp, self.dir.join(name)).map_err(|e| self.io(name, e))?;
+        // The rename is durable only once the directory is synced.
+        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| self.io(name, e))
     }
 
     fn io(&self, what: &str, e: std::io::Error) -> Error {
@@ -179,5 +213,21 @@ mod tests {
         assert_eq!(m.revision, 42);
         dir.remove().unwrap();
         assert!(!dir.path().exists());
+    }
+
+    #[test]
+    fn the_key_is_saved_alone_before_a_join_and_survives_forgetting() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("agent"));
+        assert!(dir.load_key().unwrap().is_none());
+        let key = NodeKey::generate();
+        dir.save_key(&key).unwrap();
+        assert!(!dir.is_joined(), "a key alone is not a membership");
+        let mode = fs::metadata(dir.path().join(KEY)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(dir.load_key().unwrap().unwrap().public().as_bytes(), key.public().as_bytes());
+        assert!(fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+        dir.forget_membership().unwrap();
+        assert!(dir.load_key().unwrap().is_some());
     }
 }

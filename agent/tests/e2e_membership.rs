@@ -1,5 +1,5 @@
 //! Hosts coming and going: a late join is reachable within 5 s, a removed
-//! node is unreachable within 5 s.
+//! node is unreachable within 5 s and its agent stops with one clear line.
 mod common;
 
 use std::{
@@ -63,6 +63,19 @@ fn a_removed_node_is_unreachable_within_5s() {
     }
     let took = since.elapsed();
     assert!(took <= Duration::from_secs(5), "node 3 stayed reachable for {took:?}");
+    // The removed host's agent notices, takes its tunnel down and exits
+    // with a distinct code and one clear line (not retrying forever).
+    let agent3 = bed.hosts[2].agent.as_mut().expect("agent 3 was started");
+    let status = wait_for("the removed host's agent to exit", Duration::from_secs(5), || agent3.try_wait().unwrap());
+    assert_eq!(status.code(), Some(3), "exit status {status:?}; log: {}", bed.log(2));
+    let log = bed.log(2);
+    let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    assert!(
+        last.starts_with("agent: this node is no longer a member")
+            && last.contains("node 'h3' was removed from the cluster"),
+        "last line: {last}"
+    );
+    assert!(!interfaces(&bed.hosts[2].ns).iter().any(|i| i.starts_with("wvtun0")), "the removed host kept its tunnel");
     // It stays unreachable, and the others still reach each other.
     for _ in 0..3 {
         assert!(!ping_once(&bed.workloads[0].ns, w3), "node 3's workload answered after removal");

@@ -1,0 +1,110 @@
+//! Joining: the token does not stay with the running agent (command line or
+//! environment), and a join interrupted after the coordinator committed it
+//! (the agent died before saving its identity) joins again as the same node.
+mod common;
+
+use std::{fs, net::Ipv4Addr, process::Command, time::Duration};
+
+use common::*;
+use nix::sys::signal::Signal;
+use weave_proto::token::JoinToken;
+
+/// What /proc says the process `pid` runs with: (command line, environment).
+fn proc_of(pid: u32) -> (Vec<u8>, Vec<u8>) {
+    let read = |f: &str| fs::read(format!("/proc/{pid}/{f}")).unwrap_or_else(|e| panic!("/proc/{pid}/{f}: {e}"));
+    (read("cmdline"), read("environ"))
+}
+
+#[track_caller]
+fn assert_token_gone(bed: &Bed, i: usize, secret: &str) {
+    let pid = bed.hosts[i].agent.as_ref().unwrap().id();
+    let (cmdline, environ) = proc_of(pid);
+    let shown = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(shown.contains(" run "), "the running agent is `agent run`: {shown}");
+    assert!(!contains(&cmdline, secret.as_bytes()), "the token is on the command line: {shown}");
+    assert!(!contains(&environ, secret.as_bytes()), "the token is in the environment");
+    assert!(!contains(&environ, b"WEAVE_TOKEN="), "WEAVE_TOKEN is still set");
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn the_running_agent_holds_no_token() {
+    let mut bed = Bed::new();
+    let secret = JoinToken::parse(&bed.token).unwrap().secret;
+    // Host 1 as people start it by hand: --token on the command line.
+    bed.add_host();
+    assert_token_gone(&bed, 0, &secret);
+
+    // Host 2 from the environment (WEAVE_TOKEN), host 3 from a file, host 4 from stdin.
+    for (i, how) in ["env", "file", "stdin"].into_iter().enumerate() {
+        let i = i + 1;
+        let ip = Ipv4Addr::new(192, 0, 2, 11 + i as u8);
+        let ns = bed.add_bare_host(&ip.to_string());
+        let name = format!("h{}", i + 1);
+        bed.hosts.push(Host {
+            name: name.clone(),
+            ns: ns.clone(),
+            ip,
+            data_dir: bed.path(&format!("{name}-data")),
+            socket: bed.path(&format!("{name}.sock")),
+            log: bed.path(&format!("{name}.log")),
+            agent: None,
+        });
+        let h = &bed.hosts[i];
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns]).arg(agent_bin()).args(["join", "--name", &name]);
+        cmd.args(["--endpoint", &h.endpoint(), "--data-dir"]).arg(&h.data_dir).arg("--socket").arg(&h.socket);
+        match how {
+            "env" => {
+                cmd.env("WEAVE_TOKEN", &bed.token);
+            }
+            "file" => {
+                let file = bed.path(&format!("{name}.token"));
+                fs::write(&file, format!("{}\n", bed.token)).unwrap();
+                cmd.arg("--token-file").arg(file);
+            }
+            _ => {
+                let file = bed.path(&format!("{name}.stdin"));
+                fs::write(&file, &bed.token).unwrap();
+                cmd.args(["--token", "-"]).stdin(fs::File::open(file).unwrap());
+            }
+        }
+        let log = fs::File::create(&h.log).unwrap();
+        bed.hosts[i].agent = Some(cmd.stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap());
+        bed.wait_status(i);
+        assert_token_gone(&bed, i, &secret);
+    }
+    // They are full members: everyone handshakes with everyone.
+    for i in 0..4 {
+        bed.wait_peers(i, 3);
+    }
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_join_interrupted_after_the_key_was_written_joins_again_as_the_same_node() {
+    let mut bed = Bed::with_hosts(2);
+    let before = bed.wait_status(0);
+    // The coordinator committed the join; then the agent died before (or
+    // while) saving its identity: only the key made it to disk.
+    bed.signal_agent(0, Signal::SIGKILL);
+    let data = bed.hosts[0].data_dir.clone();
+    for f in ["identity.json", "map.pb"] {
+        fs::remove_file(data.join(f)).unwrap();
+    }
+    assert!(data.join("private.key").exists());
+    bed.start_agent(0, true);
+    let after = bed.wait_status(0);
+    assert_eq!((after.node_id, after.address), (before.node_id, before.address), "log: {}", bed.log(0));
+    assert!(bed.log(0).contains("reusing this host's saved key"), "{}", bed.log(0));
+    let nodes = bed.admin(|mut api| async move {
+        api.nodes.list_nodes(weave_proto::v1::ListNodesRequest {}).await.unwrap().into_inner().nodes
+    });
+    assert_eq!(nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["h1", "h2"]);
+    // And it works as before.
+    bed.wait_peers(0, 1);
+    bed.wait_peers(1, 1);
+    bed.add_workload(0, "default");
+    bed.add_workload(1, "default");
+    bed.wait_ping(0, 1, Duration::from_secs(10));
+}
