@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use weave_proto::{
     client::{Api, connect, connect_lazy, error_chain},
     token::JoinToken,
-    v1::{AllocateRequest, JoinRequest, NetworkMap, ReleaseRequest},
+    v1::{AllocateRequest, ChallengeRequest, JoinRequest, NetworkMap, ReleaseRequest},
 };
 
 use crate::{
@@ -35,38 +35,63 @@ pub const TUN_NAME: &str = "wvtun0";
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `agent join`: joins with the token unless this host already has an
-/// identity, then runs. Nothing is written and no interface is created
-/// unless the coordinator accepted the join.
-pub async fn join(args: JoinArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+/// identity. Returns once the identity is saved; the caller then becomes
+/// `agent run` ([`exec_run`]), so the long-running process never holds the
+/// token. No interface is created here. The private key is written before
+/// the join is sent (a join the coordinator committed must never leave a
+/// host that cannot prove it is that node), and removed again when the
+/// coordinator refused the join.
+pub async fn join(args: &JoinArgs) -> Result<(), Error> {
     let dir = StateDir::new(&args.run.paths.data_dir);
     if dir.is_joined() {
         tracing::info!(data_dir = %dir.path().display(), "already joined; restarting from the saved identity");
-        return run(args.run, shutdown).await;
+        return Ok(());
     }
-    let token = JoinToken::parse(&args.token).map_err(|e| Error::Token(e.to_string()))?;
+    let secret = read_token(args)?;
+    let token = JoinToken::parse(&secret).map_err(|e| Error::Token(e.to_string()))?;
     let endpoint = match args.endpoint {
         Some(e) => e,
         None => SocketAddr::new(default_address()?, args.run.listen_port),
     };
-    let name = match args.name {
-        Some(n) => n,
+    let name = match &args.name {
+        Some(n) => n.clone(),
         None => hostname()?,
     };
     let channel = connect(&token.coordinator, token.pin).await.map_err(|e| Error::Connect(e.to_string()))?;
-    let key = NodeKey::generate();
     let mut api = Api::new(channel, "-").map_err(|e| Error::Connect(e.to_string()))?;
+    let (key, created) = match dir.load_key()? {
+        Some(key) => {
+            tracing::info!("reusing this host's saved key (an earlier join was interrupted, or the node was removed)");
+            (key, false)
+        }
+        None => {
+            let key = NodeKey::generate();
+            dir.save_key(&key)?;
+            (key, true)
+        }
+    };
+    let (challenge, proof) = prove(&mut api, &key, &name, &token.coordinator).await?;
     let request = JoinRequest {
-        token: args.token.trim().to_string(),
+        token: secret.trim().to_string(),
         name: name.clone(),
         public_key: key.public().as_bytes().to_vec(),
         endpoints: vec![endpoint.to_string()],
-        ..Default::default()
+        challenge,
+        proof,
     };
-    let response = tokio::time::timeout(JOIN_TIMEOUT, api.join.join(request))
-        .await
-        .map_err(|_| Error::Connect(format!("the coordinator at {} did not answer the join", token.coordinator)))?
-        .map_err(|s| Error::JoinRefused(s.message().to_string()))?
-        .into_inner();
+    let response = match tokio::time::timeout(JOIN_TIMEOUT, api.join.join(request)).await {
+        Err(_) => {
+            return Err(Error::Connect(format!("the coordinator at {} did not answer the join", token.coordinator)));
+        }
+        Ok(Err(status)) => {
+            // An answer that says no: nothing was committed, leave nothing behind.
+            if created && refused(&status) {
+                let _ = dir.remove();
+            }
+            return Err(Error::JoinRefused(status.message().to_string()));
+        }
+        Ok(Ok(r)) => r.into_inner(),
+    };
     let node = response.node.ok_or_else(|| Error::JoinRefused("the answer names no node".into()))?;
     let address: Ipv4Addr =
         node.address.parse().map_err(|_| Error::JoinRefused(format!("node address '{}' is not IPv4", node.address)))?;
@@ -83,7 +108,80 @@ pub async fn join(args: JoinArgs, shutdown: impl Future<Output = ()>) -> Result<
     let map = response.map.unwrap_or_default();
     dir.save_join(&key, &identity, &map)?;
     tracing::info!(node = identity.node_id, name = %identity.name, address = %address, "joined");
-    serve(dir, key, identity, map, args.run, shutdown).await
+    Ok(())
+}
+
+/// The join token from --token (`-`: stdin), --token-file or WEAVE_TOKEN.
+fn read_token(args: &JoinArgs) -> Result<String, Error> {
+    match (&args.token, &args.token_file) {
+        (Some(t), _) if t.trim() == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|e| Error::Io("read the join token from stdin".into(), e))?;
+            Ok(text.trim().to_string())
+        }
+        (Some(t), _) => Ok(t.trim().to_string()),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| Error::Io(format!("--token-file {}", path.display()), e)),
+        (None, None) => Err(Error::Token(
+            "this host has not joined yet: pass --token-file PATH, --token - (stdin) or WEAVE_TOKEN".into(),
+        )),
+    }
+}
+
+/// Whether a failed join call is a refusal (the coordinator answered and
+/// committed nothing) rather than a lost answer.
+fn refused(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::InvalidArgument
+            | Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::AlreadyExists
+            | Code::FailedPrecondition
+            | Code::ResourceExhausted
+            | Code::NotFound
+    )
+}
+
+/// Answers a join challenge: proof that this host holds `key` (see
+/// `weave_proto::proof`). A coordinator without challenges gets no proof:
+/// a first join needs none.
+async fn prove(api: &mut Api, key: &NodeKey, name: &str, coordinator: &str) -> Result<(Vec<u8>, Vec<u8>), Error> {
+    let challenge = match tokio::time::timeout(JOIN_TIMEOUT, api.join.challenge(ChallengeRequest {})).await {
+        Err(_) => return Err(Error::Connect(format!("the coordinator at {coordinator} did not answer"))),
+        Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => return Ok((Vec::new(), Vec::new())),
+        Ok(Err(s)) => return Err(Error::JoinRefused(s.message().to_string())),
+        Ok(Ok(c)) => c.into_inner(),
+    };
+    let theirs: [u8; 32] = challenge
+        .coordinator_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| Error::JoinRefused("the coordinator's challenge key is not 32 bytes".into()))?;
+    let shared = key.secret().diffie_hellman(&boringtun::x25519::PublicKey::from(theirs));
+    let proof = weave_proto::proof::compute(shared.as_bytes(), &challenge.nonce, name, key.public().as_bytes());
+    Ok((challenge.nonce, proof.to_vec()))
+}
+
+/// Replaces this process with `agent run` and the same run settings: the
+/// token leaves the command line (`/proc/<pid>/cmdline`) and the environment
+/// with it. Returns only if the exec failed.
+pub fn exec_run(args: &RunArgs) -> Error {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return Error::Io("find the agent's own executable".into(), e),
+    };
+    tracing::info!("continuing as `agent run` (the token is not kept)");
+    let e = std::process::Command::new(&exe)
+        .args(args.to_args())
+        .env_remove("WEAVE_TOKEN")
+        .env_remove("WEAVE_TOKEN_FILE")
+        .exec();
+    Error::Io(format!("re-execute {} as `agent run`", exe.display()), e)
 }
 
 /// `agent run`: restart from the saved identity and map.
@@ -400,6 +498,7 @@ async fn serve(
     );
     let dyn_transport: Arc<dyn Transport> = transport.clone();
     let reconcile_now = Arc::new(tokio::sync::Notify::new());
+    let mut membership = tokio::spawn(control::watch_map(api.map.clone(), dir.clone(), map_tx, connected.clone()));
     let tasks = [
         tokio::spawn(control::reconcile_loop(
             netlink.clone(),
@@ -411,7 +510,6 @@ async fn serve(
             reconcile_now.clone(),
         )),
         tokio::spawn(crate::firewall::keep(map_rx.clone(), identity.node_id, Some(rules))),
-        tokio::spawn(control::watch_map(api.map.clone(), dir, map_tx, connected.clone())),
         tokio::spawn(control::dns_loop(dns.clone(), map_rx.clone())),
         tokio::spawn(local_api::serve(
             listener,
@@ -429,7 +527,13 @@ async fn serve(
             }),
         )),
     ];
-    shutdown.await;
+    // Runs until a signal, or until the coordinator says this node is no
+    // longer a member (the watch task ends only then).
+    let removed = tokio::select! {
+        () = shutdown => None,
+        r = &mut membership => r.ok(),
+    };
+    membership.abort();
     for t in &tasks {
         t.abort();
     }
@@ -438,6 +542,15 @@ async fn serve(
         let _ = t.await;
     }
     let _ = std::fs::remove_file(&args.paths.socket);
+    if let Some(removed) = removed {
+        // Not a member: no tunnel may stay up, no peer may stay reachable.
+        transport.set_peers(&[]);
+        netlink.remove_all(TUN_NAME).await?;
+        crate::firewall::remove().await?;
+        dir.forget_membership()?;
+        drop(transport);
+        return Err(removed);
+    }
     if args.cleanup_on_exit {
         netlink.remove_all(TUN_NAME).await?;
         crate::firewall::remove().await?;
