@@ -12,6 +12,11 @@ for pair in nft:nftables ip:iproute2 bridge:iproute2 ping:iputils-ping tcpdump:t
 done
 # The CNI test chains weave-cni with the standard portmap plugin.
 [[ -x /usr/lib/cni/portmap ]] || need+=(containernetworking-plugins)
+# e2e_podman: podman (CNI backend) with runc, and a busybox image made from busybox-static.
+for pair in podman:podman runc:runc conmon:conmon; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+[[ -x /bin/busybox ]] || need+=(busybox-static)
 # Prometheus scrapes the daemons in e2e_prometheus (promtool checks the exposition).
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # The automation test runs Python's grpcio from a venv.
