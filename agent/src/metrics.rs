@@ -60,6 +60,32 @@ impl AgentProbe {
     }
 }
 
+/// HELP texts (Prometheus' linter wants one per metric).
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    // Descriptions go to the installed recorder: install it first.
+    weave_proto::observe::recorder();
+    describe_gauge!("weave_peers", "Peers (other nodes) this agent has a tunnel to.");
+    describe_gauge!("weave_connections", "Peers by state: established (handshake within 180 s) or connecting.");
+    describe_gauge!("weave_handshake_age_max_seconds", Unit::Seconds, "Age of the oldest live handshake.");
+    describe_counter!("weave_traffic_bytes_total", Unit::Bytes, "Bytes through the tunnels, by direction.");
+    describe_counter!(
+        "weave_spoofed_packets_dropped_total",
+        "Decrypted packets dropped for a source the peer may not use."
+    );
+    describe_gauge!("weave_ips", "Workload addresses on this host (state local).");
+    describe_gauge!("weave_dns_entries", "DNS records this agent answers from.");
+    describe_gauge!("weave_map_revision", "Revision of the network map applied.");
+    describe_gauge!("weave_coordinator_connected", "1 while a watch on the coordinator is open.");
+    describe_histogram!("weave_reconcile_duration_seconds", Unit::Seconds, "Duration of reconcile passes.");
+    describe_counter!("weave_reconcile_errors_total", "Reconcile passes that failed.");
+    describe_counter!(
+        "weave_firewall_repairs_total",
+        "Times the nftables tables were found missing or stale and put back."
+    );
+    describe_counter!("weave_dns_queries_total", "DNS queries answered by the agent, by result.");
+}
+
 /// Peers by state, and the oldest live handshake (seconds).
 fn connections(peers: &[PeerStatus]) -> (usize, usize, f64) {
     let live: Vec<f64> =

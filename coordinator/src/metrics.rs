@@ -52,8 +52,29 @@ impl Probe for CoordinatorProbe {
     }
 }
 
+/// HELP texts (Prometheus' linter wants one per metric).
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    // Descriptions go to the installed recorder: install it first.
+    weave_proto::observe::recorder();
+    describe_gauge!("weave_nodes", "Nodes (hosts) that joined the cluster.");
+    describe_gauge!("weave_subnets", "Subnets defined.");
+    describe_gauge!("weave_ips", "Addresses handed out, by state.");
+    describe_gauge!("weave_max_ips", "Addresses the subnets can hand out in all.");
+    describe_gauge!("weave_dns_entries", "DNS records in the cluster domain.");
+    describe_gauge!("weave_map_revision", "Revision of the network map.");
+    describe_gauge!("weave_watchers", "Map watch streams open (agents).");
+    describe_counter!("weave_joins_total", "Successful joins: new nodes and re-joins.");
+    describe_histogram!(
+        "weave_rpc_duration_seconds",
+        Unit::Seconds,
+        "gRPC call latency until response headers, by method and status code."
+    );
+}
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until shutdown.
 pub fn spawn(listener: tokio::net::TcpListener, state: Shared, mut stopping: tokio::sync::watch::Receiver<bool>) {
+    describe();
     let probe: Arc<dyn Probe> = Arc::new(CoordinatorProbe(state));
     tokio::spawn(weave_proto::observe::serve(listener, probe, async move {
         let _ = stopping.wait_for(|stop| *stop).await;
