@@ -486,6 +486,14 @@ async fn serve(
     let (map_tx, map_rx) = watch::channel(map);
     let connected = Arc::new(AtomicBool::new(false));
     let listener = local_api::bind(&args.paths.socket)?;
+    let metrics_listener = match args.metrics_addr().map_err(Error::State)? {
+        Some(addr) => Some(
+            weave_proto::observe::bind(addr)
+                .await
+                .map_err(|e| Error::State(format!("--metrics-listen {addr}: {e}")))?,
+        ),
+        None => None,
+    };
 
     let attacher = crate::attach::Attacher::new(
         api.clone(),
@@ -498,6 +506,8 @@ async fn serve(
     );
     let dyn_transport: Arc<dyn Transport> = transport.clone();
     let reconcile_now = Arc::new(tokio::sync::Notify::new());
+    let probe =
+        crate::metrics::AgentProbe::new(identity.node_id, dyn_transport.clone(), map_rx.clone(), connected.clone());
     let mut membership = tokio::spawn(control::watch_map(api.map.clone(), dir.clone(), map_tx, connected.clone()));
     let tasks = [
         tokio::spawn(control::reconcile_loop(
@@ -511,6 +521,12 @@ async fn serve(
         )),
         tokio::spawn(crate::firewall::keep(map_rx.clone(), identity.node_id, Some(rules))),
         tokio::spawn(control::dns_loop(dns.clone(), map_rx.clone())),
+        tokio::spawn(async move {
+            if let Some(listener) = metrics_listener {
+                crate::metrics::describe();
+                weave_proto::observe::serve(listener, Arc::new(probe), std::future::pending()).await;
+            }
+        }),
         tokio::spawn(local_api::serve(
             listener,
             Arc::new(Running {

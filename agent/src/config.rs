@@ -54,6 +54,20 @@ pub struct RunArgs {
     /// comma-separated in the env) [default: the nameservers of /etc/resolv.conf].
     #[arg(long = "dns-upstream", env = "WEAVE_DNS_UPSTREAM", value_delimiter = ',')]
     pub dns_upstream: Vec<SocketAddr>,
+    /// Plain-HTTP address for /metrics, /healthz and /readyz ("off" for
+    /// none); 0.0.0.0:6782 lets Prometheus and kubelet probes reach it.
+    #[arg(long, env = "WEAVE_METRICS_LISTEN", default_value = "127.0.0.1:6782")]
+    pub metrics_listen: String,
+}
+
+impl RunArgs {
+    /// `--metrics-listen` checked: None for "off".
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
+        match self.metrics_listen.trim() {
+            "off" | "none" | "" => Ok(None),
+            a => a.parse().map(Some).map_err(|e| format!("--metrics-listen '{a}': {e} (ip:port or off)")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -92,6 +106,7 @@ impl RunArgs {
         for upstream in &self.dns_upstream {
             out.extend(["--dns-upstream".into(), upstream.to_string().into()]);
         }
+        out.extend(["--metrics-listen".into(), self.metrics_listen.clone().into()]);
         out
     }
 }

@@ -124,7 +124,12 @@ pub async fn reconcile_loop(
 ) {
     loop {
         let map = maps.borrow_and_update().clone();
-        reconcile_once(&netlink, &*transport, &map, own_node, local, segment_mtu).await;
+        let started = std::time::Instant::now();
+        let ok = reconcile_once(&netlink, &*transport, &map, own_node, local, segment_mtu).await;
+        metrics::histogram!("weave_reconcile_duration_seconds").record(started.elapsed().as_secs_f64());
+        if !ok {
+            metrics::counter!("weave_reconcile_errors_total").increment(1);
+        }
         tokio::select! {
             changed = maps.changed() => if changed.is_err() { return },
             _ = now.notified() => {}
@@ -156,7 +161,7 @@ async fn reconcile_once(
     own_node: u64,
     local: Ipv4Addr,
     segment_mtu: u32,
-) {
+) -> bool {
     let (peers, problems) = netmap::peers(map, own_node);
     for p in problems {
         tracing::warn!("{p}");
@@ -167,15 +172,20 @@ async fn reconcile_once(
         Ok(o) => o,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read interfaces");
-            return;
+            return false;
         }
     };
+    let mut ok = true;
     for change in reconcile::diff(&desired, &observed) {
         match netlink.apply(&change).await {
             Ok(()) => tracing::debug!(?change, "applied"),
-            Err(e) => tracing::warn!(?change, error = %e, "change failed; retrying on the next pass"),
+            Err(e) => {
+                ok = false;
+                tracing::warn!(?change, error = %e, "change failed; retrying on the next pass");
+            }
         }
     }
+    ok
 }
 
 #[cfg(test)]

@@ -407,6 +407,13 @@ impl DnsServer {
             }
         };
         let decided = answer(&self.records(), &message, &mut rand::rng());
+        let result = match &decided {
+            Answer::Local(r) if r.metadata.response_code == ResponseCode::NXDomain => "nxdomain",
+            Answer::Local(r) if r.answers.is_empty() => "empty",
+            Answer::Local(_) => "answered",
+            Answer::Forward => "forwarded",
+        };
+        metrics::counter!("weave_dns_queries_total", "result" => result).increment(1);
         match decided {
             Answer::Local(response) => match udp_max {
                 Some(max) => encode_udp(&response, max),

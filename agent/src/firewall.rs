@@ -227,6 +227,7 @@ pub async fn keep(mut maps: watch::Receiver<NetworkMap>, own_node: u64, mut appl
             changed = maps.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(RECHECK) => if !present().await {
                 tracing::warn!("the isolation tables were removed; putting them back");
+                metrics::counter!("weave_firewall_repairs_total").increment(1);
                 applied = None;
             },
         }
