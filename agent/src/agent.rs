@@ -327,7 +327,10 @@ fn dns_target(container: &str, passed: Option<&std::sync::Arc<std::fs::File>>) -
     match passed {
         Some(f) => {
             let key = format!("netns:{}", f.metadata().ok()?.ino());
-            Some((DnsNetns::Passed(f.clone()), key))
+            // A path the agent sees too leads to the same namespace: serve by
+            // path, which DnsServer::restore serves again after a restart.
+            let path = dns_netns(container).filter(|p| dns_key(p).as_deref() == Some(key.as_str()));
+            Some((path.map_or_else(|| DnsNetns::Passed(f.clone()), DnsNetns::Path), key))
         }
         None => {
             let netns = dns_netns(container)?;
