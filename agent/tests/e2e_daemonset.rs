@@ -1,0 +1,182 @@
+//! The Kubernetes DaemonSet's `install-cni` container command
+//! (`deploy/kubernetes/weave-install-cni.sh`) in the test bed, against a
+//! temporary host root: the conflist must not exist while the agent is not
+//! ready (not started, or running with its coordinator unreachable), must
+//! appear once it is, next to an executable weave-cni, and the installer stays
+//! up afterwards as a container must. Root only (network namespaces):
+//!
+//!   cargo test -p weave-agent --test e2e_daemonset -- --include-ignored
+mod common;
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    thread,
+    time::Duration,
+};
+
+use common::{Bed, agent_bin, wait_for};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("agent/ is inside the workspace").to_path_buf()
+}
+
+/// The installer as the DaemonSet runs it (no arguments), with its paths
+/// pointed at this bed; killed by pid on drop.
+struct Installer {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Installer {
+    fn start(root: &Path, socket: &Path) -> Self {
+        let log = root.with_extension("log");
+        let out = fs::File::create(&log).unwrap();
+        let child = Command::new("bash")
+            .arg(repo().join("deploy/kubernetes/weave-install-cni.sh"))
+            .env("WEAVE_HOST_ROOT", root)
+            .env("WEAVE_AGENT_SOCKET", socket)
+            .env("WEAVE_AGENT_BIN", agent_bin())
+            .env("WEAVE_CNI_PLUGIN", env!("CARGO_BIN_EXE_weave-cni"))
+            .env("WEAVE_CNI_CONFLIST", repo().join("deploy/cni/10-weave.conflist"))
+            .env("WEAVE_READY_INTERVAL", "1")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start weave-install-cni.sh");
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn assert_running(&mut self) {
+        let exited = self.child.try_wait().unwrap();
+        assert!(exited.is_none(), "installer exited ({exited:?}): {}", self.log());
+    }
+
+    /// SIGTERM, as the kubelet stops a container; it must exit 0, promptly.
+    fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status =
+            wait_for("the installer to exit on SIGTERM", Duration::from_secs(10), || self.child.try_wait().unwrap());
+        assert!(status.success(), "installer exited with {status} on SIGTERM: {}", self.log());
+    }
+}
+
+impl Drop for Installer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn conflist(root: &Path) -> PathBuf {
+    root.join("etc/cni/net.d/10-weave.conflist")
+}
+
+/// While the agent is not ready the installer waits (still running) and
+/// writes nothing into the CNI config directory.
+fn assert_waiting(installer: &mut Installer, root: &Path, what: &str) {
+    // Several readiness intervals (1 s each here).
+    thread::sleep(Duration::from_secs(4));
+    installer.assert_running();
+    assert!(!conflist(root).exists(), "conflist written while {what}: {}", installer.log());
+}
+
+/// The conflist appears, is whole JSON naming weave, weave-cni is
+/// installed executable, and no temporary file is left next to either.
+fn assert_installed(installer: &mut Installer, root: &Path) {
+    let path = conflist(root);
+    wait_for(&format!("the conflist once the agent is ready ({})", installer.log()), Duration::from_secs(60), || {
+        path.exists().then_some(())
+    });
+    let conf: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).expect("conflist is JSON");
+    assert_eq!(conf["name"], "weave");
+    assert_eq!(conf["plugins"][0]["type"], "weave-cni");
+
+    let plugin = root.join("opt/cni/bin/weave-cni");
+    let meta = fs::metadata(&plugin).expect("weave-cni installed with the conflist");
+    assert_eq!(meta.permissions().mode() & 0o755, 0o755, "weave-cni executable");
+    assert_eq!(meta.len(), fs::metadata(env!("CARGO_BIN_EXE_weave-cni")).unwrap().len());
+
+    let mut left: Vec<String> = ["opt/cni/bin", "etc/cni/net.d"]
+        .iter()
+        .flat_map(|d| fs::read_dir(root.join(d)).unwrap())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["10-weave.conflist", "weave-cni"], "only the two files, no temporaries");
+    // A container's command stays up with the agent.
+    installer.assert_running();
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn conflist_is_written_only_once_the_agent_has_joined() {
+    let mut bed = Bed::new();
+    let root = bed.path("host-root");
+    fs::create_dir(&root).unwrap();
+    // The socket the first host's agent will open (Bed::add_host's naming).
+    let socket = bed.path("h1.sock");
+    let mut installer = Installer::start(&root, &socket);
+
+    assert_waiting(&mut installer, &root, "no agent runs");
+    assert!(!root.join("opt/cni/bin/weave-cni").exists(), "weave-cni installed before the agent is ready");
+
+    bed.add_host();
+    assert_eq!(bed.hosts[0].socket, socket);
+    assert_installed(&mut installer, &root);
+    assert!(bed.status(0).expect("agent answers").coordinator_connected);
+    installer.stop();
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn an_agent_without_its_coordinator_is_not_ready() {
+    let mut bed = Bed::with_hosts(1);
+    bed.kill_coordinator();
+    wait_for("the agent to notice the coordinator is gone", Duration::from_secs(30), || {
+        bed.status(0).filter(|s| !s.coordinator_connected)
+    });
+
+    let root = bed.path("host-root");
+    fs::create_dir(&root).unwrap();
+    let socket = bed.hosts[0].socket.clone();
+    let mut installer = Installer::start(&root, &socket);
+    // The agent answers on its socket (running from its saved map), which
+    // alone must not count as ready.
+    assert_waiting(&mut installer, &root, "the coordinator is unreachable");
+    assert!(bed.status(0).is_some(), "the agent kept answering");
+    let probe = Command::new("bash")
+        .arg(repo().join("deploy/kubernetes/weave-install-cni.sh"))
+        .arg("--check")
+        .env("WEAVE_AGENT_SOCKET", &socket)
+        .env("WEAVE_AGENT_BIN", agent_bin())
+        .status()
+        .unwrap();
+    assert!(!probe.success(), "readiness probe passes without the coordinator");
+
+    bed.start_coordinator();
+    assert_installed(&mut installer, &root);
+    installer.stop();
+}
+
+/// The manifests run the script this test exercises, under the name the
+/// image gives it (no root needed).
+#[test]
+fn daemonset_runs_the_installer_the_image_ships() {
+    let read = |p: &str| fs::read_to_string(repo().join(p)).unwrap();
+    let daemonset = read("deploy/kubernetes/agent-daemonset.yaml");
+    assert!(daemonset.contains("command: [weave-install-cni]"), "install-cni container command");
+    assert!(daemonset.contains("command: [weave-install-cni, --check]"), "agent readiness probe");
+    let containerfile = read("deploy/image/Containerfile");
+    assert!(containerfile.contains("COPY weave-install-cni /usr/local/bin/weave-install-cni"));
+    assert!(containerfile.contains("COPY 10-weave.conflist /usr/local/share/weave/10-weave.conflist"));
+    let build = read("deploy/image/build.sh");
+    assert!(build.contains(r#"cp "$src/deploy/kubernetes/weave-install-cni.sh" "$ctx/weave-install-cni""#));
+}
