@@ -180,6 +180,19 @@ impl Attacher {
         }
     }
 
+    /// Whether namespace `inode` still has a veth on one of the map's
+    /// segments (a namespace takes its veths with it when it dies): the
+    /// liveness of a namespace the agent got by descriptor and cannot open.
+    async fn plugged(&self, inode: u64) -> bool {
+        let vnis: Vec<u32> = self.maps.borrow().subnets.iter().map(|s| s.vni).collect();
+        for vni in vnis {
+            if let Ok(Some(_)) = self.host.link_index(&host_ifname(inode, vni)).await {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Addresses this node holds for `key`, by subnet id, from the map.
     fn held(&self, key: &str) -> BTreeMap<u64, String> {
         let map = self.maps.borrow();
@@ -301,7 +314,17 @@ impl Attacher {
         // runtime keeps its names unique, and DEL comes by id.
         let registered = name.filter(|_| id.is_none());
         let stale = match registered {
-            Some(n) => self.names.check(n, container, c.inode)?,
+            Some(n) => {
+                let holder_plugged = match self.names.get(n) {
+                    // Only where the path cannot tell: a namespace the agent
+                    // sees dies at `ip netns del` while its veths may linger.
+                    Some((path, ino)) if ino != c.inode && self.names.unseen(n) && !names::alive(&path, ino) => {
+                        self.plugged(ino).await
+                    }
+                    _ => false,
+                };
+                self.names.check(n, container, c.inode, passed.map(|_| c.path.as_path()), holder_plugged)?
+            }
             None => None,
         };
         let wanted = self.subnets(&specs).await?;
@@ -382,7 +405,8 @@ impl Attacher {
             }
         }
         if let Some(n) = registered {
-            self.names.remember(n, c.path.clone(), c.inode);
+            let unseen = passed.is_some() && !names::alive(&c.path, c.inode);
+            self.names.remember(n, c.path.clone(), c.inode, unseen);
         }
         Ok(result)
     }

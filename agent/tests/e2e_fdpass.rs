@@ -84,6 +84,15 @@ fn an_agent_that_cannot_see_the_namespaces_attaches_them_by_descriptor() {
         (String::from_utf8_lossy(&out.stdout).trim() == peer_ip).then_some(())
     });
 
+    // The name stays with the live namespace the agent cannot open by path:
+    // another container cannot take it (nor its addresses).
+    let other = bed.add_container("other");
+    let out = bed.weavectl(0, &["attach", "--name", "fdweb", &format!("/run/netns/{other}")]);
+    assert!(!out.status.success(), "took a live container's name");
+    assert!(stderr(&out).contains("already in use"), "{}", stderr(&out));
+    assert!(interfaces(&other).is_empty(), "{:?}", interfaces(&other));
+    bed.wait_ping(p, web, Duration::from_secs(5));
+
     // weave-cni passes it too: ADD, a MAC in the result, DEL.
     let cni_ns = bed.add_container("cni");
     let cni_path = format!("/run/netns/{cni_ns}");
