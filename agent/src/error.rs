@@ -15,6 +15,11 @@ pub enum Error {
     Io(String, #[source] io::Error),
     #[error("netlink: {0}")]
     Netlink(String),
+    /// `nft` refused or failed to apply a ruleset.
+    #[error("nft: {0}")]
+    Nft(String),
+    #[error("network namespace: {0}")]
+    Netns(String),
     #[error("data plane: {0}")]
     Dataplane(String),
     #[error("dns: {0}")]

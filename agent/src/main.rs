@@ -3,8 +3,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use weave_agent::{
-    agent,
+use weave_agent::daemon::{
+    commands,
     config::{Cli, Command},
 };
 
@@ -29,16 +29,16 @@ async fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         // A joined agent becomes `agent run`: the token leaves its command line.
-        Command::Join(args) => agent::join(&args).await.and_then(|()| Err(agent::exec_run(&args.run))),
-        Command::Run(args) => agent::run(args, shutdown_signal()).await,
-        Command::Reset(args) => agent::reset(args).await,
-        Command::Status(args) => agent::status(args).await.map(|s| print!("{s}")),
-        Command::Allocate(args) => agent::allocate(args).await.map(|s| print!("{s}")),
+        Command::Join(args) => commands::join(&args).await.and_then(|()| Err(commands::exec_run(&args.run))),
+        Command::Run(args) => commands::run(args, shutdown_signal()).await,
+        Command::Reset(args) => commands::reset(args).await,
+        Command::Status(args) => commands::status(args).await.map(|s| print!("{s}")),
+        Command::Allocate(args) => commands::allocate(args).await.map(|s| print!("{s}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("agent: {}", agent::describe(&e));
+            eprintln!("agent: {}", commands::describe(&e));
             match e {
                 // Distinct, so that a service manager does not restart it (RestartPreventExitStatus=3).
                 weave_agent::error::Error::Removed(_) => ExitCode::from(3),

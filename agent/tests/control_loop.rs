@@ -13,8 +13,8 @@ use std::{
 
 use tokio::sync::{oneshot, watch};
 use weave_agent::{
-    control,
-    state::{Identity, NodeKey, StateDir},
+    daemon::control,
+    host::state::{Identity, NodeKey, StateDir},
 };
 use weave_coordinator::config::ServeArgs;
 use weave_proto::{

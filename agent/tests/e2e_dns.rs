@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::*;
-use weave_agent::{
+use weave_agent::daemon::{
     dns::DnsServer,
     local_api::{self, Request, Response},
 };

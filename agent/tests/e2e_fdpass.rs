@@ -9,7 +9,7 @@ use std::{process::Command, time::Duration};
 
 use common::{cni::*, *};
 use serde_json::json;
-use weave_agent::local_api::{self, Request, Response};
+use weave_agent::daemon::local_api::{self, Request, Response};
 
 /// Restarts host `i`'s agent (`agent run`) inside `unshare -m` with a private
 /// empty tmpfs over /run/netns: no container namespace of the bed is

@@ -9,8 +9,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use weave_agent::{
-    cni::{self, CniError, NetConf},
-    local_api::Request,
+    daemon::local_api::Request,
+    plan::cni::{self, CniError, NetConf},
 };
 
 /// What the agent receives: one line, parsed as local_api's server does.

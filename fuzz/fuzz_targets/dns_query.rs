@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use hickory_proto::op::{Message, MessageType};
 use libfuzzer_sys::fuzz_target;
-use weave_agent::dns::DnsServer;
+use weave_agent::daemon::dns::DnsServer;
 use weave_proto::v1::{DnsRecord, NetworkMap};
 
 fn server() -> &'static DnsServer {

@@ -8,8 +8,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use weave_agent::{
-    attach::AddrSpec,
-    local_api::{Request, Response},
+    daemon::local_api::{Request, Response},
+    plan::addr_spec::AddrSpec,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
             // Parses again (not compared: serde_json's float parsing may move an f64 by one ulp).
             let _: Response = serde_json::from_str(&encoded).expect("an encoded response parses");
             if let Response::Status(s) = &response {
-                let _ = weave_agent::local_api::format_status(s);
+                let _ = weave_agent::daemon::local_api::format_status(s);
             }
         }
     }

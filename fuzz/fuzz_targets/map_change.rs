@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-use weave_agent::{dns::Records, netmap, reconcile};
+use weave_agent::plan::{dns::Records, netmap, reconcile};
 use weave_proto::v1::{NetworkMap, WatchEvent, watch_event::Event};
 
 fn sorted_unique(ids: impl Iterator<Item = u64>) -> bool {

@@ -6,9 +6,9 @@
 use std::{fs::File, io::Read, path::Path, process::ExitCode, sync::Arc};
 
 use weave_agent::{
-    cni::{self, CniError, NetConf, code},
-    local_api::{self, Request, Response},
-    netlink::Netlink,
+    daemon::local_api::{self, Request, Response},
+    host::netlink::Netlink,
+    plan::cni::{self, CniError, NetConf, code},
 };
 
 fn env(name: &str) -> Result<String, CniError> {

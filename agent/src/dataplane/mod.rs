@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::netmap::PeerConfig;
+use crate::plan::netmap::PeerConfig;
 
 /// What the agent asks of a transport.
 pub trait Transport: Send + Sync {

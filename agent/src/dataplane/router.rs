@@ -20,7 +20,7 @@ use boringtun::{
 };
 
 use super::PeerStatus;
-use crate::netmap::PeerConfig;
+use crate::plan::netmap::PeerConfig;
 
 /// Seconds between keepalives on an otherwise idle tunnel (keeps NAT state and roaming fresh).
 pub const PERSISTENT_KEEPALIVE: u16 = 25;

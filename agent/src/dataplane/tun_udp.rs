@@ -35,7 +35,7 @@ use super::{
     PeerStatus, Transport,
     router::{BUF_SIZE, Router, Sink},
 };
-use crate::netmap::PeerConfig;
+use crate::plan::{kernel::TUN_READ_ROOM, netmap::PeerConfig};
 
 const TICK: Duration = Duration::from_millis(250);
 /// UDP socket buffers, each way.
@@ -47,7 +47,6 @@ const BATCH: usize = 128;
 /// Packets per batch read from the TUN: reads go on while room is left for
 /// one more super-packet of the most segments the TUN accepts.
 const TUN_BATCH: usize = 256;
-pub const TUN_READ_ROOM: usize = 128;
 /// The kernel's limit on segments in one UDP GSO send (UDP_MAX_SEGMENTS).
 const MAX_GSO_SEGMENTS: usize = 64;
 /// And on the bytes in it (one IPv4 datagram).

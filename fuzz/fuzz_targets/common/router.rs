@@ -11,7 +11,7 @@ use std::{
 use boringtun::x25519::{PublicKey, StaticSecret};
 use weave_agent::{
     dataplane::router::{BUF_SIZE, Router, Sink},
-    netmap::PeerConfig,
+    plan::netmap::PeerConfig,
 };
 
 #[derive(Default)]

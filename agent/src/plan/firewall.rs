@@ -1,5 +1,6 @@
-//! Subnet isolation in the host's forwarding path: the only module that
-//! touches nftables. It owns two tables, replaced as a whole on every change:
+//! Subnet isolation in the host's forwarding path, as the nftables ruleset
+//! (a tested value; [`crate::host::firewall`] applies it). Two tables,
+//! replaced as a whole on every change:
 //!
 //! - `inet weave`: its forward chain lets traffic stay inside one bridge
 //!   (`wvbr-*`, also when `br_netfilter` passes bridged frames through the IP
@@ -16,24 +17,14 @@
 //!   answered by proxy ARP with the local bridge's MAC (their IPv4 unicast is
 //!   routed); a remote workload's own ARP would point workloads back at the
 //!   slow path, and a host would answer proxy ARP for another host's workloads.
-//!
-//! Why `nft -f -` and not netlink (the one documented exception to "netlink,
-//! not commands"): the `nftnl` crate binds libnftnl, whose C headers are not
-//! installed on the build machines, and a pure-Rust nf_tables encoder was not
-//! evaluated within the time this was written in; a hand-written encoder is
-//! far more code than this ruleset. So this one module runs the `nft`
-//! binary with a generated ruleset, applied atomically (one transaction: the
-//! tables are replaced as a whole). Replacing it with netlink touches only here.
-use std::{collections::BTreeSet, fmt::Write, net::Ipv4Addr, process::Stdio};
+use std::{collections::BTreeSet, fmt::Write, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
-use tokio::{io::AsyncWriteExt, process::Command, sync::watch};
 use weave_proto::v1::NetworkMap;
 
-use crate::{
-    agent::TUN_NAME,
-    error::Error,
-    reconcile::{BRIDGE_PREFIX, VXLAN_PORT, VXLAN_PREFIX, bridge_name, remote_workloads, segment_subnets},
+use super::{
+    kernel::{BRIDGE_PREFIX, TUN_NAME, VXLAN_PORT, VXLAN_PREFIX, bridge_name},
+    reconcile::{remote_workloads, segment_subnets},
 };
 
 pub const TABLE: &str = "weave";
@@ -152,86 +143,6 @@ pub fn ruleset(rules: &Rules) -> String {
          oifname \"{VXLAN_PREFIX}*\" ether type arp drop\n  }}\n}}\n"
     );
     out
-}
-
-async fn nft(script: &str) -> Result<(), Error> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Io("run nft".into(), e))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).await.map_err(|e| Error::Io("write to nft".into(), e))?;
-    }
-    let out = child.wait_with_output().await.map_err(|e| Error::Io("run nft".into(), e))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Netlink(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim())))
-    }
-}
-
-pub async fn apply(rules: &Rules) -> Result<(), Error> {
-    nft(&ruleset(rules)).await
-}
-
-/// Removes the tables (`agent reset`, `--cleanup-on-exit`); fine if absent.
-pub async fn remove() -> Result<(), Error> {
-    nft(&format!(
-        "table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n"
-    ))
-    .await
-}
-
-/// Whether both tables are still there (someone may flush the ruleset).
-async fn present() -> bool {
-    let list = |family: &'static str| {
-        Command::new("nft").args(["list", "table", family, TABLE]).stdout(Stdio::null()).stderr(Stdio::null()).status()
-    };
-    matches!(list("inet").await, Ok(s) if s.success()) && matches!(list("bridge").await, Ok(s) if s.success())
-}
-
-/// How often the tables are checked for having been removed by someone else.
-const RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Applies the ruleset whenever the segments, their remote workloads, the
-/// peers or the overlay ranges change, retries a failed apply every 2 s, and puts the tables back if
-/// they vanish (a `flush ruleset`, a firewall reload). `applied` is what the
-/// caller already applied (see `agent::serve`, which applies before routing).
-pub async fn keep(mut maps: watch::Receiver<NetworkMap>, own_node: u64, mut applied: Option<Rules>) {
-    loop {
-        let rules = rules(&maps.borrow_and_update(), own_node);
-        if applied.as_ref() != Some(&rules) {
-            match apply(&rules).await {
-                Ok(()) => {
-                    tracing::debug!(
-                        segments = rules.segments.len(),
-                        peers = rules.peers.len(),
-                        "isolation rules applied"
-                    );
-                    applied = Some(rules);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "isolation rules not applied; retrying");
-                    applied = None;
-                }
-            }
-        }
-        if applied.is_none() {
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            continue;
-        }
-        tokio::select! {
-            changed = maps.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(RECHECK) => if !present().await {
-                tracing::warn!("the isolation tables were removed; putting them back");
-                metrics::counter!("weave_firewall_repairs_total").increment(1);
-                applied = None;
-            },
-        }
-    }
 }
 
 #[cfg(test)]

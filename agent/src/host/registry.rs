@@ -23,14 +23,14 @@ struct Saved {
     unseen: BTreeSet<String>,
 }
 
-pub(super) struct Names {
+pub struct Names {
     file: PathBuf,
     saved: Mutex<Saved>,
 }
 
 impl Names {
     /// The names saved in `file` (none if it is missing or unreadable).
-    pub(super) fn load(file: PathBuf) -> Self {
+    pub fn load(file: PathBuf) -> Self {
         let saved = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         Self { file, saved: Mutex::new(saved) }
     }
@@ -41,25 +41,25 @@ impl Names {
     }
 
     /// Where `name` was registered: (netns path, netns inode).
-    pub(super) fn get(&self, name: &str) -> Option<(PathBuf, u64)> {
+    pub fn get(&self, name: &str) -> Option<(PathBuf, u64)> {
         self.saved().names.get(name).cloned()
     }
 
     /// The name of the live namespace `inode`. Namespace inodes are reused
     /// once a namespace dies, so the registered path must still lead to it.
-    pub(super) fn of(&self, inode: u64) -> Option<String> {
+    pub fn of(&self, inode: u64) -> Option<String> {
         self.saved().names.iter().find(|(_, (path, ino))| *ino == inode && alive(path, *ino)).map(|(n, _)| n.clone())
     }
 
     /// `name` was given to a namespace the agent cannot see by path.
-    pub(super) fn unseen(&self, name: &str) -> bool {
+    pub fn unseen(&self, name: &str) -> bool {
         self.saved().unseen.contains(name)
     }
 
     /// Like [`Names::of`] for a namespace the caller passed as a descriptor
     /// (alive: it is open) by `path`, which the agent may not see: the name
     /// given to that inode under that same path.
-    pub(super) fn of_passed(&self, inode: u64, path: &Path) -> Option<String> {
+    pub fn of_passed(&self, inode: u64, path: &Path) -> Option<String> {
         self.saved()
             .names
             .iter()
@@ -73,7 +73,7 @@ impl Names {
     /// name's holder, dead by its path, still has veths (a namespace passed
     /// by descriptor under a path the agent cannot see). Returns the inode of
     /// a dead namespace that held the name (to retire).
-    pub(super) fn check(
+    pub fn check(
         &self,
         n: &str,
         container: &str,
@@ -107,7 +107,7 @@ impl Names {
 
     /// Gives `name` to namespace `inode` at `path`; `unseen`: the agent
     /// cannot see that path (the namespace came as a descriptor).
-    pub(super) fn remember(&self, name: &str, path: PathBuf, inode: u64, unseen: bool) {
+    pub fn remember(&self, name: &str, path: PathBuf, inode: u64, unseen: bool) {
         let mut saved = self.saved();
         saved.names.insert(name.to_string(), (path, inode));
         if unseen {
@@ -118,7 +118,7 @@ impl Names {
         self.write(&saved);
     }
 
-    pub(super) fn forget(&self, name: &str) {
+    pub fn forget(&self, name: &str) {
         let mut saved = self.saved();
         saved.unseen.remove(name);
         if saved.names.remove(name).is_some() {
@@ -140,7 +140,7 @@ impl Names {
 }
 
 /// The namespace at `path` is still the one with `inode`.
-pub(super) fn alive(path: &Path, inode: u64) -> bool {
+pub fn alive(path: &Path, inode: u64) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.ino() == inode)
 }
 

@@ -22,35 +22,7 @@ use std::{
 use ipnet::Ipv4Net;
 use weave_proto::v1::NetworkMap;
 
-use crate::netmap::allocation_address;
-
-pub const BRIDGE_PREFIX: &str = "wvbr-";
-pub const VXLAN_PREFIX: &str = "wvvx-";
-pub const VXLAN_PORT: u16 = 4789;
-/// IPv4 + UDP + VXLAN + inner Ethernet.
-pub const VXLAN_OVERHEAD: u32 = 50;
-/// WireGuard over IPv6 (the larger of the two underlays): 40 + 8 + 32.
-pub const WIREGUARD_OVERHEAD: u32 = 80;
-
-/// The `proto` of the routes this agent owns (`ip route show proto 87`).
-pub const ROUTE_PROTOCOL: u8 = 87;
-/// Metric of the subnet route on a bridge: the kernel's own route for an
-/// exposed address (metric 0) is preferred while it exists.
-pub const SUBNET_ROUTE_METRIC: u32 = 1000;
-
-pub fn bridge_name(vni: u32) -> String {
-    format!("{BRIDGE_PREFIX}{vni}")
-}
-
-pub fn vxlan_name(vni: u32) -> String {
-    format!("{VXLAN_PREFIX}{vni}")
-}
-
-/// MTUs of the TUN (node addresses) and of every segment, from the underlay's.
-pub fn mtus(underlay: u32) -> (u32, u32) {
-    let tun = underlay.saturating_sub(WIREGUARD_OVERHEAD).max(1280);
-    (tun, tun - VXLAN_OVERHEAD)
-}
+use super::{kernel::bridge_mac, netmap::allocation_address};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
@@ -293,7 +265,7 @@ fn diff_segments(desired: &Desired, observed: &Observed) -> Vec<Change> {
         let seg = observed.segments.get(&vni);
         let complete = seg.is_some_and(|s| {
             s.bridge_mtu == Some(desired.mtu)
-                && s.bridge_mac.as_deref().is_none_or(|m| m == crate::netlink::bridge_mac(desired.local))
+                && s.bridge_mac.as_deref().is_none_or(|m| m == bridge_mac(desired.local))
                 && s.vxlan
                     .as_ref()
                     .is_some_and(|v| v.local == Some(desired.local) && v.mtu == desired.mtu && v.in_bridge)
@@ -526,12 +498,5 @@ mod tests {
             diff(&d3, &observed),
             vec![Change::RemoveRoute { dst: ip("10.2.3.2") }, Change::RemoveSegment { vni: 200 }]
         );
-    }
-
-    #[test]
-    fn mtus_leave_room_for_wireguard_and_vxlan() {
-        assert_eq!(mtus(1500), (1420, 1370));
-        assert_eq!(mtus(9000), (8920, 8870));
-        assert_eq!(bridge_name(16_777_215).len(), 13);
     }
 }

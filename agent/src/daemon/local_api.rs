@@ -144,7 +144,7 @@ pub enum Response {
     Done,
     Allocated(Attachment),
     Released(Vec<String>),
-    Attached(Vec<crate::attach::Attached>),
+    Attached(Vec<super::attach::Attached>),
     Error(String),
 }
 

@@ -47,7 +47,7 @@ impl AddrSpec {
     }
 
     /// The subnet of the map this spec names.
-    pub(super) fn subnet<'m>(&self, map: &'m NetworkMap) -> Result<&'m Subnet, String> {
+    pub fn subnet<'m>(&self, map: &'m NetworkMap) -> Result<&'m Subnet, String> {
         let cidr = |s: &Subnet| s.cidr.parse::<Ipv4Net>().ok();
         match self {
             Self::Default => map.subnets.iter().find(|s| s.is_default).ok_or_else(|| "no default subnet".to_string()),

@@ -16,14 +16,15 @@ use weave_proto::{
     v1::{NetworkMap, WatchRequest, map_service_client::MapServiceClient},
 };
 
+use super::dns::DnsServer;
 use crate::{
     dataplane::Transport,
-    dns::DnsServer,
     error::Error,
-    netlink::Netlink,
-    netmap,
-    reconcile::{self, Desired},
-    state::StateDir,
+    host::{netlink::Netlink, state::StateDir},
+    plan::{
+        netmap,
+        reconcile::{self, Desired},
+    },
 };
 
 /// Retry delays for the watch: start small so a restarted coordinator is

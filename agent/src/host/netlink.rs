@@ -19,11 +19,13 @@ use netlink_packet_route::{
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use crate::{
-    agent::TUN_NAME,
     error::Error,
-    reconcile::{
-        BRIDGE_PREFIX, Change, Observed, ObservedSegment, ObservedVxlan, ROUTE_PROTOCOL, SUBNET_ROUTE_METRIC,
-        VXLAN_PORT, VXLAN_PREFIX, bridge_name, vxlan_name,
+    plan::{
+        kernel::{
+            BRIDGE_PREFIX, ROUTE_PROTOCOL, SUBNET_ROUTE_METRIC, TUN_NAME, TUN_READ_ROOM, VXLAN_PORT, VXLAN_PREFIX,
+            bridge_mac, bridge_name, is_workload_if, vxlan_name,
+        },
+        reconcile::{Change, Observed, ObservedSegment, ObservedVxlan},
     },
 };
 
@@ -38,14 +40,6 @@ const EINVAL: i32 = 22;
 /// Writes a sysctl of the calling thread's network namespace.
 pub fn sysctl(path: &str, value: &str) -> Result<(), Error> {
     std::fs::write(format!("/proc/sys/{path}"), value).map_err(|e| Error::Io(format!("sysctl {path}={value}"), e))
-}
-
-/// The fixed MAC of this node's bridges (02:57 + the node address): a bridge
-/// without one takes its lowest port's MAC and changes it as ports come and
-/// go, which would strand the proxy-ARP answers workloads have cached.
-pub fn bridge_mac(local: Ipv4Addr) -> Vec<u8> {
-    let o = local.octets();
-    vec![0x02, 0x57, o[0], o[1], o[2], o[3]]
 }
 
 fn nl(what: impl std::fmt::Display, e: rtnetlink::Error) -> Error {
@@ -109,7 +103,7 @@ impl Netlink {
         let mut msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
         // No super-packet with more segments than a batch has room for
         // (larger ones the kernel segments before the TUN).
-        msg.attributes.push(LinkAttribute::GsoMaxSegs(crate::dataplane::tun_udp::TUN_READ_ROOM as u32));
+        msg.attributes.push(LinkAttribute::GsoMaxSegs(TUN_READ_ROOM as u32));
         self.handle.link().set(msg).execute().await.map_err(|e| nl(format!("set {name} up"), e))?;
         match self.handle.address().add(index, address.into(), prefix).execute().await {
             Ok(()) => Ok(()),
@@ -474,31 +468,18 @@ pub struct WorkloadInterface {
     pub addresses: Vec<(Ipv4Addr, u8)>,
 }
 
-/// Workload interfaces are named `ethwe`, `ethwe1`, `ethwe2`, … (one per subnet).
-pub const WORKLOAD_IF: &str = "ethwe";
-
-pub fn is_workload_if(name: &str) -> bool {
-    name.strip_prefix(WORKLOAD_IF).is_some_and(|n| n.is_empty() || n.parse::<u32>().is_ok())
-}
-
 impl Netlink {
     /// A netlink connection inside the namespace of `netns` (a `/run/netns/x`
     /// or `/proc/<pid>/ns/net` file). The socket is opened by a short-lived
     /// thread that entered the namespace (a socket stays in the namespace it
     /// was created in); the connection then runs on the caller's runtime.
     pub async fn in_netns(netns: &std::fs::File) -> Result<Self, Error> {
-        use std::os::fd::AsFd;
-        let fd = netns.as_fd().try_clone_to_owned().map_err(|e| Error::Netlink(format!("dup netns fd: {e}")))?;
         let runtime = tokio::runtime::Handle::current();
-        let opened = std::thread::spawn(move || {
-            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("enter namespace: {e}"))?;
+        let opened = super::netns::run_in(netns, "a container", move || {
             // The socket registers with the runtime's reactor when created.
             let _guard = runtime.enter();
-            rtnetlink::new_connection().map_err(|e| format!("netlink socket in namespace: {e}"))
-        })
-        .join()
-        .map_err(|_| Error::Netlink("the namespace thread panicked".into()))?
-        .map_err(Error::Netlink)?;
+            rtnetlink::new_connection().map_err(|e| Error::Netlink(format!("netlink socket in namespace: {e}")))
+        })?;
         let (conn, handle, _) = opened;
         tokio::spawn(conn);
         Ok(Self { handle })

@@ -6,7 +6,7 @@
 //! subnets sits on two separate L2 segments and nothing else joins them.
 //! Addresses come from the coordinator's IPAM (the truth, so they survive
 //! agent and coordinator restarts); interfaces change only through
-//! [`crate::netlink`]. Every request checks everything it can before it
+//! [`crate::host::netlink`]. Every request checks everything it can before it
 //! changes anything, and undoes its own steps if a later one fails.
 use std::{
     collections::BTreeMap,
@@ -25,14 +25,15 @@ use weave_proto::{
     v1::{AllocateRequest, NetworkMap, ReleaseRequest, Subnet},
 };
 
-mod names;
-mod spec;
-use names::Names;
-pub use spec::AddrSpec;
-
 use crate::{
-    netlink::{Netlink, WORKLOAD_IF, WorkloadInterface},
-    reconcile::bridge_name,
+    host::{
+        netlink::{Netlink, WorkloadInterface},
+        registry::{self, Names},
+    },
+    plan::{
+        addr_spec::AddrSpec,
+        kernel::{bridge_name, format_mac, host_ifname, next_ifname},
+    },
 };
 
 /// The result of one attach, per subnet.
@@ -67,7 +68,8 @@ pub struct Attacher {
     pub node_id: u64,
     pub node_name: String,
     pub mtu: u32,
-    pub host: Netlink,
+    /// The agent's own namespace (bridges, host veth ends).
+    pub netlink: Netlink,
     /// One attach/detach at a time: each one reads, then changes.
     lock: tokio::sync::Mutex<()>,
     names: Names,
@@ -80,7 +82,7 @@ impl Attacher {
         node_id: u64,
         node_name: String,
         mtu: u32,
-        host: Netlink,
+        netlink: Netlink,
         names_file: PathBuf,
     ) -> Self {
         Self {
@@ -89,7 +91,7 @@ impl Attacher {
             node_id,
             node_name,
             mtu,
-            host,
+            netlink,
             lock: tokio::sync::Mutex::new(()),
             names: Names::load(names_file),
         }
@@ -186,7 +188,7 @@ impl Attacher {
     async fn plugged(&self, inode: u64) -> bool {
         let vnis: Vec<u32> = self.maps.borrow().subnets.iter().map(|s| s.vni).collect();
         for vni in vnis {
-            if let Ok(Some(_)) = self.host.link_index(&host_ifname(inode, vni)).await {
+            if let Ok(Some(_)) = self.netlink.link_index(&host_ifname(inode, vni)).await {
                 return true;
             }
         }
@@ -234,7 +236,7 @@ impl Attacher {
         };
         if let Some(inode) = inode {
             for s in &subnets {
-                self.host.delete_link(&host_ifname(inode, s.vni)).await.map_err(|e| e.to_string())?;
+                self.netlink.delete_link(&host_ifname(inode, s.vni)).await.map_err(|e| e.to_string())?;
             }
         }
         let released = if addrs.is_empty() {
@@ -318,7 +320,7 @@ impl Attacher {
                 let holder_plugged = match self.names.get(n) {
                     // Only where the path cannot tell: a namespace the agent
                     // sees dies at `ip netns del` while its veths may linger.
-                    Some((path, ino)) if ino != c.inode && self.names.unseen(n) && !names::alive(&path, ino) => {
+                    Some((path, ino)) if ino != c.inode && self.names.unseen(n) && !registry::alive(&path, ino) => {
                         self.plugged(ino).await
                     }
                     _ => false,
@@ -361,7 +363,7 @@ impl Attacher {
                             _ => next_ifname(&used),
                         };
                         let host_if = host_ifname(c.inode, subnet.vni);
-                        self.host
+                        self.netlink
                             .plug_veth(&host_if, &bridge, &c.netns, &ifname, self.mtu)
                             .await
                             .map_err(|e| e.to_string())?;
@@ -379,7 +381,7 @@ impl Attacher {
                     .find(|i| i.name == ifname)
                     .map(|i| i.mac)
                     .ok_or_else(|| format!("{ifname} vanished from the container"))?;
-                self.host.pin_neighbour(&bridge, *ip, &mac).await.map_err(|e| e.to_string())?;
+                self.netlink.pin_neighbour(&bridge, *ip, &mac).await.map_err(|e| e.to_string())?;
                 Ok::<_, String>((ifname, mac))
             };
             match step.await {
@@ -405,7 +407,7 @@ impl Attacher {
             }
         }
         if let Some(n) = registered {
-            let unseen = passed.is_some() && !names::alive(&c.path, c.inode);
+            let unseen = passed.is_some() && !registry::alive(&c.path, c.inode);
             self.names.remember(n, c.path.clone(), c.inode, unseen);
         }
         Ok(result)
@@ -468,7 +470,7 @@ impl Attacher {
                 // Best effort: the reconcile also removes pins of addresses no longer ours.
                 let bridge = self.maps.borrow().subnets.iter().find(|s| s.cidr == *cidr).map(|s| bridge_name(s.vni));
                 if let Some(bridge) = bridge
-                    && let Err(e) = self.host.unpin_neighbour(&bridge, ip).await
+                    && let Err(e) = self.netlink.unpin_neighbour(&bridge, ip).await
                 {
                     tracing::debug!(error = %e, "unpin on detach");
                 }
@@ -495,10 +497,10 @@ impl Attacher {
         let mut result = Vec::new();
         for (subnet, ip, len) in &allocated {
             let bridge = bridge_name(subnet.vni);
-            if let Err(e) = self.host.set_address(&bridge, *ip, *len, true).await {
+            if let Err(e) = self.netlink.set_address(&bridge, *ip, *len, true).await {
                 for (s, ip, len) in &allocated {
                     if !previously.contains_key(&s.id) {
-                        let _ = self.host.set_address(&bridge_name(s.vni), *ip, *len, false).await;
+                        let _ = self.netlink.set_address(&bridge_name(s.vni), *ip, *len, false).await;
                         let _ = self.release(&key, &s.cidr).await;
                     }
                 }
@@ -536,7 +538,7 @@ impl Attacher {
         let mut released = Vec::new();
         for s in &subnets {
             if let Some(addr) = held.get(&s.id).and_then(|a| a.parse::<Ipv4Net>().ok()) {
-                self.host
+                self.netlink
                     .set_address(&bridge_name(s.vni), addr.addr(), addr.prefix_len(), false)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -553,43 +555,4 @@ fn on_subnet<'i>(ifaces: &'i [WorkloadInterface], cidr: &str) -> Option<(&'i Wor
     ifaces.iter().find_map(|i| {
         i.addresses.iter().find(|(ip, len)| net.contains(ip) && *len == net.prefix_len()).map(|(ip, _)| (i, *ip))
     })
-}
-
-/// `02:42:0a:…`: lower-case hex pairs, as Go's `net.ParseMAC` reads them.
-pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
-/// `ethwe`, then `ethwe1`, `ethwe2`, … : the first name not in `used`.
-pub fn next_ifname(used: &[String]) -> String {
-    (0..)
-        .map(|n| if n == 0 { WORKLOAD_IF.to_string() } else { format!("{WORKLOAD_IF}{n}") })
-        .find(|n| !used.contains(n))
-        .unwrap_or_else(|| WORKLOAD_IF.to_string())
-}
-
-/// The host side of a container's veth: `wv` + 8 hex digits of (netns, vni)
-/// (IFNAMSIZ leaves 15 characters; its temporary peer adds one).
-pub fn host_ifname(inode: u64, vni: u32) -> String {
-    let mut x = inode ^ (u64::from(vni) << 32) ^ u64::from(vni);
-    x = x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    format!("wv{:08x}", (x >> 32) as u32)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interface_names() {
-        assert_eq!(next_ifname(&[]), "ethwe");
-        assert_eq!(next_ifname(&["ethwe".into()]), "ethwe1");
-        assert_eq!(next_ifname(&["ethwe1".into()]), "ethwe");
-        assert_eq!(next_ifname(&["ethwe".into(), "ethwe1".into()]), "ethwe2");
-        let h = host_ifname(4026532000, 7);
-        assert!(h.len() <= 14 && h.starts_with("wv"), "{h}");
-        assert_ne!(h, host_ifname(4026532000, 8));
-        assert_ne!(h, host_ifname(4026532001, 7));
-        assert_eq!(format_mac(&[0x02, 0x42, 0x0a, 0, 0xff, 1]), "02:42:0a:00:ff:01");
-    }
 }

@@ -1,0 +1,13 @@
+//! The running agent: the wiring of everything below it. The commands
+//! ([`commands`]: join, run, reset, status), the control loops
+//! ([`control`]: the map watch, reconcile, DNS records), the local API
+//! service ([`service`]), attach/detach ([`attach`]), the workloads' DNS
+//! sockets ([`dns`]) and the `/metrics` probe ([`metrics`]).
+pub mod attach;
+pub mod commands;
+pub mod config;
+pub mod control;
+pub mod dns;
+pub mod local_api;
+pub mod metrics;
+pub mod service;

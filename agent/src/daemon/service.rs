@@ -1,0 +1,285 @@
+//! The local API service: answers each [`Request`] of the Unix socket
+//! (status, DNS, IPAM, attach/detach, expose/hide) from the running agent,
+//! and keeps the container's DNS sockets in step with attach and detach.
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use rand::seq::SliceRandom;
+use tokio::sync::watch;
+use weave_proto::{
+    client::Api,
+    v1::{AllocateRequest, NetworkMap, ReleaseRequest},
+};
+
+use super::{
+    attach::{Attached, Attacher},
+    dns::DnsServer,
+    local_api::{AgentStatus, Attachment, Handler, Reply, Request, Response, SegmentStatus},
+};
+use crate::{
+    dataplane::{Transport, tun_udp::TunUdp},
+    host::state::Identity,
+    plan::{dns, kernel::bridge_name},
+};
+
+pub(super) struct LocalService {
+    pub(super) api: Api,
+    pub(super) identity: Identity,
+    pub(super) transport: Arc<TunUdp>,
+    pub(super) maps: watch::Receiver<NetworkMap>,
+    pub(super) connected: Arc<AtomicBool>,
+    pub(super) dns: DnsServer,
+    /// `attach --name` names and CNI ids -> DNS server key, for a detach by those.
+    pub(super) dns_names: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    pub(super) segment_mtu: u32,
+    pub(super) attacher: Attacher,
+    /// Wakes the reconcile loop: an expose or hide changes the source of the host's routes.
+    pub(super) reconcile_now: Arc<tokio::sync::Notify>,
+}
+
+impl Handler for LocalService {
+    fn handle(&self, request: Request) -> Reply<'_> {
+        Box::pin(async move {
+            let dns = self.dns_plan(&request);
+            let response = match request {
+                Request::Status => Response::Status(self.status()),
+                Request::DnsLookup { name } => {
+                    let records = self.dns.records();
+                    let mut addresses: Vec<String> = records.lookup(&name).iter().map(|a| a.to_string()).collect();
+                    addresses.shuffle(&mut rand::rng());
+                    Response::Dns { name: dns::qualify(&name, &records.domain), addresses }
+                }
+                Request::DnsServe { netns, key } => match self.dns.serve_in(std::path::Path::new(&netns), &key).await {
+                    Ok(()) => Response::Done,
+                    Err(e) => Response::Error(e.to_string()),
+                },
+                Request::DnsStop { key } => {
+                    self.dns.stop(&key);
+                    Response::Done
+                }
+                Request::Allocate { container, subnet } => self.allocate(container, subnet).await,
+                Request::Attach { container, netns, name, id, ifname, addrs, no_multicast, .. } => reply_attached(
+                    self.attacher
+                        .attach(
+                            &container,
+                            netns.as_deref(),
+                            name.as_deref(),
+                            id.as_deref(),
+                            ifname.as_deref(),
+                            &addrs,
+                            !no_multicast,
+                        )
+                        .await,
+                ),
+                Request::Detach { container, netns, id, ifname, addrs, .. } => reply_released(
+                    self.attacher.detach(&container, netns.as_deref(), id.as_deref(), ifname.as_deref(), &addrs).await,
+                ),
+                Request::Expose { addrs } => {
+                    let r = reply_attached(self.attacher.expose(&addrs).await);
+                    self.reconcile_now.notify_one();
+                    r
+                }
+                Request::Hide { addrs } => {
+                    let r = reply_released(self.attacher.hide(&addrs).await);
+                    self.reconcile_now.notify_one();
+                    r
+                }
+                Request::Release { container } => {
+                    let req = ReleaseRequest { container, ..Default::default() };
+                    match self.api.ipam.clone().release(req).await {
+                        Ok(r) => Response::Released(r.into_inner().released.into_iter().map(|a| a.address).collect()),
+                        Err(s) => Response::Error(s.message().to_string()),
+                    }
+                }
+            };
+            self.dns_after(dns, &response).await;
+            response
+        })
+    }
+}
+
+fn reply_attached(r: Result<Vec<Attached>, String>) -> Response {
+    r.map_or_else(Response::Error, Response::Attached)
+}
+
+fn reply_released(r: Result<Vec<String>, String>) -> Response {
+    r.map_or_else(Response::Error, Response::Released)
+}
+
+/// What attach/detach mean for DNS: serve the container's namespace, or stop.
+enum DnsPlan {
+    /// `aliases`: the `--name` and CNI id, for a detach that names the container so.
+    Serve {
+        netns: DnsNetns,
+        key: String,
+        aliases: Vec<String>,
+    },
+    Stop {
+        key: String,
+    },
+}
+
+/// The namespace file a container argument names, without the registry of
+/// names (a path, a pid, or a name under /run/netns).
+fn dns_netns(container: &str) -> Option<std::path::PathBuf> {
+    // A CNI DEL may name no namespace (it is gone); "" would be /run/netns itself.
+    if container.is_empty() {
+        return None;
+    }
+    let path = if container.starts_with('/') {
+        std::path::PathBuf::from(container)
+    } else if !container.is_empty() && container.bytes().all(|b| b.is_ascii_digit()) {
+        std::path::PathBuf::from(format!("/proc/{container}/ns/net"))
+    } else {
+        std::path::Path::new("/run/netns").join(container)
+    };
+    path.exists().then_some(path)
+}
+
+/// One DNS server per container namespace, keyed by the namespace's inode.
+fn dns_key(netns: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(netns).ok().map(|m| format!("netns:{}", m.ino()))
+}
+
+/// The namespace to serve DNS in: a path the agent sees, or a descriptor
+/// the caller passed.
+enum DnsNetns {
+    Path(std::path::PathBuf),
+    Passed(std::sync::Arc<std::fs::File>),
+}
+
+/// The namespace and DNS key of an attach or detach request.
+fn dns_target(container: &str, passed: Option<&std::sync::Arc<std::fs::File>>) -> Option<(DnsNetns, String)> {
+    use std::os::unix::fs::MetadataExt;
+    match passed {
+        Some(f) => {
+            let key = format!("netns:{}", f.metadata().ok()?.ino());
+            // A path the agent sees too leads to the same namespace: serve by
+            // path, which DnsServer::restore serves again after a restart.
+            let path = dns_netns(container).filter(|p| dns_key(p).as_deref() == Some(key.as_str()));
+            Some((path.map_or_else(|| DnsNetns::Passed(f.clone()), DnsNetns::Path), key))
+        }
+        None => {
+            let netns = dns_netns(container)?;
+            let key = dns_key(&netns)?;
+            Some((DnsNetns::Path(netns), key))
+        }
+    }
+}
+
+impl LocalService {
+    fn dns_plan(&self, request: &Request) -> Option<DnsPlan> {
+        let names = || self.dns_names.lock().unwrap_or_else(|e| e.into_inner());
+        match request {
+            Request::Attach { container, netns, name, id, .. } => {
+                let (netns, key) = dns_target(container, netns.as_ref())?;
+                Some(DnsPlan::Serve { netns, key, aliases: name.iter().chain(id).cloned().collect() })
+            }
+            // Only a detach of every subnet leaves the container without the
+            // overlay. By name or CNI id too: the namespace may be gone by then.
+            Request::Detach { container, netns, id, addrs, .. } if addrs.is_empty() => {
+                let key = dns_target(container, netns.as_ref())
+                    .map(|(_, key)| key)
+                    .or_else(|| names().get(container).cloned())
+                    .or_else(|| id.as_ref().and_then(|i| names().get(i).cloned()))?;
+                Some(DnsPlan::Stop { key })
+            }
+            _ => None,
+        }
+    }
+
+    async fn dns_after(&self, plan: Option<DnsPlan>, response: &Response) {
+        match (plan, response) {
+            (Some(DnsPlan::Serve { netns, key, aliases }), Response::Attached(_)) => {
+                let gone: Vec<String> = {
+                    let mut names = self.dns_names.lock().unwrap_or_else(|e| e.into_inner());
+                    let moved: Vec<String> = aliases
+                        .into_iter()
+                        .filter_map(|a| names.insert(a, key.clone()))
+                        .filter(|k| *k != key)
+                        .collect();
+                    // A name that moved left a dead namespace (attach refuses
+                    // a live one's name): its sockets would keep it alive.
+                    names.retain(|_, k| !moved.contains(k));
+                    moved
+                };
+                for old in gone {
+                    self.dns.stop(&old);
+                }
+                let served = match &netns {
+                    DnsNetns::Path(p) => self.dns.serve_in(p, &key).await,
+                    DnsNetns::Passed(f) => self.dns.serve_in_file(f, &key).await,
+                };
+                if let Err(e) = served {
+                    tracing::warn!(key, error = %e, "attached, but cannot serve DNS in the container");
+                }
+            }
+            (Some(DnsPlan::Stop { key }), Response::Released(_)) => {
+                self.dns.stop(&key);
+                self.dns_names.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, k| *k != key);
+            }
+            _ => {}
+        }
+    }
+
+    async fn allocate(&self, container: String, subnet: String) -> Response {
+        let req = AllocateRequest { container, subnet, ..Default::default() };
+        let alloc = match self.api.ipam.clone().allocate(req).await {
+            Ok(a) => a.into_inner(),
+            Err(s) => return Response::Error(s.message().to_string()),
+        };
+        // The subnet's vni comes from the map; a brand-new subnet may not have
+        // reached it yet.
+        let mut maps = self.maps.clone();
+        let vni = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(s) = maps.borrow_and_update().subnets.iter().find(|s| s.id == alloc.subnet_id) {
+                    return s.vni;
+                }
+                if maps.changed().await.is_err() {
+                    return 0;
+                }
+            }
+        })
+        .await
+        .unwrap_or(0);
+        if vni == 0 {
+            return Response::Error(format!("subnet {} is not in this agent's map yet", alloc.subnet));
+        }
+        Response::Allocated(Attachment {
+            address: alloc.address,
+            subnet: alloc.subnet,
+            bridge: bridge_name(vni),
+            mtu: self.segment_mtu,
+        })
+    }
+
+    fn status(&self) -> AgentStatus {
+        let map = self.maps.borrow();
+        AgentStatus {
+            node_id: self.identity.node_id,
+            name: self.identity.name.clone(),
+            address: self.identity.address,
+            endpoint: self.identity.endpoint.to_string(),
+            revision: map.revision,
+            coordinator_connected: self.connected.load(Ordering::Relaxed),
+            segments: map
+                .subnets
+                .iter()
+                .map(|s| SegmentStatus {
+                    subnet: s.cidr.clone(),
+                    vni: s.vni,
+                    bridge: bridge_name(s.vni),
+                    mtu: self.segment_mtu,
+                })
+                .collect(),
+            peers: self.transport.status(),
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! DNS answers for workloads, as pure values: the map's records indexed for
+//! lookups, and the answer to one query (see the daemon's DNS server for the
+//! sockets).
+//!
+//! Names in the cluster domain (`weave.local.`) are answered here: A/AAAA from
+//! the records (several per name, shuffled per answer), PTR for known
+//! addresses, NXDOMAIN for unknown names, TTL 1; single-label names are
+//! qualified with the domain, and matching ignores case. Every other query is
+//! relayed upstream by the server. Answers too big for the client's UDP size
+//! are sent truncated, so the client retries over TCP.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use hickory_proto::{
+    op::{Edns, Message, MessageType, OpCode, ResponseCode},
+    rr::{
+        Name, RData, Record, RecordType,
+        rdata::{A, AAAA, PTR},
+    },
+};
+use rand::seq::SliceRandom;
+use weave_proto::v1::NetworkMap;
+
+pub const DEFAULT_DOMAIN: &str = "weave.local.";
+/// As Weave: records change as containers come and go.
+pub const TTL: u32 = 1;
+/// What we advertise (and use) as our EDNS UDP size.
+const EDNS_PAYLOAD: u16 = 1232;
+
+/// The records of one map, indexed for answers. Pure data.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Records {
+    /// Lower case, with a trailing dot.
+    pub domain: String,
+    pub by_name: HashMap<String, Vec<IpAddr>>,
+    pub by_address: HashMap<IpAddr, Vec<String>>,
+}
+
+impl Records {
+    pub fn from_map(map: &NetworkMap, default_domain: &str) -> Self {
+        let domain = if map.dns_domain.is_empty() { default_domain } else { &map.dns_domain };
+        let mut records = Records { domain: fqdn_lower(domain), ..Default::default() };
+        for r in &map.dns_records {
+            let Ok(ip) = r.address.split('/').next().unwrap_or_default().parse::<IpAddr>() else { continue };
+            let name = fqdn_lower(&r.name);
+            let addrs = records.by_name.entry(name.clone()).or_default();
+            if !addrs.contains(&ip) {
+                addrs.push(ip);
+            }
+            let names = records.by_address.entry(ip).or_default();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        records
+    }
+
+    /// The addresses of `name` (qualified with the domain if it has one label).
+    pub fn lookup(&self, name: &str) -> Vec<IpAddr> {
+        self.by_name.get(&qualify(name, &self.domain)).cloned().unwrap_or_default()
+    }
+
+    pub fn in_domain(&self, qualified: &str) -> bool {
+        qualified == self.domain || qualified.ends_with(&format!(".{}", self.domain))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+pub fn fqdn_lower(name: &str) -> String {
+    let mut n = name.trim().to_ascii_lowercase();
+    if !n.ends_with('.') {
+        n.push('.');
+    }
+    n
+}
+
+/// Lower case, trailing dot, and a single label gets the domain appended
+/// (`Web` -> `web.weave.local.`), as Weave resolved unqualified names.
+pub fn qualify(name: &str, domain: &str) -> String {
+    let n = fqdn_lower(name);
+    let labels = n.trim_end_matches('.');
+    if !labels.is_empty() && !labels.contains('.') { format!("{n}{domain}") } else { n }
+}
+
+/// The address a reverse name stands for: `4.3.2.1.in-addr.arpa.` -> 1.2.3.4,
+/// and the 32-nibble `ip6.arpa.` form.
+pub fn ptr_address(name: &str) -> Option<IpAddr> {
+    let n = fqdn_lower(name);
+    if let Some(rest) = n.strip_suffix(".in-addr.arpa.") {
+        let parts: Vec<u8> = rest.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+        let [d, c, b, a] = parts[..] else { return None };
+        return Some(IpAddr::V4(Ipv4Addr::new(a, b, c, d)));
+    }
+    let rest = n.strip_suffix(".ip6.arpa.")?;
+    let nibbles: Vec<u8> = rest
+        .split('.')
+        .map(|p| if p.len() == 1 { u8::from_str_radix(p, 16).ok() } else { None })
+        .collect::<Option<_>>()?;
+    if nibbles.len() != 32 {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, pair) in nibbles.iter().rev().collect::<Vec<_>>().chunks(2).enumerate() {
+        bytes[i] = (pair[0] << 4) | pair[1];
+    }
+    Some(IpAddr::V6(Ipv6Addr::from(bytes)))
+}
+
+/// What to do with a query.
+#[derive(Debug)]
+pub enum Answer {
+    /// Answered here: the encoded response.
+    Local(Message),
+    /// Not ours: relay the query upstream unchanged.
+    Forward,
+}
+
+/// Builds the answer to `query` from `records` (shuffling with `rng`). Pure.
+pub fn answer(records: &Records, query: &Message, rng: &mut impl rand::Rng) -> Answer {
+    let mut response = Message::response(query.metadata.id, query.metadata.op_code);
+    response.metadata.recursion_desired = query.metadata.recursion_desired;
+    response.metadata.recursion_available = true;
+    response.queries = query.queries.clone();
+    if query.edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(EDNS_PAYLOAD);
+        response.edns = Some(edns);
+    }
+    let (Some(q), OpCode::Query, MessageType::Query, 1) =
+        (query.queries.first(), query.metadata.op_code, query.metadata.message_type, query.queries.len())
+    else {
+        response.metadata.response_code = ResponseCode::FormErr;
+        return Answer::Local(response);
+    };
+    let asked = q.name().to_ascii();
+    let qtype = q.query_type();
+    if qtype == RecordType::PTR {
+        let Some(ip) = ptr_address(&asked) else { return Answer::Forward };
+        let Some(names) = records.by_address.get(&ip) else { return Answer::Forward };
+        response.metadata.authoritative = true;
+        for n in names {
+            let Ok(target) = Name::from_ascii(n) else { continue };
+            response.add_answer(Record::from_rdata(q.name().clone(), TTL, RData::PTR(PTR(target))));
+        }
+        return Answer::Local(response);
+    }
+    let name = qualify(&asked, &records.domain);
+    if !records.in_domain(&name) {
+        return Answer::Forward;
+    }
+    response.metadata.authoritative = true;
+    let Some(addrs) = records.by_name.get(&name) else {
+        response.metadata.response_code = ResponseCode::NXDomain;
+        return Answer::Local(response);
+    };
+    let mut addrs = addrs.clone();
+    addrs.shuffle(rng);
+    for ip in addrs {
+        let rdata = match (ip, qtype) {
+            (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => RData::A(A(v4)),
+            (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => RData::AAAA(AAAA(v6)),
+            // The name exists: NOERROR with no data for other types.
+            _ => continue,
+        };
+        response.add_answer(Record::from_rdata(q.name().clone(), TTL, rdata));
+    }
+    Answer::Local(response)
+}
+
+/// Encodes `response` for UDP: if it is bigger than the client said it can
+/// take, only the header and question go, with the TC bit (the client then
+/// asks again over TCP).
+pub fn encode_udp(response: &Message, client_max: u16) -> Option<Vec<u8>> {
+    let bytes = response.to_vec().ok()?;
+    if bytes.len() <= client_max as usize {
+        return Some(bytes);
+    }
+    let mut short = Message::response(response.metadata.id, response.metadata.op_code);
+    short.metadata = response.metadata;
+    short.metadata.truncation = true;
+    short.queries = response.queries.clone();
+    short.edns = response.edns.clone();
+    short.to_vec().ok()
+}
+
+/// The nameservers of a resolv.conf, port 53.
+pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next()? == "nameserver").then(|| words.next())?
+        })
+        .filter_map(|ip| ip.split('%').next()?.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Query;
+    use rand::SeedableRng;
+    use weave_proto::v1::DnsRecord;
+
+    fn map() -> NetworkMap {
+        let rec = |id, name: &str, address: &str| DnsRecord {
+            id,
+            name: name.into(),
+            address: address.into(),
+            ..Default::default()
+        };
+        NetworkMap {
+            dns_domain: "weave.local.".into(),
+            dns_records: vec![
+                rec(1, "web.weave.local.", "10.32.0.1"),
+                rec(2, "web.weave.local.", "10.32.0.2"),
+                rec(3, "db.weave.local.", "10.32.0.3/12"),
+                rec(4, "v6.weave.local.", "fd00::1"),
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn ask(name: &str, t: RecordType) -> Message {
+        let mut m = Message::query();
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+        m
+    }
+
+    fn local(records: &Records, name: &str, t: RecordType, seed: u64) -> Message {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        match answer(records, &ask(name, t), &mut rng) {
+            Answer::Local(m) => m,
+            Answer::Forward => panic!("{name} was forwarded"),
+        }
+    }
+
+    fn addrs(m: &Message) -> Vec<String> {
+        m.answers.iter().map(|r| r.data.to_string()).collect()
+    }
+
+    #[test]
+    fn qualifies_single_labels_and_lowercases() {
+        assert_eq!(qualify("Web", "weave.local."), "web.weave.local.");
+        assert_eq!(qualify("web.", "weave.local."), "web.weave.local.");
+        assert_eq!(qualify("WEB.Weave.Local", "weave.local."), "web.weave.local.");
+        assert_eq!(qualify("example.com.", "weave.local."), "example.com.");
+    }
+
+    #[test]
+    fn parses_reverse_names() {
+        assert_eq!(ptr_address("4.3.2.10.in-addr.arpa."), Some("10.2.3.4".parse().unwrap()));
+        assert_eq!(ptr_address("4.3.2.10.IN-ADDR.ARPA"), Some("10.2.3.4".parse().unwrap()));
+        assert_eq!(ptr_address("3.2.10.in-addr.arpa."), None);
+        assert_eq!(ptr_address("x.3.2.10.in-addr.arpa."), None);
+        let v6 = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.";
+        assert_eq!(ptr_address(v6), Some("fd00::1".parse().unwrap()));
+        assert_eq!(ptr_address("web.weave.local."), None);
+    }
+
+    #[test]
+    fn builds_records_from_the_map() {
+        let r = Records::from_map(&map(), DEFAULT_DOMAIN);
+        assert_eq!(r.len(), 4);
+        assert_eq!(r.lookup("db"), vec!["10.32.0.3".parse::<IpAddr>().unwrap()]);
+        assert_eq!(r.lookup("nope"), Vec::<IpAddr>::new());
+        let empty = NetworkMap::default();
+        assert_eq!(Records::from_map(&empty, "other.").domain, "other.");
+    }
+
+    #[test]
+    fn answers_a_with_every_record_shuffled_and_ttl_1() {
+        let r = Records::from_map(&map(), DEFAULT_DOMAIN);
+        let mut orders = std::collections::HashSet::new();
+        for seed in 0..20 {
+            let m = local(&r, "web.weave.local.", RecordType::A, seed);
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+            assert!(m.answers.iter().all(|a| a.ttl == TTL));
+            let mut got = addrs(&m);
+            orders.insert(got.clone());
+            got.sort();
+            assert_eq!(got, ["10.32.0.1", "10.32.0.2"]);
+        }
+        assert_eq!(orders.len(), 2, "both orders over 20 answers");
+    }
+
+    #[test]
+    fn unqualified_and_mixed_case_names_resolve() {
+        let r = Records::from_map(&map(), DEFAULT_DOMAIN);
+        assert_eq!(addrs(&local(&r, "DB.", RecordType::A, 1)), ["10.32.0.3"]);
+        assert_eq!(addrs(&local(&r, "Db.WEAVE.local.", RecordType::A, 1)), ["10.32.0.3"]);
+    }
+
+    #[test]
+    fn aaaa_ptr_and_nxdomain() {
+        let r = Records::from_map(&map(), DEFAULT_DOMAIN);
+        assert_eq!(addrs(&local(&r, "v6.weave.local.", RecordType::AAAA, 1)), ["fd00::1"]);
+        let none = local(&r, "v6.weave.local.", RecordType::A, 1);
+        assert_eq!((none.metadata.response_code, none.answers.len()), (ResponseCode::NoError, 0));
+        let ptr = local(&r, "3.0.32.10.in-addr.arpa.", RecordType::PTR, 1);
+        assert_eq!(addrs(&ptr), ["db.weave.local."]);
+        let nx = local(&r, "nope.weave.local.", RecordType::A, 1);
+        assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    }
+
+    #[test]
+    fn other_names_and_unknown_addresses_go_upstream() {
+        let r = Records::from_map(&map(), DEFAULT_DOMAIN);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        assert!(matches!(answer(&r, &ask("example.com.", RecordType::A), &mut rng), Answer::Forward));
+        assert!(matches!(answer(&r, &ask("9.9.9.9.in-addr.arpa.", RecordType::PTR), &mut rng), Answer::Forward));
+    }
+
+    #[test]
+    fn big_answers_are_truncated_for_udp() {
+        let mut m = map();
+        m.dns_records = (1..=50)
+            .map(|i| DnsRecord {
+                id: i,
+                name: "many.weave.local.".into(),
+                address: format!("10.40.0.{i}"),
+                ..Default::default()
+            })
+            .collect();
+        let r = Records::from_map(&m, DEFAULT_DOMAIN);
+        let full = local(&r, "many", RecordType::A, 1);
+        assert_eq!(full.answers.len(), 50);
+        let short = Message::from_vec(&encode_udp(&full, 512).unwrap()).unwrap();
+        assert!(short.metadata.truncation && short.answers.is_empty());
+        let fits = Message::from_vec(&encode_udp(&full, 4096).unwrap()).unwrap();
+        assert!(!fits.metadata.truncation && fits.answers.len() == 50);
+    }
+
+    #[test]
+    fn reads_nameservers_from_resolv_conf() {
+        let text = "# c\nsearch x\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\nnameserver bad\noptions ndots:1\n";
+        assert_eq!(parse_resolv_conf(text), ["192.0.2.53:53".parse().unwrap(), "[fe80::1]:53".parse().unwrap()]);
+    }
+}

@@ -1,0 +1,100 @@
+//! Names and sizes of the kernel objects the agent owns: the TUN, one bridge
+//! and one VXLAN device per segment, the workload veths; their MTUs and MACs.
+//! Pure: the host layer creates what these name.
+use std::net::Ipv4Addr;
+
+/// The TUN device that holds the node address.
+pub const TUN_NAME: &str = "wvtun0";
+
+/// The most segments of one TUN super-packet (the TUN's GSO limit, set by
+/// the host layer): the data plane keeps this much room in a read batch.
+pub const TUN_READ_ROOM: usize = 128;
+
+pub const BRIDGE_PREFIX: &str = "wvbr-";
+pub const VXLAN_PREFIX: &str = "wvvx-";
+pub const VXLAN_PORT: u16 = 4789;
+/// IPv4 + UDP + VXLAN + inner Ethernet.
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// WireGuard over IPv6 (the larger of the two underlays): 40 + 8 + 32.
+pub const WIREGUARD_OVERHEAD: u32 = 80;
+
+/// The `proto` of the routes this agent owns (`ip route show proto 87`).
+pub const ROUTE_PROTOCOL: u8 = 87;
+/// Metric of the subnet route on a bridge: the kernel's own route for an
+/// exposed address (metric 0) is preferred while it exists.
+pub const SUBNET_ROUTE_METRIC: u32 = 1000;
+
+pub fn bridge_name(vni: u32) -> String {
+    format!("{BRIDGE_PREFIX}{vni}")
+}
+
+pub fn vxlan_name(vni: u32) -> String {
+    format!("{VXLAN_PREFIX}{vni}")
+}
+
+/// MTUs of the TUN (node addresses) and of every segment, from the underlay's.
+pub fn mtus(underlay: u32) -> (u32, u32) {
+    let tun = underlay.saturating_sub(WIREGUARD_OVERHEAD).max(1280);
+    (tun, tun - VXLAN_OVERHEAD)
+}
+
+/// The fixed MAC of this node's bridges (02:57 + the node address): a bridge
+/// without one takes its lowest port's MAC and changes it as ports come and
+/// go, which would strand the proxy-ARP answers workloads have cached.
+pub fn bridge_mac(local: Ipv4Addr) -> Vec<u8> {
+    let o = local.octets();
+    vec![0x02, 0x57, o[0], o[1], o[2], o[3]]
+}
+
+/// Workload interfaces are named `ethwe`, `ethwe1`, `ethwe2`, … (one per subnet).
+pub const WORKLOAD_IF: &str = "ethwe";
+
+pub fn is_workload_if(name: &str) -> bool {
+    name.strip_prefix(WORKLOAD_IF).is_some_and(|n| n.is_empty() || n.parse::<u32>().is_ok())
+}
+
+/// `02:42:0a:…`: lower-case hex pairs, as Go's `net.ParseMAC` reads them.
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// `ethwe`, then `ethwe1`, `ethwe2`, … : the first name not in `used`.
+pub fn next_ifname(used: &[String]) -> String {
+    (0..)
+        .map(|n| if n == 0 { WORKLOAD_IF.to_string() } else { format!("{WORKLOAD_IF}{n}") })
+        .find(|n| !used.contains(n))
+        .unwrap_or_else(|| WORKLOAD_IF.to_string())
+}
+
+/// The host side of a container's veth: `wv` + 8 hex digits of (netns, vni)
+/// (IFNAMSIZ leaves 15 characters; its temporary peer adds one).
+pub fn host_ifname(inode: u64, vni: u32) -> String {
+    let mut x = inode ^ (u64::from(vni) << 32) ^ u64::from(vni);
+    x = x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    format!("wv{:08x}", (x >> 32) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names() {
+        assert_eq!(next_ifname(&[]), "ethwe");
+        assert_eq!(next_ifname(&["ethwe".into()]), "ethwe1");
+        assert_eq!(next_ifname(&["ethwe1".into()]), "ethwe");
+        assert_eq!(next_ifname(&["ethwe".into(), "ethwe1".into()]), "ethwe2");
+        let h = host_ifname(4026532000, 7);
+        assert!(h.len() <= 14 && h.starts_with("wv"), "{h}");
+        assert_ne!(h, host_ifname(4026532000, 8));
+        assert_ne!(h, host_ifname(4026532001, 7));
+        assert_eq!(format_mac(&[0x02, 0x42, 0x0a, 0, 0xff, 1]), "02:42:0a:00:ff:01");
+    }
+
+    #[test]
+    fn mtus_leave_room_for_wireguard_and_vxlan() {
+        assert_eq!(mtus(1500), (1420, 1370));
+        assert_eq!(mtus(9000), (8920, 8870));
+        assert_eq!(bridge_name(16_777_215).len(), 13);
+    }
+}
