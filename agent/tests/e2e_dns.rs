@@ -12,11 +12,11 @@ use std::{
 };
 
 use common::*;
-use weave_agent::daemon::{
-    dns::DnsServer,
+use weave_agent::daemon::dns::DnsServer;
+use weave_proto::{
     local_api::{self, Request, Response},
+    v1::{AddRecordRequest, AllocateRequest, DnsRecord, NetworkMap, ReleaseRequest},
 };
-use weave_proto::v1::{AddRecordRequest, AllocateRequest, DnsRecord, NetworkMap, ReleaseRequest};
 
 const UPSTREAM_IP: &str = "192.0.2.53";
 const UPSTREAM_NAME: &str = "upstream.example.test";

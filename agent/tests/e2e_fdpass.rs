@@ -9,7 +9,7 @@ use std::{process::Command, time::Duration};
 
 use common::{cni::*, *};
 use serde_json::json;
-use weave_agent::daemon::local_api::{self, Request, Response};
+use weave_proto::local_api::{self, Request, Response};
 
 /// Restarts host `i`'s agent (`agent run`) inside `unshare -m` with a private
 /// empty tmpfs over /run/netns: no container namespace of the bed is
@@ -68,7 +68,7 @@ fn an_agent_that_cannot_see_the_namespaces_attaches_them_by_descriptor() {
     let Response::Error(e) = rt.block_on(local_api::request(&socket, &old)).unwrap() else {
         panic!("the agent attached a path it cannot see")
     };
-    assert!(e.contains("unknown container"), "{e}");
+    assert!(e.kind == local_api::ErrorKind::UnknownContainer && e.message.contains("unknown container"), "{e}");
     assert!(interfaces(&hidden).is_empty(), "{:?}", interfaces(&hidden));
 
     // weavectl passes the descriptor: attached, with a name.

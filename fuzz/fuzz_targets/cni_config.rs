@@ -8,10 +8,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weave_agent::{
-    daemon::local_api::Request,
-    plan::cni::{self, CniError, NetConf},
-};
+use weave_agent::plan::cni::{self, CniError, NetConf};
+use weave_proto::local_api::Request;
 
 /// What the agent receives: one line, parsed as local_api's server does.
 fn over_the_socket(request: &Request) -> Request {

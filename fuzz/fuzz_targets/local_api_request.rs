@@ -7,10 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weave_agent::{
-    daemon::local_api::{Request, Response},
-    plan::addr_spec::AddrSpec,
-};
+use weave_agent::plan::addr_spec::AddrSpec;
+use weave_proto::local_api::{Request, Response};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -34,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
             // Parses again (not compared: serde_json's float parsing may move an f64 by one ulp).
             let _: Response = serde_json::from_str(&encoded).expect("an encoded response parses");
             if let Response::Status(s) = &response {
-                let _ = weave_agent::daemon::local_api::format_status(s);
+                let _ = weave_proto::local_api::format_status(s);
             }
         }
     }

@@ -7,6 +7,8 @@
 //! - [`key`]: WireGuard public keys.
 //! - [`proof`]: the join proof that a re-joining host holds the node's private key.
 //! - [`cidr`]: subnet parsing that refuses host bits and says why.
+//! - [`local_api`]: the agent's local API (requests, answers, error kinds)
+//!   and its socket framing, for the agent, weavectl and weave-cni.
 //! - [`client`]: a TLS channel that trusts only the pinned coordinator, plus
 //!   bearer credentials on every call.
 
@@ -14,6 +16,7 @@ pub mod cidr;
 pub mod client;
 pub mod duration;
 pub mod key;
+pub mod local_api;
 pub mod map;
 #[cfg(feature = "observe")]
 pub mod observe;

@@ -6,10 +6,10 @@
 use std::{fs::File, io::Read, path::Path, process::ExitCode, sync::Arc};
 
 use weave_agent::{
-    daemon::local_api::{self, Request, Response},
     host::netlink::Netlink,
     plan::cni::{self, CniError, NetConf, code},
 };
+use weave_proto::local_api::{self, Request, Response};
 
 fn env(name: &str) -> Result<String, CniError> {
     std::env::var(name)

@@ -18,14 +18,15 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use weave_proto::{
     client::Api,
+    local_api::{Attached, Refusal},
     v1::{AllocateRequest, NetworkMap, ReleaseRequest, Subnet},
 };
 
 use crate::{
+    error::Error,
     host::{
         netlink::{Netlink, WorkloadInterface},
         registry::{self, Names},
@@ -35,22 +36,6 @@ use crate::{
         kernel::{bridge_name, format_mac, host_ifname, next_ifname},
     },
 };
-
-/// The result of one attach, per subnet.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Attached {
-    /// `10.32.0.5/16`.
-    pub address: String,
-    pub subnet: String,
-    /// The interface in the container (`ethwe`, `ethwe1`, …; the bridge for expose).
-    pub interface: String,
-    pub bridge: String,
-    pub mtu: u32,
-    /// The container interface's MAC (`aa:bb:…`; empty for expose): CNI
-    /// runtimes such as podman parse it from the ADD result.
-    #[serde(default)]
-    pub mac: String,
-}
 
 /// How a request named its container, resolved.
 struct Container {
@@ -108,13 +93,15 @@ impl Attacher {
         passed: Option<&File>,
         name: Option<&str>,
         id: Option<&str>,
-    ) -> Result<Container, String> {
+    ) -> Result<Container, Refusal> {
         // The inode a registered name was given to: its path may since lead
         // to another namespace (`ip netns del` then `add`, a reused pid).
         let mut registered_inode = None;
         let mut netns = None;
         let path = if let Some(file) = passed.filter(|_| self.names.get(container).is_none()) {
-            netns = Some(file.try_clone().map_err(|e| format!("the passed namespace of '{container}': {e}"))?);
+            netns = Some(
+                file.try_clone().map_err(|e| Refusal::failed(format!("the passed namespace of '{container}': {e}")))?,
+            );
             PathBuf::from(container)
         } else if container.starts_with('/') {
             PathBuf::from(container)
@@ -127,30 +114,33 @@ impl Attacher {
         {
             Path::new("/run/netns").join(container)
         } else {
-            return Err(format!(
+            return Err(Refusal::unknown_container(format!(
                 "unknown container '{container}': give a netns path, a pid, or a name registered with --name"
-            ));
+            )));
         };
         let netns = match netns {
             Some(n) => n,
-            None => {
-                File::open(&path).map_err(|e| format!("unknown container '{container}': {}: {e}", path.display()))?
-            }
+            None => File::open(&path).map_err(|e| {
+                Refusal::unknown_container(format!("unknown container '{container}': {}: {e}", path.display()))
+            })?,
         };
-        let meta = netns.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
+        let meta = netns.metadata().map_err(|e| Refusal::failed(format!("{}: {e}", path.display())))?;
         // A network namespace file is on nsfs; anything else is not a container.
         if nix::sys::statfs::fstatfs(&netns)
             .map(|s| s.filesystem_type() != nix::sys::statfs::NSFS_MAGIC)
             .unwrap_or(true)
         {
-            return Err(format!("unknown container '{container}': {} is not a network namespace", path.display()));
+            return Err(Refusal::unknown_container(format!(
+                "unknown container '{container}': {} is not a network namespace",
+                path.display()
+            )));
         }
         let inode = meta.ino();
         if registered_inode.is_some_and(|ino| ino != inode) {
-            return Err(format!(
+            return Err(Refusal::unknown_container(format!(
                 "unknown container '{container}': its namespace is gone ({} is another one now)",
                 path.display()
-            ));
+            )));
         }
         let registered = match passed {
             Some(_) => self.names.of_passed(inode, &path),
@@ -163,11 +153,11 @@ impl Attacher {
 
     /// The subnets `specs` name, checked against the map (waits a little for
     /// a subnet that was just added to reach it).
-    async fn subnets(&self, specs: &[AddrSpec]) -> Result<Vec<(AddrSpec, Subnet)>, String> {
+    async fn subnets(&self, specs: &[AddrSpec]) -> Result<Vec<(AddrSpec, Subnet)>, Refusal> {
         let mut maps = self.maps.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         loop {
-            let found: Result<Vec<_>, String> = {
+            let found: Result<Vec<_>, Refusal> = {
                 let map = maps.borrow_and_update();
                 specs.iter().map(|s| s.subnet(&map).map(|sub| (s.clone(), sub.clone()))).collect()
             };
@@ -206,14 +196,14 @@ impl Attacher {
     }
 
     /// Releases `key`'s address on `subnet` (every subnet if empty).
-    async fn release(&self, key: &str, subnet: &str) -> Result<Vec<String>, String> {
+    async fn release(&self, key: &str, subnet: &str) -> Result<Vec<String>, Refusal> {
         let req = ReleaseRequest { container: key.to_string(), subnet: subnet.to_string(), ..Default::default() };
         match self.api.ipam.clone().release(req).await {
             Ok(r) => Ok(r.into_inner().released.into_iter().map(|a| a.address).collect()),
             // Nothing held under that key: already released (a repeated
             // detach or CNI DEL), which is what was asked.
             Err(s) if s.code() == tonic::Code::NotFound => Ok(Vec::new()),
-            Err(s) => Err(s.message().to_string()),
+            Err(s) => Err(Refusal::status(&s)),
         }
     }
 
@@ -227,7 +217,7 @@ impl Attacher {
         inode: Option<u64>,
         name: Option<&str>,
         addrs: &[String],
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, Refusal> {
         let subnets: Vec<Subnet> = if addrs.is_empty() {
             self.maps.borrow().subnets.clone()
         } else {
@@ -236,7 +226,7 @@ impl Attacher {
         };
         if let Some(inode) = inode {
             for s in &subnets {
-                self.netlink.delete_link(&host_ifname(inode, s.vni)).await.map_err(|e| e.to_string())?;
+                self.netlink.delete_link(&host_ifname(inode, s.vni)).await.map_err(failed)?;
             }
         }
         let released = if addrs.is_empty() {
@@ -263,7 +253,7 @@ impl Attacher {
         key: &str,
         dns: &str,
         wanted: &[(AddrSpec, Subnet)],
-    ) -> Result<Vec<(Subnet, Ipv4Addr, u8)>, String> {
+    ) -> Result<Vec<(Subnet, Ipv4Addr, u8)>, Refusal> {
         let held = self.held(key);
         let mut out = Vec::new();
         for (spec, subnet) in wanted {
@@ -287,11 +277,13 @@ impl Attacher {
                             let _ = self.release(key, &sub.cidr).await;
                         }
                     }
-                    return Err(s.message().to_string());
+                    return Err(Refusal::status(&s));
                 }
             };
-            let net: Ipv4Net =
-                got.address.parse().map_err(|_| format!("the coordinator gave a bad address '{}'", got.address))?;
+            let net: Ipv4Net = got
+                .address
+                .parse()
+                .map_err(|_| Refusal::failed(format!("the coordinator gave a bad address '{}'", got.address)))?;
             out.push((subnet.clone(), net.addr(), net.prefix_len()));
         }
         Ok(out)
@@ -308,7 +300,7 @@ impl Attacher {
         ifname: Option<&str>,
         addrs: &[String],
         multicast: bool,
-    ) -> Result<Vec<Attached>, String> {
+    ) -> Result<Vec<Attached>, Refusal> {
         let specs = AddrSpec::parse_all(addrs)?;
         let _one = self.lock.lock().await;
         let c = self.resolve(container, passed, name, id)?;
@@ -325,7 +317,9 @@ impl Attacher {
                     }
                     _ => false,
                 };
-                self.names.check(n, container, c.inode, passed.map(|_| c.path.as_path()), holder_plugged)?
+                self.names
+                    .check(n, container, c.inode, passed.map(|_| c.path.as_path()), holder_plugged)
+                    .map_err(Refusal::conflict)?
             }
             None => None,
         };
@@ -335,15 +329,18 @@ impl Attacher {
         if let (Some(n), Some(inode)) = (registered, stale) {
             self.retire(n, Some(inode), Some(n), &[]).await?;
         }
-        let inside = Netlink::in_netns(&c.netns).await.map_err(|e| e.to_string())?;
-        let before = inside.workload_interfaces(ifname).await.map_err(|e| e.to_string())?;
+        let inside = Netlink::in_netns(&c.netns).await.map_err(failed)?;
+        let before = inside.workload_interfaces(ifname).await.map_err(failed)?;
         // An explicit address that differs from the one the container has on
         // that subnet is a conflict, not a second interface.
         for (spec, subnet) in &wanted {
             if let (AddrSpec::Ip(ip, _), Some((_, have))) = (spec, on_subnet(&before, &subnet.cidr))
                 && have != *ip
             {
-                return Err(format!("container '{container}' already has {have} on subnet {}", subnet.cidr));
+                return Err(Refusal::conflict(format!(
+                    "container '{container}' already has {have} on subnet {}",
+                    subnet.cidr
+                )));
             }
         }
         let previously = self.held(&c.key);
@@ -363,26 +360,23 @@ impl Attacher {
                             _ => next_ifname(&used),
                         };
                         let host_if = host_ifname(c.inode, subnet.vni);
-                        self.netlink
-                            .plug_veth(&host_if, &bridge, &c.netns, &ifname, self.mtu)
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        self.netlink.plug_veth(&host_if, &bridge, &c.netns, &ifname, self.mtu).await.map_err(failed)?;
                         created.push(ifname.clone());
                         used.push(ifname.clone());
                         ifname
                     }
                 };
-                inside.configure_workload(&ifname, *ip, *len, multicast).await.map_err(|e| e.to_string())?;
+                inside.configure_workload(&ifname, *ip, *len, multicast).await.map_err(failed)?;
                 let mac = inside
                     .workload_interfaces(Some(&ifname))
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(failed)?
                     .into_iter()
                     .find(|i| i.name == ifname)
                     .map(|i| i.mac)
-                    .ok_or_else(|| format!("{ifname} vanished from the container"))?;
-                self.netlink.pin_neighbour(&bridge, *ip, &mac).await.map_err(|e| e.to_string())?;
-                Ok::<_, String>((ifname, mac))
+                    .ok_or_else(|| Refusal::failed(format!("{ifname} vanished from the container")))?;
+                self.netlink.pin_neighbour(&bridge, *ip, &mac).await.map_err(failed)?;
+                Ok::<_, Refusal>((ifname, mac))
             };
             match step.await {
                 Ok((ifname, mac)) => result.push(Attached {
@@ -425,7 +419,7 @@ impl Attacher {
         id: Option<&str>,
         ifname: Option<&str>,
         addrs: &[String],
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, Refusal> {
         let _one = self.lock.lock().await;
         let c = match self.resolve(container, passed, None, id) {
             Ok(c) => c,
@@ -440,8 +434,8 @@ impl Attacher {
                 };
             }
         };
-        let inside = Netlink::in_netns(&c.netns).await.map_err(|e| e.to_string())?;
-        let before = inside.workload_interfaces(ifname).await.map_err(|e| e.to_string())?;
+        let inside = Netlink::in_netns(&c.netns).await.map_err(failed)?;
+        let before = inside.workload_interfaces(ifname).await.map_err(failed)?;
         let held = self.held(&c.key);
         let subnets: Vec<String> = if addrs.is_empty() {
             let map = self.maps.borrow();
@@ -458,7 +452,10 @@ impl Attacher {
             let wanted = self.subnets(&specs).await?;
             for (_, s) in &wanted {
                 if !held.contains_key(&s.id) && on_subnet(&before, &s.cidr).is_none() {
-                    return Err(format!("container '{container}' is not attached to subnet {}", s.cidr));
+                    return Err(Refusal::not_found(format!(
+                        "container '{container}' is not attached to subnet {}",
+                        s.cidr
+                    )));
                 }
             }
             wanted.into_iter().map(|(_, s)| s.cidr).collect()
@@ -466,7 +463,7 @@ impl Attacher {
         let mut released = Vec::new();
         for cidr in &subnets {
             if let Some((i, ip)) = on_subnet(&before, cidr) {
-                inside.delete_link(&i.name).await.map_err(|e| e.to_string())?;
+                inside.delete_link(&i.name).await.map_err(failed)?;
                 // Best effort: the reconcile also removes pins of addresses no longer ours.
                 let bridge = self.maps.borrow().subnets.iter().find(|s| s.cidr == *cidr).map(|s| bridge_name(s.vni));
                 if let Some(bridge) = bridge
@@ -487,7 +484,7 @@ impl Attacher {
 
     /// `expose`: an address on each subnet's bridge for this host (container
     /// `host:<node>` in IPAM).
-    pub async fn expose(&self, addrs: &[String]) -> Result<Vec<Attached>, String> {
+    pub async fn expose(&self, addrs: &[String]) -> Result<Vec<Attached>, Refusal> {
         let specs = AddrSpec::parse_all(addrs)?;
         let _one = self.lock.lock().await;
         let key = format!("host:{}", self.node_name);
@@ -504,7 +501,7 @@ impl Attacher {
                         let _ = self.release(&key, &s.cidr).await;
                     }
                 }
-                return Err(e.to_string());
+                return Err(failed(e));
             }
             result.push(Attached {
                 address: format!("{ip}/{len}"),
@@ -519,7 +516,7 @@ impl Attacher {
     }
 
     /// `hide`: removes this host's address from the given subnets (all if none).
-    pub async fn hide(&self, addrs: &[String]) -> Result<Vec<String>, String> {
+    pub async fn hide(&self, addrs: &[String]) -> Result<Vec<String>, Refusal> {
         let _one = self.lock.lock().await;
         let key = format!("host:{}", self.node_name);
         let held = self.held(&key);
@@ -530,7 +527,7 @@ impl Attacher {
             let wanted = self.subnets(&specs).await?;
             for (_, s) in &wanted {
                 if !held.contains_key(&s.id) {
-                    return Err(format!("this host is not exposed on subnet {}", s.cidr));
+                    return Err(Refusal::not_found(format!("this host is not exposed on subnet {}", s.cidr)));
                 }
             }
             wanted.into_iter().map(|(_, s)| s).collect()
@@ -541,7 +538,7 @@ impl Attacher {
                 self.netlink
                     .set_address(&bridge_name(s.vni), addr.addr(), addr.prefix_len(), false)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(failed)?;
             }
             released.extend(self.release(&key, &s.cidr).await?);
         }
@@ -555,4 +552,9 @@ fn on_subnet<'i>(ifaces: &'i [WorkloadInterface], cidr: &str) -> Option<(&'i Wor
     ifaces.iter().find_map(|i| {
         i.addresses.iter().find(|(ip, len)| net.contains(ip) && *len == net.prefix_len()).map(|(ip, _)| (i, *ip))
     })
+}
+
+/// A kernel call that failed: no kind of its own.
+fn failed(e: Error) -> Refusal {
+    Refusal::failed(e.to_string())
 }

@@ -9,6 +9,7 @@ use std::{
 use tokio::sync::watch;
 use weave_proto::{
     client::{Api, connect, connect_lazy, error_chain},
+    local_api::{self, Request, Response},
     token::JoinToken,
     v1::{ChallengeRequest, JoinRequest, NetworkMap},
 };
@@ -18,7 +19,6 @@ use super::{
     config::{AllocateArgs, JoinArgs, ResetArgs, RunArgs, StatusArgs},
     control,
     dns::{self, DnsServer},
-    local_api::{self, Request, Response},
     service::LocalService,
 };
 use crate::{
@@ -235,7 +235,8 @@ async fn serve(
     dns.restore().await;
     let (map_tx, map_rx) = watch::channel(map);
     let connected = Arc::new(AtomicBool::new(false));
-    let listener = local_api::bind(&args.paths.socket)?;
+    let listener =
+        local_api::bind(&args.paths.socket).map_err(|e| Error::Io(args.paths.socket.display().to_string(), e))?;
     let metrics_listener = match args.metrics_addr().map_err(Error::State)? {
         Some(addr) => Some(
             weave_proto::observe::bind(addr)
@@ -344,10 +345,10 @@ pub async fn reset(args: ResetArgs) -> Result<(), Error> {
 
 /// `agent status`: asks the running agent.
 pub async fn status(args: StatusArgs) -> Result<String, Error> {
-    match local_api::request(&args.socket, &Request::Status).await? {
+    match local_api::request(&args.socket, &Request::Status).await.map_err(|e| socket_error(&args.socket, e))? {
         Response::Status(s) if args.json => serde_json::to_string_pretty(&s).map_err(|e| Error::State(e.to_string())),
         Response::Status(s) => Ok(local_api::format_status(&s)),
-        Response::Error(e) => Err(Error::State(e)),
+        Response::Error(e) => Err(Error::State(e.message)),
         other => Err(Error::State(format!("unexpected answer: {other:?}"))),
     }
 }
@@ -355,10 +356,18 @@ pub async fn status(args: StatusArgs) -> Result<String, Error> {
 /// `agent allocate`: an address and a bridge for a workload, through the running agent.
 pub async fn allocate(args: AllocateArgs) -> Result<String, Error> {
     let request = Request::Allocate { container: args.container, subnet: args.subnet };
-    match local_api::request(&args.socket, &request).await? {
+    match local_api::request(&args.socket, &request).await.map_err(|e| socket_error(&args.socket, e))? {
         Response::Allocated(a) => Ok(format!("{} {} {}\n", a.address, a.bridge, a.mtu)),
-        Response::Error(e) => Err(Error::State(e)),
+        Response::Error(e) => Err(Error::State(e.message)),
         other => Err(Error::State(format!("unexpected answer: {other:?}"))),
+    }
+}
+
+/// A failed exchange with the running agent: the socket's error, or an answer that is not JSON.
+fn socket_error(socket: &std::path::Path, e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::InvalidData => Error::State(e.to_string()),
+        _ => Error::Io(socket.display().to_string(), e),
     }
 }
 

@@ -8,6 +8,5 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod dns;
-pub mod local_api;
 pub mod metrics;
 pub mod service;

@@ -16,11 +16,11 @@ use weave_proto::{
     v1::{AllocateRequest, NetworkMap, ReleaseRequest},
 };
 
-use super::{
-    attach::{Attached, Attacher},
-    dns::DnsServer,
-    local_api::{AgentStatus, Attachment, Handler, Reply, Request, Response, SegmentStatus},
+use weave_proto::local_api::{
+    AgentStatus, Attached, Attachment, ErrorKind, Handler, Refusal, Reply, Request, Response, SegmentStatus,
 };
+
+use super::{attach::Attacher, dns::DnsServer};
 use crate::{
     dataplane::{Transport, tun_udp::TunUdp},
     host::state::Identity,
@@ -56,7 +56,7 @@ impl Handler for LocalService {
                 }
                 Request::DnsServe { netns, key } => match self.dns.serve_in(std::path::Path::new(&netns), &key).await {
                     Ok(()) => Response::Done,
-                    Err(e) => Response::Error(e.to_string()),
+                    Err(e) => Response::Error(Refusal::failed(e.to_string())),
                 },
                 Request::DnsStop { key } => {
                     self.dns.stop(&key);
@@ -93,7 +93,7 @@ impl Handler for LocalService {
                     let req = ReleaseRequest { container, ..Default::default() };
                     match self.api.ipam.clone().release(req).await {
                         Ok(r) => Response::Released(r.into_inner().released.into_iter().map(|a| a.address).collect()),
-                        Err(s) => Response::Error(s.message().to_string()),
+                        Err(s) => Response::Error(Refusal::status(&s)),
                     }
                 }
             };
@@ -103,11 +103,11 @@ impl Handler for LocalService {
     }
 }
 
-fn reply_attached(r: Result<Vec<Attached>, String>) -> Response {
+fn reply_attached(r: Result<Vec<Attached>, Refusal>) -> Response {
     r.map_or_else(Response::Error, Response::Attached)
 }
 
-fn reply_released(r: Result<Vec<String>, String>) -> Response {
+fn reply_released(r: Result<Vec<String>, Refusal>) -> Response {
     r.map_or_else(Response::Error, Response::Released)
 }
 
@@ -232,7 +232,7 @@ impl LocalService {
         let req = AllocateRequest { container, subnet, ..Default::default() };
         let alloc = match self.api.ipam.clone().allocate(req).await {
             Ok(a) => a.into_inner(),
-            Err(s) => return Response::Error(s.message().to_string()),
+            Err(s) => return Response::Error(Refusal::status(&s)),
         };
         // The subnet's vni comes from the map; a brand-new subnet may not have
         // reached it yet.
@@ -250,7 +250,10 @@ impl LocalService {
         .await
         .unwrap_or(0);
         if vni == 0 {
-            return Response::Error(format!("subnet {} is not in this agent's map yet", alloc.subnet));
+            return Response::Error(Refusal::new(
+                ErrorKind::Unavailable,
+                format!("subnet {} is not in this agent's map yet", alloc.subnet),
+            ));
         }
         Response::Allocated(Attachment {
             address: alloc.address,

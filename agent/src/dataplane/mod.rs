@@ -11,9 +11,7 @@
 pub mod router;
 pub mod tun_udp;
 
-use std::net::{Ipv4Addr, SocketAddr};
-
-use serde::{Deserialize, Serialize};
+pub use weave_proto::local_api::PeerStatus;
 
 use crate::plan::netmap::PeerConfig;
 
@@ -23,19 +21,4 @@ pub trait Transport: Send + Sync {
     /// changed keys rebuild the tunnel, changed endpoints are taken over.
     fn set_peers(&self, peers: &[PeerConfig]);
     fn status(&self) -> Vec<PeerStatus>;
-}
-
-/// One peer as the local status API reports it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PeerStatus {
-    pub node_id: u64,
-    pub name: String,
-    pub address: Ipv4Addr,
-    pub endpoint: Option<SocketAddr>,
-    /// Seconds since the last completed handshake; `None` before the first.
-    pub handshake_age_secs: Option<f64>,
-    pub tx_bytes: u64,
-    pub rx_bytes: u64,
-    /// Decrypted packets dropped because their inner source was not the peer's address.
-    pub dropped_spoofed: u64,
 }

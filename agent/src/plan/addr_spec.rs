@@ -4,7 +4,10 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use weave_proto::v1::{NetworkMap, Subnet};
+use weave_proto::{
+    local_api::Refusal,
+    v1::{NetworkMap, Subnet},
+};
 
 /// One `ADDR` of `weavectl attach|detach|expose|hide`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,28 +21,36 @@ pub enum AddrSpec {
 }
 
 impl AddrSpec {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, Refusal> {
         if let Some(net) = s.strip_prefix("net:") {
             if net == "default" {
                 return Ok(Self::Default);
             }
-            let cidr: Ipv4Net = net.parse().map_err(|_| format!("'{s}': expected net:default or net:<CIDR>"))?;
+            let cidr: Ipv4Net =
+                net.parse().map_err(|_| Refusal::invalid(format!("'{s}': expected net:default or net:<CIDR>")))?;
             if cidr.network() != cidr.addr() {
-                return Err(format!("'{s}': {cidr} is not a network address (did you mean ip:{cidr}?)"));
+                return Err(Refusal::invalid(format!(
+                    "'{s}': {cidr} is not a network address (did you mean ip:{cidr}?)"
+                )));
             }
             return Ok(Self::Net(cidr));
         }
         let ip = s.strip_prefix("ip:").unwrap_or(s);
-        let (addr, len) =
-            ip.split_once('/').ok_or_else(|| format!("'{s}': an address needs its prefix length (ip:<IP>/<len>)"))?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("'{s}': '{addr}' is not an IPv4 address"))?;
-        let len: u8 =
-            len.parse().ok().filter(|l| *l <= 32).ok_or_else(|| format!("'{s}': bad prefix length '{len}'"))?;
+        let (addr, len) = ip
+            .split_once('/')
+            .ok_or_else(|| Refusal::invalid(format!("'{s}': an address needs its prefix length (ip:<IP>/<len>)")))?;
+        let addr: Ipv4Addr =
+            addr.parse().map_err(|_| Refusal::invalid(format!("'{s}': '{addr}' is not an IPv4 address")))?;
+        let len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| *l <= 32)
+            .ok_or_else(|| Refusal::invalid(format!("'{s}': bad prefix length '{len}'")))?;
         Ok(Self::Ip(addr, len))
     }
 
     /// All of `addrs`, or `net:default` if there are none.
-    pub fn parse_all(addrs: &[String]) -> Result<Vec<Self>, String> {
+    pub fn parse_all(addrs: &[String]) -> Result<Vec<Self>, Refusal> {
         if addrs.is_empty() {
             return Ok(vec![Self::Default]);
         }
@@ -47,28 +58,28 @@ impl AddrSpec {
     }
 
     /// The subnet of the map this spec names.
-    pub fn subnet<'m>(&self, map: &'m NetworkMap) -> Result<&'m Subnet, String> {
+    pub fn subnet<'m>(&self, map: &'m NetworkMap) -> Result<&'m Subnet, Refusal> {
         let cidr = |s: &Subnet| s.cidr.parse::<Ipv4Net>().ok();
         match self {
-            Self::Default => map.subnets.iter().find(|s| s.is_default).ok_or_else(|| "no default subnet".to_string()),
-            Self::Net(net) => map
-                .subnets
-                .iter()
-                .find(|s| cidr(s) == Some(*net))
-                .ok_or_else(|| format!("subnet {net} is not defined (weavectl subnet add {net})")),
+            Self::Default => {
+                map.subnets.iter().find(|s| s.is_default).ok_or_else(|| Refusal::not_found("no default subnet"))
+            }
+            Self::Net(net) => {
+                map.subnets.iter().find(|s| cidr(s) == Some(*net)).ok_or_else(|| {
+                    Refusal::not_found(format!("subnet {net} is not defined (weavectl subnet add {net})"))
+                })
+            }
             Self::Ip(ip, len) => {
-                let s = map
-                    .subnets
-                    .iter()
-                    .find(|s| cidr(s).is_some_and(|c| c.contains(ip)))
-                    .ok_or_else(|| format!("address {ip}/{len} is outside every subnet (weavectl subnet ls)"))?;
+                let s = map.subnets.iter().find(|s| cidr(s).is_some_and(|c| c.contains(ip))).ok_or_else(|| {
+                    Refusal::invalid(format!("address {ip}/{len} is outside every subnet (weavectl subnet ls)"))
+                })?;
                 match cidr(s) {
                     Some(c) if c.prefix_len() == *len => Ok(s),
-                    _ => Err(format!(
+                    _ => Err(Refusal::invalid(format!(
                         "address {ip}/{len} is outside subnet {}: use ip:{ip}/{}",
                         s.cidr,
                         s.cidr.split('/').nth(1).unwrap_or("?")
-                    )),
+                    ))),
                 }
             }
         }
@@ -78,6 +89,7 @@ impl AddrSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weave_proto::local_api::ErrorKind;
 
     #[test]
     fn addr_specs_parse() {
@@ -104,10 +116,11 @@ mod tests {
         assert_eq!(AddrSpec::parse("net:10.2.3.0/24").unwrap().subnet(&map).unwrap().id, 2);
         assert_eq!(AddrSpec::parse("10.2.3.9/24").unwrap().subnet(&map).unwrap().id, 2);
         let e = AddrSpec::parse("net:10.9.0.0/24").unwrap().subnet(&map).unwrap_err();
-        assert!(e.contains("not defined"), "{e}");
+        assert!(e.kind == ErrorKind::NotFound && e.message.contains("not defined"), "{e}");
         let e = AddrSpec::parse("10.2.3.9/16").unwrap().subnet(&map).unwrap_err();
-        assert!(e.contains("outside subnet 10.2.3.0/24"), "{e}");
+        assert!(e.kind == ErrorKind::Invalid && e.message.contains("outside subnet 10.2.3.0/24"), "{e}");
         let e = AddrSpec::parse("10.9.9.9/24").unwrap().subnet(&map).unwrap_err();
-        assert!(e.contains("outside every subnet"), "{e}");
+        assert!(e.kind == ErrorKind::Invalid && e.message.contains("outside every subnet"), "{e}");
+        assert_eq!(AddrSpec::parse("10.2.3.7").unwrap_err().kind, ErrorKind::Invalid);
     }
 }

@@ -5,6 +5,7 @@
 //! the namespace check.
 use serde::Deserialize;
 use serde_json::{Value, json};
+use weave_proto::local_api::{ErrorKind, Refusal};
 
 pub const CNI_VERSION: &str = "1.0.0";
 pub const DOMAIN: &str = "weave.local";
@@ -150,10 +151,19 @@ pub fn container_key(container_id: &str) -> String {
     format!("cni:{container_id}")
 }
 
-/// Sorts an agent refusal into the spec's codes.
-pub fn refusal(msg: &str) -> CniError {
-    let code = if msg.contains("unknown container") { code::UNKNOWN_CONTAINER } else { code::REFUSED };
-    CniError::new(code, "weave agent refused", msg)
+/// Sorts an agent refusal into the spec's codes, by its kind.
+pub fn refusal(refusal: &Refusal) -> CniError {
+    let code = match refusal.kind {
+        ErrorKind::UnknownContainer => code::UNKNOWN_CONTAINER,
+        ErrorKind::Unavailable => code::TRY_AGAIN,
+        ErrorKind::Invalid
+        | ErrorKind::NotFound
+        | ErrorKind::Conflict
+        | ErrorKind::Exhausted
+        | ErrorKind::Denied
+        | ErrorKind::Failed => code::REFUSED,
+    };
+    CniError::new(code, "weave agent refused", &refusal.message)
 }
 
 #[cfg(test)]
@@ -192,7 +202,24 @@ mod tests {
         assert_eq!(version_result()["supportedVersions"][0], "1.0.0");
         let e = CniError::new(code::BAD_CONFIG, "m", "d").to_json();
         assert_eq!((e["code"].as_u64(), e["msg"].as_str()), (Some(7), Some("m")));
-        assert_eq!(refusal("unknown container 'x'").code, code::UNKNOWN_CONTAINER);
+    }
+
+    #[test]
+    fn refusals_map_to_codes_by_kind() {
+        let code_of = |kind| refusal(&Refusal::new(kind, "m")).code;
+        assert_eq!(code_of(ErrorKind::UnknownContainer), code::UNKNOWN_CONTAINER);
+        assert_eq!(code_of(ErrorKind::Unavailable), code::TRY_AGAIN);
+        for kind in [
+            ErrorKind::Invalid,
+            ErrorKind::NotFound,
+            ErrorKind::Conflict,
+            ErrorKind::Exhausted,
+            ErrorKind::Denied,
+            ErrorKind::Failed,
+        ] {
+            assert_eq!(code_of(kind), code::REFUSED, "{kind:?}");
+        }
+        assert_eq!(refusal(&Refusal::failed("why")).to_json()["details"], "why");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use weave_agent::daemon::local_api::AgentStatus;
+use weave_proto::local_api::AgentStatus;
 use weave_proto::{client::Api, token::AdminCredential};
 
 static SERIAL: Mutex<()> = Mutex::new(());

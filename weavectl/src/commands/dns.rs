@@ -4,6 +4,7 @@ use std::{net::IpAddr, path::Path};
 use serde_json::{Value, json};
 use weave_proto::{
     client::Api,
+    local_api::{Request, Response},
     v1::{AddRecordRequest, DnsRecord, ListRecordsRequest, LookupRequest, RemoveRecordsRequest},
 };
 
@@ -67,15 +68,15 @@ pub(super) async fn run(api: &mut Api, out: &Output, command: DnsCommand) -> Out
 /// `None` when no agent answers there, so the caller asks the coordinator.
 pub(super) async fn lookup_local(socket: &Path, name: &str, out: &Output) -> Option<Outcome> {
     let what = format!("looking up {name}");
-    let answer = match super::local::request(socket, &what, json!({ "method": "dns_lookup", "name": name })).await {
-        Ok(a) => a,
+    let lookup = Request::DnsLookup { name: name.to_string() };
+    let (qualified, addresses) = match super::local::request(socket, &what, &lookup).await {
+        Ok(Response::Dns { name, addresses }) => (name, addresses),
+        Ok(other) => {
+            return Some(Err(Failure::new(Exit::Other, what, format!("unexpected answer from the agent: {other:?}"))));
+        }
         Err(e) if e.exit == Exit::Unreachable => return None,
         Err(e) => return Some(Err(e)),
     };
-    let found = &answer["dns"];
-    let qualified = found["name"].as_str().unwrap_or(name).to_string();
-    let addresses: Vec<String> =
-        found["addresses"].as_array().into_iter().flatten().filter_map(|a| a.as_str().map(str::to_string)).collect();
     if addresses.is_empty() {
         return Some(Err(Failure::new(Exit::NotFound, what, format!("no record for {qualified}"))));
     }

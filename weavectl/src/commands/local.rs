@@ -1,21 +1,17 @@
-//! Host actions through the local agent's Unix socket (JSON lines, the same
-//! protocol as `agent status`): attach/detach, expose/hide, `status peers`.
+//! Host actions through the local agent's Unix socket (`weave_proto::local_api`,
+//! the same contract as `agent status` and weave-cni): attach/detach,
+//! expose/hide, `status peers`. The agent's refusals carry a kind, which
+//! alone decides the exit code.
 //! Attach and detach send the container's namespace as an open descriptor
 //! (SCM_RIGHTS, `"netns_fd": true`): the agent may live in another mount
 //! namespace (a DaemonSet pod) and not see this one's `/run/netns`.
 use std::{
     fs::File,
-    io::IoSlice,
-    os::fd::{AsRawFd, RawFd},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
-use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest},
-    net::UnixStream,
-};
+use weave_proto::local_api::{self, Attached, ErrorKind, Refusal, Request, Response};
 
 use super::Output;
 use crate::{
@@ -24,50 +20,38 @@ use crate::{
     table::Table,
 };
 
-/// One request, one answer: `{"<kind>": …}` or `{"error": "…"}`.
-pub(crate) async fn request(socket: &Path, what: &str, req: Value) -> Outcome<Value> {
-    request_with(socket, what, req, None).await
+/// One request, one answer; a refusal becomes a [`Failure`] by its kind.
+pub(crate) async fn request(socket: &Path, what: &str, req: &Request) -> Outcome<Response> {
+    let answer = local_api::request(socket, req).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => Failure::new(Exit::Other, what, e),
+        _ => Failure::new(Exit::Unreachable, format!("cannot reach the agent at {}", socket.display()), e),
+    })?;
+    match answer {
+        Response::Error(refusal) => Err(refused(what, refusal)),
+        answer => Ok(answer),
+    }
 }
 
-/// [`request`], with `netns` sent as a descriptor along with the request.
-async fn request_with(socket: &Path, what: &str, req: Value, netns: Option<&File>) -> Outcome<Value> {
-    let unreachable = |e: std::io::Error| {
-        Failure::new(Exit::Unreachable, format!("cannot reach the agent at {}", socket.display()), e)
-    };
-    let stream = UnixStream::connect(socket).await.map_err(unreachable)?;
-    let mut line = req.to_string();
-    line.push('\n');
-    let sent = match netns {
-        Some(f) => send_with_fd(&stream, line.as_bytes(), f.as_raw_fd()).await.map_err(unreachable)?,
-        None => 0,
-    };
-    let (read, mut write) = stream.into_split();
-    write.write_all(&line.as_bytes()[sent..]).await.map_err(unreachable)?;
-    let answer = BufReader::new(read).lines().next_line().await.map_err(unreachable)?.unwrap_or_default();
-    let answer: Value = serde_json::from_str(&answer)
-        .map_err(|e| Failure::new(Exit::Other, what, format!("bad answer from the agent: {e}")))?;
-    if let Some(e) = answer.get("error") {
-        let why = e.as_str().unwrap_or("error").to_string();
-        return Err(Failure::new(exit_for(&why), what, why));
+/// weavectl's exit code for each kind of refusal (see `weavectl --help`).
+fn exit_for(kind: ErrorKind) -> Exit {
+    match kind {
+        ErrorKind::Invalid => Exit::Usage,
+        ErrorKind::UnknownContainer | ErrorKind::NotFound => Exit::NotFound,
+        ErrorKind::Conflict => Exit::Conflict,
+        ErrorKind::Exhausted => Exit::Exhausted,
+        ErrorKind::Denied => Exit::Denied,
+        ErrorKind::Unavailable => Exit::Unreachable,
+        ErrorKind::Failed => Exit::Other,
     }
-    Ok(answer)
 }
 
-/// Sends `bytes` with `fd` attached to the first one (the agent takes it
-/// as the request's namespace).
-async fn send_with_fd(stream: &UnixStream, bytes: &[u8], fd: RawFd) -> std::io::Result<usize> {
-    loop {
-        stream.writable().await?;
-        let sent = stream.try_io(Interest::WRITABLE, || {
-            let fds = [fd];
-            let cmsg = [ControlMessage::ScmRights(&fds)];
-            Ok(sendmsg::<()>(stream.as_raw_fd(), &[IoSlice::new(bytes)], &cmsg, MsgFlags::empty(), None)?)
-        });
-        match sent {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            other => return other,
-        }
-    }
+fn refused(what: &str, refusal: Refusal) -> Failure {
+    Failure::new(exit_for(refusal.kind), what, refusal.message)
+}
+
+/// An answer of another kind than the request asks for.
+fn unexpected(what: &str, answer: &Response) -> Failure {
+    Failure::new(Exit::Other, what, format!("unexpected answer from the agent: {answer:?}"))
 }
 
 /// The namespace file a container argument names as the agent reads it (a
@@ -85,35 +69,11 @@ fn netns_path(container: &str) -> Option<PathBuf> {
     }
 }
 
-/// Sends `req` about `container`, with its namespace when this process can
-/// open it. A namespace it cannot open goes by name: the agent then says
-/// what is wrong (or finds a registered name, or a CNI id).
-async fn request_about(socket: &Path, what: &str, mut req: Value, container: &str) -> Outcome<Value> {
-    let netns = netns_path(container).and_then(|p| File::open(p).ok());
-    if netns.is_some() {
-        req["netns_fd"] = json!(true);
-    }
-    request_with(socket, what, req, netns.as_ref()).await
-}
-
-/// The agent answers in sentences; the exit code follows weavectl's table.
-fn exit_for(why: &str) -> Exit {
-    let w = why.to_ascii_lowercase();
-    if w.contains("unknown container")
-        || w.contains("not defined")
-        || w.contains("not attached")
-        || w.contains("not exposed")
-    {
-        Exit::NotFound
-    } else if w.contains("held by") || w.contains("already") || w.contains("in use") {
-        Exit::Conflict
-    } else if w.contains("outside") || w.contains("expected") || w.contains("prefix") || w.contains("not an ipv4") {
-        Exit::Usage
-    } else if w.contains("no free") || w.contains("exhausted") {
-        Exit::Exhausted
-    } else {
-        Exit::Other
-    }
+/// The container's namespace, when this process can open it: it goes to the
+/// agent as a descriptor. One it cannot open goes by name: the agent then
+/// says what is wrong (or finds a registered name, or a CNI id).
+fn open_netns(container: &str) -> Option<Arc<File>> {
+    netns_path(container).and_then(|p| File::open(p).ok()).map(Arc::new)
 }
 
 pub(crate) async fn run(socket: &Path, out: &Output, c: LocalCommand) -> Outcome {
@@ -121,24 +81,52 @@ pub(crate) async fn run(socket: &Path, out: &Output, c: LocalCommand) -> Outcome
         LocalCommand::Attach { args, name, no_multicast_route: no_multicast } => {
             let (addrs, container) = split_container(args)?;
             let what = format!("attaching {container}");
-            let req = json!({"method": "attach", "container": container, "name": name, "addrs": addrs, "no_multicast": no_multicast});
-            let answer = request_about(socket, &what, req, &container).await?;
-            print_addresses(out, &answer["attached"]);
+            let netns = open_netns(&container);
+            let req = Request::Attach {
+                container: container.clone(),
+                netns_fd: netns.is_some(),
+                netns,
+                name,
+                id: None,
+                ifname: None,
+                addrs,
+                no_multicast,
+            };
+            match request(socket, &what, &req).await? {
+                Response::Attached(list) => print_addresses(out, &list),
+                other => return Err(unexpected(&what, &other)),
+            }
         }
         LocalCommand::Detach { args } => {
             let (addrs, container) = split_container(args)?;
             let what = format!("detaching {container}");
-            let req = json!({"method": "detach", "container": container, "addrs": addrs});
-            let answer = request_about(socket, &what, req, &container).await?;
-            print_released(out, &answer["released"]);
+            let netns = open_netns(&container);
+            let req = Request::Detach {
+                container: container.clone(),
+                netns_fd: netns.is_some(),
+                netns,
+                id: None,
+                ifname: None,
+                addrs,
+            };
+            match request(socket, &what, &req).await? {
+                Response::Released(list) => print_released(out, &list),
+                other => return Err(unexpected(&what, &other)),
+            }
         }
         LocalCommand::Expose { addrs } => {
-            let answer = request(socket, "exposing this host", json!({"method": "expose", "addrs": addrs})).await?;
-            print_addresses(out, &answer["attached"]);
+            let what = "exposing this host";
+            match request(socket, what, &Request::Expose { addrs }).await? {
+                Response::Attached(list) => print_addresses(out, &list),
+                other => return Err(unexpected(what, &other)),
+            }
         }
         LocalCommand::Hide { addrs } => {
-            let answer = request(socket, "hiding this host", json!({"method": "hide", "addrs": addrs})).await?;
-            print_released(out, &answer["released"]);
+            let what = "hiding this host";
+            match request(socket, what, &Request::Hide { addrs }).await? {
+                Response::Released(list) => print_released(out, &list),
+                other => return Err(unexpected(what, &other)),
+            }
         }
     }
     Ok(())
@@ -152,44 +140,46 @@ fn split_container(mut args: Vec<String>) -> Outcome<(Vec<String>, String)> {
 }
 
 /// Like `weave attach`: the addresses (without prefix) on one line.
-fn print_addresses(out: &Output, attached: &Value) {
+fn print_addresses(out: &Output, attached: &[Attached]) {
     if out.json {
-        out.print_json(attached);
+        out.print_json(&serde_json::to_value(attached).unwrap_or_default());
         return;
     }
-    let list = attached.as_array().cloned().unwrap_or_default();
-    let addrs: Vec<&str> =
-        list.iter().filter_map(|a| a["address"].as_str()).map(|a| a.split('/').next().unwrap_or(a)).collect();
+    let addrs: Vec<&str> = attached.iter().map(|a| a.address.split('/').next().unwrap_or(&a.address)).collect();
     println!("{}", addrs.join(" "));
 }
 
-fn print_released(out: &Output, released: &Value) {
+fn print_released(out: &Output, released: &[String]) {
     if out.json {
-        out.print_json(released);
+        out.print_json(&serde_json::to_value(released).unwrap_or_default());
         return;
     }
-    let list = released.as_array().cloned().unwrap_or_default();
-    let addrs: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
-    println!("{}", addrs.join(" "));
+    println!("{}", released.join(" "));
 }
 
 /// `weavectl status peers`: this host's peers from the agent.
 pub(crate) async fn peers(socket: &Path, out: &Output) -> Outcome {
-    let answer = request(socket, "asking the agent for its status", json!({"method": "status"})).await?;
-    let peers = &answer["status"]["peers"];
+    let what = "asking the agent for its status";
+    let status = match request(socket, what, &Request::Status).await? {
+        Response::Status(s) => s,
+        other => return Err(unexpected(what, &other)),
+    };
     if out.json {
-        out.print_json(peers);
+        out.print_json(&serde_json::to_value(&status.peers).unwrap_or_default());
         return Ok(());
     }
     let mut table = Table::new(&["PEER", "ADDRESS", "ENDPOINT", "HANDSHAKE", "TX", "RX"]);
-    for p in peers.as_array().cloned().unwrap_or_default() {
-        let s = |k: &str| match &p[k] {
-            Value::String(s) => s.clone(),
-            Value::Null => "-".to_string(),
-            v => v.to_string(),
-        };
-        let age = p["handshake_age_secs"].as_f64().map(|a| format!("{a:.0}s ago")).unwrap_or_else(|| "never".into());
-        table.row(vec![s("name"), s("address"), s("endpoint"), age, s("tx_bytes"), s("rx_bytes")]);
+    for p in &status.peers {
+        let age = p.handshake_age_secs.map(|a| format!("{a:.0}s ago")).unwrap_or_else(|| "never".into());
+        let endpoint = p.endpoint.map_or_else(|| "-".to_string(), |e| e.to_string());
+        table.row(vec![
+            p.name.clone(),
+            p.address.to_string(),
+            endpoint,
+            age,
+            p.tx_bytes.to_string(),
+            p.rx_bytes.to_string(),
+        ]);
     }
     print!("{table}");
     Ok(())
@@ -207,10 +197,39 @@ mod tests {
         assert!(split_container(vec![]).is_err());
     }
 
+    /// One case per kind: weavectl's exit code never depends on the sentence.
     #[test]
-    fn agent_refusals_map_to_exit_codes() {
-        assert_eq!(exit_for("unknown container 'x': /run/netns/x: No such file"), Exit::NotFound);
-        assert_eq!(exit_for("subnet 10.9.0.0/24 is not defined (weavectl subnet add 10.9.0.0/24)"), Exit::NotFound);
-        assert_eq!(exit_for("address 10.9.9.9/24 is outside every subnet"), Exit::Usage);
+    fn agent_refusals_map_to_exit_codes_by_kind() {
+        let cases = [
+            (ErrorKind::Invalid, Exit::Usage),
+            (ErrorKind::UnknownContainer, Exit::NotFound),
+            (ErrorKind::NotFound, Exit::NotFound),
+            (ErrorKind::Conflict, Exit::Conflict),
+            (ErrorKind::Exhausted, Exit::Exhausted),
+            (ErrorKind::Denied, Exit::Denied),
+            (ErrorKind::Unavailable, Exit::Unreachable),
+            (ErrorKind::Failed, Exit::Other),
+        ];
+        for (kind, exit) in cases {
+            // The same sentence for every kind: only the kind decides.
+            let f = refused("attaching c", Refusal::new(kind, "subnet is not defined, already in use"));
+            assert_eq!(f.exit, exit, "{kind:?}");
+            assert_eq!(f.to_string(), "attaching c: subnet is not defined, already in use");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_from_the_socket_keeps_its_kind() {
+        struct Refuses;
+        impl local_api::Handler for Refuses {
+            fn handle(&self, _: Request) -> local_api::Reply<'_> {
+                Box::pin(async { Response::Error(Refusal::conflict("name 'web' is already in use")) })
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        tokio::spawn(local_api::serve(local_api::bind(&socket).unwrap(), Arc::new(Refuses)));
+        let f = request(&socket, "attaching web", &Request::Status).await.unwrap_err();
+        assert_eq!((f.exit, f.why.as_str()), (Exit::Conflict, "name 'web' is already in use"));
     }
 }

@@ -1,16 +1,10 @@
-//! The agent's local API on a Unix socket (mode 0600: root only). One JSON
-//! request per line, one JSON answer per line: `{"method":"status"}`.
-//!
-//! `attach` and `detach` may carry the container's network namespace as an
-//! open file descriptor (`SCM_RIGHTS`, sent with the request's first byte,
-//! `"netns_fd": true` in the JSON): the agent then needs no view of the
-//! caller's mounts (a runtime's `/run/netns/…` lives in the runtime's mount
-//! namespace, an agent in a DaemonSet pod lives in another).
+//! The socket under the local API: one JSON line each way, and the
+//! container's namespace passed as a descriptor (`SCM_RIGHTS`) with the
+//! first byte of the request that names it.
 use std::{
     collections::VecDeque,
     fs::File,
     io::{IoSlice, IoSliceMut},
-    net::Ipv4Addr,
     os::{
         fd::{AsRawFd, RawFd},
         unix::fs::{DirBuilderExt, PermissionsExt},
@@ -20,163 +14,25 @@ use std::{
 };
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
-use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest},
     net::{UnixListener, UnixStream},
 };
 
-use crate::{dataplane::PeerStatus, error::Error};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "snake_case")]
-pub enum Request {
-    Status,
-    /// The addresses of `name` from this agent's copy of the DNS records
-    /// (unqualified names are looked up in the cluster domain).
-    DnsLookup {
-        name: String,
-    },
-    /// Serves DNS at 127.0.0.11:53 inside the namespace at `netns` (a path)
-    /// until `dns_stop` with the same `key`. Idempotent per key.
-    DnsServe {
-        netns: String,
-        key: String,
-    },
-    DnsStop {
-        key: String,
-    },
-    /// An address for `container` on `subnet` (cidr, name or "default") from
-    /// the coordinator's IPAM, and the bridge to plug it into. Idempotent.
-    Allocate {
-        container: String,
-        subnet: String,
-    },
-    /// Releases every address of `container` on this node.
-    Release {
-        container: String,
-    },
-    /// Gives a running container (netns path, pid or registered name) an
-    /// `ethwe*` per subnet of `addrs` (`net:default`, `net:<CIDR>`,
-    /// `ip:<IP>/<len>`, `<IP>/<len>`; none = `net:default`). Idempotent.
-    Attach {
-        container: String,
-        /// The namespace came with the request as a descriptor; `container`
-        /// is then only the caller's name for it (messages, `--name` lookups).
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        netns_fd: bool,
-        /// That descriptor: filled in by [`serve`], sent by [`request`].
-        #[serde(skip)]
-        netns: Option<Arc<File>>,
-        /// Registers the name (and `<name>.weave.local`). With `id`, only
-        /// the DNS name: the runtime owns the container's identity.
-        #[serde(default)]
-        name: Option<String>,
-        /// The IPAM key instead of the name or namespace (the CNI plugin's `cni:<id>`).
-        #[serde(default)]
-        id: Option<String>,
-        /// The interface name for a new interface (the CNI runtime's `CNI_IFNAME`) instead of `ethwe*`.
-        #[serde(default)]
-        ifname: Option<String>,
-        #[serde(default)]
-        addrs: Vec<String>,
-        /// Skip the 224.0.0.0/4 route.
-        #[serde(default)]
-        no_multicast: bool,
-    },
-    /// Removes the subnets of `addrs` (all if none) from the container.
-    Detach {
-        container: String,
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        netns_fd: bool,
-        #[serde(skip)]
-        netns: Option<Arc<File>>,
-        #[serde(default)]
-        id: Option<String>,
-        #[serde(default)]
-        ifname: Option<String>,
-        #[serde(default)]
-        addrs: Vec<String>,
-    },
-    /// Gives this host an address on each subnet of `addrs` (on its bridge).
-    Expose {
-        #[serde(default)]
-        addrs: Vec<String>,
-    },
-    /// Removes this host's addresses from the subnets of `addrs` (all if none).
-    Hide {
-        #[serde(default)]
-        addrs: Vec<String>,
-    },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SegmentStatus {
-    pub subnet: String,
-    pub vni: u32,
-    pub bridge: String,
-    pub mtu: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AgentStatus {
-    pub node_id: u64,
-    pub name: String,
-    pub address: Ipv4Addr,
-    pub endpoint: String,
-    pub revision: u64,
-    /// A watch on the coordinator is open right now.
-    pub coordinator_connected: bool,
-    pub segments: Vec<SegmentStatus>,
-    pub peers: Vec<PeerStatus>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Response {
-    Status(AgentStatus),
-    /// Answer to `dns_lookup`: the addresses (shuffled), empty if unknown.
-    Dns {
-        name: String,
-        addresses: Vec<String>,
-    },
-    /// A request with nothing to return succeeded.
-    Done,
-    Allocated(Attachment),
-    Released(Vec<String>),
-    Attached(Vec<super::attach::Attached>),
-    Error(String),
-}
-
-/// Where a workload goes: its address (with prefix) and the segment's bridge.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Attachment {
-    pub address: String,
-    pub subnet: String,
-    pub bridge: String,
-    pub mtu: u32,
-}
-
-pub type Reply<'a> = std::pin::Pin<Box<dyn Future<Output = Response> + Send + 'a>>;
-
-/// Whatever answers requests (the running agent).
-pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, request: Request) -> Reply<'_>;
-}
+use super::{Handler, Refusal, Request, Response};
 
 /// Binds `path` (replacing a stale socket) with mode 0600.
-pub fn bind(path: &Path) -> Result<UnixListener, Error> {
-    let io = |e| Error::Io(path.display().to_string(), e);
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(parent) = path.parent() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(io)?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
+        Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
 
@@ -199,9 +55,9 @@ async fn answer(stream: UnixStream, handler: &dyn Handler) -> std::io::Result<()
         let response = match serde_json::from_slice::<Request>(&line) {
             Ok(mut request) => match request.take_passed(&mut fds) {
                 Ok(()) => handler.handle(request).await,
-                Err(e) => Response::Error(e),
+                Err(e) => Response::Error(Refusal::invalid(e)),
             },
-            Err(e) => Response::Error(format!("bad request: {e}")),
+            Err(e) => Response::Error(Refusal::invalid(format!("bad request: {e}"))),
         };
         let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
         out.push(b'\n');
@@ -340,59 +196,29 @@ async fn send_with_fd(stream: &UnixStream, bytes: &[u8], fd: RawFd) -> std::io::
     }
 }
 
-/// Client side, for `agent status` and weave-cni. A request that carries a
-/// namespace ([`Request::Attach`]/[`Request::Detach`] `netns`) sends it as a
-/// descriptor.
-pub async fn request(path: &Path, request: &Request) -> Result<Response, Error> {
-    let io = |e| Error::Io(path.display().to_string(), e);
-    let stream = UnixStream::connect(path).await.map_err(io)?;
-    let mut line = serde_json::to_vec(request).map_err(|e| Error::State(e.to_string()))?;
+/// Client side, for `agent status`, weavectl and weave-cni. A request that
+/// carries a namespace ([`Request::Attach`]/[`Request::Detach`] `netns`)
+/// sends it as a descriptor. An answer that is not JSON is
+/// [`std::io::ErrorKind::InvalidData`]; every other error is the socket's.
+pub async fn request(path: &Path, request: &Request) -> std::io::Result<Response> {
+    let stream = UnixStream::connect(path).await?;
+    let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
     line.push(b'\n');
     let sent = match request.passed() {
-        Some(file) => send_with_fd(&stream, &line, file.as_raw_fd()).await.map_err(io)?,
+        Some(file) => send_with_fd(&stream, &line, file.as_raw_fd()).await?,
         None => 0,
     };
     let (read, mut write) = stream.into_split();
-    write.write_all(&line[sent..]).await.map_err(io)?;
-    let answer = BufReader::new(read).lines().next_line().await.map_err(io)?.unwrap_or_default();
-    serde_json::from_str(&answer).map_err(|e| Error::State(format!("bad answer from the agent: {e}")))
-}
-
-/// A human table of the peers.
-pub fn format_status(s: &AgentStatus) -> String {
-    let mut out = format!(
-        "node {} ({}) address {} endpoint {} revision {} coordinator {}\n",
-        s.name,
-        s.node_id,
-        s.address,
-        s.endpoint,
-        s.revision,
-        if s.coordinator_connected { "connected" } else { "unreachable (using the saved map)" }
-    );
-    for seg in &s.segments {
-        out += &format!("segment {} vni {} bridge {} mtu {}\n", seg.subnet, seg.vni, seg.bridge, seg.mtu);
-    }
-    out +=
-        &format!("{:<16} {:<12} {:<22} {:>10} {:>12} {:>12}\n", "PEER", "ADDRESS", "ENDPOINT", "HANDSHAKE", "TX", "RX");
-    for p in &s.peers {
-        let age = p.handshake_age_secs.map(|a| format!("{a:.0}s ago")).unwrap_or_else(|| "never".into());
-        let ep = p.endpoint.map(|e| e.to_string()).unwrap_or_else(|| "-".into());
-        out += &format!(
-            "{:<16} {:<12} {:<22} {:>10} {:>12} {:>12}\n",
-            p.name,
-            p.address.to_string(),
-            ep,
-            age,
-            p.tx_bytes,
-            p.rx_bytes
-        );
-    }
-    out
+    write.write_all(&line[sent..]).await?;
+    let answer = BufReader::new(read).lines().next_line().await?.unwrap_or_default();
+    serde_json::from_str(&answer)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad answer from the agent: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::local_api::{AgentStatus, ErrorKind, PeerStatus, Reply, format_status};
 
     struct Fixed;
     impl Handler for Fixed {
@@ -405,7 +231,7 @@ mod tests {
                         use std::os::unix::fs::MetadataExt;
                         Response::Dns { name: f.metadata().unwrap().ino().to_string(), addresses: vec![] }
                     }
-                    other => Response::Error(format!("not here: {other:?}")),
+                    other => Response::Error(Refusal::failed(format!("not here: {other:?}"))),
                 }
             })
         }
@@ -477,9 +303,9 @@ mod tests {
         }
         // The flag without a descriptor is refused, not taken from elsewhere.
         let Response::Error(e) = request(&path, &attach(true, None)).await.unwrap() else { panic!("accepted") };
-        assert!(e.contains("no descriptor"), "{e}");
+        assert!(e.kind == ErrorKind::Invalid && e.message.contains("no descriptor"), "{e}");
         // An old client (a path, no flag) reaches the handler without one.
         let Response::Error(e) = request(&path, &attach(false, None)).await.unwrap() else { panic!("accepted") };
-        assert!(e.contains("not here"), "{e}");
+        assert!(e.message.contains("not here"), "{e}");
     }
 }

@@ -1,0 +1,295 @@
+//! The agent's local API on a Unix socket (mode 0600: root only): the one
+//! contract between the agent and its local clients (`agent status`,
+//! weavectl, weave-cni). One JSON request per line, one JSON answer per line:
+//! `{"method":"status"}`. A refusal is `{"error":{"kind":"not_found",
+//! "message":"…"}}`: clients decide by its [`ErrorKind`], and show the message.
+//!
+//! `attach` and `detach` may carry the container's network namespace as an
+//! open file descriptor (`SCM_RIGHTS`, sent with the request's first byte,
+//! `"netns_fd": true` in the JSON): the agent then needs no view of the
+//! caller's mounts (a runtime's `/run/netns/…` lives in the runtime's mount
+//! namespace, an agent in a DaemonSet pod lives in another).
+use std::{fs::File, net::Ipv4Addr, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+
+mod socket;
+pub use socket::{bind, request, serve};
+
+/// Why the agent refused a request: clients branch on this (weavectl's exit
+/// codes, the CNI error codes), never on the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request itself is wrong (a malformed address, an address outside
+    /// its subnet, a bad request line).
+    Invalid,
+    /// The container (namespace, pid or name) does not exist.
+    UnknownContainer,
+    /// Something else named does not exist (a subnet, an attachment).
+    NotFound,
+    /// It conflicts with what exists (a name in use, an address taken).
+    Conflict,
+    /// No address left.
+    Exhausted,
+    /// The coordinator refused this node.
+    Denied,
+    /// The coordinator (or the agent's map) cannot answer now; retrying may help.
+    Unavailable,
+    /// Anything else (a kernel call failed).
+    Failed,
+}
+
+impl ErrorKind {
+    /// The kind of a coordinator's gRPC answer.
+    pub fn of_code(code: tonic::Code) -> Self {
+        use tonic::Code;
+        match code {
+            Code::InvalidArgument | Code::OutOfRange => Self::Invalid,
+            Code::NotFound => Self::NotFound,
+            Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => Self::Conflict,
+            Code::ResourceExhausted => Self::Exhausted,
+            Code::PermissionDenied | Code::Unauthenticated => Self::Denied,
+            Code::Unavailable | Code::DeadlineExceeded => Self::Unavailable,
+            _ => Self::Failed,
+        }
+    }
+}
+
+/// A refused request: its kind, and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Invalid, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+
+    pub fn unknown_container(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::UnknownContainer, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, message)
+    }
+
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Failed, message)
+    }
+
+    /// A coordinator's gRPC refusal, its message passed through.
+    pub fn status(status: &tonic::Status) -> Self {
+        Self::new(ErrorKind::of_code(status.code()), status.message())
+    }
+}
+
+/// One peer as the local status API reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerStatus {
+    pub node_id: u64,
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub endpoint: Option<std::net::SocketAddr>,
+    /// Seconds since the last completed handshake; `None` before the first.
+    pub handshake_age_secs: Option<f64>,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    /// Decrypted packets dropped because their inner source was not the peer's address.
+    pub dropped_spoofed: u64,
+}
+
+/// The result of one attach, per subnet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Attached {
+    /// `10.32.0.5/16`.
+    pub address: String,
+    pub subnet: String,
+    /// The interface in the container (`ethwe`, `ethwe1`, …; the bridge for expose).
+    pub interface: String,
+    pub bridge: String,
+    pub mtu: u32,
+    /// The container interface's MAC (`aa:bb:…`; empty for expose): CNI
+    /// runtimes such as podman parse it from the ADD result.
+    #[serde(default)]
+    pub mac: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    /// The addresses of `name` from this agent's copy of the DNS records
+    /// (unqualified names are looked up in the cluster domain).
+    DnsLookup {
+        name: String,
+    },
+    /// Serves DNS at 127.0.0.11:53 inside the namespace at `netns` (a path)
+    /// until `dns_stop` with the same `key`. Idempotent per key.
+    DnsServe {
+        netns: String,
+        key: String,
+    },
+    DnsStop {
+        key: String,
+    },
+    /// An address for `container` on `subnet` (cidr, name or "default") from
+    /// the coordinator's IPAM, and the bridge to plug it into. Idempotent.
+    Allocate {
+        container: String,
+        subnet: String,
+    },
+    /// Releases every address of `container` on this node.
+    Release {
+        container: String,
+    },
+    /// Gives a running container (netns path, pid or registered name) an
+    /// `ethwe*` per subnet of `addrs` (`net:default`, `net:<CIDR>`,
+    /// `ip:<IP>/<len>`, `<IP>/<len>`; none = `net:default`). Idempotent.
+    Attach {
+        container: String,
+        /// The namespace came with the request as a descriptor; `container`
+        /// is then only the caller's name for it (messages, `--name` lookups).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        netns_fd: bool,
+        /// That descriptor: filled in by [`serve`], sent by [`request`].
+        #[serde(skip)]
+        netns: Option<Arc<File>>,
+        /// Registers the name (and `<name>.weave.local`). With `id`, only
+        /// the DNS name: the runtime owns the container's identity.
+        #[serde(default)]
+        name: Option<String>,
+        /// The IPAM key instead of the name or namespace (the CNI plugin's `cni:<id>`).
+        #[serde(default)]
+        id: Option<String>,
+        /// The interface name for a new interface (the CNI runtime's `CNI_IFNAME`) instead of `ethwe*`.
+        #[serde(default)]
+        ifname: Option<String>,
+        #[serde(default)]
+        addrs: Vec<String>,
+        /// Skip the 224.0.0.0/4 route.
+        #[serde(default)]
+        no_multicast: bool,
+    },
+    /// Removes the subnets of `addrs` (all if none) from the container.
+    Detach {
+        container: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        netns_fd: bool,
+        #[serde(skip)]
+        netns: Option<Arc<File>>,
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        ifname: Option<String>,
+        #[serde(default)]
+        addrs: Vec<String>,
+    },
+    /// Gives this host an address on each subnet of `addrs` (on its bridge).
+    Expose {
+        #[serde(default)]
+        addrs: Vec<String>,
+    },
+    /// Removes this host's addresses from the subnets of `addrs` (all if none).
+    Hide {
+        #[serde(default)]
+        addrs: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentStatus {
+    pub subnet: String,
+    pub vni: u32,
+    pub bridge: String,
+    pub mtu: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub node_id: u64,
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub endpoint: String,
+    pub revision: u64,
+    /// A watch on the coordinator is open right now.
+    pub coordinator_connected: bool,
+    pub segments: Vec<SegmentStatus>,
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Status(AgentStatus),
+    /// Answer to `dns_lookup`: the addresses (shuffled), empty if unknown.
+    Dns {
+        name: String,
+        addresses: Vec<String>,
+    },
+    /// A request with nothing to return succeeded.
+    Done,
+    Allocated(Attachment),
+    Released(Vec<String>),
+    Attached(Vec<Attached>),
+    Error(Refusal),
+}
+
+/// Where a workload goes: its address (with prefix) and the segment's bridge.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Attachment {
+    pub address: String,
+    pub subnet: String,
+    pub bridge: String,
+    pub mtu: u32,
+}
+
+pub type Reply<'a> = std::pin::Pin<Box<dyn Future<Output = Response> + Send + 'a>>;
+
+/// Whatever answers requests (the running agent).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, request: Request) -> Reply<'_>;
+}
+
+/// A human table of the peers.
+pub fn format_status(s: &AgentStatus) -> String {
+    let mut out = format!(
+        "node {} ({}) address {} endpoint {} revision {} coordinator {}\n",
+        s.name,
+        s.node_id,
+        s.address,
+        s.endpoint,
+        s.revision,
+        if s.coordinator_connected { "connected" } else { "unreachable (using the saved map)" }
+    );
+    for seg in &s.segments {
+        out += &format!("segment {} vni {} bridge {} mtu {}\n", seg.subnet, seg.vni, seg.bridge, seg.mtu);
+    }
+    out +=
+        &format!("{:<16} {:<12} {:<22} {:>10} {:>12} {:>12}\n", "PEER", "ADDRESS", "ENDPOINT", "HANDSHAKE", "TX", "RX");
+    for p in &s.peers {
+        let age = p.handshake_age_secs.map(|a| format!("{a:.0}s ago")).unwrap_or_else(|| "never".into());
+        let ep = p.endpoint.map(|e| e.to_string()).unwrap_or_else(|| "-".into());
+        out += &format!(
+            "{:<16} {:<12} {:<22} {:>10} {:>12} {:>12}\n",
+            p.name,
+            p.address.to_string(),
+            ep,
+            age,
+            p.tx_bytes,
+            p.rx_bytes
+        );
+    }
+    out
+}
