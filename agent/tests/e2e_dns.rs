@@ -287,3 +287,24 @@ fn attach_serves_dns_in_the_container_and_detach_removes_it() {
     let out = in_ns(&ns1, &["dig", "+time=1", "+tries=1", "c2.weave.local"]);
     assert!(!out.status.success(), "still answered after detach: {}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// A detach by `--name` after an agent restart stops DNS in that namespace:
+/// the name -> DNS server link is in the container registry, not in memory.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn detach_by_name_after_a_restart_stops_dns_in_that_namespace() {
+    let mut d = DnsBed::new(1);
+    let ns = d.bed.add_container("byname");
+    d.resolv.push(ResolvConf::write(&ns));
+    let w = d.bed.weavectl_attach(0, &ns, &["--name", "dns-byname", &format!("/run/netns/{ns}")])[0];
+    d.wait_answer(w, "dns-byname", &[d.ip(w)]);
+    d.bed.signal_agent(0, nix::sys::signal::Signal::SIGKILL);
+    d.bed.start_agent(0, false);
+    d.bed.wait_status(0);
+    d.wait_answer(w, "dns-byname", &[d.ip(w)]);
+
+    let out = d.bed.weavectl(0, &["detach", "dns-byname"]);
+    assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
+    let out = in_ns(&ns, &["dig", "+time=1", "+tries=1", UPSTREAM_NAME]);
+    assert!(!out.status.success(), "still answered after detach: {}", String::from_utf8_lossy(&out.stdout));
+}

@@ -93,3 +93,27 @@ fn cleanup_on_exit_removes_everything_on_sigterm() {
     assert!(!links.contains("wvbr-") && !links.contains("wvvx-") && !links.contains("wvtun0"), "left: {links}");
     assert!(bed.hosts[0].data_dir.exists(), "the identity stays for the next start");
 }
+
+/// `agent reset` after `attach --name` removes the data dir: the container
+/// registry is one of the agent's files (it was left behind as names.json).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn reset_after_attach_by_name_removes_the_data_dir() {
+    let mut bed = Bed::with_hosts(1);
+    let ns = bed.add_container("rn");
+    bed.weavectl_attach(0, &ns, &["--name", "reset-web", &format!("/run/netns/{ns}")]);
+    bed.signal_agent(0, Signal::SIGTERM);
+    let h = &bed.hosts[0];
+    let agent = agent_bin();
+    let reset = [
+        agent.to_str().unwrap(),
+        "reset",
+        "--data-dir",
+        h.data_dir.to_str().unwrap(),
+        "--socket",
+        h.socket.to_str().unwrap(),
+    ];
+    let out = in_ns(&h.ns, &reset);
+    assert!(out.status.success(), "reset: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!h.data_dir.exists(), "reset leaves {:?}", files_under(&h.data_dir));
+}

@@ -14,6 +14,7 @@ use std::{
     net::Ipv4Addr,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -29,7 +30,7 @@ use crate::{
     error::Error,
     host::{
         netlink::{Netlink, WorkloadInterface},
-        registry::{self, Names},
+        registry::{self, Registry},
     },
     plan::{
         addr_spec::AddrSpec,
@@ -57,7 +58,8 @@ pub struct Attacher {
     pub netlink: Netlink,
     /// One attach/detach at a time: each one reads, then changes.
     lock: tokio::sync::Mutex<()>,
-    names: Names,
+    /// Names given with `--name` (the container registry).
+    names: Arc<Registry>,
 }
 
 impl Attacher {
@@ -68,18 +70,9 @@ impl Attacher {
         node_name: String,
         mtu: u32,
         netlink: Netlink,
-        names_file: PathBuf,
+        registry: Arc<Registry>,
     ) -> Self {
-        Self {
-            api,
-            maps,
-            node_id,
-            node_name,
-            mtu,
-            netlink,
-            lock: tokio::sync::Mutex::new(()),
-            names: Names::load(names_file),
-        }
+        Self { api, maps, node_id, node_name, mtu, netlink, lock: tokio::sync::Mutex::new(()), names: registry }
     }
 
     /// `id`, when given, is the IPAM key (e.g. `cni:<container id>`, so

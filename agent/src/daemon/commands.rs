@@ -18,7 +18,7 @@ use super::{
     attach::Attacher,
     config::{AllocateArgs, JoinArgs, ResetArgs, RunArgs, StatusArgs},
     control,
-    dns::{self, DnsServer},
+    dns::DnsServer,
     service::LocalService,
 };
 use crate::{
@@ -27,6 +27,7 @@ use crate::{
     host::{
         firewall,
         netlink::{self, Netlink},
+        registry::Registry,
         state::{Identity, NodeKey, StateDir},
     },
     plan::{
@@ -228,8 +229,8 @@ async fn serve(
     let api = Api::new(channel, &identity.credential).map_err(|e| Error::Connect(e.to_string()))?;
     // Records come from the saved map first, so names resolve before (or
     // without) the coordinator.
-    let registry = dir.path().join(dns::REGISTRY_FILE);
-    let dns = DnsServer::with_registry(plan::dns::DEFAULT_DOMAIN, dns_upstreams(&args), &registry);
+    let registry = Arc::new(Registry::load(dir.path()));
+    let dns = DnsServer::with_registry(plan::dns::DEFAULT_DOMAIN, dns_upstreams(&args), registry.clone());
     dns.update(&map);
     // Containers attached before a restart get their resolver back.
     dns.restore().await;
@@ -253,7 +254,7 @@ async fn serve(
         identity.name.clone(),
         segment_mtu,
         netlink.clone(),
-        dir.path().join("names.json"),
+        registry.clone(),
     );
     let dyn_transport: Arc<dyn Transport> = transport.clone();
     let reconcile_now = Arc::new(tokio::sync::Notify::new());
@@ -287,7 +288,7 @@ async fn serve(
                 maps: map_rx,
                 connected,
                 dns: dns.clone(),
-                dns_names: Default::default(),
+                registry,
                 segment_mtu,
                 attacher,
                 reconcile_now,
@@ -339,7 +340,6 @@ pub async fn reset(args: ResetArgs) -> Result<(), Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::Io(args.paths.socket.display().to_string(), e)),
     }
-    let _ = std::fs::remove_file(args.paths.data_dir.join(dns::REGISTRY_FILE));
     StateDir::new(&args.paths.data_dir).remove()
 }
 

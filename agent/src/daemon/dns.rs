@@ -26,14 +26,12 @@ use weave_proto::v1::NetworkMap;
 
 use crate::{
     error::Error,
-    host::{netlink::Netlink, netns},
+    host::{netlink::Netlink, netns, registry::Registry},
     plan::dns::{Answer, Records, answer, encode_udp, fqdn_lower},
 };
 
 /// Docker's embedded-DNS address; workloads put it in their resolv.conf.
 pub const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11)), 53);
-/// In the agent's data dir: the namespaces served (key -> path), for restarts.
-pub const REGISTRY_FILE: &str = "dns-namespaces.json";
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The records and the upstreams; the sockets of every served namespace.
@@ -45,7 +43,7 @@ pub struct DnsServer {
 struct Inner {
     /// Where the served namespaces are kept (key -> netns path), so that a
     /// restarted agent serves its attached containers again.
-    registry: Option<std::path::PathBuf>,
+    registry: Option<Arc<Registry>>,
     default_domain: String,
     upstreams: Vec<SocketAddr>,
     records: RwLock<Arc<Records>>,
@@ -68,30 +66,21 @@ impl DnsServer {
     }
 
     /// Like [`DnsServer::new`], remembering served namespaces in `registry`.
-    pub fn with_registry(domain: &str, upstreams: Vec<SocketAddr>, registry: &Path) -> Self {
+    pub fn with_registry(domain: &str, upstreams: Vec<SocketAddr>, registry: Arc<Registry>) -> Self {
         let mut server = Self::new(domain, upstreams);
         if let Some(inner) = Arc::get_mut(&mut server.inner) {
-            inner.registry = Some(registry.to_path_buf());
+            inner.registry = Some(registry);
         }
         server
     }
 
-    fn registered(&self) -> HashMap<String, String> {
-        let Some(path) = &self.inner.registry else { return HashMap::new() };
-        std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    fn registered(&self) -> Vec<(String, String)> {
+        self.inner.registry.as_ref().map(|r| r.dns_served()).unwrap_or_default()
     }
 
-    fn register(&self, change: impl FnOnce(&mut HashMap<String, String>)) {
-        let Some(path) = &self.inner.registry else { return };
-        let mut all = self.registered();
-        change(&mut all);
-        let tmp = path.with_extension("tmp");
-        let written = serde_json::to_vec(&all)
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = written {
-            tracing::warn!(path = %path.display(), error = %e, "cannot save the served DNS namespaces");
+    fn unregister(&self, key: &str) {
+        if let Some(r) = &self.inner.registry {
+            r.stop_dns(key);
         }
     }
 
@@ -105,9 +94,7 @@ impl DnsServer {
                 key.strip_prefix("netns:").is_none_or(|ino| ino == m.ino().to_string())
             });
             if same != Some(true) {
-                self.register(|all| {
-                    all.remove(&key);
-                });
+                self.unregister(&key);
                 continue;
             }
             if let Err(e) = self.serve_in(path, &key).await {
@@ -145,10 +132,9 @@ impl DnsServer {
             .await
             .map_err(|e| Error::Dns(format!("socket thread: {e}")))??;
         self.serve_sockets(udp, tcp, key)?;
-        let netns_path = netns.display().to_string();
-        self.register(|all| {
-            all.insert(key.to_string(), netns_path);
-        });
+        if let Some(r) = &self.inner.registry {
+            r.serve_dns(key, Some(netns.display().to_string()));
+        }
         tracing::info!(netns = %netns.display(), key, "serving DNS at {LISTEN}");
         Ok(())
     }
@@ -191,9 +177,7 @@ impl DnsServer {
         for t in tasks.into_iter().flatten() {
             t.abort();
         }
-        self.register(|all| {
-            all.remove(key);
-        });
+        self.unregister(key);
         found
     }
 

@@ -23,7 +23,7 @@ use weave_proto::local_api::{
 use super::{attach::Attacher, dns::DnsServer};
 use crate::{
     dataplane::{Transport, tun_udp::TunUdp},
-    host::state::Identity,
+    host::{registry::Registry, state::Identity},
     plan::{dns, kernel::bridge_name},
 };
 
@@ -34,8 +34,9 @@ pub(super) struct LocalService {
     pub(super) maps: watch::Receiver<NetworkMap>,
     pub(super) connected: Arc<AtomicBool>,
     pub(super) dns: DnsServer,
-    /// `attach --name` names and CNI ids -> DNS server key, for a detach by those.
-    pub(super) dns_names: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Which container is which: `--name` names and CNI ids -> DNS server
+    /// key, for a detach by those (also after a restart).
+    pub(super) registry: Arc<Registry>,
     pub(super) segment_mtu: u32,
     pub(super) attacher: Attacher,
     /// Wakes the reconcile loop: an expose or hide changes the source of the host's routes.
@@ -175,7 +176,6 @@ fn dns_target(container: &str, passed: Option<&std::sync::Arc<std::fs::File>>) -
 
 impl LocalService {
     fn dns_plan(&self, request: &Request) -> Option<DnsPlan> {
-        let names = || self.dns_names.lock().unwrap_or_else(|e| e.into_inner());
         match request {
             Request::Attach { container, netns, name, id, .. } => {
                 let (netns, key) = dns_target(container, netns.as_ref())?;
@@ -186,8 +186,8 @@ impl LocalService {
             Request::Detach { container, netns, id, addrs, .. } if addrs.is_empty() => {
                 let key = dns_target(container, netns.as_ref())
                     .map(|(_, key)| key)
-                    .or_else(|| names().get(container).cloned())
-                    .or_else(|| id.as_ref().and_then(|i| names().get(i).cloned()))?;
+                    .or_else(|| self.registry.dns_key(container))
+                    .or_else(|| id.as_ref().and_then(|i| self.registry.dns_key(i)))?;
                 Some(DnsPlan::Stop { key })
             }
             _ => None,
@@ -197,19 +197,9 @@ impl LocalService {
     async fn dns_after(&self, plan: Option<DnsPlan>, response: &Response) {
         match (plan, response) {
             (Some(DnsPlan::Serve { netns, key, aliases }), Response::Attached(_)) => {
-                let gone: Vec<String> = {
-                    let mut names = self.dns_names.lock().unwrap_or_else(|e| e.into_inner());
-                    let moved: Vec<String> = aliases
-                        .into_iter()
-                        .filter_map(|a| names.insert(a, key.clone()))
-                        .filter(|k| *k != key)
-                        .collect();
-                    // A name that moved left a dead namespace (attach refuses
-                    // a live one's name): its sockets would keep it alive.
-                    names.retain(|_, k| !moved.contains(k));
-                    moved
-                };
-                for old in gone {
+                // A name that moved left a dead namespace (attach refuses a
+                // live one's name): its sockets would keep it alive.
+                for old in self.registry.alias_dns(&aliases, &key) {
                     self.dns.stop(&old);
                 }
                 let served = match &netns {
@@ -221,8 +211,9 @@ impl LocalService {
                 }
             }
             (Some(DnsPlan::Stop { key }), Response::Released(_)) => {
+                // Closes the sockets and forgets the key's names (the registry).
                 self.dns.stop(&key);
-                self.dns_names.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, k| *k != key);
+                self.registry.stop_dns(&key);
             }
             _ => {}
         }

@@ -1,8 +1,14 @@
-//! The names registered with `attach --name`: name -> the namespace (path and
-//! inode) it was given to, kept in the data dir so that a restarted agent
-//! still finds `detach web`. A name is the container's IPAM key, so it
-//! belongs to one live namespace at a time: handing it to another would hand
-//! over that one's addresses.
+//! The container registry: which container is which, in one file of the data
+//! dir ([`FILE`], replaced whole on every change), so that a restarted agent
+//! still knows it. Used by attach, DNS and reset.
+//!
+//! - names registered with `attach --name`: name -> the namespace (path and
+//!   inode) it was given to, so a restarted agent still finds `detach web`. A
+//!   name is the container's IPAM key, so it belongs to one live namespace at
+//!   a time: handing it to another would hand over that one's addresses;
+//! - the namespaces served DNS (key -> path), served again after a restart;
+//! - the names a DNS server is known by (`--name`, a CNI id -> its key), so
+//!   that a detach by them stops it, also after a restart.
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::unix::fs::MetadataExt,
@@ -11,6 +17,11 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+
+/// The registry's file in the data dir.
+pub const FILE: &str = "containers.json";
+/// What earlier versions kept in two files instead; read once, then removed.
+pub const LEGACY_FILES: [&str; 2] = ["names.json", "dns-namespaces.json"];
 
 /// The file's shape.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -21,18 +32,91 @@ struct Saved {
     /// cannot see: their death does not show at the path.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     unseen: BTreeSet<String>,
+    /// DNS key -> the namespace path it is served in.
+    #[serde(default)]
+    dns: BTreeMap<String, String>,
+    /// A `--name` or CNI id -> the DNS key of its namespace.
+    #[serde(default)]
+    aliases: BTreeMap<String, String>,
 }
 
-pub struct Names {
+pub struct Registry {
     file: PathBuf,
     saved: Mutex<Saved>,
 }
 
-impl Names {
-    /// The names saved in `file` (none if it is missing or unreadable).
-    pub fn load(file: PathBuf) -> Self {
-        let saved = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        Self { file, saved: Mutex::new(saved) }
+impl Registry {
+    /// The registry of the data dir `dir` (empty if its file is missing or
+    /// unreadable; taken over from the legacy files if only those exist).
+    pub fn load(dir: &Path) -> Self {
+        let file = dir.join(FILE);
+        let read = |p: &Path| std::fs::read(p).ok();
+        match read(&file) {
+            Some(b) => Self { saved: Mutex::new(serde_json::from_slice(&b).unwrap_or_default()), file },
+            None => {
+                let mut saved: Saved =
+                    read(&dir.join(LEGACY_FILES[0])).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+                saved.dns =
+                    read(&dir.join(LEGACY_FILES[1])).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+                let registry = Self { file, saved: Mutex::new(saved) };
+                if LEGACY_FILES.iter().any(|f| dir.join(f).exists()) {
+                    registry.write(&registry.saved());
+                    for f in LEGACY_FILES {
+                        let _ = std::fs::remove_file(dir.join(f));
+                    }
+                }
+                registry
+            }
+        }
+    }
+
+    /// The namespaces served DNS: (key, netns path).
+    pub fn dns_served(&self) -> Vec<(String, String)> {
+        self.saved().dns.iter().map(|(k, p)| (k.clone(), p.clone())).collect()
+    }
+
+    /// DNS `key` is served in the namespace at `netns` (None: it came as a
+    /// descriptor, nothing to reopen after a restart).
+    pub fn serve_dns(&self, key: &str, netns: Option<String>) {
+        let mut saved = self.saved();
+        let changed = match netns {
+            Some(path) => saved.dns.insert(key.to_string(), path.clone()) != Some(path),
+            None => false,
+        };
+        if changed {
+            self.write(&saved);
+        }
+    }
+
+    /// DNS `key` is no longer served; no name leads to it any more.
+    pub fn stop_dns(&self, key: &str) {
+        let mut saved = self.saved();
+        let before = (saved.dns.len(), saved.aliases.len());
+        saved.dns.remove(key);
+        saved.aliases.retain(|_, k| k != key);
+        if before != (saved.dns.len(), saved.aliases.len()) {
+            self.write(&saved);
+        }
+    }
+
+    /// The DNS key a `--name` or CNI id leads to.
+    pub fn dns_key(&self, alias: &str) -> Option<String> {
+        self.saved().aliases.get(alias).cloned()
+    }
+
+    /// `aliases` now lead to DNS `key`. Returns the other keys they led to
+    /// (dead namespaces: attach refuses a live one's name), which lose every
+    /// alias: their servers are to stop.
+    pub fn alias_dns(&self, aliases: &[String], key: &str) -> Vec<String> {
+        let mut saved = self.saved();
+        let moved: Vec<String> = aliases
+            .iter()
+            .filter_map(|a| saved.aliases.insert(a.clone(), key.to_string()))
+            .filter(|k| k != key)
+            .collect();
+        saved.aliases.retain(|_, k| !moved.contains(k));
+        self.write(&saved);
+        moved
     }
 
     fn saved(&self) -> MutexGuard<'_, Saved> {
@@ -56,7 +140,7 @@ impl Names {
         self.saved().unseen.contains(name)
     }
 
-    /// Like [`Names::of`] for a namespace the caller passed as a descriptor
+    /// Like [`Registry::of`] for a namespace the caller passed as a descriptor
     /// (alive: it is open) by `path`, which the agent may not see: the name
     /// given to that inode under that same path.
     pub fn of_passed(&self, inode: u64, path: &Path) -> Option<String> {
@@ -151,14 +235,13 @@ mod tests {
     #[test]
     fn a_name_belongs_to_one_live_namespace() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("names.json");
         // Two "namespaces": any files, told apart by inode.
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         std::fs::write(&a, "").unwrap();
         std::fs::write(&b, "").unwrap();
         let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
         let (ia, ib) = (ino(&a), ino(&b));
-        let names = Names::load(file.clone());
+        let names = Registry::load(dir.path());
         assert_eq!(names.check("web", "a", ia, None, false), Ok(None));
         names.remember("web", a.clone(), ia, false);
         assert_eq!(names.check("web", "a", ia, None, false), Ok(None), "same name, same namespace");
@@ -182,7 +265,7 @@ mod tests {
         assert!(e.contains("already attached as 'hid'"), "{e}");
         names.forget("hid");
         // Saved across restarts.
-        let names = Names::load(file.clone());
+        let names = Registry::load(dir.path());
         assert_eq!(names.get("web"), Some((a.clone(), ia)));
         // a dies: its name is free, and its inode (reusable) names nothing.
         std::fs::remove_file(&a).unwrap();
@@ -190,6 +273,38 @@ mod tests {
         assert_eq!(names.of(ia), None);
         assert_eq!(names.check("db", "a", ia, None, false), Ok(None));
         names.forget("web");
-        assert_eq!(Names::load(file).get("web"), None);
+        assert_eq!(Registry::load(dir.path()).get("web"), None);
+    }
+
+    #[test]
+    fn dns_keys_and_their_names_survive_a_restart_in_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::load(dir.path());
+        r.serve_dns("netns:1", Some("/run/netns/a".into()));
+        r.serve_dns("netns:2", None);
+        assert!(r.alias_dns(&["web".into(), "cni:x".into()], "netns:1").is_empty());
+        // A restarted agent knows where `web` was served, and stops it by name.
+        let r = Registry::load(dir.path());
+        assert_eq!(r.dns_served(), [("netns:1".to_string(), "/run/netns/a".to_string())]);
+        assert_eq!(r.dns_key("web").as_deref(), Some("netns:1"));
+        // The name moves to a new namespace: the old key loses all its names.
+        assert_eq!(r.alias_dns(&["web".into()], "netns:3"), ["netns:1"]);
+        assert_eq!(r.dns_key("cni:x"), None);
+        r.stop_dns("netns:3");
+        assert_eq!(r.dns_key("web"), None);
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(files, [FILE], "one file, no temporaries");
+    }
+
+    #[test]
+    fn the_two_legacy_files_are_taken_over_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("names.json"), r#"{"names":{"web":["/run/netns/a",7]}}"#).unwrap();
+        std::fs::write(dir.path().join("dns-namespaces.json"), r#"{"netns:7":"/run/netns/a"}"#).unwrap();
+        let r = Registry::load(dir.path());
+        assert_eq!(r.get("web"), Some((PathBuf::from("/run/netns/a"), 7)));
+        assert_eq!(r.dns_served().len(), 1);
+        assert!(LEGACY_FILES.iter().all(|f| !dir.path().join(f).exists()));
+        assert_eq!(Registry::load(dir.path()).get("web"), Some((PathBuf::from("/run/netns/a"), 7)));
     }
 }

@@ -15,6 +15,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use weave_proto::{token::Pin, v1::NetworkMap};
 
+use super::registry;
 use crate::error::Error;
 
 const KEY: &str = "private.key";
@@ -144,9 +145,11 @@ impl StateDir {
         Ok((key, identity, map))
     }
 
-    /// Removes the files this agent wrote, and the directory if it is then empty.
+    /// Removes the files this agent wrote (the container registry too), and
+    /// the directory if it is then empty.
     pub fn remove(&self) -> Result<(), Error> {
-        for name in [KEY, IDENTITY, MAP] {
+        let registry = [registry::FILE, "containers.tmp", registry::LEGACY_FILES[0], registry::LEGACY_FILES[1]];
+        for name in [KEY, IDENTITY, MAP].into_iter().chain(registry) {
             match fs::remove_file(self.dir.join(name)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
