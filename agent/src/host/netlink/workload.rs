@@ -1,0 +1,214 @@
+//! The workload side of netlink: a container's interfaces seen from inside
+//! its namespace, the veth that plugs it into a bridge, and addresses on a
+//! bridge (expose/hide).
+use super::*;
+
+/// An IPv4 address of a workload interface, as found in its namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadInterface {
+    pub name: String,
+    pub index: u32,
+    pub mtu: u32,
+    pub mac: Vec<u8>,
+    pub addresses: Vec<(Ipv4Addr, u8)>,
+}
+
+impl Netlink {
+    /// A netlink connection inside the namespace of `netns` (a `/run/netns/x`
+    /// or `/proc/<pid>/ns/net` file). The socket is opened by a short-lived
+    /// thread that entered the namespace (a socket stays in the namespace it
+    /// was created in); the connection then runs on the caller's runtime.
+    pub async fn in_netns(netns: &std::fs::File) -> Result<Self, Error> {
+        let runtime = tokio::runtime::Handle::current();
+        let opened = crate::host::netns::run_in(netns, "a container", move || {
+            // The socket registers with the runtime's reactor when created.
+            let _guard = runtime.enter();
+            rtnetlink::new_connection().map_err(|e| Error::Netlink(format!("netlink socket in namespace: {e}")))
+        })?;
+        let (conn, handle, _) = opened;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// The `ethwe*` interfaces of this namespace (and `extra`, a name the
+    /// CNI runtime chose) with their IPv4 addresses.
+    pub async fn workload_interfaces(&self, extra: Option<&str>) -> Result<Vec<WorkloadInterface>, Error> {
+        let mut out: Vec<WorkloadInterface> = self
+            .links()
+            .await?
+            .iter()
+            .filter_map(|l| {
+                let n = name(l)?;
+                (is_workload_if(n) || Some(n) == extra).then(|| WorkloadInterface {
+                    name: n.to_string(),
+                    index: l.header.index,
+                    mtu: mtu(l).unwrap_or(0),
+                    mac: l
+                        .attributes
+                        .iter()
+                        .find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.clone()) } else { None })
+                        .unwrap_or_default(),
+                    addresses: Vec::new(),
+                })
+            })
+            .collect();
+        let addrs: Vec<_> =
+            self.handle.address().get().execute().try_collect().await.map_err(|e| nl("list addresses", e))?;
+        for a in addrs {
+            let Some(i) = out.iter_mut().find(|i| i.index == a.header.index) else { continue };
+            for attr in &a.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(ip)) = attr {
+                    i.addresses.push((*ip, a.header.prefix_len));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Creates a veth pair in this (the host's) namespace: `host_if` goes into
+    /// `bridge`, its peer moves into `netns` and is renamed `ifname` in the
+    /// same message. Nothing is left behind if a step fails.
+    pub async fn plug_veth(
+        &self,
+        host_if: &str,
+        bridge: &str,
+        netns: &std::fs::File,
+        ifname: &str,
+        mtu: u32,
+    ) -> Result<(), Error> {
+        use std::os::fd::AsRawFd;
+        let bridge_index =
+            self.link_index(bridge).await?.ok_or_else(|| Error::Netlink(format!("bridge {bridge} does not exist")))?;
+        let peer = format!("{host_if}p");
+        // Not `create`: an existing pair of that name must not pass for ours.
+        self.handle
+            .link()
+            .add(rtnetlink::LinkVeth::new(host_if, &peer).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(|e| nl(format!("create veth {host_if}"), e))?;
+        let result = async {
+            let peer_index = self.link_index(&peer).await?.ok_or_else(|| Error::Netlink(format!("{peer} vanished")))?;
+            let set = |msg| self.handle.link().set(msg).execute();
+            set(LinkUnspec::new_with_index(peer_index).mtu(mtu).build())
+                .await
+                .map_err(|e| nl(format!("set mtu of {peer}"), e))?;
+            set(LinkUnspec::new_with_index(peer_index).setns_by_fd(netns.as_raw_fd()).name(ifname).build())
+                .await
+                .map_err(|e| nl(format!("move {peer} into the container as {ifname}"), e))?;
+            let host_index =
+                self.link_index(host_if).await?.ok_or_else(|| Error::Netlink(format!("{host_if} vanished")))?;
+            set(LinkUnspec::new_with_index(host_index).controller(bridge_index).build())
+                .await
+                .map_err(|e| nl(format!("put {host_if} into {bridge}"), e))?;
+            set(LinkUnspec::new_with_index(host_index).up().build())
+                .await
+                .map_err(|e| nl(format!("set {host_if} up"), e))
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.delete_link(host_if).await;
+        }
+        result
+    }
+
+    /// Inside a workload's namespace: `ifname` up with `address`, plus the
+    /// multicast route (224.0.0.0/4) through it unless one exists. Idempotent.
+    pub async fn configure_workload(
+        &self,
+        ifname: &str,
+        address: Ipv4Addr,
+        prefix: u8,
+        multicast: bool,
+    ) -> Result<(), Error> {
+        let index = self.link_index(ifname).await?.ok_or_else(|| Error::Netlink(format!("{ifname} does not exist")))?;
+        if let Some(lo) = self.link_index("lo").await? {
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(lo).up().build())
+                .execute()
+                .await
+                .map_err(|e| nl("lo up", e))?;
+        }
+        match self.handle.address().add(index, address.into(), prefix).execute().await {
+            Ok(()) => {}
+            Err(e) if errno(&e) == Some(EEXIST) => {}
+            Err(e) => return Err(nl(format!("add {address}/{prefix} to {ifname}"), e)),
+        }
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| nl(format!("set {ifname} up"), e))?;
+        if multicast {
+            let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(Ipv4Addr::new(224, 0, 0, 0), 4)
+                .output_interface(index)
+                .scope(netlink_packet_route::route::RouteScope::Link)
+                .build();
+            match self.handle.route().add(route).execute().await {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(EEXIST) => {}
+                Err(e) => return Err(nl(format!("multicast route via {ifname}"), e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Netlink {
+    /// Adds (or removes) `address/prefix` on `ifname` in this namespace
+    /// (expose/hide on a bridge). Idempotent both ways.
+    pub async fn set_address(&self, ifname: &str, address: Ipv4Addr, prefix: u8, present: bool) -> Result<(), Error> {
+        let index = self.link_index(ifname).await?.ok_or_else(|| Error::Netlink(format!("{ifname} does not exist")))?;
+        if present {
+            return match self.handle.address().add(index, address.into(), prefix).execute().await {
+                Ok(()) => Ok(()),
+                Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+                Err(e) => Err(nl(format!("add {address}/{prefix} to {ifname}"), e)),
+            };
+        }
+        let addrs = self.address_messages(index).await?;
+        for a in addrs {
+            let ours =
+                a.attributes.iter().any(|x| matches!(x, AddressAttribute::Local(IpAddr::V4(ip)) if *ip == address));
+            if ours {
+                self.handle
+                    .address()
+                    .del(a)
+                    .execute()
+                    .await
+                    .map_err(|e| nl(format!("remove {address} from {ifname}"), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn address_messages(&self, index: u32) -> Result<Vec<AddressMessage>, Error> {
+        self.handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl("list addresses", e))
+    }
+
+    /// IPv4 addresses on `ifname` in this namespace.
+    pub async fn addresses_of(&self, ifname: &str) -> Result<Vec<(Ipv4Addr, u8)>, Error> {
+        let Some(index) = self.link_index(ifname).await? else { return Ok(Vec::new()) };
+        let addrs = self.address_messages(index).await?;
+        Ok(addrs
+            .iter()
+            .flat_map(|a| {
+                a.attributes.iter().filter_map(move |x| match x {
+                    AddressAttribute::Local(IpAddr::V4(ip)) => Some((*ip, a.header.prefix_len)),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+}
