@@ -20,6 +20,10 @@ use crate::error::Error;
 const KEY: &str = "private.key";
 const IDENTITY: &str = "identity.json";
 const MAP: &str = "map.pb";
+/// Written when the coordinator ended this node's membership: `agent join`
+/// refuses until `agent reset` (a supervisor restarting a removed agent with
+/// its old token must not bring the node back behind the admin's back).
+const REMOVED: &str = "removed";
 
 /// The node's WireGuard key pair. The private half is never sent anywhere.
 #[derive(Clone)]
@@ -114,9 +118,10 @@ impl StateDir {
         self.save_map(map)
     }
 
-    /// Forgets the membership (identity and map) but keeps the key: after a
-    /// removal, `agent join` with a new token works without `agent reset`.
-    pub fn forget_membership(&self) -> Result<(), Error> {
+    /// Forgets the membership (identity and map) and records `why`; the key
+    /// stays until `agent reset`.
+    pub fn forget_membership(&self, why: &str) -> Result<(), Error> {
+        self.write(REMOVED, why.as_bytes())?;
         for name in [IDENTITY, MAP] {
             match fs::remove_file(self.dir.join(name)) {
                 Ok(()) => {}
@@ -125,6 +130,11 @@ impl StateDir {
             }
         }
         Ok(())
+    }
+
+    /// Why this host's membership ended, if it did (see [`Self::forget_membership`]).
+    pub fn removed(&self) -> Option<String> {
+        fs::read_to_string(self.dir.join(REMOVED)).ok()
     }
 
     pub fn save_map(&self, map: &NetworkMap) -> Result<(), Error> {
@@ -146,7 +156,7 @@ impl StateDir {
 
     /// Removes the files this agent wrote, and the directory if it is then empty.
     pub fn remove(&self) -> Result<(), Error> {
-        for name in [KEY, IDENTITY, MAP] {
+        for name in [KEY, IDENTITY, MAP, REMOVED] {
             match fs::remove_file(self.dir.join(name)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

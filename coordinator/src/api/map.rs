@@ -46,13 +46,16 @@ async fn send_snapshot(state: &Shared, tx: &mpsc::Sender<Result<WatchEvent, Stat
 async fn revoked(state: &Shared, caller: &Caller, hash: &str) -> Option<Status> {
     match state.store.caller(hash).await {
         Ok(Some(now)) if now == *caller => None,
-        Ok(_) => Some(Status::unauthenticated(match caller {
-            Caller::Admin => "the admin credential was rotated".to_string(),
+        Ok(_) => Some(match caller {
+            Caller::Admin => Status::unauthenticated("the admin credential was rotated"),
             Caller::Node { id, name } => match state.store.node(&id.to_string()).await {
-                Ok(_) => format!("node '{name}' joined again elsewhere: this credential was replaced"),
-                Err(_) => format!("node '{name}' was removed from the cluster"),
+                Ok(_) => super::membership_ended(
+                    format!("node '{name}' joined again elsewhere: this credential was replaced"),
+                    "replaced",
+                ),
+                Err(_) => super::membership_ended(format!("node '{name}' was removed from the cluster"), "removed"),
             },
-        })),
+        }),
         // A database error ends the stream; the agent retries as after any outage.
         Err(e) => Some(e.into()),
     }

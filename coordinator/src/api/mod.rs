@@ -77,13 +77,16 @@ impl State {
             Err(_) => secret.to_string(),
         };
         let hash = hash_secret(&secret);
-        let caller = self.store.caller(&hash).await.map_err(Status::from)?.ok_or_else(|| {
-            Status::unauthenticated(
+        if let Some(caller) = self.store.caller(&hash).await.map_err(Status::from)? {
+            return Ok((caller, hash));
+        }
+        Err(match self.store.removed_node(&hash).await.map_err(Status::from)? {
+            Some(name) => membership_ended(format!("node '{name}' was removed from the cluster"), "removed"),
+            None => Status::unauthenticated(
                 "credential not recognised by this coordinator (wrong coordinator, the node was removed, \
                  or the credential was replaced)",
-            )
-        })?;
-        Ok((caller, hash))
+            ),
+        })
     }
 
     pub async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
@@ -113,4 +116,17 @@ impl State {
             Caller::Admin => Ok(self.store.node(requested).await?.id),
         }
     }
+}
+
+/// The metadata key that tells an agent its membership is over (value
+/// `removed` or `replaced`): only then does it tear its network down and
+/// stop. A bare UNAUTHENTICATED (a coordinator restored from an older
+/// backup, a wrong coordinator) is waited out like an outage.
+pub const MEMBERSHIP_KEY: &str = "weave-membership";
+
+/// UNAUTHENTICATED carrying [`MEMBERSHIP_KEY`] = `why`.
+pub fn membership_ended(message: String, why: &'static str) -> Status {
+    let mut status = Status::unauthenticated(message);
+    status.metadata_mut().insert(MEMBERSHIP_KEY, tonic::metadata::MetadataValue::from_static(why));
+    status
 }

@@ -194,6 +194,15 @@ impl Store {
         let mut tx = self.begin().await?;
         let node = rows::resolve_node(tx.c(), sel).await?;
         let (allocations, records) = release_where(&mut tx, "a.node_id = $1", node.id as i64).await?;
+        // Remembered by its credential, so that its agent learns why even if it was away.
+        sqlx::query(
+            "INSERT INTO removed_nodes (credential_hash, node_id, name, removed_at) \
+             SELECT credential_hash, id, name, $2 FROM nodes WHERE id = $1 ON CONFLICT (credential_hash) DO NOTHING",
+        )
+        .bind(node.id as i64)
+        .bind(now())
+        .execute(tx.c())
+        .await?;
         sqlx::query("DELETE FROM nodes WHERE id = $1").bind(node.id as i64).execute(tx.c()).await?;
         tx.record(Change::NodeRemoved(node.id)).await?;
         self.commit(tx).await?;
