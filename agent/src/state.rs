@@ -237,7 +237,12 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(dir.load_key().unwrap().unwrap().public().as_bytes(), key.public().as_bytes());
         assert!(fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
-        dir.forget_membership().unwrap();
+        assert_eq!(dir.removed(), None);
+        dir.forget_membership("node 'h1' was removed from the cluster").unwrap();
         assert!(dir.load_key().unwrap().is_some());
+        assert_eq!(dir.removed().as_deref(), Some("node 'h1' was removed from the cluster"));
+        // `agent reset` clears the mark with everything else.
+        dir.remove().unwrap();
+        assert_eq!(dir.removed(), None);
     }
 }
