@@ -89,18 +89,7 @@ fn a_removed_node_is_unreachable_within_5s() {
     let said = String::from_utf8_lossy(&rejoin.stderr);
     assert!(said.contains("removed from the cluster earlier") && said.contains("agent reset"), "{said}");
     assert!(!String::from_utf8_lossy(&bed.weavectl_admin(&["node", "ls"]).stdout).contains("h3"));
-    let h = &bed.hosts[2];
-    let reset = in_ns(
-        &h.ns,
-        &[
-            agent_bin().to_str().unwrap(),
-            "reset",
-            "--data-dir",
-            h.data_dir.to_str().unwrap(),
-            "--socket",
-            h.socket.to_str().unwrap(),
-        ],
-    );
+    let reset = bed.reset_agent(2);
     assert!(reset.status.success(), "agent reset: {}", String::from_utf8_lossy(&reset.stderr));
     bed.start_agent(2, true);
     bed.wait_peers(2, 2);
