@@ -24,6 +24,9 @@ pub enum Error {
     /// A known caller asked for something its role does not allow.
     #[error("{0}")]
     PermissionDenied(String),
+    /// A broken invariant (a panicked task): a bug, reported as INTERNAL.
+    #[error("internal error: {0}")]
+    Bug(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database migration: {0}")]
@@ -46,7 +49,7 @@ impl From<Error> for Status {
             // and the caller learns which rule it broke.
             Error::Database(sqlx::Error::Database(db)) if db.is_unique_violation() => Code::AlreadyExists,
             Error::Database(sqlx::Error::Database(db)) if db.message().contains("overlaps") => Code::AlreadyExists,
-            Error::Database(_) | Error::Migrate(_) => {
+            Error::Database(_) | Error::Migrate(_) | Error::Bug(_) => {
                 tracing::error!(error = %e, "internal error");
                 Code::Internal
             }

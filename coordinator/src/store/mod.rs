@@ -177,7 +177,20 @@ impl Store {
         Ok(Tx { inner: self.write.begin_with("BEGIN IMMEDIATE").await?, changes: Vec::new(), _writer: writer })
     }
 
+    /// Commits `tx` and publishes its changes (in-memory map, event ring,
+    /// revision signal) as one unit. It runs in its own task: a caller that
+    /// goes away (client deadline, Ctrl-C) once COMMIT may have reached
+    /// SQLite would otherwise leave a change on disk that memory and
+    /// watchers never hear of. Dropping the returned future only stops
+    /// waiting for it; the writer lock is held until it is published.
     pub(crate) async fn commit(&self, tx: Tx) -> Result<()> {
+        let store = self.clone();
+        tokio::spawn(async move { store.commit_and_publish(tx).await })
+            .await
+            .map_err(|e| Error::Bug(format!("the commit task failed: {e}")))?
+    }
+
+    async fn commit_and_publish(&self, tx: Tx) -> Result<()> {
         tx.inner.commit().await?;
         let Some(&(last, _)) = tx.changes.last() else { return Ok(()) };
         {
