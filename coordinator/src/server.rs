@@ -60,7 +60,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     if tls_created {
         tracing::info!(pin = %tls.pin, "created the coordinator's TLS identity");
     }
-    let store = Store::open(&settings.data_dir.join("coordinator.db")).await?;
+    let store = Store::open(&settings.data_dir.join("coordinator.db")).await?.with_node_quota(settings.node_quota);
     let (cluster, first_start) = store.init_cluster(&settings.cluster).await?;
     if !first_start && (cluster.range != settings.cluster.range || cluster.node_range != settings.cluster.node_range) {
         tracing::warn!(
