@@ -31,3 +31,83 @@ async fn a_node_past_its_quota_is_refused_until_it_releases() {
     api.ipam.release(ReleaseRequest { container: "c0".into(), ..Default::default() }).await.unwrap();
     api.ipam.allocate(alloc("c3")).await.expect("room again after a release");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fifth_watch_of_one_credential_is_refused() {
+    use weave_coordinator::api::MAX_WATCHES_PER_CREDENTIAL;
+    let c = TestCoordinator::start().await;
+    let (_, mut api) = c.join("host1", 1).await;
+    let mut open = Vec::new();
+    for _ in 0..MAX_WATCHES_PER_CREDENTIAL {
+        let mut s = api.map.watch(WatchRequest { from_revision: 0 }).await.expect("within the limit").into_inner();
+        s.message().await.unwrap().expect("a snapshot");
+        open.push(s);
+    }
+    assert_status(api.map.watch(WatchRequest { from_revision: 0 }).await, Code::ResourceExhausted, "watches open");
+    // Other credentials have their own.
+    let mut admin = c.admin().await;
+    admin.map.watch(WatchRequest { from_revision: 0 }).await.expect("the admin's own limit");
+    // Closing one frees its place (once the server has seen the stream go).
+    drop(open.pop());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match api.map.watch(WatchRequest { from_revision: 0 }).await {
+            Ok(_) => break,
+            Err(s) if s.code() == Code::ResourceExhausted && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(s) => panic!("a closed watch should free its place: {s}"),
+        }
+    }
+}
+
+/// Connections that never finish TLS (idle ones, stalled handshakes) neither
+/// keep others out nor stay open past the handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_stalled_connections_neither_block_rpcs_nor_stay_open() {
+    use std::time::{Duration, Instant};
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
+    };
+    use weave_coordinator::server::TLS_HANDSHAKE_TIMEOUT;
+
+    let c = TestCoordinator::start().await;
+    let mut idle = Vec::new();
+    for i in 0..600 {
+        let mut s = TcpStream::connect(c.running.local_addr).await.unwrap();
+        if i % 2 == 1 {
+            // A TLS record header promising a 512-byte ClientHello that never comes.
+            s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
+        }
+        idle.push(s);
+    }
+    let opened = Instant::now();
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut admin = c.admin().await;
+        admin.status.get_status(GetStatusRequest {}).await
+    })
+    .await
+    .expect("a new client answers within 1 s with 600 stalled connections open");
+    status.expect("status");
+    eprintln!("status took {:?} with 600 stalled connections", started.elapsed());
+
+    let deadline = opened + TLS_HANDSHAKE_TIMEOUT + Duration::from_secs(3);
+    for mut s in idle {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {}
+            Ok(Ok(n)) => {
+                // A TLS alert may come first; the close must follow.
+                let rest = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), s.read(&mut buf));
+                assert!(matches!(rest.await, Ok(Ok(0) | Err(_))), "closed after a {n}-byte alert");
+            }
+            Err(_) => {
+                panic!("a connection without a finished handshake was still open after {TLS_HANDSHAKE_TIMEOUT:?}")
+            }
+        }
+    }
+}

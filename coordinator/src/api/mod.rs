@@ -21,7 +21,14 @@ use tonic::{Request, Status};
 use weave_proto::token::{Pin, hash_secret};
 
 pub use self::{
-    admin::Admin, dns::Dns, ipam::Ipam, join::Join, map::Map, nodes::Nodes, status::StatusApi, subnets::Subnets,
+    admin::Admin,
+    dns::Dns,
+    ipam::Ipam,
+    join::Join,
+    map::{MAX_WATCHES_PER_CREDENTIAL, Map},
+    nodes::Nodes,
+    status::StatusApi,
+    subnets::Subnets,
     tokens::Tokens,
 };
 use crate::{
@@ -40,6 +47,9 @@ pub struct State {
     pub started_at: i64,
     /// Watch streams open now.
     pub watchers: AtomicU32,
+    /// Watch streams open now per credential (by its hash), for the limit
+    /// [`MAX_WATCHES_PER_CREDENTIAL`].
+    pub watches_by_credential: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// Issues and checks the challenges of re-joins.
     pub challenger: crate::challenge::Challenger,
     /// Where `admin.credential` lives: rotation rewrites it.
