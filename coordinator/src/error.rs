@@ -54,12 +54,42 @@ impl From<Error> for Status {
                 Code::Internal
             }
         };
-        Status::new(code, e.to_string())
+        Status::new(code, clipped(e.to_string()))
     }
 }
 
 impl From<weave_proto::cidr::CidrError> for Error {
     fn from(e: weave_proto::cidr::CidrError) -> Self {
         Error::InvalidArgument(e.to_string())
+    }
+}
+
+/// A status message travels in an HTTP/2 header, and some quote what the
+/// caller sent: a refused multi-megabyte field must not come back whole
+/// (the client would refuse the header and never see the refusal).
+const MAX_MESSAGE: usize = 1024;
+
+fn clipped(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_clipped_on_a_character_boundary() {
+        let status = Status::from(Error::InvalidArgument(format!("'{}' is bad", "é".repeat(4000))));
+        assert!(status.message().len() <= MAX_MESSAGE + '…'.len_utf8());
+        assert!(status.message().ends_with('…'));
+        assert_eq!(Status::from(Error::NotFound("no node 'x'".into())).message(), "no node 'x'");
     }
 }

@@ -111,3 +111,41 @@ async fn idle_and_stalled_connections_neither_block_rpcs_nor_stay_open() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_fields_are_refused_with_a_short_message() {
+    use weave_coordinator::api::{MAX_DESCRIPTION_LEN, MAX_ENDPOINTS};
+    let c = TestCoordinator::start().await;
+    let (_, mut api) = c.join("host1", 1).await;
+    let endpoints = |n: usize| (0..n).map(|i| format!("192.0.2.{}:{}", i % 250 + 1, 1024 + i % 60000)).collect();
+
+    // Just under tonic's 4 MiB: it would have gone into the map and into a
+    // watch event just over the limit every agent decodes.
+    let huge: Vec<String> = endpoints(200_000);
+    assert!(huge.iter().map(|e| e.len() + 2).sum::<usize>() < 4 << 20);
+    let r = api.nodes.update_endpoints(UpdateEndpointsRequest { node: String::new(), endpoints: huge }).await;
+    assert_status(r, Code::InvalidArgument, "at most 16");
+    let r = api.nodes.update_endpoints(UpdateEndpointsRequest { node: String::new(), endpoints: endpoints(17) }).await;
+    assert_status(r, Code::InvalidArgument, "at most 16");
+    let ok = UpdateEndpointsRequest { node: String::new(), endpoints: endpoints(MAX_ENDPOINTS) };
+    api.nodes.update_endpoints(ok).await.expect("16 endpoints");
+    let mut join = common::join_request(&c.token(), "host2", 2);
+    join.endpoints = endpoints(MAX_ENDPOINTS + 1);
+    assert_status(c.admin().await.join.join(join).await, Code::InvalidArgument, "at most 16");
+
+    let mut admin = c.admin().await;
+    let long = CreateTokenRequest { description: "x".repeat(MAX_DESCRIPTION_LEN + 1), ..Default::default() };
+    assert_status(admin.tokens.create_token(long).await, Code::InvalidArgument, "at most 256");
+
+    // Names: DNS lengths (labels of 63, names of 253); a refusal never
+    // echoes a megabyte back.
+    let label = AllocateRequest { container: "c1".into(), dns_name: "a".repeat(64), ..Default::default() };
+    assert_status(api.ipam.allocate(label).await, Code::InvalidArgument, "not a valid DNS name");
+    let name = format!("{}.x", vec!["a".repeat(63); 4].join("."));
+    let r = admin.dns.add_record(AddRecordRequest { name, address: "192.0.2.9".into() }).await;
+    assert_status(r, Code::InvalidArgument, "too long for DNS");
+    let big = AllocateRequest { container: "c".repeat(1 << 20), ..Default::default() };
+    let refused = api.ipam.allocate(big).await.expect_err("a 1 MiB container id");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().len() < 2048, "the refusal quotes {} bytes", refused.message().len());
+}

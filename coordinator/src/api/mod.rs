@@ -24,12 +24,12 @@ pub use self::{
     admin::Admin,
     dns::Dns,
     ipam::Ipam,
-    join::Join,
+    join::{Join, MAX_ENDPOINTS},
     map::{MAX_WATCHES_PER_CREDENTIAL, Map},
     nodes::Nodes,
     status::StatusApi,
     subnets::Subnets,
-    tokens::Tokens,
+    tokens::{MAX_DESCRIPTION_LEN, Tokens},
 };
 use crate::{
     error::Error,
