@@ -2,6 +2,8 @@
 //! either wholly done (on disk, in the in-memory map, in the event ring) or
 //! not at all: the map served from memory always equals the database's, and
 //! watchers see consecutive revisions.
+mod common;
+
 use std::time::Duration;
 
 use weave_coordinator::store::{Caller, ClusterSettings, Events, Store};
@@ -65,7 +67,51 @@ async fn writes_dropped_at_random_moments_leave_memory_equal_to_the_database() {
     let reopened = Store::open(&path).await.unwrap();
     let disk = reopened.snapshot().await.unwrap();
     assert_eq!(memory.revision, disk.revision, "the in-memory map is at the database's revision");
-    assert_eq!(memory, disk, "the in-memory map equals the database's");
+    assert!(memory == disk, "the in-memory map equals the database's");
     assert_eq!(remembered, (base + 1..=disk.revision).collect::<Vec<_>>(), "watchers see every revision, in order");
     assert_eq!(revisions(reopened.events_after(base, 10_000).await.unwrap()), remembered);
+}
+
+/// The same through the API: RPCs with short grpc-timeouts (the server drops
+/// their handlers when the deadline passes), a watcher open throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpcs_past_their_deadline_leave_get_map_equal_to_the_database_and_watchers_whole() {
+    use weave_proto::v1::{AllocateRequest, GetMapRequest, ReleaseRequest, WatchRequest, watch_event::Event};
+
+    let c = common::TestCoordinator::start().await;
+    let (_, mut api) = c.join("host1", 1).await;
+    let mut admin = c.admin().await;
+    let mut watch = admin.map.watch(WatchRequest { from_revision: 0 }).await.unwrap().into_inner();
+    let Some(Event::Snapshot(first)) = watch.message().await.unwrap().unwrap().event else { panic!("snapshot first") };
+
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    for i in 0..150 {
+        let mut r = tonic::Request::new(AllocateRequest { container: format!("c{i}"), ..Default::default() });
+        r.set_timeout(Duration::from_micros(500 + next(&mut rng) % 4000));
+        let _ = api.ipam.allocate(r).await;
+        if i % 3 == 0 {
+            let mut r = tonic::Request::new(ReleaseRequest { container: format!("c{}", i / 2), ..Default::default() });
+            r.set_timeout(Duration::from_micros(500 + next(&mut rng) % 4000));
+            let _ = api.ipam.release(r).await;
+        }
+    }
+    // An uncut write: it queues behind any commit still being published.
+    api.ipam.allocate(AllocateRequest { container: "last".into(), ..Default::default() }).await.unwrap();
+    let served = admin.map.get_map(GetMapRequest {}).await.unwrap().into_inner();
+
+    let mut revision = first.revision;
+    while revision < served.revision {
+        let e = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .unwrap_or_else(|_| panic!("the watcher stopped at {revision} of {}", served.revision))
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.revision, revision + 1, "consecutive revisions");
+        revision = e.revision;
+    }
+    drop((watch, admin, api));
+    let dir = c.stop().await;
+    let disk = Store::open(&dir.path().join("data/coordinator.db")).await.unwrap().snapshot().await.unwrap();
+    assert_eq!(served.revision, disk.revision, "GetMap is at the database's revision");
+    assert!(served == disk, "GetMap equals the database's map");
 }
