@@ -13,7 +13,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIR=$ROOT/deploy/kubernetes
-VENV=${WEAVE_VENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/weave/manifests-venv}
+VENV=${WEAVE_VENV_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/weave/manifests-venv}
 # Pinned: a new release brings new Kubernetes versions, so a run stays
 # reproducible until this line changes.
 TOOL=kubernetes-validate==1.37.0

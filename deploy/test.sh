@@ -17,6 +17,12 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The Kubernetes manifests against Kubernetes' schemas (oldest and newest minor).
+bash deploy/check-manifests.sh
+# Every fuzz target replays its saved corpus once (a regression check in
+# seconds; the long runs are `bash fuzz/run.sh 600`, see fuzz/README.md).
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
+bash fuzz/run.sh --replay
 # One test binary at a time (each runs its tests in parallel): the end-to-end
 # binaries each build several namespaces and share two cores.
 cargo test --workspace --locked --no-fail-fast -- "${ignored[@]}"

@@ -30,7 +30,13 @@ pub enum Error {
     /// the cluster, or re-joined elsewhere. The agent stops for good.
     #[error(
         "this node is no longer a member of the cluster (the coordinator said: {0}); its tunnels and \
-         interfaces are removed. To join again: `agent join` with a new token"
+         interfaces are removed. To join again: `agent reset`, then `agent join` with a new token"
     )]
     Removed(String),
+    /// `agent join` on a host whose membership ended earlier.
+    #[error(
+        "this host was removed from the cluster earlier (the coordinator said: {0}); it does not join again \
+         on its own: `agent reset` first, then `agent join` with a new token"
+    )]
+    RemovedEarlier(String),
 }

@@ -41,7 +41,9 @@ async fn main() -> ExitCode {
             eprintln!("agent: {}", commands::describe(&e));
             match e {
                 // Distinct, so that a service manager does not restart it (RestartPreventExitStatus=3).
-                weave_agent::error::Error::Removed(_) => ExitCode::from(3),
+                weave_agent::error::Error::Removed(_) | weave_agent::error::Error::RemovedEarlier(_) => {
+                    ExitCode::from(3)
+                }
                 _ => ExitCode::FAILURE,
             }
         }

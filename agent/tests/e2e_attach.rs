@@ -192,6 +192,8 @@ fn bad_input_is_one_line_and_changes_nothing() {
         ),
         (vec!["detach".into(), format!("net:{SUBNET}"), cpath.clone()], "not attached"),
         (vec!["detach".into(), missing.clone()], "unknown container"),
+        // The host's own namespace is no container (no ethwe, no resolver on the host).
+        (vec!["attach".into(), format!("/run/netns/{}", bed.hosts[0].ns)], "the host's own network namespace"),
     ];
     for (args, expect) in cases {
         let (ifs, fresh_ifs, allocs) = (interfaces(&c), interfaces(&fresh), bed.allocations());
@@ -205,6 +207,7 @@ fn bad_input_is_one_line_and_changes_nothing() {
         assert_eq!(interfaces(&fresh), fresh_ifs, "{args:?} changed the interfaces");
         assert_eq!(bed.allocations(), allocs, "{args:?} changed the allocations");
     }
+    assert!(!interfaces(&bed.hosts[0].ns).iter().any(|i| i.starts_with("ethwe")), "the host got an ethwe");
     // The held address still belongs to its holder, on its interface.
     assert!(interfaces(&holder).contains(&"ethwe 10.2.3.7/24".to_string()));
 }

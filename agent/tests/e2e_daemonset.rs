@@ -173,7 +173,7 @@ fn daemonset_runs_the_installer_the_image_ships() {
     let read = |p: &str| fs::read_to_string(repo().join(p)).unwrap();
     let daemonset = read("deploy/kubernetes/agent-daemonset.yaml");
     assert!(daemonset.contains("command: [weave-install-cni]"), "install-cni container command");
-    assert!(daemonset.contains("command: [weave-install-cni, --check]"), "agent readiness probe");
+    assert!(daemonset.contains("value: http://127.0.0.1:6782/readyz"), "installer's second readiness check");
     let containerfile = read("deploy/image/Containerfile");
     assert!(containerfile.contains("COPY weave-install-cni /usr/local/bin/weave-install-cni"));
     assert!(containerfile.contains("COPY 10-weave.conflist /usr/local/share/weave/10-weave.conflist"));

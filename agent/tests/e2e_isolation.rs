@@ -165,3 +165,69 @@ fn multicast_reaches_its_subnet_on_every_host_and_no_other() {
     }
     sending.join().unwrap();
 }
+
+/// The first IPv6 link-local address on `dev` in `ns`.
+fn link_local(ns: &str, dev: &str) -> String {
+    let out = ok_in(ns, &["ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link"]);
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no link-local on {dev}: {out}"))
+        .to_string()
+}
+
+/// Whether a UDP datagram sent from `from` to `to` arrives at a socket bound in `host`.
+fn udp_arrives(host: &str, from: &str, to: std::net::SocketAddr) -> bool {
+    let bound = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let b = bound.clone();
+    let receiver = in_netns(host, move || {
+        let s = std::net::UdpSocket::bind(("0.0.0.0", to.port())).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        b.wait();
+        s.recv(&mut [0u8; 64]).is_ok()
+    });
+    bound.wait();
+    in_netns(from, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..3 {
+            let _ = s.send_to(b"knock", to);
+        }
+    })
+    .join()
+    .unwrap();
+    receiver.join().unwrap()
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_workload_reaches_its_host_only_at_the_exposed_address_and_never_over_ipv6() {
+    let mut bed = Bed::with_hosts(1);
+    let (a, b) = (bed.add_container("a"), bed.add_container("b"));
+    for ns in [&a, &b] {
+        bed.weavectl_attach(0, ns, &[&format!("/run/netns/{ns}")]);
+    }
+    let host = bed.hosts[0].ns.clone();
+    let bridge = interfaces(&host).into_iter().find(|i| i.starts_with("wvbr-")).expect("a bridge");
+    let (bridge_ll, b_ll) = (link_local(&host, &bridge), link_local(&b, "ethwe"));
+    // Control: IPv6 between workloads of the segment works.
+    let ping6 = |from: &str, to: &str| {
+        in_ns(from, &["ping", "-6", "-c", "1", "-W", "1", &format!("{to}%ethwe")]).status.success()
+    };
+    wait_for("a to ping b over IPv6 link-local", Duration::from_secs(10), || ping6(&a, &b_ll).then_some(()));
+    // The host itself takes no part in the segment's IPv6.
+    for _ in 0..2 {
+        assert!(!ping6(&a, &bridge_ll), "a reached the host's link-local {bridge_ll} on {bridge}");
+    }
+
+    // IPv4: the host's node and underlay addresses are not reachable, even one way.
+    ok_in(&a, &["ip", "route", "add", "10.47.0.0/16", "dev", "ethwe"]);
+    ok_in(&a, &["ip", "route", "add", "192.0.2.0/24", "dev", "ethwe"]);
+    let node: Ipv4Addr = bed.status(0).expect("status").address;
+    for to in [node, bed.hosts[0].ip] {
+        assert!(!udp_arrives(&host, &a, (to, 9999).into()), "a's datagram reached the host at {to}");
+    }
+    // Control: once exposed on the subnet, the host is reached at that address.
+    let exposed = expose(&bed, 0, &[])[0];
+    assert!(udp_arrives(&host, &a, (exposed, 9999).into()), "a did not reach the exposed host at {exposed}");
+}

@@ -81,4 +81,16 @@ fn a_removed_node_is_unreachable_within_5s() {
         assert!(!ping_once(&bed.workloads[0].ns, w3), "node 3's workload answered after removal");
     }
     bed.wait_ping(0, 1, Duration::from_secs(5));
+
+    // A supervisor restarting it with its old (still valid) token does not
+    // bring it back behind the admin's back; `agent reset` then a join does.
+    let rejoin = bed.agent_command(2, true).output().unwrap();
+    assert_eq!(rejoin.status.code(), Some(3), "{}", String::from_utf8_lossy(&rejoin.stderr));
+    let said = String::from_utf8_lossy(&rejoin.stderr);
+    assert!(said.contains("removed from the cluster earlier") && said.contains("agent reset"), "{said}");
+    assert!(!String::from_utf8_lossy(&bed.weavectl_admin(&["node", "ls"]).stdout).contains("h3"));
+    let reset = bed.reset_agent(2);
+    assert!(reset.status.success(), "agent reset: {}", String::from_utf8_lossy(&reset.stderr));
+    bed.start_agent(2, true);
+    bed.wait_peers(2, 2);
 }

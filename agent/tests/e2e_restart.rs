@@ -51,23 +51,13 @@ fn sigterm_keeps_segments_and_reset_removes_everything() {
     let rules = ok_in(&ns, &["nft", "list", "tables"]);
     assert!(rules.contains("inet weave"), "the isolation table stays with the bridges: {rules}");
 
-    let h = &bed.hosts[0];
-    let out = in_ns(
-        &h.ns,
-        &[
-            agent_bin().to_str().unwrap(),
-            "reset",
-            "--data-dir",
-            h.data_dir.to_str().unwrap(),
-            "--socket",
-            h.socket.to_str().unwrap(),
-        ],
-    );
+    let out = bed.reset_agent(0);
     assert!(out.status.success(), "reset: {}", String::from_utf8_lossy(&out.stderr));
     let links = ok_in(&ns, &["ip", "-o", "link", "show"]);
     assert!(!links.contains("wvbr-") && !links.contains("wvvx-"), "reset leaves interfaces: {links}");
     let rules = ok_in(&ns, &["nft", "list", "tables"]);
     assert!(!rules.contains("inet weave"), "reset leaves the isolation table: {rules}");
+    let h = &bed.hosts[0];
     assert!(!h.data_dir.exists(), "reset leaves {:?}", files_under(&h.data_dir));
 }
 

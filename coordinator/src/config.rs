@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// Loopback by default; 0.0.0.0:6781 lets Prometheus and probes reach it.
     #[arg(long, env = "WEAVE_METRICS_LISTEN", default_value = "127.0.0.1:6781")]
     pub metrics_listen: String,
+    /// Most addresses one node may hold at once, whoever allocates them (0: no limit).
+    #[arg(long, env = "WEAVE_NODE_QUOTA", default_value_t = 4096)]
+    pub node_quota: u32,
 }
 
 /// Checked settings for one coordinator process.
@@ -59,6 +62,8 @@ pub struct Settings {
     pub first_token_uses: u32,
     /// Where /metrics, /healthz and /readyz are served (None: nowhere).
     pub metrics_listen: Option<SocketAddr>,
+    /// Most addresses one node may hold (None: no limit).
+    pub node_quota: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +90,7 @@ impl ServeArgs {
             first_token_uses: 1,
             // Tests start many coordinators in one process: no fixed port.
             metrics_listen: "off".into(),
+            node_quota: 4096,
         }
     }
 
@@ -127,6 +133,7 @@ impl ServeArgs {
             token_ttl,
             first_token_ttl,
             first_token_uses: self.first_token_uses,
+            node_quota: Some(self.node_quota).filter(|q| *q > 0),
             metrics_listen: match self.metrics_listen.trim() {
                 "off" | "none" | "" => None,
                 a => Some(a.parse().map_err(|e| flag("metrics-listen", format!("'{a}': {e} (ip:port or off)")))?),
@@ -152,6 +159,10 @@ mod tests {
         assert_eq!(s.token_ttl, Some(Duration::from_secs(86_400)));
         assert_eq!(s.first_token_ttl, Some(Duration::from_secs(3600)), "the first-start token is short-lived");
         assert_eq!(s.first_token_uses, 1, "and single-use");
+        assert_eq!(s.node_quota, Some(4096));
+        let mut a = args();
+        a.node_quota = 0;
+        assert_eq!(a.settings().unwrap().node_quota, None, "0: no limit");
     }
 
     #[test]

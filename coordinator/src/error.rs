@@ -24,6 +24,9 @@ pub enum Error {
     /// A known caller asked for something its role does not allow.
     #[error("{0}")]
     PermissionDenied(String),
+    /// A broken invariant (a panicked task): a bug, reported as INTERNAL.
+    #[error("internal error: {0}")]
+    Bug(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database migration: {0}")]
@@ -46,17 +49,47 @@ impl From<Error> for Status {
             // and the caller learns which rule it broke.
             Error::Database(sqlx::Error::Database(db)) if db.is_unique_violation() => Code::AlreadyExists,
             Error::Database(sqlx::Error::Database(db)) if db.message().contains("overlaps") => Code::AlreadyExists,
-            Error::Database(_) | Error::Migrate(_) => {
+            Error::Database(_) | Error::Migrate(_) | Error::Bug(_) => {
                 tracing::error!(error = %e, "internal error");
                 Code::Internal
             }
         };
-        Status::new(code, e.to_string())
+        Status::new(code, clipped(e.to_string()))
     }
 }
 
 impl From<weave_proto::cidr::CidrError> for Error {
     fn from(e: weave_proto::cidr::CidrError) -> Self {
         Error::InvalidArgument(e.to_string())
+    }
+}
+
+/// A status message travels in an HTTP/2 header, and some quote what the
+/// caller sent: a refused multi-megabyte field must not come back whole
+/// (the client would refuse the header and never see the refusal).
+const MAX_MESSAGE: usize = 1024;
+
+fn clipped(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_clipped_on_a_character_boundary() {
+        let status = Status::from(Error::InvalidArgument(format!("'{}' is bad", "é".repeat(4000))));
+        assert!(status.message().len() <= MAX_MESSAGE + '…'.len_utf8());
+        assert!(status.message().ends_with('…'));
+        assert_eq!(Status::from(Error::NotFound("no node 'x'".into())).message(), "no node 'x'");
     }
 }

@@ -9,9 +9,11 @@
 //! - [`api`]: one file per gRPC service; handlers check the caller's role,
 //!   convert, and call the store.
 //! - [`metrics`]: `/metrics`, `/healthz`, `/readyz` (plain HTTP, own port) and the RPC timing layer.
+//! - `accept`: the accept loop's back-off when the process is out of file descriptors.
 //! - [`server`]: start-up order and the tonic server with health and reflection.
 //! - [`error`]: the error enum and its one mapping to gRPC status codes.
 
+mod accept;
 pub mod api;
 pub mod challenge;
 pub mod config;

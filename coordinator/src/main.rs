@@ -1,5 +1,5 @@
 //! `coordinator serve`: parse flags, init tracing, start, wait for SIGINT/SIGTERM.
-use std::process::ExitCode;
+use std::{fmt::Write as _, io::Write as _, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -53,8 +53,15 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("coordinator listening on {} (advertised as {})", running.local_addr, running.advertise);
-    println!("admin credential: {}", weave_coordinator::identity::admin_credential_path(&data_dir).display());
+    // The banner goes to stdout, which a supervisor may close: a write error
+    // there must not take the coordinator down (println! would panic).
+    let mut banner = String::new();
+    let _ = writeln!(banner, "coordinator listening on {} (advertised as {})", running.local_addr, running.advertise);
+    let _ = writeln!(
+        banner,
+        "admin credential: {}",
+        weave_coordinator::identity::admin_credential_path(&data_dir).display()
+    );
     match &running.first_token {
         Some((join, token)) => {
             let uses =
@@ -63,12 +70,16 @@ async fn main() -> ExitCode {
                 0 => "never expires".to_string(),
                 at => format!("expires in {} s", at - weave_coordinator::store::now()),
             };
-            println!("join token (first start): {join}");
-            println!("  {uses}, {expiry}; on a host: agent join --token-file <file holding it>");
-            println!("  tokens for more hosts: weavectl token create");
+            let _ = writeln!(banner, "join token (first start): {join}");
+            let _ = writeln!(banner, "  {uses}, {expiry}; on a host: agent join --token-file <file holding it>");
+            let _ = writeln!(banner, "  tokens for more hosts: weavectl token create");
         }
-        None => println!("more join tokens: weavectl token create"),
+        None => {
+            let _ = writeln!(banner, "more join tokens: weavectl token create");
+        }
     }
+    let mut stdout = std::io::stdout();
+    let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
     match running.task.await {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {

@@ -7,13 +7,15 @@
 //! nothing between scrapes: nodes, subnets, IPs used and usable (Weave Net's
 //! `weave_ips`/`weave_max_ips`), DNS entries, the map revision, open watches.
 use std::{
-    sync::{Arc, atomic::Ordering},
+    collections::HashSet,
+    sync::{Arc, OnceLock, atomic::Ordering},
     task::{Context, Poll},
     time::Instant,
 };
 
 use futures::future::BoxFuture;
 use ipnet::IpNet;
+use prost::Message;
 use weave_proto::observe::{Probe, ProbeFuture};
 
 use crate::{api::Shared, ipam};
@@ -81,11 +83,36 @@ pub fn spawn(listener: tokio::net::TcpListener, state: Shared, mut stopping: tok
     }));
 }
 
-/// The `method` label: the gRPC path of one of our services, or "other"
-/// (anything a client makes up must not create a new series).
+/// Every method this server serves, as `/package.Service/Method`: read once
+/// from the descriptors it registers for reflection.
+fn served_methods() -> &'static HashSet<String> {
+    static METHODS: OnceLock<HashSet<String>> = OnceLock::new();
+    METHODS.get_or_init(|| {
+        let mut out = HashSet::new();
+        for bytes in [weave_proto::v1::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET] {
+            // Both sets are generated at build time; one that does not decode adds nothing.
+            let Ok(set) = prost_types::FileDescriptorSet::decode(bytes) else { continue };
+            for file in set.file {
+                let package = file.package.unwrap_or_default();
+                for service in file.service {
+                    for method in &service.method {
+                        out.insert(format!("/{package}.{}/{}", service.name(), method.name()));
+                    }
+                }
+            }
+        }
+        for version in ["v1", "v1alpha"] {
+            out.insert(format!("/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"));
+        }
+        out
+    })
+}
+
+/// The `method` label: a method this server serves, or "other". Paths come
+/// from anyone who can open a TLS connection, before any credential is
+/// checked: a made-up one must not create a new series.
 fn method_label(path: &str) -> String {
-    let known = ["/weave.v1.", "/grpc.health.v1.", "/grpc.reflection.v1"];
-    if known.iter().any(|p| path.starts_with(p)) && path.len() <= 96 { path.to_string() } else { "other".into() }
+    if served_methods().contains(path) { path.to_string() } else { "other".into() }
 }
 
 /// gRPC status code names, as Prometheus users read them.
@@ -165,8 +192,10 @@ mod tests {
     #[test]
     fn labels_are_bounded() {
         assert_eq!(method_label("/weave.v1.NodeService/ListNodes"), "/weave.v1.NodeService/ListNodes");
+        assert_eq!(method_label("/grpc.health.v1.Health/Check"), "/grpc.health.v1.Health/Check");
         assert_eq!(method_label("/evil/x"), "other");
-        assert_eq!(method_label(&format!("/weave.v1.{}", "a".repeat(200))), "other");
+        assert_eq!(method_label("/weave.v1.NodeService/Made_Up"), "other");
+        assert_eq!(method_label("/weave.v1.x"), "other");
         assert_eq!(code_label("0"), "OK");
         assert_eq!(code_label("16"), "UNAUTHENTICATED");
         assert_eq!(code_label("junk"), "UNKNOWN");

@@ -4,6 +4,7 @@ use std::{
     future::Future,
     net::{IpAddr, SocketAddr},
     sync::{Arc, atomic::AtomicU32},
+    time::Duration,
 };
 
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -25,6 +26,13 @@ use crate::{
     identity::{self, admin_credential_path, create_private_dir, load_or_create_tls, new_secret, write_secret_file},
     store::{Store, now},
 };
+
+/// A connection that has not finished its TLS handshake by then is closed:
+/// otherwise each stalled one holds a descriptor and a task for ever.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Concurrent RPCs (streams) on one HTTP/2 connection. An agent needs a
+/// watch and a few calls; weavectl one at a time.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 
 /// A coordinator that is serving.
 pub struct Running {
@@ -60,7 +68,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     if tls_created {
         tracing::info!(pin = %tls.pin, "created the coordinator's TLS identity");
     }
-    let store = Store::open(&settings.data_dir.join("coordinator.db")).await?;
+    let store = Store::open(&settings.data_dir.join("coordinator.db")).await?.with_node_quota(settings.node_quota);
     let (cluster, first_start) = store.init_cluster(&settings.cluster).await?;
     if !first_start && (cluster.range != settings.cluster.range || cluster.node_range != settings.cluster.node_range) {
         tracing::warn!(
@@ -104,6 +112,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         credentials_epoch: tokio::sync::watch::channel(0).0,
         started_at: now(),
         watchers: AtomicU32::new(0),
+        watches_by_credential: Default::default(),
         stopping,
     });
     let first_token = if first_start {
@@ -140,8 +149,15 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         None => None,
     };
 
+    let tls_config =
+        ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)).timeout(TLS_HANDSHAKE_TIMEOUT);
     let router = Server::builder()
-        .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)))?
+        .tls_config(tls_config)?
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        // A peer that vanished (host powered off, NAT entry gone) gives its
+        // descriptor back within a minute instead of at TCP's hours.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(crate::metrics::RpcMetricsLayer)
         .add_service(health_service)
         .add_service(reflection)
@@ -156,8 +172,8 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .add_service(AdminServiceServer::new(api::Admin(state.clone())))
         .add_service(StatusServiceServer::new(api::StatusApi(state)));
     // No Nagle: a join answer (with the whole map) would otherwise wait for a delayed ACK.
-    let incoming =
-        TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(std::time::Duration::from_secs(30)));
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(30)));
+    let incoming = crate::accept::backing_off(incoming);
     // Tell the watch streams first, then let tonic drain the connections.
     let shutdown = async move {
         shutdown.await;

@@ -49,6 +49,8 @@ fn spawn(data_dir: &Path) -> Coordinator {
             token = Some(rest.trim().to_string());
         }
     }
+    // Keep reading: the banner may go on, and a closed pipe is not what is tested here.
+    std::thread::spawn(move || lines.for_each(drop));
     Coordinator { child, addr: addr.expect("listen address printed"), token }
 }
 

@@ -515,7 +515,11 @@ async fn removing_a_node_reclaims_its_addresses_and_records() {
     let records = admin.dns.list_records(ListRecordsRequest {}).await.unwrap().into_inner().records;
     assert_eq!(records.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["svc0.weave.local."]);
     // The removed node's credential is dead, its name and addresses are free again.
-    assert_status(node1.status.get_status(GetStatusRequest {}).await, Code::Unauthenticated, "node was removed");
+    assert_status(
+        node1.status.get_status(GetStatusRequest {}).await,
+        Code::Unauthenticated,
+        "was removed from the cluster",
+    );
     assert_status(
         admin.nodes.remove_node(RemoveNodeRequest { node: "host1".into() }).await,
         Code::NotFound,

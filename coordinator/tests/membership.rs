@@ -100,8 +100,21 @@ async fn a_removed_or_replaced_node_loses_its_watch_within_a_second() {
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("node 'h1' was removed from the cluster"), "{status:?}");
     assert!(took < Duration::from_secs(1), "the removed node kept its watch for {took:?}");
-    // Opening a new one fails the same way.
-    assert_status(h1.map.watch(WatchRequest { from_revision: 0 }).await, Code::Unauthenticated, "not recognised");
+    assert_eq!(status.metadata().get("weave-membership").map(|v| v.to_str().unwrap()), Some("removed"));
+    // Opening a new one, or any other call, says the same (an agent that was
+    // away learns it was removed), marked for the agent to stop.
+    let again = h1.map.watch(WatchRequest { from_revision: 0 }).await.map(|_| ()).unwrap_err();
+    assert_eq!(again.code(), Code::Unauthenticated);
+    assert!(again.message().contains("node 'h1' was removed from the cluster"), "{again:?}");
+    assert_eq!(again.metadata().get("weave-membership").map(|v| v.to_str().unwrap()), Some("removed"));
+    let other = h1.nodes.list_nodes(weave_proto::v1::ListNodesRequest {}).await.unwrap_err();
+    assert_eq!(other.metadata().get("weave-membership").map(|v| v.to_str().unwrap()), Some("removed"));
+    // A credential this coordinator never issued is refused unmarked: an agent
+    // facing a restored backup or a wrong coordinator waits, it does not tear down.
+    let mut stranger = c.api_with("never-issued-credential").await;
+    let unknown = stranger.map.watch(WatchRequest { from_revision: 0 }).await.map(|_| ()).unwrap_err();
+    assert_eq!(unknown.code(), Code::Unauthenticated);
+    assert!(unknown.metadata().get("weave-membership").is_none(), "{unknown:?}");
 
     // A re-join (with proof) replaces the credential: the old holder's watch ends.
     let mut anon = c.admin().await;
@@ -114,6 +127,7 @@ async fn a_removed_or_replaced_node_loses_its_watch_within_a_second() {
     let (status, took) = end_of(&mut w2).await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("credential was replaced"), "{status:?}");
+    assert_eq!(status.metadata().get("weave-membership").map(|v| v.to_str().unwrap()), Some("replaced"));
     assert!(took < Duration::from_secs(1), "the replaced credential kept its watch for {took:?}");
 }
 

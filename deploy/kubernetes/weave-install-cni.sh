@@ -58,6 +58,7 @@ url_ready() {
     hostport=${rest%%/*}
     path=/${rest#*/}
     [[ $rest == */* ]] || path=/
+    # shellcheck disable=SC2016 # the inner bash expands them, from its arguments
     status=$(timeout 3 bash -c '
         exec 3<>"/dev/tcp/${1%:*}/${1##*:}" || exit 1
         printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$2" "$1" >&3

@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use weave_agent::plan::cni::{self, CniError, NetConf};
-use weave_proto::local_api::Request;
+use weave_proto::local_api::{Refusal, Request};
 
 /// What the agent receives: one line, parsed as local_api's server does.
 fn over_the_socket(request: &Request) -> Request {
@@ -36,35 +36,40 @@ fuzz_target!(|data: &[u8]| {
     let _ = conf.socket();
     let prev = conf.prev_addresses();
     let multicast = conf.multicast.unwrap_or(true);
+    // What weave-cni sends (the namespace's descriptor travels beside the
+    // JSON, so only its flag is in the bytes fuzzed here).
     let request = match command.as_str() {
         "ADD" => Request::Attach {
             container: netns.clone(),
+            netns_fd: true,
+            netns: None,
             name: None,
             id: Some(id.clone()),
             ifname: Some(ifname.clone()),
             addrs: vec![addr.clone()],
             no_multicast: !multicast,
         },
-        "DEL" => Request::Release { container: id.clone() },
         _ => Request::Detach {
             container: netns.clone(),
+            netns_fd: false,
+            netns: None,
             id: Some(id.clone()),
             ifname: Some(ifname.clone()),
             addrs: vec![],
         },
     };
     match over_the_socket(&request) {
-        Request::Attach { container: c, id: Some(i), ifname: Some(f), addrs, no_multicast, name: None } => {
+        Request::Attach { container: c, id: Some(i), ifname: Some(f), addrs, no_multicast, name: None, netns_fd, .. } => {
+            assert!(netns_fd);
             assert_eq!((c, i, f, addrs, no_multicast), (netns.clone(), id, ifname.clone(), vec![addr], !multicast));
         }
-        Request::Release { container: c } => assert_eq!(c, id),
-        Request::Detach { container: c, id: Some(i), ifname: Some(f), addrs } => {
+        Request::Detach { container: c, id: Some(i), ifname: Some(f), addrs, netns_fd: false, .. } => {
             assert_eq!((c, i, f, addrs.len()), (netns.clone(), id, ifname.clone(), 0));
         }
         other => panic!("the agent read another request: {other:?}"),
     }
-    let result = cni::add_result(&netns, &ifname, &prev, multicast).to_string();
+    let result = cni::add_result(&netns, &ifname, "02:57:0a:20:00:05", &prev, multicast).to_string();
     let _: serde_json::Value = serde_json::from_str(&result).expect("the ADD result is JSON");
-    let _ = cni::refusal(&container).to_json().to_string();
+    let _ = cni::refusal(&Refusal::unknown_container(container.clone())).to_json().to_string();
     let _ = CniError::new(cni::code::BAD_ENV, command, ifname).to_json();
 });

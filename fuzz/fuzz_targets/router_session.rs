@@ -6,7 +6,7 @@
 //! peer table. The handshake is the fuzzer's to complete (or not), so it
 //! reaches the data path: decryption, the inner-source check, roaming.
 //! Invariants: no panic; whatever a router decrypts is a packet the other
-//! side encrypted (never forged or corrupted bytes), from an inner source
+//! side's TUN handed it (never forged or corrupted bytes), from an inner source
 //! that peer owns; no datagram decrypts twice (replays are dropped).
 #![no_main]
 
@@ -96,8 +96,10 @@ fuzz_target!(|data: &[u8]| {
                 script = &rest[(1 + len).min(rest.len())..];
                 let (src, dst) = addresses(arg, sides[from].me, sides[from].other);
                 let packet = ipv4(src, dst, 17, payload);
+                // Handed to the router, it may leave later even if not now
+                // (queued during a handshake, or held until an endpoint is known).
+                sides[from].plaintexts.push(packet.clone());
                 if let Some((_, d)) = send(sides[from].me, &packet) {
-                    sides[from].plaintexts.push(packet);
                     deliver(d, if op & 0x20 != 0 { arg } else { from as u8 }, &mut sides);
                 }
             }

@@ -185,20 +185,28 @@ pub struct Api {
     pub admin: AdminServiceClient<AuthChannel>,
 }
 
+/// The largest answer a client decodes. tonic's default (4 MiB) is passed
+/// by the whole map (every snapshot, join answer and `GetMap`) at roughly
+/// 30,000 allocations; past it every agent would fail on the same snapshot
+/// for ever. 256 MiB holds millions of records, and the coordinator is the
+/// pinned server, not a stranger. What clients send stays bounded by the
+/// coordinator (4 MiB per request, and per-field limits).
+pub const MAX_RESPONSE: usize = 256 << 20;
+
 impl Api {
     pub fn new(channel: Channel, credential: &str) -> Result<Self, ConnectError> {
         let bearer = Bearer::new(credential)?;
         let auth = |c: &Channel| InterceptedService::new(c.clone(), bearer.clone());
         Ok(Self {
-            join: JoinServiceClient::new(channel.clone()),
-            nodes: NodeServiceClient::new(auth(&channel)),
-            map: MapServiceClient::new(auth(&channel)),
-            subnets: SubnetServiceClient::new(auth(&channel)),
-            ipam: IpamServiceClient::new(auth(&channel)),
-            dns: DnsServiceClient::new(auth(&channel)),
-            tokens: TokenServiceClient::new(auth(&channel)),
-            status: StatusServiceClient::new(auth(&channel)),
-            admin: AdminServiceClient::new(auth(&channel)),
+            join: JoinServiceClient::new(channel.clone()).max_decoding_message_size(MAX_RESPONSE),
+            nodes: NodeServiceClient::new(auth(&channel)).max_decoding_message_size(MAX_RESPONSE),
+            map: MapServiceClient::new(auth(&channel)).max_decoding_message_size(MAX_RESPONSE),
+            subnets: SubnetServiceClient::new(auth(&channel)).max_decoding_message_size(MAX_RESPONSE),
+            ipam: IpamServiceClient::new(auth(&channel)).max_decoding_message_size(MAX_RESPONSE),
+            dns: DnsServiceClient::new(auth(&channel)).max_decoding_message_size(MAX_RESPONSE),
+            tokens: TokenServiceClient::new(auth(&channel)).max_decoding_message_size(MAX_RESPONSE),
+            status: StatusServiceClient::new(auth(&channel)).max_decoding_message_size(MAX_RESPONSE),
+            admin: AdminServiceClient::new(auth(&channel)).max_decoding_message_size(MAX_RESPONSE),
         })
     }
 }

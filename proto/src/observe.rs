@@ -8,11 +8,12 @@
 //! keep current (peer counts, map sizes) are set by [`Probe::refresh`] just
 //! before each scrape renders.
 use std::{
+    collections::HashMap,
     convert::Infallible,
     future::Future,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
-    sync::{Arc, OnceLock},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
@@ -26,6 +27,9 @@ use tokio::{net::TcpListener, sync::Semaphore};
 /// two probes need three; the bound keeps a flood of idle connections from
 /// costing more than this many tasks.
 const MAX_CONNECTIONS: usize = 32;
+/// Connections one source address may hold at once: a scraper needs one or
+/// two; the rest of the slots stay for everyone else.
+const MAX_PER_SOURCE: usize = 4;
 /// A client must send its request head within this time.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Latency buckets (seconds) for every `*_seconds` histogram: RPCs and
@@ -77,16 +81,17 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(listener: TcpListener, probe: Arc<dyn Probe>, shutdown: impl Future<Output = ()>) {
     let handle = recorder();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_source: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
             () = &mut shutdown => return,
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
         };
-        let stream = tokio::select! {
+        let (stream, source) = tokio::select! {
             () = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, peer)) => (stream, peer.ip()),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "metrics endpoint: accept failed");
@@ -94,6 +99,10 @@ pub async fn serve(listener: TcpListener, probe: Arc<dyn Probe>, shutdown: impl 
                     continue;
                 }
             },
+        };
+        let Some(_held) = SourceSlot::take(&per_source, source) else {
+            // Over its share: closed at once, the slot goes back.
+            continue;
         };
         let (probe, handle) = (probe.clone(), handle.clone());
         tokio::spawn(async move {
@@ -108,7 +117,38 @@ pub async fn serve(listener: TcpListener, probe: Arc<dyn Probe>, shutdown: impl 
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
             drop(permit);
+            drop(_held);
         });
+    }
+}
+
+/// One of a source address's connections; counted down on drop.
+struct SourceSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+}
+
+impl SourceSlot {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, source: IpAddr) -> Option<Self> {
+        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.entry(source).or_insert(0);
+        if *n >= MAX_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(Self { counts: counts.clone(), source })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = c.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.source);
+            }
+        }
     }
 }
 
@@ -208,5 +248,32 @@ mod tests {
         assert!(out.ends_with("ready\n"), "{out}");
         stop.send(()).unwrap();
         server.await.unwrap();
+    }
+
+    /// Idle connections from one address hold at most its share of the
+    /// slots: a probe from elsewhere is still answered at once.
+    #[tokio::test]
+    async fn one_source_cannot_take_every_slot() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, Arc::new(Flag(AtomicBool::new(true))), std::future::pending()));
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS + 8 {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            idle.push(s.connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let probe = async {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+            let mut out = String::new();
+            c.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let out = tokio::time::timeout(Duration::from_secs(2), probe).await.expect("answered while one source floods");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        drop(idle);
     }
 }

@@ -129,6 +129,14 @@ impl Attacher {
             )));
         }
         let inode = meta.ino();
+        // The agent's own namespace is the host's: plumbing `ethwe` and a
+        // resolver into it (pid 1, `/proc/self/ns/net`) is never what was meant.
+        if std::fs::metadata("/proc/self/ns/net").is_ok_and(|own| own.ino() == inode && own.dev() == meta.dev()) {
+            return Err(Refusal::unknown_container(format!(
+                "unknown container '{container}': {} is the host's own network namespace, not a container's",
+                path.display()
+            )));
+        }
         if registered_inode.is_some_and(|ino| ino != inode) {
             return Err(Refusal::unknown_container(format!(
                 "unknown container '{container}': its namespace is gone ({} is another one now)",

@@ -48,6 +48,9 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// coordinator refused the join.
 pub async fn join(args: &JoinArgs) -> Result<(), Error> {
     let dir = StateDir::new(&args.run.paths.data_dir);
+    if let Some(why) = dir.removed() {
+        return Err(Error::RemovedEarlier(why));
+    }
     if dir.is_joined() {
         tracing::info!(data_dir = %dir.path().display(), "already joined; restarting from the saved identity");
         return Ok(());
@@ -315,7 +318,9 @@ async fn serve(
         transport.set_peers(&[]);
         netlink.remove_all(TUN_NAME).await?;
         firewall::remove().await?;
-        dir.forget_membership()?;
+        if let Error::Removed(why) = &removed {
+            dir.forget_membership(why)?;
+        }
         drop(transport);
         return Err(removed);
     }

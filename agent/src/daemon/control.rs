@@ -48,7 +48,11 @@ pub fn next_backoff(current: Duration) -> Duration {
 /// credential replaced by a re-join elsewhere); anything else (unreachable,
 /// restarting, overloaded) is an outage to wait out.
 pub fn membership_ended(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unauthenticated
+    // The coordinator marks a real end of membership (`weave-membership:
+    // removed|replaced`); a bare UNAUTHENTICATED (a coordinator restored
+    // from an older backup, a wrong one behind the same address) is waited
+    // out: tearing the network down for it would be the worse mistake.
+    status.code() == tonic::Code::Unauthenticated && status.metadata().get("weave-membership").is_some()
 }
 
 /// Holds the watch until this node stops being a member. Publishes every
@@ -194,8 +198,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_unauthenticated_ends_membership() {
-        assert!(membership_ended(&tonic::Status::unauthenticated("node 'h3' was removed from the cluster")));
+    fn only_a_marked_unauthenticated_ends_membership() {
+        let mut removed = tonic::Status::unauthenticated("node 'h3' was removed from the cluster");
+        removed.metadata_mut().insert("weave-membership", tonic::metadata::MetadataValue::from_static("removed"));
+        assert!(membership_ended(&removed));
+        assert!(!membership_ended(&tonic::Status::unauthenticated("credential not recognised by this coordinator")));
         for s in [
             tonic::Status::unavailable("connection refused"),
             tonic::Status::unavailable("the coordinator is shutting down"),

@@ -21,6 +21,10 @@ use crate::error::Error;
 const KEY: &str = "private.key";
 const IDENTITY: &str = "identity.json";
 const MAP: &str = "map.pb";
+/// Written when the coordinator ended this node's membership: `agent join`
+/// refuses until `agent reset` (a supervisor restarting a removed agent with
+/// its old token must not bring the node back behind the admin's back).
+const REMOVED: &str = "removed";
 
 /// The node's WireGuard key pair. The private half is never sent anywhere.
 #[derive(Clone)]
@@ -115,9 +119,10 @@ impl StateDir {
         self.save_map(map)
     }
 
-    /// Forgets the membership (identity and map) but keeps the key: after a
-    /// removal, `agent join` with a new token works without `agent reset`.
-    pub fn forget_membership(&self) -> Result<(), Error> {
+    /// Forgets the membership (identity and map) and records `why`; the key
+    /// stays until `agent reset`.
+    pub fn forget_membership(&self, why: &str) -> Result<(), Error> {
+        self.write(REMOVED, why.as_bytes())?;
         for name in [IDENTITY, MAP] {
             match fs::remove_file(self.dir.join(name)) {
                 Ok(()) => {}
@@ -126,6 +131,11 @@ impl StateDir {
             }
         }
         Ok(())
+    }
+
+    /// Why this host's membership ended, if it did (see [`Self::forget_membership`]).
+    pub fn removed(&self) -> Option<String> {
+        fs::read_to_string(self.dir.join(REMOVED)).ok()
     }
 
     pub fn save_map(&self, map: &NetworkMap) -> Result<(), Error> {
@@ -149,7 +159,7 @@ impl StateDir {
     /// the directory if it is then empty.
     pub fn remove(&self) -> Result<(), Error> {
         let registry = [registry::FILE, "containers.tmp", registry::LEGACY_FILES[0], registry::LEGACY_FILES[1]];
-        for name in [KEY, IDENTITY, MAP].into_iter().chain(registry) {
+        for name in [KEY, IDENTITY, MAP, REMOVED].into_iter().chain(registry) {
             match fs::remove_file(self.dir.join(name)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -230,7 +240,12 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(dir.load_key().unwrap().unwrap().public().as_bytes(), key.public().as_bytes());
         assert!(fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
-        dir.forget_membership().unwrap();
+        assert_eq!(dir.removed(), None);
+        dir.forget_membership("node 'h1' was removed from the cluster").unwrap();
         assert!(dir.load_key().unwrap().is_some());
+        assert_eq!(dir.removed().as_deref(), Some("node 'h1' was removed from the cluster"));
+        // `agent reset` clears the mark with everything else.
+        dir.remove().unwrap();
+        assert_eq!(dir.removed(), None);
     }
 }

@@ -111,7 +111,19 @@ pub fn ruleset(rules: &Rules) -> String {
         out,
         "  chain input {{\n    type filter hook input priority filter - 10; policy accept;\n    \
          iifname \"{TUN_NAME}\" ip saddr @peers udp dport {VXLAN_PORT} accept\n    \
-         udp dport {VXLAN_PORT} drop\n  }}\n"
+         udp dport {VXLAN_PORT} drop\n"
+    );
+    // A workload reaches its host only at the address the host was exposed
+    // with on that subnet: not its other addresses (node, underlay, another
+    // subnet's), and never over IPv6 (the host takes no part in a segment's
+    // IPv6: no link-local services, no router advertisements from a workload).
+    for s in segments {
+        let _ = writeln!(out, "    iifname \"{}\" ip daddr {} accept", s.bridge, s.subnet);
+    }
+    let _ = write!(
+        out,
+        "    iifname \"{BRIDGE_PREFIX}*\" meta nfproto ipv6 drop\n    \
+         iifname \"{BRIDGE_PREFIX}*\" fib daddr type local drop\n  }}\n"
     );
     out += "  chain forward {\n    type filter hook forward priority filter - 10; policy accept;\n";
     for s in segments {
@@ -133,11 +145,14 @@ pub fn ruleset(rules: &Rules) -> String {
     for s in segments {
         let _ = writeln!(out, "    oifname \"{}\" ip saddr != {} drop", s.bridge, s.subnet);
     }
+    let _ = writeln!(out, "    oifname \"{BRIDGE_PREFIX}*\" meta nfproto ipv6 drop");
     out += "  }\n}\n";
     let _ = write!(
         out,
         "table bridge {TABLE} {{\n  chain prerouting {{\n    type filter hook prerouting priority filter; policy accept;\n    \
-         iifname \"{VXLAN_PREFIX}*\" ether type arp drop\n  }}\n  chain forward {{\n    \
+         iifname \"{VXLAN_PREFIX}*\" ether type arp drop\n    \
+         iifname \"{VXLAN_PREFIX}*\" ether type ip ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop\n  \
+         }}\n  chain forward {{\n    \
          type filter hook forward priority filter; policy accept;\n    oifname \"{VXLAN_PREFIX}*\" ether type arp drop\n  }}\n  \
          chain output {{\n    type filter hook output priority filter; policy accept;\n    \
          oifname \"{VXLAN_PREFIX}*\" ether type arp drop\n  }}\n}}\n"
@@ -174,6 +189,29 @@ mod tests {
         assert!(accept > 0 && r.contains("oifname \"wvbr-*\" drop") && r.contains("oifname \"wvtun0\" drop"), "{r}");
         assert!(r.contains("oifname \"wvbr-9\" ip saddr != 10.2.3.0/24 drop"), "{r}");
         assert!(r.contains("iifname \"wvvx-*\" ether type arp drop"), "{r}");
+    }
+
+    #[test]
+    fn workloads_reach_their_host_only_at_its_exposed_address_and_never_over_ipv6() {
+        let seg = |vni, subnet: &str| Segment {
+            bridge: bridge_name(vni),
+            subnet: subnet.parse().unwrap(),
+            remote: BTreeSet::new(),
+        };
+        let r = ruleset(&Rules { segments: vec![seg(5, "10.32.0.0/16"), seg(9, "10.2.3.0/24")], ..Default::default() });
+        let input = &r[r.find("chain input").unwrap()..r.find("chain forward").unwrap()];
+        let exposed = input.find("iifname \"wvbr-9\" ip daddr 10.2.3.0/24 accept").expect("own subnet's address");
+        let v6 = input.find("iifname \"wvbr-*\" meta nfproto ipv6 drop").expect("no IPv6 to the host");
+        let local = input.find("iifname \"wvbr-*\" fib daddr type local drop").expect("no other host address");
+        assert!(exposed < v6 && v6 < local, "{input}");
+        let output = &r[r.find("chain output").unwrap()..];
+        assert!(output.contains("oifname \"wvbr-*\" meta nfproto ipv6 drop"), "{output}");
+        // IPv4 unicast never crosses VXLAN (it is routed): a member cannot
+        // inject frames with another node's workload as their source.
+        assert!(
+            r.contains("iifname \"wvvx-*\" ether type ip ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop"),
+            "{r}"
+        );
     }
 
     #[test]

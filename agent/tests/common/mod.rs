@@ -335,6 +335,23 @@ impl Bed {
         cmd
     }
 
+    /// Runs `agent reset` for host `i` (its agent stopped).
+    pub fn reset_agent(&self, i: usize) -> Output {
+        let h = &self.hosts[i];
+        let agent = agent_bin();
+        in_ns(
+            &h.ns,
+            &[
+                agent.to_str().unwrap(),
+                "reset",
+                "--data-dir",
+                h.data_dir.to_str().unwrap(),
+                "--socket",
+                h.socket.to_str().unwrap(),
+            ],
+        )
+    }
+
     pub fn start_agent(&mut self, i: usize, join: bool) {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.hosts[i].log).unwrap();
         let child =

@@ -18,15 +18,19 @@ impl AdminService for Admin {
     ) -> Result<Response<RotateAdminCredentialResponse>, Status> {
         self.0.admin(&request).await?;
         let secret = new_secret();
-        self.0.store.replace_admin_credential(&hash_secret(&secret)).await?;
+        let hash = hash_secret(&secret);
         let credential = AdminCredential { coordinator: self.0.advertise.clone(), pin: self.0.pin, secret };
-        // The database already holds the new one: failing here would lose it
-        // for the caller too, so the caller still gets it and the file is
-        // reported. (A restart with the old file would bring the old one back.)
+        // The file first: a start makes the file's credential the only valid
+        // one, so a rotation whose file write failed would be undone by the
+        // next restart (the leaked credential back in force). If the database
+        // step fails after it, the old credential still works now and the
+        // next start completes the rotation.
         let path = admin_credential_path(&self.0.data_dir);
-        if let Err(e) = write_secret_file(&path, &format!("{credential}\n")) {
-            tracing::error!(error = %e, "rotated the admin credential but cannot write it to the data dir");
-        }
+        write_secret_file(&path, &format!("{credential}\n")).map_err(|e| {
+            tracing::error!(error = %e, "cannot write the new admin credential; nothing rotated");
+            Status::internal(format!("cannot write {}: {e}; the admin credential was not rotated", path.display()))
+        })?;
+        self.0.store.replace_admin_credential(&hash).await?;
         // Open watches of the old credential end now.
         self.0.credentials_epoch.send_modify(|e| *e += 1);
         tracing::info!("admin credential rotated; the previous one no longer works");

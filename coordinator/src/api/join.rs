@@ -29,7 +29,26 @@ fn check_name(name: &str) -> Result<(), Error> {
     }
 }
 
+/// Endpoints one node may announce: enough for every address family and a
+/// few NATs. Each goes to every agent in the map and in watch events, so an
+/// unbounded list would let one node make events no agent can decode.
+pub const MAX_ENDPOINTS: usize = 16;
+/// "ip:port" is at most 47 characters ("[v6]:port").
+const MAX_ENDPOINT_LEN: usize = 64;
+
 pub(super) fn check_endpoints(endpoints: &[String]) -> Result<(), Error> {
+    if endpoints.len() > MAX_ENDPOINTS {
+        return Err(Error::InvalidArgument(format!(
+            "{} endpoints: a node may announce at most {MAX_ENDPOINTS}",
+            endpoints.len()
+        )));
+    }
+    if let Some(long) = endpoints.iter().find(|e| e.len() > MAX_ENDPOINT_LEN) {
+        return Err(Error::InvalidArgument(format!(
+            "an endpoint of {} bytes: ip:port is at most {MAX_ENDPOINT_LEN}",
+            long.len()
+        )));
+    }
     match endpoints.iter().find(|e| e.parse::<std::net::SocketAddr>().is_err()) {
         Some(bad) => Err(Error::InvalidArgument(format!("endpoint '{bad}' is not ip:port"))),
         None => Ok(()),

@@ -17,12 +17,45 @@ pub struct Map(pub Shared);
 
 const BATCH: i64 = 1000;
 
-/// Decrements the watcher count when the stream task ends, however it ends.
-struct WatcherGuard(Shared);
+/// Concurrent watches one credential may hold. An agent needs one (two for
+/// a moment while it reconnects); each holds a task, a buffer and, when it
+/// starts, a copy of the whole map, so a leaked or hostile credential must
+/// not be able to open thousands.
+pub const MAX_WATCHES_PER_CREDENTIAL: u32 = 4;
+
+/// One open watch: counted in the total and against its credential until
+/// the stream task ends, however it ends.
+struct WatcherGuard {
+    state: Shared,
+    hash: String,
+}
+
+impl WatcherGuard {
+    fn acquire(state: &Shared, hash: &str) -> Result<Self, Status> {
+        let mut open = state.watches_by_credential.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(hash.to_string()).or_default();
+        if *count >= MAX_WATCHES_PER_CREDENTIAL {
+            return Err(Status::resource_exhausted(format!(
+                "this credential already has {count} watches open (at most {MAX_WATCHES_PER_CREDENTIAL}): \
+                 close one first"
+            )));
+        }
+        *count += 1;
+        state.watchers.fetch_add(1, Ordering::Relaxed);
+        Ok(Self { state: state.clone(), hash: hash.to_string() })
+    }
+}
 
 impl Drop for WatcherGuard {
     fn drop(&mut self) {
-        self.0.watchers.fetch_sub(1, Ordering::Relaxed);
+        self.state.watchers.fetch_sub(1, Ordering::Relaxed);
+        let mut open = self.state.watches_by_credential.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.hash) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.hash);
+            }
+        }
     }
 }
 
@@ -46,25 +79,28 @@ async fn send_snapshot(state: &Shared, tx: &mpsc::Sender<Result<WatchEvent, Stat
 async fn revoked(state: &Shared, caller: &Caller, hash: &str) -> Option<Status> {
     match state.store.caller(hash).await {
         Ok(Some(now)) if now == *caller => None,
-        Ok(_) => Some(Status::unauthenticated(match caller {
-            Caller::Admin => "the admin credential was rotated".to_string(),
+        Ok(_) => Some(match caller {
+            Caller::Admin => Status::unauthenticated("the admin credential was rotated"),
             Caller::Node { id, name } => match state.store.node(&id.to_string()).await {
-                Ok(_) => format!("node '{name}' joined again elsewhere: this credential was replaced"),
-                Err(_) => format!("node '{name}' was removed from the cluster"),
+                Ok(_) => super::membership_ended(
+                    format!("node '{name}' joined again elsewhere: this credential was replaced"),
+                    "replaced",
+                ),
+                Err(_) => super::membership_ended(format!("node '{name}' was removed from the cluster"), "removed"),
             },
-        })),
+        }),
         // A database error ends the stream; the agent retries as after any outage.
         Err(e) => Some(e.into()),
     }
 }
 
 async fn stream(
+    _guard: WatcherGuard,
     state: Shared,
     (caller, hash): (Caller, String),
     from: u64,
     tx: mpsc::Sender<Result<WatchEvent, Status>>,
 ) {
-    let _guard = WatcherGuard(state.clone());
     let mut revisions = state.store.revisions();
     let mut stopping = state.stopping.clone();
     let mut credentials = state.credentials_epoch.subscribe();
@@ -127,9 +163,9 @@ impl MapService for Map {
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let caller = self.0.caller_and_hash(&request).await?;
         tracing::debug!(caller = ?caller.0, "watch opened");
+        let guard = WatcherGuard::acquire(&self.0, &caller.1)?;
         let (tx, rx) = mpsc::channel(256);
-        self.0.watchers.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(stream(self.0.clone(), caller, request.get_ref().from_revision, tx));
+        tokio::spawn(stream(guard, self.0.clone(), caller, request.get_ref().from_revision, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

@@ -21,8 +21,15 @@ use tonic::{Request, Status};
 use weave_proto::token::{Pin, hash_secret};
 
 pub use self::{
-    admin::Admin, dns::Dns, ipam::Ipam, join::Join, map::Map, nodes::Nodes, status::StatusApi, subnets::Subnets,
-    tokens::Tokens,
+    admin::Admin,
+    dns::Dns,
+    ipam::Ipam,
+    join::{Join, MAX_ENDPOINTS},
+    map::{MAX_WATCHES_PER_CREDENTIAL, Map},
+    nodes::Nodes,
+    status::StatusApi,
+    subnets::Subnets,
+    tokens::{MAX_DESCRIPTION_LEN, Tokens},
 };
 use crate::{
     error::Error,
@@ -40,6 +47,9 @@ pub struct State {
     pub started_at: i64,
     /// Watch streams open now.
     pub watchers: AtomicU32,
+    /// Watch streams open now per credential (by its hash), for the limit
+    /// [`MAX_WATCHES_PER_CREDENTIAL`].
+    pub watches_by_credential: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// Issues and checks the challenges of re-joins.
     pub challenger: crate::challenge::Challenger,
     /// Where `admin.credential` lives: rotation rewrites it.
@@ -77,13 +87,16 @@ impl State {
             Err(_) => secret.to_string(),
         };
         let hash = hash_secret(&secret);
-        let caller = self.store.caller(&hash).await.map_err(Status::from)?.ok_or_else(|| {
-            Status::unauthenticated(
+        if let Some(caller) = self.store.caller(&hash).await.map_err(Status::from)? {
+            return Ok((caller, hash));
+        }
+        Err(match self.store.removed_node(&hash).await.map_err(Status::from)? {
+            Some(name) => membership_ended(format!("node '{name}' was removed from the cluster"), "removed"),
+            None => Status::unauthenticated(
                 "credential not recognised by this coordinator (wrong coordinator, the node was removed, \
                  or the credential was replaced)",
-            )
-        })?;
-        Ok((caller, hash))
+            ),
+        })
     }
 
     pub async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
@@ -113,4 +126,17 @@ impl State {
             Caller::Admin => Ok(self.store.node(requested).await?.id),
         }
     }
+}
+
+/// The metadata key that tells an agent its membership is over (value
+/// `removed` or `replaced`): only then does it tear its network down and
+/// stop. A bare UNAUTHENTICATED (a coordinator restored from an older
+/// backup, a wrong coordinator) is waited out like an outage.
+pub const MEMBERSHIP_KEY: &str = "weave-membership";
+
+/// UNAUTHENTICATED carrying [`MEMBERSHIP_KEY`] = `why`.
+pub fn membership_ended(message: String, why: &'static str) -> Status {
+    let mut status = Status::unauthenticated(message);
+    status.metadata_mut().insert(MEMBERSHIP_KEY, tonic::metadata::MetadataValue::from_static(why));
+    status
 }

@@ -15,6 +15,9 @@ use crate::{
 
 pub struct Tokens(pub Shared);
 
+/// A token's description is a note for people (`weavectl token ls`).
+pub const MAX_DESCRIPTION_LEN: usize = 256;
+
 impl Tokens {
     /// Creates a token and returns it with its one-string form (shown once).
     pub async fn create(
@@ -23,6 +26,12 @@ impl Tokens {
         uses: Option<u32>,
         description: String,
     ) -> Result<(Token, JoinToken), crate::error::Error> {
+        if description.len() > MAX_DESCRIPTION_LEN {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "a token description of {} bytes: at most {MAX_DESCRIPTION_LEN}",
+                description.len()
+            )));
+        }
         let (id, secret) = (new_id(), new_secret());
         let token = state
             .store

@@ -82,6 +82,20 @@ impl Store {
             }
             allocation
         } else {
+            if let Some(quota) = self.node_quota {
+                let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM allocations WHERE node_id = $1")
+                    .bind(node_id as i64)
+                    .fetch_one(tx.c())
+                    .await?;
+                if held >= i64::from(quota) {
+                    let node = rows::resolve_node(tx.c(), &node_id.to_string()).await?;
+                    return Err(Error::Exhausted(format!(
+                        "node {} already holds {held} addresses, its quota (coordinator --node-quota {quota}): \
+                         release some first",
+                        node.name
+                    )));
+                }
+            }
             let address = match explicit {
                 Some((ip, prefix)) => {
                     if let Some(p) = prefix.filter(|p| *p != net.prefix_len()) {

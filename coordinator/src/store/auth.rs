@@ -48,4 +48,12 @@ impl Store {
             .await?;
         node.map(|r| Ok(Caller::Node { id: r.try_get::<i64, _>("id")? as u64, name: r.try_get("name")? })).transpose()
     }
+
+    /// The name of the node that held `secret_hash` when an admin removed it.
+    pub async fn removed_node(&self, secret_hash: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT name FROM removed_nodes WHERE credential_hash = $1")
+            .bind(secret_hash)
+            .fetch_optional(&self.read)
+            .await?)
+    }
 }

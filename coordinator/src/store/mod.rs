@@ -85,6 +85,8 @@ pub struct Store {
     live: Arc<RwLock<Live>>,
     /// Held by a write transaction until its changes are in `live`.
     writer: Arc<Mutex<()>>,
+    /// Most addresses one node may hold (None: no limit); see [`Store::with_node_quota`].
+    node_quota: Option<u32>,
 }
 
 /// The map at the latest committed revision, and the changes that led to it.
@@ -159,9 +161,17 @@ impl Store {
         let current: Option<i64> =
             sqlx::query_scalar("SELECT revision FROM cluster WHERE id = 1").fetch_optional(&read).await?;
         let (revision, _) = watch::channel(current.unwrap_or(0) as u64);
-        let store = Self { write, read, revision, live: Arc::default(), writer: Arc::default() };
+        let store = Self { write, read, revision, live: Arc::default(), writer: Arc::default(), node_quota: None };
         store.reload_live().await?;
         Ok(store)
+    }
+
+    /// Caps the addresses one node may hold: every allocation is a map change
+    /// that each agent applies, so one node taking a whole subnet costs the
+    /// cluster, not only itself. It counts whoever asks (admin included).
+    pub fn with_node_quota(mut self, quota: Option<u32>) -> Self {
+        self.node_quota = quota;
+        self
     }
 
     /// Rebuilds the in-memory map from the database.
@@ -177,7 +187,20 @@ impl Store {
         Ok(Tx { inner: self.write.begin_with("BEGIN IMMEDIATE").await?, changes: Vec::new(), _writer: writer })
     }
 
+    /// Commits `tx` and publishes its changes (in-memory map, event ring,
+    /// revision signal) as one unit. It runs in its own task: a caller that
+    /// goes away (client deadline, Ctrl-C) once COMMIT may have reached
+    /// SQLite would otherwise leave a change on disk that memory and
+    /// watchers never hear of. Dropping the returned future only stops
+    /// waiting for it; the writer lock is held until it is published.
     pub(crate) async fn commit(&self, tx: Tx) -> Result<()> {
+        let store = self.clone();
+        tokio::spawn(async move { store.commit_and_publish(tx).await })
+            .await
+            .map_err(|e| Error::Bug(format!("the commit task failed: {e}")))?
+    }
+
+    async fn commit_and_publish(&self, tx: Tx) -> Result<()> {
         tx.inner.commit().await?;
         let Some(&(last, _)) = tx.changes.last() else { return Ok(()) };
         {

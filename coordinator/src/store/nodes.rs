@@ -33,6 +33,31 @@ pub struct JoinedNode {
     pub new: bool,
 }
 
+/// Checks `r`'s join token (known, right secret, not revoked, not expired);
+/// returns its uses left (None: unlimited). Checked again inside the writing
+/// transaction, which is what counts.
+async fn check_token(c: &mut SqliteConnection, r: &JoinRequest, t: i64) -> Result<Option<i64>> {
+    let token = sqlx::query("SELECT secret_hash, expires_at, uses_left, revoked_at FROM join_tokens WHERE id = $1")
+        .bind(&r.token_id)
+        .fetch_optional(&mut *c)
+        .await?
+        .ok_or_else(|| Error::Unauthenticated(format!("join token {} is not known to this coordinator", r.token_id)))?;
+    let hash: String = token.try_get("secret_hash")?;
+    if !bool::from(hash.as_bytes().ct_eq(r.token_secret_hash.as_bytes())) {
+        return Err(Error::Unauthenticated(format!("join token {} has a wrong secret", r.token_id)));
+    }
+    if token.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
+        return Err(Error::Unauthenticated(format!("join token {} was revoked", r.token_id)));
+    }
+    if token.try_get::<Option<i64>, _>("expires_at")?.is_some_and(|e| e <= t) {
+        return Err(Error::Unauthenticated(format!(
+            "join token {} has expired (create a new one with `weavectl token create`)",
+            r.token_id
+        )));
+    }
+    Ok(token.try_get::<Option<i64>, _>("uses_left")?)
+}
+
 pub(super) async fn all(c: &mut SqliteConnection) -> Result<Vec<v1::Node>> {
     let rows =
         sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY id"))).fetch_all(c).await?;
@@ -41,6 +66,14 @@ pub(super) async fn all(c: &mut SqliteConnection) -> Result<Vec<v1::Node>> {
 
 impl Store {
     pub async fn join(&self, r: JoinRequest) -> Result<JoinedNode> {
+        // Anyone who can reach the port can send joins (the pin is public):
+        // a first join's token is checked on the read pool before the write
+        // lock is taken, so bad tokens cannot queue up in front of real writes.
+        // (A proven re-join needs no token; its proof was checked already.)
+        if !r.proven {
+            let mut c = self.read.acquire().await?;
+            check_token(&mut c, &r, now()).await?;
+        }
         let mut tx = self.begin().await?;
         let t = now();
         let by_key =
@@ -76,26 +109,7 @@ impl Store {
         }
 
         // Everything else is a first join: the token must be valid and have uses left.
-        let token = sqlx::query("SELECT secret_hash, expires_at, uses_left, revoked_at FROM join_tokens WHERE id = $1")
-            .bind(&r.token_id)
-            .fetch_optional(tx.c())
-            .await?
-            .ok_or_else(|| {
-                Error::Unauthenticated(format!("join token {} is not known to this coordinator", r.token_id))
-            })?;
-        let hash: String = token.try_get("secret_hash")?;
-        if !bool::from(hash.as_bytes().ct_eq(r.token_secret_hash.as_bytes())) {
-            return Err(Error::Unauthenticated(format!("join token {} has a wrong secret", r.token_id)));
-        }
-        if token.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
-            return Err(Error::Unauthenticated(format!("join token {} was revoked", r.token_id)));
-        }
-        if token.try_get::<Option<i64>, _>("expires_at")?.is_some_and(|e| e <= t) {
-            return Err(Error::Unauthenticated(format!(
-                "join token {} has expired (create a new one with `weavectl token create`)",
-                r.token_id
-            )));
-        }
+        let uses_left = check_token(tx.c(), &r, t).await?;
         if let Some(existing) = by_key {
             // Names and public keys are in every node's map: knowing them proves nothing.
             return Err(Error::PermissionDenied(format!(
@@ -104,7 +118,7 @@ impl Store {
                 existing.name
             )));
         }
-        if token.try_get::<Option<i64>, _>("uses_left")? == Some(0) {
+        if uses_left == Some(0) {
             return Err(Error::Unauthenticated(format!("join token {} is used up", r.token_id)));
         }
         let taken: Option<i64> =
@@ -180,6 +194,15 @@ impl Store {
         let mut tx = self.begin().await?;
         let node = rows::resolve_node(tx.c(), sel).await?;
         let (allocations, records) = release_where(&mut tx, "a.node_id = $1", node.id as i64).await?;
+        // Remembered by its credential, so that its agent learns why even if it was away.
+        sqlx::query(
+            "INSERT INTO removed_nodes (credential_hash, node_id, name, removed_at) \
+             SELECT credential_hash, id, name, $2 FROM nodes WHERE id = $1 ON CONFLICT (credential_hash) DO NOTHING",
+        )
+        .bind(node.id as i64)
+        .bind(now())
+        .execute(tx.c())
+        .await?;
         sqlx::query("DELETE FROM nodes WHERE id = $1").bind(node.id as i64).execute(tx.c()).await?;
         tx.record(Change::NodeRemoved(node.id)).await?;
         self.commit(tx).await?;

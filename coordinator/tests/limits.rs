@@ -1,0 +1,151 @@
+//! What one client may take: addresses per node, concurrent watches per
+//! credential, the size of what it sends; and what an idle or stalled
+//! connection may hold.
+mod common;
+
+use common::{TestCoordinator, assert_status};
+use tonic::Code;
+use weave_proto::v1::*;
+
+fn alloc(container: &str) -> AllocateRequest {
+    AllocateRequest { container: container.into(), ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_past_its_quota_is_refused_until_it_releases() {
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.node_quota = 3).await;
+    let (_, mut api) = c.join("host1", 1).await;
+    for i in 0..3 {
+        api.ipam.allocate(alloc(&format!("c{i}"))).await.expect("within the quota");
+    }
+    assert_status(api.ipam.allocate(alloc("c3")).await, Code::ResourceExhausted, "quota");
+    // Asking again for an address it holds is not a new one.
+    api.ipam.allocate(alloc("c0")).await.expect("idempotent re-allocation");
+    // The quota is the node's, whoever asks.
+    let mut admin = c.admin().await;
+    let r = AllocateRequest { node: "host1".into(), ..alloc("c4") };
+    assert_status(admin.ipam.allocate(r).await, Code::ResourceExhausted, "host1 already holds 3 addresses");
+    // Another node has its own.
+    let (_, mut other) = c.join("host2", 2).await;
+    other.ipam.allocate(alloc("c3")).await.expect("another node's quota");
+    api.ipam.release(ReleaseRequest { container: "c0".into(), ..Default::default() }).await.unwrap();
+    api.ipam.allocate(alloc("c3")).await.expect("room again after a release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fifth_watch_of_one_credential_is_refused() {
+    use weave_coordinator::api::MAX_WATCHES_PER_CREDENTIAL;
+    let c = TestCoordinator::start().await;
+    let (_, mut api) = c.join("host1", 1).await;
+    let mut open = Vec::new();
+    for _ in 0..MAX_WATCHES_PER_CREDENTIAL {
+        let mut s = api.map.watch(WatchRequest { from_revision: 0 }).await.expect("within the limit").into_inner();
+        s.message().await.unwrap().expect("a snapshot");
+        open.push(s);
+    }
+    assert_status(api.map.watch(WatchRequest { from_revision: 0 }).await, Code::ResourceExhausted, "watches open");
+    // Other credentials have their own.
+    let mut admin = c.admin().await;
+    admin.map.watch(WatchRequest { from_revision: 0 }).await.expect("the admin's own limit");
+    // Closing one frees its place (once the server has seen the stream go).
+    drop(open.pop());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match api.map.watch(WatchRequest { from_revision: 0 }).await {
+            Ok(_) => break,
+            Err(s) if s.code() == Code::ResourceExhausted && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(s) => panic!("a closed watch should free its place: {s}"),
+        }
+    }
+}
+
+/// Connections that never finish TLS (idle ones, stalled handshakes) neither
+/// keep others out nor stay open past the handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_stalled_connections_neither_block_rpcs_nor_stay_open() {
+    use std::time::{Duration, Instant};
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
+    };
+    use weave_coordinator::server::TLS_HANDSHAKE_TIMEOUT;
+
+    let c = TestCoordinator::start().await;
+    let mut idle = Vec::new();
+    for i in 0..600 {
+        let mut s = TcpStream::connect(c.running.local_addr).await.unwrap();
+        if i % 2 == 1 {
+            // A TLS record header promising a 512-byte ClientHello that never comes.
+            s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
+        }
+        idle.push(s);
+    }
+    let opened = Instant::now();
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut admin = c.admin().await;
+        admin.status.get_status(GetStatusRequest {}).await
+    })
+    .await
+    .expect("a new client answers within 1 s with 600 stalled connections open");
+    status.expect("status");
+    eprintln!("status took {:?} with 600 stalled connections", started.elapsed());
+
+    let deadline = opened + TLS_HANDSHAKE_TIMEOUT + Duration::from_secs(3);
+    for mut s in idle {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {}
+            Ok(Ok(n)) => {
+                // A TLS alert may come first; the close must follow.
+                let rest = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), s.read(&mut buf));
+                assert!(matches!(rest.await, Ok(Ok(0) | Err(_))), "closed after a {n}-byte alert");
+            }
+            Err(_) => {
+                panic!("a connection without a finished handshake was still open after {TLS_HANDSHAKE_TIMEOUT:?}")
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_fields_are_refused_with_a_short_message() {
+    use weave_coordinator::api::{MAX_DESCRIPTION_LEN, MAX_ENDPOINTS};
+    let c = TestCoordinator::start().await;
+    let (_, mut api) = c.join("host1", 1).await;
+    let endpoints = |n: usize| (0..n).map(|i| format!("192.0.2.{}:{}", i % 250 + 1, 1024 + i % 60000)).collect();
+
+    // Just under tonic's 4 MiB: it would have gone into the map and into a
+    // watch event just over the limit every agent decodes.
+    let huge: Vec<String> = endpoints(200_000);
+    assert!(huge.iter().map(|e| e.len() + 2).sum::<usize>() < 4 << 20);
+    let r = api.nodes.update_endpoints(UpdateEndpointsRequest { node: String::new(), endpoints: huge }).await;
+    assert_status(r, Code::InvalidArgument, "at most 16");
+    let r = api.nodes.update_endpoints(UpdateEndpointsRequest { node: String::new(), endpoints: endpoints(17) }).await;
+    assert_status(r, Code::InvalidArgument, "at most 16");
+    let ok = UpdateEndpointsRequest { node: String::new(), endpoints: endpoints(MAX_ENDPOINTS) };
+    api.nodes.update_endpoints(ok).await.expect("16 endpoints");
+    let mut join = common::join_request(&c.token(), "host2", 2);
+    join.endpoints = endpoints(MAX_ENDPOINTS + 1);
+    assert_status(c.admin().await.join.join(join).await, Code::InvalidArgument, "at most 16");
+
+    let mut admin = c.admin().await;
+    let long = CreateTokenRequest { description: "x".repeat(MAX_DESCRIPTION_LEN + 1), ..Default::default() };
+    assert_status(admin.tokens.create_token(long).await, Code::InvalidArgument, "at most 256");
+
+    // Names: DNS lengths (labels of 63, names of 253); a refusal never
+    // echoes a megabyte back.
+    let label = AllocateRequest { container: "c1".into(), dns_name: "a".repeat(64), ..Default::default() };
+    assert_status(api.ipam.allocate(label).await, Code::InvalidArgument, "not a valid DNS name");
+    let name = format!("{}.x", vec!["a".repeat(63); 4].join("."));
+    let r = admin.dns.add_record(AddRecordRequest { name, address: "192.0.2.9".into() }).await;
+    assert_status(r, Code::InvalidArgument, "too long for DNS");
+    let big = AllocateRequest { container: "c".repeat(1 << 20), ..Default::default() };
+    let refused = api.ipam.allocate(big).await.expect_err("a 1 MiB container id");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().len() < 2048, "the refusal quotes {} bytes", refused.message().len());
+}
