@@ -122,3 +122,24 @@ fn the_check_catches_what_it_should() {
     assert!(violations("plan", "x.rs", "use super::kernel::TUN_NAME; // crate::daemon, tokio").is_empty());
     assert_eq!(violations("error", "x.rs", "use crate::plan::kernel;").len(), 1);
 }
+
+/// STYLE.md's sizes, kept by a test: no source file of a crate over 500
+/// lines (past that, concerns are mixing), every `main.rs` under 100.
+#[test]
+fn source_files_stay_small_and_mains_thin() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut too_big = Vec::new();
+    for krate in ["agent", "coordinator", "proto", "weavectl", "bench"] {
+        let mut files = Vec::new();
+        rust_files(&root.join(krate).join("src"), &mut files);
+        assert!(!files.is_empty(), "no sources under {krate}/src");
+        for f in files {
+            let lines = std::fs::read_to_string(&f).unwrap().lines().count();
+            let limit = if f.file_name().is_some_and(|n| n == "main.rs") { 99 } else { 500 };
+            if lines > limit {
+                too_big.push(format!("{} has {lines} lines (at most {limit})", f.display()));
+            }
+        }
+    }
+    assert!(too_big.is_empty(), "{too_big:#?}");
+}

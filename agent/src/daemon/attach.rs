@@ -8,15 +8,7 @@
 //! agent and coordinator restarts); interfaces change only through
 //! [`crate::host::netlink`]. Every request checks everything it can before it
 //! changes anything, and undoes its own steps if a later one fails.
-use std::{
-    collections::BTreeMap,
-    fs::File,
-    net::Ipv4Addr,
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, fs::File, net::Ipv4Addr, sync::Arc, time::Duration};
 
 use ipnet::Ipv4Net;
 use tokio::sync::watch;
@@ -25,6 +17,8 @@ use weave_proto::{
     local_api::{Attached, Refusal},
     v1::{AllocateRequest, NetworkMap, ReleaseRequest, Subnet},
 };
+
+mod container;
 
 use crate::{
     error::Error,
@@ -37,16 +31,6 @@ use crate::{
         kernel::{bridge_name, format_mac, host_ifname, next_ifname},
     },
 };
-
-/// How a request named its container, resolved.
-struct Container {
-    netns: File,
-    /// The IPAM key: the registered name, or `netns:<inode>`.
-    key: String,
-    name: Option<String>,
-    inode: u64,
-    path: PathBuf,
-}
 
 pub struct Attacher {
     pub api: Api,
@@ -73,83 +57,6 @@ impl Attacher {
         registry: Arc<Registry>,
     ) -> Self {
         Self { api, maps, node_id, node_name, mtu, netlink, lock: tokio::sync::Mutex::new(()), names: registry }
-    }
-
-    /// `id`, when given, is the IPAM key (e.g. `cni:<container id>`, so
-    /// that a CNI DEL can release it after the namespace is gone).
-    /// `passed`: the namespace the caller sent as a descriptor; it wins over
-    /// the path in `container` (which the agent may not see), but not over a
-    /// registered name.
-    fn resolve(
-        &self,
-        container: &str,
-        passed: Option<&File>,
-        name: Option<&str>,
-        id: Option<&str>,
-    ) -> Result<Container, Refusal> {
-        // The inode a registered name was given to: its path may since lead
-        // to another namespace (`ip netns del` then `add`, a reused pid).
-        let mut registered_inode = None;
-        let mut netns = None;
-        let path = if let Some(file) = passed.filter(|_| self.names.get(container).is_none()) {
-            netns = Some(
-                file.try_clone().map_err(|e| Refusal::failed(format!("the passed namespace of '{container}': {e}")))?,
-            );
-            PathBuf::from(container)
-        } else if container.starts_with('/') {
-            PathBuf::from(container)
-        } else if !container.is_empty() && container.bytes().all(|b| b.is_ascii_digit()) {
-            PathBuf::from(format!("/proc/{container}/ns/net"))
-        } else if let Some((p, ino)) = self.names.get(container) {
-            registered_inode = Some(ino);
-            p
-        } else if !container.is_empty() && !container.contains('/') && Path::new("/run/netns").join(container).exists()
-        {
-            Path::new("/run/netns").join(container)
-        } else {
-            return Err(Refusal::unknown_container(format!(
-                "unknown container '{container}': give a netns path, a pid, or a name registered with --name"
-            )));
-        };
-        let netns = match netns {
-            Some(n) => n,
-            None => File::open(&path).map_err(|e| {
-                Refusal::unknown_container(format!("unknown container '{container}': {}: {e}", path.display()))
-            })?,
-        };
-        let meta = netns.metadata().map_err(|e| Refusal::failed(format!("{}: {e}", path.display())))?;
-        // A network namespace file is on nsfs; anything else is not a container.
-        if nix::sys::statfs::fstatfs(&netns)
-            .map(|s| s.filesystem_type() != nix::sys::statfs::NSFS_MAGIC)
-            .unwrap_or(true)
-        {
-            return Err(Refusal::unknown_container(format!(
-                "unknown container '{container}': {} is not a network namespace",
-                path.display()
-            )));
-        }
-        let inode = meta.ino();
-        // The agent's own namespace is the host's: plumbing `ethwe` and a
-        // resolver into it (pid 1, `/proc/self/ns/net`) is never what was meant.
-        if std::fs::metadata("/proc/self/ns/net").is_ok_and(|own| own.ino() == inode && own.dev() == meta.dev()) {
-            return Err(Refusal::unknown_container(format!(
-                "unknown container '{container}': {} is the host's own network namespace, not a container's",
-                path.display()
-            )));
-        }
-        if registered_inode.is_some_and(|ino| ino != inode) {
-            return Err(Refusal::unknown_container(format!(
-                "unknown container '{container}': its namespace is gone ({} is another one now)",
-                path.display()
-            )));
-        }
-        let registered = match passed {
-            Some(_) => self.names.of_passed(inode, &path),
-            None => self.names.of(inode),
-        };
-        let name = name.map(str::to_string).or(registered);
-        let key = id.map(str::to_string).or_else(|| name.clone()).unwrap_or_else(|| format!("netns:{inode}"));
-        Ok(Container { netns, key, name, inode, path })
     }
 
     /// The subnets `specs` name, checked against the map (waits a little for

@@ -1,0 +1,252 @@
+use std::cell::RefCell;
+
+use super::*;
+
+#[derive(Default)]
+struct Wire {
+    net: RefCell<Vec<(SocketAddr, Vec<u8>)>>,
+    tun: RefCell<Vec<Vec<u8>>>,
+}
+
+impl Sink for Wire {
+    fn to_network(&self, dst: SocketAddr, datagram: &[u8]) {
+        self.net.borrow_mut().push((dst, datagram.to_vec()));
+    }
+}
+
+impl Node {
+    /// A packet from this node's tunnel device: what it sends goes on its wire.
+    fn send(&self, packet: &[u8]) {
+        let mut out = vec![0u8; BUF_SIZE];
+        if let Some((dst, n)) = self.router.encapsulate(&self.router.table(), packet, &mut out) {
+            self.wire.net.borrow_mut().push((dst, out[..n].to_vec()));
+        }
+    }
+
+    /// A datagram from the network: decrypted data goes to this node's tunnel device.
+    fn receive(&self, src: SocketAddr, datagram: &[u8]) {
+        let mut out = vec![0u8; BUF_SIZE];
+        if let Some(n) = self.router.decapsulate(&self.router.table(), src, datagram, &mut out, &self.wire) {
+            self.wire.tun.borrow_mut().push(out[..n].to_vec());
+        }
+    }
+}
+
+/// A minimal IPv4 header + payload, enough for boringtun to read addresses and length.
+fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let len = 20 + payload.len();
+    let mut p = vec![0x45, 0, (len >> 8) as u8, len as u8, 0, 0, 0, 0, 64, 17, 0, 0];
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(payload);
+    p
+}
+
+struct Node {
+    router: Router,
+    addr: Ipv4Addr,
+    endpoint: SocketAddr,
+    public: [u8; 32],
+    wire: Wire,
+}
+
+fn node(n: u8) -> Node {
+    let secret = StaticSecret::from([n; 32]);
+    let public = PublicKey::from(&secret).to_bytes();
+    Node {
+        router: Router::new(secret),
+        addr: Ipv4Addr::new(10, 47, 0, n),
+        endpoint: SocketAddr::from(([192, 0, 2, 10 + n], 6784)),
+        public,
+        wire: Wire::default(),
+    }
+}
+
+fn config(of: &Node, endpoint: Option<SocketAddr>) -> PeerConfig {
+    PeerConfig {
+        node_id: of.addr.octets()[3] as u64,
+        name: format!("h{}", of.addr.octets()[3]),
+        public_key: of.public,
+        address: of.addr,
+        endpoint,
+        routes: vec![workload(of)],
+    }
+}
+
+/// The one workload address each test node hosts.
+fn workload(of: &Node) -> Ipv4Addr {
+    Ipv4Addr::new(10, 32, 0, of.addr.octets()[3])
+}
+
+/// Delivers everything `from` sent to the network to whichever node owns the
+/// destination endpoint, with `from`'s endpoint (or `src`) as source.
+fn deliver(from: &Node, to: &Node, src: SocketAddr) -> usize {
+    let msgs: Vec<_> = from.wire.net.borrow_mut().drain(..).collect();
+    for (dst, msg) in &msgs {
+        assert_eq!(*dst, to.endpoint, "sent to the peer's endpoint");
+        assert!((1..=4).contains(&msg[0]), "every datagram is a WireGuard message");
+        to.receive(src, msg);
+    }
+    msgs.len()
+}
+
+fn pair() -> (Node, Node) {
+    let (a, b) = (node(1), node(2));
+    a.router.set_peers(&[config(&b, Some(b.endpoint))], &a.wire);
+    b.router.set_peers(&[config(&a, Some(a.endpoint))], &b.wire);
+    // Both sides initiated; let the handshakes cross until the wire is quiet.
+    for _ in 0..4 {
+        deliver(&a, &b, a.endpoint);
+        deliver(&b, &a, b.endpoint);
+    }
+    (a, b)
+}
+
+#[test]
+fn two_routers_handshake_and_exchange_data() {
+    let (a, b) = pair();
+    assert!(a.router.status()[0].handshake_age_secs.is_some(), "handshake completed");
+    let packet = ipv4(a.addr, b.addr, b"hello over wireguard");
+    a.send(&packet);
+    let sent = a.wire.net.borrow().clone();
+    assert_eq!(sent.len(), 1);
+    assert!(!sent[0].1.windows(5).any(|w| w == b"hello"), "the payload is encrypted on the wire");
+    deliver(&a, &b, a.endpoint);
+    assert_eq!(b.wire.tun.borrow_mut().drain(..).collect::<Vec<_>>(), vec![packet]);
+    let reply = ipv4(b.addr, a.addr, b"and back");
+    b.send(&reply);
+    deliver(&b, &a, b.endpoint);
+    assert_eq!(a.wire.tun.borrow().as_slice(), &[reply]);
+    let st = b.router.status();
+    assert!(st[0].rx_bytes > 0 && st[0].tx_bytes > 0);
+}
+
+#[test]
+fn workload_addresses_route_to_their_node_and_only_it_may_use_them() {
+    let (a, b) = pair();
+    // Workload to workload: routed by b's workload address, accepted from a's.
+    let packet = ipv4(workload(&a), workload(&b), b"container to container");
+    a.send(&packet);
+    assert_eq!(deliver(&a, &b, a.endpoint), 1);
+    assert_eq!(b.wire.tun.borrow_mut().drain(..).collect::<Vec<_>>(), vec![packet]);
+    // a may not use b's own workload address (or any other) as its source.
+    a.send(&ipv4(workload(&b), b.addr, b"not a's address"));
+    deliver(&a, &b, a.endpoint);
+    assert!(b.wire.tun.borrow().is_empty());
+    assert_eq!(b.router.status()[0].dropped_spoofed, 1);
+    // A workload that moved away is no longer routed to b.
+    a.router.set_peers(&[PeerConfig { routes: vec![], ..config(&b, Some(b.endpoint)) }], &a.wire);
+    a.send(&ipv4(a.addr, workload(&b), b"gone"));
+    assert!(a.wire.net.borrow().is_empty(), "no peer owns that address any more");
+}
+
+#[test]
+fn packets_with_a_foreign_inner_source_are_dropped() {
+    let (a, b) = pair();
+    // a claims to be 10.47.0.9, which is not its node address.
+    let spoofed = ipv4(Ipv4Addr::new(10, 47, 0, 9), b.addr, b"spoof");
+    a.send(&spoofed);
+    deliver(&a, &b, a.endpoint);
+    assert!(b.wire.tun.borrow().is_empty());
+    assert_eq!(b.router.status()[0].dropped_spoofed, 1);
+}
+
+#[test]
+fn unknown_destinations_and_peers_are_dropped() {
+    let (a, b) = pair();
+    a.send(&ipv4(a.addr, Ipv4Addr::new(10, 47, 0, 77), b"x"));
+    assert!(a.wire.net.borrow().is_empty(), "no peer owns that address");
+    // b forgets a: a's data can no longer be decrypted by b.
+    b.router.set_peers(&[], &b.wire);
+    a.send(&ipv4(a.addr, b.addr, b"x"));
+    deliver(&a, &b, a.endpoint);
+    assert!(b.wire.tun.borrow().is_empty());
+    assert!(b.router.status().is_empty());
+}
+
+#[test]
+fn endpoint_roams_to_the_source_of_authenticated_packets() {
+    let (a, b) = pair();
+    let moved: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+    a.send(&ipv4(a.addr, b.addr, b"from a new place"));
+    deliver(&a, &b, moved);
+    assert_eq!(b.router.status()[0].endpoint, Some(moved));
+    // Garbage from yet another address does not move it.
+    b.receive("203.0.113.5:1".parse().unwrap(), &[4, 0, 0, 0, 1, 2, 3]);
+    assert_eq!(b.router.status()[0].endpoint, Some(moved));
+}
+
+#[test]
+fn spoofed_data_from_a_new_address_does_not_move_the_endpoint() {
+    let (a, b) = pair();
+    a.send(&ipv4(Ipv4Addr::new(10, 47, 0, 9), b.addr, b"spoof"));
+    deliver(&a, &b, "198.51.100.7:40000".parse().unwrap());
+    assert_eq!(b.router.status()[0].endpoint, Some(a.endpoint), "the inner source was not a's");
+}
+
+#[test]
+fn replayed_handshakes_from_a_new_address_leave_the_endpoint_unchanged() {
+    let (a, b) = (node(1), node(2));
+    a.router.set_peers(&[config(&b, Some(b.endpoint))], &a.wire);
+    b.router.set_peers(&[config(&a, Some(a.endpoint))], &b.wire);
+    // Both initiate and both respond: record what a sent (its initiation and its response).
+    let mut from_a = Vec::new();
+    for _ in 0..4 {
+        from_a.extend(a.wire.net.borrow().iter().map(|(_, m)| m.clone()).filter(|m| m[0] <= 2));
+        deliver(&a, &b, a.endpoint);
+        deliver(&b, &a, b.endpoint);
+    }
+    assert_eq!(from_a.iter().map(|m| m[0]).collect::<Vec<_>>(), vec![1, 2], "{from_a:?}");
+    let evil: SocketAddr = "203.0.113.66:6784".parse().unwrap();
+    // Replays alternate between initiation and response, so that the rate
+    // limiter passes load at every count, including where boringtun (not
+    // the router) is the one that answers with a cookie.
+    for round in 0..(2 * HANDSHAKE_RATE_LIMIT) {
+        b.receive(evil, &from_a[(round % 2) as usize]);
+        assert_eq!(b.router.status()[0].endpoint, Some(a.endpoint), "replay {round} moved the endpoint");
+    }
+    assert!(b.wire.net.borrow().iter().any(|(_, m)| m[0] == 3), "the replays met the rate limiter's cookies");
+    // The tunnel still works from where a really is.
+    b.wire.net.borrow_mut().clear();
+    a.send(&ipv4(a.addr, b.addr, b"still here"));
+    assert_eq!(deliver(&a, &b, a.endpoint), 1);
+    assert_eq!(b.wire.tun.borrow().len(), 1);
+}
+
+#[test]
+fn a_forged_cookie_reply_from_a_new_address_leaves_the_endpoint_unchanged() {
+    let (a, b) = (node(1), node(2));
+    a.router.set_peers(&[config(&b, Some(b.endpoint))], &a.wire);
+    let init = a.wire.net.borrow()[0].1.clone();
+    // A cookie reply needs only b's public key and a's mac1 (both seen on
+    // the wire): an on-path machine makes one with a limiter already "under load".
+    let forger = RateLimiter::new(&PublicKey::from(b.public), 0);
+    let mut buf = [0u8; 64];
+    let cookie = match forger.verify_packet(Some("203.0.113.66".parse().unwrap()), &init, &mut buf) {
+        Err(TunnResult::WriteToNetwork(cookie)) => cookie.to_vec(),
+        _ => panic!("a limiter under load answers with a cookie"),
+    };
+    assert_eq!(cookie[0], 3);
+    for _ in 0..2 {
+        a.receive("203.0.113.66:6784".parse().unwrap(), &cookie);
+        assert_eq!(a.router.status()[0].endpoint, Some(b.endpoint), "a cookie reply is not authenticated");
+    }
+}
+
+#[test]
+fn a_handshake_flood_gets_cookie_replies_instead_of_handshakes() {
+    let (a, b) = (node(1), node(2));
+    a.router.set_peers(&[config(&b, Some(b.endpoint))], &a.wire);
+    // b has no endpoint for a, so it does not initiate itself.
+    b.router.set_peers(&[config(&a, None)], &b.wire);
+    let init = a.wire.net.borrow()[0].1.clone();
+    assert_eq!(init[0], 1, "a handshake initiation");
+    for _ in 0..(2 * HANDSHAKE_RATE_LIMIT) {
+        b.receive(a.endpoint, &init);
+    }
+    let sent = b.wire.net.borrow();
+    let responses = sent.iter().filter(|(_, m)| m[0] == 2).count();
+    let cookies = sent.iter().filter(|(_, m)| m[0] == 3).count();
+    assert_eq!(responses, 1, "one handshake answered, replays are not");
+    assert!(cookies > 0, "past the rate limit, the answer is a cookie");
+}

@@ -1,0 +1,210 @@
+use weave_proto::v1::{Node, Subnet};
+
+use super::*;
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn desired(vnis: &[u32], peers: &[&str]) -> Desired {
+    Desired {
+        local: ip("10.47.0.1"),
+        mtu: 1370,
+        segments: vnis.iter().map(|v| (*v, format!("net{v}"))).collect(),
+        peers: peers.iter().map(|p| ip(p)).collect(),
+        routes: Default::default(),
+        proxies: Default::default(),
+        subnets: Default::default(),
+        local_workloads: Default::default(),
+    }
+}
+
+fn complete(flood: &[&str]) -> ObservedSegment {
+    ObservedSegment {
+        bridge_mtu: Some(1370),
+        bridge_mac: None,
+        vxlan: Some(ObservedVxlan { local: Some(ip("10.47.0.1")), mtu: 1370, in_bridge: true }),
+        flood: flood.iter().map(|p| ip(p)).collect(),
+    }
+}
+
+#[test]
+fn empty_host_gets_segments_then_flood_entries() {
+    let changes = diff(&desired(&[5, 9], &["10.47.0.2", "10.47.0.3"]), &Observed::default());
+    assert_eq!(
+        changes,
+        vec![
+            Change::EnsureSegment { vni: 5, local: ip("10.47.0.1"), mtu: 1370 },
+            Change::EnsureSegment { vni: 9, local: ip("10.47.0.1"), mtu: 1370 },
+            Change::AddFlood { vni: 5, peer: ip("10.47.0.2") },
+            Change::AddFlood { vni: 5, peer: ip("10.47.0.3") },
+            Change::AddFlood { vni: 9, peer: ip("10.47.0.2") },
+            Change::AddFlood { vni: 9, peer: ip("10.47.0.3") },
+        ]
+    );
+}
+
+#[test]
+fn converged_host_needs_nothing() {
+    let observed = Observed { segments: [(5, complete(&["10.47.0.2"]))].into(), ..Default::default() };
+    assert!(diff(&desired(&[5], &["10.47.0.2"]), &observed).is_empty());
+}
+
+#[test]
+fn removed_peer_and_subnet_go_first() {
+    let observed = Observed {
+        segments: [(5, complete(&["10.47.0.2", "10.47.0.3"])), (6, complete(&[]))].into(),
+        ..Default::default()
+    };
+    let changes = diff(&desired(&[5, 7], &["10.47.0.2", "10.47.0.4"]), &observed);
+    assert_eq!(
+        changes,
+        vec![
+            Change::RemoveFlood { vni: 5, peer: ip("10.47.0.3") },
+            Change::RemoveSegment { vni: 6 },
+            Change::EnsureSegment { vni: 7, local: ip("10.47.0.1"), mtu: 1370 },
+            Change::AddFlood { vni: 5, peer: ip("10.47.0.4") },
+            Change::AddFlood { vni: 7, peer: ip("10.47.0.2") },
+            Change::AddFlood { vni: 7, peer: ip("10.47.0.4") },
+        ]
+    );
+}
+
+#[test]
+fn wrong_local_address_rebuilds_vxlan_and_its_flood_entries() {
+    let mut seg = complete(&["10.47.0.2"]);
+    seg.vxlan.as_mut().unwrap().local = Some(ip("10.47.0.9"));
+    let observed = Observed { segments: [(5, seg)].into(), ..Default::default() };
+    assert_eq!(
+        diff(&desired(&[5], &["10.47.0.2"]), &observed),
+        vec![
+            Change::RemoveVxlan { vni: 5 },
+            Change::EnsureSegment { vni: 5, local: ip("10.47.0.1"), mtu: 1370 },
+            Change::AddFlood { vni: 5, peer: ip("10.47.0.2") },
+        ]
+    );
+}
+
+#[test]
+fn partial_segment_is_completed_without_touching_good_flood_entries() {
+    let mut seg = complete(&["10.47.0.2"]);
+    seg.vxlan.as_mut().unwrap().in_bridge = false;
+    seg.bridge_mtu = Some(1500);
+    let observed = Observed { segments: [(5, seg)].into(), ..Default::default() };
+    assert_eq!(
+        diff(&desired(&[5], &["10.47.0.2"]), &observed),
+        vec![Change::EnsureSegment { vni: 5, local: ip("10.47.0.1"), mtu: 1370 }]
+    );
+}
+
+/// Nodes 1 (this one, 10.47.0.1) and 2 (10.47.0.2).
+fn two_nodes() -> Vec<Node> {
+    [1, 2].map(|id| Node { id, address: format!("10.47.0.{id}"), ..Default::default() }).to_vec()
+}
+
+#[test]
+fn desired_from_map_skips_self_and_vni_zero() {
+    let map = NetworkMap {
+        nodes: two_nodes(),
+        subnets: vec![
+            Subnet { id: 1, cidr: "10.32.0.0/16".into(), vni: 100, ..Default::default() },
+            Subnet { id: 2, cidr: "10.2.0.0/24".into(), vni: 0, ..Default::default() },
+        ],
+        ..Default::default()
+    };
+    let d = Desired::from_map(&map, 1, ip("10.47.0.1"), 1370);
+    assert_eq!(d.peers, [ip("10.47.0.2")].into());
+    assert_eq!(d.segments.keys().copied().collect::<Vec<_>>(), vec![100]);
+}
+
+#[test]
+fn remote_workloads_get_routes_proxy_entries_and_their_subnet_a_route() {
+    use weave_proto::v1::Allocation;
+    let alloc = |id, node_id, subnet_id, address: &str, container: &str| Allocation {
+        id,
+        node_id,
+        subnet_id,
+        address: address.into(),
+        container: container.into(),
+        ..Default::default()
+    };
+    let map = NetworkMap {
+        nodes: two_nodes(),
+        subnets: vec![
+            Subnet { id: 1, cidr: "10.32.0.0/16".into(), vni: 100, ..Default::default() },
+            Subnet { id: 2, cidr: "10.2.3.0/24".into(), vni: 200, ..Default::default() },
+        ],
+        allocations: vec![
+            alloc(1, 1, 1, "10.32.0.1/16", "local"),
+            alloc(2, 2, 1, "10.32.0.2/16", "remote"),
+            alloc(3, 2, 2, "10.2.3.2/24", "remote"),
+            alloc(4, 1, 2, "10.2.3.1/24", "host:h1"),
+        ],
+        ..Default::default()
+    };
+    let d = Desired::from_map(&map, 1, ip("10.47.0.1"), 1370);
+    // Own traffic to a subnet the host is exposed on leaves from its exposed address.
+    assert_eq!(d.routes, [(ip("10.32.0.2"), None), (ip("10.2.3.2"), Some(ip("10.2.3.1")))].into());
+    assert_eq!(d.proxies, [(100, [ip("10.32.0.2")].into()), (200, [ip("10.2.3.2")].into())].into());
+    assert_eq!(d.subnets, [(100, "10.32.0.0/16".parse().unwrap()), (200, "10.2.3.0/24".parse().unwrap())].into());
+
+    // From nothing: segments first, then subnet routes, proxy entries, routes.
+    let changes = diff(&d, &Observed::default());
+    let kinds: Vec<&str> = changes
+        .iter()
+        .map(|c| match c {
+            Change::EnsureSegment { .. } => "segment",
+            Change::AddFlood { .. } => "flood",
+            Change::AddSubnetRoute { .. } => "subnet",
+            Change::AddProxy { .. } => "proxy",
+            Change::AddRoute { .. } => "route",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["segment", "segment", "flood", "flood", "subnet", "subnet", "proxy", "proxy", "route", "route"]);
+
+    // Converged, then the remote workload moves away and the host is hidden.
+    let observed = Observed {
+        segments: [(100, complete(&["10.47.0.2"])), (200, complete(&["10.47.0.2"]))].into(),
+        routes: d.routes.clone(),
+        proxies: d.proxies.clone(),
+        subnets: d.subnets.iter().map(|(v, n)| (*v, *n)).collect(),
+        pinned: [(100, [ip("10.32.0.1")].into())].into(),
+    };
+    assert!(diff(&d, &observed).is_empty(), "{:?}", diff(&d, &observed));
+    let mut moved = map.clone();
+    moved.allocations.retain(|a| a.id != 2 && a.id != 4);
+    let d2 = Desired::from_map(&moved, 1, ip("10.47.0.1"), 1370);
+    assert_eq!(
+        diff(&d2, &observed),
+        vec![
+            Change::RemoveRoute { dst: ip("10.32.0.2") },
+            Change::RemoveProxy { vni: 100, addr: ip("10.32.0.2") },
+            Change::AddRoute { dst: ip("10.2.3.2"), src: None },
+        ]
+    );
+    // A pinned address that is not in the map (yet) stays pinned; one that
+    // now belongs to another node is unpinned.
+    moved.allocations.retain(|a| a.id != 1);
+    let d2 = Desired::from_map(&moved, 1, ip("10.47.0.1"), 1370);
+    assert!(!diff(&d2, &observed).iter().any(|c| matches!(c, Change::Unpin { .. })));
+    let mut elsewhere = moved.clone();
+    elsewhere.allocations.push(weave_proto::v1::Allocation {
+        id: 9,
+        node_id: 2,
+        subnet_id: 1,
+        address: "10.32.0.1/16".into(),
+        ..Default::default()
+    });
+    let d3 = Desired::from_map(&elsewhere, 1, ip("10.47.0.1"), 1370);
+    assert!(diff(&d3, &observed).contains(&Change::Unpin { vni: 100, addr: ip("10.32.0.1") }));
+    // A removed subnet: its bridge goes, and with it its entries; only the routes are removed one by one.
+    let mut gone = map.clone();
+    gone.subnets.retain(|s| s.id != 2);
+    gone.allocations.retain(|a| a.subnet_id != 2);
+    let d3 = Desired::from_map(&gone, 1, ip("10.47.0.1"), 1370);
+    assert_eq!(
+        diff(&d3, &observed),
+        vec![Change::RemoveRoute { dst: ip("10.2.3.2") }, Change::RemoveSegment { vni: 200 }]
+    );
+}
