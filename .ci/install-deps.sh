@@ -17,6 +17,8 @@ for pair in podman:podman runc:runc conmon:conmon; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 [[ -x /bin/busybox ]] || need+=(busybox-static)
+# Not here: the image build (deploy/image/build.sh, outside CI) installs its
+# own tools when run: debootstrap, podman, runc, conmon, binutils.
 # Prometheus scrapes the daemons in e2e_prometheus (promtool checks the exposition).
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # The automation test runs Python's grpcio from a venv.

@@ -93,17 +93,8 @@ fn reset_after_attach_by_name_removes_the_data_dir() {
     let ns = bed.add_container("rn");
     bed.weavectl_attach(0, &ns, &["--name", "reset-web", &format!("/run/netns/{ns}")]);
     bed.signal_agent(0, Signal::SIGTERM);
-    let h = &bed.hosts[0];
-    let agent = agent_bin();
-    let reset = [
-        agent.to_str().unwrap(),
-        "reset",
-        "--data-dir",
-        h.data_dir.to_str().unwrap(),
-        "--socket",
-        h.socket.to_str().unwrap(),
-    ];
-    let out = in_ns(&h.ns, &reset);
+    let out = bed.reset_agent(0);
     assert!(out.status.success(), "reset: {}", String::from_utf8_lossy(&out.stderr));
+    let h = &bed.hosts[0];
     assert!(!h.data_dir.exists(), "reset leaves {:?}", files_under(&h.data_dir));
 }
