@@ -117,6 +117,9 @@ pub fn ruleset(rules: &Rules) -> String {
     // with on that subnet: not its other addresses (node, underlay, another
     // subnet's), and never over IPv6 (the host takes no part in a segment's
     // IPv6: no link-local services, no router advertisements from a workload).
+    // A port mapping's replies (the host reaching a published port itself,
+    // DNATed to a workload) are the one exception, as in the other chains.
+    out += "    ct status dnat accept\n";
     for s in segments {
         let _ = writeln!(out, "    iifname \"{}\" ip daddr {} accept", s.bridge, s.subnet);
     }
@@ -201,6 +204,7 @@ mod tests {
         let r = ruleset(&Rules { segments: vec![seg(5, "10.32.0.0/16"), seg(9, "10.2.3.0/24")], ..Default::default() });
         let input = &r[r.find("chain input").unwrap()..r.find("chain forward").unwrap()];
         let exposed = input.find("iifname \"wvbr-9\" ip daddr 10.2.3.0/24 accept").expect("own subnet's address");
+        assert!(input.find("ct status dnat accept").is_some_and(|d| d < exposed), "{input}");
         let v6 = input.find("iifname \"wvbr-*\" meta nfproto ipv6 drop").expect("no IPv6 to the host");
         let local = input.find("iifname \"wvbr-*\" fib daddr type local drop").expect("no other host address");
         assert!(exposed < v6 && v6 < local, "{input}");
