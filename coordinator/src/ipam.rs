@@ -1,7 +1,10 @@
 //! Address arithmetic, free of I/O: which addresses a subnet may hand out, the
 //! lowest free one, how the default layout splits `--range`, and the VXLAN VNI
 //! of a subnet. The store calls these inside its transactions.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -78,6 +81,23 @@ pub fn lowest_free(net: &IpNet, used: impl IntoIterator<Item = IpAddr>) -> Optio
     Some(from_key(net, candidate))
 }
 
+/// [`lowest_free`] over the keys ([`key`]) of the addresses in use, kept
+/// sorted in memory: no parsing and no sorting per call.
+pub fn lowest_free_in(net: &IpNet, used: &BTreeSet<u128>) -> Option<IpAddr> {
+    let (first, last) = usable(net);
+    let mut candidate = first;
+    for &k in used.range(first..=last) {
+        if k != candidate {
+            break;
+        }
+        if candidate == last {
+            return None;
+        }
+        candidate += 1;
+    }
+    Some(from_key(net, candidate))
+}
+
 /// Whether two networks share any address.
 pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
@@ -138,6 +158,21 @@ mod tests {
         assert_eq!(lowest_free(&n, [ip("10.2.3.1"), ip("10.2.3.2")]), Some(ip("10.2.3.3")));
         assert_eq!(lowest_free(&n, [ip("10.2.3.2")]), Some(ip("10.2.3.1")), "fills holes first");
         assert_eq!(lowest_free(&n, [ip("10.9.9.9"), ip("fd00::1")]), Some(ip("10.2.3.1")));
+    }
+
+    #[test]
+    fn lowest_free_in_a_kept_set_agrees_with_lowest_free() {
+        for (n, used) in [
+            ("10.2.3.0/24", vec![]),
+            ("10.2.3.0/24", vec!["10.2.3.1", "10.2.3.2", "10.2.3.4", "10.9.9.9"]),
+            ("10.2.3.0/24", vec!["10.2.3.2"]),
+            ("10.0.0.0/30", vec!["10.0.0.1", "10.0.0.2"]),
+            ("fd00::/126", vec!["fd00::1", "fd00::2"]),
+        ] {
+            let (n, used): (IpNet, Vec<IpAddr>) = (net(n), used.into_iter().map(ip).collect());
+            let set = used.iter().copied().map(key).collect();
+            assert_eq!(lowest_free_in(&n, &set), lowest_free(&n, used), "{n}");
+        }
     }
 
     #[test]

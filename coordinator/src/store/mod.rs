@@ -5,20 +5,23 @@
 //! SQLite allows one writer at a time: writes go through a pool of one
 //! connection (`BEGIN IMMEDIATE`), so concurrent RPCs queue here instead of
 //! failing with SQLITE_BUSY; reads use a separate pool and see WAL snapshots.
+//! Each write runs in its own savepoint of a transaction shared with the
+//! writes queued beside it (group commit, [`batch`]): one fsync for all.
 //! The SQL itself is plain (`$n` placeholders, `RETURNING`, `ON CONFLICT`) so
 //! that it also runs on Postgres.
 //!
 //! Records are the `weave.v1` messages themselves: the store builds each once,
 //! and the watch stream sends the stored change as it is.
 //!
-//! The committed map is also kept in memory ([`Live`]): write transactions hold
-//! one lock from `BEGIN` until their changes are applied to it, so it is always
+//! The committed map is also kept in memory ([`Live`]): writes and their batch's
+//! commit hold one lock until its changes are applied to it, so it is always
 //! the map at exactly the latest committed revision. Snapshots (every join, every
 //! new watcher) are a clone of it, and watchers read recent changes from its
 //! ring, not from SQLite.
 
 mod allocations;
 mod auth;
+mod batch;
 mod dns;
 mod nodes;
 mod rows;
@@ -36,10 +39,10 @@ use std::{
 use ipnet::IpNet;
 use prost::Message as _;
 use sqlx::{
-    Row, Sqlite, SqliteConnection, Transaction,
+    Row,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
-use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+use tokio::sync::{Mutex, watch};
 use weave_proto::v1::{self, map_change::Change};
 
 pub use self::{
@@ -83,8 +86,9 @@ pub struct Store {
     read: SqlitePool,
     revision: watch::Sender<u64>,
     live: Arc<RwLock<Live>>,
-    /// Held by a write transaction until its changes are in `live`.
-    writer: Arc<Mutex<()>>,
+    /// The write connection's open batch; held by one write at a time, and
+    /// by the batch's commit until its changes are in `live` (see [`batch`]).
+    writer: Arc<Mutex<batch::Writer>>,
     /// Most addresses one node may hold (None: no limit); see [`Store::with_node_quota`].
     node_quota: Option<u32>,
 }
@@ -96,18 +100,9 @@ struct Live {
     recent: VecDeque<(u64, v1::MapChange)>,
 }
 
-/// A write transaction and the changes it recorded.
-pub(crate) struct Tx {
-    inner: Transaction<'static, Sqlite>,
-    changes: Vec<(u64, v1::MapChange)>,
-    _writer: OwnedMutexGuard<()>,
-}
+pub(crate) use batch::Tx;
 
 impl Tx {
-    fn c(&mut self) -> &mut SqliteConnection {
-        &mut self.inner
-    }
-
     /// Bumps the revision and appends `change` to the event log.
     async fn record(&mut self, change: Change) -> Result<u64> {
         let rev: i64 = sqlx::query_scalar("UPDATE cluster SET revision = revision + 1 WHERE id = 1 RETURNING revision")
@@ -179,41 +174,6 @@ impl Store {
         let _writer = self.writer.lock().await;
         let map = self.load_snapshot().await?;
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Live { map, recent: VecDeque::new() };
-        Ok(())
-    }
-
-    pub(crate) async fn begin(&self) -> Result<Tx> {
-        let writer = self.writer.clone().lock_owned().await;
-        Ok(Tx { inner: self.write.begin_with("BEGIN IMMEDIATE").await?, changes: Vec::new(), _writer: writer })
-    }
-
-    /// Commits `tx` and publishes its changes (in-memory map, event ring,
-    /// revision signal) as one unit. It runs in its own task: a caller that
-    /// goes away (client deadline, Ctrl-C) once COMMIT may have reached
-    /// SQLite would otherwise leave a change on disk that memory and
-    /// watchers never hear of. Dropping the returned future only stops
-    /// waiting for it; the writer lock is held until it is published.
-    pub(crate) async fn commit(&self, tx: Tx) -> Result<()> {
-        let store = self.clone();
-        tokio::spawn(async move { store.commit_and_publish(tx).await })
-            .await
-            .map_err(|e| Error::Bug(format!("the commit task failed: {e}")))?
-    }
-
-    async fn commit_and_publish(&self, tx: Tx) -> Result<()> {
-        tx.inner.commit().await?;
-        let Some(&(last, _)) = tx.changes.last() else { return Ok(()) };
-        {
-            let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
-            for (rev, change) in tx.changes {
-                weave_proto::map::apply_change(&mut live.map, rev, &change);
-                live.recent.push_back((rev, change));
-                if live.recent.len() > RING {
-                    live.recent.pop_front();
-                }
-            }
-        }
-        self.revision.send_replace(last);
         Ok(())
     }
 

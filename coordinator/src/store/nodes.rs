@@ -1,7 +1,5 @@
 //! Nodes: join (spending a token), listing, endpoint updates and removal,
 //! which reclaims everything the node held in the same transaction.
-use std::net::IpAddr;
-
 use sqlx::{Row, SqliteConnection};
 use subtle::ConstantTimeEq;
 use weave_proto::v1::{self, map_change::Change};
@@ -133,8 +131,7 @@ impl Store {
         let node_range: String =
             sqlx::query_scalar("SELECT node_range FROM cluster WHERE id = 1").fetch_one(tx.c()).await?;
         let node_range = parse_net(node_range)?;
-        let used: Vec<String> = sqlx::query_scalar("SELECT address FROM nodes").fetch_all(tx.c()).await?;
-        let address = ipam::lowest_free(&node_range, used.iter().filter_map(|a| a.parse::<IpAddr>().ok()))
+        let address = ipam::lowest_free_in(&node_range, tx.node_addresses().await?)
             .ok_or_else(|| Error::Exhausted(format!("the node block {node_range} has no free address")))?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO nodes (name, public_key, endpoints, address, credential_hash, joined_via, joined_at, updated_at) \
