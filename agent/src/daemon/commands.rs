@@ -1,7 +1,7 @@
 //! The agent's commands: join (once, with a token), run (from the saved
 //! identity), status, reset.
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
@@ -57,9 +57,9 @@ pub async fn join(args: &JoinArgs) -> Result<(), Error> {
     }
     let secret = read_token(args)?;
     let token = JoinToken::parse(&secret).map_err(|e| Error::Token(e.to_string()))?;
-    let endpoint = match args.endpoint {
-        Some(e) => e,
-        None => SocketAddr::new(default_address()?, args.run.listen_port),
+    let endpoints = match &args.endpoint[..] {
+        [] => default_addresses()?.into_iter().map(|ip| SocketAddr::new(ip, args.run.listen_port)).collect(),
+        pinned => pinned.to_vec(),
     };
     let name = match &args.name {
         Some(n) => n.clone(),
@@ -83,7 +83,7 @@ pub async fn join(args: &JoinArgs) -> Result<(), Error> {
         token: secret.trim().to_string(),
         name: name.clone(),
         public_key: key.public().as_bytes().to_vec(),
-        endpoints: vec![endpoint.to_string()],
+        endpoints: endpoints.iter().map(ToString::to_string).collect(),
         challenge,
         proof,
     };
@@ -110,7 +110,7 @@ pub async fn join(args: &JoinArgs) -> Result<(), Error> {
         coordinator: token.coordinator.clone(),
         pin: token.pin.to_string(),
         credential: response.credential,
-        endpoint,
+        endpoint: endpoints[0],
         listen_port: args.run.listen_port,
     };
     let map = response.map.unwrap_or_default();
@@ -213,7 +213,9 @@ async fn serve(
     let netlink = Netlink::connect()?;
     let underlay = netlink.mtu_of_address(identity.endpoint.ip()).await?.unwrap_or(1500);
     let (tun_mtu, segment_mtu) = mtus(underlay);
-    let listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), args.listen_port);
+    // Both families: endpoints may be IPv4 or IPv6 (the socket falls back to
+    // IPv4 only on a kernel without IPv6).
+    let listen = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), args.listen_port);
     let transport = TunUdp::start(TUN_NAME, tun_mtu as u16, listen, key.secret().clone())
         .map_err(|e| Error::Dataplane(format!("start {TUN_NAME} and udp {listen}: {e}")))?;
     let transport = Arc::new(transport);
@@ -389,13 +391,19 @@ fn dns_upstreams(args: &RunArgs) -> Vec<SocketAddr> {
     found
 }
 
-fn default_address() -> Result<IpAddr, Error> {
+/// The addresses to advertise: the first non-loopback IPv4 address and the
+/// first IPv6 address that is neither loopback nor link-local (one of them
+/// at least).
+fn default_addresses() -> Result<Vec<IpAddr>, Error> {
     let addrs = if_addrs::get_if_addrs().map_err(|e| Error::Io("list addresses".into(), e))?;
-    addrs
-        .iter()
-        .map(|i| i.ip())
-        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
-        .ok_or_else(|| Error::State("no IPv4 address to advertise: pass --endpoint ip:port".into()))
+    let ips: Vec<IpAddr> = addrs.iter().map(|i| i.ip()).filter(|ip| !ip.is_loopback()).collect();
+    let v4 = ips.iter().find(|ip| ip.is_ipv4());
+    let v6 = ips.iter().find(|ip| matches!(ip, IpAddr::V6(v6) if !v6.is_unicast_link_local()));
+    let out: Vec<IpAddr> = v4.into_iter().chain(v6).copied().collect();
+    if out.is_empty() {
+        return Err(Error::State("no IPv4 or global IPv6 address to advertise: pass --endpoint ip:port".into()));
+    }
+    Ok(out)
 }
 
 fn hostname() -> Result<String, Error> {

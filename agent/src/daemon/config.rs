@@ -85,9 +85,12 @@ pub struct JoinArgs {
     /// This host's name in the cluster [default: the host name].
     #[arg(long, env = "WEAVE_NAME")]
     pub name: Option<String>,
-    /// ip:port where peers reach this host's WireGuard [default: first non-loopback IPv4 and --listen-port].
-    #[arg(long, env = "WEAVE_ENDPOINT")]
-    pub endpoint: Option<SocketAddr>,
+    /// ip:port (or [ipv6]:port) where peers reach this host's WireGuard; repeat it (or
+    /// separate with commas) for one per family on a dual-stack host. Pins the
+    /// endpoints [default: the host's first non-loopback IPv4 and first
+    /// global IPv6 address, with --listen-port].
+    #[arg(long, env = "WEAVE_ENDPOINT", value_delimiter = ',')]
+    pub endpoint: Vec<SocketAddr>,
     #[command(flatten)]
     pub run: RunArgs,
 }

@@ -8,8 +8,10 @@
 //!   rate limiting.
 //! - [`tun_udp`]: the first transport: a TUN device holding the node address
 //!   and one UDP socket, driven by two blocking I/O threads and a timer thread.
+//! - [`udp`]: that socket, dual-stack: IPv4 and IPv6 endpoints alike.
 pub mod router;
 pub mod tun_udp;
+pub mod udp;
 
 pub use weave_proto::local_api::PeerStatus;
 

@@ -13,8 +13,8 @@
 //! runs the timers. Each packet thread takes the peer table once per batch;
 //! the only lock per packet is the peer's own.
 use std::{
-    io::{self, IoSlice, IoSliceMut},
-    net::{SocketAddr, SocketAddrV4, UdpSocket},
+    io::{self, IoSlice},
+    net::{SocketAddr, UdpSocket},
     os::fd::AsRawFd,
     sync::{
         Arc,
@@ -27,13 +27,14 @@ use std::{
 use boringtun::x25519::StaticSecret;
 use nix::{
     errno::Errno,
-    sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage, setsockopt, sockopt},
+    sys::socket::{self, ControlMessage, MsgFlags, SockaddrStorage, setsockopt, sockopt},
 };
 use tun_rs::{DeviceBuilder, GROTable, InterruptEvent, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::{
     PeerStatus, Transport,
     router::{BUF_SIZE, Router, Sink},
+    udp::{self, recv_datagrams},
 };
 use crate::plan::{kernel::TUN_READ_ROOM, netmap::PeerConfig};
 
@@ -49,7 +50,7 @@ const BATCH: usize = 128;
 const TUN_BATCH: usize = 256;
 /// The kernel's limit on segments in one UDP GSO send (UDP_MAX_SEGMENTS).
 const MAX_GSO_SEGMENTS: usize = 64;
-/// And on the bytes in it (one IPv4 datagram).
+/// And on the bytes in it (one IP datagram of either family).
 const MAX_GSO_BYTES: usize = 65_000;
 /// WireGuard's framing on a data packet (header 16, tag 16) plus padding to 16.
 const WG_GROWTH: usize = 32 + 15;
@@ -57,13 +58,15 @@ const WG_GROWTH: usize = 32 + 15;
 struct Io {
     tun: SyncDevice,
     udp: UdpSocket,
+    /// The socket is IPv6 (dual-stack): IPv4 endpoints go out IPv4-mapped.
+    v6: bool,
     /// UDP GSO works until a send says otherwise (an underlay without checksum offload).
     gso: AtomicBool,
 }
 
 impl Sink for Io {
     fn to_network(&self, dst: SocketAddr, datagram: &[u8]) {
-        if let Err(e) = self.udp.send_to(datagram, dst) {
+        if let Err(e) = self.udp.send_to(datagram, udp::wire(dst, self.v6)) {
             tracing::trace!(%dst, error = %e, "udp send failed");
         }
     }
@@ -75,7 +78,7 @@ impl Io {
     fn send_run(&self, dst: SocketAddr, datagrams: &[u8], segment: usize) {
         if datagrams.len() > segment && self.gso.load(Ordering::Relaxed) {
             let size = segment as u16;
-            let addr = SockaddrStorage::from(dst);
+            let addr = SockaddrStorage::from(udp::wire(dst, self.v6));
             let sent = socket::sendmsg(
                 self.udp.as_raw_fd(),
                 &[IoSlice::new(datagrams)],
@@ -143,31 +146,6 @@ fn flush(io: &Io, buf: &[u8], out: &[Encrypted]) {
     });
 }
 
-/// One `recvmsg`: the bytes, the sender, and the size of each datagram in
-/// them (all of it unless the kernel coalesced several with UDP GRO).
-fn recv_datagrams(
-    udp: &UdpSocket,
-    buf: &mut [u8],
-    cmsg: &mut [u8],
-    flags: MsgFlags,
-) -> io::Result<(usize, SocketAddr, usize)> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = socket::recvmsg::<SockaddrStorage>(udp.as_raw_fd(), &mut iov, Some(cmsg), flags)?;
-    let mut segment = msg.bytes;
-    for c in msg.cmsgs()? {
-        if let ControlMessageOwned::UdpGroSegments(s) = c
-            && s > 0
-        {
-            segment = s as usize;
-        }
-    }
-    let src = msg
-        .address
-        .and_then(|a| a.as_sockaddr_in().map(|s| SocketAddr::V4(SocketAddrV4::from(*s))))
-        .ok_or_else(|| io::Error::other("datagram without an IPv4 source"))?;
-    Ok((msg.bytes, src, segment.max(1)))
-}
-
 pub struct TunUdp {
     router: Arc<Router>,
     io: Arc<Io>,
@@ -184,7 +162,8 @@ impl TunUdp {
         if !tun.tcp_gso() {
             tracing::warn!("the TUN has no offloads: one packet per read and write");
         }
-        let udp = UdpSocket::bind(listen)?;
+        let udp = udp::bind(listen)?;
+        let v6 = udp::is_v6(&udp)?;
         // Bursts of a TCP window arrive faster than one thread decrypts them;
         // the default buffers drop most of such a burst. As root the limit
         // (net.core.rmem_max) does not apply; otherwise keep the default.
@@ -195,7 +174,7 @@ impl TunUdp {
         }
         // The receive thread wakes up this often to notice a stop request.
         udp.set_read_timeout(Some(TICK))?;
-        let io = Arc::new(Io { tun, udp, gso: AtomicBool::new(true) });
+        let io = Arc::new(Io { tun, udp, v6, gso: AtomicBool::new(true) });
         let router = Arc::new(Router::new(secret));
         let stop = Arc::new(AtomicBool::new(false));
         let interrupt = Arc::new(InterruptEvent::new()?);

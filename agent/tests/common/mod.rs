@@ -1,5 +1,6 @@
 //! Multi-host test bed: hosts are network namespaces on an underlay bridge
-//! (itself in its own namespace, 192.0.2.0/24), the real `coordinator` runs
+//! (itself in its own namespace, 192.0.2.0/24 and/or 2001:db8::/64, see
+//! [`Underlay`]), the real `coordinator` runs
 //! in one more namespace and real `agent`s in every host. Workloads are
 //! further namespaces with a veth (`ethwe`) plugged into their host's subnet
 //! bridge, addressed through the coordinator's IPAM.
@@ -11,10 +12,11 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod cni;
+pub mod underlay;
 
 use std::{
     fs,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{
@@ -33,6 +35,32 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 pub const COORDINATOR_IP: &str = "192.0.2.2";
 pub const WG_PORT: u16 = 6784;
+
+/// The families of a bed's underlay. Every namespace plugged into it gets
+/// 192.0.2.N/24, 2001:db8::N/64 (N written the same: 192.0.2.11 is
+/// 2001:db8::11), or both; agents and the coordinator use IPv6 where the
+/// underlay has only that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underlay {
+    V4,
+    V6,
+    Dual,
+}
+
+impl Underlay {
+    pub fn has_v4(self) -> bool {
+        self != Underlay::V6
+    }
+
+    pub fn has_v6(self) -> bool {
+        self != Underlay::V4
+    }
+}
+
+/// The IPv6 underlay address that goes with an IPv4 one (192.0.2.11 -> 2001:db8::11).
+pub fn v6_of(ip: Ipv4Addr) -> Ipv6Addr {
+    format!("2001:db8::{}", ip.octets()[3]).parse().unwrap()
+}
 
 pub fn agent_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_agent"))
@@ -128,6 +156,15 @@ impl Host {
     pub fn endpoint(&self) -> String {
         format!("{}:{WG_PORT}", self.ip)
     }
+
+    /// Its IPv6 underlay address (configured on a [`Underlay::V6`] or [`Underlay::Dual`] bed).
+    pub fn ip6(&self) -> Ipv6Addr {
+        v6_of(self.ip)
+    }
+
+    pub fn endpoint6(&self) -> String {
+        format!("[{}]:{WG_PORT}", self.ip6())
+    }
 }
 
 pub struct Workload {
@@ -142,6 +179,8 @@ pub struct Bed {
     pub prefix: String,
     pub dir: tempfile::TempDir,
     pub underlay: String,
+    /// The underlay's families (set when the bed is made).
+    pub family: Underlay,
     pub coordinator_ns: String,
     pub coordinator: Option<Child>,
     pub coordinator_dir: PathBuf,
@@ -158,14 +197,20 @@ pub struct Bed {
 }
 
 impl Bed {
-    /// An underlay and a running coordinator, no hosts yet.
+    /// An IPv4 underlay and a running coordinator, no hosts yet.
     pub fn new() -> Self {
+        Self::with_underlay(Underlay::V4)
+    }
+
+    /// An underlay of `family` and a running coordinator, no hosts yet.
+    pub fn with_underlay(family: Underlay) -> Self {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let prefix = format!("wv{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let dir = tempfile::Builder::new().prefix(&format!("{prefix}-")).tempdir().unwrap();
         let mut bed = Bed {
             underlay: format!("{prefix}-u"),
             coordinator_ns: format!("{prefix}-c"),
+            family,
             coordinator_dir: dir.path().join("coordinator"),
             prefix,
             dir,
@@ -197,7 +242,12 @@ impl Bed {
 
     /// A bed with `n` hosts whose agents have joined and see each other.
     pub fn with_hosts(n: usize) -> Self {
-        let mut bed = Self::new();
+        Self::with_hosts_on(Underlay::V4, n)
+    }
+
+    /// Like [`Bed::with_hosts`] on an underlay of `family`.
+    pub fn with_hosts_on(family: Underlay, n: usize) -> Self {
+        let mut bed = Self::with_underlay(family);
         for _ in 0..n {
             bed.add_host();
         }
@@ -213,12 +263,19 @@ impl Bed {
         ok_in(ns, &["ip", "link", "set", "lo", "up"]);
     }
 
-    /// Creates namespace `ns` with `eth0` = `ip`/24 on the underlay bridge.
+    /// Creates namespace `ns` with `eth0` on the underlay bridge, addressed
+    /// `ip`/24 and/or [`v6_of`]`(ip)`/64 as the bed's family says.
     fn plug(&mut self, ns: &str, port: &str, ip: Ipv4Addr) {
         self.add_ns(ns);
         ok(&["ip", "-n", &self.underlay, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns]);
         ok(&["ip", "-n", &self.underlay, "link", "set", port, "master", "br0", "up"]);
-        ok_in(ns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        if self.family.has_v4() {
+            ok_in(ns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        }
+        if self.family.has_v6() {
+            // nodad: usable at once (no duplicate detection on a bed we made).
+            ok_in(ns, &["ip", "addr", "add", &format!("{}/64", v6_of(ip)), "dev", "eth0", "nodad"]);
+        }
         ok_in(ns, &["ip", "link", "set", "eth0", "up"]);
     }
 
@@ -254,7 +311,23 @@ impl Bed {
     }
 
     pub fn coordinator_addr(&self) -> String {
-        format!("{COORDINATOR_IP}:6783")
+        match self.family {
+            Underlay::V6 => format!("[{}]:6783", v6_of(COORDINATOR_IP.parse().unwrap())),
+            _ => format!("{COORDINATOR_IP}:6783"),
+        }
+    }
+
+    /// Host `i`'s `--endpoint` flags: one per family of the underlay.
+    pub fn endpoints(&self, i: usize) -> Vec<String> {
+        let h = &self.hosts[i];
+        let mut out = Vec::new();
+        if self.family.has_v4() {
+            out.push(h.endpoint());
+        }
+        if self.family.has_v6() {
+            out.push(h.endpoint6());
+        }
+        out
     }
 
     /// Starts (or restarts) the coordinator; on first start reads its join token.
@@ -325,7 +398,10 @@ impl Bed {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &h.ns]).arg(agent_bin());
         if join {
-            cmd.args(["join", "--token", &self.token, "--name", &h.name, "--endpoint", &h.endpoint()]);
+            cmd.args(["join", "--token", &self.token, "--name", &h.name]);
+            for e in self.endpoints(i) {
+                cmd.args(["--endpoint", &e]);
+            }
         } else {
             cmd.arg("run");
         }

@@ -1,0 +1,142 @@
+//! The tunnel's UDP socket: one socket for both underlay families.
+//!
+//! Bound to `[::]:port` with `IPV6_V6ONLY` off, it receives IPv4 datagrams as
+//! IPv4-mapped IPv6 sources (`::ffff:192.0.2.11`) and sends to IPv4 endpoints
+//! through the same mapping; everything above this module sees plain
+//! `SocketAddr::V4` / `V6` (a peer's endpoint compares equal to the map's).
+//! UDP GSO (`UDP_SEGMENT`) and GRO (`UDP_GRO`) are per socket and work for
+//! both families. A host whose kernel has no IPv6 gets an IPv4-only socket.
+use std::{
+    io::{self, IoSliceMut},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket},
+    os::fd::AsRawFd,
+};
+
+use nix::{
+    errno::Errno,
+    sys::socket::{
+        self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrIn6, SockaddrStorage,
+        setsockopt, sockopt,
+    },
+};
+
+/// Binds the tunnel socket. `listen` with an unspecified address (either
+/// family) means every address of both families where the kernel has IPv6.
+pub fn bind(listen: SocketAddr) -> io::Result<UdpSocket> {
+    if !listen.ip().is_unspecified() {
+        return UdpSocket::bind(listen);
+    }
+    match dual_stack(listen.port()) {
+        Ok(s) => Ok(s),
+        Err(Errno::EAFNOSUPPORT) => {
+            tracing::warn!("this kernel has no IPv6: the tunnel socket serves IPv4 only");
+            UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), listen.port()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn dual_stack(port: u16) -> Result<UdpSocket, Errno> {
+    let fd = socket::socket(AddressFamily::Inet6, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    // Explicitly: the default follows net.ipv6.bindv6only, which a host may set.
+    setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
+    let addr = SockaddrIn6::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
+    socket::bind(fd.as_raw_fd(), &addr)?;
+    Ok(UdpSocket::from(fd))
+}
+
+/// The address to hand the kernel for `dst`: IPv4 endpoints as IPv4-mapped
+/// addresses on a dual-stack (IPv6) socket.
+pub fn wire(dst: SocketAddr, v6_socket: bool) -> SocketAddr {
+    match dst {
+        SocketAddr::V4(v4) if v6_socket => SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0)),
+        other => other,
+    }
+}
+
+/// A sender as the router sees it: IPv4-mapped addresses as IPv4, IPv6
+/// without a flow label or (for global addresses) a scope.
+pub fn canonical(src: SocketAddr) -> SocketAddr {
+    match src {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => SocketAddr::V6(SocketAddrV6::new(*v6.ip(), v6.port(), 0, v6.scope_id())),
+        },
+        v4 => v4,
+    }
+}
+
+/// Whether `udp` is an IPv6 (dual-stack) socket.
+pub fn is_v6(udp: &UdpSocket) -> io::Result<bool> {
+    Ok(udp.local_addr()?.is_ipv6())
+}
+
+/// One `recvmsg`: the bytes, the sender, and the size of each datagram in
+/// them (all of it unless the kernel coalesced several with UDP GRO).
+pub fn recv_datagrams(
+    udp: &UdpSocket,
+    buf: &mut [u8],
+    cmsg: &mut [u8],
+    flags: MsgFlags,
+) -> io::Result<(usize, SocketAddr, usize)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = socket::recvmsg::<SockaddrStorage>(udp.as_raw_fd(), &mut iov, Some(cmsg), flags)?;
+    let mut segment = msg.bytes;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::UdpGroSegments(s) = c
+            && s > 0
+        {
+            segment = s as usize;
+        }
+    }
+    let src = msg
+        .address
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|s| SocketAddr::V4((*s).into()))
+                .or_else(|| a.as_sockaddr_in6().map(|s| SocketAddr::V6((*s).into())))
+        })
+        .map(canonical)
+        .ok_or_else(|| io::Error::other("datagram without an IP source"))?;
+    Ok((msg.bytes, src, segment.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_addresses_round_trip() {
+        let v4: SocketAddr = "192.0.2.11:6784".parse().unwrap();
+        let mapped = wire(v4, true);
+        assert_eq!(mapped, "[::ffff:192.0.2.11]:6784".parse::<SocketAddr>().unwrap());
+        assert_eq!(canonical(mapped), v4);
+        assert_eq!(wire(v4, false), v4);
+        let v6: SocketAddr = "[2001:db8::11]:6784".parse().unwrap();
+        assert_eq!(wire(v6, true), v6);
+        assert_eq!(canonical(v6), v6);
+    }
+
+    /// Both families reach one dual-stack socket, on loopback, and the
+    /// sources come out canonical.
+    #[test]
+    fn one_socket_serves_both_families() {
+        let server = bind("[::]:0".parse().unwrap()).unwrap();
+        let port = server.local_addr().unwrap().port();
+        if !is_v6(&server).unwrap() {
+            return; // no IPv6 in this kernel: nothing dual-stack to prove
+        }
+        let mut cmsg = nix::cmsg_space!(i32);
+        let mut buf = [0u8; 64];
+        for client in ["127.0.0.1:0", "[::1]:0"] {
+            let c = UdpSocket::bind(client).unwrap();
+            let to = SocketAddr::new(c.local_addr().unwrap().ip(), port);
+            c.send_to(b"hello", to).unwrap();
+            let (n, src, _) = recv_datagrams(&server, &mut buf, &mut cmsg, MsgFlags::empty()).unwrap();
+            assert_eq!((&buf[..n], src), (&b"hello"[..], c.local_addr().unwrap()));
+            server.send_to(b"back", wire(src, true)).unwrap();
+            let (n, _) = c.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"back");
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! An IPv6-only underlay (hosts with only 2001:db8::N/64, the coordinator at
+//! [2001:db8::2]:6783): three hosts join and handshake over IPv6, containers
+//! attached with names ping and resolve each other across all three, a TCP
+//! transfer runs, and a capture of the underlay (everything but the
+//! coordinator's TLS) holds only WireGuard over IPv6: no IPv4 at all, no
+//! fragment, nothing but the underlay's own neighbour discovery besides.
+mod common;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use common::{underlay::*, *};
+
+/// `/etc/netns/<ns>/resolv.conf` pointing at the agent's resolver, removed on drop.
+struct ResolvConf(PathBuf);
+
+impl ResolvConf {
+    fn write(ns: &str) -> Self {
+        let dir = PathBuf::from(format!("/etc/netns/{ns}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("resolv.conf"), "nameserver 127.0.0.11\noptions timeout:1 attempts:2\n").unwrap();
+        ResolvConf(dir)
+    }
+}
+
+impl Drop for ResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn dig(ns: &str, name: &str) -> Vec<String> {
+    let out = in_ns(ns, &["dig", "+short", "+time=1", "+tries=2", name]);
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn three_hosts_on_an_ipv6_only_underlay_ping_resolve_and_carry_only_wireguard() {
+    let mut bed = Bed::with_hosts_on(Underlay::V6, 3);
+    // Nothing IPv4 on the underlay: the hosts have no such address.
+    let v4 = ok_in(&bed.hosts[0].ns, &["ip", "-4", "addr", "show", "dev", "eth0"]);
+    assert!(!v4.contains("inet "), "host 1 has an IPv4 underlay address: {v4}");
+    for i in 0..3 {
+        let status = bed.status(i).unwrap();
+        for p in &status.peers {
+            let endpoint: SocketAddr = p.endpoint.expect("a peer with an endpoint");
+            assert!(endpoint.is_ipv6(), "host {} reaches {} at {endpoint}", i + 1, p.name);
+        }
+    }
+
+    let mut names = Vec::new();
+    let mut resolv = Vec::new();
+    let mut workloads = Vec::new();
+    for i in 0..3 {
+        let name = format!("v6c{}", i + 1);
+        let ns = bed.add_container(&name);
+        resolv.push(ResolvConf::write(&ns));
+        workloads.push(bed.weavectl_attach(i, &ns, &["--name", &name, &format!("/run/netns/{ns}")])[0]);
+        names.push(name);
+    }
+    let capture = Capture::start(&bed.underlay, "br0", "not host 2001:db8::2", bed.path("underlay.pcap"));
+    for (a, &wa) in workloads.iter().enumerate() {
+        for (b, &wb) in workloads.iter().enumerate().filter(|(b, _)| *b != a) {
+            bed.wait_ping(wa, wb, Duration::from_secs(15));
+            let ns = bed.workloads[wa].ns.clone();
+            let want = bed.workloads[wb].ip.to_string();
+            wait_for(&format!("{} to resolve {}", names[a], names[b]), Duration::from_secs(15), || {
+                (dig(&ns, &names[b]) == [want.clone()]).then_some(())
+            });
+        }
+    }
+    // The libc resolver in a container goes the same way: ping by name.
+    let out = in_ns(&bed.workloads[workloads[0]].ns, &["ping", "-c1", "-W2", &names[2]]);
+    assert!(out.status.success(), "ping by name: {out:?}");
+    const TOTAL: usize = 20 << 20;
+    let (from, to) = (&bed.workloads[workloads[0]], &bed.workloads[workloads[1]]);
+    let took = tcp_transfer(&from.ns, &to.ns, to.ip, 5201, TOTAL, Duration::from_secs(30));
+    eprintln!("20 MB over the IPv6 underlay: {:.0} Mbit/s", TOTAL as f64 * 8.0 / took.as_secs_f64() / 1e6);
+
+    let file = capture.stop();
+    let (packets, not_v6) = read_pcap6(&file);
+    assert_eq!(not_v6, 0, "frames other than IPv6 on an IPv6-only underlay");
+    let carried = assert_only_wireguard6(&packets);
+    assert!(carried > TOTAL, "the capture saw the transfer ({carried} bytes in {} packets)", packets.len());
+    drop(resolv);
+}
