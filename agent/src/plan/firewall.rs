@@ -85,6 +85,21 @@ fn set<T: std::fmt::Display>(out: &mut String, name: &str, interval: bool, eleme
     out.push_str("  }\n");
 }
 
+/// TCP MSS clamping for connections through the TUN: a SYN's MSS becomes
+/// the route's MTU − 40 on the way out (the TUN's) and on the way in (the
+/// segment's bridge), so neither end sends a segment the tunnel or the
+/// other segment cannot carry, even when its own interface's MTU is larger
+/// (a runtime that left a container at 1500). Path MTU discovery cannot
+/// stand in: the host's ICMP "too big" to a workload would come from an
+/// address outside the segment, which the output chain drops.
+fn mss_chain() -> String {
+    format!(
+        "  chain mss {{\n    type filter hook forward priority mangle; policy accept;\n    \
+         oifname \"{TUN_NAME}\" tcp flags syn tcp option maxseg size set rt mtu\n    \
+         iifname \"{TUN_NAME}\" tcp flags syn tcp option maxseg size set rt mtu\n  }}\n"
+    )
+}
+
 /// Both tables for these rules (pure, for tests and logs).
 pub fn ruleset(rules: &Rules) -> String {
     let segments = &rules.segments;
@@ -149,7 +164,9 @@ pub fn ruleset(rules: &Rules) -> String {
         let _ = writeln!(out, "    oifname \"{}\" ip saddr != {} drop", s.bridge, s.subnet);
     }
     let _ = writeln!(out, "    oifname \"{BRIDGE_PREFIX}*\" meta nfproto ipv6 drop");
-    out += "  }\n}\n";
+    out += "  }\n";
+    out += &mss_chain();
+    out += "}\n";
     let _ = write!(
         out,
         "table bridge {TABLE} {{\n  chain prerouting {{\n    type filter hook prerouting priority filter; policy accept;\n    \
@@ -192,6 +209,11 @@ mod tests {
         assert!(accept > 0 && r.contains("oifname \"wvbr-*\" drop") && r.contains("oifname \"wvtun0\" drop"), "{r}");
         assert!(r.contains("oifname \"wvbr-9\" ip saddr != 10.2.3.0/24 drop"), "{r}");
         assert!(r.contains("iifname \"wvvx-*\" ether type arp drop"), "{r}");
+        // TCP through the TUN has its MSS clamped to the route's MTU, both ways.
+        let mss = &r[r.find("chain mss").unwrap()..r.find("table bridge weave {\n").unwrap()];
+        assert!(mss.contains("hook forward priority mangle;"), "{mss}");
+        assert!(mss.contains("oifname \"wvtun0\" tcp flags syn tcp option maxseg size set rt mtu\n"), "{mss}");
+        assert!(mss.contains("iifname \"wvtun0\" tcp flags syn tcp option maxseg size set rt mtu\n"), "{mss}");
     }
 
     #[test]

@@ -378,6 +378,13 @@ impl Bed {
         let ns = format!("{}-h{}", self.prefix, i + 1);
         let ip = Ipv4Addr::new(192, 0, 2, 11 + i as u8);
         self.plug(&ns, &format!("h{}", i + 1), ip);
+        self.start_host(ns, ip)
+    }
+
+    /// Registers host namespace `ns` (already on some underlay, at `ip`) as
+    /// the next host and starts `agent join` in it.
+    fn start_host(&mut self, ns: String, ip: Ipv4Addr) -> usize {
+        let i = self.hosts.len();
         self.hosts.push(Host {
             name: format!("h{}", i + 1),
             ns,

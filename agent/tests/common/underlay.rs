@@ -1,6 +1,7 @@
 //! Underlay helpers for the IPv6, dual-stack, moving-host, NAT and MTU
-//! tests: IPv6 frames of a capture, a check that a capture holds nothing
-//! but WireGuard, and a bulk TCP transfer between two workloads.
+//! tests: routers and hosts behind them, IPv6 frames of a capture, a check
+//! that a capture holds nothing but WireGuard, and a bulk TCP transfer
+//! between two workloads.
 use std::{
     fs,
     io::{Read, Write},
@@ -9,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{WG_PORT, in_netns, wait_for};
+use super::{Bed, WG_PORT, in_netns, ok, ok_in, wait_for};
 
 /// One IPv6 packet of a capture (a hop-by-hop header skipped; a fragment header is `fragment`).
 pub struct Captured6 {
@@ -132,4 +133,49 @@ pub fn tcp_transfer(from: &str, to_ns: &str, to: Ipv4Addr, port: u16, total: usi
     let got = server.join().expect("the receiver");
     assert_eq!(got, total, "every byte arrived");
     elapsed
+}
+
+impl Bed {
+    /// A router namespace `<prefix>-<name>` with `eth0` on the underlay
+    /// bridge at `ip` (192.0.2.x/24), forwarding IPv4.
+    pub fn add_router(&mut self, name: &str, ip: Ipv4Addr) -> String {
+        let ns = format!("{}-{name}", self.prefix);
+        self.plug(&ns, name, ip);
+        ok_in(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        ns
+    }
+
+    /// A bare namespace `<prefix>-<name>` (lo up) that the bed removes on drop.
+    pub fn add_bare_ns(&mut self, name: &str) -> String {
+        let ns = format!("{}-{name}", self.prefix);
+        self.add_ns(&ns);
+        ns
+    }
+
+    /// A veth between namespaces `a` (`a_if`, `a_addr` as ip/len) and `b`
+    /// (`b_if`, `b_addr`), both ends `mtu`, up.
+    pub fn link(&self, (a, a_if, a_addr): (&str, &str, &str), (b, b_if, b_addr): (&str, &str, &str), mtu: u32) {
+        let mtu = mtu.to_string();
+        ok(&[
+            "ip", "-n", a, "link", "add", a_if, "mtu", &mtu, "type", "veth", "peer", "name", b_if, "mtu", &mtu,
+            "netns", b,
+        ]);
+        for (ns, dev, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
+            ok_in(ns, &["ip", "addr", "add", addr, "dev", dev]);
+            ok_in(ns, &["ip", "link", "set", dev, "up"]);
+        }
+    }
+
+    /// The next host, not on the underlay bridge but behind `gateway` (a
+    /// router namespace): a 1500-byte link, the host at `ip`/24 with its
+    /// default route via `gw`/24 on the router's side. Starts `agent join`.
+    pub fn add_host_behind(&mut self, gateway: &str, gw: Ipv4Addr, ip: Ipv4Addr) -> usize {
+        let i = self.hosts.len();
+        let ns = format!("{}-h{}", self.prefix, i + 1);
+        self.add_ns(&ns);
+        let port = format!("h{}", i + 1);
+        self.link((gateway, &port, &format!("{gw}/24")), (&ns, "eth0", &format!("{ip}/24")), 1500);
+        ok_in(&ns, &["ip", "route", "add", "default", "via", &gw.to_string()]);
+        self.start_host(ns, ip)
+    }
 }
