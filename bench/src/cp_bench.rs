@@ -3,11 +3,14 @@
 //!
 //! - `cp-bench throughput`: joins/s and allocations/s for 1, 10 and 100
 //!   concurrent clients (coordinator in-process), median of --repeat runs.
-//! - `cp-bench scale`: the coordinator binary as its own process; time for N
-//!   nodes to join, time for one change to reach W watchers (p50/p99), and the
-//!   coordinator's RSS at N and at 10×N nodes.
+//! - `cp-bench scale`: the coordinator binary as its own process; joins to
+//!   1,000 and on to 10,000 nodes, then a watch per node: time for one change
+//!   to reach them all (p50/p99) and the coordinator's RSS.
+//! - `cp-bench idle`: `weavectl status` while thousands of TCP connections
+//!   idle and TLS handshakes stall (coordinator as its own process).
 //! - `cp-bench fake-nodes`: joins N nodes that never run an agent (for the
 //!   data-plane benchmark's "agent with 100 peers" figures).
+mod idle;
 mod scale;
 use std::{
     sync::atomic::{AtomicU32, Ordering},
@@ -31,6 +34,8 @@ enum Cli {
     Throughput(Args),
     /// Join time, watch fan-out latency and coordinator memory at scale.
     Scale(scale::Args),
+    /// `weavectl status` while idle connections and stalled handshakes are open.
+    Idle(idle::Args),
     /// Joins nodes that never run an agent, so that real agents get more peers.
     FakeNodes(FakeArgs),
 }
@@ -59,6 +64,7 @@ async fn fake_nodes(args: FakeArgs) -> anyhow::Result<()> {
             name: format!("fake-{i}"),
             public_key: key(),
             endpoints: vec![format!("{ip}:{}", args.first_endpoint.port())],
+            map_by_watch: true,
             ..Default::default()
         };
         api.join.join(r).await.context("join")?;
@@ -140,6 +146,7 @@ async fn joins(clients: usize, total: usize) -> anyhow::Result<f64> {
                     name: format!("n{i}-{j}"),
                     public_key: key(),
                     endpoints: vec![],
+                    map_by_watch: true,
                     ..Default::default()
                 };
                 api.join.join(r).await.context("join")?;
@@ -163,6 +170,7 @@ async fn allocations(clients: usize, total: usize) -> anyhow::Result<f64> {
             name: format!("n{i}"),
             public_key: key(),
             endpoints: vec![],
+            map_by_watch: true,
             ..Default::default()
         };
         let credential = api.join.join(r).await?.into_inner().credential;
@@ -186,11 +194,25 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Raises this process's descriptor limit to its hard limit: thousands of
+/// connections (and the coordinator started from here inherits it).
+fn raise_nofile() -> anyhow::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok(hard)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let nofile = raise_nofile().context("raising RLIMIT_NOFILE")?;
     let args = match Cli::parse() {
         Cli::Throughput(a) => a,
-        Cli::Scale(a) => return scale::run(a).await,
+        Cli::Scale(a) => {
+            anyhow::ensure!(nofile >= a.watchers() as u64 + 1000, "RLIMIT_NOFILE hard limit {nofile} is too low");
+            return scale::run(a).await;
+        }
+        Cli::Idle(a) => return idle::run(a).await,
         Cli::FakeNodes(a) => return fake_nodes(a).await,
     };
     let mut rows = Vec::new();

@@ -1,15 +1,18 @@
 //! `cp-bench scale`: many simulated agents (one gRPC connection each, in this
-//! process) against the coordinator binary running as its own process.
+//! process) against the coordinator binary running as its own process: joins
+//! up to --nodes, then up to --total-nodes, then a watch per node (each on its
+//! own TLS connection) and the fan-out of --changes changes to all of them.
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
 use futures::{StreamExt, stream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use weave_proto::{
     client::{Api, connect},
     token::{AdminCredential, Pin},
@@ -20,12 +23,16 @@ use crate::{key, median};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// Nodes that join (and then watch) in the first phase.
+    /// Nodes that join in the first phase.
     #[arg(long, default_value_t = 1000)]
     nodes: usize,
-    /// Total nodes after the second phase (RSS is measured there too).
+    /// Total nodes after the second phase (RSS is measured there, and then
+    /// with the watches open).
     #[arg(long, default_value_t = 10_000)]
     total_nodes: usize,
+    /// Nodes that hold a watch while changes fan out (the first ones to join).
+    #[arg(long, default_value_t = 10_000)]
+    watchers: usize,
     /// Changes whose fan-out is timed.
     #[arg(long, default_value_t = 5)]
     changes: usize,
@@ -37,12 +44,13 @@ pub(crate) struct Args {
     json: Option<PathBuf>,
 }
 
-struct Coordinator {
+pub(crate) struct Coordinator {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     pin: Pin,
     admin: String,
     token: String,
+    data: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -54,7 +62,7 @@ impl Drop for Coordinator {
 }
 
 impl Coordinator {
-    fn start() -> anyhow::Result<Self> {
+    pub(crate) fn start() -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?.with_file_name("coordinator");
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
@@ -78,7 +86,12 @@ impl Coordinator {
             }
         }
         let cred = AdminCredential::parse(&std::fs::read_to_string(data.join("admin.credential"))?)?;
-        Ok(Self { child, addr, pin: cred.pin, admin: cred.secret, token, _dir: dir })
+        Ok(Self { child, addr, pin: cred.pin, admin: cred.secret, token, data, _dir: dir })
+    }
+
+    /// The admin credential file (`weavectl --admin-file`).
+    pub(crate) fn admin_file(&self) -> PathBuf {
+        self.data.join("admin.credential")
     }
 
     fn rss_mib(&self) -> f64 {
@@ -114,6 +127,7 @@ async fn join(c: &Coordinator, range: std::ops::Range<usize>, concurrency: usize
                 name: format!("n{i}"),
                 public_key: key(),
                 endpoints: vec![],
+                map_by_watch: true,
                 ..Default::default()
             };
             Ok(api.join.join(r).await?.into_inner().credential)
@@ -129,31 +143,42 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let c = Coordinator::start()?;
-    let start = Instant::now();
-    let credentials = join(&c, 0..args.nodes, args.concurrency).await?;
-    let join_secs = start.elapsed().as_secs_f64();
-    println!("{} joins: {join_secs:.2} s ({:.0}/s)", args.nodes, args.nodes as f64 / join_secs);
-
-    // Every node holds a watch on its own connection, as agents do.
-    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Instant)>();
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
+/// Opens a watch for each credential (each on its own TLS connection, as
+/// agents do), `concurrency` at a time, each from revision 0 (a snapshot
+/// first, as an agent after its join). Every later SubnetAdded named `b<i>`
+/// is reported as (i, when) on `seen`.
+async fn watch_all(
+    c: &Coordinator,
+    credentials: &[String],
+    concurrency: usize,
+    seen: mpsc::UnboundedSender<(usize, Instant)>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>> {
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<anyhow::Result<()>>();
     let mut watchers = Vec::new();
-    for cred in &credentials {
+    for cred in credentials {
+        let permit = gate.clone().acquire_owned().await?;
         let mut api = c.api(cred).await?;
-        let (tx, ready_tx) = (tx.clone(), ready_tx.clone());
+        let (seen, ready_tx) = (seen.clone(), ready_tx.clone());
         watchers.push(tokio::spawn(async move {
-            let mut stream = api.map.watch(WatchRequest { from_revision: 0 }).await?.into_inner();
+            let mut permit = Some(permit);
+            let mut stream = match api.map.watch(WatchRequest { from_revision: 0 }).await {
+                Ok(s) => s.into_inner(),
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return Ok(());
+                }
+            };
             while let Some(event) = stream.message().await? {
                 match event.event {
                     Some(Event::Snapshot(_)) => {
-                        let _ = ready_tx.send(());
+                        permit.take();
+                        let _ = ready_tx.send(Ok(()));
                     }
                     Some(Event::Change(ch)) => {
                         if let Some(Change::SubnetAdded(s)) = ch.change {
                             let i: usize = s.name.trim_start_matches('b').parse().unwrap_or(usize::MAX);
-                            let _ = tx.send((i, Instant::now()));
+                            let _ = seen.send((i, Instant::now()));
                         }
                     }
                     None => {}
@@ -163,10 +188,43 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }));
     }
     for _ in 0..credentials.len() {
-        ready_rx.recv().await.context("a watcher ended before its snapshot")?;
+        ready_rx.recv().await.context("a watcher ended before its snapshot")??;
     }
-    let rss_at_nodes = c.rss_mib();
-    println!("{} watchers hold a watch; coordinator RSS {rss_at_nodes:.1} MiB", credentials.len());
+    Ok(watchers)
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let c = Coordinator::start()?;
+    let start = Instant::now();
+    let mut credentials = join(&c, 0..args.nodes, args.concurrency).await?;
+    let join_secs = start.elapsed().as_secs_f64();
+    println!("{} joins: {join_secs:.2} s ({:.0}/s)", args.nodes, args.nodes as f64 / join_secs);
+
+    let start = Instant::now();
+    credentials.extend(join(&c, args.nodes..args.total_nodes, args.concurrency).await?);
+    let more_secs = start.elapsed().as_secs_f64();
+    let more_rate = (args.total_nodes - args.nodes) as f64 / more_secs;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_at_total = c.rss_mib();
+    println!(
+        "joins {} to {}: {more_secs:.1} s ({more_rate:.0}/s); coordinator RSS at {} nodes: {rss_at_total:.1} MiB",
+        args.nodes + 1,
+        args.total_nodes,
+        args.total_nodes
+    );
+
+    // Every node holds a watch on its own connection, as agents do.
+    let watching = &credentials[..args.watchers.min(credentials.len())];
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Instant)>();
+    let start = Instant::now();
+    let watchers = watch_all(&c, watching, args.concurrency, tx).await?;
+    let open_secs = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_watched = c.rss_mib();
+    println!(
+        "{} watchers hold a watch (opened with their snapshots in {open_secs:.1} s); coordinator RSS {rss_watched:.1} MiB",
+        watching.len()
+    );
 
     let mut admin = c.api(&c.admin).await?;
     let (mut p50s, mut p99s, mut maxes) = (Vec::new(), Vec::new(), Vec::new());
@@ -174,11 +232,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         let t0 = Instant::now();
         let req = AddSubnetRequest { cidr: format!("10.100.{i}.0/24"), name: format!("b{i}") };
         admin.subnets.add_subnet(req).await?;
-        let mut lat = Vec::with_capacity(credentials.len());
-        while lat.len() < credentials.len() {
-            let (idx, at) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        let mut lat = Vec::with_capacity(watching.len());
+        while lat.len() < watching.len() {
+            let (idx, at) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
                 .await
-                .context("fan-out took over 30 s")?
+                .context("fan-out took over 60 s")?
                 .context("watchers gone")?;
             if idx == i {
                 lat.push(at.duration_since(t0).as_secs_f64() * 1000.0);
@@ -190,35 +248,38 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         p50s.push(p50);
         p99s.push(p99);
         maxes.push(max);
+        // Let the connections go quiet again before the next change.
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let rss_after = c.rss_mib();
     for w in watchers {
         w.abort();
     }
-
-    let start = Instant::now();
-    join(&c, args.nodes..args.total_nodes, args.concurrency).await?;
-    let more_secs = start.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_at_total = c.rss_mib();
-    println!(
-        "{} more joins: {more_secs:.1} s; coordinator RSS at {} nodes: {rss_at_total:.1} MiB",
-        args.total_nodes - args.nodes,
-        args.total_nodes
-    );
     let summary = serde_json::json!({
         "nodes": args.nodes,
         "join_seconds": join_secs,
-        "fanout_watchers": credentials.len(),
+        "total_nodes": args.total_nodes,
+        "more_joins_seconds": more_secs,
+        "more_joins_per_s": more_rate,
+        "rss_mib_at_total_nodes": rss_at_total,
+        "fanout_watchers": watching.len(),
+        "watch_open_seconds": open_secs,
+        "rss_mib_with_watchers": rss_watched,
+        "rss_mib_after_changes": rss_after,
         "fanout_p50_ms_median": median(p50s),
         "fanout_p99_ms_median": median(p99s),
         "fanout_max_ms_median": median(maxes),
-        "rss_mib_at_nodes": rss_at_nodes,
-        "total_nodes": args.total_nodes,
-        "rss_mib_at_total_nodes": rss_at_total,
     });
     println!("{}", serde_json::to_string_pretty(&summary)?);
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&summary)?)?;
     }
     Ok(())
+}
+
+impl Args {
+    /// Connections the run holds at once (one per watcher).
+    pub(crate) fn watchers(&self) -> usize {
+        self.watchers.min(self.total_nodes)
+    }
 }

@@ -225,3 +225,37 @@ async fn the_first_start_token_is_single_use_and_short_lived_by_default() {
     api.join.join(join_request(&c.token(), "h1", 1)).await.unwrap();
     assert_status(api.join.join(join_request(&c.token(), "h2", 2)).await, Code::Unauthenticated, "used up");
 }
+
+/// The agent's join (`map_by_watch`) answers with the cluster settings only,
+/// at revision 0; its first watch from there brings the whole map, itself
+/// included. A join without the flag still carries the whole map.
+#[tokio::test]
+async fn a_join_with_map_by_watch_gets_the_map_from_its_first_watch() {
+    let c = TestCoordinator::start().await;
+    c.join("host1", 1).await;
+    let mut admin = c.admin().await;
+    let mut request = join_request(&c.token(), "host2", 2);
+    request.map_by_watch = true;
+    let answer = admin.join.join(request).await.unwrap().into_inner();
+    let settings = answer.map.expect("the settings");
+    let full = admin.map.get_map(GetMapRequest {}).await.unwrap().into_inner();
+    assert_eq!(settings.revision, 0, "a map at revision 0 makes the first watch a snapshot");
+    assert_eq!(
+        (&settings.range, &settings.node_range, &settings.dns_domain),
+        (&full.range, &full.node_range, &full.dns_domain)
+    );
+    assert!(settings.nodes.is_empty() && settings.subnets.is_empty() && settings.allocations.is_empty());
+
+    let mut node = c.api_with(&answer.credential).await;
+    let mut watch = node.map.watch(WatchRequest { from_revision: settings.revision }).await.unwrap().into_inner();
+    let first = watch.message().await.unwrap().expect("a first event");
+    let Some(watch_event::Event::Snapshot(map)) = first.event else { panic!("the first event is a snapshot") };
+    assert!(map == full, "the snapshot is the whole map");
+    let names: Vec<&str> = map.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["host1", "host2"]);
+
+    let answer = admin.join.join(join_request(&c.token(), "host3", 3)).await.unwrap().into_inner();
+    let map = answer.map.expect("the whole map");
+    assert_eq!(map.nodes.len(), 3, "a join without map_by_watch carries the whole map, as before");
+    assert!(map.revision > full.revision);
+}

@@ -40,6 +40,7 @@ pub mod v1 {
                 .field("public_key", &crate::key::fingerprint(&self.public_key))
                 .field("endpoints", &self.endpoints)
                 .field("proof", &!self.proof.is_empty())
+                .field("map_by_watch", &self.map_by_watch)
                 .finish()
         }
     }

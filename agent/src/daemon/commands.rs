@@ -86,6 +86,8 @@ pub async fn join(args: &JoinArgs) -> Result<(), Error> {
         endpoints: endpoints.iter().map(ToString::to_string).collect(),
         challenge,
         proof,
+        // The map comes with the first watch of `agent run` (its saved map is at revision 0).
+        map_by_watch: true,
     };
     let response = match tokio::time::timeout(JOIN_TIMEOUT, api.join.join(request)).await {
         Err(_) => {

@@ -2,7 +2,7 @@ use tonic::{Request, Response, Status};
 use weave_proto::{
     key::WgPublicKey,
     token::{JoinToken, hash_secret},
-    v1::{ChallengeRequest, JoinChallenge, JoinRequest, JoinResponse, join_service_server::JoinService},
+    v1::{self, ChallengeRequest, JoinChallenge, JoinRequest, JoinResponse, join_service_server::JoinService},
 };
 
 use super::Shared;
@@ -93,7 +93,21 @@ impl JoinService for Join {
             .await?;
         tracing::info!(node = %joined.node.name, address = %joined.node.address, key = %key.to_base64().get(..8).unwrap_or(""), new = joined.new, token = %token.id, "node joined");
         metrics::counter!("weave_joins_total", "result" => if joined.new { "new" } else { "rejoin" }).increment(1);
-        let map = self.0.store.snapshot().await?;
+        // The whole map is ~100 bytes a node: at 10,000 nodes, copying,
+        // encoding and encrypting it was most of a join's cost. The agent
+        // takes it from its first watch instead (the snapshot every new
+        // watcher gets anyway); older callers still get it here.
+        let map = if r.map_by_watch {
+            v1::NetworkMap {
+                revision: 0,
+                range: self.0.cluster.range.to_string(),
+                node_range: self.0.cluster.node_range.to_string(),
+                dns_domain: self.0.cluster.dns_domain.clone(),
+                ..Default::default()
+            }
+        } else {
+            self.0.store.snapshot().await?
+        };
         Ok(Response::new(JoinResponse { node: Some(joined.node), credential, map: Some(map) }))
     }
 

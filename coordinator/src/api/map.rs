@@ -7,7 +7,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use weave_proto::v1::{
-    GetMapRequest, NetworkMap, WatchEvent, WatchRequest, map_service_server::MapService, watch_event,
+    GetMapRequest, MapChange, NetworkMap, WatchEvent, WatchRequest, map_change::Change, map_service_server::MapService,
+    watch_event,
 };
 
 use super::Shared;
@@ -94,6 +95,24 @@ async fn revoked(state: &Shared, caller: &Caller, hash: &str) -> Option<Status> 
     }
 }
 
+/// Ends the watch (with the reason) if the caller's credential stopped working.
+async fn ended(state: &Shared, caller: &Caller, hash: &str, tx: &mpsc::Sender<Result<WatchEvent, Status>>) -> bool {
+    let Some(status) = revoked(state, caller, hash).await else { return false };
+    tracing::info!(?caller, message = status.message(), "closing a watch whose credential stopped working");
+    let _ = tx.send(Err(status)).await;
+    true
+}
+
+/// Whether `change` may have ended `caller`'s credential.
+fn concerns(caller: &Caller, change: &MapChange) -> bool {
+    let Caller::Node { id, .. } = caller else { return false };
+    match &change.change {
+        Some(Change::NodeRemoved(removed)) => removed == id,
+        Some(Change::NodeUpserted(node)) => node.id == *id,
+        _ => false,
+    }
+}
+
 async fn stream(
     _guard: WatcherGuard,
     state: Shared,
@@ -112,18 +131,37 @@ async fn stream(
     } else {
         from
     };
+    // The credential is checked when the watch opens and again whenever it
+    // may have stopped working: the admin credential was rotated (the
+    // epoch), or a change concerns the caller's own node (removed, or joined
+    // again with a new credential). Not on every wake: with 10,000 watchers,
+    // a database read each per change was most of a change's fan-out time.
+    let mut check = true;
     loop {
-        if let Some(status) = revoked(&state, &caller, &hash).await {
-            tracing::info!(?caller, message = status.message(), "closing a watch whose credential stopped working");
-            let _ = tx.send(Err(status)).await;
-            return;
+        let checked = check;
+        if check {
+            if ended(&state, &caller, &hash, &tx).await {
+                return;
+            }
+            check = false;
         }
         match state.store.events_after(seen, BATCH).await {
-            Ok(Events::NeedSnapshot) => match send_snapshot(&state, &tx).await {
-                Some(r) => seen = r,
-                None => return,
-            },
+            Ok(Events::NeedSnapshot) => {
+                if !checked && ended(&state, &caller, &hash, &tx).await {
+                    return;
+                }
+                match send_snapshot(&state, &tx).await {
+                    Some(r) => seen = r,
+                    None => return,
+                }
+            }
             Ok(Events::Changes(changes)) => {
+                if !checked
+                    && changes.iter().any(|(_, c)| concerns(&caller, c))
+                    && ended(&state, &caller, &hash, &tx).await
+                {
+                    return;
+                }
                 let caught_up = (changes.len() as i64) < BATCH;
                 for (revision, change) in changes {
                     let event = WatchEvent { revision, event: Some(watch_event::Event::Change(change)) };
@@ -135,7 +173,10 @@ async fn stream(
                 if caught_up {
                     let stop = tokio::select! {
                         r = revisions.wait_for(|r| *r > seen) => r.is_err(),
-                        r = credentials.changed() => r.is_err(),
+                        r = credentials.changed() => {
+                            check = true;
+                            r.is_err()
+                        }
                         _ = tx.closed() => return,
                         _ = stopping.wait_for(|s| *s) => true,
                     };

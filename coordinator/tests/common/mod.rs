@@ -121,6 +121,7 @@ pub async fn proven_join_request(api: &mut Api, token: &str, name: &str, seed: u
         endpoints: vec![format!("192.0.2.{seed}:6784")],
         challenge: challenge.nonce,
         proof: proof.to_vec(),
+        ..Default::default()
     }
 }
 
