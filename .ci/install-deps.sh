@@ -19,6 +19,9 @@ done
 [[ -x /bin/busybox ]] || need+=(busybox-static)
 # Not here: the image build (deploy/image/build.sh, outside CI) installs its
 # own tools when run: debootstrap, podman, runc, conmon, binutils.
+# e2e_docker: Debian's dockerd (docker.io, 20.10) on two simulated hosts, the
+# agent as its network and IPAM plugin (nsenter and unshare: util-linux).
+command -v dockerd >/dev/null 2>&1 && [[ -x /usr/bin/docker ]] || need+=(docker.io)
 # Prometheus scrapes the daemons in e2e_prometheus (promtool checks the exposition).
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # The automation test runs Python's grpcio from a venv.

@@ -191,7 +191,19 @@ async fn every_mutating_rpc_checks_the_callers_role() {
     let theirs = other.ipam.allocate(alloc("c2", "")).await.unwrap().into_inner();
     let denied = Code::PermissionDenied;
 
-    assert_status(node.subnets.add_subnet(subnet("10.9.0.0/24")).await, denied, "admin role");
+    // A node adds an unnamed subnet (Docker's `network create --subnet`),
+    // never a named one, and never one that overlaps.
+    node.subnets.add_subnet(subnet("10.9.0.0/24")).await.unwrap();
+    assert_status(
+        node.subnets.add_subnet(AddSubnetRequest { cidr: "10.9.1.0/24".into(), name: "mine".into() }).await,
+        denied,
+        "admin role",
+    );
+    assert_status(
+        node.subnets.add_subnet(subnet("10.9.0.0/16")).await,
+        Code::AlreadyExists,
+        "overlaps subnet 10.9.0.0/24",
+    );
     assert_status(
         node.subnets.remove_subnet(RemoveSubnetRequest { subnet: "10.2.3.0/24".into(), force: true }).await,
         denied,

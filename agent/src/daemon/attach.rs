@@ -104,7 +104,7 @@ impl Attacher {
     }
 
     /// Releases `key`'s address on `subnet` (every subnet if empty).
-    async fn release(&self, key: &str, subnet: &str) -> Result<Vec<String>, Refusal> {
+    pub(crate) async fn release(&self, key: &str, subnet: &str) -> Result<Vec<String>, Refusal> {
         let req = ReleaseRequest { container: key.to_string(), subnet: subnet.to_string(), ..Default::default() };
         match self.api.ipam.clone().release(req).await {
             Ok(r) => Ok(r.into_inner().released.into_iter().map(|a| a.address).collect()),

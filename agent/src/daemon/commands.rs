@@ -254,7 +254,14 @@ async fn serve(
         None => None,
     };
 
-    let attacher = Attacher::new(
+    let docker_listener = match args.docker_plugin_path() {
+        Some(path) => {
+            tracing::info!(socket = %path.display(), "serving the Docker network and IPAM plugin");
+            Some(super::docker::bind(&path)?)
+        }
+        None => None,
+    };
+    let attacher = Arc::new(Attacher::new(
         api.clone(),
         map_rx.clone(),
         identity.node_id,
@@ -262,7 +269,12 @@ async fn serve(
         segment_mtu,
         netlink.clone(),
         registry.clone(),
-    );
+    ));
+    let docker_plugin = docker_listener.map(|l| {
+        let state = crate::host::docker::DockerState::load(dir.path());
+        let plugin = super::docker::Plugin::new(attacher.clone(), dns.clone(), state, args.docker_host.clone());
+        (l, Arc::new(plugin))
+    });
     let dyn_transport: Arc<dyn Transport> = transport.clone();
     let reconcile_now = Arc::new(tokio::sync::Notify::new());
     let probe =
@@ -284,6 +296,11 @@ async fn serve(
             if let Some(listener) = metrics_listener {
                 super::metrics::describe();
                 weave_proto::observe::serve(listener, Arc::new(probe), std::future::pending()).await;
+            }
+        }),
+        tokio::spawn(async move {
+            if let Some((listener, plugin)) = docker_plugin {
+                super::docker::serve(listener, plugin).await;
             }
         }),
         tokio::spawn(local_api::serve(
@@ -317,6 +334,9 @@ async fn serve(
         let _ = t.await;
     }
     let _ = std::fs::remove_file(&args.paths.socket);
+    if let Some(p) = args.docker_plugin_path() {
+        let _ = std::fs::remove_file(p);
+    }
     if let Some(removed) = removed {
         // Not a member: no tunnel may stay up, no peer may stay reachable.
         transport.set_peers(&[]);

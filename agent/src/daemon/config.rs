@@ -58,9 +58,31 @@ pub struct RunArgs {
     /// none); 0.0.0.0:6782 lets Prometheus and kubelet probes reach it.
     #[arg(long, env = "WEAVE_METRICS_LISTEN", default_value = "127.0.0.1:6782")]
     pub metrics_listen: String,
+    /// Docker plugin socket ("off" for none) [default: /run/docker/plugins/weave.sock
+    /// when /run/docker/plugins exists].
+    #[arg(long, env = "WEAVE_DOCKER_PLUGIN")]
+    pub docker_plugin: Option<String>,
+    /// Docker's API socket, read for the names of containers on weave networks.
+    #[arg(long, env = "WEAVE_DOCKER_HOST", default_value = "/var/run/docker.sock")]
+    pub docker_host: PathBuf,
 }
 
+/// Where Docker looks for legacy plugins.
+pub const DOCKER_PLUGIN_DEFAULT: &str = "/run/docker/plugins/weave.sock";
+
 impl RunArgs {
+    /// The Docker plugin socket to serve, if any.
+    pub fn docker_plugin_path(&self) -> Option<PathBuf> {
+        match self.docker_plugin.as_deref().map(str::trim) {
+            Some("off" | "none" | "") => None,
+            Some(p) => Some(PathBuf::from(p)),
+            None => {
+                let p = PathBuf::from(DOCKER_PLUGIN_DEFAULT);
+                p.parent().is_some_and(|d| d.is_dir()).then_some(p)
+            }
+        }
+    }
+
     /// `--metrics-listen` checked: None for "off".
     pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
         match self.metrics_listen.trim() {
@@ -110,6 +132,10 @@ impl RunArgs {
             out.extend(["--dns-upstream".into(), upstream.to_string().into()]);
         }
         out.extend(["--metrics-listen".into(), self.metrics_listen.clone().into()]);
+        if let Some(p) = &self.docker_plugin {
+            out.extend(["--docker-plugin".into(), p.into()]);
+        }
+        out.extend(["--docker-host".into(), self.docker_host.clone().into_os_string()]);
         out
     }
 }
@@ -163,6 +189,10 @@ mod tests {
             "--cleanup-on-exit",
             "--dns-upstream",
             "192.0.2.53:53",
+            "--docker-plugin",
+            "/p/weave.sock",
+            "--docker-host",
+            "/d.sock",
         ])
         .unwrap();
         let Command::Join(join) = cli.command else { panic!("a join") };
@@ -175,5 +205,7 @@ mod tests {
         assert_eq!(run.listen_port, 7000);
         assert!(run.cleanup_on_exit);
         assert_eq!(run.dns_upstream, vec!["192.0.2.53:53".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(run.docker_plugin_path(), Some(PathBuf::from("/p/weave.sock")));
+        assert_eq!(run.docker_host, PathBuf::from("/d.sock"));
     }
 }

@@ -32,6 +32,18 @@ use crate::{
 
 /// Docker's embedded-DNS address; workloads put it in their resolv.conf.
 pub const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11)), 53);
+/// Where the agent answers inside a Docker container: Docker's own resolver
+/// holds 127.0.0.11:53 there (a DNAT rule), and forwards the names it does
+/// not know to the daemon's `--dns` servers from inside the container, so
+/// `dockerd --dns 127.0.0.12` makes it ask the agent (README, With Docker).
+pub const DOCKER_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12)), 53);
+/// DNS keys of Docker sandboxes start with this; they are served at [`DOCKER_LISTEN`].
+pub const DOCKER_KEY_PREFIX: &str = "docker:";
+
+/// The address the server of `key` listens on in its namespace.
+pub fn listen_for(key: &str) -> SocketAddr {
+    if key.starts_with(DOCKER_KEY_PREFIX) { DOCKER_LISTEN } else { LISTEN }
+}
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The records and the upstreams; the sockets of every served namespace.
@@ -128,14 +140,15 @@ impl DnsServer {
             return Ok(());
         }
         let path = netns.to_path_buf();
-        let (udp, tcp) = tokio::task::spawn_blocking(move || open_in_netns(&path))
+        let addr = listen_for(key);
+        let (udp, tcp) = tokio::task::spawn_blocking(move || open_in_netns(&path, addr))
             .await
             .map_err(|e| Error::Dns(format!("socket thread: {e}")))??;
         self.serve_sockets(udp, tcp, key)?;
         if let Some(r) = &self.inner.registry {
             r.serve_dns(key, Some(netns.display().to_string()));
         }
-        tracing::info!(netns = %netns.display(), key, "serving DNS at {LISTEN}");
+        tracing::info!(netns = %netns.display(), key, "serving DNS at {}", listen_for(key));
         Ok(())
     }
 
@@ -148,7 +161,8 @@ impl DnsServer {
         }
         let file = netns.try_clone().map_err(|e| Error::Io(format!("the namespace of {key}"), e))?;
         let label = key.to_string();
-        let (udp, tcp) = tokio::task::spawn_blocking(move || open_in_file(file, label))
+        let addr = listen_for(key);
+        let (udp, tcp) = tokio::task::spawn_blocking(move || open_in_file(file, label, addr))
             .await
             .map_err(|e| Error::Dns(format!("socket thread: {e}")))??;
         self.serve_sockets(udp, tcp, key)?;
@@ -305,13 +319,17 @@ async fn write_framed(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<(
 
 /// On a thread of its own (setns changes only the calling thread): enter the
 /// namespace, bring `lo` up, bind both sockets. They stay in that namespace.
-fn open_in_netns(netns: &Path) -> Result<(std::net::UdpSocket, std::net::TcpListener), Error> {
+fn open_in_netns(netns: &Path, addr: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpListener), Error> {
     let file = std::fs::File::open(netns).map_err(|e| Error::Io(netns.display().to_string(), e))?;
-    open_in_file(file, netns.display().to_string())
+    open_in_file(file, netns.display().to_string(), addr)
 }
 
 /// The sockets, opened inside the namespace `file` (`label` names it in errors).
-fn open_in_file(file: std::fs::File, label: String) -> Result<(std::net::UdpSocket, std::net::TcpListener), Error> {
+fn open_in_file(
+    file: std::fs::File,
+    label: String,
+    addr: SocketAddr,
+) -> Result<(std::net::UdpSocket, std::net::TcpListener), Error> {
     let what = {
         let label = label.clone();
         move |w: &str| format!("{w} in {label}")
@@ -322,8 +340,8 @@ fn open_in_file(file: std::fs::File, label: String) -> Result<(std::net::UdpSock
             .build()
             .map_err(|e| Error::Io(what("runtime"), e))?;
         rt.block_on(async { Netlink::connect()?.set_up("lo").await })?;
-        let udp = std::net::UdpSocket::bind(LISTEN).map_err(|e| Error::Io(what("bind udp 127.0.0.11:53"), e))?;
-        let tcp = std::net::TcpListener::bind(LISTEN).map_err(|e| Error::Io(what("bind tcp 127.0.0.11:53"), e))?;
+        let udp = std::net::UdpSocket::bind(addr).map_err(|e| Error::Io(what(&format!("bind udp {addr}")), e))?;
+        let tcp = std::net::TcpListener::bind(addr).map_err(|e| Error::Io(what(&format!("bind tcp {addr}")), e))?;
         udp.set_nonblocking(true).map_err(|e| Error::Io(what("udp"), e))?;
         tcp.set_nonblocking(true).map_err(|e| Error::Io(what("tcp"), e))?;
         Ok((udp, tcp))

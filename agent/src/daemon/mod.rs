@@ -2,11 +2,12 @@
 //! ([`commands`]: join, run, reset, status), the control loops
 //! ([`control`]: the map watch, reconcile, DNS records), the local API
 //! service ([`service`]), attach/detach ([`attach`]), the workloads' DNS
-//! sockets ([`dns`]) and the `/metrics` probe ([`metrics`]).
+//! sockets ([`dns`]), Docker's network and IPAM plugin ([`docker`]) and the `/metrics` probe ([`metrics`]).
 pub mod attach;
 pub mod commands;
 pub mod config;
 pub mod control;
 pub mod dns;
+pub mod docker;
 pub mod metrics;
 pub mod service;

@@ -38,7 +38,7 @@ pub(super) struct LocalService {
     /// key, for a detach by those (also after a restart).
     pub(super) registry: Arc<Registry>,
     pub(super) segment_mtu: u32,
-    pub(super) attacher: Attacher,
+    pub(super) attacher: Arc<Attacher>,
     /// Wakes the reconcile loop: an expose or hide changes the source of the host's routes.
     pub(super) reconcile_now: Arc<tokio::sync::Notify>,
 }

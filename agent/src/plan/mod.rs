@@ -10,9 +10,11 @@
 //! - [`dns`]: the workloads' DNS answers from the map's records.
 //! - [`addr_spec`]: the `net:default` / `ip:10.2.3.4/24` address requests of attach.
 //! - [`cni`]: the CNI plugin's configuration, result and error JSON.
+//! - [`docker`]: Docker's plugin protocol (JSON) and a Docker network as a weave subnet.
 pub mod addr_spec;
 pub mod cni;
 pub mod dns;
+pub mod docker;
 pub mod firewall;
 pub mod kernel;
 pub mod netmap;

@@ -190,6 +190,9 @@ pub struct Bed {
     pub workloads: Vec<Workload>,
     /// Extra flags for every agent started after they are set (e.g. `--dns-upstream`).
     pub agent_args: Vec<String>,
+    /// Host index -> pid of a process holding that host's own mount
+    /// namespace: its agent runs there (with `nsenter`), beside its dockerd.
+    pub mount_holders: std::collections::BTreeMap<usize, u32>,
     namespaces: Vec<String>,
     /// Other processes to kill on drop.
     extra: Vec<Child>,
@@ -224,6 +227,7 @@ impl Bed {
             hosts: Vec::new(),
             workloads: Vec::new(),
             agent_args: Vec::new(),
+            mount_holders: Default::default(),
             namespaces: Vec::new(),
             extra: Vec::new(),
             _serial: serial,
@@ -372,10 +376,15 @@ impl Bed {
         }
     }
 
+    /// The namespace name host `i` will get from [`Bed::add_host`].
+    pub fn host_ns(&self, i: usize) -> String {
+        format!("{}-h{}", self.prefix, i + 1)
+    }
+
     /// Adds a host namespace at 192.0.2.(11+i) and starts `agent join` in it.
     pub fn add_host(&mut self) -> usize {
         let i = self.hosts.len();
-        let ns = format!("{}-h{}", self.prefix, i + 1);
+        let ns = self.host_ns(i);
         let ip = Ipv4Addr::new(192, 0, 2, 11 + i as u8);
         self.plug(&ns, &format!("h{}", i + 1), ip);
         self.start_host(ns, ip)
@@ -402,8 +411,19 @@ impl Bed {
     /// The `agent` command line for host `i` (join with the token, or run).
     pub fn agent_command(&self, i: usize, join: bool) -> Command {
         let h = &self.hosts[i];
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &h.ns]).arg(agent_bin());
+        let mut cmd = match self.mount_holders.get(&i) {
+            Some(pid) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--mount=/proc/{pid}/ns/mnt")).arg(format!("--net=/run/netns/{}", h.ns));
+                c
+            }
+            None => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &h.ns]);
+                c
+            }
+        };
+        cmd.arg(agent_bin());
         if join {
             cmd.args(["join", "--token", &self.token, "--name", &h.name]);
             for e in self.endpoints(i) {
@@ -415,6 +435,8 @@ impl Bed {
         cmd.arg("--data-dir").arg(&h.data_dir).arg("--socket").arg(&h.socket);
         cmd.args(&self.agent_args);
         cmd.env("RUST_LOG", "info,weave_agent=debug");
+        // Never the machine's Docker plugin directory (a test serves its own).
+        cmd.env("WEAVE_DOCKER_PLUGIN", "off");
         cmd
     }
 

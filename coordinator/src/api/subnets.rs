@@ -16,12 +16,18 @@ pub struct Subnets(pub Shared);
 impl SubnetService for Subnets {
     #[tracing::instrument(skip_all, fields(subnet = %request.get_ref().cidr))]
     async fn add_subnet(&self, request: Request<AddSubnetRequest>) -> Result<Response<Subnet>, Status> {
-        self.0.admin(&request).await?;
+        // A node may add an unnamed subnet (an agent's Docker plugin maps
+        // `docker network create --subnet` onto one); naming, renaming and
+        // removing stay the admin's. Overlaps are refused for everyone.
+        let caller = self.0.caller(&request).await?;
         let r = request.get_ref();
-        let net = parse_subnet(&r.cidr).map_err(Error::from)?;
         let name = Some(r.name.trim()).filter(|n| !n.is_empty());
+        if name.is_some() {
+            self.0.admin(&request).await?;
+        }
+        let net = parse_subnet(&r.cidr).map_err(Error::from)?;
         let subnet = self.0.store.add_subnet(&net, name).await?;
-        tracing::info!(subnet = %subnet.cidr, vni = subnet.vni, "subnet added");
+        tracing::info!(subnet = %subnet.cidr, vni = subnet.vni, by = ?caller, "subnet added");
         Ok(Response::new(subnet))
     }
 

@@ -78,25 +78,57 @@ impl Netlink {
         mtu: u32,
     ) -> Result<(), Error> {
         use std::os::fd::AsRawFd;
+        let peer = format!("{host_if}p");
+        self.veth_on_bridge(host_if, &peer, bridge, mtu, None).await?;
+        let moved = async {
+            let peer_index = self.link_index(&peer).await?.ok_or_else(|| Error::Netlink(format!("{peer} vanished")))?;
+            let msg = LinkUnspec::new_with_index(peer_index).setns_by_fd(netns.as_raw_fd()).name(ifname).build();
+            self.handle
+                .link()
+                .set(msg)
+                .execute()
+                .await
+                .map_err(|e| nl(format!("move {peer} into the container as {ifname}"), e))
+        }
+        .await;
+        if moved.is_err() {
+            let _ = self.delete_link(host_if).await;
+        }
+        moved
+    }
+
+    /// A veth pair whose `host_if` end is up in `bridge` and whose `peer`
+    /// (MTU `mtu`, MAC `mac` if given) stays down in this namespace, for a
+    /// runtime to move into a container (Docker's Join). Nothing is left
+    /// behind if a step fails.
+    pub async fn veth_on_bridge(
+        &self,
+        host_if: &str,
+        peer: &str,
+        bridge: &str,
+        mtu: u32,
+        mac: Option<&[u8]>,
+    ) -> Result<(), Error> {
         let bridge_index =
             self.link_index(bridge).await?.ok_or_else(|| Error::Netlink(format!("bridge {bridge} does not exist")))?;
-        let peer = format!("{host_if}p");
         // Not `create`: an existing pair of that name must not pass for ours.
         self.handle
             .link()
-            .add(rtnetlink::LinkVeth::new(host_if, &peer).mtu(mtu).build())
+            .add(rtnetlink::LinkVeth::new(host_if, peer).mtu(mtu).build())
             .execute()
             .await
             .map_err(|e| nl(format!("create veth {host_if}"), e))?;
         let result = async {
-            let peer_index = self.link_index(&peer).await?.ok_or_else(|| Error::Netlink(format!("{peer} vanished")))?;
+            let peer_index = self.link_index(peer).await?.ok_or_else(|| Error::Netlink(format!("{peer} vanished")))?;
             let set = |msg| self.handle.link().set(msg).execute();
             set(LinkUnspec::new_with_index(peer_index).mtu(mtu).build())
                 .await
                 .map_err(|e| nl(format!("set mtu of {peer}"), e))?;
-            set(LinkUnspec::new_with_index(peer_index).setns_by_fd(netns.as_raw_fd()).name(ifname).build())
-                .await
-                .map_err(|e| nl(format!("move {peer} into the container as {ifname}"), e))?;
+            if let Some(mac) = mac {
+                set(LinkUnspec::new_with_index(peer_index).address(mac.to_vec()).build())
+                    .await
+                    .map_err(|e| nl(format!("set the MAC of {peer}"), e))?;
+            }
             let host_index =
                 self.link_index(host_if).await?.ok_or_else(|| Error::Netlink(format!("{host_if} vanished")))?;
             set(LinkUnspec::new_with_index(host_index).controller(bridge_index).build())

@@ -1,0 +1,293 @@
+//! `NetworkDriver.*`: a Docker network is a weave subnet; an endpoint is a
+//! veth whose host end is on the subnet's bridge (as attach's are) and whose
+//! other end Docker moves into the container as `ethwe<n>`; its address is
+//! the one [`super::ipam`] got from the coordinator. Join also serves weave
+//! DNS in the container (at [`crate::daemon::dns::DOCKER_LISTEN`]) and
+//! registers the container's name in the cluster domain.
+use std::{net::Ipv4Addr, os::unix::fs::MetadataExt, path::PathBuf, sync::Arc, time::Duration};
+
+use ipnet::Ipv4Net;
+use serde_json::{Value, json};
+use weave_proto::v1::AddRecordRequest;
+
+use super::{Refused, engine, ipam::parse};
+use crate::{
+    daemon::{
+        attach::Attacher,
+        dns::{DOCKER_KEY_PREFIX, DnsServer},
+    },
+    host::docker::{DockerState, Endpoint},
+    plan::{
+        docker::{self as wire, CreateNetwork, EndpointRequest, IMPLEMENTS},
+        kernel::{bridge_name, format_mac},
+    },
+};
+
+/// How long Join waits for a new subnet's bridge (the reconcile makes it).
+const BRIDGE_WAIT: Duration = Duration::from_secs(10);
+/// How long after a Join the agent looks for the container's name.
+const NAME_WAIT: Duration = Duration::from_secs(30);
+
+pub struct Plugin {
+    pub(super) attacher: Arc<Attacher>,
+    pub(super) dns: DnsServer,
+    pub(super) state: DockerState,
+    /// Docker's API socket (for container names only).
+    docker_host: PathBuf,
+    /// One endpoint change at a time.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Plugin {
+    pub fn new(attacher: Arc<Attacher>, dns: DnsServer, state: DockerState, docker_host: PathBuf) -> Self {
+        Self { attacher, dns, state, docker_host, lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// One request: `/Plugin.Activate`, `/NetworkDriver.<m>`, `/IpamDriver.<m>`.
+    pub async fn handle(self: &Arc<Self>, path: &str, body: &[u8]) -> Result<Value, Refused> {
+        let path = path.trim_start_matches('/');
+        if path == "Plugin.Activate" {
+            return Ok(json!({"Implements": IMPLEMENTS}));
+        }
+        match path.split_once('.') {
+            Some(("NetworkDriver", m)) => self.driver(m, body).await,
+            Some(("IpamDriver", m)) => self.ipam(m, body).await,
+            _ => Err(Refused::not_found(format!("unknown plugin method /{path}"))),
+        }
+    }
+
+    async fn driver(self: &Arc<Self>, method: &str, body: &[u8]) -> Result<Value, Refused> {
+        match method {
+            // Local: each host's dockerd has its own network object (the
+            // same command on every host); global: it reaches other hosts.
+            "GetCapabilities" => Ok(json!({"Scope": "local", "ConnectivityScope": "global"})),
+            "CreateNetwork" => self.create_network(&parse(body)?).await,
+            "DeleteNetwork" => {
+                let req: EndpointRequest = parse(body)?;
+                self.state.remove_network(&req.network_id);
+                Ok(json!({}))
+            }
+            "CreateEndpoint" => self.create_endpoint(&parse(body)?).await,
+            "DeleteEndpoint" => self.delete_endpoint(&parse(body)?).await,
+            "EndpointOperInfo" => {
+                let req: EndpointRequest = parse(body)?;
+                self.known(&req.endpoint_id)?;
+                Ok(json!({"Value": {}}))
+            }
+            "Join" => self.join(&parse(body)?).await,
+            "Leave" => self.leave(&parse(body)?).await,
+            // Nothing to learn from Docker's node discovery (the coordinator
+            // knows the hosts), nor to program for external connectivity.
+            "DiscoverNew"
+            | "DiscoverDelete"
+            | "ProgramExternalConnectivity"
+            | "RevokeExternalConnectivity"
+            | "AllocateNetwork"
+            | "FreeNetwork" => Ok(json!({})),
+            _ => Err(Refused::not_found(format!("unknown network driver method {method}"))),
+        }
+    }
+
+    fn known(&self, endpoint_id: &str) -> Result<Endpoint, Refused> {
+        self.state.endpoint(endpoint_id).ok_or_else(|| Refused::not_found(format!("unknown endpoint {endpoint_id}")))
+    }
+
+    async fn create_network(&self, req: &CreateNetwork) -> Result<Value, Refused> {
+        let network = wire::network_of(req).map_err(Refused::bad)?;
+        self.subnet(&network.cidr).await?;
+        tracing::info!(network = req.network_id, subnet = network.cidr, "Docker network on a weave subnet");
+        self.state.add_network(&req.network_id, network);
+        Ok(json!({}))
+    }
+
+    /// The VNI of subnet `cidr`, once the map has it.
+    async fn subnet(&self, cidr: &str) -> Result<u32, Refused> {
+        let mut maps = self.attacher.maps.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(s) = maps.borrow_and_update().subnets.iter().find(|s| s.cidr == cidr) {
+                return Ok(s.vni);
+            }
+            if tokio::time::timeout_at(deadline, maps.changed()).await.is_err() {
+                return Err(Refused::bad(format!(
+                    "weave subnet {cidr} is not in this host's map (is the agent connected?)"
+                )));
+            }
+        }
+    }
+
+    async fn create_endpoint(&self, req: &EndpointRequest) -> Result<Value, Refused> {
+        let _one = self.lock.lock().await;
+        if self.state.network(&req.network_id).is_none() {
+            return Err(Refused::not_found(format!("unknown network {}", req.network_id)));
+        }
+        let iface = req.interface.as_ref();
+        let address = iface.map(|i| i.address.clone()).unwrap_or_default();
+        if address.parse::<Ipv4Net>().is_err() {
+            return Err(Refused::bad("a weave endpoint needs an IPv4 address from weave's IPAM (--ipam-driver weave)"));
+        }
+        if iface.is_some_and(|i| !i.address_ipv6.is_empty()) {
+            return Err(Refused::bad("weave networks are IPv4 only"));
+        }
+        let given = iface.map(|i| i.mac_address.clone()).filter(|m| !m.is_empty());
+        let mac = match &given {
+            Some(m) => m.clone(),
+            None => format_mac(&wire::endpoint_mac(&req.endpoint_id).map_err(Refused::bad)?),
+        };
+        let endpoint = Endpoint { network: req.network_id.clone(), address, mac: mac.clone(), ..Default::default() };
+        self.state.set_endpoint(&req.endpoint_id, endpoint);
+        // Docker sets the MAC it is told (its own `--mac-address` wins).
+        Ok(match given {
+            Some(_) => json!({"Interface": null}),
+            None => json!({"Interface": {"MacAddress": mac}}),
+        })
+    }
+
+    async fn delete_endpoint(&self, req: &EndpointRequest) -> Result<Value, Refused> {
+        let _one = self.lock.lock().await;
+        let host_if = wire::host_ifname(&req.endpoint_id).map_err(Refused::bad)?;
+        let known = self.state.endpoint(&req.endpoint_id);
+        // Its veth is gone with a Leave; after a crash it may not be.
+        self.attacher.netlink.delete_link(&host_if).await.map_err(|e| Refused::bad(e.to_string()))?;
+        match known {
+            Some(_) => {
+                self.state.remove_endpoint(&req.endpoint_id);
+                Ok(json!({}))
+            }
+            None => Err(Refused::not_found(format!("unknown endpoint {}", req.endpoint_id))),
+        }
+    }
+
+    async fn join(self: &Arc<Self>, req: &EndpointRequest) -> Result<Value, Refused> {
+        let _one = self.lock.lock().await;
+        let mut ep = self.known(&req.endpoint_id)?;
+        let network = self
+            .state
+            .network(&req.network_id)
+            .ok_or_else(|| Refused::not_found(format!("unknown network {}", req.network_id)))?;
+        let vni = self.subnet(&network.cidr).await?;
+        let bridge = bridge_name(vni);
+        self.wait_bridge(&bridge).await?;
+        let host_if = wire::host_ifname(&req.endpoint_id).map_err(Refused::bad)?;
+        let peer = format!("{host_if}p");
+        let mac = parse_mac(&ep.mac).ok_or_else(|| Refused::bad(format!("bad MAC '{}'", ep.mac)))?;
+        let address: Ipv4Net = ep.address.parse().map_err(|_| Refused::bad(format!("bad address '{}'", ep.address)))?;
+        let nl = &self.attacher.netlink;
+        let kernel = |e: crate::error::Error| Refused::bad(e.to_string());
+        // A Join Docker retries after a failure finds the old pair.
+        nl.delete_link(&host_if).await.map_err(kernel)?;
+        nl.veth_on_bridge(&host_if, &peer, &bridge, self.attacher.mtu, Some(&mac)).await.map_err(kernel)?;
+        if let Err(e) = nl.pin_neighbour(&bridge, address.addr(), &mac).await {
+            let _ = nl.delete_link(&host_if).await;
+            return Err(kernel(e));
+        }
+        // One 224.0.0.0/4 route per container: the first weave interface's.
+        let multicast = network.multicast && !self.state.multicast_in(&req.sandbox_key, &req.endpoint_id);
+        ep.sandbox_path = req.sandbox_key.clone();
+        self.state.set_endpoint(&req.endpoint_id, ep);
+        tokio::spawn(self.clone().after_join(
+            req.network_id.clone(),
+            req.endpoint_id.clone(),
+            req.sandbox_key.clone(),
+            address.addr(),
+        ));
+        Ok(wire::join_response(&peer, multicast))
+    }
+
+    async fn wait_bridge(&self, bridge: &str) -> Result<(), Refused> {
+        let deadline = tokio::time::Instant::now() + BRIDGE_WAIT;
+        loop {
+            match self.attacher.netlink.link_index(bridge).await {
+                Ok(Some(_)) => return Ok(()),
+                Err(e) => return Err(Refused::bad(e.to_string())),
+                Ok(None) if tokio::time::Instant::now() >= deadline => {
+                    return Err(Refused::bad(format!("bridge {bridge} did not appear (is the agent connected?)")));
+                }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    async fn leave(&self, req: &EndpointRequest) -> Result<Value, Refused> {
+        let _one = self.lock.lock().await;
+        let mut ep = self.known(&req.endpoint_id)?;
+        let host_if = wire::host_ifname(&req.endpoint_id).map_err(Refused::bad)?;
+        self.attacher.netlink.delete_link(&host_if).await.map_err(|e| Refused::bad(e.to_string()))?;
+        let bridge = self.state.network(&ep.network).and_then(|n| {
+            self.attacher.maps.borrow().subnets.iter().find(|s| s.cidr == n.cidr).map(|s| bridge_name(s.vni))
+        });
+        if let (Some(bridge), Ok(a)) = (bridge, ep.address.parse::<Ipv4Net>())
+            && let Err(e) = self.attacher.netlink.unpin_neighbour(&bridge, a.addr()).await
+        {
+            tracing::debug!(error = %e, "unpin on leave");
+        }
+        if !ep.sandbox.is_empty() && !self.state.sandbox_in_use(&ep.sandbox, &req.endpoint_id) {
+            self.dns.stop(&ep.sandbox);
+        }
+        ep.sandbox.clear();
+        ep.sandbox_path.clear();
+        self.state.set_endpoint(&req.endpoint_id, ep);
+        Ok(json!({}))
+    }
+
+    /// Once the container runs: weave DNS in its namespace (Docker makes the
+    /// namespace at the container's start, after the Join), then its name.
+    async fn after_join(self: Arc<Self>, network_id: String, endpoint_id: String, sandbox: String, ip: Ipv4Addr) {
+        let deadline = tokio::time::Instant::now() + NAME_WAIT;
+        let key = loop {
+            if let Some(key) = dns_key(&sandbox) {
+                break Some(key);
+            }
+            if tokio::time::Instant::now() >= deadline || self.state.endpoint(&endpoint_id).is_none() {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        match key {
+            Some(key) => match self.dns.serve_in(std::path::Path::new(&sandbox), &key).await {
+                Ok(()) => {
+                    let _one = self.lock.lock().await;
+                    if let Some(mut ep) = self.state.endpoint(&endpoint_id) {
+                        ep.sandbox = key;
+                        self.state.set_endpoint(&endpoint_id, ep);
+                    }
+                }
+                Err(e) => tracing::warn!(sandbox, error = %e, "cannot serve weave DNS in a Docker container"),
+            },
+            None => tracing::warn!(sandbox, "the Docker container's namespace did not appear: no weave DNS in it"),
+        }
+        self.register_name(network_id, endpoint_id, ip).await;
+    }
+
+    /// `<container name>.<domain>` for the endpoint's address, owned by its
+    /// allocation (released with it).
+    async fn register_name(&self, network_id: String, endpoint_id: String, ip: Ipv4Addr) {
+        let name = match engine::container_of(&self.docker_host, &network_id, &endpoint_id, NAME_WAIT).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(endpoint = endpoint_id, docker = %self.docker_host.display(), error = e,
+                    "no DNS name for a Docker container: its name is unknown");
+                return;
+            }
+        };
+        let req = AddRecordRequest { name: name.clone(), address: ip.to_string() };
+        match self.attacher.api.dns.clone().add_record(req).await {
+            Ok(r) => tracing::info!(name = r.into_inner().name, %ip, "registered a Docker container's name"),
+            Err(s) if s.code() == tonic::Code::AlreadyExists && s.message().contains("already resolves") => {}
+            Err(s) => tracing::warn!(name, %ip, error = s.message(), "cannot register a Docker container's name"),
+        }
+    }
+}
+
+/// The DNS key of a sandbox, once it is a network namespace: one server
+/// per namespace, however many weave networks the container is on.
+fn dns_key(sandbox: &str) -> Option<String> {
+    let file = std::fs::File::open(sandbox).ok()?;
+    let nsfs = nix::sys::statfs::fstatfs(&file).ok()?.filesystem_type() == nix::sys::statfs::NSFS_MAGIC;
+    nsfs.then(|| file.metadata().ok().map(|m| format!("{DOCKER_KEY_PREFIX}{}", m.ino())))?
+}
+
+fn parse_mac(s: &str) -> Option<Vec<u8>> {
+    let mac: Vec<u8> = s.split(':').map(|b| u8::from_str_radix(b, 16).ok()).collect::<Option<_>>()?;
+    (mac.len() == 6).then_some(mac)
+}

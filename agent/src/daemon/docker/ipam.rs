@@ -1,0 +1,118 @@
+//! `IpamDriver.*`: Docker's pools are weave subnets and its addresses are
+//! the coordinator's allocations, so an address is unique across hosts,
+//! `--ip` is the coordinator's to grant, and a release frees it everywhere.
+use serde_json::{Value, json};
+use weave_proto::v1::{AddSubnetRequest, AllocateRequest, ListAllocationsRequest, ListSubnetsRequest};
+
+use super::{Refused, driver::Plugin};
+use crate::plan::docker::{
+    self as wire, ADDRESS_SPACE, ENDPOINT_KEY_PREFIX, GATEWAY_KEY, PoolRef, RequestAddress, RequestPool,
+};
+
+impl Plugin {
+    pub(super) async fn ipam(&self, method: &str, body: &[u8]) -> Result<Value, Refused> {
+        match method {
+            "GetCapabilities" => Ok(json!({"RequiresMACAddress": false, "RequiresRequestReplay": false})),
+            "GetDefaultAddressSpaces" => {
+                Ok(json!({"LocalDefaultAddressSpace": ADDRESS_SPACE, "GlobalDefaultAddressSpace": ADDRESS_SPACE}))
+            }
+            "RequestPool" => self.request_pool(&parse(body)?).await,
+            // The weave subnet stays: other hosts' networks may use it, and
+            // removing a subnet is the admin's (`weavectl subnet rm`).
+            "ReleasePool" => parse::<PoolRef>(body).map(|_| json!({})),
+            "RequestAddress" => self.request_address(&parse(body)?).await,
+            "ReleaseAddress" => self.release_address(&parse(body)?).await,
+            _ => Err(Refused::not_found(format!("unknown IPAM method {method}"))),
+        }
+    }
+
+    /// `--subnet` given: that weave subnet, added if missing (the
+    /// coordinator refuses one that overlaps another); none: the default.
+    async fn request_pool(&self, req: &RequestPool) -> Result<Value, Refused> {
+        wire::check_pool(req).map_err(Refused::bad)?;
+        let cidr = if req.pool.trim().is_empty() {
+            let map = self.attacher.maps.borrow();
+            map.subnets
+                .iter()
+                .find(|s| s.is_default)
+                .map(|s| s.cidr.clone())
+                .ok_or_else(|| Refused::bad("the cluster has no default subnet: give --subnet"))?
+        } else {
+            let cidr = wire::pool_cidr(&req.pool).map_err(Refused::bad)?.to_string();
+            self.ensure_subnet(&cidr).await?;
+            cidr
+        };
+        Ok(json!({"PoolID": cidr, "Pool": cidr, "Data": {}}))
+    }
+
+    async fn ensure_subnet(&self, cidr: &str) -> Result<(), Refused> {
+        if self.attacher.maps.borrow().subnets.iter().any(|s| s.cidr == cidr) {
+            return Ok(());
+        }
+        let added = self
+            .attacher
+            .api
+            .subnets
+            .clone()
+            .add_subnet(AddSubnetRequest { cidr: cidr.into(), name: String::new() })
+            .await;
+        match added {
+            Ok(s) => {
+                tracing::info!(subnet = %s.into_inner().cidr, "added a weave subnet for a Docker network");
+                Ok(())
+            }
+            Err(s) => {
+                // Another host's `docker network create` may just have added it.
+                let list = self.attacher.api.subnets.clone().list_subnets(ListSubnetsRequest {}).await?;
+                if list.into_inner().subnets.iter().any(|x| x.cidr == cidr) { Ok(()) } else { Err(s.into()) }
+            }
+        }
+    }
+
+    /// An endpoint's address (`docker:<random>` in IPAM until its container
+    /// is known) or this host's gateway address on the subnet.
+    async fn request_address(&self, req: &RequestAddress) -> Result<Value, Refused> {
+        let cidr = wire::pool_cidr(&req.pool_id).map_err(Refused::bad)?.to_string();
+        let wanted = wire::wanted_address(&req.address).map_err(Refused::bad)?;
+        let key = if req.is_gateway() {
+            GATEWAY_KEY.to_string()
+        } else {
+            format!("{ENDPOINT_KEY_PREFIX}{:016x}", rand::random::<u64>())
+        };
+        let allocate = AllocateRequest {
+            container: key,
+            subnet: cidr,
+            address: wanted.map(|a| a.to_string()).unwrap_or_default(),
+            ..Default::default()
+        };
+        let got = self.attacher.api.ipam.clone().allocate(allocate).await?.into_inner();
+        Ok(json!({"Address": got.address, "Data": {}}))
+    }
+
+    /// Finds the allocation by address (Docker names only that) and releases it.
+    async fn release_address(&self, req: &RequestAddress) -> Result<Value, Refused> {
+        let cidr = wire::pool_cidr(&req.pool_id).map_err(Refused::bad)?.to_string();
+        let Some(ip) = wire::wanted_address(&req.address).map_err(Refused::bad)? else {
+            return Err(Refused::bad("ReleaseAddress without an address"));
+        };
+        let list = ListAllocationsRequest { subnet: cidr.clone(), ..Default::default() };
+        let all = self.attacher.api.ipam.clone().list_allocations(list).await?.into_inner().allocations;
+        let held = all.into_iter().find(|a| {
+            a.node_id == self.attacher.node_id && a.address.split('/').next() == Some(ip.to_string().as_str())
+        });
+        let Some(held) = held else { return Ok(json!({})) };
+        // Another Docker network on this subnet still has this gateway.
+        if held.container == GATEWAY_KEY && self.state.networks_on(&cidr) > 0 {
+            return Ok(json!({}));
+        }
+        self.attacher.release(&held.container, &cidr).await.map_err(|r| Refused::bad(r.message))?;
+        Ok(json!({}))
+    }
+}
+
+pub(super) fn parse<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Refused> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| Refused::bad(format!("bad request: {e}")))
+}

@@ -1,0 +1,152 @@
+//! The Docker plugin's memory, one file of the data dir ([`FILE`], replaced
+//! whole on every change): which Docker network is which weave subnet, and
+//! each endpoint's address, MAC and sandbox. Docker does not tell a plugin
+//! again after it restarts, so a restarted agent must still know them.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::docker::Network;
+
+pub const FILE: &str = "docker.json";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub network: String,
+    /// `10.2.3.7/24`
+    pub address: String,
+    pub mac: String,
+    /// The DNS key of the sandbox (network namespace) it joined, once it has.
+    #[serde(default)]
+    pub sandbox: String,
+    /// The sandbox path Docker gave at Join.
+    #[serde(default)]
+    pub sandbox_path: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    networks: BTreeMap<String, Network>,
+    endpoints: BTreeMap<String, Endpoint>,
+}
+
+pub struct DockerState {
+    file: PathBuf,
+    saved: Mutex<Saved>,
+}
+
+impl DockerState {
+    pub fn load(dir: &Path) -> Self {
+        let file = dir.join(FILE);
+        let saved = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        Self { file, saved: Mutex::new(saved) }
+    }
+
+    fn saved(&self) -> MutexGuard<'_, Saved> {
+        self.saved.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn network(&self, id: &str) -> Option<Network> {
+        self.saved().networks.get(id).cloned()
+    }
+
+    pub fn add_network(&self, id: &str, network: Network) {
+        let mut s = self.saved();
+        s.networks.insert(id.to_string(), network);
+        self.write(&s);
+    }
+
+    pub fn remove_network(&self, id: &str) {
+        let mut s = self.saved();
+        if s.networks.remove(id).is_some() {
+            self.write(&s);
+        }
+    }
+
+    /// How many Docker networks use subnet `cidr`.
+    pub fn networks_on(&self, cidr: &str) -> usize {
+        self.saved().networks.values().filter(|n| n.cidr == cidr).count()
+    }
+
+    pub fn endpoint(&self, id: &str) -> Option<Endpoint> {
+        self.saved().endpoints.get(id).cloned()
+    }
+
+    pub fn set_endpoint(&self, id: &str, endpoint: Endpoint) {
+        let mut s = self.saved();
+        s.endpoints.insert(id.to_string(), endpoint);
+        self.write(&s);
+    }
+
+    pub fn remove_endpoint(&self, id: &str) -> Option<Endpoint> {
+        let mut s = self.saved();
+        let removed = s.endpoints.remove(id);
+        if removed.is_some() {
+            self.write(&s);
+        }
+        removed
+    }
+
+    /// Whether another endpoint than `except`, on a network with multicast,
+    /// is joined to the sandbox at `path` (its interface has the route).
+    pub fn multicast_in(&self, path: &str, except: &str) -> bool {
+        let s = self.saved();
+        s.endpoints.iter().any(|(id, e)| {
+            id != except && e.sandbox_path == path && s.networks.get(&e.network).is_some_and(|n| n.multicast)
+        })
+    }
+
+    /// Whether another endpoint than `except` is joined to `sandbox`.
+    pub fn sandbox_in_use(&self, sandbox: &str, except: &str) -> bool {
+        self.saved().endpoints.iter().any(|(id, e)| id != except && e.sandbox == sandbox)
+    }
+
+    fn write(&self, saved: &Saved) {
+        let tmp = self.file.with_extension("tmp");
+        let written = serde_json::to_vec(saved)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &self.file));
+        if let Err(e) = written {
+            tracing::warn!(path = %self.file.display(), error = %e, "cannot save the Docker networks");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_and_endpoints_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DockerState::load(dir.path());
+        s.add_network("n1", Network { cidr: "10.2.3.0/24".into(), multicast: false });
+        let ep = Endpoint {
+            network: "n1".into(),
+            address: "10.2.3.2/24".into(),
+            mac: "02:00:00:00:00:01".into(),
+            sandbox: "/x".into(),
+            sandbox_path: "/p".into(),
+        };
+        s.set_endpoint("e1", ep.clone());
+        let s = DockerState::load(dir.path());
+        assert_eq!(s.network("n1").map(|n| n.cidr).as_deref(), Some("10.2.3.0/24"));
+        assert_eq!(s.endpoint("e1"), Some(ep));
+        assert!(s.sandbox_in_use("/x", "e2") && !s.sandbox_in_use("/x", "e1"));
+        assert!(!s.multicast_in("/p", "e2"), "n1 has no multicast");
+        s.add_network("n2", Network { cidr: "10.2.4.0/24".into(), multicast: true });
+        s.set_endpoint("e3", Endpoint { network: "n2".into(), sandbox_path: "/p".into(), ..Default::default() });
+        assert!(s.multicast_in("/p", "e2") && !s.multicast_in("/p", "e3"));
+        s.remove_endpoint("e3");
+        s.remove_network("n2");
+        assert!(s.remove_endpoint("e1").is_some());
+        s.remove_network("n1");
+        let s = DockerState::load(dir.path());
+        assert_eq!((s.network("n1"), s.endpoint("e1")), (None, None));
+    }
+}

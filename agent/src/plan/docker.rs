@@ -1,0 +1,327 @@
+//! Docker's legacy (v1) plugin protocol as values: the JSON requests and
+//! answers of the `NetworkDriver` and `IpamDriver` endpoints the agent
+//! serves (`daemon/docker/`), and the pure mapping of a Docker network onto a
+//! weave subnet (pool ids, options, interface names, MACs). No I/O here.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Docker's content type for plugin answers.
+pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
+/// What `/Plugin.Activate` answers.
+pub const IMPLEMENTS: [&str; 2] = ["NetworkDriver", "IpamDriver"];
+/// The one address space the IPAM driver has: the coordinator's subnets.
+pub const ADDRESS_SPACE: &str = "weave";
+/// Docker names the interface it moves into the container with this prefix
+/// and a number: `ethwe0`, `ethwe1`, … (all `ethwe*`, as attach's).
+pub const DST_PREFIX: &str = "ethwe";
+/// `docker network create --opt works.weave.multicast=false`: no
+/// 224.0.0.0/4 route through the interface.
+pub const OPT_MULTICAST: &str = "works.weave.multicast";
+/// Where Docker puts the `--opt` values of `docker network create`.
+const GENERIC: &str = "com.docker.network.generic";
+/// Docker's `RequestAddress` option that marks the gateway request.
+const REQUEST_TYPE: &str = "RequestAddressType";
+const GATEWAY_TYPE: &str = "com.docker.network.gateway";
+/// IPAM key prefix of a Docker endpoint's address (`docker:<hex>`), and
+/// the key of this node's gateway address on a Docker network's subnet.
+pub const ENDPOINT_KEY_PREFIX: &str = "docker:";
+pub const GATEWAY_KEY: &str = "docker-gateway";
+
+/// `{"Err": "..."}`: how a plugin refuses.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    #[serde(rename = "Err")]
+    pub err: String,
+}
+
+pub fn error_body(message: &str) -> Vec<u8> {
+    serde_json::to_vec(&ErrorBody { err: message.to_string() }).unwrap_or_default()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RequestPool {
+    pub address_space: String,
+    pub pool: String,
+    pub sub_pool: String,
+    #[serde(rename = "V6")]
+    pub v6: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PoolRef {
+    #[serde(rename = "PoolID")]
+    pub pool_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RequestAddress {
+    #[serde(rename = "PoolID")]
+    pub pool_id: String,
+    pub address: String,
+    pub options: Option<BTreeMap<String, String>>,
+}
+
+impl RequestAddress {
+    pub fn is_gateway(&self) -> bool {
+        self.options.as_ref().and_then(|o| o.get(REQUEST_TYPE)).is_some_and(|t| t == GATEWAY_TYPE)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct IpamData {
+    pub address_space: String,
+    pub pool: String,
+    pub gateway: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CreateNetwork {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "Options")]
+    pub options: BTreeMap<String, Value>,
+    #[serde(rename = "IPv4Data")]
+    pub ipv4_data: Vec<IpamData>,
+    #[serde(rename = "IPv6Data")]
+    pub ipv6_data: Vec<IpamData>,
+}
+
+/// Any request naming a network and (maybe) an endpoint: DeleteNetwork,
+/// DeleteEndpoint, EndpointOperInfo, Leave, Join, CreateEndpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct EndpointRequest {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    #[serde(rename = "Interface")]
+    pub interface: Option<EndpointInterface>,
+    #[serde(rename = "SandboxKey")]
+    pub sandbox_key: String,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EndpointInterface {
+    pub address: String,
+    #[serde(rename = "AddressIPv6")]
+    pub address_ipv6: String,
+    pub mac_address: String,
+}
+
+/// A weave network as Docker created it: its subnet and options.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub cidr: String,
+    pub multicast: bool,
+}
+
+/// What `CreateNetwork` means: the subnet of its pool, and its options.
+pub fn network_of(req: &CreateNetwork) -> Result<Network, String> {
+    if !req.ipv6_data.is_empty() {
+        return Err("weave networks are IPv4 only: leave out --ipv6".into());
+    }
+    let [data] = req.ipv4_data.as_slice() else {
+        return Err("a weave network has exactly one IPv4 subnet (--subnet once)".into());
+    };
+    if data.address_space != ADDRESS_SPACE {
+        return Err(format!(
+            "the weave driver needs weave's IPAM (addresses unique across hosts): add --ipam-driver weave \
+             (got address space '{}')",
+            data.address_space
+        ));
+    }
+    let cidr = pool_cidr(&data.pool)?;
+    let mut multicast = true;
+    if let Some(Value::Object(opts)) = req.options.get(GENERIC) {
+        for (k, v) in opts {
+            let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            match k.as_str() {
+                OPT_MULTICAST => {
+                    multicast = match v.as_str() {
+                        "true" | "1" | "yes" | "" => true,
+                        "false" | "0" | "no" => false,
+                        _ => return Err(format!("--opt {OPT_MULTICAST}={v}: true or false")),
+                    }
+                }
+                k if k.starts_with("works.weave.") => {
+                    return Err(format!("unknown option --opt {k} (known: {OPT_MULTICAST})"));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(Network { cidr: cidr.to_string(), multicast })
+}
+
+/// A pool id is the subnet's CIDR.
+pub fn pool_cidr(pool: &str) -> Result<Ipv4Net, String> {
+    let net: Ipv4Net = pool.trim().parse().map_err(|_| format!("'{pool}' is not an IPv4 subnet (a.b.c.d/n)"))?;
+    if net.trunc() != net {
+        return Err(format!("'{pool}' is not a subnet: did you mean {}?", net.trunc()));
+    }
+    Ok(net)
+}
+
+/// The checks `RequestPool` makes before asking the coordinator.
+pub fn check_pool(req: &RequestPool) -> Result<(), String> {
+    if req.v6 {
+        return Err("weave's IPAM has no IPv6 pools: leave out --ipv6".into());
+    }
+    if !req.address_space.is_empty() && req.address_space != ADDRESS_SPACE {
+        return Err(format!("unknown address space '{}' (weave's is '{ADDRESS_SPACE}')", req.address_space));
+    }
+    if !req.sub_pool.is_empty() && req.sub_pool != req.pool {
+        return Err("weave allocates from the whole subnet: --ip-range is not supported".into());
+    }
+    Ok(())
+}
+
+/// The address Docker asked for (`--ip`, `--gateway`); whether it is in the
+/// subnet and free is the coordinator's to say.
+pub fn wanted_address(address: &str) -> Result<Option<Ipv4Addr>, String> {
+    let a = address.trim();
+    if a.is_empty() {
+        return Ok(None);
+    }
+    let ip: Ipv4Addr =
+        a.split('/').next().unwrap_or(a).parse().map_err(|_| format!("'{address}' is not an IPv4 address"))?;
+    Ok(Some(ip))
+}
+
+/// The Join answer: the veth end Docker moves in, no gateway (the
+/// overlay is not the container's way out, and no docker_gwbridge either),
+/// the multicast route when the network has it.
+pub fn join_response(src_name: &str, multicast: bool) -> Value {
+    let routes: Vec<Value> = if multicast {
+        // RouteType 1: connected (no next hop).
+        vec![serde_json::json!({"Destination": "224.0.0.0/4", "RouteType": 1, "NextHop": ""})]
+    } else {
+        Vec::new()
+    };
+    serde_json::json!({
+        "InterfaceName": {"SrcName": src_name, "DstPrefix": DST_PREFIX},
+        "StaticRoutes": routes,
+        "DisableGatewayService": true,
+    })
+}
+
+/// The host end of an endpoint's veth (`wvd` + 10 hex of the endpoint id:
+/// 13 characters, within IFNAMSIZ, never an attach veth's `wv` + 8); the
+/// container end is this with `p` until Docker renames it.
+pub fn host_ifname(endpoint_id: &str) -> Result<String, String> {
+    let hex: String = endpoint_id.chars().take(10).collect();
+    if hex.len() < 10 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("'{endpoint_id}' is not a Docker endpoint id"));
+    }
+    Ok(format!("wvd{}", hex.to_ascii_lowercase()))
+}
+
+/// A MAC from the endpoint id: locally administered, unicast.
+pub fn endpoint_mac(endpoint_id: &str) -> Result<Vec<u8>, String> {
+    let hex = host_ifname(endpoint_id)?;
+    let mut mac = vec![0x02];
+    for i in 0..5 {
+        mac.push(u8::from_str_radix(&hex[3 + 2 * i..5 + 2 * i], 16).map_err(|e| e.to_string())?);
+    }
+    Ok(mac)
+}
+
+/// The container name of endpoint `endpoint_id` in Docker's
+/// `GET /networks/<id>` answer (`Containers: {id: {Name, EndpointID}}`).
+pub fn container_name(network: &Value, endpoint_id: &str) -> Option<String> {
+    network.get("Containers")?.as_object()?.values().find_map(|c| {
+        (c.get("EndpointID")?.as_str()? == endpoint_id).then(|| c.get("Name")?.as_str().map(str::to_string))?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(json: &str) -> CreateNetwork {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_docker_network_is_a_subnet_with_options() {
+        // As Docker 20.10 sends it for `docker network create -d weave --ipam-driver weave --subnet …`.
+        let req = create(
+            r#"{"NetworkID":"113a","Options":{"com.docker.network.enable_ipv6":false,"com.docker.network.generic":{}},
+            "IPv4Data":[{"AddressSpace":"weave","Gateway":"10.2.3.23/24","Pool":"10.2.3.0/24"}],"IPv6Data":[]}"#,
+        );
+        assert_eq!(network_of(&req), Ok(Network { cidr: "10.2.3.0/24".into(), multicast: true }));
+        let req = create(
+            r#"{"NetworkID":"1","Options":{"com.docker.network.generic":{"works.weave.multicast":"false"}},
+            "IPv4Data":[{"AddressSpace":"weave","Pool":"10.2.3.0/24"}]}"#,
+        );
+        assert!(!network_of(&req).unwrap().multicast);
+        let req = create(
+            r#"{"NetworkID":"1","Options":{"com.docker.network.generic":{"works.weave.multicst":"false"}},
+            "IPv4Data":[{"AddressSpace":"weave","Pool":"10.2.3.0/24"}]}"#,
+        );
+        assert!(network_of(&req).unwrap_err().contains("unknown option --opt works.weave.multicst"));
+        let req = create(r#"{"NetworkID":"1","IPv4Data":[{"AddressSpace":"LocalDefault","Pool":"172.18.0.0/16"}]}"#);
+        assert!(network_of(&req).unwrap_err().contains("--ipam-driver weave"));
+        let req = create(
+            r#"{"NetworkID":"1","IPv4Data":[{"AddressSpace":"weave","Pool":"10.2.3.0/24"}],
+            "IPv6Data":[{"AddressSpace":"weave","Pool":"fd00::/64"}]}"#,
+        );
+        assert!(network_of(&req).unwrap_err().contains("IPv4 only"));
+    }
+
+    #[test]
+    fn pools_and_addresses() {
+        assert_eq!(pool_cidr("10.2.3.0/24").unwrap().to_string(), "10.2.3.0/24");
+        assert!(pool_cidr("10.2.3.1/24").unwrap_err().contains("did you mean 10.2.3.0/24"));
+        assert!(pool_cidr("banana").is_err());
+        let ok = RequestPool { address_space: "weave".into(), pool: "10.2.3.0/24".into(), ..Default::default() };
+        assert_eq!(check_pool(&ok), Ok(()));
+        let v6 = RequestPool { v6: true, ..Default::default() };
+        assert!(check_pool(&v6).unwrap_err().contains("IPv6"));
+        let range = RequestPool { pool: "10.2.3.0/24".into(), sub_pool: "10.2.3.0/25".into(), ..Default::default() };
+        assert!(check_pool(&range).unwrap_err().contains("--ip-range"));
+        assert_eq!(wanted_address(""), Ok(None));
+        assert_eq!(wanted_address("10.2.3.7"), Ok(Some(Ipv4Addr::new(10, 2, 3, 7))));
+        assert_eq!(wanted_address("10.2.3.7/24"), Ok(Some(Ipv4Addr::new(10, 2, 3, 7))));
+        assert!(wanted_address("x").is_err());
+        let gw: RequestAddress = serde_json::from_str(
+            r#"{"PoolID":"10.2.3.0/24","Address":"","Options":{"RequestAddressType":"com.docker.network.gateway"}}"#,
+        )
+        .unwrap();
+        assert!(gw.is_gateway());
+        let ep: RequestAddress =
+            serde_json::from_str(r#"{"PoolID":"10.2.3.0/24","Address":"","Options":null}"#).unwrap();
+        assert!(!ep.is_gateway());
+    }
+
+    #[test]
+    fn endpoint_names_macs_and_join() {
+        let id = "ec81aa991b4df5bdfcae295152d596f0dc8800b7ce6d82e5e6172b53ef8040c2";
+        assert_eq!(host_ifname(id).unwrap(), "wvdec81aa991b");
+        assert!(host_ifname(id).unwrap().len() < 15);
+        assert!(host_ifname("../x").is_err() && host_ifname("abc").is_err());
+        assert_eq!(endpoint_mac(id).unwrap(), vec![0x02, 0xec, 0x81, 0xaa, 0x99, 0x1b]);
+        let j = join_response("wvdec81aa991bp", true);
+        assert_eq!(j["InterfaceName"]["DstPrefix"], "ethwe");
+        assert_eq!(j["StaticRoutes"][0]["Destination"], "224.0.0.0/4");
+        assert_eq!(j["DisableGatewayService"], true);
+        assert_eq!(join_response("x", false)["StaticRoutes"].as_array().unwrap().len(), 0);
+        let net: Value = serde_json::from_str(
+            r#"{"Containers":{"5781":{"Name":"web","EndpointID":"ec81","IPv4Address":"10.2.3.174/24"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(container_name(&net, "ec81").as_deref(), Some("web"));
+        assert_eq!(container_name(&net, "other"), None);
+        assert_eq!(error_body("no"), br#"{"Err":"no"}"#);
+    }
+}

@@ -1,0 +1,268 @@
+//! Docker networks on weave (issue 13), with Debian's dockerd started by the
+//! test on two simulated hosts. Each host is a network namespace plus its own
+//! mount namespace (a tmpfs on /run, so /run/docker/plugins and Docker's
+//! sockets are that host's alone), shared by its dockerd and its agent.
+//! The agent serves `/run/docker/plugins/weave.sock` there; dockerd runs with
+//! `--dns 127.0.0.12` (README, With Docker) and `--live-restore`.
+mod common;
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use common::*;
+
+const NET1: &str = "10.2.3.0/24";
+const NET2: &str = "10.2.4.0/24";
+const IMAGE: &str = "bb:1";
+const DOCKER: &str = "/usr/bin/docker";
+
+/// One host's mount namespace holder and dockerd.
+struct Engine {
+    holder: Child,
+    dockerd: Option<Child>,
+    dir: PathBuf,
+    ns: String,
+}
+
+impl Engine {
+    /// A process holding a new mount namespace with a tmpfs on /run.
+    fn new(dir: PathBuf, ns: String) -> Self {
+        fs::create_dir_all(&dir).unwrap();
+        let holder = Command::new("unshare")
+            .args(["-m", "--propagation", "slave", "sh", "-c"])
+            .arg("mount -t tmpfs tmpfs /run && mkdir -p /run/docker/plugins && exec sleep 900")
+            .spawn()
+            .expect("unshare");
+        let pid = holder.id();
+        wait_for("the mount namespace holder", Duration::from_secs(10), || {
+            fs::read(format!("/proc/{pid}/cmdline")).ok().filter(|c| c.starts_with(b"sleep")).map(|_| ())
+        });
+        Self { holder, dockerd: None, dir, ns }
+    }
+
+    fn enter(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--mount=/proc/{}/ns/mnt", self.holder.id())).arg(format!("--net=/run/netns/{}", self.ns));
+        c
+    }
+
+    fn sock(&self) -> String {
+        format!("unix://{}/docker.sock", self.dir.display())
+    }
+
+    fn start_dockerd(&mut self) {
+        let d = self.dir.display().to_string();
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("dockerd.log")).unwrap();
+        let child = self
+            .enter()
+            .arg("dockerd")
+            .args(["--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false"])
+            .args(["-H", "unix:///run/docker.sock", "-H", &self.sock()])
+            .args(["--data-root", &format!("{d}/root"), "--exec-root", &format!("{d}/exec")])
+            .args(["--pidfile", &format!("{d}/docker.pid"), "--storage-driver", "vfs"])
+            .args(["--default-ulimit", "nofile=1024:1024", "--default-ulimit", "nproc=1024:1024"])
+            .args(["--dns", "127.0.0.12", "--live-restore"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        self.dockerd = Some(child);
+        wait_for("dockerd to answer", Duration::from_secs(60), || {
+            self.docker(&["version"]).status.success().then_some(())
+        });
+    }
+
+    /// Stops dockerd (its containers live on: --live-restore) and waits for it.
+    fn stop_dockerd(&mut self) {
+        if let Some(mut c) = self.dockerd.take() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        Command::new(DOCKER).args(["-H", &self.sock()]).args(args).stdin(Stdio::null()).output().expect("docker")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `docker …` that must fail; its error.
+    fn refused(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(!out.status.success(), "docker {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    }
+
+    /// No registry is reachable: an image of Debian's busybox-static.
+    fn import_busybox(&self) {
+        let root = self.dir.join("image");
+        fs::create_dir_all(root.join("bin")).unwrap();
+        fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
+        for applet in ["sh", "sleep", "ping", "ip", "nslookup", "cat", "ls", "true"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+        let tar = self.dir.join("image.tar");
+        ok(&["tar", "-C", root.to_str().unwrap(), "-cf", tar.to_str().unwrap(), "."]);
+        self.ok(&["import", tar.to_str().unwrap(), IMAGE]);
+    }
+
+    fn create_network(&self, name: &str, subnet: &str) {
+        self.ok(&["network", "create", "-d", "weave", "--ipam-driver", "weave", "--subnet", subnet, name]);
+    }
+
+    fn run(&self, name: &str, net: &str) -> String {
+        self.ok(&["run", "-d", "--name", name, "--net", net, IMAGE, "sleep", "900"]);
+        self.address(name, net)
+    }
+
+    fn address(&self, name: &str, net: &str) -> String {
+        self.ok(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"), name])
+    }
+
+    fn reaches(&self, from: &str, to: &str) -> bool {
+        self.docker(&["exec", from, "ping", "-c1", "-W1", to]).status.success()
+    }
+
+    fn wait_reach(&self, from: &str, to: &str) {
+        wait_for(&format!("{from} to reach {to}"), Duration::from_secs(30), || self.reaches(from, to).then_some(()));
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if self.dockerd.is_some() {
+            let ids = self.docker(&["ps", "-aq"]);
+            for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+                let _ = self.docker(&["rm", "-f", id]);
+            }
+        }
+        self.stop_dockerd();
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs root, dockerd (docker.io) and busybox-static"]
+fn docker_networks_on_weave() {
+    let mut bed = Bed::new();
+    bed.agent_args = vec!["--docker-plugin".into(), "/run/docker/plugins/weave.sock".into()];
+    let mut engines = Vec::new();
+    for i in 0..2 {
+        let e = Engine::new(bed.dir.path().join(format!("docker-h{}", i + 1)), bed.host_ns(i));
+        bed.mount_holders.insert(i, e.holder.id());
+        engines.push(e);
+        bed.add_host();
+    }
+    bed.wait_peers(0, 1);
+    bed.wait_peers(1, 1);
+    for e in &mut engines {
+        e.start_dockerd();
+        e.import_busybox();
+    }
+    let (h1, h2) = (&engines[0], &engines[1]);
+
+    // The same command on both hosts gives one network (h1 adds the subnet).
+    h1.create_network("net1", NET1);
+    h2.create_network("net1", NET1);
+    let web = h1.run("web", "net1");
+    let client = h2.run("client", "net1");
+    assert!(web.starts_with("10.2.3.") && client.starts_with("10.2.3.") && web != client, "{web} {client}");
+    h2.wait_reach("client", &web);
+    // By name: Docker's resolver forwards what it does not know to the agent.
+    h2.wait_reach("client", "web");
+    h2.wait_reach("client", "web.weave.local");
+    h1.wait_reach("web", "client.weave.local");
+
+    // A second network is isolated from the first.
+    h1.create_network("net2", NET2);
+    h2.create_network("net2", NET2);
+    let other = h1.run("other", "net2");
+    assert!(!h2.reaches("client", &other) && !h2.reaches("client", &other), "net1 reached net2's {other}");
+    // connect puts the running client on net2 too; disconnect takes it off.
+    h2.ok(&["network", "connect", "net2", "client"]);
+    h2.wait_reach("client", &other);
+    let links = h2.ok(&["exec", "client", "ip", "-o", "link"]);
+    assert!(links.contains("ethwe0") && links.contains("ethwe1"), "{links}");
+    h2.ok(&["network", "disconnect", "net2", "client"]);
+    assert!(!h2.reaches("client", &other), "disconnected, still reaching {other}");
+    assert!(!h2.ok(&["exec", "client", "ip", "-o", "link"]).contains("ethwe1"));
+    h2.wait_reach("client", &web);
+
+    // Refusals carry the coordinator's own message.
+    let e =
+        h1.refused(&["network", "create", "-d", "weave", "--ipam-driver", "weave", "--subnet", "10.2.0.0/16", "bad"]);
+    assert!(e.contains("10.2.0.0/16 overlaps subnet 10.2.3.0/24"), "{e}");
+    let e = h1.refused(&[
+        "network",
+        "create",
+        "-d",
+        "weave",
+        "--ipam-driver",
+        "weave",
+        "--subnet",
+        NET1,
+        "--gateway",
+        "10.9.9.1",
+        "gw",
+    ]);
+    // Docker checks --gateway and --ip against --subnet itself, before asking the plugin.
+    assert!(e.contains("no matching subnet for gateway 10.9.9.1"), "{e}");
+    let e = h2.refused(&["run", "--rm", "--net", "net1", "--ip", &web, IMAGE, "true"]);
+    assert!(e.contains(&format!("{web} is already held by container")) && e.contains("on node h1"), "{e}");
+    let e = h2.refused(&["run", "--rm", "--net", "net1", "--ip", "10.9.9.9", IMAGE, "true"]);
+    assert!(e.contains("does not belong to any of this network's subnets"), "{e}");
+
+    // The attacker's view from a container: no plugin socket, no Docker socket.
+    let e = h2.docker(&["exec", "client", "ls", "/run/docker/plugins/weave.sock", "/run/docker.sock"]);
+    assert!(!e.status.success(), "a container sees the plugin or Docker socket");
+    let mode = h2.enter().args(["stat", "-c", "%a %U", "/run/docker/plugins/weave.sock"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&mode.stdout).trim(), "600 root");
+
+    // Restarting the agent keeps the containers connected (and named).
+    bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
+    bed.start_agent(0, false);
+    bed.wait_peers(0, 1);
+    h2.wait_reach("client", &web);
+    h2.wait_reach("client", "web");
+    // So does restarting dockerd (--live-restore).
+    let h2 = &mut engines[1];
+    h2.stop_dockerd();
+    h2.start_dockerd();
+    let h2 = &engines[1];
+    h2.wait_reach("client", &web);
+    assert_eq!(h2.address("client", "net1"), client);
+
+    // While the agent is down a new container fails clearly; once it is back it works.
+    bed.signal_agent(1, nix::sys::signal::Signal::SIGTERM);
+    let e = h2.refused(&["run", "-d", "--name", "late", "--net", "net1", IMAGE, "sleep", "900"]);
+    assert!(e.contains("weave.sock"), "{e}");
+    h2.ok(&["rm", "-f", "late"]);
+    bed.start_agent(1, false);
+    bed.wait_peers(1, 1);
+    h2.run("late", "net1");
+    h2.wait_reach("late", &web);
+
+    // docker rm -f releases the address (and its name) everywhere.
+    let listed = || String::from_utf8_lossy(&bed.weavectl_admin(&["ipam", "ls"]).stdout).to_string();
+    assert!(listed().contains(&format!("{web}/24")), "{}", listed());
+    engines[0].ok(&["rm", "-f", "web"]);
+    wait_for("web's address to be released", Duration::from_secs(15), || {
+        (!listed().contains(&format!("{web}/24"))).then_some(())
+    });
+    assert!(!engines[1].reaches("client", "web"), "web still resolves");
+}
