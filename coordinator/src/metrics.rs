@@ -67,6 +67,14 @@ fn describe() {
     describe_gauge!("weave_map_revision", "Revision of the network map.");
     describe_gauge!("weave_watchers", "Map watch streams open (agents).");
     describe_counter!("weave_joins_total", "Successful joins: new nodes and re-joins.");
+    describe_counter!(
+        "weave_store_commits_total",
+        "Write transactions committed (each one fsync; group commit shares one among the writes queued together)."
+    );
+    describe_counter!(
+        "weave_store_committed_writes_total",
+        "Writes acknowledged after their batch committed: divided by weave_store_commits_total, the mean batch size."
+    );
     describe_histogram!(
         "weave_rpc_duration_seconds",
         Unit::Seconds,

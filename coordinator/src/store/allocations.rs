@@ -129,12 +129,9 @@ impl Store {
                     ip
                 }
                 None => {
-                    let used: Vec<String> = sqlx::query_scalar("SELECT address FROM allocations WHERE subnet_id = $1")
-                        .bind(subnet.id)
-                        .fetch_all(tx.c())
-                        .await?;
+                    let used = tx.subnet_addresses(subnet.id).await?;
                     let in_use = used.len();
-                    ipam::lowest_free(&net, used.iter().filter_map(|a| a.parse::<IpAddr>().ok())).ok_or_else(|| {
+                    ipam::lowest_free_in(&net, used).ok_or_else(|| {
                         Error::Exhausted(format!(
                             "subnet {net} has no free address ({in_use} of {} in use)",
                             ipam::capacity(&net)

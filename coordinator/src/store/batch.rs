@@ -21,7 +21,7 @@
 //! lock (releasing a savepoint and queueing the changes; committing and
 //! publishing), so a caller's future dropped at any await leaves either the
 //! whole write in the batch or none of it.
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{OwnedMutexGuard, oneshot};
@@ -47,6 +47,8 @@ pub(crate) struct Writer {
     /// The node block addresses in use, as the open batch sees them (None:
     /// not loaded, or forgotten after a rollback of the whole batch).
     node_addresses: Option<BTreeSet<u128>>,
+    /// The same for the subnets that allocations asked for, by subnet id.
+    subnet_addresses: HashMap<i64, BTreeSet<u128>>,
     /// Batches committed since the store opened.
     commits: u64,
 }
@@ -82,9 +84,29 @@ impl Tx {
         }
         Ok(self.writer.node_addresses.get_or_insert_default())
     }
+
+    /// The addresses in use in subnet `id`, kept like [`Tx::node_addresses`]
+    /// (an allocation does not scan every allocation of its subnet).
+    pub(super) async fn subnet_addresses(&mut self, id: i64) -> Result<&BTreeSet<u128>> {
+        if !self.writer.subnet_addresses.contains_key(&id) {
+            let used: Vec<String> = sqlx::query_scalar("SELECT address FROM allocations WHERE subnet_id = $1")
+                .bind(id)
+                .fetch_all(self.c())
+                .await?;
+            let set = used.iter().filter_map(|a| a.parse().ok()).map(ipam::key).collect();
+            self.writer.subnet_addresses.insert(id, set);
+        }
+        Ok(self.writer.subnet_addresses.entry(id).or_default())
+    }
 }
 
 impl Writer {
+    /// Forgets the kept address sets: they are read again when next needed.
+    fn forget_addresses(&mut self) {
+        self.node_addresses = None;
+        self.subnet_addresses.clear();
+    }
+
     /// Rolls back a write that was left inside its savepoint.
     async fn settle(&mut self) -> Result<()> {
         if !self.dirty {
@@ -107,7 +129,7 @@ impl Writer {
     /// Gives up the open batch (rolled back): every write in it fails.
     fn abort(&mut self, why: &Error) {
         self.dirty = false;
-        self.node_addresses = None;
+        self.forget_addresses();
         if let Some(batch) = self.open.take() {
             for w in batch.waiters {
                 let _ = w.send(Err(batch_failed(why)));
@@ -166,13 +188,15 @@ impl Store {
         if let Err(e) = batch.tx.commit().await {
             let e = Error::from(e);
             tracing::error!(error = %e, writes = batch.waiters.len(), "group commit failed");
-            writer.node_addresses = None;
+            writer.forget_addresses();
             for w in batch.waiters {
                 let _ = w.send(Err(batch_failed(&e)));
             }
             return;
         }
         writer.commits += 1;
+        metrics::counter!("weave_store_commits_total").increment(1);
+        metrics::counter!("weave_store_committed_writes_total").increment(batch.waiters.len() as u64);
         if let Some(&(last, _)) = batch.changes.last() {
             {
                 let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
@@ -207,6 +231,18 @@ async fn release(mut tx: Tx) -> Result<oneshot::Receiver<Result<()>>> {
                 }
             }
             Some(Change::NodeRemoved(_)) => writer.node_addresses = None,
+            Some(Change::AllocationAdded(a)) => {
+                let ip = a.address.split('/').next().and_then(|ip| ip.parse().ok());
+                match (writer.subnet_addresses.get_mut(&(a.subnet_id as i64)), ip) {
+                    (Some(set), Some(ip)) => {
+                        set.insert(ipam::key(ip));
+                    }
+                    (Some(_), None) => writer.subnet_addresses.clear(),
+                    (None, _) => {}
+                }
+            }
+            // Which address went is not in the change: read the sets again.
+            Some(Change::AllocationRemoved(_) | Change::SubnetRemoved(_)) => writer.subnet_addresses.clear(),
             _ => {}
         }
     }
