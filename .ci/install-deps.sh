@@ -21,6 +21,7 @@ done
 # own tools when run: debootstrap, podman, runc, conmon, binutils.
 # e2e_docker: Debian's dockerd (docker.io, 20.10) on two simulated hosts, the
 # agent as its network and IPAM plugin (nsenter and unshare: util-linux).
+# docker.io brings containerd, runc and iptables (Docker's DNS rules inside containers).
 command -v dockerd >/dev/null 2>&1 && [[ -x /usr/bin/docker ]] || need+=(docker.io)
 # Prometheus scrapes the daemons in e2e_prometheus (promtool checks the exposition).
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
