@@ -8,7 +8,8 @@
 //! peers, local workload addresses (`weave_ips{state="local"}`), DNS entries,
 //! the map revision and whether the watch is open. Kept where they happen:
 //! reconcile duration and errors (`control.rs`), firewall repairs
-//! (`firewall.rs`), DNS queries by result (`dns.rs`). No per-peer label: the
+//! (`firewall.rs`), DNS queries by result and what the DNS limits turned
+//! away, by reason (`dns/`). No per-peer label: the
 //! series count would grow with the square of the cluster.
 use std::{
     collections::HashMap,
@@ -84,6 +85,12 @@ pub fn describe() {
         "Times the nftables tables were found missing or stale and put back."
     );
     describe_counter!("weave_dns_queries_total", "DNS queries answered by the agent, by result.");
+    describe_counter!(
+        "weave_dns_dropped_total",
+        "DNS work refused by the limits, by proto and reason: UDP queries dropped, TCP queries answered \
+         SERVFAIL, TCP connections closed (namespace_forwards, agent_forwards, namespace_connections, \
+         agent_connections, idle_evicted, accept_error)."
+    );
 }
 
 /// Peers by state, and the oldest live handshake (seconds).

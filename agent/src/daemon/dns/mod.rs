@@ -8,6 +8,11 @@
 //! of our own: what we need is a per-answer shuffle, a per-namespace socket
 //! pair created from a `setns` thread, and a byte relay upstream, none of
 //! which hickory-server's catalog gives without wrapping most of it.
+//!
+//! Bounded so that a container cannot starve the agent ([`limits`]): its own
+//! thread and runtime, per-namespace limits on TCP connections and on
+//! queries waiting upstream, a global budget of each, and back-off on
+//! accept errors. The loops are in [`serve`].
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -18,11 +23,17 @@ use std::{
 
 use hickory_proto::op::{Message, OpCode, ResponseCode};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UdpSocket},
+    sync::Semaphore,
     task::JoinHandle,
 };
 use weave_proto::v1::NetworkMap;
+
+pub mod limits;
+mod serve;
+
+use limits::{Budget, NS_FORWARDS};
+use serve::{any_for, read_framed, write_framed};
 
 use crate::{
     error::Error,
@@ -59,6 +70,8 @@ struct Inner {
     default_domain: String,
     upstreams: Vec<SocketAddr>,
     records: RwLock<Arc<Records>>,
+    /// TCP connections and forwarded queries across namespaces.
+    budget: Budget,
     served: Mutex<HashMap<String, Vec<JoinHandle<()>>>>,
 }
 
@@ -72,6 +85,7 @@ impl DnsServer {
                 default_domain,
                 upstreams,
                 records: RwLock::new(Arc::new(records)),
+                budget: Budget::for_file_limit(limits::file_limit()),
                 served: Mutex::new(HashMap::new()),
             }),
         }
@@ -170,13 +184,21 @@ impl DnsServer {
         Ok(())
     }
 
-    /// Serves sockets bound elsewhere (non-blocking), under `key`. Must be
-    /// called inside the tokio runtime.
+    /// Serves sockets bound elsewhere (non-blocking), under `key`, on the
+    /// DNS thread ([`limits::runtime`], started by the first call).
     pub fn serve_sockets(&self, udp: std::net::UdpSocket, tcp: std::net::TcpListener, key: &str) -> Result<(), Error> {
-        let io = |e| Error::Io(format!("register DNS sockets for {key}"), e);
-        let udp = UdpSocket::from_std(udp).map_err(io)?;
-        let tcp = TcpListener::from_std(tcp).map_err(io)?;
-        let tasks = vec![tokio::spawn(self.clone().udp_loop(udp)), tokio::spawn(self.clone().tcp_loop(tcp))];
+        let runtime = limits::runtime()?;
+        let (udp, tcp) = {
+            let _on = runtime.enter();
+            let io = |e| Error::Io(format!("register DNS sockets for {key}"), e);
+            (UdpSocket::from_std(udp).map_err(io)?, TcpListener::from_std(tcp).map_err(io)?)
+        };
+        // Shared by the namespace's UDP and TCP queries.
+        let forwards = Arc::new(Semaphore::new(NS_FORWARDS));
+        let tasks = vec![
+            runtime.spawn(self.clone().udp_loop(udp, forwards.clone())),
+            runtime.spawn(self.clone().tcp_loop(tcp, forwards)),
+        ];
         let old = self.inner.served.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string(), tasks);
         for t in old.into_iter().flatten() {
             t.abort();
@@ -205,17 +227,23 @@ impl DnsServer {
     }
 
     /// The response to one query, as bytes; `udp_max` set for UDP clients.
-    /// Public for the fuzz target (fuzz/fuzz_targets/dns_query.rs).
+    /// Public for the fuzz target (fuzz/fuzz_targets/dns_query.rs). Outside
+    /// the limits: the serving loops decide and forward themselves.
     pub async fn respond(&self, query: &[u8], udp_max: Option<u16>) -> Option<Vec<u8>> {
         let message = match Message::from_vec(query) {
             Ok(m) => m,
-            Err(_) => {
-                // Echo the id back if there is one, so the client stops waiting.
-                let id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
-                return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr).to_vec().ok();
-            }
+            Err(_) => return form_error(query),
         };
-        let decided = answer(&self.records(), &message, &mut rand::rng());
+        match self.decide(&message, udp_max) {
+            Decided::Reply(out) => out,
+            Decided::Forward(failed) => self.forwarded(query, udp_max.is_some(), failed).await,
+        }
+    }
+
+    /// The answer from the map, or that the query goes upstream (counted in
+    /// `weave_dns_queries_total` either way).
+    fn decide(&self, message: &Message, udp_max: Option<u16>) -> Decided {
+        let decided = answer(&self.records(), message, &mut rand::rng());
         let result = match &decided {
             Answer::Local(r) if r.metadata.response_code == ResponseCode::NXDomain => "nxdomain",
             Answer::Local(r) if r.answers.is_empty() => "empty",
@@ -224,16 +252,19 @@ impl DnsServer {
         };
         metrics::counter!("weave_dns_queries_total", "result" => result).increment(1);
         match decided {
-            Answer::Local(response) => match udp_max {
+            Answer::Local(response) => Decided::Reply(match udp_max {
                 Some(max) => encode_udp(&response, max),
                 None => response.to_vec().ok(),
-            },
-            Answer::Forward => match self.forward(query, udp_max.is_some()).await {
-                Some(bytes) => Some(bytes),
-                None => Message::error_msg(message.metadata.id, message.metadata.op_code, ResponseCode::ServFail)
-                    .to_vec()
-                    .ok(),
-            },
+            }),
+            Answer::Forward => Decided::Forward(Failed { id: message.metadata.id, op_code: message.metadata.op_code }),
+        }
+    }
+
+    /// The upstream's answer to `query`, or SERVFAIL if none answered.
+    async fn forwarded(&self, query: &[u8], udp: bool, failed: Failed) -> Option<Vec<u8>> {
+        match self.forward(query, udp).await {
+            Some(bytes) => Some(bytes),
+            None => failed.servfail(),
         }
     }
 
@@ -242,9 +273,7 @@ impl DnsServer {
         for upstream in &self.inner.upstreams {
             let attempt = async {
                 if udp {
-                    let bind: SocketAddr =
-                        if upstream.is_ipv4() { "0.0.0.0:0".parse().ok()? } else { "[::]:0".parse().ok()? };
-                    let socket = UdpSocket::bind(bind).await.ok()?;
+                    let socket = UdpSocket::bind(any_for(upstream)).await.ok()?;
                     socket.connect(upstream).await.ok()?;
                     socket.send(query).await.ok()?;
                     let mut buf = vec![0u8; 65535];
@@ -268,53 +297,33 @@ impl DnsServer {
         }
         None
     }
+}
 
-    async fn udp_loop(self, socket: UdpSocket) {
-        let socket = Arc::new(socket);
-        let mut buf = vec![0u8; 65535];
-        loop {
-            let Ok((n, from)) = socket.recv_from(&mut buf).await else { continue };
-            let query = buf[..n].to_vec();
-            let (server, socket) = (self.clone(), socket.clone());
-            tokio::spawn(async move {
-                let max = Message::from_vec(&query).map(|m| m.max_payload()).unwrap_or(512);
-                if let Some(out) = server.respond(&query, Some(max)).await {
-                    let _ = socket.send_to(&out, from).await;
-                }
-            });
-        }
-    }
+/// What to do with one query.
+enum Decided {
+    /// Answered from the map (None: nothing to send).
+    Reply(Option<Vec<u8>>),
+    /// Ask the upstreams; `Failed` if none answers.
+    Forward(Failed),
+}
 
-    async fn tcp_loop(self, listener: TcpListener) {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else { continue };
-            let server = self.clone();
-            tokio::spawn(async move {
-                while let Ok(Ok(query)) = tokio::time::timeout(Duration::from_secs(10), read_framed(&mut stream)).await
-                {
-                    let Some(out) = server.respond(&query, None).await else { return };
-                    if write_framed(&mut stream, &out).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+/// Enough of a query to answer SERVFAIL to it.
+struct Failed {
+    id: u16,
+    op_code: OpCode,
+}
+
+impl Failed {
+    fn servfail(&self) -> Option<Vec<u8>> {
+        Message::error_msg(self.id, self.op_code, ResponseCode::ServFail).to_vec().ok()
     }
 }
 
-async fn read_framed(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let len = stream.read_u16().await?;
-    let mut buf = vec![0u8; len as usize];
-    stream.read_exact(&mut buf).await?;
-    Ok(buf)
-}
-
-async fn write_framed(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
-    let len = u16::try_from(bytes.len()).map_err(std::io::Error::other)?;
-    let mut out = Vec::with_capacity(bytes.len() + 2);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(bytes);
-    stream.write_all(&out).await
+/// FORMERR for a query that does not parse, echoing its id if it has one
+/// (so that the client stops waiting); nothing for fewer than two bytes.
+fn form_error(query: &[u8]) -> Option<Vec<u8>> {
+    let id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
+    Message::error_msg(id, OpCode::Query, ResponseCode::FormErr).to_vec().ok()
 }
 
 /// On a thread of its own (setns changes only the calling thread): enter the

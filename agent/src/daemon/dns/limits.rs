@@ -1,0 +1,244 @@
+//! The DNS server's bounds, so that one container cannot starve its host's
+//! agent (issue 11): per namespace at most [`NS_TCP_CONNECTIONS`] TCP
+//! connections and [`NS_FORWARDS`] queries waiting on an upstream; across
+//! namespaces a [`Budget`] sized from the agent's file limit; every accept
+//! pauses after an error that is not one connection's (EMFILE, ENFILE,
+//! ENOBUFS); and all of it runs on a thread and runtime of its own
+//! ([`runtime`]), so a flood costs at most that one thread while the control
+//! loop, the local API, CNI and reconcile keep theirs.
+//!
+//! Answers from the map (weave.local) take no budget: they are answered in
+//! the receive loop itself, without a task or a socket. What is bounded is
+//! what holds a descriptor or a task: connections and forwarded queries.
+use std::{
+    io,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    runtime::Handle,
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
+
+use crate::error::Error;
+
+/// TCP connections one namespace may hold open. Past it the connection idle
+/// the longest is closed to make room; with none idle the new one is.
+pub const NS_TCP_CONNECTIONS: usize = 64;
+/// Queries (UDP and TCP) one namespace may have waiting on an upstream.
+/// Past it a UDP query is dropped and a TCP one answered SERVFAIL.
+pub const NS_FORWARDS: usize = 128;
+/// A TCP connection with no complete query (or answer taken) for this long is closed.
+pub const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Queries one TCP connection may ask; it is closed after the last answer.
+pub const TCP_QUERIES: usize = 100;
+/// Bounds of each global budget (TCP connections, forwarded queries).
+const GLOBAL_MIN: usize = 16;
+const GLOBAL_MAX: usize = 1024;
+/// How long an accept or receive pauses after an error that is not one
+/// connection's: out of descriptors, only closing some helps, and retrying
+/// at once only spins (the coordinator's accept loop does the same).
+pub const BACKOFF: Duration = Duration::from_millis(100);
+/// How long a namespace at its limit waits for the global permit of the
+/// connection it just closed.
+pub const EVICT_WAIT: Duration = Duration::from_millis(50);
+
+/// The limits across namespaces: each one a descriptor per unit.
+pub struct Budget {
+    pub tcp: Arc<Semaphore>,
+    pub forwards: Arc<Semaphore>,
+}
+
+impl Budget {
+    /// An eighth of the file limit for each (a quarter in all), within
+    /// 16..=1024: 128 each at the common 1024, 1024 each from 8192 up.
+    pub fn for_file_limit(limit: Option<u64>) -> Self {
+        let size = limit.map_or(GLOBAL_MIN, |l| usize::try_from(l / 8).unwrap_or(GLOBAL_MAX));
+        let size = size.clamp(GLOBAL_MIN, GLOBAL_MAX);
+        Budget { tcp: Arc::new(Semaphore::new(size)), forwards: Arc::new(Semaphore::new(size)) }
+    }
+}
+
+/// The soft `Max open files` of this process.
+pub fn file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    match line.split_whitespace().nth(3)? {
+        "unlimited" => Some(u64::MAX),
+        n => n.parse().ok(),
+    }
+}
+
+/// Why a query or connection was turned away: `weave_dns_dropped_total`'s labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The namespace has [`NS_FORWARDS`] queries waiting on an upstream.
+    NamespaceForwards,
+    /// The agent has its whole forward budget waiting.
+    AgentForwards,
+    /// A new connection closed: the namespace is at its limit, none idle.
+    NamespaceConnections,
+    /// A new connection closed: the agent's connection budget is spent.
+    AgentConnections,
+    /// The connection idle the longest, closed for a new one.
+    IdleEvicted,
+    /// accept failed for a reason not the connection's (EMFILE, ENFILE).
+    AcceptError,
+}
+
+impl Refused {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::NamespaceForwards => "namespace_forwards",
+            Refused::AgentForwards => "agent_forwards",
+            Refused::NamespaceConnections => "namespace_connections",
+            Refused::AgentConnections => "agent_connections",
+            Refused::IdleEvicted => "idle_evicted",
+            Refused::AcceptError => "accept_error",
+        }
+    }
+
+    /// Counts one in `weave_dns_dropped_total{proto, reason}`.
+    pub fn count(self, proto: &'static str) {
+        metrics::counter!("weave_dns_dropped_total", "proto" => proto, "reason" => self.reason()).increment(1);
+    }
+}
+
+/// A namespace's and the agent's permit for one forwarded query.
+pub struct ForwardPermit {
+    _namespace: OwnedSemaphorePermit,
+    _agent: OwnedSemaphorePermit,
+}
+
+/// Both permits, or which limit refused.
+pub fn forward_permit(namespace: &Arc<Semaphore>, agent: &Arc<Semaphore>) -> Result<ForwardPermit, Refused> {
+    let ns = namespace.clone().try_acquire_owned().map_err(|_| Refused::NamespaceForwards)?;
+    let agent = agent.clone().try_acquire_owned().map_err(|_| Refused::AgentForwards)?;
+    Ok(ForwardPermit { _namespace: ns, _agent: agent })
+}
+
+/// Errors that concern only the connection being accepted (or the datagram
+/// received): go on at once. Anything else pauses [`BACKOFF`].
+pub fn connection_only(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::TimedOut
+    )
+}
+
+/// When a TCP connection last went idle (waiting for a query), or busy.
+#[derive(Default)]
+pub struct Idle(AtomicU64);
+
+const BUSY: u64 = u64::MAX;
+
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Idle {
+    pub fn idle(&self) {
+        self.0.store(now_ms(), Ordering::Relaxed);
+    }
+    pub fn busy(&self) {
+        self.0.store(BUSY, Ordering::Relaxed);
+    }
+    /// When it went idle (ms on this process's clock), None while busy.
+    pub fn since(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|t| *t != BUSY)
+    }
+}
+
+/// The key of the entry idle the longest, if any is idle.
+pub fn oldest_idle<'a, K: Copy + 'a>(entries: impl IntoIterator<Item = (&'a K, &'a Idle)>) -> Option<K> {
+    entries.into_iter().filter_map(|(k, idle)| Some((idle.since()?, *k))).min_by_key(|(t, _)| *t).map(|(_, k)| k)
+}
+
+/// The DNS server's runtime: one thread ("weave-dns") with a current-thread
+/// runtime, started by the first call. Its thread is created by the calling
+/// thread, so it is in that thread's network namespace: forwarded queries
+/// leave from there (the agent's own namespace, where it serves from).
+pub fn runtime() -> Result<Handle, Error> {
+    static HANDLE: Mutex<Option<Handle>> = Mutex::new(None);
+    let mut handle = HANDLE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = &*handle {
+        return Ok(h.clone());
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("weave-dns".into())
+        .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => {
+                let _ = tx.send(Ok(rt.handle().clone()));
+                rt.block_on(std::future::pending::<()>());
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        })
+        .map_err(|e| Error::Io("start the DNS thread".into(), e))?;
+    let started = rx
+        .recv()
+        .map_err(|_| Error::Dns("the DNS thread ended before its runtime started".into()))?
+        .map_err(|e| Error::Io("the DNS runtime".into(), e))?;
+    *handle = Some(started.clone());
+    Ok(started)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_global_budget_follows_the_file_limit_within_bounds() {
+        assert_eq!(Budget::for_file_limit(Some(1024)).tcp.available_permits(), 128);
+        assert_eq!(Budget::for_file_limit(Some(65536)).tcp.available_permits(), 1024);
+        assert_eq!(Budget::for_file_limit(Some(u64::MAX)).tcp.available_permits(), 1024);
+        assert_eq!(Budget::for_file_limit(Some(64)).tcp.available_permits(), 16);
+        assert_eq!(Budget::for_file_limit(None).tcp.available_permits(), 16);
+        assert!(file_limit().is_some_and(|l| l > 0), "this process has a file limit");
+    }
+
+    #[test]
+    fn a_forward_needs_both_the_namespace_and_the_agent_permit() {
+        let (ns, agent) = (Arc::new(Semaphore::new(2)), Arc::new(Semaphore::new(1)));
+        let first = forward_permit(&ns, &agent).unwrap();
+        // The namespace has room, the agent not: nothing is kept.
+        assert_eq!(forward_permit(&ns, &agent).err(), Some(Refused::AgentForwards));
+        assert_eq!(ns.available_permits(), 1);
+        drop(first);
+        let _held = (forward_permit(&ns, &agent).unwrap(), ns.clone().try_acquire_owned().unwrap());
+        assert_eq!(forward_permit(&ns, &agent).err(), Some(Refused::NamespaceForwards));
+    }
+
+    #[test]
+    fn the_oldest_idle_entry_is_chosen_and_busy_ones_never() {
+        let (a, b, c) = (Idle::default(), Idle::default(), Idle::default());
+        a.busy();
+        b.0.store(5, Ordering::Relaxed);
+        c.0.store(3, Ordering::Relaxed);
+        assert_eq!(oldest_idle([(&1, &a), (&2, &b), (&3, &c)]), Some(3));
+        c.busy();
+        assert_eq!(oldest_idle([(&1, &a), (&2, &b), (&3, &c)]), Some(2));
+        b.busy();
+        assert_eq!(oldest_idle([(&1, &a), (&2, &b), (&3, &c)]), None);
+    }
+
+    #[test]
+    fn out_of_descriptors_is_not_one_connections_error() {
+        assert!(!connection_only(&io::Error::from_raw_os_error(24)), "EMFILE");
+        assert!(!connection_only(&io::Error::from_raw_os_error(23)), "ENFILE");
+        assert!(connection_only(&io::Error::from(io::ErrorKind::ConnectionAborted)));
+    }
+}

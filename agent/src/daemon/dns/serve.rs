@@ -1,0 +1,186 @@
+//! One namespace's UDP and TCP loops, within [`super::limits`]. Each loop
+//! owns its tasks (a `JoinSet`): stopping the namespace aborts the loop and
+//! with it every connection and forward it started.
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use hickory_proto::op::Message;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::{AbortHandle, Id, JoinSet},
+    time::timeout,
+};
+
+use super::{
+    Decided, DnsServer,
+    limits::{
+        BACKOFF, EVICT_WAIT, Idle, NS_TCP_CONNECTIONS, Refused, TCP_IDLE, TCP_QUERIES, connection_only, forward_permit,
+        oldest_idle,
+    },
+};
+
+/// One open TCP connection, as its accept loop sees it.
+struct Conn {
+    idle: Arc<Idle>,
+    task: AbortHandle,
+}
+
+impl DnsServer {
+    /// What to do with a query as bytes (a FORMERR echo if it does not parse).
+    fn decide_bytes(&self, query: &[u8], udp: bool) -> Decided {
+        match Message::from_vec(query) {
+            Ok(m) => {
+                let max = udp.then(|| m.max_payload());
+                self.decide(&m, max)
+            }
+            Err(_) => Decided::Reply(super::form_error(query)),
+        }
+    }
+
+    /// Receives queries: answers from the map at once, forwards within the
+    /// namespace's and the agent's budget, drops (and counts) the rest.
+    pub(super) async fn udp_loop(self, socket: UdpSocket, namespace: Arc<Semaphore>) {
+        let socket = Arc::new(socket);
+        let mut forwards = JoinSet::new();
+        let mut buf = vec![0u8; 65535];
+        loop {
+            while forwards.try_join_next().is_some() {}
+            let (n, from) = match socket.recv_from(&mut buf).await {
+                Ok(got) => got,
+                Err(e) => {
+                    if !connection_only(&e) {
+                        tracing::warn!(error = %e, "DNS receive failed; pausing");
+                        tokio::time::sleep(BACKOFF).await;
+                    }
+                    continue;
+                }
+            };
+            let query = &buf[..n];
+            match self.decide_bytes(query, true) {
+                Decided::Reply(Some(out)) => {
+                    let _ = socket.send_to(&out, from).await;
+                }
+                Decided::Reply(None) => {}
+                Decided::Forward(failed) => match forward_permit(&namespace, &self.inner.budget.forwards) {
+                    Ok(permit) => {
+                        let (server, socket, query) = (self.clone(), socket.clone(), query.to_vec());
+                        forwards.spawn(async move {
+                            let _permit = permit;
+                            if let Some(out) = server.forwarded(&query, true, failed).await {
+                                let _ = socket.send_to(&out, from).await;
+                            }
+                        });
+                    }
+                    Err(refused) => refused.count("udp"),
+                },
+            }
+        }
+    }
+
+    /// Accepts connections: at most [`NS_TCP_CONNECTIONS`] here (the one
+    /// idle the longest makes room, else the new one is closed) and within
+    /// the agent's budget; pauses after an accept error not the connection's.
+    pub(super) async fn tcp_loop(self, listener: TcpListener, namespace: Arc<Semaphore>) {
+        let mut tasks = JoinSet::new();
+        let mut open: HashMap<Id, Conn> = HashMap::new();
+        loop {
+            while let Some(done) = tasks.try_join_next_with_id() {
+                open.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
+            }
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) if connection_only(&e) => continue,
+                Err(e) => {
+                    Refused::AcceptError.count("tcp");
+                    tracing::warn!(error = %e, "DNS accept failed (out of file descriptors?); pausing");
+                    tokio::time::sleep(BACKOFF).await;
+                    continue;
+                }
+            };
+            let mut evicted = false;
+            if open.len() >= NS_TCP_CONNECTIONS {
+                let Some(oldest) = oldest_idle(open.iter().map(|(id, c)| (id, &*c.idle))) else {
+                    Refused::NamespaceConnections.count("tcp");
+                    continue;
+                };
+                if let Some(c) = open.remove(&oldest) {
+                    c.task.abort();
+                }
+                Refused::IdleEvicted.count("tcp");
+                evicted = true;
+            }
+            let Some(permit) = self.tcp_permit(evicted).await else {
+                Refused::AgentConnections.count("tcp");
+                continue;
+            };
+            let idle = Arc::new(Idle::default());
+            idle.idle();
+            let task = tasks.spawn(self.clone().connection(stream, namespace.clone(), idle.clone(), permit));
+            open.insert(task.id(), Conn { idle, task });
+        }
+    }
+
+    /// A global connection permit; after an eviction, waits briefly for the
+    /// one the closed connection gives back (aborting is not immediate).
+    async fn tcp_permit(&self, evicted: bool) -> Option<OwnedSemaphorePermit> {
+        let budget = &self.inner.budget.tcp;
+        match budget.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) if evicted => timeout(EVICT_WAIT, budget.clone().acquire_owned()).await.ok()?.ok(),
+            Err(_) => None,
+        }
+    }
+
+    /// Serves one connection: up to [`TCP_QUERIES`] queries, each to come
+    /// whole within [`TCP_IDLE`] and its answer to be taken within it too.
+    async fn connection(
+        self,
+        mut stream: TcpStream,
+        namespace: Arc<Semaphore>,
+        idle: Arc<Idle>,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        for _ in 0..TCP_QUERIES {
+            idle.idle();
+            let Ok(Ok(query)) = timeout(TCP_IDLE, read_framed(&mut stream)).await else { return };
+            idle.busy();
+            let out = match self.decide_bytes(&query, false) {
+                Decided::Reply(out) => out,
+                Decided::Forward(failed) => match forward_permit(&namespace, &self.inner.budget.forwards) {
+                    Ok(_permit) => self.forwarded(&query, false, failed).await,
+                    Err(refused) => {
+                        refused.count("tcp");
+                        failed.servfail()
+                    }
+                },
+            };
+            let Some(out) = out else { return };
+            if !matches!(timeout(TCP_IDLE, write_framed(&mut stream, &out)).await, Ok(Ok(()))) {
+                return;
+            }
+        }
+        // The last query answered: close our side, politely.
+        let _ = stream.shutdown().await;
+    }
+}
+
+pub(super) async fn read_framed(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let len = stream.read_u16().await?;
+    let mut buf = vec![0u8; len as usize];
+    stream.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+pub(super) async fn write_framed(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(bytes.len()).map_err(std::io::Error::other)?;
+    let mut out = Vec::with_capacity(bytes.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+    stream.write_all(&out).await
+}
+
+/// The address a UDP upstream query is sent from: any, of the upstream's family.
+pub(super) fn any_for(upstream: &SocketAddr) -> SocketAddr {
+    if upstream.is_ipv4() { SocketAddr::from(([0, 0, 0, 0], 0)) } else { SocketAddr::from(([0u16; 8], 0)) }
+}

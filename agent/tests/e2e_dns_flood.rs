@@ -1,0 +1,253 @@
+//! Issue 11, item 4: one container cannot starve its host's agent through
+//! the DNS server the agent runs in its namespace. Container A opens 5,000
+//! TCP connections to its resolver (127.0.0.11:53) and one thread floods it
+//! with UDP queries as fast as it can send, most of them for names the agent
+//! must forward to an upstream that never answers (each forward holds a
+//! socket for the upstream timeout). While that runs: `agent status` answers
+//! within 1 s (the issue's bound; several samples, the slowest reported),
+//! container B's lookups of a weave.local name answer, and attaching a third
+//! container on the same host works and its resolver answers. Afterwards A's
+//! own resolver answers again, the agent held at most its per-namespace
+//! limit of A's connections open, and its /metrics counted the drops.
+mod common;
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    process::{Command, Output, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use weave_agent::daemon::dns::limits::NS_TCP_CONNECTIONS;
+
+/// An upstream resolver that never answers: its sockets are bound, never read.
+const UPSTREAM_IP: &str = "192.0.2.53";
+const CONNECTIONS: usize = 5000;
+/// The issue's bound for `agent status` under the flood.
+const STATUS_BOUND: Duration = Duration::from_secs(1);
+const RESOLVER: &str = "127.0.0.11:53";
+
+/// `Max open files` of this process: (soft, hard).
+fn nofile() -> (u64, u64) {
+    let limits = fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let parse = |s: &str| if s == "unlimited" { u64::MAX } else { s.parse().unwrap() };
+    (parse(f[3]), parse(f[4]))
+}
+
+/// Raises this process's soft file limit (agents started later inherit it)
+/// to hold the test's 5,000 connections and the rest.
+fn raise_nofile() -> u64 {
+    let (soft, hard) = nofile();
+    let want = hard.min(16384);
+    assert!(want >= CONNECTIONS as u64 + 1000, "the hard file limit ({hard}) is too low for {CONNECTIONS} connections");
+    if soft < want {
+        let pid = std::process::id().to_string();
+        ok(&[
+            "prlimit",
+            "--pid",
+            &pid,
+            &format!("--nofile={want}:{}", if hard == u64::MAX { "unlimited".to_string() } else { hard.to_string() }),
+        ]);
+    }
+    nofile().0
+}
+
+/// Runs `cmd`, killing it (by pid) if it has not ended after `limit`: its
+/// output (None if killed) and how long it took.
+fn timed(mut cmd: Command, limit: Duration) -> (Option<Output>, Duration) {
+    let start = Instant::now();
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = mpsc::channel();
+    let waiter = thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(limit) {
+        Ok(out) => out.ok(),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            None
+        }
+    };
+    let took = start.elapsed();
+    let _ = waiter.join();
+    (out, took)
+}
+
+/// `dig @127.0.0.11 +short <name>` inside `ns` (one try, 1 s): the answer lines.
+fn dig(ns: &str, name: &str) -> Vec<String> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "dig", "@127.0.0.11", "+short", "+time=1", "+tries=1", name]);
+    let (out, _) = timed(cmd, Duration::from_secs(5));
+    let Some(out) = out.filter(|o| o.status.success()) else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+}
+
+/// A DNS query for `name` (type A, recursion desired) with id `id`.
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(12 + name.len() + 6);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// GET /metrics from the agent's default listener inside the host namespace.
+fn scrape(host_ns: &str) -> String {
+    in_netns(host_ns, || {
+        let Ok(mut c) = TcpStream::connect("127.0.0.1:6782") else { return String::new() };
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    })
+    .join()
+    .unwrap()
+}
+
+/// The sum of the samples of `metric` in a Prometheus text page.
+fn total(page: &str, metric: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_dns_flood_from_one_container_leaves_status_other_lookups_and_attach_working() {
+    let limit = raise_nofile();
+    eprintln!("file limit of the test (and its agent): {limit}");
+    let mut bed = Bed::new();
+    let upstream_ns = bed.add_bare_host(UPSTREAM_IP);
+    // Bound, never read or accepted: forwarded queries wait for the timeout.
+    let _upstream: (UdpSocket, TcpListener) = in_netns(&upstream_ns, || {
+        let at = format!("{UPSTREAM_IP}:53");
+        (UdpSocket::bind(&at).unwrap(), TcpListener::bind(&at).unwrap())
+    })
+    .join()
+    .unwrap();
+    bed.agent_args = vec!["--dns-upstream".into(), format!("{UPSTREAM_IP}:53")];
+    bed.add_host();
+    let (ns_a, ns_b, ns_c) = (bed.add_container("flooder"), bed.add_container("bystander"), bed.add_container("third"));
+    let a = bed.weavectl_attach(0, &ns_a, &["--name", "flooder", &format!("/run/netns/{ns_a}")])[0];
+    bed.weavectl_attach(0, &ns_b, &["--name", "bystander", &format!("/run/netns/{ns_b}")]);
+    let a_ip = bed.workloads[a].ip.to_string();
+    wait_for("B to resolve flooder.weave.local", Duration::from_secs(15), || {
+        (dig(&ns_b, "flooder.weave.local") == [a_ip.clone()]).then_some(())
+    });
+
+    // The UDP flood: three of four queries for names to forward, one local.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let udp_flood = in_netns(&ns_a, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect(RESOLVER).unwrap();
+        let mut sent = 0u64;
+        while !flag.load(Ordering::Relaxed) {
+            let name = if sent.is_multiple_of(4) {
+                "flooder.weave.local".to_string()
+            } else {
+                format!("q{sent}.flood.example")
+            };
+            if s.send(&query(sent as u16, &name)).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    });
+    // The TCP flood: 5,000 connections, held until the end.
+    let (opened_tx, opened_rx) = mpsc::channel();
+    let flag = stop.clone();
+    let tcp_flood = in_netns(&ns_a, move || {
+        let to: SocketAddr = RESOLVER.parse().unwrap();
+        let (mut held, mut failed) = (Vec::with_capacity(CONNECTIONS), 0usize);
+        for _ in 0..CONNECTIONS {
+            match TcpStream::connect_timeout(&to, Duration::from_millis(200)) {
+                Ok(c) => held.push(c),
+                Err(_) => failed += 1,
+            }
+        }
+        let _ = opened_tx.send((held.len(), failed));
+        while !flag.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(50));
+        }
+        drop(held);
+    });
+    let (opened, failed) = opened_rx.recv_timeout(Duration::from_secs(60)).unwrap_or((0, 0));
+    eprintln!("TCP connections to A's resolver: {opened} opened, {failed} failed or timed out");
+    // The agent's ends of them still open (the client's ends have port 53 as destination).
+    let held = ok_in(&ns_a, &["ss", "-Htn", "state", "established", "sport", "=", ":53"]).lines().count();
+    eprintln!("connections the agent holds open in A: {held}");
+    assert!(held <= NS_TCP_CONNECTIONS, "the agent holds {held} connections in one namespace");
+
+    // While both floods run.
+    let mut took = Vec::new();
+    for _ in 0..10 {
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(["status", "--json", "--socket"]).arg(&bed.hosts[0].socket);
+        let (out, t) = timed(cmd, Duration::from_secs(10));
+        let answered =
+            out.is_some_and(|o| o.status.success() && serde_json::from_slice::<serde_json::Value>(&o.stdout).is_ok());
+        assert!(answered, "agent status did not answer under the flood (after {t:?})");
+        took.push(t);
+        thread::sleep(Duration::from_millis(200));
+    }
+    took.sort();
+    let max = *took.last().unwrap();
+    eprintln!("agent status under the flood: median {:?}, max {max:?} (10 samples)", took[took.len() / 2]);
+    assert!(max <= STATUS_BOUND, "agent status took {max:?} under the flood (bound {STATUS_BOUND:?})");
+
+    for _ in 0..5 {
+        assert_eq!(dig(&ns_b, "flooder.weave.local"), [a_ip.as_str()], "B's lookup under the flood");
+    }
+
+    let mut cmd = Command::new(weavectl_bin());
+    cmd.arg("--socket").arg(&bed.hosts[0].socket);
+    cmd.args(["attach", "--json", "--name", "third", &format!("/run/netns/{ns_c}")]);
+    let (out, t) = timed(cmd, Duration::from_secs(60));
+    let out = out.unwrap_or_else(|| panic!("attaching a third container hung for {t:?} under the flood"));
+    assert!(out.status.success(), "attach under the flood: {}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("attach of a third container under the flood: {t:?}");
+    let attached: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let c_ip = attached[0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    wait_for("C to resolve its own name under the flood", Duration::from_secs(15), || {
+        (dig(&ns_c, "third.weave.local") == [c_ip.clone()]).then_some(())
+    });
+    assert_eq!(dig(&ns_b, "third.weave.local"), [c_ip.as_str()]);
+
+    stop.store(true, Ordering::Relaxed);
+    let sent = udp_flood.join().unwrap();
+    tcp_flood.join().unwrap();
+    eprintln!("UDP queries sent by the flood: {sent}");
+
+    // A is served again once it stops, and the agent counted what it dropped.
+    wait_for("A's resolver to answer again", Duration::from_secs(15), || {
+        (dig(&ns_a, "bystander.weave.local").len() == 1).then_some(())
+    });
+    let page = scrape(&bed.hosts[0].ns);
+    let counted: Vec<&str> = page.lines().filter(|l| l.starts_with("weave_dns_dropped_total{")).collect();
+    eprintln!("{}", counted.join("\n"));
+    for reason in ["namespace_forwards", "idle_evicted"] {
+        let n = total(
+            &counted.iter().filter(|l| l.contains(reason)).copied().collect::<Vec<_>>().join("\n"),
+            "weave_dns_dropped_total",
+        );
+        assert!(n > 0.0, "no {reason} drops counted in /metrics:\n{page}");
+    }
+}
