@@ -22,7 +22,10 @@ use super::{
     service::LocalService,
 };
 use crate::{
-    dataplane::{Transport, tun_udp::TunUdp},
+    dataplane::{
+        Transport,
+        tun_udp::{TunUdp, Tuning},
+    },
     error::Error,
     host::{
         firewall,
@@ -218,7 +221,8 @@ async fn serve(
     // Both families: endpoints may be IPv4 or IPv6 (the socket falls back to
     // IPv4 only on a kernel without IPv6).
     let listen = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), args.listen_port);
-    let transport = TunUdp::start(TUN_NAME, tun_mtu as u16, listen, key.secret().clone())
+    let tuning = Tuning { spin: Duration::from_micros(args.spin_us) };
+    let transport = TunUdp::start(TUN_NAME, tun_mtu as u16, listen, key.secret().clone(), &tuning)
         .map_err(|e| Error::Dataplane(format!("start {TUN_NAME} and udp {listen}: {e}")))?;
     let transport = Arc::new(transport);
     netlink.setup_tun(TUN_NAME, identity.address, netmap::node_prefix(&map), tun_mtu).await?;

@@ -6,10 +6,15 @@
 //!   peer chosen by destination node address, source checked on the way in,
 //!   endpoint roaming (only on packets that authenticated), timers, handshake
 //!   rate limiting.
+//! - [`batch`]: the crypto of one batch of packets, without I/O or allocation.
+//! - [`spin`]: adaptive waiting: the packet threads poll for a short window
+//!   after a packet moved, then sleep.
 //! - [`tun_udp`]: the first transport: a TUN device holding the node address
-//!   and one UDP socket, driven by two blocking I/O threads and a timer thread.
+//!   and one UDP socket, driven by two I/O threads and a timer thread.
 //! - [`udp`]: that socket, dual-stack: IPv4 and IPv6 endpoints alike.
+pub mod batch;
 pub mod router;
+pub mod spin;
 pub mod tun_udp;
 pub mod udp;
 

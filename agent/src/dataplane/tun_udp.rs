@@ -15,7 +15,7 @@
 use std::{
     io::{self, IoSlice},
     net::{SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
+    os::fd::{AsFd, AsRawFd},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -29,11 +29,13 @@ use nix::{
     errno::Errno,
     sys::socket::{self, ControlMessage, MsgFlags, SockaddrStorage, setsockopt, sockopt},
 };
-use tun_rs::{DeviceBuilder, GROTable, InterruptEvent, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tun_rs::{DeviceBuilder, GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::{
     PeerStatus, Transport,
+    batch::{self, Encrypted, MAX_GSO_SEGMENTS, WG_GROWTH, group},
     router::{BUF_SIZE, Router, Sink},
+    spin::{DEFAULT_SPIN, Pacer, Side},
     udp::{self, recv_datagrams},
 };
 use crate::plan::{kernel::TUN_READ_ROOM, netmap::PeerConfig};
@@ -48,12 +50,6 @@ const BATCH: usize = 128;
 /// Packets per batch read from the TUN: reads go on while room is left for
 /// one more super-packet of the most segments the TUN accepts.
 const TUN_BATCH: usize = 256;
-/// The kernel's limit on segments in one UDP GSO send (UDP_MAX_SEGMENTS).
-const MAX_GSO_SEGMENTS: usize = 64;
-/// And on the bytes in it (one IP datagram of either family).
-const MAX_GSO_BYTES: usize = 65_000;
-/// WireGuard's framing on a data packet (header 16, tag 16) plus padding to 16.
-const WG_GROWTH: usize = 32 + 15;
 
 struct Io {
     tun: SyncDevice,
@@ -108,37 +104,6 @@ impl Io {
     }
 }
 
-/// One encrypted datagram in the send buffer.
-struct Encrypted {
-    dst: SocketAddr,
-    start: usize,
-    len: usize,
-}
-
-/// Splits a batch into runs that one GSO send can carry: same destination,
-/// consecutive, all the same size but the last, within the kernel's limits.
-/// Calls `run(first, count, bytes)` for each.
-fn group(out: &[Encrypted], mut run: impl FnMut(usize, usize, usize)) {
-    let mut i = 0;
-    while i < out.len() {
-        let (dst, segment) = (out[i].dst, out[i].len);
-        let mut total = segment;
-        let mut j = i + 1;
-        while j < out.len()
-            && out[j].dst == dst
-            && out[j - 1].len == segment
-            && out[j].len <= segment
-            && j - i < MAX_GSO_SEGMENTS
-            && total + out[j].len <= MAX_GSO_BYTES
-        {
-            total += out[j].len;
-            j += 1;
-        }
-        run(i, j - i, total);
-        i = j;
-    }
-}
-
 fn flush(io: &Io, buf: &[u8], out: &[Encrypted]) {
     group(out, |first, _, bytes| {
         let e = &out[first];
@@ -146,22 +111,38 @@ fn flush(io: &Io, buf: &[u8], out: &[Encrypted]) {
     });
 }
 
+/// How the packet threads run.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// How long the packet threads keep polling after a packet moved
+    /// (zero: they sleep whenever nothing is queued).
+    pub spin: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self { spin: DEFAULT_SPIN }
+    }
+}
+
 pub struct TunUdp {
     router: Arc<Router>,
     io: Arc<Io>,
     stop: Arc<AtomicBool>,
-    interrupt: Arc<InterruptEvent>,
+    pacer: Arc<Pacer>,
     threads: Vec<thread::JoinHandle<()>>,
 }
 
 impl TunUdp {
     /// Creates the TUN `name` (not yet addressed: the netlink module does
     /// that) and binds the UDP port, then starts the packet threads.
-    pub fn start(name: &str, mtu: u16, listen: SocketAddr, secret: StaticSecret) -> io::Result<Self> {
+    pub fn start(name: &str, mtu: u16, listen: SocketAddr, secret: StaticSecret, tuning: &Tuning) -> io::Result<Self> {
         let tun = DeviceBuilder::new().name(name).mtu(mtu).offload(true).enable(false).build_sync()?;
         if !tun.tcp_gso() {
             tracing::warn!("the TUN has no offloads: one packet per read and write");
         }
+        // Reads never block: the pacer waits (spinning or sleeping).
+        tun.set_nonblocking(true)?;
         let udp = udp::bind(listen)?;
         let v6 = udp::is_v6(&udp)?;
         // Bursts of a TCP window arrive faster than one thread decrypts them;
@@ -172,21 +153,19 @@ impl TunUdp {
         if let Err(e) = setsockopt(&udp, sockopt::UdpGroSegment, &true) {
             tracing::warn!(error = %e, "no UDP GRO: one datagram per receive");
         }
-        // The receive thread wakes up this often to notice a stop request.
-        udp.set_read_timeout(Some(TICK))?;
         let io = Arc::new(Io { tun, udp, v6, gso: AtomicBool::new(true) });
         let router = Arc::new(Router::new(secret));
         let stop = Arc::new(AtomicBool::new(false));
-        let interrupt = Arc::new(InterruptEvent::new()?);
+        let pacer = Arc::new(Pacer::new(tuning.spin)?);
         let mtu = mtu as usize;
         let threads = vec![
             thread::Builder::new().name("wg-tun".into()).spawn({
-                let (r, i, s, intr) = (router.clone(), io.clone(), stop.clone(), interrupt.clone());
-                move || tun_to_udp(&r, &i, &s, &intr, mtu)
+                let (r, i, p, s) = (router.clone(), io.clone(), pacer.clone(), stop.clone());
+                move || tun_to_udp(&r, &i, &p, &s, mtu)
             })?,
             thread::Builder::new().name("wg-udp".into()).spawn({
-                let (r, i, s) = (router.clone(), io.clone(), stop.clone());
-                move || udp_to_tun(&r, &i, &s, mtu)
+                let (r, i, p, s) = (router.clone(), io.clone(), pacer.clone(), stop.clone());
+                move || udp_to_tun(&r, &i, &p, &s, mtu)
             })?,
             thread::Builder::new().name("wg-timers".into()).spawn({
                 let (r, i, s) = (router.clone(), io.clone(), stop.clone());
@@ -204,7 +183,7 @@ impl TunUdp {
                 }
             })?,
         ];
-        Ok(Self { router, io, stop, interrupt, threads })
+        Ok(Self { router, io, stop, pacer, threads })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -213,68 +192,58 @@ impl TunUdp {
 }
 
 /// Reads (super-)packets from the TUN, encrypts every segment, sends the batch.
-fn tun_to_udp(router: &Router, io: &Io, stop: &AtomicBool, intr: &InterruptEvent, mtu: usize) {
+fn tun_to_udp(router: &Router, io: &Io, pacer: &Pacer, stop: &AtomicBool, mtu: usize) {
     let mut original = vec![0u8; OFFSET + 65_535];
     let mut packets = vec![vec![0u8; mtu + 64]; TUN_BATCH];
     let mut sizes = vec![0usize; TUN_BATCH];
-    let stride = (mtu + 64 + WG_GROWTH).max(148);
+    let stride = batch::stride(mtu);
     let mut buf = vec![0u8; TUN_BATCH * stride];
     let mut out = Vec::with_capacity(TUN_BATCH);
     let mut failures = 0u32;
-    // Reads after the first of a batch must not wait.
-    if let Err(e) = io.tun.set_nonblocking(true) {
-        tracing::warn!(error = %e, "TUN stays blocking: one read per batch");
-    }
     while !stop.load(Ordering::Relaxed) {
-        let mut n = match io.tun.recv_multiple_intr(&mut original, &mut packets, &mut sizes, 0, intr) {
-            Ok(n) => {
-                failures = 0;
-                n
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // A malformed super-packet costs that packet, and only that one.
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput || e.raw_os_error().is_none() => {
-                tracing::debug!(error = %e, "tun packet dropped");
-                continue;
-            }
-            Err(e) => {
-                // A device that keeps failing is not spun on.
-                tracing::debug!(error = %e, "tun read failed");
-                failures += 1;
-                if failures > 100 {
-                    thread::sleep(TICK);
-                }
-                continue;
-            }
-        };
-        // Whatever else is queued (small packets come one per read) joins the batch.
+        // Whatever is queued (small packets come one per read) joins the batch.
+        let mut n = 0;
         while n + TUN_READ_ROOM <= TUN_BATCH {
             match io.tun.recv_multiple(&mut original, &mut packets[n..], &mut sizes[n..], 0) {
-                Ok(more) => n += more,
+                Ok(more) => {
+                    failures = 0;
+                    n += more;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A malformed super-packet costs that packet, and only that one.
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput || e.raw_os_error().is_none() => {
+                    tracing::debug!(error = %e, "tun packet dropped");
+                }
                 Err(e) => {
+                    // A device that keeps failing is not spun on.
                     tracing::debug!(error = %e, "tun read failed");
+                    failures += 1;
+                    if failures > 100 {
+                        thread::sleep(TICK);
+                    }
                     break;
                 }
             }
         }
-        let table = router.table();
-        let mut cursor = 0;
-        out.clear();
-        for (packet, &size) in packets.iter().zip(&sizes).take(n) {
-            let room = &mut buf[cursor..cursor + stride];
-            if let Some((dst, len)) = router.encapsulate(&table, &packet[..size], room) {
-                out.push(Encrypted { dst, start: cursor, len });
-                cursor += len;
+        if n == 0 {
+            if let Err(e) = pacer.wait(Side::Tun, io.tun.as_fd(), TICK) {
+                tracing::debug!(error = %e, "tun wait failed");
+                thread::sleep(TICK);
             }
+            continue;
         }
+        // First, so that the partner wakes while this batch is encrypted.
+        pacer.moved(Side::Tun);
+        let table = router.table();
+        batch::encrypt(router, &table, &packets[..n], &sizes[..n], &mut buf, stride, &mut out);
         flush(io, &buf, &out);
     }
 }
 
 /// Receives datagrams (coalesced by UDP GRO), decrypts them, writes the
 /// batch to the TUN (coalesced again by GRO).
-fn udp_to_tun(router: &Router, io: &Io, stop: &AtomicBool, mtu: usize) {
+fn udp_to_tun(router: &Router, io: &Io, pacer: &Pacer, stop: &AtomicBool, mtu: usize) {
     let mut datagrams = vec![0u8; 65_535];
     let mut cmsg = nix::cmsg_space!(i32);
     // GRO appends a flow's packets to the first buffer of it: each needs
@@ -286,17 +255,12 @@ fn udp_to_tun(router: &Router, io: &Io, stop: &AtomicBool, mtu: usize) {
     while !stop.load(Ordering::Relaxed) {
         let mut count = 0;
         let mut table = None;
-        // Block for the first datagrams, then take what else is waiting.
+        // Whatever is waiting, without blocking: the pacer does the waiting.
         while count + MAX_GSO_SEGMENTS <= BATCH {
-            // Only the first read waits: after a wait the table is taken anew.
-            let flags = if table.is_none() { MsgFlags::empty() } else { MsgFlags::MSG_DONTWAIT };
-            let (len, src, segment) = match recv_datagrams(&io.udp, &mut datagrams, &mut cmsg, flags) {
+            let (len, src, segment) = match recv_datagrams(&io.udp, &mut datagrams, &mut cmsg, MsgFlags::MSG_DONTWAIT) {
                 Ok(r) => r,
                 Err(e) => {
-                    if !matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-                    ) {
+                    if !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
                         tracing::trace!(error = %e, "udp receive failed");
                     }
                     break;
@@ -304,16 +268,19 @@ fn udp_to_tun(router: &Router, io: &Io, stop: &AtomicBool, mtu: usize) {
             };
             // The table as of now, not of before the wait: a handshake from a
             // peer that just joined must find it.
-            let table = table.get_or_insert_with(|| router.table());
-            for d in datagrams[..len].chunks(segment) {
-                let p = &mut packets[count];
-                p.clear();
-                p.resize(OFFSET + d.len().max(least), 0);
-                if let Some(n) = router.decapsulate(table, src, d, &mut p[OFFSET..], io) {
-                    p.truncate(OFFSET + n);
-                    count += 1;
-                }
+            let table = table.get_or_insert_with(|| {
+                pacer.moved(Side::Udp);
+                router.table()
+            });
+            count =
+                batch::decrypt(router, table, src, &datagrams[..len], segment, &mut packets, count, OFFSET, least, io);
+        }
+        if table.is_none() {
+            if let Err(e) = pacer.wait(Side::Udp, io.udp.as_fd(), TICK) {
+                tracing::debug!(error = %e, "udp wait failed");
+                thread::sleep(TICK);
             }
+            continue;
         }
         if count > 0
             && let Err(e) = io.tun.send_multiple(&mut gro, &mut packets[..count], OFFSET)
@@ -336,43 +303,9 @@ impl Transport for TunUdp {
 impl Drop for TunUdp {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.interrupt.trigger();
+        self.pacer.wake_all();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runs_for_gso_break_at_a_new_peer_a_short_datagram_and_the_segment_limit() {
-        let a: SocketAddr = "192.0.2.1:6784".parse().unwrap();
-        let b: SocketAddr = "192.0.2.2:6784".parse().unwrap();
-        let mut out = Vec::new();
-        let mut start = 0;
-        let mut push = |dst, len| {
-            out.push(Encrypted { dst, start, len });
-            start += len;
-        };
-        // a: 3 full + 1 short; then a again (new run: the short one ended it);
-        // b: 70 full (split at 64).
-        for len in [100, 100, 100, 60, 100] {
-            push(a, len);
-        }
-        for _ in 0..70 {
-            push(b, 100);
-        }
-        let runs = runs(&out);
-        assert_eq!(runs, vec![(a, 4, 360), (a, 1, 100), (b, 64, 6400), (b, 6, 600)]);
-    }
-
-    /// The runs `flush` would send: (destination, datagrams, bytes).
-    fn runs(out: &[Encrypted]) -> Vec<(SocketAddr, usize, usize)> {
-        let mut sent = Vec::new();
-        group(out, |first, n, bytes| sent.push((out[first].dst, n, bytes)));
-        sent
     }
 }

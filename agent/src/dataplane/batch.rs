@@ -1,0 +1,140 @@
+//! The crypto of one batch, without I/O and without allocating: the packet
+//! threads size every buffer once when they start, and a batch only fills
+//! them (`agent/tests/dataplane_alloc.rs` counts the allocations).
+//!
+//! - [`encrypt`]: packets read from the TUN become WireGuard datagrams laid
+//!   end to end in one send buffer, each recorded as an [`Encrypted`];
+//!   [`group`] then cuts them into runs that one UDP GSO send carries.
+//! - [`decrypt`]: the datagrams of one UDP (GRO) receive become packets in
+//!   the TUN write buffers, at the offset the virtio-net header needs.
+use std::net::SocketAddr;
+
+use super::router::{Router, Sink, Table};
+
+/// The kernel's limit on segments in one UDP GSO send (UDP_MAX_SEGMENTS),
+/// and on what one UDP GRO receive coalesces.
+pub const MAX_GSO_SEGMENTS: usize = 64;
+/// And on the bytes in it (one IP datagram).
+pub const MAX_GSO_BYTES: usize = 65_000;
+/// WireGuard's framing on a data packet (header 16, tag 16) plus padding to 16.
+pub const WG_GROWTH: usize = 32 + 15;
+
+/// One encrypted datagram in the send buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encrypted {
+    pub dst: SocketAddr,
+    pub start: usize,
+    pub len: usize,
+}
+
+/// The room one packet of `mtu` bytes needs in the send buffer.
+pub fn stride(mtu: usize) -> usize {
+    (mtu + 64 + WG_GROWTH).max(148)
+}
+
+/// Encrypts `&packets[i][..sizes[i]]` for `i < sizes.len()` into `buf`
+/// (at least `sizes.len() * stride` bytes), end to end, and lists the
+/// datagrams in `out` (cleared first; with capacity for every packet it
+/// never allocates). Packets for no peer, or queued behind a handshake, are
+/// left out.
+pub fn encrypt<P: AsRef<[u8]>>(
+    router: &Router,
+    table: &Table,
+    packets: &[P],
+    sizes: &[usize],
+    buf: &mut [u8],
+    stride: usize,
+    out: &mut Vec<Encrypted>,
+) {
+    out.clear();
+    let mut cursor = 0;
+    for (packet, &size) in packets.iter().zip(sizes) {
+        let room = &mut buf[cursor..cursor + stride];
+        if let Some((dst, len)) = router.encapsulate(table, &packet.as_ref()[..size], room) {
+            out.push(Encrypted { dst, start: cursor, len });
+            cursor += len;
+        }
+    }
+}
+
+/// Decrypts the datagrams of one receive from `src` (`segment` bytes each,
+/// the last possibly shorter) into `packets[count..]`, each at `offset` and
+/// at least `least` bytes of room (the buffers' capacity must hold that:
+/// then nothing allocates). Returns the new count; handshake traffic is
+/// answered through `sink`.
+#[allow(clippy::too_many_arguments)]
+pub fn decrypt(
+    router: &Router,
+    table: &Table,
+    src: SocketAddr,
+    datagrams: &[u8],
+    segment: usize,
+    packets: &mut [Vec<u8>],
+    mut count: usize,
+    offset: usize,
+    least: usize,
+    sink: &impl Sink,
+) -> usize {
+    for d in datagrams.chunks(segment.max(1)) {
+        let Some(p) = packets.get_mut(count) else { break };
+        p.clear();
+        p.resize(offset + d.len().max(least), 0);
+        if let Some(n) = router.decapsulate(table, src, d, &mut p[offset..], sink) {
+            p.truncate(offset + n);
+            count += 1;
+        }
+    }
+    count
+}
+
+/// Splits a batch into runs that one GSO send can carry: same destination,
+/// consecutive, all the same size but the last, within the kernel's limits.
+/// Calls `run(first, count, bytes)` for each.
+pub fn group(out: &[Encrypted], mut run: impl FnMut(usize, usize, usize)) {
+    let mut i = 0;
+    while i < out.len() {
+        let (dst, segment) = (out[i].dst, out[i].len);
+        let mut total = segment;
+        let mut j = i + 1;
+        while j < out.len()
+            && out[j].dst == dst
+            && out[j - 1].len == segment
+            && out[j].len <= segment
+            && j - i < MAX_GSO_SEGMENTS
+            && total + out[j].len <= MAX_GSO_BYTES
+        {
+            total += out[j].len;
+            j += 1;
+        }
+        run(i, j - i, total);
+        i = j;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_for_gso_break_at_a_new_peer_a_short_datagram_and_the_segment_limit() {
+        let a: SocketAddr = "192.0.2.1:6784".parse().unwrap();
+        let b: SocketAddr = "192.0.2.2:6784".parse().unwrap();
+        let mut out = Vec::new();
+        let mut start = 0;
+        let mut push = |dst, len| {
+            out.push(Encrypted { dst, start, len });
+            start += len;
+        };
+        // a: 3 full + 1 short; then a again (new run: the short one ended it);
+        // b: 70 full (split at 64).
+        for len in [100, 100, 100, 60, 100] {
+            push(a, len);
+        }
+        for _ in 0..70 {
+            push(b, 100);
+        }
+        let mut runs = Vec::new();
+        group(&out, |first, n, bytes| runs.push((out[first].dst, n, bytes)));
+        assert_eq!(runs, vec![(a, 4, 360), (a, 1, 100), (b, 64, 6400), (b, 6, 600)]);
+    }
+}
