@@ -184,3 +184,107 @@ pub(super) async fn write_framed(stream: &mut TcpStream, bytes: &[u8]) -> std::i
 pub(super) fn any_for(upstream: &SocketAddr) -> SocketAddr {
     if upstream.is_ipv4() { SocketAddr::from(([0, 0, 0, 0], 0)) } else { SocketAddr::from(([0u16; 8], 0)) }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::daemon::dns::limits::Budget;
+
+    /// A server on 127.0.0.1 (no namespace, no root) under `key`; its TCP address.
+    fn serving(server: &DnsServer, key: &str) -> SocketAddr {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        udp.set_nonblocking(true).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let addr = tcp.local_addr().unwrap();
+        server.serve_sockets(udp, tcp, key).unwrap();
+        addr
+    }
+
+    fn query(id: u16) -> Vec<u8> {
+        let mut q = id.to_be_bytes().to_vec();
+        q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'x', 5]);
+        q.extend_from_slice(b"weave\x05local\x00\x00\x01\x00\x01");
+        q
+    }
+
+    /// Whether the server closed `c` (EOF or reset) within 5 s.
+    async fn closed(c: &mut TcpStream) -> bool {
+        let mut b = [0u8; 1];
+        matches!(timeout(Duration::from_secs(5), c.read(&mut b)).await, Ok(Ok(0) | Err(_)))
+    }
+
+    /// Whether `c` still gets an answer to a query.
+    async fn answers(c: &mut TcpStream, id: u16) -> bool {
+        if write_framed(c, &query(id)).await.is_err() {
+            return false;
+        }
+        let got = timeout(Duration::from_secs(5), read_framed(c)).await;
+        matches!(got, Ok(Ok(a)) if a[..2] == id.to_be_bytes())
+    }
+
+    async fn open(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(TcpStream::connect(addr).await.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_namespace_keeps_64_connections_closing_the_one_idle_the_longest() {
+        let server = DnsServer::new("weave.local.", Vec::new());
+        let addr = serving(&server, "ns");
+        let mut first = open(addr, 1).await.remove(0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut rest = open(addr, NS_TCP_CONNECTIONS - 1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A query makes `rest[0]` the most recently idle of them all.
+        assert!(answers(&mut rest[0], 1).await);
+        let mut new = open(addr, 1).await.remove(0);
+        assert!(closed(&mut first).await, "the connection idle the longest is closed for the 65th");
+        assert!(answers(&mut new, 2).await, "the 65th is served");
+        assert!(answers(&mut rest[0], 3).await && answers(&mut rest[1], 4).await, "the others stay");
+        server.stop("ns");
+        assert!(closed(&mut rest[0]).await && closed(&mut new).await, "stop closes the namespace's connections");
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_closed_after_its_last_query() {
+        let server = DnsServer::new("weave.local.", Vec::new());
+        let addr = serving(&server, "ns");
+        let mut c = open(addr, 1).await.remove(0);
+        for id in 0..TCP_QUERIES as u16 {
+            assert!(answers(&mut c, id).await, "query {id}");
+        }
+        assert!(closed(&mut c).await);
+        server.stop("ns");
+    }
+
+    #[tokio::test]
+    async fn the_agents_connection_budget_spans_namespaces() {
+        let mut server = DnsServer::new("weave.local.", Vec::new());
+        Arc::get_mut(&mut server.inner).unwrap().budget = Budget::for_file_limit(Some(128));
+        let (a, b) = (serving(&server, "a"), serving(&server, "b"));
+        // 16 in all: namespace a takes them, then b's first is closed.
+        let mut held = open(a, 16).await;
+        assert!(answers(&mut held[15], 1).await);
+        let mut refused = open(b, 1).await.remove(0);
+        assert!(closed(&mut refused).await, "over the agent's budget");
+        drop(held.pop());
+        let mut now = timeout(Duration::from_secs(5), async {
+            loop {
+                let mut c = open(b, 1).await.remove(0);
+                if answers(&mut c, 2).await {
+                    return c;
+                }
+            }
+        })
+        .await
+        .expect("a connection of b served once one of a's closed");
+        assert!(answers(&mut now, 3).await);
+        server.stop_all();
+    }
+}
