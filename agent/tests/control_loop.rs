@@ -106,6 +106,7 @@ async fn watch_applies_saves_survives_an_outage_and_resumes() {
         credential: joined.credential.clone(),
         endpoint: "192.0.2.11:6784".parse().unwrap(),
         listen_port: 6784,
+        endpoints_pinned: true,
     };
     let state = StateDir::new(tmp.path().join("agent"));
     state.save_join(&key, &identity, joined.map.as_ref().unwrap()).unwrap();

@@ -28,7 +28,7 @@ use crate::{
     },
     error::Error,
     host::{
-        firewall,
+        addresses, firewall,
         netlink::{self, Netlink},
         registry::Registry,
         state::{Identity, NodeKey, StateDir},
@@ -61,7 +61,15 @@ pub async fn join(args: &JoinArgs) -> Result<(), Error> {
     let secret = read_token(args)?;
     let token = JoinToken::parse(&secret).map_err(|e| Error::Token(e.to_string()))?;
     let endpoints = match &args.endpoint[..] {
-        [] => default_addresses()?.into_iter().map(|ip| SocketAddr::new(ip, args.run.listen_port)).collect(),
+        [] => {
+            let ips = addresses::advertised()?;
+            if ips.is_empty() {
+                return Err(Error::State(
+                    "no IPv4 or global IPv6 address to advertise: pass --endpoint ip:port".into(),
+                ));
+            }
+            ips.into_iter().map(|ip| SocketAddr::new(ip, args.run.listen_port)).collect()
+        }
         pinned => pinned.to_vec(),
     };
     let name = match &args.name {
@@ -117,6 +125,7 @@ pub async fn join(args: &JoinArgs) -> Result<(), Error> {
         credential: response.credential,
         endpoint: endpoints[0],
         listen_port: args.run.listen_port,
+        endpoints_pinned: !args.endpoint.is_empty(),
     };
     let map = response.map.unwrap_or_default();
     dir.save_join(&key, &identity, &map)?;
@@ -284,6 +293,11 @@ async fn serve(
     let probe =
         super::metrics::AgentProbe::new(identity.node_id, dyn_transport.clone(), map_rx.clone(), connected.clone());
     let mut membership = tokio::spawn(control::watch_map(api.map.clone(), dir.clone(), map_tx, connected.clone()));
+    // Endpoints follow the host's addresses unless --endpoint pinned them.
+    let endpoints = match identity.endpoints_pinned {
+        true => None,
+        false => Some(tokio::spawn(super::endpoints::keep(identity.clone(), identity.pin()?, map_rx.clone()))),
+    };
     let tasks = [
         tokio::spawn(control::reconcile_loop(
             netlink.clone(),
@@ -330,6 +344,9 @@ async fn serve(
         r = &mut membership => r.ok(),
     };
     membership.abort();
+    if let Some(e) = &endpoints {
+        e.abort();
+    }
     for t in &tasks {
         t.abort();
     }
@@ -415,21 +432,6 @@ fn dns_upstreams(args: &RunArgs) -> Vec<SocketAddr> {
         tracing::warn!("no nameserver in /etc/resolv.conf and no --dns-upstream: only cluster names will resolve");
     }
     found
-}
-
-/// The addresses to advertise: the first non-loopback IPv4 address and the
-/// first IPv6 address that is neither loopback nor link-local (one of them
-/// at least).
-fn default_addresses() -> Result<Vec<IpAddr>, Error> {
-    let addrs = if_addrs::get_if_addrs().map_err(|e| Error::Io("list addresses".into(), e))?;
-    let ips: Vec<IpAddr> = addrs.iter().map(|i| i.ip()).filter(|ip| !ip.is_loopback()).collect();
-    let v4 = ips.iter().find(|ip| ip.is_ipv4());
-    let v6 = ips.iter().find(|ip| matches!(ip, IpAddr::V6(v6) if !v6.is_unicast_link_local()));
-    let out: Vec<IpAddr> = v4.into_iter().chain(v6).copied().collect();
-    if out.is_empty() {
-        return Err(Error::State("no IPv4 or global IPv6 address to advertise: pass --endpoint ip:port".into()));
-    }
-    Ok(out)
 }
 
 fn hostname() -> Result<String, Error> {

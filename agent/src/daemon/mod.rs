@@ -9,5 +9,6 @@ pub mod config;
 pub mod control;
 pub mod dns;
 pub mod docker;
+pub mod endpoints;
 pub mod metrics;
 pub mod service;

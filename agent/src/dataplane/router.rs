@@ -43,6 +43,10 @@ struct Peer {
     index: u32,
     tunn: Mutex<Tunn>,
     endpoint: Mutex<Option<SocketAddr>>,
+    /// The endpoint the map gave last: a new one from the map replaces the
+    /// live endpoint (the peer moved); the same one again does not undo
+    /// what roaming learned since.
+    map_endpoint: Mutex<Option<SocketAddr>>,
     dropped_spoofed: AtomicU64,
 }
 
@@ -97,9 +101,11 @@ impl Router {
                 let keep = current.by_key.get(&config.public_key).filter(|p| p.config.address == config.address);
                 let peer = match keep {
                     Some(p) => {
-                        if p.config.endpoint != config.endpoint && config.endpoint.is_some() {
+                        let mut from_map = lock(&p.map_endpoint);
+                        if *from_map != config.endpoint && config.endpoint.is_some() {
                             *lock(&p.endpoint) = config.endpoint;
                         }
+                        *from_map = config.endpoint;
                         // Same tunnel; the rest of the config (name, endpoint) is informational.
                         Arc::clone(p)
                     }
@@ -143,6 +149,7 @@ impl Router {
         );
         Peer {
             endpoint: Mutex::new(config.endpoint),
+            map_endpoint: Mutex::new(config.endpoint),
             config,
             index,
             tunn: Mutex::new(tunn),

@@ -58,6 +58,15 @@ pub struct Identity {
     pub credential: String,
     pub endpoint: std::net::SocketAddr,
     pub listen_port: u16,
+    /// The endpoints were given (`--endpoint`): never changed by the agent.
+    /// Identities saved before this field existed count as pinned (they
+    /// behave as they did).
+    #[serde(default = "pinned_by_default")]
+    pub endpoints_pinned: bool,
+}
+
+fn pinned_by_default() -> bool {
+    true
 }
 
 impl Identity {
@@ -211,6 +220,7 @@ mod tests {
             credential: "secret".into(),
             endpoint: "192.0.2.11:6784".parse().unwrap(),
             listen_port: 6784,
+            endpoints_pinned: false,
         };
         let map = NetworkMap { revision: 42, range: "10.32.0.0/12".into(), ..Default::default() };
         dir.save_join(&key, &identity, &map).unwrap();

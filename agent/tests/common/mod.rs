@@ -193,6 +193,9 @@ pub struct Bed {
     /// Host index -> pid of a process holding that host's own mount
     /// namespace: its agent runs there (with `nsenter`), beside its dockerd.
     pub mount_holders: std::collections::BTreeMap<usize, u32>,
+    /// Hosts joined while this is false get no `--endpoint`: they advertise
+    /// their addresses and follow them (default true: pinned).
+    pub pin_endpoints: bool,
     namespaces: Vec<String>,
     /// Other processes to kill on drop.
     extra: Vec<Child>,
@@ -228,6 +231,7 @@ impl Bed {
             workloads: Vec::new(),
             agent_args: Vec::new(),
             mount_holders: Default::default(),
+            pin_endpoints: true,
             namespaces: Vec::new(),
             extra: Vec::new(),
             _serial: serial,
@@ -426,7 +430,7 @@ impl Bed {
         cmd.arg(agent_bin());
         if join {
             cmd.args(["join", "--token", &self.token, "--name", &h.name]);
-            for e in self.endpoints(i) {
+            for e in self.endpoints(i).into_iter().filter(|_| self.pin_endpoints) {
                 cmd.args(["--endpoint", &e]);
             }
         } else {

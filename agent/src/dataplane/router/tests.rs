@@ -177,6 +177,23 @@ fn endpoint_roams_to_the_source_of_authenticated_packets() {
 }
 
 #[test]
+fn a_new_endpoint_in_the_map_replaces_the_live_one_and_the_same_map_again_keeps_roaming() {
+    let (a, b) = pair();
+    let roamed: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+    a.send(&ipv4(a.addr, b.addr, b"from behind a NAT"));
+    deliver(&a, &b, roamed);
+    // The map did not change: roaming stands.
+    b.router.set_peers(&[config(&a, Some(a.endpoint))], &b.wire);
+    assert_eq!(b.router.status()[0].endpoint, Some(roamed));
+    // The map names a new endpoint (the peer moved), and back again: each is taken.
+    for moved in ["192.0.2.99:6784", "192.0.2.11:6784", "[2001:db8::11]:6784"] {
+        let moved: SocketAddr = moved.parse().unwrap();
+        b.router.set_peers(&[config(&a, Some(moved))], &b.wire);
+        assert_eq!(b.router.status()[0].endpoint, Some(moved));
+    }
+}
+
+#[test]
 fn spoofed_data_from_a_new_address_does_not_move_the_endpoint() {
     let (a, b) = pair();
     a.send(&ipv4(Ipv4Addr::new(10, 47, 0, 9), b.addr, b"spoof"));

@@ -1,0 +1,76 @@
+//! Keeps this node's endpoints in the coordinator up to date with the
+//! host's addresses (unless `--endpoint` pinned them): a host that moves
+//! (DHCP renewal, a laptop on another network, a VM migrated) is found by
+//! peers that speak first, not only by those it speaks to.
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::sync::{mpsc, watch};
+use weave_proto::{
+    client::{Api, connect_lazy},
+    token::Pin,
+    v1::{NetworkMap, UpdateEndpointsRequest},
+};
+
+use crate::host::{addresses, state::Identity};
+
+/// How long the addresses must stay put before they are announced.
+const QUIET: Duration = Duration::from_millis(500);
+/// Between attempts while the coordinator cannot be reached.
+const RETRY: Duration = Duration::from_secs(2);
+/// One attempt's limit.
+const CALL: Duration = Duration::from_secs(5);
+
+/// The endpoints to announce now: each advertised address with `port`.
+fn wanted(port: u16) -> Vec<String> {
+    match addresses::advertised() {
+        Ok(ips) => ips.into_iter().map(|ip| SocketAddr::new(ip, port).to_string()).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list this host's addresses");
+            Vec::new()
+        }
+    }
+}
+
+/// Runs until aborted: announces the host's endpoints whenever they differ
+/// from the last ones announced (at start: from the map's).
+pub async fn keep(identity: Identity, pin: Pin, maps: watch::Receiver<NetworkMap>) {
+    let (node_id, port) = (identity.node_id, identity.listen_port);
+    let (tx, mut changed) = mpsc::channel(1);
+    let watcher = tokio::spawn(async move {
+        if let Err(e) = addresses::watch(tx, QUIET).await {
+            tracing::warn!(error = %e, "not watching this host's addresses: endpoints stay as they are");
+        }
+    });
+    let mut announced: Vec<String> =
+        maps.borrow().nodes.iter().find(|n| n.id == node_id).map(|n| n.endpoints.clone()).unwrap_or_default();
+    loop {
+        let want = wanted(port);
+        // No address at all (between a removal and an add): nothing to announce.
+        if !want.is_empty() && !announced.starts_with(&want) {
+            let request = UpdateEndpointsRequest { node: String::new(), endpoints: want.clone() };
+            // A connection of its own, made now: the agent's long-lived one
+            // may be bound to the address that just went away (its TCP is
+            // dead until HTTP/2 keepalive notices, tens of seconds later).
+            let call = async {
+                let channel = connect_lazy(&identity.coordinator, pin).map_err(|e| e.to_string())?;
+                let api = Api::new(channel, &identity.credential).map_err(|e| e.to_string())?;
+                api.nodes.clone().update_endpoints(request).await.map_err(|s| s.message().to_string())
+            };
+            match tokio::time::timeout(CALL, call).await.unwrap_or_else(|_| Err("timed out".into())) {
+                Ok(_) => {
+                    tracing::info!(endpoints = ?want, "this host's addresses changed: endpoints updated");
+                    announced = want;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot update this node's endpoints; retrying");
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            }
+        }
+        if changed.recv().await.is_none() {
+            break;
+        }
+    }
+    watcher.abort();
+}

@@ -1,0 +1,67 @@
+//! A host that moves: host 3 joined without `--endpoint` (it advertises its
+//! address and follows it). While containers talk, its underlay address
+//! changes (192.0.2.13 -> 192.0.2.113). Within 10 s a container on host 2
+//! reaches it again speaking first (host 2 learns the new endpoint from the
+//! map, not from host 3), and one on host 1 too; the map shows the new
+//! endpoint. Host 4 joined with `--endpoint` (pinned): its move changes
+//! nothing in the map.
+mod common;
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+fn endpoints_of(bed: &Bed, name: &str) -> Vec<String> {
+    let nodes = bed.admin(|mut api| async move {
+        api.nodes.list_nodes(weave_proto::v1::ListNodesRequest {}).await.unwrap().into_inner().nodes
+    });
+    nodes.into_iter().find(|n| n.name == name).map(|n| n.endpoints).unwrap_or_default()
+}
+
+fn move_host(bed: &Bed, i: usize, to: &str) {
+    let (ns, old) = (&bed.hosts[i].ns, bed.hosts[i].ip);
+    // Removed first: deleting a primary address takes its secondaries along.
+    ok_in(ns, &["ip", "addr", "del", &format!("{old}/24"), "dev", "eth0"]);
+    ok_in(ns, &["ip", "addr", "add", &format!("{to}/24"), "dev", "eth0"]);
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_host_whose_address_changes_is_reached_again_within_10s_and_the_map_follows() {
+    let mut bed = Bed::new();
+    bed.pin_endpoints = false;
+    for _ in 0..3 {
+        bed.add_host();
+    }
+    bed.pin_endpoints = true;
+    bed.add_host();
+    for i in 0..4 {
+        bed.wait_peers(i, 3);
+    }
+    assert_eq!(endpoints_of(&bed, "h3"), ["192.0.2.13:6784"], "advertised without --endpoint");
+    let w: Vec<usize> = (0..4).map(|i| bed.add_workload(i, "default")).collect();
+    bed.wait_ping(w[0], w[2], Duration::from_secs(15));
+    bed.wait_ping(w[0], w[3], Duration::from_secs(15));
+
+    move_host(&bed, 2, "192.0.2.113");
+    let moved = Instant::now();
+    // Host 2 speaks first.
+    bed.wait_ping(w[1], w[2], Duration::from_secs(10));
+    bed.wait_ping(w[0], w[2], Duration::from_secs(10).saturating_sub(moved.elapsed()));
+    eprintln!("host 3 reached again {:?} after its move", moved.elapsed());
+    assert!(moved.elapsed() < Duration::from_secs(10), "took {:?}", moved.elapsed());
+    wait_for("the map to show host 3's new endpoint", Duration::from_secs(10).saturating_sub(moved.elapsed()), || {
+        (endpoints_of(&bed, "h3") == ["192.0.2.113:6784"]).then_some(())
+    });
+    let peer = bed.status(1).unwrap().peers.into_iter().find(|p| p.name == "h3").unwrap();
+    assert_eq!(peer.endpoint, Some("192.0.2.113:6784".parse().unwrap()), "host 2's tunnel to host 3");
+
+    // Pinned: the map keeps what --endpoint said.
+    move_host(&bed, 3, "192.0.2.114");
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(endpoints_of(&bed, "h4"), ["192.0.2.14:6784"], "a pinned endpoint changed");
+    assert!(!bed.log(3).contains("endpoints updated"), "the pinned agent announced endpoints");
+}
