@@ -136,6 +136,24 @@ impl Engine {
         self.ok(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"), name])
     }
 
+    /// One plugin request as Docker sends it, on this host's plugin socket
+    /// (seen through the holder's root); (HTTP status, JSON body).
+    fn plugin(&self, method: &str, body: &str) -> (u16, serde_json::Value) {
+        use std::io::{Read, Write};
+        let path = format!("/proc/{}/root/run/docker/plugins/weave.sock", self.holder.id());
+        let mut s = std::os::unix::net::UnixStream::connect(&path).expect("the plugin socket");
+        let req = format!(
+            "POST /{method} HTTP/1.1\r\nHost: plugin\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw}")))
+    }
+
     fn reaches(&self, from: &str, to: &str) -> bool {
         self.docker(&["exec", from, "ping", "-c1", "-W1", to]).status.success()
     }
@@ -178,6 +196,14 @@ fn docker_networks_on_weave() {
         e.import_busybox();
     }
     let (h1, h2) = (&engines[0], &engines[1]);
+    // The protocol itself: what Docker activates, and unknown endpoints.
+    let (code, v) = h1.plugin("Plugin.Activate", "");
+    assert_eq!((code, v["Implements"].clone()), (200, serde_json::json!(["NetworkDriver", "IpamDriver"])));
+    let unknown = r#"{"NetworkID":"n","EndpointID":"0123456789abcdef"}"#;
+    for method in ["NetworkDriver.EndpointOperInfo", "NetworkDriver.Join", "NetworkDriver.Leave"] {
+        let (code, v) = h1.plugin(method, unknown);
+        assert_eq!((code, v["Err"].as_str()), (404, Some("unknown endpoint 0123456789abcdef")), "{method}");
+    }
 
     // The same command on both hosts gives one network (h1 adds the subnet).
     h1.create_network("net1", NET1, &[]);
@@ -263,6 +289,8 @@ fn docker_networks_on_weave() {
     bed.wait_peers(1, 1);
     h2.run("late", "net1");
     h2.wait_reach("late", &web);
+    // The restarted agent answers names in the containers it served before.
+    h2.wait_reach("client", "web");
 
     // docker rm -f releases the address (and its name) everywhere.
     let listed = || String::from_utf8_lossy(&bed.weavectl_admin(&["ipam", "ls"]).stdout).to_string();
