@@ -1,4 +1,4 @@
 fn main() {
-    // sqlx::migrate! embeds ../migrations at compile time.
+    // sqlx::migrate! embeds ../migrations/{sqlite,postgres} at compile time.
     println!("cargo:rerun-if-changed=../migrations");
 }

@@ -5,7 +5,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use ipnet::IpNet;
 use weave_proto::cidr::parse_subnet;
 
-use crate::{ipam, store::ClusterSettings};
+use crate::{
+    ipam,
+    store::{ClusterSettings, Location},
+};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -20,6 +23,12 @@ pub struct ServeArgs {
     /// Database, TLS identity and admin credential live here.
     #[arg(long, env = "WEAVE_DATA_DIR", default_value = "/var/lib/weave")]
     pub data_dir: PathBuf,
+    /// Where the cluster's truth is kept: sqlite://<path> or
+    /// postgres://[user[:password]@]host[:port]/database (several
+    /// coordinators may share one PostgreSQL database).
+    /// [default: sqlite://<data-dir>/coordinator.db]
+    #[arg(long, env = "WEAVE_STORE")]
+    pub store: Option<String>,
     /// The allocation range: the default subnet and the node addresses come from it.
     #[arg(long, env = "WEAVE_RANGE", default_value = "10.32.0.0/12")]
     pub range: String,
@@ -56,6 +65,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub advertise: Option<String>,
     pub data_dir: PathBuf,
+    pub store: Location,
     pub cluster: ClusterSettings,
     pub token_ttl: Option<Duration>,
     pub first_token_ttl: Option<Duration>,
@@ -81,6 +91,7 @@ impl ServeArgs {
             listen,
             advertise: None,
             data_dir,
+            store: None,
             range: "10.32.0.0/12".into(),
             default_subnet: None,
             node_range: None,
@@ -125,10 +136,15 @@ impl ServeArgs {
         let token_ttl = weave_proto::duration::parse(&self.token_ttl).map_err(|e| flag("token-ttl", e))?;
         let first_token_ttl =
             weave_proto::duration::parse(&self.first_token_ttl).map_err(|e| flag("first-token-ttl", e))?;
+        let store = match &self.store {
+            Some(s) => s.parse::<Location>().map_err(|e| flag("store", e))?,
+            None => Location::Sqlite(self.data_dir.join("coordinator.db")),
+        };
         Ok(Settings {
             listen: self.listen,
             advertise: self.advertise.clone(),
             data_dir: self.data_dir.clone(),
+            store,
             cluster: ClusterSettings { range, node_range, default_subnet, dns_domain: format!("{domain}.") },
             token_ttl,
             first_token_ttl,
@@ -182,5 +198,16 @@ mod tests {
         let mut a = args();
         a.dns_domain = "bad domain".into();
         assert!(a.settings().is_err());
+        let mut a = args();
+        a.store = Some("mysql://db/weave".into());
+        assert!(a.settings().unwrap_err().to_string().starts_with("--store: 'mysql://db/weave' is neither"));
+    }
+
+    #[test]
+    fn the_store_defaults_to_sqlite_in_the_data_dir() {
+        assert_eq!(args().settings().unwrap().store, Location::Sqlite("/tmp/x/coordinator.db".into()));
+        let mut a = args();
+        a.store = Some("postgres://weave@db.example/weave".into());
+        assert_eq!(a.settings().unwrap().store, Location::Postgres("postgres://weave@db.example/weave".into()));
     }
 }

@@ -24,6 +24,10 @@ pub enum Error {
     /// A known caller asked for something its role does not allow.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The database cannot be reached now (connection refused or lost, no
+    /// connection free in time): the caller should retry, here or at another coordinator.
+    #[error("{0}")]
+    Unavailable(String),
     /// A broken invariant (a panicked task): a bug, reported as INTERNAL.
     #[error("internal error: {0}")]
     Bug(String),
@@ -35,6 +39,17 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// The database is out of reach (UNAVAILABLE), rather than the request wrong.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Unavailable(_) => true,
+            Error::Database(e) => database_unreachable(e),
+            _ => false,
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         let code = match &e {
@@ -45,16 +60,38 @@ impl From<Error> for Status {
             Error::Exhausted(_) => Code::ResourceExhausted,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Database(db) if database_unreachable(db) => {
+                tracing::warn!(error = %e, "the database is unavailable");
+                Code::Unavailable
+            }
             // A constraint the code should have checked first: still a conflict,
             // and the caller learns which rule it broke.
             Error::Database(sqlx::Error::Database(db)) if db.is_unique_violation() => Code::AlreadyExists,
             Error::Database(sqlx::Error::Database(db)) if db.message().contains("overlaps") => Code::AlreadyExists,
+            // PostgreSQL's exclusion constraint (overlapping subnets).
+            Error::Database(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23P01") => Code::AlreadyExists,
             Error::Database(_) | Error::Migrate(_) | Error::Bug(_) => {
                 tracing::error!(error = %e, "internal error");
                 Code::Internal
             }
         };
         Status::new(code, clipped(e.to_string()))
+    }
+}
+
+/// Whether `e` says the database is out of reach (rather than that the
+/// request or the code was wrong): connection refused or lost, no pooled
+/// connection in time, or PostgreSQL shutting down / not accepting
+/// connections (SQLSTATE classes 08 and 57P).
+pub fn database_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300")
+        }
+        _ => false,
     }
 }
 

@@ -68,7 +68,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     if tls_created {
         tracing::info!(pin = %tls.pin, "created the coordinator's TLS identity");
     }
-    let store = Store::open(&settings.data_dir.join("coordinator.db")).await?.with_node_quota(settings.node_quota);
+    let store = Store::connect(&settings.store).await?.with_node_quota(settings.node_quota);
     let (cluster, first_start) = store.init_cluster(&settings.cluster).await?;
     if !first_start && (cluster.range != settings.cluster.range || cluster.node_range != settings.cluster.node_range) {
         tracing::warn!(
@@ -180,7 +180,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         let _ = stop_tx.send(true);
     };
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
-    tracing::info!(listen = %local_addr, %advertise, pin = %tls.pin, data_dir = %settings.data_dir.display(), "coordinator serving");
+    tracing::info!(listen = %local_addr, %advertise, pin = %tls.pin, data_dir = %settings.data_dir.display(), store = %settings.store, "coordinator serving");
     Ok(Running { local_addr, advertise, admin, first_token, store, metrics_addr, task })
 }
 

@@ -36,7 +36,7 @@ fn revisions(events: Events) -> Vec<u64> {
 async fn writes_dropped_at_random_moments_leave_memory_equal_to_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("coordinator.db");
-    let store = Store::open(&path).await.unwrap();
+    let store = Store::connect(&common::store_at(&path)).await.unwrap();
     store.init_cluster(&settings()).await.unwrap();
     let base = *store.revisions().borrow();
 
@@ -64,7 +64,7 @@ async fn writes_dropped_at_random_moments_leave_memory_equal_to_the_database() {
 
     let memory = store.snapshot().await.unwrap();
     let remembered = revisions(store.events_after(base, 10_000).await.unwrap());
-    let reopened = Store::open(&path).await.unwrap();
+    let reopened = Store::connect(&common::store_at(&path)).await.unwrap();
     let disk = reopened.snapshot().await.unwrap();
     assert_eq!(memory.revision, disk.revision, "the in-memory map is at the database's revision");
     assert!(memory == disk, "the in-memory map equals the database's");
@@ -111,7 +111,7 @@ async fn rpcs_past_their_deadline_leave_get_map_equal_to_the_database_and_watche
     }
     drop((watch, admin, api));
     let dir = c.stop().await;
-    let disk = Store::open(&dir.path().join("data/coordinator.db")).await.unwrap().snapshot().await.unwrap();
+    let disk = Store::connect(&common::store_at(&dir.path().join("data/coordinator.db"))).await.unwrap().snapshot().await.unwrap();
     assert_eq!(served.revision, disk.revision, "GetMap is at the database's revision");
     assert!(served == disk, "GetMap equals the database's map");
 }

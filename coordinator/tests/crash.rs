@@ -1,5 +1,7 @@
 //! SIGKILL in the middle of a stream of allocations: after a restart every
 //! acknowledged allocation is there, with the same address, and none is doubled.
+mod common;
+
 use std::{
     collections::{HashMap, HashSet},
     io::{BufRead, BufReader},
@@ -29,7 +31,11 @@ impl Drop for Coordinator {
 }
 
 fn spawn(data_dir: &Path) -> Coordinator {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_coordinator"));
+    if let Some(store) = common::store_flag(&data_dir.join("coordinator.db")) {
+        command.env("WEAVE_STORE", store);
+    }
+    let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("RUST_LOG", "warn")

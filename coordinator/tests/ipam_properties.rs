@@ -1,6 +1,8 @@
 //! Random sequences of join, allocate, release and remove-node against the
 //! real store never hand out a duplicate address, never lose one, and always
 //! hand out the lowest free address.
+mod common;
+
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
@@ -37,7 +39,7 @@ type Key = (u8, String, usize);
 
 async fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("db")).await.unwrap();
+    let store = Store::connect(&common::store_at(&dir.path().join("db"))).await.unwrap();
     let range: IpNet = "10.32.0.0/12".parse().unwrap();
     let (default_subnet, node_range) = ipam::default_layout(&range);
     store
@@ -137,7 +139,7 @@ async fn run(ops: Vec<Op>) {
         assert_eq!(actual, model);
     }
     // The in-memory map (what joins and watchers get) is what the database holds.
-    let reopened = Store::open(&dir.path().join("db")).await.unwrap();
+    let reopened = Store::connect(&common::store_at(&dir.path().join("db"))).await.unwrap();
     assert_eq!(store.snapshot().await.unwrap(), reopened.snapshot().await.unwrap());
 }
 

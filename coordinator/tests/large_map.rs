@@ -16,20 +16,35 @@ const RECORDS: usize = 25_000;
 /// stopped coordinator's database, in one transaction: through the API this
 /// would take minutes of fsyncs. The next start loads them into its map.
 async fn fatten(db: &std::path::Path) {
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(db);
-    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-    let mut tx = pool.begin().await.unwrap();
     let pad = "a".repeat(200);
-    for i in 0..RECORDS {
-        sqlx::query("INSERT INTO dns_records (name, address, created_at) VALUES ($1, $2, 0)")
-            .bind(format!("{pad}{i}.weave.local."))
-            .bind(format!("192.0.2.{}", i % 250 + 1))
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+    macro_rules! insert {
+        ($i:expr) => {
+            sqlx::query("INSERT INTO dns_records (name, address, created_at) VALUES ($1, $2, 0)")
+                .bind(format!("{pad}{}.weave.local.", $i))
+                .bind(format!("192.0.2.{}", $i % 250 + 1))
+        };
     }
-    tx.commit().await.unwrap();
-    pool.close().await;
+    match common::store_at(db) {
+        weave_coordinator::store::Location::Sqlite(path) => {
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+            let mut tx = pool.begin().await.unwrap();
+            for i in 0..RECORDS {
+                insert!(i).execute(&mut *tx).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+            pool.close().await;
+        }
+        weave_coordinator::store::Location::Postgres(url) => {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            let mut tx = pool.begin().await.unwrap();
+            for i in 0..RECORDS {
+                insert!(i).execute(&mut *tx).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+            pool.close().await;
+        }
+    }
 }
 
 async fn snapshot(stream: &mut tonic::Streaming<WatchEvent>) -> NetworkMap {

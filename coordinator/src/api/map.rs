@@ -90,7 +90,14 @@ async fn revoked(state: &Shared, caller: &Caller, hash: &str) -> Option<Status> 
                 Err(_) => super::membership_ended(format!("node '{name}' was removed from the cluster"), "removed"),
             },
         }),
-        // A database error ends the stream; the agent retries as after any outage.
+        // The database is out of reach: nobody can revoke anything meanwhile
+        // (that is a write), and the credential was good when last checked.
+        // The watch goes on from memory and checks again on its next wake.
+        Err(e) if e.is_unavailable() => {
+            tracing::warn!(error = %e, "cannot recheck a watcher's credential now; keeping its watch");
+            None
+        }
+        // Another database error ends the stream; the agent retries as after any outage.
         Err(e) => Some(e.into()),
     }
 }

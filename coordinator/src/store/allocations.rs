@@ -2,7 +2,7 @@
 //! address first, explicit addresses honoured or refused naming the holder.
 use std::net::IpAddr;
 
-use sqlx::{Row, SqliteConnection};
+use super::db::{self, Conn};
 use weave_proto::v1::{self, map_change::Change};
 
 use super::{
@@ -21,12 +21,12 @@ pub struct AllocationFilter {
     pub container: Option<String>,
 }
 
-pub(super) async fn list(c: &mut SqliteConnection, f: &AllocationFilter) -> Result<Vec<v1::Allocation>> {
+pub(super) async fn list(c: &mut Conn, f: &AllocationFilter) -> Result<Vec<v1::Allocation>> {
     let subnet_id = match &f.subnet {
         Some(sel) => Some(rows::resolve_subnet(&mut *c, sel).await?.id),
         None => None,
     };
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let rows = db::query(sqlx::AssertSqlSafe(format!(
         "{ALLOCATION_SELECT} WHERE ($1 IS NULL OR a.node_id = $1) AND ($2 IS NULL OR a.subnet_id = $2) \
          AND ($3 IS NULL OR a.container = $3) ORDER BY a.id"
     )))
@@ -39,7 +39,7 @@ pub(super) async fn list(c: &mut SqliteConnection, f: &AllocationFilter) -> Resu
 }
 
 async fn by_id(tx: &mut Tx, id: i64) -> Result<v1::Allocation> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{ALLOCATION_SELECT} WHERE a.id = $1")))
+    let row = db::query(sqlx::AssertSqlSafe(format!("{ALLOCATION_SELECT} WHERE a.id = $1")))
         .bind(id)
         .fetch_one(tx.c())
         .await?;
@@ -64,7 +64,7 @@ impl Store {
         let subnet = rows::resolve_subnet(tx.c(), subnet).await?;
         let net = subnet.net;
         let existing: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM allocations WHERE node_id = $1 AND container = $2 AND subnet_id = $3")
+            db::query_scalar("SELECT id FROM allocations WHERE node_id = $1 AND container = $2 AND subnet_id = $3")
                 .bind(node_id as i64)
                 .bind(container)
                 .bind(subnet.id)
@@ -83,7 +83,7 @@ impl Store {
             allocation
         } else {
             if let Some(quota) = self.node_quota {
-                let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM allocations WHERE node_id = $1")
+                let held: i64 = db::query_scalar("SELECT COUNT(*) FROM allocations WHERE node_id = $1")
                     .bind(node_id as i64)
                     .fetch_one(tx.c())
                     .await?;
@@ -115,7 +115,7 @@ impl Store {
                         }
                         Ok(()) => {}
                     }
-                    let holder = sqlx::query(
+                    let holder = db::query(
                         "SELECT a.container, n.name AS node FROM allocations a JOIN nodes n ON n.id = a.node_id \
                          WHERE a.address = $1",
                     )
@@ -139,7 +139,7 @@ impl Store {
                     })?
                 }
             };
-            let id: i64 = sqlx::query_scalar(
+            let id: i64 = db::query_scalar(
                 "INSERT INTO allocations (subnet_id, node_id, container, address, created_at) \
                  VALUES ($1, $2, $3, $4, $5) RETURNING id",
             )

@@ -1,5 +1,5 @@
 //! Who is calling: credentials are looked up by their SHA-256 hash.
-use sqlx::Row;
+use super::db;
 use subtle::ConstantTimeEq;
 
 use super::Store;
@@ -20,8 +20,8 @@ impl Store {
     /// credential file was deleted).
     pub async fn replace_admin_credential(&self, secret_hash: &str) -> Result<()> {
         let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM admin_credentials WHERE secret_hash <> $1").bind(secret_hash).execute(tx.c()).await?;
-        sqlx::query(
+        db::query("DELETE FROM admin_credentials WHERE secret_hash <> $1").bind(secret_hash).execute(tx.c()).await?;
+        db::query(
             "INSERT INTO admin_credentials (secret_hash, created_at) VALUES ($1, $2) ON CONFLICT (secret_hash) DO NOTHING",
         )
         .bind(secret_hash)
@@ -34,7 +34,7 @@ impl Store {
     /// The caller holding the credential whose hash is `secret_hash`, if any.
     pub async fn caller(&self, secret_hash: &str) -> Result<Option<Caller>> {
         let admin: Option<String> =
-            sqlx::query_scalar("SELECT secret_hash FROM admin_credentials WHERE secret_hash = $1")
+            db::query_scalar("SELECT secret_hash FROM admin_credentials WHERE secret_hash = $1")
                 .bind(secret_hash)
                 .fetch_optional(&self.read)
                 .await?;
@@ -42,7 +42,7 @@ impl Store {
         if admin.is_some_and(|h| bool::from(h.as_bytes().ct_eq(secret_hash.as_bytes()))) {
             return Ok(Some(Caller::Admin));
         }
-        let node = sqlx::query("SELECT id, name FROM nodes WHERE credential_hash = $1")
+        let node = db::query("SELECT id, name FROM nodes WHERE credential_hash = $1")
             .bind(secret_hash)
             .fetch_optional(&self.read)
             .await?;
@@ -51,7 +51,7 @@ impl Store {
 
     /// The name of the node that held `secret_hash` when an admin removed it.
     pub async fn removed_node(&self, secret_hash: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT name FROM removed_nodes WHERE credential_hash = $1")
+        Ok(db::query_scalar("SELECT name FROM removed_nodes WHERE credential_hash = $1")
             .bind(secret_hash)
             .fetch_optional(&self.read)
             .await?)

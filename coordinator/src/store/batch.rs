@@ -23,11 +23,13 @@
 //! whole write in the batch or none of it.
 use std::collections::{BTreeSet, HashMap};
 
-use sqlx::{Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{OwnedMutexGuard, oneshot};
 use weave_proto::v1::{self, map_change::Change};
 
-use super::{RING, Store};
+use super::{
+    RING, Store,
+    db::{self, Conn, Engine},
+};
 use crate::{
     error::{Error, Result},
     ipam,
@@ -55,7 +57,7 @@ pub(crate) struct Writer {
 
 /// One transaction shared by the writes that joined it.
 struct Batch {
-    tx: Transaction<'static, Sqlite>,
+    tx: Conn,
     changes: Vec<(u64, v1::MapChange)>,
     /// One per write whose savepoint was released into the batch.
     waiters: Vec<oneshot::Sender<Result<()>>>,
@@ -68,7 +70,7 @@ pub(crate) struct Tx {
 }
 
 impl Tx {
-    pub(super) fn c(&mut self) -> &mut SqliteConnection {
+    pub(super) fn c(&mut self) -> &mut Conn {
         // A Tx exists only while its batch is open (see `Store::begin`).
         &mut self.writer.open.as_mut().expect("a write runs inside an open batch").tx
     }
@@ -78,7 +80,7 @@ impl Tx {
     /// a join does not scan the node table).
     pub(super) async fn node_addresses(&mut self) -> Result<&BTreeSet<u128>> {
         if self.writer.node_addresses.is_none() {
-            let used: Vec<String> = sqlx::query_scalar("SELECT address FROM nodes").fetch_all(self.c()).await?;
+            let used: Vec<String> = db::query_scalar("SELECT address FROM nodes").fetch_all(self.c()).await?;
             let set = used.iter().filter_map(|a| a.parse().ok()).map(ipam::key).collect();
             self.writer.node_addresses = Some(set);
         }
@@ -89,7 +91,7 @@ impl Tx {
     /// (an allocation does not scan every allocation of its subnet).
     pub(super) async fn subnet_addresses(&mut self, id: i64) -> Result<&BTreeSet<u128>> {
         if !self.writer.subnet_addresses.contains_key(&id) {
-            let used: Vec<String> = sqlx::query_scalar("SELECT address FROM allocations WHERE subnet_id = $1")
+            let used: Vec<String> = db::query_scalar("SELECT address FROM allocations WHERE subnet_id = $1")
                 .bind(id)
                 .fetch_all(self.c())
                 .await?;
@@ -113,12 +115,14 @@ impl Writer {
             return Ok(());
         }
         if let Some(batch) = self.open.as_mut() {
-            match sqlx::query(ROLLBACK_TO).execute(&mut *batch.tx).await {
+            match db::query(ROLLBACK_TO).execute(&mut batch.tx).await {
                 Ok(_) => {
-                    sqlx::query(RELEASE).execute(&mut *batch.tx).await?;
+                    db::query(RELEASE).execute(&mut batch.tx).await?;
                 }
                 // The write went away before its SAVEPOINT ran: nothing to undo.
-                Err(sqlx::Error::Database(e)) if e.message().contains("no such savepoint") => {}
+                // (SQLite: "no such savepoint"; PostgreSQL: SQLSTATE 3B001.)
+                Err(sqlx::Error::Database(e))
+                    if e.message().contains("no such savepoint") || e.code().as_deref() == Some("3B001") => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -152,7 +156,19 @@ impl Store {
             return Err(e);
         }
         if writer.open.is_none() {
-            let tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = self.write.begin_write().await?;
+            if self.write.engine() == Engine::Postgres {
+                // Another coordinator may have written since this one's last
+                // batch (the kept address sets would then be stale); within
+                // this batch, the write lock keeps every other writer out.
+                let current: Option<i64> = db::query_scalar("SELECT revision FROM cluster WHERE id = 1")
+                    .fetch_optional(&mut tx)
+                    .await?;
+                let known = self.live.read().unwrap_or_else(|p| p.into_inner()).map.revision;
+                if current.is_some_and(|r| r as u64 != known) {
+                    writer.forget_addresses();
+                }
+            }
             writer.open = Some(Batch { tx, changes: Vec::new(), waiters: Vec::new() });
             let store = self.clone();
             tokio::spawn(async move { store.commit_batch().await });
@@ -161,7 +177,7 @@ impl Store {
         // next holder of the lock rolls back whatever it did.
         writer.dirty = true;
         let mut tx = Tx { writer, changes: Vec::new() };
-        sqlx::query(SAVEPOINT).execute(tx.c()).await?;
+        db::query(SAVEPOINT).execute(tx.c()).await?;
         Ok(tx)
     }
 
@@ -220,7 +236,7 @@ impl Store {
 /// Releases `tx`'s savepoint into its batch; returns where the batch's
 /// outcome will arrive.
 async fn release(mut tx: Tx) -> Result<oneshot::Receiver<Result<()>>> {
-    sqlx::query(RELEASE).execute(tx.c()).await?;
+    db::query(RELEASE).execute(tx.c()).await?;
     let writer = &mut *tx.writer;
     writer.dirty = false;
     for (_, change) in &tx.changes {

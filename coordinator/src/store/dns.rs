@@ -1,6 +1,6 @@
 //! DNS records under the cluster domain: several per name (round robin),
 //! owned by a container's allocation (and removed with it) or external.
-use sqlx::SqliteConnection;
+use super::db::{self, Conn};
 use weave_proto::v1::{self, map_change::Change};
 
 use super::{
@@ -34,13 +34,13 @@ pub fn qualify_name(name: &str, domain: &str) -> Result<String> {
     Ok(fqdn)
 }
 
-pub(super) async fn all(c: &mut SqliteConnection) -> Result<Vec<v1::DnsRecord>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{DNS_SELECT} ORDER BY d.id"))).fetch_all(c).await?;
+pub(super) async fn all(c: &mut Conn) -> Result<Vec<v1::DnsRecord>> {
+    let rows = db::query(sqlx::AssertSqlSafe(format!("{DNS_SELECT} ORDER BY d.id"))).fetch_all(c).await?;
     rows.iter().map(rows::dns_record).collect()
 }
 
 async fn domain(tx: &mut Tx) -> Result<String> {
-    Ok(sqlx::query_scalar("SELECT dns_domain FROM cluster WHERE id = 1").fetch_one(tx.c()).await?)
+    Ok(db::query_scalar("SELECT dns_domain FROM cluster WHERE id = 1").fetch_one(tx.c()).await?)
 }
 
 /// Adds (name, address) unless it is there; returns the record either way.
@@ -56,7 +56,7 @@ pub(super) async fn insert_if_absent(
 ) -> Result<(v1::DnsRecord, bool)> {
     let fqdn = qualify_name(name, &domain(tx).await?)?;
     if let Some(node) = claimant {
-        let holder: Option<(Option<String>,)> = sqlx::query_as(
+        let holder: Option<Option<String>> = db::query_scalar(
             "SELECT n.name FROM dns_records d LEFT JOIN allocations a ON a.id = d.allocation_id \
              LEFT JOIN nodes n ON n.id = a.node_id \
              WHERE d.name = $1 AND (a.node_id IS NULL OR a.node_id <> $2) ORDER BY d.id LIMIT 1",
@@ -65,14 +65,14 @@ pub(super) async fn insert_if_absent(
         .bind(node as i64)
         .fetch_optional(tx.c())
         .await?;
-        if let Some((holder,)) = holder {
+        if let Some(holder) = holder {
             let by = holder.map_or_else(|| "an external record".to_string(), |n| format!("node {n}'s containers"));
             return Err(Error::AlreadyExists(format!(
                 "{fqdn} is held by {by}; a node may add only names that no other node holds"
             )));
         }
     }
-    let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM dns_records WHERE name = $1 AND address = $2")
+    let existing: Option<i64> = db::query_scalar("SELECT id FROM dns_records WHERE name = $1 AND address = $2")
         .bind(&fqdn)
         .bind(address)
         .fetch_optional(tx.c())
@@ -80,7 +80,7 @@ pub(super) async fn insert_if_absent(
     let (id, new) = match existing {
         Some(id) => (id, false),
         None => {
-            let id: i64 = sqlx::query_scalar(
+            let id: i64 = db::query_scalar(
                 "INSERT INTO dns_records (name, address, allocation_id, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
             )
             .bind(&fqdn)
@@ -93,7 +93,7 @@ pub(super) async fn insert_if_absent(
         }
     };
     let row =
-        sqlx::query(sqlx::AssertSqlSafe(format!("{DNS_SELECT} WHERE d.id = $1"))).bind(id).fetch_one(tx.c()).await?;
+        db::query(sqlx::AssertSqlSafe(format!("{DNS_SELECT} WHERE d.id = $1"))).bind(id).fetch_one(tx.c()).await?;
     let record = rows::dns_record(&row)?;
     if new {
         tx.record(Change::DnsRecordAdded(record.clone())).await?;
@@ -109,10 +109,12 @@ impl Store {
     pub async fn add_record(&self, caller: &Caller, name: &str, address: &str) -> Result<v1::DnsRecord> {
         let ip = rows::parse_ip(address)?.to_string();
         let mut tx = self.begin().await?;
-        let holder: Option<(i64, i64)> = sqlx::query_as("SELECT id, node_id FROM allocations WHERE address = $1")
+        let holder: Option<(i64, i64)> = db::query("SELECT id, node_id FROM allocations WHERE address = $1")
             .bind(&ip)
             .fetch_optional(tx.c())
-            .await?;
+            .await?
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
+            .transpose()?;
         if let Caller::Node { id, name: node } = caller
             && holder.is_none_or(|(_, n)| n as u64 != *id)
         {
@@ -141,7 +143,7 @@ impl Store {
             Caller::Admin => None,
             Caller::Node { id, .. } => Some(*id as i64),
         };
-        let ids: Vec<i64> = sqlx::query_scalar(
+        let ids: Vec<i64> = db::query_scalar(
             "SELECT d.id FROM dns_records d LEFT JOIN allocations a ON a.id = d.allocation_id \
              WHERE d.name = $1 AND ($2 IS NULL OR d.address = $2) AND ($3 IS NULL OR a.node_id = $3) ORDER BY d.id",
         )
@@ -155,7 +157,7 @@ impl Store {
             return Err(Error::NotFound(format!("no record {fqdn}{what} to remove")));
         }
         for id in &ids {
-            sqlx::query("DELETE FROM dns_records WHERE id = $1").bind(id).execute(tx.c()).await?;
+            db::query("DELETE FROM dns_records WHERE id = $1").bind(id).execute(tx.c()).await?;
             tx.record(Change::DnsRecordRemoved(*id as u64)).await?;
         }
         self.commit(tx).await?;
@@ -164,7 +166,7 @@ impl Store {
 
     pub async fn lookup(&self, name: &str, domain: &str) -> Result<(String, Vec<String>)> {
         let fqdn = qualify_name(name, domain)?;
-        let addresses: Vec<String> = sqlx::query_scalar("SELECT address FROM dns_records WHERE name = $1 ORDER BY id")
+        let addresses: Vec<String> = db::query_scalar("SELECT address FROM dns_records WHERE name = $1 ORDER BY id")
             .bind(&fqdn)
             .fetch_all(&self.read)
             .await?;

@@ -22,34 +22,33 @@
 mod allocations;
 mod auth;
 mod batch;
+pub mod db;
 mod dns;
 mod nodes;
+mod open;
 mod rows;
 mod subnets;
 mod tokens;
 
 use std::{
     collections::VecDeque,
-    path::Path,
     str::FromStr,
     sync::{Arc, RwLock},
-    time::Duration,
 };
 
 use ipnet::IpNet;
 use prost::Message as _;
-use sqlx::{
-    Row,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
-};
 use tokio::sync::{Mutex, watch};
 use weave_proto::v1::{self, map_change::Change};
+
+use self::db::{Engine, Pool};
 
 pub use self::{
     allocations::AllocationFilter,
     auth::Caller,
     dns::qualify_name,
     nodes::{JoinRequest, JoinedNode},
+    open::{Location, LocationError},
     tokens::NewToken,
 };
 use crate::{
@@ -82,8 +81,9 @@ pub struct Cluster {
 
 #[derive(Clone)]
 pub struct Store {
-    write: SqlitePool,
-    read: SqlitePool,
+    /// SQLite: one connection (one writer); PostgreSQL: the same pool as `read`.
+    write: Pool,
+    read: Pool,
     revision: watch::Sender<u64>,
     live: Arc<RwLock<Live>>,
     /// The write connection's open batch; held by one write at a time, and
@@ -105,19 +105,19 @@ pub(crate) use batch::Tx;
 impl Tx {
     /// Bumps the revision and appends `change` to the event log.
     async fn record(&mut self, change: Change) -> Result<u64> {
-        let rev: i64 = sqlx::query_scalar("UPDATE cluster SET revision = revision + 1 WHERE id = 1 RETURNING revision")
+        let rev: i64 = db::query_scalar("UPDATE cluster SET revision = revision + 1 WHERE id = 1 RETURNING revision")
             .fetch_one(self.c())
             .await?;
         let change = v1::MapChange { change: Some(change) };
         let bytes = change.encode_to_vec();
-        sqlx::query("INSERT INTO map_events (revision, change, created_at) VALUES ($1, $2, $3)")
+        db::query("INSERT INTO map_events (revision, change, created_at) VALUES ($1, $2, $3)")
             .bind(rev)
             .bind(bytes)
             .bind(now())
             .execute(self.c())
             .await?;
         if rev % 1000 == 0 {
-            sqlx::query("DELETE FROM map_events WHERE revision <= $1")
+            db::query("DELETE FROM map_events WHERE revision <= $1")
                 .bind(rev - EVENTS_KEPT)
                 .execute(self.c())
                 .await?;
@@ -141,24 +141,24 @@ pub fn now() -> i64 {
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and migrates it.
-    pub async fn open(path: &Path) -> Result<Self> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: an acknowledged allocation survives power loss, not only a crash.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let write = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
-        sqlx::migrate!("../migrations").run(&write).await?;
-        let read = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+    pub async fn open(path: &std::path::Path) -> Result<Self> {
+        Self::connect(&Location::Sqlite(path.to_path_buf())).await
+    }
+
+    /// Connects to the database at `location` (creating a SQLite file if
+    /// needed), migrates it and loads the map.
+    pub async fn connect(location: &Location) -> Result<Self> {
+        let (write, read) = open::pools(location).await?;
         let current: Option<i64> =
-            sqlx::query_scalar("SELECT revision FROM cluster WHERE id = 1").fetch_optional(&read).await?;
+            db::query_scalar("SELECT revision FROM cluster WHERE id = 1").fetch_optional(&read).await?;
         let (revision, _) = watch::channel(current.unwrap_or(0) as u64);
         let store = Self { write, read, revision, live: Arc::default(), writer: Arc::default(), node_quota: None };
         store.reload_live().await?;
         Ok(store)
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.write.engine()
     }
 
     /// Caps the addresses one node may hold: every allocation is a map change
@@ -191,7 +191,7 @@ impl Store {
         }
         let mut tx = self.begin().await?;
         let created = now();
-        sqlx::query(
+        db::query(
             "INSERT INTO cluster (id, range_cidr, node_range, node_first, node_last, dns_domain, revision, created_at) \
              VALUES (1, $1, $2, $3, $4, $5, 0, $6)",
         )
@@ -211,7 +211,7 @@ impl Store {
     }
 
     pub async fn cluster(&self) -> Result<Option<Cluster>> {
-        let row = sqlx::query("SELECT range_cidr, node_range, dns_domain, created_at FROM cluster WHERE id = 1")
+        let row = db::query("SELECT range_cidr, node_range, dns_domain, created_at FROM cluster WHERE id = 1")
             .fetch_optional(&self.read)
             .await?;
         row.map(|r| {
@@ -233,7 +233,7 @@ impl Store {
 
     /// One trivial read: whether the database answers at all (readiness).
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.read).await?;
+        db::query("SELECT 1").execute(&self.read).await?;
         Ok(())
     }
 
@@ -244,9 +244,9 @@ impl Store {
 
     /// The whole map read from the database (one read transaction = one revision).
     async fn load_snapshot(&self) -> Result<v1::NetworkMap> {
-        let mut tx = self.read.begin().await?;
-        let c = &mut *tx;
-        let Some(row) = sqlx::query("SELECT revision, range_cidr, node_range, dns_domain FROM cluster WHERE id = 1")
+        let mut tx = self.read.begin_read().await?;
+        let c = &mut tx;
+        let Some(row) = db::query("SELECT revision, range_cidr, node_range, dns_domain FROM cluster WHERE id = 1")
             .fetch_optional(&mut *c)
             .await?
         else {
@@ -288,21 +288,21 @@ impl Store {
                 return Ok(Events::Changes(changes));
             }
         }
-        let mut tx = self.read.begin().await?;
-        let current: i64 = sqlx::query_scalar("SELECT revision FROM cluster WHERE id = 1").fetch_one(&mut *tx).await?;
+        let mut tx = self.read.begin_read().await?;
+        let current: i64 = db::query_scalar("SELECT revision FROM cluster WHERE id = 1").fetch_one(&mut tx).await?;
         if after as i64 > current {
             return Ok(Events::NeedSnapshot);
         }
         let oldest: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(revision) FROM map_events").fetch_one(&mut *tx).await?;
+            db::query_scalar("SELECT MIN(revision) FROM map_events").fetch_one(&mut tx).await?;
         if (after as i64) < current && oldest.is_none_or(|o| after as i64 + 1 < o) {
             return Ok(Events::NeedSnapshot);
         }
         let rows =
-            sqlx::query("SELECT revision, change FROM map_events WHERE revision > $1 ORDER BY revision LIMIT $2")
+            db::query("SELECT revision, change FROM map_events WHERE revision > $1 ORDER BY revision LIMIT $2")
                 .bind(after as i64)
                 .bind(limit)
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut tx)
                 .await?;
         tx.commit().await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -318,7 +318,7 @@ impl Store {
     /// Counts for `weavectl status`.
     pub async fn counts(&self) -> Result<Counts> {
         let t = now();
-        let row = sqlx::query(
+        let row = db::query(
             "SELECT (SELECT revision FROM cluster WHERE id = 1) AS revision, \
                     (SELECT COUNT(*) FROM nodes) AS nodes, \
                     (SELECT COUNT(*) FROM subnets) AS subnets, \

@@ -1,6 +1,6 @@
 //! Nodes: join (spending a token), listing, endpoint updates and removal,
 //! which reclaims everything the node held in the same transaction.
-use sqlx::{Row, SqliteConnection};
+use super::db::{self, Conn};
 use subtle::ConstantTimeEq;
 use weave_proto::v1::{self, map_change::Change};
 
@@ -34,8 +34,8 @@ pub struct JoinedNode {
 /// Checks `r`'s join token (known, right secret, not revoked, not expired);
 /// returns its uses left (None: unlimited). Checked again inside the writing
 /// transaction, which is what counts.
-async fn check_token(c: &mut SqliteConnection, r: &JoinRequest, t: i64) -> Result<Option<i64>> {
-    let token = sqlx::query("SELECT secret_hash, expires_at, uses_left, revoked_at FROM join_tokens WHERE id = $1")
+async fn check_token(c: &mut Conn, r: &JoinRequest, t: i64) -> Result<Option<i64>> {
+    let token = db::query("SELECT secret_hash, expires_at, uses_left, revoked_at FROM join_tokens WHERE id = $1")
         .bind(&r.token_id)
         .fetch_optional(&mut *c)
         .await?
@@ -56,9 +56,9 @@ async fn check_token(c: &mut SqliteConnection, r: &JoinRequest, t: i64) -> Resul
     Ok(token.try_get::<Option<i64>, _>("uses_left")?)
 }
 
-pub(super) async fn all(c: &mut SqliteConnection) -> Result<Vec<v1::Node>> {
+pub(super) async fn all(c: &mut Conn) -> Result<Vec<v1::Node>> {
     let rows =
-        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY id"))).fetch_all(c).await?;
+        db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY id"))).fetch_all(c).await?;
     rows.iter().map(rows::node).collect()
 }
 
@@ -75,7 +75,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let t = now();
         let by_key =
-            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE public_key = $1")))
+            db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE public_key = $1")))
                 .bind(&r.public_key[..])
                 .fetch_optional(tx.c())
                 .await?
@@ -91,7 +91,7 @@ impl Store {
             // The host proved it holds the node's key: same node and address,
             // fresh credential (the old one stops working). The node was
             // admitted once already, so the token is neither needed nor spent.
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            let row = db::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE nodes SET credential_hash = $1, endpoints = $2, updated_at = $3 WHERE id = $4 RETURNING {NODE_COLUMNS}"
             )))
             .bind(&r.credential_hash)
@@ -120,7 +120,7 @@ impl Store {
             return Err(Error::Unauthenticated(format!("join token {} is used up", r.token_id)));
         }
         let taken: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM nodes WHERE name = $1").bind(&r.name).fetch_optional(tx.c()).await?;
+            db::query_scalar("SELECT id FROM nodes WHERE name = $1").bind(&r.name).fetch_optional(tx.c()).await?;
         if let Some(id) = taken {
             return Err(Error::AlreadyExists(format!(
                 "node name '{}' is taken by another host's key (node {id}); pick another --name, \
@@ -129,11 +129,11 @@ impl Store {
             )));
         }
         let node_range: String =
-            sqlx::query_scalar("SELECT node_range FROM cluster WHERE id = 1").fetch_one(tx.c()).await?;
+            db::query_scalar("SELECT node_range FROM cluster WHERE id = 1").fetch_one(tx.c()).await?;
         let node_range = parse_net(node_range)?;
         let address = ipam::lowest_free_in(&node_range, tx.node_addresses().await?)
             .ok_or_else(|| Error::Exhausted(format!("the node block {node_range} has no free address")))?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = db::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO nodes (name, public_key, endpoints, address, credential_hash, joined_via, joined_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {NODE_COLUMNS}"
         )))
@@ -147,7 +147,7 @@ impl Store {
         .fetch_one(tx.c())
         .await?;
         let node = rows::node(&row)?;
-        sqlx::query(
+        db::query(
             "UPDATE join_tokens SET uses = uses + 1, \
              uses_left = CASE WHEN uses_left IS NULL THEN NULL ELSE uses_left - 1 END WHERE id = $1",
         )
@@ -171,7 +171,7 @@ impl Store {
 
     pub async fn update_endpoints(&self, node_id: u64, endpoints: &[String]) -> Result<v1::Node> {
         let mut tx = self.begin().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = db::query(sqlx::AssertSqlSafe(format!(
             "UPDATE nodes SET endpoints = $1, updated_at = $2 WHERE id = $3 RETURNING {NODE_COLUMNS}"
         )))
         .bind(endpoints.join(","))
@@ -192,7 +192,7 @@ impl Store {
         let node = rows::resolve_node(tx.c(), sel).await?;
         let (allocations, records) = release_where(&mut tx, "a.node_id = $1", node.id as i64).await?;
         // Remembered by its credential, so that its agent learns why even if it was away.
-        sqlx::query(
+        db::query(
             "INSERT INTO removed_nodes (credential_hash, node_id, name, removed_at) \
              SELECT credential_hash, id, name, $2 FROM nodes WHERE id = $1 ON CONFLICT (credential_hash) DO NOTHING",
         )
@@ -200,7 +200,7 @@ impl Store {
         .bind(now())
         .execute(tx.c())
         .await?;
-        sqlx::query("DELETE FROM nodes WHERE id = $1").bind(node.id as i64).execute(tx.c()).await?;
+        db::query("DELETE FROM nodes WHERE id = $1").bind(node.id as i64).execute(tx.c()).await?;
         tx.record(Change::NodeRemoved(node.id)).await?;
         self.commit(tx).await?;
         Ok((node, allocations, records))
@@ -211,24 +211,24 @@ impl Store {
 /// parameter) and their DNS records, recording each removal. Returns how many
 /// allocations and records went.
 pub(super) async fn release_where(tx: &mut Tx, condition: &str, param: i64) -> Result<(u32, u32)> {
-    let records: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+    let records: Vec<i64> = db::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT d.id FROM dns_records d JOIN allocations a ON a.id = d.allocation_id WHERE {condition} ORDER BY d.id"
     )))
     .bind(param)
     .fetch_all(tx.c())
     .await?;
-    let allocations: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+    let allocations: Vec<i64> = db::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT a.id FROM allocations a WHERE {condition} ORDER BY a.id"
     )))
     .bind(param)
     .fetch_all(tx.c())
     .await?;
     for id in &records {
-        sqlx::query("DELETE FROM dns_records WHERE id = $1").bind(id).execute(tx.c()).await?;
+        db::query("DELETE FROM dns_records WHERE id = $1").bind(id).execute(tx.c()).await?;
         tx.record(Change::DnsRecordRemoved(*id as u64)).await?;
     }
     for id in &allocations {
-        sqlx::query("DELETE FROM allocations WHERE id = $1").bind(id).execute(tx.c()).await?;
+        db::query("DELETE FROM allocations WHERE id = $1").bind(id).execute(tx.c()).await?;
         tx.record(Change::AllocationRemoved(*id as u64)).await?;
     }
     Ok((allocations.len() as u32, records.len() as u32))

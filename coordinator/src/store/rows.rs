@@ -3,14 +3,14 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use sqlx::{Row, SqliteConnection, sqlite::SqliteRow};
+use super::db::{self, Conn, Row};
 use weave_proto::{cidr::parse_subnet, v1};
 
 use crate::error::{Error, Result};
 
 pub(super) const NODE_COLUMNS: &str = "id, name, public_key, endpoints, address, joined_at";
 
-pub(super) fn node(r: &SqliteRow) -> Result<v1::Node> {
+pub(super) fn node(r: &Row) -> Result<v1::Node> {
     let endpoints: String = r.try_get("endpoints")?;
     Ok(v1::Node {
         id: r.try_get::<i64, _>("id")? as u64,
@@ -26,7 +26,7 @@ pub(super) const ALLOCATION_SELECT: &str = "SELECT a.id, a.address, a.subnet_id,
      n.name AS node, a.container, a.created_at \
      FROM allocations a JOIN subnets s ON s.id = a.subnet_id JOIN nodes n ON n.id = a.node_id";
 
-pub(super) fn allocation(r: &SqliteRow) -> Result<v1::Allocation> {
+pub(super) fn allocation(r: &Row) -> Result<v1::Allocation> {
     let cidr: String = r.try_get("cidr")?;
     let address: String = r.try_get("address")?;
     let prefix = cidr.rsplit('/').next().unwrap_or("32");
@@ -45,7 +45,7 @@ pub(super) fn allocation(r: &SqliteRow) -> Result<v1::Allocation> {
 pub(super) const DNS_SELECT: &str = "SELECT d.id, d.name, d.address, d.allocation_id, a.container, n.name AS node \
      FROM dns_records d LEFT JOIN allocations a ON a.id = d.allocation_id LEFT JOIN nodes n ON n.id = a.node_id";
 
-pub(super) fn dns_record(r: &SqliteRow) -> Result<v1::DnsRecord> {
+pub(super) fn dns_record(r: &Row) -> Result<v1::DnsRecord> {
     Ok(v1::DnsRecord {
         id: r.try_get::<i64, _>("id")? as u64,
         name: r.try_get("name")?,
@@ -66,7 +66,7 @@ pub(super) struct SubnetRow {
     pub(super) record: v1::Subnet,
 }
 
-pub(super) fn subnet(r: &SqliteRow) -> Result<SubnetRow> {
+pub(super) fn subnet(r: &Row) -> Result<SubnetRow> {
     let cidr: String = r.try_get("cidr")?;
     let net: IpNet = cidr.parse().map_err(|e| Error::Database(sqlx::Error::Decode(Box::new(e))))?;
     let id: i64 = r.try_get("id")?;
@@ -86,18 +86,18 @@ pub(super) fn subnet(r: &SqliteRow) -> Result<SubnetRow> {
 }
 
 /// A node by name or numeric id.
-pub(super) async fn resolve_node(c: &mut SqliteConnection, sel: &str) -> Result<v1::Node> {
+pub(super) async fn resolve_node(c: &mut Conn, sel: &str) -> Result<v1::Node> {
     let sel = sel.trim();
     let row = match sel.parse::<i64>() {
         Ok(id) => {
-            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1 OR name = $2")))
+            db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1 OR name = $2")))
                 .bind(id)
                 .bind(sel)
                 .fetch_optional(&mut *c)
                 .await?
         }
         Err(_) => {
-            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE name = $1")))
+            db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE name = $1")))
                 .bind(sel)
                 .fetch_optional(&mut *c)
                 .await?
@@ -110,21 +110,21 @@ pub(super) async fn resolve_node(c: &mut SqliteConnection, sel: &str) -> Result<
 }
 
 /// A subnet by CIDR, by name, or "default"/"" for the default subnet.
-pub(super) async fn resolve_subnet(c: &mut SqliteConnection, sel: &str) -> Result<SubnetRow> {
+pub(super) async fn resolve_subnet(c: &mut Conn, sel: &str) -> Result<SubnetRow> {
     let sel = sel.trim();
     let sel = sel.strip_prefix("net:").unwrap_or(sel);
     let row = if sel.is_empty() || sel == "default" {
-        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SUBNET_COLUMNS} FROM subnets WHERE is_default")))
+        db::query(sqlx::AssertSqlSafe(format!("SELECT {SUBNET_COLUMNS} FROM subnets WHERE is_default")))
             .fetch_optional(&mut *c)
             .await?
     } else if sel.contains('/') {
         let net = parse_subnet(sel)?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SUBNET_COLUMNS} FROM subnets WHERE cidr = $1")))
+        db::query(sqlx::AssertSqlSafe(format!("SELECT {SUBNET_COLUMNS} FROM subnets WHERE cidr = $1")))
             .bind(net.to_string())
             .fetch_optional(&mut *c)
             .await?
     } else {
-        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SUBNET_COLUMNS} FROM subnets WHERE name = $1")))
+        db::query(sqlx::AssertSqlSafe(format!("SELECT {SUBNET_COLUMNS} FROM subnets WHERE name = $1")))
             .bind(sel)
             .fetch_optional(&mut *c)
             .await?

@@ -1,7 +1,7 @@
 //! Subnets: one L2 segment each. Overlaps are refused here (naming the
 //! subnet in the way) and, as a last line, by the schema's triggers.
 use ipnet::IpNet;
-use sqlx::{Row, SqliteConnection};
+use super::db::{self, Conn};
 use weave_proto::v1::{self, map_change::Change};
 
 use super::{
@@ -15,15 +15,15 @@ use crate::{
     ipam,
 };
 
-pub(super) async fn all(c: &mut SqliteConnection, with_counts: bool) -> Result<Vec<v1::Subnet>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SUBNET_COLUMNS} FROM subnets ORDER BY id")))
+pub(super) async fn all(c: &mut Conn, with_counts: bool) -> Result<Vec<v1::Subnet>> {
+    let rows = db::query(sqlx::AssertSqlSafe(format!("SELECT {SUBNET_COLUMNS} FROM subnets ORDER BY id")))
         .fetch_all(&mut *c)
         .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         let mut s = rows::subnet(r)?.record;
         if with_counts {
-            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM allocations WHERE subnet_id = $1")
+            let n: i64 = db::query_scalar("SELECT COUNT(*) FROM allocations WHERE subnet_id = $1")
                 .bind(s.id as i64)
                 .fetch_one(&mut *c)
                 .await?;
@@ -51,7 +51,7 @@ fn check_name(name: &str) -> Result<()> {
 
 pub(super) async fn insert(tx: &mut Tx, net: &IpNet, name: Option<&str>, is_default: bool) -> Result<v1::Subnet> {
     let node_range: String =
-        sqlx::query_scalar("SELECT node_range FROM cluster WHERE id = 1").fetch_one(tx.c()).await?;
+        db::query_scalar("SELECT node_range FROM cluster WHERE id = 1").fetch_one(tx.c()).await?;
     let node_range = parse_net(node_range)?;
     if ipam::overlaps(net, &node_range) {
         return Err(Error::InvalidArgument(format!(
@@ -80,7 +80,7 @@ pub(super) async fn insert(tx: &mut Tx, net: &IpNet, name: Option<&str>, is_defa
     }
     let used: Vec<u32> = existing.iter().map(|s| s.vni).collect();
     let vni = (0..).map(|attempt| ipam::vni(net, attempt)).find(|v| !used.contains(v)).unwrap_or(1);
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let row = db::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO subnets (cidr, name, first_key, last_key, is_default, vni, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {SUBNET_COLUMNS}"
     )))
@@ -122,7 +122,7 @@ impl Store {
                 subnet.net
             )));
         }
-        let holders = sqlx::query(
+        let holders = db::query(
             "SELECT a.container, n.name AS node FROM allocations a JOIN nodes n ON n.id = a.node_id \
              WHERE a.subnet_id = $1 ORDER BY a.id LIMIT 3",
         )
@@ -130,7 +130,7 @@ impl Store {
         .fetch_all(tx.c())
         .await?;
         if !holders.is_empty() && !force {
-            let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM allocations WHERE subnet_id = $1")
+            let count: i64 = db::query_scalar("SELECT COUNT(*) FROM allocations WHERE subnet_id = $1")
                 .bind(subnet.id)
                 .fetch_one(tx.c())
                 .await?;
@@ -150,7 +150,7 @@ impl Store {
             )));
         }
         let (released, _) = release_where(&mut tx, "a.subnet_id = $1", subnet.id).await?;
-        sqlx::query("DELETE FROM subnets WHERE id = $1").bind(subnet.id).execute(tx.c()).await?;
+        db::query("DELETE FROM subnets WHERE id = $1").bind(subnet.id).execute(tx.c()).await?;
         tx.record(Change::SubnetRemoved(subnet.id as u64)).await?;
         self.commit(tx).await?;
         Ok((subnet.record, released))

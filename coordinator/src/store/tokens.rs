@@ -1,5 +1,5 @@
 //! Join tokens: created by an admin, spent by `agent join`.
-use sqlx::{Row, sqlite::SqliteRow};
+use super::db::{self, Row};
 use weave_proto::v1;
 
 use super::{Store, now};
@@ -15,7 +15,7 @@ pub struct NewToken {
 
 const TOKEN_COLUMNS: &str = "id, created_at, expires_at, uses_left, revoked_at, uses, description";
 
-fn token(r: &SqliteRow) -> Result<v1::Token> {
+fn token(r: &Row) -> Result<v1::Token> {
     let uses_left: Option<i64> = r.try_get("uses_left")?;
     Ok(v1::Token {
         id: r.try_get("id")?,
@@ -34,7 +34,7 @@ impl Store {
         let created = now();
         let expires = t.ttl_seconds.map(|s| created.saturating_add(s.min(i64::MAX as u64) as i64));
         let mut tx = self.begin().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = db::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO join_tokens (id, secret_hash, description, created_at, expires_at, uses_left) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TOKEN_COLUMNS}"
         )))
@@ -52,7 +52,7 @@ impl Store {
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<v1::Token>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = db::query(sqlx::AssertSqlSafe(format!(
             "SELECT {TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at, id"
         )))
         .fetch_all(&self.read)
@@ -64,7 +64,7 @@ impl Store {
     pub async fn revoke_token(&self, id: &str) -> Result<v1::Token> {
         let id = id.trim().to_ascii_lowercase();
         let mut tx = self.begin().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = db::query(sqlx::AssertSqlSafe(format!(
             "UPDATE join_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1 RETURNING {TOKEN_COLUMNS}"
         )))
         .bind(&id)

@@ -2,12 +2,14 @@
 //! reached over its real pinned TLS, plus helpers to join fake nodes.
 #![allow(dead_code, unreachable_pub)]
 
-use std::path::Path;
+pub mod pg;
+
+use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tonic::{Code, Status};
-use weave_coordinator::{Running, config::ServeArgs};
+use weave_coordinator::{Running, config::ServeArgs, store::Location};
 use weave_proto::{
     client::{Api, connect},
     v1::{JoinRequest, Node},
@@ -27,6 +29,7 @@ impl TestCoordinator {
     /// Starts on `dir` (reused across restarts), after `tweak` adjusts the flags.
     pub async fn start_in(dir: TempDir, tweak: impl FnOnce(&mut ServeArgs)) -> Self {
         let mut args = ServeArgs::for_data_dir(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+        args.store = store_flag(&dir.path().join("data/coordinator.db"));
         // Tests join many fake nodes with the first-start token; its
         // single-use default is tested on its own (membership.rs).
         args.first_token_uses = 0;
@@ -85,6 +88,39 @@ impl TestCoordinator {
             .into_inner();
         let node = resp.node.expect("node");
         (node, self.api_with(&resp.credential).await)
+    }
+}
+
+/// Whether this run tests the PostgreSQL store (`WEAVE_TEST_STORE=postgres`,
+/// as deploy/test.sh's second run of the coordinator's suite sets it) rather
+/// than the default SQLite one.
+pub fn postgres() -> bool {
+    std::env::var("WEAVE_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// The store a test would keep in the SQLite file `path`: that file, or, in a
+/// PostgreSQL run, a fresh database on this binary's test server (its URL
+/// remembered beside `path`, so that a restart finds the same database).
+pub fn store_at(path: &Path) -> Location {
+    if !postgres() {
+        return Location::Sqlite(path.to_path_buf());
+    }
+    let key = PathBuf::from(format!("{}.pg-url", path.display()));
+    if let Ok(url) = std::fs::read_to_string(&key) {
+        return Location::Postgres(url);
+    }
+    let url = pg::shared().create_database();
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    std::fs::write(&key, &url).unwrap();
+    Location::Postgres(url)
+}
+
+/// `--store` for a coordinator whose SQLite file would be `path`: none
+/// (the default) in a SQLite run.
+pub fn store_flag(path: &Path) -> Option<String> {
+    match store_at(path) {
+        Location::Sqlite(_) => None,
+        Location::Postgres(url) => Some(url),
     }
 }
 

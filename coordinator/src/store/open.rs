@@ -1,0 +1,180 @@
+//! `--store`: where the truth lives (a SQLite file, the default, or a
+//! PostgreSQL database), and opening it: pools, a first connection whose
+//! failure says what went wrong, and the engine's migrations.
+use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
+
+use sqlx::{
+    ConnectOptions as _, Connection as _,
+    postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+use super::db::Pool;
+use crate::error::{Error, Result};
+
+/// How long a coordinator waits for a PostgreSQL connection, at start and
+/// for each RPC: past it the RPC answers UNAVAILABLE instead of hanging.
+pub(crate) const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections one coordinator keeps to PostgreSQL.
+const PG_CONNECTIONS: u32 = 16;
+
+/// A parsed `--store`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(PathBuf),
+    /// The URL as given (shown only with its password hidden, see Display).
+    Postgres(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LocationError(String);
+
+impl FromStr for Location {
+    type Err = LocationError;
+
+    fn from_str(s: &str) -> Result<Self, LocationError> {
+        let s = s.trim();
+        if let Some(path) = s.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(LocationError("'sqlite://' needs a file path, e.g. sqlite:///var/lib/weave/coordinator.db".into()));
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            PgConnectOptions::from_str(s)
+                .map_err(|e| LocationError(format!("'{}' is not a valid PostgreSQL URL: {e}", redact(s))))?;
+            return Ok(Self::Postgres(s.to_string()));
+        }
+        Err(LocationError(format!(
+            "'{}' is neither sqlite://<path> nor postgres://[user[:password]@]host[:port]/database",
+            redact(s)
+        )))
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            Self::Postgres(url) => f.write_str(&redact(url)),
+        }
+    }
+}
+
+impl fmt::Debug for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The URL with the password (if any) replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else { return url.to_string() };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else { return url.to_string() };
+    let userinfo = &authority[..at];
+    let Some(colon) = userinfo.find(':') else { return url.to_string() };
+    format!("{}{}:***{}", &url[..scheme_end + 3], &userinfo[..colon], &rest[at..])
+}
+
+/// The write and read pools for `location`, migrated.
+pub(super) async fn pools(location: &Location) -> Result<(Pool, Pool)> {
+    match location {
+        Location::Sqlite(path) => {
+            let options = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: an acknowledged allocation survives power loss, not only a crash.
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10));
+            let write = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+            sqlx::migrate!("../migrations/sqlite").run(&write).await?;
+            let read = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+            Ok((Pool::Sqlite(write), Pool::Sqlite(read)))
+        }
+        Location::Postgres(url) => {
+            let shown = redact(url);
+            let options = PgConnectOptions::from_str(url)
+                .map_err(|e| Error::InvalidArgument(format!("'{shown}' is not a valid PostgreSQL URL: {e}")))?
+                .log_statements(tracing::log::LevelFilter::Debug);
+            // One connection first: its error (refused, unknown host, wrong
+            // password, no such database) is the one worth reporting; a
+            // pool would only say that it timed out.
+            let first = tokio::time::timeout(PG_CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+                .await
+                .map_err(|_| {
+                    Error::Unavailable(format!(
+                        "cannot connect to the database {shown}: no answer within {} s",
+                        PG_CONNECT_TIMEOUT.as_secs()
+                    ))
+                })?
+                .map_err(|e| Error::Unavailable(format!("cannot connect to the database {shown}: {e}")))?;
+            let _ = first.close().await;
+            let pool = PgPoolOptions::new()
+                .max_connections(PG_CONNECTIONS)
+                .acquire_timeout(PG_CONNECT_TIMEOUT)
+                .connect_lazy_with(options);
+            sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+            Ok((Pool::Postgres(pool.clone()), Pool::Postgres(pool)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_and_hide_passwords() {
+        assert_eq!("sqlite:///var/lib/x.db".parse::<Location>().unwrap(), Location::Sqlite("/var/lib/x.db".into()));
+        let pg: Location = "postgres://weave:s3cret@db.example:5432/weave".parse().unwrap();
+        assert_eq!(pg.to_string(), "postgres://weave:***@db.example:5432/weave");
+        assert!(format!("{pg:?}").contains("***") && !format!("{pg:?}").contains("s3cret"));
+        for bad in ["", "sqlite://", "mysql://x/y", "/var/lib/weave/coordinator.db", "postgres://u:p@h:notaport/d"] {
+            let e = bad.parse::<Location>().unwrap_err().to_string();
+            assert!(!e.contains("p@h") || !e.contains(":p@"), "{e}");
+        }
+        assert_eq!(redact("postgres://u@h/d"), "postgres://u@h/d");
+        assert_eq!(redact("postgres://u:p@h/d"), "postgres://u:***@h/d");
+        assert_eq!(redact("postgres://u:p@h/d?sslmode=disable"), "postgres://u:***@h/d?sslmode=disable");
+    }
+
+    /// Databases created before the migrations moved to migrations/sqlite/
+    /// recorded these versions and SHA-384 checksums (sqlx refuses to open
+    /// a database whose applied migrations changed): they must never change.
+    #[test]
+    fn sqlite_migrations_keep_what_existing_databases_recorded_and_postgres_has_the_same_versions() {
+        let sqlite: Vec<(i64, String)> =
+            sqlx::migrate!("../migrations/sqlite").iter().map(|m| (m.version, hex::encode(&m.checksum))).collect();
+        assert_eq!(
+            sqlite,
+            [
+                (
+                    1,
+                    "7c51fca5d4c528798879354e9a273d301e7ffa2fc8fc09209a66fc017f6bafb7a1c5626cf36594c36bb1f1fa5de86a9b"
+                        .to_string()
+                ),
+                (
+                    2,
+                    "99f345eadf929a78992b4ed8403631949ed05fd71a2b5f9e5972cd934a48458f30b5832064174a5173b68c78eaeba5db"
+                        .to_string()
+                ),
+            ]
+        );
+        let pg: Vec<(i64, String)> = sqlx::migrate!("../migrations/postgres")
+            .iter()
+            .map(|m| (m.version, m.description.to_string()))
+            .collect();
+        let lite: Vec<(i64, String)> = sqlx::migrate!("../migrations/sqlite")
+            .iter()
+            .map(|m| (m.version, m.description.to_string()))
+            .collect();
+        assert_eq!(pg, lite, "one migration per version in each engine");
+    }
+}

@@ -1,0 +1,185 @@
+//! A throwaway PostgreSQL server for the tests: `initdb` into a temporary
+//! directory as the `postgres` user (it refuses to run as root), listening
+//! only on a Unix socket in that directory. One server per test binary,
+//! started on first use; one fresh database per store. A watchdog process
+//! stops the server by its PID and removes the directory once the test
+//! binary has exited, whether its tests passed, failed or panicked.
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use sqlx::Connection as _;
+
+pub struct PgServer {
+    /// The temporary directory: data in `data/`, the socket in the directory itself.
+    pub dir: PathBuf,
+    pub pid: u32,
+}
+
+/// The newest installed server's bin directory (Debian: /usr/lib/postgresql/<major>/bin).
+pub fn bin_dir() -> PathBuf {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed (.ci/install-deps.sh installs Debian's postgresql)")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, p)| p.join("initdb").exists())
+        .collect();
+    found.sort();
+    found.pop().expect("an initdb under /usr/lib/postgresql/*/bin").1
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl PgServer {
+    /// Starts a server in a new temporary directory (not shared).
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("weave-pg-").tempdir().expect("tempdir").keep();
+        run(Command::new("chown").arg("postgres").arg(&dir));
+        let bin = bin_dir();
+        run(Command::new("runuser").args(["-u", "postgres", "--"]).arg(bin.join("initdb")).args([
+            "-D",
+            &dir.join("data").to_string_lossy(),
+            "-A",
+            "trust",
+            "-U",
+            "weave",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]));
+        // The test superuser needs no password; every other role does (to
+        // test refused credentials).
+        std::fs::write(dir.join("data/pg_hba.conf"), "local all weave trust\nlocal all all scram-sha-256\n")
+            .expect("pg_hba.conf");
+        let mut server = Self { dir, pid: 0 };
+        server.launch();
+        server
+    }
+
+    /// Starts the postgres process on the existing data directory.
+    pub fn launch(&mut self) {
+        let _ = std::fs::remove_file(self.dir.join("data/postmaster.pid"));
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin_dir().join("postgres"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-k")
+            .arg(&self.dir)
+            .args(["-c", "listen_addresses=", "-c", "fsync=off", "-c", "max_connections=300"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres starts");
+        // runuser stays as postgres' parent: the server's own PID is in postmaster.pid.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let pid = std::fs::read_to_string(self.dir.join("data/postmaster.pid"))
+                .ok()
+                .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
+            let ready = std::fs::read_to_string(self.dir.join("data/postmaster.pid"))
+                .is_ok_and(|s| s.lines().any(|l| l.trim() == "ready"));
+            if let (Some(pid), true) = (pid, ready) {
+                self.pid = pid;
+                return;
+            }
+            assert!(Instant::now() < deadline, "postgres did not become ready in 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server (SIGQUIT: immediate) and waits until it has exited.
+    pub fn kill(&self) {
+        let _ = Command::new("kill").args(["-QUIT", &self.pid.to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Path::new(&format!("/proc/{}", self.pid)).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A URL for database `name` on this server.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://weave@localhost/{name}?host={}", self.dir.display())
+    }
+
+    /// Creates a fresh database and returns its URL.
+    pub fn create_database(&self) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("t{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        self.admin_sql(format!("CREATE DATABASE {name}"));
+        self.url(&name)
+    }
+
+    /// Runs `sql` as the test superuser.
+    pub fn admin_sql(&self, sql: String) {
+        let admin = self.url("postgres");
+        // A thread of its own: callers may be inside a runtime or not.
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+                let mut c = sqlx::PgConnection::connect(&admin).await.expect("connect to the test postgres");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut c).await.expect("admin SQL");
+            })
+        })
+        .join()
+        .expect("admin SQL");
+    }
+
+    /// Stops the server and removes its directory once process `watched` has exited.
+    fn watch_over(&self, watched: u32) {
+        let script = format!(
+            "while kill -0 {watched} 2>/dev/null; do sleep 0.5; done; kill -QUIT {pid} 2>/dev/null; \
+             while kill -0 {pid} 2>/dev/null; do sleep 0.2; done; rm -rf '{dir}'",
+            pid = self.pid,
+            dir = self.dir.display()
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("watchdog starts");
+    }
+}
+
+/// This test binary's shared server.
+pub fn shared() -> &'static PgServer {
+    static SERVER: OnceLock<PgServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let s = PgServer::start();
+        s.watch_over(std::process::id());
+        s
+    })
+}
+
+/// A server this test owns (to stop and start it); removed when dropped.
+pub struct OwnedPg(pub PgServer);
+
+impl OwnedPg {
+    pub fn start() -> Self {
+        let s = PgServer::start();
+        // Also cleaned up if the test binary dies before Drop runs.
+        s.watch_over(std::process::id());
+        Self(s)
+    }
+}
+
+impl Drop for OwnedPg {
+    fn drop(&mut self) {
+        self.0.kill();
+        let _ = std::fs::remove_dir_all(&self.0.dir);
+    }
+}
