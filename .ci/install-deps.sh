@@ -40,3 +40,15 @@ if ! "$venv/bin/python3" -c 'import grpc, grpc_reflection, google.protobuf' 2>/d
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check grpcio grpcio-reflection protobuf
 fi
+
+# --- PostgreSQL store (issue 14) ---------------------------------------------
+# The coordinator's suite runs a second time on PostgreSQL, and its store
+# tests start throwaway servers: initdb into a temporary directory as the
+# `postgres` user, a Unix socket in that directory (coordinator/tests/common/pg.rs).
+# Debian's postgresql brings initdb/postgres/pg_dump under
+# /usr/lib/postgresql/<major>/bin and the postgres user; no system cluster is used.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! id postgres >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends postgresql
+fi

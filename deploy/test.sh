@@ -26,3 +26,11 @@ bash fuzz/run.sh --replay
 # One test binary at a time (each runs its tests in parallel): the end-to-end
 # binaries each build several namespaces and share two cores.
 cargo test --workspace --locked --no-fail-fast -- "${ignored[@]}"
+# The coordinator's whole suite again on PostgreSQL: each test binary starts a
+# throwaway server (initdb into a temporary directory, as the postgres user,
+# a Unix socket only) and gives every coordinator a fresh database.
+if [ "$(id -u)" = 0 ]; then
+    WEAVE_TEST_STORE=postgres cargo test -p weave-coordinator --locked --no-fail-fast --tests -- "${ignored[@]}"
+else
+    echo "test.sh: not root: the coordinator's suite on PostgreSQL is skipped (it starts postgres via runuser)" >&2
+fi

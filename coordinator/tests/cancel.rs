@@ -111,7 +111,12 @@ async fn rpcs_past_their_deadline_leave_get_map_equal_to_the_database_and_watche
     }
     drop((watch, admin, api));
     let dir = c.stop().await;
-    let disk = Store::connect(&common::store_at(&dir.path().join("data/coordinator.db"))).await.unwrap().snapshot().await.unwrap();
+    let disk = Store::connect(&common::store_at(&dir.path().join("data/coordinator.db")))
+        .await
+        .unwrap()
+        .snapshot()
+        .await
+        .unwrap();
     assert_eq!(served.revision, disk.revision, "GetMap is at the database's revision");
     assert!(served == disk, "GetMap equals the database's map");
 }

@@ -59,6 +59,7 @@ fn one_line(stderr: &str, needle: &str) {
 }
 
 #[test]
+#[ignore = "needs root: starts PostgreSQL as the postgres user (deploy/test.sh runs it)"]
 fn a_bad_store_an_unreachable_database_and_wrong_credentials_stop_it_with_one_line() {
     let (code, err) = serve_with("mysql://db.example/weave");
     assert_eq!(code, Some(2));
@@ -106,6 +107,7 @@ async fn insert_subnet(pool: &sqlx::PgPool, cidr: &str, vni: i64) -> Result<(), 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: starts PostgreSQL as the postgres user (deploy/test.sh runs it)"]
 async fn the_postgres_schema_itself_refuses_overlaps_and_duplicate_addresses() {
     let url = pg::shared().create_database();
     let store = Store::connect(&Location::Postgres(url.clone())).await.unwrap();
@@ -140,8 +142,13 @@ async fn the_postgres_schema_itself_refuses_overlaps_and_duplicate_addresses() {
 async fn join(store: &Store, name: &str, key: u8) -> u64 {
     let secret_hash = format!("{key:02x}").repeat(32);
     let id = format!("t{key}");
-    let token =
-        NewToken { id: id.clone(), secret_hash: secret_hash.clone(), ttl_seconds: None, uses: None, description: "".into() };
+    let token = NewToken {
+        id: id.clone(),
+        secret_hash: secret_hash.clone(),
+        ttl_seconds: None,
+        uses: None,
+        description: "".into(),
+    };
     store.create_token(token).await.unwrap();
     let join = JoinRequest {
         token_id: id,
@@ -156,6 +163,7 @@ async fn join(store: &Store, name: &str, key: u8) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: starts PostgreSQL as the postgres user (deploy/test.sh runs it)"]
 async fn two_stores_writing_one_database_at_once_keep_revisions_gap_free_and_addresses_unique() {
     let url = pg::shared().create_database();
     let location = Location::Postgres(url.clone());
@@ -200,6 +208,7 @@ async fn two_stores_writing_one_database_at_once_keep_revisions_gap_free_and_add
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: starts PostgreSQL as the postgres user (deploy/test.sh runs it)"]
 async fn a_database_that_goes_away_gives_unavailable_and_everything_recovers_when_it_returns() {
     let mut pg = OwnedPg::start();
     let url = pg.0.create_database();
@@ -235,9 +244,6 @@ async fn a_database_that_goes_away_gives_unavailable_and_everything_recovers_whe
     seen = e.revision;
     let Some(Event::Change(change)) = e.event else { panic!("a change") };
     assert!(format!("{change:?}").contains("after"), "{change:?}");
-    for i in 0..20 {
-        let r = admin.map.get_map(weave_proto::v1::GetMapRequest {}).await;
-    }
     let map = admin.map.get_map(weave_proto::v1::GetMapRequest {}).await.unwrap().into_inner();
     assert_eq!(map.revision, seen);
     assert!(!map.allocations.iter().any(|a| a.container == "during"), "nothing half-applied");

@@ -9,7 +9,7 @@
 use std::marker::PhantomData;
 
 use sqlx::{
-    ColumnIndex, Decode, Postgres, Row as _, Sqlite, SqlSafeStr, SqlStr, Transaction, Type,
+    ColumnIndex, Decode, Postgres, Row as _, SqlSafeStr, SqlStr, Sqlite, Transaction, Type,
     pool::PoolConnection,
     postgres::{PgConnection, PgPool, PgRow},
     sqlite::{SqliteConnection, SqlitePool, SqliteRow},
@@ -54,9 +54,7 @@ impl Pool {
     pub async fn begin_read(&self) -> Result<Conn, sqlx::Error> {
         Ok(match self {
             Self::Sqlite(p) => Conn::SqliteTx(p.begin().await?),
-            Self::Postgres(p) => {
-                Conn::PgTx(p.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?)
-            }
+            Self::Postgres(p) => Conn::PgTx(p.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?),
         })
     }
 

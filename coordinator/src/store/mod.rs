@@ -117,10 +117,7 @@ impl Tx {
             .execute(self.c())
             .await?;
         if rev % 1000 == 0 {
-            db::query("DELETE FROM map_events WHERE revision <= $1")
-                .bind(rev - EVENTS_KEPT)
-                .execute(self.c())
-                .await?;
+            db::query("DELETE FROM map_events WHERE revision <= $1").bind(rev - EVENTS_KEPT).execute(self.c()).await?;
         }
         self.changes.push((rev as u64, change));
         Ok(rev as u64)
@@ -293,17 +290,15 @@ impl Store {
         if after as i64 > current {
             return Ok(Events::NeedSnapshot);
         }
-        let oldest: Option<i64> =
-            db::query_scalar("SELECT MIN(revision) FROM map_events").fetch_one(&mut tx).await?;
+        let oldest: Option<i64> = db::query_scalar("SELECT MIN(revision) FROM map_events").fetch_one(&mut tx).await?;
         if (after as i64) < current && oldest.is_none_or(|o| after as i64 + 1 < o) {
             return Ok(Events::NeedSnapshot);
         }
-        let rows =
-            db::query("SELECT revision, change FROM map_events WHERE revision > $1 ORDER BY revision LIMIT $2")
-                .bind(after as i64)
-                .bind(limit)
-                .fetch_all(&mut tx)
-                .await?;
+        let rows = db::query("SELECT revision, change FROM map_events WHERE revision > $1 ORDER BY revision LIMIT $2")
+            .bind(after as i64)
+            .bind(limit)
+            .fetch_all(&mut tx)
+            .await?;
         tx.commit().await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {

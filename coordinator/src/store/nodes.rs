@@ -74,13 +74,12 @@ impl Store {
         }
         let mut tx = self.begin().await?;
         let t = now();
-        let by_key =
-            db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE public_key = $1")))
-                .bind(&r.public_key[..])
-                .fetch_optional(tx.c())
-                .await?
-                .map(|row| rows::node(&row))
-                .transpose()?;
+        let by_key = db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE public_key = $1")))
+            .bind(&r.public_key[..])
+            .fetch_optional(tx.c())
+            .await?
+            .map(|row| rows::node(&row))
+            .transpose()?;
         if let Some(existing) = by_key.as_ref().filter(|_| r.proven) {
             if existing.name != r.name {
                 return Err(Error::AlreadyExists(format!(

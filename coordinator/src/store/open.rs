@@ -38,7 +38,9 @@ impl FromStr for Location {
         let s = s.trim();
         if let Some(path) = s.strip_prefix("sqlite://") {
             if path.is_empty() {
-                return Err(LocationError("'sqlite://' needs a file path, e.g. sqlite:///var/lib/weave/coordinator.db".into()));
+                return Err(LocationError(
+                    "'sqlite://' needs a file path, e.g. sqlite:///var/lib/weave/coordinator.db".into(),
+                ));
             }
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
@@ -167,14 +169,10 @@ mod tests {
                 ),
             ]
         );
-        let pg: Vec<(i64, String)> = sqlx::migrate!("../migrations/postgres")
-            .iter()
-            .map(|m| (m.version, m.description.to_string()))
-            .collect();
-        let lite: Vec<(i64, String)> = sqlx::migrate!("../migrations/sqlite")
-            .iter()
-            .map(|m| (m.version, m.description.to_string()))
-            .collect();
+        let pg: Vec<(i64, String)> =
+            sqlx::migrate!("../migrations/postgres").iter().map(|m| (m.version, m.description.to_string())).collect();
+        let lite: Vec<(i64, String)> =
+            sqlx::migrate!("../migrations/sqlite").iter().map(|m| (m.version, m.description.to_string())).collect();
         assert_eq!(pg, lite, "one migration per version in each engine");
     }
 }

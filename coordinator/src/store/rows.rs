@@ -2,8 +2,8 @@
 //! or "10.2.3.0/24" or "backend") to rows.
 use std::net::IpAddr;
 
-use ipnet::IpNet;
 use super::db::{self, Conn, Row};
+use ipnet::IpNet;
 use weave_proto::{cidr::parse_subnet, v1};
 
 use crate::error::{Error, Result};

@@ -1,7 +1,7 @@
 //! Subnets: one L2 segment each. Overlaps are refused here (naming the
 //! subnet in the way) and, as a last line, by the schema's triggers.
-use ipnet::IpNet;
 use super::db::{self, Conn};
+use ipnet::IpNet;
 use weave_proto::v1::{self, map_change::Change};
 
 use super::{
@@ -50,8 +50,7 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 pub(super) async fn insert(tx: &mut Tx, net: &IpNet, name: Option<&str>, is_default: bool) -> Result<v1::Subnet> {
-    let node_range: String =
-        db::query_scalar("SELECT node_range FROM cluster WHERE id = 1").fetch_one(tx.c()).await?;
+    let node_range: String = db::query_scalar("SELECT node_range FROM cluster WHERE id = 1").fetch_one(tx.c()).await?;
     let node_range = parse_net(node_range)?;
     if ipam::overlaps(net, &node_range) {
         return Err(Error::InvalidArgument(format!(

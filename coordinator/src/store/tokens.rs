@@ -52,11 +52,10 @@ impl Store {
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<v1::Token>> {
-        let rows = db::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at, id"
-        )))
-        .fetch_all(&self.read)
-        .await?;
+        let rows =
+            db::query(sqlx::AssertSqlSafe(format!("SELECT {TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at, id")))
+                .fetch_all(&self.read)
+                .await?;
         rows.iter().map(token).collect()
     }
 

@@ -71,7 +71,7 @@ impl PgServer {
     /// Starts the postgres process on the existing data directory.
     pub fn launch(&mut self) {
         let _ = std::fs::remove_file(self.dir.join("data/postmaster.pid"));
-        Command::new("runuser")
+        let mut child = Command::new("runuser")
             .args(["-u", "postgres", "--"])
             .arg(bin_dir().join("postgres"))
             .arg("-D")
@@ -84,6 +84,8 @@ impl PgServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("postgres starts");
+        // Reaped when it exits (it is stopped by the server's own PID, below).
+        std::thread::spawn(move || child.wait());
         // runuser stays as postgres' parent: the server's own PID is in postmaster.pid.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -145,13 +147,15 @@ impl PgServer {
             pid = self.pid,
             dir = self.dir.display()
         );
-        Command::new("sh")
+        let mut child = Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("watchdog starts");
+        // It outlives this process on purpose; reaped if it ends first.
+        std::thread::spawn(move || child.wait());
     }
 }
 
