@@ -77,10 +77,10 @@ async fn send_snapshot(state: &Shared, tx: &mpsc::Sender<Result<WatchEvent, Stat
 /// Why the watch of `caller` must end now, if its credential stopped
 /// working (the node was removed, joined again, or the admin credential was
 /// rotated). A watch is authenticated when it opens and again on every wake.
-async fn revoked(state: &Shared, caller: &Caller, hash: &str) -> Option<Status> {
+async fn revoked(state: &Shared, caller: &Caller, hash: &str) -> Result<Option<Status>, ()> {
     match state.store.caller(hash).await {
-        Ok(Some(now)) if now == *caller => None,
-        Ok(_) => Some(match caller {
+        Ok(Some(now)) if now == *caller => Ok(None),
+        Ok(_) => Ok(Some(match caller {
             Caller::Admin => Status::unauthenticated("the admin credential was rotated"),
             Caller::Node { id, name } => match state.store.node(&id.to_string()).await {
                 Ok(_) => super::membership_ended(
@@ -89,25 +89,32 @@ async fn revoked(state: &Shared, caller: &Caller, hash: &str) -> Option<Status> 
                 ),
                 Err(_) => super::membership_ended(format!("node '{name}' was removed from the cluster"), "removed"),
             },
-        }),
+        })),
         // The database is out of reach: nobody can revoke anything meanwhile
         // (that is a write), and the credential was good when last checked.
         // The watch goes on from memory and checks again on its next wake.
         Err(e) if e.is_unavailable() => {
             tracing::warn!(error = %e, "cannot recheck a watcher's credential now; keeping its watch");
-            None
+            Err(())
         }
         // Another database error ends the stream; the agent retries as after any outage.
-        Err(e) => Some(e.into()),
+        Err(e) => Ok(Some(e.into())),
     }
 }
 
 /// Ends the watch (with the reason) if the caller's credential stopped working.
-async fn ended(state: &Shared, caller: &Caller, hash: &str, tx: &mpsc::Sender<Result<WatchEvent, Status>>) -> bool {
-    let Some(status) = revoked(state, caller, hash).await else { return false };
+/// Whether the watch must end (its credential stopped working; it was told
+/// why). `Err`: the database cannot tell now; check again on the next wake.
+async fn ended(
+    state: &Shared,
+    caller: &Caller,
+    hash: &str,
+    tx: &mpsc::Sender<Result<WatchEvent, Status>>,
+) -> Result<bool, ()> {
+    let Some(status) = revoked(state, caller, hash).await? else { return Ok(false) };
     tracing::info!(?caller, message = status.message(), "closing a watch whose credential stopped working");
     let _ = tx.send(Err(status)).await;
-    true
+    Ok(true)
 }
 
 /// Whether `change` may have ended `caller`'s credential.
@@ -147,15 +154,20 @@ async fn stream(
     loop {
         let checked = check;
         if check {
-            if ended(&state, &caller, &hash, &tx).await {
-                return;
+            match ended(&state, &caller, &hash, &tx).await {
+                Ok(true) => return,
+                Ok(false) => check = false,
+                Err(()) => {}
             }
-            check = false;
         }
         match state.store.events_after(seen, BATCH).await {
             Ok(Events::NeedSnapshot) => {
-                if !checked && ended(&state, &caller, &hash, &tx).await {
-                    return;
+                if !checked {
+                    match ended(&state, &caller, &hash, &tx).await {
+                        Ok(true) => return,
+                        Ok(false) => {}
+                        Err(()) => check = true,
+                    }
                 }
                 match send_snapshot(&state, &tx).await {
                     Some(r) => seen = r,
@@ -163,11 +175,12 @@ async fn stream(
                 }
             }
             Ok(Events::Changes(changes)) => {
-                if !checked
-                    && changes.iter().any(|(_, c)| concerns(&caller, c))
-                    && ended(&state, &caller, &hash, &tx).await
-                {
-                    return;
+                if !checked && changes.iter().any(|(_, c)| concerns(&caller, c)) {
+                    match ended(&state, &caller, &hash, &tx).await {
+                        Ok(true) => return,
+                        Ok(false) => {}
+                        Err(()) => check = true,
+                    }
                 }
                 let caught_up = (changes.len() as i64) < BATCH;
                 for (revision, change) in changes {
