@@ -161,9 +161,8 @@ impl Store {
                 // Another coordinator may have written since this one's last
                 // batch (the kept address sets would then be stale); within
                 // this batch, the write lock keeps every other writer out.
-                let current: Option<i64> = db::query_scalar("SELECT revision FROM cluster WHERE id = 1")
-                    .fetch_optional(&mut tx)
-                    .await?;
+                let current: Option<i64> =
+                    db::query_scalar("SELECT revision FROM cluster WHERE id = 1").fetch_optional(&mut tx).await?;
                 let known = self.live.read().unwrap_or_else(|p| p.into_inner()).map.revision;
                 if current.is_some_and(|r| r as u64 != known) {
                     writer.forget_addresses();
