@@ -10,6 +10,7 @@
 //!   idle and TLS handshakes stall (coordinator as its own process).
 //! - `cp-bench fake-nodes`: joins N nodes that never run an agent (for the
 //!   data-plane benchmark's "agent with 100 peers" figures).
+mod agent_load;
 mod idle;
 mod scale;
 use std::{
@@ -38,6 +39,10 @@ enum Cli {
     Idle(idle::Args),
     /// Joins nodes that never run an agent, so that real agents get more peers.
     FakeNodes(FakeArgs),
+    /// Fake nodes with workloads, for `bench/agent_scale.sh`.
+    RemoteWorkloads(agent_load::WorkloadArgs),
+    /// One more workload on a node (admin); prints its address.
+    Allocate(agent_load::AllocateArgs),
 }
 
 #[derive(clap::Args)]
@@ -214,6 +219,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Cli::Idle(a) => return idle::run(a).await,
         Cli::FakeNodes(a) => return fake_nodes(a).await,
+        Cli::RemoteWorkloads(a) => return agent_load::remote_workloads(a).await,
+        Cli::Allocate(a) => return agent_load::allocate(a).await,
     };
     let mut rows = Vec::new();
     println!("{:>8} {:>14} {:>18}   (median of {} runs)", "clients", "joins/s", "allocations/s", args.repeat);

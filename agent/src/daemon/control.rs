@@ -22,8 +22,8 @@ use crate::{
     error::Error,
     host::{netlink::Netlink, state::StateDir},
     plan::{
-        netmap,
-        reconcile::{self, Desired},
+        netmap::{self, PeerConfig},
+        reconcile::{self, Desired, Observed},
     },
 };
 
@@ -31,9 +31,15 @@ use crate::{
 /// picked up quickly, cap low enough that changes never wait long.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// A reconcile pass also runs this often without map changes, to repair
-/// interfaces someone else removed.
-const RESYNC: Duration = Duration::from_secs(10);
+/// A full reconcile pass (the kernel read again, not the state the agent
+/// last applied) runs at least this often, to repair interfaces, routes and
+/// entries someone else changed.
+const RESYNC: Duration = Duration::from_secs(30);
+/// The map is saved once the watch has been quiet this long.
+const SAVE_AFTER: Duration = Duration::from_millis(200);
+/// Passes after map changes start at least this far apart: the changes of a
+/// burst that arrive meanwhile are applied together.
+const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Next retry delay: doubled, capped, with up to 25 % jitter so that many
 /// agents do not reconnect in lockstep after a coordinator restart.
@@ -56,7 +62,7 @@ pub fn membership_ended(status: &tonic::Status) -> bool {
 }
 
 /// Holds the watch until this node stops being a member. Publishes every
-/// applied event on `maps` and saves it to disk; while the coordinator is
+/// applied event on `maps` and saves the map to disk (once a burst is over); while the coordinator is
 /// unreachable the last map stays in force. `connected` tells the status API
 /// whether a watch is open. Returns only when the coordinator refused this
 /// node's credential, with its reason.
@@ -74,21 +80,39 @@ pub async fn watch_map(
                 tracing::info!(from_revision = from, "watching the network map");
                 connected.store(true, Ordering::Relaxed);
                 let mut stream = response.into_inner();
+                // Saved once the stream is quiet for SAVE_AFTER: a burst of
+                // changes is one write of the map, not one per change (a
+                // restart from an older revision resumes from there).
+                let mut unsaved = false;
                 loop {
-                    match stream.message().await {
-                        Ok(Some(event)) => {
-                            backoff = BACKOFF_MIN;
-                            let mut map = maps.borrow().clone();
-                            let revision = event.revision;
-                            if let Err(e) = netmap::apply(&mut map, event) {
-                                tracing::warn!(revision, error = %e, "ignoring a watch event");
+                    let next = if unsaved {
+                        match tokio::time::timeout(SAVE_AFTER, stream.message()).await {
+                            Ok(next) => next,
+                            Err(_) => {
+                                save(&state, &maps, &mut unsaved);
                                 continue;
                             }
-                            if let Err(e) = state.save_map(&map) {
-                                tracing::warn!(error = %e, "cannot save the network map");
+                        }
+                    } else {
+                        stream.message().await
+                    };
+                    match next {
+                        Ok(Some(event)) => {
+                            backoff = BACKOFF_MIN;
+                            let revision = event.revision;
+                            // In place: no copy of the whole map per change.
+                            let mut applied = Ok(());
+                            maps.send_if_modified(|map| {
+                                applied = netmap::apply(map, event);
+                                applied.is_ok()
+                            });
+                            match applied {
+                                Ok(()) => {
+                                    unsaved = true;
+                                    tracing::debug!(revision, "map updated");
+                                }
+                                Err(e) => tracing::warn!(revision, error = %e, "ignoring a watch event"),
                             }
-                            tracing::debug!(revision, "map updated");
-                            maps.send_replace(map);
                         }
                         Ok(None) => {
                             tracing::warn!("the coordinator closed the watch");
@@ -104,6 +128,7 @@ pub async fn watch_map(
                         }
                     }
                 }
+                save(&state, &maps, &mut unsaved);
             }
             Err(status) if membership_ended(&status) => return Error::Removed(status.message().to_string()),
             Err(status) => {
@@ -116,8 +141,22 @@ pub async fn watch_map(
     }
 }
 
-/// Applies the current map whenever it changes, when `now` is notified, and
-/// every [`RESYNC`].
+fn save(state: &StateDir, maps: &watch::Sender<NetworkMap>, unsaved: &mut bool) {
+    if std::mem::take(unsaved)
+        && let Err(e) = state.save_map(&maps.borrow())
+    {
+        tracing::warn!(error = %e, "cannot save the network map");
+    }
+}
+
+/// Applies the current map whenever it changes (a burst of changes, one
+/// pass per [`DEBOUNCE`] at most), when `now` is notified, and every [`RESYNC`].
+///
+/// A pass after a map change diffs against the kernel state the previous
+/// pass left (kept in memory, [`Observed::record`]), so it costs only the
+/// changes. The kernel is read again (a full pass) at start, when `now` is
+/// notified (attach, expose and hide change the bridges themselves), after
+/// any failed change, and every [`RESYNC`] (repairs what someone else changed).
 pub async fn reconcile_loop(
     netlink: Netlink,
     transport: Arc<dyn Transport>,
@@ -127,18 +166,44 @@ pub async fn reconcile_loop(
     mut maps: watch::Receiver<NetworkMap>,
     now: Arc<tokio::sync::Notify>,
 ) {
+    let mut applied: Option<Observed> = None;
+    let mut peers_set: Option<Vec<PeerConfig>> = None;
+    let mut next_full = tokio::time::Instant::now();
     loop {
-        let map = maps.borrow_and_update().clone();
+        let (desired, peers) = {
+            let map = maps.borrow_and_update();
+            let (peers, problems) = netmap::peers(&map, own_node);
+            for p in problems {
+                tracing::warn!("{p}");
+            }
+            (Desired::from_map(&map, own_node, local, segment_mtu), peers)
+        };
+        if peers_set.as_ref() != Some(&peers) {
+            transport.set_peers(&peers);
+            peers_set = Some(peers);
+        }
         let started = std::time::Instant::now();
-        let ok = reconcile_once(&netlink, &*transport, &map, own_node, local, segment_mtu).await;
-        metrics::histogram!("weave_reconcile_duration_seconds").record(started.elapsed().as_secs_f64());
-        if !ok {
+        let full = applied.is_none() || tokio::time::Instant::now() >= next_full;
+        if full {
+            applied = None;
+            next_full = tokio::time::Instant::now() + RESYNC;
+        }
+        applied = reconcile_once(&netlink, &desired, applied).await;
+        metrics::histogram!("weave_reconcile_duration_seconds", "pass" => if full { "full" } else { "incremental" })
+            .record(started.elapsed().as_secs_f64());
+        if applied.is_none() {
             metrics::counter!("weave_reconcile_errors_total").increment(1);
         }
         tokio::select! {
-            changed = maps.changed() => if changed.is_err() { return },
-            _ = now.notified() => {}
-            _ = tokio::time::sleep(RESYNC) => {}
+            changed = maps.changed() => {
+                if changed.is_err() { return }
+                // Leading edge: a lone change is applied at once (attach
+                // waits for a new subnet's bridge); one that follows a pass
+                // within DEBOUNCE waits out the rest of the burst.
+                tokio::time::sleep_until(tokio::time::Instant::from_std(started) + DEBOUNCE).await;
+            }
+            _ = now.notified() => applied = None,
+            _ = tokio::time::sleep_until(next_full) => {}
         }
     }
 }
@@ -158,39 +223,34 @@ pub async fn dns_loop(dns: DnsServer, mut maps: watch::Receiver<NetworkMap>) {
     }
 }
 
-#[tracing::instrument(skip_all, fields(revision = map.revision))]
-async fn reconcile_once(
-    netlink: &Netlink,
-    transport: &dyn Transport,
-    map: &NetworkMap,
-    own_node: u64,
-    local: Ipv4Addr,
-    segment_mtu: u32,
-) -> bool {
-    let (peers, problems) = netmap::peers(map, own_node);
-    for p in problems {
-        tracing::warn!("{p}");
-    }
-    transport.set_peers(&peers);
-    let desired = Desired::from_map(map, own_node, local, segment_mtu);
-    let observed = match netlink.observe().await {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read interfaces");
-            return false;
-        }
+/// One pass from `applied` (the kernel state the last pass left), or from
+/// the kernel as read now when there is none. Returns the state this pass
+/// left, or `None` when a change failed (the next pass then reads the kernel).
+async fn reconcile_once(netlink: &Netlink, desired: &Desired, applied: Option<Observed>) -> Option<Observed> {
+    let mut state = match applied {
+        Some(state) => state,
+        None => match netlink.observe().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read interfaces");
+                return None;
+            }
+        },
     };
     let mut ok = true;
-    for change in reconcile::diff(&desired, &observed) {
+    for change in reconcile::diff(desired, &state) {
         match netlink.apply(&change).await {
-            Ok(()) => tracing::debug!(?change, "applied"),
+            Ok(done) => {
+                tracing::debug!(?done, "applied");
+                state.record(&done);
+            }
             Err(e) => {
                 ok = false;
                 tracing::warn!(?change, error = %e, "change failed; retrying on the next pass");
             }
         }
     }
-    ok
+    ok.then_some(state)
 }
 
 #[cfg(test)]

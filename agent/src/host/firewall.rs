@@ -7,15 +7,19 @@
 //! evaluated within the time this was written in; a hand-written encoder is
 //! far more code than this ruleset. So this one module runs the `nft`
 //! binary with a generated ruleset, applied atomically (one transaction: the
-//! tables are replaced as a whole). Replacing it with netlink touches only here.
-use std::process::Stdio;
+//! tables are replaced as a whole, or, when only set elements change, just
+//! those elements are added and deleted). Replacing it with netlink touches only here.
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use tokio::{io::AsyncWriteExt, process::Command, sync::watch};
 use weave_proto::v1::NetworkMap;
 
 use crate::{
     error::Error,
-    plan::firewall::{Rules, TABLE, rules, ruleset},
+    plan::firewall::{Rules, TABLE, rules, ruleset, update},
 };
 
 async fn nft(script: &str) -> Result<(), Error> {
@@ -54,17 +58,40 @@ async fn present() -> bool {
 }
 
 /// How often the tables are checked for having been removed by someone else.
-const RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
+const RECHECK: Duration = Duration::from_secs(10);
+/// How often the tables are replaced as a whole even though only elements
+/// changed (repairs elements someone else deleted or added).
+const FULL_RELOAD: Duration = Duration::from_secs(300);
+/// Updates after map changes start at least this far apart, so a burst of
+/// changes (many attaches at once) becomes few updates.
+const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Applies the ruleset whenever the segments, their remote workloads, the
 /// peers or the overlay ranges change, retries a failed apply every 2 s, and puts the tables back if
 /// they vanish (a `flush ruleset`, a firewall reload). `applied` is what the
 /// caller already applied (see `agent::serve`, which applies before routing).
+/// When only set elements changed (a workload or a peer came or went) it
+/// adds and deletes just those elements ([`update`]); the tables are
+/// replaced whole when the chains change, after a failure, and every
+/// [`FULL_RELOAD`].
 pub async fn keep(mut maps: watch::Receiver<NetworkMap>, own_node: u64, mut applied: Option<Rules>) {
+    let mut reloaded = Instant::now();
     loop {
         let rules = rules(&maps.borrow_and_update(), own_node);
+        let updated = tokio::time::Instant::now();
         if applied.as_ref() != Some(&rules) {
-            match apply(&rules).await {
+            let elements = applied.as_ref().and_then(|old| update(old, &rules));
+            let result = match elements {
+                Some(script) => match nft(&script).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "isolation set update failed; replacing the tables");
+                        apply(&rules).await.inspect(|()| reloaded = Instant::now())
+                    }
+                },
+                None => apply(&rules).await.inspect(|()| reloaded = Instant::now()),
+            };
+            match result {
                 Ok(()) => {
                     tracing::debug!(
                         segments = rules.segments.len(),
@@ -80,14 +107,20 @@ pub async fn keep(mut maps: watch::Receiver<NetworkMap>, own_node: u64, mut appl
             }
         }
         if applied.is_none() {
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
         }
         tokio::select! {
-            changed = maps.changed() => if changed.is_err() { return },
+            changed = maps.changed() => {
+                if changed.is_err() { return }
+                // A lone change at once; one within DEBOUNCE of the last update waits out the burst.
+                tokio::time::sleep_until(updated + DEBOUNCE).await;
+            }
             _ = tokio::time::sleep(RECHECK) => if !present().await {
                 tracing::warn!("the isolation tables were removed; putting them back");
                 metrics::counter!("weave_firewall_repairs_total").increment(1);
+                applied = None;
+            } else if reloaded.elapsed() >= FULL_RELOAD {
                 applied = None;
             },
         }

@@ -2,8 +2,9 @@
 //! devices and their FDB flood entries, the fast path's routes and proxy-ARP
 //! entries, all through rtnetlink (no `ip`), plus the few sysctls they need.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr},
+    sync::{Arc, Mutex},
 };
 
 use futures::{StreamExt, TryStreamExt};
@@ -29,16 +30,19 @@ use crate::{
     },
 };
 
-/// NUD_NOARP | NUD_PERMANENT, as `bridge fdb append` sets them.
+mod neighbour;
 mod workload;
 pub use workload::WorkloadInterface;
 
+/// NUD_NOARP | NUD_PERMANENT, as `bridge fdb append` sets them.
 const FDB_STATE: u16 = 0xC0;
 const EEXIST: i32 = 17;
 const ENOENT: i32 = 2;
 const ENODEV: i32 = 19;
 const ESRCH: i32 = 3;
 const EINVAL: i32 = 22;
+/// How [`Netlink::apply`] recognises a route whose source address the kernel refused.
+const NO_SOURCE: &str = "source address not on this host";
 
 /// Writes a sysctl of the calling thread's network namespace.
 pub fn sysctl(path: &str, value: &str) -> Result<(), Error> {
@@ -60,6 +64,10 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
+    /// Interface indexes of the TUN and the bridges by name, filled by
+    /// [`Self::observe`] and on first use, so a change does not look its
+    /// interface up again; emptied when a link is deleted or a change fails.
+    indexes: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl Netlink {
@@ -67,7 +75,23 @@ impl Netlink {
     pub fn connect() -> Result<Self, Error> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| Error::Netlink(e.to_string()))?;
         tokio::spawn(conn);
-        Ok(Self { handle })
+        Ok(Self { handle, indexes: Default::default() })
+    }
+
+    /// [`Self::link_index`] through the cache (for the TUN and the bridges).
+    async fn cached_index(&self, name: &str) -> Result<Option<u32>, Error> {
+        if let Some(i) = self.index_cache().get(name) {
+            return Ok(Some(*i));
+        }
+        let found = self.link_index(name).await?;
+        if let Some(i) = found {
+            self.index_cache().insert(name.to_string(), i);
+        }
+        Ok(found)
+    }
+
+    fn index_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.indexes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn links(&self) -> Result<Vec<LinkMessage>, Error> {
@@ -164,7 +188,13 @@ impl Netlink {
         }
         let bridge_vni: BTreeMap<u32, u32> = bridge_index.iter().map(|(vni, index)| (*index, *vni)).collect();
         let mut observed = Observed { segments, ..Default::default() };
-        let tun = self.link_index(TUN_NAME).await?;
+        let tun = links.iter().find(|l| name(l) == Some(TUN_NAME)).map(|l| l.header.index);
+        {
+            let mut cache = self.index_cache();
+            cache.clear();
+            cache.extend(bridge_index.iter().map(|(vni, i)| (bridge_name(*vni), *i)));
+            cache.extend(tun.map(|i| (TUN_NAME.to_string(), i)));
+        }
         let routes: Vec<RouteMessage> = self
             .handle
             .route()
@@ -212,7 +242,27 @@ impl Netlink {
         Ok(observed)
     }
 
-    pub async fn apply(&self, change: &Change) -> Result<(), Error> {
+    /// Carries out `change`; returns what the kernel now holds, which is
+    /// `change` itself except for a route whose source address was refused
+    /// (it is then installed without one).
+    pub async fn apply(&self, change: &Change) -> Result<Change, Error> {
+        let result = match *change {
+            Change::AddRoute { dst, src: Some(_) } => match self.apply_one(change).await {
+                Err(Error::Netlink(e)) if e.contains(NO_SOURCE) => self
+                    .apply_one(&Change::AddRoute { dst, src: None })
+                    .await
+                    .map(|()| Change::AddRoute { dst, src: None }),
+                other => other.map(|()| change.clone()),
+            },
+            _ => self.apply_one(change).await.map(|()| change.clone()),
+        };
+        if result.is_err() {
+            self.index_cache().clear();
+        }
+        result
+    }
+
+    async fn apply_one(&self, change: &Change) -> Result<(), Error> {
         match *change {
             Change::RemoveFlood { vni, peer } => self.flood(vni, peer, false).await,
             Change::RemoveSegment { vni } => {
@@ -223,22 +273,23 @@ impl Netlink {
             Change::EnsureSegment { vni, local, mtu } => self.ensure_segment(vni, local, mtu).await,
             Change::AddFlood { vni, peer } => self.flood(vni, peer, true).await,
             Change::RemoveRoute { dst } => {
-                let Some(tun) = self.link_index(TUN_NAME).await? else { return Ok(()) };
+                let Some(tun) = self.cached_index(TUN_NAME).await? else { return Ok(()) };
                 self.del_route(route(Ipv4Net::from(dst), tun, None, None), format!("route {dst}")).await
             }
             Change::AddRoute { dst, src } => {
-                let tun = self.link_index(TUN_NAME).await?.ok_or_else(|| Error::Netlink(format!("no {TUN_NAME}")))?;
-                let add = |src| self.handle.route().add(route(Ipv4Net::from(dst), tun, src, None)).replace().execute();
-                match add(src).await {
+                let tun = self.cached_index(TUN_NAME).await?.ok_or_else(|| Error::Netlink(format!("no {TUN_NAME}")))?;
+                let add = self.handle.route().add(route(Ipv4Net::from(dst), tun, src, None)).replace().execute();
+                match add.await {
                     // The exposed address is not on the bridge yet (or no more):
-                    // route without it now; the pass after the expose fixes it.
-                    Err(e) if src.is_some() && errno(&e) == Some(EINVAL) => add(None).await,
-                    other => other,
+                    // `apply` routes without it now; the pass after the expose fixes it.
+                    Err(e) if src.is_some() && errno(&e) == Some(EINVAL) => {
+                        Err(Error::Netlink(format!("route {dst} via {TUN_NAME}: {NO_SOURCE}")))
+                    }
+                    other => other.map_err(|e| nl(format!("route {dst} via {TUN_NAME}"), e)),
                 }
-                .map_err(|e| nl(format!("route {dst} via {TUN_NAME}"), e))
             }
             Change::RemoveSubnetRoute { vni, net } => {
-                let Some(br) = self.link_index(&bridge_name(vni)).await? else { return Ok(()) };
+                let Some(br) = self.cached_index(&bridge_name(vni)).await? else { return Ok(()) };
                 self.del_route(route(net, br, None, Some(SUBNET_ROUTE_METRIC)), format!("route {net}")).await
             }
             Change::AddSubnetRoute { vni, net } => {
@@ -260,7 +311,7 @@ impl Netlink {
 
     async fn bridge(&self, vni: u32) -> Result<u32, Error> {
         let br = bridge_name(vni);
-        self.link_index(&br).await?.ok_or_else(|| Error::Netlink(format!("{br} does not exist")))
+        self.cached_index(&br).await?.ok_or_else(|| Error::Netlink(format!("{br} does not exist")))
     }
 
     async fn del_route(&self, msg: RouteMessage, what: String) -> Result<(), Error> {
@@ -315,78 +366,6 @@ impl Netlink {
         }
     }
 
-    /// `bridge fdb append|del 00:00:00:00:00:00 dev wvvx-<vni> dst <peer>`. The
-    /// stock builder always sends EXCL, so a second destination would fail.
-    async fn flood(&self, vni: u32, peer: Ipv4Addr, add: bool) -> Result<(), Error> {
-        let vx = vxlan_name(vni);
-        let Some(index) = self.link_index(&vx).await? else {
-            return if add { Err(Error::Netlink(format!("{vx} does not exist"))) } else { Ok(()) };
-        };
-        let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Bridge;
-        msg.header.ifindex = index;
-        msg.header.state = NeighbourState::Other(FDB_STATE);
-        msg.header.flags = NeighbourFlags::Own;
-        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
-        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(peer)));
-        let mut req = if add {
-            let mut r = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
-            r.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
-            r
-        } else {
-            let mut r = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(msg));
-            r.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-            r
-        };
-        req.finalize();
-        let mut handle = self.handle.clone();
-        let mut response = handle.request(req).map_err(|e| nl(format!("fdb {vx} {peer}"), e))?;
-        while let Some(message) = response.next().await {
-            if let NetlinkPayload::Error(err) = message.payload {
-                let code = -err.raw_code();
-                let benign = if add { code == EEXIST } else { code == ENOENT };
-                if !benign {
-                    return Err(Error::Netlink(format!(
-                        "fdb {} {vx} dst {peer}: {}",
-                        if add { "append" } else { "del" },
-                        err.to_io()
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// A permanent neighbour entry for a local workload on its bridge. The
-    /// host then never has to ARP for it: its ARP would come from an address
-    /// outside the subnet, which a workload with reverse-path filtering (and
-    /// no route back to that address) ignores.
-    pub async fn pin_neighbour(&self, bridge: &str, ip: Ipv4Addr, mac: &[u8]) -> Result<(), Error> {
-        let index = self.link_index(bridge).await?.ok_or_else(|| Error::Netlink(format!("no bridge {bridge}")))?;
-        let request = self.handle.neighbours().add(index, IpAddr::V4(ip)).link_layer_address(mac);
-        request.replace().execute().await.map_err(|e| nl(format!("neighbour {ip} on {bridge}"), e))
-    }
-
-    /// Removes what [`Self::pin_neighbour`] added; fine if absent.
-    pub async fn unpin_neighbour(&self, bridge: &str, ip: Ipv4Addr) -> Result<(), Error> {
-        self.del_neighbour(bridge, ip, NeighbourFlags::empty()).await
-    }
-
-    /// Deletes a neighbour entry (`flags`: `Proxy` for a proxy-ARP entry) on a bridge; fine if absent.
-    async fn del_neighbour(&self, bridge: &str, ip: Ipv4Addr, flags: NeighbourFlags) -> Result<(), Error> {
-        let Some(index) = self.link_index(bridge).await? else { return Ok(()) };
-        let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Inet;
-        msg.header.ifindex = index;
-        msg.header.flags = flags;
-        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
-        match self.handle.neighbours().del(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(errno(&e), Some(ENOENT)) => Ok(()),
-            Err(e) => Err(nl(format!("remove neighbour entry {ip} on {bridge}"), e)),
-        }
-    }
-
     /// Sets link `name` up (e.g. `lo` in a fresh container namespace).
     pub async fn set_up(&self, name: &str) -> Result<(), Error> {
         let index = self.link_index(name).await?.ok_or_else(|| Error::Netlink(format!("no link {name}")))?;
@@ -395,6 +374,7 @@ impl Netlink {
     }
 
     pub async fn delete_link(&self, name: &str) -> Result<(), Error> {
+        self.index_cache().clear();
         let Some(index) = self.link_index(name).await? else { return Ok(()) };
         match self.handle.link().del(index).execute().await {
             Ok(()) => Ok(()),

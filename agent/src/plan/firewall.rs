@@ -1,6 +1,7 @@
 //! Subnet isolation in the host's forwarding path, as the nftables ruleset
 //! (a tested value; [`crate::host::firewall`] applies it). Two tables,
-//! replaced as a whole on every change:
+//! replaced as a whole when their chains change ([`update`] changes only
+//! set elements when nothing else did):
 //!
 //! - `inet weave`: its forward chain lets traffic stay inside one bridge
 //!   (`wvbr-*`, also when `br_netfilter` passes bridged frames through the IP
@@ -180,6 +181,37 @@ pub fn ruleset(rules: &Rules) -> String {
     out
 }
 
+/// The element changes that turn the applied `old` rules into `new`, as one
+/// `nft -f` transaction, when only set elements differ (a remote workload or
+/// a peer came or went: the common case, O(change) instead of a reload of
+/// every element); `None` when the chains themselves change (segments,
+/// overlay ranges) and the tables must be replaced with [`ruleset`].
+pub fn update(old: &Rules, new: &Rules) -> Option<String> {
+    let same_chains = old.overlay == new.overlay
+        && old.segments.len() == new.segments.len()
+        && old.segments.iter().zip(&new.segments).all(|(a, b)| a.bridge == b.bridge && a.subnet == b.subnet);
+    if !same_chains {
+        return None;
+    }
+    let mut out = String::new();
+    let mut elements = |name: &str, old: &BTreeSet<Ipv4Addr>, new: &BTreeSet<Ipv4Addr>| {
+        for (verb, mut items) in [("delete", old.difference(new)), ("add", new.difference(old))] {
+            if let Some(first) = items.next() {
+                let _ = write!(out, "{verb} element inet {TABLE} {name} {{ {first}");
+                for a in items {
+                    let _ = write!(out, ", {a}");
+                }
+                out.push_str(" }\n");
+            }
+        }
+    };
+    for (i, (a, b)) in old.segments.iter().zip(&new.segments).enumerate() {
+        elements(&format!("remote{i}"), &a.remote, &b.remote);
+    }
+    elements("peers", &old.peers, &new.peers);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +301,38 @@ mod tests {
             "{r}"
         );
         assert_eq!(ruleset(&Rules::default()).matches("set peers {\n    type ipv4_addr\n  }").count(), 1);
+    }
+
+    #[test]
+    fn element_changes_update_the_sets_and_anything_else_replaces_the_tables() {
+        let seg = |vni, subnet: &str, remote: &[&str]| Segment {
+            bridge: bridge_name(vni),
+            subnet: subnet.parse().unwrap(),
+            remote: remote.iter().map(|a| a.parse().unwrap()).collect(),
+        };
+        let peers = |p: &[&str]| p.iter().map(|a| a.parse().unwrap()).collect();
+        let old = Rules {
+            segments: vec![seg(5, "10.32.0.0/16", &["10.32.0.7", "10.32.0.9"]), seg(9, "10.2.3.0/24", &[])],
+            peers: peers(&["10.47.0.2"]),
+            overlay: ["10.32.0.0/12".parse().unwrap()].into(),
+        };
+        let mut new = old.clone();
+        new.segments[0].remote.remove(&"10.32.0.9".parse().unwrap());
+        new.segments[1].remote.extend(["10.2.3.4".parse::<Ipv4Addr>().unwrap(), "10.2.3.5".parse().unwrap()]);
+        new.peers = peers(&["10.47.0.3"]);
+        assert_eq!(
+            update(&old, &new).unwrap(),
+            "delete element inet weave remote0 { 10.32.0.9 }\n\
+             add element inet weave remote1 { 10.2.3.4, 10.2.3.5 }\n\
+             delete element inet weave peers { 10.47.0.2 }\n\
+             add element inet weave peers { 10.47.0.3 }\n"
+        );
+        assert_eq!(update(&old, &old).unwrap(), "");
+        let mut other = new.clone();
+        other.segments.pop();
+        assert_eq!(update(&old, &other), None, "a segment went: the chains change");
+        let mut other = new.clone();
+        other.overlay.insert("10.2.3.0/24".parse().unwrap());
+        assert_eq!(update(&old, &other), None, "the overlay changed");
     }
 }

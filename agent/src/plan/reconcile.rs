@@ -284,5 +284,86 @@ fn diff_segments(desired: &Desired, observed: &Observed) -> Vec<Change> {
     remove_flood.into_iter().chain(remove).chain(ensure).chain(add_flood).collect()
 }
 
+impl Observed {
+    /// What the kernel holds after `change` was carried out (as
+    /// `host::netlink` does it) on what `self` describes. The control loop
+    /// keeps the state it last applied this way, so a map change costs a diff
+    /// against memory instead of dumping links, FDB, routes and neighbours;
+    /// a periodic and an on-error full pass re-read the kernel.
+    pub fn record(&mut self, change: &Change) {
+        match *change {
+            Change::RemoveFlood { vni, peer } => {
+                if let Some(s) = self.segments.get_mut(&vni) {
+                    s.flood.remove(&peer);
+                }
+            }
+            Change::RemoveSegment { vni } => {
+                // The bridge takes its proxy entries, pins and subnet route with it.
+                self.segments.remove(&vni);
+                self.forget_bridge(vni);
+            }
+            Change::RemoveVxlan { vni } => {
+                if let Some(s) = self.segments.get_mut(&vni) {
+                    s.vxlan = None;
+                    s.flood.clear();
+                }
+            }
+            Change::EnsureSegment { vni, local, mtu } => {
+                let s = self.segments.entry(vni).or_default();
+                let new_bridge = s.bridge_mtu.is_none();
+                s.bridge_mtu = Some(mtu);
+                s.bridge_mac = Some(bridge_mac(local));
+                match &mut s.vxlan {
+                    Some(v) => {
+                        v.mtu = mtu;
+                        v.in_bridge = true;
+                    }
+                    None => {
+                        s.vxlan = Some(ObservedVxlan { local: Some(local), mtu, in_bridge: true });
+                        s.flood.clear();
+                    }
+                }
+                if new_bridge {
+                    self.forget_bridge(vni);
+                }
+            }
+            Change::AddFlood { vni, peer } => {
+                self.segments.entry(vni).or_default().flood.insert(peer);
+            }
+            Change::RemoveRoute { dst } => {
+                self.routes.remove(&dst);
+            }
+            Change::AddRoute { dst, src } => {
+                self.routes.insert(dst, src);
+            }
+            Change::RemoveProxy { vni, addr } => {
+                if let Some(p) = self.proxies.get_mut(&vni) {
+                    p.remove(&addr);
+                }
+            }
+            Change::AddProxy { vni, addr } => {
+                self.proxies.entry(vni).or_default().insert(addr);
+            }
+            Change::Unpin { vni, addr } => {
+                if let Some(p) = self.pinned.get_mut(&vni) {
+                    p.remove(&addr);
+                }
+            }
+            Change::RemoveSubnetRoute { vni, net } => {
+                self.subnets.remove(&(vni, net));
+            }
+            Change::AddSubnetRoute { vni, net } => {
+                self.subnets.insert((vni, net));
+            }
+        }
+    }
+
+    fn forget_bridge(&mut self, vni: u32) {
+        self.proxies.remove(&vni);
+        self.pinned.remove(&vni);
+        self.subnets.retain(|(v, _)| *v != vni);
+    }
+}
+
 #[cfg(test)]
 mod tests;

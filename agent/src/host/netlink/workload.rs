@@ -27,7 +27,7 @@ impl Netlink {
         })?;
         let (conn, handle, _) = opened;
         tokio::spawn(conn);
-        Ok(Self { handle })
+        Ok(Self { handle, indexes: Default::default() })
     }
 
     /// The `ethwe*` interfaces of this namespace (and `extra`, a name the

@@ -208,3 +208,154 @@ fn remote_workloads_get_routes_proxy_entries_and_their_subnet_a_route() {
         vec![Change::RemoveRoute { dst: ip("10.2.3.2") }, Change::RemoveSegment { vni: 200 }]
     );
 }
+
+/// A small deterministic generator (xorshift) for the model tests.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self) -> bool {
+        self.next() & 1 == 1
+    }
+    fn addrs(&mut self, base: [u8; 3], n: u64) -> BTreeSet<Ipv4Addr> {
+        (0..n).filter(|_| self.chance()).map(|i| Ipv4Addr::new(base[0], base[1], base[2], 1 + i as u8)).collect()
+    }
+}
+
+fn random_desired(g: &mut Gen) -> Desired {
+    let mut d = desired(&[], &[]);
+    d.peers = g.addrs([10, 47, 0], 5);
+    d.peers.remove(&d.local);
+    for vni in [5u32, 6, 7] {
+        if !g.chance() {
+            continue;
+        }
+        d.segments.insert(vni, format!("net{vni}"));
+        d.subnets.insert(vni, Ipv4Net::new(Ipv4Addr::new(10, vni as u8, 0, 0), 16 + g.pick(2) as u8).unwrap());
+        let remote = g.addrs([10, vni as u8, 1], 6);
+        for r in &remote {
+            let src = g.chance().then(|| Ipv4Addr::new(10, vni as u8, 0, 1));
+            d.routes.insert(*r, src);
+        }
+        d.proxies.insert(vni, remote);
+    }
+    d
+}
+
+fn random_observed(g: &mut Gen) -> Observed {
+    let mut o = Observed::default();
+    for vni in [5u32, 6, 7, 8] {
+        if !g.chance() {
+            continue;
+        }
+        let bridge = g.pick(4) != 0;
+        let local = if g.pick(4) == 0 { ip("10.47.0.9") } else { ip("10.47.0.1") };
+        let seg = ObservedSegment {
+            bridge_mtu: bridge.then(|| if g.chance() { 1370 } else { 1400 }),
+            bridge_mac: bridge.then(|| bridge_mac(if g.chance() { ip("10.47.0.1") } else { ip("10.47.0.9") })),
+            vxlan: (g.pick(4) != 0).then(|| ObservedVxlan {
+                local: Some(local),
+                mtu: if g.chance() { 1370 } else { 1500 },
+                in_bridge: bridge && g.chance(),
+            }),
+            flood: g.addrs([10, 47, 0], 5),
+        };
+        o.segments.insert(vni, seg);
+        o.routes.extend(g.addrs([10, vni as u8, 1], 6).into_iter().map(|a| (a, None)));
+        if bridge {
+            o.proxies.insert(vni, g.addrs([10, vni as u8, 1], 6));
+            o.pinned.insert(vni, g.addrs([10, vni as u8, 1], 6));
+            if g.chance() {
+                o.subnets.insert((vni, Ipv4Net::new(Ipv4Addr::new(10, vni as u8, 0, 0), 16).unwrap()));
+            }
+        }
+    }
+    o
+}
+
+/// `o` after carrying out its diff to `d`, as the control loop records it.
+fn converge(d: &Desired, o: &Observed) -> Observed {
+    let mut after = o.clone();
+    for c in diff(d, o) {
+        after.record(&c);
+    }
+    after
+}
+
+/// Equal up to empty per-vni sets (the kernel has no "empty" entry).
+fn normal(o: &Observed) -> Observed {
+    let mut o = o.clone();
+    o.proxies.retain(|_, s| !s.is_empty());
+    o.pinned.retain(|_, s| !s.is_empty());
+    o
+}
+
+#[test]
+fn the_recorded_state_after_a_diff_is_converged_and_is_what_the_map_asks_for() {
+    let mut g = Gen(0x9E37_79B9_7F4A_7C15);
+    for round in 0..2000 {
+        let (d, o) = (random_desired(&mut g), random_observed(&mut g));
+        let after = converge(&d, &o);
+        assert!(diff(&d, &after).is_empty(), "round {round}: {d:?}\n{o:?}\n{:?}", diff(&d, &after));
+        assert_eq!(after.routes, d.routes, "round {round}");
+        assert_eq!(after.subnets, d.subnets.iter().map(|(v, n)| (*v, *n)).collect(), "round {round}");
+        let wanted: BTreeMap<u32, BTreeSet<Ipv4Addr>> =
+            d.proxies.iter().filter(|(_, s)| !s.is_empty()).map(|(v, s)| (*v, s.clone())).collect();
+        assert_eq!(normal(&after).proxies, wanted, "round {round}");
+        assert_eq!(after.segments.keys().collect::<Vec<_>>(), d.segments.keys().collect::<Vec<_>>());
+        for (vni, s) in &after.segments {
+            assert_eq!(s.flood, d.peers, "round {round} vni {vni}");
+            assert_eq!(s.bridge_mtu, Some(d.mtu));
+            assert_eq!(s.vxlan, Some(ObservedVxlan { local: Some(d.local), mtu: d.mtu, in_bridge: true }));
+        }
+        for (vni, pins) in &after.pinned {
+            assert!(pins.is_disjoint(d.proxies.get(vni).unwrap_or(&BTreeSet::new())), "round {round}");
+        }
+    }
+}
+
+#[test]
+fn incremental_passes_end_where_one_full_pass_from_the_start_ends() {
+    let mut g = Gen(0xDEAD_BEEF_1234_5678);
+    for round in 0..500 {
+        let start = random_observed(&mut g);
+        let steps: Vec<Desired> = (0..4).map(|_| random_desired(&mut g)).collect();
+        let mut model = start.clone();
+        for d in &steps {
+            model = converge(d, &model);
+        }
+        let last = steps.last().unwrap();
+        let full = converge(last, &start);
+        assert_eq!(normal(&model).routes, normal(&full).routes, "round {round}");
+        assert_eq!(normal(&model).proxies, normal(&full).proxies, "round {round}");
+        assert_eq!(model.subnets, full.subnets, "round {round}");
+        assert_eq!(model.segments, full.segments, "round {round}");
+        // Pins are only ever removed: the incremental path removes at least what one full pass would.
+        for (vni, pins) in &normal(&model).pinned {
+            assert!(full.pinned.get(vni).is_some_and(|f| pins.is_subset(f)), "round {round}");
+        }
+    }
+}
+
+#[test]
+fn one_more_remote_workload_is_two_changes() {
+    let mut d = desired(&[5], &["10.47.0.2"]);
+    d.subnets.insert(5, "10.5.0.0/16".parse().unwrap());
+    d.proxies.insert(5, (1..=200).map(|i| Ipv4Addr::new(10, 5, 1, i)).collect());
+    d.routes = d.proxies[&5].iter().map(|a| (*a, None)).collect();
+    let model = converge(&d, &Observed::default());
+    d.proxies.get_mut(&5).unwrap().insert(ip("10.5.2.1"));
+    d.routes.insert(ip("10.5.2.1"), None);
+    assert_eq!(
+        diff(&d, &model),
+        vec![Change::AddProxy { vni: 5, addr: ip("10.5.2.1") }, Change::AddRoute { dst: ip("10.5.2.1"), src: None }]
+    );
+}

@@ -1,0 +1,77 @@
+//! Neighbour-table entries: the VXLAN devices' FDB flood entries and the
+//! bridges' permanent (pinned) and proxy-ARP entries.
+use super::*;
+
+impl Netlink {
+    /// `bridge fdb append|del 00:00:00:00:00:00 dev wvvx-<vni> dst <peer>`. The
+    /// stock builder always sends EXCL, so a second destination would fail.
+    pub(super) async fn flood(&self, vni: u32, peer: Ipv4Addr, add: bool) -> Result<(), Error> {
+        let vx = vxlan_name(vni);
+        let Some(index) = self.cached_index(&vx).await? else {
+            return if add { Err(Error::Netlink(format!("{vx} does not exist"))) } else { Ok(()) };
+        };
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Other(FDB_STATE);
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(peer)));
+        let mut req = if add {
+            let mut r = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
+            r.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
+            r
+        } else {
+            let mut r = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(msg));
+            r.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+            r
+        };
+        req.finalize();
+        let mut handle = self.handle.clone();
+        let mut response = handle.request(req).map_err(|e| nl(format!("fdb {vx} {peer}"), e))?;
+        while let Some(message) = response.next().await {
+            if let NetlinkPayload::Error(err) = message.payload {
+                let code = -err.raw_code();
+                let benign = if add { code == EEXIST } else { code == ENOENT };
+                if !benign {
+                    return Err(Error::Netlink(format!(
+                        "fdb {} {vx} dst {peer}: {}",
+                        if add { "append" } else { "del" },
+                        err.to_io()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A permanent neighbour entry for a local workload on its bridge. The
+    /// host then never has to ARP for it: its ARP would come from an address
+    /// outside the subnet, which a workload with reverse-path filtering (and
+    /// no route back to that address) ignores.
+    pub async fn pin_neighbour(&self, bridge: &str, ip: Ipv4Addr, mac: &[u8]) -> Result<(), Error> {
+        let index = self.link_index(bridge).await?.ok_or_else(|| Error::Netlink(format!("no bridge {bridge}")))?;
+        let request = self.handle.neighbours().add(index, IpAddr::V4(ip)).link_layer_address(mac);
+        request.replace().execute().await.map_err(|e| nl(format!("neighbour {ip} on {bridge}"), e))
+    }
+
+    /// Removes what [`Self::pin_neighbour`] added; fine if absent.
+    pub async fn unpin_neighbour(&self, bridge: &str, ip: Ipv4Addr) -> Result<(), Error> {
+        self.del_neighbour(bridge, ip, NeighbourFlags::empty()).await
+    }
+
+    /// Deletes a neighbour entry (`flags`: `Proxy` for a proxy-ARP entry) on a bridge; fine if absent.
+    pub(super) async fn del_neighbour(&self, bridge: &str, ip: Ipv4Addr, flags: NeighbourFlags) -> Result<(), Error> {
+        let Some(index) = self.cached_index(bridge).await? else { return Ok(()) };
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.header.flags = flags;
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(ENOENT)) => Ok(()),
+            Err(e) => Err(nl(format!("remove neighbour entry {ip} on {bridge}"), e)),
+        }
+    }
+}
