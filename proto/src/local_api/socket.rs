@@ -36,9 +36,13 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// How long accepting pauses after an error that is not one connection's
+/// (the coordinator's accept loop and the agent's DNS use the same).
+const BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (stream, _) = next_connection(|| listener.accept()).await;
         let handler = handler.clone();
         tokio::spawn(async move {
             if let Err(e) = answer(stream, &*handler).await {
@@ -46,6 +50,32 @@ pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>) {
             }
         });
     }
+}
+
+/// The next accepted connection. An error that concerns only the connection
+/// being accepted is skipped at once; any other (EMFILE, ENFILE, ENOBUFS)
+/// pauses [`BACKOFF`] first: retrying at once would only spin a core while
+/// the process is out of descriptors, and the pause lets open ones close.
+async fn next_connection<T, F, Fut>(mut accept: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    loop {
+        match accept().await {
+            Ok(conn) => return conn,
+            Err(e) if connection_only(&e) => tracing::debug!(error = %e, "local API: connection error on accept"),
+            Err(e) => {
+                tracing::warn!(error = %e, "local API: accept failed (out of file descriptors?); pausing before the next");
+                tokio::time::sleep(BACKOFF).await;
+            }
+        }
+    }
+}
+
+fn connection_only(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | BrokenPipe | Interrupted | WouldBlock | TimedOut)
 }
 
 async fn answer(stream: UnixStream, handler: &dyn Handler) -> std::io::Result<()> {
@@ -219,6 +249,31 @@ pub async fn request(path: &Path, request: &Request) -> std::io::Result<Response
 mod tests {
     use super::*;
     use crate::local_api::{AgentStatus, ErrorKind, PeerStatus, Reply, format_status};
+
+    #[tokio::test]
+    async fn out_of_descriptors_pauses_instead_of_spinning() {
+        let emfile = || std::io::Error::from_raw_os_error(24);
+        let mut results: VecDeque<std::io::Result<u32>> = VecDeque::from([
+            Err(emfile()),
+            Err(std::io::Error::from_raw_os_error(23)), // ENFILE
+            Ok(1),
+            Err(std::io::Error::from(std::io::ErrorKind::ConnectionAborted)),
+            Ok(2),
+        ]);
+        let mut calls = 0;
+        let start = std::time::Instant::now();
+        let first = next_connection(|| {
+            calls += 1;
+            std::future::ready(results.pop_front().unwrap())
+        })
+        .await;
+        assert_eq!((first, calls), (1, 3));
+        assert!(start.elapsed() >= 2 * BACKOFF, "one pause per EMFILE/ENFILE");
+        let start = std::time::Instant::now();
+        let second = next_connection(|| std::future::ready(results.pop_front().unwrap())).await;
+        assert_eq!(second, 2);
+        assert!(start.elapsed() < BACKOFF, "no pause for one aborted connection");
+    }
 
     struct Fixed;
     impl Handler for Fixed {
