@@ -105,6 +105,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         store: store.clone(),
         cluster,
         advertise: advertise.clone(),
+        underlay: api::own_addresses(local_addr, &advertise),
         pin: tls.pin,
         token_ttl: settings.token_ttl,
         challenger: Default::default(),

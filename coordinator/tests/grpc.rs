@@ -269,6 +269,36 @@ async fn every_mutating_rpc_checks_the_callers_role() {
     assert_status(admin.ipam.allocate(alloc("c1", "")).await, Code::InvalidArgument, "name the node");
 }
 
+/// The malicious member (or a mistaken admin): a subnet holding a host's
+/// underlay address would be routed into the overlay on every host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subnets_holding_underlay_addresses_are_refused_for_everyone() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    let (_, mut node) = c.join("host1", 1).await; // endpoint 192.0.2.1:6784
+    let refused = Code::FailedPrecondition;
+    assert_status(
+        admin.subnets.add_subnet(subnet("192.0.2.0/24")).await,
+        refused,
+        "192.0.2.0/24 contains the underlay address 192.0.2.1 of node host1",
+    );
+    assert_status(node.subnets.add_subnet(subnet("128.0.0.0/1")).await, refused, "of node host1");
+    // The coordinator listens on 127.0.0.1 here.
+    assert_status(
+        node.subnets.add_subnet(subnet("127.0.0.0/8")).await,
+        refused,
+        "contains the coordinator's own address 127.0.0.1",
+    );
+    let eps = UpdateEndpointsRequest { node: String::new(), endpoints: vec!["198.51.100.1:6784".into()] };
+    node.nodes.update_endpoints(eps).await.unwrap();
+    assert_status(admin.subnets.add_subnet(subnet("198.51.100.0/25")).await, refused, "198.51.100.1 of node host1");
+    // Nothing was added; the freed range and a neighbour are fine.
+    let listed = admin.subnets.list_subnets(ListSubnetsRequest {}).await.unwrap().into_inner().subnets;
+    assert_eq!(listed.len(), 1, "only the default: {listed:?}");
+    admin.subnets.add_subnet(subnet("192.0.2.0/24")).await.unwrap();
+    admin.subnets.add_subnet(subnet("198.51.101.0/24")).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subnets_refuse_overlaps_bad_cidrs_and_the_node_block() {
     let c = TestCoordinator::start().await;

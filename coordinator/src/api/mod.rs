@@ -28,7 +28,7 @@ pub use self::{
     map::{MAX_WATCHES_PER_CREDENTIAL, Map},
     nodes::Nodes,
     status::StatusApi,
-    subnets::Subnets,
+    subnets::{Subnets, own_addresses},
     tokens::{MAX_DESCRIPTION_LEN, Tokens},
 };
 use crate::{
@@ -42,6 +42,8 @@ pub struct State {
     pub cluster: Cluster,
     /// host:port put into join tokens.
     pub advertise: String,
+    /// This coordinator's own addresses (listen and advertised): no subnet may hold one.
+    pub underlay: Vec<std::net::IpAddr>,
     pub pin: Pin,
     pub token_ttl: Option<std::time::Duration>,
     pub started_at: i64,

@@ -2,10 +2,14 @@ use tonic::{Request, Response, Status};
 use weave_proto::{
     cidr::parse_subnet,
     v1::{
-        AddSubnetRequest, ListSubnetsRequest, ListSubnetsResponse, RemoveSubnetRequest, RemoveSubnetResponse, Subnet,
-        subnet_service_server::SubnetService,
+        AddSubnetRequest, ListSubnetsRequest, ListSubnetsResponse, Node, RemoveSubnetRequest, RemoveSubnetResponse,
+        Subnet, subnet_service_server::SubnetService,
     },
 };
+
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
 
 use super::Shared;
 use crate::error::Error;
@@ -26,6 +30,14 @@ impl SubnetService for Subnets {
             self.0.admin(&request).await?;
         }
         let net = parse_subnet(&r.cidr).map_err(Error::from)?;
+        let nodes = self.0.store.list_nodes().await?;
+        if let Some(conflict) = underlay_conflict(&net, &nodes, &self.0.underlay) {
+            return Err(Error::FailedPrecondition(format!(
+                "{net} contains {conflict}: every agent would route it into the overlay and cut that host off \
+                 its underlay; choose a subnet away from the hosts' real addresses"
+            ))
+            .into());
+        }
         let subnet = self.0.store.add_subnet(&net, name).await?;
         tracing::info!(subnet = %subnet.cidr, vni = subnet.vni, by = ?caller, "subnet added");
         Ok(Response::new(subnet))
@@ -52,5 +64,56 @@ impl SubnetService for Subnets {
         let (subnet, released) = self.0.store.remove_subnet(&r.subnet, r.force).await?;
         tracing::info!(subnet = %subnet.cidr, released, "subnet removed");
         Ok(Response::new(RemoveSubnetResponse { subnet: Some(subnet), released_allocations: released }))
+    }
+}
+
+/// The first underlay address `net` would swallow, named for the error: a
+/// node's endpoint (how its peers reach it) or one of the coordinator's own
+/// addresses (how every agent reaches it). A subnet is routed into the
+/// overlay bridge on every host, so one holding such an address cuts that
+/// host off: checked for every caller, the admin too.
+fn underlay_conflict(net: &IpNet, nodes: &[Node], coordinator: &[IpAddr]) -> Option<String> {
+    for node in nodes {
+        let endpoint =
+            node.endpoints.iter().filter_map(|e| e.parse::<SocketAddr>().ok()).find(|e| net.contains(&e.ip()));
+        if let Some(e) = endpoint {
+            return Some(format!("the underlay address {} of node {}", e.ip(), node.name));
+        }
+    }
+    coordinator.iter().find(|ip| net.contains(*ip)).map(|ip| format!("the coordinator's own address {ip}"))
+}
+
+/// The coordinator's own addresses as agents reach it: the listen address
+/// unless it is 0.0.0.0/::, and the advertised one when it is an IP.
+pub fn own_addresses(listen: SocketAddr, advertise: &str) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = advertise.parse::<SocketAddr>().map(|a| a.ip()).into_iter().collect();
+    if !listen.ip().is_unspecified() && !ips.contains(&listen.ip()) {
+        ips.push(listen.ip());
+    }
+    ips
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, endpoints: &[&str]) -> Node {
+        Node { name: name.into(), endpoints: endpoints.iter().map(|e| e.to_string()).collect(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_subnet_holding_an_underlay_address_is_named() {
+        let nodes = [node("host1", &["198.51.100.7:6784"]), node("host2", &["192.0.2.2:6784", "[2001:db8::2]:6784"])];
+        let me = own_addresses("0.0.0.0:6783".parse().unwrap(), "203.0.113.1:6783");
+        assert_eq!(me, ["203.0.113.1".parse::<IpAddr>().unwrap()], "0.0.0.0 is no address");
+        let check = |s: &str| underlay_conflict(&s.parse().unwrap(), &nodes, &me);
+        assert_eq!(check("192.0.2.0/24").unwrap(), "the underlay address 192.0.2.2 of node host2");
+        assert_eq!(check("128.0.0.0/1").unwrap(), "the underlay address 198.51.100.7 of node host1");
+        assert_eq!(check("2001:db8::/64").unwrap(), "the underlay address 2001:db8::2 of node host2");
+        assert_eq!(check("203.0.113.0/30").unwrap(), "the coordinator's own address 203.0.113.1");
+        assert_eq!(check("10.2.3.0/24"), None);
+        assert_eq!(check("192.0.3.0/24"), None);
+        let named = own_addresses("127.0.0.1:6783".parse().unwrap(), "coord.example:6783");
+        assert_eq!(named, ["127.0.0.1".parse::<IpAddr>().unwrap()]);
     }
 }
