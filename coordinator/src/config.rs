@@ -57,7 +57,15 @@ pub struct ServeArgs {
     /// Most addresses one node may hold at once, whoever allocates them (0: no limit).
     #[arg(long, env = "WEAVE_NODE_QUOTA", default_value_t = 4096)]
     pub node_quota: u32,
+    /// Where a node (not the admin) may add a subnet, e.g. for `docker network
+    /// create --subnet`: comma-separated CIDRs, or "none". Such a subnet must
+    /// also be no larger than /16 (IPv4) or /48 (IPv6).
+    #[arg(long, env = "WEAVE_NODE_SUBNETS", default_value = DEFAULT_NODE_SUBNETS)]
+    pub node_subnets: String,
 }
+
+/// The private ranges: RFC 1918 and IPv6 unique local addresses.
+pub const DEFAULT_NODE_SUBNETS: &str = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7";
 
 /// Checked settings for one coordinator process.
 #[derive(Debug, Clone)]
@@ -74,6 +82,8 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     /// Most addresses one node may hold (None: no limit).
     pub node_quota: Option<u32>,
+    /// Where a node may add subnets (empty: nowhere).
+    pub node_subnets: Vec<IpNet>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +112,7 @@ impl ServeArgs {
             // Tests start many coordinators in one process: no fixed port.
             metrics_listen: "off".into(),
             node_quota: 4096,
+            node_subnets: DEFAULT_NODE_SUBNETS.into(),
         }
     }
 
@@ -140,7 +151,12 @@ impl ServeArgs {
             Some(s) => s.parse::<Location>().map_err(|e| flag("store", e))?,
             None => Location::Sqlite(self.data_dir.join("coordinator.db")),
         };
+        let node_subnets = match self.node_subnets.trim() {
+            "none" | "" => Vec::new(),
+            list => list.split(',').map(parse_subnet).collect::<Result<_, _>>().map_err(|e| flag("node-subnets", e))?,
+        };
         Ok(Settings {
+            node_subnets,
             listen: self.listen,
             advertise: self.advertise.clone(),
             data_dir: self.data_dir.clone(),
@@ -176,6 +192,12 @@ mod tests {
         assert_eq!(s.first_token_ttl, Some(Duration::from_secs(3600)), "the first-start token is short-lived");
         assert_eq!(s.first_token_uses, 1, "and single-use");
         assert_eq!(s.node_quota, Some(4096));
+        assert_eq!(s.node_subnets.len(), 4, "RFC 1918 and ULA");
+        let mut a = args();
+        a.node_subnets = "none".into();
+        assert!(a.settings().unwrap().node_subnets.is_empty());
+        a.node_subnets = "10.0.0.0/8,banana".into();
+        assert!(a.settings().unwrap_err().to_string().starts_with("--node-subnets: 'banana'"));
         let mut a = args();
         a.node_quota = 0;
         assert_eq!(a.settings().unwrap().node_quota, None, "0: no limit");

@@ -106,6 +106,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         cluster,
         advertise: advertise.clone(),
         underlay: api::own_addresses(local_addr, &advertise),
+        node_subnets: settings.node_subnets.clone(),
         pin: tls.pin,
         token_ttl: settings.token_ttl,
         challenger: Default::default(),

@@ -214,6 +214,11 @@ async fn every_mutating_rpc_checks_the_callers_role() {
         Code::AlreadyExists,
         "overlaps subnet 10.9.0.0/24",
     );
+    // Only small ones inside --node-subnets (default: the private ranges).
+    assert_status(node.subnets.add_subnet(subnet("10.64.0.0/10")).await, denied, "no larger than /16");
+    assert_status(node.subnets.add_subnet(subnet("100.64.0.0/24")).await, denied, "only inside --node-subnets");
+    assert_status(node.subnets.add_subnet(subnet("2001:db8:5::/64")).await, denied, "only inside --node-subnets");
+    admin.subnets.add_subnet(subnet("100.64.0.0/24")).await.unwrap();
     assert_status(
         node.subnets.remove_subnet(RemoveSubnetRequest { subnet: "10.2.3.0/24".into(), force: true }).await,
         denied,
@@ -282,16 +287,20 @@ async fn subnets_holding_underlay_addresses_are_refused_for_everyone() {
         refused,
         "192.0.2.0/24 contains the underlay address 192.0.2.1 of node host1",
     );
-    assert_status(node.subnets.add_subnet(subnet("128.0.0.0/1")).await, refused, "of node host1");
+    assert_status(admin.subnets.add_subnet(subnet("128.0.0.0/1")).await, refused, "of node host1");
     // The coordinator listens on 127.0.0.1 here.
     assert_status(
-        node.subnets.add_subnet(subnet("127.0.0.0/8")).await,
+        admin.subnets.add_subnet(subnet("127.0.0.0/8")).await,
         refused,
         "contains the coordinator's own address 127.0.0.1",
     );
     let eps = UpdateEndpointsRequest { node: String::new(), endpoints: vec!["198.51.100.1:6784".into()] };
     node.nodes.update_endpoints(eps).await.unwrap();
     assert_status(admin.subnets.add_subnet(subnet("198.51.100.0/25")).await, refused, "198.51.100.1 of node host1");
+    // A node's own request inside --node-subnets, over a private underlay.
+    let eps = UpdateEndpointsRequest { node: String::new(), endpoints: vec!["10.1.0.5:6784".into()] };
+    node.nodes.update_endpoints(eps).await.unwrap();
+    assert_status(node.subnets.add_subnet(subnet("10.1.0.0/16")).await, refused, "10.1.0.5 of node host1");
     // Nothing was added; the freed range and a neighbour are fine.
     let listed = admin.subnets.list_subnets(ListSubnetsRequest {}).await.unwrap().into_inner().subnets;
     assert_eq!(listed.len(), 1, "only the default: {listed:?}");

@@ -37,7 +37,8 @@ async fn metrics_follow_the_map_and_time_every_rpc() {
     let mut admin = c.admin().await;
     admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.2.3.0/24".into(), name: String::new() }).await.unwrap();
     let (_, mut node) = c.join("m3", 3).await;
-    let denied = node.subnets.add_subnet(AddSubnetRequest { cidr: "10.2.4.0/24".into(), name: String::new() }).await;
+    // Outside --node-subnets: a node is refused (counted as PERMISSION_DENIED below).
+    let denied = node.subnets.add_subnet(AddSubnetRequest { cidr: "100.64.0.0/24".into(), name: String::new() }).await;
     assert_eq!(denied.unwrap_err().code(), tonic::Code::PermissionDenied);
     admin.nodes.list_nodes(ListNodesRequest {}).await.unwrap();
 

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 
 use super::Shared;
-use crate::error::Error;
+use crate::{error::Error, store::Caller};
 
 pub struct Subnets(pub Shared);
 
@@ -30,6 +30,9 @@ impl SubnetService for Subnets {
             self.0.admin(&request).await?;
         }
         let net = parse_subnet(&r.cidr).map_err(Error::from)?;
+        if let Caller::Node { name, .. } = &caller {
+            node_may_add(&net, name, &self.0.node_subnets).map_err(Error::PermissionDenied)?;
+        }
         let nodes = self.0.store.list_nodes().await?;
         if let Some(conflict) = underlay_conflict(&net, &nodes, &self.0.underlay) {
             return Err(Error::FailedPrecondition(format!(
@@ -83,6 +86,32 @@ fn underlay_conflict(net: &IpNet, nodes: &[Node], coordinator: &[IpAddr]) -> Opt
     coordinator.iter().find(|ip| net.contains(*ip)).map(|ip| format!("the coordinator's own address {ip}"))
 }
 
+/// Largest subnets a node may add: /16 (IPv4), /48 (IPv6).
+const NODE_MAX_V4: u8 = 16;
+const NODE_MAX_V6: u8 = 48;
+
+/// A node adds subnets only inside `--node-subnets` and no larger than
+/// /16 or /48; the admin adds any.
+fn node_may_add(net: &IpNet, node: &str, allowed: &[IpNet]) -> Result<(), String> {
+    let largest = match net {
+        IpNet::V4(_) => NODE_MAX_V4,
+        IpNet::V6(_) => NODE_MAX_V6,
+    };
+    if net.prefix_len() < largest {
+        return Err(format!(
+            "node {node} may add subnets no larger than /{largest}; {net} needs the admin (weavectl subnet add)"
+        ));
+    }
+    if !allowed.iter().any(|a| a.contains(net)) {
+        let list = allowed.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+        let list = if list.is_empty() { "nowhere".into() } else { list };
+        return Err(format!(
+            "node {node} may add subnets only inside --node-subnets ({list}); {net} needs the admin (weavectl subnet add)"
+        ));
+    }
+    Ok(())
+}
+
 /// The coordinator's own addresses as agents reach it: the listen address
 /// unless it is 0.0.0.0/::, and the advertised one when it is an IP.
 pub fn own_addresses(listen: SocketAddr, advertise: &str) -> Vec<IpAddr> {
@@ -115,5 +144,20 @@ mod tests {
         assert_eq!(check("192.0.3.0/24"), None);
         let named = own_addresses("127.0.0.1:6783".parse().unwrap(), "coord.example:6783");
         assert_eq!(named, ["127.0.0.1".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn nodes_add_only_small_subnets_inside_the_allowance() {
+        let allowed: Vec<IpNet> = crate::config::DEFAULT_NODE_SUBNETS.split(',').map(|s| s.parse().unwrap()).collect();
+        let may = |s: &str| node_may_add(&s.parse().unwrap(), "host1", &allowed);
+        assert_eq!(may("10.2.3.0/24"), Ok(()));
+        assert_eq!(may("172.16.0.0/16"), Ok(()));
+        assert_eq!(may("fd00:1::/64"), Ok(()));
+        assert!(may("10.0.0.0/8").unwrap_err().contains("no larger than /16; 10.0.0.0/8 needs the admin"));
+        assert!(may("fd00::/32").unwrap_err().contains("no larger than /48"));
+        assert!(may("8.8.8.0/24").unwrap_err().contains("only inside --node-subnets (10.0.0.0/8, "));
+        assert!(may("2001:db8::/64").unwrap_err().contains("only inside --node-subnets"));
+        let none = node_may_add(&"10.2.3.0/24".parse().unwrap(), "host1", &[]);
+        assert!(none.unwrap_err().contains("(nowhere)"));
     }
 }
