@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, mpsc};
 use weave_proto::{
     client::{Api, connect},
     token::{AdminCredential, Pin},
-    v1::{AddSubnetRequest, JoinRequest, WatchRequest, map_change::Change, watch_event::Event},
+    v1::{AddSubnetRequest, GetMapRequest, JoinRequest, WatchRequest, map_change::Change, watch_event::Event},
 };
 
 use crate::{key, median};
@@ -33,6 +33,11 @@ pub(crate) struct Args {
     /// Nodes that hold a watch while changes fan out (the first ones to join).
     #[arg(long, default_value_t = 10_000)]
     watchers: usize,
+    /// Watchers read the map (GetMap) before watching from its revision, as
+    /// agents do after a join; `--get-map false` watches from the current
+    /// revision without it (what the watches alone cost).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    get_map: bool,
     /// Changes whose fan-out is timed.
     #[arg(long, default_value_t = 5)]
     changes: usize,
@@ -143,14 +148,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-/// Opens a watch for each credential (each on its own TLS connection, as
-/// agents do), `concurrency` at a time, each from revision 0 (a snapshot
-/// first, as an agent after its join). Every later SubnetAdded named `b<i>`
-/// is reported as (i, when) on `seen`.
+/// Opens a watch for each credential (each on its own TLS connection),
+/// `concurrency` at a time, as `agent join` and `agent run` do: GetMap, then
+/// a watch from that map's revision (or, with `from`, a watch from there). Every later SubnetAdded named `b<i>` is
+/// reported as (i, when) on `seen`.
 async fn watch_all(
     c: &Coordinator,
     credentials: &[String],
     concurrency: usize,
+    from: Option<u64>,
     seen: mpsc::UnboundedSender<(usize, Instant)>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>> {
     let gate = Arc::new(Semaphore::new(concurrency));
@@ -161,20 +167,25 @@ async fn watch_all(
         let mut api = c.api(cred).await?;
         let (seen, ready_tx) = (seen.clone(), ready_tx.clone());
         watchers.push(tokio::spawn(async move {
-            let mut permit = Some(permit);
-            let mut stream = match api.map.watch(WatchRequest { from_revision: 0 }).await {
-                Ok(s) => s.into_inner(),
+            let opened = async {
+                let from_revision = match from {
+                    Some(r) => r,
+                    None => api.map.get_map(GetMapRequest {}).await?.into_inner().revision,
+                };
+                anyhow::Ok(api.map.watch(WatchRequest { from_revision }).await?.into_inner())
+            };
+            let mut stream = match opened.await {
+                Ok(s) => s,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(e.into()));
+                    let _ = ready_tx.send(Err(e));
                     return Ok(());
                 }
             };
+            drop(permit);
+            let _ = ready_tx.send(Ok(()));
             while let Some(event) = stream.message().await? {
                 match event.event {
-                    Some(Event::Snapshot(_)) => {
-                        permit.take();
-                        let _ = ready_tx.send(Ok(()));
-                    }
+                    Some(Event::Snapshot(_)) => {}
                     Some(Event::Change(ch)) => {
                         if let Some(Change::SubnetAdded(s)) = ch.change {
                             let i: usize = s.name.trim_start_matches('b').parse().unwrap_or(usize::MAX);
@@ -217,12 +228,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let watching = &credentials[..args.watchers.min(credentials.len())];
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Instant)>();
     let start = Instant::now();
-    let watchers = watch_all(&c, watching, args.concurrency, tx).await?;
+    let from = if args.get_map {
+        None
+    } else {
+        Some(c.api(&c.admin).await?.map.get_map(GetMapRequest {}).await?.into_inner().revision)
+    };
+    let watchers = watch_all(&c, watching, args.concurrency, from, tx).await?;
     let open_secs = start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_watched = c.rss_mib();
     println!(
-        "{} watchers hold a watch (opened with their snapshots in {open_secs:.1} s); coordinator RSS {rss_watched:.1} MiB",
+        "{} watchers hold a watch (GetMap and watch opened in {open_secs:.1} s); coordinator RSS {rss_watched:.1} MiB",
         watching.len()
     );
 

@@ -11,7 +11,7 @@ use weave_proto::{
     client::{Api, connect, connect_lazy, error_chain},
     local_api::{self, Request, Response},
     token::JoinToken,
-    v1::{ChallengeRequest, JoinRequest, NetworkMap},
+    v1::{ChallengeRequest, GetMapRequest, JoinRequest, NetworkMap},
 };
 
 use super::{
@@ -77,7 +77,7 @@ pub async fn join(args: &JoinArgs) -> Result<(), Error> {
         None => hostname()?,
     };
     let channel = connect(&token.coordinator, token.pin).await.map_err(|e| Error::Connect(e.to_string()))?;
-    let mut api = Api::new(channel, "-").map_err(|e| Error::Connect(e.to_string()))?;
+    let mut api = Api::new(channel.clone(), "-").map_err(|e| Error::Connect(e.to_string()))?;
     let (key, created) = match dir.load_key()? {
         Some(key) => {
             tracing::info!("reusing this host's saved key (an earlier join was interrupted, or the node was removed)");
@@ -97,7 +97,7 @@ pub async fn join(args: &JoinArgs) -> Result<(), Error> {
         endpoints: endpoints.iter().map(ToString::to_string).collect(),
         challenge,
         proof,
-        // The map comes with the first watch of `agent run` (its saved map is at revision 0).
+        // The answer carries only the cluster settings; see `whole_map`.
         map_by_watch: true,
     };
     let response = match tokio::time::timeout(JOIN_TIMEOUT, api.join.join(request)).await {
@@ -127,10 +127,31 @@ pub async fn join(args: &JoinArgs) -> Result<(), Error> {
         listen_port: args.run.listen_port,
         endpoints_pinned: !args.endpoint.is_empty(),
     };
-    let map = response.map.unwrap_or_default();
+    let map = whole_map(channel, &identity.credential, response.map.unwrap_or_default()).await;
     dir.save_join(&key, &identity, &map)?;
     tracing::info!(node = identity.node_id, name = %identity.name, address = %address, "joined");
     Ok(())
+}
+
+/// The whole map after a join whose answer carried only `settings`: by
+/// GetMap, a unary call whose buffers go with it (a watch stream keeps a
+/// buffer the size of the largest message it sent for as long as it stays
+/// open, so snapshots over watches would cost the coordinator a map per
+/// agent). If that fails, `settings` (revision 0): `agent run`'s first watch
+/// then starts with a snapshot.
+async fn whole_map(channel: tonic::transport::Channel, credential: &str, settings: NetworkMap) -> NetworkMap {
+    let Ok(mut api) = Api::new(channel, credential) else { return settings };
+    match tokio::time::timeout(JOIN_TIMEOUT, api.map.get_map(GetMapRequest {})).await {
+        Ok(Ok(map)) => map.into_inner(),
+        Ok(Err(status)) => {
+            tracing::warn!(message = status.message(), "cannot read the map now; the first watch will bring it");
+            settings
+        }
+        Err(_) => {
+            tracing::warn!("the coordinator did not send the map in time; the first watch will bring it");
+            settings
+        }
+    }
 }
 
 /// The join token from --token (`-`: stdin), --token-file or WEAVE_TOKEN.
