@@ -34,13 +34,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UNDERLAY_MTU = 1500
 WG_MTU = UNDERLAY_MTU - 80
-PATHS = ["veth", "boringtun", "wggo", "weave"]
+PATHS = ["veth", "boringtun", "wggo", "weave", "weave-q2", "weave-q4"]
 LABELS = {
     "veth": "plain veth (underlay)",
     "boringtun": "boringtun-cli 1 thread",
     "wggo": "wireguard-go",
     "weave": "weave (workload->workload)",
+    "weave-q2": "weave, --queues 2",
+    "weave-q4": "weave, --queues 4",
 }
+# The weave paths: agent --queues (None: its default), suffix of the namespace
+# names, last octet of the coordinator's underlay address, of the hosts' (+1, +2).
+WEAVE_PATHS = {"weave": (None, "", 2, 10), "weave-q2": (2, "q2", 60, 60), "weave-q4": (4, "q4", 70, 70)}
 
 children = []  # (name, Popen)
 namespaces = []
@@ -133,6 +138,8 @@ class Path:
     def __init__(self, key, client_ns, server_ns, server_ip, mtu, pids, host_nss):
         self.key, self.client_ns, self.server_ns, self.server_ip = key, client_ns, server_ns, server_ip
         self.mtu, self.pids, self.host_nss = mtu, pids, host_nss
+        # Every namespace the packets cross, for the drop counters (UDP test).
+        self.all_nss = list(dict.fromkeys(host_nss + [client_ns, server_ns]))
 
 
 def wg_keys():
@@ -212,11 +219,12 @@ def idle_with_peers(w, peers=100):
     return r
 
 
-def setup_weave(underlay):
-    c = plug(underlay, "c", "192.0.2.2")
-    out = os.path.join(DIR, "coordinator.out")
-    spawn("coordinator", c, [f"{BIN}/coordinator", "serve", "--listen", "192.0.2.2:6783",
-                             "--data-dir", os.path.join(DIR, "coordinator")], out)
+def setup_weave(underlay, key="weave", queues=None, suffix="", coordinator=2, base=10):
+    main = key == "weave"
+    c = plug(underlay, f"c{suffix}", f"192.0.2.{coordinator}")
+    out = os.path.join(DIR, f"coordinator{suffix}.out")
+    spawn("coordinator", c, [f"{BIN}/coordinator", "serve", "--listen", f"192.0.2.{coordinator}:6783",
+                             "--data-dir", os.path.join(DIR, f"coordinator{suffix}")], out)
 
     def token():
         try:
@@ -226,18 +234,22 @@ def setup_weave(underlay):
         return m and m.group(1)
 
     tok = wait_for("the coordinator's join token", token, 30)
-    WEAVE.update(token=tok, coordinator_ns=c)
+    if main:
+        WEAVE.update(token=tok, coordinator_ns=c)
     hosts, agents = [], []
     for i in (1, 2):
-        ip = f"192.0.2.1{i}"
-        ns = plug(underlay, f"h{i}", ip)
-        sock = os.path.join(DIR, f"h{i}.sock")
+        ip = f"192.0.2.{base + i}"
+        h = f"h{i}{suffix}"
+        ns = plug(underlay, h, ip)
+        sock = os.path.join(DIR, f"{h}.sock")
         env = dict(os.environ, RUST_LOG="warn")
-        p = spawn("agent", ns, [f"{BIN}/agent", "join", "--token", tok, "--name", f"h{i}",
-                                "--endpoint", f"{ip}:6784", "--data-dir", os.path.join(DIR, f"h{i}"),
-                                "--socket", sock], os.path.join(DIR, f"h{i}.log"), env=env)
+        extra = ["--queues", str(queues)] if queues else []
+        p = spawn("agent", ns, [f"{BIN}/agent", "join", "--token", tok, "--name", h,
+                                "--endpoint", f"{ip}:6784", "--data-dir", os.path.join(DIR, h),
+                                "--socket", sock] + extra, os.path.join(DIR, f"{h}.log"), env=env)
         hosts.append((ns, sock))
-        WEAVE.setdefault("sockets", []).append(sock)
+        if main:
+            WEAVE.setdefault("sockets", []).append(sock)
         agents.append(p)
     for ns, sock in hosts:
         wait_for(f"agent in {ns} to handshake with its peer",
@@ -246,13 +258,13 @@ def setup_weave(underlay):
                  60)
     workloads = []
     for i, (hns, sock) in enumerate(hosts, 1):
-        name = f"{PREFIX}-w{i}"
+        name = f"{PREFIX}-w{i}{suffix}"
         out_ = wait_for(f"an address for w{i}", lambda: (lambda r: r.returncode == 0 and r.stdout.split())(
             run([f"{BIN}/agent", "allocate", "--socket", sock, "--container", name], check=False)), 30)
         addr, bridge, mtu = out_[:3]
         wait_for(f"bridge {bridge} in {hns}",
                  lambda: run(["ip", "-n", hns, "link", "show", bridge], check=False).returncode == 0, 15)
-        wns = add_ns(f"w{i}")
+        wns = add_ns(f"w{i}{suffix}")
         run(["ip", "-n", hns, "link", "add", f"w{i}", "mtu", mtu, "type", "veth", "peer", "name", "ethwe",
              "mtu", mtu, "netns", wns])
         run(["ip", "-n", hns, "link", "set", f"w{i}", "master", bridge, "up"])
@@ -260,7 +272,7 @@ def setup_weave(underlay):
         run(["ip", "-n", wns, "link", "set", "ethwe", "up"])
         workloads.append((wns, addr.split("/")[0], int(mtu)))
     wait_for("w1 -> w2 ping", lambda: ping_ok(workloads[0][0], workloads[1][1]), 30)
-    return Path("weave", workloads[0][0], workloads[1][0], workloads[1][1], workloads[0][2],
+    return Path(key, workloads[0][0], workloads[1][0], workloads[1][1], workloads[0][2],
                 [p.pid for p in agents], [h[0] for h in hosts])
 
 
@@ -287,6 +299,36 @@ def rcvbuf_errors(nss):
         lines = [l.split() for l in ns_run(ns, ["cat", "/proc/net/snmp"]).stdout.splitlines() if l.startswith("Udp:")]
         total += int(lines[1][lines[0].index("RcvbufErrors")])
     return total
+
+
+def link_drops(nss):
+    """Every interface's rx/tx dropped counters in the namespaces, by ns/ifname/direction."""
+    out = {}
+    for ns in nss:
+        r = ns_run(ns, ["ip", "-s", "-j", "link", "show"], check=False)
+        try:
+            links = json.loads(r.stdout or "[]")
+        except json.JSONDecodeError:
+            continue
+        for link in links:
+            st = link.get("stats64") or link.get("stats") or {}
+            for d in ("rx", "tx"):
+                out[f"{ns[len(PREFIX) + 1:]}/{link['ifname']}/{d}_dropped"] = (st.get(d) or {}).get("dropped", 0)
+    return out
+
+
+def udp_errors(nss):
+    """Udp receive/send buffer and checksum errors of /proc/net/snmp, by ns/counter."""
+    out = {}
+    for ns in nss:
+        lines = [l.split() for l in ns_run(ns, ["cat", "/proc/net/snmp"]).stdout.splitlines() if l.startswith("Udp:")]
+        for name in ("InErrors", "RcvbufErrors", "SndbufErrors", "InCsumErrors"):
+            out[f"{ns[len(PREFIX) + 1:]}/Udp{name}"] = int(lines[1][lines[0].index(name)])
+    return out
+
+
+def drop_counters(nss):
+    return {**link_drops(nss), **udp_errors(nss)}
 
 
 class Probe:
@@ -336,8 +378,11 @@ def tcp(path, secs, streams):
 
 def udp(path, secs, rate):
     size = path.mtu - 28
+    before = drop_counters(path.all_nss)
     with Probe(path) as pr:
         j = iperf(path, secs, ["-u", "-b", rate, "-l", str(size)])
+    after = drop_counters(path.all_nss)
+    where = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
     s = j["end"]["sum"]
     return {
         "loss_pct": s.get("lost_percent"),
@@ -345,6 +390,10 @@ def udp(path, secs, rate):
         "datagram_bytes": size,
         "tunnel_cpu_s": pr.cpu if path.pids else None,
         "rcvbuf_errors": pr.drops,
+        # Where datagrams were dropped: interface drop counters and Udp errors
+        # in every namespace on the path (iperf3's own count is "lost_packets").
+        "lost_packets": s.get("lost_packets"),
+        "drops_where": where,
     }
 
 
@@ -419,8 +468,8 @@ def main():
             elif key == "wggo":
                 paths[key] = setup_wg_pair(key, underlay, ["g1", "g2"], ["192.0.2.51", "192.0.2.52"],
                                            ["203.0.113.1", "203.0.113.2"], 51821, wggo_start)
-            elif key == "weave":
-                paths[key] = setup_weave(underlay)
+            elif key in WEAVE_PATHS:
+                paths[key] = setup_weave(underlay, key, *WEAVE_PATHS[key])
         except Exception as e:  # a path that cannot be set up is reported, the others still run
             setup_notes[key] = str(e)
             log(f"!! {key}: {e}")
@@ -458,6 +507,8 @@ def main():
                 f"tcp4 {fmt(t4.get('gbit_s'), '.2f')} Gbit/s, udp loss {fmt(u.get('loss_pct'), '.2f')}%, "
                 f"ping {fmt(pg.get('avg_ms'), '.3f')}/{fmt(pg.get('p99_ms'), '.3f')} ms, "
                 f"cpu/GB {fmt(t1.get('tunnel_cpu_s_per_gb'), '.2f')} s, drops {t1.get('rcvbuf_errors', '-')}")
+            if u.get("lost_packets"):
+                log(f"   {'':9} udp lost {u['lost_packets']} datagrams; counters that moved: {u.get('drops_where')}")
 
     # Last, as it leaves the agents with peers that never answer.
     idle100 = {}

@@ -251,7 +251,10 @@ async fn serve(
     // Both families: endpoints may be IPv4 or IPv6 (the socket falls back to
     // IPv4 only on a kernel without IPv6).
     let listen = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), args.listen_port);
-    let tuning = Tuning { spin: Duration::from_micros(args.spin_us) };
+    let tuning = Tuning {
+        queues: args.queues.map_or_else(Tuning::default_queues, usize::from),
+        spin: Duration::from_micros(args.spin_us),
+    };
     let transport = TunUdp::start(TUN_NAME, tun_mtu as u16, listen, key.secret().clone(), &tuning)
         .map_err(|e| Error::Dataplane(format!("start {TUN_NAME} and udp {listen}: {e}")))?;
     let transport = Arc::new(transport);

@@ -70,6 +70,10 @@ pub struct RunArgs {
     /// 0: always sleep).
     #[arg(long, env = "WEAVE_SPIN_US", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub spin_us: u64,
+    /// Packet queues: TUN queues, each with its own UDP socket on the port and
+    /// its own two packet threads [default: one per two CPUs, 1 to 4].
+    #[arg(long, env = "WEAVE_QUEUES", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub queues: Option<u16>,
 }
 
 /// Where Docker looks for legacy plugins.
@@ -142,6 +146,9 @@ impl RunArgs {
         }
         out.extend(["--docker-host".into(), self.docker_host.clone().into_os_string()]);
         out.extend(["--spin-us".into(), self.spin_us.to_string().into()]);
+        if let Some(q) = self.queues {
+            out.extend(["--queues".into(), q.to_string().into()]);
+        }
         out
     }
 }
@@ -201,6 +208,8 @@ mod tests {
             "/d.sock",
             "--spin-us",
             "0",
+            "--queues",
+            "3",
         ])
         .unwrap();
         let Command::Join(join) = cli.command else { panic!("a join") };
@@ -213,6 +222,7 @@ mod tests {
         assert_eq!(run.listen_port, 7000);
         assert!(run.cleanup_on_exit);
         assert_eq!(run.spin_us, 0);
+        assert_eq!(run.queues, Some(3));
         assert_eq!(run.dns_upstream, vec!["192.0.2.53:53".parse::<SocketAddr>().unwrap()]);
         assert_eq!(run.docker_plugin_path(), Some(PathBuf::from("/p/weave.sock")));
         assert_eq!(run.docker_host, PathBuf::from("/d.sock"));

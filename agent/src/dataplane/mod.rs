@@ -12,11 +12,13 @@
 //! - [`tun_udp`]: the first transport: a TUN device holding the node address
 //!   and one UDP socket, driven by two I/O threads and a timer thread.
 //! - [`udp`]: that socket, dual-stack: IPv4 and IPv6 endpoints alike.
+//! - `workers`: the two packet threads of each queue.
 pub mod batch;
 pub mod router;
 pub mod spin;
 pub mod tun_udp;
 pub mod udp;
+mod workers;
 
 pub use weave_proto::local_api::PeerStatus;
 

@@ -9,13 +9,16 @@
 //!   `sendmsg` per peer (`UDP_SEGMENT`), and one `recvmsg` returns up to 64
 //!   datagrams of a peer (`UDP_GRO`).
 //!
-//! Two blocking threads move packets (TUN -> UDP and UDP -> TUN), a third
-//! runs the timers. Each packet thread takes the peer table once per batch;
-//! the only lock per packet is the peer's own.
+//! Each queue (a TUN queue and a UDP socket) has two packet threads (TUN ->
+//! UDP and UDP -> TUN, in [`super::workers`]); one more thread runs the
+//! timers. The kernel keeps a flow on one TUN queue (its flow hash) and a
+//! sender on one socket (`SO_REUSEPORT` hash), so TCP sees no reordering.
+//! Each packet thread takes the peer table once per batch; the only lock
+//! per packet is the peer's own.
 use std::{
     io::{self, IoSlice},
     net::{SocketAddr, UdpSocket},
-    os::fd::{AsFd, AsRawFd},
+    os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -29,35 +32,38 @@ use nix::{
     errno::Errno,
     sys::socket::{self, ControlMessage, MsgFlags, SockaddrStorage, setsockopt, sockopt},
 };
-use tun_rs::{DeviceBuilder, GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tun_rs::{DeviceBuilder, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::{
     PeerStatus, Transport,
-    batch::{self, Encrypted, MAX_GSO_SEGMENTS, WG_GROWTH, group},
+    batch::{Encrypted, group},
     router::{BUF_SIZE, Router, Sink},
-    spin::{DEFAULT_SPIN, Pacer, Side},
-    udp::{self, recv_datagrams},
+    spin::{DEFAULT_SPIN, Pacer},
+    udp, workers,
 };
-use crate::plan::{kernel::TUN_READ_ROOM, netmap::PeerConfig};
+use crate::plan::netmap::PeerConfig;
 
-const TICK: Duration = Duration::from_millis(250);
+pub(super) const TICK: Duration = Duration::from_millis(250);
 /// UDP socket buffers, each way.
 const BUFFER_BYTES: usize = 4 << 20;
 /// Room for the virtio-net header in front of every packet written to the TUN.
-const OFFSET: usize = VIRTIO_NET_HDR_LEN;
+pub(super) const OFFSET: usize = VIRTIO_NET_HDR_LEN;
 /// Packets per batch: a 64 KB super-packet of 1,380-byte segments is 48.
-const BATCH: usize = 128;
+pub(super) const BATCH: usize = 128;
 /// Packets per batch read from the TUN: reads go on while room is left for
 /// one more super-packet of the most segments the TUN accepts.
-const TUN_BATCH: usize = 256;
+pub(super) const TUN_BATCH: usize = 256;
 
-struct Io {
-    tun: SyncDevice,
-    udp: UdpSocket,
+/// One queue: a TUN queue and a UDP socket, and the pacer of the thread
+/// pair that serves them.
+pub(super) struct Io {
+    pub(super) tun: SyncDevice,
+    pub(super) udp: UdpSocket,
     /// The socket is IPv6 (dual-stack): IPv4 endpoints go out IPv4-mapped.
     v6: bool,
     /// UDP GSO works until a send says otherwise (an underlay without checksum offload).
     gso: AtomicBool,
+    pub(super) pacer: Pacer,
 }
 
 impl Sink for Io {
@@ -104,7 +110,7 @@ impl Io {
     }
 }
 
-fn flush(io: &Io, buf: &[u8], out: &[Encrypted]) {
+pub(super) fn flush(io: &Io, buf: &[u8], out: &[Encrypted]) {
     group(out, |first, _, bytes| {
         let e = &out[first];
         io.send_run(e.dst, &buf[e.start..e.start + bytes], e.len);
@@ -114,185 +120,110 @@ fn flush(io: &Io, buf: &[u8], out: &[Encrypted]) {
 /// How the packet threads run.
 #[derive(Debug, Clone)]
 pub struct Tuning {
+    /// TUN queues (`IFF_MULTI_QUEUE`), each with its own UDP socket on the
+    /// shared port (`SO_REUSEPORT`) and its own pair of packet threads.
+    pub queues: usize,
     /// How long the packet threads keep polling after a packet moved
     /// (zero: they sleep whenever nothing is queued).
     pub spin: Duration,
 }
 
+impl Tuning {
+    /// The default queue count: one per two CPUs (a busy queue keeps two
+    /// threads and the kernel work of its syscalls going), 1 to 4.
+    pub fn default_queues() -> usize {
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        (cpus / 2).clamp(1, 4)
+    }
+}
+
 impl Default for Tuning {
     fn default() -> Self {
-        Self { spin: DEFAULT_SPIN }
+        Self { queues: Self::default_queues(), spin: DEFAULT_SPIN }
     }
 }
 
 pub struct TunUdp {
     router: Arc<Router>,
-    io: Arc<Io>,
+    /// The queues; the first also carries the control messages (handshakes,
+    /// cookies, keepalives).
+    queues: Vec<Arc<Io>>,
     stop: Arc<AtomicBool>,
-    pacer: Arc<Pacer>,
     threads: Vec<thread::JoinHandle<()>>,
 }
 
 impl TunUdp {
     /// Creates the TUN `name` (not yet addressed: the netlink module does
-    /// that) and binds the UDP port, then starts the packet threads.
+    /// that) with `tuning.queues` queues, binds the UDP port once per queue,
+    /// then starts the packet threads.
     pub fn start(name: &str, mtu: u16, listen: SocketAddr, secret: StaticSecret, tuning: &Tuning) -> io::Result<Self> {
-        let tun = DeviceBuilder::new().name(name).mtu(mtu).offload(true).enable(false).build_sync()?;
-        if !tun.tcp_gso() {
+        let n = tuning.queues.max(1);
+        let first =
+            DeviceBuilder::new().name(name).mtu(mtu).offload(true).multi_queue(n > 1).enable(false).build_sync()?;
+        if !first.tcp_gso() {
             tracing::warn!("the TUN has no offloads: one packet per read and write");
         }
-        // Reads never block: the pacer waits (spinning or sleeping).
-        tun.set_nonblocking(true)?;
-        let udp = udp::bind(listen)?;
-        let v6 = udp::is_v6(&udp)?;
-        // Bursts of a TCP window arrive faster than one thread decrypts them;
-        // the default buffers drop most of such a burst. As root the limit
-        // (net.core.rmem_max) does not apply; otherwise keep the default.
-        let _ = setsockopt(&udp, sockopt::RcvBufForce, &BUFFER_BYTES);
-        let _ = setsockopt(&udp, sockopt::SndBufForce, &BUFFER_BYTES);
-        if let Err(e) = setsockopt(&udp, sockopt::UdpGroSegment, &true) {
-            tracing::warn!(error = %e, "no UDP GRO: one datagram per receive");
+        let mut tuns = vec![first];
+        for _ in 1..n {
+            tuns.push(tuns[0].try_clone()?);
         }
-        let io = Arc::new(Io { tun, udp, v6, gso: AtomicBool::new(true) });
+        let udps = udp::bind_queues(listen, n)?;
+        let mut queues = Vec::with_capacity(n);
+        for (tun, udp) in tuns.into_iter().zip(udps) {
+            // Reads never block: the pacer waits (spinning or sleeping).
+            tun.set_nonblocking(true)?;
+            let v6 = udp::is_v6(&udp)?;
+            // Bursts of a TCP window arrive faster than one thread decrypts them;
+            // the default buffers drop most of such a burst. As root the limit
+            // (net.core.rmem_max) does not apply; otherwise keep the default.
+            let _ = setsockopt(&udp, sockopt::RcvBufForce, &BUFFER_BYTES);
+            let _ = setsockopt(&udp, sockopt::SndBufForce, &BUFFER_BYTES);
+            if let Err(e) = setsockopt(&udp, sockopt::UdpGroSegment, &true) {
+                tracing::warn!(error = %e, "no UDP GRO: one datagram per receive");
+            }
+            let pacer = Pacer::new(tuning.spin)?;
+            queues.push(Arc::new(Io { tun, udp, v6, gso: AtomicBool::new(true), pacer }));
+        }
         let router = Arc::new(Router::new(secret));
         let stop = Arc::new(AtomicBool::new(false));
-        let pacer = Arc::new(Pacer::new(tuning.spin)?);
         let mtu = mtu as usize;
-        let threads = vec![
-            thread::Builder::new().name("wg-tun".into()).spawn({
-                let (r, i, p, s) = (router.clone(), io.clone(), pacer.clone(), stop.clone());
-                move || tun_to_udp(&r, &i, &p, &s, mtu)
-            })?,
-            thread::Builder::new().name("wg-udp".into()).spawn({
-                let (r, i, p, s) = (router.clone(), io.clone(), pacer.clone(), stop.clone());
-                move || udp_to_tun(&r, &i, &p, &s, mtu)
-            })?,
-            thread::Builder::new().name("wg-timers".into()).spawn({
+        let mut threads = Vec::with_capacity(2 * n + 1);
+        for (q, io) in queues.iter().enumerate() {
+            threads.push(thread::Builder::new().name(format!("wg-tun{q}")).spawn({
                 let (r, i, s) = (router.clone(), io.clone(), stop.clone());
-                move || {
-                    let mut buf = vec![0u8; BUF_SIZE];
-                    let mut last_reset = Instant::now();
-                    while !s.load(Ordering::Relaxed) {
-                        thread::sleep(TICK);
-                        r.tick(&mut buf, &*i);
-                        if last_reset.elapsed() >= Duration::from_secs(1) {
-                            r.reset_rate_limit();
-                            last_reset = Instant::now();
-                        }
+                move || workers::tun_to_udp(&r, &i, &s, mtu)
+            })?);
+            threads.push(thread::Builder::new().name(format!("wg-udp{q}")).spawn({
+                let (r, i, all, s) = (router.clone(), io.clone(), queues.clone(), stop.clone());
+                move || workers::udp_to_tun(&r, &i, &all, &s, mtu)
+            })?);
+        }
+        threads.push(thread::Builder::new().name("wg-timers".into()).spawn({
+            let (r, i, s) = (router.clone(), queues[0].clone(), stop.clone());
+            move || {
+                let mut buf = vec![0u8; BUF_SIZE];
+                let mut last_reset = Instant::now();
+                while !s.load(Ordering::Relaxed) {
+                    thread::sleep(TICK);
+                    r.tick(&mut buf, &*i);
+                    if last_reset.elapsed() >= Duration::from_secs(1) {
+                        r.reset_rate_limit();
+                        last_reset = Instant::now();
                     }
                 }
-            })?,
-        ];
-        Ok(Self { router, io, stop, pacer, threads })
+            }
+        })?);
+        Ok(Self { router, queues, stop, threads })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.udp.local_addr()
-    }
-}
-
-/// Reads (super-)packets from the TUN, encrypts every segment, sends the batch.
-fn tun_to_udp(router: &Router, io: &Io, pacer: &Pacer, stop: &AtomicBool, mtu: usize) {
-    let mut original = vec![0u8; OFFSET + 65_535];
-    let mut packets = vec![vec![0u8; mtu + 64]; TUN_BATCH];
-    let mut sizes = vec![0usize; TUN_BATCH];
-    let stride = batch::stride(mtu);
-    let mut buf = vec![0u8; TUN_BATCH * stride];
-    let mut out = Vec::with_capacity(TUN_BATCH);
-    let mut failures = 0u32;
-    while !stop.load(Ordering::Relaxed) {
-        // Whatever is queued (small packets come one per read) joins the batch.
-        let mut n = 0;
-        while n + TUN_READ_ROOM <= TUN_BATCH {
-            match io.tun.recv_multiple(&mut original, &mut packets[n..], &mut sizes[n..], 0) {
-                Ok(more) => {
-                    failures = 0;
-                    n += more;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // A malformed super-packet costs that packet, and only that one.
-                Err(e) if e.kind() == io::ErrorKind::InvalidInput || e.raw_os_error().is_none() => {
-                    tracing::debug!(error = %e, "tun packet dropped");
-                }
-                Err(e) => {
-                    // A device that keeps failing is not spun on.
-                    tracing::debug!(error = %e, "tun read failed");
-                    failures += 1;
-                    if failures > 100 {
-                        thread::sleep(TICK);
-                    }
-                    break;
-                }
-            }
-        }
-        if n == 0 {
-            if let Err(e) = pacer.wait(Side::Tun, io.tun.as_fd(), TICK) {
-                tracing::debug!(error = %e, "tun wait failed");
-                thread::sleep(TICK);
-            }
-            continue;
-        }
-        // First, so that the partner wakes while this batch is encrypted.
-        pacer.moved(Side::Tun);
-        let table = router.table();
-        batch::encrypt(router, &table, &packets[..n], &sizes[..n], &mut buf, stride, &mut out);
-        flush(io, &buf, &out);
-    }
-}
-
-/// Receives datagrams (coalesced by UDP GRO), decrypts them, writes the
-/// batch to the TUN (coalesced again by GRO).
-fn udp_to_tun(router: &Router, io: &Io, pacer: &Pacer, stop: &AtomicBool, mtu: usize) {
-    let mut datagrams = vec![0u8; 65_535];
-    let mut cmsg = nix::cmsg_space!(i32);
-    // GRO appends a flow's packets to the first buffer of it: each needs
-    // room for a whole super-packet, or GRO silently does nothing.
-    let mut packets: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(2 * OFFSET + 65_535)).collect();
-    let mut gro = GROTable::default();
-    // Room for a queued packet flushed after a handshake, whatever the datagram.
-    let least = mtu + 64 + WG_GROWTH;
-    while !stop.load(Ordering::Relaxed) {
-        let mut count = 0;
-        let mut table = None;
-        // Whatever is waiting, without blocking: the pacer does the waiting.
-        while count + MAX_GSO_SEGMENTS <= BATCH {
-            let (len, src, segment) = match recv_datagrams(&io.udp, &mut datagrams, &mut cmsg, MsgFlags::MSG_DONTWAIT) {
-                Ok(r) => r,
-                Err(e) => {
-                    if !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
-                        tracing::trace!(error = %e, "udp receive failed");
-                    }
-                    break;
-                }
-            };
-            // The table as of now, not of before the wait: a handshake from a
-            // peer that just joined must find it.
-            let table = table.get_or_insert_with(|| {
-                pacer.moved(Side::Udp);
-                router.table()
-            });
-            count =
-                batch::decrypt(router, table, src, &datagrams[..len], segment, &mut packets, count, OFFSET, least, io);
-        }
-        if table.is_none() {
-            if let Err(e) = pacer.wait(Side::Udp, io.udp.as_fd(), TICK) {
-                tracing::debug!(error = %e, "udp wait failed");
-                thread::sleep(TICK);
-            }
-            continue;
-        }
-        if count > 0
-            && let Err(e) = io.tun.send_multiple(&mut gro, &mut packets[..count], OFFSET)
-        {
-            tracing::trace!(error = %e, "tun write failed");
-        }
+        self.queues[0].udp.local_addr()
     }
 }
 
 impl Transport for TunUdp {
     fn set_peers(&self, peers: &[PeerConfig]) {
-        self.router.set_peers(peers, &*self.io);
+        self.router.set_peers(peers, &*self.queues[0]);
     }
 
     fn status(&self) -> Vec<PeerStatus> {
@@ -303,7 +234,9 @@ impl Transport for TunUdp {
 impl Drop for TunUdp {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        self.pacer.wake_all();
+        for q in &self.queues {
+            q.pacer.wake_all();
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -6,6 +6,7 @@
 //! `SocketAddr::V4` / `V6` (a peer's endpoint compares equal to the map's).
 //! UDP GSO (`UDP_SEGMENT`) and GRO (`UDP_GRO`) are per socket and work for
 //! both families. A host whose kernel has no IPv6 gets an IPv4-only socket.
+//! With several queues, each has its own socket on the same port.
 use std::{
     io::{self, IoSliceMut},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket},
@@ -20,26 +21,54 @@ use nix::{
     },
 };
 
-/// Binds the tunnel socket. `listen` with an unspecified address (either
-/// family) means every address of both families where the kernel has IPv6.
-pub fn bind(listen: SocketAddr) -> io::Result<UdpSocket> {
-    if !listen.ip().is_unspecified() {
-        return UdpSocket::bind(listen);
+/// Binds the tunnel sockets, one per queue: with more than one they share
+/// the port (`SO_REUSEPORT`: the kernel hands each sender, by a hash of its
+/// address and port, to one socket). `listen` with an unspecified address
+/// (either family) means every address of both families where the kernel
+/// has IPv6; port 0 picks one port for all of them.
+pub fn bind_queues(listen: SocketAddr, queues: usize) -> io::Result<Vec<UdpSocket>> {
+    let reuse = queues > 1;
+    let first = bind(listen, reuse)?;
+    let port = first.local_addr()?.port();
+    let mut all = vec![first];
+    for _ in 1..queues {
+        all.push(bind(SocketAddr::new(listen.ip(), port), reuse)?);
     }
-    match dual_stack(listen.port()) {
+    Ok(all)
+}
+
+/// One tunnel socket (see [`bind_queues`]).
+pub fn bind(listen: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
+    if !listen.ip().is_unspecified() {
+        return Ok(plain(listen, reuse_port)?);
+    }
+    match dual_stack(listen.port(), reuse_port) {
         Ok(s) => Ok(s),
         Err(Errno::EAFNOSUPPORT) => {
             tracing::warn!("this kernel has no IPv6: the tunnel socket serves IPv4 only");
-            UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), listen.port()))
+            Ok(plain(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), listen.port()), reuse_port)?)
         }
         Err(e) => Err(e.into()),
     }
 }
 
-fn dual_stack(port: u16) -> Result<UdpSocket, Errno> {
+fn plain(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket, Errno> {
+    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = socket::socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    if reuse_port {
+        setsockopt(&fd, sockopt::ReusePort, &true)?;
+    }
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    Ok(UdpSocket::from(fd))
+}
+
+fn dual_stack(port: u16, reuse_port: bool) -> Result<UdpSocket, Errno> {
     let fd = socket::socket(AddressFamily::Inet6, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
     // Explicitly: the default follows net.ipv6.bindv6only, which a host may set.
     setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
+    if reuse_port {
+        setsockopt(&fd, sockopt::ReusePort, &true)?;
+    }
     let addr = SockaddrIn6::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
     socket::bind(fd.as_raw_fd(), &addr)?;
     Ok(UdpSocket::from(fd))
@@ -121,7 +150,7 @@ mod tests {
     /// sources come out canonical.
     #[test]
     fn one_socket_serves_both_families() {
-        let server = bind("[::]:0".parse().unwrap()).unwrap();
+        let server = bind("[::]:0".parse().unwrap(), false).unwrap();
         let port = server.local_addr().unwrap().port();
         if !is_v6(&server).unwrap() {
             return; // no IPv6 in this kernel: nothing dual-stack to prove
@@ -137,6 +166,40 @@ mod tests {
             server.send_to(b"back", wire(src, true)).unwrap();
             let (n, _) = c.recv_from(&mut buf).unwrap();
             assert_eq!(&buf[..n], b"back");
+        }
+    }
+
+    /// Queues share the port; every sender lands on exactly one socket, and
+    /// always the same one.
+    #[test]
+    fn queue_sockets_share_the_port_and_each_sender_sticks_to_one() {
+        let socks = bind_queues("127.0.0.1:0".parse().unwrap(), 4).unwrap();
+        let port = socks[0].local_addr().unwrap().port();
+        assert!(socks.iter().all(|s| s.local_addr().unwrap().port() == port));
+        for s in &socks {
+            s.set_nonblocking(true).unwrap();
+        }
+        let to = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut cmsg = nix::cmsg_space!(i32);
+        let mut buf = [0u8; 64];
+        for _ in 0..8 {
+            let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+            for _ in 0..3 {
+                c.send_to(b"x", to).unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let got: Vec<usize> = socks
+                .iter()
+                .map(|s| {
+                    let mut n = 0;
+                    while recv_datagrams(s, &mut buf, &mut cmsg, MsgFlags::MSG_DONTWAIT).is_ok() {
+                        n += 1;
+                    }
+                    n
+                })
+                .collect();
+            assert_eq!(got.iter().filter(|&&n| n > 0).count(), 1, "one socket per sender: {got:?}");
+            assert_eq!(got.iter().sum::<usize>(), 3);
         }
     }
 }
