@@ -214,6 +214,9 @@ pub struct SegmentStatus {
     pub vni: u32,
     pub bridge: String,
     pub mtu: u32,
+    /// Why this host does not install it (it holds an underlay address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -274,7 +277,10 @@ pub fn format_status(s: &AgentStatus) -> String {
         if s.coordinator_connected { "connected" } else { "unreachable (using the saved map)" }
     );
     for seg in &s.segments {
-        out += &format!("segment {} vni {} bridge {} mtu {}\n", seg.subnet, seg.vni, seg.bridge, seg.mtu);
+        match &seg.skipped {
+            Some(why) => out += &format!("segment {} vni {} NOT INSTALLED: {why}\n", seg.subnet, seg.vni),
+            None => out += &format!("segment {} vni {} bridge {} mtu {}\n", seg.subnet, seg.vni, seg.bridge, seg.mtu),
+        }
     }
     out +=
         &format!("{:<16} {:<12} {:<22} {:>10} {:>12} {:>12}\n", "PEER", "ADDRESS", "ENDPOINT", "HANDSHAKE", "TX", "RX");

@@ -262,7 +262,7 @@ async fn serve(
     // The isolation rules go in before anything is routed, and the agent
     // does not run without them. Forwarding is then turned on for the TUN
     // only (and for each bridge as it is made), not host-wide.
-    let rules = plan::firewall::rules(&map, identity.node_id);
+    let rules = plan::firewall::rules(&map, identity.node_id, &coordinator_ips(&identity.coordinator));
     firewall::apply(&rules)
         .await
         .map_err(|e| Error::Dataplane(format!("cannot install the isolation rules (nftables): {e}")))?;
@@ -329,10 +329,16 @@ async fn serve(
             identity.node_id,
             identity.address,
             segment_mtu,
+            coordinator_ips(&identity.coordinator),
             map_rx.clone(),
             reconcile_now.clone(),
         )),
-        tokio::spawn(firewall::keep(map_rx.clone(), identity.node_id, Some(rules))),
+        tokio::spawn(firewall::keep(
+            map_rx.clone(),
+            identity.node_id,
+            coordinator_ips(&identity.coordinator),
+            Some(rules),
+        )),
         tokio::spawn(control::dns_loop(dns.clone(), map_rx.clone())),
         tokio::spawn(async move {
             if let Some(listener) = metrics_listener {
@@ -467,4 +473,10 @@ fn hostname() -> Result<String, Error> {
 /// Tonic's errors carry their cause deep down; one line with all of it.
 pub fn describe(e: &Error) -> String {
     error_chain(e)
+}
+
+/// The coordinator's address when it is given as ip:port (a host name is
+/// not resolved here: its subnets are then checked only by the coordinator).
+pub(super) fn coordinator_ips(coordinator: &str) -> Vec<std::net::IpAddr> {
+    coordinator.parse::<std::net::SocketAddr>().map(|a| a.ip()).into_iter().collect()
 }

@@ -157,18 +157,21 @@ fn save(state: &StateDir, maps: &watch::Sender<NetworkMap>, unsaved: &mut bool) 
 /// changes. The kernel is read again (a full pass) at start, when `now` is
 /// notified (attach, expose and hide change the bridges themselves), after
 /// any failed change, and every [`RESYNC`] (repairs what someone else changed).
+#[allow(clippy::too_many_arguments)]
 pub async fn reconcile_loop(
     netlink: Netlink,
     transport: Arc<dyn Transport>,
     own_node: u64,
     local: Ipv4Addr,
     segment_mtu: u32,
+    coordinator: Vec<std::net::IpAddr>,
     mut maps: watch::Receiver<NetworkMap>,
     now: Arc<tokio::sync::Notify>,
 ) {
     let mut applied: Option<Observed> = None;
     let mut peers_set: Option<Vec<PeerConfig>> = None;
     let mut next_full = tokio::time::Instant::now();
+    let mut skipped = std::collections::BTreeMap::new();
     loop {
         let (desired, peers) = {
             let map = maps.borrow_and_update();
@@ -176,7 +179,14 @@ pub async fn reconcile_loop(
             for p in problems {
                 tracing::warn!("{p}");
             }
-            (Desired::from_map(&map, own_node, local, segment_mtu), peers)
+            let now_skipped = netmap::underlay_conflicts(&map, &coordinator);
+            for (vni, why) in &now_skipped {
+                if !skipped.contains_key(vni) {
+                    tracing::warn!("{why}: it would cut this host off its underlay; not installed");
+                }
+            }
+            skipped = now_skipped;
+            (Desired::from_map(&map, own_node, local, segment_mtu).without(&skipped), peers)
         };
         if peers_set.as_ref() != Some(&peers) {
             transport.set_peers(&peers);

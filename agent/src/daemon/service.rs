@@ -256,6 +256,10 @@ impl LocalService {
 
     fn status(&self) -> AgentStatus {
         let map = self.maps.borrow();
+        let skipped = crate::plan::netmap::underlay_conflicts(
+            &map,
+            &super::commands::coordinator_ips(&self.identity.coordinator),
+        );
         AgentStatus {
             node_id: self.identity.node_id,
             name: self.identity.name.clone(),
@@ -267,6 +271,7 @@ impl LocalService {
                 .subnets
                 .iter()
                 .map(|s| SegmentStatus {
+                    skipped: skipped.get(&s.vni).cloned(),
                     subnet: s.cidr.clone(),
                     vni: s.vni,
                     bridge: bridge_name(s.vni),

@@ -74,10 +74,15 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 /// adds and deletes just those elements ([`update`]); the tables are
 /// replaced whole when the chains change, after a failure, and every
 /// [`FULL_RELOAD`].
-pub async fn keep(mut maps: watch::Receiver<NetworkMap>, own_node: u64, mut applied: Option<Rules>) {
+pub async fn keep(
+    mut maps: watch::Receiver<NetworkMap>,
+    own_node: u64,
+    coordinator: Vec<std::net::IpAddr>,
+    mut applied: Option<Rules>,
+) {
     let mut reloaded = Instant::now();
     loop {
-        let rules = rules(&maps.borrow_and_update(), own_node);
+        let rules = rules(&maps.borrow_and_update(), own_node, &coordinator);
         let updated = tokio::time::Instant::now();
         if applied.as_ref() != Some(&rules) {
             let elements = applied.as_ref().and_then(|old| update(old, &rules));

@@ -63,14 +63,20 @@ pub fn segments(map: &NetworkMap, own_node: u64) -> Vec<Segment> {
 }
 
 /// The rules for `map`, seen from `own_node`.
-pub fn rules(map: &NetworkMap, own_node: u64) -> Rules {
+/// A subnet that holds an underlay address (of a node, or `coordinator`) is
+/// left out ([`super::netmap::underlay_conflicts`]): dropping it as overlay
+/// traffic at the underlay would cut this host off as surely as routing it.
+pub fn rules(map: &NetworkMap, own_node: u64, coordinator: &[std::net::IpAddr]) -> Rules {
+    let skip = super::netmap::underlay_conflicts(map, coordinator);
     let peers = map.nodes.iter().filter(|n| n.id != own_node).filter_map(|n| n.address.parse().ok()).collect();
     let overlay = std::iter::once(&map.node_range)
-        .chain(map.subnets.iter().map(|s| &s.cidr))
+        .chain(map.subnets.iter().filter(|s| !skip.contains_key(&s.vni)).map(|s| &s.cidr))
         .filter_map(|c| c.parse::<Ipv4Net>().ok())
         .map(|n| n.trunc())
         .collect();
-    Rules { segments: segments(map, own_node), peers, overlay }
+    let skipped: BTreeSet<String> = skip.keys().map(|v| bridge_name(*v)).collect();
+    let segments = segments(map, own_node).into_iter().filter(|s| !skipped.contains(&s.bridge)).collect();
+    Rules { segments, peers, overlay }
 }
 
 /// `set <name> { type ipv4_addr; elements = { .. } }` (no elements line when empty).
@@ -285,7 +291,7 @@ mod tests {
             subnets: vec![subnet("10.32.0.0/12", 0), subnet("10.32.0.0/16", 5), subnet("10.2.3.0/24", 9)],
             ..Default::default()
         };
-        let rules = rules(&map, 1);
+        let rules = rules(&map, 1, &[]);
         assert_eq!(rules.peers, ["10.47.0.2", "10.47.0.3"].iter().map(|a| a.parse().unwrap()).collect());
         let r = ruleset(&rules);
         assert!(r.contains("set peers {\n    type ipv4_addr\n    elements = { 10.47.0.2, 10.47.0.3 }\n"), "{r}");

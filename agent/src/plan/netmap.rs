@@ -25,6 +25,34 @@ pub fn apply(map: &mut NetworkMap, event: WatchEvent) -> Result<(), Error> {
     Ok(())
 }
 
+/// The subnets this host must not install, by vni, each with the one line
+/// that says why: a subnet holding a node's endpoint address (this host's own
+/// underlay or a peer's) or the coordinator's address would route that
+/// address into the overlay bridge and cut the host off. The coordinator
+/// refuses such subnets; this is the agent's own check, for a map from a
+/// coordinator that did not (an older one, or a node joining later inside a
+/// subnet).
+pub fn underlay_conflicts(
+    map: &NetworkMap,
+    coordinator: &[std::net::IpAddr],
+) -> std::collections::BTreeMap<u32, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for s in map.subnets.iter().filter(|s| s.vni != 0) {
+        let Ok(net) = s.cidr.parse::<ipnet::IpNet>() else { continue };
+        let endpoint = map.nodes.iter().find_map(|n| {
+            let ip = n.endpoints.iter().filter_map(|e| e.parse::<SocketAddr>().ok()).find(|e| net.contains(&e.ip()))?;
+            Some(format!("the underlay address {} of node {}", ip.ip(), n.name))
+        });
+        let why = endpoint.or_else(|| {
+            coordinator.iter().find(|ip| net.contains(*ip)).map(|ip| format!("the coordinator's address {ip}"))
+        });
+        if let Some(why) = why {
+            out.insert(s.vni, format!("subnet {} skipped: it holds {why}", s.cidr));
+        }
+    }
+    out
+}
+
 /// A remote node as the data plane needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {

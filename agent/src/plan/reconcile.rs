@@ -97,6 +97,22 @@ impl Desired {
     }
 }
 
+impl Desired {
+    /// Without the segments `vnis` (and the routes to their workloads): the
+    /// subnets [`super::netmap::underlay_conflicts`] names are never installed.
+    pub fn without<T>(mut self, vnis: &BTreeMap<u32, T>) -> Self {
+        let dropped: Vec<Ipv4Net> = vnis.keys().filter_map(|v| self.subnets.get(v).copied()).collect();
+        for vni in vnis.keys() {
+            self.segments.remove(vni);
+            self.proxies.remove(vni);
+            self.subnets.remove(vni);
+            self.local_workloads.remove(vni);
+        }
+        self.routes.retain(|ip, _| !dropped.iter().any(|n| n.contains(ip)));
+        self
+    }
+}
+
 /// One segment as found in the kernel; missing parts are `None`/`false`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObservedSegment {

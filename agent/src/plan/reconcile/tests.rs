@@ -359,3 +359,36 @@ fn one_more_remote_workload_is_two_changes() {
         vec![Change::AddProxy { vni: 5, addr: ip("10.5.2.1") }, Change::AddRoute { dst: ip("10.5.2.1"), src: None }]
     );
 }
+
+#[test]
+fn a_skipped_segment_leaves_no_bridge_route_or_workload_route() {
+    use weave_proto::v1::Allocation;
+    let alloc = |id, node_id, subnet_id, address: &str| Allocation {
+        id,
+        node_id,
+        subnet_id,
+        address: address.into(),
+        container: format!("c{id}"),
+        ..Default::default()
+    };
+    let map = NetworkMap {
+        nodes: two_nodes(),
+        subnets: vec![
+            Subnet { id: 1, cidr: "10.32.0.0/16".into(), vni: 100, ..Default::default() },
+            Subnet { id: 2, cidr: "192.0.2.0/24".into(), vni: 200, ..Default::default() },
+        ],
+        allocations: vec![
+            alloc(1, 2, 1, "10.32.0.2/16"),
+            alloc(2, 2, 2, "192.0.2.2/24"),
+            alloc(3, 1, 2, "192.0.2.3/24"),
+        ],
+        ..Default::default()
+    };
+    let full = Desired::from_map(&map, 1, ip("10.47.0.1"), 1370);
+    assert!(full.routes.contains_key(&ip("192.0.2.2")), "without the filter the underlay address is hijacked");
+    let d = full.without(&[(200, ())].into_iter().collect());
+    assert_eq!(d.segments.keys().copied().collect::<Vec<_>>(), [100]);
+    assert_eq!(d.subnets.keys().copied().collect::<Vec<_>>(), [100]);
+    assert_eq!(d.routes.keys().copied().collect::<Vec<_>>(), [ip("10.32.0.2")]);
+    assert!(!d.proxies.contains_key(&200) && !d.local_workloads.contains_key(&200));
+}
