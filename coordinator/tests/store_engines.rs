@@ -250,3 +250,146 @@ async fn a_database_that_goes_away_gives_unavailable_and_everything_recovers_whe
     assert!(map.nodes.iter().any(|n| n.id == node.id));
     c.stop().await;
 }
+
+/// A second coordinator for the cluster of `first`: the same database and
+/// the same identity (its data directory's `tls/` and `admin.credential`
+/// copied over, as README's "Several coordinators" says to do).
+async fn second_coordinator(first: &TestCoordinator, url: &str) -> TestCoordinator {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("tls")).unwrap();
+    for f in ["tls/coordinator.crt", "tls/coordinator.key", "admin.credential"] {
+        std::fs::copy(first.data_dir().join(f), data.join(f)).unwrap();
+    }
+    let url = url.to_string();
+    TestCoordinator::start_in(dir, move |a| a.store = Some(url)).await
+}
+
+async fn next_change(watch: &mut tonic::Streaming<weave_proto::v1::WatchEvent>) -> weave_proto::v1::WatchEvent {
+    tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("a change within 10 s")
+        .expect("the watch goes on")
+        .expect("the watch is open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: starts PostgreSQL as the postgres user (deploy/test.sh runs it)"]
+async fn every_coordinators_watchers_see_every_change_in_order_whoever_wrote_it() {
+    let url = pg::shared().create_database();
+    let a = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |s| s.store = Some(url.clone())).await;
+    let b = second_coordinator(&a, &url).await;
+    assert_eq!(b.running.admin.pin, a.running.admin.pin, "one identity");
+    assert!(b.running.first_token.is_none(), "the cluster exists already");
+
+    let (_, mut on_a) = a.join("host1", 1).await;
+    let credential = {
+        let joined = b.admin().await.join.join(common::join_request(&a.token(), "host2", 2)).await.unwrap();
+        joined.into_inner().credential
+    };
+    let mut on_b = b.api_with(&credential).await;
+    // A follows B's join within moments (a notification, or its 1 s poll).
+    let t = Instant::now();
+    while a.admin().await.map.get_map(weave_proto::v1::GetMapRequest {}).await.unwrap().into_inner().nodes.len() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(5), "coordinator A never saw B's join");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut watches = Vec::new();
+    for api in [&mut on_a, &mut on_b] {
+        let mut w = api.map.watch(WatchRequest { from_revision: 0 }).await.unwrap().into_inner();
+        let first = next_change(&mut w).await;
+        let Some(Event::Snapshot(map)) = first.event else { panic!("a snapshot first") };
+        assert_eq!(map.nodes.len(), 2, "both joins, whichever coordinator took them");
+        watches.push((w, map.revision));
+    }
+    assert_eq!(watches[0].1, watches[1].1, "both coordinators at the same revision");
+
+    // Writes through both coordinators, interleaved and concurrent.
+    let mut tasks = Vec::new();
+    for (i, api) in [on_a.clone(), on_b.clone()].into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut api = api;
+            for n in 0..10 {
+                let r = AllocateRequest { container: format!("c{i}-{n}"), ..Default::default() };
+                api.ipam.allocate(r).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for (w, revision) in &mut watches {
+        let mut containers = BTreeSet::new();
+        for _ in 0..20 {
+            let e = next_change(w).await;
+            assert_eq!(e.revision, *revision + 1, "consecutive revisions");
+            *revision = e.revision;
+            let Some(Event::Change(change)) = e.event else { panic!("a change") };
+            if let Some(weave_proto::v1::map_change::Change::AllocationAdded(a)) = change.change {
+                containers.insert(a.container);
+            }
+        }
+        assert_eq!(containers.len(), 20, "all twenty allocations, from both coordinators");
+    }
+    let map_a = a.admin().await.map.get_map(weave_proto::v1::GetMapRequest {}).await.unwrap().into_inner();
+    let map_b = b.admin().await.map.get_map(weave_proto::v1::GetMapRequest {}).await.unwrap().into_inner();
+    assert!(map_a == map_b, "the same map on both");
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: starts PostgreSQL as the postgres user (deploy/test.sh runs it)"]
+async fn clients_given_both_addresses_go_on_through_the_survivor() {
+    use weave_proto::client::{Api, connect, connect_lazy};
+    let url = pg::shared().create_database();
+    let a = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |s| s.store = Some(url.clone())).await;
+    let b = second_coordinator(&a, &url).await;
+    let both = format!("{},{}", a.addr(), b.addr());
+    let pin = a.running.admin.pin;
+    let (_, _) = a.join("host1", 1).await;
+    let joined = a.admin().await.join.join(common::join_request(&a.token(), "host2", 2)).await.unwrap();
+    let credential = joined.into_inner().credential;
+
+    // An agent's kind of channel (lazy, both addresses) and its watch.
+    let mut agent = Api::new(connect_lazy(&both, pin).unwrap(), &credential).unwrap();
+    let mut watch = agent.map.watch(WatchRequest { from_revision: 0 }).await.unwrap().into_inner();
+    let Some(Event::Snapshot(map)) = next_change(&mut watch).await.event else { panic!("a snapshot first") };
+    let mut seen = map.revision;
+    agent.ipam.allocate(AllocateRequest { container: "before".into(), ..Default::default() }).await.unwrap();
+    seen = next_change(&mut watch).await.revision.max(seen);
+
+    a.stop().await;
+    // weavectl's kind (eager, tried in turn) answers with the first one down.
+    let admin_secret = b.running.admin.secret.clone();
+    let mut admin = Api::new(connect(&both, pin).await.expect("the second address answers"), &admin_secret).unwrap();
+    admin.subnets.list_subnets(ListSubnetsRequest {}).await.expect("weavectl answered by the survivor");
+
+    // The agent's calls and its watch move to the survivor within 5 s,
+    // resuming from the revision it had (no snapshot).
+    let t = Instant::now();
+    let resumed = loop {
+        let _ = watch.message().await; // the old stream ends
+        match agent.map.watch(WatchRequest { from_revision: seen }).await {
+            Ok(w) => break w.into_inner(),
+            Err(s) => {
+                assert!(t.elapsed() < Duration::from_secs(5), "no watch within 5 s: {s:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let mut watch = resumed;
+    loop {
+        match agent.ipam.allocate(AllocateRequest { container: "during".into(), ..Default::default() }).await {
+            Ok(_) => break,
+            Err(s) => {
+                assert!(t.elapsed() < Duration::from_secs(5), "no allocation within 5 s: {s:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let e = next_change(&mut watch).await;
+    assert_eq!(e.revision, seen + 1, "resumed at the next revision, not a snapshot");
+    assert!(matches!(e.event, Some(Event::Change(_))));
+    b.stop().await;
+}

@@ -44,17 +44,42 @@ pub enum ConnectError {
     Credential,
 }
 
-/// Opens a TLS channel to `addr` ("host:port") that trusts only `pin`.
-/// Connects eagerly so that a wrong address or pin fails here, with its cause.
-pub async fn connect(addr: &str, pin: Pin) -> Result<Channel, ConnectError> {
-    let endpoint = endpoint(addr, pin)?;
-    endpoint.connect().await.map_err(|e| ConnectError::Unreachable { addr: addr.to_string(), cause: error_chain(&e) })
+/// The coordinator addresses in `list`: one "host:port", or several
+/// separated by commas (the coordinators of one cluster, sharing one
+/// database and one identity).
+pub fn addresses(list: &str) -> Vec<&str> {
+    list.split(',').map(str::trim).filter(|a| !a.is_empty()).collect()
+}
+
+/// Opens a TLS channel that trusts only `pin` to the first coordinator in
+/// `list` that answers (tried in turn). Connects eagerly so that a wrong
+/// address or pin fails here, with its cause.
+pub async fn connect(list: &str, pin: Pin) -> Result<Channel, ConnectError> {
+    let mut failed = None;
+    for addr in addresses(list) {
+        match endpoint(addr, pin)?.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(e) => failed = Some(ConnectError::Unreachable { addr: addr.to_string(), cause: error_chain(&e) }),
+        }
+    }
+    Err(failed.unwrap_or_else(|| ConnectError::Address(list.to_string())))
 }
 
 /// Like [`connect`], but connects on first use and reconnects by itself: for
-/// long-lived clients (agents) that must survive coordinator restarts.
-pub fn connect_lazy(addr: &str, pin: Pin) -> Result<Channel, ConnectError> {
-    Ok(endpoint(addr, pin)?.connect_lazy())
+/// long-lived clients (agents) that must survive coordinator restarts. With
+/// several addresses, requests go to the coordinators that are up (a dead
+/// one is left out until it answers again), so a call made after one dies
+/// (a watch resumed from its revision) reaches another.
+pub fn connect_lazy(list: &str, pin: Pin) -> Result<Channel, ConnectError> {
+    let addrs = addresses(list);
+    match addrs.as_slice() {
+        [] => Err(ConnectError::Address(list.to_string())),
+        [one] => Ok(endpoint(one, pin)?.connect_lazy()),
+        several => {
+            let endpoints = several.iter().map(|a| endpoint(a, pin)).collect::<Result<Vec<_>, _>>()?;
+            Ok(Channel::balance_list(endpoints.into_iter()))
+        }
+    }
 }
 
 fn endpoint(addr: &str, pin: Pin) -> Result<Endpoint, ConnectError> {

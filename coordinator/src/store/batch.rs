@@ -27,7 +27,7 @@ use tokio::sync::{OwnedMutexGuard, oneshot};
 use weave_proto::v1::{self, map_change::Change};
 
 use super::{
-    RING, Store,
+    Store,
     db::{self, Conn, Engine},
 };
 use crate::{
@@ -104,7 +104,7 @@ impl Tx {
 
 impl Writer {
     /// Forgets the kept address sets: they are read again when next needed.
-    fn forget_addresses(&mut self) {
+    pub(super) fn forget_addresses(&mut self) {
         self.node_addresses = None;
         self.subnet_addresses.clear();
     }
@@ -159,12 +159,11 @@ impl Store {
             let mut tx = self.write.begin_write().await?;
             if self.write.engine() == Engine::Postgres {
                 // Another coordinator may have written since this one's last
-                // batch (the kept address sets would then be stale); within
-                // this batch, the write lock keeps every other writer out.
-                let current: Option<i64> =
-                    db::query_scalar("SELECT revision FROM cluster WHERE id = 1").fetch_optional(&mut tx).await?;
-                let known = self.live.read().unwrap_or_else(|p| p.into_inner()).map.revision;
-                if current.is_some_and(|r| r as u64 != known) {
+                // batch: memory takes those changes first (so that this
+                // batch's follow them in order), and the kept address sets
+                // are read again. Within this batch, the write lock keeps
+                // every other writer out.
+                if self.catch_up_on(&mut tx).await? {
                     writer.forget_addresses();
                 }
             }
@@ -199,7 +198,26 @@ impl Store {
             writer.abort(&e);
             return;
         }
-        let Some(batch) = writer.open.take() else { return };
+        let Some(mut batch) = writer.open.take() else { return };
+        let notified = match batch.changes.last() {
+            // Other coordinators' followers wake at COMMIT (follow.rs).
+            Some(&(last, _)) if self.write.engine() == Engine::Postgres => {
+                db::query("SELECT pg_notify($1, $2)")
+                    .bind(super::follow::CHANNEL)
+                    .bind(last.to_string())
+                    .execute(&mut batch.tx)
+                    .await
+            }
+            _ => Ok(0),
+        };
+        if let Err(e) = notified.map_err(Error::from) {
+            tracing::error!(error = %e, writes = batch.waiters.len(), "group commit failed");
+            writer.forget_addresses();
+            for w in batch.waiters {
+                let _ = w.send(Err(batch_failed(&e)));
+            }
+            return;
+        }
         if let Err(e) = batch.tx.commit().await {
             let e = Error::from(e);
             tracing::error!(error = %e, writes = batch.waiters.len(), "group commit failed");
@@ -212,19 +230,7 @@ impl Store {
         writer.commits += 1;
         metrics::counter!("weave_store_commits_total").increment(1);
         metrics::counter!("weave_store_committed_writes_total").increment(batch.waiters.len() as u64);
-        if let Some(&(last, _)) = batch.changes.last() {
-            {
-                let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
-                for (rev, change) in batch.changes {
-                    weave_proto::map::apply_change(&mut live.map, rev, &change);
-                    live.recent.push_back((rev, change));
-                    if live.recent.len() > RING {
-                        live.recent.pop_front();
-                    }
-                }
-            }
-            self.revision.send_replace(last);
-        }
+        self.publish(batch.changes);
         for w in batch.waiters {
             let _ = w.send(Ok(()));
         }

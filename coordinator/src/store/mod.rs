@@ -24,6 +24,7 @@ mod auth;
 mod batch;
 pub mod db;
 mod dns;
+mod follow;
 mod nodes;
 mod open;
 mod rows;
@@ -91,6 +92,8 @@ pub struct Store {
     writer: Arc<Mutex<batch::Writer>>,
     /// Most addresses one node may hold (None: no limit); see [`Store::with_node_quota`].
     node_quota: Option<u32>,
+    /// One per handle: the follower task (PostgreSQL, [`follow`]) stops when it holds the last.
+    alive: Arc<()>,
 }
 
 /// The map at the latest committed revision, and the changes that led to it.
@@ -149,8 +152,17 @@ impl Store {
         let current: Option<i64> =
             db::query_scalar("SELECT revision FROM cluster WHERE id = 1").fetch_optional(&read).await?;
         let (revision, _) = watch::channel(current.unwrap_or(0) as u64);
-        let store = Self { write, read, revision, live: Arc::default(), writer: Arc::default(), node_quota: None };
+        let store = Self {
+            write,
+            read,
+            revision,
+            live: Arc::default(),
+            writer: Arc::default(),
+            node_quota: None,
+            alive: Arc::default(),
+        };
         store.reload_live().await?;
+        store.follow();
         Ok(store)
     }
 
@@ -269,6 +281,13 @@ impl Store {
     /// Up to `limit` changes after revision `after`, in revision order: from
     /// memory when the ring still holds them, else from `map_events`.
     pub async fn events_after(&self, after: u64, limit: i64) -> Result<Events> {
+        // A watcher that comes from another coordinator of the same database
+        // may be ahead of this one by a change or two: catch up first rather
+        // than send it a whole snapshot.
+        if self.engine() == Engine::Postgres && after > self.live.read().unwrap_or_else(|p| p.into_inner()).map.revision
+        {
+            self.catch_up().await?;
+        }
         {
             let live = self.live.read().unwrap_or_else(|p| p.into_inner());
             if after > live.map.revision {
