@@ -94,6 +94,7 @@ fn config(of: &Node) -> PeerConfig {
         public_key: of.public,
         address: of.addr,
         endpoint: Some(of.endpoint),
+        endpoints: vec![of.endpoint],
         routes: vec![],
     }
 }

@@ -10,6 +10,7 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU32, AtomicU64, Ordering},
     },
+    time::Instant,
 };
 
 use boringtun::{
@@ -21,6 +22,9 @@ use boringtun::{
 
 use super::PeerStatus;
 use crate::plan::netmap::PeerConfig;
+
+mod fallback;
+use fallback::Fallback;
 
 /// Seconds between keepalives on an otherwise idle tunnel (keeps NAT state and roaming fresh).
 pub const PERSISTENT_KEEPALIVE: u16 = 25;
@@ -47,6 +51,8 @@ struct Peer {
     /// live endpoint (the peer moved); the same one again does not undo
     /// what roaming learned since.
     map_endpoint: Mutex<Option<SocketAddr>>,
+    /// Moves to the peer's next endpoint when its path stops answering.
+    fallback: Fallback,
     dropped_spoofed: AtomicU64,
 }
 
@@ -72,6 +78,8 @@ pub struct Router {
     peers: RwLock<Arc<Table>>,
     rate_limiter: Arc<RateLimiter>,
     next_index: AtomicU32,
+    /// The clock of the endpoint fallback.
+    started: Instant,
 }
 
 /// A poisoned lock means a panic mid-update of one peer's tunnel state; the
@@ -89,6 +97,7 @@ impl Router {
             public,
             peers: RwLock::new(Arc::new(Table::default())),
             next_index: AtomicU32::new(rand::random::<u32>() & 0xff_ffff),
+            started: Instant::now(),
         }
     }
 
@@ -106,6 +115,7 @@ impl Router {
                             *lock(&p.endpoint) = config.endpoint;
                         }
                         *from_map = config.endpoint;
+                        p.fallback.set_candidates(&config.endpoints);
                         // Same tunnel; the rest of the config (name, endpoint) is informational.
                         Arc::clone(p)
                     }
@@ -150,6 +160,7 @@ impl Router {
         Peer {
             endpoint: Mutex::new(config.endpoint),
             map_endpoint: Mutex::new(config.endpoint),
+            fallback: Fallback::new(config.endpoints.clone()),
             config,
             index,
             tunn: Mutex::new(tunn),
@@ -171,9 +182,17 @@ impl Router {
         let peer = table.by_address.get(&dst)?;
         let mut tunn = lock(&peer.tunn);
         match tunn.encapsulate(packet, out) {
-            TunnResult::WriteToNetwork(datagram) => Some((peer.endpoint()?, datagram.len())),
+            TunnResult::WriteToNetwork(datagram) => {
+                peer.fallback.sent(self.now_ms());
+                Some((peer.endpoint()?, datagram.len()))
+            }
             _ => None,
         }
+    }
+
+    /// Milliseconds since the router started, never 0.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
     }
 
     /// A datagram from the UDP socket: decrypts data into `out` and returns
@@ -251,6 +270,7 @@ impl Router {
         drop(tunn);
         if authenticated {
             *lock(&peer.endpoint) = Some(src);
+            peer.fallback.answered();
         }
         plain
     }
@@ -258,8 +278,16 @@ impl Router {
     /// Timers for every peer (rekey, keepalive, expiry); call every ~250 ms.
     pub fn tick(&self, buf: &mut [u8], sink: &impl Sink) {
         let table = self.table();
+        let now = self.now_ms();
         for peer in table.by_index.values() {
             let mut tunn = lock(&peer.tunn);
+            if let Some(next) = peer.fallback.due(now, peer.endpoint()) {
+                tracing::info!(peer = %peer.config.name, from = ?peer.endpoint(), to = %next, "no answer: trying the peer's next endpoint");
+                *lock(&peer.endpoint) = Some(next);
+                if let TunnResult::WriteToNetwork(init) = tunn.format_handshake_initiation(buf, true) {
+                    sink.to_network(next, init);
+                }
+            }
             if let TunnResult::WriteToNetwork(out) = tunn.update_timers(buf)
                 && let Some(endpoint) = peer.endpoint()
             {

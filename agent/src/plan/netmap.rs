@@ -61,6 +61,8 @@ pub struct PeerConfig {
     pub public_key: [u8; 32],
     pub address: Ipv4Addr,
     pub endpoint: Option<SocketAddr>,
+    /// All its endpoints (`endpoint` is the first): where to fall back to.
+    pub endpoints: Vec<SocketAddr>,
     /// The workload addresses this node hosts (its allocations): routed to
     /// it, and the only inner sources besides `address` accepted from it.
     pub routes: Vec<Ipv4Addr>,
@@ -92,6 +94,7 @@ pub fn peers(map: &NetworkMap, own_node: u64) -> (Vec<PeerConfig>, Vec<String>) 
                 public_key,
                 address,
                 endpoint: n.endpoints.iter().find_map(|e| e.parse().ok()),
+                endpoints: n.endpoints.iter().filter_map(|e| e.parse().ok()).collect(),
                 routes: routes.remove(&n.id).unwrap_or_default(),
             }),
             _ => problems.push(format!("node {} ({}) has no usable key or IPv4 address", n.id, n.name)),

@@ -69,6 +69,7 @@ fn config(of: &Node, endpoint: Option<SocketAddr>) -> PeerConfig {
         public_key: of.public,
         address: of.addr,
         endpoint,
+        endpoints: endpoint.into_iter().collect(),
         routes: vec![workload(of)],
     }
 }
