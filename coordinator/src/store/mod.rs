@@ -25,6 +25,7 @@ mod batch;
 pub mod db;
 mod dns;
 mod follow;
+pub mod migrate;
 mod nodes;
 mod open;
 mod rows;
