@@ -184,6 +184,8 @@ pub struct Bed {
     pub coordinator_ns: String,
     pub coordinator: Option<Child>,
     pub coordinator_dir: PathBuf,
+    /// Extra flags for the coordinator from its next start on (e.g. `--store`).
+    pub coordinator_args: Vec<String>,
     pub token: String,
     pub admin: AdminCredential,
     pub hosts: Vec<Host>,
@@ -218,6 +220,7 @@ impl Bed {
             coordinator_ns: format!("{prefix}-c"),
             family,
             coordinator_dir: dir.path().join("coordinator"),
+            coordinator_args: Vec::new(),
             prefix,
             dir,
             coordinator: None,
@@ -347,6 +350,7 @@ impl Bed {
             .arg(coordinator_bin())
             .args(["serve", "--listen", &self.coordinator_addr(), "--data-dir"])
             .arg(&self.coordinator_dir)
+            .args(&self.coordinator_args)
             .stdout(fs::File::create(&out).unwrap())
             .stderr(fs::OpenOptions::new().create(true).append(true).open(&log).unwrap())
             .spawn()
