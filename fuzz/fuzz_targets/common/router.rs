@@ -54,6 +54,7 @@ pub fn config(of: &Node, endpoint: Option<SocketAddr>) -> PeerConfig {
         public_key: of.public,
         address: of.addr,
         endpoint,
+        endpoints: endpoint.into_iter().collect(),
         routes: vec![of.workload],
     }
 }
