@@ -82,6 +82,34 @@ pub fn connect_lazy(list: &str, pin: Pin) -> Result<Channel, ConnectError> {
     }
 }
 
+/// Attempts of [`retry_unavailable`].
+const UNAVAILABLE_ATTEMPTS: u32 = 10;
+
+/// Runs `call` again (up to 10 times, 50 ms apart) while it answers
+/// `UNAVAILABLE`. Only for idempotent calls (an allocation for a container
+/// and subnet, a release): a call cut off with its connection may or may not
+/// have been applied. A [`connect_lazy`] channel over several coordinators
+/// spreads calls over all of them, and one sent to a coordinator that was
+/// just killed fails (`tcp connect error`, or `transport error` on the
+/// connection it had) until the balancer stops picking it; another attempt
+/// reaches a survivor.
+pub async fn retry_unavailable<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(s) if s.code() == tonic::Code::Unavailable && attempt < UNAVAILABLE_ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 fn endpoint(addr: &str, pin: Pin) -> Result<Endpoint, ConnectError> {
     let bad = || ConnectError::Address(addr.to_string());
     if addr.contains('/') || !addr.contains(':') {

@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, fs::File, net::Ipv4Addr, sync::Arc, time::Durat
 use ipnet::Ipv4Net;
 use tokio::sync::watch;
 use weave_proto::{
-    client::Api,
+    client::{Api, retry_unavailable},
     local_api::{Attached, Refusal},
     v1::{AllocateRequest, NetworkMap, ReleaseRequest, Subnet},
 };
@@ -106,7 +106,12 @@ impl Attacher {
     /// Releases `key`'s address on `subnet` (every subnet if empty).
     pub(crate) async fn release(&self, key: &str, subnet: &str) -> Result<Vec<String>, Refusal> {
         let req = ReleaseRequest { container: key.to_string(), subnet: subnet.to_string(), ..Default::default() };
-        match self.api.ipam.clone().release(req).await {
+        match retry_unavailable(|| {
+            let (mut ipam, req) = (self.api.ipam.clone(), req.clone());
+            async move { ipam.release(req).await }
+        })
+        .await
+        {
             Ok(r) => Ok(r.into_inner().released.into_iter().map(|a| a.address).collect()),
             // Nothing held under that key: already released (a repeated
             // detach or CNI DEL), which is what was asked.
@@ -176,7 +181,12 @@ impl Attacher {
                 dns_name: dns.to_string(),
                 ..Default::default()
             };
-            let got = match self.api.ipam.clone().allocate(req).await {
+            let got = match retry_unavailable(|| {
+                let (mut ipam, req) = (self.api.ipam.clone(), req.clone());
+                async move { ipam.allocate(req).await }
+            })
+            .await
+            {
                 Ok(a) => a.into_inner(),
                 Err(s) => {
                     for (sub, _, _) in &out {

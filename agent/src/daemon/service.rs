@@ -12,7 +12,7 @@ use std::{
 use rand::seq::SliceRandom;
 use tokio::sync::watch;
 use weave_proto::{
-    client::Api,
+    client::{Api, retry_unavailable},
     v1::{AllocateRequest, NetworkMap, ReleaseRequest},
 };
 
@@ -92,7 +92,12 @@ impl Handler for LocalService {
                 }
                 Request::Release { container } => {
                     let req = ReleaseRequest { container, ..Default::default() };
-                    match self.api.ipam.clone().release(req).await {
+                    match retry_unavailable(|| {
+                        let (mut ipam, req) = (self.api.ipam.clone(), req.clone());
+                        async move { ipam.release(req).await }
+                    })
+                    .await
+                    {
                         Ok(r) => Response::Released(r.into_inner().released.into_iter().map(|a| a.address).collect()),
                         Err(s) => Response::Error(Refusal::status(&s)),
                     }
@@ -221,7 +226,12 @@ impl LocalService {
 
     async fn allocate(&self, container: String, subnet: String) -> Response {
         let req = AllocateRequest { container, subnet, ..Default::default() };
-        let alloc = match self.api.ipam.clone().allocate(req).await {
+        let alloc = match retry_unavailable(|| {
+            let (mut ipam, req) = (self.api.ipam.clone(), req.clone());
+            async move { ipam.allocate(req).await }
+        })
+        .await
+        {
             Ok(a) => a.into_inner(),
             Err(s) => return Response::Error(Refusal::status(&s)),
         };
