@@ -16,44 +16,8 @@ struct Cli {
 enum Command {
     /// Serve the gRPC API (creates the database, TLS identity and admin credential on first start).
     Serve(Box<ServeArgs>),
-    /// Copy a stopped coordinator's SQLite database into an empty PostgreSQL
-    /// database (nodes, keys, credentials, tokens, subnets, allocations,
-    /// records, revision): agents go on without re-joining. Stop the old
-    /// coordinator first; keep its --data-dir (TLS identity) for the new one.
-    Migrate(MigrateArgs),
-}
-
-#[derive(clap::Args)]
-struct MigrateArgs {
-    /// The source: sqlite://<path> (its coordinator stopped).
-    #[arg(long)]
-    from: String,
-    /// The target: postgres://[user[:password]@]host[:port]/database, empty.
-    #[arg(long)]
-    to: String,
-}
-
-async fn migrate(args: MigrateArgs) -> ExitCode {
-    use weave_coordinator::store::{Location, migrate::migrate};
-    let parse = |flag: &str, s: &str| s.parse::<Location>().map_err(|e| format!("--{flag}: {e}"));
-    let (from, to) = match (parse("from", &args.from), parse("to", &args.to)) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("coordinator: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match migrate(&from, &to).await {
-        Ok(copied) => {
-            let rows: Vec<String> = copied.tables.iter().map(|(t, n)| format!("{t} {n}")).collect();
-            println!("migrated {from} to {to} at revision {}: {}", copied.revision, rows.join(", "));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("coordinator: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    /// Copy a stopped coordinator's SQLite database into an empty PostgreSQL one (no agent re-joins).
+    Migrate(weave_coordinator::store::migrate::MigrateArgs),
 }
 
 async fn shutdown_signal() {
@@ -77,7 +41,7 @@ async fn main() -> ExitCode {
         .init();
     let args = match Cli::parse().command {
         Command::Serve(args) => *args,
-        Command::Migrate(args) => return migrate(args).await,
+        Command::Migrate(args) => return args.run().await,
     };
     let settings = match args.settings() {
         Ok(s) => s,

@@ -109,6 +109,44 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
 /// continue after the copied ids, or the next insert would collide.
 const IDENTITY_TABLES: &[&str] = &["admin_credentials", "nodes", "subnets", "allocations", "dns_records"];
 
+/// `coordinator migrate` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    /// The source: sqlite://<path> (its coordinator stopped).
+    #[arg(long)]
+    pub from: String,
+    /// The target: postgres://[user[:password]@]host[:port]/database, empty.
+    #[arg(long)]
+    pub to: String,
+}
+
+impl MigrateArgs {
+    /// Runs the migration; one line on stdout or stderr. Exit 2 for a
+    /// malformed flag, 1 for any other refusal or failure.
+    pub async fn run(&self) -> std::process::ExitCode {
+        use std::process::ExitCode;
+        let parse = |flag: &str, s: &str| s.parse::<Location>().map_err(|e| format!("--{flag}: {e}"));
+        let (from, to) = match (parse("from", &self.from), parse("to", &self.to)) {
+            (Ok(f), Ok(t)) => (f, t),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("coordinator: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match migrate(&from, &to).await {
+            Ok(copied) => {
+                let rows: Vec<String> = copied.tables.iter().map(|(t, n)| format!("{t} {n}")).collect();
+                println!("migrated {from} to {to} at revision {}: {}", copied.revision, rows.join(", "));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("coordinator: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
 /// What was copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copied {
