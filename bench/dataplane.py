@@ -224,7 +224,9 @@ def setup_weave(underlay, key="weave", queues=None, suffix="", coordinator=2, ba
     c = plug(underlay, f"c{suffix}", f"192.0.2.{coordinator}")
     out = os.path.join(DIR, f"coordinator{suffix}.out")
     spawn("coordinator", c, [f"{BIN}/coordinator", "serve", "--listen", f"192.0.2.{coordinator}:6783",
-                             "--data-dir", os.path.join(DIR, f"coordinator{suffix}")], out)
+                             "--data-dir", os.path.join(DIR, f"coordinator{suffix}"),
+                             # Both agents and the 98 fake nodes join with the first token.
+                             "--first-token-uses", "0"], out)
 
     def token():
         try:
