@@ -76,6 +76,7 @@ async fn run(ops: Vec<Op>) {
                         credential_hash: format!("cred-{n}-{}", model.len()),
                         // A re-join here stands for an agent that proved its key.
                         proven: true,
+                        observed: String::new(),
                     })
                     .await
                     .unwrap();

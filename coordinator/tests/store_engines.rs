@@ -158,6 +158,7 @@ async fn join(store: &Store, name: &str, key: u8) -> u64 {
         endpoints: vec![],
         credential_hash: format!("{key:02x}").repeat(32) + "c",
         proven: false,
+        observed: String::new(),
     };
     store.join(join).await.unwrap().node.id
 }

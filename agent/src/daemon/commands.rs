@@ -254,6 +254,7 @@ async fn serve(
     let tuning = Tuning {
         queues: args.queues.map_or_else(Tuning::default_queues, usize::from),
         spin: Duration::from_micros(args.spin_us),
+        nat_keepalive: args.nat_keepalive,
     };
     let transport = TunUdp::start(TUN_NAME, tun_mtu as u16, listen, key.secret().clone(), &tuning)
         .map_err(|e| Error::Dataplane(format!("start {TUN_NAME} and udp {listen}: {e}")))?;

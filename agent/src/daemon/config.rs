@@ -74,6 +74,11 @@ pub struct RunArgs {
     /// its own two packet threads [default: one per two CPUs, 1 to 4].
     #[arg(long, env = "WEAVE_QUEUES", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub queues: Option<u16>,
+    /// Seconds between keepalives to every peer while the coordinator sees
+    /// this host at an address it does not advertise (behind NAT): they keep
+    /// the NAT's mapping open so peers can speak first. 0: none.
+    #[arg(long, env = "WEAVE_NAT_KEEPALIVE", default_value_t = 25)]
+    pub nat_keepalive: u16,
 }
 
 /// Where Docker looks for legacy plugins.
@@ -149,6 +154,7 @@ impl RunArgs {
         if let Some(q) = self.queues {
             out.extend(["--queues".into(), q.to_string().into()]);
         }
+        out.extend(["--nat-keepalive".into(), self.nat_keepalive.to_string().into()]);
         out
     }
 }

@@ -170,11 +170,13 @@ pub async fn reconcile_loop(
 ) {
     let mut applied: Option<Observed> = None;
     let mut peers_set: Option<Vec<PeerConfig>> = None;
+    let mut nat_set: Option<bool> = None;
     let mut next_full = tokio::time::Instant::now();
     let mut skipped = std::collections::BTreeMap::new();
     loop {
-        let (desired, peers) = {
+        let (desired, peers, behind_nat) = {
             let map = maps.borrow_and_update();
+            let behind_nat = netmap::behind_nat(&map, own_node);
             let (peers, problems) = netmap::peers(&map, own_node);
             for p in problems {
                 tracing::warn!("{p}");
@@ -186,11 +188,20 @@ pub async fn reconcile_loop(
                 }
             }
             skipped = now_skipped;
-            (Desired::from_map(&map, own_node, local, segment_mtu).without(&skipped), peers)
+            (Desired::from_map(&map, own_node, local, segment_mtu).without(&skipped), peers, behind_nat)
         };
         if peers_set.as_ref() != Some(&peers) {
             transport.set_peers(&peers);
             peers_set = Some(peers);
+        }
+        if nat_set != Some(behind_nat) {
+            if behind_nat {
+                tracing::info!(
+                    "the coordinator sees this host at another address than it advertises: behind NAT (keepalives to peers unless --nat-keepalive is 0)"
+                );
+            }
+            transport.set_behind_nat(behind_nat);
+            nat_set = Some(behind_nat);
         }
         let started = std::time::Instant::now();
         let full = applied.is_none() || tokio::time::Instant::now() >= next_full;

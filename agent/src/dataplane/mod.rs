@@ -29,5 +29,9 @@ pub trait Transport: Send + Sync {
     /// Replaces the peer set: new peers get a tunnel, gone peers lose theirs,
     /// changed keys rebuild the tunnel, changed endpoints are taken over.
     fn set_peers(&self, peers: &[PeerConfig]);
+    /// Whether this host is behind NAT (the coordinator saw it at an address
+    /// it does not advertise): only then keepalives go to every peer, to
+    /// keep the NAT's mapping (and so the path in) open.
+    fn set_behind_nat(&self, behind: bool);
     fn status(&self) -> Vec<PeerStatus>;
 }

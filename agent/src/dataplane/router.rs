@@ -26,8 +26,10 @@ use crate::plan::netmap::PeerConfig;
 mod fallback;
 use fallback::Fallback;
 
-/// Seconds between keepalives on an otherwise idle tunnel (keeps NAT state and roaming fresh).
-pub const PERSISTENT_KEEPALIVE: u16 = 25;
+/// Seconds between keepalives to every peer from a host behind NAT (what
+/// WireGuard recommends: below the 30 s many NATs keep an idle UDP mapping).
+/// Hosts not behind NAT send none: an idle tunnel costs nothing.
+pub const NAT_KEEPALIVE: u16 = 25;
 /// Handshake messages per second before the rate limiter demands cookies.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// Largest buffer any output needs: a full-size IP packet plus WireGuard's framing.
@@ -54,6 +56,8 @@ struct Peer {
     /// Moves to the peer's next endpoint when its path stops answering.
     fallback: Fallback,
     dropped_spoofed: AtomicU64,
+    /// When the last NAT keepalive went to it (ms on the router's clock).
+    last_keepalive: AtomicU64,
 }
 
 impl Peer {
@@ -80,6 +84,9 @@ pub struct Router {
     next_index: AtomicU32,
     /// The clock of the endpoint fallback.
     started: Instant,
+    /// `--nat-keepalive` in ms (0: none), and whether this host is behind NAT.
+    nat_keepalive_ms: AtomicU64,
+    behind_nat: std::sync::atomic::AtomicBool,
 }
 
 /// A poisoned lock means a panic mid-update of one peer's tunnel state; the
@@ -98,6 +105,36 @@ impl Router {
             peers: RwLock::new(Arc::new(Table::default())),
             next_index: AtomicU32::new(rand::random::<u32>() & 0xff_ffff),
             started: Instant::now(),
+            nat_keepalive_ms: AtomicU64::new(0),
+            behind_nat: Default::default(),
+        }
+    }
+
+    /// Seconds between keepalives while behind NAT (0: none).
+    pub fn set_nat_keepalive(&self, secs: u16) {
+        self.nat_keepalive_ms.store(u64::from(secs) * 1000, Ordering::Relaxed);
+    }
+
+    /// Behind NAT or not. Turning it on sends every peer a keepalive (a
+    /// handshake where there is no session) at once: that opens the NAT's
+    /// mapping before any peer speaks, and tells each peer where this host
+    /// is (roaming); the ticks then repeat it every `--nat-keepalive`.
+    pub fn set_behind_nat(&self, behind: bool, sink: &impl Sink) {
+        let was = self.behind_nat.swap(behind, Ordering::Relaxed);
+        if behind && !was && self.nat_keepalive_ms.load(Ordering::Relaxed) > 0 {
+            let mut buf = vec![0u8; 256];
+            let now = self.now_ms();
+            for peer in self.table().by_index.values() {
+                self.keepalive(peer, now, &mut buf, sink);
+            }
+        }
+    }
+
+    fn keepalive(&self, peer: &Peer, now: u64, buf: &mut [u8], sink: &impl Sink) {
+        peer.last_keepalive.store(now, Ordering::Relaxed);
+        let Some(endpoint) = peer.endpoint() else { return };
+        if let TunnResult::WriteToNetwork(out) = lock(&peer.tunn).encapsulate(&[], buf) {
+            sink.to_network(endpoint, out);
         }
     }
 
@@ -153,7 +190,8 @@ impl Router {
             self.secret.clone(),
             PublicKey::from(config.public_key),
             None,
-            Some(PERSISTENT_KEEPALIVE),
+            // Keepalives only behind NAT: the router sends them ([`Router::set_behind_nat`]).
+            None,
             index,
             Some(Arc::clone(&self.rate_limiter)),
         );
@@ -165,6 +203,7 @@ impl Router {
             index,
             tunn: Mutex::new(tunn),
             dropped_spoofed: AtomicU64::new(0),
+            last_keepalive: AtomicU64::new(self.now_ms()),
         }
     }
 
@@ -279,7 +318,12 @@ impl Router {
     pub fn tick(&self, buf: &mut [u8], sink: &impl Sink) {
         let table = self.table();
         let now = self.now_ms();
+        let keepalive_ms = self.nat_keepalive_ms.load(Ordering::Relaxed);
+        let nat = self.behind_nat.load(Ordering::Relaxed) && keepalive_ms > 0;
         for peer in table.by_index.values() {
+            if nat && now.saturating_sub(peer.last_keepalive.load(Ordering::Relaxed)) >= keepalive_ms {
+                self.keepalive(peer, now, buf, sink);
+            }
             let mut tunn = lock(&peer.tunn);
             if let Some(next) = peer.fallback.due(now, peer.endpoint()) {
                 tracing::info!(peer = %peer.config.name, from = ?peer.endpoint(), to = %next, "no answer: trying the peer's next endpoint");

@@ -37,7 +37,7 @@ use tun_rs::{DeviceBuilder, SyncDevice, VIRTIO_NET_HDR_LEN};
 use super::{
     PeerStatus, Transport,
     batch::{Encrypted, group},
-    router::{BUF_SIZE, Router, Sink},
+    router::{BUF_SIZE, NAT_KEEPALIVE, Router, Sink},
     spin::{DEFAULT_SPIN, Pacer},
     udp, workers,
 };
@@ -126,6 +126,9 @@ pub struct Tuning {
     /// How long the packet threads keep polling after a packet moved
     /// (zero: they sleep whenever nothing is queued).
     pub spin: Duration,
+    /// Seconds between keepalives to every peer while this host is behind
+    /// NAT ([`Transport::set_behind_nat`]); 0: none.
+    pub nat_keepalive: u16,
 }
 
 impl Tuning {
@@ -139,7 +142,7 @@ impl Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
-        Self { queues: Self::default_queues(), spin: DEFAULT_SPIN }
+        Self { queues: Self::default_queues(), spin: DEFAULT_SPIN, nat_keepalive: NAT_KEEPALIVE }
     }
 }
 
@@ -185,6 +188,7 @@ impl TunUdp {
             queues.push(Arc::new(Io { tun, udp, v6, gso: AtomicBool::new(true), pacer }));
         }
         let router = Arc::new(Router::new(secret));
+        router.set_nat_keepalive(tuning.nat_keepalive);
         let stop = Arc::new(AtomicBool::new(false));
         let mtu = mtu as usize;
         let mut threads = Vec::with_capacity(2 * n + 1);
@@ -224,6 +228,10 @@ impl TunUdp {
 impl Transport for TunUdp {
     fn set_peers(&self, peers: &[PeerConfig]) {
         self.router.set_peers(peers, &*self.queues[0]);
+    }
+
+    fn set_behind_nat(&self, behind: bool) {
+        self.router.set_behind_nat(behind, &*self.queues[0]);
     }
 
     fn status(&self) -> Vec<PeerStatus> {

@@ -94,7 +94,16 @@ pub fn peers(map: &NetworkMap, own_node: u64) -> (Vec<PeerConfig>, Vec<String>) 
                 public_key,
                 address,
                 endpoint: n.endpoints.iter().find_map(|e| e.parse().ok()),
-                endpoints: n.endpoints.iter().filter_map(|e| e.parse().ok()).collect(),
+                // Its own endpoints, then where the coordinator saw it (behind NAT).
+                endpoints: n.endpoints.iter().chain(Some(&n.observed_endpoint)).filter_map(|e| e.parse().ok()).fold(
+                    Vec::new(),
+                    |mut v, e| {
+                        if !v.contains(&e) {
+                            v.push(e);
+                        }
+                        v
+                    },
+                ),
                 routes: routes.remove(&n.id).unwrap_or_default(),
             }),
             _ => problems.push(format!("node {} ({}) has no usable key or IPv4 address", n.id, n.name)),
@@ -102,6 +111,12 @@ pub fn peers(map: &NetworkMap, own_node: u64) -> (Vec<PeerConfig>, Vec<String>) 
     }
     peers.sort_by_key(|p| p.address);
     (peers, problems)
+}
+
+/// Whether the coordinator saw this node come from an address it does not
+/// advertise (it sets `observed_endpoint` only then): behind NAT.
+pub fn behind_nat(map: &NetworkMap, own_node: u64) -> bool {
+    map.nodes.iter().any(|n| n.id == own_node && !n.observed_endpoint.is_empty())
 }
 
 /// Prefix length of the node block, for the TUN address (default /16).
@@ -124,6 +139,7 @@ mod tests {
             endpoints: vec![format!("192.0.2.{}:6784", 10 + id)],
             address: addr.into(),
             joined_at: 0,
+            observed_endpoint: String::new(),
         }
     }
 
@@ -175,5 +191,18 @@ mod tests {
         assert_eq!(peers[0].endpoint, Some("192.0.2.12:6784".parse().unwrap()));
         assert_eq!(problems.len(), 1);
         assert_eq!(node_prefix(&map), 16);
+    }
+
+    #[test]
+    fn an_observed_endpoint_is_the_last_candidate_and_marks_its_own_node_behind_nat() {
+        let mut natted = node(2, "10.47.0.2");
+        natted.endpoints = vec!["198.51.100.12:6784".into()];
+        natted.observed_endpoint = "192.0.2.1:6784".into();
+        let map = NetworkMap { nodes: vec![node(1, "10.47.0.1"), natted], ..Default::default() };
+        let (peers, _) = peers(&map, 1);
+        assert_eq!(peers[0].endpoint, Some("198.51.100.12:6784".parse().unwrap()), "its own endpoint first");
+        assert_eq!(peers[0].endpoints, ["198.51.100.12:6784".parse().unwrap(), "192.0.2.1:6784".parse().unwrap()]);
+        assert!(behind_nat(&map, 2));
+        assert!(!behind_nat(&map, 1));
     }
 }

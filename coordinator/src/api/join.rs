@@ -55,10 +55,30 @@ pub(super) fn check_endpoints(endpoints: &[String]) -> Result<(), Error> {
     }
 }
 
+/// The endpoint a node's call came from (`from`: the TCP peer of its
+/// connection) when that address is not among its own `endpoints`: behind a
+/// masquerading NAT, the NAT's public address. The port is that of its first
+/// endpoint of the same family (the call's TCP port says nothing about the
+/// WireGuard port); masquerading keeps a source port when it is free, and
+/// where it does not, peers learn the real one from the node's first
+/// authenticated packet (roaming). '' when not applicable.
+pub(super) fn observed_endpoint(from: Option<std::net::SocketAddr>, endpoints: &[String]) -> String {
+    let Some(ip) = from.map(|a| a.ip().to_canonical()) else { return String::new() };
+    let own: Vec<std::net::SocketAddr> = endpoints.iter().filter_map(|e| e.parse().ok()).collect();
+    if ip.is_loopback() || own.iter().any(|e| e.ip().to_canonical() == ip) {
+        return String::new();
+    }
+    match own.iter().find(|e| e.ip().to_canonical().is_ipv4() == ip.is_ipv4()) {
+        Some(e) => std::net::SocketAddr::new(ip, e.port()).to_string(),
+        None => String::new(),
+    }
+}
+
 #[tonic::async_trait]
 impl JoinService for Join {
     #[tracing::instrument(skip_all, fields(node = %request.get_ref().name))]
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let from = request.remote_addr();
         let r = request.into_inner();
         let token = JoinToken::parse(&r.token).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         if token.pin != self.0.pin {
@@ -86,6 +106,7 @@ impl JoinService for Join {
                 token_secret_hash: hash_secret(&token.secret),
                 name,
                 public_key: *key.as_bytes(),
+                observed: observed_endpoint(from, &r.endpoints),
                 endpoints: r.endpoints,
                 credential_hash: hash_secret(&credential),
                 proven,
@@ -114,5 +135,25 @@ impl JoinService for Join {
     async fn challenge(&self, _request: Request<ChallengeRequest>) -> Result<Response<JoinChallenge>, Status> {
         let (nonce, coordinator_key) = self.0.challenger.issue(now());
         Ok(Response::new(JoinChallenge { nonce, coordinator_key: coordinator_key.to_vec() }))
+    }
+}
+
+#[cfg(test)]
+mod observed_tests {
+    use super::observed_endpoint;
+
+    #[test]
+    fn the_observed_endpoint_is_the_source_address_with_the_port_of_an_endpoint_of_its_family() {
+        let eps = |e: &[&str]| e.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let nat = Some("192.0.2.1:40000".parse().unwrap());
+        assert_eq!(observed_endpoint(nat, &eps(&["198.51.100.2:6784"])), "192.0.2.1:6784");
+        assert_eq!(
+            observed_endpoint(Some("[::ffff:192.0.2.1]:1".parse().unwrap()), &eps(&["10.0.0.2:7"])),
+            "192.0.2.1:7"
+        );
+        assert_eq!(observed_endpoint(nat, &eps(&["192.0.2.1:6784"])), "", "its own address");
+        assert_eq!(observed_endpoint(nat, &eps(&["[2001:db8::2]:6784"])), "", "no endpoint of that family");
+        assert_eq!(observed_endpoint(Some("127.0.0.1:5".parse().unwrap()), &eps(&["10.0.0.2:7"])), "");
+        assert_eq!(observed_endpoint(None, &eps(&["10.0.0.2:7"])), "");
     }
 }

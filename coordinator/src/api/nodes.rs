@@ -4,7 +4,11 @@ use weave_proto::v1::{
     node_service_server::NodeService,
 };
 
-use super::{Shared, join::check_endpoints};
+use super::{
+    Shared,
+    join::{check_endpoints, observed_endpoint},
+};
+use crate::store::Caller;
 
 pub struct Nodes(pub Shared);
 
@@ -32,6 +36,11 @@ impl NodeService for Nodes {
         let r = request.get_ref();
         let node = self.0.target_node(&caller, &r.node).await?;
         check_endpoints(&r.endpoints)?;
-        Ok(Response::new(self.0.store.update_endpoints(node, &r.endpoints).await?))
+        // Only the node's own call says where it is; an admin's keeps what was seen.
+        let observed = match caller {
+            Caller::Node { .. } => Some(observed_endpoint(request.remote_addr(), &r.endpoints)),
+            Caller::Admin => None,
+        };
+        Ok(Response::new(self.0.store.update_endpoints(node, &r.endpoints, observed.as_deref()).await?))
     }
 }

@@ -332,6 +332,7 @@ mod tests {
             endpoints: vec![],
             credential_hash: "cd".repeat(32),
             proven: false,
+            observed: String::new(),
         };
         let node = store.join(join).await.unwrap().node;
         let caller = Caller::Node { id: node.id, name: node.name.clone() };

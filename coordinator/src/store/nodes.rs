@@ -23,6 +23,9 @@ pub struct JoinRequest {
     /// The caller proved (join challenge) that it holds the private key of
     /// `public_key`: only then may it take over a node that has that key.
     pub proven: bool,
+    /// The endpoint the join came from when it is not one of `endpoints`
+    /// (behind NAT), else '' ([`crate::api`]'s `observed_endpoint`).
+    pub observed: String,
 }
 
 pub struct JoinedNode {
@@ -91,12 +94,14 @@ impl Store {
             // fresh credential (the old one stops working). The node was
             // admitted once already, so the token is neither needed nor spent.
             let row = db::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE nodes SET credential_hash = $1, endpoints = $2, updated_at = $3 WHERE id = $4 RETURNING {NODE_COLUMNS}"
+                "UPDATE nodes SET credential_hash = $1, endpoints = $2, updated_at = $3, observed = $5 WHERE id = $4 \
+                 RETURNING {NODE_COLUMNS}"
             )))
             .bind(&r.credential_hash)
             .bind(r.endpoints.join(","))
             .bind(t)
             .bind(existing.id as i64)
+            .bind(&r.observed)
             .fetch_one(tx.c())
             .await?;
             let node = rows::node(&row)?;
@@ -133,8 +138,8 @@ impl Store {
         let address = ipam::lowest_free_in(&node_range, tx.node_addresses().await?)
             .ok_or_else(|| Error::Exhausted(format!("the node block {node_range} has no free address")))?;
         let row = db::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO nodes (name, public_key, endpoints, address, credential_hash, joined_via, joined_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {NODE_COLUMNS}"
+            "INSERT INTO nodes (name, public_key, endpoints, address, credential_hash, joined_via, joined_at, updated_at, \
+             observed) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) RETURNING {NODE_COLUMNS}"
         )))
         .bind(&r.name)
         .bind(&r.public_key[..])
@@ -143,6 +148,7 @@ impl Store {
         .bind(&r.credential_hash)
         .bind(&r.token_id)
         .bind(t)
+        .bind(&r.observed)
         .fetch_one(tx.c())
         .await?;
         let node = rows::node(&row)?;
@@ -168,14 +174,23 @@ impl Store {
         rows::resolve_node(&mut c, sel).await
     }
 
-    pub async fn update_endpoints(&self, node_id: u64, endpoints: &[String]) -> Result<v1::Node> {
+    /// `observed`: as [`JoinRequest::observed`]; `None` keeps the one recorded.
+    pub async fn update_endpoints(
+        &self,
+        node_id: u64,
+        endpoints: &[String],
+        observed: Option<&str>,
+    ) -> Result<v1::Node> {
         let mut tx = self.begin().await?;
         let row = db::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE nodes SET endpoints = $1, updated_at = $2 WHERE id = $3 RETURNING {NODE_COLUMNS}"
+            "UPDATE nodes SET endpoints = $1, updated_at = $2, observed = CASE WHEN $5 THEN $4 ELSE observed END \
+             WHERE id = $3 RETURNING {NODE_COLUMNS}"
         )))
         .bind(endpoints.join(","))
         .bind(now())
         .bind(node_id as i64)
+        .bind(observed.unwrap_or(""))
+        .bind(observed.is_some())
         .fetch_optional(tx.c())
         .await?
         .ok_or_else(|| Error::NotFound(format!("no node {node_id}")))?;

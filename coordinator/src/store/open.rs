@@ -167,6 +167,11 @@ mod tests {
                     "99f345eadf929a78992b4ed8403631949ed05fd71a2b5f9e5972cd934a48458f30b5832064174a5173b68c78eaeba5db"
                         .to_string()
                 ),
+                (
+                    3,
+                    "55dbfdc86b66fd381b1e0a7fa17790ecac2b9f296d0d0cacaf46562442384af8c4e01685544aac0d6d64499845ed23f0"
+                        .to_string()
+                ),
             ]
         );
         let pg: Vec<(i64, String)> =

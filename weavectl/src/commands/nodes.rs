@@ -47,7 +47,7 @@ pub(super) async fn list(api: &mut Api, out: &Output) -> Outcome {
             n.id.to_string(),
             n.name.clone(),
             n.address.clone(),
-            if n.endpoints.is_empty() { "-".into() } else { n.endpoints.join(",") },
+            endpoints_cell(n),
             fingerprint(&n.public_key),
             relative(n.joined_at),
         ]);
@@ -56,12 +56,19 @@ pub(super) async fn list(api: &mut Api, out: &Output) -> Outcome {
     Ok(())
 }
 
+/// The node's endpoints, and where the coordinator saw it when elsewhere (behind NAT).
+fn endpoints_cell(n: &Node) -> String {
+    let own = if n.endpoints.is_empty() { "-".into() } else { n.endpoints.join(",") };
+    if n.observed_endpoint.is_empty() { own } else { format!("{own} (seen at {})", n.observed_endpoint) }
+}
+
 fn node_json(n: &Node) -> Value {
     json!({
         "id": n.id,
         "name": n.name,
         "address": n.address,
         "endpoints": n.endpoints,
+        "observed_endpoint": n.observed_endpoint,
         "key_fingerprint": fingerprint(&n.public_key),
         "joined_at": n.joined_at,
     })
