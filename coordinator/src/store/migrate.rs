@@ -74,6 +74,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("joined_via", OptText),
             ("joined_at", Int),
             ("updated_at", Int),
+            ("observed", Text),
         ],
     ),
     (
