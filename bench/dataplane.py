@@ -7,6 +7,8 @@ and cleans up). Four paths between two namespace "hosts" on one underlay bridge:
   wggo       wireguard-go (Debian) between two hosts
   weave      coordinator + 2 agents, one workload namespace per host on the
              default subnet, workload -> workload
+  weave6     the same on an IPv6-only underlay (2001:db8::/64; with --ipv6
+             or --paths weave6): a cluster of its own on the same bridge
 
 Per path and repeat: iperf3 TCP 1 stream, TCP 4 streams, UDP at a fixed
 offered rate, 200 pings at 10 ms. Around each test: CPU (utime+stime from
@@ -34,7 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UNDERLAY_MTU = 1500
 WG_MTU = UNDERLAY_MTU - 80
-PATHS = ["veth", "boringtun", "wggo", "weave", "weave-q2", "weave-q4"]
+PATHS = ["veth", "boringtun", "wggo", "weave", "weave-q2", "weave-q4", "weave6"]
+DEFAULT_PATHS = ["veth", "boringtun", "wggo", "weave", "weave-q2", "weave-q4"]
 LABELS = {
     "veth": "plain veth (underlay)",
     "boringtun": "boringtun-cli 1 thread",
@@ -42,10 +45,13 @@ LABELS = {
     "weave": "weave (workload->workload)",
     "weave-q2": "weave, --queues 2",
     "weave-q4": "weave, --queues 4",
+    "weave6": "weave over an IPv6-only underlay",
 }
 # The weave paths: agent --queues (None: its default), suffix of the namespace
 # names, last octet of the coordinator's underlay address, of the hosts' (+1, +2).
-WEAVE_PATHS = {"weave": (None, "", 2, 10), "weave-q2": (2, "q2", 60, 60), "weave-q4": (4, "q4", 70, 70)}
+WEAVE_PATHS = {"weave": (None, "", 2, 10), "weave-q2": (2, "q2", 60, 60), "weave-q4": (4, "q4", 70, 70),
+               # (queues, suffix, coordinator, base, IPv6-only underlay): 2001:db8::2, ::11, ::12
+               "weave6": (None, "6", 2, 10, True)}
 
 children = []  # (name, Popen)
 namespaces = []
@@ -119,11 +125,14 @@ def add_ns(name):
 
 
 def plug(underlay, name, ip):
-    """A host namespace with eth0 = ip/24 on the underlay bridge."""
+    """A host namespace with eth0 = ip/24 (or ip/64 for IPv6, usable at once) on the underlay bridge."""
     ns = add_ns(name)
     run(["ip", "-n", underlay, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", ns])
     run(["ip", "-n", underlay, "link", "set", name, "master", "br0", "up"])
-    run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0"])
+    if ":" in ip:
+        run(["ip", "-n", ns, "addr", "add", f"{ip}/64", "dev", "eth0", "nodad"])
+    else:
+        run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0"])
     run(["ip", "-n", ns, "link", "set", "eth0", "up"])
     return ns
 
@@ -219,11 +228,14 @@ def idle_with_peers(w, peers=100):
     return r
 
 
-def setup_weave(underlay, key="weave", queues=None, suffix="", coordinator=2, base=10):
+def setup_weave(underlay, key="weave", queues=None, suffix="", coordinator=2, base=10, v6=False):
+    """A coordinator and two agents; on an IPv6-only underlay (2001:db8::) with v6."""
     main = key == "weave"
-    c = plug(underlay, f"c{suffix}", f"192.0.2.{coordinator}")
+    addr = (lambda n: f"2001:db8::{n}") if v6 else (lambda n: f"192.0.2.{n}")
+    sock_addr = (lambda n, port: f"[{addr(n)}]:{port}") if v6 else (lambda n, port: f"{addr(n)}:{port}")
+    c = plug(underlay, f"c{suffix}", addr(coordinator))
     out = os.path.join(DIR, f"coordinator{suffix}.out")
-    spawn("coordinator", c, [f"{BIN}/coordinator", "serve", "--listen", f"192.0.2.{coordinator}:6783",
+    spawn("coordinator", c, [f"{BIN}/coordinator", "serve", "--listen", sock_addr(coordinator, 6783),
                              "--data-dir", os.path.join(DIR, f"coordinator{suffix}"),
                              # Both agents and the 98 fake nodes join with the first token.
                              "--first-token-uses", "0"], out)
@@ -240,14 +252,13 @@ def setup_weave(underlay, key="weave", queues=None, suffix="", coordinator=2, ba
         WEAVE.update(token=tok, coordinator_ns=c)
     hosts, agents = [], []
     for i in (1, 2):
-        ip = f"192.0.2.{base + i}"
         h = f"h{i}{suffix}"
-        ns = plug(underlay, h, ip)
+        ns = plug(underlay, h, addr(base + i))
         sock = os.path.join(DIR, f"{h}.sock")
         env = dict(os.environ, RUST_LOG="warn")
         extra = ["--queues", str(queues)] if queues else []
         p = spawn("agent", ns, [f"{BIN}/agent", "join", "--token", tok, "--name", h,
-                                "--endpoint", f"{ip}:6784", "--data-dir", os.path.join(DIR, h),
+                                "--endpoint", sock_addr(base + i, 6784), "--data-dir", os.path.join(DIR, h),
                                 "--socket", sock] + extra, os.path.join(DIR, f"{h}.log"), env=env)
         hosts.append((ns, sock))
         if main:
@@ -433,13 +444,16 @@ def main():
     ap.add_argument("--quick", action="store_true", help="1 repeat, 3 s runs")
     ap.add_argument("--time", type=int, default=10, help="seconds per iperf3 run")
     ap.add_argument("--udp-rate", default="500M")
-    ap.add_argument("--paths", default=",".join(PATHS))
+    ap.add_argument("--paths", default=",".join(DEFAULT_PATHS))
+    ap.add_argument("--ipv6", action="store_true", help="also weave over an IPv6-only underlay (path weave6)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-build", action="store_true", help="(handled by dataplane.sh)")
     a = ap.parse_args()
     if a.quick:
         a.repeat, a.time = 1, 3
     paths_wanted = [p for p in a.paths.split(",") if p]
+    if a.ipv6 and "weave6" not in paths_wanted:
+        paths_wanted.append("weave6")
     for p in paths_wanted:
         if p not in PATHS:
             ap.error(f"unknown path {p}; known: {','.join(PATHS)}")
@@ -560,6 +574,14 @@ def main():
         print("| " + " | ".join(row) + " |")
 
     ratios = {}
+    if "weave" in medians and "weave6" in medians:
+        w4, w6 = medians["weave"], medians["weave6"]
+        r = {f: (w6[f] / w4[f]) if w6[f] is not None and w4[f] else None
+             for f in ("tcp1_gbit_s", "tcp4_gbit_s", "ping_avg_ms", "tcp1_tunnel_cpu_s_per_gb")}
+        ratios["weave6/weave"] = r
+        print()
+        print(f"weave IPv6/IPv4 underlay: TCP 1 {fmt(r['tcp1_gbit_s'], '.2f')}x, TCP 4 {fmt(r['tcp4_gbit_s'], '.2f')}x, "
+              f"ping avg {fmt(r['ping_avg_ms'], '.2f')}x, CPU/GB {fmt(r['tcp1_tunnel_cpu_s_per_gb'], '.2f')}x")
     if "weave" in medians:
         w = medians["weave"]
         print()

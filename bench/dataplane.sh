@@ -6,6 +6,7 @@
 #   sudo bash bench/dataplane.sh [--repeat N] [--quick] [--json FILE]
 #                                [--time SECONDS] [--udp-rate 500M]
 #                                [--paths veth,boringtun,wggo,weave] [--no-build]
+#                                [--ipv6]   (also weave over an IPv6-only underlay)
 #
 # Builds release binaries, installs missing tools (Debian packages and
 # `cargo install boringtun-cli --locked`), then runs bench/dataplane.py, which
@@ -19,7 +20,7 @@ BUILD=1
 for a in "$@"; do
     case $a in
     --no-build) BUILD=0 ;;
-    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
     esac
 done
 
