@@ -1,6 +1,7 @@
 //! The control loop against the real coordinator, in-process on loopback (no
-//! root needed): the watch applies and saves changes, notices an outage,
-//! keeps the last map, and resumes after the coordinator comes back.
+//! root needed): the watch applies and saves changes (also while it stays
+//! busy), notices an outage, keeps the last map, and resumes after the
+//! coordinator comes back.
 use std::{
     net::SocketAddr,
     path::Path,
@@ -118,6 +119,8 @@ async fn watch_applies_saves_survives_an_outage_and_resumes() {
 
     add_subnet(&running, "10.40.0.0/24").await;
     wait_until("the new subnet in the map", || has_subnet(&rx.borrow(), "10.40.0.0/24")).await;
+    // The map is saved once the watch has been quiet for a moment.
+    wait_until("the map on disk to have the change", || state.load().unwrap().2.revision == rx.borrow().revision).await;
     let (_, _, saved) = state.load().unwrap();
     assert!(has_subnet(&saved, "10.40.0.0/24"), "the map on disk has the change");
     assert_eq!(saved.revision, rx.borrow().revision);
@@ -137,7 +140,24 @@ async fn watch_applies_saves_survives_an_outage_and_resumes() {
     let after = rx.borrow().clone();
     assert!(after.revision > before.revision);
     assert!(has_subnet(&after, "10.40.0.0/24"), "nothing lost across the outage");
+    wait_until("the map on disk to catch up", || state.load().unwrap().2.revision == after.revision).await;
     let (_, _, saved) = state.load().unwrap();
     assert_eq!(saved.revision, after.revision);
+    assert!(has_subnet(&saved, "10.41.0.0/24"), "the map on disk has the change made after the outage");
+
+    // A watch that stays busy (changes closer together than the quiet period
+    // the save waits for) still saves the map, well within 10 s.
+    let channel = connect(&running.admin.coordinator, running.admin.pin).await.unwrap();
+    let mut admin = Api::new(channel, &running.admin.secret).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut changes = 0u32;
+    while state.load().unwrap().2.revision == after.revision {
+        assert!(tokio::time::Instant::now() < deadline, "no save while the watch stayed busy ({changes} changes)");
+        let cidr = format!("10.{}.{}.0/24", 50 + changes / 256, changes % 256);
+        admin.subnets.add_subnet(AddSubnetRequest { cidr, name: String::new() }).await.unwrap();
+        changes += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(state.load().unwrap().2.revision > after.revision);
     watcher.abort();
 }

@@ -141,9 +141,13 @@ fn prometheus_scrapes_the_coordinator_and_agents() {
         let r = query(&ns, "weave_traffic_bytes_total");
         (r.len() == 4 && r.iter().all(|(_, v)| *v > 0.0)).then_some(())
     });
+    // Timed per kind of pass; every agent made a full pass at start.
     wait_for("reconcile passes timed", Duration::from_secs(30), || {
         let r = query(&ns, "weave_reconcile_duration_seconds_count");
-        (r.len() == 2 && r.iter().all(|(_, v)| *v >= 1.0)).then_some(())
+        let kinds = r.iter().all(|(m, _)| matches!(m["pass"].as_str(), Some("full" | "incremental")));
+        let full: Vec<_> = r.iter().filter(|(m, _)| m["pass"] == "full").collect();
+        let agents: std::collections::BTreeSet<_> = full.iter().map(|(m, _)| m["instance"].to_string()).collect();
+        (kinds && full.len() == 2 && agents.len() == 2 && full.iter().all(|(_, v)| *v >= 1.0)).then_some(())
     });
 
     // The exposition of every endpoint passes Prometheus' own linter.

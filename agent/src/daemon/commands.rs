@@ -317,6 +317,7 @@ async fn serve(
     let reconcile_now = Arc::new(tokio::sync::Notify::new());
     let probe =
         super::metrics::AgentProbe::new(identity.node_id, dyn_transport.clone(), map_rx.clone(), connected.clone());
+    let last_map = map_rx.clone();
     let mut membership = tokio::spawn(control::watch_map(api.map.clone(), dir.clone(), map_tx, connected.clone()));
     // Endpoints follow the host's addresses unless --endpoint pinned them.
     let endpoints = match identity.endpoints_pinned {
@@ -370,11 +371,18 @@ async fn serve(
     ];
     // Runs until a signal, or until the coordinator says this node is no
     // longer a member (the watch task ends only then).
-    let removed = tokio::select! {
-        () = shutdown => None,
-        r = &mut membership => r.ok(),
+    let (removed, signalled) = tokio::select! {
+        () = shutdown => (None, true),
+        r = &mut membership => (r.ok(), false),
     };
     membership.abort();
+    if signalled {
+        // The watch saves a burst only once it is over: save what it applied.
+        let _ = (&mut membership).await;
+        if let Err(e) = dir.save_map(&last_map.borrow()) {
+            tracing::warn!(error = %e, "cannot save the network map");
+        }
+    }
     if let Some(e) = &endpoints {
         e.abort();
     }

@@ -35,8 +35,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// last applied) runs at least this often, to repair interfaces, routes and
 /// entries someone else changed.
 const RESYNC: Duration = Duration::from_secs(30);
-/// The map is saved once the watch has been quiet this long.
+/// The map is saved once the watch has been quiet this long, ...
 const SAVE_AFTER: Duration = Duration::from_millis(200);
+/// ... or this long after its first unsaved change if the watch stays busy.
+const SAVE_WITHIN: Duration = Duration::from_secs(2);
 /// Passes after map changes start at least this far apart: the changes of a
 /// burst that arrive meanwhile are applied together.
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -80,13 +82,16 @@ pub async fn watch_map(
                 tracing::info!(from_revision = from, "watching the network map");
                 connected.store(true, Ordering::Relaxed);
                 let mut stream = response.into_inner();
-                // Saved once the stream is quiet for SAVE_AFTER: a burst of
-                // changes is one write of the map, not one per change (a
+                // Saved once the stream is quiet for SAVE_AFTER (a burst of
+                // changes is one write of the map, not one per change), and
+                // at the latest SAVE_WITHIN after the first unsaved change (a
                 // restart from an older revision resumes from there).
                 let mut unsaved = false;
+                let mut first_unsaved = tokio::time::Instant::now();
                 loop {
                     let next = if unsaved {
-                        match tokio::time::timeout(SAVE_AFTER, stream.message()).await {
+                        let at = (tokio::time::Instant::now() + SAVE_AFTER).min(first_unsaved + SAVE_WITHIN);
+                        match tokio::time::timeout_at(at, stream.message()).await {
                             Ok(next) => next,
                             Err(_) => {
                                 save(&state, &maps, &mut unsaved);
@@ -108,6 +113,9 @@ pub async fn watch_map(
                             });
                             match applied {
                                 Ok(()) => {
+                                    if !unsaved {
+                                        first_unsaved = tokio::time::Instant::now();
+                                    }
                                     unsaved = true;
                                     tracing::debug!(revision, "map updated");
                                 }

@@ -78,7 +78,11 @@ pub fn describe() {
     describe_gauge!("weave_dns_entries", "DNS records this agent answers from.");
     describe_gauge!("weave_map_revision", "Revision of the network map applied.");
     describe_gauge!("weave_coordinator_connected", "1 while a watch on the coordinator is open.");
-    describe_histogram!("weave_reconcile_duration_seconds", Unit::Seconds, "Duration of reconcile passes.");
+    describe_histogram!(
+        "weave_reconcile_duration_seconds",
+        Unit::Seconds,
+        "Duration of reconcile passes, by pass: full (the kernel read) or incremental."
+    );
     describe_counter!("weave_reconcile_errors_total", "Reconcile passes that failed.");
     describe_counter!(
         "weave_firewall_repairs_total",
