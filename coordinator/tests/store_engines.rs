@@ -392,5 +392,8 @@ async fn clients_given_both_addresses_go_on_through_the_survivor() {
     let e = next_change(&mut watch).await;
     assert_eq!(e.revision, seen + 1, "resumed at the next revision, not a snapshot");
     assert!(matches!(e.event, Some(Event::Change(_))));
+    // The clients go first: their open watch and channels are not the stop's
+    // business (a graceful stop waits for open streams).
+    drop((watch, agent, admin));
     b.stop().await;
 }

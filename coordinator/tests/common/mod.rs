@@ -53,7 +53,13 @@ impl TestCoordinator {
             let _ = tx.send(());
         }
         let task = std::mem::replace(&mut self.running.task, tokio::spawn(async { Ok(()) }));
-        task.await.expect("server task").expect("server result");
+        // Bounded: a graceful stop that never ends (a stream the server does
+        // not close) fails the test instead of hanging the suite.
+        tokio::time::timeout(std::time::Duration::from_secs(30), task)
+            .await
+            .expect("the coordinator stopped within 30 s of its shutdown signal")
+            .expect("server task")
+            .expect("server result");
         self.dir
     }
 
