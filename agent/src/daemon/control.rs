@@ -1,5 +1,5 @@
 //! The control loop: a watch on the coordinator's network map (resumed from
-//! the last revision, retried with backoff, persisted after every event) and
+//! the last revision, retried with backoff, saved once no event is waiting) and
 //! the reconcile pass that turns the current map into peers and segments.
 use std::{
     net::Ipv4Addr,
@@ -13,7 +13,7 @@ use std::{
 use tokio::sync::watch;
 use weave_proto::{
     client::AuthChannel,
-    v1::{NetworkMap, WatchRequest, map_service_client::MapServiceClient},
+    v1::{NetworkMap, WatchEvent, WatchRequest, map_service_client::MapServiceClient},
 };
 
 use super::dns::DnsServer;
@@ -35,9 +35,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// last applied) runs at least this often, to repair interfaces, routes and
 /// entries someone else changed.
 const RESYNC: Duration = Duration::from_secs(30);
-/// The map is saved once the watch has been quiet this long, ...
-const SAVE_AFTER: Duration = Duration::from_millis(200);
-/// ... or this long after its first unsaved change if the watch stays busy.
+/// A watch that stays busy (an event always waiting) saves the map at the
+/// latest this long after its first unsaved change.
 const SAVE_WITHIN: Duration = Duration::from_secs(2);
 /// Passes after map changes start at least this far apart: the changes of a
 /// burst that arrive meanwhile are applied together.
@@ -64,9 +63,10 @@ pub fn membership_ended(status: &tonic::Status) -> bool {
 }
 
 /// Holds the watch until this node stops being a member. Publishes every
-/// applied event on `maps` and saves the map to disk (once a burst is over); while the coordinator is
-/// unreachable the last map stays in force. `connected` tells the status API
-/// whether a watch is open. Returns only when the coordinator refused this
+/// applied event on `maps` and saves the map to disk (once no further event
+/// is waiting, [`follow`]); while the coordinator is unreachable the last
+/// map stays in force. `connected` tells the status API whether a watch is
+/// open. Returns only when the coordinator refused this
 /// node's credential, with its reason.
 pub async fn watch_map(
     mut client: MapServiceClient<AuthChannel>,
@@ -81,62 +81,10 @@ pub async fn watch_map(
             Ok(response) => {
                 tracing::info!(from_revision = from, "watching the network map");
                 connected.store(true, Ordering::Relaxed);
-                let mut stream = response.into_inner();
-                // Saved once the stream is quiet for SAVE_AFTER (a burst of
-                // changes is one write of the map, not one per change), and
-                // at the latest SAVE_WITHIN after the first unsaved change (a
-                // restart from an older revision resumes from there).
-                let mut unsaved = false;
-                let mut first_unsaved = tokio::time::Instant::now();
-                loop {
-                    let next = if unsaved {
-                        let at = (tokio::time::Instant::now() + SAVE_AFTER).min(first_unsaved + SAVE_WITHIN);
-                        match tokio::time::timeout_at(at, stream.message()).await {
-                            Ok(next) => next,
-                            Err(_) => {
-                                save(&state, &maps, &mut unsaved);
-                                continue;
-                            }
-                        }
-                    } else {
-                        stream.message().await
-                    };
-                    match next {
-                        Ok(Some(event)) => {
-                            backoff = BACKOFF_MIN;
-                            let revision = event.revision;
-                            // In place: no copy of the whole map per change.
-                            let mut applied = Ok(());
-                            maps.send_if_modified(|map| {
-                                applied = netmap::apply(map, event);
-                                applied.is_ok()
-                            });
-                            match applied {
-                                Ok(()) => {
-                                    if !unsaved {
-                                        first_unsaved = tokio::time::Instant::now();
-                                    }
-                                    unsaved = true;
-                                    tracing::debug!(revision, "map updated");
-                                }
-                                Err(e) => tracing::warn!(revision, error = %e, "ignoring a watch event"),
-                            }
-                        }
-                        Ok(None) => {
-                            tracing::warn!("the coordinator closed the watch");
-                            break;
-                        }
-                        Err(status) if membership_ended(&status) => {
-                            connected.store(false, Ordering::Relaxed);
-                            return Error::Removed(status.message().to_string());
-                        }
-                        Err(status) => {
-                            tracing::warn!(code = ?status.code(), message = status.message(), "watch broke");
-                            break;
-                        }
-                    }
+                if let Err(removed) = follow(response.into_inner(), &state, &maps, &mut backoff).await {
+                    connected.store(false, Ordering::Relaxed);
+                    return removed;
                 }
-                save(&state, &maps, &mut unsaved);
             }
             Err(status) if membership_ended(&status) => return Error::Removed(status.message().to_string()),
             Err(status) => {
@@ -147,6 +95,79 @@ pub async fn watch_map(
         tokio::time::sleep(backoff).await;
         backoff = next_backoff(backoff);
     }
+}
+
+/// Applies the events of one watch stream until it ends (`Ok`: closed or
+/// broken, to be resumed) or says this node is no longer a member (`Err`).
+///
+/// The map is saved as soon as no further event is waiting in the stream:
+/// a burst that arrives together is one write, but a change is never left
+/// unsaved while the agent waits for the next one. (Saving only after a
+/// quiet period lost the last changes to a SIGKILL within it: a restart
+/// without the coordinator then served a map without them.) While a save
+/// runs, later events queue up and are all applied before the next write:
+/// the writes of a long burst are bounded by how long one write takes.
+async fn follow<S>(
+    mut stream: S,
+    state: &StateDir,
+    maps: &watch::Sender<NetworkMap>,
+    backoff: &mut Duration,
+) -> Result<(), Error>
+where
+    S: futures::Stream<Item = Result<WatchEvent, tonic::Status>> + Unpin,
+{
+    use futures::{FutureExt, StreamExt};
+    let mut unsaved = false;
+    let mut first_unsaved = tokio::time::Instant::now();
+    let ended = loop {
+        let next = match unsaved {
+            true if tokio::time::Instant::now() >= first_unsaved + SAVE_WITHIN => {
+                save(state, maps, &mut unsaved);
+                continue;
+            }
+            true => match stream.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    save(state, maps, &mut unsaved);
+                    continue;
+                }
+            },
+            false => stream.next().await,
+        };
+        match next {
+            Some(Ok(event)) => {
+                *backoff = BACKOFF_MIN;
+                let revision = event.revision;
+                // In place: no copy of the whole map per change.
+                let mut applied = Ok(());
+                maps.send_if_modified(|map| {
+                    applied = netmap::apply(map, event);
+                    applied.is_ok()
+                });
+                match applied {
+                    Ok(()) => {
+                        if !unsaved {
+                            first_unsaved = tokio::time::Instant::now();
+                        }
+                        unsaved = true;
+                        tracing::debug!(revision, "map updated");
+                    }
+                    Err(e) => tracing::warn!(revision, error = %e, "ignoring a watch event"),
+                }
+            }
+            None => {
+                tracing::warn!("the coordinator closed the watch");
+                break Ok(());
+            }
+            Some(Err(status)) if membership_ended(&status) => break Err(Error::Removed(status.message().to_string())),
+            Some(Err(status)) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "watch broke");
+                break Ok(());
+            }
+        }
+    };
+    save(state, maps, &mut unsaved);
+    ended
 }
 
 fn save(state: &StateDir, maps: &watch::Sender<NetworkMap>, unsaved: &mut bool) {
@@ -301,6 +322,51 @@ mod tests {
         ] {
             assert!(!membership_ended(&s), "{s:?} is an outage, not a removal");
         }
+    }
+
+    /// A change is on disk before the watch waits for the next one, not a
+    /// quiet period later: an agent killed then (SIGKILL, no chance to save
+    /// on exit) restarts from a map that has it. Failed with the 200 ms
+    /// quiet period (e2e_dns: a restarted agent without its coordinator
+    /// never resolved the container attached just before).
+    #[tokio::test]
+    async fn a_change_is_saved_before_the_next_one_is_awaited() {
+        use prost::Message;
+        use weave_proto::v1::watch_event::Event;
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let (maps, mut seen) = watch::channel(NetworkMap::default());
+        let (events, stream) = futures::channel::mpsc::unbounded();
+        let task = tokio::spawn(async move { follow(stream, &state, &maps, &mut BACKOFF_MIN.clone()).await });
+        let snapshot = |revision| WatchEvent {
+            revision,
+            event: Some(Event::Snapshot(NetworkMap {
+                revision,
+                dns_domain: "weave.local.".into(),
+                ..Default::default()
+            })),
+        };
+        let saved = || {
+            let bytes = std::fs::read(dir.path().join("map.pb")).ok()?;
+            Some(NetworkMap::decode(bytes.as_slice()).unwrap().revision)
+        };
+        for revision in [7, 8] {
+            events.unbounded_send(Ok(snapshot(revision))).unwrap();
+            seen.changed().await.unwrap();
+            assert_eq!(seen.borrow_and_update().revision, revision);
+            // One turn for the watch task, no time passes: it has nothing
+            // more to read, so it must have saved already.
+            tokio::task::yield_now().await;
+            assert_eq!(saved(), Some(revision), "revision {revision} applied but not saved while the watch idles");
+        }
+        // Events waiting together: applied one after the other, the last saved.
+        events.unbounded_send(Ok(snapshot(9))).unwrap();
+        events.unbounded_send(Ok(snapshot(10))).unwrap();
+        seen.changed().await.unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!(saved(), Some(10));
+        drop(events);
+        assert!(task.await.unwrap().is_ok(), "a closed watch is resumed, not a removal");
     }
 
     #[test]
