@@ -101,13 +101,21 @@ where
     let mut attempt = 1;
     loop {
         match call().await {
-            Err(s) if s.code() == tonic::Code::Unavailable && attempt < UNAVAILABLE_ATTEMPTS => {
+            Err(s) if unreachable(&s) && attempt < UNAVAILABLE_ATTEMPTS => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             r => return r,
         }
     }
+}
+
+/// A call that did not reach a coordinator: `Unavailable`, or tonic's
+/// `Unknown` "transport error" for a connection that broke under it (the
+/// coordinator was killed). Only idempotent calls are retried on it.
+fn unreachable(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable
+        || (s.code() == tonic::Code::Unknown && s.message().contains("transport error"))
 }
 
 fn endpoint(addr: &str, pin: Pin) -> Result<Endpoint, ConnectError> {
