@@ -370,7 +370,8 @@ async fn clients_given_both_addresses_go_on_through_the_survivor() {
     // resuming from the revision it had (no snapshot).
     let t = Instant::now();
     let resumed = loop {
-        let _ = watch.message().await; // the old stream ends
+        // The old stream ends (bounded: a stream that never ends must not hang the suite).
+        let _ = tokio::time::timeout(Duration::from_secs(5), watch.message()).await;
         match agent.map.watch(WatchRequest { from_revision: seen }).await {
             Ok(w) => break w.into_inner(),
             Err(s) => {
