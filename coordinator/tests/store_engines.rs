@@ -366,21 +366,9 @@ async fn clients_given_both_addresses_go_on_through_the_survivor() {
     let mut admin = Api::new(connect(&both, pin).await.expect("the second address answers"), &admin_secret).unwrap();
     admin.subnets.list_subnets(ListSubnetsRequest {}).await.expect("weavectl answered by the survivor");
 
-    // The agent's calls and its watch move to the survivor within 5 s,
-    // resuming from the revision it had (no snapshot).
+    // The agent's calls move to the survivor within 5 s (the balancer may
+    // still pick the dead one for a while; the agent retries them).
     let t = Instant::now();
-    let resumed = loop {
-        // The old stream ends (bounded: a stream that never ends must not hang the suite).
-        let _ = tokio::time::timeout(Duration::from_secs(5), watch.message()).await;
-        match agent.map.watch(WatchRequest { from_revision: seen }).await {
-            Ok(w) => break w.into_inner(),
-            Err(s) => {
-                assert!(t.elapsed() < Duration::from_secs(5), "no watch within 5 s: {s:?}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    let mut watch = resumed;
     loop {
         match agent.ipam.allocate(AllocateRequest { container: "during".into(), ..Default::default() }).await {
             Ok(_) => break,
@@ -390,7 +378,33 @@ async fn clients_given_both_addresses_go_on_through_the_survivor() {
             }
         }
     }
-    let e = next_change(&mut watch).await;
+    // Its watch was on one of the two. On the survivor, it goes on and
+    // delivers the change; on the stopped one, it ended, and a watch resumed
+    // from the revision it had delivers it (no snapshot). A stream that
+    // neither ends nor delivers fails here.
+    let e = match tokio::time::timeout(Duration::from_secs(5), watch.message()).await {
+        Ok(Ok(Some(e))) => {
+            eprintln!("the watch was on the survivor");
+            e
+        }
+        Ok(Ok(None) | Err(_)) => {
+            eprintln!("the watch was on the stopped coordinator");
+            let t = Instant::now();
+            let mut resumed = loop {
+                match agent.map.watch(WatchRequest { from_revision: seen }).await {
+                    Ok(w) => break w.into_inner(),
+                    Err(s) => {
+                        assert!(t.elapsed() < Duration::from_secs(5), "no watch within 5 s: {s:?}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            };
+            let e = next_change(&mut resumed).await;
+            watch = resumed;
+            e
+        }
+        Err(_) => panic!("the watch neither ended nor delivered the change within 5 s"),
+    };
     assert_eq!(e.revision, seen + 1, "resumed at the next revision, not a snapshot");
     assert!(matches!(e.event, Some(Event::Change(_))));
     // The clients go first: their open watch and channels are not the stop's
