@@ -1,13 +1,23 @@
-//! Two coordinators on two hosts in front of one PostgreSQL database, three
-//! agents. The coordinator with watchers is killed with SIGKILL: within 5 s
-//! the survivor holds every agent's watch (resumed from their revisions), a
-//! ping between workloads running throughout loses nothing, and an attach
-//! made during the outage succeeds through the survivor and is reached from
-//! the other hosts. weavectl given both addresses answers with either down.
+//! Two coordinators on two hosts in front of one PostgreSQL database that
+//! runs on a third host of the underlay, reached over TCP with a password.
+//!
+//! `agents_fail_over_...`: three agents; the coordinator with watchers is
+//! killed with SIGKILL: within 5 s the survivor holds every agent's watch
+//! (resumed from their revisions), a ping between workloads running
+//! throughout loses nothing, and an attach made during the outage succeeds
+//! through the survivor and is reached from the other hosts. weavectl given
+//! both addresses answers with either down. A host of the underlay that
+//! never joined reaches the database but cannot log in without the password.
+//!
+//! `allocations_streamed_...`: 50 clients per coordinator (each a joined
+//! node) stream allocations through both at once, first with both up, then
+//! with one killed mid-stream (its clients go on through the survivor,
+//! retrying the allocation that was cut off): every acknowledged address is
+//! in the map exactly as acknowledged, none is held twice, none is lost,
+//! and asking again for any of them gives the same address.
 //!
 //! PostgreSQL is a throwaway server the test starts (initdb into a temporary
-//! directory); the coordinators reach it on its Unix socket, which both
-//! namespaces share through the file system, not over the underlay.
+//! directory, the server inside its host's namespace; see pg.rs `NetPg`).
 mod common;
 #[path = "../../coordinator/tests/common/pg.rs"]
 mod pg;
@@ -15,7 +25,7 @@ mod pg;
 use std::{
     fs,
     io::{Read as _, Write as _},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -24,6 +34,10 @@ use common::*;
 use weave_proto::token::AdminCredential;
 
 const C2_IP: &str = "192.0.2.3";
+/// PostgreSQL's host.
+const PG_IP: &str = "192.0.2.5";
+/// A host of the underlay that never joined anything.
+const OUTSIDER_IP: &str = "192.0.2.66";
 
 /// The second coordinator, killed by its PID when dropped.
 struct Second(Option<Child>);
@@ -81,16 +95,35 @@ fn status_ok(bed: &Bed) {
     assert!(out.status.success(), "weavectl status: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-#[test]
-#[ignore = "needs root: network namespaces, PostgreSQL as the postgres user"]
-fn agents_fail_over_to_the_surviving_coordinator_on_sigkill() {
-    let mut bed = Bed::new();
-    // The bed's coordinator moves to PostgreSQL and advertises both addresses.
+/// PostgreSQL on its own host, the bed's coordinator moved onto it from
+/// SQLite (`coordinator migrate`, over the underlay) and a second
+/// coordinator with the same identity; both advertise both addresses.
+struct Cluster {
+    server: pg::NetPg,
+    url: String,
+    both: String,
+    c2: Second,
+    c2_ns: String,
+    c2_dir: PathBuf,
+    c2_out: PathBuf,
+}
+
+fn password() -> String {
+    let mut b = [0u8; 12];
+    fs::File::open("/dev/urandom").unwrap().read_exact(&mut b).unwrap();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn pg_cluster(bed: &mut Bed) -> Cluster {
     bed.kill_coordinator();
-    let server = pg::OwnedPg::start();
-    let url = server.0.create_database();
+    let pg_ns = bed.add_bare_host(PG_IP);
+    let server = pg::NetPg::start(&pg_ns, PG_IP, &password());
+    let url = server.create_database();
+    assert!(url.starts_with("postgres://weave:") && url.contains(&format!("@{PG_IP}:5432/")), "{url}");
     let db = bed.coordinator_dir.join("coordinator.db");
-    let out = Command::new(coordinator_bin())
+    let out = Command::new("ip")
+        .args(["netns", "exec", &bed.coordinator_ns])
+        .arg(coordinator_bin())
         .args(["migrate", "--from", &format!("sqlite://{}", db.display()), "--to", &url])
         .output()
         .unwrap();
@@ -110,7 +143,47 @@ fn agents_fail_over_to_the_surviving_coordinator_on_sigkill() {
     }
     let c2_ns = bed.add_bare_host(C2_IP);
     let c2_out = bed.path("coordinator2.out");
-    let mut c2 = start_second(&c2_ns, &c2_dir, &url, &both, &c2_out);
+    let c2 = start_second(&c2_ns, &c2_dir, &url, &both, &c2_out);
+    Cluster { server, url, both, c2, c2_ns, c2_dir, c2_out }
+}
+
+/// Logs in to PostgreSQL at `url` from namespace `ns`; the SQLSTATE of a refusal.
+fn pg_login_from(ns: &str, url: String) -> Result<(), String> {
+    in_netns(ns, move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
+            use sqlx::Connection as _;
+            match sqlx::PgConnection::connect(&url).await {
+                Ok(c) => {
+                    let _ = c.close().await;
+                    Ok(())
+                }
+                Err(e) => Err(match e.as_database_error().and_then(|d| d.code()) {
+                    Some(code) => code.into_owned(),
+                    None => format!("not refused by the server: {e}"),
+                }),
+            }
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, PostgreSQL as the postgres user"]
+fn agents_fail_over_to_the_surviving_coordinator_on_sigkill() {
+    let mut bed = Bed::new();
+    let Cluster { server, url, both, mut c2, c2_ns, c2_dir, c2_out } = pg_cluster(&mut bed);
+
+    // A host of the underlay that never joined reaches the database (the
+    // right password logs in from there) but nobody gets in without it.
+    let outsider = bed.add_bare_host(OUTSIDER_IP);
+    let db = url.rsplit('/').next().unwrap().to_string();
+    assert_eq!(pg_login_from(&outsider, url.clone()), Ok(()), "the database is reachable from the underlay");
+    let refused = "28P01"; // invalid_password
+    for (user, pw) in [("weave", "wrong"), ("weave", ""), ("postgres", ""), ("postgres", "postgres")] {
+        let attempt = server.url_as(user, pw, &db).replace(":@", "@");
+        assert_eq!(pg_login_from(&outsider, attempt.clone()), Err(refused.into()), "{attempt}");
+    }
 
     // Tokens made now carry both addresses; so do the agents' credentials.
     bed.token = bed.admin(|mut api| async move {
@@ -181,6 +254,255 @@ fn agents_fail_over_to_the_surviving_coordinator_on_sigkill() {
     }
     status_ok(&bed);
     drop(c2);
+    drop(bed);
+    drop(server);
+}
+
+/// One streaming client: a joined node, talking to the coordinators in
+/// `list` (its own first; tried in turn when it reconnects).
+#[derive(Clone)]
+struct Client {
+    node: String,
+    list: String,
+    credential: String,
+}
+
+/// What one client saw.
+#[derive(Default)]
+struct Streamed {
+    /// (container, address) for every acknowledged allocation.
+    acked: Vec<(String, String)>,
+    /// Containers whose request was cut off and sent again.
+    retried: Vec<String>,
+    errors: Vec<String>,
+}
+
+/// A call that did not reach a coordinator, or was cut off with it: sent
+/// again (allocations are idempotent per node, container and subnet).
+fn cut_off(s: &tonic::Status) -> bool {
+    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
+}
+
+async fn api_for(c: &Client, pin: weave_proto::token::Pin) -> Result<weave_proto::client::Api, String> {
+    let t = Instant::now();
+    loop {
+        match weave_proto::client::connect(&c.list, pin).await {
+            Ok(ch) => return weave_proto::client::Api::new(ch, &c.credential).map_err(|e| e.to_string()),
+            Err(e) if t.elapsed() > Duration::from_secs(30) => return Err(format!("{}: {e}", c.node)),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Each client asks for `containers(i)` one after the other (the next once
+/// the last is acknowledged), all clients at once, from namespace `ns`.
+/// `acks` counts acknowledgements as they come.
+fn stream(
+    ns: &str,
+    clients: Vec<Client>,
+    pin: weave_proto::token::Pin,
+    containers: impl Fn(usize) -> Vec<String> + Send + 'static,
+    acks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> std::thread::JoinHandle<Vec<Streamed>> {
+    in_netns(ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let tasks: Vec<_> = clients
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let (wanted, acks) = (containers(i), acks.clone());
+                    tokio::spawn(async move {
+                        let mut out = Streamed::default();
+                        let mut api = match api_for(&c, pin).await {
+                            Ok(a) => a,
+                            Err(e) => {
+                                out.errors.push(e);
+                                return out;
+                            }
+                        };
+                        for container in wanted {
+                            let req =
+                                weave_proto::v1::AllocateRequest { container: container.clone(), ..Default::default() };
+                            loop {
+                                match api.ipam.allocate(req.clone()).await {
+                                    Ok(a) => {
+                                        out.acked.push((container, a.into_inner().address));
+                                        acks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                        break;
+                                    }
+                                    Err(s) if cut_off(&s) && out.retried.len() < 20 => {
+                                        out.retried.push(container.clone());
+                                        match api_for(&c, pin).await {
+                                            Ok(a) => api = a,
+                                            Err(e) => {
+                                                out.errors.push(e);
+                                                return out;
+                                            }
+                                        }
+                                    }
+                                    Err(s) => {
+                                        out.errors.push(format!("{} {container}: {s:?}", c.node));
+                                        return out;
+                                    }
+                                }
+                            }
+                        }
+                        out
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for t in tasks {
+                all.push(t.await.unwrap());
+            }
+            all
+        })
+    })
+}
+
+/// Every allocation in the cluster as (node, container) -> address, read
+/// from whichever coordinator answers first, in namespace `ns`.
+fn allocation_map(ns: &str, admin: &AdminCredential) -> Vec<(String, String, String)> {
+    let admin = admin.clone();
+    in_netns(ns, move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
+            let ch = weave_proto::client::connect(&admin.coordinator, admin.pin).await.unwrap();
+            let mut api = weave_proto::client::Api::new(ch, &admin.secret).unwrap();
+            let req = weave_proto::v1::ListAllocationsRequest::default();
+            let list = api.ipam.list_allocations(req).await.unwrap().into_inner().allocations;
+            list.into_iter().map(|a| (a.node, a.container, a.address)).collect()
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// Checks one streaming round: no client failed, every container of it
+/// was acknowledged once and is in the map with exactly the acknowledged
+/// address, no address is held twice in the whole map.
+fn check_round(round: &str, clients: &[Client], got: &[Streamed], map: &[(String, String, String)], per_client: usize) {
+    let errors: Vec<&String> = got.iter().flat_map(|g| &g.errors).collect();
+    assert!(errors.is_empty(), "{round}: clients failed: {errors:#?}");
+    let mut holders = std::collections::BTreeMap::new();
+    for (node, container, address) in map {
+        let ip = address.split('/').next().unwrap().to_string();
+        if let Some(other) = holders.insert(ip.clone(), (node, container)) {
+            panic!("{round}: {ip} is held twice: by {other:?} and by {node}/{container}");
+        }
+    }
+    let in_map: std::collections::BTreeMap<(&str, &str), &str> =
+        map.iter().map(|(n, c, a)| ((n.as_str(), c.as_str()), a.as_str())).collect();
+    for (c, g) in clients.iter().zip(got) {
+        assert_eq!(g.acked.len(), per_client, "{round}: {} acknowledged {} of {per_client}", c.node, g.acked.len());
+        for (container, address) in &g.acked {
+            assert_eq!(
+                in_map.get(&(c.node.as_str(), container.as_str())),
+                Some(&address.as_str()),
+                "{round}: {}/{container} was acknowledged with {address}",
+                c.node
+            );
+        }
+    }
+    let ours = map.iter().filter(|(_, c, _)| c.starts_with(&format!("{round}-"))).count();
+    assert_eq!(ours, clients.len() * per_client, "{round}: allocations in the map beyond those acknowledged");
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, PostgreSQL as the postgres user"]
+fn allocations_streamed_through_both_coordinators_keep_every_acknowledged_address_once() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    const CLIENTS: usize = 100;
+    let mut bed = Bed::new();
+    let Cluster { server, both, mut c2, .. } = pg_cluster(&mut bed);
+    let clients_ns = bed.add_bare_host("192.0.2.20");
+    let (first, second) = (format!("{COORDINATOR_IP}:6783"), format!("{C2_IP}:6783"));
+    assert_eq!(both, format!("{first},{second}"));
+    let pin = bed.admin.pin;
+
+    // 100 nodes join, half through each coordinator; each is one client of that one.
+    let token = bed.token.clone();
+    let (f, s) = (first.clone(), second.clone());
+    let clients: Vec<Client> = in_netns(&clients_ns, move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
+            let mut out = Vec::new();
+            for i in 0..CLIENTS {
+                let list = if i % 2 == 0 { format!("{f},{s}") } else { format!("{s},{f}") };
+                let ch = weave_proto::client::connect(&list, pin).await.unwrap();
+                let mut join = weave_proto::v1::join_service_client::JoinServiceClient::new(ch);
+                let req = weave_proto::v1::JoinRequest {
+                    token: token.clone(),
+                    name: format!("s{i}"),
+                    public_key: vec![i as u8 + 1; 32],
+                    endpoints: vec![format!("198.51.100.{}:6784", i + 1)],
+                    ..Default::default()
+                };
+                let joined = join.join(req).await.unwrap_or_else(|e| panic!("join s{i}: {e:?}")).into_inner();
+                out.push(Client { node: format!("s{i}"), list, credential: joined.credential });
+            }
+            out
+        })
+    })
+    .join()
+    .unwrap();
+
+    // Round 1, both up: 10 allocations per client.
+    let acks = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let names = |round: &'static str, n: usize| move |i: usize| (0..n).map(|k| format!("{round}-{i}-{k}")).collect();
+    let got1 = stream(&clients_ns, clients.clone(), pin, names("r1", 10), acks.clone()).join().unwrap();
+    eprintln!("round 1: {} allocations in {:?}", acks.load(Ordering::SeqCst), started.elapsed());
+    let map = allocation_map(&clients_ns, &bed.admin);
+    check_round("r1", &clients, &got1, &map, 10);
+    assert!(got1.iter().all(|g| g.retried.is_empty()), "round 1: nothing was cut off");
+
+    // Round 2: 20 per client; the first coordinator is killed once a third are in.
+    let acks = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let running = stream(&clients_ns, clients.clone(), pin, names("r2", 20), acks.clone());
+    wait_for("a third of round 2", Duration::from_secs(60), || {
+        (acks.load(Ordering::SeqCst) >= CLIENTS * 20 / 3).then_some(())
+    });
+    let at_kill = acks.load(Ordering::SeqCst);
+    bed.kill_coordinator();
+    let got = running.join().unwrap();
+    let retried: Vec<&String> = got.iter().flat_map(|g| &g.retried).collect();
+    eprintln!(
+        "round 2: {} allocations in {:?}, {at_kill} before the kill; {} requests cut off and sent again",
+        acks.load(Ordering::SeqCst),
+        started.elapsed(),
+        retried.len()
+    );
+    let map = allocation_map(&clients_ns, &bed.admin);
+    check_round("r2", &clients, &got, &map, 20);
+    assert!(acks.load(Ordering::SeqCst) > at_kill, "allocations went on after the kill");
+
+    // Asked again through the survivor, every container of both rounds
+    // (those cut off at the kill too) gets the address it was acknowledged.
+    let again = stream(
+        &clients_ns,
+        clients.clone(),
+        pin,
+        |i| (0..10).map(|k| format!("r1-{i}-{k}")).chain((0..20).map(|k| format!("r2-{i}-{k}"))).collect(),
+        Arc::new(AtomicUsize::new(0)),
+    )
+    .join()
+    .unwrap();
+    let errors: Vec<&String> = again.iter().flat_map(|g| &g.errors).collect();
+    assert!(errors.is_empty(), "asked again: {errors:#?}");
+    for ((c, g1), (g2, after)) in clients.iter().zip(&got1).zip(got.iter().zip(&again)) {
+        let mut want: Vec<&(String, String)> = g1.acked.iter().chain(&g2.acked).collect();
+        let mut have: Vec<&(String, String)> = after.acked.iter().collect();
+        want.sort();
+        have.sort();
+        assert_eq!(have, want, "{}: asked again, a different address", c.node);
+    }
+    assert_eq!(map, allocation_map(&clients_ns, &bed.admin), "asking again changed nothing");
+    eprintln!("asked again: {} allocations, {} of them cut off at the kill", CLIENTS * 30, retried.len());
+    c2.kill();
     drop(bed);
     drop(server);
 }

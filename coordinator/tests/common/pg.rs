@@ -44,6 +44,13 @@ fn run(cmd: &mut Command) {
 impl PgServer {
     /// Starts a server in a new temporary directory (not shared).
     pub fn start() -> Self {
+        let mut server = Self::init();
+        server.launch();
+        server
+    }
+
+    /// A new temporary directory with an initialised cluster (not started).
+    fn init() -> Self {
         let dir = tempfile::Builder::new().prefix("weave-pg-").tempdir().expect("tempdir").keep();
         run(Command::new("chown").arg("postgres").arg(&dir));
         let bin = bin_dir();
@@ -63,9 +70,7 @@ impl PgServer {
         // test refused credentials).
         std::fs::write(dir.join("data/pg_hba.conf"), "local all weave trust\nlocal all all scram-sha-256\n")
             .expect("pg_hba.conf");
-        let mut server = Self { dir, pid: 0 };
-        server.launch();
-        server
+        Self { dir, pid: 0 }
     }
 
     /// Starts the postgres process on the existing data directory.
@@ -185,5 +190,79 @@ impl Drop for OwnedPg {
     fn drop(&mut self) {
         self.0.kill();
         let _ = std::fs::remove_dir_all(&self.0.dir);
+    }
+}
+
+/// A server this test owns inside network namespace `ns` (a host of the
+/// test's underlay), reached over TCP on `addr`:5432 only, by role `weave`
+/// with a password (SCRAM); its Unix socket (in its directory, outside any
+/// namespace) is kept for the test's own admin SQL. Stopped by its PID and
+/// removed like [`OwnedPg`], also when the test binary dies first.
+pub struct NetPg {
+    pub owned: OwnedPg,
+    pub ns: String,
+    pub addr: String,
+    password: String,
+}
+
+impl NetPg {
+    pub fn start(ns: &str, addr: &str, password: &str) -> Self {
+        let server = PgServer::init();
+        // Over TCP, every role needs its password, from wherever on the underlay.
+        std::fs::write(
+            server.dir.join("data/pg_hba.conf"),
+            "local all weave trust\nlocal all all scram-sha-256\nhost all all 0.0.0.0/0 scram-sha-256\n",
+        )
+        .expect("pg_hba.conf");
+        let mut me = Self { owned: OwnedPg(server), ns: ns.into(), addr: addr.into(), password: password.into() };
+        me.launch();
+        me.owned.0.watch_over(std::process::id());
+        me.owned.0.admin_sql(format!("ALTER ROLE weave PASSWORD '{password}'"));
+        me
+    }
+
+    /// Starts the postgres process (again) in the namespace, listening on `addr` only.
+    pub fn launch(&mut self) {
+        let s = &mut self.owned.0;
+        let _ = std::fs::remove_file(s.dir.join("data/postmaster.pid"));
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "runuser", "-u", "postgres", "--"])
+            .arg(bin_dir().join("postgres"))
+            .arg("-D")
+            .arg(s.dir.join("data"))
+            .arg("-k")
+            .arg(&s.dir)
+            .args(["-c", &format!("listen_addresses={}", self.addr), "-c", "port=5432"])
+            .args(["-c", "fsync=off", "-c", "max_connections=300", "-c", "password_encryption=scram-sha-256"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres starts in its namespace");
+        std::thread::spawn(move || child.wait());
+        let pidfile = s.dir.join("data/postmaster.pid");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&pidfile).unwrap_or_default();
+            let pid = text.lines().next().and_then(|l| l.trim().parse().ok());
+            if let (Some(pid), true) = (pid, text.lines().any(|l| l.trim() == "ready")) {
+                s.pid = pid;
+                return;
+            }
+            assert!(Instant::now() < deadline, "postgres did not become ready in its namespace in 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The URL of database `name` over TCP as `user` with `password`.
+    pub fn url_as(&self, user: &str, password: &str, name: &str) -> String {
+        format!("postgres://{user}:{password}@{}:5432/{name}", self.addr)
+    }
+
+    /// Creates a fresh database; returns its TCP URL with the password.
+    pub fn create_database(&self) -> String {
+        let local = self.owned.0.create_database();
+        let name = local.split('?').next().and_then(|s| s.rsplit('/').next()).expect("a database name");
+        self.url_as("weave", &self.password, name)
     }
 }
