@@ -82,14 +82,16 @@ impl From<Error> for Status {
 
 /// Whether `e` says the database is out of reach (rather than that the
 /// request or the code was wrong): connection refused or lost, no pooled
-/// connection in time, or PostgreSQL shutting down / not accepting
-/// connections (SQLSTATE classes 08 and 57P).
+/// connection in time, PostgreSQL shutting down / not accepting
+/// connections (SQLSTATE classes 08 and 57P), or ending a session left idle
+/// inside its transaction (25P03, see `store::open::PG_IDLE_IN_TRANSACTION`:
+/// the coordinator stalled; its write was rolled back and may be sent again).
 pub fn database_unreachable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
         sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => {
-            db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300")
+            db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "25P03")
         }
         _ => false,
     }

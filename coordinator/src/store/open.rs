@@ -19,6 +19,16 @@ pub(crate) const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections one coordinator keeps to PostgreSQL.
 const PG_CONNECTIONS: u32 = 16;
 
+/// How long PostgreSQL lets one of a coordinator's sessions sit idle inside
+/// a transaction before it ends that session. A write batch holds the
+/// cluster-wide write lock (an advisory lock) for its whole transaction and
+/// runs its statements back to back; a session idle that long belongs to a
+/// coordinator that froze, or whose host vanished without closing its
+/// connections, and every other coordinator's writes would otherwise wait
+/// for it until TCP keepalive noticed (hours by default). Ending it rolls
+/// the batch back (its writes were not acknowledged) and frees the lock.
+pub(crate) const PG_IDLE_IN_TRANSACTION: Duration = Duration::from_secs(10);
+
 /// A parsed `--store`.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Location {
@@ -104,7 +114,8 @@ pub(super) async fn pools(location: &Location) -> Result<(Pool, Pool)> {
             let shown = redact(url);
             let options = PgConnectOptions::from_str(url)
                 .map_err(|e| Error::InvalidArgument(format!("'{shown}' is not a valid PostgreSQL URL: {e}")))?
-                .log_statements(tracing::log::LevelFilter::Debug);
+                .log_statements(tracing::log::LevelFilter::Debug)
+                .options([("idle_in_transaction_session_timeout", format!("{}s", PG_IDLE_IN_TRANSACTION.as_secs()))]);
             // One connection first: its error (refused, unknown host, wrong
             // password, no such database) is the one worth reporting; a
             // pool would only say that it timed out.
