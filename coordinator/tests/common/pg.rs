@@ -117,6 +117,19 @@ impl PgServer {
         }
     }
 
+    /// Stops the server the way an operator does (SIGINT: PostgreSQL's
+    /// "fast" shutdown: open sessions are ended, a checkpoint written, the
+    /// socket removed) and waits until it has exited. [`PgServer::launch`]
+    /// starts it again on the same data directory and socket.
+    pub fn stop(&self) {
+        let _ = Command::new("kill").args(["-INT", &self.pid.to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Path::new(&format!("/proc/{}", self.pid)).exists() {
+            assert!(Instant::now() < deadline, "postgres (pid {}) did not stop within 30 s of SIGINT", self.pid);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// A URL for database `name` on this server.
     pub fn url(&self, name: &str) -> String {
         format!("postgres://weave@localhost/{name}?host={}", self.dir.display())
@@ -146,10 +159,14 @@ impl PgServer {
 
     /// Stops the server and removes its directory once process `watched` has exited.
     fn watch_over(&self, watched: u32) {
+        // The server's PID is read when it is time to stop it: a test may
+        // have stopped and launched it again (a new PID) meanwhile. No
+        // postmaster.pid: no server is running.
         let script = format!(
-            "while kill -0 {watched} 2>/dev/null; do sleep 0.5; done; kill -QUIT {pid} 2>/dev/null; \
-             while kill -0 {pid} 2>/dev/null; do sleep 0.2; done; rm -rf '{dir}'",
-            pid = self.pid,
+            "while kill -0 {watched} 2>/dev/null; do sleep 0.5; done; \
+             pid=$(head -n1 '{dir}/data/postmaster.pid' 2>/dev/null); \
+             if [ -n \"$pid\" ]; then kill -QUIT $pid 2>/dev/null; \
+             while kill -0 $pid 2>/dev/null; do sleep 0.2; done; fi; rm -rf '{dir}'",
             dir = self.dir.display()
         );
         let mut child = Command::new("sh")
