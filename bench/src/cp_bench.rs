@@ -8,11 +8,15 @@
 //!   to reach them all (p50/p99) and the coordinator's RSS.
 //! - `cp-bench idle`: `weavectl status` while thousands of TCP connections
 //!   idle and TLS handshakes stall (coordinator as its own process).
+//! - `cp-bench stores`: joins/s, allocations/s, fan-out to 1,000 watchers
+//!   and RSS on SQLite, PostgreSQL, and two coordinators on one PostgreSQL.
 //! - `cp-bench fake-nodes`: joins N nodes that never run an agent (for the
 //!   data-plane benchmark's "agent with 100 peers" figures).
 mod agent_load;
 mod idle;
+mod pg;
 mod scale;
+mod stores;
 use std::{
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -35,6 +39,8 @@ enum Cli {
     Throughput(Args),
     /// Join time, watch fan-out latency and coordinator memory at scale.
     Scale(scale::Args),
+    /// Joins, allocations, fan-out and RSS on SQLite and PostgreSQL (one and two coordinators).
+    Stores(stores::Args),
     /// `weavectl status` while idle connections and stalled handshakes are open.
     Idle(idle::Args),
     /// Joins nodes that never run an agent, so that real agents get more peers.
@@ -216,6 +222,10 @@ async fn main() -> anyhow::Result<()> {
         Cli::Scale(a) => {
             anyhow::ensure!(nofile >= a.watchers() as u64 + 1000, "RLIMIT_NOFILE hard limit {nofile} is too low");
             return scale::run(a).await;
+        }
+        Cli::Stores(a) => {
+            anyhow::ensure!(nofile >= a.watchers() as u64 + 1000, "RLIMIT_NOFILE hard limit {nofile} is too low");
+            return stores::run(a).await;
         }
         Cli::Idle(a) => return idle::run(a).await,
         Cli::FakeNodes(a) => return fake_nodes(a).await,
