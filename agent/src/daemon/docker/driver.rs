@@ -8,7 +8,7 @@ use std::{net::Ipv4Addr, os::unix::fs::MetadataExt, path::PathBuf, sync::Arc, ti
 
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
-use weave_proto::v1::AddRecordRequest;
+use weave_proto::{client::retry_unavailable, v1::AddRecordRequest};
 
 use super::{Refused, engine, ipam::parse};
 use crate::{
@@ -271,7 +271,13 @@ impl Plugin {
             }
         };
         let req = AddRecordRequest { name: name.clone(), address: ip.to_string() };
-        match self.attacher.api.dns.clone().add_record(req).await {
+        // A repeat of one that was applied answers "already resolves", as below.
+        let added = retry_unavailable(|| {
+            let (mut dns, req) = (self.attacher.api.dns.clone(), req.clone());
+            async move { dns.add_record(req).await }
+        })
+        .await;
+        match added {
             Ok(r) => tracing::info!(name = r.into_inner().name, %ip, "registered a Docker container's name"),
             Err(s) if s.code() == tonic::Code::AlreadyExists && s.message().contains("already resolves") => {}
             Err(s) => tracing::warn!(name, %ip, error = s.message(), "cannot register a Docker container's name"),

@@ -2,7 +2,10 @@
 //! the coordinator's allocations, so an address is unique across hosts,
 //! `--ip` is the coordinator's to grant, and a release frees it everywhere.
 use serde_json::{Value, json};
-use weave_proto::v1::{AddSubnetRequest, AllocateRequest, ListAllocationsRequest, ListSubnetsRequest};
+use weave_proto::{
+    client::retry_unavailable,
+    v1::{AddSubnetRequest, AllocateRequest, ListAllocationsRequest, ListSubnetsRequest},
+};
 
 use super::{Refused, driver::Plugin};
 use crate::plan::docker::{
@@ -49,13 +52,15 @@ impl Plugin {
         if self.attacher.maps.borrow().subnets.iter().any(|s| s.cidr == cidr) {
             return Ok(());
         }
-        let added = self
-            .attacher
-            .api
-            .subnets
-            .clone()
-            .add_subnet(AddSubnetRequest { cidr: cidr.into(), name: String::new() })
-            .await;
+        // Retried on UNAVAILABLE like every coordinator call here (a
+        // balanced channel may send it to a coordinator that just died); a
+        // repeat of one that was applied is refused and settled below.
+        let req = AddSubnetRequest { cidr: cidr.into(), name: String::new() };
+        let added = retry_unavailable(|| {
+            let (mut subnets, req) = (self.attacher.api.subnets.clone(), req.clone());
+            async move { subnets.add_subnet(req).await }
+        })
+        .await;
         match added {
             Ok(s) => {
                 tracing::info!(subnet = %s.into_inner().cidr, "added a weave subnet for a Docker network");
@@ -63,7 +68,11 @@ impl Plugin {
             }
             Err(s) => {
                 // Another host's `docker network create` may just have added it.
-                let list = self.attacher.api.subnets.clone().list_subnets(ListSubnetsRequest {}).await?;
+                let list = retry_unavailable(|| {
+                    let mut subnets = self.attacher.api.subnets.clone();
+                    async move { subnets.list_subnets(ListSubnetsRequest {}).await }
+                })
+                .await?;
                 if list.into_inner().subnets.iter().any(|x| x.cidr == cidr) { Ok(()) } else { Err(s.into()) }
             }
         }
@@ -85,7 +94,13 @@ impl Plugin {
             address: wanted.map(|a| a.to_string()).unwrap_or_default(),
             ..Default::default()
         };
-        let got = self.attacher.api.ipam.clone().allocate(allocate).await?.into_inner();
+        // Idempotent per (node, key, subnet): the key is drawn once, above.
+        let got = retry_unavailable(|| {
+            let (mut ipam, req) = (self.attacher.api.ipam.clone(), allocate.clone());
+            async move { ipam.allocate(req).await }
+        })
+        .await?
+        .into_inner();
         Ok(json!({"Address": got.address, "Data": {}}))
     }
 
@@ -96,7 +111,13 @@ impl Plugin {
             return Err(Refused::bad("ReleaseAddress without an address"));
         };
         let list = ListAllocationsRequest { subnet: cidr.clone(), ..Default::default() };
-        let all = self.attacher.api.ipam.clone().list_allocations(list).await?.into_inner().allocations;
+        let all = retry_unavailable(|| {
+            let (mut ipam, req) = (self.attacher.api.ipam.clone(), list.clone());
+            async move { ipam.list_allocations(req).await }
+        })
+        .await?
+        .into_inner()
+        .allocations;
         let held = all.into_iter().find(|a| {
             a.node_id == self.attacher.node_id && a.address.split('/').next() == Some(ip.to_string().as_str())
         });

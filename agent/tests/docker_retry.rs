@@ -1,0 +1,136 @@
+//! The Docker plugin's calls to the coordinator are retried when they do not
+//! reach it (`weave_proto::client::retry_unavailable`), as the agent's own
+//! allocate and release are: with several coordinators, a balanced channel
+//! sends some calls to one that just died.
+//!
+//! Deterministic stand-in for a dead coordinator: the plugin reaches an
+//! in-process coordinator (loopback only) through a TCP relay that, before
+//! each plugin request, cuts every connection it carries and closes the next
+//! one it accepts. The first attempt of every coordinator call then fails
+//! (`transport error` or `UNAVAILABLE`); only a retry gets through. No
+//! interface, address or route is touched (the plugin's IPAM methods use the
+//! coordinator only), so no namespace is needed.
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, sync::oneshot, task::AbortHandle};
+use weave_agent::{
+    daemon::{attach::Attacher, dns::DnsServer, docker::Plugin},
+    host::{docker::DockerState, netlink::Netlink, registry::Registry},
+};
+use weave_coordinator::config::ServeArgs;
+use weave_proto::{
+    client::{Api, connect, connect_lazy},
+    v1::{CreateTokenRequest, GetMapRequest, JoinRequest, ListAllocationsRequest},
+};
+
+/// Forwards to `to`; [`Relay::cut`] breaks what it carries and refuses the next connection.
+struct Relay {
+    addr: SocketAddr,
+    refuse_next: Arc<AtomicBool>,
+    carried: Arc<Mutex<Vec<AbortHandle>>>,
+    accepted: Arc<Mutex<u32>>,
+}
+
+impl Relay {
+    async fn start(to: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let refuse_next = Arc::new(AtomicBool::new(false));
+        let carried = Arc::new(Mutex::new(Vec::<AbortHandle>::new()));
+        let accepted = Arc::new(Mutex::new(0));
+        let (refuse, held, count) = (refuse_next.clone(), carried.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                *count.lock().unwrap() += 1;
+                if refuse.swap(false, Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    let mut server = tokio::net::TcpStream::connect(to).await?;
+                    tokio::io::copy_bidirectional(&mut client, &mut server).await
+                });
+                held.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self { addr, refuse_next, carried, accepted }
+    }
+
+    fn cut(&self) {
+        self.refuse_next.store(true, Ordering::SeqCst);
+        for t in self.carried.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    fn accepted(&self) -> u32 {
+        *self.accepted.lock().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn docker_ipam_calls_are_retried_when_the_coordinator_connection_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ServeArgs::for_data_dir(dir.path().join("coordinator"), "127.0.0.1:0".parse().unwrap());
+    let (_stop, stopped) = oneshot::channel::<()>();
+    let running = weave_coordinator::start(args.settings().unwrap(), async {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    let live = running.local_addr;
+    let pin = running.admin.pin;
+    let mut admin = Api::new(connect(&live.to_string(), pin).await.unwrap(), &running.admin.secret).unwrap();
+    let token = admin.tokens.create_token(CreateTokenRequest::default()).await.unwrap().into_inner().secret_token;
+    let join =
+        JoinRequest { token, name: "h1".into(), public_key: vec![7; 32], map_by_watch: true, ..Default::default() };
+    let joined = admin.join.join(join).await.unwrap().into_inner();
+    let node_id = joined.node.unwrap().id;
+
+    let relay = Relay::start(live).await;
+    let api = Api::new(connect_lazy(&relay.addr.to_string(), pin).unwrap(), &joined.credential).unwrap();
+    let map = api.map.clone().get_map(GetMapRequest {}).await.unwrap().into_inner();
+    let (_maps_tx, maps) = tokio::sync::watch::channel(map);
+    let netlink = Netlink::connect().unwrap();
+    let registry = Arc::new(Registry::load(dir.path()));
+    let attacher = Arc::new(Attacher::new(api, maps, node_id, "h1".into(), 1420, netlink, registry));
+    let state = DockerState::load(dir.path());
+    let plugin =
+        Arc::new(Plugin::new(attacher, DnsServer::new("weave.local.", vec![]), state, dir.path().join("none")));
+
+    // Each request's first attempt meets a cut connection or a refused one.
+    let call = |method: &'static str, body: Value| {
+        relay.cut();
+        let plugin = plugin.clone();
+        async move {
+            let r = plugin.handle(method, body.to_string().as_bytes()).await;
+            r.unwrap_or_else(|e| panic!("{method}: {} {}", e.status, e.message))
+        }
+    };
+    let before = relay.accepted();
+    // AddSubnet (the subnet is new).
+    let pool = call("/IpamDriver.RequestPool", json!({"AddressSpace": "weave", "Pool": "10.77.0.0/24"})).await;
+    assert_eq!(pool["PoolID"], "10.77.0.0/24");
+    // Allocate: by address, and the next free one.
+    let wanted = call("/IpamDriver.RequestAddress", json!({"PoolID": "10.77.0.0/24", "Address": "10.77.0.9"})).await;
+    assert_eq!(wanted["Address"], "10.77.0.9/24");
+    let any = call("/IpamDriver.RequestAddress", json!({"PoolID": "10.77.0.0/24"})).await;
+    let any = any["Address"].as_str().unwrap().to_string();
+    assert!(any.starts_with("10.77.0.") && any != "10.77.0.9/24", "{any}");
+    // ListAllocations, then Release.
+    call("/IpamDriver.ReleaseAddress", json!({"PoolID": "10.77.0.0/24", "Address": "10.77.0.9"})).await;
+    assert!(relay.accepted() - before >= 8, "every request reconnected at least twice: {}", relay.accepted() - before);
+
+    // What the coordinator holds: exactly the one address not released
+    // (a retried allocation took no second one).
+    let all = admin.ipam.list_allocations(ListAllocationsRequest::default()).await.unwrap().into_inner().allocations;
+    let held: Vec<&str> = all.iter().filter(|a| a.node_id == node_id).map(|a| a.address.as_str()).collect();
+    assert_eq!(held, vec![any.as_str()]);
+}
