@@ -2,13 +2,14 @@
 //! shared port (SO_REUSEPORT) and a thread pair each. Workloads on three
 //! hosts reach each other; 16 parallel TCP flows arrive intact and in order
 //! (a hash of every byte), and the TUN reads of the sending agent were spread
-//! over more than one queue's thread.
+//! over more than one queue's thread. The TUN's transmit queue holds a
+//! burst the agent is too busy to read (issue 15's UDP loss).
 mod common;
 
 use std::{
     fs,
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     time::Duration,
 };
 
@@ -124,4 +125,62 @@ fn four_queues_carry_parallel_flows_intact() {
         .map(|((name, _), _)| name.clone())
         .collect();
     assert!(busy.len() >= 2, "the flows were spread over the queues: {before:?} -> {after:?}");
+}
+
+/// `wvtun0`'s `txqlen` and `tx_dropped` in namespace `ns`.
+fn tun_queue(ns: &str) -> (u64, u64) {
+    let out = ok_in(ns, &["ip", "-s", "-j", "link", "show", "wvtun0"]);
+    let link = &serde_json::from_str::<serde_json::Value>(&out).unwrap()[0];
+    let stats = if link["stats64"].is_null() { &link["stats"] } else { &link["stats64"] };
+    (link["txqlen"].as_u64().unwrap(), stats["tx"]["dropped"].as_u64().unwrap())
+}
+
+/// The packets the kernel holds for a TUN reader that is not running (the
+/// agent stopped, as a loaded host deschedules it) are its `txqueuelen`,
+/// 500 by default: the agent sets 4,096, and a burst of 2,000 datagrams sent
+/// while it is stopped all arrive once it runs again, none dropped at the TUN.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_burst_waits_in_the_tun_queue_while_the_agent_is_stopped() {
+    const BURST: usize = 2000;
+    let mut bed = Bed::with_hosts(2);
+    for i in 0..2 {
+        bed.wait_peers(i, 1);
+        bed.add_workload(i, "default");
+    }
+    bed.wait_ping(0, 1, Duration::from_secs(15));
+    let ns = bed.hosts[0].ns.clone();
+    let (txqlen, dropped_before) = tun_queue(&ns);
+    assert_eq!(txqlen, 4096, "the agent sets the TUN's transmit queue");
+
+    let to = SocketAddr::from((bed.workloads[1].ip, 5301));
+    let receiver = in_netns(&bed.workloads[1].ns, move || {
+        let sock = UdpSocket::bind(to).unwrap();
+        // The receiving workload's own buffer is not what this test is about.
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut buf = [0u8; 2048];
+        let mut got = 0;
+        while got < BURST && sock.recv(&mut buf).is_ok() {
+            got += 1;
+        }
+        got
+    });
+    std::thread::sleep(Duration::from_millis(200)); // the receiver binds
+    // Not Bed::signal_agent: that waits for the agent to exit.
+    let agent = nix::unistd::Pid::from_raw(bed.hosts[0].agent.as_ref().unwrap().id() as i32);
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    in_netns(&bed.workloads[0].ns, move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for i in 0..BURST {
+            sock.send_to(&[i as u8; 200], to).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    let (_, dropped_stopped) = tun_queue(&ns);
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let got = receiver.join().unwrap();
+    assert_eq!(dropped_stopped - dropped_before, 0, "nothing dropped at the TUN while the agent was stopped");
+    assert_eq!(got, BURST, "every datagram of the burst arrived");
 }

@@ -23,8 +23,8 @@ use crate::{
     error::Error,
     plan::{
         kernel::{
-            BRIDGE_PREFIX, ROUTE_PROTOCOL, SUBNET_ROUTE_METRIC, TUN_NAME, TUN_READ_ROOM, VXLAN_PORT, VXLAN_PREFIX,
-            bridge_mac, bridge_name, is_workload_if, vxlan_name,
+            BRIDGE_PREFIX, ROUTE_PROTOCOL, SUBNET_ROUTE_METRIC, TUN_NAME, TUN_READ_ROOM, TUN_TX_QUEUE_LEN, VXLAN_PORT,
+            VXLAN_PREFIX, bridge_mac, bridge_name, is_workload_if, vxlan_name,
         },
         reconcile::{Change, Observed, ObservedSegment, ObservedVxlan},
     },
@@ -131,6 +131,8 @@ impl Netlink {
         // No super-packet with more segments than a batch has room for
         // (larger ones the kernel segments before the TUN).
         msg.attributes.push(LinkAttribute::GsoMaxSegs(TUN_READ_ROOM as u32));
+        // Room for the reader to fall behind while it is not scheduled (the kernel resizes every queue's ring).
+        msg.attributes.push(LinkAttribute::TxQueueLen(TUN_TX_QUEUE_LEN));
         self.handle.link().set(msg).execute().await.map_err(|e| nl(format!("set {name} up"), e))?;
         match self.handle.address().add(index, address.into(), prefix).execute().await {
             Ok(()) => Ok(()),

@@ -10,6 +10,14 @@ pub const TUN_NAME: &str = "wvtun0";
 /// the host layer): the data plane keeps this much room in a read batch.
 pub const TUN_READ_ROOM: usize = 128;
 
+/// The TUN's transmit queue (`txqueuelen`: the packets the kernel holds for
+/// the agent's reader, per queue; the kernel's default is 500). Packets that
+/// find it full are dropped (`tx_dropped`). UDP at 500 Mbit/s is ~46,000
+/// packets/s: 500 is 11 ms of a reader that is not scheduled, which a loaded
+/// 2-core host exceeds often; 4,096 is ~90 ms (README, "Where the UDP loss is").
+/// TCP is bounded far below it by its own small-queue limit.
+pub const TUN_TX_QUEUE_LEN: u32 = 4096;
+
 pub const BRIDGE_PREFIX: &str = "wvbr-";
 pub const VXLAN_PREFIX: &str = "wvvx-";
 pub const VXLAN_PORT: u16 = 4789;
