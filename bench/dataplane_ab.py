@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Interleaved A/B runs on bench/dataplane.py's setup (issue 15's measurements).
+
+    sudo WVB_BIN=target/release python3 bench/dataplane_ab.py ROUNDS SECS VARIANTS [PATHS]
+
+PATHS (default veth,weave): veth, weave, weaves0 (agents with --spin-us 0),
+weaveB (agents from the binaries in $WVB_BIN_B). VARIANTS, comma-separated,
+each PATH:TEST[:OPTION...], TEST one of udp (500 Mbit/s), tcp1, tcp4, ping;
+options: qN sets txqueuelen N on both weave hosts' wvtun0 first, wSIZE passes
+iperf3 -w SIZE. Each round runs every variant once, in order; the UDP runs
+print the drop counters that moved; medians at the end. Namespaces wvx<pid>-*,
+removed on exit."""
+import os, sys, time, json, statistics, signal
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("WVB_PREFIX", f"wvx{os.getpid()}")
+import dataplane as d
+
+def setq(ns, dev, n):
+    d.run(["ip", "-n", ns, "link", "set", dev, "txqueuelen", str(n)])
+
+def main():
+    rounds, secs, tests = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
+    paths_wanted = sys.argv[4].split(",") if len(sys.argv) > 4 else ["veth", "weave"]
+    os.makedirs(d.DIR, exist_ok=True)
+    u = d.add_ns("u")
+    d.run(["ip", "-n", u, "link", "add", "br0", "type", "bridge"])
+    d.run(["ip", "-n", u, "link", "set", "br0", "up"])
+    paths = {}
+    if "veth" in paths_wanted:
+        a = d.plug(u, "v1", "192.0.2.31"); b = d.plug(u, "v2", "192.0.2.32")
+        d.wait_for("veth", lambda: d.ping_ok(a, "192.0.2.32"), 10)
+        paths["veth"] = d.Path("veth", a, b, "192.0.2.32", 1500, [], [a, b])
+    if "weave" in paths_wanted:
+        paths["weave"] = d.setup_weave(u)
+    orig_spawn = d.spawn
+    def spawn(name, ns, args, logfile, env=None):
+        if name == "agent" and ns.endswith("s0"):
+            args = args + ["--spin-us", "0"]
+        return orig_spawn(name, ns, args, logfile, env)
+    d.spawn = spawn
+    if "weaves0" in paths_wanted:
+        paths["weaves0"] = d.setup_weave(u, "weaves0", None, "s0", 80, 80)
+    if "weaveB" in paths_wanted:  # a second binary dir: WVB_BIN_B
+        old = d.BIN; d.BIN = os.environ["WVB_BIN_B"]
+        paths["weaveB"] = d.setup_weave(u, "weaveB", None, "B", 90, 90)
+        d.BIN = old
+    for p in paths.values():
+        d.spawn("iperf3-server", p.server_ns, ["iperf3", "-s", "-B", p.server_ip, "-p", "5201"],
+                os.path.join(d.DIR, f"iperf3-{p.key}.log"))
+    time.sleep(0.5)
+    w = paths.get("weave")
+    res = {}
+    for r in range(rounds):
+        for t in tests:
+            # variant syntax: path:kind[:opt]
+            key, kind, *opt = t.split(":")
+            p = paths[key]
+            if key == "weave":
+                q = 500
+                for o in opt:
+                    if o.startswith("q"): q = int(o[1:])
+                for ns in p.host_nss: setq(ns, "wvtun0", q)
+            extra = []
+            for o in opt:
+                if o.startswith("w"): extra = ["-w", o[1:]]
+            if kind == "udp":
+                size = p.mtu - 28
+                before = d.drop_counters(p.all_nss)
+                with d.Probe(p) as pr:
+                    j = d.iperf(p, secs, ["-u", "-b", "500M", "-l", str(size)] + extra)
+                after = d.drop_counters(p.all_nss)
+                where = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+                s = j["end"]["sum"]
+                v = s.get("lost_percent")
+                print(f"r{r} {t:24} loss {v:.3f}% lost {s.get('lost_packets')} cpu {pr.cpu:.2f} {where}", flush=True)
+            elif kind in ("tcp1", "tcp4"):
+                x = d.tcp(p, secs, 1 if kind == "tcp1" else 4)
+                v = x["gbit_s"]
+                print(f"r{r} {t:24} {v:.2f} Gbit/s cpu/GB {x['tunnel_cpu_s_per_gb'] or 0:.2f} util {x['tunnel_cpu_util'] or 0:.2f} retr {x['retransmits']}", flush=True)
+                res.setdefault(t + "/cpugb", []).append(x["tunnel_cpu_s_per_gb"] or 0)
+            elif kind == "ping":
+                x = d.ping(p)
+                v = x["avg_ms"]
+                print(f"r{r} {t:24} avg {v:.3f} p99 {x['p99_ms']:.3f}", flush=True)
+                res.setdefault(t + "/p99", []).append(x["p99_ms"])
+            res.setdefault(t, []).append(v)
+            time.sleep(0.5)
+        print(f"   load {open('/proc/loadavg').read().split()[:3]}", flush=True)
+    print("MEDIANS")
+    for k, v in res.items():
+        print(f"  {k:30} {statistics.median(v):.3f}  {['%.3f' % x for x in v]}")
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+    try:
+        main()
+    finally:
+        d.cleanup()
