@@ -158,14 +158,18 @@ impl PgServer {
     }
 
     /// Stops the server and removes its directory once process `watched` has exited.
-    fn watch_over(&self, watched: u32) {
+    pub fn watch_over(&self, watched: u32) {
         // The server's PID is read when it is time to stop it: a test may
         // have stopped and launched it again (a new PID) meanwhile. No
-        // postmaster.pid: no server is running.
+        // postmaster.pid: no server is running. A postmaster.pid left by a
+        // server that was killed names a PID that may belong to another
+        // process by now: only a process whose command line names this data
+        // directory is signalled (and waited for).
         let script = format!(
             "while kill -0 {watched} 2>/dev/null; do sleep 0.5; done; \
              pid=$(head -n1 '{dir}/data/postmaster.pid' 2>/dev/null); \
-             if [ -n \"$pid\" ]; then kill -QUIT $pid 2>/dev/null; \
+             if [ -n \"$pid\" ] && tr '\\0' '\\n' < /proc/$pid/cmdline 2>/dev/null | grep -qxF '{dir}/data'; then \
+             kill -QUIT $pid 2>/dev/null; \
              while kill -0 $pid 2>/dev/null; do sleep 0.2; done; fi; rm -rf '{dir}'",
             dir = self.dir.display()
         );
