@@ -93,10 +93,24 @@ const UNAVAILABLE_ATTEMPTS: u32 = 10;
 /// just killed fails (`tcp connect error`, or `transport error` on the
 /// connection it had) until the balancer stops picking it; another attempt
 /// reaches a survivor.
-pub async fn retry_unavailable<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+pub async fn retry_unavailable<T, F, Fut>(call: F) -> Result<T, tonic::Status>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    retry_unavailable_or(call, |_| None).await
+}
+
+/// Like [`retry_unavailable`], for a call whose repeat may find its own
+/// first attempt applied (a release cut off with its connection after the
+/// coordinator committed it answers `NOT_FOUND` when repeated): an error of
+/// a repeated attempt that `repeat_done` maps to a value is that value. The
+/// first attempt's errors are returned as they are.
+pub async fn retry_unavailable_or<T, F, Fut, D>(mut call: F, repeat_done: D) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    D: Fn(&tonic::Status) -> Option<T>,
 {
     let mut attempt = 1;
     loop {
@@ -105,6 +119,7 @@ where
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            Err(s) if attempt > 1 => return repeat_done(&s).ok_or(s),
             r => return r,
         }
     }
@@ -269,5 +284,59 @@ impl Api {
             status: StatusServiceClient::new(auth(&channel)).max_decoding_message_size(MAX_RESPONSE),
             admin: AdminServiceClient::new(auth(&channel)).max_decoding_message_size(MAX_RESPONSE),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tonic::{Code, Status};
+
+    use super::*;
+
+    fn cut() -> Status {
+        Status::unknown("transport error")
+    }
+
+    /// Answers the statuses in turn (then Ok(7)), counting calls.
+    async fn scripted(script: Vec<Status>, done: impl Fn(&Status) -> Option<u32>) -> (Result<u32, Status>, u32) {
+        let calls = AtomicU32::new(0);
+        let r = retry_unavailable_or(
+            || {
+                let n = calls.fetch_add(1, Ordering::SeqCst) as usize;
+                let s = script.get(n).cloned();
+                async move { s.map_or(Ok(7), Err) }
+            },
+            done,
+        )
+        .await;
+        (r, calls.load(Ordering::SeqCst))
+    }
+
+    fn not_found_is_done(s: &Status) -> Option<u32> {
+        (s.code() == Code::NotFound).then_some(0)
+    }
+
+    #[tokio::test]
+    async fn a_repeat_that_finds_its_first_attempt_applied_is_done() {
+        let (r, calls) = scripted(vec![cut(), Status::not_found("no allocation")], not_found_is_done).await;
+        assert_eq!((r.unwrap(), calls), (0, 2));
+    }
+
+    #[tokio::test]
+    async fn a_first_attempt_refused_is_an_error_even_if_a_repeat_would_be_done() {
+        let (r, calls) = scripted(vec![Status::not_found("no allocation")], not_found_is_done).await;
+        assert_eq!((r.unwrap_err().code(), calls), (Code::NotFound, 1));
+    }
+
+    #[tokio::test]
+    async fn unreachable_is_retried_and_other_errors_are_not() {
+        let (r, calls) = scripted(vec![Status::unavailable("tcp connect error"), cut()], |_| None).await;
+        assert_eq!((r.unwrap(), calls), (7, 3));
+        let (r, calls) = scripted(vec![Status::invalid_argument("bad")], |_| None).await;
+        assert_eq!((r.unwrap_err().code(), calls), (Code::InvalidArgument, 1));
+        let (r, calls) = scripted(vec![Status::unavailable("down"); 20], |_| None).await;
+        assert_eq!((r.unwrap_err().code(), calls), (Code::Unavailable, UNAVAILABLE_ATTEMPTS));
     }
 }

@@ -12,7 +12,7 @@ use std::{
 use rand::seq::SliceRandom;
 use tokio::sync::watch;
 use weave_proto::{
-    client::{Api, retry_unavailable},
+    client::{Api, retry_unavailable, retry_unavailable_or},
     v1::{AllocateRequest, NetworkMap, ReleaseRequest},
 };
 
@@ -92,13 +92,18 @@ impl Handler for LocalService {
                 }
                 Request::Release { container } => {
                     let req = ReleaseRequest { container, ..Default::default() };
-                    match retry_unavailable(|| {
-                        let (mut ipam, req) = (self.api.ipam.clone(), req.clone());
-                        async move { ipam.release(req).await }
-                    })
-                    .await
-                    {
-                        Ok(r) => Response::Released(r.into_inner().released.into_iter().map(|a| a.address).collect()),
+                    // A repeat answering NOT_FOUND found the first attempt
+                    // applied (cut off after the commit): released, nothing left.
+                    let released = retry_unavailable_or(
+                        || {
+                            let (mut ipam, req) = (self.api.ipam.clone(), req.clone());
+                            async move { Ok(ipam.release(req).await?.into_inner().released) }
+                        },
+                        |s| (s.code() == tonic::Code::NotFound).then(Vec::new),
+                    )
+                    .await;
+                    match released {
+                        Ok(r) => Response::Released(r.into_iter().map(|a| a.address).collect()),
                         Err(s) => Response::Error(Refusal::status(&s)),
                     }
                 }
