@@ -97,9 +97,14 @@ impl PgServer {
     /// Stops the server and removes its directory once process `watched`
     /// has exited (should it exit without dropping this).
     fn watch_over(&self, watched: u32) -> anyhow::Result<()> {
+        // The PID is checked when it is time: after a normal drop (the
+        // server stopped, the directory gone) or a crash of the server, it
+        // may belong to another process by then; only a process whose
+        // command line names this data directory is signalled.
         let script = format!(
-            "while kill -0 {watched} 2>/dev/null; do sleep 0.5; done; kill -INT {pid} 2>/dev/null; \
-             while kill -0 {pid} 2>/dev/null; do sleep 0.2; done; rm -rf '{dir}'",
+            "while kill -0 {watched} 2>/dev/null; do sleep 0.5; done; \
+             if tr '\\0' '\\n' < /proc/{pid}/cmdline 2>/dev/null | grep -qxF '{dir}/data'; then \
+             kill -INT {pid} 2>/dev/null; while kill -0 {pid} 2>/dev/null; do sleep 0.2; done; fi; rm -rf '{dir}'",
             pid = self.pid,
             dir = self.dir.display()
         );
