@@ -41,8 +41,11 @@ fn bad_tokens_fail_fast_and_leave_nothing_behind() {
     let real = JoinToken::parse(&bed.token).unwrap();
     let host = bed.add_bare_host("192.0.2.30");
     let mut wrong_secret = real.clone();
-    let last = if wrong_secret.secret.ends_with('A') { "B" } else { "A" };
-    wrong_secret.secret.replace_range(wrong_secret.secret.len() - 1.., last);
+    // The first character: all six of its bits are the secret's (the last
+    // one of 32 bytes in base64url carries 4, and 'B' there would be a
+    // malformed token whenever the real one ended in 'A').
+    let first = if wrong_secret.secret.starts_with('A') { "B" } else { "A" };
+    wrong_secret.secret.replace_range(..1, first);
     let cases = [
         ("garbage", "not-a-token".to_string(), "bad join token"),
         (
