@@ -66,9 +66,9 @@ pub struct RunArgs {
     #[arg(long, env = "WEAVE_DOCKER_HOST", default_value = "/var/run/docker.sock")]
     pub docker_host: PathBuf,
     /// Microseconds the packet threads keep polling after a packet moved,
-    /// before they sleep (lower latency for some CPU while traffic flows;
-    /// 0: always sleep).
-    #[arg(long, env = "WEAVE_SPIN_US", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    /// before they sleep (may lower latency on a host with idle cores, for
+    /// some CPU while traffic flows; 0: always sleep).
+    #[arg(long, env = "WEAVE_SPIN_US", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub spin_us: u64,
     /// Packet queues: TUN queues, each with its own UDP socket on the port and
     /// its own two packet threads [default: one per two CPUs, 1 to 4].
@@ -213,7 +213,7 @@ mod tests {
             "--docker-host",
             "/d.sock",
             "--spin-us",
-            "0",
+            "250",
             "--queues",
             "3",
         ])
@@ -227,7 +227,7 @@ mod tests {
         assert_eq!(run.paths.socket, PathBuf::from("/s"));
         assert_eq!(run.listen_port, 7000);
         assert!(run.cleanup_on_exit);
-        assert_eq!(run.spin_us, 0);
+        assert_eq!(run.spin_us, 250);
         assert_eq!(run.queues, Some(3));
         assert_eq!(run.dns_upstream, vec!["192.0.2.53:53".parse::<SocketAddr>().unwrap()]);
         assert_eq!(run.docker_plugin_path(), Some(PathBuf::from("/p/weave.sock")));
