@@ -6,7 +6,8 @@
 PATHS (default veth,weave): veth, weave, weaves0 (agents with --spin-us 0),
 weaveB (agents from the binaries in $WVB_BIN_B). VARIANTS, comma-separated,
 each PATH:TEST[:OPTION...], TEST one of udp (500 Mbit/s), tcp1, tcp4, ping;
-options: qN sets txqueuelen N on both weave hosts' wvtun0 first, wSIZE passes
+options: qN sets txqueuelen N on both weave hosts' wvtun0 first (and
+leaves it so), wSIZE passes
 iperf3 -w SIZE. Each round runs every variant once, in order; the UDP runs
 print the drop counters that moved; medians at the end. Namespaces wvx<pid>-*,
 removed on exit."""
@@ -55,11 +56,9 @@ def main():
             # variant syntax: path:kind[:opt]
             key, kind, *opt = t.split(":")
             p = paths[key]
-            if key == "weave":
-                q = 500
-                for o in opt:
-                    if o.startswith("q"): q = int(o[1:])
-                for ns in p.host_nss: setq(ns, "wvtun0", q)
+            for o in opt:
+                if o.startswith("q") and key.startswith("weave"):
+                    for ns in p.host_nss: setq(ns, "wvtun0", int(o[1:]))
             extra = []
             for o in opt:
                 if o.startswith("w"): extra = ["-w", o[1:]]

@@ -1,5 +1,6 @@
 //! `--queues 4`: a multi-queue TUN with one UDP socket per queue on the
-//! shared port (SO_REUSEPORT) and a thread pair each. Workloads on three
+//! shared port (SO_REUSEPORT) and a packet thread each (or a pair, with
+//! `--queue-threads 2`). Workloads on three
 //! hosts reach each other; 16 parallel TCP flows arrive intact and in order
 //! (a hash of every byte), and the TUN reads of the sending agent were spread
 //! over more than one queue's thread. The TUN's transmit queue holds a
@@ -55,8 +56,20 @@ fn data(f: usize) -> Vec<u8> {
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn four_queues_carry_parallel_flows_intact() {
+    parallel_flows_over_four_queues(1);
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn four_queues_of_two_threads_carry_parallel_flows_intact() {
+    parallel_flows_over_four_queues(2);
+}
+
+/// With `--queue-threads 1` (the default) each queue has one thread,
+/// `wg-q<N>`, that moves packets both ways; with 2, `wg-tun<N>` and `wg-udp<N>`.
+fn parallel_flows_over_four_queues(queue_threads: usize) {
     let mut bed = Bed::new();
-    bed.agent_args = vec!["--queues".into(), QUEUES.to_string()];
+    bed.agent_args = vec!["--queues".into(), QUEUES.to_string(), "--queue-threads".into(), queue_threads.to_string()];
     for _ in 0..3 {
         bed.add_host();
     }
@@ -72,13 +85,17 @@ fn four_queues_carry_parallel_flows_intact() {
         }
     }
     let pid = bed.hosts[0].agent.as_ref().unwrap().id();
-    let tun_threads = thread_reads(pid, "wg-tun");
+    // The threads that read the TUN.
+    let readers = if queue_threads == 1 { "wg-q" } else { "wg-tun" };
+    let tun_threads = thread_reads(pid, readers);
     assert_eq!(tun_threads.len(), QUEUES, "one TUN thread per queue: {tun_threads:?}");
-    assert_eq!(thread_reads(pid, "wg-udp").len(), QUEUES, "one UDP thread per queue");
+    let (udp_threads, other) = if queue_threads == 1 { (0, "wg-tun") } else { (QUEUES, "wg-q") };
+    assert_eq!(thread_reads(pid, "wg-udp").len(), udp_threads, "UDP threads of their own");
+    assert!(thread_reads(pid, other).is_empty(), "no {other} threads");
     // One socket per queue, all on the WireGuard port.
     let sockets = ok_in(&bed.hosts[0].ns, &["ss", "-Hulpn", &format!("sport = :{WG_PORT}")]);
     assert_eq!(sockets.lines().count(), QUEUES, "UDP sockets on the port: {sockets}");
-    let before = thread_reads(pid, "wg-tun");
+    let before = thread_reads(pid, readers);
 
     let server_addr = SocketAddr::from((bed.workloads[1].ip, 5201));
     let server = in_netns(&bed.workloads[1].ns, move || {
@@ -117,7 +134,7 @@ fn four_queues_carry_parallel_flows_intact() {
         assert_eq!(len, BYTES_PER_FLOW, "flow {f}: every byte arrived");
         assert_eq!(hash, Sha256::digest(data(f)).to_vec(), "flow {f}: the bytes arrived in order");
     }
-    let after = thread_reads(pid, "wg-tun");
+    let after = thread_reads(pid, readers);
     let busy: Vec<_> = after
         .iter()
         .zip(&before)

@@ -253,6 +253,7 @@ async fn serve(
     let listen = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), args.listen_port);
     let tuning = Tuning {
         queues: args.queues.map_or_else(Tuning::default_queues, usize::from),
+        queue_threads: usize::from(args.queue_threads),
         spin: Duration::from_micros(args.spin_us),
         nat_keepalive: args.nat_keepalive,
     };

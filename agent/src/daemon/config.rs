@@ -71,9 +71,14 @@ pub struct RunArgs {
     #[arg(long, env = "WEAVE_SPIN_US", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub spin_us: u64,
     /// Packet queues: TUN queues, each with its own UDP socket on the port and
-    /// its own two packet threads [default: one per two CPUs, 1 to 4].
+    /// its own packet threads [default: one per two CPUs, 1 to 4].
     #[arg(long, env = "WEAVE_QUEUES", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub queues: Option<u16>,
+    /// Packet threads per queue: 1 moves packets both ways (fewer wake-ups:
+    /// a workload's answer leaves in the same thread's turn), 2 gives each
+    /// direction its own thread.
+    #[arg(long, env = "WEAVE_QUEUE_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub queue_threads: u8,
     /// Seconds between keepalives to every peer while the coordinator sees
     /// this host at an address it does not advertise (behind NAT): they keep
     /// the NAT's mapping open so peers can speak first. 0: none.
@@ -154,6 +159,7 @@ impl RunArgs {
         if let Some(q) = self.queues {
             out.extend(["--queues".into(), q.to_string().into()]);
         }
+        out.extend(["--queue-threads".into(), self.queue_threads.to_string().into()]);
         out.extend(["--nat-keepalive".into(), self.nat_keepalive.to_string().into()]);
         out
     }
@@ -216,6 +222,8 @@ mod tests {
             "250",
             "--queues",
             "3",
+            "--queue-threads",
+            "2",
         ])
         .unwrap();
         let Command::Join(join) = cli.command else { panic!("a join") };
@@ -229,6 +237,7 @@ mod tests {
         assert!(run.cleanup_on_exit);
         assert_eq!(run.spin_us, 250);
         assert_eq!(run.queues, Some(3));
+        assert_eq!(run.queue_threads, 2);
         assert_eq!(run.dns_upstream, vec!["192.0.2.53:53".parse::<SocketAddr>().unwrap()]);
         assert_eq!(run.docker_plugin_path(), Some(PathBuf::from("/p/weave.sock")));
         assert_eq!(run.docker_host, PathBuf::from("/d.sock"));

@@ -124,6 +124,17 @@ impl Pacer {
     /// yields the CPU once and returns; outside it sleeps until `fd` is
     /// readable, the partner wakes it, or `timeout` passes.
     pub fn wait(&self, me: Side, fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<Woke> {
+        self.wait_on(me, &[fd], timeout)
+    }
+
+    /// For a thread that serves both sides of the queue: neither `tun` nor
+    /// `udp` had anything. Spins or sleeps as [`Pacer::wait`], until either
+    /// is readable.
+    pub fn wait_both(&self, tun: BorrowedFd<'_>, udp: BorrowedFd<'_>, timeout: Duration) -> io::Result<Woke> {
+        self.wait_on(Side::Tun, &[tun, udp], timeout)
+    }
+
+    fn wait_on(&self, me: Side, fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<Woke> {
         if self.hot() {
             thread::yield_now();
             return Ok(Woke::Ready);
@@ -131,11 +142,14 @@ impl Pacer {
         let own = &self.sides[me as usize];
         own.sleeping.store(true, Ordering::SeqCst);
         let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN), PollFd::new(own.event.as_fd(), PollFlags::POLLIN)];
-        let polled = poll(&mut fds, PollTimeout::from(ms));
+        let mut polled_fds = [own.event.as_fd(); 3];
+        polled_fds[1..=fds.len()].copy_from_slice(fds);
+        let mut polls: [PollFd<'_>; 3] = polled_fds.map(|fd| PollFd::new(fd, PollFlags::POLLIN));
+        let polls = &mut polls[..=fds.len()];
+        let polled = poll(polls, PollTimeout::from(ms));
         own.sleeping.store(false, Ordering::Relaxed);
-        let readable = fds[0].revents().is_some_and(|r| !r.is_empty());
-        if fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+        let readable = polls[1..].iter().any(|p| p.revents().is_some_and(|r| !r.is_empty()));
+        if polls[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
             // Drained: the counter goes back to zero (non-blocking, never waits).
             let _ = own.event.read();
         }
@@ -192,6 +206,35 @@ mod tests {
             assert_eq!(pacer.wait(side, sock.as_fd(), Duration::from_secs(20)).unwrap(), Woke::Ready);
             assert!(t.elapsed() < Duration::from_secs(10));
         }
+    }
+
+    #[test]
+    fn one_thread_serving_both_sides_wakes_for_either() {
+        let pacer = Pacer::new(Duration::ZERO).unwrap();
+        let (tun, udp) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
+        let t = Instant::now();
+        assert_eq!(pacer.wait_both(tun.as_fd(), udp.as_fd(), Duration::from_millis(50)).unwrap(), Woke::Idle);
+        assert!(t.elapsed() >= Duration::from_millis(40), "slept the timeout");
+        for ready in [&udp, &tun] {
+            ready.send_to(b"x", ready.local_addr().unwrap()).unwrap();
+            assert_eq!(pacer.wait_both(tun.as_fd(), udp.as_fd(), Duration::from_secs(5)).unwrap(), Woke::Ready);
+            ready.recv(&mut [0u8; 4]).unwrap();
+        }
+        // A stop request wakes it too.
+        let pacer = Arc::new(pacer);
+        let waiter = {
+            let (pacer, tun, udp) = (pacer.clone(), tun.try_clone().unwrap(), udp.try_clone().unwrap());
+            thread::spawn(move || pacer.wait_both(tun.as_fd(), udp.as_fd(), Duration::from_secs(20)).unwrap())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pacer.sides[Side::Tun as usize].sleeping.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "went to sleep");
+            thread::yield_now();
+        }
+        let t = Instant::now();
+        pacer.wake_all();
+        assert_eq!(waiter.join().unwrap(), Woke::Idle);
+        assert!(t.elapsed() < Duration::from_secs(10), "woken, not timed out");
     }
 
     #[test]

@@ -9,9 +9,9 @@
 //!   `sendmsg` per peer (`UDP_SEGMENT`), and one `recvmsg` returns up to 64
 //!   datagrams of a peer (`UDP_GRO`).
 //!
-//! Each queue (a TUN queue and a UDP socket) has two packet threads (TUN ->
-//! UDP and UDP -> TUN, in [`super::workers`]); one more thread runs the
-//! timers. The kernel keeps a flow on one TUN queue (its flow hash) and a
+//! Each queue (a TUN queue and a UDP socket) has one packet thread that
+//! moves packets both ways (or two, one each way: [`Tuning::queue_threads`];
+//! in [`super::workers`]); one more thread runs the timers. The kernel keeps a flow on one TUN queue (its flow hash) and a
 //! sender on one socket (`SO_REUSEPORT` hash), so TCP sees no reordering.
 //! Each packet thread takes the peer table once per batch; the only lock
 //! per packet is the peer's own.
@@ -123,6 +123,10 @@ pub struct Tuning {
     /// TUN queues (`IFF_MULTI_QUEUE`), each with its own UDP socket on the
     /// shared port (`SO_REUSEPORT`) and its own pair of packet threads.
     pub queues: usize,
+    /// Threads per queue: 1 runs both directions of a queue on one thread
+    /// (what a workload answers inside a TUN write leaves without waking
+    /// another thread), 2 gives each direction its own.
+    pub queue_threads: usize,
     /// How long the packet threads keep polling after a packet moved
     /// (zero: they sleep whenever nothing is queued).
     pub spin: Duration,
@@ -142,7 +146,7 @@ impl Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
-        Self { queues: Self::default_queues(), spin: DEFAULT_SPIN, nat_keepalive: NAT_KEEPALIVE }
+        Self { queues: Self::default_queues(), queue_threads: 1, spin: DEFAULT_SPIN, nat_keepalive: NAT_KEEPALIVE }
     }
 }
 
@@ -193,6 +197,13 @@ impl TunUdp {
         let mtu = mtu as usize;
         let mut threads = Vec::with_capacity(2 * n + 1);
         for (q, io) in queues.iter().enumerate() {
+            if tuning.queue_threads < 2 {
+                threads.push(thread::Builder::new().name(format!("wg-q{q}")).spawn({
+                    let (r, i, all, s) = (router.clone(), io.clone(), queues.clone(), stop.clone());
+                    move || workers::joint(&r, &i, &all, &s, mtu)
+                })?);
+                continue;
+            }
             threads.push(thread::Builder::new().name(format!("wg-tun{q}")).spawn({
                 let (r, i, s) = (router.clone(), io.clone(), stop.clone());
                 move || workers::tun_to_udp(&r, &i, &s, mtu)

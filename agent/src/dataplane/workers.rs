@@ -1,7 +1,14 @@
-//! The packet threads of one queue: TUN -> UDP (read, encrypt, GSO send)
-//! and UDP -> TUN (GRO receive, decrypt, GRO write). Neither blocks in a
-//! read: both read without waiting and leave the waiting to the queue's
-//! [`Pacer`] (poll briefly after traffic, then sleep).
+//! The packet work of one queue, in two halves: TUN -> UDP (read, encrypt,
+//! GSO send) and UDP -> TUN (GRO receive, decrypt, GRO write). Neither half
+//! blocks in a read: each reads whatever is queued and leaves the waiting
+//! to the queue's [`Pacer`] (poll briefly after traffic, then sleep).
+//!
+//! By default one thread runs both halves of a queue ([`joint`]): after it
+//! writes decrypted packets to the TUN it reads the TUN again at once, and
+//! what a workload answered inside that write (the kernel delivers a TUN
+//! write, and the workload's ping reply or TCP ACK, before the write
+//! returns) leaves without waking another thread. `--queue-threads 2` runs
+//! each half on a thread of its own ([`tun_to_udp`], [`udp_to_tun`]).
 use std::{
     io,
     os::fd::AsFd,
@@ -16,7 +23,7 @@ use nix::sys::socket::MsgFlags;
 use tun_rs::{GROTable, SyncDevice};
 
 use super::{
-    batch::{self, MAX_GSO_SEGMENTS, WG_GROWTH},
+    batch::{self, Encrypted, MAX_GSO_SEGMENTS, WG_GROWTH},
     router::Router,
     spin::Side,
     tun_udp::{BATCH, Io, OFFSET, TICK, TUN_BATCH, flush},
@@ -24,22 +31,40 @@ use super::{
 };
 use crate::plan::kernel::TUN_READ_ROOM;
 
-/// Reads (super-)packets from the TUN, encrypts every segment, sends the batch.
-pub(super) fn tun_to_udp(router: &Router, io: &Io, stop: &AtomicBool, mtu: usize) {
-    let mut original = vec![0u8; OFFSET + 65_535];
-    let mut packets = vec![vec![0u8; mtu + 64]; TUN_BATCH];
-    let mut sizes = vec![0usize; TUN_BATCH];
-    let stride = batch::stride(mtu);
-    let mut buf = vec![0u8; TUN_BATCH * stride];
-    let mut out = Vec::with_capacity(TUN_BATCH);
-    let mut failures = 0u32;
-    while !stop.load(Ordering::Relaxed) {
+/// The buffers of the TUN -> UDP half, sized once.
+struct TunHalf {
+    original: Vec<u8>,
+    packets: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    stride: usize,
+    buf: Vec<u8>,
+    out: Vec<Encrypted>,
+    failures: u32,
+}
+
+impl TunHalf {
+    fn new(mtu: usize) -> Self {
+        let stride = batch::stride(mtu);
+        Self {
+            original: vec![0u8; OFFSET + 65_535],
+            packets: vec![vec![0u8; mtu + 64]; TUN_BATCH],
+            sizes: vec![0usize; TUN_BATCH],
+            stride,
+            buf: vec![0u8; TUN_BATCH * stride],
+            out: Vec::with_capacity(TUN_BATCH),
+            failures: 0,
+        }
+    }
+
+    /// Reads (super-)packets from the TUN until it is empty or a batch is
+    /// full, encrypts every segment, sends the batch. Whether anything was read.
+    fn step(&mut self, router: &Router, io: &Io) -> bool {
         // Whatever is queued (small packets come one per read) joins the batch.
         let mut n = 0;
         while n + TUN_READ_ROOM <= TUN_BATCH {
-            match io.tun.recv_multiple(&mut original, &mut packets[n..], &mut sizes[n..], 0) {
+            match io.tun.recv_multiple(&mut self.original, &mut self.packets[n..], &mut self.sizes[n..], 0) {
                 Ok(more) => {
-                    failures = 0;
+                    self.failures = 0;
                     n += more;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -51,8 +76,8 @@ pub(super) fn tun_to_udp(router: &Router, io: &Io, stop: &AtomicBool, mtu: usize
                 Err(e) => {
                     // A device that keeps failing is not spun on.
                     tracing::debug!(error = %e, "tun read failed");
-                    failures += 1;
-                    if failures > 100 {
+                    self.failures += 1;
+                    if self.failures > 100 {
                         thread::sleep(TICK);
                     }
                     break;
@@ -60,82 +85,148 @@ pub(super) fn tun_to_udp(router: &Router, io: &Io, stop: &AtomicBool, mtu: usize
             }
         }
         if n == 0 {
-            if let Err(e) = io.pacer.wait(Side::Tun, io.tun.as_fd(), TICK) {
-                tracing::debug!(error = %e, "tun wait failed");
-                thread::sleep(TICK);
-            }
-            continue;
+            return false;
         }
         // First, so that the partner wakes while this batch is encrypted.
         io.pacer.moved(Side::Tun);
         let table = router.table();
-        batch::encrypt(router, &table, &packets[..n], &sizes[..n], &mut buf, stride, &mut out);
-        flush(io, &buf, &out);
+        batch::encrypt(router, &table, &self.packets[..n], &self.sizes[..n], &mut self.buf, self.stride, &mut self.out);
+        flush(io, &self.buf, &self.out);
+        true
     }
 }
 
-/// Receives datagrams (coalesced by UDP GRO), decrypts them, writes the
-/// batch to the TUN (coalesced again by GRO).
-/// With several queues, each packet goes out through the TUN queue of its
-/// flow ([`batch::queue_of`]) rather than this thread's own.
-pub(super) fn udp_to_tun(router: &Router, io: &Io, all: &[Arc<Io>], stop: &AtomicBool, mtu: usize) {
-    let mut datagrams = vec![0u8; 65_535];
-    let mut cmsg = nix::cmsg_space!(i32);
-    // GRO appends a flow's packets to the first buffer of it: each needs
-    // room for a whole super-packet, or GRO silently does nothing.
-    let mut packets: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(2 * OFFSET + 65_535)).collect();
-    let mut gro = GROTable::default();
-    // Room for a queued packet flushed after a handshake, whatever the datagram.
-    let least = mtu + 64 + WG_GROWTH;
-    let mut keys = [0u8; BATCH];
-    let mut counts = vec![0usize; all.len()];
-    while !stop.load(Ordering::Relaxed) {
+/// The buffers of the UDP -> TUN half, sized once.
+struct UdpHalf {
+    datagrams: Vec<u8>,
+    cmsg: Vec<u8>,
+    packets: Vec<Vec<u8>>,
+    gro: GROTable,
+    least: usize,
+    keys: [u8; BATCH],
+    counts: Vec<usize>,
+}
+
+impl UdpHalf {
+    fn new(mtu: usize, queues: usize) -> Self {
+        Self {
+            datagrams: vec![0u8; 65_535],
+            cmsg: nix::cmsg_space!(i32),
+            // GRO appends a flow's packets to the first buffer of it: each needs
+            // room for a whole super-packet, or GRO silently does nothing.
+            packets: (0..BATCH).map(|_| Vec::with_capacity(2 * OFFSET + 65_535)).collect(),
+            gro: GROTable::default(),
+            // Room for a queued packet flushed after a handshake, whatever the datagram.
+            least: mtu + 64 + WG_GROWTH,
+            keys: [0u8; BATCH],
+            counts: vec![0usize; queues],
+        }
+    }
+
+    /// Receives datagrams (coalesced by UDP GRO) until the socket is empty
+    /// or a batch is full, decrypts them, writes the batch to the TUN
+    /// (coalesced again by GRO). With several queues, each packet goes out
+    /// through the TUN queue of its flow ([`batch::queue_of`]) rather than
+    /// this queue's own. Whether anything was received.
+    fn step(&mut self, router: &Router, io: &Io, all: &[Arc<Io>]) -> bool {
         let mut count = 0;
         let mut table = None;
-        // Whatever is waiting, without blocking: the pacer does the waiting.
         while count + MAX_GSO_SEGMENTS <= BATCH {
-            let (len, src, segment) = match recv_datagrams(&io.udp, &mut datagrams, &mut cmsg, MsgFlags::MSG_DONTWAIT) {
-                Ok(r) => r,
-                Err(e) => {
-                    if !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
-                        tracing::trace!(error = %e, "udp receive failed");
+            let (len, src, segment) =
+                match recv_datagrams(&io.udp, &mut self.datagrams, &mut self.cmsg, MsgFlags::MSG_DONTWAIT) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
+                            tracing::trace!(error = %e, "udp receive failed");
+                        }
+                        break;
                     }
-                    break;
-                }
-            };
+                };
             // The table as of now, not of before the wait: a handshake from a
             // peer that just joined must find it.
             let table = table.get_or_insert_with(|| {
                 io.pacer.moved(Side::Udp);
                 router.table()
             });
-            count =
-                batch::decrypt(router, table, src, &datagrams[..len], segment, &mut packets, count, OFFSET, least, io);
+            count = batch::decrypt(
+                router,
+                table,
+                src,
+                &self.datagrams[..len],
+                segment,
+                &mut self.packets,
+                count,
+                OFFSET,
+                self.least,
+                io,
+            );
         }
         if table.is_none() {
-            if let Err(e) = io.pacer.wait(Side::Udp, io.udp.as_fd(), TICK) {
-                tracing::debug!(error = %e, "udp wait failed");
-                thread::sleep(TICK);
-            }
-            continue;
+            return false;
         }
         if count == 0 {
-            continue;
+            return true;
         }
         if all.len() == 1 {
-            write(&io.tun, &mut gro, &mut packets[..count]);
-            continue;
+            write(&io.tun, &mut self.gro, &mut self.packets[..count]);
+            return true;
         }
-        for (k, p) in keys.iter_mut().zip(&packets[..count]) {
+        for (k, p) in self.keys.iter_mut().zip(&self.packets[..count]) {
             *k = batch::queue_of(&p[OFFSET..], all.len()) as u8;
         }
-        batch::group_by_queue(&mut packets[..count], &keys[..count], &mut counts);
+        batch::group_by_queue(&mut self.packets[..count], &self.keys[..count], &mut self.counts);
         let mut at = 0;
-        for (q, &n) in all.iter().zip(&counts) {
+        for (q, &n) in all.iter().zip(&self.counts) {
             if n > 0 {
-                write(&q.tun, &mut gro, &mut packets[at..at + n]);
+                write(&q.tun, &mut self.gro, &mut self.packets[at..at + n]);
             }
             at += n;
+        }
+        true
+    }
+}
+
+/// Both halves of a queue on one thread: a batch each way in turn, the
+/// TUN read right after the TUN write; sleeps (in the pacer) only when
+/// neither side had anything.
+pub(super) fn joint(router: &Router, io: &Io, all: &[Arc<Io>], stop: &AtomicBool, mtu: usize) {
+    let mut tun = TunHalf::new(mtu);
+    let mut udp = UdpHalf::new(mtu, all.len());
+    while !stop.load(Ordering::Relaxed) {
+        let received = udp.step(router, io, all);
+        let read = tun.step(router, io);
+        if !received
+            && !read
+            && let Err(e) = io.pacer.wait_both(io.tun.as_fd(), io.udp.as_fd(), TICK)
+        {
+            tracing::debug!(error = %e, "queue wait failed");
+            thread::sleep(TICK);
+        }
+    }
+}
+
+/// The TUN -> UDP half on a thread of its own.
+pub(super) fn tun_to_udp(router: &Router, io: &Io, stop: &AtomicBool, mtu: usize) {
+    let mut tun = TunHalf::new(mtu);
+    while !stop.load(Ordering::Relaxed) {
+        if !tun.step(router, io)
+            && let Err(e) = io.pacer.wait(Side::Tun, io.tun.as_fd(), TICK)
+        {
+            tracing::debug!(error = %e, "tun wait failed");
+            thread::sleep(TICK);
+        }
+    }
+}
+
+/// The UDP -> TUN half on a thread of its own.
+pub(super) fn udp_to_tun(router: &Router, io: &Io, all: &[Arc<Io>], stop: &AtomicBool, mtu: usize) {
+    let mut udp = UdpHalf::new(mtu, all.len());
+    while !stop.load(Ordering::Relaxed) {
+        if !udp.step(router, io, all)
+            && let Err(e) = io.pacer.wait(Side::Udp, io.udp.as_fd(), TICK)
+        {
+            tracing::debug!(error = %e, "udp wait failed");
+            thread::sleep(TICK);
         }
     }
 }
