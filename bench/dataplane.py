@@ -41,21 +41,23 @@ UNDERLAY_MTU = 1500
 # UDP loss is").
 UDP_WINDOW = "4M"
 WG_MTU = UNDERLAY_MTU - 80
-PATHS = ["veth", "boringtun", "wggo", "weave", "weave-q2", "weave-q4", "weave6"]
-DEFAULT_PATHS = ["veth", "boringtun", "wggo", "weave", "weave-q2", "weave-q4"]
+PATHS = ["veth", "boringtun", "wggo", "weave", "weave-t2", "weave-q2", "weave-q4", "weave6"]
+DEFAULT_PATHS = ["veth", "boringtun", "wggo", "weave", "weave-t2", "weave-q2", "weave-q4"]
 LABELS = {
     "veth": "plain veth (underlay)",
     "boringtun": "boringtun-cli 1 thread",
     "wggo": "wireguard-go",
     "weave": "weave (workload->workload)",
+    "weave-t2": "weave, --queue-threads 2",
     "weave-q2": "weave, --queues 2",
     "weave-q4": "weave, --queues 4",
     "weave6": "weave over an IPv6-only underlay",
 }
-# The weave paths: agent --queues (None: its default), suffix of the namespace
-# names, last octet of the coordinator's underlay address, of the hosts' (+1, +2).
-WEAVE_PATHS = {"weave": (None, "", 2, 10), "weave-q2": (2, "q2", 60, 60), "weave-q4": (4, "q4", 70, 70),
-               # (queues, suffix, coordinator, base, IPv6-only underlay): 2001:db8::2, ::11, ::12
+# The weave paths: the agents' extra arguments (None: defaults), suffix of the
+# namespace names, last octet of the coordinator's underlay address, of the hosts' (+1, +2).
+WEAVE_PATHS = {"weave": (None, "", 2, 10), "weave-t2": (["--queue-threads", "2"], "t2", 80, 80),
+               "weave-q2": (["--queues", "2"], "q2", 60, 60), "weave-q4": (["--queues", "4"], "q4", 70, 70),
+               # (args, suffix, coordinator, base, IPv6-only underlay): 2001:db8::2, ::11, ::12
                "weave6": (None, "6", 2, 10, True)}
 
 children = []  # (name, Popen)
@@ -233,7 +235,7 @@ def idle_with_peers(w, peers=100):
     return r
 
 
-def setup_weave(underlay, key="weave", queues=None, suffix="", coordinator=2, base=10, v6=False):
+def setup_weave(underlay, key="weave", agent_args=None, suffix="", coordinator=2, base=10, v6=False):
     """A coordinator and two agents; on an IPv6-only underlay (2001:db8::) with v6."""
     main = key == "weave"
     addr = (lambda n: f"2001:db8::{n}") if v6 else (lambda n: f"192.0.2.{n}")
@@ -261,7 +263,7 @@ def setup_weave(underlay, key="weave", queues=None, suffix="", coordinator=2, ba
         ns = plug(underlay, h, addr(base + i))
         sock = os.path.join(DIR, f"{h}.sock")
         env = dict(os.environ, RUST_LOG="warn")
-        extra = ["--queues", str(queues)] if queues else []
+        extra = list(agent_args or [])
         p = spawn("agent", ns, [f"{BIN}/agent", "join", "--token", tok, "--name", h,
                                 "--endpoint", sock_addr(base + i, 6784), "--data-dir", os.path.join(DIR, h),
                                 "--socket", sock] + extra, os.path.join(DIR, f"{h}.log"), env=env)

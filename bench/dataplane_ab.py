@@ -4,7 +4,8 @@
     sudo WVB_BIN=target/release python3 bench/dataplane_ab.py ROUNDS SECS VARIANTS [PATHS]
 
 PATHS (default veth,weave): veth, weave, weaves0 (agents with --spin-us 0),
-weaveB (agents from the binaries in $WVB_BIN_B). VARIANTS, comma-separated,
+weaveB (agents from the binaries in $WVB_BIN_B, default $WVB_BIN, with the
+extra arguments in $WVB_ARGS_B, e.g. "--queue-threads 2"). VARIANTS, comma-separated,
 each PATH:TEST[:OPTION...], TEST one of udp (500 Mbit/s), tcp1, tcp4, ping;
 options: qN sets txqueuelen N on both weave hosts' wvtun0 first (and
 leaves it so), wSIZE passes
@@ -41,9 +42,9 @@ def main():
     d.spawn = spawn
     if "weaves0" in paths_wanted:
         paths["weaves0"] = d.setup_weave(u, "weaves0", None, "s0", 80, 80)
-    if "weaveB" in paths_wanted:  # a second binary dir: WVB_BIN_B
-        old = d.BIN; d.BIN = os.environ["WVB_BIN_B"]
-        paths["weaveB"] = d.setup_weave(u, "weaveB", None, "B", 90, 90)
+    if "weaveB" in paths_wanted:  # another binary dir (WVB_BIN_B) and/or agent arguments (WVB_ARGS_B)
+        old = d.BIN; d.BIN = os.environ.get("WVB_BIN_B", old)
+        paths["weaveB"] = d.setup_weave(u, "weaveB", os.environ.get("WVB_ARGS_B", "").split(), "B", 90, 90)
         d.BIN = old
     for p in paths.values():
         d.spawn("iperf3-server", p.server_ns, ["iperf3", "-s", "-B", p.server_ip, "-p", "5201"],

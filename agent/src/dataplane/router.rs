@@ -222,7 +222,7 @@ impl Router {
         let mut tunn = lock(&peer.tunn);
         match tunn.encapsulate(packet, out) {
             TunnResult::WriteToNetwork(datagram) => {
-                peer.fallback.sent(self.now_ms());
+                peer.fallback.sent_at(|| self.now_ms());
                 Some((peer.endpoint()?, datagram.len()))
             }
             _ => None,

@@ -38,9 +38,16 @@ impl Fallback {
     }
 
     /// Data went out at `now` (ms, > 0).
+    #[cfg(test)]
     pub(super) fn sent(&self, now: u64) {
+        self.sent_at(|| now);
+    }
+
+    /// Data went out at `now()` (ms, > 0), read only when this send starts
+    /// the wait for an answer (not once per packet of a stream).
+    pub(super) fn sent_at(&self, now: impl FnOnce() -> u64) {
         if self.unanswered_since.load(Ordering::Relaxed) == 0 {
-            let _ = self.unanswered_since.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = self.unanswered_since.compare_exchange(0, now(), Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
