@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// also be no larger than /16 (IPv4) or /48 (IPv6).
     #[arg(long, env = "WEAVE_NODE_SUBNETS", default_value = DEFAULT_NODE_SUBNETS)]
     pub node_subnets: String,
+    /// Most subnets one node may add (0: no limit). Every subnet is a bridge
+    /// and a VXLAN device on every host; the admin's are not counted.
+    #[arg(long, env = "WEAVE_NODE_SUBNET_QUOTA", default_value_t = 32)]
+    pub node_subnet_quota: u32,
 }
 
 /// The private ranges: RFC 1918 and IPv6 unique local addresses.
@@ -82,6 +86,8 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     /// Most addresses one node may hold (None: no limit).
     pub node_quota: Option<u32>,
+    /// Most subnets one node may add (None: no limit).
+    pub node_subnet_quota: Option<u32>,
     /// Where a node may add subnets (empty: nowhere).
     pub node_subnets: Vec<IpNet>,
 }
@@ -112,6 +118,7 @@ impl ServeArgs {
             // Tests start many coordinators in one process: no fixed port.
             metrics_listen: "off".into(),
             node_quota: 4096,
+            node_subnet_quota: 32,
             node_subnets: DEFAULT_NODE_SUBNETS.into(),
         }
     }
@@ -166,6 +173,7 @@ impl ServeArgs {
             first_token_ttl,
             first_token_uses: self.first_token_uses,
             node_quota: Some(self.node_quota).filter(|q| *q > 0),
+            node_subnet_quota: Some(self.node_subnet_quota).filter(|q| *q > 0),
             metrics_listen: match self.metrics_listen.trim() {
                 "off" | "none" | "" => None,
                 a => Some(a.parse().map_err(|e| flag("metrics-listen", format!("'{a}': {e} (ip:port or off)")))?),
@@ -192,6 +200,7 @@ mod tests {
         assert_eq!(s.first_token_ttl, Some(Duration::from_secs(3600)), "the first-start token is short-lived");
         assert_eq!(s.first_token_uses, 1, "and single-use");
         assert_eq!(s.node_quota, Some(4096));
+        assert_eq!(s.node_subnet_quota, Some(32));
         assert_eq!(s.node_subnets.len(), 4, "RFC 1918 and ULA");
         let mut a = args();
         a.node_subnets = "none".into();
@@ -201,6 +210,8 @@ mod tests {
         let mut a = args();
         a.node_quota = 0;
         assert_eq!(a.settings().unwrap().node_quota, None, "0: no limit");
+        a.node_subnet_quota = 0;
+        assert_eq!(a.settings().unwrap().node_subnet_quota, None, "0: no limit");
     }
 
     #[test]

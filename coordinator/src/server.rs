@@ -68,7 +68,10 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     if tls_created {
         tracing::info!(pin = %tls.pin, "created the coordinator's TLS identity");
     }
-    let store = Store::connect(&settings.store).await?.with_node_quota(settings.node_quota);
+    let store = Store::connect(&settings.store)
+        .await?
+        .with_node_quota(settings.node_quota)
+        .with_node_subnet_quota(settings.node_subnet_quota);
     let (cluster, first_start) = store.init_cluster(&settings.cluster).await?;
     if !first_start && (cluster.range != settings.cluster.range || cluster.node_range != settings.cluster.node_range) {
         tracing::warn!(

@@ -149,3 +149,28 @@ async fn oversized_fields_are_refused_with_a_short_message() {
     assert_eq!(refused.code(), Code::InvalidArgument);
     assert!(refused.message().len() < 2048, "the refusal quotes {} bytes", refused.message().len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_past_its_subnet_quota_is_refused_and_the_admin_is_not_counted() {
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.node_subnet_quota = 2).await;
+    let add = |cidr: &str| AddSubnetRequest { cidr: cidr.into(), ..Default::default() };
+    let (_, mut api) = c.join("host1", 1).await;
+    api.subnets.add_subnet(add("10.9.0.0/24")).await.expect("within the quota");
+    api.subnets.add_subnet(add("10.9.1.0/24")).await.expect("within the quota");
+    assert_status(api.subnets.add_subnet(add("10.9.2.0/24")).await, Code::ResourceExhausted, "--node-subnet-quota 2");
+    // Nothing of the refused one was applied.
+    let mut admin = c.admin().await;
+    let cidrs = |subnets: Vec<Subnet>| subnets.into_iter().map(|s| s.cidr).collect::<Vec<_>>();
+    let listed = cidrs(admin.subnets.list_subnets(ListSubnetsRequest {}).await.unwrap().into_inner().subnets);
+    assert!(!listed.contains(&"10.9.2.0/24".to_string()), "{listed:?}");
+    // Asking again for one it has is "already exists", as for anyone.
+    assert_status(api.subnets.add_subnet(add("10.9.0.0/24")).await, Code::AlreadyExists, "already exists");
+    // The admin's subnets are not counted, and another node has its own quota.
+    admin.subnets.add_subnet(add("10.9.2.0/24")).await.expect("the admin has no quota");
+    let (_, mut other) = c.join("host2", 2).await;
+    other.subnets.add_subnet(add("10.9.3.0/24")).await.expect("another node's quota");
+    // Room again once the admin removed one of host1's.
+    admin.subnets.remove_subnet(RemoveSubnetRequest { subnet: "10.9.1.0/24".into(), force: false }).await.unwrap();
+    api.subnets.add_subnet(add("10.9.4.0/24")).await.expect("room again after a removal");
+    assert_status(api.subnets.add_subnet(add("10.9.5.0/24")).await, Code::ResourceExhausted, "quota");
+}

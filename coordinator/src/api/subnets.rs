@@ -41,7 +41,10 @@ impl SubnetService for Subnets {
             ))
             .into());
         }
-        let subnet = self.0.store.add_subnet(&net, name).await?;
+        let subnet = match &caller {
+            Caller::Node { id, name: node } => self.0.store.add_node_subnet(&net, *id, node).await?,
+            Caller::Admin => self.0.store.add_subnet(&net, name).await?,
+        };
         tracing::info!(subnet = %subnet.cidr, vni = subnet.vni, by = ?caller, "subnet added");
         Ok(Response::new(subnet))
     }

@@ -88,6 +88,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("is_default", Bool),
             ("vni", Int),
             ("created_at", Int),
+            ("added_by", OptInt),
         ],
     ),
     (

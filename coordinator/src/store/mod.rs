@@ -93,6 +93,8 @@ pub struct Store {
     writer: Arc<Mutex<batch::Writer>>,
     /// Most addresses one node may hold (None: no limit); see [`Store::with_node_quota`].
     node_quota: Option<u32>,
+    /// Most subnets one node may add (None: no limit); see [`Store::with_node_subnet_quota`].
+    node_subnet_quota: Option<u32>,
     /// One per handle: the follower task (PostgreSQL, [`follow`]) stops when it holds the last.
     alive: Arc<()>,
 }
@@ -160,6 +162,7 @@ impl Store {
             live: Arc::default(),
             writer: Arc::default(),
             node_quota: None,
+            node_subnet_quota: None,
             alive: Arc::default(),
         };
         store.reload_live().await?;
@@ -176,6 +179,13 @@ impl Store {
     /// cluster, not only itself. It counts whoever asks (admin included).
     pub fn with_node_quota(mut self, quota: Option<u32>) -> Self {
         self.node_quota = quota;
+        self
+    }
+
+    /// Caps the subnets one node may add ([`Store::add_node_subnet`]): each
+    /// is a bridge and a VXLAN device on every host.
+    pub fn with_node_subnet_quota(mut self, quota: Option<u32>) -> Self {
+        self.node_subnet_quota = quota;
         self
     }
 
@@ -213,7 +223,7 @@ impl Store {
         .bind(created)
         .execute(tx.c())
         .await?;
-        subnets::insert(&mut tx, &settings.default_subnet, Some("default"), true).await?;
+        subnets::insert(&mut tx, &settings.default_subnet, Some("default"), true, None).await?;
         self.commit(tx).await?;
         self.reload_live().await?;
         let cluster = self.cluster().await?.ok_or_else(|| Error::NotFound("cluster settings vanished".into()))?;

@@ -183,6 +183,11 @@ mod tests {
                     "55dbfdc86b66fd381b1e0a7fa17790ecac2b9f296d0d0cacaf46562442384af8c4e01685544aac0d6d64499845ed23f0"
                         .to_string()
                 ),
+                (
+                    4,
+                    "a304b0ee00eb8aa00b4b10bb7b1cd290084b1170872a21736abb0abbcbd55346a1fc912e35245b958c8536eba00893ab"
+                        .to_string()
+                ),
             ]
         );
         let pg: Vec<(i64, String)> =

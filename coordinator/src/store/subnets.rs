@@ -49,7 +49,20 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-pub(super) async fn insert(tx: &mut Tx, net: &IpNet, name: Option<&str>, is_default: bool) -> Result<v1::Subnet> {
+/// A node that adds a subnet, and how many it may have added (None: no limit).
+pub(super) struct AddedBy<'a> {
+    pub id: u64,
+    pub name: &'a str,
+    pub quota: Option<u32>,
+}
+
+pub(super) async fn insert(
+    tx: &mut Tx,
+    net: &IpNet,
+    name: Option<&str>,
+    is_default: bool,
+    added_by: Option<AddedBy<'_>>,
+) -> Result<v1::Subnet> {
     let node_range: String = db::query_scalar("SELECT node_range FROM cluster WHERE id = 1").fetch_one(tx.c()).await?;
     let node_range = parse_net(node_range)?;
     if ipam::overlaps(net, &node_range) {
@@ -77,11 +90,25 @@ pub(super) async fn insert(tx: &mut Tx, net: &IpNet, name: Option<&str>, is_defa
             return Err(Error::AlreadyExists(format!("subnet name '{name}' is taken by {}", other.cidr)));
         }
     }
+    // After the checks above: asking again for a subnet that exists is
+    // "already exists", whatever the quota.
+    if let Some(AddedBy { id, name, quota: Some(quota) }) = &added_by {
+        let added: i64 = db::query_scalar("SELECT COUNT(*) FROM subnets WHERE added_by = $1")
+            .bind(*id as i64)
+            .fetch_one(tx.c())
+            .await?;
+        if added >= i64::from(*quota) {
+            return Err(Error::Exhausted(format!(
+                "node {name} has already added {added} subnets, its quota (coordinator --node-subnet-quota {quota}): \
+                 the admin adds more (weavectl subnet add) or removes unused ones (weavectl subnet rm)"
+            )));
+        }
+    }
     let used: Vec<u32> = existing.iter().map(|s| s.vni).collect();
     let vni = (0..).map(|attempt| ipam::vni(net, attempt)).find(|v| !used.contains(v)).unwrap_or(1);
     let row = db::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO subnets (cidr, name, first_key, last_key, is_default, vni, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {SUBNET_COLUMNS}"
+        "INSERT INTO subnets (cidr, name, first_key, last_key, is_default, vni, created_at, added_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {SUBNET_COLUMNS}"
     )))
     .bind(net.to_string())
     .bind(name)
@@ -90,6 +117,7 @@ pub(super) async fn insert(tx: &mut Tx, net: &IpNet, name: Option<&str>, is_defa
     .bind(is_default)
     .bind(i64::from(vni))
     .bind(now())
+    .bind(added_by.map(|a| a.id as i64))
     .fetch_one(tx.c())
     .await?;
     let subnet = rows::subnet(&row)?.record;
@@ -100,7 +128,17 @@ pub(super) async fn insert(tx: &mut Tx, net: &IpNet, name: Option<&str>, is_defa
 impl Store {
     pub async fn add_subnet(&self, net: &IpNet, name: Option<&str>) -> Result<v1::Subnet> {
         let mut tx = self.begin().await?;
-        let subnet = insert(&mut tx, net, name, false).await?;
+        let subnet = insert(&mut tx, net, name, false, None).await?;
+        self.commit(tx).await?;
+        Ok(subnet)
+    }
+
+    /// An unnamed subnet added by node `node_id` (`node_name` for errors),
+    /// within its `--node-subnet-quota`.
+    pub async fn add_node_subnet(&self, net: &IpNet, node_id: u64, node_name: &str) -> Result<v1::Subnet> {
+        let mut tx = self.begin().await?;
+        let added_by = AddedBy { id: node_id, name: node_name, quota: self.node_subnet_quota };
+        let subnet = insert(&mut tx, net, None, false, Some(added_by)).await?;
         self.commit(tx).await?;
         Ok(subnet)
     }
