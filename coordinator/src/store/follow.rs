@@ -82,7 +82,7 @@ impl Store {
             // Pruned past what this coordinator has (it was away long): start over from a snapshot.
             _ => {
                 tracing::info!(known, current, "behind the event log: reloading the map");
-                let map = self.load_snapshot().await?;
+                let map = super::load_snapshot_on(c).await?;
                 let revision = map.revision;
                 *self.live.write().unwrap_or_else(|p| p.into_inner()) = super::Live { map, recent: Default::default() };
                 self.revision.send_replace(revision);
@@ -91,14 +91,18 @@ impl Store {
         Ok(true)
     }
 
-    /// One catch-up from the read pool, under the writer lock.
+    /// One catch-up under the writer lock, in one read transaction on a
+    /// connection of the write pool (PostgreSQL): an open batch of this
+    /// coordinator may hold the cluster-wide write lock until this is done,
+    /// so it must not queue behind the read pool's callers.
     pub(super) async fn catch_up(&self) -> Result<()> {
         let mut writer = self.writer.lock().await;
-        let mut c = self.read.acquire().await?;
+        let mut c = self.locked_reads().begin_read().await?;
         if self.catch_up_on(&mut c).await? {
             // Other coordinators changed nodes or allocations.
             writer.forget_addresses();
         }
+        c.commit().await?;
         Ok(())
     }
 

@@ -83,7 +83,8 @@ pub struct Cluster {
 
 #[derive(Clone)]
 pub struct Store {
-    /// SQLite: one connection (one writer); PostgreSQL: the same pool as `read`.
+    /// SQLite: one connection (one writer); PostgreSQL: a small pool of its
+    /// own (the batch's transaction, and reads made under the writer lock).
     write: Pool,
     read: Pool,
     revision: watch::Sender<u64>,
@@ -189,10 +190,23 @@ impl Store {
         self
     }
 
+    /// Where reads made while holding the writer lock go. PostgreSQL: the
+    /// write pool, never the read pool, which any caller can fill (every RPC
+    /// looks up its credential there before it is authenticated) while an
+    /// open batch of this coordinator holds the cluster-wide write lock.
+    /// SQLite: the read pool (its one write connection may be the open
+    /// batch's, and its readers never wait for the writer).
+    fn locked_reads(&self) -> &Pool {
+        match self.write.engine() {
+            Engine::Postgres => &self.write,
+            Engine::Sqlite => &self.read,
+        }
+    }
+
     /// Rebuilds the in-memory map from the database.
     async fn reload_live(&self) -> Result<()> {
         let _writer = self.writer.lock().await;
-        let map = self.load_snapshot().await?;
+        let map = load_snapshot(self.locked_reads()).await?;
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Live { map, recent: VecDeque::new() };
         Ok(())
     }
@@ -260,33 +274,6 @@ impl Store {
     /// The whole map at the latest committed revision.
     pub async fn snapshot(&self) -> Result<v1::NetworkMap> {
         Ok(self.live.read().unwrap_or_else(|p| p.into_inner()).map.clone())
-    }
-
-    /// The whole map read from the database (one read transaction = one revision).
-    async fn load_snapshot(&self) -> Result<v1::NetworkMap> {
-        let mut tx = self.read.begin_read().await?;
-        let c = &mut tx;
-        let Some(row) = db::query("SELECT revision, range_cidr, node_range, dns_domain FROM cluster WHERE id = 1")
-            .fetch_optional(&mut *c)
-            .await?
-        else {
-            return Ok(v1::NetworkMap::default());
-        };
-        let nodes = nodes::all(&mut *c).await?;
-        let subnets = subnets::all(&mut *c, false).await?;
-        let allocations = allocations::list(&mut *c, &AllocationFilter::default()).await?;
-        let dns_records = dns::all(&mut *c).await?;
-        tx.commit().await?;
-        Ok(v1::NetworkMap {
-            revision: row.try_get::<i64, _>("revision")? as u64,
-            range: row.try_get("range_cidr")?,
-            node_range: row.try_get("node_range")?,
-            dns_domain: row.try_get("dns_domain")?,
-            nodes,
-            subnets,
-            allocations,
-            dns_records,
-        })
     }
 
     /// Up to `limit` changes after revision `after`, in revision order: from
@@ -367,6 +354,39 @@ impl Store {
             default_subnet: row.try_get::<Option<String>, _>("default_subnet")?.unwrap_or_default(),
         })
     }
+}
+
+/// The whole map read from `pool` (one read transaction = one revision).
+async fn load_snapshot(pool: &Pool) -> Result<v1::NetworkMap> {
+    let mut tx = pool.begin_read().await?;
+    let map = load_snapshot_on(&mut tx).await?;
+    tx.commit().await?;
+    Ok(map)
+}
+
+/// The whole map as `c` sees it (a read transaction, or the open batch's
+/// transaction, which holds the write lock).
+async fn load_snapshot_on(c: &mut db::Conn) -> Result<v1::NetworkMap> {
+    let Some(row) = db::query("SELECT revision, range_cidr, node_range, dns_domain FROM cluster WHERE id = 1")
+        .fetch_optional(&mut *c)
+        .await?
+    else {
+        return Ok(v1::NetworkMap::default());
+    };
+    let nodes = nodes::all(&mut *c).await?;
+    let subnets = subnets::all(&mut *c, false).await?;
+    let allocations = allocations::list(&mut *c, &AllocationFilter::default()).await?;
+    let dns_records = dns::all(&mut *c).await?;
+    Ok(v1::NetworkMap {
+        revision: row.try_get::<i64, _>("revision")? as u64,
+        range: row.try_get("range_cidr")?,
+        node_range: row.try_get("node_range")?,
+        dns_domain: row.try_get("dns_domain")?,
+        nodes,
+        subnets,
+        allocations,
+        dns_records,
+    })
 }
 
 #[derive(Debug, Clone)]

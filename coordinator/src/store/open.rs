@@ -16,8 +16,19 @@ use crate::error::{Error, Result};
 /// for each RPC: past it the RPC answers UNAVAILABLE instead of hanging.
 pub(crate) const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connections one coordinator keeps to PostgreSQL.
-const PG_CONNECTIONS: u32 = 16;
+/// Connections one coordinator keeps to PostgreSQL for reads: credential
+/// lookups (every RPC makes up to three before its caller is known, so
+/// anyone who can reach the port can keep these busy), lists, snapshots.
+const PG_READ_CONNECTIONS: u32 = 16;
+
+/// Connections one coordinator keeps to PostgreSQL for writing, apart from
+/// the read pool so that a flood of reads cannot starve them: the open
+/// batch's transaction (which holds the cluster-wide write lock) and one
+/// more for whatever runs under the writer lock beside it (catching up with
+/// the event log, reloading the map). Nothing holding the writer lock waits
+/// on the read pool. With the follower's LISTEN connection, a coordinator
+/// opens at most PG_READ_CONNECTIONS + PG_WRITE_CONNECTIONS + 1 sessions.
+const PG_WRITE_CONNECTIONS: u32 = 2;
 
 /// How long PostgreSQL lets one of a coordinator's sessions sit idle inside
 /// a transaction before it ends that session. A write batch holds the
@@ -129,12 +140,17 @@ pub(super) async fn pools(location: &Location) -> Result<(Pool, Pool)> {
                 })?
                 .map_err(|e| Error::Unavailable(format!("cannot connect to the database {shown}: {e}")))?;
             let _ = first.close().await;
-            let pool = PgPoolOptions::new()
-                .max_connections(PG_CONNECTIONS)
+            // Both pools' sessions get the same options (the idle-in-transaction timeout above).
+            let write = PgPoolOptions::new()
+                .max_connections(PG_WRITE_CONNECTIONS)
+                .acquire_timeout(PG_CONNECT_TIMEOUT)
+                .connect_lazy_with(options.clone());
+            sqlx::migrate!("../migrations/postgres").run(&write).await?;
+            let read = PgPoolOptions::new()
+                .max_connections(PG_READ_CONNECTIONS)
                 .acquire_timeout(PG_CONNECT_TIMEOUT)
                 .connect_lazy_with(options);
-            sqlx::migrate!("../migrations/postgres").run(&pool).await?;
-            Ok((Pool::Postgres(pool.clone()), Pool::Postgres(pool)))
+            Ok((Pool::Postgres(write), Pool::Postgres(read)))
         }
     }
 }
