@@ -3,7 +3,8 @@
 
     sudo WVB_BIN=target/release python3 bench/dataplane_ab.py ROUNDS SECS VARIANTS [PATHS]
 
-PATHS (default veth,weave): veth, weave, weaves0 (agents with --spin-us 0),
+PATHS (default veth,weave): veth, weave, weaves0 (agents with --spin-us 0, the
+default since 9b30905, so now the same as weave),
 weaveB (agents from the binaries in $WVB_BIN_B, default $WVB_BIN, with the
 extra arguments in $WVB_ARGS_B, e.g. "--queue-threads 2"). VARIANTS, comma-separated,
 each PATH:TEST[:OPTION...], TEST one of udp (500 Mbit/s), tcp1, tcp4, ping;

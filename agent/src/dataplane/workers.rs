@@ -123,15 +123,23 @@ impl UdpHalf {
         }
     }
 
-    /// Receives datagrams (coalesced by UDP GRO) until the socket is empty
-    /// or a batch is full, decrypts them, writes the batch to the TUN
-    /// (coalesced again by GRO). With several queues, each packet goes out
-    /// through the TUN queue of its flow ([`batch::queue_of`]) rather than
-    /// this queue's own. Whether anything was received.
+    /// Receives datagrams (coalesced by UDP GRO) until the socket is empty,
+    /// a batch is full or a batch's worth of datagrams was read, decrypts
+    /// them, writes the batch to the TUN (coalesced again by GRO). With
+    /// several queues, each packet goes out through the TUN queue of its flow
+    /// ([`batch::queue_of`]) rather than this queue's own. Whether anything
+    /// was received.
+    ///
+    /// The turn ends after [`BATCH`] datagrams read whatever became of them:
+    /// junk, forgeries that fail the AEAD, replays and handshakes decrypt to
+    /// nothing, and a flood of them that keeps the socket from emptying must
+    /// not keep this thread from its TUN half (the joint thread's outgoing
+    /// traffic) or from a stop.
     fn step(&mut self, router: &Router, io: &Io, all: &[Arc<Io>]) -> bool {
         let mut count = 0;
+        let mut read = 0;
         let mut table = None;
-        while count + MAX_GSO_SEGMENTS <= BATCH {
+        while count + MAX_GSO_SEGMENTS <= BATCH && read < BATCH {
             let (len, src, segment) =
                 match recv_datagrams(&io.udp, &mut self.datagrams, &mut self.cmsg, MsgFlags::MSG_DONTWAIT) {
                     Ok(r) => r,
@@ -142,6 +150,7 @@ impl UdpHalf {
                         break;
                     }
                 };
+            read += len.div_ceil(segment.max(1)).max(1);
             // The table as of now, not of before the wait: a handshake from a
             // peer that just joined must find it.
             let table = table.get_or_insert_with(|| {
