@@ -69,6 +69,10 @@ async fn a_sqlite_cluster_moves_to_postgres_and_goes_on_without_rejoining() {
         creds.push(resp.credential);
     }
     admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.9.0.0/24".into(), name: "backend".into() }).await.unwrap();
+    // One added by a node (it counts against that node's subnet quota).
+    let mut h1 = old.api_with(&creds[0]).await;
+    h1.subnets.add_subnet(AddSubnetRequest { cidr: "10.7.0.0/24".into(), name: String::new() }).await.unwrap();
+    drop(h1);
     let mut held = BTreeSet::new();
     for (node, c) in [("h1", "a"), ("h2", "b"), ("h3", "c"), ("h1", "d")] {
         for subnet in ["", "backend"] {
@@ -122,7 +126,11 @@ async fn a_sqlite_cluster_moves_to_postgres_and_goes_on_without_rejoining() {
     refused(migrate(&sqlite, &target), "not empty (cluster holds 1 row(s))");
 
     // The same data dir (TLS identity, admin credential file), now on PostgreSQL.
-    let new = TestCoordinator::start_in(dir, |a| a.store = Some(target.clone())).await;
+    let new = TestCoordinator::start_in(dir, |a| {
+        a.store = Some(target.clone());
+        a.node_subnet_quota = 1;
+    })
+    .await;
     let mut admin = new.admin().await;
     let after = admin.map.get_map(GetMapRequest {}).await.unwrap().into_inner();
     assert_eq!(after, before, "the map moved unchanged, revision included");
@@ -131,6 +139,9 @@ async fn a_sqlite_cluster_moves_to_postgres_and_goes_on_without_rejoining() {
     let mut h1 = new.api_with(&creds[0]).await;
     let mine = h1.ipam.allocate(alloc("", "new1", "backend")).await.unwrap().into_inner();
     assert!(!held.contains(&mine.address), "{} was handed out twice", mine.address);
+    // Who added a subnet moved too: h1's one still counts against its quota (1 here).
+    let more = h1.subnets.add_subnet(AddSubnetRequest { cidr: "10.7.1.0/24".into(), name: String::new() }).await;
+    assert_status(more, Code::ResourceExhausted, "already added 1 subnets");
     // The removed node's marker moved too: it learns it was removed.
     let mut gone = new.api_with(&creds[3]).await;
     assert_status(gone.map.get_map(GetMapRequest {}).await, Code::Unauthenticated, "was removed");
