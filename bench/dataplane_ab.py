@@ -3,7 +3,7 @@
 
     sudo WVB_BIN=target/release python3 bench/dataplane_ab.py ROUNDS SECS VARIANTS [PATHS]
 
-PATHS (default veth,weave): veth, weave, weaves0 (agents with --spin-us 0, the
+PATHS (default veth,weave): veth, weave (extra agent arguments in $WVB_ARGS), weaves0 (agents with --spin-us 0, the
 default since 9b30905, so now the same as weave),
 weaveB (agents from the binaries in $WVB_BIN_B, default $WVB_BIN, with the
 extra arguments in $WVB_ARGS_B, e.g. "--queue-threads 2"). VARIANTS, comma-separated,
@@ -33,8 +33,8 @@ def main():
         a = d.plug(u, "v1", "192.0.2.31"); b = d.plug(u, "v2", "192.0.2.32")
         d.wait_for("veth", lambda: d.ping_ok(a, "192.0.2.32"), 10)
         paths["veth"] = d.Path("veth", a, b, "192.0.2.32", 1500, [], [a, b])
-    if "weave" in paths_wanted:
-        paths["weave"] = d.setup_weave(u)
+    if "weave" in paths_wanted:  # extra agent arguments: WVB_ARGS
+        paths["weave"] = d.setup_weave(u, "weave", os.environ.get("WVB_ARGS", "").split())
     orig_spawn = d.spawn
     def spawn(name, ns, args, logfile, env=None):
         if name == "agent" and ns.endswith("s0"):
@@ -45,7 +45,12 @@ def main():
         paths["weaves0"] = d.setup_weave(u, "weaves0", None, "s0", 80, 80)
     if "weaveB" in paths_wanted:  # another binary dir (WVB_BIN_B) and/or agent arguments (WVB_ARGS_B)
         old = d.BIN; d.BIN = os.environ.get("WVB_BIN_B", old)
+        env_b = os.environ.get("WVB_ENV_B")  # NAME=VALUE in weaveB's agents' environment only
+        if env_b:
+            os.environ[env_b.split("=", 1)[0]] = env_b.split("=", 1)[1]
         paths["weaveB"] = d.setup_weave(u, "weaveB", os.environ.get("WVB_ARGS_B", "").split(), "B", 90, 90)
+        if env_b:
+            del os.environ[env_b.split("=", 1)[0]]
         d.BIN = old
     for p in paths.values():
         d.spawn("iperf3-server", p.server_ns, ["iperf3", "-s", "-B", p.server_ip, "-p", "5201"],

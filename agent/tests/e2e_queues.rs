@@ -1,9 +1,10 @@
 //! `--queues 4`: a multi-queue TUN with one UDP socket per queue on the
 //! shared port (SO_REUSEPORT) and a packet thread each (or a pair, with
 //! `--queue-threads 2`). Workloads on three
-//! hosts reach each other; 16 parallel TCP flows arrive intact and in order
-//! (a hash of every byte), and the TUN reads of the sending agent were spread
-//! over more than one queue's thread. The TUN's transmit queue holds a
+//! hosts reach each other; 16 parallel TCP flows to each of two peers
+//! arrive intact and in order (a hash of every byte), and the sending
+//! agent's TUN reads for one peer's flows all happened on one queue's thread
+//! (a peer's traffic stays on the queue whose socket receives it). The TUN's transmit queue holds a
 //! burst the agent is too busy to read (issue 15's UDP loss).
 mod common;
 
@@ -95,10 +96,24 @@ fn parallel_flows_over_four_queues(queue_threads: usize) {
     // One socket per queue, all on the WireGuard port.
     let sockets = ok_in(&bed.hosts[0].ns, &["ss", "-Hulpn", &format!("sport = :{WG_PORT}")]);
     assert_eq!(sockets.lines().count(), QUEUES, "UDP sockets on the port: {sockets}");
-    let before = thread_reads(pid, readers);
+    // To each peer in turn: all its flows' TUN reads on one queue (the
+    // peer's traffic stays on the queue whose socket receives it).
+    for to in [1, 2] {
+        let before = thread_reads(pid, readers);
+        flows_arrive_intact(&bed, 0, to);
+        let after = thread_reads(pid, readers);
+        let moved: Vec<u64> = after.iter().zip(&before).map(|((_, a), (_, b))| a - b).collect();
+        assert!(moved.iter().sum::<u64>() >= (FLOWS * BYTES_PER_FLOW) as u64, "the TUN reads were counted: {moved:?}");
+        let busy = moved.iter().filter(|&&m| m > (BYTES_PER_FLOW as u64) / 2).count();
+        assert_eq!(busy, 1, "host {to}'s flows stayed on one queue: {before:?} -> {after:?}");
+    }
+}
 
-    let server_addr = SocketAddr::from((bed.workloads[1].ip, 5201));
-    let server = in_netns(&bed.workloads[1].ns, move || {
+/// FLOWS parallel TCP flows from workload `from` to workload `to`, each
+/// arriving whole and in order (a hash of every byte).
+fn flows_arrive_intact(bed: &Bed, from: usize, to: usize) {
+    let server_addr = SocketAddr::from((bed.workloads[to].ip, 5201));
+    let server = in_netns(&bed.workloads[to].ns, move || {
         let listener = TcpListener::bind(server_addr).unwrap();
         let handles: Vec<_> = (0..FLOWS)
             .map(|_| {
@@ -116,7 +131,7 @@ fn parallel_flows_over_four_queues(queue_threads: usize) {
     });
     let clients: Vec<_> = (0..FLOWS)
         .map(|f| {
-            in_netns(&bed.workloads[0].ns, move || {
+            in_netns(&bed.workloads[from].ns, move || {
                 let mut s = wait_for("the receiver to listen", Duration::from_secs(10), || {
                     TcpStream::connect(server_addr).ok()
                 });
@@ -134,14 +149,6 @@ fn parallel_flows_over_four_queues(queue_threads: usize) {
         assert_eq!(len, BYTES_PER_FLOW, "flow {f}: every byte arrived");
         assert_eq!(hash, Sha256::digest(data(f)).to_vec(), "flow {f}: the bytes arrived in order");
     }
-    let after = thread_reads(pid, readers);
-    let busy: Vec<_> = after
-        .iter()
-        .zip(&before)
-        .filter(|((_, a), (_, b))| a - b > (BYTES_PER_FLOW as u64) / 2)
-        .map(|((name, _), _)| name.clone())
-        .collect();
-    assert!(busy.len() >= 2, "the flows were spread over the queues: {before:?} -> {after:?}");
 }
 
 /// `wvtun0`'s `txqlen` and `tx_dropped` in namespace `ns`.

@@ -199,8 +199,8 @@ impl TunUdp {
         for (q, io) in queues.iter().enumerate() {
             if tuning.queue_threads < 2 {
                 threads.push(thread::Builder::new().name(format!("wg-q{q}")).spawn({
-                    let (r, i, all, s) = (router.clone(), io.clone(), queues.clone(), stop.clone());
-                    move || workers::joint(&r, &i, &all, &s, mtu)
+                    let (r, i, s) = (router.clone(), io.clone(), stop.clone());
+                    move || workers::joint(&r, &i, &s, mtu)
                 })?);
                 continue;
             }
@@ -209,8 +209,8 @@ impl TunUdp {
                 move || workers::tun_to_udp(&r, &i, &s, mtu)
             })?);
             threads.push(thread::Builder::new().name(format!("wg-udp{q}")).spawn({
-                let (r, i, all, s) = (router.clone(), io.clone(), queues.clone(), stop.clone());
-                move || workers::udp_to_tun(&r, &i, &all, &s, mtu)
+                let (r, i, s) = (router.clone(), io.clone(), stop.clone());
+                move || workers::udp_to_tun(&r, &i, &s, mtu)
             })?);
         }
         threads.push(thread::Builder::new().name("wg-timers".into()).spawn({

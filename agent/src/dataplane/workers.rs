@@ -12,10 +12,7 @@
 use std::{
     io,
     os::fd::AsFd,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::atomic::{AtomicBool, Ordering},
     thread,
 };
 
@@ -103,12 +100,10 @@ struct UdpHalf {
     packets: Vec<Vec<u8>>,
     gro: GROTable,
     least: usize,
-    keys: [u8; BATCH],
-    counts: Vec<usize>,
 }
 
 impl UdpHalf {
-    fn new(mtu: usize, queues: usize) -> Self {
+    fn new(mtu: usize) -> Self {
         Self {
             datagrams: vec![0u8; 65_535],
             cmsg: nix::cmsg_space!(i32),
@@ -118,24 +113,28 @@ impl UdpHalf {
             gro: GROTable::default(),
             // Room for a queued packet flushed after a handshake, whatever the datagram.
             least: mtu + 64 + WG_GROWTH,
-            keys: [0u8; BATCH],
-            counts: vec![0usize; queues],
         }
     }
 
     /// Receives datagrams (coalesced by UDP GRO) until the socket is empty,
     /// a batch is full or a batch's worth of datagrams was read, decrypts
-    /// them, writes the batch to the TUN (coalesced again by GRO). With
-    /// several queues, each packet goes out through the TUN queue of its flow
-    /// ([`batch::queue_of`]) rather than this queue's own. Whether anything
-    /// was received.
+    /// them, writes the batch to this queue's TUN queue (coalesced again by
+    /// GRO). Whether anything was received.
+    ///
+    /// This queue's own TUN queue, whatever the flow: the kernel sends a
+    /// flow's packets the other way to the TUN queue that last wrote one of
+    /// it (tun "automq"), and this socket receives all of one peer's
+    /// datagrams (`SO_REUSEPORT` hashes the sender), so a peer's traffic both
+    /// ways stays on one queue: its `Tunn` is not fought over, and its
+    /// answers come back to the thread that just wrote (the joint thread's
+    /// shortcut). Peers, not flows, spread over the queues.
     ///
     /// The turn ends after [`BATCH`] datagrams read whatever became of them:
     /// junk, forgeries that fail the AEAD, replays and handshakes decrypt to
     /// nothing, and a flood of them that keeps the socket from emptying must
     /// not keep this thread from its TUN half (the joint thread's outgoing
     /// traffic) or from a stop.
-    fn step(&mut self, router: &Router, io: &Io, all: &[Arc<Io>]) -> bool {
+    fn step(&mut self, router: &Router, io: &Io) -> bool {
         let mut count = 0;
         let mut read = 0;
         let mut table = None;
@@ -173,23 +172,8 @@ impl UdpHalf {
         if table.is_none() {
             return false;
         }
-        if count == 0 {
-            return true;
-        }
-        if all.len() == 1 {
+        if count > 0 {
             write(&io.tun, &mut self.gro, &mut self.packets[..count]);
-            return true;
-        }
-        for (k, p) in self.keys.iter_mut().zip(&self.packets[..count]) {
-            *k = batch::queue_of(&p[OFFSET..], all.len()) as u8;
-        }
-        batch::group_by_queue(&mut self.packets[..count], &self.keys[..count], &mut self.counts);
-        let mut at = 0;
-        for (q, &n) in all.iter().zip(&self.counts) {
-            if n > 0 {
-                write(&q.tun, &mut self.gro, &mut self.packets[at..at + n]);
-            }
-            at += n;
         }
         true
     }
@@ -198,11 +182,11 @@ impl UdpHalf {
 /// Both halves of a queue on one thread: a batch each way in turn, the
 /// TUN read right after the TUN write; sleeps (in the pacer) only when
 /// neither side had anything.
-pub(super) fn joint(router: &Router, io: &Io, all: &[Arc<Io>], stop: &AtomicBool, mtu: usize) {
+pub(super) fn joint(router: &Router, io: &Io, stop: &AtomicBool, mtu: usize) {
     let mut tun = TunHalf::new(mtu);
-    let mut udp = UdpHalf::new(mtu, all.len());
+    let mut udp = UdpHalf::new(mtu);
     while !stop.load(Ordering::Relaxed) {
-        let received = udp.step(router, io, all);
+        let received = udp.step(router, io);
         let read = tun.step(router, io);
         if !received
             && !read
@@ -228,10 +212,10 @@ pub(super) fn tun_to_udp(router: &Router, io: &Io, stop: &AtomicBool, mtu: usize
 }
 
 /// The UDP -> TUN half on a thread of its own.
-pub(super) fn udp_to_tun(router: &Router, io: &Io, all: &[Arc<Io>], stop: &AtomicBool, mtu: usize) {
-    let mut udp = UdpHalf::new(mtu, all.len());
+pub(super) fn udp_to_tun(router: &Router, io: &Io, stop: &AtomicBool, mtu: usize) {
+    let mut udp = UdpHalf::new(mtu);
     while !stop.load(Ordering::Relaxed) {
-        if !udp.step(router, io, all)
+        if !udp.step(router, io)
             && let Err(e) = io.pacer.wait(Side::Udp, io.udp.as_fd(), TICK)
         {
             tracing::debug!(error = %e, "udp wait failed");
