@@ -83,7 +83,7 @@ wait_for "the coordinator" grep -q "join token" "$DIR/coordinator.out"
 # The first-start token is single-use: one token for all the demo's hosts,
 # in a 0600 file, so that it is on no command line (`ps` shows those).
 (umask 077; ip netns exec "$P-c" "$BIN/weavectl" --data-dir "$DIR/coordinator" \
-    token create --uses "$HOSTS" --ttl 1h --description demo | head -1 >"$DIR/token")
+    token create --uses "$HOSTS" --ttl 1h --description demo | sed -n 1p >"$DIR/token")
 
 for i in $(seq $HOSTS); do
     echo "== agent h$i in $P-h$i (192.0.2.1$i)"
@@ -116,7 +116,7 @@ for a in $(seq $HOSTS); do
         ip netns exec "$P-w$a" ping -c3 -i0.2 -q "${IPS[b]}" | tail -1
         printf 'w%s -> w%s by name: ' "$a" "$b"
         wait_for "w$a resolving w$b" ip netns exec "$P-w$a" ping -c1 -W1 "w$b"
-        ip netns exec "$P-w$a" ping -c1 -W1 "w$b" | head -1
+        ip netns exec "$P-w$a" ping -c1 -W1 "w$b" | sed -n 1p
     done
 done
 
