@@ -11,8 +11,10 @@
 //!
 //! Each queue (a TUN queue and a UDP socket) has one packet thread that
 //! moves packets both ways (or two, one each way: [`Tuning::queue_threads`];
-//! in [`super::workers`]); one more thread runs the timers. The kernel keeps a flow on one TUN queue (its flow hash) and a
-//! sender on one socket (`SO_REUSEPORT` hash), so TCP sees no reordering.
+//! in [`super::workers`]); one more thread runs the timers. The kernel keeps
+//! a sender on one socket (`SO_REUSEPORT` hash) and a flow's outgoing
+//! packets on the TUN queue that last wrote one of it (automq), so a peer's
+//! traffic stays on one queue and TCP sees no reordering.
 //! Each packet thread takes the peer table once per batch; the only lock
 //! per packet is the peer's own.
 use std::{
@@ -121,7 +123,7 @@ pub(super) fn flush(io: &Io, buf: &[u8], out: &[Encrypted]) {
 #[derive(Debug, Clone)]
 pub struct Tuning {
     /// TUN queues (`IFF_MULTI_QUEUE`), each with its own UDP socket on the
-    /// shared port (`SO_REUSEPORT`) and its own pair of packet threads.
+    /// shared port (`SO_REUSEPORT`) and its own packet thread(s).
     pub queues: usize,
     /// Threads per queue: 1 runs both directions of a queue on one thread
     /// (what a workload answers inside a TUN write leaves without waking

@@ -22,7 +22,7 @@ use tun_rs::{GROTable, SyncDevice};
 use super::{
     batch::{self, Encrypted, MAX_GSO_SEGMENTS, WG_GROWTH},
     router::Router,
-    spin::Side,
+    spin::{Side, Woke},
     tun_udp::{BATCH, Io, OFFSET, TICK, TUN_BATCH, flush},
     udp::recv_datagrams,
 };
@@ -183,42 +183,39 @@ impl UdpHalf {
 /// TUN read right after the TUN write; sleeps (in the pacer) only when
 /// neither side had anything.
 pub(super) fn joint(router: &Router, io: &Io, stop: &AtomicBool, mtu: usize) {
-    let mut tun = TunHalf::new(mtu);
-    let mut udp = UdpHalf::new(mtu);
-    while !stop.load(Ordering::Relaxed) {
-        let received = udp.step(router, io);
-        let read = tun.step(router, io);
-        if !received
-            && !read
-            && let Err(e) = io.pacer.wait_both(io.tun.as_fd(), io.udp.as_fd(), TICK)
-        {
-            tracing::debug!(error = %e, "queue wait failed");
-            thread::sleep(TICK);
-        }
-    }
+    let (mut tun, mut udp) = (TunHalf::new(mtu), UdpHalf::new(mtu));
+    turns(
+        stop,
+        || {
+            let received = udp.step(router, io);
+            let read = tun.step(router, io);
+            received || read
+        },
+        || io.pacer.wait_both(io.tun.as_fd(), io.udp.as_fd(), TICK),
+    );
 }
 
 /// The TUN -> UDP half on a thread of its own.
 pub(super) fn tun_to_udp(router: &Router, io: &Io, stop: &AtomicBool, mtu: usize) {
     let mut tun = TunHalf::new(mtu);
-    while !stop.load(Ordering::Relaxed) {
-        if !tun.step(router, io)
-            && let Err(e) = io.pacer.wait(Side::Tun, io.tun.as_fd(), TICK)
-        {
-            tracing::debug!(error = %e, "tun wait failed");
-            thread::sleep(TICK);
-        }
-    }
+    turns(stop, || tun.step(router, io), || io.pacer.wait(Side::Tun, io.tun.as_fd(), TICK));
 }
 
 /// The UDP -> TUN half on a thread of its own.
 pub(super) fn udp_to_tun(router: &Router, io: &Io, stop: &AtomicBool, mtu: usize) {
     let mut udp = UdpHalf::new(mtu);
+    turns(stop, || udp.step(router, io), || io.pacer.wait(Side::Udp, io.udp.as_fd(), TICK));
+}
+
+/// A packet thread's loop until `stop`: a `turn`, and when it moved
+/// nothing, a `wait` in the pacer (a failing wait sleeps a tick instead of
+/// spinning).
+fn turns(stop: &AtomicBool, mut turn: impl FnMut() -> bool, mut wait: impl FnMut() -> io::Result<Woke>) {
     while !stop.load(Ordering::Relaxed) {
-        if !udp.step(router, io)
-            && let Err(e) = io.pacer.wait(Side::Udp, io.udp.as_fd(), TICK)
+        if !turn()
+            && let Err(e) = wait()
         {
-            tracing::debug!(error = %e, "udp wait failed");
+            tracing::debug!(error = %e, "packet thread wait failed");
             thread::sleep(TICK);
         }
     }
