@@ -277,10 +277,11 @@ struct Streamed {
     errors: Vec<String>,
 }
 
-/// A call that did not reach a coordinator, or was cut off with it: sent
-/// again (allocations are idempotent per node, container and subnet).
+/// A call that did not reach a coordinator, or was cut off with it, as the
+/// client library sees it: sent again (allocations are idempotent per
+/// node, container and subnet).
 fn cut_off(s: &tonic::Status) -> bool {
-    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
+    weave_proto::client::cut_off(s)
 }
 
 async fn api_for(c: &Client, pin: weave_proto::token::Pin) -> Result<weave_proto::client::Api, String> {

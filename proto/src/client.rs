@@ -115,7 +115,7 @@ where
     let mut attempt = 1;
     loop {
         match call().await {
-            Err(s) if unreachable(&s) && attempt < UNAVAILABLE_ATTEMPTS => {
+            Err(s) if cut_off(&s) && attempt < UNAVAILABLE_ATTEMPTS => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -125,12 +125,19 @@ where
     }
 }
 
-/// A call that did not reach a coordinator: `Unavailable`, or tonic's
-/// `Unknown` "transport error" for a connection that broke under it (the
-/// coordinator was killed). Only idempotent calls are retried on it.
-fn unreachable(s: &tonic::Status) -> bool {
-    s.code() == tonic::Code::Unavailable
-        || (s.code() == tonic::Code::Unknown && s.message().contains("transport error"))
+/// A call that did not reach a coordinator, or was cut off with its
+/// connection: `Unavailable`; tonic's `Unknown` "transport error" for a
+/// connection that broke under it (the coordinator was killed); or
+/// `Cancelled`, which hyper answers for a request still queued on a
+/// connection that closed ("operation was canceled: connection closed") and
+/// a server answers for calls it drops while shutting down. Only idempotent
+/// calls are retried on it: one cut off may or may not have been applied.
+pub fn cut_off(s: &tonic::Status) -> bool {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Cancelled => true,
+        tonic::Code::Unknown => s.message().contains("transport error"),
+        _ => false,
+    }
 }
 
 fn endpoint(addr: &str, pin: Pin) -> Result<Endpoint, ConnectError> {
@@ -334,6 +341,12 @@ mod tests {
     async fn unreachable_is_retried_and_other_errors_are_not() {
         let (r, calls) = scripted(vec![Status::unavailable("tcp connect error"), cut()], |_| None).await;
         assert_eq!((r.unwrap(), calls), (7, 3));
+        // hyper's answer for a request queued on a connection that closed
+        // (seen in CI when a coordinator was killed under 100 clients).
+        let (r, calls) = scripted(vec![Status::cancelled("operation was canceled")], |_| None).await;
+        assert_eq!((r.unwrap(), calls), (7, 2));
+        let (r, calls) = scripted(vec![Status::unknown("handler panicked")], |_| None).await;
+        assert_eq!((r.unwrap_err().code(), calls), (Code::Unknown, 1));
         let (r, calls) = scripted(vec![Status::invalid_argument("bad")], |_| None).await;
         assert_eq!((r.unwrap_err().code(), calls), (Code::InvalidArgument, 1));
         let (r, calls) = scripted(vec![Status::unavailable("down"); 20], |_| None).await;
