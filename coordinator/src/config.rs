@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// and a VXLAN device on every host; the admin's are not counted.
     #[arg(long, env = "WEAVE_NODE_SUBNET_QUOTA", default_value_t = 32)]
     pub node_subnet_quota: u32,
+    /// Most DNS records a node may hold for its containers' addresses (0: no
+    /// limit). Every record is a map change that each agent applies and
+    /// keeps; records the admin adds are not refused.
+    #[arg(long, env = "WEAVE_NODE_DNS_QUOTA", default_value_t = 8192)]
+    pub node_dns_quota: u32,
 }
 
 /// The private ranges: RFC 1918 and IPv6 unique local addresses.
@@ -88,6 +93,8 @@ pub struct Settings {
     pub node_quota: Option<u32>,
     /// Most subnets one node may add (None: no limit).
     pub node_subnet_quota: Option<u32>,
+    /// Most DNS records one node may hold (None: no limit).
+    pub node_dns_quota: Option<u32>,
     /// Where a node may add subnets (empty: nowhere).
     pub node_subnets: Vec<IpNet>,
 }
@@ -119,6 +126,7 @@ impl ServeArgs {
             metrics_listen: "off".into(),
             node_quota: 4096,
             node_subnet_quota: 32,
+            node_dns_quota: 8192,
             node_subnets: DEFAULT_NODE_SUBNETS.into(),
         }
     }
@@ -174,6 +182,7 @@ impl ServeArgs {
             first_token_uses: self.first_token_uses,
             node_quota: Some(self.node_quota).filter(|q| *q > 0),
             node_subnet_quota: Some(self.node_subnet_quota).filter(|q| *q > 0),
+            node_dns_quota: Some(self.node_dns_quota).filter(|q| *q > 0),
             metrics_listen: match self.metrics_listen.trim() {
                 "off" | "none" | "" => None,
                 a => Some(a.parse().map_err(|e| flag("metrics-listen", format!("'{a}': {e} (ip:port or off)")))?),
@@ -201,6 +210,7 @@ mod tests {
         assert_eq!(s.first_token_uses, 1, "and single-use");
         assert_eq!(s.node_quota, Some(4096));
         assert_eq!(s.node_subnet_quota, Some(32));
+        assert_eq!(s.node_dns_quota, Some(8192));
         assert_eq!(s.node_subnets.len(), 4, "RFC 1918 and ULA");
         let mut a = args();
         a.node_subnets = "none".into();
@@ -212,6 +222,8 @@ mod tests {
         assert_eq!(a.settings().unwrap().node_quota, None, "0: no limit");
         a.node_subnet_quota = 0;
         assert_eq!(a.settings().unwrap().node_subnet_quota, None, "0: no limit");
+        a.node_dns_quota = 0;
+        assert_eq!(a.settings().unwrap().node_dns_quota, None, "0: no limit");
     }
 
     #[test]

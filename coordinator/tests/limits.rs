@@ -174,3 +174,45 @@ async fn a_node_past_its_subnet_quota_is_refused_and_the_admin_is_not_counted() 
     api.subnets.add_subnet(add("10.9.4.0/24")).await.expect("room again after a removal");
     assert_status(api.subnets.add_subnet(add("10.9.5.0/24")).await, Code::ResourceExhausted, "quota");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_past_its_dns_quota_is_refused_and_nothing_of_the_refused_call_stays() {
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.node_dns_quota = 3).await;
+    let (_, mut api) = c.join("host1", 1).await;
+    let named = |container: &str, name: &str| AllocateRequest { dns_name: name.into(), ..alloc(container) };
+    let ip = api.ipam.allocate(named("c0", "web")).await.unwrap().into_inner().address;
+    let ip = ip.split('/').next().unwrap().to_string();
+    let record = |name: &str| AddRecordRequest { name: name.into(), address: ip.clone() };
+    // One address may have several names, up to the node's quota in all.
+    api.dns.add_record(record("www")).await.expect("second record");
+    api.dns.add_record(record("api")).await.expect("third record");
+    assert_status(api.dns.add_record(record("more")).await, Code::ResourceExhausted, "--node-dns-quota 3");
+    // An allocation whose name does not fit is refused whole: no address either.
+    assert_status(api.ipam.allocate(named("c1", "db")).await, Code::ResourceExhausted, "--node-dns-quota 3");
+    let mut admin = c.admin().await;
+    let list = ListAllocationsRequest { container: "c1".into(), ..Default::default() };
+    let held = admin.ipam.list_allocations(list).await.unwrap().into_inner().allocations;
+    assert!(held.is_empty(), "the refused allocation was applied: {held:?}");
+    // A record it already has is not a new one; another node has its own quota.
+    assert_status(api.dns.add_record(record("www")).await, Code::AlreadyExists, "already resolves");
+    let (_, mut other) = c.join("host2", 2).await;
+    other.ipam.allocate(named("c0", "other")).await.expect("another node's quota");
+    // The admin is never refused, and removing one makes room again.
+    admin.dns.add_record(record("by-admin")).await.expect("the admin has no quota");
+    for name in ["by-admin", "api"] {
+        let remove = RemoveRecordsRequest { name: name.into(), address: String::new() };
+        admin.dns.remove_records(remove).await.unwrap();
+    }
+    api.ipam.allocate(named("c1", "db")).await.expect("room again after a removal");
+    let names: Vec<String> = admin
+        .dns
+        .list_records(ListRecordsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .records
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names.iter().filter(|n| !n.starts_with("other.")).count(), 3, "{names:?}");
+}

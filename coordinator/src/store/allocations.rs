@@ -160,6 +160,7 @@ impl Store {
                 Caller::Admin => None,
                 Caller::Node { .. } => Some(node_id),
             };
+            let claimant = claimant.map(|node| dns::Claimant { node, quota: self.node_dns_quota });
             dns::insert_if_absent(&mut tx, name, &ip, Some(allocation.id as i64), claimant).await?;
         }
         self.commit(tx).await?;

@@ -43,19 +43,25 @@ async fn domain(tx: &mut Tx) -> Result<String> {
     Ok(db::query_scalar("SELECT dns_domain FROM cluster WHERE id = 1").fetch_one(tx.c()).await?)
 }
 
+/// A node adding a record, and how many it may hold (None: no limit).
+pub(super) struct Claimant {
+    pub node: u64,
+    pub quota: Option<u32>,
+}
+
 /// Adds (name, address) unless it is there; returns the record either way.
 /// With `claimant` (a node caller), the name must not be held by another
 /// node's container or by an external record: a node cannot join someone
-/// else's round robin.
+/// else's round robin; and a new record must fit in the node's quota.
 pub(super) async fn insert_if_absent(
     tx: &mut Tx,
     name: &str,
     address: &str,
     allocation_id: Option<i64>,
-    claimant: Option<u64>,
+    claimant: Option<Claimant>,
 ) -> Result<(v1::DnsRecord, bool)> {
     let fqdn = qualify_name(name, &domain(tx).await?)?;
-    if let Some(node) = claimant {
+    if let Some(Claimant { node, .. }) = claimant {
         let holder: Option<Option<String>> = db::query_scalar(
             "SELECT n.name FROM dns_records d LEFT JOIN allocations a ON a.id = d.allocation_id \
              LEFT JOIN nodes n ON n.id = a.node_id \
@@ -80,6 +86,21 @@ pub(super) async fn insert_if_absent(
     let (id, new) = match existing {
         Some(id) => (id, false),
         None => {
+            if let Some(Claimant { node, quota: Some(quota) }) = claimant {
+                let held: i64 = db::query_scalar(
+                    "SELECT COUNT(*) FROM dns_records d JOIN allocations a ON a.id = d.allocation_id \
+                     WHERE a.node_id = $1",
+                )
+                .bind(node as i64)
+                .fetch_one(tx.c())
+                .await?;
+                if held >= i64::from(quota) {
+                    return Err(Error::Exhausted(format!(
+                        "this node already holds {held} DNS records, its quota (coordinator --node-dns-quota \
+                         {quota}): remove some first"
+                    )));
+                }
+            }
             let id: i64 = db::query_scalar(
                 "INSERT INTO dns_records (name, address, allocation_id, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
             )
@@ -124,7 +145,7 @@ impl Store {
         }
         let claimant = match caller {
             Caller::Admin => None,
-            Caller::Node { id, .. } => Some(*id),
+            Caller::Node { id, .. } => Some(Claimant { node: *id, quota: self.node_dns_quota }),
         };
         let (record, new) = insert_if_absent(&mut tx, name, &ip, holder.map(|(a, _)| a), claimant).await?;
         if !new {

@@ -96,6 +96,8 @@ pub struct Store {
     node_quota: Option<u32>,
     /// Most subnets one node may add (None: no limit); see [`Store::with_node_subnet_quota`].
     node_subnet_quota: Option<u32>,
+    /// Most DNS records one node may hold (None: no limit); see [`Store::with_node_dns_quota`].
+    node_dns_quota: Option<u32>,
     /// One per handle: the follower task (PostgreSQL, [`follow`]) stops when it holds the last.
     alive: Arc<()>,
 }
@@ -164,6 +166,7 @@ impl Store {
             writer: Arc::default(),
             node_quota: None,
             node_subnet_quota: None,
+            node_dns_quota: None,
             alive: Arc::default(),
         };
         store.reload_live().await?;
@@ -187,6 +190,16 @@ impl Store {
     /// is a bridge and a VXLAN device on every host.
     pub fn with_node_subnet_quota(mut self, quota: Option<u32>) -> Self {
         self.node_subnet_quota = quota;
+        self
+    }
+
+    /// Caps the DNS records a node may add for its containers (by `AddRecord`
+    /// or with an allocation's name): every record is a map change that each
+    /// agent applies and keeps, and a node may otherwise give one address
+    /// any number of names. Records the admin adds are never refused, but
+    /// those pointing at a node's containers count towards its quota.
+    pub fn with_node_dns_quota(mut self, quota: Option<u32>) -> Self {
+        self.node_dns_quota = quota;
         self
     }
 
