@@ -71,6 +71,12 @@ pub struct ServeArgs {
     /// keeps; records the admin adds are not refused.
     #[arg(long, env = "WEAVE_NODE_DNS_QUOTA", default_value_t = 8192)]
     pub node_dns_quota: u32,
+    /// Longest an RPC waits for its answer before it answers UNAVAILABLE
+    /// (e.g. 30s; "never": no bound): a database that stops answering
+    /// without closing its connections would otherwise hold calls for as long
+    /// as TCP takes to give up.
+    #[arg(long, env = "WEAVE_RPC_DEADLINE", default_value = "30s")]
+    pub rpc_deadline: String,
 }
 
 /// The private ranges: RFC 1918 and IPv6 unique local addresses.
@@ -95,6 +101,8 @@ pub struct Settings {
     pub node_subnet_quota: Option<u32>,
     /// Most DNS records one node may hold (None: no limit).
     pub node_dns_quota: Option<u32>,
+    /// Longest an RPC waits for its answer (None: no bound).
+    pub rpc_deadline: Option<Duration>,
     /// Where a node may add subnets (empty: nowhere).
     pub node_subnets: Vec<IpNet>,
 }
@@ -127,6 +135,7 @@ impl ServeArgs {
             node_quota: 4096,
             node_subnet_quota: 32,
             node_dns_quota: 8192,
+            rpc_deadline: "30s".into(),
             node_subnets: DEFAULT_NODE_SUBNETS.into(),
         }
     }
@@ -162,6 +171,7 @@ impl ServeArgs {
         let token_ttl = weave_proto::duration::parse(&self.token_ttl).map_err(|e| flag("token-ttl", e))?;
         let first_token_ttl =
             weave_proto::duration::parse(&self.first_token_ttl).map_err(|e| flag("first-token-ttl", e))?;
+        let rpc_deadline = weave_proto::duration::parse(&self.rpc_deadline).map_err(|e| flag("rpc-deadline", e))?;
         let store = match &self.store {
             Some(s) => s.parse::<Location>().map_err(|e| flag("store", e))?,
             None => Location::Sqlite(self.data_dir.join("coordinator.db")),
@@ -183,6 +193,7 @@ impl ServeArgs {
             node_quota: Some(self.node_quota).filter(|q| *q > 0),
             node_subnet_quota: Some(self.node_subnet_quota).filter(|q| *q > 0),
             node_dns_quota: Some(self.node_dns_quota).filter(|q| *q > 0),
+            rpc_deadline,
             metrics_listen: match self.metrics_listen.trim() {
                 "off" | "none" | "" => None,
                 a => Some(a.parse().map_err(|e| flag("metrics-listen", format!("'{a}': {e} (ip:port or off)")))?),
@@ -211,6 +222,7 @@ mod tests {
         assert_eq!(s.node_quota, Some(4096));
         assert_eq!(s.node_subnet_quota, Some(32));
         assert_eq!(s.node_dns_quota, Some(8192));
+        assert_eq!(s.rpc_deadline, Some(Duration::from_secs(30)));
         assert_eq!(s.node_subnets.len(), 4, "RFC 1918 and ULA");
         let mut a = args();
         a.node_subnets = "none".into();

@@ -17,6 +17,7 @@ mod accept;
 pub mod api;
 pub mod challenge;
 pub mod config;
+mod deadline;
 pub mod error;
 pub mod identity;
 pub mod ipam;

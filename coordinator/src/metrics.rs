@@ -75,6 +75,10 @@ fn describe() {
         "weave_store_committed_writes_total",
         "Writes acknowledged after their batch committed: divided by weave_store_commits_total, the mean batch size."
     );
+    describe_counter!(
+        "weave_rpc_deadline_exceeded_total",
+        "RPCs answered UNAVAILABLE because they were not answered within --rpc-deadline (the database is not answering)."
+    );
     describe_histogram!(
         "weave_rpc_duration_seconds",
         Unit::Seconds,

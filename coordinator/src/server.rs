@@ -165,6 +165,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(crate::metrics::RpcMetricsLayer)
+        .layer(crate::deadline::DeadlineLayer(settings.rpc_deadline))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)

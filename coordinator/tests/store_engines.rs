@@ -412,3 +412,162 @@ async fn clients_given_both_addresses_go_on_through_the_survivor() {
     drop((watch, agent, admin));
     b.stop().await;
 }
+
+/// PostgreSQL's postmaster `pid` and every process under it (its backends).
+fn server_processes(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let parent = all[i];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // "pid (comm) state ppid ...": comm may hold spaces, so count from the last ')'.
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if ppid == Some(parent) && !all.contains(&child) {
+                all.push(child);
+            }
+        }
+        i += 1;
+    }
+    all
+}
+
+/// The parent of process `pid`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn signal_all(pids: &[u32], signal: &str) {
+    for pid in pids {
+        let _ = Command::new("kill").args([signal, &pid.to_string()]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: starts PostgreSQL as the postgres user (deploy/test.sh runs it)"]
+async fn a_database_that_stops_answering_gives_unavailable_within_the_deadline() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+    const DEADLINE: Duration = Duration::from_secs(3);
+    // Generous against a loaded machine, far below TCP's ~15 minutes.
+    const ANSWERED: Duration = Duration::from_secs(15);
+    let pg = OwnedPg::start();
+    let url = pg.0.create_database();
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| {
+        a.store = Some(url.clone());
+        a.rpc_deadline = "3s".into();
+    })
+    .await;
+    let (_, mut api) = c.join("host1", 1).await;
+    let mut admin = c.admin().await;
+
+    // Eight clients writing one after the other each, so that statements
+    // (and a batch's COMMIT) are in flight when the database freezes.
+    let (stop, acked) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (stop, acked, mut api) = (stop.clone(), acked.clone(), api.clone());
+            tokio::spawn(async move {
+                let mut calls = Vec::new();
+                for i in 0.. {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let container = format!("w{w}-c{i}");
+                    let t = Instant::now();
+                    let req = AllocateRequest { container: container.clone(), ..Default::default() };
+                    let r = tokio::time::timeout(ANSWERED, api.ipam.allocate(req)).await;
+                    let took = t.elapsed();
+                    let Ok(r) = r else {
+                        calls.push((container, Err(format!("no answer within {ANSWERED:?}")), took));
+                        break;
+                    };
+                    if r.is_ok() {
+                        acked.fetch_add(1, Ordering::SeqCst);
+                    }
+                    calls.push((container, r.map(|a| a.into_inner().address).map_err(|s| format!("{s:?}")), took));
+                }
+                calls
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    while acked.load(Ordering::SeqCst) < 20 {
+        assert!(t.elapsed() < Duration::from_secs(30), "20 allocations before the freeze");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let frozen = server_processes(pg.0.pid);
+    signal_all(&frozen, "-STOP");
+    let at_freeze = acked.load(Ordering::SeqCst);
+    // A read and a write of their own while it is frozen.
+    let t = Instant::now();
+    let read = tokio::time::timeout(ANSWERED, admin.subnets.list_subnets(ListSubnetsRequest {})).await;
+    let read_took = t.elapsed();
+    let t = Instant::now();
+    let add = weave_proto::v1::AddSubnetRequest { cidr: "10.9.0.0/24".into(), ..Default::default() };
+    let write = tokio::time::timeout(ANSWERED, admin.subnets.add_subnet(add)).await;
+    let write_took = t.elapsed();
+    tokio::time::sleep(DEADLINE).await;
+    stop.store(true, Ordering::SeqCst);
+    let writers = tokio::time::timeout(ANSWERED * 2, futures::future::join_all(writers)).await;
+    signal_all(&frozen, "-CONT");
+    // runuser, the postmaster's parent, stops itself when its child stops
+    // (job control, like su) and waits for a SIGCONT of its own; stopped,
+    // it could not reap the server when the test ends.
+    signal_all(&parent_of(pg.0.pid).into_iter().collect::<Vec<_>>(), "-CONT");
+    let calls: Vec<_> = writers
+        .expect("the writers finished while the database was frozen")
+        .into_iter()
+        .flat_map(|w| w.unwrap())
+        .collect();
+    let slow: Vec<_> = calls.iter().filter(|(_, _, took)| *took > Duration::from_secs(1)).collect();
+    eprintln!("{at_freeze} acknowledged before the freeze; calls that took over 1 s: {slow:#?}");
+
+    for (container, r, took) in &calls {
+        assert!(*took < ANSWERED, "{container}: {r:?} after {took:?}");
+    }
+    let read = read.expect("a read is answered while the database is frozen");
+    assert_eq!(read.unwrap_err().code(), Code::Unavailable, "read after {read_took:?}");
+    let write = write.expect("a write is answered while the database is frozen");
+    let write = write.unwrap_err();
+    assert_eq!(write.code(), Code::Unavailable, "write after {write_took:?}: {write:?}");
+    let cut: Vec<_> = calls.iter().filter(|(_, r, _)| r.is_err()).collect();
+    assert!(!cut.is_empty(), "allocations went on while the database was frozen?");
+    assert!(cut.iter().all(|(_, r, _)| r.as_ref().unwrap_err().contains("Unavailable")), "{cut:?}");
+
+    // Thawed: writes work again, and the map holds each acknowledged
+    // allocation once, with the acknowledged address; those cut off
+    // are either there or not, and asking again gives one address.
+    let back = Instant::now();
+    loop {
+        match api.ipam.allocate(AllocateRequest { container: "after".into(), ..Default::default() }).await {
+            Ok(_) => break,
+            Err(s) => {
+                assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+                assert!(back.elapsed() < ANSWERED, "still failing {ANSWERED:?} after the database thawed: {s:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    for (container, r, _) in &cut {
+        let again = AllocateRequest { container: container.clone(), ..Default::default() };
+        api.ipam.allocate(again).await.unwrap_or_else(|s| panic!("{container} after the thaw ({r:?}): {s:?}"));
+    }
+    let map = admin.map.get_map(weave_proto::v1::GetMapRequest {}).await.unwrap().into_inner();
+    let mut addresses = BTreeSet::new();
+    for a in &map.allocations {
+        assert!(addresses.insert(a.address.clone()), "{} held twice", a.address);
+    }
+    for (container, r, _) in &calls {
+        if let Ok(address) = r {
+            let held: Vec<_> = map.allocations.iter().filter(|a| &a.container == container).collect();
+            assert_eq!(held.len(), 1, "{container}");
+            assert_eq!(&held[0].address, address, "{container}");
+        }
+    }
+    c.stop().await;
+}
