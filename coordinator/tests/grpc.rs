@@ -593,3 +593,40 @@ async fn removing_a_node_reclaims_its_addresses_and_records() {
     assert_eq!((status.nodes, status.allocations, status.dns_records, status.subnets), (2, 2, 1, 1));
     assert_eq!(status.default_subnet, "10.32.0.0/16");
 }
+
+/// The other way round: a member announcing an endpoint inside the overlay
+/// (a subnet, the range, the node range) would make every agent leave that
+/// subnet out, so such endpoints are refused at join, re-join and update,
+/// with nothing written; so are addresses no peer could send to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_inside_the_overlay_or_not_unicast_are_refused() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    admin.subnets.add_subnet(subnet("10.2.3.0/24")).await.unwrap();
+    let (_, mut node) = c.join("host1", 1).await;
+    let revision = || async { c.admin().await.map.get_map(GetMapRequest {}).await.unwrap().into_inner().revision };
+    let before = revision().await;
+    let update =
+        |e: &str| UpdateEndpointsRequest { node: String::new(), endpoints: vec!["192.0.2.1:6784".into(), e.into()] };
+    for (endpoint, inside) in [
+        ("10.32.0.200:6784", "10.32.0.0/12"),    // the default subnet, in the range
+        ("10.2.3.9:6784", "subnet 10.2.3.0/24"), // the admin's subnet outside the range
+        ("10.47.0.9:6784", "10.32.0.0/12"),      // the node range (inside the range)
+    ] {
+        assert_status(node.nodes.update_endpoints(update(endpoint)).await, Code::FailedPrecondition, inside);
+        let mut join = c.api_with("").await;
+        let mut req = join_request(&c.token(), "host2", 2);
+        req.endpoints.push(endpoint.into());
+        assert_status(join.join.join(req).await, Code::FailedPrecondition, "lies inside");
+    }
+    for bad in ["0.0.0.0:6784", "224.0.0.1:6784", "255.255.255.255:6784", "[ff02::1]:6784", "[::]:6784", "192.0.2.1:0"]
+    {
+        assert_status(node.nodes.update_endpoints(update(bad)).await, Code::InvalidArgument, "not a unicast");
+    }
+    assert_eq!(revision().await, before, "nothing was written");
+    let nodes = admin.nodes.list_nodes(ListNodesRequest {}).await.unwrap().into_inner().nodes;
+    assert_eq!(nodes.len(), 1, "host2 did not join: {nodes:?}");
+    assert_eq!(nodes[0].endpoints, vec!["192.0.2.1:6784".to_string()]);
+    // An underlay address beside the overlay is fine.
+    node.nodes.update_endpoints(update("10.2.4.9:6784")).await.expect("outside every subnet");
+}

@@ -205,4 +205,30 @@ mod tests {
         assert!(behind_nat(&map, 2));
         assert!(!behind_nat(&map, 1));
     }
+
+    /// The agent's own guard, for a map from a coordinator that did not
+    /// refuse (an older one, or a subnet and a join racing).
+    #[test]
+    fn a_subnet_holding_a_node_endpoint_or_the_coordinator_is_left_out() {
+        let subnet = |vni: u32, cidr: &str| Subnet { vni, cidr: cidr.into(), ..Default::default() };
+        let map = NetworkMap {
+            nodes: vec![node(1, "10.47.0.1")], // endpoint 192.0.2.11:6784
+            subnets: vec![
+                subnet(0, "192.0.2.0/24"),
+                subnet(7, "192.0.2.8/29"),
+                subnet(8, "10.2.3.0/24"),
+                subnet(9, "10.2.4.0/24"),
+            ],
+            ..Default::default()
+        };
+        let skipped = underlay_conflicts(&map, &["10.2.4.1".parse().unwrap()]);
+        assert_eq!(
+            skipped.into_iter().collect::<Vec<_>>(),
+            [
+                (7, "subnet 192.0.2.8/29 skipped: it holds the underlay address 192.0.2.11 of node h1".to_string()),
+                (9, "subnet 10.2.4.0/24 skipped: it holds the coordinator's address 10.2.4.1".to_string()),
+            ],
+            "vni 0 (not an L2 segment) and a subnet away from both are kept"
+        );
+    }
 }

@@ -49,10 +49,48 @@ pub(super) fn check_endpoints(endpoints: &[String]) -> Result<(), Error> {
             long.len()
         )));
     }
-    match endpoints.iter().find(|e| e.parse::<std::net::SocketAddr>().is_err()) {
-        Some(bad) => Err(Error::InvalidArgument(format!("endpoint '{bad}' is not ip:port"))),
-        None => Ok(()),
+    for e in endpoints {
+        let Ok(addr) = e.parse::<std::net::SocketAddr>() else {
+            return Err(Error::InvalidArgument(format!("endpoint '{e}' is not ip:port")));
+        };
+        let ip = addr.ip().to_canonical();
+        let unicast = match ip {
+            std::net::IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()),
+            std::net::IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
+        };
+        if !unicast || addr.port() == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "endpoint '{e}' is not a unicast address and port where peers could reach this node"
+            )));
+        }
     }
+    Ok(())
+}
+
+/// An endpoint inside the overlay (the range, the node range or any subnet)
+/// is refused: every agent routes those into the overlay, so peers could
+/// never reach it there, and agents leave out a subnet that holds a node's
+/// underlay address (`agent/src/plan/netmap.rs`): one member announcing an
+/// address inside a subnet would take that subnet off every host.
+pub(super) fn check_outside_overlay(endpoints: &[String], map: &v1::NetworkMap) -> Result<(), Error> {
+    let nets = [map.range.as_str(), map.node_range.as_str()]
+        .into_iter()
+        .map(|cidr| (cidr, "the overlay range"))
+        .chain(map.subnets.iter().map(|s| (s.cidr.as_str(), "subnet")))
+        .filter_map(|(cidr, what)| Some((cidr.parse::<ipnet::IpNet>().ok()?, what)));
+    for (net, what) in nets {
+        if let Some(e) = endpoints
+            .iter()
+            .filter_map(|e| e.parse::<std::net::SocketAddr>().ok())
+            .find(|e| net.contains(&e.ip().to_canonical()))
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "endpoint {e} lies inside {what} {net}: peers route that into the overlay, and a node's underlay \
+                 address inside a subnet takes that subnet off every host; announce the host's real underlay address"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The endpoint a node's call came from (`from`: the TCP peer of its
@@ -88,6 +126,7 @@ impl JoinService for Join {
         check_name(&name)?;
         let key = WgPublicKey::from_bytes(&r.public_key).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         check_endpoints(&r.endpoints)?;
+        self.0.store.with_map(|map| check_outside_overlay(&r.endpoints, map))?;
         // A proof is optional (a first join needs none), but one that is
         // sent must verify: a host that thinks it re-joins learns why not.
         let proven = !r.proof.is_empty() || !r.challenge.is_empty();

@@ -6,7 +6,7 @@ use weave_proto::v1::{
 
 use super::{
     Shared,
-    join::{check_endpoints, observed_endpoint},
+    join::{check_endpoints, check_outside_overlay, observed_endpoint},
 };
 use crate::store::Caller;
 
@@ -36,6 +36,7 @@ impl NodeService for Nodes {
         let r = request.get_ref();
         let node = self.0.target_node(&caller, &r.node).await?;
         check_endpoints(&r.endpoints)?;
+        self.0.store.with_map(|map| check_outside_overlay(&r.endpoints, map))?;
         // Only the node's own call says where it is; an admin's keeps what was seen.
         let observed = match caller {
             Caller::Node { .. } => Some(observed_endpoint(request.remote_addr(), &r.endpoints)),
