@@ -77,6 +77,11 @@ pub struct ServeArgs {
     /// as TCP takes to give up.
     #[arg(long, env = "WEAVE_RPC_DEADLINE", default_value = "30s")]
     pub rpc_deadline: String,
+    /// Calls a second one node may make, after a burst of 4 s worth (0: no
+    /// limit); one answering with the whole map counts 10. Over it a call
+    /// waits its turn up to 5 s, else RESOURCE_EXHAUSTED. The admin is not paced.
+    #[arg(long, env = "WEAVE_NODE_RATE", default_value_t = 50)]
+    pub node_rate: u32,
 }
 
 /// The private ranges: RFC 1918 and IPv6 unique local addresses.
@@ -103,6 +108,8 @@ pub struct Settings {
     pub node_dns_quota: Option<u32>,
     /// Longest an RPC waits for its answer (None: no bound).
     pub rpc_deadline: Option<Duration>,
+    /// Calls a second one node may make (None: no limit).
+    pub node_rate: Option<u32>,
     /// Where a node may add subnets (empty: nowhere).
     pub node_subnets: Vec<IpNet>,
 }
@@ -136,6 +143,7 @@ impl ServeArgs {
             node_subnet_quota: 32,
             node_dns_quota: 8192,
             rpc_deadline: "30s".into(),
+            node_rate: 50,
             node_subnets: DEFAULT_NODE_SUBNETS.into(),
         }
     }
@@ -194,6 +202,7 @@ impl ServeArgs {
             node_subnet_quota: Some(self.node_subnet_quota).filter(|q| *q > 0),
             node_dns_quota: Some(self.node_dns_quota).filter(|q| *q > 0),
             rpc_deadline,
+            node_rate: Some(self.node_rate).filter(|r| *r > 0),
             metrics_listen: match self.metrics_listen.trim() {
                 "off" | "none" | "" => None,
                 a => Some(a.parse().map_err(|e| flag("metrics-listen", format!("'{a}': {e} (ip:port or off)")))?),
@@ -223,6 +232,7 @@ mod tests {
         assert_eq!(s.node_subnet_quota, Some(32));
         assert_eq!(s.node_dns_quota, Some(8192));
         assert_eq!(s.rpc_deadline, Some(Duration::from_secs(30)));
+        assert_eq!(s.node_rate, Some(50));
         assert_eq!(s.node_subnets.len(), 4, "RFC 1918 and ULA");
         let mut a = args();
         a.node_subnets = "none".into();

@@ -76,6 +76,10 @@ fn describe() {
         "Writes acknowledged after their batch committed: divided by weave_store_commits_total, the mean batch size."
     );
     describe_counter!(
+        "weave_rpc_paced_total",
+        "Calls of a node that waited their turn under --node-rate (refused ones answer RESOURCE_EXHAUSTED)."
+    );
+    describe_counter!(
         "weave_rpc_deadline_exceeded_total",
         "RPCs answered UNAVAILABLE because they were not answered within --rpc-deadline (the database is not answering)."
     );

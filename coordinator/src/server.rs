@@ -120,6 +120,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         watchers: AtomicU32::new(0),
         watches_by_credential: Default::default(),
         stopping,
+        pacer: api::pace::Pacer::new(settings.node_rate),
     });
     let first_token = if first_start {
         let ttl = settings.first_token_ttl.map(|d| d.as_secs());

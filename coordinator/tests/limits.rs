@@ -216,3 +216,50 @@ async fn a_node_past_its_dns_quota_is_refused_and_nothing_of_the_refused_call_st
         .collect();
     assert_eq!(names.iter().filter(|n| !n.starts_with("other.")).count(), 3, "{names:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_calling_too_fast_waits_its_turn_then_is_refused_and_others_are_not() {
+    // 5 calls a second: a burst of 20, then up to 5 s (25 more) spaced.
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.node_rate = 5).await;
+    let (_, api) = c.join("host1", 1).await;
+    let (_, mut other) = c.join("host2", 2).await;
+    let mut admin = c.admin().await;
+    let flood: Vec<_> = (0..100)
+        .map(|i| {
+            let mut api = api.clone();
+            tokio::spawn(async move { api.ipam.allocate(alloc(&format!("f{i}"))).await })
+        })
+        .collect();
+    // Meanwhile another node and the admin are served as usual.
+    other.ipam.allocate(alloc("c0")).await.expect("another node's call");
+    admin.map.get_map(GetMapRequest {}).await.expect("the admin is not paced");
+    let mut granted = 0;
+    for r in futures::future::join_all(flood).await {
+        match r.unwrap() {
+            Ok(_) => granted += 1,
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                assert!(s.message().contains("--node-rate 5/s"), "{}", s.message());
+            }
+        }
+    }
+    // 45 within the budget, give or take what the seconds of the run added.
+    assert!((45..=60).contains(&granted), "{granted} of 100 allocations granted");
+    let list = ListAllocationsRequest { node: "host1".into(), ..Default::default() };
+    let held = admin.ipam.list_allocations(list).await.unwrap().into_inner().allocations;
+    assert_eq!(held.len(), granted, "exactly the granted ones were written");
+    // A whole-map read costs 10 (2 s of this rate): five at once, with the
+    // budget spent, go past the 5 s a call may wait.
+    let reads: Vec<_> = (0..5)
+        .map(|_| {
+            let mut api = api.clone();
+            tokio::spawn(async move { api.map.get_map(GetMapRequest {}).await.map(|_| ()) })
+        })
+        .collect();
+    let refused = futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .filter(|r| r.as_ref().unwrap().as_ref().is_err_and(|s| s.code() == Code::ResourceExhausted))
+        .count();
+    assert!(refused >= 2, "{refused} of 5 whole-map reads refused");
+}

@@ -39,7 +39,7 @@ impl DnsService for Dns {
         &self,
         request: Request<ListRecordsRequest>,
     ) -> Result<Response<ListRecordsResponse>, Status> {
-        self.0.caller(&request).await?;
+        self.0.map_reader(&request).await?;
         Ok(Response::new(ListRecordsResponse { records: self.0.store.list_records().await? }))
     }
 }

@@ -47,7 +47,7 @@ impl IpamService for Ipam {
         &self,
         request: Request<ListAllocationsRequest>,
     ) -> Result<Response<ListAllocationsResponse>, Status> {
-        self.0.caller(&request).await?;
+        self.0.map_reader(&request).await?;
         let r = request.get_ref();
         let node_id = match opt(&r.node) {
             Some(n) => Some(self.0.store.node(n).await?.id),

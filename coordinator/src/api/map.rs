@@ -220,7 +220,7 @@ impl MapService for Map {
 
     #[tracing::instrument(skip_all, fields(from = request.get_ref().from_revision))]
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let caller = self.0.caller_and_hash(&request).await?;
+        let caller = self.0.caller_costing(&request, super::pace::MAP_READ).await?;
         tracing::debug!(caller = ?caller.0, "watch opened");
         let guard = WatcherGuard::acquire(&self.0, &caller.1)?;
         let (tx, rx) = mpsc::channel(256);
@@ -230,7 +230,7 @@ impl MapService for Map {
     }
 
     async fn get_map(&self, request: Request<GetMapRequest>) -> Result<Response<NetworkMap>, Status> {
-        self.0.caller(&request).await?;
+        self.0.map_reader(&request).await?;
         Ok(Response::new(self.0.store.snapshot().await?))
     }
 }

@@ -11,6 +11,7 @@ mod ipam;
 mod join;
 mod map;
 mod nodes;
+pub mod pace;
 mod status;
 mod subnets;
 mod tokens;
@@ -64,6 +65,8 @@ pub struct State {
     /// Becomes true when the coordinator shuts down: watch streams end then,
     /// or graceful shutdown would wait for them forever.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// How fast each node may call (`--node-rate`).
+    pub pacer: pace::Pacer,
 }
 
 pub type Shared = Arc<State>;
@@ -74,9 +77,29 @@ impl State {
         Ok(self.caller_and_hash(req).await?.0)
     }
 
+    /// The caller of a call that answers with the whole map or a list as
+    /// long: a node pays [`pace::MAP_READ`] of its rate for it.
+    pub async fn map_reader<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        Ok(self.caller_costing(req, pace::MAP_READ).await?.0)
+    }
+
     /// The caller and the hash of its credential, for streams that check
     /// later that the credential is still valid.
     pub async fn caller_and_hash<T>(&self, req: &Request<T>) -> Result<(Caller, String), Status> {
+        self.caller_costing(req, 1).await
+    }
+
+    /// The caller and its credential's hash; a node caller waits for its
+    /// turn under `--node-rate` for a call of `cost` (or is refused).
+    async fn caller_costing<T>(&self, req: &Request<T>, cost: u32) -> Result<(Caller, String), Status> {
+        let (caller, hash) = self.authenticate(req).await?;
+        if let Caller::Node { id, name } = &caller {
+            self.pacer.pace(*id, name, cost).await?;
+        }
+        Ok((caller, hash))
+    }
+
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<(Caller, String), Status> {
         let header = req.metadata().get("authorization").ok_or_else(|| {
             Status::unauthenticated("no credential: pass the admin credential (weavectl) or a node credential")
         })?;

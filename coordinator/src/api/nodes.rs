@@ -15,7 +15,7 @@ pub struct Nodes(pub Shared);
 #[tonic::async_trait]
 impl NodeService for Nodes {
     async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
-        self.0.caller(&request).await?;
+        self.0.map_reader(&request).await?;
         Ok(Response::new(ListNodesResponse { nodes: self.0.store.list_nodes().await? }))
     }
 
