@@ -231,3 +231,37 @@ fn a_workload_reaches_its_host_only_at_the_exposed_address_and_never_over_ipv6()
     let exposed = expose(&bed, 0, &[])[0];
     assert!(udp_arrives(&host, &a, (exposed, 9999).into()), "a did not reach the exposed host at {exposed}");
 }
+
+/// A member (its host, with a valid place in the mesh) reaches another host
+/// through the tunnel only as a workload reaches it: at an exposed address,
+/// from that subnet. Not at its node address, where every service bound to
+/// 0.0.0.0 listens, past an underlay firewall that lets only WireGuard
+/// through (found by a review: a TCP connect to a peer's node address went
+/// through).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_peer_host_reaches_another_host_through_the_tunnel_only_at_an_exposed_address() {
+    let mut bed = Bed::with_hosts(2);
+    bed.wait_peers(0, 1);
+    bed.wait_peers(1, 1);
+    let (h1, h2) = (bed.hosts[0].ns.clone(), bed.hosts[1].ns.clone());
+    let node2: Ipv4Addr = bed.status(1).expect("status").address;
+    // Control: the listener is there (over the underlay).
+    assert!(udp_arrives(&h2, &h1, (bed.hosts[1].ip, 9999).into()), "h1 did not reach h2 over the underlay");
+    // Through the tunnel, h1's node address to h2's: the route exists, the packet is dropped.
+    let route = ok_in(&h1, &["ip", "route", "get", &node2.to_string()]);
+    assert!(route.contains("wvtun0"), "{route}");
+    for _ in 0..2 {
+        assert!(!udp_arrives(&h2, &h1, (node2, 9999).into()), "h1 reached h2's node address {node2}");
+    }
+    // A workload on h1 reaches h2 where h2 is exposed on its subnet.
+    let w = bed.add_workload(0, "default");
+    let exposed = expose(&bed, 1, &[])[0];
+    let ws = bed.workloads[w].ns.clone();
+    wait_for("h1's workload to reach h2's exposed address", Duration::from_secs(10), || {
+        udp_arrives(&h2, &ws, (exposed, 9999).into()).then_some(())
+    });
+    // And still not the node address.
+    ok_in(&ws, &["ip", "route", "add", "10.47.0.0/16", "dev", "ethwe"]);
+    assert!(!udp_arrives(&h2, &ws, (node2, 9999).into()), "the workload reached h2's node address");
+}

@@ -133,8 +133,17 @@ pub fn ruleset(rules: &Rules) -> String {
         out,
         "  chain input {{\n    type filter hook input priority filter - 10; policy accept;\n    \
          iifname \"{TUN_NAME}\" ip saddr @peers udp dport {VXLAN_PORT} accept\n    \
-         udp dport {VXLAN_PORT} drop\n"
+         udp dport {VXLAN_PORT} drop\n    iifname \"{TUN_NAME}\" ct state established,related accept\n"
     );
+    // From a peer over the tunnel, the host takes only VXLAN (above),
+    // answers to its own connections, and a subnet's remote workloads at
+    // the address it was exposed with there: a member must not reach the
+    // host's other services (bound to 0.0.0.0) through the tunnel, past an
+    // underlay firewall that lets only WireGuard between hosts.
+    for (i, s) in segments.iter().enumerate() {
+        let _ = writeln!(out, "    iifname \"{TUN_NAME}\" ip saddr @remote{i} ip daddr {} accept", s.subnet);
+    }
+    let _ = writeln!(out, "    iifname \"{TUN_NAME}\" drop");
     // A workload reaches its host only at the address the host was exposed
     // with on that subnet: not its other addresses (node, underlay, another
     // subnet's), and never over IPv6 (the host takes no part in a segment's
@@ -306,6 +315,15 @@ mod tests {
             r.contains("iifname \"wvtun0\" ip saddr @peers udp dport 4789 accept\n    udp dport 4789 drop\n"),
             "{r}"
         );
+        // Nothing else from a peer over the TUN reaches the host: answers to
+        // its own connections, and a subnet's remote workloads at the
+        // host's (exposed) address in that subnet.
+        let input = &r[r.find("chain input").expect("an input chain")..];
+        let tun = "    iifname \"wvtun0\" ct state established,related accept\n    \
+                   iifname \"wvtun0\" ip saddr @remote0 ip daddr 10.32.0.0/16 accept\n    \
+                   iifname \"wvtun0\" ip saddr @remote1 ip daddr 10.2.3.0/24 accept\n    \
+                   iifname \"wvtun0\" drop\n";
+        assert!(input.contains(tun), "{r}");
         assert_eq!(ruleset(&Rules::default()).matches("set peers {\n    type ipv4_addr\n  }").count(), 1);
     }
 
