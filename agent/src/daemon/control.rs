@@ -203,6 +203,8 @@ pub async fn reconcile_loop(
     let mut next_full = tokio::time::Instant::now();
     let mut skipped = std::collections::BTreeMap::new();
     loop {
+        // Read every pass: a DHCP renewal or an interface coming up changes them.
+        let networks = crate::host::routes::connected_networks();
         let (desired, peers, behind_nat) = {
             let map = maps.borrow_and_update();
             let behind_nat = netmap::behind_nat(&map, own_node);
@@ -210,7 +212,7 @@ pub async fn reconcile_loop(
             for p in problems {
                 tracing::warn!("{p}");
             }
-            let now_skipped = netmap::underlay_conflicts(&map, &coordinator);
+            let now_skipped = netmap::underlay_conflicts(&map, &coordinator, &networks);
             for (vni, why) in &now_skipped {
                 if !skipped.contains_key(vni) {
                     tracing::warn!("{why}: it would cut this host off its underlay; not installed");

@@ -82,7 +82,8 @@ pub async fn keep(
 ) {
     let mut reloaded = Instant::now();
     loop {
-        let rules = rules(&maps.borrow_and_update(), own_node, &coordinator);
+        let networks = super::routes::connected_networks();
+        let rules = rules(&maps.borrow_and_update(), own_node, &coordinator, &networks);
         let updated = tokio::time::Instant::now();
         if applied.as_ref() != Some(&rules) {
             let elements = applied.as_ref().and_then(|old| update(old, &rules));

@@ -10,4 +10,5 @@ pub mod firewall;
 pub mod netlink;
 pub mod netns;
 pub mod registry;
+pub mod routes;
 pub mod state;

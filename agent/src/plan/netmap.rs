@@ -28,13 +28,18 @@ pub fn apply(map: &mut NetworkMap, event: WatchEvent) -> Result<(), Error> {
 /// The subnets this host must not install, by vni, each with the one line
 /// that says why: a subnet holding a node's endpoint address (this host's own
 /// underlay or a peer's) or the coordinator's address would route that
-/// address into the overlay bridge and cut the host off. The coordinator
-/// refuses such subnets; this is the agent's own check, for a map from a
-/// coordinator that did not (an older one, or a node joining later inside a
-/// subnet).
+/// address into the overlay bridge and cut the host off; so would one
+/// overlapping a network this host reaches directly (`networks`, with their
+/// interface: its LAN, with the gateway, DNS server and hosts no node
+/// announced). The coordinator refuses subnets over known endpoints and
+/// endpoints inside subnets; this is the agent's own check, for what the
+/// coordinator cannot know (this host's LAN: a member may add an unnamed
+/// subnet inside `--node-subnets`, which covers the private ranges) and for
+/// a map from a coordinator that did not refuse (an older one).
 pub fn underlay_conflicts(
     map: &NetworkMap,
     coordinator: &[std::net::IpAddr],
+    networks: &[(ipnet::IpNet, String)],
 ) -> std::collections::BTreeMap<u32, String> {
     let mut out = std::collections::BTreeMap::new();
     for s in map.subnets.iter().filter(|s| s.vni != 0) {
@@ -43,9 +48,14 @@ pub fn underlay_conflicts(
             let ip = n.endpoints.iter().filter_map(|e| e.parse::<SocketAddr>().ok()).find(|e| net.contains(&e.ip()))?;
             Some(format!("the underlay address {} of node {}", ip.ip(), n.name))
         });
-        let why = endpoint.or_else(|| {
-            coordinator.iter().find(|ip| net.contains(*ip)).map(|ip| format!("the coordinator's address {ip}"))
-        });
+        let why = endpoint
+            .or_else(|| {
+                coordinator.iter().find(|ip| net.contains(*ip)).map(|ip| format!("the coordinator's address {ip}"))
+            })
+            .or_else(|| {
+                let (lan, dev) = networks.iter().find(|(n, _)| n.contains(&net) || net.contains(n))?;
+                Some(format!("part of this host's network {lan} on {dev}"))
+            });
         if let Some(why) = why {
             out.insert(s.vni, format!("subnet {} skipped: it holds {why}", s.cidr));
         }
@@ -209,7 +219,7 @@ mod tests {
     /// The agent's own guard, for a map from a coordinator that did not
     /// refuse (an older one, or a subnet and a join racing).
     #[test]
-    fn a_subnet_holding_a_node_endpoint_or_the_coordinator_is_left_out() {
+    fn a_subnet_holding_a_node_endpoint_the_coordinator_or_part_of_the_lan_is_left_out() {
         let subnet = |vni: u32, cidr: &str| Subnet { vni, cidr: cidr.into(), ..Default::default() };
         let map = NetworkMap {
             nodes: vec![node(1, "10.47.0.1")], // endpoint 192.0.2.11:6784
@@ -218,17 +228,28 @@ mod tests {
                 subnet(7, "192.0.2.8/29"),
                 subnet(8, "10.2.3.0/24"),
                 subnet(9, "10.2.4.0/24"),
+                subnet(10, "192.168.1.0/28"),
+                subnet(11, "192.168.0.0/16"),
             ],
             ..Default::default()
         };
-        let skipped = underlay_conflicts(&map, &["10.2.4.1".parse().unwrap()]);
+        let lan = [("192.168.1.0/24".parse().unwrap(), "eth0".to_string())];
+        let skipped = underlay_conflicts(&map, &["10.2.4.1".parse().unwrap()], &lan);
         assert_eq!(
             skipped.into_iter().collect::<Vec<_>>(),
             [
                 (7, "subnet 192.0.2.8/29 skipped: it holds the underlay address 192.0.2.11 of node h1".to_string()),
                 (9, "subnet 10.2.4.0/24 skipped: it holds the coordinator's address 10.2.4.1".to_string()),
+                (
+                    10,
+                    "subnet 192.168.1.0/28 skipped: it holds part of this host's network 192.168.1.0/24 on eth0".into()
+                ),
+                (
+                    11,
+                    "subnet 192.168.0.0/16 skipped: it holds part of this host's network 192.168.1.0/24 on eth0".into()
+                ),
             ],
-            "vni 0 (not an L2 segment) and a subnet away from both are kept"
+            "vni 0 (not an L2 segment) and a subnet away from all three are kept"
         );
     }
 }
