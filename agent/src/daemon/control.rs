@@ -241,6 +241,16 @@ pub async fn reconcile_loop(
             next_full = tokio::time::Instant::now() + RESYNC;
         }
         applied = reconcile_once(&netlink, &desired, applied).await;
+        // On full passes only (incremental ones do not dump the kernel): a
+        // bridge someone deleted is made again by a full pass anyway.
+        let replugged = if full { netlink.replug_ports().await } else { Ok(Vec::new()) };
+        match replugged {
+            Ok(moved) if !moved.is_empty() => {
+                tracing::info!(ports = ?moved, "workload ports put back into their bridges")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "putting workload ports back into their bridges"),
+        }
         metrics::histogram!("weave_reconcile_duration_seconds", "pass" => if full { "full" } else { "incremental" })
             .record(started.elapsed().as_secs_f64());
         if applied.is_none() {

@@ -13,6 +13,13 @@ pub struct WorkloadInterface {
     pub addresses: Vec<(Ipv4Addr, u8)>,
 }
 
+/// What a workload port's alias starts with; the rest is its bridge.
+const PORT_ALIAS: &str = "weave:";
+
+fn port_alias(bridge: &str) -> String {
+    format!("{PORT_ALIAS}{bridge}")
+}
+
 impl Netlink {
     /// A netlink connection inside the namespace of `netns` (a `/run/netns/x`
     /// or `/proc/<pid>/ns/net` file). The socket is opened by a short-lived
@@ -131,7 +138,9 @@ impl Netlink {
             }
             let host_index =
                 self.link_index(host_if).await?.ok_or_else(|| Error::Netlink(format!("{host_if} vanished")))?;
-            set(LinkUnspec::new_with_index(host_index).controller(bridge_index).build())
+            // The alias names the bridge, so a port left without one (the
+            // bridge was deleted and made again) is put back: `replug_ports`.
+            set(LinkUnspec::new_with_index(host_index).controller(bridge_index).alias(port_alias(bridge)).build())
                 .await
                 .map_err(|e| nl(format!("put {host_if} into {bridge}"), e))?;
             set(LinkUnspec::new_with_index(host_index).up().build())
@@ -143,6 +152,37 @@ impl Netlink {
             let _ = self.delete_link(host_if).await;
         }
         result
+    }
+
+    /// Puts every workload port back into its bridge (by the alias it was
+    /// given, [`port_alias`]) when it is not there: a bridge deleted (by
+    /// hand, or while its subnet was left out) and made again comes back
+    /// empty, and its workloads would stay cut off. Returns the ports moved.
+    pub async fn replug_ports(&self) -> Result<Vec<String>, Error> {
+        let links = self.links().await?;
+        let index_of = |n: &str| links.iter().find(|l| name(l) == Some(n)).map(|l| l.header.index);
+        let mut moved = Vec::new();
+        for l in &links {
+            let Some(port) = name(l) else { continue };
+            let alias =
+                l.attributes.iter().find_map(|a| if let LinkAttribute::IfAlias(s) = a { Some(s) } else { None });
+            let Some(bridge) = alias.and_then(|a| a.strip_prefix(PORT_ALIAS)) else { continue };
+            let Some(bridge_index) = index_of(bridge) else { continue };
+            let controller =
+                l.attributes.iter().find_map(|a| if let LinkAttribute::Controller(c) = a { Some(*c) } else { None });
+            if controller == Some(bridge_index) {
+                continue;
+            }
+            let set = |msg| self.handle.link().set(msg).execute();
+            set(LinkUnspec::new_with_index(l.header.index).controller(bridge_index).build())
+                .await
+                .map_err(|e| nl(format!("put {port} back into {bridge}"), e))?;
+            set(LinkUnspec::new_with_index(l.header.index).up().build())
+                .await
+                .map_err(|e| nl(format!("set {port} up"), e))?;
+            moved.push(format!("{port} -> {bridge}"));
+        }
+        Ok(moved)
     }
 
     /// Inside a workload's namespace: `ifname` up with `address`, plus the
