@@ -23,7 +23,7 @@ mod container;
 use crate::{
     error::Error,
     host::{
-        netlink::{Netlink, WorkloadInterface},
+        netlink::{self, Netlink, WorkloadInterface},
         registry::{self, Registry},
     },
     plan::{
@@ -285,6 +285,7 @@ impl Attacher {
                     }
                 };
                 inside.configure_workload(&ifname, *ip, *len, multicast).await.map_err(failed)?;
+                netlink::harden_workload(&c.netns, &ifname).map_err(failed)?;
                 let mac = inside
                     .workload_interfaces(Some(&ifname))
                     .await

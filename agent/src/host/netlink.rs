@@ -32,7 +32,7 @@ use crate::{
 
 mod neighbour;
 mod workload;
-pub use workload::WorkloadInterface;
+pub use workload::{WorkloadInterface, harden_workload};
 
 /// NUD_NOARP | NUD_PERMANENT, as `bridge fdb append` sets them.
 const FDB_STATE: u16 = 0xC0;

@@ -18,6 +18,11 @@
 //!   answered by proxy ARP with the local bridge's MAC (their IPv4 unicast is
 //!   routed); a remote workload's own ARP would point workloads back at the
 //!   slow path, and a host would answer proxy ARP for another host's workloads.
+//!   IPv4 in an L2 broadcast or multicast frame from a weave port (workload or
+//!   VXLAN) must be for a group: multicast, 255.255.255.255 or a segment's
+//!   directed broadcast. Linux takes unicast IP out of an L2 broadcast, so a
+//!   forged source (another host's workload) would otherwise flood past the
+//!   unicast rule to every host of the segment.
 use std::{collections::BTreeSet, fmt::Write, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
@@ -188,17 +193,44 @@ pub fn ruleset(rules: &Rules) -> String {
     out += "  }\n";
     out += &mss_chain();
     out += "}\n";
-    let _ = write!(
-        out,
+    out += &bridge_table(segments);
+    out
+}
+
+/// Where IPv4 in an L2 broadcast or multicast frame may go: multicast, the
+/// limited broadcast, and each segment's directed broadcast.
+fn l2_group_destinations(segments: &[Segment]) -> Vec<String> {
+    let multicast: Ipv4Net = "224.0.0.0/4".parse().expect("a network");
+    let mut out = vec![multicast.to_string(), Ipv4Addr::BROADCAST.to_string()];
+    let directed: BTreeSet<Ipv4Addr> = segments
+        .iter()
+        .filter(|s| s.subnet.prefix_len() <= 30)
+        .map(|s| s.subnet.broadcast())
+        .filter(|b| !multicast.contains(b) && *b != Ipv4Addr::BROADCAST)
+        .collect();
+    out.extend(directed.iter().map(Ipv4Addr::to_string));
+    out
+}
+
+/// The `bridge` table. Its chains see every frame entering a port of any
+/// bridge on the host, so each rule names weave's ports: `wvvx-*` (VXLAN)
+/// and `wv*` (VXLAN and every workload port the agent makes: `wv<hash>` for
+/// attach and CNI, `wvd<id>` for Docker); other bridges (docker0) are left
+/// alone. Without bridge meta support in every kernel, a port's bridge
+/// cannot be matched (`meta ibrname`), hence the names.
+fn bridge_table(segments: &[Segment]) -> String {
+    let groups = l2_group_destinations(segments).join(", ");
+    let port = "wv*";
+    format!(
         "table bridge {TABLE} {{\n  chain prerouting {{\n    type filter hook prerouting priority filter; policy accept;\n    \
          iifname \"{VXLAN_PREFIX}*\" ether type arp drop\n    \
-         iifname \"{VXLAN_PREFIX}*\" ether type ip ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop\n  \
+         iifname \"{VXLAN_PREFIX}*\" ether type ip ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop\n    \
+         iifname \"{port}\" ether type ip ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 ip daddr != {{ {groups} }} drop\n  \
          }}\n  chain forward {{\n    \
          type filter hook forward priority filter; policy accept;\n    oifname \"{VXLAN_PREFIX}*\" ether type arp drop\n  }}\n  \
          chain output {{\n    type filter hook output priority filter; policy accept;\n    \
          oifname \"{VXLAN_PREFIX}*\" ether type arp drop\n  }}\n}}\n"
-    );
-    out
+    )
 }
 
 /// The element changes that turn the applied `old` rules into `new`, as one
@@ -290,6 +322,30 @@ mod tests {
             r.contains("iifname \"wvvx-*\" ether type ip ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop"),
             "{r}"
         );
+    }
+
+    #[test]
+    fn ipv4_in_an_l2_broadcast_from_a_weave_port_is_only_for_a_group() {
+        let seg = |vni, subnet: &str| Segment {
+            bridge: bridge_name(vni),
+            subnet: subnet.parse().unwrap(),
+            remote: BTreeSet::new(),
+        };
+        // Two segments with the same broadcast, a /31 and a /32 (no directed broadcast).
+        let segments =
+            vec![seg(5, "10.32.0.0/16"), seg(6, "10.32.0.0/16"), seg(9, "10.2.3.0/24"), seg(7, "10.9.0.0/31")];
+        let r = ruleset(&Rules { segments: [segments, vec![seg(8, "10.9.1.1/32")]].concat(), ..Default::default() });
+        let pre = &r[r.find("table bridge weave {\n  chain prerouting").unwrap()
+            ..r.find("chain forward {\n    type filter hook forward priority filter;").unwrap()];
+        assert!(
+            pre.contains(
+                "iifname \"wv*\" ether type ip ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 \
+                 ip daddr != { 224.0.0.0/4, 255.255.255.255, 10.2.3.255, 10.32.255.255 } drop\n"
+            ),
+            "{pre}"
+        );
+        let empty = ruleset(&Rules::default());
+        assert!(empty.contains("ip daddr != { 224.0.0.0/4, 255.255.255.255 } drop\n"), "{empty}");
     }
 
     #[test]

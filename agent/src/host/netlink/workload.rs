@@ -230,6 +230,30 @@ impl Netlink {
     }
 }
 
+/// The sysctls of a workload interface, set from inside its namespace:
+/// `(path under /proc/sys/net, value, IPv6)`. IPv4 or IPv6 unicast in an L2
+/// broadcast or multicast frame is dropped (a forged source flooded to the
+/// whole segment). IPv6 entries are skipped when the container has no IPv6.
+const WORKLOAD_SYSCTLS: &[(&str, &str, bool)] = &[
+    ("ipv4/conf/{}/drop_unicast_in_l2_multicast", "1", false),
+    ("ipv6/conf/{}/drop_unicast_in_l2_multicast", "1", true),
+];
+
+/// Sets [`WORKLOAD_SYSCTLS`] on `ifname` inside the namespace `netns`.
+pub fn harden_workload(netns: &std::fs::File, ifname: &str) -> Result<(), Error> {
+    let ifname = ifname.to_string();
+    crate::host::netns::run_in(netns, "a container", move || {
+        for (path, value, v6) in WORKLOAD_SYSCTLS {
+            let path = format!("net/{}", path.replace("{}", &ifname));
+            match sysctl(&path, value) {
+                Err(Error::Io(_, e)) if *v6 && e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    })
+}
+
 impl Netlink {
     /// Adds (or removes) `address/prefix` on `ifname` in this namespace
     /// (expose/hide on a bridge). Idempotent both ways.

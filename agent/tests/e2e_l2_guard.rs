@@ -1,0 +1,111 @@
+//! A malicious workload on a segment that crosses hosts at L2: frames it
+//! crafts with a raw socket (as an attacker in a container would) must not
+//! reach or mislead the other workloads of its subnet, on its host or others.
+mod common;
+
+use std::{
+    net::{Ipv4Addr, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+/// `python3 -c SEND IFACE SRC DST DPORT`: three UDP datagrams SRC -> DST in an
+/// Ethernet frame to ff:ff:ff:ff:ff:ff, from IFACE's own MAC (the audit's frame).
+const SEND_IN_BROADCAST: &str = r#"
+import socket, struct, sys
+ifc, src, dst, dport = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+mac = bytes.fromhex(open(f'/sys/class/net/{ifc}/address').read().strip().replace(':', ''))
+payload = f'from {src} to {dst}'.encode()
+udp = struct.pack('!HHHH', 40000, dport, 8 + len(payload), 0) + payload
+ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
+s = sum(struct.unpack('!10H', ip)); s = (s >> 16) + (s & 0xffff); s += s >> 16
+ip = ip[:10] + struct.pack('!H', ~s & 0xffff) + ip[12:]
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); sock.bind((ifc, 0))
+for _ in range(3): sock.send(b'\xff' * 6 + mac + b'\x08\x00' + ip + udp)
+"#;
+
+const PORT: u16 = 5555;
+
+fn bind(ns: &str) -> UdpSocket {
+    let s = in_netns(ns, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PORT)).unwrap()).join().unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s
+}
+
+/// Every datagram `s` receives within `wait`, as text.
+fn received(s: &UdpSocket, wait: Duration) -> Vec<String> {
+    let (mut out, end, mut buf) = (Vec::new(), Instant::now() + wait, [0u8; 1500]);
+    while Instant::now() < end {
+        if let Ok(n) = s.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    out
+}
+
+fn send(ns: &str, src: Ipv4Addr, dst: Ipv4Addr) {
+    let (src, dst, port) = (src.to_string(), dst.to_string(), PORT.to_string());
+    ok_in(ns, &["python3", "-c", SEND_IN_BROADCAST, "ethwe", &src, &dst, &port]);
+}
+
+/// Deletes the bridge table's prerouting rule whose text contains `what`.
+fn delete_rule(ns: &str, what: &str) {
+    let chain = ok_in(ns, &["nft", "-a", "list", "chain", "bridge", "weave", "prerouting"]);
+    let line = chain.lines().find(|l| l.contains(what)).unwrap_or_else(|| panic!("no rule '{what}': {chain}"));
+    let handle = line.rsplit("# handle ").next().unwrap().trim();
+    ok_in(ns, &["nft", "delete", "rule", "bridge", "weave", "prerouting", "handle", handle]);
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_forged_source_in_an_l2_broadcast_reaches_no_workload() {
+    let mut bed = Bed::with_hosts(2);
+    let container = |bed: &mut Bed, host: usize, name: &str| {
+        let ns = bed.add_container(name);
+        let i = bed.weavectl_attach(host, &ns, &[&format!("/run/netns/{ns}")])[0];
+        (ns, bed.workloads[i].ip)
+    };
+    // The attacker and a hardened victim are attached by the agent (its
+    // ports, its sysctls); the bare victims have only a veth in the bridge.
+    let (attacker, attacker_ip) = container(&mut bed, 0, "attacker");
+    let (hardened, hardened_ip) = container(&mut bed, 1, "hardened");
+    let local = bed.add_workload(0, "default");
+    let remote = bed.add_workload(1, "default");
+    let (local_ns, remote_ns) = (bed.workloads[local].ns.clone(), bed.workloads[remote].ns.clone());
+    let (local_ip, remote_ip) = (bed.workloads[local].ip, bed.workloads[remote].ip);
+    for w in [local, remote] {
+        wait_for("the attacker to reach every victim", Duration::from_secs(15), || {
+            ping_once(&attacker, bed.workloads[w].ip).then_some(())
+        });
+    }
+    wait_for("the attacker to reach every victim", Duration::from_secs(15), || {
+        ping_once(&attacker, hardened_ip).then_some(())
+    });
+    let sysctl = ok_in(&hardened, &["cat", "/proc/sys/net/ipv4/conf/ethwe/drop_unicast_in_l2_multicast"]);
+    assert_eq!(sysctl.trim(), "1", "attach sets the sysctl in the container");
+    let victims = [(local_ns.as_str(), local_ip), (remote_ns.as_str(), remote_ip), (hardened.as_str(), hardened_ip)];
+    let sockets: Vec<_> = victims.iter().map(|(ns, _)| bind(ns)).collect();
+    // One forged source per victim: another workload of the subnet.
+    let attack = |round: &str| {
+        for (i, (_, ip)) in victims.iter().enumerate() {
+            send(&attacker, victims[(i + 1) % victims.len()].1, *ip);
+        }
+        // A real broadcast still arrives everywhere (and the sockets work).
+        send(&attacker, attacker_ip, Ipv4Addr::BROADCAST);
+        let got: Vec<Vec<String>> = sockets.iter().map(|s| received(s, Duration::from_secs(2))).collect();
+        for (g, (ns, _)) in got.iter().zip(&victims) {
+            assert!(g.iter().any(|m| m.ends_with("to 255.255.255.255")), "{round}: {ns} got the broadcast: {g:?}");
+        }
+        got.into_iter().map(|g| g.iter().filter(|m| !m.ends_with("to 255.255.255.255")).count()).collect::<Vec<_>>()
+    };
+    assert_eq!(attack("with the rules"), [0, 0, 0], "no victim took a forged unicast out of a broadcast frame");
+    // Control: without the bridge rule (on both hosts) the bare victims take
+    // the very same frames, locally and over VXLAN; the hardened one still
+    // drops them by its sysctl.
+    for h in 0..2 {
+        delete_rule(&bed.hosts[h].ns, "== 01:00:00:00:00:00 ip daddr != {");
+    }
+    let got = attack("without the rule");
+    assert!(got[0] > 0 && got[1] > 0 && got[2] == 0, "bare victims get the forged packets, the hardened not: {got:?}");
+}
