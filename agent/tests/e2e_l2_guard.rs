@@ -109,3 +109,71 @@ fn a_forged_source_in_an_l2_broadcast_reaches_no_workload() {
     let got = attack("without the rule");
     assert!(got[0] > 0 && got[1] > 0 && got[2] == 0, "bare victims get the forged packets, the hardened not: {got:?}");
 }
+
+/// `python3 -c ADVERTISE IFACE`: three router advertisements to ff02::1 (high
+/// preference, a /64 prefix for SLAAC, an RDNSS server), the audit's RA.
+const ADVERTISE: &str = r#"
+import socket, struct, sys
+ifc = sys.argv[1]; idx = socket.if_nametoindex(ifc)
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, idx)
+ra = struct.pack('!BBHBBHII', 134, 0, 0, 64, 0x08, 1800, 0, 0)
+pio = struct.pack('!BBBBIII', 3, 4, 64, 0xc0, 86400, 14400, 0) + socket.inet_pton(socket.AF_INET6, '2001:db8:66::')
+rdnss = struct.pack('!BBHI', 25, 3, 0, 1800) + socket.inet_pton(socket.AF_INET6, '2001:db8:66::1')
+for _ in range(3): s.sendto(ra + pio + rdnss, ('ff02::1', 0, 0, idx))
+"#;
+
+/// What a router advertisement left in `ns`: its default route or SLAAC address.
+fn advertised(ns: &str) -> Option<String> {
+    let route = ok_in(ns, &["ip", "-6", "route", "show", "default"]);
+    let addr = ok_in(ns, &["ip", "-6", "-o", "addr", "show", "scope", "global"]);
+    let got = format!("{route}{addr}");
+    (!got.trim().is_empty()).then_some(got)
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_workloads_router_advertisement_configures_no_workload() {
+    let mut bed = Bed::with_hosts(2);
+    let container = |bed: &mut Bed, host: usize, name: &str| {
+        let ns = bed.add_container(name);
+        bed.weavectl_attach(host, &ns, &[&format!("/run/netns/{ns}")]);
+        ns
+    };
+    let attacker = container(&mut bed, 0, "attacker");
+    let hardened = container(&mut bed, 1, "hardened");
+    let local = bed.add_workload(0, "default");
+    let remote = bed.add_workload(1, "default");
+    let victims = [bed.workloads[local].ns.clone(), bed.workloads[remote].ns.clone(), hardened.clone()];
+    for (key, want) in [("accept_ra", "0"), ("autoconf", "0")] {
+        let got = ok_in(&hardened, &["cat", &format!("/proc/sys/net/ipv6/conf/ethwe/{key}")]);
+        assert_eq!(got.trim(), want, "attach sets {key} in the container");
+    }
+    // The attacker needs its link-local address (an RA's source) out of DAD.
+    wait_for("the attacker's link-local address", Duration::from_secs(10), || {
+        let out = ok_in(&attacker, &["ip", "-6", "-o", "addr", "show", "dev", "ethwe", "scope", "link"]);
+        (!out.is_empty() && !out.contains("tentative")).then_some(())
+    });
+    ok_in(&attacker, &["python3", "-c", ADVERTISE, "ethwe"]);
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        for v in &victims {
+            assert_eq!(advertised(v), None, "{v} took the attacker's router advertisement");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Control: without the bridge rule (on both hosts) the same RA makes the
+    // attacker the bare victims' router, locally and over VXLAN; the attached
+    // container ignores it by its sysctls.
+    for h in 0..2 {
+        delete_rule(&bed.hosts[h].ns, "icmpv6 type { nd-router-advert, nd-redirect } drop");
+    }
+    for v in &victims[..2] {
+        wait_for(&format!("{v} to take the RA without the rule"), Duration::from_secs(10), || {
+            ok_in(&attacker, &["python3", "-c", ADVERTISE, "ethwe"]);
+            advertised(v).filter(|got| got.contains("default via fe80") && got.contains("2001:db8:66:"))
+        });
+    }
+    assert_eq!(advertised(&hardened), None, "the attached container ignores router advertisements");
+}

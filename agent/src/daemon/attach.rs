@@ -284,8 +284,9 @@ impl Attacher {
                         ifname
                     }
                 };
-                inside.configure_workload(&ifname, *ip, *len, multicast).await.map_err(failed)?;
+                // Before the interface comes up: no router advertisement lands first.
                 netlink::harden_workload(&c.netns, &ifname).map_err(failed)?;
+                inside.configure_workload(&ifname, *ip, *len, multicast).await.map_err(failed)?;
                 let mac = inside
                     .workload_interfaces(Some(&ifname))
                     .await

@@ -22,7 +22,9 @@
 //!   VXLAN) must be for a group: multicast, 255.255.255.255 or a segment's
 //!   directed broadcast. Linux takes unicast IP out of an L2 broadcast, so a
 //!   forged source (another host's workload) would otherwise flood past the
-//!   unicast rule to every host of the segment.
+//!   unicast rule to every host of the segment. No weave port carries router
+//!   advertisements, redirects or DHCPv6 server traffic: a workload would
+//!   become every container's IPv6 router (and DNS server) on every host.
 use std::{collections::BTreeSet, fmt::Write, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
@@ -225,7 +227,9 @@ fn bridge_table(segments: &[Segment]) -> String {
         "table bridge {TABLE} {{\n  chain prerouting {{\n    type filter hook prerouting priority filter; policy accept;\n    \
          iifname \"{VXLAN_PREFIX}*\" ether type arp drop\n    \
          iifname \"{VXLAN_PREFIX}*\" ether type ip ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop\n    \
-         iifname \"{port}\" ether type ip ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 ip daddr != {{ {groups} }} drop\n  \
+         iifname \"{port}\" ether type ip ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 ip daddr != {{ {groups} }} drop\n    \
+         iifname \"{port}\" icmpv6 type {{ nd-router-advert, nd-redirect }} drop\n    \
+         iifname \"{port}\" ether type ip6 udp sport 547 drop\n  \
          }}\n  chain forward {{\n    \
          type filter hook forward priority filter; policy accept;\n    oifname \"{VXLAN_PREFIX}*\" ether type arp drop\n  }}\n  \
          chain output {{\n    type filter hook output priority filter; policy accept;\n    \
@@ -346,6 +350,15 @@ mod tests {
         );
         let empty = ruleset(&Rules::default());
         assert!(empty.contains("ip daddr != { 224.0.0.0/4, 255.255.255.255 } drop\n"), "{empty}");
+    }
+
+    #[test]
+    fn no_weave_port_carries_router_advertisements_redirects_or_dhcpv6_servers() {
+        let r = ruleset(&Rules::default());
+        let pre = &r[r.find("table bridge weave {\n  chain prerouting").unwrap()..];
+        let pre = &pre[..pre.find("  }\n").unwrap()];
+        assert!(pre.contains("iifname \"wv*\" icmpv6 type { nd-router-advert, nd-redirect } drop\n"), "{pre}");
+        assert!(pre.contains("iifname \"wv*\" ether type ip6 udp sport 547 drop\n"), "{pre}");
     }
 
     #[test]

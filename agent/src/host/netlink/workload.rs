@@ -233,10 +233,15 @@ impl Netlink {
 /// The sysctls of a workload interface, set from inside its namespace:
 /// `(path under /proc/sys/net, value, IPv6)`. IPv4 or IPv6 unicast in an L2
 /// broadcast or multicast frame is dropped (a forged source flooded to the
-/// whole segment). IPv6 entries are skipped when the container has no IPv6.
+/// whole segment). No router advertisement configures it (no default route,
+/// address or DNS server from another workload), nor does a redirect.
+/// IPv6 entries are skipped when the container has no IPv6.
 const WORKLOAD_SYSCTLS: &[(&str, &str, bool)] = &[
     ("ipv4/conf/{}/drop_unicast_in_l2_multicast", "1", false),
     ("ipv6/conf/{}/drop_unicast_in_l2_multicast", "1", true),
+    ("ipv6/conf/{}/accept_ra", "0", true),
+    ("ipv6/conf/{}/autoconf", "0", true),
+    ("ipv6/conf/{}/accept_redirects", "0", true),
 ];
 
 /// Sets [`WORKLOAD_SYSCTLS`] on `ifname` inside the namespace `netns`.
