@@ -155,6 +155,9 @@ pub fn ruleset(rules: &Rules) -> String {
     for (i, s) in segments.iter().enumerate() {
         let _ = writeln!(out, "    iifname \"{TUN_NAME}\" ip saddr @remote{i} ip daddr {} accept", s.subnet);
     }
+    // A peer's node address may ping this host's (a diagnostic of the tunnel
+    // itself; no service answers it).
+    let _ = writeln!(out, "    iifname \"{TUN_NAME}\" ip saddr @peers icmp type echo-request accept");
     let _ = writeln!(out, "    iifname \"{TUN_NAME}\" drop");
     // A workload reaches its host only at the address the host was exposed
     // with on that subnet: not its other addresses (node, underlay, another
@@ -396,6 +399,7 @@ mod tests {
         let tun = "    iifname \"wvtun0\" ct state established,related accept\n    \
                    iifname \"wvtun0\" ip saddr @remote0 ip daddr 10.32.0.0/16 accept\n    \
                    iifname \"wvtun0\" ip saddr @remote1 ip daddr 10.2.3.0/24 accept\n    \
+                   iifname \"wvtun0\" ip saddr @peers icmp type echo-request accept\n    \
                    iifname \"wvtun0\" drop\n";
         assert!(input.contains(tun), "{r}");
         assert_eq!(ruleset(&Rules::default()).matches("set peers {\n    type ipv4_addr\n  }").count(), 1);
