@@ -5,7 +5,10 @@
 //! must forward to an upstream that never answers (each forward holds a
 //! socket for the upstream timeout). While that runs: `agent status` answers
 //! within 1 s (the bound; several samples, the slowest reported),
-//! container B's lookups of a weave.local name answer, and attaching a third
+//! container B's lookups of a weave.local name answer, B's lookups of a name
+//! the agent forwards (one the test's upstream does answer) answer within the
+//! resolver's normal timeout (A cannot take the agent's whole forward budget,
+//! its share being an eighth of it: `limits::Budget`), and attaching a third
 //! container on the same host works and its resolver answers. Afterwards A's
 //! own resolver answers again, the agent held at most its per-namespace
 //! limit of A's connections open, and its /metrics counted the drops.
@@ -28,8 +31,12 @@ use std::{
 use common::*;
 use weave_agent::daemon::dns::limits::NS_TCP_CONNECTIONS;
 
-/// An upstream resolver that never answers: its sockets are bound, never read.
+/// The upstream resolver: it answers names under [`ANSWERED`] at once and
+/// never answers any other (its TCP socket is bound, never accepted).
 const UPSTREAM_IP: &str = "192.0.2.53";
+const ANSWERED: &str = ".answered.example";
+/// The upstream's answer (A) to every name under [`ANSWERED`].
+const ANSWERED_IP: [u8; 4] = [203, 0, 113, 77];
 const CONNECTIONS: usize = 5000;
 /// The bound for `agent status` under the flood.
 const STATUS_BOUND: Duration = Duration::from_secs(1);
@@ -79,9 +86,19 @@ fn timed(mut cmd: Command, limit: Duration) -> (Option<Output>, Duration) {
 
 /// `dig @127.0.0.11 +short <name>` inside `ns` (one try, 1 s): the answer lines.
 fn dig(ns: &str, name: &str) -> Vec<String> {
+    dig_with(ns, name, &["+time=1", "+tries=1"])
+}
+
+/// Like [`dig`] with a stub resolver's usual patience (glibc's default:
+/// 5 s, 2 attempts), for a name the agent forwards upstream.
+fn dig_forwarded(ns: &str, name: &str) -> Vec<String> {
+    dig_with(ns, name, &["+time=5", "+tries=2"])
+}
+
+fn dig_with(ns: &str, name: &str, options: &[&str]) -> Vec<String> {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns, "dig", "@127.0.0.11", "+short", "+time=1", "+tries=1", name]);
-    let (out, _) = timed(cmd, Duration::from_secs(5));
+    cmd.args(["netns", "exec", ns, "dig", "@127.0.0.11", "+short"]).args(options).arg(name);
+    let (out, _) = timed(cmd, Duration::from_secs(20));
     let Some(out) = out.filter(|o| o.status.success()) else { return Vec::new() };
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
 }
@@ -97,6 +114,31 @@ fn query(id: u16, name: &str) -> Vec<u8> {
     }
     q.extend_from_slice(&[0, 0, 1, 0, 1]);
     q
+}
+
+/// The upstream's answer to `q` if it asks for a name under [`ANSWERED`]:
+/// the question echoed, one A record, no EDNS.
+fn upstream_answer(q: &[u8]) -> Option<Vec<u8>> {
+    let (mut at, mut name) = (12usize, String::new());
+    loop {
+        let len = *q.get(at)? as usize;
+        if len == 0 {
+            break;
+        }
+        name.push('.');
+        name.push_str(&String::from_utf8_lossy(q.get(at + 1..at + 1 + len)?).to_ascii_lowercase());
+        at += 1 + len;
+    }
+    let end = at + 5; // the root label, type and class
+    if !name.ends_with(ANSWERED) || q.len() < end {
+        return None;
+    }
+    let mut r = q[..2].to_vec();
+    r.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
+    r.extend_from_slice(&q[12..end]);
+    r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+    r.extend_from_slice(&ANSWERED_IP);
+    Some(r)
 }
 
 /// GET /metrics from the agent's default listener inside the host namespace.
@@ -129,13 +171,27 @@ fn a_dns_flood_from_one_container_leaves_status_other_lookups_and_attach_working
     let agent_limit = set_nofile(AGENT_NOFILE);
     let mut bed = Bed::new();
     let upstream_ns = bed.add_bare_host(UPSTREAM_IP);
-    // Bound, never read or accepted: forwarded queries wait for the timeout.
-    let _upstream: (UdpSocket, TcpListener) = in_netns(&upstream_ns, || {
+    // Answers names under ANSWERED; the flood's forwarded names it reads and
+    // ignores, and TCP it never accepts: those forwards wait for the timeout.
+    let upstream_up = Arc::new(AtomicBool::new(true));
+    let (bound_tx, bound_rx) = mpsc::channel();
+    let flag = upstream_up.clone();
+    let upstream = in_netns(&upstream_ns, move || {
         let at = format!("{UPSTREAM_IP}:53");
-        (UdpSocket::bind(&at).unwrap(), TcpListener::bind(&at).unwrap())
-    })
-    .join()
-    .unwrap();
+        let (udp, _tcp) = (UdpSocket::bind(&at).unwrap(), TcpListener::bind(&at).unwrap());
+        udp.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        bound_tx.send(()).unwrap();
+        let mut buf = vec![0u8; 65535];
+        while flag.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = udp.recv_from(&mut buf)
+                && let Some(answer) = upstream_answer(&buf[..n])
+            {
+                let _ = udp.send_to(&answer, from);
+            }
+        }
+    });
+    bound_rx.recv_timeout(Duration::from_secs(10)).expect("the upstream bound its sockets");
+    let answered_ip = std::net::Ipv4Addr::from(ANSWERED_IP).to_string();
     bed.agent_args = vec!["--dns-upstream".into(), format!("{UPSTREAM_IP}:53")];
     bed.add_host();
     let limit = set_nofile(nofile().1.min(16384));
@@ -151,6 +207,7 @@ fn a_dns_flood_from_one_container_leaves_status_other_lookups_and_attach_working
     wait_for("B to resolve flooder.weave.local", Duration::from_secs(15), || {
         (dig(&ns_b, "flooder.weave.local") == [a_ip.clone()]).then_some(())
     });
+    assert_eq!(dig_forwarded(&ns_b, &format!("before{ANSWERED}")), [answered_ip.as_str()], "the upstream answers");
 
     // The UDP flood: three of four queries for names to forward, one local.
     let stop = Arc::new(AtomicBool::new(false));
@@ -218,6 +275,15 @@ fn a_dns_flood_from_one_container_leaves_status_other_lookups_and_attach_working
     for _ in 0..5 {
         assert_eq!(dig(&ns_b, "flooder.weave.local"), [a_ip.as_str()], "B's lookup under the flood");
     }
+    // A's forwards all wait 2 s on the upstream; B's still find a permit.
+    for i in 0..5 {
+        let name = format!("b{i}{ANSWERED}");
+        assert_eq!(
+            dig_forwarded(&ns_b, &name),
+            [answered_ip.as_str()],
+            "B's forwarded lookup of {name} under the flood"
+        );
+    }
 
     let mut cmd = Command::new(weavectl_bin());
     cmd.arg("--socket").arg(&bed.hosts[0].socket);
@@ -239,6 +305,8 @@ fn a_dns_flood_from_one_container_leaves_status_other_lookups_and_attach_working
     let sent = udp_flood.join().unwrap();
     tcp_flood.join().unwrap();
     eprintln!("UDP queries sent by the flood: {sent}");
+    upstream_up.store(false, Ordering::Relaxed);
+    upstream.join().unwrap();
 
     // A is served again once it stops, and the agent counted what it dropped.
     wait_for("A's resolver to answer again", Duration::from_secs(15), || {

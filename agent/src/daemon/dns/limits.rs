@@ -1,7 +1,8 @@
 //! The DNS server's bounds, so that one container cannot starve its host's
 //! agent (issue 11): per namespace at most [`NS_TCP_CONNECTIONS`] TCP
-//! connections and [`NS_FORWARDS`] queries waiting on an upstream; across
-//! namespaces a [`Budget`] sized from the agent's file limit; every accept
+//! connections and an eighth of the agent's forward budget (at most
+//! [`NS_FORWARDS`]) in queries waiting on an upstream; across namespaces a
+//! [`Budget`] sized from the agent's file limit; every accept
 //! pauses after an error that is not one connection's (EMFILE, ENFILE,
 //! ENOBUFS); and all of it runs on a thread and runtime of its own
 //! ([`runtime`]), so a flood costs at most that one thread while the control
@@ -29,9 +30,23 @@ use crate::error::Error;
 /// TCP connections one namespace may hold open. Past it the connection idle
 /// the longest is closed to make room; with none idle the new one is.
 pub const NS_TCP_CONNECTIONS: usize = 64;
-/// Queries (UDP and TCP) one namespace may have waiting on an upstream.
-/// Past it a UDP query is dropped and a TCP one answered SERVFAIL.
+/// Queries (UDP and TCP) one namespace may have waiting on an upstream, at
+/// most; its share is [`Budget::ns_forwards`]. Past it a UDP query is
+/// dropped and a TCP one answered SERVFAIL.
 pub const NS_FORWARDS: usize = 128;
+/// One namespace's share of the agent's forward budget: 1/NS_SHARE.
+///
+/// A fixed 128 per namespace equalled the whole budget at the common file
+/// limit of 1024 (and exceeded it below): one container asking for names
+/// whose upstream never answers held every permit for the upstream timeout
+/// and no other container's forwarded lookup was answered. With an eighth,
+/// one namespace holds at most 1/8 (16 at 1024, still 128 from 8192 up) and
+/// it takes eight flooding namespaces at once to spend the budget. A floor
+/// reserved for every namespace cannot be had (their number is not bounded,
+/// the budget is); a fixed share keeps it simple and predictable. A forward
+/// to an upstream that answers lasts milliseconds, so 16 at a time is still
+/// thousands of lookups a second for one container.
+pub const NS_SHARE: usize = 8;
 /// A TCP connection with no complete query (or answer taken) for this long is closed.
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Queries one TCP connection may ask; it is closed after the last answer.
@@ -51,6 +66,9 @@ pub const EVICT_WAIT: Duration = Duration::from_millis(50);
 pub struct Budget {
     pub tcp: Arc<Semaphore>,
     pub forwards: Arc<Semaphore>,
+    /// How many of `forwards` one namespace may hold: 1/[`NS_SHARE`] of
+    /// them, within 1..=[`NS_FORWARDS`].
+    pub ns_forwards: usize,
 }
 
 impl Budget {
@@ -59,7 +77,16 @@ impl Budget {
     pub fn for_file_limit(limit: Option<u64>) -> Self {
         let size = limit.map_or(GLOBAL_MIN, |l| usize::try_from(l / 8).unwrap_or(GLOBAL_MAX));
         let size = size.clamp(GLOBAL_MIN, GLOBAL_MAX);
-        Budget { tcp: Arc::new(Semaphore::new(size)), forwards: Arc::new(Semaphore::new(size)) }
+        Budget {
+            tcp: Arc::new(Semaphore::new(size)),
+            forwards: Arc::new(Semaphore::new(size)),
+            ns_forwards: (size / NS_SHARE).clamp(1, NS_FORWARDS),
+        }
+    }
+
+    /// A new namespace's forward semaphore: its share of the budget.
+    pub fn namespace_forwards(&self) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(self.ns_forwards))
     }
 }
 
@@ -76,7 +103,7 @@ pub fn file_limit() -> Option<u64> {
 /// Why a query or connection was turned away: `weave_dns_dropped_total`'s labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
-    /// The namespace has [`NS_FORWARDS`] queries waiting on an upstream.
+    /// The namespace has its share ([`Budget::ns_forwards`]) waiting on an upstream.
     NamespaceForwards,
     /// The agent has its whole forward budget waiting.
     AgentForwards,
@@ -208,6 +235,22 @@ mod tests {
         assert_eq!(Budget::for_file_limit(Some(64)).tcp.available_permits(), 16);
         assert_eq!(Budget::for_file_limit(None).tcp.available_permits(), 16);
         assert!(file_limit().is_some_and(|l| l > 0), "this process has a file limit");
+    }
+
+    #[test]
+    fn a_namespace_takes_an_eighth_of_the_forward_budget_at_most() {
+        for (limit, share) in [(Some(1024), 16), (Some(8192), 128), (Some(u64::MAX), 128), (Some(64), 2), (None, 2)] {
+            assert_eq!(Budget::for_file_limit(limit).ns_forwards, share, "file limit {limit:?}");
+        }
+        // At 1024: a flooding namespace holds its 16, another still gets its own 16.
+        let budget = Budget::for_file_limit(Some(1024));
+        let (flooder, other) = (budget.namespace_forwards(), budget.namespace_forwards());
+        let held: Vec<_> = std::iter::from_fn(|| forward_permit(&flooder, &budget.forwards).ok()).collect();
+        assert_eq!(held.len(), 16);
+        assert_eq!(forward_permit(&flooder, &budget.forwards).err(), Some(Refused::NamespaceForwards));
+        let others: Vec<_> = std::iter::from_fn(|| forward_permit(&other, &budget.forwards).ok()).collect();
+        assert_eq!(others.len(), 16);
+        assert_eq!(budget.forwards.available_permits(), 128 - 32);
     }
 
     #[test]

@@ -24,7 +24,6 @@ use std::{
 use hickory_proto::op::{Message, OpCode, ResponseCode};
 use tokio::{
     net::{TcpListener, TcpStream, UdpSocket},
-    sync::Semaphore,
     task::JoinHandle,
 };
 use weave_proto::v1::NetworkMap;
@@ -32,7 +31,7 @@ use weave_proto::v1::NetworkMap;
 pub mod limits;
 mod serve;
 
-use limits::{Budget, NS_FORWARDS};
+use limits::Budget;
 use serve::{any_for, read_framed, write_framed};
 
 use crate::{
@@ -193,8 +192,8 @@ impl DnsServer {
             let io = |e| Error::Io(format!("register DNS sockets for {key}"), e);
             (UdpSocket::from_std(udp).map_err(io)?, TcpListener::from_std(tcp).map_err(io)?)
         };
-        // Shared by the namespace's UDP and TCP queries.
-        let forwards = Arc::new(Semaphore::new(NS_FORWARDS));
+        // Shared by the namespace's UDP and TCP queries: its share of the budget.
+        let forwards = self.inner.budget.namespace_forwards();
         let tasks = vec![
             runtime.spawn(self.clone().udp_loop(udp, forwards.clone())),
             runtime.spawn(self.clone().tcp_loop(tcp, forwards)),
