@@ -180,6 +180,25 @@ impl ServeArgs {
         let first_token_ttl =
             weave_proto::duration::parse(&self.first_token_ttl).map_err(|e| flag("first-token-ttl", e))?;
         let rpc_deadline = weave_proto::duration::parse(&self.rpc_deadline).map_err(|e| flag("rpc-deadline", e))?;
+        // A paced call may wait up to MAX_WAIT for its turn: the deadline must leave it that.
+        if rpc_deadline.is_some_and(|d| d <= crate::api::pace::MAX_WAIT) {
+            return Err(flag(
+                "rpc-deadline",
+                format!(
+                    "'{}' is too short: more than {}s, the longest a paced call waits",
+                    self.rpc_deadline,
+                    crate::api::pace::MAX_WAIT.as_secs()
+                ),
+            ));
+        }
+        // A whole-map read (a watch) costs MAP_READ; the burst plus the
+        // longest wait must hold it, or agents could never watch.
+        if self.node_rate == 1 {
+            return Err(flag(
+                "node-rate",
+                "1 is too low: a whole-map read (an agent's watch) costs 10; use 2 or more, or 0 for no limit",
+            ));
+        }
         let store = match &self.store {
             Some(s) => s.parse::<Location>().map_err(|e| flag("store", e))?,
             None => Location::Sqlite(self.data_dir.join("coordinator.db")),
@@ -246,6 +265,13 @@ mod tests {
         assert_eq!(a.settings().unwrap().node_subnet_quota, None, "0: no limit");
         a.node_dns_quota = 0;
         assert_eq!(a.settings().unwrap().node_dns_quota, None, "0: no limit");
+        a.node_rate = 1;
+        assert!(a.settings().unwrap_err().to_string().contains("--node-rate: 1 is too low"));
+        a.node_rate = 2;
+        a.rpc_deadline = "5s".into();
+        assert!(a.settings().unwrap_err().to_string().contains("--rpc-deadline: '5s' is too short"));
+        a.rpc_deadline = "never".into();
+        assert_eq!(a.settings().unwrap().rpc_deadline, None);
     }
 
     #[test]

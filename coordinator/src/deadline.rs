@@ -6,7 +6,8 @@
 //! client-side statement timeout; every write queued behind it would wait
 //! as long and its caller would get no answer at all. With this layer a
 //! call whose handler has not answered within the deadline answers
-//! `UNAVAILABLE` instead: clients retry idempotent calls on it, and a write
+//! `DEADLINE_EXCEEDED` instead (not `UNAVAILABLE`, which clients retry at
+//! once, ten times: a CNI ADD would then wait ten deadlines), and a write
 //! cut off this way may or may not have been applied, as for a connection
 //! cut at COMMIT. The handler's future is dropped; the store's group commit
 //! leaves such a write either whole in its batch or not at all
@@ -60,7 +61,7 @@ where
                 Err(_) => {
                     tracing::warn!(after = ?limit, "an RPC was not answered within --rpc-deadline: the store is not answering");
                     metrics::counter!("weave_rpc_deadline_exceeded_total").increment(1);
-                    Ok(tonic::Status::unavailable(format!(
+                    Ok(tonic::Status::deadline_exceeded(format!(
                         "the coordinator did not answer within {}s (--rpc-deadline): its database is not answering; \
                          the call may or may not have been applied",
                         limit.as_secs()

@@ -629,4 +629,23 @@ async fn endpoints_inside_the_overlay_or_not_unicast_are_refused() {
     assert_eq!(nodes[0].endpoints, vec!["192.0.2.1:6784".to_string()]);
     // An underlay address beside the overlay is fine.
     node.nodes.update_endpoints(update("10.2.4.9:6784")).await.expect("outside every subnet");
+    // Without a valid token the answer names no subnet: it would map the
+    // overlay for anyone who knows the (public) pin.
+    let mut stranger = c.api_with("").await;
+    let mut forged = JoinToken::parse(&c.token()).unwrap();
+    forged.id = "0123456789abcdef".into();
+    let mut req = join_request(&forged.to_string(), "host3", 3);
+    req.endpoints = vec!["10.2.3.9:6784".into()];
+    let refused = stranger.join.join(req).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(!refused.message().contains("10.2.3"), "{}", refused.message());
+    // An IPv4-mapped IPv6 endpoint is stored as the IPv4 address it is, so
+    // a subnet over it is refused like one over the plain form.
+    let n = node.nodes.update_endpoints(update("[::ffff:10.9.0.5]:6784")).await.unwrap().into_inner();
+    assert_eq!(n.endpoints, vec!["192.0.2.1:6784".to_string(), "10.9.0.5:6784".to_string()]);
+    assert_status(
+        admin.subnets.add_subnet(subnet("10.9.0.0/24")).await,
+        Code::FailedPrecondition,
+        "10.9.0.5 of node host1",
+    );
 }

@@ -263,3 +263,34 @@ async fn a_node_calling_too_fast_waits_its_turn_then_is_refused_and_others_are_n
         .count();
     assert!(refused >= 2, "{refused} of 5 whole-map reads refused");
 }
+
+/// A proven re-join needs no token, rewrites the node and sends every agent
+/// the change: it is paced like the node's other calls (as a whole-map read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proven_rejoins_are_paced_too() {
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.node_rate = 5).await;
+    let mut anon = c.admin().await;
+    let first = common::proven_join_request(&mut anon, &c.token(), "h1", 21, 21).await;
+    anon.join.join(first).await.expect("first join");
+    let revision = |mut api: weave_proto::client::Api| async move {
+        api.map.get_map(GetMapRequest {}).await.unwrap().into_inner().revision
+    };
+    let before = revision(c.admin().await).await;
+    let mut rejoins = Vec::new();
+    for _ in 0..30 {
+        let req = common::proven_join_request(&mut anon, &c.token(), "h1", 21, 21).await;
+        let mut api = anon.clone();
+        rejoins.push(tokio::spawn(async move { api.join.join(req).await.map(|_| ()) }));
+    }
+    let mut refused = 0;
+    for r in futures::future::join_all(rejoins).await {
+        if let Err(s) = r.unwrap() {
+            assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+            refused += 1;
+        }
+    }
+    // 20 tokens of burst and 25 of waiting hold 4 re-joins (10 each), give or take a second's 5.
+    assert!(refused >= 20, "{refused} of 30 re-joins refused");
+    let after = revision(c.admin().await).await;
+    assert!(after - before <= 10, "{} map changes from 30 re-joins", after - before);
+}

@@ -447,19 +447,19 @@ fn signal_all(pids: &[u32], signal: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: starts PostgreSQL as the postgres user (deploy/test.sh runs it)"]
-async fn a_database_that_stops_answering_gives_unavailable_within_the_deadline() {
+async fn a_database_that_stops_answering_gives_an_answer_within_the_deadline() {
     use std::sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     };
-    const DEADLINE: Duration = Duration::from_secs(3);
+    const DEADLINE: Duration = Duration::from_secs(6);
     // Generous against a loaded machine, far below TCP's ~15 minutes.
     const ANSWERED: Duration = Duration::from_secs(15);
     let pg = OwnedPg::start();
     let url = pg.0.create_database();
     let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| {
         a.store = Some(url.clone());
-        a.rpc_deadline = "3s".into();
+        a.rpc_deadline = "6s".into();
     })
     .await;
     let (_, mut api) = c.join("host1", 1).await;
@@ -530,14 +530,23 @@ async fn a_database_that_stops_answering_gives_unavailable_within_the_deadline()
     for (container, r, took) in &calls {
         assert!(*took < ANSWERED, "{container}: {r:?} after {took:?}");
     }
+    // DEADLINE_EXCEEDED from the deadline, or UNAVAILABLE from the pool's
+    // own 5 s timeout for a connection it could not take.
+    let bounded = |c: Code| matches!(c, Code::DeadlineExceeded | Code::Unavailable);
     let read = read.expect("a read is answered while the database is frozen");
-    assert_eq!(read.unwrap_err().code(), Code::Unavailable, "read after {read_took:?}");
+    assert!(bounded(read.as_ref().unwrap_err().code()), "read after {read_took:?}: {read:?}");
     let write = write.expect("a write is answered while the database is frozen");
     let write = write.unwrap_err();
-    assert_eq!(write.code(), Code::Unavailable, "write after {write_took:?}: {write:?}");
+    assert!(bounded(write.code()), "write after {write_took:?}: {write:?}");
     let cut: Vec<_> = calls.iter().filter(|(_, r, _)| r.is_err()).collect();
     assert!(!cut.is_empty(), "allocations went on while the database was frozen?");
-    assert!(cut.iter().all(|(_, r, _)| r.as_ref().unwrap_err().contains("Unavailable")), "{cut:?}");
+    let by_deadline = cut.iter().filter(|(_, r, _)| r.as_ref().unwrap_err().contains("DeadlineExceeded")).count();
+    assert!(
+        cut.iter()
+            .all(|(_, r, _)| ["DeadlineExceeded", "Unavailable"].iter().any(|c| r.as_ref().unwrap_err().contains(c))),
+        "{cut:?}"
+    );
+    assert!(by_deadline > 0, "no call was answered by the deadline: {cut:?}");
 
     // Thawed: writes work again, and the map holds each acknowledged
     // allocation once, with the acknowledged address; those cut off
@@ -547,7 +556,7 @@ async fn a_database_that_stops_answering_gives_unavailable_within_the_deadline()
         match api.ipam.allocate(AllocateRequest { container: "after".into(), ..Default::default() }).await {
             Ok(_) => break,
             Err(s) => {
-                assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+                assert!(bounded(s.code()), "{s:?}");
                 assert!(back.elapsed() < ANSWERED, "still failing {ANSWERED:?} after the database thawed: {s:?}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

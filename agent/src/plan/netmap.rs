@@ -45,8 +45,13 @@ pub fn underlay_conflicts(
     for s in map.subnets.iter().filter(|s| s.vni != 0) {
         let Ok(net) = s.cidr.parse::<ipnet::IpNet>() else { continue };
         let endpoint = map.nodes.iter().find_map(|n| {
-            let ip = n.endpoints.iter().filter_map(|e| e.parse::<SocketAddr>().ok()).find(|e| net.contains(&e.ip()))?;
-            Some(format!("the underlay address {} of node {}", ip.ip(), n.name))
+            let ip = n
+                .endpoints
+                .iter()
+                .filter_map(|e| e.parse::<SocketAddr>().ok())
+                .map(|e| e.ip().to_canonical())
+                .find(|ip| net.contains(ip))?;
+            Some(format!("the underlay address {ip} of node {}", n.name))
         });
         let why = endpoint
             .or_else(|| {

@@ -36,7 +36,10 @@ pub const MAX_ENDPOINTS: usize = 16;
 /// "ip:port" is at most 47 characters ("[v6]:port").
 const MAX_ENDPOINT_LEN: usize = 64;
 
-pub(super) fn check_endpoints(endpoints: &[String]) -> Result<(), Error> {
+/// Checks `endpoints` and returns them in canonical form (an IPv4-mapped
+/// IPv6 address as the IPv4 address it is, so every later check and every
+/// agent sees one form).
+pub(super) fn check_endpoints(endpoints: &[String]) -> Result<Vec<String>, Error> {
     if endpoints.len() > MAX_ENDPOINTS {
         return Err(Error::InvalidArgument(format!(
             "{} endpoints: a node may announce at most {MAX_ENDPOINTS}",
@@ -49,6 +52,7 @@ pub(super) fn check_endpoints(endpoints: &[String]) -> Result<(), Error> {
             long.len()
         )));
     }
+    let mut canonical = Vec::with_capacity(endpoints.len());
     for e in endpoints {
         let Ok(addr) = e.parse::<std::net::SocketAddr>() else {
             return Err(Error::InvalidArgument(format!("endpoint '{e}' is not ip:port")));
@@ -63,34 +67,9 @@ pub(super) fn check_endpoints(endpoints: &[String]) -> Result<(), Error> {
                 "endpoint '{e}' is not a unicast address and port where peers could reach this node"
             )));
         }
+        canonical.push(std::net::SocketAddr::new(ip, addr.port()).to_string());
     }
-    Ok(())
-}
-
-/// An endpoint inside the overlay (the range, the node range or any subnet)
-/// is refused: every agent routes those into the overlay, so peers could
-/// never reach it there, and agents leave out a subnet that holds a node's
-/// underlay address (`agent/src/plan/netmap.rs`): one member announcing an
-/// address inside a subnet would take that subnet off every host.
-pub(super) fn check_outside_overlay(endpoints: &[String], map: &v1::NetworkMap) -> Result<(), Error> {
-    let nets = [map.range.as_str(), map.node_range.as_str()]
-        .into_iter()
-        .map(|cidr| (cidr, "the overlay range"))
-        .chain(map.subnets.iter().map(|s| (s.cidr.as_str(), "subnet")))
-        .filter_map(|(cidr, what)| Some((cidr.parse::<ipnet::IpNet>().ok()?, what)));
-    for (net, what) in nets {
-        if let Some(e) = endpoints
-            .iter()
-            .filter_map(|e| e.parse::<std::net::SocketAddr>().ok())
-            .find(|e| net.contains(&e.ip().to_canonical()))
-        {
-            return Err(Error::FailedPrecondition(format!(
-                "endpoint {e} lies inside {what} {net}: peers route that into the overlay, and a node's underlay \
-                 address inside a subnet takes that subnet off every host; announce the host's real underlay address"
-            )));
-        }
-    }
-    Ok(())
+    Ok(canonical)
 }
 
 /// The endpoint a node's call came from (`from`: the TCP peer of its
@@ -125,8 +104,7 @@ impl JoinService for Join {
         let name = r.name.trim().to_string();
         check_name(&name)?;
         let key = WgPublicKey::from_bytes(&r.public_key).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        check_endpoints(&r.endpoints)?;
-        self.0.store.with_map(|map| check_outside_overlay(&r.endpoints, map))?;
+        let endpoints = check_endpoints(&r.endpoints)?;
         // A proof is optional (a first join needs none), but one that is
         // sent must verify: a host that thinks it re-joins learns why not.
         let proven = !r.proof.is_empty() || !r.challenge.is_empty();
@@ -135,6 +113,18 @@ impl JoinService for Join {
                 .challenger
                 .verify(now(), &r.challenge, &name, key.as_bytes(), &r.proof)
                 .map_err(|e| Error::Unauthenticated(e.to_string()))?;
+        }
+        // A proven re-join rewrites the node and sends every agent the
+        // change (and this caller the map): paced like any call of that node.
+        if proven
+            && let Some((id, node)) = self.0.store.with_map(|m| {
+                m.nodes
+                    .iter()
+                    .find(|n| n.name == name && n.public_key == key.as_bytes())
+                    .map(|n| (n.id, n.name.clone()))
+            })
+        {
+            self.0.pacer.pace(id, &node, super::pace::MAP_READ).await?;
         }
         let credential = new_secret();
         let joined = self
@@ -145,8 +135,8 @@ impl JoinService for Join {
                 token_secret_hash: hash_secret(&token.secret),
                 name,
                 public_key: *key.as_bytes(),
-                observed: observed_endpoint(from, &r.endpoints),
-                endpoints: r.endpoints,
+                observed: observed_endpoint(from, &endpoints),
+                endpoints,
                 credential_hash: hash_secret(&credential),
                 proven,
             })

@@ -6,7 +6,7 @@ use weave_proto::v1::{
 
 use super::{
     Shared,
-    join::{check_endpoints, check_outside_overlay, observed_endpoint},
+    join::{check_endpoints, observed_endpoint},
 };
 use crate::store::Caller;
 
@@ -35,13 +35,13 @@ impl NodeService for Nodes {
         let caller = self.0.caller(&request).await?;
         let r = request.get_ref();
         let node = self.0.target_node(&caller, &r.node).await?;
-        check_endpoints(&r.endpoints)?;
-        self.0.store.with_map(|map| check_outside_overlay(&r.endpoints, map))?;
+        let endpoints = check_endpoints(&r.endpoints)?;
+        self.0.store.with_map(|map| crate::store::check_outside_overlay(&endpoints, map))?;
         // Only the node's own call says where it is; an admin's keeps what was seen.
         let observed = match caller {
-            Caller::Node { .. } => Some(observed_endpoint(request.remote_addr(), &r.endpoints)),
+            Caller::Node { .. } => Some(observed_endpoint(request.remote_addr(), &endpoints)),
             Caller::Admin => None,
         };
-        Ok(Response::new(self.0.store.update_endpoints(node, &r.endpoints, observed.as_deref()).await?))
+        Ok(Response::new(self.0.store.update_endpoints(node, &endpoints, observed.as_deref()).await?))
     }
 }

@@ -80,10 +80,17 @@ impl SubnetService for Subnets {
 /// host off: checked for every caller, the admin too.
 fn underlay_conflict(net: &IpNet, nodes: &[Node], coordinator: &[IpAddr]) -> Option<String> {
     for node in nodes {
-        let endpoint =
-            node.endpoints.iter().filter_map(|e| e.parse::<SocketAddr>().ok()).find(|e| net.contains(&e.ip()));
-        if let Some(e) = endpoint {
-            return Some(format!("the underlay address {} of node {}", e.ip(), node.name));
+        // Its announced endpoints and the one it was seen at behind NAT, in
+        // either form of an IPv4 address (plain or IPv4-mapped IPv6).
+        let endpoint = node
+            .endpoints
+            .iter()
+            .chain(std::iter::once(&node.observed_endpoint))
+            .filter_map(|e| e.parse::<SocketAddr>().ok())
+            .map(|e| e.ip().to_canonical())
+            .find(|ip| net.contains(ip));
+        if let Some(ip) = endpoint {
+            return Some(format!("the underlay address {ip} of node {}", node.name));
         }
     }
     coordinator.iter().find(|ip| net.contains(*ip)).map(|ip| format!("the coordinator's own address {ip}"))

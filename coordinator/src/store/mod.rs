@@ -49,7 +49,7 @@ pub use self::{
     allocations::AllocationFilter,
     auth::Caller,
     dns::qualify_name,
-    nodes::{JoinRequest, JoinedNode},
+    nodes::{JoinRequest, JoinedNode, check_outside_overlay},
     open::{Location, LocationError},
     tokens::NewToken,
 };

@@ -59,6 +59,32 @@ async fn check_token(c: &mut Conn, r: &JoinRequest, t: i64) -> Result<Option<i64
     Ok(token.try_get::<Option<i64>, _>("uses_left")?)
 }
 
+/// An endpoint inside the overlay (the range, the node range or any subnet)
+/// is refused: every agent routes those into the overlay, so peers could
+/// never reach it there, and agents leave out a subnet that holds a node's
+/// underlay address (`agent/src/plan/netmap.rs`): one member announcing an
+/// address inside a subnet would take that subnet off every host.
+pub fn check_outside_overlay(endpoints: &[String], map: &v1::NetworkMap) -> Result<(), Error> {
+    let nets = [map.range.as_str(), map.node_range.as_str()]
+        .into_iter()
+        .map(|cidr| (cidr, "the overlay range"))
+        .chain(map.subnets.iter().map(|s| (s.cidr.as_str(), "subnet")))
+        .filter_map(|(cidr, what)| Some((cidr.parse::<ipnet::IpNet>().ok()?, what)));
+    for (net, what) in nets {
+        if let Some(e) = endpoints
+            .iter()
+            .filter_map(|e| e.parse::<std::net::SocketAddr>().ok())
+            .find(|e| net.contains(&e.ip().to_canonical()))
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "endpoint {e} lies inside {what} {net}: peers route that into the overlay, and a node's underlay \
+                 address inside a subnet takes that subnet off every host; announce the host's real underlay address"
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn all(c: &mut Conn) -> Result<Vec<v1::Node>> {
     let rows =
         db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY id"))).fetch_all(c).await?;
@@ -75,6 +101,9 @@ impl Store {
             let mut c = self.read.acquire().await?;
             check_token(&mut c, &r, now()).await?;
         }
+        // Only then (the caller is admitted): an answer naming a subnet
+        // would otherwise map the overlay for anyone who knows the pin.
+        self.with_map(|m| check_outside_overlay(&r.endpoints, m))?;
         let mut tx = self.begin().await?;
         let t = now();
         let by_key = db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE public_key = $1")))
