@@ -274,7 +274,7 @@ impl LocalService {
         let skipped = crate::plan::netmap::underlay_conflicts(
             &map,
             &super::commands::coordinator_ips(&self.identity.coordinator),
-            &crate::host::routes::connected_networks(),
+            &crate::host::routes::lan(),
         );
         AgentStatus {
             node_id: self.identity.node_id,

@@ -1,28 +1,44 @@
-//! This host's own networks: the destinations it reaches directly (a route
-//! without a gateway) through an interface that is not weave's, read from
-//! `/proc/net/route` and `/proc/net/ipv6_route` of the agent's namespace.
-//! A subnet overlapping one would route part of the host's LAN (its gateway,
-//! its DNS server, the hosts beside it) into an overlay bridge, so the agent
-//! leaves such a subnet out ([`crate::plan::netmap::underlay_conflicts`]).
+//! This host's own LAN as the agent's namespace shows it: the networks it
+//! reaches directly (a route without a gateway through an interface that is
+//! not weave's: `/proc/net/route`, `/proc/net/ipv6_route`) and the addresses
+//! it uses there (the routes' gateways, `/etc/resolv.conf`'s name servers,
+//! `/proc/net/arp`'s neighbours). A subnet over them would route part of the
+//! LAN into an overlay bridge, so the agent leaves it out
+//! ([`crate::plan::netmap::HostLan`]).
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
-use crate::plan::kernel::{BRIDGE_PREFIX, TUN_NAME, VXLAN_PREFIX};
+use crate::plan::{
+    kernel::{BRIDGE_PREFIX, TUN_NAME, VXLAN_PREFIX},
+    netmap::HostLan,
+};
 
 /// RTF_UP.
 const UP: u32 = 0x1;
 /// RTF_GATEWAY.
 const GATEWAY: u32 = 0x2;
+/// RTF_REJECT: blackhole, unreachable, prohibit (no interface of its own).
+const REJECT: u32 = 0x200;
 
-/// This host's directly connected networks with their interface, now.
-/// Unreadable files give none (the check then only protects announced
-/// endpoints and the coordinator's address, as before).
-pub fn connected_networks() -> Vec<(IpNet, String)> {
-    let v4 = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
-    let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
-    let mut out = parse_v4(&v4);
-    out.extend(parse_v6(&v6));
+/// This host's LAN, now. Unreadable files give nothing (the check then only
+/// protects announced endpoints and the coordinator's address, as before).
+pub fn lan() -> HostLan {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let (v4, v6) = (read("/proc/net/route"), read("/proc/net/ipv6_route"));
+    let mut known = gateways_v4(&v4);
+    known.extend(gateways_v6(&v6));
+    known.extend(nameservers(&read("/etc/resolv.conf")));
+    known.extend(neighbours(&read("/proc/net/arp")));
+    known.sort();
+    known.dedup();
+    HostLan { networks: connected_networks_in(&v4, &v6), known }
+}
+
+/// This host's directly connected networks with their interface.
+fn connected_networks_in(v4: &str, v6: &str) -> Vec<(IpNet, String)> {
+    let mut out = parse_v4(v4);
+    out.extend(parse_v6(v6));
     out.retain(|(_, dev)| !weave_or_loopback(dev));
     out.sort();
     out.dedup();
@@ -43,7 +59,7 @@ fn parse_v4(text: &str) -> Vec<(IpNet, String)> {
             let hex = |i: usize| u32::from_str_radix(f.get(i)?, 16).ok();
             let (dest, flags, mask) = (hex(1)?, hex(3)?, hex(7)?);
             let prefix = u8::try_from(mask.count_ones()).ok()?;
-            let connected = flags & UP != 0 && flags & GATEWAY == 0 && prefix > 0;
+            let connected = flags & UP != 0 && flags & (GATEWAY | REJECT) == 0 && prefix > 0 && f[0] != "*";
             let net = IpNet::new(IpAddr::V4(Ipv4Addr::from(u32::from_be(dest))), prefix).ok()?;
             connected.then(|| (net.trunc(), f[0].to_string()))
         })
@@ -60,9 +76,51 @@ fn parse_v6(text: &str) -> Vec<(IpNet, String)> {
             let flags = u32::from_str_radix(f.get(8)?, 16).ok()?;
             let dev = f.get(9)?;
             let special = dest.is_multicast() || dest.is_unicast_link_local() || dest.is_loopback();
-            let connected = flags & UP != 0 && flags & GATEWAY == 0 && prefix > 0 && !special;
+            let connected = flags & UP != 0 && flags & (GATEWAY | REJECT) == 0 && prefix > 0 && !special;
             let net = IpNet::new(IpAddr::V6(dest), prefix).ok()?;
             connected.then(|| (net.trunc(), dev.to_string()))
+        })
+        .collect()
+}
+
+/// The gateways of the IPv4 routes not through weave's devices.
+fn gateways_v4(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let gw = u32::from_str_radix(f.get(2)?, 16).ok()?;
+            (gw != 0 && !weave_or_loopback(f[0])).then(|| IpAddr::V4(Ipv4Addr::from(u32::from_be(gw))))
+        })
+        .collect()
+}
+
+/// The next hops of the IPv6 routes not through weave's devices.
+fn gateways_v6(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let hop = Ipv6Addr::from(u128::from_str_radix(f.get(4)?, 16).ok()?);
+            (!hop.is_unspecified() && !weave_or_loopback(f.get(9)?)).then_some(IpAddr::V6(hop))
+        })
+        .collect()
+}
+
+fn nameservers(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver")?.split_whitespace().next()?.split('%').next()?.parse().ok())
+        .collect()
+}
+
+/// `IP address  HW type  Flags  HW address  Mask  Device`: complete
+/// entries (flag 0x2) not on weave's devices.
+fn neighbours(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let flags = u32::from_str_radix(f.get(2)?.trim_start_matches("0x"), 16).ok()?;
+            (flags & 0x2 != 0 && !weave_or_loopback(f.get(5)?)).then(|| f[0].parse().ok()).flatten()
         })
         .collect()
 }
@@ -92,5 +150,19 @@ mod tests {
                   20010db8000000000000000000000001 00000400 00000001 00000000 00000003     eth0\n";
         assert_eq!(parse_v6(v6), [("2001:db8::/64".parse().unwrap(), "eth0".to_string())]);
         assert!(weave_or_loopback("wvbr-5") && weave_or_loopback("wvtun0") && !weave_or_loopback("docker0"));
+        // Blackhole and unreachable routes ('*', RTF_REJECT) are not networks.
+        let reject = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n\
+                      *\t0000200A\t00000000\t0001\t0\t0\t0\t0000F0FF\n\
+                      eth0\t0000200A\t00000000\t0201\t0\t0\t0\t0000F0FF\n";
+        assert!(parse_v4(reject).is_empty());
+        assert_eq!(gateways_v4(v4), ["192.0.2.1".parse::<IpAddr>().unwrap(); 2]);
+        assert_eq!(gateways_v6(v6), ["2001:db8::1".parse::<IpAddr>().unwrap()]);
+        let resolv = "# generated\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\nsearch example\n";
+        assert_eq!(nameservers(resolv), ["192.0.2.53".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]);
+        let arp = "IP address       HW type     Flags       HW address            Mask     Device\n\
+                   192.0.2.42       0x1         0x2         02:00:00:00:00:42     *        eth0\n\
+                   192.0.2.43       0x1         0x0         00:00:00:00:00:00     *        eth0\n\
+                   10.32.0.9        0x1         0x2         02:00:00:00:00:09     *        wvbr-5\n";
+        assert_eq!(neighbours(arp), ["192.0.2.42".parse::<IpAddr>().unwrap()]);
     }
 }

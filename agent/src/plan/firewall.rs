@@ -73,13 +73,8 @@ pub fn segments(map: &NetworkMap, own_node: u64) -> Vec<Segment> {
 /// A subnet that holds an underlay address (of a node, or `coordinator`) is
 /// left out ([`super::netmap::underlay_conflicts`]): dropping it as overlay
 /// traffic at the underlay would cut this host off as surely as routing it.
-pub fn rules(
-    map: &NetworkMap,
-    own_node: u64,
-    coordinator: &[std::net::IpAddr],
-    networks: &[(ipnet::IpNet, String)],
-) -> Rules {
-    let skip = super::netmap::underlay_conflicts(map, coordinator, networks);
+pub fn rules(map: &NetworkMap, own_node: u64, coordinator: &[std::net::IpAddr], lan: &super::netmap::HostLan) -> Rules {
+    let skip = super::netmap::underlay_conflicts(map, coordinator, lan);
     let peers = map.nodes.iter().filter(|n| n.id != own_node).filter_map(|n| n.address.parse().ok()).collect();
     let overlay = std::iter::once(&map.node_range)
         .chain(map.subnets.iter().filter(|s| !skip.contains_key(&s.vni)).map(|s| &s.cidr))
@@ -377,7 +372,7 @@ mod tests {
             subnets: vec![subnet("10.32.0.0/12", 0), subnet("10.32.0.0/16", 5), subnet("10.2.3.0/24", 9)],
             ..Default::default()
         };
-        let rules = rules(&map, 1, &[], &[]);
+        let rules = rules(&map, 1, &[], &Default::default());
         assert_eq!(rules.peers, ["10.47.0.2", "10.47.0.3"].iter().map(|a| a.parse().unwrap()).collect());
         let r = ruleset(&rules);
         assert!(r.contains("set peers {\n    type ipv4_addr\n    elements = { 10.47.0.2, 10.47.0.3 }\n"), "{r}");

@@ -25,13 +25,41 @@ pub fn apply(map: &mut NetworkMap, event: WatchEvent) -> Result<(), Error> {
     Ok(())
 }
 
+/// What this host knows of its own underlay beyond the map: the networks it
+/// reaches directly (no gateway, not through a weave device), each with its
+/// interface, and the addresses on them it depends on or talks to
+/// (gateways, name servers, neighbours): `host::routes::lan` reads them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostLan {
+    pub networks: Vec<(ipnet::IpNet, String)>,
+    pub known: Vec<std::net::IpAddr>,
+}
+
+impl HostLan {
+    /// Why a subnet `net` would cut this host off part of its LAN: it holds
+    /// a whole network of the host (a LAN swallowed), or, inside one, an
+    /// address the host uses there. A subnet merely inside a broad route
+    /// (a VPN's 10.0.0.0/8) with none of those is fine: its more specific
+    /// route only shadows addresses nobody here uses. Host routes (/32,
+    /// /128: a point-to-point peer) are never a reason.
+    fn conflict(&self, net: &ipnet::IpNet) -> Option<String> {
+        let host_route = |n: &ipnet::IpNet| n.prefix_len() == n.max_prefix_len();
+        if let Some((lan, dev)) = self.networks.iter().find(|(n, _)| !host_route(n) && net.contains(n)) {
+            return Some(format!("all of this host's network {lan} on {dev}"));
+        }
+        self.networks.iter().filter(|(n, _)| n.contains(net)).find_map(|(lan, dev)| {
+            let ip = self.known.iter().find(|ip| net.contains(*ip))?;
+            Some(format!("{ip}, in use on this host's network {lan} on {dev}"))
+        })
+    }
+}
+
 /// The subnets this host must not install, by vni, each with the one line
 /// that says why: a subnet holding a node's endpoint address (this host's own
 /// underlay or a peer's) or the coordinator's address would route that
 /// address into the overlay bridge and cut the host off; so would one
-/// overlapping a network this host reaches directly (`networks`, with their
-/// interface: its LAN, with the gateway, DNS server and hosts no node
-/// announced). The coordinator refuses subnets over known endpoints and
+/// overlapping this host's LAN ([`HostLan`]: its gateway, DNS server and
+/// machines no node announced). The coordinator refuses subnets over known endpoints and
 /// endpoints inside subnets; this is the agent's own check, for what the
 /// coordinator cannot know (this host's LAN: a member may add an unnamed
 /// subnet inside `--node-subnets`, which covers the private ranges) and for
@@ -39,7 +67,7 @@ pub fn apply(map: &mut NetworkMap, event: WatchEvent) -> Result<(), Error> {
 pub fn underlay_conflicts(
     map: &NetworkMap,
     coordinator: &[std::net::IpAddr],
-    networks: &[(ipnet::IpNet, String)],
+    lan: &HostLan,
 ) -> std::collections::BTreeMap<u32, String> {
     let mut out = std::collections::BTreeMap::new();
     for s in map.subnets.iter().filter(|s| s.vni != 0) {
@@ -57,10 +85,7 @@ pub fn underlay_conflicts(
             .or_else(|| {
                 coordinator.iter().find(|ip| net.contains(*ip)).map(|ip| format!("the coordinator's address {ip}"))
             })
-            .or_else(|| {
-                let (lan, dev) = networks.iter().find(|(n, _)| n.contains(&net) || net.contains(n))?;
-                Some(format!("part of this host's network {lan} on {dev}"))
-            });
+            .or_else(|| lan.conflict(&net));
         if let Some(why) = why {
             out.insert(s.vni, format!("subnet {} skipped: it holds {why}", s.cidr));
         }
@@ -234,27 +259,30 @@ mod tests {
                 subnet(8, "10.2.3.0/24"),
                 subnet(9, "10.2.4.0/24"),
                 subnet(10, "192.168.1.0/28"),
+                subnet(12, "192.168.1.32/28"),
                 subnet(11, "192.168.0.0/16"),
             ],
             ..Default::default()
         };
-        let lan = [("192.168.1.0/24".parse().unwrap(), "eth0".to_string())];
+        let lan = HostLan {
+            networks: vec![
+                ("192.168.1.0/24".parse().unwrap(), "eth0".to_string()),
+                ("10.0.0.0/8".parse().unwrap(), "wg0".to_string()),
+                ("10.2.3.7/32".parse().unwrap(), "tun0".to_string()),
+            ],
+            known: vec!["192.168.1.1".parse().unwrap(), "192.168.1.53".parse().unwrap()],
+        };
         let skipped = underlay_conflicts(&map, &["10.2.4.1".parse().unwrap()], &lan);
         assert_eq!(
             skipped.into_iter().collect::<Vec<_>>(),
             [
                 (7, "subnet 192.0.2.8/29 skipped: it holds the underlay address 192.0.2.11 of node h1".to_string()),
                 (9, "subnet 10.2.4.0/24 skipped: it holds the coordinator's address 10.2.4.1".to_string()),
-                (
-                    10,
-                    "subnet 192.168.1.0/28 skipped: it holds part of this host's network 192.168.1.0/24 on eth0".into()
-                ),
-                (
-                    11,
-                    "subnet 192.168.0.0/16 skipped: it holds part of this host's network 192.168.1.0/24 on eth0".into()
-                ),
+                (10, "subnet 192.168.1.0/28 skipped: it holds 192.168.1.1, in use on this host's network 192.168.1.0/24 on eth0".into()),
+                (11, "subnet 192.168.0.0/16 skipped: it holds all of this host's network 192.168.1.0/24 on eth0".into()),
             ],
-            "vni 0 (not an L2 segment) and a subnet away from all three are kept"
+            "kept: vni 0 (not an L2 segment); 10.2.3.0/24, inside the broad 10.0.0.0/8 and over a /32 route, \
+             holding no address in use; 192.168.1.32/28, in the LAN but away from what the host uses"
         );
     }
 }
