@@ -177,3 +177,66 @@ fn a_workloads_router_advertisement_configures_no_workload() {
     }
     assert_eq!(advertised(&hardened), None, "the attached container ignores router advertisements");
 }
+
+/// `python3 -c FLAP IFACE MAC`: twenty broadcast frames with source MAC `MAC`.
+const FLAP: &str = r#"
+import socket, sys, time
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); sock.bind((sys.argv[1], 0))
+for _ in range(20):
+    sock.send(b'\xff' * 6 + bytes.fromhex(sys.argv[2].replace(':', '')) + b'\x88\xb5' + b'\0' * 46); time.sleep(0.02)
+"#;
+
+/// The one port on host namespace `ns` the agent made for a workload.
+fn workload_port(ns: &str) -> String {
+    let links = ok_in(ns, &["ip", "-o", "link", "show"]);
+    let ports: Vec<String> = links
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap().to_string()))
+        .filter(|n| n.starts_with("wv") && !n.starts_with("wvvx-") && !n.starts_with("wvbr-") && n != "wvtun0")
+        .collect();
+    assert_eq!(ports.len(), 1, "{links}");
+    ports[0].clone()
+}
+
+/// The port `mac` is on in host namespace `ns`'s FDB, if any.
+fn fdb_port(ns: &str, mac: &str) -> Option<String> {
+    let fdb = ok_in(ns, &["bridge", "fdb", "show"]);
+    fdb.lines().filter(|l| l.starts_with(mac) && l.contains(" master ")).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.iter().position(|x| *x == "dev").map(|i| f[i + 1].to_string())
+    })
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_workload_spoofing_another_workloads_mac_moves_it_on_no_host() {
+    let mut bed = Bed::with_hosts(2);
+    let container = |bed: &mut Bed, host: usize, name: &str| {
+        let ns = bed.add_container(name);
+        bed.weavectl_attach(host, &ns, &[&format!("/run/netns/{ns}")])[0]
+    };
+    let (attacker, victim) = (container(&mut bed, 0, "attacker"), container(&mut bed, 1, "victim"));
+    let (a, v) = (bed.workloads[attacker].ns.clone(), bed.workloads[victim].ns.clone());
+    let (h0, h1) = (bed.hosts[0].ns.clone(), bed.hosts[1].ns.clone());
+    let (attacker_port, victim_port) = (workload_port(&h0), workload_port(&h1));
+    let victim_mac = ok_in(&v, &["cat", "/sys/class/net/ethwe/address"]).trim().to_string();
+    // Locked ports still carry their own workload's traffic, IPv4 and IPv6 (ND).
+    bed.wait_ping(attacker, victim, Duration::from_secs(15));
+    let ll = wait_for("the victim's link-local address", Duration::from_secs(10), || {
+        let out = ok_in(&v, &["ip", "-6", "-o", "addr", "show", "dev", "ethwe", "scope", "link"]);
+        (!out.contains("tentative")).then(|| out.split_whitespace().nth(3)?.split('/').next().map(str::to_string))?
+    });
+    wait_for("the attacker to ping the victim's link-local address", Duration::from_secs(10), || {
+        in_ns(&a, &["ping", "-6", "-c1", "-W1", &format!("{ll}%ethwe")]).status.success().then_some(())
+    });
+    assert_eq!(fdb_port(&h1, &victim_mac).as_deref(), Some(victim_port.as_str()), "pinned on its port");
+    ok_in(&a, &["python3", "-c", FLAP, "ethwe", &victim_mac]);
+    assert_ne!(fdb_port(&h0, &victim_mac), Some(attacker_port.clone()), "the attacker's host kept the victim's MAC");
+    assert_eq!(fdb_port(&h1, &victim_mac), Some(victim_port.clone()), "the victim's host kept its MAC");
+    // Control: with the attacker's port unlocked the same frames move the
+    // victim's MAC to it on its own host; the victim's host keeps it (sticky).
+    ok_in(&h0, &["ip", "link", "set", "dev", &attacker_port, "type", "bridge_slave", "locked", "off"]);
+    ok_in(&a, &["python3", "-c", FLAP, "ethwe", &victim_mac]);
+    assert_eq!(fdb_port(&h0, &victim_mac), Some(attacker_port), "without the lock the spoof moves the MAC");
+    assert_eq!(fdb_port(&h1, &victim_mac), Some(victim_port), "the sticky entry stays on the victim's port");
+}

@@ -296,6 +296,10 @@ impl Attacher {
                     .map(|i| i.mac)
                     .ok_or_else(|| Refusal::failed(format!("{ifname} vanished from the container")))?;
                 self.netlink.pin_neighbour(&bridge, *ip, &mac).await.map_err(failed)?;
+                let port = host_ifname(c.inode, subnet.vni);
+                if self.netlink.link_index(&port).await.map_err(failed)?.is_some() {
+                    self.netlink.lock_port(&port, &mac).await.map_err(failed)?;
+                }
                 Ok::<_, Refusal>((ifname, mac))
             };
             match step.await {

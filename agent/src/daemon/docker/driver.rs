@@ -177,7 +177,11 @@ impl Plugin {
         // A Join Docker retries after a failure finds the old pair.
         nl.delete_link(&host_if).await.map_err(kernel)?;
         nl.veth_on_bridge(&host_if, &peer, &bridge, self.attacher.mtu, Some(&mac)).await.map_err(kernel)?;
-        if let Err(e) = nl.pin_neighbour(&bridge, address.addr(), &mac).await {
+        let pinned = match nl.lock_port(&host_if, &mac).await {
+            Ok(()) => nl.pin_neighbour(&bridge, address.addr(), &mac).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = pinned {
             let _ = nl.delete_link(&host_if).await;
             return Err(kernel(e));
         }

@@ -74,4 +74,36 @@ impl Netlink {
             Err(e) => Err(nl(format!("remove neighbour entry {ip} on {bridge}"), e)),
         }
     }
+
+    /// Locks a workload's bridge port to its MAC: a sticky static FDB entry
+    /// for `mac` on `port` (no frame with that source, from VXLAN or another
+    /// port, moves it), then the port locked (a frame it brings in whose
+    /// source MAC has no entry on it is dropped). A container spoofing
+    /// another's MAC would otherwise move that MAC to itself in every host's
+    /// FDB. Idempotent.
+    pub async fn lock_port(&self, port: &str, mac: &[u8]) -> Result<(), Error> {
+        let index = self.link_index(port).await?.ok_or_else(|| Error::Netlink(format!("{port} does not exist")))?;
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Noarp;
+        msg.header.flags = NeighbourFlags::Controller | NeighbourFlags::Sticky;
+        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+        req.finalize();
+        let mut handle = self.handle.clone();
+        let mut response = handle.request(req).map_err(|e| nl(format!("fdb {port}"), e))?;
+        while let Some(message) = response.next().await {
+            if let NetlinkPayload::Error(err) = message.payload
+                && err.raw_code() != 0
+            {
+                return Err(Error::Netlink(format!("sticky fdb entry on {port}: {}", err.to_io())));
+            }
+        }
+        let lock = rtnetlink::LinkBridgePort::new(index)
+            .append_info_data(netlink_packet_route::link::InfoBridgePort::Locked(true))
+            .build();
+        self.handle.link().set_port(lock).execute().await.map_err(|e| nl(format!("lock bridge port {port}"), e))
+    }
 }
