@@ -140,7 +140,8 @@ pub fn ruleset(rules: &Rules) -> String {
         out,
         "  chain input {{\n    type filter hook input priority filter - 10; policy accept;\n    \
          iifname \"{TUN_NAME}\" ip saddr @peers udp dport {VXLAN_PORT} accept\n    \
-         udp dport {VXLAN_PORT} drop\n    iifname \"{TUN_NAME}\" ct state established,related accept\n"
+         udp dport {VXLAN_PORT} drop\n    iifname \"{TUN_NAME}\" ct state established,related accept\n    \
+         iifname \"{TUN_NAME}\" ct status dnat accept\n"
     );
     // From a peer over the tunnel, the host takes only VXLAN (above),
     // answers to its own connections, and a subnet's remote workloads at
@@ -392,6 +393,7 @@ mod tests {
         // host's (exposed) address in that subnet.
         let input = &r[r.find("chain input").expect("an input chain")..];
         let tun = "    iifname \"wvtun0\" ct state established,related accept\n    \
+                   iifname \"wvtun0\" ct status dnat accept\n    \
                    iifname \"wvtun0\" ip saddr @remote0 ip daddr 10.32.0.0/16 accept\n    \
                    iifname \"wvtun0\" ip saddr @remote1 ip daddr 10.2.3.0/24 accept\n    \
                    iifname \"wvtun0\" ip saddr @peers icmp type echo-request accept\n    \
