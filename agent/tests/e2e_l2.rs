@@ -179,9 +179,25 @@ fn a_bridge_deleted_by_hand_comes_back_with_its_workloads() {
     let h1 = bed.hosts[0].ns.clone();
     ok_in(&h1, &["ip", "link", "del", &seg.bridge]);
     assert!(!ping_once(&a, bed.workloads[wb].ip), "a still reaches b without its bridge");
-    // The next full pass (every 30 s) makes the bridge and puts a's port back.
-    bed.wait_ping(wa, wb, Duration::from_secs(60));
+    // The next full pass (every 30 s) makes the bridge, puts a's port back
+    // and pins a's address again (the entry went with the bridge), so the
+    // first packet may come from the other host: b pings a, not a b.
+    let a_ip = bed.workloads[wa].ip.to_string();
+    wait_for("a's port back in its bridge, pinned", Duration::from_secs(60), || {
+        let pins = in_ns(&h1, &["ip", "neigh", "show", "dev", &seg.bridge]);
+        let pins = String::from_utf8_lossy(&pins.stdout).to_string();
+        pins.lines().any(|l| l.starts_with(&format!("{a_ip} ")) && l.contains("PERMANENT")).then_some(())
+    });
+    bed.wait_ping(wb, wa, Duration::from_secs(10));
     let ports = ok_in(&h1, &["ip", "-o", "link", "show", "master", &seg.bridge]);
-    assert!(ports.lines().any(|l| l.contains(": wv") && !l.contains("wvvx-")), "a's port is in the bridge: {ports}");
+    let port = ports
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1)?.split('@').next())
+        .find(|n| n.starts_with("wv") && !n.starts_with("wvvx-"))
+        .unwrap_or_else(|| panic!("a's port is in the bridge: {ports}"))
+        .to_string();
+    // Locked to a's MAC again, as at attach.
+    let detail = ok_in(&h1, &["bridge", "-d", "link", "show", "dev", &port]);
+    assert!(detail.contains("locked on"), "{port} is not locked again: {detail}");
     assert!(bed.log(0).contains("workload ports put back into their bridges"), "{}", bed.log(0));
 }

@@ -297,6 +297,7 @@ impl Attacher {
                     .ok_or_else(|| Refusal::failed(format!("{ifname} vanished from the container")))?;
                 self.netlink.pin_neighbour(&bridge, *ip, &mac).await.map_err(failed)?;
                 let port = host_ifname(c.inode, subnet.vni);
+                self.netlink.remember_pin(&port, &bridge, *ip, &mac).await.map_err(failed)?;
                 if self.netlink.link_index(&port).await.map_err(failed)?.is_some() {
                     self.netlink.lock_port(&port, &mac).await.map_err(failed)?;
                 }

@@ -20,6 +20,12 @@ fn port_alias(bridge: &str) -> String {
     format!("{PORT_ALIAS}{bridge}")
 }
 
+/// "02:57:0a:20:00:01" -> its six bytes.
+fn parse_mac(s: &str) -> Option<Vec<u8>> {
+    let bytes: Vec<u8> = s.split(':').map(|b| u8::from_str_radix(b, 16).ok()).collect::<Option<_>>()?;
+    (bytes.len() == 6).then_some(bytes)
+}
+
 impl Netlink {
     /// A netlink connection inside the namespace of `netns` (a `/run/netns/x`
     /// or `/proc/<pid>/ns/net` file). The socket is opened by a short-lived
@@ -154,6 +160,19 @@ impl Netlink {
         result
     }
 
+    /// Records on `port` (its alias) the workload address and MAC pinned on
+    /// `bridge`, so [`Self::replug_ports`] can pin them again.
+    pub async fn remember_pin(&self, port: &str, bridge: &str, ip: Ipv4Addr, mac: &[u8]) -> Result<(), Error> {
+        let Some(index) = self.link_index(port).await? else { return Ok(()) };
+        let alias = format!("{} {ip} {}", port_alias(bridge), crate::plan::kernel::format_mac(mac));
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).alias(alias).build())
+            .execute()
+            .await
+            .map_err(|e| nl(format!("alias of {port}"), e))
+    }
+
     /// Puts every workload port back into its bridge (by the alias it was
     /// given, [`port_alias`]) when it is not there: a bridge deleted (by
     /// hand, or while its subnet was left out) and made again comes back
@@ -166,7 +185,11 @@ impl Netlink {
             let Some(port) = name(l) else { continue };
             let alias =
                 l.attributes.iter().find_map(|a| if let LinkAttribute::IfAlias(s) = a { Some(s) } else { None });
-            let Some(bridge) = alias.and_then(|a| a.strip_prefix(PORT_ALIAS)) else { continue };
+            let Some(mut words) = alias.and_then(|a| a.strip_prefix(PORT_ALIAS)).map(str::split_whitespace) else {
+                continue;
+            };
+            let Some(bridge) = words.next().filter(|b| b.starts_with(BRIDGE_PREFIX)) else { continue };
+            let pin = words.next().and_then(|ip| ip.parse::<Ipv4Addr>().ok()).zip(words.next().and_then(parse_mac));
             let Some(bridge_index) = index_of(bridge) else { continue };
             let controller =
                 l.attributes.iter().find_map(|a| if let LinkAttribute::Controller(c) = a { Some(*c) } else { None });
@@ -180,6 +203,12 @@ impl Netlink {
             set(LinkUnspec::new_with_index(l.header.index).up().build())
                 .await
                 .map_err(|e| nl(format!("set {port} up"), e))?;
+            // The bridge's neighbour and FDB entries went with it: pin the
+            // workload's address and lock its port to its MAC again.
+            if let Some((ip, mac)) = pin {
+                self.pin_neighbour(bridge, ip, &mac).await?;
+                self.lock_port(port, &mac).await?;
+            }
             moved.push(format!("{port} -> {bridge}"));
         }
         Ok(moved)
