@@ -1,10 +1,12 @@
 //! This host's own LAN as the agent's namespace shows it: the networks it
 //! reaches directly (a route without a gateway through an interface that is
 //! not weave's: `/proc/net/route`, `/proc/net/ipv6_route`) and the addresses
-//! it uses there (the routes' gateways, `/etc/resolv.conf`'s name servers,
-//! `/proc/net/arp`'s neighbours). A subnet over them would route part of the
-//! LAN into an overlay bridge, so the agent leaves it out
-//! ([`crate::plan::netmap::HostLan`]).
+//! it depends on there (the routes' gateways, `/etc/resolv.conf`'s name
+//! servers). A subnet over them would route part of the LAN into an overlay
+//! bridge, so the agent leaves it out ([`crate::plan::netmap::HostLan`]).
+//! Not the ARP neighbours: any machine on the underlay can become one (an
+//! ARP request from an address of its choosing), and would then take a
+//! subnet with live workloads off the host.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
@@ -29,7 +31,6 @@ pub fn lan() -> HostLan {
     let mut known = gateways_v4(&v4);
     known.extend(gateways_v6(&v6));
     known.extend(nameservers(&read("/etc/resolv.conf")));
-    known.extend(neighbours(&read("/proc/net/arp")));
     known.sort();
     known.dedup();
     HostLan { networks: connected_networks_in(&v4, &v6), known }
@@ -112,19 +113,6 @@ fn nameservers(text: &str) -> Vec<IpAddr> {
         .collect()
 }
 
-/// `IP address  HW type  Flags  HW address  Mask  Device`: complete
-/// entries (flag 0x2) not on weave's devices.
-fn neighbours(text: &str) -> Vec<IpAddr> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let flags = u32::from_str_radix(f.get(2)?.trim_start_matches("0x"), 16).ok()?;
-            (flags & 0x2 != 0 && !weave_or_loopback(f.get(5)?)).then(|| f[0].parse().ok()).flatten()
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,10 +147,5 @@ mod tests {
         assert_eq!(gateways_v6(v6), ["2001:db8::1".parse::<IpAddr>().unwrap()]);
         let resolv = "# generated\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\nsearch example\n";
         assert_eq!(nameservers(resolv), ["192.0.2.53".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]);
-        let arp = "IP address       HW type     Flags       HW address            Mask     Device\n\
-                   192.0.2.42       0x1         0x2         02:00:00:00:00:42     *        eth0\n\
-                   192.0.2.43       0x1         0x0         00:00:00:00:00:00     *        eth0\n\
-                   10.32.0.9        0x1         0x2         02:00:00:00:00:09     *        wvbr-5\n";
-        assert_eq!(neighbours(arp), ["192.0.2.42".parse::<IpAddr>().unwrap()]);
     }
 }

@@ -27,8 +27,9 @@ pub fn apply(map: &mut NetworkMap, event: WatchEvent) -> Result<(), Error> {
 
 /// What this host knows of its own underlay beyond the map: the networks it
 /// reaches directly (no gateway, not through a weave device), each with its
-/// interface, and the addresses on them it depends on or talks to
-/// (gateways, name servers, neighbours): `host::routes::lan` reads them.
+/// interface, and the addresses on them it depends on (gateways, name
+/// servers; not ARP neighbours, which any machine on the underlay can make
+/// itself): `host::routes::lan` reads them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostLan {
     pub networks: Vec<(ipnet::IpNet, String)>,
@@ -58,8 +59,8 @@ impl HostLan {
 /// that says why: a subnet holding a node's endpoint address (this host's own
 /// underlay or a peer's) or the coordinator's address would route that
 /// address into the overlay bridge and cut the host off; so would one
-/// overlapping this host's LAN ([`HostLan`]: its gateway, DNS server and
-/// machines no node announced). The coordinator refuses subnets over known endpoints and
+/// overlapping this host's LAN ([`HostLan`]: a whole network of it, or its
+/// gateway or DNS server). The coordinator refuses subnets over known endpoints and
 /// endpoints inside subnets; this is the agent's own check, for what the
 /// coordinator cannot know (this host's LAN: a member may add an unnamed
 /// subnet inside `--node-subnets`, which covers the private ranges) and for
