@@ -182,8 +182,10 @@ fn a_workloads_router_advertisement_configures_no_workload() {
 const FLAP: &str = r#"
 import socket, sys, time
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); sock.bind((sys.argv[1], 0))
+dst = bytes.fromhex(sys.argv[3].replace(':', '')) if len(sys.argv) > 3 else b'\xff' * 6
+kind = b'\x88\xcc' if len(sys.argv) > 3 else b'\x88\xb5'
 for _ in range(20):
-    sock.send(b'\xff' * 6 + bytes.fromhex(sys.argv[2].replace(':', '')) + b'\x88\xb5' + b'\0' * 46); time.sleep(0.02)
+    sock.send(dst + bytes.fromhex(sys.argv[2].replace(':', '')) + kind + b'\0' * 46); time.sleep(0.02)
 "#;
 
 /// The one port on host namespace `ns` the agent made for a workload.
@@ -233,9 +235,16 @@ fn a_workload_spoofing_another_workloads_mac_moves_it_on_no_host() {
     ok_in(&a, &["python3", "-c", FLAP, "ethwe", &victim_mac]);
     assert_ne!(fdb_port(&h0, &victim_mac), Some(attacker_port.clone()), "the attacker's host kept the victim's MAC");
     assert_eq!(fdb_port(&h1, &victim_mac), Some(victim_port.clone()), "the victim's host kept its MAC");
+    // Nor as LLDP (01:80:c2:00:00:0e): a locked port that still learned
+    // would learn a link-local frame's source before the lock is checked.
+    ok_in(&a, &["python3", "-c", FLAP, "ethwe", &victim_mac, "01:80:c2:00:00:0e"]);
+    assert_ne!(fdb_port(&h0, &victim_mac), Some(attacker_port.clone()), "LLDP moved the victim's MAC");
     // Control: with the attacker's port unlocked the same frames move the
     // victim's MAC to it on its own host; the victim's host keeps it (sticky).
-    ok_in(&h0, &["ip", "link", "set", "dev", &attacker_port, "type", "bridge_slave", "locked", "off"]);
+    ok_in(
+        &h0,
+        &["ip", "link", "set", "dev", &attacker_port, "type", "bridge_slave", "locked", "off", "learning", "on"],
+    );
     ok_in(&a, &["python3", "-c", FLAP, "ethwe", &victim_mac]);
     assert_eq!(fdb_port(&h0, &victim_mac), Some(attacker_port), "without the lock the spoof moves the MAC");
     assert_eq!(fdb_port(&h1, &victim_mac), Some(victim_port), "the sticky entry stays on the victim's port");

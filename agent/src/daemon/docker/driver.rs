@@ -178,7 +178,11 @@ impl Plugin {
         nl.delete_link(&host_if).await.map_err(kernel)?;
         nl.veth_on_bridge(&host_if, &peer, &bridge, self.attacher.mtu, Some(&mac)).await.map_err(kernel)?;
         let pinned = match nl.lock_port(&host_if, &mac).await {
-            Ok(()) => nl.pin_neighbour(&bridge, address.addr(), &mac).await,
+            Ok(()) => match nl.pin_neighbour(&bridge, address.addr(), &mac).await {
+                // Recorded on the port, so a bridge made again pins and locks it again.
+                Ok(()) => nl.remember_pin(&host_if, &bridge, address.addr(), &mac).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         if let Err(e) = pinned {

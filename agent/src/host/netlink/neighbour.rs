@@ -101,8 +101,13 @@ impl Netlink {
                 return Err(Error::Netlink(format!("sticky fdb entry on {port}: {}", err.to_io())));
             }
         }
+        // Learning off too: a locked port still learns the source MAC of
+        // link-local frames (01:80:c2:00:00:0X, e.g. LLDP) before the lock is
+        // checked, so one such frame would open the lock for any MAC (found
+        // by a review). The sticky entry above is all the port needs.
         let lock = rtnetlink::LinkBridgePort::new(index)
             .append_info_data(netlink_packet_route::link::InfoBridgePort::Locked(true))
+            .append_info_data(netlink_packet_route::link::InfoBridgePort::Learning(false))
             .build();
         self.handle.link().set_port(lock).execute().await.map_err(|e| nl(format!("lock bridge port {port}"), e))
     }
