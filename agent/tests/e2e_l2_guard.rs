@@ -249,3 +249,24 @@ fn a_workload_spoofing_another_workloads_mac_moves_it_on_no_host() {
     assert_eq!(fdb_port(&h0, &victim_mac), Some(attacker_port), "without the lock the spoof moves the MAC");
     assert_eq!(fdb_port(&h1, &victim_mac), Some(victim_port), "the sticky entry stays on the victim's port");
 }
+
+/// A container that took its neighbour's MAC and is attached again (attach
+/// is idempotent and reads the container's MAC) is refused: the neighbour's
+/// port keeps the lock on its MAC (found by a review: the re-attach moved it).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_reattach_with_another_workloads_mac_is_refused() {
+    let mut bed = Bed::with_hosts(1);
+    let (a, v) = (bed.add_container("a"), bed.add_container("v"));
+    bed.weavectl_attach(0, &v, &[&format!("/run/netns/{v}")]);
+    bed.weavectl_attach(0, &a, &[&format!("/run/netns/{a}")]);
+    let h0 = bed.hosts[0].ns.clone();
+    let victim_mac = ok_in(&v, &["cat", "/sys/class/net/ethwe/address"]).trim().to_string();
+    let victim_port = fdb_port(&h0, &victim_mac).expect("the victim's MAC is locked to its port");
+    ok_in(&a, &["ip", "link", "set", "dev", "ethwe", "address", &victim_mac]);
+    let out = bed.weavectl(0, &["attach", &format!("/run/netns/{a}")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the re-attach was accepted");
+    assert!(stderr.contains("is locked to another workload's port"), "{stderr}");
+    assert_eq!(fdb_port(&h0, &victim_mac), Some(victim_port), "the victim's MAC moved");
+}

@@ -295,12 +295,14 @@ impl Attacher {
                     .find(|i| i.name == ifname)
                     .map(|i| i.mac)
                     .ok_or_else(|| Refusal::failed(format!("{ifname} vanished from the container")))?;
-                self.netlink.pin_neighbour(&bridge, *ip, &mac).await.map_err(failed)?;
+                // The lock first: it refuses a MAC another workload's port holds,
+                // before anything is pinned or recorded for it.
                 let port = host_ifname(c.inode, subnet.vni);
-                self.netlink.remember_pin(&port, &bridge, *ip, &mac).await.map_err(failed)?;
                 if self.netlink.link_index(&port).await.map_err(failed)?.is_some() {
                     self.netlink.lock_port(&port, &mac).await.map_err(failed)?;
                 }
+                self.netlink.pin_neighbour(&bridge, *ip, &mac).await.map_err(failed)?;
+                self.netlink.remember_pin(&port, &bridge, *ip, &mac).await.map_err(failed)?;
                 Ok::<_, Refusal>((ifname, mac))
             };
             match step.await {

@@ -83,6 +83,24 @@ impl Netlink {
     /// FDB. Idempotent.
     pub async fn lock_port(&self, port: &str, mac: &[u8]) -> Result<(), Error> {
         let index = self.link_index(port).await?.ok_or_else(|| Error::Netlink(format!("{port} does not exist")))?;
+        // A MAC another workload's port is locked to stays there: a container
+        // that took a neighbour's MAC and is attached again (the attach reads
+        // the container's MAC) would otherwise move the neighbour's sticky
+        // entry to itself and cut the neighbour off (found by a review).
+        let mut request = self.handle.neighbours().get();
+        request.message_mut().header.family = AddressFamily::Bridge;
+        let fdb: Vec<NeighbourMessage> = request.execute().try_collect().await.map_err(|e| nl("dump fdb", e))?;
+        let taken = fdb.iter().any(|e| {
+            e.header.ifindex != index
+                && e.header.flags.contains(NeighbourFlags::Sticky)
+                && e.attributes.iter().any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(m) if m == mac))
+        });
+        if taken {
+            return Err(Error::Netlink(format!(
+                "MAC {} is locked to another workload's port: a container may not take another's MAC",
+                crate::plan::kernel::format_mac(mac)
+            )));
+        }
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Bridge;
         msg.header.ifindex = index;
