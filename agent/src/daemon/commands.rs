@@ -264,7 +264,7 @@ async fn serve(
     // The isolation rules go in before anything is routed, and the agent
     // does not run without them. Forwarding is then turned on for the TUN
     // only (and for each bridge as it is made), not host-wide.
-    let networks = crate::host::routes::lan();
+    let networks = crate::host::routes::lan(identity.node_id);
     let rules = plan::firewall::rules(&map, identity.node_id, &coordinator_ips(&identity.coordinator), &networks);
     firewall::apply(&rules)
         .await

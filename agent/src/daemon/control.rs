@@ -204,7 +204,7 @@ pub async fn reconcile_loop(
     let mut skipped = std::collections::BTreeMap::new();
     loop {
         // Read every pass: a DHCP renewal or an interface coming up changes them.
-        let networks = crate::host::routes::lan();
+        let networks = crate::host::routes::lan(own_node);
         let (desired, peers, behind_nat) = {
             let map = maps.borrow_and_update();
             let behind_nat = netmap::behind_nat(&map, own_node);

@@ -274,7 +274,7 @@ impl LocalService {
         let skipped = crate::plan::netmap::underlay_conflicts(
             &map,
             &super::commands::coordinator_ips(&self.identity.coordinator),
-            &crate::host::routes::lan(),
+            &crate::host::routes::lan(self.identity.node_id),
         );
         AgentStatus {
             node_id: self.identity.node_id,

@@ -82,7 +82,7 @@ pub async fn keep(
 ) {
     let mut reloaded = Instant::now();
     loop {
-        let networks = super::routes::lan();
+        let networks = super::routes::lan(own_node);
         let rules = rules(&maps.borrow_and_update(), own_node, &coordinator, &networks);
         let updated = tokio::time::Instant::now();
         if applied.as_ref() != Some(&rules) {

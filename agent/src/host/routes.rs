@@ -25,7 +25,8 @@ const REJECT: u32 = 0x200;
 
 /// This host's LAN, now. Unreadable files give nothing (the check then only
 /// protects announced endpoints and the coordinator's address, as before).
-pub fn lan() -> HostLan {
+/// `own_node`: this host's node id (its workloads' subnets are kept).
+pub fn lan(own_node: u64) -> HostLan {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let (v4, v6) = (read("/proc/net/route"), read("/proc/net/ipv6_route"));
     let mut known = gateways_v4(&v4);
@@ -33,7 +34,7 @@ pub fn lan() -> HostLan {
     known.extend(nameservers(&read("/etc/resolv.conf")));
     known.sort();
     known.dedup();
-    HostLan { networks: connected_networks_in(&v4, &v6), known }
+    HostLan { networks: connected_networks_in(&v4, &v6), known, own_node }
 }
 
 /// This host's directly connected networks with their interface.

@@ -34,6 +34,10 @@ pub fn apply(map: &mut NetworkMap, event: WatchEvent) -> Result<(), Error> {
 pub struct HostLan {
     pub networks: Vec<(ipnet::IpNet, String)>,
     pub known: Vec<std::net::IpAddr>,
+    /// This host's node: a subnet where it has workloads is never left out
+    /// for its LAN (a route that came later, a VPN, a DHCP renewal must not
+    /// cut live workloads off; it is the host's own configuration).
+    pub own_node: u64,
 }
 
 impl HostLan {
@@ -86,7 +90,10 @@ pub fn underlay_conflicts(
             .or_else(|| {
                 coordinator.iter().find(|ip| net.contains(*ip)).map(|ip| format!("the coordinator's address {ip}"))
             })
-            .or_else(|| lan.conflict(&net));
+            .or_else(|| {
+                let local = map.allocations.iter().any(|a| a.subnet_id == s.id && a.node_id == lan.own_node);
+                if local { None } else { lan.conflict(&net) }
+            });
         if let Some(why) = why {
             out.insert(s.vni, format!("subnet {} skipped: it holds {why}", s.cidr));
         }
@@ -254,6 +261,8 @@ mod tests {
         let subnet = |vni: u32, cidr: &str| Subnet { vni, cidr: cidr.into(), ..Default::default() };
         let map = NetworkMap {
             nodes: vec![node(1, "10.47.0.1")], // endpoint 192.0.2.11:6784
+            // This host (node 1) has a workload in 192.168.1.0/30: kept, whatever the LAN.
+            allocations: vec![Allocation { subnet_id: 13, node_id: 1, ..Default::default() }],
             subnets: vec![
                 subnet(0, "192.0.2.0/24"),
                 subnet(7, "192.0.2.8/29"),
@@ -261,6 +270,7 @@ mod tests {
                 subnet(9, "10.2.4.0/24"),
                 subnet(10, "192.168.1.0/28"),
                 subnet(12, "192.168.1.32/28"),
+                Subnet { id: 13, ..subnet(13, "192.168.1.0/30") },
                 subnet(11, "192.168.0.0/16"),
             ],
             ..Default::default()
@@ -272,6 +282,7 @@ mod tests {
                 ("10.2.3.7/32".parse().unwrap(), "tun0".to_string()),
             ],
             known: vec!["192.168.1.1".parse().unwrap(), "192.168.1.53".parse().unwrap()],
+            own_node: 1,
         };
         let skipped = underlay_conflicts(&map, &["10.2.4.1".parse().unwrap()], &lan);
         assert_eq!(
