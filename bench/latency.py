@@ -52,10 +52,13 @@ def main():
     req_b = pcap_times(caps["b_port"], icmp(8)); rep_b = pcap_times(caps["b_port"], icmp(0))
     a_eth = pcap_times(caps["a_eth"], big); b_eth = pcap_times(caps["b_eth"], big)
     src = lambda f: bytes(f[26:30])
-    a_ip = src(a_eth[0][1]) if a_eth else None
+    seq = lambda f: struct.unpack(">H", f[40:42])[0]
+    # A's address: the source of the first datagram on A's underlay after the
+    # first request (the very first may be a handshake or keepalive from B).
+    first_req = min((t for t, _ in req_a), default=0)
+    a_ip = next((src(f) for t, f in a_eth if t >= first_req), None)
     out_a = [t for t, f in a_eth if src(f) == a_ip]       # A -> B datagrams as they leave A
     in_a = [t for t, f in a_eth if src(f) != a_ip]        # B -> A as they reach A
-    seq = lambda f: struct.unpack(">H", f[40:42])[0]
     bymap = lambda lst: {seq(f): t for t, f in lst}
     RA, PA, RB, PB = bymap(req_a), bymap(rep_a), bymap(req_b), bymap(rep_b)
     first_after = lambda lst, t: next((x for x in lst if x >= t), None)

@@ -16,7 +16,6 @@ mod common;
 
 use std::{
     fs,
-    io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::{Command, Output, Stdio},
     sync::{
@@ -139,28 +138,6 @@ fn upstream_answer(q: &[u8]) -> Option<Vec<u8>> {
     r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
     r.extend_from_slice(&ANSWERED_IP);
     Some(r)
-}
-
-/// GET /metrics from the agent's default listener inside the host namespace.
-fn scrape(host_ns: &str) -> String {
-    in_netns(host_ns, || {
-        let Ok(mut c) = TcpStream::connect("127.0.0.1:6782") else { return String::new() };
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut out = String::new();
-        let _ = c.read_to_string(&mut out);
-        out
-    })
-    .join()
-    .unwrap()
-}
-
-/// The sum of the samples of `metric` in a Prometheus text page.
-fn total(page: &str, metric: &str) -> f64 {
-    page.lines()
-        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]

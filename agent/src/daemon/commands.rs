@@ -255,6 +255,7 @@ async fn serve(
         queues: args.queues.map_or_else(Tuning::default_queues, usize::from),
         queue_threads: usize::from(args.queue_threads),
         spin: Duration::from_micros(args.spin_us),
+        cpu_latency_hold: Duration::from_millis(args.cpu_latency_hold_ms),
         nat_keepalive: args.nat_keepalive,
     };
     let transport = TunUdp::start(TUN_NAME, tun_mtu as u16, listen, key.secret().clone(), &tuning)

@@ -70,6 +70,14 @@ pub struct RunArgs {
     /// some CPU while traffic flows; 0: always sleep).
     #[arg(long, env = "WEAVE_SPIN_US", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub spin_us: u64,
+    /// Milliseconds after a packet moved during which the agent keeps a CPU
+    /// wake-up latency request of 0 µs (/dev/cpu_dma_latency): idle CPUs poll
+    /// in the kernel's idle loop instead of halting, so packets and the
+    /// processes they wake are not delayed by waking a halted CPU (most of a
+    /// ping's time on a virtual machine). Relaxed once no packet moved for
+    /// that long. 0: never ask.
+    #[arg(long, env = "WEAVE_CPU_LATENCY_HOLD_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub cpu_latency_hold_ms: u64,
     /// Packet queues: TUN queues, each with its own UDP socket on the port and
     /// its own packet threads [default: one per two CPUs, 1 to 4].
     #[arg(long, env = "WEAVE_QUEUES", value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -156,6 +164,7 @@ impl RunArgs {
         }
         out.extend(["--docker-host".into(), self.docker_host.clone().into_os_string()]);
         out.extend(["--spin-us".into(), self.spin_us.to_string().into()]);
+        out.extend(["--cpu-latency-hold-ms".into(), self.cpu_latency_hold_ms.to_string().into()]);
         if let Some(q) = self.queues {
             out.extend(["--queues".into(), q.to_string().into()]);
         }
@@ -220,6 +229,8 @@ mod tests {
             "/d.sock",
             "--spin-us",
             "250",
+            "--cpu-latency-hold-ms",
+            "7",
             "--queues",
             "3",
             "--queue-threads",
@@ -236,6 +247,7 @@ mod tests {
         assert_eq!(run.listen_port, 7000);
         assert!(run.cleanup_on_exit);
         assert_eq!(run.spin_us, 250);
+        assert_eq!(run.cpu_latency_hold_ms, 7);
         assert_eq!(run.queues, Some(3));
         assert_eq!(run.queue_threads, 2);
         assert_eq!(run.dns_upstream, vec!["192.0.2.53:53".parse::<SocketAddr>().unwrap()]);

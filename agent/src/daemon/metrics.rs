@@ -74,6 +74,16 @@ pub fn describe() {
         "weave_spoofed_packets_dropped_total",
         "Decrypted packets dropped for a source the peer may not use."
     );
+    describe_gauge!(
+        "weave_cpu_latency_hold",
+        "1 while the agent holds its CPU wake-up latency request (idle CPUs poll; --cpu-latency-hold-ms)."
+    );
+    describe_counter!(
+        "weave_cpu_latency_hold_seconds_total",
+        Unit::Seconds,
+        "Time the CPU wake-up latency request was in force (whole seconds)."
+    );
+    describe_counter!("weave_cpu_latency_holds_total", "Times the CPU wake-up latency request was made.");
     describe_gauge!("weave_ips", "Workload addresses on this host (state local).");
     describe_gauge!("weave_dns_entries", "DNS records this agent answers from.");
     describe_gauge!("weave_map_revision", "Revision of the network map applied.");
@@ -148,6 +158,10 @@ impl Probe for AgentProbe {
         metrics::counter!("weave_traffic_bytes_total", "direction" => "out").increment(grown.tx);
         metrics::counter!("weave_traffic_bytes_total", "direction" => "in").increment(grown.rx);
         metrics::counter!("weave_spoofed_packets_dropped_total").increment(grown.spoofed);
+        let hold = self.transport.cpu_latency();
+        metrics::gauge!("weave_cpu_latency_hold").set(f64::from(u8::from(hold.held)));
+        metrics::counter!("weave_cpu_latency_hold_seconds_total").absolute(hold.held_seconds as u64);
+        metrics::counter!("weave_cpu_latency_holds_total").absolute(hold.holds);
         {
             let map = self.maps.borrow();
             let local = map.allocations.iter().filter(|a| a.node_id == self.node_id).count();

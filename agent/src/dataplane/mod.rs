@@ -7,6 +7,8 @@
 //!   endpoint roaming (only on packets that authenticated), timers, handshake
 //!   rate limiting.
 //! - [`batch`]: the crypto of one batch of packets, without I/O or allocation.
+//! - [`cpu_latency`]: the CPU-latency request held while packets move (idle
+//!   CPUs poll instead of halting).
 //! - [`spin`]: adaptive waiting: the packet threads poll for a short window
 //!   after a packet moved, then sleep.
 //! - [`tun_udp`]: the first transport: a TUN device holding the node address
@@ -14,6 +16,7 @@
 //! - [`udp`]: that socket, dual-stack: IPv4 and IPv6 endpoints alike.
 //! - `workers`: the two packet threads of each queue.
 pub mod batch;
+pub mod cpu_latency;
 pub mod router;
 pub mod spin;
 pub mod tun_udp;
@@ -34,4 +37,8 @@ pub trait Transport: Send + Sync {
     /// keep the NAT's mapping (and so the path in) open.
     fn set_behind_nat(&self, behind: bool);
     fn status(&self) -> Vec<PeerStatus>;
+    /// The CPU-latency request this transport holds while packets move.
+    fn cpu_latency(&self) -> cpu_latency::HoldStatus {
+        cpu_latency::HoldStatus::default()
+    }
 }

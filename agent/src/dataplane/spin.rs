@@ -13,7 +13,10 @@
 use std::{
     io,
     os::fd::{AsFd, BorrowedFd},
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -23,6 +26,8 @@ use nix::{
     poll::{PollFd, PollFlags, PollTimeout, poll},
     sys::eventfd::{EfdFlags, EventFd},
 };
+
+use super::cpu_latency::CpuLatencyHold;
 
 /// The spin window by default: none. An interleaved A/B on a quiet 2-core
 /// VM (README, "Spinning, measured on a quiet machine") found a 500 µs
@@ -62,6 +67,8 @@ pub struct Pacer {
     last: AtomicU64,
     window: u64,
     sides: [Sleeper; 2],
+    /// The agent's CPU-latency request, kept while packets move.
+    hold: Arc<CpuLatencyHold>,
 }
 
 /// What a wait ended with.
@@ -76,8 +83,9 @@ pub enum Woke {
 }
 
 impl Pacer {
-    /// `window` zero: never spin (every wait sleeps).
-    pub fn new(window: Duration) -> io::Result<Self> {
+    /// `window` zero: never spin (every wait sleeps). `hold`: the agent's
+    /// CPU-latency request, renewed whenever a packet moves.
+    pub fn new(window: Duration, hold: Arc<CpuLatencyHold>) -> io::Result<Self> {
         let sleeper = || -> io::Result<Sleeper> {
             let event = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
             Ok(Sleeper { sleeping: AtomicBool::new(false), event })
@@ -87,6 +95,7 @@ impl Pacer {
             last: AtomicU64::new(0),
             window: u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
             sides: [sleeper()?, sleeper()?],
+            hold,
         })
     }
 
@@ -111,6 +120,14 @@ impl Pacer {
         if other.sleeping.load(Ordering::Relaxed) && other.sleeping.swap(false, Ordering::AcqRel) {
             let _ = other.event.write(1);
         }
+    }
+
+    /// Packets of real traffic moved: read from the TUN (a local workload's
+    /// or the host's), or decrypted from a peer. The CPU-latency request
+    /// holds for another window. Not for datagrams that decrypt to nothing:
+    /// junk from anyone on the underlay must not keep the host's CPUs polling.
+    pub fn carried(&self) {
+        self.hold.touch();
     }
 
     /// Wakes both threads (to notice a stop request).
@@ -139,9 +156,12 @@ impl Pacer {
             thread::yield_now();
             return Ok(Woke::Ready);
         }
+        // A held CPU-latency request is relaxed when its window passes: the
+        // sleep ends then (the next wait relaxes it).
+        let timeout = self.hold.remaining().map_or(timeout, |left| timeout.min(left));
         let own = &self.sides[me as usize];
         own.sleeping.store(true, Ordering::SeqCst);
-        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let ms = u16::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
         let mut polled_fds = [own.event.as_fd(); 3];
         polled_fds[1..=fds.len()].copy_from_slice(fds);
         let mut polls: [PollFd<'_>; 3] = polled_fds.map(|fd| PollFd::new(fd, PollFlags::POLLIN));
@@ -163,13 +183,17 @@ impl Pacer {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::UdpSocket, sync::Arc};
+    use std::net::UdpSocket;
 
     use super::*;
 
+    fn off() -> Arc<CpuLatencyHold> {
+        Arc::new(CpuLatencyHold::off())
+    }
+
     #[test]
     fn a_cold_pair_sleeps_until_the_descriptor_is_readable_or_the_timeout() {
-        let pacer = Pacer::new(Duration::from_micros(500)).unwrap();
+        let pacer = Pacer::new(Duration::from_micros(500), off()).unwrap();
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         let t = Instant::now();
         assert_eq!(pacer.wait(Side::Udp, sock.as_fd(), Duration::from_millis(50)).unwrap(), Woke::Idle);
@@ -180,7 +204,7 @@ mod tests {
 
     #[test]
     fn after_a_packet_both_sides_spin_and_a_sleeping_partner_is_woken() {
-        let pacer = Arc::new(Pacer::new(Duration::from_secs(30)).unwrap());
+        let pacer = Arc::new(Pacer::new(Duration::from_secs(30), off()).unwrap());
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         // Cold: the TUN side sleeps; the UDP side moving a packet wakes it.
         let sleeper = {
@@ -210,7 +234,7 @@ mod tests {
 
     #[test]
     fn one_thread_serving_both_sides_wakes_for_either() {
-        let pacer = Pacer::new(Duration::ZERO).unwrap();
+        let pacer = Pacer::new(Duration::ZERO, off()).unwrap();
         let (tun, udp) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
         let t = Instant::now();
         assert_eq!(pacer.wait_both(tun.as_fd(), udp.as_fd(), Duration::from_millis(50)).unwrap(), Woke::Idle);
@@ -238,8 +262,32 @@ mod tests {
     }
 
     #[test]
+    fn a_held_cpu_latency_request_ends_the_sleep_and_is_relaxed_after_its_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("req");
+        std::fs::write(&path, b"").unwrap();
+        let file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let hold = Arc::new(CpuLatencyHold::with_file(Some(file), Duration::from_millis(100)));
+        let pacer = Pacer::new(Duration::ZERO, hold.clone()).unwrap();
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        pacer.moved(Side::Udp);
+        assert!(!hold.status().held, "a datagram read is not yet traffic");
+        pacer.carried();
+        assert!(hold.status().held, "a packet carried makes the request");
+        // Asleep with a 20 s timeout: back when the window (100 ms) has passed.
+        let t = Instant::now();
+        assert_eq!(pacer.wait(Side::Udp, sock.as_fd(), Duration::from_secs(20)).unwrap(), Woke::Idle);
+        let slept = t.elapsed();
+        assert!(slept >= Duration::from_millis(80) && slept < Duration::from_secs(10), "{slept:?}");
+        assert!(hold.status().held, "relaxed by the next wait, not before");
+        assert_eq!(pacer.wait(Side::Udp, sock.as_fd(), Duration::from_millis(30)).unwrap(), Woke::Idle);
+        assert!(!hold.status().held, "relaxed");
+        assert_eq!(std::fs::read(&path).unwrap().len(), 8, "made once, relaxed once");
+    }
+
+    #[test]
     fn a_zero_window_never_spins() {
-        let pacer = Pacer::new(Duration::ZERO).unwrap();
+        let pacer = Pacer::new(Duration::ZERO, off()).unwrap();
         pacer.moved(Side::Tun);
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         assert_eq!(pacer.wait(Side::Udp, sock.as_fd(), Duration::from_millis(20)).unwrap(), Woke::Idle);

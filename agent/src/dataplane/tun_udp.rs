@@ -39,6 +39,7 @@ use tun_rs::{DeviceBuilder, SyncDevice, VIRTIO_NET_HDR_LEN};
 use super::{
     PeerStatus, Transport,
     batch::{Encrypted, group},
+    cpu_latency::{self, CpuLatencyHold, HoldStatus},
     router::{BUF_SIZE, NAT_KEEPALIVE, Router, Sink},
     spin::{DEFAULT_SPIN, Pacer},
     udp, workers,
@@ -132,6 +133,9 @@ pub struct Tuning {
     /// How long the packet threads keep polling after a packet moved
     /// (zero: they sleep whenever nothing is queued).
     pub spin: Duration,
+    /// How long after a packet moved the agent keeps its CPU-latency request
+    /// (idle CPUs poll instead of halting; zero: never made).
+    pub cpu_latency_hold: Duration,
     /// Seconds between keepalives to every peer while this host is behind
     /// NAT ([`Transport::set_behind_nat`]); 0: none.
     pub nat_keepalive: u16,
@@ -148,7 +152,13 @@ impl Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
-        Self { queues: Self::default_queues(), queue_threads: 1, spin: DEFAULT_SPIN, nat_keepalive: NAT_KEEPALIVE }
+        Self {
+            queues: Self::default_queues(),
+            queue_threads: 1,
+            spin: DEFAULT_SPIN,
+            cpu_latency_hold: cpu_latency::DEFAULT_WINDOW,
+            nat_keepalive: NAT_KEEPALIVE,
+        }
     }
 }
 
@@ -157,6 +167,7 @@ pub struct TunUdp {
     /// The queues; the first also carries the control messages (handshakes,
     /// cookies, keepalives).
     queues: Vec<Arc<Io>>,
+    hold: Arc<CpuLatencyHold>,
     stop: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
 }
@@ -177,6 +188,7 @@ impl TunUdp {
             tuns.push(tuns[0].try_clone()?);
         }
         let udps = udp::bind_queues(listen, n)?;
+        let hold = Arc::new(CpuLatencyHold::open(tuning.cpu_latency_hold));
         let mut queues = Vec::with_capacity(n);
         for (tun, udp) in tuns.into_iter().zip(udps) {
             // Reads never block: the pacer waits (spinning or sleeping).
@@ -190,7 +202,7 @@ impl TunUdp {
             if let Err(e) = setsockopt(&udp, sockopt::UdpGroSegment, &true) {
                 tracing::warn!(error = %e, "no UDP GRO: one datagram per receive");
             }
-            let pacer = Pacer::new(tuning.spin)?;
+            let pacer = Pacer::new(tuning.spin, hold.clone())?;
             queues.push(Arc::new(Io { tun, udp, v6, gso: AtomicBool::new(true), pacer }));
         }
         let router = Arc::new(Router::new(secret));
@@ -230,7 +242,7 @@ impl TunUdp {
                 }
             }
         })?);
-        Ok(Self { router, queues, stop, threads })
+        Ok(Self { router, queues, hold, stop, threads })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -249,6 +261,10 @@ impl Transport for TunUdp {
 
     fn status(&self) -> Vec<PeerStatus> {
         self.router.status()
+    }
+
+    fn cpu_latency(&self) -> HoldStatus {
+        self.hold.status()
     }
 }
 

@@ -86,6 +86,7 @@ impl TunHalf {
         }
         // First, so that the partner wakes while this batch is encrypted.
         io.pacer.moved(Side::Tun);
+        io.pacer.carried();
         let table = router.table();
         batch::encrypt(router, &table, &self.packets[..n], &self.sizes[..n], &mut self.buf, self.stride, &mut self.out);
         flush(io, &self.buf, &self.out);
@@ -173,6 +174,7 @@ impl UdpHalf {
             return false;
         }
         if count > 0 {
+            io.pacer.carried();
             write(&io.tun, &mut self.gro, &mut self.packets[..count]);
         }
         true

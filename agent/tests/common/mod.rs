@@ -758,6 +758,30 @@ pub fn in_netns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'sta
     })
 }
 
+/// GET /metrics from the agent's default listener (127.0.0.1:6782) inside
+/// host namespace `host_ns` ("" when nothing answers).
+pub fn scrape(host_ns: &str) -> String {
+    use std::io::{Read, Write};
+    in_netns(host_ns, || {
+        let Ok(mut c) = std::net::TcpStream::connect("127.0.0.1:6782") else { return String::new() };
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    })
+    .join()
+    .unwrap()
+}
+
+/// The sum of the samples of `metric` in a Prometheus text page.
+pub fn total(page: &str, metric: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A packet capture running in namespace `ns` on `iface`, stopped on drop.
 pub struct Capture {
     child: Option<Child>,
