@@ -3,6 +3,9 @@
 and cleans up). Four paths between two namespace "hosts" on one underlay bridge:
 
   veth       host -> host over the underlay (veth + bridge + veth), no tunnel
+  veth-poll  the same, measured while the benchmark holds the 0 us CPU-latency
+             request that weave's agents hold while traffic flows (idle CPUs
+             poll instead of halting): the baseline for weave's own added RTT
   boringtun  boringtun-cli (1 thread) between two hosts, configured with wg
   wggo       wireguard-go (Debian) between two hosts
   weave      coordinator + 2 agents, one workload namespace per host on the
@@ -41,13 +44,16 @@ UNDERLAY_MTU = 1500
 # UDP loss is").
 UDP_WINDOW = "4M"
 WG_MTU = UNDERLAY_MTU - 80
-PATHS = ["veth", "boringtun", "wggo", "weave", "weave-t2", "weave-q2", "weave-q4", "weave6"]
-DEFAULT_PATHS = ["veth", "boringtun", "wggo", "weave", "weave-t2", "weave-q2", "weave-q4"]
+PATHS = ["veth", "veth-poll", "boringtun", "wggo", "weave", "weave-nohold", "weave-t2", "weave-q2", "weave-q4",
+         "weave6"]
+DEFAULT_PATHS = ["veth", "veth-poll", "boringtun", "wggo", "weave", "weave-nohold", "weave-t2", "weave-q2", "weave-q4"]
 LABELS = {
     "veth": "plain veth (underlay)",
+    "veth-poll": "plain veth, idle CPUs polling",
     "boringtun": "boringtun-cli 1 thread",
     "wggo": "wireguard-go",
     "weave": "weave (workload->workload)",
+    "weave-nohold": "weave, --cpu-latency-hold-ms 0",
     "weave-t2": "weave, --queue-threads 2",
     "weave-q2": "weave, --queues 2",
     "weave-q4": "weave, --queues 4",
@@ -55,7 +61,8 @@ LABELS = {
 }
 # The weave paths: the agents' extra arguments (None: defaults), suffix of the
 # namespace names, last octet of the coordinator's underlay address, of the hosts' (+1, +2).
-WEAVE_PATHS = {"weave": (None, "", 2, 10), "weave-t2": (["--queue-threads", "2"], "t2", 80, 80),
+WEAVE_PATHS = {"weave": (None, "", 2, 10), "weave-nohold": (["--cpu-latency-hold-ms", "0"], "nh", 90, 90),
+               "weave-t2": (["--queue-threads", "2"], "t2", 80, 80),
                "weave-q2": (["--queues", "2"], "q2", 60, 60), "weave-q4": (["--queues", "4"], "q4", 70, 70),
                # (args, suffix, coordinator, base, IPv6-only underlay): 2001:db8::2, ::11, ::12
                "weave6": (None, "6", 2, 10, True)}
@@ -226,11 +233,13 @@ def idle_with_peers(w, peers=100):
 
     wait_for(f"both agents to have {peers - 1} peers", all_have_peers, 60)
     time.sleep(5)  # the first handshake attempts to the new peers
-    c0 = cpu_seconds(w.pids)
+    c0, p0 = cpu_seconds(w.pids), poll_idle_us()
     time.sleep(10)
     r = {"peers": peers - 1, "agents_cpu_pct_idle_10s": (cpu_seconds(w.pids) - c0) / 10 * 100,
+         "cpus_polling_pct_idle_10s": polling_pct(poll_idle_us() - p0, 10),
          "agent_rss_mb": [rss_mb(pid) for pid in w.pids]}
-    log(f"== weave agents with {peers - 1} peers, idle: {r['agents_cpu_pct_idle_10s']:.1f}% CPU (both, 10 s), RSS "
+    log(f"== weave agents with {peers - 1} peers, idle: {r['agents_cpu_pct_idle_10s']:.1f}% CPU (both, 10 s), "
+        f"idle CPUs polling {r['cpus_polling_pct_idle_10s']:.2f}% of the time, RSS "
         + ", ".join(f"{x:.1f} MB" for x in r["agent_rss_mb"]))
     return r
 
@@ -297,6 +306,43 @@ def setup_weave(underlay, key="weave", agent_args=None, suffix="", coordinator=2
 
 
 # ---------------------------------------------------------------- probes
+
+class CpusPolling:
+    """Holds a 0 us CPU-latency request (/dev/cpu_dma_latency) while open:
+    what weave's agents do while traffic flows (path veth-poll)."""
+
+    def __enter__(self):
+        self.fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+        os.write(self.fd, (0).to_bytes(4, sys.byteorder, signed=True))
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+        return False
+
+
+def poll_idle_us():
+    """Microseconds all CPUs spent in the POLL idle state (cpuidle): idle time
+    that did not halt, e.g. while a CPU-latency request of 0 us is held."""
+    total = 0
+    base = "/sys/devices/system/cpu"
+    for cpu in os.listdir(base):
+        d = os.path.join(base, cpu, "cpuidle")
+        if not re.fullmatch(r"cpu\d+", cpu) or not os.path.isdir(d):
+            continue
+        for st in os.listdir(d):
+            try:
+                if open(os.path.join(d, st, "name")).read().strip() == "POLL":
+                    total += int(open(os.path.join(d, st, "time")).read())
+            except OSError:
+                pass
+    return total
+
+
+def polling_pct(us, secs):
+    """`us` of POLL idle time over `secs` on every CPU, in % of all CPU time."""
+    return us / 1e6 / (secs * os.cpu_count()) * 100
+
 
 def cpu_seconds(pids):
     total = 0
@@ -487,6 +533,13 @@ def main():
                 b_ns = plug(underlay, "v2", "192.0.2.32")
                 wait_for("veth ping", lambda: ping_ok(a_ns, "192.0.2.32"), 10)
                 paths[key] = Path(key, a_ns, b_ns, "192.0.2.32", UNDERLAY_MTU, [], [a_ns, b_ns])
+            elif key == "veth-poll":
+                a_ns = plug(underlay, "v3", "192.0.2.33")
+                b_ns = plug(underlay, "v4", "192.0.2.34")
+                wait_for("veth ping", lambda: ping_ok(a_ns, "192.0.2.34"), 10)
+                with CpusPolling():
+                    pass  # fails here, not mid-run, without the device
+                paths[key] = Path(key, a_ns, b_ns, "192.0.2.34", UNDERLAY_MTU, [], [a_ns, b_ns])
             elif key == "boringtun":
                 paths[key] = setup_wg_pair(key, underlay, ["t1", "t2"], ["192.0.2.41", "192.0.2.42"],
                                            ["198.51.100.1", "198.51.100.2"], 51820, boringtun_start)
@@ -506,11 +559,13 @@ def main():
     idle = {}
     if "weave" in paths:
         w = paths["weave"]
-        c0 = cpu_seconds(w.pids)
+        c0, p0 = cpu_seconds(w.pids), poll_idle_us()
         time.sleep(5)
         idle = {"agents_cpu_pct_idle_5s": (cpu_seconds(w.pids) - c0) / 5 * 100,
+                "cpus_polling_pct_idle_5s": polling_pct(poll_idle_us() - p0, 5),
                 "agent_rss_mb": [rss_mb(pid) for pid in w.pids]}
-        log(f"== weave agents idle: {idle['agents_cpu_pct_idle_5s']:.1f}% CPU (both, 5 s), RSS "
+        log(f"== weave agents idle: {idle['agents_cpu_pct_idle_5s']:.1f}% CPU (both, 5 s), idle CPUs polling "
+            f"{idle['cpus_polling_pct_idle_5s']:.2f}% of the time, RSS "
             + ", ".join(f"{x:.1f} MB" for x in idle["agent_rss_mb"]))
 
     samples = {k: [] for k in paths}
@@ -521,7 +576,11 @@ def main():
                             ("udp", lambda: udp(p, a.time, a.udp_rate)),
                             ("udp4m", lambda: udp(p, a.time, a.udp_rate, UDP_WINDOW)), ("ping", lambda: ping(p))):
                 try:
-                    s[test] = f()
+                    if key == "veth-poll":
+                        with CpusPolling():
+                            s[test] = f()
+                    else:
+                        s[test] = f()
                 except Exception as e:
                     s[test] = None
                     s.setdefault("errors", []).append(f"{test}: {e}")
@@ -637,6 +696,13 @@ def main():
         if ve.get("ping_p99_ms") is not None and w["ping_p99_ms"] is not None:
             v = w["ping_p99_ms"] - ve["ping_p99_ms"]
             target("added ping p99 over veth (ms)", v, "<= 0.3 ms", v <= 0.3)
+        # The same against veth with idle CPUs polling as weave's agents make
+        # them: what weave itself adds, without the idle policy's share.
+        vp = medians.get("veth-poll", {})
+        for f, name, goal in (("ping_avg_ms", "avg", 0.1), ("ping_p99_ms", "p99", 0.3)):
+            if vp.get(f) is not None and w[f] is not None:
+                v = w[f] - vp[f]
+                target(f"added ping {name} over veth with idle CPUs polling (ms)", v, f"<= {goal} ms", v <= goal)
         for f, name in (("tcp1_tunnel_cpu_s_per_gb", "TCP 1"), ("tcp4_tunnel_cpu_s_per_gb", "TCP 4")):
             if w[f] is not None:
                 target(f"agents' CPU s per GB, {name}", w[f], "<= 2.0 s", w[f] <= 2.0)
