@@ -2,6 +2,7 @@
 """Where the time of one ping RTT over weave goes (the 'added latency' profile).
 
     sudo python3 bench/latency.py      # after bench/dataplane.sh built target/release
+    sudo WVB_ARGS="--cpu-latency-hold-ms 0" python3 bench/latency.py   # extra agent arguments
 
 Sets up the same two-host weave path as bench/dataplane.py (namespaces wvl<pid>-*,
 removed on exit), captures on both workload ports and both underlay interfaces
@@ -29,7 +30,7 @@ def main():
     u = d.add_ns("u")
     d.run(["ip", "-n", u, "link", "add", "br0", "type", "bridge"])
     d.run(["ip", "-n", u, "link", "set", "br0", "up"])
-    p = d.setup_weave(u)
+    p = d.setup_weave(u, "weave", os.environ.get("WVB_ARGS", "").split() or None)
     (ha, _), (hb, _) = [(ns, s) for ns, s in zip(p.host_nss, d.WEAVE["sockets"])]
     caps = {}
     procs = []
