@@ -70,7 +70,7 @@ fn the_request_is_held_while_packets_move_and_relaxed_after_them() {
         ok_in(&bed.workloads[w].ns, &["sysctl", "-qw", "net.ipv6.conf.ethwe.disable_ipv6=1"]);
     }
     let mut quiet = (Instant::now(), metric(&h1, "weave_cpu_latency_holds_total"));
-    wait_for("h1 to stay relaxed for 3 s", Duration::from_secs(30), || {
+    wait_for("h1 to stay relaxed for 3 s", Duration::from_secs(60), || {
         let holds = metric(&h1, "weave_cpu_latency_holds_total");
         if holds != quiet.1 || metric(&h1, "weave_cpu_latency_hold") != 0.0 {
             quiet = (Instant::now(), holds);
@@ -78,35 +78,53 @@ fn the_request_is_held_while_packets_move_and_relaxed_after_them() {
         thread::sleep(Duration::from_millis(100));
         (quiet.0.elapsed() >= Duration::from_secs(3)).then_some(())
     });
-    let holds_before = quiet.1;
-    assert!(holds_before >= 1.0, "the setup's pings made it at least once");
+    assert!(quiet.1 >= 1.0, "the setup's pings made it at least once");
 
     // An outsider: junk, and data messages with made-up indices and tags, at
-    // h1's WireGuard port, every 20 ms for 2 s. None of it decrypts.
+    // h1's WireGuard port, every 20 ms for 2 s. None of it decrypts. A window
+    // in which real traffic crossed h1's tunnels (the hosts' own link-local
+    // chatter: router solicitations every 4 s after an interface comes up)
+    // proves nothing either way and is repeated.
     let outsider = bed.add_bare_host(OUTSIDER);
     let target: SocketAddr = format!("{}:6784", bed.hosts[0].ip).parse().unwrap();
-    let flood = in_netns(&outsider, move || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        for i in 0u32..100 {
-            let mut data = vec![4u8, 0, 0, 0];
-            data.extend_from_slice(&i.wrapping_mul(0x9e37_79b9).to_le_bytes());
-            data.extend_from_slice(&u64::from(i).to_le_bytes());
-            data.extend_from_slice(&[0xa5; 64]);
-            let _ = s.send_to(&data, target);
-            let _ = s.send_to(&[i as u8; 148], target);
-            thread::sleep(Duration::from_millis(20));
+    let traffic = |ns: &str| total(&scrape(ns), "weave_traffic_bytes_total");
+    let mut clean_windows = 0;
+    for _ in 0..10 {
+        let (holds0, bytes0) = (metric(&h1, "weave_cpu_latency_holds_total"), traffic(&h1));
+        let flood = in_netns(&outsider, move || {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            for i in 0u32..100 {
+                let mut data = vec![4u8, 0, 0, 0];
+                data.extend_from_slice(&i.wrapping_mul(0x9e37_79b9).to_le_bytes());
+                data.extend_from_slice(&u64::from(i).to_le_bytes());
+                data.extend_from_slice(&[0xa5; 64]);
+                let _ = s.send_to(&data, target);
+                let _ = s.send_to(&[i as u8; 148], target);
+                thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let mut seen_held = false;
+        while !flood.is_finished() {
+            seen_held |= metric(&h1, "weave_cpu_latency_hold") != 0.0;
+            thread::sleep(Duration::from_millis(100));
         }
-    });
-    let mut seen_held = false;
-    while !flood.is_finished() {
-        seen_held |= metric(&h1, "weave_cpu_latency_hold") != 0.0;
-        thread::sleep(Duration::from_millis(100));
+        flood.join().unwrap();
+        thread::sleep(Duration::from_millis(200));
+        let (holds1, bytes1) = (metric(&h1, "weave_cpu_latency_holds_total"), traffic(&h1));
+        if bytes1 != bytes0 {
+            continue;
+        }
+        assert!(!seen_held, "an outsider's datagrams made h1 hold the request (no tunnel traffic meanwhile)");
+        assert_eq!(holds1, holds0, "nor counted a hold");
+        clean_windows += 1;
+        if clean_windows == 2 {
+            break;
+        }
     }
-    flood.join().unwrap();
-    assert!(!seen_held, "an outsider's datagrams made h1 hold the request");
-    assert_eq!(metric(&h1, "weave_cpu_latency_holds_total"), holds_before, "nor counted a hold");
+    assert_eq!(clean_windows, 2, "two flood windows without tunnel traffic in ten tries");
 
     // Pings every 50 ms for 3 s: h1 holds the request throughout, h2 never.
+    let holds_before_pings = metric(&h1, "weave_cpu_latency_holds_total");
     let from = bed.workloads[w0].ns.clone();
     let to = bed.workloads[w1].ip.to_string();
     let pings = thread::spawn(move || in_ns(&from, &["ping", "-c", "60", "-i", "0.05", "-W", "1", &to]));
@@ -129,7 +147,7 @@ fn the_request_is_held_while_packets_move_and_relaxed_after_them() {
         (metric(&h1, "weave_cpu_latency_hold") == 0.0).then_some(())
     });
     assert!(t.elapsed() < Duration::from_secs(3), "relaxed {:?} after the pings", t.elapsed());
-    assert!(metric(&h1, "weave_cpu_latency_holds_total") > holds_before);
+    assert!(metric(&h1, "weave_cpu_latency_holds_total") > holds_before_pings);
     assert!(metric(&h1, "weave_cpu_latency_hold_seconds_total") >= 2.0, "held through the pings");
     assert_eq!(metric(&h2, "weave_cpu_latency_holds_total"), 0.0);
 }

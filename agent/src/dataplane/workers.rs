@@ -86,9 +86,13 @@ impl TunHalf {
         }
         // First, so that the partner wakes while this batch is encrypted.
         io.pacer.moved(Side::Tun);
-        io.pacer.carried();
         let table = router.table();
         batch::encrypt(router, &table, &self.packets[..n], &self.sizes[..n], &mut self.buf, self.stride, &mut self.out);
+        // Traffic for a peer; not what goes nowhere (the host's own IPv6
+        // chatter on the TUN, packets for no peer).
+        if !self.out.is_empty() {
+            io.pacer.carried();
+        }
         flush(io, &self.buf, &self.out);
         true
     }
