@@ -122,8 +122,8 @@ impl Pacer {
         }
     }
 
-    /// Packets of real traffic moved: read from the TUN (a local workload's
-    /// or the host's), or decrypted from a peer. The CPU-latency request
+    /// Packets of real traffic moved: encrypted for a peer (a local
+    /// workload's or the host's), or decrypted from one. The CPU-latency request
     /// holds for another window. Not for datagrams that decrypt to nothing:
     /// junk from anyone on the underlay must not keep the host's CPUs polling.
     pub fn carried(&self) {
