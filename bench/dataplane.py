@@ -244,8 +244,11 @@ def idle_with_peers(w, peers=100):
     return r
 
 
-def setup_weave(underlay, key="weave", agent_args=None, suffix="", coordinator=2, base=10, v6=False):
-    """A coordinator and two agents; on an IPv6-only underlay (2001:db8::) with v6."""
+def setup_weave(underlay, key="weave", agent_args=None, suffix="", coordinator=2, base=10, v6=False, subnets=0):
+    """A coordinator and two agents; on an IPv6-only underlay (2001:db8::) with v6.
+    With `subnets`, the admin adds that many more /24 subnets (10.100.0.0/24, ...)
+    before the agents join: every host builds a segment (bridge, VXLAN device,
+    firewall rules) for each, and the workloads stay on the default subnet."""
     main = key == "weave"
     addr = (lambda n: f"2001:db8::{n}") if v6 else (lambda n: f"192.0.2.{n}")
     sock_addr = (lambda n, port: f"[{addr(n)}]:{port}") if v6 else (lambda n, port: f"{addr(n)}:{port}")
@@ -264,6 +267,9 @@ def setup_weave(underlay, key="weave", agent_args=None, suffix="", coordinator=2
         return m and m.group(1)
 
     tok = wait_for("the coordinator's join token", token, 30)
+    for i in range(subnets):
+        run(["ip", "netns", "exec", c, f"{BIN}/weavectl", "--data-dir", os.path.join(DIR, f"coordinator{suffix}"),
+             "subnet", "add", f"10.100.{i}.0/24"])
     if main:
         WEAVE.update(token=tok, coordinator_ns=c)
     hosts, agents = [], []

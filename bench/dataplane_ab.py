@@ -6,7 +6,8 @@
 PATHS (default veth,weave): veth, weave (extra agent arguments in $WVB_ARGS), weaves0 (agents with --spin-us 0, the
 default since 9b30905, so now the same as weave),
 weaveB (agents from the binaries in $WVB_BIN_B, default $WVB_BIN, with the
-extra arguments in $WVB_ARGS_B, e.g. "--queue-threads 2"). VARIANTS, comma-separated,
+extra arguments in $WVB_ARGS_B, e.g. "--queue-threads 2"). $WVB_SUBNETS and $WVB_SUBNETS_B: that many
+more subnets in weave's and weaveB's clusters (each host builds them all; the workloads stay on the default). VARIANTS, comma-separated,
 each PATH:TEST[:OPTION...], TEST one of udp (500 Mbit/s), tcp1, tcp4, ping;
 options: qN sets txqueuelen N on both weave hosts' wvtun0 first (and
 leaves it so), wSIZE passes
@@ -34,7 +35,8 @@ def main():
         d.wait_for("veth", lambda: d.ping_ok(a, "192.0.2.32"), 10)
         paths["veth"] = d.Path("veth", a, b, "192.0.2.32", 1500, [], [a, b])
     if "weave" in paths_wanted:  # extra agent arguments: WVB_ARGS
-        paths["weave"] = d.setup_weave(u, "weave", os.environ.get("WVB_ARGS", "").split())
+        paths["weave"] = d.setup_weave(u, "weave", os.environ.get("WVB_ARGS", "").split(),
+                                       subnets=int(os.environ.get("WVB_SUBNETS", "0")))
     orig_spawn = d.spawn
     def spawn(name, ns, args, logfile, env=None):
         if name == "agent" and ns.endswith("s0"):
@@ -48,7 +50,8 @@ def main():
         env_b = os.environ.get("WVB_ENV_B")  # NAME=VALUE in weaveB's agents' environment only
         if env_b:
             os.environ[env_b.split("=", 1)[0]] = env_b.split("=", 1)[1]
-        paths["weaveB"] = d.setup_weave(u, "weaveB", os.environ.get("WVB_ARGS_B", "").split(), "B", 90, 90)
+        paths["weaveB"] = d.setup_weave(u, "weaveB", os.environ.get("WVB_ARGS_B", "").split(), "B", 90, 90,
+                                        subnets=int(os.environ.get("WVB_SUBNETS_B", "0")))
         if env_b:
             del os.environ[env_b.split("=", 1)[0]]
         d.BIN = old
