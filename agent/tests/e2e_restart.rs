@@ -57,6 +57,7 @@ fn sigterm_keeps_segments_and_reset_removes_everything() {
     assert!(!links.contains("wvbr-") && !links.contains("wvvx-"), "reset leaves interfaces: {links}");
     let rules = ok_in(&ns, &["nft", "list", "tables"]);
     assert!(!rules.contains("inet weave"), "reset leaves the isolation table: {rules}");
+    assert!(!rules.contains("weave_guard"), "reset leaves the source guard: {rules}");
     let h = &bed.hosts[0];
     assert!(!h.data_dir.exists(), "reset leaves {:?}", files_under(&h.data_dir));
 }

@@ -303,6 +303,8 @@ impl Attacher {
                 }
                 self.netlink.pin_neighbour(&bridge, *ip, &mac).await.map_err(failed)?;
                 self.netlink.remember_pin(&port, &bridge, *ip, &mac).await.map_err(failed)?;
+                // And held to its address: no other source, no ARP for another.
+                crate::host::firewall::guard_ports(&self.netlink).await.map_err(failed)?;
                 Ok::<_, Refusal>((ifname, mac))
             };
             match step.await {

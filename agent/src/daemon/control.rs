@@ -251,6 +251,11 @@ pub async fn reconcile_loop(
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "putting workload ports back into their bridges"),
         }
+        // The source guard from the ports there now: ports that went leave
+        // it, and a guard table someone removed comes back.
+        if full && let Err(e) = crate::host::firewall::guard_ports(&netlink).await {
+            tracing::warn!(error = %e, "holding workload ports to their addresses");
+        }
         metrics::histogram!("weave_reconcile_duration_seconds", "pass" => if full { "full" } else { "incremental" })
             .record(started.elapsed().as_secs_f64());
         if applied.is_none() {

@@ -19,7 +19,11 @@ use weave_proto::v1::NetworkMap;
 
 use crate::{
     error::Error,
-    plan::firewall::{Rules, TABLE, rules, ruleset, update},
+    host::netlink::Netlink,
+    plan::{
+        firewall::{Rules, TABLE, rules, ruleset, update},
+        l2::{GUARD_TABLE, guard_ruleset},
+    },
 };
 
 async fn nft(script: &str) -> Result<(), Error> {
@@ -41,12 +45,30 @@ pub async fn apply(rules: &Rules) -> Result<(), Error> {
     nft(&ruleset(rules)).await
 }
 
+/// One source-guard update at a time: each reads the ports and replaces the
+/// table, so an attach that recorded its port before another update read
+/// them, or after, finds its port guarded and allowed when its own ends.
+static GUARD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Holds every workload port of this namespace to the address recorded on
+/// it ([`crate::plan::l2::guard_ruleset`]), replacing the guard table
+/// with one built from the ports there now. Called after an attach recorded
+/// its port, and on every full reconcile pass (ports that went, a table
+/// someone removed). Returns how many ports are guarded.
+pub async fn guard_ports(netlink: &Netlink) -> Result<usize, Error> {
+    let _one = GUARD.lock().await;
+    let ports = netlink.pinned_ports().await?;
+    nft(&guard_ruleset(&ports)).await?;
+    Ok(ports.len())
+}
+
 /// Removes the tables (`agent reset`, `--cleanup-on-exit`); fine if absent.
 pub async fn remove() -> Result<(), Error> {
-    nft(&format!(
-        "table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n"
-    ))
-    .await
+    let mut script = String::new();
+    for (family, table) in [("inet", TABLE), ("bridge", TABLE), ("bridge", GUARD_TABLE)] {
+        script += &format!("table {family} {table} {{}}\ndelete table {family} {table}\n");
+    }
+    nft(&script).await
 }
 
 /// Whether both tables are still there (someone may flush the ruleset).

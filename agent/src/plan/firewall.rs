@@ -31,7 +31,7 @@ use ipnet::Ipv4Net;
 use weave_proto::v1::NetworkMap;
 
 use super::{
-    kernel::{BRIDGE_PREFIX, TUN_NAME, VXLAN_PORT, VXLAN_PREFIX, bridge_name},
+    kernel::{BRIDGE_PREFIX, TUN_NAME, VXLAN_PORT, bridge_name},
     reconcile::{remote_workloads, segment_subnets},
 };
 
@@ -239,46 +239,8 @@ pub fn ruleset(rules: &Rules) -> String {
     }
     out += &mss_chain();
     out += "}\n";
-    out += &bridge_table(segments);
+    out += &super::l2::bridge_table(segments);
     out
-}
-
-/// Where IPv4 in an L2 broadcast or multicast frame may go: multicast, the
-/// limited broadcast, and each segment's directed broadcast.
-fn l2_group_destinations(segments: &[Segment]) -> Vec<String> {
-    let multicast: Ipv4Net = "224.0.0.0/4".parse().expect("a network");
-    let mut out = vec![multicast.to_string(), Ipv4Addr::BROADCAST.to_string()];
-    let directed: BTreeSet<Ipv4Addr> = segments
-        .iter()
-        .filter(|s| s.subnet.prefix_len() <= 30)
-        .map(|s| s.subnet.broadcast())
-        .filter(|b| !multicast.contains(b) && *b != Ipv4Addr::BROADCAST)
-        .collect();
-    out.extend(directed.iter().map(Ipv4Addr::to_string));
-    out
-}
-
-/// The `bridge` table. Its chains see every frame entering a port of any
-/// bridge on the host, so each rule names weave's ports: `wvvx-*` (VXLAN)
-/// and `wv*` (VXLAN and every workload port the agent makes: `wv<hash>` for
-/// attach and CNI, `wvd<id>` for Docker); other bridges (docker0) are left
-/// alone. Without bridge meta support in every kernel, a port's bridge
-/// cannot be matched (`meta ibrname`), hence the names.
-fn bridge_table(segments: &[Segment]) -> String {
-    let groups = l2_group_destinations(segments).join(", ");
-    let port = "wv*";
-    format!(
-        "table bridge {TABLE} {{\n  chain prerouting {{\n    type filter hook prerouting priority filter; policy accept;\n    \
-         iifname \"{VXLAN_PREFIX}*\" ether type arp drop\n    \
-         iifname \"{VXLAN_PREFIX}*\" ether type ip ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop\n    \
-         iifname \"{port}\" ether type ip ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 ip daddr != {{ {groups} }} drop\n    \
-         iifname \"{port}\" icmpv6 type {{ nd-router-advert, nd-redirect }} drop\n    \
-         iifname \"{port}\" ether type ip6 udp sport 547 drop\n  \
-         }}\n  chain forward {{\n    \
-         type filter hook forward priority filter; policy accept;\n    oifname \"{VXLAN_PREFIX}*\" ether type arp drop\n  }}\n  \
-         chain output {{\n    type filter hook output priority filter; policy accept;\n    \
-         oifname \"{VXLAN_PREFIX}*\" ether type arp drop\n  }}\n}}\n"
-    )
 }
 
 /// The element changes that turn the applied `old` rules into `new`, as one
@@ -443,39 +405,6 @@ mod tests {
             r.contains("iifname \"wvvx-*\" ether type ip ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop"),
             "{r}"
         );
-    }
-
-    #[test]
-    fn ipv4_in_an_l2_broadcast_from_a_weave_port_is_only_for_a_group() {
-        let seg = |vni, subnet: &str| Segment {
-            bridge: bridge_name(vni),
-            subnet: subnet.parse().unwrap(),
-            remote: BTreeSet::new(),
-        };
-        // Two segments with the same broadcast, a /31 and a /32 (no directed broadcast).
-        let segments =
-            vec![seg(5, "10.32.0.0/16"), seg(6, "10.32.0.0/16"), seg(9, "10.2.3.0/24"), seg(7, "10.9.0.0/31")];
-        let r = ruleset(&Rules { segments: [segments, vec![seg(8, "10.9.1.1/32")]].concat(), ..Default::default() });
-        let pre = &r[r.find("table bridge weave {\n  chain prerouting").unwrap()
-            ..r.find("chain forward {\n    type filter hook forward priority filter;").unwrap()];
-        assert!(
-            pre.contains(
-                "iifname \"wv*\" ether type ip ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 \
-                 ip daddr != { 224.0.0.0/4, 255.255.255.255, 10.2.3.255, 10.32.255.255 } drop\n"
-            ),
-            "{pre}"
-        );
-        let empty = ruleset(&Rules::default());
-        assert!(empty.contains("ip daddr != { 224.0.0.0/4, 255.255.255.255 } drop\n"), "{empty}");
-    }
-
-    #[test]
-    fn no_weave_port_carries_router_advertisements_redirects_or_dhcpv6_servers() {
-        let r = ruleset(&Rules::default());
-        let pre = &r[r.find("table bridge weave {\n  chain prerouting").unwrap()..];
-        let pre = &pre[..pre.find("  }\n").unwrap()];
-        assert!(pre.contains("iifname \"wv*\" icmpv6 type { nd-router-advert, nd-redirect } drop\n"), "{pre}");
-        assert!(pre.contains("iifname \"wv*\" ether type ip6 udp sport 547 drop\n"), "{pre}");
     }
 
     #[test]

@@ -17,5 +17,6 @@ pub mod dns;
 pub mod docker;
 pub mod firewall;
 pub mod kernel;
+pub mod l2;
 pub mod netmap;
 pub mod reconcile;

@@ -180,7 +180,11 @@ impl Plugin {
         let pinned = match nl.lock_port(&host_if, &mac).await {
             Ok(()) => match nl.pin_neighbour(&bridge, address.addr(), &mac).await {
                 // Recorded on the port, so a bridge made again pins and locks it again.
-                Ok(()) => nl.remember_pin(&host_if, &bridge, address.addr(), &mac).await,
+                Ok(()) => match nl.remember_pin(&host_if, &bridge, address.addr(), &mac).await {
+                    // Held to its address (the source guard).
+                    Ok(()) => crate::host::firewall::guard_ports(nl).await.map(drop),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),

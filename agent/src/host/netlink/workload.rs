@@ -26,6 +26,20 @@ fn parse_mac(s: &str) -> Option<Vec<u8>> {
     (bytes.len() == 6).then_some(bytes)
 }
 
+/// A workload port's name, its bridge, and the address and MAC pinned for it.
+type PortRecord<'a> = (&'a str, &'a str, Option<(Ipv4Addr, Vec<u8>)>);
+
+/// A workload port's record, from its alias (`weave:<bridge> [<ip> <mac>]`);
+/// `None` for any other link.
+fn port_record(l: &LinkMessage) -> Option<PortRecord<'_>> {
+    let port = name(l)?;
+    let alias = l.attributes.iter().find_map(|a| if let LinkAttribute::IfAlias(s) = a { Some(s) } else { None });
+    let mut words = alias?.strip_prefix(PORT_ALIAS)?.split_whitespace();
+    let bridge = words.next().filter(|b| b.starts_with(BRIDGE_PREFIX))?;
+    let pin = words.next().and_then(|ip| ip.parse::<Ipv4Addr>().ok()).zip(words.next().and_then(parse_mac));
+    Some((port, bridge, pin))
+}
+
 impl Netlink {
     /// A netlink connection inside the namespace of `netns` (a `/run/netns/x`
     /// or `/proc/<pid>/ns/net` file). The socket is opened by a short-lived
@@ -182,14 +196,7 @@ impl Netlink {
         let index_of = |n: &str| links.iter().find(|l| name(l) == Some(n)).map(|l| l.header.index);
         let mut moved = Vec::new();
         for l in &links {
-            let Some(port) = name(l) else { continue };
-            let alias =
-                l.attributes.iter().find_map(|a| if let LinkAttribute::IfAlias(s) = a { Some(s) } else { None });
-            let Some(mut words) = alias.and_then(|a| a.strip_prefix(PORT_ALIAS)).map(str::split_whitespace) else {
-                continue;
-            };
-            let Some(bridge) = words.next().filter(|b| b.starts_with(BRIDGE_PREFIX)) else { continue };
-            let pin = words.next().and_then(|ip| ip.parse::<Ipv4Addr>().ok()).zip(words.next().and_then(parse_mac));
+            let Some((port, bridge, pin)) = port_record(l) else { continue };
             let Some(bridge_index) = index_of(bridge) else { continue };
             let controller =
                 l.attributes.iter().find_map(|a| if let LinkAttribute::Controller(c) = a { Some(*c) } else { None });
@@ -212,6 +219,13 @@ impl Netlink {
             moved.push(format!("{port} -> {bridge}"));
         }
         Ok(moved)
+    }
+
+    /// Every workload port with the address recorded on it ([`Self::remember_pin`]):
+    /// what the source guard holds each port to.
+    pub async fn pinned_ports(&self) -> Result<Vec<(String, Ipv4Addr)>, Error> {
+        let links = self.links().await?;
+        Ok(links.iter().filter_map(port_record).filter_map(|(port, _, pin)| Some((port.to_string(), pin?.0))).collect())
     }
 
     /// Inside a workload's namespace: `ifname` up with `address`, plus the

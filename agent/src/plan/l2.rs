@@ -1,0 +1,147 @@
+//! The `bridge` family: what frames may enter a bridge from a weave port.
+//!
+//! - `bridge weave` (part of [`super::firewall::ruleset`], replaced with it):
+//!   no ARP over VXLAN, IPv4 in an L2 broadcast only for a group, no router
+//!   advertisements, redirects or DHCPv6 servers from a weave port.
+//! - `bridge weave_guard` ([`guard_ruleset`], replaced when ports come and
+//!   go): each workload port carries IPv4 and ARP only from its own address.
+use std::{collections::BTreeSet, fmt::Write, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+
+use super::{
+    firewall::{Segment, TABLE},
+    kernel::VXLAN_PREFIX,
+};
+
+/// Where IPv4 in an L2 broadcast or multicast frame may go: multicast, the
+/// limited broadcast, and each segment's directed broadcast.
+fn l2_group_destinations(segments: &[Segment]) -> Vec<String> {
+    let multicast: Ipv4Net = "224.0.0.0/4".parse().expect("a network");
+    let mut out = vec![multicast.to_string(), Ipv4Addr::BROADCAST.to_string()];
+    let directed: BTreeSet<Ipv4Addr> = segments
+        .iter()
+        .filter(|s| s.subnet.prefix_len() <= 30)
+        .map(|s| s.subnet.broadcast())
+        .filter(|b| !multicast.contains(b) && *b != Ipv4Addr::BROADCAST)
+        .collect();
+    out.extend(directed.iter().map(Ipv4Addr::to_string));
+    out
+}
+
+/// The `bridge` table. Its chains see every frame entering a port of any
+/// bridge on the host, so each rule names weave's ports: `wvvx-*` (VXLAN)
+/// and `wv*` (VXLAN and every workload port the agent makes: `wv<hash>` for
+/// attach and CNI, `wvd<id>` for Docker); other bridges (docker0) are left
+/// alone. Without bridge meta support in every kernel, a port's bridge
+/// cannot be matched (`meta ibrname`), hence the names.
+pub(super) fn bridge_table(segments: &[Segment]) -> String {
+    let groups = l2_group_destinations(segments).join(", ");
+    let port = "wv*";
+    format!(
+        "table bridge {TABLE} {{\n  chain prerouting {{\n    type filter hook prerouting priority filter; policy accept;\n    \
+         iifname \"{VXLAN_PREFIX}*\" ether type arp drop\n    \
+         iifname \"{VXLAN_PREFIX}*\" ether type ip ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop\n    \
+         iifname \"{port}\" ether type ip ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 ip daddr != {{ {groups} }} drop\n    \
+         iifname \"{port}\" icmpv6 type {{ nd-router-advert, nd-redirect }} drop\n    \
+         iifname \"{port}\" ether type ip6 udp sport 547 drop\n  \
+         }}\n  chain forward {{\n    \
+         type filter hook forward priority filter; policy accept;\n    oifname \"{VXLAN_PREFIX}*\" ether type arp drop\n  }}\n  \
+         chain output {{\n    type filter hook output priority filter; policy accept;\n    \
+         oifname \"{VXLAN_PREFIX}*\" ether type arp drop\n  }}\n}}\n"
+    )
+}
+
+/// The table that holds each workload port to its own address.
+pub const GUARD_TABLE: &str = "weave_guard";
+
+/// Source guard for workload ports, as one `nft -f` transaction that
+/// replaces the table `bridge weave_guard`: a frame from a port the agent
+/// made for a workload (`ports`: its name and the address the agent gave the
+/// workload there, as recorded on the port) carries IPv4 only from that
+/// address and ARP only for it (or 0.0.0.0, a probe), and no VLAN tag. So a
+/// container cannot take another workload's address, its host's, or any
+/// other: not as the source of its packets, not in ARP (another workload's
+/// traffic on the same host would follow a forged ARP reply to it). Ports
+/// not listed (VXLAN, other bridges' ports, ports of older agents) pass
+/// untouched; IPv6 is not guarded. Its own table, apart from `bridge weave`:
+/// the agent replaces that one when segments change, this one when ports
+/// come and go.
+pub fn guard_ruleset(ports: &[(String, Ipv4Addr)]) -> String {
+    let t = GUARD_TABLE;
+    let mut out = format!("table bridge {t} {{}}\ndelete table bridge {t}\ntable bridge {t} {{\n");
+    let names: BTreeSet<String> = ports.iter().map(|(p, _)| format!("\"{p}\"")).collect();
+    let pairs: BTreeSet<String> = ports.iter().map(|(p, ip)| format!("\"{p}\" . {ip}")).collect();
+    for (name, kind, elements) in [("guarded", "ifname", names), ("allowed", "ifname . ipv4_addr", pairs)] {
+        let _ = write!(out, "  set {name} {{\n    type {kind}\n");
+        if !elements.is_empty() {
+            let _ = writeln!(out, "    elements = {{ {} }}", elements.into_iter().collect::<Vec<_>>().join(", "));
+        }
+        out.push_str("  }\n");
+    }
+    out += "  chain prerouting {\n    type filter hook prerouting priority filter - 5; policy accept;\n    \
+            iifname != @guarded accept\n    ether type ip iifname . ip saddr @allowed accept\n    \
+            ether type arp arp saddr ip 0.0.0.0 accept\n    ether type arp iifname . arp saddr ip @allowed accept\n    \
+            ether type { ip, arp, vlan, 8021ad } drop\n  }\n}\n";
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        super::firewall::{Rules, ruleset},
+        *,
+    };
+    use crate::plan::kernel::bridge_name;
+
+    #[test]
+    fn ipv4_in_an_l2_broadcast_from_a_weave_port_is_only_for_a_group() {
+        let seg = |vni, subnet: &str| Segment {
+            bridge: bridge_name(vni),
+            subnet: subnet.parse().unwrap(),
+            remote: BTreeSet::new(),
+        };
+        // Two segments with the same broadcast, a /31 and a /32 (no directed broadcast).
+        let segments =
+            vec![seg(5, "10.32.0.0/16"), seg(6, "10.32.0.0/16"), seg(9, "10.2.3.0/24"), seg(7, "10.9.0.0/31")];
+        let r = ruleset(&Rules { segments: [segments, vec![seg(8, "10.9.1.1/32")]].concat(), ..Default::default() });
+        let pre = &r[r.find("table bridge weave {\n  chain prerouting").unwrap()
+            ..r.find("chain forward {\n    type filter hook forward priority filter;").unwrap()];
+        assert!(
+            pre.contains(
+                "iifname \"wv*\" ether type ip ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 \
+                 ip daddr != { 224.0.0.0/4, 255.255.255.255, 10.2.3.255, 10.32.255.255 } drop\n"
+            ),
+            "{pre}"
+        );
+        let empty = ruleset(&Rules::default());
+        assert!(empty.contains("ip daddr != { 224.0.0.0/4, 255.255.255.255 } drop\n"), "{empty}");
+    }
+
+    #[test]
+    fn no_weave_port_carries_router_advertisements_redirects_or_dhcpv6_servers() {
+        let r = ruleset(&Rules::default());
+        let pre = &r[r.find("table bridge weave {\n  chain prerouting").unwrap()..];
+        let pre = &pre[..pre.find("  }\n").unwrap()];
+        assert!(pre.contains("iifname \"wv*\" icmpv6 type { nd-router-advert, nd-redirect } drop\n"), "{pre}");
+        assert!(pre.contains("iifname \"wv*\" ether type ip6 udp sport 547 drop\n"), "{pre}");
+    }
+
+    #[test]
+    fn a_guarded_port_carries_ipv4_and_arp_only_from_its_own_address() {
+        let ports =
+            [("wv1a2b".to_string(), "10.32.0.5".parse().unwrap()), ("wvd7".into(), "10.2.3.4".parse().unwrap())];
+        let g = guard_ruleset(&ports);
+        assert!(g.starts_with("table bridge weave_guard {}\ndelete table bridge weave_guard\n"), "{g}");
+        assert!(g.contains("type ifname\n    elements = { \"wv1a2b\", \"wvd7\" }\n"), "{g}");
+        assert!(g.contains("elements = { \"wv1a2b\" . 10.32.0.5, \"wvd7\" . 10.2.3.4 }\n"), "{g}");
+        assert!(g.contains(
+            "type filter hook prerouting priority filter - 5; policy accept;\n    iifname != @guarded accept\n    ether type ip iifname . ip saddr @allowed accept\n    \
+             ether type arp arp saddr ip 0.0.0.0 accept\n    ether type arp iifname . arp saddr ip @allowed accept\n    \
+             ether type { ip, arp, vlan, 8021ad } drop\n"
+        ));
+        // No ports: empty sets (nft refuses an empty elements list), nothing guarded.
+        let none = guard_ruleset(&[]);
+        assert!(!none.contains("elements") && none.contains("iifname != @guarded accept"), "{none}");
+    }
+}
