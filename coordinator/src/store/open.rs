@@ -5,7 +5,7 @@ use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 
 use sqlx::{
     ConnectOptions as _, Connection as _,
-    postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
+    postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgSslMode},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
@@ -104,6 +104,34 @@ pub(crate) fn redact(url: &str) -> String {
     format!("{}{}:***{}", &url[..scheme_end + 3], &userinfo[..colon], &rest[at..])
 }
 
+/// A warning when the database is reached over the network without a
+/// verified TLS connection (`sslmode` other than `verify-ca`/`verify-full`):
+/// anyone on that path could read what the coordinator stores (node keys,
+/// hashed secrets) or pose as the database. A Unix socket or loopback is not
+/// "the network".
+fn unverified(options: &PgConnectOptions) -> Option<String> {
+    let host = options.get_host();
+    let local = options.get_socket().is_some()
+        || host.starts_with('/')
+        || host == "localhost"
+        || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+    let verified = matches!(options.get_ssl_mode(), PgSslMode::VerifyCa | PgSslMode::VerifyFull);
+    (!local && !verified).then(|| {
+        format!(
+            "the database at {host} is reached without verified TLS (sslmode={}): anyone on the path can read or \
+             change what the coordinator stores; add ?sslmode=verify-full&sslrootcert=<the CA's PEM file> to --store",
+            match options.get_ssl_mode() {
+                PgSslMode::Disable => "disable",
+                PgSslMode::Allow => "allow",
+                PgSslMode::Prefer => "prefer",
+                PgSslMode::Require => "require",
+                PgSslMode::VerifyCa => "verify-ca",
+                PgSslMode::VerifyFull => "verify-full",
+            }
+        )
+    })
+}
+
 /// The write and read pools for `location`, migrated.
 pub(super) async fn pools(location: &Location) -> Result<(Pool, Pool)> {
     match location {
@@ -127,6 +155,9 @@ pub(super) async fn pools(location: &Location) -> Result<(Pool, Pool)> {
                 .map_err(|e| Error::InvalidArgument(format!("'{shown}' is not a valid PostgreSQL URL: {e}")))?
                 .log_statements(tracing::log::LevelFilter::Debug)
                 .options([("idle_in_transaction_session_timeout", format!("{}s", PG_IDLE_IN_TRANSACTION.as_secs()))]);
+            if let Some(warning) = unverified(&options) {
+                tracing::warn!("{warning}");
+            }
             // One connection first: its error (refused, unknown host, wrong
             // password, no such database) is the one worth reporting; a
             // pool would only say that it timed out.
@@ -158,6 +189,30 @@ pub(super) async fn pools(location: &Location) -> Result<(Pool, Pool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_verified_tls_connection_over_the_network_goes_unwarned() {
+        let warned = |url: &str| unverified(&PgConnectOptions::from_str(url).unwrap());
+        for quiet in [
+            "postgres://weave@localhost/weave",
+            "postgres://weave@127.0.0.1/weave",
+            "postgres://weave@[::1]/weave",
+            "postgres://weave@localhost/weave?host=/run/postgresql",
+            "postgres://weave:pw@db.example/weave?sslmode=verify-full&sslrootcert=/etc/weave/pg-ca.pem",
+            "postgres://weave:pw@192.0.2.5/weave?sslmode=verify-ca&sslrootcert=/etc/weave/pg-ca.pem",
+        ] {
+            assert_eq!(warned(quiet), None, "{quiet}");
+        }
+        for (loud, mode) in [
+            ("postgres://weave:pw@db.example/weave", "prefer"),
+            ("postgres://weave:pw@192.0.2.5/weave?sslmode=require", "require"),
+            ("postgres://weave:pw@192.0.2.5/weave?sslmode=disable", "disable"),
+        ] {
+            let w = warned(loud).unwrap_or_else(|| panic!("{loud} is not warned about"));
+            assert!(w.contains(&format!("sslmode={mode}")) && w.contains("verify-full"), "{w}");
+            assert!(!w.contains("pw@"), "the password is shown: {w}");
+        }
+    }
 
     #[test]
     fn locations_parse_and_hide_passwords() {

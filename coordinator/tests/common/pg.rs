@@ -224,18 +224,43 @@ pub struct NetPg {
     pub ns: String,
     pub addr: String,
     password: String,
+    tls: bool,
 }
 
 impl NetPg {
     pub fn start(ns: &str, addr: &str, password: &str) -> Self {
+        Self::start_with(ns, addr, password, None)
+    }
+
+    /// With `tls` (the server's certificate and key, PEM): TLS on, and role
+    /// `weave` refused unless its session is TLS; other roles may log in
+    /// without it.
+    pub fn start_with(ns: &str, addr: &str, password: &str, tls: Option<(&str, &str)>) -> Self {
         let server = PgServer::init();
         // Over TCP, every role needs its password, from wherever on the underlay.
+        let only_tls = if tls.is_some() { "hostnossl all weave 0.0.0.0/0 reject\n" } else { "" };
         std::fs::write(
             server.dir.join("data/pg_hba.conf"),
-            "local all weave trust\nlocal all all scram-sha-256\nhost all all 0.0.0.0/0 scram-sha-256\n",
+            format!(
+                "local all weave trust\nlocal all all scram-sha-256\n{only_tls}host all all 0.0.0.0/0 scram-sha-256\n"
+            ),
         )
         .expect("pg_hba.conf");
-        let mut me = Self { owned: OwnedPg(server), ns: ns.into(), addr: addr.into(), password: password.into() };
+        if let Some((cert, key)) = tls {
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = server.dir.join("data").join(name);
+                std::fs::write(&path, pem).expect("a TLS file");
+                run(Command::new("chown").arg("postgres").arg(&path));
+                run(Command::new("chmod").arg("600").arg(&path));
+            }
+        }
+        let mut me = Self {
+            owned: OwnedPg(server),
+            ns: ns.into(),
+            addr: addr.into(),
+            password: password.into(),
+            tls: tls.is_some(),
+        };
         me.launch();
         me.owned.0.watch_over(std::process::id());
         me.owned.0.admin_sql(format!("ALTER ROLE weave PASSWORD '{password}'"));
@@ -255,6 +280,7 @@ impl NetPg {
             .arg(&s.dir)
             .args(["-c", &format!("listen_addresses={}", self.addr), "-c", "port=5432"])
             .args(["-c", "fsync=off", "-c", "max_connections=300", "-c", "password_encryption=scram-sha-256"])
+            .args(if self.tls { &["-c", "ssl=on"][..] } else { &[] })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
