@@ -49,6 +49,19 @@ fn send(ns: &str, src: Ipv4Addr, dst: Ipv4Addr) {
     ok_in(ns, &["python3", "-c", SEND_IN_BROADCAST, "ethwe", &src, &dst, &port]);
 }
 
+/// A container attached by host `host`'s agent (its port, sysctls, MAC lock
+/// and source guard): its workload index.
+fn attached(bed: &mut Bed, host: usize, name: &str) -> usize {
+    let ns = bed.add_container(name);
+    bed.weavectl_attach(host, &ns, &[&format!("/run/netns/{ns}")])[0]
+}
+
+/// [`attached`]'s namespace and address.
+fn attached_at(bed: &mut Bed, host: usize, name: &str) -> (String, Ipv4Addr) {
+    let i = attached(bed, host, name);
+    (bed.workloads[i].ns.clone(), bed.workloads[i].ip)
+}
+
 /// Deletes the bridge table's prerouting rule whose text contains `what`.
 fn delete_rule(ns: &str, what: &str) {
     let chain = ok_in(ns, &["nft", "-a", "list", "chain", "bridge", "weave", "prerouting"]);
@@ -61,15 +74,10 @@ fn delete_rule(ns: &str, what: &str) {
 #[ignore = "needs root: network namespaces"]
 fn a_forged_source_in_an_l2_broadcast_reaches_no_workload() {
     let mut bed = Bed::with_hosts(2);
-    let container = |bed: &mut Bed, host: usize, name: &str| {
-        let ns = bed.add_container(name);
-        let i = bed.weavectl_attach(host, &ns, &[&format!("/run/netns/{ns}")])[0];
-        (ns, bed.workloads[i].ip)
-    };
     // The attacker and a hardened victim are attached by the agent (its
     // ports, its sysctls); the bare victims have only a veth in the bridge.
-    let (attacker, attacker_ip) = container(&mut bed, 0, "attacker");
-    let (hardened, hardened_ip) = container(&mut bed, 1, "hardened");
+    let (attacker, attacker_ip) = attached_at(&mut bed, 0, "attacker");
+    let (hardened, hardened_ip) = attached_at(&mut bed, 1, "hardened");
     let local = bed.add_workload(0, "default");
     let remote = bed.add_workload(1, "default");
     let (local_ns, remote_ns) = (bed.workloads[local].ns.clone(), bed.workloads[remote].ns.clone());
@@ -159,15 +167,10 @@ fn neighbour(ns: &str, ip: Ipv4Addr) -> Option<String> {
 #[ignore = "needs root: network namespaces"]
 fn a_workload_can_neither_send_from_nor_claim_another_address() {
     let mut bed = Bed::with_hosts(2);
-    let container = |bed: &mut Bed, host: usize, name: &str| {
-        let ns = bed.add_container(name);
-        let i = bed.weavectl_attach(host, &ns, &[&format!("/run/netns/{ns}")])[0];
-        (ns, bed.workloads[i].ip)
-    };
-    let (attacker, attacker_ip) = container(&mut bed, 0, "attacker");
-    let (victim, victim_ip) = container(&mut bed, 0, "victim");
-    let (near, near_ip) = container(&mut bed, 0, "near");
-    let (far, far_ip) = container(&mut bed, 1, "far");
+    let (attacker, attacker_ip) = attached_at(&mut bed, 0, "attacker");
+    let (victim, victim_ip) = attached_at(&mut bed, 0, "victim");
+    let (near, near_ip) = attached_at(&mut bed, 0, "near");
+    let (far, far_ip) = attached_at(&mut bed, 1, "far");
     for (from, to) in [(&attacker, near_ip), (&attacker, far_ip), (&near, victim_ip)] {
         wait_for(&format!("{from} to reach {to}"), Duration::from_secs(15), || ping_once(from, to).then_some(()));
     }
@@ -246,13 +249,8 @@ fn advertised(ns: &str) -> Option<String> {
 #[ignore = "needs root: network namespaces"]
 fn a_workloads_router_advertisement_configures_no_workload() {
     let mut bed = Bed::with_hosts(2);
-    let container = |bed: &mut Bed, host: usize, name: &str| {
-        let ns = bed.add_container(name);
-        bed.weavectl_attach(host, &ns, &[&format!("/run/netns/{ns}")]);
-        ns
-    };
-    let attacker = container(&mut bed, 0, "attacker");
-    let hardened = container(&mut bed, 1, "hardened");
+    let attacker = attached_at(&mut bed, 0, "attacker").0;
+    let hardened = attached_at(&mut bed, 1, "hardened").0;
     let local = bed.add_workload(0, "default");
     let remote = bed.add_workload(1, "default");
     let victims = [bed.workloads[local].ns.clone(), bed.workloads[remote].ns.clone(), hardened.clone()];
@@ -323,11 +321,7 @@ fn fdb_port(ns: &str, mac: &str) -> Option<String> {
 #[ignore = "needs root: network namespaces"]
 fn a_workload_spoofing_another_workloads_mac_moves_it_on_no_host() {
     let mut bed = Bed::with_hosts(2);
-    let container = |bed: &mut Bed, host: usize, name: &str| {
-        let ns = bed.add_container(name);
-        bed.weavectl_attach(host, &ns, &[&format!("/run/netns/{ns}")])[0]
-    };
-    let (attacker, victim) = (container(&mut bed, 0, "attacker"), container(&mut bed, 1, "victim"));
+    let (attacker, victim) = (attached(&mut bed, 0, "attacker"), attached(&mut bed, 1, "victim"));
     let (a, v) = (bed.workloads[attacker].ns.clone(), bed.workloads[victim].ns.clone());
     let (h0, h1) = (bed.hosts[0].ns.clone(), bed.hosts[1].ns.clone());
     let (attacker_port, victim_port) = (workload_port(&h0), workload_port(&h1));
