@@ -191,10 +191,22 @@ fn write_request(file: &mut File, us: i32) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{fs, thread};
 
     use super::*;
+
+    /// A file in a new temporary directory standing in for the device: its
+    /// path (the directory lives as long as the returned guard) and the
+    /// request file (`append`: each request is added, as the test reads
+    /// them; read-only when `writable` is false, so every request fails).
+    pub(crate) fn request_file(writable: bool) -> (tempfile::TempDir, std::path::PathBuf, File) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("req");
+        fs::write(&path, b"").unwrap();
+        let file = if writable { OpenOptions::new().append(true).open(&path) } else { File::open(&path) }.unwrap();
+        (dir, path, file)
+    }
 
     fn requests(path: &Path) -> Vec<i32> {
         fs::read(path).unwrap().chunks(4).map(|c| i32::from_ne_bytes(c.try_into().unwrap())).collect()
@@ -202,10 +214,7 @@ mod tests {
 
     #[test]
     fn held_while_batches_come_relaxed_once_the_window_passes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("req");
-        fs::write(&path, b"").unwrap();
-        let file = OpenOptions::new().append(true).open(&path).unwrap();
+        let (_dir, path, file) = request_file(true);
         let hold = CpuLatencyHold::with_file(Some(file), Duration::from_millis(60));
         assert_eq!(hold.remaining(), None, "nothing held before traffic");
         assert!(requests(&path).is_empty());
@@ -237,10 +246,7 @@ mod tests {
 
     #[test]
     fn a_zero_window_or_no_device_never_holds() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("req");
-        fs::write(&path, b"").unwrap();
-        let file = OpenOptions::new().append(true).open(&path).unwrap();
+        let (_dir, path, file) = request_file(true);
         let off = CpuLatencyHold::with_file(Some(file), Duration::ZERO);
         off.touch();
         assert_eq!(off.remaining(), None);
@@ -254,10 +260,7 @@ mod tests {
     #[test]
     fn a_refused_request_disables_the_hold() {
         // Read-only: every write fails.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("req");
-        fs::write(&path, b"").unwrap();
-        let file = File::open(&path).unwrap();
+        let (_dir, _path, file) = request_file(false);
         let hold = CpuLatencyHold::with_file(Some(file), Duration::from_millis(50));
         hold.touch();
         assert!(!hold.status().held);

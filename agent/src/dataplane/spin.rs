@@ -263,10 +263,7 @@ mod tests {
 
     #[test]
     fn a_held_cpu_latency_request_ends_the_sleep_and_is_relaxed_after_its_window() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("req");
-        std::fs::write(&path, b"").unwrap();
-        let file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let (_dir, path, file) = crate::dataplane::cpu_latency::tests::request_file(true);
         let hold = Arc::new(CpuLatencyHold::with_file(Some(file), Duration::from_millis(100)));
         let pacer = Pacer::new(Duration::ZERO, hold.clone()).unwrap();
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
