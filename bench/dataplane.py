@@ -267,6 +267,7 @@ def setup_weave(underlay, key="weave", agent_args=None, suffix="", coordinator=2
         return m and m.group(1)
 
     tok = wait_for("the coordinator's join token", token, 30)
+    assert subnets <= 256, "extra subnets are 10.100.<i>.0/24: at most 256"
     for i in range(subnets):
         run(["ip", "netns", "exec", c, f"{BIN}/weavectl", "--data-dir", os.path.join(DIR, f"coordinator{suffix}"),
              "subnet", "add", f"10.100.{i}.0/24"])

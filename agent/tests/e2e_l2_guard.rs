@@ -135,13 +135,15 @@ sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); sock.bind((ifc, 0))
 for _ in range(3): sock.send(bytes.fromhex(dmac.replace(':', '')) + mac + b'\x08\x00' + ip + udp)
 "#;
 
-/// `python3 -c ARP_REPLY IFACE DSTMAC SPA TPA`: three ARP replies to DSTMAC
-/// saying SPA is at IFACE's MAC (a forged claim to SPA when it is not IFACE's).
+/// `python3 -c ARP_REPLY IFACE DSTMAC SPA TPA [SHA]`: three ARP replies to
+/// DSTMAC saying SPA is at SHA (default: IFACE's own MAC), in frames from
+/// IFACE's own MAC.
 const ARP_REPLY: &str = r#"
 import socket, struct, sys, time
 ifc, dmac, spa, tpa = sys.argv[1], bytes.fromhex(sys.argv[2].replace(':', '')), sys.argv[3], sys.argv[4]
 mac = bytes.fromhex(open(f'/sys/class/net/{ifc}/address').read().strip().replace(':', ''))
-arp = struct.pack('!HHBBH', 1, 0x0800, 6, 4, 2) + mac + socket.inet_aton(spa) + dmac + socket.inet_aton(tpa)
+sha = bytes.fromhex(sys.argv[5].replace(':', '')) if len(sys.argv) > 5 else mac
+arp = struct.pack('!HHBBH', 1, 0x0800, 6, 4, 2) + sha + socket.inet_aton(spa) + dmac + socket.inet_aton(tpa)
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); sock.bind((ifc, 0))
 for _ in range(3): sock.send(dmac + mac + b'\x08\x06' + arp); time.sleep(0.05)
 "#;
@@ -158,11 +160,13 @@ fn neighbour(ns: &str, ip: Ipv4Addr) -> Option<String> {
 }
 
 /// A container on the subnet (attached by the agent: its port is held to its
-/// address) sends packets from its neighbour's address and answers ARP for
-/// it. Neither reaches anyone: not a workload on its host (bridged), not one
-/// on another host (routed through the tunnel). Control: with the guard
-/// table gone the same frames get through, and a full reconcile pass puts
-/// the table back.
+/// address) sends packets from its neighbour's address (and from one nobody
+/// has), answers ARP for its neighbour, and announces its own address at
+/// the neighbour's MAC. None of it reaches anyone: not a workload on its
+/// host (bridged), not one on another host (routed through the tunnel; ARP
+/// never crosses hosts). Control: a container the agent did not plug (a
+/// bare veth in the bridge) sends the very same frames, and they arrive.
+/// And when someone deletes the guard table, the agent puts it back.
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn a_workload_can_neither_send_from_nor_claim_another_address() {
@@ -171,56 +175,68 @@ fn a_workload_can_neither_send_from_nor_claim_another_address() {
     let (victim, victim_ip) = attached_at(&mut bed, 0, "victim");
     let (near, near_ip) = attached_at(&mut bed, 0, "near");
     let (far, far_ip) = attached_at(&mut bed, 1, "far");
-    for (from, to) in [(&attacker, near_ip), (&attacker, far_ip), (&near, victim_ip)] {
+    let bare = bed.add_workload(0, "default");
+    let (bare, bare_ip) = (bed.workloads[bare].ns.clone(), bed.workloads[bare].ip);
+    for (from, to) in [(&attacker, near_ip), (&attacker, far_ip), (&bare, near_ip), (&bare, far_ip), (&near, victim_ip)]
+    {
         wait_for(&format!("{from} to reach {to}"), Duration::from_secs(15), || ping_once(from, to).then_some(()));
     }
+    // near learns the attacker's and the bare container's MACs.
+    for to in [attacker_ip, bare_ip] {
+        assert!(ping_once(&near, to), "near reaches {to}");
+    }
     let (victim_mac, near_mac) = (mac_of(&victim), mac_of(&near));
-    // The far workload is behind the attacker's host (proxy ARP): its MAC there.
-    let far_mac = neighbour(&attacker, far_ip).expect("the attacker resolved the far workload");
     let sockets = [bind(&near), bind(&far)];
-    let attack = |round: &str| {
+    // From `from` (whose own address is `own`): a datagram from its own
+    // address, from the victim's and from an unallocated one, to near and to
+    // far. Returns how many forged ones each received.
+    let attack = |from: &str, own: Ipv4Addr, round: &str| {
+        // The far workload is behind `from`'s host (proxy ARP): its MAC there.
+        let far_mac = neighbour(from, far_ip).expect("the far workload resolved");
         for (mac, ip) in [(&near_mac, near_ip), (&far_mac, far_ip)] {
-            for src in [attacker_ip, victim_ip, "10.32.255.251".parse().unwrap()] {
+            for src in [own, victim_ip, "10.32.255.251".parse().unwrap()] {
                 let (mac, src, ip, port) = (mac.as_str(), src.to_string(), ip.to_string(), PORT.to_string());
-                ok_in(&attacker, &["python3", "-c", UNICAST, "ethwe", mac, &src, &ip, &port]);
+                ok_in(from, &["python3", "-c", UNICAST, "ethwe", mac, &src, &ip, &port]);
             }
         }
         let got: Vec<Vec<String>> = sockets.iter().map(|s| received(s, Duration::from_secs(2))).collect();
+        let own_prefix = format!("from {own} to");
         for (g, who) in got.iter().zip(["near", "far"]) {
-            let own = format!("from {attacker_ip} to");
-            assert!(g.iter().any(|m| m.starts_with(&own)), "{round}: {who} got the attacker's own packets: {g:?}");
+            assert!(g.iter().any(|m| m.starts_with(&own_prefix)), "{round}: {who} got the sender's own packets: {g:?}");
         }
-        got.iter()
-            .map(|g| g.iter().filter(|m| !m.starts_with(&format!("from {attacker_ip} "))).count())
-            .collect::<Vec<_>>()
+        got.iter().map(|g| g.iter().filter(|m| !m.starts_with(&own_prefix)).count()).collect::<Vec<_>>()
     };
-    let claim = || {
-        let (mac, spa, tpa) = (near_mac.as_str(), victim_ip.to_string(), near_ip.to_string());
-        ok_in(&attacker, &["python3", "-c", ARP_REPLY, "ethwe", mac, &spa, &tpa]);
+    // ARP from `from` to near: "the victim is at my MAC", and "`own` is at the victim's MAC".
+    let claim = |from: &str, own: Ipv4Addr| {
+        let (near_mac, tpa) = (near_mac.as_str(), near_ip.to_string());
+        ok_in(from, &["python3", "-c", ARP_REPLY, "ethwe", near_mac, &victim_ip.to_string(), &tpa]);
+        ok_in(from, &["python3", "-c", ARP_REPLY, "ethwe", near_mac, &own.to_string(), &tpa, &victim_mac]);
     };
-    assert_eq!(attack("guarded"), vec![0, 0], "no packet from a forged source arrived");
-    // Past the neighbour entry's lock time (1 s), a reply would replace it.
+    assert_eq!(attack(&attacker, attacker_ip, "guarded"), vec![0, 0], "no packet from a forged source arrived");
+    // Past the neighbour entries' lock time (1 s), a reply would replace them.
     std::thread::sleep(Duration::from_millis(1500));
-    claim();
+    claim(&attacker, attacker_ip);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(neighbour(&near, victim_ip), Some(victim_mac.clone()), "the near workload kept the victim's MAC");
+    assert_eq!(neighbour(&near, victim_ip), Some(victim_mac.clone()), "near kept the victim's MAC");
+    assert_eq!(neighbour(&near, attacker_ip), Some(mac_of(&attacker)), "near kept the attacker's own MAC");
 
-    // Control: without the guard table the same frames get through.
+    // Control: the same frames from the bare container arrive.
+    let got = attack(&bare, bare_ip, "unguarded");
+    assert!(got[0] > 0 && got[1] > 0, "forged packets from an unguarded port arrive: {got:?}");
+    wait_for("the bare container's ARP claims to take", Duration::from_secs(10), || {
+        claim(&bare, bare_ip);
+        std::thread::sleep(Duration::from_millis(200));
+        let moved = neighbour(&near, victim_ip).as_deref() == Some(mac_of(&bare).as_str());
+        (moved && neighbour(&near, bare_ip).as_deref() == Some(victim_mac.as_str())).then_some(())
+    });
+
+    // A deleted guard table comes back (the agent checks every 10 s), and guards again.
     let host = bed.hosts[0].ns.clone();
     ok_in(&host, &["nft", "delete", "table", "bridge", "weave_guard"]);
-    let got = attack("unguarded");
-    assert!(got[0] > 0 && got[1] > 0, "forged packets arrive without the guard: {got:?}");
-    let attacker_mac = mac_of(&attacker);
-    wait_for("the forged ARP reply to take without the guard", Duration::from_secs(10), || {
-        claim();
-        std::thread::sleep(Duration::from_millis(200));
-        (neighbour(&near, victim_ip).as_deref() == Some(attacker_mac.as_str())).then_some(())
-    });
-    // The agent's next full pass (every 30 s) puts the guard back.
-    wait_for("the agent to put the guard table back", Duration::from_secs(45), || {
+    wait_for("the agent to put the guard table back", Duration::from_secs(30), || {
         in_ns(&host, &["nft", "list", "table", "bridge", "weave_guard"]).status.success().then_some(())
     });
-    assert_eq!(attack("guarded again"), vec![0, 0], "the guard is back");
+    assert_eq!(attack(&attacker, attacker_ip, "guarded again"), vec![0, 0], "the guard is back");
 }
 
 /// `python3 -c ADVERTISE IFACE`: three router advertisements to ff02::1 (high

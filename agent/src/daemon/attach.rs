@@ -305,6 +305,11 @@ impl Attacher {
                 self.netlink.remember_pin(&port, &bridge, *ip, &mac).await.map_err(failed)?;
                 // And held to its address: no other source, no ARP for another.
                 crate::host::firewall::guard_ports(&self.netlink).await.map_err(failed)?;
+                // Only now up: a new port carries nothing before it is locked
+                // and guarded (an old one is up already; up again is a no-op).
+                if self.netlink.link_index(&port).await.map_err(failed)?.is_some() {
+                    self.netlink.set_up(&port).await.map_err(failed)?;
+                }
                 Ok::<_, Refusal>((ifname, mac))
             };
             match step.await {

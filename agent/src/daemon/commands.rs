@@ -339,6 +339,7 @@ async fn serve(
             reconcile_now.clone(),
         )),
         tokio::spawn(firewall::keep(
+            netlink.clone(),
             map_rx.clone(),
             identity.node_id,
             coordinator_ips(&identity.coordinator),

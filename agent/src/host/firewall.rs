@@ -71,12 +71,11 @@ pub async fn remove() -> Result<(), Error> {
     nft(&script).await
 }
 
-/// Whether both tables are still there (someone may flush the ruleset).
-async fn present() -> bool {
-    let list = |family: &'static str| {
-        Command::new("nft").args(["list", "table", family, TABLE]).stdout(Stdio::null()).stderr(Stdio::null()).status()
-    };
-    matches!(list("inet").await, Ok(s) if s.success()) && matches!(list("bridge").await, Ok(s) if s.success())
+/// Whether table `family` `name` is there (someone may flush the ruleset).
+async fn present(family: &str, name: &str) -> bool {
+    let status =
+        Command::new("nft").args(["list", "table", family, name]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    matches!(status.await, Ok(s) if s.success())
 }
 
 /// How often the tables are checked for having been removed by someone else.
@@ -95,8 +94,10 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 /// When only set elements changed (a workload or a peer came or went) it
 /// adds and deletes just those elements ([`update`]); the tables are
 /// replaced whole when the chains change, after a failure, and every
-/// [`FULL_RELOAD`].
+/// [`FULL_RELOAD`]. The source guard table ([`guard_ports`]) is put back
+/// within a [`RECHECK`] too.
 pub async fn keep(
+    netlink: Netlink,
     mut maps: watch::Receiver<NetworkMap>,
     own_node: u64,
     coordinator: Vec<std::net::IpAddr>,
@@ -144,13 +145,23 @@ pub async fn keep(
                 // A lone change at once; one within DEBOUNCE of the last update waits out the burst.
                 tokio::time::sleep_until(updated + DEBOUNCE).await;
             }
-            _ = tokio::time::sleep(RECHECK) => if !present().await {
-                tracing::warn!("the isolation tables were removed; putting them back");
-                metrics::counter!("weave_firewall_repairs_total").increment(1);
-                applied = None;
-            } else if reloaded.elapsed() >= FULL_RELOAD {
-                applied = None;
-            },
+            _ = tokio::time::sleep(RECHECK) => {
+                if !present("inet", TABLE).await || !present("bridge", TABLE).await {
+                    tracing::warn!("the isolation tables were removed; putting them back");
+                    metrics::counter!("weave_firewall_repairs_total").increment(1);
+                    applied = None;
+                } else if reloaded.elapsed() >= FULL_RELOAD {
+                    applied = None;
+                }
+                // The source guard too (a `flush ruleset` takes all three).
+                if !present("bridge", GUARD_TABLE).await {
+                    tracing::warn!("the source guard table was removed; putting it back");
+                    metrics::counter!("weave_firewall_repairs_total").increment(1);
+                    if let Err(e) = guard_ports(&netlink).await {
+                        tracing::warn!(error = %e, "holding workload ports to their addresses");
+                    }
+                }
+            }
         }
     }
 }

@@ -57,22 +57,34 @@ pub const GUARD_TABLE: &str = "weave_guard";
 
 /// Source guard for workload ports, as one `nft -f` transaction that
 /// replaces the table `bridge weave_guard`: a frame from a port the agent
-/// made for a workload (`ports`: its name and the address the agent gave the
-/// workload there, as recorded on the port) carries IPv4 only from that
-/// address and ARP only for it (or 0.0.0.0, a probe), and no VLAN tag. So a
-/// container cannot take another workload's address, its host's, or any
-/// other: not as the source of its packets, not in ARP (another workload's
-/// traffic on the same host would follow a forged ARP reply to it). Ports
-/// not listed (VXLAN, other bridges' ports, ports of older agents) pass
-/// untouched; IPv6 is not guarded. Its own table, apart from `bridge weave`:
-/// the agent replaces that one when segments change, this one when ports
-/// come and go.
-pub fn guard_ruleset(ports: &[(String, Ipv4Addr)]) -> String {
+/// made for a workload (`ports`: its name, and the address and MAC the agent
+/// recorded for the workload there) carries IPv4 only from that address, ARP
+/// only as that address at that MAC (or 0.0.0.0, a probe, at that MAC; IPv4
+/// over Ethernet only), and no VLAN tag. So a container cannot take another
+/// workload's address, its host's, or any other: not as the source of its
+/// packets, not in ARP (another workload's traffic on the same host would
+/// follow a forged ARP reply to it), nor announce its own address at a
+/// neighbour's MAC. Ports not listed (VXLAN, other bridges' ports, ports of
+/// older agents) pass untouched; IPv6 is not guarded. Its own table, apart
+/// from `bridge weave`: the agent replaces that one when segments change,
+/// this one when ports come and go.
+pub fn guard_ruleset(ports: &[(String, Ipv4Addr, Vec<u8>)]) -> String {
     let t = GUARD_TABLE;
     let mut out = format!("table bridge {t} {{}}\ndelete table bridge {t}\ntable bridge {t} {{\n");
-    let names: BTreeSet<String> = ports.iter().map(|(p, _)| format!("\"{p}\"")).collect();
-    let pairs: BTreeSet<String> = ports.iter().map(|(p, ip)| format!("\"{p}\" . {ip}")).collect();
-    for (name, kind, elements) in [("guarded", "ifname", names), ("allowed", "ifname . ipv4_addr", pairs)] {
+    let names: BTreeSet<String> = ports.iter().map(|(p, _, _)| format!("\"{p}\"")).collect();
+    let sources: BTreeSet<String> = ports.iter().map(|(p, ip, _)| format!("\"{p}\" . {ip}")).collect();
+    let senders: BTreeSet<String> = ports
+        .iter()
+        .flat_map(|(p, ip, mac)| {
+            let mac = super::kernel::format_mac(mac);
+            [format!("\"{p}\" . {ip} . {mac}"), format!("\"{p}\" . 0.0.0.0 . {mac}")]
+        })
+        .collect();
+    for (name, kind, elements) in [
+        ("guarded", "ifname", names),
+        ("sources", "ifname . ipv4_addr", sources),
+        ("senders", "ifname . ipv4_addr . ether_addr", senders),
+    ] {
         let _ = write!(out, "  set {name} {{\n    type {kind}\n");
         if !elements.is_empty() {
             let _ = writeln!(out, "    elements = {{ {} }}", elements.into_iter().collect::<Vec<_>>().join(", "));
@@ -80,8 +92,9 @@ pub fn guard_ruleset(ports: &[(String, Ipv4Addr)]) -> String {
         out.push_str("  }\n");
     }
     out += "  chain prerouting {\n    type filter hook prerouting priority filter - 5; policy accept;\n    \
-            iifname != @guarded accept\n    ether type ip iifname . ip saddr @allowed accept\n    \
-            ether type arp arp saddr ip 0.0.0.0 accept\n    ether type arp iifname . arp saddr ip @allowed accept\n    \
+            iifname != @guarded accept\n    ether type ip iifname . ip saddr @sources accept\n    \
+            ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
+            iifname . arp saddr ip . arp saddr ether @senders accept\n    \
             ether type { ip, arp, vlan, 8021ad } drop\n  }\n}\n";
     out
 }
@@ -129,15 +142,28 @@ mod tests {
 
     #[test]
     fn a_guarded_port_carries_ipv4_and_arp_only_from_its_own_address() {
-        let ports =
-            [("wv1a2b".to_string(), "10.32.0.5".parse().unwrap()), ("wvd7".into(), "10.2.3.4".parse().unwrap())];
+        let mac = |last| vec![0x02, 0x42, 0, 0, 0, last];
+        let ports = [
+            ("wv1a2b".to_string(), "10.32.0.5".parse().unwrap(), mac(5)),
+            ("wvd7".into(), "10.2.3.4".parse().unwrap(), mac(7)),
+        ];
         let g = guard_ruleset(&ports);
         assert!(g.starts_with("table bridge weave_guard {}\ndelete table bridge weave_guard\n"), "{g}");
         assert!(g.contains("type ifname\n    elements = { \"wv1a2b\", \"wvd7\" }\n"), "{g}");
         assert!(g.contains("elements = { \"wv1a2b\" . 10.32.0.5, \"wvd7\" . 10.2.3.4 }\n"), "{g}");
+        // ARP: the port's address or a probe's 0.0.0.0, each only at the port's MAC.
+        assert!(
+            g.contains(
+                "elements = { \"wv1a2b\" . 0.0.0.0 . 02:42:00:00:00:05, \"wv1a2b\" . 10.32.0.5 . 02:42:00:00:00:05, \
+                 \"wvd7\" . 0.0.0.0 . 02:42:00:00:00:07, \"wvd7\" . 10.2.3.4 . 02:42:00:00:00:07 }\n"
+            ),
+            "{g}"
+        );
         assert!(g.contains(
-            "type filter hook prerouting priority filter - 5; policy accept;\n    iifname != @guarded accept\n    ether type ip iifname . ip saddr @allowed accept\n    \
-             ether type arp arp saddr ip 0.0.0.0 accept\n    ether type arp iifname . arp saddr ip @allowed accept\n    \
+            "type filter hook prerouting priority filter - 5; policy accept;\n    iifname != @guarded accept\n    \
+             ether type ip iifname . ip saddr @sources accept\n    \
+             ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
+             iifname . arp saddr ip . arp saddr ether @senders accept\n    \
              ether type { ip, arp, vlan, 8021ad } drop\n"
         ));
         // No ports: empty sets (nft refuses an empty elements list), nothing guarded.

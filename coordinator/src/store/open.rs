@@ -197,7 +197,7 @@ mod tests {
             "postgres://weave@localhost/weave",
             "postgres://weave@127.0.0.1/weave",
             "postgres://weave@[::1]/weave",
-            "postgres://weave@localhost/weave?host=/run/postgresql",
+            "postgres://weave@db.example/weave?host=/run/postgresql",
             "postgres://weave:pw@db.example/weave?sslmode=verify-full&sslrootcert=/etc/weave/pg-ca.pem",
             "postgres://weave:pw@192.0.2.5/weave?sslmode=verify-ca&sslrootcert=/etc/weave/pg-ca.pem",
         ] {

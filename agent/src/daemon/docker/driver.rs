@@ -176,7 +176,9 @@ impl Plugin {
         let kernel = |e: crate::error::Error| Refused::bad(e.to_string());
         // A Join Docker retries after a failure finds the old pair.
         nl.delete_link(&host_if).await.map_err(kernel)?;
-        nl.veth_on_bridge(&host_if, &peer, &bridge, self.attacher.mtu, Some(&mac)).await.map_err(kernel)?;
+        // Up at once: its other end waits, down, outside any container until
+        // Docker moves it in after this Join, which guards it first.
+        nl.veth_on_bridge(&host_if, &peer, &bridge, self.attacher.mtu, Some(&mac), true).await.map_err(kernel)?;
         let pinned = match nl.lock_port(&host_if, &mac).await {
             Ok(()) => match nl.pin_neighbour(&bridge, address.addr(), &mac).await {
                 // Recorded on the port, so a bridge made again pins and locks it again.

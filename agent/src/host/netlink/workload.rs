@@ -106,7 +106,8 @@ impl Netlink {
     ) -> Result<(), Error> {
         use std::os::fd::AsRawFd;
         let peer = format!("{host_if}p");
-        self.veth_on_bridge(host_if, &peer, bridge, mtu, None).await?;
+        // Down until the caller has locked and guarded the port (attach).
+        self.veth_on_bridge(host_if, &peer, bridge, mtu, None, false).await?;
         let moved = async {
             let peer_index = self.link_index(&peer).await?.ok_or_else(|| Error::Netlink(format!("{peer} vanished")))?;
             let msg = LinkUnspec::new_with_index(peer_index).setns_by_fd(netns.as_raw_fd()).name(ifname).build();
@@ -124,10 +125,10 @@ impl Netlink {
         moved
     }
 
-    /// A veth pair whose `host_if` end is up in `bridge` and whose `peer`
-    /// (MTU `mtu`, MAC `mac` if given) stays down in this namespace, for a
-    /// runtime to move into a container (Docker's Join). Nothing is left
-    /// behind if a step fails.
+    /// A veth pair whose `host_if` end is in `bridge` (up if `up`) and whose
+    /// `peer` (MTU `mtu`, MAC `mac` if given) stays down in this namespace,
+    /// for a runtime to move into a container (Docker's Join). Nothing is
+    /// left behind if a step fails.
     pub async fn veth_on_bridge(
         &self,
         host_if: &str,
@@ -135,6 +136,7 @@ impl Netlink {
         bridge: &str,
         mtu: u32,
         mac: Option<&[u8]>,
+        up: bool,
     ) -> Result<(), Error> {
         let bridge_index =
             self.link_index(bridge).await?.ok_or_else(|| Error::Netlink(format!("bridge {bridge} does not exist")))?;
@@ -163,6 +165,9 @@ impl Netlink {
             set(LinkUnspec::new_with_index(host_index).controller(bridge_index).alias(port_alias(bridge)).build())
                 .await
                 .map_err(|e| nl(format!("put {host_if} into {bridge}"), e))?;
+            if !up {
+                return Ok(());
+            }
             set(LinkUnspec::new_with_index(host_index).up().build())
                 .await
                 .map_err(|e| nl(format!("set {host_if} up"), e))
@@ -221,11 +226,15 @@ impl Netlink {
         Ok(moved)
     }
 
-    /// Every workload port with the address recorded on it ([`Self::remember_pin`]):
-    /// what the source guard holds each port to.
-    pub async fn pinned_ports(&self) -> Result<Vec<(String, Ipv4Addr)>, Error> {
+    /// Every workload port with the address and MAC recorded on it
+    /// ([`Self::remember_pin`]): what the source guard holds each port to.
+    pub async fn pinned_ports(&self) -> Result<Vec<(String, Ipv4Addr, Vec<u8>)>, Error> {
         let links = self.links().await?;
-        Ok(links.iter().filter_map(port_record).filter_map(|(port, _, pin)| Some((port.to_string(), pin?.0))).collect())
+        Ok(links
+            .iter()
+            .filter_map(port_record)
+            .filter_map(|(port, _, pin)| pin.map(|(ip, mac)| (port.to_string(), ip, mac)))
+            .collect())
     }
 
     /// Inside a workload's namespace: `ifname` up with `address`, plus the
