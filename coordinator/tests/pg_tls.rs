@@ -86,9 +86,15 @@ fn capture(ns: &str, file: &Path) -> Running {
         .expect("tcpdump starts");
     let child = Running(child);
     // It says so on stderr once it captures.
+    let mut child = child;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !std::fs::read_to_string(&log).unwrap_or_default().contains("listening on") {
-        assert!(Instant::now() < deadline, "tcpdump did not start: {}", std::fs::read_to_string(&log).unwrap());
+        let gone = child.0.try_wait().unwrap().is_some();
+        assert!(
+            !gone && Instant::now() < deadline,
+            "tcpdump did not start: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child
@@ -174,7 +180,15 @@ fn the_store_session_is_tls_checked_against_the_given_ca_and_unreadable_on_the_w
         assert!(!contains(&seen, clear), "'{clear}' is readable on the wire");
     }
 
-    // Another CA's certificate: refused, one line, exit 1.
+    // verify-ca (the CA, not the name) with the same CA: it starts too.
+    let run = tempfile::tempdir().unwrap();
+    serve(&ns.0, &with("verify-ca", &ca_file), run.path()).expect("the coordinator starts with verify-ca");
+
+    // Another CA's certificate: refused, one line, exit 1 (verify-ca alike).
+    let run = tempfile::tempdir().unwrap();
+    let (code, err) = serve(&ns.0, &with("verify-ca", &other_file), run.path()).unwrap_err();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("certificate"), "{err}");
     let run = tempfile::tempdir().unwrap();
     let (code, err) = serve(&ns.0, &with("verify-full", &other_file), run.path()).unwrap_err();
     assert_eq!(code, Some(1), "{err}");

@@ -253,8 +253,16 @@ pub async fn reconcile_loop(
         }
         // The source guard from the ports there now: ports that went leave
         // it, and a guard table someone removed comes back.
-        if full && let Err(e) = crate::host::firewall::guard_ports(&netlink).await {
-            tracing::warn!(error = %e, "holding workload ports to their addresses");
+        if full {
+            match crate::host::firewall::guard_ports(&netlink).await {
+                // Guarded: a port an unfinished attach left down may come up.
+                Ok(_) => match netlink.raise_recorded_ports().await {
+                    Ok(raised) if !raised.is_empty() => tracing::info!(ports = ?raised, "workload ports set up"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "setting workload ports up"),
+                },
+                Err(e) => tracing::warn!(error = %e, "holding workload ports to their addresses"),
+            }
         }
         metrics::histogram!("weave_reconcile_duration_seconds", "pass" => if full { "full" } else { "incremental" })
             .record(started.elapsed().as_secs_f64());

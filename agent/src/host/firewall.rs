@@ -104,6 +104,9 @@ pub async fn keep(
     mut applied: Option<Rules>,
 ) {
     let mut reloaded = Instant::now();
+    // One deadline across passes: a map that changes more often than every
+    // RECHECK must not postpone the check for good.
+    let mut next_check = tokio::time::Instant::now() + RECHECK;
     loop {
         let networks = super::routes::lan(own_node);
         let rules = rules(&maps.borrow_and_update(), own_node, &coordinator, &networks);
@@ -135,6 +138,27 @@ pub async fn keep(
                 }
             }
         }
+        if tokio::time::Instant::now() >= next_check {
+            next_check = tokio::time::Instant::now() + RECHECK;
+            if applied.is_some() && (!present("inet", TABLE).await || !present("bridge", TABLE).await) {
+                tracing::warn!("the isolation tables were removed; putting them back");
+                metrics::counter!("weave_firewall_repairs_total").increment(1);
+                applied = None;
+            } else if reloaded.elapsed() >= FULL_RELOAD {
+                applied = None;
+            }
+            // The source guard too (a `flush ruleset` takes all three).
+            if !present("bridge", GUARD_TABLE).await {
+                tracing::warn!("the source guard table was removed; putting it back");
+                metrics::counter!("weave_firewall_repairs_total").increment(1);
+                if let Err(e) = guard_ports(&netlink).await {
+                    tracing::warn!(error = %e, "holding workload ports to their addresses");
+                }
+            }
+            if applied.is_none() {
+                continue;
+            }
+        }
         if applied.is_none() {
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
@@ -145,23 +169,7 @@ pub async fn keep(
                 // A lone change at once; one within DEBOUNCE of the last update waits out the burst.
                 tokio::time::sleep_until(updated + DEBOUNCE).await;
             }
-            _ = tokio::time::sleep(RECHECK) => {
-                if !present("inet", TABLE).await || !present("bridge", TABLE).await {
-                    tracing::warn!("the isolation tables were removed; putting them back");
-                    metrics::counter!("weave_firewall_repairs_total").increment(1);
-                    applied = None;
-                } else if reloaded.elapsed() >= FULL_RELOAD {
-                    applied = None;
-                }
-                // The source guard too (a `flush ruleset` takes all three).
-                if !present("bridge", GUARD_TABLE).await {
-                    tracing::warn!("the source guard table was removed; putting it back");
-                    metrics::counter!("weave_firewall_repairs_total").increment(1);
-                    if let Err(e) = guard_ports(&netlink).await {
-                        tracing::warn!(error = %e, "holding workload ports to their addresses");
-                    }
-                }
-            }
+            _ = tokio::time::sleep_until(next_check) => {}
         }
     }
 }

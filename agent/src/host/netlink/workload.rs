@@ -226,6 +226,24 @@ impl Netlink {
         Ok(moved)
     }
 
+    /// Sets up every workload port that has its full record (address and
+    /// MAC: locked and pinned; the caller has guarded them) and is down: an
+    /// attach the agent did not finish (it stopped between plugging the
+    /// port, down, and bringing it up) leaves one so. Returns those ports.
+    pub async fn raise_recorded_ports(&self) -> Result<Vec<String>, Error> {
+        let links = self.links().await?;
+        let mut raised = Vec::new();
+        for l in &links {
+            let Some((port, _, Some(_))) = port_record(l) else { continue };
+            if l.header.flags.contains(netlink_packet_route::link::LinkFlags::Up) {
+                continue;
+            }
+            self.set_up(port).await?;
+            raised.push(port.to_string());
+        }
+        Ok(raised)
+    }
+
     /// Every workload port with the address and MAC recorded on it
     /// ([`Self::remember_pin`]): what the source guard holds each port to.
     pub async fn pinned_ports(&self) -> Result<Vec<(String, Ipv4Addr, Vec<u8>)>, Error> {
