@@ -86,9 +86,15 @@ pub fn rules(map: &NetworkMap, own_node: u64, coordinator: &[std::net::IpAddr], 
     Rules { segments, peers, overlay }
 }
 
-/// `set <name> { type ipv4_addr; elements = { .. } }` (no elements line when empty).
-fn set<T: std::fmt::Display>(out: &mut String, name: &str, interval: bool, elements: impl IntoIterator<Item = T>) {
-    let _ = write!(out, "  set {name} {{\n    type ipv4_addr\n");
+/// `set <name> { type <kind>; elements = { .. } }` (no elements line when empty).
+pub(super) fn set<T: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    interval: bool,
+    elements: impl IntoIterator<Item = T>,
+) {
+    let _ = write!(out, "  set {name} {{\n    type {kind}\n");
     if interval {
         out.push_str("    flags interval\n");
     }
@@ -139,11 +145,11 @@ pub fn ruleset(rules: &Rules) -> String {
     out += &format!("table bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n");
     out += &format!("table inet {TABLE} {{\n");
     for (i, s) in segments.iter().enumerate() {
-        set(&mut out, &format!("remote{i}"), false, &s.remote);
+        set(&mut out, &format!("remote{i}"), "ipv4_addr", false, &s.remote);
     }
-    set(&mut out, "peers", false, &rules.peers);
+    set(&mut out, "peers", "ipv4_addr", false, &rules.peers);
     // The kernel refuses overlapping intervals: nested ranges are merged first.
-    set(&mut out, "overlay", true, Ipv4Net::aggregate(&rules.overlay.iter().copied().collect()));
+    set(&mut out, "overlay", "ipv4_addr", true, Ipv4Net::aggregate(&rules.overlay.iter().copied().collect()));
     // At raw priority: before conntrack and DNAT, so a port mapping's packet
     // (to the host's underlay address) passes, and is DNATed afterwards.
     let _ = write!(

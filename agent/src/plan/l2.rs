@@ -5,7 +5,7 @@
 //!   advertisements, redirects or DHCPv6 servers from a weave port.
 //! - `bridge weave_guard` ([`guard_ruleset`], replaced when ports come and
 //!   go): each workload port carries IPv4 and ARP only from its own address.
-use std::{collections::BTreeSet, fmt::Write, net::Ipv4Addr};
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 
@@ -85,11 +85,7 @@ pub fn guard_ruleset(ports: &[(String, Ipv4Addr, Vec<u8>)]) -> String {
         ("sources", "ifname . ipv4_addr", sources),
         ("senders", "ifname . ipv4_addr . ether_addr", senders),
     ] {
-        let _ = write!(out, "  set {name} {{\n    type {kind}\n");
-        if !elements.is_empty() {
-            let _ = writeln!(out, "    elements = {{ {} }}", elements.into_iter().collect::<Vec<_>>().join(", "));
-        }
-        out.push_str("  }\n");
+        super::firewall::set(&mut out, name, kind, false, elements);
     }
     out += "  chain prerouting {\n    type filter hook prerouting priority filter - 5; policy accept;\n    \
             iifname != @guarded accept\n    ether type ip iifname . ip saddr @sources accept\n    \
