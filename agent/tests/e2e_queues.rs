@@ -10,13 +10,11 @@ mod common;
 
 use std::{
     fs,
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     time::Duration,
 };
 
-use common::*;
-use sha2::{Digest, Sha256};
+use common::{flows::tcp_flows_arrive_intact, *};
 
 const QUEUES: usize = 4;
 const FLOWS: usize = 16;
@@ -39,19 +37,6 @@ fn thread_reads(pid: u32, prefix: &str) -> Vec<(String, u64)> {
     }
     out.sort();
     out
-}
-
-/// The pattern flow `f` sends.
-fn data(f: usize) -> Vec<u8> {
-    let mut x = (f as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (0..BYTES_PER_FLOW)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]
@@ -100,54 +85,12 @@ fn parallel_flows_over_four_queues(queue_threads: usize) {
     // peer's traffic stays on the queue whose socket receives it).
     for to in [1, 2] {
         let before = thread_reads(pid, readers);
-        flows_arrive_intact(&bed, 0, to);
+        tcp_flows_arrive_intact(&bed, 0, to, FLOWS, BYTES_PER_FLOW);
         let after = thread_reads(pid, readers);
         let moved: Vec<u64> = after.iter().zip(&before).map(|((_, a), (_, b))| a - b).collect();
         assert!(moved.iter().sum::<u64>() >= (FLOWS * BYTES_PER_FLOW) as u64, "the TUN reads were counted: {moved:?}");
         let busy = moved.iter().filter(|&&m| m > (BYTES_PER_FLOW as u64) / 2).count();
         assert_eq!(busy, 1, "host {to}'s flows stayed on one queue: {before:?} -> {after:?}");
-    }
-}
-
-/// FLOWS parallel TCP flows from workload `from` to workload `to`, each
-/// arriving whole and in order (a hash of every byte).
-fn flows_arrive_intact(bed: &Bed, from: usize, to: usize) {
-    let server_addr = SocketAddr::from((bed.workloads[to].ip, 5201));
-    let server = in_netns(&bed.workloads[to].ns, move || {
-        let listener = TcpListener::bind(server_addr).unwrap();
-        let handles: Vec<_> = (0..FLOWS)
-            .map(|_| {
-                let (mut s, _) = listener.accept().unwrap();
-                std::thread::spawn(move || {
-                    let mut first = [0u8; 1];
-                    s.read_exact(&mut first).unwrap();
-                    let mut rest = Vec::new();
-                    s.read_to_end(&mut rest).unwrap();
-                    (first[0] as usize, Sha256::digest(&rest).to_vec(), rest.len())
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
-    });
-    let clients: Vec<_> = (0..FLOWS)
-        .map(|f| {
-            in_netns(&bed.workloads[from].ns, move || {
-                let mut s = wait_for("the receiver to listen", Duration::from_secs(10), || {
-                    TcpStream::connect(server_addr).ok()
-                });
-                s.write_all(&[f as u8]).unwrap();
-                s.write_all(&data(f)).unwrap();
-            })
-        })
-        .collect();
-    for c in clients {
-        c.join().unwrap();
-    }
-    let received = server.join().unwrap();
-    assert_eq!(received.len(), FLOWS);
-    for (f, hash, len) in received {
-        assert_eq!(len, BYTES_PER_FLOW, "flow {f}: every byte arrived");
-        assert_eq!(hash, Sha256::digest(data(f)).to_vec(), "flow {f}: the bytes arrived in order");
     }
 }
 

@@ -16,7 +16,7 @@ use weave_proto::{
 
 use super::{
     attach::Attacher,
-    config::{AllocateArgs, JoinArgs, ResetArgs, RunArgs, StatusArgs},
+    config::{Aead, AllocateArgs, JoinArgs, ResetArgs, RunArgs, StatusArgs},
     control,
     dns::DnsServer,
     service::LocalService,
@@ -251,6 +251,9 @@ async fn serve(
     // Both families: endpoints may be IPv4 or IPv6 (the socket falls back to
     // IPv4 only on a kernel without IPv6).
     let listen = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), args.listen_port);
+    // Before the transport exists: boringtun makes its session keys with it.
+    weave_aead::prefer_ring(args.aead == Aead::Ring);
+    tracing::info!(aead = weave_aead::implementation(), "ChaCha20-Poly1305 for data packets");
     let tuning = Tuning {
         queues: args.queues.map_or_else(Tuning::default_queues, usize::from),
         queue_threads: usize::from(args.queue_threads),

@@ -92,6 +92,18 @@ pub struct RunArgs {
     /// the NAT's mapping open so peers can speak first. 0: none.
     #[arg(long, env = "WEAVE_NAT_KEEPALIVE", default_value_t = 25)]
     pub nat_keepalive: u16,
+    /// ChaCha20-Poly1305 for data packets: "auto" runs OpenSSL's assembly
+    /// where it is built in (x86_64), "ring" runs ring's (what boringtun uses).
+    /// The bytes on the wire are the same either way.
+    #[arg(long, env = "WEAVE_AEAD", value_enum, default_value_t = Aead::Auto)]
+    pub aead: Aead,
+}
+
+/// `--aead`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Aead {
+    Auto,
+    Ring,
 }
 
 /// Where Docker looks for legacy plugins.
@@ -170,6 +182,9 @@ impl RunArgs {
         }
         out.extend(["--queue-threads".into(), self.queue_threads.to_string().into()]);
         out.extend(["--nat-keepalive".into(), self.nat_keepalive.to_string().into()]);
+        if self.aead == Aead::Ring {
+            out.extend(["--aead".into(), "ring".into()]);
+        }
         out
     }
 }
@@ -235,6 +250,8 @@ mod tests {
             "3",
             "--queue-threads",
             "2",
+            "--aead",
+            "ring",
         ])
         .unwrap();
         let Command::Join(join) = cli.command else { panic!("a join") };
@@ -250,6 +267,7 @@ mod tests {
         assert_eq!(run.cpu_latency_hold_ms, 7);
         assert_eq!(run.queues, Some(3));
         assert_eq!(run.queue_threads, 2);
+        assert_eq!(run.aead, Aead::Ring);
         assert_eq!(run.dns_upstream, vec!["192.0.2.53:53".parse::<SocketAddr>().unwrap()]);
         assert_eq!(run.docker_plugin_path(), Some(PathBuf::from("/p/weave.sock")));
         assert_eq!(run.docker_host, PathBuf::from("/d.sock"));

@@ -12,6 +12,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod cni;
+pub mod flows;
 pub mod underlay;
 
 use std::{

@@ -1,7 +1,10 @@
-//! Seals N packets of each given size in place, each with its own nonce (a
-//! data plane's pattern: one AEAD call per packet), with ring 0.17 and with
-//! OpenSSL's EVP (the key set once, the nonce set per packet). Prints the
-//! median of five rounds per size, in GB/s and ns per packet.
+//! Seals N packets of each given size, each with its own nonce (a data
+//! plane's pattern: one AEAD call per packet), with ring 0.17 (in place),
+//! OpenSSL's EVP (the key set once, the nonce set per packet, in place) and
+//! weave-aead (source to destination, as boringtun calls it); then opens N
+//! packets with ring (copy in, open in place: what boringtun 0.7.1 did) and
+//! weave-aead. Prints the median of five rounds per size, in GB/s and ns per
+//! packet.
 use std::time::Instant;
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
@@ -51,6 +54,41 @@ fn openssl_round(key: &[u8; 32], buf: &mut [u8], len: usize) -> f64 {
     }
 }
 
+fn weave_round(key: &[u8; 32], buf: &mut [u8], len: usize) -> f64 {
+    let k = weave_aead::Key::new(key);
+    let src = buf[..len].to_vec();
+    let t = Instant::now();
+    for i in 0..PACKETS {
+        k.seal(i as u64, &src, buf);
+    }
+    t.elapsed().as_secs_f64()
+}
+
+fn ring_open_round(key: &[u8; 32], len: usize) -> f64 {
+    let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).expect("a key"));
+    let mut sealed = vec![3u8; len];
+    k.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce(1)), Aad::empty(), &mut sealed).expect("sealed");
+    let mut buf = vec![0u8; sealed.len()];
+    let t = Instant::now();
+    for _ in 0..PACKETS {
+        buf.copy_from_slice(&sealed);
+        k.open_in_place(Nonce::assume_unique_for_key(nonce(1)), Aad::empty(), &mut buf).expect("opened");
+    }
+    t.elapsed().as_secs_f64()
+}
+
+fn weave_open_round(key: &[u8; 32], len: usize) -> f64 {
+    let k = weave_aead::Key::new(key);
+    let mut sealed = vec![0u8; len + 16];
+    k.seal(1, &vec![3u8; len], &mut sealed);
+    let mut buf = vec![0u8; sealed.len()];
+    let t = Instant::now();
+    for _ in 0..PACKETS {
+        k.open(1, &sealed, &mut buf).expect("opened");
+    }
+    t.elapsed().as_secs_f64()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -63,22 +101,39 @@ fn main() {
     let key = [7u8; 32];
     for len in sizes {
         let mut buf = vec![3u8; len + 16];
-        let (mut r, mut o) = (Vec::new(), Vec::new());
+        let (mut r, mut o, mut w, mut ro, mut wo) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             r.push(ring_round(&key, &mut buf, len));
             o.push(openssl_round(&key, &mut buf, len));
+            w.push(weave_round(&key, &mut buf, len));
+            ro.push(ring_open_round(&key, len));
+            wo.push(weave_open_round(&key, len));
         }
         let gbps = |secs: f64| (PACKETS * len) as f64 / secs / 1e9;
         let ns = |secs: f64| secs * 1e9 / PACKETS as f64;
-        let (r, o) = (median(r), median(o));
+        let (r, o, w) = (median(r), median(o), median(w));
         println!(
             "{len:>6} bytes: ring {:.2} GB/s ({:.0} ns/packet), OpenSSL EVP {:.2} GB/s ({:.0} ns/packet), \
-             OpenSSL/ring {:.2}",
+             weave-aead ({}) {:.2} GB/s ({:.0} ns/packet); EVP/ring {:.2}, weave-aead/ring {:.2}",
             gbps(r),
             ns(r),
             gbps(o),
             ns(o),
-            r / o
+            weave_aead::implementation(),
+            gbps(w),
+            ns(w),
+            r / o,
+            r / w
+        );
+        let (ro, wo) = (median(ro), median(wo));
+        println!(
+            "{len:>6} bytes open: ring {:.2} GB/s ({:.0} ns/packet), weave-aead {:.2} GB/s ({:.0} ns/packet); \
+             weave-aead/ring {:.2}",
+            gbps(ro),
+            ns(ro),
+            gbps(wo),
+            ns(wo),
+            ro / wo
         );
     }
 }

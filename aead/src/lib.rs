@@ -1,0 +1,154 @@
+//! ChaCha20-Poly1305 (RFC 8439) as WireGuard uses it for data messages: a
+//! 32-byte key per direction, the nonce four zero bytes and the message
+//! counter (little-endian), no additional data, a 16-byte tag after the
+//! ciphertext. One `seal` or `open` per packet, from a source slice into a
+//! destination slice (boringtun's shape).
+//!
+//! Two implementations, the same output bit for bit (tests below, against
+//! ring): OpenSSL's x86_64 assembly (`asm`, when built: x86_64 Linux and
+//! the BSDs) and ring's ChaCha20-Poly1305. [`Key::new`] picks the first
+//! unless [`prefer_ring`] was called (the agent's `--aead ring`).
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+
+#[cfg(weave_aead_asm)]
+mod asm;
+
+/// The Poly1305 tag's length.
+pub const TAG_LEN: usize = 16;
+
+/// A message failed authentication (or was shorter than a tag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Error;
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChaCha20-Poly1305 authentication failed")
+    }
+}
+
+impl std::error::Error for Error {}
+
+static PREFER_RING: AtomicBool = AtomicBool::new(false);
+
+/// Keys made after this call use ring even where the assembly is built.
+pub fn prefer_ring(yes: bool) {
+    PREFER_RING.store(yes, Ordering::Relaxed);
+}
+
+/// Whether OpenSSL's assembly was built into this binary.
+pub const fn assembly_built() -> bool {
+    cfg!(weave_aead_asm)
+}
+
+/// The implementation a key made now gets: "openssl-x86_64-asm" or "ring".
+pub fn implementation() -> &'static str {
+    if assembly_built() && !PREFER_RING.load(Ordering::Relaxed) { "openssl-x86_64-asm" } else { "ring" }
+}
+
+enum Inner {
+    #[cfg_attr(not(weave_aead_asm), allow(dead_code))]
+    Asm([u32; 8]),
+    Ring(Box<LessSafeKey>),
+}
+
+/// One direction's key.
+pub struct Key(Inner);
+
+impl Key {
+    pub fn new(key: &[u8; 32]) -> Key {
+        #[cfg(weave_aead_asm)]
+        if !PREFER_RING.load(Ordering::Relaxed) {
+            asm::init();
+            return Key(Inner::Asm(asm::key_words(key)));
+        }
+        Key(Inner::Ring(Box::new(LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).expect("a 32-byte key")))))
+    }
+
+    /// Encrypts `src` into `dst[..src.len()]` and writes the tag after it;
+    /// returns `src.len() + TAG_LEN`. Panics if `dst` is shorter than that.
+    pub fn seal(&self, counter: u64, src: &[u8], dst: &mut [u8]) -> usize {
+        let n = src.len();
+        assert!(dst.len() >= n + TAG_LEN, "destination too short");
+        match &self.0 {
+            #[cfg(weave_aead_asm)]
+            Inner::Asm(k) => asm::seal(k, counter, src, dst),
+            #[cfg(not(weave_aead_asm))]
+            Inner::Asm(_) => unreachable!("built without the assembly"),
+            Inner::Ring(k) => {
+                let (data, rest) = dst.split_at_mut(n);
+                data.copy_from_slice(src);
+                let tag = k
+                    .seal_in_place_separate_tag(nonce(counter), Aad::empty(), data)
+                    .expect("a packet under ring's size limit");
+                rest[..TAG_LEN].copy_from_slice(tag.as_ref());
+            }
+        }
+        n + TAG_LEN
+    }
+
+    /// Checks `src` (ciphertext and tag) and decrypts it into `dst`;
+    /// returns the plaintext's length. On failure `dst` is left as it was
+    /// with the assembly (ring writes the ciphertext there). Panics if `dst`
+    /// is shorter than `src` (ring opens in place).
+    pub fn open(&self, counter: u64, src: &[u8], dst: &mut [u8]) -> Result<usize, Error> {
+        src.len().checked_sub(TAG_LEN).ok_or(Error)?;
+        assert!(dst.len() >= src.len(), "destination too short");
+        match &self.0 {
+            #[cfg(weave_aead_asm)]
+            Inner::Asm(k) => asm::open(k, counter, src, dst),
+            #[cfg(not(weave_aead_asm))]
+            Inner::Asm(_) => unreachable!("built without the assembly"),
+            Inner::Ring(k) => {
+                let whole = &mut dst[..src.len()];
+                whole.copy_from_slice(src);
+                k.open_in_place(nonce(counter), Aad::empty(), whole).map(|p| p.len()).map_err(|_| Error)
+            }
+        }
+    }
+
+    /// Which implementation this key runs.
+    pub fn implementation(&self) -> &'static str {
+        match self.0 {
+            Inner::Asm(_) => "openssl-x86_64-asm",
+            Inner::Ring(_) => "ring",
+        }
+    }
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        if let Inner::Asm(k) = &mut self.0 {
+            wipe(k);
+        }
+    }
+}
+
+fn nonce(counter: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&counter.to_le_bytes());
+    Nonce::assume_unique_for_key(n)
+}
+
+/// Constant-time comparison of two tags.
+#[cfg_attr(not(weave_aead_asm), allow(dead_code))]
+fn equal(a: &[u8; TAG_LEN], b: &[u8]) -> bool {
+    if b.len() != TAG_LEN {
+        return false;
+    }
+    let d = a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y));
+    std::hint::black_box(d) == 0
+}
+
+/// Overwrites key material in a way the optimiser keeps.
+fn wipe<T: Copy + Default>(v: &mut [T]) {
+    for x in v.iter_mut() {
+        // SAFETY: `x` is a valid, aligned, exclusive reference.
+        unsafe { std::ptr::write_volatile(x, T::default()) };
+    }
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+}
+
+#[cfg(test)]
+mod tests;

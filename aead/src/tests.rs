@@ -1,0 +1,109 @@
+//! The assembly against ring, which boringtun used and which is tested
+//! against RFC 8439's vectors: the same bytes for every length a packet can
+//! have here (and the long path), and nothing opened that was changed.
+use rand::{Rng, RngCore};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, UnboundKey};
+
+use super::*;
+
+fn ring_seal(key: &[u8; 32], counter: u64, msg: &[u8]) -> Vec<u8> {
+    let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).unwrap());
+    let mut v = msg.to_vec();
+    k.seal_in_place_append_tag(nonce(counter), Aad::empty(), &mut v).unwrap();
+    v
+}
+
+fn lengths() -> impl Iterator<Item = usize> {
+    (0..=1600).chain([2047, 2048, 4080, 4095, 4096, 4097, 9000, 65535])
+}
+
+/// Counters at the edges of the nonce's two 32-bit words.
+fn counters(rng: &mut impl Rng) -> [u64; 6] {
+    [0, 1, u32::MAX as u64, 1 << 32, u64::MAX - 1, rng.random()]
+}
+
+/// Held by the test that flips `prefer_ring`, and while a key is made.
+static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn asm_key(key: &[u8; 32]) -> Key {
+    let k = {
+        let _g = SWITCH.lock().unwrap();
+        Key::new(key)
+    };
+    if assembly_built() {
+        assert_eq!(k.implementation(), "openssl-x86_64-asm");
+    }
+    k
+}
+
+#[test]
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn the_assembly_is_built_on_x86_64_linux() {
+    // build.rs falls back to ring without perl; CI must not do so quietly.
+    assert!(assembly_built(), "weave-aead was built without OpenSSL's assembly");
+    let _g = SWITCH.lock().unwrap();
+    assert_eq!(implementation(), "openssl-x86_64-asm");
+}
+
+#[test]
+fn seals_and_opens_what_ring_does_at_every_length() {
+    let mut rng = rand::rng();
+    for len in lengths() {
+        let mut key = [0u8; 32];
+        rng.fill_bytes(&mut key);
+        let k = asm_key(&key);
+        let mut msg = vec![0u8; len];
+        rng.fill_bytes(&mut msg);
+        for counter in if len <= 64 { counters(&mut rng).to_vec() } else { vec![rng.random()] } {
+            let want = ring_seal(&key, counter, &msg);
+            let mut got = vec![0xa5u8; len + TAG_LEN + 7];
+            assert_eq!(k.seal(counter, &msg, &mut got), len + TAG_LEN);
+            assert!(got[..len + TAG_LEN] == want[..], "seal differs from ring at {len} bytes, counter {counter}");
+            assert!(got[len + TAG_LEN..].iter().all(|&b| b == 0xa5), "seal wrote past its output");
+            let mut plain = vec![0u8; len + TAG_LEN];
+            assert_eq!(k.open(counter, &want, &mut plain), Ok(len));
+            assert!(plain[..len] == msg[..], "open differs at {len} bytes");
+        }
+    }
+}
+
+#[test]
+fn a_changed_bit_a_wrong_counter_or_key_is_refused_and_leaves_the_output_alone() {
+    let mut rng = rand::rng();
+    let key = [9u8; 32];
+    let k = asm_key(&key);
+    for len in [0usize, 1, 15, 16, 17, 100, 1370, 5000] {
+        let mut msg = vec![0u8; len];
+        rng.fill_bytes(&mut msg);
+        let sealed = ring_seal(&key, 42, &msg);
+        let untouched = vec![0x5au8; sealed.len()];
+        let refused = |src: &[u8], counter: u64, k: &Key| {
+            let mut out = untouched.clone();
+            let r = k.open(counter, src, &mut out);
+            r.is_err() && (k.implementation() == "ring" || out == untouched)
+        };
+        for bit in (0..sealed.len() * 8).step_by(if len > 100 { 97 } else { 1 }) {
+            let mut bad = sealed.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(refused(&bad, 42, &k), "a flipped bit {bit} of {len} bytes was accepted");
+        }
+        assert!(refused(&sealed, 43, &k), "opened under another counter");
+        assert!(refused(&sealed, 42, &asm_key(&[8u8; 32])), "opened under another key");
+        assert!(refused(&sealed[..sealed.len() - 1], 42, &k), "opened a truncated message");
+    }
+    let mut out = [0u8; 32];
+    assert_eq!(k.open(0, &[0u8; 15], &mut out), Err(Error), "shorter than a tag");
+}
+
+#[test]
+fn ring_is_used_when_preferred() {
+    let _g = SWITCH.lock().unwrap();
+    prefer_ring(true);
+    let k = Key::new(&[1u8; 32]);
+    prefer_ring(false);
+    assert_eq!(k.implementation(), "ring");
+    let mut out = [0u8; 64];
+    assert_eq!(k.seal(5, b"hello", &mut out), 5 + TAG_LEN);
+    assert_eq!(out[..5 + TAG_LEN], ring_seal(&[1u8; 32], 5, b"hello")[..]);
+    assert_eq!(Key::new(&[1u8; 32]).implementation(), implementation());
+}
