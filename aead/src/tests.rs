@@ -22,14 +22,21 @@ fn counters(rng: &mut impl Rng) -> [u64; 6] {
     [0, 1, u32::MAX as u64, 1 << 32, u64::MAX - 1, rng.random()]
 }
 
-/// Held by the test that flips `prefer_ring`, and while a key is made.
+/// Held while the choice is changed and a key made.
 static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+fn key_of(choice: Choice, key: &[u8; 32]) -> Key {
+    let _g = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    choose(choice);
+    let k = Key::new(key);
+    choose(Choice::Auto);
+    k
+}
+
+/// The assembly whatever this CPU would pick by default (on an AVX2-only
+/// CPU `Auto` picks ring; the assembly's AVX2 and SSE paths are tested too).
 fn asm_key(key: &[u8; 32]) -> Key {
-    let k = {
-        let _g = SWITCH.lock().unwrap();
-        Key::new(key)
-    };
+    let k = key_of(Choice::Assembly, key);
     if assembly_built() {
         assert_eq!(k.implementation(), "openssl-x86_64-asm");
     }
@@ -41,8 +48,21 @@ fn asm_key(key: &[u8; 32]) -> Key {
 fn the_assembly_is_built_on_x86_64_linux() {
     // build.rs falls back to ring without perl; CI must not do so quietly.
     assert!(assembly_built(), "weave-aead was built without OpenSSL's assembly");
-    let _g = SWITCH.lock().unwrap();
+    let _g = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    choose(Choice::Assembly);
     assert_eq!(implementation(), "openssl-x86_64-asm");
+    choose(Choice::Auto);
+}
+
+#[test]
+fn auto_picks_the_assembly_only_where_the_cpu_has_avx512() {
+    let k = key_of(Choice::Auto, &[3u8; 32]);
+    #[cfg(target_arch = "x86_64")]
+    let want =
+        if assembly_built() && std::arch::is_x86_feature_detected!("avx512f") { "openssl-x86_64-asm" } else { "ring" };
+    #[cfg(not(target_arch = "x86_64"))]
+    let want = "ring";
+    assert_eq!(k.implementation(), want);
 }
 
 #[test]
@@ -96,14 +116,12 @@ fn a_changed_bit_a_wrong_counter_or_key_is_refused_and_leaves_the_output_alone()
 }
 
 #[test]
-fn ring_is_used_when_preferred() {
-    let _g = SWITCH.lock().unwrap();
-    prefer_ring(true);
-    let k = Key::new(&[1u8; 32]);
-    prefer_ring(false);
+fn ring_is_used_when_chosen() {
+    let k = key_of(Choice::Ring, &[1u8; 32]);
     assert_eq!(k.implementation(), "ring");
     let mut out = [0u8; 64];
     assert_eq!(k.seal(5, b"hello", &mut out), 5 + TAG_LEN);
     assert_eq!(out[..5 + TAG_LEN], ring_seal(&[1u8; 32], 5, b"hello")[..]);
+    let _g = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     assert_eq!(Key::new(&[1u8; 32]).implementation(), implementation());
 }

@@ -139,8 +139,18 @@ fn encrypting_and_decrypting_batches_allocates_nothing() {
     handshake(&a, &b);
 
     // The packet threads' buffers, sized once (as in the TUN and UDP threads).
-    let packets: Vec<Vec<u8>> = (0..N).map(|i| ipv4(a.addr, b.addr, MTU, i as u8)).collect();
-    let sizes = vec![MTU; N];
+    // Full-size workload packets (1,370 bytes under a 1,420-byte TUN), in
+    // buffers an earlier, longer packet left its bytes in: the pad to 1,376
+    // must be zeros, not those.
+    const SEG: usize = 1370;
+    let mut packets: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            let mut p = ipv4(a.addr, b.addr, SEG, i as u8);
+            p.resize(MTU + 64, 0xee);
+            p
+        })
+        .collect();
+    let sizes = vec![SEG; N];
     let stride = batch::stride(MTU);
     let mut buf = vec![0u8; N * stride];
     let mut out: Vec<Encrypted> = Vec::with_capacity(N);
@@ -149,7 +159,7 @@ fn encrypting_and_decrypting_batches_allocates_nothing() {
 
     let mut round = |count_from: &mut usize| {
         let table = a.router.table();
-        batch::encrypt(&a.router, &table, &packets, &sizes, &mut buf, stride, &mut out);
+        batch::encrypt(&a.router, &table, &mut packets, &sizes, MTU, &mut buf, stride, &mut out);
         assert_eq!(out.len(), N, "every packet encrypted");
         // What one UDP GRO receive returns: the run of equal-size datagrams, end to end.
         let table = b.router.table();
@@ -172,7 +182,16 @@ fn encrypting_and_decrypting_batches_allocates_nothing() {
         }
     });
     assert_eq!(decrypted, N, "every datagram decrypted");
-    assert_eq!(&rx[N - 1][OFFSET..], &packets[N - 1][..], "the plaintext came back");
+    assert!(out.iter().all(|e| e.len == 16 + 1376 + 16), "padded to 16 on the wire: {:?}", out[0]);
+    assert_eq!(&rx[N - 1][OFFSET..], &packets[N - 1][..SEG], "the plaintext came back, cut to its IP length");
+    // What was decrypted past the IP length (the pad) is still in the buffer.
+    let last = &rx[N - 1];
+    assert!(last.capacity() >= last.len() + 6);
+    // SAFETY: `decrypt` resized the buffer past these 6 bytes (to `least`)
+    // and wrote the decrypted pad there before cutting the length back; they
+    // are initialised and within the capacity.
+    let pad = unsafe { std::slice::from_raw_parts(last.as_ptr().add(last.len()), 6) };
+    assert_eq!(pad, &[0u8; 6], "the pad is zeros, not an earlier packet's bytes");
     assert!(b.wire.0.borrow().is_empty(), "no control traffic in the data path");
     assert_eq!(counted, 0, "allocations in 20 batches of {N} packets each way");
 

@@ -93,7 +93,9 @@ pub struct RunArgs {
     #[arg(long, env = "WEAVE_NAT_KEEPALIVE", default_value_t = 25)]
     pub nat_keepalive: u16,
     /// ChaCha20-Poly1305 for data packets: "auto" runs OpenSSL's assembly
-    /// where it is built in (x86_64), "ring" runs ring's (what boringtun uses).
+    /// where it is built in (x86_64) and the CPU has AVX-512, ring's
+    /// elsewhere; "ring" runs ring's (what boringtun uses); "openssl" runs the
+    /// assembly on any x86_64 CPU (its AVX2 or SSE code without AVX-512).
     /// The bytes on the wire are the same either way.
     #[arg(long, env = "WEAVE_AEAD", value_enum, default_value_t = Aead::Auto)]
     pub aead: Aead,
@@ -104,6 +106,17 @@ pub struct RunArgs {
 pub enum Aead {
     Auto,
     Ring,
+    Openssl,
+}
+
+impl Aead {
+    pub fn choice(self) -> weave_aead::Choice {
+        match self {
+            Aead::Auto => weave_aead::Choice::Auto,
+            Aead::Ring => weave_aead::Choice::Ring,
+            Aead::Openssl => weave_aead::Choice::Assembly,
+        }
+    }
 }
 
 /// Where Docker looks for legacy plugins.
@@ -182,8 +195,10 @@ impl RunArgs {
         }
         out.extend(["--queue-threads".into(), self.queue_threads.to_string().into()]);
         out.extend(["--nat-keepalive".into(), self.nat_keepalive.to_string().into()]);
-        if self.aead == Aead::Ring {
-            out.extend(["--aead".into(), "ring".into()]);
+        match self.aead {
+            Aead::Auto => {}
+            Aead::Ring => out.extend(["--aead".into(), "ring".into()]),
+            Aead::Openssl => out.extend(["--aead".into(), "openssl".into()]),
         }
         out
     }
@@ -268,6 +283,17 @@ mod tests {
         assert_eq!(run.queues, Some(3));
         assert_eq!(run.queue_threads, 2);
         assert_eq!(run.aead, Aead::Ring);
+        for (flag, want) in [("auto", Aead::Auto), ("ring", Aead::Ring), ("openssl", Aead::Openssl)] {
+            assert_eq!(<Aead as clap::ValueEnum>::from_str(flag, false), Ok(want));
+            let mut run = join.run.clone();
+            run.aead = want;
+            let Command::Run(again) =
+                Cli::try_parse_from(std::iter::once("agent".into()).chain(run.to_args())).unwrap().command
+            else {
+                panic!("a run")
+            };
+            assert_eq!(again.aead, want, "--aead {flag} survives the join -> run hand-over");
+        }
         assert_eq!(run.dns_upstream, vec!["192.0.2.53:53".parse::<SocketAddr>().unwrap()]);
         assert_eq!(run.docker_plugin_path(), Some(PathBuf::from("/p/weave.sock")));
         assert_eq!(run.docker_host, PathBuf::from("/d.sock"));

@@ -32,29 +32,48 @@ pub fn stride(mtu: usize) -> usize {
     (mtu + 64 + WG_GROWTH).max(148)
 }
 
-/// Encrypts `&packets[i][..sizes[i]]` for `i < sizes.len()` into `buf`
-/// (at least `sizes.len() * stride` bytes), end to end, and lists the
-/// datagrams in `out` (cleared first; with capacity for every packet it
-/// never allocates). Packets for no peer, or queued behind a handshake, are
-/// left out.
-pub fn encrypt<P: AsRef<[u8]>>(
+/// Encrypts `&packets[i][..sizes[i]]` for `i < sizes.len()`, each [`pad`]ded
+/// within `mtu`, into `buf` (at least `sizes.len() * stride` bytes), end to
+/// end, and lists the datagrams in `out` (cleared first; with capacity for
+/// every packet it never allocates). Packets for no peer, or queued behind a
+/// handshake, are left out.
+#[allow(clippy::too_many_arguments)]
+pub fn encrypt<P: AsMut<[u8]>>(
     router: &Router,
     table: &Table,
-    packets: &[P],
+    packets: &mut [P],
     sizes: &[usize],
+    mtu: usize,
     buf: &mut [u8],
     stride: usize,
     out: &mut Vec<Encrypted>,
 ) {
     out.clear();
     let mut cursor = 0;
-    for (packet, &size) in packets.iter().zip(sizes) {
+    for (packet, &size) in packets.iter_mut().zip(sizes) {
+        let packet = packet.as_mut();
+        let padded = pad(packet, size, mtu);
         let room = &mut buf[cursor..cursor + stride];
-        if let Some((dst, len)) = router.encapsulate(table, &packet.as_ref()[..size], room) {
+        if let Some((dst, len)) = router.encapsulate(table, &packet[..padded], room) {
             out.push(Encrypted { dst, start: cursor, len });
             cursor += len;
         }
     }
+}
+
+/// WireGuard pads a data message's plaintext with zeros to a multiple of 16
+/// bytes, never past the tunnel's MTU (the WireGuard paper, 5.4.6; boringtun
+/// leaves it to its caller, and the receiver cuts the packet back to its IP
+/// length). Zeroes `packet[size..]` up to that length and returns it: the
+/// buffers are reused, and what an earlier packet (for another peer, perhaps)
+/// left there must not ride along. No padding where `packet` has no room.
+/// It hides a packet's exact length, and saves Poly1305 a ragged last block.
+pub fn pad(packet: &mut [u8], size: usize, mtu: usize) -> usize {
+    let padded = size.next_multiple_of(16).min(mtu).min(packet.len()).max(size);
+    if let Some(tail) = packet.get_mut(size..padded) {
+        tail.fill(0);
+    }
+    padded
 }
 
 /// Decrypts the datagrams of one receive from `src` (`segment` bytes each,
@@ -114,6 +133,31 @@ pub fn group(out: &[Encrypted], mut run: impl FnMut(usize, usize, usize)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padding_zeroes_up_to_a_multiple_of_16_within_the_mtu_and_the_buffer() {
+        let fresh = || vec![0xaa_u8; 1500];
+        // (size, mtu) -> padded length
+        for (size, mtu, want) in [
+            (1370, 1420, 1376),
+            (1376, 1420, 1376),
+            (1415, 1420, 1420), // capped at the MTU, not 1424
+            (1420, 1420, 1420),
+            (1, 1420, 16),
+            (0, 1420, 0),
+            (1430, 1420, 1430), // longer than the MTU: left alone
+        ] {
+            let mut p = fresh();
+            assert_eq!(pad(&mut p, size, mtu), want, "size {size} mtu {mtu}");
+            assert!(p[size.min(want)..want].iter().all(|&b| b == 0), "pad bytes zeroed ({size})");
+            assert!(p[want..].iter().all(|&b| b == 0xaa), "nothing past the pad touched ({size})");
+            assert!(p[..size].iter().all(|&b| b == 0xaa), "the packet itself untouched ({size})");
+        }
+        // A buffer without room for the pad: as long as the buffer.
+        let mut short = vec![0xaa_u8; 1372];
+        assert_eq!(pad(&mut short, 1370, 1420), 1372);
+        assert_eq!(&short[1370..], &[0, 0]);
+    }
 
     #[test]
     fn runs_for_gso_break_at_a_new_peer_a_short_datagram_and_the_segment_limit() {

@@ -37,6 +37,7 @@ struct TunHalf {
     buf: Vec<u8>,
     out: Vec<Encrypted>,
     failures: u32,
+    mtu: usize,
 }
 
 impl TunHalf {
@@ -50,6 +51,7 @@ impl TunHalf {
             buf: vec![0u8; TUN_BATCH * stride],
             out: Vec::with_capacity(TUN_BATCH),
             failures: 0,
+            mtu,
         }
     }
 
@@ -87,7 +89,16 @@ impl TunHalf {
         // First, so that the partner wakes while this batch is encrypted.
         io.pacer.moved(Side::Tun);
         let table = router.table();
-        batch::encrypt(router, &table, &self.packets[..n], &self.sizes[..n], &mut self.buf, self.stride, &mut self.out);
+        batch::encrypt(
+            router,
+            &table,
+            &mut self.packets[..n],
+            &self.sizes[..n],
+            self.mtu,
+            &mut self.buf,
+            self.stride,
+            &mut self.out,
+        );
         // Traffic for a peer; not what goes nowhere (the host's own IPv6
         // chatter on the TUN, packets for no peer).
         if !self.out.is_empty() {
