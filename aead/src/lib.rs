@@ -55,9 +55,10 @@ pub const fn assembly_built() -> bool {
 
 /// Whether this CPU runs OpenSSL's assembly faster than ring: where it has
 /// AVX-512 (OpenSSL's 16-block ChaCha20 and its AVX-512 Poly1305; ring has
-/// neither). Measured per 1,370-byte packet (`bench/aead`): 1.32x seal and
-/// 1.43x open on an AVX-512 AMD EPYC; 0.94-0.99x on an AVX2-only one, where
-/// ring's stitched AVX2 code is as fast or faster.
+/// neither). Measured per 1,370- and 1,420-byte packet (`bench/aead`): 1.32-1.53x
+/// on an AVX-512 AMD EPYC (Zen 4); 0.94-1.01x on an AVX2-only one (Zen 3),
+/// where ring's stitched AVX2 code is as fast or faster. Intel CPUs were not
+/// measured (some lower their clock under AVX-512).
 pub fn assembly_is_faster() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

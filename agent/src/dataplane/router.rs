@@ -29,6 +29,8 @@ use fallback::Fallback;
 /// Seconds between keepalives to every peer from a host behind NAT (what
 /// WireGuard recommends: below the 30 s many NATs keep an idle UDP mapping).
 /// Hosts not behind NAT send none: an idle tunnel costs nothing.
+/// The shortest IPv4 header.
+const IPV4_HEADER: usize = 20;
 pub const NAT_KEEPALIVE: u16 = 25;
 /// Handshake messages per second before the rate limiter demands cookies.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
@@ -294,7 +296,17 @@ impl Router {
             TunnResult::WriteToTunnelV4(packet, inner_src) => {
                 if table.by_address.get(&inner_src).is_some_and(|p| Arc::ptr_eq(p, peer)) {
                     authenticated = true;
-                    Some(packet.len())
+                    // boringtun cuts the plaintext to the IPv4 header's total
+                    // length, which a peer may set below the header's own 20
+                    // bytes (even to 0): no packet, and an empty one would
+                    // fail the TUN write of the whole batch, other peers'
+                    // packets with it.
+                    if packet.len() < IPV4_HEADER {
+                        tracing::debug!(peer = %peer.config.name, len = packet.len(), "inner packet shorter than its header dropped");
+                        None
+                    } else {
+                        Some(packet.len())
+                    }
                 } else {
                     peer.dropped_spoofed.fetch_add(1, Ordering::Relaxed);
                     None

@@ -153,6 +153,24 @@ fn packets_with_a_foreign_inner_source_are_dropped() {
 }
 
 #[test]
+fn an_inner_length_below_the_ipv4_header_is_dropped_and_the_next_packet_still_arrives() {
+    let (a, b) = pair();
+    // A member that sets its packets' IPv4 total length to 0 or 19: boringtun
+    // hands over that many bytes; none of them is a packet.
+    for len in [0u16, 19] {
+        let mut p = ipv4(a.addr, b.addr, b"short");
+        p[2..4].copy_from_slice(&len.to_be_bytes());
+        a.send(&p);
+        deliver(&a, &b, a.endpoint);
+        assert!(b.wire.tun.borrow().is_empty(), "a {len}-byte inner packet was delivered");
+    }
+    let fine = ipv4(a.addr, b.addr, b"after");
+    a.send(&fine);
+    deliver(&a, &b, a.endpoint);
+    assert_eq!(b.wire.tun.borrow().as_slice(), &[fine]);
+}
+
+#[test]
 fn unknown_destinations_and_peers_are_dropped() {
     let (a, b) = pair();
     a.send(&ipv4(a.addr, Ipv4Addr::new(10, 47, 0, 77), b"x"));
