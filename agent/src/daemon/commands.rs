@@ -16,7 +16,7 @@ use weave_proto::{
 
 use super::{
     attach::Attacher,
-    config::{Aead, AllocateArgs, JoinArgs, ResetArgs, RunArgs, StatusArgs},
+    config::{AllocateArgs, JoinArgs, ResetArgs, RunArgs, StatusArgs},
     control,
     dns::DnsServer,
     service::LocalService,
@@ -252,15 +252,7 @@ async fn serve(
     // IPv4 only on a kernel without IPv6).
     let listen = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), args.listen_port);
     // Before the transport exists: boringtun makes its session keys with it.
-    if args.aead == Aead::Openssl && !weave_aead::assembly_built() {
-        return Err(Error::Dataplane("--aead openssl: this build has no OpenSSL assembly (x86_64 only)".into()));
-    }
-    weave_aead::choose(args.aead.choice());
-    tracing::info!(
-        aead = weave_aead::implementation(),
-        avx512 = weave_aead::assembly_is_faster(),
-        "ChaCha20-Poly1305 for data packets"
-    );
+    args.aead.apply().map_err(Error::Dataplane)?;
     let tuning = Tuning {
         queues: args.queues.map_or_else(Tuning::default_queues, usize::from),
         queue_threads: usize::from(args.queue_threads),

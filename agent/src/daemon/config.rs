@@ -117,6 +117,21 @@ impl Aead {
             Aead::Openssl => weave_aead::Choice::Assembly,
         }
     }
+
+    /// Sets what the session keys get (call before the transport exists:
+    /// boringtun makes them) and logs it.
+    pub fn apply(self) -> Result<(), String> {
+        if self == Aead::Openssl && !weave_aead::assembly_built() {
+            return Err("--aead openssl: this build has no OpenSSL assembly (x86_64 only)".into());
+        }
+        weave_aead::choose(self.choice());
+        tracing::info!(
+            aead = weave_aead::implementation(),
+            avx512 = weave_aead::assembly_is_faster(),
+            "ChaCha20-Poly1305 for data packets"
+        );
+        Ok(())
+    }
 }
 
 /// Where Docker looks for legacy plugins.

@@ -301,8 +301,11 @@ impl Router {
                     // bytes (even to 0): no packet, and an empty one would
                     // fail the TUN write of the whole batch, other peers'
                     // packets with it.
+                    // Counted with the spoofed ones: it has no source the
+                    // peer may use (as an IPv6 packet, below, has none).
                     if packet.len() < IPV4_HEADER {
                         tracing::debug!(peer = %peer.config.name, len = packet.len(), "inner packet shorter than its header dropped");
+                        peer.dropped_spoofed.fetch_add(1, Ordering::Relaxed);
                         None
                     } else {
                         Some(packet.len())

@@ -164,6 +164,7 @@ fn an_inner_length_below_the_ipv4_header_is_dropped_and_the_next_packet_still_ar
         deliver(&a, &b, a.endpoint);
         assert!(b.wire.tun.borrow().is_empty(), "a {len}-byte inner packet was delivered");
     }
+    assert_eq!(b.router.status()[0].dropped_spoofed, 2, "both counted (weave_spoofed_packets_dropped_total)");
     let fine = ipv4(a.addr, b.addr, b"after");
     a.send(&fine);
     deliver(&a, &b, a.endpoint);
