@@ -29,9 +29,9 @@ use fallback::Fallback;
 /// Seconds between keepalives to every peer from a host behind NAT (what
 /// WireGuard recommends: below the 30 s many NATs keep an idle UDP mapping).
 /// Hosts not behind NAT send none: an idle tunnel costs nothing.
+pub const NAT_KEEPALIVE: u16 = 25;
 /// The shortest IPv4 header.
 const IPV4_HEADER: usize = 20;
-pub const NAT_KEEPALIVE: u16 = 25;
 /// Handshake messages per second before the rate limiter demands cookies.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// Largest buffer any output needs: a full-size IP packet plus WireGuard's framing.
@@ -294,22 +294,15 @@ impl Router {
                 None
             }
             TunnResult::WriteToTunnelV4(packet, inner_src) => {
-                if table.by_address.get(&inner_src).is_some_and(|p| Arc::ptr_eq(p, peer)) {
-                    authenticated = true;
-                    // boringtun cuts the plaintext to the IPv4 header's total
-                    // length, which a peer may set below the header's own 20
-                    // bytes (even to 0): no packet, and an empty one would
-                    // fail the TUN write of the whole batch, other peers'
-                    // packets with it.
-                    // Counted with the spoofed ones: it has no source the
-                    // peer may use (as an IPv6 packet, below, has none).
-                    if packet.len() < IPV4_HEADER {
-                        tracing::debug!(peer = %peer.config.name, len = packet.len(), "inner packet shorter than its header dropped");
-                        peer.dropped_spoofed.fetch_add(1, Ordering::Relaxed);
-                        None
-                    } else {
-                        Some(packet.len())
-                    }
+                authenticated = table.by_address.get(&inner_src).is_some_and(|p| Arc::ptr_eq(p, peer));
+                // boringtun cuts the plaintext to the IPv4 header's total
+                // length, which a peer may set below the header's own 20
+                // bytes (even to 0): no packet, and an empty one would fail
+                // the TUN write of the whole batch, other peers' packets with
+                // it. Counted with the spoofed ones: it has no source the peer
+                // may use (as an IPv6 packet, below, has none).
+                if authenticated && packet.len() >= IPV4_HEADER {
+                    Some(packet.len())
                 } else {
                     peer.dropped_spoofed.fetch_add(1, Ordering::Relaxed);
                     None
