@@ -173,9 +173,21 @@ impl ServeArgs {
         {
             return Err(flag("dns-domain", format!("'{}' is not a domain name", self.dns_domain)));
         }
-        if let Some(a) = self.advertise.as_ref().filter(|a| !a.contains(':')) {
-            return Err(flag("advertise", format!("'{a}' should be host:port")));
-        }
+        // One host:port or several separated by commas, kept without spaces:
+        // the list goes into every token and credential, which allow none.
+        let advertise = match self.advertise.as_deref() {
+            None => None,
+            Some(list) => {
+                let addrs = weave_proto::client::addresses(list);
+                if let Some(bad) = addrs.iter().find(|a| !a.contains(':') || a.contains(char::is_whitespace)) {
+                    return Err(flag("advertise", format!("'{bad}' should be host:port")));
+                }
+                if addrs.is_empty() {
+                    return Err(flag("advertise", format!("'{list}' should be host:port")));
+                }
+                Some(addrs.join(","))
+            }
+        };
         let token_ttl = weave_proto::duration::parse(&self.token_ttl).map_err(|e| flag("token-ttl", e))?;
         let first_token_ttl =
             weave_proto::duration::parse(&self.first_token_ttl).map_err(|e| flag("first-token-ttl", e))?;
@@ -210,7 +222,7 @@ impl ServeArgs {
         Ok(Settings {
             node_subnets,
             listen: self.listen,
-            advertise: self.advertise.clone(),
+            advertise,
             data_dir: self.data_dir.clone(),
             store,
             cluster: ClusterSettings { range, node_range, default_subnet, dns_domain: format!("{domain}.") },
@@ -272,6 +284,11 @@ mod tests {
         assert!(a.settings().unwrap_err().to_string().contains("--rpc-deadline: '5s' is too short"));
         a.rpc_deadline = "never".into();
         assert_eq!(a.settings().unwrap().rpc_deadline, None);
+        a.advertise = Some(" 192.0.2.1:6783, coord2.example:6783 ,".into());
+        let list = a.settings().unwrap().advertise;
+        assert_eq!(list.as_deref(), Some("192.0.2.1:6783,coord2.example:6783"), "tokens carry no spaces");
+        a.advertise = Some("192.0.2.1:6783,coord2".into());
+        assert!(a.settings().unwrap_err().to_string().contains("--advertise: 'coord2' should be host:port"));
     }
 
     #[test]

@@ -268,7 +268,8 @@ async fn serve(
     // does not run without them. Forwarding is then turned on for the TUN
     // only (and for each bridge as it is made), not host-wide.
     let networks = crate::host::routes::lan(identity.node_id);
-    let rules = plan::firewall::rules(&map, identity.node_id, &coordinator_ips(&identity.coordinator), &networks);
+    let coordinator_ips = crate::host::routes::coordinator_ips(&identity.coordinator);
+    let rules = plan::firewall::rules(&map, identity.node_id, &coordinator_ips, &networks);
     firewall::apply(&rules)
         .await
         .map_err(|e| Error::Dataplane(format!("cannot install the isolation rules (nftables): {e}")))?;
@@ -336,7 +337,7 @@ async fn serve(
             identity.node_id,
             identity.address,
             segment_mtu,
-            coordinator_ips(&identity.coordinator),
+            coordinator_ips.clone(),
             map_rx.clone(),
             reconcile_now.clone(),
         )),
@@ -344,7 +345,7 @@ async fn serve(
             netlink.clone(),
             map_rx.clone(),
             identity.node_id,
-            coordinator_ips(&identity.coordinator),
+            coordinator_ips.clone(),
             Some(rules),
         )),
         tokio::spawn(control::dns_loop(dns.clone(), map_rx.clone())),
@@ -364,6 +365,7 @@ async fn serve(
             Arc::new(LocalService {
                 api: api.clone(),
                 identity,
+                coordinator_ips,
                 transport: transport.clone(),
                 maps: map_rx,
                 connected,
@@ -488,10 +490,4 @@ fn hostname() -> Result<String, Error> {
 /// Tonic's errors carry their cause deep down; one line with all of it.
 pub fn describe(e: &Error) -> String {
     error_chain(e)
-}
-
-/// The coordinator's address when it is given as ip:port (a host name is
-/// not resolved here: its subnets are then checked only by the coordinator).
-pub(super) fn coordinator_ips(coordinator: &str) -> Vec<std::net::IpAddr> {
-    coordinator.parse::<std::net::SocketAddr>().map(|a| a.ip()).into_iter().collect()
 }

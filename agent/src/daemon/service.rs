@@ -30,6 +30,8 @@ use crate::{
 pub(super) struct LocalService {
     pub(super) api: Api,
     pub(super) identity: Identity,
+    /// The coordinators' addresses, resolved at start (`host::routes::coordinator_ips`).
+    pub(super) coordinator_ips: Vec<std::net::IpAddr>,
     pub(super) transport: Arc<TunUdp>,
     pub(super) maps: watch::Receiver<NetworkMap>,
     pub(super) connected: Arc<AtomicBool>,
@@ -273,7 +275,7 @@ impl LocalService {
         let map = self.maps.borrow();
         let skipped = crate::plan::netmap::underlay_conflicts(
             &map,
-            &super::commands::coordinator_ips(&self.identity.coordinator),
+            &self.coordinator_ips,
             &crate::host::routes::lan(self.identity.node_id),
         );
         AgentStatus {

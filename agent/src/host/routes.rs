@@ -37,6 +37,27 @@ pub fn lan(own_node: u64) -> HostLan {
     HostLan { networks: connected_networks_in(&v4, &v6), known, own_node }
 }
 
+/// The addresses of the coordinators this agent talks to (`--coordinator`:
+/// one host:port or several separated by commas), host names resolved now:
+/// a subnet holding one of them would route the agent's own control
+/// connection into an overlay bridge, so it is never installed here,
+/// whatever the coordinator accepted (a member adds subnets too).
+pub fn coordinator_ips(list: &str) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = weave_proto::client::addresses(list)
+        .into_iter()
+        .flat_map(|addr| match addr.parse::<std::net::SocketAddr>() {
+            Ok(a) => vec![a.ip()],
+            Err(_) => {
+                std::net::ToSocketAddrs::to_socket_addrs(addr).map(|f| f.map(|a| a.ip()).collect()).unwrap_or_default()
+            }
+        })
+        .map(|ip| ip.to_canonical())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
 /// This host's directly connected networks with their interface.
 fn connected_networks_in(v4: &str, v6: &str) -> Vec<(IpNet, String)> {
     let mut out = parse_v4(v4);
@@ -148,5 +169,14 @@ mod tests {
         assert_eq!(gateways_v6(v6), ["2001:db8::1".parse::<IpAddr>().unwrap()]);
         let resolv = "# generated\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\nsearch example\n";
         assert_eq!(nameservers(resolv), ["192.0.2.53".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]);
+    }
+
+    #[test]
+    fn every_coordinator_of_the_list_is_an_address_to_keep_clear() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let ips = coordinator_ips("192.0.2.2:6783, 192.0.2.1:6783,[2001:db8::9]:6783,[::ffff:198.51.100.3]:6783");
+        assert_eq!(ips, [ip("192.0.2.1"), ip("192.0.2.2"), ip("198.51.100.3"), ip("2001:db8::9")]);
+        assert!(coordinator_ips("localhost:6783").contains(&ip("127.0.0.1")), "a host name is resolved");
+        assert_eq!(coordinator_ips(""), Vec::<IpAddr>::new());
     }
 }

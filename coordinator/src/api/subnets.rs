@@ -122,13 +122,27 @@ fn node_may_add(net: &IpNet, node: &str, allowed: &[IpNet]) -> Result<(), String
     Ok(())
 }
 
-/// The coordinator's own addresses as agents reach it: the listen address
-/// unless it is 0.0.0.0/::, and the advertised one when it is an IP.
+/// The coordinator's own addresses as agents reach it: every address of the
+/// advertised list (one host:port, or several separated by commas: the
+/// coordinators of one cluster), host names resolved now, and the listen
+/// address unless it is 0.0.0.0/::. A name that does not resolve adds
+/// nothing; each agent also checks the addresses it connects to itself.
 pub fn own_addresses(listen: SocketAddr, advertise: &str) -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> = advertise.parse::<SocketAddr>().map(|a| a.ip()).into_iter().collect();
-    if !listen.ip().is_unspecified() && !ips.contains(&listen.ip()) {
-        ips.push(listen.ip());
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for addr in weave_proto::client::addresses(advertise) {
+        let resolved: Vec<IpAddr> = match addr.parse::<SocketAddr>() {
+            Ok(a) => vec![a.ip()],
+            Err(_) => std::net::ToSocketAddrs::to_socket_addrs(addr)
+                .map(|found| found.map(|a| a.ip()).collect())
+                .unwrap_or_default(),
+        };
+        ips.extend(resolved.into_iter().map(|ip| ip.to_canonical()));
     }
+    if !listen.ip().is_unspecified() {
+        ips.push(listen.ip().to_canonical());
+    }
+    ips.sort();
+    ips.dedup();
     ips
 }
 
@@ -152,8 +166,16 @@ mod tests {
         assert_eq!(check("203.0.113.0/30").unwrap(), "the coordinator's own address 203.0.113.1");
         assert_eq!(check("10.2.3.0/24"), None);
         assert_eq!(check("192.0.3.0/24"), None);
-        let named = own_addresses("127.0.0.1:6783".parse().unwrap(), "coord.example:6783");
-        assert_eq!(named, ["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Several coordinators (one cluster): every one of them is protected.
+        let list = own_addresses("0.0.0.0:6783".parse().unwrap(), "192.0.2.1:6783, 192.0.2.2:6783,[2001:db8::9]:6783");
+        assert_eq!(list, [ip("192.0.2.1"), ip("192.0.2.2"), ip("2001:db8::9")]);
+        let check = |s: &str| underlay_conflict(&s.parse().unwrap(), &[], &list);
+        assert_eq!(check("192.0.2.0/31").unwrap(), "the coordinator's own address 192.0.2.1");
+        assert_eq!(check("192.0.2.2/32").unwrap(), "the coordinator's own address 192.0.2.2");
+        // A host name is resolved (here from /etc/hosts), IPv4-mapped is plain IPv4.
+        let named = own_addresses("[::ffff:198.51.100.3]:6783".parse().unwrap(), "localhost:6783");
+        assert!(named.contains(&ip("127.0.0.1")) && named.contains(&ip("198.51.100.3")), "{named:?}");
     }
 
     #[test]
