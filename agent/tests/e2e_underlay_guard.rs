@@ -88,3 +88,58 @@ fn a_subnet_over_the_hosts_lan_is_not_installed_and_a_host_inside_one_is_refused
     assert!(lines[0].contains("192.0.2.42:6784 lies inside subnet 192.0.2.40/29"), "{stderr}");
     assert_eq!(bed.wait_status(0).peers.len(), 1, "nothing of it reached the map");
 }
+
+/// A member with bad intent: it adds a subnet around a machine on the hosts'
+/// LAN that is neither their gateway nor their name server (a NAS at
+/// 192.0.2.50) and takes that machine's address for a container of its own.
+/// Hosts without a workload in that subnet must not route the address into
+/// the tunnel (their traffic to the NAS would go to the member): a member's
+/// subnet inside a host's network is never installed there.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_members_subnet_inside_the_hosts_lan_is_installed_nowhere_else() {
+    let mut bed = Bed::new();
+    // Members may add subnets in the underlay's range (by default only the
+    // private ranges, where most LANs are: the same attack there).
+    bed.kill_coordinator();
+    bed.coordinator_args = vec!["--node-subnets".into(), "192.0.2.0/24,10.0.0.0/8".into()];
+    bed.start_coordinator();
+    bed.add_host();
+    bed.add_host();
+    bed.wait_peers(0, 1);
+    bed.wait_peers(1, 1);
+    let nas = bed.add_bare_host("192.0.2.50");
+    let trap = bed.member(0, |mut api| async move {
+        let r = weave_proto::v1::AddSubnetRequest { cidr: "192.0.2.48/29".into(), name: String::new() };
+        let subnet = api.subnets.add_subnet(r).await.expect("inside --node-subnets, over no endpoint").into_inner();
+        let a = weave_proto::v1::AllocateRequest {
+            container: "nas-thief".into(),
+            subnet: subnet.cidr.clone(),
+            address: "192.0.2.50".into(),
+            ..Default::default()
+        };
+        api.ipam.allocate(a).await.expect("the member takes the NAS's address");
+        subnet
+    });
+    assert_ne!(trap.added_by_node, 0, "the coordinator says who added it");
+    let seg = wait_for("host 2 to leave the member's subnet out", Duration::from_secs(10), || {
+        bed.status(1)?.segments.into_iter().find(|s| s.subnet == trap.cidr && s.skipped.is_some())
+    });
+    assert_eq!(
+        seg.skipped.as_deref(),
+        Some(
+            "subnet 192.0.2.48/29 skipped: it holds part of this host's network 192.0.2.0/24 on eth0, \
+             and a member added it (only the admin's subnets may lie there)"
+        )
+    );
+    // Give a wrong reconcile time to act, then look at the kernel's choice.
+    bed.add_workload(0, "default");
+    bed.add_workload(1, "default");
+    bed.wait_ping(0, 1, Duration::from_secs(10));
+    let via = ok_in(&bed.hosts[1].ns, &["ip", "route", "get", "192.0.2.50"]);
+    assert!(via.contains("dev eth0") && !via.contains("wvtun0"), "host 2 routes the NAS into the overlay: {via}");
+    let ping = in_ns(&bed.hosts[1].ns, &["ping", "-c", "1", "-W", "2", "192.0.2.50"]);
+    assert!(ping.status.success(), "host 2 lost the NAS");
+    let answered = in_ns(&nas, &["ip", "neigh", "show", "192.0.2.12"]);
+    assert!(String::from_utf8_lossy(&answered.stdout).contains("lladdr"), "the NAS itself answered host 2");
+}

@@ -308,6 +308,32 @@ async fn subnets_holding_underlay_addresses_are_refused_for_everyone() {
     admin.subnets.add_subnet(subnet("198.51.101.0/24")).await.unwrap();
 }
 
+/// Several coordinators in `--advertise` (one cluster) or a host name: a
+/// subnet over any of them is refused, also when listening on 0.0.0.0 (a
+/// member's subnet around the second coordinator would cut every agent off
+/// it). And every subnet says who added it: the agents trust a member's less.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subnet_over_any_advertised_coordinator_is_refused_and_each_says_who_added_it() {
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| {
+        a.advertise = Some("10.9.0.1:6783,10.9.0.6:6783,localhost:6783".into());
+    })
+    .await;
+    let mut admin = c.admin().await;
+    let (host1, mut node) = c.join("host1", 1).await;
+    let refused = Code::FailedPrecondition;
+    let second = "contains the coordinator's own address 10.9.0.6";
+    assert_status(node.subnets.add_subnet(subnet("10.9.0.4/30")).await, refused, second);
+    assert_status(admin.subnets.add_subnet(subnet("10.9.0.4/30")).await, refused, second);
+    assert_status(node.subnets.add_subnet(subnet("10.9.0.0/30")).await, refused, "own address 10.9.0.1");
+    let mine = node.subnets.add_subnet(subnet("10.9.0.8/30")).await.unwrap().into_inner();
+    assert_eq!(mine.added_by_node, host1.id, "a member's subnet names its node");
+    let theirs = admin.subnets.add_subnet(subnet("10.9.1.0/24")).await.unwrap().into_inner();
+    assert_eq!(theirs.added_by_node, 0, "the admin's names none");
+    let listed = admin.subnets.list_subnets(ListSubnetsRequest {}).await.unwrap().into_inner().subnets;
+    let by: Vec<(&str, u64)> = listed.iter().map(|s| (s.cidr.as_str(), s.added_by_node)).collect();
+    assert!(by.contains(&("10.9.0.8/30", host1.id)) && by.contains(&("10.9.1.0/24", 0)), "{by:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subnets_refuse_overlaps_bad_cidrs_and_the_node_block() {
     let c = TestCoordinator::start().await;

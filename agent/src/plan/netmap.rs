@@ -44,13 +44,22 @@ impl HostLan {
     /// Why a subnet `net` would cut this host off part of its LAN: it holds
     /// a whole network of the host (a LAN swallowed), or, inside one, an
     /// address the host uses there. A subnet merely inside a broad route
-    /// (a VPN's 10.0.0.0/8) with none of those is fine: its more specific
-    /// route only shadows addresses nobody here uses. Host routes (/32,
-    /// /128: a point-to-point peer) are never a reason.
-    fn conflict(&self, net: &ipnet::IpNet) -> Option<String> {
+    /// (a VPN's 10.0.0.0/8) with none of those is fine when the admin added
+    /// it: its more specific route only shadows addresses nobody here uses
+    /// (that the admin knows of). A member's subnet (`by_member`) may not lie
+    /// inside any network of the host: its maker could then allocate the
+    /// address of a machine there that is neither gateway nor name server (a
+    /// NAS, a registry) and take this host's traffic to it. Host routes
+    /// (/32, /128: a point-to-point peer) are never a reason.
+    fn conflict(&self, net: &ipnet::IpNet, by_member: bool) -> Option<String> {
         let host_route = |n: &ipnet::IpNet| n.prefix_len() == n.max_prefix_len();
         if let Some((lan, dev)) = self.networks.iter().find(|(n, _)| !host_route(n) && net.contains(n)) {
             return Some(format!("all of this host's network {lan} on {dev}"));
+        }
+        if by_member && let Some((lan, dev)) = self.networks.iter().find(|(n, _)| !host_route(n) && n.contains(net)) {
+            return Some(format!(
+                "part of this host's network {lan} on {dev}, and a member added it (only the admin's subnets may lie there)"
+            ));
         }
         self.networks.iter().filter(|(n, _)| n.contains(net)).find_map(|(lan, dev)| {
             let ip = self.known.iter().find(|ip| net.contains(*ip))?;
@@ -92,7 +101,7 @@ pub fn underlay_conflicts(
             })
             .or_else(|| {
                 let local = map.allocations.iter().any(|a| a.subnet_id == s.id && a.node_id == lan.own_node);
-                if local { None } else { lan.conflict(&net) }
+                if local { None } else { lan.conflict(&net, s.added_by_node != 0) }
             });
         if let Some(why) = why {
             out.insert(s.vni, format!("subnet {} skipped: it holds {why}", s.cidr));
@@ -262,7 +271,10 @@ mod tests {
         let map = NetworkMap {
             nodes: vec![node(1, "10.47.0.1")], // endpoint 192.0.2.11:6784
             // This host (node 1) has a workload in 192.168.1.0/30: kept, whatever the LAN.
-            allocations: vec![Allocation { subnet_id: 13, node_id: 1, ..Default::default() }],
+            allocations: vec![
+                Allocation { subnet_id: 13, node_id: 1, ..Default::default() },
+                Allocation { subnet_id: 17, node_id: 1, ..Default::default() },
+            ],
             subnets: vec![
                 subnet(0, "192.0.2.0/24"),
                 subnet(7, "192.0.2.8/29"),
@@ -272,6 +284,11 @@ mod tests {
                 subnet(12, "192.168.1.32/28"),
                 Subnet { id: 13, ..subnet(13, "192.168.1.0/30") },
                 subnet(11, "192.168.0.0/16"),
+                // A member's (node 2's) subnets: none inside a network of the host.
+                Subnet { added_by_node: 2, ..subnet(14, "192.168.1.48/29") },
+                Subnet { added_by_node: 2, ..subnet(15, "10.9.0.0/24") },
+                Subnet { added_by_node: 2, ..subnet(16, "172.20.0.0/24") },
+                Subnet { id: 17, added_by_node: 2, ..subnet(17, "192.168.1.64/29") },
             ],
             ..Default::default()
         };
@@ -292,9 +309,15 @@ mod tests {
                 (9, "subnet 10.2.4.0/24 skipped: it holds the coordinator's address 10.2.4.1".to_string()),
                 (10, "subnet 192.168.1.0/28 skipped: it holds 192.168.1.1, in use on this host's network 192.168.1.0/24 on eth0".into()),
                 (11, "subnet 192.168.0.0/16 skipped: it holds all of this host's network 192.168.1.0/24 on eth0".into()),
+                (14, "subnet 192.168.1.48/29 skipped: it holds part of this host's network 192.168.1.0/24 on eth0, \
+                      and a member added it (only the admin's subnets may lie there)".into()),
+                (15, "subnet 10.9.0.0/24 skipped: it holds part of this host's network 10.0.0.0/8 on wg0, \
+                      and a member added it (only the admin's subnets may lie there)".into()),
             ],
             "kept: vni 0 (not an L2 segment); 10.2.3.0/24, inside the broad 10.0.0.0/8 and over a /32 route, \
-             holding no address in use; 192.168.1.32/28, in the LAN but away from what the host uses"
+             holding no address in use; 192.168.1.32/28, in the LAN but away from what the host uses (the \
+             admin's); a member's 172.20.0.0/24 outside the LAN; a member's 192.168.1.64/29 where this host \
+             has a workload"
         );
     }
 }

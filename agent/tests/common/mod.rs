@@ -534,6 +534,33 @@ impl Bed {
         .expect("admin call panicked")
     }
 
+    /// Runs `f` with host `i`'s own node credential (from its data dir), from
+    /// a thread inside that host's namespace: what a member with bad intent
+    /// can ask the coordinator for.
+    pub fn member<R: Send + 'static, F, Fut>(&self, i: usize, f: F) -> R
+    where
+        F: FnOnce(Api) -> Fut + Send + 'static,
+        Fut: Future<Output = R>,
+    {
+        let ns = self.hosts[i].ns.clone();
+        let id: serde_json::Value =
+            serde_json::from_slice(&fs::read(self.hosts[i].data_dir.join("identity.json")).unwrap()).unwrap();
+        let field = |k: &str| id[k].as_str().unwrap_or_else(|| panic!("identity.json: {k}")).to_string();
+        let (coordinator, secret) = (field("coordinator"), field("credential"));
+        let pin = weave_proto::token::Pin::parse(&field("pin")).expect("the identity's pin");
+        thread::spawn(move || {
+            let fd = fs::File::open(format!("/run/netns/{ns}")).unwrap();
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let channel = weave_proto::client::connect(&coordinator, pin).await.unwrap();
+                f(Api::new(channel, &secret).unwrap()).await
+            })
+        })
+        .join()
+        .expect("member call panicked")
+    }
+
     /// A workload namespace on host `i`, attached to `subnet` ("default", a
     /// name or a CIDR) with an address from the coordinator's IPAM.
     pub fn add_workload(&mut self, i: usize, subnet: &str) -> usize {

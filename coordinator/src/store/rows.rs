@@ -57,7 +57,7 @@ pub(super) fn dns_record(r: &Row) -> Result<v1::DnsRecord> {
     })
 }
 
-pub(super) const SUBNET_COLUMNS: &str = "id, cidr, name, is_default, vni";
+pub(super) const SUBNET_COLUMNS: &str = "id, cidr, name, is_default, vni, added_by";
 
 /// A subnet row with its parsed network.
 #[derive(Debug, Clone)]
@@ -80,6 +80,7 @@ pub(super) fn subnet(r: &Row) -> Result<SubnetRow> {
             name: r.try_get::<Option<String>, _>("name")?.unwrap_or_default(),
             is_default: r.try_get("is_default")?,
             vni: r.try_get::<i64, _>("vni")? as u32,
+            added_by_node: r.try_get::<Option<i64>, _>("added_by")?.unwrap_or(0) as u64,
             allocated: 0,
             capacity: crate::ipam::capacity(&net).to_string(),
         },
