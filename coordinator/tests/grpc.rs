@@ -645,7 +645,11 @@ async fn endpoints_inside_the_overlay_or_not_unicast_are_refused() {
         req.endpoints.push(endpoint.into());
         assert_status(join.join.join(req).await, Code::FailedPrecondition, "lies inside");
     }
+    // Nor loopback or link-local: every peer would send to its own host or link.
+    let odd = ["127.0.0.1:6784", "[::1]:6784", "[::ffff:127.0.0.53]:53", "169.254.169.254:80", "[fe80::1]:6784"];
     for bad in ["0.0.0.0:6784", "224.0.0.1:6784", "255.255.255.255:6784", "[ff02::1]:6784", "[::]:6784", "192.0.2.1:0"]
+        .into_iter()
+        .chain(odd)
     {
         assert_status(node.nodes.update_endpoints(update(bad)).await, Code::InvalidArgument, "not a unicast");
     }

@@ -58,9 +58,20 @@ pub(super) fn check_endpoints(endpoints: &[String]) -> Result<Vec<String>, Error
             return Err(Error::InvalidArgument(format!("endpoint '{e}' is not ip:port")));
         };
         let ip = addr.ip().to_canonical();
+        // Loopback and link-local would point every peer at a service on its
+        // own host or its own link (a metadata server at 169.254.169.254),
+        // never at this node.
         let unicast = match ip {
-            std::net::IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()),
-            std::net::IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
+            std::net::IpAddr::V4(v4) => {
+                !(v4.is_unspecified()
+                    || v4.is_multicast()
+                    || v4.is_broadcast()
+                    || v4.is_loopback()
+                    || v4.is_link_local())
+            }
+            std::net::IpAddr::V6(v6) => {
+                !(v6.is_unspecified() || v6.is_multicast() || v6.is_loopback() || v6.is_unicast_link_local())
+            }
         };
         if !unicast || addr.port() == 0 {
             return Err(Error::InvalidArgument(format!(
