@@ -142,4 +142,16 @@ fn a_members_subnet_inside_the_hosts_lan_is_installed_nowhere_else() {
     assert!(ping.status.success(), "host 2 lost the NAS");
     let answered = in_ns(&nas, &["ip", "neigh", "show", "192.0.2.12"]);
     assert!(String::from_utf8_lossy(&answered.stdout).contains("lladdr"), "the NAS itself answered host 2");
+    // Nor does host 2 take the NAS's address as a source from the member's
+    // tunnel (it would answer host 2's conversations with the NAS: conntrack
+    // does not look at the interface): the member's agent carries pings
+    // from 192.0.2.50 to host 2's node address, host 2's drops them.
+    let h2 = bed.wait_status(1).address;
+    let spoofed = || total(&scrape(&bed.hosts[1].ns), "weave_spoofed_packets_dropped_total");
+    let before = spoofed();
+    ok_in(&bed.hosts[0].ns, &["ip", "addr", "add", "192.0.2.50/32", "dev", "lo"]);
+    let _ = in_ns(&bed.hosts[0].ns, &["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", "192.0.2.50", &h2.to_string()]);
+    wait_for("host 2 to drop the member's packets from the NAS's address", Duration::from_secs(10), || {
+        (spoofed() >= before + 3.0).then_some(())
+    });
 }

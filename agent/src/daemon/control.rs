@@ -208,7 +208,7 @@ pub async fn reconcile_loop(
         let (desired, peers, behind_nat) = {
             let map = maps.borrow_and_update();
             let behind_nat = netmap::behind_nat(&map, own_node);
-            let (peers, problems) = netmap::peers(&map, own_node);
+            let (mut peers, problems) = netmap::peers(&map, own_node);
             for p in problems {
                 tracing::warn!("{p}");
             }
@@ -219,6 +219,7 @@ pub async fn reconcile_loop(
                 }
             }
             skipped = now_skipped;
+            netmap::without_skipped(&mut peers, &map, &skipped);
             (Desired::from_map(&map, own_node, local, segment_mtu).without(&skipped), peers, behind_nat)
         };
         if peers_set.as_ref() != Some(&peers) {

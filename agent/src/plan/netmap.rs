@@ -170,6 +170,30 @@ pub fn peers(map: &NetworkMap, own_node: u64) -> (Vec<PeerConfig>, Vec<String>) 
     (peers, problems)
 }
 
+/// Drops from each peer's workload addresses those in a subnet this host
+/// leaves out ([`underlay_conflicts`]): here they are the host's LAN (or a
+/// node's or the coordinator's address), so no packet from the tunnel may
+/// carry them as its source. Else a member holding a LAN machine's address
+/// in its own subnet would pass the source check and could answer this
+/// host's conversations with that machine (conntrack does not care which
+/// interface an answer came in on).
+pub fn without_skipped(peers: &mut [PeerConfig], map: &NetworkMap, skipped: &std::collections::BTreeMap<u32, String>) {
+    let left_out: std::collections::HashSet<u64> =
+        map.subnets.iter().filter(|s| skipped.contains_key(&s.vni)).map(|s| s.id).collect();
+    if left_out.is_empty() {
+        return;
+    }
+    let addresses: std::collections::HashSet<Ipv4Addr> = map
+        .allocations
+        .iter()
+        .filter(|a| left_out.contains(&a.subnet_id))
+        .filter_map(|a| allocation_address(&a.address))
+        .collect();
+    for p in peers {
+        p.routes.retain(|ip| !addresses.contains(ip));
+    }
+}
+
 /// Whether the coordinator saw this node come from an address it does not
 /// advertise (it sets `observed_endpoint` only then): behind NAT.
 pub fn behind_nat(map: &NetworkMap, own_node: u64) -> bool {
@@ -227,6 +251,34 @@ mod tests {
         assert!(map.subnets.is_empty());
         assert_eq!(map.revision, 11);
         assert!(apply(&mut map, WatchEvent { revision: 12, event: None }).is_err());
+    }
+
+    #[test]
+    fn a_left_out_subnets_addresses_are_no_peers_sources() {
+        let alloc = |id, subnet_id, address: &str| Allocation {
+            id,
+            node_id: 2,
+            subnet_id,
+            address: address.into(),
+            ..Default::default()
+        };
+        let map = NetworkMap {
+            nodes: vec![node(2, "10.47.0.2")],
+            subnets: vec![
+                Subnet { id: 1, cidr: "10.32.0.0/16".into(), vni: 5, ..Default::default() },
+                Subnet { id: 2, cidr: "192.0.2.48/29".into(), vni: 6, added_by_node: 2, ..Default::default() },
+            ],
+            allocations: vec![alloc(1, 1, "10.32.0.5/16"), alloc(2, 2, "192.0.2.50/29")],
+            ..Default::default()
+        };
+        let (mut all, _) = peers(&map, 1);
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(all[0].routes, [ip("10.32.0.5"), ip("192.0.2.50")]);
+        without_skipped(&mut all, &map, &Default::default());
+        assert_eq!(all[0].routes.len(), 2, "nothing left out, nothing dropped");
+        let skipped = [(6, "subnet 192.0.2.48/29 skipped: …".to_string())].into_iter().collect();
+        without_skipped(&mut all, &map, &skipped);
+        assert_eq!(all[0].routes, [ip("10.32.0.5")], "the LAN machine's address is not the peer's here");
     }
 
     #[test]
