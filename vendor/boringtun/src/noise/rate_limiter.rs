@@ -5,6 +5,7 @@ use crate::noise::{HandshakeInit, HandshakeResponse, Packet, Tunn, TunnResult, W
 #[cfg(feature = "mock-instant")]
 use mock_instant::Instant;
 use portable_atomic::{AtomicU64, Ordering};
+use std::collections::hash_map::{Entry, HashMap};
 use std::net::IpAddr;
 
 #[cfg(not(feature = "mock-instant"))]
@@ -25,6 +26,52 @@ const COOKIE_NONCE_SIZE: usize = 24;
 const RESET_PERIOD: u64 = 1;
 
 type Cookie = [u8; COOKIE_SIZE];
+
+// weave: while under load, each source may send this many handshake packets a
+// second once its mac2 checked out, and this many at once; what it sends
+// beyond that is dropped, no cookie reply and no DH (the kernel's
+// ratelimiter.c: PACKETS_PER_SECOND, PACKETS_BURSTABLE). A source is an IPv4
+// address or an IPv6 /64.
+const SOURCE_PACKETS_PER_SECOND: u64 = 20;
+const SOURCE_PACKETS_BURSTABLE: u64 = 5;
+const NANOS_PER_SECOND: u64 = 1_000_000_000;
+/// What one packet costs a source, in nanoseconds of its budget.
+const PACKET_COST: u64 = NANOS_PER_SECOND / SOURCE_PACKETS_PER_SECOND;
+/// The most budget a source holds: its burst.
+const TOKEN_MAX: u64 = PACKET_COST * SOURCE_PACKETS_BURSTABLE;
+/// The most sources tracked at once; past it a new source's packets are
+/// dropped until the reset tick prunes sources idle for a second (by then
+/// their buckets are full, so forgetting them changes nothing).
+const MAX_SOURCES: usize = 4096;
+
+/// A source of handshake packets, as the per-source bucket keys it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Source {
+    V4([u8; 4]),
+    /// The /64 prefix.
+    V6([u8; 8]),
+}
+
+impl Source {
+    fn of(addr: IpAddr) -> Source {
+        // A dual-stack socket reports IPv4 peers as IPv4-mapped IPv6.
+        match addr.to_canonical() {
+            IpAddr::V4(a) => Source::V4(a.octets()),
+            IpAddr::V6(a) => {
+                let mut prefix = [0u8; 8];
+                prefix.copy_from_slice(&a.octets()[..8]);
+                Source::V6(prefix)
+            }
+        }
+    }
+}
+
+/// A source's token bucket: its budget in nanoseconds, and when it was last
+/// charged (nanoseconds since the limiter started).
+struct Bucket {
+    tokens: u64,
+    last: u64,
+}
 
 /// There are two places where WireGuard requires "randomness" for cookies
 /// * The 24 byte nonce in the cookie massage - here the only goal is to avoid nonce reuse
@@ -49,6 +96,8 @@ pub struct RateLimiter {
     count: AtomicU64,
     /// The time last reset was performed on this rate limiter
     last_reset: Mutex<Instant>,
+    /// weave: the per-source buckets, used while under load (at most `MAX_SOURCES`).
+    sources: Mutex<HashMap<Source, Bucket>>,
 }
 
 impl RateLimiter {
@@ -65,6 +114,7 @@ impl RateLimiter {
             limit,
             count: AtomicU64::new(0),
             last_reset: Mutex::new(Instant::now()),
+            sources: Mutex::new(HashMap::new()),
         }
     }
 
@@ -82,7 +132,53 @@ impl RateLimiter {
         if current_time.duration_since(*last_reset_time).as_secs() >= RESET_PERIOD {
             self.count.store(0, Ordering::SeqCst);
             *last_reset_time = current_time;
+            drop(last_reset_time);
+            self.prune_sources(self.nanos());
         }
+    }
+
+    /// Nanoseconds since the limiter started: the per-source buckets' clock.
+    fn nanos(&self) -> u64 {
+        Instant::now().duration_since(self.start_time).as_nanos() as u64
+    }
+
+    /// Charges `addr`'s source one packet at `now`; false once it used its
+    /// share, or when it is new and the table is full.
+    fn source_allowed(&self, addr: IpAddr, now: u64) -> bool {
+        let mut sources = self.sources.lock();
+        let full = sources.len() >= MAX_SOURCES;
+        match sources.entry(Source::of(addr)) {
+            Entry::Occupied(mut entry) => {
+                let bucket = entry.get_mut();
+                let tokens = bucket
+                    .tokens
+                    .saturating_add(now.saturating_sub(bucket.last))
+                    .min(TOKEN_MAX);
+                bucket.last = bucket.last.max(now);
+                let allowed = tokens >= PACKET_COST;
+                bucket.tokens = if allowed {
+                    tokens - PACKET_COST
+                } else {
+                    tokens
+                };
+                allowed
+            }
+            Entry::Vacant(_) if full => false,
+            Entry::Vacant(entry) => {
+                entry.insert(Bucket {
+                    tokens: TOKEN_MAX - PACKET_COST,
+                    last: now,
+                });
+                true
+            }
+        }
+    }
+
+    /// Forgets the sources idle for a second or more.
+    fn prune_sources(&self, now: u64) {
+        self.sources
+            .lock()
+            .retain(|_, bucket| now.saturating_sub(bucket.last) < NANOS_PER_SECOND);
     }
 
     /// Compute the correct cookie value based on the current secret value and the source IP
@@ -185,9 +281,173 @@ impl RateLimiter {
                         .map_err(TunnResult::Err)?;
                     return Err(TunnResult::WriteToNetwork(cookie_packet));
                 }
+
+                // weave: mac2 showed the sender receives at `addr`; a member
+                // with a cookie still gets only its source's share.
+                if !self.source_allowed(addr, self.nanos()) {
+                    return Err(TunnResult::Err(WireGuardError::UnderLoad));
+                }
             }
         }
 
         Ok(packet)
+    }
+}
+
+// weave: the per-source buckets.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(limit: u64) -> RateLimiter {
+        let secret = crate::x25519::StaticSecret::from([7u8; 32]);
+        RateLimiter::new(&crate::x25519::PublicKey::from(&secret), limit)
+    }
+
+    /// A handshake initiation from `addr` whose mac1 and mac2 (the cookie
+    /// `limiter` gives `addr`) check out: what a member sends once it
+    /// answered a cookie reply.
+    fn initiation(limiter: &RateLimiter, addr: IpAddr) -> Vec<u8> {
+        let mut packet = vec![0u8; super::super::HANDSHAKE_INIT_SZ];
+        packet[0] = super::super::HANDSHAKE_INIT as u8;
+        let n = packet.len();
+        let mac1 = b2s_keyed_mac_16(&limiter.mac1_key, &packet[..n - 32]);
+        packet[n - 32..n - 16].copy_from_slice(&mac1);
+        let mac2 = b2s_keyed_mac_16_2(&limiter.current_cookie(addr), &packet[..n - 32], &mac1);
+        packet[n - 16..].copy_from_slice(&mac2);
+        packet
+    }
+
+    fn passes(limiter: &RateLimiter, addr: IpAddr, packet: &[u8]) -> bool {
+        let mut dst = [0u8; 64];
+        match limiter.verify_packet(Some(addr), packet, &mut dst) {
+            Ok(_) => true,
+            Err(TunnResult::Err(WireGuardError::UnderLoad)) => false,
+            Err(TunnResult::WriteToNetwork(_)) => {
+                panic!("the packet's mac2 is valid: no cookie reply")
+            }
+            Err(_) => panic!("unexpected result"),
+        }
+    }
+
+    #[test]
+    fn under_load_one_source_with_a_valid_mac2_gets_its_burst_and_rate_and_others_still_pass() {
+        // Limit 0: always under load.
+        let limiter = limiter(0);
+        let flooder: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let (flood, fine) = (initiation(&limiter, flooder), initiation(&limiter, other));
+        let start = std::time::Instant::now();
+        let mut passed = 0;
+        for i in 0..1000 {
+            passed += passes(&limiter, flooder, &flood) as u64;
+            // Within its own burst: served however hard the flooder floods.
+            if i % 200 == 100 {
+                assert!(
+                    passes(&limiter, other, &fine),
+                    "a second source was locked out at {}",
+                    i
+                );
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let most =
+            SOURCE_PACKETS_BURSTABLE + (SOURCE_PACKETS_PER_SECOND as f64 * elapsed).ceil() as u64;
+        assert!(
+            passed >= SOURCE_PACKETS_BURSTABLE,
+            "{}: the burst passes",
+            passed
+        );
+        assert!(
+            passed <= most,
+            "{} of 1000 passed in {:.3} s (at most {})",
+            passed,
+            elapsed,
+            most
+        );
+    }
+
+    #[test]
+    fn a_source_is_charged_its_burst_then_its_rate() {
+        let limiter = limiter(0);
+        let addr: IpAddr = "192.0.2.1".parse().unwrap();
+        let allowed = |now| {
+            (0..100)
+                .filter(|_| limiter.source_allowed(addr, now))
+                .count() as u64
+        };
+        assert_eq!(allowed(0), SOURCE_PACKETS_BURSTABLE);
+        assert_eq!(allowed(PACKET_COST / 2), 0);
+        assert_eq!(
+            allowed(PACKET_COST),
+            1,
+            "one packet's worth of time: one packet"
+        );
+        assert_eq!(
+            allowed(PACKET_COST + NANOS_PER_SECOND),
+            SOURCE_PACKETS_BURSTABLE,
+            "never more than the burst"
+        );
+    }
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_slash_64s() {
+        let limiter = limiter(0);
+        let same = |a: &str, b: &str| {
+            let (a, b): (IpAddr, IpAddr) = (a.parse().unwrap(), b.parse().unwrap());
+            Source::of(a) == Source::of(b)
+        };
+        assert!(same("2001:db8:1:2::1", "2001:db8:1:2:ffff::9"));
+        assert!(!same("2001:db8:1:2::1", "2001:db8:1:3::1"));
+        assert!(
+            same("::ffff:192.0.2.1", "192.0.2.1"),
+            "IPv4-mapped is the IPv4 address"
+        );
+        assert!(!same("192.0.2.1", "192.0.2.2"));
+        // Two addresses of one /64 share a bucket.
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::2".parse().unwrap();
+        let allowed = (0..10)
+            .filter(|i| limiter.source_allowed(if i % 2 == 0 { a } else { b }, 0))
+            .count() as u64;
+        assert_eq!(allowed, SOURCE_PACKETS_BURSTABLE);
+    }
+
+    #[test]
+    fn the_source_table_stays_bounded_and_is_pruned_of_idle_sources() {
+        let limiter = limiter(0);
+        let addr = |i: usize| IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        let extra = 100;
+        let passed = (0..MAX_SOURCES + extra)
+            .filter(|&i| passes(&limiter, addr(i), &initiation(&limiter, addr(i))))
+            .count();
+        assert_eq!(
+            limiter.sources.lock().len(),
+            MAX_SOURCES,
+            "the table did not grow past its cap"
+        );
+        assert_eq!(
+            passed, MAX_SOURCES,
+            "new sources are dropped while it is full"
+        );
+        // Known sources are still served.
+        assert!(passes(&limiter, addr(0), &initiation(&limiter, addr(0))));
+        // A second later every one of them is idle: pruned, and new sources pass again.
+        limiter.prune_sources(limiter.nanos() + NANOS_PER_SECOND);
+        assert!(limiter.sources.lock().is_empty());
+        let late = addr(MAX_SOURCES + extra);
+        assert!(passes(&limiter, late, &initiation(&limiter, late)));
+    }
+
+    #[test]
+    fn the_reset_tick_prunes_the_source_table() {
+        let limiter = limiter(0);
+        let addr: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(limiter.source_allowed(addr, limiter.nanos()));
+        limiter.reset_count();
+        assert_eq!(limiter.sources.lock().len(), 1, "not idle for a second yet");
+        std::thread::sleep(std::time::Duration::from_millis(1050));
+        limiter.reset_count();
+        assert!(limiter.sources.lock().is_empty());
     }
 }
