@@ -247,32 +247,40 @@ impl Router {
         out: &mut [u8],
         sink: &impl Sink,
     ) -> Option<usize> {
-        let peer = match Tunn::parse_incoming_packet(datagram) {
-            Ok(Packet::HandshakeInit(init)) => {
-                // Under load this answers with a cookie instead of doing the DH below.
-                match self.rate_limiter.verify_packet(Some(src.ip()), datagram, out) {
-                    Ok(_) => {}
+        // An initiation is verified here, before the DH that finds its peer,
+        // and only here: each check charges its source under load.
+        let (peer, init) = match Tunn::parse_incoming_packet(datagram) {
+            Ok(Packet::HandshakeInit(_)) => {
+                // Under load this answers with a cookie, or drops what a source
+                // sends past its share, instead of doing the DH below.
+                let init = match self.rate_limiter.verify_packet(Some(src.ip()), datagram, out) {
+                    Ok(Packet::HandshakeInit(init)) => init,
                     Err(TunnResult::WriteToNetwork(cookie)) => {
                         sink.to_network(src, cookie);
                         return None;
                     }
-                    Err(_) => return None,
-                }
+                    _ => return None,
+                };
                 let half = parse_handshake_anon(&self.secret, &self.public, &init).ok()?;
-                table.by_key.get(&half.peer_static_public)
+                (table.by_key.get(&half.peer_static_public), Some(init))
             }
-            Ok(Packet::HandshakeResponse(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
-            Ok(Packet::PacketCookieReply(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
-            Ok(Packet::PacketData(p)) => table.by_index.get(&(p.receiver_idx >> 8)),
-            Err(_) => None,
-        }?;
+            Ok(Packet::HandshakeResponse(p)) => (table.by_index.get(&(p.receiver_idx >> 8)), None),
+            Ok(Packet::PacketCookieReply(p)) => (table.by_index.get(&(p.receiver_idx >> 8)), None),
+            Ok(Packet::PacketData(p)) => (table.by_index.get(&(p.receiver_idx >> 8)), None),
+            Err(_) => return None,
+        };
+        let peer = peer?;
         let mut tunn = lock(&peer.tunn);
         // Whether the datagram proved to come from the peer now: only then is
         // its source where the peer is (roaming). Anyone can send a cookie
         // reply (its key is derived from the public key) or replay an old
         // message, so neither may move the endpoint.
         let mut authenticated = false;
-        let plain = match tunn.decapsulate(Some(src.ip()), datagram, out) {
+        let result = match init {
+            Some(init) => tunn.handle_verified_packet(Packet::HandshakeInit(init), out),
+            None => tunn.decapsulate(Some(src.ip()), datagram, out),
+        };
+        let plain = match result {
             // A fresh keepalive: it decrypted, and its counter was new.
             TunnResult::Done => {
                 authenticated = datagram[0] == DATA;

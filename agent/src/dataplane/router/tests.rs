@@ -287,3 +287,76 @@ fn a_handshake_flood_gets_cookie_replies_instead_of_handshakes() {
     assert_eq!(responses, 1, "one handshake answered, replays are not");
     assert!(cookies > 0, "past the rate limit, the answer is a cookie");
 }
+
+/// A fresh initiation from `from`'s tunnel to `to`, as a member can make at
+/// will (its own key, a new timestamp; a mac2 once it holds `to`'s cookie).
+fn initiation(from: &Node, to: &Node) -> Vec<u8> {
+    let table = from.router.table();
+    let mut buf = [0u8; 256];
+    match lock(&table.by_key[&to.public].tunn).format_handshake_initiation(&mut buf, true) {
+        TunnResult::WriteToNetwork(init) => init.to_vec(),
+        _ => panic!("no initiation"),
+    }
+}
+
+/// Puts `to`'s rate limiter under load with initiations from a node it does
+/// not know (no reset tick runs in tests, so it stays there).
+fn overload(to: &Node) {
+    let stranger = node(9);
+    stranger.router.set_peers(&[config(to, Some(to.endpoint))], &stranger.wire);
+    let init = initiation(&stranger, to);
+    for _ in 0..=HANDSHAKE_RATE_LIMIT {
+        to.receive(stranger.endpoint, &init);
+    }
+    let sent: Vec<_> = to.wire.net.borrow_mut().drain(..).collect();
+    assert_eq!(sent.iter().map(|(_, m)| m[0]).collect::<Vec<_>>(), vec![3], "under load: a cookie reply");
+}
+
+/// `member` initiates to `to` (under load) from `src` and takes the cookie
+/// reply: its initiations carry a valid mac2 from then on.
+fn take_cookie(member: &Node, to: &Node, src: SocketAddr) {
+    to.receive(src, &initiation(member, to));
+    let (dst, reply) = to.wire.net.borrow_mut().pop().expect("a cookie reply");
+    assert_eq!((dst, reply[0]), (src, 3));
+    member.receive(to.endpoint, &reply);
+}
+
+#[test]
+fn a_members_handshake_flood_with_valid_cookies_is_bounded_per_source_address_and_others_are_still_served() {
+    let b = node(2);
+    let (a, c, d) = (node(1), node(3), node(4));
+    b.router.set_peers(&[config(&a, None), config(&c, None), config(&d, None)], &b.wire);
+    for m in [&a, &c, &d] {
+        m.router.set_peers(&[config(&b, Some(b.endpoint))], &m.wire);
+    }
+    overload(&b);
+    // a and c: members behind one NAT address, flooding with valid cookies.
+    let nat = |port| SocketAddr::from(([198, 51, 100, 1], port));
+    take_cookie(&a, &b, nat(1000));
+    take_cookie(&c, &b, nat(1001));
+    take_cookie(&d, &b, d.endpoint);
+    let start = Instant::now();
+    for i in 0..1000 {
+        let (m, src) = if i % 2 == 0 { (&a, nat(1000)) } else { (&c, nat(1001)) };
+        b.receive(src, &initiation(m, &b));
+        if i == 500 {
+            // d, at another address, is still served.
+            b.receive(d.endpoint, &initiation(&d, &b));
+            let (dst, response) = b.wire.net.borrow_mut().pop().expect("d was answered");
+            assert_eq!((dst, response[0]), (d.endpoint, 2), "d's initiation got a handshake response");
+            d.receive(b.endpoint, &response);
+            assert!(d.router.status()[0].handshake_age_secs.is_some(), "d's handshake completed");
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let sent = b.wire.net.borrow();
+    assert!(sent.iter().all(|(dst, _)| dst.ip() == nat(0).ip()), "nothing else was sent");
+    // What one source address may have: a burst of 5 and 20 a second.
+    let most = 5 + (20.0 * elapsed).ceil() as usize;
+    assert!(!sent.is_empty(), "the flooding members were answered at first");
+    assert!(sent.len() <= most, "{} answers to 1,000 initiations in {elapsed:.3} s (at most {most})", sent.len());
+    assert!(
+        sent.iter().all(|(_, m)| m[0] == 2),
+        "handshake responses only: what is dropped gets no cookie reply either"
+    );
+}

@@ -301,7 +301,10 @@ impl Tunn {
         self.handle_verified_packet(packet, dst)
     }
 
-    pub(crate) fn handle_verified_packet<'a>(
+    /// Handles a packet that `RateLimiter::verify_packet` passed (weave: public,
+    /// so a caller that verified a packet to find its peer does not verify it,
+    /// and charge its source, again).
+    pub fn handle_verified_packet<'a>(
         &mut self,
         packet: Packet,
         dst: &'a mut [u8],
