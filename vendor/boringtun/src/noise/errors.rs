@@ -20,4 +20,6 @@ pub enum WireGuardError {
     LockFailed,
     ConnectionExpired,
     UnderLoad,
+    /// weave: a peer initiated again too soon after its last initiation.
+    InitiationFlood,
 }

@@ -23,6 +23,9 @@ pub(crate) const LABEL_MAC1: &[u8; 8] = b"mac1----";
 pub(crate) const LABEL_COOKIE: &[u8; 8] = b"cookie--";
 const KEY_LEN: usize = 32;
 const TIMESTAMP_LEN: usize = 12;
+/// weave: the least time between two initiations taken from one peer (the
+/// kernel's noise.c: INITIATIONS_PER_SECOND = 50).
+const INITIATION_MIN_INTERVAL: Duration = Duration::from_millis(1000 / 50);
 
 // initiator.chaining_key = HASH(CONSTRUCTION)
 const INITIAL_CHAIN_KEY: [u8; KEY_LEN] = [
@@ -305,6 +308,8 @@ pub struct Handshake {
     cookies: Cookies,
     /// The timestamp of the last handshake we received
     last_handshake_timestamp: Tai64N,
+    /// weave: when the last initiation from the peer was taken
+    last_initiation_consumption: Option<Instant>,
     // TODO: make TimeStamper a singleton
     stamper: TimeStamper,
     pub(super) last_rtt: Option<u32>,
@@ -428,6 +433,7 @@ impl Handshake {
             previous: HandshakeState::None,
             state: HandshakeState::None,
             last_handshake_timestamp: Tai64N::zero(),
+            last_initiation_consumption: None,
             stamper: TimeStamper::new(),
             cookies: Default::default(),
             last_rtt: None,
@@ -483,6 +489,16 @@ impl Handshake {
         packet: HandshakeInit,
         dst: &'a mut [u8],
     ) -> Result<(&'a mut [u8], Session), WireGuardError> {
+        // weave: the peer initiated less than INITIATION_MIN_INTERVAL ago:
+        // dropped before any DH. Only an initiation that was taken (the
+        // peer's key, a fresh timestamp) sets the time, so nobody else can
+        // lock the peer out with this.
+        if let Some(last) = self.last_initiation_consumption {
+            if Instant::now().duration_since(last) < INITIATION_MIN_INTERVAL {
+                return Err(WireGuardError::InitiationFlood);
+            }
+        }
+
         // initiator.chaining_key = HASH(CONSTRUCTION)
         let mut chaining_key = INITIAL_CHAIN_KEY;
         // initiator.hash = HASH(HASH(initiator.chaining_key || IDENTIFIER) || responder.static_public)
@@ -545,6 +561,7 @@ impl Handshake {
             return Err(WireGuardError::WrongTai64nTimestamp);
         }
         self.last_handshake_timestamp = timestamp;
+        self.last_initiation_consumption = Some(Instant::now());
 
         // initiator.hash = HASH(initiator.hash || msg.encrypted_timestamp)
         hash = b2s_hash(&hash, packet.encrypted_timestamp);

@@ -724,6 +724,41 @@ mod tests {
         assert!(matches!(packet, Packet::PacketData(_)));
     }
 
+    // weave: INITIATION_MIN_INTERVAL (handshake.rs).
+    #[test]
+    fn a_peer_flooding_initiations_has_at_most_50_a_second_taken() {
+        let (mut my_tun, mut their_tun) = create_two_tuns();
+        let mut dst = vec![0u8; 2048];
+        let mut initiate = |tun: &mut Tunn| match tun.format_handshake_initiation(&mut dst, true) {
+            TunnResult::WriteToNetwork(init) => init.to_vec(),
+            _ => unreachable!(),
+        };
+        let mut out = vec![0u8; 2048];
+        let start = std::time::Instant::now();
+        let mut taken = 0;
+        for _ in 0..200 {
+            let init = initiate(&mut my_tun);
+            // Past the rate limiter (its own tests cover it), as a member with a cookie.
+            let packet = Tunn::parse_incoming_packet(&init).unwrap();
+            match their_tun.handle_verified_packet(packet, &mut out) {
+                TunnResult::WriteToNetwork(_) => taken += 1,
+                TunnResult::Err(WireGuardError::InitiationFlood) => {}
+                _ => panic!("unexpected result"),
+            }
+        }
+        let most = 1 + start.elapsed().as_millis() / 20;
+        assert!(taken >= 1, "the first one is taken");
+        assert!(taken <= most, "{} of 200 taken (at most {})", taken, most);
+        // Once the interval passed, the peer's next initiation is taken.
+        std::thread::sleep(Duration::from_millis(25));
+        let packet_bytes = initiate(&mut my_tun);
+        let packet = Tunn::parse_incoming_packet(&packet_bytes).unwrap();
+        assert!(matches!(
+            their_tun.handle_verified_packet(packet, &mut out),
+            TunnResult::WriteToNetwork(_)
+        ));
+    }
+
     #[test]
     fn full_handshake_plus_timers() {
         let (mut my_tun, mut their_tun) = create_two_tuns_and_handshake();
