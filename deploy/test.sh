@@ -7,8 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages install while the lints compile (neither needs the
+# other; on a fresh machine each takes minutes).
+deps_pid=
 if [ "$(id -u)" = 0 ]; then
-    bash .ci/install-deps.sh
+    deps_log=$(mktemp)
+    bash .ci/install-deps.sh >"$deps_log" 2>&1 &
+    deps_pid=$!
     ignored=(--include-ignored)
 else
     echo "test.sh: not root: end-to-end tests (network namespaces) will be skipped" >&2
@@ -17,20 +22,55 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+if [ -n "$deps_pid" ]; then
+    deps_ok=0
+    wait "$deps_pid" || deps_ok=$?
+    cat "$deps_log"
+    rm -f "$deps_log"
+    [ "$deps_ok" = 0 ] || { echo "test.sh: .ci/install-deps.sh failed ($deps_ok)" >&2; exit 1; }
+fi
 # The Kubernetes manifests against Kubernetes' schemas (oldest and newest minor).
 bash deploy/check-manifests.sh
 # Every fuzz target replays its saved corpus once (a regression check in
 # seconds; the long runs are `bash fuzz/run.sh 600`, see fuzz/README.md).
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
 bash fuzz/run.sh --replay
-# One test binary at a time (each runs its tests in parallel): the end-to-end
-# binaries each build several namespaces and share two cores.
-cargo test --workspace --locked --no-fail-fast -- "${ignored[@]}"
-# The coordinator's whole suite again on PostgreSQL: each test binary starts a
-# throwaway server (initdb into a temporary directory, as the postgres user,
-# a Unix socket only) and gives every coordinator a fresh database.
+# Every test binary built once, for the whole workspace (features unified
+# as in the run below), and the coordinator's listed: its suite runs a
+# second time on PostgreSQL from these same binaries (`cargo test -p` would
+# resolve features for one package and rebuild half the dependencies).
+cargo test --workspace --locked --no-run --message-format=json-render-diagnostics >target/test-artifacts.json
+mapfile -t coordinator_tests < <(python3 deploy/test-binaries.py weave-coordinator <target/test-artifacts.json)
+# The coordinator's whole suite again on PostgreSQL, beside the main run:
+# each test binary starts a throwaway server (initdb into a temporary
+# directory, as the postgres user, a Unix socket only) and gives every
+# coordinator a fresh database. Its output follows the main run's.
+pg_pid=
 if [ "$(id -u)" = 0 ]; then
-    WEAVE_TEST_STORE=postgres cargo test -p weave-coordinator --locked --no-fail-fast --tests -- "${ignored[@]}"
+    pg_log=$(mktemp)
+    (
+        cd coordinator
+        failed=0
+        for t in "${coordinator_tests[@]}"; do
+            echo "     Running $t (WEAVE_TEST_STORE=postgres)"
+            WEAVE_TEST_STORE=postgres "$t" "${ignored[@]}" || failed=1
+        done
+        exit $failed
+    ) >"$pg_log" 2>&1 &
+    pg_pid=$!
 else
     echo "test.sh: not root: the coordinator's suite on PostgreSQL is skipped (it starts postgres via runuser)" >&2
 fi
+# One test binary at a time (each runs its tests in parallel): the end-to-end
+# binaries each build several namespaces and share two cores.
+main_ok=0
+cargo test --workspace --locked --no-fail-fast -- "${ignored[@]}" || main_ok=$?
+if [ -n "$pg_pid" ]; then
+    pg_ok=0
+    wait "$pg_pid" || pg_ok=$?
+    echo "=== the coordinator's suite on PostgreSQL ==="
+    cat "$pg_log"
+    rm -f "$pg_log"
+    [ "$pg_ok" = 0 ] || { echo "test.sh: the coordinator's suite on PostgreSQL failed" >&2; exit 1; }
+fi
+exit "$main_ok"
