@@ -31,10 +31,9 @@ if [ -n "$deps_pid" ]; then
 fi
 # The Kubernetes manifests against Kubernetes' schemas (oldest and newest minor).
 bash deploy/check-manifests.sh
-# Every fuzz target replays its saved corpus once (a regression check in
-# seconds; the long runs are `bash fuzz/run.sh 600`, see fuzz/README.md).
-command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
-bash fuzz/run.sh --replay
+# Every fuzz target's saved corpus is replayed by the test run below
+# (agent/tests/fuzz_corpus.rs: the targets' bodies in the ordinary test
+# build); the long runs, under libFuzzer and ASan, are `bash fuzz/run.sh 600`.
 # Every test binary built once, for the whole workspace (features unified
 # as in the run below), and the coordinator's listed: its suite runs a
 # second time on PostgreSQL from these same binaries (`cargo test -p` would

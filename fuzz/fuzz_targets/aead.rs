@@ -1,50 +1,9 @@
-//! weave-aead (aead/: OpenSSL's x86_64 assembly, what boringtun's sessions
-//! seal and open data messages with) against ring's ChaCha20-Poly1305 on
-//! the same key, counter and bytes. Input: 32 bytes of key, 8 of counter,
-//! one mode byte, then the message. Even mode: seal with both, the same
-//! bytes; the assembly opens ring's output back to the message. Odd mode:
-//! the message is a received datagram body (ciphertext and tag): both open
-//! it or both refuse it, with the same plaintext, and a refusal leaves the
-//! assembly's output buffer untouched.
+//! cargo fuzz target `aead`: each input goes to `run` in
+//! `../targets/aead.rs`, which says what it fuzzes and checks (the test
+//! build replays the saved corpus through it too: agent/tests/fuzz_corpus.rs).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use weave_aead::{Choice, Key, TAG_LEN, choose};
+#[path = "../targets/aead.rs"]
+mod target;
 
-fn keys(key: &[u8; 32]) -> (Key, Key) {
-    choose(Choice::Ring);
-    let ring = Key::new(key);
-    // The assembly whatever this CPU would pick by default.
-    choose(Choice::Assembly);
-    (Key::new(key), ring)
-}
-
-fuzz_target!(|data: &[u8]| {
-    if data.len() < 41 {
-        return;
-    }
-    let key: [u8; 32] = data[..32].try_into().unwrap();
-    let counter = u64::from_le_bytes(data[32..40].try_into().unwrap());
-    let (mode, msg) = (data[40], &data[41..]);
-    let (asm, ring) = keys(&key);
-    assert_eq!(ring.implementation(), "ring");
-    if mode % 2 == 0 {
-        let mut a = vec![0u8; msg.len() + TAG_LEN];
-        let mut r = vec![0u8; msg.len() + TAG_LEN];
-        asm.seal(counter, msg, &mut a);
-        ring.seal(counter, msg, &mut r);
-        assert_eq!(a, r, "seal differs from ring");
-        let mut back = vec![0u8; r.len()];
-        assert_eq!(asm.open(counter, &r, &mut back), Ok(msg.len()));
-        assert_eq!(&back[..msg.len()], msg);
-    } else {
-        let mut a = vec![0xa5u8; msg.len().max(TAG_LEN)];
-        let mut r = vec![0u8; msg.len().max(TAG_LEN)];
-        let (ga, gr) = (asm.open(counter, msg, &mut a), ring.open(counter, msg, &mut r));
-        assert_eq!(ga, gr, "open's verdict differs from ring's");
-        match ga {
-            Ok(n) => assert_eq!(a[..n], r[..n], "open's plaintext differs from ring's"),
-            Err(_) => assert!(a.iter().all(|&b| b == 0xa5), "a refused open wrote its output"),
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::run(data));

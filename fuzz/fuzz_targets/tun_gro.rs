@@ -1,46 +1,9 @@
-//! GRO coalescing of decrypted packets before the TUN write
-//! (agent/src/dataplane/tun_udp.rs `udp_to_tun`: tun-rs `send_multiple`
-//! coalesces with `GROTable` when the TUN has offloads). The packets are
-//! what peers sent, so untrusted. The harness builds the batch as the data
-//! plane does (virtio-net header room in front, buffers with room for a
-//! super-packet) and runs the table's public `apply_gro`. Input: one flag
-//! byte (UDP GRO on or off), then records of a 2-byte length and a packet.
-//! Invariants: no panic; every buffer still starts with a decodable header
-//! and none grew past a super-packet.
+//! cargo fuzz target `tun_gro`: each input goes to `run` in
+//! `../targets/tun_gro.rs`, which says what it fuzzes and checks (the test
+//! build replays the saved corpus through it too: agent/tests/fuzz_corpus.rs).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN, VirtioNetHdr};
+#[path = "../targets/tun_gro.rs"]
+mod target;
 
-/// tun_udp.rs BATCH.
-const BATCH: usize = 128;
-const OFFSET: usize = VIRTIO_NET_HDR_LEN;
-
-fuzz_target!(|data: &[u8]| {
-    let Some((&flags, mut rest)) = data.split_first() else { return };
-    let mut packets: Vec<Vec<u8>> = Vec::new();
-    while let [hi, lo, tail @ ..] = rest {
-        if packets.len() == BATCH {
-            break;
-        }
-        let len = (u16::from_be_bytes([*hi, *lo]) as usize).min(tail.len());
-        let mut p = Vec::with_capacity(2 * OFFSET + 65_535);
-        p.resize(OFFSET, 0);
-        p.extend_from_slice(&tail[..len]);
-        packets.push(p);
-        rest = &tail[len..];
-    }
-    if packets.is_empty() {
-        return;
-    }
-    let mut gro = GROTable::default();
-    if gro.apply_gro(&mut packets, OFFSET, flags & 1 == 1).is_err() {
-        return;
-    }
-    for p in &packets {
-        assert!(p.len() <= 2 * OFFSET + 65_535, "a coalesced packet grew past a super-packet");
-        if p.len() >= OFFSET {
-            VirtioNetHdr::decode(&p[..OFFSET]).expect("header decodes");
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::run(data));
