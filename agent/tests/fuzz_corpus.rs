@@ -54,52 +54,25 @@ fn replay(target: &str, run: fn(&[u8])) {
     assert!(failed.is_empty(), "{target}: {} of {} saved inputs panic: {failed:?}", failed.len(), inputs.len());
 }
 
-#[test]
-fn aead_corpus() {
-    replay("aead", aead::run);
+/// One test per target, named after it.
+macro_rules! replay_each {
+    ($($target:ident),* $(,)?) => {$(
+        #[test]
+        fn $target() {
+            replay(stringify!($target), $target::run);
+        }
+    )*};
 }
 
-#[test]
-fn cni_config_corpus() {
-    replay("cni_config", cni_config::run);
-}
-
-#[test]
-fn dns_query_corpus() {
-    replay("dns_query", dns_query::run);
-}
-
-#[test]
-fn local_api_request_corpus() {
-    replay("local_api_request", local_api_request::run);
-}
-
-#[test]
-fn map_change_corpus() {
-    replay("map_change", map_change::run);
-}
-
-#[test]
-fn router_datagram_corpus() {
-    replay("router_datagram", router_datagram::run);
-}
-
-#[test]
-fn router_session_corpus() {
-    replay("router_session", router_session::run);
-}
-
-#[test]
-fn token_parse_corpus() {
-    replay("token_parse", token_parse::run);
-}
-
-#[test]
-fn tun_gro_corpus() {
-    replay("tun_gro", tun_gro::run);
-}
-
-#[test]
-fn tun_gso_split_corpus() {
-    replay("tun_gso_split", tun_gso_split::run);
-}
+replay_each!(
+    aead,
+    cni_config,
+    dns_query,
+    local_api_request,
+    map_change,
+    router_datagram,
+    router_session,
+    token_parse,
+    tun_gro,
+    tun_gso_split,
+);
