@@ -185,6 +185,14 @@ async fn join_accepts_valid_tokens_and_refuses_the_rest() {
     let mut r = join_request(&c.token(), "h6", 6);
     r.public_key = vec![1, 2, 3];
     assert_status(admin.join.join(r).await, Code::InvalidArgument, "32 bytes");
+    // Low-order points (u = 0, u = 1, and one of order 8): anyone could pose
+    // as a node with such a key (its static Diffie-Hellman is all zeros).
+    let order8 = "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800";
+    for low in [vec![0u8; 32], [vec![1u8], vec![0u8; 31]].concat(), hex::decode(order8).unwrap()] {
+        let mut r = join_request(&c.token(), "h6", 6);
+        r.public_key = low;
+        assert_status(admin.join.join(r).await, Code::InvalidArgument, "low-order point");
+    }
     let mut r = join_request(&c.token(), "h6", 6);
     r.endpoints = vec!["nowhere".into()];
     assert_status(admin.join.join(r).await, Code::InvalidArgument, "not ip:port");

@@ -39,6 +39,22 @@ const MAX_ENDPOINT_LEN: usize = 64;
 /// Checks `endpoints` and returns them in canonical form (an IPv4-mapped
 /// IPv6 address as the IPv4 address it is, so every later check and every
 /// agent sees one form).
+/// A low-order public key (its Diffie-Hellman with any secret is all zeros)
+/// would let anyone compute the static-static secret of a handshake with
+/// that node, and so pose as it to every peer: refused, as the kernel's
+/// WireGuard refuses such keys. x25519 clamps every secret to a multiple of
+/// the cofactor, so one fixed secret tells them all.
+pub(super) fn check_key(key: &WgPublicKey) -> Result<(), Error> {
+    let probe = x25519_dalek::StaticSecret::from([0x5a; 32]);
+    if probe.diffie_hellman(&x25519_dalek::PublicKey::from(*key.as_bytes())).was_contributory() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(
+            "the WireGuard public key is a low-order point (anyone could pose as its node): make a new key".into(),
+        ))
+    }
+}
+
 pub(super) fn check_endpoints(endpoints: &[String]) -> Result<Vec<String>, Error> {
     if endpoints.len() > MAX_ENDPOINTS {
         return Err(Error::InvalidArgument(format!(
@@ -115,6 +131,7 @@ impl JoinService for Join {
         let name = r.name.trim().to_string();
         check_name(&name)?;
         let key = WgPublicKey::from_bytes(&r.public_key).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        check_key(&key)?;
         let endpoints = check_endpoints(&r.endpoints)?;
         // A proof is optional (a first join needs none), but one that is
         // sent must verify: a host that thinks it re-joins learns why not.
