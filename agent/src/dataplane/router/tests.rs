@@ -360,3 +360,29 @@ fn a_members_handshake_flood_with_valid_cookies_is_bounded_per_source_address_an
         "handshake responses only: what is dropped gets no cookie reply either"
     );
 }
+
+/// A member's own initiations, each with a fresh timestamp and not enough to
+/// put the limiter under load, are taken at most 50 a second (20 ms apart,
+/// the kernel's INITIATIONS_PER_SECOND; vendor/boringtun handshake.rs): the
+/// rest are refused before the handshake's second half and get no response.
+#[test]
+fn a_members_initiations_are_taken_at_most_50_a_second() {
+    let (a, b) = (node(1), node(2));
+    b.router.set_peers(&[config(&a, None)], &b.wire);
+    a.router.set_peers(&[config(&b, Some(b.endpoint))], &a.wire);
+    // Made first (each a new handshake with a new timestamp), then delivered back to back.
+    let inits: Vec<Vec<u8>> = (0..30).map(|_| initiation(&a, &b)).collect();
+    let start = Instant::now();
+    for init in &inits {
+        b.receive(a.endpoint, init);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let sent = b.wire.net.borrow();
+    assert!(sent.iter().all(|(dst, m)| *dst == a.endpoint && m[0] == 2), "handshake responses to a only");
+    let most = 1 + (elapsed / 0.020).ceil() as usize;
+    assert!(
+        !sent.is_empty() && sent.len() <= most,
+        "{} of 30 initiations taken in {elapsed:.3} s (at least 1, at most {most})",
+        sent.len()
+    );
+}
