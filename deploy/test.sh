@@ -14,6 +14,8 @@ if [ "$(id -u)" = 0 ]; then
     deps_log=$(mktemp)
     bash .ci/install-deps.sh >"$deps_log" 2>&1 &
     deps_pid=$!
+    # A lint failure must not leave apt running (or its lock held) behind us.
+    trap '[ -n "$deps_pid" ] && wait "$deps_pid" 2>/dev/null; rm -f "$deps_log"' EXIT
     ignored=(--include-ignored)
 else
     echo "test.sh: not root: end-to-end tests (network namespaces) will be skipped" >&2
@@ -25,8 +27,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 if [ -n "$deps_pid" ]; then
     deps_ok=0
     wait "$deps_pid" || deps_ok=$?
+    deps_pid=
     cat "$deps_log"
-    rm -f "$deps_log"
     [ "$deps_ok" = 0 ] || { echo "test.sh: .ci/install-deps.sh failed ($deps_ok)" >&2; exit 1; }
 fi
 # The Kubernetes manifests against Kubernetes' schemas (oldest and newest minor).
@@ -38,8 +40,11 @@ bash deploy/check-manifests.sh
 # as in the run below), and the coordinator's listed: its suite runs a
 # second time on PostgreSQL from these same binaries (`cargo test -p` would
 # resolve features for one package and rebuild half the dependencies).
-cargo test --workspace --locked --no-run --message-format=json-render-diagnostics >target/test-artifacts.json
-mapfile -t coordinator_tests < <(python3 deploy/test-binaries.py weave-coordinator <target/test-artifacts.json)
+artifacts=$(cargo test --workspace --locked --no-run --message-format=json-render-diagnostics)
+# An assignment, so that a failure of the script stops this one (set -e);
+# it fails when it finds no test binary of the coordinator.
+list=$(python3 deploy/test-binaries.py weave-coordinator <<<"$artifacts")
+mapfile -t coordinator_tests <<<"$list"
 # One test binary at a time (each runs its tests in parallel): the end-to-end
 # binaries each build several namespaces and share two cores.
 main_ok=0

@@ -19,12 +19,13 @@ fn is_ours(name: &str) -> bool {
 
 /// The addresses to advertise: the first IPv4 address and the first IPv6
 /// address that is neither link-local nor loopback, outside the agent's own
-/// interfaces. Empty when the host has neither.
+/// interfaces (the coordinator refuses those as endpoints). Empty when the
+/// host has neither.
 pub fn advertised() -> Result<Vec<IpAddr>, Error> {
     let addrs = if_addrs::get_if_addrs().map_err(|e| Error::Io("list addresses".into(), e))?;
     let ips: Vec<IpAddr> =
         addrs.iter().filter(|i| !is_ours(&i.name)).map(|i| i.ip()).filter(|ip| !ip.is_loopback()).collect();
-    let v4 = ips.iter().find(|ip| ip.is_ipv4());
+    let v4 = ips.iter().find(|ip| matches!(ip, IpAddr::V4(v4) if !v4.is_link_local()));
     let v6 = ips.iter().find(|ip| matches!(ip, IpAddr::V6(v6) if !v6.is_unicast_link_local()));
     Ok(v4.into_iter().chain(v6).copied().collect())
 }

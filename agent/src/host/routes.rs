@@ -48,7 +48,15 @@ pub fn coordinator_ips(list: &str) -> Vec<IpAddr> {
         .flat_map(|addr| match addr.parse::<std::net::SocketAddr>() {
             Ok(a) => vec![a.ip()],
             Err(_) => {
-                std::net::ToSocketAddrs::to_socket_addrs(addr).map(|f| f.map(|a| a.ip()).collect()).unwrap_or_default()
+                let found: Vec<IpAddr> = std::net::ToSocketAddrs::to_socket_addrs(addr)
+                    .map(|f| f.map(|a| a.ip()).collect())
+                    .unwrap_or_default();
+                if found.is_empty() {
+                    tracing::warn!(
+                        "coordinator {addr} does not resolve now: a subnet holding its address is not kept out here"
+                    );
+                }
+                found
             }
         })
         .map(|ip| ip.to_canonical())

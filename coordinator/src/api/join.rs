@@ -36,9 +36,6 @@ pub const MAX_ENDPOINTS: usize = 16;
 /// "ip:port" is at most 47 characters ("[v6]:port").
 const MAX_ENDPOINT_LEN: usize = 64;
 
-/// Checks `endpoints` and returns them in canonical form (an IPv4-mapped
-/// IPv6 address as the IPv4 address it is, so every later check and every
-/// agent sees one form).
 /// A low-order public key (its Diffie-Hellman with any secret is all zeros)
 /// would let anyone compute the static-static secret of a handshake with
 /// that node, and so pose as it to every peer: refused, as the kernel's
@@ -55,6 +52,9 @@ pub(super) fn check_key(key: &WgPublicKey) -> Result<(), Error> {
     }
 }
 
+/// Checks `endpoints` and returns them in canonical form (an IPv4-mapped
+/// IPv6 address as the IPv4 address it is, so every later check and every
+/// agent sees one form).
 pub(super) fn check_endpoints(endpoints: &[String]) -> Result<Vec<String>, Error> {
     if endpoints.len() > MAX_ENDPOINTS {
         return Err(Error::InvalidArgument(format!(

@@ -136,6 +136,9 @@ pub fn own_addresses(listen: SocketAddr, advertise: &str) -> Vec<IpAddr> {
                 .map(|found| found.map(|a| a.ip()).collect())
                 .unwrap_or_default(),
         };
+        if resolved.is_empty() {
+            tracing::warn!("--advertise {addr} does not resolve now: subnets over its address are not refused");
+        }
         ips.extend(resolved.into_iter().map(|ip| ip.to_canonical()));
     }
     if !listen.ip().is_unspecified() {
