@@ -154,4 +154,11 @@ fn a_members_subnet_inside_the_hosts_lan_is_installed_nowhere_else() {
     wait_for("host 2 to drop the member's packets from the NAS's address", Duration::from_secs(10), || {
         (spoofed() >= before + 3.0).then_some(())
     });
+    // Host 2's own admin may still put a container there (its choice): the
+    // attach waits for the bridge its first allocation brings.
+    let c = bed.add_container("c");
+    bed.weavectl_attach(1, &c, &[&format!("net:{}", trap.cidr), &format!("/run/netns/{c}")]);
+    let st = bed.wait_status(1);
+    let seg = st.segments.iter().find(|s| s.subnet == trap.cidr).expect("the member's subnet");
+    assert_eq!(seg.skipped, None, "installed on host 2 once it has a workload there");
 }

@@ -24,7 +24,6 @@ use crate::{
 };
 
 /// How long Join waits for a new subnet's bridge (the reconcile makes it).
-const BRIDGE_WAIT: Duration = Duration::from_secs(10);
 /// How long after a Join the agent looks for the container's name.
 const NAME_WAIT: Duration = Duration::from_secs(30);
 
@@ -167,7 +166,7 @@ impl Plugin {
             .ok_or_else(|| Refused::not_found(format!("unknown network {}", req.network_id)))?;
         let vni = self.subnet(&network.cidr).await?;
         let bridge = bridge_name(vni);
-        self.wait_bridge(&bridge).await?;
+        self.attacher.wait_bridge(&bridge).await.map_err(Refused::bad)?;
         let host_if = wire::host_ifname(&req.endpoint_id).map_err(Refused::bad)?;
         let peer = format!("{host_if}p");
         let mac = parse_mac(&ep.mac).ok_or_else(|| Refused::bad(format!("bad MAC '{}'", ep.mac)))?;
@@ -206,20 +205,6 @@ impl Plugin {
             address.addr(),
         ));
         Ok(wire::join_response(&peer, multicast))
-    }
-
-    async fn wait_bridge(&self, bridge: &str) -> Result<(), Refused> {
-        let deadline = tokio::time::Instant::now() + BRIDGE_WAIT;
-        loop {
-            match self.attacher.netlink.link_index(bridge).await {
-                Ok(Some(_)) => return Ok(()),
-                Err(e) => return Err(Refused::bad(e.to_string())),
-                Ok(None) if tokio::time::Instant::now() >= deadline => {
-                    return Err(Refused::bad(format!("bridge {bridge} did not appear (is the agent connected?)")));
-                }
-                Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
     }
 
     async fn leave(&self, req: &EndpointRequest) -> Result<Value, Refused> {
