@@ -59,23 +59,6 @@ impl Attacher {
         Self { api, maps, node_id, node_name, mtu, netlink, lock: tokio::sync::Mutex::new(()), names: registry }
     }
 
-    /// Waits (at most 10 s) for the reconcile to make `bridge`: a subnet this
-    /// host left out (a member's, inside its LAN) gets one only once this
-    /// host's first allocation in it comes back in the map.
-    pub async fn wait_bridge(&self, bridge: &str) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.netlink.link_index(bridge).await {
-                Ok(Some(_)) => return Ok(()),
-                Err(e) => return Err(e.to_string()),
-                Ok(None) if tokio::time::Instant::now() >= deadline => {
-                    return Err(format!("bridge {bridge} did not appear (is the agent connected?)"));
-                }
-                Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    }
-
     /// The subnets `specs` name, checked against the map (waits a little for
     /// a subnet that was just added to reach it).
     async fn subnets(&self, specs: &[AddrSpec]) -> Result<Vec<(AddrSpec, Subnet)>, Refusal> {
@@ -295,7 +278,7 @@ impl Attacher {
                             _ => next_ifname(&used),
                         };
                         let host_if = host_ifname(c.inode, subnet.vni);
-                        self.wait_bridge(&bridge).await.map_err(Refusal::failed)?;
+                        self.netlink.wait_bridge(&bridge).await.map_err(|e| Refusal::failed(e.to_string()))?;
                         self.netlink.plug_veth(&host_if, &bridge, &c.netns, &ifname, self.mtu).await.map_err(failed)?;
                         created.push(ifname.clone());
                         used.push(ifname.clone());

@@ -110,6 +110,20 @@ impl Netlink {
         }
     }
 
+    /// Waits (at most 10 s) for the reconcile to make `bridge`: a subnet this
+    /// host left out (a member's, inside its LAN) gets one only once this
+    /// host's first allocation in it comes back in the map.
+    pub async fn wait_bridge(&self, bridge: &str) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.link_index(bridge).await?.is_none() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Dataplane(format!("bridge {bridge} did not appear (is the agent connected?)")));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     /// MTU of the interface that holds `ip` (the underlay), if any does.
     pub async fn mtu_of_address(&self, ip: IpAddr) -> Result<Option<u32>, Error> {
         let addrs: Vec<_> =
