@@ -51,6 +51,28 @@ pub fn addresses(list: &str) -> Vec<&str> {
     list.split(',').map(str::trim).filter(|a| !a.is_empty()).collect()
 }
 
+/// The IP addresses of the coordinators in `list` (see [`addresses`]), host
+/// names resolved now (blocking), IPv4-mapped ones as IPv4, sorted and
+/// without repeats; and the entries that resolved to nothing.
+pub fn resolve(list: &str) -> (Vec<std::net::IpAddr>, Vec<&str>) {
+    let (mut ips, mut unresolved) = (Vec::new(), Vec::new());
+    for addr in addresses(list) {
+        let found: Vec<std::net::IpAddr> = match addr.parse::<std::net::SocketAddr>() {
+            Ok(a) => vec![a.ip()],
+            Err(_) => std::net::ToSocketAddrs::to_socket_addrs(addr)
+                .map(|found| found.map(|a| a.ip()).collect())
+                .unwrap_or_default(),
+        };
+        if found.is_empty() {
+            unresolved.push(addr);
+        }
+        ips.extend(found.into_iter().map(|ip| ip.to_canonical()));
+    }
+    ips.sort();
+    ips.dedup();
+    (ips, unresolved)
+}
+
 /// Opens a TLS channel that trusts only `pin` to the first coordinator in
 /// `list` that answers (tried in turn). Connects eagerly so that a wrong
 /// address or pin fails here, with its cause.

@@ -43,26 +43,10 @@ pub fn lan(own_node: u64) -> HostLan {
 /// connection into an overlay bridge, so it is never installed here,
 /// whatever the coordinator accepted (a member adds subnets too).
 pub fn coordinator_ips(list: &str) -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> = weave_proto::client::addresses(list)
-        .into_iter()
-        .flat_map(|addr| match addr.parse::<std::net::SocketAddr>() {
-            Ok(a) => vec![a.ip()],
-            Err(_) => {
-                let found: Vec<IpAddr> = std::net::ToSocketAddrs::to_socket_addrs(addr)
-                    .map(|f| f.map(|a| a.ip()).collect())
-                    .unwrap_or_default();
-                if found.is_empty() {
-                    tracing::warn!(
-                        "coordinator {addr} does not resolve now: a subnet holding its address is not kept out here"
-                    );
-                }
-                found
-            }
-        })
-        .map(|ip| ip.to_canonical())
-        .collect();
-    ips.sort();
-    ips.dedup();
+    let (ips, unresolved) = weave_proto::client::resolve(list);
+    for addr in unresolved {
+        tracing::warn!("coordinator {addr} does not resolve now: a subnet holding its address is not kept out here");
+    }
     ips
 }
 

@@ -128,18 +128,9 @@ fn node_may_add(net: &IpNet, node: &str, allowed: &[IpNet]) -> Result<(), String
 /// address unless it is 0.0.0.0/::. A name that does not resolve adds
 /// nothing; each agent also checks the addresses it connects to itself.
 pub fn own_addresses(listen: SocketAddr, advertise: &str) -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> = Vec::new();
-    for addr in weave_proto::client::addresses(advertise) {
-        let resolved: Vec<IpAddr> = match addr.parse::<SocketAddr>() {
-            Ok(a) => vec![a.ip()],
-            Err(_) => std::net::ToSocketAddrs::to_socket_addrs(addr)
-                .map(|found| found.map(|a| a.ip()).collect())
-                .unwrap_or_default(),
-        };
-        if resolved.is_empty() {
-            tracing::warn!("--advertise {addr} does not resolve now: subnets over its address are not refused");
-        }
-        ips.extend(resolved.into_iter().map(|ip| ip.to_canonical()));
+    let (mut ips, unresolved) = weave_proto::client::resolve(advertise);
+    for addr in unresolved {
+        tracing::warn!("--advertise {addr} does not resolve now: subnets over its address are not refused");
     }
     if !listen.ip().is_unspecified() {
         ips.push(listen.ip().to_canonical());
