@@ -101,7 +101,7 @@ pub fn underlay_conflicts(
             })
             .or_else(|| {
                 let local = map.allocations.iter().any(|a| a.subnet_id == s.id && a.node_id == lan.own_node);
-                if local { None } else { lan.conflict(&net, s.added_by_node != 0) }
+                if local { None } else { lan.conflict(&net, s.added_by_node != 0 || s.by_member) }
             });
         if let Some(why) = why {
             out.insert(s.vni, format!("subnet {} skipped: it holds {why}", s.cidr));
@@ -341,6 +341,8 @@ mod tests {
                 Subnet { added_by_node: 2, ..subnet(15, "10.9.0.0/24") },
                 Subnet { added_by_node: 2, ..subnet(16, "172.20.0.0/24") },
                 Subnet { id: 17, added_by_node: 2, ..subnet(17, "192.168.1.64/29") },
+                // A removed member's: no node named any more, still a member's.
+                Subnet { by_member: true, ..subnet(18, "192.168.1.80/29") },
             ],
             ..Default::default()
         };
@@ -364,6 +366,8 @@ mod tests {
                 (14, "subnet 192.168.1.48/29 skipped: it holds part of this host's network 192.168.1.0/24 on eth0, \
                       and a member added it (only the admin's subnets may lie there)".into()),
                 (15, "subnet 10.9.0.0/24 skipped: it holds part of this host's network 10.0.0.0/8 on wg0, \
+                      and a member added it (only the admin's subnets may lie there)".into()),
+                (18, "subnet 192.168.1.80/29 skipped: it holds part of this host's network 192.168.1.0/24 on eth0, \
                       and a member added it (only the admin's subnets may lie there)".into()),
             ],
             "kept: vni 0 (not an L2 segment); 10.2.3.0/24, inside the broad 10.0.0.0/8 and over a /32 route, \

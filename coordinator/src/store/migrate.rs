@@ -89,6 +89,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("vni", Int),
             ("created_at", Int),
             ("added_by", OptInt),
+            ("by_member", Bool),
         ],
     ),
     (

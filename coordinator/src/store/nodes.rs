@@ -6,7 +6,7 @@ use weave_proto::v1::{self, map_change::Change};
 
 use super::{
     Store, Tx, now, parse_net,
-    rows::{self, NODE_COLUMNS},
+    rows::{self, NODE_COLUMNS, SUBNET_COLUMNS},
 };
 use crate::{
     error::{Error, Result},
@@ -243,8 +243,23 @@ impl Store {
         .bind(now())
         .execute(tx.c())
         .await?;
+        let its_subnets: Vec<i64> = db::query_scalar("SELECT id FROM subnets WHERE added_by = $1 ORDER BY id")
+            .bind(node.id as i64)
+            .fetch_all(tx.c())
+            .await?;
         db::query("DELETE FROM nodes WHERE id = $1").bind(node.id as i64).execute(tx.c()).await?;
         tx.record(Change::NodeRemoved(node.id)).await?;
+        // Its subnets stay (workloads elsewhere may use them); their
+        // `added_by` was just cleared (the foreign key), `by_member` stays. A
+        // change says so, or a watcher's map (snapshot plus changes) would
+        // still name the node where a fresh snapshot names none.
+        for id in its_subnets {
+            let row = db::query(sqlx::AssertSqlSafe(format!("SELECT {SUBNET_COLUMNS} FROM subnets WHERE id = $1")))
+                .bind(id)
+                .fetch_one(tx.c())
+                .await?;
+            tx.record(Change::SubnetAdded(rows::subnet(&row)?.record)).await?;
+        }
         self.commit(tx).await?;
         Ok((node, allocations, records))
     }

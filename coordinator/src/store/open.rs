@@ -259,6 +259,11 @@ mod tests {
                     "a304b0ee00eb8aa00b4b10bb7b1cd290084b1170872a21736abb0abbcbd55346a1fc912e35245b958c8536eba00893ab"
                         .to_string()
                 ),
+                (
+                    5,
+                    "27d33c2fac1beed42242ba50a93622995219664cc4160242619dd2644079a8eeccb808fa08d9628ba4461f48e0536ebd"
+                        .to_string()
+                ),
             ]
         );
         let pg: Vec<(i64, String)> =

@@ -57,7 +57,7 @@ pub(super) fn dns_record(r: &Row) -> Result<v1::DnsRecord> {
     })
 }
 
-pub(super) const SUBNET_COLUMNS: &str = "id, cidr, name, is_default, vni, added_by";
+pub(super) const SUBNET_COLUMNS: &str = "id, cidr, name, is_default, vni, added_by, by_member";
 
 /// A subnet row with its parsed network.
 #[derive(Debug, Clone)]
@@ -81,6 +81,7 @@ pub(super) fn subnet(r: &Row) -> Result<SubnetRow> {
             is_default: r.try_get("is_default")?,
             vni: r.try_get::<i64, _>("vni")? as u32,
             added_by_node: r.try_get::<Option<i64>, _>("added_by")?.unwrap_or(0) as u64,
+            by_member: r.try_get("by_member")?,
             allocated: 0,
             capacity: crate::ipam::capacity(&net).to_string(),
         },

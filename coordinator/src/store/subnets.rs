@@ -107,8 +107,8 @@ pub(super) async fn insert(
     let used: Vec<u32> = existing.iter().map(|s| s.vni).collect();
     let vni = (0..).map(|attempt| ipam::vni(net, attempt)).find(|v| !used.contains(v)).unwrap_or(1);
     let row = db::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO subnets (cidr, name, first_key, last_key, is_default, vni, created_at, added_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {SUBNET_COLUMNS}"
+        "INSERT INTO subnets (cidr, name, first_key, last_key, is_default, vni, created_at, added_by, by_member) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {SUBNET_COLUMNS}"
     )))
     .bind(net.to_string())
     .bind(name)
@@ -117,7 +117,8 @@ pub(super) async fn insert(
     .bind(is_default)
     .bind(i64::from(vni))
     .bind(now())
-    .bind(added_by.map(|a| a.id as i64))
+    .bind(added_by.as_ref().map(|a| a.id as i64))
+    .bind(added_by.is_some())
     .fetch_one(tx.c())
     .await?;
     let subnet = rows::subnet(&row)?.record;
