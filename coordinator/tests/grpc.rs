@@ -694,3 +694,37 @@ async fn endpoints_inside_the_overlay_or_not_unicast_are_refused() {
         "10.9.0.5 of node host1",
     );
 }
+
+/// AddSubnet and UpdateEndpoints side by side, sixty times: a subnet and a
+/// node endpoint inside it never both land. Each checks the other inside
+/// the store's write transaction; when the checks ran before it (the
+/// subnet against a read of the nodes, the endpoint against the map in
+/// memory), both could pass, and every agent then left that subnet out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subnet_and_an_endpoint_inside_it_never_both_land() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    let (_, mut node) = c.join("host1", 1).await;
+    let (mut subnets_won, mut endpoints_won) = (0, 0);
+    for i in 0..60u32 {
+        let net = format!("10.{}.{}.0/24", 100 + i / 250, i % 250);
+        let inside = format!("10.{}.{}.5:6784", 100 + i / 250, i % 250);
+        let eps = UpdateEndpointsRequest { node: String::new(), endpoints: vec![inside.clone()] };
+        let (added, moved) = tokio::join!(admin.subnets.add_subnet(subnet(&net)), node.nodes.update_endpoints(eps));
+        match (added, moved) {
+            (Ok(_), Ok(_)) => panic!("round {i}: subnet {net} and endpoint {inside} both landed"),
+            (Ok(_), Err(e)) => {
+                assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+                subnets_won += 1;
+            }
+            (Err(e), Ok(_)) => {
+                assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+                endpoints_won += 1;
+                let away = UpdateEndpointsRequest { node: String::new(), endpoints: vec!["198.51.100.1:6784".into()] };
+                node.nodes.update_endpoints(away).await.unwrap();
+            }
+            (Err(a), Err(b)) => panic!("round {i}: both refused: {a:?} / {b:?}"),
+        }
+    }
+    eprintln!("subnet first {subnets_won}, endpoint first {endpoints_won}");
+}

@@ -2,8 +2,8 @@ use tonic::{Request, Response, Status};
 use weave_proto::{
     cidr::parse_subnet,
     v1::{
-        AddSubnetRequest, ListSubnetsRequest, ListSubnetsResponse, Node, RemoveSubnetRequest, RemoveSubnetResponse,
-        Subnet, subnet_service_server::SubnetService,
+        AddSubnetRequest, ListSubnetsRequest, ListSubnetsResponse, RemoveSubnetRequest, RemoveSubnetResponse, Subnet,
+        subnet_service_server::SubnetService,
     },
 };
 
@@ -33,17 +33,13 @@ impl SubnetService for Subnets {
         if let Caller::Node { name, .. } = &caller {
             node_may_add(&net, name, &self.0.node_subnets).map_err(Error::PermissionDenied)?;
         }
-        let nodes = self.0.store.list_nodes().await?;
-        if let Some(conflict) = underlay_conflict(&net, &nodes, &self.0.underlay) {
-            return Err(Error::FailedPrecondition(format!(
-                "{net} contains {conflict}: every agent would route it into the overlay and cut that host off \
-                 its underlay; choose a subnet away from the hosts' real addresses"
-            ))
-            .into());
-        }
+        // The store checks the hosts' and the coordinators' addresses inside
+        // its write transaction: a join or endpoint update cannot slip in
+        // between the check and the insert.
+        let underlay = &self.0.underlay;
         let subnet = match &caller {
-            Caller::Node { id, name: node } => self.0.store.add_node_subnet(&net, *id, node).await?,
-            Caller::Admin => self.0.store.add_subnet(&net, name).await?,
+            Caller::Node { id, name: node } => self.0.store.add_node_subnet(&net, *id, node, underlay).await?,
+            Caller::Admin => self.0.store.add_subnet(&net, name, underlay).await?,
         };
         tracing::info!(subnet = %subnet.cidr, vni = subnet.vni, by = ?caller, "subnet added");
         Ok(Response::new(subnet))
@@ -71,29 +67,6 @@ impl SubnetService for Subnets {
         tracing::info!(subnet = %subnet.cidr, released, "subnet removed");
         Ok(Response::new(RemoveSubnetResponse { subnet: Some(subnet), released_allocations: released }))
     }
-}
-
-/// The first underlay address `net` would swallow, named for the error: a
-/// node's endpoint (how its peers reach it) or one of the coordinator's own
-/// addresses (how every agent reaches it). A subnet is routed into the
-/// overlay bridge on every host, so one holding such an address cuts that
-/// host off: checked for every caller, the admin too.
-fn underlay_conflict(net: &IpNet, nodes: &[Node], coordinator: &[IpAddr]) -> Option<String> {
-    for node in nodes {
-        // Its announced endpoints and the one it was seen at behind NAT, in
-        // either form of an IPv4 address (plain or IPv4-mapped IPv6).
-        let endpoint = node
-            .endpoints
-            .iter()
-            .chain(std::iter::once(&node.observed_endpoint))
-            .filter_map(|e| e.parse::<SocketAddr>().ok())
-            .map(|e| e.ip().to_canonical())
-            .find(|ip| net.contains(ip));
-        if let Some(ip) = endpoint {
-            return Some(format!("the underlay address {ip} of node {}", node.name));
-        }
-    }
-    coordinator.iter().find(|ip| net.contains(*ip)).map(|ip| format!("the coordinator's own address {ip}"))
 }
 
 /// Largest subnets a node may add: /16 (IPv4), /48 (IPv6).
@@ -143,6 +116,8 @@ pub fn own_addresses(listen: SocketAddr, advertise: &str) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::underlay_conflict;
+    use weave_proto::v1::Node;
 
     fn node(name: &str, endpoints: &[&str]) -> Node {
         Node { name: name.into(), endpoints: endpoints.iter().map(|e| e.to_string()).collect(), ..Default::default() }

@@ -51,6 +51,7 @@ pub use self::{
     dns::qualify_name,
     nodes::{JoinRequest, JoinedNode, check_outside_overlay},
     open::{Location, LocationError},
+    subnets::underlay_conflict,
     tokens::NewToken,
 };
 use crate::{
@@ -250,7 +251,7 @@ impl Store {
         .bind(created)
         .execute(tx.c())
         .await?;
-        subnets::insert(&mut tx, &settings.default_subnet, Some("default"), true, None).await?;
+        subnets::insert(&mut tx, &settings.default_subnet, Some("default"), true, None, &[]).await?;
         self.commit(tx).await?;
         self.reload_live().await?;
         let cluster = self.cluster().await?.ok_or_else(|| Error::NotFound("cluster settings vanished".into()))?;

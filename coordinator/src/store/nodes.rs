@@ -85,6 +85,20 @@ pub fn check_outside_overlay(endpoints: &[String], map: &v1::NetworkMap) -> Resu
     Ok(())
 }
 
+/// [`check_outside_overlay`] against the store as the write transaction
+/// `tx` sees it (the in-memory map may be a batch behind): a subnet added
+/// between a check and the write cannot come to hold the endpoint.
+async fn check_outside_overlay_in(tx: &mut Tx, endpoints: &[String]) -> Result<()> {
+    let row = db::query("SELECT range_cidr, node_range FROM cluster WHERE id = 1").fetch_one(tx.c()).await?;
+    let map = v1::NetworkMap {
+        range: row.try_get("range_cidr")?,
+        node_range: row.try_get("node_range")?,
+        subnets: super::subnets::all(tx.c(), false).await?,
+        ..Default::default()
+    };
+    check_outside_overlay(endpoints, &map)
+}
+
 pub(super) async fn all(c: &mut Conn) -> Result<Vec<v1::Node>> {
     let rows =
         db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY id"))).fetch_all(c).await?;
@@ -105,6 +119,7 @@ impl Store {
         // would otherwise map the overlay for anyone who knows the pin.
         self.with_map(|m| check_outside_overlay(&r.endpoints, m))?;
         let mut tx = self.begin().await?;
+        check_outside_overlay_in(&mut tx, &r.endpoints).await?;
         let t = now();
         let by_key = db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE public_key = $1")))
             .bind(&r.public_key[..])
@@ -211,6 +226,7 @@ impl Store {
         observed: Option<&str>,
     ) -> Result<v1::Node> {
         let mut tx = self.begin().await?;
+        check_outside_overlay_in(&mut tx, endpoints).await?;
         let row = db::query(sqlx::AssertSqlSafe(format!(
             "UPDATE nodes SET endpoints = $1, updated_at = $2, observed = CASE WHEN $5 THEN $4 ELSE observed END \
              WHERE id = $3 RETURNING {NODE_COLUMNS}"

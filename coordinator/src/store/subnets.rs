@@ -1,8 +1,10 @@
 //! Subnets: one L2 segment each. Overlaps are refused here (naming the
 //! subnet in the way) and, as a last line, by the schema's triggers.
+use std::net::{IpAddr, SocketAddr};
+
 use super::db::{self, Conn};
 use ipnet::IpNet;
-use weave_proto::v1::{self, map_change::Change};
+use weave_proto::v1::{self, Node, map_change::Change};
 
 use super::{
     Store, Tx,
@@ -49,6 +51,29 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// The first underlay address `net` would swallow, named for the error: a
+/// node's endpoint (how its peers reach it) or one of the coordinator's own
+/// addresses (how every agent reaches it). A subnet is routed into the
+/// overlay bridge on every host, so one holding such an address cuts that
+/// host off: checked for every caller, the admin too.
+pub fn underlay_conflict(net: &IpNet, nodes: &[Node], coordinator: &[IpAddr]) -> Option<String> {
+    for node in nodes {
+        // Its announced endpoints and the one it was seen at behind NAT, in
+        // either form of an IPv4 address (plain or IPv4-mapped IPv6).
+        let endpoint = node
+            .endpoints
+            .iter()
+            .chain(std::iter::once(&node.observed_endpoint))
+            .filter_map(|e| e.parse::<SocketAddr>().ok())
+            .map(|e| e.ip().to_canonical())
+            .find(|ip| net.contains(ip));
+        if let Some(ip) = endpoint {
+            return Some(format!("the underlay address {ip} of node {}", node.name));
+        }
+    }
+    coordinator.iter().find(|ip| net.contains(*ip)).map(|ip| format!("the coordinator's own address {ip}"))
+}
+
 /// A node that adds a subnet, and how many it may have added (None: no limit).
 pub(super) struct AddedBy<'a> {
     pub id: u64,
@@ -62,7 +87,15 @@ pub(super) async fn insert(
     name: Option<&str>,
     is_default: bool,
     added_by: Option<AddedBy<'_>>,
+    underlay: &[IpAddr],
 ) -> Result<v1::Subnet> {
+    let nodes = super::nodes::all(tx.c()).await?;
+    if let Some(conflict) = underlay_conflict(net, &nodes, underlay) {
+        return Err(Error::FailedPrecondition(format!(
+            "{net} contains {conflict}: every agent would route it into the overlay and cut that host off \
+             its underlay; choose a subnet away from the hosts' real addresses"
+        )));
+    }
     let node_range: String = db::query_scalar("SELECT node_range FROM cluster WHERE id = 1").fetch_one(tx.c()).await?;
     let node_range = parse_net(node_range)?;
     if ipam::overlaps(net, &node_range) {
@@ -127,19 +160,27 @@ pub(super) async fn insert(
 }
 
 impl Store {
-    pub async fn add_subnet(&self, net: &IpNet, name: Option<&str>) -> Result<v1::Subnet> {
+    /// A subnet of the admin's; `underlay`: the coordinators' own addresses,
+    /// which no subnet may hold (nor any node's endpoint).
+    pub async fn add_subnet(&self, net: &IpNet, name: Option<&str>, underlay: &[IpAddr]) -> Result<v1::Subnet> {
         let mut tx = self.begin().await?;
-        let subnet = insert(&mut tx, net, name, false, None).await?;
+        let subnet = insert(&mut tx, net, name, false, None, underlay).await?;
         self.commit(tx).await?;
         Ok(subnet)
     }
 
     /// An unnamed subnet added by node `node_id` (`node_name` for errors),
     /// within its `--node-subnet-quota`.
-    pub async fn add_node_subnet(&self, net: &IpNet, node_id: u64, node_name: &str) -> Result<v1::Subnet> {
+    pub async fn add_node_subnet(
+        &self,
+        net: &IpNet,
+        node_id: u64,
+        node_name: &str,
+        underlay: &[IpAddr],
+    ) -> Result<v1::Subnet> {
         let mut tx = self.begin().await?;
         let added_by = AddedBy { id: node_id, name: node_name, quota: self.node_subnet_quota };
-        let subnet = insert(&mut tx, net, None, false, Some(added_by)).await?;
+        let subnet = insert(&mut tx, net, None, false, Some(added_by), underlay).await?;
         self.commit(tx).await?;
         Ok(subnet)
     }
