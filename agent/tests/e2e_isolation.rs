@@ -227,9 +227,39 @@ fn a_workload_reaches_its_host_only_at_the_exposed_address_and_never_over_ipv6()
     for to in [node, bed.hosts[0].ip] {
         assert!(!udp_arrives(&host, &a, (to, 9999).into()), "a's datagram reached the host at {to}");
     }
-    // Control: once exposed on the subnet, the host is reached at that address.
+    // Nor at another local address inside the subnet (a /32 on lo, as
+    // kube-proxy puts ClusterIPs on kube-ipvs0), nor the host's sockets by
+    // multicast: the host is on no segment it is not exposed on (found by a
+    // review: multicast reached a socket bound to 0.0.0.0, and the /32 once
+    // the host was exposed, checked below).
+    let inside = inside_subnet_of(&a, 250);
+    ok_in(&host, &["ip", "addr", "add", &format!("{inside}/32"), "dev", "lo"]);
+    let mac = mac_of(&host, &bridge);
+    ok_in(&a, &["ip", "neigh", "replace", &inside.to_string(), "lladdr", &mac, "dev", "ethwe", "nud", "permanent"]);
+    ok_in(&a, &["ip", "route", "replace", "224.0.0.0/4", "dev", "ethwe"]);
+    let all_hosts = Ipv4Addr::new(224, 0, 0, 1);
+    for to in [inside, all_hosts] {
+        assert!(!udp_arrives(&host, &a, (to, 9999).into()), "a's datagram reached the host at {to}");
+    }
+    // Control: once exposed on the subnet, the host is reached at that
+    // address, and the segment's multicast reaches it; the /32 still not.
     let exposed = expose(&bed, 0, &[])[0];
     assert!(udp_arrives(&host, &a, (exposed, 9999).into()), "a did not reach the exposed host at {exposed}");
+    assert!(udp_arrives(&host, &a, (all_hosts, 9999).into()), "the exposed host did not get the multicast");
+    assert!(!udp_arrives(&host, &a, (inside, 9999).into()), "a reached the host's {inside} once exposed");
+}
+
+/// An address in `ns`'s subnet (of its `ethwe`) with the last octet `last`.
+fn inside_subnet_of(ns: &str, last: u8) -> Ipv4Addr {
+    let out = ok_in(ns, &["ip", "-4", "-o", "addr", "show", "ethwe"]);
+    let cidr = out.split_whitespace().skip_while(|w| *w != "inet").nth(1).expect("an IPv4 address");
+    let ip: Ipv4Addr = cidr.split('/').next().unwrap().parse().unwrap();
+    Ipv4Addr::from(u32::from(ip) & !0xff | u32::from(last))
+}
+
+fn mac_of(ns: &str, dev: &str) -> String {
+    let out = ok_in(ns, &["ip", "-o", "link", "show", dev]);
+    out.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).expect("a MAC").to_string()
 }
 
 /// A member (its host, with a valid place in the mesh) reaches another host
@@ -264,4 +294,27 @@ fn a_peer_host_reaches_another_host_through_the_tunnel_only_at_an_exposed_addres
     // And still not the node address.
     ok_in(&ws, &["ip", "route", "add", "10.47.0.0/16", "dev", "ethwe"]);
     assert!(!udp_arrives(&h2, &ws, (node2, 9999).into()), "the workload reached h2's node address");
+    // Nor another local address of h2 inside the subnet (a /32 on lo, as
+    // kube-proxy's ClusterIPs on kube-ipvs0; found by a review). A
+    // member's own agent would send there at will; here h2 holds the address
+    // in the map, so that h1's stock router carries the datagram to h2.
+    let inside = inside_subnet_of(&ws, 251);
+    let node = bed.hosts[1].name.clone();
+    bed.admin(move |mut api| async move {
+        let r = weave_proto::v1::AllocateRequest {
+            node,
+            container: "svc-vip".into(),
+            subnet: "default".into(),
+            address: inside.to_string(),
+            ..Default::default()
+        };
+        api.ipam.allocate(r).await.expect("an address for h2");
+    });
+    ok_in(&h2, &["ip", "addr", "add", &format!("{inside}/32"), "dev", "lo"]);
+    wait_for("h1 to route the address to h2", Duration::from_secs(10), || {
+        ok_in(&h1, &["ip", "route", "get", &inside.to_string()]).contains("wvtun0").then_some(())
+    });
+    for _ in 0..2 {
+        assert!(!udp_arrives(&h2, &ws, (inside, 9999).into()), "h1's workload reached h2's local {inside}");
+    }
 }

@@ -438,6 +438,9 @@ impl Attacher {
                 }
                 return Err(failed(e));
             }
+            if !crate::host::firewall::wait_open(*ip, Duration::from_secs(5)).await {
+                tracing::warn!(%ip, "exposed, but the firewall does not let workloads in there yet");
+            }
             result.push(Attached {
                 address: format!("{ip}/{len}"),
                 subnet: subnet.cidr.clone(),

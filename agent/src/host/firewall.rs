@@ -10,6 +10,8 @@
 //! tables are replaced as a whole, or, when only set elements change, just
 //! those elements are added and deleted). Replacing it with netlink touches only here.
 use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -42,7 +44,25 @@ async fn nft(script: &str) -> Result<(), Error> {
 }
 
 pub async fn apply(rules: &Rules) -> Result<(), Error> {
-    nft(&ruleset(rules)).await
+    nft(&ruleset(rules)).await?;
+    publish(rules);
+    Ok(())
+}
+
+/// The exposed addresses the applied rules let workloads in at.
+static OPEN: std::sync::LazyLock<watch::Sender<BTreeSet<Ipv4Addr>>> =
+    std::sync::LazyLock::new(|| watch::channel(BTreeSet::new()).0);
+
+fn publish(rules: &Rules) {
+    OPEN.send_replace(rules.segments.iter().filter_map(|s| s.exposed).collect());
+}
+
+/// Waits, at most `limit`, until the applied rules let workloads reach this
+/// host at `ip` (an exposed address comes into the rules with the map change
+/// that its allocation makes): `weavectl expose` returns once it works.
+pub async fn wait_open(ip: Ipv4Addr, limit: Duration) -> bool {
+    let mut open = OPEN.subscribe();
+    matches!(tokio::time::timeout(limit, open.wait_for(|o| o.contains(&ip))).await, Ok(Ok(_)))
 }
 
 /// One source-guard update at a time: each reads the ports and replaces the
@@ -115,7 +135,10 @@ pub async fn keep(
             let elements = applied.as_ref().and_then(|old| update(old, &rules));
             let result = match elements {
                 Some(script) => match nft(&script).await {
-                    Ok(()) => Ok(()),
+                    Ok(()) => {
+                        publish(&rules);
+                        Ok(())
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "isolation set update failed; replacing the tables");
                         apply(&rules).await.inspect(|()| reloaded = Instant::now())

@@ -32,7 +32,7 @@ use weave_proto::v1::NetworkMap;
 
 use super::{
     kernel::{BRIDGE_PREFIX, TUN_NAME, VXLAN_PORT, bridge_name},
-    reconcile::{remote_workloads, segment_subnets},
+    reconcile::{exposed_addresses, remote_workloads, segment_subnets},
 };
 
 pub const TABLE: &str = "weave";
@@ -44,6 +44,9 @@ pub struct Segment {
     pub subnet: Ipv4Net,
     /// Workloads (and exposed hosts) of the subnet on other nodes.
     pub remote: BTreeSet<Ipv4Addr>,
+    /// This host's address in the subnet (`weavectl expose`), if exposed:
+    /// the one address at which workloads and remote workloads reach it.
+    pub exposed: Option<Ipv4Addr>,
 }
 
 /// Everything the rules are made of, from one map.
@@ -59,12 +62,14 @@ pub struct Rules {
 /// The segments of `map`, seen from `own_node`.
 pub fn segments(map: &NetworkMap, own_node: u64) -> Vec<Segment> {
     let mut remote = remote_workloads(map, own_node);
+    let mut exposed = exposed_addresses(map, own_node);
     segment_subnets(map)
         .into_iter()
         .map(|(vni, subnet)| Segment {
             bridge: bridge_name(vni),
             subnet,
             remote: remote.remove(&vni).unwrap_or_default(),
+            exposed: exposed.remove(&vni),
         })
         .collect()
 }
@@ -177,12 +182,11 @@ pub fn ruleset(rules: &Rules) -> String {
     // A port mapping's replies (the host reaching a published port itself,
     // DNATed to a workload) are the one exception, as in the other chains.
     out += "    ct status dnat accept\n";
+    // Nothing else from a bridge: no other local address (a /32 on lo or
+    // kube-ipvs0 inside the subnet included), no broadcast or multicast to
+    // the host's sockets unless it is exposed there.
     vmap(&mut out, "iifname", segments, "input_seg");
-    let _ = write!(
-        out,
-        "    iifname \"{BRIDGE_PREFIX}*\" meta nfproto ipv6 drop\n    \
-         iifname \"{BRIDGE_PREFIX}*\" fib daddr type local drop\n  }}\n"
-    );
+    let _ = writeln!(out, "    iifname \"{BRIDGE_PREFIX}*\" drop\n  }}");
     // From a peer over the tunnel, the host takes only VXLAN (above),
     // answers to its own connections, and a subnet's remote workloads at
     // the address it was exposed with there: a member must not reach the
@@ -190,13 +194,20 @@ pub fn ruleset(rules: &Rules) -> String {
     // underlay firewall that lets only WireGuard between hosts.
     out += "  chain input_tun {\n    ct state established,related accept\n    ct status dnat accept\n";
     for (i, s) in segments.iter().enumerate() {
-        let _ = writeln!(out, "    ip saddr @remote{i} ip daddr {} accept", s.subnet);
+        if let Some(exposed) = s.exposed {
+            let _ = writeln!(out, "    ip saddr @remote{i} ip daddr {exposed} accept");
+        }
     }
     // A peer's node address may ping this host's (a diagnostic of the tunnel
     // itself; no service answers it).
     out += "    ip saddr @peers icmp type echo-request accept\n    drop\n  }\n";
     for (i, s) in segments.iter().enumerate() {
-        let _ = write!(out, "  chain input_seg{i} {{\n    ip daddr {} accept\n  }}\n", s.subnet);
+        let _ = writeln!(out, "  chain input_seg{i} {{");
+        if let Some(exposed) = s.exposed {
+            let _ =
+                writeln!(out, "    ip daddr {exposed} accept\n    fib daddr type {{ broadcast, multicast }} accept");
+        }
+        out += "  }\n";
     }
     // Port mappings (CNI portmap, DNAT) are the one explicit way in. Within a
     // bridge anything goes; between a bridge and the TUN only the subnet's
@@ -257,7 +268,11 @@ pub fn ruleset(rules: &Rules) -> String {
 pub fn update(old: &Rules, new: &Rules) -> Option<String> {
     let same_chains = old.overlay == new.overlay
         && old.segments.len() == new.segments.len()
-        && old.segments.iter().zip(&new.segments).all(|(a, b)| a.bridge == b.bridge && a.subnet == b.subnet);
+        && old
+            .segments
+            .iter()
+            .zip(&new.segments)
+            .all(|(a, b)| a.bridge == b.bridge && a.subnet == b.subnet && a.exposed == b.exposed);
     if !same_chains {
         return None;
     }
@@ -281,208 +296,4 @@ pub fn update(old: &Rules, new: &Rules) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The body of chain `name` in a ruleset (its rules, one per line).
-    fn chain<'a>(r: &'a str, name: &str) -> &'a str {
-        let head = format!("  chain {name} {{\n");
-        let start = r.find(&head).unwrap_or_else(|| panic!("chain {name} in\n{r}")) + head.len();
-        let body = &r[start..start + r[start..].find("  }\n").unwrap()];
-        // Base chains: without their hook line.
-        body.strip_prefix("    type ").map_or(body, |b| &b[b.find('\n').unwrap() + 1..])
-    }
-
-    #[test]
-    fn a_packet_meets_as_many_rules_with_64_segments_as_with_one() {
-        let segs = |n: u32| Rules {
-            segments: (0..n)
-                .map(|i| Segment {
-                    bridge: bridge_name(i + 1),
-                    subnet: format!("10.100.{i}.0/24").parse().unwrap(),
-                    remote: [format!("10.100.{i}.9").parse().unwrap()].into(),
-                })
-                .collect(),
-            ..Default::default()
-        };
-        let (one, many) = (ruleset(&segs(1)), ruleset(&segs(64)));
-        // The base chains (what every packet of a hook meets) and a segment's
-        // own chains have as many rules; only the maps grow.
-        for name in [
-            "prerouting",
-            "input",
-            "forward",
-            "output",
-            "mss",
-            "input_seg0",
-            "forward_seg0",
-            "forward_tun",
-            "forward_tun_seg0",
-            "output_seg0",
-        ] {
-            assert_eq!(chain(&one, name).lines().count(), chain(&many, name).lines().count(), "chain {name}");
-        }
-        assert!(chain(&many, "forward").contains("\"wvbr-64\" : jump forward_seg63"), "{many}");
-        assert!(chain(&many, "output_seg63").contains("ip saddr != 10.100.63.0/24 drop"), "{many}");
-        // Only the TUN's input to the host itself (a new connection from a
-        // remote workload to its host's exposed address) walks the segments.
-        assert_eq!(chain(&many, "input_tun").lines().count(), 64 + 4);
-        // No segments: no maps (nft refuses an empty one) and no segment chains.
-        let none = ruleset(&Rules::default());
-        assert!(!none.contains("vmap") && !none.contains("_seg"), "{none}");
-    }
-
-    #[test]
-    fn the_ruleset_replaces_the_tables_and_routes_only_within_a_subnet() {
-        let seg = |vni, subnet: &str, remote: &[&str]| Segment {
-            bridge: bridge_name(vni),
-            subnet: subnet.parse().unwrap(),
-            remote: remote.iter().map(|a| a.parse().unwrap()).collect(),
-        };
-        let segments = vec![seg(5, "10.32.0.0/16", &["10.32.0.7", "10.32.0.9"]), seg(9, "10.2.3.0/24", &[])];
-        let r = ruleset(&Rules { segments, ..Default::default() });
-        assert!(r.starts_with("table inet weave {}\ndelete table inet weave\ntable bridge weave {}\n"), "{r}");
-        assert!(r.contains("elements = { 10.32.0.7, 10.32.0.9 }"), "{r}");
-        // One map lookup on the input interface picks the segment's chain;
-        // anything else into or out of a bridge or the TUN is dropped.
-        let forward = chain(&r, "forward");
-        assert!(
-            forward.contains(
-                "    ct status dnat accept\n    iifname vmap { \"wvbr-5\" : jump forward_seg0, \
-                 \"wvbr-9\" : jump forward_seg1, \"wvtun0\" : jump forward_tun }\n    iifname \"wvbr-*\" drop\n    \
-                 oifname \"wvbr-*\" drop\n    iifname \"wvtun0\" drop\n    oifname \"wvtun0\" drop\n"
-            ),
-            "{forward}"
-        );
-        // Within a bridge anything; from it to the TUN only the subnet to its remote workloads.
-        assert_eq!(
-            chain(&r, "forward_seg0"),
-            "    oifname \"wvbr-5\" accept\n    \
-             oifname \"wvtun0\" ip saddr 10.32.0.0/16 ip daddr @remote0 accept\n    drop\n"
-        );
-        assert_eq!(
-            chain(&r, "forward_seg1"),
-            "    oifname \"wvbr-9\" accept\n    \
-             oifname \"wvtun0\" ip saddr 10.2.3.0/24 ip daddr @remote1 accept\n    drop\n"
-        );
-        // From the TUN only a segment's remote workloads to the segment.
-        assert_eq!(
-            chain(&r, "forward_tun"),
-            "    oifname vmap { \"wvbr-5\" : jump forward_tun_seg0, \"wvbr-9\" : jump forward_tun_seg1 }\n    drop\n"
-        );
-        assert_eq!(chain(&r, "forward_tun_seg1"), "    ip saddr @remote1 ip daddr 10.2.3.0/24 accept\n    drop\n");
-        // The host on a segment only from its address there.
-        assert!(
-            chain(&r, "output").contains(
-                "    oifname vmap { \"wvbr-5\" : jump output_seg0, \"wvbr-9\" : jump output_seg1 }\n    \
-                 oifname \"wvbr-*\" meta nfproto ipv6 drop\n"
-            ),
-            "{r}"
-        );
-        assert_eq!(chain(&r, "output_seg1"), "    ip saddr != 10.2.3.0/24 drop\n");
-        assert!(r.contains("iifname \"wvvx-*\" ether type arp drop"), "{r}");
-        // TCP through the TUN has its MSS clamped to the route's MTU, both ways.
-        let mss = &r[r.find("chain mss").unwrap()..r.find("table bridge weave {\n").unwrap()];
-        assert!(mss.contains("hook forward priority mangle;"), "{mss}");
-        assert!(mss.contains("oifname \"wvtun0\" tcp flags syn tcp option maxseg size set rt mtu\n"), "{mss}");
-        assert!(mss.contains("iifname \"wvtun0\" tcp flags syn tcp option maxseg size set rt mtu\n"), "{mss}");
-    }
-
-    #[test]
-    fn workloads_reach_their_host_only_at_its_exposed_address_and_never_over_ipv6() {
-        let seg = |vni, subnet: &str| Segment {
-            bridge: bridge_name(vni),
-            subnet: subnet.parse().unwrap(),
-            remote: BTreeSet::new(),
-        };
-        let r = ruleset(&Rules { segments: vec![seg(5, "10.32.0.0/16"), seg(9, "10.2.3.0/24")], ..Default::default() });
-        let input = chain(&r, "input");
-        let exposed = input.find("iifname vmap { \"wvbr-5\" : jump input_seg0, \"wvbr-9\" : jump input_seg1 }\n");
-        let exposed = exposed.expect("each bridge to its segment's chain");
-        assert_eq!(chain(&r, "input_seg1"), "    ip daddr 10.2.3.0/24 accept\n", "own subnet's address");
-        assert!(input.find("ct status dnat accept").is_some_and(|d| d < exposed), "{input}");
-        let v6 = input.find("iifname \"wvbr-*\" meta nfproto ipv6 drop").expect("no IPv6 to the host");
-        let local = input.find("iifname \"wvbr-*\" fib daddr type local drop").expect("no other host address");
-        assert!(exposed < v6 && v6 < local, "{input}");
-        assert!(chain(&r, "output").contains("oifname \"wvbr-*\" meta nfproto ipv6 drop"), "{r}");
-        // IPv4 unicast never crosses VXLAN (it is routed): a member cannot
-        // inject frames with another node's workload as their source.
-        assert!(
-            r.contains("iifname \"wvvx-*\" ether type ip ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop"),
-            "{r}"
-        );
-    }
-
-    #[test]
-    fn the_overlay_is_sealed_from_the_underlay_and_vxlan_comes_only_from_peers_over_the_tun() {
-        use weave_proto::v1::{Node, Subnet};
-        let node = |id, address: &str| Node { id, address: address.into(), ..Default::default() };
-        let subnet = |cidr: &str, vni| Subnet { cidr: cidr.into(), vni, ..Default::default() };
-        let map = NetworkMap {
-            node_range: "10.47.0.0/16".into(),
-            nodes: vec![node(1, "10.47.0.1"), node(2, "10.47.0.2"), node(3, "10.47.0.3")],
-            // Nested ranges merge into one interval (the kernel refuses overlaps):
-            // the default subnet and the node range lie inside 10.32.0.0/12.
-            subnets: vec![subnet("10.32.0.0/12", 0), subnet("10.32.0.0/16", 5), subnet("10.2.3.0/24", 9)],
-            ..Default::default()
-        };
-        let rules = rules(&map, 1, &[], &Default::default());
-        assert_eq!(rules.peers, ["10.47.0.2", "10.47.0.3"].iter().map(|a| a.parse().unwrap()).collect());
-        let r = ruleset(&rules);
-        assert!(r.contains("set peers {\n    type ipv4_addr\n    elements = { 10.47.0.2, 10.47.0.3 }\n"), "{r}");
-        assert!(r.contains("flags interval\n    elements = { 10.2.3.0/24, 10.32.0.0/12 }\n"), "{r}");
-        // From the underlay, nothing to or from an overlay address; raw priority (before DNAT).
-        let pre = &r[r.find("chain prerouting").expect("a prerouting chain")..];
-        assert!(pre.starts_with("chain prerouting {\n    type filter hook prerouting priority raw;"), "{r}");
-        let accept = pre.find("iifname { \"lo\", \"wvtun0\" } accept\n    iifname \"wvbr-*\" accept\n").unwrap();
-        assert!(accept < pre.find("ip daddr @overlay drop\n    ip saddr @overlay drop").unwrap(), "{r}");
-        // VXLAN: from the TUN, by a peer's node address, else dropped.
-        assert!(
-            r.contains("iifname \"wvtun0\" ip saddr @peers udp dport 4789 accept\n    udp dport 4789 drop\n"),
-            "{r}"
-        );
-        // Nothing else from a peer over the TUN reaches the host: answers to
-        // its own connections, and a subnet's remote workloads at the
-        // host's (exposed) address in that subnet.
-        assert!(chain(&r, "input").contains("udp dport 4789 drop\n    iifname \"wvtun0\" jump input_tun\n"), "{r}");
-        let tun = "    ct state established,related accept\n    ct status dnat accept\n    \
-                   ip saddr @remote0 ip daddr 10.32.0.0/16 accept\n    \
-                   ip saddr @remote1 ip daddr 10.2.3.0/24 accept\n    \
-                   ip saddr @peers icmp type echo-request accept\n    drop\n";
-        assert_eq!(chain(&r, "input_tun"), tun, "{r}");
-        assert_eq!(ruleset(&Rules::default()).matches("set peers {\n    type ipv4_addr\n  }").count(), 1);
-    }
-
-    #[test]
-    fn element_changes_update_the_sets_and_anything_else_replaces_the_tables() {
-        let seg = |vni, subnet: &str, remote: &[&str]| Segment {
-            bridge: bridge_name(vni),
-            subnet: subnet.parse().unwrap(),
-            remote: remote.iter().map(|a| a.parse().unwrap()).collect(),
-        };
-        let peers = |p: &[&str]| p.iter().map(|a| a.parse().unwrap()).collect();
-        let old = Rules {
-            segments: vec![seg(5, "10.32.0.0/16", &["10.32.0.7", "10.32.0.9"]), seg(9, "10.2.3.0/24", &[])],
-            peers: peers(&["10.47.0.2"]),
-            overlay: ["10.32.0.0/12".parse().unwrap()].into(),
-        };
-        let mut new = old.clone();
-        new.segments[0].remote.remove(&"10.32.0.9".parse().unwrap());
-        new.segments[1].remote.extend(["10.2.3.4".parse::<Ipv4Addr>().unwrap(), "10.2.3.5".parse().unwrap()]);
-        new.peers = peers(&["10.47.0.3"]);
-        assert_eq!(
-            update(&old, &new).unwrap(),
-            "delete element inet weave remote0 { 10.32.0.9 }\n\
-             add element inet weave remote1 { 10.2.3.4, 10.2.3.5 }\n\
-             delete element inet weave peers { 10.47.0.2 }\n\
-             add element inet weave peers { 10.47.0.3 }\n"
-        );
-        assert_eq!(update(&old, &old).unwrap(), "");
-        let mut other = new.clone();
-        other.segments.pop();
-        assert_eq!(update(&old, &other), None, "a segment went: the chains change");
-        let mut other = new.clone();
-        other.overlay.insert("10.2.3.0/24".parse().unwrap());
-        assert_eq!(update(&old, &other), None, "the overlay changed");
-    }
-}
+mod tests;

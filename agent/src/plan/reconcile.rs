@@ -54,6 +54,16 @@ pub fn remote_workloads(map: &NetworkMap, own_node: u64) -> BTreeMap<u32, BTreeS
     out
 }
 
+/// This host's exposed address (its `host:` allocation) per segment, by vni.
+pub fn exposed_addresses(map: &NetworkMap, own_node: u64) -> BTreeMap<u32, Ipv4Addr> {
+    let vni_of: BTreeMap<u64, u32> = map.subnets.iter().filter(|s| s.vni != 0).map(|s| (s.id, s.vni)).collect();
+    map.allocations
+        .iter()
+        .filter(|a| a.node_id == own_node && a.container.starts_with("host:"))
+        .filter_map(|a| Some((*vni_of.get(&a.subnet_id)?, allocation_address(&a.address)?)))
+        .collect()
+}
+
 /// The subnets with a segment, by vni.
 pub fn segment_subnets(map: &NetworkMap) -> BTreeMap<u32, Ipv4Net> {
     map.subnets
@@ -76,12 +86,7 @@ impl Desired {
         let proxies = remote_workloads(map, own_node);
         // This host's exposed address per segment: the source of its own traffic to remote workloads.
         let vni_of: BTreeMap<u64, u32> = map.subnets.iter().map(|s| (s.id, s.vni)).collect();
-        let exposed: BTreeMap<u32, Ipv4Addr> = map
-            .allocations
-            .iter()
-            .filter(|a| a.node_id == own_node && a.container.starts_with("host:"))
-            .filter_map(|a| Some((*vni_of.get(&a.subnet_id)?, allocation_address(&a.address)?)))
-            .collect();
+        let exposed = exposed_addresses(map, own_node);
         let routes = proxies
             .iter()
             .flat_map(|(vni, ips)| ips.iter().map(|ip| (*ip, exposed.get(vni).copied())))

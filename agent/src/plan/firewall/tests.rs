@@ -1,0 +1,222 @@
+//! The ruleset's text: what each hook's chains accept and drop.
+use super::*;
+
+/// The body of chain `name` in a ruleset (its rules, one per line).
+fn chain<'a>(r: &'a str, name: &str) -> &'a str {
+    let head = format!("  chain {name} {{\n");
+    let start = r.find(&head).unwrap_or_else(|| panic!("chain {name} in\n{r}")) + head.len();
+    let body = &r[start..start + r[start..].find("  }\n").unwrap()];
+    // Base chains: without their hook line.
+    body.strip_prefix("    type ").map_or(body, |b| &b[b.find('\n').unwrap() + 1..])
+}
+
+#[test]
+fn a_packet_meets_as_many_rules_with_64_segments_as_with_one() {
+    let segs = |n: u32| Rules {
+        segments: (0..n)
+            .map(|i| Segment {
+                bridge: bridge_name(i + 1),
+                subnet: format!("10.100.{i}.0/24").parse().unwrap(),
+                remote: [format!("10.100.{i}.9").parse().unwrap()].into(),
+                exposed: Some(format!("10.100.{i}.1").parse().unwrap()),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let (one, many) = (ruleset(&segs(1)), ruleset(&segs(64)));
+    // The base chains (what every packet of a hook meets) and a segment's
+    // own chains have as many rules; only the maps grow.
+    for name in [
+        "prerouting",
+        "input",
+        "forward",
+        "output",
+        "mss",
+        "input_seg0",
+        "forward_seg0",
+        "forward_tun",
+        "forward_tun_seg0",
+        "output_seg0",
+    ] {
+        assert_eq!(chain(&one, name).lines().count(), chain(&many, name).lines().count(), "chain {name}");
+    }
+    assert!(chain(&many, "forward").contains("\"wvbr-64\" : jump forward_seg63"), "{many}");
+    assert!(chain(&many, "output_seg63").contains("ip saddr != 10.100.63.0/24 drop"), "{many}");
+    // Only the TUN's input to the host itself (a new connection from a
+    // remote workload to its host's exposed address) walks the segments.
+    assert_eq!(chain(&many, "input_tun").lines().count(), 64 + 4);
+    // No segments: no maps (nft refuses an empty one) and no segment chains.
+    let none = ruleset(&Rules::default());
+    assert!(!none.contains("vmap") && !none.contains("_seg"), "{none}");
+}
+
+#[test]
+fn the_ruleset_replaces_the_tables_and_routes_only_within_a_subnet() {
+    let seg = |vni, subnet: &str, remote: &[&str]| Segment {
+        bridge: bridge_name(vni),
+        subnet: subnet.parse().unwrap(),
+        remote: remote.iter().map(|a| a.parse().unwrap()).collect(),
+        exposed: None,
+    };
+    let segments = vec![seg(5, "10.32.0.0/16", &["10.32.0.7", "10.32.0.9"]), seg(9, "10.2.3.0/24", &[])];
+    let r = ruleset(&Rules { segments, ..Default::default() });
+    assert!(r.starts_with("table inet weave {}\ndelete table inet weave\ntable bridge weave {}\n"), "{r}");
+    assert!(r.contains("elements = { 10.32.0.7, 10.32.0.9 }"), "{r}");
+    // One map lookup on the input interface picks the segment's chain;
+    // anything else into or out of a bridge or the TUN is dropped.
+    let forward = chain(&r, "forward");
+    assert!(
+        forward.contains(
+            "    ct status dnat accept\n    iifname vmap { \"wvbr-5\" : jump forward_seg0, \
+             \"wvbr-9\" : jump forward_seg1, \"wvtun0\" : jump forward_tun }\n    iifname \"wvbr-*\" drop\n    \
+             oifname \"wvbr-*\" drop\n    iifname \"wvtun0\" drop\n    oifname \"wvtun0\" drop\n"
+        ),
+        "{forward}"
+    );
+    // Within a bridge anything; from it to the TUN only the subnet to its remote workloads.
+    assert_eq!(
+        chain(&r, "forward_seg0"),
+        "    oifname \"wvbr-5\" accept\n    \
+         oifname \"wvtun0\" ip saddr 10.32.0.0/16 ip daddr @remote0 accept\n    drop\n"
+    );
+    assert_eq!(
+        chain(&r, "forward_seg1"),
+        "    oifname \"wvbr-9\" accept\n    \
+         oifname \"wvtun0\" ip saddr 10.2.3.0/24 ip daddr @remote1 accept\n    drop\n"
+    );
+    // From the TUN only a segment's remote workloads to the segment.
+    assert_eq!(
+        chain(&r, "forward_tun"),
+        "    oifname vmap { \"wvbr-5\" : jump forward_tun_seg0, \"wvbr-9\" : jump forward_tun_seg1 }\n    drop\n"
+    );
+    assert_eq!(chain(&r, "forward_tun_seg1"), "    ip saddr @remote1 ip daddr 10.2.3.0/24 accept\n    drop\n");
+    // The host on a segment only from its address there.
+    assert!(
+        chain(&r, "output").contains(
+            "    oifname vmap { \"wvbr-5\" : jump output_seg0, \"wvbr-9\" : jump output_seg1 }\n    \
+             oifname \"wvbr-*\" meta nfproto ipv6 drop\n"
+        ),
+        "{r}"
+    );
+    assert_eq!(chain(&r, "output_seg1"), "    ip saddr != 10.2.3.0/24 drop\n");
+    assert!(r.contains("iifname \"wvvx-*\" ether type arp drop"), "{r}");
+    // TCP through the TUN has its MSS clamped to the route's MTU, both ways.
+    let mss = &r[r.find("chain mss").unwrap()..r.find("table bridge weave {\n").unwrap()];
+    assert!(mss.contains("hook forward priority mangle;"), "{mss}");
+    assert!(mss.contains("oifname \"wvtun0\" tcp flags syn tcp option maxseg size set rt mtu\n"), "{mss}");
+    assert!(mss.contains("iifname \"wvtun0\" tcp flags syn tcp option maxseg size set rt mtu\n"), "{mss}");
+}
+
+#[test]
+fn workloads_reach_their_host_only_at_its_exposed_address_and_never_over_ipv6() {
+    let seg = |vni, subnet: &str| Segment {
+        bridge: bridge_name(vni),
+        subnet: subnet.parse().unwrap(),
+        remote: BTreeSet::new(),
+        exposed: None,
+    };
+    let on = Segment { exposed: Some("10.2.3.1".parse().unwrap()), ..seg(9, "10.2.3.0/24") };
+    let r = ruleset(&Rules { segments: vec![seg(5, "10.32.0.0/16"), on], ..Default::default() });
+    let input = chain(&r, "input");
+    let exposed = input.find("iifname vmap { \"wvbr-5\" : jump input_seg0, \"wvbr-9\" : jump input_seg1 }\n");
+    let exposed = exposed.expect("each bridge to its segment's chain");
+    // Exposed on 10.2.3.0/24: that one address, and the segment's
+    // broadcasts and multicast (the host is a member of it). Not exposed
+    // on 10.32.0.0/16: nothing; neither any other local address in the
+    // subnet (a /32 on lo or kube-ipvs0: a review found it reached).
+    let seg1 = "    ip daddr 10.2.3.1 accept\n    fib daddr type { broadcast, multicast } accept\n";
+    assert_eq!(chain(&r, "input_seg1"), seg1, "own exposed address");
+    assert_eq!(chain(&r, "input_seg0"), "", "not exposed: nothing");
+    assert!(input.find("ct status dnat accept").is_some_and(|d| d < exposed), "{input}");
+    // Then everything else from a bridge, IPv6 included, is dropped.
+    assert!(input[exposed..].ends_with("}\n    iifname \"wvbr-*\" drop\n"), "{input}");
+    assert!(chain(&r, "output").contains("oifname \"wvbr-*\" meta nfproto ipv6 drop"), "{r}");
+    // IPv4 unicast never crosses VXLAN (it is routed): a member cannot
+    // inject frames with another node's workload as their source.
+    assert!(
+        r.contains("iifname \"wvvx-*\" ether type ip ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop"),
+        "{r}"
+    );
+}
+
+#[test]
+fn the_overlay_is_sealed_from_the_underlay_and_vxlan_comes_only_from_peers_over_the_tun() {
+    use weave_proto::v1::{Allocation, Node, Subnet};
+    let node = |id, address: &str| Node { id, address: address.into(), ..Default::default() };
+    let subnet = |cidr: &str, vni: u32| Subnet { id: vni.into(), cidr: cidr.into(), vni, ..Default::default() };
+    let host = |node_id, subnet_id, address: &str| Allocation {
+        node_id,
+        subnet_id,
+        container: format!("host:h{node_id}"),
+        address: address.into(),
+        ..Default::default()
+    };
+    let map = NetworkMap {
+        node_range: "10.47.0.0/16".into(),
+        nodes: vec![node(1, "10.47.0.1"), node(2, "10.47.0.2"), node(3, "10.47.0.3")],
+        // Nested ranges merge into one interval (the kernel refuses overlaps):
+        // the default subnet and the node range lie inside 10.32.0.0/12.
+        subnets: vec![subnet("10.32.0.0/12", 0), subnet("10.32.0.0/16", 5), subnet("10.2.3.0/24", 9)],
+        // Exposed on 10.2.3.0/24 (and another node on 10.32.0.0/16).
+        allocations: vec![host(1, 9, "10.2.3.1/24"), host(2, 5, "10.32.0.2/16")],
+        ..Default::default()
+    };
+    let rules = rules(&map, 1, &[], &Default::default());
+    assert_eq!(rules.peers, ["10.47.0.2", "10.47.0.3"].iter().map(|a| a.parse().unwrap()).collect());
+    let r = ruleset(&rules);
+    assert!(r.contains("set peers {\n    type ipv4_addr\n    elements = { 10.47.0.2, 10.47.0.3 }\n"), "{r}");
+    assert!(r.contains("flags interval\n    elements = { 10.2.3.0/24, 10.32.0.0/12 }\n"), "{r}");
+    // From the underlay, nothing to or from an overlay address; raw priority (before DNAT).
+    let pre = &r[r.find("chain prerouting").expect("a prerouting chain")..];
+    assert!(pre.starts_with("chain prerouting {\n    type filter hook prerouting priority raw;"), "{r}");
+    let accept = pre.find("iifname { \"lo\", \"wvtun0\" } accept\n    iifname \"wvbr-*\" accept\n").unwrap();
+    assert!(accept < pre.find("ip daddr @overlay drop\n    ip saddr @overlay drop").unwrap(), "{r}");
+    // VXLAN: from the TUN, by a peer's node address, else dropped.
+    assert!(r.contains("iifname \"wvtun0\" ip saddr @peers udp dport 4789 accept\n    udp dport 4789 drop\n"), "{r}");
+    // Nothing else from a peer over the TUN reaches the host: answers to
+    // its own connections, and a subnet's remote workloads at the
+    // host's (exposed) address in that subnet.
+    assert!(chain(&r, "input").contains("udp dport 4789 drop\n    iifname \"wvtun0\" jump input_tun\n"), "{r}");
+    // Only where this host is exposed (10.2.3.0/24, segment 1 in vni
+    // order), and only at that address: not at any other local address
+    // in a subnet (a review: a member's subnet around a kube-ipvs0 /32).
+    let tun = "    ct state established,related accept\n    ct status dnat accept\n    \
+               ip saddr @remote1 ip daddr 10.2.3.1 accept\n    \
+               ip saddr @peers icmp type echo-request accept\n    drop\n";
+    assert_eq!(chain(&r, "input_tun"), tun, "{r}");
+    assert_eq!(ruleset(&Rules::default()).matches("set peers {\n    type ipv4_addr\n  }").count(), 1);
+}
+
+#[test]
+fn element_changes_update_the_sets_and_anything_else_replaces_the_tables() {
+    let seg = |vni, subnet: &str, remote: &[&str]| Segment {
+        bridge: bridge_name(vni),
+        subnet: subnet.parse().unwrap(),
+        remote: remote.iter().map(|a| a.parse().unwrap()).collect(),
+        exposed: None,
+    };
+    let peers = |p: &[&str]| p.iter().map(|a| a.parse().unwrap()).collect();
+    let old = Rules {
+        segments: vec![seg(5, "10.32.0.0/16", &["10.32.0.7", "10.32.0.9"]), seg(9, "10.2.3.0/24", &[])],
+        peers: peers(&["10.47.0.2"]),
+        overlay: ["10.32.0.0/12".parse().unwrap()].into(),
+    };
+    let mut new = old.clone();
+    new.segments[0].remote.remove(&"10.32.0.9".parse().unwrap());
+    new.segments[1].remote.extend(["10.2.3.4".parse::<Ipv4Addr>().unwrap(), "10.2.3.5".parse().unwrap()]);
+    new.peers = peers(&["10.47.0.3"]);
+    assert_eq!(
+        update(&old, &new).unwrap(),
+        "delete element inet weave remote0 { 10.32.0.9 }\n\
+         add element inet weave remote1 { 10.2.3.4, 10.2.3.5 }\n\
+         delete element inet weave peers { 10.47.0.2 }\n\
+         add element inet weave peers { 10.47.0.3 }\n"
+    );
+    assert_eq!(update(&old, &old).unwrap(), "");
+    let mut other = new.clone();
+    other.segments.pop();
+    assert_eq!(update(&old, &other), None, "a segment went: the chains change");
+    let mut other = new.clone();
+    other.overlay.insert("10.2.3.0/24".parse().unwrap());
+    assert_eq!(update(&old, &other), None, "the overlay changed");
+}
