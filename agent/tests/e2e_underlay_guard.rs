@@ -132,12 +132,39 @@ fn a_members_subnet_inside_the_hosts_lan_is_installed_nowhere_else() {
              and a member added it (only the admin's subnets may lie there)"
         )
     );
+    // Nor over another route of host 2: a host route (a Calico pod, a VPN
+    // peer) that the segment's /32 would replace (found by a review).
+    ok_in(&bed.hosts[1].ns, &["ip", "route", "add", "10.99.0.5/32", "dev", "eth0"]);
+    let pod = bed.member(0, |mut api| async move {
+        let r = weave_proto::v1::AddSubnetRequest { cidr: "10.99.0.0/24".into(), name: String::new() };
+        let subnet = api.subnets.add_subnet(r).await.expect("inside --node-subnets").into_inner();
+        let a = weave_proto::v1::AllocateRequest {
+            container: "pod-thief".into(),
+            subnet: subnet.cidr.clone(),
+            address: "10.99.0.5".into(),
+            ..Default::default()
+        };
+        api.ipam.allocate(a).await.expect("the member takes the pod's address");
+        subnet
+    });
+    let seg = wait_for("host 2 to leave the subnet over its route out", Duration::from_secs(10), || {
+        bed.status(1)?.segments.into_iter().find(|s| s.subnet == pod.cidr && s.skipped.is_some())
+    });
+    assert_eq!(
+        seg.skipped.as_deref(),
+        Some(
+            "subnet 10.99.0.0/24 skipped: it holds this host's route to 10.99.0.5/32 on eth0, \
+             and a member added it (only the admin's subnets may lie there)"
+        )
+    );
     // Give a wrong reconcile time to act, then look at the kernel's choice.
     bed.add_workload(0, "default");
     bed.add_workload(1, "default");
     bed.wait_ping(0, 1, Duration::from_secs(10));
     let via = ok_in(&bed.hosts[1].ns, &["ip", "route", "get", "192.0.2.50"]);
     assert!(via.contains("dev eth0") && !via.contains("wvtun0"), "host 2 routes the NAS into the overlay: {via}");
+    let via = ok_in(&bed.hosts[1].ns, &["ip", "route", "get", "10.99.0.5"]);
+    assert!(via.contains("dev eth0") && !via.contains("wvtun0"), "host 2's route to the pod was taken: {via}");
     let ping = in_ns(&bed.hosts[1].ns, &["ping", "-c", "1", "-W", "2", "192.0.2.50"]);
     assert!(ping.status.success(), "host 2 lost the NAS");
     let answered = in_ns(&nas, &["ip", "neigh", "show", "192.0.2.12"]);

@@ -1,6 +1,7 @@
 //! This host's own LAN as the agent's namespace shows it: the networks it
 //! reaches directly (a route without a gateway through an interface that is
-//! not weave's: `/proc/net/route`, `/proc/net/ipv6_route`) and the addresses
+//! not weave's: `/proc/net/route`, `/proc/net/ipv6_route`), every other
+//! route it has (for a member's subnets), and the addresses
 //! it depends on there (the routes' gateways, `/etc/resolv.conf`'s name
 //! servers). A subnet over them would route part of the LAN into an overlay
 //! bridge, so the agent leaves it out ([`crate::plan::netmap::HostLan`]).
@@ -34,7 +35,18 @@ pub fn lan(own_node: u64) -> HostLan {
     known.extend(nameservers(&read("/etc/resolv.conf")));
     known.sort();
     known.dedup();
-    HostLan { networks: connected_networks_in(&v4, &v6), known, own_node }
+    HostLan { networks: connected_networks_in(&v4, &v6), routes: routes_in(&v4, &v6), known, own_node }
+}
+
+/// Every route of this host but the default ones and weave's own: connected,
+/// through a gateway, host routes (a Calico pod's /32, a VPN peer's).
+fn routes_in(v4: &str, v6: &str) -> Vec<(IpNet, String)> {
+    let mut out = parse_v4_all(v4, false);
+    out.extend(parse_v6_all(v6, false));
+    out.retain(|(_, dev)| !weave_or_loopback(dev));
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The addresses of the coordinators this agent talks to (`--coordinator`:
@@ -67,6 +79,12 @@ fn weave_or_loopback(dev: &str) -> bool {
 /// `Iface Destination Gateway Flags RefCnt Use Metric Mask …`, addresses as
 /// little-endian hex.
 fn parse_v4(text: &str) -> Vec<(IpNet, String)> {
+    parse_v4_all(text, true)
+}
+
+/// Routes with an interface and a prefix (not the default route); only the
+/// connected ones (no gateway) if `connected_only`.
+fn parse_v4_all(text: &str, connected_only: bool) -> Vec<(IpNet, String)> {
     text.lines()
         .skip(1)
         .filter_map(|line| {
@@ -74,7 +92,8 @@ fn parse_v4(text: &str) -> Vec<(IpNet, String)> {
             let hex = |i: usize| u32::from_str_radix(f.get(i)?, 16).ok();
             let (dest, flags, mask) = (hex(1)?, hex(3)?, hex(7)?);
             let prefix = u8::try_from(mask.count_ones()).ok()?;
-            let connected = flags & UP != 0 && flags & (GATEWAY | REJECT) == 0 && prefix > 0 && f[0] != "*";
+            let via = if connected_only { GATEWAY | REJECT } else { REJECT };
+            let connected = flags & UP != 0 && flags & via == 0 && prefix > 0 && f[0] != "*";
             let net = IpNet::new(IpAddr::V4(Ipv4Addr::from(u32::from_be(dest))), prefix).ok()?;
             connected.then(|| (net.trunc(), f[0].to_string()))
         })
@@ -83,6 +102,11 @@ fn parse_v4(text: &str) -> Vec<(IpNet, String)> {
 
 /// `dest prefix src srcprefix nexthop metric refcnt use flags iface`, hex.
 fn parse_v6(text: &str) -> Vec<(IpNet, String)> {
+    parse_v6_all(text, true)
+}
+
+/// As [`parse_v4_all`], for `/proc/net/ipv6_route`.
+fn parse_v6_all(text: &str, connected_only: bool) -> Vec<(IpNet, String)> {
     text.lines()
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
@@ -91,7 +115,8 @@ fn parse_v6(text: &str) -> Vec<(IpNet, String)> {
             let flags = u32::from_str_radix(f.get(8)?, 16).ok()?;
             let dev = f.get(9)?;
             let special = dest.is_multicast() || dest.is_unicast_link_local() || dest.is_loopback();
-            let connected = flags & UP != 0 && flags & (GATEWAY | REJECT) == 0 && prefix > 0 && !special;
+            let via = if connected_only { GATEWAY | REJECT } else { REJECT };
+            let connected = flags & UP != 0 && flags & via == 0 && prefix > 0 && !special;
             let net = IpNet::new(IpAddr::V6(dest), prefix).ok()?;
             connected.then(|| (net.trunc(), dev.to_string()))
         })
@@ -157,6 +182,20 @@ mod tests {
                       *\t0000200A\t00000000\t0001\t0\t0\t0\t0000F0FF\n\
                       eth0\t0000200A\t00000000\t0201\t0\t0\t0\t0000F0FF\n";
         assert!(parse_v4(reject).is_empty());
+        // Every route (but the default and weave's), for a member's subnets:
+        // through a gateway, and host routes (a Calico pod, a VPN peer).
+        let host = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n\
+                    cali1\t0501F40A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\n";
+        assert_eq!(
+            routes_in(&format!("{v4}{}", &host[host.find('\n').unwrap() + 1..]), v6),
+            [
+                ("10.0.0.0/8".parse().unwrap(), "eth0".to_string()),
+                ("10.244.1.5/32".parse().unwrap(), "cali1".into()),
+                ("192.0.2.0/24".parse().unwrap(), "eth0".into()),
+                ("2001:db8::/64".parse().unwrap(), "eth0".into()),
+            ]
+        );
+        assert!(routes_in(reject, "").is_empty());
         assert_eq!(gateways_v4(v4), ["192.0.2.1".parse::<IpAddr>().unwrap(); 2]);
         assert_eq!(gateways_v6(v6), ["2001:db8::1".parse::<IpAddr>().unwrap()]);
         let resolv = "# generated\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\nsearch example\n";

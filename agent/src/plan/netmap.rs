@@ -33,6 +33,9 @@ pub fn apply(map: &mut NetworkMap, event: WatchEvent) -> Result<(), Error> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostLan {
     pub networks: Vec<(ipnet::IpNet, String)>,
+    /// Every route but the default ones and weave's (through a gateway, host
+    /// routes), with its interface: no member's subnet may overlap one.
+    pub routes: Vec<(ipnet::IpNet, String)>,
     pub known: Vec<std::net::IpAddr>,
     /// This host's node: a subnet where it has workloads is never left out
     /// for its LAN (a route that came later, a VPN, a DHCP renewal must not
@@ -49,8 +52,9 @@ impl HostLan {
     /// (that the admin knows of). A member's subnet (`by_member`) may not lie
     /// inside any network of the host: its maker could then allocate the
     /// address of a machine there that is neither gateway nor name server (a
-    /// NAS, a registry) and take this host's traffic to it. Host routes
-    /// (/32, /128: a point-to-point peer) are never a reason.
+    /// NAS, a registry) and take this host's traffic to it, nor over any
+    /// other route of the host (`routes`). For the admin's subnets, host
+    /// routes (/32, /128: a point-to-point peer) are never a reason.
     fn conflict(&self, net: &ipnet::IpNet, by_member: bool) -> Option<String> {
         let host_route = |n: &ipnet::IpNet| n.prefix_len() == n.max_prefix_len();
         if let Some((lan, dev)) = self.networks.iter().find(|(n, _)| !host_route(n) && net.contains(n)) {
@@ -59,6 +63,15 @@ impl HostLan {
         if by_member && let Some((lan, dev)) = self.networks.iter().find(|(n, _)| !host_route(n) && n.contains(net)) {
             return Some(format!(
                 "part of this host's network {lan} on {dev}, and a member added it (only the admin's subnets may lie there)"
+            ));
+        }
+        // Nor over any other route of the host: through a gateway (a network
+        // behind the LAN's router, a VPN), or a host route (a Calico pod's
+        // /32, a VPN peer's): the segment's routes would replace or shadow
+        // it, and the member would take this host's traffic there.
+        if by_member && let Some((route, dev)) = self.routes.iter().find(|(n, _)| n.contains(net) || net.contains(n)) {
+            return Some(format!(
+                "this host's route to {route} on {dev}, and a member added it (only the admin's subnets may lie there)"
             ));
         }
         self.networks.iter().filter(|(n, _)| n.contains(net)).find_map(|(lan, dev)| {
@@ -343,6 +356,11 @@ mod tests {
                 Subnet { id: 17, added_by_node: 2, ..subnet(17, "192.168.1.64/29") },
                 // A removed member's: no node named any more, still a member's.
                 Subnet { by_member: true, ..subnet(18, "192.168.1.80/29") },
+                // A member's over a host route (a Calico pod) and inside a
+                // network behind a gateway; the admin's over the same: kept.
+                Subnet { added_by_node: 2, ..subnet(19, "100.64.1.0/24") },
+                Subnet { added_by_node: 2, ..subnet(20, "172.30.5.0/24") },
+                subnet(21, "100.64.2.0/24"),
             ],
             ..Default::default()
         };
@@ -351,6 +369,11 @@ mod tests {
                 ("192.168.1.0/24".parse().unwrap(), "eth0".to_string()),
                 ("10.0.0.0/8".parse().unwrap(), "wg0".to_string()),
                 ("10.2.3.7/32".parse().unwrap(), "tun0".to_string()),
+            ],
+            routes: vec![
+                ("100.64.1.5/32".parse().unwrap(), "cali1".to_string()),
+                ("100.64.2.9/32".parse().unwrap(), "cali2".to_string()),
+                ("172.30.0.0/16".parse().unwrap(), "eth0".to_string()),
             ],
             known: vec!["192.168.1.1".parse().unwrap(), "192.168.1.53".parse().unwrap()],
             own_node: 1,
@@ -369,11 +392,15 @@ mod tests {
                       and a member added it (only the admin's subnets may lie there)".into()),
                 (18, "subnet 192.168.1.80/29 skipped: it holds part of this host's network 192.168.1.0/24 on eth0, \
                       and a member added it (only the admin's subnets may lie there)".into()),
+                (19, "subnet 100.64.1.0/24 skipped: it holds this host's route to 100.64.1.5/32 on cali1, \
+                      and a member added it (only the admin's subnets may lie there)".into()),
+                (20, "subnet 172.30.5.0/24 skipped: it holds this host's route to 172.30.0.0/16 on eth0, \
+                      and a member added it (only the admin's subnets may lie there)".into()),
             ],
             "kept: vni 0 (not an L2 segment); 10.2.3.0/24, inside the broad 10.0.0.0/8 and over a /32 route, \
              holding no address in use; 192.168.1.32/28, in the LAN but away from what the host uses (the \
-             admin's); a member's 172.20.0.0/24 outside the LAN; a member's 192.168.1.64/29 where this host \
-             has a workload"
+             admin's); a member's 172.20.0.0/24 outside the LAN and its routes; a member's 192.168.1.64/29 \
+             where this host has a workload; the admin's 100.64.2.0/24 over a host route"
         );
     }
 }
