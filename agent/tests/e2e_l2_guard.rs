@@ -401,3 +401,28 @@ fn a_reattach_with_another_workloads_mac_is_refused() {
     assert!(stderr.contains("is locked to another workload's port"), "{stderr}");
     assert_eq!(fdb_port(&h0, &victim_mac), Some(victim_port), "the victim's MAC moved");
 }
+
+/// A container that showed its neighbour's address when detached does not
+/// take the host's pinned neighbour entry for the neighbour with it: detach
+/// unpins the address the container holds, not the one it shows (found by a
+/// review: the host then had to ARP for the neighbour from an address outside
+/// the subnet, which workloads with reverse-path filtering ignore).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_detach_after_taking_a_neighbours_address_leaves_the_neighbours_pin() {
+    let mut bed = Bed::with_hosts(1);
+    let (_, v_ip) = attached_at(&mut bed, 0, "v");
+    let i = attached(&mut bed, 0, "a");
+    let (a, a_ip, prefix) = (bed.workloads[i].ns.clone(), bed.workloads[i].ip, bed.workloads[i].prefix);
+    let h0 = bed.hosts[0].ns.clone();
+    let bridge = interfaces(&h0).into_iter().find(|i| i.starts_with("wvbr-")).expect("a bridge");
+    let pinned =
+        |ip: Ipv4Addr| ok_in(&h0, &["ip", "neigh", "show", &ip.to_string(), "dev", &bridge]).contains("PERMANENT");
+    assert!(pinned(v_ip) && pinned(a_ip), "both workloads are pinned on {bridge}");
+    ok_in(&a, &["ip", "addr", "flush", "dev", "ethwe"]);
+    ok_in(&a, &["ip", "addr", "add", &format!("{v_ip}/{prefix}"), "dev", "ethwe"]);
+    let out = bed.weavectl(0, &["detach", &format!("/run/netns/{a}")]);
+    assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(pinned(v_ip), "the neighbour's pin went with the detach");
+    assert!(!pinned(a_ip), "the detached container's own pin stayed");
+}

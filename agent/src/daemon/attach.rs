@@ -397,12 +397,14 @@ impl Attacher {
         };
         let mut released = Vec::new();
         for cidr in &subnets {
-            if let Some((i, ip)) = on_subnet(&before, cidr) {
+            if let Some((i, _)) = on_subnet(&before, cidr) {
                 inside.delete_link(&i.name).await.map_err(failed)?;
-                // Best effort: the reconcile also removes pins of addresses no longer ours.
-                let bridge = self.maps.borrow().subnets.iter().find(|s| s.cidr == *cidr).map(|s| bridge_name(s.vni));
-                if let Some(bridge) = bridge
-                    && let Err(e) = self.netlink.unpin_neighbour(&bridge, ip).await
+                // The address it holds, not the one it shows (a neighbour's). Best
+                // effort: the reconcile also removes pins of addresses no longer ours.
+                let subnet = self.maps.borrow().subnets.iter().find(|s| s.cidr == *cidr).cloned();
+                let held = subnet.and_then(|s| Some((bridge_name(s.vni), held.get(&s.id)?.parse::<Ipv4Net>().ok()?)));
+                if let Some((bridge, ip)) = held
+                    && let Err(e) = self.netlink.unpin_neighbour(&bridge, ip.addr()).await
                 {
                     tracing::debug!(error = %e, "unpin on detach");
                 }
