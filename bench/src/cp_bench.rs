@@ -121,7 +121,9 @@ struct Coordinator {
 
 async fn coordinator() -> anyhow::Result<Coordinator> {
     let dir = tempfile::tempdir()?;
-    let args = ServeArgs::for_data_dir(dir.path().join("data"), "127.0.0.1:0".parse()?);
+    let mut args = ServeArgs::for_data_dir(dir.path().join("data"), "127.0.0.1:0".parse()?);
+    // Every simulated client connects from 127.0.0.1.
+    args.max_connections_per_source = 0;
     let (tx, rx) = oneshot::channel::<()>();
     let running = weave_coordinator::start(args.settings()?, async {
         let _ = rx.await;

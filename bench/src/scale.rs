@@ -88,6 +88,8 @@ impl Coordinator {
         }
         let mut cmd = Command::new(&exe);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--first-token-uses", "0", "--metrics-listen", "off"]);
+        // Every simulated node and watcher connects from 127.0.0.1.
+        cmd.args(["--max-connections-per-source", "0"]);
         cmd.arg("--data-dir").arg(&data);
         if let Some(store) = store {
             cmd.args(["--store", store]);

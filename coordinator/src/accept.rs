@@ -1,11 +1,25 @@
-//! The TCP accept loop's error policy. tonic ends `serve` on an accept error
+//! The TCP accept loop's error policy, and its limits on connections held
+//! ([`limited`]). The error policy: tonic ends `serve` on an accept error
 //! it does not know (EMFILE, ENFILE, ENOBUFS), and retrying at once only
 //! spins: when the process is out of file descriptors, nothing but closing
 //! some helps. So such errors are logged and retried after a pause, during
 //! which established connections (and the handshake timeout) free some.
-use std::{io, time::Duration};
+use std::{
+    collections::HashMap,
+    io,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use futures::{Stream, StreamExt};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// How long accepting pauses after an error that is not one connection's.
 pub(crate) const BACKOFF: Duration = Duration::from_millis(100);
@@ -45,9 +59,149 @@ where
     })
 }
 
+/// Connections held at once: per source address (an IPv6 /64), and in all.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub per_source: usize,
+    pub total: usize,
+}
+
+impl Limits {
+    /// `per_source` (None: no limit), and in all the process's open-file
+    /// limit less 256 (for the database, the data dir, the metrics port),
+    /// after raising that limit to its hard maximum: tonic keeps accepting,
+    /// and a flood of idle connections from anywhere would otherwise take
+    /// every descriptor (then agents, weavectl and the database's own
+    /// connections fail while the tunnels go on).
+    pub(crate) fn for_process(per_source: Option<u32>) -> Limits {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
+        let soft = if hard > soft && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() { hard } else { soft };
+        let total = usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(256).max(16);
+        Limits { per_source: per_source.map_or(usize::MAX, |n| n as usize), total }
+    }
+}
+
+/// The key connections are counted under: the address, an IPv6 one cut to
+/// its /64 (one host may hold a whole /64), IPv4-mapped as IPv4.
+fn source_key(addr: SocketAddr) -> IpAddr {
+    match addr.ip().to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
+    }
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    by_source: HashMap<IpAddr, usize>,
+    total: usize,
+}
+
+/// An accepted connection, counted until dropped.
+pub(crate) struct Counted {
+    stream: TcpStream,
+    source: IpAddr,
+    held: Arc<Mutex<Held>>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.total -= 1;
+        if let Some(n) = held.by_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                held.by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// `incoming` within `limits`: a connection past either is closed at once
+/// (and counted in `weave_connections_refused_total`); the others are
+/// counted until they close.
+pub(crate) fn limited(
+    incoming: impl Stream<Item = io::Result<TcpStream>> + Send + 'static,
+    limits: Limits,
+) -> impl Stream<Item = io::Result<Counted>> + Send + 'static {
+    let held = Arc::new(Mutex::new(Held::default()));
+    incoming.filter_map(move |accepted| {
+        let held = held.clone();
+        async move {
+            let stream = match accepted {
+                Ok(stream) => stream,
+                Err(e) => return Some(Err(e)),
+            };
+            let source = source_key(stream.peer_addr().ok()?);
+            let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+            let from_source = h.by_source.get(&source).copied().unwrap_or(0);
+            if from_source >= limits.per_source || h.total >= limits.total {
+                drop(h);
+                metrics::counter!("weave_connections_refused_total").increment(1);
+                tracing::debug!(%source, from_source, "connection refused: too many held");
+                return None;
+            }
+            *h.by_source.entry(source).or_default() += 1;
+            h.total += 1;
+            drop(h);
+            Some(Ok(Counted { stream, source, held }))
+        }
+    })
+}
+
+impl Connected for Counted {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_are_counted_per_address_and_per_ipv6_64() {
+        let key = |s: &str| source_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("192.0.2.7:40000"), "192.0.2.7");
+        assert_eq!(key("[::ffff:192.0.2.7]:40000"), "192.0.2.7");
+        assert_eq!(key("[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:1"), "2001:db8:1:2::");
+        assert_eq!(key("[2001:db8:1:2::9]:1"), key("[2001:db8:1:2:ffff::1]:2"));
+        assert_ne!(key("[2001:db8:1:2::9]:1"), key("[2001:db8:1:3::9]:1"));
+    }
 
     fn emfile() -> io::Error {
         io::Error::from_raw_os_error(24)

@@ -73,7 +73,9 @@ async fn idle_and_stalled_connections_neither_block_rpcs_nor_stay_open() {
     };
     use weave_coordinator::server::TLS_HANDSHAKE_TIMEOUT;
 
-    let c = TestCoordinator::start().await;
+    // All from 127.0.0.1, the admin's source too: no per-source limit here
+    // (one_source_holds_a_bounded_number_of_connections has it).
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.max_connections_per_source = 0).await;
     let mut idle = Vec::new();
     for i in 0..600 {
         let mut s = TcpStream::connect(c.running.local_addr).await.unwrap();
@@ -293,4 +295,41 @@ async fn proven_rejoins_are_paced_too() {
     assert!(refused >= 20, "{refused} of 30 re-joins refused");
     let after = revision(c.admin().await).await;
     assert!(after - before <= 10, "{} map changes from 30 re-joins", after - before);
+}
+
+/// One source (here 127.0.0.1) holds at most --max-connections-per-source
+/// connections to the gRPC port (here 3): past it a connection is closed as
+/// it arrives, not after the 5 s TLS handshake timeout (anyone who can reach
+/// the port could otherwise hold every file descriptor with idle
+/// connections, and agents, weavectl and the database's own connections
+/// would fail; found by a review). One closed lets the next in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_holds_a_bounded_number_of_connections() {
+    use tokio::io::AsyncReadExt;
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.max_connections_per_source = 3).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut api = c.admin().await;
+        api.subnets.list_subnets(ListSubnetsRequest {}).await.expect("within the limit");
+        held.push(api);
+    }
+    let pin = c.running.admin.pin;
+    assert!(weave_proto::client::connect(&c.addr(), pin).await.is_err(), "a fourth connection was served");
+    let mut raw = tokio::net::TcpStream::connect(c.addr()).await.unwrap();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(2), raw.read(&mut [0u8; 1])).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "an idle fourth connection was kept: {read:?}");
+    drop(held.pop());
+    let mut freed = false;
+    for _ in 0..50 {
+        if let Ok(channel) = weave_proto::client::connect(&c.addr(), pin).await {
+            let mut api = weave_proto::client::Api::new(channel, &c.running.admin.secret).unwrap();
+            if api.subnets.list_subnets(ListSubnetsRequest {}).await.is_ok() {
+                freed = true;
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(freed, "a closed connection did not make room");
+    drop(held);
 }
