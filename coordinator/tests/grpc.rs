@@ -728,3 +728,26 @@ async fn a_subnet_and_an_endpoint_inside_it_never_both_land() {
     }
     eprintln!("subnet first {subnets_won}, endpoint first {endpoints_won}");
 }
+
+/// Where the coordinator saw a node's call come from is kept only outside
+/// the overlay: a member that reaches the coordinator through the tunnel is
+/// seen at an overlay address, which peers must not try as its endpoint and
+/// which would keep the admin from adding subnets over it (found by a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observed_endpoint_inside_the_overlay_is_not_kept() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    admin.subnets.add_subnet(subnet("10.2.3.0/24")).await.unwrap();
+    let (host1, _) = c.join("host1", 1).await;
+    let eps = ["198.51.100.1:6784".to_string()];
+    let store = &c.running.store;
+    for (seen, kept) in [
+        ("203.0.113.9:6784", "203.0.113.9:6784"),
+        ("10.2.3.7:6784", ""),
+        ("10.32.0.5:6784", ""),
+        ("10.47.0.9:6784", ""),
+    ] {
+        let node = store.update_endpoints(host1.id, &eps, Some(seen)).await.unwrap();
+        assert_eq!(node.observed_endpoint, kept, "seen at {seen}");
+    }
+}

@@ -55,6 +55,20 @@ pub(super) fn check_key(key: &WgPublicKey) -> Result<(), Error> {
 /// Checks `endpoints` and returns them in canonical form (an IPv4-mapped
 /// IPv6 address as the IPv4 address it is, so every later check and every
 /// agent sees one form).
+/// Whether peers could reach a node at `ip`: loopback and link-local would
+/// point every peer at a service on its own host or its own link (a
+/// metadata server at 169.254.169.254), never at this node.
+fn reachable(ip: std::net::IpAddr) -> bool {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => {
+            !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_loopback() || v4.is_link_local())
+        }
+        std::net::IpAddr::V6(v6) => {
+            !(v6.is_unspecified() || v6.is_multicast() || v6.is_loopback() || v6.is_unicast_link_local())
+        }
+    }
+}
+
 pub(super) fn check_endpoints(endpoints: &[String]) -> Result<Vec<String>, Error> {
     if endpoints.len() > MAX_ENDPOINTS {
         return Err(Error::InvalidArgument(format!(
@@ -74,22 +88,7 @@ pub(super) fn check_endpoints(endpoints: &[String]) -> Result<Vec<String>, Error
             return Err(Error::InvalidArgument(format!("endpoint '{e}' is not ip:port")));
         };
         let ip = addr.ip().to_canonical();
-        // Loopback and link-local would point every peer at a service on its
-        // own host or its own link (a metadata server at 169.254.169.254),
-        // never at this node.
-        let unicast = match ip {
-            std::net::IpAddr::V4(v4) => {
-                !(v4.is_unspecified()
-                    || v4.is_multicast()
-                    || v4.is_broadcast()
-                    || v4.is_loopback()
-                    || v4.is_link_local())
-            }
-            std::net::IpAddr::V6(v6) => {
-                !(v6.is_unspecified() || v6.is_multicast() || v6.is_loopback() || v6.is_unicast_link_local())
-            }
-        };
-        if !unicast || addr.port() == 0 {
+        if !reachable(ip) || addr.port() == 0 {
             return Err(Error::InvalidArgument(format!(
                 "endpoint '{e}' is not a unicast address and port where peers could reach this node"
             )));
@@ -109,7 +108,10 @@ pub(super) fn check_endpoints(endpoints: &[String]) -> Result<Vec<String>, Error
 pub(super) fn observed_endpoint(from: Option<std::net::SocketAddr>, endpoints: &[String]) -> String {
     let Some(ip) = from.map(|a| a.ip().to_canonical()) else { return String::new() };
     let own: Vec<std::net::SocketAddr> = endpoints.iter().filter_map(|e| e.parse().ok()).collect();
-    if ip.is_loopback() || own.iter().any(|e| e.ip().to_canonical() == ip) {
+    // Not where peers could not reach it either (the store also drops one
+    // inside the overlay: a member that reaches the coordinator through the
+    // tunnel is seen at its overlay address).
+    if !reachable(ip) || own.iter().any(|e| e.ip().to_canonical() == ip) {
         return String::new();
     }
     match own.iter().find(|e| e.ip().to_canonical().is_ipv4() == ip.is_ipv4()) {
@@ -211,6 +213,8 @@ mod observed_tests {
         assert_eq!(observed_endpoint(nat, &eps(&["192.0.2.1:6784"])), "", "its own address");
         assert_eq!(observed_endpoint(nat, &eps(&["[2001:db8::2]:6784"])), "", "no endpoint of that family");
         assert_eq!(observed_endpoint(Some("127.0.0.1:5".parse().unwrap()), &eps(&["10.0.0.2:7"])), "");
+        assert_eq!(observed_endpoint(Some("169.254.1.1:5".parse().unwrap()), &eps(&["10.0.0.2:7"])), "");
+        assert_eq!(observed_endpoint(Some("[fe80::1]:5".parse().unwrap()), &eps(&["[2001:db8::2]:7"])), "");
         assert_eq!(observed_endpoint(None, &eps(&["10.0.0.2:7"])), "");
     }
 }

@@ -89,14 +89,30 @@ pub fn check_outside_overlay(endpoints: &[String], map: &v1::NetworkMap) -> Resu
 /// `tx` sees it (the in-memory map may be a batch behind): a subnet added
 /// between a check and the write cannot come to hold the endpoint.
 async fn check_outside_overlay_in(tx: &mut Tx, endpoints: &[String]) -> Result<()> {
+    check_outside_overlay(endpoints, &overlay_of(tx).await?)
+}
+
+/// The overlay's ranges and subnets as `tx` sees them.
+async fn overlay_of(tx: &mut Tx) -> Result<v1::NetworkMap> {
     let row = db::query("SELECT range_cidr, node_range FROM cluster WHERE id = 1").fetch_one(tx.c()).await?;
-    let map = v1::NetworkMap {
+    Ok(v1::NetworkMap {
         range: row.try_get("range_cidr")?,
         node_range: row.try_get("node_range")?,
         subnets: super::subnets::all(tx.c(), false).await?,
         ..Default::default()
-    };
-    check_outside_overlay(endpoints, &map)
+    })
+}
+
+/// `observed` (where the coordinator saw a node's call come from), or ''
+/// when that lies inside the overlay: a member that reaches the coordinator
+/// through the tunnel is seen at an overlay address, which peers must not
+/// try and which would keep the admin from adding subnets over it.
+async fn observed_outside_overlay(tx: &mut Tx, observed: &str) -> Result<String> {
+    if observed.is_empty() {
+        return Ok(String::new());
+    }
+    let inside = check_outside_overlay(&[observed.to_string()], &overlay_of(tx).await?).is_err();
+    Ok(if inside { String::new() } else { observed.to_string() })
 }
 
 pub(super) async fn all(c: &mut Conn) -> Result<Vec<v1::Node>> {
@@ -120,6 +136,7 @@ impl Store {
         self.with_map(|m| check_outside_overlay(&r.endpoints, m))?;
         let mut tx = self.begin().await?;
         check_outside_overlay_in(&mut tx, &r.endpoints).await?;
+        let observed = observed_outside_overlay(&mut tx, &r.observed).await?;
         let t = now();
         let by_key = db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE public_key = $1")))
             .bind(&r.public_key[..])
@@ -145,7 +162,7 @@ impl Store {
             .bind(r.endpoints.join(","))
             .bind(t)
             .bind(existing.id as i64)
-            .bind(&r.observed)
+            .bind(&observed)
             .fetch_one(tx.c())
             .await?;
             let node = rows::node(&row)?;
@@ -192,7 +209,7 @@ impl Store {
         .bind(&r.credential_hash)
         .bind(&r.token_id)
         .bind(t)
-        .bind(&r.observed)
+        .bind(&observed)
         .fetch_one(tx.c())
         .await?;
         let node = rows::node(&row)?;
@@ -227,6 +244,10 @@ impl Store {
     ) -> Result<v1::Node> {
         let mut tx = self.begin().await?;
         check_outside_overlay_in(&mut tx, endpoints).await?;
+        let observed = match observed {
+            Some(o) => Some(observed_outside_overlay(&mut tx, o).await?),
+            None => None,
+        };
         let row = db::query(sqlx::AssertSqlSafe(format!(
             "UPDATE nodes SET endpoints = $1, updated_at = $2, observed = CASE WHEN $5 THEN $4 ELSE observed END \
              WHERE id = $3 RETURNING {NODE_COLUMNS}"
@@ -234,7 +255,7 @@ impl Store {
         .bind(endpoints.join(","))
         .bind(now())
         .bind(node_id as i64)
-        .bind(observed.unwrap_or(""))
+        .bind(observed.as_deref().unwrap_or(""))
         .bind(observed.is_some())
         .fetch_optional(tx.c())
         .await?
