@@ -342,11 +342,12 @@ async fn a_subnet_over_any_advertised_coordinator_is_refused_and_each_says_who_a
     assert!(by.contains(&("10.9.0.8/30", host1.id)) && by.contains(&("10.9.1.0/24", 0)), "{by:?}");
     let flags: Vec<(&str, bool)> = listed.iter().map(|s| (s.cidr.as_str(), s.by_member)).collect();
     assert!(flags.contains(&("10.9.0.8/30", true)) && flags.contains(&("10.9.1.0/24", false)), "{flags:?}");
-    // The member removed: its subnet stays, names no node, and is still a member's.
+    // The member removed: its subnet stays, still a member's, still naming
+    // it (an agent that does not know by_member goes on trusting it less).
     admin.nodes.remove_node(RemoveNodeRequest { node: "host1".into() }).await.unwrap();
     let listed = admin.subnets.list_subnets(ListSubnetsRequest {}).await.unwrap().into_inner().subnets;
     let left = listed.iter().find(|s| s.cidr == "10.9.0.8/30").expect("the removed member's subnet stays");
-    assert_eq!((left.added_by_node, left.by_member), (0, true), "{left:?}");
+    assert_eq!((left.added_by_node, left.by_member), (host1.id, true), "{left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,11 +115,11 @@ async fn a_snapshot_plus_changes_equals_the_current_map() {
     for i in (0..20).step_by(3) {
         api.ipam.release(ReleaseRequest { container: format!("c{i}"), ..Default::default() }).await.unwrap();
     }
-    // A member's subnet, then the member removed: the subnet stays and names
-    // no node any more, which a change must say too.
-    let (_, mut member) = c.join("host2", 2).await;
+    // A member's subnet, then the member removed: the subnet stays, as it
+    // was (snapshot plus changes still equal a fresh snapshot).
+    let (host2, mut member) = c.join("host2", 2).await;
     let r = AddSubnetRequest { cidr: "10.77.0.0/24".into(), name: String::new() };
-    assert!(member.subnets.add_subnet(r).await.unwrap().into_inner().added_by_node > 0);
+    assert_eq!(member.subnets.add_subnet(r).await.unwrap().into_inner().added_by_node, host2.id);
     admin.nodes.remove_node(RemoveNodeRequest { node: "host2".into() }).await.unwrap();
     let target = admin.map.get_map(GetMapRequest {}).await.unwrap().into_inner();
     while map.revision < target.revision {
@@ -130,7 +130,7 @@ async fn a_snapshot_plus_changes_equals_the_current_map() {
     }
     assert_eq!(map, target);
     let kept = target.subnets.iter().find(|s| s.cidr == "10.77.0.0/24").expect("the member's subnet stays");
-    assert_eq!((kept.added_by_node, kept.by_member), (0, true));
+    assert_eq!((kept.added_by_node, kept.by_member), (host2.id, true));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

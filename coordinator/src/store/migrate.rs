@@ -90,6 +90,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("created_at", Int),
             ("added_by", OptInt),
             ("by_member", Bool),
+            ("origin_node", OptInt),
         ],
     ),
     (

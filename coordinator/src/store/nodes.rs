@@ -6,7 +6,7 @@ use weave_proto::v1::{self, map_change::Change};
 
 use super::{
     Store, Tx, now, parse_net,
-    rows::{self, NODE_COLUMNS, SUBNET_COLUMNS},
+    rows::{self, NODE_COLUMNS},
 };
 use crate::{
     error::{Error, Result},
@@ -88,8 +88,12 @@ pub fn check_outside_overlay(endpoints: &[String], map: &v1::NetworkMap) -> Resu
 /// [`check_outside_overlay`] against the store as the write transaction
 /// `tx` sees it (the in-memory map may be a batch behind): a subnet added
 /// between a check and the write cannot come to hold the endpoint.
-async fn check_outside_overlay_in(tx: &mut Tx, endpoints: &[String]) -> Result<()> {
-    check_outside_overlay(endpoints, &overlay_of(tx).await?)
+/// And keeps `observed` only where it lies outside the overlay too (see
+/// [`observed_outside`]), from the same read.
+async fn check_outside_overlay_in(tx: &mut Tx, endpoints: &[String], observed: Option<&str>) -> Result<Option<String>> {
+    let overlay = overlay_of(tx).await?;
+    check_outside_overlay(endpoints, &overlay)?;
+    Ok(observed.map(|o| observed_outside(o, &overlay)))
 }
 
 /// The overlay's ranges and subnets as `tx` sees them.
@@ -107,12 +111,9 @@ async fn overlay_of(tx: &mut Tx) -> Result<v1::NetworkMap> {
 /// when that lies inside the overlay: a member that reaches the coordinator
 /// through the tunnel is seen at an overlay address, which peers must not
 /// try and which would keep the admin from adding subnets over it.
-async fn observed_outside_overlay(tx: &mut Tx, observed: &str) -> Result<String> {
-    if observed.is_empty() {
-        return Ok(String::new());
-    }
-    let inside = check_outside_overlay(&[observed.to_string()], &overlay_of(tx).await?).is_err();
-    Ok(if inside { String::new() } else { observed.to_string() })
+fn observed_outside(observed: &str, overlay: &v1::NetworkMap) -> String {
+    let inside = !observed.is_empty() && check_outside_overlay(&[observed.to_string()], overlay).is_err();
+    if inside { String::new() } else { observed.to_string() }
 }
 
 pub(super) async fn all(c: &mut Conn) -> Result<Vec<v1::Node>> {
@@ -135,8 +136,7 @@ impl Store {
         // would otherwise map the overlay for anyone who knows the pin.
         self.with_map(|m| check_outside_overlay(&r.endpoints, m))?;
         let mut tx = self.begin().await?;
-        check_outside_overlay_in(&mut tx, &r.endpoints).await?;
-        let observed = observed_outside_overlay(&mut tx, &r.observed).await?;
+        let observed = check_outside_overlay_in(&mut tx, &r.endpoints, Some(&r.observed)).await?.unwrap_or_default();
         let t = now();
         let by_key = db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE public_key = $1")))
             .bind(&r.public_key[..])
@@ -243,11 +243,7 @@ impl Store {
         observed: Option<&str>,
     ) -> Result<v1::Node> {
         let mut tx = self.begin().await?;
-        check_outside_overlay_in(&mut tx, endpoints).await?;
-        let observed = match observed {
-            Some(o) => Some(observed_outside_overlay(&mut tx, o).await?),
-            None => None,
-        };
+        let observed = check_outside_overlay_in(&mut tx, endpoints, observed).await?;
         let row = db::query(sqlx::AssertSqlSafe(format!(
             "UPDATE nodes SET endpoints = $1, updated_at = $2, observed = CASE WHEN $5 THEN $4 ELSE observed END \
              WHERE id = $3 RETURNING {NODE_COLUMNS}"
@@ -280,23 +276,10 @@ impl Store {
         .bind(now())
         .execute(tx.c())
         .await?;
-        let its_subnets: Vec<i64> = db::query_scalar("SELECT id FROM subnets WHERE added_by = $1 ORDER BY id")
-            .bind(node.id as i64)
-            .fetch_all(tx.c())
-            .await?;
         db::query("DELETE FROM nodes WHERE id = $1").bind(node.id as i64).execute(tx.c()).await?;
         tx.record(Change::NodeRemoved(node.id)).await?;
-        // Its subnets stay (workloads elsewhere may use them); their
-        // `added_by` was just cleared (the foreign key), `by_member` stays. A
-        // change says so, or a watcher's map (snapshot plus changes) would
-        // still name the node where a fresh snapshot names none.
-        for id in its_subnets {
-            let row = db::query(sqlx::AssertSqlSafe(format!("SELECT {SUBNET_COLUMNS} FROM subnets WHERE id = $1")))
-                .bind(id)
-                .fetch_one(tx.c())
-                .await?;
-            tx.record(Change::SubnetAdded(rows::subnet(&row)?.record)).await?;
-        }
+        // Its subnets stay (workloads elsewhere may use them) and still name
+        // it (`origin_node`): nothing about them changes, so no change is sent.
         self.commit(tx).await?;
         Ok((node, allocations, records))
     }

@@ -261,7 +261,7 @@ mod tests {
                 ),
                 (
                     5,
-                    "27d33c2fac1beed42242ba50a93622995219664cc4160242619dd2644079a8eeccb808fa08d9628ba4461f48e0536ebd"
+                    "93abb98feee10a0cceeccfa56d0c114961f5ebac9336176bc15427ea171cd60991d4a734877d387c1937e5abb32fd48f"
                         .to_string()
                 ),
             ]

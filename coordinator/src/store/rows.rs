@@ -57,7 +57,7 @@ pub(super) fn dns_record(r: &Row) -> Result<v1::DnsRecord> {
     })
 }
 
-pub(super) const SUBNET_COLUMNS: &str = "id, cidr, name, is_default, vni, added_by, by_member";
+pub(super) const SUBNET_COLUMNS: &str = "id, cidr, name, is_default, vni, added_by, by_member, origin_node";
 
 /// A subnet row with its parsed network.
 #[derive(Debug, Clone)]
@@ -80,7 +80,11 @@ pub(super) fn subnet(r: &Row) -> Result<SubnetRow> {
             name: r.try_get::<Option<String>, _>("name")?.unwrap_or_default(),
             is_default: r.try_get("is_default")?,
             vni: r.try_get::<i64, _>("vni")? as u32,
-            added_by_node: r.try_get::<Option<i64>, _>("added_by")?.unwrap_or(0) as u64,
+            // The node's id also after it was removed (`added_by` is cleared then).
+            added_by_node: r
+                .try_get::<Option<i64>, _>("added_by")?
+                .or(r.try_get::<Option<i64>, _>("origin_node")?)
+                .unwrap_or(0) as u64,
             by_member: r.try_get("by_member")?,
             allocated: 0,
             capacity: crate::ipam::capacity(&net).to_string(),

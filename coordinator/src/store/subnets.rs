@@ -140,8 +140,8 @@ pub(super) async fn insert(
     let used: Vec<u32> = existing.iter().map(|s| s.vni).collect();
     let vni = (0..).map(|attempt| ipam::vni(net, attempt)).find(|v| !used.contains(v)).unwrap_or(1);
     let row = db::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO subnets (cidr, name, first_key, last_key, is_default, vni, created_at, added_by, by_member) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {SUBNET_COLUMNS}"
+        "INSERT INTO subnets (cidr, name, first_key, last_key, is_default, vni, created_at, added_by, by_member, \
+         origin_node) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8) RETURNING {SUBNET_COLUMNS}"
     )))
     .bind(net.to_string())
     .bind(name)
