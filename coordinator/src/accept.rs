@@ -9,7 +9,10 @@ use std::{
     io,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -59,10 +62,12 @@ where
     })
 }
 
-/// Connections held at once: per source address (an IPv6 /64), and in all.
+/// Connections held at once: per source address, per IPv6 /64 (one host
+/// may hold a whole /64: 16 times the per-address limit), and in all.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub per_source: usize,
+    pub per_net: usize,
     pub total: usize,
 }
 
@@ -78,29 +83,40 @@ impl Limits {
         let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
         let soft = if hard > soft && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() { hard } else { soft };
         let total = usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(256).max(16);
-        Limits { per_source: per_source.map_or(usize::MAX, |n| n as usize), total }
+        let per_source = per_source.map_or(usize::MAX, |n| n as usize);
+        Limits { per_source, per_net: per_source.saturating_mul(16), total }
     }
 }
 
-/// The key connections are counted under: the address, an IPv6 one cut to
-/// its /64 (one host may hold a whole /64), IPv4-mapped as IPv4.
-fn source_key(addr: SocketAddr) -> IpAddr {
+/// The keys a connection is counted under: its address (IPv4-mapped as
+/// IPv4), and for IPv6 its /64.
+fn source_keys(addr: SocketAddr) -> (IpAddr, Option<IpAddr>) {
     match addr.ip().to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
-        v4 => v4,
+        IpAddr::V6(v6) => (IpAddr::V6(v6), Some(IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))))),
+        v4 => (v4, None),
     }
 }
 
 #[derive(Debug, Default)]
 struct Held {
     by_source: HashMap<IpAddr, usize>,
+    by_net: HashMap<IpAddr, usize>,
     total: usize,
+}
+
+fn release(map: &mut HashMap<IpAddr, usize>, key: &IpAddr) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 /// An accepted connection, counted until dropped.
 pub(crate) struct Counted {
     stream: TcpStream,
-    source: IpAddr,
+    source: (IpAddr, Option<IpAddr>),
     held: Arc<Mutex<Held>>,
 }
 
@@ -108,18 +124,20 @@ impl Drop for Counted {
     fn drop(&mut self) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.total -= 1;
-        if let Some(n) = held.by_source.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                held.by_source.remove(&self.source);
-            }
+        release(&mut held.by_source, &self.source.0);
+        if let Some(net) = &self.source.1 {
+            release(&mut held.by_net, net);
         }
     }
 }
 
-/// `incoming` within `limits`: a connection past either is closed at once
-/// (and counted in `weave_connections_refused_total`); the others are
-/// counted until they close.
+/// When the last refusal was logged (seconds since the epoch): at most one
+/// warning in 10 s, however many are refused.
+static WARNED: AtomicU64 = AtomicU64::new(0);
+
+/// `incoming` within `limits`: a connection past any of them is closed at
+/// once (counted in `weave_connections_refused_total`, and logged at most
+/// every 10 s); the others are counted until they close.
 pub(crate) fn limited(
     incoming: impl Stream<Item = io::Result<TcpStream>> + Send + 'static,
     limits: Limits,
@@ -132,16 +150,28 @@ pub(crate) fn limited(
                 Ok(stream) => stream,
                 Err(e) => return Some(Err(e)),
             };
-            let source = source_key(stream.peer_addr().ok()?);
+            let source = source_keys(stream.peer_addr().ok()?);
             let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
-            let from_source = h.by_source.get(&source).copied().unwrap_or(0);
-            if from_source >= limits.per_source || h.total >= limits.total {
+            let from_source = h.by_source.get(&source.0).copied().unwrap_or(0);
+            let from_net = source.1.and_then(|n| h.by_net.get(&n).copied()).unwrap_or(0);
+            if from_source >= limits.per_source || from_net >= limits.per_net || h.total >= limits.total {
+                let total = h.total;
                 drop(h);
                 metrics::counter!("weave_connections_refused_total").increment(1);
-                tracing::debug!(%source, from_source, "connection refused: too many held");
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                if now >= WARNED.load(Ordering::Relaxed) + 10 {
+                    WARNED.store(now, Ordering::Relaxed);
+                    tracing::warn!(
+                        source = %source.0, from_source, from_net, total,
+                        "connection refused: too many held (--max-connections-per-source, or the open-file limit)"
+                    );
+                }
                 return None;
             }
-            *h.by_source.entry(source).or_default() += 1;
+            *h.by_source.entry(source.0).or_default() += 1;
+            if let Some(net) = source.1 {
+                *h.by_net.entry(net).or_default() += 1;
+            }
             h.total += 1;
             drop(h);
             Some(Ok(Counted { stream, source, held }))
@@ -195,12 +225,21 @@ mod tests {
 
     #[test]
     fn connections_are_counted_per_address_and_per_ipv6_64() {
-        let key = |s: &str| source_key(s.parse().unwrap()).to_string();
-        assert_eq!(key("192.0.2.7:40000"), "192.0.2.7");
-        assert_eq!(key("[::ffff:192.0.2.7]:40000"), "192.0.2.7");
-        assert_eq!(key("[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:1"), "2001:db8:1:2::");
-        assert_eq!(key("[2001:db8:1:2::9]:1"), key("[2001:db8:1:2:ffff::1]:2"));
-        assert_ne!(key("[2001:db8:1:2::9]:1"), key("[2001:db8:1:3::9]:1"));
+        let keys = |s: &str| {
+            let (a, n) = source_keys(s.parse().unwrap());
+            (a.to_string(), n.map(|n| n.to_string()))
+        };
+        assert_eq!(keys("192.0.2.7:40000"), ("192.0.2.7".into(), None));
+        assert_eq!(keys("[::ffff:192.0.2.7]:40000"), ("192.0.2.7".into(), None));
+        assert_eq!(
+            keys("[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:1"),
+            ("2001:db8:1:2:aaaa:bbbb:cccc:dddd".into(), Some("2001:db8:1:2::".into()))
+        );
+        assert_eq!(keys("[2001:db8:1:2::9]:1").1, keys("[2001:db8:1:2:ffff::1]:2").1);
+        assert_ne!(keys("[2001:db8:1:2::9]:1").1, keys("[2001:db8:1:3::9]:1").1);
+        let l = Limits::for_process(Some(256));
+        assert_eq!((l.per_source, l.per_net), (256, 4096), "a /64 holds 16 times one address");
+        assert!(l.total >= 16);
     }
 
     fn emfile() -> io::Error {
