@@ -38,12 +38,16 @@ pub fn lan(own_node: u64) -> HostLan {
     HostLan { networks: connected_networks_in(&v4, &v6), routes: routes_in(&v4, &v6), known, own_node }
 }
 
-/// Every route of this host but the default ones and weave's own: connected,
-/// through a gateway, host routes (a Calico pod's /32, a VPN peer's).
+/// Every route of this host but weave's own and the default ones: connected,
+/// through a gateway, host routes (a Calico pod's /32, a VPN peer's). Routes
+/// shorter than /8 (IPv4) or /16 (IPv6) count as default routes: a VPN's
+/// `0.0.0.0/1` and `128.0.0.0/1` (OpenVPN's `redirect-gateway def1`) would
+/// otherwise hold every member's subnet. The main table only for IPv4
+/// (`/proc/net/route`); IPv6's file lists every table.
 fn routes_in(v4: &str, v6: &str) -> Vec<(IpNet, String)> {
     let mut out = parse_v4_all(v4, false);
     out.extend(parse_v6_all(v6, false));
-    out.retain(|(_, dev)| !weave_or_loopback(dev));
+    out.retain(|(net, dev)| !weave_or_loopback(dev) && net.prefix_len() >= if net.addr().is_ipv4() { 8 } else { 16 });
     out.sort();
     out.dedup();
     out
@@ -196,6 +200,12 @@ mod tests {
             ]
         );
         assert!(routes_in(reject, "").is_empty());
+        // A VPN's two halves of the default route are not routes to keep clear.
+        let def1 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n\
+                    tun0\t00000000\t0100080A\t0003\t0\t0\t0\t00000080\n\
+                    tun0\t00000080\t0100080A\t0003\t0\t0\t0\t00000080\n\
+                    tun0\t0000080A\t00000000\t0001\t0\t0\t0\t0000FFFF\n";
+        assert_eq!(routes_in(def1, ""), [("10.8.0.0/16".parse().unwrap(), "tun0".to_string())]);
         assert_eq!(gateways_v4(v4), ["192.0.2.1".parse::<IpAddr>().unwrap(); 2]);
         assert_eq!(gateways_v6(v6), ["2001:db8::1".parse::<IpAddr>().unwrap()]);
         let resolv = "# generated\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\nsearch example\n";
