@@ -204,8 +204,10 @@ pub fn ruleset(rules: &Rules) -> String {
     for (i, s) in segments.iter().enumerate() {
         let _ = writeln!(out, "  chain input_seg{i} {{");
         if let Some(exposed) = s.exposed {
-            let _ =
-                writeln!(out, "    ip daddr {exposed} accept\n    fib daddr type {{ broadcast, multicast }} accept");
+            let _ = writeln!(
+                out,
+                "    ip daddr {exposed} accept\n    fib daddr . iif type {{ broadcast, multicast }} accept"
+            );
         }
         out += "  }\n";
     }
