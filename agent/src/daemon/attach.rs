@@ -440,9 +440,6 @@ impl Attacher {
                 }
                 return Err(failed(e));
             }
-            if !crate::host::firewall::wait_open(*ip, Duration::from_secs(5)).await {
-                tracing::warn!(%ip, "exposed, but the firewall does not let workloads in there yet");
-            }
             result.push(Attached {
                 address: format!("{ip}/{len}"),
                 subnet: subnet.cidr.clone(),
@@ -452,6 +449,8 @@ impl Attacher {
                 mac: String::new(),
             });
         }
+        drop(_one); // Not held while the firewall catches up: other attaches go on.
+        crate::host::firewall::wait_open(allocated.iter().map(|(_, ip, _)| *ip), Duration::from_secs(5)).await;
         Ok(result)
     }
 

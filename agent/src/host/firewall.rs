@@ -57,12 +57,17 @@ fn publish(rules: &Rules) {
     OPEN.send_replace(rules.segments.iter().filter_map(|s| s.exposed).collect());
 }
 
-/// Waits, at most `limit`, until the applied rules let workloads reach this
-/// host at `ip` (an exposed address comes into the rules with the map change
-/// that its allocation makes): `weavectl expose` returns once it works.
-pub async fn wait_open(ip: Ipv4Addr, limit: Duration) -> bool {
+/// Waits, at most `limit` in all, until the applied rules let workloads
+/// reach this host at every one of `ips` (an exposed address comes into the
+/// rules with the map change its allocation makes): `weavectl expose`
+/// returns once it works. Logs what is still closed then.
+pub async fn wait_open(ips: impl IntoIterator<Item = Ipv4Addr>, limit: Duration) {
+    let ips: Vec<Ipv4Addr> = ips.into_iter().collect();
     let mut open = OPEN.subscribe();
-    matches!(tokio::time::timeout(limit, open.wait_for(|o| o.contains(&ip))).await, Ok(Ok(_)))
+    let all = open.wait_for(|o| ips.iter().all(|ip| o.contains(ip)));
+    if !matches!(tokio::time::timeout(limit, all).await, Ok(Ok(_))) {
+        tracing::warn!(?ips, "exposed, but the firewall does not let workloads in at all of them yet");
+    }
 }
 
 /// One source-guard update at a time: each reads the ports and replaces the
@@ -166,6 +171,7 @@ pub async fn keep(
             if applied.is_some() && (!present("inet", TABLE).await || !present("bridge", TABLE).await) {
                 tracing::warn!("the isolation tables were removed; putting them back");
                 metrics::counter!("weave_firewall_repairs_total").increment(1);
+                OPEN.send_replace(BTreeSet::new());
                 applied = None;
             } else if reloaded.elapsed() >= FULL_RELOAD {
                 applied = None;
