@@ -89,6 +89,24 @@ fn a_subnet_over_the_hosts_lan_is_not_installed_and_a_host_inside_one_is_refused
     assert_eq!(bed.wait_status(0).peers.len(), 1, "nothing of it reached the map");
 }
 
+/// Host 1, as a member with bad intent, adds subnet `cidr` (unnamed, as a
+/// node may) and allocates `address` in it to a container of its own.
+fn takes(bed: &Bed, cidr: &str, address: &str) -> weave_proto::v1::Subnet {
+    let (cidr, address) = (cidr.to_string(), address.to_string());
+    bed.member(0, |mut api| async move {
+        let r = weave_proto::v1::AddSubnetRequest { cidr, name: String::new() };
+        let subnet = api.subnets.add_subnet(r).await.expect("inside --node-subnets, over no endpoint").into_inner();
+        let a = weave_proto::v1::AllocateRequest {
+            container: format!("thief-{address}"),
+            subnet: subnet.cidr.clone(),
+            address,
+            ..Default::default()
+        };
+        api.ipam.allocate(a).await.expect("the member takes the address");
+        subnet
+    })
+}
+
 /// A member with bad intent: it adds a subnet around a machine on the hosts'
 /// LAN that is neither their gateway nor their name server (a NAS at
 /// 192.0.2.50) and takes that machine's address for a container of its own.
@@ -109,18 +127,7 @@ fn a_members_subnet_inside_the_hosts_lan_is_installed_nowhere_else() {
     bed.wait_peers(0, 1);
     bed.wait_peers(1, 1);
     let nas = bed.add_bare_host("192.0.2.50");
-    let trap = bed.member(0, |mut api| async move {
-        let r = weave_proto::v1::AddSubnetRequest { cidr: "192.0.2.48/29".into(), name: String::new() };
-        let subnet = api.subnets.add_subnet(r).await.expect("inside --node-subnets, over no endpoint").into_inner();
-        let a = weave_proto::v1::AllocateRequest {
-            container: "nas-thief".into(),
-            subnet: subnet.cidr.clone(),
-            address: "192.0.2.50".into(),
-            ..Default::default()
-        };
-        api.ipam.allocate(a).await.expect("the member takes the NAS's address");
-        subnet
-    });
+    let trap = takes(&bed, "192.0.2.48/29", "192.0.2.50");
     assert_ne!(trap.added_by_node, 0, "the coordinator says who added it");
     let seg = wait_for("host 2 to leave the member's subnet out", Duration::from_secs(10), || {
         bed.status(1)?.segments.into_iter().find(|s| s.subnet == trap.cidr && s.skipped.is_some())
@@ -135,18 +142,7 @@ fn a_members_subnet_inside_the_hosts_lan_is_installed_nowhere_else() {
     // Nor over another route of host 2: a host route (a Calico pod, a VPN
     // peer) that the segment's /32 would replace (found by a review).
     ok_in(&bed.hosts[1].ns, &["ip", "route", "add", "10.99.0.5/32", "dev", "eth0"]);
-    let pod = bed.member(0, |mut api| async move {
-        let r = weave_proto::v1::AddSubnetRequest { cidr: "10.99.0.0/24".into(), name: String::new() };
-        let subnet = api.subnets.add_subnet(r).await.expect("inside --node-subnets").into_inner();
-        let a = weave_proto::v1::AllocateRequest {
-            container: "pod-thief".into(),
-            subnet: subnet.cidr.clone(),
-            address: "10.99.0.5".into(),
-            ..Default::default()
-        };
-        api.ipam.allocate(a).await.expect("the member takes the pod's address");
-        subnet
-    });
+    let pod = takes(&bed, "10.99.0.0/24", "10.99.0.5");
     let seg = wait_for("host 2 to leave the subnet over its route out", Duration::from_secs(10), || {
         bed.status(1)?.segments.into_iter().find(|s| s.subnet == pod.cidr && s.skipped.is_some())
     });

@@ -52,9 +52,6 @@ pub(super) fn check_key(key: &WgPublicKey) -> Result<(), Error> {
     }
 }
 
-/// Checks `endpoints` and returns them in canonical form (an IPv4-mapped
-/// IPv6 address as the IPv4 address it is, so every later check and every
-/// agent sees one form).
 /// Whether peers could reach a node at `ip`: loopback and link-local would
 /// point every peer at a service on its own host or its own link (a
 /// metadata server at 169.254.169.254), never at this node.
@@ -69,6 +66,9 @@ fn reachable(ip: std::net::IpAddr) -> bool {
     }
 }
 
+/// Checks `endpoints` and returns them in canonical form (an IPv4-mapped
+/// IPv6 address as the IPv4 address it is, so every later check and every
+/// agent sees one form).
 pub(super) fn check_endpoints(endpoints: &[String]) -> Result<Vec<String>, Error> {
     if endpoints.len() > MAX_ENDPOINTS {
         return Err(Error::InvalidArgument(format!(
