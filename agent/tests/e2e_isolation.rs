@@ -4,7 +4,10 @@
 //! subnets reaches both. Plus expose/hide.
 mod common;
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use common::*;
 
@@ -181,15 +184,16 @@ fn link_local(ns: &str, dev: &str) -> String {
 fn udp_arrives(host: &str, from: &str, to: std::net::SocketAddr) -> bool {
     let bound = std::sync::Arc::new(std::sync::Barrier::new(2));
     let b = bound.clone();
+    let any: std::net::IpAddr = if to.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
     let receiver = in_netns(host, move || {
-        let s = std::net::UdpSocket::bind(("0.0.0.0", to.port())).unwrap();
+        let s = std::net::UdpSocket::bind((any, to.port())).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         b.wait();
         s.recv(&mut [0u8; 64]).is_ok()
     });
     bound.wait();
     in_netns(from, move || {
-        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let s = std::net::UdpSocket::bind((any, 0)).unwrap();
         for _ in 0..3 {
             let _ = s.send_to(b"knock", to);
         }
@@ -247,6 +251,12 @@ fn a_workload_reaches_its_host_only_at_the_exposed_address_and_never_over_ipv6()
     assert!(udp_arrives(&host, &a, (exposed, 9999).into()), "a did not reach the exposed host at {exposed}");
     assert!(udp_arrives(&host, &a, (all_hosts, 9999).into()), "the exposed host did not get the multicast");
     assert!(!udp_arrives(&host, &a, (inside, 9999).into()), "a reached the host's {inside} once exposed");
+    // Exposed or not, no IPv6 reaches the host: not the all-nodes multicast
+    // to a socket on [::] (a review found the broadcast rule let it in).
+    let ethwe = ok_in(&a, &["ip", "-o", "link", "show", "ethwe"]);
+    let index: u32 = ethwe.split(':').next().and_then(|n| n.trim().parse().ok()).expect("ethwe's index");
+    let all_nodes = std::net::SocketAddrV6::new(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), 9999, 0, index);
+    assert!(!udp_arrives(&host, &a, all_nodes.into()), "a's IPv6 multicast reached the exposed host");
 }
 
 /// An address in `ns`'s subnet (of its `ethwe`) with the last octet `last`.

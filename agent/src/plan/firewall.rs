@@ -206,7 +206,7 @@ pub fn ruleset(rules: &Rules) -> String {
         if let Some(exposed) = s.exposed {
             let _ = writeln!(
                 out,
-                "    ip daddr {exposed} accept\n    fib daddr . iif type {{ broadcast, multicast }} accept"
+                "    ip daddr {exposed} accept\n    meta nfproto ipv4 fib daddr . iif type {{ broadcast, multicast }} accept"
             );
         }
         out += "  }\n";

@@ -124,8 +124,10 @@ fn workloads_reach_their_host_only_at_its_exposed_address_and_never_over_ipv6() 
     // broadcasts and multicast (the host is a member of it). Not exposed
     // on 10.32.0.0/16: nothing; neither any other local address in the
     // subnet (a /32 on lo or kube-ipvs0: a review found it reached).
-    // (`. iif`: the broadcast of this bridge, not the LAN's or another segment's.)
-    let seg1 = "    ip daddr 10.2.3.1 accept\n    fib daddr . iif type { broadcast, multicast } accept\n";
+    // (`. iif`: the broadcast of this bridge, not the LAN's or another
+    // segment's; IPv4 only: ff02::1 is multicast too, a review found.)
+    let seg1 =
+        "    ip daddr 10.2.3.1 accept\n    meta nfproto ipv4 fib daddr . iif type { broadcast, multicast } accept\n";
     assert_eq!(chain(&r, "input_seg1"), seg1, "own exposed address");
     assert_eq!(chain(&r, "input_seg0"), "", "not exposed: nothing");
     assert!(input.find("ct status dnat accept").is_some_and(|d| d < exposed), "{input}");
