@@ -82,13 +82,18 @@ pub struct ServeArgs {
     /// waits its turn up to 5 s, else RESOURCE_EXHAUSTED. The admin is not paced.
     #[arg(long, env = "WEAVE_NODE_RATE", default_value_t = 50)]
     pub node_rate: u32,
-    /// Connections one source address (an IPv6 /64) may hold to the gRPC
-    /// port at once (0: no limit); more are closed as they arrive. An agent
-    /// holds one, each running weavectl one: hosts behind one NAT address
-    /// share it. All sources together hold at most the open-file limit less
-    /// 256 (the limit is raised to its hard maximum at start).
+    /// Connections one source address may hold to the gRPC port at once (0:
+    /// no limit; one IPv6 /64 16 times that); more are closed as they
+    /// arrive. An agent holds one, each running weavectl one: hosts behind
+    /// one NAT address share it.
     #[arg(long, env = "WEAVE_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 256)]
     pub max_connections_per_source: u32,
+    /// Connections all sources together may hold (0: the open-file limit
+    /// less 256, which is raised to its hard maximum at start; never more).
+    /// When all are held, the oldest connection of the source holding the
+    /// most is closed for a newcomer from a source that holds fewer.
+    #[arg(long, env = "WEAVE_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: u32,
 }
 
 /// The private ranges: RFC 1918 and IPv6 unique local addresses.
@@ -119,6 +124,8 @@ pub struct Settings {
     pub node_rate: Option<u32>,
     /// Connections one source may hold to the gRPC port (None: no limit).
     pub max_connections_per_source: Option<u32>,
+    /// Connections all sources may hold together (None: the open-file limit less 256).
+    pub max_connections: Option<u32>,
     /// Where a node may add subnets (empty: nowhere).
     pub node_subnets: Vec<IpNet>,
 }
@@ -154,6 +161,7 @@ impl ServeArgs {
             rpc_deadline: "30s".into(),
             node_rate: 50,
             max_connections_per_source: 256,
+            max_connections: 0,
             node_subnets: DEFAULT_NODE_SUBNETS.into(),
         }
     }
@@ -245,6 +253,7 @@ impl ServeArgs {
             rpc_deadline,
             node_rate: Some(self.node_rate).filter(|r| *r > 0),
             max_connections_per_source: Some(self.max_connections_per_source).filter(|n| *n > 0),
+            max_connections: Some(self.max_connections).filter(|n| *n > 0),
             metrics_listen: match self.metrics_listen.trim() {
                 "off" | "none" | "" => None,
                 a => Some(a.parse().map_err(|e| flag("metrics-listen", format!("'{a}': {e} (ip:port or off)")))?),

@@ -181,7 +181,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .add_service(StatusServiceServer::new(api::StatusApi(state)));
     // No Nagle: a join answer (with the whole map) would otherwise wait for a delayed ACK.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(30)));
-    let limits = crate::accept::Limits::for_process(settings.max_connections_per_source);
+    let limits = crate::accept::Limits::for_process(settings.max_connections_per_source, settings.max_connections);
     tracing::debug!(per_source = limits.per_source, total = limits.total, "connection limits");
     let incoming = crate::accept::limited(crate::accept::backing_off(incoming), limits);
     // Tell the watch streams first, then let tonic drain the connections.
