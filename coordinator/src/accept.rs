@@ -5,9 +5,9 @@
 //! some helps. So such errors are logged and retried after a pause, during
 //! which established connections (and the handshake timeout) free some.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     io,
-    net::{IpAddr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv6Addr},
     pin::Pin,
     sync::{
         Arc, Mutex,
@@ -90,82 +90,115 @@ impl Limits {
     }
 }
 
-/// The keys a connection is counted under: its address (IPv4-mapped as
-/// IPv4), and for IPv6 its /64.
-fn source_keys(addr: SocketAddr) -> (IpAddr, Option<IpAddr>) {
-    let ip = addr.ip().to_canonical();
-    (ip, net_of(ip))
-}
-
-/// An IPv6 address's /64.
-fn net_of(ip: IpAddr) -> Option<IpAddr> {
-    match ip {
-        IpAddr::V6(v6) => Some(IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1)))),
-        IpAddr::V4(_) => None,
+/// The group a connection is ranked in: its address (IPv4-mapped as
+/// IPv4), or for IPv6 its /64 (one host may hold a whole /64).
+fn group_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
     }
 }
 
-/// Set when a connection is closed to make room for another source's.
+/// Set when a connection is closed to make room for another group's.
 #[derive(Debug, Default)]
 struct Evict {
     set: AtomicBool,
     waker: AtomicWaker,
 }
 
+/// One held connection: its id (rising), address, and eviction flag.
+type Entry = (u64, IpAddr, Arc<Evict>);
+
 #[derive(Debug, Default)]
 struct Held {
-    /// Each source's connections, oldest first.
-    by_source: HashMap<IpAddr, VecDeque<(u64, Arc<Evict>)>>,
-    by_net: HashMap<IpAddr, usize>,
+    /// Each group's connections, oldest first.
+    groups: HashMap<IpAddr, VecDeque<Entry>>,
+    /// Connections per address.
+    by_address: HashMap<IpAddr, usize>,
+    /// The groups by how many connections each holds (the biggest found
+    /// without a walk over all).
+    by_size: BTreeMap<usize, HashSet<IpAddr>>,
     total: usize,
     next: u64,
 }
 
 impl Held {
-    fn from_source(&self, source: &IpAddr) -> usize {
-        self.by_source.get(source).map_or(0, VecDeque::len)
+    fn held_by_address(&self, address: &IpAddr) -> usize {
+        self.by_address.get(address).copied().unwrap_or(0)
     }
 
-    /// Stops counting connection `id` of `source`.
-    fn release(&mut self, id: u64, source: &(IpAddr, Option<IpAddr>)) {
-        if let Some(q) = self.by_source.get_mut(&source.0) {
-            q.retain(|(i, _)| *i != id);
-            if q.is_empty() {
-                self.by_source.remove(&source.0);
+    fn held_by_group(&self, address: &IpAddr) -> usize {
+        self.groups.get(&group_of(*address)).map_or(0, VecDeque::len)
+    }
+
+    fn resize(&mut self, group: IpAddr, from: usize, to: usize) {
+        if let Some(set) = self.by_size.get_mut(&from) {
+            set.remove(&group);
+            if set.is_empty() {
+                self.by_size.remove(&from);
             }
         }
-        if let Some(net) = &source.1
-            && let Some(n) = self.by_net.get_mut(net)
-        {
+        if to > 0 {
+            self.by_size.entry(to).or_default().insert(group);
+        }
+    }
+
+    /// Counts a new connection from `address`.
+    fn admit(&mut self, address: IpAddr) -> (u64, Arc<Evict>) {
+        let (id, evict, group) = (self.next, Arc::new(Evict::default()), group_of(address));
+        self.next += 1;
+        let q = self.groups.entry(group).or_default();
+        q.push_back((id, address, evict.clone()));
+        let len = q.len();
+        self.resize(group, len - 1, len);
+        *self.by_address.entry(address).or_default() += 1;
+        self.total += 1;
+        (id, evict)
+    }
+
+    /// Stops counting connection `id` from `address` (once: a second call finds nothing).
+    fn release(&mut self, id: u64, address: IpAddr) {
+        let group = group_of(address);
+        let Some(q) = self.groups.get_mut(&group) else { return };
+        let Ok(at) = q.binary_search_by_key(&id, |e| e.0) else { return };
+        q.remove(at);
+        let len = q.len();
+        if len == 0 {
+            self.groups.remove(&group);
+        }
+        self.resize(group, len + 1, len);
+        if let Some(n) = self.by_address.get_mut(&address) {
             *n -= 1;
             if *n == 0 {
-                self.by_net.remove(net);
+                self.by_address.remove(&address);
             }
         }
         self.total -= 1;
     }
 
-    /// With every slot taken: closes the oldest connection of the source
-    /// that holds the most, if that is more than `from_source + 1` (what
-    /// the newcomer's source would hold), so that one source (or a few)
-    /// cannot keep every other out by holding all slots. Whether it did.
-    fn make_room(&mut self, from_source: usize) -> bool {
-        let Some((key, q)) = self.by_source.iter().max_by_key(|(_, q)| q.len()) else { return false };
-        if q.len() <= from_source + 1 {
-            return false;
+    /// With every slot taken: closes the oldest connection of the group
+    /// (address, IPv6 /64) that holds the most, if that is more than
+    /// `from_group + 1` (what the newcomer's group would hold), so that one
+    /// source (or a few) cannot keep every other out by holding all slots.
+    /// The address it was from, if it closed one.
+    fn make_room(&mut self, from_group: usize) -> Option<IpAddr> {
+        let (&most, groups) = self.by_size.last_key_value()?;
+        if most <= from_group + 1 {
+            return None;
         }
-        let (key, (id, evict)) = (*key, q[0].clone());
-        self.release(id, &(key, net_of(key)));
+        let group = *groups.iter().next()?;
+        let (id, address, evict) = self.groups.get(&group)?.front()?.clone();
+        self.release(id, address);
         evict.set.store(true, Ordering::Release);
         evict.waker.wake();
-        true
+        Some(address)
     }
 }
 
 /// An accepted connection, counted until dropped (or closed to make room).
 pub(crate) struct Counted {
     stream: TcpStream,
-    source: (IpAddr, Option<IpAddr>),
+    address: IpAddr,
     id: u64,
     evict: Arc<Evict>,
     held: Arc<Mutex<Held>>,
@@ -182,31 +215,29 @@ impl Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        // An evicted connection was released when it was chosen (under this lock).
-        if !self.evict.set.load(Ordering::Acquire) {
-            held.release(self.id, &self.source);
-        }
+        // An evicted connection was released when it was chosen (a second
+        // release finds nothing).
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).release(self.id, self.address);
     }
 }
 
-/// When the last refusal was logged (seconds since the epoch): at most one
-/// warning in 10 s, however many are refused.
-static WARNED: AtomicU64 = AtomicU64::new(0);
+/// When the last refusal and the last eviction were logged (seconds since
+/// the epoch): at most one warning of each in 10 s.
+static REFUSED_LOGGED: AtomicU64 = AtomicU64::new(0);
+static EVICTED_LOGGED: AtomicU64 = AtomicU64::new(0);
 
-fn log_at_most_every_10s(what: &str, source: IpAddr, from_source: usize, from_net: usize, total: usize) {
+fn every_10s(last: &AtomicU64) -> bool {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    if now >= WARNED.load(Ordering::Relaxed) + 10 {
-        WARNED.store(now, Ordering::Relaxed);
-        tracing::warn!(%source, from_source, from_net, total, "{what} (--max-connections-per-source, --max-connections)");
-    }
+    let before = last.load(Ordering::Relaxed);
+    now >= before + 10 && last.compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
 }
 
-/// `incoming` within `limits`: a connection past its source's or its /64's
-/// limit is closed at once (counted in `weave_connections_refused_total`,
-/// logged at most every 10 s). With every slot taken, the oldest connection
-/// of the source holding the most is closed to make room
-/// (`weave_connections_evicted_total`) if that source holds more than the
+/// `incoming` within `limits`: a connection past its address's or its
+/// /64's limit is closed at once (counted in
+/// `weave_connections_refused_total`, logged at most every 10 s). With
+/// every slot taken, the oldest connection of the group (address, IPv6
+/// /64) holding the most is closed to make room
+/// (`weave_connections_evicted_total`) if that group holds more than the
 /// newcomer's would; else the newcomer is closed. The others are counted
 /// until they close.
 pub(crate) fn limited(
@@ -221,37 +252,37 @@ pub(crate) fn limited(
                 Ok(stream) => stream,
                 Err(e) => return Some(Err(e)),
             };
-            let source = source_keys(stream.peer_addr().ok()?);
+            let address = stream.peer_addr().ok()?.ip().to_canonical();
             let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
-            let from_source = h.from_source(&source.0);
-            let from_net = source.1.and_then(|n| h.by_net.get(&n).copied()).unwrap_or(0);
-            let full = h.total >= limits.total;
-            if from_source >= limits.per_source || from_net >= limits.per_net || (full && !h.make_room(from_source)) {
+            let (from_address, from_group) = (h.held_by_address(&address), h.held_by_group(&address));
+            let mut evicted = None;
+            let refused = from_address >= limits.per_source
+                || from_group >= limits.per_net
+                || (h.total >= limits.total && {
+                    evicted = h.make_room(from_group);
+                    evicted.is_none()
+                });
+            if refused {
                 let total = h.total;
                 drop(h);
                 metrics::counter!("weave_connections_refused_total").increment(1);
-                log_at_most_every_10s("connection refused: too many held", source.0, from_source, from_net, total);
+                if every_10s(&REFUSED_LOGGED) {
+                    tracing::warn!(
+                        %address, from_address, from_group, total,
+                        "connection refused: too many held (--max-connections-per-source, --max-connections)"
+                    );
+                }
                 return None;
             }
-            if full {
-                metrics::counter!("weave_connections_evicted_total").increment(1);
-                log_at_most_every_10s(
-                    "all connections held: closed the oldest of the source holding the most",
-                    source.0,
-                    from_source,
-                    from_net,
-                    h.total,
-                );
-            }
-            let (id, evict) = (h.next, Arc::new(Evict::default()));
-            h.next += 1;
-            h.by_source.entry(source.0).or_default().push_back((id, evict.clone()));
-            if let Some(net) = source.1 {
-                *h.by_net.entry(net).or_default() += 1;
-            }
-            h.total += 1;
+            let (id, evict) = h.admit(address);
             drop(h);
-            Some(Ok(Counted { stream, source, id, evict, held }))
+            if let Some(from) = evicted {
+                metrics::counter!("weave_connections_evicted_total").increment(1);
+                if every_10s(&EVICTED_LOGGED) {
+                    tracing::warn!(%from, for_address = %address, "all connections held (--max-connections): closed the oldest of the source holding the most");
+                }
+            }
+            Some(Ok(Counted { stream, address, id, evict, held }))
         }
     })
 }
@@ -313,23 +344,55 @@ impl AsyncWrite for Counted {
 mod tests {
     use super::*;
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn connections_are_counted_per_address_and_per_ipv6_64() {
-        let keys = |s: &str| {
-            let (a, n) = source_keys(s.parse().unwrap());
-            (a.to_string(), n.map(|n| n.to_string()))
-        };
-        assert_eq!(keys("192.0.2.7:40000"), ("192.0.2.7".into(), None));
-        assert_eq!(keys("[::ffff:192.0.2.7]:40000"), ("192.0.2.7".into(), None));
-        assert_eq!(
-            keys("[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:1"),
-            ("2001:db8:1:2:aaaa:bbbb:cccc:dddd".into(), Some("2001:db8:1:2::".into()))
-        );
-        assert_eq!(keys("[2001:db8:1:2::9]:1").1, keys("[2001:db8:1:2:ffff::1]:2").1);
-        assert_ne!(keys("[2001:db8:1:2::9]:1").1, keys("[2001:db8:1:3::9]:1").1);
+        let group = |s: &str| group_of(ip(s)).to_string();
+        assert_eq!(group("192.0.2.7"), "192.0.2.7");
+        assert_eq!(group("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(group("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_ne!(group("2001:db8:1:2::9"), group("2001:db8:1:3::9"));
+        let mut h = Held::default();
+        let a = h.admit(ip("2001:db8:1:2::9"));
+        h.admit(ip("2001:db8:1:2::a"));
+        h.admit(ip("192.0.2.7"));
+        assert_eq!((h.held_by_address(&ip("2001:db8:1:2::9")), h.held_by_group(&ip("2001:db8:1:2::ffff"))), (1, 2));
+        assert_eq!((h.held_by_address(&ip("192.0.2.7")), h.held_by_group(&ip("192.0.2.7")), h.total), (1, 1, 3));
+        h.release(a.0, ip("2001:db8:1:2::9"));
+        h.release(a.0, ip("2001:db8:1:2::9"));
+        assert_eq!((h.held_by_group(&ip("2001:db8:1:2::")), h.total), (1, 2), "released once");
         let l = Limits::for_process(Some(256), None);
         assert_eq!((l.per_source, l.per_net), (256, 4096), "a /64 holds 16 times one address");
         assert!(l.total >= 16);
+    }
+
+    /// With every slot held, the group holding the most gives up its oldest
+    /// connection, counted by /64: one address each from one /64 is one
+    /// source, not many (a review found them ranked per address).
+    #[test]
+    fn room_is_made_from_the_biggest_group_by_ipv6_64() {
+        let mut h = Held::default();
+        let (mut first, mut rest) = (None, Vec::new());
+        for i in 1..=4 {
+            let e = h.admit(ip(&format!("2001:db8:1:2::{i}")));
+            if first.is_none() { first = Some(e) } else { rest.push(e) }
+        }
+        h.admit(ip("192.0.2.7"));
+        h.admit(ip("192.0.2.7"));
+        assert_eq!(h.make_room(0), Some(ip("2001:db8:1:2::1")), "the /64's oldest");
+        assert!(first.unwrap().1.set.load(Ordering::Acquire));
+        assert!(rest.iter().all(|e| !e.1.set.load(Ordering::Acquire)));
+        assert_eq!((h.held_by_group(&ip("2001:db8:1:2::1")), h.total), (3, 5));
+        // The /64 (3) against a newcomer whose group holds 2: no more than one more.
+        assert_eq!(h.make_room(2), None);
+        assert_eq!(h.make_room(1), Some(ip("2001:db8:1:2::2")));
+        // Then two groups of 2: a newcomer from either gets nothing; from a third, room.
+        assert_eq!(h.make_room(1), None);
+        assert!(h.make_room(0).is_some());
+        assert_eq!(h.total, 3);
     }
 
     fn emfile() -> io::Error {

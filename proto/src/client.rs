@@ -162,7 +162,9 @@ pub fn cut_off(s: &tonic::Status) -> bool {
     }
 }
 
-fn endpoint(addr: &str, pin: Pin) -> Result<Endpoint, ConnectError> {
+/// The endpoint [`connect`] uses for one `addr` (TLS trusting only `pin`,
+/// its timeouts and keepalives), for a caller that tunes it further.
+pub fn endpoint(addr: &str, pin: Pin) -> Result<Endpoint, ConnectError> {
     let bad = || ConnectError::Address(addr.to_string());
     if addr.contains('/') || !addr.contains(':') {
         return Err(bad());
