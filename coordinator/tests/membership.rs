@@ -259,3 +259,23 @@ async fn a_join_with_map_by_watch_gets_the_map_from_its_first_watch() {
     assert_eq!(map.nodes.len(), 3, "a join without map_by_watch carries the whole map, as before");
     assert!(map.revision > full.revision);
 }
+
+/// A node that joins after another was removed never gets the removed
+/// node's id (SQLite gave the newest removed node's id again): what still
+/// names the removed node (a subnet it added, `removed_nodes`, a watcher's
+/// NodeRemoved) must not come to name the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_nodes_id_is_never_given_again() {
+    let c = TestCoordinator::start().await;
+    let (first, _) = c.join("host1", 1).await;
+    let (removed, mut member) = c.join("host2", 2).await;
+    let r = AddSubnetRequest { cidr: "10.77.0.0/24".into(), name: String::new() };
+    member.subnets.add_subnet(r).await.expect("a member's subnet");
+    let mut admin = c.admin().await;
+    admin.nodes.remove_node(RemoveNodeRequest { node: "host2".into() }).await.unwrap();
+    let (next, _) = c.join("host3", 3).await;
+    assert!(next.id > removed.id && removed.id > first.id, "{first:?} {removed:?} {next:?}");
+    let subnets = admin.subnets.list_subnets(ListSubnetsRequest {}).await.unwrap().into_inner().subnets;
+    let kept = subnets.iter().find(|s| s.cidr == "10.77.0.0/24").expect("the removed member's subnet stays");
+    assert_eq!(kept.added_by_node, removed.id, "names the removed node, not host3");
+}

@@ -198,9 +198,14 @@ impl Store {
         let node_range = parse_net(node_range)?;
         let address = ipam::lowest_free_in(&node_range, tx.node_addresses().await?)
             .ok_or_else(|| Error::Exhausted(format!("the node block {node_range} has no free address")))?;
+        // A new id, never one a removed node had (SQLite would give the
+        // newest removed node's id again): watchers, `removed_nodes` and a
+        // subnet's `origin_node` keep naming that node.
         let row = db::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO nodes (name, public_key, endpoints, address, credential_hash, joined_via, joined_at, updated_at, \
-             observed) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) RETURNING {NODE_COLUMNS}"
+            "INSERT INTO nodes (id, name, public_key, endpoints, address, credential_hash, joined_via, joined_at, \
+             updated_at, observed) VALUES ((SELECT COALESCE(MAX(n), 0) + 1 FROM (SELECT id AS n FROM nodes \
+             UNION ALL SELECT node_id FROM removed_nodes UNION ALL SELECT origin_node FROM subnets) AS ids), \
+             $1, $2, $3, $4, $5, $6, $7, $7, $8) RETURNING {NODE_COLUMNS}"
         )))
         .bind(&r.name)
         .bind(&r.public_key[..])
