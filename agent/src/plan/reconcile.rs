@@ -85,13 +85,13 @@ impl Desired {
             .collect();
         let proxies = remote_workloads(map, own_node);
         // This host's exposed address per segment: the source of its own traffic to remote workloads.
-        let vni_of: BTreeMap<u64, u32> = map.subnets.iter().map(|s| (s.id, s.vni)).collect();
         let exposed = exposed_addresses(map, own_node);
         let routes = proxies
             .iter()
             .flat_map(|(vni, ips)| ips.iter().map(|ip| (*ip, exposed.get(vni).copied())))
             .filter(|(ip, _)| *ip != local)
             .collect();
+        let vni_of: BTreeMap<u64, u32> = map.subnets.iter().map(|s| (s.id, s.vni)).collect();
         let mut workloads: BTreeMap<u32, BTreeSet<Ipv4Addr>> = BTreeMap::new();
         for a in map.allocations.iter().filter(|a| a.node_id == own_node) {
             if let (Some(&vni), Some(ip)) = (vni_of.get(&a.subnet_id), allocation_address(&a.address)) {

@@ -10,6 +10,16 @@ fn chain<'a>(r: &'a str, name: &str) -> &'a str {
     body.strip_prefix("    type ").map_or(body, |b| &b[b.find('\n').unwrap() + 1..])
 }
 
+/// A segment of `subnet` on vni `vni` with `remote` workloads, not exposed.
+fn seg(vni: u32, subnet: &str, remote: &[&str]) -> Segment {
+    Segment {
+        bridge: bridge_name(vni),
+        subnet: subnet.parse().unwrap(),
+        remote: remote.iter().map(|a| a.parse().unwrap()).collect(),
+        exposed: None,
+    }
+}
+
 #[test]
 fn a_packet_meets_as_many_rules_with_64_segments_as_with_one() {
     let segs = |n: u32| Rules {
@@ -52,12 +62,6 @@ fn a_packet_meets_as_many_rules_with_64_segments_as_with_one() {
 
 #[test]
 fn the_ruleset_replaces_the_tables_and_routes_only_within_a_subnet() {
-    let seg = |vni, subnet: &str, remote: &[&str]| Segment {
-        bridge: bridge_name(vni),
-        subnet: subnet.parse().unwrap(),
-        remote: remote.iter().map(|a| a.parse().unwrap()).collect(),
-        exposed: None,
-    };
     let segments = vec![seg(5, "10.32.0.0/16", &["10.32.0.7", "10.32.0.9"]), seg(9, "10.2.3.0/24", &[])];
     let r = ruleset(&Rules { segments, ..Default::default() });
     assert!(r.starts_with("table inet weave {}\ndelete table inet weave\ntable bridge weave {}\n"), "{r}");
@@ -109,14 +113,8 @@ fn the_ruleset_replaces_the_tables_and_routes_only_within_a_subnet() {
 
 #[test]
 fn workloads_reach_their_host_only_at_its_exposed_address_and_never_over_ipv6() {
-    let seg = |vni, subnet: &str| Segment {
-        bridge: bridge_name(vni),
-        subnet: subnet.parse().unwrap(),
-        remote: BTreeSet::new(),
-        exposed: None,
-    };
-    let on = Segment { exposed: Some("10.2.3.1".parse().unwrap()), ..seg(9, "10.2.3.0/24") };
-    let r = ruleset(&Rules { segments: vec![seg(5, "10.32.0.0/16"), on], ..Default::default() });
+    let on = Segment { exposed: Some("10.2.3.1".parse().unwrap()), ..seg(9, "10.2.3.0/24", &[]) };
+    let r = ruleset(&Rules { segments: vec![seg(5, "10.32.0.0/16", &[]), on], ..Default::default() });
     let input = chain(&r, "input");
     let exposed = input.find("iifname vmap { \"wvbr-5\" : jump input_seg0, \"wvbr-9\" : jump input_seg1 }\n");
     let exposed = exposed.expect("each bridge to its segment's chain");
@@ -192,12 +190,6 @@ fn the_overlay_is_sealed_from_the_underlay_and_vxlan_comes_only_from_peers_over_
 
 #[test]
 fn element_changes_update_the_sets_and_anything_else_replaces_the_tables() {
-    let seg = |vni, subnet: &str, remote: &[&str]| Segment {
-        bridge: bridge_name(vni),
-        subnet: subnet.parse().unwrap(),
-        remote: remote.iter().map(|a| a.parse().unwrap()).collect(),
-        exposed: None,
-    };
     let peers = |p: &[&str]| p.iter().map(|a| a.parse().unwrap()).collect();
     let old = Rules {
         segments: vec![seg(5, "10.32.0.0/16", &["10.32.0.7", "10.32.0.9"]), seg(9, "10.2.3.0/24", &[])],
