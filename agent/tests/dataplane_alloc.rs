@@ -1,7 +1,9 @@
 //! The packet path allocates nothing per packet or per batch: with a counting
-//! global allocator, encrypting batches on one router and decrypting them
-//! (GRO-sized receives) on another, with the buffers the packet threads use,
-//! counts zero allocations once the tunnel is up. No root, no I/O.
+//! global allocator, encrypting batches on one router, decrypting them
+//! (GRO-sized receives) on another and coalescing the decrypted segments for
+//! the TUN write (tun-rs's GRO, as the packet threads run it), with the
+//! buffers the packet threads use, counts zero allocations once the tunnel
+//! is up. No root, no I/O.
 // A global allocator is an `unsafe` trait: the one exception to the
 // workspace's `unsafe_code = "deny"`, in this test binary only.
 #![allow(unsafe_code)]
@@ -13,6 +15,7 @@ use std::{
 };
 
 use boringtun::x25519::{PublicKey, StaticSecret};
+use tun_rs::GROTable;
 use weave_agent::{
     dataplane::{
         batch::{self, Encrypted},
@@ -99,12 +102,23 @@ fn config(of: &Node) -> PeerConfig {
     }
 }
 
-/// An IPv4/UDP-shaped packet of `len` bytes.
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, len: usize, seq: u8) -> Vec<u8> {
-    let mut p = vec![seq; len];
-    p[..12].copy_from_slice(&[0x45, 0, (len >> 8) as u8, len as u8, 0, 0, 0, 0, 64, 17, 0, 0]);
+/// Segment `i` of one TCP flow from `src` to `dst`, `len` bytes in all (IPv4
+/// and TCP headers of 20 each), ACK set, in sequence. The checksums are
+/// left zero (wrong): the receiving GRO trusts what WireGuard authenticated.
+fn tcp_segment(src: Ipv4Addr, dst: Ipv4Addr, len: usize, i: usize) -> Vec<u8> {
+    let mut p = vec![i as u8; len];
+    p[..12].copy_from_slice(&[0x45, 0, (len >> 8) as u8, len as u8, 0, i as u8, 0x40, 0, 64, 6, 0, 0]);
     p[12..16].copy_from_slice(&src.octets());
     p[16..20].copy_from_slice(&dst.octets());
+    let seq = 1_000 + (i * (len - 40)) as u32;
+    let mut tcp = [0u8; 20];
+    tcp[..4].copy_from_slice(&[0x9c, 0x40, 0x14, 0x51]); // ports 40000 -> 5201
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[8..12].copy_from_slice(&7u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x10; // ACK
+    tcp[14..16].copy_from_slice(&512u16.to_be_bytes());
+    p[20..40].copy_from_slice(&tcp);
     p
 }
 
@@ -148,7 +162,7 @@ fn encrypting_and_decrypting_batches_allocates_nothing() {
     const SEG: usize = 1370;
     let mut packets: Vec<Vec<u8>> = (0..N)
         .map(|i| {
-            let mut p = ipv4(a.addr, b.addr, SEG, i as u8);
+            let mut p = tcp_segment(a.addr, b.addr, SEG, i);
             p.resize(MTU + 64, 0xee);
             p
         })
@@ -159,6 +173,8 @@ fn encrypting_and_decrypting_batches_allocates_nothing() {
     let mut out: Vec<Encrypted> = Vec::with_capacity(N);
     let mut rx: Vec<Vec<u8>> = (0..128).map(|_| Vec::with_capacity(2 * OFFSET + 65_535)).collect();
     let least = MTU + 64 + batch::WG_GROWTH;
+    let mut gro = GROTable::trusting_checksums();
+    let mut coalesced = 0;
 
     let mut round = |count_from: &mut usize| {
         let table = a.router.table();
@@ -174,6 +190,9 @@ fn encrypting_and_decrypting_batches_allocates_nothing() {
                 batch::decrypt(&b.router, &table, a.endpoint, datagrams, e.len, &mut rx, count, OFFSET, least, &b.wire);
         });
         *count_from = count;
+        // The TUN write's coalescing: every segment joins the first.
+        gro.apply_gro(&mut rx[..count], OFFSET, false).expect("gro");
+        coalesced = rx[0].len() - OFFSET;
     };
     // The first round may set up lazily initialised state (none is expected).
     let mut decrypted = 0;
@@ -185,8 +204,10 @@ fn encrypting_and_decrypting_batches_allocates_nothing() {
         }
     });
     assert_eq!(decrypted, N, "every datagram decrypted");
+    assert_eq!(coalesced, 40 + N * (SEG - 40), "all {N} segments coalesced into one write");
     assert!(out.iter().all(|e| e.len == 16 + 1376 + 16), "padded to 16 on the wire: {:?}", out[0]);
     assert_eq!(&rx[N - 1][OFFSET..], &packets[N - 1][..SEG], "the plaintext came back, cut to its IP length");
+    assert_eq!(&rx[0][OFFSET + 40 + (N - 1) * (SEG - 40)..], &packets[N - 1][40..SEG], "its payload ends the write");
     // What was decrypted past the IP length (the pad) is still in the buffer.
     let last = &rx[N - 1];
     assert!(last.capacity() >= last.len() + 6);
@@ -200,4 +221,59 @@ fn encrypting_and_decrypting_batches_allocates_nothing() {
 
     // The counter itself works: the check above could fail.
     assert!(allocations(|| drop(std::hint::black_box(vec![0u8; 64]))) >= 1);
+}
+
+/// The trust is what coalesces them: the release's checking table leaves the
+/// same segments (zero checksums) apart, one write each; with their
+/// checksums right it coalesces them too.
+#[test]
+fn gro_skips_the_checksum_check_only_when_told_to_trust() {
+    const OFFSET: usize = 10;
+    const SEG: usize = 1370;
+    let (src, dst) = (Ipv4Addr::new(10, 47, 0, 1), Ipv4Addr::new(10, 47, 0, 2));
+    let batch = |fix: bool| -> Vec<Vec<u8>> {
+        (0..8)
+            .map(|i| {
+                let mut p = tcp_segment(src, dst, SEG, i);
+                if fix {
+                    fix_checksums(&mut p);
+                }
+                let mut b = Vec::with_capacity(2 * OFFSET + 65_535);
+                b.resize(OFFSET, 0);
+                b.extend_from_slice(&p);
+                b
+            })
+            .collect()
+    };
+    let written = |mut gro: GROTable, mut bufs: Vec<Vec<u8>>| {
+        gro.apply_gro(&mut bufs, OFFSET, false).expect("gro");
+        bufs[0].len() - OFFSET
+    };
+    let all = 40 + 8 * (SEG - 40);
+    assert_eq!(written(GROTable::trusting_checksums(), batch(false)), all);
+    assert_eq!(written(GROTable::new(), batch(false)), SEG, "bad checksums: not coalesced when checked");
+    assert_eq!(written(GROTable::new(), batch(true)), all, "good checksums: coalesced when checked");
+}
+
+/// Fills in the IPv4 header and TCP checksums of `p` (20-byte headers).
+fn fix_checksums(p: &mut [u8]) {
+    fn sum(data: &[u8], mut acc: u32) -> u32 {
+        for c in data.chunks(2) {
+            acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        acc
+    }
+    fn fold(mut acc: u32) -> u16 {
+        while acc > 0xffff {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        !(acc as u16)
+    }
+    let ip = fold(sum(&p[..20], 0));
+    p[10..12].copy_from_slice(&ip.to_be_bytes());
+    let mut pseudo = Vec::from(&p[12..20]);
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&((p.len() - 20) as u16).to_be_bytes());
+    let tcp = fold(sum(&p[20..], sum(&pseudo, 0)));
+    p[36..38].copy_from_slice(&tcp.to_be_bytes());
 }

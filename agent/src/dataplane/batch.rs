@@ -50,11 +50,12 @@ pub fn encrypt<P: AsMut<[u8]>>(
 ) {
     out.clear();
     let mut cursor = 0;
+    let mut encryptor = router.encryptor(table);
     for (packet, &size) in packets.iter_mut().zip(sizes) {
         let packet = packet.as_mut();
         let padded = pad(packet, size, mtu);
         let room = &mut buf[cursor..cursor + stride];
-        if let Some((dst, len)) = router.encapsulate(table, &packet[..padded], room) {
+        if let Some((dst, len)) = encryptor.encapsulate(&packet[..padded], room) {
             out.push(Encrypted { dst, start: cursor, len });
             cursor += len;
         }

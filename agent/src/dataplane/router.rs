@@ -219,16 +219,12 @@ impl Router {
     /// returns where to send how many bytes of `out`. Anything else is dropped.
     /// `out` needs 32 bytes more than the packet (and at least 148).
     pub fn encapsulate(&self, table: &Table, packet: &[u8], out: &mut [u8]) -> Option<(SocketAddr, usize)> {
-        let Some(IpAddr::V4(dst)) = Tunn::dst_address(packet) else { return None };
-        let peer = table.by_address.get(&dst)?;
-        let mut tunn = lock(&peer.tunn);
-        match tunn.encapsulate(packet, out) {
-            TunnResult::WriteToNetwork(datagram) => {
-                peer.fallback.sent_at(|| self.now_ms());
-                Some((peer.endpoint()?, datagram.len()))
-            }
-            _ => None,
-        }
+        self.encryptor(table).encapsulate(packet, out)
+    }
+
+    /// Encrypts a batch's packets one after another ([`Encryptor::encapsulate`]).
+    pub fn encryptor<'a>(&'a self, table: &'a Table) -> Encryptor<'a> {
+        Encryptor { router: self, table, held: None }
     }
 
     /// Milliseconds since the router started, never 0.
@@ -382,6 +378,51 @@ impl Router {
             .collect();
         out.sort_by_key(|p| p.address);
         out
+    }
+}
+
+/// A batch's packets to encrypt, in the order read: consecutive packets to
+/// one destination (the segments of a TSO super-packet) take its peer's
+/// lock, endpoint and address lookup once, not once per packet. The lock is
+/// held until the destination changes or the encryptor is dropped (the end
+/// of the batch): the same thread decrypts that peer's datagrams only
+/// after, and a thread of its own (`--queue-threads 2`) waits one batch.
+pub struct Encryptor<'a> {
+    router: &'a Router,
+    table: &'a Table,
+    held: Option<Held<'a>>,
+}
+
+struct Held<'a> {
+    dst: Ipv4Addr,
+    peer: &'a Peer,
+    tunn: std::sync::MutexGuard<'a, Tunn>,
+    endpoint: Option<SocketAddr>,
+    /// Whether the run sent anything yet (the endpoint fallback's clock).
+    sent: bool,
+}
+
+impl Encryptor<'_> {
+    /// As [`Router::encapsulate`].
+    pub fn encapsulate(&mut self, packet: &[u8], out: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        let Some(IpAddr::V4(dst)) = Tunn::dst_address(packet) else { return None };
+        if self.held.as_ref().is_none_or(|h| h.dst != dst) {
+            // The previous peer's lock goes before the next one is taken.
+            self.held = None;
+            let peer = self.table.by_address.get(&dst)?;
+            self.held = Some(Held { dst, peer, endpoint: peer.endpoint(), tunn: lock(&peer.tunn), sent: false });
+        }
+        let held = self.held.as_mut()?;
+        match held.tunn.encapsulate(packet, out) {
+            TunnResult::WriteToNetwork(datagram) => {
+                if !held.sent {
+                    held.sent = true;
+                    held.peer.fallback.sent_at(|| self.router.now_ms());
+                }
+                Some((held.endpoint?, datagram.len()))
+            }
+            _ => None,
+        }
     }
 }
 

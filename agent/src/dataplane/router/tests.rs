@@ -386,3 +386,54 @@ fn a_members_initiations_are_taken_at_most_50_a_second() {
         sent.len()
     );
 }
+
+/// Hands every message each node sent to the node at its destination until
+/// the wire is quiet.
+fn settle(nodes: &[&Node]) {
+    for _ in 0..6 {
+        for from in nodes {
+            let msgs: Vec<_> = from.wire.net.borrow_mut().drain(..).collect();
+            for (dst, msg) in msgs {
+                let to = nodes.iter().find(|n| n.endpoint == dst).expect("sent to a node's endpoint");
+                to.receive(from.endpoint, &msg);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_batch_to_two_peers_and_nowhere_goes_to_each_peer_in_order() {
+    let (a, b, c) = (node(1), node(2), node(3));
+    a.router.set_peers(&[config(&b, Some(b.endpoint)), config(&c, Some(c.endpoint))], &a.wire);
+    b.router.set_peers(&[config(&a, Some(a.endpoint))], &b.wire);
+    c.router.set_peers(&[config(&a, Some(a.endpoint))], &c.wire);
+    settle(&[&a, &b, &c]);
+    let nowhere = Ipv4Addr::new(10, 99, 0, 1);
+    let batch: Vec<Vec<u8>> = [b.addr, workload(&b), nowhere, c.addr, c.addr, b.addr]
+        .iter()
+        .enumerate()
+        .map(|(i, &dst)| ipv4(a.addr, dst, format!("packet {i}").as_bytes()))
+        .collect();
+    let table = a.router.table();
+    let mut encryptor = a.router.encryptor(&table);
+    let mut sent = Vec::new();
+    for p in &batch {
+        let mut out = vec![0u8; BUF_SIZE];
+        sent.push(encryptor.encapsulate(p, &mut out).map(|(dst, n)| (dst, out[..n].to_vec())));
+    }
+    drop(encryptor);
+    let to: Vec<_> = sent.iter().map(|s| s.as_ref().map(|(dst, _)| *dst)).collect();
+    let (eb, ec) = (Some(b.endpoint), Some(c.endpoint));
+    assert_eq!(to, vec![eb, eb, None, ec, ec, eb]);
+    for (dst, datagram) in sent.into_iter().flatten() {
+        let node = if dst == b.endpoint { &b } else { &c };
+        node.receive(a.endpoint, &datagram);
+    }
+    let got = |n: &Node| n.wire.tun.borrow_mut().drain(..).collect::<Vec<_>>();
+    assert_eq!(got(&b), vec![batch[0].clone(), batch[1].clone(), batch[5].clone()]);
+    assert_eq!(got(&c), vec![batch[3].clone(), batch[4].clone()]);
+    // The encryptor let go of every peer's lock: the next batch (and the
+    // timers) take them again.
+    a.send(&ipv4(a.addr, c.addr, b"after the batch"));
+    assert_eq!(a.wire.net.borrow().len(), 1);
+}
