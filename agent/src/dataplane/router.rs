@@ -397,9 +397,9 @@ struct Held<'a> {
     dst: Ipv4Addr,
     peer: &'a Peer,
     tunn: std::sync::MutexGuard<'a, Tunn>,
+    /// Read once per run: what roaming learns meanwhile applies from the
+    /// next run (at most a batch later).
     endpoint: Option<SocketAddr>,
-    /// Whether the run sent anything yet (the endpoint fallback's clock).
-    sent: bool,
 }
 
 impl Encryptor<'_> {
@@ -410,15 +410,17 @@ impl Encryptor<'_> {
             // The previous peer's lock goes before the next one is taken.
             self.held = None;
             let peer = self.table.by_address.get(&dst)?;
-            self.held = Some(Held { dst, peer, endpoint: peer.endpoint(), tunn: lock(&peer.tunn), sent: false });
+            // The endpoint under the peer's lock, as the timers move it (to
+            // the next endpoint when the path stops answering).
+            let tunn = lock(&peer.tunn);
+            self.held = Some(Held { dst, peer, endpoint: peer.endpoint(), tunn });
         }
         let held = self.held.as_mut()?;
         match held.tunn.encapsulate(packet, out) {
             TunnResult::WriteToNetwork(datagram) => {
-                if !held.sent {
-                    held.sent = true;
-                    held.peer.fallback.sent_at(|| self.router.now_ms());
-                }
+                // Per packet (an atomic load once the clock runs): an answer
+                // may stop the clock in the middle of a run.
+                held.peer.fallback.sent_at(|| self.router.now_ms());
                 Some((held.endpoint?, datagram.len()))
             }
             _ => None,

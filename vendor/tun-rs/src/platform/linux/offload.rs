@@ -1116,11 +1116,20 @@ fn coalesce_tcp_packets<B: ExpandBuffer>(
         let extend_by = coalesced_len - pkt.len();
         let len = bufs[pkt_bufs_index].as_ref().len();
         bufs[pkt_bufs_index].buf_resize(len + extend_by, 0);
-        let src = bufs[item.bufs_index as usize].as_ref()
-            [bufs_offset + headers_len..bufs_offset + headers_len + extend_by]
-            .to_vec();
-        bufs[pkt_bufs_index].as_mut()[bufs_offset + pkt.len()..bufs_offset + pkt.len() + extend_by]
-            .copy_from_slice(&src);
+        // weave: from one buffer into the other without a `to_vec` (the
+        // release's copy allocated once per prepended segment).
+        let (from, to) = (item.bufs_index as usize, pkt_bufs_index);
+        debug_assert_ne!(from, to);
+        let (src_buf, dst_buf) = if from < to {
+            let (head, tail) = bufs.split_at_mut(to);
+            (&head[from], &mut tail[0])
+        } else {
+            let (head, tail) = bufs.split_at_mut(from);
+            (&tail[0], &mut head[to])
+        };
+        dst_buf.as_mut()[bufs_offset + pkt.len()..bufs_offset + pkt.len() + extend_by].copy_from_slice(
+            &src_buf.as_ref()[bufs_offset + headers_len..bufs_offset + headers_len + extend_by],
+        );
         // Flip the slice headers in bufs as part of prepend. The index of item
         // is already being tracked for writing.
         bufs.swap(item.bufs_index as usize, pkt_bufs_index);
