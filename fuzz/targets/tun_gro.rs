@@ -3,8 +3,12 @@
 //! coalesces with `GROTable` when the TUN has offloads). The packets are
 //! what peers sent, so untrusted. The harness builds the batch as the data
 //! plane does (virtio-net header room in front, buffers with room for a
-//! super-packet) and runs the table's public `apply_gro`. Input: one flag
-//! byte (UDP GRO on or off), then records of a 2-byte length and a packet.
+//! super-packet) and runs the table's public `apply_gro`, on the table the
+//! agent uses (`GROTable::trusting_checksums`: segments are coalesced
+//! without their checksums checked, so crafted ones reach every coalescing
+//! path) or on the release's checking one. Input: one flag byte (bit 0: UDP
+//! GRO on; bit 1: the checking table), then records of a 2-byte length and
+//! a packet.
 //! Invariants: no panic; every buffer still starts with a decodable header
 //! and none grew past a super-packet.
 
@@ -31,7 +35,7 @@ pub fn run(data: &[u8]) {
     if packets.is_empty() {
         return;
     }
-    let mut gro = GROTable::default();
+    let mut gro = if flags & 2 == 0 { GROTable::trusting_checksums() } else { GROTable::default() };
     if gro.apply_gro(&mut packets, OFFSET, flags & 1 == 1).is_err() {
         return;
     }
