@@ -527,6 +527,15 @@ def main():
     load_start = open("/proc/loadavg").read().split()[:3]
     log(f"== namespaces {PREFIX}-*, files in {DIR}")
     underlay = add_ns("u")
+    # Two machine facts on weave's path: OpenSSL's AVX-512 AEAD code, which
+    # moves its CPU per GB by a fifth (README, "Round eight"), and
+    # br_netfilter (loaded once anything, Docker's tests for one, needs it),
+    # which runs the IP hooks for every frame from a workload's bridge port
+    # (README, "Round eleven": no difference measured here). Read in a fresh
+    # namespace: its sysctl is per namespace, 1 by default once loaded.
+    nf_call = ns_run(underlay, ["cat", "/proc/sys/net/bridge/bridge-nf-call-iptables"], check=False)
+    br_netfilter = nf_call.stdout.strip() == "1"
+    avx512 = " avx512f " in open("/proc/cpuinfo").read().replace("\n", " ")
     run(["ip", "-n", underlay, "link", "add", "br0", "type", "bridge"])
     run(["ip", "-n", underlay, "link", "set", "br0", "up"])
 
@@ -635,7 +644,8 @@ def main():
     print()
     print(f"Data plane, median of {a.repeat} run(s), {a.time} s iperf3 runs, UDP offered {rate}bit/s, "
           f"200 pings at 10 ms; {os.cpu_count()} CPUs, kernel {platform.release()}, load average "
-          f"{' '.join(load_start)} at start, {' '.join(open('/proc/loadavg').read().split()[:3])} at end")
+          f"{' '.join(load_start)} at start, {' '.join(open('/proc/loadavg').read().split()[:3])} at end; "
+          f"AVX-512 {'yes' if avx512 else 'no'}, br_netfilter {'on' if br_netfilter else 'off'}")
     hdr = ["path", "TCP 1 (Gbit/s)", "TCP 4 (Gbit/s)", f"UDP {rate} loss %", f"same, -w {UDP_WINDOW}", "ping avg (ms)", "ping p99 (ms)",
            "CPU s/GB (TCP 1)", "CPU s/GB (TCP 4)", "RcvbufErrors TCP1/TCP4/UDP"]
     rows = []
@@ -735,6 +745,7 @@ def main():
     result = {
         "started": started.isoformat(),
         "machine": {"nproc": os.cpu_count(), "cpu": cpu_model, "kernel": platform.release(),
+                    "avx512f": avx512, "br_netfilter": br_netfilter,
                     "loadavg_at_start": load_start, "loadavg_at_end": open("/proc/loadavg").read().split()[:3]},
         "git": {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "agent",
                                                                        "coordinator", "proto"))},
