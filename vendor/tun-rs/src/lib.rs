@@ -157,7 +157,7 @@ On Linux, enable offload for improved throughput:
 - Administrator privileges required
 
 ### Linux
-- Requires the `tun` kernel module (`modprobe tun`)
+- Requires the `tun` kernel module
 - Root privileges required for creating interfaces
 - Supports advanced features: offload, multi-queue
 
