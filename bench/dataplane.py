@@ -528,7 +528,7 @@ def main():
     log(f"== namespaces {PREFIX}-*, files in {DIR}")
     underlay = add_ns("u")
     # Two machine facts on weave's path: OpenSSL's AVX-512 AEAD code, which
-    # moves its CPU per GB by a fifth (README, "Round eight"), and
+    # took an eighth off its CPU per GB (README, "Round seven"), and
     # br_netfilter (loaded once anything, Docker's tests for one, needs it),
     # which runs the IP hooks for every frame from a workload's bridge port
     # (README, "Round eleven": no difference measured here). Read in a fresh
