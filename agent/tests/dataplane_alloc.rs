@@ -102,6 +102,24 @@ fn config(of: &Node) -> PeerConfig {
     }
 }
 
+/// Room for the virtio-net header in front of each packet (as the packet threads leave).
+const OFFSET: usize = tun_rs::VIRTIO_NET_HDR_LEN;
+/// A workload's full-size packet under a 1,420-byte TUN.
+const SEG: usize = 1370;
+
+/// A TUN write buffer as the packet threads size it: room for a whole
+/// super-packet behind the header, or GRO silently does nothing.
+fn write_buffer() -> Vec<u8> {
+    Vec::with_capacity(2 * OFFSET + 65_535)
+}
+
+/// `b` holding `packet` behind the header's room, without reallocating.
+fn refill(b: &mut Vec<u8>, packet: &[u8]) {
+    b.clear();
+    b.resize(OFFSET, 0);
+    b.extend_from_slice(packet);
+}
+
 /// Segment `i` of one TCP flow from `src` to `dst`, `len` bytes in all (IPv4
 /// and TCP headers of 20 each), ACK set, in sequence. The checksums are
 /// left zero (wrong): the receiving GRO trusts what WireGuard authenticated.
@@ -146,7 +164,6 @@ fn handshake(a: &Node, b: &Node) {
 fn encrypting_and_decrypting_batches_allocates_nothing() {
     const MTU: usize = 1420;
     const N: usize = 48; // one 64 KB TSO super-packet of MTU-sized segments
-    const OFFSET: usize = 10;
     // OpenSSL's assembly whatever `auto` picks on this CPU (ring without
     // AVX-512): the path that is not boringtun's own is the one to count.
     weave_aead::choose(weave_aead::Choice::Assembly);
@@ -159,7 +176,6 @@ fn encrypting_and_decrypting_batches_allocates_nothing() {
     // Full-size workload packets (1,370 bytes under a 1,420-byte TUN), in
     // buffers an earlier, longer packet left its bytes in: the pad to 1,376
     // must be zeros, not those.
-    const SEG: usize = 1370;
     let mut packets: Vec<Vec<u8>> = (0..N)
         .map(|i| {
             let mut p = tcp_segment(a.addr, b.addr, SEG, i);
@@ -171,7 +187,7 @@ fn encrypting_and_decrypting_batches_allocates_nothing() {
     let stride = batch::stride(MTU);
     let mut buf = vec![0u8; N * stride];
     let mut out: Vec<Encrypted> = Vec::with_capacity(N);
-    let mut rx: Vec<Vec<u8>> = (0..128).map(|_| Vec::with_capacity(2 * OFFSET + 65_535)).collect();
+    let mut rx: Vec<Vec<u8>> = (0..128).map(|_| write_buffer()).collect();
     let least = MTU + 64 + batch::WG_GROWTH;
     let mut gro = GROTable::trusting_checksums();
     let mut coalesced = 0;
@@ -228,8 +244,6 @@ fn encrypting_and_decrypting_batches_allocates_nothing() {
 /// checksums right it coalesces them too.
 #[test]
 fn gro_skips_the_checksum_check_only_when_told_to_trust() {
-    const OFFSET: usize = 10;
-    const SEG: usize = 1370;
     let (src, dst) = (Ipv4Addr::new(10, 47, 0, 1), Ipv4Addr::new(10, 47, 0, 2));
     let batch = |fix: bool| -> Vec<Vec<u8>> {
         (0..8)
@@ -238,9 +252,8 @@ fn gro_skips_the_checksum_check_only_when_told_to_trust() {
                 if fix {
                     fix_checksums(&mut p);
                 }
-                let mut b = Vec::with_capacity(2 * OFFSET + 65_535);
-                b.resize(OFFSET, 0);
-                b.extend_from_slice(&p);
+                let mut b = write_buffer();
+                refill(&mut b, &p);
                 b
             })
             .collect()
@@ -260,18 +273,14 @@ fn gro_skips_the_checksum_check_only_when_told_to_trust() {
 /// segment's payload through a new `Vec` there.
 #[test]
 fn gro_of_a_reordered_pair_prepends_without_allocating() {
-    const OFFSET: usize = 10;
-    const SEG: usize = 1370;
     let (src, dst) = (Ipv4Addr::new(10, 47, 0, 1), Ipv4Addr::new(10, 47, 0, 2));
     // Segments 1, 0, 2: 0 goes in front of 1, then 2 after both.
     let segments: Vec<Vec<u8>> = [1, 0, 2].iter().map(|&i| tcp_segment(src, dst, SEG, i)).collect();
-    let mut bufs: Vec<Vec<u8>> = (0..3).map(|_| Vec::with_capacity(2 * OFFSET + 65_535)).collect();
+    let mut bufs: Vec<Vec<u8>> = (0..3).map(|_| write_buffer()).collect();
     let mut gro = GROTable::trusting_checksums();
     let mut round = |bufs: &mut Vec<Vec<u8>>| {
         for (b, s) in bufs.iter_mut().zip(&segments) {
-            b.clear();
-            b.resize(OFFSET, 0);
-            b.extend_from_slice(s);
+            refill(b, s);
         }
         gro.apply_gro(bufs, OFFSET, false).expect("gro");
     };
@@ -295,8 +304,7 @@ fn gro_of_a_reordered_pair_prepends_without_allocating() {
 /// datagrams with a wrong checksum coalesce only in a trusting table.
 #[test]
 fn udp_gro_trusts_checksums_only_when_told_to() {
-    const OFFSET: usize = 10;
-    const LEN: usize = 1370;
+    const LEN: usize = SEG;
     let batch = || -> Vec<Vec<u8>> {
         (0..8u8)
             .map(|i| {
@@ -325,9 +333,8 @@ fn udp_gro_trusts_checksums_only_when_told_to() {
                 ]);
                 let udp_len = (LEN - 20) as u16;
                 p[20..28].copy_from_slice(&[0x9c, 0x40, 0x14, 0x51, (udp_len >> 8) as u8, udp_len as u8, 0x12, 0x34]);
-                let mut b = Vec::with_capacity(2 * OFFSET + 65_535);
-                b.resize(OFFSET, 0);
-                b.extend_from_slice(&p);
+                let mut b = write_buffer();
+                refill(&mut b, &p);
                 b
             })
             .collect()
