@@ -33,6 +33,21 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Concurrent RPCs (streams) on one HTTP/2 connection. An agent needs a
 /// watch and a few calls; weavectl one at a time.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// The largest request message any service decodes. tonic's default is 4
+/// MiB, reserved as soon as a message's 5-byte header declares it and held
+/// until the body is complete, before any handler or credential check: a
+/// client that never joined could hold 256 MiB per connection (64 streams)
+/// by declaring 4 MiB and sending all but the last byte. Every request
+/// weave defines is under 2 KiB (16 endpoints, 253-byte names, 256-byte
+/// descriptions); a larger one is refused with OUT_OF_RANGE from its header.
+pub const MAX_REQUEST_BYTES: usize = 64 << 10;
+
+/// `server` decoding at most [`MAX_REQUEST_BYTES`] per request message.
+macro_rules! limited {
+    ($server:expr) => {
+        $server.max_decoding_message_size(MAX_REQUEST_BYTES)
+    };
+}
 
 /// A coordinator that is serving.
 pub struct Running {
@@ -167,18 +182,18 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(crate::metrics::RpcMetricsLayer)
         .layer(crate::deadline::DeadlineLayer(settings.rpc_deadline))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
-        .add_service(JoinServiceServer::new(api::Join(state.clone())))
-        .add_service(NodeServiceServer::new(api::Nodes(state.clone())))
-        .add_service(MapServiceServer::new(api::Map(state.clone())))
-        .add_service(SubnetServiceServer::new(api::Subnets(state.clone())))
-        .add_service(IpamServiceServer::new(api::Ipam(state.clone())))
-        .add_service(DnsServiceServer::new(api::Dns(state.clone())))
-        .add_service(TokenServiceServer::new(api::Tokens(state.clone())))
-        .add_service(AdminServiceServer::new(api::Admin(state.clone())))
-        .add_service(StatusServiceServer::new(api::StatusApi(state)));
+        .add_service(limited!(health_service))
+        .add_service(limited!(reflection))
+        .add_service(limited!(reflection_alpha))
+        .add_service(limited!(JoinServiceServer::new(api::Join(state.clone()))))
+        .add_service(limited!(NodeServiceServer::new(api::Nodes(state.clone()))))
+        .add_service(limited!(MapServiceServer::new(api::Map(state.clone()))))
+        .add_service(limited!(SubnetServiceServer::new(api::Subnets(state.clone()))))
+        .add_service(limited!(IpamServiceServer::new(api::Ipam(state.clone()))))
+        .add_service(limited!(DnsServiceServer::new(api::Dns(state.clone()))))
+        .add_service(limited!(TokenServiceServer::new(api::Tokens(state.clone()))))
+        .add_service(limited!(AdminServiceServer::new(api::Admin(state.clone()))))
+        .add_service(limited!(StatusServiceServer::new(api::StatusApi(state))));
     // No Nagle: a join answer (with the whole map) would otherwise wait for a delayed ACK.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(30)));
     let limits = crate::accept::Limits::for_process(settings.max_connections_per_source, settings.max_connections);

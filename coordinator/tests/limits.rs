@@ -122,10 +122,15 @@ async fn oversized_fields_are_refused_with_a_short_message() {
     let endpoints = |n: usize| (0..n).map(|i| format!("192.0.2.{}:{}", i % 250 + 1, 1024 + i % 60000)).collect();
 
     // Just under tonic's 4 MiB: it would have gone into the map and into a
-    // watch event just over the limit every agent decodes.
+    // watch event just over the limit every agent decodes. Now refused
+    // from its header (MAX_REQUEST_BYTES), before it is read.
     let huge: Vec<String> = endpoints(200_000);
     assert!(huge.iter().map(|e| e.len() + 2).sum::<usize>() < 4 << 20);
     let r = api.nodes.update_endpoints(UpdateEndpointsRequest { node: String::new(), endpoints: huge }).await;
+    assert_status(r, Code::OutOfRange, "too large");
+    // Under that limit, the field's own.
+    let r =
+        api.nodes.update_endpoints(UpdateEndpointsRequest { node: String::new(), endpoints: endpoints(1_000) }).await;
     assert_status(r, Code::InvalidArgument, "at most 16");
     let r = api.nodes.update_endpoints(UpdateEndpointsRequest { node: String::new(), endpoints: endpoints(17) }).await;
     assert_status(r, Code::InvalidArgument, "at most 16");
@@ -146,10 +151,48 @@ async fn oversized_fields_are_refused_with_a_short_message() {
     let name = format!("{}.x", vec!["a".repeat(63); 4].join("."));
     let r = admin.dns.add_record(AddRecordRequest { name, address: "192.0.2.9".into() }).await;
     assert_status(r, Code::InvalidArgument, "too long for DNS");
-    let big = AllocateRequest { container: "c".repeat(1 << 20), ..Default::default() };
-    let refused = api.ipam.allocate(big).await.expect_err("a 1 MiB container id");
+    let big = AllocateRequest { container: "c".repeat(60_000), ..Default::default() };
+    let refused = api.ipam.allocate(big).await.expect_err("a 60 KB container id");
     assert_eq!(refused.code(), Code::InvalidArgument);
     assert!(refused.message().len() < 2048, "the refusal quotes {} bytes", refused.message().len());
+}
+
+/// A client that never joined declares a 4 MiB request (tonic's default
+/// limit), sends 1 MiB of it and holds the rest back: without a smaller
+/// limit the coordinator reserves and keeps the whole message, per stream
+/// (64 per connection), until the body ends or the deadline passes. It is
+/// answered OUT_OF_RANGE from the 5-byte header, while the body is still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_declaring_a_huge_request_is_refused_from_its_header() {
+    use futures::StreamExt;
+    use tower::ServiceExt;
+    use weave_coordinator::server::MAX_REQUEST_BYTES;
+    let c = TestCoordinator::start().await;
+    for (declared, sent) in [((4u32 << 20) - 1, 1usize << 20), (MAX_REQUEST_BYTES as u32 + 1, 1000)] {
+        let mut first = vec![0u8];
+        first.extend_from_slice(&declared.to_be_bytes());
+        first.resize(5 + sent, 0);
+        let frames = futures::stream::iter([Ok::<_, std::convert::Infallible>(http_body::Frame::data(
+            bytes::Bytes::from(first),
+        ))])
+        .chain(futures::stream::pending());
+        let request = http::Request::builder()
+            .method("POST")
+            .uri("/weave.v1.JoinService/Join")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(http_body_util::StreamBody::new(frames)))
+            .unwrap();
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), c.channel().await.oneshot(request))
+            .await
+            .unwrap_or_else(|_| panic!("{declared} bytes declared: no answer while the body is open"))
+            .expect("a response");
+        let status = answer.headers().get("grpc-status").and_then(|v| v.to_str().ok());
+        assert_eq!(status, Some("11"), "{declared} bytes declared: OUT_OF_RANGE, {:?}", answer.headers());
+    }
+    // The largest request weave defines is far below it, and still served.
+    let (_, mut api) = c.join("host1", 1).await;
+    api.ipam.allocate(alloc("c1")).await.expect("a normal request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
