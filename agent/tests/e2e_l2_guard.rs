@@ -1,6 +1,7 @@
-//! A malicious workload on a segment that crosses hosts at L2: frames it
-//! crafts with a raw socket (as an attacker in a container would) must not
-//! reach or mislead the other workloads of its subnet, on its host or others.
+//! A malicious workload on a segment that crosses hosts at L2 (and a member
+//! host writing into its VXLAN device): frames it crafts with a raw socket
+//! (as an attacker in a container would) must not reach or mislead the
+//! other workloads of its subnet, on its host or others.
 mod common;
 
 use std::{
@@ -425,4 +426,72 @@ fn a_detach_after_taking_a_neighbours_address_leaves_the_neighbours_pin() {
     assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
     assert!(pinned(v_ip), "the neighbour's pin went with the detach");
     assert!(!pinned(a_ip), "the detached container's own pin stayed");
+}
+
+/// `python3 -c TAGGED IFACE DSTMAC SRCMAC SPA TPA DPORT`: three times, an ARP
+/// reply "SPA is at SRCMAC" to DSTMAC and a UDP datagram SPA -> TPA to
+/// DSTMAC, each in a frame from SRCMAC with an 802.1Q tag of VLAN 0 (a
+/// priority tag, which the receiving kernel takes as no tag).
+const TAGGED: &str = r#"
+import socket, struct, sys
+ifc, dmac, smac = sys.argv[1], bytes.fromhex(sys.argv[2].replace(':', '')), bytes.fromhex(sys.argv[3].replace(':', ''))
+spa, tpa, dport = sys.argv[4], sys.argv[5], int(sys.argv[6])
+tag = b'\x81\x00\x00\x00'
+arp = struct.pack('!HHBBH', 1, 0x0800, 6, 4, 2) + smac + socket.inet_aton(spa) + dmac + socket.inet_aton(tpa)
+payload = f'tagged from {spa} to {tpa}'.encode()
+udp = struct.pack('!HHHH', 40000, dport, 8 + len(payload), 0) + payload
+ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton(spa), socket.inet_aton(tpa))
+s = sum(struct.unpack('!10H', ip)); s = (s >> 16) + (s & 0xffff); s += s >> 16
+ip = ip[:10] + struct.pack('!H', ~s & 0xffff) + ip[12:]
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); sock.bind((ifc, 0))
+for _ in range(3):
+    sock.send(dmac + smac + tag + b'\x08\x06' + arp)
+    sock.send(dmac + smac + tag + b'\x08\x00' + ip + udp)
+"#;
+
+/// A member host (root on a node that joined) writes frames straight into
+/// its VXLAN device, which carries them through the tunnel into the segment
+/// on every other host: ARP "the neighbour is at my MAC" and IPv4 unicast
+/// from the neighbour's address, both to a victim on another host. Untagged,
+/// the bridge rules drop both at the remote VXLAN port. Tagged with VLAN 0,
+/// every one of those rules read 0x8100 as the frame's type and let them
+/// pass, and the victim's kernel took the tag as none: its ARP entry for
+/// the neighbour moved to the member's MAC (all its traffic to the neighbour
+/// went to the member) and the forged datagram arrived. Control: without
+/// the rule that drops tagged frames on weave ports, the same frames do.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_member_sending_vlan_tagged_frames_over_vxlan_poisons_and_reaches_no_workload() {
+    let mut bed = Bed::with_hosts(2);
+    let (victim, victim_ip) = attached_at(&mut bed, 1, "victim");
+    let (_near, near_ip) = attached_at(&mut bed, 1, "near");
+    wait_for("the victim to reach its neighbour", Duration::from_secs(15), || {
+        ping_once(&victim, near_ip).then_some(())
+    });
+    let near_mac = neighbour(&victim, near_ip).expect("the victim resolved its neighbour");
+    // Any ARP reply may replace the victim's entry at once (no lock time).
+    ok_in(&victim, &["sysctl", "-qw", "net.ipv4.neigh.ethwe.locktime=0"]);
+    let member = bed.hosts[0].ns.clone();
+    let links = ok_in(&member, &["ip", "-o", "link", "show"]);
+    let vxlan = links
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap().to_string()))
+        .find(|n| n.starts_with("wvvx-"))
+        .unwrap_or_else(|| panic!("the member's VXLAN device: {links}"));
+    let (victim_mac, member_mac) = (mac_of(&victim), "02:00:00:66:66:66");
+    let socket = bind(&victim);
+    let attack = || {
+        let (spa, tpa, port) = (near_ip.to_string(), victim_ip.to_string(), PORT.to_string());
+        ok_in(&member, &["python3", "-c", TAGGED, &vxlan, &victim_mac, member_mac, &spa, &tpa, &port]);
+        let got = received(&socket, Duration::from_secs(2));
+        (got.iter().filter(|m| m.starts_with("tagged from")).count(), neighbour(&victim, near_ip))
+    };
+    let (datagrams, entry) = attack();
+    assert_eq!(datagrams, 0, "no tagged datagram from a forged source arrived");
+    assert_eq!(entry.as_deref(), Some(near_mac.as_str()), "the victim kept its neighbour's MAC");
+    // Control: without the rule on the victim's host, the same frames arrive.
+    delete_rule(&bed.hosts[1].ns, "8021ad } drop");
+    let (datagrams, entry) = attack();
+    assert!(datagrams > 0, "the tagged datagrams arrive without the rule");
+    assert_eq!(entry.as_deref(), Some(member_mac), "and the tagged ARP reply moves the victim's entry");
 }

@@ -29,7 +29,14 @@ fn l2_group_destinations(segments: &[Segment]) -> Vec<String> {
     out
 }
 
-/// The `bridge` table. Its chains see every frame entering a port of any
+/// The `bridge` table. No weave port carries a VLAN-tagged frame, in or
+/// out: every rule below reads the frame's own `ether type`, which a tag
+/// hides (0x8100 or 0x88a8 instead of ARP or IPv4), and a workload's kernel
+/// takes a VLAN 0 (priority) tag as none. A member host that sent tagged
+/// ARP and IPv4 unicast through its VXLAN device would otherwise get both
+/// past these rules into every segment on every host (`e2e_l2_guard`:
+/// `a_member_sending_vlan_tagged_frames_over_vxlan_poisons_and_reaches_no_workload`).
+/// Its chains see every frame entering a port of any
 /// bridge on the host, so each rule names weave's ports: `wvvx-*` (VXLAN)
 /// and `wv*` (VXLAN and every workload port the agent makes: `wv<hash>` for
 /// attach and CNI, `wvd<id>` for Docker); other bridges (docker0) are left
@@ -40,15 +47,17 @@ pub(super) fn bridge_table(segments: &[Segment]) -> String {
     let port = "wv*";
     format!(
         "table bridge {TABLE} {{\n  chain prerouting {{\n    type filter hook prerouting priority filter; policy accept;\n    \
+         iifname \"{port}\" ether type {{ vlan, 8021ad }} drop\n    \
          iifname \"{VXLAN_PREFIX}*\" ether type arp drop\n    \
          iifname \"{VXLAN_PREFIX}*\" ether type ip ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop\n    \
          iifname \"{port}\" ether type ip ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 ip daddr != {{ {groups} }} drop\n    \
          iifname \"{port}\" icmpv6 type {{ nd-router-advert, nd-redirect }} drop\n    \
          iifname \"{port}\" ether type ip6 udp sport 547 drop\n  \
          }}\n  chain forward {{\n    \
-         type filter hook forward priority filter; policy accept;\n    oifname \"{VXLAN_PREFIX}*\" ether type arp drop\n  }}\n  \
+         type filter hook forward priority filter; policy accept;\n    \
+         oifname \"{VXLAN_PREFIX}*\" ether type {{ arp, vlan, 8021ad }} drop\n  }}\n  \
          chain output {{\n    type filter hook output priority filter; policy accept;\n    \
-         oifname \"{VXLAN_PREFIX}*\" ether type arp drop\n  }}\n}}\n"
+         oifname \"{VXLAN_PREFIX}*\" ether type {{ arp, vlan, 8021ad }} drop\n  }}\n}}\n"
     )
 }
 
@@ -135,6 +144,21 @@ mod tests {
         let pre = &pre[..pre.find("  }\n").unwrap()];
         assert!(pre.contains("iifname \"wv*\" icmpv6 type { nd-router-advert, nd-redirect } drop\n"), "{pre}");
         assert!(pre.contains("iifname \"wv*\" ether type ip6 udp sport 547 drop\n"), "{pre}");
+    }
+
+    #[test]
+    fn no_weave_port_carries_a_vlan_tag_in_or_out() {
+        let r = ruleset(&Rules::default());
+        let table = &r[r.find("table bridge weave {\n").unwrap()..];
+        // First in prerouting: every later rule reads an `ether type` a tag hides.
+        assert!(
+            table.contains(
+                "policy accept;\n    iifname \"wv*\" ether type { vlan, 8021ad } drop\n    iifname \"wvvx-*\""
+            ),
+            "{table}"
+        );
+        let out = "oifname \"wvvx-*\" ether type { arp, vlan, 8021ad } drop\n";
+        assert_eq!(table.matches(out).count(), 2, "forward and output: {table}");
     }
 
     #[test]
