@@ -279,3 +279,64 @@ async fn a_removed_nodes_id_is_never_given_again() {
     let kept = subnets.iter().find(|s| s.cidr == "10.77.0.0/24").expect("the removed member's subnet stays");
     assert_eq!(kept.added_by_node, removed.id, "names the removed node, not host3");
 }
+
+/// The store's write lock (SQLite's, or the writers' advisory lock in
+/// PostgreSQL), held from a connection of the test's own until dropped.
+#[expect(dead_code, reason = "the connection is held for its lock, never read")]
+enum HeldWriteLock {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+async fn hold_write_lock(c: &TestCoordinator) -> HeldWriteLock {
+    use sqlx::Connection;
+    match common::store_at(&c.data_dir().join("coordinator.db")) {
+        weave_coordinator::store::Location::Sqlite(path) => {
+            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await.unwrap();
+            HeldWriteLock::Sqlite(conn)
+        }
+        weave_coordinator::store::Location::Postgres(url) => {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            // store/db.rs WRITE_LOCK ("weave" 1), which every write transaction takes first.
+            sqlx::query("SELECT pg_advisory_lock($1)").bind(0x7765_6176_6501_i64).execute(&mut conn).await.unwrap();
+            HeldWriteLock::Postgres(conn)
+        }
+    }
+}
+
+/// Anyone can make a key and a proof for it (the challenge needs no
+/// credential): such a proof shows only that the caller holds a key, not
+/// that it is a node's. A join with one and a forged token is a first join
+/// like any other: refused on its token, on the read pool, before the write
+/// lock, and without naming the subnet its endpoint lies in. Before, a
+/// proof skipped that check, so such joins queued up in front of real
+/// writes (a PostgreSQL cluster's for all its coordinators) and their
+/// answers mapped the overlay for anyone who knew the (public) pin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_for_a_key_no_node_has_does_not_stand_in_for_a_token() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.2.3.0/24".into(), name: String::new() }).await.unwrap();
+    let mut stranger = c.api_with("").await;
+    let mut forged = weave_proto::token::JoinToken::parse(&c.token()).unwrap();
+    forged.id = "0123456789abcdef".into();
+    let mut inside = proven_join_request(&mut stranger, &forged.to_string(), "h7", 71, 71).await;
+    inside.endpoints = vec!["10.2.3.9:6784".into()];
+    let refused = stranger.join.join(inside).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(!refused.message().contains("10.2.3"), "the refusal names a subnet: {}", refused.message());
+
+    let held = hold_write_lock(&c).await;
+    let bogus = proven_join_request(&mut stranger, &forged.to_string(), "h8", 81, 81).await;
+    let answer = tokio::time::timeout(Duration::from_secs(5), stranger.join.join(bogus))
+        .await
+        .expect("answered while another connection holds the write lock");
+    assert_status(answer, Code::Unauthenticated, "not known to this coordinator");
+    drop(held);
+    // A proven re-join of a real node still needs no valid token.
+    let first = proven_join_request(&mut stranger, &c.token(), "h9", 91, 91).await;
+    stranger.join.join(first).await.expect("a first join");
+    let again = proven_join_request(&mut stranger, &forged.to_string(), "h9", 91, 91).await;
+    stranger.join.join(again).await.expect("a proven re-join with a bad token");
+}

@@ -127,11 +127,22 @@ impl Store {
         // Anyone who can reach the port can send joins (the pin is public):
         // a first join's token is checked on the read pool before the write
         // lock is taken, so bad tokens cannot queue up in front of real writes.
-        // (A proven re-join needs no token; its proof was checked already.)
-        if !r.proven {
-            let mut c = self.read.acquire().await?;
+        // A proven re-join needs no token, but only a node's own key makes
+        // one: a proof shows the caller holds the key it sent, and anyone can
+        // make a key (and a proof for it), so a proof for a key no node has
+        // is a first join like any other.
+        let mut c = self.read.acquire().await?;
+        let rejoin = r.proven
+            && db::query_scalar::<i64>("SELECT id FROM nodes WHERE public_key = $1 AND name = $2")
+                .bind(&r.public_key[..])
+                .bind(&r.name)
+                .fetch_optional(&mut c)
+                .await?
+                .is_some();
+        if !rejoin {
             check_token(&mut c, &r, now()).await?;
         }
+        drop(c);
         // Only then (the caller is admitted): an answer naming a subnet
         // would otherwise map the overlay for anyone who knows the pin.
         self.with_map(|m| check_outside_overlay(&r.endpoints, m))?;
