@@ -8,10 +8,10 @@
 //! keep current (peer counts, map sizes) are set by [`Probe::refresh`] just
 //! before each scrape renders.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     convert::Infallible,
     future::Future,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     pin::Pin,
     sync::{Arc, Mutex, OnceLock},
     time::Duration,
@@ -21,12 +21,18 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{net::TcpListener, sync::Notify};
 
-/// Connections served at once; more wait in the listen backlog. A scraper and
-/// two probes need three; the bound keeps a flood of idle connections from
-/// costing more than this many tasks.
-const MAX_CONNECTIONS: usize = 32;
+/// Connections served at once. A scraper and two probes need three; the
+/// bound keeps a flood of idle connections from costing more than this many
+/// tasks (~20 KB each). With all of them held, a newcomer closes the oldest
+/// connection of the source (IPv4 address, IPv6 /64) that holds the most,
+/// if that holds more than the newcomer's source would: holding every slot
+/// against probes then takes `MAX_CONNECTIONS` sources, more addresses than
+/// an IPv4 /24 underlay has. (Before, 32 slots held with keep-alive by 8
+/// addresses kept the kubelet's probes in the listen backlog until they
+/// timed out, and the kubelet restarted the daemon.)
+const MAX_CONNECTIONS: usize = 256;
 /// Connections one source address may hold at once: a scraper needs one or
 /// two; the rest of the slots stay for everyone else.
 const MAX_PER_SOURCE: usize = 4;
@@ -80,18 +86,13 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves the three paths on `listener` until `shutdown` completes.
 pub async fn serve(listener: TcpListener, probe: Arc<dyn Probe>, shutdown: impl Future<Output = ()>) {
     let handle = recorder();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let per_source: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let held: Arc<Mutex<Held>> = Arc::default();
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => return,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
         let (stream, source) = tokio::select! {
             () = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => (stream, peer.ip()),
+                Ok((stream, peer)) => (stream, peer.ip().to_canonical()),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "metrics endpoint: accept failed");
@@ -100,55 +101,89 @@ pub async fn serve(listener: TcpListener, probe: Arc<dyn Probe>, shutdown: impl 
                 }
             },
         };
-        let Some(_held) = SourceSlot::take(&per_source, source) else {
-            // Over its share: closed at once, the slot goes back.
+        let Some((id, evicted)) = lock(&held).admit(source) else {
+            // Over its share, or every slot held by sources no bigger: closed at once.
             continue;
         };
-        let (probe, handle) = (probe.clone(), handle.clone());
+        let (probe, handle, held) = (probe.clone(), handle.clone(), held.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let (probe, handle) = (probe.clone(), handle.clone());
                 async move { Ok::<_, Infallible>(answer(&req, probe.as_ref(), &handle).await) }
             });
-            let _ = http1::Builder::new()
+            let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            drop(permit);
-            drop(_held);
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                () = evicted.notified() => {}
+            }
+            lock(&held).release(source, id);
         });
     }
 }
 
-/// One of a source address's connections; counted down on drop.
-struct SourceSlot {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    source: IpAddr,
+fn lock(held: &Mutex<Held>) -> std::sync::MutexGuard<'_, Held> {
+    held.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl SourceSlot {
-    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, source: IpAddr) -> Option<Self> {
-        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = c.entry(source).or_insert(0);
-        if *n >= MAX_PER_SOURCE {
-            return None;
-        }
-        *n += 1;
-        Some(Self { counts: counts.clone(), source })
+/// The group a source is ranked in: its IPv4 address, or its IPv6 /64 (one
+/// host may hold a whole /64).
+fn group_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
     }
 }
 
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = c.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                c.remove(&self.source);
-            }
+/// The connections held: by group, each oldest first, with its source
+/// address, id and the signal that closes it.
+#[derive(Default)]
+struct Held {
+    groups: HashMap<IpAddr, VecDeque<(u64, IpAddr, Arc<Notify>)>>,
+    total: usize,
+    next: u64,
+}
+
+impl Held {
+    /// Counts a connection from `source`, closing another to make room if
+    /// every slot is held ([`MAX_CONNECTIONS`]); None: refused.
+    fn admit(&mut self, source: IpAddr) -> Option<(u64, Arc<Notify>)> {
+        let group = group_of(source);
+        let mine = self.groups.get(&group);
+        if mine.is_some_and(|q| q.iter().filter(|c| c.1 == source).count() >= MAX_PER_SOURCE) {
+            return None;
         }
+        let mine = mine.map_or(0, VecDeque::len);
+        if self.total >= MAX_CONNECTIONS {
+            let (biggest, most) = self.groups.iter().map(|(g, q)| (*g, q.len())).max_by_key(|(_, n)| *n)?;
+            if most <= mine + 1 {
+                return None;
+            }
+            let (id, address, evict) = self.groups.get(&biggest)?.front()?.clone();
+            self.release(address, id);
+            // Stored if the connection's task is not waiting yet.
+            evict.notify_one();
+        }
+        let (id, evict) = (self.next, Arc::new(Notify::new()));
+        self.next += 1;
+        self.groups.entry(group).or_default().push_back((id, source, evict.clone()));
+        self.total += 1;
+        Some((id, evict))
+    }
+
+    /// Stops counting connection `id` (once: a second call finds nothing).
+    fn release(&mut self, source: IpAddr, id: u64) {
+        let group = group_of(source);
+        let Some(q) = self.groups.get_mut(&group) else { return };
+        let Some(at) = q.iter().position(|c| c.0 == id) else { return };
+        q.remove(at);
+        if q.is_empty() {
+            self.groups.remove(&group);
+        }
+        self.total -= 1;
     }
 }
 
@@ -275,5 +310,49 @@ mod tests {
         let out = tokio::time::timeout(Duration::from_secs(2), probe).await.expect("answered while one source floods");
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
         drop(idle);
+    }
+
+    /// Sources that each hold their share of the slots, all of them, with
+    /// keep-alive (a request every few seconds keeps a connection past the
+    /// header timeout): a probe from another source is answered at once,
+    /// because the oldest connection of a source holding the most is closed
+    /// to make room. Before, the probe waited in the listen backlog until the
+    /// kubelet gave up on it and restarted the daemon.
+    #[tokio::test]
+    async fn sources_holding_every_slot_make_room_for_a_probe() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, Arc::new(Flag(AtomicBool::new(true))), std::future::pending()));
+        let mut held = Vec::new();
+        for i in 0..MAX_CONNECTIONS / MAX_PER_SOURCE {
+            for _ in 0..MAX_PER_SOURCE {
+                let s = tokio::net::TcpSocket::new_v4().unwrap();
+                s.bind(format!("127.0.1.{}:0", i + 1).parse().unwrap()).unwrap();
+                let mut c = s.connect(addr).await.unwrap();
+                c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+                let mut buf = [0u8; 512];
+                let n = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf))
+                    .await
+                    .expect("every slot's connection is served")
+                    .unwrap();
+                assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+                held.push(c);
+            }
+        }
+        let probe = async {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+            let mut out = String::new();
+            c.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let out = tokio::time::timeout(Duration::from_secs(2), probe).await.expect("answered while every slot is held");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        // One held connection (a source's oldest) was closed for it; the rest are open.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut buf = [0u8; 16];
+        let closed = held.iter().filter(|c| matches!(c.try_read(&mut buf), Ok(0))).count();
+        assert_eq!(closed, 1, "one connection made room");
     }
 }
