@@ -495,3 +495,46 @@ fn a_member_sending_vlan_tagged_frames_over_vxlan_poisons_and_reaches_no_workloa
     assert!(datagrams > 0, "the tagged datagrams arrive without the rule");
     assert_eq!(entry.as_deref(), Some(member_mac), "and the tagged ARP reply moves the victim's entry");
 }
+
+/// `python3 -c FLOOD IFACE N`: N broadcast frames (local experimental
+/// ethertype 0x88b5), each from a source MAC of its own, paced in bursts.
+const FLOOD: &str = r#"
+import socket, struct, sys, time
+ifc, n = sys.argv[1], int(sys.argv[2])
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); sock.bind((ifc, 0))
+for i in range(n):
+    sock.send(b'\xff' * 6 + b'\x02\x77' + struct.pack('!I', i) + b'\x88\xb5' + b'flood' * 10)
+    if i % 1000 == 999: time.sleep(0.01)
+"#;
+
+/// A member host writes frames from ever new source MACs into its VXLAN
+/// device: every other host's VXLAN device and bridge learned each one (for
+/// 300 s), kernel memory without bound on all of them. Now each learns at
+/// most `SEGMENT_LEARNED_MACS`, and the segment still carries traffic.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_member_flooding_new_macs_over_vxlan_fills_no_hosts_tables() {
+    const LIMIT: usize = 16_384; // plan/kernel.rs SEGMENT_LEARNED_MACS
+    let mut bed = Bed::with_hosts(2);
+    let (a, _) = attached_at(&mut bed, 0, "a");
+    let (_, b_ip) = attached_at(&mut bed, 1, "b");
+    wait_for("a to reach b", Duration::from_secs(15), || ping_once(&a, b_ip).then_some(()));
+    let (member, victim) = (bed.hosts[0].ns.clone(), bed.hosts[1].ns.clone());
+    let links = ok_in(&member, &["ip", "-o", "link", "show"]);
+    let vxlan = links
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap().to_string()))
+        .find(|n| n.starts_with("wvvx-"))
+        .unwrap_or_else(|| panic!("the member's VXLAN device: {links}"));
+    ok_in(&member, &["python3", "-c", FLOOD, &vxlan, &(3 * LIMIT).to_string()]);
+    std::thread::sleep(Duration::from_secs(1));
+    let fdb = ok_in(&victim, &["bridge", "fdb", "show", "dev", &vxlan]);
+    let flooded = |l: &&str| l.starts_with("02:77:");
+    let in_vxlan = fdb.lines().filter(flooded).filter(|l| l.contains(" dst ")).count();
+    let in_bridge = fdb.lines().filter(flooded).filter(|l| l.contains(" master ")).count();
+    // The flood arrived (this is what an unlimited host learned all of) ...
+    assert!(in_vxlan >= LIMIT / 2 && in_bridge >= LIMIT / 2, "learned: vxlan {in_vxlan}, bridge {in_bridge}");
+    // ... and was learned only up to the limit.
+    assert!(in_vxlan <= LIMIT && in_bridge <= LIMIT, "learned past the limit: vxlan {in_vxlan}, bridge {in_bridge}");
+    assert!(ping_once(&a, b_ip), "the segment still carries traffic");
+}

@@ -25,8 +25,8 @@ use crate::{
     error::Error,
     plan::{
         kernel::{
-            BRIDGE_PREFIX, ROUTE_PROTOCOL, SUBNET_ROUTE_METRIC, TUN_NAME, TUN_READ_ROOM, TUN_TX_QUEUE_LEN, VXLAN_PORT,
-            VXLAN_PREFIX, bridge_mac, bridge_name, is_workload_if, vxlan_name,
+            BRIDGE_PREFIX, ROUTE_PROTOCOL, SEGMENT_LEARNED_MACS, SUBNET_ROUTE_METRIC, TUN_NAME, TUN_READ_ROOM,
+            TUN_TX_QUEUE_LEN, VXLAN_PORT, VXLAN_PREFIX, bridge_mac, bridge_name, is_workload_if, vxlan_name,
         },
         reconcile::{Change, Observed, ObservedSegment, ObservedVxlan},
     },
@@ -345,7 +345,9 @@ impl Netlink {
         let bridge = match self.link_index(&br).await? {
             Some(i) => i,
             None => {
-                self.create(LinkBridge::new(&br).mtu(mtu).address(bridge_mac(local)).up().build(), &br).await?;
+                let msg =
+                    LinkBridge::new(&br).mtu(mtu).address(bridge_mac(local)).fdb_max_learned(SEGMENT_LEARNED_MACS);
+                self.create(msg.up().build(), &br).await?;
                 self.link_index(&br).await?.ok_or_else(|| Error::Netlink(format!("{br} vanished")))?
             }
         };
@@ -360,8 +362,15 @@ impl Netlink {
                 // peer that holds the MAC instead of being flooded to all. It
                 // learns only from what the firewall lets in: VXLAN from the
                 // TUN by a peer's node address (an outsider's plain VXLAN is
-                // dropped before the kernel's socket, which listens on every address).
-                let msg = LinkVxlan::new(&vx, vni).local(local).port(VXLAN_PORT).learning(true).mtu(mtu).build();
+                // dropped before the kernel's socket, which listens on every
+                // address), and at most SEGMENT_LEARNED_MACS of it.
+                let msg = LinkVxlan::new(&vx, vni)
+                    .local(local)
+                    .port(VXLAN_PORT)
+                    .learning(true)
+                    .limit(SEGMENT_LEARNED_MACS)
+                    .mtu(mtu)
+                    .build();
                 self.create(msg, &vx).await?;
                 self.link_index(&vx).await?.ok_or_else(|| Error::Netlink(format!("{vx} vanished")))?
             }

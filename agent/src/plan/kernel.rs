@@ -21,6 +21,14 @@ pub const TUN_TX_QUEUE_LEN: u32 = 4096;
 pub const BRIDGE_PREFIX: &str = "wvbr-";
 pub const VXLAN_PREFIX: &str = "wvvx-";
 pub const VXLAN_PORT: u16 = 4789;
+/// MACs a segment's VXLAN device and its bridge learn at most (from frames
+/// that crossed the tunnel). A member host writing frames with ever new
+/// source MACs into its VXLAN device made every other host learn each one,
+/// twice, for 300 s: kernel memory without bound on every host. Past the
+/// limit a new MAC is not learned and frames to it are flooded to every peer
+/// (most of a segment's traffic, IPv4 unicast, is routed and never crosses
+/// VXLAN). Workload ports' MACs are pinned entries and do not count.
+pub const SEGMENT_LEARNED_MACS: u32 = 16_384;
 /// IPv4 + UDP + VXLAN + inner Ethernet.
 pub const VXLAN_OVERHEAD: u32 = 50;
 /// WireGuard over IPv6 (the larger of the two underlays): 40 + 8 + 32.
