@@ -11,20 +11,33 @@ use std::{
 
 use common::*;
 
-/// `python3 -c SEND IFACE SRC DST DPORT`: three UDP datagrams SRC -> DST in an
-/// Ethernet frame to ff:ff:ff:ff:ff:ff, from IFACE's own MAC (the audit's frame).
+/// Python for the scripts below: `udp_ip(src, dst, dport, payload)`, an IPv4
+/// header (checksummed) and a UDP datagram (no checksum) SRC -> DST.
+const UDP_IP: &str = r#"
+import socket, struct, sys, time
+def udp_ip(src, dst, dport, payload):
+    udp = struct.pack('!HHHH', 40000, dport, 8 + len(payload), 0) + payload
+    ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
+    s = sum(struct.unpack('!10H', ip)); s = (s >> 16) + (s & 0xffff); s += s >> 16
+    return ip[:10] + struct.pack('!H', ~s & 0xffff) + ip[12:] + udp
+"#;
+
+/// `python3 -c SEND IFACE SRC DST DPORT` (after [`UDP_IP`]): three UDP
+/// datagrams SRC -> DST in an Ethernet frame to ff:ff:ff:ff:ff:ff, from
+/// IFACE's own MAC (the audit's frame).
 const SEND_IN_BROADCAST: &str = r#"
-import socket, struct, sys
 ifc, src, dst, dport = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 mac = bytes.fromhex(open(f'/sys/class/net/{ifc}/address').read().strip().replace(':', ''))
-payload = f'from {src} to {dst}'.encode()
-udp = struct.pack('!HHHH', 40000, dport, 8 + len(payload), 0) + payload
-ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
-s = sum(struct.unpack('!10H', ip)); s = (s >> 16) + (s & 0xffff); s += s >> 16
-ip = ip[:10] + struct.pack('!H', ~s & 0xffff) + ip[12:]
+frame = udp_ip(src, dst, dport, f'from {src} to {dst}'.encode())
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); sock.bind((ifc, 0))
-for _ in range(3): sock.send(b'\xff' * 6 + mac + b'\x08\x00' + ip + udp)
+for _ in range(3): sock.send(b'\xff' * 6 + mac + b'\x08\x00' + frame)
 "#;
+
+/// Runs Python `script` (after [`UDP_IP`]) in `ns` with `args`.
+fn python(ns: &str, script: &str, args: &[&str]) -> String {
+    let code = format!("{UDP_IP}{script}");
+    ok_in(ns, &[&["python3", "-c", code.as_str()], args].concat())
+}
 
 const PORT: u16 = 5555;
 
@@ -47,7 +60,7 @@ fn received(s: &UdpSocket, wait: Duration) -> Vec<String> {
 
 fn send(ns: &str, src: Ipv4Addr, dst: Ipv4Addr) {
     let (src, dst, port) = (src.to_string(), dst.to_string(), PORT.to_string());
-    ok_in(ns, &["python3", "-c", SEND_IN_BROADCAST, "ethwe", &src, &dst, &port]);
+    python(ns, SEND_IN_BROADCAST, &["ethwe", &src, &dst, &port]);
 }
 
 /// A container attached by host `host`'s agent (its port, sysctls, MAC lock
@@ -121,19 +134,14 @@ fn a_forged_source_in_an_l2_broadcast_reaches_no_workload() {
     assert!(got[0] > 0 && got[1] > 0 && got[2] == 0, "bare victims get the forged packets, the hardened not: {got:?}");
 }
 
-/// `python3 -c UNICAST IFACE DSTMAC SRC DST DPORT`: three UDP datagrams SRC ->
-/// DST in a unicast frame to DSTMAC, from IFACE's own MAC.
+/// `python3 -c UNICAST IFACE DSTMAC SRC DST DPORT` (after [`UDP_IP`]): three
+/// UDP datagrams SRC -> DST in a unicast frame to DSTMAC, from IFACE's own MAC.
 const UNICAST: &str = r#"
-import socket, struct, sys
 ifc, dmac, src, dst, dport = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 mac = bytes.fromhex(open(f'/sys/class/net/{ifc}/address').read().strip().replace(':', ''))
-payload = f'from {src} to {dst}'.encode()
-udp = struct.pack('!HHHH', 40000, dport, 8 + len(payload), 0) + payload
-ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
-s = sum(struct.unpack('!10H', ip)); s = (s >> 16) + (s & 0xffff); s += s >> 16
-ip = ip[:10] + struct.pack('!H', ~s & 0xffff) + ip[12:]
+frame = udp_ip(src, dst, dport, f'from {src} to {dst}'.encode())
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); sock.bind((ifc, 0))
-for _ in range(3): sock.send(bytes.fromhex(dmac.replace(':', '')) + mac + b'\x08\x00' + ip + udp)
+for _ in range(3): sock.send(bytes.fromhex(dmac.replace(':', '')) + mac + b'\x08\x00' + frame)
 "#;
 
 /// `python3 -c ARP_REPLY IFACE DSTMAC SPA TPA [SHA]`: three ARP replies to
@@ -197,7 +205,7 @@ fn a_workload_can_neither_send_from_nor_claim_another_address() {
         for (mac, ip) in [(&near_mac, near_ip), (&far_mac, far_ip)] {
             for src in [own, victim_ip, "10.32.255.251".parse().unwrap()] {
                 let (mac, src, ip, port) = (mac.as_str(), src.to_string(), ip.to_string(), PORT.to_string());
-                ok_in(from, &["python3", "-c", UNICAST, "ethwe", mac, &src, &ip, &port]);
+                python(from, UNICAST, &["ethwe", mac, &src, &ip, &port]);
             }
         }
         let got: Vec<Vec<String>> = sockets.iter().map(|s| received(s, Duration::from_secs(2))).collect();
@@ -325,15 +333,26 @@ for _ in range(20):
 "#;
 
 /// The one port on host namespace `ns` the agent made for a workload.
+/// The names of `ns`'s links.
+fn links(ns: &str) -> Vec<String> {
+    let out = ok_in(ns, &["ip", "-o", "link", "show"]);
+    out.lines().filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap().to_string())).collect()
+}
+
 fn workload_port(ns: &str) -> String {
-    let links = ok_in(ns, &["ip", "-o", "link", "show"]);
-    let ports: Vec<String> = links
-        .lines()
-        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap().to_string()))
-        .filter(|n| n.starts_with("wv") && !n.starts_with("wvvx-") && !n.starts_with("wvbr-") && n != "wvtun0")
+    let all = links(ns);
+    let ports: Vec<&String> = all
+        .iter()
+        .filter(|n| n.starts_with("wv") && !n.starts_with("wvvx-") && !n.starts_with("wvbr-") && *n != "wvtun0")
         .collect();
-    assert_eq!(ports.len(), 1, "{links}");
+    assert_eq!(ports.len(), 1, "{all:?}");
     ports[0].clone()
+}
+
+/// Host namespace `ns`'s (one segment's) VXLAN device.
+fn vxlan_device(ns: &str) -> String {
+    let all = links(ns);
+    all.iter().find(|n| n.starts_with("wvvx-")).cloned().unwrap_or_else(|| panic!("a VXLAN device in {ns}: {all:?}"))
 }
 
 /// The port `mac` is on in host namespace `ns`'s FDB, if any.
@@ -428,25 +447,20 @@ fn a_detach_after_taking_a_neighbours_address_leaves_the_neighbours_pin() {
     assert!(!pinned(a_ip), "the detached container's own pin stayed");
 }
 
-/// `python3 -c TAGGED IFACE DSTMAC SRCMAC SPA TPA DPORT`: three times, an ARP
-/// reply "SPA is at SRCMAC" to DSTMAC and a UDP datagram SPA -> TPA to
-/// DSTMAC, each in a frame from SRCMAC with an 802.1Q tag of VLAN 0 (a
-/// priority tag, which the receiving kernel takes as no tag).
+/// `python3 -c TAGGED IFACE DSTMAC SRCMAC SPA TPA DPORT` (after [`UDP_IP`]):
+/// three times, an ARP reply "SPA is at SRCMAC" to DSTMAC and a UDP datagram
+/// SPA -> TPA to DSTMAC, each in a frame from SRCMAC with an 802.1Q tag of
+/// VLAN 0 (a priority tag, which the receiving kernel takes as no tag).
 const TAGGED: &str = r#"
-import socket, struct, sys
 ifc, dmac, smac = sys.argv[1], bytes.fromhex(sys.argv[2].replace(':', '')), bytes.fromhex(sys.argv[3].replace(':', ''))
 spa, tpa, dport = sys.argv[4], sys.argv[5], int(sys.argv[6])
 tag = b'\x81\x00\x00\x00'
 arp = struct.pack('!HHBBH', 1, 0x0800, 6, 4, 2) + smac + socket.inet_aton(spa) + dmac + socket.inet_aton(tpa)
-payload = f'tagged from {spa} to {tpa}'.encode()
-udp = struct.pack('!HHHH', 40000, dport, 8 + len(payload), 0) + payload
-ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton(spa), socket.inet_aton(tpa))
-s = sum(struct.unpack('!10H', ip)); s = (s >> 16) + (s & 0xffff); s += s >> 16
-ip = ip[:10] + struct.pack('!H', ~s & 0xffff) + ip[12:]
+frame = udp_ip(spa, tpa, dport, f'tagged from {spa} to {tpa}'.encode())
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); sock.bind((ifc, 0))
 for _ in range(3):
     sock.send(dmac + smac + tag + b'\x08\x06' + arp)
-    sock.send(dmac + smac + tag + b'\x08\x00' + ip + udp)
+    sock.send(dmac + smac + tag + b'\x08\x00' + frame)
 "#;
 
 /// A member host (root on a node that joined) writes frames straight into
@@ -472,17 +486,12 @@ fn a_member_sending_vlan_tagged_frames_over_vxlan_poisons_and_reaches_no_workloa
     // Any ARP reply may replace the victim's entry at once (no lock time).
     ok_in(&victim, &["sysctl", "-qw", "net.ipv4.neigh.ethwe.locktime=0"]);
     let member = bed.hosts[0].ns.clone();
-    let links = ok_in(&member, &["ip", "-o", "link", "show"]);
-    let vxlan = links
-        .lines()
-        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap().to_string()))
-        .find(|n| n.starts_with("wvvx-"))
-        .unwrap_or_else(|| panic!("the member's VXLAN device: {links}"));
+    let vxlan = vxlan_device(&member);
     let (victim_mac, member_mac) = (mac_of(&victim), "02:00:00:66:66:66");
     let socket = bind(&victim);
     let attack = || {
         let (spa, tpa, port) = (near_ip.to_string(), victim_ip.to_string(), PORT.to_string());
-        ok_in(&member, &["python3", "-c", TAGGED, &vxlan, &victim_mac, member_mac, &spa, &tpa, &port]);
+        python(&member, TAGGED, &[&vxlan, &victim_mac, member_mac, &spa, &tpa, &port]);
         let got = received(&socket, Duration::from_secs(2));
         (got.iter().filter(|m| m.starts_with("tagged from")).count(), neighbour(&victim, near_ip))
     };
@@ -520,12 +529,7 @@ fn a_member_flooding_new_macs_over_vxlan_fills_no_hosts_tables() {
     let (_, b_ip) = attached_at(&mut bed, 1, "b");
     wait_for("a to reach b", Duration::from_secs(15), || ping_once(&a, b_ip).then_some(()));
     let (member, victim) = (bed.hosts[0].ns.clone(), bed.hosts[1].ns.clone());
-    let links = ok_in(&member, &["ip", "-o", "link", "show"]);
-    let vxlan = links
-        .lines()
-        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap().to_string()))
-        .find(|n| n.starts_with("wvvx-"))
-        .unwrap_or_else(|| panic!("the member's VXLAN device: {links}"));
+    let vxlan = vxlan_device(&member);
     ok_in(&member, &["python3", "-c", FLOOD, &vxlan, &(3 * LIMIT).to_string()]);
     std::thread::sleep(Duration::from_secs(1));
     let fdb = ok_in(&victim, &["bridge", "fdb", "show", "dev", &vxlan]);

@@ -285,11 +285,20 @@ mod tests {
         server.await.unwrap();
     }
 
+    /// One `GET /healthz` on a connection of its own: the whole answer.
+    async fn healthz(addr: SocketAddr) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
     /// Idle connections from one address hold at most its share of the
     /// slots: a probe from elsewhere is still answered at once.
     #[tokio::test]
     async fn one_source_cannot_take_every_slot() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(serve(listener, Arc::new(Flag(AtomicBool::new(true))), std::future::pending()));
@@ -300,13 +309,7 @@ mod tests {
             idle.push(s.connect(addr).await.unwrap());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let probe = async {
-            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-            let mut out = String::new();
-            c.read_to_string(&mut out).await.unwrap();
-            out
-        };
+        let probe = healthz(addr);
         let out = tokio::time::timeout(Duration::from_secs(2), probe).await.expect("answered while one source floods");
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
         drop(idle);
@@ -340,13 +343,7 @@ mod tests {
                 held.push(c);
             }
         }
-        let probe = async {
-            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-            let mut out = String::new();
-            c.read_to_string(&mut out).await.unwrap();
-            out
-        };
+        let probe = healthz(addr);
         let out = tokio::time::timeout(Duration::from_secs(2), probe).await.expect("answered while every slot is held");
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
         // One held connection (a source's oldest) was closed for it; the rest are open.
