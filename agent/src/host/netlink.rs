@@ -15,7 +15,7 @@ use netlink_packet_core::{
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
-    link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
+    link::{InfoBridge, InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
 };
@@ -172,6 +172,7 @@ impl Netlink {
                     .attributes
                     .iter()
                     .find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.clone()) } else { None });
+                seg.bridge_uncapped = bridge_learned_max(l).is_some_and(|n| n != SEGMENT_LEARNED_MACS);
                 bridge_index.insert(vni, l.header.index);
             }
         }
@@ -186,6 +187,7 @@ impl Netlink {
                     local: vxlan_local(l),
                     mtu: mtu(l).unwrap_or(0),
                     in_bridge: controller.is_some() && controller == bridge_index.get(&vni).copied(),
+                    learned_max: vxlan_learned_max(l),
                 });
                 vxlan_index.insert(l.header.index, vni);
             }
@@ -343,7 +345,10 @@ impl Netlink {
     async fn ensure_segment(&self, vni: u32, local: Ipv4Addr, mtu: u32) -> Result<(), Error> {
         let (br, vx) = (bridge_name(vni), vxlan_name(vni));
         let bridge = match self.link_index(&br).await? {
-            Some(i) => i,
+            Some(i) => {
+                self.cap_bridge_learning(&br, i).await?;
+                i
+            }
             None => {
                 let msg =
                     LinkBridge::new(&br).mtu(mtu).address(bridge_mac(local)).fdb_max_learned(SEGMENT_LEARNED_MACS);
@@ -458,11 +463,33 @@ fn mtu(l: &LinkMessage) -> Option<u32> {
     l.attributes.iter().find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None })
 }
 
-fn vxlan_local(l: &LinkMessage) -> Option<Ipv4Addr> {
+/// What `pick` finds in a link's kind-specific data.
+fn info_data<T>(l: &LinkMessage, pick: impl Fn(&InfoData) -> Option<T>) -> Option<T> {
     let infos = l.attributes.iter().find_map(|a| if let LinkAttribute::LinkInfo(i) = a { Some(i) } else { None })?;
-    infos.iter().find_map(|i| match i {
-        LinkInfo::Data(InfoData::Vxlan(data)) => {
-            data.iter().find_map(|d| if let InfoVxlan::Local(ip) = d { Some(*ip) } else { None })
+    infos.iter().find_map(|i| if let LinkInfo::Data(data) = i { pick(data) } else { None })
+}
+
+fn vxlan_local(l: &LinkMessage) -> Option<Ipv4Addr> {
+    info_data(l, |d| match d {
+        InfoData::Vxlan(v) => v.iter().find_map(|a| if let InfoVxlan::Local(ip) = a { Some(*ip) } else { None }),
+        _ => None,
+    })
+}
+
+/// A VXLAN device's cap on learned MACs (0: none).
+fn vxlan_learned_max(l: &LinkMessage) -> u32 {
+    info_data(l, |d| match d {
+        InfoData::Vxlan(v) => v.iter().find_map(|a| if let InfoVxlan::Limit(n) = a { Some(*n) } else { None }),
+        _ => None,
+    })
+    .unwrap_or(0)
+}
+
+/// A bridge's cap on learned MACs, where the kernel has one (6.8 and later).
+fn bridge_learned_max(l: &LinkMessage) -> Option<u32> {
+    info_data(l, |d| match d {
+        InfoData::Bridge(b) => {
+            b.iter().find_map(|a| if let InfoBridge::FdbMaxLearned(n) = a { Some(*n) } else { None })
         }
         _ => None,
     })

@@ -27,8 +27,12 @@ pub const VXLAN_PORT: u16 = 4789;
 /// twice, for 300 s: kernel memory without bound on every host. Past the
 /// limit a new MAC is not learned and frames to it are flooded to every peer
 /// (most of a segment's traffic, IPv4 unicast, is routed and never crosses
-/// VXLAN). Workload ports' MACs are pinned entries and do not count.
-pub const SEGMENT_LEARNED_MACS: u32 = 16_384;
+/// VXLAN). Workload ports' MACs are pinned entries and do not count. Every
+/// host builds every subnet's segment, so a host holds at most this times
+/// two per subnet (at the default quota of 32 subnets per member, ~260,000
+/// entries, some 40 MB of kernel memory). The bridge's cap needs Linux 6.8;
+/// the VXLAN device's works on every kernel.
+pub const SEGMENT_LEARNED_MACS: u32 = 4096;
 /// IPv4 + UDP + VXLAN + inner Ethernet.
 pub const VXLAN_OVERHEAD: u32 = 50;
 /// WireGuard over IPv6 (the larger of the two underlays): 40 + 8 + 32.

@@ -22,7 +22,10 @@ use std::{
 use ipnet::Ipv4Net;
 use weave_proto::v1::NetworkMap;
 
-use super::{kernel::bridge_mac, netmap::allocation_address};
+use super::{
+    kernel::{SEGMENT_LEARNED_MACS, bridge_mac},
+    netmap::allocation_address,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
@@ -124,6 +127,9 @@ pub struct ObservedSegment {
     pub bridge_mtu: Option<u32>,
     /// A bridge made before its MAC was fixed is completed (MAC, proxy delay).
     pub bridge_mac: Option<Vec<u8>>,
+    /// The bridge learns MACs without [`SEGMENT_LEARNED_MACS`] as its cap
+    /// (one an older agent made, on a kernel that has the cap: 6.8 and later).
+    pub bridge_uncapped: bool,
     pub vxlan: Option<ObservedVxlan>,
     pub flood: BTreeSet<Ipv4Addr>,
 }
@@ -134,6 +140,18 @@ pub struct ObservedVxlan {
     pub mtu: u32,
     /// Enslaved to the segment's bridge.
     pub in_bridge: bool,
+    /// The cap on MACs it learns (0: none). The kernel cannot change it on
+    /// a device: one made without [`SEGMENT_LEARNED_MACS`] (by an older
+    /// agent) is made again.
+    pub learned_max: u32,
+}
+
+impl ObservedVxlan {
+    /// Made for this node's address, with the cap on learned MACs: else it
+    /// is rebuilt, with its flood entries.
+    fn current(&self, local: Ipv4Addr) -> bool {
+        self.local == Some(local) && self.learned_max == SEGMENT_LEARNED_MACS
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -271,10 +289,11 @@ fn diff_segments(desired: &Desired, observed: &Observed) -> Vec<Change> {
             remove.push(Change::RemoveSegment { vni });
             continue;
         }
-        let vxlan_ok = seg.vxlan.as_ref().is_some_and(|v| v.local == Some(desired.local));
+        let vxlan_ok = seg.vxlan.as_ref().is_some_and(|v| v.current(desired.local));
         if seg.vxlan.is_some() && !vxlan_ok {
-            // A VXLAN with another local address (the node was re-addressed):
-            // rebuild it, and its flood entries with it.
+            // A VXLAN with another local address (the node was re-addressed)
+            // or without the cap on learned MACs: rebuild it, and its flood
+            // entries with it.
             remove.push(Change::RemoveVxlan { vni });
             continue;
         }
@@ -287,14 +306,13 @@ fn diff_segments(desired: &Desired, observed: &Observed) -> Vec<Change> {
         let complete = seg.is_some_and(|s| {
             s.bridge_mtu == Some(desired.mtu)
                 && s.bridge_mac.as_deref().is_none_or(|m| m == bridge_mac(desired.local))
-                && s.vxlan
-                    .as_ref()
-                    .is_some_and(|v| v.local == Some(desired.local) && v.mtu == desired.mtu && v.in_bridge)
+                && !s.bridge_uncapped
+                && s.vxlan.as_ref().is_some_and(|v| v.current(desired.local) && v.mtu == desired.mtu && v.in_bridge)
         });
         if !complete {
             ensure.push(Change::EnsureSegment { vni, local: desired.local, mtu: desired.mtu });
         }
-        let rebuilt = seg.is_none_or(|s| s.vxlan.as_ref().is_none_or(|v| v.local != Some(desired.local)));
+        let rebuilt = seg.is_none_or(|s| s.vxlan.as_ref().is_none_or(|v| !v.current(desired.local)));
         for peer in &desired.peers {
             let present = !rebuilt && seg.is_some_and(|s| s.flood.contains(peer));
             if !present {
@@ -334,13 +352,19 @@ impl Observed {
                 let new_bridge = s.bridge_mtu.is_none();
                 s.bridge_mtu = Some(mtu);
                 s.bridge_mac = Some(bridge_mac(local));
+                s.bridge_uncapped = false;
                 match &mut s.vxlan {
                     Some(v) => {
                         v.mtu = mtu;
                         v.in_bridge = true;
                     }
                     None => {
-                        s.vxlan = Some(ObservedVxlan { local: Some(local), mtu, in_bridge: true });
+                        s.vxlan = Some(ObservedVxlan {
+                            local: Some(local),
+                            mtu,
+                            in_bridge: true,
+                            learned_max: SEGMENT_LEARNED_MACS,
+                        });
                         s.flood.clear();
                     }
                 }

@@ -45,6 +45,28 @@ impl Netlink {
         Ok(())
     }
 
+    /// Sets the cap on MACs bridge `br` (`index`) learns, on a bridge made
+    /// without it (by an older agent): RTM_NEWLINK on the existing link
+    /// (the stock builders send RTM_SETLINK, which leaves a bridge's own
+    /// attributes alone, or NLM_F_EXCL/REPLACE, which the kernel refuses).
+    pub(super) async fn cap_bridge_learning(&self, br: &str, index: u32) -> Result<(), Error> {
+        let mut msg = LinkBridge::new(br).fdb_max_learned(SEGMENT_LEARNED_MACS).build();
+        msg.header.index = index;
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewLink(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        req.finalize();
+        let mut handle = self.handle.clone();
+        let mut response = handle.request(req).map_err(|e| nl(format!("cap learning on {br}"), e))?;
+        while let Some(message) = response.next().await {
+            if let NetlinkPayload::Error(err) = message.payload
+                && err.raw_code() != 0
+            {
+                return Err(Error::Netlink(format!("cap learning on {br}: {}", err.to_io())));
+            }
+        }
+        Ok(())
+    }
+
     /// A permanent neighbour entry for a local workload on its bridge. The
     /// host then never has to ARP for it: its ARP would come from an address
     /// outside the subnet, which a workload with reverse-path filtering (and

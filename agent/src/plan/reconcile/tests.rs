@@ -23,7 +23,13 @@ fn complete(flood: &[&str]) -> ObservedSegment {
     ObservedSegment {
         bridge_mtu: Some(1370),
         bridge_mac: None,
-        vxlan: Some(ObservedVxlan { local: Some(ip("10.47.0.1")), mtu: 1370, in_bridge: true }),
+        bridge_uncapped: false,
+        vxlan: Some(ObservedVxlan {
+            local: Some(ip("10.47.0.1")),
+            mtu: 1370,
+            in_bridge: true,
+            learned_max: SEGMENT_LEARNED_MACS,
+        }),
         flood: flood.iter().map(|p| ip(p)).collect(),
     }
 }
@@ -83,6 +89,27 @@ fn wrong_local_address_rebuilds_vxlan_and_its_flood_entries() {
             Change::AddFlood { vni: 5, peer: ip("10.47.0.2") },
         ]
     );
+}
+
+/// Segments an older agent made: a VXLAN device without the cap on learned
+/// MACs (which the kernel cannot add to it) is rebuilt like a re-addressed
+/// one; a bridge without it (on a kernel that has one) is completed in place.
+#[test]
+fn a_segment_without_the_cap_on_learned_macs_gets_it() {
+    let rebuilt = vec![
+        Change::RemoveVxlan { vni: 5 },
+        Change::EnsureSegment { vni: 5, local: ip("10.47.0.1"), mtu: 1370 },
+        Change::AddFlood { vni: 5, peer: ip("10.47.0.2") },
+    ];
+    let mut seg = complete(&["10.47.0.2"]);
+    seg.vxlan.as_mut().unwrap().learned_max = 0;
+    let observed = Observed { segments: [(5, seg)].into(), ..Default::default() };
+    assert_eq!(diff(&desired(&[5], &["10.47.0.2"]), &observed), rebuilt);
+    let mut seg = complete(&["10.47.0.2"]);
+    seg.bridge_uncapped = true;
+    let observed = Observed { segments: [(5, seg)].into(), ..Default::default() };
+    let ensure = vec![Change::EnsureSegment { vni: 5, local: ip("10.47.0.1"), mtu: 1370 }];
+    assert_eq!(diff(&desired(&[5], &["10.47.0.2"]), &observed), ensure);
 }
 
 #[test]
@@ -261,10 +288,12 @@ fn random_observed(g: &mut Gen) -> Observed {
         let seg = ObservedSegment {
             bridge_mtu: bridge.then(|| if g.chance() { 1370 } else { 1400 }),
             bridge_mac: bridge.then(|| bridge_mac(if g.chance() { ip("10.47.0.1") } else { ip("10.47.0.9") })),
+            bridge_uncapped: bridge && g.pick(4) == 0,
             vxlan: (g.pick(4) != 0).then(|| ObservedVxlan {
                 local: Some(local),
                 mtu: if g.chance() { 1370 } else { 1500 },
                 in_bridge: bridge && g.chance(),
+                learned_max: if g.pick(4) == 0 { 0 } else { SEGMENT_LEARNED_MACS },
             }),
             flood: g.addrs([10, 47, 0], 5),
         };
@@ -314,7 +343,10 @@ fn the_recorded_state_after_a_diff_is_converged_and_is_what_the_map_asks_for() {
         for (vni, s) in &after.segments {
             assert_eq!(s.flood, d.peers, "round {round} vni {vni}");
             assert_eq!(s.bridge_mtu, Some(d.mtu));
-            assert_eq!(s.vxlan, Some(ObservedVxlan { local: Some(d.local), mtu: d.mtu, in_bridge: true }));
+            let vxlan =
+                ObservedVxlan { local: Some(d.local), mtu: d.mtu, in_bridge: true, learned_max: SEGMENT_LEARNED_MACS };
+            assert_eq!(s.vxlan, Some(vxlan));
+            assert!(!s.bridge_uncapped, "round {round}");
         }
         for (vni, pins) in &after.pinned {
             assert!(pins.is_disjoint(d.proxies.get(vni).unwrap_or(&BTreeSet::new())), "round {round}");
