@@ -73,8 +73,8 @@ pub(crate) struct Limits {
 
 impl Limits {
     /// `per_source` (None: no limit), and in all `total` or (None, or more
-    /// than that) the process's open-file limit less 256 (for the database,
-    /// the data dir, the metrics port), after raising that limit to its
+    /// than that) the process's open-file limit less 256 (for the database
+    /// and the data dir) and what the metrics port may hold, after raising that limit to its
     /// hard maximum: tonic keeps accepting, and a flood of idle connections
     /// from anywhere would otherwise take every descriptor (then agents,
     /// weavectl and the database's own connections fail while the tunnels
@@ -83,7 +83,10 @@ impl Limits {
         use nix::sys::resource::{Resource, getrlimit, setrlimit};
         let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
         let soft = if hard > soft && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() { hard } else { soft };
-        let files = usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(256).max(16);
+        // Kept back: 256 for the database, the data dir and the like, and
+        // what the metrics port may hold.
+        let reserved = 256 + weave_proto::observe::MAX_CONNECTIONS;
+        let files = usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(reserved).max(16);
         let per_source = per_source.map_or(usize::MAX, |n| n as usize);
         let total = total.map_or(files, |n| (n as usize).clamp(1, files));
         Limits { per_source, per_net: per_source.saturating_mul(16), total }

@@ -37,10 +37,11 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// MiB, reserved as soon as a message's 5-byte header declares it and held
 /// until the body is complete, before any handler or credential check: a
 /// client that never joined could hold 256 MiB per connection (64 streams)
-/// by declaring 4 MiB and sending all but the last byte. Every request
-/// weave defines is under 2 KiB (16 endpoints, 253-byte names, 256-byte
-/// descriptions); a larger one is refused with OUT_OF_RANGE from its header.
-pub const MAX_REQUEST_BYTES: usize = 64 << 10;
+/// by declaring 4 MiB and sending all but the last byte; at 8 KiB that is
+/// 512 KiB per connection. Every request weave defines is under 2 KiB (16
+/// endpoints, 253-byte names, 256-byte descriptions); a larger one is
+/// refused with OUT_OF_RANGE from its header.
+pub const MAX_REQUEST_BYTES: usize = 8 << 10;
 
 /// `server` decoding at most [`MAX_REQUEST_BYTES`] per request message.
 macro_rules! limited {

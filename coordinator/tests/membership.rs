@@ -339,4 +339,7 @@ async fn a_proof_for_a_key_no_node_has_does_not_stand_in_for_a_token() {
     stranger.join.join(first).await.expect("a first join");
     let again = proven_join_request(&mut stranger, &forged.to_string(), "h9", 91, 91).await;
     stranger.join.join(again).await.expect("a proven re-join with a bad token");
+    // Its key under another name is told which name the key has.
+    let renamed = proven_join_request(&mut stranger, &forged.to_string(), "h10", 91, 91).await;
+    assert_status(stranger.join.join(renamed).await, Code::AlreadyExists, "already belongs to node 'h9'");
 }

@@ -32,7 +32,7 @@ use tokio::{net::TcpListener, sync::Notify};
 /// an IPv4 /24 underlay has. (Before, 32 slots held with keep-alive by 8
 /// addresses kept the kubelet's probes in the listen backlog until they
 /// timed out, and the kubelet restarted the daemon.)
-const MAX_CONNECTIONS: usize = 256;
+pub const MAX_CONNECTIONS: usize = 256;
 /// Connections one source address may hold at once: a scraper needs one or
 /// two; the rest of the slots stay for everyone else.
 const MAX_PER_SOURCE: usize = 4;

@@ -130,12 +130,13 @@ impl Store {
         // A proven re-join needs no token, but only a node's own key makes
         // one: a proof shows the caller holds the key it sent, and anyone can
         // make a key (and a proof for it), so a proof for a key no node has
-        // is a first join like any other.
+        // is a first join like any other. (The key alone: the proof binds
+        // key and name, and a known key under another name is refused below
+        // with the name it has.)
         let mut c = self.read.acquire().await?;
         let rejoin = r.proven
-            && db::query_scalar::<i64>("SELECT id FROM nodes WHERE public_key = $1 AND name = $2")
+            && db::query_scalar::<i64>("SELECT id FROM nodes WHERE public_key = $1")
                 .bind(&r.public_key[..])
-                .bind(&r.name)
                 .fetch_optional(&mut c)
                 .await?
                 .is_some();
