@@ -346,7 +346,10 @@ impl Netlink {
         let (br, vx) = (bridge_name(vni), vxlan_name(vni));
         let bridge = match self.link_index(&br).await? {
             Some(i) => {
-                self.cap_bridge_learning(&br, i).await?;
+                // A kernel that refuses the cap must not keep the segment from being completed.
+                if let Err(e) = self.cap_bridge_learning(&br, i).await {
+                    tracing::warn!(bridge = %br, error = %e, "could not cap the MACs the bridge learns");
+                }
                 i
             }
             None => {

@@ -132,16 +132,27 @@ impl Store {
         // make a key (and a proof for it), so a proof for a key no node has
         // is a first join like any other. (The key alone: the proof binds
         // key and name, and a known key under another name is refused below
-        // with the name it has.)
-        let mut c = self.read.acquire().await?;
-        let rejoin = r.proven
-            && db::query_scalar::<i64>("SELECT id FROM nodes WHERE public_key = $1")
-                .bind(&r.public_key[..])
-                .fetch_optional(&mut c)
-                .await?
-                .is_some();
+        // with the name it has.) A node this coordinator's map holds is
+        // found without a read connection: a flood of bogus calls that
+        // holds every one must not keep a real node from re-joining
+        // (`read_flood.rs`); only a key the map lacks (a first join, or a
+        // node that joined through another coordinator a moment ago) is
+        // looked up.
+        let known = r.proven && self.with_map(|m| m.nodes.iter().any(|n| n.public_key == r.public_key));
+        let mut c = None;
+        let rejoin = known
+            || (r.proven
+                && db::query_scalar::<i64>("SELECT id FROM nodes WHERE public_key = $1")
+                    .bind(&r.public_key[..])
+                    .fetch_optional(c.insert(self.read.acquire().await?))
+                    .await?
+                    .is_some());
         if !rejoin {
-            check_token(&mut c, &r, now()).await?;
+            let c = match c.as_mut() {
+                Some(c) => c,
+                None => c.insert(self.read.acquire().await?),
+            };
+            check_token(c, &r, now()).await?;
         }
         drop(c);
         // Only then (the caller is admitted): an answer naming a subnet
