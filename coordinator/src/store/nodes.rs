@@ -139,22 +139,18 @@ impl Store {
         // node that joined through another coordinator a moment ago) is
         // looked up.
         let known = r.proven && self.with_map(|m| m.nodes.iter().any(|n| n.public_key == r.public_key));
-        let mut c = None;
-        let rejoin = known
-            || (r.proven
+        if !known {
+            let mut c = self.read.acquire().await?;
+            let rejoin = r.proven
                 && db::query_scalar::<i64>("SELECT id FROM nodes WHERE public_key = $1")
                     .bind(&r.public_key[..])
-                    .fetch_optional(c.insert(self.read.acquire().await?))
+                    .fetch_optional(&mut c)
                     .await?
-                    .is_some());
-        if !rejoin {
-            let c = match c.as_mut() {
-                Some(c) => c,
-                None => c.insert(self.read.acquire().await?),
-            };
-            check_token(c, &r, now()).await?;
+                    .is_some();
+            if !rejoin {
+                check_token(&mut c, &r, now()).await?;
+            }
         }
-        drop(c);
         // Only then (the caller is admitted): an answer naming a subnet
         // would otherwise map the overlay for anyone who knows the pin.
         self.with_map(|m| check_outside_overlay(&r.endpoints, m))?;
