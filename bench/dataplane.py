@@ -535,7 +535,8 @@ def main():
     # namespace: its sysctl is per namespace, 1 by default once loaded.
     nf_call = ns_run(underlay, ["cat", "/proc/sys/net/bridge/bridge-nf-call-iptables"], check=False)
     br_netfilter = nf_call.stdout.strip() == "1"
-    avx512 = " avx512f " in open("/proc/cpuinfo").read().replace("\n", " ")
+    cpuinfo = open("/proc/cpuinfo").read()
+    avx512 = " avx512f " in cpuinfo.replace("\n", " ")
     run(["ip", "-n", underlay, "link", "add", "br0", "type", "bridge"])
     run(["ip", "-n", underlay, "link", "set", "br0", "up"])
 
@@ -737,11 +738,8 @@ def main():
     def git(*args):
         return run(["git", "-C", ROOT] + list(args), check=False).stdout.strip()
 
-    cpu_model = None
-    try:
-        cpu_model = re.search(r"^model name\s*:\s*(.*)$", open("/proc/cpuinfo").read(), re.M).group(1)
-    except Exception:
-        pass
+    model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
+    cpu_model = model.group(1) if model else None
     result = {
         "started": started.isoformat(),
         "machine": {"nproc": os.cpu_count(), "cpu": cpu_model, "kernel": platform.release(),

@@ -120,14 +120,21 @@ fn refill(b: &mut Vec<u8>, packet: &[u8]) {
     b.extend_from_slice(packet);
 }
 
+/// An IPv4 header (20 bytes, DF, TTL 64, checksum left zero) at the start
+/// of `p`, for `p.len()` bytes in all.
+fn ipv4_header(p: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, id: u8, protocol: u8) {
+    let len = p.len();
+    p[..12].copy_from_slice(&[0x45, 0, (len >> 8) as u8, len as u8, 0, id, 0x40, 0, 64, protocol, 0, 0]);
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+}
+
 /// Segment `i` of one TCP flow from `src` to `dst`, `len` bytes in all (IPv4
 /// and TCP headers of 20 each), ACK set, in sequence. The checksums are
 /// left zero (wrong): the receiving GRO trusts what WireGuard authenticated.
 fn tcp_segment(src: Ipv4Addr, dst: Ipv4Addr, len: usize, i: usize) -> Vec<u8> {
     let mut p = vec![i as u8; len];
-    p[..12].copy_from_slice(&[0x45, 0, (len >> 8) as u8, len as u8, 0, i as u8, 0x40, 0, 64, 6, 0, 0]);
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
+    ipv4_header(&mut p, src, dst, i as u8, 6);
     let seq = 1_000 + (i * (len - 40)) as u32;
     let mut tcp = [0u8; 20];
     tcp[..4].copy_from_slice(&[0x9c, 0x40, 0x14, 0x51]); // ports 40000 -> 5201
@@ -309,28 +316,7 @@ fn udp_gro_trusts_checksums_only_when_told_to() {
         (0..8u8)
             .map(|i| {
                 let mut p = vec![i; LEN];
-                p[..20].copy_from_slice(&[
-                    0x45,
-                    0,
-                    (LEN >> 8) as u8,
-                    LEN as u8,
-                    0,
-                    i,
-                    0x40,
-                    0,
-                    64,
-                    17,
-                    0,
-                    0,
-                    10,
-                    47,
-                    0,
-                    1,
-                    10,
-                    47,
-                    0,
-                    2,
-                ]);
+                ipv4_header(&mut p, Ipv4Addr::new(10, 47, 0, 1), Ipv4Addr::new(10, 47, 0, 2), i, 17);
                 let udp_len = (LEN - 20) as u16;
                 p[20..28].copy_from_slice(&[0x9c, 0x40, 0x14, 0x51, (udp_len >> 8) as u8, udp_len as u8, 0x12, 0x34]);
                 let mut b = write_buffer();

@@ -285,6 +285,21 @@ mod tests {
         server.await.unwrap();
     }
 
+    /// An endpoint serving on a port of 127.0.0.1 until the test ends: its address.
+    async fn serving() -> SocketAddr {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, Arc::new(Flag(AtomicBool::new(true))), std::future::pending()));
+        addr
+    }
+
+    /// A connection to `addr` from loopback address `source`.
+    async fn connect_from(source: &str, addr: SocketAddr) -> tokio::net::TcpStream {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(SocketAddr::new(source.parse().unwrap(), 0)).unwrap();
+        s.connect(addr).await.unwrap()
+    }
+
     /// One `GET /healthz` on a connection of its own: the whole answer.
     async fn healthz(addr: SocketAddr) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -299,14 +314,10 @@ mod tests {
     /// slots: a probe from elsewhere is still answered at once.
     #[tokio::test]
     async fn one_source_cannot_take_every_slot() {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, Arc::new(Flag(AtomicBool::new(true))), std::future::pending()));
+        let addr = serving().await;
         let mut idle = Vec::new();
         for _ in 0..MAX_CONNECTIONS + 8 {
-            let s = tokio::net::TcpSocket::new_v4().unwrap();
-            s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-            idle.push(s.connect(addr).await.unwrap());
+            idle.push(connect_from("127.0.0.2", addr).await);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         let probe = healthz(addr);
@@ -324,15 +335,11 @@ mod tests {
     #[tokio::test]
     async fn sources_holding_every_slot_make_room_for_a_probe() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, Arc::new(Flag(AtomicBool::new(true))), std::future::pending()));
+        let addr = serving().await;
         let mut held = Vec::new();
         for i in 0..MAX_CONNECTIONS / MAX_PER_SOURCE {
             for _ in 0..MAX_PER_SOURCE {
-                let s = tokio::net::TcpSocket::new_v4().unwrap();
-                s.bind(format!("127.0.1.{}:0", i + 1).parse().unwrap()).unwrap();
-                let mut c = s.connect(addr).await.unwrap();
+                let mut c = connect_from(&format!("127.0.1.{}", i + 1), addr).await;
                 c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
                 let mut buf = [0u8; 512];
                 let n = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf))

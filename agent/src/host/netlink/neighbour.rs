@@ -17,7 +17,7 @@ impl Netlink {
         msg.header.flags = NeighbourFlags::Own;
         msg.attributes.push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
         msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(peer)));
-        let mut req = if add {
+        let req = if add {
             let mut r = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
             r.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
             r
@@ -26,20 +26,27 @@ impl Netlink {
             r.header.flags = NLM_F_REQUEST | NLM_F_ACK;
             r
         };
+        let what = format!("fdb {} {vx} dst {peer}", if add { "append" } else { "del" });
+        self.acked(req, &what, |code| if add { code == EEXIST } else { code == ENOENT }).await
+    }
+
+    /// Sends `req` (flags set) and waits for the kernel's answers: an error
+    /// whose errno `benign` does not accept fails, as `what: <error>`.
+    async fn acked(
+        &self,
+        mut req: NetlinkMessage<RouteNetlinkMessage>,
+        what: &str,
+        benign: impl Fn(i32) -> bool,
+    ) -> Result<(), Error> {
         req.finalize();
         let mut handle = self.handle.clone();
-        let mut response = handle.request(req).map_err(|e| nl(format!("fdb {vx} {peer}"), e))?;
+        let mut response = handle.request(req).map_err(|e| nl(what.to_string(), e))?;
         while let Some(message) = response.next().await {
-            if let NetlinkPayload::Error(err) = message.payload {
-                let code = -err.raw_code();
-                let benign = if add { code == EEXIST } else { code == ENOENT };
-                if !benign {
-                    return Err(Error::Netlink(format!(
-                        "fdb {} {vx} dst {peer}: {}",
-                        if add { "append" } else { "del" },
-                        err.to_io()
-                    )));
-                }
+            if let NetlinkPayload::Error(err) = message.payload
+                && err.raw_code() != 0
+                && !benign(-err.raw_code())
+            {
+                return Err(Error::Netlink(format!("{what}: {}", err.to_io())));
             }
         }
         Ok(())
@@ -54,17 +61,7 @@ impl Netlink {
         msg.header.index = index;
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewLink(msg));
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-        req.finalize();
-        let mut handle = self.handle.clone();
-        let mut response = handle.request(req).map_err(|e| nl(format!("cap learning on {br}"), e))?;
-        while let Some(message) = response.next().await {
-            if let NetlinkPayload::Error(err) = message.payload
-                && err.raw_code() != 0
-            {
-                return Err(Error::Netlink(format!("cap learning on {br}: {}", err.to_io())));
-            }
-        }
-        Ok(())
+        self.acked(req, &format!("cap learning on {br}"), |_| false).await
     }
 
     /// A permanent neighbour entry for a local workload on its bridge. The
@@ -131,16 +128,7 @@ impl Netlink {
         msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
-        req.finalize();
-        let mut handle = self.handle.clone();
-        let mut response = handle.request(req).map_err(|e| nl(format!("fdb {port}"), e))?;
-        while let Some(message) = response.next().await {
-            if let NetlinkPayload::Error(err) = message.payload
-                && err.raw_code() != 0
-            {
-                return Err(Error::Netlink(format!("sticky fdb entry on {port}: {}", err.to_io())));
-            }
-        }
+        self.acked(req, &format!("sticky fdb entry on {port}"), |_| false).await?;
         // Learning off too: a locked port still learns the source MAC of
         // link-local frames (01:80:c2:00:00:0X, e.g. LLDP) before the lock is
         // checked, so one such frame would open the lock for any MAC (found
