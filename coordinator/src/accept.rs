@@ -4,20 +4,22 @@
 //! spins: when the process is out of file descriptors, nothing but closing
 //! some helps. So such errors are logged and retried after a pause, during
 //! which established connections (and the handshake timeout) free some.
+mod held;
+
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     io,
-    net::{IpAddr, Ipv6Addr},
+    net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use futures::{Stream, StreamExt, task::AtomicWaker};
+use futures::{Stream, StreamExt};
+use held::{Evicted, Held, Slot};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -93,126 +95,69 @@ impl Limits {
     }
 }
 
-/// The group a connection is ranked in: its address (IPv4-mapped as
-/// IPv4), or for IPv6 its /64 (one host may hold a whole /64).
-fn group_of(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
-        v4 => v4,
-    }
-}
+/// The connections held, shared by the accept loop, its streams and the
+/// services (which mark a connection once a call on it proves a credential).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Connections(Arc<Mutex<Held>>);
 
-/// Set when a connection is closed to make room for another group's.
-#[derive(Debug, Default)]
-struct Evict {
-    set: AtomicBool,
-    waker: AtomicWaker,
-}
-
-/// One held connection: its id (rising), address, and eviction flag.
-type Entry = (u64, IpAddr, Arc<Evict>);
-
-#[derive(Debug, Default)]
-struct Held {
-    /// Each group's connections, oldest first.
-    groups: HashMap<IpAddr, VecDeque<Entry>>,
-    /// Connections per address.
-    by_address: HashMap<IpAddr, usize>,
-    /// The groups by how many connections each holds (the biggest found
-    /// without a walk over all).
-    by_size: BTreeMap<usize, HashSet<IpAddr>>,
-    total: usize,
-    next: u64,
-}
-
-impl Held {
-    fn held_by_address(&self, address: &IpAddr) -> usize {
-        self.by_address.get(address).copied().unwrap_or(0)
+impl Connections {
+    fn lock(&self) -> MutexGuard<'_, Held> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn held_by_group(&self, address: &IpAddr) -> usize {
-        self.groups.get(&group_of(*address)).map_or(0, VecDeque::len)
+    /// Marks the connection from `peer` (a request's `remote_addr`) as
+    /// having proved a credential or join token: it is then neither closed
+    /// for never doing so nor chosen first to make room.
+    pub(crate) fn authenticated(&self, peer: Option<SocketAddr>) {
+        if let Some(peer) = peer {
+            self.lock().authenticated(peer);
+        }
     }
 
-    fn resize(&mut self, group: IpAddr, from: usize, to: usize) {
-        if let Some(set) = self.by_size.get_mut(&from) {
-            set.remove(&group);
-            if set.is_empty() {
-                self.by_size.remove(&from);
+    /// Every second until the accept loop is gone: closes the connections
+    /// that have not proved a credential within [`AUTHENTICATE_WITHIN`].
+    fn sweep_every_second(&self) {
+        let held = Arc::downgrade(&self.0);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(held) = held.upgrade() else { return };
+                let closed = Connections(held).lock().sweep(Instant::now());
+                if closed > 0 {
+                    metrics::counter!("weave_connections_unauthenticated_closed_total").increment(closed as u64);
+                    if every_10s(&UNAUTHENTICATED_LOGGED) {
+                        tracing::info!(
+                            closed,
+                            "closed connections that proved no credential or join token within {AUTHENTICATE_WITHIN:?}"
+                        );
+                    }
+                }
             }
-        }
-        if to > 0 {
-            self.by_size.entry(to).or_default().insert(group);
-        }
-    }
-
-    /// Counts a new connection from `address`.
-    fn admit(&mut self, address: IpAddr) -> (u64, Arc<Evict>) {
-        let (id, evict, group) = (self.next, Arc::new(Evict::default()), group_of(address));
-        self.next += 1;
-        let q = self.groups.entry(group).or_default();
-        q.push_back((id, address, evict.clone()));
-        let len = q.len();
-        self.resize(group, len - 1, len);
-        *self.by_address.entry(address).or_default() += 1;
-        self.total += 1;
-        (id, evict)
-    }
-
-    /// Stops counting connection `id` from `address` (once: a second call finds nothing).
-    fn release(&mut self, id: u64, address: IpAddr) {
-        let group = group_of(address);
-        let Some(q) = self.groups.get_mut(&group) else { return };
-        let Ok(at) = q.binary_search_by_key(&id, |e| e.0) else { return };
-        q.remove(at);
-        let len = q.len();
-        if len == 0 {
-            self.groups.remove(&group);
-        }
-        self.resize(group, len + 1, len);
-        if let Some(n) = self.by_address.get_mut(&address) {
-            *n -= 1;
-            if *n == 0 {
-                self.by_address.remove(&address);
-            }
-        }
-        self.total -= 1;
-    }
-
-    /// With every slot taken: closes the oldest connection of the group
-    /// (address, IPv6 /64) that holds the most, if that is more than
-    /// `from_group + 1` (what the newcomer's group would hold), so that one
-    /// source (or a few) cannot keep every other out by holding all slots.
-    /// The address it was from, if it closed one.
-    fn make_room(&mut self, from_group: usize) -> Option<IpAddr> {
-        let (&most, groups) = self.by_size.last_key_value()?;
-        if most <= from_group + 1 {
-            return None;
-        }
-        let group = *groups.iter().next()?;
-        let (id, address, evict) = self.groups.get(&group)?.front()?.clone();
-        self.release(id, address);
-        evict.set.store(true, Ordering::Release);
-        evict.waker.wake();
-        Some(address)
+        });
     }
 }
+
+/// How long a connection may stay open without a call that proves a
+/// credential (node or admin) or a join token; past it, it is closed.
+pub const AUTHENTICATE_WITHIN: Duration = Duration::from_secs(10);
 
 /// An accepted connection, counted until dropped (or closed to make room).
 pub(crate) struct Counted {
     stream: TcpStream,
-    address: IpAddr,
+    peer: SocketAddr,
     id: u64,
-    evict: Arc<Evict>,
-    held: Arc<Mutex<Held>>,
+    slot: Arc<Slot>,
+    held: Connections,
 }
 
 impl Counted {
-    /// Whether this connection was closed to make room: every read and
-    /// write then fails, and the server drops it.
+    /// Whether this connection was closed by the accept loop: every read
+    /// and write then fails, and the server drops it.
     fn evicted(&self, cx: &Context<'_>) -> bool {
-        self.evict.waker.register(cx.waker());
-        self.evict.set.load(Ordering::Acquire)
+        self.slot.waker.register(cx.waker());
+        self.slot.closed.load(Ordering::Acquire)
     }
 }
 
@@ -220,7 +165,7 @@ impl Drop for Counted {
     fn drop(&mut self) {
         // An evicted connection was released when it was chosen (a second
         // release finds nothing).
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).release(self.id, self.address);
+        self.held.lock().release(self.id, self.peer);
     }
 }
 
@@ -228,6 +173,7 @@ impl Drop for Counted {
 /// the epoch): at most one warning of each in 10 s.
 static REFUSED_LOGGED: AtomicU64 = AtomicU64::new(0);
 static EVICTED_LOGGED: AtomicU64 = AtomicU64::new(0);
+static UNAUTHENTICATED_LOGGED: AtomicU64 = AtomicU64::new(0);
 
 fn every_10s(last: &AtomicU64) -> bool {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -246,8 +192,9 @@ fn every_10s(last: &AtomicU64) -> bool {
 pub(crate) fn limited(
     incoming: impl Stream<Item = io::Result<TcpStream>> + Send + 'static,
     limits: Limits,
+    held: Connections,
 ) -> impl Stream<Item = io::Result<Counted>> + Send + 'static {
-    let held = Arc::new(Mutex::new(Held::default()));
+    held.sweep_every_second();
     incoming.filter_map(move |accepted| {
         let held = held.clone();
         async move {
@@ -255,14 +202,16 @@ pub(crate) fn limited(
                 Ok(stream) => stream,
                 Err(e) => return Some(Err(e)),
             };
-            let address = stream.peer_addr().ok()?.ip().to_canonical();
-            let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+            let peer = stream.peer_addr().ok()?;
+            let address = peer.ip().to_canonical();
+            let now = Instant::now();
+            let mut h = held.lock();
             let (from_address, from_group) = (h.held_by_address(&address), h.held_by_group(&address));
             let mut evicted = None;
             let refused = from_address >= limits.per_source
                 || from_group >= limits.per_net
                 || (h.total >= limits.total && {
-                    evicted = h.make_room(from_group);
+                    evicted = h.make_room(from_group, now);
                     evicted.is_none()
                 });
             if refused {
@@ -277,15 +226,19 @@ pub(crate) fn limited(
                 }
                 return None;
             }
-            let (id, evict) = h.admit(address);
+            let (id, slot) = h.admit(peer, now + AUTHENTICATE_WITHIN);
             drop(h);
-            if let Some(from) = evicted {
+            if let Some(evicted) = evicted {
                 metrics::counter!("weave_connections_evicted_total").increment(1);
                 if every_10s(&EVICTED_LOGGED) {
-                    tracing::warn!(%from, for_address = %address, "all connections held (--max-connections): closed the oldest of the source holding the most");
+                    let (from, which) = match evicted {
+                        Evicted::Unauthenticated(from) => (from, "the oldest that proved no credential yet"),
+                        Evicted::Biggest(from) => (from, "the oldest of the source holding the most"),
+                    };
+                    tracing::warn!(%from, for_address = %address, "all connections held (--max-connections): closed {which}");
                 }
             }
-            Some(Ok(Counted { stream, address, id, evict, held }))
+            Some(Ok(Counted { stream, peer, id, slot, held }))
         }
     })
 }
@@ -299,7 +252,7 @@ impl Connected for Counted {
 }
 
 fn closed_to_make_room() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionReset, "closed to make room for another source's connection")
+    io::Error::new(io::ErrorKind::ConnectionReset, "closed to make room, or for proving no credential in time")
 }
 
 impl AsyncRead for Counted {
@@ -347,55 +300,11 @@ impl AsyncWrite for Counted {
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
     #[test]
-    fn connections_are_counted_per_address_and_per_ipv6_64() {
-        let group = |s: &str| group_of(ip(s)).to_string();
-        assert_eq!(group("192.0.2.7"), "192.0.2.7");
-        assert_eq!(group("::ffff:192.0.2.7"), "192.0.2.7");
-        assert_eq!(group("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
-        assert_ne!(group("2001:db8:1:2::9"), group("2001:db8:1:3::9"));
-        let mut h = Held::default();
-        let a = h.admit(ip("2001:db8:1:2::9"));
-        h.admit(ip("2001:db8:1:2::a"));
-        h.admit(ip("192.0.2.7"));
-        assert_eq!((h.held_by_address(&ip("2001:db8:1:2::9")), h.held_by_group(&ip("2001:db8:1:2::ffff"))), (1, 2));
-        assert_eq!((h.held_by_address(&ip("192.0.2.7")), h.held_by_group(&ip("192.0.2.7")), h.total), (1, 1, 3));
-        h.release(a.0, ip("2001:db8:1:2::9"));
-        h.release(a.0, ip("2001:db8:1:2::9"));
-        assert_eq!((h.held_by_group(&ip("2001:db8:1:2::")), h.total), (1, 2), "released once");
+    fn the_limits_follow_the_per_source_setting() {
         let l = Limits::for_process(Some(256), None);
         assert_eq!((l.per_source, l.per_net), (256, 4096), "a /64 holds 16 times one address");
         assert!(l.total >= 16);
-    }
-
-    /// With every slot held, the group holding the most gives up its oldest
-    /// connection, counted by /64: one address each from one /64 is one
-    /// source, not many (a review found them ranked per address).
-    #[test]
-    fn room_is_made_from_the_biggest_group_by_ipv6_64() {
-        let mut h = Held::default();
-        let (mut first, mut rest) = (None, Vec::new());
-        for i in 1..=4 {
-            let e = h.admit(ip(&format!("2001:db8:1:2::{i}")));
-            if first.is_none() { first = Some(e) } else { rest.push(e) }
-        }
-        h.admit(ip("192.0.2.7"));
-        h.admit(ip("192.0.2.7"));
-        assert_eq!(h.make_room(0), Some(ip("2001:db8:1:2::1")), "the /64's oldest");
-        assert!(first.unwrap().1.set.load(Ordering::Acquire));
-        assert!(rest.iter().all(|e| !e.1.set.load(Ordering::Acquire)));
-        assert_eq!((h.held_by_group(&ip("2001:db8:1:2::1")), h.total), (3, 5));
-        // The /64 (3) against a newcomer whose group holds 2: no more than one more.
-        assert_eq!(h.make_room(2), None);
-        assert_eq!(h.make_room(1), Some(ip("2001:db8:1:2::2")));
-        // Then two groups of 2: a newcomer from either gets nothing; from a third, room.
-        assert_eq!(h.make_room(1), None);
-        assert!(h.make_room(0).is_some());
-        assert_eq!(h.total, 3);
     }
 
     fn emfile() -> io::Error {

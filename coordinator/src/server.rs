@@ -30,6 +30,7 @@ use crate::{
 /// A connection that has not finished its TLS handshake by then is closed:
 /// otherwise each stalled one holds a descriptor and a task for ever.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub use crate::accept::AUTHENTICATE_WITHIN;
 /// Concurrent RPCs (streams) on one HTTP/2 connection. An agent needs a
 /// watch and a few calls; weavectl one at a time.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
@@ -121,6 +122,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     write_secret_file(&admin_path, &format!("{admin}\n"))?;
 
     let (stop_tx, stopping) = tokio::sync::watch::channel(false);
+    let connections = crate::accept::Connections::default();
     let state = Arc::new(State {
         store: store.clone(),
         cluster,
@@ -137,6 +139,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         watches_by_credential: Default::default(),
         stopping,
         pacer: api::pace::Pacer::new(settings.node_rate),
+        connections: connections.clone(),
     });
     let first_token = if first_start {
         let ttl = settings.first_token_ttl.map(|d| d.as_secs());
@@ -199,7 +202,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(30)));
     let limits = crate::accept::Limits::for_process(settings.max_connections_per_source, settings.max_connections);
     tracing::debug!(per_source = limits.per_source, total = limits.total, "connection limits");
-    let incoming = crate::accept::limited(crate::accept::backing_off(incoming), limits);
+    let incoming = crate::accept::limited(crate::accept::backing_off(incoming), limits, connections);
     // Tell the watch streams first, then let tonic drain the connections.
     let shutdown = async move {
         shutdown.await;

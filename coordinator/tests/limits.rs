@@ -376,27 +376,117 @@ async fn one_source_holds_a_bounded_number_of_connections() {
     drop(held);
 }
 
-/// With every slot held by one source (an outsider's connections from one
-/// address, or a few), a newcomer from a source that holds fewer gets in:
-/// the oldest connection of the source holding the most is closed for it.
-/// One that would hold as many as the biggest holder is refused. (The
-/// hog's connections finish TLS, so no handshake timeout frees them.)
+/// With every slot held by one source (a member's authenticated
+/// connections from one address, or a few), a newcomer from a source that
+/// holds fewer gets in: the oldest connection of the source holding the
+/// most is closed for it. One that would hold as many as the biggest holder
+/// is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_holding_every_slot_makes_room_for_another() {
     let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.max_connections = 3).await;
-    let pin = c.running.admin.pin;
-    let from_hog = || async {
-        let endpoint = weave_proto::client::endpoint(&c.addr(), pin).unwrap();
-        endpoint.local_address(Some("127.0.0.2".parse().unwrap())).connect().await
-    };
-    let mut hog = Vec::new();
+    let hog = || c.admin_from("127.0.0.2");
+    let mut held = Vec::new();
     for _ in 0..3 {
-        hog.push(from_hog().await.expect("the hog's first three"));
+        let mut api = hog().await.expect("the hog's first three");
+        api.subnets.list_subnets(ListSubnetsRequest {}).await.expect("the hog's calls");
+        held.push(api);
     }
     let mut admin = c.admin().await;
     admin.subnets.list_subnets(ListSubnetsRequest {}).await.expect("a source holding none is let in");
     // The hog, now at 2 of 3 with the admin at 1, does not get a third back.
-    assert!(from_hog().await.is_err(), "the hog took the admin's room");
+    let refused = match hog().await {
+        Err(_) => true,
+        Ok(mut api) => api.subnets.list_subnets(ListSubnetsRequest {}).await.is_err(),
+    };
+    assert!(refused, "the hog took the admin's room");
     admin.subnets.list_subnets(ListSubnetsRequest {}).await.expect("the admin's connection stays");
-    drop(hog);
+    drop(held);
+}
+
+/// The local ports of the established TCP connections from `ip` to `port`
+/// (this host's `/proc/net/tcp`, the client's side).
+fn established(ip: std::net::Ipv4Addr, port: u16) -> Vec<u16> {
+    let hex = |s: &str| u32::from_str_radix(s, 16).unwrap();
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (local, remote) = (f[1].split_once(':')?, f[2].split_once(':')?);
+            let from = std::net::Ipv4Addr::from(hex(local.0).swap_bytes());
+            (from == ip && hex(remote.1) == u32::from(port) && f[3] == "01").then(|| hex(local.1) as u16)
+        })
+        .collect()
+}
+
+/// A connection that finishes TLS but makes no call proving a credential
+/// or a join token (none, or only unauthenticated ones: health, a failed
+/// credential) is closed after `AUTHENTICATE_WITHIN`; one that made a call
+/// with a credential stays, idle as long as it likes. Before, anyone who
+/// could reach the port held a TLS-finished connection (~40 KiB of buffers
+/// each) as long as they answered HTTP/2 pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_prove_nothing_are_closed_and_members_stay() {
+    use std::time::{Duration, Instant};
+
+    use weave_coordinator::server::AUTHENTICATE_WITHIN;
+    let c = TestCoordinator::start().await;
+    let port = c.running.local_addr.port();
+    let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
+    let connect_from = |from: &'static str| async { c.channel_from(from).await.unwrap() };
+    let opened = Instant::now();
+    let silent = connect_from("127.0.0.3").await;
+    let health = connect_from("127.0.0.4").await;
+    tonic_health::pb::health_client::HealthClient::new(health.clone())
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health answers without a credential");
+    let mut wrong = weave_proto::client::Api::new(connect_from("127.0.0.5").await, "not-a-credential").unwrap();
+    assert_status(wrong.subnets.list_subnets(ListSubnetsRequest {}).await, Code::Unauthenticated, "credential");
+    let mut member = c.admin_from("127.0.0.6").await.unwrap();
+    member.subnets.list_subnets(ListSubnetsRequest {}).await.unwrap();
+    let member_port = established(ip("127.0.0.6"), port);
+    assert_eq!(member_port.len(), 1);
+    for from in ["127.0.0.3", "127.0.0.4", "127.0.0.5"] {
+        assert_eq!(established(ip(from), port).len(), 1, "{from} connected");
+    }
+
+    let deadline = opened + AUTHENTICATE_WITHIN + Duration::from_secs(4);
+    let mut left = ["127.0.0.3", "127.0.0.4", "127.0.0.5"].to_vec();
+    while !left.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        left.retain(|from| !established(ip(from), port).is_empty());
+    }
+    assert!(left.is_empty(), "still open {:?} after {AUTHENTICATE_WITHIN:?}: {left:?}", opened.elapsed());
+    assert_eq!(established(ip("127.0.0.6"), port), member_port, "the member's connection was closed");
+    member.subnets.list_subnets(ListSubnetsRequest {}).await.unwrap();
+    assert_eq!(established(ip("127.0.0.6"), port), member_port, "the member reconnected");
+    drop((silent, health));
+}
+
+/// An outsider holding every slot from as many addresses (one connection
+/// each, TLS finished, no credential) does not keep a member out: a
+/// newcomer closes the oldest connection that proved nothing, whatever its
+/// source. Before, with every group at one connection, every newcomer was
+/// refused. A member's connection is not the one closed for the outsider's
+/// next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outsider_with_a_source_per_slot_does_not_keep_members_out() {
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.max_connections = 3).await;
+    let port = c.running.local_addr.port();
+    let outsider = |from: &'static str| c.channel_from(from);
+    let mut held = Vec::new();
+    for from in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        held.push(outsider(from).await.expect("the outsider's first three"));
+    }
+    let mut member = c.admin_from("127.0.0.6").await.expect("connect");
+    member.subnets.list_subnets(ListSubnetsRequest {}).await.expect("the member is let in");
+    let member_port = established("127.0.0.6".parse().unwrap(), port);
+    assert_eq!(member_port.len(), 1);
+    assert!(established("127.0.0.2".parse().unwrap(), port).is_empty(), "the oldest outsider's was closed");
+    held.push(outsider("127.0.0.5").await.expect("an outsider replaces an outsider"));
+    member.subnets.list_subnets(ListSubnetsRequest {}).await.expect("the member's connection stays");
+    assert_eq!(established("127.0.0.6".parse().unwrap(), port), member_port, "the member's was closed");
+    drop(held);
 }

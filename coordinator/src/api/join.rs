@@ -171,6 +171,7 @@ impl JoinService for Join {
                 proven,
             })
             .await?;
+        self.0.connections.authenticated(from);
         tracing::info!(node = %joined.node.name, address = %joined.node.address, key = %key.to_base64().get(..8).unwrap_or(""), new = joined.new, token = %token.id, "node joined");
         metrics::counter!("weave_joins_total", "result" => if joined.new { "new" } else { "rejoin" }).increment(1);
         // The whole map is ~100 bytes a node: at 10,000 nodes, copying,

@@ -67,6 +67,8 @@ pub struct State {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// How fast each node may call (`--node-rate`).
     pub pacer: pace::Pacer,
+    /// The connections held: a call that proves a credential marks its own.
+    pub(crate) connections: crate::accept::Connections,
 }
 
 pub type Shared = Arc<State>;
@@ -115,6 +117,7 @@ impl State {
         };
         let hash = hash_secret(&secret);
         if let Some(caller) = self.store.caller(&hash).await.map_err(Status::from)? {
+            self.connections.authenticated(req.remote_addr());
             return Ok((caller, hash));
         }
         Err(match self.store.removed_node(&hash).await.map_err(Status::from)? {

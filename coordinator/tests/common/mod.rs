@@ -75,6 +75,18 @@ impl TestCoordinator {
         Api::new(self.channel().await, &self.running.admin.secret).unwrap()
     }
 
+    /// A connection (TLS finished) from local address `from` (127.0.0.0/8:
+    /// a source of its own), with no credential.
+    pub async fn channel_from(&self, from: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        let endpoint = weave_proto::client::endpoint(&self.addr(), self.running.admin.pin).expect("endpoint");
+        endpoint.local_address(Some(from.parse().expect("address"))).connect().await
+    }
+
+    /// The admin's API over a connection from local address `from`.
+    pub async fn admin_from(&self, from: &str) -> Result<Api, tonic::transport::Error> {
+        Ok(Api::new(self.channel_from(from).await?, &self.running.admin.secret).unwrap())
+    }
+
     pub async fn api_with(&self, credential: &str) -> Api {
         Api::new(self.channel().await, credential).unwrap()
     }

@@ -1,0 +1,291 @@
+//! The connections the accept loop holds: counted per address, per IPv6
+//! /64 and in all; which of them proved a credential; which to close when
+//! every slot is taken or one never proves anything.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use futures::task::AtomicWaker;
+
+/// The group a connection is ranked in: its address (IPv4-mapped as
+/// IPv4), or for IPv6 its /64 (one host may hold a whole /64).
+pub(super) fn group_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
+    }
+}
+
+/// What one held connection shares with its stream.
+#[derive(Debug, Default)]
+pub(super) struct Slot {
+    /// Set when the connection is closed (to make room, or for never
+    /// proving a credential): every read and write then fails.
+    pub(super) closed: AtomicBool,
+    pub(super) waker: AtomicWaker,
+    /// Set by the first call on it with a valid credential or join token.
+    pub(super) authenticated: AtomicBool,
+}
+
+/// One held connection: its id (rising), the peer's socket address, its slot.
+type Entry = (u64, SocketAddr, Arc<Slot>);
+
+/// Why a connection was closed to make room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Evicted {
+    /// The oldest connection that had not proved a credential.
+    Unauthenticated(IpAddr),
+    /// The oldest connection of the group holding the most.
+    Biggest(IpAddr),
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    /// Each group's connections, oldest first.
+    groups: HashMap<IpAddr, VecDeque<Entry>>,
+    /// Connections per address.
+    by_address: HashMap<IpAddr, usize>,
+    /// The groups by how many connections each holds (the biggest found
+    /// without a walk over all).
+    by_size: BTreeMap<usize, HashSet<IpAddr>>,
+    /// Each connection by its peer's socket address (what a request knows).
+    by_peer: HashMap<SocketAddr, Arc<Slot>>,
+    /// Every connection in the order it came, with the time it must have
+    /// proved a credential by; authenticated and closed ones are dropped
+    /// from the front as they are met.
+    unproven: VecDeque<(Instant, Entry)>,
+    pub(super) total: usize,
+    next: u64,
+}
+
+impl Held {
+    pub(super) fn held_by_address(&self, address: &IpAddr) -> usize {
+        self.by_address.get(address).copied().unwrap_or(0)
+    }
+
+    pub(super) fn held_by_group(&self, address: &IpAddr) -> usize {
+        self.groups.get(&group_of(*address)).map_or(0, VecDeque::len)
+    }
+
+    fn resize(&mut self, group: IpAddr, from: usize, to: usize) {
+        if let Some(set) = self.by_size.get_mut(&from) {
+            set.remove(&group);
+            if set.is_empty() {
+                self.by_size.remove(&from);
+            }
+        }
+        if to > 0 {
+            self.by_size.entry(to).or_default().insert(group);
+        }
+    }
+
+    /// Counts a new connection from `peer`, which must prove a credential
+    /// by `prove_by`.
+    pub(super) fn admit(&mut self, peer: SocketAddr, prove_by: Instant) -> (u64, Arc<Slot>) {
+        let address = peer.ip().to_canonical();
+        let (id, slot, group) = (self.next, Arc::new(Slot::default()), group_of(address));
+        self.next += 1;
+        let q = self.groups.entry(group).or_default();
+        q.push_back((id, peer, slot.clone()));
+        let len = q.len();
+        self.resize(group, len - 1, len);
+        *self.by_address.entry(address).or_default() += 1;
+        self.by_peer.insert(peer, slot.clone());
+        self.unproven.push_back((prove_by, (id, peer, slot.clone())));
+        self.total += 1;
+        (id, slot)
+    }
+
+    /// Stops counting connection `id` from `peer` (once: a second call finds nothing).
+    pub(super) fn release(&mut self, id: u64, peer: SocketAddr) {
+        let (address, group) = (peer.ip().to_canonical(), group_of(peer.ip()));
+        let Some(q) = self.groups.get_mut(&group) else { return };
+        let Ok(at) = q.binary_search_by_key(&id, |e| e.0) else { return };
+        let (_, _, slot) = q.remove(at).expect("found");
+        let len = q.len();
+        if len == 0 {
+            self.groups.remove(&group);
+        }
+        self.resize(group, len + 1, len);
+        if let Some(n) = self.by_address.get_mut(&address) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_address.remove(&address);
+            }
+        }
+        if self.by_peer.get(&peer).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+            self.by_peer.remove(&peer);
+        }
+        self.total -= 1;
+    }
+
+    /// Marks the connection from `peer` as having proved a credential.
+    pub(super) fn authenticated(&self, peer: SocketAddr) {
+        if let Some(slot) = self.by_peer.get(&peer) {
+            slot.authenticated.store(true, Ordering::Release);
+        }
+    }
+
+    fn is_held(&self, (_, peer, slot): &Entry) -> bool {
+        self.by_peer.get(peer).is_some_and(|s| Arc::ptr_eq(s, slot))
+    }
+
+    /// Releases the connection and tells its stream.
+    fn close(&mut self, (id, peer, slot): Entry) {
+        self.release(id, peer);
+        slot.closed.store(true, Ordering::Release);
+        slot.waker.wake();
+    }
+
+    /// The oldest held connection that has not proved a credential (and
+    /// whether its time to do so has passed at `now`), dropping the
+    /// authenticated and closed ones in front of it.
+    fn oldest_unproven(&mut self, now: Instant) -> Option<(bool, Entry)> {
+        while let Some((by, entry)) = self.unproven.front() {
+            if self.is_held(entry) && !entry.2.authenticated.load(Ordering::Acquire) {
+                return Some((*by <= now, entry.clone()));
+            }
+            self.unproven.pop_front();
+        }
+        None
+    }
+
+    /// Closes every connection whose time to prove a credential passed
+    /// before `now` without one; how many.
+    pub(super) fn sweep(&mut self, now: Instant) -> usize {
+        let mut closed = 0;
+        while let Some((true, entry)) = self.oldest_unproven(now) {
+            self.unproven.pop_front();
+            self.close(entry);
+            closed += 1;
+        }
+        closed
+    }
+
+    /// With every slot taken: closes the oldest connection that has not
+    /// proved a credential (an outsider's, with as many addresses as there
+    /// are slots, would otherwise keep every newcomer out); failing that,
+    /// the oldest connection of the group (address, IPv6 /64) that holds
+    /// the most, if that is more than `from_group + 1` (what the newcomer's
+    /// group would hold), so that one source (or a few) cannot keep every
+    /// other out by holding all slots.
+    pub(super) fn make_room(&mut self, from_group: usize, now: Instant) -> Option<Evicted> {
+        if let Some((_, entry)) = self.oldest_unproven(now) {
+            self.unproven.pop_front();
+            let address = entry.1.ip().to_canonical();
+            self.close(entry);
+            return Some(Evicted::Unauthenticated(address));
+        }
+        let (&most, groups) = self.by_size.last_key_value()?;
+        if most <= from_group + 1 {
+            return None;
+        }
+        let group = *groups.iter().next()?;
+        let entry = self.groups.get(&group)?.front()?.clone();
+        let address = entry.1.ip().to_canonical();
+        self.close(entry);
+        Some(Evicted::Biggest(address))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn peer(s: &str, port: u16) -> SocketAddr {
+        SocketAddr::new(ip(s), port)
+    }
+
+    #[test]
+    fn connections_are_counted_per_address_and_per_ipv6_64() {
+        let group = |s: &str| group_of(ip(s)).to_string();
+        assert_eq!(group("192.0.2.7"), "192.0.2.7");
+        assert_eq!(group("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(group("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_ne!(group("2001:db8:1:2::9"), group("2001:db8:1:3::9"));
+        let (mut h, t) = (Held::default(), Instant::now());
+        let a = h.admit(peer("2001:db8:1:2::9", 1), t);
+        h.admit(peer("2001:db8:1:2::a", 1), t);
+        h.admit(peer("::ffff:192.0.2.7", 1), t);
+        assert_eq!((h.held_by_address(&ip("2001:db8:1:2::9")), h.held_by_group(&ip("2001:db8:1:2::ffff"))), (1, 2));
+        assert_eq!((h.held_by_address(&ip("192.0.2.7")), h.held_by_group(&ip("192.0.2.7")), h.total), (1, 1, 3));
+        h.release(a.0, peer("2001:db8:1:2::9", 1));
+        h.release(a.0, peer("2001:db8:1:2::9", 1));
+        assert_eq!((h.held_by_group(&ip("2001:db8:1:2::")), h.total), (1, 2), "released once");
+    }
+
+    /// Every connection here has proved a credential: with every slot held,
+    /// the group holding the most gives up its oldest connection, counted by
+    /// /64: one address each from one /64 is one source, not many (a review
+    /// found them ranked per address).
+    #[test]
+    fn room_is_made_from_the_biggest_group_by_ipv6_64() {
+        let (mut h, t) = (Held::default(), Instant::now());
+        let mut admitted = Vec::new();
+        for i in 1..=4 {
+            admitted.push(h.admit(peer(&format!("2001:db8:1:2::{i}"), 1), t));
+        }
+        admitted.push(h.admit(peer("192.0.2.7", 1), t));
+        admitted.push(h.admit(peer("192.0.2.7", 2), t));
+        for (_, slot) in &admitted {
+            slot.authenticated.store(true, Ordering::Release);
+        }
+        assert_eq!(h.make_room(0, t), Some(Evicted::Biggest(ip("2001:db8:1:2::1"))), "the /64's oldest");
+        assert!(admitted[0].1.closed.load(Ordering::Acquire));
+        assert!(admitted[1..].iter().all(|e| !e.1.closed.load(Ordering::Acquire)));
+        assert_eq!((h.held_by_group(&ip("2001:db8:1:2::1")), h.total), (3, 5));
+        // The /64 (3) against a newcomer whose group holds 2: no more than one more.
+        assert_eq!(h.make_room(2, t), None);
+        assert_eq!(h.make_room(1, t), Some(Evicted::Biggest(ip("2001:db8:1:2::2"))));
+        // Then two groups of 2: a newcomer from either gets nothing; from a third, room.
+        assert_eq!(h.make_room(1, t), None);
+        assert!(h.make_room(0, t).is_some());
+        assert_eq!(h.total, 3);
+    }
+
+    /// A connection that has not proved a credential goes first, oldest
+    /// first, whatever its group; a proof (found by the request's peer
+    /// address) keeps it; the sweep closes those past their time only.
+    #[test]
+    fn unauthenticated_connections_make_room_first_and_are_swept_at_their_time() {
+        let (mut h, t) = (Held::default(), Instant::now());
+        let s = Duration::from_secs(1);
+        let member = h.admit(peer("192.0.2.1", 1), t);
+        let member2 = h.admit(peer("192.0.2.1", 2), t);
+        let outsiders: Vec<_> = (2..=4).map(|i| h.admit(peer(&format!("192.0.2.{i}"), 9), t + s * i)).collect();
+        h.authenticated(peer("192.0.2.1", 1));
+        h.authenticated(peer("192.0.2.1", 2));
+        h.authenticated(peer("192.0.2.9", 1)); // no such connection: nothing
+        // The member's group is the biggest (2), but the outsiders go first.
+        assert_eq!(h.make_room(0, t), Some(Evicted::Unauthenticated(ip("192.0.2.2"))));
+        assert!(outsiders[0].1.closed.load(Ordering::Acquire));
+        // One outsider proves a credential after all: kept.
+        h.authenticated(peer("192.0.2.3", 9));
+        // Nothing is due before its time; at 4 s the one left is.
+        assert_eq!(h.sweep(t + s * 3), 0);
+        assert_eq!(h.sweep(t + s * 4), 1);
+        assert!(outsiders[2].1.closed.load(Ordering::Acquire) && !outsiders[1].1.closed.load(Ordering::Acquire));
+        assert!(!member.1.closed.load(Ordering::Acquire) && !member2.1.closed.load(Ordering::Acquire));
+        assert_eq!((h.total, h.sweep(t + s * 100)), (3, 0));
+        // None unproven left: the biggest group gives way as before.
+        assert_eq!(h.make_room(0, t), Some(Evicted::Biggest(ip("192.0.2.1"))));
+        // A closed connection's peer address taken by a new one: the new one is the one marked.
+        h.release(outsiders[1].0, peer("192.0.2.3", 9));
+        let again = h.admit(peer("192.0.2.3", 9), t);
+        h.authenticated(peer("192.0.2.3", 9));
+        assert!(again.1.authenticated.load(Ordering::Acquire));
+        assert!(h.unproven.len() <= 1, "authenticated and closed ones are dropped as they are met");
+    }
+}
