@@ -572,3 +572,43 @@ fn a_member_flooding_new_macs_over_vxlan_fills_no_hosts_tables() {
         in_ns(&a, &["ping", "-6", "-c", "1", "-W", "1", &b_ll]).status.success().then_some(())
     });
 }
+
+/// A member host writes IPv4 broadcast frames into its VXLAN device (the
+/// way a segment's broadcast and multicast cross hosts) with the source of
+/// a workload on the receiving host. The kernel's VXLAN device cannot tell
+/// which host a frame came from, and the bridge rules let IPv4 broadcast
+/// pass: the receiving workload took the datagram from its neighbour's
+/// address (and would answer it there). Now the receiving agent drops a
+/// VXLAN frame whose IPv4 source is not one of the sending peer's
+/// addresses (`weave_spoofed_packets_dropped_total`); one from the member's
+/// own workload arrives as before.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_member_broadcasting_over_vxlan_from_another_hosts_workload_reaches_no_workload() {
+    let mut bed = Bed::with_hosts(2);
+    let (own, own_ip) = attached_at(&mut bed, 0, "own");
+    let (victim, victim_ip) = attached_at(&mut bed, 1, "victim");
+    let (_near, near_ip) = attached_at(&mut bed, 1, "near");
+    wait_for("the member's workload to reach the victim", Duration::from_secs(15), || {
+        ping_once(&own, victim_ip).then_some(())
+    });
+    let member = bed.hosts[0].ns.clone();
+    let vxlan = vxlan_device(&member);
+    let socket = bind(&victim);
+    let spoofed = || total(&scrape(&bed.hosts[1].ns), "weave_spoofed_packets_dropped_total");
+    let before = spoofed();
+    let broadcast = |src: Ipv4Addr| {
+        let (src, port) = (src.to_string(), PORT.to_string());
+        python(&member, SEND_IN_BROADCAST, &[&vxlan, &src, "255.255.255.255", &port]);
+    };
+    broadcast(near_ip);
+    broadcast(victim_ip);
+    broadcast(own_ip);
+    let got = received(&socket, Duration::from_secs(2));
+    let from = |ip: Ipv4Addr| got.iter().filter(|m| m.starts_with(&format!("from {ip} "))).count();
+    assert!(from(own_ip) > 0, "the member's own workload's broadcast arrives: {got:?}");
+    assert_eq!((from(near_ip), from(victim_ip)), (0, 0), "no broadcast from the victim host's workloads: {got:?}");
+    wait_for("the victim's agent to count the forged frames", Duration::from_secs(10), || {
+        (spoofed() >= before + 6.0).then_some(())
+    });
+}

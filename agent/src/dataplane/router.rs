@@ -24,6 +24,7 @@ use super::PeerStatus;
 use crate::plan::netmap::PeerConfig;
 
 mod fallback;
+mod vxlan;
 use fallback::Fallback;
 
 /// Seconds between keepalives to every peer from a host behind NAT (what
@@ -76,6 +77,13 @@ pub struct Table {
     by_address: HashMap<Ipv4Addr, Arc<Peer>>,
     by_index: HashMap<u32, Arc<Peer>>,
     by_key: HashMap<[u8; 32], Arc<Peer>>,
+}
+
+impl Table {
+    /// Whether `peer` may send from `ip` (its node or a workload's address).
+    fn may_use(&self, peer: &Arc<Peer>, ip: Ipv4Addr) -> bool {
+        self.by_address.get(&ip).is_some_and(|p| Arc::ptr_eq(p, peer))
+    }
 }
 
 pub struct Router {
@@ -298,14 +306,18 @@ impl Router {
                 None
             }
             TunnResult::WriteToTunnelV4(packet, inner_src) => {
-                authenticated = table.by_address.get(&inner_src).is_some_and(|p| Arc::ptr_eq(p, peer));
+                authenticated = table.may_use(peer, inner_src);
                 // boringtun cuts the plaintext to the IPv4 header's total
                 // length, which a peer may set below the header's own 20
                 // bytes (even to 0): no packet, and an empty one would fail
                 // the TUN write of the whole batch, other peers' packets with
                 // it. Counted with the spoofed ones: it has no source the peer
                 // may use (as an IPv6 packet, below, has none).
-                if authenticated && packet.len() >= IPV4_HEADER {
+                // A VXLAN frame is checked for its own source too (vxlan.rs).
+                if authenticated
+                    && packet.len() >= IPV4_HEADER
+                    && !vxlan::foreign_frame(packet, |ip| table.may_use(peer, ip))
+                {
                     Some(packet.len())
                 } else {
                     peer.dropped_spoofed.fetch_add(1, Ordering::Relaxed);

@@ -152,6 +152,30 @@ fn packets_with_a_foreign_inner_source_are_dropped() {
     assert_eq!(b.router.status()[0].dropped_spoofed, 1);
 }
 
+/// A broadcast frame in a VXLAN datagram (a.addr -> b.addr, port 4789)
+/// carrying IPv4 from `src`.
+fn vxlan_broadcast(a: &Node, b: &Node, src: Ipv4Addr) -> Vec<u8> {
+    let mut udp = vec![0x9c, 0x40, 0x12, 0xb5, 0, 0, 0, 0, 0x08, 0, 0, 0, 0, 0, 0x2a, 0];
+    udp.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+    udp.extend_from_slice(&ipv4(src, Ipv4Addr::BROADCAST, b"in a segment"));
+    ipv4(a.addr, b.addr, &udp)
+}
+
+#[test]
+fn a_vxlan_frame_with_another_hosts_source_is_dropped() {
+    let (a, b) = pair();
+    assert_eq!(crate::plan::kernel::VXLAN_PORT, 0x12b5);
+    let own = vxlan_broadcast(&a, &b, workload(&a));
+    a.send(&own);
+    deliver(&a, &b, a.endpoint);
+    assert_eq!(b.wire.tun.borrow_mut().drain(..).collect::<Vec<_>>(), vec![own], "a's own workload");
+    // b's own workload's address, from a: the outer source is a's, the frame's is not.
+    a.send(&vxlan_broadcast(&a, &b, workload(&b)));
+    deliver(&a, &b, a.endpoint);
+    assert!(b.wire.tun.borrow().is_empty());
+    assert_eq!(b.router.status()[0].dropped_spoofed, 1);
+}
+
 #[test]
 fn an_inner_length_below_the_ipv4_header_is_dropped_and_the_next_packet_still_arrives() {
     let (a, b) = pair();

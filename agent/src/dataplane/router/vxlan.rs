@@ -1,0 +1,127 @@
+//! What a peer may put inside the VXLAN datagrams it sends through the
+//! tunnel. Its IPv4 unicast to workloads is routed and checked by its outer
+//! source; a segment's broadcast and multicast travel as VXLAN between the
+//! node addresses, and the kernel's VXLAN device hands the inner frame to
+//! the bridge with no idea which host sent it. So a member host could write
+//! into its VXLAN device an IPv4 broadcast or multicast claiming any
+//! workload's address as its source (another host's, or one of the receiving
+//! host's own), and every workload of the segment would take it from there.
+use std::net::Ipv4Addr;
+
+use crate::plan::kernel::VXLAN_PORT;
+
+const UDP: u8 = 17;
+/// UDP header, then the VXLAN header.
+const UDP_HEADER: usize = 8;
+const VXLAN_HEADER: usize = 8;
+const ETHERNET_HEADER: usize = 14;
+const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+/// IPv4's flags and fragment offset: more fragments, offset.
+const MORE_FRAGMENTS: u16 = 0x2000;
+const OFFSET: u16 = 0x1fff;
+
+/// Whether `packet` (an IPv4 packet a peer sent, its outer source already
+/// the peer's) must be dropped as a VXLAN datagram with a frame the peer may
+/// not send: an IPv4 frame whose source is neither 0.0.0.0 (a host without
+/// an address yet) nor one `peer_may_use` (its node and workload addresses).
+/// The first fragment of a UDP datagram to the VXLAN port goes too (weave's
+/// VXLAN devices leave room in the MTU and never fragment; the inner frame
+/// would otherwise hide in later fragments, past this check), and so does a
+/// first fragment too short to hold a UDP header (whose port it would hide).
+/// Other fragments carry no UDP header and pass: without their first, the
+/// kernel never reassembles them.
+pub(super) fn foreign_frame(packet: &[u8], peer_may_use: impl Fn(Ipv4Addr) -> bool) -> bool {
+    if packet.len() < 20 || packet[9] != UDP {
+        return false;
+    }
+    let ihl = usize::from(packet[0] & 0x0f) * 4;
+    let flags = u16::from_be_bytes([packet[6], packet[7]]);
+    if flags & OFFSET != 0 {
+        return false;
+    }
+    let Some(udp) = packet.get(ihl..ihl + UDP_HEADER) else {
+        // A first fragment that cuts the UDP header; an unfragmented one
+        // this short is no datagram the kernel takes.
+        return flags & MORE_FRAGMENTS != 0;
+    };
+    if u16::from_be_bytes([udp[2], udp[3]]) != VXLAN_PORT {
+        return false;
+    }
+    if flags & MORE_FRAGMENTS != 0 {
+        return true;
+    }
+    let frame = ihl + UDP_HEADER + VXLAN_HEADER;
+    if packet.get(frame + 12..frame + ETHERNET_HEADER) != Some(&ETHERTYPE_IPV4[..]) {
+        return false;
+    }
+    let at = frame + ETHERNET_HEADER + 12;
+    let Some(src) = packet.get(at..at + 4) else { return false };
+    let src = Ipv4Addr::new(src[0], src[1], src[2], src[3]);
+    !src.is_unspecified() && !peer_may_use(src)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv4 packet 10.47.0.1 -> 10.47.0.2 carrying UDP to `dport` with
+    /// `payload`, fragment field `frag`.
+    fn udp(dport: u16, frag: u16, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 0, 0, 1];
+        p.extend_from_slice(&frag.to_be_bytes());
+        p.extend_from_slice(&[64, UDP, 0, 0, 10, 47, 0, 1, 10, 47, 0, 2]);
+        p.extend_from_slice(&[0x9c, 0x40]);
+        p.extend_from_slice(&dport.to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 0]);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// A VXLAN payload: the header, then a broadcast frame of `ethertype`
+    /// carrying an IPv4 header from `src`.
+    fn vxlan(ethertype: [u8; 2], src: [u8; 4]) -> Vec<u8> {
+        let mut v = vec![0x08, 0, 0, 0, 0, 0, 0x2a, 0];
+        v.extend_from_slice(&[0xff; 6]);
+        v.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+        v.extend_from_slice(&ethertype);
+        v.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0, 0, 64, UDP, 0, 0]);
+        v.extend_from_slice(&src);
+        v.extend_from_slice(&[255, 255, 255, 255]);
+        v
+    }
+
+    #[test]
+    fn a_vxlan_frame_may_carry_ipv4_only_from_the_peers_addresses() {
+        let own = |ip: Ipv4Addr| ip == Ipv4Addr::new(10, 32, 0, 1);
+        let foreign = |p: &[u8]| foreign_frame(p, own);
+        assert!(!foreign(&udp(VXLAN_PORT, 0, &vxlan(ETHERTYPE_IPV4, [10, 32, 0, 1]))), "its own workload");
+        assert!(!foreign(&udp(VXLAN_PORT, 0, &vxlan(ETHERTYPE_IPV4, [0, 0, 0, 0]))), "no address yet");
+        assert!(foreign(&udp(VXLAN_PORT, 0, &vxlan(ETHERTYPE_IPV4, [10, 32, 0, 2]))), "another's workload");
+        assert!(foreign(&udp(VXLAN_PORT, 0x4000, &vxlan(ETHERTYPE_IPV4, [10, 32, 0, 2]))), "with DF set");
+        // Not IPv4 inside (ARP and tags are the bridge's rules), not VXLAN, cut short: not this check's.
+        assert!(!foreign(&udp(VXLAN_PORT, 0, &vxlan([0x08, 0x06], [10, 32, 0, 2]))));
+        assert!(!foreign(&udp(4790, 0, &vxlan(ETHERTYPE_IPV4, [10, 32, 0, 2]))));
+        let cut = udp(VXLAN_PORT, 0, &vxlan(ETHERTYPE_IPV4, [10, 32, 0, 2]));
+        assert!(!foreign(&cut[..cut.len() - 8]));
+        // Options in the outer header move everything.
+        let mut options = udp(VXLAN_PORT, 0, &vxlan(ETHERTYPE_IPV4, [10, 32, 0, 2]));
+        options[0] = 0x46;
+        options.splice(20..20, [1, 1, 1, 1]);
+        assert!(foreign(&options));
+        let mut tcp = udp(VXLAN_PORT, 0, &vxlan(ETHERTYPE_IPV4, [10, 32, 0, 2]));
+        tcp[9] = 6;
+        assert!(!foreign(&tcp));
+    }
+
+    #[test]
+    fn a_first_fragment_to_the_vxlan_port_or_too_short_for_a_port_is_dropped() {
+        let foreign = |p: &[u8]| foreign_frame(p, |_| false);
+        let frame = vxlan(ETHERTYPE_IPV4, [0, 0, 0, 0]);
+        assert!(foreign(&udp(VXLAN_PORT, MORE_FRAGMENTS, &frame)), "even from 0.0.0.0: the rest is unseen");
+        assert!(!foreign(&udp(53, MORE_FRAGMENTS, &frame)), "other ports' fragments pass");
+        let head = udp(VXLAN_PORT, MORE_FRAGMENTS, &frame);
+        assert!(foreign(&head[..24]), "a first fragment with half a UDP header");
+        assert!(!foreign(&head[..24].iter().enumerate().map(|(i, b)| if i == 6 { 0 } else { *b }).collect::<Vec<_>>()));
+        assert!(!foreign(&udp(VXLAN_PORT, 185, &frame)), "a later fragment has no port to read");
+    }
+}
