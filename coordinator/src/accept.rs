@@ -19,7 +19,7 @@ use std::{
 };
 
 use futures::{Stream, StreamExt};
-use held::{Evicted, Held, Slot};
+use held::{Ends, Evicted, Held, Slot};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -105,12 +105,12 @@ impl Connections {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Marks the connection from `peer` (a request's `remote_addr`) as
-    /// having proved a credential or join token: it is then neither closed
-    /// for never doing so nor chosen first to make room.
-    pub(crate) fn authenticated(&self, peer: Option<SocketAddr>) {
-        if let Some(peer) = peer {
-            self.lock().authenticated(peer);
+    /// Marks the connection with these ends (a request's `local_addr` and
+    /// `remote_addr`) as having proved a credential or join token: it is
+    /// then neither closed for never doing so nor chosen first to make room.
+    pub(crate) fn authenticated(&self, local: Option<SocketAddr>, peer: Option<SocketAddr>) {
+        if let (Some(local), Some(peer)) = (local, peer) {
+            self.lock().authenticated((local, peer));
         }
     }
 
@@ -146,7 +146,7 @@ pub const AUTHENTICATE_WITHIN: Duration = Duration::from_secs(10);
 /// An accepted connection, counted until dropped (or closed to make room).
 pub(crate) struct Counted {
     stream: TcpStream,
-    peer: SocketAddr,
+    ends: Ends,
     id: u64,
     slot: Arc<Slot>,
     held: Connections,
@@ -165,7 +165,7 @@ impl Drop for Counted {
     fn drop(&mut self) {
         // An evicted connection was released when it was chosen (a second
         // release finds nothing).
-        self.held.lock().release(self.id, self.peer);
+        self.held.lock().release(self.id, self.ends);
     }
 }
 
@@ -202,8 +202,8 @@ pub(crate) fn limited(
                 Ok(stream) => stream,
                 Err(e) => return Some(Err(e)),
             };
-            let peer = stream.peer_addr().ok()?;
-            let address = peer.ip().to_canonical();
+            let ends = (stream.local_addr().ok()?, stream.peer_addr().ok()?);
+            let address = ends.1.ip().to_canonical();
             let now = Instant::now();
             let mut h = held.lock();
             let (from_address, from_group) = (h.held_by_address(&address), h.held_by_group(&address));
@@ -226,7 +226,7 @@ pub(crate) fn limited(
                 }
                 return None;
             }
-            let (id, slot) = h.admit(peer, now + AUTHENTICATE_WITHIN);
+            let (id, slot) = h.admit(ends, now + AUTHENTICATE_WITHIN);
             drop(h);
             if let Some(evicted) = evicted {
                 metrics::counter!("weave_connections_evicted_total").increment(1);
@@ -238,7 +238,7 @@ pub(crate) fn limited(
                     tracing::warn!(%from, for_address = %address, "all connections held (--max-connections): closed {which}");
                 }
             }
-            Some(Ok(Counted { stream, peer, id, slot, held }))
+            Some(Ok(Counted { stream, ends, id, slot, held }))
         }
     })
 }

@@ -31,10 +31,17 @@ pub(super) struct Slot {
     pub(super) waker: AtomicWaker,
     /// Set by the first call on it with a valid credential or join token.
     pub(super) authenticated: AtomicBool,
+    /// Set when it is no longer counted.
+    released: AtomicBool,
 }
 
-/// One held connection: its id (rising), the peer's socket address, its slot.
-type Entry = (u64, SocketAddr, Arc<Slot>);
+/// A connection as a request knows it: (local, peer) socket addresses. One
+/// peer address and port may hold connections to several local addresses
+/// of a host at once (a review found one hiding another by that).
+pub(super) type Ends = (SocketAddr, SocketAddr);
+
+/// One held connection: its id (rising), its ends, its slot.
+type Entry = (u64, Ends, Arc<Slot>);
 
 /// Why a connection was closed to make room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +61,8 @@ pub(super) struct Held {
     /// The groups by how many connections each holds (the biggest found
     /// without a walk over all).
     by_size: BTreeMap<usize, HashSet<IpAddr>>,
-    /// Each connection by its peer's socket address (what a request knows).
-    by_peer: HashMap<SocketAddr, Arc<Slot>>,
+    /// Each connection by its ends (what a request knows).
+    by_ends: HashMap<Ends, Arc<Slot>>,
     /// Every connection in the order it came, with the time it must have
     /// proved a credential by; authenticated and closed ones are dropped
     /// from the front as they are met.
@@ -85,29 +92,41 @@ impl Held {
         }
     }
 
-    /// Counts a new connection from `peer`, which must prove a credential
+    /// Counts a new connection with `ends`, which must prove a credential
     /// by `prove_by`.
-    pub(super) fn admit(&mut self, peer: SocketAddr, prove_by: Instant) -> (u64, Arc<Slot>) {
-        let address = peer.ip().to_canonical();
+    pub(super) fn admit(&mut self, ends: Ends, prove_by: Instant) -> (u64, Arc<Slot>) {
+        let address = ends.1.ip().to_canonical();
         let (id, slot, group) = (self.next, Arc::new(Slot::default()), group_of(address));
         self.next += 1;
         let q = self.groups.entry(group).or_default();
-        q.push_back((id, peer, slot.clone()));
+        q.push_back((id, ends, slot.clone()));
         let len = q.len();
         self.resize(group, len - 1, len);
         *self.by_address.entry(address).or_default() += 1;
-        self.by_peer.insert(peer, slot.clone());
-        self.unproven.push_back((prove_by, (id, peer, slot.clone())));
+        self.by_ends.insert(ends, slot.clone());
+        // Closed and authenticated ones leave the queue as they reach its
+        // front; a flood of short connections must not grow it past what
+        // is held.
+        if self.unproven.len() > 2 * self.total + 1024 {
+            self.unproven.retain(|(_, (_, _, s))| {
+                !s.released.load(Ordering::Acquire) && !s.authenticated.load(Ordering::Acquire)
+            });
+        }
+        self.unproven.push_back((prove_by, (id, ends, slot.clone())));
         self.total += 1;
         (id, slot)
     }
 
-    /// Stops counting connection `id` from `peer` (once: a second call finds nothing).
-    pub(super) fn release(&mut self, id: u64, peer: SocketAddr) {
+    /// Stops counting connection `id` with `ends` (once: a second call finds nothing).
+    pub(super) fn release(&mut self, id: u64, ends: Ends) {
+        let peer = ends.1;
         let (address, group) = (peer.ip().to_canonical(), group_of(peer.ip()));
         let Some(q) = self.groups.get_mut(&group) else { return };
         let Ok(at) = q.binary_search_by_key(&id, |e| e.0) else { return };
         let (_, _, slot) = q.remove(at).expect("found");
+        slot.released.store(true, Ordering::Release);
+        // The waker holds the connection's task (its buffers) in memory.
+        drop(slot.waker.take());
         let len = q.len();
         if len == 0 {
             self.groups.remove(&group);
@@ -119,28 +138,24 @@ impl Held {
                 self.by_address.remove(&address);
             }
         }
-        if self.by_peer.get(&peer).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
-            self.by_peer.remove(&peer);
+        if self.by_ends.get(&ends).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+            self.by_ends.remove(&ends);
         }
         self.total -= 1;
     }
 
-    /// Marks the connection from `peer` as having proved a credential.
-    pub(super) fn authenticated(&self, peer: SocketAddr) {
-        if let Some(slot) = self.by_peer.get(&peer) {
+    /// Marks the connection with `ends` as having proved a credential.
+    pub(super) fn authenticated(&self, ends: Ends) {
+        if let Some(slot) = self.by_ends.get(&ends) {
             slot.authenticated.store(true, Ordering::Release);
         }
     }
 
-    fn is_held(&self, (_, peer, slot): &Entry) -> bool {
-        self.by_peer.get(peer).is_some_and(|s| Arc::ptr_eq(s, slot))
-    }
-
-    /// Releases the connection and tells its stream.
-    fn close(&mut self, (id, peer, slot): Entry) {
-        self.release(id, peer);
+    /// Tells the connection's stream, and releases it.
+    fn close(&mut self, (id, ends, slot): Entry) {
         slot.closed.store(true, Ordering::Release);
         slot.waker.wake();
+        self.release(id, ends);
     }
 
     /// The oldest held connection that has not proved a credential (and
@@ -148,7 +163,8 @@ impl Held {
     /// authenticated and closed ones in front of it.
     fn oldest_unproven(&mut self, now: Instant) -> Option<(bool, Entry)> {
         while let Some((by, entry)) = self.unproven.front() {
-            if self.is_held(entry) && !entry.2.authenticated.load(Ordering::Acquire) {
+            let slot = &entry.2;
+            if !slot.released.load(Ordering::Acquire) && !slot.authenticated.load(Ordering::Acquire) {
                 return Some((*by <= now, entry.clone()));
             }
             self.unproven.pop_front();
@@ -178,7 +194,7 @@ impl Held {
     pub(super) fn make_room(&mut self, from_group: usize, now: Instant) -> Option<Evicted> {
         if let Some((_, entry)) = self.oldest_unproven(now) {
             self.unproven.pop_front();
-            let address = entry.1.ip().to_canonical();
+            let address = entry.1.1.ip().to_canonical();
             self.close(entry);
             return Some(Evicted::Unauthenticated(address));
         }
@@ -188,7 +204,7 @@ impl Held {
         }
         let group = *groups.iter().next()?;
         let entry = self.groups.get(&group)?.front()?.clone();
-        let address = entry.1.ip().to_canonical();
+        let address = entry.1.1.ip().to_canonical();
         self.close(entry);
         Some(Evicted::Biggest(address))
     }
@@ -204,8 +220,9 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn peer(s: &str, port: u16) -> SocketAddr {
-        SocketAddr::new(ip(s), port)
+    /// A connection from `s`:`port` to the coordinator's 192.0.2.254:6783.
+    fn peer(s: &str, port: u16) -> Ends {
+        ("192.0.2.254:6783".parse().unwrap(), SocketAddr::new(ip(s), port))
     }
 
     #[test]
@@ -287,5 +304,38 @@ mod tests {
         h.authenticated(peer("192.0.2.3", 9));
         assert!(again.1.authenticated.load(Ordering::Acquire));
         assert!(h.unproven.len() <= 1, "authenticated and closed ones are dropped as they are met");
+    }
+
+    /// One peer address and port to two local addresses: two connections,
+    /// each marked and closed on its own (a review found the second hiding
+    /// the first from both the sweep and eviction).
+    #[test]
+    fn one_peer_port_to_two_local_addresses_is_two_connections() {
+        let (mut h, t) = (Held::default(), Instant::now());
+        let from: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+        let (one, two) = (("192.0.2.254:6783".parse().unwrap(), from), ("203.0.113.254:6783".parse().unwrap(), from));
+        let first = h.admit(one, t);
+        let second = h.admit(two, t);
+        h.authenticated(two);
+        assert!(!first.1.authenticated.load(Ordering::Acquire) && second.1.authenticated.load(Ordering::Acquire));
+        assert_eq!(h.sweep(t), 1);
+        assert!(first.1.closed.load(Ordering::Acquire) && !second.1.closed.load(Ordering::Acquire));
+    }
+
+    /// A flood of connections that close at once leaves the queue no longer
+    /// than what is held allows, and no waker (the task's memory) behind.
+    #[test]
+    fn short_connections_do_not_pile_up_in_the_queue() {
+        let (mut h, t) = (Held::default(), Instant::now());
+        let kept = h.admit(peer("192.0.2.1", 1), t);
+        for i in 0..10_000u16 {
+            let (id, slot) = h.admit(peer("192.0.2.2", i), t);
+            slot.waker.register(futures::task::noop_waker_ref());
+            h.release(id, peer("192.0.2.2", i));
+            assert!(slot.waker.take().is_none(), "released with its waker");
+        }
+        assert!(h.unproven.len() <= 1024 + 3, "{}", h.unproven.len());
+        assert_eq!(h.make_room(0, t), Some(Evicted::Unauthenticated(ip("192.0.2.1"))));
+        assert!(kept.1.closed.load(Ordering::Acquire));
     }
 }

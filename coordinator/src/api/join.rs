@@ -124,7 +124,7 @@ pub(super) fn observed_endpoint(from: Option<std::net::SocketAddr>, endpoints: &
 impl JoinService for Join {
     #[tracing::instrument(skip_all, fields(node = %request.get_ref().name))]
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        let from = request.remote_addr();
+        let (from, local) = (request.remote_addr(), request.local_addr());
         let r = request.into_inner();
         let token = JoinToken::parse(&r.token).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         if token.pin != self.0.pin {
@@ -171,7 +171,7 @@ impl JoinService for Join {
                 proven,
             })
             .await?;
-        self.0.connections.authenticated(from);
+        self.0.connections.authenticated(local, from);
         tracing::info!(node = %joined.node.name, address = %joined.node.address, key = %key.to_base64().get(..8).unwrap_or(""), new = joined.new, token = %token.id, "node joined");
         metrics::counter!("weave_joins_total", "result" => if joined.new { "new" } else { "rejoin" }).increment(1);
         // The whole map is ~100 bytes a node: at 10,000 nodes, copying,

@@ -117,7 +117,7 @@ impl State {
         };
         let hash = hash_secret(&secret);
         if let Some(caller) = self.store.caller(&hash).await.map_err(Status::from)? {
-            self.connections.authenticated(req.remote_addr());
+            self.connections.authenticated(req.local_addr(), req.remote_addr());
             return Ok((caller, hash));
         }
         Err(match self.store.removed_node(&hash).await.map_err(Status::from)? {
