@@ -612,3 +612,84 @@ fn a_member_broadcasting_over_vxlan_from_another_hosts_workload_reaches_no_workl
         (spoofed() >= before + 6.0).then_some(())
     });
 }
+
+/// `python3 -c FRAGMENTS ETH DSTMAC TUN SRC DST VNI FORGED DPORT` (after
+/// [`UDP_IP`]): a VXLAN datagram SRC:40000 -> DST:4789 (VNI) carrying a
+/// broadcast frame with a UDP datagram from FORGED to DPORT, as two IPv4
+/// fragments: the first (headers and the start of the frame) out of ETH to
+/// DSTMAC (the underlay), then the last into TUN (the member's agent carries
+/// it through the tunnel): the fragment that completes a datagram gives it
+/// its interface. Both by packet sockets, past the member's own netfilter
+/// (which would hold its outgoing fragments for reassembly); a new IP id
+/// each time (a fragment left waiting by an earlier attempt would complete
+/// the next one on the underlay side).
+const FRAGMENTS: &str = r#"
+import random
+eth, dmac, tun, src, dst, vni, forged, dport = sys.argv[1:9]
+ident = random.randrange(1, 65535)
+mac = bytes.fromhex(open(f'/sys/class/net/{eth}/address').read().strip().replace(':', ''))
+inner = udp_ip(forged, '255.255.255.255', int(dport), f'fragmented from {forged}'.encode())
+frame = b'\xff' * 6 + b'\x02\x00\x00\x77\x77\x77' + b'\x08\x00' + inner
+vxlan = struct.pack('!II', 0x08000000, int(vni) << 8) + frame
+data = struct.pack('!HHHH', 40000, 4789, 8 + len(vxlan), 0) + vxlan
+def frag(offset, more, part):
+    flags = (0x2000 if more else 0) | (offset // 8)
+    ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(part), ident, flags, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
+    s = sum(struct.unpack('!10H', ip)); s = (s >> 16) + (s & 0xffff); s += s >> 16
+    return ip[:10] + struct.pack('!H', ~s & 0xffff) + ip[12:] + part
+under = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); under.bind((eth, 0))
+under.send(bytes.fromhex(dmac.replace(':', '')) + mac + b'\x08\x00' + frag(0, True, data[:48]))
+time.sleep(0.1)
+tunnel = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM); tunnel.bind((tun, 0x0800))
+tunnel.sendto(frag(48, False, data[48:]), (tun, 0x0800))
+"#;
+
+/// The attack on the VXLAN check above that a review found: a member sends
+/// a VXLAN datagram's first fragment (node address to node address, the
+/// frame's forged source inside) straight over the underlay, and its last
+/// fragment through the tunnel, where the router cannot read a frame in a
+/// fragment without a header. The kernel joins fragments by addresses and
+/// id whatever interface each came in on, and did so before the rule that
+/// drops overlay addresses from the underlay (at raw priority, after
+/// defragmentation): the whole datagram then counted as from the tunnel and
+/// the neighbour's forged broadcast reached the victim. Now that rule judges
+/// each fragment before defragmentation. Control: with the chain back at
+/// raw priority, the forged datagram arrives.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_member_splitting_forged_vxlan_between_underlay_and_tunnel_reaches_no_workload() {
+    let mut bed = Bed::with_hosts(2);
+    let (own, _) = attached_at(&mut bed, 0, "own");
+    let (victim, victim_ip) = attached_at(&mut bed, 1, "victim");
+    let (_near, near_ip) = attached_at(&mut bed, 1, "near");
+    wait_for("the member's workload to reach the victim", Duration::from_secs(15), || {
+        ping_once(&own, victim_ip).then_some(())
+    });
+    let (member, host) = (bed.hosts[0].ns.clone(), bed.hosts[1].ns.clone());
+    let vni = vxlan_device(&member).trim_start_matches("wvvx-").to_string();
+    let (from, to) = (bed.wait_status(0).address.to_string(), bed.wait_status(1).address.to_string());
+    let host_mac = ok_in(&host, &["cat", "/sys/class/net/eth0/address"]).trim().to_string();
+    let socket = bind(&victim);
+    let attack = || {
+        let args = ["eth0", &host_mac, "wvtun0", &from, &to, &vni, &near_ip.to_string(), &PORT.to_string()];
+        python(&member, FRAGMENTS, &args);
+        let got = received(&socket, Duration::from_secs(2));
+        got.iter().filter(|m| m.starts_with("fragmented from")).count()
+    };
+    assert_eq!(attack(), 0, "the forged broadcast, split between underlay and tunnel, arrived");
+    // Control: the chain at raw priority (after defragmentation), as before.
+    // The agent puts its own back within its 10 s check, which may fall
+    // between the change and the attack: so up to three times.
+    let raw = "delete chain inet weave prerouting\n\
+               add chain inet weave prerouting { type filter hook prerouting priority raw; policy accept; }\n\
+               add rule inet weave prerouting iifname { \"lo\", \"wvtun0\" } accept\n\
+               add rule inet weave prerouting iifname \"wvbr-*\" accept\n\
+               add rule inet weave prerouting ip daddr @overlay drop\n\
+               add rule inet weave prerouting ip saddr @overlay drop\n";
+    let arrived = (0..3).any(|_| {
+        let script = format!("printf '%s' '{raw}' | nft -f -");
+        ok_in(&host, &["sh", "-c", &script]);
+        attack() > 0
+    });
+    assert!(arrived, "the split datagram did not arrive even after defragmentation: the test is void");
+}

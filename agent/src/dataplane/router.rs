@@ -313,11 +313,13 @@ impl Router {
                 // the TUN write of the whole batch, other peers' packets with
                 // it. Counted with the spoofed ones: it has no source the peer
                 // may use (as an IPv6 packet, below, has none).
-                // A VXLAN frame is checked for its own source too (vxlan.rs).
-                if authenticated
-                    && packet.len() >= IPV4_HEADER
-                    && !vxlan::foreign_frame(packet, |ip| table.may_use(peer, ip))
-                {
+                // A VXLAN datagram from the peer's node address (the only
+                // source the host's firewall lets reach its VXLAN port) is
+                // checked for its frame's source too (vxlan.rs); a workload's
+                // own VXLAN (a nested overlay) is the workload's business.
+                let frame_ok =
+                    || inner_src != peer.config.address || !vxlan::foreign_frame(packet, |ip| table.may_use(peer, ip));
+                if authenticated && packet.len() >= IPV4_HEADER && frame_ok() {
                     Some(packet.len())
                 } else {
                     peer.dropped_spoofed.fetch_add(1, Ordering::Relaxed);

@@ -155,11 +155,17 @@ pub fn ruleset(rules: &Rules) -> String {
     set(&mut out, "peers", "ipv4_addr", false, &rules.peers);
     // The kernel refuses overlapping intervals: nested ranges are merged first.
     set(&mut out, "overlay", "ipv4_addr", true, Ipv4Net::aggregate(&rules.overlay.iter().copied().collect()));
-    // At raw priority: before conntrack and DNAT, so a port mapping's packet
-    // (to the host's underlay address) passes, and is DNATed afterwards.
+    // Before defragmentation (-400), so each fragment is judged by itself:
+    // the kernel joins fragments by addresses and id whatever interface each
+    // came in on, and a member once sent a VXLAN datagram's first fragment
+    // over the underlay (overlay source, never seen here as a whole) and its
+    // last through the tunnel, where the router let a fragment without a
+    // header pass; the datagram was whole again before a later hook.
+    // And so before conntrack and DNAT: a port mapping's packet (to the
+    // host's underlay address) passes, and is DNATed afterwards.
     let _ = write!(
         out,
-        "  chain prerouting {{\n    type filter hook prerouting priority raw; policy accept;\n    \
+        "  chain prerouting {{\n    type filter hook prerouting priority -450; policy accept;\n    \
          iifname {{ \"lo\", \"{TUN_NAME}\" }} accept\n    iifname \"{BRIDGE_PREFIX}*\" accept\n    \
          ip daddr @overlay drop\n    ip saddr @overlay drop\n  }}\n"
     );

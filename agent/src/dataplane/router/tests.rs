@@ -152,27 +152,35 @@ fn packets_with_a_foreign_inner_source_are_dropped() {
     assert_eq!(b.router.status()[0].dropped_spoofed, 1);
 }
 
-/// A broadcast frame in a VXLAN datagram (a.addr -> b.addr, port 4789)
+/// A broadcast frame in a VXLAN datagram (`from` -> `to`, port 4789)
 /// carrying IPv4 from `src`.
-fn vxlan_broadcast(a: &Node, b: &Node, src: Ipv4Addr) -> Vec<u8> {
+fn vxlan_broadcast(from: Ipv4Addr, to: Ipv4Addr, src: Ipv4Addr) -> Vec<u8> {
     let mut udp = vec![0x9c, 0x40, 0x12, 0xb5, 0, 0, 0, 0, 0x08, 0, 0, 0, 0, 0, 0x2a, 0];
     udp.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
     udp.extend_from_slice(&ipv4(src, Ipv4Addr::BROADCAST, b"in a segment"));
-    ipv4(a.addr, b.addr, &udp)
+    ipv4(from, to, &udp)
 }
 
 #[test]
 fn a_vxlan_frame_with_another_hosts_source_is_dropped() {
     let (a, b) = pair();
     assert_eq!(crate::plan::kernel::VXLAN_PORT, 0x12b5);
-    let own = vxlan_broadcast(&a, &b, workload(&a));
+    let own = vxlan_broadcast(a.addr, b.addr, workload(&a));
     a.send(&own);
     deliver(&a, &b, a.endpoint);
     assert_eq!(b.wire.tun.borrow_mut().drain(..).collect::<Vec<_>>(), vec![own], "a's own workload");
     // b's own workload's address, from a: the outer source is a's, the frame's is not.
-    a.send(&vxlan_broadcast(&a, &b, workload(&b)));
+    a.send(&vxlan_broadcast(a.addr, b.addr, workload(&b)));
     deliver(&a, &b, a.endpoint);
     assert!(b.wire.tun.borrow().is_empty());
+    assert_eq!(b.router.status()[0].dropped_spoofed, 1);
+    // A workload's own VXLAN to another workload (a nested overlay) carries
+    // whatever its frames hold: not weave's segment (b's firewall lets only
+    // peers' node addresses reach its VXLAN port).
+    let nested = vxlan_broadcast(workload(&a), workload(&b), Ipv4Addr::new(10, 244, 1, 7));
+    a.send(&nested);
+    deliver(&a, &b, a.endpoint);
+    assert_eq!(b.wire.tun.borrow_mut().drain(..).collect::<Vec<_>>(), vec![nested], "a nested overlay's");
     assert_eq!(b.router.status()[0].dropped_spoofed, 1);
 }
 

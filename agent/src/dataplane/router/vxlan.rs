@@ -20,8 +20,8 @@ const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
 const MORE_FRAGMENTS: u16 = 0x2000;
 const OFFSET: u16 = 0x1fff;
 
-/// Whether `packet` (an IPv4 packet a peer sent, its outer source already
-/// the peer's) must be dropped as a VXLAN datagram with a frame the peer may
+/// Whether `packet` (an IPv4 packet a peer sent from its node address: the
+/// only source the host's firewall lets reach its VXLAN port) must be dropped as a VXLAN datagram with a frame the peer may
 /// not send: an IPv4 frame whose source is neither 0.0.0.0 (a host without
 /// an address yet) nor one `peer_may_use` (its node and workload addresses).
 /// The first fragment of a UDP datagram to the VXLAN port goes too (weave's

@@ -167,9 +167,10 @@ fn the_overlay_is_sealed_from_the_underlay_and_vxlan_comes_only_from_peers_over_
     let r = ruleset(&rules);
     assert!(r.contains("set peers {\n    type ipv4_addr\n    elements = { 10.47.0.2, 10.47.0.3 }\n"), "{r}");
     assert!(r.contains("flags interval\n    elements = { 10.2.3.0/24, 10.32.0.0/12 }\n"), "{r}");
-    // From the underlay, nothing to or from an overlay address; raw priority (before DNAT).
+    // From the underlay, nothing to or from an overlay address; before
+    // defragmentation (-400: each fragment judged alone) and DNAT.
     let pre = &r[r.find("chain prerouting").expect("a prerouting chain")..];
-    assert!(pre.starts_with("chain prerouting {\n    type filter hook prerouting priority raw;"), "{r}");
+    assert!(pre.starts_with("chain prerouting {\n    type filter hook prerouting priority -450;"), "{r}");
     let accept = pre.find("iifname { \"lo\", \"wvtun0\" } accept\n    iifname \"wvbr-*\" accept\n").unwrap();
     assert!(accept < pre.find("ip daddr @overlay drop\n    ip saddr @overlay drop").unwrap(), "{r}");
     // VXLAN: from the TUN, by a peer's node address, else dropped.
