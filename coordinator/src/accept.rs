@@ -71,6 +71,8 @@ pub(crate) struct Limits {
     pub per_source: usize,
     pub per_net: usize,
     pub total: usize,
+    /// How long a connection may stay open without proving a credential.
+    pub authenticate_within: Duration,
 }
 
 impl Limits {
@@ -91,7 +93,7 @@ impl Limits {
         let files = usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(reserved).max(16);
         let per_source = per_source.map_or(usize::MAX, |n| n as usize);
         let total = total.map_or(files, |n| (n as usize).clamp(1, files));
-        Limits { per_source, per_net: per_source.saturating_mul(16), total }
+        Limits { per_source, per_net: per_source.saturating_mul(16), total, authenticate_within: AUTHENTICATE_WITHIN }
     }
 }
 
@@ -114,15 +116,26 @@ impl Connections {
         }
     }
 
-    /// Every second until the accept loop is gone: closes the connections
-    /// that have not proved a credential within [`AUTHENTICATE_WITHIN`].
-    fn sweep_every_second(&self) {
+    /// Counts a call on the connection with these ends until the guard is
+    /// dropped (its answer, or the call's end).
+    fn call_on(&self, local: SocketAddr, peer: SocketAddr) -> Option<InFlight> {
+        let slot = self.lock().slot((local, peer))?.clone();
+        slot.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(InFlight(slot))
+    }
+
+    /// Every second until the coordinator stops: closes the connections
+    /// that have not proved a credential in time.
+    fn sweep_every_second(&self, within: Duration, mut stopping: tokio::sync::watch::Receiver<bool>) {
         let held = Arc::downgrade(&self.0);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopping.wait_for(|s| *s) => return,
+                }
                 let Some(held) = held.upgrade() else { return };
                 let closed = Connections(held).lock().sweep(Instant::now());
                 if closed > 0 {
@@ -130,7 +143,7 @@ impl Connections {
                     if every_10s(&UNAUTHENTICATED_LOGGED) {
                         tracing::info!(
                             closed,
-                            "closed connections that proved no credential or join token within {AUTHENTICATE_WITHIN:?}"
+                            "closed connections that proved no credential or join token within {within:?} (--authenticate-within)"
                         );
                     }
                 }
@@ -139,8 +152,67 @@ impl Connections {
     }
 }
 
+/// A call in flight on a connection (see [`Connections::call_on`]).
+struct InFlight(Arc<Slot>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Marks each call's connection busy until the call is answered (a watch:
+/// until its stream starts), so the sweep does not cut a call that waits on
+/// the store before it could prove anything.
+#[derive(Clone)]
+pub(crate) struct InFlightLayer(pub Connections);
+
+impl<S> tower::Layer<S> for InFlightLayer {
+    type Service = Tracked<S>;
+    fn layer(&self, inner: S) -> Tracked<S> {
+        Tracked { inner, connections: self.0.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Tracked<S> {
+    inner: S,
+    connections: Connections,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Tracked<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        use tonic::transport::server::TlsConnectInfo;
+        let ext = request.extensions();
+        let tcp =
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>().map(TlsConnectInfo::get_ref).or(ext.get::<TcpConnectInfo>());
+        let guard = tcp
+            .and_then(|c| Some((c.local_addr()?, c.remote_addr()?)))
+            .and_then(|(local, peer)| self.connections.call_on(local, peer));
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let answer = future.await;
+            drop(guard);
+            answer
+        })
+    }
+}
+
 /// How long a connection may stay open without a call that proves a
-/// credential (node or admin) or a join token; past it, it is closed.
+/// credential (node or admin) or a join token, by default
+/// (`--authenticate-within`); past it, it is closed.
 pub const AUTHENTICATE_WITHIN: Duration = Duration::from_secs(10);
 
 /// An accepted connection, counted until dropped (or closed to make room).
@@ -193,8 +265,9 @@ pub(crate) fn limited(
     incoming: impl Stream<Item = io::Result<TcpStream>> + Send + 'static,
     limits: Limits,
     held: Connections,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) -> impl Stream<Item = io::Result<Counted>> + Send + 'static {
-    held.sweep_every_second();
+    held.sweep_every_second(limits.authenticate_within, stopping);
     incoming.filter_map(move |accepted| {
         let held = held.clone();
         async move {
@@ -226,7 +299,7 @@ pub(crate) fn limited(
                 }
                 return None;
             }
-            let (id, slot) = h.admit(ends, now + AUTHENTICATE_WITHIN);
+            let (id, slot) = h.admit(ends, now + limits.authenticate_within);
             drop(h);
             if let Some(evicted) = evicted {
                 metrics::counter!("weave_connections_evicted_total").increment(1);

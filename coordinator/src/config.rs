@@ -94,6 +94,12 @@ pub struct ServeArgs {
     /// most is closed for a newcomer from a source that holds fewer.
     #[arg(long, env = "WEAVE_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: u32,
+    /// How long a connection may stay open before a call on it proves a
+    /// credential or a join token (a call still waiting for its answer
+    /// holds it open); then it is closed, and with every slot held such
+    /// connections make room first.
+    #[arg(long, env = "WEAVE_AUTHENTICATE_WITHIN", default_value = "10s")]
+    pub authenticate_within: String,
 }
 
 /// The private ranges: RFC 1918 and IPv6 unique local addresses.
@@ -126,6 +132,8 @@ pub struct Settings {
     pub max_connections_per_source: Option<u32>,
     /// Connections all sources may hold together (None: the open-file limit less 256).
     pub max_connections: Option<u32>,
+    /// How long a connection may stay open without proving a credential.
+    pub authenticate_within: Duration,
     /// Where a node may add subnets (empty: nowhere).
     pub node_subnets: Vec<IpNet>,
 }
@@ -162,6 +170,7 @@ impl ServeArgs {
             node_rate: 50,
             max_connections_per_source: 256,
             max_connections: 0,
+            authenticate_within: "10s".into(),
             node_subnets: DEFAULT_NODE_SUBNETS.into(),
         }
     }
@@ -229,6 +238,15 @@ impl ServeArgs {
                 "1 is too low: a whole-map read (an agent's watch) costs 10; use 2 or more, or 0 for no limit",
             ));
         }
+        let authenticate_within = weave_proto::duration::parse(&self.authenticate_within)
+            .map_err(|e| flag("authenticate-within", e))?
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                flag(
+                    "authenticate-within",
+                    "must be a time of 1s or more (a connection that proves nothing is closed then)",
+                )
+            })?;
         let store = match &self.store {
             Some(s) => s.parse::<Location>().map_err(|e| flag("store", e))?,
             None => Location::Sqlite(self.data_dir.join("coordinator.db")),
@@ -254,6 +272,7 @@ impl ServeArgs {
             node_rate: Some(self.node_rate).filter(|r| *r > 0),
             max_connections_per_source: Some(self.max_connections_per_source).filter(|n| *n > 0),
             max_connections: Some(self.max_connections).filter(|n| *n > 0),
+            authenticate_within,
             metrics_listen: match self.metrics_listen.trim() {
                 "off" | "none" | "" => None,
                 a => Some(a.parse().map_err(|e| flag("metrics-listen", format!("'{a}': {e} (ip:port or off)")))?),

@@ -122,6 +122,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     write_secret_file(&admin_path, &format!("{admin}\n"))?;
 
     let (stop_tx, stopping) = tokio::sync::watch::channel(false);
+    let stopping_sweep = stopping.clone();
     let connections = crate::accept::Connections::default();
     let state = Arc::new(State {
         store: store.clone(),
@@ -186,6 +187,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(crate::metrics::RpcMetricsLayer)
         .layer(crate::deadline::DeadlineLayer(settings.rpc_deadline))
+        .layer(crate::accept::InFlightLayer(connections.clone()))
         .add_service(limited!(health_service))
         .add_service(limited!(reflection))
         .add_service(limited!(reflection_alpha))
@@ -200,9 +202,12 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .add_service(limited!(StatusServiceServer::new(api::StatusApi(state))));
     // No Nagle: a join answer (with the whole map) would otherwise wait for a delayed ACK.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(30)));
-    let limits = crate::accept::Limits::for_process(settings.max_connections_per_source, settings.max_connections);
+    let limits = crate::accept::Limits {
+        authenticate_within: settings.authenticate_within,
+        ..crate::accept::Limits::for_process(settings.max_connections_per_source, settings.max_connections)
+    };
     tracing::debug!(per_source = limits.per_source, total = limits.total, "connection limits");
-    let incoming = crate::accept::limited(crate::accept::backing_off(incoming), limits, connections);
+    let incoming = crate::accept::limited(crate::accept::backing_off(incoming), limits, connections, stopping_sweep);
     // Tell the watch streams first, then let tonic drain the connections.
     let shutdown = async move {
         shutdown.await;

@@ -3,7 +3,7 @@
 //! connection may hold.
 mod common;
 
-use common::{TestCoordinator, assert_status};
+use common::{TestCoordinator, assert_status, hold_write_lock, join_request};
 use tonic::Code;
 use weave_proto::v1::*;
 
@@ -422,7 +422,7 @@ fn established(ip: std::net::Ipv4Addr, port: u16) -> Vec<u16> {
 
 /// A connection that finishes TLS but makes no call proving a credential
 /// or a join token (none, or only unauthenticated ones: health, a failed
-/// credential) is closed after `AUTHENTICATE_WITHIN`; one that made a call
+/// credential) is closed after `--authenticate-within` (2 s here); one that made a call
 /// with a credential stays, idle as long as it likes. Before, anyone who
 /// could reach the port held a TLS-finished connection (~40 KiB of buffers
 /// each) as long as they answered HTTP/2 pings.
@@ -430,8 +430,8 @@ fn established(ip: std::net::Ipv4Addr, port: u16) -> Vec<u16> {
 async fn connections_that_prove_nothing_are_closed_and_members_stay() {
     use std::time::{Duration, Instant};
 
-    use weave_coordinator::server::AUTHENTICATE_WITHIN;
-    let c = TestCoordinator::start().await;
+    const WITHIN: Duration = Duration::from_secs(2);
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.authenticate_within = "2s".into()).await;
     let port = c.running.local_addr.port();
     let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
     let connect_from = |from: &'static str| async { c.channel_from(from).await.unwrap() };
@@ -452,13 +452,13 @@ async fn connections_that_prove_nothing_are_closed_and_members_stay() {
         assert_eq!(established(ip(from), port).len(), 1, "{from} connected");
     }
 
-    let deadline = opened + AUTHENTICATE_WITHIN + Duration::from_secs(4);
+    let deadline = opened + WITHIN + Duration::from_secs(4);
     let mut left = ["127.0.0.3", "127.0.0.4", "127.0.0.5"].to_vec();
     while !left.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
         left.retain(|from| !established(ip(from), port).is_empty());
     }
-    assert!(left.is_empty(), "still open {:?} after {AUTHENTICATE_WITHIN:?}: {left:?}", opened.elapsed());
+    assert!(left.is_empty(), "still open {:?} after {WITHIN:?}: {left:?}", opened.elapsed());
     assert_eq!(established(ip("127.0.0.6"), port), member_port, "the member's connection was closed");
     member.subnets.list_subnets(ListSubnetsRequest {}).await.unwrap();
     assert_eq!(established(ip("127.0.0.6"), port), member_port, "the member reconnected");
@@ -484,9 +484,42 @@ async fn an_outsider_with_a_source_per_slot_does_not_keep_members_out() {
     member.subnets.list_subnets(ListSubnetsRequest {}).await.expect("the member is let in");
     let member_port = established("127.0.0.6".parse().unwrap(), port);
     assert_eq!(member_port.len(), 1);
-    assert!(established("127.0.0.2".parse().unwrap(), port).is_empty(), "the oldest outsider's was closed");
+    // The server closes the evicted socket after waking its task: wait for it.
+    let mut evicted = false;
+    for _ in 0..50 {
+        if established("127.0.0.2".parse().unwrap(), port).is_empty() {
+            evicted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(evicted, "the oldest outsider's was closed");
     held.push(outsider("127.0.0.5").await.expect("an outsider replaces an outsider"));
     member.subnets.list_subnets(ListSubnetsRequest {}).await.expect("the member's connection stays");
     assert_eq!(established("127.0.0.6".parse().unwrap(), port), member_port, "the member's was closed");
     drop(held);
+}
+
+/// A join that waits on a busy store (the write lock held elsewhere) past
+/// `--authenticate-within` (2 s here) is answered, not cut off with its
+/// connection: a connection with a call in flight stays open until the
+/// answer (a review found joins cut after they committed, their token use
+/// spent and the credential lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_waiting_on_a_busy_store_past_the_deadline_is_answered() {
+    use std::time::Duration;
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.authenticate_within = "2s".into()).await;
+    let lock = hold_write_lock(&c).await;
+    let mut api = weave_proto::client::Api::new(c.channel_from("127.0.0.7").await.unwrap(), "").unwrap();
+    let request = join_request(&c.token(), "late", 41);
+    let join = tokio::spawn(async move { api.join.join(request).await });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    if join.is_finished() {
+        // Cut off with its connection (or it never waited: the test is void).
+        panic!("the join ended while the write lock was held: {:?}", join.await.unwrap());
+    }
+    drop(lock);
+    let answer = tokio::time::timeout(Duration::from_secs(20), join).await.expect("answered").unwrap();
+    let node = answer.expect("the join was answered, not cut off").into_inner().node.expect("a node");
+    assert_eq!(node.name, "late");
 }

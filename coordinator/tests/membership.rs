@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestCoordinator, assert_status, join_request, node_key, proven_join_request};
+use common::{TestCoordinator, assert_status, hold_write_lock, join_request, node_key, proven_join_request};
 use tonic::{Code, Streaming};
 use weave_proto::{token::AdminCredential, v1::*};
 
@@ -278,31 +278,6 @@ async fn a_removed_nodes_id_is_never_given_again() {
     let subnets = admin.subnets.list_subnets(ListSubnetsRequest {}).await.unwrap().into_inner().subnets;
     let kept = subnets.iter().find(|s| s.cidr == "10.77.0.0/24").expect("the removed member's subnet stays");
     assert_eq!(kept.added_by_node, removed.id, "names the removed node, not host3");
-}
-
-/// The store's write lock (SQLite's, or the writers' advisory lock in
-/// PostgreSQL), held from a connection of the test's own until dropped.
-#[expect(dead_code, reason = "the connection is held for its lock, never read")]
-enum HeldWriteLock {
-    Sqlite(sqlx::SqliteConnection),
-    Postgres(sqlx::PgConnection),
-}
-
-async fn hold_write_lock(c: &TestCoordinator) -> HeldWriteLock {
-    use sqlx::Connection;
-    match common::store_at(&c.data_dir().join("coordinator.db")) {
-        weave_coordinator::store::Location::Sqlite(path) => {
-            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await.unwrap();
-            HeldWriteLock::Sqlite(conn)
-        }
-        weave_coordinator::store::Location::Postgres(url) => {
-            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-            // store/db.rs WRITE_LOCK ("weave" 1), which every write transaction takes first.
-            sqlx::query("SELECT pg_advisory_lock($1)").bind(0x7765_6176_6501_i64).execute(&mut conn).await.unwrap();
-            HeldWriteLock::Postgres(conn)
-        }
-    }
 }
 
 /// Anyone can make a key and a proof for it (the challenge needs no

@@ -6,9 +6,9 @@ use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use futures::task::AtomicWaker;
@@ -33,6 +33,9 @@ pub(super) struct Slot {
     pub(super) authenticated: AtomicBool,
     /// Set when it is no longer counted.
     released: AtomicBool,
+    /// Calls on it not answered yet: the sweep leaves it open meanwhile (a
+    /// join queued behind a busy store is not cut off at 10 s).
+    pub(super) in_flight: AtomicU32,
 }
 
 /// A connection as a request knows it: (local, peer) socket addresses. One
@@ -146,9 +149,14 @@ impl Held {
 
     /// Marks the connection with `ends` as having proved a credential.
     pub(super) fn authenticated(&self, ends: Ends) {
-        if let Some(slot) = self.by_ends.get(&ends) {
+        if let Some(slot) = self.slot(ends) {
             slot.authenticated.store(true, Ordering::Release);
         }
+    }
+
+    /// The connection with `ends`, if it is held.
+    pub(super) fn slot(&self, ends: Ends) -> Option<&Arc<Slot>> {
+        self.by_ends.get(&ends)
     }
 
     /// Tells the connection's stream, and releases it.
@@ -173,14 +181,21 @@ impl Held {
     }
 
     /// Closes every connection whose time to prove a credential passed
-    /// before `now` without one; how many.
+    /// before `now` without one; how many. One with a call in flight is
+    /// looked at again a second later (its place at the back of the queue).
     pub(super) fn sweep(&mut self, now: Instant) -> usize {
-        let mut closed = 0;
+        let (mut closed, mut busy) = (0, Vec::new());
         while let Some((true, entry)) = self.oldest_unproven(now) {
             self.unproven.pop_front();
+            if entry.2.in_flight.load(Ordering::Acquire) > 0 {
+                busy.push(entry);
+                continue;
+            }
             self.close(entry);
             closed += 1;
         }
+        let later = now + Duration::from_secs(1);
+        self.unproven.extend(busy.into_iter().map(|e| (later, e)));
         closed
     }
 
@@ -304,6 +319,22 @@ mod tests {
         h.authenticated(peer("192.0.2.3", 9));
         assert!(again.1.authenticated.load(Ordering::Acquire));
         assert!(h.unproven.len() <= 1, "authenticated and closed ones are dropped as they are met");
+    }
+
+    /// A connection with a call in flight (a join behind a busy store) is
+    /// not closed at its time but once the call is answered.
+    #[test]
+    fn a_call_in_flight_holds_the_sweep_off() {
+        let (mut h, t) = (Held::default(), Instant::now());
+        let s = Duration::from_secs(1);
+        let (_, slot) = h.admit(peer("192.0.2.1", 1), t);
+        slot.in_flight.fetch_add(1, Ordering::AcqRel);
+        assert_eq!(h.sweep(t + s * 5), 0);
+        assert_eq!(h.sweep(t + s * 5), 0, "not looked at again within the second");
+        slot.in_flight.fetch_sub(1, Ordering::AcqRel);
+        assert_eq!(h.sweep(t + s * 5), 0);
+        assert_eq!(h.sweep(t + s * 6), 1);
+        assert!(slot.closed.load(Ordering::Acquire));
     }
 
     /// One peer address and port to two local addresses: two connections,

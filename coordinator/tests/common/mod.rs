@@ -195,3 +195,28 @@ pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
+
+/// The store's write lock (SQLite's, or the writers' advisory lock in
+/// PostgreSQL), held from a connection of the test's own until dropped.
+#[expect(dead_code, reason = "the connection is held for its lock, never read")]
+pub enum HeldWriteLock {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+pub async fn hold_write_lock(c: &TestCoordinator) -> HeldWriteLock {
+    use sqlx::Connection;
+    match store_at(&c.data_dir().join("coordinator.db")) {
+        weave_coordinator::store::Location::Sqlite(path) => {
+            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await.unwrap();
+            HeldWriteLock::Sqlite(conn)
+        }
+        weave_coordinator::store::Location::Postgres(url) => {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            // store/db.rs WRITE_LOCK ("weave" 1), which every write transaction takes first.
+            sqlx::query("SELECT pg_advisory_lock($1)").bind(0x7765_6176_6501_i64).execute(&mut conn).await.unwrap();
+            HeldWriteLock::Postgres(conn)
+        }
+    }
+}
