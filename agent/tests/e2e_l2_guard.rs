@@ -613,20 +613,19 @@ fn a_member_broadcasting_over_vxlan_from_another_hosts_workload_reaches_no_workl
     });
 }
 
-/// `python3 -c FRAGMENTS ETH DSTMAC TUN SRC DST VNI FORGED DPORT` (after
+/// `python3 -c FRAGMENTS ETH DSTMAC TUN SRC DST VNI FORGED DPORT ID` (after
 /// [`UDP_IP`]): a VXLAN datagram SRC:40000 -> DST:4789 (VNI) carrying a
 /// broadcast frame with a UDP datagram from FORGED to DPORT, as two IPv4
 /// fragments: the first (headers and the start of the frame) out of ETH to
 /// DSTMAC (the underlay), then the last into TUN (the member's agent carries
 /// it through the tunnel): the fragment that completes a datagram gives it
 /// its interface. Both by packet sockets, past the member's own netfilter
-/// (which would hold its outgoing fragments for reassembly); a new IP id
-/// each time (a fragment left waiting by an earlier attempt would complete
-/// the next one on the underlay side).
+/// (which would hold its outgoing fragments for reassembly); IP id ID, a
+/// new one each attempt (a fragment left waiting by an earlier attempt
+/// would complete the next one on the underlay side).
 const FRAGMENTS: &str = r#"
-import random
-eth, dmac, tun, src, dst, vni, forged, dport = sys.argv[1:9]
-ident = random.randrange(1, 65535)
+eth, dmac, tun, src, dst, vni, forged, dport, ident = sys.argv[1:10]
+ident = int(ident)
 mac = bytes.fromhex(open(f'/sys/class/net/{eth}/address').read().strip().replace(':', ''))
 inner = udp_ip(forged, '255.255.255.255', int(dport), f'fragmented from {forged}'.encode())
 frame = b'\xff' * 6 + b'\x02\x00\x00\x77\x77\x77' + b'\x08\x00' + inner
@@ -670,16 +669,19 @@ fn a_member_splitting_forged_vxlan_between_underlay_and_tunnel_reaches_no_worklo
     let (from, to) = (bed.wait_status(0).address.to_string(), bed.wait_status(1).address.to_string());
     let host_mac = ok_in(&host, &["cat", "/sys/class/net/eth0/address"]).trim().to_string();
     let socket = bind(&victim);
+    let attempts = std::cell::Cell::new(0x1000);
     let attack = || {
-        let args = ["eth0", &host_mac, "wvtun0", &from, &to, &vni, &near_ip.to_string(), &PORT.to_string()];
+        attempts.set(attempts.get() + 1);
+        let (forged, port, ident) = (near_ip.to_string(), PORT.to_string(), attempts.get().to_string());
+        let args = ["eth0", &host_mac, "wvtun0", &from, &to, &vni, &forged, &port, &ident];
         python(&member, FRAGMENTS, &args);
         let got = received(&socket, Duration::from_secs(2));
         got.iter().filter(|m| m.starts_with("fragmented from")).count()
     };
     assert_eq!(attack(), 0, "the forged broadcast, split between underlay and tunnel, arrived");
-    // Control: the chain at raw priority (after defragmentation), as before.
-    // The agent puts its own back within its 10 s check, which may fall
-    // between the change and the attack: so up to three times.
+    // Control: the chain at raw priority (after defragmentation), as before
+    // (the agent's 10 s check puts back only a missing table; its full pass
+    // replaces the chain, which may fall in between: so up to three times).
     let raw = "delete chain inet weave prerouting\n\
                add chain inet weave prerouting { type filter hook prerouting priority raw; policy accept; }\n\
                add rule inet weave prerouting iifname { \"lo\", \"wvtun0\" } accept\n\

@@ -317,8 +317,9 @@ impl Router {
                 // source the host's firewall lets reach its VXLAN port) is
                 // checked for its frame's source too (vxlan.rs); a workload's
                 // own VXLAN (a nested overlay) is the workload's business.
+                let node = peer.config.address;
                 let frame_ok =
-                    || inner_src != peer.config.address || !vxlan::foreign_frame(packet, |ip| table.may_use(peer, ip));
+                    || inner_src != node || !vxlan::foreign_frame(packet, |ip| ip != node && table.may_use(peer, ip));
                 if authenticated && packet.len() >= IPV4_HEADER && frame_ok() {
                     Some(packet.len())
                 } else {

@@ -162,13 +162,20 @@ pub fn ruleset(rules: &Rules) -> String {
     // last through the tunnel, where the router let a fragment without a
     // header pass; the datagram was whole again before a later hook.
     // And so before conntrack and DNAT: a port mapping's packet (to the
-    // host's underlay address) passes, and is DNATed afterwards.
+    // host's underlay address) passes, and is DNATed afterwards. A peer's
+    // node address never comes from a bridge (a frame over VXLAN claiming
+    // it could start a fragmented datagram the tunnel then completes).
     let _ = write!(
         out,
         "  chain prerouting {{\n    type filter hook prerouting priority -450; policy accept;\n    \
-         iifname {{ \"lo\", \"{TUN_NAME}\" }} accept\n    iifname \"{BRIDGE_PREFIX}*\" accept\n    \
+         iifname {{ \"lo\", \"{TUN_NAME}\" }} accept\n    \
+         iifname \"{BRIDGE_PREFIX}*\" ip saddr @peers drop\n    iifname \"{BRIDGE_PREFIX}*\" accept\n    \
          ip daddr @overlay drop\n    ip saddr @overlay drop\n  }}\n"
     );
+    // VXLAN only from a peer's node address over the TUN, and only to an
+    // address of this host's own (not a broadcast: a peer's datagram to
+    // 255.255.255.255, first fragment over a segment, last over the
+    // tunnel, would reach the VXLAN socket too).
     // Per packet, the hooks below cost the same whatever the number of
     // segments: a packet is sent to its segment's chain by one map lookup on
     // its interface (`iifname vmap`/`oifname vmap`), and only the TUN's own
@@ -178,7 +185,7 @@ pub fn ruleset(rules: &Rules) -> String {
     let _ = write!(
         out,
         "  chain input {{\n    type filter hook input priority filter - 10; policy accept;\n    \
-         iifname \"{TUN_NAME}\" ip saddr @peers udp dport {VXLAN_PORT} accept\n    \
+         iifname \"{TUN_NAME}\" ip saddr @peers fib daddr type local udp dport {VXLAN_PORT} accept\n    \
          udp dport {VXLAN_PORT} drop\n    iifname \"{TUN_NAME}\" jump input_tun\n"
     );
     // A workload reaches its host only at the address the host was exposed

@@ -23,7 +23,9 @@ const OFFSET: u16 = 0x1fff;
 /// Whether `packet` (an IPv4 packet a peer sent from its node address: the
 /// only source the host's firewall lets reach its VXLAN port) must be dropped as a VXLAN datagram with a frame the peer may
 /// not send: an IPv4 frame whose source is neither 0.0.0.0 (a host without
-/// an address yet) nor one `peer_may_use` (its node and workload addresses).
+/// an address yet) nor one `peer_may_use` (its workload addresses, the
+/// exposed one among them; not its node address, which lives on the TUN
+/// and never speaks on a segment).
 /// The first fragment of a UDP datagram to the VXLAN port goes too (weave's
 /// VXLAN devices leave room in the MTU and never fragment; the inner frame
 /// would otherwise hide in later fragments, past this check), and so does a

@@ -171,10 +171,17 @@ fn the_overlay_is_sealed_from_the_underlay_and_vxlan_comes_only_from_peers_over_
     // defragmentation (-400: each fragment judged alone) and DNAT.
     let pre = &r[r.find("chain prerouting").expect("a prerouting chain")..];
     assert!(pre.starts_with("chain prerouting {\n    type filter hook prerouting priority -450;"), "{r}");
-    let accept = pre.find("iifname { \"lo\", \"wvtun0\" } accept\n    iifname \"wvbr-*\" accept\n").unwrap();
+    let accept = pre
+        .find("iifname { \"lo\", \"wvtun0\" } accept\n    iifname \"wvbr-*\" ip saddr @peers drop\n    iifname \"wvbr-*\" accept\n")
+        .unwrap();
     assert!(accept < pre.find("ip daddr @overlay drop\n    ip saddr @overlay drop").unwrap(), "{r}");
     // VXLAN: from the TUN, by a peer's node address, else dropped.
-    assert!(r.contains("iifname \"wvtun0\" ip saddr @peers udp dport 4789 accept\n    udp dport 4789 drop\n"), "{r}");
+    assert!(
+        r.contains(
+            "iifname \"wvtun0\" ip saddr @peers fib daddr type local udp dport 4789 accept\n    udp dport 4789 drop\n"
+        ),
+        "{r}"
+    );
     // Nothing else from a peer over the TUN reaches the host: answers to
     // its own connections, and a subnet's remote workloads at the
     // host's (exposed) address in that subnet.
