@@ -108,18 +108,14 @@ impl Connections {
     }
 
     /// Marks the connection with these ends (a request's `local_addr` and
-    /// `remote_addr`) as having proved a credential or join token: it is
-    /// then neither closed for never doing so nor chosen first to make room.
-    pub(crate) fn authenticated(&self, local: Option<SocketAddr>, peer: Option<SocketAddr>) {
-        if let (Some(local), Some(peer)) = (local, peer) {
-            self.lock().authenticated((local, peer));
-        }
-    }
-
-    /// Counts a call on the connection with these ends until the guard is
-    /// dropped (its answer, or the call's end).
-    fn call_on(&self, local: SocketAddr, peer: SocketAddr) -> Option<InFlight> {
-        let slot = self.lock().slot((local, peer))?.clone();
+    /// `remote_addr`) busy until the guard is dropped: a handler holds it
+    /// while it waits on the store before it knows whether the caller
+    /// proved anything (a join queued behind other writes, a credential
+    /// lookup), so the sweep does not cut that call off. Only handlers,
+    /// once the whole request is in: a client that never finishes sending
+    /// one would otherwise keep its connection busy for ever.
+    pub(crate) fn busy(&self, local: Option<SocketAddr>, peer: Option<SocketAddr>) -> Option<InFlight> {
+        let slot = self.lock().slot((local?, peer?))?.clone();
         slot.in_flight.fetch_add(1, Ordering::AcqRel);
         Some(InFlight(slot))
     }
@@ -152,61 +148,21 @@ impl Connections {
     }
 }
 
-/// A call in flight on a connection (see [`Connections::call_on`]).
-struct InFlight(Arc<Slot>);
+/// A call in flight on a connection (see [`Connections::busy`]).
+pub(crate) struct InFlight(Arc<Slot>);
+
+impl InFlight {
+    /// Marks the call's connection as having proved a credential or join
+    /// token: it is then neither closed for never doing so nor chosen first
+    /// to make room.
+    pub(crate) fn authenticated(&self) {
+        self.0.authenticated.store(true, Ordering::Release);
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Marks each call's connection busy until the call is answered (a watch:
-/// until its stream starts), so the sweep does not cut a call that waits on
-/// the store before it could prove anything.
-#[derive(Clone)]
-pub(crate) struct InFlightLayer(pub Connections);
-
-impl<S> tower::Layer<S> for InFlightLayer {
-    type Service = Tracked<S>;
-    fn layer(&self, inner: S) -> Tracked<S> {
-        Tracked { inner, connections: self.0.clone() }
-    }
-}
-
-#[derive(Clone)]
-pub(crate) struct Tracked<S> {
-    inner: S,
-    connections: Connections,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for Tracked<S>
-where
-    S: tower::Service<http::Request<B>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        use tonic::transport::server::TlsConnectInfo;
-        let ext = request.extensions();
-        let tcp =
-            ext.get::<TlsConnectInfo<TcpConnectInfo>>().map(TlsConnectInfo::get_ref).or(ext.get::<TcpConnectInfo>());
-        let guard = tcp
-            .and_then(|c| Some((c.local_addr()?, c.remote_addr()?)))
-            .and_then(|(local, peer)| self.connections.call_on(local, peer));
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let answer = future.await;
-            drop(guard);
-            answer
-        })
     }
 }
 

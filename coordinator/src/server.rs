@@ -187,7 +187,6 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(crate::metrics::RpcMetricsLayer)
         .layer(crate::deadline::DeadlineLayer(settings.rpc_deadline))
-        .layer(crate::accept::InFlightLayer(connections.clone()))
         .add_service(limited!(health_service))
         .add_service(limited!(reflection))
         .add_service(limited!(reflection_alpha))

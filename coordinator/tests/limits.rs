@@ -523,3 +523,42 @@ async fn a_join_waiting_on_a_busy_store_past_the_deadline_is_answered() {
     let node = answer.expect("the join was answered, not cut off").into_inner().node.expect("a node");
     assert_eq!(node.name, "late");
 }
+
+/// A call whose request never finishes arriving (a Join's message header
+/// declaring 100 bytes, 10 sent, the body held open) does not hold its
+/// connection open past `--authenticate-within` (2 s here): only a handler
+/// waiting on the store does, once the whole request is in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_held_half_sent_does_not_keep_its_connection() {
+    use std::time::{Duration, Instant};
+
+    use futures::StreamExt;
+    use tower::ServiceExt;
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.authenticate_within = "2s".into()).await;
+    let port = c.running.local_addr.port();
+    let mut first = vec![0u8];
+    first.extend_from_slice(&100u32.to_be_bytes());
+    first.resize(5 + 10, 0);
+    let frames =
+        futures::stream::iter([Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(first)))])
+            .chain(futures::stream::pending());
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("/weave.v1.JoinService/Join")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::StreamBody::new(frames)))
+        .unwrap();
+    let opened = Instant::now();
+    let channel = c.channel_from("127.0.0.8").await.unwrap();
+    let call = tokio::spawn(channel.oneshot(request));
+    let from = "127.0.0.8".parse().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(established(from, port).len(), 1, "connected, the call open");
+    let deadline = opened + Duration::from_secs(2 + 4);
+    while !established(from, port).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(established(from, port).is_empty(), "a half-sent request kept its connection open");
+    let _ = tokio::time::timeout(Duration::from_secs(5), call).await.expect("the call ended with its connection");
+}

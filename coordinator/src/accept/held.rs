@@ -43,6 +43,11 @@ pub(super) struct Slot {
 /// of a host at once (a review found one hiding another by that).
 pub(super) type Ends = (SocketAddr, SocketAddr);
 
+/// Longest a call in flight holds a connection open past its time to prove
+/// something: a join queued behind a busy store gets that long (more than
+/// the default `--rpc-deadline`), an outsider's own slow calls no longer.
+pub(super) const BUSY_GRACE: Duration = Duration::from_secs(60);
+
 /// One held connection: its id (rising), its ends, its slot.
 type Entry = (u64, Ends, Arc<Slot>);
 
@@ -148,6 +153,7 @@ impl Held {
     }
 
     /// Marks the connection with `ends` as having proved a credential.
+    #[cfg(test)]
     pub(super) fn authenticated(&self, ends: Ends) {
         if let Some(slot) = self.slot(ends) {
             slot.authenticated.store(true, Ordering::Release);
@@ -166,36 +172,43 @@ impl Held {
         self.release(id, ends);
     }
 
-    /// The oldest held connection that has not proved a credential (and
-    /// whether its time to do so has passed at `now`), dropping the
-    /// authenticated and closed ones in front of it.
-    fn oldest_unproven(&mut self, now: Instant) -> Option<(bool, Entry)> {
-        while let Some((by, entry)) = self.unproven.front() {
-            let slot = &entry.2;
-            if !slot.released.load(Ordering::Acquire) && !slot.authenticated.load(Ordering::Acquire) {
-                return Some((*by <= now, entry.clone()));
-            }
-            self.unproven.pop_front();
-        }
-        None
+    /// Whether `entry` still waits to prove something (held, not yet authenticated).
+    fn unproven(entry: &Entry) -> bool {
+        !entry.2.released.load(Ordering::Acquire) && !entry.2.authenticated.load(Ordering::Acquire)
+    }
+
+    /// Whether `entry`'s connection has a call in flight that may still
+    /// hold it open at `now`: at most [`BUSY_GRACE`] past its time.
+    fn held_open(by: Instant, entry: &Entry, now: Instant) -> bool {
+        entry.2.in_flight.load(Ordering::Acquire) > 0 && now < by + BUSY_GRACE
     }
 
     /// Closes every connection whose time to prove a credential passed
-    /// before `now` without one; how many. One with a call in flight is
-    /// looked at again a second later (its place at the back of the queue).
+    /// before `now` without one; how many. One with a call in flight
+    /// (a join or credential check waiting on the store) keeps its place in
+    /// the queue until the call ends or [`BUSY_GRACE`] has passed too.
     pub(super) fn sweep(&mut self, now: Instant) -> usize {
-        let (mut closed, mut busy) = (0, Vec::new());
-        while let Some((true, entry)) = self.oldest_unproven(now) {
+        let (mut closed, mut kept) = (0, Vec::new());
+        while let Some(&(by, ref entry)) = self.unproven.front() {
+            if by > now {
+                break;
+            }
+            let entry = entry.clone();
             self.unproven.pop_front();
-            if entry.2.in_flight.load(Ordering::Acquire) > 0 {
-                busy.push(entry);
+            if !Self::unproven(&entry) {
                 continue;
             }
-            self.close(entry);
-            closed += 1;
+            if Self::held_open(by, &entry, now) {
+                kept.push((by, entry));
+            } else {
+                self.close(entry);
+                closed += 1;
+            }
         }
-        let later = now + Duration::from_secs(1);
-        self.unproven.extend(busy.into_iter().map(|e| (later, e)));
+        // Back in front, in the order they came.
+        for e in kept.into_iter().rev() {
+            self.unproven.push_front(e);
+        }
         closed
     }
 
@@ -207,8 +220,13 @@ impl Held {
     /// group would hold), so that one source (or a few) cannot keep every
     /// other out by holding all slots.
     pub(super) fn make_room(&mut self, from_group: usize, now: Instant) -> Option<Evicted> {
-        if let Some((_, entry)) = self.oldest_unproven(now) {
+        while self.unproven.front().is_some_and(|(_, e)| !Self::unproven(e)) {
             self.unproven.pop_front();
+        }
+        // The oldest not held open by a call in flight (those are few: a
+        // call holds its connection at most BUSY_GRACE past its time).
+        let at = self.unproven.iter().position(|(by, e)| Self::unproven(e) && !Self::held_open(*by, e, now));
+        if let Some((_, entry)) = at.and_then(|i| self.unproven.remove(i)) {
             let address = entry.1.1.ip().to_canonical();
             self.close(entry);
             return Some(Evicted::Unauthenticated(address));
@@ -324,17 +342,28 @@ mod tests {
     /// A connection with a call in flight (a join behind a busy store) is
     /// not closed at its time but once the call is answered.
     #[test]
-    fn a_call_in_flight_holds_the_sweep_off() {
+    fn a_call_in_flight_holds_the_sweep_off_for_a_while() {
         let (mut h, t) = (Held::default(), Instant::now());
         let s = Duration::from_secs(1);
-        let (_, slot) = h.admit(peer("192.0.2.1", 1), t);
-        slot.in_flight.fetch_add(1, Ordering::AcqRel);
-        assert_eq!(h.sweep(t + s * 5), 0);
-        assert_eq!(h.sweep(t + s * 5), 0, "not looked at again within the second");
-        slot.in_flight.fetch_sub(1, Ordering::AcqRel);
-        assert_eq!(h.sweep(t + s * 5), 0);
+        let (_, busy) = h.admit(peer("192.0.2.1", 1), t);
+        let (_, idle) = h.admit(peer("192.0.2.2", 1), t + s);
+        let (_, stuck) = h.admit(peer("192.0.2.3", 1), t + s * 2);
+        busy.in_flight.fetch_add(1, Ordering::AcqRel);
+        stuck.in_flight.fetch_add(1, Ordering::AcqRel);
+        // The idle one behind the busy one is closed at its time.
+        assert_eq!(h.sweep(t + s * 5), 1);
+        assert!(idle.closed.load(Ordering::Acquire) && !busy.closed.load(Ordering::Acquire));
+        // With every slot held, a newcomer closes neither busy one while
+        // their calls may hold them open.
+        assert_eq!(h.make_room(0, t + s * 5), None);
+        // The busy one's call ends: closed at the next sweep.
+        busy.in_flight.fetch_sub(1, Ordering::AcqRel);
         assert_eq!(h.sweep(t + s * 6), 1);
-        assert!(slot.closed.load(Ordering::Acquire));
+        assert!(busy.closed.load(Ordering::Acquire));
+        // A call never answered holds its connection BUSY_GRACE past its time, no longer.
+        assert_eq!(h.sweep(t + s * 2 + BUSY_GRACE - s), 0);
+        assert_eq!(h.sweep(t + s * 2 + BUSY_GRACE), 1);
+        assert!(stuck.closed.load(Ordering::Acquire));
     }
 
     /// One peer address and port to two local addresses: two connections,

@@ -130,6 +130,8 @@ impl JoinService for Join {
         if token.pin != self.0.pin {
             return Err(Error::Unauthenticated("this join token was issued by another coordinator".into()).into());
         }
+        // Until its answer: a join may wait on the store past --authenticate-within.
+        let busy = self.0.connections.busy(local, from);
         let name = r.name.trim().to_string();
         check_name(&name)?;
         let key = WgPublicKey::from_bytes(&r.public_key).map_err(|e| Error::InvalidArgument(e.to_string()))?;
@@ -171,7 +173,9 @@ impl JoinService for Join {
                 proven,
             })
             .await?;
-        self.0.connections.authenticated(local, from);
+        if let Some(b) = &busy {
+            b.authenticated();
+        }
         tracing::info!(node = %joined.node.name, address = %joined.node.address, key = %key.to_base64().get(..8).unwrap_or(""), new = joined.new, token = %token.id, "node joined");
         metrics::counter!("weave_joins_total", "result" => if joined.new { "new" } else { "rejoin" }).increment(1);
         // The whole map is ~100 bytes a node: at 10,000 nodes, copying,

@@ -116,8 +116,11 @@ impl State {
             Err(_) => secret.to_string(),
         };
         let hash = hash_secret(&secret);
+        let busy = self.connections.busy(req.local_addr(), req.remote_addr());
         if let Some(caller) = self.store.caller(&hash).await.map_err(Status::from)? {
-            self.connections.authenticated(req.local_addr(), req.remote_addr());
+            if let Some(b) = &busy {
+                b.authenticated();
+            }
             return Ok((caller, hash));
         }
         Err(match self.store.removed_node(&hash).await.map_err(Status::from)? {
