@@ -156,6 +156,25 @@ async fn oversized_fields_are_refused_with_a_short_message() {
     assert!(refused.message().len() < 2048, "the refusal quotes {} bytes", refused.message().len());
 }
 
+/// A raw Join call whose message header declares `declared` bytes, of
+/// which `sent` follow; the body then stays open, never finished.
+fn join_held_open(declared: u32, sent: usize) -> http::Request<tonic::body::Body> {
+    use futures::StreamExt;
+    let mut first = vec![0u8];
+    first.extend_from_slice(&declared.to_be_bytes());
+    first.resize(5 + sent, 0);
+    let frames =
+        futures::stream::iter([Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(first)))])
+            .chain(futures::stream::pending());
+    http::Request::builder()
+        .method("POST")
+        .uri("/weave.v1.JoinService/Join")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::StreamBody::new(frames)))
+        .unwrap()
+}
+
 /// A client that never joined declares a 4 MiB request (tonic's default
 /// limit), sends 1 MiB of it and holds the rest back: without a smaller
 /// limit the coordinator reserves and keeps the whole message, per stream
@@ -163,25 +182,11 @@ async fn oversized_fields_are_refused_with_a_short_message() {
 /// answered OUT_OF_RANGE from the 5-byte header, while the body is still open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_declaring_a_huge_request_is_refused_from_its_header() {
-    use futures::StreamExt;
     use tower::ServiceExt;
     use weave_coordinator::server::MAX_REQUEST_BYTES;
     let c = TestCoordinator::start().await;
     for (declared, sent) in [((4u32 << 20) - 1, 1usize << 20), (MAX_REQUEST_BYTES as u32 + 1, 1000)] {
-        let mut first = vec![0u8];
-        first.extend_from_slice(&declared.to_be_bytes());
-        first.resize(5 + sent, 0);
-        let frames = futures::stream::iter([Ok::<_, std::convert::Infallible>(http_body::Frame::data(
-            bytes::Bytes::from(first),
-        ))])
-        .chain(futures::stream::pending());
-        let request = http::Request::builder()
-            .method("POST")
-            .uri("/weave.v1.JoinService/Join")
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(tonic::body::Body::new(http_body_util::StreamBody::new(frames)))
-            .unwrap();
+        let request = join_held_open(declared, sent);
         let answer = tokio::time::timeout(std::time::Duration::from_secs(5), c.channel().await.oneshot(request))
             .await
             .unwrap_or_else(|_| panic!("{declared} bytes declared: no answer while the body is open"))
@@ -532,23 +537,10 @@ async fn a_join_waiting_on_a_busy_store_past_the_deadline_is_answered() {
 async fn a_request_held_half_sent_does_not_keep_its_connection() {
     use std::time::{Duration, Instant};
 
-    use futures::StreamExt;
     use tower::ServiceExt;
     let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.authenticate_within = "2s".into()).await;
     let port = c.running.local_addr.port();
-    let mut first = vec![0u8];
-    first.extend_from_slice(&100u32.to_be_bytes());
-    first.resize(5 + 10, 0);
-    let frames =
-        futures::stream::iter([Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(first)))])
-            .chain(futures::stream::pending());
-    let request = http::Request::builder()
-        .method("POST")
-        .uri("/weave.v1.JoinService/Join")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(tonic::body::Body::new(http_body_util::StreamBody::new(frames)))
-        .unwrap();
+    let request = join_held_open(100, 10);
     let opened = Instant::now();
     let channel = c.channel_from("127.0.0.8").await.unwrap();
     let call = tokio::spawn(channel.oneshot(request));
