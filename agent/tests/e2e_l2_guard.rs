@@ -573,6 +573,20 @@ fn a_member_flooding_new_macs_over_vxlan_fills_no_hosts_tables() {
     });
 }
 
+/// On a two-host bed: a workload of the member (host 0) and, on host 1, a
+/// victim and its neighbour, all attached by their agents, once the
+/// member's reaches the victim: (the member's workload's address, (the
+/// victim's namespace, its address), the neighbour's address).
+fn member_and_victim(bed: &mut Bed) -> (Ipv4Addr, (String, Ipv4Addr), Ipv4Addr) {
+    let (own, own_ip) = attached_at(bed, 0, "own");
+    let (victim, victim_ip) = attached_at(bed, 1, "victim");
+    let (_near, near_ip) = attached_at(bed, 1, "near");
+    wait_for("the member's workload to reach the victim", Duration::from_secs(15), || {
+        ping_once(&own, victim_ip).then_some(())
+    });
+    (own_ip, (victim, victim_ip), near_ip)
+}
+
 /// A member host writes IPv4 broadcast frames into its VXLAN device (the
 /// way a segment's broadcast and multicast cross hosts) with the source of
 /// a workload on the receiving host. The kernel's VXLAN device cannot tell
@@ -586,12 +600,7 @@ fn a_member_flooding_new_macs_over_vxlan_fills_no_hosts_tables() {
 #[ignore = "needs root: network namespaces"]
 fn a_member_broadcasting_over_vxlan_from_another_hosts_workload_reaches_no_workload() {
     let mut bed = Bed::with_hosts(2);
-    let (own, own_ip) = attached_at(&mut bed, 0, "own");
-    let (victim, victim_ip) = attached_at(&mut bed, 1, "victim");
-    let (_near, near_ip) = attached_at(&mut bed, 1, "near");
-    wait_for("the member's workload to reach the victim", Duration::from_secs(15), || {
-        ping_once(&own, victim_ip).then_some(())
-    });
+    let (own_ip, (victim, victim_ip), near_ip) = member_and_victim(&mut bed);
     let member = bed.hosts[0].ns.clone();
     let vxlan = vxlan_device(&member);
     let socket = bind(&victim);
@@ -658,12 +667,7 @@ tunnel.sendto(frag(48, False, data[48:]), (tun, 0x0800))
 #[ignore = "needs root: network namespaces"]
 fn a_member_splitting_forged_vxlan_between_underlay_and_tunnel_reaches_no_workload() {
     let mut bed = Bed::with_hosts(2);
-    let (own, _) = attached_at(&mut bed, 0, "own");
-    let (victim, victim_ip) = attached_at(&mut bed, 1, "victim");
-    let (_near, near_ip) = attached_at(&mut bed, 1, "near");
-    wait_for("the member's workload to reach the victim", Duration::from_secs(15), || {
-        ping_once(&own, victim_ip).then_some(())
-    });
+    let (_, (victim, _), near_ip) = member_and_victim(&mut bed);
     let (member, host) = (bed.hosts[0].ns.clone(), bed.hosts[1].ns.clone());
     let vni = vxlan_device(&member).trim_start_matches("wvvx-").to_string();
     let (from, to) = (bed.wait_status(0).address.to_string(), bed.wait_status(1).address.to_string());

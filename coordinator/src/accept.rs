@@ -123,7 +123,7 @@ impl Connections {
     /// Every second until the coordinator stops: closes the connections
     /// that have not proved a credential in time.
     fn sweep_every_second(&self, within: Duration, mut stopping: tokio::sync::watch::Receiver<bool>) {
-        let held = Arc::downgrade(&self.0);
+        let held = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -132,8 +132,7 @@ impl Connections {
                     _ = tick.tick() => {}
                     _ = stopping.wait_for(|s| *s) => return,
                 }
-                let Some(held) = held.upgrade() else { return };
-                let closed = Connections(held).lock().sweep(Instant::now());
+                let closed = held.lock().sweep(Instant::now());
                 if closed > 0 {
                     metrics::counter!("weave_connections_unauthenticated_closed_total").increment(closed as u64);
                     if every_10s(&UNAUTHENTICATED_LOGGED) {

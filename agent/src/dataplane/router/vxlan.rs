@@ -21,11 +21,12 @@ const MORE_FRAGMENTS: u16 = 0x2000;
 const OFFSET: u16 = 0x1fff;
 
 /// Whether `packet` (an IPv4 packet a peer sent from its node address: the
-/// only source the host's firewall lets reach its VXLAN port) must be dropped as a VXLAN datagram with a frame the peer may
-/// not send: an IPv4 frame whose source is neither 0.0.0.0 (a host without
-/// an address yet) nor one `peer_may_use` (its workload addresses, the
-/// exposed one among them; not its node address, which lives on the TUN
-/// and never speaks on a segment).
+/// only source the host's firewall lets reach its VXLAN port) must be
+/// dropped as a VXLAN datagram with a frame the peer may not send: an IPv4
+/// frame whose source is neither 0.0.0.0 (a host without an address yet)
+/// nor one `peer_may_use` (its workload addresses, the exposed one among
+/// them; not its node address, which lives on the TUN and never speaks on
+/// a segment).
 /// The first fragment of a UDP datagram to the VXLAN port goes too (weave's
 /// VXLAN devices leave room in the MTU and never fragment; the inner frame
 /// would otherwise hide in later fragments, past this check), and so does a
@@ -33,7 +34,7 @@ const OFFSET: u16 = 0x1fff;
 /// Other fragments carry no UDP header and pass: without their first, the
 /// kernel never reassembles them.
 pub(super) fn foreign_frame(packet: &[u8], peer_may_use: impl Fn(Ipv4Addr) -> bool) -> bool {
-    if packet.len() < 20 || packet[9] != UDP {
+    if packet.len() < super::IPV4_HEADER || packet[9] != UDP {
         return false;
     }
     let ihl = usize::from(packet[0] & 0x0f) * 4;
