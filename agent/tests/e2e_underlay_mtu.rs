@@ -1,17 +1,25 @@
 //! A path with a smaller MTU in the middle: host 1 on the underlay bridge
 //! (1500), host 2 behind two routers joined by a 1280-byte link, its own
 //! link 1500 too. Neither host sees the 1280 bytes on its interfaces; the
-//! tunnel's datagrams (1480 bytes) meet the narrow link, the routers answer
-//! "fragmentation needed", and the hosts fragment from then on. And both
+//! tunnel's datagrams (1480 bytes, without DF) meet the narrow link, and the
+//! router before it fragments them. And both
 //! containers were left at MTU 1500 (as a runtime that ignores the segment's
 //! MTU leaves them): their TCP segments would not fit the tunnel, and the
 //! host's "too big" cannot reach them (the isolation rules drop the host's
 //! packets into a segment it is not exposed on). The TUN's MSS clamping
 //! makes both ends send segments that fit: TCP transfers both ways complete
 //! without stalling. (Without the clamp this test stalls.)
+//!
+//! And an outsider on the underlay forges "fragmentation needed" for the
+//! tunnel between two hosts: the agent's datagrams keep their size.
 mod common;
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    time::Duration,
+};
+
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn};
 
 use common::{underlay::*, *};
 
@@ -64,23 +72,103 @@ fn tcp_does_not_stall_across_a_1280_byte_link_nor_between_1500_byte_containers()
     // Both transfers crossed the narrow link (not some other path).
     let crossed = mid("tx") + mid("rx") - before;
     assert!(crossed >= 2 * TOTAL as u64, "only {crossed} bytes crossed the 1280-byte link");
-    // How the hosts met it, for the log: the routers' "fragmentation needed"
-    // answers and host 1's route (a learned path MTU is a route-cache
-    // exception that any route change on the host flushes, so it is not
-    // asserted).
-    let too_big = |ns: &str| icmp_out_dest_unreachs(&ok_in(ns, &["cat", "/proc/net/snmp"]));
+    // For the log: the routers' "fragmentation needed" answers (none since
+    // the tunnel's IPv4 datagrams carry no DF) and host 1's route.
+    let too_big = |ns: &str| snmp(ns, "Icmp:", "OutDestUnreachs");
     let route = ok_in(&bed.hosts[0].ns, &["ip", "route", "get", "198.51.100.12"]);
     eprintln!("fragmentation needed sent: r1 {}, r2 {}; host 1: {}", too_big(&r1), too_big(&r2), route.trim());
 }
 
-/// `Icmp: OutDestUnreachs` from a `/proc/net/snmp` text.
-fn icmp_out_dest_unreachs(snmp: &str) -> u64 {
-    let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp:"));
-    let (names, values) = (icmp.next().unwrap_or(""), icmp.next().unwrap_or(""));
+/// One counter of `/proc/net/snmp` in `ns` (`group` "Ip:", "Icmp:", ...).
+fn snmp(ns: &str, group: &str, name: &str) -> u64 {
+    let text = ok_in(ns, &["cat", "/proc/net/snmp"]);
+    let mut lines = text.lines().filter(|l| l.starts_with(group));
+    let (names, values) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
     names
         .split_whitespace()
         .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "OutDestUnreachs")
+        .find(|(n, _)| *n == name)
         .and_then(|(_, v)| v.parse().ok())
-        .expect("Icmp OutDestUnreachs in /proc/net/snmp")
+        .unwrap_or_else(|| panic!("{group} {name} in /proc/net/snmp"))
+}
+
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// From namespace `ns`: ICMP "fragmentation needed" (next-hop MTU `mtu`)
+/// to `host`, quoting a UDP datagram `host`:`sport` -> `peer`:`dport` with DF,
+/// as a router on the path would send it. Nothing in it is secret.
+fn forge_frag_needed(ns: &str, host: Ipv4Addr, peer: Ipv4Addr, sport: u16, dport: u16, mtu: u16) {
+    let mut quoted = [0u8; 28];
+    quoted[..20].copy_from_slice(&[0x45, 0, 0x05, 0xdc, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    quoted[12..16].copy_from_slice(&host.octets());
+    quoted[16..20].copy_from_slice(&peer.octets());
+    let sum = checksum(&quoted[..20]);
+    quoted[10..12].copy_from_slice(&sum.to_be_bytes());
+    quoted[20..22].copy_from_slice(&sport.to_be_bytes());
+    quoted[22..24].copy_from_slice(&dport.to_be_bytes());
+    quoted[24..26].copy_from_slice(&1480u16.to_be_bytes());
+    let mut icmp = vec![3u8, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(&quoted);
+    let sum = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    in_netns(ns, move || {
+        let fd = socket::socket(AddressFamily::Inet, SockType::Raw, SockFlag::empty(), SockProtocol::Icmp).unwrap();
+        let to = SockaddrIn::from(SocketAddrV4::new(host, 0));
+        socket::sendto(std::os::fd::AsRawFd::as_raw_fd(&fd), &icmp, &to, MsgFlags::empty()).unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+/// An outsider on the underlay tells host 1 that the path to host 2 takes
+/// only 552 bytes (the kernel's floor), quoting the tunnel's own ports: the
+/// agent's datagrams keep their size and GSO, and the host fragments
+/// nothing. The control: the same message quoting a socket with the kernel's
+/// default (path MTU discovery on) does lower host 1's route to host 2 to
+/// 552, and the tunnel's traffic still goes unfragmented with that route.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_forged_fragmentation_needed_from_the_underlay_does_not_shrink_the_tunnel() {
+    let mut bed = Bed::with_hosts(2);
+    let w0 = bed.add_workload(0, "default");
+    let w1 = bed.add_workload(1, "default");
+    bed.wait_ping(w0, w1, Duration::from_secs(15));
+    let (host, peer) = (bed.hosts[0].ip, bed.hosts[1].ip);
+    let ns = bed.hosts[0].ns.clone();
+    let outsider = bed.add_bare_host("192.0.2.66");
+    let route = || ok_in(&ns, &["ip", "route", "get", &peer.to_string()]);
+
+    let unreachables = snmp(&ns, "Icmp:", "InDestUnreachs");
+    forge_frag_needed(&outsider, host, peer, WG_PORT, WG_PORT, 552);
+    wait_for("host 1 to take the forged message in", Duration::from_secs(5), || {
+        (snmp(&ns, "Icmp:", "InDestUnreachs") > unreachables).then_some(())
+    });
+    assert!(!route().contains("mtu 552"), "the forged message lowered the path MTU: {}", route());
+
+    // Control: a socket with the kernel's default, quoted by the same message.
+    let control = in_netns(&ns, move || {
+        let s = UdpSocket::bind((host, 0)).unwrap();
+        s.connect((peer, 9)).unwrap();
+        s
+    })
+    .join()
+    .unwrap();
+    let port = control.local_addr().unwrap().port();
+    forge_frag_needed(&outsider, host, peer, port, 9, 552);
+    wait_for("the control's route to take 552", Duration::from_secs(5), || route().contains("mtu 552").then_some(()));
+
+    let (creates, oks) = (snmp(&ns, "Ip:", "FragCreates"), snmp(&ns, "Ip:", "FragOKs"));
+    let (a, b) = (&bed.workloads[w0], &bed.workloads[w1]);
+    tcp_transfer(&a.ns, &b.ns, b.ip, 5201, 4 << 20, Duration::from_secs(20));
+    let created = snmp(&ns, "Ip:", "FragCreates") - creates;
+    let fragmented = snmp(&ns, "Ip:", "FragOKs") - oks;
+    assert_eq!((created, fragmented), (0, 0), "the tunnel's datagrams were fragmented after the forged message");
+    drop(control);
 }

@@ -58,6 +58,9 @@ fn plain(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket, Errno> {
     if reuse_port {
         setsockopt(&fd, sockopt::ReusePort, &true)?;
     }
+    if addr.is_ipv4() {
+        ignore_path_mtu_v4(&fd)?;
+    }
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
     Ok(UdpSocket::from(fd))
 }
@@ -69,9 +72,26 @@ fn dual_stack(port: u16, reuse_port: bool) -> Result<UdpSocket, Errno> {
     if reuse_port {
         setsockopt(&fd, sockopt::ReusePort, &true)?;
     }
+    // IPPROTO_IP options on an IPv6 socket govern its IPv4(-mapped) sends.
+    ignore_path_mtu_v4(&fd)?;
     let addr = SockaddrIn6::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
     socket::bind(fd.as_raw_fd(), &addr)?;
     Ok(UdpSocket::from(fd))
+}
+
+/// IPv4 datagrams leave without DF and at the interface's MTU, whatever
+/// "fragmentation needed" the host was told (`IP_PMTUDISC_OMIT`), as the
+/// kernel's WireGuard sends them. Anyone on the underlay can forge that ICMP
+/// message for a peer's address (it quotes only addresses and ports anyone
+/// can see): with path MTU discovery on, one forged message every ten
+/// minutes shrank the path to 552 bytes, and every datagram to that peer
+/// went one at a time, in three fragments. A genuinely narrower path still
+/// works: its router fragments the datagrams instead of this host. IPv6 has
+/// no such choice (its routers never fragment), and a forged "packet too
+/// big" there can lower the path only to 1,280 bytes.
+fn ignore_path_mtu_v4(fd: &std::os::fd::OwnedFd) -> Result<(), Errno> {
+    use rustix::net::sockopt::{Ipv4PathMtuDiscovery, set_ip_mtu_discover};
+    set_ip_mtu_discover(fd, Ipv4PathMtuDiscovery::OMIT).map_err(|e| Errno::from_raw(e.raw_os_error()))
 }
 
 /// The address to hand the kernel for `dst`: IPv4 endpoints as IPv4-mapped
@@ -144,6 +164,17 @@ mod tests {
         let v6: SocketAddr = "[2001:db8::11]:6784".parse().unwrap();
         assert_eq!(wire(v6, true), v6);
         assert_eq!(canonical(v6), v6);
+    }
+
+    /// IPv4 sends ignore the path MTU on both kinds of socket (the e2e test
+    /// `e2e_underlay_mtu` forges the ICMP message this is against).
+    #[test]
+    fn ipv4_sends_ignore_learned_path_mtus() {
+        use rustix::net::sockopt::{Ipv4PathMtuDiscovery, ip_mtu_discover};
+        for listen in ["[::]:0", "127.0.0.1:0"] {
+            let s = bind(listen.parse().unwrap(), false).unwrap();
+            assert_eq!(ip_mtu_discover(&s).unwrap(), Ipv4PathMtuDiscovery::OMIT, "{listen}");
+        }
     }
 
     /// Both families reach one dual-stack socket, on loopback, and the
