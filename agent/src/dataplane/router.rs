@@ -38,7 +38,6 @@ const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// Largest buffer any output needs: a full-size IP packet plus WireGuard's framing.
 pub const BUF_SIZE: usize = 65_535 + 64;
 /// WireGuard message types (the first byte of every datagram).
-const HANDSHAKE_INIT: u8 = 1;
 const HANDSHAKE_RESPONSE: u8 = 2;
 const DATA: u8 = 4;
 
@@ -292,12 +291,16 @@ impl Router {
             }
             TunnResult::Err(WireGuardError::DuplicateCounter) | TunnResult::Err(_) => return None,
             TunnResult::WriteToNetwork(reply) => {
-                // boringtun answers an initiation it accepted (fresh timestamp)
-                // with a response, and a response that matched its own
-                // initiation with a keepalive; a cookie (the rate limiter under
-                // load) is what it answers anyone.
-                authenticated = matches!((datagram[0], reply.first()), (HANDSHAKE_INIT, Some(&HANDSHAKE_RESPONSE)))
-                    || matches!((datagram[0], reply.first()), (HANDSHAKE_RESPONSE, Some(&DATA)));
+                // boringtun answers a response that matched its own initiation
+                // with a keepalive: only that proves where the peer is. An
+                // initiation it accepted (answered with a response) is fresh
+                // only against the newest one this Tunn took, and a restarted
+                // agent has taken none: a replay of one sniffed long ago is
+                // answered (no one else can finish that handshake) but does
+                // not move the endpoint; the initiator's first data from its
+                // real place will. A cookie (the rate limiter under load) is
+                // what boringtun answers anyone.
+                authenticated = matches!((datagram[0], reply.first()), (HANDSHAKE_RESPONSE, Some(&DATA)));
                 sink.to_network(src, reply);
                 // Flush packets that were queued while the handshake ran.
                 while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], out) {

@@ -288,6 +288,60 @@ fn replayed_handshakes_from_a_new_address_leave_the_endpoint_unchanged() {
     assert_eq!(b.wire.tun.borrow().len(), 1);
 }
 
+/// Delivers what `from` sent, whatever its destination, with `src` as source.
+fn deliver_any(from: &Node, to: &Node, src: SocketAddr) -> usize {
+    let msgs: Vec<_> = from.wire.net.borrow_mut().drain(..).collect();
+    for (_, msg) in &msgs {
+        to.receive(src, msg);
+    }
+    msgs.len()
+}
+
+/// An initiation is replay-protected only against the newest one its
+/// receiver accepted, and a restarted agent has accepted none: anyone who
+/// once sniffed a's initiation could replay it to a restarted b, which
+/// answered (harmless: no one else can finish that handshake) and moved a's
+/// endpoint to the replayer, so b's traffic to a went there until a next
+/// spoke. Only the initiator's first data (a fresh counter under the new
+/// session) proves where it is.
+#[test]
+fn a_replayed_initiation_after_a_restart_leaves_the_endpoint_unchanged() {
+    let (a, b) = (node(1), node(2));
+    a.router.set_peers(&[config(&b, Some(b.endpoint))], &a.wire);
+    let init = a.wire.net.borrow()[0].1.clone();
+    assert_eq!(init[0], 1);
+    drop(b);
+    // b restarts (same key, fresh state) and handshakes with a.
+    let b = node(2);
+    a.wire.net.borrow_mut().clear();
+    b.router.set_peers(&[config(&a, Some(a.endpoint))], &b.wire);
+    for _ in 0..4 {
+        deliver(&b, &a, b.endpoint);
+        deliver(&a, &b, a.endpoint);
+    }
+    assert!(b.router.status()[0].handshake_age_secs.is_some());
+    let evil: SocketAddr = "203.0.113.66:6784".parse().unwrap();
+    b.receive(evil, &init);
+    assert!(b.wire.net.borrow().iter().any(|(to, m)| *to == evil && m[0] == 2), "b answered the replay");
+    assert_eq!(b.router.status()[0].endpoint, Some(a.endpoint), "the replayed initiation moved the endpoint");
+    b.wire.net.borrow_mut().clear();
+    b.send(&ipv4(b.addr, a.addr, b"to where a really is"));
+    assert_eq!(deliver(&b, &a, b.endpoint), 1);
+    assert_eq!(a.wire.tun.borrow().len(), 1);
+
+    // A peer that really moved and handshakes from there is still found:
+    // b answers the new place, and a's first data from it moves the endpoint.
+    // (boringtun takes one initiation per peer per 20 ms, the replay's included.)
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (a, moved) = (node(1), "198.51.100.7:40000".parse::<SocketAddr>().unwrap());
+    a.router.set_peers(&[config(&b, Some(b.endpoint))], &a.wire);
+    for _ in 0..4 {
+        deliver(&a, &b, moved);
+        deliver_any(&b, &a, b.endpoint);
+    }
+    assert_eq!(b.router.status()[0].endpoint, Some(moved), "the moved peer's handshake and keepalive");
+}
+
 #[test]
 fn a_forged_cookie_reply_from_a_new_address_leaves_the_endpoint_unchanged() {
     let (a, b) = (node(1), node(2));
