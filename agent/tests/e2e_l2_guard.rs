@@ -422,6 +422,31 @@ fn a_reattach_with_another_workloads_mac_is_refused() {
     assert_eq!(fdb_port(&h0, &victim_mac), Some(victim_port), "the victim's MAC moved");
 }
 
+/// Nor with the MAC of its host's bridge (the one proxy ARP gives every
+/// workload for remote addresses and the exposed one): the lock's
+/// replacing add moved the bridge's own entry to the container's port, which
+/// then took its neighbours' routed traffic, and the entry went with the
+/// port at detach (found by a review). Refused, and the neighbour still
+/// reaches a remote workload.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_reattach_with_the_bridges_mac_is_refused() {
+    let mut bed = Bed::with_hosts(2);
+    let (i, n, r) = (attached(&mut bed, 0, "a"), attached(&mut bed, 0, "n"), attached(&mut bed, 1, "r"));
+    bed.wait_ping(n, r, Duration::from_secs(15));
+    let (a, h0) = (bed.workloads[i].ns.clone(), bed.hosts[0].ns.clone());
+    let bridge = interfaces(&h0).into_iter().find(|i| i.starts_with("wvbr-")).expect("a bridge");
+    let bridge_mac = ok_in(&h0, &["cat", &format!("/sys/class/net/{bridge}/address")]).trim().to_string();
+    assert_eq!(fdb_port(&h0, &bridge_mac).as_deref(), Some(bridge.as_str()), "the bridge's own entry");
+    ok_in(&a, &["ip", "link", "set", "dev", "ethwe", "address", &bridge_mac]);
+    let out = bed.weavectl(0, &["attach", &format!("/run/netns/{a}")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the re-attach was accepted");
+    assert!(stderr.contains("is the bridge's or a port's own"), "{stderr}");
+    assert_eq!(fdb_port(&h0, &bridge_mac).as_deref(), Some(bridge.as_str()), "the bridge's MAC moved");
+    assert!(ping_once(&bed.workloads[n].ns, bed.workloads[r].ip), "the neighbour lost the remote workload");
+}
+
 /// A container that showed its neighbour's address when detached does not
 /// take the host's pinned neighbour entry for the neighbour with it: detach
 /// unpins the address the container holds, not the one it shows (found by a

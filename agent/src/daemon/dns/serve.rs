@@ -29,6 +29,13 @@ struct Conn {
 impl DnsServer {
     /// What to do with a query as bytes (a FORMERR echo if it does not parse).
     fn decide_bytes(&self, query: &[u8], udp: bool) -> Decided {
+        // An answer (QR set), parseable or not, is never answered: a
+        // datagram spoofed from the resolver's own address and port made it
+        // answer itself, each answer (FORMERR is one) coming back as the next
+        // message, for ever (found by a review).
+        if query.get(2).is_some_and(|flags| flags & 0x80 != 0) {
+            return Decided::Reply(None);
+        }
         match Message::from_vec(query) {
             Ok(m) => {
                 let max = udp.then(|| m.max_payload());

@@ -109,15 +109,27 @@ impl Netlink {
         let mut request = self.handle.neighbours().get();
         request.message_mut().header.family = AddressFamily::Bridge;
         let fdb: Vec<NeighbourMessage> = request.execute().try_collect().await.map_err(|e| nl("dump fdb", e))?;
-        let taken = fdb.iter().any(|e| {
+        // Nor may it take a MAC the bridge holds as its own or its ports'
+        // (local entries: the bridge's MAC, which proxy ARP gives every
+        // workload for remote addresses; the VXLAN device's; the host ends
+        // of the veths) or one pinned statically: the replacing add below
+        // would move that entry to this port, with every frame to it (found
+        // by a review: the bridge's MAC took the neighbours' routed traffic).
+        // A MAC only learned (a remote workload's, over VXLAN) may move.
+        let other = |e: &&NeighbourMessage| {
             e.header.ifindex != index
-                && e.header.flags.contains(NeighbourFlags::Sticky)
                 && e.attributes.iter().any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(m) if m == mac))
-        });
-        if taken {
+        };
+        let mac_text = crate::plan::kernel::format_mac(mac);
+        if fdb.iter().filter(other).any(|e| e.header.flags.contains(NeighbourFlags::Sticky)) {
             return Err(Error::Netlink(format!(
-                "MAC {} is locked to another workload's port: a container may not take another's MAC",
-                crate::plan::kernel::format_mac(mac)
+                "MAC {mac_text} is locked to another workload's port: a container may not take another's MAC"
+            )));
+        }
+        if fdb.iter().filter(other).any(|e| matches!(e.header.state, NeighbourState::Permanent | NeighbourState::Noarp))
+        {
+            return Err(Error::Netlink(format!(
+                "MAC {mac_text} is the bridge's or a port's own: a container may not take it"
             )));
         }
         let mut msg = NeighbourMessage::default();
