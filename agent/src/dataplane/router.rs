@@ -284,9 +284,14 @@ impl Router {
             None => tunn.decapsulate(Some(src.ip()), datagram, out),
         };
         let plain = match result {
-            // A fresh keepalive: it decrypted, and its counter was new.
+            // A fresh keepalive: it decrypted, and its counter was new. The
+            // first one under a session this host answered makes that session
+            // current: what queued meanwhile goes now.
             TunnResult::Done => {
                 authenticated = datagram[0] == DATA;
+                if authenticated {
+                    flush_queued(&mut tunn, src, out, sink);
+                }
                 None
             }
             TunnResult::Err(WireGuardError::DuplicateCounter) | TunnResult::Err(_) => return None,
@@ -302,9 +307,14 @@ impl Router {
                 // what boringtun answers anyone.
                 authenticated = matches!((datagram[0], reply.first()), (HANDSHAKE_RESPONSE, Some(&DATA)));
                 sink.to_network(src, reply);
-                // Flush packets that were queued while the handshake ran.
-                while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], out) {
-                    sink.to_network(src, queued);
+                // Packets queued while our handshake ran go under its new
+                // session. Not after answering an initiation: that session
+                // cannot send before the initiator's first data, so boringtun
+                // would start an initiation of its own instead, replacing the
+                // one in flight, and send it to whoever replayed the
+                // initiation (found by a review).
+                if authenticated {
+                    flush_queued(&mut tunn, src, out, sink);
                 }
                 None
             }
@@ -443,6 +453,13 @@ impl Encryptor<'_> {
             }
             _ => None,
         }
+    }
+}
+
+/// Sends what `tunn` queued while it had no session, to `dst`.
+fn flush_queued(tunn: &mut Tunn, dst: SocketAddr, out: &mut [u8], sink: &impl Sink) {
+    while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], out) {
+        sink.to_network(dst, queued);
     }
 }
 

@@ -311,20 +311,26 @@ fn a_replayed_initiation_after_a_restart_leaves_the_endpoint_unchanged() {
     let init = a.wire.net.borrow()[0].1.clone();
     assert_eq!(init[0], 1);
     drop(b);
-    // b restarts (same key, fresh state) and handshakes with a.
+    // b restarts (same key, fresh state): its initiation is on its way to a
+    // and a packet waits for the session when the replay arrives.
     let b = node(2);
     a.wire.net.borrow_mut().clear();
     b.router.set_peers(&[config(&a, Some(a.endpoint))], &b.wire);
+    let queued = ipv4(b.addr, a.addr, b"queued before the handshake");
+    b.send(&queued);
+    let evil: SocketAddr = "203.0.113.66:6784".parse().unwrap();
+    b.receive(evil, &init);
+    let to_evil: Vec<u8> = b.wire.net.borrow().iter().filter(|(to, _)| *to == evil).map(|(_, m)| m[0]).collect();
+    assert_eq!(to_evil, [2], "b answers the replay, and sends it nothing else (no initiation of its own)");
+    b.wire.net.borrow_mut().retain(|(to, _)| *to != evil);
+    assert_eq!(b.router.status()[0].endpoint, Some(a.endpoint), "the replayed initiation moved the endpoint");
+    // b's own handshake completes with a, and the queued packet arrives.
     for _ in 0..4 {
         deliver(&b, &a, b.endpoint);
         deliver(&a, &b, a.endpoint);
     }
     assert!(b.router.status()[0].handshake_age_secs.is_some());
-    let evil: SocketAddr = "203.0.113.66:6784".parse().unwrap();
-    b.receive(evil, &init);
-    assert!(b.wire.net.borrow().iter().any(|(to, m)| *to == evil && m[0] == 2), "b answered the replay");
-    assert_eq!(b.router.status()[0].endpoint, Some(a.endpoint), "the replayed initiation moved the endpoint");
-    b.wire.net.borrow_mut().clear();
+    assert_eq!(a.wire.tun.borrow_mut().drain(..).collect::<Vec<_>>(), [queued]);
     b.send(&ipv4(b.addr, a.addr, b"to where a really is"));
     assert_eq!(deliver(&b, &a, b.endpoint), 1);
     assert_eq!(a.wire.tun.borrow().len(), 1);
@@ -340,6 +346,27 @@ fn a_replayed_initiation_after_a_restart_leaves_the_endpoint_unchanged() {
         deliver_any(&b, &a, b.endpoint);
     }
     assert_eq!(b.router.status()[0].endpoint, Some(moved), "the moved peer's handshake and keepalive");
+}
+
+/// The responder's own queue: what b sent while a's handshake ran goes once
+/// a's first data (its keepalive) makes the session current, and answering
+/// the initiation starts no initiation of b's (which would replace one in
+/// flight).
+#[test]
+fn packets_the_responder_queued_go_after_the_initiators_keepalive() {
+    let (a, b) = (node(1), node(2));
+    a.router.set_peers(&[config(&b, Some(b.endpoint))], &a.wire);
+    b.router.set_peers(&[config(&a, Some(a.endpoint))], &b.wire);
+    b.wire.net.borrow_mut().clear(); // b's own initiation was lost
+    let queued = ipv4(b.addr, a.addr, b"queued at the responder");
+    b.send(&queued);
+    deliver(&a, &b, a.endpoint);
+    let sent: Vec<u8> = b.wire.net.borrow().iter().map(|(_, m)| m[0]).collect();
+    assert_eq!(sent, [2], "b answered a's initiation with a response only");
+    deliver(&b, &a, b.endpoint); // a completes and sends its keepalive
+    deliver(&a, &b, a.endpoint); // which makes b's session current: b sends
+    assert_eq!(deliver(&b, &a, b.endpoint), 1);
+    assert_eq!(a.wire.tun.borrow().as_slice(), [queued]);
 }
 
 #[test]

@@ -101,6 +101,12 @@ impl Netlink {
     /// another's MAC would otherwise move that MAC to itself in every host's
     /// FDB. Idempotent.
     pub async fn lock_port(&self, port: &str, mac: &[u8]) -> Result<(), Error> {
+        // One at a time in the agent (attach, Docker's Join and the replug
+        // after a restart each have their own connection): two ports locking
+        // one MAC at once both passed the check below, and the second add
+        // moved the first's entry (found by a review).
+        static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one = ONE_AT_A_TIME.lock().await;
         let index = self.link_index(port).await?.ok_or_else(|| Error::Netlink(format!("{port} does not exist")))?;
         // A MAC another workload's port is locked to stays there: a container
         // that took a neighbour's MAC and is attached again (the attach reads
