@@ -377,6 +377,15 @@ impl Router {
             {
                 sink.to_network(endpoint, out);
             }
+            // boringtun's timers never send what it queued: a session made
+            // current by the initiator's data, its keepalive lost, would
+            // leave the queue waiting for the next keepalive (found by a
+            // review). An empty queue costs one pop.
+            if tunn.time_since_last_handshake().is_some()
+                && let Some(endpoint) = peer.endpoint()
+            {
+                flush_queued(&mut tunn, endpoint, buf, sink);
+            }
         }
     }
 
