@@ -128,12 +128,9 @@ fn a_replayed_initiation_after_a_restart_leaves_the_endpoint_unchanged() {
     assert_eq!(b.router.status()[0].endpoint, Some(moved), "the moved peer's handshake and keepalive");
 }
 
-/// The responder's own queue: what b sent while a's handshake ran goes once
-/// a's first data (its keepalive) makes the session current, and answering
-/// the initiation starts no initiation of b's (which would replace one in
-/// flight).
-#[test]
-fn packets_the_responder_queued_go_after_the_initiators_keepalive() {
+/// a initiated and b answered (b's own initiation lost), with a packet
+/// queued at b meanwhile; b's response is on its wire.
+fn answered_with_a_queued_packet() -> (Node, Node, Vec<u8>) {
     let (a, b) = (node(1), node(2));
     a.router.set_peers(&[config(&b, Some(b.endpoint))], &a.wire);
     b.router.set_peers(&[config(&a, Some(a.endpoint))], &b.wire);
@@ -141,6 +138,16 @@ fn packets_the_responder_queued_go_after_the_initiators_keepalive() {
     let queued = ipv4(b.addr, a.addr, b"queued at the responder");
     b.send(&queued);
     deliver(&a, &b, a.endpoint);
+    (a, b, queued)
+}
+
+/// The responder's own queue: what b sent while a's handshake ran goes once
+/// a's first data (its keepalive) makes the session current, and answering
+/// the initiation starts no initiation of b's (which would replace one in
+/// flight).
+#[test]
+fn packets_the_responder_queued_go_after_the_initiators_keepalive() {
+    let (a, b, queued) = answered_with_a_queued_packet();
     let sent: Vec<u8> = b.wire.net.borrow().iter().map(|(_, m)| m[0]).collect();
     assert_eq!(sent, [2], "b answered a's initiation with a response only");
     deliver(&b, &a, b.endpoint); // a completes and sends its keepalive
@@ -153,13 +160,7 @@ fn packets_the_responder_queued_go_after_the_initiators_keepalive() {
 /// current without a keepalive, and b's next timer tick sends the queue.
 #[test]
 fn packets_the_responder_queued_go_at_the_next_tick_when_the_keepalive_was_lost() {
-    let (a, b) = (node(1), node(2));
-    a.router.set_peers(&[config(&b, Some(b.endpoint))], &a.wire);
-    b.router.set_peers(&[config(&a, Some(a.endpoint))], &b.wire);
-    b.wire.net.borrow_mut().clear(); // b's own initiation was lost
-    let queued = ipv4(b.addr, a.addr, b"queued at the responder");
-    b.send(&queued);
-    deliver(&a, &b, a.endpoint);
+    let (a, b, queued) = answered_with_a_queued_packet();
     deliver(&b, &a, b.endpoint);
     a.wire.net.borrow_mut().clear(); // and so was a's keepalive
     a.send(&ipv4(a.addr, b.addr, b"data first"));
