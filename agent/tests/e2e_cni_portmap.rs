@@ -2,7 +2,7 @@
 //! then the standard portmap plugin.
 mod common;
 
-use std::io::Write;
+use std::{io::Write, time::Duration};
 
 use common::{cni::*, *};
 use serde_json::{Value, json};
@@ -68,8 +68,14 @@ fn conflist_chains_weave_cni_with_portmap() {
     // Replies go back through the host (a runtime would give the container a default route).
     let exposed = String::from_utf8_lossy(&out.stdout).trim().to_string();
     ok_in(&ns, &["ip", "route", "add", "default", "via", &exposed]);
-    let got =
-        ok_in(&host, &["timeout", "10", "bash", "-c", &format!("exec 3<>/dev/tcp/{hip}/8080; timeout 5 cat <&3")]);
+    // Polled: `expose` waits for the firewall only up to 5 s, and the
+    // listener's thread may still be binding.
+    let connect = format!("exec 3<>/dev/tcp/{hip}/8080; timeout 5 cat <&3");
+    let got = wait_for("the host to reach the container through portmap", Duration::from_secs(20), || {
+        let out = in_ns(&host, &["timeout", "10", "bash", "-c", &connect]);
+        let got = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && !got.is_empty()).then_some(got)
+    });
     assert_eq!(got, "hello from the container");
     server.join().unwrap();
     // DEL in reverse order, twice.

@@ -97,7 +97,7 @@ fn subnets_are_isolated_even_with_a_foreign_address() {
         assert!(!ping_once(&wa.ns, wb.ip), "traffic crossed from the default subnet into 'other'");
     }
     assert!(!ping_once(&wb.ns, Ipv4Addr::new(10, 40, 0, 200)), "and not the other way either");
-    bed.wait_ping(c, b, Duration::from_secs(5));
+    bed.wait_ping(c, b, Duration::from_secs(10));
 }
 
 #[test]
@@ -113,7 +113,7 @@ fn routes_and_proxy_entries_follow_remote_workloads() {
     let has_route = |h: &str| ok_in(h, &["ip", "route", "show", "proto", "87", "dev", "wvtun0"]).contains(&ip);
     let has_proxy = |h: &str| ok_in(h, &["ip", "neigh", "show", "proxy"]).contains(&ip);
     // Attached on host 2: host 1 routes it through the TUN and answers ARP for it.
-    wait_for("host 1 to route the new workload", Duration::from_secs(5), || {
+    wait_for("host 1 to route the new workload", Duration::from_secs(15), || {
         (has_route(&h1) && has_proxy(&h1)).then_some(())
     });
     bed.wait_ping(here, far, Duration::from_secs(10));

@@ -154,7 +154,7 @@ fn nothing_from_the_underlay_reaches_a_workload_except_through_wireguard() {
         "the VXLAN learned from the outsider: {fdb}"
     );
     // The real peers still work.
-    assert!(ping_once(&ns0, bed.workloads[w1].ip), "w0 lost w1");
+    assert!(ping_within(&ns0, bed.workloads[w1].ip, 5), "w0 lost w1");
 
     // Control: without the isolation tables the same VXLAN ping arrives. The
     // agent puts a removed table back within its 10 s check, which may fall

@@ -122,11 +122,15 @@ fn podman_containers_on_two_hosts_get_addresses_names_and_release_them() {
     wait_for("pw-a to ping pw-b by address", Duration::from_secs(15), || {
         hosts[0].ping("pw-a", &b.to_string()).then_some(())
     });
-    assert!(hosts[1].ping("pw-b", &a.to_string()));
+    wait_for("pw-b to ping pw-a by address", Duration::from_secs(10), || {
+        hosts[1].ping("pw-b", &a.to_string()).then_some(())
+    });
     // By container name (podman passes it in CNI_ARGS; the agent's DNS
     // answers at 127.0.0.11, which the ADD result names).
     wait_for("pw-a to ping pw-b by name", Duration::from_secs(15), || hosts[0].ping("pw-a", "pw-b").then_some(()));
-    assert!(hosts[1].ping("pw-b", "pw-a.weave.local"), "{}", bed.log(1));
+    wait_for("pw-b to ping pw-a.weave.local", Duration::from_secs(10), || {
+        hosts[1].ping("pw-b", "pw-a.weave.local").then_some(())
+    });
 
     // podman rm releases the address (CNI DEL).
     hosts[1].ok(&["rm", "-f", "-t", "0", "pw-b"]);

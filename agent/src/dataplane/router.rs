@@ -4,7 +4,7 @@
 //! One `Tunn` per peer, each behind its own lock; the peer table is an
 //! immutable snapshot ([`Table`]) that the packet threads take once per batch.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
         Arc, Mutex, RwLock,
@@ -76,12 +76,27 @@ pub struct Table {
     by_address: HashMap<Ipv4Addr, Arc<Peer>>,
     by_index: HashMap<u32, Arc<Peer>>,
     by_key: HashMap<[u8; 32], Arc<Peer>>,
+    /// (VNI, peer index) for each segment in which a peer hosts a workload:
+    /// the only segments whose VXLAN frames are taken from it.
+    members: HashSet<(u32, u32)>,
+    /// Each peer's workload address with the VNI of its subnet.
+    vni_of: HashMap<Ipv4Addr, u32>,
 }
 
 impl Table {
     /// Whether `peer` may send from `ip` (its node or a workload's address).
     fn may_use(&self, peer: &Arc<Peer>, ip: Ipv4Addr) -> bool {
         self.by_address.get(&ip).is_some_and(|p| Arc::ptr_eq(p, peer))
+    }
+
+    /// Whether `peer` may put a frame into segment `vni`: only where it
+    /// hosts a workload, and an IPv4 frame (`src`, unless from 0.0.0.0)
+    /// only from one of its workloads there.
+    fn may_frame(&self, peer: &Arc<Peer>, vni: u32, src: Option<Ipv4Addr>) -> bool {
+        self.members.contains(&(vni, peer.index))
+            && src.is_none_or(|ip| {
+                ip != peer.config.address && self.may_use(peer, ip) && self.vni_of.get(&ip) == Some(&vni)
+            })
     }
 }
 
@@ -172,8 +187,10 @@ impl Router {
                     }
                 };
                 // Workload addresses first: a node address always wins a clash.
-                for a in &config.routes {
-                    table.by_address.entry(*a).or_insert_with(|| Arc::clone(&peer));
+                for &(a, vni) in &config.routes {
+                    table.by_address.entry(a).or_insert_with(|| Arc::clone(&peer));
+                    table.vni_of.entry(a).or_insert(vni);
+                    table.members.insert((vni, peer.index));
                 }
                 table.by_address.insert(config.address, Arc::clone(&peer));
                 table.by_index.insert(peer.index, Arc::clone(&peer));
@@ -330,9 +347,10 @@ impl Router {
                 // source the host's firewall lets reach its VXLAN port) is
                 // checked for its frame's source too (vxlan.rs); a workload's
                 // own VXLAN (a nested overlay) is the workload's business.
-                let node = peer.config.address;
-                let frame_ok =
-                    || inner_src != node || !vxlan::foreign_frame(packet, |ip| ip != node && table.may_use(peer, ip));
+                let frame_ok = || {
+                    inner_src != peer.config.address
+                        || !vxlan::foreign_frame(packet, |vni, src| table.may_frame(peer, vni, src))
+                };
                 if authenticated && packet.len() >= IPV4_HEADER && frame_ok() {
                     Some(packet.len())
                 } else {

@@ -133,9 +133,11 @@ pub struct PeerConfig {
     pub endpoint: Option<SocketAddr>,
     /// All its endpoints (`endpoint` is the first): where to fall back to.
     pub endpoints: Vec<SocketAddr>,
-    /// The workload addresses this node hosts (its allocations): routed to
-    /// it, and the only inner sources besides `address` accepted from it.
-    pub routes: Vec<Ipv4Addr>,
+    /// The workload addresses this node hosts (its allocations), each with
+    /// the VNI of its subnet (0 for a subnet without one): routed to it, the
+    /// only inner sources besides `address` accepted from it, and the
+    /// segments whose VXLAN frames are taken from it.
+    pub routes: Vec<(Ipv4Addr, u32)>,
 }
 
 /// An allocation's address without its prefix length ("10.32.0.1/16").
@@ -148,10 +150,11 @@ pub fn allocation_address(address: &str) -> Option<Ipv4Addr> {
 pub fn peers(map: &NetworkMap, own_node: u64) -> (Vec<PeerConfig>, Vec<String>) {
     let mut peers = Vec::new();
     let mut problems = Vec::new();
-    let mut routes: std::collections::HashMap<u64, Vec<Ipv4Addr>> = Default::default();
+    let vni: std::collections::HashMap<u64, u32> = map.subnets.iter().map(|s| (s.id, s.vni)).collect();
+    let mut routes: std::collections::HashMap<u64, Vec<(Ipv4Addr, u32)>> = Default::default();
     for a in &map.allocations {
         if let Some(ip) = allocation_address(&a.address) {
-            routes.entry(a.node_id).or_default().push(ip);
+            routes.entry(a.node_id).or_default().push((ip, vni.get(&a.subnet_id).copied().unwrap_or(0)));
         }
     }
     for n in map.nodes.iter().filter(|n| n.id != own_node) {
@@ -203,7 +206,7 @@ pub fn without_skipped(peers: &mut [PeerConfig], map: &NetworkMap, skipped: &std
         .filter_map(|a| allocation_address(&a.address))
         .collect();
     for p in peers {
-        p.routes.retain(|ip| !addresses.contains(ip));
+        p.routes.retain(|(ip, _)| !addresses.contains(ip));
     }
 }
 
@@ -286,12 +289,12 @@ mod tests {
         };
         let (mut all, _) = peers(&map, 1);
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
-        assert_eq!(all[0].routes, [ip("10.32.0.5"), ip("192.0.2.50")]);
+        assert_eq!(all[0].routes, [(ip("10.32.0.5"), 5), (ip("192.0.2.50"), 6)]);
         without_skipped(&mut all, &map, &Default::default());
         assert_eq!(all[0].routes.len(), 2, "nothing left out, nothing dropped");
         let skipped = [(6, "subnet 192.0.2.48/29 skipped: …".to_string())].into_iter().collect();
         without_skipped(&mut all, &map, &skipped);
-        assert_eq!(all[0].routes, [ip("10.32.0.5")], "the LAN machine's address is not the peer's here");
+        assert_eq!(all[0].routes, [(ip("10.32.0.5"), 5)], "the LAN machine's address is not the peer's here");
     }
 
     #[test]
@@ -308,7 +311,7 @@ mod tests {
         };
         let (peers, problems) = peers(&map, 1);
         assert_eq!(peers.len(), 1);
-        assert_eq!(peers[0].routes, vec!["10.32.0.5".parse::<Ipv4Addr>().unwrap()], "its own allocations only");
+        assert_eq!(peers[0].routes, [("10.32.0.5".parse::<Ipv4Addr>().unwrap(), 0)], "its own allocations only");
         assert_eq!(peers[0].address, "10.47.0.2".parse::<Ipv4Addr>().unwrap());
         assert_eq!(peers[0].endpoint, Some("192.0.2.12:6784".parse().unwrap()));
         assert_eq!(problems.len(), 1);

@@ -5,7 +5,9 @@
 //!
 //! One L2 segment per subnet: a bridge `wvbr-<vni>` and a VXLAN device
 //! `wvvx-<vni>` (local address = this node's address, port 4789) enslaved to
-//! it, plus one all-zero-MAC flood entry per peer in the VXLAN's FDB. The
+//! it, plus one all-zero-MAC flood entry in the VXLAN's FDB per peer that
+//! hosts a workload in the segment (a peer without one gets none of its
+//! broadcasts, and the router takes no frames for the segment from it). The
 //! VXLAN carries broadcast, multicast and IPv6.
 //!
 //! IPv4 unicast to a workload on another host is routed instead (the fast
@@ -33,7 +35,9 @@ pub struct Desired {
     pub mtu: u32,
     /// vni -> subnet CIDR (for logs and status).
     pub segments: BTreeMap<u32, String>,
-    pub peers: BTreeSet<Ipv4Addr>,
+    /// vni -> the node addresses of the peers with a workload (or an
+    /// exposed address) in it: where the segment's broadcast goes.
+    pub flood: BTreeMap<u32, BTreeSet<Ipv4Addr>>,
     /// Remote workload -> source address for this host's own traffic to it
     /// (the host's exposed address on that subnet, if it has one).
     pub routes: BTreeMap<Ipv4Addr, Option<Ipv4Addr>>,
@@ -79,13 +83,22 @@ pub fn segment_subnets(map: &NetworkMap) -> BTreeMap<u32, Ipv4Net> {
 impl Desired {
     pub fn from_map(map: &NetworkMap, own_node: u64, local: Ipv4Addr, mtu: u32) -> Self {
         let segments = map.subnets.iter().filter(|s| s.vni != 0).map(|s| (s.vni, s.cidr.clone())).collect();
-        let peers = map
+        let peers: BTreeMap<u64, Ipv4Addr> = map
             .nodes
             .iter()
             .filter(|n| n.id != own_node)
-            .filter_map(|n| n.address.parse().ok())
-            .filter(|a| *a != local)
+            .filter_map(|n| Some((n.id, n.address.parse().ok()?)))
+            .filter(|(_, a)| *a != local)
             .collect();
+        let vni_of: BTreeMap<u64, u32> = map.subnets.iter().map(|s| (s.id, s.vni)).collect();
+        let mut flood: BTreeMap<u32, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+        for a in &map.allocations {
+            if let (Some(&vni), Some(&peer)) = (vni_of.get(&a.subnet_id), peers.get(&a.node_id))
+                && vni != 0
+            {
+                flood.entry(vni).or_default().insert(peer);
+            }
+        }
         let proxies = remote_workloads(map, own_node);
         // This host's exposed address per segment: the source of its own traffic to remote workloads.
         let exposed = exposed_addresses(map, own_node);
@@ -94,24 +107,30 @@ impl Desired {
             .flat_map(|(vni, ips)| ips.iter().map(|ip| (*ip, exposed.get(vni).copied())))
             .filter(|(ip, _)| *ip != local)
             .collect();
-        let vni_of: BTreeMap<u64, u32> = map.subnets.iter().map(|s| (s.id, s.vni)).collect();
         let mut workloads: BTreeMap<u32, BTreeSet<Ipv4Addr>> = BTreeMap::new();
         for a in map.allocations.iter().filter(|a| a.node_id == own_node) {
             if let (Some(&vni), Some(ip)) = (vni_of.get(&a.subnet_id), allocation_address(&a.address)) {
                 workloads.entry(vni).or_default().insert(ip);
             }
         }
-        Self { local, mtu, segments, peers, routes, proxies, subnets: segment_subnets(map), local_workloads: workloads }
+        Self { local, mtu, segments, flood, routes, proxies, subnets: segment_subnets(map), local_workloads: workloads }
     }
 }
 
 impl Desired {
+    /// The peers segment `vni`'s broadcast goes to.
+    pub fn flood_of(&self, vni: u32) -> &BTreeSet<Ipv4Addr> {
+        static NONE: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        self.flood.get(&vni).unwrap_or(&NONE)
+    }
+
     /// Without the segments `vnis` (and the routes to their workloads): the
     /// subnets [`super::netmap::underlay_conflicts`] names are never installed.
     pub fn without<T>(mut self, vnis: &BTreeMap<u32, T>) -> Self {
         let dropped: Vec<Ipv4Net> = vnis.keys().filter_map(|v| self.subnets.get(v).copied()).collect();
         for vni in vnis.keys() {
             self.segments.remove(vni);
+            self.flood.remove(vni);
             self.proxies.remove(vni);
             self.subnets.remove(vni);
             self.local_workloads.remove(vni);
@@ -297,7 +316,7 @@ fn diff_segments(desired: &Desired, observed: &Observed) -> Vec<Change> {
             remove.push(Change::RemoveVxlan { vni });
             continue;
         }
-        for peer in seg.flood.difference(&desired.peers) {
+        for peer in seg.flood.difference(desired.flood_of(vni)) {
             remove_flood.push(Change::RemoveFlood { vni, peer: *peer });
         }
     }
@@ -313,7 +332,7 @@ fn diff_segments(desired: &Desired, observed: &Observed) -> Vec<Change> {
             ensure.push(Change::EnsureSegment { vni, local: desired.local, mtu: desired.mtu });
         }
         let rebuilt = seg.is_none_or(|s| s.vxlan.as_ref().is_none_or(|v| !v.current(desired.local)));
-        for peer in &desired.peers {
+        for peer in desired.flood_of(vni) {
             let present = !rebuilt && seg.is_some_and(|s| s.flood.contains(peer));
             if !present {
                 add_flood.push(Change::AddFlood { vni, peer: *peer });

@@ -143,6 +143,13 @@ pub fn ping_once(ns: &str, ip: Ipv4Addr) -> bool {
     in_ns(ns, &["ping", "-c1", "-W1", &ip.to_string()]).status.success()
 }
 
+/// Pings every 100 ms until the first reply, for at most `secs` seconds:
+/// when a path comes up is measured to 0.1 s (a loop of [`ping_once`] waits
+/// a whole second on each probe that gets no answer).
+pub fn ping_within(ns: &str, ip: Ipv4Addr, secs: u32) -> bool {
+    in_ns(ns, &["ping", "-c1", "-i", "0.1", "-w", &secs.to_string(), &ip.to_string()]).status.success()
+}
+
 pub struct Host {
     pub name: String,
     pub ns: String,

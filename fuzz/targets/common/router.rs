@@ -55,7 +55,7 @@ pub fn config(of: &Node, endpoint: Option<SocketAddr>) -> PeerConfig {
         address: of.addr,
         endpoint,
         endpoints: endpoint.into_iter().collect(),
-        routes: vec![of.workload],
+        routes: vec![(of.workload, 42)],
     }
 }
 

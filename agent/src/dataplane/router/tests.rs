@@ -73,7 +73,7 @@ fn config(of: &Node, endpoint: Option<SocketAddr>) -> PeerConfig {
         address: of.addr,
         endpoint,
         endpoints: endpoint.into_iter().collect(),
-        routes: vec![workload(of)],
+        routes: vec![(workload(of), 42)],
     }
 }
 

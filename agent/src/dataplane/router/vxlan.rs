@@ -22,18 +22,24 @@ const OFFSET: u16 = 0x1fff;
 
 /// Whether `packet` (an IPv4 packet a peer sent from its node address: the
 /// only source the host's firewall lets reach its VXLAN port) must be
-/// dropped as a VXLAN datagram with a frame the peer may not send: an IPv4
-/// frame whose source is neither 0.0.0.0 (a host without an address yet)
-/// nor one `peer_may_use` (its workload addresses, the exposed one among
-/// them; not its node address, which lives on the TUN and never speaks on
-/// a segment).
-/// The first fragment of a UDP datagram to the VXLAN port goes too (weave's
-/// VXLAN devices leave room in the MTU and never fragment; the inner frame
-/// would otherwise hide in later fragments, past this check), and so does a
-/// first fragment too short to hold a UDP header (whose port it would hide).
-/// Other fragments carry no UDP header and pass: without their first, the
-/// kernel never reassembles them.
-pub(super) fn foreign_frame(packet: &[u8], peer_may_use: impl Fn(Ipv4Addr) -> bool) -> bool {
+/// dropped as a VXLAN datagram with a frame the peer may not send:
+/// `allowed(vni, src)` says whether the peer may put a frame into segment
+/// `vni` (only where it hosts a workload), and an IPv4 frame from `src`
+/// there (its workload addresses in that segment, the exposed one among
+/// them; not its node address, which lives on the TUN and never speaks on a
+/// segment). `src` is `None` for every other frame, and for an IPv4 frame
+/// from 0.0.0.0 (a host without an address yet). So a node can put nothing
+/// (ARP, IPv6, any ethertype) into a segment it has no workload in: each
+/// host floods a segment's broadcast only to the peers with workloads in it
+/// (`plan::reconcile`), and takes it only from them.
+/// A datagram too short for the VXLAN header goes too (the kernel would
+/// drop it), and so does the first fragment of a UDP datagram to the VXLAN
+/// port (weave's VXLAN devices leave room in the MTU and never fragment; the
+/// inner frame would otherwise hide in later fragments, past this check),
+/// and a first fragment too short to hold a UDP header (whose port it would
+/// hide). Other fragments carry no UDP header and pass: without their first,
+/// the kernel never reassembles them.
+pub(super) fn foreign_frame(packet: &[u8], allowed: impl Fn(u32, Option<Ipv4Addr>) -> bool) -> bool {
     if packet.len() < super::IPV4_HEADER || packet[9] != UDP {
         return false;
     }
@@ -53,14 +59,18 @@ pub(super) fn foreign_frame(packet: &[u8], peer_may_use: impl Fn(Ipv4Addr) -> bo
     if flags & MORE_FRAGMENTS != 0 {
         return true;
     }
+    let Some(header) = packet.get(ihl + UDP_HEADER..ihl + UDP_HEADER + VXLAN_HEADER) else {
+        return true;
+    };
+    let vni = u32::from_be_bytes([0, header[4], header[5], header[6]]);
     let frame = ihl + UDP_HEADER + VXLAN_HEADER;
-    if packet.get(frame + 12..frame + ETHERNET_HEADER) != Some(&ETHERTYPE_IPV4[..]) {
-        return false;
-    }
     let at = frame + ETHERNET_HEADER + 12;
-    let Some(src) = packet.get(at..at + 4) else { return false };
-    let src = Ipv4Addr::new(src[0], src[1], src[2], src[3]);
-    !src.is_unspecified() && !peer_may_use(src)
+    let ipv4 = packet.get(frame + 12..frame + ETHERNET_HEADER) == Some(&ETHERTYPE_IPV4[..]);
+    let src = match packet.get(at..at + 4) {
+        Some(&[a, b, c, d]) if ipv4 => Some(Ipv4Addr::new(a, b, c, d)),
+        _ => None,
+    };
+    !allowed(vni, src.filter(|s| !s.is_unspecified()))
 }
 
 #[cfg(test)]
@@ -93,19 +103,24 @@ mod tests {
         v
     }
 
+    /// The peer of the tests below: a member of segment 42 only, with its
+    /// workload 10.32.0.1 there.
+    fn member(vni: u32, src: Option<Ipv4Addr>) -> bool {
+        vni == 42 && src.is_none_or(|ip| ip == Ipv4Addr::new(10, 32, 0, 1))
+    }
+
     #[test]
     fn a_vxlan_frame_may_carry_ipv4_only_from_the_peers_addresses() {
-        let own = |ip: Ipv4Addr| ip == Ipv4Addr::new(10, 32, 0, 1);
-        let foreign = |p: &[u8]| foreign_frame(p, own);
+        let foreign = |p: &[u8]| foreign_frame(p, member);
         assert!(!foreign(&udp(VXLAN_PORT, 0, &vxlan(ETHERTYPE_IPV4, [10, 32, 0, 1]))), "its own workload");
         assert!(!foreign(&udp(VXLAN_PORT, 0, &vxlan(ETHERTYPE_IPV4, [0, 0, 0, 0]))), "no address yet");
         assert!(foreign(&udp(VXLAN_PORT, 0, &vxlan(ETHERTYPE_IPV4, [10, 32, 0, 2]))), "another's workload");
         assert!(foreign(&udp(VXLAN_PORT, 0x4000, &vxlan(ETHERTYPE_IPV4, [10, 32, 0, 2]))), "with DF set");
-        // Not IPv4 inside (ARP and tags are the bridge's rules), not VXLAN, cut short: not this check's.
+        // Not IPv4 inside (ARP and tags are the bridge's rules), not VXLAN: no source to check.
         assert!(!foreign(&udp(VXLAN_PORT, 0, &vxlan([0x08, 0x06], [10, 32, 0, 2]))));
         assert!(!foreign(&udp(4790, 0, &vxlan(ETHERTYPE_IPV4, [10, 32, 0, 2]))));
         let cut = udp(VXLAN_PORT, 0, &vxlan(ETHERTYPE_IPV4, [10, 32, 0, 2]));
-        assert!(!foreign(&cut[..cut.len() - 8]));
+        assert!(!foreign(&cut[..cut.len() - 8]), "an IPv4 frame cut before its source");
         // Options in the outer header move everything.
         let mut options = udp(VXLAN_PORT, 0, &vxlan(ETHERTYPE_IPV4, [10, 32, 0, 2]));
         options[0] = 0x46;
@@ -117,8 +132,30 @@ mod tests {
     }
 
     #[test]
+    fn a_vxlan_frame_goes_only_into_a_segment_where_the_peer_has_a_workload() {
+        let foreign = |p: &[u8]| foreign_frame(p, member);
+        let into = |vni: u32, ethertype: [u8; 2], src: [u8; 4]| {
+            let mut v = vxlan(ethertype, src);
+            v[4..7].copy_from_slice(&vni.to_be_bytes()[1..]);
+            udp(VXLAN_PORT, 0, &v)
+        };
+        assert!(!foreign(&into(42, ETHERTYPE_IPV4, [10, 32, 0, 1])));
+        assert!(foreign(&into(43, ETHERTYPE_IPV4, [10, 32, 0, 1])), "its own workload, in another segment");
+        assert!(foreign(&into(43, ETHERTYPE_IPV4, [0, 0, 0, 0])), "from 0.0.0.0, in another segment");
+        assert!(foreign(&into(0x2a_0000, ETHERTYPE_IPV4, [10, 32, 0, 1])), "the VNI's high byte counts");
+        for other in [[0x86, 0xdd], [0x08, 0x06], [0x88, 0xb5]] {
+            assert!(!foreign(&into(42, other, [0; 4])), "{other:x?} where it has a workload");
+            assert!(foreign(&into(43, other, [0; 4])), "{other:x?} where it has none");
+        }
+        let whole = into(43, [0x86, 0xdd], [0; 4]);
+        assert!(foreign(&whole[..20 + UDP_HEADER + 4]), "a VXLAN header cut short");
+        assert!(foreign(&whole[..20 + UDP_HEADER + VXLAN_HEADER]), "a header and no frame, in another segment");
+        assert!(!foreign(&into(42, [0x86, 0xdd], [0; 4])[..20 + UDP_HEADER + VXLAN_HEADER]));
+    }
+
+    #[test]
     fn a_first_fragment_to_the_vxlan_port_or_too_short_for_a_port_is_dropped() {
-        let foreign = |p: &[u8]| foreign_frame(p, |_| false);
+        let foreign = |p: &[u8]| foreign_frame(p, |_, _| false);
         let frame = vxlan(ETHERTYPE_IPV4, [0, 0, 0, 0]);
         assert!(foreign(&udp(VXLAN_PORT, MORE_FRAGMENTS, &frame)), "even from 0.0.0.0: the rest is unseen");
         assert!(!foreign(&udp(53, MORE_FRAGMENTS, &frame)), "other ports' fragments pass");

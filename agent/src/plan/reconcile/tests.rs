@@ -11,7 +11,7 @@ fn desired(vnis: &[u32], peers: &[&str]) -> Desired {
         local: ip("10.47.0.1"),
         mtu: 1370,
         segments: vnis.iter().map(|v| (*v, format!("net{v}"))).collect(),
-        peers: peers.iter().map(|p| ip(p)).collect(),
+        flood: vnis.iter().map(|v| (*v, peers.iter().map(|p| ip(p)).collect())).collect(),
         routes: Default::default(),
         proxies: Default::default(),
         subnets: Default::default(),
@@ -130,18 +130,35 @@ fn two_nodes() -> Vec<Node> {
 }
 
 #[test]
-fn desired_from_map_skips_self_and_vni_zero() {
+fn desired_from_map_skips_self_and_vni_zero_and_floods_only_to_members() {
+    use weave_proto::v1::Allocation;
+    let alloc = |id, node_id, subnet_id| Allocation { id, node_id, subnet_id, ..Default::default() };
+    let mut nodes = two_nodes();
+    nodes.push(Node { id: 3, address: "10.47.0.3".into(), ..Default::default() });
     let map = NetworkMap {
-        nodes: two_nodes(),
+        nodes,
         subnets: vec![
             Subnet { id: 1, cidr: "10.32.0.0/16".into(), vni: 100, ..Default::default() },
             Subnet { id: 2, cidr: "10.2.0.0/24".into(), vni: 0, ..Default::default() },
+            Subnet { id: 3, cidr: "10.3.0.0/24".into(), vni: 300, ..Default::default() },
         ],
+        // Node 2 has a workload in the first two subnets, this node in all
+        // three, node 3 in none; one allocation names a node not in the map.
+        allocations: vec![alloc(1, 2, 1), alloc(2, 2, 2), alloc(3, 1, 1), alloc(4, 1, 3), alloc(5, 9, 3)],
         ..Default::default()
     };
     let d = Desired::from_map(&map, 1, ip("10.47.0.1"), 1370);
-    assert_eq!(d.peers, [ip("10.47.0.2")].into());
-    assert_eq!(d.segments.keys().copied().collect::<Vec<_>>(), vec![100]);
+    assert_eq!(d.segments.keys().copied().collect::<Vec<_>>(), vec![100, 300]);
+    assert_eq!(d.flood, [(100, [ip("10.47.0.2")].into())].into());
+    assert!(d.flood_of(300).is_empty());
+    let changes = diff(&d, &Observed::default());
+    let flood: Vec<&Change> = changes.iter().filter(|c| matches!(c, Change::AddFlood { .. })).collect();
+    assert_eq!(flood, [&Change::AddFlood { vni: 100, peer: ip("10.47.0.2") }]);
+    // Node 2's last workload in the segment goes: so does its flood entry.
+    let observed = Observed { segments: [(100, complete(&["10.47.0.2"]))].into(), ..Default::default() };
+    let left = NetworkMap { allocations: vec![alloc(2, 2, 2)], ..map };
+    let changes = diff(&Desired::from_map(&left, 1, ip("10.47.0.1"), 1370), &observed);
+    assert!(changes.contains(&Change::RemoveFlood { vni: 100, peer: ip("10.47.0.2") }), "{changes:?}");
 }
 
 #[test]
@@ -207,6 +224,8 @@ fn remote_workloads_get_routes_proxy_entries_and_their_subnet_a_route() {
         vec![
             Change::RemoveRoute { dst: ip("10.32.0.2") },
             Change::RemoveProxy { vni: 100, addr: ip("10.32.0.2") },
+            // Node 2 has no workload left in segment 100.
+            Change::RemoveFlood { vni: 100, peer: ip("10.47.0.2") },
             Change::AddRoute { dst: ip("10.2.3.2"), src: None },
         ]
     );
@@ -259,13 +278,14 @@ impl Gen {
 
 fn random_desired(g: &mut Gen) -> Desired {
     let mut d = desired(&[], &[]);
-    d.peers = g.addrs([10, 47, 0], 5);
-    d.peers.remove(&d.local);
     for vni in [5u32, 6, 7] {
         if !g.chance() {
             continue;
         }
         d.segments.insert(vni, format!("net{vni}"));
+        let mut flood = g.addrs([10, 47, 0], 5);
+        flood.remove(&d.local);
+        d.flood.insert(vni, flood);
         d.subnets.insert(vni, Ipv4Net::new(Ipv4Addr::new(10, vni as u8, 0, 0), 16 + g.pick(2) as u8).unwrap());
         let remote = g.addrs([10, vni as u8, 1], 6);
         for r in &remote {
@@ -341,7 +361,7 @@ fn the_recorded_state_after_a_diff_is_converged_and_is_what_the_map_asks_for() {
         assert_eq!(normal(&after).proxies, wanted, "round {round}");
         assert_eq!(after.segments.keys().collect::<Vec<_>>(), d.segments.keys().collect::<Vec<_>>());
         for (vni, s) in &after.segments {
-            assert_eq!(s.flood, d.peers, "round {round} vni {vni}");
+            assert_eq!(&s.flood, d.flood_of(*vni), "round {round} vni {vni}");
             assert_eq!(s.bridge_mtu, Some(d.mtu));
             let vxlan =
                 ObservedVxlan { local: Some(d.local), mtu: d.mtu, in_bridge: true, learned_max: SEGMENT_LEARNED_MACS };

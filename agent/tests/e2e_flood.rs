@@ -1,0 +1,172 @@
+//! A segment's broadcast and multicast (everything its VXLAN carries) cross
+//! only between the hosts with a workload in it: each host floods a segment
+//! only to those peers, and takes the segment's frames only from them. A
+//! host without a workload in a subnet gets none of its traffic, and cannot
+//! put a frame into it by writing into its own VXLAN device.
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    net::Ipv4Addr,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+
+/// `python3 -c FRAMES IFACE N`: N broadcast frames of the local
+/// experimental ethertype 0x88b5 from IFACE's own MAC.
+const FRAMES: &str = r#"
+import socket, sys
+ifc, n = sys.argv[1], int(sys.argv[2])
+mac = bytes.fromhex(open(f'/sys/class/net/{ifc}/address').read().strip().replace(':', ''))
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); sock.bind((ifc, 0))
+for _ in range(n): sock.send(b'\xff' * 6 + mac + b'\x88\xb5' + b'weave flood test'.ljust(46, b'.'))
+"#;
+
+/// `python3 -c COUNT IFACE SECS`: prints `ready`, then how many 0x88b5
+/// frames IFACE received in the next SECS seconds.
+const COUNT: &str = r#"
+import socket, sys, time
+ifc, secs = sys.argv[1], float(sys.argv[2])
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88b5)); sock.bind((ifc, 0))
+print('ready', flush=True)
+end, n = time.time() + secs, 0
+while time.time() < end:
+    sock.settimeout(max(end - time.time(), 0.001))
+    try:
+        sock.recv(2048)
+        n += 1
+    except socket.timeout:
+        pass
+print(n, flush=True)
+"#;
+
+const N: usize = 20;
+
+/// A counter of 0x88b5 frames on `ethwe` in workload namespace `ns`,
+/// listening once this returns.
+struct Counter(Child, BufReader<std::process::ChildStdout>);
+
+impl Counter {
+    fn start(ns: &str) -> Self {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", COUNT, "ethwe", "2"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        Counter(child, out)
+    }
+
+    fn count(mut self) -> usize {
+        let mut line = String::new();
+        self.1.read_line(&mut line).unwrap();
+        assert!(self.0.wait().unwrap().success());
+        line.trim().parse().unwrap_or_else(|_| panic!("a count: {line:?}"))
+    }
+}
+
+/// How many test frames workload `to` receives while `send` runs.
+fn received_by(to: &str, send: impl FnOnce()) -> usize {
+    let counter = Counter::start(to);
+    send();
+    counter.count()
+}
+
+fn frames(ns: &str, iface: &str) {
+    ok_in(ns, &["python3", "-c", FRAMES, iface, &N.to_string()]);
+}
+
+/// Host namespace `ns`'s node address (on its TUN).
+fn node_address(ns: &str) -> Ipv4Addr {
+    let out = ok_in(ns, &["ip", "-4", "-o", "addr", "show", "dev", "wvtun0"]);
+    let cidr = out.split_whitespace().skip_while(|w| *w != "inet").nth(1).expect("an address on wvtun0");
+    cidr.split('/').next().unwrap().parse().unwrap()
+}
+
+/// Host namespace `ns`'s (one segment's) VXLAN device.
+fn vxlan_device(ns: &str) -> String {
+    let out = ok_in(ns, &["ip", "-o", "link", "show"]);
+    out.lines()
+        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap().to_string()))
+        .find(|n| n.starts_with("wvvx-"))
+        .unwrap_or_else(|| panic!("a VXLAN device in {ns}: {out}"))
+}
+
+/// The peers `vxlan` floods to in host namespace `ns`.
+fn flood(ns: &str, vxlan: &str) -> BTreeSet<Ipv4Addr> {
+    let fdb = ok_in(ns, &["bridge", "fdb", "show", "dev", vxlan]);
+    fdb.lines()
+        .filter(|l| l.starts_with("00:00:00:00:00:00 "))
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "dst").nth(1)?.parse().ok())
+        .collect()
+}
+
+fn rx_packets(ns: &str, iface: &str) -> u64 {
+    ok_in(ns, &["cat", &format!("/sys/class/net/{iface}/statistics/rx_packets")]).trim().parse().unwrap()
+}
+
+fn attached_at(bed: &mut Bed, host: usize, name: &str) -> (String, Ipv4Addr) {
+    let ns = bed.add_container(name);
+    let i = bed.weavectl_attach(host, &ns, &[&format!("/run/netns/{ns}")])[0];
+    (bed.workloads[i].ns.clone(), bed.workloads[i].ip)
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_segments_frames_cross_only_between_hosts_with_workloads_in_it() {
+    let mut bed = Bed::with_hosts(3);
+    let (a, _) = attached_at(&mut bed, 0, "a");
+    let (b, b_ip) = attached_at(&mut bed, 1, "b");
+    wait_for("a to reach b", Duration::from_secs(15), || ping_once(&a, b_ip).then_some(()));
+    let hosts: Vec<String> = bed.hosts.iter().map(|h| h.ns.clone()).collect();
+    let node: Vec<Ipv4Addr> = hosts.iter().map(|h| node_address(h)).collect();
+    let vxlan = vxlan_device(&hosts[0]);
+    let floods_to = |h: usize, want: &[usize]| {
+        let want: BTreeSet<Ipv4Addr> = want.iter().map(|i| node[*i]).collect();
+        wait_for(&format!("host {h} to flood to hosts {want:?}"), Duration::from_secs(15), || {
+            (flood(&hosts[h], &vxlan) == want).then_some(())
+        })
+    };
+    // Hosts 0 and 1 flood the segment to each other only; host 2, without
+    // a workload in it, still floods to both (it would reach their workloads).
+    floods_to(0, &[1]);
+    floods_to(1, &[0]);
+    floods_to(2, &[0, 1]);
+
+    // a's broadcast reaches b, and nothing of the segment reaches host 2.
+    let quiet = rx_packets(&hosts[2], &vxlan);
+    assert!(received_by(&b, || frames(&a, "ethwe")) >= N, "a's broadcast reaches b");
+    assert_eq!(rx_packets(&hosts[2], &vxlan), quiet, "host 2 got some of the segment's traffic");
+
+    // Host 2 writes frames into its VXLAN device (which floods to hosts 0
+    // and 1): host 1's agent drops them. The same frames from host 0, which
+    // has a workload in the segment, arrive.
+    let dropped = || total(&scrape(&hosts[1]), "weave_spoofed_packets_dropped_total");
+    let before = dropped();
+    assert_eq!(
+        received_by(&b, || frames(&hosts[2], &vxlan)),
+        0,
+        "frames from a host without a workload in the segment"
+    );
+    wait_for("host 1's agent to count them", Duration::from_secs(10), || {
+        (dropped() >= before + N as f64).then_some(())
+    });
+    assert!(received_by(&b, || frames(&hosts[0], &vxlan)) >= N, "frames from a host with a workload in it");
+
+    // A workload on host 2: the segment now floods there too, and a's
+    // broadcast reaches it; detached, host 2 is left out again.
+    let (c, _) = attached_at(&mut bed, 2, "c");
+    floods_to(0, &[1, 2]);
+    floods_to(1, &[0, 2]);
+    assert!(received_by(&c, || frames(&a, "ethwe")) >= N, "a's broadcast reaches c on host 2");
+    let out = bed.weavectl(2, &["detach", &format!("/run/netns/{c}")]);
+    assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
+    floods_to(0, &[1]);
+    floods_to(1, &[0]);
+}
