@@ -99,6 +99,7 @@ fn config(of: &Node) -> PeerConfig {
         endpoint: Some(of.endpoint),
         endpoints: vec![of.endpoint],
         routes: vec![],
+        segments: Default::default(),
     }
 }
 

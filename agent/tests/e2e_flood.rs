@@ -165,8 +165,21 @@ fn a_segments_frames_cross_only_between_hosts_with_workloads_in_it() {
     floods_to(0, &[1, 2]);
     floods_to(1, &[0, 2]);
     assert!(received_by(&c, || frames(&a, "ethwe")) >= N, "a's broadcast reaches c on host 2");
+    // c's frames teach host 0's VXLAN device c's MAC behind host 2 ...
+    let c_mac = ok_in(&c, &["cat", "/sys/class/net/ethwe/address"]).trim().to_string();
+    let learned = |h: usize| {
+        let fdb = ok_in(&hosts[h], &["bridge", "fdb", "show", "dev", &vxlan]);
+        fdb.lines().any(|l| l.starts_with(&c_mac) && l.contains(&format!("dst {} ", node[2])))
+    };
+    wait_for("host 0 to learn c's MAC behind host 2", Duration::from_secs(15), || {
+        frames(&c, "ethwe");
+        learned(0).then_some(())
+    });
+    // ... which it forgets as host 2 leaves the segment (else unicast to
+    // that MAC would go on to host 2 for the 300 s the entry ages).
     let out = bed.weavectl(2, &["detach", &format!("/run/netns/{c}")]);
     assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
     floods_to(0, &[1]);
     floods_to(1, &[0]);
+    wait_for("host 0 to forget c's MAC", Duration::from_secs(10), || (!learned(0)).then_some(()));
 }

@@ -190,8 +190,8 @@ impl Router {
                 for &(a, vni) in &config.routes {
                     table.by_address.entry(a).or_insert_with(|| Arc::clone(&peer));
                     table.vni_of.entry(a).or_insert(vni);
-                    table.members.insert((vni, peer.index));
                 }
+                table.members.extend(config.segments.iter().map(|vni| (*vni, peer.index)));
                 table.by_address.insert(config.address, Arc::clone(&peer));
                 table.by_index.insert(peer.index, Arc::clone(&peer));
                 table.by_key.insert(config.public_key, peer);

@@ -133,11 +133,15 @@ pub struct PeerConfig {
     pub endpoint: Option<SocketAddr>,
     /// All its endpoints (`endpoint` is the first): where to fall back to.
     pub endpoints: Vec<SocketAddr>,
-    /// The workload addresses this node hosts (its allocations), each with
-    /// the VNI of its subnet (0 for a subnet without one): routed to it, the
-    /// only inner sources besides `address` accepted from it, and the
-    /// segments whose VXLAN frames are taken from it.
+    /// The IPv4 workload addresses this node hosts (its allocations), each
+    /// with the VNI of its subnet (0 for a subnet without one): routed to
+    /// it, and the only inner sources besides `address` accepted from it
+    /// (in a VXLAN frame, only in that segment).
     pub routes: Vec<(Ipv4Addr, u32)>,
+    /// The VNIs of the subnets it has an allocation in, of either family:
+    /// the segments whose VXLAN frames are taken from it (the same peers
+    /// each segment floods to, `reconcile::Desired::flood`).
+    pub segments: std::collections::BTreeSet<u32>,
 }
 
 /// An allocation's address without its prefix length ("10.32.0.1/16").
@@ -152,9 +156,14 @@ pub fn peers(map: &NetworkMap, own_node: u64) -> (Vec<PeerConfig>, Vec<String>) 
     let mut problems = Vec::new();
     let vni: std::collections::HashMap<u64, u32> = map.subnets.iter().map(|s| (s.id, s.vni)).collect();
     let mut routes: std::collections::HashMap<u64, Vec<(Ipv4Addr, u32)>> = Default::default();
+    let mut segments: std::collections::HashMap<u64, std::collections::BTreeSet<u32>> = Default::default();
     for a in &map.allocations {
+        let vni = vni.get(&a.subnet_id).copied().unwrap_or(0);
+        if vni != 0 {
+            segments.entry(a.node_id).or_default().insert(vni);
+        }
         if let Some(ip) = allocation_address(&a.address) {
-            routes.entry(a.node_id).or_default().push((ip, vni.get(&a.subnet_id).copied().unwrap_or(0)));
+            routes.entry(a.node_id).or_default().push((ip, vni));
         }
     }
     for n in map.nodes.iter().filter(|n| n.id != own_node) {
@@ -178,6 +187,7 @@ pub fn peers(map: &NetworkMap, own_node: u64) -> (Vec<PeerConfig>, Vec<String>) 
                     },
                 ),
                 routes: routes.remove(&n.id).unwrap_or_default(),
+                segments: segments.remove(&n.id).unwrap_or_default(),
             }),
             _ => problems.push(format!("node {} ({}) has no usable key or IPv4 address", n.id, n.name)),
         }
@@ -205,8 +215,10 @@ pub fn without_skipped(peers: &mut [PeerConfig], map: &NetworkMap, skipped: &std
         .filter(|a| left_out.contains(&a.subnet_id))
         .filter_map(|a| allocation_address(&a.address))
         .collect();
+    let vnis: std::collections::HashSet<u32> = skipped.keys().copied().collect();
     for p in peers {
         p.routes.retain(|(ip, _)| !addresses.contains(ip));
+        p.segments.retain(|v| !vnis.contains(v));
     }
 }
 
@@ -290,11 +302,37 @@ mod tests {
         let (mut all, _) = peers(&map, 1);
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         assert_eq!(all[0].routes, [(ip("10.32.0.5"), 5), (ip("192.0.2.50"), 6)]);
+        assert_eq!(all[0].segments, [5, 6].into());
         without_skipped(&mut all, &map, &Default::default());
         assert_eq!(all[0].routes.len(), 2, "nothing left out, nothing dropped");
         let skipped = [(6, "subnet 192.0.2.48/29 skipped: …".to_string())].into_iter().collect();
         without_skipped(&mut all, &map, &skipped);
         assert_eq!(all[0].routes, [(ip("10.32.0.5"), 5)], "the LAN machine's address is not the peer's here");
+        assert_eq!(all[0].segments, [5].into(), "nor is the skipped segment");
+    }
+
+    #[test]
+    fn an_allocation_of_either_family_makes_its_node_a_member_of_the_segment() {
+        let alloc = |id, subnet_id, address: &str| Allocation {
+            id,
+            node_id: 2,
+            subnet_id,
+            address: address.into(),
+            ..Default::default()
+        };
+        let map = NetworkMap {
+            nodes: vec![node(2, "10.47.0.2")],
+            subnets: vec![
+                Subnet { id: 1, cidr: "10.32.0.0/16".into(), vni: 5, ..Default::default() },
+                Subnet { id: 2, cidr: "fd00:1::/64".into(), vni: 6, ..Default::default() },
+                Subnet { id: 3, cidr: "10.3.0.0/24".into(), vni: 7, ..Default::default() },
+            ],
+            allocations: vec![alloc(1, 1, "10.32.0.5/16"), alloc(2, 2, "fd00:1::5/64")],
+            ..Default::default()
+        };
+        let (all, _) = peers(&map, 1);
+        assert_eq!(all[0].routes, [("10.32.0.5".parse().unwrap(), 5)], "IPv4 addresses only");
+        assert_eq!(all[0].segments, [5, 6].into(), "both segments, not the one it has nothing in");
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub fn config(of: &Node, endpoint: Option<SocketAddr>) -> PeerConfig {
         endpoint,
         endpoints: endpoint.into_iter().collect(),
         routes: vec![(of.workload, 42)],
+        segments: [42].into(),
     }
 }
 

@@ -74,6 +74,7 @@ fn config(of: &Node, endpoint: Option<SocketAddr>) -> PeerConfig {
         endpoint,
         endpoints: endpoint.into_iter().collect(),
         routes: vec![(workload(of), 42)],
+        segments: [42].into(),
     }
 }
 

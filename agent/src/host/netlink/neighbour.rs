@@ -27,7 +27,43 @@ impl Netlink {
             r
         };
         let what = format!("fdb {} {vx} dst {peer}", if add { "append" } else { "del" });
-        self.acked(req, &what, |code| if add { code == EEXIST } else { code == ENOENT }).await
+        self.acked(req, &what, |code| if add { code == EEXIST } else { code == ENOENT }).await?;
+        if add { Ok(()) } else { self.forget_learned(&vx, index, peer).await }
+    }
+
+    /// Forgets the MACs VXLAN device `vx` (`index`) learned behind `peer`,
+    /// once the peer is no longer flooded to (it left the segment, or the
+    /// cluster): unicast to them is flooded to the segment's members again
+    /// instead of going to the peer until the entries age out (300 s). The
+    /// entries a member taught by forging a source MAC go with it, too.
+    async fn forget_learned(&self, vx: &str, index: u32, peer: Ipv4Addr) -> Result<(), Error> {
+        let mut request = self.handle.neighbours().get();
+        request.message_mut().header.family = AddressFamily::Bridge;
+        let fdb: Vec<NeighbourMessage> =
+            request.execute().try_collect().await.map_err(|e| nl(format!("dump fdb of {vx}"), e))?;
+        let learned = fdb.iter().filter(|e| {
+            e.header.ifindex == index
+                && !matches!(e.header.state, NeighbourState::Permanent | NeighbourState::Noarp)
+                && neighbour_ip(e) == Some(peer)
+        });
+        for entry in learned {
+            let Some(mac) = entry.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(m) if m.iter().any(|b| *b != 0) => Some(m.clone()),
+                _ => None,
+            }) else {
+                continue;
+            };
+            let mut msg = NeighbourMessage::default();
+            msg.header.family = AddressFamily::Bridge;
+            msg.header.ifindex = index;
+            msg.header.flags = NeighbourFlags::Own;
+            msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac));
+            msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(peer)));
+            let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(msg));
+            req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+            self.acked(req, &format!("fdb del (learned) {vx} dst {peer}"), |code| code == ENOENT).await?;
+        }
+        Ok(())
     }
 
     /// Sends `req` (flags set) and waits for the kernel's answers: an error
