@@ -108,6 +108,9 @@ pub struct PeerStatus {
     pub rx_bytes: u64,
     /// Decrypted packets dropped because their inner source was not the peer's address.
     pub dropped_spoofed: u64,
+    /// VXLAN frames dropped because the peer has no workload in their segment.
+    #[serde(default)]
+    pub dropped_foreign_segment: u64,
 }
 
 /// The result of one attach, per subnet.

@@ -48,6 +48,7 @@ struct Traffic {
     tx: u64,
     rx: u64,
     spoofed: u64,
+    foreign_segment: u64,
 }
 
 impl AgentProbe {
@@ -73,6 +74,11 @@ pub fn describe() {
     describe_counter!(
         "weave_spoofed_packets_dropped_total",
         "Decrypted packets dropped for a source the peer may not use."
+    );
+    describe_counter!(
+        "weave_segment_frames_dropped_total",
+        "VXLAN frames dropped from a peer with no workload in their segment (a host's first attach \
+         in a subnet also sends some before this host has its allocation)."
     );
     describe_gauge!(
         "weave_cpu_latency_hold",
@@ -122,12 +128,18 @@ fn growth(seen: &mut HashMap<u64, Traffic>, peers: &[PeerStatus]) -> Traffic {
     let mut grown = Traffic::default();
     let mut now = HashMap::with_capacity(peers.len());
     for p in peers {
-        let cur = Traffic { tx: p.tx_bytes, rx: p.rx_bytes, spoofed: p.dropped_spoofed };
+        let cur = Traffic {
+            tx: p.tx_bytes,
+            rx: p.rx_bytes,
+            spoofed: p.dropped_spoofed,
+            foreign_segment: p.dropped_foreign_segment,
+        };
         let before = seen.get(&p.node_id).copied().unwrap_or_default();
         let delta = |c: u64, b: u64| if c >= b { c - b } else { c };
         grown.tx += delta(cur.tx, before.tx);
         grown.rx += delta(cur.rx, before.rx);
         grown.spoofed += delta(cur.spoofed, before.spoofed);
+        grown.foreign_segment += delta(cur.foreign_segment, before.foreign_segment);
         now.insert(p.node_id, cur);
     }
     *seen = now;
@@ -158,6 +170,7 @@ impl Probe for AgentProbe {
         metrics::counter!("weave_traffic_bytes_total", "direction" => "out").increment(grown.tx);
         metrics::counter!("weave_traffic_bytes_total", "direction" => "in").increment(grown.rx);
         metrics::counter!("weave_spoofed_packets_dropped_total").increment(grown.spoofed);
+        metrics::counter!("weave_segment_frames_dropped_total").increment(grown.foreign_segment);
         let hold = self.transport.cpu_latency();
         metrics::gauge!("weave_cpu_latency_hold").set(f64::from(u8::from(hold.held)));
         metrics::counter!("weave_cpu_latency_hold_seconds_total").absolute(hold.held_seconds as u64);
@@ -190,6 +203,7 @@ mod tests {
             tx_bytes: tx,
             rx_bytes: rx,
             dropped_spoofed: 0,
+            dropped_foreign_segment: 0,
         }
     }
 
@@ -204,17 +218,20 @@ mod tests {
     #[test]
     fn traffic_totals_stay_monotonic_as_peers_come_go_and_rekey() {
         let mut seen = HashMap::new();
-        assert_eq!(growth(&mut seen, &[peer(1, None, 100, 10)]), Traffic { tx: 100, rx: 10, spoofed: 0 });
+        assert_eq!(
+            growth(&mut seen, &[peer(1, None, 100, 10)]),
+            Traffic { tx: 100, rx: 10, spoofed: 0, foreign_segment: 0 }
+        );
         assert_eq!(
             growth(&mut seen, &[peer(1, None, 150, 10), peer(2, None, 5, 5)]),
-            Traffic { tx: 55, rx: 5, spoofed: 0 }
+            Traffic { tx: 55, rx: 5, spoofed: 0, foreign_segment: 0 }
         );
         // Peer 1 gone, peer 2's tunnel rebuilt (its counters restarted).
-        assert_eq!(growth(&mut seen, &[peer(2, None, 3, 1)]), Traffic { tx: 3, rx: 1, spoofed: 0 });
+        assert_eq!(growth(&mut seen, &[peer(2, None, 3, 1)]), Traffic { tx: 3, rx: 1, spoofed: 0, foreign_segment: 0 });
         // Peer 1 back: all of its count is new.
         assert_eq!(
             growth(&mut seen, &[peer(1, None, 7, 0), peer(2, None, 3, 1)]),
-            Traffic { tx: 7, rx: 0, spoofed: 0 }
+            Traffic { tx: 7, rx: 0, spoofed: 0, foreign_segment: 0 }
         );
     }
 }

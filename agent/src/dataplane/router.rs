@@ -26,6 +26,7 @@ use crate::plan::netmap::PeerConfig;
 mod fallback;
 mod vxlan;
 use fallback::Fallback;
+use vxlan::Foreign;
 
 /// Seconds between keepalives to every peer from a host behind NAT (what
 /// WireGuard recommends: below the 30 s many NATs keep an idle UDP mapping).
@@ -58,6 +59,8 @@ struct Peer {
     /// Moves to the peer's next endpoint when its path stops answering.
     fallback: Fallback,
     dropped_spoofed: AtomicU64,
+    /// VXLAN frames it sent into a segment it has no workload in.
+    dropped_foreign_segment: AtomicU64,
     /// When the last NAT keepalive went to it (ms on the router's clock).
     last_keepalive: AtomicU64,
 }
@@ -90,13 +93,15 @@ impl Table {
     }
 
     /// Whether `peer` may put a frame into segment `vni`: only where it
-    /// hosts a workload, and an IPv4 frame (`src`, unless from 0.0.0.0)
-    /// only from one of its workloads there.
-    fn may_frame(&self, peer: &Arc<Peer>, vni: u32, src: Option<Ipv4Addr>) -> bool {
+    /// hosts a workload.
+    fn member(&self, peer: &Arc<Peer>, vni: u32) -> bool {
         self.members.contains(&(vni, peer.index))
-            && src.is_none_or(|ip| {
-                ip != peer.config.address && self.may_use(peer, ip) && self.vni_of.get(&ip) == Some(&vni)
-            })
+    }
+
+    /// Whether `peer` may put an IPv4 frame from `ip` into segment `vni`:
+    /// only from one of its workloads there.
+    fn may_use_in(&self, peer: &Arc<Peer>, vni: u32, ip: Ipv4Addr) -> bool {
+        ip != peer.config.address && self.may_use(peer, ip) && self.vni_of.get(&ip) == Some(&vni)
     }
 }
 
@@ -229,6 +234,7 @@ impl Router {
             index,
             tunn: Mutex::new(tunn),
             dropped_spoofed: AtomicU64::new(0),
+            dropped_foreign_segment: AtomicU64::new(0),
             last_keepalive: AtomicU64::new(self.now_ms()),
         }
     }
@@ -347,15 +353,29 @@ impl Router {
                 // source the host's firewall lets reach its VXLAN port) is
                 // checked for its frame's source too (vxlan.rs); a workload's
                 // own VXLAN (a nested overlay) is the workload's business.
-                let frame_ok = || {
-                    inner_src != peer.config.address
-                        || !vxlan::foreign_frame(packet, |vni, src| table.may_frame(peer, vni, src))
+                // Frames into a segment the peer has no workload in are
+                // counted apart: a host's first attach in a subnet sends
+                // some before this host has the allocation.
+                let foreign = || {
+                    (inner_src == peer.config.address)
+                        .then(|| {
+                            let member = |vni| table.member(peer, vni);
+                            vxlan::foreign_frame(packet, member, |vni, ip| table.may_use_in(peer, vni, ip))
+                        })
+                        .flatten()
                 };
-                if authenticated && packet.len() >= IPV4_HEADER && frame_ok() {
-                    Some(packet.len())
-                } else {
-                    peer.dropped_spoofed.fetch_add(1, Ordering::Relaxed);
-                    None
+                let verdict =
+                    if authenticated && packet.len() >= IPV4_HEADER { foreign() } else { Some(Foreign::Source) };
+                match verdict {
+                    None => Some(packet.len()),
+                    Some(Foreign::Segment) => {
+                        peer.dropped_foreign_segment.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                    Some(Foreign::Source) => {
+                        peer.dropped_spoofed.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
                 }
             }
             // Node and workload addresses are IPv4; nothing else is allowed from a peer.
@@ -428,6 +448,7 @@ impl Router {
                     tx_bytes: tx as u64,
                     rx_bytes: rx as u64,
                     dropped_spoofed: p.dropped_spoofed.load(Ordering::Relaxed),
+                    dropped_foreign_segment: p.dropped_foreign_segment.load(Ordering::Relaxed),
                 }
             })
             .collect();

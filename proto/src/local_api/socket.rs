@@ -310,6 +310,7 @@ mod tests {
                 tx_bytes: 10,
                 rx_bytes: 20,
                 dropped_spoofed: 0,
+                dropped_foreign_segment: 0,
             }],
         }
     }

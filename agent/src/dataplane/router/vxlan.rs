@@ -20,15 +20,27 @@ const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
 const MORE_FRAGMENTS: u16 = 0x2000;
 const OFFSET: u16 = 0x1fff;
 
+/// Why a VXLAN datagram from a peer is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Foreign {
+    /// A frame into a segment where the peer has no workload (also what a
+    /// host's first attach in a subnet sends before this host has its
+    /// allocation in the map).
+    Segment,
+    /// A frame the peer may not send there (an IPv4 source not its own in
+    /// the segment), or a datagram cut where the check cannot see.
+    Source,
+}
+
 /// Whether `packet` (an IPv4 packet a peer sent from its node address: the
 /// only source the host's firewall lets reach its VXLAN port) must be
-/// dropped as a VXLAN datagram with a frame the peer may not send:
-/// `allowed(vni, src)` says whether the peer may put a frame into segment
-/// `vni` (only where it hosts a workload), and an IPv4 frame from `src`
-/// there (its workload addresses in that segment, the exposed one among
-/// them; not its node address, which lives on the TUN and never speaks on a
-/// segment). `src` is `None` for every other frame, and for an IPv4 frame
-/// from 0.0.0.0 (a host without an address yet). So a node can put nothing
+/// dropped as a VXLAN datagram with a frame the peer may not send, and why:
+/// `member(vni)` says whether the peer may put a frame into segment `vni`
+/// (only where it hosts a workload), `may_use(vni, src)` whether an IPv4
+/// frame from `src` there (its workload addresses in that segment, the
+/// exposed one among them; not its node address, which lives on the TUN and
+/// never speaks on a segment). An IPv4 frame from 0.0.0.0 (a host without an
+/// address yet) and every other frame need membership only. So a node can put nothing
 /// (ARP, IPv6, any ethertype) into a segment it has no workload in: each
 /// host floods a segment's broadcast only to the peers with workloads in it
 /// (`plan::reconcile`), and takes it only from them.
@@ -39,28 +51,32 @@ const OFFSET: u16 = 0x1fff;
 /// and a first fragment too short to hold a UDP header (whose port it would
 /// hide). Other fragments carry no UDP header and pass: without their first,
 /// the kernel never reassembles them.
-pub(super) fn foreign_frame(packet: &[u8], allowed: impl Fn(u32, Option<Ipv4Addr>) -> bool) -> bool {
+pub(super) fn foreign_frame(
+    packet: &[u8],
+    member: impl Fn(u32) -> bool,
+    may_use: impl Fn(u32, Ipv4Addr) -> bool,
+) -> Option<Foreign> {
     if packet.len() < super::IPV4_HEADER || packet[9] != UDP {
-        return false;
+        return None;
     }
     let ihl = usize::from(packet[0] & 0x0f) * 4;
     let flags = u16::from_be_bytes([packet[6], packet[7]]);
     if flags & OFFSET != 0 {
-        return false;
+        return None;
     }
     let Some(udp) = packet.get(ihl..ihl + UDP_HEADER) else {
         // A first fragment that cuts the UDP header; an unfragmented one
         // this short is no datagram the kernel takes.
-        return flags & MORE_FRAGMENTS != 0;
+        return (flags & MORE_FRAGMENTS != 0).then_some(Foreign::Source);
     };
     if u16::from_be_bytes([udp[2], udp[3]]) != VXLAN_PORT {
-        return false;
+        return None;
     }
     if flags & MORE_FRAGMENTS != 0 {
-        return true;
+        return Some(Foreign::Source);
     }
     let Some(header) = packet.get(ihl + UDP_HEADER..ihl + UDP_HEADER + VXLAN_HEADER) else {
-        return true;
+        return Some(Foreign::Source);
     };
     let vni = u32::from_be_bytes([0, header[4], header[5], header[6]]);
     let frame = ihl + UDP_HEADER + VXLAN_HEADER;
@@ -70,7 +86,13 @@ pub(super) fn foreign_frame(packet: &[u8], allowed: impl Fn(u32, Option<Ipv4Addr
         Some(&[a, b, c, d]) if ipv4 => Some(Ipv4Addr::new(a, b, c, d)),
         _ => None,
     };
-    !allowed(vni, src.filter(|s| !s.is_unspecified()))
+    if !member(vni) {
+        Some(Foreign::Segment)
+    } else if src.is_some_and(|ip| !ip.is_unspecified() && !may_use(vni, ip)) {
+        Some(Foreign::Source)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -105,13 +127,13 @@ mod tests {
 
     /// The peer of the tests below: a member of segment 42 only, with its
     /// workload 10.32.0.1 there.
-    fn member(vni: u32, src: Option<Ipv4Addr>) -> bool {
-        vni == 42 && src.is_none_or(|ip| ip == Ipv4Addr::new(10, 32, 0, 1))
+    fn check(packet: &[u8]) -> Option<Foreign> {
+        foreign_frame(packet, |vni| vni == 42, |vni, ip| vni == 42 && ip == Ipv4Addr::new(10, 32, 0, 1))
     }
 
     #[test]
     fn a_vxlan_frame_may_carry_ipv4_only_from_the_peers_addresses() {
-        let foreign = |p: &[u8]| foreign_frame(p, member);
+        let foreign = |p: &[u8]| check(p).is_some();
         assert!(!foreign(&udp(VXLAN_PORT, 0, &vxlan(ETHERTYPE_IPV4, [10, 32, 0, 1]))), "its own workload");
         assert!(!foreign(&udp(VXLAN_PORT, 0, &vxlan(ETHERTYPE_IPV4, [0, 0, 0, 0]))), "no address yet");
         assert!(foreign(&udp(VXLAN_PORT, 0, &vxlan(ETHERTYPE_IPV4, [10, 32, 0, 2]))), "another's workload");
@@ -133,7 +155,7 @@ mod tests {
 
     #[test]
     fn a_vxlan_frame_goes_only_into_a_segment_where_the_peer_has_a_workload() {
-        let foreign = |p: &[u8]| foreign_frame(p, member);
+        let foreign = |p: &[u8]| check(p).is_some();
         let into = |vni: u32, ethertype: [u8; 2], src: [u8; 4]| {
             let mut v = vxlan(ethertype, src);
             v[4..7].copy_from_slice(&vni.to_be_bytes()[1..]);
@@ -151,11 +173,14 @@ mod tests {
         assert!(foreign(&whole[..20 + UDP_HEADER + 4]), "a VXLAN header cut short");
         assert!(foreign(&whole[..20 + UDP_HEADER + VXLAN_HEADER]), "a header and no frame, in another segment");
         assert!(!foreign(&into(42, [0x86, 0xdd], [0; 4])[..20 + UDP_HEADER + VXLAN_HEADER]));
+        // Counted apart: not a member, against a source it may not use.
+        assert_eq!(check(&into(43, ETHERTYPE_IPV4, [10, 32, 0, 2])), Some(Foreign::Segment));
+        assert_eq!(check(&into(42, ETHERTYPE_IPV4, [10, 32, 0, 2])), Some(Foreign::Source));
     }
 
     #[test]
     fn a_first_fragment_to_the_vxlan_port_or_too_short_for_a_port_is_dropped() {
-        let foreign = |p: &[u8]| foreign_frame(p, |_, _| false);
+        let foreign = |p: &[u8]| foreign_frame(p, |_| true, |_, _| false).is_some();
         let frame = vxlan(ETHERTYPE_IPV4, [0, 0, 0, 0]);
         assert!(foreign(&udp(VXLAN_PORT, MORE_FRAGMENTS, &frame)), "even from 0.0.0.0: the rest is unseen");
         assert!(!foreign(&udp(53, MORE_FRAGMENTS, &frame)), "other ports' fragments pass");
