@@ -23,7 +23,7 @@ use crate::{
     host::{netlink::Netlink, state::StateDir},
     plan::{
         netmap::{self, PeerConfig},
-        reconcile::{self, Desired, Observed},
+        reconcile::{self, Change, Desired, Observed},
     },
 };
 
@@ -314,16 +314,27 @@ async fn reconcile_once(netlink: &Netlink, desired: &Desired, applied: Option<Ob
         },
     };
     let mut ok = true;
+    let mut unflooded = Vec::new();
     for change in reconcile::diff(desired, &state) {
         match netlink.apply(&change).await {
             Ok(done) => {
                 tracing::debug!(?done, "applied");
+                if let Change::RemoveFlood { vni, peer } = done {
+                    unflooded.push((vni, peer));
+                }
                 state.record(&done);
             }
             Err(e) => {
                 ok = false;
                 tracing::warn!(?change, error = %e, "change failed; retrying on the next pass");
             }
+        }
+    }
+    match netlink.forget_learned(&unflooded).await {
+        Ok(0) => {}
+        Ok(forgotten) => tracing::debug!(forgotten, "learned MACs behind departed peers forgotten"),
+        Err(e) => {
+            tracing::warn!(error = %e, "learned MACs behind departed peers not forgotten (they age out in 300 s)")
         }
     }
     ok.then_some(state)

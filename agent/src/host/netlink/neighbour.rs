@@ -27,32 +27,36 @@ impl Netlink {
             r
         };
         let what = format!("fdb {} {vx} dst {peer}", if add { "append" } else { "del" });
-        self.acked(req, &what, |code| if add { code == EEXIST } else { code == ENOENT }).await?;
-        if add { Ok(()) } else { self.forget_learned(&vx, index, peer).await }
+        self.acked(req, &what, |code| if add { code == EEXIST } else { code == ENOENT }).await
     }
 
-    /// Forgets the MACs VXLAN device `vx` (`index`) learned behind `peer`,
-    /// once the peer is no longer flooded to (it left the segment, or the
-    /// cluster): unicast to them is flooded to the segment's members again
-    /// instead of going to the peer until the entries age out (300 s). The
-    /// entries a member taught by forging a source MAC go with it, too.
-    async fn forget_learned(&self, vx: &str, index: u32, peer: Ipv4Addr) -> Result<(), Error> {
+    /// Forgets the MACs each VXLAN device learned behind a peer it no longer
+    /// floods to (`gone`: the VNI and peer of each flood entry a pass
+    /// removed: the peer left the segment, or the cluster). Else unicast to
+    /// them would go on to that peer until the entries age out (300 s), the
+    /// entries a member taught by forging source MACs among them. One FDB
+    /// dump per pass, however many peers went. Best effort, as the control
+    /// loop calls it: the flood entries are gone already, and the next pass
+    /// would not find these again (what is left ages out).
+    pub async fn forget_learned(&self, gone: &[(u32, Ipv4Addr)]) -> Result<usize, Error> {
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let mut devices = HashMap::new();
+        for (vni, _) in gone {
+            if let Some(index) = self.cached_index(&vxlan_name(*vni)).await? {
+                devices.insert(index, *vni);
+            }
+        }
         let mut request = self.handle.neighbours().get();
         request.message_mut().header.family = AddressFamily::Bridge;
         let fdb: Vec<NeighbourMessage> =
-            request.execute().try_collect().await.map_err(|e| nl(format!("dump fdb of {vx}"), e))?;
-        let learned = fdb.iter().filter(|e| {
-            e.header.ifindex == index
-                && !matches!(e.header.state, NeighbourState::Permanent | NeighbourState::Noarp)
-                && neighbour_ip(e) == Some(peer)
-        });
-        for entry in learned {
-            let Some(mac) = entry.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::LinkLayerAddress(m) if m.iter().any(|b| *b != 0) => Some(m.clone()),
-                _ => None,
-            }) else {
+            request.execute().try_collect().await.map_err(|e| nl("dump fdb".to_string(), e))?;
+        let mut forgotten = 0;
+        for (index, peer, mac) in fdb.iter().filter_map(learned_remote) {
+            if !devices.get(&index).is_some_and(|vni| gone.contains(&(*vni, peer))) {
                 continue;
-            };
+            }
             let mut msg = NeighbourMessage::default();
             msg.header.family = AddressFamily::Bridge;
             msg.header.ifindex = index;
@@ -61,9 +65,11 @@ impl Netlink {
             msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(peer)));
             let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(msg));
             req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-            self.acked(req, &format!("fdb del (learned) {vx} dst {peer}"), |code| code == ENOENT).await?;
+            // Gone meanwhile (aged out, or the device removed): nothing to forget.
+            self.acked(req, &format!("fdb del (learned) dst {peer}"), |code| code == ENOENT || code == ENODEV).await?;
+            forgotten += 1;
         }
-        Ok(())
+        Ok(forgotten)
     }
 
     /// Sends `req` (flags set) and waits for the kernel's answers: an error
@@ -192,5 +198,55 @@ impl Netlink {
             .append_info_data(netlink_packet_route::link::InfoBridgePort::Learning(false))
             .build();
         self.handle.link().set_port(lock).execute().await.map_err(|e| nl(format!("lock bridge port {port}"), e))
+    }
+}
+
+/// A VXLAN FDB entry's device, remote and MAC, if the device learned it: a
+/// non-zero MAC (the all-zero ones are flood entries) in a state with
+/// neither `NUD_PERMANENT` nor `NUD_NOARP` (weave's flood entries and what
+/// `bridge fdb add … permanent|static` makes), as the kernel's own VXLAN
+/// ageing tells them apart.
+fn learned_remote(entry: &NeighbourMessage) -> Option<(u32, Ipv4Addr, Vec<u8>)> {
+    const NUD_NOARP: u16 = 0x40;
+    const NUD_PERMANENT: u16 = 0x80;
+    if u16::from(entry.header.state) & (NUD_PERMANENT | NUD_NOARP) != 0 {
+        return None;
+    }
+    let mac = entry.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(m) if m.iter().any(|b| *b != 0) => Some(m.clone()),
+        _ => None,
+    })?;
+    Some((entry.header.ifindex, neighbour_ip(entry)?, mac))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(state: u16, mac: [u8; 6], dst: Option<Ipv4Addr>) -> NeighbourMessage {
+        let mut e = NeighbourMessage::default();
+        e.header.family = AddressFamily::Bridge;
+        e.header.ifindex = 7;
+        e.header.state = NeighbourState::from(state);
+        e.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        if let Some(dst) = dst {
+            e.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        }
+        e
+    }
+
+    #[test]
+    fn only_what_a_vxlan_device_learned_is_forgotten() {
+        let remote = Ipv4Addr::new(10, 47, 0, 2);
+        let (peer, mac) = (Some(remote), [2, 0, 0, 0, 0, 1]);
+        let got = learned_remote(&entry(0x02, mac, peer));
+        assert_eq!(got, Some((7, remote, mac.to_vec())), "learned (reachable)");
+        assert!(learned_remote(&entry(0x04, mac, peer)).is_some(), "learned (stale)");
+        assert!(learned_remote(&entry(FDB_STATE, [0; 6], peer)).is_none(), "a flood entry");
+        assert!(learned_remote(&entry(0x02, [0; 6], peer)).is_none(), "an all-zero MAC");
+        assert!(learned_remote(&entry(0xc0, mac, peer)).is_none(), "permanent and noarp (bridge fdb add … permanent)");
+        assert!(learned_remote(&entry(0x42, mac, peer)).is_none(), "noarp (bridge fdb add … static)");
+        assert!(learned_remote(&entry(0x80, mac, peer)).is_none(), "permanent");
+        assert!(learned_remote(&entry(0x02, mac, None)).is_none(), "no remote: the bridge's own entry");
     }
 }
