@@ -281,15 +281,13 @@ mod tests {
         assert!(apply(&mut map, WatchEvent { revision: 12, event: None }).is_err());
     }
 
+    /// Allocation `id` of node 2 in subnet `subnet_id`.
+    fn alloc(id: u64, subnet_id: u64, address: &str) -> Allocation {
+        Allocation { id, node_id: 2, subnet_id, address: address.into(), ..Default::default() }
+    }
+
     #[test]
     fn a_left_out_subnets_addresses_are_no_peers_sources() {
-        let alloc = |id, subnet_id, address: &str| Allocation {
-            id,
-            node_id: 2,
-            subnet_id,
-            address: address.into(),
-            ..Default::default()
-        };
         let map = NetworkMap {
             nodes: vec![node(2, "10.47.0.2")],
             subnets: vec![
@@ -313,13 +311,6 @@ mod tests {
 
     #[test]
     fn an_allocation_of_either_family_makes_its_node_a_member_of_the_segment() {
-        let alloc = |id, subnet_id, address: &str| Allocation {
-            id,
-            node_id: 2,
-            subnet_id,
-            address: address.into(),
-            ..Default::default()
-        };
         let map = NetworkMap {
             nodes: vec![node(2, "10.47.0.2")],
             subnets: vec![
