@@ -43,6 +43,20 @@ while time.time() < end:
 print(n, flush=True)
 "#;
 
+/// `python3 -c FORGED IFACE SRC N`: N UDP datagrams SRC -> 255.255.255.255
+/// port 5557 in broadcast frames from IFACE's own MAC.
+const FORGED: &str = r#"
+import socket, struct, sys
+ifc, src, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+mac = bytes.fromhex(open(f'/sys/class/net/{ifc}/address').read().strip().replace(':', ''))
+udp = struct.pack('!HHHH', 40000, 5557, 8 + 6, 0) + b'forged'
+ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton(src), b'\xff' * 4)
+c = sum(struct.unpack('!10H', ip)); c = (c >> 16) + (c & 0xffff); c += c >> 16
+frame = b'\xff' * 6 + mac + b'\x08\x00' + ip[:10] + struct.pack('!H', ~c & 0xffff) + ip[12:] + udp
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); sock.bind((ifc, 0))
+for _ in range(n): sock.send(frame)
+"#;
+
 const N: usize = 20;
 
 /// A counter of 0x88b5 frames on `ethwe` in workload namespace `ns`,
@@ -156,6 +170,13 @@ fn a_segments_frames_cross_only_between_hosts_with_workloads_in_it() {
         (dropped(segment) >= before + N as f64).then_some(())
     });
     assert_eq!(dropped(spoofed), spoofed_before, "counted apart from forged sources");
+    // Frames that claim another host's workload's address count as forged
+    // (a member-less host joining a segment never sends those).
+    let a_ip = bed.workloads.iter().find(|w| w.ns == a).unwrap().ip.to_string();
+    ok_in(&hosts[2], &["python3", "-c", FORGED, &vxlan, &a_ip, &N.to_string()]);
+    wait_for("host 1's agent to count them as forged", Duration::from_secs(10), || {
+        (dropped(spoofed) >= spoofed_before + N as f64).then_some(())
+    });
     assert!(received_by(&b, || frames(&hosts[0], &vxlan)) >= N, "frames from a host with a workload in it");
 
     // A workload on host 2: the segment now floods there too, and a's

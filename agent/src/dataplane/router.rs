@@ -92,6 +92,11 @@ impl Table {
         self.by_address.get(&ip).is_some_and(|p| Arc::ptr_eq(p, peer))
     }
 
+    /// Whether `ip` is another peer's address (node or workload).
+    fn owned_by_another(&self, peer: &Arc<Peer>, ip: Ipv4Addr) -> bool {
+        self.by_address.get(&ip).is_some_and(|p| !Arc::ptr_eq(p, peer))
+    }
+
     /// Whether `peer` may put a frame into segment `vni`: only where it
     /// hosts a workload.
     fn member(&self, peer: &Arc<Peer>, vni: u32) -> bool {
@@ -368,11 +373,13 @@ impl Router {
                     if authenticated && packet.len() >= IPV4_HEADER { foreign() } else { Some(Foreign::Source) };
                 match verdict {
                     None => Some(packet.len()),
-                    Some(Foreign::Segment) => {
+                    // One that claims another peer's address is forged,
+                    // whatever segment it was sent into.
+                    Some(Foreign::Segment(src)) if !src.is_some_and(|ip| table.owned_by_another(peer, ip)) => {
                         peer.dropped_foreign_segment.fetch_add(1, Ordering::Relaxed);
                         None
                     }
-                    Some(Foreign::Source) => {
+                    Some(Foreign::Source | Foreign::Segment(_)) => {
                         peer.dropped_spoofed.fetch_add(1, Ordering::Relaxed);
                         None
                     }

@@ -25,8 +25,8 @@ const OFFSET: u16 = 0x1fff;
 pub(super) enum Foreign {
     /// A frame into a segment where the peer has no workload (also what a
     /// host's first attach in a subnet sends before this host has its
-    /// allocation in the map).
-    Segment,
+    /// allocation in the map), with the IPv4 source it claims, if any.
+    Segment(Option<Ipv4Addr>),
     /// A frame the peer may not send there (an IPv4 source not its own in
     /// the segment), or a datagram cut where the check cannot see.
     Source,
@@ -86,9 +86,10 @@ pub(super) fn foreign_frame(
         Some(&[a, b, c, d]) if ipv4 => Some(Ipv4Addr::new(a, b, c, d)),
         _ => None,
     };
+    let src = src.filter(|ip| !ip.is_unspecified());
     if !member(vni) {
-        Some(Foreign::Segment)
-    } else if src.is_some_and(|ip| !ip.is_unspecified() && !may_use(vni, ip)) {
+        Some(Foreign::Segment(src))
+    } else if src.is_some_and(|ip| !may_use(vni, ip)) {
         Some(Foreign::Source)
     } else {
         None
@@ -174,7 +175,9 @@ mod tests {
         assert!(foreign(&whole[..20 + UDP_HEADER + VXLAN_HEADER]), "a header and no frame, in another segment");
         assert!(!foreign(&into(42, [0x86, 0xdd], [0; 4])[..20 + UDP_HEADER + VXLAN_HEADER]));
         // Counted apart: not a member, against a source it may not use.
-        assert_eq!(check(&into(43, ETHERTYPE_IPV4, [10, 32, 0, 2])), Some(Foreign::Segment));
+        let claimed = Some(Ipv4Addr::new(10, 32, 0, 2));
+        assert_eq!(check(&into(43, ETHERTYPE_IPV4, [10, 32, 0, 2])), Some(Foreign::Segment(claimed)));
+        assert_eq!(check(&into(43, [0x86, 0xdd], [10, 32, 0, 2])), Some(Foreign::Segment(None)));
         assert_eq!(check(&into(42, ETHERTYPE_IPV4, [10, 32, 0, 2])), Some(Foreign::Source));
     }
 
