@@ -78,6 +78,12 @@ pub struct RunArgs {
     /// that long. 0: never ask.
     #[arg(long, env = "WEAVE_CPU_LATENCY_HOLD_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub cpu_latency_hold_ms: u64,
+    /// Storm control: broadcast and multicast frames a second (and a burst of
+    /// as many) that one workload port may put into its segment; the rest
+    /// are dropped at the port, before they are copied and encrypted to
+    /// every member host. 0: no limit.
+    #[arg(long, env = "WEAVE_BROADCAST_LIMIT", default_value_t = 10_000)]
+    pub broadcast_limit: u32,
     /// Packet queues: TUN queues, each with its own UDP socket on the port and
     /// its own packet threads [default: one per two CPUs, 1 to 4].
     #[arg(long, env = "WEAVE_QUEUES", value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -205,6 +211,7 @@ impl RunArgs {
         out.extend(["--docker-host".into(), self.docker_host.clone().into_os_string()]);
         out.extend(["--spin-us".into(), self.spin_us.to_string().into()]);
         out.extend(["--cpu-latency-hold-ms".into(), self.cpu_latency_hold_ms.to_string().into()]);
+        out.extend(["--broadcast-limit".into(), self.broadcast_limit.to_string().into()]);
         if let Some(q) = self.queues {
             out.extend(["--queues".into(), q.to_string().into()]);
         }
@@ -276,6 +283,8 @@ mod tests {
             "250",
             "--cpu-latency-hold-ms",
             "7",
+            "--broadcast-limit",
+            "300",
             "--queues",
             "3",
             "--queue-threads",
@@ -295,6 +304,7 @@ mod tests {
         assert!(run.cleanup_on_exit);
         assert_eq!(run.spin_us, 250);
         assert_eq!(run.cpu_latency_hold_ms, 7);
+        assert_eq!(run.broadcast_limit, 300);
         assert_eq!(run.queues, Some(3));
         assert_eq!(run.queue_threads, 2);
         assert_eq!(run.aead, Aead::Ring);

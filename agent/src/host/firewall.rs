@@ -75,6 +75,15 @@ pub async fn wait_open(ips: impl IntoIterator<Item = Ipv4Addr>, limit: Duration)
 /// them, or after, finds its port guarded and allowed when its own ends.
 static GUARD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// `--broadcast-limit`: set once at start, read by every guard update.
+static BROADCAST_LIMIT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The broadcast and multicast frames a second each workload port may send
+/// (0: no limit), from the next guard update on.
+pub fn set_broadcast_limit(per_second: u32) {
+    BROADCAST_LIMIT.store(per_second, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Holds every workload port of this namespace to the address recorded on
 /// it ([`crate::plan::l2::guard_ruleset`]), replacing the guard table
 /// with one built from the ports there now. Called after an attach recorded
@@ -83,7 +92,8 @@ static GUARD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub async fn guard_ports(netlink: &Netlink) -> Result<usize, Error> {
     let _one = GUARD.lock().await;
     let ports = netlink.pinned_ports().await?;
-    nft(&guard_ruleset(&ports)).await?;
+    let limit = BROADCAST_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
+    nft(&guard_ruleset(&ports, limit)).await?;
     Ok(ports.len())
 }
 

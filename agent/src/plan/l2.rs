@@ -77,7 +77,14 @@ pub const GUARD_TABLE: &str = "weave_guard";
 /// older agents) pass untouched; IPv6 is not guarded. Its own table, apart
 /// from `bridge weave`: the agent replaces that one when segments change,
 /// this one when ports come and go.
-pub fn guard_ruleset(ports: &[(String, Ipv4Addr, Vec<u8>)]) -> String {
+///
+/// Storm control (`broadcast_limit` > 0): each workload port puts at most
+/// that many broadcast and multicast frames a second (and a burst of as
+/// many) into its segment; the rest are dropped at the port, before the
+/// bridge copies them to its other ports and the VXLAN device, and the
+/// agent encrypts each copy once per member host. A meter keyed by the
+/// port's name (a dynamic set, reset when the table is replaced).
+pub fn guard_ruleset(ports: &[(String, Ipv4Addr, Vec<u8>)], broadcast_limit: u32) -> String {
     let t = GUARD_TABLE;
     let mut out = format!("table bridge {t} {{}}\ndelete table bridge {t}\ntable bridge {t} {{\n");
     let names: BTreeSet<String> = ports.iter().map(|(p, _, _)| format!("\"{p}\"")).collect();
@@ -96,8 +103,19 @@ pub fn guard_ruleset(ports: &[(String, Ipv4Addr, Vec<u8>)]) -> String {
     ] {
         super::firewall::set(&mut out, name, kind, false, elements);
     }
+    let storm = if broadcast_limit > 0 {
+        out += "  set storm {\n    type ifname\n    flags dynamic, timeout\n    size 65536\n    timeout 60s\n  }\n";
+        format!(
+            "ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 update @storm {{ iifname limit rate over \
+             {broadcast_limit}/second burst {broadcast_limit} packets }} drop\n    "
+        )
+    } else {
+        String::new()
+    };
     out += "  chain prerouting {\n    type filter hook prerouting priority filter - 5; policy accept;\n    \
-            iifname != @guarded accept\n    ether type ip iifname . ip saddr @sources accept\n    \
+            iifname != @guarded accept\n    ";
+    out += &storm;
+    out += "ether type ip iifname . ip saddr @sources accept\n    \
             ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
             iifname . arp saddr ip . arp saddr ether @senders accept\n    \
             ether type { ip, arp, vlan, 8021ad } drop\n  }\n}\n";
@@ -168,7 +186,7 @@ mod tests {
             ("wv1a2b".to_string(), "10.32.0.5".parse().unwrap(), mac(5)),
             ("wvd7".into(), "10.2.3.4".parse().unwrap(), mac(7)),
         ];
-        let g = guard_ruleset(&ports);
+        let g = guard_ruleset(&ports, 0);
         assert!(g.starts_with("table bridge weave_guard {}\ndelete table bridge weave_guard\n"), "{g}");
         assert!(g.contains("type ifname\n    elements = { \"wv1a2b\", \"wvd7\" }\n"), "{g}");
         assert!(g.contains("elements = { \"wv1a2b\" . 10.32.0.5, \"wvd7\" . 10.2.3.4 }\n"), "{g}");
@@ -188,7 +206,24 @@ mod tests {
              ether type { ip, arp, vlan, 8021ad } drop\n"
         ));
         // No ports: empty sets (nft refuses an empty elements list), nothing guarded.
-        let none = guard_ruleset(&[]);
+        let none = guard_ruleset(&[], 0);
         assert!(!none.contains("elements") && none.contains("iifname != @guarded accept"), "{none}");
+        assert!(!g.contains("storm"), "no limit: no meter");
+    }
+
+    #[test]
+    fn a_broadcast_limit_meters_each_guarded_port() {
+        let ports = [("wv1a2b".to_string(), "10.32.0.5".parse().unwrap(), vec![2, 0x42, 0, 0, 0, 5])];
+        let g = guard_ruleset(&ports, 500);
+        assert!(g.contains("set storm {\n    type ifname\n    flags dynamic, timeout\n"), "{g}");
+        // After the ports it does not guard leave, before anything is accepted.
+        assert!(
+            g.contains(
+                "iifname != @guarded accept\n    ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 \
+                 update @storm { iifname limit rate over 500/second burst 500 packets } drop\n    \
+                 ether type ip iifname . ip saddr @sources accept\n"
+            ),
+            "{g}"
+        );
     }
 }
