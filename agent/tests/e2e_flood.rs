@@ -63,6 +63,22 @@ sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); sock.bind((ifc, 0))
 for _ in range(n): sock.send(frame)
 "#;
 
+/// `python3 -c UNKNOWN_UNICAST IFACE SRC N`: N UDP datagrams SRC -> SRC's
+/// last address before .255, in frames to a MAC no bridge knows (which a
+/// bridge floods to every port).
+const UNKNOWN_UNICAST: &str = r#"
+import socket, struct, sys
+ifc, src, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+mac = bytes.fromhex(open(f'/sys/class/net/{ifc}/address').read().strip().replace(':', ''))
+dst = socket.inet_aton(src)[:3] + b'\xfe'
+udp = struct.pack('!HHHH', 40000, 5557, 8 + 7, 0) + b'unknown'
+ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton(src), dst)
+c = sum(struct.unpack('!10H', ip)); c = (c >> 16) + (c & 0xffff); c += c >> 16
+frame = b'\x02\x99\x99\x99\x99\x99' + mac + b'\x08\x00' + ip[:10] + struct.pack('!H', ~c & 0xffff) + ip[12:] + udp
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); sock.bind((ifc, 0))
+for _ in range(n): sock.send(frame)
+"#;
+
 const N: usize = 20;
 
 /// A counter of 0x88b5 frames on `ethwe` in workload namespace `ns`,
@@ -242,4 +258,16 @@ fn a_workloads_broadcast_flood_is_cut_at_its_port() {
     // Below the limit: all of it (500 frames at 400 a second).
     let paced = received_by(&b, || frames_at(&a, 500, Some(400)));
     assert!(paced >= 495, "a's paced frames: {paced} of 500");
+    // IPv4 to a MAC the bridge does not know, which it floods to every
+    // port: not out of the VXLAN device (it would be dropped on arrival).
+    let (host, vxlan) = (bed.hosts[0].ns.clone(), vxlan_device(&bed.hosts[0].ns));
+    let a_ip = bed.workloads.iter().find(|w| w.ns == a).unwrap().ip.to_string();
+    let before = tx_packets(&host, &vxlan);
+    ok_in(&a, &["python3", "-c", UNKNOWN_UNICAST, "ethwe", &a_ip, "5000"]);
+    let sent = tx_packets(&host, &vxlan) - before;
+    assert!(sent < 500, "{sent} packets left host 1's VXLAN device for 5,000 unknown-unicast frames");
+}
+
+fn tx_packets(ns: &str, iface: &str) -> u64 {
+    ok_in(ns, &["cat", &format!("/sys/class/net/{iface}/statistics/tx_packets")]).trim().parse().unwrap()
 }

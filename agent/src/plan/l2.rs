@@ -42,6 +42,14 @@ fn l2_group_destinations(segments: &[Segment]) -> Vec<String> {
 /// attach and CNI, `wvd<id>` for Docker); other bridges (docker0) are left
 /// alone. Without bridge meta support in every kernel, a port's bridge
 /// cannot be matched (`meta ibrname`), hence the names.
+/// IPv4 unicast never leaves for the VXLAN device: it crosses hosts routed,
+/// through the TUN, and every host drops it arriving over VXLAN (the
+/// prerouting rule above). Dropped before it goes, a container's IPv4 to
+/// MACs its bridge does not know (which the bridge floods to every port)
+/// costs no host an encrypted copy per member.
+const UNICAST_IP_OUT: &str =
+    "oifname \"wvvx-*\" ether type ip ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop";
+
 pub(super) fn bridge_table(segments: &[Segment]) -> String {
     let groups = l2_group_destinations(segments).join(", ");
     let port = "wv*";
@@ -55,9 +63,11 @@ pub(super) fn bridge_table(segments: &[Segment]) -> String {
          iifname \"{port}\" ether type ip6 udp sport 547 drop\n  \
          }}\n  chain forward {{\n    \
          type filter hook forward priority filter; policy accept;\n    \
-         oifname \"{VXLAN_PREFIX}*\" ether type {{ arp, vlan, 8021ad }} drop\n  }}\n  \
+         oifname \"{VXLAN_PREFIX}*\" ether type {{ arp, vlan, 8021ad }} drop\n    \
+         {UNICAST_IP_OUT}\n  }}\n  \
          chain output {{\n    type filter hook output priority filter; policy accept;\n    \
-         oifname \"{VXLAN_PREFIX}*\" ether type {{ arp, vlan, 8021ad }} drop\n  }}\n}}\n"
+         oifname \"{VXLAN_PREFIX}*\" ether type {{ arp, vlan, 8021ad }} drop\n    \
+         {UNICAST_IP_OUT}\n  }}\n}}\n"
     )
 }
 
@@ -177,6 +187,8 @@ mod tests {
         );
         let out = "oifname \"wvvx-*\" ether type { arp, vlan, 8021ad } drop\n";
         assert_eq!(table.matches(out).count(), 2, "forward and output: {table}");
+        assert_eq!(table.matches(&format!("{UNICAST_IP_OUT}\n")).count(), 2, "forward and output: {table}");
+        assert!(UNICAST_IP_OUT.starts_with(&format!("oifname \"{VXLAN_PREFIX}*\"")));
     }
 
     #[test]
