@@ -15,19 +15,20 @@ use std::{
 
 use common::*;
 
-/// `python3 -c FRAMES IFACE N [PER_SECOND]`: N broadcast frames of the
-/// local experimental ethertype 0x88b5 from IFACE's own MAC (at most
-/// PER_SECOND a second, if given).
+/// `python3 -c FRAMES IFACE N [PER_SECOND [DST]]`: N frames of the local
+/// experimental ethertype 0x88b5 from IFACE's own MAC to DST (default
+/// broadcast), at most PER_SECOND a second (0 or none: at once).
 const FRAMES: &str = r#"
 import socket, sys, time
 ifc, n = sys.argv[1], int(sys.argv[2])
 rate = float(sys.argv[3]) if len(sys.argv) > 3 else 0
+dst = bytes.fromhex(sys.argv[4].replace(':', '')) if len(sys.argv) > 4 else b'\xff' * 6
 mac = bytes.fromhex(open(f'/sys/class/net/{ifc}/address').read().strip().replace(':', ''))
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); sock.bind((ifc, 0))
 start = time.time()
 for i in range(n):
     if rate and i > time.time() * rate - start * rate: time.sleep(1 / rate)
-    sock.send(b'\xff' * 6 + mac + b'\x88\xb5' + b'weave flood test'.ljust(46, b'.'))
+    sock.send(dst + mac + b'\x88\xb5' + b'weave flood test'.ljust(46, b'.'))
 "#;
 
 /// `python3 -c COUNT IFACE SECS`: prints `ready`, then how many 0x88b5
@@ -120,9 +121,13 @@ fn frames(ns: &str, iface: &str) {
 
 /// `n` test frames from workload `ns`'s `ethwe`, at most `per_second`.
 fn frames_at(ns: &str, n: usize, per_second: Option<u32>) {
-    let mut args = vec!["python3".to_string(), "-c".into(), FRAMES.into(), "ethwe".into(), n.to_string()];
-    args.extend(per_second.map(|r| r.to_string()));
-    ok_in(ns, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    frames_to(ns, n, per_second, "ff:ff:ff:ff:ff:ff");
+}
+
+/// [`frames_at`] to MAC `dst`.
+fn frames_to(ns: &str, n: usize, per_second: Option<u32>, dst: &str) {
+    let rate = per_second.unwrap_or(0).to_string();
+    ok_in(ns, &["python3", "-c", FRAMES, "ethwe", &n.to_string(), &rate, dst]);
 }
 
 /// Host namespace `ns`'s node address (on its TUN).
@@ -200,7 +205,8 @@ fn a_segments_frames_cross_only_between_hosts_with_workloads_in_it() {
     });
     assert_eq!(dropped(spoofed), spoofed_before, "counted apart from forged sources");
     // Frames that claim another host's workload's address count as forged
-    // (a member-less host joining a segment never sends those).
+    // (a host joining a segment sends them only in the moment an address
+    // moves from one node to another, before this host has seen it move).
     let a_ip = bed.workloads.iter().find(|w| w.ns == a).unwrap().ip.to_string();
     ok_in(&hosts[2], &["python3", "-c", FORGED, &vxlan, &a_ip, &N.to_string()]);
     wait_for("host 1's agent to count them as forged", Duration::from_secs(10), || {
@@ -234,7 +240,7 @@ fn a_segments_frames_cross_only_between_hosts_with_workloads_in_it() {
 }
 
 /// Storm control: a workload flooding broadcast frames gets at most
-/// `--broadcast-limit` a second (and a burst of as many) past its port,
+/// `--broadcast-limit` a second (and a tenth of that at once) past its port,
 /// while one below the limit loses nothing. Host 2 runs without a limit:
 /// the same flood from its workload arrives whole (the control).
 #[test]
@@ -252,14 +258,20 @@ fn a_workloads_broadcast_flood_is_cut_at_its_port() {
     let from_a = received_by(&b, || frames_at(&a, 20_000, None));
     let from_b = received_by(&a, || frames_at(&b, 20_000, None));
     eprintln!("20,000 frames flooded: {from_a} from a (limit {LIMIT}/s), {from_b} from b (no limit)");
-    assert!(from_a >= LIMIT / 2, "a's flood did not get its burst through: {from_a}");
+    assert!(from_a >= LIMIT / 20, "a's flood did not get its burst through: {from_a}");
     assert!(from_a <= 4 * LIMIT, "a's flood was not cut at its port: {from_a}");
     assert!(from_b > 2 * from_a, "without a limit more arrives: {from_b} against {from_a}");
     // Below the limit: all of it (500 frames at 400 a second).
     let paced = received_by(&b, || frames_at(&a, 500, Some(400)));
     assert!(paced >= 495, "a's paced frames: {paced} of 500");
-    // IPv4 to a MAC the bridge does not know, which it floods to every
-    // port: not out of the VXLAN device (it would be dropped on arrival).
+    // Unicast to a MAC no bridge knows, which each floods to every port:
+    // metered on its way to the VXLAN device like broadcast ...
+    let unknown = "02:99:99:99:99:99";
+    let from_a = received_by(&b, || frames_to(&a, 20_000, None, unknown));
+    let from_b = received_by(&a, || frames_to(&b, 20_000, None, unknown));
+    eprintln!("20,000 unknown-unicast frames: {from_a} from a, {from_b} from b");
+    assert!(from_a <= 4 * LIMIT && from_b > 2 * from_a, "unknown unicast: {from_a} from a, {from_b} from b");
+    // ... and IPv4 among it not at all (it would be dropped on arrival).
     let (host, vxlan) = (bed.hosts[0].ns.clone(), vxlan_device(&bed.hosts[0].ns));
     let a_ip = bed.workloads.iter().find(|w| w.ns == a).unwrap().ip.to_string();
     let before = tx_packets(&host, &vxlan);

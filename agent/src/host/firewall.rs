@@ -93,7 +93,15 @@ pub async fn guard_ports(netlink: &Netlink) -> Result<usize, Error> {
     let _one = GUARD.lock().await;
     let ports = netlink.pinned_ports().await?;
     let limit = BROADCAST_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
-    nft(&guard_ruleset(&ports, limit)).await?;
+    if let Err(e) = nft(&guard_ruleset(&ports, limit)).await {
+        if limit == 0 {
+            return Err(e);
+        }
+        // A kernel without nftables' limit (CONFIG_NFT_LIMIT): the guard
+        // without storm control, rather than no guard and no attach.
+        tracing::warn!(error = %e, "source guard with storm control refused; guarding without --broadcast-limit");
+        nft(&guard_ruleset(&ports, 0)).await?;
+    }
     Ok(ports.len())
 }
 

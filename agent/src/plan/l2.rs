@@ -89,11 +89,12 @@ pub const GUARD_TABLE: &str = "weave_guard";
 /// this one when ports come and go.
 ///
 /// Storm control (`broadcast_limit` > 0): each workload port puts at most
-/// that many broadcast and multicast frames a second (and a burst of as
-/// many) into its segment; the rest are dropped at the port, before the
-/// bridge copies them to its other ports and the VXLAN device, and the
-/// agent encrypts each copy once per member host. A meter keyed by the
-/// port's name (a dynamic set, reset when the table is replaced).
+/// that many broadcast and multicast frames a second (a tenth of that at
+/// once) into its segment, and as many unicast frames out to other hosts;
+/// the rest are dropped at the port, before the bridge copies them to its
+/// other ports and the VXLAN device, and the agent encrypts each copy once
+/// per member host. Meters keyed by the port's name (dynamic sets, full
+/// again when the table is replaced).
 pub fn guard_ruleset(ports: &[(String, Ipv4Addr, Vec<u8>)], broadcast_limit: u32) -> String {
     let t = GUARD_TABLE;
     let mut out = format!("table bridge {t} {{}}\ndelete table bridge {t}\ntable bridge {t} {{\n");
@@ -113,22 +114,43 @@ pub fn guard_ruleset(ports: &[(String, Ipv4Addr, Vec<u8>)], broadcast_limit: u32
     ] {
         super::firewall::set(&mut out, name, kind, false, elements);
     }
-    let storm = if broadcast_limit > 0 {
-        out += "  set storm {\n    type ifname\n    flags dynamic, timeout\n    size 65536\n    timeout 60s\n  }\n";
-        format!(
-            "ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 update @storm {{ iifname limit rate over \
-             {broadcast_limit}/second burst {broadcast_limit} packets }} drop\n    "
+    // Two meters a port, each a dynamic set keyed by the port's name: its
+    // broadcast and multicast into the segment (ARP aside: it never leaves
+    // the host, and an application's multicast must not starve its address
+    // resolution), and its unicast that leaves for the VXLAN device (which
+    // the bridge also floods to every member host while it does not know
+    // the MAC; IPv4 unicast never leaves, `bridge weave`). A tenth of a
+    // second's worth passes at once.
+    let (group, unicast) = if broadcast_limit > 0 {
+        let burst = (broadcast_limit / 10).max(1);
+        let meter = |set: &str| {
+            format!("update @{set} {{ iifname limit rate over {broadcast_limit}/second burst {burst} packets }} drop")
+        };
+        for set in ["storm", "unicast_out"] {
+            out += &format!(
+                "  set {set} {{\n    type ifname\n    flags dynamic, timeout\n    size 65536\n    timeout 60s\n  }}\n"
+            );
+        }
+        (
+            format!("ether type != arp ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 {}\n    ", meter("storm")),
+            format!(
+                "  chain forward {{\n    type filter hook forward priority filter - 5; policy accept;\n    \
+                 oifname \"{VXLAN_PREFIX}*\" iifname @guarded ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 {}\n  }}\n",
+                meter("unicast_out")
+            ),
         )
     } else {
-        String::new()
+        (String::new(), String::new())
     };
     out += "  chain prerouting {\n    type filter hook prerouting priority filter - 5; policy accept;\n    \
             iifname != @guarded accept\n    ";
-    out += &storm;
+    out += &group;
     out += "ether type ip iifname . ip saddr @sources accept\n    \
             ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
             iifname . arp saddr ip . arp saddr ether @senders accept\n    \
-            ether type { ip, arp, vlan, 8021ad } drop\n  }\n}\n";
+            ether type { ip, arp, vlan, 8021ad } drop\n  }\n";
+    out += &unicast;
+    out += "}\n";
     out
 }
 
@@ -228,12 +250,21 @@ mod tests {
         let ports = [("wv1a2b".to_string(), "10.32.0.5".parse().unwrap(), vec![2, 0x42, 0, 0, 0, 5])];
         let g = guard_ruleset(&ports, 500);
         assert!(g.contains("set storm {\n    type ifname\n    flags dynamic, timeout\n"), "{g}");
+        assert!(g.contains("set unicast_out {\n    type ifname\n    flags dynamic, timeout\n"), "{g}");
         // After the ports it does not guard leave, before anything is accepted.
         assert!(
             g.contains(
-                "iifname != @guarded accept\n    ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 \
-                 update @storm { iifname limit rate over 500/second burst 500 packets } drop\n    \
+                "iifname != @guarded accept\n    ether type != arp ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 \
+                 update @storm { iifname limit rate over 500/second burst 50 packets } drop\n    \
                  ether type ip iifname . ip saddr @sources accept\n"
+            ),
+            "{g}"
+        );
+        assert!(
+            g.contains(
+                "type filter hook forward priority filter - 5; policy accept;\n    oifname \"wvvx-*\" iifname @guarded \
+                 ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 \
+                 update @unicast_out { iifname limit rate over 500/second burst 50 packets } drop\n"
             ),
             "{g}"
         );
