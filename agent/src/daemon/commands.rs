@@ -270,7 +270,7 @@ async fn serve(
     let networks = crate::host::routes::lan(identity.node_id);
     let coordinator_ips = crate::host::routes::coordinator_ips(&identity.coordinator);
     let rules = plan::firewall::rules(&map, identity.node_id, &coordinator_ips, &networks);
-    firewall::set_broadcast_limit(args.broadcast_limit);
+    firewall::set_broadcast_limit(args.broadcast_limit).await;
     firewall::apply(&rules)
         .await
         .map_err(|e| Error::Dataplane(format!("cannot install the isolation rules (nftables): {e}")))?;

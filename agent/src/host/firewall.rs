@@ -29,8 +29,13 @@ use crate::{
 };
 
 async fn nft(script: &str) -> Result<(), Error> {
+    nft_with(&["-f", "-"], script).await
+}
+
+/// `nft ARGS` with `script` on its standard input.
+async fn nft_with(args: &[&str], script: &str) -> Result<(), Error> {
     let mut child = Command::new("nft")
-        .args(["-f", "-"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -79,9 +84,20 @@ static GUARD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 static BROADCAST_LIMIT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// The broadcast and multicast frames a second each workload port may send
-/// (0: no limit), from the next guard update on.
-pub fn set_broadcast_limit(per_second: u32) {
-    BROADCAST_LIMIT.store(per_second, std::sync::atomic::Ordering::Relaxed);
+/// (0: no limit), from the next guard update on. A kernel that refuses the
+/// meters (no nftables `limit`, `CONFIG_NFT_LIMIT`; asked once, with `nft
+/// --check`, which changes nothing) gets the source guard without them, and
+/// one warning.
+pub async fn set_broadcast_limit(per_second: u32) {
+    let mut limit = per_second;
+    if limit > 0 {
+        let probe = guard_ruleset(&[("wvprobe".into(), Ipv4Addr::UNSPECIFIED, vec![2, 0, 0, 0, 0, 1])], limit);
+        if let Err(e) = nft_with(&["--check", "-f", "-"], &probe).await {
+            tracing::warn!(error = %e, "nftables refuses the storm-control meters here; --broadcast-limit is off");
+            limit = 0;
+        }
+    }
+    BROADCAST_LIMIT.store(limit, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Holds every workload port of this namespace to the address recorded on
@@ -93,15 +109,7 @@ pub async fn guard_ports(netlink: &Netlink) -> Result<usize, Error> {
     let _one = GUARD.lock().await;
     let ports = netlink.pinned_ports().await?;
     let limit = BROADCAST_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
-    if let Err(e) = nft(&guard_ruleset(&ports, limit)).await {
-        if limit == 0 {
-            return Err(e);
-        }
-        // A kernel without nftables' limit (CONFIG_NFT_LIMIT): the guard
-        // without storm control, rather than no guard and no attach.
-        tracing::warn!(error = %e, "source guard with storm control refused; guarding without --broadcast-limit");
-        nft(&guard_ruleset(&ports, 0)).await?;
-    }
+    nft(&guard_ruleset(&ports, limit)).await?;
     Ok(ports.len())
 }
 

@@ -122,9 +122,12 @@ pub fn guard_ruleset(ports: &[(String, Ipv4Addr, Vec<u8>)], broadcast_limit: u32
     // the MAC; IPv4 unicast never leaves, `bridge weave`). A tenth of a
     // second's worth passes at once.
     let (group, unicast) = if broadcast_limit > 0 {
-        let burst = (broadcast_limit / 10).max(1);
-        let meter = |set: &str| {
-            format!("update @{set} {{ iifname limit rate over {broadcast_limit}/second burst {burst} packets }} drop")
+        // Unicast to other hosts gets ten times the rate: most of it is to
+        // MACs the bridge knows (IPv6 between containers), and a flood of
+        // it is copied once per member, not to every local port too.
+        let meter = |set: &str, rate: u32| {
+            let burst = (rate / 10).max(1);
+            format!("update @{set} {{ iifname limit rate over {rate}/second burst {burst} packets }} drop")
         };
         for set in ["storm", "unicast_out"] {
             out += &format!(
@@ -132,11 +135,17 @@ pub fn guard_ruleset(ports: &[(String, Ipv4Addr, Vec<u8>)], broadcast_limit: u32
             );
         }
         (
-            format!("ether type != arp ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 {}\n    ", meter("storm")),
+            format!(
+                "ether type != arp ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 {}\n    ",
+                meter("storm", broadcast_limit)
+            ),
+            // IPv4 never leaves this way (`bridge weave` drops it after this
+            // chain): it must not use up the budget.
             format!(
                 "  chain forward {{\n    type filter hook forward priority filter - 5; policy accept;\n    \
-                 oifname \"{VXLAN_PREFIX}*\" iifname @guarded ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 {}\n  }}\n",
-                meter("unicast_out")
+                 oifname \"{VXLAN_PREFIX}*\" iifname @guarded ether type != ip \
+                 ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 {}\n  }}\n",
+                meter("unicast_out", broadcast_limit.saturating_mul(10))
             ),
         )
     } else {
@@ -263,8 +272,8 @@ mod tests {
         assert!(
             g.contains(
                 "type filter hook forward priority filter - 5; policy accept;\n    oifname \"wvvx-*\" iifname @guarded \
-                 ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 \
-                 update @unicast_out { iifname limit rate over 500/second burst 50 packets } drop\n"
+                 ether type != ip ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 \
+                 update @unicast_out { iifname limit rate over 5000/second burst 500 packets } drop\n"
             ),
             "{g}"
         );
