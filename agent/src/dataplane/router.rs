@@ -91,23 +91,6 @@ impl Table {
     fn may_use(&self, peer: &Arc<Peer>, ip: Ipv4Addr) -> bool {
         self.by_address.get(&ip).is_some_and(|p| Arc::ptr_eq(p, peer))
     }
-
-    /// Whether `ip` is another peer's address (node or workload).
-    fn owned_by_another(&self, peer: &Arc<Peer>, ip: Ipv4Addr) -> bool {
-        self.by_address.get(&ip).is_some_and(|p| !Arc::ptr_eq(p, peer))
-    }
-
-    /// Whether `peer` may put a frame into segment `vni`: only where it
-    /// hosts a workload.
-    fn member(&self, peer: &Arc<Peer>, vni: u32) -> bool {
-        self.members.contains(&(vni, peer.index))
-    }
-
-    /// Whether `peer` may put an IPv4 frame from `ip` into segment `vni`:
-    /// only from one of its workloads there.
-    fn may_use_in(&self, peer: &Arc<Peer>, vni: u32, ip: Ipv4Addr) -> bool {
-        ip != peer.config.address && self.may_use(peer, ip) && self.vni_of.get(&ip) == Some(&vni)
-    }
 }
 
 pub struct Router {
@@ -354,32 +337,16 @@ impl Router {
                 // the TUN write of the whole batch, other peers' packets with
                 // it. Counted with the spoofed ones: it has no source the peer
                 // may use (as an IPv6 packet, below, has none).
-                // A VXLAN datagram from the peer's node address (the only
-                // source the host's firewall lets reach its VXLAN port) is
-                // checked for its frame's source too (vxlan.rs); a workload's
-                // own VXLAN (a nested overlay) is the workload's business.
-                // Frames into a segment the peer has no workload in are
-                // counted apart: a host's first attach in a subnet sends
-                // some before this host has the allocation.
-                let foreign = || {
-                    (inner_src == peer.config.address)
-                        .then(|| {
-                            let member = |vni| table.member(peer, vni);
-                            vxlan::foreign_frame(packet, member, |vni, ip| table.may_use_in(peer, vni, ip))
-                        })
-                        .flatten()
-                };
-                let verdict =
-                    if authenticated && packet.len() >= IPV4_HEADER { foreign() } else { Some(Foreign::Source) };
+                // A VXLAN datagram is checked for its frame too (vxlan.rs).
+                let ok = authenticated && packet.len() >= IPV4_HEADER;
+                let verdict = if ok { table.frame_verdict(peer, packet, inner_src) } else { Some(Foreign::Source) };
                 match verdict {
                     None => Some(packet.len()),
-                    // One that claims another peer's address is forged,
-                    // whatever segment it was sent into.
-                    Some(Foreign::Segment(src)) if !src.is_some_and(|ip| table.owned_by_another(peer, ip)) => {
+                    Some(Foreign::Segment(_)) => {
                         peer.dropped_foreign_segment.fetch_add(1, Ordering::Relaxed);
                         None
                     }
-                    Some(Foreign::Source | Foreign::Segment(_)) => {
+                    Some(Foreign::Source) => {
                         peer.dropped_spoofed.fetch_add(1, Ordering::Relaxed);
                         None
                     }

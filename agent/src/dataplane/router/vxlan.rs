@@ -6,8 +6,9 @@
 //! into its VXLAN device an IPv4 broadcast or multicast claiming any
 //! workload's address as its source (another host's, or one of the receiving
 //! host's own), and every workload of the segment would take it from there.
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, sync::Arc};
 
+use super::{Peer, Table};
 use crate::plan::kernel::VXLAN_PORT;
 
 const UDP: u8 = 17;
@@ -93,6 +94,33 @@ pub(super) fn foreign_frame(
         Some(Foreign::Source)
     } else {
         None
+    }
+}
+
+impl Table {
+    /// Why a decrypted IPv4 packet from `peer` (from `inner_src`) must be
+    /// dropped as a VXLAN frame the peer may not send, if it must. Only a
+    /// datagram from the peer's node address (the only source the host's
+    /// firewall lets reach its VXLAN port) is such a frame; a workload's own
+    /// VXLAN (a nested overlay) is the workload's business. A frame into a
+    /// segment the peer has no workload in counts apart (a host's first
+    /// attach in a subnet sends some before this host has the allocation),
+    /// unless it claims another peer's address: that is forged, whatever
+    /// segment it was sent into.
+    pub(super) fn frame_verdict(&self, peer: &Arc<Peer>, packet: &[u8], inner_src: Ipv4Addr) -> Option<Foreign> {
+        if inner_src != peer.config.address {
+            return None;
+        }
+        let member = |vni| self.members.contains(&(vni, peer.index));
+        // Only from one of its workloads in that segment.
+        let may_use =
+            |vni, ip| ip != peer.config.address && self.may_use(peer, ip) && self.vni_of.get(&ip) == Some(&vni);
+        match foreign_frame(packet, member, may_use)? {
+            Foreign::Segment(Some(ip)) if self.by_address.get(&ip).is_some_and(|p| !Arc::ptr_eq(p, peer)) => {
+                Some(Foreign::Source)
+            }
+            verdict => Some(verdict),
+        }
     }
 }
 
