@@ -192,10 +192,7 @@ impl Netlink {
                 vxlan_index.insert(l.header.index, vni);
             }
         }
-        let mut request = self.handle.neighbours().get();
-        request.message_mut().header.family = AddressFamily::Bridge;
-        let fdb: Vec<NeighbourMessage> = request.execute().try_collect().await.map_err(|e| nl("dump fdb", e))?;
-        for entry in fdb {
+        for entry in self.dump_fdb().await? {
             let Some(vni) = vxlan_index.get(&entry.header.ifindex) else { continue };
             let zero_mac = entry
                 .attributes

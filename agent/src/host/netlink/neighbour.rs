@@ -10,13 +10,8 @@ impl Netlink {
         let Some(index) = self.cached_index(&vx).await? else {
             return if add { Err(Error::Netlink(format!("{vx} does not exist"))) } else { Ok(()) };
         };
-        let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Bridge;
-        msg.header.ifindex = index;
+        let mut msg = vxlan_remote(index, vec![0; 6], peer);
         msg.header.state = NeighbourState::Other(FDB_STATE);
-        msg.header.flags = NeighbourFlags::Own;
-        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
-        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(peer)));
         let req = if add {
             let mut r = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
             r.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
@@ -28,6 +23,13 @@ impl Netlink {
         };
         let what = format!("fdb {} {vx} dst {peer}", if add { "append" } else { "del" });
         self.acked(req, &what, |code| if add { code == EEXIST } else { code == ENOENT }).await
+    }
+
+    /// Every bridge-family FDB entry: bridges', ports' and VXLAN devices'.
+    pub(super) async fn dump_fdb(&self) -> Result<Vec<NeighbourMessage>, Error> {
+        let mut request = self.handle.neighbours().get();
+        request.message_mut().header.family = AddressFamily::Bridge;
+        request.execute().try_collect().await.map_err(|e| nl("dump fdb", e))
     }
 
     /// Forgets the MACs each VXLAN device learned behind a peer it no longer
@@ -48,22 +50,12 @@ impl Netlink {
                 devices.insert(index, *vni);
             }
         }
-        let mut request = self.handle.neighbours().get();
-        request.message_mut().header.family = AddressFamily::Bridge;
-        let fdb: Vec<NeighbourMessage> =
-            request.execute().try_collect().await.map_err(|e| nl("dump fdb".to_string(), e))?;
         let mut forgotten = 0;
-        for (index, peer, mac) in fdb.iter().filter_map(learned_remote) {
+        for (index, peer, mac) in self.dump_fdb().await?.iter().filter_map(learned_remote) {
             if !devices.get(&index).is_some_and(|vni| gone.contains(&(*vni, peer))) {
                 continue;
             }
-            let mut msg = NeighbourMessage::default();
-            msg.header.family = AddressFamily::Bridge;
-            msg.header.ifindex = index;
-            msg.header.flags = NeighbourFlags::Own;
-            msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac));
-            msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(peer)));
-            let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(msg));
+            let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(vxlan_remote(index, mac, peer)));
             req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
             // Gone meanwhile (aged out, or the device removed): nothing to forget.
             self.acked(req, &format!("fdb del (learned) dst {peer}"), |code| code == ENOENT || code == ENODEV).await?;
@@ -154,9 +146,7 @@ impl Netlink {
         // that took a neighbour's MAC and is attached again (the attach reads
         // the container's MAC) would otherwise move the neighbour's sticky
         // entry to itself and cut the neighbour off (found by a review).
-        let mut request = self.handle.neighbours().get();
-        request.message_mut().header.family = AddressFamily::Bridge;
-        let fdb: Vec<NeighbourMessage> = request.execute().try_collect().await.map_err(|e| nl("dump fdb", e))?;
+        let fdb = self.dump_fdb().await?;
         // Nor may it take a MAC the bridge holds as its own or its ports'
         // (local entries: the bridge's MAC, which proxy ARP gives every
         // workload for remote addresses; the VXLAN device's; the host ends
@@ -199,6 +189,18 @@ impl Netlink {
             .build();
         self.handle.link().set_port(lock).execute().await.map_err(|e| nl(format!("lock bridge port {port}"), e))
     }
+}
+
+/// The FDB entry "`mac` is behind `peer`" in VXLAN device `index`'s own
+/// table (`self`: not the bridge's), without a state.
+fn vxlan_remote(index: u32, mac: Vec<u8>, peer: Ipv4Addr) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Bridge;
+    msg.header.ifindex = index;
+    msg.header.flags = NeighbourFlags::Own;
+    msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac));
+    msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(peer)));
+    msg
 }
 
 /// A VXLAN FDB entry's device, remote and MAC, if the device learned it: a
