@@ -146,15 +146,6 @@ fn node_address(ns: &str) -> Ipv4Addr {
     cidr.split('/').next().unwrap().parse().unwrap()
 }
 
-/// Host namespace `ns`'s (one segment's) VXLAN device.
-fn vxlan_device(ns: &str) -> String {
-    let out = ok_in(ns, &["ip", "-o", "link", "show"]);
-    out.lines()
-        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap().to_string()))
-        .find(|n| n.starts_with("wvvx-"))
-        .unwrap_or_else(|| panic!("a VXLAN device in {ns}: {out}"))
-}
-
 /// The peers `vxlan` floods to in host namespace `ns`.
 fn flood(ns: &str, vxlan: &str) -> BTreeSet<Ipv4Addr> {
     let fdb = ok_in(ns, &["bridge", "fdb", "show", "dev", vxlan]);
@@ -166,12 +157,6 @@ fn flood(ns: &str, vxlan: &str) -> BTreeSet<Ipv4Addr> {
 
 fn rx_packets(ns: &str, iface: &str) -> u64 {
     ok_in(ns, &["cat", &format!("/sys/class/net/{iface}/statistics/rx_packets")]).trim().parse().unwrap()
-}
-
-fn attached_at(bed: &mut Bed, host: usize, name: &str) -> (String, Ipv4Addr) {
-    let ns = bed.add_container(name);
-    let i = bed.weavectl_attach(host, &ns, &[&format!("/run/netns/{ns}")])[0];
-    (bed.workloads[i].ns.clone(), bed.workloads[i].ip)
 }
 
 #[test]

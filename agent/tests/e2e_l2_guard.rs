@@ -63,19 +63,6 @@ fn send(ns: &str, src: Ipv4Addr, dst: Ipv4Addr) {
     python(ns, SEND_IN_BROADCAST, &["ethwe", &src, &dst, &port]);
 }
 
-/// A container attached by host `host`'s agent (its port, sysctls, MAC lock
-/// and source guard): its workload index.
-fn attached(bed: &mut Bed, host: usize, name: &str) -> usize {
-    let ns = bed.add_container(name);
-    bed.weavectl_attach(host, &ns, &[&format!("/run/netns/{ns}")])[0]
-}
-
-/// [`attached`]'s namespace and address.
-fn attached_at(bed: &mut Bed, host: usize, name: &str) -> (String, Ipv4Addr) {
-    let i = attached(bed, host, name);
-    (bed.workloads[i].ns.clone(), bed.workloads[i].ip)
-}
-
 /// Deletes the bridge table's prerouting rule whose text contains `what`.
 fn delete_rule(ns: &str, what: &str) {
     let chain = ok_in(ns, &["nft", "-a", "list", "chain", "bridge", "weave", "prerouting"]);
@@ -333,12 +320,6 @@ for _ in range(20):
 "#;
 
 /// The one port on host namespace `ns` the agent made for a workload.
-/// The names of `ns`'s links.
-fn links(ns: &str) -> Vec<String> {
-    let out = ok_in(ns, &["ip", "-o", "link", "show"]);
-    out.lines().filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap().to_string())).collect()
-}
-
 fn workload_port(ns: &str) -> String {
     let all = links(ns);
     let ports: Vec<&String> = all
@@ -347,12 +328,6 @@ fn workload_port(ns: &str) -> String {
         .collect();
     assert_eq!(ports.len(), 1, "{all:?}");
     ports[0].clone()
-}
-
-/// Host namespace `ns`'s (one segment's) VXLAN device.
-fn vxlan_device(ns: &str) -> String {
-    let all = links(ns);
-    all.iter().find(|n| n.starts_with("wvvx-")).cloned().unwrap_or_else(|| panic!("a VXLAN device in {ns}: {all:?}"))
 }
 
 /// The port `mac` is on in host namespace `ns`'s FDB, if any.

@@ -727,15 +727,35 @@ impl Bed {
     }
 }
 
+/// The names of `ns`'s links.
+pub fn links(ns: &str) -> Vec<String> {
+    let out = ok_in(ns, &["ip", "-o", "link", "show"]);
+    out.lines().filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap().to_string())).collect()
+}
+
+/// Host namespace `ns`'s (one segment's) VXLAN device.
+pub fn vxlan_device(ns: &str) -> String {
+    let all = links(ns);
+    all.iter().find(|n| n.starts_with("wvvx-")).cloned().unwrap_or_else(|| panic!("a VXLAN device in {ns}: {all:?}"))
+}
+
+/// A container attached by host `host`'s agent (its port, sysctls, MAC lock
+/// and source guard): its workload index.
+pub fn attached(bed: &mut Bed, host: usize, name: &str) -> usize {
+    let ns = bed.add_container(name);
+    bed.weavectl_attach(host, &ns, &[&format!("/run/netns/{ns}")])[0]
+}
+
+/// [`attached`]'s namespace and address.
+pub fn attached_at(bed: &mut Bed, host: usize, name: &str) -> (String, Ipv4Addr) {
+    let i = attached(bed, host, name);
+    (bed.workloads[i].ns.clone(), bed.workloads[i].ip)
+}
+
 /// A namespace's interfaces and IPv4 addresses, as `name addr/len` lines (sorted; `lo` left out).
 pub fn interfaces(ns: &str) -> Vec<String> {
-    let links = ok_in(ns, &["ip", "-o", "link", "show"]);
     let addrs = ok_in(ns, &["ip", "-o", "-4", "addr", "show"]);
-    let mut out: Vec<String> = links
-        .lines()
-        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap().to_string()))
-        .filter(|n| n != "lo")
-        .collect();
+    let mut out: Vec<String> = links(ns).into_iter().filter(|n| n != "lo").collect();
     out.extend(addrs.lines().filter_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         (f.get(1) != Some(&"lo")).then(|| format!("{} {}", f[1], f[3]))
