@@ -185,3 +185,49 @@ fn a_members_subnet_inside_the_hosts_lan_is_installed_nowhere_else() {
     let seg = st.segments.iter().find(|s| s.subnet == trap.cidr).expect("the member's subnet");
     assert_eq!(seg.skipped, None, "installed on host 2 once it has a workload there");
 }
+
+/// A member with bad intent takes addresses that the other hosts reach
+/// through their default route, where no LAN check sees them: their name
+/// server (here host 2's `--dns-upstream`), or a registry across the WAN.
+/// Host 2 leaves a member's subnet over an address it depends on out, and
+/// sends its own traffic into no subnet it is not exposed on, so what the
+/// member allocated elsewhere gets nothing from it (before, host 2's pings
+/// and DNS went through the tunnel to the member, which answered; found by
+/// two reviews, 2026-12-02).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_member_gets_no_host_traffic_to_addresses_beyond_the_lan() {
+    let mut bed = Bed::new();
+    bed.add_host();
+    bed.agent_args = vec!["--dns-upstream".into(), "172.29.0.53:53".into()];
+    bed.add_host();
+    bed.wait_peers(0, 1);
+    bed.wait_peers(1, 1);
+    // Host 2 reaches both through its default route (nothing answers there).
+    ok_in(&bed.hosts[1].ns, &["ip", "route", "add", "default", "via", "192.0.2.1"]);
+    let dns = takes(&bed, "172.29.0.0/24", "172.29.0.53");
+    let seg = wait_for("host 2 to leave the subnet over its name server out", Duration::from_secs(10), || {
+        bed.status(1)?.segments.into_iter().find(|s| s.subnet == dns.cidr && s.skipped.is_some())
+    });
+    assert_eq!(
+        seg.skipped.as_deref(),
+        Some(
+            "subnet 172.29.0.0/24 skipped: it holds 172.29.0.53, a name server or gateway of this host, \
+             and a member added it (only the admin's subnets may hold it)"
+        )
+    );
+    // A registry's address: host 2 routes it into the tunnel (a remote
+    // workload of a subnet it has no reason to leave out) but sends nothing.
+    let registry = "172.28.0.9";
+    takes(&bed, "172.28.0.0/24", registry);
+    ok_in(&bed.hosts[0].ns, &["ip", "addr", "add", &format!("{registry}/32"), "dev", "lo"]);
+    let h1 = bed.wait_status(0).address;
+    wait_for("host 2 to route the member's address into the tunnel", Duration::from_secs(10), || {
+        ok_in(&bed.hosts[1].ns, &["ip", "route", "get", registry]).contains("dev wvtun0").then_some(())
+    });
+    // Control: host 2 pings host 1's node address through the tunnel.
+    assert!(ping_within(&bed.hosts[1].ns, h1, 5), "host 2 cannot ping host 1's node address {h1}");
+    assert!(!ping_within(&bed.hosts[1].ns, registry.parse().unwrap(), 2), "the member answered host 2 at {registry}");
+    let via = ok_in(&bed.hosts[1].ns, &["ip", "route", "get", "172.29.0.53"]);
+    assert!(!via.contains("wvtun0"), "host 2 routes its name server into the tunnel: {via}");
+}

@@ -267,6 +267,7 @@ async fn serve(
     // The isolation rules go in before anything is routed, and the agent
     // does not run without them. Forwarding is then turned on for the TUN
     // only (and for each bridge as it is made), not host-wide.
+    crate::host::routes::set_dns_upstreams(&args.dns_upstream);
     let networks = crate::host::routes::lan(identity.node_id);
     let coordinator_ips = crate::host::routes::coordinator_ips(&identity.coordinator);
     let rules = plan::firewall::rules(&map, identity.node_id, &coordinator_ips, &networks);

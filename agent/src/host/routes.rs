@@ -1,10 +1,11 @@
 //! This host's own LAN as the agent's namespace shows it: the networks it
 //! reaches directly (a route without a gateway through an interface that is
 //! not weave's: `/proc/net/route`, `/proc/net/ipv6_route`), every other
-//! route it has (for a member's subnets), and the addresses
-//! it depends on there (the routes' gateways, `/etc/resolv.conf`'s name
-//! servers). A subnet over them would route part of the LAN into an overlay
-//! bridge, so the agent leaves it out ([`crate::plan::netmap::HostLan`]).
+//! route it has (for a member's subnets), and the addresses it depends on
+//! (the routes' gateways; the name servers of `/etc/resolv.conf`, of
+//! systemd-resolved and `--dns-upstream`, wherever they are). A subnet over
+//! them would route part of the LAN, or the host's DNS, into the overlay,
+//! so the agent leaves it out ([`crate::plan::netmap::HostLan`]).
 //! Not the ARP neighbours: any machine on the underlay can become one (an
 //! ARP request from an address of its choosing), and would then take a
 //! subnet with live workloads off the host.
@@ -24,6 +25,15 @@ const GATEWAY: u32 = 0x2;
 /// RTF_REJECT: blackhole, unreachable, prohibit (no interface of its own).
 const REJECT: u32 = 0x200;
 
+/// The agent's own `--dns-upstream` servers (set once at start): addresses
+/// it depends on wherever they are, like the name servers of resolv.conf.
+static DNS_UPSTREAMS: std::sync::OnceLock<Vec<IpAddr>> = std::sync::OnceLock::new();
+
+/// Records the agent's `--dns-upstream` servers for [`lan`] (the first call counts).
+pub fn set_dns_upstreams(upstreams: &[std::net::SocketAddr]) {
+    let _ = DNS_UPSTREAMS.set(upstreams.iter().map(|u| u.ip().to_canonical()).collect());
+}
+
 /// This host's LAN, now. Unreadable files give nothing (the check then only
 /// protects announced endpoints and the coordinator's address, as before).
 /// `own_node`: this host's node id (its workloads' subnets are kept).
@@ -33,6 +43,10 @@ pub fn lan(own_node: u64) -> HostLan {
     let mut known = gateways_v4(&v4);
     known.extend(gateways_v6(&v6));
     known.extend(nameservers(&read("/etc/resolv.conf")));
+    // systemd-resolved: /etc/resolv.conf names only its stub (127.0.0.53);
+    // the servers it asks are here.
+    known.extend(nameservers(&read("/run/systemd/resolve/resolv.conf")));
+    known.extend(DNS_UPSTREAMS.get().into_iter().flatten());
     known.sort();
     known.dedup();
     HostLan { networks: connected_networks_in(&v4, &v6), routes: routes_in(&v4, &v6), known, own_node }

@@ -36,6 +36,9 @@ use super::{
 };
 
 pub const TABLE: &str = "weave";
+/// Every device weave makes: the TUN, bridges, VXLAN devices, workload
+/// ports (`wv` + 8 hex digits, Docker's `wvd` + id).
+const WEAVE_DEVICES: &str = "wv*";
 
 /// One subnet's segment as the rules see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,7 +202,12 @@ pub fn ruleset(rules: &Rules) -> String {
     // kube-ipvs0 inside the subnet included), no broadcast or multicast to
     // the host's sockets unless it is exposed there.
     vmap(&mut out, "iifname", segments, "input_seg");
-    let _ = writeln!(out, "    iifname \"{BRIDGE_PREFIX}*\" drop\n  }}");
+    // A workload port outside its bridge (its subnet removed with --force or
+    // left out here, its bridge deleted by hand until the next full pass):
+    // weave's other devices (`wv*`) carry nothing the rules above did not
+    // let through, so the container behind it reaches nothing, IPv6
+    // link-local included (fail closed; found by a review, 2026-12-02).
+    let _ = writeln!(out, "    iifname \"{BRIDGE_PREFIX}*\" drop\n    iifname \"{WEAVE_DEVICES}\" drop\n  }}");
     // From a peer over the tunnel, the host takes only VXLAN (above),
     // answers to its own connections, and a subnet's remote workloads at
     // the address it was exposed with there: a member must not reach the
@@ -239,7 +247,8 @@ pub fn ruleset(rules: &Rules) -> String {
     let _ = write!(
         out,
         "    iifname \"{BRIDGE_PREFIX}*\" drop\n    oifname \"{BRIDGE_PREFIX}*\" drop\n    \
-         iifname \"{TUN_NAME}\" drop\n    oifname \"{TUN_NAME}\" drop\n  }}\n"
+         iifname \"{TUN_NAME}\" drop\n    oifname \"{TUN_NAME}\" drop\n    \
+         iifname \"{WEAVE_DEVICES}\" drop\n    oifname \"{WEAVE_DEVICES}\" drop\n  }}\n"
     );
     for (i, s) in segments.iter().enumerate() {
         let (b, net) = (&s.bridge, s.subnet);
@@ -264,8 +273,25 @@ pub fn ruleset(rules: &Rules) -> String {
     // The host itself on a segment: only from the address it was exposed with.
     out += "  chain output {\n    type filter hook output priority filter - 10; policy accept;\n    ct status dnat accept\n";
     vmap(&mut out, "oifname", segments, "output_seg");
-    let _ = writeln!(out, "    oifname \"{BRIDGE_PREFIX}*\" meta nfproto ipv6 drop");
-    out += "  }\n";
+    let _ = writeln!(
+        out,
+        "    oifname \"{BRIDGE_PREFIX}*\" meta nfproto ipv6 drop\n    oifname \"{TUN_NAME}\" jump output_tun\n    \
+         oifname \"{BRIDGE_PREFIX}*\" accept\n    oifname \"{WEAVE_DEVICES}\" drop\n  }}"
+    );
+    // And into the tunnel: to a peer's node address (VXLAN, a ping), or to a
+    // subnet's remote workloads from the address the host was exposed with
+    // there; nothing else. A member that adds a subnet and allocates an
+    // address the host reaches through its default route (a name server or
+    // registry across the WAN: no LAN check can see it) would otherwise get
+    // the host's own traffic to it, and answer; now the host's packets die
+    // here (its workloads' already did, in the forward chain).
+    out += "  chain output_tun {\n    ip daddr @peers accept\n";
+    for (i, s) in segments.iter().enumerate() {
+        if let Some(exposed) = s.exposed {
+            let _ = writeln!(out, "    ip saddr {exposed} ip daddr @remote{i} accept");
+        }
+    }
+    out += "    drop\n  }\n";
     for (i, s) in segments.iter().enumerate() {
         let _ = write!(out, "  chain output_seg{i} {{\n    ip saddr != {} drop\n  }}\n", s.subnet);
     }

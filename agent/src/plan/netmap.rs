@@ -36,6 +36,8 @@ pub struct HostLan {
     /// Every route but the default ones and weave's (through a gateway, host
     /// routes), with its interface: no member's subnet may overlap one.
     pub routes: Vec<(ipnet::IpNet, String)>,
+    /// Addresses the host depends on: gateways, name servers (on the LAN or
+    /// reached through the default route), `--dns-upstream`.
     pub known: Vec<std::net::IpAddr>,
     /// This host's node: a subnet where it has workloads is never left out
     /// for its LAN (a route that came later, a VPN, a DHCP renewal must not
@@ -72,6 +74,14 @@ impl HostLan {
         if by_member && let Some((route, dev)) = self.routes.iter().find(|(n, _)| n.contains(net) || net.contains(n)) {
             return Some(format!(
                 "this host's route to {route} on {dev}, and a member added it (only the admin's subnets may lie there)"
+            ));
+        }
+        // Nor over an address the host depends on wherever it lies: a name
+        // server reached through the default route (a company's DNS across
+        // the WAN) would otherwise answer from the member's node.
+        if by_member && let Some(ip) = self.known.iter().find(|ip| net.contains(*ip)) {
+            return Some(format!(
+                "{ip}, a name server or gateway of this host, and a member added it (only the admin's subnets may hold it)"
             ));
         }
         self.networks.iter().filter(|(n, _)| n.contains(net)).find_map(|(lan, dev)| {
@@ -393,6 +403,10 @@ mod tests {
                 Subnet { added_by_node: 2, ..subnet(19, "100.64.1.0/24") },
                 Subnet { added_by_node: 2, ..subnet(20, "172.30.5.0/24") },
                 subnet(21, "100.64.2.0/24"),
+                // A member's over a name server reached through the default
+                // route (in no network or route of the host); the admin's: kept.
+                Subnet { added_by_node: 2, ..subnet(22, "172.29.0.0/24") },
+                subnet(23, "172.31.9.0/24"),
             ],
             ..Default::default()
         };
@@ -407,7 +421,7 @@ mod tests {
                 ("100.64.2.9/32".parse().unwrap(), "cali2".to_string()),
                 ("172.30.0.0/16".parse().unwrap(), "eth0".to_string()),
             ],
-            known: vec!["192.168.1.1".parse().unwrap(), "192.168.1.53".parse().unwrap()],
+            known: ["192.168.1.1", "192.168.1.53", "172.29.0.53", "172.31.9.53"].map(|a| a.parse().unwrap()).to_vec(),
             own_node: 1,
         };
         let skipped = underlay_conflicts(&map, &["10.2.4.1".parse().unwrap()], &lan);
@@ -428,11 +442,14 @@ mod tests {
                       and a member added it (only the admin's subnets may lie there)".into()),
                 (20, "subnet 172.30.5.0/24 skipped: it holds this host's route to 172.30.0.0/16 on eth0, \
                       and a member added it (only the admin's subnets may lie there)".into()),
+                (22, "subnet 172.29.0.0/24 skipped: it holds 172.29.0.53, a name server or gateway of this host, \
+                      and a member added it (only the admin's subnets may hold it)".into()),
             ],
             "kept: vni 0 (not an L2 segment); 10.2.3.0/24, inside the broad 10.0.0.0/8 and over a /32 route, \
              holding no address in use; 192.168.1.32/28, in the LAN but away from what the host uses (the \
              admin's); a member's 172.20.0.0/24 outside the LAN and its routes; a member's 192.168.1.64/29 \
-             where this host has a workload; the admin's 100.64.2.0/24 over a host route"
+             where this host has a workload; the admin's 100.64.2.0/24 over a host route and 172.31.9.0/24 \
+             over a name server beyond the LAN"
         );
     }
 }

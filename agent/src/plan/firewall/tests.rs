@@ -130,8 +130,26 @@ fn workloads_reach_their_host_only_at_its_exposed_address_and_never_over_ipv6() 
     assert_eq!(chain(&r, "input_seg0"), "", "not exposed: nothing");
     assert!(input.find("ct status dnat accept").is_some_and(|d| d < exposed), "{input}");
     // Then everything else from a bridge, IPv6 included, is dropped.
-    assert!(input[exposed..].ends_with("}\n    iifname \"wvbr-*\" drop\n"), "{input}");
-    assert!(chain(&r, "output").contains("oifname \"wvbr-*\" meta nfproto ipv6 drop"), "{r}");
+    // So is anything from a workload port outside its bridge (its subnet
+    // removed with --force, the bridge deleted by hand): fail closed.
+    assert!(input[exposed..].ends_with("}\n    iifname \"wvbr-*\" drop\n    iifname \"wv*\" drop\n"), "{input}");
+    assert!(chain(&r, "forward").ends_with("    iifname \"wv*\" drop\n    oifname \"wv*\" drop\n"), "{r}");
+    let output = chain(&r, "output");
+    assert!(
+        output.ends_with(
+            "    oifname \"wvbr-*\" meta nfproto ipv6 drop\n    oifname \"wvtun0\" jump output_tun\n    \
+             oifname \"wvbr-*\" accept\n    oifname \"wv*\" drop\n"
+        ),
+        "{r}"
+    );
+    // Into the tunnel the host sends only to peers' node addresses, and to
+    // remote workloads from the address it was exposed with there: not from
+    // its node address to whatever a member allocated (a name server the
+    // host reaches through its default route; found by a review).
+    assert_eq!(
+        chain(&r, "output_tun"),
+        "    ip daddr @peers accept\n    ip saddr 10.2.3.1 ip daddr @remote1 accept\n    drop\n"
+    );
     // IPv4 unicast never crosses VXLAN (it is routed): a member cannot
     // inject frames with another node's workload as their source.
     assert!(
