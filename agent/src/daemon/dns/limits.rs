@@ -1,7 +1,7 @@
 //! The DNS server's bounds, so that one container cannot starve its host's
-//! agent (issue 11): per namespace at most [`NS_TCP_CONNECTIONS`] TCP
-//! connections and an eighth of the agent's forward budget (at most
-//! [`NS_FORWARDS`]) in queries waiting on an upstream; across namespaces a
+//! agent (issue 11): per namespace an eighth of the agent's TCP connection
+//! budget (at most [`NS_TCP_CONNECTIONS`]) and of its forward budget (at
+//! most [`NS_FORWARDS`], in queries waiting on an upstream); across namespaces a
 //! [`Budget`] sized from the agent's file limit; every accept
 //! pauses after an error that is not one connection's (EMFILE, ENFILE,
 //! ENOBUFS); and all of it runs on a thread and runtime of its own
@@ -27,8 +27,9 @@ use tokio::{
 
 use crate::error::Error;
 
-/// TCP connections one namespace may hold open. Past it the connection idle
-/// the longest is closed to make room; with none idle the new one is.
+/// TCP connections one namespace may hold open, at most; its share is
+/// [`Budget::ns_tcp`]. Past it the connection idle the longest is closed to
+/// make room; with none idle the new one is.
 pub const NS_TCP_CONNECTIONS: usize = 64;
 /// Queries (UDP and TCP) one namespace may have waiting on an upstream, at
 /// most; its share is [`Budget::ns_forwards`]. Past it a UDP query is
@@ -69,6 +70,13 @@ pub struct Budget {
     /// How many of `forwards` one namespace may hold: 1/[`NS_SHARE`] of
     /// them, within 1..=[`NS_FORWARDS`].
     pub ns_forwards: usize,
+    /// How many of `tcp` one namespace may hold: 1/[`NS_SHARE`] of them,
+    /// within 1..=[`NS_TCP_CONNECTIONS`]. A fixed 64 was half the budget at
+    /// the common file limit of 1024: two containers holding theirs open
+    /// (a query every few seconds keeps them from idling out) left every
+    /// other namespace no TCP, so no retry of a truncated answer (found by
+    /// a review, 2026-12-02).
+    pub ns_tcp: usize,
 }
 
 impl Budget {
@@ -81,6 +89,7 @@ impl Budget {
             tcp: Arc::new(Semaphore::new(size)),
             forwards: Arc::new(Semaphore::new(size)),
             ns_forwards: (size / NS_SHARE).clamp(1, NS_FORWARDS),
+            ns_tcp: (size / NS_SHARE).clamp(1, NS_TCP_CONNECTIONS),
         }
     }
 
@@ -235,6 +244,13 @@ mod tests {
         assert_eq!(Budget::for_file_limit(Some(64)).tcp.available_permits(), 16);
         assert_eq!(Budget::for_file_limit(None).tcp.available_permits(), 16);
         assert!(file_limit().is_some_and(|l| l > 0), "this process has a file limit");
+    }
+
+    #[test]
+    fn a_namespace_holds_an_eighth_of_the_connection_budget_at_most() {
+        for (limit, share) in [(Some(1024), 16), (Some(4096), 64), (Some(u64::MAX), 64), (Some(64), 2), (None, 2)] {
+            assert_eq!(Budget::for_file_limit(limit).ns_tcp, share, "file limit {limit:?}");
+        }
     }
 
     #[test]

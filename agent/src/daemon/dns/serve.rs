@@ -14,10 +14,7 @@ use tokio::{
 
 use super::{
     Decided, DnsServer,
-    limits::{
-        BACKOFF, EVICT_WAIT, Idle, NS_TCP_CONNECTIONS, Refused, TCP_IDLE, TCP_QUERIES, connection_only, forward_permit,
-        oldest_idle,
-    },
+    limits::{BACKOFF, EVICT_WAIT, Idle, Refused, TCP_IDLE, TCP_QUERIES, connection_only, forward_permit, oldest_idle},
 };
 
 /// One open TCP connection, as its accept loop sees it.
@@ -85,7 +82,7 @@ impl DnsServer {
         }
     }
 
-    /// Accepts connections: at most [`NS_TCP_CONNECTIONS`] here (the one
+    /// Accepts connections: at most [`Budget::ns_tcp`] here (the one
     /// idle the longest makes room, else the new one is closed) and within
     /// the agent's budget; pauses after an accept error not the connection's.
     pub(super) async fn tcp_loop(self, listener: TcpListener, namespace: Arc<Semaphore>) {
@@ -106,7 +103,7 @@ impl DnsServer {
                 }
             };
             let mut evicted = false;
-            if open.len() >= NS_TCP_CONNECTIONS {
+            if open.len() >= self.inner.budget.ns_tcp {
                 let Some(oldest) = oldest_idle(open.iter().map(|(id, c)| (id, &*c.idle))) else {
                     Refused::NamespaceConnections.count("tcp");
                     continue;
@@ -197,7 +194,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::daemon::dns::limits::Budget;
+    use crate::daemon::dns::limits::{Budget, NS_TCP_CONNECTIONS};
 
     /// A server on 127.0.0.1 (no namespace, no root) under `key`; its TCP address.
     fn serving(server: &DnsServer, key: &str) -> SocketAddr {
@@ -242,7 +239,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_namespace_keeps_64_connections_closing_the_one_idle_the_longest() {
-        let server = DnsServer::new("weave.local.", Vec::new());
+        let mut server = DnsServer::new("weave.local.", Vec::new());
+        Arc::get_mut(&mut server.inner).unwrap().budget = Budget::for_file_limit(Some(65536));
+        assert_eq!(server.inner.budget.ns_tcp, NS_TCP_CONNECTIONS);
         let addr = serving(&server, "ns");
         let mut first = open(addr, 1).await.remove(0);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -270,17 +269,44 @@ mod tests {
         server.stop("ns");
     }
 
+    /// At a file limit of 512 the agent holds 64 connections: one namespace
+    /// gets 8 of them, however many it opens (each new one closes its own
+    /// oldest idle), and another namespace is still served. With a fixed 64
+    /// per namespace the first took them all.
+    #[tokio::test]
+    async fn a_namespace_cannot_take_the_agents_whole_connection_budget() {
+        let mut server = DnsServer::new("weave.local.", Vec::new());
+        Arc::get_mut(&mut server.inner).unwrap().budget = Budget::for_file_limit(Some(512));
+        let (a, b) = (serving(&server, "a"), serving(&server, "b"));
+        let mut held = open(a, 64).await;
+        let mut open_ones = 0;
+        for (i, c) in held.iter_mut().enumerate() {
+            open_ones += usize::from(answers(c, i as u16).await);
+        }
+        assert_eq!(open_ones, 8, "namespace a holds its eighth");
+        let mut other = open(b, 8).await;
+        for (i, c) in other.iter_mut().enumerate() {
+            assert!(answers(c, i as u16).await, "b's connection {i} is served");
+        }
+        server.stop_all();
+    }
+
     #[tokio::test]
     async fn the_agents_connection_budget_spans_namespaces() {
         let mut server = DnsServer::new("weave.local.", Vec::new());
         Arc::get_mut(&mut server.inner).unwrap().budget = Budget::for_file_limit(Some(128));
-        let (a, b) = (serving(&server, "a"), serving(&server, "b"));
-        // 16 in all: namespace a takes them, then b's first is closed.
-        let mut held = open(a, 16).await;
-        assert!(answers(&mut held[15], 1).await);
+        // 16 in all, 2 per namespace: eight namespaces take them, then a
+        // ninth's first is closed.
+        let mut held = Vec::new();
+        for n in 0..8 {
+            let mut two = open(serving(&server, &format!("ns{n}")), 2).await;
+            assert!(answers(&mut two[1], 1).await);
+            held.push(two);
+        }
+        let b = serving(&server, "b");
         let mut refused = open(b, 1).await.remove(0);
         assert!(closed(&mut refused).await, "over the agent's budget");
-        drop(held.pop());
+        drop(held[0].pop());
         let mut now = timeout(Duration::from_secs(5), async {
             loop {
                 let mut c = open(b, 1).await.remove(0);
@@ -290,7 +316,7 @@ mod tests {
             }
         })
         .await
-        .expect("a connection of b served once one of a's closed");
+        .expect("a connection of b served once another namespace's closed");
         assert!(answers(&mut now, 3).await);
         server.stop_all();
     }
