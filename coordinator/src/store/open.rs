@@ -264,6 +264,11 @@ mod tests {
                     "93abb98feee10a0cceeccfa56d0c114961f5ebac9336176bc15427ea171cd60991d4a734877d387c1937e5abb32fd48f"
                         .to_string()
                 ),
+                (
+                    6,
+                    "9b69adf38892c442fc2e97af09289f6e7edb76ca0de7641dad767c867d8d0a1b07eced5e3cdd9ce9a5b4bfe56768922d"
+                        .to_string()
+                ),
             ]
         );
         let pg: Vec<(i64, String)> =
@@ -271,5 +276,29 @@ mod tests {
         let lite: Vec<(i64, String)> =
             sqlx::migrate!("../migrations/sqlite").iter().map(|m| (m.version, m.description.to_string())).collect();
         assert_eq!(pg, lite, "one migration per version in each engine");
+    }
+
+    /// A container's DNS records are found by their allocation, not by
+    /// reading the whole table under the writer: releases, node removals,
+    /// the per-node DNS quota and the cascade of every allocation delete.
+    #[tokio::test]
+    async fn records_are_found_by_their_allocation_without_a_scan() {
+        use sqlx::sqlite::SqlitePoolOptions;
+        let pool = SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await.unwrap();
+        sqlx::migrate!("../migrations/sqlite").run(&pool).await.unwrap();
+        for q in [
+            "SELECT COUNT(*) FROM dns_records d JOIN allocations a ON a.id = d.allocation_id WHERE a.node_id = 1",
+            "SELECT d.id FROM dns_records d JOIN allocations a ON a.id = d.allocation_id WHERE a.node_id = 1 ORDER BY d.id",
+            "SELECT id FROM dns_records WHERE allocation_id = 1",
+        ] {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {q}"))).fetch_all(&pool).await.unwrap();
+            let steps: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
+            assert!(
+                !steps.iter().any(|s| s.starts_with("SCAN d") || s.starts_with("SCAN dns_records")),
+                "{q}: {steps:?}"
+            );
+            assert!(steps.iter().any(|s| s.contains("dns_records_by_allocation")), "{q}: {steps:?}");
+        }
     }
 }
