@@ -500,8 +500,18 @@ async fn a_database_that_stops_answering_gives_an_answer_within_the_deadline() {
         assert!(t.elapsed() < Duration::from_secs(30), "20 allocations before the freeze");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let frozen = server_processes(pg.0.pid);
-    signal_all(&frozen, "-STOP");
+    // Until no new process shows up: a backend forked between listing the
+    // processes and stopping the postmaster would otherwise go on serving
+    // (it once answered the read below).
+    let mut frozen: Vec<u32> = Vec::new();
+    loop {
+        let new: Vec<u32> = server_processes(pg.0.pid).into_iter().filter(|p| !frozen.contains(p)).collect();
+        if new.is_empty() {
+            break;
+        }
+        signal_all(&new, "-STOP");
+        frozen.extend(new);
+    }
     let at_freeze = acked.load(Ordering::SeqCst);
     // A read and a write of their own while it is frozen.
     let t = Instant::now();
