@@ -278,15 +278,15 @@ impl DnsServer {
                     let mut buf = vec![0u8; 65535];
                     loop {
                         let n = socket.recv(&mut buf).await.ok()?;
-                        // Only the answer to this query (same id).
-                        if n >= 2 && buf[..2] == query[..2] {
+                        if is_answer_to(query, &buf[..n]) {
                             return Some(buf[..n].to_vec());
                         }
                     }
                 } else {
                     let mut stream = TcpStream::connect(upstream).await.ok()?;
                     write_framed(&mut stream, query).await.ok()?;
-                    read_framed(&mut stream).await.ok()
+                    let reply = read_framed(&mut stream).await.ok()?;
+                    is_answer_to(query, &reply).then_some(reply)
                 }
             };
             match tokio::time::timeout(UPSTREAM_TIMEOUT, attempt).await {
@@ -296,6 +296,13 @@ impl DnsServer {
         }
         None
     }
+}
+
+/// Whether `reply` is an answer to `query`: a whole header, the same id,
+/// and QR set. Anything else from an upstream (a query, a reply to another
+/// id, a runt) is not relayed to the container as if it were its answer.
+fn is_answer_to(query: &[u8], reply: &[u8]) -> bool {
+    reply.len() >= 12 && query.len() >= 2 && reply[..2] == query[..2] && reply[2] & 0x80 != 0
 }
 
 /// What to do with one query.
@@ -354,4 +361,55 @@ fn open_in_file(
         tcp.set_nonblocking(true).map_err(|e| Error::Io(what("tcp"), e))?;
         Ok((udp, tcp))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `x.example. A`, id `id`.
+    fn query(id: u16) -> Vec<u8> {
+        let mut q = id.to_be_bytes().to_vec();
+        q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'x', 7]);
+        q.extend_from_slice(b"example\x00\x00\x01\x00\x01");
+        q
+    }
+
+    /// Over UDP the upstream (or whoever reaches the agent's socket from
+    /// its address) first sends the query back, a reply to another id and
+    /// a runt: only the answer after them is relayed. Over TCP a reply that
+    /// is not an answer (QR clear) is not relayed either: SERVFAIL instead.
+    #[tokio::test]
+    async fn only_an_answer_to_the_query_is_relayed() {
+        let up = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let udp_upstream = up.local_addr().unwrap();
+        let udp = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let (n, from) = up.recv_from(&mut buf).unwrap();
+            let q = buf[..n].to_vec();
+            let (mut other, mut answer) = (q.clone(), q.clone());
+            other[1] ^= 1;
+            other[2] |= 0x80;
+            answer[2] |= 0x80;
+            for d in [q.clone(), other, q[..2].to_vec(), answer] {
+                up.send_to(&d, from).unwrap();
+            }
+        });
+        let server = DnsServer::new("weave.local.", vec![udp_upstream]);
+        let q = query(7);
+        let got = server.forward(&q, true).await.expect("the upstream's answer");
+        assert!(got.len() == q.len() && got[..2] == q[..2] && got[2] & 0x80 != 0, "{got:?}");
+        udp.join().unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp_upstream = listener.local_addr().unwrap();
+        let tcp = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let q = read_framed(&mut s).await.unwrap();
+            write_framed(&mut s, &q).await.unwrap();
+        });
+        let server = DnsServer::new("weave.local.", vec![tcp_upstream]);
+        assert_eq!(server.forward(&q, false).await, None, "a query sent back is no answer");
+        tcp.await.unwrap();
+    }
 }
