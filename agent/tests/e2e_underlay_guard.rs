@@ -189,11 +189,12 @@ fn a_members_subnet_inside_the_hosts_lan_is_installed_nowhere_else() {
 /// A member with bad intent takes addresses that the other hosts reach
 /// through their default route, where no LAN check sees them: their name
 /// server (here host 2's `--dns-upstream`), or a registry across the WAN.
-/// Host 2 leaves a member's subnet over an address it depends on out, and
-/// sends its own traffic into no subnet it is not exposed on, so what the
-/// member allocated elsewhere gets nothing from it (before, host 2's pings
-/// and DNS went through the tunnel to the member, which answered; found by
-/// two reviews, 2026-12-02).
+/// Host 2 leaves a member's subnet over an address it depends on out (and
+/// once it has a workload there, still routes that address its own way);
+/// routes a subnet only where it has a workload; and sends its own traffic
+/// into no subnet it is not exposed on, so what the member allocated gets
+/// nothing from it (before, host 2's pings and DNS went through the tunnel
+/// to the member, which answered; found by reviews, 2026-12-02).
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn a_member_gets_no_host_traffic_to_addresses_beyond_the_lan() {
@@ -203,8 +204,10 @@ fn a_member_gets_no_host_traffic_to_addresses_beyond_the_lan() {
     bed.add_host();
     bed.wait_peers(0, 1);
     bed.wait_peers(1, 1);
+    let h2 = bed.hosts[1].ns.clone();
     // Host 2 reaches both through its default route (nothing answers there).
-    ok_in(&bed.hosts[1].ns, &["ip", "route", "add", "default", "via", "192.0.2.1"]);
+    ok_in(&h2, &["ip", "route", "add", "default", "via", "192.0.2.1"]);
+    let tunnel = |ip: &str| ok_in(&h2, &["ip", "route", "get", ip]).contains("dev wvtun0");
     let dns = takes(&bed, "172.29.0.0/24", "172.29.0.53");
     let seg = wait_for("host 2 to leave the subnet over its name server out", Duration::from_secs(10), || {
         bed.status(1)?.segments.into_iter().find(|s| s.subnet == dns.cidr && s.skipped.is_some())
@@ -216,18 +219,41 @@ fn a_member_gets_no_host_traffic_to_addresses_beyond_the_lan() {
              and a member added it (only the admin's subnets may hold it)"
         )
     );
-    // A registry's address: host 2 routes it into the tunnel (a remote
-    // workload of a subnet it has no reason to leave out) but sends nothing.
+    // A registry's address, in a subnet host 2 has no reason to leave out:
+    // with no workload of its own there, host 2 does not route it at all.
     let registry = "172.28.0.9";
-    takes(&bed, "172.28.0.0/24", registry);
+    let trap = takes(&bed, "172.28.0.0/24", registry);
     ok_in(&bed.hosts[0].ns, &["ip", "addr", "add", &format!("{registry}/32"), "dev", "lo"]);
-    let h1 = bed.wait_status(0).address;
-    wait_for("host 2 to route the member's address into the tunnel", Duration::from_secs(10), || {
-        ok_in(&bed.hosts[1].ns, &["ip", "route", "get", registry]).contains("dev wvtun0").then_some(())
+    let seg = wait_for("host 2 to build the member's segment", Duration::from_secs(10), || {
+        bed.status(1)?.segments.into_iter().find(|s| s.subnet == trap.cidr && s.skipped.is_none())
     });
-    // Control: host 2 pings host 1's node address through the tunnel.
-    assert!(ping_within(&bed.hosts[1].ns, h1, 5), "host 2 cannot ping host 1's node address {h1}");
-    assert!(!ping_within(&bed.hosts[1].ns, registry.parse().unwrap(), 2), "the member answered host 2 at {registry}");
-    let via = ok_in(&bed.hosts[1].ns, &["ip", "route", "get", "172.29.0.53"]);
-    assert!(!via.contains("wvtun0"), "host 2 routes its name server into the tunnel: {via}");
+    // Its proxy entries (kept everywhere) come in the same pass as routes would.
+    wait_for("host 2's proxy entry for the member's address", Duration::from_secs(10), || {
+        let proxies = in_ns(&h2, &["ip", "neigh", "show", "proxy", "dev", &seg.bridge]);
+        String::from_utf8_lossy(&proxies.stdout).contains(registry).then_some(())
+    });
+    for _ in 0..20 {
+        assert!(!tunnel(registry), "host 2 routes {registry} into the tunnel without a workload there");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // With a workload there it does, and still sends nothing of its own.
+    let c = bed.add_container("c");
+    bed.weavectl_attach(1, &c, &[&format!("net:{}", trap.cidr), &format!("/run/netns/{c}")]);
+    wait_for("host 2 to route the member's address into the tunnel", Duration::from_secs(10), || {
+        tunnel(registry).then_some(())
+    });
+    let h1 = bed.wait_status(0).address;
+    assert!(ping_within(&h2, h1, 5), "host 2 cannot ping host 1's node address {h1}");
+    assert!(!ping_within(&h2, registry.parse().unwrap(), 2), "the member answered host 2 at {registry}");
+    // A workload in the name server's subnet installs it on host 2 (its own
+    // configuration), but the name server stays on the default route.
+    let d = bed.add_container("d");
+    bed.weavectl_attach(1, &d, &[&format!("net:{}", dns.cidr), &format!("/run/netns/{d}")]);
+    wait_for("host 2 to install the subnet it now has a workload in", Duration::from_secs(10), || {
+        bed.status(1)?.segments.into_iter().find(|s| s.subnet == dns.cidr && s.skipped.is_none())
+    });
+    wait_for("host 2 to route the subnet onto its bridge", Duration::from_secs(10), || {
+        (!ok_in(&h2, &["ip", "route", "show", "172.29.0.0/24"]).is_empty()).then_some(())
+    });
+    assert!(!tunnel("172.29.0.53"), "host 2 routes its name server into the tunnel");
 }

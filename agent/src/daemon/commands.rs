@@ -267,7 +267,11 @@ async fn serve(
     // The isolation rules go in before anything is routed, and the agent
     // does not run without them. Forwarding is then turned on for the TUN
     // only (and for each bridge as it is made), not host-wide.
-    crate::host::routes::set_dns_upstreams(&args.dns_upstream);
+    // The servers the DNS server forwards to (resolv.conf's as read now, if
+    // no --dns-upstream): a later DHCP change must not drop them from what
+    // this host depends on.
+    let upstreams = dns_upstreams(&args);
+    crate::host::routes::set_dns_upstreams(&upstreams);
     let networks = crate::host::routes::lan(identity.node_id);
     let coordinator_ips = crate::host::routes::coordinator_ips(&identity.coordinator);
     let rules = plan::firewall::rules(&map, identity.node_id, &coordinator_ips, &networks);
@@ -283,7 +287,7 @@ async fn serve(
     // Records come from the saved map first, so names resolve before (or
     // without) the coordinator.
     let registry = Arc::new(Registry::load(dir.path()));
-    let dns = DnsServer::with_registry(plan::dns::DEFAULT_DOMAIN, dns_upstreams(&args), registry.clone());
+    let dns = DnsServer::with_registry(plan::dns::DEFAULT_DOMAIN, upstreams, registry.clone());
     dns.update(&map);
     // Containers attached before a restart get their resolver back.
     dns.restore().await;

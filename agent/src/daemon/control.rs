@@ -220,7 +220,10 @@ pub async fn reconcile_loop(
             }
             skipped = now_skipped;
             netmap::without_skipped(&mut peers, &map, &skipped);
-            (Desired::from_map(&map, own_node, local, segment_mtu).without(&skipped), peers, behind_nat)
+            let depended_on = netmap::depended_on_in_member_subnets(&map, &networks);
+            let desired =
+                Desired::from_map(&map, own_node, local, segment_mtu).without(&skipped).without_routes_to(&depended_on);
+            (desired, peers, behind_nat)
         };
         if peers_set.as_ref() != Some(&peers) {
             transport.set_peers(&peers);

@@ -25,11 +25,12 @@ const GATEWAY: u32 = 0x2;
 /// RTF_REJECT: blackhole, unreachable, prohibit (no interface of its own).
 const REJECT: u32 = 0x200;
 
-/// The agent's own `--dns-upstream` servers (set once at start): addresses
-/// it depends on wherever they are, like the name servers of resolv.conf.
+/// The servers the agent's DNS server forwards to (`--dns-upstream`, or
+/// resolv.conf's as read at start; set once): addresses it depends on
+/// wherever they are, like the name servers of resolv.conf now.
 static DNS_UPSTREAMS: std::sync::OnceLock<Vec<IpAddr>> = std::sync::OnceLock::new();
 
-/// Records the agent's `--dns-upstream` servers for [`lan`] (the first call counts).
+/// Records the DNS server's upstreams for [`lan`] (the first call counts).
 pub fn set_dns_upstreams(upstreams: &[std::net::SocketAddr]) {
     let _ = DNS_UPSTREAMS.set(upstreams.iter().map(|u| u.ip().to_canonical()).collect());
 }
@@ -167,6 +168,7 @@ fn gateways_v6(text: &str) -> Vec<IpAddr> {
 fn nameservers(text: &str) -> Vec<IpAddr> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver")?.split_whitespace().next()?.split('%').next()?.parse().ok())
+        .map(|ip: IpAddr| ip.to_canonical())
         .collect()
 }
 
