@@ -39,13 +39,11 @@ pub struct Desired {
     /// exposed address) in it: where the segment's broadcast goes.
     pub flood: BTreeMap<u32, BTreeSet<Ipv4Addr>>,
     /// Remote workload -> source address for this host's own traffic to it
-    /// (the host's exposed address on that subnet, if it has one); only in
-    /// segments with a workload (or exposed address) of this host.
+    /// (the host's exposed address on that subnet, if it has one).
     pub routes: BTreeMap<Ipv4Addr, Option<Ipv4Addr>>,
     /// vni -> the remote workloads of that segment (proxy ARP on its bridge).
     pub proxies: BTreeMap<u32, BTreeSet<Ipv4Addr>>,
-    /// vni -> the subnet, routed onto its bridge; only segments with a
-    /// workload of this host.
+    /// vni -> the subnet, routed onto its bridge.
     pub subnets: BTreeMap<u32, Ipv4Net>,
     /// vni -> the workloads of this node (attach pins their MACs on the bridge).
     pub local_workloads: BTreeMap<u32, BTreeSet<Ipv4Addr>>,
@@ -101,32 +99,21 @@ impl Desired {
                 flood.entry(vni).or_default().insert(peer);
             }
         }
+        let proxies = remote_workloads(map, own_node);
+        // This host's exposed address per segment: the source of its own traffic to remote workloads.
+        let exposed = exposed_addresses(map, own_node);
+        let routes = proxies
+            .iter()
+            .flat_map(|(vni, ips)| ips.iter().map(|ip| (*ip, exposed.get(vni).copied())))
+            .filter(|(ip, _)| *ip != local)
+            .collect();
         let mut workloads: BTreeMap<u32, BTreeSet<Ipv4Addr>> = BTreeMap::new();
         for a in map.allocations.iter().filter(|a| a.node_id == own_node) {
             if let (Some(&vni), Some(ip)) = (vni_of.get(&a.subnet_id), allocation_address(&a.address)) {
                 workloads.entry(vni).or_default().insert(ip);
             }
         }
-        // A subnet is routed (onto its bridge, and to its remote workloads
-        // through the TUN) only where this host takes part in it: a workload
-        // or an exposed address here. Elsewhere nothing could use the routes
-        // (the forward chain keeps other subnets' workloads out, `output_tun`
-        // the host itself), and they would only shadow whatever the host
-        // reaches at those addresses another way: a member's subnet over a
-        // registry or proxy behind the default route (found by a review,
-        // 2026-12-02). The segment itself (bridge, VXLAN) is built everywhere.
-        let proxies = remote_workloads(map, own_node);
-        // This host's exposed address per segment: the source of its own traffic to remote workloads.
-        let exposed = exposed_addresses(map, own_node);
-        let routes = proxies
-            .iter()
-            .filter(|(vni, _)| workloads.contains_key(vni))
-            .flat_map(|(vni, ips)| ips.iter().map(|ip| (*ip, exposed.get(vni).copied())))
-            .filter(|(ip, _)| *ip != local)
-            .collect();
-        let mut subnets = segment_subnets(map);
-        subnets.retain(|vni, _| workloads.contains_key(vni));
-        Self { local, mtu, segments, flood, routes, proxies, subnets, local_workloads: workloads }
+        Self { local, mtu, segments, flood, routes, proxies, subnets: segment_subnets(map), local_workloads: workloads }
     }
 }
 

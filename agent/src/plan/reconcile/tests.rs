@@ -218,8 +218,6 @@ fn remote_workloads_get_routes_proxy_entries_and_their_subnet_a_route() {
     assert!(diff(&d, &observed).is_empty(), "{:?}", diff(&d, &observed));
     let mut moved = map.clone();
     moved.allocations.retain(|a| a.id != 2 && a.id != 4);
-    // (A workload of this host keeps segment 200 routed here.)
-    moved.allocations.push(alloc(5, 1, 2, "10.2.3.5/24", "local2"));
     let d2 = Desired::from_map(&moved, 1, ip("10.47.0.1"), 1370);
     assert_eq!(
         diff(&d2, &observed),
@@ -236,24 +234,6 @@ fn remote_workloads_get_routes_proxy_entries_and_their_subnet_a_route() {
     moved.allocations.retain(|a| a.id != 1);
     let d2 = Desired::from_map(&moved, 1, ip("10.47.0.1"), 1370);
     assert!(!diff(&d2, &observed).iter().any(|c| matches!(c, Change::Unpin { .. })));
-    // Without a workload or an exposed address here, a segment is not
-    // routed at all: no subnet route, no routes to its remote workloads
-    // (they would only shadow what the host reaches at those addresses
-    // another way). Its proxy entries stay (they answer only on its bridge,
-    // where nothing of this host's is; and they tell stale pins).
-    let mut away = map.clone();
-    away.allocations.retain(|a| a.id != 4);
-    let d4 = Desired::from_map(&away, 1, ip("10.47.0.1"), 1370);
-    assert!(d4.segments.contains_key(&200), "the segment itself is built");
-    assert_eq!(d4.routes, [(ip("10.32.0.2"), None)].into());
-    assert_eq!(d4.subnets.keys().copied().collect::<Vec<_>>(), [100]);
-    assert_eq!(
-        diff(&d4, &observed),
-        [
-            Change::RemoveRoute { dst: ip("10.2.3.2") },
-            Change::RemoveSubnetRoute { vni: 200, net: "10.2.3.0/24".parse().unwrap() }
-        ]
-    );
     let mut elsewhere = moved.clone();
     elsewhere.allocations.push(weave_proto::v1::Allocation {
         id: 9,
@@ -453,7 +433,6 @@ fn a_skipped_segment_leaves_no_bridge_route_or_workload_route() {
             alloc(1, 2, 1, "10.32.0.2/16"),
             alloc(2, 2, 2, "192.0.2.2/24"),
             alloc(3, 1, 2, "192.0.2.3/24"),
-            alloc(4, 1, 1, "10.32.0.1/16"),
         ],
         ..Default::default()
     };
