@@ -78,9 +78,34 @@ fn advertise_for(listen: SocketAddr) -> String {
     SocketAddr::new(ip, listen.port()).to_string()
 }
 
+/// Takes `<data_dir>/coordinator.lock` (an exclusive `flock`, released when
+/// the process ends however it ends): two coordinators on one data dir
+/// would share its TLS identity and overwrite each other's
+/// `admin.credential` (found by a probe, 2026-12-02).
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("coordinator.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
+        nix::errno::Errno::EWOULDBLOCK => anyhow::anyhow!(
+            "another coordinator serves --data-dir {} (it holds {}): stop it, or give this one a --data-dir of its own",
+            dir.display(),
+            path.display()
+        ),
+        e => anyhow::anyhow!("{}: {e}", path.display()),
+    })
+}
+
 /// Starts a coordinator with `settings`; it serves until `shutdown` resolves.
 pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Running> {
     create_private_dir(&settings.data_dir)?;
+    let lock = lock_data_dir(&settings.data_dir)?;
     let (tls, tls_created) = load_or_create_tls(&settings.data_dir)?;
     if tls_created {
         tracing::info!(pin = %tls.pin, "created the coordinator's TLS identity");
@@ -212,7 +237,11 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
+    // The data dir stays this coordinator's until it has stopped serving.
+    let task = tokio::spawn(async move {
+        let _lock = lock;
+        router.serve_with_incoming_shutdown(incoming, shutdown).await
+    });
     tracing::info!(listen = %local_addr, %advertise, pin = %tls.pin, data_dir = %settings.data_dir.display(), store = %settings.store, "coordinator serving");
     Ok(Running { local_addr, advertise, admin, first_token, store, metrics_addr, task })
 }

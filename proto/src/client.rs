@@ -77,11 +77,29 @@ pub fn resolve(list: &str) -> (Vec<std::net::IpAddr>, Vec<&str>) {
 /// `list` that answers (tried in turn). Connects eagerly so that a wrong
 /// address or pin fails here, with its cause.
 pub async fn connect(list: &str, pin: Pin) -> Result<Channel, ConnectError> {
+    connect_within(list, pin, CONNECT_WITHIN).await
+}
+
+/// How long [`connect`] waits for one coordinator, the TCP, TLS and HTTP/2
+/// handshakes together: the endpoint's connect timeout covers TCP alone,
+/// and a port that accepts but never speaks TLS (a stopped coordinator's
+/// host, another service) would otherwise hold the caller for good.
+pub const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+
+/// [`connect`] with its time limit per address.
+pub async fn connect_within(list: &str, pin: Pin, limit: Duration) -> Result<Channel, ConnectError> {
     let mut failed = None;
     for addr in addresses(list) {
-        match endpoint(addr, pin)?.connect().await {
-            Ok(channel) => return Ok(channel),
-            Err(e) => failed = Some(ConnectError::Unreachable { addr: addr.to_string(), cause: error_chain(&e) }),
+        let unreachable = |cause| Some(ConnectError::Unreachable { addr: addr.to_string(), cause });
+        match tokio::time::timeout(limit, endpoint(addr, pin)?.connect()).await {
+            Ok(Ok(channel)) => return Ok(channel),
+            Ok(Err(e)) => failed = unreachable(error_chain(&e)),
+            Err(_) => {
+                failed = unreachable(format!(
+                    "no TLS handshake within {} s (is a weave coordinator listening there?)",
+                    limit.as_secs_f32()
+                ))
+            }
         }
     }
     Err(failed.unwrap_or_else(|| ConnectError::Address(list.to_string())))
@@ -328,6 +346,26 @@ mod tests {
 
     fn cut() -> Status {
         Status::unknown("transport error")
+    }
+
+    /// A port that accepts the connection and never says a word: the
+    /// caller gets its one error within the limit (it used to wait forever).
+    #[tokio::test]
+    async fn a_silent_port_is_an_error_within_the_limit() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                open.push(s);
+            }
+        });
+        let started = std::time::Instant::now();
+        let err = connect_within(&addr, Pin([7; 32]), Duration::from_millis(300)).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        let text = err.to_string();
+        assert!(text.contains(&addr) && text.contains("no TLS handshake within 0.3 s"), "{text}");
+        held.abort();
     }
 
     /// Answers the statuses in turn (then Ok(7)), counting calls.

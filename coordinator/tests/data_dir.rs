@@ -1,0 +1,74 @@
+//! One coordinator per data dir: a second one started on the same
+//! `--data-dir` (same TLS identity, same `admin.credential`) stops at once
+//! with one line and changes nothing; once the first has stopped, the dir
+//! is free again.
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn serve(data: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir"])
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .env_remove("WEAVE_STORE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("coordinator binary starts")
+}
+
+/// Waits for `<data>/admin.credential`; returns its text.
+fn credential(data: &Path, child: &mut Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(data.join("admin.credential")) {
+            return text;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the coordinator exited");
+        assert!(Instant::now() < deadline, "no admin.credential after 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_second_coordinator_on_the_same_data_dir_stops_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut first = serve(&data);
+    let before = credential(&data, &mut first);
+
+    let mut second = serve(&data);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while second.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            stop(second);
+            stop(first);
+            panic!("a second coordinator serves the same data dir");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = second.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {err}");
+    assert!(lines[0].starts_with("coordinator: another coordinator serves --data-dir"), "{err}");
+    assert_eq!(std::fs::read_to_string(data.join("admin.credential")).unwrap(), before, "the credential was rewritten");
+    assert!(first.try_wait().unwrap().is_none(), "the first coordinator stopped");
+
+    // Killed (no clean shutdown): the lock goes with the process.
+    stop(first);
+    let mut again = serve(&data);
+    credential(&data, &mut again);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(again.try_wait().unwrap().is_none(), "the data dir stayed locked after the first one died");
+    stop(again);
+}
