@@ -12,6 +12,35 @@ pub enum CidrError {
     HostBits { given: String, network: IpNet },
     #[error("'{0}' is too small to hold an address (largest prefix: /30 for IPv4, /126 for IPv6)")]
     TooSmall(String),
+    #[error("'{given}' overlaps {range} ({what}): pick a private range such as 10.0.0.0/8 or fd00::/8")]
+    SpecialUse { given: String, range: &'static str, what: &'static str },
+}
+
+/// Ranges no subnet may overlap: they mean something else on every host.
+const SPECIAL_USE: [(&str, &str); 10] = [
+    ("0.0.0.0/8", "\"this network\""),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local, with the cloud metadata service at 169.254.169.254"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved, with the broadcast address"),
+    ("::/127", "the unspecified and loopback addresses"),
+    ("::ffff:0:0/96", "IPv4-mapped addresses"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+    ("64:ff9b::/96", "NAT64"),
+];
+
+/// Refuses a new subnet that overlaps a special-use range (loopback,
+/// link-local, multicast, reserved, IPv4-mapped): routed into an overlay
+/// bridge on every host, it would take the hosts' own use of it away.
+pub fn check_usable(net: &IpNet) -> Result<(), CidrError> {
+    for (range, what) in SPECIAL_USE {
+        let special: IpNet = range.parse().expect("a valid range");
+        if special.contains(&net.network()) || net.contains(&special.network()) {
+            return Err(CidrError::SpecialUse { given: net.to_string(), range, what });
+        }
+    }
+    Ok(())
 }
 
 /// Parses a subnet. Host bits must be zero: `10.2.3.1/24` is refused with the
@@ -61,6 +90,39 @@ mod tests {
         assert!(matches!(parse_subnet("banana"), Err(CidrError::Syntax(_))));
         assert!(matches!(parse_subnet("10.2.3.0/31"), Err(CidrError::TooSmall(_))));
         assert!(parse_subnet("10.2.3.0/30").is_ok());
+    }
+
+    #[test]
+    fn special_use_ranges_are_refused_and_private_ones_taken() {
+        for bad in [
+            "169.254.0.0/16",
+            "169.254.169.0/24",
+            "0.0.0.0/8",
+            "127.0.0.0/24",
+            "224.0.0.0/24",
+            "240.0.0.0/24",
+            "255.255.255.0/24",
+            "0.0.0.0/1",
+            "128.0.0.0/1",
+            "fe80::/64",
+            "ff02::/64",
+            "::/126",
+            "::ffff:10.9.9.0/120",
+            "::/0",
+        ] {
+            let net = parse_subnet(bad).unwrap();
+            assert!(matches!(check_usable(&net), Err(CidrError::SpecialUse { .. })), "{bad} accepted");
+        }
+        for good in ["10.2.3.0/24", "172.20.0.0/16", "192.168.5.0/24", "100.64.1.0/24", "fd00:1::/64", "2001:db8::/64"]
+        {
+            assert_eq!(check_usable(&parse_subnet(good).unwrap()), Ok(()), "{good}");
+        }
+        let e = check_usable(&parse_subnet("169.254.0.0/16").unwrap()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "'169.254.0.0/16' overlaps 169.254.0.0/16 (link-local, with the cloud metadata service at \
+             169.254.169.254): pick a private range such as 10.0.0.0/8 or fd00::/8"
+        );
     }
 
     #[test]

@@ -139,6 +139,17 @@ fn subnet_refusals() {
         2,
         "weavectl: adding subnet 10.2.3.1/24: '10.2.3.1/24' has host bits set; did you mean 10.2.3.0/24?",
     );
+    // Special-use ranges mean something else on every host.
+    c.fails(
+        &["subnet", "add", "169.254.0.0/16"],
+        2,
+        "weavectl: adding subnet 169.254.0.0/16: '169.254.0.0/16' overlaps 169.254.0.0/16 (link-local, with the \
+         cloud metadata service at 169.254.169.254): pick a private range such as 10.0.0.0/8 or fd00::/8",
+    );
+    for special in ["224.0.0.0/24", "fe80::/64", "::ffff:10.9.9.0/120", "127.0.0.0/24", "0.0.0.0/8"] {
+        c.weavectl().args(["subnet", "add", special]).assert().code(2);
+    }
+    assert_eq!(c.json(&["subnet", "ls"]).as_array().unwrap().len(), 1, "nothing added");
     c.ok(&["subnet", "add", "10.2.0.0/16", "--name", "wide"]);
     c.fails(
         &["subnet", "add", "10.2.3.0/24"],
@@ -219,10 +230,32 @@ fn token_create_list_revoke() {
     let revoked = list.as_array().unwrap().iter().find(|t| t["id"] == token.id.as_str()).unwrap();
     assert_eq!(revoked["state"], "revoked");
 
+    // The whole token pasted instead of its id: revoked by its id, and its
+    // secret is neither sent nor shown.
+    let pasted = c.json(&["token", "create"]);
+    let whole = pasted["secret_token"].as_str().unwrap().to_string();
+    let id = pasted["id"].as_str().unwrap().to_string();
+    assert_eq!(c.ok(&["token", "revoke", &whole]), format!("revoked token {id}; nodes that joined with it stay\n"));
+    let out = c.weavectl().args(["token", "revoke", "wv1.not-a-token.secretsecret"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a token id") && !err.contains("secretsecret"), "{err}");
+    c.fails(
+        &["token", "create", "--ttl", "99999999h"],
+        2,
+        "weavectl: creating a join token: a lifetime of 4166666 days: at most 3650 (--ttl never for a token that does \
+         not expire)",
+    );
+    c.fails(
+        &["token", "create", "--description", "two\nlines"],
+        2,
+        "weavectl: creating a join token: a token description with control characters (newlines, escapes): plain \
+         text only",
+    );
     c.fails(
         &["token", "revoke", "0123456789abcdef"],
         4,
-        "weavectl: revoking token 0123456789abcdef: no join token with id '0123456789abcdef' (see `weavectl token ls`)",
+        "weavectl: revoking a join token: no join token with id '0123456789abcdef' (see `weavectl token ls`)",
     );
     c.fails(
         &["token", "create", "--ttl", "soon"],

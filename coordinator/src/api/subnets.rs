@@ -1,6 +1,6 @@
 use tonic::{Request, Response, Status};
 use weave_proto::{
-    cidr::parse_subnet,
+    cidr::{check_usable, parse_subnet},
     v1::{
         AddSubnetRequest, ListSubnetsRequest, ListSubnetsResponse, RemoveSubnetRequest, RemoveSubnetResponse, Subnet,
         subnet_service_server::SubnetService,
@@ -30,6 +30,7 @@ impl SubnetService for Subnets {
             self.0.admin(&request).await?;
         }
         let net = parse_subnet(&r.cidr).map_err(Error::from)?;
+        check_usable(&net).map_err(Error::from)?;
         if let Caller::Node { name, .. } = &caller {
             node_may_add(&net, name, &self.0.node_subnets).map_err(Error::PermissionDenied)?;
         }

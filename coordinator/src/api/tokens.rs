@@ -17,6 +17,8 @@ pub struct Tokens(pub Shared);
 
 /// A token's description is a note for people (`weavectl token ls`).
 pub const MAX_DESCRIPTION_LEN: usize = 256;
+/// The longest lifetime a token may be given (ten years); past it, `never`.
+const MAX_TTL_SECONDS: u64 = 3650 * 86_400;
 
 impl Tokens {
     /// Creates a token and returns it with its one-string form (shown once).
@@ -30,6 +32,19 @@ impl Tokens {
             return Err(crate::error::Error::InvalidArgument(format!(
                 "a token description of {} bytes: at most {MAX_DESCRIPTION_LEN}",
                 description.len()
+            )));
+        }
+        // Shown in `weavectl token ls`: no newlines or terminal escapes.
+        if description.chars().any(char::is_control) {
+            return Err(crate::error::Error::InvalidArgument(
+                "a token description with control characters (newlines, escapes): plain text only".into(),
+            ));
+        }
+        if let Some(ttl) = ttl_seconds.filter(|t| *t > MAX_TTL_SECONDS) {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "a lifetime of {} days: at most {} (--ttl never for a token that does not expire)",
+                ttl / 86_400,
+                MAX_TTL_SECONDS / 86_400
             )));
         }
         let (id, secret) = (new_id(), new_secret());
@@ -73,9 +88,12 @@ impl TokenService for Tokens {
         Ok(Response::new(ListTokensResponse { tokens: self.0.store.list_tokens().await? }))
     }
 
-    #[tracing::instrument(skip_all, fields(token = %request.get_ref().id))]
+    // The id is not logged as given: a whole token pasted there carries its secret.
+    #[tracing::instrument(skip_all)]
     async fn revoke_token(&self, request: Request<RevokeTokenRequest>) -> Result<Response<Token>, Status> {
         self.0.admin(&request).await?;
-        Ok(Response::new(self.0.store.revoke_token(&request.get_ref().id).await?))
+        let token = self.0.store.revoke_token(&request.get_ref().id).await?;
+        tracing::info!(token = %token.id, "join token revoked");
+        Ok(Response::new(token))
     }
 }

@@ -11,10 +11,25 @@ use crate::error::{Error, Result};
 
 /// `web`, `WEB.weave.local`, `web.weave.local.` -> `web.weave.local.`.
 /// Names are case-insensitive and always live under `domain`.
+/// A name ending in a dot is absolute: it must end in the domain
+/// (`foo.example.com.` is refused, not made `foo.example.com.weave.local.`).
 pub fn qualify_name(name: &str, domain: &str) -> Result<String> {
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    let lower = name.trim().trim_end_matches('.').to_ascii_lowercase();
-    let relative = lower.strip_suffix(&format!(".{domain}")).unwrap_or(&lower);
+    let trimmed = name.trim().to_ascii_lowercase();
+    let (lower, absolute) = match trimmed.strip_suffix('.') {
+        Some(rest) => (rest, true),
+        None => (trimmed.as_str(), false),
+    };
+    let relative = match lower.strip_suffix(&format!(".{domain}")) {
+        Some(relative) => relative,
+        None if absolute && lower != domain => {
+            return Err(Error::InvalidArgument(format!(
+                "'{name}' is outside {domain}. (a name ending in '.' is absolute; leave the dot off for one \
+                 under {domain}.)"
+            )));
+        }
+        None => lower,
+    };
     let valid_label = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
@@ -214,8 +229,13 @@ mod tests {
         assert_eq!(qualify_name("WEB.Weave.Local", d).unwrap(), "web.weave.local.");
         assert_eq!(qualify_name("web.weave.local.", d).unwrap(), "web.weave.local.");
         assert_eq!(qualify_name("a.b", d).unwrap(), "a.b.weave.local.");
-        for bad in ["", "weave.local", "-x", "a..b", "sp ace", "x!"] {
+        for bad in ["", "weave.local", "-x", "a..b", "sp ace", "x!", "web.weave.local..", "web..", ".", "weave.local."]
+        {
             assert!(qualify_name(bad, d).is_err(), "{bad:?} should be refused");
         }
+        // Absolute (a trailing dot): only inside the domain.
+        let e = qualify_name("foo.example.com.", d).unwrap_err().to_string();
+        assert!(e.contains("'foo.example.com.' is outside weave.local."), "{e}");
+        assert_eq!(qualify_name("foo.example.com", d).unwrap(), "foo.example.com.weave.local.");
     }
 }

@@ -62,6 +62,12 @@ impl Store {
     /// Revoking twice is not an error: the token stays revoked.
     pub async fn revoke_token(&self, id: &str) -> Result<v1::Token> {
         let id = id.trim().to_ascii_lowercase();
+        // Not echoed: a whole token pasted here carries its secret.
+        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::InvalidArgument(
+                "that is not a token id: 16 hex digits, as `weavectl token ls` shows them".into(),
+            ));
+        }
         let mut tx = self.begin().await?;
         let row = db::query(sqlx::AssertSqlSafe(format!(
             "UPDATE join_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1 RETURNING {TOKEN_COLUMNS}"

@@ -75,11 +75,11 @@ pub(super) async fn run(api: &mut Api, out: &Output, c: Checked) -> Outcome {
             out.list(&table, || Value::Array(tokens.iter().map(token_json).collect()));
         }
         TokenCommand::Revoke { id } => {
-            let token = api
-                .tokens
-                .revoke_token(RevokeTokenRequest { id: id.clone() })
-                .await
-                .doing(format!("revoking token {id}"))?;
+            // A whole token pasted instead of its id: its id, and its
+            // secret goes nowhere (not to the coordinator, not to stderr).
+            let id = weave_proto::token::JoinToken::parse(&id).map(|t| t.id).unwrap_or(id);
+            let token =
+                api.tokens.revoke_token(RevokeTokenRequest { id: id.clone() }).await.doing("revoking a join token")?;
             out.done(&format!("revoked token {}; nodes that joined with it stay", token.id), || token_json(&token));
         }
     }
