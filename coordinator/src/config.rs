@@ -184,6 +184,9 @@ impl ServeArgs {
         };
         let default_subnet = parse("default-subnet", &self.default_subnet, default_default)?;
         let node_range = parse("node-range", &self.node_range, default_nodes)?;
+        for (name, net) in [("range", range), ("default-subnet", default_subnet), ("node-range", node_range)] {
+            weave_proto::cidr::check_usable(&net).map_err(|e| flag(name, e))?;
+        }
         for (name, net) in [("default-subnet", default_subnet), ("node-range", node_range)] {
             if !range.contains(&net) {
                 return Err(flag(name, format!("{net} is not inside --range {range}")));
@@ -218,6 +221,11 @@ impl ServeArgs {
         let token_ttl = weave_proto::duration::parse(&self.token_ttl).map_err(|e| flag("token-ttl", e))?;
         let first_token_ttl =
             weave_proto::duration::parse(&self.first_token_ttl).map_err(|e| flag("first-token-ttl", e))?;
+        for (name, ttl) in [("token-ttl", token_ttl), ("first-token-ttl", first_token_ttl)] {
+            if let Some(e) = ttl.and_then(|t| crate::api::tokens::ttl_too_long(t.as_secs())) {
+                return Err(flag(name, e));
+            }
+        }
         let rpc_deadline = weave_proto::duration::parse(&self.rpc_deadline).map_err(|e| flag("rpc-deadline", e))?;
         // A paced call may wait up to MAX_WAIT for its turn: the deadline must leave it that.
         if rpc_deadline.is_some_and(|d| d <= crate::api::pace::MAX_WAIT) {
@@ -350,6 +358,22 @@ mod tests {
         let mut a = args();
         a.store = Some("mysql://db/weave".into());
         assert!(a.settings().unwrap_err().to_string().starts_with("--store: 'mysql://db/weave' is neither"));
+        // Special-use ranges and token lifetimes past ten years.
+        let mut a = args();
+        a.range = "169.254.0.0/16".into();
+        assert!(a.settings().unwrap_err().to_string().starts_with("--range: '169.254.0.0/16' overlaps"));
+        for (flag, set) in [("--token-ttl", 0), ("--first-token-ttl", 1)] {
+            let mut a = args();
+            *[&mut a.token_ttl, &mut a.first_token_ttl][set] = "5000d".into();
+            let e = a.settings().unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!("{flag}: a lifetime of 5000 days: at most 3650 (never, for a token that does not expire)")
+            );
+            let mut a = args();
+            *[&mut a.token_ttl, &mut a.first_token_ttl][set] = "never".into();
+            assert!(a.settings().is_ok());
+        }
     }
 
     #[test]

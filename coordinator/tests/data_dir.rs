@@ -64,11 +64,29 @@ fn a_second_coordinator_on_the_same_data_dir_stops_with_one_line() {
     assert_eq!(std::fs::read_to_string(data.join("admin.credential")).unwrap(), before, "the credential was rewritten");
     assert!(first.try_wait().unwrap().is_none(), "the first coordinator stopped");
 
-    // Killed (no clean shutdown): the lock goes with the process.
+    // Killed (no clean shutdown): the lock goes with the process, and the
+    // next one takes it.
     stop(first);
     let mut again = serve(&data);
-    credential(&data, &mut again);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(again.try_wait().unwrap().is_none(), "the data dir stayed locked after the first one died");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !held_by(again.id(), &data.join("coordinator.lock")) {
+        assert!(again.try_wait().unwrap().is_none(), "the data dir stayed locked after the first one died");
+        assert!(Instant::now() < deadline, "the new coordinator never took the lock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(again.try_wait().unwrap().is_none());
     stop(again);
+}
+
+/// Whether process `pid` holds a `flock` on `path` (from /proc/locks: looking
+/// must not take the lock, or the coordinator could find it held).
+fn held_by(pid: u32, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0);
+    std::fs::read_to_string("/proc/locks").unwrap().lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&"FLOCK")
+            && f.get(4) == Some(&pid.to_string().as_str())
+            && f.get(5).is_some_and(|dev_ino| dev_ino.rsplit(':').next() == Some(&inode.to_string()))
+    })
 }

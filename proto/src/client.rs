@@ -80,8 +80,8 @@ pub async fn connect(list: &str, pin: Pin) -> Result<Channel, ConnectError> {
     connect_within(list, pin, CONNECT_WITHIN).await
 }
 
-/// How long [`connect`] waits for one coordinator, the TCP, TLS and HTTP/2
-/// handshakes together: the endpoint's connect timeout covers TCP alone,
+/// How long [`connect`] waits for one coordinator, the name lookup and the
+/// TCP, TLS and HTTP/2 handshakes together: the endpoint's connect timeout covers TCP alone,
 /// and a port that accepts but never speaks TLS (a stopped coordinator's
 /// host, another service) would otherwise hold the caller for good.
 pub const CONNECT_WITHIN: Duration = Duration::from_secs(10);
@@ -96,7 +96,8 @@ pub async fn connect_within(list: &str, pin: Pin, limit: Duration) -> Result<Cha
             Ok(Err(e)) => failed = unreachable(error_chain(&e)),
             Err(_) => {
                 failed = unreachable(format!(
-                    "no TLS handshake within {} s (is a weave coordinator listening there?)",
+                    "no answer within {} s (name lookup, TCP, TLS and HTTP/2 together): is a weave coordinator \
+                     listening there?",
                     limit.as_secs_f32()
                 ))
             }
@@ -364,7 +365,7 @@ mod tests {
         let err = connect_within(&addr, Pin([7; 32]), Duration::from_millis(300)).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         let text = err.to_string();
-        assert!(text.contains(&addr) && text.contains("no TLS handshake within 0.3 s"), "{text}");
+        assert!(text.contains(&addr) && text.contains("no answer within 0.3 s"), "{text}");
         held.abort();
     }
 

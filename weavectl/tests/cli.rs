@@ -243,8 +243,8 @@ fn token_create_list_revoke() {
     c.fails(
         &["token", "create", "--ttl", "99999999h"],
         2,
-        "weavectl: creating a join token: a lifetime of 4166666 days: at most 3650 (--ttl never for a token that does \
-         not expire)",
+        "weavectl: creating a join token: a lifetime of 4166666 days: at most 3650 (never, for a token that does not \
+         expire)",
     );
     c.fails(
         &["token", "create", "--description", "two\nlines"],

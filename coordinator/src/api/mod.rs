@@ -14,7 +14,7 @@ mod nodes;
 pub mod pace;
 mod status;
 mod subnets;
-mod tokens;
+pub(crate) mod tokens;
 
 use std::sync::{Arc, atomic::AtomicU32};
 

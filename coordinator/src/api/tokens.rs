@@ -20,6 +20,18 @@ pub const MAX_DESCRIPTION_LEN: usize = 256;
 /// The longest lifetime a token may be given (ten years); past it, `never`.
 const MAX_TTL_SECONDS: u64 = 3650 * 86_400;
 
+/// Why a token lifetime of `ttl` seconds is refused, if it is: checked for a
+/// request's `ttl_seconds` and for `--token-ttl`/`--first-token-ttl` at start.
+pub(crate) fn ttl_too_long(ttl: u64) -> Option<String> {
+    (ttl > MAX_TTL_SECONDS).then(|| {
+        format!(
+            "a lifetime of {} days: at most {} (never, for a token that does not expire)",
+            ttl / 86_400,
+            MAX_TTL_SECONDS / 86_400
+        )
+    })
+}
+
 impl Tokens {
     /// Creates a token and returns it with its one-string form (shown once).
     pub async fn create(
@@ -40,13 +52,7 @@ impl Tokens {
                 "a token description with control characters (newlines, escapes): plain text only".into(),
             ));
         }
-        if let Some(ttl) = ttl_seconds.filter(|t| *t > MAX_TTL_SECONDS) {
-            return Err(crate::error::Error::InvalidArgument(format!(
-                "a lifetime of {} days: at most {} (--ttl never for a token that does not expire)",
-                ttl / 86_400,
-                MAX_TTL_SECONDS / 86_400
-            )));
-        }
+
         let (id, secret) = (new_id(), new_secret());
         let token = state
             .store
@@ -77,6 +83,9 @@ impl TokenService for Tokens {
             (false, 0) => self.0.token_ttl.map(|d| d.as_secs()),
             (false, s) => Some(s),
         };
+        if let Some(e) = ttl.and_then(ttl_too_long) {
+            return Err(crate::error::Error::InvalidArgument(e).into());
+        }
         let uses = Some(r.uses).filter(|u| *u > 0);
         let (token, join) = Self::create(&self.0, ttl, uses, r.description).await?;
         tracing::info!(token = %token.id, expires_at = token.expires_at, uses = ?uses, "join token created");
