@@ -350,13 +350,7 @@ fn a_container_whose_subnet_is_removed_reaches_nothing_on_its_host() {
     bed.weavectl_attach(0, &a, &["net:10.2.9.0/24", &format!("/run/netns/{a}")]);
     let host = bed.hosts[0].ns.clone();
     let bridge = bed.wait_status(0).segments.into_iter().find(|s| s.subnet == "10.2.9.0/24").expect("segment").bridge;
-    let ports = ok_in(&host, &["ip", "-o", "link", "show", "master", &bridge]);
-    let port = ports
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1)?.split('@').next())
-        .find(|n| n.starts_with("wv") && !n.starts_with("wvvx-"))
-        .unwrap_or_else(|| panic!("a's port in {bridge}: {ports}"))
-        .to_string();
+    let port = workload_port(&host, &bridge);
     let out = bed.weavectl_admin(&["subnet", "rm", "--force", "10.2.9.0/24"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_for("the segment's bridge to go", Duration::from_secs(10), || {

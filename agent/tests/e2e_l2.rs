@@ -189,13 +189,7 @@ fn a_bridge_deleted_by_hand_comes_back_with_its_workloads() {
         pins.lines().any(|l| l.starts_with(&format!("{a_ip} ")) && l.contains("PERMANENT")).then_some(())
     });
     bed.wait_ping(wb, wa, Duration::from_secs(10));
-    let ports = ok_in(&h1, &["ip", "-o", "link", "show", "master", &seg.bridge]);
-    let port = ports
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1)?.split('@').next())
-        .find(|n| n.starts_with("wv") && !n.starts_with("wvvx-"))
-        .unwrap_or_else(|| panic!("a's port is in the bridge: {ports}"))
-        .to_string();
+    let port = workload_port(&h1, &seg.bridge);
     // Locked to a's MAC again, as at attach.
     let detail = ok_in(&h1, &["bridge", "-d", "link", "show", "dev", &port]);
     assert!(detail.contains("locked on"), "{port} is not locked again: {detail}");

@@ -733,6 +733,18 @@ pub fn links(ns: &str) -> Vec<String> {
     out.lines().filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap().to_string())).collect()
 }
 
+/// The (first) workload port in `bridge` of host namespace `ns`: a `wv*`
+/// link that is not the segment's VXLAN device.
+pub fn workload_port(ns: &str, bridge: &str) -> String {
+    let ports = ok_in(ns, &["ip", "-o", "link", "show", "master", bridge]);
+    ports
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1)?.split('@').next())
+        .find(|n| n.starts_with("wv") && !n.starts_with("wvvx-"))
+        .unwrap_or_else(|| panic!("a workload port in {bridge}: {ports}"))
+        .to_string()
+}
+
 /// Host namespace `ns`'s (one segment's) VXLAN device.
 pub fn vxlan_device(ns: &str) -> String {
     let all = links(ns);
