@@ -68,6 +68,11 @@ pub struct AdminCredential {
 }
 
 const JOIN_PREFIX: &str = "wv1";
+
+/// Whether `id` has a token id's form: 16 hex digits.
+pub fn is_token_id(id: &str) -> bool {
+    id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
 const ADMIN_PREFIX: &str = "wva1";
 
 impl JoinToken {
@@ -76,7 +81,7 @@ impl JoinToken {
         let parts = split(s, kind, JOIN_PREFIX, 4)?;
         let (coordinator, pin) = locate(kind, parts[0], parts[1])?;
         let id = parts[2];
-        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_token_id(id) {
             return Err(TokenError::Malformed { kind, what: "the token id is not 16 hex digits" });
         }
         let secret = check_secret(kind, parts[3])?;

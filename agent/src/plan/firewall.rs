@@ -31,14 +31,11 @@ use ipnet::Ipv4Net;
 use weave_proto::v1::NetworkMap;
 
 use super::{
-    kernel::{BRIDGE_PREFIX, TUN_NAME, VXLAN_PORT, bridge_name},
+    kernel::{BRIDGE_PREFIX, TUN_NAME, VXLAN_PORT, WEAVE_DEVICES, bridge_name},
     reconcile::{exposed_addresses, remote_workloads, segment_subnets},
 };
 
 pub const TABLE: &str = "weave";
-/// Every device weave makes: the TUN, bridges, VXLAN devices, workload
-/// ports (`wv` + 8 hex digits, Docker's `wvd` + id).
-const WEAVE_DEVICES: &str = "wv*";
 
 /// One subnet's segment as the rules see it.
 #[derive(Debug, Clone, PartialEq, Eq)]

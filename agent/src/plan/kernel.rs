@@ -19,6 +19,10 @@ pub const TUN_READ_ROOM: usize = 128;
 pub const TUN_TX_QUEUE_LEN: u32 = 4096;
 
 pub const BRIDGE_PREFIX: &str = "wvbr-";
+/// Every device weave makes, as an nftables interface-name pattern: the TUN,
+/// bridges, VXLAN devices, workload ports (`wv` + 8 hex digits, Docker's
+/// `wvd` + id). Names starting with `wv` are weave's on a host running the agent.
+pub const WEAVE_DEVICES: &str = "wv*";
 pub const VXLAN_PREFIX: &str = "wvvx-";
 pub const VXLAN_PORT: u16 = 4789;
 /// MACs a segment's VXLAN device and its bridge learn at most (from frames

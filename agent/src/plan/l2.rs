@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 
 use super::{
     firewall::{Segment, TABLE},
-    kernel::VXLAN_PREFIX,
+    kernel::{VXLAN_PREFIX, WEAVE_DEVICES},
 };
 
 /// Where IPv4 in an L2 broadcast or multicast frame may go: multicast, the
@@ -52,7 +52,7 @@ const UNICAST_IP_OUT: &str =
 
 pub(super) fn bridge_table(segments: &[Segment]) -> String {
     let groups = l2_group_destinations(segments).join(", ");
-    let port = "wv*";
+    let port = WEAVE_DEVICES;
     format!(
         "table bridge {TABLE} {{\n  chain prerouting {{\n    type filter hook prerouting priority filter; policy accept;\n    \
          iifname \"{port}\" ether type {{ vlan, 8021ad }} drop\n    \

@@ -128,7 +128,7 @@ pub fn underlay_conflicts(
             })
             .or_else(|| {
                 let local = map.allocations.iter().any(|a| a.subnet_id == s.id && a.node_id == lan.own_node);
-                if local { None } else { lan.conflict(&net, s.added_by_node != 0 || s.by_member) }
+                if local { None } else { lan.conflict(&net, added_by_member(s)) }
             });
         if let Some(why) = why {
             out.insert(s.vni, format!("subnet {} skipped: it holds {why}", s.cidr));
@@ -137,18 +137,20 @@ pub fn underlay_conflicts(
     out
 }
 
+/// Whether a member (not the admin) added `s`: it names its node, or it is
+/// marked so (its node removed since).
+fn added_by_member(s: &weave_proto::v1::Subnet) -> bool {
+    s.added_by_node != 0 || s.by_member
+}
+
 /// The IPv4 addresses this host depends on ([`HostLan::known`]: gateways,
 /// name servers) that lie in a member's subnet it installs anyway (it has a
 /// workload or an exposed address there): they must not be routed into the
 /// tunnel, or the host's own DNS would go to whoever the member gave the
 /// address (to the member itself, answering from an exposed subnet).
 pub fn depended_on_in_member_subnets(map: &NetworkMap, lan: &HostLan) -> Vec<Ipv4Addr> {
-    let member: Vec<ipnet::Ipv4Net> = map
-        .subnets
-        .iter()
-        .filter(|s| s.vni != 0 && (s.added_by_node != 0 || s.by_member))
-        .filter_map(|s| s.cidr.parse().ok())
-        .collect();
+    let member: Vec<ipnet::Ipv4Net> =
+        map.subnets.iter().filter(|s| s.vni != 0 && added_by_member(s)).filter_map(|s| s.cidr.parse().ok()).collect();
     lan.known
         .iter()
         .filter_map(|ip| match ip.to_canonical() {

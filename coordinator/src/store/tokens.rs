@@ -63,7 +63,7 @@ impl Store {
     pub async fn revoke_token(&self, id: &str) -> Result<v1::Token> {
         let id = id.trim().to_ascii_lowercase();
         // Not echoed: a whole token pasted here carries its secret.
-        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !weave_proto::token::is_token_id(&id) {
             return Err(Error::InvalidArgument(
                 "that is not a token id: 16 hex digits, as `weavectl token ls` shows them".into(),
             ));
