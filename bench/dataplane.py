@@ -294,22 +294,22 @@ def setup_weave(underlay, key="weave", agent_args=None, suffix="", coordinator=2
                  60)
     workloads = []
     for i, (hns, sock) in enumerate(hosts, 1):
-        name = f"{PREFIX}-w{i}{suffix}"
-        out_ = wait_for(f"an address for w{i}", lambda: (lambda r: r.returncode == 0 and r.stdout.split())(
-            run([f"{BIN}/agent", "allocate", "--socket", sock, "--container", name], check=False)), 30)
-        addr, bridge, mtu = out_[:3]
-        wait_for(f"bridge {bridge} in {hns}",
-                 lambda: run(["ip", "-n", hns, "link", "show", bridge], check=False).returncode == 0, 15)
+        # What a user does (`weavectl attach`, as `weave attach` was): the agent makes
+        # the container's interface, as it does for CNI and Docker.
         wns = add_ns(f"w{i}{suffix}")
-        run(["ip", "-n", hns, "link", "add", f"w{i}", "mtu", mtu, "type", "veth", "peer", "name", "ethwe",
-             "mtu", mtu, "netns", wns])
-        run(["ip", "-n", hns, "link", "set", f"w{i}", "master", bridge, "up"])
-        run(["ip", "-n", wns, "addr", "add", addr, "dev", "ethwe"])
-        run(["ip", "-n", wns, "link", "set", "ethwe", "up"])
-        workloads.append((wns, addr.split("/")[0], int(mtu)))
+        att = wait_for(f"w{i} attached", lambda: (lambda r: r.returncode == 0 and json.loads(r.stdout))(
+            run([f"{BIN}/weavectl", "--socket", sock, "attach", "--json", "--name", f"w{i}{suffix}",
+                 f"/run/netns/{wns}"], check=False)), 30)[0]
+        ports = [l.split(": ")[1].split("@")[0] for l in
+                 run(["ip", "-n", hns, "-o", "link", "show", "master", att["bridge"]]).stdout.splitlines()]
+        port = next(p for p in ports if p.startswith("wv") and not p.startswith("wvvx-"))
+        workloads.append((wns, att["address"].split("/")[0], int(att["mtu"]), port))
     wait_for("w1 -> w2 ping", lambda: ping_ok(workloads[0][0], workloads[1][1]), 30)
-    return Path(key, workloads[0][0], workloads[1][0], workloads[1][1], workloads[0][2],
+    path = Path(key, workloads[0][0], workloads[1][0], workloads[1][1], workloads[0][2],
                 [p.pid for p in agents], [h[0] for h in hosts])
+    # Each workload's port in its host's bridge (bench/latency.py captures there).
+    path.ports = [w[3] for w in workloads]
+    return path
 
 
 # ---------------------------------------------------------------- probes

@@ -34,8 +34,8 @@ def main():
     (ha, _), (hb, _) = [(ns, s) for ns, s in zip(p.host_nss, d.WEAVE["sockets"])]
     caps = {}
     procs = []
-    for name, ns, ifname, flt in (("a_port", ha, "w1", "icmp"), ("a_eth", ha, "eth0", "udp port 6784"),
-                                  ("b_eth", hb, "eth0", "udp port 6784"), ("b_port", hb, "w2", "icmp")):
+    for name, ns, ifname, flt in (("a_port", ha, p.ports[0], "icmp"), ("a_eth", ha, "eth0", "udp port 6784"),
+                                  ("b_eth", hb, "eth0", "udp port 6784"), ("b_port", hb, p.ports[1], "icmp")):
         f = os.path.join(d.DIR, name + ".pcap")
         caps[name] = f
         procs.append(subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", ifname, "-s", "128", "-U", "-n",

@@ -71,6 +71,16 @@ fn seed_scenario() {
     let mtu = bed.status(0).unwrap().segments[0].mtu;
     let link = ok_in(&a1, &["ip", "-o", "link", "show", "ethwe"]);
     assert!(link.contains(&format!("mtu {mtu} ")) && link.contains("UP"), "{link}");
+    // Its TSO super-packets fit one UDP GSO send once encrypted (each segment
+    // padded to 16 bytes plus WireGuard's 32; at most 65,000 bytes a send).
+    let details: serde_json::Value =
+        serde_json::from_str(&ok_in(&a1, &["ip", "-d", "-j", "link", "show", "ethwe"])).unwrap();
+    let segments = details[0]["gso_max_segs"].as_u64().unwrap();
+    let datagram = u64::from(mtu).next_multiple_of(16) + 32;
+    assert!(
+        segments * datagram <= 65_000 && (segments + 1) * datagram > 65_000,
+        "gso_max_segs {segments} at mtu {mtu}"
+    );
     let routes = ok_in(&a1, &["ip", "route", "show", "dev", "ethwe"]);
     let w = &bed.workloads[w1];
     assert!(routes.contains("224.0.0.0/4"), "multicast route: {routes}");

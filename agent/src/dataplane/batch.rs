@@ -11,13 +11,10 @@ use std::net::SocketAddr;
 
 use super::router::{Router, Sink, Table};
 
-/// The kernel's limit on segments in one UDP GSO send (UDP_MAX_SEGMENTS),
-/// and on what one UDP GRO receive coalesces.
-pub const MAX_GSO_SEGMENTS: usize = 64;
-/// And on the bytes in it (one IP datagram).
-pub const MAX_GSO_BYTES: usize = 65_000;
+/// The kernel's limits on one UDP GSO send (and GRO receive): segments, bytes.
+pub use crate::plan::kernel::{UDP_GSO_BYTES as MAX_GSO_BYTES, UDP_GSO_SEGMENTS as MAX_GSO_SEGMENTS};
 /// WireGuard's framing on a data packet (header 16, tag 16) plus padding to 16.
-pub const WG_GROWTH: usize = 32 + 15;
+pub const WG_GROWTH: usize = crate::plan::kernel::WIREGUARD_FRAMING + 15;
 
 /// One encrypted datagram in the send buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

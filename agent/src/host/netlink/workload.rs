@@ -150,7 +150,10 @@ impl Netlink {
         let result = async {
             let peer_index = self.link_index(peer).await?.ok_or_else(|| Error::Netlink(format!("{peer} vanished")))?;
             let set = |msg| self.handle.link().set(msg).execute();
-            set(LinkUnspec::new_with_index(peer_index).mtu(mtu).build())
+            // The workload's TSO super-packets no larger than one UDP GSO
+            // send carries once encrypted (`workload_gso_segments`).
+            let segments = LinkAttribute::GsoMaxSegs(crate::plan::kernel::workload_gso_segments(mtu));
+            set(LinkUnspec::new_with_index(peer_index).mtu(mtu).append_extra_attribute(segments).build())
                 .await
                 .map_err(|e| nl(format!("set mtu of {peer}"), e))?;
             if let Some(mac) = mac {
