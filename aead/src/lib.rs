@@ -19,6 +19,10 @@ mod asm;
 /// The Poly1305 tag's length.
 pub const TAG_LEN: usize = 16;
 
+/// The room in front of a message that [`Key::seal_led`] and
+/// [`Key::open_led`] use (read, and left as it was).
+pub const LEAD: usize = 64;
+
 /// A message failed authentication (or was shorter than a tag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Error;
@@ -146,6 +150,37 @@ impl Key {
                 whole.copy_from_slice(src);
                 k.open_in_place(nonce(counter), Aad::empty(), whole).map(|p| p.len()).map_err(|_| Error)
             }
+        }
+    }
+
+    /// [`seal`](Self::seal) with room before the message: seals
+    /// `src[LEAD..]` into `dst[LEAD..]` (the tag after the ciphertext) and
+    /// returns the sealed length. The bytes in front (`src[..LEAD]`,
+    /// `dst[..LEAD]`: another packet's tail, a header) are read and left as
+    /// they were: the assembly runs the Poly1305 key block over them in the
+    /// same ChaCha20 call as the message, without a scratch copy. Panics if
+    /// `src` is shorter than `LEAD` or `dst` than `src` plus the tag.
+    pub fn seal_led(&self, counter: u64, src: &[u8], dst: &mut [u8]) -> usize {
+        assert!(src.len() >= LEAD && dst.len() >= src.len() + TAG_LEN, "no room for the lead");
+        match &self.0 {
+            #[cfg(weave_aead_asm)]
+            Inner::Asm(k) => asm::seal_led(k, counter, src, dst),
+            _ => self.seal(counter, &src[LEAD..], &mut dst[LEAD..]),
+        }
+    }
+
+    /// [`open`](Self::open) with room before the message: checks
+    /// `src[LEAD..]` (ciphertext and tag), decrypts it into `dst[LEAD..]`
+    /// and returns the plaintext's length; `src[..LEAD]` and `dst[..LEAD]`
+    /// are left as they were. On failure the plaintext's room in `dst` is
+    /// zeroed with the assembly (ring leaves the ciphertext there).
+    pub fn open_led(&self, counter: u64, src: &[u8], dst: &mut [u8]) -> Result<usize, Error> {
+        let n = src.len().checked_sub(LEAD + TAG_LEN).ok_or(Error)?;
+        assert!(dst.len() >= LEAD + n + TAG_LEN, "no room for the lead");
+        match &self.0 {
+            #[cfg(weave_aead_asm)]
+            Inner::Asm(k) => asm::open_led(k, counter, src, dst),
+            _ => self.open(counter, &src[LEAD..], &mut dst[LEAD..]),
         }
     }
 

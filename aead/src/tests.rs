@@ -125,3 +125,58 @@ fn ring_is_used_when_chosen() {
     let _g = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     assert_eq!(Key::new(&[1u8; 32]).implementation(), implementation());
 }
+
+/// `seal_led` and `open_led` give what `seal` and `open` give, for both
+/// implementations and every length, and leave both leads as they were.
+#[test]
+fn with_a_lead_the_same_bytes_and_the_lead_left_alone() {
+    let mut rng = rand::rng();
+    for choice in [Choice::Assembly, Choice::Ring] {
+        for len in lengths().filter(|&l| l <= 1600 || l == 9000) {
+            let mut key = [0u8; 32];
+            rng.fill_bytes(&mut key);
+            let k = key_of(choice, &key);
+            let counter = rng.random();
+            let mut src = vec![0u8; LEAD + len];
+            rng.fill_bytes(&mut src);
+            let src_lead = src[..LEAD].to_vec();
+            let mut dst = vec![0u8; LEAD + len + TAG_LEN + 7];
+            rng.fill_bytes(&mut dst);
+            let (dst_lead, dst_tail) = (dst[..LEAD].to_vec(), dst[LEAD + len + TAG_LEN..].to_vec());
+            assert_eq!(k.seal_led(counter, &src, &mut dst), len + TAG_LEN);
+            let want = ring_seal(&key, counter, &src[LEAD..]);
+            assert!(dst[LEAD..LEAD + len + TAG_LEN] == want[..], "{choice:?}: seal_led differs at {len} bytes");
+            assert_eq!(src[..LEAD], src_lead[..], "{choice:?}: the source's lead changed");
+            assert_eq!(dst[..LEAD], dst_lead[..], "{choice:?}: the destination's lead was not put back");
+            assert_eq!(dst[LEAD + len + TAG_LEN..], dst_tail[..], "{choice:?}: seal_led wrote past its output");
+
+            let sealed = dst[..LEAD + len + TAG_LEN].to_vec();
+            let mut plain = vec![0u8; LEAD + len + TAG_LEN];
+            rng.fill_bytes(&mut plain);
+            let plain_lead = plain[..LEAD].to_vec();
+            assert_eq!(k.open_led(counter, &sealed, &mut plain), Ok(len));
+            assert_eq!(plain[LEAD..LEAD + len], src[LEAD..], "{choice:?}: open_led differs at {len} bytes");
+            assert_eq!(plain[..LEAD], plain_lead[..], "{choice:?}: open_led's lead was not put back");
+
+            // A changed bit: refused, the lead put back, nothing of the
+            // unauthenticated plaintext left (assembly: zeroed).
+            let mut bad = sealed.clone();
+            let at = LEAD + rng.random_range(0..len + TAG_LEN);
+            bad[at] ^= 1 << rng.random_range(0..8);
+            let mut out = vec![0x5au8; LEAD + len + TAG_LEN];
+            assert_eq!(k.open_led(counter, &bad, &mut out), Err(Error), "{choice:?}: a flipped bit at {at} passed");
+            assert!(out[..LEAD].iter().all(|&b| b == 0x5a), "{choice:?}: lead not put back after a refusal");
+            if k.implementation() != "ring" {
+                assert!(out[LEAD..LEAD + len].iter().all(|&b| b == 0), "plaintext of a forgery left behind");
+            }
+            // A different lead in front of the same message changes nothing.
+            let mut other = sealed.clone();
+            other[..LEAD].fill(0xff);
+            let mut again = vec![0u8; LEAD + len + TAG_LEN];
+            assert_eq!(k.open_led(counter, &other, &mut again), Ok(len));
+            assert_eq!(again[LEAD..LEAD + len], src[LEAD..]);
+        }
+    }
+    let k = asm_key(&[2u8; 32]);
+    assert_eq!(k.open_led(0, &[0u8; LEAD + TAG_LEN - 1], &mut [0u8; 128]), Err(Error), "shorter than lead and tag");
+}

@@ -19,7 +19,7 @@ use tun_rs::GROTable;
 use weave_agent::{
     dataplane::{
         batch::{self, Encrypted},
-        router::{Router, Sink},
+        router::{DATAGRAM_LEAD, LEAD, Router, Sink},
     },
     plan::netmap::PeerConfig,
 };
@@ -111,7 +111,7 @@ const SEG: usize = 1370;
 /// A TUN write buffer as the packet threads size it: room for a whole
 /// super-packet behind the header, or GRO silently does nothing.
 fn write_buffer() -> Vec<u8> {
-    Vec::with_capacity(2 * OFFSET + 65_535)
+    Vec::with_capacity(LEAD + OFFSET + 65_535)
 }
 
 /// `b` holding `packet` behind the header's room, without reallocating.
@@ -150,7 +150,7 @@ fn tcp_segment(src: Ipv4Addr, dst: Ipv4Addr, len: usize, i: usize) -> Vec<u8> {
 
 /// Hands every control message each node sent to the other until both are quiet.
 fn handshake(a: &Node, b: &Node) {
-    let mut out = vec![0u8; 2048];
+    let mut out = vec![0u8; LEAD + 2048];
     for _ in 0..10 {
         let mut moved = false;
         for (from, to) in [(a, b), (b, a)] {
@@ -158,7 +158,9 @@ fn handshake(a: &Node, b: &Node) {
             for (dst, msg) in msgs {
                 assert_eq!(dst, to.endpoint);
                 moved = true;
-                to.router.decapsulate(&to.router.table(), from.endpoint, &msg, &mut out, &to.wire);
+                let mut led = vec![0u8; DATAGRAM_LEAD];
+                led.extend_from_slice(&msg);
+                to.router.decapsulate(&to.router.table(), from.endpoint, &led, &mut out, &to.wire);
             }
         }
         if !moved {
@@ -183,17 +185,19 @@ fn encrypting_and_decrypting_batches_allocates_nothing() {
     // The packet threads' buffers, sized once (as in the TUN and UDP threads).
     // Full-size workload packets (1,370 bytes under a 1,420-byte TUN), in
     // buffers an earlier, longer packet left its bytes in: the pad to 1,376
-    // must be zeros, not those.
+    // must be zeros, not those. Each after the room the AEAD reads (LEAD), as
+    // the TUN reads leave it.
     let mut packets: Vec<Vec<u8>> = (0..N)
         .map(|i| {
-            let mut p = tcp_segment(a.addr, b.addr, SEG, i);
-            p.resize(MTU + 64, 0xee);
+            let mut p = vec![0xdd; LEAD];
+            p.extend_from_slice(&tcp_segment(a.addr, b.addr, SEG, i));
+            p.resize(LEAD + MTU + 64, 0xee);
             p
         })
         .collect();
     let sizes = vec![SEG; N];
     let stride = batch::stride(MTU);
-    let mut buf = vec![0u8; N * stride];
+    let mut buf = vec![0u8; DATAGRAM_LEAD + N * stride];
     let mut out: Vec<Encrypted> = Vec::with_capacity(N);
     let mut rx: Vec<Vec<u8>> = (0..128).map(|_| write_buffer()).collect();
     let least = MTU + 64 + batch::WG_GROWTH;
@@ -209,14 +213,15 @@ fn encrypting_and_decrypting_batches_allocates_nothing() {
         let mut count = 0;
         batch::group(&out, |first, _, bytes| {
             let e = out[first];
-            let datagrams = &buf[e.start..e.start + bytes];
-            count =
-                batch::decrypt(&b.router, &table, a.endpoint, datagrams, e.len, &mut rx, count, OFFSET, least, &b.wire);
+            // With the room in front that the receive leaves (here the
+            // previous datagram's tail, or the buffer's own lead).
+            let datagrams = &buf[e.start - DATAGRAM_LEAD..e.start + bytes];
+            count = batch::decrypt(&b.router, &table, a.endpoint, datagrams, e.len, &mut rx, count, least, &b.wire);
         });
         *count_from = count;
         // The TUN write's coalescing: every segment joins the first.
-        gro.apply_gro(&mut rx[..count], OFFSET, false).expect("gro");
-        coalesced = rx[0].len() - OFFSET;
+        gro.apply_gro(&mut rx[..count], LEAD, false).expect("gro");
+        coalesced = rx[0].len() - LEAD;
     };
     // The first round may set up lazily initialised state (none is expected).
     let mut decrypted = 0;
@@ -230,8 +235,10 @@ fn encrypting_and_decrypting_batches_allocates_nothing() {
     assert_eq!(decrypted, N, "every datagram decrypted");
     assert_eq!(coalesced, 40 + N * (SEG - 40), "all {N} segments coalesced into one write");
     assert!(out.iter().all(|e| e.len == 16 + 1376 + 16), "padded to 16 on the wire: {:?}", out[0]);
-    assert_eq!(&rx[N - 1][OFFSET..], &packets[N - 1][..SEG], "the plaintext came back, cut to its IP length");
-    assert_eq!(&rx[0][OFFSET + 40 + (N - 1) * (SEG - 40)..], &packets[N - 1][40..SEG], "its payload ends the write");
+    assert_eq!(&rx[N - 1][LEAD..], &packets[N - 1][LEAD..LEAD + SEG], "the plaintext came back, cut to its IP length");
+    let tail = &packets[N - 1][LEAD + 40..LEAD + SEG];
+    assert_eq!(&rx[0][LEAD + 40 + (N - 1) * (SEG - 40)..], tail, "its payload ends the write");
+    assert!(packets.iter().all(|p| p[..LEAD].iter().all(|&b| b == 0xdd)), "the packets' leads as they were");
     // What was decrypted past the IP length (the pad) is still in the buffer.
     let last = &rx[N - 1];
     assert!(last.capacity() >= last.len() + 6);

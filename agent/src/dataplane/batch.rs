@@ -9,7 +9,7 @@
 //!   the TUN write buffers, at the offset the virtio-net header needs.
 use std::net::SocketAddr;
 
-use super::router::{Router, Sink, Table};
+use super::router::{DATAGRAM_LEAD, LEAD, Router, Sink, Table};
 
 /// The kernel's limits on one UDP GSO send (and GRO receive): segments, bytes.
 pub use crate::plan::kernel::{UDP_GSO_BYTES as MAX_GSO_BYTES, UDP_GSO_SEGMENTS as MAX_GSO_SEGMENTS};
@@ -29,11 +29,14 @@ pub fn stride(mtu: usize) -> usize {
     (mtu + 64 + WG_GROWTH).max(148)
 }
 
-/// Encrypts `&packets[i][..sizes[i]]` for `i < sizes.len()`, each [`pad`]ded
-/// within `mtu`, into `buf` (at least `sizes.len() * stride` bytes), end to
-/// end, and lists the datagrams in `out` (cleared first; with capacity for
-/// every packet it never allocates). Packets for no peer, or queued behind a
-/// handshake, are left out.
+/// Encrypts `&packets[i][LEAD..LEAD + sizes[i]]` for `i < sizes.len()`
+/// (read from the TUN at offset [`LEAD`]), each [`pad`]ded within `mtu`, into
+/// `buf` (at least `DATAGRAM_LEAD + sizes.len() * stride` bytes), end to
+/// end from `DATAGRAM_LEAD`, and lists the datagrams in `out` (cleared first;
+/// with capacity for every packet it never allocates). Packets for no peer,
+/// or queued behind a handshake, are left out. The AEAD reads the room in
+/// front of each packet and datagram and leaves it as it was (the previous
+/// datagram's tail: [`Router::encapsulate`]), so nothing is copied.
 #[allow(clippy::too_many_arguments)]
 pub fn encrypt<P: AsMut<[u8]>>(
     router: &Router,
@@ -46,12 +49,12 @@ pub fn encrypt<P: AsMut<[u8]>>(
     out: &mut Vec<Encrypted>,
 ) {
     out.clear();
-    let mut cursor = 0;
+    let mut cursor = DATAGRAM_LEAD;
     let mut encryptor = router.encryptor(table);
     for (packet, &size) in packets.iter_mut().zip(sizes) {
         let packet = packet.as_mut();
-        let padded = pad(packet, size, mtu);
-        let room = &mut buf[cursor..cursor + stride];
+        let padded = LEAD + pad(&mut packet[LEAD..], size, mtu);
+        let room = &mut buf[cursor - DATAGRAM_LEAD..cursor + stride];
         if let Some((dst, len)) = encryptor.encapsulate(&packet[..padded], room) {
             out.push(Encrypted { dst, start: cursor, len });
             cursor += len;
@@ -74,39 +77,45 @@ pub fn pad(packet: &mut [u8], size: usize, mtu: usize) -> usize {
     padded
 }
 
-/// Decrypts the datagrams of one receive from `src` (`segment` bytes each,
-/// the last possibly shorter) into `packets[count..]`, each at `offset` and
-/// at least `least` bytes of room (the buffers' capacity must hold that:
-/// then nothing allocates). Returns the new count; handshake traffic is
-/// answered through `sink`.
+/// Decrypts the datagrams of one receive from `src`, `received[DATAGRAM_LEAD..]`
+/// (`segment` bytes each, the last possibly shorter), into
+/// `packets[count..]`, each at [`LEAD`] (which must hold the TUN's
+/// virtio-net header) with at least `least` bytes of room after it (the
+/// buffers' capacity must hold that: then nothing allocates). Returns the
+/// new count; handshake traffic is answered through `sink`. The AEAD reads
+/// the room in front of each datagram (the previous one's tail) and packet,
+/// and leaves it as it was: nothing is copied ([`Router::decapsulate`]).
 #[allow(clippy::too_many_arguments)]
 pub fn decrypt(
     router: &Router,
     table: &Table,
     src: SocketAddr,
-    datagrams: &[u8],
+    received: &[u8],
     segment: usize,
     packets: &mut [Vec<u8>],
     mut count: usize,
-    offset: usize,
     least: usize,
     sink: &impl Sink,
 ) -> usize {
-    for d in datagrams.chunks(segment.max(1)) {
+    let segment = segment.max(1);
+    let mut start = DATAGRAM_LEAD;
+    while start < received.len() {
+        let end = (start + segment).min(received.len());
         let Some(p) = packets.get_mut(count) else { break };
         // Room without zeroing what is already there (a packet's worth of
         // memset each, 0.8 % of a TCP stream's CPU): the decrypted packet
         // overwrites it, and the length is cut to that packet below.
-        let room = offset + d.len().max(least);
+        let room = LEAD + (end - start).max(least);
         if p.len() < room {
             p.resize(room, 0);
         } else {
             p.truncate(room);
         }
-        if let Some(n) = router.decapsulate(table, src, d, &mut p[offset..], sink) {
-            p.truncate(offset + n);
+        if let Some(n) = router.decapsulate(table, src, &received[start - DATAGRAM_LEAD..end], p, sink) {
+            p.truncate(LEAD + n);
             count += 1;
         }
+        start = end;
     }
     count
 }

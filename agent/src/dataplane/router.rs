@@ -20,6 +20,12 @@ use boringtun::{
     x25519::{PublicKey, StaticSecret},
 };
 
+/// The room in front of a packet (the TUN's side) and of a datagram (the
+/// network's) that [`Router::encapsulate`] and [`Router::decapsulate`] read
+/// and leave as they were: with it, the AEAD seals and opens without a copy.
+pub use boringtun::noise::DATAGRAM_LEAD;
+pub use weave_aead::LEAD;
+
 use super::PeerStatus;
 use crate::plan::netmap::PeerConfig;
 
@@ -232,10 +238,14 @@ impl Router {
         Arc::clone(&self.peers.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// A packet read from the tunnel device: encrypts it into `out` for the
-    /// peer that owns its destination (a node or a workload address) and
-    /// returns where to send how many bytes of `out`. Anything else is dropped.
-    /// `out` needs 32 bytes more than the packet (and at least 148).
+    /// A packet read from the tunnel device, `packet[LEAD..]`: encrypts it
+    /// for the peer that owns its destination (a node or a workload address)
+    /// into `out[DATAGRAM_LEAD..]` and returns where to send how many bytes
+    /// from there. Anything else is dropped. The bytes in front of both
+    /// (another packet's, another datagram's) are read and left as they
+    /// were: the AEAD runs without a copy (`weave_aead::Key::seal_led`).
+    /// `out` needs `LEAD` + 32 bytes more than the packet (and at least 148
+    /// after `DATAGRAM_LEAD`).
     pub fn encapsulate(&self, table: &Table, packet: &[u8], out: &mut [u8]) -> Option<(SocketAddr, usize)> {
         self.encryptor(table).encapsulate(packet, out)
     }
@@ -250,9 +260,11 @@ impl Router {
         self.started.elapsed().as_millis() as u64 + 1
     }
 
-    /// A datagram from the UDP socket: decrypts data into `out` and returns
-    /// its length once the inner source proved to belong to the sending peer;
-    /// handshake traffic is answered through `sink`.
+    /// A datagram from the UDP socket, `datagram[DATAGRAM_LEAD..]`: decrypts
+    /// data into `out[LEAD..]` and returns its length once the inner source
+    /// proved to belong to the sending peer; handshake traffic is answered
+    /// through `sink`. The bytes in front of both are read and left as they
+    /// were (`weave_aead::Key::open_led`).
     pub fn decapsulate(
         &self,
         table: &Table,
@@ -263,11 +275,13 @@ impl Router {
     ) -> Option<usize> {
         // An initiation is verified here, before the DH that finds its peer,
         // and only here: each check charges its source under load.
+        let led = datagram;
+        let datagram = &datagram[DATAGRAM_LEAD..];
         let (peer, init) = match Tunn::parse_incoming_packet(datagram) {
             Ok(Packet::HandshakeInit(_)) => {
                 // Under load this answers with a cookie, or drops what a source
                 // sends past its share, instead of doing the DH below.
-                let init = match self.rate_limiter.verify_packet(Some(src.ip()), datagram, out) {
+                let init = match self.rate_limiter.verify_packet(Some(src.ip()), datagram, &mut out[LEAD..]) {
                     Ok(Packet::HandshakeInit(init)) => init,
                     Err(TunnResult::WriteToNetwork(cookie)) => {
                         sink.to_network(src, cookie);
@@ -291,8 +305,8 @@ impl Router {
         // message, so neither may move the endpoint.
         let mut authenticated = false;
         let result = match init {
-            Some(init) => tunn.handle_verified_packet(Packet::HandshakeInit(init), out),
-            None => tunn.decapsulate(Some(src.ip()), datagram, out),
+            Some(init) => tunn.handle_verified_packet(Packet::HandshakeInit(init), &mut out[LEAD..]),
+            None => tunn.decapsulate_led(Some(src.ip()), led, out),
         };
         let plain = match result {
             // A fresh keepalive: it decrypted, and its counter was new. The
@@ -301,7 +315,7 @@ impl Router {
             TunnResult::Done => {
                 authenticated = datagram[0] == DATA;
                 if authenticated {
-                    flush_queued(&mut tunn, src, out, sink);
+                    flush_queued(&mut tunn, src, &mut out[LEAD..], sink);
                 }
                 None
             }
@@ -325,7 +339,7 @@ impl Router {
                 // one in flight, and send it to whoever replayed the
                 // initiation (found by a review).
                 if authenticated {
-                    flush_queued(&mut tunn, src, out, sink);
+                    flush_queued(&mut tunn, src, &mut out[LEAD..], sink);
                 }
                 None
             }
@@ -455,7 +469,7 @@ struct Held<'a> {
 impl Encryptor<'_> {
     /// As [`Router::encapsulate`].
     pub fn encapsulate(&mut self, packet: &[u8], out: &mut [u8]) -> Option<(SocketAddr, usize)> {
-        let Some(IpAddr::V4(dst)) = Tunn::dst_address(packet) else { return None };
+        let Some(IpAddr::V4(dst)) = Tunn::dst_address(&packet[LEAD..]) else { return None };
         if self.held.as_ref().is_none_or(|h| h.dst != dst) {
             // The previous peer's lock goes before the next one is taken.
             self.held = None;
@@ -466,7 +480,7 @@ impl Encryptor<'_> {
             self.held = Some(Held { dst, peer, endpoint: peer.endpoint(), tunn });
         }
         let held = self.held.as_mut()?;
-        match held.tunn.encapsulate(packet, out) {
+        match held.tunn.encapsulate_led(packet, out) {
             TunnResult::WriteToNetwork(datagram) => {
                 // Per packet (an atomic load once the clock runs): an answer
                 // may stop the clock in the middle of a run.

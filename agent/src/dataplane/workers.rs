@@ -21,7 +21,7 @@ use tun_rs::{GROTable, SyncDevice};
 
 use super::{
     batch::{self, Encrypted, MAX_GSO_SEGMENTS, WG_GROWTH},
-    router::Router,
+    router::{DATAGRAM_LEAD, LEAD, Router},
     spin::{Side, Woke},
     tun_udp::{BATCH, Io, OFFSET, TICK, TUN_BATCH, flush},
     udp::recv_datagrams,
@@ -45,10 +45,11 @@ impl TunHalf {
         let stride = batch::stride(mtu);
         Self {
             original: vec![0u8; OFFSET + 65_535],
-            packets: vec![vec![0u8; mtu + 64]; TUN_BATCH],
+            // Each packet after room for the AEAD's lead (batch::encrypt).
+            packets: vec![vec![0u8; LEAD + mtu + 64]; TUN_BATCH],
             sizes: vec![0usize; TUN_BATCH],
             stride,
-            buf: vec![0u8; TUN_BATCH * stride],
+            buf: vec![0u8; DATAGRAM_LEAD + TUN_BATCH * stride],
             out: Vec::with_capacity(TUN_BATCH),
             failures: 0,
             mtu,
@@ -61,7 +62,7 @@ impl TunHalf {
         // Whatever is queued (small packets come one per read) joins the batch.
         let mut n = 0;
         while n + TUN_READ_ROOM <= TUN_BATCH {
-            match io.tun.recv_multiple(&mut self.original, &mut self.packets[n..], &mut self.sizes[n..], 0) {
+            match io.tun.recv_multiple(&mut self.original, &mut self.packets[n..], &mut self.sizes[n..], LEAD) {
                 Ok(more) => {
                     self.failures = 0;
                     n += more;
@@ -121,11 +122,13 @@ struct UdpHalf {
 impl UdpHalf {
     fn new(mtu: usize) -> Self {
         Self {
-            datagrams: vec![0u8; 65_535],
+            // The datagrams after room for the AEAD's lead (batch::decrypt).
+            datagrams: vec![0u8; DATAGRAM_LEAD + 65_535],
             cmsg: nix::cmsg_space!(i32),
             // GRO appends a flow's packets to the first buffer of it: each needs
             // room for a whole super-packet, or GRO silently does nothing.
-            packets: (0..BATCH).map(|_| Vec::with_capacity(2 * OFFSET + 65_535)).collect(),
+            // Each packet at LEAD, which holds the virtio-net header in front.
+            packets: (0..BATCH).map(|_| Vec::with_capacity(LEAD + OFFSET + 65_535)).collect(),
             // What this thread writes was authenticated by WireGuard's AEAD:
             // GRO coalesces it without re-checking each segment's checksum.
             gro: GROTable::trusting_checksums(),
@@ -157,16 +160,20 @@ impl UdpHalf {
         let mut read = 0;
         let mut table = None;
         while count + MAX_GSO_SEGMENTS <= BATCH && read < BATCH {
-            let (len, src, segment) =
-                match recv_datagrams(&io.udp, &mut self.datagrams, &mut self.cmsg, MsgFlags::MSG_DONTWAIT) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        if !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
-                            tracing::trace!(error = %e, "udp receive failed");
-                        }
-                        break;
+            let (len, src, segment) = match recv_datagrams(
+                &io.udp,
+                &mut self.datagrams[DATAGRAM_LEAD..],
+                &mut self.cmsg,
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    if !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
+                        tracing::trace!(error = %e, "udp receive failed");
                     }
-                };
+                    break;
+                }
+            };
             read += len.div_ceil(segment.max(1)).max(1);
             // The table as of now, not of before the wait: a handshake from a
             // peer that just joined must find it.
@@ -178,11 +185,10 @@ impl UdpHalf {
                 router,
                 table,
                 src,
-                &self.datagrams[..len],
+                &self.datagrams[..DATAGRAM_LEAD + len],
                 segment,
                 &mut self.packets,
                 count,
-                OFFSET,
                 self.least,
                 io,
             );
@@ -241,7 +247,7 @@ fn turns(stop: &AtomicBool, mut turn: impl FnMut() -> bool, mut wait: impl FnMut
 }
 
 fn write(tun: &SyncDevice, gro: &mut GROTable, packets: &mut [Vec<u8>]) {
-    if let Err(e) = tun.send_multiple(gro, packets, OFFSET) {
+    if let Err(e) = tun.send_multiple(gro, packets, LEAD) {
         tracing::trace!(error = %e, "tun write failed");
     }
 }

@@ -10,7 +10,7 @@ use std::{
 
 use boringtun::x25519::{PublicKey, StaticSecret};
 use weave_agent::{
-    dataplane::router::{BUF_SIZE, Router, Sink},
+    dataplane::router::{BUF_SIZE, DATAGRAM_LEAD, LEAD, Router, Sink},
     plan::netmap::PeerConfig,
 };
 
@@ -86,15 +86,27 @@ pub fn drain(from: &Node) -> Vec<(SocketAddr, Vec<u8>)> {
 }
 
 /// A datagram into `to`; the decrypted packet, if any.
+/// (The router reads `DATAGRAM_LEAD` bytes in front of the datagram and
+/// `LEAD` in front of the packet, and leaves them as they were.)
 pub fn receive(to: &Node, src: SocketAddr, datagram: &[u8]) -> Option<Vec<u8>> {
-    let mut out = vec![0u8; BUF_SIZE];
-    let n = to.router.decapsulate(&to.router.table(), src, datagram, &mut out, &to.wire)?;
-    Some(out[..n].to_vec())
+    let mut led = vec![0x5a_u8; DATAGRAM_LEAD];
+    led.extend_from_slice(datagram);
+    let mut out = vec![0xa5_u8; LEAD + BUF_SIZE];
+    let n = to.router.decapsulate(&to.router.table(), src, &led, &mut out, &to.wire);
+    assert!(
+        led[..DATAGRAM_LEAD].iter().all(|&b| b == 0x5a) && out[..LEAD].iter().all(|&b| b == 0xa5),
+        "a lead changed"
+    );
+    Some(out[LEAD..LEAD + n?].to_vec())
 }
 
 /// A packet from `from`'s TUN: the datagram it would send, if any.
 pub fn send(from: &Node, packet: &[u8]) -> Option<(SocketAddr, Vec<u8>)> {
-    let mut out = vec![0u8; BUF_SIZE];
-    let (dst, n) = from.router.encapsulate(&from.router.table(), packet, &mut out)?;
-    Some((dst, out[..n].to_vec()))
+    let mut led = vec![0x5a_u8; LEAD];
+    led.extend_from_slice(packet);
+    let mut out = vec![0xa5_u8; DATAGRAM_LEAD + BUF_SIZE];
+    let sent = from.router.encapsulate(&from.router.table(), &led, &mut out);
+    assert!(out[..DATAGRAM_LEAD].iter().all(|&b| b == 0xa5), "the datagram's lead changed");
+    let (dst, n) = sent?;
+    Some((dst, out[DATAGRAM_LEAD..DATAGRAM_LEAD + n].to_vec()))
 }

@@ -20,19 +20,32 @@ impl Sink for Wire {
 impl Node {
     /// A packet from this node's tunnel device: what it sends goes on its wire.
     fn send(&self, packet: &[u8]) {
-        let mut out = vec![0u8; BUF_SIZE];
-        if let Some((dst, n)) = self.router.encapsulate(&self.router.table(), packet, &mut out) {
-            self.wire.net.borrow_mut().push((dst, out[..n].to_vec()));
+        let mut out = vec![0xee_u8; DATAGRAM_LEAD + BUF_SIZE];
+        if let Some((dst, n)) = self.router.encapsulate(&self.router.table(), &led(LEAD, packet), &mut out) {
+            assert!(out[..DATAGRAM_LEAD].iter().all(|&b| b == 0xee), "the datagram's lead changed");
+            self.wire.net.borrow_mut().push((dst, out[DATAGRAM_LEAD..DATAGRAM_LEAD + n].to_vec()));
         }
     }
 
     /// A datagram from the network: decrypted data goes to this node's tunnel device.
     fn receive(&self, src: SocketAddr, datagram: &[u8]) {
-        let mut out = vec![0u8; BUF_SIZE];
-        if let Some(n) = self.router.decapsulate(&self.router.table(), src, datagram, &mut out, &self.wire) {
-            self.wire.tun.borrow_mut().push(out[..n].to_vec());
+        let mut out = vec![0xee_u8; LEAD + BUF_SIZE];
+        let table = self.router.table();
+        let decrypted = self.router.decapsulate(&table, src, &led(DATAGRAM_LEAD, datagram), &mut out, &self.wire);
+        // Also where it answered or flushed what it queued.
+        assert!(out[..LEAD].iter().all(|&b| b == 0xee), "the packet's lead changed");
+        if let Some(n) = decrypted {
+            self.wire.tun.borrow_mut().push(out[LEAD..LEAD + n].to_vec());
         }
     }
+}
+
+/// `bytes` after `lead` bytes of something else (what the AEAD reads and
+/// must leave as it was: another packet's tail).
+fn led(lead: usize, bytes: &[u8]) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..lead).map(|i| i as u8 ^ 0x5c).collect();
+    v.extend_from_slice(bytes);
+    v
 }
 
 /// A minimal IPv4 header + payload, enough for boringtun to read addresses and length.
@@ -374,8 +387,9 @@ fn a_batch_to_two_peers_and_nowhere_goes_to_each_peer_in_order() {
     let mut encryptor = a.router.encryptor(&table);
     let mut sent = Vec::new();
     for p in &batch {
-        let mut out = vec![0u8; BUF_SIZE];
-        sent.push(encryptor.encapsulate(p, &mut out).map(|(dst, n)| (dst, out[..n].to_vec())));
+        let mut out = vec![0u8; DATAGRAM_LEAD + BUF_SIZE];
+        let sealed = encryptor.encapsulate(&led(LEAD, p), &mut out);
+        sent.push(sealed.map(|(dst, n)| (dst, out[DATAGRAM_LEAD..DATAGRAM_LEAD + n].to_vec())));
     }
     drop(encryptor);
     let to: Vec<_> = sent.iter().map(|s| s.as_ref().map(|(dst, _)| *dst)).collect();

@@ -6,6 +6,7 @@ pub mod handshake;
 pub mod rate_limiter;
 
 mod session;
+pub use session::DATAGRAM_LEAD;
 mod timers;
 
 use crate::noise::errors::WireGuardError;
@@ -265,6 +266,56 @@ impl Tunn {
         self.queue_packet(src);
         // Initiate a new handshake if none is in progress
         self.format_handshake_initiation(dst, false)
+    }
+
+    /// weave: [`Self::encapsulate`] without copying the packet. `src[LEAD..]`
+    /// is the packet (`weave_aead::LEAD` bytes in front of it); whatever is
+    /// sent (the data message, or a handshake initiation while there is no
+    /// session) starts at `dst[DATAGRAM_LEAD..]`. The bytes in front of both
+    /// are read and left as they were.
+    pub fn encapsulate_led<'a>(&mut self, src: &[u8], dst: &'a mut [u8]) -> TunnResult<'a> {
+        let packet_len = src.len() - weave_aead::LEAD;
+        let current = self.current;
+        if let Some(ref session) = self.sessions[current % N_SESSIONS] {
+            let packet = session.format_packet_data_led(src, dst);
+            self.timer_tick(TimerName::TimeLastPacketSent);
+            if packet_len > 0 {
+                self.timer_tick(TimerName::TimeLastDataPacketSent);
+            }
+            self.tx_bytes += packet_len;
+            return TunnResult::WriteToNetwork(packet);
+        }
+        self.queue_packet(&src[weave_aead::LEAD..]);
+        self.format_handshake_initiation(&mut dst[session::DATAGRAM_LEAD..], false)
+    }
+
+    /// weave: [`Self::decapsulate`] without copying a data message's
+    /// plaintext. `datagram[DATAGRAM_LEAD..]` is the datagram; a packet
+    /// decrypted from it is at `dst[weave_aead::LEAD..]`, and anything else
+    /// (a handshake answer, a cookie) is written from there too. The bytes
+    /// in front of both are read and left as they were.
+    pub fn decapsulate_led<'a>(
+        &mut self,
+        src_addr: Option<IpAddr>,
+        datagram: &[u8],
+        dst: &'a mut [u8],
+    ) -> TunnResult<'a> {
+        let message = &datagram[session::DATAGRAM_LEAD..];
+        let Ok(Packet::PacketData(packet)) = Tunn::parse_incoming_packet(message) else {
+            return self.decapsulate(src_addr, message, &mut dst[weave_aead::LEAD..]);
+        };
+        let r_idx = packet.receiver_idx as usize;
+        let decapsulated = match self.sessions[r_idx % N_SESSIONS].as_ref() {
+            None => Err(WireGuardError::NoCurrentSession),
+            Some(session) => session.receive_packet_data_led(packet, datagram, dst),
+        };
+        let decapsulated = match decapsulated {
+            Ok(d) => d,
+            Err(e) => return TunnResult::from(e),
+        };
+        self.set_current_session(r_idx);
+        self.timer_tick(TimerName::TimeLastPacketReceived);
+        self.validate_decapsulated_packet(decapsulated)
     }
 
     /// Receives a UDP datagram from the network and parses it.

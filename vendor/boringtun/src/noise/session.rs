@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 use portable_atomic::{AtomicU64, Ordering};
 // weave: the AEAD is weave-aead's (OpenSSL's x86_64 assembly, ring elsewhere),
 // byte for byte what ring's ChaCha20-Poly1305 gives (vendor/boringtun/WEAVE.md).
-use weave_aead::Key;
+use weave_aead::{Key, LEAD};
 
 pub struct Session {
     pub(crate) receiving_index: u32,
@@ -30,6 +30,9 @@ impl std::fmt::Debug for Session {
 
 /// Where encrypted data resides in a data packet
 const DATA_OFFSET: usize = 16;
+/// weave: the room in front of a message for `Key::seal_led` and
+/// `Key::open_led` (theirs, less the message's header).
+pub const DATAGRAM_LEAD: usize = LEAD - DATA_OFFSET;
 /// The overhead of the AEAD
 const AEAD_SIZE: usize = 16;
 
@@ -243,6 +246,51 @@ impl Session {
         // After decryption is done, check counter again, and mark as received
         self.receiving_counter_mark(packet.counter)?;
         Ok(ret)
+    }
+
+    /// weave: [`Self::format_packet_data`] without a copy. `src[LEAD..]` is
+    /// the packet; the message goes to `dst[DATAGRAM_LEAD..]` (header, then
+    /// the ciphertext at `dst[LEAD..]`), sealed by `Key::seal_led`, which
+    /// reads the bytes in front of both and leaves them as they were.
+    pub(super) fn format_packet_data_led<'a>(&self, src: &[u8], dst: &'a mut [u8]) -> &'a mut [u8] {
+        let n = src.len() - LEAD;
+        if dst.len() < LEAD + n + AEAD_SIZE {
+            panic!("The destination buffer is too small");
+        }
+        let sending_key_counter = self.sending_key_counter.fetch_add(1, Ordering::Relaxed) as u64;
+        let header = &mut dst[DATAGRAM_LEAD..LEAD];
+        header[..4].copy_from_slice(&super::DATA.to_le_bytes());
+        header[4..8].copy_from_slice(&self.sending_index.to_le_bytes());
+        header[8..].copy_from_slice(&sending_key_counter.to_le_bytes());
+        let sealed = self.sender.seal_led(sending_key_counter, src, dst);
+        &mut dst[DATAGRAM_LEAD..LEAD + sealed]
+    }
+
+    /// weave: [`Self::receive_packet_data`] without a copy. `datagram` is the
+    /// message (`packet` parsed from it) with [`DATAGRAM_LEAD`] bytes in
+    /// front; the plaintext goes to `dst[LEAD..]`, and the bytes in front of
+    /// both are left as they were (`Key::open_led`).
+    pub(super) fn receive_packet_data_led<'a>(
+        &self,
+        packet: PacketData,
+        datagram: &[u8],
+        dst: &'a mut [u8],
+    ) -> Result<&'a mut [u8], WireGuardError> {
+        let ct_len = packet.encrypted_encapsulated_packet.len();
+        if datagram.len() != LEAD + ct_len || dst.len() < LEAD + ct_len {
+            // This is a very incorrect use of the library, therefore panic and not error
+            panic!("The datagram is not the packet, or the destination buffer is too small");
+        }
+        if packet.receiver_idx != self.receiving_index {
+            return Err(WireGuardError::WrongIndex);
+        }
+        self.receiving_counter_quick_check(packet.counter)?;
+        let n = self
+            .receiver
+            .open_led(packet.counter, datagram, dst)
+            .map_err(|_| WireGuardError::InvalidAeadTag)?;
+        self.receiving_counter_mark(packet.counter)?;
+        Ok(&mut dst[LEAD..LEAD + n])
     }
 
     /// Returns the estimated downstream packet loss for this session
