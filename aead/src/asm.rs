@@ -192,6 +192,9 @@ pub(crate) fn open(key: &[u32; 8], counter: u64, src: &[u8], dst: &mut [u8]) -> 
     if ok { Ok(n) } else { Err(Error) }
 }
 
+// The lead is exactly block 0: its output is the key block XOR the lead.
+const _: () = assert!(LEAD == 64);
+
 /// ChaCha20 from block 0 over `inp[..LEAD + n]` into `out[..LEAD + n]`;
 /// returns the Poly1305 key, `out[..LEAD]` restored.
 fn led_keystream(key: &[u32; 8], counter: u64, inp: &[u8], out: &mut [u8], n: usize) -> [u8; 32] {

@@ -173,7 +173,7 @@ impl Key {
     /// `src[LEAD..]` (ciphertext and tag), decrypts it into `dst[LEAD..]`
     /// and returns the plaintext's length; `src[..LEAD]` and `dst[..LEAD]`
     /// are left as they were. On failure the plaintext's room in `dst` is
-    /// zeroed with the assembly (ring leaves the ciphertext there).
+    /// zeroed (ring's `open_in_place` zeroes it too).
     pub fn open_led(&self, counter: u64, src: &[u8], dst: &mut [u8]) -> Result<usize, Error> {
         let n = src.len().checked_sub(LEAD + TAG_LEN).ok_or(Error)?;
         assert!(dst.len() >= LEAD + n + TAG_LEN, "no room for the lead");

@@ -109,9 +109,10 @@ const OFFSET: usize = tun_rs::VIRTIO_NET_HDR_LEN;
 const SEG: usize = 1370;
 
 /// A TUN write buffer as the packet threads size it: room for a whole
-/// super-packet behind the header, or GRO silently does nothing.
+/// super-packet behind the header (tun-rs wants twice the offset more), or
+/// GRO silently stops short.
 fn write_buffer() -> Vec<u8> {
-    Vec::with_capacity(LEAD + OFFSET + 65_535)
+    Vec::with_capacity(2 * LEAD + 65_535)
 }
 
 /// `b` holding `packet` behind the header's room, without reallocating.

@@ -20,11 +20,9 @@ use boringtun::{
     x25519::{PublicKey, StaticSecret},
 };
 
-/// The room in front of a packet (the TUN's side) and of a datagram (the
-/// network's) that [`Router::encapsulate`] and [`Router::decapsulate`] read
-/// and leave as they were: with it, the AEAD seals and opens without a copy.
-pub use boringtun::noise::DATAGRAM_LEAD;
-pub use weave_aead::LEAD;
+/// The room in front of a packet and of a datagram that the AEAD reads and
+/// leaves as it was: with it, nothing is copied ([`Router::encapsulate`]).
+pub use {boringtun::noise::DATAGRAM_LEAD, weave_aead::LEAD};
 
 use super::PeerStatus;
 use crate::plan::netmap::PeerConfig;
@@ -241,11 +239,9 @@ impl Router {
     /// A packet read from the tunnel device, `packet[LEAD..]`: encrypts it
     /// for the peer that owns its destination (a node or a workload address)
     /// into `out[DATAGRAM_LEAD..]` and returns where to send how many bytes
-    /// from there. Anything else is dropped. The bytes in front of both
-    /// (another packet's, another datagram's) are read and left as they
-    /// were: the AEAD runs without a copy (`weave_aead::Key::seal_led`).
-    /// `out` needs `LEAD` + 32 bytes more than the packet (and at least 148
-    /// after `DATAGRAM_LEAD`).
+    /// from there. Anything else is dropped. The bytes in front of both are
+    /// read and left as they were (`weave_aead::Key::seal_led`). `out` needs
+    /// `DATAGRAM_LEAD` + 32 bytes more than the packet (148 at least).
     pub fn encapsulate(&self, table: &Table, packet: &[u8], out: &mut [u8]) -> Option<(SocketAddr, usize)> {
         self.encryptor(table).encapsulate(packet, out)
     }

@@ -127,8 +127,9 @@ impl UdpHalf {
             cmsg: nix::cmsg_space!(i32),
             // GRO appends a flow's packets to the first buffer of it: each needs
             // room for a whole super-packet, or GRO silently does nothing.
-            // Each packet at LEAD, which holds the virtio-net header in front.
-            packets: (0..BATCH).map(|_| Vec::with_capacity(LEAD + OFFSET + 65_535)).collect(),
+            // Each packet at LEAD, which holds the virtio-net header in front;
+            // tun-rs coalesces while the capacity holds twice the offset more.
+            packets: (0..BATCH).map(|_| Vec::with_capacity(2 * LEAD + 65_535)).collect(),
             // What this thread writes was authenticated by WireGuard's AEAD:
             // GRO coalesces it without re-checking each segment's checksum.
             gro: GROTable::trusting_checksums(),

@@ -155,7 +155,7 @@ impl Netlink {
             let segments = LinkAttribute::GsoMaxSegs(crate::plan::kernel::workload_gso_segments(mtu));
             set(LinkUnspec::new_with_index(peer_index).mtu(mtu).append_extra_attribute(segments).build())
                 .await
-                .map_err(|e| nl(format!("set mtu of {peer}"), e))?;
+                .map_err(|e| nl(format!("set mtu and gso_max_segs of {peer}"), e))?;
             if let Some(mac) = mac {
                 set(LinkUnspec::new_with_index(peer_index).address(mac.to_vec()).build())
                     .await
