@@ -253,12 +253,7 @@ impl Tunn {
         if let Some(ref session) = self.sessions[current % N_SESSIONS] {
             // Send the packet using an established session
             let packet = session.format_packet_data(src, dst);
-            self.timer_tick(TimerName::TimeLastPacketSent);
-            // Exclude Keepalive packets from timer update.
-            if !src.is_empty() {
-                self.timer_tick(TimerName::TimeLastDataPacketSent);
-            }
-            self.tx_bytes += src.len();
+            self.data_sent(src.len());
             return TunnResult::WriteToNetwork(packet);
         }
 
@@ -278,15 +273,22 @@ impl Tunn {
         let current = self.current;
         if let Some(ref session) = self.sessions[current % N_SESSIONS] {
             let packet = session.format_packet_data_led(src, dst);
-            self.timer_tick(TimerName::TimeLastPacketSent);
-            if packet_len > 0 {
-                self.timer_tick(TimerName::TimeLastDataPacketSent);
-            }
-            self.tx_bytes += packet_len;
+            self.data_sent(packet_len);
             return TunnResult::WriteToNetwork(packet);
         }
         self.queue_packet(&src[weave_aead::LEAD..]);
         self.format_handshake_initiation(&mut dst[session::DATAGRAM_LEAD..], false)
+    }
+
+    /// weave: the timers and count after a data message of `len` plaintext
+    /// bytes went out (a keepalive, 0 bytes, is not data to the timers).
+    fn data_sent(&mut self, len: usize) {
+        self.timer_tick(TimerName::TimeLastPacketSent);
+        // Exclude Keepalive packets from timer update.
+        if len > 0 {
+            self.timer_tick(TimerName::TimeLastDataPacketSent);
+        }
+        self.tx_bytes += len;
     }
 
     /// weave: [`Self::decapsulate`] without copying a data message's
@@ -309,13 +311,10 @@ impl Tunn {
             None => Err(WireGuardError::NoCurrentSession),
             Some(session) => session.receive_packet_data_led(packet, datagram, dst),
         };
-        let decapsulated = match decapsulated {
-            Ok(d) => d,
-            Err(e) => return TunnResult::from(e),
-        };
-        self.set_current_session(r_idx);
-        self.timer_tick(TimerName::TimeLastPacketReceived);
-        self.validate_decapsulated_packet(decapsulated)
+        match decapsulated {
+            Ok(d) => self.data_received(r_idx, d),
+            Err(e) => TunnResult::from(e),
+        }
     }
 
     /// Receives a UDP datagram from the network and parses it.
@@ -475,11 +474,16 @@ impl Tunn {
             session.receive_packet_data(packet, dst)?
         };
 
+        Ok(self.data_received(r_idx, decapsulated_packet))
+    }
+
+    /// weave: after a data message under session `r_idx` decrypted to
+    /// `decapsulated`: that session is current, the timers know, and the
+    /// packet is checked and handed over.
+    fn data_received<'a>(&mut self, r_idx: usize, decapsulated: &'a mut [u8]) -> TunnResult<'a> {
         self.set_current_session(r_idx);
-
         self.timer_tick(TimerName::TimeLastPacketReceived);
-
-        Ok(self.validate_decapsulated_packet(decapsulated_packet))
+        self.validate_decapsulated_packet(decapsulated)
     }
 
     /// Formats a new handshake initiation message and store it in dst. If force_resend is true will send

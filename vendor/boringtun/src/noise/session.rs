@@ -201,20 +201,23 @@ impl Session {
             panic!("The destination buffer is too small");
         }
 
-        let sending_key_counter = self.sending_key_counter.fetch_add(1, Ordering::Relaxed) as u64;
-
-        let (message_type, rest) = dst.split_at_mut(4);
-        let (receiver_index, rest) = rest.split_at_mut(4);
-        let (counter, data) = rest.split_at_mut(8);
-
-        message_type.copy_from_slice(&super::DATA.to_le_bytes());
-        receiver_index.copy_from_slice(&self.sending_index.to_le_bytes());
-        counter.copy_from_slice(&sending_key_counter.to_le_bytes());
+        let (header, data) = dst.split_at_mut(DATA_OFFSET);
+        let sending_key_counter = self.data_header(header);
 
         // TODO: spec requires padding to 16 bytes, but actually works fine without it
         let n = self.sender.seal(sending_key_counter, src, data);
 
         &mut dst[..DATA_OFFSET + n]
+    }
+
+    /// weave: writes a data message's header (type, the peer's index, the
+    /// next counter) into `header` and returns the counter.
+    fn data_header(&self, header: &mut [u8]) -> u64 {
+        let sending_key_counter = self.sending_key_counter.fetch_add(1, Ordering::Relaxed) as u64;
+        header[..4].copy_from_slice(&super::DATA.to_le_bytes());
+        header[4..8].copy_from_slice(&self.sending_index.to_le_bytes());
+        header[8..DATA_OFFSET].copy_from_slice(&sending_key_counter.to_le_bytes());
+        sending_key_counter
     }
 
     /// packet - a data packet we received from the network
@@ -231,21 +234,30 @@ impl Session {
             // This is a very incorrect use of the library, therefore panic and not error
             panic!("The destination buffer is too small");
         }
+        let n = self.open_checked(&packet, |key| {
+            key.open(packet.counter, packet.encrypted_encapsulated_packet, dst)
+        })?;
+        Ok(&mut dst[..n])
+    }
+
+    /// weave: the checks around opening `packet` (its index, its counter
+    /// before and after), with `open` doing the AEAD; the plaintext's length.
+    fn open_checked(
+        &self,
+        packet: &PacketData,
+        open: impl FnOnce(&Key) -> Result<usize, weave_aead::Error>,
+    ) -> Result<usize, WireGuardError> {
         if packet.receiver_idx != self.receiving_index {
             return Err(WireGuardError::WrongIndex);
         }
         // Don't reuse counters, in case this is a replay attack we want to quickly check the counter without running expensive decryption
         self.receiving_counter_quick_check(packet.counter)?;
 
-        let n = self
-            .receiver
-            .open(packet.counter, packet.encrypted_encapsulated_packet, dst)
-            .map_err(|_| WireGuardError::InvalidAeadTag)?;
-        let ret = &mut dst[..n];
+        let n = open(&self.receiver).map_err(|_| WireGuardError::InvalidAeadTag)?;
 
         // After decryption is done, check counter again, and mark as received
         self.receiving_counter_mark(packet.counter)?;
-        Ok(ret)
+        Ok(n)
     }
 
     /// weave: [`Self::format_packet_data`] without a copy. `src[LEAD..]` is
@@ -257,11 +269,7 @@ impl Session {
         if dst.len() < LEAD + n + AEAD_SIZE {
             panic!("The destination buffer is too small");
         }
-        let sending_key_counter = self.sending_key_counter.fetch_add(1, Ordering::Relaxed) as u64;
-        let header = &mut dst[DATAGRAM_LEAD..LEAD];
-        header[..4].copy_from_slice(&super::DATA.to_le_bytes());
-        header[4..8].copy_from_slice(&self.sending_index.to_le_bytes());
-        header[8..].copy_from_slice(&sending_key_counter.to_le_bytes());
+        let sending_key_counter = self.data_header(&mut dst[DATAGRAM_LEAD..LEAD]);
         let sealed = self.sender.seal_led(sending_key_counter, src, dst);
         &mut dst[DATAGRAM_LEAD..LEAD + sealed]
     }
@@ -281,15 +289,7 @@ impl Session {
             // This is a very incorrect use of the library, therefore panic and not error
             panic!("The datagram is not the packet, or the destination buffer is too small");
         }
-        if packet.receiver_idx != self.receiving_index {
-            return Err(WireGuardError::WrongIndex);
-        }
-        self.receiving_counter_quick_check(packet.counter)?;
-        let n = self
-            .receiver
-            .open_led(packet.counter, datagram, dst)
-            .map_err(|_| WireGuardError::InvalidAeadTag)?;
-        self.receiving_counter_mark(packet.counter)?;
+        let n = self.open_checked(&packet, |key| key.open_led(packet.counter, datagram, dst))?;
         Ok(&mut dst[LEAD..LEAD + n])
     }
 
