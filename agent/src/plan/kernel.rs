@@ -21,7 +21,7 @@ pub const WIREGUARD_FRAMING: usize = 32;
 /// as still leave the host in one UDP GSO send once each is encrypted
 /// (padded to 16 bytes, framed). At the default 1,370 that is 46; a TCP
 /// stream's 64 KB super-packets of 48 segments took two sends, two GRO
-/// receives and two TUN writes each on the way (README, "Round fifteen").
+/// receives and 1.4 TUN writes each on the way (README, "Round fifteen").
 pub fn workload_gso_segments(mtu: u32) -> u32 {
     let datagram = (mtu as usize).next_multiple_of(16) + WIREGUARD_FRAMING;
     (UDP_GSO_BYTES / datagram).clamp(1, UDP_GSO_SEGMENTS) as u32
