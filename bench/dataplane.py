@@ -40,7 +40,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 UNDERLAY_MTU = 1500
 # The UDP test runs twice: with iperf3's default socket buffers and with this
 # (-w: 4 MiB asked, 8 MiB granted), which tells drops caused by a receiver
-# that is not scheduled for ~2 ms from drops on the path (README, "Where the
+# that is not scheduled for ~2 ms from drops on the path (bench/ROUNDS.md, "Where the
 # UDP loss is").
 UDP_WINDOW = "4M"
 WG_MTU = UNDERLAY_MTU - 80
@@ -528,10 +528,10 @@ def main():
     log(f"== namespaces {PREFIX}-*, files in {DIR}")
     underlay = add_ns("u")
     # Two machine facts on weave's path: OpenSSL's AVX-512 AEAD code, which
-    # took an eighth off its CPU per GB (README, "Round seven"), and
+    # took an eighth off its CPU per GB (bench/ROUNDS.md, "Round seven"), and
     # br_netfilter (loaded once anything, Docker's tests for one, needs it),
     # which runs the IP hooks for every frame from a workload's bridge port
-    # (README, "Round eleven": no difference measured here). Read in a fresh
+    # (bench/ROUNDS.md, "Round eleven": no difference measured here). Read in a fresh
     # namespace: its sysctl is per namespace, 1 by default once loaded.
     nf_call = ns_run(underlay, ["cat", "/proc/sys/net/bridge/bridge-nf-call-iptables"], check=False)
     br_netfilter = nf_call.stdout.strip() == "1"

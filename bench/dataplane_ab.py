@@ -6,7 +6,8 @@
 PATHS (default veth,weave): veth, weave (extra agent arguments in $WVB_ARGS), weaves0 (agents with --spin-us 0, the
 default since 9b30905, so now the same as weave),
 weaveB (agents from the binaries in $WVB_BIN_B, default $WVB_BIN, with the
-extra arguments in $WVB_ARGS_B, e.g. "--queue-threads 2"; $WVB_GSO_SEGS_B sets gso_max_segs on its workloads' ethwe). $WVB_SUBNETS and $WVB_SUBNETS_B: that many
+extra arguments in $WVB_ARGS_B, e.g. "--queue-threads 2"; $WVB_GSO_SEGS_B sets gso_max_segs on its workloads' ethwe,
+$WVB_NICE_B the nice value of every thread of its agents). $WVB_SUBNETS and $WVB_SUBNETS_B: that many
 more subnets in weave's and weaveB's clusters (each host builds them all; the workloads stay on the default). VARIANTS, comma-separated,
 each PATH:TEST[:OPTION...], TEST one of udp (500 Mbit/s), tcp1, tcp4, ping;
 options: qN sets txqueuelen N on both weave hosts' wvtun0 first (and
@@ -59,6 +60,11 @@ def main():
         if segs:
             for ns in (paths["weaveB"].client_ns, paths["weaveB"].server_ns):
                 d.run(["ip", "-n", ns, "link", "set", "ethwe", "gso_max_segs", segs])
+        nice = os.environ.get("WVB_NICE_B")  # every thread of weaveB's agents at this nice value
+        if nice:
+            for pid in paths["weaveB"].pids:
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    os.setpriority(os.PRIO_PROCESS, int(tid), int(nice))
     for p in paths.values():
         d.spawn("iperf3-server", p.server_ns, ["iperf3", "-s", "-B", p.server_ip, "-p", "5201"],
                 os.path.join(d.DIR, f"iperf3-{p.key}.log"))

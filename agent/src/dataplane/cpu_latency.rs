@@ -5,7 +5,7 @@
 //! not the agents' work but waking halted CPUs: the agent's packet thread
 //! and every process the packet meets sleep between packets, and a halted
 //! vCPU is woken through the hypervisor (40 µs per cross-CPU wake-up on the
-//! benchmark VM, 5 µs when idle CPUs poll instead of halting; README,
+//! benchmark VM, 5 µs when idle CPUs poll instead of halting; bench/ROUNDS.md,
 //! "Round five"). So for a window after each batch of packets the agent asks
 //! the kernel for a CPU wake-up latency of 0 µs: idle CPUs then poll in the
 //! kernel's idle loop (which gives way at once to anything runnable) rather

@@ -30,7 +30,7 @@ use nix::{
 use super::cpu_latency::CpuLatencyHold;
 
 /// The spin window by default: none. An interleaved A/B on a quiet 2-core
-/// VM (README, "Spinning, measured on a quiet machine") found a 500 µs
+/// VM (bench/ROUNDS.md, "Spinning, measured on a quiet machine") found a 500 µs
 /// window no faster for ping (0.317 vs 0.328 ms median average) and worse
 /// for TCP (4.77 vs 5.16 Gbit/s, 2.93 vs 2.55 CPU s per GB): the yielding
 /// threads take CPU the workloads and the other agent need. A host with

@@ -181,7 +181,7 @@ pub fn ruleset(rules: &Rules) -> String {
     // its interface (`iifname vmap`/`oifname vmap`), and only the TUN's own
     // input (new connections to the host itself) walks the segments. With a
     // rule per segment in the base chains, 64 more subnets cost one TCP
-    // stream 23 % more CPU per GB (README, "Rules per packet").
+    // stream 23 % more CPU per GB (bench/ROUNDS.md, "Rules per packet").
     let _ = write!(
         out,
         "  chain input {{\n    type filter hook input priority filter - 10; policy accept;\n    \

@@ -21,7 +21,7 @@ pub const WIREGUARD_FRAMING: usize = 32;
 /// as still leave the host in one UDP GSO send once each is encrypted
 /// (padded to 16 bytes, framed). At the default 1,370 that is 46; a TCP
 /// stream's 64 KB super-packets of 48 segments took two sends, two GRO
-/// receives and 1.4 TUN writes each on the way (README, "Round fifteen").
+/// receives and 1.4 TUN writes each on the way (bench/ROUNDS.md, "Round fifteen").
 pub fn workload_gso_segments(mtu: u32) -> u32 {
     let datagram = (mtu as usize).next_multiple_of(16) + WIREGUARD_FRAMING;
     (UDP_GSO_BYTES / datagram).clamp(1, UDP_GSO_SEGMENTS) as u32
@@ -31,7 +31,7 @@ pub fn workload_gso_segments(mtu: u32) -> u32 {
 /// the agent's reader, per queue; the kernel's default is 500). Packets that
 /// find it full are dropped (`tx_dropped`). UDP at 500 Mbit/s is ~46,000
 /// packets/s: 500 is 11 ms of a reader that is not scheduled, which a loaded
-/// 2-core host exceeds often; 4,096 is ~90 ms (README, "Where the UDP loss is").
+/// 2-core host exceeds often; 4,096 is ~90 ms (bench/ROUNDS.md, "Where the UDP loss is").
 /// TCP is bounded far below it by its own small-queue limit.
 pub const TUN_TX_QUEUE_LEN: u32 = 4096;
 
