@@ -8,6 +8,10 @@ use ipnet::IpNet;
 pub enum CidrError {
     #[error("'{0}' is not a subnet in CIDR notation (like 10.2.3.0/24 or fd00:1::/64)")]
     Syntax(String),
+    #[error(
+        "'{0}' has a number with a leading zero, which some tools read as octal (010 is 8 to inet_aton): write it without"
+    )]
+    LeadingZero(String),
     #[error("'{given}' has host bits set; did you mean {network}?")]
     HostBits { given: String, network: IpNet },
     #[error("'{0}' is too small to hold an address (largest prefix: /30 for IPv4, /126 for IPv6)")]
@@ -47,7 +51,7 @@ pub fn check_usable(net: &IpNet) -> Result<(), CidrError> {
 /// network it probably meant, instead of being silently truncated.
 pub fn parse_subnet(s: &str) -> Result<IpNet, CidrError> {
     let s = s.trim();
-    let net: IpNet = s.parse().map_err(|_| CidrError::Syntax(s.to_string()))?;
+    let net = parse_net(s)?;
     if net.trunc() != net {
         return Err(CidrError::HostBits { given: s.to_string(), network: net.trunc() });
     }
@@ -59,6 +63,35 @@ pub fn parse_subnet(s: &str) -> Result<IpNet, CidrError> {
         return Err(CidrError::TooSmall(s.to_string()));
     }
     Ok(net)
+}
+
+/// `<address>/<length>` as typed, host bits allowed. The address is read as
+/// the standard library reads it, which refuses IPv4 numbers with a leading
+/// zero: `010.2.3.0/24` is ten to ipnet's own parser, eight to `inet_aton`
+/// (and so to `ping` and `ip`), so it is refused with its own message rather
+/// than taken as either.
+pub fn parse_net(s: &str) -> Result<IpNet, CidrError> {
+    let syntax = || CidrError::Syntax(s.to_string());
+    let (addr, len) = s.split_once('/').ok_or_else(syntax)?;
+    if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(syntax());
+    }
+    let len: u8 = len.parse().map_err(|_| syntax())?;
+    let addr: IpAddr = match addr.parse() {
+        Ok(addr) => addr,
+        Err(_) if has_leading_zero(addr) => return Err(CidrError::LeadingZero(s.to_string())),
+        Err(_) => return Err(syntax()),
+    };
+    IpNet::new(addr, len).map_err(|_| syntax())
+}
+
+/// A dotted quad of decimal numbers of which one has a leading zero (`010`,
+/// `00`).
+fn has_leading_zero(addr: &str) -> bool {
+    let parts: Vec<&str> = addr.split('.').collect();
+    parts.len() == 4
+        && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+        && parts.iter().any(|p| p.len() > 1 && p.starts_with('0'))
 }
 
 /// An address with an optional prefix length: `10.2.3.7` or `10.2.3.7/24`.
@@ -123,6 +156,20 @@ mod tests {
             "'169.254.0.0/16' overlaps 169.254.0.0/16 (link-local, with the cloud metadata service at \
              169.254.169.254): pick a private range such as 10.0.0.0/8 or fd00::/8"
         );
+    }
+
+    #[test]
+    fn leading_zeros_are_refused_not_read_as_decimal() {
+        for bad in ["010.002.003.000/24", "10.2.3.00/24", "10.02.3.0/24"] {
+            let e = parse_subnet(bad).unwrap_err();
+            assert_eq!(e, CidrError::LeadingZero(bad.to_string()), "{bad}");
+            assert!(e.to_string().contains("leading zero"), "{e}");
+        }
+        assert_eq!(parse_address("010.2.3.7/24"), None);
+        assert_eq!(parse_subnet("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
+        for bad in ["10.2.3.0/", "10.2.3.0/+24", "10.2.3.0/ 24", "10.2.3.0/0024", "/24", "10.2.3/24", "1.2.3.4.5/24"] {
+            assert_eq!(parse_subnet(bad), Err(CidrError::Syntax(bad.to_string())), "{bad}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::{fs::File, net::Ipv4Addr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
+pub mod addr_spec;
 mod socket;
 pub use socket::{bind, request, serve};
 

@@ -190,6 +190,45 @@ fn subnet_refusals() {
     );
     // clap's own usage errors keep clap's exit code.
     c.weavectl().args(["subnet", "add"]).assert().code(2);
+    // ipnet read 010 as ten, inet_aton (ping, ip) as eight: neither is taken.
+    c.fails(
+        &["subnet", "add", "010.002.003.000/24"],
+        2,
+        "weavectl: adding subnet 010.002.003.000/24: '010.002.003.000/24' has a number with a leading zero, which \
+         some tools read as octal (010 is 8 to inet_aton): write it without",
+    );
+    assert_eq!(c.json(&["subnet", "ls"]).as_array().unwrap().len(), 2, "nothing more added");
+}
+
+#[test]
+fn host_actions_refuse_malformed_addresses_before_asking_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-agent.sock");
+    let run = |args: &[&str]| bare().arg("--socket").arg(&missing).args(args).assert();
+    for (args, line) in [
+        (
+            &["attach", "net:nope", "/run/netns/x"][..],
+            "weavectl: attaching /run/netns/x: 'net:nope': expected net:default or net:<CIDR>",
+        ),
+        (
+            &["detach", "10.2.3.7", "web"][..],
+            "weavectl: detaching web: '10.2.3.7': an address needs its prefix length (ip:<IP>/<len>)",
+        ),
+        (
+            &["expose", "ip:10.2.3.300/24"][..],
+            "weavectl: exposing this host: 'ip:10.2.3.300/24': '10.2.3.300' is not an IPv4 address",
+        ),
+        (
+            &["hide", "net:010.2.3.0/24"][..],
+            "weavectl: hiding this host: 'net:010.2.3.0/24': '010.2.3.0/24' has a number with a leading zero, which \
+             some tools read as octal (010 is 8 to inet_aton): write it without",
+        ),
+    ] {
+        run(args).code(2).stdout("").stderr(format!("{line}\n"));
+    }
+    // Well-formed, they go to the agent: none here, so unreachable (3).
+    run(&["detach", "ip:10.2.3.7/24", "web"]).code(3).stderr(predicates::str::contains("cannot reach the agent at"));
+    run(&["expose"]).code(3);
 }
 
 #[test]

@@ -27,7 +27,7 @@ use crate::{
         registry::{self, Registry},
     },
     plan::{
-        addr_spec::AddrSpec,
+        addr_spec::{AddrSpec, NamesSubnet},
         kernel::{bridge_name, format_mac, host_ifname, next_ifname},
     },
 };

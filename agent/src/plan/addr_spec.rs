@@ -1,64 +1,21 @@
-//! The `ADDR` arguments of attach/detach/expose/hide (`net:default`,
-//! `net:<CIDR>`, `ip:<IP>/<len>`) and the subnet of the map each one names:
-//! pure, checked before anything changes.
-use std::net::Ipv4Addr;
-
+//! The subnet of the map each `ADDR` of attach/detach/expose/hide names
+//! (the `ADDR` itself, [`AddrSpec`], is parsed in `weave-proto`, where
+//! weavectl reads it too): pure, checked before anything changes.
 use ipnet::Ipv4Net;
+pub use weave_proto::local_api::addr_spec::AddrSpec;
 use weave_proto::{
     local_api::Refusal,
     v1::{NetworkMap, Subnet},
 };
 
-/// One `ADDR` of `weavectl attach|detach|expose|hide`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AddrSpec {
-    /// `net:default` (also what no ADDR means).
-    Default,
-    /// `net:<CIDR>`.
-    Net(Ipv4Net),
-    /// `ip:<IP>/<len>` or a bare `<IP>/<len>`.
-    Ip(Ipv4Addr, u8),
+/// The subnet of the map an [`AddrSpec`] names.
+pub trait NamesSubnet {
+    fn subnet<'m>(&self, map: &'m NetworkMap) -> Result<&'m Subnet, Refusal>;
 }
 
-impl AddrSpec {
-    pub fn parse(s: &str) -> Result<Self, Refusal> {
-        if let Some(net) = s.strip_prefix("net:") {
-            if net == "default" {
-                return Ok(Self::Default);
-            }
-            let cidr: Ipv4Net =
-                net.parse().map_err(|_| Refusal::invalid(format!("'{s}': expected net:default or net:<CIDR>")))?;
-            if cidr.network() != cidr.addr() {
-                return Err(Refusal::invalid(format!(
-                    "'{s}': {cidr} is not a network address (did you mean ip:{cidr}?)"
-                )));
-            }
-            return Ok(Self::Net(cidr));
-        }
-        let ip = s.strip_prefix("ip:").unwrap_or(s);
-        let (addr, len) = ip
-            .split_once('/')
-            .ok_or_else(|| Refusal::invalid(format!("'{s}': an address needs its prefix length (ip:<IP>/<len>)")))?;
-        let addr: Ipv4Addr =
-            addr.parse().map_err(|_| Refusal::invalid(format!("'{s}': '{addr}' is not an IPv4 address")))?;
-        let len: u8 = len
-            .parse()
-            .ok()
-            .filter(|l| *l <= 32)
-            .ok_or_else(|| Refusal::invalid(format!("'{s}': bad prefix length '{len}'")))?;
-        Ok(Self::Ip(addr, len))
-    }
-
-    /// All of `addrs`, or `net:default` if there are none.
-    pub fn parse_all(addrs: &[String]) -> Result<Vec<Self>, Refusal> {
-        if addrs.is_empty() {
-            return Ok(vec![Self::Default]);
-        }
-        addrs.iter().map(|a| Self::parse(a)).collect()
-    }
-
+impl NamesSubnet for AddrSpec {
     /// The subnet of the map this spec names.
-    pub fn subnet<'m>(&self, map: &'m NetworkMap) -> Result<&'m Subnet, Refusal> {
+    fn subnet<'m>(&self, map: &'m NetworkMap) -> Result<&'m Subnet, Refusal> {
         let cidr = |s: &Subnet| s.cidr.parse::<Ipv4Net>().ok();
         match self {
             Self::Default => {
@@ -90,18 +47,6 @@ impl AddrSpec {
 mod tests {
     use super::*;
     use weave_proto::local_api::ErrorKind;
-
-    #[test]
-    fn addr_specs_parse() {
-        assert_eq!(AddrSpec::parse_all(&[]).unwrap(), vec![AddrSpec::Default]);
-        assert_eq!(AddrSpec::parse("net:default").unwrap(), AddrSpec::Default);
-        assert_eq!(AddrSpec::parse("net:10.2.3.0/24").unwrap(), AddrSpec::Net("10.2.3.0/24".parse().unwrap()));
-        assert_eq!(AddrSpec::parse("ip:10.2.3.7/24").unwrap(), AddrSpec::Ip("10.2.3.7".parse().unwrap(), 24));
-        assert_eq!(AddrSpec::parse("10.2.3.7/24").unwrap(), AddrSpec::Ip("10.2.3.7".parse().unwrap(), 24));
-        for bad in ["net:10.2.3.7/24", "net:nope", "10.2.3.7", "ip:10.2.3.300/24", "ip:10.2.3.7/33", "web", ""] {
-            assert!(AddrSpec::parse(bad).is_err(), "{bad} parsed");
-        }
-    }
 
     #[test]
     fn specs_name_subnets_of_the_map() {

@@ -11,7 +11,7 @@ use std::{
     sync::Arc,
 };
 
-use weave_proto::local_api::{self, Attached, ErrorKind, Refusal, Request, Response};
+use weave_proto::local_api::{self, Attached, ErrorKind, Refusal, Request, Response, addr_spec::AddrSpec};
 
 use super::Output;
 use crate::{
@@ -81,6 +81,7 @@ pub(crate) async fn run(socket: &Path, out: &Output, c: LocalCommand) -> Outcome
         LocalCommand::Attach { args, name, no_multicast_route: no_multicast } => {
             let (addrs, container) = split_container(args)?;
             let what = format!("attaching {container}");
+            check_addrs(&what, &addrs)?;
             let netns = open_netns(&container);
             let req = Request::Attach {
                 container: container.clone(),
@@ -100,6 +101,7 @@ pub(crate) async fn run(socket: &Path, out: &Output, c: LocalCommand) -> Outcome
         LocalCommand::Detach { args } => {
             let (addrs, container) = split_container(args)?;
             let what = format!("detaching {container}");
+            check_addrs(&what, &addrs)?;
             let netns = open_netns(&container);
             let req = Request::Detach {
                 container: container.clone(),
@@ -116,6 +118,7 @@ pub(crate) async fn run(socket: &Path, out: &Output, c: LocalCommand) -> Outcome
         }
         LocalCommand::Expose { addrs } => {
             let what = "exposing this host";
+            check_addrs(what, &addrs)?;
             match request(socket, what, &Request::Expose { addrs }).await? {
                 Response::Attached(list) => print_addresses(out, &list),
                 other => return Err(unexpected(what, &other)),
@@ -123,6 +126,7 @@ pub(crate) async fn run(socket: &Path, out: &Output, c: LocalCommand) -> Outcome
         }
         LocalCommand::Hide { addrs } => {
             let what = "hiding this host";
+            check_addrs(what, &addrs)?;
             match request(socket, what, &Request::Hide { addrs }).await? {
                 Response::Released(list) => print_released(out, &list),
                 other => return Err(unexpected(what, &other)),
@@ -130,6 +134,12 @@ pub(crate) async fn run(socket: &Path, out: &Output, c: LocalCommand) -> Outcome
         }
     }
     Ok(())
+}
+
+/// Refuses a malformed ADDR here, as the agent would (the same parser), so
+/// that a typo is a usage error (exit 2) whether or not an agent runs.
+fn check_addrs(what: &str, addrs: &[String]) -> Outcome<()> {
+    AddrSpec::parse_all(addrs).map(drop).map_err(|refusal| refused(what, refusal))
 }
 
 /// `[ADDR...] <container>`: the last word is the container.
