@@ -123,7 +123,8 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         );
     }
 
-    let listener = TcpListener::bind(settings.listen).await?;
+    let listener =
+        TcpListener::bind(settings.listen).await.map_err(|e| anyhow::anyhow!("--listen {}: {e}", settings.listen))?;
     // Bound now, so a taken port fails the start rather than a later scrape.
     let metrics_listener = match settings.metrics_listen {
         Some(addr) => {

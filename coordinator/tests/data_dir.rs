@@ -9,8 +9,12 @@ use std::{
 };
 
 fn serve(data: &Path) -> Child {
+    serve_on(data, "127.0.0.1:0")
+}
+
+fn serve_on(data: &Path, listen: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_coordinator"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir"])
+        .args(["serve", "--listen", listen, "--metrics-listen", "off", "--data-dir"])
         .arg(data)
         .env("RUST_LOG", "warn")
         .env_remove("WEAVE_STORE")
@@ -76,6 +80,20 @@ fn a_second_coordinator_on_the_same_data_dir_stops_with_one_line() {
     }
     assert!(again.try_wait().unwrap().is_none());
     stop(again);
+}
+
+#[test]
+fn a_taken_listen_port_is_named_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = serve_on(&dir.path().join("data"), &addr).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {err}");
+    assert!(lines[0].starts_with(&format!("coordinator: --listen {addr}: ")), "{err}");
+    assert!(lines[0].contains("in use"), "{err}");
 }
 
 /// Whether process `pid` holds a `flock` on `path` (from /proc/locks: looking
