@@ -201,7 +201,8 @@ pub fn endpoint(addr: &str, pin: Pin) -> Result<Endpoint, ConnectError> {
 }
 
 /// An error and all its sources, joined by ": " (tonic's own message is
-/// only "transport error"; the cause is further down).
+/// only "transport error"; the cause is further down). rustls' words for a
+/// server that does not speak TLS at all are put as a person would.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -213,8 +214,15 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         }
         source = s.source();
     }
-    out
+    out.replace(
+        NOT_TLS,
+        "it does not answer with TLS (not the coordinator's gRPC port, or something else listens there)",
+    )
 }
+
+/// What rustls says when the first bytes back are not a TLS record (an HTTP
+/// server, the coordinator's metrics port).
+const NOT_TLS: &str = "received corrupt message of type InvalidContentType";
 
 #[derive(Debug)]
 struct PinnedServer {

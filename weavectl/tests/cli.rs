@@ -541,6 +541,26 @@ fn unreachable_coordinator() {
         stderr.starts_with(&format!("weavectl: cannot reach the coordinator at {addr}: tcp connect error")),
         "{stderr}"
     );
+    // Something that is not TLS on that port (a metrics port, a web server).
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http_addr = http.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = http.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = conn.read(&mut buf);
+        let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    });
+    let out = c.weavectl().args(["--coordinator", &http_addr, "status"]).assert().code(3).stdout("");
+    server.join().unwrap();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert_eq!(
+        stderr,
+        format!(
+            "weavectl: cannot reach the coordinator at {http_addr}: it does not answer with TLS (not the \
+             coordinator's gRPC port, or something else listens there)\n"
+        )
+    );
     c.fails(
         &["--coordinator", "no-port", "status"],
         2,
