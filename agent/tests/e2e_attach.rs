@@ -189,6 +189,9 @@ fn bad_input_is_one_line_and_changes_nothing() {
     attach_line(&bed, 0, &[&cpath]);
     let fresh = bed.add_container("fresh");
     let missing = format!("/run/netns/{}-nope", bed.prefix);
+    let exposed = bed.weavectl(0, &["expose", &format!("net:{SUBNET}")]);
+    assert!(exposed.status.success(), "expose: {}", stderr(&exposed));
+    let hpath = format!("/run/netns/{holder}");
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["attach".into(), missing.clone()], "unknown container"),
         (vec!["attach".into(), "no-such-name".into()], "unknown container"),
@@ -202,6 +205,10 @@ fn bad_input_is_one_line_and_changes_nothing() {
         ),
         (vec!["detach".into(), format!("net:{SUBNET}"), cpath.clone()], "not attached"),
         (vec!["detach".into(), missing.clone()], "unknown container"),
+        // An address names that address (as attach reads it), not any on its subnet.
+        (vec!["detach".into(), "ip:10.2.3.8/24".into(), hpath.clone()], "is not attached at 10.2.3.8: it has 10.2.3.7"),
+        (vec!["detach".into(), "10.2.3.0/24".into(), hpath.clone()], "is not attached at 10.2.3.0"),
+        (vec!["hide".into(), "ip:10.2.3.200/24".into()], "this host is not exposed at 10.2.3.200"),
         // The host's own namespace is no container (no ethwe, no resolver on the host).
         (vec!["attach".into(), format!("/run/netns/{}", bed.hosts[0].ns)], "the host's own network namespace"),
     ];
@@ -220,6 +227,9 @@ fn bad_input_is_one_line_and_changes_nothing() {
     assert!(!interfaces(&bed.hosts[0].ns).iter().any(|i| i.starts_with("ethwe")), "the host got an ethwe");
     // The held address still belongs to its holder, on its interface.
     assert!(interfaces(&holder).contains(&"ethwe 10.2.3.7/24".to_string()));
+    // Not attached at that address: not found (4), as for a subnet.
+    assert_eq!(bed.weavectl(0, &["detach", "ip:10.2.3.8/24", &hpath]).status.code(), Some(4));
+    assert_eq!(bed.weavectl(0, &["hide", "ip:10.2.3.200/24"]).status.code(), Some(4));
 }
 
 /// `--name` is the IPAM key: a name another live namespace holds would hand

@@ -177,6 +177,24 @@ impl ServeArgs {
 
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         let range = parse_subnet(&self.range).map_err(|e| flag("range", e))?;
+        // Containers and nodes get IPv4 addresses only (the routed path, the
+        // agents' interfaces); an IPv6 range started a coordinator no host
+        // could join. IPv6 subnets may still be added for address management.
+        if let IpNet::V6(_) = range {
+            return Err(flag(
+                "range",
+                format!("{range} is IPv6: weave's overlay addresses are IPv4 (like 10.32.0.0/12)"),
+            ));
+        }
+        // The default subnet and the node block take a quarter each at the
+        // least, and each must hold an address: a smaller range left a /31 or
+        // /32 default subnet.
+        if range.prefix_len() > 28 {
+            return Err(flag(
+                "range",
+                format!("{range} is too small: the default subnet and the node block need a /30 each (a /28 at least)"),
+            ));
+        }
         let (default_default, default_nodes) = ipam::default_layout(&range);
         let parse = |name: &str, v: &Option<String>, d: IpNet| match v {
             Some(s) => parse_subnet(s).map_err(|e| flag(name, e)),
@@ -336,6 +354,28 @@ mod tests {
         assert_eq!(list.as_deref(), Some("192.0.2.1:6783,coord2.example:6783"), "tokens carry no spaces");
         a.advertise = Some("192.0.2.1:6783,coord2".into());
         assert!(a.settings().unwrap_err().to_string().contains("--advertise: 'coord2' should be host:port"));
+    }
+
+    #[test]
+    fn ranges_too_small_or_ipv6_are_refused_in_one_line() {
+        for (range, says) in [
+            ("10.32.0.0/30", "--range: 10.32.0.0/30 is too small"),
+            ("10.32.0.0/29", "--range: 10.32.0.0/29 is too small"),
+            ("fd00::/48", "--range: fd00::/48 is IPv6"),
+            ("fd00::/126", "--range: fd00::/126 is IPv6"),
+        ] {
+            let mut a = args();
+            a.range = range.into();
+            let e = a.settings().unwrap_err().to_string();
+            assert!(e.starts_with(says) && !e.contains('\n'), "{range}: {e}");
+        }
+        let mut a = args();
+        a.range = "10.32.0.0/28".into();
+        let s = a.settings().unwrap();
+        assert_eq!(
+            (s.cluster.default_subnet.to_string(), s.cluster.node_range.to_string()),
+            ("10.32.0.0/30".into(), "10.32.0.12/30".into())
+        );
     }
 
     #[test]

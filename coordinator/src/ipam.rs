@@ -42,7 +42,8 @@ pub fn usable(net: &IpNet) -> (u128, u128) {
 /// How many addresses a subnet can hand out.
 pub fn capacity(net: &IpNet) -> u128 {
     let (first, last) = usable(net);
-    last - first + 1
+    // A /31 or /32 (which no subnet may be) has none, rather than a wrap.
+    last.checked_sub(first).map_or(0, |span| span.saturating_add(1))
 }
 
 /// Why an explicitly requested address cannot be used in a subnet.
@@ -179,6 +180,8 @@ mod tests {
     fn exhaustion_is_none() {
         let n = net("10.0.0.0/30");
         assert_eq!(capacity(&n), 2);
+        assert_eq!(capacity(&"10.2.0.0/31".parse().unwrap()), 0, "none, not a wrap");
+        assert_eq!(capacity(&"10.2.0.0/32".parse().unwrap()), 0);
         assert_eq!(lowest_free(&n, [ip("10.0.0.1")]), Some(ip("10.0.0.2")));
         assert_eq!(lowest_free(&n, [ip("10.0.0.1"), ip("10.0.0.2")]), None);
     }

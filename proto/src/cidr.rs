@@ -73,7 +73,11 @@ pub fn parse_subnet(s: &str) -> Result<IpNet, CidrError> {
 pub fn parse_net(s: &str) -> Result<IpNet, CidrError> {
     let syntax = || CidrError::Syntax(s.to_string());
     let (addr, len) = s.split_once('/').ok_or_else(syntax)?;
-    if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
+    if len.is_empty()
+        || len.len() > 3
+        || !len.bytes().all(|b| b.is_ascii_digit())
+        || (len.len() > 1 && len.starts_with('0'))
+    {
         return Err(syntax());
     }
     let len: u8 = len.parse().map_err(|_| syntax())?;
@@ -167,7 +171,17 @@ mod tests {
         }
         assert_eq!(parse_address("010.2.3.7/24"), None);
         assert_eq!(parse_subnet("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
-        for bad in ["10.2.3.0/", "10.2.3.0/+24", "10.2.3.0/ 24", "10.2.3.0/0024", "/24", "10.2.3/24", "1.2.3.4.5/24"] {
+        for bad in [
+            "10.2.3.0/",
+            "10.2.3.0/+24",
+            "10.2.3.0/ 24",
+            "10.2.3.0/0024",
+            "10.2.4.0/024",
+            "10.2.3.0/08",
+            "/24",
+            "10.2.3/24",
+            "1.2.3.4.5/24",
+        ] {
             assert_eq!(parse_subnet(bad), Err(CidrError::Syntax(bad.to_string())), "{bad}");
         }
     }

@@ -19,6 +19,7 @@ use weave_proto::{
 };
 
 mod container;
+mod host;
 
 use crate::{
     error::Error,
@@ -385,10 +386,20 @@ impl Attacher {
         } else {
             let specs = AddrSpec::parse_all(addrs)?;
             let wanted = self.subnets(&specs).await?;
-            for (_, s) in &wanted {
-                if !held.contains_key(&s.id) && on_subnet(&before, &s.cidr).is_none() {
+            for (spec, s) in &wanted {
+                let has = held_address(&held, s).or_else(|| on_subnet(&before, &s.cidr).map(|(_, ip)| ip));
+                let Some(has) = has else {
                     return Err(Refusal::not_found(format!(
                         "container '{container}' is not attached to subnet {}",
+                        s.cidr
+                    )));
+                };
+                // An address names that address, not its subnet (as attach reads it).
+                if let AddrSpec::Ip(ip, _) = spec
+                    && *ip != has
+                {
+                    return Err(Refusal::not_found(format!(
+                        "container '{container}' is not attached at {ip}: it has {has} on subnet {}",
                         s.cidr
                     )));
                 }
@@ -418,71 +429,11 @@ impl Attacher {
         }
         Ok(released)
     }
+}
 
-    /// `expose`: an address on each subnet's bridge for this host (container
-    /// `host:<node>` in IPAM).
-    pub async fn expose(&self, addrs: &[String]) -> Result<Vec<Attached>, Refusal> {
-        let specs = AddrSpec::parse_all(addrs)?;
-        let _one = self.lock.lock().await;
-        let key = format!("host:{}", self.node_name);
-        let wanted = self.subnets(&specs).await?;
-        let previously = self.held(&key);
-        let allocated = self.allocate_all(&key, "", &wanted).await?;
-        let mut result = Vec::new();
-        for (subnet, ip, len) in &allocated {
-            let bridge = bridge_name(subnet.vni);
-            if let Err(e) = self.netlink.set_address(&bridge, *ip, *len, true).await {
-                for (s, ip, len) in &allocated {
-                    if !previously.contains_key(&s.id) {
-                        let _ = self.netlink.set_address(&bridge_name(s.vni), *ip, *len, false).await;
-                        let _ = self.release(&key, &s.cidr).await;
-                    }
-                }
-                return Err(failed(e));
-            }
-            result.push(Attached {
-                address: format!("{ip}/{len}"),
-                subnet: subnet.cidr.clone(),
-                interface: bridge.clone(),
-                bridge,
-                mtu: self.mtu,
-                mac: String::new(),
-            });
-        }
-        drop(_one); // Not held while the firewall catches up: other attaches go on.
-        crate::host::firewall::wait_open(allocated.iter().map(|(_, ip, _)| *ip), Duration::from_secs(5)).await;
-        Ok(result)
-    }
-
-    /// `hide`: removes this host's address from the given subnets (all if none).
-    pub async fn hide(&self, addrs: &[String]) -> Result<Vec<String>, Refusal> {
-        let _one = self.lock.lock().await;
-        let key = format!("host:{}", self.node_name);
-        let held = self.held(&key);
-        let subnets: Vec<Subnet> = if addrs.is_empty() {
-            self.maps.borrow().subnets.iter().filter(|s| held.contains_key(&s.id)).cloned().collect()
-        } else {
-            let specs = AddrSpec::parse_all(addrs)?;
-            let wanted = self.subnets(&specs).await?;
-            for (_, s) in &wanted {
-                if !held.contains_key(&s.id) {
-                    return Err(Refusal::not_found(format!("this host is not exposed on subnet {}", s.cidr)));
-                }
-            }
-            wanted.into_iter().map(|(_, s)| s).collect()
-        };
-        let mut released = Vec::new();
-        for s in &subnets {
-            if let Some(addr) = held.get(&s.id).and_then(|a| a.parse::<Ipv4Net>().ok()) {
-                self.netlink
-                    .set_address(&bridge_name(s.vni), addr.addr(), addr.prefix_len(), false)
-                    .await
-                    .map_err(failed)?;
-            }
-            released.extend(self.release(&key, &s.cidr).await?);
-        }
-        Ok(released)
-    }
+/// The address IPAM holds for a key on `subnet` (from `held`).
+fn held_address(held: &BTreeMap<u64, String>, subnet: &Subnet) -> Option<Ipv4Addr> {
+    held.get(&subnet.id).and_then(|a| a.parse::<Ipv4Net>().ok()).map(|a| a.addr())
 }
 
 /// The interface of `ifaces` with an address inside `cidr`, and that address.

@@ -27,6 +27,7 @@ impl AddrSpec {
             }
             let cidr = match parse_net(net) {
                 Ok(IpNet::V4(cidr)) => cidr,
+                Ok(IpNet::V6(cidr)) => return Err(ipv6(s, &cidr.to_string())),
                 Err(e @ CidrError::LeadingZero(_)) => return Err(Refusal::invalid(format!("'{s}': {e}"))),
                 _ => return Err(Refusal::invalid(format!("'{s}': expected net:default or net:<CIDR>"))),
             };
@@ -44,6 +45,7 @@ impl AddrSpec {
         let (addr, len) = ip.split_once('/').unwrap_or((ip, ""));
         match parse_net(ip) {
             Ok(IpNet::V4(net)) => Ok(Self::Ip(net.addr(), net.prefix_len())),
+            Ok(IpNet::V6(net)) => Err(ipv6(s, &net.addr().to_string())),
             Err(e @ CidrError::LeadingZero(_)) => Err(Refusal::invalid(format!("'{s}': {e}"))),
             _ if addr.parse::<Ipv4Addr>().is_err() => {
                 Err(Refusal::invalid(format!("'{s}': '{addr}' is not an IPv4 address")))
@@ -59,6 +61,15 @@ impl AddrSpec {
         }
         addrs.iter().map(|a| Self::parse(a)).collect()
     }
+}
+
+/// Workloads and hosts get IPv4 addresses only; an IPv6 subnet is address
+/// management through the coordinator's API.
+fn ipv6(s: &str, what: &str) -> Refusal {
+    Refusal::invalid(format!(
+        "'{s}': {what} is IPv6; attach, detach, expose and hide take IPv4 subnets only (an IPv6 subnet is address \
+         management through the coordinator's API)"
+    ))
 }
 
 #[cfg(test)]
@@ -92,6 +103,8 @@ mod tests {
         assert_eq!(msg("ip:10.2.3.300/24"), "'ip:10.2.3.300/24': '10.2.3.300' is not an IPv4 address");
         assert_eq!(msg("ip:10.2.3.7/33"), "'ip:10.2.3.7/33': bad prefix length '33'");
         assert!(msg("net:10.2.3.7/24").contains("did you mean ip:10.2.3.7/24?"));
+        assert!(msg("net:fd50::/64").starts_with("'net:fd50::/64': fd50::/64 is IPv6; attach, detach"));
+        assert!(msg("fd50::5/64").starts_with("'fd50::5/64': fd50::5 is IPv6; attach"));
     }
 
     #[test]

@@ -1,0 +1,87 @@
+//! `expose` and `hide`: this host's own address on a subnet's bridge
+//! (container `host:<node>` in IPAM), as `weave expose` gave it.
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use weave_proto::{
+    local_api::{Attached, Refusal},
+    v1::Subnet,
+};
+
+use super::{Attacher, failed, held_address};
+use crate::plan::{addr_spec::AddrSpec, kernel::bridge_name};
+
+impl Attacher {
+    /// `expose`: an address on each subnet's bridge for this host (container
+    /// `host:<node>` in IPAM).
+    pub async fn expose(&self, addrs: &[String]) -> Result<Vec<Attached>, Refusal> {
+        let specs = AddrSpec::parse_all(addrs)?;
+        let _one = self.lock.lock().await;
+        let key = format!("host:{}", self.node_name);
+        let wanted = self.subnets(&specs).await?;
+        let previously = self.held(&key);
+        let allocated = self.allocate_all(&key, "", &wanted).await?;
+        let mut result = Vec::new();
+        for (subnet, ip, len) in &allocated {
+            let bridge = bridge_name(subnet.vni);
+            if let Err(e) = self.netlink.set_address(&bridge, *ip, *len, true).await {
+                for (s, ip, len) in &allocated {
+                    if !previously.contains_key(&s.id) {
+                        let _ = self.netlink.set_address(&bridge_name(s.vni), *ip, *len, false).await;
+                        let _ = self.release(&key, &s.cidr).await;
+                    }
+                }
+                return Err(failed(e));
+            }
+            result.push(Attached {
+                address: format!("{ip}/{len}"),
+                subnet: subnet.cidr.clone(),
+                interface: bridge.clone(),
+                bridge,
+                mtu: self.mtu,
+                mac: String::new(),
+            });
+        }
+        drop(_one); // Not held while the firewall catches up: other attaches go on.
+        crate::host::firewall::wait_open(allocated.iter().map(|(_, ip, _)| *ip), Duration::from_secs(5)).await;
+        Ok(result)
+    }
+
+    /// `hide`: removes this host's address from the given subnets (all if none).
+    pub async fn hide(&self, addrs: &[String]) -> Result<Vec<String>, Refusal> {
+        let _one = self.lock.lock().await;
+        let key = format!("host:{}", self.node_name);
+        let held = self.held(&key);
+        let subnets: Vec<Subnet> = if addrs.is_empty() {
+            self.maps.borrow().subnets.iter().filter(|s| held.contains_key(&s.id)).cloned().collect()
+        } else {
+            let specs = AddrSpec::parse_all(addrs)?;
+            let wanted = self.subnets(&specs).await?;
+            for (spec, s) in &wanted {
+                let Some(has) = held_address(&held, s) else {
+                    return Err(Refusal::not_found(format!("this host is not exposed on subnet {}", s.cidr)));
+                };
+                if let AddrSpec::Ip(ip, _) = spec
+                    && *ip != has
+                {
+                    return Err(Refusal::not_found(format!(
+                        "this host is not exposed at {ip}: it has {has} on subnet {}",
+                        s.cidr
+                    )));
+                }
+            }
+            wanted.into_iter().map(|(_, s)| s).collect()
+        };
+        let mut released = Vec::new();
+        for s in &subnets {
+            if let Some(addr) = held.get(&s.id).and_then(|a| a.parse::<Ipv4Net>().ok()) {
+                self.netlink
+                    .set_address(&bridge_name(s.vni), addr.addr(), addr.prefix_len(), false)
+                    .await
+                    .map_err(failed)?;
+            }
+            released.extend(self.release(&key, &s.cidr).await?);
+        }
+        Ok(released)
+    }
+}
