@@ -209,6 +209,7 @@ fn bad_input_is_one_line_and_changes_nothing() {
         (vec!["detach".into(), "ip:10.2.3.8/24".into(), hpath.clone()], "is not attached at 10.2.3.8: it has 10.2.3.7"),
         (vec!["detach".into(), "10.2.3.0/24".into(), hpath.clone()], "is not attached at 10.2.3.0"),
         (vec!["hide".into(), "ip:10.2.3.200/24".into()], "this host is not exposed at 10.2.3.200"),
+        (vec!["expose".into(), "ip:10.2.3.50/24".into()], "already has 10.2.3.1/24 in 10.2.3.0/24; hide it first"),
         // The host's own namespace is no container (no ethwe, no resolver on the host).
         (vec!["attach".into(), format!("/run/netns/{}", bed.hosts[0].ns)], "the host's own network namespace"),
     ];

@@ -71,7 +71,7 @@ pub struct ServeArgs {
     /// keeps; records the admin adds are not refused.
     #[arg(long, env = "WEAVE_NODE_DNS_QUOTA", default_value_t = 8192)]
     pub node_dns_quota: u32,
-    /// Longest an RPC waits for its answer before it answers UNAVAILABLE
+    /// Longest an RPC waits for its answer before it answers DEADLINE_EXCEEDED
     /// (e.g. 30s; "never": no bound): a database that stops answering
     /// without closing its connections would otherwise hold calls for as long
     /// as TCP takes to give up.
@@ -233,6 +233,23 @@ impl ServeArgs {
                 if addrs.is_empty() {
                     return Err(flag("advertise", format!("'{list}' should be host:port")));
                 }
+                // Tokens carry these to every joining host: one no host can
+                // dial made every token useless.
+                for a in &addrs {
+                    let (host, port) = a.rsplit_once(':').unwrap_or((a, ""));
+                    if !matches!(port.parse::<u16>(), Ok(p) if p > 0) || port.starts_with('+') {
+                        return Err(flag("advertise", format!("'{a}': the port must be 1 to 65535")));
+                    }
+                    let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>();
+                    if ip.is_ok_and(|ip| ip.is_unspecified()) {
+                        return Err(flag(
+                            "advertise",
+                            format!(
+                                "'{a}' is where a server listens, not an address hosts can dial: give one they can"
+                            ),
+                        ));
+                    }
+                }
                 Some(addrs.join(","))
             }
         };
@@ -354,6 +371,18 @@ mod tests {
         assert_eq!(list.as_deref(), Some("192.0.2.1:6783,coord2.example:6783"), "tokens carry no spaces");
         a.advertise = Some("192.0.2.1:6783,coord2".into());
         assert!(a.settings().unwrap_err().to_string().contains("--advertise: 'coord2' should be host:port"));
+        for (bad, says) in [
+            ("0.0.0.0:6783", "is where a server listens"),
+            ("[::]:6783", "is where a server listens"),
+            ("192.0.2.1:0", "the port must be 1 to 65535"),
+            ("192.0.2.1:99999", "the port must be 1 to 65535"),
+        ] {
+            a.advertise = Some(format!("192.0.2.9:6783,{bad}"));
+            let e = a.settings().unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--advertise: '{bad}'")) && e.contains(says), "{bad}: {e}");
+        }
+        a.advertise = Some("[2001:db8::1]:6783".into());
+        assert_eq!(a.settings().unwrap().advertise.as_deref(), Some("[2001:db8::1]:6783"));
     }
 
     #[test]

@@ -122,6 +122,12 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
             "the database was created with other --range/--node-range; keeping the recorded ones"
         );
     }
+    if !first_start && cluster.dns_domain != settings.cluster.dns_domain {
+        tracing::warn!(
+            dns_domain = %cluster.dns_domain,
+            "the database was created with another --dns-domain; keeping the recorded one"
+        );
+    }
 
     let listener =
         TcpListener::bind(settings.listen).await.map_err(|e| anyhow::anyhow!("--listen {}: {e}", settings.listen))?;

@@ -188,6 +188,12 @@ pub fn endpoint(addr: &str, pin: Pin) -> Result<Endpoint, ConnectError> {
     if addr.contains('/') || !addr.contains(':') {
         return Err(bad());
     }
+    // The port: 1 to 65535 (a URL parser takes 0 and "connection refused"
+    // made 99999 look like a coordinator that is down).
+    let port = addr.rsplit_once(':').map(|(_, p)| p).unwrap_or("");
+    if !matches!(port.parse::<u16>(), Ok(p) if p > 0) || port.starts_with('+') {
+        return Err(bad());
+    }
     // Always https: an http:// endpoint would silently skip TLS and the pin.
     let verifier = Arc::new(PinnedServer::new(pin));
     Endpoint::from_shared(format!("https://{addr}"))

@@ -190,6 +190,13 @@ fn subnet_refusals() {
     );
     // clap's own usage errors keep clap's exit code.
     c.weavectl().args(["subnet", "add"]).assert().code(2);
+    for empty in ["", " "] {
+        c.fails(
+            &["subnet", "add", "10.9.4.0/24", "--name", empty],
+            2,
+            "weavectl: adding subnet 10.9.4.0/24: --name is empty (leave it out for none)",
+        );
+    }
     // ipnet read 010 as ten, inet_aton (ping, ip) as eight: neither is taken.
     c.fails(
         &["subnet", "add", "010.002.003.000/24"],
@@ -566,6 +573,14 @@ fn unreachable_coordinator() {
         2,
         "weavectl: coordinator address: 'no-port' is not host:port (like 192.0.2.1:6783)",
     );
+    // A port no coordinator can have is a typo, not an outage.
+    for bad in ["127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:-1", "[::1]"] {
+        c.fails(
+            &["--coordinator", bad, "status"],
+            2,
+            &format!("weavectl: coordinator address: '{bad}' is not host:port (like 192.0.2.1:6783)"),
+        );
+    }
 }
 
 #[test]

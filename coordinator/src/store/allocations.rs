@@ -75,8 +75,13 @@ impl Store {
             if let Some((ip, _)) = explicit
                 && !allocation.address.starts_with(&format!("{ip}/"))
             {
+                // `host:<node>` is what expose allocates for: undone by hide.
+                let (who, undo) = match container.strip_prefix("host:") {
+                    Some(node) => (format!("host {node}"), "hide"),
+                    None => (format!("container {container}"), "detach"),
+                };
                 return Err(Error::AlreadyExists(format!(
-                    "container {container} already has {} in {net}; detach it first to change its address",
+                    "{who} already has {} in {net}; {undo} it first to change its address",
                     allocation.address
                 )));
             }

@@ -17,8 +17,12 @@ use crate::{
 /// (which suggests the network when host bits are set).
 pub(super) fn check(command: SubnetCommand) -> Outcome<SubnetCommand> {
     match &command {
-        SubnetCommand::Add { cidr, .. } => {
+        SubnetCommand::Add { cidr, name } => {
             parse_subnet(cidr).map_err(|e| Failure::usage(format!("adding subnet {cidr}"), e))?;
+            // The API reads an empty name as none: given, it was a mistake.
+            if name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+                return Err(Failure::usage(format!("adding subnet {cidr}"), "--name is empty (leave it out for none)"));
+            }
         }
         // A name has no '/'; anything with one must be a CIDR.
         SubnetCommand::Rm { subnet, .. } if subnet.contains('/') => {
