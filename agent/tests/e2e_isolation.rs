@@ -366,6 +366,12 @@ fn a_container_whose_subnet_is_removed_reaches_nothing_on_its_host() {
     let underlay = bed.hosts[0].ip;
     assert!(!udp_arrives(&host, &a, (underlay, 9999).into()), "a's datagram reached the host at {underlay}");
     assert!(!ping_once(&a, underlay), "a pinged the host at {underlay}");
+    // What the README advises then: detaching the container frees its interface.
+    let out = bed.weavectl(0, &["detach", &format!("/run/netns/{a}")]);
+    assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.2.9.1/24", "it says what it removed");
+    assert!(!interfaces(&a).iter().any(|i| i.starts_with("ethwe")), "a kept {:?}", interfaces(&a));
+    assert!(!interfaces(&host).contains(&port), "the port stayed on the host");
 }
 
 /// The index of `dev` in `ns`.

@@ -44,6 +44,11 @@ fn a_removed_node_is_unreachable_within_5s() {
     bed.wait_ping(0, 2, Duration::from_secs(10));
     bed.wait_ping(1, 2, Duration::from_secs(10));
     let node3: Ipv4Addr = bed.status(2).unwrap().address;
+    // A container attached as a user attaches one (the agent makes its interface).
+    let c3 = bed.add_container("c3");
+    let attached = bed.weavectl(2, &["attach", &format!("/run/netns/{c3}")]);
+    assert!(attached.status.success(), "attach: {}", String::from_utf8_lossy(&attached.stderr));
+    assert!(interfaces(&c3).iter().any(|i| i.starts_with("ethwe")), "attached: {:?}", interfaces(&c3));
 
     // The way an operator does it: `weavectl node rm` on the coordinator host.
     let removed = bed.weavectl_admin(&["node", "rm", "h3"]);
@@ -81,6 +86,9 @@ fn a_removed_node_is_unreachable_within_5s() {
         "last line: {last}"
     );
     assert!(!interfaces(&bed.hosts[2].ns).iter().any(|i| i.starts_with("wvtun0")), "the removed host kept its tunnel");
+    // Its containers' interfaces go too: their addresses are back in the pool.
+    assert!(!interfaces(&c3).iter().any(|i| i.starts_with("ethwe")), "c3 kept {:?}", interfaces(&c3));
+    assert!(!interfaces(&bed.hosts[2].ns).iter().any(|i| i.starts_with("wv")), "{:?}", interfaces(&bed.hosts[2].ns));
     // It stays unreachable, and the others still reach each other.
     for _ in 0..3 {
         assert!(!ping_once(&bed.workloads[0].ns, w3), "node 3's workload answered after removal");

@@ -422,6 +422,16 @@ impl Attacher {
             }
             released.extend(self.release(&c.key, cidr).await?);
         }
+        // Detaching all: also interfaces on subnets the map no longer has
+        // (`subnet rm --force` leaves them; their addresses are free already).
+        let nets: Vec<Ipv4Net> = self.maps.borrow().subnets.iter().filter_map(|s| s.cidr.parse().ok()).collect();
+        let on_none = |i: &&WorkloadInterface| {
+            !i.addresses.iter().any(|(ip, len)| nets.iter().any(|n| n.contains(ip) && *len == n.prefix_len()))
+        };
+        for i in before.iter().filter(|_| addrs.is_empty()).filter(on_none) {
+            inside.delete_link(&i.name).await.map_err(failed)?;
+            released.extend(i.addresses.iter().map(|(ip, len)| format!("{ip}/{len}")));
+        }
         if addrs.is_empty()
             && let Some(n) = &c.name
         {

@@ -414,7 +414,7 @@ async fn serve(
     if let Some(removed) = removed {
         // Not a member: no tunnel may stay up, no peer may stay reachable.
         transport.set_peers(&[]);
-        netlink.remove_all(TUN_NAME).await?;
+        netlink.remove_all(TUN_NAME, true).await?;
         firewall::remove().await?;
         if let Error::Removed(why) = &removed {
             dir.forget_membership(why)?;
@@ -423,7 +423,7 @@ async fn serve(
         return Err(removed);
     }
     if args.cleanup_on_exit {
-        netlink.remove_all(TUN_NAME).await?;
+        netlink.remove_all(TUN_NAME, false).await?;
         firewall::remove().await?;
         tracing::info!("removed this agent's interfaces and isolation rules");
     } else {
@@ -436,7 +436,7 @@ async fn serve(
 /// `agent reset`: removes every interface and file this agent created.
 pub async fn reset(args: ResetArgs) -> Result<(), Error> {
     let netlink = Netlink::connect()?;
-    netlink.remove_all(TUN_NAME).await?;
+    netlink.remove_all(TUN_NAME, true).await?;
     firewall::remove().await?;
     match std::fs::remove_file(&args.paths.socket) {
         Ok(()) => {}

@@ -26,7 +26,8 @@ use crate::{
     plan::{
         kernel::{
             BRIDGE_PREFIX, ROUTE_PROTOCOL, SEGMENT_LEARNED_MACS, SUBNET_ROUTE_METRIC, TUN_NAME, TUN_READ_ROOM,
-            TUN_TX_QUEUE_LEN, VXLAN_PORT, VXLAN_PREFIX, bridge_mac, bridge_name, is_workload_if, vxlan_name,
+            TUN_TX_QUEUE_LEN, VXLAN_PORT, VXLAN_PREFIX, bridge_mac, bridge_name, is_host_port, is_workload_if,
+            vxlan_name,
         },
         reconcile::{Change, Observed, ObservedSegment, ObservedVxlan},
     },
@@ -415,11 +416,12 @@ impl Netlink {
         }
     }
 
-    /// Deletes every segment this agent owns and the TUN (if it outlived us).
-    pub async fn remove_all(&self, tun: &str) -> Result<(), Error> {
+    /// Deletes every segment this agent owns and the TUN (if it outlived us);
+    /// with `ports`, the workloads' veths too (their other ends go with them).
+    pub async fn remove_all(&self, tun: &str, ports: bool) -> Result<(), Error> {
         for l in self.links().await? {
             if let Some(name) = name(&l)
-                && (name.starts_with(VXLAN_PREFIX) || name.starts_with(BRIDGE_PREFIX))
+                && (name.starts_with(VXLAN_PREFIX) || name.starts_with(BRIDGE_PREFIX) || ports && is_host_port(name))
             {
                 self.delete_link(name).await?;
             }

@@ -107,6 +107,15 @@ pub fn next_ifname(used: &[String]) -> String {
         .unwrap_or_else(|| WORKLOAD_IF.to_string())
 }
 
+/// A workload port's host side, as this agent names them: `wv` and 8
+/// (attach, CNI: [`host_ifname`]) to 12 (Docker's endpoints) lower-case hex
+/// digits; never a bridge (`wvbr-`), VXLAN device (`wvvx-`) or the TUN.
+pub fn is_host_port(name: &str) -> bool {
+    name.strip_prefix("wv").is_some_and(|h| {
+        (8..=12).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// The host side of a container's veth: `wv` + 8 hex digits of (netns, vni)
 /// (IFNAMSIZ leaves 15 characters; its temporary peer adds one).
 pub fn host_ifname(inode: u64, vni: u32) -> String {
@@ -118,6 +127,16 @@ pub fn host_ifname(inode: u64, vni: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_ports_are_told_from_the_agents_other_interfaces() {
+        assert!(is_host_port(&host_ifname(12345, 7)));
+        assert!(is_host_port("wvdec81aa991b"), "a Docker endpoint's");
+        for other in ["wvtun0", "wvbr-5", "wvvx-5", "wv1234567", "wvDEADBEEF", "wv0123456789abc", "eth0", "wvzz00ff11"]
+        {
+            assert!(!is_host_port(other), "{other}");
+        }
+    }
 
     #[test]
     fn interface_names() {
