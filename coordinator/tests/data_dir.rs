@@ -96,6 +96,17 @@ fn a_taken_listen_port_is_named_in_one_line() {
     assert!(lines[0].contains("in use"), "{err}");
 }
 
+#[test]
+fn a_data_dir_that_is_a_file_is_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let out = serve(&file).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert_eq!(err.trim_end(), format!("coordinator: {}: File exists (os error 17)", file.display()), "{err}");
+}
+
 /// Whether process `pid` holds a `flock` on `path` (from /proc/locks: looking
 /// must not take the lock, or the coordinator could find it held).
 fn held_by(pid: u32, path: &Path) -> bool {

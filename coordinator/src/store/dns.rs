@@ -20,6 +20,15 @@ pub fn qualify_name(name: &str, domain: &str) -> Result<String> {
         Some(rest) => (rest, true),
         None => (trimmed.as_str(), false),
     };
+    let invalid = || {
+        Error::InvalidArgument(format!(
+            "'{name}' is not a valid DNS name (labels of letters, digits, '-' and '_', separated by dots)"
+        ))
+    };
+    // An empty label (`web..`, `.web`) is what is wrong, wherever it is.
+    if lower.split('.').any(str::is_empty) {
+        return Err(invalid());
+    }
     let relative = match lower.strip_suffix(&format!(".{domain}")) {
         Some(relative) => relative,
         None if absolute && lower != domain => {
@@ -38,9 +47,7 @@ pub fn qualify_name(name: &str, domain: &str) -> Result<String> {
             && !l.ends_with('-')
     };
     if relative.is_empty() || relative == domain || !relative.split('.').all(valid_label) {
-        return Err(Error::InvalidArgument(format!(
-            "'{name}' is not a valid DNS name (labels of letters, digits, '-' and '_', separated by dots)"
-        )));
+        return Err(invalid());
     }
     let fqdn = format!("{relative}.{domain}.");
     if fqdn.len() > 254 {
@@ -236,6 +243,10 @@ mod tests {
         // Absolute (a trailing dot): only inside the domain.
         let e = qualify_name("foo.example.com.", d).unwrap_err().to_string();
         assert!(e.contains("'foo.example.com.' is outside weave.local."), "{e}");
+        for empty_label in ["web..", ".web", "a..b", "web.weave.local..", "."] {
+            let e = qualify_name(empty_label, "weave.local.").unwrap_err().to_string();
+            assert!(e.contains("is not a valid DNS name"), "{empty_label}: {e}");
+        }
         assert_eq!(qualify_name("foo.example.com", d).unwrap(), "foo.example.com.weave.local.");
     }
 }
