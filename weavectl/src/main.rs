@@ -17,8 +17,21 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// The longest argument weavectl accepts, in bytes.
+const MAX_ARG: usize = 4096;
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // No argument weavectl takes is anywhere near this long (names 63 bytes,
+    // a token description 256); the coordinator's 8 KiB request limit would
+    // refuse it with its own words, and the message would quote it whole.
+    if let Some(long) = std::env::args_os().skip(1).find(|a| a.len() > MAX_ARG) {
+        eprintln!(
+            "weavectl: an argument of {} bytes is longer than any weavectl takes (at most {MAX_ARG})",
+            long.len()
+        );
+        return ExitCode::from(failure::Exit::Usage as u8);
+    }
     // clap prints its own usage errors and exits with 2.
     let cli = cli::Cli::parse();
     match commands::run(cli).await {

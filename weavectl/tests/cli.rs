@@ -208,6 +208,19 @@ fn subnet_refusals() {
 }
 
 #[test]
+fn an_oversized_argument_is_refused_without_quoting_it() {
+    let huge = "a".repeat(9000);
+    for args in [vec!["token", "revoke", &huge], vec!["subnet", "rm", &huge], vec!["dns", "rm", &huge]] {
+        bare()
+            .args(&args)
+            .assert()
+            .code(2)
+            .stdout("")
+            .stderr("weavectl: an argument of 9000 bytes is longer than any weavectl takes (at most 4096)\n");
+    }
+}
+
+#[test]
 fn host_actions_refuse_malformed_addresses_before_asking_the_agent() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-agent.sock");
