@@ -279,6 +279,17 @@ fn a_name_belongs_to_one_live_namespace() {
     let c = bed.add_container("c");
     let held = attach_line(&bed, 0, &["--name", "db", &format!("/run/netns/{c}")]);
     ok(&["ip", "netns", "del", &c]);
+    // Gone or not, an address names that address: another one is not found, and kept.
+    let (a1, a2, a3, last) = {
+        let o: Vec<u8> = held.split('.').map(|x| x.parse().unwrap()).collect();
+        (o[0], o[1], o[2], o[3])
+    };
+    let other = format!("{a1}.{a2}.{a3}.{}", if last == 200 { 201 } else { 200 });
+    let len = bed.status(0).unwrap().segments[0].subnet.split('/').nth(1).unwrap().to_string();
+    let out = bed.weavectl(0, &["detach", &format!("ip:{other}/{len}"), "db"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("is not attached at {other}: it has {held}")), "{}", stderr(&out));
+    assert!(bed.allocations().iter().any(|l| l.contains(&format!(" {held}/"))), "{:?}", bed.allocations());
     let out = bed.weavectl(0, &["detach", "db"]);
     assert!(out.status.success(), "detach db after ip netns del: {}", stderr(&out));
     assert!(!bed.allocations().iter().any(|l| l.contains(&format!(" {held}/"))), "{:?}", bed.allocations());

@@ -369,7 +369,6 @@ fn a_container_whose_subnet_is_removed_reaches_nothing_on_its_host() {
     // What the README advises then: detaching the container frees its interface.
     let out = bed.weavectl(0, &["detach", &format!("/run/netns/{a}")]);
     assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.2.9.1/24", "it says what it removed");
     assert!(!interfaces(&a).iter().any(|i| i.starts_with("ethwe")), "a kept {:?}", interfaces(&a));
     assert!(!interfaces(&host).contains(&port), "the port stayed on the host");
 }

@@ -189,10 +189,13 @@ impl ServeArgs {
         // The default subnet and the node block take a quarter each at the
         // least, and each must hold an address: a smaller range left a /31 or
         // /32 default subnet.
-        if range.prefix_len() > 28 {
+        if range.prefix_len() > 28 && (self.default_subnet.is_none() || self.node_range.is_none()) {
             return Err(flag(
                 "range",
-                format!("{range} is too small: the default subnet and the node block need a /30 each (a /28 at least)"),
+                format!(
+                    "{range} is too small: the default subnet and the node block need a /30 each (a /28 at least, \
+                     or both given: --default-subnet and --node-range)"
+                ),
             ));
         }
         let (default_default, default_nodes) = ipam::default_layout(&range);
@@ -398,6 +401,10 @@ mod tests {
             let e = a.settings().unwrap_err().to_string();
             assert!(e.starts_with(says) && !e.contains('\n'), "{range}: {e}");
         }
+        let mut a = args();
+        a.range = "10.32.0.0/29".into();
+        (a.default_subnet, a.node_range) = (Some("10.32.0.0/30".into()), Some("10.32.0.4/30".into()));
+        assert!(a.settings().is_ok(), "a small range with both parts given");
         let mut a = args();
         a.range = "10.32.0.0/28".into();
         let s = a.settings().unwrap();

@@ -54,7 +54,6 @@ async fn main() -> ExitCode {
     let running = match weave_coordinator::start(settings, shutdown_signal()).await {
         Ok(r) => r,
         Err(e) => {
-            // The chain, each cause once (a context often quotes its cause).
             eprintln!("coordinator: {}", weave_proto::client::error_chain(e.as_ref()));
             return ExitCode::FAILURE;
         }

@@ -29,7 +29,7 @@ use crate::{
     },
     plan::{
         addr_spec::{AddrSpec, NamesSubnet},
-        kernel::{bridge_name, format_mac, host_ifname, next_ifname},
+        kernel::{bridge_name, format_mac, host_ifname, is_workload_if, next_ifname},
     },
 };
 
@@ -136,7 +136,16 @@ impl Attacher {
             self.maps.borrow().subnets.clone()
         } else {
             let specs = AddrSpec::parse_all(addrs)?;
-            self.subnets(&specs).await?.into_iter().map(|(_, s)| s).collect()
+            let wanted = self.subnets(&specs).await?;
+            let held = self.held(key);
+            for (spec, s) in &wanted {
+                if let (AddrSpec::Ip(ip, _), Some(has)) = (spec, held_address(&held, s))
+                    && *ip != has
+                {
+                    return Err(not_at(&format!("container '{key}'"), "attached", *ip, has, s));
+                }
+            }
+            wanted.into_iter().map(|(_, s)| s).collect()
         };
         if let Some(inode) = inode {
             for s in &subnets {
@@ -398,10 +407,7 @@ impl Attacher {
                 if let AddrSpec::Ip(ip, _) = spec
                     && *ip != has
                 {
-                    return Err(Refusal::not_found(format!(
-                        "container '{container}' is not attached at {ip}: it has {has} on subnet {}",
-                        s.cidr
-                    )));
+                    return Err(not_at(&format!("container '{container}'"), "attached", *ip, has, s));
                 }
             }
             wanted.into_iter().map(|(_, s)| s.cidr).collect()
@@ -422,15 +428,18 @@ impl Attacher {
             }
             released.extend(self.release(&c.key, cidr).await?);
         }
-        // Detaching all: also interfaces on subnets the map no longer has
-        // (`subnet rm --force` leaves them; their addresses are free already).
+        // Detaching all: also `ethwe*` interfaces on subnets the map no longer
+        // has (`subnet rm --force` leaves them; IPAM freed their addresses
+        // then, so none is reported released here). Only weave's own names:
+        // a CNI runtime's interface name may be another plugin's interface.
         let nets: Vec<Ipv4Net> = self.maps.borrow().subnets.iter().filter_map(|s| s.cidr.parse().ok()).collect();
-        let on_none = |i: &&WorkloadInterface| {
-            !i.addresses.iter().any(|(ip, len)| nets.iter().any(|n| n.contains(ip) && *len == n.prefix_len()))
+        let orphan = |i: &&WorkloadInterface| {
+            is_workload_if(&i.name)
+                && !i.addresses.iter().any(|(ip, len)| nets.iter().any(|n| n.contains(ip) && *len == n.prefix_len()))
         };
-        for i in before.iter().filter(|_| addrs.is_empty()).filter(on_none) {
+        for i in before.iter().filter(|_| addrs.is_empty()).filter(orphan) {
             inside.delete_link(&i.name).await.map_err(failed)?;
-            released.extend(i.addresses.iter().map(|(ip, len)| format!("{ip}/{len}")));
+            tracing::info!(container, interface = %i.name, "removed an interface on a subnet that is gone");
         }
         if addrs.is_empty()
             && let Some(n) = &c.name
@@ -439,6 +448,16 @@ impl Attacher {
         }
         Ok(released)
     }
+}
+
+/// Not found: `who` (attached or exposed: `verb`) holds `has`, not `ip`, on `subnet` (an address names
+/// that address, as attach reads it; the network address hints at `net:`).
+fn not_at(who: &str, verb: &str, ip: Ipv4Addr, has: Ipv4Addr, subnet: &Subnet) -> Refusal {
+    let hint = match subnet.cidr.parse::<Ipv4Net>() {
+        Ok(net) if net.network() == ip => format!(" (for the subnet: net:{net})"),
+        _ => String::new(),
+    };
+    Refusal::not_found(format!("{who} is not {verb} at {ip}: it has {has} on subnet {}{hint}", subnet.cidr))
 }
 
 /// The address IPAM holds for a key on `subnet` (from `held`).

@@ -416,12 +416,14 @@ impl Netlink {
         }
     }
 
-    /// Deletes every segment this agent owns and the TUN (if it outlived us);
-    /// with `ports`, the workloads' veths too (their other ends go with them).
+    /// Deletes every segment this agent owns, the TUN, and with `ports` the workloads' veths.
     pub async fn remove_all(&self, tun: &str, ports: bool) -> Result<(), Error> {
+        if ports {
+            self.remove_ports().await?;
+        }
         for l in self.links().await? {
             if let Some(name) = name(&l)
-                && (name.starts_with(VXLAN_PREFIX) || name.starts_with(BRIDGE_PREFIX) || ports && is_host_port(name))
+                && (name.starts_with(VXLAN_PREFIX) || name.starts_with(BRIDGE_PREFIX))
             {
                 self.delete_link(name).await?;
             }

@@ -108,11 +108,12 @@ pub fn next_ifname(used: &[String]) -> String {
 }
 
 /// A workload port's host side, as this agent names them: `wv` and 8
-/// (attach, CNI: [`host_ifname`]) to 12 (Docker's endpoints) lower-case hex
-/// digits; never a bridge (`wvbr-`), VXLAN device (`wvvx-`) or the TUN.
+/// (attach, CNI: [`host_ifname`]) or 11 (Docker's endpoints: `wvd` and 10)
+/// lower-case hex digits; never a bridge (`wvbr-`), VXLAN device (`wvvx-`)
+/// or the TUN.
 pub fn is_host_port(name: &str) -> bool {
     name.strip_prefix("wv").is_some_and(|h| {
-        (8..=12).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        matches!(h.len(), 8 | 11) && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -131,9 +132,12 @@ mod tests {
     #[test]
     fn host_ports_are_told_from_the_agents_other_interfaces() {
         assert!(is_host_port(&host_ifname(12345, 7)));
-        assert!(is_host_port("wvdec81aa991b"), "a Docker endpoint's");
-        for other in ["wvtun0", "wvbr-5", "wvvx-5", "wv1234567", "wvDEADBEEF", "wv0123456789abc", "eth0", "wvzz00ff11"]
-        {
+        let docker = crate::plan::docker::host_ifname("dec81aa991b0c2c4d5e6f7a8b9c0d1e2").unwrap();
+        assert!(is_host_port(&docker), "a Docker endpoint's: {docker}");
+        for other in [TUN_NAME.to_string(), bridge_name(5), vxlan_name(5), format!("{}0", host_ifname(12345, 7))] {
+            assert!(!is_host_port(&other), "{other}");
+        }
+        for other in ["wv1234567", "wvDEADBEEF", "wv0123456789ab", "eth0", "wvzz00ff11"] {
             assert!(!is_host_port(other), "{other}");
         }
     }

@@ -8,7 +8,7 @@ use weave_proto::{
     v1::Subnet,
 };
 
-use super::{Attacher, failed, held_address};
+use super::{Attacher, failed, held_address, not_at};
 use crate::plan::{addr_spec::AddrSpec, kernel::bridge_name};
 
 impl Attacher {
@@ -64,10 +64,7 @@ impl Attacher {
                 if let AddrSpec::Ip(ip, _) = spec
                     && *ip != has
                 {
-                    return Err(Refusal::not_found(format!(
-                        "this host is not exposed at {ip}: it has {has} on subnet {}",
-                        s.cidr
-                    )));
+                    return Err(not_at("this host", "exposed", *ip, has, s));
                 }
             }
             wanted.into_iter().map(|(_, s)| s).collect()

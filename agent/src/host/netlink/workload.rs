@@ -41,6 +41,25 @@ fn port_record(l: &LinkMessage) -> Option<PortRecord<'_>> {
 }
 
 impl Netlink {
+    /// Deletes the host side of every workload port this agent made (the
+    /// container's end goes with it): a `wv<hex>` veth with a `weave:` port
+    /// record, nothing else of that name. Best effort, each on its own: one
+    /// that fails is logged and the rest go on (a removed node's agent must
+    /// still take its tunnel down). How many went.
+    pub async fn remove_ports(&self) -> Result<usize, Error> {
+        let mut removed = 0;
+        for l in self.links().await? {
+            let Some((port, _, _)) = port_record(&l).filter(|(port, _, _)| is_host_port(port)) else {
+                continue;
+            };
+            match self.delete_link(port).await {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!(port, error = %e, "could not remove a workload port"),
+            }
+        }
+        Ok(removed)
+    }
+
     /// A netlink connection inside the namespace of `netns` (a `/run/netns/x`
     /// or `/proc/<pid>/ns/net` file). The socket is opened by a short-lived
     /// thread that entered the namespace (a socket stays in the namespace it
