@@ -7,7 +7,7 @@
 //! own (ragged tails made its vector set-up cost up to twice the MAC).
 use std::{mem::MaybeUninit, sync::Once};
 
-use crate::{Error, LEAD, TAG_LEN};
+use crate::{Error, LEAD, TAG_LEN, ahead};
 
 unsafe extern "C" {
     fn weave_aead_ChaCha20_ctr32(out: *mut u8, inp: *const u8, len: usize, key: *const u32, counter: *const u32);
@@ -197,14 +197,23 @@ const _: () = assert!(LEAD == 64);
 
 /// ChaCha20 from block 0 over `inp[..LEAD + n]` into `out[..LEAD + n]`;
 /// returns the Poly1305 key, `out[..LEAD]` restored.
-fn led_keystream(key: &[u32; 8], counter: u64, inp: &[u8], out: &mut [u8], n: usize) -> [u8; 32] {
+/// A run of more than 16 blocks and at most 24 takes its last blocks from
+/// [`crate::ahead`] (kept from the previous counter's call, or computed
+/// with the next counter's).
+fn led_keystream(key: &[u32; 8], id: u64, counter: u64, inp: &[u8], out: &mut [u8], n: usize) -> [u8; 32] {
     assert!(inp.len() >= LEAD + n && out.len() >= LEAD + n);
     let mut saved = [0u8; LEAD];
     saved.copy_from_slice(&out[..LEAD]);
     let ctr = counter_block(0, counter);
-    // SAFETY: both slices hold LEAD + n bytes (asserted); they do not overlap
-    // (a shared and an exclusive borrow).
-    unsafe { weave_aead_ChaCha20_ctr32(out.as_mut_ptr(), inp.as_ptr(), LEAD + n, key.as_ptr(), ctr.as_ptr()) }
+    let total = LEAD + n;
+    let ahead = total > ahead::FROM && total - ahead::FROM <= ahead::MAX_TAIL && ahead::available();
+    let first = if ahead { ahead::FROM } else { total };
+    // SAFETY: both slices hold LEAD + n >= first bytes (asserted); they do
+    // not overlap (a shared and an exclusive borrow).
+    unsafe { weave_aead_ChaCha20_ctr32(out.as_mut_ptr(), inp.as_ptr(), first, key.as_ptr(), ctr.as_ptr()) }
+    if ahead {
+        ahead::xor_tail(key, id, counter, &inp[first..total], &mut out[first..total]);
+    }
     let mut poly_key = [0u8; 32];
     for i in 0..32 {
         poly_key[i] = out[i] ^ inp[i];
@@ -216,10 +225,10 @@ fn led_keystream(key: &[u32; 8], counter: u64, inp: &[u8], out: &mut [u8], n: us
 
 /// Seals `src[LEAD..]` into `dst[LEAD..]`, the tag after it; both leads
 /// are left as they were.
-pub(crate) fn seal_led(key: &[u32; 8], counter: u64, src: &[u8], dst: &mut [u8]) -> usize {
+pub(crate) fn seal_led(key: &[u32; 8], id: u64, counter: u64, src: &[u8], dst: &mut [u8]) -> usize {
     let n = src.len() - LEAD;
     assert!(dst.len() >= LEAD + n + TAG_LEN, "destination too short");
-    let mut poly_key = led_keystream(key, counter, src, dst, n);
+    let mut poly_key = led_keystream(key, id, counter, src, dst, n);
     let (ct, tag_out) = dst[LEAD..LEAD + n + TAG_LEN].split_at_mut(n);
     tag_out.copy_from_slice(&tag(&poly_key, ct));
     crate::wipe(&mut poly_key);
@@ -229,10 +238,10 @@ pub(crate) fn seal_led(key: &[u32; 8], counter: u64, src: &[u8], dst: &mut [u8])
 /// Checks `src[LEAD..]` (ciphertext and tag) and decrypts it into
 /// `dst[LEAD..]`; both leads are left as they were. On failure the
 /// plaintext's room in `dst` is zeroed.
-pub(crate) fn open_led(key: &[u32; 8], counter: u64, src: &[u8], dst: &mut [u8]) -> Result<usize, Error> {
+pub(crate) fn open_led(key: &[u32; 8], id: u64, counter: u64, src: &[u8], dst: &mut [u8]) -> Result<usize, Error> {
     let n = src.len().checked_sub(LEAD + TAG_LEN).ok_or(Error)?;
     assert!(dst.len() >= LEAD + n, "destination too short");
-    let mut poly_key = led_keystream(key, counter, &src[..LEAD + n], dst, n);
+    let mut poly_key = led_keystream(key, id, counter, &src[..LEAD + n], dst, n);
     let ok = crate::equal(&tag(&poly_key, &src[LEAD..LEAD + n]), &src[LEAD + n..]);
     crate::wipe(&mut poly_key);
     if ok {

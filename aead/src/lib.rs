@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 
 #[cfg(weave_aead_asm)]
+mod ahead;
+#[cfg(weave_aead_asm)]
 mod asm;
 
 /// The Poly1305 tag's length.
@@ -94,7 +96,8 @@ const RING: &str = "ring";
 
 enum Inner {
     #[cfg_attr(not(weave_aead_asm), allow(dead_code))]
-    Asm([u32; 8]),
+    /// The key's words, and its number for the keystream kept ahead.
+    Asm([u32; 8], u64),
     Ring(Box<LessSafeKey>),
 }
 
@@ -106,7 +109,7 @@ impl Key {
         #[cfg(weave_aead_asm)]
         if assembly_now() {
             asm::init();
-            return Key(Inner::Asm(asm::key_words(key)));
+            return Key(Inner::Asm(asm::key_words(key), ahead::next_id()));
         }
         Key(Inner::Ring(Box::new(LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).expect("a 32-byte key")))))
     }
@@ -118,9 +121,9 @@ impl Key {
         assert!(dst.len() >= n + TAG_LEN, "destination too short");
         match &self.0 {
             #[cfg(weave_aead_asm)]
-            Inner::Asm(k) => asm::seal(k, counter, src, dst),
+            Inner::Asm(k, _) => asm::seal(k, counter, src, dst),
             #[cfg(not(weave_aead_asm))]
-            Inner::Asm(_) => unreachable!("built without the assembly"),
+            Inner::Asm(..) => unreachable!("built without the assembly"),
             Inner::Ring(k) => {
                 let (data, rest) = dst.split_at_mut(n);
                 data.copy_from_slice(src);
@@ -142,9 +145,9 @@ impl Key {
         assert!(dst.len() >= src.len(), "destination too short");
         match &self.0 {
             #[cfg(weave_aead_asm)]
-            Inner::Asm(k) => asm::open(k, counter, src, dst),
+            Inner::Asm(k, _) => asm::open(k, counter, src, dst),
             #[cfg(not(weave_aead_asm))]
-            Inner::Asm(_) => unreachable!("built without the assembly"),
+            Inner::Asm(..) => unreachable!("built without the assembly"),
             Inner::Ring(k) => {
                 let whole = &mut dst[..src.len()];
                 whole.copy_from_slice(src);
@@ -164,7 +167,7 @@ impl Key {
         assert!(src.len() >= LEAD && dst.len() >= src.len() + TAG_LEN, "no room for the lead");
         match &self.0 {
             #[cfg(weave_aead_asm)]
-            Inner::Asm(k) => asm::seal_led(k, counter, src, dst),
+            Inner::Asm(k, id) => asm::seal_led(k, *id, counter, src, dst),
             _ => self.seal(counter, &src[LEAD..], &mut dst[LEAD..]),
         }
     }
@@ -179,7 +182,7 @@ impl Key {
         assert!(dst.len() >= LEAD + n + TAG_LEN, "no room for the lead");
         match &self.0 {
             #[cfg(weave_aead_asm)]
-            Inner::Asm(k) => asm::open_led(k, counter, src, dst),
+            Inner::Asm(k, id) => asm::open_led(k, *id, counter, src, dst),
             _ => self.open(counter, &src[LEAD..], &mut dst[LEAD..]),
         }
     }
@@ -187,7 +190,7 @@ impl Key {
     /// Which implementation this key runs.
     pub fn implementation(&self) -> &'static str {
         match self.0 {
-            Inner::Asm(_) => ASM,
+            Inner::Asm(..) => ASM,
             Inner::Ring(_) => RING,
         }
     }
@@ -195,7 +198,7 @@ impl Key {
 
 impl Drop for Key {
     fn drop(&mut self) {
-        if let Inner::Asm(k) = &mut self.0 {
+        if let Inner::Asm(k, _) = &mut self.0 {
             wipe(k);
         }
     }

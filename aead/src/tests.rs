@@ -178,3 +178,80 @@ fn with_a_lead_the_same_bytes_and_the_lead_left_alone() {
     let k = asm_key(&[2u8; 32]);
     assert_eq!(k.open_led(0, &[0u8; LEAD + TAG_LEN - 1], &mut [0u8; 128]), Err(Error), "shorter than lead and tag");
 }
+
+/// Seals `msg` (with a random lead) under `counter` by `seal_led`, opens it
+/// back by `open_led`, and checks both against ring.
+fn led_round_trip(k: &Key, key: &[u8; 32], counter: u64, msg: &[u8]) {
+    let len = msg.len();
+    let mut src = vec![0x11u8; LEAD];
+    src.extend_from_slice(msg);
+    let mut dst = vec![0x22u8; LEAD + len + TAG_LEN];
+    assert_eq!(k.seal_led(counter, &src, &mut dst), len + TAG_LEN);
+    assert!(dst[LEAD..] == ring_seal(key, counter, msg)[..], "seal_led differs at {len} bytes, counter {counter}");
+    let mut plain = vec![0x33u8; LEAD + len + TAG_LEN];
+    assert_eq!(k.open_led(counter, &dst, &mut plain), Ok(len), "open_led refused {len} bytes, counter {counter}");
+    assert!(plain[LEAD..LEAD + len] == msg[..], "open_led differs at {len} bytes, counter {counter}");
+}
+
+/// The blocks past the first 16 of a message are kept from the previous
+/// counter's call (crate::ahead): runs of consecutive counters, lengths
+/// that change from one message to the next, counters repeated, skipped
+/// and going back, two keys taking turns on one thread, a forgery that
+/// takes the kept blocks before the real message, and threads sharing a
+/// key: every message what ring makes of it.
+#[test]
+fn keystream_kept_ahead_gives_what_ring_does() {
+    let mut rng = rand::rng();
+    let (mut key_a, mut key_b) = ([0u8; 32], [0u8; 32]);
+    rng.fill_bytes(&mut key_a);
+    rng.fill_bytes(&mut key_b);
+    let (a, b) = (asm_key(&key_a), asm_key(&key_b));
+    let mut msg = vec![0u8; 1600];
+    rng.fill_bytes(&mut msg);
+    // Around the ahead path's edges (a lead and 960 bytes = 16 blocks,
+    // 1,472 = 24) and inside it, under consecutive counters.
+    let base: u64 = rng.random_range(0..u64::MAX / 2);
+    for (i, len) in (940..=1500).enumerate() {
+        led_round_trip(&a, &key_a, base + i as u64, &msg[..len]);
+    }
+    // Open before seal and seal after open, with a length changing each time.
+    for i in 0..200u64 {
+        let len = rng.random_range(961..=1472);
+        led_round_trip(&a, &key_a, base + 10_000 + i / 2, &msg[..len]);
+    }
+    // Repeated, skipped and backward counters; two keys in turn.
+    for c in [5u64, 6, 6, 7, 9, 8, 9, 10, 10, 11, u32::MAX as u64, 1 << 32, u64::MAX - 1, u64::MAX, 0] {
+        led_round_trip(&a, &key_a, c, &msg[..1376]);
+        led_round_trip(&b, &key_b, c, &msg[..1300]);
+        led_round_trip(&a, &key_a, c.wrapping_add(1), &msg[..1100]);
+    }
+    // A forgery under the next counter takes the kept blocks; the real
+    // message still opens (the blocks are made again).
+    let seal = |k: &Key, c: u64, m: &[u8]| {
+        let mut src = vec![0u8; LEAD];
+        src.extend_from_slice(m);
+        let mut dst = vec![0u8; LEAD + m.len() + TAG_LEN];
+        k.seal_led(c, &src, &mut dst);
+        dst
+    };
+    let real = seal(&a, 501, &msg[..1376]);
+    let _ = seal(&a, 500, &msg[..1376]);
+    let mut forged = real.clone();
+    forged[LEAD + 1200] ^= 1;
+    let mut out = vec![0x77u8; real.len()];
+    assert_eq!(a.open_led(501, &forged, &mut out), Err(Error));
+    assert!(out[LEAD..LEAD + 1376].iter().all(|&x| x == 0), "a forgery's plaintext was left");
+    assert_eq!(a.open_led(501, &real, &mut out), Ok(1376));
+    assert_eq!(out[LEAD..LEAD + 1376], msg[..1376]);
+    // Threads with one key, each its own counters, interleaved.
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (a, key_a, msg) = (&a, &key_a, &msg);
+            s.spawn(move || {
+                for i in 0..300u64 {
+                    led_round_trip(a, key_a, 1_000 * t + i, &msg[..1376]);
+                }
+            });
+        }
+    });
+}
