@@ -11,9 +11,12 @@
 //!
 //! The keystream kept is what ChaCha20 gives for that key, counter and
 //! block whenever it is computed, so using it or computing it again is the
-//! same; it is used at most once, wiped when used or replaced, and never
-//! leaves the thread. A kept entry names its key by a number no other key
-//! of this process gets ([`next_id`]).
+//! same; it is used at most once and never leaves the thread. It is wiped
+//! when used, when replaced, when its key is dropped on this thread
+//! ([`forget`]) and when the thread exits; an entry whose key was dropped
+//! on another thread lasts until this thread replaces it (its next miss
+//! with two other keys) or exits. A kept entry names its key by a number
+//! no other key of this process gets ([`next_id`]).
 use std::{
     arch::x86_64::*,
     cell::RefCell,
@@ -45,6 +48,8 @@ struct Kept {
 }
 
 impl Kept {
+    /// Wipes the keystream (`fill` then `black_box`: stores the optimiser
+    /// keeps, without a volatile store per byte on the fast path).
     fn clear(&mut self) {
         self.id = 0;
         self.ks.fill(0);
@@ -58,6 +63,21 @@ struct Ahead {
     slots: [Kept; 2],
     /// The slot the next miss replaces.
     next: usize,
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.slots.iter_mut().for_each(Kept::clear);
+    }
+}
+
+/// Wipes this thread's entry for key `id` (its key is being dropped).
+pub(crate) fn forget(id: u64) {
+    let _ = AHEAD.try_with(|a| {
+        if let Ok(mut a) = a.try_borrow_mut() {
+            a.slots.iter_mut().filter(|s| s.id == id).for_each(Kept::clear);
+        }
+    });
 }
 
 thread_local! {
@@ -76,7 +96,8 @@ thread_local! {
 pub(crate) fn xor_tail(key: &[u32; 8], id: u64, counter: u64, inp: &[u8], out: &mut [u8]) {
     let n = inp.len();
     assert!(n <= MAX_TAIL && out.len() >= n && available());
-    AHEAD.with_borrow_mut(|a| {
+    let kept = AHEAD.try_with(|a| {
+        let mut a = a.borrow_mut();
         if let Some(hit) = a.slots.iter_mut().find(|s| s.id == id && s.counter == counter) {
             // SAFETY: AVX-512F and BW are there (asserted); `inp`, `out` and
             // the kept keystream hold at least n bytes.
@@ -84,19 +105,28 @@ pub(crate) fn xor_tail(key: &[u32; 8], id: u64, counter: u64, inp: &[u8], out: &
             hit.clear();
             return;
         }
-        let slot = match a.slots.iter().position(|s| s.id == id) {
+        // This key's slot, else an empty one, else the one not replaced last.
+        let slot = match a.slots.iter().position(|s| s.id == id).or_else(|| a.slots.iter().position(|s| s.id == 0)) {
             Some(i) => i,
             None => {
                 a.next ^= 1;
                 a.next
             }
         };
+        a.next = slot;
         let s = &mut a.slots[slot];
         // SAFETY: as above; the slot's keystream is the 512 bytes written.
         unsafe { two_tails(key, counter, inp.as_ptr(), out.as_mut_ptr(), n, &mut s.ks) };
         s.id = id;
         s.counter = counter.wrapping_add(1);
     });
+    if kept.is_err() {
+        // The thread is exiting (its entries are gone): nothing is kept.
+        let mut s = Kept { id: 0, counter: 0, ks: [0; MAX_TAIL] };
+        // SAFETY: as above.
+        unsafe { two_tails(key, counter, inp.as_ptr(), out.as_mut_ptr(), n, &mut s.ks) };
+        s.clear();
+    }
 }
 
 /// The mask of the first `n` bytes of 64 (n ≤ 64).

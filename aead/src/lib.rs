@@ -198,8 +198,10 @@ impl Key {
 
 impl Drop for Key {
     fn drop(&mut self) {
-        if let Inner::Asm(k, _) = &mut self.0 {
+        if let Inner::Asm(k, _id) = &mut self.0 {
             wipe(k);
+            #[cfg(weave_aead_asm)]
+            ahead::forget(*_id);
         }
     }
 }
