@@ -16,7 +16,9 @@ done
 for pair in podman:podman runc:runc conmon:conmon; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
-[[ -x /bin/busybox ]] || need+=(busybox-static)
+# The image is /bin/busybox alone, so it must be the static build: Debian's
+# `busybox` package (dynamically linked, on some fresh machines) replaced.
+if ! [[ -x /bin/busybox ]] || ldd /bin/busybox >/dev/null 2>&1; then need+=(busybox-static); fi
 # Not here: the image build (deploy/image/build.sh, outside CI) installs its
 # own tools when run: debootstrap, podman, runc, conmon, binutils.
 # e2e_docker: Debian's dockerd (docker.io, 20.10) on two simulated hosts, the
