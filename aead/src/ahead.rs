@@ -134,19 +134,25 @@ fn first(n: usize) -> __mmask64 {
     if n >= 64 { !0 } else { (1u64 << n) - 1 }
 }
 
+/// `out[at..at + 64] = inp[at..at + 64] ^ ks`, cut at `n` bytes (at < n).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn xor_block(inp: *const u8, out: *mut u8, at: usize, n: usize, ks: __m512i) {
+    let k = first(n - at);
+    // SAFETY: the mask keeps every access within the first n bytes.
+    unsafe {
+        let v = _mm512_maskz_loadu_epi8(k, inp.add(at).cast());
+        _mm512_mask_storeu_epi8(out.add(at).cast(), k, _mm512_xor_si512(v, ks));
+    }
+}
+
 /// `out[..n] = inp[..n] ^ ks[..n]`.
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn xor_kept(inp: *const u8, out: *mut u8, ks: &[u8; MAX_TAIL], n: usize) {
-    let mut at = 0;
-    while at < n {
-        let k = first(n - at);
-        // SAFETY: the mask keeps every access within the first n bytes.
-        unsafe {
-            let v = _mm512_maskz_loadu_epi8(k, inp.add(at).cast());
-            let w = _mm512_loadu_si512(ks.as_ptr().add(at).cast());
-            _mm512_mask_storeu_epi8(out.add(at).cast(), k, _mm512_xor_si512(v, w));
-        }
-        at += 64;
+    for at in (0..n).step_by(64) {
+        // SAFETY: at < n <= MAX_TAIL: 64 bytes of `ks` from `at`; the rest
+        // as `xor_block` says.
+        unsafe { xor_block(inp, out, at, n, _mm512_loadu_si512(ks.as_ptr().add(at).cast())) };
     }
 }
 
@@ -185,24 +191,17 @@ unsafe fn two_tails(
             _mm512_mask_blend_epi32(second, _mm512_set1_epi32($a as i32), _mm512_set1_epi32($b as i32))
         };
     }
-    let start: [__m512i; 16] = [
-        _mm512_set1_epi32(SIGMA[0] as i32),
-        _mm512_set1_epi32(SIGMA[1] as i32),
-        _mm512_set1_epi32(SIGMA[2] as i32),
-        _mm512_set1_epi32(SIGMA[3] as i32),
-        _mm512_set1_epi32(key[0] as i32),
-        _mm512_set1_epi32(key[1] as i32),
-        _mm512_set1_epi32(key[2] as i32),
-        _mm512_set1_epi32(key[3] as i32),
-        _mm512_set1_epi32(key[4] as i32),
-        _mm512_set1_epi32(key[5] as i32),
-        _mm512_set1_epi32(key[6] as i32),
-        _mm512_set1_epi32(key[7] as i32),
-        _mm512_setr_epi32(16, 17, 18, 19, 20, 21, 22, 23, 16, 17, 18, 19, 20, 21, 22, 23),
-        _mm512_setzero_si512(),
-        pick!(counter as u32, next as u32),
-        pick!((counter >> 32) as u32, (next >> 32) as u32),
-    ];
+    let mut start = [_mm512_setzero_si512(); 16];
+    for (w, &c) in SIGMA.iter().enumerate() {
+        start[w] = _mm512_set1_epi32(c as i32);
+    }
+    for (w, &k) in key.iter().enumerate() {
+        start[4 + w] = _mm512_set1_epi32(k as i32);
+    }
+    start[12] = _mm512_setr_epi32(16, 17, 18, 19, 20, 21, 22, 23, 16, 17, 18, 19, 20, 21, 22, 23);
+    // Word 13 (the nonce's first 4 bytes) stays 0.
+    start[14] = pick!(counter as u32, next as u32);
+    start[15] = pick!((counter >> 32) as u32, (next >> 32) as u32);
     let mut x = start;
     for _ in 0..10 {
         quarter!(x, 0, 4, 8, 12);
@@ -248,15 +247,13 @@ unsafe fn two_tails(
         ];
         for (l, block) in blocks.into_iter().enumerate() {
             let (b, at) = (4 * l + r, 64 * ((4 * l + r) % 8));
-            // SAFETY: the mask keeps every access to `inp` and `out` within
-            // their first n bytes; `next_ks` holds 8 blocks.
+            // SAFETY: `next_ks` holds 8 blocks; `xor_block` stays within
+            // the first n bytes of `inp` and `out`.
             unsafe {
                 if b >= 8 {
                     _mm512_storeu_si512(keep.add(at).cast(), block);
                 } else if at < n {
-                    let k = first(n - at);
-                    let v = _mm512_maskz_loadu_epi8(k, inp.add(at).cast());
-                    _mm512_mask_storeu_epi8(out.add(at).cast(), k, _mm512_xor_si512(v, block));
+                    xor_block(inp, out, at, n, block);
                 }
             }
         }
