@@ -388,6 +388,7 @@ fn nodes_and_allocations_until_node_removal() {
         "weavectl: --subnet: '10.32.0.1/16' has host bits set; did you mean 10.32.0.0/16?",
     );
 
+    c.fails(&["node", "rm", ""], 2, "weavectl: removing a node: a node is named by its name or id; none was given");
     c.fails(&["node", "rm", "host-9"], 4, "weavectl: removing node host-9: no node 'host-9' (see `weavectl node ls`)");
     let address = json[0]["address"].as_str().unwrap();
     assert_eq!(

@@ -95,6 +95,9 @@ pub(super) fn subnet(r: &Row) -> Result<SubnetRow> {
 /// A node by name or numeric id.
 pub(super) async fn resolve_node(c: &mut Conn, sel: &str) -> Result<v1::Node> {
     let sel = sel.trim();
+    if sel.is_empty() {
+        return Err(Error::InvalidArgument("a node is named by its name or id; none was given".into()));
+    }
     let row = match sel.parse::<i64>() {
         Ok(id) => {
             db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1 OR name = $2")))

@@ -17,11 +17,10 @@ pub(super) async fn run(api: &mut Api, out: &Output, command: NodeCommand) -> Ou
     match command {
         NodeCommand::Ls => list(api, out).await?,
         NodeCommand::Rm { node } => {
-            let r = api
-                .nodes
-                .remove_node(RemoveNodeRequest { node: node.clone() })
-                .await
-                .doing(format!("removing node {node}"))?;
+            let r = api.nodes.remove_node(RemoveNodeRequest { node: node.clone() }).await.doing(match node.trim() {
+                "" => "removing a node".to_string(),
+                name => format!("removing node {name}"),
+            })?;
             let removed = r.node.unwrap_or_default();
             let message = format!(
                 "removed node {} ({}): released {} allocation(s) and {} DNS record(s)",
