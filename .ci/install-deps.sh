@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the agent runs and the tests shell out to, from Debian's archive.
 # Idempotent and non-interactive. The agent itself needs only nftables (`nft`,
-# its firewall tables) and iproute2; the rest is for the tests and the demo
+# its firewall tables; it builds interfaces over netlink, so iproute2 is only for
+# looking at them); the rest is for the tests and the demo
 # (network namespaces, ping, capture, throughput, DNS queries).
 set -euo pipefail
 need=()

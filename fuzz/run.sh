@@ -3,7 +3,8 @@
 #   bash fuzz/run.sh [SECONDS] [TARGET...]  fuzz each target for SECONDS (default 600),
 #                                           starting from its saved corpus and the seeds;
 #                                           new inputs go to fuzz/corpus/<target>/
-#   bash fuzz/run.sh --replay [TARGET...]   run every saved input once (CI: seconds)
+#   bash fuzz/run.sh --replay [TARGET...]   run every saved input once (CI replays them through
+#                                           agent/tests/fuzz_corpus.rs instead, without ASan)
 #   bash fuzz/run.sh --cmin [TARGET...]     minimize the saved corpora
 # Only stable Rust is needed: cargo fuzz's nightly flags are allowed by
 # RUSTC_BOOTSTRAP=1. Needs cargo-fuzz (`cargo install cargo-fuzz --locked`).

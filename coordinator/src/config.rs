@@ -89,7 +89,7 @@ pub struct ServeArgs {
     #[arg(long, env = "WEAVE_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 256)]
     pub max_connections_per_source: u32,
     /// Connections all sources together may hold (0: the open-file limit
-    /// less 256, which is raised to its hard maximum at start; never more).
+    /// less 512, which is raised to its hard maximum at start; never more).
     /// When all are held, the oldest connection of the source holding the
     /// most is closed for a newcomer from a source that holds fewer.
     #[arg(long, env = "WEAVE_MAX_CONNECTIONS", default_value_t = 0)]
@@ -130,7 +130,7 @@ pub struct Settings {
     pub node_rate: Option<u32>,
     /// Connections one source may hold to the gRPC port (None: no limit).
     pub max_connections_per_source: Option<u32>,
-    /// Connections all sources may hold together (None: the open-file limit less 256).
+    /// Connections all sources may hold together (None: the open-file limit less 512).
     pub max_connections: Option<u32>,
     /// How long a connection may stay open without proving a credential.
     pub authenticate_within: Duration,

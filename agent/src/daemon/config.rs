@@ -79,7 +79,7 @@ pub struct RunArgs {
     #[arg(long, env = "WEAVE_CPU_LATENCY_HOLD_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub cpu_latency_hold_ms: u64,
     /// Storm control: broadcast and multicast frames a second (and a burst of
-    /// as many) that one workload port may put into its segment; the rest
+    /// a tenth of that) that one workload port may put into its segment; the rest
     /// are dropped at the port, before they are copied and encrypted to
     /// every member host. 0: no limit.
     #[arg(long, env = "WEAVE_BROADCAST_LIMIT", default_value_t = 10_000)]

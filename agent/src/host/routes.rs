@@ -68,8 +68,8 @@ fn routes_in(v4: &str, v6: &str) -> Vec<(IpNet, String)> {
     out
 }
 
-/// The addresses of the coordinators this agent talks to (`--coordinator`:
-/// one host:port or several separated by commas), host names resolved now:
+/// The addresses of the coordinators this agent talks to (from its join
+/// token, kept in its identity: one host:port or several separated by commas), host names resolved now:
 /// a subnet holding one of them would route the agent's own control
 /// connection into an overlay bridge, so it is never installed here,
 /// whatever the coordinator accepted (a member adds subnets too).
