@@ -69,10 +69,11 @@ fn routes_in(v4: &str, v6: &str) -> Vec<(IpNet, String)> {
 }
 
 /// The addresses of the coordinators this agent talks to (from its join
-/// token, kept in its identity: one host:port or several separated by commas), host names resolved now:
-/// a subnet holding one of them would route the agent's own control
-/// connection into an overlay bridge, so it is never installed here,
-/// whatever the coordinator accepted (a member adds subnets too).
+/// token, kept in its identity: one host:port or several separated by
+/// commas), host names resolved now: a subnet holding one of them would
+/// route the agent's own control connection into an overlay bridge, so it
+/// is never installed here, whatever the coordinator accepted (a member
+/// adds subnets too).
 pub fn coordinator_ips(list: &str) -> Vec<IpAddr> {
     let (ips, unresolved) = weave_proto::client::resolve(list);
     for addr in unresolved {
