@@ -165,9 +165,17 @@ pub fn ruleset(rules: &Rules) -> String {
     // host's underlay address) passes, and is DNATed afterwards. A peer's
     // node address never comes from a bridge (a frame over VXLAN claiming
     // it could start a fragmented datagram the tunnel then completes).
+    // Nothing for 127.0.0.0/8 from a weave device: the kernel drops such a
+    // packet as a martian only when it routes it, which is after DNAT, so a
+    // port published on 127.0.0.1 alone (`-p 127.0.0.1:8080:80`, a rule
+    // `ip daddr 127.0.0.1 dnat to …`) was open to a member through the
+    // tunnel and to a workload through its bridge (as in Kubernetes'
+    // CVE-2020-8558; found by a review, 2026-12-03). IPv6 needs no rule: the
+    // kernel drops ::1 from any other device before the first hook.
     let _ = write!(
         out,
         "  chain prerouting {{\n    type filter hook prerouting priority -450; policy accept;\n    \
+         ip daddr 127.0.0.0/8 iifname \"{WEAVE_DEVICES}\" drop\n    \
          iifname {{ \"lo\", \"{TUN_NAME}\" }} accept\n    \
          iifname \"{BRIDGE_PREFIX}*\" ip saddr @peers drop\n    iifname \"{BRIDGE_PREFIX}*\" accept\n    \
          ip daddr @overlay drop\n    ip saddr @overlay drop\n  }}\n"

@@ -13,6 +13,7 @@
 
 pub mod cni;
 pub mod flows;
+pub mod rogue;
 pub mod underlay;
 
 use std::{

@@ -189,6 +189,9 @@ fn the_overlay_is_sealed_from_the_underlay_and_vxlan_comes_only_from_peers_over_
     // defragmentation (-400: each fragment judged alone) and DNAT.
     let pre = &r[r.find("chain prerouting").expect("a prerouting chain")..];
     assert!(pre.starts_with("chain prerouting {\n    type filter hook prerouting priority -450;"), "{r}");
+    // Nothing for loopback from a weave device, before anything is accepted
+    // (a DNAT of 127.0.0.1 would open a port published on it alone).
+    assert!(chain(&r, "prerouting").starts_with("    ip daddr 127.0.0.0/8 iifname \"wv*\" drop\n    iifname {"), "{r}");
     let accept = pre
         .find("iifname { \"lo\", \"wvtun0\" } accept\n    iifname \"wvbr-*\" ip saddr @peers drop\n    iifname \"wvbr-*\" accept\n")
         .unwrap();

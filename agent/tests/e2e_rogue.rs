@@ -1,0 +1,96 @@
+//! A member with bad intent, speaking WireGuard itself (its own key, any
+//! inner packet: [`common::rogue`]), and a workload with its own network
+//! stack, against what the host behind the tunnel or the bridge keeps to
+//! itself.
+mod common;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use common::{rogue::*, *};
+
+/// SYNs for port 80 that reached workload `ns`'s own input (counted by a
+/// rule there, whatever answers them).
+fn syns(ns: &str) -> u64 {
+    let rules = ok_in(ns, &["nft", "list", "chain", "ip", "syns", "input"]);
+    let at = rules.find("packets ").unwrap_or_else(|| panic!("a counter in {rules}")) + "packets ".len();
+    rules[at..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// A workload's connection attempt to `to` (a SYN or two; nobody waits for an answer).
+fn knock(ns: &str, to: SocketAddr) {
+    in_netns(ns, move || {
+        let _ = TcpStream::connect_timeout(&to, Duration::from_millis(1500));
+    })
+    .join()
+    .unwrap();
+}
+
+/// A port published on 127.0.0.1 alone (`-p 127.0.0.1:8080:80`: a DNAT of
+/// 127.0.0.1:8080 to a workload, as podman, Docker and CNI portmap write
+/// it) is for the host itself. The kernel drops a packet for 127.0.0.0/8
+/// from another device only when it routes it, after DNAT, so without a
+/// rule of weave's a member reached it through the tunnel and a workload
+/// through its bridge (Kubernetes' CVE-2020-8558). The same port published
+/// on the host's node address (8081) is the control: both reach it.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_port_published_on_loopback_is_closed_to_members_and_workloads() {
+    let mut bed = Bed::with_hosts(2);
+    let target = bed.add_workload(1, "default");
+    let neighbour = bed.add_workload(1, "default");
+    let (h2, node2) = (bed.hosts[1].ns.clone(), bed.wait_status(1).address);
+    let (w, w2) = (bed.workloads[target].ns.clone(), bed.workloads[neighbour].ns.clone());
+    let wip = bed.workloads[target].ip;
+    ok_in(
+        &w,
+        &[
+            "nft",
+            "add table ip syns; add chain ip syns input { type filter hook input priority 0; }; \
+           add rule ip syns input tcp dport 80 tcp flags syn counter",
+        ],
+    );
+    ok_in(
+        &h2,
+        &[
+            "nft",
+            &format!(
+                "add table ip published; \
+                 add chain ip published pre {{ type nat hook prerouting priority dstnat; }}; \
+                 add rule ip published pre ip daddr 127.0.0.1 tcp dport 8080 dnat to {wip}:80; \
+                 add rule ip published pre ip daddr {node2} tcp dport 8081 dnat to {wip}:80"
+            ),
+        ],
+    );
+
+    // A workload beside it, root in its own namespace: it sends to its
+    // host's bridge MAC whatever address it likes.
+    let seg = bed.wait_status(1).segments.into_iter().find(|s| s.subnet == bed.workloads[target].subnet).unwrap();
+    let link = ok_in(&h2, &["ip", "-br", "link", "show", &seg.bridge]);
+    let mac = link.split_whitespace().nth(2).unwrap().to_string();
+    ok_in(&w2, &["sysctl", "-qw", "net.ipv4.conf.ethwe.route_localnet=1"]);
+    ok_in(&w2, &["ip", "route", "del", "local", "127.0.0.1", "table", "local"]);
+    ok_in(&w2, &["ip", "route", "del", "local", "127.0.0.0/8", "table", "local"]);
+    for to in ["127.0.0.1".to_string(), node2.to_string()] {
+        ok_in(&w2, &["ip", "route", "add", &format!("{to}/32"), "dev", "ethwe"]);
+        ok_in(&w2, &["ip", "neigh", "replace", &to, "lladdr", &mac, "dev", "ethwe", "nud", "permanent"]);
+    }
+    knock(&w2, SocketAddr::from((node2, 8081)));
+    let control = syns(&w);
+    assert!(control > 0, "the control: a workload reaches the port published on its host's node address");
+    knock(&w2, SocketAddr::from(([127, 0, 0, 1], 8080)));
+    assert_eq!(syns(&w), control, "a workload reached the port published on its host's 127.0.0.1");
+
+    // A member: SYNs from its own node address, as its peer requires.
+    let mut rogue = Rogue::connect(&mut bed, 0, 1);
+    let before = syns(&w);
+    rogue.send(&tcp_syn(rogue.address, 40001, node2, 8081));
+    let control = wait_for("the control: the member's SYN to the node address's port", Duration::from_secs(5), || {
+        Some(syns(&w)).filter(|&n| n > before)
+    });
+    rogue.send(&tcp_syn(rogue.address, 40002, Ipv4Addr::LOCALHOST, 8080));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(syns(&w), control, "a member reached the port published on its peer's 127.0.0.1");
+}
