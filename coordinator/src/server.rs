@@ -161,6 +161,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         cluster,
         advertise: advertise.clone(),
         underlay: api::own_addresses(local_addr, &advertise),
+        store_hosts: settings.store.network_addresses(),
         node_subnets: settings.node_subnets.clone(),
         pin: tls.pin,
         token_ttl: settings.token_ttl,

@@ -45,6 +45,8 @@ pub struct State {
     pub advertise: String,
     /// This coordinator's own addresses (listen and advertised): no subnet may hold one.
     pub underlay: Vec<std::net::IpAddr>,
+    /// The addresses of its PostgreSQL server (`--store`): no subnet may hold one either.
+    pub store_hosts: Vec<std::net::IpAddr>,
     /// Where a node (not the admin) may add subnets (`--node-subnets`).
     pub node_subnets: Vec<ipnet::IpNet>,
     pub pin: Pin,

@@ -34,6 +34,9 @@ impl SubnetService for Subnets {
         if let Caller::Node { name, .. } = &caller {
             node_may_add(&net, name, &self.0.node_subnets).map_err(Error::PermissionDenied)?;
         }
+        if let Some(conflict) = store_conflict(&net, &self.0.store_hosts) {
+            return Err(Error::FailedPrecondition(conflict).into());
+        }
         // The store checks the hosts' and the coordinators' addresses inside
         // its write transaction: a join or endpoint update cannot slip in
         // between the check and the insert.
@@ -114,6 +117,22 @@ pub fn own_addresses(listen: SocketAddr, advertise: &str) -> Vec<IpAddr> {
     ips
 }
 
+/// Why `net` may not be a subnet because it holds an address of the
+/// coordinator's database (`--store`), for every caller: the agent on the
+/// coordinator's host would route the coordinator's traffic to it into the
+/// overlay, and a member could cut the cluster's control plane off its
+/// store with one subnet (the coordinators' own addresses and the hosts'
+/// are checked by the store).
+fn store_conflict(net: &IpNet, store_hosts: &[IpAddr]) -> Option<String> {
+    store_hosts.iter().find(|ip| net.contains(*ip)).map(|ip| {
+        format!(
+            "{net} contains {ip}, the address of the coordinator's database (--store): the agent on the \
+             coordinator's host would route it into the overlay and cut the coordinator off its store; choose a \
+             subnet away from it"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +165,25 @@ mod tests {
         // A host name is resolved (here from /etc/hosts), IPv4-mapped is plain IPv4.
         let named = own_addresses("[::ffff:198.51.100.3]:6783".parse().unwrap(), "localhost:6783");
         assert!(named.contains(&ip("127.0.0.1")) && named.contains(&ip("198.51.100.3")), "{named:?}");
+    }
+
+    #[test]
+    fn a_subnet_holding_the_database_host_is_refused() {
+        use crate::store::Location;
+        let hosts = |url: &str| url.parse::<Location>().unwrap().network_addresses();
+        let db = hosts("postgres://weave:secret@198.51.100.20:5433/weave?sslmode=verify-full");
+        assert_eq!(db, ["198.51.100.20".parse::<IpAddr>().unwrap()]);
+        assert_eq!(hosts("postgres://weave@[2001:db8::20]/weave"), ["2001:db8::20".parse::<IpAddr>().unwrap()]);
+        assert!(hosts("postgres://weave@localhost/weave").contains(&"127.0.0.1".parse().unwrap()));
+        // A Unix socket, SQLite: no address to keep.
+        assert!(hosts("postgres://weave@%2Frun%2Fpostgresql/weave").is_empty());
+        assert!(hosts("sqlite:///var/lib/weave/coordinator.db").is_empty());
+        let check = |s: &str| store_conflict(&s.parse().unwrap(), &db);
+        assert!(check("198.51.100.0/24").unwrap().starts_with(
+            "198.51.100.0/24 contains 198.51.100.20, the address of the coordinator's database (--store)"
+        ));
+        assert_eq!(check("198.51.100.0/28"), None);
+        assert_eq!(check("10.2.3.0/24"), None);
     }
 
     #[test]

@@ -77,6 +77,32 @@ impl FromStr for Location {
     }
 }
 
+impl Location {
+    /// The addresses at which this coordinator reaches its database over the
+    /// network (none for SQLite or a Unix socket), resolved now: a subnet
+    /// holding one would route the coordinator's host's traffic to it into
+    /// the overlay, and cut the coordinator off its store.
+    pub fn network_addresses(&self) -> Vec<std::net::IpAddr> {
+        let Self::Postgres(url) = self else { return Vec::new() };
+        let Ok(options) = PgConnectOptions::from_str(url) else { return Vec::new() };
+        let host = options.get_host().trim_matches(['[', ']']);
+        if options.get_socket().is_some() || host.starts_with('/') {
+            return Vec::new();
+        }
+        let mut ips: Vec<std::net::IpAddr> = match std::net::ToSocketAddrs::to_socket_addrs(&(host, options.get_port()))
+        {
+            Ok(addrs) => addrs.map(|a| a.ip().to_canonical()).collect(),
+            Err(e) => {
+                tracing::warn!("the database host {host} does not resolve now ({e}): subnets over it are not refused");
+                Vec::new()
+            }
+        };
+        ips.sort();
+        ips.dedup();
+        ips
+    }
+}
+
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
