@@ -71,6 +71,13 @@ pub struct ServeArgs {
     /// keeps; records the admin adds are not refused.
     #[arg(long, env = "WEAVE_NODE_DNS_QUOTA", default_value_t = 8192)]
     pub node_dns_quota: u32,
+    /// How long a DNS name stays with the node whose container released it
+    /// (a restart, a re-attach): within it that node takes the name back
+    /// from any other node that claimed it meanwhile ("0s": not at all).
+    /// Another node may still take a released name, e.g. for a container
+    /// moved there.
+    #[arg(long, env = "WEAVE_DNS_NAME_HOLD", default_value = "10m")]
+    pub dns_name_hold: String,
     /// Longest an RPC waits for its answer before it answers DEADLINE_EXCEEDED
     /// (e.g. 30s; "never": no bound): a database that stops answering
     /// without closing its connections would otherwise hold calls for as long
@@ -124,6 +131,8 @@ pub struct Settings {
     pub node_subnet_quota: Option<u32>,
     /// Most DNS records one node may hold (None: no limit).
     pub node_dns_quota: Option<u32>,
+    /// How long a released DNS name stays its node's to take back (None: not at all).
+    pub dns_name_hold: Option<Duration>,
     /// Longest an RPC waits for its answer (None: no bound).
     pub rpc_deadline: Option<Duration>,
     /// Calls a second one node may make (None: no limit).
@@ -167,6 +176,7 @@ impl ServeArgs {
             node_subnet_quota: 32,
             node_dns_quota: 8192,
             rpc_deadline: "30s".into(),
+            dns_name_hold: "10m".into(),
             node_rate: 50,
             max_connections_per_source: 256,
             max_connections: 0,
@@ -293,6 +303,14 @@ impl ServeArgs {
                     "must be a time of 1s or more (a connection that proves nothing is closed then)",
                 )
             })?;
+        let dns_name_hold = match self.dns_name_hold.trim() {
+            "0" | "0s" | "off" => None,
+            hold => Some(
+                weave_proto::duration::parse(hold)
+                    .map_err(|e| flag("dns-name-hold", e))?
+                    .ok_or_else(|| flag("dns-name-hold", "must be a time (like 10m), or 0s for no hold"))?,
+            ),
+        };
         let store = match &self.store {
             Some(s) => s.parse::<Location>().map_err(|e| flag("store", e))?,
             None => Location::Sqlite(self.data_dir.join("coordinator.db")),
@@ -315,6 +333,7 @@ impl ServeArgs {
             node_subnet_quota: Some(self.node_subnet_quota).filter(|q| *q > 0),
             node_dns_quota: Some(self.node_dns_quota).filter(|q| *q > 0),
             rpc_deadline,
+            dns_name_hold,
             node_rate: Some(self.node_rate).filter(|r| *r > 0),
             max_connections_per_source: Some(self.max_connections_per_source).filter(|n| *n > 0),
             max_connections: Some(self.max_connections).filter(|n| *n > 0),
@@ -349,6 +368,15 @@ mod tests {
         assert_eq!(s.node_dns_quota, Some(8192));
         assert_eq!(s.rpc_deadline, Some(Duration::from_secs(30)));
         assert_eq!(s.node_rate, Some(50));
+        assert_eq!(s.dns_name_hold, Some(Duration::from_secs(600)));
+        assert_eq!(s.dns_name_hold.map(|d| d.as_secs()), Some(crate::store::DEFAULT_DNS_HOLD_SECS), "as the store's");
+        let mut a = args();
+        a.dns_name_hold = "0s".into();
+        assert_eq!(a.settings().unwrap().dns_name_hold, None, "0s: no hold");
+        a.dns_name_hold = "never".into();
+        assert!(a.settings().unwrap_err().to_string().starts_with("--dns-name-hold: must be a time"));
+        a.dns_name_hold = "soon".into();
+        assert!(a.settings().unwrap_err().to_string().starts_with("--dns-name-hold: 'soon' is not a duration"));
         assert_eq!(s.node_subnets.len(), 4, "RFC 1918 and ULA");
         let mut a = args();
         a.node_subnets = "none".into();

@@ -168,6 +168,69 @@ async fn a_node_cannot_squat_another_nodes_dns_name() {
     assert_eq!(web.addresses.len(), 3);
 }
 
+/// A member watching the map sees a container's name go when it restarts
+/// (release, then allocate again) and claims it in the gap. Before, the
+/// member kept the name (and answered for it) and the restarted
+/// container's allocation failed whole. Now the releasing node takes its
+/// name back within the hold (`--dns-name-hold`), while a name nobody
+/// takes back (a container moved to another host) stays with its new holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarting_containers_name_is_its_own_again_whoever_took_it_in_the_gap() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    let (_, mut h1) = c.join("h1", 1).await;
+    let (_, mut h2) = c.join("h2", 2).await;
+    let alloc = |container: &str, name: &str| AllocateRequest {
+        container: container.into(),
+        dns_name: name.into(),
+        ..Default::default()
+    };
+    let release = |container: &str| ReleaseRequest { container: container.into(), ..Default::default() };
+    let lookup = |admin: &mut weave_proto::client::Api, name: &str| {
+        let mut admin = admin.clone();
+        let name = name.to_string();
+        async move {
+            match admin.dns.lookup(LookupRequest { name }).await {
+                Ok(r) => r.into_inner().addresses,
+                Err(s) => {
+                    assert_eq!(s.code(), Code::NotFound, "{s:?}");
+                    Vec::new()
+                }
+            }
+        }
+    };
+    h1.ipam.allocate(alloc("web", "web")).await.unwrap();
+    h1.ipam.release(release("web")).await.unwrap();
+    let squat = h2.ipam.allocate(alloc("squat", "web")).await.unwrap().into_inner();
+    let ip = |a: &Allocation| a.address.split('/').next().unwrap().to_string();
+    assert_eq!(lookup(&mut admin, "web").await, [ip(&squat)], "a released name is free to take");
+    // The container comes back: its name with it, the member's record gone.
+    let back = h1.ipam.allocate(alloc("web", "web")).await.expect("the restarted container's allocation").into_inner();
+    assert_eq!(lookup(&mut admin, "web").await, [ip(&back)], "the name is the restarted container's alone");
+    // And the member cannot take it again while it is held.
+    assert_status(h2.ipam.allocate(alloc("squat2", "web")).await, Code::AlreadyExists, "held by node h1");
+    // The hold ended with the claim: a member that releases and re-claims
+    // a name it took does not take it back from its rightful holder.
+    let map = admin.map.get_map(GetMapRequest {}).await.unwrap().into_inner();
+    assert_eq!(map.dns_records.iter().filter(|r| r.name == "web.weave.local.").count(), 1, "{map:?}");
+
+    // A move: h1's "db" stops, h2 starts one; nobody takes it back, h2 keeps it.
+    h1.ipam.allocate(alloc("db", "db")).await.unwrap();
+    h1.ipam.release(release("db")).await.unwrap();
+    let moved = h2.ipam.allocate(alloc("db", "db")).await.expect("a moved container takes its name").into_inner();
+    assert_eq!(lookup(&mut admin, "db").await, [ip(&moved)]);
+    // The admin frees a held name (`weavectl dns rm`): no node takes it back then.
+    h2.ipam.release(release("db")).await.unwrap();
+    admin.dns.remove_records(RemoveRecordsRequest { name: "db".into(), ..Default::default() }).await.unwrap();
+    h1.ipam.allocate(alloc("db2", "db")).await.unwrap();
+    h1.ipam.release(release("db2")).await.unwrap();
+    admin.dns.remove_records(RemoveRecordsRequest { name: "db".into(), ..Default::default() }).await.unwrap();
+    let db3 = h2.ipam.allocate(alloc("db3", "db")).await.unwrap().into_inner();
+    let again = h1.ipam.allocate(alloc("db2", "db")).await.map(|_| ());
+    assert_status(again, Code::AlreadyExists, "held by node h2");
+    assert_eq!(lookup(&mut admin, "db").await, [ip(&db3)]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_credential_rotates_and_the_old_one_dies() {
     let c = TestCoordinator::start().await;

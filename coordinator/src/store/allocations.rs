@@ -200,7 +200,7 @@ impl Store {
         }
         let mut records = 0;
         for a in &released {
-            records += super::nodes::release_where(&mut tx, "a.id = $1", a.id as i64).await?.1;
+            records += super::nodes::release_where(&mut tx, "a.id = $1", a.id as i64, self.dns_hold).await?.1;
         }
         self.commit(tx).await?;
         Ok((released, records))

@@ -65,6 +65,60 @@ async fn domain(tx: &mut Tx) -> Result<String> {
     Ok(db::query_scalar("SELECT dns_domain FROM cluster WHERE id = 1").fetch_one(tx.c()).await?)
 }
 
+/// Keeps each released `(name, node)` that node's to take back for `secs`
+/// (the newest release of a name wins); holds that ran out go.
+pub(super) async fn hold<'a>(tx: &mut Tx, released: impl Iterator<Item = (&'a str, i64)>, secs: u64) -> Result<()> {
+    let now = super::now();
+    db::query("DELETE FROM dns_holds WHERE held_until <= $1").bind(now).execute(tx.c()).await?;
+    for (name, node) in released {
+        db::query(
+            "INSERT INTO dns_holds (name, node_id, released_at, held_until) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET node_id = excluded.node_id, released_at = excluded.released_at, \
+             held_until = excluded.held_until",
+        )
+        .bind(name)
+        .bind(node)
+        .bind(now)
+        .bind(now.saturating_add(secs as i64))
+        .execute(tx.c())
+        .await?;
+    }
+    Ok(())
+}
+
+/// Node `node`'s claim on `fqdn` within its hold: the records other nodes'
+/// containers made of the name since `node`'s container released it go
+/// (one restarting never finds its name taken by a member watching the map).
+async fn take_back(tx: &mut Tx, fqdn: &str, node: u64) -> Result<()> {
+    let released_at: Option<i64> =
+        db::query_scalar("SELECT released_at FROM dns_holds WHERE name = $1 AND node_id = $2 AND held_until > $3")
+            .bind(fqdn)
+            .bind(node as i64)
+            .bind(super::now())
+            .fetch_optional(tx.c())
+            .await?;
+    let Some(released_at) = released_at else { return Ok(()) };
+    let taken: Vec<i64> = db::query_scalar(
+        "SELECT d.id FROM dns_records d JOIN allocations a ON a.id = d.allocation_id \
+         WHERE d.name = $1 AND a.node_id <> $2 AND d.created_at >= $3 ORDER BY d.id",
+    )
+    .bind(fqdn)
+    .bind(node as i64)
+    .bind(released_at)
+    .fetch_all(tx.c())
+    .await?;
+    for id in taken {
+        db::query("DELETE FROM dns_records WHERE id = $1").bind(id).execute(tx.c()).await?;
+        tx.record(Change::DnsRecordRemoved(id as u64)).await?;
+        tracing::warn!(
+            name = fqdn,
+            record = id,
+            "a name another node took while its releasing node held it is taken back"
+        );
+    }
+    Ok(())
+}
+
 /// A node adding a record, and how many it may hold (None: no limit).
 pub(super) struct Claimant {
     pub node: u64,
@@ -84,6 +138,7 @@ pub(super) async fn insert_if_absent(
 ) -> Result<(v1::DnsRecord, bool)> {
     let fqdn = qualify_name(name, &domain(tx).await?)?;
     if let Some(Claimant { node, .. }) = claimant {
+        take_back(tx, &fqdn, node).await?;
         let holder: Option<Option<String>> = db::query_scalar(
             "SELECT n.name FROM dns_records d LEFT JOIN allocations a ON a.id = d.allocation_id \
              LEFT JOIN nodes n ON n.id = a.node_id \
@@ -138,6 +193,13 @@ pub(super) async fn insert_if_absent(
     let row =
         db::query(sqlx::AssertSqlSafe(format!("{DNS_SELECT} WHERE d.id = $1"))).bind(id).fetch_one(tx.c()).await?;
     let record = rows::dns_record(&row)?;
+    if let Some(Claimant { node, .. }) = claimant {
+        db::query("DELETE FROM dns_holds WHERE name = $1 AND node_id = $2")
+            .bind(&fqdn)
+            .bind(node as i64)
+            .execute(tx.c())
+            .await?;
+    }
     if new {
         tx.record(Change::DnsRecordAdded(record.clone())).await?;
     }
@@ -195,6 +257,17 @@ impl Store {
         .bind(node_id)
         .fetch_all(tx.c())
         .await?;
+        // The admin removing a name frees it: no node takes it back.
+        let holds = match node_id {
+            None if address.is_none() => {
+                db::query("DELETE FROM dns_holds WHERE name = $1").bind(&fqdn).execute(tx.c()).await?
+            }
+            _ => 0,
+        };
+        if ids.is_empty() && holds > 0 {
+            self.commit(tx).await?;
+            return Ok(0);
+        }
         if ids.is_empty() {
             let what = address.map(|a| format!(" with address {a}")).unwrap_or_default();
             return Err(Error::NotFound(format!("no record {fqdn}{what} to remove")));

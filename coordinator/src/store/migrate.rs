@@ -107,6 +107,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
     ("dns_records", &[("id", Int), ("name", Text), ("address", Text), ("allocation_id", OptInt), ("created_at", Int)]),
     ("map_events", &[("revision", Int), ("change", Bytes), ("created_at", Int)]),
     ("removed_nodes", &[("credential_hash", Text), ("node_id", Int), ("name", Text), ("removed_at", Int)]),
+    ("dns_holds", &[("name", Text), ("node_id", Int), ("released_at", Int), ("held_until", Int)]),
 ];
 
 /// Tables whose `id` is a PostgreSQL identity column: its sequence must

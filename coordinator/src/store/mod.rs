@@ -99,6 +99,9 @@ pub struct Store {
     node_subnet_quota: Option<u32>,
     /// Most DNS records one node may hold (None: no limit); see [`Store::with_node_dns_quota`].
     node_dns_quota: Option<u32>,
+    /// How long a released name stays its node's to take back (None: not
+    /// at all); see [`Store::with_dns_hold`].
+    dns_hold: Option<u64>,
     /// One per handle: the follower task (PostgreSQL, [`follow`]) stops when it holds the last.
     alive: Arc<()>,
 }
@@ -142,6 +145,9 @@ pub enum Events {
     NeedSnapshot,
 }
 
+/// [`Store::with_dns_hold`]'s default, as `coordinator serve --dns-name-hold`'s.
+pub const DEFAULT_DNS_HOLD_SECS: u64 = 600;
+
 pub fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -168,6 +174,7 @@ impl Store {
             node_quota: None,
             node_subnet_quota: None,
             node_dns_quota: None,
+            dns_hold: Some(DEFAULT_DNS_HOLD_SECS),
             alive: Arc::default(),
         };
         store.reload_live().await?;
@@ -201,6 +208,15 @@ impl Store {
     /// those pointing at a node's containers count towards its quota.
     pub fn with_node_dns_quota(mut self, quota: Option<u32>) -> Self {
         self.node_dns_quota = quota;
+        self
+    }
+
+    /// How long (seconds; None or 0: not at all) a DNS name a node's
+    /// container released stays that node's to take back from any other
+    /// node that claimed it meanwhile: a restarting container's name is not
+    /// a member's for the taking in the gap (`dns_holds`).
+    pub fn with_dns_hold(mut self, secs: Option<u64>) -> Self {
+        self.dns_hold = secs.filter(|s| *s > 0);
         self
     }
 

@@ -290,7 +290,7 @@ impl Store {
     pub async fn remove_node(&self, sel: &str) -> Result<(v1::Node, u32, u32)> {
         let mut tx = self.begin().await?;
         let node = rows::resolve_node(tx.c(), sel).await?;
-        let (allocations, records) = release_where(&mut tx, "a.node_id = $1", node.id as i64).await?;
+        let (allocations, records) = release_where(&mut tx, "a.node_id = $1", node.id as i64, None).await?;
         // Remembered by its credential, so that its agent learns why even if it was away.
         db::query(
             "INSERT INTO removed_nodes (credential_hash, node_id, name, removed_at) \
@@ -312,13 +312,21 @@ impl Store {
 /// Deletes the allocations matching `condition` (on alias `a`, one i64
 /// parameter) and their DNS records, recording each removal. Returns how many
 /// allocations and records went.
-pub(super) async fn release_where(tx: &mut Tx, condition: &str, param: i64) -> Result<(u32, u32)> {
-    let records: Vec<i64> = db::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT d.id FROM dns_records d JOIN allocations a ON a.id = d.allocation_id WHERE {condition} ORDER BY d.id"
+pub(super) async fn release_where(tx: &mut Tx, condition: &str, param: i64, hold: Option<u64>) -> Result<(u32, u32)> {
+    let records = db::query(sqlx::AssertSqlSafe(format!(
+        "SELECT d.id, d.name, a.node_id FROM dns_records d JOIN allocations a ON a.id = d.allocation_id \
+         WHERE {condition} ORDER BY d.id"
     )))
     .bind(param)
     .fetch_all(tx.c())
-    .await?;
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?, r.try_get::<i64, _>(2)?)))
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    if let Some(secs) = hold.filter(|_| !records.is_empty()) {
+        super::dns::hold(tx, records.iter().map(|(_, name, node)| (name.as_str(), *node)), secs).await?;
+    }
+    let records: Vec<i64> = records.into_iter().map(|(id, ..)| id).collect();
     let allocations: Vec<i64> = db::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT a.id FROM allocations a WHERE {condition} ORDER BY a.id"
     )))

@@ -295,6 +295,11 @@ mod tests {
                     "9b69adf38892c442fc2e97af09289f6e7edb76ca0de7641dad767c867d8d0a1b07eced5e3cdd9ce9a5b4bfe56768922d"
                         .to_string()
                 ),
+                (
+                    7,
+                    "627094ec5d1ef77c9033c54e983c8a4c0a0fc7da13fc80821f983fdd22b8dfe3ceecf544b2e820177a9877c796d649c8"
+                        .to_string()
+                ),
             ]
         );
         let pg: Vec<(i64, String)> =
