@@ -94,3 +94,65 @@ fn a_port_published_on_loopback_is_closed_to_members_and_workloads() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(syns(&w), control, "a member reached the port published on its peer's 127.0.0.1");
 }
+
+/// The source port of host `ns`'s VXLAN flow to `peer` (its conntrack entry).
+fn vxlan_sport(ns: &str, peer: Ipv4Addr) -> Option<u16> {
+    let table = ok_in(ns, &["cat", "/proc/net/nf_conntrack"]);
+    // The original direction's tuple: each field's first occurrence on the line.
+    table.lines().filter(|l| l.contains(" udp ")).find_map(|l| {
+        let first = |key: &str| l.split_whitespace().find_map(|f| f.strip_prefix(key));
+        (first("dst=")? == peer.to_string() && first("dport=")? == "4789").then(|| first("sport="))??.parse().ok()
+    })
+}
+
+/// A member forges "fragmentation needed" for the VXLAN flow between two
+/// other hosts, quoting it as a router on the path would (the flow's own
+/// ports: conntrack calls such an error related to the flow and the input
+/// chain took related packets from the tunnel); so does a workload, root in
+/// its namespace, to its host's address on an exposed segment. Nothing inside the overlay
+/// routes between hosts (every host is one hop from every other through the
+/// tunnel, whose MTU every host knows), so the member's message must not
+/// lower host 2's path MTU to host 3: that would fragment host 2's VXLAN
+/// datagrams, which the tunnel then drops, and cut the segment between
+/// them for large frames for as long as the kernel keeps the value (10
+/// minutes).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_members_forged_fragmentation_needed_does_not_shrink_another_hosts_path() {
+    let mut bed = Bed::with_hosts(3);
+    let (a, b) = (bed.add_workload(1, "default"), bed.add_workload(2, "default"));
+    bed.wait_ping(a, b, Duration::from_secs(10));
+    let (wa, bip) = (bed.workloads[a].ns.clone(), bed.workloads[b].ip.to_string());
+    let large = |wa: &str| in_ns(wa, &["ping", "-c1", "-W2", "-M", "do", "-s", "1300", &bip]).status.success();
+    assert!(large(&wa), "the control: a 1328-byte ping with DF between the segment's workloads");
+    let (h2, node2, node3) = (bed.hosts[1].ns.clone(), bed.wait_status(1).address, bed.wait_status(2).address);
+    let sport = wait_for("host 2's VXLAN flow to host 3 in its conntrack table", Duration::from_secs(5), || {
+        vxlan_sport(&h2, node3)
+    });
+    let path = |h2: &str| ok_in(h2, &["ip", "route", "get", &node3.to_string()]);
+    assert!(!path(&h2).contains("mtu"), "{}", path(&h2));
+    // The quoted VXLAN header names the segment (the kernel looks its VNI up).
+    let vni = bed.wait_status(1).segments[0].vni;
+    let vxlan = [&[0x08, 0, 0, 0][..], &(vni << 8).to_be_bytes()[..]].concat();
+    let mut rogue = Rogue::connect(&mut bed, 0, 1);
+    for _ in 0..3 {
+        rogue.send(&frag_needed(rogue.address, node2, 552, (node2, sport, node3, 4789), &vxlan));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!path(&h2).contains("mtu"), "the member's message lowered host 2's path MTU to host 3: {}", path(&h2));
+    assert!(large(&wa), "large frames between host 2 and host 3 after the member's message");
+
+    let out = bed.weavectl(1, &["expose", "net:default"]);
+    assert!(out.status.success(), "expose: {}", String::from_utf8_lossy(&out.stderr));
+    let exposed: Ipv4Addr = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    wait_for("host 2 to take its exposed address", Duration::from_secs(10), || ping_once(&wa, exposed).then_some(()));
+    for _ in 0..3 {
+        send_icmp_from(
+            &wa,
+            exposed,
+            &frag_needed(bed.workloads[a].ip, exposed, 552, (node2, sport, node3, 4789), &vxlan),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!path(&h2).contains("mtu"), "a workload's message lowered host 2's path MTU to host 3: {}", path(&h2));
+}

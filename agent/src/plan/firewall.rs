@@ -57,6 +57,8 @@ pub struct Rules {
     pub peers: BTreeSet<Ipv4Addr>,
     /// The node range and every subnet: addresses the underlay never carries.
     pub overlay: BTreeSet<Ipv4Net>,
+    /// The node range alone: the hosts' addresses in the tunnel.
+    pub node_range: Option<Ipv4Net>,
 }
 
 /// The segments of `map`, seen from `own_node`.
@@ -88,7 +90,8 @@ pub fn rules(map: &NetworkMap, own_node: u64, coordinator: &[std::net::IpAddr], 
         .collect();
     let skipped: BTreeSet<String> = skip.keys().map(|v| bridge_name(*v)).collect();
     let segments = segments(map, own_node).into_iter().filter(|s| !skipped.contains(&s.bridge)).collect();
-    Rules { segments, peers, overlay }
+    let node_range = map.node_range.parse::<Ipv4Net>().ok().map(|n| n.trunc());
+    Rules { segments, peers, overlay, node_range }
 }
 
 /// `set <name> { type <kind>; elements = { .. } }` (no elements line when empty).
@@ -190,10 +193,24 @@ pub fn ruleset(rules: &Rules) -> String {
     // input (new connections to the host itself) walks the segments. With a
     // rule per segment in the base chains, 64 more subnets cost one TCP
     // stream 23 % more CPU per GB (bench/ROUNDS.md, "Rules per packet").
+    out += "  chain input {\n    type filter hook input priority filter - 10; policy accept;\n";
+    // No "fragmentation needed" about a packet to a node address, from
+    // anywhere: every host is one hop from every other through the tunnel,
+    // whose MTU each knows, and no agent sends one, so such a message is
+    // forged. A member (quoting another host's VXLAN flow, which conntrack
+    // then calls related) or a workload of an exposed segment lowered this
+    // host's path MTU to a peer for 10 minutes, and its VXLAN datagrams to
+    // that peer went out in fragments (found by a review, 2026-12-03). The
+    // quoted destination sits at the same offset whatever the quoted
+    // header's length: the kernel reads the same bytes.
+    if let Some(range) = rules.node_range {
+        let (first, last) = (u32::from(range.network()), u32::from(range.broadcast()));
+        let _ =
+            writeln!(out, "    icmp type destination-unreachable icmp code frag-needed @th,192,32 {first}-{last} drop");
+    }
     let _ = write!(
         out,
-        "  chain input {{\n    type filter hook input priority filter - 10; policy accept;\n    \
-         iifname \"{TUN_NAME}\" ip saddr @peers fib daddr type local udp dport {VXLAN_PORT} accept\n    \
+        "    iifname \"{TUN_NAME}\" ip saddr @peers fib daddr type local udp dport {VXLAN_PORT} accept\n    \
          udp dport {VXLAN_PORT} drop\n    iifname \"{TUN_NAME}\" jump input_tun\n"
     );
     // A workload reaches its host only at the address the host was exposed
@@ -313,6 +330,7 @@ pub fn ruleset(rules: &Rules) -> String {
 /// overlay ranges) and the tables must be replaced with [`ruleset`].
 pub fn update(old: &Rules, new: &Rules) -> Option<String> {
     let same_chains = old.overlay == new.overlay
+        && old.node_range == new.node_range
         && old.segments.len() == new.segments.len()
         && old
             .segments

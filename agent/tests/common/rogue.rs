@@ -152,3 +152,50 @@ pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Vec<u8> {
     m[2..4].copy_from_slice(&sum.to_be_bytes());
     ipv4(src, dst, 1, &m)
 }
+
+/// An ICMP "fragmentation needed" (next-hop MTU `mtu`) from `src` to `dst`,
+/// quoting the start of a UDP datagram `quoted_src`:`sport` →
+/// `quoted_dst`:`dport` of 1420 bytes with DF set (its header, then
+/// `payload`: a VXLAN header, say), as a router on its path would send it.
+pub fn frag_needed(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    mtu: u16,
+    quoted: (Ipv4Addr, u16, Ipv4Addr, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let (quoted_src, sport, quoted_dst, dport) = quoted;
+    let mut udp = Vec::with_capacity(8 + payload.len());
+    udp.extend(sport.to_be_bytes());
+    udp.extend(dport.to_be_bytes());
+    udp.extend(1400u16.to_be_bytes());
+    udp.extend([0, 0]);
+    udp.extend(payload);
+    let mut inner = ipv4(quoted_src, quoted_dst, 17, &udp);
+    inner[2..4].copy_from_slice(&1420u16.to_be_bytes());
+    inner[6] = 0x40;
+    inner[10..12].copy_from_slice(&[0, 0]);
+    let sum = checksum(&inner[..20], 0);
+    inner[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut m = vec![3, 4, 0, 0, 0, 0];
+    m.extend(mtu.to_be_bytes());
+    m.extend(&inner);
+    let sum = checksum(&m, 0);
+    m[2..4].copy_from_slice(&sum.to_be_bytes());
+    ipv4(src, dst, 1, &m)
+}
+
+/// Sends `packet`'s ICMP message (an IPv4 packet as [`frag_needed`] makes
+/// it; the kernel writes the header) from namespace `ns` to `to`, through
+/// a raw socket: what root in a container can do.
+pub fn send_icmp_from(ns: &str, to: Ipv4Addr, packet: &[u8]) {
+    use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn};
+    let icmp = packet[20..].to_vec();
+    in_netns(ns, move || {
+        let fd = socket::socket(AddressFamily::Inet, SockType::Raw, SockFlag::empty(), SockProtocol::Icmp).unwrap();
+        let to = SockaddrIn::from(std::net::SocketAddrV4::new(to, 0));
+        socket::sendto(std::os::fd::AsRawFd::as_raw_fd(&fd), &icmp, &to, MsgFlags::empty()).unwrap();
+    })
+    .join()
+    .unwrap();
+}

@@ -196,6 +196,14 @@ fn the_overlay_is_sealed_from_the_underlay_and_vxlan_comes_only_from_peers_over_
         .find("iifname { \"lo\", \"wvtun0\" } accept\n    iifname \"wvbr-*\" ip saddr @peers drop\n    iifname \"wvbr-*\" accept\n")
         .unwrap();
     assert!(accept < pre.find("ip daddr @overlay drop\n    ip saddr @overlay drop").unwrap(), "{r}");
+    // No "fragmentation needed" about a node address (10.47.0.0/16), from
+    // anywhere, before anything is accepted (a forged one is "related").
+    assert!(
+        chain(&r, "input").starts_with(
+            "    icmp type destination-unreachable icmp code frag-needed @th,192,32 170852352-170917887 drop\n"
+        ),
+        "{r}"
+    );
     // VXLAN: from the TUN, by a peer's node address, else dropped.
     assert!(
         r.contains(
@@ -224,6 +232,7 @@ fn element_changes_update_the_sets_and_anything_else_replaces_the_tables() {
         segments: vec![seg(5, "10.32.0.0/16", &["10.32.0.7", "10.32.0.9"]), seg(9, "10.2.3.0/24", &[])],
         peers: peers(&["10.47.0.2"]),
         overlay: ["10.32.0.0/12".parse().unwrap()].into(),
+        node_range: Some("10.47.0.0/16".parse().unwrap()),
     };
     let mut new = old.clone();
     new.segments[0].remote.remove(&"10.32.0.9".parse().unwrap());
@@ -243,4 +252,7 @@ fn element_changes_update_the_sets_and_anything_else_replaces_the_tables() {
     let mut other = new.clone();
     other.overlay.insert("10.2.3.0/24".parse().unwrap());
     assert_eq!(update(&old, &other), None, "the overlay changed");
+    let mut other = new.clone();
+    other.node_range = Some("10.48.0.0/16".parse().unwrap());
+    assert_eq!(update(&old, &other), None, "the node range changed");
 }
