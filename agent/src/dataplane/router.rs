@@ -193,6 +193,9 @@ impl Router {
                 table.by_index.insert(peer.index, Arc::clone(&peer));
                 table.by_key.insert(config.public_key, peer);
             }
+            // The peers' addresses keep a place in the handshake limiter's full source table.
+            let known = table.by_key.values().flat_map(|p| p.config.endpoints.iter().copied().chain(p.endpoint()));
+            self.rate_limiter.set_trusted(known.map(|e| e.ip()).collect::<Vec<_>>());
             *current = Arc::new(table);
         }
         // Start handshakes with new peers right away, so that the first packet
@@ -417,10 +420,8 @@ impl Router {
     }
 
     pub fn status(&self) -> Vec<PeerStatus> {
-        let mut out: Vec<PeerStatus> = self
-            .table()
-            .by_index
-            .values()
+        let table = self.table();
+        let mut out: Vec<PeerStatus> = (table.by_index.values())
             .map(|p| {
                 let (age, tx, rx, _, _) = lock(&p.tunn).stats();
                 PeerStatus {

@@ -330,6 +330,40 @@ fn a_members_handshake_flood_with_valid_cookies_is_bounded_per_source_address_an
     );
 }
 
+/// An outsider who can answer cookie replies at thousands of addresses (an
+/// IPv6 /52 has 4,096 /64s; here IPv4 addresses, one source each) and keeps
+/// them all busy fills the limiter's source table: a new source is dropped
+/// while it is full. A peer at the endpoint the map gives it still gets its
+/// re-handshake through; one at an address the map does not name (the
+/// control) does not.
+#[test]
+fn an_outsider_filling_the_source_table_does_not_lock_the_peers_out() {
+    let b = node(2);
+    let (d, e) = (node(4), node(5));
+    b.router.set_peers(&[config(&d, Some(d.endpoint)), config(&e, None)], &b.wire);
+    for m in [&d, &e] {
+        m.router.set_peers(&[config(&b, Some(b.endpoint))], &m.wire);
+    }
+    b.wire.net.borrow_mut().clear();
+    overload(&b);
+    let outsider = node(9);
+    outsider.router.set_peers(&[config(&b, Some(b.endpoint))], &outsider.wire);
+    for i in 0..4096u32 {
+        let src = SocketAddr::from(([100, 64 + (i >> 8) as u8, i as u8, 1], 6784));
+        take_cookie(&outsider, &b, src);
+        b.receive(src, &initiation(&outsider, &b));
+        b.wire.net.borrow_mut().clear();
+    }
+    let answered = |m: &Node| {
+        take_cookie(m, &b, m.endpoint);
+        b.receive(m.endpoint, &initiation(m, &b));
+        let sent: Vec<_> = b.wire.net.borrow_mut().drain(..).collect();
+        sent.iter().any(|(dst, msg)| *dst == m.endpoint && msg[0] == 2)
+    };
+    assert!(!answered(&e), "the control: a new source is dropped while the table is full");
+    assert!(answered(&d), "a peer at its endpoint from the map is still answered");
+}
+
 /// A member's own initiations, each with a fresh timestamp and not enough to
 /// put the limiter under load, are taken at most 50 a second (20 ms apart,
 /// the kernel's INITIATIONS_PER_SECOND; vendor/boringtun handshake.rs): the

@@ -6,6 +6,7 @@ use crate::noise::{HandshakeInit, HandshakeResponse, Packet, Tunn, TunnResult, W
 use mock_instant::Instant;
 use portable_atomic::{AtomicU64, Ordering};
 use std::collections::hash_map::{Entry, HashMap};
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 #[cfg(not(feature = "mock-instant"))]
@@ -96,8 +97,12 @@ pub struct RateLimiter {
     count: AtomicU64,
     /// The time last reset was performed on this rate limiter
     last_reset: Mutex<Instant>,
-    /// weave: the per-source buckets, used while under load (at most `MAX_SOURCES`).
+    /// weave: the per-source buckets, used while under load (at most
+    /// `MAX_SOURCES`, plus the trusted sources').
     sources: Mutex<HashMap<Source, Bucket>>,
+    /// weave: the sources the peers are known at (`set_trusted`): a new one
+    /// gets a bucket even while the table is full.
+    trusted: Mutex<HashSet<Source>>,
 }
 
 impl RateLimiter {
@@ -115,7 +120,18 @@ impl RateLimiter {
             count: AtomicU64::new(0),
             last_reset: Mutex::new(Instant::now()),
             sources: Mutex::new(HashMap::new()),
+            trusted: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// weave: the addresses the peers are known at (their endpoints). While
+    /// the source table is full a new source is dropped, so an outsider who
+    /// can answer cookie replies at 4,096 addresses (an IPv6 /52) and keeps
+    /// each busy would otherwise lock every peer out of its re-handshakes,
+    /// and the tunnels would end as their sessions expire. A trusted source
+    /// still gets only its own bucket's share.
+    pub fn set_trusted(&self, addrs: impl IntoIterator<Item = IpAddr>) {
+        *self.trusted.lock() = addrs.into_iter().map(Source::of).collect();
     }
 
     fn rand_bytes() -> [u8; 32] {
@@ -163,7 +179,7 @@ impl RateLimiter {
                 };
                 allowed
             }
-            Entry::Vacant(_) if full => false,
+            Entry::Vacant(entry) if full && !self.trusted.lock().contains(entry.key()) => false,
             Entry::Vacant(entry) => {
                 entry.insert(Bucket {
                     tokens: TOKEN_MAX - PACKET_COST,
@@ -432,6 +448,18 @@ mod tests {
         );
         // Known sources are still served.
         assert!(passes(&limiter, addr(0), &initiation(&limiter, addr(0))));
+        // A peer's known address is served even now (an outsider holding
+        // every slot does not lock the peers out of their re-handshakes),
+        // and only to its own bucket's share.
+        let peer: IpAddr = "2001:db8:77::1".parse().unwrap();
+        assert!(!passes(&limiter, peer, &initiation(&limiter, peer)), "not trusted yet");
+        limiter.set_trusted([peer, "192.0.2.9".parse().unwrap()]);
+        let served = (0..10)
+            .filter(|_| passes(&limiter, peer, &initiation(&limiter, peer)))
+            .count() as u64;
+        assert_eq!(served, SOURCE_PACKETS_BURSTABLE);
+        let stranger: IpAddr = "2001:db8:78::1".parse().unwrap();
+        assert!(!passes(&limiter, stranger, &initiation(&limiter, stranger)));
         // A second later every one of them is idle: pruned, and new sources pass again.
         limiter.prune_sources(limiter.nanos() + NANOS_PER_SECOND);
         assert!(limiter.sources.lock().is_empty());
