@@ -96,11 +96,22 @@ fn subnets_stay_apart_whatever_the_workloads_do() {
     never(&x, yip, "routed through a forwarding host, same host");
     never(&x2, zip, "routed through a forwarding host, cross host");
     never(&y, ip(xw), "routed through a forwarding host, the other way");
+    // Nor out of the overlay: the underlay behind its host (the coordinator,
+    // which here even has a route back to the subnet, and another host).
+    let coordinator: Ipv4Addr = COORDINATOR_IP.parse().unwrap();
+    ok_in(&x, &["ip", "route", "add", "default", "via", &hdef.to_string()]);
+    ok_in(&bed.coordinator_ns, &["ip", "route", "add", &default_net, "via", &bed.hosts[0].ip.to_string()]);
+    assert!(ping_within(&host, coordinator, 5), "the control: host 1 reaches the coordinator");
+    never(&x, coordinator, "routed to the coordinator's underlay address through its host");
+    never(&x, bed.hosts[1].ip, "routed to another host's underlay address through its host");
     // Control: without weave's table the same path works, so the table is what
     // stops it (the agent is stopped first: running, it puts the table back)...
     bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
     ok_in(&host, &["nft", "delete", "table", "inet", "weave"]);
     wait_for("x to reach y once the rules are gone", Duration::from_secs(10), || ping_once(&x, yip).then_some(()));
+    wait_for("x to reach the coordinator once the rules are gone", Duration::from_secs(10), || {
+        ping_once(&x, coordinator).then_some(())
+    });
     // ...and the agent puts it back when it starts.
     bed.start_agent(0, false);
     bed.wait_status(0);
@@ -108,6 +119,7 @@ fn subnets_stay_apart_whatever_the_workloads_do() {
         in_ns(&host, &["nft", "list", "table", "inet", "weave"]).status.success().then_some(())
     });
     never(&x, yip, "routed through a forwarding host after an agent restart");
+    never(&x, coordinator, "routed to the coordinator through its host after an agent restart");
     // A running agent puts a removed table back by itself (a `flush ruleset`, a firewall reload).
     ok_in(&host, &["nft", "delete", "table", "inet", "weave"]);
     wait_for("the running agent to restore the rules", Duration::from_secs(20), || {
