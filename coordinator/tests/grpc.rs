@@ -86,6 +86,12 @@ async fn join_accepts_valid_tokens_and_refuses_the_rest() {
         Code::AlreadyExists,
         "node name 'host1' is taken",
     );
+    // A name differing only in case is the same name.
+    assert_status(
+        admin.join.join(join_request(&c.token(), "HOST1", 9)).await,
+        Code::AlreadyExists,
+        "node name 'HOST1' is taken (as 'host1')",
+    );
     assert_status(
         admin.join.join(join_request(&c.token(), "other", 1)).await,
         Code::PermissionDenied,

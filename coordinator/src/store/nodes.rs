@@ -203,13 +203,18 @@ impl Store {
         if uses_left == Some(0) {
             return Err(Error::Unauthenticated(format!("join token {} is used up", r.token_id)));
         }
-        let taken: Option<i64> =
-            db::query_scalar("SELECT id FROM nodes WHERE name = $1").bind(&r.name).fetch_optional(tx.c()).await?;
-        if let Some(id) = taken {
+        // Names differing only in case are one name (to an admin reading
+        // `node ls`, and to `node rm`): a second host may not take 'H1' beside 'h1'.
+        let taken: Option<String> = db::query_scalar("SELECT name FROM nodes WHERE lower(name) = lower($1)")
+            .bind(&r.name)
+            .fetch_optional(tx.c())
+            .await?;
+        if let Some(name) = taken {
+            let like = if name == r.name { String::new() } else { format!(" (as '{name}')") };
             return Err(Error::AlreadyExists(format!(
-                "node name '{}' is taken by another host's key (node {id}); pick another --name, \
-                 or remove the old node with `weavectl node rm {}`",
-                r.name, r.name
+                "node name '{}' is taken{like} by another host's key; pick another --name, \
+                 or remove the old node with `weavectl node rm {name}`",
+                r.name
             )));
         }
         let node_range: String =
