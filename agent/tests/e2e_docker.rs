@@ -235,6 +235,30 @@ fn docker_networks_on_weave() {
     assert!(!h2.ok(&["exec", "client", "ip", "-o", "link"]).contains("ethwe1"));
     h2.wait_reach("client", &web);
 
+    // A container root with NET_ADMIN takes another address of its network:
+    // its port carries nothing from it (Docker's ports are guarded as
+    // attach's and CNI's are): not even to client, beside it on its bridge,
+    // whose own input counts the echo requests from each source.
+    h2.ok(&["run", "-d", "--name", "spoofer", "--cap-add", "NET_ADMIN", "--net", "net1", IMAGE, "sleep", "900"]);
+    let pid = h2.ok(&["inspect", "-f", "{{.State.Pid}}", "client"]);
+    let in_client = |rules: &str| ok(&["nsenter", "-t", &pid, "-n", "nft", rules]);
+    in_client("add table ip seen; add chain ip seen input { type filter hook input priority 0; }");
+    let (own, forged) = (h2.address("spoofer", "net1"), "10.2.3.250");
+    for src in [own.as_str(), forged] {
+        in_client(&format!("add rule ip seen input ip saddr {src} icmp type echo-request counter"));
+    }
+    let seen = |src: &str| -> u64 {
+        let rules = ok(&["nsenter", "-t", &pid, "-n", "nft", "list", "table", "ip", "seen"]);
+        let line = rules.lines().find(|l| l.contains(&format!("ip saddr {src} "))).unwrap().to_string();
+        line.split("packets ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+    };
+    h2.ok(&["exec", "spoofer", "ip", "addr", "add", &format!("{forged}/24"), "dev", "ethwe0"]);
+    let from = |src: &str| h2.docker(&["exec", "spoofer", "ping", "-c1", "-W1", "-I", src, &client]).status.success();
+    assert!(from(&own) && seen(&own) > 0, "the control: from its own address {own} it reaches client");
+    assert!(!from(forged) && !from(forged), "a container reached {client} from {forged}, an address it does not hold");
+    assert_eq!(seen(forged), 0, "client received echo requests from {forged}");
+    h2.ok(&["rm", "-f", "spoofer"]);
+
     // Refusals carry the coordinator's own message.
     let e =
         h1.refused(&["network", "create", "-d", "weave", "--ipam-driver", "weave", "--subnet", "10.2.0.0/16", "bad"]);
