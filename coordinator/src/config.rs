@@ -72,11 +72,10 @@ pub struct ServeArgs {
     #[arg(long, env = "WEAVE_NODE_DNS_QUOTA", default_value_t = 8192)]
     pub node_dns_quota: u32,
     /// How long a DNS name stays with the node whose container released it
-    /// (a restart, a re-attach): within it that node takes the name back
-    /// from any other node that claimed it meanwhile ("0s": not at all).
-    /// Another node may still take a released name, e.g. for a container
-    /// moved there.
-    #[arg(long, env = "WEAVE_DNS_NAME_HOLD", default_value = "10m")]
+    /// (a restart, a re-attach): no other node may claim it meanwhile, and an
+    /// admin's `weavectl dns rm NAME` frees it at once ("0s": no hold). A
+    /// container moved to another host gets its name there once it ran out.
+    #[arg(long, env = "WEAVE_DNS_NAME_HOLD", default_value = "60s")]
     pub dns_name_hold: String,
     /// Longest an RPC waits for its answer before it answers DEADLINE_EXCEEDED
     /// (e.g. 30s; "never": no bound): a database that stops answering
@@ -131,7 +130,7 @@ pub struct Settings {
     pub node_subnet_quota: Option<u32>,
     /// Most DNS records one node may hold (None: no limit).
     pub node_dns_quota: Option<u32>,
-    /// How long a released DNS name stays its node's to take back (None: not at all).
+    /// How long a released DNS name stays its node's (None: not at all).
     pub dns_name_hold: Option<Duration>,
     /// Longest an RPC waits for its answer (None: no bound).
     pub rpc_deadline: Option<Duration>,
@@ -176,7 +175,7 @@ impl ServeArgs {
             node_subnet_quota: 32,
             node_dns_quota: 8192,
             rpc_deadline: "30s".into(),
-            dns_name_hold: "10m".into(),
+            dns_name_hold: "60s".into(),
             node_rate: 50,
             max_connections_per_source: 256,
             max_connections: 0,
@@ -308,7 +307,7 @@ impl ServeArgs {
             hold => Some(
                 weave_proto::duration::parse(hold)
                     .map_err(|e| flag("dns-name-hold", e))?
-                    .ok_or_else(|| flag("dns-name-hold", "must be a time (like 10m), or 0s for no hold"))?,
+                    .ok_or_else(|| flag("dns-name-hold", "must be a time (like 60s), or 0s for no hold"))?,
             ),
         };
         let store = match &self.store {
@@ -368,7 +367,7 @@ mod tests {
         assert_eq!(s.node_dns_quota, Some(8192));
         assert_eq!(s.rpc_deadline, Some(Duration::from_secs(30)));
         assert_eq!(s.node_rate, Some(50));
-        assert_eq!(s.dns_name_hold, Some(Duration::from_secs(600)));
+        assert_eq!(s.dns_name_hold, Some(Duration::from_secs(60)));
         assert_eq!(s.dns_name_hold.map(|d| d.as_secs()), Some(crate::store::DEFAULT_DNS_HOLD_SECS), "as the store's");
         let mut a = args();
         a.dns_name_hold = "0s".into();

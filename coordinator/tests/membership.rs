@@ -171,12 +171,15 @@ async fn a_node_cannot_squat_another_nodes_dns_name() {
 /// A member watching the map sees a container's name go when it restarts
 /// (release, then allocate again) and claims it in the gap. Before, the
 /// member kept the name (and answered for it) and the restarted
-/// container's allocation failed whole. Now the releasing node takes its
-/// name back within the hold (`--dns-name-hold`), while a name nobody
-/// takes back (a container moved to another host) stays with its new holder.
+/// container's allocation failed whole. Now the releasing node keeps the
+/// name for `--dns-name-hold`: nobody else may claim it meanwhile (a hold
+/// reserves, it never takes a name from a live holder), an admin's
+/// `dns rm` frees it, and once it ran out another node may take it (a
+/// container moved to another host).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarting_containers_name_is_its_own_again_whoever_took_it_in_the_gap() {
-    let c = TestCoordinator::start().await;
+async fn a_restarting_containers_name_is_kept_for_it_in_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCoordinator::start_in(dir, |a| a.dns_name_hold = "2s".into()).await;
     let mut admin = c.admin().await;
     let (_, mut h1) = c.join("h1", 1).await;
     let (_, mut h2) = c.join("h2", 2).await;
@@ -186,9 +189,8 @@ async fn a_restarting_containers_name_is_its_own_again_whoever_took_it_in_the_ga
         ..Default::default()
     };
     let release = |container: &str| ReleaseRequest { container: container.into(), ..Default::default() };
-    let lookup = |admin: &mut weave_proto::client::Api, name: &str| {
-        let mut admin = admin.clone();
-        let name = name.to_string();
+    let lookup = |admin: &weave_proto::client::Api, name: &str| {
+        let (mut admin, name) = (admin.clone(), name.to_string());
         async move {
             match admin.dns.lookup(LookupRequest { name }).await {
                 Ok(r) => r.into_inner().addresses,
@@ -199,36 +201,41 @@ async fn a_restarting_containers_name_is_its_own_again_whoever_took_it_in_the_ga
             }
         }
     };
+    let ip = |a: &Allocation| a.address.split('/').next().unwrap().to_string();
     h1.ipam.allocate(alloc("web", "web")).await.unwrap();
     h1.ipam.release(release("web")).await.unwrap();
-    let squat = h2.ipam.allocate(alloc("squat", "web")).await.unwrap().into_inner();
-    let ip = |a: &Allocation| a.address.split('/').next().unwrap().to_string();
-    assert_eq!(lookup(&mut admin, "web").await, [ip(&squat)], "a released name is free to take");
-    // The container comes back: its name with it, the member's record gone.
+    // In the gap: the member's claim is refused, whole (no address either).
+    let refused = h2.ipam.allocate(alloc("squat", "web")).await;
+    assert_status(refused, Code::AlreadyExists, "was released by node h1's container");
+    let none = ListAllocationsRequest { node: "h2".into(), ..Default::default() };
+    assert!(admin.ipam.list_allocations(none.clone()).await.unwrap().into_inner().allocations.is_empty());
+    // The container comes back: its name with it.
     let back = h1.ipam.allocate(alloc("web", "web")).await.expect("the restarted container's allocation").into_inner();
-    assert_eq!(lookup(&mut admin, "web").await, [ip(&back)], "the name is the restarted container's alone");
-    // And the member cannot take it again while it is held.
-    assert_status(h2.ipam.allocate(alloc("squat2", "web")).await, Code::AlreadyExists, "held by node h1");
-    // The hold ended with the claim: a member that releases and re-claims
-    // a name it took does not take it back from its rightful holder.
-    let map = admin.map.get_map(GetMapRequest {}).await.unwrap().into_inner();
-    assert_eq!(map.dns_records.iter().filter(|r| r.name == "web.weave.local.").count(), 1, "{map:?}");
+    assert_eq!(lookup(&admin, "web").await, [ip(&back)]);
+    assert_status(h2.ipam.allocate(alloc("squat", "web")).await, Code::AlreadyExists, "held by node h1");
 
-    // A move: h1's "db" stops, h2 starts one; nobody takes it back, h2 keeps it.
+    // A member's own hold does not carry over a name it never held again: it
+    // claims a free name, releases it, and while it keeps it nobody else may
+    // take it, but it cannot take the name back from anyone either.
+    h2.ipam.allocate(alloc("api", "api")).await.unwrap();
+    h2.ipam.release(release("api")).await.unwrap();
+    assert_status(h1.ipam.allocate(alloc("api", "api")).await, Code::AlreadyExists, "node h2's container");
+    // The admin frees a held name at once (`weavectl dns rm`).
+    admin.dns.remove_records(RemoveRecordsRequest { name: "api".into(), ..Default::default() }).await.unwrap();
+    let api = h1.ipam.allocate(alloc("api", "api")).await.expect("a freed name").into_inner();
+    assert_status(h2.ipam.allocate(alloc("api2", "api")).await, Code::AlreadyExists, "held by node h1");
+    assert_eq!(lookup(&admin, "api").await, [ip(&api)]);
+
+    // A move: h1's "db" stops, and once its hold ran out h2 takes the name.
     h1.ipam.allocate(alloc("db", "db")).await.unwrap();
     h1.ipam.release(release("db")).await.unwrap();
+    assert_status(h2.ipam.allocate(alloc("db", "db")).await, Code::AlreadyExists, "kept for it");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let moved = h2.ipam.allocate(alloc("db", "db")).await.expect("a moved container takes its name").into_inner();
-    assert_eq!(lookup(&mut admin, "db").await, [ip(&moved)]);
-    // The admin frees a held name (`weavectl dns rm`): no node takes it back then.
+    assert_eq!(lookup(&admin, "db").await, [ip(&moved)]);
+    // And h1's hold on it is gone for good: h2's release holds it for h2 now.
     h2.ipam.release(release("db")).await.unwrap();
-    admin.dns.remove_records(RemoveRecordsRequest { name: "db".into(), ..Default::default() }).await.unwrap();
-    h1.ipam.allocate(alloc("db2", "db")).await.unwrap();
-    h1.ipam.release(release("db2")).await.unwrap();
-    admin.dns.remove_records(RemoveRecordsRequest { name: "db".into(), ..Default::default() }).await.unwrap();
-    let db3 = h2.ipam.allocate(alloc("db3", "db")).await.unwrap().into_inner();
-    let again = h1.ipam.allocate(alloc("db2", "db")).await.map(|_| ());
-    assert_status(again, Code::AlreadyExists, "held by node h2");
-    assert_eq!(lookup(&mut admin, "db").await, [ip(&db3)]);
+    assert_status(h1.ipam.allocate(alloc("db", "db")).await, Code::AlreadyExists, "node h2's container");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,7 @@ use super::PeerStatus;
 use crate::plan::netmap::PeerConfig;
 
 mod fallback;
+mod status;
 mod vxlan;
 use fallback::Fallback;
 use vxlan::Foreign;
@@ -105,6 +106,9 @@ pub struct Router {
     next_index: AtomicU32,
     /// The clock of the endpoint fallback.
     started: Instant,
+    /// The peers' addresses in the map (all their endpoints): with where
+    /// each is now, trusted by the handshake limiter ([`Router::refresh_trusted`]).
+    map_endpoints: Mutex<Vec<IpAddr>>,
     /// `--nat-keepalive` in ms (0: none), and whether this host is behind NAT.
     nat_keepalive_ms: AtomicU64,
     behind_nat: std::sync::atomic::AtomicBool,
@@ -126,6 +130,7 @@ impl Router {
             peers: RwLock::new(Arc::new(Table::default())),
             next_index: AtomicU32::new(rand::random::<u32>() & 0xff_ffff),
             started: Instant::now(),
+            map_endpoints: Mutex::default(),
             nat_keepalive_ms: AtomicU64::new(0),
             behind_nat: Default::default(),
         }
@@ -193,11 +198,10 @@ impl Router {
                 table.by_index.insert(peer.index, Arc::clone(&peer));
                 table.by_key.insert(config.public_key, peer);
             }
-            // The peers' addresses keep a place in the handshake limiter's full source table.
-            let known = table.by_key.values().flat_map(|p| p.config.endpoints.iter().copied().chain(p.endpoint()));
-            self.rate_limiter.set_trusted(known.map(|e| e.ip()).collect::<Vec<_>>());
+            *lock(&self.map_endpoints) = wanted.iter().flat_map(|c| &c.endpoints).map(|e| e.ip()).collect();
             *current = Arc::new(table);
         }
+        self.refresh_trusted();
         // Start handshakes with new peers right away, so that the first packet
         // (and `status`) does not wait for one.
         let mut buf = vec![0u8; 256];
@@ -417,28 +421,16 @@ impl Router {
     /// Call once a second: the handshake rate limit is per second.
     pub fn reset_rate_limit(&self) {
         self.rate_limiter.reset_count();
+        self.refresh_trusted();
     }
 
-    pub fn status(&self) -> Vec<PeerStatus> {
-        let table = self.table();
-        let mut out: Vec<PeerStatus> = (table.by_index.values())
-            .map(|p| {
-                let (age, tx, rx, _, _) = lock(&p.tunn).stats();
-                PeerStatus {
-                    node_id: p.config.node_id,
-                    name: p.config.name.clone(),
-                    address: p.config.address,
-                    endpoint: p.endpoint(),
-                    handshake_age_secs: age.map(|d| d.as_secs_f64()),
-                    tx_bytes: tx as u64,
-                    rx_bytes: rx as u64,
-                    dropped_spoofed: p.dropped_spoofed.load(Ordering::Relaxed),
-                    dropped_foreign_segment: p.dropped_foreign_segment.load(Ordering::Relaxed),
-                }
-            })
-            .collect();
-        out.sort_by_key(|p| p.address);
-        out
+    /// The peers' addresses (in the map, and where each is now: roaming,
+    /// a NAT's mapping) keep a place in the handshake limiter's source table
+    /// while an outsider fills it (the vendored `RateLimiter::set_trusted`).
+    fn refresh_trusted(&self) {
+        let mut known = lock(&self.map_endpoints).clone();
+        known.extend(self.table().by_index.values().filter_map(|p| p.endpoint()).map(|e| e.ip()));
+        self.rate_limiter.set_trusted(known);
     }
 }
 

@@ -65,16 +65,19 @@ async fn domain(tx: &mut Tx) -> Result<String> {
     Ok(db::query_scalar("SELECT dns_domain FROM cluster WHERE id = 1").fetch_one(tx.c()).await?)
 }
 
-/// Keeps each released `(name, node)` that node's to take back for `secs`
-/// (the newest release of a name wins); holds that ran out go.
+/// Keeps each released `(name, node)` for that node for `secs`: no other
+/// node may claim the name meanwhile ([`check_hold`]). A hold is renewed
+/// only by its own node (another node cannot have held the name in the
+/// meantime, and an admin's records for another node's containers do not
+/// move it); holds that ran out go.
 pub(super) async fn hold<'a>(tx: &mut Tx, released: impl Iterator<Item = (&'a str, i64)>, secs: u64) -> Result<()> {
     let now = super::now();
     db::query("DELETE FROM dns_holds WHERE held_until <= $1").bind(now).execute(tx.c()).await?;
     for (name, node) in released {
         db::query(
             "INSERT INTO dns_holds (name, node_id, released_at, held_until) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (name) DO UPDATE SET node_id = excluded.node_id, released_at = excluded.released_at, \
-             held_until = excluded.held_until",
+             ON CONFLICT (name) DO UPDATE SET released_at = excluded.released_at, held_until = excluded.held_until \
+             WHERE dns_holds.node_id = excluded.node_id",
         )
         .bind(name)
         .bind(node)
@@ -86,37 +89,35 @@ pub(super) async fn hold<'a>(tx: &mut Tx, released: impl Iterator<Item = (&'a st
     Ok(())
 }
 
-/// Node `node`'s claim on `fqdn` within its hold: the records other nodes'
-/// containers made of the name since `node`'s container released it go
-/// (one restarting never finds its name taken by a member watching the map).
-async fn take_back(tx: &mut Tx, fqdn: &str, node: u64) -> Result<()> {
-    let released_at: Option<i64> =
-        db::query_scalar("SELECT released_at FROM dns_holds WHERE name = $1 AND node_id = $2 AND held_until > $3")
-            .bind(fqdn)
-            .bind(node as i64)
-            .bind(super::now())
-            .fetch_optional(tx.c())
-            .await?;
-    let Some(released_at) = released_at else { return Ok(()) };
-    let taken: Vec<i64> = db::query_scalar(
-        "SELECT d.id FROM dns_records d JOIN allocations a ON a.id = d.allocation_id \
-         WHERE d.name = $1 AND a.node_id <> $2 AND d.created_at >= $3 ORDER BY d.id",
+/// Refuses node `node`'s claim on `fqdn` while another node holds it: that
+/// node's container released it lately and may come back (a restart, a
+/// re-attach). A member watching the map otherwise took a restarting
+/// container's name in the gap, answered for it, and the container's own
+/// allocation then failed whole.
+async fn check_hold(tx: &mut Tx, fqdn: &str, node: u64) -> Result<()> {
+    let now = super::now();
+    let held: Option<(String, i64, i64)> = db::query(
+        "SELECT n.name, h.released_at, h.held_until FROM dns_holds h JOIN nodes n ON n.id = h.node_id \
+         WHERE h.name = $1 AND h.node_id <> $2 AND h.held_until > $3",
     )
     .bind(fqdn)
     .bind(node as i64)
-    .bind(released_at)
-    .fetch_all(tx.c())
-    .await?;
-    for id in taken {
-        db::query("DELETE FROM dns_records WHERE id = $1").bind(id).execute(tx.c()).await?;
-        tx.record(Change::DnsRecordRemoved(id as u64)).await?;
-        tracing::warn!(
-            name = fqdn,
-            record = id,
-            "a name another node took while its releasing node held it is taken back"
-        );
+    .bind(now)
+    .fetch_optional(tx.c())
+    .await?
+    .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+    .transpose()?;
+    match held {
+        Some((holder, released_at, until)) => Err(Error::AlreadyExists(format!(
+            "{fqdn} was released by node {holder}'s container {}s ago and is kept for it for another {}s \
+             (coordinator --dns-name-hold), in case it comes back; an admin frees it now with \
+             `weavectl dns rm {}`",
+            now.saturating_sub(released_at),
+            until.saturating_sub(now),
+            fqdn.trim_end_matches('.')
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// A node adding a record, and how many it may hold (None: no limit).
@@ -138,7 +139,7 @@ pub(super) async fn insert_if_absent(
 ) -> Result<(v1::DnsRecord, bool)> {
     let fqdn = qualify_name(name, &domain(tx).await?)?;
     if let Some(Claimant { node, .. }) = claimant {
-        take_back(tx, &fqdn, node).await?;
+        check_hold(tx, &fqdn, node).await?;
         let holder: Option<Option<String>> = db::query_scalar(
             "SELECT n.name FROM dns_records d LEFT JOIN allocations a ON a.id = d.allocation_id \
              LEFT JOIN nodes n ON n.id = a.node_id \

@@ -99,8 +99,8 @@ pub struct Store {
     node_subnet_quota: Option<u32>,
     /// Most DNS records one node may hold (None: no limit); see [`Store::with_node_dns_quota`].
     node_dns_quota: Option<u32>,
-    /// How long a released name stays its node's to take back (None: not
-    /// at all); see [`Store::with_dns_hold`].
+    /// How long a released name stays its node's (None: not at all); see
+    /// [`Store::with_dns_hold`].
     dns_hold: Option<u64>,
     /// One per handle: the follower task (PostgreSQL, [`follow`]) stops when it holds the last.
     alive: Arc<()>,
@@ -146,7 +146,7 @@ pub enum Events {
 }
 
 /// [`Store::with_dns_hold`]'s default, as `coordinator serve --dns-name-hold`'s.
-pub const DEFAULT_DNS_HOLD_SECS: u64 = 600;
+pub const DEFAULT_DNS_HOLD_SECS: u64 = 60;
 
 pub fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
@@ -212,9 +212,9 @@ impl Store {
     }
 
     /// How long (seconds; None or 0: not at all) a DNS name a node's
-    /// container released stays that node's to take back from any other
-    /// node that claimed it meanwhile: a restarting container's name is not
-    /// a member's for the taking in the gap (`dns_holds`).
+    /// container released stays that node's: no other node may claim it
+    /// meanwhile, so a restarting container's name is not a member's for the
+    /// taking in the gap (`dns_holds`).
     pub fn with_dns_hold(mut self, secs: Option<u64>) -> Self {
         self.dns_hold = secs.filter(|s| *s > 0);
         self

@@ -297,7 +297,7 @@ mod tests {
                 ),
                 (
                     7,
-                    "627094ec5d1ef77c9033c54e983c8a4c0a0fc7da13fc80821f983fdd22b8dfe3ceecf544b2e820177a9877c796d649c8"
+                    "b94e21f08fc456ff3a2bad4028661892388bc7ea89f1772daac7b32c7b8aa3e9a8b67a0bfaf6f126b6a6bfc07e6aa729"
                         .to_string()
                 ),
             ]
