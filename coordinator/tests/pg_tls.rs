@@ -7,7 +7,8 @@
 //! the same capture of a session without TLS shows the migrations' SQL. The
 //! server (in a network namespace of its own, at a TEST-NET address on its
 //! `lo`) refuses role `weave` without TLS, and the coordinator, which warned
-//! that the session was not verified TLS, says so in one line.
+//! that the session was not verified TLS, says so in one line. And no
+//! subnet may hold the database's address (`FAILED_PRECONDITION`).
 mod common;
 
 use std::{
@@ -107,6 +108,51 @@ fn finish(mut tcpdump: Running) {
     let _ = tcpdump.0.wait();
 }
 
+/// `coordinator serve --store url` in `ns`, running until dropped (once it
+/// printed its first join token).
+fn serving(ns: &str, url: &str, dir: &Path) -> Running {
+    let out = dir.join("out");
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--store", url, "--data-dir"])
+        .arg(dir.join("data"))
+        .env("RUST_LOG", "warn")
+        .env_remove("WEAVE_STORE")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("coordinator starts");
+    let running = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&out).unwrap_or_default().contains("join token") {
+        assert!(Instant::now() < deadline, "the coordinator did not start in 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    running
+}
+
+/// AddSubnet `cidr` as the admin of the coordinator whose data dir is
+/// `data`, from inside `ns` (where it listens).
+fn add_subnet(ns: &str, data: &Path, cidr: &str) -> Result<(), tonic::Status> {
+    let text = std::fs::read_to_string(data.join("admin.credential")).unwrap();
+    let cred = weave_proto::token::AdminCredential::parse(text.trim()).unwrap();
+    let (ns, cidr) = (ns.to_string(), cidr.to_string());
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let channel = weave_proto::client::connect(&cred.coordinator, cred.pin).await.unwrap();
+            let mut api = weave_proto::client::Api::new(channel, &cred.secret).unwrap();
+            let req = weave_proto::v1::AddSubnetRequest { cidr, ..Default::default() };
+            api.subnets.add_subnet(req).await.map(|_| ())
+        })
+    })
+    .join()
+    .unwrap()
+}
+
 /// `coordinator serve --store url` in `ns`: `Ok(())` once it has started
 /// (printed its first join token, so the store is open and migrated; then
 /// it is stopped), or its exit code and stderr if it stopped by itself.
@@ -179,6 +225,18 @@ fn the_store_session_is_tls_checked_against_the_given_ca_and_unreadable_on_the_w
     for clear in ["CREATE TABLE", "join_tokens", "_sqlx_migrations"] {
         assert!(!contains(&seen, clear), "'{clear}' is readable on the wire");
     }
+
+    // No subnet may hold the database's address: the agent on the
+    // coordinator's host would route the coordinator's store into the
+    // overlay. One beside it is fine (the control).
+    let run = tempfile::tempdir().unwrap();
+    let coordinator = serving(&ns.0, &with("verify-full", &ca_file), run.path());
+    let data = run.path().join("data");
+    let refused = add_subnet(&ns.0, &data, "198.51.100.0/25").unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains(&format!("contains {addr}, the address of the coordinator's database")));
+    add_subnet(&ns.0, &data, "198.51.100.128/25").expect("a subnet beside the database's address");
+    drop(coordinator);
 
     // verify-ca (the CA, not the name) with the same CA: it starts too.
     let run = tempfile::tempdir().unwrap();
