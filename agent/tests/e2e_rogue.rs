@@ -155,4 +155,14 @@ fn a_members_forged_fragmentation_needed_does_not_shrink_another_hosts_path() {
     }
     std::thread::sleep(Duration::from_secs(1));
     assert!(!path(&h2).contains("mtu"), "a workload's message lowered host 2's path MTU to host 3: {}", path(&h2));
+
+    // Control: without that one rule the member's message is taken.
+    let input = ok_in(&h2, &["nft", "-a", "list", "chain", "inet", "weave", "input"]);
+    let rule = input.lines().find(|l| l.contains("frag-needed")).unwrap_or_else(|| panic!("the rule in {input}"));
+    let handle = rule.rsplit("# handle ").next().unwrap().trim();
+    ok_in(&h2, &["nft", "delete", "rule", "inet", "weave", "input", "handle", handle]);
+    rogue.send(&frag_needed(rogue.address, node2, 552, (node2, sport, node3, 4789), &vxlan));
+    wait_for("the control: the message taken without the rule", Duration::from_secs(5), || {
+        path(&h2).contains("mtu 552").then_some(())
+    });
 }
