@@ -131,17 +131,17 @@ async fn a_removed_or_replaced_node_loses_its_watch_within_a_second() {
     assert!(took < Duration::from_secs(1), "the replaced credential kept its watch for {took:?}");
 }
 
+/// An allocation for `container` in the default subnet, named `name`.
+fn alloc(container: &str, name: &str) -> AllocateRequest {
+    AllocateRequest { container: container.into(), dns_name: name.into(), ..Default::default() }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cannot_squat_another_nodes_dns_name() {
     let c = TestCoordinator::start().await;
     let mut admin = c.admin().await;
     let (_, mut h1) = c.join("h1", 1).await;
     let (_, mut h2) = c.join("h2", 2).await;
-    let alloc = |container: &str, name: &str| AllocateRequest {
-        container: container.into(),
-        dns_name: name.into(),
-        ..Default::default()
-    };
     h1.ipam.allocate(alloc("web1", "web")).await.unwrap();
     // Its own second container may join its own round robin.
     h1.ipam.allocate(alloc("web2", "web")).await.unwrap();
@@ -183,11 +183,6 @@ async fn a_restarting_containers_name_is_kept_for_it_in_the_gap() {
     let mut admin = c.admin().await;
     let (_, mut h1) = c.join("h1", 1).await;
     let (_, mut h2) = c.join("h2", 2).await;
-    let alloc = |container: &str, name: &str| AllocateRequest {
-        container: container.into(),
-        dns_name: name.into(),
-        ..Default::default()
-    };
     let release = |container: &str| ReleaseRequest { container: container.into(), ..Default::default() };
     let lookup = |admin: &weave_proto::client::Api, name: &str| {
         let (mut admin, name) = (admin.clone(), name.to_string());

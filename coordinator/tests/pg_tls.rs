@@ -108,10 +108,9 @@ fn finish(mut tcpdump: Running) {
     let _ = tcpdump.0.wait();
 }
 
-/// `coordinator serve --store url` in `ns`, running until dropped (once it
-/// printed its first join token).
-fn serving(ns: &str, url: &str, dir: &Path) -> Running {
-    let out = dir.join("out");
+/// Starts `coordinator serve --store url` in `ns` (its stdout and stderr
+/// in `dir`'s `out` and `err`).
+fn start(ns: &str, url: &str, dir: &Path) -> Running {
     let child = Command::new("ip")
         .args(["netns", "exec", ns])
         .arg(env!("CARGO_BIN_EXE_coordinator"))
@@ -119,13 +118,18 @@ fn serving(ns: &str, url: &str, dir: &Path) -> Running {
         .arg(dir.join("data"))
         .env("RUST_LOG", "warn")
         .env_remove("WEAVE_STORE")
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("err")).unwrap())
         .spawn()
         .expect("coordinator starts");
-    let running = Running(child);
+    Running(child)
+}
+
+/// [`start`], running until dropped once it printed its first join token.
+fn serving(ns: &str, url: &str, dir: &Path) -> Running {
+    let running = start(ns, url, dir);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&out).unwrap_or_default().contains("join token") {
+    while !std::fs::read_to_string(dir.join("out")).unwrap_or_default().contains("join token") {
         assert!(Instant::now() < deadline, "the coordinator did not start in 60 s");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -157,20 +161,8 @@ fn add_subnet(ns: &str, data: &Path, cidr: &str) -> Result<(), tonic::Status> {
 /// (printed its first join token, so the store is open and migrated; then
 /// it is stopped), or its exit code and stderr if it stopped by itself.
 fn serve(ns: &str, url: &str, dir: &Path) -> Result<(), (Option<i32>, String)> {
-    let out = dir.join("out");
-    let err = dir.join("err");
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(env!("CARGO_BIN_EXE_coordinator"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--store", url, "--data-dir"])
-        .arg(dir.join("data"))
-        .env("RUST_LOG", "warn")
-        .env_remove("WEAVE_STORE")
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .expect("coordinator starts");
-    let mut child = Running(child);
+    let (out, err) = (dir.join("out"), dir.join("err"));
+    let mut child = start(ns, url, dir);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if std::fs::read_to_string(&out).unwrap_or_default().contains("join token") {
