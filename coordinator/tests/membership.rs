@@ -179,7 +179,7 @@ async fn a_node_cannot_squat_another_nodes_dns_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarting_containers_name_is_kept_for_it_in_the_gap() {
     let dir = tempfile::tempdir().unwrap();
-    let c = TestCoordinator::start_in(dir, |a| a.dns_name_hold = "2s".into()).await;
+    let c = TestCoordinator::start_in(dir, |a| a.dns_name_hold = "5s".into()).await;
     let mut admin = c.admin().await;
     let (_, mut h1) = c.join("h1", 1).await;
     let (_, mut h2) = c.join("h2", 2).await;
@@ -208,6 +208,18 @@ async fn a_restarting_containers_name_is_kept_for_it_in_the_gap() {
     let back = h1.ipam.allocate(alloc("web", "web")).await.expect("the restarted container's allocation").into_inner();
     assert_eq!(lookup(&admin, "web").await, [ip(&back)]);
     assert_status(h2.ipam.allocate(alloc("squat", "web")).await, Code::AlreadyExists, "held by node h1");
+    // Its claim ended the hold: once h1 drops the record itself (no hold
+    // then), the name is anyone's.
+    h1.dns.remove_records(RemoveRecordsRequest { name: "web".into(), ..Default::default() }).await.unwrap();
+    h2.ipam.allocate(alloc("squat", "web")).await.expect("a name nobody holds");
+
+    // A round robin the admin made across nodes goes on when one node's
+    // container leaves: the name is not held while others answer for it.
+    h1.ipam.allocate(alloc("rr1", "rr")).await.unwrap();
+    let other = h2.ipam.allocate(alloc("rr2", "")).await.unwrap().into_inner();
+    admin.dns.add_record(AddRecordRequest { name: "rr".into(), address: ip(&other) }).await.unwrap();
+    h2.ipam.release(release("rr2")).await.unwrap();
+    h1.ipam.allocate(alloc("rr3", "rr")).await.expect("h1's own round robin grows");
 
     // A member's own hold does not carry over a name it never held again: it
     // claims a free name, releases it, and while it keeps it nobody else may
@@ -225,7 +237,7 @@ async fn a_restarting_containers_name_is_kept_for_it_in_the_gap() {
     h1.ipam.allocate(alloc("db", "db")).await.unwrap();
     h1.ipam.release(release("db")).await.unwrap();
     assert_status(h2.ipam.allocate(alloc("db", "db")).await, Code::AlreadyExists, "kept for it");
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    tokio::time::sleep(Duration::from_millis(6100)).await;
     let moved = h2.ipam.allocate(alloc("db", "db")).await.expect("a moved container takes its name").into_inner();
     assert_eq!(lookup(&admin, "db").await, [ip(&moved)]);
     // And h1's hold on it is gone for good: h2's release holds it for h2 now.

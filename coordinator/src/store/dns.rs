@@ -66,16 +66,17 @@ async fn domain(tx: &mut Tx) -> Result<String> {
 }
 
 /// Keeps each released `(name, node)` for that node for `secs`: no other
-/// node may claim the name meanwhile ([`check_hold`]). A hold is renewed
-/// only by its own node (another node cannot have held the name in the
-/// meantime, and an admin's records for another node's containers do not
-/// move it); holds that ran out go.
+/// node may claim the name meanwhile ([`check_hold`]). Only a name nobody
+/// answers for any more is held (an admin's round robin across nodes goes
+/// on: the others' containers keep claiming it), and a hold is renewed only
+/// by its own node; holds that ran out go. Called after the records went.
 pub(super) async fn hold<'a>(tx: &mut Tx, released: impl Iterator<Item = (&'a str, i64)>, secs: u64) -> Result<()> {
     let now = super::now();
     db::query("DELETE FROM dns_holds WHERE held_until <= $1").bind(now).execute(tx.c()).await?;
     for (name, node) in released {
         db::query(
-            "INSERT INTO dns_holds (name, node_id, released_at, held_until) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO dns_holds (name, node_id, released_at, held_until) \
+             SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM dns_records WHERE name = $1) \
              ON CONFLICT (name) DO UPDATE SET released_at = excluded.released_at, held_until = excluded.held_until \
              WHERE dns_holds.node_id = excluded.node_id",
         )
@@ -194,13 +195,9 @@ pub(super) async fn insert_if_absent(
     let row =
         db::query(sqlx::AssertSqlSafe(format!("{DNS_SELECT} WHERE d.id = $1"))).bind(id).fetch_one(tx.c()).await?;
     let record = rows::dns_record(&row)?;
-    if let Some(Claimant { node, .. }) = claimant {
-        db::query("DELETE FROM dns_holds WHERE name = $1 AND node_id = $2")
-            .bind(&fqdn)
-            .bind(node as i64)
-            .execute(tx.c())
-            .await?;
-    }
+    // The name is answered for again: its hold (the claimant's own, or any,
+    // when the admin gives it to a container) has done its work.
+    db::query("DELETE FROM dns_holds WHERE name = $1").bind(&fqdn).execute(tx.c()).await?;
     if new {
         tx.record(Change::DnsRecordAdded(record.clone())).await?;
     }
