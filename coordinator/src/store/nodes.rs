@@ -328,21 +328,19 @@ pub(super) async fn release_where(tx: &mut Tx, condition: &str, param: i64, hold
     .iter()
     .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?, r.try_get::<i64, _>(2)?)))
     .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    let released: Vec<(String, i64)> = records.iter().map(|(_, name, node)| (name.clone(), *node)).collect();
-    let records: Vec<i64> = records.into_iter().map(|(id, ..)| id).collect();
     let allocations: Vec<i64> = db::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT a.id FROM allocations a WHERE {condition} ORDER BY a.id"
     )))
     .bind(param)
     .fetch_all(tx.c())
     .await?;
-    for id in &records {
+    for (id, ..) in &records {
         db::query("DELETE FROM dns_records WHERE id = $1").bind(id).execute(tx.c()).await?;
         tx.record(Change::DnsRecordRemoved(*id as u64)).await?;
     }
     // Once the records are gone: a name others still answer for is not held.
-    if let Some(secs) = hold.filter(|_| !released.is_empty()) {
-        super::dns::hold(tx, released.iter().map(|(name, node)| (name.as_str(), *node)), secs).await?;
+    if let Some(secs) = hold.filter(|_| !records.is_empty()) {
+        super::dns::hold(tx, records.iter().map(|(_, name, node)| (name.as_str(), *node)), secs).await?;
     }
     for id in &allocations {
         db::query("DELETE FROM allocations WHERE id = $1").bind(id).execute(tx.c()).await?;
