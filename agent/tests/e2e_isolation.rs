@@ -126,6 +126,12 @@ fn subnets_stay_apart_whatever_the_workloads_do() {
         in_ns(&host, &["nft", "list", "table", "inet", "weave"]).status.success().then_some(())
     });
     never(&x, yip, "routed through a forwarding host after the rules were restored");
+    // Repaired once, and not again: a check that finds the tables in place
+    // (every 10 s) changes nothing.
+    let repairs = || total(&scrape(&host), "weave_firewall_repairs_total");
+    wait_for("the repair to be counted", Duration::from_secs(10), || (repairs() >= 1.0).then_some(()));
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(repairs(), 1.0, "one repair for one removal, none for the checks after it");
 
     // Hide: the host's addresses go, and with them its reach.
     let out = bed.weavectl(0, &["hide"]);

@@ -122,11 +122,20 @@ pub async fn remove() -> Result<(), Error> {
     nft(&script).await
 }
 
-/// Whether table `family` `name` is there (someone may flush the ruleset).
-async fn present(family: &str, name: &str) -> bool {
-    let status =
-        Command::new("nft").args(["list", "table", family, name]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-    matches!(status.await, Ok(s) if s.success())
+/// The nftables tables there are now, as "FAMILY NAME" (someone may flush
+/// the ruleset): one `nft list tables`, which lists names only, where
+/// `nft list table` would print every element of every set; empty when nft
+/// could not be asked (the tables are then put back, as if removed).
+async fn tables() -> BTreeSet<String> {
+    let out = Command::new("nft").args(["list", "tables"]).stdin(Stdio::null()).stderr(Stdio::null()).output().await;
+    match out {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("table "))
+            .map(str::to_string)
+            .collect(),
+        _ => BTreeSet::new(),
+    }
 }
 
 /// How often the tables are checked for having been removed by someone else.
@@ -194,7 +203,9 @@ pub async fn keep(
         }
         if tokio::time::Instant::now() >= next_check {
             next_check = tokio::time::Instant::now() + RECHECK;
-            if applied.is_some() && (!present("inet", TABLE).await || !present("bridge", TABLE).await) {
+            let tables = tables().await;
+            let present = |family: &str, name: &str| tables.contains(&format!("{family} {name}"));
+            if applied.is_some() && (!present("inet", TABLE) || !present("bridge", TABLE)) {
                 tracing::warn!("the isolation tables were removed; putting them back");
                 metrics::counter!("weave_firewall_repairs_total").increment(1);
                 OPEN.send_replace(BTreeSet::new());
@@ -203,7 +214,7 @@ pub async fn keep(
                 applied = None;
             }
             // The source guard too (a `flush ruleset` takes all three).
-            if !present("bridge", GUARD_TABLE).await {
+            if !present("bridge", GUARD_TABLE) {
                 tracing::warn!("the source guard table was removed; putting it back");
                 metrics::counter!("weave_firewall_repairs_total").increment(1);
                 if let Err(e) = guard_ports(&netlink).await {
