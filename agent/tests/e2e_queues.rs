@@ -5,7 +5,9 @@
 //! arrive intact and in order (a hash of every byte), and the sending
 //! agent's TUN reads for one peer's flows all happened on one queue's thread
 //! (a peer's traffic stays on the queue whose socket receives it). The TUN's transmit queue holds a
-//! burst the agent is too busy to read (issue 15's UDP loss).
+//! burst the agent is too busy to read (issue 15's UDP loss). A ping's round
+//! trip costs the two agents' packet threads few TUN reads (no read that
+//! `poll` already said would find nothing).
 mod common;
 
 use std::{
@@ -92,6 +94,59 @@ fn parallel_flows_over_four_queues(queue_threads: usize) {
         let busy = moved.iter().filter(|&&m| m > (BYTES_PER_FLOW as u64) / 2).count();
         assert_eq!(busy, 1, "host {to}'s flows stayed on one queue: {before:?} -> {after:?}");
     }
+}
+
+/// The `read` system calls (`syscr` of /proc/PID/task/TID/io) of the thread
+/// of `pid` named `comm`: its TUN reads (socket `recvmsg` do not count).
+fn read_calls(pid: u32, comm: &str) -> u64 {
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        if fs::read_to_string(dir.join("comm")).unwrap_or_default().trim() == comm {
+            let io = fs::read_to_string(dir.join("io")).unwrap();
+            return io.lines().find_map(|l| l.strip_prefix("syscr: ")).unwrap().trim().parse().unwrap();
+        }
+    }
+    panic!("no thread {comm} in {pid}");
+}
+
+/// One ping's round trip through two agents (one queue, one thread each:
+/// `wg-q0`) reads the TUN five times: on the request's host the request
+/// and the read that finds the TUN empty, and the read right after writing
+/// the answer (what a workload answers inside a TUN write is read without a
+/// wait; here nothing); on the other host the request's write is followed
+/// by the read of the answer and the one that finds the TUN empty. A loop
+/// that read both descriptors again after every turn, or read the TUN when
+/// `poll` had woken it for the socket, made seven or eight. The least of three
+/// windows of 40 pings (the hosts' own IPv6 chatter on `wvtun0` adds reads).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_ping_costs_the_packet_threads_no_needless_tun_reads() {
+    const PINGS: u64 = 40;
+    let mut bed = Bed::with_hosts(2);
+    for i in 0..2 {
+        bed.wait_peers(i, 1);
+        bed.add_workload(i, "default");
+    }
+    bed.wait_ping(0, 1, Duration::from_secs(15));
+    for w in 0..2 {
+        ok_in(&bed.workloads[w].ns, &["sysctl", "-qw", "net.ipv6.conf.ethwe.disable_ipv6=1"]);
+    }
+    let pids: Vec<u32> = (0..2).map(|i| bed.hosts[i].agent.as_ref().unwrap().id()).collect();
+    let reads = || pids.iter().map(|&pid| read_calls(pid, "wg-q0")).sum::<u64>();
+    let target = bed.workloads[1].ip.to_string();
+    let mut per_ping = Vec::new();
+    for _ in 0..3 {
+        let before = reads();
+        let out = in_ns(&bed.workloads[0].ns, &["ping", "-n", "-q", "-c", &PINGS.to_string(), "-i", "0.02", &target]);
+        let after = reads();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!("{PINGS} received")), "every ping answered: {text}");
+        per_ping.push((after - before) as f64 / PINGS as f64);
+    }
+    let least = per_ping.iter().copied().fold(f64::MAX, f64::min);
+    eprintln!("TUN reads per round trip through both agents: {per_ping:?}");
+    assert!(least >= 2.0, "the TUN reads were counted (two packets per round trip): {per_ping:?}");
+    assert!(least <= 6.0, "TUN reads per round trip through both agents: {per_ping:?} (5 expected)");
 }
 
 /// `wvtun0`'s `txqlen` and `tx_dropped` in namespace `ns`.

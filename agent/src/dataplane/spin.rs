@@ -82,6 +82,18 @@ pub enum Woke {
     Idle,
 }
 
+/// Which of a joint thread's descriptors to read after a wait: the ones
+/// `poll` found readable, or both after a spin, a wake-up or a timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Readable {
+    pub tun: bool,
+    pub udp: bool,
+}
+
+impl Readable {
+    pub const BOTH: Readable = Readable { tun: true, udp: true };
+}
+
 impl Pacer {
     /// `window` zero: never spin (every wait sleeps). `hold`: the agent's
     /// CPU-latency request, renewed whenever a packet moves.
@@ -141,20 +153,35 @@ impl Pacer {
     /// yields the CPU once and returns; outside it sleeps until `fd` is
     /// readable, the partner wakes it, or `timeout` passes.
     pub fn wait(&self, me: Side, fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<Woke> {
-        self.wait_on(me, &[fd], timeout)
+        self.wait_on(me, &[fd], timeout).map(|(woke, _)| woke)
     }
 
     /// For a thread that serves both sides of the queue: neither `tun` nor
     /// `udp` had anything. Spins or sleeps as [`Pacer::wait`], until either
-    /// is readable.
-    pub fn wait_both(&self, tun: BorrowedFd<'_>, udp: BorrowedFd<'_>, timeout: Duration) -> io::Result<Woke> {
-        self.wait_on(Side::Tun, &[tun, udp], timeout)
+    /// is readable; and which of them to read: only the one that woke it
+    /// (a read that would find nothing is a system call on the packet's
+    /// way), both after a spin, a wake-up or a timeout.
+    pub fn wait_both(
+        &self,
+        tun: BorrowedFd<'_>,
+        udp: BorrowedFd<'_>,
+        timeout: Duration,
+    ) -> io::Result<(Woke, Readable)> {
+        self.wait_on(Side::Tun, &[tun, udp], timeout).map(|(woke, ready)| {
+            let readable = match woke {
+                Woke::Ready if ready != 0 => Readable { tun: ready & 1 != 0, udp: ready & 2 != 0 },
+                _ => Readable::BOTH,
+            };
+            (woke, readable)
+        })
     }
 
-    fn wait_on(&self, me: Side, fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<Woke> {
+    /// The wait, and a bit per descriptor of `fds` that `poll` found
+    /// readable (none after a spin).
+    fn wait_on(&self, me: Side, fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<(Woke, u8)> {
         if self.hot() {
             thread::yield_now();
-            return Ok(Woke::Ready);
+            return Ok((Woke::Ready, 0));
         }
         // A held CPU-latency request is relaxed when its window passes: the
         // sleep ends then (the next wait relaxes it).
@@ -168,14 +195,18 @@ impl Pacer {
         let polls = &mut polls[..=fds.len()];
         let polled = poll(polls, PollTimeout::from(ms));
         own.sleeping.store(false, Ordering::Relaxed);
-        let readable = polls[1..].iter().any(|p| p.revents().is_some_and(|r| !r.is_empty()));
+        let ready = polls[1..]
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.revents().is_some_and(|r| !r.is_empty()))
+            .fold(0u8, |bits, (i, _)| bits | 1 << i);
         if polls[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
             // Drained: the counter goes back to zero (non-blocking, never waits).
             let _ = own.event.read();
         }
         match polled {
-            Ok(_) if readable => Ok(Woke::Ready),
-            Ok(_) | Err(Errno::EINTR) => Ok(Woke::Idle),
+            Ok(_) if ready != 0 => Ok((Woke::Ready, ready)),
+            Ok(_) | Err(Errno::EINTR) => Ok((Woke::Idle, 0)),
             Err(e) => Err(e.into()),
         }
     }
@@ -237,18 +268,30 @@ mod tests {
         let pacer = Pacer::new(Duration::ZERO, off()).unwrap();
         let (tun, udp) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
         let t = Instant::now();
-        assert_eq!(pacer.wait_both(tun.as_fd(), udp.as_fd(), Duration::from_millis(50)).unwrap(), Woke::Idle);
+        assert_eq!(
+            pacer.wait_both(tun.as_fd(), udp.as_fd(), Duration::from_millis(50)).unwrap(),
+            (Woke::Idle, Readable::BOTH),
+            "after a timeout both are read"
+        );
         assert!(t.elapsed() >= Duration::from_millis(40), "slept the timeout");
+        let only = |tun, udp| (Woke::Ready, Readable { tun, udp });
+        for (ready, expected) in [(&udp, only(false, true)), (&tun, only(true, false))] {
+            ready.send_to(b"x", ready.local_addr().unwrap()).unwrap();
+            assert_eq!(pacer.wait_both(tun.as_fd(), udp.as_fd(), Duration::from_secs(5)).unwrap(), expected);
+            ready.recv(&mut [0u8; 4]).unwrap();
+        }
         for ready in [&udp, &tun] {
             ready.send_to(b"x", ready.local_addr().unwrap()).unwrap();
-            assert_eq!(pacer.wait_both(tun.as_fd(), udp.as_fd(), Duration::from_secs(5)).unwrap(), Woke::Ready);
+        }
+        assert_eq!(pacer.wait_both(tun.as_fd(), udp.as_fd(), Duration::from_secs(5)).unwrap(), only(true, true));
+        for ready in [&udp, &tun] {
             ready.recv(&mut [0u8; 4]).unwrap();
         }
         // A stop request wakes it too.
         let pacer = Arc::new(pacer);
         let waiter = {
             let (pacer, tun, udp) = (pacer.clone(), tun.try_clone().unwrap(), udp.try_clone().unwrap());
-            thread::spawn(move || pacer.wait_both(tun.as_fd(), udp.as_fd(), Duration::from_secs(20)).unwrap())
+            thread::spawn(move || pacer.wait_both(tun.as_fd(), udp.as_fd(), Duration::from_secs(20)).unwrap().0)
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !pacer.sides[Side::Tun as usize].sleeping.load(Ordering::SeqCst) {
