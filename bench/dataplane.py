@@ -352,11 +352,14 @@ def polling_pct(us, secs):
 
 
 def cpu_seconds(pids):
+    """CPU seconds of the processes and of the children they waited for
+    (the agents' `nft` runs)."""
     total = 0
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        # utime, stime, cutime, cstime (fields 14-17)
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
     return total / CLK_TCK
 
 

@@ -20,6 +20,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("WVB_PREFIX", f"wvx{os.getpid()}")
 import dataplane as d
 
+def sleeps(pids):
+    """Voluntary context switches (waits that slept) of every thread of `pids`."""
+    total = 0
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    total += int(next(l for l in f if l.startswith("voluntary_ctxt_switches:")).split()[1])
+            except (OSError, StopIteration):
+                pass
+    return total
+
 def setq(ns, dev, n):
     d.run(["ip", "-n", ns, "link", "set", dev, "txqueuelen", str(n)])
 
@@ -93,9 +105,13 @@ def main():
                 v = s.get("lost_percent")
                 print(f"r{r} {t:24} loss {v:.3f}% lost {s.get('lost_packets')} cpu {pr.cpu:.2f} {where}", flush=True)
             elif kind in ("tcp1", "tcp4"):
+                s0 = sleeps(p.pids)
                 x = d.tcp(p, secs, 1 if kind == "tcp1" else 4)
                 v = x["gbit_s"]
-                print(f"r{r} {t:24} {v:.2f} Gbit/s cpu/GB {x['tunnel_cpu_s_per_gb'] or 0:.2f} util {x['tunnel_cpu_util'] or 0:.2f} retr {x['retransmits']}", flush=True)
+                # The agents' sleeps per GB received.
+                per_gb = (sleeps(p.pids) - s0) / max(x["bytes"] / 1e9, 1e-9)
+                print(f"r{r} {t:24} {v:.2f} Gbit/s cpu/GB {x['tunnel_cpu_s_per_gb'] or 0:.2f} util {x['tunnel_cpu_util'] or 0:.2f} retr {x['retransmits']} sleeps/GB {per_gb:.0f}", flush=True)
+                res.setdefault(t + "/sleepsgb", []).append(per_gb)
                 res.setdefault(t + "/cpugb", []).append(x["tunnel_cpu_s_per_gb"] or 0)
             elif kind == "ping":
                 x = d.ping(p)
