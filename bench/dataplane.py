@@ -138,6 +138,14 @@ def add_ns(name):
     return ns
 
 
+def underlay():
+    """The underlay: namespace `u` with bridge br0, which `plug` connects hosts to."""
+    ns = add_ns("u")
+    run(["ip", "-n", ns, "link", "add", "br0", "type", "bridge"])
+    run(["ip", "-n", ns, "link", "set", "br0", "up"])
+    return ns
+
+
 def plug(underlay, name, ip):
     """A host namespace with eth0 = ip/24 (or ip/64 for IPv6, usable at once) on the underlay bridge."""
     ns = add_ns(name)

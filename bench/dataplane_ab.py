@@ -39,9 +39,7 @@ def main():
     rounds, secs, tests = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
     paths_wanted = sys.argv[4].split(",") if len(sys.argv) > 4 else ["veth", "weave"]
     os.makedirs(d.DIR, exist_ok=True)
-    u = d.add_ns("u")
-    d.run(["ip", "-n", u, "link", "add", "br0", "type", "bridge"])
-    d.run(["ip", "-n", u, "link", "set", "br0", "up"])
+    u = d.underlay()
     paths = {}
     if "veth" in paths_wanted:
         a = d.plug(u, "v1", "192.0.2.31"); b = d.plug(u, "v2", "192.0.2.32")

@@ -27,9 +27,7 @@ def pcap_times(path, want):
 
 def main():
     os.makedirs(d.DIR, exist_ok=True)
-    u = d.add_ns("u")
-    d.run(["ip", "-n", u, "link", "add", "br0", "type", "bridge"])
-    d.run(["ip", "-n", u, "link", "set", "br0", "up"])
+    u = d.underlay()
     p = d.setup_weave(u, "weave", os.environ.get("WVB_ARGS", "").split() or None)
     (ha, _), (hb, _) = [(ns, s) for ns, s in zip(p.host_nss, d.WEAVE["sockets"])]
     caps = {}

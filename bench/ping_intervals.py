@@ -17,9 +17,7 @@ import dataplane as d
 def main():
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     os.makedirs(d.DIR, exist_ok=True)
-    u = d.add_ns("u")
-    d.run(["ip", "-n", u, "link", "add", "br0", "type", "bridge"])
-    d.run(["ip", "-n", u, "link", "set", "br0", "up"])
+    u = d.underlay()
     w = d.setup_weave(u, "weave", os.environ.get("WVB_ARGS", "").split() or None)
     a, b = d.plug(u, "va", "192.0.2.31"), d.plug(u, "vb", "192.0.2.32")
     d.wait_for("veth", lambda: d.ping_ok(a, "192.0.2.32"), 10)

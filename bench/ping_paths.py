@@ -19,9 +19,7 @@ import dataplane as d
 def main():
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     os.makedirs(d.DIR, exist_ok=True)
-    u = d.add_ns("u")
-    d.run(["ip", "-n", u, "link", "add", "br0", "type", "bridge"])
-    d.run(["ip", "-n", u, "link", "set", "br0", "up"])
+    u = d.underlay()
     w = d.setup_weave(u, "weave", os.environ.get("WVB_ARGS", "").split())
     bt = d.setup_wg_pair("boringtun", u, ["t1", "t2"], ["192.0.2.41", "192.0.2.42"],
                          ["198.51.100.1", "198.51.100.2"], 51820, d.boringtun_start)

@@ -28,8 +28,7 @@ for i in range(int(sys.argv[2])): s.sendto(b,(sys.argv[1],5301))
 '''
 def main():
     os.makedirs(d.DIR, exist_ok=True)
-    u = d.add_ns("u")
-    d.run(["ip", "-n", u, "link", "add", "br0", "type", "bridge"]); d.run(["ip", "-n", u, "link", "set", "br0", "up"])
+    u = d.underlay()
     a = d.plug(u, "v1", "192.0.2.31"); b = d.plug(u, "v2", "192.0.2.32")
     d.wait_for("veth", lambda: d.ping_ok(a, "192.0.2.32"), 10)
     paths = {"veth": d.Path("veth", a, b, "192.0.2.32", 1500, [], [a, b]), "weave": d.setup_weave(u)}

@@ -96,6 +96,17 @@ fn parallel_flows_over_four_queues(queue_threads: usize) {
     }
 }
 
+/// Two hosts with a workload each on the default subnet, the first pinging the second.
+fn two_hosts_that_ping() -> Bed {
+    let mut bed = Bed::with_hosts(2);
+    for i in 0..2 {
+        bed.wait_peers(i, 1);
+        bed.add_workload(i, "default");
+    }
+    bed.wait_ping(0, 1, Duration::from_secs(15));
+    bed
+}
+
 /// The `read` system calls (`syscr` of /proc/PID/task/TID/io) of the thread
 /// of `pid` named `comm`: its TUN reads (socket `recvmsg` do not count).
 fn read_calls(pid: u32, comm: &str) -> u64 {
@@ -122,12 +133,7 @@ fn read_calls(pid: u32, comm: &str) -> u64 {
 #[ignore = "needs root: network namespaces"]
 fn a_ping_costs_the_packet_threads_no_needless_tun_reads() {
     const PINGS: u64 = 40;
-    let mut bed = Bed::with_hosts(2);
-    for i in 0..2 {
-        bed.wait_peers(i, 1);
-        bed.add_workload(i, "default");
-    }
-    bed.wait_ping(0, 1, Duration::from_secs(15));
+    let bed = two_hosts_that_ping();
     for w in 0..2 {
         ok_in(&bed.workloads[w].ns, &["sysctl", "-qw", "net.ipv6.conf.ethwe.disable_ipv6=1"]);
     }
@@ -165,12 +171,7 @@ fn tun_queue(ns: &str) -> (u64, u64) {
 #[ignore = "needs root: network namespaces"]
 fn a_burst_waits_in_the_tun_queue_while_the_agent_is_stopped() {
     const BURST: usize = 2000;
-    let mut bed = Bed::with_hosts(2);
-    for i in 0..2 {
-        bed.wait_peers(i, 1);
-        bed.add_workload(i, "default");
-    }
-    bed.wait_ping(0, 1, Duration::from_secs(15));
+    let bed = two_hosts_that_ping();
     let ns = bed.hosts[0].ns.clone();
     let (txqlen, dropped_before) = tun_queue(&ns);
     assert_eq!(txqlen, 4096, "the agent sets the TUN's transmit queue");
