@@ -156,8 +156,8 @@ impl Pacer {
         self.wait_on(me, &[fd], timeout).map(|(woke, _)| woke)
     }
 
-    /// For a thread that serves both sides of the queue: neither `tun` nor
-    /// `udp` had anything. Spins or sleeps as [`Pacer::wait`], until either
+    /// For a thread that serves both sides of the queue: `tun` and `udp`
+    /// were read empty (or not read: `poll` had not found them readable). Spins or sleeps as [`Pacer::wait`], until either
     /// is readable; and which of them to read: only the one that woke it
     /// (a read that would find nothing is a system call on the packet's
     /// way), both after a spin, a wake-up or a timeout.

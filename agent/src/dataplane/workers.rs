@@ -10,14 +10,15 @@
 //! returns) leaves without waking another thread. `--queue-threads 2` runs
 //! each half on a thread of its own ([`tun_to_udp`], [`udp_to_tun`]).
 //!
-//! A half that read until its descriptor was empty does not read it again
-//! before the wait (`poll` is level-triggered: what came meanwhile ends the
-//! wait at once), and the joint thread reads, after a wait, only what `poll`
-//! found readable (and the TUN after it wrote to it). A ping's round trip
-//! through two agents took 20 system calls besides the waits, 12 of them
-//! reads that found nothing (5 on the packet's way); now 13, 5 of them (4 on
-//! the way). At 500 Mbit/s of UDP (a TUN read per datagram) that is 9 % less
-//! agent CPU (bench/ROUNDS.md, round eighteen).
+//! A thread waits as soon as its halves read their descriptors empty (`poll`
+//! is level-triggered: what came meanwhile ends the wait at once), not after
+//! one more turn that finds nothing; a half that stopped on a full batch
+//! keeps both halves going. After a wait the joint thread reads only what
+//! `poll` found readable (and the TUN after it wrote to it). A ping's round
+//! trip through two agents took 20 system calls besides the waits, 12 of
+//! them reads that found nothing (5 on the packet's way); now 13, 5 of them
+//! (4 on the way). No change of the RTT, TCP or UDP was measurable on a
+//! 2-core VM (bench/ROUNDS.md, round eighteen).
 use std::{
     io,
     os::fd::AsFd,
@@ -171,7 +172,7 @@ impl UdpHalf {
     /// Receives datagrams (coalesced by UDP GRO) until the socket is empty,
     /// a batch is full or a batch's worth of datagrams was read, decrypts
     /// them, writes the batch to this queue's TUN queue (coalesced again by
-    /// GRO). Whether anything was received.
+    /// GRO).
     ///
     /// This queue's own TUN queue, whatever the flow: the kernel sends a
     /// flow's packets the other way to the TUN queue that last wrote one of
@@ -247,8 +248,10 @@ pub(super) fn joint(router: &Router, io: &Io, stop: &AtomicBool, mtu: usize) {
     let mut read = Readable::BOTH;
     while !stop.load(Ordering::Relaxed) {
         let received = if read.udp { udp.step(router, io) } else { Turn::SKIPPED };
-        // What a workload answered inside the TUN write is there already.
-        let sent = if read.tun || received.wrote { tun.step(router, io) } else { Turn::SKIPPED };
+        // What a workload answered inside the TUN write is there already; and
+        // after a full batch of datagrams the TUN gets its turn whatever
+        // `poll` said before it (a flood must not delay it by two batches).
+        let sent = if read.tun || received.wrote || !received.drained { tun.step(router, io) } else { Turn::SKIPPED };
         read = Readable::BOTH;
         if received.drained && sent.drained {
             match io.pacer.wait_both(io.tun.as_fd(), io.udp.as_fd(), TICK) {

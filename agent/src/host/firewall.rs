@@ -131,8 +131,10 @@ async fn tables() -> BTreeSet<String> {
     match out {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter_map(|l| l.trim().strip_prefix("table "))
-            .map(str::to_string)
+            .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+                ["table", family, name, ..] => Some(format!("{family} {name}")),
+                _ => None,
+            })
             .collect(),
         _ => BTreeSet::new(),
     }
