@@ -157,10 +157,11 @@ impl Pacer {
     }
 
     /// For a thread that serves both sides of the queue: `tun` and `udp`
-    /// were read empty (or not read: `poll` had not found them readable). Spins or sleeps as [`Pacer::wait`], until either
-    /// is readable; and which of them to read: only the one that woke it
-    /// (a read that would find nothing is a system call on the packet's
-    /// way), both after a spin, a wake-up or a timeout.
+    /// were read empty (or not read: `poll` had not found them readable).
+    /// Spins or sleeps as [`Pacer::wait`], until either is readable; and
+    /// which of them to read: only the one that woke it (a read that would
+    /// find nothing is a system call on the packet's way), both after a
+    /// spin, a wake-up or a timeout.
     pub fn wait_both(
         &self,
         tun: BorrowedFd<'_>,
