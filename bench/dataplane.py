@@ -159,6 +159,15 @@ def plug(underlay, name, ip):
     return ns
 
 
+def setup_veth(underlay, key="veth", names=("v1", "v2"), last=31):
+    """Plain veth: two host namespaces on the underlay (192.0.2.`last` and the
+    next address), the first pinging the second; no tunnel."""
+    ips = [f"192.0.2.{last}", f"192.0.2.{last + 1}"]
+    a_ns, b_ns = (plug(underlay, n, ip) for n, ip in zip(names, ips))
+    wait_for(f"{key} ping", lambda: ping_ok(a_ns, ips[1]), 10)
+    return Path(key, a_ns, b_ns, ips[1], UNDERLAY_MTU, [], [a_ns, b_ns])
+
+
 def ping_ok(ns, ip):
     return ns_run(ns, ["ping", "-c1", "-W1", ip], check=False).returncode == 0
 
@@ -557,17 +566,11 @@ def main():
         log(f"== setting up {LABELS[key]}")
         try:
             if key == "veth":
-                a_ns = plug(underlay, "v1", "192.0.2.31")
-                b_ns = plug(underlay, "v2", "192.0.2.32")
-                wait_for("veth ping", lambda: ping_ok(a_ns, "192.0.2.32"), 10)
-                paths[key] = Path(key, a_ns, b_ns, "192.0.2.32", UNDERLAY_MTU, [], [a_ns, b_ns])
+                paths[key] = setup_veth(underlay)
             elif key == "veth-poll":
-                a_ns = plug(underlay, "v3", "192.0.2.33")
-                b_ns = plug(underlay, "v4", "192.0.2.34")
-                wait_for("veth ping", lambda: ping_ok(a_ns, "192.0.2.34"), 10)
+                paths[key] = setup_veth(underlay, key, ("v3", "v4"), 33)
                 with CpusPolling():
                     pass  # fails here, not mid-run, without the device
-                paths[key] = Path(key, a_ns, b_ns, "192.0.2.34", UNDERLAY_MTU, [], [a_ns, b_ns])
             elif key == "boringtun":
                 paths[key] = setup_wg_pair(key, underlay, ["t1", "t2"], ["192.0.2.41", "192.0.2.42"],
                                            ["198.51.100.1", "198.51.100.2"], 51820, boringtun_start)

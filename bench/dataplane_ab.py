@@ -42,9 +42,7 @@ def main():
     u = d.underlay()
     paths = {}
     if "veth" in paths_wanted:
-        a = d.plug(u, "v1", "192.0.2.31"); b = d.plug(u, "v2", "192.0.2.32")
-        d.wait_for("veth", lambda: d.ping_ok(a, "192.0.2.32"), 10)
-        paths["veth"] = d.Path("veth", a, b, "192.0.2.32", 1500, [], [a, b])
+        paths["veth"] = d.setup_veth(u)
     if "weave" in paths_wanted:  # extra agent arguments: WVB_ARGS
         paths["weave"] = d.setup_weave(u, "weave", os.environ.get("WVB_ARGS", "").split(),
                                        subnets=int(os.environ.get("WVB_SUBNETS", "0")))

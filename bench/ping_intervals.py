@@ -19,9 +19,7 @@ def main():
     os.makedirs(d.DIR, exist_ok=True)
     u = d.underlay()
     w = d.setup_weave(u, "weave", os.environ.get("WVB_ARGS", "").split() or None)
-    a, b = d.plug(u, "va", "192.0.2.31"), d.plug(u, "vb", "192.0.2.32")
-    d.wait_for("veth", lambda: d.ping_ok(a, "192.0.2.32"), 10)
-    v = d.Path("veth", a, b, "192.0.2.32", 1500, [], [a, b])
+    v = d.setup_veth(u)
     for r in range(rounds):
         for ivl in os.environ.get("IVL", "0.001 0.002 0.005 0.01 0.02").split():
             for p in (v, w):

@@ -29,9 +29,7 @@ for i in range(int(sys.argv[2])): s.sendto(b,(sys.argv[1],5301))
 def main():
     os.makedirs(d.DIR, exist_ok=True)
     u = d.underlay()
-    a = d.plug(u, "v1", "192.0.2.31"); b = d.plug(u, "v2", "192.0.2.32")
-    d.wait_for("veth", lambda: d.ping_ok(a, "192.0.2.32"), 10)
-    paths = {"veth": d.Path("veth", a, b, "192.0.2.32", 1500, [], [a, b]), "weave": d.setup_weave(u)}
+    paths = {"veth": d.setup_veth(u), "weave": d.setup_weave(u)}
     for rnd in range(2):
       for k, p in paths.items():
         for n in (20, 200):
