@@ -26,6 +26,12 @@ const BYTES_PER_FLOW: usize = 2 << 20;
 /// (`rchar` of /proc/PID/task/TID/io; TUN reads count there, socket
 /// `recvmsg` does not).
 fn thread_reads(pid: u32, prefix: &str) -> Vec<(String, u64)> {
+    thread_io(pid, prefix, "rchar")
+}
+
+/// Per thread of `pid` whose name starts with `prefix`: `field` of its
+/// /proc/PID/task/TID/io, sorted by thread name.
+fn thread_io(pid: u32, prefix: &str, field: &str) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let dir = task.unwrap().path();
@@ -34,8 +40,12 @@ fn thread_reads(pid: u32, prefix: &str) -> Vec<(String, u64)> {
             continue;
         }
         let io = fs::read_to_string(dir.join("io")).unwrap_or_default();
-        let rchar = io.lines().find_map(|l| l.strip_prefix("rchar: ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-        out.push((comm, rchar));
+        let value = io
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(": "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        out.push((comm, value));
     }
     out.sort();
     out
@@ -110,14 +120,10 @@ fn two_hosts_that_ping() -> Bed {
 /// The `read` system calls (`syscr` of /proc/PID/task/TID/io) of the thread
 /// of `pid` named `comm`: its TUN reads (socket `recvmsg` do not count).
 fn read_calls(pid: u32, comm: &str) -> u64 {
-    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let dir = task.unwrap().path();
-        if fs::read_to_string(dir.join("comm")).unwrap_or_default().trim() == comm {
-            let io = fs::read_to_string(dir.join("io")).unwrap();
-            return io.lines().find_map(|l| l.strip_prefix("syscr: ")).unwrap().trim().parse().unwrap();
-        }
+    match thread_io(pid, comm, "syscr").as_slice() {
+        [(name, calls)] if name == comm => *calls,
+        other => panic!("one thread {comm} in {pid}: {other:?}"),
     }
-    panic!("no thread {comm} in {pid}");
 }
 
 /// One ping's round trip through two agents (one queue, one thread each:
