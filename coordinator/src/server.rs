@@ -247,9 +247,12 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         let _ = stop_tx.send(true);
     };
     // The data dir stays this coordinator's until it has stopped serving.
+    let closing = store.clone();
     let task = tokio::spawn(async move {
         let _lock = lock;
-        router.serve_with_incoming_shutdown(incoming, shutdown).await
+        let served = router.serve_with_incoming_shutdown(incoming, shutdown).await;
+        closing.close().await;
+        served
     });
     tracing::info!(listen = %local_addr, %advertise, pin = %tls.pin, data_dir = %settings.data_dir.display(), store = %settings.store, "coordinator serving");
     Ok(Running { local_addr, advertise, admin, first_token, store, metrics_addr, task })

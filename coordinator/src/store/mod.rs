@@ -241,6 +241,26 @@ impl Store {
         Ok(())
     }
 
+    /// Closes a SQLite store's connections. The last one to close folds the
+    /// write-ahead log into the database file, so after a stop
+    /// `coordinator.db` alone holds the whole cluster and a copy of it is a
+    /// backup. Bounded: a connection still held after 10 s is left to the
+    /// process's exit (the log is then replayed at the next open, as after a
+    /// crash). PostgreSQL keeps no such file; its pools close with the process.
+    pub async fn close(&self) {
+        if let (Pool::Sqlite(_), Pool::Sqlite(_)) = (&self.write, &self.read) {
+            let both = async {
+                self.write.close().await;
+                self.read.close().await;
+            };
+            if tokio::time::timeout(std::time::Duration::from_secs(10), both).await.is_err() {
+                tracing::warn!(
+                    "the database's connections did not close within 10 s; its log is replayed at the next start"
+                );
+            }
+        }
+    }
+
     /// The latest committed revision, and a way to wait for the next.
     pub fn revisions(&self) -> watch::Receiver<u64> {
         self.revision.subscribe()
