@@ -23,14 +23,14 @@ use weave_proto::{
     v1::{AddSubnetRequest, JoinRequest, NetworkMap},
 };
 
-/// A coordinator on its own runtime and thread; sending on the returned
-/// channel drops that runtime, which closes every connection at once, as a
-/// crash would (a graceful shutdown would wait for the agent's watch).
-fn start(dir: &Path, listen: SocketAddr) -> (Coordinator, oneshot::Sender<()>) {
+/// A coordinator on its own runtime and thread; [`Crash::now`] drops that
+/// runtime, which closes every connection at once, as a crash would (a
+/// graceful shutdown would wait for the agent's watch).
+fn start(dir: &Path, listen: SocketAddr) -> (Coordinator, Crash) {
     let settings = ServeArgs::for_data_dir(dir.to_path_buf(), listen).settings().unwrap();
     let (up_tx, up_rx) = std::sync::mpsc::channel();
     let (die_tx, die_rx) = oneshot::channel::<()>();
-    std::thread::spawn(move || {
+    let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         rt.block_on(async move {
             let running = weave_coordinator::start(settings, std::future::pending()).await.unwrap();
@@ -43,9 +43,25 @@ fn start(dir: &Path, listen: SocketAddr) -> (Coordinator, oneshot::Sender<()>) {
                 .unwrap();
             let _ = die_rx.await;
         });
-        rt.shutdown_background();
+        // Waits for the tasks to be dropped: their listener and data-dir
+        // lock are gone when the thread ends.
+        rt.shutdown_timeout(Duration::from_secs(10));
     });
-    (up_rx.recv().unwrap(), die_tx)
+    (up_rx.recv().unwrap(), Crash { die: die_tx, thread })
+}
+
+struct Crash {
+    die: oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Crash {
+    /// Drops the coordinator's runtime and returns once its port and data
+    /// dir are free again (a restart on them must not race the old one).
+    fn now(self) {
+        self.die.send(()).unwrap();
+        self.thread.join().unwrap();
+    }
 }
 
 struct Coordinator {
@@ -127,7 +143,7 @@ async fn watch_applies_saves_survives_an_outage_and_resumes() {
     assert!(connected.load(Ordering::Relaxed));
 
     // Outage: the agent notices, keeps its map.
-    stop.send(()).unwrap();
+    stop.now();
     wait_until("the agent to notice the outage", || !connected.load(Ordering::Relaxed)).await;
     let before = rx.borrow().clone();
     assert!(has_subnet(&before, "10.40.0.0/24"));

@@ -111,7 +111,9 @@ fn bulk_tcp_arrives_intact_and_the_underlay_carries_only_wireguard() {
     // UDP GSO: the underlay bridge sees datagrams of up to 64 KB that the
     // NIC (here: the receiving veth) would split, so count bytes, not packets.
     let carried: usize = packets.iter().map(|p| p.payload.len()).sum();
-    assert!(carried as u64 > TOTAL, "the capture saw the transfer ({carried} bytes in {} packets)", packets.len());
+    // Half is enough to show the capture saw the transfer (tcpdump may drop
+    // some of a fast one on a busy machine, as in e2e_underlay_v6).
+    assert!(carried as u64 > TOTAL / 2, "the capture saw the transfer ({carried} bytes in {} packets)", packets.len());
     for p in &packets {
         assert!(!p.fragment, "a fragmented datagram on the underlay");
         assert_eq!(

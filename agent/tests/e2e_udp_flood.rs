@@ -59,9 +59,6 @@ fn a_flood_of_forged_data_on_the_udp_port_does_not_hold_up_outgoing_traffic() {
     for _ in 0..3 {
         ping_once(&bed.workloads[0].ns, bed.workloads[1].ip);
     }
-    // libpcap hands packets over in blocks (up to ~1 s late without
-    // --immediate-mode): give it time before the stop.
-    thread::sleep(Duration::from_secs(2));
     let f = cap.stop();
     let (packets, _) = read_pcap(&f);
     let index: [u8; 4] = packets

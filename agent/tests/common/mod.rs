@@ -860,7 +860,26 @@ impl Capture {
     pub fn start(ns: &str, iface: &str, filter: &str, file: PathBuf) -> Self {
         let log = file.with_extension("log");
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "tcpdump", "-i", iface, "-s", "0", "-U", "-n", "-w"])
+            // --immediate-mode: a packet is written as it arrives, not when its
+            // block is handed over (a stop right after the traffic would lose
+            // the last block); -B: 32 MiB of ring, so a fast transfer's
+            // packets are not dropped while tcpdump writes.
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "tcpdump",
+                "--immediate-mode",
+                "-B",
+                "32768",
+                "-i",
+                iface,
+                "-s",
+                "0",
+                "-U",
+                "-n",
+                "-w",
+            ])
             .arg(&file)
             .args(filter.split_whitespace())
             .stdout(Stdio::null())
