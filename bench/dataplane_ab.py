@@ -7,7 +7,8 @@ PATHS (default veth,weave): veth, weave (extra agent arguments in $WVB_ARGS), we
 default since 9b30905, so now the same as weave),
 weaveB (agents from the binaries in $WVB_BIN_B, default $WVB_BIN, with the
 extra arguments in $WVB_ARGS_B, e.g. "--queue-threads 2"; $WVB_GSO_SEGS_B sets gso_max_segs on its workloads' ethwe,
-$WVB_NICE_B the nice value of every thread of its agents). $WVB_SUBNETS and $WVB_SUBNETS_B: that many
+$WVB_NICE_B the nice value of every thread of its agents; $WVB_HOOK_B a command run once its agents are up, with
+its two host namespaces, its two workload namespaces and the server's address as arguments: bench/ab_hooks.sh). $WVB_SUBNETS and $WVB_SUBNETS_B: that many
 more subnets in weave's and weaveB's clusters (each host builds them all; the workloads stay on the default). VARIANTS, comma-separated,
 each PATH:TEST[:OPTION...], TEST one of udp (500 Mbit/s), tcp1, tcp4, ping;
 options: qN sets txqueuelen N on both weave hosts' wvtun0 first (and
@@ -15,7 +16,7 @@ leaves it so), wSIZE passes
 iperf3 -w SIZE. Each round runs every variant once, in order; the UDP runs
 print the drop counters that moved; medians at the end. Namespaces wvx<pid>-*,
 removed on exit."""
-import os, sys, time, json, statistics, signal
+import os, sys, time, json, statistics, signal, shlex
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("WVB_PREFIX", f"wvx{os.getpid()}")
 import dataplane as d
@@ -64,6 +65,10 @@ def main():
         if env_b:
             del os.environ[env_b.split("=", 1)[0]]
         d.BIN = old
+        hook = os.environ.get("WVB_HOOK_B")  # e.g. "bash bench/ab_hooks.sh notrack"
+        if hook:
+            pb = paths["weaveB"]
+            d.run(shlex.split(hook) + [pb.host_nss[0], pb.host_nss[1], pb.client_ns, pb.server_ns, pb.server_ip])
         segs = os.environ.get("WVB_GSO_SEGS_B")  # gso_max_segs on weaveB's two workload interfaces
         if segs:
             for ns in (paths["weaveB"].client_ns, paths["weaveB"].server_ns):
