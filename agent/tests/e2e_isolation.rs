@@ -132,6 +132,17 @@ fn subnets_stay_apart_whatever_the_workloads_do() {
     wait_for("the repair to be counted", Duration::from_secs(10), || (repairs() >= 1.0).then_some(()));
     std::thread::sleep(Duration::from_secs(11));
     assert_eq!(repairs(), 1.0, "one repair for one removal, none for the checks after it");
+    // An emptied table (`nft flush table`: the table and its chains stay,
+    // without rules) lets the same path through, and is put back as well.
+    ok_in(&host, &["nft", "flush", "table", "inet", "weave"]);
+    wait_for("x to reach y through the emptied table", Duration::from_secs(10), || ping_once(&x, yip).then_some(()));
+    // Each 10 s check looks into one of the three tables, in turn.
+    wait_for("the running agent to fill the emptied table", Duration::from_secs(40), || {
+        (repairs() >= 2.0).then_some(())
+    });
+    never(&x, yip, "routed through a forwarding host after the emptied rules were restored");
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(repairs(), 2.0, "one repair for the emptied table too");
 
     // Hide: the host's addresses go, and with them its reach.
     let out = bed.weavectl(0, &["hide"]);

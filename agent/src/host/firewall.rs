@@ -29,15 +29,15 @@ use crate::{
 };
 
 async fn nft(script: &str) -> Result<(), Error> {
-    nft_with(&["-f", "-"], script).await
+    nft_with(&["-f", "-"], script).await.map(drop)
 }
 
-/// `nft ARGS` with `script` on its standard input.
-async fn nft_with(args: &[&str], script: &str) -> Result<(), Error> {
+/// `nft ARGS` with `script` on its standard input; what it printed.
+async fn nft_with(args: &[&str], script: &str) -> Result<String, Error> {
     let mut child = Command::new("nft")
         .args(args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Error::Io("run nft".into(), e))?;
@@ -45,7 +45,11 @@ async fn nft_with(args: &[&str], script: &str) -> Result<(), Error> {
         stdin.write_all(script.as_bytes()).await.map_err(|e| Error::Io("write to nft".into(), e))?;
     }
     let out = child.wait_with_output().await.map_err(|e| Error::Io("run nft".into(), e))?;
-    if out.status.success() { Ok(()) } else { Err(Error::Nft(String::from_utf8_lossy(&out.stderr).trim().to_string())) }
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(Error::Nft(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+    }
 }
 
 pub async fn apply(rules: &Rules) -> Result<(), Error> {
@@ -116,28 +120,60 @@ pub async fn guard_ports(netlink: &Netlink) -> Result<usize, Error> {
 /// Removes the tables (`agent reset`, `--cleanup-on-exit`); fine if absent.
 pub async fn remove() -> Result<(), Error> {
     let mut script = String::new();
-    for (family, table) in [("inet", TABLE), ("bridge", TABLE), ("bridge", GUARD_TABLE)] {
+    for (family, table) in TABLES {
         script += &format!("table {family} {table} {{}}\ndelete table {family} {table}\n");
     }
     nft(&script).await
 }
 
-/// The nftables tables there are now, as "FAMILY NAME" (someone may flush
-/// the ruleset): one `nft list tables`, which lists names only, where
-/// `nft list table` would print every element of every set; empty when nft
-/// could not be asked (the tables are then put back, as if removed).
-async fn tables() -> BTreeSet<String> {
-    let out = Command::new("nft").args(["list", "tables"]).stdin(Stdio::null()).stderr(Stdio::null()).output().await;
-    match out {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
-                ["table", family, name, ..] => Some(format!("{family} {name}")),
-                _ => None,
-            })
-            .collect(),
-        _ => BTreeSet::new(),
+/// The tables weave keeps: the isolation tables and the source guard.
+const TABLES: [(&str, &str); 3] = [("inet", TABLE), ("bridge", TABLE), ("bridge", GUARD_TABLE)];
+
+/// Weave's tables that are there now and still hold rules, as "FAMILY NAME"
+/// (someone may flush the ruleset, or one table: `nft flush table` keeps
+/// the table and its chains but empties them). One `nft list tables` (names
+/// only, where `nft list table` would print every element of every set)
+/// finds the removed ones; one `nft list chain` a check, for each table in
+/// turn (`turn`), looks at its prerouting chain, never empty as weave writes
+/// it, so an emptied table is found within three checks. (`nft` 1.0.6 fails
+/// a batch of several `list chain` commands.) Empty when nft could not be
+/// asked (the tables are then put back, as if removed).
+async fn tables(turn: usize) -> BTreeSet<String> {
+    let mut present = nft_with(&["list", "tables"], "").await.map(|out| named(&out)).unwrap_or_default();
+    let (family, table) = TABLES[turn % TABLES.len()];
+    let name = format!("{family} {table}");
+    if present.contains(&name) {
+        let listed = nft_with(&["list", "chain", family, table, "prerouting"], "").await;
+        if !listed.is_ok_and(|out| filled(&out).contains(&name)) {
+            present.remove(&name);
+        }
     }
+    present
+}
+
+/// "FAMILY NAME" of every `table FAMILY NAME` line of `nft list tables`.
+fn named(out: &str) -> BTreeSet<String> {
+    out.lines()
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            ["table", family, name, ..] => Some(format!("{family} {name}")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The tables in `nft list chain` output whose chain holds at least one rule
+/// (a line besides the chain's `type … hook …` line and the braces).
+fn filled(out: &str) -> BTreeSet<String> {
+    let mut table = None;
+    let mut found = BTreeSet::new();
+    for line in out.lines().map(str::trim) {
+        match line.split_whitespace().collect::<Vec<_>>()[..] {
+            ["table", family, name, "{"] => table = Some(format!("{family} {name}")),
+            ["chain", ..] | ["type", ..] | ["}"] | [] => {}
+            _ => found.extend(table.clone()),
+        }
+    }
+    found
 }
 
 /// How often the tables are checked for having been removed by someone else.
@@ -151,13 +187,14 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Applies the ruleset whenever the segments, their remote workloads, the
 /// peers or the overlay ranges change, retries a failed apply every 2 s, and puts the tables back if
-/// they vanish (a `flush ruleset`, a firewall reload). `applied` is what the
+/// they vanish (a `flush ruleset`, a firewall reload: within a [`RECHECK`]) or
+/// are emptied (`nft flush table`: within three). `applied` is what the
 /// caller already applied (see `agent::serve`, which applies before routing).
 /// When only set elements changed (a workload or a peer came or went) it
 /// adds and deletes just those elements ([`update`]); the tables are
 /// replaced whole when the chains change, after a failure, and every
 /// [`FULL_RELOAD`]. The source guard table ([`guard_ports`]) is put back
-/// within a [`RECHECK`] too.
+/// the same way.
 pub async fn keep(
     netlink: Netlink,
     mut maps: watch::Receiver<NetworkMap>,
@@ -169,6 +206,7 @@ pub async fn keep(
     // One deadline across passes: a map that changes more often than every
     // RECHECK must not postpone the check for good.
     let mut next_check = tokio::time::Instant::now() + RECHECK;
+    let mut checks = 0usize;
     loop {
         let networks = super::routes::lan(own_node);
         let rules = rules(&maps.borrow_and_update(), own_node, &coordinator, &networks);
@@ -205,10 +243,11 @@ pub async fn keep(
         }
         if tokio::time::Instant::now() >= next_check {
             next_check = tokio::time::Instant::now() + RECHECK;
-            let tables = tables().await;
+            checks += 1;
+            let tables = tables(checks).await;
             let present = |family: &str, name: &str| tables.contains(&format!("{family} {name}"));
             if applied.is_some() && (!present("inet", TABLE) || !present("bridge", TABLE)) {
-                tracing::warn!("the isolation tables were removed; putting them back");
+                tracing::warn!("the isolation tables were removed or emptied; putting them back");
                 metrics::counter!("weave_firewall_repairs_total").increment(1);
                 OPEN.send_replace(BTreeSet::new());
                 applied = None;
@@ -217,7 +256,7 @@ pub async fn keep(
             }
             // The source guard too (a `flush ruleset` takes all three).
             if !present("bridge", GUARD_TABLE) {
-                tracing::warn!("the source guard table was removed; putting it back");
+                tracing::warn!("the source guard table was removed or emptied; putting it back");
                 metrics::counter!("weave_firewall_repairs_total").increment(1);
                 if let Err(e) = guard_ports(&netlink).await {
                     tracing::warn!(error = %e, "holding workload ports to their addresses");
@@ -239,5 +278,25 @@ pub async fn keep(
             }
             _ = tokio::time::sleep_until(next_check) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{filled, named};
+
+    #[test]
+    fn a_table_counts_only_while_its_chain_holds_rules() {
+        let out = "table inet weave {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority -450; policy accept;\n\t\t\
+                   iifname { \"lo\", \"wvtun0\" } accept\n\t}\n}\n\
+                   table bridge weave {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority filter; policy accept;\n\t}\n}\n\
+                   table bridge weave_guard {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority filter - 5; policy accept;\n\t\t\
+                   iifname != @guarded accept\n\t}\n}\n";
+        let found: Vec<String> = filled(out).into_iter().collect();
+        assert_eq!(found, ["bridge weave_guard", "inet weave"], "the emptied bridge table is not counted");
+        assert!(filled("").is_empty());
+        let names: Vec<String> =
+            named("table inet weave\ntable bridge weave_guard\ntable ip nat\n").into_iter().collect();
+        assert_eq!(names, ["bridge weave_guard", "inet weave", "ip nat"]);
     }
 }
