@@ -7,9 +7,11 @@
 #                    permanent neighbour, a forward rule), not through the subnet's bridge
 #   notrack          no connection tracking on either host (a raw-priority notrack chain)
 #   no-br-netfilter  net.bridge.bridge-nf-call-{ip,ip6,arp}tables=0 in both hosts
-#   empty-tables     weave's three nftables tables emptied (the agent puts back only deleted ones,
-#                    so they stay empty for the run): what all of its rules cost, an upper bound
-#   empty-inet       only `inet weave` emptied (its conntrack use goes with it)
+#   empty-tables     weave's three nftables tables emptied: what all of its rules cost, an upper
+#                    bound. Round nineteen ran it on agents of 6290966, which put back only deleted
+#                    tables; since 397de3e the agents fill emptied ones again within 30 s, so run
+#                    it with weaveB's agents from 6290966 (WVB_BIN_B) to repeat it
+#   empty-inet       only `inet weave` emptied (its conntrack use goes with it; the same caveat)
 set -euo pipefail
 mode=$1 ha=$2 hb=$3 wa=$4 wb=$5 ipb=$6
 nsx() { ip netns exec "$@"; }

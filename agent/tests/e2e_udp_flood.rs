@@ -59,6 +59,9 @@ fn a_flood_of_forged_data_on_the_udp_port_does_not_hold_up_outgoing_traffic() {
     for _ in 0..3 {
         ping_once(&bed.workloads[0].ns, bed.workloads[1].ip);
     }
+    // tcpdump must be scheduled to write them before the stop: SIGINT drops
+    // what is still in its ring.
+    thread::sleep(Duration::from_secs(2));
     let f = cap.stop();
     let (packets, _) = read_pcap(&f);
     let index: [u8; 4] = packets

@@ -143,9 +143,14 @@ async fn tables(turn: usize) -> BTreeSet<String> {
     let (family, table) = TABLES[turn % TABLES.len()];
     let name = format!("{family} {table}");
     if present.contains(&name) {
-        let listed = nft_with(&["list", "chain", family, table, "prerouting"], "").await;
-        if !listed.is_ok_and(|out| filled(&out).contains(&name)) {
-            present.remove(&name);
+        match nft_with(&["list", "chain", family, table, "prerouting"], "").await {
+            Ok(out) if filled(&out).contains(&name) => {}
+            // nft could not be run this time (no verdict: the next check asks again).
+            Err(Error::Io(..)) => {}
+            // Emptied, or its chain deleted.
+            _ => {
+                present.remove(&name);
+            }
         }
     }
     present
