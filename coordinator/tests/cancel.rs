@@ -44,8 +44,9 @@ async fn writes_dropped_at_random_moments_leave_memory_equal_to_the_database() {
     let (mut done, mut dropped) = (0, 0);
     for i in 0..200u32 {
         // Up to ~4 ms: around the time one fsync'd commit takes, so some
-        // callers go away before, some during and some after COMMIT.
-        let delay = Duration::from_micros(next(&mut rng) % 4000);
+        // callers go away before, some during and some after COMMIT. Every
+        // eighth waits a second, so some are done however slow the disk.
+        let delay = if i % 8 == 0 { Duration::from_secs(1) } else { Duration::from_micros(next(&mut rng) % 4000) };
         let net = format!("10.33.{}.0/24", i % 250).parse().unwrap();
         let r = tokio::time::timeout(delay, store.add_subnet(&net, None, &[])).await;
         if r.is_ok() {

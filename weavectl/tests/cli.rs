@@ -1,7 +1,6 @@
 //! The weavectl binary against a real coordinator started in-process (port 0,
 //! temp data dir): success paths, and every refusal with its one-line error
 //! and exit code.
-use std::net::TcpListener;
 
 use assert_cmd::Command;
 use predicates::prelude::*;
@@ -605,9 +604,13 @@ fn help_documents_exit_codes() {
 }
 
 /// A local port nothing listens on (bound, then released).
+/// A port nothing listens on: tcpmux's, below the ephemeral range, so no
+/// parallel test's listener or self-connect can take it (a port bound and
+/// released here could be).
 fn closed_port() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+    let addr = "127.0.0.1:1";
+    assert!(std::net::TcpStream::connect(addr).is_err(), "something listens on {addr}");
+    addr.to_string()
 }
 
 #[test]
