@@ -603,7 +603,6 @@ fn help_documents_exit_codes() {
     );
 }
 
-/// A local port nothing listens on (bound, then released).
 /// A port nothing listens on: tcpmux's, below the ephemeral range, so no
 /// parallel test's listener or self-connect can take it (a port bound and
 /// released here could be).

@@ -144,7 +144,7 @@ async fn tables(turn: usize) -> BTreeSet<String> {
     let name = format!("{family} {table}");
     if present.contains(&name) {
         match nft_with(&["list", "chain", family, table, "prerouting"], "").await {
-            Ok(out) if filled(&out).contains(&name) => {}
+            Ok(out) if holds_rules(&out) => {}
             // nft could not be run this time (no verdict: the next check asks again).
             Err(Error::Io(..)) => {}
             // Emptied, or its chain deleted.
@@ -166,19 +166,10 @@ fn named(out: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The tables in `nft list chain` output whose chain holds at least one rule
-/// (a line besides the chain's `type … hook …` line and the braces).
-fn filled(out: &str) -> BTreeSet<String> {
-    let mut table = None;
-    let mut found = BTreeSet::new();
-    for line in out.lines().map(str::trim) {
-        match line.split_whitespace().collect::<Vec<_>>()[..] {
-            ["table", family, name, "{"] => table = Some(format!("{family} {name}")),
-            ["chain", ..] | ["type", ..] | ["}"] | [] => {}
-            _ => found.extend(table.clone()),
-        }
-    }
-    found
+/// Whether the chain `nft list chain` printed holds a rule: a line besides
+/// its table's and chain's, the `type … hook …` line and the braces.
+fn holds_rules(out: &str) -> bool {
+    out.lines().any(|line| !matches!(line.split_whitespace().next(), None | Some("table" | "chain" | "type" | "}")))
 }
 
 /// How often the tables are checked for having been removed by someone else.
@@ -288,18 +279,16 @@ pub async fn keep(
 
 #[cfg(test)]
 mod tests {
-    use super::{filled, named};
+    use super::{holds_rules, named};
 
     #[test]
     fn a_table_counts_only_while_its_chain_holds_rules() {
-        let out = "table inet weave {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority -450; policy accept;\n\t\t\
-                   iifname { \"lo\", \"wvtun0\" } accept\n\t}\n}\n\
-                   table bridge weave {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority filter; policy accept;\n\t}\n}\n\
-                   table bridge weave_guard {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority filter - 5; policy accept;\n\t\t\
-                   iifname != @guarded accept\n\t}\n}\n";
-        let found: Vec<String> = filled(out).into_iter().collect();
-        assert_eq!(found, ["bridge weave_guard", "inet weave"], "the emptied bridge table is not counted");
-        assert!(filled("").is_empty());
+        let filled = "table inet weave {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority -450; policy accept;\n\t\t\
+                      iifname { \"lo\", \"wvtun0\" } accept\n\t}\n}\n";
+        let emptied = "table bridge weave {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority filter; policy accept;\n\t}\n}\n";
+        assert!(holds_rules(filled));
+        assert!(!holds_rules(emptied), "the emptied table is not counted");
+        assert!(!holds_rules(""));
         let names: Vec<String> =
             named("table inet weave\ntable bridge weave_guard\ntable ip nat\n").into_iter().collect();
         assert_eq!(names, ["bridge weave_guard", "inet weave", "ip nat"]);
