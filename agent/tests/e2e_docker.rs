@@ -282,6 +282,28 @@ fn docker_networks_on_weave() {
     assert!(e.contains(&format!("{web} is already held by container")) && e.contains("on node h1"), "{e}");
     let e = h2.refused(&["run", "--rm", "--net", "net1", "--ip", "10.9.9.9", IMAGE, "true"]);
     assert!(e.contains("does not belong to any of this network's subnets"), "{e}");
+    // A container's MAC is made from its address (other hosts take its
+    // frames by it: `e2e_l2_guard` `a_member_claiming_another_hosts_workload_mac…`),
+    // so a `--mac-address` of another kind is refused; the same one is not.
+    let mac = |ip: &str| workload_mac(ip.parse().unwrap());
+    assert_eq!(h1.ok(&["exec", "web", "cat", "/sys/class/net/ethwe0/address"]).trim(), mac(&web));
+    let e = h2.refused(&["run", "--rm", "--net", "net1", "--mac-address", "02:00:00:00:00:01", IMAGE, "true"]);
+    assert!(e.contains("has the MAC made from its address") && e.contains("leave out --mac-address"), "{e}");
+    let (ip, same) = ("10.2.3.77", mac("10.2.3.77"));
+    let shown = h2.ok(&[
+        "run",
+        "--rm",
+        "--net",
+        "net1",
+        "--ip",
+        ip,
+        "--mac-address",
+        &same,
+        IMAGE,
+        "cat",
+        "/sys/class/net/ethwe0/address",
+    ]);
+    assert_eq!(shown.trim(), same);
 
     // The attacker's view from a container: no plugin socket, no Docker socket.
     let e = h2.docker(&["exec", "client", "ls", "/run/docker/plugins/weave.sock", "/run/docker.sock"]);

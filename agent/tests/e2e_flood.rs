@@ -15,15 +15,16 @@ use std::{
 
 use common::*;
 
-/// `python3 -c FRAMES IFACE N [PER_SECOND [DST]]`: N frames of the local
-/// experimental ethertype 0x88b5 from IFACE's own MAC to DST (default
-/// broadcast), at most PER_SECOND a second (0 or none: at once).
+/// `python3 -c FRAMES IFACE N [PER_SECOND [DST [SRC]]]`: N frames of the local
+/// experimental ethertype 0x88b5 from SRC (default IFACE's own MAC) to DST
+/// (default broadcast), at most PER_SECOND a second (0 or none: at once).
 const FRAMES: &str = r#"
 import socket, sys, time
 ifc, n = sys.argv[1], int(sys.argv[2])
 rate = float(sys.argv[3]) if len(sys.argv) > 3 else 0
 dst = bytes.fromhex(sys.argv[4].replace(':', '')) if len(sys.argv) > 4 else b'\xff' * 6
-mac = bytes.fromhex(open(f'/sys/class/net/{ifc}/address').read().strip().replace(':', ''))
+mac = sys.argv[5] if len(sys.argv) > 5 else open(f'/sys/class/net/{ifc}/address').read().strip()
+mac = bytes.fromhex(mac.replace(':', ''))
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); sock.bind((ifc, 0))
 for i in range(n):
     if rate: time.sleep(1 / rate)  # never faster (late frames are not caught up)
@@ -206,7 +207,12 @@ fn a_segments_frames_cross_only_between_hosts_with_workloads_in_it() {
     wait_for("host 1's agent to count them as forged", Duration::from_secs(10), || {
         (dropped(spoofed) >= spoofed_before + N as f64).then_some(())
     });
-    assert!(received_by(&b, || frames(&hosts[0], &vxlan)) >= N, "frames from a host with a workload in it");
+    // (From its workload's MAC: a member's frames from any other MAC are
+    // forged, `e2e_l2_guard` `a_member_claiming_another_hosts_workload_mac…`.)
+    let a_mac = ok_in(&a, &["cat", "/sys/class/net/ethwe/address"]).trim().to_string();
+    let from_host =
+        || ok_in(&hosts[0], &["python3", "-c", FRAMES, &vxlan, &N.to_string(), "0", "ff:ff:ff:ff:ff:ff", &a_mac]);
+    assert!(received_by(&b, || drop(from_host())) >= N, "frames from a host with a workload in it");
 
     // A workload on host 2: the segment now floods there too, and a's
     // broadcast reaches it; detached, host 2 is left out again.

@@ -29,7 +29,7 @@ use crate::{
     },
     plan::{
         addr_spec::{AddrSpec, NamesSubnet},
-        kernel::{bridge_name, format_mac, host_ifname, is_workload_if, next_ifname},
+        kernel::{bridge_name, format_mac, host_ifname, is_workload_if, next_ifname, workload_mac},
     },
 };
 
@@ -289,7 +289,9 @@ impl Attacher {
                         };
                         let host_if = host_ifname(c.inode, subnet.vni);
                         self.netlink.wait_bridge(&bridge).await.map_err(|e| Refusal::failed(e.to_string()))?;
-                        self.netlink.plug_veth(&host_if, &bridge, &c.netns, &ifname, self.mtu).await.map_err(failed)?;
+                        let mac = workload_mac(*ip);
+                        let plug = (ifname.as_str(), mac.as_slice());
+                        self.netlink.plug_veth(&host_if, &bridge, &c.netns, plug, self.mtu).await.map_err(failed)?;
                         created.push(ifname.clone());
                         used.push(ifname.clone());
                         ifname

@@ -460,7 +460,7 @@ pub async fn status(args: StatusArgs) -> Result<String, Error> {
 pub async fn allocate(args: AllocateArgs) -> Result<String, Error> {
     let request = Request::Allocate { container: args.container, subnet: args.subnet };
     match local_api::request(&args.socket, &request).await.map_err(|e| socket_error(&args.socket, e))? {
-        Response::Allocated(a) => Ok(format!("{} {} {}\n", a.address, a.bridge, a.mtu)),
+        Response::Allocated(a) => plan::kernel::allocated_line(&a.address, &a.bridge, a.mtu).map_err(Error::State),
         Response::Error(e) => Err(Error::State(e.message)),
         other => Err(Error::State(format!("unexpected answer: {other:?}"))),
     }

@@ -25,7 +25,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Remove every interface and file the agent created on this host.
     Reset(ResetArgs),
-    /// Get an address for a workload from the running agent; prints `address bridge mtu`.
+    /// Get an address for a workload from the running agent; prints `address bridge mtu mac`
+    /// (give the workload's interface that MAC: other hosts take its frames only from it).
     Allocate(AllocateArgs),
 }
 

@@ -226,16 +226,6 @@ pub fn host_ifname(endpoint_id: &str) -> Result<String, String> {
     Ok(format!("wvd{}", hex.to_ascii_lowercase()))
 }
 
-/// A MAC from the endpoint id: locally administered, unicast.
-pub fn endpoint_mac(endpoint_id: &str) -> Result<Vec<u8>, String> {
-    let hex = host_ifname(endpoint_id)?;
-    let mut mac = vec![0x02];
-    for i in 0..5 {
-        mac.push(u8::from_str_radix(&hex[3 + 2 * i..5 + 2 * i], 16).map_err(|e| e.to_string())?);
-    }
-    Ok(mac)
-}
-
 /// The container name of endpoint `endpoint_id` in Docker's
 /// `GET /networks/<id>` answer (`Containers: {id: {Name, EndpointID}}`).
 pub fn container_name(network: &Value, endpoint_id: &str) -> Option<String> {
@@ -305,12 +295,11 @@ mod tests {
     }
 
     #[test]
-    fn endpoint_names_macs_and_join() {
+    fn endpoint_names_and_join() {
         let id = "ec81aa991b4df5bdfcae295152d596f0dc8800b7ce6d82e5e6172b53ef8040c2";
         assert_eq!(host_ifname(id).unwrap(), "wvdec81aa991b");
         assert!(host_ifname(id).unwrap().len() < 15);
         assert!(host_ifname("../x").is_err() && host_ifname("abc").is_err());
-        assert_eq!(endpoint_mac(id).unwrap(), vec![0x02, 0xec, 0x81, 0xaa, 0x99, 0x1b]);
         let j = join_response("wvdec81aa991bp", true);
         assert_eq!(j["InterfaceName"]["DstPrefix"], "ethwe");
         assert_eq!(j["StaticRoutes"][0]["Destination"], "224.0.0.0/4");

@@ -87,6 +87,45 @@ pub fn bridge_mac(local: Ipv4Addr) -> Vec<u8> {
     vec![0x02, 0x57, o[0], o[1], o[2], o[3]]
 }
 
+/// The MAC of every workload interface weave makes: `0a:58` + the
+/// interface's IPv4 address (the scheme Kubernetes' bridge plugin uses), so
+/// every host can tell from a frame's source MAC whose workload it claims to
+/// be. A member host could otherwise send frames over VXLAN from another
+/// host's workload's MAC: every other host's bridge and VXLAN device would
+/// learn it behind the member, and the segment's non-IPv4 unicast to that
+/// workload (IPv6) would go to the member. The receiving agent takes a frame
+/// from a peer only with the MAC of one of the peer's own workloads in that
+/// segment, or its bridges' (`dataplane/router/vxlan.rs`).
+pub fn workload_mac(ip: Ipv4Addr) -> Vec<u8> {
+    let o = ip.octets();
+    vec![0x0a, 0x58, o[0], o[1], o[2], o[3]]
+}
+
+/// What `agent allocate` prints: `address bridge mtu mac`, the MAC the
+/// workload's interface must have ([`workload_mac`]).
+pub fn allocated_line(address: &str, bridge: &str, mtu: u32) -> Result<String, String> {
+    let ip: ipnet::Ipv4Net = address.parse().map_err(|_| format!("the agent answered a bad address '{address}'"))?;
+    Ok(format!("{address} {bridge} {mtu} {}\n", format_mac(&workload_mac(ip.addr()))))
+}
+
+/// The IPv4 address a [`workload_mac`] is made from (none for any other MAC).
+pub fn workload_of_mac(mac: &[u8]) -> Option<Ipv4Addr> {
+    match *mac {
+        [0x0a, 0x58, a, b, c, d] => Some(Ipv4Addr::new(a, b, c, d)),
+        _ => None,
+    }
+}
+
+/// The IPv6 link-local address the kernel gives an interface with MAC `mac`
+/// (modified EUI-64: `fe80::`, the MAC with `ff:fe` in its middle and the
+/// universal/local bit flipped), which attach asks for (`addr_gen_mode` 0):
+/// the one IPv6 source a workload has on its segment.
+pub fn link_local(mac: &[u8]) -> std::net::Ipv6Addr {
+    let m: [u8; 6] = mac.try_into().unwrap_or_default();
+    let id = [m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]];
+    std::net::Ipv6Addr::from(u128::from(0xfe80u16) << 112 | u128::from(u64::from_be_bytes(id)))
+}
+
 /// Workload interfaces are named `ethwe`, `ethwe1`, `ethwe2`, … (one per subnet).
 pub const WORKLOAD_IF: &str = "ethwe";
 
@@ -153,6 +192,29 @@ mod tests {
         assert_ne!(h, host_ifname(4026532000, 8));
         assert_ne!(h, host_ifname(4026532001, 7));
         assert_eq!(format_mac(&[0x02, 0x42, 0x0a, 0, 0xff, 1]), "02:42:0a:00:ff:01");
+    }
+
+    #[test]
+    fn a_workload_mac_names_its_address_and_no_bridge_has_one() {
+        let ip = Ipv4Addr::new(10, 32, 0, 5);
+        assert_eq!(format_mac(&workload_mac(ip)), "0a:58:0a:20:00:05");
+        assert_eq!(workload_of_mac(&workload_mac(ip)), Some(ip));
+        // Unicast, locally administered.
+        assert_eq!(workload_mac(ip)[0] & 0x03, 0x02);
+        assert_eq!(workload_of_mac(&bridge_mac(ip)), None);
+        assert_eq!(workload_of_mac(&[0x0a, 0x58, 10, 32, 0]), None);
+        assert_eq!(
+            allocated_line("10.32.0.5/12", "wvbr-1", 1370).unwrap(),
+            "10.32.0.5/12 wvbr-1 1370 0a:58:0a:20:00:05\n"
+        );
+        assert!(allocated_line("nonsense", "wvbr-1", 1370).is_err());
+    }
+
+    #[test]
+    fn a_link_local_address_is_the_kernels_eui64() {
+        // As `ip -6 addr` shows them on such interfaces.
+        assert_eq!(link_local(&workload_mac(Ipv4Addr::new(10, 32, 0, 5))).to_string(), "fe80::858:aff:fe20:5");
+        assert_eq!(link_local(&[0x02, 0x57, 10, 40, 0, 1]).to_string(), "fe80::57:aff:fe28:1");
     }
 
     #[test]

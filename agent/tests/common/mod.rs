@@ -611,7 +611,8 @@ impl Bed {
         assert!(out.status.success(), "agent allocate: {}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let parts: Vec<&str> = text.split_whitespace().collect();
-        let [address, bridge, mtu] = parts[..] else { panic!("agent allocate printed {text}") };
+        let [address, bridge, mtu, mac] = parts[..] else { panic!("agent allocate printed {text}") };
+        assert_eq!(mac, workload_mac(address.split('/').next().unwrap().parse().unwrap()), "agent allocate's MAC");
         let (ip, prefix) = address.split_once('/').unwrap();
         let subnet = self.status(i).unwrap().segments.into_iter().find(|g| g.bridge == bridge).unwrap().subnet;
         wait_for(&format!("{bridge} on host {}", i + 1), Duration::from_secs(15), || {
@@ -620,7 +621,8 @@ impl Bed {
         self.attach(i, ns, ip.parse().unwrap(), prefix.parse().unwrap(), bridge, mtu.parse().unwrap(), subnet)
     }
 
-    /// Creates workload namespace `ns` with `ethwe` = `ip`/`prefix` plugged into `bridge` on host `i`.
+    /// Creates workload namespace `ns` with `ethwe` = `ip`/`prefix` plugged
+    /// into `bridge` on host `i`, with the MAC weave gives that address.
     #[allow(clippy::too_many_arguments)]
     fn attach(
         &mut self,
@@ -638,8 +640,25 @@ impl Bed {
         let host_ns = self.hosts[i].ns.clone();
         let mtu = mtu.to_string();
         ok(&[
-            "ip", "-n", &host_ns, "link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "ethwe", "mtu",
-            &mtu, "netns", &ns,
+            "ip",
+            "-n",
+            &host_ns,
+            "link",
+            "add",
+            &port,
+            "mtu",
+            &mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ethwe",
+            "mtu",
+            &mtu,
+            "address",
+            &workload_mac(ip),
+            "netns",
+            &ns,
         ]);
         ok(&["ip", "-n", &host_ns, "link", "set", &port, "master", bridge, "up"]);
         ok_in(&ns, &["ip", "addr", "add", &format!("{ip}/{prefix}"), "dev", "ethwe"]);
@@ -995,4 +1014,12 @@ pub fn listen_multicast(
     });
     rx.recv().unwrap();
     handle
+}
+
+/// The MAC weave gives the workload interface of address `ip`: `0a:58:` and
+/// the address (`plan/kernel.rs` `workload_mac`; a workload plugged by hand,
+/// after `agent allocate`, takes it too).
+pub fn workload_mac(ip: Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("0a:58:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
 }

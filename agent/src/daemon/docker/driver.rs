@@ -19,7 +19,7 @@ use crate::{
     host::docker::{DockerState, Endpoint},
     plan::{
         docker::{self as wire, CreateNetwork, EndpointRequest, IMPLEMENTS},
-        kernel::{bridge_name, format_mac},
+        kernel::{bridge_name, format_mac, workload_mac},
     },
 };
 
@@ -122,20 +122,30 @@ impl Plugin {
         }
         let iface = req.interface.as_ref();
         let address = iface.map(|i| i.address.clone()).unwrap_or_default();
-        if address.parse::<Ipv4Net>().is_err() {
+        let Ok(net) = address.parse::<Ipv4Net>() else {
             return Err(Refused::bad("a weave endpoint needs an IPv4 address from weave's IPAM (--ipam-driver weave)"));
-        }
+        };
         if iface.is_some_and(|i| !i.address_ipv6.is_empty()) {
             return Err(Refused::bad("weave networks are IPv4 only"));
         }
+        // Every weave workload's MAC is made from its address, which is how
+        // the other hosts tell its frames from a member's forgery
+        // (`kernel::workload_mac`): a `--mac-address` of another kind would
+        // leave the container without IPv6 or broadcast to other hosts.
+        let mac = format_mac(&workload_mac(net.addr()));
         let given = iface.map(|i| i.mac_address.clone()).filter(|m| !m.is_empty());
-        let mac = match &given {
-            Some(m) => m.clone(),
-            None => format_mac(&wire::endpoint_mac(&req.endpoint_id).map_err(Refused::bad)?),
-        };
+        if let Some(m) = &given
+            && parse_mac(m).map(|m| format_mac(&m)).as_ref() != Some(&mac)
+        {
+            return Err(Refused::bad(format!(
+                "a container on a weave network has the MAC made from its address ({mac} for {}): \
+                 leave out --mac-address {m}",
+                net.addr()
+            )));
+        }
         let endpoint = Endpoint { network: req.network_id.clone(), address, mac: mac.clone(), ..Default::default() };
         self.state.set_endpoint(&req.endpoint_id, endpoint);
-        // Docker sets the MAC it is told (its own `--mac-address` wins).
+        // Docker sets the MAC it is told (its own `--mac-address`, the same, wins).
         Ok(match given {
             Some(_) => json!({"Interface": null}),
             None => json!({"Interface": {"MacAddress": mac}}),

@@ -172,8 +172,15 @@ fn packets_with_a_foreign_inner_source_are_dropped() {
 /// A broadcast frame in a VXLAN datagram (`from` -> `to`, port 4789)
 /// carrying IPv4 from `src`.
 fn vxlan_broadcast(from: Ipv4Addr, to: Ipv4Addr, src: Ipv4Addr) -> Vec<u8> {
+    vxlan_broadcast_at(from, to, src, &crate::plan::kernel::workload_mac(src))
+}
+
+/// The same, the frame from source MAC `mac`.
+fn vxlan_broadcast_at(from: Ipv4Addr, to: Ipv4Addr, src: Ipv4Addr, mac: &[u8]) -> Vec<u8> {
     let mut udp = vec![0x9c, 0x40, 0x12, 0xb5, 0, 0, 0, 0, 0x08, 0, 0, 0, 0, 0, 0x2a, 0];
-    udp.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+    udp.extend_from_slice(&[0xff; 6]);
+    udp.extend_from_slice(mac);
+    udp.extend_from_slice(&[0x08, 0x00]);
     udp.extend_from_slice(&ipv4(src, Ipv4Addr::BROADCAST, b"in a segment"));
     ipv4(from, to, &udp)
 }
@@ -197,6 +204,13 @@ fn a_vxlan_frame_with_another_hosts_source_is_dropped() {
     deliver(&a, &b, a.endpoint);
     assert!(b.wire.tun.borrow().is_empty());
     assert_eq!(b.router.status()[0].dropped_spoofed, 2);
+    // Nor from b's workload's MAC (b's bridge would learn it behind a), even
+    // with a's workload's address inside.
+    let theirs = crate::plan::kernel::workload_mac(workload(&b));
+    a.send(&vxlan_broadcast_at(a.addr, b.addr, workload(&a), &theirs));
+    deliver(&a, &b, a.endpoint);
+    assert!(b.wire.tun.borrow().is_empty());
+    assert_eq!(b.router.status()[0].dropped_spoofed, 3);
     // A workload's own VXLAN to another workload (a nested overlay) carries
     // whatever its frames hold: not weave's segment (b's firewall lets only
     // peers' node addresses reach its VXLAN port).
@@ -204,7 +218,7 @@ fn a_vxlan_frame_with_another_hosts_source_is_dropped() {
     a.send(&nested);
     deliver(&a, &b, a.endpoint);
     assert_eq!(b.wire.tun.borrow_mut().drain(..).collect::<Vec<_>>(), vec![nested], "a nested overlay's");
-    assert_eq!(b.router.status()[0].dropped_spoofed, 2);
+    assert_eq!(b.router.status()[0].dropped_spoofed, 3);
 }
 
 #[test]

@@ -9,7 +9,7 @@
 use std::{net::Ipv4Addr, sync::Arc};
 
 use super::{Peer, Table};
-use crate::plan::kernel::VXLAN_PORT;
+use crate::plan::kernel::{VXLAN_PORT, bridge_mac, link_local, workload_of_mac};
 
 const UDP: u8 = 17;
 /// UDP header, then the VXLAN header.
@@ -17,6 +17,19 @@ const UDP_HEADER: usize = 8;
 const VXLAN_HEADER: usize = 8;
 const ETHERNET_HEADER: usize = 14;
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
+const IPV6_HEADER: usize = 40;
+/// IPv6 next headers: the extension headers a packet may put before its
+/// ICMPv6 (each `(length + 1) * 8` bytes; the kernel skips them all), and
+/// ICMPv6's neighbour advertisement. A fragment header ends the walk: the
+/// kernel drops fragmented neighbour discovery (RFC 6980).
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const DESTINATION: u8 = 60;
+const ICMPV6: u8 = 58;
+const NEIGHBOUR_ADVERTISEMENT: u8 = 136;
+/// Extension headers walked at most; a packet with more goes.
+const IPV6_CHAINED_HEADERS: usize = 8;
 /// IPv4's flags and fragment offset: more fragments, offset.
 const MORE_FRAGMENTS: u16 = 0x2000;
 const OFFSET: u16 = 0x1fff;
@@ -40,8 +53,11 @@ pub(super) enum Foreign {
 /// (only where it hosts a workload), `may_use(vni, src)` whether an IPv4
 /// frame from `src` there (its workload addresses in that segment, the
 /// exposed one among them; not its node address, which lives on the TUN and
-/// never speaks on a segment). An IPv4 frame from 0.0.0.0 (a host without an
-/// address yet) and every other frame need membership only. So a node can put nothing
+/// never speaks on a segment). Every frame's source MAC must be the peer's
+/// too: one of its workloads' there (`kernel::workload_mac` of an address
+/// `may_use` allows), or its bridges' (a frame cut before its source MAC
+/// goes). An IPv4 frame from 0.0.0.0 (a host without an address yet) and
+/// every other frame need no more. So a node can put nothing
 /// (ARP, IPv6, any ethertype) into a segment it has no workload in: each
 /// host floods a segment's broadcast only to the peers with workloads in it
 /// (`plan::reconcile`), and takes it only from them.
@@ -89,11 +105,55 @@ pub(super) fn foreign_frame(
     };
     let src = src.filter(|ip| !ip.is_unspecified());
     if !member(vni) {
-        Some(Foreign::Segment(src))
-    } else if src.is_some_and(|ip| !may_use(vni, ip)) {
+        return Some(Foreign::Segment(src));
+    }
+    // The frame's source MAC: one of the peer's workloads' there (made from
+    // its address, `kernel::workload_mac`) or its bridges' (made from its
+    // node address, the datagram's source). Any other would be learned
+    // behind the peer by this host's bridge and VXLAN device, and the
+    // segment's frames to that MAC (a workload of another host) sent to it.
+    let node = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+    let Some(mac) = packet.get(frame + 6..frame + 12) else { return Some(Foreign::Source) };
+    let own_mac = mac == bridge_mac(node).as_slice() || workload_of_mac(mac).is_some_and(|ip| may_use(vni, ip));
+    let ipv6 = packet.get(frame + 12..frame + ETHERNET_HEADER) == Some(&ETHERTYPE_IPV6[..]);
+    if !own_mac || src.is_some_and(|ip| !may_use(vni, ip)) || (ipv6 && !ipv6_own(&packet[frame..], mac)) {
         Some(Foreign::Source)
     } else {
         None
+    }
+}
+
+/// Whether the IPv6 packet in Ethernet `frame` speaks only for the link-local
+/// address of its source MAC `mac` (`kernel::link_local`, the one IPv6
+/// address a workload has on its segment): its source that or `::` (an
+/// address being checked for duplicates), and a neighbour advertisement
+/// only for that address as its target (past hop-by-hop, destination and
+/// routing headers, which the kernel walks too). Else a member could tell
+/// a segment's workloads that another's address is at its own workload's
+/// MAC, the neighbour discovery twin of a forged ARP reply. A packet cut
+/// before what must be checked is not its own.
+fn ipv6_own(frame: &[u8], mac: &[u8]) -> bool {
+    let Some(header) = frame.get(ETHERNET_HEADER..ETHERNET_HEADER + IPV6_HEADER) else { return false };
+    let own = link_local(mac).octets();
+    if header[8..24] != own && header[8..24] != [0; 16] {
+        return false;
+    }
+    let (mut next, mut at) = (header[6], ETHERNET_HEADER + IPV6_HEADER);
+    for _ in 0..IPV6_CHAINED_HEADERS {
+        if !matches!(next, HOP_BY_HOP | ROUTING | DESTINATION) {
+            break;
+        }
+        let Some(&[following, length]) = frame.get(at..at + 2) else { return false };
+        (next, at) = (following, at + (usize::from(length) + 1) * 8);
+    }
+    match next {
+        HOP_BY_HOP | ROUTING | DESTINATION => false,
+        ICMPV6 => match frame.get(at) {
+            Some(&NEIGHBOUR_ADVERTISEMENT) => frame.get(at + 8..at + 24) == Some(&own[..]),
+            Some(_) => true,
+            None => false,
+        },
+        _ => true,
     }
 }
 
@@ -127,6 +187,7 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::kernel::workload_mac;
 
     /// An IPv4 packet 10.47.0.1 -> 10.47.0.2 carrying UDP to `dport` with
     /// `payload`, fragment field `frag`.
@@ -142,16 +203,38 @@ mod tests {
     }
 
     /// A VXLAN payload: the header, then a broadcast frame of `ethertype`
-    /// carrying an IPv4 header from `src`.
+    /// from the MAC of the peer's workload 10.32.0.1, carrying an IPv4
+    /// header from `src`.
     fn vxlan(ethertype: [u8; 2], src: [u8; 4]) -> Vec<u8> {
+        vxlan_from(&workload_mac(Ipv4Addr::new(10, 32, 0, 1)), ethertype, src)
+    }
+
+    /// The same from source MAC `mac`.
+    fn vxlan_from(mac: &[u8], ethertype: [u8; 2], src: [u8; 4]) -> Vec<u8> {
         let mut v = vec![0x08, 0, 0, 0, 0, 0, 0x2a, 0];
         v.extend_from_slice(&[0xff; 6]);
-        v.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+        v.extend_from_slice(mac);
         v.extend_from_slice(&ethertype);
+        if ethertype == ETHERTYPE_IPV6 {
+            // From the MAC's link-local address, to all nodes, a UDP header.
+            v.extend_from_slice(&ipv6(link_local(mac).octets(), UDP, &[0; 8]));
+            return v;
+        }
         v.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0, 0, 64, UDP, 0, 0]);
         v.extend_from_slice(&src);
         v.extend_from_slice(&[255, 255, 255, 255]);
         v
+    }
+
+    /// An IPv6 packet from `src` to ff02::1 with next header `next`.
+    fn ipv6(src: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        p.extend_from_slice(&[next, 255]);
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&"ff02::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(payload);
+        p
     }
 
     /// The peer of the tests below: a member of segment 42 only, with its
@@ -201,12 +284,104 @@ mod tests {
         let whole = into(43, [0x86, 0xdd], [0; 4]);
         assert!(foreign(&whole[..20 + UDP_HEADER + 4]), "a VXLAN header cut short");
         assert!(foreign(&whole[..20 + UDP_HEADER + VXLAN_HEADER]), "a header and no frame, in another segment");
-        assert!(!foreign(&into(42, [0x86, 0xdd], [0; 4])[..20 + UDP_HEADER + VXLAN_HEADER]));
+        let own = into(42, [0x88, 0xb5], [0; 4]);
+        assert!(foreign(&own[..20 + UDP_HEADER + VXLAN_HEADER]), "a header and no frame");
+        assert!(foreign(&own[..20 + UDP_HEADER + VXLAN_HEADER + 11]), "a frame cut in its source MAC");
+        assert!(!foreign(&own[..20 + UDP_HEADER + VXLAN_HEADER + 12]), "a frame cut after it");
         // Counted apart: not a member, against a source it may not use.
         let claimed = Some(Ipv4Addr::new(10, 32, 0, 2));
         assert_eq!(check(&into(43, ETHERTYPE_IPV4, [10, 32, 0, 2])), Some(Foreign::Segment(claimed)));
         assert_eq!(check(&into(43, [0x86, 0xdd], [10, 32, 0, 2])), Some(Foreign::Segment(None)));
         assert_eq!(check(&into(42, ETHERTYPE_IPV4, [10, 32, 0, 2])), Some(Foreign::Source));
+    }
+
+    #[test]
+    fn a_vxlan_frame_comes_only_from_the_peers_own_macs() {
+        // The peer's node address is the datagram's source (`udp`).
+        let node = Ipv4Addr::new(10, 47, 0, 1);
+        let from =
+            |mac: &[u8], ethertype: [u8; 2], src: [u8; 4]| check(&udp(VXLAN_PORT, 0, &vxlan_from(mac, ethertype, src)));
+        let ipv6 = [0x86, 0xdd];
+        let own = workload_mac(Ipv4Addr::new(10, 32, 0, 1));
+        for ethertype in [ipv6, ETHERTYPE_IPV4, [0x88, 0xb5]] {
+            assert_eq!(from(&own, ethertype, [10, 32, 0, 1]), None, "its workload's MAC");
+            assert_eq!(from(&bridge_mac(node), ethertype, [0; 4]), None, "its bridges' MAC");
+            let theirs = workload_mac(Ipv4Addr::new(10, 32, 0, 2));
+            assert_eq!(from(&theirs, ethertype, [0; 4]), Some(Foreign::Source), "another's workload's MAC");
+            let other_bridge = bridge_mac(Ipv4Addr::new(10, 47, 0, 2));
+            assert_eq!(from(&other_bridge, ethertype, [0; 4]), Some(Foreign::Source), "another host's bridges' MAC");
+            assert_eq!(
+                from(&[0x02, 0, 0, 0, 0, 1], ethertype, [0; 4]),
+                Some(Foreign::Source),
+                "a MAC weave never made"
+            );
+            assert_eq!(
+                from(&workload_mac(node), ethertype, [0; 4]),
+                Some(Foreign::Source),
+                "made from its node address"
+            );
+        }
+        // Its own MAC does not make another's address its own, nor the other way.
+        assert_eq!(from(&own, ETHERTYPE_IPV4, [10, 32, 0, 2]), Some(Foreign::Source));
+        let theirs = workload_mac(Ipv4Addr::new(10, 32, 0, 2));
+        assert_eq!(from(&theirs, ETHERTYPE_IPV4, [10, 32, 0, 1]), Some(Foreign::Source));
+        // A workload MAC of the peer's from another segment does not pass here.
+        let elsewhere = |vni, ip| {
+            (vni == 42 && ip == Ipv4Addr::new(10, 32, 0, 1)) || (vni == 43 && ip == Ipv4Addr::new(10, 33, 0, 1))
+        };
+        let other_segment = udp(VXLAN_PORT, 0, &vxlan_from(&workload_mac(Ipv4Addr::new(10, 33, 0, 1)), ipv6, [0; 4]));
+        assert_eq!(foreign_frame(&other_segment, |_| true, elsewhere), Some(Foreign::Source));
+    }
+
+    #[test]
+    fn ipv6_from_a_peer_speaks_only_for_its_macs_link_local_address() {
+        let node = Ipv4Addr::new(10, 47, 0, 1);
+        let (own, bridge) = (workload_mac(Ipv4Addr::new(10, 32, 0, 1)), bridge_mac(node));
+        let theirs = link_local(&workload_mac(Ipv4Addr::new(10, 32, 0, 2))).octets();
+        // A frame from `mac` carrying `packet`, through `check`.
+        let sent = |mac: &[u8], packet: Vec<u8>| {
+            let mut v = vxlan_from(mac, [0x88, 0xb5], [0; 4]);
+            v.truncate(VXLAN_HEADER + 12);
+            v.extend_from_slice(&ETHERTYPE_IPV6);
+            v.extend_from_slice(&packet);
+            check(&udp(VXLAN_PORT, 0, &v))
+        };
+        let ll = |mac: &[u8]| link_local(mac).octets();
+        let advert = |target: [u8; 16]| [&[NEIGHBOUR_ADVERTISEMENT, 0, 0, 0, 0x20, 0, 0, 0][..], &target].concat();
+        for mac in [&own, &bridge] {
+            assert_eq!(sent(mac, ipv6(ll(mac), UDP, &[0; 8])), None, "from its link-local address");
+            assert_eq!(sent(mac, ipv6([0; 16], ICMPV6, &[135, 0, 0, 0, 0, 0, 0, 0])), None, "from :: (DAD)");
+            assert_eq!(sent(mac, ipv6(theirs, UDP, &[0; 8])), Some(Foreign::Source), "from another's");
+            assert_eq!(sent(mac, ipv6(ll(mac), ICMPV6, &advert(ll(mac)))), None, "advertising itself");
+            assert_eq!(sent(mac, ipv6(ll(mac), ICMPV6, &advert(theirs))), Some(Foreign::Source), "another");
+        }
+        // Behind extension headers the kernel walks.
+        let behind = |first: u8, then: u8, body: &[u8]| {
+            ipv6(ll(&own), first, &[&[then, 0, 0, 0, 0, 0, 0, 0][..], body].concat())
+        };
+        for first in [HOP_BY_HOP, DESTINATION, ROUTING] {
+            assert_eq!(sent(&own, behind(first, ICMPV6, &advert(ll(&own)))), None, "{first}: itself");
+            assert_eq!(sent(&own, behind(first, ICMPV6, &advert(theirs))), Some(Foreign::Source), "{first}: another");
+            assert_eq!(sent(&own, behind(first, ICMPV6, &advert(theirs)[..20])), Some(Foreign::Source), "{first}: cut");
+        }
+        let longer = ipv6(ll(&own), HOP_BY_HOP, &[&[ICMPV6, 1][..], &[0; 14], &advert(theirs)].concat());
+        assert_eq!(sent(&own, longer), Some(Foreign::Source), "past a 16-byte hop-by-hop header");
+        // `n` destination headers, the last before ICMPv6.
+        let chained = |n: usize, target: [u8; 16]| {
+            let mut chain = [&[ICMPV6, 0, 0, 0, 0, 0, 0, 0][..], &advert(target)].concat();
+            for _ in 1..n {
+                chain = [&[DESTINATION, 0, 0, 0, 0, 0, 0, 0][..], &chain].concat();
+            }
+            ipv6(ll(&own), DESTINATION, &chain)
+        };
+        assert_eq!(sent(&own, chained(IPV6_CHAINED_HEADERS, ll(&own))), None, "as many headers as are walked");
+        assert_eq!(sent(&own, chained(IPV6_CHAINED_HEADERS, theirs)), Some(Foreign::Source));
+        let too_many = chained(IPV6_CHAINED_HEADERS + 1, ll(&own));
+        assert_eq!(sent(&own, too_many), Some(Foreign::Source), "too many headers");
+        // A fragment's: the kernel takes no fragmented neighbour discovery.
+        assert_eq!(sent(&own, behind(44, ICMPV6, &advert(theirs))), None);
+        assert_eq!(sent(&own, ipv6(ll(&own), UDP, &[0; 8])[..39].to_vec()), Some(Foreign::Source), "a cut header");
+        assert_eq!(sent(&own, ipv6(ll(&own), ICMPV6, &[])), Some(Foreign::Source), "no ICMPv6 type");
     }
 
     #[test]

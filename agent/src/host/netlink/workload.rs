@@ -113,20 +113,20 @@ impl Netlink {
     }
 
     /// Creates a veth pair in this (the host's) namespace: `host_if` goes into
-    /// `bridge`, its peer moves into `netns` and is renamed `ifname` in the
-    /// same message. Nothing is left behind if a step fails.
+    /// `bridge`, its peer (MAC `mac`) moves into `netns` and is renamed
+    /// `ifname` in the same message. Nothing is left behind if a step fails.
     pub async fn plug_veth(
         &self,
         host_if: &str,
         bridge: &str,
         netns: &std::fs::File,
-        ifname: &str,
+        (ifname, mac): (&str, &[u8]),
         mtu: u32,
     ) -> Result<(), Error> {
         use std::os::fd::AsRawFd;
         let peer = format!("{host_if}p");
         // Down until the caller has locked and guarded the port (attach).
-        self.veth_on_bridge(host_if, &peer, bridge, mtu, None, false).await?;
+        self.veth_on_bridge(host_if, &peer, bridge, mtu, Some(mac), false).await?;
         let moved = async {
             let peer_index = self.link_index(&peer).await?.ok_or_else(|| Error::Netlink(format!("{peer} vanished")))?;
             let msg = LinkUnspec::new_with_index(peer_index).setns_by_fd(netns.as_raw_fd()).name(ifname).build();
@@ -327,6 +327,9 @@ impl Netlink {
 /// broadcast or multicast frame is dropped (a forged source flooded to the
 /// whole segment). No router advertisement configures it (no default route,
 /// address or DNS server from another workload), nor does a redirect.
+/// Its link-local address is the EUI-64 one of its MAC (`addr_gen_mode` 0,
+/// whatever the container's defaults say): the one IPv6 source its port
+/// lets through (`plan::l2::guard_ruleset`) and other hosts take from it.
 /// IPv6 entries are skipped when the container has no IPv6.
 const WORKLOAD_SYSCTLS: &[(&str, &str, bool)] = &[
     ("ipv4/conf/{}/drop_unicast_in_l2_multicast", "1", false),
@@ -334,6 +337,7 @@ const WORKLOAD_SYSCTLS: &[(&str, &str, bool)] = &[
     ("ipv6/conf/{}/accept_ra", "0", true),
     ("ipv6/conf/{}/autoconf", "0", true),
     ("ipv6/conf/{}/accept_redirects", "0", true),
+    ("ipv6/conf/{}/addr_gen_mode", "0", true),
 ];
 
 /// Sets [`WORKLOAD_SYSCTLS`] on `ifname` inside the namespace `netns`.
