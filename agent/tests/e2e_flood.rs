@@ -295,3 +295,58 @@ fn a_workloads_broadcast_flood_is_cut_at_its_port() {
 fn tx_packets(ns: &str, iface: &str) -> u64 {
     ok_in(ns, &["cat", &format!("/sys/class/net/{iface}/statistics/tx_packets")]).trim().parse().unwrap()
 }
+
+/// A member host writes group frames straight into its VXLAN device, past
+/// its workloads' ports and their meters: every host of the segment took
+/// all of them and copied each to every local port. Now each receiving
+/// agent meters a peer's VXLAN frames at what that peer's ports let
+/// through together (`--broadcast-limit` once per workload it hosts and
+/// once for its bridges): host 1 (limit 200) passes a few hundred a
+/// second of the member's flood to b and counts the rest
+/// (`weave_storm_frames_dropped_total`); host 2, without a limit, passes
+/// it all to c (the control). A member within its ports' limits loses
+/// nothing.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_members_flood_written_into_its_vxlan_device_is_cut_by_each_receiving_host() {
+    const LIMIT: usize = 200;
+    let mut bed = Bed::new();
+    for limit in [LIMIT, LIMIT, 0] {
+        bed.agent_args = vec!["--broadcast-limit".into(), limit.to_string()];
+        bed.add_host();
+    }
+    let (a, _) = attached_at(&mut bed, 0, "a");
+    let (b, b_ip) = attached_at(&mut bed, 1, "b");
+    let (c, c_ip) = attached_at(&mut bed, 2, "c");
+    for ip in [b_ip, c_ip] {
+        wait_for("a to reach b and c", Duration::from_secs(15), || ping_once(&a, ip).then_some(()));
+    }
+    let (member, vxlan) = (bed.hosts[0].ns.clone(), vxlan_device(&bed.hosts[0].ns));
+    let a_mac = ok_in(&a, &["cat", "/sys/class/net/ethwe/address"]).trim().to_string();
+    // `n` broadcast frames from a's MAC into the member's VXLAN device, at
+    // most `rate` a second; what b and c received, and how long it took.
+    let flood = |n: usize, rate: usize| {
+        let (to_b, to_c) = (Counter::start(&b), Counter::start(&c));
+        let started = Instant::now();
+        let (n, rate) = (n.to_string(), rate.to_string());
+        ok_in(&member, &["python3", "-c", FRAMES, &vxlan, &n, &rate, "ff:ff:ff:ff:ff:ff", &a_mac]);
+        let (got_b, got_c) = (to_b.count(), to_c.count());
+        (got_b, got_c, started.elapsed().as_secs_f64())
+    };
+    let dropped = || total(&scrape(&bed.hosts[1].ns), "weave_storm_frames_dropped_total");
+    // Within what a's port and the bridge may send (2 x 200 a second): all of it.
+    let (got_b, got_c, _) = flood(300, 150);
+    assert!(got_b >= 295 && got_c >= 295, "a member within its limits lost frames: b {got_b}, c {got_c} of 300");
+    // A flood: the member hosts a (and at most an exposed address), so
+    // host 1 lets through at most 3 x 200 a second and a fifth of that at once.
+    let before = dropped();
+    let (got_b, got_c, secs) = flood(10_000, 5_000);
+    eprintln!("10,000 frames written into the member's VXLAN device: b got {got_b}, c {got_c}, in {secs:.2} s");
+    let bound = (3 * LIMIT) as f64 * (secs + 0.2) + 20.0;
+    assert!((got_b as f64) <= bound, "host 1 passed {got_b} in {secs:.2} s (at most {bound:.0})");
+    assert!(got_c as f64 > 2.0 * bound, "host 2, without a limit, passed only {got_c}: the test is void");
+    wait_for("host 1's agent to count what it dropped", Duration::from_secs(10), || {
+        // About what reached host 2 and not b (host 1 received as much).
+        (dropped() >= before + got_c.saturating_sub(got_b) as f64 / 2.0).then_some(())
+    });
+}

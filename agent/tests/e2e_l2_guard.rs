@@ -328,24 +328,36 @@ fn a_workload_can_neither_send_ipv6_from_nor_advertise_another_workloads_address
     assert_eq!(neighbour6(&victim, &near_ll), Some(near_mac.clone()), "the victim resolved its neighbour");
     let socket = in_netns(&victim, || UdpSocket::bind("[::]:5556").unwrap()).join().unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    // From `from`: UDP from its own link-local address and from near's,
-    // and "near's address is at my MAC". Returns the datagrams the victim
-    // got from near's address.
+    // "near's address is at my MAC", from `from`.
+    let advertise = |from: &str| {
+        let (own_ll, own_mac) = (link_local_address(from), mac_of(from));
+        python(from, SEND6, &["ethwe", "33:33:00:00:00:01", &own_mac, "na", &own_ll, "ff02::1", &near_ll]);
+    };
+    // From `from`: UDP from its own link-local address and from near's, and
+    // the advertisement. Returns the victim's entry for near right after it
+    // (near's own probes may put it back later) and how many datagrams the
+    // victim got from near's address.
     let attack = |from: &str| {
         let (own_ll, own_mac, victim_mac) = (link_local_address(from), mac_of(from), mac_of(&victim));
         for src in [own_ll.as_str(), near_ll.as_str()] {
             python(from, SEND6, &["ethwe", &victim_mac, &own_mac, "udp", src, &victim_ll, "5556"]);
         }
-        python(from, SEND6, &["ethwe", "33:33:00:00:00:01", &own_mac, "na", &own_ll, "ff02::1", &near_ll]);
+        advertise(from);
+        let entry = neighbour6(&victim, &near_ll);
         let got = received(&socket, Duration::from_secs(2));
         assert!(got.iter().any(|m| *m == format!("from {own_ll}")), "{from}'s own datagrams arrive: {got:?}");
-        got.iter().filter(|m| **m == format!("from {near_ll}")).count()
+        (got.iter().filter(|m| **m == format!("from {near_ll}")).count(), entry)
     };
-    assert_eq!(attack(&attacker), 0, "datagrams from the neighbour's address arrived");
-    assert_eq!(neighbour6(&victim, &near_ll), Some(near_mac), "the victim kept its neighbour's MAC");
+    let (forged, entry) = attack(&attacker);
+    assert_eq!(forged, 0, "datagrams from the neighbour's address arrived");
+    assert_eq!(entry, Some(near_mac), "the victim kept its neighbour's MAC");
     // Control: from the container the agent did not plug.
-    assert!(attack(&bare) > 0, "forged datagrams from an unguarded port arrive");
-    assert_eq!(neighbour6(&victim, &near_ll), Some(mac_of(&bare)), "and its advertisement moves the entry");
+    assert!(attack(&bare).0 > 0, "forged datagrams from an unguarded port arrive");
+    let bare_mac = mac_of(&bare);
+    wait_for("the bare container's advertisement to take", Duration::from_secs(10), || {
+        advertise(&bare);
+        (neighbour6(&victim, &near_ll).as_deref() == Some(bare_mac.as_str())).then_some(())
+    });
 }
 
 /// `python3 -c ADVERTISE IFACE`: three router advertisements to ff02::1 (high
@@ -495,8 +507,17 @@ fn a_reattach_with_another_workloads_mac_is_refused() {
     let out = bed.weavectl(0, &["attach", &format!("/run/netns/{a}")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the re-attach was accepted");
-    assert!(stderr.contains("is locked to another workload's port"), "{stderr}");
+    assert!(stderr.contains(&format!("has MAC {victim_mac}, not")), "{stderr}");
     assert_eq!(fdb_port(&h0, &victim_mac), Some(victim_port), "the victim's MAC moved");
+    // Nor with a remote workload's (only learned here, over VXLAN): its
+    // port would have been locked to it, and the host's IPv6 to the remote
+    // workload would have gone to it.
+    let remote = workload_mac("10.32.99.99".parse().unwrap());
+    ok_in(&a, &["ip", "link", "set", "dev", "ethwe", "address", &remote]);
+    let out = bed.weavectl(0, &["attach", &format!("/run/netns/{a}")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("the MAC weave gives"), "{stderr}");
+    assert_eq!(fdb_port(&h0, &remote), None, "a port holds the remote workload's MAC");
 }
 
 /// Nor with the MAC of its host's bridge (the one proxy ARP gives every
@@ -519,7 +540,7 @@ fn a_reattach_with_the_bridges_mac_is_refused() {
     let out = bed.weavectl(0, &["attach", &format!("/run/netns/{a}")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the re-attach was accepted");
-    assert!(stderr.contains("is the bridge's or a port's own"), "{stderr}");
+    assert!(stderr.contains(&format!("has MAC {bridge_mac}, not")), "{stderr}");
     assert_eq!(fdb_port(&h0, &bridge_mac).as_deref(), Some(bridge.as_str()), "the bridge's MAC moved");
     assert!(ping_within(&bed.workloads[n].ns, bed.workloads[r].ip, 5), "the neighbour lost the remote workload");
 }
@@ -678,7 +699,7 @@ fn a_member_flooding_new_macs_over_vxlan_fills_no_hosts_tables() {
     // The flood reached the victim's agent (two debug agents carry it, so it
     // may take a while on a loaded machine) ...
     wait_for("the victim's agent to drop most of the flood", Duration::from_secs(30), || {
-        (spoofed() >= before + LIMIT as f64).then_some(())
+        (spoofed() >= before + (LIMIT / 2) as f64).then_some(())
     });
     std::thread::sleep(Duration::from_secs(1));
     // ... and not one of its MACs was learned.
@@ -791,7 +812,10 @@ fn a_member_claiming_another_hosts_workload_mac_over_vxlan_is_not_learned() {
     wait_for("the victim's agent to count the forged frames", Duration::from_secs(10), || {
         (spoofed() >= before + 3.0).then_some(())
     });
-    assert!(ping6(), "the victim's IPv6 to the target went astray");
+    // (A few tries: one ping may be lost on a loaded machine; a learned
+    // hijack would hold until the target speaks, which it does only to
+    // answer.)
+    assert!((0..3).any(|_| ping6()), "the victim's IPv6 to the target went astray");
     // Nor, from its own workload's MAC, "the target's address is at my MAC"
     // (the neighbour discovery twin of a forged ARP reply).
     let (own_ll, target_addr) = (link_local_address(&own), link_local_address(&target));

@@ -112,6 +112,10 @@ pub struct PeerStatus {
     /// VXLAN frames dropped because the peer has no workload in their segment.
     #[serde(default)]
     pub dropped_foreign_segment: u64,
+    /// VXLAN frames dropped past what the peer's workloads' ports let
+    /// through (`--broadcast-limit` per workload).
+    #[serde(default)]
+    pub dropped_storm: u64,
 }
 
 /// The result of one attach, per subnet.

@@ -259,6 +259,7 @@ async fn serve(
         spin: Duration::from_micros(args.spin_us),
         cpu_latency_hold: Duration::from_millis(args.cpu_latency_hold_ms),
         nat_keepalive: args.nat_keepalive,
+        broadcast_limit: args.broadcast_limit,
     };
     let transport = TunUdp::start(TUN_NAME, tun_mtu as u16, listen, key.secret().clone(), &tuning)
         .map_err(|e| Error::Dataplane(format!("start {TUN_NAME} and udp {listen}: {e}")))?;

@@ -49,6 +49,7 @@ struct Traffic {
     rx: u64,
     spoofed: u64,
     foreign_segment: u64,
+    storm: u64,
 }
 
 impl AgentProbe {
@@ -79,6 +80,11 @@ pub fn describe() {
         "weave_segment_frames_dropped_total",
         "VXLAN frames dropped from a peer with no workload in their segment (a host's first attach \
          in a subnet also sends some before this host has its allocation)."
+    );
+    describe_counter!(
+        "weave_storm_frames_dropped_total",
+        "VXLAN frames dropped from a peer past what its workloads' ports let through together \
+         (--broadcast-limit a second per workload and for its bridges; ten times that for unicast)."
     );
     describe_gauge!(
         "weave_cpu_latency_hold",
@@ -133,6 +139,7 @@ fn growth(seen: &mut HashMap<u64, Traffic>, peers: &[PeerStatus]) -> Traffic {
             rx: p.rx_bytes,
             spoofed: p.dropped_spoofed,
             foreign_segment: p.dropped_foreign_segment,
+            storm: p.dropped_storm,
         };
         let before = seen.get(&p.node_id).copied().unwrap_or_default();
         let delta = |c: u64, b: u64| if c >= b { c - b } else { c };
@@ -140,6 +147,7 @@ fn growth(seen: &mut HashMap<u64, Traffic>, peers: &[PeerStatus]) -> Traffic {
         grown.rx += delta(cur.rx, before.rx);
         grown.spoofed += delta(cur.spoofed, before.spoofed);
         grown.foreign_segment += delta(cur.foreign_segment, before.foreign_segment);
+        grown.storm += delta(cur.storm, before.storm);
         now.insert(p.node_id, cur);
     }
     *seen = now;
@@ -171,6 +179,7 @@ impl Probe for AgentProbe {
         metrics::counter!("weave_traffic_bytes_total", "direction" => "in").increment(grown.rx);
         metrics::counter!("weave_spoofed_packets_dropped_total").increment(grown.spoofed);
         metrics::counter!("weave_segment_frames_dropped_total").increment(grown.foreign_segment);
+        metrics::counter!("weave_storm_frames_dropped_total").increment(grown.storm);
         let hold = self.transport.cpu_latency();
         metrics::gauge!("weave_cpu_latency_hold").set(f64::from(u8::from(hold.held)));
         metrics::counter!("weave_cpu_latency_hold_seconds_total").absolute(hold.held_seconds as u64);
@@ -204,6 +213,7 @@ mod tests {
             rx_bytes: rx,
             dropped_spoofed: 0,
             dropped_foreign_segment: 0,
+            dropped_storm: 0,
         }
     }
 
@@ -220,18 +230,21 @@ mod tests {
         let mut seen = HashMap::new();
         assert_eq!(
             growth(&mut seen, &[peer(1, None, 100, 10)]),
-            Traffic { tx: 100, rx: 10, spoofed: 0, foreign_segment: 0 }
+            Traffic { tx: 100, rx: 10, spoofed: 0, foreign_segment: 0, storm: 0 }
         );
         assert_eq!(
             growth(&mut seen, &[peer(1, None, 150, 10), peer(2, None, 5, 5)]),
-            Traffic { tx: 55, rx: 5, spoofed: 0, foreign_segment: 0 }
+            Traffic { tx: 55, rx: 5, spoofed: 0, foreign_segment: 0, storm: 0 }
         );
         // Peer 1 gone, peer 2's tunnel rebuilt (its counters restarted).
-        assert_eq!(growth(&mut seen, &[peer(2, None, 3, 1)]), Traffic { tx: 3, rx: 1, spoofed: 0, foreign_segment: 0 });
+        assert_eq!(
+            growth(&mut seen, &[peer(2, None, 3, 1)]),
+            Traffic { tx: 3, rx: 1, spoofed: 0, foreign_segment: 0, storm: 0 }
+        );
         // Peer 1 back: all of its count is new.
         assert_eq!(
             growth(&mut seen, &[peer(1, None, 7, 0), peer(2, None, 3, 1)]),
-            Traffic { tx: 7, rx: 0, spoofed: 0, foreign_segment: 0 }
+            Traffic { tx: 7, rx: 0, spoofed: 0, foreign_segment: 0, storm: 0 }
         );
     }
 }

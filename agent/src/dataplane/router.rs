@@ -28,7 +28,9 @@ use super::PeerStatus;
 use crate::plan::netmap::PeerConfig;
 
 mod fallback;
+mod settings;
 mod status;
+mod storm;
 mod vxlan;
 use fallback::Fallback;
 use vxlan::Foreign;
@@ -66,6 +68,9 @@ struct Peer {
     dropped_spoofed: AtomicU64,
     /// VXLAN frames it sent into a segment it has no workload in.
     dropped_foreign_segment: AtomicU64,
+    /// Its VXLAN frames past what its workloads' ports let through.
+    storm: storm::Meter,
+    dropped_storm: AtomicU64,
     /// When the last NAT keepalive went to it (ms on the router's clock).
     last_keepalive: AtomicU64,
 }
@@ -89,6 +94,9 @@ pub struct Table {
     members: HashSet<(u32, u32)>,
     /// Each peer's workload address with the VNI of its subnet.
     vni_of: HashMap<Ipv4Addr, u32>,
+    /// How many workload addresses each peer (by index) hosts: its share of
+    /// the storm meter ([`storm`]).
+    workloads: HashMap<u32, usize>,
 }
 
 impl Table {
@@ -112,6 +120,8 @@ pub struct Router {
     /// `--nat-keepalive` in ms (0: none), and whether this host is behind NAT.
     nat_keepalive_ms: AtomicU64,
     behind_nat: std::sync::atomic::AtomicBool,
+    /// `--broadcast-limit` (0: none), for the peers' storm meters.
+    broadcast_limit: AtomicU32,
 }
 
 /// A poisoned lock means a panic mid-update of one peer's tunnel state; the
@@ -133,34 +143,7 @@ impl Router {
             map_endpoints: Mutex::default(),
             nat_keepalive_ms: AtomicU64::new(0),
             behind_nat: Default::default(),
-        }
-    }
-
-    /// Seconds between keepalives while behind NAT (0: none).
-    pub fn set_nat_keepalive(&self, secs: u16) {
-        self.nat_keepalive_ms.store(u64::from(secs) * 1000, Ordering::Relaxed);
-    }
-
-    /// Behind NAT or not. Turning it on sends every peer a keepalive (a
-    /// handshake where there is no session) at once: that opens the NAT's
-    /// mapping before any peer speaks, and tells each peer where this host
-    /// is (roaming); the ticks then repeat it every `--nat-keepalive`.
-    pub fn set_behind_nat(&self, behind: bool, sink: &impl Sink) {
-        let was = self.behind_nat.swap(behind, Ordering::Relaxed);
-        if behind && !was && self.nat_keepalive_ms.load(Ordering::Relaxed) > 0 {
-            let mut buf = vec![0u8; 256];
-            let now = self.now_ms();
-            for peer in self.table().by_index.values() {
-                self.keepalive(peer, now, &mut buf, sink);
-            }
-        }
-    }
-
-    fn keepalive(&self, peer: &Peer, now: u64, buf: &mut [u8], sink: &impl Sink) {
-        peer.last_keepalive.store(now, Ordering::Relaxed);
-        let Some(endpoint) = peer.endpoint() else { return };
-        if let TunnResult::WriteToNetwork(out) = lock(&peer.tunn).encapsulate(&[], buf) {
-            sink.to_network(endpoint, out);
+            broadcast_limit: AtomicU32::new(0),
         }
     }
 
@@ -194,6 +177,7 @@ impl Router {
                     table.vni_of.entry(a).or_insert(vni);
                 }
                 table.members.extend(config.segments.iter().map(|vni| (*vni, peer.index)));
+                table.workloads.insert(peer.index, config.routes.len());
                 table.by_address.insert(config.address, Arc::clone(&peer));
                 table.by_index.insert(peer.index, Arc::clone(&peer));
                 table.by_key.insert(config.public_key, peer);
@@ -234,6 +218,8 @@ impl Router {
             tunn: Mutex::new(tunn),
             dropped_spoofed: AtomicU64::new(0),
             dropped_foreign_segment: AtomicU64::new(0),
+            storm: storm::Meter::default(),
+            dropped_storm: AtomicU64::new(0),
             last_keepalive: AtomicU64::new(self.now_ms()),
         }
     }
@@ -356,7 +342,9 @@ impl Router {
                 // may use (as an IPv6 packet, below, has none).
                 // A VXLAN datagram is checked for its frame too (vxlan.rs).
                 let ok = authenticated && packet.len() >= IPV4_HEADER;
-                let verdict = if ok { table.frame_verdict(peer, packet, inner_src) } else { Some(Foreign::Source) };
+                let limit = self.broadcast_limit.load(Ordering::Relaxed);
+                let verdict =
+                    if ok { table.frame_verdict(peer, packet, inner_src, limit) } else { Some(Foreign::Source) };
                 match verdict {
                     None => Some(packet.len()),
                     Some(Foreign::Segment(_)) => {
@@ -365,6 +353,10 @@ impl Router {
                     }
                     Some(Foreign::Source) => {
                         peer.dropped_spoofed.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                    Some(Foreign::Storm) => {
+                        peer.dropped_storm.fetch_add(1, Ordering::Relaxed);
                         None
                     }
                 }

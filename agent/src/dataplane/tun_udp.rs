@@ -139,6 +139,9 @@ pub struct Tuning {
     /// Seconds between keepalives to every peer while this host is behind
     /// NAT ([`Transport::set_behind_nat`]); 0: none.
     pub nat_keepalive: u16,
+    /// `--broadcast-limit`: what each peer's VXLAN frames are metered at,
+    /// per workload it hosts (`router/storm.rs`; 0: not metered).
+    pub broadcast_limit: u32,
 }
 
 impl Tuning {
@@ -158,6 +161,7 @@ impl Default for Tuning {
             spin: DEFAULT_SPIN,
             cpu_latency_hold: cpu_latency::DEFAULT_WINDOW,
             nat_keepalive: NAT_KEEPALIVE,
+            broadcast_limit: 0,
         }
     }
 }
@@ -207,6 +211,7 @@ impl TunUdp {
         }
         let router = Arc::new(Router::new(secret));
         router.set_nat_keepalive(tuning.nat_keepalive);
+        router.set_broadcast_limit(tuning.broadcast_limit);
         let stop = Arc::new(AtomicBool::new(false));
         let mtu = mtu as usize;
         let mut threads = Vec::with_capacity(2 * n + 1);

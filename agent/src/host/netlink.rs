@@ -357,10 +357,6 @@ impl Netlink {
                 self.link_index(&br).await?.ok_or_else(|| Error::Netlink(format!("{br} vanished")))?
             }
         };
-        // Proxy ARP answers at once (the default delays answers up to 0.8 s),
-        // and needs forwarding on the bridge, as does routing from it to the TUN.
-        sysctl(&format!("net/ipv4/neigh/{br}/proxy_delay"), "0")?;
-        sysctl(&format!("net/ipv4/conf/{br}/forwarding"), "1")?;
         let vxlan = match self.link_index(&vx).await? {
             Some(i) => i,
             None => {
@@ -381,6 +377,7 @@ impl Netlink {
                 self.link_index(&vx).await?.ok_or_else(|| Error::Netlink(format!("{vx} vanished")))?
             }
         };
+        workload::segment_sysctls(&br, &vx)?;
         let set = |msg| self.handle.link().set(msg).execute();
         set(LinkUnspec::new_with_index(vxlan).mtu(mtu).controller(bridge).build())
             .await

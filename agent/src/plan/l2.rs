@@ -86,8 +86,9 @@ pub const GUARD_TABLE: &str = "weave_guard";
 /// follow a forged ARP reply to it), nor announce its own address at a
 /// neighbour's MAC. IPv6 from the port comes only from the workload's
 /// link-local address (`kernel::link_local` of its MAC; attach asks the
-/// kernel for that one) or `::` (duplicate address detection), and a
-/// neighbour advertisement from it speaks only for that address: no
+/// kernel for that one), or from `::` as MLD reports and a solicitation for
+/// that address (duplicate address detection), and a neighbour
+/// advertisement from it speaks only for that address: no
 /// workload takes another's IPv6 address, as the source of its packets or
 /// in neighbour discovery (the twin of a forged ARP reply). Ports not
 /// listed (VXLAN, other bridges' ports, ports of older agents) pass
@@ -170,13 +171,18 @@ pub fn guard_ruleset(ports: &[(String, Ipv4Addr, Vec<u8>)], broadcast_limit: u32
             ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
             iifname . arp saddr ip . arp saddr ether @senders accept\n    \
             ether type { ip, arp, vlan, 8021ad } drop\n    \
-            ether type ip6 iifname . ip6 saddr != @sources6 drop\n";
-    // A neighbour advertisement's target address (bits 64-191 of the
-    // ICMPv6 message; nft 1.0.6 has no name for it and no set of such raw
-    // fields): one rule a port.
+            ether type ip6 iifname . ip6 saddr != @sources6 drop\n    \
+            ip6 saddr :: meta l4proto != ipv6-icmp drop\n    \
+            ip6 saddr :: icmpv6 type != { mld-listener-report, mld-listener-done, mld2-listener-report, \
+            nd-neighbor-solicit } drop\n";
+    // A neighbour advertisement's target address, and that of a solicitation
+    // from `::` (duplicate address detection), must be the port's own (bits
+    // 64-191 of the ICMPv6 message; nft 1.0.6 has no name for them and no
+    // set of such raw fields): two rules a port.
     for (port, _, mac) in ports {
-        let target = u128::from(super::kernel::link_local(mac));
-        out += &format!("    iifname \"{port}\" icmpv6 type nd-neighbor-advert @th,64,128 != 0x{target:032x} drop\n");
+        let own = format!("@th,64,128 != 0x{:032x} drop\n", u128::from(super::kernel::link_local(mac)));
+        out += &format!("    iifname \"{port}\" icmpv6 type nd-neighbor-advert {own}");
+        out += &format!("    iifname \"{port}\" ip6 saddr :: icmpv6 type nd-neighbor-solicit {own}");
     }
     out += "  }\n";
     out += &unicast;
@@ -268,7 +274,10 @@ mod tests {
              ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
              iifname . arp saddr ip . arp saddr ether @senders accept\n    \
              ether type { ip, arp, vlan, 8021ad } drop\n    \
-             ether type ip6 iifname . ip6 saddr != @sources6 drop\n"
+             ether type ip6 iifname . ip6 saddr != @sources6 drop\n    \
+             ip6 saddr :: meta l4proto != ipv6-icmp drop\n    \
+             ip6 saddr :: icmpv6 type != { mld-listener-report, mld-listener-done, mld2-listener-report, \
+             nd-neighbor-solicit } drop\n"
         ));
         // IPv6: from the link-local address of the port's MAC or ::, and
         // neighbour advertisements only for that address.
@@ -281,7 +290,9 @@ mod tests {
         );
         assert!(
             g.contains(
-                "    iifname \"wv1a2b\" icmpv6 type nd-neighbor-advert @th,64,128 != 0xfe80000000000000004200fffe000005 drop\n"
+                "    iifname \"wv1a2b\" icmpv6 type nd-neighbor-advert @th,64,128 != 0xfe80000000000000004200fffe000005 drop\n\
+                 \x20   iifname \"wv1a2b\" ip6 saddr :: icmpv6 type nd-neighbor-solicit \
+                 @th,64,128 != 0xfe80000000000000004200fffe000005 drop\n"
             ),
             "{g}"
         );

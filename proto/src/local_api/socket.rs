@@ -311,6 +311,7 @@ mod tests {
                 rx_bytes: 20,
                 dropped_spoofed: 0,
                 dropped_foreign_segment: 0,
+                dropped_storm: 0,
             }],
         }
     }

@@ -19,6 +19,7 @@ impl Router {
                     rx_bytes: rx as u64,
                     dropped_spoofed: p.dropped_spoofed.load(Ordering::Relaxed),
                     dropped_foreign_segment: p.dropped_foreign_segment.load(Ordering::Relaxed),
+                    dropped_storm: p.dropped_storm.load(Ordering::Relaxed),
                 }
             })
             .collect();

@@ -222,6 +222,36 @@ fn a_vxlan_frame_with_another_hosts_source_is_dropped() {
 }
 
 #[test]
+fn a_peers_vxlan_frames_are_metered_at_what_its_ports_let_through() {
+    let (a, b) = pair();
+    // a hosts one workload: with its bridges, two ports' worth (200 a
+    // second), of which a fifth passes at once.
+    b.router.set_broadcast_limit(100);
+    let frame = vxlan_broadcast(a.addr, b.addr, workload(&a));
+    let flood = |n: usize| {
+        for _ in 0..n {
+            a.send(&frame);
+            deliver(&a, &b, a.endpoint);
+        }
+        b.wire.tun.borrow_mut().drain(..).count()
+    };
+    let passed = flood(100);
+    assert!((40..=41).contains(&passed), "{passed} of 100 at once");
+    assert_eq!(b.router.status()[0].dropped_storm, 100 - passed as u64);
+    assert_eq!(b.router.status()[0].dropped_spoofed, 0, "counted apart");
+    // Other packets from a are not metered.
+    let plain = ipv4(a.addr, b.addr, b"not a frame");
+    for _ in 0..100 {
+        a.send(&plain);
+        deliver(&a, &b, a.endpoint);
+    }
+    assert_eq!(b.wire.tun.borrow_mut().drain(..).count(), 100);
+    // No limit: all of it.
+    b.router.set_broadcast_limit(0);
+    assert_eq!(flood(100), 100);
+}
+
+#[test]
 fn an_inner_length_below_the_ipv4_header_is_dropped_and_the_next_packet_still_arrives() {
     let (a, b) = pair();
     // A member that sets its packets' IPv4 total length to 0 or 19: boringtun

@@ -20,13 +20,19 @@ const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
 const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
 const IPV6_HEADER: usize = 40;
 /// IPv6 next headers: the extension headers a packet may put before its
-/// ICMPv6 (each `(length + 1) * 8` bytes; the kernel skips them all), and
-/// ICMPv6's neighbour advertisement. A fragment header ends the walk: the
-/// kernel drops fragmented neighbour discovery (RFC 6980).
+/// ICMPv6 (`(length + 1) * 8` bytes each, an authentication header's
+/// `(length + 2) * 4`, a fragment header's 8; the kernel skips them all).
 const HOP_BY_HOP: u8 = 0;
 const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const AUTHENTICATION: u8 = 51;
 const DESTINATION: u8 = 60;
 const ICMPV6: u8 = 58;
+/// ICMPv6 types: MLD reports and done, neighbour discovery.
+const MLD_REPORT: u8 = 131;
+const MLD_DONE: u8 = 132;
+const MLD2_REPORT: u8 = 143;
+const NEIGHBOUR_SOLICITATION: u8 = 135;
 const NEIGHBOUR_ADVERTISEMENT: u8 = 136;
 /// Extension headers walked at most; a packet with more goes.
 const IPV6_CHAINED_HEADERS: usize = 8;
@@ -44,6 +50,8 @@ pub(super) enum Foreign {
     /// A frame the peer may not send there (an IPv4 source not its own in
     /// the segment), or a datagram cut where the check cannot see.
     Source,
+    /// A frame past the peer's storm meter (`storm.rs`).
+    Storm,
 }
 
 /// Whether `packet` (an IPv4 packet a peer sent from its node address: the
@@ -125,36 +133,67 @@ pub(super) fn foreign_frame(
 
 /// Whether the IPv6 packet in Ethernet `frame` speaks only for the link-local
 /// address of its source MAC `mac` (`kernel::link_local`, the one IPv6
-/// address a workload has on its segment): its source that or `::` (an
-/// address being checked for duplicates), and a neighbour advertisement
-/// only for that address as its target (past hop-by-hop, destination and
-/// routing headers, which the kernel walks too). Else a member could tell
+/// address a workload has on its segment): its source that address, and a
+/// neighbour advertisement only for it as its target. From `::` only what a
+/// host sends before it has an address: a neighbour solicitation for its own
+/// (duplicate address detection) and MLD reports. Else a member could tell
 /// a segment's workloads that another's address is at its own workload's
-/// MAC, the neighbour discovery twin of a forged ARP reply. A packet cut
-/// before what must be checked is not its own.
+/// MAC (the neighbour discovery twin of a forged ARP reply), or answer a new
+/// workload's detection probe for its address. The ICMPv6 header is found
+/// past hop-by-hop, routing, destination and authentication headers and a
+/// first fragment's header, as the kernel finds it; a later fragment has
+/// none to check. A packet cut before what must be checked is not its own.
 fn ipv6_own(frame: &[u8], mac: &[u8]) -> bool {
     let Some(header) = frame.get(ETHERNET_HEADER..ETHERNET_HEADER + IPV6_HEADER) else { return false };
     let own = link_local(mac).octets();
-    if header[8..24] != own && header[8..24] != [0; 16] {
+    let unspecified = header[8..24] == [0; 16];
+    if header[8..24] != own && !unspecified {
         return false;
     }
     let (mut next, mut at) = (header[6], ETHERNET_HEADER + IPV6_HEADER);
     for _ in 0..IPV6_CHAINED_HEADERS {
-        if !matches!(next, HOP_BY_HOP | ROUTING | DESTINATION) {
+        if !matches!(next, HOP_BY_HOP | ROUTING | DESTINATION | AUTHENTICATION | FRAGMENT) {
             break;
         }
-        let Some(&[following, length]) = frame.get(at..at + 2) else { return false };
-        (next, at) = (following, at + (usize::from(length) + 1) * 8);
+        let Some(&[following, length, offset_high, offset_low]) = frame.get(at..at + 4) else { return false };
+        let length = usize::from(length);
+        at += match next {
+            AUTHENTICATION => (length + 2) * 4,
+            // A later fragment: no header of its own to check.
+            FRAGMENT if u16::from_be_bytes([offset_high, offset_low]) & !7 != 0 => return !unspecified,
+            FRAGMENT => 8,
+            _ => (length + 1) * 8,
+        };
+        next = following;
     }
-    match next {
-        HOP_BY_HOP | ROUTING | DESTINATION => false,
-        ICMPV6 => match frame.get(at) {
-            Some(&NEIGHBOUR_ADVERTISEMENT) => frame.get(at + 8..at + 24) == Some(&own[..]),
-            Some(_) => true,
-            None => false,
-        },
-        _ => true,
+    let target = |at: usize| frame.get(at + 8..at + 24) == Some(&own[..]);
+    match (next, frame.get(at)) {
+        (HOP_BY_HOP | ROUTING | DESTINATION | AUTHENTICATION | FRAGMENT, _) => false,
+        (ICMPV6, Some(&NEIGHBOUR_ADVERTISEMENT)) => !unspecified && target(at),
+        (ICMPV6, Some(&NEIGHBOUR_SOLICITATION)) if unspecified => target(at),
+        (ICMPV6, Some(&(MLD_REPORT | MLD_DONE | MLD2_REPORT))) => true,
+        (ICMPV6, None) => false,
+        _ => !unspecified,
     }
+}
+
+/// The destination MAC of the frame in `packet` when it is a whole VXLAN
+/// datagram with a frame (one [`foreign_frame`] let through); none for any
+/// other packet.
+fn frame_destination(packet: &[u8]) -> Option<&[u8]> {
+    if packet.len() < super::IPV4_HEADER || packet[9] != UDP {
+        return None;
+    }
+    let ihl = usize::from(packet[0] & 0x0f) * 4;
+    if u16::from_be_bytes([packet[6], packet[7]]) & (MORE_FRAGMENTS | OFFSET) != 0 {
+        return None;
+    }
+    let udp = packet.get(ihl..ihl + UDP_HEADER)?;
+    if u16::from_be_bytes([udp[2], udp[3]]) != VXLAN_PORT {
+        return None;
+    }
+    let frame = ihl + UDP_HEADER + VXLAN_HEADER;
+    packet.get(frame..frame + 6)
 }
 
 impl Table {
@@ -167,7 +206,14 @@ impl Table {
     /// attach in a subnet sends some before this host has the allocation),
     /// unless it claims another peer's address: that is forged, whatever
     /// segment it was sent into.
-    pub(super) fn frame_verdict(&self, peer: &Arc<Peer>, packet: &[u8], inner_src: Ipv4Addr) -> Option<Foreign> {
+    /// A frame it may send is metered (`limit`: `--broadcast-limit`).
+    pub(super) fn frame_verdict(
+        &self,
+        peer: &Arc<Peer>,
+        packet: &[u8],
+        inner_src: Ipv4Addr,
+        limit: u32,
+    ) -> Option<Foreign> {
         if inner_src != peer.config.address {
             return None;
         }
@@ -175,11 +221,16 @@ impl Table {
         // Only from one of its workloads in that segment.
         let may_use =
             |vni, ip| ip != peer.config.address && self.may_use(peer, ip) && self.vni_of.get(&ip) == Some(&vni);
-        match foreign_frame(packet, member, may_use)? {
-            Foreign::Segment(Some(ip)) if self.by_address.get(&ip).is_some_and(|p| !Arc::ptr_eq(p, peer)) => {
+        match foreign_frame(packet, member, may_use) {
+            Some(Foreign::Segment(Some(ip))) if self.by_address.get(&ip).is_some_and(|p| !Arc::ptr_eq(p, peer)) => {
                 Some(Foreign::Source)
             }
-            verdict => Some(verdict),
+            Some(verdict) => Some(verdict),
+            None => {
+                let dst = frame_destination(packet)?;
+                let workloads = self.workloads.get(&peer.index).copied().unwrap_or(0);
+                (!peer.storm.admit(dst, workloads, limit, std::time::Instant::now())).then_some(Foreign::Storm)
+            }
         }
     }
 }
@@ -350,7 +401,14 @@ mod tests {
         let advert = |target: [u8; 16]| [&[NEIGHBOUR_ADVERTISEMENT, 0, 0, 0, 0x20, 0, 0, 0][..], &target].concat();
         for mac in [&own, &bridge] {
             assert_eq!(sent(mac, ipv6(ll(mac), UDP, &[0; 8])), None, "from its link-local address");
-            assert_eq!(sent(mac, ipv6([0; 16], ICMPV6, &[135, 0, 0, 0, 0, 0, 0, 0])), None, "from :: (DAD)");
+            let solicit = |target: [u8; 16]| [&[NEIGHBOUR_SOLICITATION, 0, 0, 0, 0, 0, 0, 0][..], &target].concat();
+            assert_eq!(sent(mac, ipv6([0; 16], ICMPV6, &solicit(ll(mac)))), None, "from :: (DAD)");
+            assert_eq!(sent(mac, ipv6([0; 16], ICMPV6, &solicit(theirs))), Some(Foreign::Source), "DAD for another");
+            assert_eq!(sent(mac, ipv6([0; 16], ICMPV6, &[MLD2_REPORT, 0, 0, 0])), None, "an MLD report from ::");
+            assert_eq!(sent(mac, ipv6([0; 16], UDP, &[0; 8])), Some(Foreign::Source), "UDP from ::");
+            assert_eq!(sent(mac, ipv6([0; 16], ICMPV6, &[128, 0, 0, 0])), Some(Foreign::Source), "a ping from ::");
+            let from_nothing = ipv6([0; 16], ICMPV6, &advert(ll(mac)));
+            assert_eq!(sent(mac, from_nothing), Some(Foreign::Source), "an advertisement from ::");
             assert_eq!(sent(mac, ipv6(theirs, UDP, &[0; 8])), Some(Foreign::Source), "from another's");
             assert_eq!(sent(mac, ipv6(ll(mac), ICMPV6, &advert(ll(mac)))), None, "advertising itself");
             assert_eq!(sent(mac, ipv6(ll(mac), ICMPV6, &advert(theirs))), Some(Foreign::Source), "another");
@@ -378,8 +436,15 @@ mod tests {
         assert_eq!(sent(&own, chained(IPV6_CHAINED_HEADERS, theirs)), Some(Foreign::Source));
         let too_many = chained(IPV6_CHAINED_HEADERS + 1, ll(&own));
         assert_eq!(sent(&own, too_many), Some(Foreign::Source), "too many headers");
-        // A fragment's: the kernel takes no fragmented neighbour discovery.
-        assert_eq!(sent(&own, behind(44, ICMPV6, &advert(theirs))), None);
+        // A first fragment carries the header; a later one has none.
+        assert_eq!(sent(&own, behind(FRAGMENT, ICMPV6, &advert(theirs))), Some(Foreign::Source), "first fragment");
+        assert_eq!(sent(&own, behind(FRAGMENT, ICMPV6, &advert(ll(&own)))), None);
+        let later = ipv6(ll(&own), FRAGMENT, &[&[ICMPV6, 0, 0, 0x08, 0, 0, 0, 1][..], &advert(theirs)].concat());
+        assert_eq!(sent(&own, later), None, "a later fragment");
+        // Past an authentication header (length in 4-byte words, less 2: 12 bytes here).
+        let ah = |target| [&[ICMPV6, 1][..], &[0; 10], &advert(target)].concat();
+        assert_eq!(sent(&own, ipv6(ll(&own), AUTHENTICATION, &ah(theirs))), Some(Foreign::Source), "behind AH");
+        assert_eq!(sent(&own, ipv6(ll(&own), AUTHENTICATION, &ah(ll(&own)))), None);
         assert_eq!(sent(&own, ipv6(ll(&own), UDP, &[0; 8])[..39].to_vec()), Some(Foreign::Source), "a cut header");
         assert_eq!(sent(&own, ipv6(ll(&own), ICMPV6, &[])), Some(Foreign::Source), "no ICMPv6 type");
     }

@@ -330,6 +330,9 @@ impl Netlink {
 /// Its link-local address is the EUI-64 one of its MAC (`addr_gen_mode` 0,
 /// whatever the container's defaults say): the one IPv6 source its port
 /// lets through (`plan::l2::guard_ruleset`) and other hosts take from it.
+/// No duplicate address detection: the address is unique by construction
+/// (IPAM's, in the MAC), and a neighbour answering the detection's probe
+/// would leave the workload without IPv6.
 /// IPv6 entries are skipped when the container has no IPv6.
 const WORKLOAD_SYSCTLS: &[(&str, &str, bool)] = &[
     ("ipv4/conf/{}/drop_unicast_in_l2_multicast", "1", false),
@@ -338,7 +341,28 @@ const WORKLOAD_SYSCTLS: &[(&str, &str, bool)] = &[
     ("ipv6/conf/{}/autoconf", "0", true),
     ("ipv6/conf/{}/accept_redirects", "0", true),
     ("ipv6/conf/{}/addr_gen_mode", "0", true),
+    ("ipv6/conf/{}/accept_dad", "0", true),
 ];
+
+/// The sysctls of a segment's bridge `br` and VXLAN device `vx`, in this
+/// (the host's) namespace. Proxy ARP answers at once (the default delays
+/// answers up to 0.8 s), and needs forwarding on the bridge, as does routing
+/// from it to the TUN. Neither has IPv6 of its own (the host never speaks on
+/// a segment over IPv6): a VXLAN device's random MAC made its neighbour
+/// discovery and MLD into frames every other host dropped as forged (only a
+/// workload's or the bridges' MAC and link-local address pass,
+/// `dataplane/router/vxlan.rs`). Set before the VXLAN device comes up.
+pub(super) fn segment_sysctls(br: &str, vx: &str) -> Result<(), Error> {
+    sysctl(&format!("net/ipv4/neigh/{br}/proxy_delay"), "0")?;
+    sysctl(&format!("net/ipv4/conf/{br}/forwarding"), "1")?;
+    for dev in [br, vx] {
+        match sysctl(&format!("net/ipv6/conf/{dev}/disable_ipv6"), "1") {
+            Err(Error::Io(_, e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
 
 /// Sets [`WORKLOAD_SYSCTLS`] on `ifname` inside the namespace `netns`.
 pub fn harden_workload(netns: &std::fs::File, ifname: &str) -> Result<(), Error> {
