@@ -242,7 +242,9 @@ fn a_segments_frames_cross_only_between_hosts_with_workloads_in_it() {
 /// Storm control: a workload flooding broadcast frames gets at most
 /// `--broadcast-limit` a second (and a tenth of that at once) past its port,
 /// while one below the limit loses nothing. Host 2 runs without a limit:
-/// the same flood from its workload arrives whole (the control).
+/// the same flood from its workload arrives whole at its neighbour there
+/// (the control; host 1's router meters what host 2 sends it,
+/// `a_members_flood…` below).
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn a_workloads_broadcast_flood_is_cut_at_its_port() {
@@ -254,7 +256,9 @@ fn a_workloads_broadcast_flood_is_cut_at_its_port() {
     bed.add_host();
     let (a, _) = attached_at(&mut bed, 0, "a");
     let (b, b_ip) = attached_at(&mut bed, 1, "b");
+    let (b2, b2_ip) = attached_at(&mut bed, 1, "b2");
     wait_for("a to reach b", Duration::from_secs(15), || ping_once(&a, b_ip).then_some(()));
+    wait_for("b to reach b2", Duration::from_secs(15), || ping_once(&b, b2_ip).then_some(()));
     // What a meter of `rate` a second (a tenth of that at once) lets
     // through while a sender took `secs`.
     let bound = |rate: usize, secs: f64| rate / 10 + (rate as f64 * (secs + 0.1)) as usize + 20;
@@ -265,7 +269,7 @@ fn a_workloads_broadcast_flood_is_cut_at_its_port() {
     };
     let (mut took, mut took_b) = (0.0, 0.0);
     let from_a = received_by(&b, || took = timed(&|| frames_at(&a, 20_000, None)));
-    let from_b = received_by(&a, || took_b = timed(&|| frames_at(&b, 20_000, None)));
+    let from_b = received_by(&b2, || took_b = timed(&|| frames_at(&b, 20_000, None)));
     eprintln!(
         "20,000 frames flooded: {from_a} from a in {took:.2} s (limit {LIMIT}/s), {from_b} from b in {took_b:.2} s"
     );
@@ -279,7 +283,7 @@ fn a_workloads_broadcast_flood_is_cut_at_its_port() {
     // metered on its way to the VXLAN device (at ten times the rate) ...
     let unknown = "02:99:99:99:99:99";
     let from_a = received_by(&b, || took = timed(&|| frames_to(&a, 40_000, None, unknown)));
-    let from_b = received_by(&a, || took_b = timed(&|| frames_to(&b, 40_000, None, unknown)));
+    let from_b = received_by(&b2, || took_b = timed(&|| frames_to(&b, 40_000, None, unknown)));
     eprintln!("40,000 unknown-unicast frames: {from_a} from a in {took:.2} s, {from_b} from b in {took_b:.2} s");
     assert!(from_a <= bound(10 * LIMIT, took), "a's unknown unicast was not cut: {from_a} in {took:.2} s");
     assert!(from_b > bound(10 * LIMIT, took_b), "without a limit more arrives: {from_b} in {took_b:.2} s");
@@ -299,9 +303,9 @@ fn tx_packets(ns: &str, iface: &str) -> u64 {
 /// A member host writes group frames straight into its VXLAN device, past
 /// its workloads' ports and their meters: every host of the segment took
 /// all of them and copied each to every local port. Now each receiving
-/// agent meters a peer's VXLAN frames at what that peer's ports let
-/// through together (`--broadcast-limit` once per workload it hosts and
-/// once for its bridges): host 1 (limit 200) passes a few hundred a
+/// agent meters a peer's group frames into a segment at what that peer's
+/// ports there let through together (`--broadcast-limit` once per workload
+/// it hosts there and once for its bridge): host 1 (limit 200) passes a few hundred a
 /// second of the member's flood to b and counts the rest
 /// (`weave_storm_frames_dropped_total`); host 2, without a limit, passes
 /// it all to c (the control). A member within its ports' limits loses
@@ -337,14 +341,16 @@ fn a_members_flood_written_into_its_vxlan_device_is_cut_by_each_receiving_host()
     // Within what a's port and the bridge may send (2 x 200 a second): all of it.
     let (got_b, got_c, _) = flood(300, 150);
     assert!(got_b >= 295 && got_c >= 295, "a member within its limits lost frames: b {got_b}, c {got_c} of 300");
-    // A flood: the member hosts a (and at most an exposed address), so
-    // host 1 lets through at most 3 x 200 a second and a fifth of that at once.
+    // A flood: the member hosts a there (and at most an exposed address),
+    // so host 1 lets through at most 3 x 200 a second and a fifth of that
+    // at once.
     let before = dropped();
     let (got_b, got_c, secs) = flood(10_000, 5_000);
     eprintln!("10,000 frames written into the member's VXLAN device: b got {got_b}, c {got_c}, in {secs:.2} s");
     let bound = (3 * LIMIT) as f64 * (secs + 0.2) + 20.0;
     assert!((got_b as f64) <= bound, "host 1 passed {got_b} in {secs:.2} s (at most {bound:.0})");
-    assert!(got_c as f64 > 2.0 * bound, "host 2, without a limit, passed only {got_c}: the test is void");
+    assert!(got_b >= 2 * LIMIT / 5, "host 1 did not pass its meter's burst: {got_b}");
+    assert!(got_c >= 9_000, "host 2, without a limit, passed only {got_c} of 10,000: the test is void");
     wait_for("host 1's agent to count what it dropped", Duration::from_secs(10), || {
         // About what reached host 2 and not b (host 1 received as much).
         (dropped() >= before + got_c.saturating_sub(got_b) as f64 / 2.0).then_some(())

@@ -212,6 +212,13 @@ fn link_local(ns: &str, dev: &str) -> String {
         .to_string()
 }
 
+/// The EUI-64 link-local address of MAC `mac` (`aa:bb:cc:dd:ee:ff`).
+fn eui64(mac: &str) -> String {
+    let m: Vec<u16> = mac.split(':').map(|b| u16::from_str_radix(b, 16).unwrap()).collect();
+    let word = |a: u16, b: u16| format!("{:x}", a << 8 | b);
+    format!("fe80::{}:{}:{}:{}", word(m[0] ^ 2, m[1]), word(m[2], 0xff), word(0xfe, m[3]), word(m[4], m[5]))
+}
+
 /// Whether a UDP datagram sent from `from` to `to` arrives at a socket bound in `host`.
 fn udp_arrives(host: &str, from: &str, to: std::net::SocketAddr) -> bool {
     let bound = std::sync::Arc::new(std::sync::Barrier::new(2));
@@ -245,7 +252,11 @@ fn a_workload_reaches_its_host_only_at_the_exposed_address_and_never_over_ipv6()
     }
     let host = bed.hosts[0].ns.clone();
     let bridge = interfaces(&host).into_iter().find(|i| i.starts_with("wvbr-")).expect("a bridge");
-    let (bridge_ll, b_ll) = (link_local(&host, &bridge), link_local(&b, "ethwe"));
+    // The bridge has no IPv6 of its own (`disable_ipv6`); the address it
+    // would have had from its MAC is what a workload might try.
+    let no_v6 = ok_in(&host, &["ip", "-6", "-o", "addr", "show", "dev", &bridge]);
+    assert!(no_v6.trim().is_empty(), "the bridge has IPv6 addresses: {no_v6}");
+    let (bridge_ll, b_ll) = (eui64(&mac_of(&host, &bridge)), link_local(&b, "ethwe"));
     // Control: IPv6 between workloads of the segment works.
     let ping6 = |from: &str, to: &str| {
         in_ns(from, &["ping", "-6", "-c", "1", "-W", "1", &format!("{to}%ethwe")]).status.success()

@@ -112,8 +112,8 @@ pub struct PeerStatus {
     /// VXLAN frames dropped because the peer has no workload in their segment.
     #[serde(default)]
     pub dropped_foreign_segment: u64,
-    /// VXLAN frames dropped past what the peer's workloads' ports let
-    /// through (`--broadcast-limit` per workload).
+    /// Group-addressed VXLAN frames dropped past what the peer's workloads'
+    /// ports in their segment let through (`--broadcast-limit` per workload).
     #[serde(default)]
     pub dropped_storm: u64,
 }

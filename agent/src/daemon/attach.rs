@@ -270,6 +270,21 @@ impl Attacher {
                     subnet.cidr
                 )));
             }
+            // An interface it has keeps only the MAC weave gave it: other
+            // hosts take its frames by that one alone, and a container that
+            // set another (a remote workload's) would have its port locked
+            // to it. One an older agent made is refused too. Before any change.
+            if let Some((i, have)) = on_subnet(&before, &subnet.cidr)
+                && i.mac != workload_mac(have)
+            {
+                return Err(Refusal::invalid(format!(
+                    "{} in the container has MAC {}, not {}, the MAC weave gives {have}: \
+                     detach it and attach again (a weave interface's MAC must not change)",
+                    i.name,
+                    format_mac(&i.mac),
+                    format_mac(&workload_mac(have))
+                )));
+            }
         }
         let previously = self.held(&c.key);
         let allocated = self.allocate_all(&c.key, c.name.as_deref().unwrap_or(""), &wanted).await?;
@@ -308,18 +323,6 @@ impl Attacher {
                     .find(|i| i.name == ifname)
                     .map(|i| i.mac)
                     .ok_or_else(|| Refusal::failed(format!("{ifname} vanished from the container")))?;
-                // Only the MAC weave gave it: other hosts take its frames by
-                // that one alone, and a container that set another (a remote
-                // workload's) would otherwise have its port locked to it. An
-                // interface an older agent made is refused too.
-                if mac != workload_mac(*ip) {
-                    return Err(Refusal::invalid(format!(
-                        "{ifname} in the container has MAC {}, not {}, the MAC weave gives {ip}: \
-                         detach it and attach again (a weave interface's MAC must not change)",
-                        format_mac(&mac),
-                        format_mac(&workload_mac(*ip))
-                    )));
-                }
                 // The lock first: it refuses a MAC another workload's port holds,
                 // before anything is pinned or recorded for it.
                 let port = host_ifname(c.inode, subnet.vni);

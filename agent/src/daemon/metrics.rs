@@ -83,8 +83,9 @@ pub fn describe() {
     );
     describe_counter!(
         "weave_storm_frames_dropped_total",
-        "VXLAN frames dropped from a peer past what its workloads' ports let through together \
-         (--broadcast-limit a second per workload and for its bridges; ten times that for unicast)."
+        "Broadcast and multicast VXLAN frames dropped from a peer past what its workloads' ports in \
+         that segment let through together (--broadcast-limit a second per workload, up to 16, and for \
+         its bridge)."
     );
     describe_gauge!(
         "weave_cpu_latency_hold",

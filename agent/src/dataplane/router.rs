@@ -94,9 +94,9 @@ pub struct Table {
     members: HashSet<(u32, u32)>,
     /// Each peer's workload address with the VNI of its subnet.
     vni_of: HashMap<Ipv4Addr, u32>,
-    /// How many workload addresses each peer (by index) hosts: its share of
-    /// the storm meter ([`storm`]).
-    workloads: HashMap<u32, usize>,
+    /// How many workload addresses each peer (by index) hosts in each
+    /// segment (by VNI): its share of the storm meter there ([`storm`]).
+    workloads: HashMap<(u32, u32), usize>,
 }
 
 impl Table {
@@ -177,7 +177,9 @@ impl Router {
                     table.vni_of.entry(a).or_insert(vni);
                 }
                 table.members.extend(config.segments.iter().map(|vni| (*vni, peer.index)));
-                table.workloads.insert(peer.index, config.routes.len());
+                for &(_, vni) in &config.routes {
+                    *table.workloads.entry((vni, peer.index)).or_default() += 1;
+                }
                 table.by_address.insert(config.address, Arc::clone(&peer));
                 table.by_index.insert(peer.index, Arc::clone(&peer));
                 table.by_key.insert(config.public_key, peer);

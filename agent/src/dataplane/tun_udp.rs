@@ -139,8 +139,8 @@ pub struct Tuning {
     /// Seconds between keepalives to every peer while this host is behind
     /// NAT ([`Transport::set_behind_nat`]); 0: none.
     pub nat_keepalive: u16,
-    /// `--broadcast-limit`: what each peer's VXLAN frames are metered at,
-    /// per workload it hosts (`router/storm.rs`; 0: not metered).
+    /// `--broadcast-limit`: what each peer's group frames into a segment are
+    /// metered at, per workload it hosts there (`router/storm.rs`; 0: not metered).
     pub broadcast_limit: u32,
 }
 

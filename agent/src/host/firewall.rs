@@ -97,7 +97,11 @@ pub async fn set_broadcast_limit(per_second: u32) {
     if limit > 0 {
         let probe = guard_ruleset(&[("wvprobe".into(), Ipv4Addr::UNSPECIFIED, vec![2, 0, 0, 0, 0, 1])], limit);
         if let Err(e) = nft_with(&["--check", "-f", "-"], &probe).await {
-            tracing::warn!(error = %e, "nftables refuses the storm-control meters here; --broadcast-limit is off");
+            tracing::warn!(
+                error = %e,
+                "nftables refuses the storm-control meters here: workload ports are not metered \
+                 (--broadcast-limit still meters what peers send into segments)"
+            );
             limit = 0;
         }
     }

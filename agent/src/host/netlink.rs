@@ -357,6 +357,7 @@ impl Netlink {
                 self.link_index(&br).await?.ok_or_else(|| Error::Netlink(format!("{br} vanished")))?
             }
         };
+        workload::bridge_sysctls(&br)?;
         let vxlan = match self.link_index(&vx).await? {
             Some(i) => i,
             None => {
@@ -377,7 +378,7 @@ impl Netlink {
                 self.link_index(&vx).await?.ok_or_else(|| Error::Netlink(format!("{vx} vanished")))?
             }
         };
-        workload::segment_sysctls(&br, &vx)?;
+        workload::no_ipv6(&vx);
         let set = |msg| self.handle.link().set(msg).execute();
         set(LinkUnspec::new_with_index(vxlan).mtu(mtu).controller(bridge).build())
             .await

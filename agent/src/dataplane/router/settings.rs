@@ -8,9 +8,10 @@ use boringtun::noise::TunnResult;
 use super::{Peer, Router, Sink, lock};
 
 impl Router {
-    /// The frames a second each workload port of a peer may put into a
-    /// segment (`--broadcast-limit`; 0: no limit): what the peer's VXLAN
-    /// frames are metered at, once per workload it hosts ([`storm`]).
+    /// The broadcast and multicast frames a second each workload port of a
+    /// peer may put into a segment (`--broadcast-limit`; 0: no limit): what
+    /// the peer's group frames there are metered at, once per workload it
+    /// hosts there and once for its bridge ([`super::storm`]).
     pub fn set_broadcast_limit(&self, per_second: u32) {
         self.broadcast_limit.store(per_second, Ordering::Relaxed);
     }

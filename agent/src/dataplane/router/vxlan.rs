@@ -177,10 +177,10 @@ fn ipv6_own(frame: &[u8], mac: &[u8]) -> bool {
     }
 }
 
-/// The destination MAC of the frame in `packet` when it is a whole VXLAN
-/// datagram with a frame (one [`foreign_frame`] let through); none for any
-/// other packet.
-fn frame_destination(packet: &[u8]) -> Option<&[u8]> {
+/// The segment (VNI) and the destination MAC of the frame in `packet` when
+/// it is a whole VXLAN datagram with a frame (one [`foreign_frame`] let
+/// through); none for any other packet.
+fn frame_destination(packet: &[u8]) -> Option<(u32, &[u8])> {
     if packet.len() < super::IPV4_HEADER || packet[9] != UDP {
         return None;
     }
@@ -192,8 +192,10 @@ fn frame_destination(packet: &[u8]) -> Option<&[u8]> {
     if u16::from_be_bytes([udp[2], udp[3]]) != VXLAN_PORT {
         return None;
     }
+    let header = packet.get(ihl + UDP_HEADER..ihl + UDP_HEADER + VXLAN_HEADER)?;
+    let vni = u32::from_be_bytes([0, header[4], header[5], header[6]]);
     let frame = ihl + UDP_HEADER + VXLAN_HEADER;
-    packet.get(frame..frame + 6)
+    Some((vni, packet.get(frame..frame + 6)?))
 }
 
 impl Table {
@@ -227,9 +229,9 @@ impl Table {
             }
             Some(verdict) => Some(verdict),
             None => {
-                let dst = frame_destination(packet)?;
-                let workloads = self.workloads.get(&peer.index).copied().unwrap_or(0);
-                (!peer.storm.admit(dst, workloads, limit, std::time::Instant::now())).then_some(Foreign::Storm)
+                let (vni, dst) = frame_destination(packet)?;
+                let workloads = self.workloads.get(&(vni, peer.index)).copied().unwrap_or(0);
+                (!peer.storm.admit(vni, dst, workloads, limit, std::time::Instant::now())).then_some(Foreign::Storm)
             }
         }
     }

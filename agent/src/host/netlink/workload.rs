@@ -344,24 +344,29 @@ const WORKLOAD_SYSCTLS: &[(&str, &str, bool)] = &[
     ("ipv6/conf/{}/accept_dad", "0", true),
 ];
 
-/// The sysctls of a segment's bridge `br` and VXLAN device `vx`, in this
-/// (the host's) namespace. Proxy ARP answers at once (the default delays
-/// answers up to 0.8 s), and needs forwarding on the bridge, as does routing
-/// from it to the TUN. Neither has IPv6 of its own (the host never speaks on
-/// a segment over IPv6): a VXLAN device's random MAC made its neighbour
-/// discovery and MLD into frames every other host dropped as forged (only a
-/// workload's or the bridges' MAC and link-local address pass,
-/// `dataplane/router/vxlan.rs`). Set before the VXLAN device comes up.
-pub(super) fn segment_sysctls(br: &str, vx: &str) -> Result<(), Error> {
+/// The sysctls of a segment's bridge `br`, in this (the host's) namespace,
+/// right after it is made: proxy ARP answers at once (the default delays
+/// answers up to 0.8 s), and needs forwarding on the bridge, as does
+/// routing from it to the TUN; and no IPv6 of its own ([`no_ipv6`]).
+pub(super) fn bridge_sysctls(br: &str) -> Result<(), Error> {
     sysctl(&format!("net/ipv4/neigh/{br}/proxy_delay"), "0")?;
     sysctl(&format!("net/ipv4/conf/{br}/forwarding"), "1")?;
-    for dev in [br, vx] {
-        match sysctl(&format!("net/ipv6/conf/{dev}/disable_ipv6"), "1") {
-            Err(Error::Io(_, e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-            other => other?,
-        }
-    }
+    no_ipv6(br);
     Ok(())
+}
+
+/// IPv6 off on a segment's bridge or VXLAN device (before the VXLAN device
+/// comes up): the host never speaks on a segment over IPv6, and a VXLAN
+/// device's neighbour discovery and MLD, from its random MAC, were frames
+/// every other host dropped as forged (only a workload's or the bridges'
+/// MAC and link-local address pass, `dataplane/router/vxlan.rs`). A kernel
+/// without IPv6 needs nothing; any other failure is only a warning.
+pub(super) fn no_ipv6(dev: &str) {
+    match sysctl(&format!("net/ipv6/conf/{dev}/disable_ipv6"), "1") {
+        Err(Error::Io(_, e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(device = dev, error = %e, "could not turn IPv6 off"),
+        Ok(()) => {}
+    }
 }
 
 /// Sets [`WORKLOAD_SYSCTLS`] on `ifname` inside the namespace `netns`.
