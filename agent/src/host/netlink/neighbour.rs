@@ -182,10 +182,15 @@ impl Netlink {
         // Learning off too: a locked port still learns the source MAC of
         // link-local frames (01:80:c2:00:00:0X, e.g. LLDP) before the lock is
         // checked, so one such frame would open the lock for any MAC (found
-        // by a review). The sticky entry above is all the port needs.
+        // by a review). The sticky entry above is all the port needs. And no
+        // unicast to a MAC the bridge does not know: the workload's own is
+        // always known (that entry), so such a frame was only a copy (of a
+        // member's or a neighbour's flood) for a workload that drops it.
+        use netlink_packet_route::link::InfoBridgePort;
         let lock = rtnetlink::LinkBridgePort::new(index)
-            .append_info_data(netlink_packet_route::link::InfoBridgePort::Locked(true))
-            .append_info_data(netlink_packet_route::link::InfoBridgePort::Learning(false))
+            .append_info_data(InfoBridgePort::Locked(true))
+            .append_info_data(InfoBridgePort::Learning(false))
+            .append_info_data(InfoBridgePort::UnicastFlood(false))
             .build();
         self.handle.link().set_port(lock).execute().await.map_err(|e| nl(format!("lock bridge port {port}"), e))
     }
