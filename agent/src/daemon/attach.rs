@@ -270,20 +270,9 @@ impl Attacher {
                     subnet.cidr
                 )));
             }
-            // An interface it has keeps only the MAC weave gave it: other
-            // hosts take its frames by that one alone, and a container that
-            // set another (a remote workload's) would have its port locked
-            // to it. One an older agent made is refused too. Before any change.
-            if let Some((i, have)) = on_subnet(&before, &subnet.cidr)
-                && i.mac != workload_mac(have)
-            {
-                return Err(Refusal::invalid(format!(
-                    "{} in the container has MAC {}, not {}, the MAC weave gives {have}: \
-                     detach it and attach again (a weave interface's MAC must not change)",
-                    i.name,
-                    format_mac(&i.mac),
-                    format_mac(&workload_mac(have))
-                )));
+            // An interface it has keeps its MAC (`own_mac`): before any change.
+            if let Some((i, have)) = on_subnet(&before, &subnet.cidr) {
+                own_mac(&i.name, &i.mac, have)?;
             }
         }
         let previously = self.held(&c.key);
@@ -323,6 +312,8 @@ impl Attacher {
                     .find(|i| i.name == ifname)
                     .map(|i| i.mac)
                     .ok_or_else(|| Refusal::failed(format!("{ifname} vanished from the container")))?;
+                // Again for a new one: the container may have changed it since.
+                own_mac(&ifname, &mac, *ip)?;
                 // The lock first: it refuses a MAC another workload's port holds,
                 // before anything is pinned or recorded for it.
                 let port = host_ifname(c.inode, subnet.vni);
@@ -487,6 +478,19 @@ fn on_subnet<'i>(ifaces: &'i [WorkloadInterface], cidr: &str) -> Option<(&'i Wor
     let net: Ipv4Net = cidr.parse().ok()?;
     ifaces.iter().find_map(|i| {
         i.addresses.iter().find(|(ip, len)| net.contains(ip) && *len == net.prefix_len()).map(|(ip, _)| (i, *ip))
+    })
+}
+
+/// Refuses weave interface `name` (address `ip`) unless its MAC is the one weave gives `ip`: other
+/// hosts take its frames by that alone, and its port would be locked to any other (a remote
+/// workload's). One an older agent made is refused too.
+fn own_mac(name: &str, mac: &[u8], ip: Ipv4Addr) -> Result<(), Refusal> {
+    let (have, want) = (format_mac(mac), format_mac(&workload_mac(ip)));
+    (have == want).then_some(()).ok_or_else(|| {
+        Refusal::invalid(format!(
+            "{name} in the container has MAC {have}, not {want}, the MAC weave gives {ip}: \
+             detach it and attach again (a weave interface's MAC must not change)"
+        ))
     })
 }
 

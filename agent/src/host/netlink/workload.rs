@@ -234,15 +234,24 @@ impl Netlink {
             set(LinkUnspec::new_with_index(l.header.index).controller(bridge_index).build())
                 .await
                 .map_err(|e| nl(format!("put {port} back into {bridge}"), e))?;
+            // The bridge's neighbour and FDB entries went with it: pin the
+            // workload's address and lock its port to its MAC again, before
+            // it comes up. If that fails it leaves the bridge again, so the
+            // next pass tries it whole (in the bridge, it would be skipped,
+            // up and unlocked).
+            if let Some((ip, mac)) = pin {
+                let locked = async {
+                    self.pin_neighbour(bridge, ip, &mac).await?;
+                    self.lock_port(port, &mac).await
+                };
+                if let Err(e) = locked.await {
+                    let _ = set(LinkUnspec::new_with_index(l.header.index).nocontroller().build()).await;
+                    return Err(e);
+                }
+            }
             set(LinkUnspec::new_with_index(l.header.index).up().build())
                 .await
                 .map_err(|e| nl(format!("set {port} up"), e))?;
-            // The bridge's neighbour and FDB entries went with it: pin the
-            // workload's address and lock its port to its MAC again.
-            if let Some((ip, mac)) = pin {
-                self.pin_neighbour(bridge, ip, &mac).await?;
-                self.lock_port(port, &mac).await?;
-            }
             moved.push(format!("{port} -> {bridge}"));
         }
         Ok(moved)
