@@ -56,7 +56,9 @@ pub(super) enum Foreign {
 
 /// Whether `packet` (an IPv4 packet a peer sent from its node address: the
 /// only source the host's firewall lets reach its VXLAN port) must be
-/// dropped as a VXLAN datagram with a frame the peer may not send, and why:
+/// dropped as a VXLAN datagram with a frame the peer may not send, and why
+/// (`Err`); else, for a VXLAN datagram, its segment and its frame's
+/// destination MAC (`Ok(Some)`, for the storm meter), or `Ok(None)`:
 /// `member(vni)` says whether the peer may put a frame into segment `vni`
 /// (only where it hosts a workload), `may_use(vni, src)` whether an IPv4
 /// frame from `src` there (its workload addresses in that segment, the
@@ -80,28 +82,28 @@ pub(super) fn foreign_frame(
     packet: &[u8],
     member: impl Fn(u32) -> bool,
     may_use: impl Fn(u32, Ipv4Addr) -> bool,
-) -> Option<Foreign> {
+) -> Result<Option<(u32, &[u8])>, Foreign> {
     if packet.len() < super::IPV4_HEADER || packet[9] != UDP {
-        return None;
+        return Ok(None);
     }
     let ihl = usize::from(packet[0] & 0x0f) * 4;
     let flags = u16::from_be_bytes([packet[6], packet[7]]);
     if flags & OFFSET != 0 {
-        return None;
+        return Ok(None);
     }
     let Some(udp) = packet.get(ihl..ihl + UDP_HEADER) else {
         // A first fragment that cuts the UDP header; an unfragmented one
         // this short is no datagram the kernel takes.
-        return (flags & MORE_FRAGMENTS != 0).then_some(Foreign::Source);
+        return if flags & MORE_FRAGMENTS != 0 { Err(Foreign::Source) } else { Ok(None) };
     };
     if u16::from_be_bytes([udp[2], udp[3]]) != VXLAN_PORT {
-        return None;
+        return Ok(None);
     }
     if flags & MORE_FRAGMENTS != 0 {
-        return Some(Foreign::Source);
+        return Err(Foreign::Source);
     }
     let Some(header) = packet.get(ihl + UDP_HEADER..ihl + UDP_HEADER + VXLAN_HEADER) else {
-        return Some(Foreign::Source);
+        return Err(Foreign::Source);
     };
     let vni = u32::from_be_bytes([0, header[4], header[5], header[6]]);
     let frame = ihl + UDP_HEADER + VXLAN_HEADER;
@@ -113,7 +115,7 @@ pub(super) fn foreign_frame(
     };
     let src = src.filter(|ip| !ip.is_unspecified());
     if !member(vni) {
-        return Some(Foreign::Segment(src));
+        return Err(Foreign::Segment(src));
     }
     // The frame's source MAC: one of the peer's workloads' there (made from
     // its address, `kernel::workload_mac`) or its bridges' (made from its
@@ -121,13 +123,13 @@ pub(super) fn foreign_frame(
     // behind the peer by this host's bridge and VXLAN device, and the
     // segment's frames to that MAC (a workload of another host) sent to it.
     let node = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-    let Some(mac) = packet.get(frame + 6..frame + 12) else { return Some(Foreign::Source) };
+    let Some(mac) = packet.get(frame + 6..frame + 12) else { return Err(Foreign::Source) };
     let own_mac = mac == bridge_mac(node).as_slice() || workload_of_mac(mac).is_some_and(|ip| may_use(vni, ip));
     let ipv6 = packet.get(frame + 12..frame + ETHERNET_HEADER) == Some(&ETHERTYPE_IPV6[..]);
     if !own_mac || src.is_some_and(|ip| !may_use(vni, ip)) || (ipv6 && !ipv6_own(&packet[frame..], mac)) {
-        Some(Foreign::Source)
+        Err(Foreign::Source)
     } else {
-        None
+        Ok(Some((vni, &packet[frame..frame + 6])))
     }
 }
 
@@ -177,27 +179,6 @@ fn ipv6_own(frame: &[u8], mac: &[u8]) -> bool {
     }
 }
 
-/// The segment (VNI) and the destination MAC of the frame in `packet` when
-/// it is a whole VXLAN datagram with a frame (one [`foreign_frame`] let
-/// through); none for any other packet.
-fn frame_destination(packet: &[u8]) -> Option<(u32, &[u8])> {
-    if packet.len() < super::IPV4_HEADER || packet[9] != UDP {
-        return None;
-    }
-    let ihl = usize::from(packet[0] & 0x0f) * 4;
-    if u16::from_be_bytes([packet[6], packet[7]]) & (MORE_FRAGMENTS | OFFSET) != 0 {
-        return None;
-    }
-    let udp = packet.get(ihl..ihl + UDP_HEADER)?;
-    if u16::from_be_bytes([udp[2], udp[3]]) != VXLAN_PORT {
-        return None;
-    }
-    let header = packet.get(ihl + UDP_HEADER..ihl + UDP_HEADER + VXLAN_HEADER)?;
-    let vni = u32::from_be_bytes([0, header[4], header[5], header[6]]);
-    let frame = ihl + UDP_HEADER + VXLAN_HEADER;
-    Some((vni, packet.get(frame..frame + 6)?))
-}
-
 impl Table {
     /// Why a decrypted IPv4 packet from `peer` (from `inner_src`) must be
     /// dropped as a VXLAN frame the peer may not send, if it must. Only a
@@ -224,12 +205,12 @@ impl Table {
         let may_use =
             |vni, ip| ip != peer.config.address && self.may_use(peer, ip) && self.vni_of.get(&ip) == Some(&vni);
         match foreign_frame(packet, member, may_use) {
-            Some(Foreign::Segment(Some(ip))) if self.by_address.get(&ip).is_some_and(|p| !Arc::ptr_eq(p, peer)) => {
+            Err(Foreign::Segment(Some(ip))) if self.by_address.get(&ip).is_some_and(|p| !Arc::ptr_eq(p, peer)) => {
                 Some(Foreign::Source)
             }
-            Some(verdict) => Some(verdict),
-            None => {
-                let (vni, dst) = frame_destination(packet)?;
+            Err(verdict) => Some(verdict),
+            Ok(None) => None,
+            Ok(Some((vni, dst))) => {
                 let workloads = self.workloads.get(&(vni, peer.index)).copied().unwrap_or(0);
                 (!peer.storm.admit(vni, dst, workloads, limit, std::time::Instant::now())).then_some(Foreign::Storm)
             }
@@ -293,7 +274,7 @@ mod tests {
     /// The peer of the tests below: a member of segment 42 only, with its
     /// workload 10.32.0.1 there.
     fn check(packet: &[u8]) -> Option<Foreign> {
-        foreign_frame(packet, |vni| vni == 42, |vni, ip| vni == 42 && ip == Ipv4Addr::new(10, 32, 0, 1))
+        foreign_frame(packet, |vni| vni == 42, |vni, ip| vni == 42 && ip == Ipv4Addr::new(10, 32, 0, 1)).err()
     }
 
     #[test]
@@ -383,7 +364,7 @@ mod tests {
             (vni == 42 && ip == Ipv4Addr::new(10, 32, 0, 1)) || (vni == 43 && ip == Ipv4Addr::new(10, 33, 0, 1))
         };
         let other_segment = udp(VXLAN_PORT, 0, &vxlan_from(&workload_mac(Ipv4Addr::new(10, 33, 0, 1)), ipv6, [0; 4]));
-        assert_eq!(foreign_frame(&other_segment, |_| true, elsewhere), Some(Foreign::Source));
+        assert_eq!(foreign_frame(&other_segment, |_| true, elsewhere).err(), Some(Foreign::Source));
     }
 
     #[test]
@@ -453,7 +434,7 @@ mod tests {
 
     #[test]
     fn a_first_fragment_to_the_vxlan_port_or_too_short_for_a_port_is_dropped() {
-        let foreign = |p: &[u8]| foreign_frame(p, |_| true, |_, _| false).is_some();
+        let foreign = |p: &[u8]| foreign_frame(p, |_| true, |_, _| false).is_err();
         let frame = vxlan(ETHERTYPE_IPV4, [0, 0, 0, 0]);
         assert!(foreign(&udp(VXLAN_PORT, MORE_FRAGMENTS, &frame)), "even from 0.0.0.0: the rest is unseen");
         assert!(!foreign(&udp(53, MORE_FRAGMENTS, &frame)), "other ports' fragments pass");
