@@ -268,9 +268,8 @@ async fn serve(
     // The isolation rules go in before anything is routed, and the agent
     // does not run without them. Forwarding is then turned on for the TUN
     // only (and for each bridge as it is made), not host-wide.
-    // The servers the DNS server forwards to (resolv.conf's as read now, if
-    // no --dns-upstream): a later DHCP change must not drop them from what
-    // this host depends on.
+    // The servers the DNS server forwards to (resolv.conf's as read now, if no
+    // --dns-upstream): a later DHCP change must not drop them from what this host depends on.
     let upstreams = dns_upstreams(&args);
     crate::host::routes::set_dns_upstreams(&upstreams);
     let networks = crate::host::routes::lan(identity.node_id);
@@ -280,6 +279,7 @@ async fn serve(
     firewall::apply(&rules)
         .await
         .map_err(|e| Error::Dataplane(format!("cannot install the isolation rules (nftables): {e}")))?;
+    firewall::limit_flows(args.flow_limit).await?;
     netlink::sysctl(&format!("net/ipv4/conf/{TUN_NAME}/forwarding"), "1")?;
     tracing::info!(node = identity.node_id, address = %identity.address, tun_mtu, segment_mtu, revision = map.revision, "data plane up");
 

@@ -85,6 +85,13 @@ pub struct RunArgs {
     /// every member host. 0: no limit.
     #[arg(long, env = "WEAVE_BROADCAST_LIMIT", default_value_t = 10_000)]
     pub broadcast_limit: u32,
+    /// Connections one address of a weave device (a workload, a remote
+    /// workload) may hold in this host's connection tracking table at once;
+    /// its new connections over that are dropped, so no container fills the
+    /// table the host and its other containers share. 0: no limit [default:
+    /// a sixteenth of nf_conntrack_max, at least 1,024].
+    #[arg(long, env = "WEAVE_FLOW_LIMIT")]
+    pub flow_limit: Option<u32>,
     /// Packet queues: TUN queues, each with its own UDP socket on the port and
     /// its own packet threads [default: one per two CPUs, 1 to 4].
     #[arg(long, env = "WEAVE_QUEUES", value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -213,6 +220,9 @@ impl RunArgs {
         out.extend(["--spin-us".into(), self.spin_us.to_string().into()]);
         out.extend(["--cpu-latency-hold-ms".into(), self.cpu_latency_hold_ms.to_string().into()]);
         out.extend(["--broadcast-limit".into(), self.broadcast_limit.to_string().into()]);
+        if let Some(n) = self.flow_limit {
+            out.extend(["--flow-limit".into(), n.to_string().into()]);
+        }
         if let Some(q) = self.queues {
             out.extend(["--queues".into(), q.to_string().into()]);
         }
@@ -286,6 +296,8 @@ mod tests {
             "7",
             "--broadcast-limit",
             "300",
+            "--flow-limit",
+            "0",
             "--queues",
             "3",
             "--queue-threads",
@@ -306,6 +318,7 @@ mod tests {
         assert_eq!(run.spin_us, 250);
         assert_eq!(run.cpu_latency_hold_ms, 7);
         assert_eq!(run.broadcast_limit, 300);
+        assert_eq!(run.flow_limit, Some(0));
         assert_eq!(run.queues, Some(3));
         assert_eq!(run.queue_threads, 2);
         assert_eq!(run.aead, Aead::Ring);

@@ -111,6 +111,11 @@ pub fn describe() {
         "weave_firewall_repairs_total",
         "Times the nftables tables were found missing or stale and put back."
     );
+    describe_counter!(
+        "weave_flows_refused_total",
+        "New connections dropped because their source address already held --flow-limit tracked \
+         connections on this host (read every 40 s)."
+    );
     describe_counter!("weave_dns_queries_total", "DNS queries answered by the agent, by result.");
     describe_counter!(
         "weave_dns_dropped_total",

@@ -24,6 +24,7 @@ use crate::{
     host::netlink::Netlink,
     plan::{
         firewall::{Rules, TABLE, rules, ruleset, update},
+        flows::{self, FLOW_TABLE, flow_ruleset},
         l2::{GUARD_TABLE, guard_ruleset},
     },
 };
@@ -121,33 +122,74 @@ pub async fn guard_ports(netlink: &Netlink) -> Result<usize, Error> {
     Ok(ports.len())
 }
 
+/// `--flow-limit` as applied (0: none), for the repairs of [`keep`].
+static FLOW_LIMIT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Puts in the flow limit's table ([`crate::plan::flows`]): at most `limit`
+/// tracked connections per source address of a weave device (0: none, and
+/// the table of an earlier run removed; None: a sixteenth of this
+/// namespace's `nf_conntrack_max`). A kernel that refuses it (no nftables
+/// `ct count`, `CONFIG_NFT_CONNLIMIT`; asked with `nft --check`) runs
+/// without it, with one warning.
+pub async fn limit_flows(limit: Option<u32>) -> Result<(), Error> {
+    let mut limit = limit.unwrap_or_else(|| {
+        let max = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").ok();
+        // Not there until conntrack is loaded: the kernel's default for 4 GiB and more.
+        flows::default_limit(max.and_then(|m| m.trim().parse().ok()).unwrap_or(262_144))
+    });
+    if limit > 0
+        && let Err(e) = nft_with(&["--check", "-f", "-"], &flow_ruleset(limit)).await
+    {
+        tracing::warn!(error = %e, "nftables refuses the flow limit here: tracked connections are not limited");
+        limit = 0;
+    }
+    FLOW_LIMIT.store(limit, std::sync::atomic::Ordering::Relaxed);
+    nft(&flow_ruleset(limit))
+        .await
+        .map_err(|e| Error::Dataplane(format!("cannot install the flow limit (nftables): {e}")))?;
+    tracing::info!(limit, "tracked connections limited per source address (0: not limited)");
+    Ok(())
+}
+
+/// The connections the flow limit refused so far (None: no table).
+async fn flows_refused() -> Option<u64> {
+    let out = nft_with(&["list", "counter", "inet", FLOW_TABLE, flows::COUNTER], "").await.ok()?;
+    flows::dropped(&out)
+}
+
 /// Removes the tables (`agent reset`, `--cleanup-on-exit`); fine if absent.
 pub async fn remove() -> Result<(), Error> {
     let mut script = String::new();
-    for (family, table) in TABLES {
+    for (family, table, _) in TABLES {
         script += &format!("table {family} {table} {{}}\ndelete table {family} {table}\n");
     }
     nft(&script).await
 }
 
-/// The tables weave keeps: the isolation tables and the source guard.
-const TABLES: [(&str, &str); 3] = [("inet", TABLE), ("bridge", TABLE), ("bridge", GUARD_TABLE)];
+/// The tables weave keeps, with the chain the check lists: the isolation
+/// tables, the source guard and the flow limit.
+const TABLES: [(&str, &str, &str); 4] = [
+    ("inet", TABLE, "prerouting"),
+    ("bridge", TABLE, "prerouting"),
+    ("bridge", GUARD_TABLE, "prerouting"),
+    ("inet", FLOW_TABLE, flows::CHECKED_CHAIN),
+];
 
 /// Weave's tables that are there now and still hold rules, as "FAMILY NAME"
 /// (someone may flush the ruleset, or one table: `nft flush table` keeps
 /// the table and its chains but empties them). One `nft list tables` (names
 /// only, where `nft list table` would print every element of every set)
 /// finds the removed ones; one `nft list chain` a check, for each table in
-/// turn (`turn`), looks at its prerouting chain, never empty as weave writes
-/// it, so an emptied table is found within three checks. (`nft` 1.0.6 fails
+/// turn (`turn`), looks at one of its chains, never empty as weave writes
+/// it, so an emptied table is found within four checks. (`nft` 1.0.6 fails
 /// a batch of several `list chain` commands.) Empty when nft could not be
 /// asked (the tables are then put back, as if removed).
 async fn tables(turn: usize) -> BTreeSet<String> {
     let mut present = nft_with(&["list", "tables"], "").await.map(|out| named(&out)).unwrap_or_default();
-    let (family, table) = TABLES[turn % TABLES.len()];
+    let (family, table, chain) = TABLES[turn % TABLES.len()];
     let name = format!("{family} {table}");
     if present.contains(&name) {
-        match nft_with(&["list", "chain", family, table, "prerouting"], "").await {
+        match nft_with(&["list", "chain", family, table, chain], "").await {
             Ok(out) if holds_rules(&out) => {}
             // nft could not be run this time (no verdict: the next check asks again).
             Err(Error::Io(..)) => {}
@@ -261,6 +303,19 @@ pub async fn keep(
                 if let Err(e) = guard_ports(&netlink).await {
                     tracing::warn!(error = %e, "holding workload ports to their addresses");
                 }
+            }
+            let flow_limit = FLOW_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
+            if flow_limit > 0 && !present("inet", FLOW_TABLE) {
+                tracing::warn!("the flow limit's table was removed or emptied; putting it back");
+                metrics::counter!("weave_firewall_repairs_total").increment(1);
+                if let Err(e) = nft(&flow_ruleset(flow_limit)).await {
+                    tracing::warn!(error = %e, "limiting tracked connections per source");
+                }
+            } else if flow_limit > 0
+                && checks.is_multiple_of(TABLES.len())
+                && let Some(n) = flows_refused().await
+            {
+                metrics::counter!("weave_flows_refused_total").absolute(n);
             }
             if applied.is_none() {
                 continue;

@@ -7,6 +7,7 @@
 //! - [`reconcile`]: the ordered diff of desired against observed segments.
 //! - [`kernel`]: names, MACs and MTUs of the kernel objects the agent owns.
 //! - [`firewall`]: the nftables ruleset that isolates subnets, as text.
+//! - [`flows`]: the table that limits tracked connections per source address.
 //! - [`dns`]: the workloads' DNS answers from the map's records.
 //! - [`addr_spec`]: the `net:default` / `ip:10.2.3.4/24` address requests of attach.
 //! - [`cni`]: the CNI plugin's configuration, result and error JSON.
@@ -16,6 +17,7 @@ pub mod cni;
 pub mod dns;
 pub mod docker;
 pub mod firewall;
+pub mod flows;
 pub mod kernel;
 pub mod l2;
 pub mod netmap;

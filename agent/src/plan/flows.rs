@@ -1,0 +1,123 @@
+//! The flow limit (`--flow-limit`), as the nftables table that holds it.
+//!
+//! Every connection a workload opens through its host (to a remote workload
+//! of its subnet, to a neighbour when `br_netfilter` passes bridged frames
+//! through the IP hooks, to the host's exposed address) is an entry in the
+//! host's connection tracking table, and so is every connection a remote
+//! workload opens into the host. That table is one per network namespace,
+//! `nf_conntrack_max` entries (262,144 on a host with 4 GiB or more), and the
+//! host's own connections share it. A container that opened connections to a
+//! peer that answers (another container of its owner's) kept them there for
+//! days (an established TCP connection's entry lives five), and once the
+//! table was full the host dropped every new connection: its other
+//! containers', a remote member's, its own. The kernel's early drop frees
+//! only entries that never saw an answer.
+//!
+//! So no source address of a weave device may hold more than `limit`
+//! tracked connections on a host: its new connections over that are
+//! dropped (and counted). Established traffic is not looked at: only a
+//! connection's first packet meets the rule. VXLAN from a peer is judged by
+//! the isolation table alone (its source port changes with every inner
+//! flow). A member holds at most `limit` times its addresses on each host,
+//! and its addresses are bounded by the coordinator's `--node-quota`.
+//!
+//! The table is a table of its own, written once at start and put back if
+//! removed, not replaced with the isolation tables: a replacement would
+//! forget every count (connections are counted only when they start).
+use std::fmt::Write;
+
+use super::kernel::{VXLAN_PORT, WEAVE_DEVICES};
+
+pub const FLOW_TABLE: &str = "weave_flows";
+/// The chain the firewall check lists to see the table still holds its rules.
+pub const CHECKED_CHAIN: &str = "forward";
+/// The named counter of the connections the limit refused.
+pub const COUNTER: &str = "refused";
+/// Distinct source addresses the counts are kept for (past it a new
+/// address's connections are not limited: the set refuses a new element).
+pub const SOURCES: u32 = 65_536;
+
+/// The default `--flow-limit` for a host whose table holds `conntrack_max`
+/// entries: a sixteenth of it (16,384 at the kernel's default for 4 GiB and
+/// more), and at least 1,024.
+pub fn default_limit(conntrack_max: u32) -> u32 {
+    (conntrack_max / 16).max(1024)
+}
+
+/// The table for `limit` tracked connections per source address (0: the
+/// table is only removed).
+pub fn flow_ruleset(limit: u32) -> String {
+    let mut out = format!("table inet {FLOW_TABLE} {{}}\ndelete table inet {FLOW_TABLE}\n");
+    if limit == 0 {
+        return out;
+    }
+    let _ = write!(out, "table inet {FLOW_TABLE} {{\n  counter {COUNTER} {{\n  }}\n");
+    for (set, kind) in [("sources4", "ipv4_addr"), ("sources6", "ipv6_addr")] {
+        let _ = write!(out, "  set {set} {{\n    type {kind}\n    size {SOURCES}\n    flags dynamic\n  }}\n");
+    }
+    let limit_rules = |out: &mut String| {
+        for (set, addr) in [("sources4", "ip saddr"), ("sources6", "ip6 saddr")] {
+            let _ = writeln!(
+                out,
+                "    iifname \"{WEAVE_DEVICES}\" ct state new add @{set} {{ {addr} ct count over {limit} }} counter name \"{COUNTER}\" drop"
+            );
+        }
+    };
+    // Before the isolation table (filter - 10): a connection it drops is
+    // counted only until the kernel finds it never started.
+    let _ =
+        write!(out, "  chain {CHECKED_CHAIN} {{\n    type filter hook forward priority filter - 20; policy accept;\n");
+    limit_rules(&mut out);
+    out += "  }\n  chain input {\n    type filter hook input priority filter - 20; policy accept;\n";
+    let _ = writeln!(out, "    iifname \"{WEAVE_DEVICES}\" udp dport {VXLAN_PORT} return");
+    limit_rules(&mut out);
+    out += "  }\n}\n";
+    out
+}
+
+/// The packets the limit dropped, from `nft list counter` output.
+pub fn dropped(listing: &str) -> Option<u64> {
+    let mut words = listing.split_whitespace();
+    words.find(|w| *w == "packets")?;
+    words.next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_source_is_limited_in_forward_and_input_but_vxlan_is_not() {
+        let r = flow_ruleset(300);
+        assert!(r.starts_with("table inet weave_flows {}\ndelete table inet weave_flows\n"), "{r}");
+        for chain in ["forward", "input"] {
+            let body = r.split(&format!("chain {chain} {{")).nth(1).unwrap().split("  }").next().unwrap();
+            assert!(body.contains(&format!("hook {chain} priority filter - 20")), "{body}");
+            for rule in [
+                "iifname \"wv*\" ct state new add @sources4 { ip saddr ct count over 300 } counter name \"refused\" drop",
+                "iifname \"wv*\" ct state new add @sources6 { ip6 saddr ct count over 300 } counter name \"refused\" drop",
+            ] {
+                assert!(body.contains(rule), "{chain}: {rule}\n{body}");
+            }
+        }
+        let input = r.split("chain input {").nth(1).unwrap();
+        let (vxlan, limit) = (input.find("udp dport 4789 return").unwrap(), input.find("ct count").unwrap());
+        assert!(vxlan < limit, "VXLAN must skip the limit: {input}");
+        assert_eq!(r.matches("flags dynamic").count(), 2);
+        assert!(!flow_ruleset(0).contains("chain"), "0 only removes the table");
+    }
+
+    #[test]
+    fn the_default_is_a_sixteenth_of_the_table() {
+        assert_eq!(default_limit(262_144), 16_384);
+        assert_eq!(default_limit(65_536), 4_096);
+        assert_eq!(default_limit(1_000), 1_024);
+    }
+
+    #[test]
+    fn drops_are_read_from_the_counter() {
+        let listing = "table inet weave_flows {\n\tcounter refused {\n\t\tpackets 12 bytes 720\n\t}\n}\n";
+        assert_eq!(dropped(listing), Some(12));
+        assert_eq!(dropped("table inet weave_flows {\n}\n"), None);
+    }
+}
