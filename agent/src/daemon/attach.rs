@@ -15,9 +15,10 @@ use tokio::sync::watch;
 use weave_proto::{
     client::{Api, retry_unavailable},
     local_api::{Attached, Refusal},
-    v1::{AllocateRequest, NetworkMap, ReleaseRequest, Subnet},
+    v1::{NetworkMap, ReleaseRequest, Subnet},
 };
 
+mod allocate;
 mod container;
 mod host;
 
@@ -170,53 +171,6 @@ impl Attacher {
         Ok(released)
     }
 
-    /// Allocates every spec; on any refusal, releases what this call added.
-    async fn allocate_all(
-        &self,
-        key: &str,
-        dns: &str,
-        wanted: &[(AddrSpec, Subnet)],
-    ) -> Result<Vec<(Subnet, Ipv4Addr, u8)>, Refusal> {
-        let held = self.held(key);
-        let mut out = Vec::new();
-        for (spec, subnet) in wanted {
-            let address = match spec {
-                AddrSpec::Ip(ip, _) => ip.to_string(),
-                _ => String::new(),
-            };
-            let req = AllocateRequest {
-                container: key.to_string(),
-                subnet: subnet.cidr.clone(),
-                address,
-                dns_name: dns.to_string(),
-                ..Default::default()
-            };
-            let got = match retry_unavailable(|| {
-                let (mut ipam, req) = (self.api.ipam.clone(), req.clone());
-                async move { ipam.allocate(req).await }
-            })
-            .await
-            {
-                Ok(a) => a.into_inner(),
-                Err(s) => {
-                    for (sub, _, _) in &out {
-                        let sub: &Subnet = sub;
-                        if !held.contains_key(&sub.id) {
-                            let _ = self.release(key, &sub.cidr).await;
-                        }
-                    }
-                    return Err(Refusal::status(&s));
-                }
-            };
-            let net: Ipv4Net = got
-                .address
-                .parse()
-                .map_err(|_| Refusal::failed(format!("the coordinator gave a bad address '{}'", got.address)))?;
-            out.push((subnet.clone(), net.addr(), net.prefix_len()));
-        }
-        Ok(out)
-    }
-
     /// `attach`: one `ethwe*` per subnet, addressed from IPAM. Idempotent.
     #[allow(clippy::too_many_arguments)]
     pub async fn attach(
@@ -276,7 +230,7 @@ impl Attacher {
             }
         }
         let previously = self.held(&c.key);
-        let allocated = self.allocate_all(&c.key, c.name.as_deref().unwrap_or(""), &wanted).await?;
+        let allocated = self.allocate_all(&c.key, c.name.as_deref().unwrap_or(""), id.is_some(), &wanted).await?;
         let mut created: Vec<String> = Vec::new();
         let mut result = Vec::new();
         let mut used: Vec<String> = before.iter().map(|i| i.name.clone()).collect();

@@ -9,6 +9,19 @@ use std::{
 use serde_json::Value;
 
 pub fn plugin(bin: &str, command: &str, ns_path: &str, id: &str, conf: &Value, in_ns: Option<&str>) -> Output {
+    plugin_with_args(bin, command, ns_path, id, conf, in_ns, "")
+}
+
+/// [`plugin`] with `CNI_ARGS` (what kubelet passes: `K8S_POD_NAME=…;…`).
+pub fn plugin_with_args(
+    bin: &str,
+    command: &str,
+    ns_path: &str,
+    id: &str,
+    conf: &Value,
+    in_ns: Option<&str>,
+    cni_args: &str,
+) -> Output {
     let mut cmd = match in_ns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -22,6 +35,7 @@ pub fn plugin(bin: &str, command: &str, ns_path: &str, id: &str, conf: &Value, i
         .env("CNI_CONTAINERID", id)
         .env("CNI_NETNS", ns_path)
         .env("CNI_IFNAME", "eth0")
+        .env("CNI_ARGS", cni_args)
         .env("CNI_PATH", "/usr/lib/cni")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

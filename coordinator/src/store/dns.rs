@@ -152,6 +152,7 @@ pub(super) async fn insert_if_absent(
         .await?;
         if let Some(holder) = holder {
             let by = holder.map_or_else(|| "an external record".to_string(), |n| format!("node {n}'s containers"));
+            // The agent leaves a CNI pod's name out on " is held by " (`attach/allocate.rs`).
             return Err(Error::AlreadyExists(format!(
                 "{fqdn} is held by {by}; a node may add only names that no other node holds"
             )));

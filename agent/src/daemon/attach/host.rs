@@ -20,7 +20,7 @@ impl Attacher {
         let key = format!("host:{}", self.node_name);
         let wanted = self.subnets(&specs).await?;
         let previously = self.held(&key);
-        let allocated = self.allocate_all(&key, "", &wanted).await?;
+        let allocated = self.allocate_all(&key, "", false, &wanted).await?;
         let mut result = Vec::new();
         for (subnet, ip, len) in &allocated {
             let bridge = bridge_name(subnet.vni);
