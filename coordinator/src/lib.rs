@@ -21,6 +21,7 @@ mod deadline;
 pub mod error;
 pub mod identity;
 pub mod ipam;
+mod members_only;
 pub mod metrics;
 pub mod server;
 pub mod store;

@@ -7,16 +7,22 @@ use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
+use weave_proto::client::{AuthChannel, Bearer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_every_service_and_health_is_serving() {
     let c = TestCoordinator::start().await;
-    let mut reflection = ServerReflectionClient::new(c.channel().await);
-    let request = ServerReflectionRequest {
+    let list_services = || ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut responses = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    // Without a credential: nothing but UNAUTHENTICATED.
+    let mut outsider = ServerReflectionClient::new(c.channel().await);
+    let refused = outsider.server_reflection_info(tokio_stream::iter([list_services()])).await;
+    assert_eq!(refused.map(|_| ()).unwrap_err().code(), tonic::Code::Unauthenticated);
+    let mut reflection = ServerReflectionClient::new(admin_channel(&c).await);
+    let mut responses =
+        reflection.server_reflection_info(tokio_stream::iter([list_services()])).await.unwrap().into_inner();
     let response = responses.message().await.unwrap().expect("a response");
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("expected a service list, got {:?}", response.message_response)
@@ -63,15 +69,28 @@ async fn reflection_v1alpha_is_served_too() {
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let c = TestCoordinator::start().await;
-    let mut reflection = ServerReflectionClient::new(c.channel().await);
-    let request = ServerReflectionRequest {
+    let request = || ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut responses = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let mut outsider = ServerReflectionClient::new(c.channel().await);
+    let refused = outsider.server_reflection_info(tokio_stream::iter([request()])).await;
+    assert_eq!(refused.map(|_| ()).unwrap_err().code(), tonic::Code::Unauthenticated);
+    // A node's credential serves too (scripts acting as a node).
+    let joined = c.admin().await.join.join(common::join_request(&c.token(), "h1", 1)).await.unwrap().into_inner();
+    let node = Bearer::new(&joined.credential).unwrap();
+    let mut reflection =
+        ServerReflectionClient::new(tonic::service::interceptor::InterceptedService::new(c.channel().await, node));
+    let mut responses = reflection.server_reflection_info(tokio_stream::iter([request()])).await.unwrap().into_inner();
     let response = responses.message().await.unwrap().expect("a response");
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("expected a service list, got {:?}", response.message_response)
     };
     assert!(list.service.iter().any(|s| s.name == "weave.v1.SubnetService"), "{:?}", list.service);
+}
+
+/// A channel that sends the admin credential with every call.
+async fn admin_channel(c: &TestCoordinator) -> AuthChannel {
+    let secret = c.running.admin.secret.clone();
+    tonic::service::interceptor::InterceptedService::new(c.channel().await, Bearer::new(&secret).unwrap())
 }

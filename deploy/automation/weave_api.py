@@ -9,8 +9,9 @@ reflection: no generated stubs, no .proto files to copy.
 Trust: the coordinator's self-signed certificate (`<data-dir>/tls/coordinator.crt`)
 is the only root, and the name checked is `weave-coordinator` (the name in that
 certificate), whatever address you dial. Authentication: the metadata
-`authorization: Bearer <secret>`, where <secret> is the last dot-separated part
-of the `wva1.…` admin credential (or a node's credential).
+`authorization: Bearer <secret>` on every call (reflection too), where <secret>
+is the last dot-separated part of the `wva1.…` admin credential (or a node's
+credential).
 """
 import argparse
 import json
@@ -36,11 +37,15 @@ def parse_credential(text):
 
 class Weave:
     def __init__(self, address, cert_pem, secret):
-        creds = grpc.ssl_channel_credentials(root_certificates=cert_pem)
+        # The credential rides on the channel: every call sends it, reflection's
+        # included (the coordinator answers reflection only to a credential).
+        creds = grpc.composite_channel_credentials(
+            grpc.ssl_channel_credentials(root_certificates=cert_pem),
+            grpc.access_token_call_credentials(secret),
+        )
         self.channel = grpc.secure_channel(
             address, creds, options=[("grpc.ssl_target_name_override", SERVER_NAME)]
         )
-        self.metadata = [("authorization", f"Bearer {secret}")]
         # Server reflection (v1alpha, what grpcio-reflection speaks) describes every service.
         self.pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(self.channel))
 
@@ -55,7 +60,7 @@ class Weave:
             request_serializer=request_cls.SerializeToString,
             response_deserializer=response_cls.FromString,
         )
-        response = stub(request_cls(**fields), metadata=self.metadata, timeout=10)
+        response = stub(request_cls(**fields), timeout=10)
         return json_format.MessageToDict(response, preserving_proto_field_name=True)
 
 
