@@ -172,3 +172,75 @@ fn a_forged_fragmentation_needed_from_the_underlay_does_not_shrink_the_tunnel() 
     assert_eq!((created, fragmented), (0, 0), "the tunnel's datagrams were fragmented after the forged message");
     drop(control);
 }
+
+/// One counter of `/proc/net/snmp6` in `ns` ("Ip6FragCreates", ...).
+fn snmp6(ns: &str, name: &str) -> u64 {
+    let text = ok_in(ns, &["cat", "/proc/net/snmp6"]);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap()))
+        .unwrap_or_else(|| panic!("{name} in /proc/net/snmp6"))
+}
+
+/// `python3 -c PACKET_TOO_BIG HOST PEER SPORT DPORT`: ICMPv6 "packet too
+/// big" (MTU 1280) to HOST, quoting a UDP datagram HOST:SPORT -> PEER:DPORT
+/// (the kernel fills in the checksum of a raw ICMPv6 socket's messages).
+const PACKET_TOO_BIG: &str = r#"
+import socket, struct, sys
+host, peer, sport, dport = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+a = lambda s: socket.inet_pton(socket.AF_INET6, s)
+quoted = struct.pack('!IHBB16s16s', 6 << 28, 1432, 17, 64, a(host), a(peer)) + struct.pack('!HHHH', sport, dport, 1432, 0)
+msg = struct.pack('!BBHI', 2, 0, 0, 1280) + quoted + bytes(64)
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.sendto(msg, (host, 0))
+"#;
+
+/// The same on an IPv6 underlay: an outsider's forged "packet too big"
+/// quoting the tunnel's ports lowered host 1's path to host 2 to 1,280
+/// bytes; every datagram then left in two fragments, which junk fragments
+/// sent to host 2 could drown (its reassembly memory is 4 MB). Now the
+/// agent's socket takes no such message and sends at the interface's MTU
+/// whatever the route says: after the forged message (and after the
+/// control's, which does lower the route to 1,280 for a socket with the
+/// kernel's default), a transfer between the hosts' workloads creates no
+/// fragment on host 1.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_forged_packet_too_big_from_an_ipv6_underlay_does_not_shrink_the_tunnel() {
+    let mut bed = Bed::with_hosts_on(Underlay::V6, 2);
+    let w0 = bed.add_workload(0, "default");
+    let w1 = bed.add_workload(1, "default");
+    bed.wait_ping(w0, w1, Duration::from_secs(15));
+    let (host, peer) = (bed.hosts[0].ip6(), bed.hosts[1].ip6());
+    let ns = bed.hosts[0].ns.clone();
+    let outsider = bed.add_bare_host("192.0.2.66");
+    let route = || ok_in(&ns, &["ip", "-6", "route", "get", &peer.to_string()]);
+    let forge = |sport: u16, dport: u16| {
+        let (h, p) = (host.to_string(), peer.to_string());
+        ok_in(&outsider, &["python3", "-c", PACKET_TOO_BIG, &h, &p, &sport.to_string(), &dport.to_string()]);
+    };
+
+    let too_big = snmp6(&ns, "Icmp6InPktTooBigs");
+    forge(WG_PORT, WG_PORT);
+    wait_for("host 1 to take the forged message in", Duration::from_secs(5), || {
+        (snmp6(&ns, "Icmp6InPktTooBigs") > too_big).then_some(())
+    });
+    assert!(!route().contains("mtu 1280"), "the forged message lowered the path MTU: {}", route());
+
+    // Control: a socket with the kernel's default, quoted by the same message.
+    let control = in_netns(&ns, move || {
+        let s = std::net::UdpSocket::bind((host, 0)).unwrap();
+        s.connect((peer, 9)).unwrap();
+        s
+    })
+    .join()
+    .unwrap();
+    forge(control.local_addr().unwrap().port(), 9);
+    wait_for("the control's route to take 1280", Duration::from_secs(5), || route().contains("mtu 1280").then_some(()));
+
+    let creates = snmp6(&ns, "Ip6FragCreates");
+    let (a, b) = (&bed.workloads[w0], &bed.workloads[w1]);
+    tcp_transfer(&a.ns, &b.ns, b.ip, 5201, 4 << 20, Duration::from_secs(20));
+    let created = snmp6(&ns, "Ip6FragCreates") - creates;
+    assert_eq!(created, 0, "the tunnel's datagrams were fragmented after the forged message");
+    drop(control);
+}

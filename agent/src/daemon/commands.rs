@@ -248,8 +248,7 @@ async fn serve(
     let netlink = Netlink::connect()?;
     let underlay = netlink.mtu_of_address(identity.endpoint.ip()).await?.unwrap_or(1500);
     let (tun_mtu, segment_mtu) = mtus(underlay);
-    // Both families: endpoints may be IPv4 or IPv6 (the socket falls back to
-    // IPv4 only on a kernel without IPv6).
+    // Both families (IPv4 only on a kernel without IPv6).
     let listen = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), args.listen_port);
     // Before the transport exists: boringtun makes its session keys with it.
     args.aead.apply().map_err(Error::Dataplane)?;
@@ -260,6 +259,7 @@ async fn serve(
         cpu_latency_hold: Duration::from_millis(args.cpu_latency_hold_ms),
         nat_keepalive: args.nat_keepalive,
         broadcast_limit: args.broadcast_limit,
+        learn_ipv6_path_mtu: args.learn_ipv6_path_mtu,
     };
     let transport = TunUdp::start(TUN_NAME, tun_mtu as u16, listen, key.secret().clone(), &tuning)
         .map_err(|e| Error::Dataplane(format!("start {TUN_NAME} and udp {listen}: {e}")))?;

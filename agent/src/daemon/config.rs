@@ -92,6 +92,13 @@ pub struct RunArgs {
     /// a sixteenth of nf_conntrack_max, at least 1,024].
     #[arg(long, env = "WEAVE_FLOW_LIMIT")]
     pub flow_limit: Option<u32>,
+    /// Believe IPv6 "packet too big" for the tunnel's datagrams (an IPv6
+    /// underlay whose path to a peer is narrower than this host's interface,
+    /// such as a PPPoE link): they then go in fragments. Off, anyone on the
+    /// underlay could forge one; a narrower IPv6 path then needs the
+    /// interface's MTU set to the path's.
+    #[arg(long, env = "WEAVE_LEARN_IPV6_PATH_MTU")]
+    pub learn_ipv6_path_mtu: bool,
     /// Packet queues: TUN queues, each with its own UDP socket on the port and
     /// its own packet threads [default: one per two CPUs, 1 to 4].
     #[arg(long, env = "WEAVE_QUEUES", value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -223,6 +230,9 @@ impl RunArgs {
         if let Some(n) = self.flow_limit {
             out.extend(["--flow-limit".into(), n.to_string().into()]);
         }
+        if self.learn_ipv6_path_mtu {
+            out.push("--learn-ipv6-path-mtu".into());
+        }
         if let Some(q) = self.queues {
             out.extend(["--queues".into(), q.to_string().into()]);
         }
@@ -298,6 +308,7 @@ mod tests {
             "300",
             "--flow-limit",
             "0",
+            "--learn-ipv6-path-mtu",
             "--queues",
             "3",
             "--queue-threads",
@@ -319,6 +330,7 @@ mod tests {
         assert_eq!(run.cpu_latency_hold_ms, 7);
         assert_eq!(run.broadcast_limit, 300);
         assert_eq!(run.flow_limit, Some(0));
+        assert!(run.learn_ipv6_path_mtu);
         assert_eq!(run.queues, Some(3));
         assert_eq!(run.queue_threads, 2);
         assert_eq!(run.aead, Aead::Ring);

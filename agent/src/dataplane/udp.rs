@@ -11,6 +11,7 @@ use std::{
     io::{self, IoSliceMut},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket},
     os::fd::AsRawFd,
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use nix::{
@@ -60,6 +61,8 @@ fn plain(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket, Errno> {
     }
     if addr.is_ipv4() {
         ignore_path_mtu_v4(&fd)?;
+    } else {
+        ignore_path_mtu_v6(&fd)?;
     }
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
     Ok(UdpSocket::from(fd))
@@ -74,6 +77,7 @@ fn dual_stack(port: u16, reuse_port: bool) -> Result<UdpSocket, Errno> {
     }
     // IPPROTO_IP options on an IPv6 socket govern its IPv4(-mapped) sends.
     ignore_path_mtu_v4(&fd)?;
+    ignore_path_mtu_v6(&fd)?;
     let addr = SockaddrIn6::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
     socket::bind(fd.as_raw_fd(), &addr)?;
     Ok(UdpSocket::from(fd))
@@ -86,12 +90,38 @@ fn dual_stack(port: u16, reuse_port: bool) -> Result<UdpSocket, Errno> {
 /// can see): with path MTU discovery on, one forged message every ten
 /// minutes shrank the path to 552 bytes, and every datagram to that peer
 /// went one at a time, in three fragments. A genuinely narrower path still
-/// works: its router fragments the datagrams instead of this host. IPv6 has
-/// no such choice (its routers never fragment), and a forged "packet too
-/// big" there can lower the path only to 1,280 bytes.
+/// works: its router fragments the datagrams instead of this host.
 fn ignore_path_mtu_v4(fd: &std::os::fd::OwnedFd) -> Result<(), Errno> {
     use rustix::net::sockopt::{Ipv4PathMtuDiscovery, set_ip_mtu_discover};
     set_ip_mtu_discover(fd, Ipv4PathMtuDiscovery::OMIT).map_err(|e| Errno::from_raw(e.raw_os_error()))
+}
+
+/// IPv6 datagrams leave at the interface's MTU too, and a "packet too big"
+/// quoting this socket is not taken in (`IPV6_PMTUDISC_OMIT`). With path
+/// MTU discovery on, one such message forged by anyone on the underlay
+/// lowered the path to a peer to 1,280 bytes for ten minutes: every GSO send
+/// then failed, each datagram left alone in two fragments, and junk
+/// fragments sent to the peer (its 4 MB of reassembly memory) dropped them
+/// all, so bulk traffic between the two hosts stopped (found by a review,
+/// 2026-12-03). IPv6 routers never fragment: a genuinely narrower IPv6
+/// path now drops the tunnel's full-size datagrams, and needs the underlay
+/// interface's MTU set to what the path carries (README, "Underlays").
+/// With `--learn-ipv6-path-mtu` ([`learn_ipv6_path_mtu`]) the kernel's
+/// default instead: such a path works with nothing else configured (its
+/// router's "packet too big" is believed, and the datagrams to that peer go
+/// in fragments), and so does the forged message.
+fn ignore_path_mtu_v6(fd: &std::os::fd::OwnedFd) -> Result<(), Errno> {
+    use rustix::net::sockopt::{Ipv6PathMtuDiscovery, set_ipv6_mtu_discover};
+    let mode = if LEARN_V6.load(Ordering::Relaxed) { Ipv6PathMtuDiscovery::WANT } else { Ipv6PathMtuDiscovery::OMIT };
+    set_ipv6_mtu_discover(fd, mode).map_err(|e| Errno::from_raw(e.raw_os_error()))
+}
+
+static LEARN_V6: AtomicBool = AtomicBool::new(false);
+
+/// Whether sockets bound from now on believe IPv6 "packet too big"
+/// (`--learn-ipv6-path-mtu`; see [`ignore_path_mtu_v6`]).
+pub fn learn_ipv6_path_mtu(learn: bool) {
+    LEARN_V6.store(learn, Ordering::Relaxed);
 }
 
 /// The address to hand the kernel for `dst`: IPv4 endpoints as IPv4-mapped
@@ -175,6 +205,22 @@ mod tests {
             let s = bind(listen.parse().unwrap(), false).unwrap();
             assert_eq!(ip_mtu_discover(&s).unwrap(), Ipv4PathMtuDiscovery::OMIT, "{listen}");
         }
+    }
+
+    /// IPv6 sends ignore it too, unless told to learn it (`--learn-ipv6-path-mtu`).
+    #[test]
+    fn ipv6_sends_ignore_learned_path_mtus_unless_told() {
+        use rustix::net::sockopt::{Ipv6PathMtuDiscovery, ipv6_mtu_discover};
+        let Ok(s) = bind("[::1]:0".parse().unwrap(), false) else { return }; // no IPv6 here
+        assert_eq!(ipv6_mtu_discover(&s).unwrap(), Ipv6PathMtuDiscovery::OMIT);
+        let dual = bind("[::]:0".parse().unwrap(), false).unwrap();
+        if is_v6(&dual).unwrap() {
+            assert_eq!(ipv6_mtu_discover(&dual).unwrap(), Ipv6PathMtuDiscovery::OMIT);
+        }
+        learn_ipv6_path_mtu(true);
+        let learning = bind("[::1]:0".parse().unwrap(), false);
+        learn_ipv6_path_mtu(false);
+        assert_eq!(ipv6_mtu_discover(learning.unwrap()).unwrap(), Ipv6PathMtuDiscovery::WANT);
     }
 
     /// Both families reach one dual-stack socket, on loopback, and the
