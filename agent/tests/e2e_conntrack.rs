@@ -172,7 +172,7 @@ fn no_workload_holds_more_than_its_share_of_a_hosts_tracked_connections() {
     let held = Held::open(&b, a_ip, 3 * LIMIT);
     assert_eq!(held.2, 3 * LIMIT, "without the limit b's connections still did not all start");
     held.close();
-    // The agent puts the table back (within four 10 s checks).
+    // The agent puts the table back (at its next 10 s check).
     wait_for("host 1's agent to put the flow limit back", Duration::from_secs(60), || {
         in_ns(&host, &["nft", "list", "chain", "inet", "weave_flows", "forward"]).status.success().then_some(())
     });

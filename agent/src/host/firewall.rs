@@ -168,9 +168,10 @@ pub async fn remove() -> Result<(), Error> {
 
 /// The tables weave keeps, with the chain the check lists: the isolation
 /// tables, the source guard and the flow limit.
-const TABLES: [(&str, &str, &str); 4] = [
+const TABLES: [(&str, &str, &str); 5] = [
     ("inet", TABLE, "prerouting"),
     ("bridge", TABLE, "prerouting"),
+    ("arp", TABLE, "input"),
     ("bridge", GUARD_TABLE, "prerouting"),
     ("inet", FLOW_TABLE, flows::CHECKED_CHAIN),
 ];
@@ -181,7 +182,7 @@ const TABLES: [(&str, &str, &str); 4] = [
 /// only, where `nft list table` would print every element of every set)
 /// finds the removed ones; one `nft list chain` a check, for each table in
 /// turn (`turn`), looks at one of its chains, never empty as weave writes
-/// it, so an emptied table is found within four checks. (`nft` 1.0.6 fails
+/// it, so an emptied table is found within five checks. (`nft` 1.0.6 fails
 /// a batch of several `list chain` commands.) Empty when nft could not be
 /// asked (the tables are then put back, as if removed).
 async fn tables(turn: usize) -> BTreeSet<String> {
@@ -288,7 +289,7 @@ pub async fn keep(
             checks += 1;
             let tables = tables(checks).await;
             let present = |family: &str, name: &str| tables.contains(&format!("{family} {name}"));
-            if applied.is_some() && (!present("inet", TABLE) || !present("bridge", TABLE)) {
+            if applied.is_some() && ["inet", "bridge", "arp"].iter().any(|family| !present(family, TABLE)) {
                 tracing::warn!("the isolation tables were removed or emptied; putting them back");
                 metrics::counter!("weave_firewall_repairs_total").increment(1);
                 OPEN.send_replace(BTreeSet::new());

@@ -151,6 +151,7 @@ pub fn ruleset(rules: &Rules) -> String {
     // replaced atomically, sets included (`flush table` would keep set elements).
     let mut out = format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n");
     out += &format!("table bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n");
+    out += &format!("table arp {TABLE} {{}}\ndelete table arp {TABLE}\n");
     out += &format!("table inet {TABLE} {{\n");
     for (i, s) in segments.iter().enumerate() {
         set(&mut out, &format!("remote{i}"), "ipv4_addr", false, &s.remote);
@@ -320,6 +321,24 @@ pub fn ruleset(rules: &Rules) -> String {
     out += &mss_chain();
     out += "}\n";
     out += &super::l2::bridge_table(segments);
+    out += &arp_table(rules);
+    out
+}
+
+/// `arp weave`: no ARP request for an overlay address (a node address on
+/// the TUN, an exposed address on a bridge) is answered from outside weave's
+/// devices. Linux answers ARP for any of its addresses on any interface
+/// (`arp_ignore` 0), so an outsider on the underlay learned which overlay
+/// addresses a host holds (found by a review, 2026-12-03). The traffic it
+/// could then send was dropped already (prerouting's `@overlay` rules).
+fn arp_table(rules: &Rules) -> String {
+    let mut out = format!("table arp {TABLE} {{\n");
+    set(&mut out, "overlay", "ipv4_addr", true, Ipv4Net::aggregate(&rules.overlay.iter().copied().collect()));
+    let _ = write!(
+        out,
+        "  chain input {{\n    type filter hook input priority filter; policy accept;\n    \
+         iifname != \"{WEAVE_DEVICES}\" arp operation request arp daddr ip @overlay drop\n  }}\n}}\n"
+    );
     out
 }
 

@@ -256,3 +256,16 @@ fn element_changes_update_the_sets_and_anything_else_replaces_the_tables() {
     other.node_range = Some("10.48.0.0/16".parse().unwrap());
     assert_eq!(update(&old, &other), None, "the node range changed");
 }
+
+#[test]
+fn no_arp_for_an_overlay_address_is_answered_from_outside_weaves_devices() {
+    let rules = Rules {
+        overlay: ["10.32.0.0/12".parse().unwrap(), "10.2.3.0/24".parse().unwrap()].into(),
+        ..Default::default()
+    };
+    let r = ruleset(&rules);
+    assert!(r.contains("table arp weave {}\ndelete table arp weave\n"), "replaced with the others: {r}");
+    let arp = r.split("table arp weave {\n").nth(1).expect("the arp table");
+    assert!(arp.contains("elements = { 10.2.3.0/24, 10.32.0.0/12 }"), "{arp}");
+    assert!(arp.contains("iifname != \"wv*\" arp operation request arp daddr ip @overlay drop"), "{arp}");
+}
