@@ -77,10 +77,10 @@ async fn main() -> ExitCode {
             };
             let _ = writeln!(banner, "join token (first start): {join}");
             let _ = writeln!(banner, "  {uses}, {expiry}; on a host: agent join --token-file <file holding it>");
-            let _ = writeln!(banner, "  tokens for more hosts: weavectl token create");
+            let _ = writeln!(banner, "  tokens for more hosts: weavectl token create --uses N");
         }
         None => {
-            let _ = writeln!(banner, "more join tokens: weavectl token create");
+            let _ = writeln!(banner, "more join tokens: weavectl token create --uses N");
         }
     }
     let mut stdout = std::io::stdout();

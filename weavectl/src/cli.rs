@@ -135,9 +135,11 @@ pub(crate) enum TokenCommand {
         /// Lifetime, like 30m, 24h, 7d, or never [default: the coordinator's, 24h]
         #[arg(long)]
         ttl: Option<String>,
-        /// How many hosts may join with it [default: unlimited]
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-        uses: Option<u32>,
+        /// How many hosts may join with it: a number, or "unlimited" (any
+        /// number of hosts until it expires: whoever holds it can add nodes)
+        /// [default: 1]
+        #[arg(long, value_parser = parse_uses, default_value = "1")]
+        uses: Uses,
         /// A note for `token ls`.
         #[arg(long)]
         description: Option<String>,
@@ -234,5 +236,22 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+}
+
+/// `token create --uses`: how many hosts may join with a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Uses {
+    Limited(u32),
+    Unlimited,
+}
+
+fn parse_uses(s: &str) -> Result<Uses, String> {
+    match s {
+        "unlimited" => Ok(Uses::Unlimited),
+        n => match n.parse::<u32>() {
+            Ok(0) | Err(_) => Err(format!("'{n}' is not a number of hosts (1 or more) or 'unlimited'")),
+            Ok(n) => Ok(Uses::Limited(n)),
+        },
     }
 }

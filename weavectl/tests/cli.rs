@@ -273,7 +273,7 @@ fn token_create_list_revoke() {
     assert_eq!(created["state"], "active");
     assert!(!c.ok(&["token", "ls"]).contains(&token.secret), "listing never shows secrets");
 
-    let never = c.json(&["token", "create", "--ttl", "never"]);
+    let never = c.json(&["token", "create", "--ttl", "never", "--uses", "unlimited"]);
     assert_eq!(never["expires_at"], Value::Null);
     let table = c.ok(&["token", "ls"]);
     assert!(table.starts_with("ID"), "{table}");
@@ -321,6 +321,11 @@ fn token_create_list_revoke() {
         "weavectl: --ttl: 'soon' is not a duration: use a number with s, m, h or d (like 30m, 24h, 7d), or 'never'",
     );
     c.weavectl().args(["token", "create", "--uses", "0"]).assert().code(2);
+    c.weavectl().args(["token", "create", "--uses", "many"]).assert().code(2);
+    // Without --uses a token lets one host join (as Tailscale's and NetBird's
+    // keys): a reusable token in the wrong hands adds nodes at will.
+    let once = c.json(&["token", "create"]);
+    assert_eq!(once["uses_left"], 1, "{once}");
 }
 
 #[test]

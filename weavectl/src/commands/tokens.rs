@@ -7,7 +7,7 @@ use weave_proto::{
 
 use super::{Output, now, or_dash, relative};
 use crate::{
-    cli::TokenCommand,
+    cli::{TokenCommand, Uses},
     failure::{Doing, Failure, Outcome},
     table::Table,
 };
@@ -37,7 +37,11 @@ pub(super) async fn run(api: &mut Api, out: &Output, c: Checked) -> Outcome {
             let description = description.unwrap_or_default();
             let req = CreateTokenRequest {
                 ttl_seconds: c.ttl_seconds,
-                uses: uses.unwrap_or(0),
+                // The API's 0 is "unlimited".
+                uses: match uses {
+                    Uses::Limited(n) => n,
+                    Uses::Unlimited => 0,
+                },
                 description,
                 never_expires: c.never_expires,
             };
