@@ -693,6 +693,17 @@ async fn endpoints_inside_the_overlay_or_not_unicast_are_refused() {
     assert_eq!(nodes[0].endpoints, vec!["192.0.2.1:6784".to_string()]);
     // An underlay address beside the overlay is fine.
     node.nodes.update_endpoints(update("10.2.4.9:6784")).await.expect("outside every subnet");
+    // A member's subnet over a LAN keeps hosts there out: the refusal names
+    // who added it and how the admin takes it away.
+    node.subnets.add_subnet(subnet("10.77.0.0/24")).await.expect("a member's subnet");
+    let mut join = c.api_with("").await;
+    let mut req = join_request(&c.token(), "host3", 3);
+    req.endpoints = vec!["10.77.0.7:6784".into()];
+    assert_status(
+        join.join.join(req).await,
+        Code::FailedPrecondition,
+        "inside subnet 10.77.0.0/24 (added by a member node, id 1; the admin may remove it: weavectl subnet rm 10.77.0.0/24)",
+    );
     // Without a valid token the answer names no subnet: it would map the
     // overlay for anyone who knows the (public) pin.
     let mut stranger = c.api_with("").await;

@@ -67,18 +67,30 @@ async fn check_token(c: &mut Conn, r: &JoinRequest, t: i64) -> Result<Option<i64
 pub fn check_outside_overlay(endpoints: &[String], map: &v1::NetworkMap) -> Result<(), Error> {
     let nets = [map.range.as_str(), map.node_range.as_str()]
         .into_iter()
-        .map(|cidr| (cidr, "the overlay range"))
-        .chain(map.subnets.iter().map(|s| (s.cidr.as_str(), "subnet")))
-        .filter_map(|(cidr, what)| Some((cidr.parse::<ipnet::IpNet>().ok()?, what)));
-    for (net, what) in nets {
+        .map(|cidr| (cidr, "the overlay range", String::new()))
+        .chain(map.subnets.iter().map(|s| {
+            // Who can take it away: a member's subnet (a Docker network)
+            // could otherwise keep hosts out with no one the wiser.
+            let by = match (s.by_member, s.added_by_node) {
+                (false, 0) => String::new(),
+                (_, id) => format!(
+                    " (added by a member node, id {id}; the admin may remove it: weavectl subnet rm {})",
+                    s.cidr
+                ),
+            };
+            (s.cidr.as_str(), "subnet", by)
+        }))
+        .filter_map(|(cidr, what, by)| Some((cidr.parse::<ipnet::IpNet>().ok()?, what, by)));
+    for (net, what, by) in nets {
         if let Some(e) = endpoints
             .iter()
             .filter_map(|e| e.parse::<std::net::SocketAddr>().ok())
             .find(|e| net.contains(&e.ip().to_canonical()))
         {
             return Err(Error::FailedPrecondition(format!(
-                "endpoint {e} lies inside {what} {net}: peers route that into the overlay, and a node's underlay \
-                 address inside a subnet takes that subnet off every host; announce the host's real underlay address"
+                "endpoint {e} lies inside {what} {net}{by}: peers route that into the overlay, and a node's \
+                 underlay address inside a subnet takes that subnet off every host; announce the host's real \
+                 underlay address"
             )));
         }
     }
