@@ -259,7 +259,7 @@ async fn serve(
         cpu_latency_hold: Duration::from_millis(args.cpu_latency_hold_ms),
         nat_keepalive: args.nat_keepalive,
         broadcast_limit: args.broadcast_limit,
-        learn_ipv6_path_mtu: args.learn_ipv6_path_mtu,
+        ignore_ipv6_packet_too_big: args.ignore_ipv6_packet_too_big,
     };
     let transport = TunUdp::start(TUN_NAME, tun_mtu as u16, listen, key.secret().clone(), &tuning)
         .map_err(|e| Error::Dataplane(format!("start {TUN_NAME} and udp {listen}: {e}")))?;

@@ -92,13 +92,12 @@ pub struct RunArgs {
     /// a sixteenth of nf_conntrack_max, at least 1,024].
     #[arg(long, env = "WEAVE_FLOW_LIMIT")]
     pub flow_limit: Option<u32>,
-    /// Believe IPv6 "packet too big" for the tunnel's datagrams (an IPv6
-    /// underlay whose path to a peer is narrower than this host's interface,
-    /// such as a PPPoE link): they then go in fragments. Off, anyone on the
-    /// underlay could forge one; a narrower IPv6 path then needs the
-    /// interface's MTU set to the path's.
-    #[arg(long, env = "WEAVE_LEARN_IPV6_PATH_MTU")]
-    pub learn_ipv6_path_mtu: bool,
+    /// Ignore IPv6 "packet too big" for the tunnel's datagrams, which anyone
+    /// on the underlay can forge: they always leave at the interface's MTU.
+    /// Only for an IPv6 underlay whose every path carries that MTU (one LAN
+    /// or VPC): across a narrower path, full-size datagrams are then lost.
+    #[arg(long, env = "WEAVE_IGNORE_IPV6_PACKET_TOO_BIG")]
+    pub ignore_ipv6_packet_too_big: bool,
     /// Packet queues: TUN queues, each with its own UDP socket on the port and
     /// its own packet threads [default: one per two CPUs, 1 to 4].
     #[arg(long, env = "WEAVE_QUEUES", value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -230,8 +229,8 @@ impl RunArgs {
         if let Some(n) = self.flow_limit {
             out.extend(["--flow-limit".into(), n.to_string().into()]);
         }
-        if self.learn_ipv6_path_mtu {
-            out.push("--learn-ipv6-path-mtu".into());
+        if self.ignore_ipv6_packet_too_big {
+            out.push("--ignore-ipv6-packet-too-big".into());
         }
         if let Some(q) = self.queues {
             out.extend(["--queues".into(), q.to_string().into()]);
@@ -308,7 +307,7 @@ mod tests {
             "300",
             "--flow-limit",
             "0",
-            "--learn-ipv6-path-mtu",
+            "--ignore-ipv6-packet-too-big",
             "--queues",
             "3",
             "--queue-threads",
@@ -330,7 +329,7 @@ mod tests {
         assert_eq!(run.cpu_latency_hold_ms, 7);
         assert_eq!(run.broadcast_limit, 300);
         assert_eq!(run.flow_limit, Some(0));
-        assert!(run.learn_ipv6_path_mtu);
+        assert!(run.ignore_ipv6_packet_too_big);
         assert_eq!(run.queues, Some(3));
         assert_eq!(run.queue_threads, 2);
         assert_eq!(run.aead, Aead::Ring);

@@ -142,8 +142,8 @@ pub struct Tuning {
     /// `--broadcast-limit`: what each peer's group frames into a segment are
     /// metered at, per workload it hosts there (`router/storm.rs`; 0: not metered).
     pub broadcast_limit: u32,
-    /// `--learn-ipv6-path-mtu`: IPv6 sends believe "packet too big" ([`udp`]).
-    pub learn_ipv6_path_mtu: bool,
+    /// `--ignore-ipv6-packet-too-big`: IPv6 sends ignore path MTUs ([`udp`]).
+    pub ignore_ipv6_packet_too_big: bool,
 }
 
 impl Tuning {
@@ -164,7 +164,7 @@ impl Default for Tuning {
             cpu_latency_hold: cpu_latency::DEFAULT_WINDOW,
             nat_keepalive: NAT_KEEPALIVE,
             broadcast_limit: 0,
-            learn_ipv6_path_mtu: false,
+            ignore_ipv6_packet_too_big: false,
         }
     }
 }
@@ -194,7 +194,7 @@ impl TunUdp {
         for _ in 1..n {
             tuns.push(tuns[0].try_clone()?);
         }
-        udp::learn_ipv6_path_mtu(tuning.learn_ipv6_path_mtu);
+        udp::ignore_ipv6_packet_too_big(tuning.ignore_ipv6_packet_too_big);
         let udps = udp::bind_queues(listen, n)?;
         let hold = Arc::new(CpuLatencyHold::open(tuning.cpu_latency_hold));
         let mut queues = Vec::with_capacity(n);

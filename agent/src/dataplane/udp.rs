@@ -96,32 +96,30 @@ fn ignore_path_mtu_v4(fd: &std::os::fd::OwnedFd) -> Result<(), Errno> {
     set_ip_mtu_discover(fd, Ipv4PathMtuDiscovery::OMIT).map_err(|e| Errno::from_raw(e.raw_os_error()))
 }
 
-/// IPv6 datagrams leave at the interface's MTU too, and a "packet too big"
-/// quoting this socket is not taken in (`IPV6_PMTUDISC_OMIT`). With path
-/// MTU discovery on, one such message forged by anyone on the underlay
-/// lowered the path to a peer to 1,280 bytes for ten minutes: every GSO send
-/// then failed, each datagram left alone in two fragments, and junk
-/// fragments sent to the peer (its 4 MB of reassembly memory) dropped them
-/// all, so bulk traffic between the two hosts stopped (found by a review,
-/// 2026-12-03). IPv6 routers never fragment: a genuinely narrower IPv6
-/// path now drops the tunnel's full-size datagrams, and needs the underlay
-/// interface's MTU set to what the path carries (README, "Underlays").
-/// With `--learn-ipv6-path-mtu` ([`learn_ipv6_path_mtu`]) the kernel's
-/// default instead: such a path works with nothing else configured (its
-/// router's "packet too big" is believed, and the datagrams to that peer go
-/// in fragments), and so does the forged message.
+/// IPv6 is the kernel's default unless told otherwise: its routers never
+/// fragment, so a path narrower than this host's interface (a jumbo-frame
+/// cloud NIC reaching a peer over a 1,500-byte path, a PPPoE link, a tunnel)
+/// works only because the router's "packet too big" is believed, and the
+/// datagrams to that peer then go in fragments (as the kernel's WireGuard
+/// does). The price: anyone on the underlay can forge that message for a
+/// peer's address, and the peer's fragments then meet whatever junk fills the
+/// receiver's reassembly memory (4 MB; found by a review, 2026-12-03). With
+/// `--ignore-ipv6-packet-too-big` ([`ignore_ipv6_packet_too_big`]; for an
+/// underlay whose every path carries the interface's MTU, one LAN or VPC)
+/// the datagrams leave at the interface's MTU and the message is not taken
+/// in (`IPV6_PMTUDISC_OMIT`), as for IPv4.
 fn ignore_path_mtu_v6(fd: &std::os::fd::OwnedFd) -> Result<(), Errno> {
     use rustix::net::sockopt::{Ipv6PathMtuDiscovery, set_ipv6_mtu_discover};
-    let mode = if LEARN_V6.load(Ordering::Relaxed) { Ipv6PathMtuDiscovery::WANT } else { Ipv6PathMtuDiscovery::OMIT };
+    let mode = if IGNORE_V6.load(Ordering::Relaxed) { Ipv6PathMtuDiscovery::OMIT } else { Ipv6PathMtuDiscovery::WANT };
     set_ipv6_mtu_discover(fd, mode).map_err(|e| Errno::from_raw(e.raw_os_error()))
 }
 
-static LEARN_V6: AtomicBool = AtomicBool::new(false);
+static IGNORE_V6: AtomicBool = AtomicBool::new(false);
 
-/// Whether sockets bound from now on believe IPv6 "packet too big"
-/// (`--learn-ipv6-path-mtu`; see [`ignore_path_mtu_v6`]).
-pub fn learn_ipv6_path_mtu(learn: bool) {
-    LEARN_V6.store(learn, Ordering::Relaxed);
+/// Whether sockets bound from now on ignore IPv6 "packet too big"
+/// (`--ignore-ipv6-packet-too-big`; see [`ignore_path_mtu_v6`]).
+pub fn ignore_ipv6_packet_too_big(ignore: bool) {
+    IGNORE_V6.store(ignore, Ordering::Relaxed);
 }
 
 /// The address to hand the kernel for `dst`: IPv4 endpoints as IPv4-mapped
@@ -207,20 +205,21 @@ mod tests {
         }
     }
 
-    /// IPv6 sends ignore it too, unless told to learn it (`--learn-ipv6-path-mtu`).
+    /// IPv6 sends follow learned path MTUs unless told to ignore them
+    /// (`--ignore-ipv6-packet-too-big`).
     #[test]
-    fn ipv6_sends_ignore_learned_path_mtus_unless_told() {
+    fn ipv6_sends_ignore_learned_path_mtus_only_when_told() {
         use rustix::net::sockopt::{Ipv6PathMtuDiscovery, ipv6_mtu_discover};
         let Ok(s) = bind("[::1]:0".parse().unwrap(), false) else { return }; // no IPv6 here
-        assert_eq!(ipv6_mtu_discover(&s).unwrap(), Ipv6PathMtuDiscovery::OMIT);
-        let dual = bind("[::]:0".parse().unwrap(), false).unwrap();
+        assert_eq!(ipv6_mtu_discover(&s).unwrap(), Ipv6PathMtuDiscovery::WANT);
+        ignore_ipv6_packet_too_big(true);
+        let (ignoring, dual) = (bind("[::1]:0".parse().unwrap(), false), bind("[::]:0".parse().unwrap(), false));
+        ignore_ipv6_packet_too_big(false);
+        assert_eq!(ipv6_mtu_discover(ignoring.unwrap()).unwrap(), Ipv6PathMtuDiscovery::OMIT);
+        let dual = dual.unwrap();
         if is_v6(&dual).unwrap() {
             assert_eq!(ipv6_mtu_discover(&dual).unwrap(), Ipv6PathMtuDiscovery::OMIT);
         }
-        learn_ipv6_path_mtu(true);
-        let learning = bind("[::1]:0".parse().unwrap(), false);
-        learn_ipv6_path_mtu(false);
-        assert_eq!(ipv6_mtu_discover(learning.unwrap()).unwrap(), Ipv6PathMtuDiscovery::WANT);
     }
 
     /// Both families reach one dual-stack socket, on loopback, and the
