@@ -14,6 +14,7 @@
 //! - [`error`]: the error enum and its one mapping to gRPC status codes.
 
 mod accept;
+mod admin_only;
 pub mod api;
 pub mod challenge;
 pub mod config;
@@ -21,7 +22,6 @@ mod deadline;
 pub mod error;
 pub mod identity;
 pub mod ipam;
-mod members_only;
 pub mod metrics;
 pub mod server;
 pub mod store;

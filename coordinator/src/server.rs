@@ -21,10 +21,10 @@ use weave_proto::{
 };
 
 use crate::{
+    admin_only::AdminOnly,
     api::{self, State},
     config::Settings,
     identity::{self, admin_credential_path, create_private_dir, load_or_create_tls, new_secret, write_secret_file},
-    members_only::MembersOnly,
     store::{Store, now},
 };
 
@@ -223,8 +223,8 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .layer(crate::metrics::RpcMetricsLayer)
         .layer(crate::deadline::DeadlineLayer(settings.rpc_deadline))
         .add_service(limited!(health_service))
-        .add_service(MembersOnly::new(limited!(reflection), state.clone()))
-        .add_service(MembersOnly::new(limited!(reflection_alpha), state.clone()))
+        .add_service(AdminOnly::new(limited!(reflection), state.clone()))
+        .add_service(AdminOnly::new(limited!(reflection_alpha), state.clone()))
         .add_service(limited!(JoinServiceServer::new(api::Join(state.clone()))))
         .add_service(limited!(NodeServiceServer::new(api::Nodes(state.clone()))))
         .add_service(limited!(MapServiceServer::new(api::Map(state.clone()))))

@@ -76,11 +76,15 @@ async fn reflection_v1alpha_is_served_too() {
     let mut outsider = ServerReflectionClient::new(c.channel().await);
     let refused = outsider.server_reflection_info(tokio_stream::iter([request()])).await;
     assert_eq!(refused.map(|_| ()).unwrap_err().code(), tonic::Code::Unauthenticated);
-    // A node's credential serves too (scripts acting as a node).
+    // Nor with a node's credential: agents never need it, and a member's
+    // unread streams would cost the coordinator as an outsider's did.
     let joined = c.admin().await.join.join(common::join_request(&c.token(), "h1", 1)).await.unwrap().into_inner();
     let node = Bearer::new(&joined.credential).unwrap();
-    let mut reflection =
+    let mut member =
         ServerReflectionClient::new(tonic::service::interceptor::InterceptedService::new(c.channel().await, node));
+    let refused = member.server_reflection_info(tokio_stream::iter([request()])).await;
+    assert_eq!(refused.map(|_| ()).unwrap_err().code(), tonic::Code::PermissionDenied);
+    let mut reflection = ServerReflectionClient::new(admin_channel(&c).await);
     let mut responses = reflection.server_reflection_info(tokio_stream::iter([request()])).await.unwrap().into_inner();
     let response = responses.message().await.unwrap().expect("a response");
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {

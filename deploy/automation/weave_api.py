@@ -9,9 +9,9 @@ reflection: no generated stubs, no .proto files to copy.
 Trust: the coordinator's self-signed certificate (`<data-dir>/tls/coordinator.crt`)
 is the only root, and the name checked is `weave-coordinator` (the name in that
 certificate), whatever address you dial. Authentication: the metadata
-`authorization: Bearer <secret>` on every call (reflection too), where <secret>
-is the last dot-separated part of the `wva1.…` admin credential (or a node's
-credential).
+`authorization: Bearer <secret>` on every call (reflection too, which the
+coordinator answers only for the admin), where <secret> is the last
+dot-separated part of the `wva1.…` admin credential.
 """
 import argparse
 import json
@@ -38,7 +38,7 @@ def parse_credential(text):
 class Weave:
     def __init__(self, address, cert_pem, secret):
         # The credential rides on the channel: every call sends it, reflection's
-        # included (the coordinator answers reflection only to a credential).
+        # included (the coordinator answers reflection only for the admin).
         creds = grpc.composite_channel_credentials(
             grpc.ssl_channel_credentials(root_certificates=cert_pem),
             grpc.access_token_call_credentials(secret),

@@ -1,5 +1,5 @@
-//! Server reflection for callers with a credential only (the admin's or a
-//! node's), checked before the reflection service sees the call.
+//! Server reflection for the admin only, checked before the reflection
+//! service sees the call.
 //!
 //! Served to anyone, reflection was the one service where a caller that
 //! never joined got much for little: each 26-byte `file_containing_symbol`
@@ -10,7 +10,10 @@
 //! 1.6 GB in 3 s (found by a review, 2026-12-03). Now such a call answers
 //! UNAUTHENTICATED without any reflection work, as every weave service does;
 //! grpcurl and Python's grpcio-reflection pass the same `authorization`
-//! header they pass to any other call. A call that proves a credential here
+//! header they pass to any other call. A node's credential gets
+//! PERMISSION_DENIED: agents never need reflection, and a member could
+//! otherwise do the same (its `--node-rate` is charged once per stream, and
+//! a stream lives as long as it likes). A call that proves a credential here
 //! marks its connection authenticated, as other calls do. Health stays open
 //! (load balancers and probes ask it without a credential; its answers are a
 //! few bytes).
@@ -22,22 +25,22 @@ use tonic::server::NamedService;
 use crate::api::Shared;
 
 #[derive(Clone)]
-pub(crate) struct MembersOnly<S> {
+pub(crate) struct AdminOnly<S> {
     inner: S,
     state: Shared,
 }
 
-impl<S> MembersOnly<S> {
+impl<S> AdminOnly<S> {
     pub(crate) fn new(inner: S, state: Shared) -> Self {
         Self { inner, state }
     }
 }
 
-impl<S: NamedService> NamedService for MembersOnly<S> {
+impl<S: NamedService> NamedService for AdminOnly<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for MembersOnly<S>
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for AdminOnly<S>
 where
     S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -61,7 +64,7 @@ where
             let mut probe = http::Request::new(());
             *probe.headers_mut() = request.headers().clone();
             *probe.extensions_mut() = request.extensions().clone();
-            match state.caller(&tonic::Request::from_http(probe)).await {
+            match state.admin(&tonic::Request::from_http(probe)).await {
                 Ok(_) => inner.call(request).await,
                 Err(status) => Ok(status.into_http()),
             }
