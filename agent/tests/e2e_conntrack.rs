@@ -146,6 +146,16 @@ fn no_workload_holds_more_than_its_share_of_a_hosts_tracked_connections() {
     assert!(held.2 <= LIMIT, "a holds {} connections through host 1 (limit {LIMIT})", held.2);
     assert!(held.2 >= LIMIT * 9 / 10, "a got only {} connections: the test is void", held.2);
     assert!(refused(&host) > 0, "host 1 counted no refused connection");
+    // An agent restart keeps the table and its counts: a gets no more.
+    bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
+    bed.agent_args = vec!["--flow-limit".into(), LIMIT.to_string()];
+    bed.start_agent(0, false);
+    wait_for("host 1's agent to be back", Duration::from_secs(20), || bed.status(0).map(|_| ()));
+    wait_for("c to reach b again", Duration::from_secs(15), || ping_once(&c, b_ip).then_some(()));
+    let more = Held::open(&a, b_ip, 20);
+    let after_restart = more.2;
+    more.close();
+    assert_eq!(after_restart, 0, "after an agent restart a opened more connections past its limit");
     // Meanwhile c, on the same host, opens its own.
     let c_held = Held::open(&c, b_ip, LIMIT / 2);
     assert_eq!(c_held.2, LIMIT / 2, "c could not open its connections while a held its share");

@@ -144,10 +144,18 @@ pub async fn limit_flows(limit: Option<u32>) -> Result<(), Error> {
         limit = 0;
     }
     FLOW_LIMIT.store(limit, std::sync::atomic::Ordering::Relaxed);
-    nft(&flow_ruleset(limit))
+    // An earlier run's table with this limit stays: replacing it would forget
+    // every count (connections are counted when they start), and an agent
+    // restart would give every source its limit again on top of what it holds.
+    let kept = nft_with(&["list", "chain", "inet", FLOW_TABLE, flows::CHECKED_CHAIN], "")
         .await
-        .map_err(|e| Error::Dataplane(format!("cannot install the flow limit (nftables): {e}")))?;
-    tracing::info!(limit, "tracked connections limited per source address (0: not limited)");
+        .is_ok_and(|chain| limit > 0 && chain.contains(&format!("ct count over {limit} ")));
+    if !kept {
+        nft(&flow_ruleset(limit))
+            .await
+            .map_err(|e| Error::Dataplane(format!("cannot install the flow limit (nftables): {e}")))?;
+    }
+    tracing::info!(limit, kept, "tracked connections limited per source address (0: not limited)");
     Ok(())
 }
 
@@ -183,10 +191,10 @@ const TABLES: [(&str, &str, &str); 5] = [
 /// finds the removed ones; one `nft list chain` a check, for each table in
 /// turn (`turn`), looks at one of its chains, never empty as weave writes
 /// it, so an emptied table is found within five checks. (`nft` 1.0.6 fails
-/// a batch of several `list chain` commands.) Empty when nft could not be
-/// asked (the tables are then put back, as if removed).
-async fn tables(turn: usize) -> BTreeSet<String> {
-    let mut present = nft_with(&["list", "tables"], "").await.map(|out| named(&out)).unwrap_or_default();
+/// a batch of several `list chain` commands.) None when nft could not be
+/// asked.
+async fn tables(turn: usize) -> Option<BTreeSet<String>> {
+    let mut present = named(&nft_with(&["list", "tables"], "").await.ok()?);
     let (family, table, chain) = TABLES[turn % TABLES.len()];
     let name = format!("{family} {table}");
     if present.contains(&name) {
@@ -200,7 +208,7 @@ async fn tables(turn: usize) -> BTreeSet<String> {
             }
         }
     }
-    present
+    Some(present)
 }
 
 /// "FAMILY NAME" of every `table FAMILY NAME` line of `nft list tables`.
@@ -287,7 +295,12 @@ pub async fn keep(
         if tokio::time::Instant::now() >= next_check {
             next_check = tokio::time::Instant::now() + RECHECK;
             checks += 1;
-            let tables = tables(checks).await;
+            // nft could not be asked: no verdict (putting everything back
+            // would fail as surely, and would forget the flow limit's counts).
+            let Some(tables) = tables(checks).await else {
+                tracing::debug!("nft list tables failed; checking again later");
+                continue;
+            };
             let present = |family: &str, name: &str| tables.contains(&format!("{family} {name}"));
             if applied.is_some() && ["inet", "bridge", "arp"].iter().any(|family| !present(family, TABLE)) {
                 tracing::warn!("the isolation tables were removed or emptied; putting them back");
@@ -297,7 +310,7 @@ pub async fn keep(
             } else if reloaded.elapsed() >= FULL_RELOAD {
                 applied = None;
             }
-            // The source guard too (a `flush ruleset` takes all three).
+            // The source guard too (a `flush ruleset` takes every table).
             if !present("bridge", GUARD_TABLE) {
                 tracing::warn!("the source guard table was removed or emptied; putting it back");
                 metrics::counter!("weave_firewall_repairs_total").increment(1);

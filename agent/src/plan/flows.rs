@@ -15,15 +15,20 @@
 //!
 //! So no source address of a weave device may hold more than `limit`
 //! tracked connections on a host: its new connections over that are
-//! dropped (and counted). Established traffic is not looked at: only a
-//! connection's first packet meets the rule. VXLAN from a peer is judged by
-//! the isolation table alone (its source port changes with every inner
-//! flow). A member holds at most `limit` times its addresses on each host,
-//! and its addresses are bounded by the coordinator's `--node-quota`.
+//! dropped (and counted). Established traffic is not looked at: only
+//! packets of a connection that has not seen an answer yet meet the rule.
+//! VXLAN from a peer is judged by the isolation table alone (its source
+//! port changes with every inner flow; those entries never see an answer,
+//! so early drop frees them). A member holds at most `limit` times its
+//! addresses on each host, and its addresses are bounded by the
+//! coordinator's `--node-quota`. `nf_conncount` does not count TCP
+//! connections in TIME_WAIT or CLOSE, and clears closed ones only a few per
+//! clock tick (README, "No container holds more than its share").
 //!
-//! The table is a table of its own, written once at start and put back if
-//! removed, not replaced with the isolation tables: a replacement would
-//! forget every count (connections are counted only when they start).
+//! The table is a table of its own, written at start (kept when an earlier
+//! run left it with the same limit) and put back if removed, not replaced
+//! with the isolation tables: a replacement would forget every count
+//! (connections are counted only when they start).
 use std::fmt::Write;
 
 use super::kernel::{VXLAN_PORT, WEAVE_DEVICES};
