@@ -190,4 +190,8 @@ fn no_workload_holds_more_than_its_share_of_a_hosts_tracked_connections() {
     assert!(held.2 <= LIMIT, "after the repair b holds {} connections into host 1", held.2);
     held.close();
     drop(server);
+    // Prometheus sees the refusals (the counter is read every 50 s).
+    wait_for("weave_flows_refused_total on host 1", Duration::from_secs(70), || {
+        (total(&scrape(&host), "weave_flows_refused_total") > 0.0).then_some(())
+    });
 }

@@ -258,6 +258,8 @@ pub async fn keep(
     // RECHECK must not postpone the check for good.
     let mut next_check = tokio::time::Instant::now() + RECHECK;
     let mut checks = 0usize;
+    // The flow limit's counter as last read (`weave_flows_refused_total`).
+    let mut refused_seen = 0u64;
     loop {
         let networks = super::routes::lan(own_node);
         let rules = rules(&maps.borrow_and_update(), own_node, &coordinator, &networks);
@@ -329,7 +331,10 @@ pub async fn keep(
                 && checks.is_multiple_of(TABLES.len())
                 && let Some(n) = flows_refused().await
             {
-                metrics::counter!("weave_flows_refused_total").absolute(n);
+                // A table put back counts from 0 again: what it counted since.
+                let new = if n >= refused_seen { n - refused_seen } else { n };
+                metrics::counter!("weave_flows_refused_total").increment(new);
+                refused_seen = n;
             }
             if applied.is_none() {
                 continue;
