@@ -570,6 +570,35 @@ fn a_detach_after_taking_a_neighbours_address_leaves_the_neighbours_pin() {
     assert!(!pinned(a_ip), "the detached container's own pin stayed");
 }
 
+/// A workload that renames its interface before it is detached (or takes
+/// its address off) was not found by detach, which then released its
+/// address but left its port in the bridge, locked to the address's MAC and
+/// guarded for it: the workload kept talking on the segment, answered for
+/// whoever was given the address next, and every attach on its host was
+/// refused ("MAC … is locked to another workload's port"), the lowest free
+/// address being its own. Now detach deletes the host's end of the pair.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_workload_that_hides_its_interface_is_still_detached_whole() {
+    let mut bed = Bed::with_hosts(1);
+    let (v, v_ip) = attached_at(&mut bed, 0, "v");
+    let (a, _) = attached_at(&mut bed, 0, "a");
+    ok_in(&v, &["ip", "link", "set", "ethwe", "down"]);
+    ok_in(&v, &["ip", "link", "set", "ethwe", "name", "hide0"]);
+    ok_in(&v, &["ip", "link", "set", "hide0", "up"]);
+    let out = bed.weavectl(0, &["detach", &format!("/run/netns/{v}")]);
+    assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !in_ns(&v, &["ip", "link", "show", "hide0"]).status.success(),
+        "the renamed interface (and its port on host 1) outlived the detach: {:?}",
+        links(&bed.hosts[0].ns)
+    );
+    // The next container on the host gets the released address, and works.
+    let (n, n_ip) = attached_at(&mut bed, 0, "n");
+    assert_eq!(n_ip, v_ip, "the released address went elsewhere: the test is void");
+    assert!(ping_within(&n, bed.workloads.iter().find(|w| w.ns == a).unwrap().ip, 5), "n cannot reach a");
+}
+
 /// `python3 -c TAGGED IFACE DSTMAC SRCMAC SPA TPA DPORT` (after [`UDP_IP`]):
 /// three times, an ARP reply "SPA is at SRCMAC" to DSTMAC and a UDP datagram
 /// SPA -> TPA to DSTMAC, each in a frame from SRCMAC with an 802.1Q tag of

@@ -378,15 +378,24 @@ impl Attacher {
         for cidr in &subnets {
             if let Some((i, _)) = on_subnet(&before, cidr) {
                 inside.delete_link(&i.name).await.map_err(failed)?;
-                // The address it holds, not the one it shows (a neighbour's). Best
-                // effort: the reconcile also removes pins of addresses no longer ours.
-                let subnet = self.maps.borrow().subnets.iter().find(|s| s.cidr == *cidr).cloned();
-                let held = subnet.and_then(|s| Some((bridge_name(s.vni), held.get(&s.id)?.parse::<Ipv4Net>().ok()?)));
-                if let Some((bridge, ip)) = held
-                    && let Err(e) = self.netlink.unpin_neighbour(&bridge, ip.addr()).await
-                {
-                    tracing::debug!(error = %e, "unpin on detach");
-                }
+            }
+            // And the host's end, whatever the container did with its own: a
+            // container that renamed its interface (or took its address off)
+            // was not found above, kept its port, lock and guard entry after
+            // its address was released, and then answered for whoever got the
+            // address next (found by a review, 2026-12-03). Deleting the host's
+            // end removes the pair.
+            let subnet = self.maps.borrow().subnets.iter().find(|s| s.cidr == *cidr).cloned();
+            if let Some(s) = &subnet {
+                self.netlink.delete_link(&host_ifname(c.inode, s.vni)).await.map_err(failed)?;
+            }
+            // The address it holds, not the one it shows (a neighbour's). Best
+            // effort: the reconcile also removes pins of addresses no longer ours.
+            let held = subnet.and_then(|s| Some((bridge_name(s.vni), held.get(&s.id)?.parse::<Ipv4Net>().ok()?)));
+            if let Some((bridge, ip)) = held
+                && let Err(e) = self.netlink.unpin_neighbour(&bridge, ip.addr()).await
+            {
+                tracing::debug!(error = %e, "unpin on detach");
             }
             released.extend(self.release(&c.key, cidr).await?);
         }
