@@ -613,6 +613,26 @@ fn a_multicast_ping_from_a_workload_gets_no_echo_from_the_segment() {
     assert!(multicast_ping_replies(&a) >= 2, "without the rule the segment did not answer: the test is void");
 }
 
+/// ARP from a workload tells it nothing of its host but the address the
+/// host was exposed with on its subnet: the kernel answered for any of the
+/// host's addresses (its underlay and node addresses too) at the bridge's
+/// MAC. Now the bridges answer only for their own (`arp_ignore` 1).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_workload_learns_no_host_address_but_the_exposed_one_by_arp() {
+    let mut bed = Bed::with_hosts(1);
+    let (a, a_ip) = attached_at(&mut bed, 0, "a");
+    let out = bed.weavectl(0, &["expose", "net:default"]);
+    assert!(out.status.success(), "expose: {}", String::from_utf8_lossy(&out.stderr));
+    let exposed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let node = bed.status(0).unwrap().address.to_string();
+    let (src, underlay) = (a_ip.to_string(), bed.hosts[0].ip.to_string());
+    assert!(arp_answered(&a, "ethwe", &src, &exposed), "the exposed address is not answered: the test is void");
+    for hidden in [&underlay, &node] {
+        assert!(!arp_answered(&a, "ethwe", &src, hidden), "a workload learned the host's {hidden} by ARP");
+    }
+}
+
 /// A workload that renames its interface before it is detached (or takes
 /// its address off) was not found by detach, which then released its
 /// address but left its port in the bridge, locked to the address's MAC and

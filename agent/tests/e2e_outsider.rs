@@ -65,34 +65,6 @@ fn vxlan_pings(ns: &str, vni: u32, local: &str, remote: &str, own_mac: Option<&s
     ok_in(ns, &["ip", "link", "del", "vx"]);
 }
 
-/// `python3 -c ARP_WHO_HAS IFACE SRC TARGET`: one ARP request for TARGET
-/// from IFACE (sender address SRC); prints `reply` if TARGET is answered
-/// within a second, else `none`.
-const ARP_WHO_HAS: &str = r#"
-import socket, struct, sys, time
-ifc, src, target = sys.argv[1], socket.inet_aton(sys.argv[2]), socket.inet_aton(sys.argv[3])
-mac = bytes.fromhex(open(f'/sys/class/net/{ifc}/address').read().strip().replace(':', ''))
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)); s.bind((ifc, 0)); s.settimeout(0.1)
-s.send(b'\xff' * 6 + mac + b'\x08\x06' + struct.pack('!HHBBH', 1, 0x0800, 6, 4, 1) + mac + src + bytes(6) + target)
-end = time.time() + 1
-while time.time() < end:
-    try:
-        f = s.recv(128)
-    except socket.timeout:
-        continue
-    if f[20:22] == b'\x00\x02' and f[28:32] == target:
-        print('reply'); sys.exit(0)
-print('none')
-"#;
-
-fn arp_answered(ns: &str, src: &str, target: &str) -> bool {
-    match ok_in(ns, &["python3", "-c", ARP_WHO_HAS, "eth0", src, target]).trim() {
-        "reply" => true,
-        "none" => false,
-        other => panic!("the ARP probe printed {other:?}"),
-    }
-}
-
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn nothing_from_the_underlay_reaches_a_workload_except_through_wireguard() {
@@ -188,9 +160,12 @@ fn nothing_from_the_underlay_reaches_a_workload_except_through_wireguard() {
     // addresses on any interface); the host's own underlay address is
     // answered (the control).
     for overlay in [node0.to_string(), exposed.clone()] {
-        assert!(!arp_answered(&outsider, OUTSIDER, &overlay), "host 1 answered ARP for {overlay} on the underlay");
+        assert!(
+            !arp_answered(&outsider, "eth0", OUTSIDER, &overlay),
+            "host 1 answered ARP for {overlay} on the underlay"
+        );
     }
-    assert!(arp_answered(&outsider, OUTSIDER, &host_ip), "host 1 did not answer ARP for its underlay address");
+    assert!(arp_answered(&outsider, "eth0", OUTSIDER, &host_ip), "host 1 did not answer ARP for its underlay address");
 
     // Control: without the isolation tables the same VXLAN ping arrives. The
     // agent puts a removed table back within its 10 s check, which may fall

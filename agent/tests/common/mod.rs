@@ -1023,3 +1023,32 @@ pub fn workload_mac(ip: Ipv4Addr) -> String {
     let o = ip.octets();
     format!("0a:58:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
 }
+
+/// `python3 -c ARP_WHO_HAS IFACE SRC TARGET`: one ARP request for TARGET
+/// from IFACE (sender address SRC); prints `reply` if TARGET is answered
+/// within a second, else `none`.
+pub const ARP_WHO_HAS: &str = r#"
+import socket, struct, sys, time
+ifc, src, target = sys.argv[1], socket.inet_aton(sys.argv[2]), socket.inet_aton(sys.argv[3])
+mac = bytes.fromhex(open(f'/sys/class/net/{ifc}/address').read().strip().replace(':', ''))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)); s.bind((ifc, 0)); s.settimeout(0.1)
+s.send(b'\xff' * 6 + mac + b'\x08\x06' + struct.pack('!HHBBH', 1, 0x0800, 6, 4, 1) + mac + src + bytes(6) + target)
+end = time.time() + 1
+while time.time() < end:
+    try:
+        f = s.recv(128)
+    except socket.timeout:
+        continue
+    if f[20:22] == b'\x00\x02' and f[28:32] == target:
+        print('reply'); sys.exit(0)
+print('none')
+"#;
+
+/// Whether TARGET answers one ARP request from `iface` in `ns` (sender address `src`).
+pub fn arp_answered(ns: &str, iface: &str, src: &str, target: &str) -> bool {
+    match ok_in(ns, &["python3", "-c", ARP_WHO_HAS, iface, src, target]).trim() {
+        "reply" => true,
+        "none" => false,
+        other => panic!("the ARP probe printed {other:?}"),
+    }
+}

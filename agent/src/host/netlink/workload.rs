@@ -356,10 +356,14 @@ const WORKLOAD_SYSCTLS: &[(&str, &str, bool)] = &[
 /// The sysctls of a segment's bridge `br`, in this (the host's) namespace,
 /// right after it is made: proxy ARP answers at once (the default delays
 /// answers up to 0.8 s), and needs forwarding on the bridge, as does
-/// routing from it to the TUN; and no IPv6 of its own ([`no_ipv6`]).
+/// routing from it to the TUN; ARP answered only for the bridge's own
+/// address, the exposed one (`arp_ignore` 1; proxy ARP is not affected): with
+/// the default a workload learned the host's underlay and node addresses
+/// (found by a review, 2026-12-03); and no IPv6 of its own ([`no_ipv6`]).
 pub(super) fn bridge_sysctls(br: &str) -> Result<(), Error> {
     sysctl(&format!("net/ipv4/neigh/{br}/proxy_delay"), "0")?;
     sysctl(&format!("net/ipv4/conf/{br}/forwarding"), "1")?;
+    sysctl(&format!("net/ipv4/conf/{br}/arp_ignore"), "1")?;
     no_ipv6(br);
     Ok(())
 }
