@@ -302,3 +302,102 @@ fn a_dns_flood_from_one_container_leaves_status_other_lookups_and_attach_working
         assert!(n > 0.0, "no {reason} drops counted in /metrics:\n{page}");
     }
 }
+
+/// Unique names under [`ANSWERED`] sent to the resolver from `ns` as fast as
+/// one socket can for `secs`; returns how long it took.
+fn forwarded_flood(ns: &str, secs: f64) -> f64 {
+    in_netns(ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_nonblocking(true).unwrap();
+        s.connect(RESOLVER).unwrap();
+        let (start, mut buf) = (Instant::now(), [0u8; 512]);
+        let mut n = 0u32;
+        while start.elapsed().as_secs_f64() < secs {
+            let _ = s.send(&query(n as u16, &format!("r{n}{ANSWERED}")));
+            n += 1;
+            while s.recv(&mut buf).is_ok() {}
+            if n.is_multiple_of(64) {
+                thread::sleep(Duration::from_micros(200));
+            }
+        }
+        start.elapsed().as_secs_f64()
+    })
+    .join()
+    .unwrap()
+}
+
+/// One container flooding its resolver with names to forward (a "water
+/// torture" flood of someone else's name servers, from its host's address)
+/// reaches the upstream at most `--dns-forward-rate` times a second (twice
+/// that at once); its neighbour's lookups are forwarded meanwhile. The
+/// control: the same flood from a host without the limit reaches the
+/// upstream many times over.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn one_container_forwards_at_most_its_rate_upstream() {
+    const RATE: f64 = 100.0;
+    let mut bed = Bed::new();
+    let upstream_ns = bed.add_bare_host(UPSTREAM_IP);
+    let (up, asked) = (Arc::new(AtomicBool::new(true)), Arc::new(std::sync::atomic::AtomicU64::new(0)));
+    let (bound_tx, bound_rx) = mpsc::channel();
+    let (flag, count) = (up.clone(), asked.clone());
+    let upstream = in_netns(&upstream_ns, move || {
+        let udp = UdpSocket::bind(format!("{UPSTREAM_IP}:53")).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        bound_tx.send(()).unwrap();
+        let mut buf = vec![0u8; 65535];
+        while flag.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                count.fetch_add(1, Ordering::Relaxed);
+                if let Some(answer) = upstream_answer(&buf[..n]) {
+                    let _ = udp.send_to(&answer, from);
+                }
+            }
+        }
+    });
+    bound_rx.recv_timeout(Duration::from_secs(10)).expect("the upstream bound its sockets");
+    let upstream_flag = format!("{UPSTREAM_IP}:53");
+    bed.agent_args = vec!["--dns-upstream".into(), upstream_flag.clone(), "--dns-forward-rate".into(), "100".into()];
+    bed.add_host();
+    bed.agent_args = vec!["--dns-upstream".into(), upstream_flag, "--dns-forward-rate".into(), "0".into()];
+    bed.add_host();
+    let answered_ip = std::net::Ipv4Addr::from(ANSWERED_IP).to_string();
+    let mut containers = Vec::new();
+    for (host, name) in [(0, "flooder"), (0, "bystander"), (1, "unlimited")] {
+        let ns = bed.add_container(name);
+        bed.weavectl_attach(host, &ns, &[&format!("/run/netns/{ns}")]);
+        containers.push(ns);
+    }
+    let (flooder, bystander, unlimited) = (&containers[0], &containers[1], &containers[2]);
+    for ns in [flooder, unlimited] {
+        wait_for("the resolver to forward", Duration::from_secs(15), || {
+            (dig(ns, &format!("ready{ANSWERED}")) == [answered_ip.as_str()]).then_some(())
+        });
+    }
+    // Spend the flooder's burst, then measure.
+    forwarded_flood(flooder, 0.5);
+    thread::sleep(Duration::from_millis(300));
+    let before = asked.load(Ordering::Relaxed);
+    let took = forwarded_flood(flooder, 2.0);
+    thread::sleep(Duration::from_millis(300));
+    let limited = asked.load(Ordering::Relaxed) - before;
+    eprintln!("limited flood: {limited} forwarded upstream in {took:.2} s");
+    assert!(
+        (limited as f64) <= RATE * (took + 0.3) + 2.0 * RATE + 20.0,
+        "{limited} forwards reached the upstream in {took:.2} s at --dns-forward-rate 100"
+    );
+    assert_eq!(dig(bystander, &format!("neighbour{ANSWERED}")), [answered_ip.as_str()], "the neighbour's lookup");
+    let before = asked.load(Ordering::Relaxed);
+    let took = forwarded_flood(unlimited, 2.0);
+    thread::sleep(Duration::from_millis(300));
+    let unlimited_sent = asked.load(Ordering::Relaxed) - before;
+    eprintln!("unlimited flood: {unlimited_sent} forwarded upstream in {took:.2} s");
+    assert!(
+        unlimited_sent as f64 > 3.0 * (RATE * (took + 0.3) + 2.0 * RATE + 20.0),
+        "without the limit the flood reached the upstream only {unlimited_sent} times: the test is void"
+    );
+    let page = scrape(&bed.hosts[0].ns);
+    assert!(page.lines().any(|l| l.contains("reason=\"namespace_rate\"")), "no namespace_rate drops counted:\n{page}");
+    up.store(false, Ordering::Relaxed);
+    upstream.join().unwrap();
+}

@@ -285,10 +285,10 @@ async fn serve(
 
     let channel = connect_lazy(&identity.coordinator, identity.pin()?).map_err(|e| Error::Connect(e.to_string()))?;
     let api = Api::new(channel, &identity.credential).map_err(|e| Error::Connect(e.to_string()))?;
-    // Records come from the saved map first, so names resolve before (or
-    // without) the coordinator.
+    // Records come from the saved map first: names resolve before (or without) the coordinator.
     let registry = Arc::new(Registry::load(dir.path()));
-    let dns = DnsServer::with_registry(plan::dns::DEFAULT_DOMAIN, upstreams, registry.clone());
+    let dns = DnsServer::with_registry(plan::dns::DEFAULT_DOMAIN, upstreams, registry.clone())
+        .with_forward_rate(args.dns_forward_rate);
     dns.update(&map);
     // Containers attached before a restart get their resolver back.
     dns.restore().await;

@@ -92,6 +92,11 @@ pub struct RunArgs {
     /// a sixteenth of nf_conntrack_max, at least 1,024].
     #[arg(long, env = "WEAVE_FLOW_LIMIT")]
     pub flow_limit: Option<u32>,
+    /// Lookups a second one container may have the DNS server forward
+    /// upstream (names outside weave.local; twice that at once); the rest are
+    /// dropped and counted. 0: no limit.
+    #[arg(long, env = "WEAVE_DNS_FORWARD_RATE", default_value_t = crate::daemon::dns::limits::DEFAULT_FORWARD_RATE)]
+    pub dns_forward_rate: u32,
     /// Ignore IPv6 "packet too big" for the tunnel's datagrams, which anyone
     /// on the underlay can forge: they always leave at the interface's MTU.
     /// Only for an IPv6 underlay whose every path carries that MTU (one LAN
@@ -229,6 +234,7 @@ impl RunArgs {
         if let Some(n) = self.flow_limit {
             out.extend(["--flow-limit".into(), n.to_string().into()]);
         }
+        out.extend(["--dns-forward-rate".into(), self.dns_forward_rate.to_string().into()]);
         if self.ignore_ipv6_packet_too_big {
             out.push("--ignore-ipv6-packet-too-big".into());
         }
@@ -308,6 +314,8 @@ mod tests {
             "--flow-limit",
             "0",
             "--ignore-ipv6-packet-too-big",
+            "--dns-forward-rate",
+            "77",
             "--queues",
             "3",
             "--queue-threads",
@@ -330,6 +338,7 @@ mod tests {
         assert_eq!(run.broadcast_limit, 300);
         assert_eq!(run.flow_limit, Some(0));
         assert!(run.ignore_ipv6_packet_too_big);
+        assert_eq!(run.dns_forward_rate, 77);
         assert_eq!(run.queues, Some(3));
         assert_eq!(run.queue_threads, 2);
         assert_eq!(run.aead, Aead::Ring);

@@ -48,6 +48,16 @@ pub const NS_FORWARDS: usize = 128;
 /// to an upstream that answers lasts milliseconds, so 16 at a time is still
 /// thousands of lookups a second for one container.
 pub const NS_SHARE: usize = 8;
+/// Forwarded queries a second one namespace may start, by default
+/// (`--dns-forward-rate`), with twice that at once. The permits bound only
+/// how many wait at a time: against an upstream that answers in a
+/// millisecond one container sent 10,000-12,000 a second of random names
+/// under a domain of its choosing (a "water torture" flood of someone
+/// else's name servers, from the host's address, which a real resolver
+/// answers by refusing the host: every container's lookups and the host's
+/// own then fail; found by a review, 2026-12-03). A busy service's lookups,
+/// search domains and all, stay far below it.
+pub const DEFAULT_FORWARD_RATE: u32 = 1000;
 /// A TCP connection with no complete query (or answer taken) for this long is closed.
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Queries one TCP connection may ask; it is closed after the last answer.
@@ -77,6 +87,35 @@ pub struct Budget {
     /// other namespace no TCP, so no retry of a truncated answer (found by
     /// a review, 2026-12-02).
     pub ns_tcp: usize,
+    /// Forwards a second each namespace may start ([`DEFAULT_FORWARD_RATE`]; 0: no limit).
+    pub ns_rate: u32,
+}
+
+/// One namespace's forwards: how many may wait on an upstream at once (its
+/// share of [`Budget::forwards`]) and how many a second may start.
+pub struct NsForwards {
+    pub permits: Arc<Semaphore>,
+    rate: Option<Mutex<Bucket>>,
+}
+
+/// A token bucket: `per_second` tokens a second, at most twice that held.
+struct Bucket {
+    per_second: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(2.0 * self.per_second);
+        self.at = now;
+        let ok = self.tokens >= 1.0;
+        if ok {
+            self.tokens -= 1.0;
+        }
+        ok
+    }
 }
 
 impl Budget {
@@ -90,12 +129,18 @@ impl Budget {
             forwards: Arc::new(Semaphore::new(size)),
             ns_forwards: (size / NS_SHARE).clamp(1, NS_FORWARDS),
             ns_tcp: (size / NS_SHARE).clamp(1, NS_TCP_CONNECTIONS),
+            ns_rate: DEFAULT_FORWARD_RATE,
         }
     }
 
-    /// A new namespace's forward semaphore: its share of the budget.
-    pub fn namespace_forwards(&self) -> Arc<Semaphore> {
-        Arc::new(Semaphore::new(self.ns_forwards))
+    /// A new namespace's forwards: its share of the budget and its rate.
+    pub fn namespace_forwards(&self) -> Arc<NsForwards> {
+        let per_second = f64::from(self.ns_rate);
+        let bucket = Bucket { per_second, tokens: 2.0 * per_second, at: Instant::now() };
+        Arc::new(NsForwards {
+            permits: Arc::new(Semaphore::new(self.ns_forwards)),
+            rate: (self.ns_rate > 0).then(|| Mutex::new(bucket)),
+        })
     }
 }
 
@@ -114,6 +159,8 @@ pub fn file_limit() -> Option<u64> {
 pub enum Refused {
     /// The namespace has its share ([`Budget::ns_forwards`]) waiting on an upstream.
     NamespaceForwards,
+    /// The namespace started its [`Budget::ns_rate`] of forwards this second.
+    NamespaceRate,
     /// The agent has its whole forward budget waiting.
     AgentForwards,
     /// A new connection closed: the namespace is at its limit, none idle.
@@ -130,6 +177,7 @@ impl Refused {
     pub fn reason(self) -> &'static str {
         match self {
             Refused::NamespaceForwards => "namespace_forwards",
+            Refused::NamespaceRate => "namespace_rate",
             Refused::AgentForwards => "agent_forwards",
             Refused::NamespaceConnections => "namespace_connections",
             Refused::AgentConnections => "agent_connections",
@@ -150,9 +198,14 @@ pub struct ForwardPermit {
     _agent: OwnedSemaphorePermit,
 }
 
-/// Both permits, or which limit refused.
-pub fn forward_permit(namespace: &Arc<Semaphore>, agent: &Arc<Semaphore>) -> Result<ForwardPermit, Refused> {
-    let ns = namespace.clone().try_acquire_owned().map_err(|_| Refused::NamespaceForwards)?;
+/// Both permits, within the namespace's rate, or which limit refused.
+pub fn forward_permit(namespace: &NsForwards, agent: &Arc<Semaphore>) -> Result<ForwardPermit, Refused> {
+    if let Some(rate) = &namespace.rate
+        && !rate.lock().unwrap_or_else(|e| e.into_inner()).take(Instant::now())
+    {
+        return Err(Refused::NamespaceRate);
+    }
+    let ns = namespace.permits.clone().try_acquire_owned().map_err(|_| Refused::NamespaceForwards)?;
     let agent = agent.clone().try_acquire_owned().map_err(|_| Refused::AgentForwards)?;
     Ok(ForwardPermit { _namespace: ns, _agent: agent })
 }
@@ -271,14 +324,34 @@ mod tests {
 
     #[test]
     fn a_forward_needs_both_the_namespace_and_the_agent_permit() {
-        let (ns, agent) = (Arc::new(Semaphore::new(2)), Arc::new(Semaphore::new(1)));
+        let ns = NsForwards { permits: Arc::new(Semaphore::new(2)), rate: None };
+        let agent = Arc::new(Semaphore::new(1));
         let first = forward_permit(&ns, &agent).unwrap();
         // The namespace has room, the agent not: nothing is kept.
         assert_eq!(forward_permit(&ns, &agent).err(), Some(Refused::AgentForwards));
-        assert_eq!(ns.available_permits(), 1);
+        assert_eq!(ns.permits.available_permits(), 1);
         drop(first);
-        let _held = (forward_permit(&ns, &agent).unwrap(), ns.clone().try_acquire_owned().unwrap());
+        let _held = (forward_permit(&ns, &agent).unwrap(), ns.permits.clone().try_acquire_owned().unwrap());
         assert_eq!(forward_permit(&ns, &agent).err(), Some(Refused::NamespaceForwards));
+    }
+
+    #[test]
+    fn a_namespace_starts_at_most_its_rate_of_forwards() {
+        let mut budget = Budget::for_file_limit(Some(65536));
+        assert_eq!(budget.ns_rate, DEFAULT_FORWARD_RATE);
+        budget.ns_rate = 10;
+        let ns = budget.namespace_forwards();
+        // Twice the rate at once (each permit given back as an answer would).
+        let started = (0..100).filter(|_| forward_permit(&ns, &budget.forwards).is_ok()).count();
+        assert_eq!(started, 20);
+        assert_eq!(forward_permit(&ns, &budget.forwards).err(), Some(Refused::NamespaceRate));
+        // Then the rate: a token every 100 ms.
+        let mut bucket = Bucket { per_second: 10.0, tokens: 0.0, at: Instant::now() };
+        let later = bucket.at + Duration::from_millis(250);
+        assert_eq!((0..5).filter(|_| bucket.take(later)).count(), 2);
+        budget.ns_rate = 0;
+        let free = budget.namespace_forwards();
+        assert_eq!((0..100).filter(|_| forward_permit(&free, &budget.forwards).is_ok()).count(), 100);
     }
 
     #[test]

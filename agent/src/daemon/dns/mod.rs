@@ -99,6 +99,14 @@ impl DnsServer {
         server
     }
 
+    /// Forwards a second each namespace may start (`--dns-forward-rate`; 0: no limit).
+    pub fn with_forward_rate(mut self, per_second: u32) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.budget.ns_rate = per_second;
+        }
+        self
+    }
+
     fn registered(&self) -> Vec<(String, String)> {
         self.inner.registry.as_ref().map(|r| r.dns_served()).unwrap_or_default()
     }

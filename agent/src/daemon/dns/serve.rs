@@ -7,14 +7,17 @@ use hickory_proto::op::Message;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UdpSocket},
-    sync::{OwnedSemaphorePermit, Semaphore},
+    sync::OwnedSemaphorePermit,
     task::{AbortHandle, Id, JoinSet},
     time::timeout,
 };
 
 use super::{
     Decided, DnsServer,
-    limits::{BACKOFF, EVICT_WAIT, Idle, Refused, TCP_IDLE, TCP_QUERIES, connection_only, forward_permit, oldest_idle},
+    limits::{
+        BACKOFF, EVICT_WAIT, Idle, NsForwards, Refused, TCP_IDLE, TCP_QUERIES, connection_only, forward_permit,
+        oldest_idle,
+    },
 };
 
 /// One open TCP connection, as its accept loop sees it.
@@ -44,7 +47,7 @@ impl DnsServer {
 
     /// Receives queries: answers from the map at once, forwards within the
     /// namespace's and the agent's budget, drops (and counts) the rest.
-    pub(super) async fn udp_loop(self, socket: UdpSocket, namespace: Arc<Semaphore>) {
+    pub(super) async fn udp_loop(self, socket: UdpSocket, namespace: Arc<NsForwards>) {
         let socket = Arc::new(socket);
         let mut forwards = JoinSet::new();
         let mut buf = vec![0u8; 65535];
@@ -85,7 +88,7 @@ impl DnsServer {
     /// Accepts connections: at most [`Budget::ns_tcp`] here (the one
     /// idle the longest makes room, else the new one is closed) and within
     /// the agent's budget; pauses after an accept error not the connection's.
-    pub(super) async fn tcp_loop(self, listener: TcpListener, namespace: Arc<Semaphore>) {
+    pub(super) async fn tcp_loop(self, listener: TcpListener, namespace: Arc<NsForwards>) {
         let mut tasks = JoinSet::new();
         let mut open: HashMap<Id, Conn> = HashMap::new();
         loop {
@@ -141,7 +144,7 @@ impl DnsServer {
     async fn connection(
         self,
         mut stream: TcpStream,
-        namespace: Arc<Semaphore>,
+        namespace: Arc<NsForwards>,
         idle: Arc<Idle>,
         _permit: OwnedSemaphorePermit,
     ) {
