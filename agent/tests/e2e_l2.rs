@@ -73,6 +73,18 @@ fn arp_and_multicast_cross_hosts() {
         assert_eq!(from, Some(sender_ip.into()), "workload {} got the multicast datagram", i + 2);
     }
     sender.join().unwrap();
+    // All of that crossed hosts over VXLAN, and no host tracked any of it
+    // (each inner flow's source port was an entry; `notrack` at raw priority).
+    // Control: conntrack is on there: a ping between node addresses is tracked.
+    for h in &bed.hosts {
+        let table = ok_in(&h.ns, &["cat", "/proc/net/nf_conntrack"]);
+        let vxlan = table.lines().filter(|l| l.contains("dport=4789")).count();
+        assert_eq!(vxlan, 0, "{} tracked VXLAN flows:\n{table}", h.ns);
+    }
+    let node2 = bed.status(1).unwrap().address.to_string();
+    ok_in(h1, &["ping", "-c1", "-W2", &node2]);
+    let table = ok_in(h1, &["cat", "/proc/net/nf_conntrack"]);
+    assert!(table.lines().any(|l| l.contains("icmp") && l.contains(&format!("dst={node2} "))), "{table}");
 }
 
 #[test]

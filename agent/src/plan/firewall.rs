@@ -144,6 +144,22 @@ fn mss_chain() -> String {
     )
 }
 
+/// VXLAN between this host and its peers is not tracked (priority raw:
+/// after defragmentation, before conntrack): its source port changes with
+/// every inner flow, so each was an entry in the host's conntrack table that
+/// nothing used (the rules above judge VXLAN without connection state), and a
+/// member writing into its VXLAN device from ever new ports made up to
+/// 65,536 of them on every other host (found by a review, 2026-12-03). And an
+/// ICMP error quoting a VXLAN datagram is no longer "related" to anything.
+fn untracked_vxlan() -> String {
+    format!(
+        "  chain raw_prerouting {{\n    type filter hook prerouting priority raw; policy accept;\n    \
+         iifname \"{TUN_NAME}\" ip saddr @peers udp dport {VXLAN_PORT} notrack\n  }}\n  \
+         chain raw_output {{\n    type filter hook output priority raw; policy accept;\n    \
+         oifname \"{TUN_NAME}\" ip daddr @peers udp dport {VXLAN_PORT} notrack\n  }}\n"
+    )
+}
+
 /// Both tables for these rules (pure, for tests and logs).
 pub fn ruleset(rules: &Rules) -> String {
     let segments = &rules.segments;
@@ -319,6 +335,7 @@ pub fn ruleset(rules: &Rules) -> String {
         let _ = write!(out, "  chain output_seg{i} {{\n    ip saddr != {} drop\n  }}\n", s.subnet);
     }
     out += &mss_chain();
+    out += &untracked_vxlan();
     out += "}\n";
     out += &super::l2::bridge_table(segments);
     out += &arp_table(rules);

@@ -17,9 +17,8 @@
 //! tracked connections on a host: its new connections over that are
 //! dropped (and counted). Established traffic is not looked at: only
 //! packets of a connection that has not seen an answer yet meet the rule.
-//! VXLAN from a peer is judged by the isolation table alone (its source
-//! port changes with every inner flow; those entries never see an answer,
-//! so early drop frees them). A member holds at most `limit` times its
+//! VXLAN between peers is not tracked at all (`inet weave`'s raw chains:
+//! its source port changes with every inner flow), and skips the rule. A member holds at most `limit` times its
 //! addresses on each host, and its addresses are bounded by the
 //! coordinator's `--node-quota`. `nf_conncount` does not count TCP
 //! connections in TIME_WAIT or CLOSE, and clears closed ones only a few per
