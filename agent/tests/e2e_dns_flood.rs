@@ -359,7 +359,9 @@ fn one_container_forwards_at_most_its_rate_upstream() {
     let upstream_flag = format!("{UPSTREAM_IP}:53");
     bed.agent_args = vec!["--dns-upstream".into(), upstream_flag.clone(), "--dns-forward-rate".into(), "100".into()];
     bed.add_host();
-    bed.agent_args = vec!["--dns-upstream".into(), upstream_flag, "--dns-forward-rate".into(), "0".into()];
+    bed.agent_args = ["--dns-upstream", &upstream_flag, "--dns-forward-rate", "0", "--dns-forward-rate-host", "0"]
+        .map(String::from)
+        .to_vec();
     bed.add_host();
     let answered_ip = std::net::Ipv4Addr::from(ANSWERED_IP).to_string();
     let mut containers = Vec::new();

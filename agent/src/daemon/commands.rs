@@ -288,7 +288,7 @@ async fn serve(
     // Records come from the saved map first: names resolve before (or without) the coordinator.
     let registry = Arc::new(Registry::load(dir.path()));
     let dns = DnsServer::with_registry(plan::dns::DEFAULT_DOMAIN, upstreams, registry.clone())
-        .with_forward_rate(args.dns_forward_rate);
+        .with_forward_rates(args.dns_forward_rate, args.dns_forward_rate_host);
     dns.update(&map);
     // Containers attached before a restart get their resolver back.
     dns.restore().await;

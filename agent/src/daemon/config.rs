@@ -97,6 +97,9 @@ pub struct RunArgs {
     /// dropped and counted. 0: no limit.
     #[arg(long, env = "WEAVE_DNS_FORWARD_RATE", default_value_t = crate::daemon::dns::limits::DEFAULT_FORWARD_RATE)]
     pub dns_forward_rate: u32,
+    /// The same for all containers on this host together. 0: no limit.
+    #[arg(long, env = "WEAVE_DNS_FORWARD_RATE_HOST", default_value_t = crate::daemon::dns::limits::DEFAULT_HOST_FORWARD_RATE)]
+    pub dns_forward_rate_host: u32,
     /// Ignore IPv6 "packet too big" for the tunnel's datagrams, which anyone
     /// on the underlay can forge: they always leave at the interface's MTU.
     /// Only for an IPv6 underlay whose every path carries that MTU (one LAN
@@ -235,6 +238,7 @@ impl RunArgs {
             out.extend(["--flow-limit".into(), n.to_string().into()]);
         }
         out.extend(["--dns-forward-rate".into(), self.dns_forward_rate.to_string().into()]);
+        out.extend(["--dns-forward-rate-host".into(), self.dns_forward_rate_host.to_string().into()]);
         if self.ignore_ipv6_packet_too_big {
             out.push("--ignore-ipv6-packet-too-big".into());
         }
@@ -316,6 +320,8 @@ mod tests {
             "--ignore-ipv6-packet-too-big",
             "--dns-forward-rate",
             "77",
+            "--dns-forward-rate-host",
+            "300",
             "--queues",
             "3",
             "--queue-threads",
@@ -339,6 +345,7 @@ mod tests {
         assert_eq!(run.flow_limit, Some(0));
         assert!(run.ignore_ipv6_packet_too_big);
         assert_eq!(run.dns_forward_rate, 77);
+        assert_eq!(run.dns_forward_rate_host, 300);
         assert_eq!(run.queues, Some(3));
         assert_eq!(run.queue_threads, 2);
         assert_eq!(run.aead, Aead::Ring);

@@ -120,7 +120,7 @@ pub fn describe() {
     describe_counter!(
         "weave_dns_dropped_total",
         "DNS work refused by the limits, by proto and reason: UDP queries dropped, TCP queries answered \
-         SERVFAIL, TCP connections closed (namespace_forwards, namespace_rate, agent_forwards, namespace_connections, \
+         SERVFAIL, TCP connections closed (namespace_forwards, namespace_rate, host_rate, agent_forwards, namespace_connections, \
          agent_connections, idle_evicted, accept_error)."
     );
 }

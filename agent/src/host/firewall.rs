@@ -147,9 +147,11 @@ pub async fn limit_flows(limit: Option<u32>) -> Result<(), Error> {
     // An earlier run's table with this limit stays: replacing it would forget
     // every count (connections are counted when they start), and an agent
     // restart would give every source its limit again on top of what it holds.
-    let kept = nft_with(&["list", "chain", "inet", FLOW_TABLE, flows::CHECKED_CHAIN], "")
-        .await
-        .is_ok_and(|chain| limit > 0 && chain.contains(&format!("ct count over {limit} ")));
+    let mut kept = limit > 0;
+    for chain in [flows::CHECKED_CHAIN, "input"] {
+        let listed = nft_with(&["list", "chain", "inet", FLOW_TABLE, chain], "").await.unwrap_or_default();
+        kept &= flows::holds_limit(&listed, limit);
+    }
     if !kept {
         nft(&flow_ruleset(limit))
             .await

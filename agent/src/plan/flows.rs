@@ -79,6 +79,17 @@ pub fn flow_ruleset(limit: u32) -> String {
     out
 }
 
+/// Whether a chain of the table as `nft list chain` prints it holds the
+/// limit's two rules for `limit` (and, for the input chain, VXLAN's return
+/// before them): an earlier run's table that does is kept at start.
+pub fn holds_limit(listed: &str, limit: u32) -> bool {
+    let rules: Vec<&str> = listed.lines().map(str::trim).filter(|l| l.contains("ct count over")).collect();
+    let vxlan = listed.find(&format!("udp dport {VXLAN_PORT} return"));
+    let first_limit = listed.find("ct count over");
+    let ordered = !listed.contains("hook input") || matches!((vxlan, first_limit), (Some(v), Some(l)) if v < l);
+    rules.len() == 2 && rules.iter().all(|r| r.contains(&format!("ct count over {limit} }}"))) && ordered
+}
+
 /// The packets the limit dropped, from `nft list counter` output.
 pub fn dropped(listing: &str) -> Option<u64> {
     let mut words = listing.split_whitespace();
@@ -109,6 +120,25 @@ mod tests {
         assert!(vxlan < limit, "VXLAN must skip the limit: {input}");
         assert_eq!(r.matches("flags dynamic").count(), 2);
         assert!(!flow_ruleset(0).contains("chain"), "0 only removes the table");
+    }
+
+    #[test]
+    fn a_table_is_kept_only_with_both_rules_at_that_limit() {
+        let r = flow_ruleset(300);
+        let chain = |name: &str| {
+            let body = r.split(&format!("chain {name} {{")).nth(1).unwrap().split("  }").next().unwrap();
+            format!("table inet weave_flows {{\n\tchain {name} {{{body}\t}}\n}}\n")
+        };
+        for name in ["forward", "input"] {
+            assert!(holds_limit(&chain(name), 300), "{name}");
+            assert!(!holds_limit(&chain(name), 400), "{name} at another limit");
+        }
+        let without_vxlan = chain("input").replace("udp dport 4789 return", "");
+        assert!(!holds_limit(&without_vxlan, 300));
+        let one_rule: String =
+            chain("forward").lines().filter(|l| !l.contains("ip6 saddr")).collect::<Vec<_>>().join("\n");
+        assert!(!holds_limit(&one_rule, 300));
+        assert!(!holds_limit("", 300));
     }
 
     #[test]

@@ -58,6 +58,12 @@ pub const NS_SHARE: usize = 8;
 /// own then fail; found by a review, 2026-12-03). A busy service's lookups,
 /// search domains and all, stay far below it.
 pub const DEFAULT_FORWARD_RATE: u32 = 1000;
+/// Forwarded queries a second all namespaces together may start, by default
+/// (`--dns-forward-rate-host`; twice that at once): per namespace alone, ten
+/// containers on one host made the flood above again (found by a review).
+/// The agent keeps no cache: these bound a flood, they are not sized for a
+/// host whose many containers all resolve outside names on every request.
+pub const DEFAULT_HOST_FORWARD_RATE: u32 = 4 * DEFAULT_FORWARD_RATE;
 /// A TCP connection with no complete query (or answer taken) for this long is closed.
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Queries one TCP connection may ask; it is closed after the last answer.
@@ -89,6 +95,8 @@ pub struct Budget {
     pub ns_tcp: usize,
     /// Forwards a second each namespace may start ([`DEFAULT_FORWARD_RATE`]; 0: no limit).
     pub ns_rate: u32,
+    /// Forwards a second all namespaces may start ([`DEFAULT_HOST_FORWARD_RATE`]; None: no limit).
+    host_rate: Option<Arc<Mutex<Bucket>>>,
 }
 
 /// One namespace's forwards: how many may wait on an upstream at once (its
@@ -96,6 +104,8 @@ pub struct Budget {
 pub struct NsForwards {
     pub permits: Arc<Semaphore>,
     rate: Option<Mutex<Bucket>>,
+    /// The agent's bucket, shared by every namespace.
+    host_rate: Option<Arc<Mutex<Bucket>>>,
 }
 
 /// A token bucket: `per_second` tokens a second, at most twice that held.
@@ -106,6 +116,11 @@ struct Bucket {
 }
 
 impl Bucket {
+    fn new(per_second: u32) -> Self {
+        let per_second = f64::from(per_second);
+        Bucket { per_second, tokens: 2.0 * per_second, at: Instant::now() }
+    }
+
     fn take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.per_second).min(2.0 * self.per_second);
@@ -130,16 +145,21 @@ impl Budget {
             ns_forwards: (size / NS_SHARE).clamp(1, NS_FORWARDS),
             ns_tcp: (size / NS_SHARE).clamp(1, NS_TCP_CONNECTIONS),
             ns_rate: DEFAULT_FORWARD_RATE,
+            host_rate: Some(Arc::new(Mutex::new(Bucket::new(DEFAULT_HOST_FORWARD_RATE)))),
         }
+    }
+
+    /// Forwards a second all namespaces together may start (0: no limit).
+    pub fn set_host_rate(&mut self, per_second: u32) {
+        self.host_rate = (per_second > 0).then(|| Arc::new(Mutex::new(Bucket::new(per_second))));
     }
 
     /// A new namespace's forwards: its share of the budget and its rate.
     pub fn namespace_forwards(&self) -> Arc<NsForwards> {
-        let per_second = f64::from(self.ns_rate);
-        let bucket = Bucket { per_second, tokens: 2.0 * per_second, at: Instant::now() };
         Arc::new(NsForwards {
             permits: Arc::new(Semaphore::new(self.ns_forwards)),
-            rate: (self.ns_rate > 0).then(|| Mutex::new(bucket)),
+            rate: (self.ns_rate > 0).then(|| Mutex::new(Bucket::new(self.ns_rate))),
+            host_rate: self.host_rate.clone(),
         })
     }
 }
@@ -161,6 +181,8 @@ pub enum Refused {
     NamespaceForwards,
     /// The namespace started its [`Budget::ns_rate`] of forwards this second.
     NamespaceRate,
+    /// All namespaces together started the host's rate of forwards this second.
+    HostRate,
     /// The agent has its whole forward budget waiting.
     AgentForwards,
     /// A new connection closed: the namespace is at its limit, none idle.
@@ -178,6 +200,7 @@ impl Refused {
         match self {
             Refused::NamespaceForwards => "namespace_forwards",
             Refused::NamespaceRate => "namespace_rate",
+            Refused::HostRate => "host_rate",
             Refused::AgentForwards => "agent_forwards",
             Refused::NamespaceConnections => "namespace_connections",
             Refused::AgentConnections => "agent_connections",
@@ -200,10 +223,16 @@ pub struct ForwardPermit {
 
 /// Both permits, within the namespace's rate, or which limit refused.
 pub fn forward_permit(namespace: &NsForwards, agent: &Arc<Semaphore>) -> Result<ForwardPermit, Refused> {
+    let now = Instant::now();
     if let Some(rate) = &namespace.rate
-        && !rate.lock().unwrap_or_else(|e| e.into_inner()).take(Instant::now())
+        && !rate.lock().unwrap_or_else(|e| e.into_inner()).take(now)
     {
         return Err(Refused::NamespaceRate);
+    }
+    if let Some(rate) = &namespace.host_rate
+        && !rate.lock().unwrap_or_else(|e| e.into_inner()).take(now)
+    {
+        return Err(Refused::HostRate);
     }
     let ns = namespace.permits.clone().try_acquire_owned().map_err(|_| Refused::NamespaceForwards)?;
     let agent = agent.clone().try_acquire_owned().map_err(|_| Refused::AgentForwards)?;
@@ -324,7 +353,7 @@ mod tests {
 
     #[test]
     fn a_forward_needs_both_the_namespace_and_the_agent_permit() {
-        let ns = NsForwards { permits: Arc::new(Semaphore::new(2)), rate: None };
+        let ns = NsForwards { permits: Arc::new(Semaphore::new(2)), rate: None, host_rate: None };
         let agent = Arc::new(Semaphore::new(1));
         let first = forward_permit(&ns, &agent).unwrap();
         // The namespace has room, the agent not: nothing is kept.
@@ -352,6 +381,16 @@ mod tests {
         budget.ns_rate = 0;
         let free = budget.namespace_forwards();
         assert_eq!((0..100).filter(|_| forward_permit(&free, &budget.forwards).is_ok()).count(), 100);
+        // Across namespaces: the host's rate, shared.
+        budget.ns_rate = 10;
+        budget.set_host_rate(15);
+        let (a, b) = (budget.namespace_forwards(), budget.namespace_forwards());
+        let started = (0..100).filter(|_| forward_permit(&a, &budget.forwards).is_ok()).count()
+            + (0..100).filter(|_| forward_permit(&b, &budget.forwards).is_ok()).count();
+        assert_eq!(started, 30, "twice the host's rate at once, across both namespaces");
+        assert_eq!(forward_permit(&b, &budget.forwards).err(), Some(Refused::NamespaceRate));
+        let c = budget.namespace_forwards();
+        assert_eq!(forward_permit(&c, &budget.forwards).err(), Some(Refused::HostRate));
     }
 
     #[test]

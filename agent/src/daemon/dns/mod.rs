@@ -99,10 +99,15 @@ impl DnsServer {
         server
     }
 
-    /// Forwards a second each namespace may start (`--dns-forward-rate`; 0: no limit).
-    pub fn with_forward_rate(mut self, per_second: u32) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.budget.ns_rate = per_second;
+    /// Forwards a second each namespace, and all of them, may start
+    /// (`--dns-forward-rate`, `--dns-forward-rate-host`; 0: no limit). Before
+    /// the server is shared (cloned).
+    pub fn with_forward_rates(mut self, per_namespace: u32, per_host: u32) -> Self {
+        let inner = Arc::get_mut(&mut self.inner);
+        debug_assert!(inner.is_some(), "forward rates are set before the DNS server is shared");
+        if let Some(inner) = inner {
+            inner.budget.ns_rate = per_namespace;
+            inner.budget.set_host_rate(per_host);
         }
         self
     }
