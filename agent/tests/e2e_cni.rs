@@ -203,3 +203,39 @@ fn a_pod_whose_name_another_node_holds_still_gets_its_address() {
     assert_eq!(lookup(&bed, "web-0.shop.weave.local"), [squat_ip], "the pod joined the member's name");
     assert!(bed.log(0).contains("DNS name left out"), "the agent did not say why the pod has no name");
 }
+
+/// A container that moves its end of the pair into a namespace that outlives
+/// it, then is deleted: the runtime's DEL names only the container id (the
+/// namespace is gone), and the agent released the address but left the
+/// port, locked and guarded for that address (the interface lived on in the
+/// other namespace), so the next ADD on the host, given the lowest free
+/// address, was refused ("MAC … is locked to another workload's port"). Now
+/// DEL also deletes the port recorded for each address it releases.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_del_by_id_removes_the_port_of_an_interface_moved_out_of_the_namespace() {
+    let mut bed = Bed::with_hosts(1);
+    let bin = weave_cni();
+    let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
+    let conf = json!({"cniVersion": "1.0.0", "name": "weave", "type": "weave-cni", "socket": socket});
+    let (ns, keeper) = (bed.add_container("mover"), bed.add_container("keeper"));
+    let netns = format!("/run/netns/{ns}");
+    let id = format!("{}-mover", bed.prefix);
+    let out = plugin(&bin, "ADD", &netns, &id, &conf, None);
+    assert!(out.status.success(), "ADD: {}", String::from_utf8_lossy(&out.stdout));
+    let ip = validate_add_result(&json_out(&out), &netns)[0].0;
+    ok_in(&ns, &["ip", "link", "set", "eth0", "netns", &keeper]);
+    ok(&["ip", "netns", "del", &ns]);
+    let out = plugin(&bin, "DEL", &netns, &id, &conf, None);
+    assert!(out.status.success(), "DEL: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !in_ns(&keeper, &["ip", "link", "show", "eth0"]).status.success(),
+        "the moved interface (and its port) outlived the DEL: {:?}",
+        links(&bed.hosts[0].ns)
+    );
+    let next = bed.add_container("next");
+    let next_path = format!("/run/netns/{next}");
+    let out = plugin(&bin, "ADD", &next_path, &format!("{}-next", bed.prefix), &conf, None);
+    assert!(out.status.success(), "the next ADD: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(validate_add_result(&json_out(&out), &next_path)[0].0, ip, "the test is void: another address");
+}

@@ -162,6 +162,18 @@ impl Attacher {
             }
             released
         };
+        // And the ports recorded for the addresses released: without an inode
+        // (a CNI DEL by id alone) nothing above named them, and a container
+        // that had moved its end of a pair into a namespace that outlived it
+        // kept its port, locked and guarded, for an address given back (found
+        // by a review, 2026-12-03).
+        let given_back: Vec<Ipv4Addr> =
+            released.iter().filter_map(|a| a.parse::<Ipv4Net>().ok()).map(|n| n.addr()).collect();
+        for (port, _, _) in
+            self.netlink.pinned_ports().await.map_err(failed)?.iter().filter(|p| given_back.contains(&p.1))
+        {
+            self.netlink.delete_link(port).await.map_err(failed)?;
+        }
         if addrs.is_empty()
             && let Some(n) = name
         {
