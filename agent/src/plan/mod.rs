@@ -9,6 +9,7 @@
 //! - [`firewall`]: the nftables ruleset that isolates subnets, as text.
 //! - [`flows`]: the table that limits tracked connections per source address.
 //! - [`dns`]: the workloads' DNS answers from the map's records.
+//! - [`rate`]: the token bucket of the agent's rate limits.
 //! - [`addr_spec`]: the `net:default` / `ip:10.2.3.4/24` address requests of attach.
 //! - [`cni`]: the CNI plugin's configuration, result and error JSON.
 //! - [`docker`]: Docker's plugin protocol (JSON) and a Docker network as a weave subnet.
@@ -21,4 +22,5 @@ pub mod flows;
 pub mod kernel;
 pub mod l2;
 pub mod netmap;
+pub mod rate;
 pub mod reconcile;

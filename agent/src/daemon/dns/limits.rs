@@ -25,7 +25,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 
-use crate::error::Error;
+use crate::{error::Error, plan::rate::TokenBucket};
 
 /// TCP connections one namespace may hold open, at most; its share is
 /// [`Budget::ns_tcp`]. Past it the connection idle the longest is closed to
@@ -108,28 +108,20 @@ pub struct NsForwards {
     host_rate: Option<Arc<Mutex<Bucket>>>,
 }
 
-/// A token bucket: `per_second` tokens a second, at most twice that held.
+/// `per_second` forwards a second, at most twice that at once.
 struct Bucket {
     per_second: f64,
-    tokens: f64,
-    at: Instant,
+    tokens: TokenBucket,
 }
 
 impl Bucket {
     fn new(per_second: u32) -> Self {
         let per_second = f64::from(per_second);
-        Bucket { per_second, tokens: 2.0 * per_second, at: Instant::now() }
+        Bucket { per_second, tokens: TokenBucket::full(2.0 * per_second, Instant::now()) }
     }
 
     fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_second).min(2.0 * self.per_second);
-        self.at = now;
-        let ok = self.tokens >= 1.0;
-        if ok {
-            self.tokens -= 1.0;
-        }
-        ok
+        self.tokens.take(self.per_second, 2.0 * self.per_second, now)
     }
 }
 
@@ -375,9 +367,10 @@ mod tests {
         assert_eq!(started, 20);
         assert_eq!(forward_permit(&ns, &budget.forwards).err(), Some(Refused::NamespaceRate));
         // Then the rate: a token every 100 ms.
-        let mut bucket = Bucket { per_second: 10.0, tokens: 0.0, at: Instant::now() };
-        let later = bucket.at + Duration::from_millis(250);
-        assert_eq!((0..5).filter(|_| bucket.take(later)).count(), 2);
+        let mut bucket = Bucket::new(10);
+        let start = Instant::now();
+        while bucket.take(start) {}
+        assert_eq!((0..5).filter(|_| bucket.take(start + Duration::from_millis(250))).count(), 2);
         budget.ns_rate = 0;
         let free = budget.namespace_forwards();
         assert_eq!((0..100).filter(|_| forward_permit(&free, &budget.forwards).is_ok()).count(), 100);

@@ -15,34 +15,14 @@
 //! both; a frame to a known MAC reaches one port.
 use std::{collections::HashMap, sync::Mutex, time::Instant};
 
+use crate::plan::rate::TokenBucket;
+
 /// The most ports one peer's meter in one segment counts.
 pub(super) const MOST_PORTS: usize = 16;
 
-/// A token bucket: `tokens` at `at`.
-#[derive(Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    /// Whether one more frame passes at `rate` a second (room: a fifth of it).
-    fn take(&mut self, rate: f64, now: Instant) -> bool {
-        let room = (rate / 5.0).max(1.0);
-        let refill = now.saturating_duration_since(self.at).as_secs_f64() * rate;
-        self.tokens = (self.tokens + refill).min(room);
-        self.at = now;
-        if self.tokens < 1.0 {
-            return false;
-        }
-        self.tokens -= 1.0;
-        true
-    }
-}
-
 /// One peer's meters, one per segment (VNI) it sent group frames into.
 #[derive(Default)]
-pub(super) struct Meter(Mutex<HashMap<u32, Bucket>>);
+pub(super) struct Meter(Mutex<HashMap<u32, TokenBucket>>);
 
 impl Meter {
     /// Whether a frame to `dst` (its destination MAC) in segment `vni`
@@ -54,9 +34,10 @@ impl Meter {
             return true;
         }
         let rate = f64::from(limit) * (workloads.min(MOST_PORTS) as f64 + 1.0);
+        // Room for a fifth of a second at once.
+        let room = (rate / 5.0).max(1.0);
         let mut buckets = super::lock(&self.0);
-        let bucket = buckets.entry(vni).or_insert(Bucket { tokens: (rate / 5.0).max(1.0), at: now });
-        bucket.take(rate, now)
+        buckets.entry(vni).or_insert(TokenBucket::full(room, now)).take(rate, room, now)
     }
 }
 
