@@ -169,10 +169,12 @@ impl Attacher {
         // by a review, 2026-12-03).
         let given_back: Vec<Ipv4Addr> =
             released.iter().filter_map(|a| a.parse::<Ipv4Net>().ok()).map(|n| n.addr()).collect();
-        for (port, _, _) in
-            self.netlink.pinned_ports().await.map_err(failed)?.iter().filter(|p| given_back.contains(&p.1))
-        {
-            self.netlink.delete_link(port).await.map_err(failed)?;
+        if !given_back.is_empty() {
+            for (port, _, _) in
+                self.netlink.pinned_ports().await.map_err(failed)?.iter().filter(|p| given_back.contains(&p.1))
+            {
+                self.netlink.delete_link(port).await.map_err(failed)?;
+            }
         }
         if addrs.is_empty()
             && let Some(n) = name

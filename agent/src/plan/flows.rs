@@ -18,9 +18,9 @@
 //! dropped (and counted). Established traffic is not looked at: only
 //! packets of a connection that has not seen an answer yet meet the rule.
 //! VXLAN between peers is not tracked at all (`inet weave`'s raw chains:
-//! its source port changes with every inner flow), and skips the rule. A member holds at most `limit` times its
-//! addresses on each host, and its addresses are bounded by the
-//! coordinator's `--node-quota`. `nf_conncount` does not count TCP
+//! its source port changes with every inner flow), and skips the rule. A
+//! member holds at most `limit` times its addresses on each host, and its
+//! addresses are bounded by the coordinator's `--node-quota`. `nf_conncount` does not count TCP
 //! connections in TIME_WAIT or CLOSE, and clears closed ones only a few per
 //! clock tick (README, "No container holds more than its share").
 //!
