@@ -239,3 +239,64 @@ fn a_del_by_id_removes_the_port_of_an_interface_moved_out_of_the_namespace() {
     assert!(out.status.success(), "the next ADD: {}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(validate_add_result(&json_out(&out), &next_path)[0].0, ip, "the test is void: another address");
 }
+
+/// A container on two weave networks (Multus; `podman network connect`): the
+/// DEL for one of them (`CNI_IFNAME` eth1, its previous result) detaches that
+/// network's interface and releases its address, and nothing else. Before,
+/// every DEL detached the container from all its subnets: the other
+/// network's address was released while the runtime still counted it
+/// attached, its interface and port were deleted, and its DNS stopped. The
+/// other network keeps its address, its traffic and the container's
+/// resolver; a repeated DEL is still a success; the last DEL (without a
+/// previous result: the configuration's subnet) stops the resolver.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_del_for_one_of_two_weave_networks_leaves_the_other() {
+    let mut bed = Bed::with_hosts(2);
+    let out = bed.weavectl_admin(&["subnet", "add", "10.2.3.0/24"]);
+    assert!(out.status.success(), "subnet add: {}", String::from_utf8_lossy(&out.stderr));
+    let bin = weave_cni();
+    let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
+    let conf_a = json!({"cniVersion": "1.0.0", "name": "weave", "type": "weave-cni", "socket": socket});
+    let conf_b = json!({"cniVersion": "1.0.0", "name": "weave-b", "type": "weave-cni", "socket": socket,
+                        "subnet": "10.2.3.0/24"});
+    let ns = bed.add_container("two");
+    let netns = format!("/run/netns/{ns}");
+    let id = format!("{}-two", bed.prefix);
+    let add = |conf: &serde_json::Value, ifname: &str| {
+        let out = plugin_on(&bin, "ADD", &netns, &id, conf, ifname);
+        assert!(out.status.success(), "ADD {ifname}: {}", String::from_utf8_lossy(&out.stdout));
+        json_out(&out)
+    };
+    let (ra, rb) = (add(&conf_a, "eth0"), add(&conf_b, "eth1"));
+    let (a, b) = (validate_add_result(&ra, &netns)[0], validate_add_result(&rb, &netns)[0]);
+    let two = ["eth0".to_string(), format!("eth0 {}/{}", a.0, a.1), "eth1".into(), format!("eth1 {}/{}", b.0, b.1)];
+    assert_eq!(interfaces(&ns), two);
+    let peer = bed.add_container("peer");
+    bed.weavectl_attach(1, &peer, &["net:default", "net:10.2.3.0/24", &format!("/run/netns/{peer}")]);
+    for ip in [a.0, b.0] {
+        wait_for(&format!("{ip} to answer the peer"), Duration::from_secs(15), || ping_once(&peer, ip).then_some(()));
+    }
+    let served = || in_ns(&ns, &["dig", "@127.0.0.11", "+time=1", "+tries=1", "nosuch.weave.local"]).status.success();
+    assert!(served(), "no resolver in the container");
+    let held = |bed: &Bed, ip: std::net::Ipv4Addr| bed.allocations().iter().any(|l| l.contains(&format!(" {ip}/")));
+
+    // DEL of weave-b, twice: eth1 and its address go, eth0 stays whole.
+    let mut del_b = conf_b.clone();
+    del_b["prevResult"] = rb.clone();
+    for n in 1..=2 {
+        let out = plugin_on(&bin, "DEL", &netns, &id, &del_b, "eth1");
+        assert!(out.status.success(), "DEL weave-b #{n}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    assert_eq!(interfaces(&ns), ["eth0".to_string(), format!("eth0 {}/{}", a.0, a.1)], "after DEL of weave-b");
+    assert!(!held(&bed, b.0) && held(&bed, a.0), "{:?}", bed.allocations());
+    assert!(ping_once(&peer, a.0), "eth0 lost its traffic with the DEL of weave-b");
+    assert!(served(), "the DEL of weave-b stopped the container's resolver");
+
+    // The last DEL, without a previous result: everything goes.
+    let out = plugin_on(&bin, "DEL", &netns, &id, &conf_a, "eth0");
+    assert!(out.status.success(), "DEL weave: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(interfaces(&ns).is_empty(), "{:?}", interfaces(&ns));
+    assert!(!held(&bed, a.0), "{:?}", bed.allocations());
+    assert!(!served(), "the resolver outlived the last DEL");
+}

@@ -9,7 +9,7 @@ use weave_agent::{
     host::netlink::Netlink,
     plan::cni::{self, CniError, NetConf, code},
 };
-use weave_proto::local_api::{self, Request, Response};
+use weave_proto::local_api::{self, ErrorKind, Request, Response};
 
 fn env(name: &str) -> Result<String, CniError> {
     std::env::var(name)
@@ -112,20 +112,32 @@ async fn add(
 }
 
 /// Idempotent, as the spec asks: a namespace that is gone (or not given) or
-/// nothing attached is success. The agent releases by the container id what
-/// it can no longer reach in the namespace.
+/// nothing attached is success. Only this network's subnet is detached: a
+/// container on two weave networks (Multus, `podman network disconnect`)
+/// keeps the other. Its address comes from the previous result where the
+/// runtime passes one (the subnet a `net:default` named at ADD may no longer
+/// be the default), else from the configuration. The agent releases by the
+/// container id what it can no longer reach in the namespace.
 async fn del(conf: &NetConf, netns: String, id: &str, ifname: &str) -> Result<(), CniError> {
     // A namespace that is gone is no error: the agent releases by id.
     let passed = (!netns.is_empty()).then(|| open_netns(&netns).ok()).flatten();
+    let mine = conf.prev_addresses_on(ifname);
     let request = Request::Detach {
         container: netns,
         netns_fd: passed.is_some(),
         netns: passed,
         id: Some(id.to_string()),
         ifname: Some(ifname.to_string()),
-        addrs: Vec::new(),
+        addrs: if mine.is_empty() { vec![conf.addr()] } else { mine },
     };
-    ask(conf, request).await.map(|_| ())
+    match local_api::request(Path::new(conf.socket()), &request).await {
+        // Not attached to that subnet (a repeated DEL), or the subnet is gone
+        // (`subnet rm --force` freed its addresses): nothing left to remove.
+        Ok(Response::Error(e)) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Invalid) => Ok(()),
+        Ok(Response::Error(e)) => Err(cni::refusal(&e)),
+        Ok(_) => Ok(()),
+        Err(e) => Err(CniError::new(code::TRY_AGAIN, "the weave agent is not reachable", e.to_string())),
+    }
 }
 
 /// The namespace still has every address of the previous result on an `ethwe*`.

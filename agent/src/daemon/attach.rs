@@ -122,6 +122,14 @@ impl Attacher {
         }
     }
 
+    /// Whether `key` holds nothing on this node but what is on `cidrs` (a
+    /// detach of those leaves the container off the overlay: its DNS goes).
+    fn holds_only(&self, key: &str, cidrs: &[String]) -> bool {
+        let map = self.maps.borrow();
+        let leaving: Vec<u64> = map.subnets.iter().filter(|s| cidrs.contains(&s.cidr)).map(|s| s.id).collect();
+        self.held(key).keys().all(|id| leaving.contains(id))
+    }
+
     /// What a container whose namespace is gone still holds: the host ends of
     /// its veths (deleting one takes its `ethwe*` with it, should the
     /// namespace live on where we cannot see it), its addresses on the
@@ -132,7 +140,7 @@ impl Attacher {
         inode: Option<u64>,
         name: Option<&str>,
         addrs: &[String],
-    ) -> Result<Vec<String>, Refusal> {
+    ) -> Result<Detached, Refusal> {
         let subnets: Vec<Subnet> = if addrs.is_empty() {
             self.maps.borrow().subnets.clone()
         } else {
@@ -148,6 +156,8 @@ impl Attacher {
             }
             wanted.into_iter().map(|(_, s)| s).collect()
         };
+        let whole =
+            addrs.is_empty() || self.holds_only(key, &subnets.iter().map(|s| s.cidr.clone()).collect::<Vec<_>>());
         if let Some(inode) = inode {
             for s in &subnets {
                 self.netlink.delete_link(&host_ifname(inode, s.vni)).await.map_err(failed)?;
@@ -176,13 +186,11 @@ impl Attacher {
                 self.netlink.delete_link(port).await.map_err(failed)?;
             }
         }
-        if addrs.is_empty()
-            && let Some(n) = name
-        {
+        if whole && let Some(n) = name {
             self.names.forget(n);
         }
         tracing::info!(container = key, ?released, "released the addresses of a container whose namespace is gone");
-        Ok(released)
+        Ok(Detached { released, whole })
     }
 
     /// `attach`: one `ethwe*` per subnet, addressed from IPAM. Idempotent.
@@ -340,7 +348,7 @@ impl Attacher {
         id: Option<&str>,
         ifname: Option<&str>,
         addrs: &[String],
-    ) -> Result<Vec<String>, Refusal> {
+    ) -> Result<Detached, Refusal> {
         let _one = self.lock.lock().await;
         let c = match self.resolve(container, passed, None, id) {
             Ok(c) => c,
@@ -388,6 +396,7 @@ impl Attacher {
             }
             wanted.into_iter().map(|(_, s)| s.cidr).collect()
         };
+        let whole = addrs.is_empty() || self.holds_only(&c.key, &subnets);
         let mut released = Vec::new();
         for cidr in &subnets {
             if let Some((i, _)) = on_subnet(&before, cidr) {
@@ -426,13 +435,18 @@ impl Attacher {
             inside.delete_link(&i.name).await.map_err(failed)?;
             tracing::info!(container, interface = %i.name, "removed an interface on a subnet that is gone");
         }
-        if addrs.is_empty()
-            && let Some(n) = &c.name
-        {
+        if whole && let Some(n) = &c.name {
             self.names.forget(n);
         }
-        Ok(released)
+        Ok(Detached { released, whole })
     }
+}
+
+/// What a detach released, and whether the container is now off every
+/// subnet on this node (all were named, or the named ones were all it had).
+pub struct Detached {
+    pub released: Vec<String>,
+    pub whole: bool,
 }
 
 /// Not found: `who` (attached or exposed: `verb`) holds `has`, not `ip`, on `subnet` (an address names

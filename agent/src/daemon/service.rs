@@ -48,7 +48,7 @@ pub(super) struct LocalService {
 impl Handler for LocalService {
     fn handle(&self, request: Request) -> Reply<'_> {
         Box::pin(async move {
-            let dns = self.dns_plan(&request);
+            let mut dns = self.dns_plan(&request);
             let response = match request {
                 Request::Status => Response::Status(self.status()),
                 Request::DnsLookup { name } => {
@@ -79,9 +79,18 @@ impl Handler for LocalService {
                         )
                         .await,
                 ),
-                Request::Detach { container, netns, id, ifname, addrs, .. } => reply_released(
-                    self.attacher.detach(&container, netns.as_deref(), id.as_deref(), ifname.as_deref(), &addrs).await,
-                ),
+                Request::Detach { container, netns, id, ifname, addrs, .. } => {
+                    let detached = self
+                        .attacher
+                        .detach(&container, netns.as_deref(), id.as_deref(), ifname.as_deref(), &addrs)
+                        .await;
+                    // Its DNS stays while it is on another subnet here (a
+                    // container on two weave networks, one disconnected).
+                    if detached.as_ref().is_ok_and(|d| !d.whole) {
+                        dns = None;
+                    }
+                    reply_released(detached.map(|d| d.released))
+                }
                 Request::Expose { addrs } => {
                     let r = reply_attached(self.attacher.expose(&addrs).await);
                     self.reconcile_now.notify_one();
@@ -193,9 +202,10 @@ impl LocalService {
                 let (netns, key) = dns_target(container, netns.as_ref())?;
                 Some(DnsPlan::Serve { netns, key, aliases: name.iter().chain(id).cloned().collect() })
             }
-            // Only a detach of every subnet leaves the container without the
-            // overlay. By name or CNI id too: the namespace may be gone by then.
-            Request::Detach { container, netns, id, addrs, .. } if addrs.is_empty() => {
+            // Stopped only if the detach leaves the container without the
+            // overlay (`Detached::whole`). By name or CNI id too: the
+            // namespace may be gone by then.
+            Request::Detach { container, netns, id, .. } => {
                 let key = dns_target(container, netns.as_ref())
                     .map(|(_, key)| key)
                     .or_else(|| self.registry.dns_key(container))

@@ -97,6 +97,24 @@ impl NetConf {
         let Some(prev) = &self.prev_result else { return Vec::new() };
         prev["ips"].as_array().into_iter().flatten().filter_map(|i| i["address"].as_str().map(str::to_string)).collect()
     }
+
+    /// Addresses of the previous result on the interface named `ifname` (the
+    /// one this plugin made; another plugin of the chain may have added others).
+    pub fn prev_addresses_on(&self, ifname: &str) -> Vec<String> {
+        let Some(prev) = &self.prev_result else { return Vec::new() };
+        let ifaces = prev["interfaces"].as_array();
+        let named = |i: &Value| {
+            let index = i["interface"].as_u64()?;
+            (ifaces?.get(usize::try_from(index).ok()?)?["name"].as_str()? == ifname).then_some(())
+        };
+        prev["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| named(i).is_some())
+            .filter_map(|i| i["address"].as_str().map(str::to_string))
+            .collect()
+    }
 }
 
 /// The ADD result: one interface in the sandbox (with its MAC: podman
@@ -187,6 +205,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(with_prev.prev_addresses(), vec!["10.32.0.5/16".to_string()]);
+    }
+
+    #[test]
+    fn del_names_only_the_addresses_of_its_own_interface() {
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"w","type":"weave-cni","prevResult":{
+                "interfaces":[{"name":"eth1"},{"name":"lo0"}],
+                "ips":[{"address":"10.2.3.5/24","interface":0},{"address":"192.168.9.9/24","interface":1},
+                       {"address":"10.9.9.9/24"},{"address":"10.2.3.6/24","interface":7}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.prev_addresses_on("eth1"), vec!["10.2.3.5/24".to_string()]);
+        assert!(c.prev_addresses_on("eth0").is_empty());
+        let none = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"w","type":"weave-cni"}"#).unwrap();
+        assert!(none.prev_addresses_on("eth0").is_empty());
     }
 
     #[test]

@@ -12,6 +12,11 @@ pub fn plugin(bin: &str, command: &str, ns_path: &str, id: &str, conf: &Value, i
     plugin_with_args(bin, command, ns_path, id, conf, in_ns, "")
 }
 
+/// [`plugin`] with `CNI_IFNAME` `ifname` (a container's second network is `eth1`).
+pub fn plugin_on(bin: &str, command: &str, ns_path: &str, id: &str, conf: &Value, ifname: &str) -> Output {
+    run_plugin(bin, command, ns_path, id, conf, None, "", ifname)
+}
+
 /// [`plugin`] with `CNI_ARGS` (what kubelet passes: `K8S_POD_NAME=…;…`).
 pub fn plugin_with_args(
     bin: &str,
@@ -21,6 +26,20 @@ pub fn plugin_with_args(
     conf: &Value,
     in_ns: Option<&str>,
     cni_args: &str,
+) -> Output {
+    run_plugin(bin, command, ns_path, id, conf, in_ns, cni_args, "eth0")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_plugin(
+    bin: &str,
+    command: &str,
+    ns_path: &str,
+    id: &str,
+    conf: &Value,
+    in_ns: Option<&str>,
+    cni_args: &str,
+    ifname: &str,
 ) -> Output {
     let mut cmd = match in_ns {
         Some(ns) => {
@@ -34,7 +53,7 @@ pub fn plugin_with_args(
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", id)
         .env("CNI_NETNS", ns_path)
-        .env("CNI_IFNAME", "eth0")
+        .env("CNI_IFNAME", ifname)
         .env("CNI_ARGS", cni_args)
         .env("CNI_PATH", "/usr/lib/cni")
         .stdin(Stdio::piped())
