@@ -299,4 +299,23 @@ fn a_del_for_one_of_two_weave_networks_leaves_the_other() {
     assert!(interfaces(&ns).is_empty(), "{:?}", interfaces(&ns));
     assert!(!held(&bed, a.0), "{:?}", bed.allocations());
     assert!(!served(), "the resolver outlived the last DEL");
+
+    // The runtime removing a container on both networks: two DELs back to
+    // back, the second before the first's release has come back in the
+    // network map. The second still finds the container off every subnet.
+    let ns = bed.add_container("both");
+    let netns = format!("/run/netns/{ns}");
+    let id = format!("{}-both", bed.prefix);
+    for (conf, ifname) in [(&conf_a, "eth0"), (&conf_b, "eth1")] {
+        let out = plugin_on(&bin, "ADD", &netns, &id, conf, ifname);
+        assert!(out.status.success(), "ADD {ifname}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    let served = || in_ns(&ns, &["dig", "@127.0.0.11", "+time=1", "+tries=1", "nosuch.weave.local"]).status.success();
+    assert!(served(), "no resolver in the second container");
+    for (conf, ifname) in [(&conf_b, "eth1"), (&conf_a, "eth0")] {
+        let out = plugin_on(&bin, "DEL", &netns, &id, conf, ifname);
+        assert!(out.status.success(), "DEL {ifname}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    assert!(interfaces(&ns).is_empty(), "{:?}", interfaces(&ns));
+    assert!(!served(), "the resolver outlived two DELs back to back");
 }

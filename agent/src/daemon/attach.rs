@@ -13,9 +13,9 @@ use std::{collections::BTreeMap, fs::File, net::Ipv4Addr, sync::Arc, time::Durat
 use ipnet::Ipv4Net;
 use tokio::sync::watch;
 use weave_proto::{
-    client::{Api, retry_unavailable},
+    client::Api,
     local_api::{Attached, Refusal},
-    v1::{NetworkMap, ReleaseRequest, Subnet},
+    v1::{NetworkMap, Subnet},
 };
 
 mod allocate;
@@ -46,6 +46,9 @@ pub struct Attacher {
     lock: tokio::sync::Mutex<()>,
     /// Names given with `--name` (the container registry).
     names: Arc<Registry>,
+    /// The ids of the allocations released here lately (the last 1,024):
+    /// the map may still show them for a while.
+    released: std::sync::Mutex<std::collections::VecDeque<u64>>,
 }
 
 impl Attacher {
@@ -58,7 +61,8 @@ impl Attacher {
         netlink: Netlink,
         registry: Arc<Registry>,
     ) -> Self {
-        Self { api, maps, node_id, node_name, mtu, netlink, lock: tokio::sync::Mutex::new(()), names: registry }
+        let (lock, released) = (tokio::sync::Mutex::new(()), Default::default());
+        Self { api, maps, node_id, node_name, mtu, netlink, lock, names: registry, released }
     }
 
     /// The subnets `specs` name, checked against the map (waits a little for
@@ -93,41 +97,6 @@ impl Attacher {
             }
         }
         false
-    }
-
-    /// Addresses this node holds for `key`, by subnet id, from the map.
-    fn held(&self, key: &str) -> BTreeMap<u64, String> {
-        let map = self.maps.borrow();
-        map.allocations
-            .iter()
-            .filter(|a| a.node_id == self.node_id && a.container == key)
-            .map(|a| (a.subnet_id, a.address.clone()))
-            .collect()
-    }
-
-    /// Releases `key`'s address on `subnet` (every subnet if empty).
-    pub(crate) async fn release(&self, key: &str, subnet: &str) -> Result<Vec<String>, Refusal> {
-        let req = ReleaseRequest { container: key.to_string(), subnet: subnet.to_string(), ..Default::default() };
-        match retry_unavailable(|| {
-            let (mut ipam, req) = (self.api.ipam.clone(), req.clone());
-            async move { ipam.release(req).await }
-        })
-        .await
-        {
-            Ok(r) => Ok(r.into_inner().released.into_iter().map(|a| a.address).collect()),
-            // Nothing held under that key: already released (a repeated
-            // detach or CNI DEL), which is what was asked.
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(Vec::new()),
-            Err(s) => Err(Refusal::status(&s)),
-        }
-    }
-
-    /// Whether `key` holds nothing on this node but what is on `cidrs` (a
-    /// detach of those leaves the container off the overlay: its DNS goes).
-    fn holds_only(&self, key: &str, cidrs: &[String]) -> bool {
-        let map = self.maps.borrow();
-        let leaving: Vec<u64> = map.subnets.iter().filter(|s| cidrs.contains(&s.cidr)).map(|s| s.id).collect();
-        self.held(key).keys().all(|id| leaving.contains(id))
     }
 
     /// What a container whose namespace is gone still holds: the host ends of

@@ -1,11 +1,12 @@
-//! Addresses for an attach or expose, from the coordinator's IPAM.
-use std::net::Ipv4Addr;
+//! Addresses for an attach or expose, from the coordinator's IPAM, and
+//! what a container holds and gives back.
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use weave_proto::{
     client::retry_unavailable,
     local_api::Refusal,
-    v1::{AllocateRequest, Subnet},
+    v1::{AllocateRequest, ReleaseRequest, Subnet},
 };
 
 use super::Attacher;
@@ -77,5 +78,51 @@ impl Attacher {
             out.push((subnet.clone(), net.addr(), net.prefix_len()));
         }
         Ok(out)
+    }
+
+    /// Addresses this node holds for `key`, by subnet id, from the map,
+    /// less the allocations released here lately: the map may still show
+    /// them for a while (two DELs back to back, a runtime removing a
+    /// container on two networks, come faster than the map).
+    pub(super) fn held(&self, key: &str) -> BTreeMap<u64, String> {
+        let map = self.maps.borrow();
+        let gone = self.released.lock().unwrap_or_else(|e| e.into_inner());
+        map.allocations
+            .iter()
+            .filter(|a| a.node_id == self.node_id && a.container == key && !gone.contains(&a.id))
+            .map(|a| (a.subnet_id, a.address.clone()))
+            .collect()
+    }
+
+    /// Releases `key`'s address on `subnet` (every subnet if empty).
+    pub(crate) async fn release(&self, key: &str, subnet: &str) -> Result<Vec<String>, Refusal> {
+        let req = ReleaseRequest { container: key.to_string(), subnet: subnet.to_string(), ..Default::default() };
+        match retry_unavailable(|| {
+            let (mut ipam, req) = (self.api.ipam.clone(), req.clone());
+            async move { ipam.release(req).await }
+        })
+        .await
+        {
+            Ok(r) => {
+                let released = r.into_inner().released;
+                let mut gone = self.released.lock().unwrap_or_else(|e| e.into_inner());
+                gone.extend(released.iter().map(|a| a.id));
+                let extra = gone.len().saturating_sub(1024);
+                gone.drain(..extra);
+                Ok(released.into_iter().map(|a| a.address).collect())
+            }
+            // Nothing held under that key: already released (a repeated
+            // detach or CNI DEL), which is what was asked.
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(Vec::new()),
+            Err(s) => Err(Refusal::status(&s)),
+        }
+    }
+
+    /// Whether `key` holds nothing on this node but what is on `cidrs` (a
+    /// detach of those leaves the container off the overlay: its DNS goes).
+    pub(super) fn holds_only(&self, key: &str, cidrs: &[String]) -> bool {
+        let leaving: Vec<u64> =
+            self.maps.borrow().subnets.iter().filter(|s| cidrs.contains(&s.cidr)).map(|s| s.id).collect();
+        self.held(key).keys().all(|id| leaving.contains(id))
     }
 }
