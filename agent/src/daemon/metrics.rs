@@ -114,7 +114,7 @@ pub fn describe() {
     describe_counter!(
         "weave_flows_refused_total",
         "New connections dropped because their source address already held --flow-limit tracked \
-         connections on this host (read every 50 s)."
+         connections on this host (read every 60 s)."
     );
     describe_counter!("weave_dns_queries_total", "DNS queries answered by the agent, by result.");
     describe_counter!(

@@ -170,20 +170,25 @@ async fn flows_refused() -> Option<u64> {
 /// Removes the tables (`agent reset`, `--cleanup-on-exit`); fine if absent.
 pub async fn remove() -> Result<(), Error> {
     let mut script = String::new();
-    for (family, table, _) in TABLES {
+    let mut tables: Vec<(&str, &str)> = TABLES.iter().map(|(family, table, _)| (*family, *table)).collect();
+    tables.dedup();
+    for (family, table) in tables {
         script += &format!("table {family} {table} {{}}\ndelete table {family} {table}\n");
     }
     nft(&script).await
 }
 
 /// The tables weave keeps, with the chain the check lists: the isolation
-/// tables, the source guard and the flow limit.
-const TABLES: [(&str, &str, &str); 5] = [
+/// tables, the source guard and the flow limit (both of its chains: it is
+/// never replaced on a timer, which would forget its counts, so an emptied
+/// `input` was found only at the next agent start).
+const TABLES: [(&str, &str, &str); 6] = [
     ("inet", TABLE, "prerouting"),
     ("bridge", TABLE, "prerouting"),
     ("arp", TABLE, "input"),
     ("bridge", GUARD_TABLE, "prerouting"),
     ("inet", FLOW_TABLE, flows::CHECKED_CHAIN),
+    ("inet", FLOW_TABLE, "input"),
 ];
 
 /// Weave's tables that are there now and still hold rules, as "FAMILY NAME"
@@ -192,7 +197,7 @@ const TABLES: [(&str, &str, &str); 5] = [
 /// only, where `nft list table` would print every element of every set)
 /// finds the removed ones; one `nft list chain` a check, for each table in
 /// turn (`turn`), looks at one of its chains, never empty as weave writes
-/// it, so an emptied table is found within five checks. (`nft` 1.0.6 fails
+/// it, so an emptied table is found within six checks. (`nft` 1.0.6 fails
 /// a batch of several `list chain` commands.) None when nft could not be
 /// asked.
 async fn tables(turn: usize) -> Option<BTreeSet<String>> {
