@@ -9,7 +9,7 @@ use weave_agent::{
     host::netlink::Netlink,
     plan::cni::{self, CniError, NetConf, code},
 };
-use weave_proto::local_api::{self, ErrorKind, Request, Response};
+use weave_proto::local_api::{self, Request, Response};
 
 fn env(name: &str) -> Result<String, CniError> {
     std::env::var(name)
@@ -114,10 +114,12 @@ async fn add(
 /// Idempotent, as the spec asks: a namespace that is gone (or not given) or
 /// nothing attached is success. Only this network's subnet is detached: a
 /// container on two weave networks (Multus, `podman network disconnect`)
-/// keeps the other. Its address comes from the previous result where the
-/// runtime passes one (the subnet a `net:default` named at ADD may no longer
-/// be the default), else from the configuration. The agent releases by the
-/// container id what it can no longer reach in the namespace.
+/// keeps the other. It is named by the previous result's address where the
+/// runtime passes one, else by the configuration; the agent detaches those
+/// the container holds, else the subnet of its interface `CNI_IFNAME` (the
+/// default subnet may have changed since the ADD), else nothing
+/// (`Attacher::del_subnets`). A namespace that is gone: the agent releases
+/// everything the container id holds.
 async fn del(conf: &NetConf, netns: String, id: &str, ifname: &str) -> Result<(), CniError> {
     // A namespace that is gone is no error: the agent releases by id.
     let passed = (!netns.is_empty()).then(|| open_netns(&netns).ok()).flatten();
@@ -130,14 +132,7 @@ async fn del(conf: &NetConf, netns: String, id: &str, ifname: &str) -> Result<()
         ifname: Some(ifname.to_string()),
         addrs: if mine.is_empty() { vec![conf.addr()] } else { mine },
     };
-    match local_api::request(Path::new(conf.socket()), &request).await {
-        // Not attached to that subnet (a repeated DEL), or the subnet is gone
-        // (`subnet rm --force` freed its addresses): nothing left to remove.
-        Ok(Response::Error(e)) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Invalid) => Ok(()),
-        Ok(Response::Error(e)) => Err(cni::refusal(&e)),
-        Ok(_) => Ok(()),
-        Err(e) => Err(CniError::new(code::TRY_AGAIN, "the weave agent is not reachable", e.to_string())),
-    }
+    ask(conf, request).await.map(|_| ())
 }
 
 /// The namespace still has every address of the previous result on an `ethwe*`.

@@ -46,9 +46,6 @@ pub struct Attacher {
     lock: tokio::sync::Mutex<()>,
     /// Names given with `--name` (the container registry).
     names: Arc<Registry>,
-    /// The ids of the allocations released here lately (the last 1,024):
-    /// the map may still show them for a while.
-    released: std::sync::Mutex<std::collections::VecDeque<u64>>,
 }
 
 impl Attacher {
@@ -61,8 +58,7 @@ impl Attacher {
         netlink: Netlink,
         registry: Arc<Registry>,
     ) -> Self {
-        let (lock, released) = (tokio::sync::Mutex::new(()), Default::default());
-        Self { api, maps, node_id, node_name, mtu, netlink, lock, names: registry, released }
+        Self { api, maps, node_id, node_name, mtu, netlink, lock: tokio::sync::Mutex::new(()), names: registry }
     }
 
     /// The subnets `specs` name, checked against the map (waits a little for
@@ -322,8 +318,10 @@ impl Attacher {
         let c = match self.resolve(container, passed, None, id) {
             Ok(c) => c,
             Err(e) => {
+                // A CNI DEL once the namespace is gone: the container is, and
+                // everything it held goes (a DEL for each network follows).
                 if let Some(id) = id {
-                    return self.retire(id, None, None, addrs).await;
+                    return self.retire(id, None, None, &[]).await;
                 }
                 let registered = self.names.get(container).map(|(_, ino)| ino);
                 return match registered {
@@ -345,6 +343,8 @@ impl Attacher {
                 }
             }
             all
+        } else if id.is_some() {
+            self.del_subnets(&held, &before, ifname, addrs)
         } else {
             let specs = AddrSpec::parse_all(addrs)?;
             let wanted = self.subnets(&specs).await?;

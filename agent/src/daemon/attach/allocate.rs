@@ -1,16 +1,19 @@
 //! Addresses for an attach or expose, from the coordinator's IPAM, and
 //! what a container holds and gives back.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use ipnet::Ipv4Net;
 use weave_proto::{
     client::retry_unavailable,
     local_api::Refusal,
-    v1::{AllocateRequest, ReleaseRequest, Subnet},
+    v1::{AllocateRequest, NetworkMap, ReleaseRequest, Subnet},
 };
 
 use super::Attacher;
-use crate::plan::addr_spec::AddrSpec;
+use crate::{
+    host::netlink::WorkloadInterface,
+    plan::addr_spec::{AddrSpec, NamesSubnet},
+};
 
 impl Attacher {
     /// Allocates every spec; on any refusal, releases what this call added.
@@ -28,7 +31,7 @@ impl Attacher {
         wanted: &[(AddrSpec, Subnet)],
     ) -> Result<Vec<(Subnet, Ipv4Addr, u8)>, Refusal> {
         let held = self.held(key);
-        let mut out = Vec::new();
+        let (mut out, mut ids) = (Vec::new(), Vec::new());
         for (spec, subnet) in wanted {
             let address = match spec {
                 AddrSpec::Ip(ip, _) => ip.to_string(),
@@ -76,7 +79,9 @@ impl Attacher {
                 .parse()
                 .map_err(|_| Refusal::failed(format!("the coordinator gave a bad address '{}'", got.address)))?;
             out.push((subnet.clone(), net.addr(), net.prefix_len()));
+            ids.push(got.id);
         }
+        self.map_shows(key, &ids, true).await;
         Ok(out)
     }
 
@@ -86,12 +91,78 @@ impl Attacher {
     /// container on two networks, come faster than the map).
     pub(super) fn held(&self, key: &str) -> BTreeMap<u64, String> {
         let map = self.maps.borrow();
-        let gone = self.released.lock().unwrap_or_else(|e| e.into_inner());
         map.allocations
             .iter()
-            .filter(|a| a.node_id == self.node_id && a.container == key && !gone.contains(&a.id))
+            .filter(|a| a.node_id == self.node_id && a.container == key)
             .map(|a| (a.subnet_id, a.address.clone()))
             .collect()
+    }
+
+    /// Waits (at most 2 s) until the map agrees with what IPAM just
+    /// answered: allocations `ids` of `key` in it (`present`) or gone from
+    /// it. What a container holds is read from the map, and the next
+    /// request could come faster than the map: two CNI DELs back to back
+    /// (a runtime removing a container on two networks), or a DEL right
+    /// after an ADD, each holding the attach lock while it waits.
+    pub(super) async fn map_shows(&self, key: &str, ids: &[u64], present: bool) {
+        let mut maps = self.maps.clone();
+        let agrees = |m: &NetworkMap| {
+            ids.iter().all(|id| m.allocations.iter().any(|a| a.id == *id && a.container == key) == present)
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while !agrees(&maps.borrow_and_update()) {
+                if maps.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// The subnets a CNI DEL (by `id`, the namespace still there) detaches:
+    /// those of the addresses it names (the previous result's on its
+    /// interface, or the configured subnet) that the container holds; if
+    /// none, the subnet of its interface `ifname` (the default subnet may
+    /// have changed since the ADD, with no previous result to tell). None:
+    /// nothing of this network is left (a repeated DEL, a subnet removed
+    /// with `--force`), which is what DEL asks; a refusal here would leave
+    /// the runtime retrying a DEL that can never do more.
+    pub(super) fn del_subnets(
+        &self,
+        held: &BTreeMap<u64, String>,
+        before: &[WorkloadInterface],
+        ifname: Option<&str>,
+        addrs: &[String],
+    ) -> Vec<String> {
+        let map = self.maps.borrow();
+        let holds = |s: &Subnet, ip: Option<Ipv4Addr>| match held.get(&s.id).and_then(|a| a.parse::<Ipv4Net>().ok()) {
+            Some(has) => ip.is_none_or(|ip| ip == has.addr()),
+            None => false,
+        };
+        let mut named: Vec<String> = Vec::new();
+        for spec in addrs.iter().filter_map(|a| AddrSpec::parse(a).ok()) {
+            let ip = match spec {
+                AddrSpec::Ip(ip, _) => Some(ip),
+                _ => None,
+            };
+            if let Ok(s) = spec.subnet(&map)
+                && holds(s, ip)
+                && !named.contains(&s.cidr)
+            {
+                named.push(s.cidr.clone());
+            }
+        }
+        if named.is_empty() {
+            let own: Vec<WorkloadInterface> =
+                before.iter().filter(|i| ifname.is_some_and(|n| n == i.name)).cloned().collect();
+            named = map
+                .subnets
+                .iter()
+                .filter(|s| holds(s, None) && super::on_subnet(&own, &s.cidr).is_some())
+                .map(|s| s.cidr.clone())
+                .collect();
+        }
+        named
     }
 
     /// Releases `key`'s address on `subnet` (every subnet if empty).
@@ -105,10 +176,8 @@ impl Attacher {
         {
             Ok(r) => {
                 let released = r.into_inner().released;
-                let mut gone = self.released.lock().unwrap_or_else(|e| e.into_inner());
-                gone.extend(released.iter().map(|a| a.id));
-                let extra = gone.len().saturating_sub(1024);
-                gone.drain(..extra);
+                let ids: Vec<u64> = released.iter().map(|a| a.id).collect();
+                self.map_shows(key, &ids, false).await;
                 Ok(released.into_iter().map(|a| a.address).collect())
             }
             // Nothing held under that key: already released (a repeated
