@@ -355,4 +355,19 @@ fn a_del_after_the_configuration_changed_still_releases_the_address() {
             assert!(interfaces(&ns).is_empty(), "{:?}", interfaces(&ns));
         }
     }
+    // On both networks, and the default network's conflist edited to name the
+    // other's subnet: its DEL (eth0) still takes eth0's, not eth1's.
+    let ns = bed.add_container("both");
+    let netns = format!("/run/netns/{ns}");
+    let id = format!("{}-both", bed.prefix);
+    let mut ips = Vec::new();
+    for (conf, ifname) in [(&conf_a, "eth0"), (&conf_b, "eth1")] {
+        let out = plugin_on(&bin, "ADD", &netns, &id, conf, ifname);
+        assert!(out.status.success(), "ADD {ifname}: {}", String::from_utf8_lossy(&out.stdout));
+        ips.push(validate_add_result(&json_out(&out), &netns)[0]);
+    }
+    let out = plugin_on(&bin, "DEL", &netns, &id, &conf_b, "eth0");
+    assert!(out.status.success(), "DEL eth0: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(interfaces(&ns), ["eth1".to_string(), format!("eth1 {}/{}", ips[1].0, ips[1].1)]);
+    assert!(!held(&bed, ips[0].0) && held(&bed, ips[1].0), "{:?}", bed.allocations());
 }

@@ -115,9 +115,10 @@ async fn add(
 /// nothing attached is success. Only this network's subnet is detached: a
 /// container on two weave networks (Multus, `podman network disconnect`)
 /// keeps the other. It is named by the previous result's address where the
-/// runtime passes one, else by the configuration; the agent detaches those
-/// the container holds, else the subnet of its interface `CNI_IFNAME` (the
-/// default subnet may have changed since the ADD), else nothing
+/// runtime passes one, else by the configuration; the agent detaches the
+/// previous result's addresses the container holds, else the subnet of its
+/// interface `CNI_IFNAME`, else the configured subnet if held (the conflist
+/// may have been edited since the ADD), else nothing
 /// (`Attacher::del_subnets`). A namespace that is gone: the agent releases
 /// everything the container id holds.
 async fn del(conf: &NetConf, netns: String, id: &str, ifname: &str) -> Result<(), CniError> {

@@ -85,10 +85,8 @@ impl Attacher {
         Ok(out)
     }
 
-    /// Addresses this node holds for `key`, by subnet id, from the map,
-    /// less the allocations released here lately: the map may still show
-    /// them for a while (two DELs back to back, a runtime removing a
-    /// container on two networks, come faster than the map).
+    /// Addresses this node holds for `key`, by subnet id, from the map (see
+    /// [`Self::map_shows`] for how it is kept in step with IPAM's answers).
     pub(super) fn held(&self, key: &str) -> BTreeMap<u64, String> {
         let map = self.maps.borrow();
         map.allocations
@@ -109,7 +107,7 @@ impl Attacher {
         let agrees = |m: &NetworkMap| {
             ids.iter().all(|id| m.allocations.iter().any(|a| a.id == *id && a.container == key) == present)
         };
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let waited = tokio::time::timeout(Duration::from_secs(2), async {
             while !agrees(&maps.borrow_and_update()) {
                 if maps.changed().await.is_err() {
                     return;
@@ -117,16 +115,22 @@ impl Attacher {
             }
         })
         .await;
+        if waited.is_err() {
+            tracing::warn!(container = key, ?ids, present, "the network map did not show IPAM's answer within 2 s");
+        }
     }
 
-    /// The subnets a CNI DEL (by `id`, the namespace still there) detaches:
-    /// those of the addresses it names (the previous result's on its
-    /// interface, or the configured subnet) that the container holds; if
-    /// none, the subnet of its interface `ifname` (the default subnet may
-    /// have changed since the ADD, with no previous result to tell). None:
-    /// nothing of this network is left (a repeated DEL, a subnet removed
-    /// with `--force`), which is what DEL asks; a refusal here would leave
-    /// the runtime retrying a DEL that can never do more.
+    /// The subnets a CNI DEL (by `id`, the namespace still there) detaches,
+    /// first found first: the subnets of the previous result's addresses on
+    /// its interface, where the container holds that very address; else the
+    /// subnet of its interface `CNI_IFNAME` (whether or not the map shows the
+    /// allocation yet: a release frees only this id's own); else the
+    /// configured subnet, where the container holds it. The configuration
+    /// comes last: edited since the ADD, it may name the subnet of the
+    /// container's other network. None: nothing of this network is left (a
+    /// repeated DEL, a subnet removed with `--force`), which is what DEL
+    /// asks; a refusal would leave the runtime retrying a DEL that can never
+    /// do more.
     pub(super) fn del_subnets(
         &self,
         held: &BTreeMap<u64, String>,
@@ -139,30 +143,29 @@ impl Attacher {
             Some(has) => ip.is_none_or(|ip| ip == has.addr()),
             None => false,
         };
-        let mut named: Vec<String> = Vec::new();
-        for spec in addrs.iter().filter_map(|a| AddrSpec::parse(a).ok()) {
-            let ip = match spec {
-                AddrSpec::Ip(ip, _) => Some(ip),
-                _ => None,
-            };
-            if let Ok(s) = spec.subnet(&map)
-                && holds(s, ip)
-                && !named.contains(&s.cidr)
-            {
-                named.push(s.cidr.clone());
+        let specs: Vec<AddrSpec> = addrs.iter().filter_map(|a| AddrSpec::parse(a).ok()).collect();
+        let subnets_of = |exact: bool| {
+            let mut out: Vec<String> = Vec::new();
+            for spec in &specs {
+                let ip = match spec {
+                    AddrSpec::Ip(ip, _) => Some(*ip),
+                    _ => None,
+                };
+                if let Ok(s) = spec.subnet(&map)
+                    && ip.is_some() == exact
+                    && holds(s, ip)
+                    && !out.contains(&s.cidr)
+                {
+                    out.push(s.cidr.clone());
+                }
             }
-        }
-        if named.is_empty() {
-            let own: Vec<WorkloadInterface> =
-                before.iter().filter(|i| ifname.is_some_and(|n| n == i.name)).cloned().collect();
-            named = map
-                .subnets
-                .iter()
-                .filter(|s| holds(s, None) && super::on_subnet(&own, &s.cidr).is_some())
-                .map(|s| s.cidr.clone())
-                .collect();
-        }
-        named
+            out
+        };
+        let own: Vec<WorkloadInterface> =
+            before.iter().filter(|i| ifname.is_some_and(|n| n == i.name)).cloned().collect();
+        let of_interface: Vec<String> =
+            map.subnets.iter().filter(|s| super::on_subnet(&own, &s.cidr).is_some()).map(|s| s.cidr.clone()).collect();
+        [subnets_of(true), of_interface, subnets_of(false)].into_iter().find(|s| !s.is_empty()).unwrap_or_default()
     }
 
     /// Releases `key`'s address on `subnet` (every subnet if empty).
