@@ -323,6 +323,29 @@ fn detach_by_name_after_a_restart_stops_dns_in_that_namespace() {
     assert!(!out.status.success(), "still answered after detach: {}", String::from_utf8_lossy(&out.stdout));
 }
 
+/// `weavectl detach ADDR... C`: the resolver stays while C is on another
+/// subnet here and stops with the detach of its last one. Before, a detach
+/// that named subnets never stopped it, even when they were all C had: its
+/// sockets kept the namespace alive.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn detaching_the_last_named_subnet_stops_dns_and_an_earlier_one_does_not() {
+    let mut d = DnsBed::new(1);
+    let out = d.bed.weavectl_admin(&["subnet", "add", "10.2.3.0/24"]);
+    assert!(out.status.success(), "subnet add: {}", String::from_utf8_lossy(&out.stderr));
+    let ns = d.bed.add_container("two");
+    d.resolv.push(ResolvConf::write(&ns));
+    let path = format!("/run/netns/{ns}");
+    d.bed.weavectl_attach(0, &ns, &["--name", "dns-two", "net:default", "net:10.2.3.0/24", &path]);
+    let served = || in_ns(&ns, &["dig", "+time=1", "+tries=1", UPSTREAM_NAME]).status.success();
+    assert!(served(), "no resolver after the attach");
+    for (subnet, left) in [("net:default", true), ("net:10.2.3.0/24", false)] {
+        let out = d.bed.weavectl(0, &["detach", subnet, &path]);
+        assert!(out.status.success(), "detach {subnet}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(served(), left, "after the detach of {subnet} the resolver answers: {}", !left);
+    }
+}
+
 /// One UDP datagram in namespace `ns` from 127.0.0.11:53 to the resolver
 /// (127.0.0.11:53) itself, through a raw socket (a container's root has
 /// CAP_NET_RAW): a query for `name`.
