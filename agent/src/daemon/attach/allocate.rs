@@ -139,9 +139,8 @@ impl Attacher {
         addrs: &[String],
     ) -> Vec<String> {
         let map = self.maps.borrow();
-        let holds = |s: &Subnet, ip: Option<Ipv4Addr>| match held.get(&s.id).and_then(|a| a.parse::<Ipv4Net>().ok()) {
-            Some(has) => ip.is_none_or(|ip| ip == has.addr()),
-            None => false,
+        let holds = |s: &Subnet, ip: Option<Ipv4Addr>| {
+            super::held_address(held, s).is_some_and(|has| ip.is_none_or(|ip| ip == has))
         };
         let specs: Vec<AddrSpec> = addrs.iter().filter_map(|a| AddrSpec::parse(a).ok()).collect();
         let subnets_of = |exact: bool| {
