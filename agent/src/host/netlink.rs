@@ -97,10 +97,6 @@ impl Netlink {
         self.indexes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn links(&self) -> Result<Vec<LinkMessage>, Error> {
-        self.handle.link().get().execute().try_collect().await.map_err(|e| nl("list links", e))
-    }
-
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>, Error> {
         let mut stream = self.handle.link().get().match_name(name.to_string()).execute();
         match stream.try_next().await {

@@ -41,6 +41,19 @@ fn port_record(l: &LinkMessage) -> Option<PortRecord<'_>> {
 }
 
 impl Netlink {
+    /// Every link. A dump that links changed under (`NLM_F_DUMP_INTR`, which
+    /// the netlink crate answers with EBUSY: seen once in CI, an attach
+    /// right after an agent restart) is asked again, up to three times.
+    pub(super) async fn links(&self) -> Result<Vec<LinkMessage>, Error> {
+        let mut tries = 0;
+        loop {
+            match self.handle.link().get().execute().try_collect().await {
+                Err(e) if errno(&e) == Some(nix::libc::EBUSY) && tries < 3 => tries += 1,
+                other => return other.map_err(|e| nl("list links", e)),
+            }
+        }
+    }
+
     /// Deletes the host side of every workload port this agent made (the
     /// container's end goes with it): a `wv<hex>` veth with a `weave:` port
     /// record, nothing else of that name. Best effort, each on its own: one
