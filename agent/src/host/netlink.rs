@@ -33,8 +33,10 @@ use crate::{
     },
 };
 
+mod dump;
 mod neighbour;
 mod workload;
+use dump::dump;
 pub use workload::{WorkloadInterface, harden_workload};
 
 /// NUD_NOARP | NUD_PERMANENT, as `bridge fdb append` sets them.
@@ -123,8 +125,7 @@ impl Netlink {
 
     /// MTU of the interface that holds `ip` (the underlay), if any does.
     pub async fn mtu_of_address(&self, ip: IpAddr) -> Result<Option<u32>, Error> {
-        let addrs: Vec<_> =
-            self.handle.address().get().execute().try_collect().await.map_err(|e| nl("list addresses", e))?;
+        let addrs = dump("list addresses", || self.handle.address().get().execute()).await?;
         let Some(index) = addrs.iter().find_map(|a| {
             a.attributes
                 .iter()
@@ -209,14 +210,9 @@ impl Netlink {
             cache.extend(bridge_index.iter().map(|(vni, i)| (bridge_name(*vni), *i)));
             cache.extend(tun.map(|i| (TUN_NAME.to_string(), i)));
         }
-        let routes: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl("dump routes", e))?;
+        let routes: Vec<RouteMessage> =
+            dump("dump routes", || self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute())
+                .await?;
         for r in routes.iter().filter(|r| u8::from(r.header.protocol) == ROUTE_PROTOCOL) {
             let (mut dst, mut oif, mut src) = (None, None, None);
             for a in &r.attributes {
@@ -235,19 +231,23 @@ impl Netlink {
                 observed.subnets.insert((*vni, net));
             }
         }
-        let mut request = self.handle.neighbours().get();
-        request.message_mut().header.family = AddressFamily::Inet;
-        let neighbours: Vec<NeighbourMessage> =
-            request.execute().try_collect().await.map_err(|e| nl("dump neighbours", e))?;
+        let neighbours: Vec<NeighbourMessage> = dump("dump neighbours", || {
+            let mut request = self.handle.neighbours().get();
+            request.message_mut().header.family = AddressFamily::Inet;
+            request.execute()
+        })
+        .await?;
         for n in neighbours.iter().filter(|n| n.header.state == NeighbourState::Permanent) {
             if let (Some(vni), Some(ip)) = (bridge_vni.get(&n.header.ifindex), neighbour_ip(n)) {
                 observed.pinned.entry(*vni).or_default().insert(ip);
             }
         }
-        let mut request = self.handle.neighbours().get().proxies();
-        request.message_mut().header.family = AddressFamily::Inet;
-        let proxies: Vec<NeighbourMessage> =
-            request.execute().try_collect().await.map_err(|e| nl("dump proxy entries", e))?;
+        let proxies: Vec<NeighbourMessage> = dump("dump proxy entries", || {
+            let mut request = self.handle.neighbours().get().proxies();
+            request.message_mut().header.family = AddressFamily::Inet;
+            request.execute()
+        })
+        .await?;
         for p in &proxies {
             if let (Some(vni), Some(ip)) = (bridge_vni.get(&p.header.ifindex), neighbour_ip(p)) {
                 observed.proxies.entry(*vni).or_default().insert(ip);

@@ -27,9 +27,12 @@ impl Netlink {
 
     /// Every bridge-family FDB entry: bridges', ports' and VXLAN devices'.
     pub(super) async fn dump_fdb(&self) -> Result<Vec<NeighbourMessage>, Error> {
-        let mut request = self.handle.neighbours().get();
-        request.message_mut().header.family = AddressFamily::Bridge;
-        request.execute().try_collect().await.map_err(|e| nl("dump fdb", e))
+        dump("dump fdb", || {
+            let mut request = self.handle.neighbours().get();
+            request.message_mut().header.family = AddressFamily::Bridge;
+            request.execute()
+        })
+        .await
     }
 
     /// Forgets the MACs each VXLAN device learned behind a peer it no longer

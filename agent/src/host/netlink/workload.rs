@@ -41,17 +41,9 @@ fn port_record(l: &LinkMessage) -> Option<PortRecord<'_>> {
 }
 
 impl Netlink {
-    /// Every link. A dump that links changed under (`NLM_F_DUMP_INTR`, which
-    /// the netlink crate answers with EBUSY: seen once in CI, an attach
-    /// right after an agent restart) is asked again, up to three times.
+    /// Every link.
     pub(super) async fn links(&self) -> Result<Vec<LinkMessage>, Error> {
-        let mut tries = 0;
-        loop {
-            match self.handle.link().get().execute().try_collect().await {
-                Err(e) if errno(&e) == Some(nix::libc::EBUSY) && tries < 3 => tries += 1,
-                other => return other.map_err(|e| nl("list links", e)),
-            }
-        }
+        dump("list links", || self.handle.link().get().execute()).await
     }
 
     /// Deletes the host side of every workload port this agent made (the
@@ -111,8 +103,7 @@ impl Netlink {
                 })
             })
             .collect();
-        let addrs: Vec<_> =
-            self.handle.address().get().execute().try_collect().await.map_err(|e| nl("list addresses", e))?;
+        let addrs = dump("list addresses", || self.handle.address().get().execute()).await?;
         for a in addrs {
             let Some(i) = out.iter_mut().find(|i| i.index == a.header.index) else { continue };
             for attr in &a.attributes {
@@ -439,14 +430,7 @@ impl Netlink {
     }
 
     async fn address_messages(&self, index: u32) -> Result<Vec<AddressMessage>, Error> {
-        self.handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl("list addresses", e))
+        dump("list addresses", || self.handle.address().get().set_link_index_filter(index).execute()).await
     }
 
     /// IPv4 addresses on `ifname` in this namespace.
