@@ -371,3 +371,56 @@ fn a_del_after_the_configuration_changed_still_releases_the_address() {
     assert_eq!(interfaces(&ns), ["eth1".to_string(), format!("eth1 {}/{}", ips[1].0, ips[1].1)]);
     assert!(!held(&bed, ips[0].0) && held(&bed, ips[1].0), "{:?}", bed.allocations());
 }
+
+/// `weavectl subnet rm --force` under a container on two weave networks,
+/// then the runtime disconnects it from the removed one: the DEL finds no
+/// address held and no subnet for its interface, and used to leave
+/// `CNI_IFNAME` in the container with its dead address (podman said it was
+/// disconnected). Now that interface goes; the other network stays whole,
+/// resolver included, and the last DEL still takes everything.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_del_after_its_subnet_was_removed_by_force_removes_the_interface() {
+    let mut bed = Bed::with_hosts(1);
+    let out = bed.weavectl_admin(&["subnet", "add", "10.2.3.0/24"]);
+    assert!(out.status.success(), "subnet add: {}", String::from_utf8_lossy(&out.stderr));
+    let bin = weave_cni();
+    let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
+    let conf_a = json!({"cniVersion": "1.0.0", "name": "weave", "type": "weave-cni", "socket": socket});
+    let mut conf_b = conf_a.clone();
+    conf_b["name"] = json!("weave-b");
+    conf_b["subnet"] = json!("10.2.3.0/24");
+    let ns = bed.add_container("forced");
+    let netns = format!("/run/netns/{ns}");
+    let id = format!("{}-forced", bed.prefix);
+    let mut results = Vec::new();
+    for (conf, ifname) in [(&conf_a, "eth0"), (&conf_b, "eth1")] {
+        let out = plugin_on(&bin, "ADD", &netns, &id, conf, ifname);
+        assert!(out.status.success(), "ADD {ifname}: {}", String::from_utf8_lossy(&out.stdout));
+        results.push(json_out(&out));
+    }
+    let a = validate_add_result(&results[0], &netns)[0];
+    let eth0 = ["eth0".to_string(), format!("eth0 {}/{}", a.0, a.1)];
+    let served = || in_ns(&ns, &["dig", "@127.0.0.11", "+time=1", "+tries=1", "nosuch.weave.local"]).status.success();
+    assert!(served(), "no resolver in the container");
+
+    let out = bed.weavectl_admin(&["subnet", "rm", "--force", "10.2.3.0/24"]);
+    assert!(out.status.success(), "subnet rm --force: {}", String::from_utf8_lossy(&out.stderr));
+    let host = bed.host_ns(0);
+    wait_for("the host to drop the removed subnet", Duration::from_secs(15), || {
+        ok_in(&host, &["ip", "route", "show", "10.2.3.0/24"]).trim().is_empty().then_some(())
+    });
+    let mut del_b = conf_b.clone();
+    del_b["prevResult"] = results[1].clone();
+    for n in 1..=2 {
+        let out = plugin_on(&bin, "DEL", &netns, &id, &del_b, "eth1");
+        assert!(out.status.success(), "DEL weave-b #{n}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    assert_eq!(interfaces(&ns), eth0, "the DEL of the removed subnet's network");
+    assert!(served(), "the DEL of the removed subnet's network stopped the resolver");
+
+    let out = plugin_on(&bin, "DEL", &netns, &id, &conf_a, "eth0");
+    assert!(out.status.success(), "DEL weave: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(interfaces(&ns).is_empty(), "{:?}", interfaces(&ns));
+    assert!(!served(), "the resolver outlived the last DEL");
+}

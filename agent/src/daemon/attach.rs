@@ -393,14 +393,18 @@ impl Attacher {
         }
         // Detaching all: also `ethwe*` interfaces on subnets the map no longer
         // has (`subnet rm --force` leaves them; IPAM freed their addresses
-        // then, so none is reported released here). Only weave's own names:
-        // a CNI runtime's interface name may be another plugin's interface.
+        // then, so none is reported released here). Only weave's own names
+        // (a CNI runtime's interface name may be another plugin's interface),
+        // and a CNI DEL's own `CNI_IFNAME`, which the runtime gave this network.
         let nets: Vec<Ipv4Net> = self.maps.borrow().subnets.iter().filter_map(|s| s.cidr.parse().ok()).collect();
+        let ours = |i: &WorkloadInterface| {
+            (addrs.is_empty() && is_workload_if(&i.name)) || (id.is_some() && ifname == Some(i.name.as_str()))
+        };
         let orphan = |i: &&WorkloadInterface| {
-            is_workload_if(&i.name)
+            ours(i)
                 && !i.addresses.iter().any(|(ip, len)| nets.iter().any(|n| n.contains(ip) && *len == n.prefix_len()))
         };
-        for i in before.iter().filter(|_| addrs.is_empty()).filter(orphan) {
+        for i in before.iter().filter(orphan) {
             inside.delete_link(&i.name).await.map_err(failed)?;
             tracing::info!(container, interface = %i.name, "removed an interface on a subnet that is gone");
         }
