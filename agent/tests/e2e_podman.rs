@@ -178,4 +178,20 @@ fn podman_network_disconnect_of_a_second_weave_network_leaves_the_first() {
     let looked = hosts[0].run(&["exec", "pd-a", "nslookup", "pd-b", "127.0.0.11"]);
     let text = String::from_utf8_lossy(&looked.stdout);
     assert!(looked.status.success() && text.contains(&format!("Address: {b}")), "pd-a lost its resolver: {text}");
+
+    // Connected again, then the subnet removed under it (`--force`): the
+    // disconnect takes the dead interface out too (it used to stay, with
+    // its address, after podman said the container was disconnected).
+    hosts[0].ok(&["network", "connect", "weave-b", "pd-a"]);
+    let addrs = || hosts[0].ok(&["exec", "pd-a", "ip", "-o", "-4", "addr", "show"]);
+    assert!(addrs().contains(" 10.2.3."), "{}", addrs());
+    let out = bed.weavectl_admin(&["subnet", "rm", "--force", "10.2.3.0/24"]);
+    assert!(out.status.success(), "subnet rm --force: {}", String::from_utf8_lossy(&out.stderr));
+    let host = bed.host_ns(0);
+    wait_for("host 0 to drop the removed subnet", Duration::from_secs(15), || {
+        ok_in(&host, &["ip", "route", "show", "10.2.3.0/24"]).trim().is_empty().then_some(())
+    });
+    hosts[0].ok(&["network", "disconnect", "weave-b", "pd-a"]);
+    assert!(!addrs().contains(" 10.2.3."), "the removed subnet's interface outlived the disconnect: {}", addrs());
+    assert!(hosts[0].ping("pd-a", &b.to_string()), "pd-a lost its first network with the second disconnect");
 }
