@@ -252,14 +252,7 @@ fn a_del_by_id_removes_the_port_of_an_interface_moved_out_of_the_namespace() {
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn a_del_for_one_of_two_weave_networks_leaves_the_other() {
-    let mut bed = Bed::with_hosts(2);
-    let out = bed.weavectl_admin(&["subnet", "add", "10.2.3.0/24"]);
-    assert!(out.status.success(), "subnet add: {}", String::from_utf8_lossy(&out.stderr));
-    let bin = weave_cni();
-    let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
-    let conf_a = json!({"cniVersion": "1.0.0", "name": "weave", "type": "weave-cni", "socket": socket});
-    let conf_b = json!({"cniVersion": "1.0.0", "name": "weave-b", "type": "weave-cni", "socket": socket,
-                        "subnet": "10.2.3.0/24"});
+    let (mut bed, bin, conf_a, conf_b) = two_networks(2, "weave-b");
     let ns = bed.add_container("two");
     let netns = format!("/run/netns/{ns}");
     let id = format!("{}-two", bed.prefix);
@@ -329,14 +322,7 @@ fn a_del_for_one_of_two_weave_networks_leaves_the_other() {
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn a_del_after_the_configuration_changed_still_releases_the_address() {
-    let mut bed = Bed::with_hosts(1);
-    let out = bed.weavectl_admin(&["subnet", "add", "10.2.3.0/24"]);
-    assert!(out.status.success(), "subnet add: {}", String::from_utf8_lossy(&out.stderr));
-    let bin = weave_cni();
-    let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
-    let conf_a = json!({"cniVersion": "1.0.0", "name": "weave", "type": "weave-cni", "socket": socket});
-    let mut conf_b = conf_a.clone();
-    conf_b["subnet"] = json!("10.2.3.0/24");
+    let (mut bed, bin, conf_a, conf_b) = two_networks(1, "weave");
     let held = |bed: &Bed, ip: std::net::Ipv4Addr| bed.allocations().iter().any(|l| l.contains(&format!(" {ip}/")));
     for gone in [false, true] {
         let ns = bed.add_container(if gone { "gone" } else { "edited" });
@@ -381,15 +367,7 @@ fn a_del_after_the_configuration_changed_still_releases_the_address() {
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn a_del_after_its_subnet_was_removed_by_force_removes_the_interface() {
-    let mut bed = Bed::with_hosts(1);
-    let out = bed.weavectl_admin(&["subnet", "add", "10.2.3.0/24"]);
-    assert!(out.status.success(), "subnet add: {}", String::from_utf8_lossy(&out.stderr));
-    let bin = weave_cni();
-    let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
-    let conf_a = json!({"cniVersion": "1.0.0", "name": "weave", "type": "weave-cni", "socket": socket});
-    let mut conf_b = conf_a.clone();
-    conf_b["name"] = json!("weave-b");
-    conf_b["subnet"] = json!("10.2.3.0/24");
+    let (mut bed, bin, conf_a, conf_b) = two_networks(1, "weave-b");
     let ns = bed.add_container("forced");
     let netns = format!("/run/netns/{ns}");
     let id = format!("{}-forced", bed.prefix);
@@ -423,4 +401,19 @@ fn a_del_after_its_subnet_was_removed_by_force_removes_the_interface() {
     assert!(out.status.success(), "DEL weave: {}", String::from_utf8_lossy(&out.stdout));
     assert!(interfaces(&ns).is_empty(), "{:?}", interfaces(&ns));
     assert!(!served(), "the resolver outlived the last DEL");
+}
+
+/// A bed of `hosts` hosts with subnet 10.2.3.0/24 added, weave-cni, and two
+/// network configurations on host 0's agent: the default subnet's, and
+/// 10.2.3.0/24's named `second`.
+fn two_networks(hosts: usize, second: &str) -> (Bed, String, serde_json::Value, serde_json::Value) {
+    let bed = Bed::with_hosts(hosts);
+    let out = bed.weavectl_admin(&["subnet", "add", "10.2.3.0/24"]);
+    assert!(out.status.success(), "subnet add: {}", String::from_utf8_lossy(&out.stderr));
+    let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
+    let conf_a = json!({"cniVersion": "1.0.0", "name": "weave", "type": "weave-cni", "socket": socket});
+    let mut conf_b = conf_a.clone();
+    conf_b["name"] = json!(second);
+    conf_b["subnet"] = json!("10.2.3.0/24");
+    (bed, weave_cni(), conf_a, conf_b)
 }
