@@ -287,15 +287,25 @@ pub async fn reconcile_loop(
     }
 }
 
-/// Keeps the DNS records equal to the map's: one cheap rebuild per change.
+/// Keeps the DNS records equal to the map's: one rebuild per change of the
+/// records or the domain (most map changes are neither: a member allocating
+/// and releasing as fast as its pace allows made every agent rebuild every
+/// name of the cluster each time).
 pub async fn dns_loop(dns: DnsServer, mut maps: watch::Receiver<NetworkMap>) {
+    let mut built: Option<(String, Vec<weave_proto::v1::DnsRecord>)> = None;
     loop {
         let records = {
             let map = maps.borrow_and_update();
-            dns.update(&map);
-            map.dns_records.len()
+            let same = built.as_ref().is_some_and(|(d, r)| *d == map.dns_domain && *r == map.dns_records);
+            if !same {
+                dns.update(&map);
+                built = Some((map.dns_domain.clone(), map.dns_records.clone()));
+            }
+            (!same).then_some(map.dns_records.len())
         };
-        tracing::debug!(records, "dns records updated");
+        if let Some(records) = records {
+            tracing::debug!(records, "dns records updated");
+        }
         if maps.changed().await.is_err() {
             return;
         }
@@ -407,6 +417,40 @@ mod tests {
         assert_eq!(saved(), Some(10));
         drop(events);
         assert!(task.await.unwrap().is_ok(), "a closed watch is resumed, not a removal");
+    }
+
+    /// A map change that leaves the records and the domain alone does not
+    /// rebuild the index; one that changes a record does.
+    #[tokio::test]
+    async fn dns_records_are_rebuilt_only_when_they_change() {
+        use weave_proto::v1::DnsRecord;
+        let dns = DnsServer::new("weave.local.", Vec::new());
+        let record = |name: &str| DnsRecord {
+            name: format!("{name}.weave.local."),
+            address: "10.32.0.1".into(),
+            ..Default::default()
+        };
+        let (maps, seen) = watch::channel(NetworkMap { dns_records: vec![record("a")], ..Default::default() });
+        let task = tokio::spawn(dns_loop(dns.clone(), seen));
+        let settled = || async {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        };
+        settled().await;
+        let first = dns.records();
+        assert_eq!(first.lookup("a").len(), 1);
+        maps.send_modify(|m| m.revision = 2);
+        settled().await;
+        assert!(Arc::ptr_eq(&first, &dns.records()), "rebuilt for a change without DNS in it");
+        maps.send_modify(|m| m.dns_records.push(record("b")));
+        settled().await;
+        assert_eq!(dns.records().lookup("b").len(), 1, "a new record was not indexed");
+        maps.send_modify(|m| m.dns_domain = "other.".into());
+        settled().await;
+        assert_eq!(dns.records().domain, "other.", "a new domain was not taken");
+        drop(maps);
+        task.await.unwrap();
     }
 
     #[test]
