@@ -315,6 +315,38 @@ async fn a_node_calling_too_fast_waits_its_turn_then_is_refused_and_others_are_n
     assert!(refused >= 2, "{refused} of 8 whole-map reads refused");
 }
 
+/// AddSubnet checks the new subnet against every node's underlay addresses
+/// inside the store's write transaction: a node pays for it as for a
+/// whole-map read, so a member asking again and again (each answer a cheap
+/// refusal to it) cannot keep the writer busy (found by a review: it cost 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_adding_subnets_is_paced_as_a_map_read() {
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.node_rate = 5).await;
+    let add = || AddSubnetRequest { cidr: "10.9.0.0/24".into(), ..Default::default() };
+    c.admin().await.subnets.add_subnet(add()).await.expect("the admin's subnet");
+    let (_, api) = c.join("host1", 1).await;
+    let mut calls = Vec::new();
+    for _ in 0..30 {
+        let mut api = api.clone();
+        calls.push(tokio::spawn(async move { api.subnets.add_subnet(add()).await.map(|_| ()) }));
+    }
+    let mut refused = 0;
+    for r in futures::future::join_all(calls).await {
+        let s = r.unwrap().expect_err("the subnet exists");
+        match s.code() {
+            Code::ResourceExhausted => refused += 1,
+            code => assert_eq!(code, Code::AlreadyExists, "{s:?}"),
+        }
+    }
+    // 20 tokens of burst and 25 of waiting hold 4 calls of 10 (45 of 1 each would hold all 30).
+    assert!(refused >= 20, "{refused} of 30 AddSubnet calls refused");
+    // The admin is not paced.
+    let mut admin = c.admin().await;
+    for _ in 0..30 {
+        assert_status(admin.subnets.add_subnet(add()).await, Code::AlreadyExists, "already exists");
+    }
+}
+
 /// A proven re-join needs no token, rewrites the node and sends every agent
 /// the change: it is paced like the node's other calls (as a whole-map read).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

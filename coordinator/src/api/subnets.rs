@@ -22,8 +22,11 @@ impl SubnetService for Subnets {
     async fn add_subnet(&self, request: Request<AddSubnetRequest>) -> Result<Response<Subnet>, Status> {
         // A node may add an unnamed subnet (an agent's Docker plugin maps
         // `docker network create --subnet` onto one); naming, renaming and
-        // removing stay the admin's. Overlaps are refused for everyone.
-        let caller = self.0.caller(&request).await?;
+        // removing stay the admin's. Overlaps are refused for everyone. A
+        // node pays for it as for a whole-map read: the store checks the new
+        // subnet against every node's underlay addresses, inside the write
+        // transaction every other write waits behind.
+        let caller = self.0.map_reader(&request).await?;
         let r = request.get_ref();
         let name = Some(r.name.trim()).filter(|n| !n.is_empty());
         if name.is_some() {

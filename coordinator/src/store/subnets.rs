@@ -89,13 +89,6 @@ pub(super) async fn insert(
     added_by: Option<AddedBy<'_>>,
     underlay: &[IpAddr],
 ) -> Result<v1::Subnet> {
-    let nodes = super::nodes::all(tx.c()).await?;
-    if let Some(conflict) = underlay_conflict(net, &nodes, underlay) {
-        return Err(Error::FailedPrecondition(format!(
-            "{net} contains {conflict}: every agent would route it into the overlay and cut that host off \
-             its underlay; choose a subnet away from the hosts' real addresses"
-        )));
-    }
     let node_range: String = db::query_scalar("SELECT node_range FROM cluster WHERE id = 1").fetch_one(tx.c()).await?;
     let node_range = parse_net(node_range)?;
     if ipam::overlaps(net, &node_range) {
@@ -136,6 +129,15 @@ pub(super) async fn insert(
                  the admin adds more (weavectl subnet add) or removes unused ones (weavectl subnet rm)"
             )));
         }
+    }
+    // Last, as it reads every node: a subnet that exists, or one past the
+    // caller's quota, is refused without it.
+    let nodes = super::nodes::all(tx.c()).await?;
+    if let Some(conflict) = underlay_conflict(net, &nodes, underlay) {
+        return Err(Error::FailedPrecondition(format!(
+            "{net} contains {conflict}: every agent would route it into the overlay and cut that host off \
+             its underlay; choose a subnet away from the hosts' real addresses"
+        )));
     }
     let used: Vec<u32> = existing.iter().map(|s| s.vni).collect();
     let vni = (0..).map(|attempt| ipam::vni(net, attempt)).find(|v| !used.contains(v)).unwrap_or(1);
