@@ -222,6 +222,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(crate::metrics::RpcMetricsLayer)
         .layer(crate::deadline::DeadlineLayer(settings.rpc_deadline))
+        .layer(crate::unread::UnreadLayer::default())
         .add_service(limited!(health_service))
         .add_service(AdminOnly::new(limited!(reflection), state.clone()))
         .add_service(AdminOnly::new(limited!(reflection_alpha), state.clone()))

@@ -588,3 +588,47 @@ async fn a_request_held_half_sent_does_not_keep_its_connection() {
     assert!(established(from, port).is_empty(), "a half-sent request kept its connection open");
     let _ = tokio::time::timeout(Duration::from_secs(5), call).await.expect("the call ended with its connection");
 }
+
+/// A member asking for the map again and again without reading the answers
+/// (its connection's stream window at zero: nothing can be sent) used to pile
+/// them up in the coordinator's memory without bound (found by a review).
+/// Now a credential has at most 16 calls whose answers are not yet sent:
+/// the next waits 5 s and is refused, another member is not touched, and
+/// once the stalled connection closes the member is answered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_leaving_answers_unread_gets_no_more_and_others_do() {
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.node_rate = 0).await;
+    let mut admin = c.admin().await;
+    let credential = admin.join.join(join_request(&c.token(), "host1", 1)).await.unwrap().into_inner().credential;
+    let (_, mut other) = c.join("host2", 2).await;
+    let endpoint = weave_proto::client::endpoint(&c.addr(), c.pin()).expect("endpoint").initial_stream_window_size(0);
+    let stalled = weave_proto::client::Api::new(endpoint.connect().await.expect("connect"), &credential).unwrap();
+    let mut unread = Vec::new();
+    for _ in 0..16 {
+        let mut api = stalled.clone();
+        unread.push(tokio::spawn(async move { api.map.get_map(GetMapRequest {}).await.map(|_| ()) }));
+    }
+    drop(stalled);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(unread.iter().all(|t| !t.is_finished()), "an answer got through a zero window");
+
+    let mut member = c.api_with(&credential).await;
+    assert_status(member.map.get_map(GetMapRequest {}).await, Code::ResourceExhausted, "still being answered or sent");
+    other.map.get_map(GetMapRequest {}).await.expect("another member is answered");
+    admin.map.get_map(GetMapRequest {}).await.expect("the admin is answered");
+
+    // The stalled connection closed: its answers are dropped, and the room with them.
+    for t in &unread {
+        t.abort();
+    }
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match member.map.get_map(GetMapRequest {}).await {
+                Ok(_) => return,
+                Err(s) => assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "the member was not answered again after its stalled connection closed");
+}

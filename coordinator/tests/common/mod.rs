@@ -67,6 +67,10 @@ impl TestCoordinator {
         self.running.local_addr.to_string()
     }
 
+    pub fn pin(&self) -> weave_proto::token::Pin {
+        self.running.admin.pin
+    }
+
     pub async fn channel(&self) -> tonic::transport::Channel {
         connect(&self.addr(), self.running.admin.pin).await.expect("connect")
     }
