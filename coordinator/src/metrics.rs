@@ -83,6 +83,10 @@ fn describe() {
         "weave_rpc_deadline_exceeded_total",
         "RPCs answered UNAVAILABLE because they were not answered within --rpc-deadline (the database is not answering)."
     );
+    describe_counter!(
+        "weave_rpc_unread_refused_total",
+        "Reads refused because their credential had 16 reads still being answered or sent (a client not reading)."
+    );
     describe_histogram!(
         "weave_rpc_duration_seconds",
         Unit::Seconds,
