@@ -613,6 +613,74 @@ fn a_multicast_ping_from_a_workload_gets_no_echo_from_the_segment() {
     assert!(multicast_ping_replies(&a) >= 2, "without the rule the segment did not answer: the test is void");
 }
 
+/// `python3 -c QUERY IFACE`: three MLDv2 general queries to ff02::1 and
+/// three IGMPv2 membership queries to 224.0.0.1, from the workload's own
+/// addresses (no router alert: the captures below read the headers plainly).
+const QUERY: &str = r#"
+import socket, struct, sys
+ifc = sys.argv[1]; idx = socket.if_nametoindex(ifc)
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, idx)
+mld = struct.pack('!BBHHH', 130, 0, 0, 1000, 0) + bytes(16) + struct.pack('!BBH', 2, 125, 0)
+for _ in range(3): s.sendto(mld, ('ff02::1', 0, 0, idx))
+def csum(b):
+    t = sum(struct.unpack('!%dH' % (len(b) // 2), b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
+    return ~t & 0xffff
+q = struct.pack('!BBH4s', 0x11, 100, 0, bytes(4))
+q = struct.pack('!BBH4s', 0x11, 100, csum(q), bytes(4))
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+r.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+r.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifc.encode())
+for _ in range(3): r.sendto(q, ('224.0.0.1', 0))
+"#;
+
+/// MLD and IGMP queries that reached `victims` while `attacker` sent
+/// [`QUERY`]: (MLD, IGMP).
+fn queries_seen(bed: &Bed, attacker: &str, victims: &[String]) -> (usize, usize) {
+    let filter = "(icmp6 and ip6[40] == 130) or (igmp and ip[20] == 0x11)";
+    let captures: Vec<Capture> =
+        victims.iter().map(|v| Capture::start(v, "ethwe", filter, bed.path(&format!("query-{v}.pcap")))).collect();
+    ok_in(attacker, &["python3", "-c", QUERY, "ethwe"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (mut mld, mut igmp) = (0, 0);
+    for c in captures {
+        let (v4, other) = read_pcap(&c.stop());
+        igmp += v4.iter().filter(|p| p.protocol == 2).count();
+        mld += other;
+    }
+    (mld, igmp)
+}
+
+/// A workload's MLD and IGMP general queries reached every workload of the
+/// segment on every host, each of which answered with its reports (encrypted
+/// once per member host): an amplifier, and a querier that steers the
+/// bridges' multicast snooping. Now no query enters a segment from a weave
+/// port. Control: without the two rules (on both hosts) the same queries
+/// arrive, locally and over VXLAN.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_workloads_multicast_queries_reach_no_workload() {
+    let mut bed = Bed::with_hosts(2);
+    let (a, _) = attached_at(&mut bed, 0, "a");
+    let (b, _) = attached_at(&mut bed, 0, "b");
+    let (c, _) = attached_at(&mut bed, 1, "c");
+    // Its link-local address (the queries' source) out of DAD, and the segment up across hosts.
+    let to = link_local(&c);
+    wait_for("a unicast link-local ping from a to c", Duration::from_secs(15), || {
+        in_ns(&a, &["ping", "-6", "-c", "1", "-w", "2", &to]).status.success().then_some(())
+    });
+    let victims = [b, c];
+    assert_eq!(queries_seen(&bed, &a, &victims), (0, 0), "a's queries reached the segment");
+    for h in 0..2 {
+        let ns = bed.hosts[h].ns.clone();
+        delete_rule(&ns, "icmpv6 type mld-listener-query drop");
+        delete_rule(&ns, "igmp type membership-query drop");
+    }
+    let (mld, igmp) = queries_seen(&bed, &a, &victims);
+    assert!(mld >= 6 && igmp >= 6, "without the rules: {mld} MLD and {igmp} IGMP queries arrived of 6 each");
+}
+
 /// ARP from a workload tells it nothing of its host but the address the
 /// host was exposed with on its subnet: the kernel answered for any of the
 /// host's addresses (its underlay and node addresses too) at the bridge's

@@ -48,6 +48,12 @@ fn l2_group_destinations(segments: &[Segment]) -> Vec<String> {
 /// unicast reply, which every member host encrypted and sent (a container's
 /// 27 MB of pings brought back 62 MB; found by a review, 2026-12-03); IPv4
 /// ignores broadcast pings by default (`icmp_echo_ignore_broadcasts`).
+/// No multicast listener query (MLD) or IGMP membership query enters from a
+/// weave port: every workload of the segment, on every host, answered each
+/// with its reports (each encrypted once per member host), and a querier on
+/// a segment turns the bridges' snooping on its terms; no weave bridge is a
+/// querier, so without one the bridges flood multicast, as before (found by
+/// a review, 2026-12-04).
 /// IPv4 unicast never leaves for the VXLAN device: it crosses hosts routed,
 /// through the TUN, and every host drops it arriving over VXLAN (the
 /// prerouting rule above). Dropped before it goes, a container's IPv4 to
@@ -66,6 +72,8 @@ pub(super) fn bridge_table(segments: &[Segment]) -> String {
          iifname \"{VXLAN_PREFIX}*\" ether type ip ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop\n    \
          iifname \"{port}\" ether type ip ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 ip daddr != {{ {groups} }} drop\n    \
          iifname \"{port}\" icmpv6 type {{ nd-router-advert, nd-redirect }} drop\n    \
+         iifname \"{port}\" icmpv6 type mld-listener-query drop\n    \
+         iifname \"{port}\" igmp type membership-query drop\n    \
          iifname \"{port}\" ip6 daddr ff00::/8 icmpv6 type echo-request drop\n    \
          iifname \"{port}\" ether type ip6 udp sport 547 drop\n  \
          }}\n  chain forward {{\n    \
@@ -230,13 +238,15 @@ mod tests {
     }
 
     #[test]
-    fn no_weave_port_carries_router_advertisements_redirects_or_dhcpv6_servers() {
+    fn no_weave_port_carries_router_advertisements_redirects_dhcpv6_servers_or_queries() {
         let r = ruleset(&Rules::default());
         let pre = &r[r.find("table bridge weave {\n  chain prerouting").unwrap()..];
         let pre = &pre[..pre.find("  }\n").unwrap()];
         assert!(pre.contains("iifname \"wv*\" icmpv6 type { nd-router-advert, nd-redirect } drop\n"), "{pre}");
         assert!(pre.contains("iifname \"wv*\" ip6 daddr ff00::/8 icmpv6 type echo-request drop\n"), "{pre}");
         assert!(pre.contains("iifname \"wv*\" ether type ip6 udp sport 547 drop\n"), "{pre}");
+        assert!(pre.contains("iifname \"wv*\" icmpv6 type mld-listener-query drop\n"), "{pre}");
+        assert!(pre.contains("iifname \"wv*\" igmp type membership-query drop\n"), "{pre}");
     }
 
     #[test]
