@@ -31,8 +31,8 @@ use ipnet::Ipv4Net;
 use weave_proto::v1::NetworkMap;
 
 use super::{
-    kernel::{BRIDGE_PREFIX, TUN_NAME, VXLAN_PORT, WEAVE_DEVICES, bridge_name},
-    reconcile::{exposed_addresses, remote_workloads, segment_subnets},
+    kernel::{BRIDGE_PREFIX, TUN_NAME, VXLAN_PORT, WEAVE_DEVICES, bridge_mac, bridge_name, format_mac},
+    reconcile::{exposed_addresses, local_workloads, remote_workloads, segment_subnets},
 };
 
 pub const TABLE: &str = "weave";
@@ -44,6 +44,9 @@ pub struct Segment {
     pub subnet: Ipv4Net,
     /// Workloads (and exposed hosts) of the subnet on other nodes.
     pub remote: BTreeSet<Ipv4Addr>,
+    /// This node's workloads of the subnet: the only destinations the host
+    /// routes back into the bridge a packet came from (see `forward_seg`).
+    pub local: BTreeSet<Ipv4Addr>,
     /// This host's address in the subnet (`weavectl expose`), if exposed:
     /// the one address at which workloads and remote workloads reach it.
     pub exposed: Option<Ipv4Addr>,
@@ -59,11 +62,15 @@ pub struct Rules {
     pub overlay: BTreeSet<Ipv4Net>,
     /// The node range alone: the hosts' addresses in the tunnel.
     pub node_range: Option<Ipv4Net>,
+    /// The MAC of this node's bridges (`kernel::bridge_mac` of its address),
+    /// once the map has this node.
+    pub bridge_mac: Option<String>,
 }
 
 /// The segments of `map`, seen from `own_node`.
 pub fn segments(map: &NetworkMap, own_node: u64) -> Vec<Segment> {
     let mut remote = remote_workloads(map, own_node);
+    let mut local = local_workloads(map, own_node);
     let mut exposed = exposed_addresses(map, own_node);
     segment_subnets(map)
         .into_iter()
@@ -71,6 +78,7 @@ pub fn segments(map: &NetworkMap, own_node: u64) -> Vec<Segment> {
             bridge: bridge_name(vni),
             subnet,
             remote: remote.remove(&vni).unwrap_or_default(),
+            local: local.remove(&vni).unwrap_or_default(),
             exposed: exposed.remove(&vni),
         })
         .collect()
@@ -91,7 +99,9 @@ pub fn rules(map: &NetworkMap, own_node: u64, coordinator: &[std::net::IpAddr], 
     let skipped: BTreeSet<String> = skip.keys().map(|v| bridge_name(*v)).collect();
     let segments = segments(map, own_node).into_iter().filter(|s| !skipped.contains(&s.bridge)).collect();
     let node_range = map.node_range.parse::<Ipv4Net>().ok().map(|n| n.trunc());
-    Rules { segments, peers, overlay, node_range }
+    let own_address = map.nodes.iter().find(|n| n.id == own_node).and_then(|n| n.address.parse().ok());
+    let bridge_mac = own_address.map(|ip| format_mac(&bridge_mac(ip)));
+    Rules { segments, peers, overlay, node_range, bridge_mac }
 }
 
 /// `set <name> { type <kind>; elements = { .. } }` (no elements line when empty).
@@ -171,6 +181,7 @@ pub fn ruleset(rules: &Rules) -> String {
     out += &format!("table inet {TABLE} {{\n");
     for (i, s) in segments.iter().enumerate() {
         set(&mut out, &format!("remote{i}"), "ipv4_addr", false, &s.remote);
+        set(&mut out, &format!("local{i}"), "ipv4_addr", false, &s.local);
     }
     set(&mut out, "peers", "ipv4_addr", false, &rules.peers);
     // The kernel refuses overlapping intervals: nested ranges are merged first.
@@ -289,11 +300,23 @@ pub fn ruleset(rules: &Rules) -> String {
          iifname \"{TUN_NAME}\" drop\n    oifname \"{TUN_NAME}\" drop\n    \
          iifname \"{WEAVE_DEVICES}\" drop\n    oifname \"{WEAVE_DEVICES}\" drop\n  }}\n"
     );
+    // Back out of the bridge it came from: a frame the bridge forwards
+    // (`br_netfilter` shows it here), or a packet the host routes (one sent
+    // to the bridges' MAC) only to a workload of this host. A container that
+    // routed its subnet through its host made the host ARP for every address
+    // it named, and filled the neighbour table every namespace of the host
+    // shares (found by a review, 2026-12-04).
     for (i, s) in segments.iter().enumerate() {
         let (b, net) = (&s.bridge, s.subnet);
+        let within = match &rules.bridge_mac {
+            Some(mac) => {
+                format!("oifname \"{b}\" ether daddr != {mac} accept\n    oifname \"{b}\" ip daddr @local{i} accept")
+            }
+            None => format!("oifname \"{b}\" accept"),
+        };
         let _ = write!(
             out,
-            "  chain forward_seg{i} {{\n    oifname \"{b}\" accept\n    \
+            "  chain forward_seg{i} {{\n    {within}\n    \
              oifname \"{TUN_NAME}\" ip saddr {net} ip daddr @remote{i} accept\n    drop\n  }}\n"
         );
     }
@@ -367,6 +390,7 @@ fn arp_table(rules: &Rules) -> String {
 pub fn update(old: &Rules, new: &Rules) -> Option<String> {
     let same_chains = old.overlay == new.overlay
         && old.node_range == new.node_range
+        && old.bridge_mac == new.bridge_mac
         && old.segments.len() == new.segments.len()
         && old
             .segments
@@ -390,6 +414,7 @@ pub fn update(old: &Rules, new: &Rules) -> Option<String> {
     };
     for (i, (a, b)) in old.segments.iter().zip(&new.segments).enumerate() {
         elements(&format!("remote{i}"), &a.remote, &b.remote);
+        elements(&format!("local{i}"), &a.local, &b.local);
     }
     elements("peers", &old.peers, &new.peers);
     Some(out)

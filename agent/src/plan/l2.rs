@@ -218,6 +218,7 @@ mod tests {
             bridge: bridge_name(vni),
             subnet: subnet.parse().unwrap(),
             remote: BTreeSet::new(),
+            local: BTreeSet::new(),
             exposed: None,
         };
         // Two segments with the same broadcast, a /31 and a /32 (no directed broadcast).

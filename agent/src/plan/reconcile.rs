@@ -61,6 +61,18 @@ pub fn remote_workloads(map: &NetworkMap, own_node: u64) -> BTreeMap<u32, BTreeS
     out
 }
 
+/// This host's workloads per segment, by vni (not its exposed addresses).
+pub fn local_workloads(map: &NetworkMap, own_node: u64) -> BTreeMap<u32, BTreeSet<Ipv4Addr>> {
+    let vni: BTreeMap<u64, u32> = map.subnets.iter().filter(|s| s.vni != 0).map(|s| (s.id, s.vni)).collect();
+    let mut out: BTreeMap<u32, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    for a in map.allocations.iter().filter(|a| a.node_id == own_node && !a.container.starts_with("host:")) {
+        if let (Some(v), Some(ip)) = (vni.get(&a.subnet_id), allocation_address(&a.address)) {
+            out.entry(*v).or_default().insert(ip);
+        }
+    }
+    out
+}
+
 /// This host's exposed address (its `host:` allocation) per segment, by vni.
 pub fn exposed_addresses(map: &NetworkMap, own_node: u64) -> BTreeMap<u32, Ipv4Addr> {
     let vni_of: BTreeMap<u64, u32> = map.subnets.iter().filter(|s| s.vni != 0).map(|s| (s.id, s.vni)).collect();

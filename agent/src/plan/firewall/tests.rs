@@ -16,6 +16,7 @@ fn seg(vni: u32, subnet: &str, remote: &[&str]) -> Segment {
         bridge: bridge_name(vni),
         subnet: subnet.parse().unwrap(),
         remote: remote.iter().map(|a| a.parse().unwrap()).collect(),
+        local: BTreeSet::new(),
         exposed: None,
     }
 }
@@ -28,6 +29,7 @@ fn a_packet_meets_as_many_rules_with_64_segments_as_with_one() {
                 bridge: bridge_name(i + 1),
                 subnet: format!("10.100.{i}.0/24").parse().unwrap(),
                 remote: [format!("10.100.{i}.9").parse().unwrap()].into(),
+                local: [format!("10.100.{i}.2").parse().unwrap()].into(),
                 exposed: Some(format!("10.100.{i}.1").parse().unwrap()),
             })
             .collect(),
@@ -63,7 +65,8 @@ fn a_packet_meets_as_many_rules_with_64_segments_as_with_one() {
 #[test]
 fn the_ruleset_replaces_the_tables_and_routes_only_within_a_subnet() {
     let segments = vec![seg(5, "10.32.0.0/16", &["10.32.0.7", "10.32.0.9"]), seg(9, "10.2.3.0/24", &[])];
-    let r = ruleset(&Rules { segments, ..Default::default() });
+    let rules = Rules { segments, ..Default::default() };
+    let r = ruleset(&rules);
     assert!(r.starts_with("table inet weave {}\ndelete table inet weave\ntable bridge weave {}\n"), "{r}");
     assert!(r.contains("elements = { 10.32.0.7, 10.32.0.9 }"), "{r}");
     // One map lookup on the input interface picks the segment's chain;
@@ -77,16 +80,21 @@ fn the_ruleset_replaces_the_tables_and_routes_only_within_a_subnet() {
         ),
         "{forward}"
     );
-    // Within a bridge anything; from it to the TUN only the subnet to its remote workloads.
-    assert_eq!(
-        chain(&r, "forward_seg0"),
-        "    oifname \"wvbr-5\" accept\n    \
-         oifname \"wvtun0\" ip saddr 10.32.0.0/16 ip daddr @remote0 accept\n    drop\n"
-    );
+    // Within a bridge what the bridge forwards; what the host routes back
+    // into it (sent to the bridges' MAC) only to this host's workloads; from
+    // it to the TUN only the subnet to its remote workloads.
     assert_eq!(
         chain(&r, "forward_seg1"),
         "    oifname \"wvbr-9\" accept\n    \
-         oifname \"wvtun0\" ip saddr 10.2.3.0/24 ip daddr @remote1 accept\n    drop\n"
+         oifname \"wvtun0\" ip saddr 10.2.3.0/24 ip daddr @remote1 accept\n    drop\n",
+        "no bridge MAC (this node not in the map yet): as before"
+    );
+    let r = ruleset(&Rules { bridge_mac: Some("02:57:0a:2f:00:01".into()), ..rules });
+    assert_eq!(
+        chain(&r, "forward_seg0"),
+        "    oifname \"wvbr-5\" ether daddr != 02:57:0a:2f:00:01 accept\n    \
+         oifname \"wvbr-5\" ip daddr @local0 accept\n    \
+         oifname \"wvtun0\" ip saddr 10.32.0.0/16 ip daddr @remote0 accept\n    drop\n"
     );
     // From the TUN only a segment's remote workloads to the segment.
     assert_eq!(
@@ -233,14 +241,17 @@ fn element_changes_update_the_sets_and_anything_else_replaces_the_tables() {
         peers: peers(&["10.47.0.2"]),
         overlay: ["10.32.0.0/12".parse().unwrap()].into(),
         node_range: Some("10.47.0.0/16".parse().unwrap()),
+        bridge_mac: Some("02:57:0a:2f:00:01".into()),
     };
     let mut new = old.clone();
     new.segments[0].remote.remove(&"10.32.0.9".parse().unwrap());
+    new.segments[0].local.insert("10.32.0.3".parse().unwrap());
     new.segments[1].remote.extend(["10.2.3.4".parse::<Ipv4Addr>().unwrap(), "10.2.3.5".parse().unwrap()]);
     new.peers = peers(&["10.47.0.3"]);
     assert_eq!(
         update(&old, &new).unwrap(),
         "delete element inet weave remote0 { 10.32.0.9 }\n\
+         add element inet weave local0 { 10.32.0.3 }\n\
          add element inet weave remote1 { 10.2.3.4, 10.2.3.5 }\n\
          delete element inet weave peers { 10.47.0.2 }\n\
          add element inet weave peers { 10.47.0.3 }\n"
@@ -255,6 +266,9 @@ fn element_changes_update_the_sets_and_anything_else_replaces_the_tables() {
     let mut other = new.clone();
     other.node_range = Some("10.48.0.0/16".parse().unwrap());
     assert_eq!(update(&old, &other), None, "the node range changed");
+    let mut other = new.clone();
+    other.bridge_mac = None;
+    assert_eq!(update(&old, &other), None, "the bridges' MAC changed");
 }
 
 #[test]
