@@ -221,8 +221,10 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(crate::metrics::RpcMetricsLayer)
-        .layer(crate::deadline::DeadlineLayer(settings.rpc_deadline))
+        // Outside the deadline: a read waiting for room is not the store
+        // failing to answer.
         .layer(crate::unread::UnreadLayer::default())
+        .layer(crate::deadline::DeadlineLayer(settings.rpc_deadline))
         .add_service(limited!(health_service))
         .add_service(AdminOnly::new(limited!(reflection), state.clone()))
         .add_service(AdminOnly::new(limited!(reflection_alpha), state.clone()))

@@ -22,6 +22,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -30,9 +31,17 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub(crate) const PER_CREDENTIAL: usize = 16;
 /// How long a call past [`PER_CREDENTIAL`] waits for room.
 pub(crate) const WAIT: Duration = Duration::from_secs(5);
-/// `Bearer ` and 32 characters: shorter is no credential of ours (a
-/// credential's secret is 256 random bits), and is refused at once.
-const MIN_CREDENTIAL: usize = 39;
+/// Shorter is no secret of ours (256 random bits, 43 characters), and is
+/// refused at once: `Bearer -` of joins among them.
+const MIN_SECRET: usize = 32;
+/// The largest piece of an answer handed to HTTP/2 at once. hyper hands h2
+/// whatever the body yields once the stream has room for one byte, and h2
+/// buffers all of it: a whole map, to a client that opened its window and
+/// stopped reading its socket, was buffered with the body (and its room)
+/// already finished. In pieces, h2 gives no more room once 400 KiB wait
+/// (hyper's default, which tonic does not expose), and the rest of a larger
+/// answer stays in its body, holding its room.
+const SLICE: usize = 16 * 1024;
 
 /// The calls counted: weave's reads (`Get…`, `List…`, `Lookup`), whose answers
 /// may be as large as the map, and which change nothing (a refused one is
@@ -56,18 +65,28 @@ pub(crate) struct UnreadLayer(Arc<Credentials>);
 #[derive(Default)]
 struct Credentials {
     hasher: RandomState,
-    open: Mutex<HashMap<u64, Arc<Semaphore>>>,
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    by_secret: HashMap<u64, Arc<Semaphore>>,
+    /// The size at which the idle entries are dropped next: twice what the
+    /// last pass kept, so a map full of busy entries (made-up secrets whose
+    /// requests are held half-sent) costs each call O(1), not a scan.
+    prune_at: usize,
 }
 
 impl Credentials {
-    fn semaphore(&self, credential: &[u8]) -> Arc<Semaphore> {
-        let key = self.hasher.hash_one(credential);
+    fn semaphore(&self, secret: &str) -> Arc<Semaphore> {
+        let key = self.hasher.hash_one(secret);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if open.len() >= PRUNE_AT {
+        if open.by_secret.len() >= open.prune_at.max(PRUNE_AT) {
             // Idle: no permit out and no call waiting (only the map holds it).
-            open.retain(|_, s| Arc::strong_count(s) > 1);
+            open.by_secret.retain(|_, s| Arc::strong_count(s) > 1);
+            open.prune_at = open.by_secret.len() * 2;
         }
-        open.entry(key).or_insert_with(|| Arc::new(Semaphore::new(PER_CREDENTIAL))).clone()
+        open.by_secret.entry(key).or_insert_with(|| Arc::new(Semaphore::new(PER_CREDENTIAL))).clone()
     }
 }
 
@@ -99,16 +118,19 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let counted = is_read(request.uri().path());
-        let semaphore = match request.headers().get(http::header::AUTHORIZATION) {
-            Some(credential) if counted && credential.len() >= MIN_CREDENTIAL => {
-                Some(self.credentials.semaphore(credential.as_bytes()))
-            }
-            _ => None,
-        };
+        // Keyed by the secret as authentication reads it: one credential
+        // spelt several ways (an admin credential's form around a node's
+        // secret) is one key.
+        let secret = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .filter(|_| is_read(request.uri().path()))
+            .and_then(|h| crate::api::bearer_secret(h.as_bytes()))
+            .filter(|s| s.len() >= MIN_SECRET);
+        let semaphore = secret.map(|s| self.credentials.semaphore(&s));
         let Some(semaphore) = semaphore else {
             let future = self.inner.call(request);
-            return Box::pin(async move { Ok(future.await?.map(|inner| Held { inner, _permit: None })) });
+            return Box::pin(async move { Ok(future.await?.map(Held::new)) });
         };
         // The inner service was made ready for this call: call it now, and
         // only poll its future once there is room.
@@ -121,44 +143,73 @@ where
                      reading them?); read them or close the connection"
                 ))
                 .into_http::<ResBody>()
-                .map(|inner| Held { inner, _permit: None }));
+                .map(Held::new));
             };
-            Ok(future.await?.map(|inner| Held { inner, _permit: Some(permit) }))
+            Ok(future.await?.map(|inner| Held { _permit: Some(permit), ..Held::new(inner) }))
         })
     }
 }
 
-/// An answer's body, holding its credential's room until it is sent (or dropped).
+/// An answer's body, handed out in pieces of at most [`SLICE`] bytes,
+/// holding its credential's room until the last (or until it is dropped).
 pub(crate) struct Held<B> {
     inner: B,
+    pending: Bytes,
     _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<B> Held<B> {
+    fn new(inner: B) -> Self {
+        Held { inner, pending: Bytes::new(), _permit: None }
+    }
 }
 
 impl<B: Default> Default for Held<B> {
     fn default() -> Self {
-        Held { inner: B::default(), _permit: None }
+        Held::new(B::default())
     }
 }
 
-impl<B: Body + Unpin> Body for Held<B> {
-    type Data = B::Data;
+impl<B: Body<Data = Bytes> + Unpin> Body for Held<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(None) = frame {
-            this._permit = None;
+        if !this.pending.is_empty() {
+            let piece = this.pending.split_to(this.pending.len().min(SLICE));
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
         }
-        frame
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(mut data) if data.len() > SLICE => {
+                    this.pending = data.split_off(SLICE);
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                Err(other) => Poll::Ready(Some(Ok(other))),
+            },
+            Poll::Ready(None) => {
+                this._permit = None;
+                Poll::Ready(None)
+            }
+            other => other,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.pending.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let pending = self.pending.len() as u64;
+        let mut hint = SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + pending);
+        }
+        hint.set_lower(inner.lower() + pending);
+        hint
     }
 }
 
@@ -185,18 +236,75 @@ mod tests {
         }
     }
 
+    /// A node's secret inside an admin credential's form (any address and
+    /// pin around it) authenticates as the node: it is the same key here.
+    #[test]
+    fn one_secret_is_one_key_however_it_is_spelt() {
+        let secret = "s".repeat(43);
+        let pin = weave_proto::token::Pin([1; 32]);
+        let admin =
+            weave_proto::token::AdminCredential { coordinator: "192.0.2.1:6783".into(), pin, secret: secret.clone() };
+        let read = |h: String| crate::api::bearer_secret(h.as_bytes());
+        assert_eq!(read(format!("Bearer {admin}")), Some(secret.clone()));
+        assert_eq!(read(format!("Bearer {secret}")), Some(secret));
+        assert_eq!(read("Basic abc".into()), None);
+    }
+
     #[test]
     fn idle_credentials_are_dropped_and_busy_ones_kept() {
         let c = Credentials::default();
-        let busy = c.semaphore(b"Bearer busy").try_acquire_owned().unwrap();
+        let busy = c.semaphore("busy").try_acquire_owned().unwrap();
         for i in 1..PRUNE_AT {
-            c.semaphore(format!("Bearer {i}").as_bytes());
+            c.semaphore(&i.to_string());
         }
-        assert_eq!(c.open.lock().unwrap().len(), PRUNE_AT);
+        assert_eq!(c.open.lock().unwrap().by_secret.len(), PRUNE_AT);
         // The next lookup prunes: only the one with a permit out stays, and the new one.
-        c.semaphore(b"Bearer new");
-        assert_eq!(c.open.lock().unwrap().len(), 2);
-        assert_eq!(c.semaphore(b"Bearer busy").available_permits(), PER_CREDENTIAL - 1);
+        c.semaphore("new");
+        assert_eq!(c.open.lock().unwrap().by_secret.len(), 2);
+        assert_eq!(c.semaphore("busy").available_permits(), PER_CREDENTIAL - 1);
         drop(busy);
+        // Busy entries are not scanned again until there are twice as many.
+        let held: Vec<_> = (0..PRUNE_AT).map(|i| c.semaphore(&format!("h{i}")).try_acquire_owned().unwrap()).collect();
+        let len = c.open.lock().unwrap().by_secret.len();
+        c.semaphore("one more");
+        let open = c.open.lock().unwrap();
+        assert!(
+            open.by_secret.len() == len + 1 && open.prune_at >= PRUNE_AT,
+            "{} {}",
+            open.by_secret.len(),
+            open.prune_at
+        );
+        drop(open);
+        drop(held);
+    }
+
+    /// An answer larger than [`SLICE`] is handed out in pieces; the room is
+    /// held until the body has given its last frame.
+    #[tokio::test]
+    async fn an_answer_goes_in_pieces_and_holds_its_room_to_the_end() {
+        use http_body_util::BodyExt;
+        let semaphore = Arc::new(Semaphore::new(1));
+        let answer = Bytes::from(vec![7u8; 3 * SLICE + 5]);
+        let frames = vec![
+            Ok::<_, std::convert::Infallible>(Frame::data(answer.clone())),
+            Ok(Frame::trailers(Default::default())),
+        ];
+        let inner = http_body_util::StreamBody::new(futures::stream::iter(frames));
+        let mut body = Held { _permit: Some(semaphore.clone().try_acquire_owned().unwrap()), ..Held::new(inner) };
+        let mut sizes = Vec::new();
+        let mut got = Vec::new();
+        while let Some(frame) = body.frame().await {
+            assert_eq!(semaphore.available_permits(), 0, "the room went before the last frame");
+            match frame.unwrap().into_data() {
+                Ok(d) => {
+                    sizes.push(d.len());
+                    got.extend_from_slice(&d);
+                }
+                Err(f) => assert!(f.is_trailers()),
+            }
+        }
+        assert_eq!(sizes, [SLICE, SLICE, SLICE, 5]);
+        assert_eq!(got, answer);
+        assert_eq!(semaphore.available_permits(), 1, "the room is back once the body ended");
     }
 }

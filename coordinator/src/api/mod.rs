@@ -107,16 +107,8 @@ impl State {
         let header = req.metadata().get("authorization").ok_or_else(|| {
             Status::unauthenticated("no credential: pass the admin credential (weavectl) or a node credential")
         })?;
-        let secret = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
+        let secret = bearer_secret(header.as_bytes())
             .ok_or_else(|| Status::unauthenticated("the authorization header is not 'Bearer <credential>'"))?;
-        // weavectl may pass the whole admin credential string; only its secret is checked.
-        let secret = match weave_proto::token::AdminCredential::parse(secret) {
-            Ok(admin) => admin.secret,
-            Err(_) => secret.to_string(),
-        };
         let hash = hash_secret(&secret);
         let busy = self.connections.busy(req.local_addr(), req.remote_addr());
         if let Some(caller) = self.store.caller(&hash).await.map_err(Status::from)? {
@@ -174,4 +166,15 @@ pub fn membership_ended(message: String, why: &'static str) -> Status {
     let mut status = Status::unauthenticated(message);
     status.metadata_mut().insert(MEMBERSHIP_KEY, tonic::metadata::MetadataValue::from_static(why));
     status
+}
+
+/// The secret an `authorization` header carries, as [`State::authenticate`]
+/// checks it: `Bearer <secret>`, or `Bearer <admin credential>` (weavectl may
+/// pass the whole `wva1.…` string; only its secret counts).
+pub(crate) fn bearer_secret(header: &[u8]) -> Option<String> {
+    let secret = std::str::from_utf8(header).ok()?.strip_prefix("Bearer ")?;
+    Some(match weave_proto::token::AdminCredential::parse(secret) {
+        Ok(admin) => admin.secret,
+        Err(_) => secret.to_string(),
+    })
 }
