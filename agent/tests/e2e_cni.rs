@@ -382,6 +382,21 @@ fn a_del_after_its_subnet_was_removed_by_force_removes_the_interface() {
     let served = || in_ns(&ns, &["dig", "@127.0.0.11", "+time=1", "+tries=1", "nosuch.weave.local"]).status.success();
     assert!(served(), "no resolver in the container");
 
+    // Another plugin's interface with the runtime's name (a chained conflist):
+    // the ADD takes an `ethwe*` name, and the DEL leaves that interface be
+    // (its address is on no weave subnet, but weave did not make it).
+    let shared = bed.add_container("shared");
+    ok_in(&shared, &["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "plugin0"]);
+    ok_in(&shared, &["ip", "addr", "add", "172.31.0.2/24", "dev", "eth0"]);
+    let (shared_netns, shared_id) = (format!("/run/netns/{shared}"), format!("{}-shared", bed.prefix));
+    let out = plugin_on(&bin, "ADD", &shared_netns, &shared_id, &conf_a, "eth0");
+    assert!(out.status.success(), "ADD shared: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(interfaces(&shared).iter().any(|i| i.starts_with("ethwe")), "{:?}", interfaces(&shared));
+    let out = plugin_on(&bin, "DEL", &shared_netns, &shared_id, &conf_a, "eth0");
+    assert!(out.status.success(), "DEL shared: {}", String::from_utf8_lossy(&out.stdout));
+    let other = ["eth0".to_string(), "eth0 172.31.0.2/24".into(), "plugin0".into()];
+    assert_eq!(interfaces(&shared), other, "the other plugin's eth0");
+
     let out = bed.weavectl_admin(&["subnet", "rm", "--force", "10.2.3.0/24"]);
     assert!(out.status.success(), "subnet rm --force: {}", String::from_utf8_lossy(&out.stderr));
     let host = bed.host_ns(0);

@@ -395,10 +395,14 @@ impl Attacher {
         // has (`subnet rm --force` leaves them; IPAM freed their addresses
         // then, so none is reported released here). Only weave's own names
         // (a CNI runtime's interface name may be another plugin's interface),
-        // and a CNI DEL's own `CNI_IFNAME`, which the runtime gave this network.
+        // and a CNI DEL's own `CNI_IFNAME` if weave made it (its MAC is the
+        // one weave gives its address: when that name was taken, ADD used an
+        // `ethwe*` name, and the name is another plugin's interface).
         let nets: Vec<Ipv4Net> = self.maps.borrow().subnets.iter().filter_map(|s| s.cidr.parse().ok()).collect();
+        let made = |i: &WorkloadInterface| i.addresses.iter().any(|(ip, _)| i.mac == workload_mac(*ip));
         let ours = |i: &WorkloadInterface| {
-            (addrs.is_empty() && is_workload_if(&i.name)) || (id.is_some() && ifname == Some(i.name.as_str()))
+            (addrs.is_empty() && is_workload_if(&i.name))
+                || (id.is_some() && ifname == Some(i.name.as_str()) && made(i))
         };
         let orphan = |i: &&WorkloadInterface| {
             ours(i)

@@ -37,6 +37,10 @@ use super::{
 
 pub const TABLE: &str = "weave";
 
+/// Packets a second from the tunnel to addresses of a segment that are not
+/// (yet) this host's workloads, all peers together.
+const UNKNOWN_LOCAL_PER_SECOND: u32 = 50;
+
 /// One subnet's segment as the rules see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
@@ -324,10 +328,17 @@ pub fn ruleset(rules: &Rules) -> String {
         out += "  chain forward_tun {\n";
         vmap(&mut out, "oifname", segments, "forward_tun_seg");
         out += "    drop\n  }\n";
+        // To a workload of this host; to any other address of the subnet
+        // (a workload whose address this host's set does not have yet) only
+        // at a trickle: a member sending to made-up addresses made the host
+        // ARP for each, as a container routing through its host did (found
+        // by a review, 2026-12-04).
         for (i, s) in segments.iter().enumerate() {
             let _ = write!(
                 out,
-                "  chain forward_tun_seg{i} {{\n    ip saddr @remote{i} ip daddr {} accept\n    drop\n  }}\n",
+                "  chain forward_tun_seg{i} {{\n    ip saddr @remote{i} ip daddr @local{i} accept\n    \
+                 ip saddr @remote{i} ip daddr {} limit rate {UNKNOWN_LOCAL_PER_SECOND}/second burst \
+                 {UNKNOWN_LOCAL_PER_SECOND} packets accept\n    drop\n  }}\n",
                 s.subnet
             );
         }

@@ -101,7 +101,11 @@ fn the_ruleset_replaces_the_tables_and_routes_only_within_a_subnet() {
         chain(&r, "forward_tun"),
         "    oifname vmap { \"wvbr-5\" : jump forward_tun_seg0, \"wvbr-9\" : jump forward_tun_seg1 }\n    drop\n"
     );
-    assert_eq!(chain(&r, "forward_tun_seg1"), "    ip saddr @remote1 ip daddr 10.2.3.0/24 accept\n    drop\n");
+    assert_eq!(
+        chain(&r, "forward_tun_seg1"),
+        "    ip saddr @remote1 ip daddr @local1 accept\n    \
+         ip saddr @remote1 ip daddr 10.2.3.0/24 limit rate 50/second burst 50 packets accept\n    drop\n"
+    );
     // The host on a segment only from its address there.
     assert!(
         chain(&r, "output").contains(
