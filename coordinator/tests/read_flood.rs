@@ -76,9 +76,13 @@ async fn writes_go_through_while_bogus_credentials_flood_the_reads() {
     for i in 0..FLOOD {
         // 8 callers per connection (each connection's stream limit is 64).
         if i % 8 == 0 {
+            // One made-up credential per connection: one credential alone
+            // has at most 16 reads in flight (`unread.rs`), and refused
+            // past that would never get as far as the store.
             let channel = c.channel().await;
+            let bogus = format!("not-a-credential-of-this-cluster-{}", i / 8);
             for _ in 0..8 {
-                let mut api = Api::new(channel.clone(), "not-a-credential-of-this-cluster").unwrap();
+                let mut api = Api::new(channel.clone(), &bogus).unwrap();
                 let (stop, answers) = (stop.clone(), answers.clone());
                 flood.push(tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
