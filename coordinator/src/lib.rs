@@ -10,7 +10,7 @@
 //!   convert, and call the store.
 //! - [`metrics`]: `/metrics`, `/healthz`, `/readyz` (plain HTTP, own port) and the RPC timing layer.
 //! - `accept`: the accept loop's back-off when the process is out of file descriptors.
-//! - `unread`: at most 16 calls of one credential whose answers are not yet sent.
+//! - `unread`: at most 16 reads of one credential whose answers are not yet sent.
 //! - [`server`]: start-up order and the tonic server with health and reflection.
 //! - [`error`]: the error enum and its one mapping to gRPC status codes.
 

@@ -3,11 +3,11 @@
 //! An answer stays in the coordinator's memory until its client has read it
 //! (HTTP/2 flow control: a client that stops reading, or sets its window to
 //! zero, stops the send). A member asking for the whole map again and again
-//! without reading (GetMap, a list, a join's answer: each up to the map's
-//! size) could so pile up gigabytes; nothing else bounds how long an
-//! authenticated connection may stay (found by a review, 2026-12-04: 64
-//! streams × 256 connections per source). Here each credential (the
-//! `authorization` header, whoever it turns out to be) has at most
+//! without reading (GetMap, a list: each up to the map's size) could so pile
+//! up gigabytes; nothing else bounds how long an authenticated connection
+//! may stay (found by a review, 2026-12-04: 64 streams × 256 connections per
+//! source). Here each credential (the secret its `authorization` header
+//! carries, as authentication reads it, whoever it turns out to be) has at most
 //! [`PER_CREDENTIAL`] reads between the request and the last byte of the
 //! answer; a read past that waits up to [`WAIT`] for one to finish, then
 //! answers `RESOURCE_EXHAUSTED`. Only reads are counted (see [`is_read`]).
@@ -128,13 +128,12 @@ where
             .and_then(|h| crate::api::bearer_secret(h.as_bytes()))
             .filter(|s| s.len() >= MIN_SECRET);
         let semaphore = secret.map(|s| self.credentials.semaphore(&s));
+        // The inner service was made ready for this call: call it now, and
+        // (for a counted read) only poll its future once there is room.
+        let future = self.inner.call(request);
         let Some(semaphore) = semaphore else {
-            let future = self.inner.call(request);
             return Box::pin(async move { Ok(future.await?.map(Held::new)) });
         };
-        // The inner service was made ready for this call: call it now, and
-        // only poll its future once there is room.
-        let future = self.inner.call(request);
         Box::pin(async move {
             let Ok(Ok(permit)) = tokio::time::timeout(WAIT, semaphore.acquire_owned()).await else {
                 metrics::counter!("weave_rpc_unread_refused_total").increment(1);
@@ -145,7 +144,7 @@ where
                 .into_http::<ResBody>()
                 .map(Held::new));
             };
-            Ok(future.await?.map(|inner| Held { _permit: Some(permit), ..Held::new(inner) }))
+            Ok(future.await?.map(|inner| Held { permit: Some(permit), ..Held::new(inner) }))
         })
     }
 }
@@ -155,12 +154,12 @@ where
 pub(crate) struct Held<B> {
     inner: B,
     pending: Bytes,
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl<B> Held<B> {
     fn new(inner: B) -> Self {
-        Held { inner, pending: Bytes::new(), _permit: None }
+        Held { inner, pending: Bytes::new(), permit: None }
     }
 }
 
@@ -190,7 +189,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Held<B> {
                 Err(other) => Poll::Ready(Some(Ok(other))),
             },
             Poll::Ready(None) => {
-                this._permit = None;
+                this.permit = None;
                 Poll::Ready(None)
             }
             other => other,
@@ -290,7 +289,7 @@ mod tests {
             Ok(Frame::trailers(Default::default())),
         ];
         let inner = http_body_util::StreamBody::new(futures::stream::iter(frames));
-        let mut body = Held { _permit: Some(semaphore.clone().try_acquire_owned().unwrap()), ..Held::new(inner) };
+        let mut body = Held { permit: Some(semaphore.clone().try_acquire_owned().unwrap()), ..Held::new(inner) };
         let mut sizes = Vec::new();
         let mut got = Vec::new();
         while let Some(frame) = body.frame().await {

@@ -51,21 +51,23 @@ pub struct Desired {
 
 /// The workloads (and exposed hosts) on other nodes, by segment.
 pub fn remote_workloads(map: &NetworkMap, own_node: u64) -> BTreeMap<u32, BTreeSet<Ipv4Addr>> {
-    let vni: BTreeMap<u64, u32> = map.subnets.iter().filter(|s| s.vni != 0).map(|s| (s.id, s.vni)).collect();
-    let mut out: BTreeMap<u32, BTreeSet<Ipv4Addr>> = vni.values().map(|v| (*v, BTreeSet::new())).collect();
-    for a in map.allocations.iter().filter(|a| a.node_id != own_node) {
-        if let (Some(v), Some(ip)) = (vni.get(&a.subnet_id), allocation_address(&a.address)) {
-            out.entry(*v).or_default().insert(ip);
-        }
-    }
-    out
+    addresses_by_segment(map, |a| a.node_id != own_node)
 }
 
 /// This host's workloads per segment, by vni (not its exposed addresses).
 pub fn local_workloads(map: &NetworkMap, own_node: u64) -> BTreeMap<u32, BTreeSet<Ipv4Addr>> {
+    addresses_by_segment(map, |a| a.node_id == own_node && !a.container.starts_with("host:"))
+}
+
+/// The addresses of the allocations `keep` takes, by segment (every segment
+/// has an entry, empty or not).
+fn addresses_by_segment(
+    map: &NetworkMap,
+    keep: impl Fn(&weave_proto::v1::Allocation) -> bool,
+) -> BTreeMap<u32, BTreeSet<Ipv4Addr>> {
     let vni: BTreeMap<u64, u32> = map.subnets.iter().filter(|s| s.vni != 0).map(|s| (s.id, s.vni)).collect();
-    let mut out: BTreeMap<u32, BTreeSet<Ipv4Addr>> = BTreeMap::new();
-    for a in map.allocations.iter().filter(|a| a.node_id == own_node && !a.container.starts_with("host:")) {
+    let mut out: BTreeMap<u32, BTreeSet<Ipv4Addr>> = vni.values().map(|v| (*v, BTreeSet::new())).collect();
+    for a in map.allocations.iter().filter(|a| keep(a)) {
         if let (Some(v), Some(ip)) = (vni.get(&a.subnet_id), allocation_address(&a.address)) {
             out.entry(*v).or_default().insert(ip);
         }
