@@ -99,6 +99,31 @@ pub fn lowest_free_in(net: &IpNet, used: &BTreeSet<u128>) -> Option<IpAddr> {
     Some(from_key(net, candidate))
 }
 
+/// [`lowest_free_in`], also skipping the addresses (keys) in `avoid`.
+pub fn lowest_free_avoiding(net: &IpNet, used: &BTreeSet<u128>, avoid: &BTreeSet<u128>) -> Option<IpAddr> {
+    if avoid.is_empty() {
+        return lowest_free_in(net, used);
+    }
+    let (first, last) = usable(net);
+    let mut taken = used.range(first..=last).peekable();
+    let mut candidate = first;
+    loop {
+        while taken.next_if(|&&k| k < candidate).is_some() {}
+        if taken.peek() != Some(&&candidate) && !avoid.contains(&candidate) {
+            return Some(from_key(net, candidate));
+        }
+        if candidate == last {
+            return None;
+        }
+        candidate += 1;
+    }
+}
+
+/// The address of `net`'s family whose [`key`] is `k`.
+pub fn address_of(net: &IpNet, k: u128) -> IpAddr {
+    from_key(net, k)
+}
+
 /// Whether two networks share any address.
 pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
@@ -174,6 +199,30 @@ mod tests {
             let set = used.iter().copied().map(key).collect();
             assert_eq!(lowest_free_in(&n, &set), lowest_free(&n, used), "{n}");
         }
+    }
+
+    #[test]
+    fn lowest_free_avoiding_skips_both_sets_and_agrees_with_their_union() {
+        let keys = |v: &[&str]| v.iter().map(|a| key(ip(a))).collect::<BTreeSet<u128>>();
+        for (n, used, avoid) in [
+            ("10.2.3.0/24", vec![], vec![]),
+            ("10.2.3.0/24", vec![], vec!["10.2.3.1"]),
+            ("10.2.3.0/24", vec!["10.2.3.1", "10.2.3.3"], vec!["10.2.3.2", "10.2.3.4"]),
+            ("10.2.3.0/24", vec!["10.2.3.2"], vec!["10.2.3.1", "10.2.3.2", "10.9.9.9"]),
+            ("10.0.0.0/30", vec!["10.0.0.1"], vec!["10.0.0.2"]),
+            ("10.0.0.0/30", vec![], vec!["10.0.0.1", "10.0.0.2"]),
+            ("fd00::/126", vec!["fd00::1"], vec!["fd00::2"]),
+        ] {
+            let n = net(n);
+            let (used, avoid) = (keys(&used), keys(&avoid));
+            let union: BTreeSet<u128> = used.union(&avoid).copied().collect();
+            assert_eq!(lowest_free_avoiding(&n, &used, &avoid), lowest_free_in(&n, &union), "{n} {used:?} {avoid:?}");
+        }
+        let n = net("10.2.3.0/24");
+        let got = lowest_free_avoiding(&n, &keys(&["10.2.3.1"]), &keys(&["10.2.3.2", "10.2.3.3"]));
+        assert_eq!(got, Some(ip("10.2.3.4")));
+        assert_eq!(address_of(&n, key(ip("10.2.3.9"))), ip("10.2.3.9"));
+        assert_eq!(address_of(&net("fd00::/64"), key(ip("fd00::9"))), ip("fd00::9"));
     }
 
     #[test]

@@ -116,7 +116,8 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .with_node_quota(settings.node_quota)
         .with_node_subnet_quota(settings.node_subnet_quota)
         .with_node_dns_quota(settings.node_dns_quota)
-        .with_dns_hold(settings.dns_name_hold.map(|d| d.as_secs()));
+        .with_dns_hold(settings.dns_name_hold.map(|d| d.as_secs()))
+        .with_address_hold(settings.address_hold.map(|d| d.as_secs()));
     let (cluster, first_start) = store.init_cluster(&settings.cluster).await?;
     if !first_start && (cluster.range != settings.cluster.range || cluster.node_range != settings.cluster.node_range) {
         tracing::warn!(

@@ -1,6 +1,7 @@
 //! Random sequences of join, allocate, release and remove-node against the
 //! real store never hand out a duplicate address, never lose one, and always
-//! hand out the lowest free address.
+//! hand out the lowest free address that no container released lately (its
+//! own container's first: `address_holds`).
 mod common;
 
 use std::{
@@ -37,6 +38,26 @@ fn op() -> impl Strategy<Value = Op> {
 
 type Key = (u8, String, usize);
 
+/// What automatic allocation should give `container` on `node` in `net`:
+/// the address it released itself if free; else the lowest free that no
+/// container released lately; else the lowest free that only `node`'s did.
+fn expected(
+    net: &IpNet,
+    used: &[IpAddr],
+    holds: &BTreeMap<IpAddr, (u8, String)>,
+    node: u8,
+    container: &str,
+) -> Option<IpAddr> {
+    let held = |ip: &IpAddr| net.contains(ip);
+    let own = holds.iter().filter(|(ip, (n, c))| held(ip) && *n == node && c == container && !used.contains(ip));
+    if let Some((ip, _)) = own.min_by_key(|(ip, _)| ipam::key(**ip)) {
+        return Some(*ip);
+    }
+    let all = used.iter().copied().chain(holds.keys().copied());
+    let others = used.iter().copied().chain(holds.iter().filter(|(_, (n, _))| *n != node).map(|(ip, _)| *ip));
+    ipam::lowest_free(net, all).or_else(|| ipam::lowest_free(net, others))
+}
+
 async fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::connect(&common::store_at(&dir.path().join("db"))).await.unwrap();
@@ -63,6 +84,9 @@ async fn run(ops: Vec<Op>) {
 
     let mut nodes: HashMap<u8, u64> = HashMap::new();
     let mut model: BTreeMap<Key, IpAddr> = BTreeMap::new();
+    // Released addresses, held for their container (the default hold, a
+    // minute, outlasts the test): address -> (node, container).
+    let mut holds: BTreeMap<IpAddr, (u8, String)> = BTreeMap::new();
     for op in ops {
         match op {
             Op::Join(n) => {
@@ -97,11 +121,12 @@ async fn run(ops: Vec<Op>) {
                     (Some(held), Ok(a)) => assert_eq!(a.address, format!("{held}/{}", net.prefix_len()), "idempotent"),
                     (None, Ok(a)) => {
                         let ip: IpAddr = a.address.split('/').next().unwrap().parse().unwrap();
-                        assert_eq!(Some(ip), ipam::lowest_free(&net, used.iter().copied()), "lowest free address");
+                        assert_eq!(Some(ip), expected(&net, &used, &holds, node, &key.1), "lowest free address");
                         assert!(!model.values().any(|v| *v == ip), "duplicate {ip}");
                         model.insert(key, ip);
+                        holds.remove(&ip);
                     }
-                    (None, Err(Error::Exhausted(_))) => assert_eq!(used.len() as u128, ipam::capacity(&net)),
+                    (None, Err(Error::Exhausted(_))) => assert_eq!(expected(&net, &used, &holds, node, &key.1), None),
                     (_, other) => panic!("unexpected {other:?}"),
                 }
             }
@@ -115,7 +140,8 @@ async fn run(ops: Vec<Op>) {
                     Err(e) => panic!("unexpected {e}"),
                 }
                 for k in held {
-                    model.remove(&k);
+                    let ip = model.remove(&k).unwrap();
+                    holds.insert(ip, (node, k.1));
                 }
             }
             Op::RemoveNode(n) => {
@@ -126,6 +152,8 @@ async fn run(ops: Vec<Op>) {
                     (_, other) => panic!("unexpected {other:?}"),
                 }
                 model.retain(|(m, _, _), _| *m != n);
+                // A removed node's holds go with it.
+                holds.retain(|_, (m, _)| *m != n);
             }
         }
         // The store holds exactly the model: nothing lost, nothing extra, nothing doubled.

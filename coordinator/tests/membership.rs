@@ -245,6 +245,110 @@ async fn a_restarting_containers_name_is_kept_for_it_in_the_gap() {
     assert_status(h1.ipam.allocate(alloc("db", "db")).await, Code::AlreadyExists, "node h2's container");
 }
 
+/// A container's released address goes to no one else for
+/// `--address-hold`: automatic allocation skips it and gives it back to the
+/// same container on the same node; another node asking for it by name is
+/// refused (a member watching the map took it before, for the traffic peers
+/// still sent the old owner), an admin is not; a full subnet says so; once
+/// the hold ran out the address is anyone's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_address_is_kept_for_its_container() {
+    let dir = tempfile::tempdir().unwrap();
+    // Long enough for the steps below on a loaded machine (holds count whole seconds).
+    let c = TestCoordinator::start_in(dir, |a| a.address_hold = "8s".into()).await;
+    let mut admin = c.admin().await;
+    let (_, mut h1) = c.join("h1", 1).await;
+    let (_, mut h2) = c.join("h2", 2).await;
+    let ip = |a: &Allocation| a.address.split('/').next().unwrap().to_string();
+    let auto = |container: &str| AllocateRequest { container: container.into(), ..Default::default() };
+    let asking = |container: &str, address: &str| AllocateRequest {
+        container: container.into(),
+        address: address.into(),
+        ..Default::default()
+    };
+    let release = |container: &str| ReleaseRequest { container: container.into(), ..Default::default() };
+
+    let web = ip(&h1.ipam.allocate(auto("web")).await.unwrap().into_inner());
+    h1.ipam.release(release("web")).await.unwrap();
+    // Another node's next container gets another address, and may not ask for this one.
+    let other = ip(&h2.ipam.allocate(auto("x")).await.unwrap().into_inner());
+    assert_ne!(other, web, "a released address went to another node's container at once");
+    let squat = h2.ipam.allocate(asking("squat", &web)).await;
+    assert_status(squat, Code::AlreadyExists, "was released by container web on node h1");
+    // h1's other containers do not get it either while it may come back...
+    let sibling = ip(&h1.ipam.allocate(auto("sibling")).await.unwrap().into_inner());
+    assert_ne!(sibling, web);
+    // ...and the container itself gets it back, automatically.
+    let back = ip(&h1.ipam.allocate(auto("web")).await.unwrap().into_inner());
+    assert_eq!(back, web, "the restarted container's address");
+    // Taking it ended the hold: released again by h1 and held again for it.
+    h1.ipam.release(release("web")).await.unwrap();
+    assert_status(h2.ipam.allocate(asking("squat", &web)).await, Code::AlreadyExists, "kept for it");
+    // An admin may assign it (to anyone), and h1's hold is then gone.
+    let node2 = AllocateRequest { node: "h2".into(), ..asking("assigned", &web) };
+    assert_eq!(ip(&admin.ipam.allocate(node2).await.expect("an admin assigns it").into_inner()), web);
+    admin.ipam.release(ReleaseRequest { node: "h2".into(), ..release("assigned") }).await.unwrap();
+    assert_status(h1.ipam.allocate(asking("web", &web)).await, Code::AlreadyExists, "on node h2");
+
+    // A small subnet: what is left free is held for another node's container.
+    admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.9.7.0/29".into(), name: "tiny".into() }).await.unwrap();
+    let tiny = |container: &str| AllocateRequest { subnet: "tiny".into(), ..auto(container) };
+    let mut filled = Vec::new();
+    for i in 0..6 {
+        filled.push(ip(&h1.ipam.allocate(tiny(&format!("t{i}"))).await.unwrap().into_inner()));
+    }
+    h1.ipam.release(ReleaseRequest { subnet: "tiny".into(), ..release("t3") }).await.unwrap();
+    let full = h2.ipam.allocate(tiny("late")).await;
+    assert_status(full, Code::ResourceExhausted, "1 more released lately are kept for their containers");
+    // Its own node may use it (for another container) when nothing else is free.
+    let reused = ip(&h1.ipam.allocate(tiny("t6")).await.unwrap().into_inner());
+    assert_eq!(reused, filled[3]);
+    h1.ipam.release(ReleaseRequest { subnet: "tiny".into(), ..release("t6") }).await.unwrap();
+
+    // Once the hold ran out: anyone's, by name and automatically.
+    tokio::time::sleep(Duration::from_millis(8100)).await;
+    h1.ipam.allocate(asking("web", &web)).await.expect("h2's hold ran out: the address is anyone's");
+    let late = ip(&h2.ipam.allocate(tiny("late")).await.expect("the held address, after the hold").into_inner());
+    assert_eq!(late, filled[3]);
+}
+
+/// A node's holds count towards its `--node-quota` with its addresses: a
+/// member releasing and allocating over and over reserves no more addresses
+/// than it may hold (its oldest holds go first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_holds_count_towards_its_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCoordinator::start_in(dir, |a| a.node_quota = 3).await;
+    let (_, mut h1) = c.join("h1", 1).await;
+    let (_, mut h2) = c.join("h2", 2).await;
+    let auto = |container: &str| AllocateRequest { container: container.into(), ..Default::default() };
+    let release = |container: &str| ReleaseRequest { container: container.into(), ..Default::default() };
+    let mut released = Vec::new();
+    for name in ["x1", "x2", "x3"] {
+        released.push(h2.ipam.allocate(auto(name)).await.unwrap().into_inner().address);
+    }
+    for name in ["x1", "x2", "x3"] {
+        h2.ipam.release(release(name)).await.unwrap();
+    }
+    // Three holds and no address: all three are h2's.
+    for a in &released {
+        let ask = AllocateRequest { address: a.clone(), ..auto("probe") };
+        assert_status(h1.ipam.allocate(ask).await, Code::AlreadyExists, "kept for it");
+    }
+    // A new container of h2's: its address and two holds make three.
+    let y = h2.ipam.allocate(auto("y1")).await.unwrap().into_inner().address;
+    assert!(!released.contains(&y));
+    let mut free_again = 0;
+    for (i, a) in released.iter().enumerate() {
+        let ask = AllocateRequest { address: a.clone(), ..auto(&format!("probe{i}")) };
+        match h1.ipam.allocate(ask).await {
+            Ok(_) => free_again += 1,
+            Err(s) => assert!(s.code() == Code::AlreadyExists && s.message().contains("kept for it"), "{s:?}"),
+        }
+    }
+    assert_eq!(free_again, 1, "h2 kept more than its quota of 3 in addresses and holds");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_credential_rotates_and_the_old_one_dies() {
     let c = TestCoordinator::start().await;

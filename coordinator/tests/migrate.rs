@@ -17,8 +17,8 @@ use common::{TestCoordinator, assert_status, join_request, pg};
 use sqlx::Connection as _;
 use tonic::Code;
 use weave_proto::v1::{
-    AddRecordRequest, AddSubnetRequest, AllocateRequest, CreateTokenRequest, GetMapRequest, RemoveNodeRequest,
-    WatchRequest, watch_event::Event,
+    AddRecordRequest, AddSubnetRequest, AllocateRequest, CreateTokenRequest, GetMapRequest, ReleaseRequest,
+    RemoveNodeRequest, WatchRequest, watch_event::Event,
 };
 
 /// Runs `coordinator migrate`; returns its exit code, stdout and stderr.
@@ -88,6 +88,10 @@ async fn a_sqlite_cluster_moves_to_postgres_and_goes_on_without_rejoining() {
         .await
         .unwrap()
         .into_inner();
+    // A released address, held for its container (`address_holds` moves too).
+    let restarting = admin.ipam.allocate(alloc("h2", "restarting", "backend")).await.unwrap().into_inner().address;
+    let release = ReleaseRequest { node: "h2".into(), container: "restarting".into(), subnet: "backend".into() };
+    admin.ipam.release(release).await.unwrap();
     let resume_from = admin.map.get_map(GetMapRequest {}).await.unwrap().into_inner().revision;
     admin.nodes.remove_node(RemoveNodeRequest { node: "gone".into() }).await.unwrap();
     admin.ipam.allocate(alloc("h3", "late", "")).await.unwrap();
@@ -143,6 +147,11 @@ async fn a_sqlite_cluster_moves_to_postgres_and_goes_on_without_rejoining() {
     // Who added a subnet moved too: h1's one still counts against its quota (1 here).
     let more = h1.subnets.add_subnet(AddSubnetRequest { cidr: "10.7.1.0/24".into(), name: String::new() }).await;
     assert_status(more, Code::ResourceExhausted, "already added 1 subnets");
+    // The hold moved too: h1 may not take h2's restarting container's address, which gets it back.
+    let squat = AllocateRequest { address: restarting.clone(), ..alloc("", "squat", "backend") };
+    assert_status(h1.ipam.allocate(squat).await, Code::AlreadyExists, "kept for it");
+    let back = admin.ipam.allocate(alloc("h2", "restarting", "backend")).await.unwrap().into_inner();
+    assert_eq!(back.address, restarting);
     // The removed node's marker moved too: it learns it was removed.
     let mut gone = new.api_with(&creds[3]).await;
     assert_status(gone.map.get_map(GetMapRequest {}).await, Code::Unauthenticated, "was removed");

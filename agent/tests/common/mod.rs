@@ -265,6 +265,21 @@ impl Bed {
         Self::with_hosts_on(Underlay::V4, n)
     }
 
+    /// Like [`Bed::with_hosts`], with `coordinator serve` given `args` too.
+    pub fn with_hosts_and_coordinator_args(n: usize, args: &[&str]) -> Self {
+        let mut bed = Self::new();
+        bed.kill_coordinator();
+        bed.coordinator_args = args.iter().map(|a| a.to_string()).collect();
+        bed.start_coordinator();
+        for _ in 0..n {
+            bed.add_host();
+        }
+        for i in 0..n {
+            bed.wait_peers(i, n - 1);
+        }
+        bed
+    }
+
     /// Like [`Bed::with_hosts`] on an underlay of `family`.
     pub fn with_hosts_on(family: Underlay, n: usize) -> Self {
         let mut bed = Self::with_underlay(family);

@@ -7,6 +7,7 @@ use weave_proto::v1::{self, map_change::Change};
 
 use super::{
     Caller, Store, Tx, dns,
+    holds::{self, Holds},
     rows::{self, ALLOCATION_SELECT},
 };
 use crate::{
@@ -87,11 +88,13 @@ impl Store {
             }
             allocation
         } else {
+            let mut room_for_holds = None;
             if let Some(quota) = self.node_quota {
                 let held: i64 = db::query_scalar("SELECT COUNT(*) FROM allocations WHERE node_id = $1")
                     .bind(node_id as i64)
                     .fetch_one(tx.c())
                     .await?;
+                room_for_holds = Some(u32::try_from(i64::from(quota) - held - 1).unwrap_or(0));
                 if held >= i64::from(quota) {
                     let node = rows::resolve_node(tx.c(), &node_id.to_string()).await?;
                     return Err(Error::Exhausted(format!(
@@ -131,19 +134,28 @@ impl Store {
                         let (c, n): (String, String) = (h.try_get("container")?, h.try_get("node")?);
                         return Err(Error::AlreadyExists(format!("{ip} is already held by container {c} on node {n}")));
                     }
+                    holds::check_explicit(&mut tx, caller, ip, node_id).await?;
                     ip
                 }
-                None => {
-                    let used = tx.subnet_addresses(subnet.id).await?;
-                    let in_use = used.len();
-                    ipam::lowest_free_in(&net, used).ok_or_else(|| {
-                        Error::Exhausted(format!(
-                            "subnet {net} has no free address ({in_use} of {} in use)",
+                None => match holds::pick(&mut tx, &subnet, node_id, container).await? {
+                    Some(ip) => ip,
+                    None => {
+                        let in_use = tx.subnet_addresses(subnet.id).await?.len();
+                        let kept = match holds::held_for_others(&mut tx, subnet.id, node_id).await? {
+                            0 => String::new(),
+                            n => format!("; {n} more released lately are kept for their containers (--address-hold)"),
+                        };
+                        return Err(Error::Exhausted(format!(
+                            "subnet {net} has no free address ({in_use} of {} in use{kept})",
                             ipam::capacity(&net)
-                        ))
-                    })?
-                }
+                        )));
+                    }
+                },
             };
+            holds::taken(&mut tx, address).await?;
+            if let Some(keep) = room_for_holds {
+                holds::fit(&mut tx, node_id, keep).await?;
+            }
             let id: i64 = db::query_scalar(
                 "INSERT INTO allocations (subnet_id, node_id, container, address, created_at) \
                  VALUES ($1, $2, $3, $4, $5) RETURNING id",
@@ -200,7 +212,8 @@ impl Store {
         }
         let mut records = 0;
         for a in &released {
-            records += super::nodes::release_where(&mut tx, "a.id = $1", a.id as i64, self.dns_hold).await?.1;
+            let holds = Holds { dns: self.dns_hold, address: self.address_hold };
+            records += super::nodes::release_where(&mut tx, "a.id = $1", a.id as i64, holds).await?.1;
         }
         self.commit(tx).await?;
         Ok((released, records))

@@ -108,6 +108,17 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
     ("map_events", &[("revision", Int), ("change", Bytes), ("created_at", Int)]),
     ("removed_nodes", &[("credential_hash", Text), ("node_id", Int), ("name", Text), ("removed_at", Int)]),
     ("dns_holds", &[("name", Text), ("node_id", Int), ("released_at", Int), ("held_until", Int)]),
+    (
+        "address_holds",
+        &[
+            ("address", Text),
+            ("subnet_id", Int),
+            ("node_id", Int),
+            ("container", Text),
+            ("released_at", Int),
+            ("held_until", Int),
+        ],
+    ),
 ];
 
 /// Tables whose `id` is a PostgreSQL identity column: its sequence must

@@ -25,6 +25,7 @@ mod batch;
 pub mod db;
 mod dns;
 mod follow;
+mod holds;
 pub mod migrate;
 mod nodes;
 mod open;
@@ -102,6 +103,9 @@ pub struct Store {
     /// How long a released name stays its node's (None: not at all); see
     /// [`Store::with_dns_hold`].
     dns_hold: Option<u64>,
+    /// How long a released address stays its container's (None: not at
+    /// all); see [`Store::with_address_hold`].
+    address_hold: Option<u64>,
     /// One per handle: the follower task (PostgreSQL, [`follow`]) stops when it holds the last.
     alive: Arc<()>,
 }
@@ -147,6 +151,8 @@ pub enum Events {
 
 /// [`Store::with_dns_hold`]'s default, as `coordinator serve --dns-name-hold`'s.
 pub const DEFAULT_DNS_HOLD_SECS: u64 = 60;
+/// [`Store::with_address_hold`]'s default, as `coordinator serve --address-hold`'s.
+pub const DEFAULT_ADDRESS_HOLD_SECS: u64 = 60;
 
 pub fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
@@ -175,6 +181,7 @@ impl Store {
             node_subnet_quota: None,
             node_dns_quota: None,
             dns_hold: Some(DEFAULT_DNS_HOLD_SECS),
+            address_hold: Some(DEFAULT_ADDRESS_HOLD_SECS),
             alive: Arc::default(),
         };
         store.reload_live().await?;
@@ -217,6 +224,15 @@ impl Store {
     /// taking in the gap (`dns_holds`).
     pub fn with_dns_hold(mut self, secs: Option<u64>) -> Self {
         self.dns_hold = secs.filter(|s| *s > 0);
+        self
+    }
+
+    /// How long (seconds; None or 0: not at all) an address a node's
+    /// container released stays out of other hands: automatic allocation
+    /// skips it (the same container on the same node gets it back) and no
+    /// other node may ask for it by name (`address_holds`).
+    pub fn with_address_hold(mut self, secs: Option<u64>) -> Self {
+        self.address_hold = secs.filter(|s| *s > 0);
         self
     }
 

@@ -5,7 +5,9 @@ use subtle::ConstantTimeEq;
 use weave_proto::v1::{self, map_change::Change};
 
 use super::{
-    Store, Tx, now, parse_net,
+    Store, Tx,
+    holds::{Holds, Released},
+    now, parse_net,
     rows::{self, NODE_COLUMNS},
 };
 use crate::{
@@ -307,7 +309,7 @@ impl Store {
     pub async fn remove_node(&self, sel: &str) -> Result<(v1::Node, u32, u32)> {
         let mut tx = self.begin().await?;
         let node = rows::resolve_node(tx.c(), sel).await?;
-        let (allocations, records) = release_where(&mut tx, "a.node_id = $1", node.id as i64, None).await?;
+        let (allocations, records) = release_where(&mut tx, "a.node_id = $1", node.id as i64, Holds::default()).await?;
         // Remembered by its credential, so that its agent learns why even if it was away.
         db::query(
             "INSERT INTO removed_nodes (credential_hash, node_id, name, removed_at) \
@@ -329,7 +331,7 @@ impl Store {
 /// Deletes the allocations matching `condition` (on alias `a`, one i64
 /// parameter) and their DNS records, recording each removal. Returns how many
 /// allocations and records went.
-pub(super) async fn release_where(tx: &mut Tx, condition: &str, param: i64, hold: Option<u64>) -> Result<(u32, u32)> {
+pub(super) async fn release_where(tx: &mut Tx, condition: &str, param: i64, holds: Holds) -> Result<(u32, u32)> {
     let records = db::query(sqlx::AssertSqlSafe(format!(
         "SELECT d.id, d.name, a.node_id FROM dns_records d JOIN allocations a ON a.id = d.allocation_id \
          WHERE {condition} ORDER BY d.id"
@@ -340,23 +342,38 @@ pub(super) async fn release_where(tx: &mut Tx, condition: &str, param: i64, hold
     .iter()
     .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?, r.try_get::<i64, _>(2)?)))
     .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    let allocations: Vec<i64> = db::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT a.id FROM allocations a WHERE {condition} ORDER BY a.id"
+    let allocations: Vec<(i64, Released)> = db::query(sqlx::AssertSqlSafe(format!(
+        "SELECT a.id, a.address, a.subnet_id, a.node_id, a.container FROM allocations a WHERE {condition} ORDER BY a.id"
     )))
     .bind(param)
     .fetch_all(tx.c())
-    .await?;
+    .await?
+    .iter()
+    .map(|r| {
+        let released = Released {
+            address: r.try_get(1)?,
+            subnet_id: r.try_get(2)?,
+            node_id: r.try_get(3)?,
+            container: r.try_get(4)?,
+        };
+        Ok((r.try_get::<i64, _>(0)?, released))
+    })
+    .collect::<Result<_, sqlx::Error>>()?;
     for (id, ..) in &records {
         db::query("DELETE FROM dns_records WHERE id = $1").bind(id).execute(tx.c()).await?;
         tx.record(Change::DnsRecordRemoved(*id as u64)).await?;
     }
     // Once the records are gone: a name others still answer for is not held.
-    if let Some(secs) = hold.filter(|_| !records.is_empty()) {
+    if let Some(secs) = holds.dns.filter(|_| !records.is_empty()) {
         super::dns::hold(tx, records.iter().map(|(_, name, node)| (name.as_str(), *node)), secs).await?;
     }
-    for id in &allocations {
+    for (id, _) in &allocations {
         db::query("DELETE FROM allocations WHERE id = $1").bind(id).execute(tx.c()).await?;
         tx.record(Change::AllocationRemoved(*id as u64)).await?;
     }
-    Ok((allocations.len() as u32, records.len() as u32))
+    let released: Vec<Released> = allocations.into_iter().map(|(_, r)| r).collect();
+    if let Some(secs) = holds.address.filter(|_| !released.is_empty()) {
+        super::holds::hold(tx, &released, secs).await?;
+    }
+    Ok((released.len() as u32, records.len() as u32))
 }

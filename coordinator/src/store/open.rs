@@ -300,6 +300,11 @@ mod tests {
                     "b94e21f08fc456ff3a2bad4028661892388bc7ea89f1772daac7b32c7b8aa3e9a8b67a0bfaf6f126b6a6bfc07e6aa729"
                         .to_string()
                 ),
+                (
+                    8,
+                    "95ed0284b32124ecd4980cd4488ec58c9081aaebd5dba7ec14e94e8f40b6ba9d58928fcb3d9e5278ac01e257f5716bce"
+                        .to_string()
+                ),
             ]
         );
         let pg: Vec<(i64, String)> =

@@ -230,7 +230,7 @@ impl Store {
                 names.join(", ")
             )));
         }
-        let (released, _) = release_where(&mut tx, "a.subnet_id = $1", subnet.id, None).await?;
+        let (released, _) = release_where(&mut tx, "a.subnet_id = $1", subnet.id, Default::default()).await?;
         db::query("DELETE FROM subnets WHERE id = $1").bind(subnet.id).execute(tx.c()).await?;
         tx.record(Change::SubnetRemoved(subnet.id as u64)).await?;
         self.commit(tx).await?;
