@@ -296,3 +296,57 @@ fn a_name_belongs_to_one_live_namespace() {
     let out = bed.weavectl(0, &["attach", "db"]);
     assert!(!out.status.success() && stderr(&out).contains("unknown container"), "{}", stderr(&out));
 }
+
+/// An address released behind the agent's back (an admin's `Release`
+/// through the API, `subnet rm --force`) takes its port, and the
+/// container's interface, with it once the map shows it. Before, the
+/// container kept the address, locked and guarded on its port, and the next
+/// container given that address (here on the other host, with no address
+/// hold) shared it, and its MAC, on the segment with it. The other
+/// containers of the host keep theirs.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn an_address_released_behind_the_agents_back_takes_its_port_with_it() {
+    let mut bed = Bed::with_hosts_and_coordinator_args(2, &["--address-hold", "0s"]);
+    let (v, v_ip) = attached_at(&mut bed, 0, "v");
+    let (keep, keep_ip) = attached_at(&mut bed, 0, "keep");
+    let (w, _) = attached_at(&mut bed, 1, "w");
+    assert!(ping_within(&w, v_ip, 5), "w cannot reach v");
+    let host = bed.host_ns(0);
+    let ports_before = links(&host).iter().filter(|l| l.starts_with("wv") && !l.starts_with("wvvx-")).count();
+
+    let ip = v_ip.to_string();
+    let released = bed.admin(move |mut api| async move {
+        let list = weave_proto::v1::ListAllocationsRequest::default();
+        let all = api.ipam.list_allocations(list).await.unwrap().into_inner().allocations;
+        let a = all.into_iter().find(|a| a.address.split('/').next() == Some(ip.as_str())).expect("v's allocation");
+        let req = weave_proto::v1::ReleaseRequest { node: a.node, container: a.container, subnet: a.subnet };
+        api.ipam.release(req).await.unwrap().into_inner().released.len()
+    });
+    assert_eq!(released, 1);
+    wait_for("v's interface to go with its address", Duration::from_secs(10), || {
+        interfaces(&v).is_empty().then_some(())
+    });
+    let ports = links(&host).iter().filter(|l| l.starts_with("wv") && !l.starts_with("wvvx-")).count();
+    assert_eq!(ports, ports_before - 1, "one port went: {:?}", links(&host));
+    assert!(ping_within(&w, keep_ip, 5), "the host's other container lost its traffic");
+    // The address goes to a container on the other host, and works there.
+    let (n, n_ip) = attached_at(&mut bed, 1, "n");
+    assert_eq!(n_ip, v_ip, "the released address went elsewhere: the test is void");
+    assert!(ping_within(&keep, n_ip, 5), "keep cannot reach n at the reused address");
+    assert!(ping_within(&n, keep_ip, 5), "n cannot reach keep");
+
+    // `subnet rm --force` releases every address in it: those interfaces go too.
+    let out = bed.weavectl_admin(&["subnet", "add", SUBNET]);
+    assert!(out.status.success(), "subnet add: {}", String::from_utf8_lossy(&out.stderr));
+    let s = bed.add_container("s");
+    bed.weavectl_attach(0, &s, &[&format!("net:{SUBNET}"), &format!("/run/netns/{s}")]);
+    assert_eq!(interfaces(&s).len(), 2, "{:?}", interfaces(&s));
+    let out = bed.weavectl_admin(&["subnet", "rm", "--force", SUBNET]);
+    assert!(out.status.success(), "subnet rm --force: {}", String::from_utf8_lossy(&out.stderr));
+    wait_for("s's interface to go with its subnet", Duration::from_secs(10), || {
+        interfaces(&s).is_empty().then_some(())
+    });
+    assert_eq!(interfaces(&keep).len(), 2, "keep's interface went too: {:?}", interfaces(&keep));
+    assert!(bed.log(0).contains("released without a detach"), "the agent did not say why the ports went");
+}

@@ -21,6 +21,7 @@ use weave_proto::{
 mod allocate;
 mod container;
 mod host;
+mod reclaim;
 
 use crate::{
     error::Error,
