@@ -376,15 +376,13 @@ fn a_peer_host_reaches_another_host_through_the_tunnel_only_at_an_exposed_addres
     }
 }
 
-/// A container whose subnet is removed with `--force` while its port has no
-/// record (an agent from before 2026-12-04, which kept such ports; now the
-/// agent removes the ports of released addresses, `e2e_attach`
-/// `an_address_released_behind_the_agents_back_takes_its_port_with_it`, and
-/// this port's record is taken off to keep it) keeps its interface, and its
-/// port is then in no bridge: the rules that match bridges no longer see
-/// it. It must still reach nothing on its host: not the port's IPv6
-/// link-local address, not the host's underlay address (its subnet has left
-/// the overlay set too). Before, both answered (found by a review, 2026-12-02).
+/// A container whose subnet is removed with `--force` keeps its interface
+/// (the agent removes the segment's bridge and VXLAN device, not the
+/// container's port), and its port is then in no bridge: the rules that
+/// match bridges no longer see it. It must still reach nothing on its host:
+/// not the port's IPv6 link-local address, not the host's underlay address
+/// (its subnet has left the overlay set too). Before, both answered (found
+/// by a review, 2026-12-02).
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn a_container_whose_subnet_is_removed_reaches_nothing_on_its_host() {
@@ -396,7 +394,6 @@ fn a_container_whose_subnet_is_removed_reaches_nothing_on_its_host() {
     let host = bed.hosts[0].ns.clone();
     let bridge = bed.wait_status(0).segments.into_iter().find(|s| s.subnet == "10.2.9.0/24").expect("segment").bridge;
     let port = workload_port(&host, &bridge);
-    ok_in(&host, &["ip", "link", "set", &port, "alias", ""]);
     let out = bed.weavectl_admin(&["subnet", "rm", "--force", "10.2.9.0/24"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_for("the segment's bridge to go", Duration::from_secs(10), || {

@@ -21,7 +21,6 @@ use weave_proto::{
 mod allocate;
 mod container;
 mod host;
-mod reclaim;
 
 use crate::{
     error::Error,

@@ -333,8 +333,10 @@ async fn serve(
     let last_map = map_rx.clone();
     let mut membership = tokio::spawn(control::watch_map(api.map.clone(), dir.clone(), map_tx, connected.clone()));
     // Endpoints follow the host's addresses unless --endpoint pinned them.
-    let keep_endpoints = super::endpoints::keep(identity.clone(), identity.pin()?, map_rx.clone());
-    let endpoints = (!identity.endpoints_pinned).then(|| tokio::spawn(keep_endpoints));
+    let endpoints = match identity.endpoints_pinned {
+        true => None,
+        false => Some(tokio::spawn(super::endpoints::keep(identity.clone(), identity.pin()?, map_rx.clone()))),
+    };
     let tasks = [
         tokio::spawn(control::reconcile_loop(
             netlink.clone(),
@@ -354,7 +356,6 @@ async fn serve(
             Some(rules),
         )),
         tokio::spawn(control::dns_loop(dns.clone(), map_rx.clone())),
-        tokio::spawn(attacher.clone().reclaim_loop()),
         tokio::spawn(async move {
             if let Some(listener) = metrics_listener {
                 super::metrics::describe();

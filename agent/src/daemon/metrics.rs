@@ -108,10 +108,6 @@ pub fn describe() {
     );
     describe_counter!("weave_reconcile_errors_total", "Reconcile passes that failed.");
     describe_counter!(
-        "weave_released_ports_removed_total",
-        "Workload ports removed because their address was released without a detach."
-    );
-    describe_counter!(
         "weave_firewall_repairs_total",
         "Times the nftables tables were found missing or stale and put back."
     );

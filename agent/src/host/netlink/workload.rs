@@ -279,27 +279,6 @@ impl Netlink {
         Ok(raised)
     }
 
-    /// Every workload port with an address recorded on it: its name, its
-    /// interface index (a name comes back with the next port of that
-    /// container on that subnet, an index not at once) and the address.
-    pub async fn pinned_port_indexes(&self) -> Result<Vec<(String, u32, Ipv4Addr)>, Error> {
-        let links = self.links().await?;
-        Ok(links
-            .iter()
-            .filter_map(|l| port_record(l).and_then(|(port, _, pin)| Some((port.to_string(), l.header.index, pin?.0))))
-            .collect())
-    }
-
-    /// Deletes the link at `index`, if it is still there.
-    pub async fn delete_link_at(&self, index: u32) -> Result<(), Error> {
-        self.index_cache().clear();
-        match self.handle.link().del(index).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(errno(&e), Some(ENODEV)) => Ok(()),
-            Err(e) => Err(nl(format!("delete link {index}"), e)),
-        }
-    }
-
     /// Every workload port with the address and MAC recorded on it
     /// ([`Self::remember_pin`]): what the source guard holds each port to.
     pub async fn pinned_ports(&self) -> Result<Vec<(String, Ipv4Addr, Vec<u8>)>, Error> {
