@@ -475,13 +475,13 @@ fn socket_error(socket: &std::path::Path, e: std::io::Error) -> Error {
     }
 }
 
-/// `--dns-upstream`, or else the host's nameservers ([`plan::dns::host_upstreams`]).
+/// `--dns-upstream`, or else the nameservers of the host's /etc/resolv.conf.
 fn dns_upstreams(args: &RunArgs) -> Vec<SocketAddr> {
     if !args.dns_upstream.is_empty() {
         return args.dns_upstream.clone();
     }
-    let (etc, resolved) = (std::fs::read_to_string("/etc/resolv.conf"), "/run/systemd/resolve/resolv.conf");
-    let found = plan::dns::host_upstreams(&etc.unwrap_or_default(), std::fs::read_to_string(resolved).ok().as_deref());
+    let found =
+        std::fs::read_to_string("/etc/resolv.conf").map(|t| plan::dns::parse_resolv_conf(&t)).unwrap_or_default();
     if found.is_empty() {
         tracing::warn!("no nameserver in /etc/resolv.conf and no --dns-upstream: only cluster names will resolve");
     }

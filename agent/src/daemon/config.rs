@@ -52,8 +52,7 @@ pub struct RunArgs {
     #[arg(long, env = "WEAVE_CLEANUP_ON_EXIT")]
     pub cleanup_on_exit: bool,
     /// ip:port of a resolver for names outside the cluster domain (repeatable;
-    /// comma-separated in the env) [default: the nameservers of /etc/resolv.conf,
-    /// or systemd-resolved's servers when it names only resolved's stub].
+    /// comma-separated in the env) [default: the nameservers of /etc/resolv.conf].
     #[arg(long = "dns-upstream", env = "WEAVE_DNS_UPSTREAM", value_delimiter = ',')]
     pub dns_upstream: Vec<SocketAddr>,
     /// Plain-HTTP address for /metrics, /healthz and /readyz ("off" for

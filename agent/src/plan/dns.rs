@@ -207,26 +207,6 @@ pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// systemd-resolved's stub resolvers (`/etc/resolv.conf` names one of them
-/// when resolved manages it).
-const RESOLVED_STUBS: [IpAddr; 2] =
-    [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53)), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 54))];
-
-/// The servers to relay workloads' queries to, from the host's
-/// `/etc/resolv.conf` and systemd-resolved's list of the servers it asks
-/// (`/run/systemd/resolve/resolv.conf`, if present): when the first names
-/// only resolved's stub, the second's servers, as Docker does. The stub
-/// answers for the host: `_gateway`, the host's own names and addresses,
-/// mDNS and LLMNR on the host's LAN; none of that is a workload's to ask.
-pub fn host_upstreams(etc: &str, resolved: Option<&str>) -> Vec<SocketAddr> {
-    let etc = parse_resolv_conf(etc);
-    let only_stub = !etc.is_empty() && etc.iter().all(|s| RESOLVED_STUBS.contains(&s.ip()));
-    match resolved.map(parse_resolv_conf) {
-        Some(servers) if only_stub && !servers.is_empty() => servers,
-        _ => etc,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,25 +371,5 @@ mod tests {
     fn reads_nameservers_from_resolv_conf() {
         let text = "# c\nsearch x\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\nnameserver bad\noptions ndots:1\n";
         assert_eq!(parse_resolv_conf(text), ["192.0.2.53:53".parse().unwrap(), "[fe80::1]:53".parse().unwrap()]);
-    }
-
-    #[test]
-    fn behind_systemd_resolveds_stub_its_servers_are_asked() {
-        let stub = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lan\n";
-        let servers = "nameserver 192.0.2.53\nnameserver 2001:db8::53\n";
-        let both: Vec<SocketAddr> = vec!["192.0.2.53:53".parse().unwrap(), "[2001:db8::53]:53".parse().unwrap()];
-        assert_eq!(host_upstreams(stub, Some(servers)), both);
-        assert_eq!(host_upstreams("nameserver 127.0.0.54\n", Some(servers)), both);
-        // No list of resolved's (or an empty one): the stub, rather than nothing.
-        let just_stub: Vec<SocketAddr> = vec!["127.0.0.53:53".parse().unwrap()];
-        assert_eq!(host_upstreams(stub, None), just_stub);
-        assert_eq!(host_upstreams(stub, Some("# no servers\n")), just_stub);
-        // A resolv.conf not (only) resolved's stub is taken as it is.
-        let own = "nameserver 198.51.100.1\n";
-        assert_eq!(host_upstreams(own, Some(servers)), ["198.51.100.1:53".parse().unwrap()]);
-        let mixed = "nameserver 127.0.0.53\nnameserver 198.51.100.1\n";
-        assert_eq!(host_upstreams(mixed, Some(servers)).len(), 2);
-        assert_eq!(host_upstreams("nameserver 127.0.0.1\n", Some(servers)), ["127.0.0.1:53".parse().unwrap()]);
-        assert!(host_upstreams("", Some(servers)).is_empty());
     }
 }
