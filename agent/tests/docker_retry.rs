@@ -1,4 +1,5 @@
-//! The Docker plugin's calls to the coordinator are retried when they do not
+//! The Docker plugin's IPAM calls against an in-process coordinator: they
+//! release only what the plugin allocated, and they are retried when they do not
 //! reach it (`weave_proto::client::retry_unavailable`), as the agent's own
 //! allocate and release are: with several coordinators, a balanced channel
 //! sends some calls to one that just died.
@@ -27,7 +28,7 @@ use weave_agent::{
 use weave_coordinator::config::ServeArgs;
 use weave_proto::{
     client::{Api, connect, connect_lazy},
-    v1::{CreateTokenRequest, GetMapRequest, JoinRequest, ListAllocationsRequest},
+    v1::{AllocateRequest, CreateTokenRequest, GetMapRequest, JoinRequest, ListAllocationsRequest, ReleaseRequest},
 };
 
 /// Forwards to `to`; [`Relay::cut`] breaks what it carries and refuses the next connection.
@@ -133,4 +134,68 @@ async fn docker_ipam_calls_are_retried_when_the_coordinator_connection_fails() {
     let all = admin.ipam.list_allocations(ListAllocationsRequest::default()).await.unwrap().into_inner().allocations;
     let held: Vec<&str> = all.iter().filter(|a| a.node_id == node_id).map(|a| a.address.as_str()).collect();
     assert_eq!(held, vec![any.as_str()]);
+}
+
+/// Docker's `ReleaseAddress` names only an address. When the endpoint's
+/// allocation went behind Docker's back (an admin's `Release` through the
+/// API, `subnet rm --force`) and the address went to another container of
+/// the same host (`weavectl attach`, CNI), the plugin released that
+/// container's allocation when Docker later let go of the endpoint. Now it
+/// releases only the keys it made.
+#[tokio::test]
+async fn docker_release_address_leaves_another_containers_allocation_at_that_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ServeArgs::for_data_dir(dir.path().join("coordinator"), "127.0.0.1:0".parse().unwrap());
+    let (_stop, stopped) = oneshot::channel::<()>();
+    let running = weave_coordinator::start(args.settings().unwrap(), async {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    let (live, pin) = (running.local_addr, running.admin.pin);
+    let mut admin = Api::new(connect(&live.to_string(), pin).await.unwrap(), &running.admin.secret).unwrap();
+    let token = admin.tokens.create_token(CreateTokenRequest::default()).await.unwrap().into_inner().secret_token;
+    let join =
+        JoinRequest { token, name: "h1".into(), public_key: vec![7; 32], map_by_watch: true, ..Default::default() };
+    let joined = admin.join.join(join).await.unwrap().into_inner();
+    let node_id = joined.node.unwrap().id;
+    let api = Api::new(connect(&live.to_string(), pin).await.unwrap(), &joined.credential).unwrap();
+    let map = api.map.clone().get_map(GetMapRequest {}).await.unwrap().into_inner();
+    let (_maps_tx, maps) = tokio::sync::watch::channel(map);
+    let registry = Arc::new(Registry::load(dir.path()));
+    let attacher =
+        Arc::new(Attacher::new(api, maps, node_id, "h1".into(), 1420, Netlink::connect().unwrap(), registry));
+    let state = DockerState::load(dir.path());
+    let plugin = Arc::new(Plugin::new(attacher, DnsServer::new("weave.local.", vec![]), state, "x".into()));
+    let call = |method: &'static str, body: Value| {
+        let plugin = plugin.clone();
+        async move {
+            let r = plugin.handle(method, body.to_string().as_bytes()).await;
+            r.unwrap_or_else(|e| panic!("{method}: {} {}", e.status, e.message))
+        }
+    };
+    call("/IpamDriver.RequestPool", json!({"AddressSpace": "weave", "Pool": "10.77.0.0/24"})).await;
+    call("/IpamDriver.RequestAddress", json!({"PoolID": "10.77.0.0/24", "Address": "10.77.0.9"})).await;
+    let list = || ListAllocationsRequest { subnet: "10.77.0.0/24".into(), ..Default::default() };
+    let all = admin.ipam.list_allocations(list()).await.unwrap().into_inner().allocations;
+    let endpoint = all.iter().find(|a| a.address == "10.77.0.9/24").expect("the endpoint's allocation").clone();
+    assert!(endpoint.container.starts_with("docker:"), "{endpoint:?}");
+
+    // Behind Docker's back: released, and given to another container of h1.
+    let release = ReleaseRequest { node: "h1".into(), container: endpoint.container, subnet: "10.77.0.0/24".into() };
+    admin.ipam.release(release).await.unwrap();
+    let web = AllocateRequest {
+        node: "h1".into(),
+        container: "web".into(),
+        subnet: "10.77.0.0/24".into(),
+        address: "10.77.0.9".into(),
+        ..Default::default()
+    };
+    admin.ipam.allocate(web).await.unwrap();
+
+    // Docker lets go of its endpoint: web keeps its address.
+    call("/IpamDriver.ReleaseAddress", json!({"PoolID": "10.77.0.0/24", "Address": "10.77.0.9"})).await;
+    let all = admin.ipam.list_allocations(list()).await.unwrap().into_inner().allocations;
+    let held: Vec<(&str, &str)> = all.iter().map(|a| (a.container.as_str(), a.address.as_str())).collect();
+    assert_eq!(held, vec![("web", "10.77.0.9/24")], "Docker's release took another container's address");
 }

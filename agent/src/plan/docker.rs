@@ -30,6 +30,16 @@ const GATEWAY_TYPE: &str = "com.docker.network.gateway";
 pub const ENDPOINT_KEY_PREFIX: &str = "docker:";
 pub const GATEWAY_KEY: &str = "docker-gateway";
 
+/// Whether an IPAM key is one the Docker plugin made (an endpoint's or the
+/// gateway's): Docker's `ReleaseAddress` names only an address, and may
+/// release only these. Another key at that address (`weavectl attach`, CNI)
+/// is another container's, given the address after the Docker endpoint's
+/// allocation went behind Docker's back (an API `Release`, `subnet rm
+/// --force`): releasing it took that container's address away.
+pub fn is_docker_key(key: &str) -> bool {
+    key == GATEWAY_KEY || key.strip_prefix(ENDPOINT_KEY_PREFIX).is_some_and(|rest| !rest.is_empty())
+}
+
 /// `{"Err": "..."}`: how a plugin refuses.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
@@ -237,6 +247,15 @@ pub fn container_name(network: &Value, endpoint_id: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_plugins_own_keys_are_docker_keys() {
+        assert!(is_docker_key(GATEWAY_KEY));
+        assert!(is_docker_key("docker:00ff00ff00ff00ff"));
+        for other in ["docker:", "web", "host:h1", "k8s-pod-1", "docker-gateway2", "mydocker:1"] {
+            assert!(!is_docker_key(other), "{other}");
+        }
+    }
 
     fn create(json: &str) -> CreateNetwork {
         serde_json::from_str(json).unwrap()

@@ -104,7 +104,8 @@ impl Plugin {
         Ok(json!({"Address": got.address, "Data": {}}))
     }
 
-    /// Finds the allocation by address (Docker names only that) and releases it.
+    /// Finds the allocation by address (Docker names only that), among the
+    /// keys this plugin made ([`wire::is_docker_key`]), and releases it.
     async fn release_address(&self, req: &RequestAddress) -> Result<Value, Refused> {
         let cidr = wire::pool_cidr(&req.pool_id).map_err(Refused::bad)?.to_string();
         let Some(ip) = wire::wanted_address(&req.address).map_err(Refused::bad)? else {
@@ -119,7 +120,9 @@ impl Plugin {
         .into_inner()
         .allocations;
         let held = all.into_iter().find(|a| {
-            a.node_id == self.attacher.node_id && a.address.split('/').next() == Some(ip.to_string().as_str())
+            a.node_id == self.attacher.node_id
+                && a.address.split('/').next() == Some(ip.to_string().as_str())
+                && wire::is_docker_key(&a.container)
         });
         let Some(held) = held else { return Ok(json!({})) };
         // Another Docker network on this subnet still has this gateway.
