@@ -28,6 +28,7 @@ use weave_agent::{
 use weave_coordinator::config::ServeArgs;
 use weave_proto::{
     client::{Api, connect, connect_lazy},
+    token::Pin,
     v1::{AllocateRequest, CreateTokenRequest, GetMapRequest, JoinRequest, ListAllocationsRequest, ReleaseRequest},
 };
 
@@ -76,35 +77,54 @@ impl Relay {
     }
 }
 
-#[tokio::test]
-async fn docker_ipam_calls_are_retried_when_the_coordinator_connection_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let args = ServeArgs::for_data_dir(dir.path().join("coordinator"), "127.0.0.1:0".parse().unwrap());
-    let (_stop, stopped) = oneshot::channel::<()>();
+/// An in-process coordinator (loopback only) with node h1 joined: its
+/// address, pin and admin client, h1's credential and id. Stops when the
+/// returned sender is dropped.
+async fn coordinator_with_h1(dir: &std::path::Path) -> (oneshot::Sender<()>, SocketAddr, Pin, Api, String, u64) {
+    let args = ServeArgs::for_data_dir(dir.join("coordinator"), "127.0.0.1:0".parse().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
     let running = weave_coordinator::start(args.settings().unwrap(), async {
         let _ = stopped.await;
     })
     .await
     .unwrap();
-    let live = running.local_addr;
-    let pin = running.admin.pin;
+    let (live, pin) = (running.local_addr, running.admin.pin);
     let mut admin = Api::new(connect(&live.to_string(), pin).await.unwrap(), &running.admin.secret).unwrap();
     let token = admin.tokens.create_token(CreateTokenRequest::default()).await.unwrap().into_inner().secret_token;
     let join =
         JoinRequest { token, name: "h1".into(), public_key: vec![7; 32], map_by_watch: true, ..Default::default() };
     let joined = admin.join.join(join).await.unwrap().into_inner();
     let node_id = joined.node.unwrap().id;
+    (stop, live, pin, admin, joined.credential, node_id)
+}
 
-    let relay = Relay::start(live).await;
-    let api = Api::new(connect_lazy(&relay.addr.to_string(), pin).unwrap(), &joined.credential).unwrap();
+/// The Docker plugin of node h1 (`credential`, `node_id`), reaching the
+/// coordinator at `via`, and the sender of its map (kept for the test).
+async fn plugin_of_h1(
+    dir: &std::path::Path,
+    via: SocketAddr,
+    pin: Pin,
+    credential: &str,
+    node_id: u64,
+) -> (Arc<Plugin>, MapSender) {
+    let api = Api::new(connect_lazy(&via.to_string(), pin).unwrap(), credential).unwrap();
     let map = api.map.clone().get_map(GetMapRequest {}).await.unwrap().into_inner();
-    let (_maps_tx, maps) = tokio::sync::watch::channel(map);
-    let netlink = Netlink::connect().unwrap();
-    let registry = Arc::new(Registry::load(dir.path()));
-    let attacher = Arc::new(Attacher::new(api, maps, node_id, "h1".into(), 1420, netlink, registry));
-    let state = DockerState::load(dir.path());
-    let plugin =
-        Arc::new(Plugin::new(attacher, DnsServer::new("weave.local.", vec![]), state, dir.path().join("none")));
+    let (maps_tx, maps) = tokio::sync::watch::channel(map);
+    let registry = Arc::new(Registry::load(dir));
+    let attacher =
+        Arc::new(Attacher::new(api, maps, node_id, "h1".into(), 1420, Netlink::connect().unwrap(), registry));
+    let state = DockerState::load(dir);
+    (Arc::new(Plugin::new(attacher, DnsServer::new("weave.local.", vec![]), state, dir.join("none"))), maps_tx)
+}
+
+type MapSender = tokio::sync::watch::Sender<weave_proto::v1::NetworkMap>;
+
+#[tokio::test]
+async fn docker_ipam_calls_are_retried_when_the_coordinator_connection_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_stop, live, pin, mut admin, credential, node_id) = coordinator_with_h1(dir.path()).await;
+    let relay = Relay::start(live).await;
+    let (plugin, _maps) = plugin_of_h1(dir.path(), relay.addr, pin, &credential, node_id).await;
 
     // Each request's first attempt meets a cut connection or a refused one.
     let call = |method: &'static str, body: Value| {
@@ -145,28 +165,8 @@ async fn docker_ipam_calls_are_retried_when_the_coordinator_connection_fails() {
 #[tokio::test]
 async fn docker_release_address_leaves_another_containers_allocation_at_that_address() {
     let dir = tempfile::tempdir().unwrap();
-    let args = ServeArgs::for_data_dir(dir.path().join("coordinator"), "127.0.0.1:0".parse().unwrap());
-    let (_stop, stopped) = oneshot::channel::<()>();
-    let running = weave_coordinator::start(args.settings().unwrap(), async {
-        let _ = stopped.await;
-    })
-    .await
-    .unwrap();
-    let (live, pin) = (running.local_addr, running.admin.pin);
-    let mut admin = Api::new(connect(&live.to_string(), pin).await.unwrap(), &running.admin.secret).unwrap();
-    let token = admin.tokens.create_token(CreateTokenRequest::default()).await.unwrap().into_inner().secret_token;
-    let join =
-        JoinRequest { token, name: "h1".into(), public_key: vec![7; 32], map_by_watch: true, ..Default::default() };
-    let joined = admin.join.join(join).await.unwrap().into_inner();
-    let node_id = joined.node.unwrap().id;
-    let api = Api::new(connect(&live.to_string(), pin).await.unwrap(), &joined.credential).unwrap();
-    let map = api.map.clone().get_map(GetMapRequest {}).await.unwrap().into_inner();
-    let (_maps_tx, maps) = tokio::sync::watch::channel(map);
-    let registry = Arc::new(Registry::load(dir.path()));
-    let attacher =
-        Arc::new(Attacher::new(api, maps, node_id, "h1".into(), 1420, Netlink::connect().unwrap(), registry));
-    let state = DockerState::load(dir.path());
-    let plugin = Arc::new(Plugin::new(attacher, DnsServer::new("weave.local.", vec![]), state, "x".into()));
+    let (_stop, live, pin, mut admin, credential, node_id) = coordinator_with_h1(dir.path()).await;
+    let (plugin, _maps) = plugin_of_h1(dir.path(), live, pin, &credential, node_id).await;
     let call = |method: &'static str, body: Value| {
         let plugin = plugin.clone();
         async move {
