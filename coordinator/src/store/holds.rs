@@ -154,7 +154,8 @@ pub(super) async fn check_explicit(tx: &mut Tx, caller: &Caller, ip: IpAddr, nod
     match (held, caller) {
         (Some((node, container, released_at, until)), Caller::Node { .. }) => Err(Error::AlreadyExists(format!(
             "{ip} was released by container {container} on node {node} {}s ago and is kept for it for another {}s \
-             (coordinator --address-hold), in case it comes back; an admin may assign it now",
+             (coordinator --address-hold), in case it comes back; an admin's Allocate through the API may \
+             assign it now",
             now.saturating_sub(released_at),
             until.saturating_sub(now),
         ))),
