@@ -22,7 +22,8 @@ pub fn key_text(ip: IpAddr) -> String {
     format!("{:032x}", key(ip))
 }
 
-fn from_key(net: &IpNet, k: u128) -> IpAddr {
+/// The address of `net`'s family whose [`key`] is `k`.
+pub fn from_key(net: &IpNet, k: u128) -> IpAddr {
     match net {
         IpNet::V4(_) => IpAddr::V4(Ipv4Addr::from((k & 0xffff_ffff) as u32)),
         IpNet::V6(_) => IpAddr::V6(Ipv6Addr::from(k)),
@@ -85,25 +86,11 @@ pub fn lowest_free(net: &IpNet, used: impl IntoIterator<Item = IpAddr>) -> Optio
 /// [`lowest_free`] over the keys ([`key`]) of the addresses in use, kept
 /// sorted in memory: no parsing and no sorting per call.
 pub fn lowest_free_in(net: &IpNet, used: &BTreeSet<u128>) -> Option<IpAddr> {
-    let (first, last) = usable(net);
-    let mut candidate = first;
-    for &k in used.range(first..=last) {
-        if k != candidate {
-            break;
-        }
-        if candidate == last {
-            return None;
-        }
-        candidate += 1;
-    }
-    Some(from_key(net, candidate))
+    lowest_free_avoiding(net, used, &BTreeSet::new())
 }
 
 /// [`lowest_free_in`], also skipping the addresses (keys) in `avoid`.
 pub fn lowest_free_avoiding(net: &IpNet, used: &BTreeSet<u128>, avoid: &BTreeSet<u128>) -> Option<IpAddr> {
-    if avoid.is_empty() {
-        return lowest_free_in(net, used);
-    }
     let (first, last) = usable(net);
     let mut taken = used.range(first..=last).peekable();
     let mut candidate = first;
@@ -117,11 +104,6 @@ pub fn lowest_free_avoiding(net: &IpNet, used: &BTreeSet<u128>, avoid: &BTreeSet
         }
         candidate += 1;
     }
-}
-
-/// The address of `net`'s family whose [`key`] is `k`.
-pub fn address_of(net: &IpNet, k: u128) -> IpAddr {
-    from_key(net, k)
 }
 
 /// Whether two networks share any address.
@@ -221,8 +203,8 @@ mod tests {
         let n = net("10.2.3.0/24");
         let got = lowest_free_avoiding(&n, &keys(&["10.2.3.1"]), &keys(&["10.2.3.2", "10.2.3.3"]));
         assert_eq!(got, Some(ip("10.2.3.4")));
-        assert_eq!(address_of(&n, key(ip("10.2.3.9"))), ip("10.2.3.9"));
-        assert_eq!(address_of(&net("fd00::/64"), key(ip("fd00::9"))), ip("fd00::9"));
+        assert_eq!(from_key(&n, key(ip("10.2.3.9"))), ip("10.2.3.9"));
+        assert_eq!(from_key(&net("fd00::/64"), key(ip("fd00::9"))), ip("fd00::9"));
     }
 
     #[test]

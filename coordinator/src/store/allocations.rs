@@ -7,7 +7,7 @@ use weave_proto::v1::{self, map_change::Change};
 
 use super::{
     Caller, Store, Tx, dns,
-    holds::{self, Holds},
+    holds::{self, Holds, Pick},
     rows::{self, ALLOCATION_SELECT},
 };
 use crate::{
@@ -138,10 +138,10 @@ impl Store {
                     ip
                 }
                 None => match holds::pick(&mut tx, &subnet, node_id, container).await? {
-                    Some(ip) => ip,
-                    None => {
+                    Pick::Address(ip) => ip,
+                    Pick::Full { held_for_others } => {
                         let in_use = tx.subnet_addresses(subnet.id).await?.len();
-                        let kept = match holds::held_for_others(&mut tx, subnet.id, node_id).await? {
+                        let kept = match held_for_others {
                             0 => String::new(),
                             n => format!("; {n} more released lately are kept for their containers (--address-hold)"),
                         };

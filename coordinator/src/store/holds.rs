@@ -16,7 +16,7 @@ use crate::{
 
 /// How long what a release frees stays its node's, in seconds (None: not at all).
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Holds {
+pub(super) struct Holds {
     pub dns: Option<u64>,
     pub address: Option<u64>,
 }
@@ -70,17 +70,21 @@ async fn live(tx: &mut Tx, subnet_id: i64) -> Result<Vec<(u128, u64)>> {
     Ok(live)
 }
 
+/// What automatic allocation found for a container.
+pub(super) enum Pick {
+    Address(IpAddr),
+    /// No address to give: how many of the free ones other nodes' containers released lately.
+    Full {
+        held_for_others: usize,
+    },
+}
+
 /// The address automatic allocation gives `container` on `node_id` in
 /// `subnet`: the one it released lately if still free; else the lowest free
 /// address nobody's container released lately; else the lowest free one
 /// only `node_id`'s own containers released lately. Never one another
 /// node's container released lately.
-pub(super) async fn pick(
-    tx: &mut Tx,
-    subnet: &rows::SubnetRow,
-    node_id: u64,
-    container: &str,
-) -> Result<Option<IpAddr>> {
+pub(super) async fn pick(tx: &mut Tx, subnet: &rows::SubnetRow, node_id: u64, container: &str) -> Result<Pick> {
     let own: Vec<String> = db::query_scalar(
         "SELECT address FROM address_holds WHERE subnet_id = $1 AND node_id = $2 AND container = $3 \
          AND held_until > $4",
@@ -91,16 +95,20 @@ pub(super) async fn pick(
     .bind(super::now())
     .fetch_all(tx.c())
     .await?;
-    let own = own.iter().filter_map(|a| a.parse().ok()).map(ipam::key).min();
-    let holds = live(tx, subnet.id).await?;
     let net = subnet.net;
-    let used = tx.subnet_addresses(subnet.id).await?;
-    if let Some(k) = own.filter(|k| !used.contains(k)) {
-        return Ok(Some(ipam::address_of(&net, k)));
+    let own = own.iter().filter_map(|a| a.parse().ok()).map(ipam::key).min();
+    if let Some(k) = own
+        && !tx.subnet_addresses(subnet.id).await?.contains(&k)
+    {
+        return Ok(Pick::Address(ipam::from_key(&net, k)));
     }
+    let holds = live(tx, subnet.id).await?;
     let all: BTreeSet<u128> = holds.iter().map(|(k, _)| *k).collect();
     let others: BTreeSet<u128> = holds.iter().filter(|(_, n)| *n != node_id).map(|(k, _)| *k).collect();
-    Ok(ipam::lowest_free_avoiding(&net, used, &all).or_else(|| ipam::lowest_free_avoiding(&net, used, &others)))
+    let used = tx.subnet_addresses(subnet.id).await?;
+    let found =
+        ipam::lowest_free_avoiding(&net, used, &all).or_else(|| ipam::lowest_free_avoiding(&net, used, &others));
+    Ok(found.map_or(Pick::Full { held_for_others: others.len() }, Pick::Address))
 }
 
 /// Keeps at most `keep` live holds for `node_id`, dropping its oldest: a
@@ -128,12 +136,6 @@ pub(super) async fn fit(tx: &mut Tx, node_id: u64, keep: u32) -> Result<()> {
         .await?;
     }
     Ok(())
-}
-
-/// How many addresses of `subnet` other nodes' containers released lately
-/// (for the error when none is free).
-pub(super) async fn held_for_others(tx: &mut Tx, subnet_id: i64, node_id: u64) -> Result<usize> {
-    Ok(live(tx, subnet_id).await?.iter().filter(|(_, n)| *n != node_id).count())
 }
 
 /// Refuses a node's request for `ip` by name while another node's
