@@ -325,6 +325,17 @@ fn a_detached_containers_address_is_kept_for_it() {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(err.contains(&format!("{a_ip} was released by container a on node")), "{err}");
     assert!(interfaces(&c).is_empty() && bed.allocations() == allocations, "the refused attach changed something");
+    // The admin sees what is kept, for whom, and until when.
+    let out = bed.weavectl_admin(&["--json", "ipam", "holds"]);
+    assert!(out.status.success(), "ipam holds: {}", stderr(&out));
+    let holds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let held: Vec<_> = holds.as_array().unwrap().iter().filter(|h| h["address"] == wanted.as_str()).collect();
+    assert_eq!(held.len(), 1, "{holds}");
+    assert_eq!(held[0]["container"], "a", "{holds}");
+    assert!(held[0]["held_until"].as_i64() > held[0]["released_at"].as_i64(), "{holds}");
+    let table = bed.weavectl_admin(&["ipam", "holds", "--subnet", "default"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.lines().any(|l| l.starts_with(&wanted) && l.contains(" a ")), "{table}");
 
     let again = bed.weavectl_attach(0, &a, &["--name", "a", &format!("/run/netns/{a}")])[0];
     assert_eq!(bed.workloads[again].ip, a_ip, "the container came back to another address");

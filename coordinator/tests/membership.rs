@@ -349,6 +349,64 @@ async fn a_nodes_holds_count_towards_its_quota() {
     assert_eq!(free_again, 1, "h2 kept more than its quota of 3 in addresses and holds");
 }
 
+/// What is held is listed (`ListAddressHolds`, `weavectl ipam holds`): the
+/// address, who released it, and until when, filtered by node and subnet;
+/// a hold taken back or run out is not; members may look, strangers not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn address_holds_are_listed_until_they_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCoordinator::start_in(dir, |a| a.address_hold = "3s".into()).await;
+    let mut admin = c.admin().await;
+    let (n1, mut h1) = c.join("h1", 1).await;
+    let (_, mut h2) = c.join("h2", 2).await;
+    admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.9.8.0/24".into(), name: "side".into() }).await.unwrap();
+    let alloc = |container: &str, subnet: &str| AllocateRequest {
+        container: container.into(),
+        subnet: subnet.into(),
+        ..Default::default()
+    };
+    let release = |container: &str| ReleaseRequest { container: container.into(), ..Default::default() };
+    let web = h1.ipam.allocate(alloc("web", "")).await.unwrap().into_inner();
+    let side = h1.ipam.allocate(alloc("web", "side")).await.unwrap().into_inner();
+    let db = h2.ipam.allocate(alloc("db", "side")).await.unwrap().into_inner();
+    h1.ipam.allocate(alloc("kept", "")).await.unwrap();
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    h1.ipam.release(release("web")).await.unwrap();
+    h2.ipam.release(release("db")).await.unwrap();
+
+    let list = |node: &str, subnet: &str| ListAddressHoldsRequest { node: node.into(), subnet: subnet.into() };
+    let all = admin.ipam.list_address_holds(list("", "")).await.unwrap().into_inner().holds;
+    let mut addresses: Vec<&str> = all.iter().map(|h| h.address.as_str()).collect();
+    addresses.sort();
+    let mut expected = vec![web.address.as_str(), side.address.as_str(), db.address.as_str()];
+    expected.sort();
+    assert_eq!(addresses, expected, "the released addresses, not the one still allocated");
+    let h = all.iter().find(|h| h.address == web.address).unwrap();
+    assert_eq!((h.node.as_str(), h.node_id, h.container.as_str()), ("h1", n1.id, "web"));
+    assert_eq!((h.subnet.as_str(), h.subnet_id), (web.subnet.as_str(), web.subnet_id));
+    assert!(h.released_at >= before && h.held_until == h.released_at + 3, "{h:?}");
+    // Filters: by node (name or id) and by subnet (name or CIDR); a member may look.
+    let of_h1 = h2.ipam.list_address_holds(list("h1", "")).await.unwrap().into_inner().holds;
+    assert_eq!(of_h1.len(), 2);
+    assert!(of_h1.iter().all(|h| h.node == "h1"));
+    let in_side = admin.ipam.list_address_holds(list("", "side")).await.unwrap().into_inner().holds;
+    assert_eq!(in_side.len(), 2);
+    let both = admin.ipam.list_address_holds(list(&n1.id.to_string(), "10.9.8.0/24")).await.unwrap();
+    assert_eq!(both.into_inner().holds.iter().map(|h| h.address.clone()).collect::<Vec<_>>(), vec![side.address]);
+    assert_status(admin.ipam.list_address_holds(list("nope", "")).await, Code::NotFound, "nope");
+    assert_status(admin.ipam.list_address_holds(list("", "10.77.0.0/24")).await, Code::NotFound, "10.77.0.0/24");
+    let mut stranger = c.api_with("").await;
+    assert_status(stranger.ipam.list_address_holds(list("", "")).await, Code::Unauthenticated, "");
+    // Taken back: no longer held.
+    assert_eq!(h1.ipam.allocate(alloc("web", "")).await.unwrap().into_inner().address, web.address);
+    let left = admin.ipam.list_address_holds(list("", "")).await.unwrap().into_inner().holds;
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|h| h.address != web.address));
+    // Run out: none.
+    tokio::time::sleep(Duration::from_millis(4100)).await;
+    assert!(admin.ipam.list_address_holds(list("", "")).await.unwrap().into_inner().holds.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_credential_rotates_and_the_old_one_dies() {
     let c = TestCoordinator::start().await;

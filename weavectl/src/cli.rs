@@ -211,6 +211,16 @@ pub(crate) enum IpamCommand {
         #[arg(long)]
         container: Option<String>,
     },
+    /// List addresses released lately and kept for the container that had
+    /// them (coordinator --address-hold).
+    Holds {
+        /// Node name or id: the node whose container released it.
+        #[arg(long)]
+        node: Option<String>,
+        /// Subnet CIDR or name.
+        #[arg(long)]
+        subnet: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,8 +2,8 @@ use tonic::{Request, Response, Status};
 use weave_proto::{
     cidr::parse_address,
     v1::{
-        AllocateRequest, Allocation, ListAllocationsRequest, ListAllocationsResponse, ReleaseRequest, ReleaseResponse,
-        ipam_service_server::IpamService,
+        AllocateRequest, Allocation, ListAddressHoldsRequest, ListAddressHoldsResponse, ListAllocationsRequest,
+        ListAllocationsResponse, ReleaseRequest, ReleaseResponse, ipam_service_server::IpamService,
     },
 };
 
@@ -59,5 +59,18 @@ impl IpamService for Ipam {
             container: opt(&r.container).map(str::to_string),
         };
         Ok(Response::new(ListAllocationsResponse { allocations: self.0.store.list_allocations(&filter).await? }))
+    }
+
+    async fn list_address_holds(
+        &self,
+        request: Request<ListAddressHoldsRequest>,
+    ) -> Result<Response<ListAddressHoldsResponse>, Status> {
+        self.0.map_reader(&request).await?;
+        let r = request.get_ref();
+        let node_id = match opt(&r.node) {
+            Some(n) => Some(self.0.store.node(n).await?.id),
+            None => None,
+        };
+        Ok(Response::new(ListAddressHoldsResponse { holds: self.0.store.list_holds(node_id, opt(&r.subnet)).await? }))
     }
 }

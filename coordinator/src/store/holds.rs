@@ -8,6 +8,8 @@
 //! member watching the map could take a released address for that traffic.
 use std::{collections::BTreeSet, net::IpAddr};
 
+use weave_proto::v1;
+
 use super::{Caller, Tx, db, rows};
 use crate::{
     error::{Error, Result},
@@ -169,4 +171,43 @@ pub(super) async fn check_explicit(tx: &mut Tx, caller: &Caller, ip: IpAddr, nod
 pub(super) async fn taken(tx: &mut Tx, ip: IpAddr) -> Result<()> {
     db::query("DELETE FROM address_holds WHERE address = $1").bind(ip.to_string()).execute(tx.c()).await?;
     Ok(())
+}
+
+impl super::Store {
+    /// The live holds, oldest release first, of `node_id` and in `subnet`
+    /// (a CIDR or a name) when given.
+    pub async fn list_holds(&self, node_id: Option<u64>, subnet: Option<&str>) -> Result<Vec<v1::AddressHold>> {
+        let mut c = self.read.acquire().await?;
+        let subnet_id = match subnet {
+            Some(sel) => Some(rows::resolve_subnet(&mut c, sel).await?.id),
+            None => None,
+        };
+        let rows = db::query(
+            "SELECT h.address, h.subnet_id, s.cidr, h.node_id, n.name, h.container, h.released_at, h.held_until \
+             FROM address_holds h JOIN subnets s ON s.id = h.subnet_id JOIN nodes n ON n.id = h.node_id \
+             WHERE h.held_until > $1 AND ($2 IS NULL OR h.node_id = $2) AND ($3 IS NULL OR h.subnet_id = $3) \
+             ORDER BY h.released_at, h.address",
+        )
+        .bind(super::now())
+        .bind(node_id.map(|n| n as i64))
+        .bind(subnet_id)
+        .fetch_all(&mut c)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let (address, cidr): (String, String) = (r.try_get(0)?, r.try_get(2)?);
+                let prefix = cidr.rsplit('/').next().unwrap_or("32");
+                Ok(v1::AddressHold {
+                    address: format!("{address}/{prefix}"),
+                    subnet_id: r.try_get::<i64, _>(1)? as u64,
+                    subnet: cidr,
+                    node_id: r.try_get::<i64, _>(3)? as u64,
+                    node: r.try_get(4)?,
+                    container: r.try_get(5)?,
+                    released_at: r.try_get(6)?,
+                    held_until: r.try_get(7)?,
+                })
+            })
+            .collect()
+    }
 }

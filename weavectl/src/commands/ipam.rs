@@ -1,9 +1,9 @@
-//! `weavectl ipam ls`.
+//! `weavectl ipam ls` and `weavectl ipam holds`.
 use serde_json::{Value, json};
 use weave_proto::{
     cidr::parse_subnet,
     client::Api,
-    v1::{Allocation, ListAllocationsRequest},
+    v1::{AddressHold, Allocation, ListAddressHoldsRequest, ListAllocationsRequest},
 };
 
 use super::{Output, or_dash, relative};
@@ -14,7 +14,10 @@ use crate::{
 };
 
 pub(super) fn check(command: IpamCommand) -> Outcome<IpamCommand> {
-    let IpamCommand::Ls { subnet: Some(subnet), .. } = &command else { return Ok(command) };
+    let (IpamCommand::Ls { subnet: Some(subnet), .. } | IpamCommand::Holds { subnet: Some(subnet), .. }) = &command
+    else {
+        return Ok(command);
+    };
     if subnet.contains('/') {
         parse_subnet(subnet).map_err(|e| Failure::usage("--subnet", e))?;
     }
@@ -22,13 +25,33 @@ pub(super) fn check(command: IpamCommand) -> Outcome<IpamCommand> {
 }
 
 pub(super) async fn run(api: &mut Api, out: &Output, command: IpamCommand) -> Outcome {
-    let IpamCommand::Ls { node, subnet, container } = command;
-    let req = ListAllocationsRequest {
-        node: node.unwrap_or_default(),
-        subnet: subnet.unwrap_or_default(),
-        container: container.unwrap_or_default(),
-    };
-    list(api, out, req).await
+    match command {
+        IpamCommand::Ls { node, subnet, container } => {
+            let req = ListAllocationsRequest {
+                node: node.unwrap_or_default(),
+                subnet: subnet.unwrap_or_default(),
+                container: container.unwrap_or_default(),
+            };
+            list(api, out, req).await
+        }
+        IpamCommand::Holds { node, subnet } => {
+            let req = ListAddressHoldsRequest { node: node.unwrap_or_default(), subnet: subnet.unwrap_or_default() };
+            let holds = api.ipam.list_address_holds(req).await.doing("listing address holds")?.holds;
+            let mut table = Table::new(&["ADDRESS", "SUBNET", "NODE", "CONTAINER", "RELEASED", "KEPT UNTIL"]);
+            for h in &holds {
+                table.row(vec![
+                    h.address.clone(),
+                    h.subnet.clone(),
+                    h.node.clone(),
+                    or_dash(&h.container),
+                    relative(h.released_at),
+                    relative(h.held_until),
+                ]);
+            }
+            out.list(&table, || Value::Array(holds.iter().map(hold_json).collect()));
+            Ok(())
+        }
+    }
 }
 
 pub(super) async fn list(api: &mut Api, out: &Output, req: ListAllocationsRequest) -> Outcome {
@@ -57,5 +80,18 @@ fn allocation_json(a: &Allocation) -> Value {
         "node_id": a.node_id,
         "container": a.container,
         "created_at": a.created_at,
+    })
+}
+
+fn hold_json(h: &AddressHold) -> Value {
+    json!({
+        "address": h.address,
+        "subnet": h.subnet,
+        "subnet_id": h.subnet_id,
+        "node": h.node,
+        "node_id": h.node_id,
+        "container": h.container,
+        "released_at": h.released_at,
+        "held_until": h.held_until,
     })
 }
