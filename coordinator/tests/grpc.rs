@@ -272,13 +272,21 @@ async fn every_mutating_rpc_checks_the_callers_role() {
     node.dns.add_record(AddRecordRequest { name: "web".into(), address: my_ip }).await.unwrap();
     let eps = UpdateEndpointsRequest { node: String::new(), endpoints: vec!["198.51.100.1:6784".into()] };
     assert_eq!(node.nodes.update_endpoints(eps).await.unwrap().into_inner().endpoints, ["198.51.100.1:6784"]);
-    // A node removing another node's records removes nothing.
-    other.dns.add_record(AddRecordRequest { name: "db".into(), address: ip }).await.unwrap();
-    assert_status(
-        node.dns.remove_records(RemoveRecordsRequest { name: "db".into(), address: String::new() }).await,
-        Code::NotFound,
-        "no record",
-    );
+    // Repeats (also as IPv4-mapped IPv6) are announced once.
+    let twice = ["198.51.100.1:6784", "[::ffff:198.51.100.1]:6784", "198.51.100.1:6784"].map(String::from).to_vec();
+    let eps = UpdateEndpointsRequest { node: String::new(), endpoints: twice };
+    assert_eq!(node.nodes.update_endpoints(eps).await.unwrap().into_inner().endpoints, ["198.51.100.1:6784"]);
+    // A node removing another node's records removes nothing, and is told why
+    // (it can list them): PERMISSION_DENIED, like adding one; so are an admin's.
+    other.dns.add_record(AddRecordRequest { name: "db".into(), address: ip.clone() }).await.unwrap();
+    let remove = |name: &str, address: &str| RemoveRecordsRequest { name: name.into(), address: address.into() };
+    assert_status(node.dns.remove_records(remove("db", "")).await, denied, "is node host2's containers' record");
+    assert_status(node.dns.remove_records(remove("db", &ip)).await, denied, "may remove only its own");
+    let admins = AddRecordRequest { name: "ext1".into(), address: "192.0.2.81".into() };
+    admin.dns.add_record(admins).await.unwrap();
+    assert_status(node.dns.remove_records(remove("ext1", "")).await, denied, "is an admin's record");
+    assert_eq!(admin.dns.lookup(LookupRequest { name: "db".into() }).await.unwrap().into_inner().addresses, [ip]);
+    assert_status(node.dns.remove_records(remove("nothing", "")).await, Code::NotFound, "no record");
 
     // No credential, a bad header, an unknown credential.
     let mut anon = weave_proto::v1::subnet_service_client::SubnetServiceClient::new(c.channel().await);
@@ -535,6 +543,13 @@ async fn ipam_allocates_lowest_free_idempotently_and_refuses_conflicts() {
     assert_eq!(all.released.len(), 2, "every subnet of the container");
     assert_status(node.ipam.allocate(alloc("c1", "10.9.0.0/24")).await, Code::NotFound, "not defined");
     assert_status(node.ipam.allocate(alloc("bad id", "")).await, Code::InvalidArgument, "not a container id");
+    // Nothing that would disguise a row of an admin's table: a right-to-left
+    // override, a zero-width space, other non-ASCII (shown escaped).
+    for id in ["w\u{202e}1", "w1\u{200b}", "caf\u{e9}"] {
+        assert_status(node.ipam.allocate(alloc(id, "")).await, Code::InvalidArgument, "printable ASCII");
+    }
+    let refused = node.ipam.allocate(alloc("w\u{202e}1", "")).await.unwrap_err();
+    assert!(refused.message().contains("\"w\\u{202e}1\""), "{}", refused.message());
 
     // IPv6.
     admin.subnets.add_subnet(subnet("fd00:2::/64")).await.unwrap();

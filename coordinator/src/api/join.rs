@@ -93,7 +93,11 @@ pub(super) fn check_endpoints(endpoints: &[String]) -> Result<Vec<String>, Error
                 "endpoint '{e}' is not a unicast address and port where peers could reach this node"
             )));
         }
-        canonical.push(std::net::SocketAddr::new(ip, addr.port()).to_string());
+        // Once each: a repeat would only make every peer try it twice.
+        let e = std::net::SocketAddr::new(ip, addr.port()).to_string();
+        if !canonical.contains(&e) {
+            canonical.push(e);
+        }
     }
     Ok(canonical)
 }

@@ -227,9 +227,13 @@ impl Store {
 
 fn check_container(container: &str) -> Result<&str> {
     let c = container.trim();
-    if c.is_empty() || c.len() > 256 || c.chars().any(|ch| ch.is_control() || ch.is_whitespace()) {
+    // Printable ASCII only: ids end up in every admin's tables (`ipam ls`,
+    // `dns ls`), where a right-to-left override or a zero-width space would
+    // disguise a row, and no runtime makes any other kind (Docker and CNI ids
+    // and names, Kubernetes sandboxes, `host:<node>`).
+    if c.is_empty() || c.len() > 256 || !c.chars().all(|ch| ch.is_ascii_graphic()) {
         return Err(Error::InvalidArgument(format!(
-            "'{container}' is not a container id (1-256 characters, no spaces)"
+            "{container:?} is not a container id (1-256 printable ASCII characters, no spaces)"
         )));
     }
     Ok(c)

@@ -268,8 +268,29 @@ impl Store {
             return Ok(0);
         }
         if ids.is_empty() {
-            let what = address.map(|a| format!(" with address {a}")).unwrap_or_default();
-            return Err(Error::NotFound(format!("no record {fqdn}{what} to remove")));
+            let what = address.as_ref().map(|a| format!(" with address {a}")).unwrap_or_default();
+            // A member asking for others' records (which it can list) is told so, not that there are none.
+            let others: Option<Option<String>> = match caller {
+                Caller::Node { .. } => {
+                    db::query_scalar(
+                        "SELECT n.name FROM dns_records d LEFT JOIN allocations a ON a.id = d.allocation_id \
+                     LEFT JOIN nodes n ON n.id = a.node_id WHERE d.name = $1 AND ($2 IS NULL OR d.address = $2) \
+                     ORDER BY d.id LIMIT 1",
+                    )
+                    .bind(&fqdn)
+                    .bind(address.as_deref())
+                    .fetch_optional(tx.c())
+                    .await?
+                }
+                Caller::Admin => None,
+            };
+            return Err(match (others, caller) {
+                (Some(owner), Caller::Node { name, .. }) => Error::PermissionDenied(format!(
+                    "{fqdn}{what} is {}; node {name} may remove only its own containers' records",
+                    owner.map_or("an admin's record".to_string(), |n| format!("node {n}'s containers' record"))
+                )),
+                _ => Error::NotFound(format!("no record {fqdn}{what} to remove")),
+            });
         }
         for id in &ids {
             db::query("DELETE FROM dns_records WHERE id = $1").bind(id).execute(tx.c()).await?;
