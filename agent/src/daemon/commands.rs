@@ -408,9 +408,9 @@ async fn serve(
     for t in tasks {
         let _ = t.await;
     }
-    let _ = std::fs::remove_file(&args.paths.socket);
+    let _ = local_api::remove_socket(&args.paths.socket);
     if let Some(p) = args.docker_plugin_path() {
-        let _ = std::fs::remove_file(p);
+        let _ = local_api::remove_socket(&p);
     }
     if let Some(removed) = removed {
         // Not a member: no tunnel may stay up, no peer may stay reachable.
@@ -439,11 +439,7 @@ pub async fn reset(args: ResetArgs) -> Result<(), Error> {
     let netlink = Netlink::connect()?;
     netlink.remove_all(TUN_NAME, true).await?;
     firewall::remove().await?;
-    match std::fs::remove_file(&args.paths.socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::Io(args.paths.socket.display().to_string(), e)),
-    }
+    local_api::remove_socket(&args.paths.socket).map_err(|e| Error::Io(args.paths.socket.display().to_string(), e))?;
     StateDir::new(&args.paths.data_dir).remove()
 }
 

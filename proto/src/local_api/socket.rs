@@ -26,14 +26,47 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(parent) = path.parent() {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+    clear_stale(path)?;
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
+}
+
+/// Makes room for a socket at `path`: removes a socket nobody serves any
+/// more (an earlier run's), and refuses anything else there. A mistyped
+/// `--socket` naming a file must not delete it, and a second daemon must not
+/// take over the socket of one still running.
+pub fn clear_stale(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "exists and is not a socket (not replaced: pick another path)",
+        ));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another process is serving on this socket (is an agent already running?)",
+        ));
+    }
+    remove_socket(path)
+}
+
+/// Removes the socket at `path`, if a socket is what is there.
+pub fn remove_socket(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// How long accepting pauses after an error that is not one connection's
@@ -249,6 +282,28 @@ pub async fn request(path: &Path, request: &Request) -> std::io::Result<Response
 mod tests {
     use super::*;
     use crate::local_api::{AgentStatus, ErrorKind, PeerStatus, Reply, format_status};
+
+    /// A file at the path stays; a live socket is not taken over; a stale
+    /// one is replaced.
+    #[tokio::test]
+    async fn binding_replaces_only_a_stale_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("precious");
+        std::fs::write(&file, "important").unwrap();
+        let err = bind(&file).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists, "{err}");
+        remove_socket(&file).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "important");
+
+        let sock = dir.path().join("agent.sock");
+        let live = bind(&sock).unwrap();
+        let err = bind(&sock).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+        drop(live);
+        let _again = bind(&sock).expect("a socket nobody serves is replaced");
+        remove_socket(&sock).unwrap();
+        assert!(!sock.exists());
+    }
 
     #[tokio::test]
     async fn out_of_descriptors_pauses_instead_of_spinning() {
