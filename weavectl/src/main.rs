@@ -17,6 +17,31 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// `print!` to stdout that never panics: when the reader is gone
+/// (`weavectl ipam ls | head -1`) weavectl ends quietly, as it had nothing
+/// more to say; any other failure (a full disk) is one line and exit 1.
+macro_rules! out {
+    ($($t:tt)*) => { $crate::write_out(format_args!($($t)*)) };
+}
+pub(crate) use out;
+
+/// Writes to stdout and flushes.
+pub(crate) fn try_out(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_fmt(args).and_then(|()| stdout.flush())
+}
+
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) {
+    if let Err(e) = try_out(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("weavectl: cannot write the output: {e}");
+        std::process::exit(failure::Exit::Other as i32);
+    }
+}
+
 /// The longest argument weavectl accepts, in bytes.
 const MAX_ARG: usize = 4096;
 

@@ -627,3 +627,60 @@ fn completions_generate_for_every_shell() {
     }
     c.weavectl().args(["completion", "tcsh"]).assert().code(2);
 }
+
+/// Output nobody takes: a reader that went away (`| head -1`) ends weavectl
+/// quietly with exit 0; a full disk is one line and exit 1; a rotated admin
+/// credential that stdout refused goes to stderr, since the old one is dead.
+/// Before, each was a panic (exit 101) and the rotated credential was lost.
+#[test]
+fn output_to_a_closed_pipe_or_a_full_disk() {
+    use std::process::{Command as Std, Stdio};
+    let c = Cluster::start();
+    for i in 0..20 {
+        c.ok(&["dns", "add", &format!("n{i}"), &format!("10.2.3.{}", i + 1)]);
+    }
+    let bin = assert_cmd::cargo::cargo_bin("weavectl");
+    let std = |args: &[&str]| {
+        let mut cmd = Std::new(&bin);
+        cmd.arg("--data-dir").arg(c.dir.path()).args(args);
+        for var in ["WEAVE_ADMIN", "WEAVE_ADMIN_FILE", "WEAVE_DATA_DIR", "WEAVE_COORDINATOR", "WEAVE_JSON"] {
+            cmd.env_remove(var);
+        }
+        cmd
+    };
+    for args in [&["dns", "ls"][..], &["--json", "dns", "ls"], &["completion", "bash"]] {
+        let mut child = std(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take()); // the reader is gone before anything is written
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = std(&["dns", "ls"]).stdout(full()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "weavectl: cannot write the output: No space left on device (os error 28)\n"
+    );
+    // admin rotate with the credential on the command line (nowhere to save
+    // the new one) prints it: on stderr when stdout fails.
+    let out = Std::new(&bin)
+        .args(["--admin", &c.admin.to_string(), "admin", "rotate"])
+        .env_remove("WEAVE_ADMIN_FILE")
+        .env_remove("WEAVE_DATA_DIR")
+        .stdout(full())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().find(|l| l.contains("wva1.")).unwrap_or_else(|| panic!("no credential in: {err}"));
+    let credential = &line[line.find("wva1.").unwrap()..];
+    let new = AdminCredential::parse(credential).expect("the new credential, whole");
+    assert_ne!(new.secret, c.admin.secret);
+    let listed = bare().args(["--admin", credential, "dns", "ls"]).output().unwrap();
+    assert!(
+        listed.status.success(),
+        "the credential told on stderr works: {}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+}

@@ -54,7 +54,7 @@ pub(super) async fn run(api: &mut Api, out: &Output, command: DnsCommand) -> Out
                 out.print_json(&json!({ "name": r.name, "addresses": r.addresses }));
             } else {
                 for a in &r.addresses {
-                    println!("{a}");
+                    crate::out!("{a}\n");
                 }
             }
         }
@@ -84,7 +84,7 @@ pub(super) async fn lookup_local(socket: &Path, name: &str, out: &Output) -> Opt
         out.print_json(&json!({ "name": qualified, "addresses": addresses }));
     } else {
         for a in &addresses {
-            println!("{a}");
+            crate::out!("{a}\n");
         }
     }
     Some(Ok(()))

@@ -156,7 +156,7 @@ fn print_addresses(out: &Output, attached: &[Attached]) {
         return;
     }
     let addrs: Vec<&str> = attached.iter().map(|a| a.address.split('/').next().unwrap_or(&a.address)).collect();
-    println!("{}", addrs.join(" "));
+    crate::out!("{}\n", addrs.join(" "));
 }
 
 fn print_released(out: &Output, released: &[String]) {
@@ -164,7 +164,7 @@ fn print_released(out: &Output, released: &[String]) {
         out.print_json(&serde_json::to_value(released).unwrap_or_default());
         return;
     }
-    println!("{}", released.join(" "));
+    crate::out!("{}\n", released.join(" "));
 }
 
 /// `weavectl status peers`: this host's peers from the agent.
@@ -191,7 +191,7 @@ pub(crate) async fn peers(socket: &Path, out: &Output) -> Outcome {
             p.rx_bytes.to_string(),
         ]);
     }
-    print!("{table}");
+    crate::out!("{table}");
     Ok(())
 }
 

@@ -59,7 +59,9 @@ pub(crate) async fn run(cli: Cli) -> Outcome {
         Command::Local(c) => local::run(&cli.global.socket, &out, c).await,
         Command::Completion { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "weavectl", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "weavectl", &mut script);
+            crate::out!("{}", String::from_utf8_lossy(&script));
             Ok(())
         }
         Command::Status { view: crate::cli::StatusView::Peers } => local::peers(&cli.global.socket, &out).await,
@@ -78,7 +80,7 @@ impl Output {
         if self.json {
             self.print_json(&json());
         } else {
-            print!("{table}");
+            crate::out!("{table}");
         }
     }
 
@@ -87,13 +89,13 @@ impl Output {
         if self.json {
             self.print_json(&json());
         } else {
-            println!("{message}");
+            crate::out!("{message}\n");
         }
     }
 
     pub(crate) fn print_json(&self, value: &Value) {
         // Serializing a Value built by json!() cannot fail (no non-string keys).
-        println!("{}", serde_json::to_string_pretty(value).expect("a serde_json::Value serializes"));
+        crate::out!("{}\n", serde_json::to_string_pretty(value).expect("a serde_json::Value serializes"));
     }
 }
 

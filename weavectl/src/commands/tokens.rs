@@ -53,7 +53,7 @@ pub(super) async fn run(api: &mut Api, out: &Output, c: Checked) -> Outcome {
                 out.print_json(&v);
             } else {
                 // Only the token on stdout (`T=$(weavectl token create)`); the hint is for people.
-                println!("{}", resp.secret_token);
+                crate::out!("{}\n", resp.secret_token);
                 eprintln!(
                     "token {} ({}, {}); on each host: agent join --token-file <a file holding it>",
                     token.id,
