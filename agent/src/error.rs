@@ -11,6 +11,9 @@ pub enum Error {
     JoinRefused(String),
     #[error("saved state: {0}")]
     State(String),
+    /// A flag's value is wrong (found before anything was done).
+    #[error("{0}")]
+    Usage(String),
     #[error("{0}: {1}")]
     Io(String, #[source] io::Error),
     #[error("netlink: {0}")]

@@ -44,6 +44,7 @@ async fn main() -> ExitCode {
                 weave_agent::error::Error::Removed(_) | weave_agent::error::Error::RemovedEarlier(_) => {
                     ExitCode::from(3)
                 }
+                weave_agent::error::Error::Usage(_) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }

@@ -73,3 +73,45 @@ fn bad_tokens_fail_fast_and_leave_nothing_behind() {
         assert_nothing_left(&host, &dir);
     }
 }
+
+/// A flag the agent cannot use is refused before the join (exit 2, one
+/// line): the token is not used up and no node is registered for an agent
+/// that would stop at once. Before, `--metrics-listen bogus` was found after
+/// the join ("saved state: …"), and a file at `--socket` was deleted.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn bad_flags_are_refused_before_the_token_is_used() {
+    let mut bed = Bed::new();
+    let host = bed.add_bare_host("192.0.2.31");
+    let dir = bed.path("flags");
+    std::fs::create_dir_all(&dir).unwrap();
+    let precious = dir.join("precious");
+    std::fs::write(&precious, "important").unwrap();
+    let cases: [(&str, Vec<std::ffi::OsString>, &str); 2] = [
+        (
+            "metrics address",
+            vec!["--metrics-listen".into(), "bogus".into(), "--socket".into(), dir.join("agent.sock").into()],
+            "--metrics-listen 'bogus'",
+        ),
+        ("a file at --socket", vec!["--socket".into(), precious.clone().into()], "exists and is not a socket"),
+    ];
+    for (what, flags, expect) in cases {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &host])
+            .arg(agent_bin())
+            .args(["join", "--token", &bed.token, "--name", "flags", "--endpoint", "192.0.2.31:6784", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(flags)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(lines.len() == 1 && lines[0].starts_with("agent: ") && lines[0].contains(expect), "{what}: {stderr}");
+        assert!(!dir.join("data").exists(), "{what}: state written");
+    }
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "important");
+    let nodes = bed.weavectl_admin(&["--json", "node", "ls"]);
+    let nodes: serde_json::Value = serde_json::from_slice(&nodes.stdout).unwrap();
+    assert!(nodes.as_array().unwrap().iter().all(|n| n["name"] != "flags"), "a node was registered: {nodes}");
+}

@@ -50,6 +50,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// host that cannot prove it is that node), and removed again when the
 /// coordinator refused the join.
 pub async fn join(args: &JoinArgs) -> Result<(), Error> {
+    args.run.check().map_err(Error::Usage)?;
     let dir = StateDir::new(&args.run.paths.data_dir);
     if let Some(why) = dir.removed() {
         return Err(Error::RemovedEarlier(why));
@@ -229,6 +230,7 @@ pub fn exec_run(args: &RunArgs) -> Error {
 
 /// `agent run`: restart from the saved identity and map.
 pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    args.check().map_err(Error::Usage)?;
     let dir = StateDir::new(&args.paths.data_dir);
     if !dir.is_joined() {
         return Err(Error::State(format!("no identity in {}: run `agent join --token …` first", dir.path().display())));
@@ -296,7 +298,7 @@ async fn serve(
     let connected = Arc::new(AtomicBool::new(false));
     let listener =
         local_api::bind(&args.paths.socket).map_err(|e| Error::Io(args.paths.socket.display().to_string(), e))?;
-    let metrics_listener = match args.metrics_addr().map_err(Error::State)? {
+    let metrics_listener = match args.metrics_addr().map_err(Error::Usage)? {
         Some(addr) => Some(
             weave_proto::observe::bind(addr)
                 .await

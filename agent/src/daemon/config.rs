@@ -178,6 +178,31 @@ impl RunArgs {
         }
     }
 
+    /// What the flags alone show to be wrong, checked before anything
+    /// happens: `agent join` uses up its token and registers the node first,
+    /// and the agent would come up only to stop.
+    pub fn check(&self) -> Result<(), String> {
+        use std::os::unix::fs::FileTypeExt;
+        self.metrics_addr()?;
+        if self.aead == Aead::Openssl && !weave_aead::assembly_built() {
+            return Err("--aead openssl: this build has no OpenSSL assembly (x86_64 only)".into());
+        }
+        for (flag, path) in
+            [("--socket", Some(self.paths.socket.clone())), ("--docker-plugin", self.docker_plugin_path())]
+        {
+            if let Some(p) = path
+                && let Ok(meta) = std::fs::symlink_metadata(&p)
+                && !meta.file_type().is_socket()
+            {
+                return Err(format!(
+                    "{flag} {}: exists and is not a socket (not replaced: pick another path)",
+                    p.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `--metrics-listen` checked: None for "off".
     pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
         match self.metrics_listen.trim() {
