@@ -17,7 +17,7 @@ use weave_proto::{client::SERVER_NAME, token::Pin};
 pub enum IdentityError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: not a usable key or certificate: {reason}")]
+    #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
 }
 
@@ -46,6 +46,9 @@ pub fn new_id() -> String {
 }
 
 pub fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
+    if fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        return Err(IdentityError::Invalid { path: dir.to_path_buf(), reason: "a file, not a directory".into() });
+    }
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))
 }
 
@@ -66,13 +69,18 @@ pub fn load_or_create_tls(dir: &Path) -> Result<(TlsIdentity, bool), IdentityErr
     if key_path.exists() {
         let key_pem = fs::read_to_string(&key_path).map_err(io(&key_path))?;
         let cert_pem = fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
-        let key = KeyPair::from_pem(&key_pem)
-            .map_err(|e| IdentityError::Invalid { path: key_path.clone(), reason: e.to_string() })?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| IdentityError::Invalid {
+            path: key_path.clone(),
+            reason: format!("not a usable key or certificate: {e}"),
+        })?;
         let pin = Pin::of_spki(&key.subject_public_key_info());
         return Ok((TlsIdentity { cert_pem, key_pem, pin }, false));
     }
     create_private_dir(&tls)?;
-    let invalid = |e: rcgen::Error| IdentityError::Invalid { path: cert_path.clone(), reason: e.to_string() };
+    let invalid = |e: rcgen::Error| IdentityError::Invalid {
+        path: cert_path.clone(),
+        reason: format!("not a usable key or certificate: {e}"),
+    };
     let key = KeyPair::generate().map_err(invalid)?;
     let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(invalid)?;
     params.distinguished_name.push(DnType::CommonName, "weave coordinator");

@@ -107,6 +107,18 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std:
 pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Running> {
     create_private_dir(&settings.data_dir)?;
     let lock = lock_data_dir(&settings.data_dir)?;
+    // Bound before anything is created: a first start that cannot listen
+    // (a mistyped --listen) must leave no database behind, or the next start
+    // would keep that one's --range and print no first join token.
+    let listener =
+        TcpListener::bind(settings.listen).await.map_err(|e| anyhow::anyhow!("--listen {}: {e}", settings.listen))?;
+    // Bound now too, so a taken port fails the start rather than a later scrape.
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => {
+            Some(weave_proto::observe::bind(addr).await.map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?)
+        }
+        None => None,
+    };
     let (tls, tls_created) = load_or_create_tls(&settings.data_dir)?;
     if tls_created {
         tracing::info!(pin = %tls.pin, "created the coordinator's TLS identity");
@@ -132,15 +144,6 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         );
     }
 
-    let listener =
-        TcpListener::bind(settings.listen).await.map_err(|e| anyhow::anyhow!("--listen {}: {e}", settings.listen))?;
-    // Bound now, so a taken port fails the start rather than a later scrape.
-    let metrics_listener = match settings.metrics_listen {
-        Some(addr) => {
-            Some(weave_proto::observe::bind(addr).await.map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?)
-        }
-        None => None,
-    };
     let local_addr = listener.local_addr()?;
     let advertise = settings.advertise.clone().unwrap_or_else(|| advertise_for(local_addr));
 
