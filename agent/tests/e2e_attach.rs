@@ -203,6 +203,15 @@ fn bad_input_is_one_line_and_changes_nothing() {
             vec!["attach".into(), "net:default".into(), "ip:10.2.3.7/24".into(), format!("/run/netns/{fresh}")],
             "10.2.3.7",
         ),
+        // One subnet named twice (by its name and its CIDR, or two addresses in it).
+        (
+            vec!["attach".into(), "net:default".into(), "net:default".into(), format!("/run/netns/{fresh}")],
+            "net:default and net:default both name subnet",
+        ),
+        (
+            vec!["attach".into(), format!("net:{SUBNET}"), "10.2.3.20/24".into(), format!("/run/netns/{fresh}")],
+            "net:10.2.3.0/24 and 10.2.3.20/24 both name subnet 10.2.3.0/24",
+        ),
         (vec!["detach".into(), format!("net:{SUBNET}"), cpath.clone()], "not attached"),
         (vec!["detach".into(), missing.clone()], "unknown container"),
         // An address names that address (as attach reads it), not any on its subnet.
@@ -231,6 +240,8 @@ fn bad_input_is_one_line_and_changes_nothing() {
     // Not attached at that address: not found (4), as for a subnet.
     assert_eq!(bed.weavectl(0, &["detach", "ip:10.2.3.8/24", &hpath]).status.code(), Some(4));
     assert_eq!(bed.weavectl(0, &["hide", "ip:10.2.3.200/24"]).status.code(), Some(4));
+    let twice = bed.weavectl(0, &["attach", "net:default", "net:default", &format!("/run/netns/{fresh}")]);
+    assert_eq!(twice.status.code(), Some(2), "{}", stderr(&twice));
 }
 
 /// `--name` is the IPAM key: a name another live namespace holds would hand

@@ -72,7 +72,7 @@ impl Attacher {
                 specs.iter().map(|s| s.subnet(&map).map(|sub| (s.clone(), sub.clone()))).collect()
             };
             match found {
-                Ok(f) => return Ok(f),
+                Ok(f) => return once_each(f),
                 Err(e) => {
                     if tokio::time::timeout_at(deadline, maps.changed()).await.is_err() {
                         return Err(e);
@@ -465,4 +465,19 @@ fn own_mac(name: &str, mac: &[u8], ip: Ipv4Addr) -> Result<(), Refusal> {
 /// A kernel call that failed: no kind of its own.
 fn failed(e: Error) -> Refusal {
     Refusal::failed(e.to_string())
+}
+
+/// Refuses two `ADDR`s naming one subnet (`net:default 10.32.0.0/12`, or
+/// two addresses in it): a container has one interface and one address per
+/// subnet, and the second would fail half-way on the first's interface.
+fn once_each(found: Vec<(AddrSpec, Subnet)>) -> Result<Vec<(AddrSpec, Subnet)>, Refusal> {
+    for (i, (spec, subnet)) in found.iter().enumerate() {
+        if let Some((first, _)) = found[..i].iter().find(|(_, s)| s.id == subnet.id) {
+            return Err(Refusal::invalid(format!(
+                "{first} and {spec} both name subnet {}: a container has one address per subnet",
+                subnet.cidr
+            )));
+        }
+    }
+    Ok(found)
 }

@@ -19,6 +19,17 @@ pub enum AddrSpec {
     Ip(Ipv4Addr, u8),
 }
 
+/// As typed: `net:default`, `net:10.2.3.0/24`, `10.2.3.7/24`.
+impl std::fmt::Display for AddrSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Default => f.write_str("net:default"),
+            Self::Net(net) => write!(f, "net:{net}"),
+            Self::Ip(ip, len) => write!(f, "{ip}/{len}"),
+        }
+    }
+}
+
 impl AddrSpec {
     pub fn parse(s: &str) -> Result<Self, Refusal> {
         if let Some(net) = s.strip_prefix("net:") {
