@@ -242,6 +242,17 @@ fn bad_input_is_one_line_and_changes_nothing() {
     assert_eq!(bed.weavectl(0, &["hide", "ip:10.2.3.200/24"]).status.code(), Some(4));
     let twice = bed.weavectl(0, &["attach", "net:default", "net:default", &format!("/run/netns/{fresh}")]);
     assert_eq!(twice.status.code(), Some(2), "{}", stderr(&twice));
+    // A subnet by the name it was added with (`net:<name>`), as in `subnet rm` and CNI's `subnet`.
+    let out = bed.weavectl_admin(&["subnet", "add", "10.2.5.0/24", "--name", "side"]);
+    assert!(out.status.success(), "subnet add: {}", stderr(&out));
+    let fpath = format!("/run/netns/{fresh}");
+    assert!(attach_line(&bed, 0, &["net:side", &fpath]).starts_with("10.2.5."));
+    let unknown = bed.weavectl(0, &["attach", "net:nosuch", &fpath]);
+    assert_eq!(unknown.status.code(), Some(4), "{}", stderr(&unknown));
+    assert!(stderr(&unknown).contains("no subnet is named nosuch"), "{}", stderr(&unknown));
+    let out = bed.weavectl(0, &["detach", "net:side", &fpath]);
+    assert!(out.status.success() && stdout(&out).starts_with("10.2.5."), "detach net:side: {}", stderr(&out));
+    assert!(interfaces(&fresh).is_empty(), "{:?}", interfaces(&fresh));
 }
 
 /// `--name` is the IPAM key: a name another live namespace holds would hand

@@ -8,11 +8,13 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  anything else (an internal error in the coordinator, an unexpected reply)
-  2  bad usage or a value refused before or by the coordinator (CIDR, duration, IP, name)
+  2  bad usage or a value refused before or by the coordinator (CIDR, duration, IP, name;
+     a credential file that is missing or holds no credential)
   3  cannot reach the coordinator, or its identity does not match the credential's pin
   4  not found (node, subnet, token, DNS record)
   5  already exists or conflicts with the current state (overlap, default subnet, in use)
-  6  permission denied or authentication failed (credential unreadable or not recognised)
+  6  permission denied or authentication failed (a credential file this user may not read,
+     or a credential the coordinator does not recognise)
   7  resource exhausted (no free address)
 
 Credential: --admin (WEAVE_ADMIN), else --admin-file (WEAVE_ADMIN_FILE), else
@@ -117,14 +119,16 @@ pub(crate) enum LocalCommand {
         #[arg(long)]
         no_multicast_route: bool,
     },
-    /// Detach: `detach [ADDR...] <container>` removes those subnets (all if none).
+    /// Detach: `detach [ADDR...] <container>`: from the subnets net:<CIDR> names,
+    /// and at the addresses ip:<IP>/<len> names (from all if none); prints what was released.
     Detach {
         #[arg(required = true, value_name = "ADDR... CONTAINER")]
         args: Vec<String>,
     },
     /// Give this host an address on the subnets (net:default if none); prints it.
     Expose { addrs: Vec<String> },
-    /// Remove this host's address from the subnets (all if none).
+    /// Remove this host's address from the subnets net:<CIDR> names, or the
+    /// address ip:<IP>/<len> names (all if none).
     Hide { addrs: Vec<String> },
 }
 
@@ -137,7 +141,6 @@ pub(crate) enum TokenCommand {
         ttl: Option<String>,
         /// How many hosts may join with it: a number, or "unlimited" (any
         /// number of hosts until it expires: whoever holds it can add nodes)
-        /// [default: 1]
         #[arg(long, value_parser = parse_uses, default_value = "1")]
         uses: Uses,
         /// A note for `token ls`.

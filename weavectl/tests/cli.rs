@@ -226,8 +226,13 @@ fn host_actions_refuse_malformed_addresses_before_asking_the_agent() {
     let run = |args: &[&str]| bare().arg("--socket").arg(&missing).args(args).assert();
     for (args, line) in [
         (
-            &["attach", "net:nope", "/run/netns/x"][..],
-            "weavectl: attaching /run/netns/x: 'net:nope': expected net:default or net:<CIDR>",
+            &["attach", "net:no/pe", "/run/netns/x"][..],
+            "weavectl: attaching /run/netns/x: 'net:no/pe': expected net:default, net:<CIDR> or net:<subnet name>",
+        ),
+        (
+            &["attach", "/run/netns/x", "/run/netns/y"][..],
+            "weavectl: attaching /run/netns/y: '/run/netns/x' is a path, not an address: name one container, last \
+             ([ADDR...] <container>)",
         ),
         (
             &["detach", "10.2.3.7", "web"][..],

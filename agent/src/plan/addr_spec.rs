@@ -26,6 +26,11 @@ impl NamesSubnet for AddrSpec {
                     Refusal::not_found(format!("subnet {net} is not defined (weavectl subnet add {net})"))
                 })
             }
+            Self::Named(name) => map
+                .subnets
+                .iter()
+                .find(|s| s.name == *name)
+                .ok_or_else(|| Refusal::not_found(format!("no subnet is named {name} (weavectl subnet ls)"))),
             Self::Ip(ip, len) => {
                 let s = map.subnets.iter().find(|s| cidr(s).is_some_and(|c| c.contains(ip))).ok_or_else(|| {
                     Refusal::invalid(format!("address {ip}/{len} is outside every subnet (weavectl subnet ls)"))
@@ -54,6 +59,7 @@ mod tests {
             subnets: vec![
                 Subnet { id: 1, cidr: "10.32.0.0/16".into(), is_default: true, vni: 5, ..Default::default() },
                 Subnet { id: 2, cidr: "10.2.3.0/24".into(), vni: 6, ..Default::default() },
+                Subnet { id: 3, cidr: "10.2.4.0/24".into(), name: "backend".into(), vni: 7, ..Default::default() },
             ],
             ..Default::default()
         };
@@ -67,5 +73,9 @@ mod tests {
         let e = AddrSpec::parse("10.9.9.9/24").unwrap().subnet(&map).unwrap_err();
         assert!(e.kind == ErrorKind::Invalid && e.message.contains("outside every subnet"), "{e}");
         assert_eq!(AddrSpec::parse("10.2.3.7").unwrap_err().kind, ErrorKind::Invalid);
+        // By name, as `subnet add --name` gave it.
+        assert_eq!(AddrSpec::parse("net:backend").unwrap().subnet(&map).unwrap().id, 3);
+        let e = AddrSpec::parse("net:frontend").unwrap().subnet(&map).unwrap_err();
+        assert!(e.kind == ErrorKind::NotFound && e.message.contains("no subnet is named frontend"), "{e}");
     }
 }

@@ -69,6 +69,10 @@ impl NetConf {
         if conf.name.is_empty() || conf.kind.is_empty() {
             return Err(CniError::new(code::BAD_CONFIG, "invalid network configuration", "name and type are required"));
         }
+        // A subnet the agent could never read is the configuration's fault (7), not a refusal.
+        if let Err(e) = weave_proto::local_api::addr_spec::AddrSpec::parse(&conf.addr()) {
+            return Err(CniError::new(code::BAD_CONFIG, "invalid network configuration", format!("subnet: {e}")));
+        }
         if conf.cni_version != CNI_VERSION {
             return Err(CniError::new(
                 code::INCOMPATIBLE_VERSION,
@@ -79,12 +83,13 @@ impl NetConf {
         Ok(conf)
     }
 
-    /// The ADDR for the agent (`net:default`, `net:<CIDR>`, or a name as is).
+    /// The ADDR for the agent (`net:default`, `net:<CIDR>`, `net:<name>`;
+    /// one already written as an ADDR as is).
     pub fn addr(&self) -> String {
         match self.subnet.as_deref() {
             None | Some("") | Some("default") => "net:default".into(),
-            Some(s) if s.contains('/') && !s.starts_with("net:") && !s.starts_with("ip:") => format!("net:{s}"),
-            Some(s) => s.to_string(),
+            Some(s) if s.starts_with("net:") || s.starts_with("ip:") => s.to_string(),
+            Some(s) => format!("net:{s}"),
         }
     }
 
@@ -197,6 +202,19 @@ mod tests {
         let d = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"w","type":"weave-cni","socket":"/x.sock"}"#).unwrap();
         assert_eq!((d.addr().as_str(), d.socket()), ("net:default", "/x.sock"));
         assert_eq!(NetConf::parse(b"{not json").unwrap_err().code, code::BAD_CONFIG);
+        // A subnet by name; one the agent could never read is bad configuration (7).
+        let conf = |subnet: &str| {
+            NetConf::parse(
+                format!(r#"{{"cniVersion":"1.0.0","name":"w","type":"weave-cni","subnet":"{subnet}"}}"#).as_bytes(),
+            )
+        };
+        assert_eq!(conf("backend").unwrap().addr(), "net:backend");
+        assert_eq!(conf("ip:10.2.3.7/24").unwrap().addr(), "ip:10.2.3.7/24");
+        for bad in ["bad name", "10.2.3.7", "10.2.3.7/24", "net:fd00::/64", "/run/netns/x"] {
+            let e = conf(bad).unwrap_err();
+            assert_eq!(e.code, code::BAD_CONFIG, "{bad}: {e:?}");
+            assert!(e.details.starts_with("subnet: "), "{bad}: {e:?}");
+        }
         assert_eq!(NetConf::parse(br#"{"cniVersion":"1.0.0","type":"weave-cni"}"#).unwrap_err().code, code::BAD_CONFIG);
         let old = NetConf::parse(br#"{"cniVersion":"0.3.1","name":"w","type":"weave-cni"}"#).unwrap_err();
         assert_eq!(old.code, code::INCOMPATIBLE_VERSION);

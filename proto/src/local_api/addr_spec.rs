@@ -15,6 +15,8 @@ pub enum AddrSpec {
     Default,
     /// `net:<CIDR>`.
     Net(Ipv4Net),
+    /// `net:<name>`: the subnet added with that `--name`.
+    Named(String),
     /// `ip:<IP>/<len>` or a bare `<IP>/<len>`.
     Ip(Ipv4Addr, u8),
 }
@@ -25,6 +27,7 @@ impl std::fmt::Display for AddrSpec {
         match self {
             Self::Default => f.write_str("net:default"),
             Self::Net(net) => write!(f, "net:{net}"),
+            Self::Named(name) => write!(f, "net:{name}"),
             Self::Ip(ip, len) => write!(f, "{ip}/{len}"),
         }
     }
@@ -40,7 +43,13 @@ impl AddrSpec {
                 Ok(IpNet::V4(cidr)) => cidr,
                 Ok(IpNet::V6(cidr)) => return Err(ipv6(s, &cidr.to_string())),
                 Err(e @ CidrError::LeadingZero(_)) => return Err(Refusal::invalid(format!("'{s}': {e}"))),
-                _ => return Err(Refusal::invalid(format!("'{s}': expected net:default or net:<CIDR>"))),
+                // A subnet's name, as `subnet add --name` allows it.
+                _ if is_subnet_name(net) => return Ok(Self::Named(net.to_string())),
+                _ => {
+                    return Err(Refusal::invalid(format!(
+                        "'{s}': expected net:default, net:<CIDR> or net:<subnet name>"
+                    )));
+                }
             };
             if cidr.network() != cidr.addr() {
                 return Err(Refusal::invalid(format!(
@@ -48,6 +57,11 @@ impl AddrSpec {
                 )));
             }
             return Ok(Self::Net(cidr));
+        }
+        if s.starts_with('/') {
+            return Err(Refusal::invalid(format!(
+                "'{s}' is a path, not an address: name one container, last ([ADDR...] <container>)"
+            )));
         }
         let ip = s.strip_prefix("ip:").unwrap_or(s);
         if !ip.contains('/') {
@@ -76,6 +90,15 @@ impl AddrSpec {
 
 /// Workloads and hosts get IPv4 addresses only; an IPv6 subnet is address
 /// management through the coordinator's API.
+/// What `weavectl subnet add --name` accepts: 1-63 letters, digits, '-'
+/// or '_', not only digits.
+fn is_subnet_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && s.parse::<i64>().is_err()
+}
+
 fn ipv6(s: &str, what: &str) -> Refusal {
     Refusal::invalid(format!(
         "'{s}': {what} is IPv6; attach, detach, expose and hide take IPv4 subnets only (an IPv6 subnet is address \
@@ -95,9 +118,12 @@ mod tests {
         assert_eq!(AddrSpec::parse("net:10.2.3.0/24").unwrap(), AddrSpec::Net("10.2.3.0/24".parse().unwrap()));
         assert_eq!(AddrSpec::parse("ip:10.2.3.7/24").unwrap(), AddrSpec::Ip("10.2.3.7".parse().unwrap(), 24));
         assert_eq!(AddrSpec::parse("10.2.3.7/24").unwrap(), AddrSpec::Ip("10.2.3.7".parse().unwrap(), 24));
+        assert_eq!(AddrSpec::parse("net:back-end_2").unwrap(), AddrSpec::Named("back-end_2".into()));
         for bad in [
             "net:10.2.3.7/24",
-            "net:nope",
+            "net:no/pe",
+            "net:123",
+            "net:",
             "net:fd00::/64",
             "10.2.3.7",
             "ip:10.2.3.300/24",
@@ -116,6 +142,17 @@ mod tests {
         assert!(msg("net:10.2.3.7/24").contains("did you mean ip:10.2.3.7/24?"));
         assert!(msg("net:fd50::/64").starts_with("'net:fd50::/64': fd50::/64 is IPv6; attach, detach"));
         assert!(msg("fd50::5/64").starts_with("'fd50::5/64': fd50::5 is IPv6; attach"));
+        // Two containers given: the first is no address.
+        assert_eq!(
+            msg("/run/netns/x7"),
+            "'/run/netns/x7' is a path, not an address: name one container, last ([ADDR...] <container>)"
+        );
+        // As typed, in messages that name two of them.
+        let shown: Vec<String> = ["net:default", "net:10.2.3.0/24", "ip:10.2.3.7/24", "net:tiny"]
+            .iter()
+            .map(|a| AddrSpec::parse(a).unwrap().to_string())
+            .collect();
+        assert_eq!(shown, ["net:default", "net:10.2.3.0/24", "10.2.3.7/24", "net:tiny"]);
     }
 
     #[test]
