@@ -1068,3 +1068,83 @@ fn a_member_splitting_forged_vxlan_between_underlay_and_tunnel_reaches_no_worklo
     });
     assert!(arrived, "the split datagram did not arrive even after defragmentation: the test is void");
 }
+
+/// The weave bridges in host namespace `ns`.
+fn weave_bridges(ns: &str) -> Vec<String> {
+    let out = ok_in(ns, &["ip", "-o", "link", "show", "type", "bridge"]);
+    out.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap().to_string())
+        .filter(|n| n.starts_with("wvbr"))
+        .collect()
+}
+
+/// Groups in the multicast tables of `ns`'s bridges, and whether any weave bridge snoops.
+fn mdb_and_snooping(ns: &str) -> (usize, bool) {
+    let groups = ok_in(ns, &["bridge", "mdb", "show"]).lines().filter(|l| l.contains(" grp ")).count();
+    let snooping = weave_bridges(ns)
+        .iter()
+        .any(|b| ok_in(ns, &["ip", "-d", "link", "show", "dev", b]).contains("mcast_snooping 1"));
+    (groups, snooping)
+}
+
+/// Sockets in workload `ns` that joined `n` groups 239.77.x.y on `ip`'s
+/// interface (20 each: `igmp_max_memberships`).
+fn join_groups(ns: &str, ip: Ipv4Addr, n: u16, first: u16) -> Vec<UdpSocket> {
+    in_netns(ns, move || {
+        let mut sockets = Vec::new();
+        for i in first..first + n {
+            if (i - first) % 20 == 0 {
+                sockets.push(UdpSocket::bind("0.0.0.0:0").unwrap());
+            }
+            let group = Ipv4Addr::new(239, 77, (i >> 8) as u8, i as u8);
+            sockets.last().unwrap().join_multicast_v4(&group, &ip).unwrap();
+        }
+        sockets
+    })
+    .join()
+    .unwrap()
+}
+
+/// One container's IGMP reports filled the multicast table of its
+/// segment's bridge on every host (4,096 groups; they flood over VXLAN),
+/// and a full table switched snooping off for good. Snooping steered nothing
+/// (no querier on a segment), so the agent turns it off: a container's joins
+/// fill no table on any host. Control: with snooping turned back on by hand,
+/// the same joins fill the tables, and the agent's next full pass turns it
+/// off again.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_workloads_group_joins_fill_no_table() {
+    let mut bed = Bed::with_hosts(2);
+    let (a, a_ip) = attached_at(&mut bed, 0, "a");
+    let (c, _) = attached_at(&mut bed, 1, "c");
+    let to = link_local(&c);
+    wait_for("a unicast link-local ping from a to c", Duration::from_secs(15), || {
+        in_ns(&a, &["ping", "-6", "-c", "1", "-w", "2", &to]).status.success().then_some(())
+    });
+    let hosts: Vec<String> = bed.hosts.iter().map(|h| h.ns.clone()).collect();
+    let joined = join_groups(&a, a_ip, 300, 0);
+    std::thread::sleep(Duration::from_secs(2));
+    for h in &hosts {
+        assert_eq!(mdb_and_snooping(h), (0, false), "{h}: a container's joins filled a table");
+    }
+    drop(joined);
+
+    // Control: snooping on by hand, and the joins are in the tables.
+    for h in &hosts {
+        for b in weave_bridges(h) {
+            ok_in(h, &["ip", "link", "set", "dev", &b, "type", "bridge", "mcast_snooping", "1"]);
+        }
+    }
+    let _joined = join_groups(&a, a_ip, 300, 1000);
+    wait_for("the joins in host 0's table, with snooping on", Duration::from_secs(10), || {
+        (mdb_and_snooping(&hosts[0]).0 >= 300).then_some(())
+    });
+    // The agents' next full pass (an attach starts one) turns it off again.
+    attached_at(&mut bed, 0, "d");
+    attached_at(&mut bed, 1, "e");
+    for h in &hosts {
+        wait_for("snooping off again", Duration::from_secs(40), || (mdb_and_snooping(h) == (0, false)).then_some(()));
+    }
+}

@@ -36,7 +36,7 @@ use crate::{
 mod dump;
 mod neighbour;
 mod workload;
-use dump::dump;
+use dump::{bridge_learned_max, bridge_snoops, dump, vxlan_learned_max};
 pub use workload::{WorkloadInterface, harden_workload};
 
 /// NUD_NOARP | NUD_PERMANENT, as `bridge fdb append` sets them.
@@ -171,6 +171,7 @@ impl Netlink {
                     .iter()
                     .find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.clone()) } else { None });
                 seg.bridge_uncapped = bridge_learned_max(l).is_some_and(|n| n != SEGMENT_LEARNED_MACS);
+                seg.bridge_snooping = bridge_snoops(l);
                 bridge_index.insert(vni, l.header.index);
             }
         }
@@ -354,6 +355,7 @@ impl Netlink {
             }
         };
         workload::bridge_sysctls(&br)?;
+        self.no_snooping(&br, bridge).await?;
         let vxlan = match self.link_index(&vx).await? {
             Some(i) => i,
             None => {
@@ -470,25 +472,6 @@ fn info_data<T>(l: &LinkMessage, pick: impl Fn(&InfoData) -> Option<T>) -> Optio
 fn vxlan_local(l: &LinkMessage) -> Option<Ipv4Addr> {
     info_data(l, |d| match d {
         InfoData::Vxlan(v) => v.iter().find_map(|a| if let InfoVxlan::Local(ip) = a { Some(*ip) } else { None }),
-        _ => None,
-    })
-}
-
-/// A VXLAN device's cap on learned MACs (0: none).
-fn vxlan_learned_max(l: &LinkMessage) -> u32 {
-    info_data(l, |d| match d {
-        InfoData::Vxlan(v) => v.iter().find_map(|a| if let InfoVxlan::Limit(n) = a { Some(*n) } else { None }),
-        _ => None,
-    })
-    .unwrap_or(0)
-}
-
-/// A bridge's cap on learned MACs, where the kernel has one (6.8 and later).
-fn bridge_learned_max(l: &LinkMessage) -> Option<u32> {
-    info_data(l, |d| match d {
-        InfoData::Bridge(b) => {
-            b.iter().find_map(|a| if let InfoBridge::FdbMaxLearned(n) = a { Some(*n) } else { None })
-        }
         _ => None,
     })
 }

@@ -176,6 +176,9 @@ pub struct ObservedSegment {
     /// The bridge learns MACs without [`SEGMENT_LEARNED_MACS`] as its cap
     /// (one an older agent made, on a kernel that has the cap: 6.8 and later).
     pub bridge_uncapped: bool,
+    /// The bridge snoops multicast (one an older agent made): it is turned
+    /// off (`Netlink::no_snooping` says why).
+    pub bridge_snooping: bool,
     pub vxlan: Option<ObservedVxlan>,
     pub flood: BTreeSet<Ipv4Addr>,
 }
@@ -353,6 +356,7 @@ fn diff_segments(desired: &Desired, observed: &Observed) -> Vec<Change> {
             s.bridge_mtu == Some(desired.mtu)
                 && s.bridge_mac.as_deref().is_none_or(|m| m == bridge_mac(desired.local))
                 && !s.bridge_uncapped
+                && !s.bridge_snooping
                 && s.vxlan.as_ref().is_some_and(|v| v.current(desired.local) && v.mtu == desired.mtu && v.in_bridge)
         });
         if !complete {
@@ -399,6 +403,7 @@ impl Observed {
                 s.bridge_mtu = Some(mtu);
                 s.bridge_mac = Some(bridge_mac(local));
                 s.bridge_uncapped = false;
+                s.bridge_snooping = false;
                 match &mut s.vxlan {
                     Some(v) => {
                         v.mtu = mtu;

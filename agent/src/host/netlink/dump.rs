@@ -1,4 +1,4 @@
-//! Netlink dumps, asked again when the kernel interrupts them.
+//! Netlink dumps, asked again when the kernel interrupts them, and what a dumped link says.
 use super::*;
 
 /// Collects a dump. One that changed under the kernel's walk (`NLM_F_DUMP_INTR`,
@@ -15,6 +15,37 @@ where
             other => return other.map_err(|e| nl(what, e)),
         }
     }
+}
+
+/// Whether a bridge snoops multicast (the kernel's default).
+pub(super) fn bridge_snoops(l: &LinkMessage) -> bool {
+    info_data(l, |d| match d {
+        InfoData::Bridge(b) => b.iter().find_map(|a| match a {
+            InfoBridge::MulticastSnooping(on) => Some(*on),
+            _ => None,
+        }),
+        _ => None,
+    })
+    .unwrap_or(false)
+}
+
+/// A VXLAN device's cap on learned MACs (0: none).
+pub(super) fn vxlan_learned_max(l: &LinkMessage) -> u32 {
+    info_data(l, |d| match d {
+        InfoData::Vxlan(v) => v.iter().find_map(|a| if let InfoVxlan::Limit(n) = a { Some(*n) } else { None }),
+        _ => None,
+    })
+    .unwrap_or(0)
+}
+
+/// A bridge's cap on learned MACs, where the kernel has one (6.8 and later).
+pub(super) fn bridge_learned_max(l: &LinkMessage) -> Option<u32> {
+    info_data(l, |d| match d {
+        InfoData::Bridge(b) => {
+            b.iter().find_map(|a| if let InfoBridge::FdbMaxLearned(n) = a { Some(*n) } else { None })
+        }
+        _ => None,
+    })
 }
 
 #[cfg(test)]

@@ -101,6 +101,22 @@ impl Netlink {
         self.acked(req, &format!("cap learning on {br}"), |_| false).await
     }
 
+    /// Multicast snooping off on bridge `br` (`index`), also on one an older
+    /// agent made. Snooping steers nothing on a segment without a querier
+    /// (none: no weave bridge is one, and queries from weave ports are
+    /// dropped), so the bridge floods multicast either way; all it did was
+    /// keep a table of the groups workloads joined, which one container's
+    /// 4,096 IGMP reports filled on every host of its segment (they flood over
+    /// VXLAN), and a full table switched snooping off for good (found by a
+    /// review, 2026-12-04).
+    pub(super) async fn no_snooping(&self, br: &str, index: u32) -> Result<(), Error> {
+        let mut msg = LinkBridge::new(br).append_info_data(InfoBridge::MulticastSnooping(false)).build();
+        msg.header.index = index;
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewLink(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        self.acked(req, &format!("multicast snooping off on {br}"), |_| false).await
+    }
+
     /// A permanent neighbour entry for a local workload on its bridge. The
     /// host then never has to ARP for it: its ARP would come from an address
     /// outside the subnet, which a workload with reverse-path filtering (and

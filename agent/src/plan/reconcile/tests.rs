@@ -24,6 +24,7 @@ fn complete(flood: &[&str]) -> ObservedSegment {
         bridge_mtu: Some(1370),
         bridge_mac: None,
         bridge_uncapped: false,
+        bridge_snooping: false,
         vxlan: Some(ObservedVxlan {
             local: Some(ip("10.47.0.1")),
             mtu: 1370,
@@ -109,6 +110,11 @@ fn a_segment_without_the_cap_on_learned_macs_gets_it() {
     seg.bridge_uncapped = true;
     let observed = Observed { segments: [(5, seg)].into(), ..Default::default() };
     let ensure = vec![Change::EnsureSegment { vni: 5, local: ip("10.47.0.1"), mtu: 1370 }];
+    assert_eq!(diff(&desired(&[5], &["10.47.0.2"]), &observed), ensure);
+    // A bridge that snoops multicast (an older agent's) is completed the same way.
+    let mut seg = complete(&["10.47.0.2"]);
+    seg.bridge_snooping = true;
+    let observed = Observed { segments: [(5, seg)].into(), ..Default::default() };
     assert_eq!(diff(&desired(&[5], &["10.47.0.2"]), &observed), ensure);
 }
 
@@ -309,6 +315,7 @@ fn random_observed(g: &mut Gen) -> Observed {
             bridge_mtu: bridge.then(|| if g.chance() { 1370 } else { 1400 }),
             bridge_mac: bridge.then(|| bridge_mac(if g.chance() { ip("10.47.0.1") } else { ip("10.47.0.9") })),
             bridge_uncapped: bridge && g.pick(4) == 0,
+            bridge_snooping: bridge && g.pick(4) == 0,
             vxlan: (g.pick(4) != 0).then(|| ObservedVxlan {
                 local: Some(local),
                 mtu: if g.chance() { 1370 } else { 1500 },
@@ -366,7 +373,7 @@ fn the_recorded_state_after_a_diff_is_converged_and_is_what_the_map_asks_for() {
             let vxlan =
                 ObservedVxlan { local: Some(d.local), mtu: d.mtu, in_bridge: true, learned_max: SEGMENT_LEARNED_MACS };
             assert_eq!(s.vxlan, Some(vxlan));
-            assert!(!s.bridge_uncapped, "round {round}");
+            assert!(!s.bridge_uncapped && !s.bridge_snooping, "round {round}");
         }
         for (vni, pins) in &after.pinned {
             assert!(pins.is_disjoint(d.proxies.get(vni).unwrap_or(&BTreeSet::new())), "round {round}");
