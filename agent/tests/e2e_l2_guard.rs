@@ -1094,7 +1094,7 @@ fn join_groups(ns: &str, ip: Ipv4Addr, n: u16, first: u16) -> Vec<UdpSocket> {
     in_netns(ns, move || {
         let mut sockets = Vec::new();
         for i in first..first + n {
-            if (i - first) % 20 == 0 {
+            if (i - first).is_multiple_of(20) {
                 sockets.push(UdpSocket::bind("0.0.0.0:0").unwrap());
             }
             let group = Ipv4Addr::new(239, 77, (i >> 8) as u8, i as u8);
