@@ -15,37 +15,45 @@ use std::{
 
 use common::*;
 
-/// `python3 -c FRAMES IFACE N [PER_SECOND [DST [SRC]]]`: N frames of the local
-/// experimental ethertype 0x88b5 from SRC (default IFACE's own MAC) to DST
-/// (default broadcast), at most PER_SECOND a second (0 or none: at once).
+/// `python3 -c FRAMES IFACE N [PER_SECOND [DST [SRC]]]`: N frames from SRC
+/// (default IFACE's own MAC) to DST (default broadcast), at most PER_SECOND
+/// a second (0 or none: at once): IPv6 UDP datagrams to ff02::1 port 5558
+/// from SRC's link-local address (weave ports carry IPv4, ARP and IPv6 only,
+/// and the source guard takes a port's IPv6 only from its own link-local
+/// address).
 const FRAMES: &str = r#"
-import socket, sys, time
+import socket, struct, sys, time
 ifc, n = sys.argv[1], int(sys.argv[2])
 rate = float(sys.argv[3]) if len(sys.argv) > 3 else 0
 dst = bytes.fromhex(sys.argv[4].replace(':', '')) if len(sys.argv) > 4 else b'\xff' * 6
 mac = sys.argv[5] if len(sys.argv) > 5 else open(f'/sys/class/net/{ifc}/address').read().strip()
 mac = bytes.fromhex(mac.replace(':', ''))
+src = b'\xfe\x80' + b'\0' * 6 + bytes([mac[0] ^ 2]) + mac[1:3] + b'\xff\xfe' + mac[3:6]
+payload = b'weave flood test'.ljust(38, b'.')
+udp = struct.pack('!HHHH', 40000, 5558, 8 + len(payload), 0) + payload
+ip6 = struct.pack('!IHBB', 6 << 28, len(udp), 17, 1) + src + bytes.fromhex('ff02' + '0' * 26 + '01')
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); sock.bind((ifc, 0))
 for i in range(n):
     if rate: time.sleep(1 / rate)  # never faster (late frames are not caught up)
-    sock.send(dst + mac + b'\x88\xb5' + b'weave flood test'.ljust(46, b'.'))
+    sock.send(dst + mac + b'\x86\xdd' + ip6 + udp)
 "#;
 
-/// `python3 -c COUNT IFACE`: prints `ready`, counts the 0x88b5 frames
+/// `python3 -c COUNT IFACE`: prints `ready`, counts the frames of [`FRAMES`]
 /// IFACE receives until a line arrives on its standard input, then until
 /// none came for half a second, and prints the count.
 const COUNT: &str = r#"
 import select, socket, sys, time
 ifc = sys.argv[1]
-sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88b5)); sock.bind((ifc, 0))
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x86dd)); sock.bind((ifc, 0))
 sock.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE: count what arrives, not what fits
 print('ready', flush=True)
 n, told = 0, False
 while True:
     ready, _, _ = select.select([sock] + ([] if told else [sys.stdin]), [], [], 0.5 if told else 60)
     if sock in ready:
-        sock.recv(2048)
-        n += 1
+        f = sock.recv(2048)
+        if f[14 + 6] == 17 and f[14 + 42:14 + 44] == b'\x15\xb6' and f[14 + 48:14 + 64] == b'weave flood test':
+            n += 1
     elif sys.stdin in ready:
         sys.stdin.readline()
         told = True
@@ -86,7 +94,7 @@ for _ in range(n): sock.send(frame)
 
 const N: usize = 20;
 
-/// A counter of 0x88b5 frames on `ethwe` in workload namespace `ns`,
+/// A counter of [`FRAMES`]' frames on `ethwe` in workload namespace `ns`,
 /// listening once this returns.
 struct Counter(Child, BufReader<std::process::ChildStdout>);
 

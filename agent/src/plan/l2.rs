@@ -37,6 +37,10 @@ fn l2_group_destinations(segments: &[Segment]) -> Vec<String> {
 /// ARP and IPv4 unicast through its VXLAN device would otherwise get both
 /// past these rules into every segment on every host (`e2e_l2_guard`:
 /// `a_member_sending_vlan_tagged_frames_over_vxlan_poisons_and_reaches_no_workload`).
+/// Nor anything but IPv4, ARP and IPv6: MPLS, PPPoE, LLC/SNAP or a local
+/// experimental type carried a forged IPv4 packet past every rule to
+/// whichever workload would decapsulate it (found by a review, 2026-12-04;
+/// `a_workloads_frames_of_other_protocols_reach_no_workload`).
 /// Its chains see every frame entering a port of any
 /// bridge on the host, so each rule names weave's ports: `wvvx-*` (VXLAN)
 /// and `wv*` (VXLAN and every workload port the agent makes: `wv<hash>` for
@@ -67,7 +71,7 @@ pub(super) fn bridge_table(segments: &[Segment]) -> String {
     let port = WEAVE_DEVICES;
     format!(
         "table bridge {TABLE} {{\n  chain prerouting {{\n    type filter hook prerouting priority filter; policy accept;\n    \
-         iifname \"{port}\" ether type {{ vlan, 8021ad }} drop\n    \
+         iifname \"{port}\" ether type != {{ ip, arp, ip6 }} drop\n    \
          iifname \"{VXLAN_PREFIX}*\" ether type arp drop\n    \
          iifname \"{VXLAN_PREFIX}*\" ether type ip ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop\n    \
          iifname \"{port}\" ether type ip ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 ip daddr != {{ {groups} }} drop\n    \
@@ -254,10 +258,12 @@ mod tests {
     fn no_weave_port_carries_a_vlan_tag_in_or_out() {
         let r = ruleset(&Rules::default());
         let table = &r[r.find("table bridge weave {\n").unwrap()..];
-        // First in prerouting: every later rule reads an `ether type` a tag hides.
+        // First in prerouting: IPv4, ARP and IPv6 only (no VLAN tag, which would
+        // hide the `ether type` every later rule reads; no MPLS, PPPoE or LLC
+        // carrying an IPv4 packet past them).
         assert!(
             table.contains(
-                "policy accept;\n    iifname \"wv*\" ether type { vlan, 8021ad } drop\n    iifname \"wvvx-*\""
+                "policy accept;\n    iifname \"wv*\" ether type != { ip, arp, ip6 } drop\n    iifname \"wvvx-*\""
             ),
             "{table}"
         );
