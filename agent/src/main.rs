@@ -1,7 +1,6 @@
 //! `agent`: parse flags, init tracing, run the command, exit with one clear line on failure.
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use weave_agent::daemon::{
     commands,
@@ -27,7 +26,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let result = match Cli::parse().command {
+    let result = match weave_proto::command_line::parse_or_exit::<Cli>("agent").command {
         // A joined agent becomes `agent run`: the token leaves its command line.
         Command::Join(args) => commands::join(&args).await.and_then(|()| Err(commands::exec_run(&args.run))),
         Command::Run(args) => commands::run(args, shutdown_signal()).await,

@@ -39,7 +39,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = match Cli::parse().command {
+    let args = match weave_proto::command_line::parse_or_exit::<Cli>("coordinator").command {
         Command::Serve(args) => *args,
         Command::Migrate(args) => return args.run().await,
     };

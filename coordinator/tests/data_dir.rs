@@ -123,3 +123,14 @@ fn held_by(pid: u32, path: &Path) -> bool {
             && f.get(5).is_some_and(|dev_ino| dev_ino.rsplit(':').next() == Some(&inode.to_string()))
     })
 }
+
+/// A flag clap refuses is one line, as every other error of the coordinator.
+#[test]
+fn a_bad_flag_is_one_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinator")).args(["serve", "--listen", "bogus"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "coordinator: invalid value 'bogus' for '--listen <LISTEN>': invalid socket address syntax (see --help)\n"
+    );
+}

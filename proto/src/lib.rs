@@ -14,6 +14,7 @@
 
 pub mod cidr;
 pub mod client;
+pub mod command_line;
 pub mod duration;
 pub mod key;
 pub mod local_api;

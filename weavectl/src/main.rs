@@ -15,8 +15,6 @@ mod table;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// `print!` to stdout that never panics: when the reader is gone
 /// (`weavectl ipam ls | head -1`) weavectl ends quietly, as it had nothing
 /// more to say; any other failure (a full disk) is one line and exit 1.
@@ -58,7 +56,7 @@ async fn main() -> ExitCode {
         return ExitCode::from(failure::Exit::Usage as u8);
     }
     // clap prints its own usage errors and exits with 2.
-    let cli = cli::Cli::parse();
+    let cli: cli::Cli = weave_proto::command_line::parse_or_exit("weavectl");
     match commands::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
