@@ -342,6 +342,20 @@ fn a_del_after_the_configuration_changed_still_releases_the_address() {
             assert!(interfaces(&ns).is_empty(), "{:?}", interfaces(&ns));
         }
     }
+    // Edited into a `subnet` no ADD would take (7 for ADD): the DEL still
+    // releases (runtimes retry a failed DEL for ever).
+    let ns = bed.add_container("garbled");
+    let (netns, id) = (format!("/run/netns/{ns}"), format!("{}-garbled", bed.prefix));
+    let out = plugin(&bin, "ADD", &netns, &id, &conf_b, None);
+    assert!(out.status.success(), "ADD: {}", String::from_utf8_lossy(&out.stdout));
+    let ip = validate_add_result(&json_out(&out), &netns)[0].0;
+    let mut garbled = conf_b.clone();
+    garbled["subnet"] = "not a subnet!".into();
+    let refused = plugin(&bin, "ADD", &netns, &format!("{id}-2"), &garbled, None);
+    assert_eq!(json_out(&refused)["code"], 7, "{}", String::from_utf8_lossy(&refused.stdout));
+    let out = plugin(&bin, "DEL", &netns, &id, &garbled, None);
+    assert!(out.status.success(), "DEL with a garbled subnet: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(!held(&bed, ip) && interfaces(&ns).is_empty(), "{:?}", bed.allocations());
     // On both networks, and the default network's conflist edited to name the
     // other's subnet: its DEL (eth0) still takes eth0's, not eth1's.
     let ns = bed.add_container("both");

@@ -87,13 +87,17 @@ fn bad_flags_are_refused_before_the_token_is_used() {
     std::fs::create_dir_all(&dir).unwrap();
     let precious = dir.join("precious");
     std::fs::write(&precious, "important").unwrap();
-    let cases: [(&str, Vec<std::ffi::OsString>, &str); 2] = [
+    // Another agent's socket (served here by the test).
+    let served = dir.join("served.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&served).unwrap();
+    let cases: [(&str, Vec<std::ffi::OsString>, &str); 3] = [
         (
             "metrics address",
             vec!["--metrics-listen".into(), "bogus".into(), "--socket".into(), dir.join("agent.sock").into()],
             "--metrics-listen 'bogus'",
         ),
         ("a file at --socket", vec!["--socket".into(), precious.clone().into()], "exists and is not a socket"),
+        ("a served --socket", vec!["--socket".into(), served.clone().into()], "another process is serving on it"),
     ];
     for (what, flags, expect) in cases {
         let out = Command::new("ip")
@@ -111,6 +115,7 @@ fn bad_flags_are_refused_before_the_token_is_used() {
         assert!(!dir.join("data").exists(), "{what}: state written");
     }
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), "important");
+    assert!(served.exists(), "the served socket was removed");
     let nodes = bed.weavectl_admin(&["--json", "node", "ls"]);
     let nodes: serde_json::Value = serde_json::from_slice(&nodes.stdout).unwrap();
     assert!(nodes.as_array().unwrap().iter().all(|n| n["name"] != "flags"), "a node was registered: {nodes}");

@@ -641,8 +641,9 @@ fn completions_generate_for_every_shell() {
 }
 
 /// Output nobody takes: a reader that went away (`| head -1`) ends weavectl
-/// quietly with exit 0; a full disk is one line and exit 1; a rotated admin
-/// credential that stdout refused goes to stderr, since the old one is dead.
+/// quietly with exit 0; a full disk is one line and exit 1; a new join token
+/// or rotated admin credential that stdout refused goes to stderr (it exists
+/// nowhere else; the old credential is dead) and the command fails.
 /// Before, each was a panic (exit 101) and the rotated credential was lost.
 #[test]
 fn output_to_a_closed_pipe_or_a_full_disk() {
@@ -674,6 +675,17 @@ fn output_to_a_closed_pipe_or_a_full_disk() {
         String::from_utf8_lossy(&out.stderr),
         "weavectl: cannot write the output: No space left on device (os error 28)\n"
     );
+    // A new join token that stdout refuses goes to stderr: it exists nowhere else.
+    for stdout in [Stdio::from(full()), Stdio::piped()] {
+        let mut child = std(&["token", "create"]).stdout(stdout).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line =
+            err.lines().find(|l| l.starts_with("weavectl: the new join token: ")).unwrap_or_else(|| panic!("{err}"));
+        JoinToken::parse(line.rsplit(' ').next().unwrap()).expect("the token, whole");
+    }
     // admin rotate with the credential on the command line (nowhere to save
     // the new one) prints it: on stderr when stdout fails.
     let out = Std::new(&bin)

@@ -55,6 +55,9 @@ async fn run() -> Result<Option<serde_json::Value>, CniError> {
         .read_to_end(&mut stdin)
         .map_err(|e| CniError::new(code::BAD_CONFIG, "cannot read the configuration", e.to_string()))?;
     let conf = NetConf::parse(&stdin)?;
+    if command != "DEL" {
+        conf.check_subnet()?;
+    }
     let id = cni::container_key(&env("CNI_CONTAINERID")?);
     let ifname = env("CNI_IFNAME")?;
     match command.as_str() {

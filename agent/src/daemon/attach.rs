@@ -468,13 +468,14 @@ fn failed(e: Error) -> Refusal {
 }
 
 /// Refuses two `ADDR`s naming one subnet (`net:default 10.32.0.0/12`, or
-/// two addresses in it): a container has one interface and one address per
-/// subnet, and the second would fail half-way on the first's interface.
+/// two addresses in it): a container (or the host, exposed) has one
+/// interface and one address per subnet, and the second would fail half-way
+/// on the first's interface.
 fn once_each(found: Vec<(AddrSpec, Subnet)>) -> Result<Vec<(AddrSpec, Subnet)>, Refusal> {
     for (i, (spec, subnet)) in found.iter().enumerate() {
         if let Some((first, _)) = found[..i].iter().find(|(_, s)| s.id == subnet.id) {
             return Err(Refusal::invalid(format!(
-                "{first} and {spec} both name subnet {}: a container has one address per subnet",
+                "{first} and {spec} both name subnet {}: name each subnet once (one address per subnet)",
                 subnet.cidr
             )));
         }

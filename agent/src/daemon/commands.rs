@@ -272,7 +272,7 @@ async fn serve(
     // only (and for each bridge as it is made), not host-wide.
     // The servers the DNS server forwards to (resolv.conf's as read now, if no
     // --dns-upstream): a later DHCP change must not drop them from what this host depends on.
-    let upstreams = dns_upstreams(&args);
+    let upstreams = args.dns_upstreams();
     crate::host::routes::set_dns_upstreams(&upstreams);
     let networks = crate::host::routes::lan(identity.node_id);
     let coordinator_ips = crate::host::routes::coordinator_ips(&identity.coordinator);
@@ -438,10 +438,14 @@ async fn serve(
 
 /// `agent reset`: removes every interface and file this agent created.
 pub async fn reset(args: ResetArgs) -> Result<(), Error> {
+    let socket = &args.paths.socket;
+    if local_api::probe(socket).is_ok_and(|p| p == local_api::SocketPath::Served) {
+        return Err(Error::Usage(format!("{}: an agent is serving on it: stop it first", socket.display())));
+    }
     let netlink = Netlink::connect()?;
     netlink.remove_all(TUN_NAME, true).await?;
     firewall::remove().await?;
-    local_api::remove_socket(&args.paths.socket).map_err(|e| Error::Io(args.paths.socket.display().to_string(), e))?;
+    local_api::remove_socket(socket).map_err(|e| Error::Io(socket.display().to_string(), e))?;
     StateDir::new(&args.paths.data_dir).remove()
 }
 
@@ -471,19 +475,6 @@ fn socket_error(socket: &std::path::Path, e: std::io::Error) -> Error {
         std::io::ErrorKind::InvalidData => Error::State(e.to_string()),
         _ => Error::Io(socket.display().to_string(), e),
     }
-}
-
-/// `--dns-upstream`, or else the nameservers of the host's /etc/resolv.conf.
-fn dns_upstreams(args: &RunArgs) -> Vec<SocketAddr> {
-    if !args.dns_upstream.is_empty() {
-        return args.dns_upstream.clone();
-    }
-    let found =
-        std::fs::read_to_string("/etc/resolv.conf").map(|t| plan::dns::parse_resolv_conf(&t)).unwrap_or_default();
-    if found.is_empty() {
-        tracing::warn!("no nameserver in /etc/resolv.conf and no --dns-upstream: only cluster names will resolve");
-    }
-    found
 }
 
 fn hostname() -> Result<String, Error> {

@@ -182,7 +182,7 @@ impl RunArgs {
     /// happens: `agent join` uses up its token and registers the node first,
     /// and the agent would come up only to stop.
     pub fn check(&self) -> Result<(), String> {
-        use std::os::unix::fs::FileTypeExt;
+        use weave_proto::local_api::SocketPath;
         self.metrics_addr()?;
         if self.aead == Aead::Openssl && !weave_aead::assembly_built() {
             return Err("--aead openssl: this build has no OpenSSL assembly (x86_64 only)".into());
@@ -190,17 +190,32 @@ impl RunArgs {
         for (flag, path) in
             [("--socket", Some(self.paths.socket.clone())), ("--docker-plugin", self.docker_plugin_path())]
         {
-            if let Some(p) = path
-                && let Ok(meta) = std::fs::symlink_metadata(&p)
-                && !meta.file_type().is_socket()
-            {
-                return Err(format!(
-                    "{flag} {}: exists and is not a socket (not replaced: pick another path)",
-                    p.display()
-                ));
-            }
+            let Some(p) = path else { continue };
+            let why = match weave_proto::local_api::probe(&p) {
+                Ok(SocketPath::Free | SocketPath::Stale) => continue,
+                Ok(SocketPath::NotASocket) => {
+                    "exists and is not a socket (not replaced: pick another path)".to_string()
+                }
+                Ok(SocketPath::Served) => "another process is serving on it (is an agent already running?)".to_string(),
+                Err(e) => e.to_string(),
+            };
+            return Err(format!("{flag} {}: {why}", p.display()));
         }
         Ok(())
+    }
+
+    /// `--dns-upstream`, or else the nameservers of the host's /etc/resolv.conf.
+    pub fn dns_upstreams(&self) -> Vec<SocketAddr> {
+        if !self.dns_upstream.is_empty() {
+            return self.dns_upstream.clone();
+        }
+        let found = std::fs::read_to_string("/etc/resolv.conf")
+            .map(|t| crate::plan::dns::parse_resolv_conf(&t))
+            .unwrap_or_default();
+        if found.is_empty() {
+            tracing::warn!("no nameserver in /etc/resolv.conf and no --dns-upstream: only cluster names will resolve");
+        }
+        found
     }
 
     /// `--metrics-listen` checked: None for "off".

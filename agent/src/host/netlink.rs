@@ -355,7 +355,11 @@ impl Netlink {
             }
         };
         workload::bridge_sysctls(&br)?;
-        self.no_snooping(&br, bridge).await?;
+        // Also on a bridge made now (the builder has no attribute for it): a
+        // kernel that refuses must not keep the segment from being completed.
+        if let Err(e) = self.no_snooping(&br, bridge).await {
+            tracing::warn!(bridge = %br, error = %e, "could not turn multicast snooping off");
+        }
         let vxlan = match self.link_index(&vx).await? {
             Some(i) => i,
             None => {

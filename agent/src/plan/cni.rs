@@ -69,10 +69,6 @@ impl NetConf {
         if conf.name.is_empty() || conf.kind.is_empty() {
             return Err(CniError::new(code::BAD_CONFIG, "invalid network configuration", "name and type are required"));
         }
-        // A subnet the agent could never read is the configuration's fault (7), not a refusal.
-        if let Err(e) = weave_proto::local_api::addr_spec::AddrSpec::parse(&conf.addr()) {
-            return Err(CniError::new(code::BAD_CONFIG, "invalid network configuration", format!("subnet: {e}")));
-        }
         if conf.cni_version != CNI_VERSION {
             return Err(CniError::new(
                 code::INCOMPATIBLE_VERSION,
@@ -81,6 +77,16 @@ impl NetConf {
             ));
         }
         Ok(conf)
+    }
+
+    /// A `subnet` the agent could never read is the configuration's fault
+    /// (7), not a refusal. For ADD and CHECK only: a DEL must still release
+    /// what the previous result names, whatever became of the configuration
+    /// (runtimes retry a failed DEL for ever).
+    pub fn check_subnet(&self) -> Result<(), CniError> {
+        weave_proto::local_api::addr_spec::AddrSpec::parse(&self.addr())
+            .map(drop)
+            .map_err(|e| CniError::new(code::BAD_CONFIG, "invalid network configuration", format!("subnet: {e}")))
     }
 
     /// The ADDR for the agent (`net:default`, `net:<CIDR>`, `net:<name>`;
@@ -204,9 +210,9 @@ mod tests {
         assert_eq!(NetConf::parse(b"{not json").unwrap_err().code, code::BAD_CONFIG);
         // A subnet by name; one the agent could never read is bad configuration (7).
         let conf = |subnet: &str| {
-            NetConf::parse(
-                format!(r#"{{"cniVersion":"1.0.0","name":"w","type":"weave-cni","subnet":"{subnet}"}}"#).as_bytes(),
-            )
+            let text = format!(r#"{{"cniVersion":"1.0.0","name":"w","type":"weave-cni","subnet":"{subnet}"}}"#);
+            let conf = NetConf::parse(text.as_bytes()).expect("parses whatever the subnet (DEL needs it)");
+            conf.check_subnet().map(|()| conf)
         };
         assert_eq!(conf("backend").unwrap().addr(), "net:backend");
         assert_eq!(conf("ip:10.2.3.7/24").unwrap().addr(), "ip:10.2.3.7/24");

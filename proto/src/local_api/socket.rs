@@ -32,40 +32,71 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// What is at a socket's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketPath {
+    /// Nothing.
+    Free,
+    /// A socket nobody serves (an earlier run's).
+    Stale,
+    /// A socket a process serves.
+    Served,
+    /// Something else (a file, a directory, a symlink).
+    NotASocket,
+}
+
+/// Looks at `path` without taking anything over: a connect that is refused
+/// is a stale socket; one that is accepted, or would wait (a live server
+/// whose backlog is full: the connect is non-blocking), is a served one; any
+/// other error is returned (nothing is to be removed on a guess).
+pub fn probe(path: &Path) -> std::io::Result<SocketPath> {
+    use nix::{
+        errno::Errno,
+        sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket},
+    };
+    use std::os::{fd::AsRawFd, unix::fs::FileTypeExt};
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SocketPath::Free),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Ok(SocketPath::NotASocket);
+    }
+    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+    match connect(fd.as_raw_fd(), &UnixAddr::new(path)?) {
+        Ok(()) | Err(Errno::EAGAIN | Errno::EINPROGRESS) => Ok(SocketPath::Served),
+        Err(Errno::ECONNREFUSED) => Ok(SocketPath::Stale),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Makes room for a socket at `path`: removes a socket nobody serves any
 /// more (an earlier run's), and refuses anything else there. A mistyped
 /// `--socket` naming a file must not delete it, and a second daemon must not
 /// take over the socket of one still running.
 pub fn clear_stale(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if !meta.file_type().is_socket() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            "exists and is not a socket (not replaced: pick another path)",
-        ));
-    }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(std::io::Error::new(
+    match probe(path)? {
+        SocketPath::Free => Ok(()),
+        SocketPath::Stale => std::fs::remove_file(path),
+        SocketPath::Served => Err(std::io::Error::new(
             std::io::ErrorKind::AddrInUse,
             "another process is serving on this socket (is an agent already running?)",
-        ));
+        )),
+        SocketPath::NotASocket => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "exists and is not a socket (not replaced: pick another path)",
+        )),
     }
-    remove_socket(path)
 }
 
-/// Removes the socket at `path`, if a socket is what is there.
+/// Removes the socket at `path` if nobody serves it any more: this
+/// process's own once its listener is closed, never one another process
+/// bound there since.
 pub fn remove_socket(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+    match probe(path)? {
+        SocketPath::Stale => std::fs::remove_file(path),
+        _ => Ok(()),
     }
 }
 
@@ -299,10 +330,20 @@ mod tests {
         let live = bind(&sock).unwrap();
         let err = bind(&sock).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
-        drop(live);
-        let _again = bind(&sock).expect("a socket nobody serves is replaced");
+        // Served: neither replaced nor removed.
         remove_socket(&sock).unwrap();
-        assert!(!sock.exists());
+        assert_eq!(probe(&sock).unwrap(), SocketPath::Served);
+        drop(live);
+        assert_eq!(probe(&sock).unwrap(), SocketPath::Stale);
+        let again = bind(&sock).expect("a socket nobody serves is replaced");
+        drop(again);
+        remove_socket(&sock).unwrap();
+        assert_eq!(probe(&sock).unwrap(), SocketPath::Free);
+        // A symlink is not a socket, even to one.
+        let link = dir.path().join("link");
+        let _target = bind(&sock).unwrap();
+        std::os::unix::fs::symlink(&sock, &link).unwrap();
+        assert_eq!(probe(&link).unwrap(), SocketPath::NotASocket);
     }
 
     #[tokio::test]

@@ -9,8 +9,8 @@ use std::{
 use serde_json::json;
 use weave_proto::{client::Api, v1::RotateAdminCredentialRequest};
 
-use super::Output;
-use crate::failure::{Doing, Exit, Failure, Outcome};
+use super::{Output, told};
+use crate::failure::{Doing, Outcome};
 
 /// Writes `text` to `path` with mode 0600: temp file in the same directory,
 /// synced, renamed over the old one, so a crash leaves the old or the new.
@@ -47,24 +47,18 @@ pub(super) async fn rotate(api: &mut Api, out: &Output, file: Option<&Path>) -> 
         }
         (None, false) => {
             // Only the credential on stdout, for `C=$(weavectl admin rotate)`.
-            printed_or_told(crate::try_out(format_args!("{}\n", resp.credential)), &resp.credential)?;
+            told(format!("{}\n", resp.credential), NEW_CREDENTIAL, &resp.credential)?;
             eprintln!("admin credential rotated (printed on stdout); the old one no longer works");
         }
         (Some(path), true) => out.print_json(&json!({ "rotated": true, "file": path })),
         (None, true) => {
             let text = serde_json::to_string_pretty(&json!({ "rotated": true, "credential": resp.credential }))
                 .expect("a serde_json::Value serializes");
-            printed_or_told(crate::try_out(format_args!("{text}\n")), &resp.credential)?;
+            told(format!("{text}\n"), NEW_CREDENTIAL, &resp.credential)?;
         }
     }
     Ok(())
 }
 
-/// A new credential that stdout did not take (a closed pipe, a full disk)
-/// goes to stderr: the old one is dead, and losing this one locks the admin out.
-fn printed_or_told(printed: std::io::Result<()>, credential: &str) -> Outcome {
-    printed.map_err(|e| {
-        eprintln!("weavectl: the new admin credential (the old one no longer works): {credential}");
-        Failure::new(Exit::Other, "writing the new admin credential to stdout", e)
-    })
-}
+/// What `told` calls the credential when stdout refuses it.
+const NEW_CREDENTIAL: &str = "the new admin credential (the old one no longer works)";

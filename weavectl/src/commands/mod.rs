@@ -69,6 +69,17 @@ pub(crate) async fn run(cli: Cli) -> Outcome {
     }
 }
 
+/// Prints `text`, which holds a secret that exists nowhere else now (a new
+/// join token, a rotated admin credential): when stdout refuses it (a closed
+/// pipe, a full disk), the secret goes to stderr as `what: secret`, and the
+/// command fails, rather than end quietly with the secret lost.
+fn told(text: String, what: &str, secret: &str) -> Outcome {
+    crate::try_out(format_args!("{text}")).map_err(|e| {
+        eprintln!("weavectl: {what}: {secret}");
+        crate::failure::Failure::new(crate::failure::Exit::Other, format!("printing {what}"), e)
+    })
+}
+
 /// Where results go: stdout, as a table or as JSON.
 pub(crate) struct Output {
     pub(crate) json: bool,

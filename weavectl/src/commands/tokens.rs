@@ -5,7 +5,7 @@ use weave_proto::{
     v1::{CreateTokenRequest, ListTokensRequest, RevokeTokenRequest, Token},
 };
 
-use super::{Output, now, or_dash, relative};
+use super::{Output, now, or_dash, relative, told};
 use crate::{
     cli::{TokenCommand, Uses},
     failure::{Doing, Failure, Outcome},
@@ -50,10 +50,11 @@ pub(super) async fn run(api: &mut Api, out: &Output, c: Checked) -> Outcome {
             if out.json {
                 let mut v = token_json(&token);
                 v["secret_token"] = json!(resp.secret_token);
-                out.print_json(&v);
+                let text = serde_json::to_string_pretty(&v).expect("a serde_json::Value serializes");
+                told(format!("{text}\n"), "the new join token", &resp.secret_token)?;
             } else {
                 // Only the token on stdout (`T=$(weavectl token create)`); the hint is for people.
-                crate::out!("{}\n", resp.secret_token);
+                told(format!("{}\n", resp.secret_token), "the new join token", &resp.secret_token)?;
                 eprintln!(
                     "token {} ({}, {}); on each host: agent join --token-file <a file holding it>",
                     token.id,
