@@ -645,6 +645,16 @@ r.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifc.encode())
 for _ in range(3): r.sendto(q, ('224.0.0.1', 0))
 "#;
 
+/// Waits until workload `a` pings workload `c`'s link-local address: the
+/// address (a source the guard allows) out of DAD, and the segment up
+/// across hosts.
+fn segment_up(a: &str, c: &str) {
+    let to = link_local(c);
+    wait_for("a unicast link-local ping from a to c", Duration::from_secs(15), || {
+        in_ns(a, &["ping", "-6", "-c", "1", "-w", "2", &to]).status.success().then_some(())
+    });
+}
+
 /// MLD and IGMP queries that reached `victims` while `attacker` sent
 /// [`QUERY`]: (MLD, IGMP).
 fn queries_seen(bed: &Bed, attacker: &str, victims: &[String]) -> (usize, usize) {
@@ -675,11 +685,7 @@ fn a_workloads_multicast_queries_reach_no_workload() {
     let (a, _) = attached_at(&mut bed, 0, "a");
     let (b, _) = attached_at(&mut bed, 0, "b");
     let (c, _) = attached_at(&mut bed, 1, "c");
-    // Its link-local address (the queries' source) out of DAD, and the segment up across hosts.
-    let to = link_local(&c);
-    wait_for("a unicast link-local ping from a to c", Duration::from_secs(15), || {
-        in_ns(&a, &["ping", "-6", "-c", "1", "-w", "2", &to]).status.success().then_some(())
-    });
+    segment_up(&a, &c);
     let victims = [b, c];
     assert_eq!(queries_seen(&bed, &a, &victims), (0, 0), "a's queries reached the segment");
     for h in 0..2 {
@@ -1129,10 +1135,7 @@ fn a_workloads_group_joins_fill_no_table() {
     let mut bed = Bed::with_hosts(2);
     let (a, a_ip) = attached_at(&mut bed, 0, "a");
     let (c, _) = attached_at(&mut bed, 1, "c");
-    let to = link_local(&c);
-    wait_for("a unicast link-local ping from a to c", Duration::from_secs(15), || {
-        in_ns(&a, &["ping", "-6", "-c", "1", "-w", "2", &to]).status.success().then_some(())
-    });
+    segment_up(&a, &c);
     let hosts: Vec<String> = bed.hosts.iter().map(|h| h.ns.clone()).collect();
     let joined = join_groups(&a, a_ip, 300, 0);
     std::thread::sleep(Duration::from_secs(2));
@@ -1203,10 +1206,7 @@ fn a_workloads_frames_of_other_protocols_reach_no_workload() {
     let (a, _) = attached_at(&mut bed, 0, "a");
     let (b, b_ip) = attached_at(&mut bed, 0, "b");
     let (c, c_ip) = attached_at(&mut bed, 1, "c");
-    let to = link_local(&c);
-    wait_for("a unicast link-local ping from a to c", Duration::from_secs(15), || {
-        in_ns(&a, &["ping", "-6", "-c", "1", "-w", "2", &to]).status.success().then_some(())
-    });
+    segment_up(&a, &c);
     let victims = [b, c];
     assert_eq!(other_protocols_seen(&bed, &a, b_ip, c_ip, &victims), 0, "frames of other protocols arrived");
     for h in 0..2 {

@@ -16,6 +16,16 @@ fn opt(s: &str) -> Option<&str> {
     Some(s.trim()).filter(|s| !s.is_empty())
 }
 
+impl Ipam {
+    /// A listing's node filter: the id of the node named (name or id), if any.
+    async fn node_filter(&self, node: &str) -> Result<Option<u64>, Status> {
+        Ok(match opt(node) {
+            Some(n) => Some(self.0.store.node(n).await?.id),
+            None => None,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl IpamService for Ipam {
     #[tracing::instrument(skip_all, fields(container = %request.get_ref().container, subnet = %request.get_ref().subnet))]
@@ -49,10 +59,7 @@ impl IpamService for Ipam {
     ) -> Result<Response<ListAllocationsResponse>, Status> {
         self.0.map_reader(&request).await?;
         let r = request.get_ref();
-        let node_id = match opt(&r.node) {
-            Some(n) => Some(self.0.store.node(n).await?.id),
-            None => None,
-        };
+        let node_id = self.node_filter(&r.node).await?;
         let filter = AllocationFilter {
             node_id,
             subnet: opt(&r.subnet).map(str::to_string),
@@ -67,10 +74,7 @@ impl IpamService for Ipam {
     ) -> Result<Response<ListAddressHoldsResponse>, Status> {
         self.0.map_reader(&request).await?;
         let r = request.get_ref();
-        let node_id = match opt(&r.node) {
-            Some(n) => Some(self.0.store.node(n).await?.id),
-            None => None,
-        };
+        let node_id = self.node_filter(&r.node).await?;
         Ok(Response::new(ListAddressHoldsResponse { holds: self.0.store.list_holds(node_id, opt(&r.subnet)).await? }))
     }
 }
