@@ -68,6 +68,14 @@ impl From<Error> for Status {
             // A constraint the code should have checked first: still a conflict,
             // and the caller learns which rule it broke.
             Error::Database(sqlx::Error::Database(db)) if db.is_unique_violation() => Code::AlreadyExists,
+            // What a write refers to went in a concurrent transaction (an
+            // allocation for a node removed meanwhile, on PostgreSQL): gone,
+            // not a fault of the coordinator's; the raw text names no rule.
+            Error::Database(sqlx::Error::Database(db)) if db.is_foreign_key_violation() => {
+                return Status::not_found(
+                    "the node or subnet this refers to was removed meanwhile (a concurrent node rm or subnet rm)",
+                );
+            }
             Error::Database(sqlx::Error::Database(db)) if db.message().contains("overlaps") => Code::AlreadyExists,
             // PostgreSQL's exclusion constraint (overlapping subnets).
             Error::Database(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23P01") => Code::AlreadyExists,
@@ -130,5 +138,23 @@ mod tests {
         assert!(status.message().len() <= MAX_MESSAGE + '…'.len_utf8());
         assert!(status.message().ends_with('…'));
         assert_eq!(Status::from(Error::NotFound("no node 'x'".into())).message(), "no node 'x'");
+    }
+
+    /// A write whose node or subnet went meanwhile is NOT_FOUND with a
+    /// sentence, not INTERNAL with the database's text (seen on PostgreSQL:
+    /// allocations racing a node's removal).
+    #[tokio::test]
+    async fn a_foreign_key_violation_is_not_found() {
+        use sqlx::{Connection, sqlite::SqliteConnectOptions};
+        let mut c =
+            sqlx::SqliteConnection::connect_with(&SqliteConnectOptions::new().foreign_keys(true)).await.unwrap();
+        sqlx::query("CREATE TABLE n (id INTEGER PRIMARY KEY); CREATE TABLE a (n INTEGER NOT NULL REFERENCES n(id))")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        let e = sqlx::query("INSERT INTO a (n) VALUES (7)").execute(&mut c).await.unwrap_err();
+        let status = Status::from(Error::Database(e));
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+        assert!(status.message().contains("removed meanwhile"), "{status:?}");
     }
 }

@@ -36,10 +36,13 @@ impl Probe for CoordinatorProbe {
     fn refresh(&self) -> ProbeFuture<'_, ()> {
         let s = &self.0;
         s.store.with_map(|map| {
+            // IPv4 only, as Weave Net's: one IPv6 subnet (a member may add a
+            // /48) would make it 10^24 and every used/max ratio zero.
             let capacity: f64 = map
                 .subnets
                 .iter()
                 .filter_map(|sn| sn.cidr.parse::<IpNet>().ok())
+                .filter(|net| matches!(net, IpNet::V4(_)))
                 .map(|net| ipam::capacity(&net) as f64)
                 .sum();
             metrics::gauge!("weave_nodes").set(map.nodes.len() as f64);
@@ -62,7 +65,7 @@ fn describe() {
     describe_gauge!("weave_nodes", "Nodes (hosts) that joined the cluster.");
     describe_gauge!("weave_subnets", "Subnets defined.");
     describe_gauge!("weave_ips", "Addresses handed out, by state.");
-    describe_gauge!("weave_max_ips", "Addresses the subnets can hand out in all.");
+    describe_gauge!("weave_max_ips", "Addresses the IPv4 subnets can hand out in all.");
     describe_gauge!("weave_dns_entries", "DNS records in the cluster domain.");
     describe_gauge!("weave_map_revision", "Revision of the network map.");
     describe_gauge!("weave_watchers", "Map watch streams open (agents).");
@@ -87,6 +90,32 @@ fn describe() {
         "weave_rpc_unread_refused_total",
         "Reads refused because their credential had 16 reads still being answered or sent (a client not reading)."
     );
+    describe_counter!(
+        "weave_connections_refused_total",
+        "Connections closed as they arrived: the coordinator held its limit of open connections."
+    );
+    describe_counter!(
+        "weave_connections_evicted_total",
+        "Connections closed to make room: their source address held more than its share."
+    );
+    describe_counter!(
+        "weave_connections_unauthenticated_closed_total",
+        "Connections closed for sending no authenticated call within --authenticate-within."
+    );
+    // Every counter from 0 at start, so that rate() sees its first event
+    // (a series that appears with its first increment has no rate).
+    for counter in [
+        "weave_store_commits_total",
+        "weave_store_committed_writes_total",
+        "weave_rpc_paced_total",
+        "weave_rpc_deadline_exceeded_total",
+        "weave_rpc_unread_refused_total",
+        "weave_connections_refused_total",
+        "weave_connections_evicted_total",
+        "weave_connections_unauthenticated_closed_total",
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
     describe_histogram!(
         "weave_rpc_duration_seconds",
         Unit::Seconds,

@@ -154,10 +154,19 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         None => new_secret(),
     };
     // The file's credential is the only valid one: deleting the file and
-    // restarting is an offline rotation (`weavectl admin rotate` is the online one).
-    store.replace_admin_credential(&hash_secret(&secret)).await?;
+    // restarting is an offline rotation (`weavectl admin rotate` is the online
+    // one). Unless it was rotated away: then it stays revoked.
+    let current = store.replace_admin_credential(&hash_secret(&secret)).await?;
     let admin = AdminCredential { coordinator: advertise.clone(), pin: tls.pin, secret };
-    write_secret_file(&admin_path, &format!("{admin}\n"))?;
+    if current {
+        write_secret_file(&admin_path, &format!("{admin}\n"))?;
+    } else {
+        tracing::warn!(
+            file = %admin_path.display(),
+            "this file's admin credential was rotated away (through another coordinator of this database?) and \
+             stays revoked; copy the current admin.credential here, or delete this file and restart to rotate again"
+        );
+    }
 
     let (stop_tx, stopping) = tokio::sync::watch::channel(false);
     let stopping_sweep = stopping.clone();

@@ -436,6 +436,19 @@ async fn the_admin_credential_rotates_and_the_old_one_dies() {
     // Node credentials are untouched.
     node.status.get_status(GetStatusRequest {}).await.unwrap();
 
+    // A coordinator started with the old credential in its file (one of
+    // several on one database, which the rotation's file did not reach)
+    // leaves it revoked and the new one valid, and does not rewrite the file.
+    // Before, the start made the old one valid again and the new one not.
+    let dir = c.stop().await;
+    let file = dir.path().join("data/admin.credential");
+    std::fs::write(&file, format!("{old}\n")).unwrap();
+    let c = TestCoordinator::start_in(dir, |_| {}).await;
+    let mut stale = c.api_with(&old.secret).await;
+    assert_status(stale.status.get_status(GetStatusRequest {}).await, Code::Unauthenticated, "not recognised");
+    c.api_with(&new.secret).await.status.get_status(GetStatusRequest {}).await.expect("the rotated credential");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{old}\n"));
+
     // Offline: deleting the file and restarting makes a new one, and the
     // one before it no longer works.
     let dir = c.stop().await;
@@ -445,6 +458,40 @@ async fn the_admin_credential_rotates_and_the_old_one_dies() {
     let mut stale = c.api_with(&new.secret).await;
     assert_status(stale.status.get_status(GetStatusRequest {}).await, Code::Unauthenticated, "not recognised");
     c.admin().await.status.get_status(GetStatusRequest {}).await.unwrap();
+}
+
+/// Two coordinators on one database (the second given the first's TLS
+/// identity and admin credential, as the README says): an admin credential
+/// rotated through one ends the admin watches open on the other too, within
+/// its recheck (10 s). Before, they went on with the revoked credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_through_one_coordinator_ends_admin_watches_on_another() {
+    let a = TestCoordinator::start().await;
+    let b_dir = tempfile::tempdir().unwrap();
+    let b_data = b_dir.path().join("data");
+    std::fs::create_dir_all(b_data.join("tls")).unwrap();
+    for f in ["admin.credential", "tls/coordinator.crt", "tls/coordinator.key"] {
+        std::fs::copy(a.data_dir().join(f), b_data.join(f)).unwrap();
+    }
+    let shared = a.data_dir().join("coordinator.db");
+    let store = common::store_flag(&shared).unwrap_or_else(|| format!("sqlite://{}", shared.display()));
+    let b = TestCoordinator::start_in(b_dir, |args| args.store = Some(store)).await;
+    let mut on_b = b.admin().await;
+    let mut watch = open_watch(&mut on_b).await;
+    a.admin().await.admin.rotate_admin_credential(RotateAdminCredentialRequest {}).await.unwrap();
+    assert_status(on_b.status.get_status(GetStatusRequest {}).await, Code::Unauthenticated, "not recognised");
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the watch ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the admin watch on the other coordinator ended within 20 s");
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

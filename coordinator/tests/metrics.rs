@@ -42,12 +42,20 @@ async fn metrics_follow_the_map_and_time_every_rpc() {
     assert_eq!(denied.unwrap_err().code(), tonic::Code::PermissionDenied);
     admin.nodes.list_nodes(ListNodesRequest {}).await.unwrap();
 
+    // An IPv6 subnet counts as a subnet, not in weave_max_ips (a /64 would
+    // be 1.8e19 of it and every used/max ratio zero).
+    admin.subnets.add_subnet(AddSubnetRequest { cidr: "fd01::/64".into(), name: String::new() }).await.unwrap();
+
     let (status, body) = get(addr, "/metrics").await;
     assert_eq!(status, 200);
     assert_eq!(value(&body, "weave_nodes"), Some(3.0), "{body}");
-    assert_eq!(value(&body, "weave_subnets"), Some(2.0), "{body}");
+    assert_eq!(value(&body, "weave_subnets"), Some(3.0), "{body}");
     // The default /16 (65,534 usable) and the /24 (254).
     assert_eq!(value(&body, "weave_max_ips"), Some(65_534.0 + 254.0), "{body}");
+    // Counters of events that did not happen are there, at 0.
+    for counter in ["weave_connections_refused_total", "weave_rpc_deadline_exceeded_total", "weave_rpc_paced_total"] {
+        assert_eq!(value(&body, counter), Some(0.0), "{counter}: {body}");
+    }
     assert_eq!(value(&body, "weave_ips{state=\"used\"}"), Some(0.0), "{body}");
     assert!(value(&body, "weave_joins_total{result=\"new\"}").is_some_and(|v| v >= 3.0), "{body}");
     assert!(

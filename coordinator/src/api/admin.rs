@@ -30,6 +30,7 @@ impl AdminService for Admin {
             tracing::error!(error = %e, "cannot write the new admin credential; nothing rotated");
             Status::internal(format!("cannot write {}: {e}; the admin credential was not rotated", path.display()))
         })?;
+        // A fresh secret: never revoked, so always made the one valid credential.
         self.0.store.replace_admin_credential(&hash).await?;
         // Open watches of the old credential end now.
         self.0.credentials_epoch.send_modify(|e| *e += 1);

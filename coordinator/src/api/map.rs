@@ -131,6 +131,9 @@ fn concerns(caller: &Caller, change: &MapChange) -> bool {
     }
 }
 
+/// How often an admin watch checks that its credential is still the one.
+const ADMIN_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn stream(_guard: WatcherGuard, state: Shared, (caller, hash): (Caller, String), from: u64, tx: Out) {
     let mut revisions = state.store.revisions();
     let mut stopping = state.stopping.clone();
@@ -149,6 +152,11 @@ async fn stream(_guard: WatcherGuard, state: Shared, (caller, hash): (Caller, St
     // again with a new credential). Not on every wake: with 10,000 watchers,
     // a database read each per change was most of a change's fan-out time.
     let mut check = true;
+    // The admin credential may also be rotated through another coordinator
+    // of a shared database, which this one's epoch does not hear of: an admin
+    // watch checks it again every ADMIN_RECHECK (admin watches are few).
+    let admin = matches!(caller, Caller::Admin);
+    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + ADMIN_RECHECK, ADMIN_RECHECK);
     loop {
         let checked = check;
         if check {
@@ -194,6 +202,10 @@ async fn stream(_guard: WatcherGuard, state: Shared, (caller, hash): (Caller, St
                         r = credentials.changed() => {
                             check = true;
                             r.is_err()
+                        }
+                        _ = recheck.tick(), if admin => {
+                            check = true;
+                            false
                         }
                         _ = tx.closed() => return,
                         _ = stopping.wait_for(|s| *s) => true,

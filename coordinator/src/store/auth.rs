@@ -16,11 +16,27 @@ pub enum Caller {
 
 impl Store {
     /// Makes `secret_hash` the one admin credential: every other one stops
-    /// working in the same transaction (rotation, and a start after the
-    /// credential file was deleted).
-    pub async fn replace_admin_credential(&self, secret_hash: &str) -> Result<()> {
+    /// working in the same transaction, and stays known as revoked (rotation,
+    /// and a start after the credential file was deleted). A credential
+    /// revoked before is not made valid again: `Ok(false)`, nothing changed
+    /// (a coordinator started with a stale credential file, the rotation
+    /// having gone through another coordinator of a shared database).
+    pub async fn replace_admin_credential(&self, secret_hash: &str) -> Result<bool> {
         let mut tx = self.begin().await?;
-        db::query("DELETE FROM admin_credentials WHERE secret_hash <> $1").bind(secret_hash).execute(tx.c()).await?;
+        let revoked: Option<i64> = db::query_scalar(
+            "SELECT revoked_at FROM admin_credentials WHERE secret_hash = $1 AND revoked_at IS NOT NULL",
+        )
+        .bind(secret_hash)
+        .fetch_optional(tx.c())
+        .await?;
+        if revoked.is_some() {
+            return Ok(false);
+        }
+        db::query("UPDATE admin_credentials SET revoked_at = $2 WHERE secret_hash <> $1 AND revoked_at IS NULL")
+            .bind(secret_hash)
+            .bind(super::now())
+            .execute(tx.c())
+            .await?;
         db::query(
             "INSERT INTO admin_credentials (secret_hash, created_at) VALUES ($1, $2) ON CONFLICT (secret_hash) DO NOTHING",
         )
@@ -28,13 +44,14 @@ impl Store {
         .bind(super::now())
         .execute(tx.c())
         .await?;
-        self.commit(tx).await
+        self.commit(tx).await?;
+        Ok(true)
     }
 
     /// The caller holding the credential whose hash is `secret_hash`, if any.
     pub async fn caller(&self, secret_hash: &str) -> Result<Option<Caller>> {
         let admin: Option<String> =
-            db::query_scalar("SELECT secret_hash FROM admin_credentials WHERE secret_hash = $1")
+            db::query_scalar("SELECT secret_hash FROM admin_credentials WHERE secret_hash = $1 AND revoked_at IS NULL")
                 .bind(secret_hash)
                 .fetch_optional(&self.read)
                 .await?;

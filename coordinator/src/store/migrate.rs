@@ -48,7 +48,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("created_at", Int),
         ],
     ),
-    ("admin_credentials", &[("id", Int), ("secret_hash", Text), ("created_at", Int)]),
+    ("admin_credentials", &[("id", Int), ("secret_hash", Text), ("created_at", Int), ("revoked_at", OptInt)]),
     (
         "join_tokens",
         &[

@@ -305,6 +305,11 @@ mod tests {
                     "95ed0284b32124ecd4980cd4488ec58c9081aaebd5dba7ec14e94e8f40b6ba9d58928fcb3d9e5278ac01e257f5716bce"
                         .to_string()
                 ),
+                (
+                    9,
+                    "5023ae07970f0c3c43f1e0ed2fffe220ddc1b31c156963fcaa743a7761fc868544a20baf406343eb24e4354484f3e223"
+                        .to_string()
+                ),
             ]
         );
         let pg: Vec<(i64, String)> =
