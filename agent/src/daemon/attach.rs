@@ -214,6 +214,16 @@ impl Attacher {
             // An interface it has keeps its MAC (`own_mac`): before any change.
             if let Some((i, have)) = on_subnet(&before, &subnet.cidr) {
                 own_mac(&i.name, &i.mac, have)?;
+            } else if self.netlink.link_index(&host_ifname(c.inode, subnet.vni)).await.map_err(failed)?.is_some() {
+                // Plugged into the segment under a name not looked at here (a
+                // CNI runtime's second network on the same subnet): the new
+                // pair would collide with it, and undoing that took the first
+                // one's address and interface (found by a review, 2026-12-04).
+                return Err(Refusal::conflict(format!(
+                    "container '{container}' already has an interface on subnet {} (another network on the same \
+                     weave subnet?): one interface per weave subnet per container",
+                    subnet.cidr
+                )));
             }
         }
         let previously = self.held(&c.key);
@@ -344,7 +354,7 @@ impl Attacher {
             }
             all
         } else if id.is_some() {
-            self.del_subnets(&held, &before, ifname, addrs)
+            self.del_subnets(c.inode, &held, &before, ifname, addrs).await?
         } else {
             let specs = AddrSpec::parse_all(addrs)?;
             let wanted = self.subnets(&specs).await?;

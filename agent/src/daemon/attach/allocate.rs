@@ -131,7 +131,46 @@ impl Attacher {
     /// repeated DEL, a subnet removed with `--force`), which is what DEL
     /// asks; a refusal would leave the runtime retrying a DEL that can never
     /// do more.
-    pub(super) fn del_subnets(
+    ///
+    /// Never a subnet another of the container's interfaces (`inode`'s) is
+    /// plugged into under a name not looked at here: a second network on
+    /// the same subnet, whose ADD was refused; its DEL took the first one's
+    /// address, interface and name (found by a review, 2026-12-04).
+    pub(super) async fn del_subnets(
+        &self,
+        inode: u64,
+        held: &BTreeMap<u64, String>,
+        before: &[WorkloadInterface],
+        ifname: Option<&str>,
+        addrs: &[String],
+    ) -> Result<Vec<String>, Refusal> {
+        let found: Vec<(String, Option<u32>)> = {
+            let map = self.maps.borrow();
+            self.del_candidates(held, before, ifname, addrs)
+                .into_iter()
+                .map(|c| {
+                    let vni = map.subnets.iter().find(|s| s.cidr == c).map(|s| s.vni);
+                    (c, vni)
+                })
+                .collect()
+        };
+        let mut mine = Vec::new();
+        for (cidr, vni) in found {
+            let elsewhere = match vni {
+                Some(vni) if super::on_subnet(before, &cidr).is_none() => {
+                    let port = crate::plan::kernel::host_ifname(inode, vni);
+                    self.netlink.link_index(&port).await.map_err(|e| Refusal::failed(e.to_string()))?.is_some()
+                }
+                _ => false,
+            };
+            if !elsewhere {
+                mine.push(cidr);
+            }
+        }
+        Ok(mine)
+    }
+
+    fn del_candidates(
         &self,
         held: &BTreeMap<u64, String>,
         before: &[WorkloadInterface],
