@@ -199,3 +199,50 @@ async fn docker_release_address_leaves_another_containers_allocation_at_that_add
     let held: Vec<(&str, &str)> = all.iter().map(|a| (a.container.as_str(), a.address.as_str())).collect();
     assert_eq!(held, vec![("web", "10.77.0.9/24")], "Docker's release took another container's address");
 }
+
+/// What Docker users met (a review, 2026-12-04): `docker network create`
+/// without `--subnet` hung with dockerd spinning (Docker took the default
+/// subnet, routed on the host, as in use and asked again for ever): now
+/// refused with the flag to give; a second Docker network on one weave
+/// subnet of this host was one segment with the first: refused; and the
+/// gateway address stayed held after `docker network rm` (Docker releases
+/// it while the network still holds it), so `subnet rm` refused: now it
+/// goes with the subnet's last network.
+#[tokio::test]
+async fn docker_networks_name_their_subnet_one_each_and_give_their_gateway_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_stop, live, pin, mut admin, credential, node_id) = coordinator_with_h1(dir.path()).await;
+    let (plugin, maps) = plugin_of_h1(dir.path(), live, pin, &credential, node_id).await;
+    let call = |method: &'static str, body: Value| {
+        let plugin = plugin.clone();
+        async move { plugin.handle(method, body.to_string().as_bytes()).await }
+    };
+    let refused = call("/IpamDriver.RequestPool", json!({"AddressSpace": "weave", "Pool": ""})).await.unwrap_err();
+    assert!(refused.message.contains("weave networks need --subnet: --subnet 10."), "{}", refused.message);
+
+    call("/IpamDriver.RequestPool", json!({"AddressSpace": "weave", "Pool": "10.78.0.0/24"})).await.unwrap();
+    // The agent's watch would bring the new subnet: here the test does.
+    maps.send(admin.map.get_map(GetMapRequest {}).await.unwrap().into_inner()).unwrap();
+    let gateway = json!({"PoolID": "10.78.0.0/24", "Options": {"RequestAddressType": "com.docker.network.gateway"}});
+    call("/IpamDriver.RequestAddress", gateway).await.unwrap();
+    let network = |id: &str| json!({"NetworkID": id, "Options": {}, "IPv4Data": [{"AddressSpace": "weave", "Pool": "10.78.0.0/24", "Gateway": "10.78.0.1/24"}]});
+    call("/NetworkDriver.CreateNetwork", network("n1")).await.unwrap();
+    call("/NetworkDriver.CreateNetwork", network("n1")).await.expect("the same network again (a daemon restart)");
+    let second = call("/NetworkDriver.CreateNetwork", network("n2")).await.unwrap_err();
+    assert!(second.message.contains("is Docker network n1 on this host already"), "{}", second.message);
+
+    // `docker network rm n1`: the gateway's release first (the network still there), then the network.
+    let held = || {
+        let mut admin = admin.clone();
+        async move {
+            let list = ListAllocationsRequest { subnet: "10.78.0.0/24".into(), ..Default::default() };
+            admin.ipam.list_allocations(list).await.unwrap().into_inner().allocations.len()
+        }
+    };
+    assert_eq!(held().await, 1, "the gateway");
+    call("/IpamDriver.ReleaseAddress", json!({"PoolID": "10.78.0.0/24", "Address": "10.78.0.1"})).await.unwrap();
+    call("/NetworkDriver.DeleteNetwork", json!({"NetworkID": "n1"})).await.unwrap();
+    assert_eq!(held().await, 0, "the gateway stayed held after its subnet's last network went");
+    let rm = weave_proto::v1::RemoveSubnetRequest { subnet: "10.78.0.0/24".into(), force: false };
+    admin.subnets.remove_subnet(rm).await.unwrap();
+}

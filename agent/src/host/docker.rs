@@ -67,6 +67,11 @@ impl DockerState {
         }
     }
 
+    /// A Docker network on subnet `cidr`, if any.
+    pub fn network_on(&self, cidr: &str) -> Option<String> {
+        self.saved().networks.iter().find(|(_, n)| n.cidr == cidr).map(|(id, _)| id.clone())
+    }
+
     /// How many Docker networks use subnet `cidr`.
     pub fn networks_on(&self, cidr: &str) -> usize {
         self.saved().networks.values().filter(|n| n.cidr == cidr).count()

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use weave_proto::{client::retry_unavailable, v1::AddRecordRequest};
 
 use super::{Refused, engine, ipam::parse};
+use crate::plan::docker::GATEWAY_KEY;
 use crate::{
     daemon::{
         attach::Attacher,
@@ -61,11 +62,7 @@ impl Plugin {
             // same command on every host); global: it reaches other hosts.
             "GetCapabilities" => Ok(json!({"Scope": "local", "ConnectivityScope": "global"})),
             "CreateNetwork" => self.create_network(&parse(body)?).await,
-            "DeleteNetwork" => {
-                let req: EndpointRequest = parse(body)?;
-                self.state.remove_network(&req.network_id);
-                Ok(json!({}))
-            }
+            "DeleteNetwork" => self.delete_network(&parse(body)?).await,
             "CreateEndpoint" => self.create_endpoint(&parse(body)?).await,
             "DeleteEndpoint" => self.delete_endpoint(&parse(body)?).await,
             "EndpointOperInfo" => {
@@ -93,9 +90,35 @@ impl Plugin {
 
     async fn create_network(&self, req: &CreateNetwork) -> Result<Value, Refused> {
         let network = wire::network_of(req).map_err(Refused::bad)?;
+        // Two Docker networks on one weave subnet would be one segment: a
+        // user expects them apart (found by a review, 2026-12-04).
+        if let Some(other) = self.state.network_on(&network.cidr).filter(|id| *id != req.network_id) {
+            return Err(Refused::bad(format!(
+                "weave subnet {} is Docker network {} on this host already: one Docker network per weave subnet \
+                 (connect containers to that one, or give this one another --subnet)",
+                network.cidr,
+                &other[..other.len().min(12)]
+            )));
+        }
         self.subnet(&network.cidr).await?;
         tracing::info!(network = req.network_id, subnet = network.cidr, "Docker network on a weave subnet");
         self.state.add_network(&req.network_id, network);
+        Ok(json!({}))
+    }
+
+    /// Forgets the network; with the last one on its subnet goes this host's
+    /// gateway address there (Docker releases it before it deletes the
+    /// network, while the network still holds it: it stayed held for good,
+    /// and `subnet rm` refused; found by a review, 2026-12-04).
+    async fn delete_network(&self, req: &EndpointRequest) -> Result<Value, Refused> {
+        let network = self.state.network(&req.network_id);
+        self.state.remove_network(&req.network_id);
+        if let Some(n) = network
+            && self.state.networks_on(&n.cidr) == 0
+        {
+            // Nothing held there (released already): fine.
+            self.attacher.release(GATEWAY_KEY, &n.cidr).await.map_err(|r| Refused::bad(r.message))?;
+        }
         Ok(json!({}))
     }
 

@@ -34,12 +34,15 @@ impl Plugin {
     async fn request_pool(&self, req: &RequestPool) -> Result<Value, Refused> {
         wire::check_pool(req).map_err(Refused::bad)?;
         let cidr = if req.pool.trim().is_empty() {
+            // Docker takes a pool it did not ask for by name as in use when
+            // this host routes it (every weave subnet is routed here) and asks
+            // again, for ever, with dockerd spinning a core (found by a
+            // review, 2026-12-04): so the subnet must be named.
             let map = self.attacher.maps.borrow();
-            map.subnets
-                .iter()
-                .find(|s| s.is_default)
-                .map(|s| s.cidr.clone())
-                .ok_or_else(|| Refused::bad("the cluster has no default subnet: give --subnet"))?
+            let default = map.subnets.iter().find(|s| s.is_default).map_or("<CIDR>", |s| s.cidr.as_str());
+            return Err(Refused::bad(format!(
+                "weave networks need --subnet: --subnet {default} for the default subnet, or a subnet of your own"
+            )));
         } else {
             let cidr = wire::pool_cidr(&req.pool).map_err(Refused::bad)?.to_string();
             self.ensure_subnet(&cidr).await?;
