@@ -84,9 +84,11 @@ impl NetConf {
     /// what the previous result names, whatever became of the configuration
     /// (runtimes retry a failed DEL for ever).
     pub fn check_subnet(&self) -> Result<(), CniError> {
-        weave_proto::local_api::addr_spec::AddrSpec::parse(&self.addr())
-            .map(drop)
-            .map_err(|e| CniError::new(code::BAD_CONFIG, "invalid network configuration", format!("subnet: {e}")))
+        weave_proto::local_api::addr_spec::AddrSpec::parse(&self.addr()).map(drop).map_err(|_| {
+            let subnet = self.subnet.as_deref().unwrap_or_default();
+            let what = format!("subnet: '{subnet}' is not \"default\", an IPv4 CIDR or a subnet's name");
+            CniError::new(code::BAD_CONFIG, "invalid network configuration", what)
+        })
     }
 
     /// The ADDR for the agent (`net:default`, `net:<CIDR>`, `net:<name>`;
