@@ -144,9 +144,12 @@ impl Attacher {
         ifname: Option<&str>,
         addrs: &[String],
     ) -> Result<Vec<String>, Refusal> {
+        // One borrow of the map at a time (del_candidates takes its own): a
+        // second read while a new map waits to be written would deadlock.
+        let candidates = self.del_candidates(held, before, ifname, addrs);
         let found: Vec<(String, Option<u32>)> = {
             let map = self.maps.borrow();
-            self.del_candidates(held, before, ifname, addrs)
+            candidates
                 .into_iter()
                 .map(|c| {
                     let vni = map.subnets.iter().find(|s| s.cidr == c).map(|s| s.vni);

@@ -97,7 +97,7 @@ impl Plugin {
                 "weave subnet {} is Docker network {} on this host already: one Docker network per weave subnet \
                  (connect containers to that one, or give this one another --subnet)",
                 network.cidr,
-                &other[..other.len().min(12)]
+                other.chars().take(12).collect::<String>()
             )));
         }
         self.subnet(&network.cidr).await?;
