@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod addr_spec;
 mod socket;
-pub use socket::{SocketPath, bind, clear_stale, probe, remove_socket, request, serve};
+pub use socket::{SocketPath, bind, clear_stale, probe, remove_socket, request, serve, usable};
 
 /// Why the agent refused a request: clients branch on this (weavectl's exit
 /// codes, the CNI error codes), never on the message.

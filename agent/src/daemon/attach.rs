@@ -85,10 +85,16 @@ impl Attacher {
     /// Whether namespace `inode` still has a veth on one of the map's
     /// segments (a namespace takes its veths with it when it dies): the
     /// liveness of a namespace the agent got by descriptor and cannot open.
+    /// Whether namespace `inode` has a veth on segment `vni` (its host end,
+    /// whatever the container named its own).
+    async fn plugged_on(&self, inode: u64, vni: u32) -> Result<bool, Refusal> {
+        Ok(self.netlink.link_index(&host_ifname(inode, vni)).await.map_err(failed)?.is_some())
+    }
+
     async fn plugged(&self, inode: u64) -> bool {
         let vnis: Vec<u32> = self.maps.borrow().subnets.iter().map(|s| s.vni).collect();
         for vni in vnis {
-            if let Ok(Some(_)) = self.netlink.link_index(&host_ifname(inode, vni)).await {
+            if let Ok(true) = self.plugged_on(inode, vni).await {
                 return true;
             }
         }
@@ -214,7 +220,7 @@ impl Attacher {
             // An interface it has keeps its MAC (`own_mac`): before any change.
             if let Some((i, have)) = on_subnet(&before, &subnet.cidr) {
                 own_mac(&i.name, &i.mac, have)?;
-            } else if self.netlink.link_index(&host_ifname(c.inode, subnet.vni)).await.map_err(failed)?.is_some() {
+            } else if self.plugged_on(c.inode, subnet.vni).await? {
                 // Plugged into the segment under a name not looked at here (a
                 // CNI runtime's second network on the same subnet): the new
                 // pair would collide with it, and undoing that took the first

@@ -182,7 +182,6 @@ impl RunArgs {
     /// happens: `agent join` uses up its token and registers the node first,
     /// and the agent would come up only to stop.
     pub fn check(&self) -> Result<(), String> {
-        use weave_proto::local_api::SocketPath;
         self.metrics_addr()?;
         if self.aead == Aead::Openssl && !weave_aead::assembly_built() {
             return Err("--aead openssl: this build has no OpenSSL assembly (x86_64 only)".into());
@@ -190,16 +189,11 @@ impl RunArgs {
         for (flag, path) in
             [("--socket", Some(self.paths.socket.clone())), ("--docker-plugin", self.docker_plugin_path())]
         {
-            let Some(p) = path else { continue };
-            let why = match weave_proto::local_api::probe(&p) {
-                Ok(SocketPath::Free | SocketPath::Stale) => continue,
-                Ok(SocketPath::NotASocket) => {
-                    "exists and is not a socket (not replaced: pick another path)".to_string()
-                }
-                Ok(SocketPath::Served) => "another process is serving on it (is an agent already running?)".to_string(),
-                Err(e) => e.to_string(),
-            };
-            return Err(format!("{flag} {}: {why}", p.display()));
+            if let Some(p) = path
+                && let Err(e) = weave_proto::local_api::usable(&p)
+            {
+                return Err(format!("{flag} {}: {e}", p.display()));
+            }
         }
         Ok(())
     }

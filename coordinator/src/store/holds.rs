@@ -196,9 +196,8 @@ impl super::Store {
         rows.iter()
             .map(|r| {
                 let (address, cidr): (String, String) = (r.try_get(0)?, r.try_get(2)?);
-                let prefix = cidr.rsplit('/').next().unwrap_or("32");
                 Ok(v1::AddressHold {
-                    address: format!("{address}/{prefix}"),
+                    address: rows::with_prefix(&address, &cidr),
                     subnet_id: r.try_get::<i64, _>(1)? as u64,
                     subnet: cidr,
                     node_id: r.try_get::<i64, _>(3)? as u64,

@@ -27,13 +27,17 @@ pub(super) const ALLOCATION_SELECT: &str = "SELECT a.id, a.address, a.subnet_id,
      n.name AS node, a.container, a.created_at \
      FROM allocations a JOIN subnets s ON s.id = a.subnet_id JOIN nodes n ON n.id = a.node_id";
 
+/// A stored address as the API shows it: with its subnet's prefix length.
+pub(super) fn with_prefix(address: &str, cidr: &str) -> String {
+    format!("{address}/{}", cidr.rsplit('/').next().unwrap_or("32"))
+}
+
 pub(super) fn allocation(r: &Row) -> Result<v1::Allocation> {
     let cidr: String = r.try_get("cidr")?;
     let address: String = r.try_get("address")?;
-    let prefix = cidr.rsplit('/').next().unwrap_or("32");
     Ok(v1::Allocation {
         id: r.try_get::<i64, _>("id")? as u64,
-        address: format!("{address}/{prefix}"),
+        address: with_prefix(&address, &cidr),
         subnet_id: r.try_get::<i64, _>("subnet_id")? as u64,
         subnet: cidr,
         node_id: r.try_get::<i64, _>("node_id")? as u64,

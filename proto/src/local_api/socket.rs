@@ -76,17 +76,25 @@ pub fn probe(path: &Path) -> std::io::Result<SocketPath> {
 /// `--socket` naming a file must not delete it, and a second daemon must not
 /// take over the socket of one still running.
 pub fn clear_stale(path: &Path) -> std::io::Result<()> {
-    match probe(path)? {
-        SocketPath::Free => Ok(()),
+    match usable(path)? {
         SocketPath::Stale => std::fs::remove_file(path),
+        _ => Ok(()),
+    }
+}
+
+/// What [`probe`] found at `path` if a socket may be bound there once a
+/// stale one is gone (`Free` or `Stale`); the refusal otherwise.
+pub fn usable(path: &Path) -> std::io::Result<SocketPath> {
+    match probe(path)? {
         SocketPath::Served => Err(std::io::Error::new(
             std::io::ErrorKind::AddrInUse,
-            "another process is serving on this socket (is an agent already running?)",
+            "another process is serving on it (is an agent already running?)",
         )),
         SocketPath::NotASocket => Err(std::io::Error::new(
             std::io::ErrorKind::AlreadyExists,
             "exists and is not a socket (not replaced: pick another path)",
         )),
+        found => Ok(found),
     }
 }
 

@@ -160,10 +160,7 @@ impl Attacher {
         let mut mine = Vec::new();
         for (cidr, vni) in found {
             let elsewhere = match vni {
-                Some(vni) if super::on_subnet(before, &cidr).is_none() => {
-                    let port = crate::plan::kernel::host_ifname(inode, vni);
-                    self.netlink.link_index(&port).await.map_err(|e| Refusal::failed(e.to_string()))?.is_some()
-                }
+                Some(vni) if super::on_subnet(before, &cidr).is_none() => self.plugged_on(inode, vni).await?,
                 _ => false,
             };
             if !elsewhere {

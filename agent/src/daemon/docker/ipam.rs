@@ -33,7 +33,7 @@ impl Plugin {
     /// coordinator refuses one that overlaps another); none: the default.
     async fn request_pool(&self, req: &RequestPool) -> Result<Value, Refused> {
         wire::check_pool(req).map_err(Refused::bad)?;
-        let cidr = if req.pool.trim().is_empty() {
+        if req.pool.trim().is_empty() {
             // Docker takes a pool it did not ask for by name as in use when
             // this host routes it (every weave subnet is routed here) and asks
             // again, for ever, with dockerd spinning a core (found by a
@@ -43,11 +43,9 @@ impl Plugin {
             return Err(Refused::bad(format!(
                 "weave networks need --subnet: --subnet {default} for the default subnet, or a subnet of your own"
             )));
-        } else {
-            let cidr = wire::pool_cidr(&req.pool).map_err(Refused::bad)?.to_string();
-            self.ensure_subnet(&cidr).await?;
-            cidr
-        };
+        }
+        let cidr = wire::pool_cidr(&req.pool).map_err(Refused::bad)?.to_string();
+        self.ensure_subnet(&cidr).await?;
         Ok(json!({"PoolID": cidr, "Pool": cidr, "Data": {}}))
     }
 
