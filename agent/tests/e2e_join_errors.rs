@@ -90,21 +90,41 @@ fn bad_flags_are_refused_before_the_token_is_used() {
     // Another agent's socket (served here by the test).
     let served = dir.join("served.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&served).unwrap();
-    let cases: [(&str, Vec<std::ffi::OsString>, &str); 3] = [
+    let data: std::ffi::OsString = dir.join("data").into();
+    let cases: [(&str, Vec<std::ffi::OsString>, &str); 4] = [
         (
             "metrics address",
-            vec!["--metrics-listen".into(), "bogus".into(), "--socket".into(), dir.join("agent.sock").into()],
+            vec![
+                "--metrics-listen".into(),
+                "bogus".into(),
+                "--socket".into(),
+                dir.join("agent.sock").into(),
+                "--data-dir".into(),
+                data.clone(),
+            ],
             "--metrics-listen 'bogus'",
         ),
-        ("a file at --socket", vec!["--socket".into(), precious.clone().into()], "exists and is not a socket"),
-        ("a served --socket", vec!["--socket".into(), served.clone().into()], "another process is serving on it"),
+        (
+            "a file at --socket",
+            vec!["--socket".into(), precious.clone().into(), "--data-dir".into(), data.clone()],
+            "exists and is not a socket",
+        ),
+        (
+            "a served --socket",
+            vec!["--socket".into(), served.clone().into(), "--data-dir".into(), data.clone()],
+            "another process is serving on it",
+        ),
+        (
+            "a file at --data-dir",
+            vec!["--socket".into(), dir.join("agent.sock").into(), "--data-dir".into(), precious.clone().into()],
+            "precious: not a directory",
+        ),
     ];
     for (what, flags, expect) in cases {
         let out = Command::new("ip")
             .args(["netns", "exec", &host])
             .arg(agent_bin())
-            .args(["join", "--token", &bed.token, "--name", "flags", "--endpoint", "192.0.2.31:6784", "--data-dir"])
-            .arg(dir.join("data"))
+            .args(["join", "--token", &bed.token, "--name", "flags", "--endpoint", "192.0.2.31:6784"])
             .args(flags)
             .output()
             .unwrap();

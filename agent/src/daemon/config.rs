@@ -186,6 +186,11 @@ impl RunArgs {
         if self.aead == Aead::Openssl && !weave_aead::assembly_built() {
             return Err("--aead openssl: this build has no OpenSSL assembly (x86_64 only)".into());
         }
+        // Missing is fine (join makes it); anything but a directory is not.
+        let dir = &self.paths.data_dir;
+        if dir.exists() && !dir.is_dir() {
+            return Err(format!("--data-dir {}: not a directory", dir.display()));
+        }
         for (flag, path) in
             [("--socket", Some(self.paths.socket.clone())), ("--docker-plugin", self.docker_plugin_path())]
         {
