@@ -289,6 +289,19 @@ fn attach_serves_dns_in_the_container_and_detach_removes_it() {
     // `weavectl dns lookup` on a host asks that host's agent.
     let looked = d.bed.weavectl(1, &["dns", "lookup", "C1"]);
     assert_eq!(String::from_utf8_lossy(&looked.stdout), format!("{}\n", d.ip(c1)), "{looked:?}");
+    // It qualifies and checks a name as the coordinator does: one name, one
+    // answer or error (before, `a..b` was exit 4 here and 2 there, and
+    // `c1.sub` was looked up as `c1.sub.` here, `c1.sub.weave.local.` there).
+    for (name, code) in [("a..b", 2), ("c1.sub", 4), ("x.example.com.", 2)] {
+        let agent = d.bed.weavectl(1, &["dns", "lookup", name]);
+        let coordinator = d.bed.weavectl_admin(&["dns", "lookup", name]);
+        assert_eq!(agent.status.code(), Some(code), "{name} via the agent: {agent:?}");
+        assert_eq!(
+            (agent.status.code(), String::from_utf8_lossy(&agent.stderr)),
+            (coordinator.status.code(), String::from_utf8_lossy(&coordinator.stderr)),
+            "{name}: the agent and the coordinator disagree"
+        );
+    }
 
     let out = d.bed.weavectl(0, &["detach", &format!("/run/netns/{ns1}")]);
     assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));

@@ -7,6 +7,7 @@
 //! - [`key`]: WireGuard public keys.
 //! - [`proof`]: the join proof that a re-joining host holds the node's private key.
 //! - [`cidr`]: subnet parsing that refuses host bits and says why.
+//! - [`dns_name`]: names under the cluster domain, qualified and checked.
 //! - [`local_api`]: the agent's local API (requests, answers, error kinds)
 //!   and its socket framing, for the agent, weavectl and weave-cni.
 //! - [`client`]: a TLS channel that trusts only the pinned coordinator, plus
@@ -15,6 +16,7 @@
 pub mod cidr;
 pub mod client;
 pub mod command_line;
+pub mod dns_name;
 pub mod duration;
 pub mod key;
 pub mod local_api;

@@ -24,7 +24,7 @@ use super::{attach::Attacher, dns::DnsServer};
 use crate::{
     dataplane::{Transport, tun_udp::TunUdp},
     host::{registry::Registry, state::Identity},
-    plan::{dns, kernel::bridge_name},
+    plan::kernel::bridge_name,
 };
 
 pub(super) struct LocalService {
@@ -52,10 +52,18 @@ impl Handler for LocalService {
             let response = match request {
                 Request::Status => Response::Status(self.status()),
                 Request::DnsLookup { name } => {
+                    // As the coordinator qualifies and checks it: one name,
+                    // one answer and one error, whichever weavectl asks.
                     let records = self.dns.records();
-                    let mut addresses: Vec<String> = records.lookup(&name).iter().map(|a| a.to_string()).collect();
-                    addresses.shuffle(&mut rand::rng());
-                    Response::Dns { name: dns::qualify(&name, &records.domain), addresses }
+                    match weave_proto::dns_name::qualify(&name, &records.domain) {
+                        Ok(name) => {
+                            let mut addresses: Vec<String> =
+                                records.lookup(&name).iter().map(|a| a.to_string()).collect();
+                            addresses.shuffle(&mut rand::rng());
+                            Response::Dns { name, addresses }
+                        }
+                        Err(e) => Response::Error(Refusal::invalid(e)),
+                    }
                 }
                 Request::DnsServe { netns, key } => match self.dns.serve_in(std::path::Path::new(&netns), &key).await {
                     Ok(()) => Response::Done,

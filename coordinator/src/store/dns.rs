@@ -9,51 +9,9 @@ use super::{
 };
 use crate::error::{Error, Result};
 
-/// `web`, `WEB.weave.local`, `web.weave.local.` -> `web.weave.local.`.
-/// Names are case-insensitive and always live under `domain`.
-/// A name ending in a dot is absolute: it must end in the domain
-/// (`foo.example.com.` is refused, not made `foo.example.com.weave.local.`).
+/// [`weave_proto::dns_name::qualify`], refused as `INVALID_ARGUMENT`.
 pub fn qualify_name(name: &str, domain: &str) -> Result<String> {
-    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    let trimmed = name.trim().to_ascii_lowercase();
-    let (lower, absolute) = match trimmed.strip_suffix('.') {
-        Some(rest) => (rest, true),
-        None => (trimmed.as_str(), false),
-    };
-    let invalid = || {
-        Error::InvalidArgument(format!(
-            "'{name}' is not a valid DNS name (labels of letters, digits, '-' and '_', separated by dots)"
-        ))
-    };
-    // An empty label (`web..`, `.web`) is what is wrong, wherever it is.
-    if lower.split('.').any(str::is_empty) {
-        return Err(invalid());
-    }
-    let relative = match lower.strip_suffix(&format!(".{domain}")) {
-        Some(relative) => relative,
-        None if absolute && lower != domain => {
-            return Err(Error::InvalidArgument(format!(
-                "'{name}' is outside {domain}. (a name ending in '.' is absolute; leave the dot off for one \
-                 under {domain}.)"
-            )));
-        }
-        None => lower,
-    };
-    let valid_label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if relative.is_empty() || relative == domain || !relative.split('.').all(valid_label) {
-        return Err(invalid());
-    }
-    let fqdn = format!("{relative}.{domain}.");
-    if fqdn.len() > 254 {
-        return Err(Error::InvalidArgument(format!("'{name}' is too long for DNS")));
-    }
-    Ok(fqdn)
+    weave_proto::dns_name::qualify(name, domain).map_err(Error::InvalidArgument)
 }
 
 pub(super) async fn all(c: &mut Conn) -> Result<Vec<v1::DnsRecord>> {
@@ -315,31 +273,5 @@ impl Store {
     pub async fn list_records(&self) -> Result<Vec<v1::DnsRecord>> {
         let mut c = self.read.acquire().await?;
         all(&mut c).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_qualified_and_case_folded() {
-        let d = "weave.local.";
-        assert_eq!(qualify_name("web", d).unwrap(), "web.weave.local.");
-        assert_eq!(qualify_name("WEB.Weave.Local", d).unwrap(), "web.weave.local.");
-        assert_eq!(qualify_name("web.weave.local.", d).unwrap(), "web.weave.local.");
-        assert_eq!(qualify_name("a.b", d).unwrap(), "a.b.weave.local.");
-        for bad in ["", "weave.local", "-x", "a..b", "sp ace", "x!", "web.weave.local..", "web..", ".", "weave.local."]
-        {
-            assert!(qualify_name(bad, d).is_err(), "{bad:?} should be refused");
-        }
-        // Absolute (a trailing dot): only inside the domain.
-        let e = qualify_name("foo.example.com.", d).unwrap_err().to_string();
-        assert!(e.contains("'foo.example.com.' is outside weave.local."), "{e}");
-        for empty_label in ["web..", ".web", "a..b", "web.weave.local..", "."] {
-            let e = qualify_name(empty_label, "weave.local.").unwrap_err().to_string();
-            assert!(e.contains("is not a valid DNS name"), "{empty_label}: {e}");
-        }
-        assert_eq!(qualify_name("foo.example.com", d).unwrap(), "foo.example.com.weave.local.");
     }
 }
