@@ -41,6 +41,11 @@ pub struct ServeArgs {
     /// DNS domain served by the agents.
     #[arg(long, env = "WEAVE_DNS_DOMAIN", default_value = "weave.local.")]
     pub dns_domain: String,
+    /// MTU of every segment on every host (containers' interfaces, bridges,
+    /// VXLAN), recorded at the first start [default: 1370, for 1500-byte
+    /// underlays; 8870 suits 9000-byte jumbo frames everywhere]
+    #[arg(long, env = "WEAVE_MTU")]
+    pub mtu: Option<u32>,
     /// Lifetime of join tokens created without --ttl.
     #[arg(long, env = "WEAVE_TOKEN_TTL", default_value = "24h")]
     pub token_ttl: String,
@@ -176,6 +181,7 @@ impl ServeArgs {
             default_subnet: None,
             node_range: None,
             dns_domain: "weave.local.".into(),
+            mtu: None,
             token_ttl: "24h".into(),
             first_token_ttl: "1h".into(),
             first_token_uses: 1,
@@ -243,6 +249,13 @@ impl ServeArgs {
             || !domain.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
         {
             return Err(flag("dns-domain", format!("'{}' is not a domain name", self.dns_domain)));
+        }
+        // IPv6's minimum (1280) below, the TUN's largest (65535) less the
+        // VXLAN and WireGuard headers above.
+        if let Some(mtu) = self.mtu
+            && !(1280..=65405).contains(&mtu)
+        {
+            return Err(flag("mtu", format!("{mtu} is not between 1280 (IPv6's minimum) and 65405")));
         }
         // One host:port or several separated by commas, kept without spaces:
         // the list goes into every token and credential, which allow none.
@@ -340,7 +353,13 @@ impl ServeArgs {
             advertise,
             data_dir: self.data_dir.clone(),
             store,
-            cluster: ClusterSettings { range, node_range, default_subnet, dns_domain: format!("{domain}.") },
+            cluster: ClusterSettings {
+                range,
+                node_range,
+                default_subnet,
+                dns_domain: format!("{domain}."),
+                segment_mtu: self.mtu,
+            },
             token_ttl,
             first_token_ttl,
             first_token_uses: self.first_token_uses,

@@ -130,12 +130,32 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .with_node_dns_quota(settings.node_dns_quota)
         .with_dns_hold(settings.dns_name_hold.map(|d| d.as_secs()))
         .with_address_hold(settings.address_hold.map(|d| d.as_secs()));
-    let (cluster, first_start) = store.init_cluster(&settings.cluster).await?;
+    let (mut cluster, first_start) = store.init_cluster(&settings.cluster).await?;
     if !first_start && (cluster.range != settings.cluster.range || cluster.node_range != settings.cluster.node_range) {
         tracing::warn!(
             range = %cluster.range, node_range = %cluster.node_range,
             "the database was created with other --range/--node-range; keeping the recorded ones"
         );
+    }
+    match (first_start, cluster.segment_mtu, settings.cluster.segment_mtu) {
+        (true, mtu, _) => tracing::info!(segment_mtu = mtu, "every segment's MTU, on every host"),
+        (false, 0, Some(mtu)) if store.record_segment_mtu(mtu).await? => {
+            cluster.segment_mtu = mtu;
+            tracing::warn!(
+                segment_mtu = mtu,
+                "recorded the segment MTU (agents take it when they restart; workloads attached before keep theirs \
+                 until attached again)"
+            )
+        }
+        (false, 0, _) => tracing::warn!(
+            "this cluster has no segment MTU (created before there was one): each host derives its own from its \
+             underlay, and hosts with different underlay MTUs lose frames between them; give --mtu once to set one"
+        ),
+        (false, recorded, Some(mtu)) if recorded != mtu => tracing::warn!(
+            segment_mtu = recorded,
+            "the database was created with another --mtu; keeping the recorded one"
+        ),
+        _ => {}
     }
     if !first_start && cluster.dns_domain != settings.cluster.dns_domain {
         tracing::warn!(

@@ -64,7 +64,13 @@ async fn run(ops: Vec<Op>) {
     let range: IpNet = "10.32.0.0/12".parse().unwrap();
     let (default_subnet, node_range) = ipam::default_layout(&range);
     store
-        .init_cluster(&ClusterSettings { range, node_range, default_subnet, dns_domain: "weave.local.".into() })
+        .init_cluster(&ClusterSettings {
+            range,
+            node_range,
+            default_subnet,
+            dns_domain: "weave.local.".into(),
+            segment_mtu: None,
+        })
         .await
         .unwrap();
     for s in SUBNETS {

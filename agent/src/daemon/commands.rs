@@ -35,7 +35,7 @@ use crate::{
     },
     plan::{
         self,
-        kernel::{TUN_NAME, mtus},
+        kernel::{TUN_NAME, mtu_warning, mtus},
         netmap,
     },
 };
@@ -249,7 +249,10 @@ async fn serve(
 ) -> Result<(), Error> {
     let netlink = Netlink::connect()?;
     let underlay = netlink.mtu_of_address(identity.endpoint.ip()).await?.unwrap_or(1500);
-    let (tun_mtu, segment_mtu) = mtus(underlay);
+    let (tun_mtu, segment_mtu) = mtus(underlay, map.segment_mtu);
+    if let Some(warning) = mtu_warning(underlay, map.segment_mtu) {
+        tracing::warn!(underlay, segment_mtu, "{warning}");
+    }
     // Both families (IPv4 only on a kernel without IPv6).
     let listen = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), args.listen_port);
     // Before the transport exists: boringtun makes its session keys with it.

@@ -73,10 +73,32 @@ pub fn vxlan_name(vni: u32) -> String {
     format!("{VXLAN_PREFIX}{vni}")
 }
 
-/// MTUs of the TUN (node addresses) and of every segment, from the underlay's.
-pub fn mtus(underlay: u32) -> (u32, u32) {
+/// MTUs of the TUN (node addresses) and of every segment: the cluster's
+/// segment MTU (the map's `segment_mtu`), with a TUN that carries it in
+/// VXLAN (on an underlay too small for that, the datagrams to peers are
+/// fragmented: IPv4 ones leave without DF); none (0, a cluster from before
+/// it had one): both from this host's underlay, as before.
+pub fn mtus(underlay: u32, cluster_segment: u32) -> (u32, u32) {
     let tun = underlay.saturating_sub(WIREGUARD_OVERHEAD).max(1280);
-    (tun, tun - VXLAN_OVERHEAD)
+    match cluster_segment {
+        0 => (tun, tun - VXLAN_OVERHEAD),
+        segment => (tun.max(segment + VXLAN_OVERHEAD), segment),
+    }
+}
+
+/// What is wrong with [`mtus`]' choice, if anything.
+pub fn mtu_warning(underlay: u32, cluster_segment: u32) -> Option<&'static str> {
+    let (tun, _) = mtus(underlay, cluster_segment);
+    if cluster_segment == 0 {
+        Some(
+            "the cluster has no segment MTU (its coordinator is older, or was never given --mtu): this host derives \
+             its own from its underlay, and frames between hosts whose underlays differ are lost",
+        )
+    } else if tun + WIREGUARD_OVERHEAD > underlay {
+        Some("this host's underlay is too small for the cluster's segment MTU: datagrams to peers leave in fragments")
+    } else {
+        None
+    }
 }
 
 /// The fixed MAC of this node's bridges (02:57 + the node address): a bridge
@@ -219,15 +241,24 @@ mod tests {
 
     #[test]
     fn mtus_leave_room_for_wireguard_and_vxlan() {
-        assert_eq!(mtus(1500), (1420, 1370));
-        assert_eq!(mtus(9000), (8920, 8870));
+        assert_eq!(mtus(1500, 0), (1420, 1370));
+        assert_eq!(mtus(9000, 0), (8920, 8870));
+        // The cluster's segment MTU, whatever the underlay: a smaller one
+        // gets a TUN large enough for it (its datagrams are fragmented).
+        assert_eq!(mtus(1500, 1370), (1420, 1370));
+        assert_eq!(mtus(1400, 1370), (1420, 1370));
+        assert_eq!(mtus(9000, 1370), (8920, 1370));
+        assert_eq!(mtus(1500, 8870), (8920, 8870));
+        assert!(mtu_warning(1500, 0).is_some_and(|w| w.contains("no segment MTU")));
+        assert!(mtu_warning(1400, 1370).is_some_and(|w| w.contains("fragments")));
+        assert_eq!((mtu_warning(1500, 1370), mtu_warning(9000, 1370)), (None, None));
         assert_eq!(bridge_name(16_777_215).len(), 13);
     }
 
     #[test]
     fn a_workload_super_packet_leaves_in_one_udp_gso_send() {
         for underlay in [1280, 1300, 1450, 1500, 4000, 9000] {
-            let (_, mtu) = mtus(underlay);
+            let (_, mtu) = mtus(underlay, 0);
             let n = workload_gso_segments(mtu) as usize;
             let datagram = (mtu as usize).next_multiple_of(16) + WIREGUARD_FRAMING;
             assert!(n * datagram <= UDP_GSO_BYTES && n <= UDP_GSO_SEGMENTS, "{mtu}: {n} segments fit");

@@ -170,11 +170,16 @@ impl Bed {
     /// router namespace): a 1500-byte link, the host at `ip`/24 with its
     /// default route via `gw`/24 on the router's side. Starts `agent join`.
     pub fn add_host_behind(&mut self, gateway: &str, gw: Ipv4Addr, ip: Ipv4Addr) -> usize {
+        self.add_host_behind_mtu(gateway, gw, ip, 1500)
+    }
+
+    /// [`Bed::add_host_behind`] with a link of `mtu` bytes.
+    pub fn add_host_behind_mtu(&mut self, gateway: &str, gw: Ipv4Addr, ip: Ipv4Addr, mtu: u32) -> usize {
         let i = self.hosts.len();
         let ns = format!("{}-h{}", self.prefix, i + 1);
         self.add_ns(&ns);
         let port = format!("h{}", i + 1);
-        self.link((gateway, &port, &format!("{gw}/24")), (&ns, "eth0", &format!("{ip}/24")), 1500);
+        self.link((gateway, &port, &format!("{gw}/24")), (&ns, "eth0", &format!("{ip}/24")), mtu);
         ok_in(&ns, &["ip", "route", "add", "default", "via", &gw.to_string()]);
         self.start_host(ns, ip)
     }

@@ -192,6 +192,7 @@ impl JoinService for Join {
                 range: self.0.cluster.range.to_string(),
                 node_range: self.0.cluster.node_range.to_string(),
                 dns_domain: self.0.cluster.dns_domain.clone(),
+                segment_mtu: self.0.cluster.segment_mtu,
                 ..Default::default()
             }
         } else {

@@ -294,6 +294,7 @@ mod tests {
             node_range: "10.47.0.0/16".parse().unwrap(),
             default_subnet: "10.32.0.0/16".parse().unwrap(),
             dns_domain: "weave.local.".into(),
+            segment_mtu: None,
         }
     }
 

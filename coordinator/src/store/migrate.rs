@@ -46,6 +46,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("dns_domain", Text),
             ("revision", Int),
             ("created_at", Int),
+            ("segment_mtu", Int),
         ],
     ),
     ("admin_credentials", &[("id", Int), ("secret_hash", Text), ("created_at", Int), ("revoked_at", OptInt)]),

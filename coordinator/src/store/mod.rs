@@ -73,7 +73,14 @@ pub struct ClusterSettings {
     pub node_range: IpNet,
     pub default_subnet: IpNet,
     pub dns_domain: String,
+    /// Every segment's MTU (`--mtu`); None: [`DEFAULT_SEGMENT_MTU`] for a
+    /// new cluster, and a recorded one (or none) kept.
+    pub segment_mtu: Option<u32>,
 }
+
+/// A 1500-byte underlay's segment MTU: 1500 − 80 (WireGuard over IPv6,
+/// the larger header) − 50 (VXLAN).
+pub const DEFAULT_SEGMENT_MTU: u32 = 1370;
 
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -81,6 +88,8 @@ pub struct Cluster {
     pub node_range: IpNet,
     pub dns_domain: String,
     pub created_at: i64,
+    /// 0: none recorded (each host derives its own).
+    pub segment_mtu: u32,
 }
 
 #[derive(Clone)]
@@ -292,8 +301,8 @@ impl Store {
         let mut tx = self.begin().await?;
         let created = now();
         db::query(
-            "INSERT INTO cluster (id, range_cidr, node_range, node_first, node_last, dns_domain, revision, created_at) \
-             VALUES (1, $1, $2, $3, $4, $5, 0, $6)",
+            "INSERT INTO cluster (id, range_cidr, node_range, node_first, node_last, dns_domain, revision, created_at, \
+             segment_mtu) VALUES (1, $1, $2, $3, $4, $5, 0, $6, $7)",
         )
         .bind(settings.range.to_string())
         .bind(settings.node_range.to_string())
@@ -301,6 +310,7 @@ impl Store {
         .bind(ipam::key_text(settings.node_range.broadcast()))
         .bind(&settings.dns_domain)
         .bind(created)
+        .bind(i64::from(settings.segment_mtu.unwrap_or(DEFAULT_SEGMENT_MTU)))
         .execute(tx.c())
         .await?;
         subnets::insert(&mut tx, &settings.default_subnet, Some("default"), true, None, &[]).await?;
@@ -310,16 +320,32 @@ impl Store {
         Ok((cluster, true))
     }
 
-    pub async fn cluster(&self) -> Result<Option<Cluster>> {
-        let row = db::query("SELECT range_cidr, node_range, dns_domain, created_at FROM cluster WHERE id = 1")
-            .fetch_optional(&self.read)
+    /// Records the segment MTU of a cluster created before there was one
+    /// (0 recorded); agents take it at their next start. false: one was
+    /// recorded already, and it stays.
+    pub async fn record_segment_mtu(&self, mtu: u32) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let done = db::query("UPDATE cluster SET segment_mtu = $1 WHERE id = 1 AND segment_mtu = 0")
+            .bind(i64::from(mtu))
+            .execute(tx.c())
             .await?;
+        self.commit(tx).await?;
+        self.reload_live().await?;
+        Ok(done == 1)
+    }
+
+    pub async fn cluster(&self) -> Result<Option<Cluster>> {
+        let row =
+            db::query("SELECT range_cidr, node_range, dns_domain, created_at, segment_mtu FROM cluster WHERE id = 1")
+                .fetch_optional(&self.read)
+                .await?;
         row.map(|r| {
             Ok(Cluster {
                 range: parse_net(r.try_get("range_cidr")?)?,
                 node_range: parse_net(r.try_get("node_range")?)?,
                 dns_domain: r.try_get("dns_domain")?,
                 created_at: r.try_get("created_at")?,
+                segment_mtu: u32::try_from(r.try_get::<i64, _>("segment_mtu")?).unwrap_or(0),
             })
         })
         .transpose()
@@ -433,9 +459,10 @@ async fn load_snapshot(pool: &Pool) -> Result<v1::NetworkMap> {
 /// The whole map as `c` sees it (a read transaction, or the open batch's
 /// transaction, which holds the write lock).
 async fn load_snapshot_on(c: &mut db::Conn) -> Result<v1::NetworkMap> {
-    let Some(row) = db::query("SELECT revision, range_cidr, node_range, dns_domain FROM cluster WHERE id = 1")
-        .fetch_optional(&mut *c)
-        .await?
+    let Some(row) =
+        db::query("SELECT revision, range_cidr, node_range, dns_domain, segment_mtu FROM cluster WHERE id = 1")
+            .fetch_optional(&mut *c)
+            .await?
     else {
         return Ok(v1::NetworkMap::default());
     };
@@ -448,6 +475,7 @@ async fn load_snapshot_on(c: &mut db::Conn) -> Result<v1::NetworkMap> {
         range: row.try_get("range_cidr")?,
         node_range: row.try_get("node_range")?,
         dns_domain: row.try_get("dns_domain")?,
+        segment_mtu: u32::try_from(row.try_get::<i64, _>("segment_mtu")?).unwrap_or(0),
         nodes,
         subnets,
         allocations,

@@ -310,6 +310,11 @@ mod tests {
                     "5023ae07970f0c3c43f1e0ed2fffe220ddc1b31c156963fcaa743a7761fc868544a20baf406343eb24e4354484f3e223"
                         .to_string()
                 ),
+                (
+                    10,
+                    "31e002e19b3dec19485d92e78335dcb58295a7ee450b486dd48d9315a465b41133f93bfae46abae74ef9bc00c50f1fba"
+                        .to_string()
+                ),
             ]
         );
         let pg: Vec<(i64, String)> =
