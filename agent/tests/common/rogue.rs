@@ -17,7 +17,8 @@ use boringtun::{
 
 use super::{Bed, WG_PORT, in_netns};
 
-fn key(bed: &Bed, i: usize) -> StaticSecret {
+/// Host `i`'s private key, read from its data dir.
+pub fn key(bed: &Bed, i: usize) -> StaticSecret {
     let text = fs::read_to_string(bed.hosts[i].data_dir.join("private.key")).unwrap();
     let bytes: [u8; 32] = STANDARD.decode(text.trim()).unwrap().try_into().unwrap();
     StaticSecret::from(bytes)
