@@ -83,6 +83,10 @@ fn describe() {
         "Calls of a node that waited their turn under --node-rate (refused ones answer RESOURCE_EXHAUSTED)."
     );
     describe_counter!(
+        "weave_rpc_refused_after_failures_total",
+        "Calls refused before any lookup because their source address failed to authenticate too often."
+    );
+    describe_counter!(
         "weave_rpc_deadline_exceeded_total",
         "RPCs answered UNAVAILABLE because they were not answered within --rpc-deadline (the database is not answering)."
     );
@@ -108,6 +112,7 @@ fn describe() {
         "weave_store_commits_total",
         "weave_store_committed_writes_total",
         "weave_rpc_paced_total",
+        "weave_rpc_refused_after_failures_total",
         "weave_rpc_deadline_exceeded_total",
         "weave_rpc_unread_refused_total",
         "weave_connections_refused_total",

@@ -632,3 +632,47 @@ async fn a_credential_leaving_answers_unread_gets_no_more_and_others_do() {
     .await;
     assert!(answered.is_ok(), "the member was not answered again after its stalled connection closed");
 }
+
+/// An outsider sending bad credentials and bad join tokens from one address
+/// is refused with RESOURCE_EXHAUSTED, before any lookup, once that address
+/// failed 50 times faster than 5 a second (each failure cost the store three
+/// lookups: ~3,000 a second from one address made members' calls ~85 times
+/// slower; found by a review, 2026-12-04). Callers at other addresses are
+/// served meanwhile, and the address gets its turn back with time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_keeps_failing_to_authenticate_is_refused_before_any_lookup() {
+    use weave_coordinator::api::pace::{FAILURES_BURST, FAILURES_PER_SECOND};
+    let c = TestCoordinator::start().await;
+    let from = "127.0.0.9";
+    let channel = c.channel_from(from).await.unwrap();
+    let mut bogus = weave_proto::client::Api::new(channel.clone(), "not-a-credential").unwrap();
+    let mut refused = 0;
+    for i in 0..3 * FAILURES_BURST {
+        let r = if i % 2 == 0 {
+            bogus.status.get_status(GetStatusRequest {}).await.map(drop)
+        } else {
+            let mut token = weave_proto::token::JoinToken::parse(&c.token()).unwrap();
+            // The same shape, another secret.
+            let first = if token.secret.starts_with('A') { "B" } else { "A" };
+            token.secret = format!("{first}{}", &token.secret[1..]);
+            bogus.join.join(join_request(&token.to_string(), "evil", 9)).await.map(drop)
+        };
+        let e = r.unwrap_err();
+        match e.code() {
+            Code::Unauthenticated => assert_eq!(refused, 0, "call {i}: a failure after the refusals began"),
+            Code::ResourceExhausted => refused += 1,
+            other => panic!("call {i}: {other:?} {}", e.message()),
+        }
+    }
+    // A burst of 50 (and what came back while it was spent).
+    assert!((FAILURES_BURST..=3 * FAILURES_BURST - FAILURES_BURST).contains(&refused), "{refused} refused");
+    // A valid credential from that address is refused too, before its lookup ...
+    let mut admin_there = c.admin_from(from).await.unwrap();
+    assert_status(admin_there.status.get_status(GetStatusRequest {}).await, Code::ResourceExhausted, "failed");
+    // ... while one from another address is served.
+    let mut admin = c.admin_from("127.0.0.10").await.unwrap();
+    admin.status.get_status(GetStatusRequest {}).await.expect("another address is served");
+    // Time gives the address its turn back.
+    tokio::time::sleep(std::time::Duration::from_millis(2 * 1000 / u64::from(FAILURES_PER_SECOND) + 100)).await;
+    admin_there.status.get_status(GetStatusRequest {}).await.expect("served again");
+}

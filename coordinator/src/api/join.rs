@@ -128,6 +128,24 @@ pub(super) fn observed_endpoint(from: Option<std::net::SocketAddr>, endpoints: &
 impl JoinService for Join {
     #[tracing::instrument(skip_all, fields(node = %request.get_ref().name))]
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let from = request.remote_addr();
+        self.0.failures.check(from)?;
+        let joined = self.join_checked(request).await;
+        if joined.as_ref().is_err_and(|s| s.code() == tonic::Code::Unauthenticated) {
+            self.0.failures.failed(from);
+        }
+        joined
+    }
+
+    async fn challenge(&self, _request: Request<ChallengeRequest>) -> Result<Response<JoinChallenge>, Status> {
+        let (nonce, coordinator_key) = self.0.challenger.issue(now());
+        Ok(Response::new(JoinChallenge { nonce, coordinator_key: coordinator_key.to_vec() }))
+    }
+}
+
+impl Join {
+    /// The join itself ([`JoinService::join`] counts its authentication failures).
+    async fn join_checked(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let (from, local) = (request.remote_addr(), request.local_addr());
         let r = request.into_inner();
         let token = JoinToken::parse(&r.token).map_err(|e| Error::InvalidArgument(e.to_string()))?;
@@ -199,11 +217,6 @@ impl JoinService for Join {
             self.0.store.snapshot().await?
         };
         Ok(Response::new(JoinResponse { node: Some(joined.node), credential, map: Some(map) }))
-    }
-
-    async fn challenge(&self, _request: Request<ChallengeRequest>) -> Result<Response<JoinChallenge>, Status> {
-        let (nonce, coordinator_key) = self.0.challenger.issue(now());
-        Ok(Response::new(JoinChallenge { nonce, coordinator_key: coordinator_key.to_vec() }))
     }
 }
 

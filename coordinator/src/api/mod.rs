@@ -69,6 +69,8 @@ pub struct State {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// How fast each node may call (`--node-rate`).
     pub pacer: pace::Pacer,
+    /// How often each source address may fail to authenticate.
+    pub failures: pace::Failures,
     /// The connections held: a call that proves a credential marks its own.
     pub(crate) connections: crate::accept::Connections,
 }
@@ -104,6 +106,15 @@ impl State {
     }
 
     async fn authenticate<T>(&self, req: &Request<T>) -> Result<(Caller, String), Status> {
+        self.failures.check(req.remote_addr())?;
+        let found = self.find_caller(req).await;
+        if found.as_ref().is_err_and(|s| s.code() == tonic::Code::Unauthenticated) {
+            self.failures.failed(req.remote_addr());
+        }
+        found
+    }
+
+    async fn find_caller<T>(&self, req: &Request<T>) -> Result<(Caller, String), Status> {
         let header = req.metadata().get("authorization").ok_or_else(|| {
             Status::unauthenticated("no credential: pass the admin credential (weavectl) or a node credential")
         })?;

@@ -72,9 +72,115 @@ impl Pacer {
     }
 }
 
+/// Failed authentications one source address may have a second (a wrong
+/// or unknown credential, a join token that is not valid), and at once.
+pub const FAILURES_PER_SECOND: u32 = 5;
+pub const FAILURES_BURST: u32 = 50;
+
+/// How often a source address may fail to authenticate. Each failure cost
+/// the store three lookups; one address of an outsider that never joined,
+/// sending bad credentials and join tokens on a few connections (~3,000 a
+/// second), made members' calls ~85 times slower (found by a review,
+/// 2026-12-04). Past its budget, a source's calls are refused with
+/// `RESOURCE_EXHAUSTED` before any lookup, whatever they carry, until the
+/// budget comes back (a second for five). A source is an IPv4 address or
+/// an IPv6 /64. The price: members that share an address (one NAT, or a
+/// load balancer that hides the callers' addresses) with someone failing
+/// this often are refused with it.
+pub struct Failures {
+    /// Per source: when its budget is whole again, as an offset from `epoch`.
+    due: Mutex<HashMap<u64, Duration>>,
+    epoch: Instant,
+}
+
+impl Default for Failures {
+    fn default() -> Self {
+        Self { due: Mutex::default(), epoch: Instant::now() }
+    }
+}
+
+fn source_key(ip: std::net::IpAddr) -> u64 {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => (1 << 63) | u64::from(u32::from(v4)),
+        std::net::IpAddr::V6(v6) => (u128::from(v6) >> 64) as u64 & !(1 << 63),
+    }
+}
+
+impl Failures {
+    const PER_FAILURE: Duration = Duration::from_millis(1000 / FAILURES_PER_SECOND as u64);
+
+    /// Refuses a call from `from` while its source has failed too often.
+    pub fn check(&self, from: Option<std::net::SocketAddr>) -> Result<(), Status> {
+        self.check_at(from, self.epoch.elapsed())
+    }
+
+    fn check_at(&self, from: Option<std::net::SocketAddr>, now: Duration) -> Result<(), Status> {
+        let Some(from) = from else { return Ok(()) };
+        let due = self.due.lock().unwrap_or_else(|p| p.into_inner()).get(&source_key(from.ip())).copied();
+        if due.is_some_and(|d| d > now + Self::PER_FAILURE * FAILURES_BURST) {
+            metrics::counter!("weave_rpc_refused_after_failures_total").increment(1);
+            return Err(Status::resource_exhausted(format!(
+                "too many failed authentications from {}: retry in a few seconds",
+                from.ip().to_canonical()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Charges `from`'s source one failure.
+    pub fn failed(&self, from: Option<std::net::SocketAddr>) {
+        self.failed_at(from, self.epoch.elapsed());
+    }
+
+    fn failed_at(&self, from: Option<std::net::SocketAddr>, now: Duration) {
+        let Some(from) = from else { return };
+        let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+        if due.len() > 100_000 {
+            due.retain(|_, d| *d > now);
+        }
+        let next = due.get(&source_key(from.ip())).copied().unwrap_or(now).max(now) + Self::PER_FAILURE;
+        // Never more than one failure past the budget: refused calls are not
+        // charged, so the budget comes back at its rate once they stop failing.
+        due.insert(source_key(from.ip()), next.min(now + Self::PER_FAILURE * (FAILURES_BURST + 1)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_that_fails_too_often_is_refused_until_its_budget_comes_back() {
+        let f = Failures::default();
+        let (a, b): (std::net::SocketAddr, std::net::SocketAddr) =
+            ("192.0.2.1:1000".parse().unwrap(), "192.0.2.2:1000".parse().unwrap());
+        let t = 100 * S;
+        for _ in 0..FAILURES_BURST {
+            f.check_at(Some(a), t).unwrap();
+            f.failed_at(Some(a), t);
+        }
+        f.check_at(Some(a), t).unwrap();
+        f.failed_at(Some(a), t);
+        let refused = f.check_at(Some(a), t).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("from 192.0.2.1"), "{}", refused.message());
+        // Another port of the same address is the same source; another address is not.
+        assert!(f.check_at(Some("192.0.2.1:2000".parse().unwrap()), t).is_err());
+        f.check_at(Some(b), t).unwrap();
+        // Refused calls are not charged: one failure's time later, one more may try.
+        for _ in 0..1000 {
+            f.failed_at(Some(a), t);
+        }
+        f.check_at(Some(a), t + S / FAILURES_PER_SECOND * 2).unwrap();
+        // An IPv6 /64 is one source; IPv4-mapped is the IPv4 address.
+        for i in 0..=FAILURES_BURST + 1 {
+            f.failed_at(Some(format!("[2001:db8::{i}]:1").parse().unwrap()), t);
+        }
+        assert!(f.check_at(Some("[2001:db8::ffff]:1".parse().unwrap()), t).is_err());
+        f.check_at(Some("[2001:db8:0:1::1]:1".parse().unwrap()), t).unwrap();
+        assert!(f.check_at(Some("[::ffff:192.0.2.1]:1".parse().unwrap()), t + S / 10).is_err());
+        f.check_at(None, t).unwrap();
+    }
 
     const S: Duration = Duration::from_secs(1);
 
