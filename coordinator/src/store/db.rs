@@ -61,7 +61,20 @@ impl Pool {
     /// A write transaction, holding the engine's writer lock.
     pub async fn begin_write(&self) -> Result<Conn, sqlx::Error> {
         Ok(match self {
-            Self::Sqlite(p) => Conn::SqliteTx(p.begin_with("BEGIN IMMEDIATE").await?),
+            Self::Sqlite(p) => match p.begin_with("BEGIN IMMEDIATE").await {
+                // A COMMIT that failed (a full disk: SQLite rolled the
+                // transaction back itself, so sqlx's own ROLLBACK failed)
+                // left sqlx counting a transaction on the one write
+                // connection, and every later write was refused (found by a
+                // review, 2026-12-04): that connection goes, the pool opens
+                // a new one.
+                Err(sqlx::Error::InvalidSavePointStatement) => {
+                    tracing::warn!("the write connection is stuck in a failed transaction: opening a new one");
+                    let _ = p.acquire().await?.close().await;
+                    Conn::SqliteTx(p.begin_with("BEGIN IMMEDIATE").await?)
+                }
+                begun => Conn::SqliteTx(begun?),
+            },
             Self::Postgres(p) => {
                 let mut tx = p.begin().await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *tx).await?;
