@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// DNS domain served by the agents.
     #[arg(long, env = "WEAVE_DNS_DOMAIN", default_value = "weave.local.")]
     pub dns_domain: String,
+    /// Make a new TLS identity for a cluster whose tls/ is gone (every agent
+    /// must then join again, with a new token): without it such a start is refused.
+    #[arg(long, env = "WEAVE_NEW_IDENTITY")]
+    pub new_identity: bool,
     /// MTU of every segment on every host (containers' interfaces, bridges,
     /// VXLAN), recorded at the first start [default: 1370, for 1500-byte
     /// underlays; 8870 suits 9000-byte jumbo frames everywhere]
@@ -132,6 +136,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub store: Location,
     pub cluster: ClusterSettings,
+    /// `--new-identity`.
+    pub new_identity: bool,
     pub token_ttl: Option<Duration>,
     pub first_token_ttl: Option<Duration>,
     pub first_token_uses: u32,
@@ -182,6 +188,7 @@ impl ServeArgs {
             node_range: None,
             dns_domain: "weave.local.".into(),
             mtu: None,
+            new_identity: false,
             token_ttl: "24h".into(),
             first_token_ttl: "1h".into(),
             first_token_uses: 1,
@@ -360,6 +367,7 @@ impl ServeArgs {
                 dns_domain: format!("{domain}."),
                 segment_mtu: self.mtu,
             },
+            new_identity: self.new_identity,
             token_ttl,
             first_token_ttl,
             first_token_uses: self.first_token_uses,

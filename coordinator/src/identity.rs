@@ -95,6 +95,11 @@ pub fn load_or_create_tls(dir: &Path) -> Result<(TlsIdentity, bool), IdentityErr
     Ok((identity, true))
 }
 
+/// Whether `dir` holds a TLS key ([`load_or_create_tls`] makes one if not).
+pub fn tls_exists(dir: &Path) -> bool {
+    dir.join("tls").join("coordinator.key").exists()
+}
+
 /// Where `coordinator serve` writes the admin credential, and where weavectl
 /// looks for it on the coordinator host.
 pub fn admin_credential_path(data_dir: &Path) -> PathBuf {

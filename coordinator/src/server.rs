@@ -119,10 +119,6 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         }
         None => None,
     };
-    let (tls, tls_created) = load_or_create_tls(&settings.data_dir)?;
-    if tls_created {
-        tracing::info!(pin = %tls.pin, "created the coordinator's TLS identity");
-    }
     let store = Store::connect(&settings.store)
         .await?
         .with_node_quota(settings.node_quota)
@@ -130,7 +126,29 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .with_node_dns_quota(settings.node_dns_quota)
         .with_dns_hold(settings.dns_name_hold.map(|d| d.as_secs()))
         .with_address_hold(settings.address_hold.map(|d| d.as_secs()));
+    // Every token and credential pins the key that made the cluster: a new
+    // one made because tls/ went missing (a lost file, a second coordinator
+    // of a shared database not given the first one's) locked every agent
+    // out, with nothing but INFO said (found by a review, 2026-12-04).
+    if !crate::identity::tls_exists(&settings.data_dir) && !settings.new_identity && store.cluster().await?.is_some() {
+        anyhow::bail!(
+            "{} has no TLS identity (tls/coordinator.key) but the database holds a cluster, whose agents and \
+             tokens pin the identity it was made with: restore tls/ (for one more coordinator of a shared \
+             database: copy the first one's tls/ and admin.credential), or start with --new-identity to make a \
+             new one (every agent must then join again, with a new token)",
+            settings.data_dir.display()
+        );
+    }
+    let (tls, tls_created) = load_or_create_tls(&settings.data_dir)?;
     let (mut cluster, first_start) = store.init_cluster(&settings.cluster).await?;
+    match (tls_created, first_start) {
+        (true, true) => tracing::info!(pin = %tls.pin, "created the coordinator's TLS identity"),
+        (true, false) => tracing::warn!(
+            pin = %tls.pin,
+            "--new-identity: created a new TLS identity; every agent must join again, with a new token"
+        ),
+        _ => {}
+    }
     if !first_start && (cluster.range != settings.cluster.range || cluster.node_range != settings.cluster.node_range) {
         tracing::warn!(
             range = %cluster.range, node_range = %cluster.node_range,
@@ -208,6 +226,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         watches_by_credential: Default::default(),
         stopping,
         pacer: api::pace::Pacer::new(settings.node_rate),
+        failures: crate::api::pace::Failures::default(),
         connections: connections.clone(),
     });
     let first_token = if first_start {

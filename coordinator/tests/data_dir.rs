@@ -134,3 +134,60 @@ fn a_bad_flag_is_one_line() {
         "coordinator: invalid value 'bogus' for '--listen <LISTEN>': invalid socket address syntax (see --help)\n"
     );
 }
+
+/// A data dir whose `tls/` is gone, on a database that holds a cluster, is
+/// refused with one line saying how to go on: every agent and token pins
+/// the identity the cluster was made with. Before, a new key was made
+/// (logged at INFO) and every agent was locked out (found by a review,
+/// 2026-12-04). `--new-identity` makes one on purpose.
+#[test]
+fn a_lost_tls_identity_is_not_replaced_without_being_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut first = serve(&data);
+    credential(&data, &mut first);
+    stop(first);
+    let key = data.join("tls/coordinator.key");
+    let cert = std::fs::read(data.join("tls/coordinator.crt")).unwrap();
+    std::fs::remove_file(&key).unwrap();
+
+    let mut refused = serve(&data);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refused.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            stop(refused);
+            panic!("a coordinator serves with a new TLS identity");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = refused.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("coordinator: ") && stderr.contains("has no TLS identity"), "{stderr}");
+    assert!(stderr.contains("--new-identity"), "{stderr}");
+    assert!(!key.exists(), "a key was made");
+    assert_eq!(std::fs::read(data.join("tls/coordinator.crt")).unwrap(), cert, "the certificate was replaced");
+
+    let mut again = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--new-identity", "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .env_remove("WEAVE_STORE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !key.exists() {
+        assert!(again.try_wait().unwrap().is_none(), "--new-identity: the coordinator exited");
+        assert!(Instant::now() < deadline, "--new-identity: no key after 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop(again);
+    assert_ne!(
+        std::fs::read(data.join("tls/coordinator.crt")).unwrap(),
+        cert,
+        "--new-identity made no new certificate"
+    );
+}
