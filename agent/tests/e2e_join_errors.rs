@@ -140,3 +140,74 @@ fn bad_flags_are_refused_before_the_token_is_used() {
     let nodes: serde_json::Value = serde_json::from_slice(&nodes.stdout).unwrap();
     assert!(nodes.as_array().unwrap().iter().all(|n| n["name"] != "flags"), "a node was registered: {nodes}");
 }
+
+/// Runs `args` with a 30 s bound (an agent that should have stopped but
+/// serves is killed and the test fails).
+fn exits(mut cmd: Command, what: &str) -> std::process::Output {
+    let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("{what}: still running after 30 s: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A second agent on a data dir one already uses (from another network
+/// namespace: the same host identity twice) stops with one line. Before, it
+/// ran, took over the node's WireGuard identity and cut the first one's
+/// workloads off until it stopped (found by a review, 2026-12-04).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_second_agent_on_a_data_dir_in_use_stops_with_one_line() {
+    let mut bed = Bed::with_hosts(2);
+    let w0 = bed.add_workload(0, "default");
+    let w1 = bed.add_workload(1, "default");
+    bed.wait_ping(w0, w1, Duration::from_secs(15));
+    let other = bed.add_bare_host("192.0.2.40");
+    let h = &bed.hosts[1];
+    for verb in ["run", "join"] {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &other]).arg(agent_bin()).arg(verb);
+        if verb == "join" {
+            cmd.args(["--token", &bed.token, "--name", "twice", "--endpoint", "192.0.2.40:6784"]);
+        }
+        cmd.arg("--data-dir").arg(&h.data_dir).arg("--socket").arg(bed.path("twice.sock"));
+        let out = exits(cmd, verb);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{verb}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(lines.len() == 1 && lines[0].contains("another agent uses --data-dir"), "{verb}: {stderr}");
+    }
+    bed.wait_ping(w0, w1, Duration::from_secs(5));
+}
+
+/// A join the coordinator refuses removes the key it made, and nothing an
+/// earlier run left in the data dir (its container names, its map). Before,
+/// the whole directory went.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_refused_join_leaves_what_an_earlier_run_kept() {
+    let mut bed = Bed::with_hosts(1);
+    let ns = bed.add_bare_host("192.0.2.41");
+    let dir = bed.path("kept");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("containers.json"), r#"{"names":{}}"#).unwrap();
+    std::fs::write(data.join("map.pb"), b"").unwrap();
+    // "h1" is taken by host 1, whose key this host does not hold.
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns]).arg(agent_bin());
+    cmd.args(["join", "--token", &bed.token, "--name", "h1", "--endpoint", "192.0.2.41:6784", "--data-dir"]);
+    cmd.arg(&data).arg("--socket").arg(dir.join("agent.sock"));
+    let out = exits(cmd, "join");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut left: Vec<String> =
+        std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["containers.json", "map.pb"], "what the refused join left");
+}

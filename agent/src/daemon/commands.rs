@@ -52,6 +52,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn join(args: &JoinArgs) -> Result<(), Error> {
     args.run.check().map_err(Error::Usage)?;
     let dir = StateDir::new(&args.run.paths.data_dir);
+    let _lock = dir.lock()?;
     if let Some(why) = dir.removed() {
         return Err(Error::RemovedEarlier(why));
     }
@@ -108,7 +109,7 @@ pub async fn join(args: &JoinArgs) -> Result<(), Error> {
         Ok(Err(status)) => {
             // An answer that says no: nothing was committed, leave nothing behind.
             if created && refused(&status) {
-                let _ = dir.remove();
+                dir.forget_key();
             }
             return Err(Error::JoinRefused(status.message().to_string()));
         }
@@ -235,6 +236,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     if !dir.is_joined() {
         return Err(Error::State(format!("no identity in {}: run `agent join --token …` first", dir.path().display())));
     }
+    let _lock = dir.lock()?;
     let (key, identity, map) = dir.load()?;
     serve(dir, key, identity, map, args, shutdown).await
 }

@@ -25,6 +25,8 @@ const MAP: &str = "map.pb";
 /// refuses until `agent reset` (a supervisor restarting a removed agent with
 /// its old token must not bring the node back behind the admin's back).
 const REMOVED: &str = "removed";
+/// Held (`flock`) by the agent that uses the directory, for its life.
+const LOCK: &str = "agent.lock";
 
 /// The node's WireGuard key pair. The private half is never sent anywhere.
 #[derive(Clone)]
@@ -166,9 +168,42 @@ impl StateDir {
 
     /// Removes the files this agent wrote (the container registry too), and
     /// the directory if it is then empty.
+    /// Takes the directory for this process (made if missing): a second
+    /// agent on it (from another network namespace: one host's identity
+    /// used twice) took over the node's WireGuard identity, and its
+    /// workloads lost every packet until it stopped (found by a review,
+    /// 2026-12-04). Held until the returned lock is dropped.
+    pub fn lock(&self) -> Result<nix::fcntl::Flock<fs::File>, Error> {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir).map_err(|e| self.io("create", e))?;
+        let path = self.dir.join(LOCK);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| self.io(LOCK, e))?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
+            nix::errno::Errno::EWOULDBLOCK => Error::State(format!(
+                "another agent uses --data-dir {} (it holds {}): stop it, or give this one a --data-dir of its own",
+                self.dir.display(),
+                path.display()
+            )),
+            e => self.io(LOCK, e.into()),
+        })
+    }
+
+    /// Forgets a key made for a join the coordinator refused, and the
+    /// directory if nothing else is in it (what an earlier run left stays).
+    pub fn forget_key(&self) {
+        let _ = fs::remove_file(self.dir.join(KEY));
+        let _ = fs::remove_file(self.dir.join(LOCK));
+        let _ = fs::remove_dir(&self.dir);
+    }
+
     pub fn remove(&self) -> Result<(), Error> {
         let registry = [registry::FILE, "containers.tmp", registry::LEGACY_FILES[0], registry::LEGACY_FILES[1]];
-        for name in [KEY, IDENTITY, MAP, REMOVED].into_iter().chain(registry) {
+        for name in [KEY, IDENTITY, MAP, REMOVED, LOCK].into_iter().chain(registry) {
             match fs::remove_file(self.dir.join(name)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
