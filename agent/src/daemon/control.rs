@@ -202,6 +202,11 @@ pub async fn reconcile_loop(
     let mut nat_set: Option<bool> = None;
     let mut next_full = tokio::time::Instant::now();
     let mut skipped = std::collections::BTreeMap::new();
+    // The segments the last pass made: one that appears (the first map after
+    // a start without a saved one, whose empty map unplugged every port) has
+    // its ports put back at once, not at the next full pass 30 s later
+    // (found by a review, 2026-12-04).
+    let mut made = std::collections::BTreeSet::new();
     loop {
         // Read every pass: a DHCP renewal or an interface coming up changes them.
         let networks = crate::host::routes::lan(own_node);
@@ -245,8 +250,12 @@ pub async fn reconcile_loop(
             next_full = tokio::time::Instant::now() + RESYNC;
         }
         applied = reconcile_once(&netlink, &desired, applied).await;
-        // On full passes only (incremental ones do not dump the kernel): a
-        // bridge someone deleted is made again by a full pass anyway.
+        let new_segments = desired.segments.keys().any(|vni| !made.contains(vni));
+        made = desired.segments.keys().copied().collect();
+        // On full passes (incremental ones do not dump the kernel: a bridge
+        // someone deleted is made again by a full pass anyway) and when a
+        // segment appears.
+        let full = full || new_segments;
         let replugged = if full { netlink.replug_ports().await } else { Ok(Vec::new()) };
         match replugged {
             Ok(moved) if !moved.is_empty() => {
