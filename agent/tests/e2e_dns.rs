@@ -176,6 +176,16 @@ fn names_round_robin_ptr_case_upstream_and_outage() {
 
     // PTR for a container address.
     assert_eq!(d.dig(a2, &["-x", &d.ip(a1)]), ["a1.weave.local."]);
+    // An overlay address nobody holds is NXDOMAIN here, not asked upstream;
+    // a name with names below it, and the domain, exist (NOERROR, no data).
+    let status = |args: &[&str]| {
+        let out = in_ns(&d.bed.workloads[a1].ns, &[&["dig", "+time=1", "+tries=1"][..], args].concat());
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let at = text.find("status: ").map(|i| i + "status: ".len()).unwrap_or_else(|| panic!("{text}"));
+        text[at..].split(',').next().unwrap().to_string()
+    };
+    assert_eq!(status(&["-x", "10.32.255.254"]), "NXDOMAIN");
+    assert_eq!(status(&["weave.local", "SOA"]), "NOERROR");
 
     // Other names go to the upstream (in its own namespace on the underlay).
     assert_eq!(d.dig(a1, &[UPSTREAM_NAME]), [UPSTREAM_ANSWER]);

@@ -4,7 +4,9 @@
 //!
 //! Names in the cluster domain (`weave.local.`) are answered here: A/AAAA from
 //! the records (several per name, shuffled per answer), PTR for known
-//! addresses, NXDOMAIN for unknown names, TTL 1; single-label names are
+//! addresses (NXDOMAIN for others in the cluster's range), NXDOMAIN for
+//! unknown names (NOERROR for the domain and names with names below them),
+//! TTL 1; single-label names are
 //! qualified with the domain, and matching ignores case. Every other query is
 //! relayed upstream by the server. Answers too big for the client's UDP size
 //! are sent truncated, so the client retries over TCP.
@@ -36,12 +38,22 @@ pub struct Records {
     pub domain: String,
     pub by_name: HashMap<String, Vec<IpAddr>>,
     pub by_address: HashMap<IpAddr, Vec<String>>,
+    /// Names under the domain that have none of their own but some below
+    /// them (`b.weave.local.` of `a.b.weave.local.`), and the domain itself:
+    /// NOERROR with no data, not NXDOMAIN, which says nothing exists below
+    /// (RFC 8020) and lets a caching resolver deny the whole subtree.
+    pub non_terminals: HashSet<String>,
+    /// The cluster's range: a reverse name in it with no record is answered
+    /// NXDOMAIN here, not relayed upstream (RFC 6303's idea: the overlay's
+    /// addresses are nobody else's to answer for, and not to leak).
+    pub range: Option<ipnet::Ipv4Net>,
 }
 
 impl Records {
     pub fn from_map(map: &NetworkMap, default_domain: &str) -> Self {
         let domain = if map.dns_domain.is_empty() { default_domain } else { &map.dns_domain };
-        let mut records = Records { domain: fqdn_lower(domain), ..Default::default() };
+        let mut records = Records { domain: fqdn_lower(domain), range: map.range.parse().ok(), ..Default::default() };
+        records.non_terminals.insert(records.domain.clone());
         // Each (name, address) pair once, in the map's order. One set, not a
         // scan of each list: a member may give one address thousands of names
         // (its quota), and every agent rebuilds this on every map change
@@ -53,6 +65,14 @@ impl Records {
             let name = fqdn_lower(&r.name);
             if !seen.insert((name.clone(), ip)) {
                 continue;
+            }
+            let mut above = name.as_str();
+            while let Some((_, parent)) = above.split_once('.')
+                && parent.len() > records.domain.len()
+                && parent.ends_with(&records.domain)
+            {
+                records.non_terminals.insert(parent.to_string());
+                above = parent;
             }
             records.by_name.entry(name.clone()).or_default().push(ip);
             records.by_address.entry(ip).or_default().push(name);
@@ -148,7 +168,15 @@ pub fn answer(records: &Records, query: &Message, rng: &mut impl rand::Rng) -> A
     let qtype = q.query_type();
     if qtype == RecordType::PTR {
         let Some(ip) = ptr_address(&asked) else { return Answer::Forward };
-        let Some(names) = records.by_address.get(&ip) else { return Answer::Forward };
+        let Some(names) = records.by_address.get(&ip) else {
+            let ours = matches!((ip, records.range), (IpAddr::V4(v4), Some(range)) if range.contains(&v4));
+            if !ours {
+                return Answer::Forward;
+            }
+            response.metadata.authoritative = true;
+            response.metadata.response_code = ResponseCode::NXDomain;
+            return Answer::Local(response);
+        };
         response.metadata.authoritative = true;
         for n in names {
             let Ok(target) = Name::from_ascii(n) else { continue };
@@ -162,7 +190,9 @@ pub fn answer(records: &Records, query: &Message, rng: &mut impl rand::Rng) -> A
     }
     response.metadata.authoritative = true;
     let Some(addrs) = records.by_name.get(&name) else {
-        response.metadata.response_code = ResponseCode::NXDomain;
+        if !records.non_terminals.contains(&name) {
+            response.metadata.response_code = ResponseCode::NXDomain;
+        }
         return Answer::Local(response);
     };
     let mut addrs = addrs.clone();
@@ -337,6 +367,32 @@ mod tests {
         assert_eq!(addrs(&ptr), ["db.weave.local."]);
         let nx = local(&r, "nope.weave.local.", RecordType::A, 1);
         assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    }
+
+    /// The domain itself and a name with names below it exist (NOERROR, no
+    /// data); a reverse name in the cluster's range with no record is
+    /// NXDOMAIN here, not asked upstream (found by a review, 2026-12-04).
+    #[test]
+    fn empty_non_terminals_exist_and_the_ranges_reverse_names_stay_here() {
+        let mut m = map();
+        m.range = "10.32.0.0/12".into();
+        m.dns_records.push(DnsRecord {
+            name: "a.b.c.weave.local.".into(),
+            address: "10.32.0.9".into(),
+            ..Default::default()
+        });
+        let r = Records::from_map(&m, DEFAULT_DOMAIN);
+        for name in ["weave.local.", "b.c.weave.local.", "C.weave.local."] {
+            let m = local(&r, name, RecordType::A, 1);
+            assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NoError, 0), "{name}");
+        }
+        for name in ["x.b.c.weave.local.", "c.b.weave.local."] {
+            assert_eq!(local(&r, name, RecordType::A, 1).metadata.response_code, ResponseCode::NXDomain, "{name}");
+        }
+        let nx = local(&r, "99.0.32.10.in-addr.arpa.", RecordType::PTR, 1);
+        assert!(nx.metadata.authoritative && nx.metadata.response_code == ResponseCode::NXDomain);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        assert!(matches!(answer(&r, &ask("1.0.48.10.in-addr.arpa.", RecordType::PTR), &mut rng), Answer::Forward));
     }
 
     #[test]
