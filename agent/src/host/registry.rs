@@ -52,7 +52,21 @@ impl Registry {
         let file = dir.join(FILE);
         let read = |p: &Path| std::fs::read(p).ok();
         match read(&file) {
-            Some(b) => Self { saved: Mutex::new(serde_json::from_slice(&b).unwrap_or_default()), file },
+            Some(b) => match serde_json::from_slice(&b) {
+                Ok(saved) => Self { saved: Mutex::new(saved), file },
+                // Said, and kept aside: it went unnoticed, and the names in
+                // it (detach by name, each container's DNS) with it (found
+                // by a review, 2026-12-04).
+                Err(e) => {
+                    let aside = file.with_extension("json.unreadable");
+                    let _ = std::fs::rename(&file, &aside);
+                    tracing::error!(
+                        path = %file.display(), kept = %aside.display(), error = %e,
+                        "the container names are unreadable: starting without them (detach by namespace path)"
+                    );
+                    Self { saved: Mutex::new(Saved::default()), file }
+                }
+            },
             None => {
                 let mut saved: Saved =
                     read(&dir.join(LEGACY_FILES[0])).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
@@ -210,15 +224,27 @@ impl Registry {
         }
     }
 
-    /// Replaces the file whole (a crash leaves the old or the new one).
+    /// Replaces the file whole, durably (a crash or power loss leaves the
+    /// old or the new one), readable by root only.
     fn write(&self, saved: &Saved) {
+        use std::{io::Write, os::unix::fs::OpenOptionsExt};
         let tmp = self.file.with_extension("tmp");
         let written = serde_json::to_vec(saved)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, &self.file));
+            .and_then(|b| {
+                let mut f =
+                    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+                f.write_all(&b)?;
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, &self.file))
+            .and_then(|()| match self.file.parent() {
+                Some(dir) => std::fs::File::open(dir)?.sync_all(),
+                None => Ok(()),
+            });
         if let Err(e) = written {
-            tracing::warn!(path = %self.file.display(), error = %e, "cannot save the container names");
+            let _ = std::fs::remove_file(&tmp);
+            tracing::error!(path = %self.file.display(), error = %e, "cannot save the container names");
         }
     }
 }
@@ -294,6 +320,26 @@ mod tests {
         assert_eq!(r.dns_key("web"), None);
         let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(files, [FILE], "one file, no temporaries");
+    }
+
+    /// Root's only, and an unreadable file is kept aside (and said), not
+    /// silently replaced by the next write (found by a review, 2026-12-04).
+    #[test]
+    fn the_file_is_roots_and_an_unreadable_one_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::load(dir.path());
+        r.serve_dns("netns:1", Some("/run/netns/a".into()));
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.path().join(FILE)).unwrap().permissions())
+                & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::write(dir.path().join(FILE), r#"{"names":{"w2":"#).unwrap();
+        let r = Registry::load(dir.path());
+        assert!(r.dns_served().is_empty());
+        let aside = dir.path().join(format!("{FILE}.unreadable"));
+        assert_eq!(std::fs::read_to_string(&aside).unwrap(), r#"{"names":{"w2":"#);
+        r.serve_dns("netns:2", None);
+        assert_eq!(std::fs::read_to_string(&aside).unwrap(), r#"{"names":{"w2":"#, "kept");
     }
 
     #[test]

@@ -202,7 +202,13 @@ impl StateDir {
     }
 
     pub fn remove(&self) -> Result<(), Error> {
-        let registry = [registry::FILE, "containers.tmp", registry::LEGACY_FILES[0], registry::LEGACY_FILES[1]];
+        let registry = [
+            registry::FILE,
+            "containers.tmp",
+            "containers.json.unreadable",
+            registry::LEGACY_FILES[0],
+            registry::LEGACY_FILES[1],
+        ];
         for name in [KEY, IDENTITY, MAP, REMOVED, LOCK].into_iter().chain(registry) {
             match fs::remove_file(self.dir.join(name)) {
                 Ok(()) => {}
