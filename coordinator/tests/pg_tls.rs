@@ -109,12 +109,15 @@ fn finish(mut tcpdump: Running) {
 }
 
 /// Starts `coordinator serve --store url` in `ns` (its stdout and stderr
-/// in `dir`'s `out` and `err`).
+/// in `dir`'s `out` and `err`). Each start has a data dir of its own on the
+/// one database: `--new-identity` (else a start after the first is refused
+/// for having no `tls/` of the cluster's).
 fn start(ns: &str, url: &str, dir: &Path) -> Running {
     let child = Command::new("ip")
         .args(["netns", "exec", ns])
         .arg(env!("CARGO_BIN_EXE_coordinator"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--store", url, "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--new-identity", "--store", url])
+        .arg("--data-dir")
         .arg(dir.join("data"))
         .env("RUST_LOG", "warn")
         .env_remove("WEAVE_STORE")
