@@ -52,7 +52,16 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn join(args: &JoinArgs) -> Result<(), Error> {
     args.run.check().map_err(Error::Usage)?;
     let dir = StateDir::new(&args.run.paths.data_dir);
-    let _lock = dir.lock()?;
+    let lock = dir.lock()?;
+    let joined = join_locked(args, &dir).await;
+    if joined.is_err() {
+        // A join that failed leaves no directory it made for its lock.
+        dir.unlock_if_alone(lock);
+    }
+    joined
+}
+
+async fn join_locked(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
     if let Some(why) = dir.removed() {
         return Err(Error::RemovedEarlier(why));
     }
@@ -60,7 +69,7 @@ pub async fn join(args: &JoinArgs) -> Result<(), Error> {
         tracing::info!(data_dir = %dir.path().display(), "already joined; restarting from the saved identity");
         return Ok(());
     }
-    let secret = read_token(args)?;
+    let secret = super::config::read_token(args)?;
     let token = JoinToken::parse(&secret).map_err(|e| Error::Token(e.to_string()))?;
     let endpoints = match &args.endpoint[..] {
         [] => {
@@ -153,25 +162,6 @@ async fn whole_map(channel: tonic::transport::Channel, credential: &str, setting
             tracing::warn!("the coordinator did not send the map in time; the first watch will bring it");
             settings
         }
-    }
-}
-
-/// The join token from --token (`-`: stdin), --token-file or WEAVE_TOKEN.
-fn read_token(args: &JoinArgs) -> Result<String, Error> {
-    match (&args.token, &args.token_file) {
-        (Some(t), _) if t.trim() == "-" => {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-                .map_err(|e| Error::Io("read the join token from stdin".into(), e))?;
-            Ok(text.trim().to_string())
-        }
-        (Some(t), _) => Ok(t.trim().to_string()),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map(|t| t.trim().to_string())
-            .map_err(|e| Error::Io(format!("--token-file {}", path.display()), e)),
-        (None, None) => Err(Error::Token(
-            "this host has not joined yet: pass --token-file PATH, --token - (stdin) or WEAVE_TOKEN".into(),
-        )),
     }
 }
 

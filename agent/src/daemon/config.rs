@@ -322,6 +322,25 @@ pub struct AllocateArgs {
     pub subnet: String,
 }
 
+/// The join token from --token (`-`: stdin), --token-file or WEAVE_TOKEN.
+pub fn read_token(args: &JoinArgs) -> Result<String, crate::error::Error> {
+    match (&args.token, &args.token_file) {
+        (Some(t), _) if t.trim() == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|e| crate::error::Error::Io("read the join token from stdin".into(), e))?;
+            Ok(text.trim().to_string())
+        }
+        (Some(t), _) => Ok(t.trim().to_string()),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| crate::error::Error::Io(format!("--token-file {}", path.display()), e)),
+        (None, None) => Err(crate::error::Error::Token(
+            "this host has not joined yet: pass --token-file PATH, --token - (stdin) or WEAVE_TOKEN".into(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -193,6 +193,17 @@ impl StateDir {
         })
     }
 
+    /// Removes the lock file, and the directory, when nothing else is in it.
+    pub fn unlock_if_alone(&self, lock: nix::fcntl::Flock<fs::File>) {
+        let alone =
+            fs::read_dir(&self.dir).map(|entries| entries.flatten().all(|e| e.file_name() == LOCK)).unwrap_or(false);
+        if alone {
+            let _ = fs::remove_file(self.dir.join(LOCK));
+            let _ = fs::remove_dir(&self.dir);
+        }
+        drop(lock);
+    }
+
     /// Forgets a key made for a join the coordinator refused, and the
     /// directory if nothing else is in it (what an earlier run left stays).
     pub fn forget_key(&self) {
