@@ -214,6 +214,20 @@ pub(crate) enum IpamCommand {
         #[arg(long)]
         container: Option<String>,
     },
+    /// Release a container's addresses (and its DNS records) in the
+    /// coordinator only: for a container gone with its host, or left half
+    /// attached by an agent that died mid-attach. A container still attached
+    /// is detached with `weavectl detach` on its host instead.
+    Release {
+        /// The container id the allocation was made for (`ipam ls` CONTAINER).
+        container: String,
+        /// Node name or id that holds it.
+        #[arg(long)]
+        node: String,
+        /// Only its address in this subnet (CIDR or name) [default: every one].
+        #[arg(long)]
+        subnet: Option<String>,
+    },
     /// List addresses released lately and kept for the container that had
     /// them (coordinator --address-hold).
     Holds {

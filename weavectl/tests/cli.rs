@@ -416,6 +416,33 @@ fn nodes_and_allocations_until_node_removal() {
     c.fails(&["dns", "lookup", "web"], 4, "weavectl: looking up web: no record for web.weave.local.");
 }
 
+/// `ipam release`: the admin frees a container's addresses (and its
+/// records) in the coordinator, for one gone with its host or left half
+/// attached (an agent killed mid-attach left an address held for good, with
+/// no command to free it; found by a review, 2026-12-04).
+#[test]
+fn the_admin_releases_a_containers_addresses() {
+    let c = Cluster::start();
+    c.join_node_with_container("host-1");
+    let address = c.json(&["ipam", "ls"])[0]["address"].as_str().unwrap().to_string();
+    c.fails(
+        &["ipam", "release", "c9", "--node", "host-1"],
+        4,
+        "weavectl: releasing the addresses of c9 on host-1: container c9 on node host-1 has no address",
+    );
+    c.fails(
+        &["ipam", "release", "c1", "--node", "host-1", "--subnet", "10.32.0.1/16"],
+        2,
+        "weavectl: --subnet: '10.32.0.1/16' has host bits set; did you mean 10.32.0.0/16?",
+    );
+    assert_eq!(
+        c.ok(&["ipam", "release", "c1", "--node", "host-1", "--subnet", "default"]),
+        format!("released {address} (1 DNS record(s) removed)\n")
+    );
+    assert_eq!(c.json(&["ipam", "ls"]), serde_json::json!([]));
+    c.fails(&["dns", "lookup", "web"], 4, "weavectl: looking up web: no record for web.weave.local.");
+}
+
 #[test]
 fn status_summary_views_and_json() {
     let c = Cluster::start();

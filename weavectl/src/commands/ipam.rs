@@ -1,9 +1,9 @@
-//! `weavectl ipam ls` and `weavectl ipam holds`.
+//! `weavectl ipam ls`, `weavectl ipam release` and `weavectl ipam holds`.
 use serde_json::{Value, json};
 use weave_proto::{
     cidr::parse_subnet,
     client::Api,
-    v1::{AddressHold, Allocation, ListAddressHoldsRequest, ListAllocationsRequest},
+    v1::{AddressHold, Allocation, ListAddressHoldsRequest, ListAllocationsRequest, ReleaseRequest},
 };
 
 use super::{Output, or_dash, relative};
@@ -14,7 +14,9 @@ use crate::{
 };
 
 pub(super) fn check(command: IpamCommand) -> Outcome<IpamCommand> {
-    let (IpamCommand::Ls { subnet: Some(subnet), .. } | IpamCommand::Holds { subnet: Some(subnet), .. }) = &command
+    let (IpamCommand::Ls { subnet: Some(subnet), .. }
+    | IpamCommand::Holds { subnet: Some(subnet), .. }
+    | IpamCommand::Release { subnet: Some(subnet), .. }) = &command
     else {
         return Ok(command);
     };
@@ -33,6 +35,18 @@ pub(super) async fn run(api: &mut Api, out: &Output, command: IpamCommand) -> Ou
                 container: container.unwrap_or_default(),
             };
             list(api, out, req).await
+        }
+        IpamCommand::Release { container, node, subnet } => {
+            let req =
+                ReleaseRequest { node: node.clone(), container: container.clone(), subnet: subnet.unwrap_or_default() };
+            let what = format!("releasing the addresses of {container} on {node}");
+            let r = api.ipam.release(req).await.doing(what)?;
+            let addresses: Vec<&str> = r.released.iter().map(|a| a.address.as_str()).collect();
+            out.done(
+                &format!("released {} ({} DNS record(s) removed)", addresses.join(", "), r.removed_dns_records),
+                || json!({ "released": addresses, "removed_dns_records": r.removed_dns_records }),
+            );
+            Ok(())
         }
         IpamCommand::Holds { node, subnet } => {
             let req = ListAddressHoldsRequest { node: node.unwrap_or_default(), subnet: subnet.unwrap_or_default() };
