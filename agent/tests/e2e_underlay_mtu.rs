@@ -293,3 +293,45 @@ fn a_forged_packet_too_big_from_an_ipv6_underlay_does_not_shrink_the_tunnel() {
     assert_eq!(created, 0, "the tunnel's datagrams were fragmented after the forged message");
     drop(control);
 }
+
+/// An agent whose saved map has no segment MTU (saved from a coordinator
+/// that had none yet: a cluster created before there was one, given one
+/// later with `--mtu`) asks for a whole snapshot when it watches, since a
+/// resumed watch sends only changes and the MTU is in none; it says that it
+/// runs with another MTU, and takes the cluster's at its next start. Before,
+/// it resumed from its revision and never learned it (found by a review,
+/// 2026-12-04).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn an_agent_whose_saved_map_has_no_mtu_learns_the_clusters() {
+    use prost::Message;
+    // A host on a 1400-byte link: it would derive 1270 by itself.
+    let mut bed = Bed::new();
+    let r1 = bed.add_router("r1", Ipv4Addr::new(192, 0, 2, 1));
+    ok_in(&bed.coordinator_ns.clone(), &["ip", "route", "add", "198.51.100.0/24", "via", "192.0.2.1"]);
+    let h = bed.add_host_behind_mtu(&r1, Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(198, 51, 100, 12), 1400);
+    let w = bed.add_workload(h, "default");
+    let bridge_mtu = |bed: &Bed| {
+        let seg = bed.status(h).unwrap().segments.into_iter().find(|g| g.subnet == bed.workloads[w].subnet).unwrap();
+        (seg.mtu, ok_in(&bed.hosts[h].ns, &["cat", &format!("/sys/class/net/{}/mtu", seg.bridge)]).trim().to_string())
+    };
+    assert_eq!(bridge_mtu(&bed), (1370, "1370".to_string()), "the cluster's MTU from the join");
+    // As saved by an agent of a cluster that had no MTU yet.
+    bed.signal_agent(h, nix::sys::signal::Signal::SIGTERM);
+    let path = bed.hosts[h].data_dir.join("map.pb");
+    let mut map = weave_proto::v1::NetworkMap::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
+    map.segment_mtu = 0;
+    std::fs::write(&path, map.encode_to_vec()).unwrap();
+    bed.start_agent(h, false);
+    wait_for("the agent to say it runs with another MTU", Duration::from_secs(15), || {
+        bed.log(h).contains("the cluster's segment MTU is not the one this agent runs with").then_some(())
+    });
+    wait_for("the saved map to have the cluster's MTU", Duration::from_secs(15), || {
+        let saved = weave_proto::v1::NetworkMap::decode(std::fs::read(&path).ok()?.as_slice()).ok()?;
+        (saved.segment_mtu == 1370).then_some(())
+    });
+    bed.signal_agent(h, nix::sys::signal::Signal::SIGTERM);
+    bed.start_agent(h, false);
+    bed.wait_status(h);
+    assert_eq!(bridge_mtu(&bed), (1370, "1370".to_string()), "the cluster's MTU after a restart");
+}

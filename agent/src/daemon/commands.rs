@@ -56,7 +56,7 @@ pub async fn join(args: &JoinArgs) -> Result<(), Error> {
     let joined = join_locked(args, &dir).await;
     if joined.is_err() {
         // A join that failed leaves no directory it made for its lock.
-        dir.unlock_if_alone(lock);
+        dir.unlock_if_empty(lock);
     }
     joined
 }
@@ -437,11 +437,14 @@ pub async fn reset(args: ResetArgs) -> Result<(), Error> {
     if local_api::probe(socket).is_ok_and(|p| p == local_api::SocketPath::Served) {
         return Err(Error::Usage(format!("{}: an agent is serving on it: stop it first", socket.display())));
     }
+    // Not under an agent that uses the data dir with another --socket.
+    let dir = StateDir::new(&args.paths.data_dir);
+    let _lock = dir.lock()?;
     let netlink = Netlink::connect()?;
     netlink.remove_all(TUN_NAME, true).await?;
     firewall::remove().await?;
     local_api::remove_socket(socket).map_err(|e| Error::Io(socket.display().to_string(), e))?;
-    StateDir::new(&args.paths.data_dir).remove()
+    dir.remove()
 }
 
 /// `agent status`: asks the running agent.

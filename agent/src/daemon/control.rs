@@ -76,7 +76,13 @@ pub async fn watch_map(
 ) -> Error {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let from = maps.borrow().revision;
+        // A map without the cluster's segment MTU (saved from a coordinator
+        // that had none yet, or none saved) asks for a whole snapshot: a
+        // resumed watch sends only changes, and the MTU is in no change.
+        let from = match &*maps.borrow() {
+            m if m.segment_mtu == 0 => 0,
+            m => m.revision,
+        };
         match client.watch(WatchRequest { from_revision: from }).await {
             Ok(response) => {
                 tracing::info!(from_revision = from, "watching the network map");
@@ -207,11 +213,20 @@ pub async fn reconcile_loop(
     // its ports put back at once, not at the next full pass 30 s later
     // (found by a review, 2026-12-04).
     let mut made = std::collections::BTreeSet::new();
+    let mut mtu_told = false;
     loop {
         // Read every pass: a DHCP renewal or an interface coming up changes them.
         let networks = crate::host::routes::lan(own_node);
         let (desired, peers, behind_nat) = {
             let map = maps.borrow_and_update();
+            if map.segment_mtu != 0 && map.segment_mtu != segment_mtu && !std::mem::replace(&mut mtu_told, true) {
+                tracing::warn!(
+                    cluster = map.segment_mtu,
+                    running = segment_mtu,
+                    "the cluster's segment MTU is not the one this agent runs with: restart it to take the \
+                     cluster's (workloads attached before keep theirs until attached again)"
+                );
+            }
             let behind_nat = netmap::behind_nat(&map, own_node);
             let (mut peers, problems) = netmap::peers(&map, own_node);
             for p in problems {

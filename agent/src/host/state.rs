@@ -25,8 +25,6 @@ const MAP: &str = "map.pb";
 /// refuses until `agent reset` (a supervisor restarting a removed agent with
 /// its old token must not bring the node back behind the admin's back).
 const REMOVED: &str = "removed";
-/// Held (`flock`) by the agent that uses the directory, for its life.
-const LOCK: &str = "agent.lock";
 
 /// The node's WireGuard key pair. The private half is never sent anywhere.
 #[derive(Clone)]
@@ -166,41 +164,30 @@ impl StateDir {
         Ok((key, identity, map))
     }
 
-    /// Removes the files this agent wrote (the container registry too), and
-    /// the directory if it is then empty.
-    /// Takes the directory for this process (made if missing): a second
-    /// agent on it (from another network namespace: one host's identity
-    /// used twice) took over the node's WireGuard identity, and its
-    /// workloads lost every packet until it stopped (found by a review,
-    /// 2026-12-04). Held until the returned lock is dropped.
+    /// Takes the directory for this process (made if missing), by a `flock`
+    /// on the directory itself (no lock file to leave behind or to be
+    /// unlinked while held): a second agent on it (from another network
+    /// namespace: one host's identity used twice) took over the node's
+    /// WireGuard identity, and its workloads lost every packet until it
+    /// stopped (found by a review, 2026-12-04). Held until the returned lock
+    /// is dropped; `agent reset` takes it too.
     pub fn lock(&self) -> Result<nix::fcntl::Flock<fs::File>, Error> {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir).map_err(|e| self.io("create", e))?;
-        let path = self.dir.join(LOCK);
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| self.io(LOCK, e))?;
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
+        let dir = fs::File::open(&self.dir).map_err(|e| self.io("open", e))?;
+        nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
             nix::errno::Errno::EWOULDBLOCK => Error::State(format!(
-                "another agent uses --data-dir {} (it holds {}): stop it, or give this one a --data-dir of its own",
-                self.dir.display(),
-                path.display()
+                "another agent uses --data-dir {} (it holds a lock on it): stop it, or give this one a --data-dir \
+                 of its own",
+                self.dir.display()
             )),
-            e => self.io(LOCK, e.into()),
+            e => self.io("lock", e.into()),
         })
     }
 
-    /// Removes the lock file, and the directory, when nothing else is in it.
-    pub fn unlock_if_alone(&self, lock: nix::fcntl::Flock<fs::File>) {
-        let alone =
-            fs::read_dir(&self.dir).map(|entries| entries.flatten().all(|e| e.file_name() == LOCK)).unwrap_or(false);
-        if alone {
-            let _ = fs::remove_file(self.dir.join(LOCK));
-            let _ = fs::remove_dir(&self.dir);
-        }
+    /// Removes the directory if nothing is in it (a join that failed made
+    /// it only for its lock).
+    pub fn unlock_if_empty(&self, lock: nix::fcntl::Flock<fs::File>) {
+        let _ = fs::remove_dir(&self.dir);
         drop(lock);
     }
 
@@ -208,10 +195,11 @@ impl StateDir {
     /// directory if nothing else is in it (what an earlier run left stays).
     pub fn forget_key(&self) {
         let _ = fs::remove_file(self.dir.join(KEY));
-        let _ = fs::remove_file(self.dir.join(LOCK));
         let _ = fs::remove_dir(&self.dir);
     }
 
+    /// Removes the files this agent wrote (the container registry too), and
+    /// the directory if it is then empty.
     pub fn remove(&self) -> Result<(), Error> {
         let registry = [
             registry::FILE,
@@ -220,7 +208,7 @@ impl StateDir {
             registry::LEGACY_FILES[0],
             registry::LEGACY_FILES[1],
         ];
-        for name in [KEY, IDENTITY, MAP, REMOVED, LOCK].into_iter().chain(registry) {
+        for name in [KEY, IDENTITY, MAP, REMOVED].into_iter().chain(registry) {
             match fs::remove_file(self.dir.join(name)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -52,7 +52,7 @@ const MAX_SOURCES: usize = 4096;
 /// XChaCha20-Poly1305 seal and a send on the thread that also moves the
 /// data), and at ~70,000 a second from one address the tunnels through that
 /// host lost 40 % of their packets (found by a review, 2026-12-04). The
-/// peers' endpoints are answered without limit, as the kernel answers all.
+/// peers' endpoints are not held to this total (only to their own bucket).
 const COOKIE_REPLIES_PER_SECOND: u64 = 1_000;
 
 /// A source of handshake packets, as the per-source bucket keys it.
@@ -188,17 +188,18 @@ impl RateLimiter {
     }
 
     /// weave: may an initiation from `addr` without a valid mac2 have a
-    /// cookie reply? A peer's endpoint always; another source within its
-    /// own bucket and [`COOKIE_REPLIES_PER_SECOND`] for all.
+    /// cookie reply? Within its source's own bucket, and, unless it is a
+    /// peer's endpoint, [`COOKIE_REPLIES_PER_SECOND`] for all. A member
+    /// flooding from its own endpoint (trusted: every member is every host's
+    /// peer) gets its bucket's share like anyone.
     fn cookie_allowed(&self, addr: IpAddr, now: u64) -> bool {
         let source = Source::of(addr);
-        if self.trusted.lock().contains(&source) {
-            return true;
-        }
+        let trusted = self.trusted.lock().contains(&source);
         // Twice the table: a source that proves its address (mac2) after
-        // its cookie reply is in both.
+        // its cookie reply is in both. A trusted source gets a bucket even
+        // while it is full.
         self.charge(&self.cookie_sources, 2 * MAX_SOURCES, source, now)
-            && self.cookies.fetch_add(1, Ordering::Relaxed) < COOKIE_REPLIES_PER_SECOND
+            && (trusted || self.cookies.fetch_add(1, Ordering::Relaxed) < COOKIE_REPLIES_PER_SECOND)
     }
 
     fn charge(&self, table: &Mutex<HashMap<Source, Bucket>>, max: usize, source: Source, now: u64) -> bool {
