@@ -51,8 +51,12 @@ impl Registry {
     pub fn load(dir: &Path) -> Self {
         let file = dir.join(FILE);
         let read = |p: &Path| std::fs::read(p).ok();
-        match read(&file) {
-            Some(b) => match serde_json::from_slice(&b) {
+        let found = match std::fs::read(&file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            found => Some(found.map_err(|e| e.to_string())),
+        };
+        match found {
+            Some(b) => match b.and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
                 Ok(saved) => Self { saved: Mutex::new(saved), file },
                 // Said, and kept aside: it went unnoticed, and the names in
                 // it (detach by name, each container's DNS) with it (found
