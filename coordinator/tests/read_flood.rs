@@ -166,7 +166,11 @@ async fn writes_go_through_while_bogus_credentials_flood_the_reads() {
     let answers = answers.lock().unwrap().clone();
     eprintln!("the flood's answers: {answers:?}");
     assert!(!answers.contains_key("OK"), "a bogus credential was accepted: {answers:?}");
-    assert!(answers.get("Unauthenticated").is_some_and(|n| *n >= FLOOD as u64), "the flood was refused: {answers:?}");
+    // Refused as unknown after a lookup, then (its address failing too
+    // often) before any: how many of each depends on timing.
+    let refused =
+        answers.get("Unauthenticated").copied().unwrap_or(0) + answers.get("ResourceExhausted").copied().unwrap_or(0);
+    assert!(answers.contains_key("Unauthenticated") && refused >= FLOOD as u64, "the flood was refused: {answers:?}");
     assert!(
         answers.keys().all(|k| k == "Unauthenticated" || k == "Unavailable" || k == "ResourceExhausted"),
         "refused as unknown, (waiting for a read connection) unavailable, or (failing too often) before any \
