@@ -128,13 +128,7 @@ pub(super) fn observed_endpoint(from: Option<std::net::SocketAddr>, endpoints: &
 impl JoinService for Join {
     #[tracing::instrument(skip_all, fields(node = %request.get_ref().name))]
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        let from = request.remote_addr();
-        self.0.failures.check(from)?;
-        let joined = self.join_checked(request).await;
-        if joined.as_ref().is_err_and(|s| s.code() == tonic::Code::Unauthenticated) {
-            self.0.failures.failed(from);
-        }
-        joined
+        self.0.failures.counted(request.remote_addr(), self.join_checked(request)).await
     }
 
     async fn challenge(&self, _request: Request<ChallengeRequest>) -> Result<Response<JoinChallenge>, Status> {

@@ -106,12 +106,7 @@ impl State {
     }
 
     async fn authenticate<T>(&self, req: &Request<T>) -> Result<(Caller, String), Status> {
-        self.failures.check(req.remote_addr())?;
-        let found = self.find_caller(req).await;
-        if found.as_ref().is_err_and(|s| s.code() == tonic::Code::Unauthenticated) {
-            self.failures.failed(req.remote_addr());
-        }
-        found
+        self.failures.counted(req.remote_addr(), self.find_caller(req)).await
     }
 
     async fn find_caller<T>(&self, req: &Request<T>) -> Result<(Caller, String), Status> {

@@ -117,7 +117,7 @@ impl Failures {
     const PER_FAILURE: Duration = Duration::from_millis(1000 / FAILURES_PER_SECOND as u64);
 
     /// Refuses a call from `from` while its source has failed too often.
-    pub fn check(&self, from: Option<std::net::SocketAddr>) -> Result<(), Status> {
+    fn check(&self, from: Option<std::net::SocketAddr>) -> Result<(), Status> {
         self.check_at(from, self.epoch.elapsed())
     }
 
@@ -134,8 +134,24 @@ impl Failures {
         Ok(())
     }
 
+    /// Runs `call` (an authentication, or what starts with one) for a caller
+    /// at `from`: refused at once while that source has failed too often,
+    /// and charged one failure when it answers UNAUTHENTICATED.
+    pub async fn counted<T>(
+        &self,
+        from: Option<std::net::SocketAddr>,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        self.check(from)?;
+        let answer = call.await;
+        if answer.as_ref().is_err_and(|s| s.code() == tonic::Code::Unauthenticated) {
+            self.failed(from);
+        }
+        answer
+    }
+
     /// Charges `from`'s source one failure.
-    pub fn failed(&self, from: Option<std::net::SocketAddr>) {
+    fn failed(&self, from: Option<std::net::SocketAddr>) {
         self.failed_at(from, self.epoch.elapsed());
     }
 
