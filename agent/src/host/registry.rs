@@ -231,21 +231,10 @@ impl Registry {
     /// Replaces the file whole, durably (a crash or power loss leaves the
     /// old or the new one), readable by root only.
     fn write(&self, saved: &Saved) {
-        use std::{io::Write, os::unix::fs::OpenOptionsExt};
         let tmp = self.file.with_extension("tmp");
         let written = serde_json::to_vec(saved)
             .map_err(std::io::Error::other)
-            .and_then(|b| {
-                let mut f =
-                    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-                f.write_all(&b)?;
-                f.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&tmp, &self.file))
-            .and_then(|()| match self.file.parent() {
-                Some(dir) => std::fs::File::open(dir)?.sync_all(),
-                None => Ok(()),
-            });
+            .and_then(|b| super::state::replace_durably(&tmp, &self.file, &b));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             tracing::error!(path = %self.file.display(), error = %e, "cannot save the container names");

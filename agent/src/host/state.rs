@@ -220,22 +220,25 @@ impl StateDir {
     }
 
     fn write(&self, name: &str, bytes: &[u8]) -> Result<(), Error> {
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| self.io(name, e))?;
-        f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| self.io(name, e))?;
-        fs::rename(&tmp, self.dir.join(name)).map_err(|e| self.io(name, e))?;
-        // The rename is durable only once the directory is synced.
-        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| self.io(name, e))
+        replace_durably(&self.dir.join(format!(".{name}.tmp")), &self.dir.join(name), bytes)
+            .map_err(|e| self.io(name, e))
     }
 
     fn io(&self, what: &str, e: std::io::Error) -> Error {
         Error::Io(format!("{}/{what}", self.dir.display()), e)
+    }
+}
+
+/// Replaces `path` whole with `bytes` (mode 0600) through `tmp`, durably: a
+/// crash or power loss leaves the old file or the new one.
+pub fn replace_durably(tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(tmp)?;
+    f.write_all(bytes).and_then(|_| f.sync_all())?;
+    fs::rename(tmp, path)?;
+    // The rename is durable only once the directory is synced.
+    match path.parent() {
+        Some(dir) => fs::File::open(dir).and_then(|d| d.sync_all()),
+        None => Ok(()),
     }
 }
 
