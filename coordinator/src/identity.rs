@@ -65,7 +65,7 @@ pub fn write_secret_file(path: &Path, contents: &str) -> Result<(), IdentityErro
 /// Returns the identity and whether it was created now.
 pub fn load_or_create_tls(dir: &Path) -> Result<(TlsIdentity, bool), IdentityError> {
     let tls = dir.join("tls");
-    let (cert_path, key_path) = (tls.join("coordinator.crt"), tls.join("coordinator.key"));
+    let (cert_path, key_path) = (tls.join("coordinator.crt"), tls_key_path(dir));
     if key_path.exists() {
         let key_pem = fs::read_to_string(&key_path).map_err(io(&key_path))?;
         let cert_pem = fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
@@ -95,9 +95,13 @@ pub fn load_or_create_tls(dir: &Path) -> Result<(TlsIdentity, bool), IdentityErr
     Ok((identity, true))
 }
 
+fn tls_key_path(dir: &Path) -> PathBuf {
+    dir.join("tls").join("coordinator.key")
+}
+
 /// Whether `dir` holds a TLS key ([`load_or_create_tls`] makes one if not).
 pub fn tls_exists(dir: &Path) -> bool {
-    dir.join("tls").join("coordinator.key").exists()
+    tls_key_path(dir).exists()
 }
 
 /// Where `coordinator serve` writes the admin credential, and where weavectl

@@ -13,8 +13,14 @@ fn serve(data: &Path) -> Child {
 }
 
 fn serve_on(data: &Path, listen: &str) -> Child {
+    serve_with(data, listen, &[])
+}
+
+fn serve_with(data: &Path, listen: &str, flags: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_coordinator"))
-        .args(["serve", "--listen", listen, "--metrics-listen", "off", "--data-dir"])
+        .args(["serve", "--listen", listen, "--metrics-listen", "off"])
+        .args(flags)
+        .arg("--data-dir")
         .arg(data)
         .env("RUST_LOG", "warn")
         .env_remove("WEAVE_STORE")
@@ -169,15 +175,7 @@ fn a_lost_tls_identity_is_not_replaced_without_being_asked() {
     assert!(!key.exists(), "a key was made");
     assert_eq!(std::fs::read(data.join("tls/coordinator.crt")).unwrap(), cert, "the certificate was replaced");
 
-    let mut again = Command::new(env!("CARGO_BIN_EXE_coordinator"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--new-identity", "--data-dir"])
-        .arg(&data)
-        .env("RUST_LOG", "warn")
-        .env_remove("WEAVE_STORE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut again = serve_with(&data, "127.0.0.1:0", &["--new-identity"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !key.exists() {
         assert!(again.try_wait().unwrap().is_none(), "--new-identity: the coordinator exited");
