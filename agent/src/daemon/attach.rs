@@ -21,6 +21,7 @@ use weave_proto::{
 mod allocate;
 mod container;
 mod host;
+mod retire;
 
 use crate::{
     error::Error,
@@ -91,6 +92,24 @@ impl Attacher {
         Ok(self.netlink.link_index(&host_ifname(inode, vni)).await.map_err(failed)?.is_some())
     }
 
+    /// Whether namespace `inode`'s port on `subnet` is one an attach began
+    /// and never finished (its agent was killed after it made the pair, and
+    /// before it brought the port up): then it is taken away, with the
+    /// container's end, so that the attach can start over. The container
+    /// holds no address on the subnet on any interface: a second network of
+    /// a CNI runtime on the same subnet is another thing (refused).
+    async fn unfinished(&self, inside: &Netlink, inode: u64, subnet: &Subnet) -> Result<bool, Refusal> {
+        let port = host_ifname(inode, subnet.vni);
+        if !self.netlink.unfinished_port(&port).await.map_err(failed)?
+            || on_subnet(&inside.workload_interfaces(None).await.map_err(failed)?, &subnet.cidr).is_some()
+        {
+            return Ok(false);
+        }
+        self.netlink.delete_link(&port).await.map_err(failed)?;
+        tracing::info!(port, subnet = %subnet.cidr, "removed the port of an attach that was cut short");
+        Ok(true)
+    }
+
     async fn plugged(&self, inode: u64) -> bool {
         let vnis: Vec<u32> = self.maps.borrow().subnets.iter().map(|s| s.vni).collect();
         for vni in vnis {
@@ -99,69 +118,6 @@ impl Attacher {
             }
         }
         false
-    }
-
-    /// What a container whose namespace is gone still holds: the host ends of
-    /// its veths (deleting one takes its `ethwe*` with it, should the
-    /// namespace live on where we cannot see it), its addresses on the
-    /// subnets of `addrs` (all if none) and, for all of them, its name.
-    async fn retire(
-        &self,
-        key: &str,
-        inode: Option<u64>,
-        name: Option<&str>,
-        addrs: &[String],
-    ) -> Result<Detached, Refusal> {
-        let subnets: Vec<Subnet> = if addrs.is_empty() {
-            self.maps.borrow().subnets.clone()
-        } else {
-            let specs = AddrSpec::parse_all(addrs)?;
-            let wanted = self.subnets(&specs).await?;
-            let held = self.held(key);
-            for (spec, s) in &wanted {
-                if let (AddrSpec::Ip(ip, _), Some(has)) = (spec, held_address(&held, s))
-                    && *ip != has
-                {
-                    return Err(not_at(&format!("container '{key}'"), "attached", *ip, has, s));
-                }
-            }
-            wanted.into_iter().map(|(_, s)| s).collect()
-        };
-        let whole =
-            addrs.is_empty() || self.holds_only(key, &subnets.iter().map(|s| s.cidr.clone()).collect::<Vec<_>>());
-        if let Some(inode) = inode {
-            for s in &subnets {
-                self.netlink.delete_link(&host_ifname(inode, s.vni)).await.map_err(failed)?;
-            }
-        }
-        let released = if addrs.is_empty() {
-            self.release(key, "").await?
-        } else {
-            let mut released = Vec::new();
-            for s in &subnets {
-                released.extend(self.release(key, &s.cidr).await?);
-            }
-            released
-        };
-        // And the ports recorded for the addresses released: without an inode
-        // (a CNI DEL by id alone) nothing above named them, and a container
-        // that had moved its end of a pair into a namespace that outlived it
-        // kept its port, locked and guarded, for an address given back (found
-        // by a review, 2026-12-03).
-        let given_back: Vec<Ipv4Addr> =
-            released.iter().filter_map(|a| a.parse::<Ipv4Net>().ok()).map(|n| n.addr()).collect();
-        if !given_back.is_empty() {
-            for (port, _, _) in
-                self.netlink.pinned_ports().await.map_err(failed)?.iter().filter(|p| given_back.contains(&p.1))
-            {
-                self.netlink.delete_link(port).await.map_err(failed)?;
-            }
-        }
-        if whole && let Some(n) = name {
-            self.names.forget(n);
-        }
-        tracing::info!(container = key, ?released, "released the addresses of a container whose namespace is gone");
-        Ok(Detached { released, whole })
     }
 
     /// `attach`: one `ethwe*` per subnet, addressed from IPAM. Idempotent.
@@ -205,7 +161,8 @@ impl Attacher {
             self.retire(n, Some(inode), Some(n), &[]).await?;
         }
         let inside = Netlink::in_netns(&c.netns).await.map_err(failed)?;
-        let before = inside.workload_interfaces(ifname).await.map_err(failed)?;
+        let mut before = inside.workload_interfaces(ifname).await.map_err(failed)?;
+        let mut unfinished = false;
         // An explicit address that differs from the one the container has on
         // that subnet is a conflict, not a second interface.
         for (spec, subnet) in &wanted {
@@ -220,6 +177,8 @@ impl Attacher {
             // An interface it has keeps its MAC (`own_mac`): before any change.
             if let Some((i, have)) = on_subnet(&before, &subnet.cidr) {
                 own_mac(&i.name, &i.mac, have)?;
+            } else if self.unfinished(&inside, c.inode, subnet).await? {
+                unfinished = true;
             } else if self.plugged_on(c.inode, subnet.vni).await? {
                 // Plugged into the segment under a name not looked at here (a
                 // CNI runtime's second network on the same subnet): the new
@@ -232,8 +191,29 @@ impl Attacher {
                 )));
             }
         }
+        if unfinished {
+            before = inside.workload_interfaces(ifname).await.map_err(failed)?;
+        }
+        // The name before anything is allocated for it: an agent killed from
+        // here on leaves a container that a detach by that name finds.
+        let named = match registered {
+            Some(n) if self.names.get(n).is_none_or(|(_, ino)| ino != c.inode) => Some(n),
+            _ => None,
+        };
+        if let Some(n) = registered {
+            let unseen = passed.is_some() && !registry::alive(&c.path, c.inode);
+            self.names.remember(n, c.path.clone(), c.inode, unseen);
+        }
         let previously = self.held(&c.key);
-        let allocated = self.allocate_all(&c.key, c.name.as_deref().unwrap_or(""), id.is_some(), &wanted).await?;
+        let allocated = match self.allocate_all(&c.key, c.name.as_deref().unwrap_or(""), id.is_some(), &wanted).await {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(n) = named {
+                    self.names.forget(n);
+                }
+                return Err(e);
+            }
+        };
         let mut created: Vec<String> = Vec::new();
         let mut result = Vec::new();
         let mut used: Vec<String> = before.iter().map(|i| i.name.clone()).collect();
@@ -306,13 +286,12 @@ impl Attacher {
                             let _ = self.release(&c.key, &s.cidr).await;
                         }
                     }
+                    if let Some(n) = named {
+                        self.names.forget(n);
+                    }
                     return Err(e);
                 }
             }
-        }
-        if let Some(n) = registered {
-            let unseen = passed.is_some() && !registry::alive(&c.path, c.inode);
-            self.names.remember(n, c.path.clone(), c.inode, unseen);
         }
         Ok(result)
     }

@@ -279,6 +279,18 @@ impl Netlink {
         Ok(raised)
     }
 
+    /// Whether workload port `port` is one an attach began and never
+    /// finished (its agent was killed): down, and without the address and MAC
+    /// an attach records on it just before it sets it up. `false` if there is
+    /// no such link.
+    pub async fn unfinished_port(&self, port: &str) -> Result<bool, Error> {
+        let links = self.links().await?;
+        Ok(links.iter().find(|l| name(l) == Some(port)).is_some_and(|l| {
+            !l.header.flags.contains(netlink_packet_route::link::LinkFlags::Up)
+                && port_record(l).is_none_or(|(_, _, pin)| pin.is_none())
+        }))
+    }
+
     /// Every workload port with the address and MAC recorded on it
     /// ([`Self::remember_pin`]): what the source guard holds each port to.
     pub async fn pinned_ports(&self) -> Result<Vec<(String, Ipv4Addr, Vec<u8>)>, Error> {
