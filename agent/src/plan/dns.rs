@@ -6,7 +6,9 @@
 //! the records (several per name, shuffled per answer), PTR for known
 //! addresses (NXDOMAIN for others in the cluster's range), NXDOMAIN for
 //! unknown names (NOERROR for the domain and names with names below them),
-//! TTL 1; single-label names are
+//! TTL 1, and a negative answer carries its zone's SOA (RFC 2308: negative
+//! caching for 1 s); other opcodes are NOTIMP, EDNS versions above 0
+//! BADVERS; single-label names are
 //! qualified with the domain, and matching ignores case. Every other query is
 //! relayed upstream by the server. Answers too big for the client's UDP size
 //! are sent truncated, so the client retries over TCP.
@@ -19,7 +21,7 @@ use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, ResponseCode},
     rr::{
         Name, RData, Record, RecordType,
-        rdata::{A, AAAA, PTR},
+        rdata::{A, AAAA, PTR, SOA},
     },
 };
 use rand::seq::SliceRandom;
@@ -158,8 +160,16 @@ pub fn answer(records: &Records, query: &Message, rng: &mut impl rand::Rng) -> A
         edns.set_max_payload(EDNS_PAYLOAD);
         response.edns = Some(edns);
     }
-    let (Some(q), OpCode::Query, MessageType::Query, 1) =
-        (query.queries.first(), query.metadata.op_code, query.metadata.message_type, query.queries.len())
+    if query.metadata.op_code != OpCode::Query {
+        response.metadata.response_code = ResponseCode::NotImp;
+        return Answer::Local(response);
+    }
+    // RFC 6891 6.1.3: a version not implemented is BADVERS, with our own (0).
+    if query.edns.as_ref().is_some_and(|e| e.version() > 0) {
+        response.metadata.response_code = ResponseCode::BADVERS;
+        return Answer::Local(response);
+    }
+    let (Some(q), MessageType::Query, 1) = (query.queries.first(), query.metadata.message_type, query.queries.len())
     else {
         response.metadata.response_code = ResponseCode::FormErr;
         return Answer::Local(response);
@@ -175,6 +185,9 @@ pub fn answer(records: &Records, query: &Message, rng: &mut impl rand::Rng) -> A
             }
             response.metadata.authoritative = true;
             response.metadata.response_code = ResponseCode::NXDomain;
+            if let (IpAddr::V4(v4), Some(range)) = (ip, records.range) {
+                response.add_authority(soa(&reverse_zone(v4, range.prefix_len()), &records.domain));
+            }
             return Answer::Local(response);
         };
         response.metadata.authoritative = true;
@@ -193,6 +206,7 @@ pub fn answer(records: &Records, query: &Message, rng: &mut impl rand::Rng) -> A
         if !records.non_terminals.contains(&name) {
             response.metadata.response_code = ResponseCode::NXDomain;
         }
+        response.add_authority(soa(&records.domain, &records.domain));
         return Answer::Local(response);
     };
     let mut addrs = addrs.clone();
@@ -206,7 +220,30 @@ pub fn answer(records: &Records, query: &Message, rng: &mut impl rand::Rng) -> A
         };
         response.add_answer(Record::from_rdata(q.name().clone(), TTL, rdata));
     }
+    if response.answers.is_empty() {
+        response.add_authority(soa(&records.domain, &records.domain));
+    }
     Answer::Local(response)
+}
+
+/// The SOA of zone `apex` (the cluster domain, or a reverse zone of its
+/// range) for the authority section of a negative answer: its minimum, and
+/// so how long a resolver may cache that a name or type does not exist, is
+/// [`TTL`], as CoreDNS names its own (`ns.dns.<domain>`, `hostmaster.<domain>`).
+fn soa(apex: &str, domain: &str) -> Record {
+    let name = |n: &str| Name::from_ascii(n).unwrap_or_else(|_| Name::root());
+    let rdata =
+        SOA::new(name(&format!("ns.dns.{domain}")), name(&format!("hostmaster.{domain}")), 1, 7200, 1800, 86400, TTL);
+    Record::from_rdata(name(apex), TTL, RData::SOA(rdata))
+}
+
+/// The reverse zone of `ip` in a range of `prefix` bits: its first octets, as
+/// many as the prefix covers rounded up to whole octets (`32.10.in-addr.arpa.`
+/// for 10.32.0.9 in 10.32.0.0/12).
+fn reverse_zone(ip: Ipv4Addr, prefix: u8) -> String {
+    let octets = usize::from(prefix.div_ceil(8).min(4));
+    let labels: Vec<String> = ip.octets()[..octets].iter().rev().map(u8::to_string).collect();
+    labels.iter().map(|l| format!("{l}.")).collect::<String>() + "in-addr.arpa."
 }
 
 /// Encodes `response` for UDP: if it is bigger than the client said it can
@@ -367,6 +404,32 @@ mod tests {
         assert_eq!(addrs(&ptr), ["db.weave.local."]);
         let nx = local(&r, "nope.weave.local.", RecordType::A, 1);
         assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+        // Negative answers carry the zone's SOA (RFC 2308), minimum 1 s; positive ones none.
+        for m in [&none, &nx] {
+            let soa = m.authorities.iter().map(|a| (a.name.to_ascii(), a.data.to_string())).collect::<Vec<_>>();
+            let want = "ns.dns.weave.local. hostmaster.weave.local. 1 7200 1800 86400 1";
+            assert_eq!(soa, [("weave.local.".to_string(), want.to_string())]);
+        }
+        assert!(ptr.authorities.is_empty());
+    }
+
+    #[test]
+    fn other_opcodes_are_notimp_and_other_edns_versions_badvers() {
+        let r = Records::from_map(&map(), DEFAULT_DOMAIN);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let mut notify = ask("web.weave.local.", RecordType::SOA);
+        notify.metadata.op_code = OpCode::Notify;
+        let Answer::Local(m) = answer(&r, &notify, &mut rng) else { panic!("forwarded") };
+        assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
+        let mut v1 = ask("example.com.", RecordType::A);
+        let mut edns = Edns::new();
+        edns.set_version(1);
+        v1.edns = Some(edns);
+        let Answer::Local(m) = answer(&r, &v1, &mut rng) else { panic!("forwarded") };
+        let wire = Message::from_vec(&m.to_vec().unwrap()).unwrap();
+        // 16 (BADVERS and BADSIG share it: hickory reads it back as the latter).
+        assert_eq!(u16::from(wire.metadata.response_code), 16);
+        assert_eq!(wire.edns.map(|e| e.version()), Some(0));
     }
 
     /// The domain itself and a name with names below it exist (NOERROR, no
@@ -389,8 +452,10 @@ mod tests {
         for name in ["x.b.c.weave.local.", "c.b.weave.local."] {
             assert_eq!(local(&r, name, RecordType::A, 1).metadata.response_code, ResponseCode::NXDomain, "{name}");
         }
-        let nx = local(&r, "99.0.32.10.in-addr.arpa.", RecordType::PTR, 1);
+        let nx = local(&r, "99.0.33.10.in-addr.arpa.", RecordType::PTR, 1);
         assert!(nx.metadata.authoritative && nx.metadata.response_code == ResponseCode::NXDomain);
+        assert_eq!(nx.authorities[0].name.to_ascii(), "33.10.in-addr.arpa.");
+        assert_eq!(reverse_zone("10.2.3.4".parse().unwrap(), 24), "3.2.10.in-addr.arpa.");
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         assert!(matches!(answer(&r, &ask("1.0.48.10.in-addr.arpa.", RecordType::PTR), &mut rng), Answer::Forward));
     }
