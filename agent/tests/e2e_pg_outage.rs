@@ -102,7 +102,7 @@ fn client_watch(bed: &Bed, seen: Arc<Mutex<Vec<u64>>>, stop: Arc<AtomicBool>) ->
         let mut resumed = 0;
         'watch: while !stop.load(Ordering::Relaxed) {
             let from = seen.lock().unwrap().last().copied().unwrap_or(0);
-            let mut stream = match api.map.watch(WatchRequest { from_revision: from }).await {
+            let mut stream = match api.map.watch(WatchRequest { from_revision: from, ..Default::default() }).await {
                 Ok(r) => r.into_inner(),
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(200)).await;

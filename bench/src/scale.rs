@@ -204,7 +204,7 @@ pub(crate) async fn watch_all(
                     Some(r) => r,
                     None => api.map.get_map(GetMapRequest {}).await?.into_inner().revision,
                 };
-                anyhow::Ok(api.map.watch(WatchRequest { from_revision }).await?.into_inner())
+                anyhow::Ok(api.map.watch(WatchRequest { from_revision, ..Default::default() }).await?.into_inner())
             };
             let mut stream = match opened.await {
                 Ok(s) => s,

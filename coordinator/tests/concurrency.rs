@@ -15,7 +15,8 @@ async fn five_hundred_concurrent_allocations_from_fifty_clients_are_distinct() {
     for i in 0..50u8 {
         clients.push(c.join(&format!("host{i}"), i + 1).await.1);
     }
-    let mut watch = admin.map.watch(WatchRequest { from_revision: 0 }).await.unwrap().into_inner();
+    let mut watch =
+        admin.map.watch(WatchRequest { from_revision: 0, ..Default::default() }).await.unwrap().into_inner();
     let Some(Event::Snapshot(map)) = watch.message().await.unwrap().unwrap().event else { panic!("snapshot first") };
 
     let mut tasks = Vec::new();

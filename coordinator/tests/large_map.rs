@@ -77,11 +77,11 @@ async fn a_map_over_5_mib_reaches_watchers_joiners_and_get_map() {
 
     // A fresh watcher (a node's credential survives the restart).
     let mut node = c.api_with(&credential).await;
-    let mut fresh = node.map.watch(WatchRequest { from_revision: 0 }).await.unwrap().into_inner();
+    let mut fresh = node.map.watch(WatchRequest { from_revision: 0, ..Default::default() }).await.unwrap().into_inner();
     assert_eq!(snapshot(&mut fresh).await, map);
     // A resuming watcher whose revision this coordinator cannot serve.
     let from_revision = map.revision + 1000;
-    let mut resumed = node.map.watch(WatchRequest { from_revision }).await.unwrap().into_inner();
+    let mut resumed = node.map.watch(WatchRequest { from_revision, ..Default::default() }).await.unwrap().into_inner();
     assert_eq!(snapshot(&mut resumed).await, map);
     // A joining node gets the map in its answer.
     let joined = admin.join.join(common::join_request(&token, "host2", 2)).await.expect("join answer decodes");

@@ -39,19 +39,28 @@ async fn the_fifth_watch_of_one_credential_is_refused() {
     let (_, mut api) = c.join("host1", 1).await;
     let mut open = Vec::new();
     for _ in 0..MAX_WATCHES_PER_CREDENTIAL {
-        let mut s = api.map.watch(WatchRequest { from_revision: 0 }).await.expect("within the limit").into_inner();
+        let mut s = api
+            .map
+            .watch(WatchRequest { from_revision: 0, ..Default::default() })
+            .await
+            .expect("within the limit")
+            .into_inner();
         s.message().await.unwrap().expect("a snapshot");
         open.push(s);
     }
-    assert_status(api.map.watch(WatchRequest { from_revision: 0 }).await, Code::ResourceExhausted, "watches open");
+    assert_status(
+        api.map.watch(WatchRequest { from_revision: 0, ..Default::default() }).await,
+        Code::ResourceExhausted,
+        "watches open",
+    );
     // Other credentials have their own.
     let mut admin = c.admin().await;
-    admin.map.watch(WatchRequest { from_revision: 0 }).await.expect("the admin's own limit");
+    admin.map.watch(WatchRequest { from_revision: 0, ..Default::default() }).await.expect("the admin's own limit");
     // Closing one frees its place (once the server has seen the stream go).
     drop(open.pop());
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        match api.map.watch(WatchRequest { from_revision: 0 }).await {
+        match api.map.watch(WatchRequest { from_revision: 0, ..Default::default() }).await {
             Ok(_) => break,
             Err(s) if s.code() == Code::ResourceExhausted && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await

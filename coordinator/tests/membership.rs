@@ -24,7 +24,7 @@ async fn end_of(stream: &mut Streaming<WatchEvent>) -> (tonic::Status, Duration)
 }
 
 async fn open_watch(api: &mut weave_proto::client::Api) -> Streaming<WatchEvent> {
-    let mut s = api.map.watch(WatchRequest { from_revision: 0 }).await.unwrap().into_inner();
+    let mut s = api.map.watch(WatchRequest { from_revision: 0, ..Default::default() }).await.unwrap().into_inner();
     s.message().await.unwrap().expect("a snapshot first");
     s
 }
@@ -103,7 +103,7 @@ async fn a_removed_or_replaced_node_loses_its_watch_within_a_second() {
     assert_eq!(status.metadata().get("weave-membership").map(|v| v.to_str().unwrap()), Some("removed"));
     // Opening a new one, or any other call, says the same (an agent that was
     // away learns it was removed), marked for the agent to stop.
-    let again = h1.map.watch(WatchRequest { from_revision: 0 }).await.map(|_| ()).unwrap_err();
+    let again = h1.map.watch(WatchRequest { from_revision: 0, ..Default::default() }).await.map(|_| ()).unwrap_err();
     assert_eq!(again.code(), Code::Unauthenticated);
     assert!(again.message().contains("node 'h1' was removed from the cluster"), "{again:?}");
     assert_eq!(again.metadata().get("weave-membership").map(|v| v.to_str().unwrap()), Some("removed"));
@@ -112,7 +112,8 @@ async fn a_removed_or_replaced_node_loses_its_watch_within_a_second() {
     // A credential this coordinator never issued is refused unmarked: an agent
     // facing a restored backup or a wrong coordinator waits, it does not tear down.
     let mut stranger = c.api_with("never-issued-credential").await;
-    let unknown = stranger.map.watch(WatchRequest { from_revision: 0 }).await.map(|_| ()).unwrap_err();
+    let unknown =
+        stranger.map.watch(WatchRequest { from_revision: 0, ..Default::default() }).await.map(|_| ()).unwrap_err();
     assert_eq!(unknown.code(), Code::Unauthenticated);
     assert!(unknown.metadata().get("weave-membership").is_none(), "{unknown:?}");
 
@@ -533,7 +534,12 @@ async fn a_join_with_map_by_watch_gets_the_map_from_its_first_watch() {
     assert!(settings.nodes.is_empty() && settings.subnets.is_empty() && settings.allocations.is_empty());
 
     let mut node = c.api_with(&answer.credential).await;
-    let mut watch = node.map.watch(WatchRequest { from_revision: settings.revision }).await.unwrap().into_inner();
+    let mut watch = node
+        .map
+        .watch(WatchRequest { from_revision: settings.revision, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let first = watch.message().await.unwrap().expect("a first event");
     let Some(watch_event::Event::Snapshot(map)) = first.event else { panic!("the first event is a snapshot") };
     assert!(map == full, "the snapshot is the whole map");

@@ -79,11 +79,11 @@ pub async fn watch_map(
         // A map without the cluster's segment MTU (saved from a coordinator
         // that had none yet, or none saved) asks for a whole snapshot: a
         // resumed watch sends only changes, and the MTU is in no change.
-        let from = match &*maps.borrow() {
-            m if m.segment_mtu == 0 => 0,
-            m => m.revision,
+        let (from, history) = match &*maps.borrow() {
+            m if m.segment_mtu == 0 => (0, 0),
+            m => (m.revision, m.history),
         };
-        match client.watch(WatchRequest { from_revision: from }).await {
+        match client.watch(WatchRequest { from_revision: from, from_history: history }).await {
             Ok(response) => {
                 tracing::info!(from_revision = from, "watching the network map");
                 connected.store(true, Ordering::Relaxed);

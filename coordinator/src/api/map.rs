@@ -236,7 +236,10 @@ impl MapService for Map {
         tracing::debug!(caller = ?caller.0, "watch opened");
         let guard = WatcherGuard::acquire(&self.0, &caller.1)?;
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(stream(guard, self.0.clone(), caller, request.get_ref().from_revision, tx));
+        // A revision of another history (a restored backup's) may name other changes: a snapshot.
+        let WatchRequest { from_revision, from_history } = *request.get_ref();
+        let from = if self.0.store.continues(from_history, from_revision).await? { from_revision } else { 0 };
+        tokio::spawn(stream(guard, self.0.clone(), caller, from, tx));
         let unbox: fn(Box<Item>) -> Item = |item| *item;
         Ok(Response::new(ReceiverStream::new(rx).map(unbox)))
     }

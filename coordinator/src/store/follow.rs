@@ -82,9 +82,9 @@ impl Store {
             // Pruned past what this coordinator has (it was away long): start over from a snapshot.
             _ => {
                 tracing::info!(known, current, "behind the event log: reloading the map");
-                let map = super::load_snapshot_on(c).await?;
+                let map = super::live::load_snapshot_on(c).await?;
                 let revision = map.revision;
-                *self.live.write().unwrap_or_else(|p| p.into_inner()) = super::Live { map, recent: Default::default() };
+                self.live.write().unwrap_or_else(|p| p.into_inner()).reset(map);
                 self.revision.send_replace(revision);
             }
         }

@@ -120,11 +120,12 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("held_until", Int),
         ],
     ),
+    ("histories", &[("id", Int), ("history", Int), ("since", Int), ("started_at", Int)]),
 ];
 
 /// Tables whose `id` is a PostgreSQL identity column: its sequence must
 /// continue after the copied ids, or the next insert would collide.
-const IDENTITY_TABLES: &[&str] = &["admin_credentials", "nodes", "subnets", "allocations", "dns_records"];
+const IDENTITY_TABLES: &[&str] = &["admin_credentials", "nodes", "subnets", "allocations", "dns_records", "histories"];
 
 /// `coordinator migrate` flags.
 #[derive(Debug, Clone, clap::Args)]

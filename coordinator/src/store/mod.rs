@@ -26,6 +26,7 @@ pub mod db;
 mod dns;
 mod follow;
 mod holds;
+mod live;
 pub mod migrate;
 mod nodes;
 mod open;
@@ -34,7 +35,6 @@ mod subnets;
 mod tokens;
 
 use std::{
-    collections::VecDeque,
     str::FromStr,
     sync::{Arc, RwLock},
 };
@@ -119,13 +119,7 @@ pub struct Store {
     alive: Arc<()>,
 }
 
-/// The map at the latest committed revision, and the changes that led to it.
-#[derive(Default)]
-struct Live {
-    map: v1::NetworkMap,
-    recent: VecDeque<(u64, v1::MapChange)>,
-}
-
+use self::live::{Live, load_snapshot};
 pub(crate) use batch::Tx;
 
 impl Tx {
@@ -180,11 +174,12 @@ impl Store {
         let current: Option<i64> =
             db::query_scalar("SELECT revision FROM cluster WHERE id = 1").fetch_optional(&read).await?;
         let (revision, _) = watch::channel(current.unwrap_or(0) as u64);
+        let history = live::begin_history(&write).await?;
         let store = Self {
             write,
             read,
             revision,
-            live: Arc::default(),
+            live: Arc::new(RwLock::new(Live::in_history(history))),
             writer: Arc::default(),
             node_quota: None,
             node_subnet_quota: None,
@@ -262,7 +257,7 @@ impl Store {
     async fn reload_live(&self) -> Result<()> {
         let _writer = self.writer.lock().await;
         let map = load_snapshot(self.locked_reads()).await?;
-        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Live { map, recent: VecDeque::new() };
+        self.live.write().unwrap_or_else(|p| p.into_inner()).reset(map);
         Ok(())
     }
 
@@ -446,41 +441,6 @@ impl Store {
             default_subnet: row.try_get::<Option<String>, _>("default_subnet")?.unwrap_or_default(),
         })
     }
-}
-
-/// The whole map read from `pool` (one read transaction = one revision).
-async fn load_snapshot(pool: &Pool) -> Result<v1::NetworkMap> {
-    let mut tx = pool.begin_read().await?;
-    let map = load_snapshot_on(&mut tx).await?;
-    tx.commit().await?;
-    Ok(map)
-}
-
-/// The whole map as `c` sees it (a read transaction, or the open batch's
-/// transaction, which holds the write lock).
-async fn load_snapshot_on(c: &mut db::Conn) -> Result<v1::NetworkMap> {
-    let Some(row) =
-        db::query("SELECT revision, range_cidr, node_range, dns_domain, segment_mtu FROM cluster WHERE id = 1")
-            .fetch_optional(&mut *c)
-            .await?
-    else {
-        return Ok(v1::NetworkMap::default());
-    };
-    let nodes = nodes::all(&mut *c).await?;
-    let subnets = subnets::all(&mut *c, false).await?;
-    let allocations = allocations::list(&mut *c, &AllocationFilter::default()).await?;
-    let dns_records = dns::all(&mut *c).await?;
-    Ok(v1::NetworkMap {
-        revision: row.try_get::<i64, _>("revision")? as u64,
-        range: row.try_get("range_cidr")?,
-        node_range: row.try_get("node_range")?,
-        dns_domain: row.try_get("dns_domain")?,
-        segment_mtu: u32::try_from(row.try_get::<i64, _>("segment_mtu")?).unwrap_or(0),
-        nodes,
-        subnets,
-        allocations,
-        dns_records,
-    })
 }
 
 #[derive(Debug, Clone)]

@@ -315,6 +315,11 @@ mod tests {
                     "31e002e19b3dec19485d92e78335dcb58295a7ee450b486dd48d9315a465b41133f93bfae46abae74ef9bc00c50f1fba"
                         .to_string()
                 ),
+                (
+                    11,
+                    "c32c06868dc7eeba630a22ef12cc2fc708344989f782d79e80c17e983e304459dab01edc5eb24f5f5387d4cc30461bac"
+                        .to_string()
+                ),
             ]
         );
         let pg: Vec<(i64, String)> =
