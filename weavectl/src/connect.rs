@@ -32,7 +32,9 @@ fn load(global: &Global) -> Outcome<AdminCredential> {
         return read_file(path, "--admin-file (WEAVE_ADMIN_FILE)");
     }
     let path = global.data_dir.join("admin.credential");
-    if !path.exists() {
+    // Not `exists()`: a directory this user may not enter (0700, root's) is
+    // not "does not exist" but permission denied, as for --admin-file.
+    if matches!(path.try_exists(), Ok(false)) {
         return Err(Failure::usage(
             "no admin credential",
             format!(

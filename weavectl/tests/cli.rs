@@ -530,6 +530,31 @@ fn missing_or_malformed_credential() {
     );
 }
 
+/// A user who may not enter the coordinator's data dir (0700, root's) is
+/// told permission denied (exit 6), as with --admin-file, not that the
+/// credential does not exist (exit 2; found by a review, 2026-12-05).
+#[test]
+fn a_data_dir_the_user_may_not_enter_is_permission_denied() {
+    use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+    if !nix::unistd::Uid::effective().is_root() {
+        return; // needs another user to be
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.credential"), "wva1.x").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weavectl"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("status")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("permission denied (run as root") && one_line(&stderr), "{stderr}");
+}
+
 #[test]
 fn wrong_pin_is_refused() {
     let first = Cluster::start();
