@@ -24,6 +24,13 @@ async fn bootstrap_then_restart_reuses_identity_credential_and_data() {
     let data = c.data_dir();
     assert_eq!(mode(&data.join("admin.credential")), 0o600);
     assert_eq!(mode(&data.join("tls/coordinator.key")), 0o600);
+    if !common::postgres() {
+        // The database holds every credential's hash: its owner's alone, as
+        // are its write-ahead log and shared memory (SQLite gives them its mode).
+        for f in ["coordinator.db", "coordinator.db-wal", "coordinator.db-shm"] {
+            assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+        }
+    }
     let token = c.running.first_token.clone().expect("a join token at first start").0;
     assert_eq!(token.pin, c.running.admin.pin);
     let first_admin = c.running.admin.clone();
@@ -53,8 +60,14 @@ async fn bootstrap_then_restart_reuses_identity_credential_and_data() {
         // Stopped, the database file alone holds everything: a copy of it is a backup.
         let wal = std::fs::metadata(data.join("coordinator.db-wal")).map(|m| m.len()).unwrap_or(0);
         assert_eq!(wal, 0, "the write-ahead log is folded into coordinator.db at a stop");
+        // One made readable to all (by an older coordinator) is its owner's again.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data.join("coordinator.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     let c = TestCoordinator::start_in(dir, |_| {}).await;
+    if !common::postgres() {
+        assert_eq!(mode(&data.join("coordinator.db")), 0o600);
+    }
     assert!(c.running.first_token.is_none(), "no new token on a later start");
     assert_eq!(c.running.admin.pin, first_admin.pin, "same TLS identity");
     assert_eq!(c.running.admin.secret, first_admin.secret, "same admin credential");

@@ -158,10 +158,38 @@ fn unverified(options: &PgConnectOptions) -> Option<String> {
     })
 }
 
+/// The database file (and its write-ahead log and shared memory, which
+/// SQLite creates with the file's mode) readable by its owner only: made
+/// 0600 before SQLite makes it, or set so. It holds the hashes of every
+/// credential and token; a data dir left 0755 (made by hand, or by a
+/// package) showed them to every local user (found by a review, 2026-12-05).
+fn owner_only(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let private = |p: &std::path::Path| match std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::InvalidArgument(format!("cannot make {} readable by its owner only: {e}", p.display())))
+        }
+        _ => Ok(()),
+    };
+    // An empty file is a new database to SQLite.
+    if let Err(e) = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+        && e.kind() != std::io::ErrorKind::AlreadyExists
+    {
+        return Err(Error::InvalidArgument(format!("cannot create {}: {e}", path.display())));
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        private(std::path::Path::new(&p))?;
+    }
+    Ok(())
+}
+
 /// The write and read pools for `location`, migrated.
 pub(super) async fn pools(location: &Location) -> Result<(Pool, Pool)> {
     match location {
         Location::Sqlite(path) => {
+            owner_only(path)?;
             let options = SqliteConnectOptions::new()
                 .filename(path)
                 .create_if_missing(true)
