@@ -3,7 +3,7 @@
 //! (the agent died before saving its identity) joins again as the same node.
 mod common;
 
-use std::{fs, net::Ipv4Addr, process::Command, time::Duration};
+use std::{fs, net::Ipv4Addr, process::Command, thread, time::Duration};
 
 use common::*;
 use nix::sys::signal::Signal;
@@ -107,4 +107,48 @@ fn a_join_interrupted_after_the_key_was_written_joins_again_as_the_same_node() {
     bed.add_workload(0, "default");
     bed.add_workload(1, "default");
     bed.wait_ping(0, 1, Duration::from_secs(10));
+}
+
+/// A coordinator that lost its TLS key and made a new one (`--new-identity`):
+/// `agent join` with a token of the new identity joins again with the host's
+/// key, as the same node, and the agent follows the coordinator again. Before,
+/// it said "already joined" and kept refusing the new identity for ever,
+/// and the only way out, `agent reset`, took every workload's interface
+/// (found by a review, 2026-12-05).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn after_a_new_coordinator_identity_a_new_token_joins_again_as_the_same_node() {
+    let mut bed = Bed::with_hosts(2);
+    bed.add_workload(0, "default");
+    bed.add_workload(1, "default");
+    bed.wait_ping(0, 1, Duration::from_secs(10));
+    let before = bed.wait_status(0);
+    bed.kill_coordinator();
+    std::fs::remove_dir_all(bed.coordinator_dir.join("tls")).unwrap();
+    bed.coordinator_args.push("--new-identity".into());
+    bed.start_coordinator();
+    bed.coordinator_args.pop();
+    let cred = std::fs::read_to_string(bed.coordinator_dir.join("admin.credential")).unwrap();
+    bed.admin = weave_proto::token::AdminCredential::parse(cred.trim()).unwrap();
+    let new_token = bed.admin(|mut api| async move {
+        let r = weave_proto::v1::CreateTokenRequest::default();
+        api.tokens.create_token(r).await.unwrap().into_inner().secret_token
+    });
+    let old_token = std::mem::replace(&mut bed.token, new_token);
+    assert_ne!(old_token, bed.token);
+    // The running agent refuses the new identity (it pins the old one).
+    thread::sleep(Duration::from_secs(2));
+    assert!(!bed.status(0).unwrap().coordinator_connected, "connected to a coordinator it does not pin");
+
+    bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
+    bed.start_agent(0, true);
+    let after = wait_for("the agent to follow the new identity", Duration::from_secs(20), || {
+        bed.status(0).filter(|s| s.coordinator_connected)
+    });
+    assert_eq!((after.node_id, after.address), (before.node_id, before.address), "the same node");
+    bed.wait_ping(0, 1, Duration::from_secs(10));
+    let nodes = bed.admin(|mut api| async move {
+        api.nodes.list_nodes(weave_proto::v1::ListNodesRequest {}).await.unwrap().into_inner().nodes
+    });
+    assert_eq!(nodes.len(), 2, "no new node");
 }

@@ -101,6 +101,11 @@ fn a_removed_node_is_unreachable_within_5s() {
     assert_eq!(rejoin.status.code(), Some(3), "{}", String::from_utf8_lossy(&rejoin.stderr));
     let said = String::from_utf8_lossy(&rejoin.stderr);
     assert!(said.contains("removed from the cluster earlier") && said.contains("agent reset"), "{said}");
+    // So does `agent run` (the systemd unit's command), with the same exit 3,
+    // which the unit does not restart (it said "run agent join first", exit 1).
+    let rerun = bed.agent_command(2, false).output().unwrap();
+    assert_eq!(rerun.status.code(), Some(3), "{}", String::from_utf8_lossy(&rerun.stderr));
+    assert!(String::from_utf8_lossy(&rerun.stderr).contains("removed from the cluster earlier"));
     assert!(!String::from_utf8_lossy(&bed.weavectl_admin(&["node", "ls"]).stdout).contains("h3"));
     let reset = bed.reset_agent(2);
     assert!(reset.status.success(), "agent reset: {}", String::from_utf8_lossy(&reset.stderr));

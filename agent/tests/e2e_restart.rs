@@ -54,6 +54,9 @@ fn sigterm_keeps_segments_and_reset_removes_everything() {
 
     let out = bed.reset_agent(0);
     assert!(out.status.success(), "reset: {}", String::from_utf8_lossy(&out.stderr));
+    // It says what it leaves: the node, which the coordinator still lists.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("node 'h1'") && said.contains("weavectl node rm h1"), "{said}");
     let links = ok_in(&ns, &["ip", "-o", "link", "show"]);
     assert!(!links.contains("wvbr-") && !links.contains("wvvx-"), "reset leaves interfaces: {links}");
     let rules = ok_in(&ns, &["nft", "list", "tables"]);
@@ -97,6 +100,9 @@ fn reset_after_attach_by_name_removes_the_data_dir() {
     bed.signal_agent(0, Signal::SIGTERM);
     let out = bed.reset_agent(0);
     assert!(out.status.success(), "reset: {}", String::from_utf8_lossy(&out.stderr));
+    // It says what it leaves: the node, which the coordinator still lists.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("node 'h1'") && said.contains("weavectl node rm h1"), "{said}");
     let h = &bed.hosts[0];
     assert!(!h.data_dir.exists(), "reset leaves {:?}", files_under(&h.data_dir));
 }

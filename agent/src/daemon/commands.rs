@@ -1,22 +1,22 @@
 //! The agent's commands: join (once, with a token), run (from the saved
 //! identity), status, reset.
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
 
 use tokio::sync::watch;
 use weave_proto::{
-    client::{Api, connect, connect_lazy, error_chain},
+    client::{Api, connect_lazy, error_chain},
     local_api::{self, Request, Response},
-    token::JoinToken,
-    v1::{ChallengeRequest, GetMapRequest, JoinRequest, NetworkMap},
+    v1::NetworkMap,
 };
 
+pub use super::join::join;
 use super::{
     attach::Attacher,
-    config::{AllocateArgs, JoinArgs, ResetArgs, RunArgs, StatusArgs},
+    config::{AllocateArgs, ResetArgs, RunArgs, StatusArgs},
     control,
     dns::DnsServer,
     service::LocalService,
@@ -28,7 +28,7 @@ use crate::{
     },
     error::Error,
     host::{
-        addresses, firewall,
+        firewall,
         netlink::{self, Netlink},
         registry::Registry,
         state::{Identity, NodeKey, StateDir},
@@ -39,167 +39,6 @@ use crate::{
         netmap,
     },
 };
-
-const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `agent join`: joins with the token unless this host already has an
-/// identity. Returns once the identity is saved; the caller then becomes
-/// `agent run` ([`exec_run`]), so the long-running process never holds the
-/// token. No interface is created here. The private key is written before
-/// the join is sent (a join the coordinator committed must never leave a
-/// host that cannot prove it is that node), and removed again when the
-/// coordinator refused the join.
-pub async fn join(args: &JoinArgs) -> Result<(), Error> {
-    args.run.check().map_err(Error::Usage)?;
-    let dir = StateDir::new(&args.run.paths.data_dir);
-    let lock = dir.lock()?;
-    let joined = join_locked(args, &dir).await;
-    if joined.is_err() {
-        // A join that failed leaves no directory it made for its lock.
-        dir.unlock_if_empty(lock);
-    }
-    joined
-}
-
-async fn join_locked(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
-    if let Some(why) = dir.removed() {
-        return Err(Error::RemovedEarlier(why));
-    }
-    if dir.is_joined() {
-        tracing::info!(data_dir = %dir.path().display(), "already joined; restarting from the saved identity");
-        return Ok(());
-    }
-    let secret = super::config::read_token(args)?;
-    let token = JoinToken::parse(&secret).map_err(|e| Error::Token(e.to_string()))?;
-    let endpoints = match &args.endpoint[..] {
-        [] => {
-            let ips = addresses::advertised()?;
-            if ips.is_empty() {
-                return Err(Error::State(
-                    "no IPv4 or global IPv6 address to advertise: pass --endpoint ip:port".into(),
-                ));
-            }
-            ips.into_iter().map(|ip| SocketAddr::new(ip, args.run.listen_port)).collect()
-        }
-        pinned => pinned.to_vec(),
-    };
-    let name = match &args.name {
-        Some(n) => n.clone(),
-        None => hostname()?,
-    };
-    let channel = connect(&token.coordinator, token.pin).await.map_err(|e| Error::Connect(e.to_string()))?;
-    let mut api = Api::new(channel.clone(), "-").map_err(|e| Error::Connect(e.to_string()))?;
-    let (key, created) = match dir.load_key()? {
-        Some(key) => {
-            tracing::info!("reusing this host's saved key (an earlier join was interrupted, or the node was removed)");
-            (key, false)
-        }
-        None => {
-            let key = NodeKey::generate();
-            dir.save_key(&key)?;
-            (key, true)
-        }
-    };
-    let (challenge, proof) = prove(&mut api, &key, &name, &token.coordinator).await?;
-    let request = JoinRequest {
-        token: secret.trim().to_string(),
-        name: name.clone(),
-        public_key: key.public().as_bytes().to_vec(),
-        endpoints: endpoints.iter().map(ToString::to_string).collect(),
-        challenge,
-        proof,
-        // The answer carries only the cluster settings; see `whole_map`.
-        map_by_watch: true,
-    };
-    let response = match tokio::time::timeout(JOIN_TIMEOUT, api.join.join(request)).await {
-        Err(_) => {
-            return Err(Error::Connect(format!("the coordinator at {} did not answer the join", token.coordinator)));
-        }
-        Ok(Err(status)) => {
-            // An answer that says no: nothing was committed, leave nothing behind.
-            if created && refused(&status) {
-                dir.forget_key();
-            }
-            return Err(Error::JoinRefused(status.message().to_string()));
-        }
-        Ok(Ok(r)) => r.into_inner(),
-    };
-    let node = response.node.ok_or_else(|| Error::JoinRefused("the answer names no node".into()))?;
-    let address: Ipv4Addr =
-        node.address.parse().map_err(|_| Error::JoinRefused(format!("node address '{}' is not IPv4", node.address)))?;
-    let identity = Identity {
-        node_id: node.id,
-        name: node.name,
-        address,
-        coordinator: token.coordinator.clone(),
-        pin: token.pin.to_string(),
-        credential: response.credential,
-        endpoint: endpoints[0],
-        listen_port: args.run.listen_port,
-        endpoints_pinned: !args.endpoint.is_empty(),
-    };
-    let map = whole_map(channel, &identity.credential, response.map.unwrap_or_default()).await;
-    dir.save_join(&key, &identity, &map)?;
-    tracing::info!(node = identity.node_id, name = %identity.name, address = %address, "joined");
-    Ok(())
-}
-
-/// The whole map after a join whose answer carried only `settings`: by
-/// GetMap, a unary call whose buffers go with it (a watch stream keeps a
-/// buffer the size of the largest message it sent for as long as it stays
-/// open, so snapshots over watches would cost the coordinator a map per
-/// agent). If that fails, `settings` (revision 0): `agent run`'s first watch
-/// then starts with a snapshot.
-async fn whole_map(channel: tonic::transport::Channel, credential: &str, settings: NetworkMap) -> NetworkMap {
-    let Ok(mut api) = Api::new(channel, credential) else { return settings };
-    match tokio::time::timeout(JOIN_TIMEOUT, api.map.get_map(GetMapRequest {})).await {
-        Ok(Ok(map)) => map.into_inner(),
-        Ok(Err(status)) => {
-            tracing::warn!(message = status.message(), "cannot read the map now; the first watch will bring it");
-            settings
-        }
-        Err(_) => {
-            tracing::warn!("the coordinator did not send the map in time; the first watch will bring it");
-            settings
-        }
-    }
-}
-
-/// Whether a failed join call is a refusal (the coordinator answered and
-/// committed nothing) rather than a lost answer.
-fn refused(status: &tonic::Status) -> bool {
-    use tonic::Code;
-    matches!(
-        status.code(),
-        Code::InvalidArgument
-            | Code::Unauthenticated
-            | Code::PermissionDenied
-            | Code::AlreadyExists
-            | Code::FailedPrecondition
-            | Code::ResourceExhausted
-            | Code::NotFound
-    )
-}
-
-/// Answers a join challenge: proof that this host holds `key` (see
-/// `weave_proto::proof`). A coordinator without challenges gets no proof:
-/// a first join needs none.
-async fn prove(api: &mut Api, key: &NodeKey, name: &str, coordinator: &str) -> Result<(Vec<u8>, Vec<u8>), Error> {
-    let challenge = match tokio::time::timeout(JOIN_TIMEOUT, api.join.challenge(ChallengeRequest {})).await {
-        Err(_) => return Err(Error::Connect(format!("the coordinator at {coordinator} did not answer"))),
-        Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => return Ok((Vec::new(), Vec::new())),
-        Ok(Err(s)) => return Err(Error::JoinRefused(s.message().to_string())),
-        Ok(Ok(c)) => c.into_inner(),
-    };
-    let theirs: [u8; 32] = challenge
-        .coordinator_key
-        .as_slice()
-        .try_into()
-        .map_err(|_| Error::JoinRefused("the coordinator's challenge key is not 32 bytes".into()))?;
-    let shared = key.secret().diffie_hellman(&boringtun::x25519::PublicKey::from(theirs));
-    let proof = weave_proto::proof::compute(shared.as_bytes(), &challenge.nonce, name, key.public().as_bytes());
-    Ok((challenge.nonce, proof.to_vec()))
-}
 
 /// Replaces this process with `agent run` and the same run settings: the
 /// token leaves the command line (`/proc/<pid>/cmdline`) and the environment
@@ -223,6 +62,11 @@ pub fn exec_run(args: &RunArgs) -> Error {
 pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     args.check().map_err(Error::Usage)?;
     let dir = StateDir::new(&args.paths.data_dir);
+    // Removed: exit 3 as `agent join` does, which a supervisor does not
+    // restart (it said "run agent join first", exit 1, and was restarted).
+    if let Some(why) = dir.removed() {
+        return Err(Error::RemovedEarlier(why));
+    }
     if !dir.is_joined() {
         return Err(Error::State(format!("no identity in {}: run `agent join --token …` first", dir.path().display())));
     }
@@ -444,7 +288,23 @@ pub async fn reset(args: ResetArgs) -> Result<(), Error> {
     netlink.remove_all(TUN_NAME, true).await?;
     firewall::remove().await?;
     local_api::remove_socket(socket).map_err(|e| Error::Io(socket.display().to_string(), e))?;
-    dir.remove()
+    let identity = dir.load().ok().map(|(_, identity, _)| identity);
+    dir.remove()?;
+    // The coordinator still lists the node, with its addresses and names,
+    // and this host can no longer prove it is that node (its key is gone).
+    if let Some(i) = identity {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "agent reset: node '{}' ({}) is still a member of the cluster at {}, holding its addresses and \
+             names: remove it with `weavectl node rm {}`",
+            i.name,
+            i.address,
+            i.coordinator,
+            i.name
+        );
+    }
+    Ok(())
 }
 
 /// `agent status`: asks the running agent.
@@ -473,12 +333,6 @@ fn socket_error(socket: &std::path::Path, e: std::io::Error) -> Error {
         std::io::ErrorKind::InvalidData => Error::State(e.to_string()),
         _ => Error::Io(socket.display().to_string(), e),
     }
-}
-
-fn hostname() -> Result<String, Error> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .map_err(|e| Error::Io("/proc/sys/kernel/hostname".into(), e))
 }
 
 /// Tonic's errors carry their cause deep down; one line with all of it.

@@ -1,5 +1,5 @@
 //! The running agent: the wiring of everything below it. The commands
-//! ([`commands`]: join, run, reset, status), the control loops
+//! ([`commands`]: run, reset, status; [`join`]), the control loops
 //! ([`control`]: the map watch, reconcile, DNS records), the local API
 //! service ([`service`]), attach/detach ([`attach`]), the workloads' DNS
 //! sockets ([`dns`]), Docker's network and IPAM plugin ([`docker`]) and the `/metrics` probe ([`metrics`]).
@@ -10,5 +10,6 @@ pub mod control;
 pub mod dns;
 pub mod docker;
 pub mod endpoints;
+pub mod join;
 pub mod metrics;
 pub mod service;

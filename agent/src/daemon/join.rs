@@ -1,0 +1,203 @@
+//! `agent join`: the host's key made (or reused), proven, and the identity
+//! the coordinator gives back saved; then the caller becomes `agent run`.
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use weave_proto::{
+    client::{Api, connect},
+    token::JoinToken,
+    v1::{ChallengeRequest, GetMapRequest, JoinRequest, NetworkMap},
+};
+
+use super::config::JoinArgs;
+use crate::{
+    error::Error,
+    host::{
+        addresses,
+        state::{Identity, NodeKey, StateDir},
+    },
+};
+
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `agent join`: joins with the token unless this host already has an
+/// identity. Returns once the identity is saved; the caller then becomes
+/// `agent run` ([`exec_run`]), so the long-running process never holds the
+/// token. No interface is created here. The private key is written before
+/// the join is sent (a join the coordinator committed must never leave a
+/// host that cannot prove it is that node), and removed again when the
+/// coordinator refused the join.
+pub async fn join(args: &JoinArgs) -> Result<(), Error> {
+    args.run.check().map_err(Error::Usage)?;
+    let dir = StateDir::new(&args.run.paths.data_dir);
+    let lock = dir.lock()?;
+    let joined = join_locked(args, &dir).await;
+    if joined.is_err() {
+        // A join that failed leaves no directory it made for its lock.
+        dir.unlock_if_empty(lock);
+    }
+    joined
+}
+
+async fn join_locked(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
+    if let Some(why) = dir.removed() {
+        return Err(Error::RemovedEarlier(why));
+    }
+    let secret = super::config::read_token(args);
+    let token = secret.as_ref().ok().and_then(|s| JoinToken::parse(s).ok());
+    if dir.is_joined() {
+        // A token of a coordinator identity other than the saved one (made
+        // with `--new-identity`): join again with this host's key, which the
+        // coordinator knows it by. Before, the token was ignored and the agent
+        // kept refusing the new identity for ever (found by a review, 2026-12-05).
+        let saved = dir.load().map(|(_, identity, _)| identity.pin).unwrap_or_default();
+        match &token {
+            Some(t) if !saved.is_empty() && t.pin.to_string() != saved => tracing::warn!(
+                saved, token = %t.pin,
+                "the token pins another coordinator identity than the saved one: joining again with this host's key"
+            ),
+            _ => {
+                tracing::info!(data_dir = %dir.path().display(), "already joined; restarting from the saved identity");
+                return Ok(());
+            }
+        }
+    }
+    let secret = secret?;
+    let token = JoinToken::parse(&secret).map_err(|e| Error::Token(e.to_string()))?;
+    let endpoints = match &args.endpoint[..] {
+        [] => {
+            let ips = addresses::advertised()?;
+            if ips.is_empty() {
+                return Err(Error::State(
+                    "no IPv4 or global IPv6 address to advertise: pass --endpoint ip:port".into(),
+                ));
+            }
+            ips.into_iter().map(|ip| SocketAddr::new(ip, args.run.listen_port)).collect()
+        }
+        pinned => pinned.to_vec(),
+    };
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => hostname()?,
+    };
+    let channel = connect(&token.coordinator, token.pin).await.map_err(|e| Error::Connect(e.to_string()))?;
+    let mut api = Api::new(channel.clone(), "-").map_err(|e| Error::Connect(e.to_string()))?;
+    let (key, created) = match dir.load_key()? {
+        Some(key) => {
+            tracing::info!("reusing this host's saved key (an earlier join was interrupted, or the node was removed)");
+            (key, false)
+        }
+        None => {
+            let key = NodeKey::generate();
+            dir.save_key(&key)?;
+            (key, true)
+        }
+    };
+    let (challenge, proof) = prove(&mut api, &key, &name, &token.coordinator).await?;
+    let request = JoinRequest {
+        token: secret.trim().to_string(),
+        name: name.clone(),
+        public_key: key.public().as_bytes().to_vec(),
+        endpoints: endpoints.iter().map(ToString::to_string).collect(),
+        challenge,
+        proof,
+        // The answer carries only the cluster settings; see `whole_map`.
+        map_by_watch: true,
+    };
+    let response = match tokio::time::timeout(JOIN_TIMEOUT, api.join.join(request)).await {
+        Err(_) => {
+            return Err(Error::Connect(format!("the coordinator at {} did not answer the join", token.coordinator)));
+        }
+        Ok(Err(status)) => {
+            // An answer that says no: nothing was committed, leave nothing behind.
+            if created && refused(&status) {
+                dir.forget_key();
+            }
+            return Err(Error::JoinRefused(status.message().to_string()));
+        }
+        Ok(Ok(r)) => r.into_inner(),
+    };
+    let node = response.node.ok_or_else(|| Error::JoinRefused("the answer names no node".into()))?;
+    let address: Ipv4Addr =
+        node.address.parse().map_err(|_| Error::JoinRefused(format!("node address '{}' is not IPv4", node.address)))?;
+    let identity = Identity {
+        node_id: node.id,
+        name: node.name,
+        address,
+        coordinator: token.coordinator.clone(),
+        pin: token.pin.to_string(),
+        credential: response.credential,
+        endpoint: endpoints[0],
+        listen_port: args.run.listen_port,
+        endpoints_pinned: !args.endpoint.is_empty(),
+    };
+    let map = whole_map(channel, &identity.credential, response.map.unwrap_or_default()).await;
+    dir.save_join(&key, &identity, &map)?;
+    tracing::info!(node = identity.node_id, name = %identity.name, address = %address, "joined");
+    Ok(())
+}
+
+/// The whole map after a join whose answer carried only `settings`: by
+/// GetMap, a unary call whose buffers go with it (a watch stream keeps a
+/// buffer the size of the largest message it sent for as long as it stays
+/// open, so snapshots over watches would cost the coordinator a map per
+/// agent). If that fails, `settings` (revision 0): `agent run`'s first watch
+/// then starts with a snapshot.
+async fn whole_map(channel: tonic::transport::Channel, credential: &str, settings: NetworkMap) -> NetworkMap {
+    let Ok(mut api) = Api::new(channel, credential) else { return settings };
+    match tokio::time::timeout(JOIN_TIMEOUT, api.map.get_map(GetMapRequest {})).await {
+        Ok(Ok(map)) => map.into_inner(),
+        Ok(Err(status)) => {
+            tracing::warn!(message = status.message(), "cannot read the map now; the first watch will bring it");
+            settings
+        }
+        Err(_) => {
+            tracing::warn!("the coordinator did not send the map in time; the first watch will bring it");
+            settings
+        }
+    }
+}
+
+/// Whether a failed join call is a refusal (the coordinator answered and
+/// committed nothing) rather than a lost answer.
+fn refused(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::InvalidArgument
+            | Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::AlreadyExists
+            | Code::FailedPrecondition
+            | Code::ResourceExhausted
+            | Code::NotFound
+    )
+}
+
+/// Answers a join challenge: proof that this host holds `key` (see
+/// `weave_proto::proof`). A coordinator without challenges gets no proof:
+/// a first join needs none.
+async fn prove(api: &mut Api, key: &NodeKey, name: &str, coordinator: &str) -> Result<(Vec<u8>, Vec<u8>), Error> {
+    let challenge = match tokio::time::timeout(JOIN_TIMEOUT, api.join.challenge(ChallengeRequest {})).await {
+        Err(_) => return Err(Error::Connect(format!("the coordinator at {coordinator} did not answer"))),
+        Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => return Ok((Vec::new(), Vec::new())),
+        Ok(Err(s)) => return Err(Error::JoinRefused(s.message().to_string())),
+        Ok(Ok(c)) => c.into_inner(),
+    };
+    let theirs: [u8; 32] = challenge
+        .coordinator_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| Error::JoinRefused("the coordinator's challenge key is not 32 bytes".into()))?;
+    let shared = key.secret().diffie_hellman(&boringtun::x25519::PublicKey::from(theirs));
+    let proof = weave_proto::proof::compute(shared.as_bytes(), &challenge.nonce, name, key.public().as_bytes());
+    Ok((challenge.nonce, proof.to_vec()))
+}
+
+fn hostname() -> Result<String, Error> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .map_err(|e| Error::Io("/proc/sys/kernel/hostname".into(), e))
+}
