@@ -22,6 +22,7 @@ mod allocate;
 mod container;
 mod host;
 mod retire;
+pub mod sweep;
 
 use crate::{
     error::Error,

@@ -197,6 +197,13 @@ async fn serve(
             Some(rules),
         )),
         tokio::spawn(control::dns_loop(dns.clone(), map_rx.clone())),
+        tokio::spawn({
+            let (dns, registry) = (dns.clone(), registry.clone());
+            attacher.clone().retire_dead_every(move |key| {
+                dns.stop(key);
+                registry.stop_dns(key);
+            })
+        }),
         tokio::spawn(async move {
             if let Some(listener) = metrics_listener {
                 super::metrics::describe();

@@ -153,6 +153,18 @@ impl Registry {
         self.saved().names.iter().find(|(_, (path, ino))| *ino == inode && alive(path, *ino)).map(|(n, _)| n.clone())
     }
 
+    /// Every registered name whose namespace the agent can see by its path
+    /// (not passed by descriptor under a path it cannot see): (name, path, inode).
+    pub fn seen_names(&self) -> Vec<(String, PathBuf, u64)> {
+        let saved = self.saved();
+        saved
+            .names
+            .iter()
+            .filter(|(n, _)| !saved.unseen.contains(*n))
+            .map(|(n, (path, ino))| (n.clone(), path.clone(), *ino))
+            .collect()
+    }
+
     /// `name` was given to a namespace the agent cannot see by path.
     pub fn unseen(&self, name: &str) -> bool {
         self.saved().unseen.contains(name)

@@ -6,7 +6,10 @@ use ipnet::Ipv4Net;
 use weave_proto::{local_api::Refusal, v1::Subnet};
 
 use super::{Attacher, Detached, failed, held_address, not_at};
-use crate::plan::{addr_spec::AddrSpec, kernel::host_ifname};
+use crate::plan::{
+    addr_spec::AddrSpec,
+    kernel::{bridge_name, host_ifname},
+};
 
 impl Attacher {
     /// What a container whose namespace is gone still holds: the host ends of
@@ -63,6 +66,23 @@ impl Attacher {
                 self.netlink.pinned_ports().await.map_err(failed)?.iter().filter(|p| given_back.contains(&p.1))
             {
                 self.netlink.delete_link(port).await.map_err(failed)?;
+            }
+        }
+        // And their permanent neighbour entries on the bridges, as a detach
+        // of a live container removes them (they stayed, one per container
+        // gone; found by a review, 2026-12-05). Best effort, as there.
+        for ip in &given_back {
+            let vni = self
+                .maps
+                .borrow()
+                .subnets
+                .iter()
+                .find(|s| s.cidr.parse::<Ipv4Net>().is_ok_and(|n| n.contains(ip)))
+                .map(|s| s.vni);
+            if let Some(vni) = vni
+                && let Err(e) = self.netlink.unpin_neighbour(&bridge_name(vni), *ip).await
+            {
+                tracing::debug!(error = %e, "unpin on retire");
             }
         }
         if whole && let Some(n) = name {

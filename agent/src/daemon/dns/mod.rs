@@ -124,6 +124,8 @@ impl DnsServer {
 
     /// Serves again every namespace served before a restart that still
     /// exists (and, for `netns:<inode>` keys, is still the same namespace).
+    /// One that is gone stays registered: the attacher gives back what it
+    /// held, then forgets it (`retire_dead`).
     pub async fn restore(&self) {
         for (key, netns) in self.registered() {
             let path = Path::new(&netns);
@@ -132,7 +134,9 @@ impl DnsServer {
                 key.strip_prefix("netns:").is_none_or(|ino| ino == m.ino().to_string())
             });
             if same != Some(true) {
-                self.unregister(&key);
+                if !key.starts_with("netns:") {
+                    self.unregister(&key);
+                }
                 continue;
             }
             if let Err(e) = self.serve_in(path, &key).await {

@@ -1,9 +1,17 @@
+//! Attaches that do not end with a detach.
+//!
 //! An agent killed (SIGKILL) in the middle of an attach, after it made the
 //! container's veth pair and before it finished: once it runs again, the
 //! same attach goes through at the address IPAM gave the container, and a
 //! detach by the name it was given takes everything back. Before, the retry
 //! was refused ("already has an interface on subnet") and the name was not
 //! known, so the address stayed held (found by a review, 2026-12-04).
+//!
+//! A container whose namespace goes away without a detach (`ip netns del`,
+//! its process ended): the agent gives back its addresses, name, port and
+//! neighbour entry within seconds, also when it was not running then.
+//! Before, the agent's own DNS sockets kept the namespace alive, answering at
+//! its address, and nothing was given back (found by a review, 2026-12-05).
 mod common;
 
 use std::{
@@ -114,4 +122,59 @@ fn an_attach_cut_short_by_a_killed_agent_can_be_retried_or_detached() {
     assert!(now[0].1, "the port is up: {now:?}");
     assert_eq!(now[0].0, half, "the port keeps its name (it is named after the container)");
     bed.wait_ping(w, far, Duration::from_secs(10));
+}
+
+fn holds(bed: &Bed, ip: std::net::Ipv4Addr) -> bool {
+    bed.allocations().iter().any(|a| a.contains(&format!(" {ip}/")))
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_container_gone_without_a_detach_gives_back_what_it_held() {
+    let mut bed = Bed::with_hosts(2);
+    let far = bed.add_workload(1, "default");
+    let host = bed.hosts[0].ns.clone();
+    let named = bed.add_container("named");
+    let a = bed.weavectl_attach(0, &named, &["--name", "web", &format!("/run/netns/{named}")])[0];
+    let unnamed = bed.add_container("unnamed");
+    let b = bed.weavectl_attach(0, &unnamed, &[&format!("/run/netns/{unnamed}")])[0];
+    bed.wait_ping(far, a, Duration::from_secs(10));
+    bed.wait_ping(far, b, Duration::from_secs(10));
+    let (ia, ib) = (bed.workloads[a].ip, bed.workloads[b].ip);
+    assert!(holds(&bed, ia) && holds(&bed, ib));
+
+    for ns in [&named, &unnamed] {
+        ok(&["ip", "netns", "del", ns]);
+    }
+    wait_for("the addresses to be given back", Duration::from_secs(20), || {
+        (!holds(&bed, ia) && !holds(&bed, ib)).then_some(())
+    });
+    let from = bed.workloads[far].ns.clone();
+    assert!(!ping_within(&from, ia, 1) && !ping_within(&from, ib, 1), "a namespace gone still answers");
+    assert!(ports(&host).is_empty(), "ports left: {:?}", ports(&host));
+    for ip in [ia, ib] {
+        let neigh = ok_in(&host, &["ip", "neigh", "show", &ip.to_string()]);
+        assert!(!neigh.contains("PERMANENT"), "{ip} still pinned: {neigh}");
+    }
+    // Their DNS servers, whose sockets held the namespaces, are stopped and forgotten.
+    let registry = std::fs::read_to_string(bed.hosts[0].data_dir.join("containers.json")).unwrap();
+    assert!(!registry.contains("netns:"), "DNS still served in a namespace gone: {registry}");
+    // The name is free for another container.
+    let again = bed.add_container("again");
+    bed.weavectl_attach(0, &again, &["--name", "web", &format!("/run/netns/{again}")]);
+
+    // Gone while the agent was not running (attached without a name: only
+    // its DNS registration says it was there): given back once it runs again.
+    let late = bed.add_container("late");
+    let c = bed.weavectl_attach(0, &late, &[&format!("/run/netns/{late}")])[0];
+    let ic = bed.workloads[c].ip;
+    bed.signal_agent(0, Signal::SIGKILL);
+    ok(&["ip", "netns", "del", &late]);
+    bed.start_agent(0, false);
+    bed.wait_status(0);
+    wait_for("the address to be given back after a restart", Duration::from_secs(20), || {
+        (!holds(&bed, ic)).then_some(())
+    });
+    let registry = std::fs::read_to_string(bed.hosts[0].data_dir.join("containers.json")).unwrap();
+    assert!(!registry.contains(&format!("/run/netns/{late}\"")), "the namespace is forgotten: {registry}");
 }
