@@ -178,3 +178,50 @@ fn a_container_gone_without_a_detach_gives_back_what_it_held() {
     let registry = std::fs::read_to_string(bed.hosts[0].data_dir.join("containers.json")).unwrap();
     assert!(!registry.contains(&format!("/run/netns/{late}\"")), "the namespace is forgotten: {registry}");
 }
+
+/// The port of a container whose address was released behind its back
+/// (`subnet rm --force` and the subnet added again; `ipam release`) goes,
+/// and blocks no attach of that address on its host. The re-added subnet's bridge took
+/// the old port back, locked to the address's MAC, and every attach there
+/// was refused ("MAC … is locked to another workload's port", exit 1), a
+/// retrying script for ever (found by a review, 2026-12-05).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_port_whose_address_was_released_behind_it_blocks_no_attach() {
+    let mut bed = Bed::with_hosts_and_coordinator_args(2, &["--address-hold", "0s"]);
+    let host = bed.hosts[0].ns.clone();
+    let admin = |bed: &Bed, args: &[&str]| {
+        let out = bed.weavectl_admin(args);
+        assert!(out.status.success(), "weavectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    admin(&bed, &["subnet", "add", "10.89.0.0/29", "--name", "t2"]);
+    let old = bed.add_container("old");
+    let o = bed.weavectl_attach(0, &old, &["net:t2", &format!("/run/netns/{old}")])[0];
+    let (old_ip, old_port) = (bed.workloads[o].ip, ports(&host)[0].0.clone());
+    admin(&bed, &["subnet", "rm", "t2", "--force"]);
+    admin(&bed, &["subnet", "add", "10.89.0.0/29", "--name", "t2"]);
+    // Its port goes: the address is no longer this host's.
+    wait_for("the released container's port to go", Duration::from_secs(20), || {
+        (!ports(&host).iter().any(|(p, _)| *p == old_port)).then_some(())
+    });
+    assert!(interfaces(&old).is_empty(), "{:?}", interfaces(&old));
+    let new = bed.add_container("new");
+    let n = bed.weavectl_attach(0, &new, &["net:t2", &format!("/run/netns/{new}")])[0];
+    assert_eq!(bed.workloads[n].ip, old_ip, "the released address went elsewhere: the test is void");
+    let far = bed.add_container("far");
+    let f = bed.weavectl_attach(1, &far, &["net:t2", &format!("/run/netns/{far}")])[0];
+    bed.wait_ping(n, f, Duration::from_secs(10));
+
+    // Released by the admin while its container runs: the next attach of the
+    // address on the host, at once, takes the port away.
+    let held = bed.add_container("held");
+    let h = bed.weavectl_attach(0, &held, &["--name", "held", &format!("/run/netns/{held}")])[0];
+    let held_ip = bed.workloads[h].ip;
+    admin(&bed, &["ipam", "release", "held", "--node", "h1"]);
+    let next = bed.add_container("next");
+    let address = format!("{held_ip}/{}", bed.workloads[h].prefix);
+    let x = bed.weavectl_attach(0, &next, &[&address, &format!("/run/netns/{next}")])[0];
+    let other = bed.add_workload(1, "default");
+    bed.wait_ping(x, other, Duration::from_secs(10));
+    assert!(interfaces(&held).is_empty(), "the released container kept its interface: {:?}", interfaces(&held));
+}

@@ -217,7 +217,7 @@ pub async fn reconcile_loop(
     loop {
         // Read every pass: a DHCP renewal or an interface coming up changes them.
         let networks = crate::host::routes::lan(own_node);
-        let (desired, peers, behind_nat) = {
+        let (desired, peers, behind_nat, held) = {
             let map = maps.borrow_and_update();
             if map.segment_mtu != 0 && map.segment_mtu != segment_mtu && !std::mem::replace(&mut mtu_told, true) {
                 tracing::warn!(
@@ -243,7 +243,7 @@ pub async fn reconcile_loop(
             let depended_on = netmap::depended_on_in_member_subnets(&map, &networks);
             let desired =
                 Desired::from_map(&map, own_node, local, segment_mtu).without(&skipped).without_routes_to(&depended_on);
-            (desired, peers, behind_nat)
+            (desired, peers, behind_nat, netmap::held_by(&map, own_node))
         };
         if peers_set.as_ref() != Some(&peers) {
             transport.set_peers(&peers);
@@ -271,7 +271,7 @@ pub async fn reconcile_loop(
         // someone deleted is made again by a full pass anyway) and when a
         // segment appears.
         let full = full || new_segments;
-        let replugged = if full { netlink.replug_ports().await } else { Ok(Vec::new()) };
+        let replugged = if full { netlink.replug_ports(|ip| held.contains(&ip)).await } else { Ok(Vec::new()) };
         match replugged {
             Ok(moved) if !moved.is_empty() => {
                 tracing::info!(ports = ?moved, "workload ports put back into their bridges")

@@ -187,6 +187,11 @@ pub fn allocation_address(address: &str) -> Option<Ipv4Addr> {
     address.split('/').next()?.parse().ok()
 }
 
+/// The addresses the map gives node `own` (its workloads' and its exposes').
+pub fn held_by(map: &NetworkMap, own: u64) -> std::collections::BTreeSet<Ipv4Addr> {
+    map.allocations.iter().filter(|a| a.node_id == own).filter_map(|a| allocation_address(&a.address)).collect()
+}
+
 /// Every other node of the map with a usable key and address. Nodes whose
 /// entries are malformed are skipped (and named in the returned list of problems).
 pub fn peers(map: &NetworkMap, own_node: u64) -> (Vec<PeerConfig>, Vec<String>) {

@@ -1,12 +1,13 @@
 //! Containers whose namespace went away without a detach (`ip netns del`,
 //! their process ended): what they held is given back, as a detach would.
+//! And ports whose address was released behind their container's back go.
 //! The agent's own DNS sockets in such a namespace kept it alive, with its
 //! veth and address answering, and its addresses and names stayed taken for
 //! ever: enough of them filled a subnet (found by a review, 2026-12-05).
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, path::Path, sync::Arc, time::Duration};
 
 use super::Attacher;
-use crate::host::registry::alive;
+use crate::{host::registry::alive, plan::netmap::held_by};
 
 /// How often the namespaces are looked at (a `stat` each).
 pub const SWEEP: Duration = Duration::from_secs(5);
@@ -17,12 +18,51 @@ impl Attacher {
     pub async fn retire_dead_every(self: Arc<Self>, gone: impl Fn(&str)) {
         let mut every = tokio::time::interval(SWEEP);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut orphans = BTreeSet::new();
         loop {
             every.tick().await;
             for key in self.retire_dead().await {
                 gone(&key);
             }
+            orphans = self.remove_orphan_ports(&orphans).await;
         }
+    }
+
+    /// Removes each workload port pinned to an address the map no longer
+    /// gives this host, found so on this sweep and the last (an attach's
+    /// allocation reaches the map before the attach ends, `map_shows`; the
+    /// second look spares a port whose allocation the map has not yet shown):
+    /// its container's address was released behind its back (`subnet rm
+    /// --force`, `ipam release`, a coordinator restored from a backup taken
+    /// before the attach). Left, it kept answering for an address IPAM gives
+    /// to others, and a subnet removed and added again took it back,
+    /// locked to that address's MAC, refusing every attach of the address on
+    /// this host (found by a review, 2026-12-05). Returns this sweep's orphans.
+    pub async fn remove_orphan_ports(&self, last: &BTreeSet<String>) -> BTreeSet<String> {
+        let _one = self.lock.lock().await;
+        let (revision, held) = {
+            let map = self.maps.borrow();
+            (map.revision, held_by(&map, self.node_id))
+        };
+        let pinned = match self.netlink.pinned_ports().await {
+            Ok(p) if revision != 0 => p,
+            _ => return BTreeSet::new(),
+        };
+        let mut orphans = BTreeSet::new();
+        for (port, ip, _) in pinned.into_iter().filter(|(_, ip, _)| !held.contains(ip)) {
+            if !last.contains(&port) {
+                orphans.insert(port);
+                continue;
+            }
+            match self.netlink.delete_link(&port).await {
+                Ok(()) => tracing::warn!(port, %ip, "removed a workload port whose address this host no longer holds"),
+                Err(e) => {
+                    tracing::warn!(port, error = %e, "cannot remove a port whose address this host no longer holds");
+                    orphans.insert(port);
+                }
+            }
+        }
+        orphans
     }
 
     /// Gives back what each container whose namespace is gone holds: the

@@ -221,14 +221,21 @@ impl Netlink {
     /// Puts every workload port back into its bridge (by the alias it was
     /// given, [`port_alias`]) when it is not there: a bridge deleted (by
     /// hand, or while its subnet was left out) and made again comes back
-    /// empty, and its workloads would stay cut off. Returns the ports moved.
-    pub async fn replug_ports(&self) -> Result<Vec<String>, Error> {
+    /// empty, and its workloads would stay cut off. Not one whose address is
+    /// no longer `held` by this host (released behind its container's back:
+    /// `subnet rm --force`, then the subnet added again): locked to that
+    /// address's MAC, it made every attach of the address on this host fail,
+    /// and answered for it (found by a review, 2026-12-05). Returns the ports moved.
+    pub async fn replug_ports(&self, held: impl Fn(Ipv4Addr) -> bool) -> Result<Vec<String>, Error> {
         let links = self.links().await?;
         let index_of = |n: &str| links.iter().find(|l| name(l) == Some(n)).map(|l| l.header.index);
         let mut moved = Vec::new();
         for l in &links {
             let Some((port, bridge, pin)) = port_record(l) else { continue };
             let Some(bridge_index) = index_of(bridge) else { continue };
+            if pin.as_ref().is_some_and(|(ip, _)| !held(*ip)) {
+                continue;
+            }
             let controller =
                 l.attributes.iter().find_map(|a| if let LinkAttribute::Controller(c) = a { Some(*c) } else { None });
             if controller == Some(bridge_index) {

@@ -253,3 +253,17 @@ fn a_subnet_holding_a_node_endpoint_the_coordinator_or_part_of_the_lan_is_left_o
          over a name server beyond the LAN"
     );
 }
+
+#[test]
+fn held_by_is_the_nodes_own_addresses() {
+    let map = NetworkMap {
+        allocations: vec![
+            Allocation { node_id: 1, ..alloc(1, 1, "10.32.0.1/16") },
+            Allocation { node_id: 2, ..alloc(2, 1, "10.32.0.2/16") },
+            Allocation { node_id: 1, ..alloc(3, 2, "10.9.0.7/24") },
+        ],
+        ..Default::default()
+    };
+    let held: Vec<String> = held_by(&map, 1).iter().map(ToString::to_string).collect();
+    assert_eq!(held, ["10.9.0.7", "10.32.0.1"]);
+}
