@@ -279,6 +279,13 @@ fn a_name_belongs_to_one_live_namespace() {
     // One name per namespace, too.
     refused(&bed, &["attach", "--name", "db", &format!("/run/netns/{a}")], "already attached as 'web'");
     assert!(interfaces(&b).is_empty(), "{:?}", interfaces(&b));
+    // A name for a container attached without one: it left a second address
+    // on its interface (and a second allocation, released) before.
+    let u = bed.add_container("unnamed");
+    attach_line(&bed, 0, &[&format!("/run/netns/{u}")]);
+    let u_ifs = interfaces(&u);
+    refused(&bed, &["attach", "--name", "api", &format!("/run/netns/{u}")], "is attached without a name");
+    assert_eq!(interfaces(&u), u_ifs);
     // The same name for the same namespace stays idempotent.
     assert_eq!(attach_line(&bed, 0, &["--name", "web", &format!("/run/netns/{a}")]), first);
 

@@ -156,6 +156,13 @@ impl Attacher {
             None => None,
         };
         let wanted = self.subnets(&specs).await?;
+        // A name for a container attached without one would be a second IPAM
+        // key, with a second address on its interface (found by a review, 2026-12-05).
+        if let Some(n) = registered.filter(|_| !self.held(&format!("netns:{}", c.inode)).is_empty()) {
+            return Err(Refusal::conflict(format!(
+                "container '{container}' is attached without a name: detach it first to attach it as '{n}'"
+            )));
+        }
         // The name's namespace is gone: this one takes the name over, and
         // nothing of the dead one (addresses, DNS name, veths) carries over.
         if let (Some(n), Some(inode)) = (registered, stale) {
