@@ -24,7 +24,14 @@ impl Attacher {
         let mut result = Vec::new();
         for (subnet, ip, len) in &allocated {
             let bridge = bridge_name(subnet.vni);
-            if let Err(e) = self.netlink.set_address(&bridge, *ip, *len, true).await {
+            // A subnet just added: its bridge may be a pass of the reconcile
+            // away, as attach waits (it failed "does not exist", exit 1;
+            // found by a review, 2026-12-05).
+            let set = async {
+                self.netlink.wait_bridge(&bridge).await?;
+                self.netlink.set_address(&bridge, *ip, *len, true).await
+            };
+            if let Err(e) = set.await {
                 for (s, ip, len) in &allocated {
                     if !previously.contains_key(&s.id) {
                         let _ = self.netlink.set_address(&bridge_name(s.vni), *ip, *len, false).await;
