@@ -225,3 +225,37 @@ fn a_port_whose_address_was_released_behind_it_blocks_no_attach() {
     bed.wait_ping(x, other, Duration::from_secs(10));
     assert!(interfaces(&held).is_empty(), "the released container kept its interface: {:?}", interfaces(&held));
 }
+
+/// An agent restarted with a saved map from before an attach (killed before
+/// it saved the allocation) while the coordinator is unreachable does not
+/// take that map's word over the container's port: ports are looked at only
+/// while the map watch is open.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_stale_saved_map_without_the_coordinator_removes_no_port() {
+    let mut bed = Bed::with_hosts(1);
+    let host = bed.hosts[0].ns.clone();
+    let saved = bed.hosts[0].data_dir.join("map.pb");
+    let before = std::fs::read(&saved).unwrap();
+    let c = bed.add_container("c");
+    let w = bed.weavectl_attach(0, &c, &[&format!("/run/netns/{c}")])[0];
+    let ip = bed.workloads[w].ip;
+    bed.signal_agent(0, Signal::SIGKILL);
+    bed.kill_coordinator();
+    std::fs::write(&saved, before).unwrap();
+    bed.start_agent(0, false);
+    bed.wait_status(0);
+    thread::sleep(sweep_time() * 3);
+    assert_eq!(ports(&host).len(), 1, "the port went on the word of a stale map");
+    assert!(interfaces(&c).iter().any(|i| i.starts_with(&format!("ethwe {ip}/"))), "{:?}", interfaces(&c));
+    // With the coordinator back, the map has the allocation and the port stays.
+    bed.start_coordinator();
+    wait_for("the watch", Duration::from_secs(20), || bed.status(0).filter(|s| s.coordinator_connected));
+    thread::sleep(sweep_time() * 3);
+    assert_eq!(ports(&host).len(), 1, "the port went with the coordinator back");
+}
+
+/// The agent's sweep period (`attach::sweep::SWEEP`).
+fn sweep_time() -> Duration {
+    Duration::from_secs(5)
+}

@@ -4,7 +4,15 @@
 //! The agent's own DNS sockets in such a namespace kept it alive, with its
 //! veth and address answering, and its addresses and names stayed taken for
 //! ever: enough of them filled a subnet (found by a review, 2026-12-05).
-use std::{collections::BTreeSet, path::Path, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use super::Attacher;
 use crate::{host::registry::alive, plan::netmap::held_by};
@@ -15,7 +23,11 @@ pub const SWEEP: Duration = Duration::from_secs(5);
 impl Attacher {
     /// Every `SWEEP`, [`Self::retire_dead`]; `gone` is told each DNS key
     /// whose namespace went (its server is to stop).
-    pub async fn retire_dead_every(self: Arc<Self>, gone: impl Fn(&str)) {
+    /// Ports are looked at only while `connected` (the map watch is open):
+    /// a map saved before an attach's allocation reached it, and not brought
+    /// up to date since (the coordinator unreachable), must not pass for the
+    /// coordinator's word.
+    pub async fn retire_dead_every(self: Arc<Self>, connected: Arc<AtomicBool>, gone: impl Fn(&str)) {
         let mut every = tokio::time::interval(SWEEP);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut orphans = BTreeSet::new();
@@ -24,7 +36,10 @@ impl Attacher {
             for key in self.retire_dead().await {
                 gone(&key);
             }
-            orphans = self.remove_orphan_ports(&orphans).await;
+            orphans = match connected.load(Ordering::Relaxed) {
+                true => self.remove_orphan_ports(&orphans).await,
+                false => BTreeSet::new(),
+            };
         }
     }
 
