@@ -259,3 +259,24 @@ fn a_stale_saved_map_without_the_coordinator_removes_no_port() {
 fn sweep_time() -> Duration {
     Duration::from_secs(5)
 }
+
+/// A namespace attached by a process's path (`/proc/<pid>/ns/net`) that
+/// outlives the process (mounted, or another process in it: a pod's other
+/// containers) is not gone: the sweep leaves it attached.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_namespace_that_outlives_the_process_it_was_attached_by_stays() {
+    let mut bed = Bed::with_hosts(1);
+    let pod = bed.add_container("pod");
+    let mut app = Command::new("ip").args(["netns", "exec", &pod, "sleep", "600"]).spawn().unwrap();
+    let w = bed.weavectl_attach(0, &pod, &["--name", "app", &app.id().to_string()])[0];
+    let ip = bed.workloads[w].ip;
+    let _ = app.kill();
+    let _ = app.wait();
+    thread::sleep(sweep_time() * 3);
+    assert!(interfaces(&pod).iter().any(|i| i.starts_with(&format!("ethwe {ip}/"))), "{:?}", interfaces(&pod));
+    assert!(holds(&bed, ip), "{:?}", bed.allocations());
+    // Once the namespace is gone too, it is given back.
+    ok(&["ip", "netns", "del", &pod]);
+    wait_for("the address to be given back", Duration::from_secs(20), || (!holds(&bed, ip)).then_some(()));
+}

@@ -151,4 +151,16 @@ fn after_a_new_coordinator_identity_a_new_token_joins_again_as_the_same_node() {
         api.nodes.list_nodes(weave_proto::v1::ListNodesRequest {}).await.unwrap().into_inner().nodes
     });
     assert_eq!(nodes.len(), 2, "no new node");
+
+    // The old token left in the unit's environment: that join fails (the old
+    // identity is gone), and the agent goes on with the saved one; before,
+    // it exited 1 on every start.
+    bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
+    bed.token = old_token;
+    bed.start_agent(0, true);
+    let again = wait_for("the agent to go on with the saved identity", Duration::from_secs(20), || {
+        bed.status(0).filter(|s| s.coordinator_connected)
+    });
+    assert_eq!(again.node_id, before.node_id);
+    assert!(bed.log(0).contains("cannot join again with the token"), "{}", bed.log(0));
 }

@@ -98,9 +98,10 @@ impl Attacher {
     /// Whether namespace `inode`'s port on `subnet` is one an attach began
     /// and never finished (its agent was killed after it made the pair, and
     /// before it brought the port up): then it is taken away, with the
-    /// container's end, so that the attach can start over. The container
-    /// holds no address on the subnet on any interface: a second network of
-    /// a CNI runtime on the same subnet is another thing (refused).
+    /// container's end, so that the attach can start over. The port is down
+    /// and unrecorded, and no `ethwe*` of the container holds an address on
+    /// the subnet: a second network of a CNI runtime on the same subnet has
+    /// its port up and recorded (refused).
     async fn unfinished(&self, inside: &Netlink, inode: u64, subnet: &Subnet) -> Result<bool, Refusal> {
         let port = host_ifname(inode, subnet.vni);
         if !self.netlink.unfinished_port(&port).await.map_err(failed)?

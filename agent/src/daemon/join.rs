@@ -46,25 +46,43 @@ async fn join_locked(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
         return Err(Error::RemovedEarlier(why));
     }
     let secret = super::config::read_token(args);
+    if !dir.is_joined() {
+        return join_with(args, dir, secret?).await;
+    }
+    // A token of the saved coordinator (its address) with another identity
+    // (`coordinator serve --new-identity`): join again with this host's key,
+    // which the coordinator knows it by. Before, the token was ignored and the
+    // agent kept refusing the new identity for ever (found by a review,
+    // 2026-12-05). Not a token of another coordinator (a host moves to
+    // another cluster by `agent reset` and a join), and if the join fails (a
+    // stale token left in the unit's environment), the saved identity stays.
     let token = secret.as_ref().ok().and_then(|s| JoinToken::parse(s).ok());
-    if dir.is_joined() {
-        // A token of a coordinator identity other than the saved one (made
-        // with `--new-identity`): join again with this host's key, which the
-        // coordinator knows it by. Before, the token was ignored and the agent
-        // kept refusing the new identity for ever (found by a review, 2026-12-05).
-        let saved = dir.load().map(|(_, identity, _)| identity.pin).unwrap_or_default();
-        match &token {
-            Some(t) if !saved.is_empty() && t.pin.to_string() != saved => tracing::warn!(
-                saved, token = %t.pin,
-                "the token pins another coordinator identity than the saved one: joining again with this host's key"
-            ),
-            _ => {
-                tracing::info!(data_dir = %dir.path().display(), "already joined; restarting from the saved identity");
-                return Ok(());
+    let saved = dir.load().ok().map(|(_, identity, _)| identity);
+    match (token, saved, secret) {
+        (Some(t), Some(saved), Ok(secret)) if t.coordinator == saved.coordinator && t.pin.to_string() != saved.pin => {
+            tracing::warn!(
+                saved = saved.pin, token = %t.pin,
+                "the token pins another identity of the saved coordinator: joining again with this host's key"
+            );
+            match join_with(args, dir, secret).await {
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "cannot join again with the token; restarting from the saved identity"
+                ),
+                Ok(()) if dir.load().is_ok_and(|(_, now, _)| now.node_id != saved.node_id) => tracing::warn!(
+                    before = saved.node_id,
+                    "the coordinator did not know this host's key: joined as a new node"
+                ),
+                Ok(()) => {}
             }
         }
+        _ => tracing::info!(data_dir = %dir.path().display(), "already joined; restarting from the saved identity"),
     }
-    let secret = secret?;
+    Ok(())
+}
+
+/// Joins with token `secret` (this host's saved key, or a new one).
+async fn join_with(args: &JoinArgs, dir: &StateDir, secret: String) -> Result<(), Error> {
     let token = JoinToken::parse(&secret).map_err(|e| Error::Token(e.to_string()))?;
     let endpoints = match &args.endpoint[..] {
         [] => {

@@ -165,6 +165,12 @@ impl Registry {
             .collect()
     }
 
+    /// The name given to namespace `inode`, whether or not its path still
+    /// leads to it.
+    pub fn name_of(&self, inode: u64) -> Option<String> {
+        self.saved().names.iter().find(|(_, (_, ino))| *ino == inode).map(|(n, _)| n.clone())
+    }
+
     /// `name` was given to a namespace the agent cannot see by path.
     pub fn unseen(&self, name: &str) -> bool {
         self.saved().unseen.contains(name)
@@ -257,6 +263,24 @@ impl Registry {
 /// The namespace at `path` is still the one with `inode`.
 pub fn alive(path: &Path, inode: u64) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.ino() == inode)
+}
+
+/// Whether network namespace `inode` is still in use by anyone but the agent:
+/// mounted somewhere this agent sees (`ip netns add`, a runtime's bind
+/// mount), or the namespace of a process. A namespace whose path stopped
+/// leading to it may live on (attached by `/proc/<pid>/ns/net`, a process
+/// that ended while its pod's other processes go on): it is not gone.
+pub fn in_use(inode: u64) -> bool {
+    let ns = format!("net:[{inode}]");
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(3) == Some(ns.as_str())));
+    mounted
+        || std::fs::read_dir("/proc").is_ok_and(|d| {
+            d.flatten().any(|e| {
+                e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                    && std::fs::read_link(e.path().join("ns/net")).is_ok_and(|l| l.as_os_str() == ns.as_str())
+            })
+        })
 }
 
 #[cfg(test)]

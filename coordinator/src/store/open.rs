@@ -165,12 +165,6 @@ fn unverified(options: &PgConnectOptions) -> Option<String> {
 /// package) showed them to every local user (found by a review, 2026-12-05).
 fn owner_only(path: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let private = |p: &std::path::Path| match std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(Error::InvalidArgument(format!("cannot make {} readable by its owner only: {e}", p.display())))
-        }
-        _ => Ok(()),
-    };
     // An empty file is a new database to SQLite.
     if let Err(e) = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
         && e.kind() != std::io::ErrorKind::AlreadyExists
@@ -180,7 +174,19 @@ fn owner_only(path: &std::path::Path) -> Result<()> {
     for suffix in ["", "-wal", "-shm"] {
         let mut p = path.as_os_str().to_owned();
         p.push(suffix);
-        private(std::path::Path::new(&p))?;
+        let p = std::path::Path::new(&p);
+        // Through the file itself, never a link's target (O_NOFOLLOW).
+        let made_private = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(p)
+            .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)));
+        match made_private {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %p.display(), error = %e, "cannot make the database readable by its owner only")
+            }
+            _ => {}
+        }
     }
     Ok(())
 }

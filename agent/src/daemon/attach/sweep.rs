@@ -6,6 +6,7 @@
 //! ever: enough of them filled a subnet (found by a review, 2026-12-05).
 use std::{
     collections::BTreeSet,
+    net::Ipv4Addr,
     path::Path,
     sync::{
         Arc,
@@ -15,7 +16,12 @@ use std::{
 };
 
 use super::Attacher;
-use crate::{host::registry::alive, plan::netmap::held_by};
+use weave_proto::v1::ListAllocationsRequest;
+
+use crate::{
+    host::registry::{alive, in_use},
+    plan::netmap::{allocation_address, held_by},
+};
 
 /// How often the namespaces are looked at (a `stat` each).
 pub const SWEEP: Duration = Duration::from_secs(5);
@@ -63,9 +69,19 @@ impl Attacher {
             Ok(p) if revision != 0 => p,
             _ => return BTreeSet::new(),
         };
+        let suspects: Vec<(String, Ipv4Addr)> =
+            pinned.into_iter().filter(|(_, ip, _)| !held.contains(ip)).map(|(port, ip, _)| (port, ip)).collect();
+        // Twice suspected: the coordinator has the last word (the map may
+        // lag it: a watch catching up, or hung on a coordinator that stopped
+        // answering; an allocation whose `map_shows` gave up; Docker's,
+        // which does not wait for the map). Unanswered: nothing goes.
+        let confirmed = match suspects.iter().any(|(port, _)| last.contains(port)) {
+            true => self.holds_now().await,
+            false => None,
+        };
         let mut orphans = BTreeSet::new();
-        for (port, ip, _) in pinned.into_iter().filter(|(_, ip, _)| !held.contains(ip)) {
-            if !last.contains(&port) {
+        for (port, ip) in suspects {
+            if !last.contains(&port) || confirmed.as_ref().is_none_or(|now| now.contains(&ip)) {
                 orphans.insert(port);
                 continue;
             }
@@ -80,16 +96,26 @@ impl Attacher {
         orphans
     }
 
+    /// The addresses the coordinator says this host holds (None: no answer).
+    async fn holds_now(&self) -> Option<BTreeSet<Ipv4Addr>> {
+        let req = ListAllocationsRequest { node: self.node_id.to_string(), ..Default::default() };
+        let mut ipam = self.api.ipam.clone();
+        let answer = tokio::time::timeout(Duration::from_secs(5), ipam.list_allocations(req)).await;
+        let list = answer.ok()?.ok()?.into_inner().allocations;
+        Some(list.iter().filter(|a| a.node_id == self.node_id).filter_map(|a| allocation_address(&a.address)).collect())
+    }
+
     /// Gives back what each container whose namespace is gone holds: the
     /// registered names whose path no longer leads to their namespace, and
     /// the namespaces served DNS by path (attached without a name) that are
-    /// gone. Returns their DNS keys. A container that cannot be given back
+    /// gone; in each case, a namespace no one else uses ([`in_use`]: the
+    /// agent's DNS sockets keep it in being). Returns their DNS keys. A container that cannot be given back
     /// now (the coordinator unreachable) is tried again next time.
     pub async fn retire_dead(&self) -> Vec<String> {
         let _one = self.lock.lock().await;
         let mut gone = Vec::new();
         for (name, path, inode) in self.names.seen_names() {
-            if alive(&path, inode) {
+            if alive(&path, inode) || in_use(inode) {
                 continue;
             }
             match self.retire(&name, Some(inode), Some(&name), &[]).await {
@@ -101,10 +127,13 @@ impl Attacher {
         }
         for (key, path) in self.names.dns_served() {
             let Some(inode) = key.strip_prefix("netns:").and_then(|i| i.parse::<u64>().ok()) else { continue };
-            if alive(Path::new(&path), inode) || gone.contains(&key) {
+            if alive(Path::new(&path), inode) || gone.contains(&key) || in_use(inode) {
                 continue;
             }
-            match self.retire(&key, Some(inode), None, &[]).await {
+            // Its name, if it has one the loop above could not look at (a
+            // namespace passed by descriptor: attached by pid).
+            let name = self.names.name_of(inode);
+            match self.retire(name.as_deref().unwrap_or(&key), Some(inode), name.as_deref(), &[]).await {
                 Ok(_) => gone.push(key),
                 Err(e) => {
                     tracing::warn!(container = key, error = %e.message, "cannot give back a container that is gone")
