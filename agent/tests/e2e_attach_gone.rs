@@ -276,7 +276,28 @@ fn a_namespace_that_outlives_the_process_it_was_attached_by_stays() {
     thread::sleep(sweep_time() * 3);
     assert!(interfaces(&pod).iter().any(|i| i.starts_with(&format!("ethwe {ip}/"))), "{:?}", interfaces(&pod));
     assert!(holds(&bed, ip), "{:?}", bed.allocations());
-    // Once the namespace is gone too, it is given back.
+    // Held by a process whose main thread has ended while another thread
+    // goes on (its /proc/<pid>/ns/net cannot be read): still in use.
+    let mut held = Command::new("ip")
+        .args(["netns", "exec", &pod, "python3", "-c", PTHREAD_EXIT])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(held.stdout.as_mut().unwrap()), &mut line).unwrap();
     ok(&["ip", "netns", "del", &pod]);
+    thread::sleep(sweep_time() * 3);
+    assert!(holds(&bed, ip), "given back while a thread of a process is in it: {:?}", bed.allocations());
+    // Once no one uses it, it is given back.
+    let _ = held.kill();
+    let _ = held.wait();
     wait_for("the address to be given back", Duration::from_secs(20), || (!holds(&bed, ip)).then_some(()));
 }
+
+/// A process whose main thread ends (`pthread_exit`) while a second thread
+/// sleeps; it says so on stdout first.
+const PTHREAD_EXIT: &str = "import ctypes, threading, time, sys
+threading.Thread(target=lambda: time.sleep(600)).start()
+print('up', flush=True)
+time.sleep(0.5)
+ctypes.CDLL(None).pthread_exit(None)";

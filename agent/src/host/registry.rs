@@ -274,11 +274,18 @@ pub fn in_use(inode: u64) -> bool {
     let ns = format!("net:[{inode}]");
     let mounted = std::fs::read_to_string("/proc/self/mountinfo")
         .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(3) == Some(ns.as_str())));
+    // Any thread's, not only a process's main thread (which may have ended
+    // while others go on; found by a review, 2026-12-05). Not the agent's
+    // own: its DNS sockets are what keeps the namespace in being.
+    let own = std::process::id().to_string();
+    let numeric = |e: &std::fs::DirEntry| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+    let entered = |dir: &Path| std::fs::read_link(dir.join("ns/net")).is_ok_and(|l| l.as_os_str() == ns.as_str());
     mounted
         || std::fs::read_dir("/proc").is_ok_and(|d| {
-            d.flatten().any(|e| {
-                e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-                    && std::fs::read_link(e.path().join("ns/net")).is_ok_and(|l| l.as_os_str() == ns.as_str())
+            d.flatten().filter(|e| numeric(e) && e.file_name() != own.as_str()).any(|p| {
+                entered(&p.path())
+                    || std::fs::read_dir(p.path().join("task"))
+                        .is_ok_and(|t| t.flatten().filter(numeric).any(|t| entered(&t.path())))
             })
         })
 }
