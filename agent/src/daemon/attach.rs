@@ -188,18 +188,21 @@ impl Attacher {
             // An interface it has keeps its MAC (`own_mac`): before any change.
             if let Some((i, have)) = on_subnet(&before, &subnet.cidr) {
                 own_mac(&i.name, &i.mac, have)?;
-            } else if self.unfinished(&inside, c.inode, subnet).await? {
-                unfinished = true;
             } else if self.plugged_on(c.inode, subnet.vni).await? {
-                // Plugged into the segment under a name not looked at here (a
-                // CNI runtime's second network on the same subnet): the new
+                // A port an attach cut short left (looked at only here: it
+                // reads every link) goes, and the attach starts over. Else it
+                // is plugged into the segment under a name not looked at here
+                // (a CNI runtime's second network on the same subnet): the new
                 // pair would collide with it, and undoing that took the first
                 // one's address and interface (found by a review, 2026-12-04).
-                return Err(Refusal::conflict(format!(
-                    "container '{container}' already has an interface on subnet {} (another network on the same \
-                     weave subnet?): one interface per weave subnet per container",
-                    subnet.cidr
-                )));
+                if !self.unfinished(&inside, c.inode, subnet).await? {
+                    return Err(Refusal::conflict(format!(
+                        "container '{container}' already has an interface on subnet {} (another network on the \
+                         same weave subnet?): one interface per weave subnet per container",
+                        subnet.cidr
+                    )));
+                }
+                unfinished = true;
             }
         }
         if unfinished {
