@@ -5,7 +5,7 @@
 //! veth and address answering, and its addresses and names stayed taken for
 //! ever: enough of them filled a subnet (found by a review, 2026-12-05).
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::Path,
     sync::{
@@ -113,30 +113,31 @@ impl Attacher {
     /// now (the coordinator unreachable) is tried again next time.
     pub async fn retire_dead(&self) -> Vec<String> {
         let _one = self.lock.lock().await;
-        let mut gone = Vec::new();
+        // Each namespace whose path no longer leads to it, once, with its
+        // name: one seen by path, else one passed by descriptor (attached by
+        // pid), which only the path it is served DNS in shows gone.
+        let mut dead: BTreeMap<u64, Option<String>> = BTreeMap::new();
         for (name, path, inode) in self.names.seen_names() {
-            if alive(&path, inode) || in_use(inode) {
-                continue;
-            }
-            match self.retire(&name, Some(inode), Some(&name), &[]).await {
-                Ok(_) => gone.push(format!("netns:{inode}")),
-                Err(e) => {
-                    tracing::warn!(container = name, error = %e.message, "cannot give back a container that is gone")
-                }
+            if !alive(&path, inode) {
+                dead.insert(inode, Some(name));
             }
         }
         for (key, path) in self.names.dns_served() {
             let Some(inode) = key.strip_prefix("netns:").and_then(|i| i.parse::<u64>().ok()) else { continue };
-            if alive(Path::new(&path), inode) || gone.contains(&key) || in_use(inode) {
+            if !alive(Path::new(&path), inode) {
+                dead.entry(inode).or_insert_with(|| self.names.name_of(inode));
+            }
+        }
+        let mut gone = Vec::new();
+        for (inode, name) in dead {
+            if in_use(inode) {
                 continue;
             }
-            // Its name, if it has one the loop above could not look at (a
-            // namespace passed by descriptor: attached by pid).
-            let name = self.names.name_of(inode);
+            let key = format!("netns:{inode}");
             match self.retire(name.as_deref().unwrap_or(&key), Some(inode), name.as_deref(), &[]).await {
                 Ok(_) => gone.push(key),
                 Err(e) => {
-                    tracing::warn!(container = key, error = %e.message, "cannot give back a container that is gone")
+                    tracing::warn!(container = key, ?name, error = %e.message, "cannot give back a container that is gone")
                 }
             }
         }
