@@ -221,6 +221,11 @@ async fn join_accepts_valid_tokens_and_refuses_the_rest() {
     r.endpoints = vec!["nowhere".into()];
     assert_status(admin.join.join(r).await, Code::InvalidArgument, "not ip:port");
     assert_status(admin.join.join(join_request(&c.token(), "bad name", 6)).await, Code::InvalidArgument, "not valid");
+    // A name `weavectl node rm` would read as a flag, or that no host name is.
+    for bad in ["-n", "host-", "a..b", ".host", "host.", "a.-b"] {
+        assert_status(admin.join.join(join_request(&c.token(), bad, 6)).await, Code::InvalidArgument, "not valid");
+    }
+    admin.join.join(join_request(&c.token(), "h6.example-1.org", 6)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,6 +445,13 @@ async fn subnets_refuse_overlaps_bad_cidrs_and_the_node_block() {
         Code::AlreadyExists,
         "name 'backend' is taken",
     );
+    for bad in ["-backend", "backend-"] {
+        assert_status(
+            admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.6.0.0/24".into(), name: bad.into() }).await,
+            Code::InvalidArgument,
+            "not valid",
+        );
+    }
 
     // Removal: refused while in use (naming holders), unless forced; never the default.
     let (_, mut node) = c.join("host1", 1).await;

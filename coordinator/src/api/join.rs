@@ -19,12 +19,15 @@ fn check_name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        // Host-name labels: none empty, none starting or ending with '-' (a
+        // name like "-n" would read as a flag to `weavectl node rm`).
+        && name.split('.').all(|l| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-'))
         && name.parse::<i64>().is_err();
     if ok {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "node name '{name}' is not valid: use 1-63 letters, digits, '-', '_' or '.' (not only digits)"
+            "node name '{name}' is not valid: use 1-63 letters, digits, '-', '_' or '.' (not only digits; no label empty or starting or ending with '-')"
         )))
     }
 }

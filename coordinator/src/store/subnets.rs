@@ -41,12 +41,14 @@ fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
         && name.parse::<i64>().is_err();
     if ok {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "subnet name '{name}' is not valid: use 1-63 letters, digits, '-' or '_' (not only digits)"
+            "subnet name '{name}' is not valid: use 1-63 letters, digits, '-' or '_' (not only digits, not starting or ending with '-')"
         )))
     }
 }

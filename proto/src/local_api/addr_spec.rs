@@ -90,8 +90,9 @@ impl AddrSpec {
 
 /// Workloads and hosts get IPv4 addresses only; an IPv6 subnet is address
 /// management through the coordinator's API.
-/// What `weavectl subnet add --name` accepts: 1-63 letters, digits, '-'
-/// or '_', not only digits.
+/// What `weavectl subnet add --name` accepted: 1-63 letters, digits, '-'
+/// or '_', not only digits (it now refuses a leading or trailing '-'; a
+/// subnet named so before can still be named here).
 fn is_subnet_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
