@@ -243,7 +243,7 @@ impl Attacher {
                             _ => next_ifname(&used),
                         };
                         let host_if = host_ifname(c.inode, subnet.vni);
-                        self.netlink.wait_bridge(&bridge).await.map_err(|e| Refusal::failed(e.to_string()))?;
+                        self.bridge_of(subnet).await?;
                         let mac = workload_mac(*ip);
                         let plug = (ifname.as_str(), mac.as_slice());
                         self.netlink.plug_veth(&host_if, &bridge, &c.netns, plug, self.mtu).await.map_err(failed)?;
@@ -312,7 +312,7 @@ impl Attacher {
                     if let Some(n) = named {
                         self.names.forget(n);
                     }
-                    return Err(e);
+                    return Err(self.or_removed(subnet, e));
                 }
             }
         }

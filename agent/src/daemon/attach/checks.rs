@@ -10,9 +10,44 @@ use crate::{
     host::netlink::WorkloadInterface,
     plan::{
         addr_spec::AddrSpec,
-        kernel::{format_mac, workload_mac},
+        kernel::{bridge_name, format_mac, workload_mac},
     },
 };
+
+impl super::Attacher {
+    /// Waits for `subnet`'s bridge (the reconcile makes it a moment after the
+    /// subnet reaches the map) and names it. A subnet that leaves the map
+    /// meanwhile (`subnet rm` racing the attach) is not found, at once.
+    pub(super) async fn bridge_of(&self, subnet: &Subnet) -> Result<String, Refusal> {
+        let bridge = bridge_name(subnet.vni);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.netlink.link_index(&bridge).await.map_err(failed)?.is_none() {
+            if self.removed(subnet) {
+                return Err(removed(subnet));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Refusal::failed(format!("bridge {bridge} did not appear (is the agent connected?)")));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok(bridge)
+    }
+
+    /// Whether `subnet` has left the map.
+    pub(super) fn removed(&self, subnet: &Subnet) -> bool {
+        !self.maps.borrow().subnets.iter().any(|s| s.id == subnet.id)
+    }
+
+    /// `e`, or not found if `subnet` left the map meanwhile: a step that
+    /// failed because its bridge went with the subnet is the subnet's removal.
+    pub(super) fn or_removed(&self, subnet: &Subnet, e: Refusal) -> Refusal {
+        if self.removed(subnet) { removed(subnet) } else { e }
+    }
+}
+
+fn removed(subnet: &Subnet) -> Refusal {
+    Refusal::not_found(format!("subnet {} was removed while this was being applied: nothing was changed", subnet.cidr))
+}
 
 /// Not found: `who` (attached or exposed: `verb`) holds `has`, not `ip`, on `subnet` (an address names
 /// that address, as attach reads it; the network address hints at `net:`).

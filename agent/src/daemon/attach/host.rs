@@ -28,8 +28,8 @@ impl Attacher {
             // away, as attach waits (it failed "does not exist", exit 1;
             // found by a review, 2026-12-05).
             let set = async {
-                self.netlink.wait_bridge(&bridge).await?;
-                self.netlink.set_address(&bridge, *ip, *len, true).await
+                self.bridge_of(subnet).await?;
+                self.netlink.set_address(&bridge, *ip, *len, true).await.map_err(failed)
             };
             if let Err(e) = set.await {
                 for (s, ip, len) in &allocated {
@@ -38,7 +38,7 @@ impl Attacher {
                         let _ = self.release(&key, &s.cidr).await;
                     }
                 }
-                return Err(failed(e));
+                return Err(self.or_removed(subnet, e));
             }
             result.push(Attached {
                 address: format!("{ip}/{len}"),
