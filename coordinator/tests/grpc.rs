@@ -453,8 +453,28 @@ async fn subnets_refuse_overlaps_bad_cidrs_and_the_node_block() {
         );
     }
 
+    // Names differing only in case are one name: refused beside each other,
+    // and found in any case (a typo does not reach another subnet).
+    assert_status(
+        admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.6.0.0/24".into(), name: "Backend".into() }).await,
+        Code::AlreadyExists,
+        "name 'Backend' is taken (as 'backend') by 10.2.3.0/24",
+    );
+    assert_status(
+        admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.6.0.0/24".into(), name: "Default".into() }).await,
+        Code::InvalidArgument,
+        "names the default subnet",
+    );
+
     // Removal: refused while in use (naming holders), unless forced; never the default.
     let (_, mut node) = c.join("host1", 1).await;
+    let typo = node.ipam.allocate(alloc("cx", "BACKEND")).await.unwrap().into_inner();
+    assert_eq!(typo.subnet, "10.2.3.0/24", "{typo:?}");
+    assert!(node.ipam.allocate(alloc("cy", "Default")).await.unwrap().into_inner().subnet.starts_with("10.32."));
+    // A node is found by its name in any case too, as join refuses 'HOST1' beside it.
+    let req = ReleaseRequest { container: "cx".into(), node: "HOST1".into(), ..Default::default() };
+    assert_eq!(admin.ipam.release(req).await.unwrap().into_inner().released.len(), 1);
+    node.ipam.release(ReleaseRequest { container: "cy".into(), ..Default::default() }).await.unwrap();
     node.ipam.allocate(alloc("c1", "backend")).await.unwrap();
     assert_status(
         admin.subnets.remove_subnet(RemoveSubnetRequest { subnet: "backend".into(), force: false }).await,
@@ -555,8 +575,16 @@ async fn ipam_allocates_lowest_free_idempotently_and_refuses_conflicts() {
     assert_status(
         node.ipam.release(ReleaseRequest { container: "ghost".into(), ..Default::default() }).await,
         Code::NotFound,
-        "container ghost on node host1 has no address",
+        "container 'ghost' on node host1 has no address",
     );
+    // An id no allocation can have is refused as Allocate refuses it, not "no address".
+    for bad in ["", "  ", "a\0b", &"x".repeat(300)] {
+        assert_status(
+            node.ipam.release(ReleaseRequest { container: bad.into(), ..Default::default() }).await,
+            Code::InvalidArgument,
+            "not a container id",
+        );
+    }
     assert_status(
         node.ipam.release(ReleaseRequest { container: "c1".into(), subnet: "tiny".into(), ..Default::default() }).await,
         Code::NotFound,

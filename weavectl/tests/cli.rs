@@ -428,7 +428,7 @@ fn the_admin_releases_a_containers_addresses() {
     c.fails(
         &["ipam", "release", "c9", "--node", "host-1"],
         4,
-        "weavectl: releasing the addresses of c9 on host-1: container c9 on node host-1 has no address",
+        "weavectl: releasing the addresses of c9 on host-1: container 'c9' on node host-1 has no address",
     );
     c.fails(
         &["ipam", "release", "c1", "--node", "host-1", "--subnet", "10.32.0.1/16"],

@@ -26,10 +26,13 @@ impl NamesSubnet for AddrSpec {
                     Refusal::not_found(format!("subnet {net} is not defined (weavectl subnet add {net})"))
                 })
             }
+            // Case does not tell two names apart (the coordinator refuses
+            // the second): the exact spelling first.
             Self::Named(name) => map
                 .subnets
                 .iter()
                 .find(|s| s.name == *name)
+                .or_else(|| map.subnets.iter().find(|s| !s.name.is_empty() && s.name.eq_ignore_ascii_case(name)))
                 .ok_or_else(|| Refusal::not_found(format!("no subnet is named {name} (weavectl subnet ls)"))),
             Self::Ip(ip, len) => {
                 let s = map.subnets.iter().find(|s| cidr(s).is_some_and(|c| c.contains(ip))).ok_or_else(|| {

@@ -192,6 +192,9 @@ impl Store {
         container: &str,
         subnet: Option<&str>,
     ) -> Result<(Vec<v1::Allocation>, u32)> {
+        // Refused as Allocate refuses it: an id no allocation can have is the
+        // caller's mistake, not an address already given back.
+        let container = check_container(container)?;
         let mut tx = self.begin().await?;
         let subnet_row = match subnet {
             Some(sel) => Some(rows::resolve_subnet(tx.c(), sel).await?),
@@ -206,8 +209,8 @@ impl Store {
         if released.is_empty() {
             let node = rows::resolve_node(tx.c(), &node_id.to_string()).await?;
             return Err(Error::NotFound(match subnet_row {
-                Some(s) => format!("container {container} on node {} has no address in {}", node.name, s.net),
-                None => format!("container {container} on node {} has no address", node.name),
+                Some(s) => format!("container '{container}' on node {} has no address in {}", node.name, s.net),
+                None => format!("container '{container}' on node {} has no address", node.name),
             }));
         }
         let mut records = 0;

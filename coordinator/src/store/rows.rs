@@ -110,11 +110,15 @@ pub(super) async fn resolve_node(c: &mut Conn, sel: &str) -> Result<v1::Node> {
                 .fetch_optional(&mut *c)
                 .await?
         }
+        // Names differing only in case are one name (join refuses the
+        // second): 'H1' finds 'h1', the exact spelling first.
         Err(_) => {
-            db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE name = $1")))
-                .bind(sel)
-                .fetch_optional(&mut *c)
-                .await?
+            db::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {NODE_COLUMNS} FROM nodes WHERE lower(name) = lower($1) ORDER BY name = $1 DESC, id LIMIT 1"
+            )))
+            .bind(sel)
+            .fetch_optional(&mut *c)
+            .await?
         }
     };
     match row {
@@ -127,7 +131,7 @@ pub(super) async fn resolve_node(c: &mut Conn, sel: &str) -> Result<v1::Node> {
 pub(super) async fn resolve_subnet(c: &mut Conn, sel: &str) -> Result<SubnetRow> {
     let sel = sel.trim();
     let sel = sel.strip_prefix("net:").unwrap_or(sel);
-    let row = if sel.is_empty() || sel == "default" {
+    let row = if sel.is_empty() || sel.eq_ignore_ascii_case("default") {
         db::query(sqlx::AssertSqlSafe(format!("SELECT {SUBNET_COLUMNS} FROM subnets WHERE is_default")))
             .fetch_optional(&mut *c)
             .await?
@@ -138,14 +142,19 @@ pub(super) async fn resolve_subnet(c: &mut Conn, sel: &str) -> Result<SubnetRow>
             .fetch_optional(&mut *c)
             .await?
     } else {
-        db::query(sqlx::AssertSqlSafe(format!("SELECT {SUBNET_COLUMNS} FROM subnets WHERE name = $1")))
-            .bind(sel)
-            .fetch_optional(&mut *c)
-            .await?
+        // As node names: case does not tell two apart, the exact spelling first.
+        db::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SUBNET_COLUMNS} FROM subnets WHERE lower(name) = lower($1) ORDER BY name = $1 DESC, id LIMIT 1"
+        )))
+        .bind(sel)
+        .fetch_optional(&mut *c)
+        .await?
     };
     match row {
         Some(r) => subnet(&r),
-        None if sel.is_empty() || sel == "default" => Err(Error::NotFound("there is no default subnet".into())),
+        None if sel.is_empty() || sel.eq_ignore_ascii_case("default") => {
+            Err(Error::NotFound("there is no default subnet".into()))
+        }
         None => Err(Error::NotFound(format!(
             "subnet '{sel}' is not defined (add it with `weavectl subnet add`, see `weavectl subnet ls`)"
         ))),

@@ -110,12 +110,15 @@ pub(super) async fn insert(
     if let Some(name) = name {
         if !is_default {
             check_name(name)?;
-            if name == "default" {
+            if name.eq_ignore_ascii_case("default") {
                 return Err(Error::InvalidArgument("'default' names the default subnet; pick another name".into()));
             }
         }
-        if let Some(other) = existing.iter().find(|s| s.name == name) {
-            return Err(Error::AlreadyExists(format!("subnet name '{name}' is taken by {}", other.cidr)));
+        // Names differing only in case are one name, as node names are: a
+        // `net:Backend` typo must not find a second subnet beside 'backend'.
+        if let Some(other) = existing.iter().find(|s| s.name.eq_ignore_ascii_case(name)) {
+            let like = if other.name == name { String::new() } else { format!(" (as '{}')", other.name) };
+            return Err(Error::AlreadyExists(format!("subnet name '{name}' is taken{like} by {}", other.cidr)));
         }
     }
     // After the checks above: asking again for a subnet that exists is
