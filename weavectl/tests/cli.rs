@@ -306,15 +306,24 @@ fn token_create_list_revoke() {
     c.fails(
         &["token", "create", "--ttl", "99999999h"],
         2,
-        "weavectl: creating a join token: a lifetime of 4166666 days: at most 3650 (never, for a token that does not \
+        "weavectl: creating a join token: a lifetime of 4166667 days: at most 3650 (never, for a token that does not \
          expire)",
     );
     c.fails(
-        &["token", "create", "--description", "two\nlines"],
+        &["token", "create", "--ttl", "87601h"],
         2,
-        "weavectl: creating a join token: a token description with control characters (newlines, escapes): plain \
-         text only",
+        "weavectl: creating a join token: a lifetime of 3651 days: at most 3650 (never, for a token that does not \
+         expire)",
     );
+    for bad in ["two\nlines", "prod\u{202e}gnp.exe", "zero\u{200b}width"] {
+        c.fails(
+            &["token", "create", "--description", bad],
+            2,
+            "weavectl: creating a join token: a token description with control or invisible format characters \
+             (newlines, escapes, direction overrides, zero-width spaces): plain text only",
+        );
+    }
+    assert!(c.ok(&["token", "create", "--description", "Zürich rack 3 – ünïcode"]).starts_with("wv1."));
     c.fails(
         &["token", "revoke", "0123456789abcdef"],
         4,

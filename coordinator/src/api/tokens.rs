@@ -24,12 +24,24 @@ const MAX_TTL_SECONDS: u64 = 3650 * 86_400;
 /// request's `ttl_seconds` and for `--token-ttl`/`--first-token-ttl` at start.
 pub(crate) fn ttl_too_long(ttl: u64) -> Option<String> {
     (ttl > MAX_TTL_SECONDS).then(|| {
+        // Rounded up: a day and an hour past the limit must not read as the limit.
         format!(
             "a lifetime of {} days: at most {} (never, for a token that does not expire)",
-            ttl / 86_400,
+            ttl.div_ceil(86_400),
             MAX_TTL_SECONDS / 86_400
         )
     })
+}
+
+/// Unicode's format characters (category Cf) that text shows as nothing or
+/// as a change of direction: soft hyphen, Arabic letter mark, Mongolian vowel
+/// separator, zero-width and direction marks, bidi embeddings, overrides and
+/// isolates, word joiner and invisible operators, the byte-order mark, the
+/// interlinear annotation marks and the tags block.
+fn is_format(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}' | '\u{e0000}'..='\u{e007f}')
 }
 
 impl Tokens {
@@ -46,10 +58,14 @@ impl Tokens {
                 description.len()
             )));
         }
-        // Shown in `weavectl token ls`: no newlines or terminal escapes.
-        if description.chars().any(char::is_control) {
+        // Shown in `weavectl token ls`: no newlines or terminal escapes, and
+        // no invisible format characters (a right-to-left override or a
+        // zero-width space would disguise the row).
+        if description.chars().any(|c| c.is_control() || is_format(c)) {
             return Err(crate::error::Error::InvalidArgument(
-                "a token description with control characters (newlines, escapes): plain text only".into(),
+                "a token description with control or invisible format characters (newlines, escapes, \
+                 direction overrides, zero-width spaces): plain text only"
+                    .into(),
             ));
         }
 
