@@ -63,7 +63,7 @@ fn cni_add_check_del_version_and_errors() {
         Command::new(&bin).env("CNI_COMMAND", "ADD").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(b"{not json").unwrap();
     bad = child.wait_with_output().unwrap();
-    assert_eq!(json_out(&bad)["code"], 7, "garbage on stdin");
+    assert_eq!(json_out(&bad)["code"], 6, "garbage on stdin: failed to decode");
     bad = plugin(&bin, "FROB", &netns, &id, &conf, None);
     assert!(!bad.status.success());
     assert_eq!(json_out(&bad)["code"], 4);
@@ -404,7 +404,11 @@ fn a_del_after_its_subnet_was_removed_by_force_removes_the_interface() {
     ok_in(&shared, &["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "plugin0"]);
     ok_in(&shared, &["ip", "addr", "add", "172.31.0.2/24", "dev", "eth0"]);
     let (shared_netns, shared_id) = (format!("/run/netns/{shared}"), format!("{}-shared", bed.prefix));
-    let out = plugin_on(&bin, "ADD", &shared_netns, &shared_id, &conf_a, "eth0");
+    let mut chained = conf_a.clone();
+    chained["prevResult"] = json!({"cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "mac": "02:00:00:00:00:01", "sandbox": shared_netns}],
+        "ips": [{"address": "172.31.0.2/24", "interface": 0}]});
+    let out = plugin_on(&bin, "ADD", &shared_netns, &shared_id, &chained, "eth0");
     assert!(out.status.success(), "ADD shared: {}", String::from_utf8_lossy(&out.stdout));
     assert!(interfaces(&shared).iter().any(|i| i.starts_with("ethwe")), "{:?}", interfaces(&shared));
     let out = plugin_on(&bin, "DEL", &shared_netns, &shared_id, &conf_a, "eth0");

@@ -32,7 +32,7 @@ pub fn run(data: &[u8]) {
     let id = cni::container_key(&container);
     let addr = conf.addr();
     let _ = conf.socket();
-    let prev = conf.prev_addresses();
+    let prev: Vec<String> = conf.prev_weave_interface().map(|(_, _, a)| a).unwrap_or_default();
     let multicast = conf.multicast.unwrap_or(true);
     // What weave-cni sends (the namespace's descriptor travels beside the
     // JSON, so only its flag is in the bytes fuzzed here).
@@ -46,6 +46,7 @@ pub fn run(data: &[u8]) {
             ifname: Some(ifname.clone()),
             addrs: vec![addr.clone()],
             no_multicast: !multicast,
+            exact_ifname: conf.prev_result.is_none(),
         },
         _ => Request::Detach {
             container: netns.clone(),
@@ -65,9 +66,11 @@ pub fn run(data: &[u8]) {
             no_multicast,
             name: None,
             netns_fd,
+            exact_ifname,
             ..
         } => {
             assert!(netns_fd);
+            assert_eq!(exact_ifname, conf.prev_result.is_none());
             assert_eq!((c, i, f, addrs, no_multicast), (netns.clone(), id, ifname.clone(), vec![addr], !multicast));
         }
         Request::Detach { container: c, id: Some(i), ifname: Some(f), addrs, netns_fd: false, .. } => {
@@ -75,7 +78,8 @@ pub fn run(data: &[u8]) {
         }
         other => panic!("the agent read another request: {other:?}"),
     }
-    let result = cni::add_result(&netns, &ifname, "02:57:0a:20:00:05", &prev, multicast).to_string();
+    // The chained result too: the previous result is whatever JSON the runtime passed.
+    let result = conf.add_result(&netns, &ifname, "02:57:0a:20:00:05", &prev, multicast).to_string();
     let _: serde_json::Value = serde_json::from_str(&result).expect("the ADD result is JSON");
     let _ = cni::refusal(&Refusal::unknown_container(container.clone())).to_json().to_string();
     let _ = CniError::new(cni::code::BAD_ENV, command, ifname).to_json();

@@ -189,6 +189,11 @@ pub enum Request {
         /// Skip the 224.0.0.0/4 route.
         #[serde(default)]
         no_multicast: bool,
+        /// `ifname` or nothing: refused if the container's interface on the
+        /// subnet has another name, or the name is another interface's (a
+        /// CNI ADD outside a chain).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        exact_ifname: bool,
     },
     /// Removes the subnets of `addrs` (all if none) from the container.
     Detach {

@@ -66,7 +66,7 @@ async fn run() -> Result<Option<serde_json::Value>, CniError> {
             add(&conf, &env("CNI_NETNS")?, &id, name, &ifname).await.map(Some)
         }
         "DEL" => del(&conf, std::env::var("CNI_NETNS").unwrap_or_default(), &id, &ifname).await.map(|()| None),
-        _ => check(&conf, &env("CNI_NETNS")?, &ifname).await.map(|()| None),
+        _ => check(&conf, &env("CNI_NETNS")?).await.map(|()| None),
     }
 }
 
@@ -104,11 +104,14 @@ async fn add(
         ifname: Some(ifname.to_string()),
         addrs: vec![conf.addr()],
         no_multicast: !multicast,
+        // The spec: the runtime's name or an error. After another plugin's
+        // interface in a chain (a prevResult), weave adds an ethwe* of its own.
+        exact_ifname: conf.prev_result.is_none(),
     };
     match ask(conf, request).await? {
         Response::Attached(list) if !list.is_empty() => {
             let addresses: Vec<String> = list.iter().map(|a| a.address.clone()).collect();
-            Ok(cni::add_result(netns, &list[0].interface, &list[0].mac, &addresses, multicast))
+            Ok(conf.add_result(netns, &list[0].interface, &list[0].mac, &addresses, multicast))
         }
         other => Err(CniError::new(code::REFUSED, "unexpected answer from the agent", format!("{other:?}"))),
     }
@@ -139,25 +142,42 @@ async fn del(conf: &NetConf, netns: String, id: &str, ifname: &str) -> Result<()
     ask(conf, request).await.map(|_| ())
 }
 
-/// The namespace still has every address of the previous result on an `ethwe*`.
-async fn check(conf: &NetConf, netns: &str, ifname: &str) -> Result<(), CniError> {
-    let want = conf.prev_addresses();
-    if want.is_empty() {
+/// Weave's interface of the previous result (`CNI_IFNAME`, or its `ethwe*`
+/// after another plugin's) is in the namespace with its MAC and every address
+/// the result gave it. Other plugins' interfaces and addresses are theirs to check.
+async fn check(conf: &NetConf, netns: &str) -> Result<(), CniError> {
+    if !conf.has_check() {
+        let why = format!("CHECK is in CNI 0.4.0 and later; the configuration says {}", conf.cni_version);
+        return Err(CniError::new(code::INCOMPATIBLE_VERSION, "incompatible CNI version", why));
+    }
+    if conf.prev_result.is_none() {
         return Err(CniError::new(code::BAD_CONFIG, "CHECK needs prevResult with ips", ""));
     }
+    let Some((name, mac, want)) = conf.prev_weave_interface() else {
+        return Err(CniError::new(code::CHECK_FAILED, "prevResult has no interface of weave's", ""));
+    };
     let file = std::fs::File::open(netns)
         .map_err(|e| CniError::new(code::UNKNOWN_CONTAINER, format!("cannot open {netns}"), e.to_string()))?;
     let inside =
         Netlink::in_netns(&file).await.map_err(|e| CniError::new(code::CHECK_FAILED, "netlink", e.to_string()))?;
-    let have: Vec<String> = inside
-        .workload_interfaces(Some(ifname))
+    let Some(have) = inside
+        .workload_interfaces(Some(&name))
         .await
         .map_err(|e| CniError::new(code::CHECK_FAILED, "netlink", e.to_string()))?
-        .iter()
-        .flat_map(|i| i.addresses.iter().map(|(ip, len)| format!("{ip}/{len}")))
-        .collect();
-    match want.iter().find(|a| !have.contains(a)) {
-        Some(missing) => Err(CniError::new(code::CHECK_FAILED, format!("{missing} is missing in {netns}"), "")),
+        .into_iter()
+        .find(|i| i.name == name)
+    else {
+        return Err(CniError::new(code::CHECK_FAILED, format!("{name} is missing in {netns}"), ""));
+    };
+    let have_mac = weave_agent::plan::kernel::format_mac(&have.mac);
+    if !have_mac.eq_ignore_ascii_case(&mac) {
+        return Err(CniError::new(code::CHECK_FAILED, format!("{name} has MAC {have_mac}, not {mac}"), ""));
+    }
+    let addresses: Vec<String> = have.addresses.iter().map(|(ip, len)| format!("{ip}/{len}")).collect();
+    match want.iter().find(|a| !addresses.contains(a)) {
+        Some(missing) => {
+            Err(CniError::new(code::CHECK_FAILED, format!("{missing} is missing on {name} in {netns}"), ""))
+        }
         None => Ok(()),
     }
 }

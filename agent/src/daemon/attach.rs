@@ -135,8 +135,12 @@ impl Attacher {
         ifname: Option<&str>,
         addrs: &[String],
         multicast: bool,
+        exact_ifname: bool,
     ) -> Result<Vec<Attached>, Refusal> {
         let specs = AddrSpec::parse_all(addrs)?;
+        if exact_ifname && (ifname.is_none() || specs.len() > 1) {
+            return Err(Refusal::invalid("an exact interface name is for one interface: one ADDR and its name"));
+        }
         let _one = self.lock.lock().await;
         let c = self.resolve(container, passed, name, id)?;
         // With an `id` (a CNI runtime) the name is only the DNS name: the
@@ -207,6 +211,11 @@ impl Attacher {
         }
         if unfinished {
             before = inside.workload_interfaces(ifname).await.map_err(failed)?;
+        }
+        if let Some(n) = ifname.filter(|_| exact_ifname) {
+            for (_, subnet) in &wanted {
+                checks::exact_ifname(&inside, container, n, &before, subnet).await?;
+            }
         }
         // The name before anything is allocated for it: an agent killed from
         // here on leaves a container that a detach by that name finds.

@@ -74,19 +74,22 @@ impl Handler for LocalService {
                     Response::Done
                 }
                 Request::Allocate { container, subnet } => self.allocate(container, subnet).await,
-                Request::Attach { container, netns, name, id, ifname, addrs, no_multicast, .. } => reply_attached(
-                    self.attacher
-                        .attach(
-                            &container,
-                            netns.as_deref(),
-                            name.as_deref(),
-                            id.as_deref(),
-                            ifname.as_deref(),
-                            &addrs,
-                            !no_multicast,
-                        )
-                        .await,
-                ),
+                Request::Attach { container, netns, name, id, ifname, addrs, no_multicast, exact_ifname, .. } => {
+                    reply_attached(
+                        self.attacher
+                            .attach(
+                                &container,
+                                netns.as_deref(),
+                                name.as_deref(),
+                                id.as_deref(),
+                                ifname.as_deref(),
+                                &addrs,
+                                !no_multicast,
+                                exact_ifname,
+                            )
+                            .await,
+                    )
+                }
                 Request::Detach { container, netns, id, ifname, addrs, .. } => {
                     let detached = self
                         .attacher

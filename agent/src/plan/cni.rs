@@ -7,7 +7,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use weave_proto::local_api::{ErrorKind, Refusal};
 
+use crate::plan::kernel::{format_mac, workload_mac};
+
+/// The newest version of the spec this plugin speaks (its errors are in it).
 pub const CNI_VERSION: &str = "1.0.0";
+/// Every version whose configurations it takes, its results then in that
+/// version's form (as the reference plugins do: a Multus attachment or an
+/// older conflist says 0.3.1 or 0.4.0). 1.1.0 adds GC and STATUS, not here.
+pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
 pub const DOMAIN: &str = "weave.local";
 pub const NAMESERVER: &str = "127.0.0.11";
 
@@ -16,6 +23,7 @@ pub mod code {
     pub const INCOMPATIBLE_VERSION: u32 = 1;
     pub const UNKNOWN_CONTAINER: u32 = 3;
     pub const BAD_ENV: u32 = 4;
+    pub const DECODE: u32 = 6;
     pub const BAD_CONFIG: u32 = 7;
     pub const TRY_AGAIN: u32 = 11;
     /// Plugin-specific: CHECK found the container not as ADD left it.
@@ -64,19 +72,105 @@ impl CniError {
 
 impl NetConf {
     pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
-        let conf: Self = serde_json::from_slice(stdin)
-            .map_err(|e| CniError::new(code::BAD_CONFIG, "invalid network configuration", e.to_string()))?;
+        let conf: Self = serde_json::from_slice(stdin).map_err(|e| {
+            // Not JSON at all is "failed to decode" (6); JSON of the wrong
+            // shape is an invalid configuration (7).
+            let code = if e.is_syntax() || e.is_eof() { code::DECODE } else { code::BAD_CONFIG };
+            CniError::new(code, "invalid network configuration", e.to_string())
+        })?;
         if conf.name.is_empty() || conf.kind.is_empty() {
             return Err(CniError::new(code::BAD_CONFIG, "invalid network configuration", "name and type are required"));
         }
-        if conf.cni_version != CNI_VERSION {
+        if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
             return Err(CniError::new(
                 code::INCOMPATIBLE_VERSION,
                 "incompatible CNI version",
-                format!("config has {}, this plugin supports {CNI_VERSION}", conf.cni_version),
+                format!("config has {}, this plugin supports {}", conf.cni_version, SUPPORTED_VERSIONS.join(", ")),
             ));
         }
         Ok(conf)
+    }
+
+    /// Whether the configuration's version has CHECK (0.4.0 on).
+    pub fn has_check(&self) -> bool {
+        !self.cni_version.starts_with("0.3.")
+    }
+
+    /// The ADD result in the configuration's version, after the previous
+    /// result of a chain: its interfaces, addresses, routes and DNS first
+    /// (the spec: a plugin passes the previous result on), weave's interface
+    /// appended. DNS stays the previous plugin's where it named servers (the
+    /// first network's resolver is the container's); else weave's.
+    pub fn add_result(&self, netns: &str, interface: &str, mac: &str, addresses: &[String], multicast: bool) -> Value {
+        let ours = add_result(netns, interface, mac, addresses, multicast);
+        let mut out = match &self.prev_result {
+            Some(prev @ Value::Object(_)) => {
+                let list = |v: &Value, key: &str| v[key].as_array().cloned().unwrap_or_default();
+                let mut interfaces = list(prev, "interfaces");
+                let index = interfaces.len();
+                interfaces.extend(list(&ours, "interfaces"));
+                let mut ips = list(prev, "ips");
+                ips.extend(list(&ours, "ips").into_iter().map(|mut ip| {
+                    ip["interface"] = json!(index);
+                    ip
+                }));
+                let mut routes = list(prev, "routes");
+                for route in list(&ours, "routes") {
+                    if !routes.iter().any(|r| r["dst"] == route["dst"]) {
+                        routes.push(route);
+                    }
+                }
+                let dns = if prev["dns"]["nameservers"].as_array().is_some_and(|n| !n.is_empty()) {
+                    prev["dns"].clone()
+                } else {
+                    ours["dns"].clone()
+                };
+                let mut out = prev.clone();
+                out["interfaces"] = json!(interfaces);
+                out["ips"] = json!(ips);
+                out["routes"] = json!(routes);
+                out["dns"] = dns;
+                out
+            }
+            _ => ours,
+        };
+        out["cniVersion"] = json!(self.cni_version);
+        // Before 1.0.0 each address says its family.
+        if self.cni_version.starts_with("0.") {
+            for ip in out["ips"].as_array_mut().into_iter().flatten() {
+                if ip.get("version").is_none() {
+                    let v6 = ip["address"].as_str().is_some_and(|a| a.contains(':'));
+                    ip["version"] = json!(if v6 { "6" } else { "4" });
+                }
+            }
+        }
+        out
+    }
+
+    /// Weave's interface in the previous result (for CHECK): the one whose
+    /// MAC is the one weave gives its address (`CNI_IFNAME`, or an `ethwe*`
+    /// after another plugin's interface), as (name, MAC, its addresses).
+    pub fn prev_weave_interface(&self) -> Option<(String, String, Vec<String>)> {
+        let prev = self.prev_result.as_ref()?;
+        let ifaces = prev["interfaces"].as_array()?;
+        let mut found: Option<(String, String, Vec<String>)> = None;
+        for ip in prev["ips"].as_array().into_iter().flatten() {
+            let Some(address) = ip["address"].as_str() else { continue };
+            let Some(iface) = ip["interface"].as_u64().and_then(|i| ifaces.get(usize::try_from(i).ok()?)) else {
+                continue;
+            };
+            let (Some(name), Some(mac)) = (iface["name"].as_str(), iface["mac"].as_str()) else { continue };
+            let Ok(net) = address.parse::<ipnet::Ipv4Net>() else { continue };
+            if !mac.eq_ignore_ascii_case(&format_mac(&workload_mac(net.addr()))) {
+                continue;
+            }
+            match &mut found {
+                Some((n, _, addresses)) if n == name => addresses.push(address.to_string()),
+                Some(_) => {}
+                None => found = Some((name.to_string(), mac.to_ascii_lowercase(), vec![address.to_string()])),
+            }
+        }
+        found
     }
 
     /// A `subnet` the agent could never read is the configuration's fault
@@ -103,12 +197,6 @@ impl NetConf {
 
     pub fn socket(&self) -> &str {
         self.socket.as_deref().unwrap_or("/run/weave/agent.sock")
-    }
-
-    /// Addresses of the previous result (for CHECK), as `ip/len`.
-    pub fn prev_addresses(&self) -> Vec<String> {
-        let Some(prev) = &self.prev_result else { return Vec::new() };
-        prev["ips"].as_array().into_iter().flatten().filter_map(|i| i["address"].as_str().map(str::to_string)).collect()
     }
 
     /// Addresses of the previous result on the interface named `ifname` (the
@@ -149,7 +237,7 @@ pub fn add_result(netns: &str, interface: &str, mac: &str, addresses: &[String],
 }
 
 pub fn version_result() -> Value {
-    json!({"cniVersion": CNI_VERSION, "supportedVersions": [CNI_VERSION]})
+    json!({"cniVersion": CNI_VERSION, "supportedVersions": SUPPORTED_VERSIONS})
 }
 
 /// The container's name in `weave.local`, from `CNI_ARGS` (`K=V;K=V`):
@@ -209,7 +297,10 @@ mod tests {
         assert_eq!(c.socket(), "/run/weave/agent.sock");
         let d = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"w","type":"weave-cni","socket":"/x.sock"}"#).unwrap();
         assert_eq!((d.addr().as_str(), d.socket()), ("net:default", "/x.sock"));
-        assert_eq!(NetConf::parse(b"{not json").unwrap_err().code, code::BAD_CONFIG);
+        // Not JSON is a decode failure (6); JSON of the wrong shape a bad configuration (7).
+        assert_eq!(NetConf::parse(b"{not json").unwrap_err().code, code::DECODE);
+        assert_eq!(NetConf::parse(b"").unwrap_err().code, code::DECODE);
+        assert_eq!(NetConf::parse(br#"{"cniVersion":1,"name":"w","type":"t"}"#).unwrap_err().code, code::BAD_CONFIG);
         // A subnet by name; one the agent could never read is bad configuration (7).
         let conf = |subnet: &str| {
             let text = format!(r#"{{"cniVersion":"1.0.0","name":"w","type":"weave-cni","subnet":"{subnet}"}}"#);
@@ -224,13 +315,75 @@ mod tests {
             assert!(e.details.starts_with("subnet: "), "{bad}: {e:?}");
         }
         assert_eq!(NetConf::parse(br#"{"cniVersion":"1.0.0","type":"weave-cni"}"#).unwrap_err().code, code::BAD_CONFIG);
-        let old = NetConf::parse(br#"{"cniVersion":"0.3.1","name":"w","type":"weave-cni"}"#).unwrap_err();
-        assert_eq!(old.code, code::INCOMPATIBLE_VERSION);
-        let with_prev = NetConf::parse(
-            br#"{"cniVersion":"1.0.0","name":"w","type":"weave-cni","prevResult":{"ips":[{"address":"10.32.0.5/16"}]}}"#,
-        )
-        .unwrap();
-        assert_eq!(with_prev.prev_addresses(), vec!["10.32.0.5/16".to_string()]);
+        // The versions the reference plugins take, not one they do not know.
+        for v in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"] {
+            let text = format!(r#"{{"cniVersion":"{v}","name":"w","type":"weave-cni"}}"#);
+            let conf = NetConf::parse(text.as_bytes()).unwrap();
+            assert_eq!(conf.has_check(), v != "0.3.0" && v != "0.3.1", "{v}");
+        }
+        for v in ["0.2.0", "1.1.0", "2.0.0", ""] {
+            let text = format!(r#"{{"cniVersion":"{v}","name":"w","type":"weave-cni"}}"#);
+            assert_eq!(NetConf::parse(text.as_bytes()).unwrap_err().code, code::INCOMPATIBLE_VERSION, "{v}");
+        }
+    }
+
+    fn conf_with_prev(version: &str, prev: &str) -> NetConf {
+        let text = format!(r#"{{"cniVersion":"{version}","name":"w","type":"weave-cni","prevResult":{prev}}}"#);
+        NetConf::parse(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_chained_add_passes_the_previous_result_on() {
+        let prev = r#"{"cniVersion":"1.0.0","interfaces":[{"name":"cni0"},{"name":"eth0","mac":"aa:bb:cc:dd:ee:ff",
+            "sandbox":"/run/netns/x"}],"ips":[{"address":"192.168.50.2/24","gateway":"192.168.50.1","interface":1}],
+            "routes":[{"dst":"0.0.0.0/0"},{"dst":"224.0.0.0/4"}],"dns":{"nameservers":["192.168.50.1"]}}"#;
+        let r = conf_with_prev("1.0.0", prev).add_result(
+            "/run/netns/x",
+            "ethwe",
+            "0a:58:0a:20:00:07",
+            &["10.32.0.7/16".into()],
+            true,
+        );
+        let names: Vec<&str> =
+            r["interfaces"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["cni0", "eth0", "ethwe"]);
+        assert_eq!(r["ips"][0]["address"], "192.168.50.2/24");
+        assert_eq!(r["ips"][0]["interface"], 1);
+        assert_eq!(
+            (r["ips"][1]["address"].as_str(), r["ips"][1]["interface"].as_u64()),
+            (Some("10.32.0.7/16"), Some(2))
+        );
+        assert_eq!(r["routes"].as_array().unwrap().len(), 2, "the multicast route once: {r}");
+        assert_eq!(r["dns"]["nameservers"][0], "192.168.50.1", "the first network's resolver stays");
+        assert_eq!(r["cniVersion"], "1.0.0");
+        assert!(r["ips"][1].get("version").is_none(), "1.0.0 has no ips[].version");
+        // Without servers in the previous result, weave's; in 0.4.0 each address says its family.
+        let r = conf_with_prev("0.4.0", r#"{"interfaces":[],"ips":[]}"#).add_result(
+            "/run/netns/x",
+            "eth0",
+            "0a:58:0a:20:00:07",
+            &["10.32.0.7/16".into()],
+            false,
+        );
+        assert_eq!((r["cniVersion"].as_str(), r["ips"][0]["version"].as_str()), (Some("0.4.0"), Some("4")));
+        assert_eq!(r["ips"][0]["interface"], 0);
+        assert_eq!(r["dns"]["nameservers"][0], NAMESERVER);
+    }
+
+    #[test]
+    fn check_finds_weaves_interface_in_the_previous_result() {
+        // Another plugin's interface and address first; weave's by its MAC (0a:58 and its address).
+        let prev = r#"{"interfaces":[{"name":"eth0","mac":"aa:bb:cc:dd:ee:ff","sandbox":"/x"},
+            {"name":"ethwe","mac":"0A:58:0A:20:00:04","sandbox":"/x"}],
+            "ips":[{"address":"192.168.60.2/24","interface":0},{"address":"10.32.0.4/16","interface":1}]}"#;
+        let (name, mac, addresses) = conf_with_prev("1.0.0", prev).prev_weave_interface().unwrap();
+        assert_eq!(
+            (name.as_str(), mac.as_str(), addresses),
+            ("ethwe", "0a:58:0a:20:00:04", vec!["10.32.0.4/16".to_string()])
+        );
+        // An address whose MAC is not weave's for it: none of weave's.
+        let wrong = r#"{"interfaces":[{"name":"eth0","mac":"0a:58:0a:20:00:09"}],"ips":[{"address":"10.32.0.4/16","interface":0}]}"#;
+        assert_eq!(conf_with_prev("1.0.0", wrong).prev_weave_interface(), None);
     }
 
     #[test]
@@ -258,7 +411,7 @@ mod tests {
         assert_eq!(r["ips"][0]["address"], "10.32.0.5/16");
         assert_eq!(r["routes"][0]["dst"], "224.0.0.0/4");
         assert_eq!(r["dns"]["nameservers"][0], "127.0.0.11");
-        assert_eq!(version_result()["supportedVersions"][0], "1.0.0");
+        assert_eq!(version_result()["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0"]));
         let e = CniError::new(code::BAD_CONFIG, "m", "d").to_json();
         assert_eq!((e["code"].as_u64(), e["msg"].as_str()), (Some(7), Some("m")));
     }

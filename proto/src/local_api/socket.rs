@@ -453,6 +453,7 @@ mod tests {
             ifname: None,
             addrs: vec![],
             no_multicast: false,
+            exact_ifname: false,
         };
         let opened = Arc::new(File::open(&file).unwrap());
         let want = std::fs::metadata(&file).unwrap().ino().to_string();

@@ -92,6 +92,7 @@ pub(crate) async fn run(socket: &Path, out: &Output, c: LocalCommand) -> Outcome
                 ifname: None,
                 addrs,
                 no_multicast,
+                exact_ifname: false,
             };
             match request(socket, &what, &req).await? {
                 Response::Attached(list) => print_addresses(out, &list),

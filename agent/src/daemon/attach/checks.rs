@@ -7,7 +7,7 @@ use weave_proto::{local_api::Refusal, v1::Subnet};
 
 use crate::{
     error::Error,
-    host::netlink::WorkloadInterface,
+    host::netlink::{Netlink, WorkloadInterface},
     plan::{
         addr_spec::AddrSpec,
         kernel::{bridge_name, format_mac, workload_mac},
@@ -42,6 +42,34 @@ impl super::Attacher {
     /// failed because its bridge went with the subnet is the subnet's removal.
     pub(super) fn or_removed(&self, subnet: &Subnet, e: Refusal) -> Refusal {
         if self.removed(subnet) { removed(subnet) } else { e }
+    }
+}
+
+/// For a CNI runtime that names the interface and is not chaining weave
+/// after another plugin's (`CNI_IFNAME` with no `prevResult`): the container's
+/// interface on `subnet` is that one (a retried ADD), or there is none and
+/// the name is free. The spec asks a plugin that cannot use the name to fail:
+/// a runtime looks the result up by it (containerd), and chained plugins
+/// (`tuning`, `bandwidth`) act on it.
+pub(super) async fn exact_ifname(
+    inside: &Netlink,
+    container: &str,
+    ifname: &str,
+    before: &[WorkloadInterface],
+    subnet: &Subnet,
+) -> Result<(), Refusal> {
+    match on_subnet(before, &subnet.cidr) {
+        Some((i, _)) if i.name != ifname => Err(Refusal::conflict(format!(
+            "container '{container}' already has {} on subnet {}: a second interface {ifname} on it is refused (one \
+             per weave subnet per container)",
+            i.name, subnet.cidr
+        ))),
+        Some(_) => Ok(()),
+        None if inside.link_index(ifname).await.map_err(failed)?.is_some() => Err(Refusal::conflict(format!(
+            "container '{container}' already has an interface {ifname}: CNI_IFNAME must name a new one (after \
+             another plugin's interface, in a chain with its prevResult, weave adds an ethwe* of its own)"
+        ))),
+        None => Ok(()),
     }
 }
 
