@@ -647,6 +647,21 @@ async fn dns_records_are_owned_by_containers_or_external() {
         Code::InvalidArgument,
         "not an IP",
     );
+    for nowhere in ["0.0.0.0", "255.255.255.255", "224.0.0.1", "::", "ff02::1"] {
+        assert_status(
+            admin.dns.add_record(AddRecordRequest { name: "nowhere".into(), address: nowhere.into() }).await,
+            Code::InvalidArgument,
+            "a DNS record points at one host",
+        );
+    }
+    // An IPv4-mapped address is its IPv4 address: one record, not two.
+    admin.dns.add_record(AddRecordRequest { name: "mapped".into(), address: "192.0.2.77".into() }).await.unwrap();
+    assert_status(
+        admin.dns.add_record(AddRecordRequest { name: "mapped".into(), address: "::ffff:192.0.2.77".into() }).await,
+        Code::AlreadyExists,
+        "already resolves to 192.0.2.77",
+    );
+    admin.dns.remove_records(RemoveRecordsRequest { name: "mapped".into(), address: String::new() }).await.unwrap();
     assert_status(
         admin.dns.add_record(AddRecordRequest { name: "a..b".into(), address: "192.0.2.1".into() }).await,
         Code::InvalidArgument,

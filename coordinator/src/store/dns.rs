@@ -163,13 +163,31 @@ pub(super) async fn insert_if_absent(
     Ok((record, new))
 }
 
+/// An address a record may point at: one a client can connect to. The
+/// unspecified, broadcast and multicast addresses are refused (a name for
+/// them is a mistake); an IPv4-mapped IPv6 address is its IPv4 address, as
+/// the same address must be one record, not two.
+fn answerable(ip: std::net::IpAddr) -> Result<std::net::IpAddr> {
+    let ip = ip.to_canonical();
+    let bad = match ip {
+        std::net::IpAddr::V4(v4) => v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast(),
+        std::net::IpAddr::V6(v6) => v6.is_unspecified() || v6.is_multicast(),
+    };
+    if bad {
+        return Err(Error::InvalidArgument(format!(
+            "{ip} is an unspecified, broadcast or multicast address: a DNS record points at one host"
+        )));
+    }
+    Ok(ip)
+}
+
 impl Store {
     /// An admin may add any record; one that points at an allocated address
     /// belongs to that container and goes when it is detached. A node may add
     /// records only for addresses its own containers hold, and only under
     /// names no other node (and no external record) holds.
     pub async fn add_record(&self, caller: &Caller, name: &str, address: &str) -> Result<v1::DnsRecord> {
-        let ip = rows::parse_ip(address)?.to_string();
+        let ip = answerable(rows::parse_ip(address)?)?.to_string();
         let mut tx = self.begin().await?;
         let holder: Option<(i64, i64)> = db::query("SELECT id, node_id FROM allocations WHERE address = $1")
             .bind(&ip)
