@@ -173,6 +173,11 @@ fn addresses_persist_across_agent_and_coordinator_restarts_and_names_detach() {
     assert!(out.status.success(), "detach: {}", stderr(&out));
     assert!(interfaces(&web).is_empty(), "{:?}", interfaces(&web));
     assert!(!bed.allocations().iter().any(|a| a.contains(&first)), "{:?}", bed.allocations());
+    // Nothing left to release: exit 0 and nothing printed, not an empty line.
+    for args in [vec!["detach".to_string(), format!("/run/netns/{web}")], vec!["hide".to_string()]] {
+        let out = bed.weavectl(0, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success() && out.stdout.is_empty(), "{args:?}: {:?} {}", stdout(&out), stderr(&out));
+    }
 }
 
 #[test]
@@ -240,6 +245,8 @@ fn bad_input_is_one_line_and_changes_nothing() {
     // Not attached at that address: not found (4), as for a subnet.
     assert_eq!(bed.weavectl(0, &["detach", "ip:10.2.3.8/24", &hpath]).status.code(), Some(4));
     assert_eq!(bed.weavectl(0, &["hide", "ip:10.2.3.200/24"]).status.code(), Some(4));
+    // An address in no subnet: its subnet is not defined (4), as for net:<CIDR>.
+    assert_eq!(bed.weavectl(0, &["attach", "10.99.0.5/24", &cpath]).status.code(), Some(4));
     let twice = bed.weavectl(0, &["attach", "net:default", "net:default", &format!("/run/netns/{fresh}")]);
     assert_eq!(twice.status.code(), Some(2), "{}", stderr(&twice));
     // A subnet by the name it was added with (`net:<name>`), as in `subnet rm` and CNI's `subnet`.

@@ -121,6 +121,9 @@ fn describe() {
     ] {
         metrics::counter!(counter).increment(0);
     }
+    for result in ["new", "rejoin"] {
+        metrics::counter!("weave_joins_total", "result" => result).increment(0);
+    }
     describe_histogram!(
         "weave_rpc_duration_seconds",
         Unit::Seconds,

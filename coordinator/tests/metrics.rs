@@ -58,6 +58,8 @@ async fn metrics_follow_the_map_and_time_every_rpc() {
     }
     assert_eq!(value(&body, "weave_ips{state=\"used\"}"), Some(0.0), "{body}");
     assert!(value(&body, "weave_joins_total{result=\"new\"}").is_some_and(|v| v >= 3.0), "{body}");
+    // No re-join happened: its series is there all the same, from 0.
+    assert!(value(&body, "weave_joins_total{result=\"rejoin\"}").is_some(), "{body}");
     assert!(
         value(
             &body,

@@ -195,28 +195,34 @@ const TABLES: [(&str, &str, &str); 6] = [
 /// (someone may flush the ruleset, or one table: `nft flush table` keeps
 /// the table and its chains but empties them). One `nft list tables` (names
 /// only, where `nft list table` would print every element of every set)
-/// finds the removed ones; one `nft list chain` a check, for each table in
-/// turn (`turn`), looks at one of its chains, never empty as weave writes
-/// it, so an emptied table is found within six checks. (`nft` 1.0.6 fails
-/// a batch of several `list chain` commands.) None when nft could not be
-/// asked.
+/// finds the removed ones; [`CHAINS_PER_CHECK`] `nft list chain` a check,
+/// for the tables in turn (`turn`), each look at one chain, never empty as
+/// weave writes it, so an emptied table is found within three checks (30 s,
+/// as the README says; with one a check it took up to 60 s; found by a
+/// review, 2026-12-05). (`nft` 1.0.6 fails a batch of several `list chain`
+/// commands.) None when nft could not be asked.
 async fn tables(turn: usize) -> Option<BTreeSet<String>> {
     let mut present = named(&nft_with(&["list", "tables"], "").await.ok()?);
-    let (family, table, chain) = TABLES[turn % TABLES.len()];
-    let name = format!("{family} {table}");
-    if present.contains(&name) {
-        match nft_with(&["list", "chain", family, table, chain], "").await {
-            Ok(out) if holds_rules(&out) => {}
-            // nft could not be run this time (no verdict: the next check asks again).
-            Err(Error::Io(..)) => {}
-            // Emptied, or its chain deleted.
-            _ => {
-                present.remove(&name);
+    for k in 0..CHAINS_PER_CHECK {
+        let (family, table, chain) = TABLES[(turn * CHAINS_PER_CHECK + k) % TABLES.len()];
+        let name = format!("{family} {table}");
+        if present.contains(&name) {
+            match nft_with(&["list", "chain", family, table, chain], "").await {
+                Ok(out) if holds_rules(&out) => {}
+                // nft could not be run this time (no verdict: the next check asks again).
+                Err(Error::Io(..)) => {}
+                // Emptied, or its chain deleted.
+                _ => {
+                    present.remove(&name);
+                }
             }
         }
     }
     Some(present)
 }
+
+/// Chains of [`TABLES`] listed by each check: every one within three.
+const CHAINS_PER_CHECK: usize = TABLES.len().div_ceil(3);
 
 /// "FAMILY NAME" of every `table FAMILY NAME` line of `nft list tables`.
 fn named(out: &str) -> BTreeSet<String> {
@@ -246,7 +252,7 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 /// Applies the ruleset whenever the segments, their remote workloads, the
 /// peers or the overlay ranges change, retries a failed apply every 2 s, and puts the tables back if
 /// they vanish (a `flush ruleset`, a firewall reload: within a [`RECHECK`]) or
-/// are emptied (`nft flush table`: within three). `applied` is what the
+/// are emptied (`nft flush table`: within three checks). `applied` is what the
 /// caller already applied (see `agent::serve`, which applies before routing).
 /// When only set elements changed (a workload or a peer came or went) it
 /// adds and deletes just those elements ([`update`]); the tables are

@@ -36,7 +36,8 @@ impl NamesSubnet for AddrSpec {
                 .ok_or_else(|| Refusal::not_found(format!("no subnet is named {name} (weavectl subnet ls)"))),
             Self::Ip(ip, len) => {
                 let s = map.subnets.iter().find(|s| cidr(s).is_some_and(|c| c.contains(ip))).ok_or_else(|| {
-                    Refusal::invalid(format!("address {ip}/{len} is outside every subnet (weavectl subnet ls)"))
+                    // Its subnet is not defined: not found (4), as `net:<CIDR>` of one that is not.
+                    Refusal::not_found(format!("address {ip}/{len} is outside every subnet (weavectl subnet ls)"))
                 })?;
                 match cidr(s) {
                     Some(c) if c.prefix_len() == *len => Ok(s),
@@ -74,7 +75,7 @@ mod tests {
         let e = AddrSpec::parse("10.2.3.9/16").unwrap().subnet(&map).unwrap_err();
         assert!(e.kind == ErrorKind::Invalid && e.message.contains("outside subnet 10.2.3.0/24"), "{e}");
         let e = AddrSpec::parse("10.9.9.9/24").unwrap().subnet(&map).unwrap_err();
-        assert!(e.kind == ErrorKind::Invalid && e.message.contains("outside every subnet"), "{e}");
+        assert!(e.kind == ErrorKind::NotFound && e.message.contains("outside every subnet"), "{e}");
         assert_eq!(AddrSpec::parse("10.2.3.7").unwrap_err().kind, ErrorKind::Invalid);
         // By name, as `subnet add --name` gave it.
         assert_eq!(AddrSpec::parse("net:backend").unwrap().subnet(&map).unwrap().id, 3);

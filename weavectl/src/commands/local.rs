@@ -165,7 +165,10 @@ fn print_released(out: &Output, released: &[String]) {
         out.print_json(&serde_json::to_value(released).unwrap_or_default());
         return;
     }
-    crate::out!("{}\n", released.join(" "));
+    // Nothing released prints nothing (not an empty line: `| wc -l` counts it).
+    if !released.is_empty() {
+        crate::out!("{}\n", released.join(" "));
+    }
 }
 
 /// `weavectl status peers`: this host's peers from the agent.
