@@ -94,6 +94,13 @@ fn the_interface_is_cni_ifname_or_the_add_fails_and_a_chain_passes_results_on() 
     ok(&["ip", "-n", &ns, "addr", "del", &weave.to_string(), "dev", "ethwe"]);
     let out = plugin_on(&bin, "CHECK", &netns, "taken", &check, "eth0");
     assert_eq!(json_out(&out)["code"], 100, "a lost address: {}", String::from_utf8_lossy(&out.stdout));
+
+    // The chain's DEL: weave's interface and address go, the other plugin's eth0 stays.
+    ok(&["ip", "-n", &ns, "addr", "add", &weave.to_string(), "dev", "ethwe"]);
+    let out = plugin_on(&bin, "DEL", &netns, "taken", &check, "eth0");
+    assert!(out.status.success(), "chained DEL: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(interfaces(&ns), ["eth0".to_string(), "peer0".into()]);
+    assert!(!bed.allocations().iter().any(|a| a.contains(&format!(" {}/", weave.addr()))), "{:?}", bed.allocations());
 }
 
 #[test]

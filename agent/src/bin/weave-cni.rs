@@ -130,7 +130,12 @@ async fn add(
 async fn del(conf: &NetConf, netns: String, id: &str, ifname: &str) -> Result<(), CniError> {
     // A namespace that is gone is no error: the agent releases by id.
     let passed = (!netns.is_empty()).then(|| open_netns(&netns).ok()).flatten();
-    let mine = conf.prev_addresses_on(ifname);
+    // Weave's interface in the previous result (by its MAC: an `ethwe*` when
+    // chained after another plugin's `CNI_IFNAME`), else what is on `CNI_IFNAME`.
+    let mine = match conf.prev_weave_interface() {
+        Some((_, _, addresses)) => addresses,
+        None => conf.prev_addresses_on(ifname),
+    };
     let request = Request::Detach {
         container: netns,
         netns_fd: passed.is_some(),
