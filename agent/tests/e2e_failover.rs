@@ -199,10 +199,33 @@ fn agents_fail_over_to_the_surviving_coordinator_on_sigkill() {
     }
     bed.wait_ping(0, 1, Duration::from_secs(10));
     bed.wait_ping(0, 2, Duration::from_secs(10));
+    // A host that joined while the cluster had one coordinator (a token of
+    // its address alone) saves the token's list when it joins again with a
+    // token of both, and fails over with the others. Before, it kept the one
+    // address for good, and `agent join` with the new token changed nothing
+    // (found by a review, 2026-12-05).
+    let full = bed.token.clone();
+    let mut one = weave_proto::token::JoinToken::parse(&full).unwrap();
+    let both_addresses = one.coordinator.clone();
+    one.coordinator = both_addresses.split(',').next().unwrap().to_string();
+    assert_ne!(one.coordinator, both_addresses, "the token lists both: {both_addresses}");
+    bed.token = one.to_string();
+    let late = bed.add_host();
+    let saved = |bed: &Bed| {
+        let id: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(bed.hosts[late].data_dir.join("identity.json")).unwrap()).unwrap();
+        id["coordinator"].as_str().unwrap().to_string()
+    };
+    assert_eq!(saved(&bed), one.coordinator);
+    bed.signal_agent(late, nix::sys::signal::Signal::SIGTERM);
+    bed.token = full;
+    bed.start_agent(late, true);
+    bed.wait_status(late);
+    assert_eq!(saved(&bed), both_addresses, "agent join with a token listing both coordinators");
     let (c1_ns, c2_ns_) = (bed.coordinator_ns.clone(), c2_ns.clone());
-    let (w1, w2) = wait_for("all three watches open", Duration::from_secs(30), || {
+    let (w1, w2) = wait_for("all four watches open", Duration::from_secs(30), || {
         let (a, b) = (watchers(&c1_ns)?, watchers(&c2_ns_)?);
-        (a + b == 3).then_some((a, b))
+        (a + b == 4).then_some((a, b))
     });
     status_ok(&bed);
 
@@ -222,7 +245,7 @@ fn agents_fail_over_to_the_surviving_coordinator_on_sigkill() {
     };
     let killed_at = Instant::now();
     wait_for("every agent to watch the survivor", Duration::from_secs(30), || {
-        (watchers(&survivor_ns)? == 3).then_some(())
+        (watchers(&survivor_ns)? == 4).then_some(())
     });
     let took = killed_at.elapsed();
     eprintln!(
@@ -230,7 +253,7 @@ fn agents_fail_over_to_the_surviving_coordinator_on_sigkill() {
         if killed_first { "first" } else { "second" }
     );
     assert!(took < Duration::from_secs(5), "fail-over took {took:?} (watchers before: {w1}/{w2})");
-    for h in 0..3 {
+    for h in 0..4 {
         // The coordinator counts a watch a moment before its agent hears back.
         wait_for(&format!("host {} to have a watch", h + 1), Duration::from_secs(5), || {
             bed.status(h).filter(|s| s.coordinator_connected).map(|_| ())

@@ -120,6 +120,10 @@ fn subnets_stay_apart_whatever_the_workloads_do() {
     });
     never(&x, yip, "routed through a forwarding host after an agent restart");
     never(&x, coordinator, "routed to the coordinator through its host after an agent restart");
+    // Its repair counter is there before the first repair (from 0: else
+    // `increase()` misses the first one).
+    let page = scrape(&host);
+    assert!(page.lines().any(|l| l.starts_with("weave_firewall_repairs_total ")), "{page}");
     // A running agent puts a removed table back by itself (a `flush ruleset`, a firewall reload).
     ok_in(&host, &["nft", "delete", "table", "inet", "weave"]);
     wait_for("the running agent to restore the rules", Duration::from_secs(20), || {
@@ -147,6 +151,11 @@ fn subnets_stay_apart_whatever_the_workloads_do() {
     never(&x, yip, "routed through a forwarding host after the emptied rules were restored");
     std::thread::sleep(Duration::from_secs(11));
     assert_eq!(repairs(), 2.0, "one repair for the emptied table too");
+    // The source guard's table too, whichever puts it back: the 10 s check or
+    // the 30 s reconcile (whose repair went uncounted).
+    ok_in(&host, &["nft", "delete", "table", "bridge", "weave_guard"]);
+    wait_for("the guard table's repair to be counted", Duration::from_secs(35), || (repairs() >= 3.0).then_some(()));
+    assert!(in_ns(&host, &["nft", "list", "table", "bridge", "weave_guard"]).status.success());
 
     // Hide: the host's addresses go, and with them its reach.
     let out = bed.weavectl(0, &["hide"]);

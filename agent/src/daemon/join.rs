@@ -76,6 +76,21 @@ async fn join_locked(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
                 Ok(()) => {}
             }
         }
+        // A token of the same coordinator identity (the pin) listing other
+        // addresses (coordinators added on a shared PostgreSQL, or moved): the
+        // saved list becomes the token's, so the agent can fail over to
+        // them. Before, an agent joined while there was one coordinator kept
+        // only that one's address for good (found by a review, 2026-12-05).
+        (Some(t), Some(mut saved), _) if t.pin.to_string() == saved.pin && t.coordinator != saved.coordinator => {
+            tracing::info!(
+                before = saved.coordinator,
+                now = t.coordinator,
+                "already joined; the token lists other coordinator addresses: saved them, restarting from the \
+                 saved identity"
+            );
+            saved.coordinator = t.coordinator;
+            dir.save_identity(&saved)?;
+        }
         _ => tracing::info!(data_dir = %dir.path().display(), "already joined; restarting from the saved identity"),
     }
     Ok(())

@@ -123,6 +123,31 @@ pub fn describe() {
          SERVFAIL, TCP connections closed (namespace_forwards, namespace_rate, host_rate, agent_forwards, namespace_connections, \
          agent_connections, idle_evicted, accept_error)."
     );
+    // Every counter from 0 at start, as the coordinator's: a series that
+    // appears with its first increment has no rate, so an alert on
+    // `increase(weave_firewall_repairs_total[5m]) > 0` missed the first
+    // repair (found by a review, 2026-12-05).
+    for counter in [
+        "weave_spoofed_packets_dropped_total",
+        "weave_segment_frames_dropped_total",
+        "weave_storm_frames_dropped_total",
+        "weave_reconcile_errors_total",
+        "weave_firewall_repairs_total",
+        "weave_flows_refused_total",
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+    for direction in ["in", "out"] {
+        metrics::counter!("weave_traffic_bytes_total", "direction" => direction).increment(0);
+    }
+    for result in ["answered", "empty", "nxdomain", "forwarded"] {
+        metrics::counter!("weave_dns_queries_total", "result" => result).increment(0);
+    }
+    for proto in ["udp", "tcp"] {
+        for refused in super::dns::limits::Refused::ALL {
+            metrics::counter!("weave_dns_dropped_total", "proto" => proto, "reason" => refused.reason()).increment(0);
+        }
+    }
 }
 
 /// Peers by state, and the oldest live handshake (seconds).

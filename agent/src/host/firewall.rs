@@ -122,6 +122,25 @@ pub async fn guard_ports(netlink: &Netlink) -> Result<usize, Error> {
     Ok(ports.len())
 }
 
+/// [`guard_ports`] for the reconcile's full pass, which puts back a guard
+/// table someone removed or emptied: that counts as a repair, and is logged,
+/// as the 10 s check does (the pass often came first, and the repair went
+/// uncounted; found by a review, 2026-12-05).
+pub async fn reguard_ports(netlink: &Netlink) -> Result<usize, Error> {
+    match nft_with(&["list", "chain", "bridge", GUARD_TABLE, "prerouting"], "").await {
+        Ok(out) if holds_rules(&out) => {}
+        // nft could not be run: no verdict.
+        Err(Error::Io(..)) => {}
+        _ => {
+            tracing::warn!("the source guard table was removed or emptied; putting it back");
+            let guarded = guard_ports(netlink).await?;
+            metrics::counter!("weave_firewall_repairs_total").increment(1);
+            return Ok(guarded);
+        }
+    }
+    guard_ports(netlink).await
+}
+
 /// `--flow-limit` as applied (0: none), for the repairs of [`keep`].
 static FLOW_LIMIT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
@@ -273,6 +292,9 @@ pub async fn keep(
     let mut checks = 0usize;
     // The flow limit's counter as last read (`weave_flows_refused_total`).
     let mut refused_seen = 0u64;
+    // The isolation tables were found gone: counted once they are back (a
+    // scrape that sees the repair sees the rules in place).
+    let mut repairing = false;
     loop {
         let networks = super::routes::lan(own_node);
         let rules = rules(&maps.borrow_and_update(), own_node, &coordinator, &networks);
@@ -299,6 +321,9 @@ pub async fn keep(
                         peers = rules.peers.len(),
                         "isolation rules applied"
                     );
+                    if std::mem::take(&mut repairing) {
+                        metrics::counter!("weave_firewall_repairs_total").increment(1);
+                    }
                     applied = Some(rules);
                 }
                 Err(e) => {
@@ -319,7 +344,7 @@ pub async fn keep(
             let present = |family: &str, name: &str| tables.contains(&format!("{family} {name}"));
             if applied.is_some() && ["inet", "bridge", "arp"].iter().any(|family| !present(family, TABLE)) {
                 tracing::warn!("the isolation tables were removed or emptied; putting them back");
-                metrics::counter!("weave_firewall_repairs_total").increment(1);
+                repairing = true;
                 OPEN.send_replace(BTreeSet::new());
                 applied = None;
             } else if reloaded.elapsed() >= FULL_RELOAD {
@@ -328,17 +353,17 @@ pub async fn keep(
             // The source guard too (a `flush ruleset` takes every table).
             if !present("bridge", GUARD_TABLE) {
                 tracing::warn!("the source guard table was removed or emptied; putting it back");
-                metrics::counter!("weave_firewall_repairs_total").increment(1);
-                if let Err(e) = guard_ports(&netlink).await {
-                    tracing::warn!(error = %e, "holding workload ports to their addresses");
+                match guard_ports(&netlink).await {
+                    Ok(_) => metrics::counter!("weave_firewall_repairs_total").increment(1),
+                    Err(e) => tracing::warn!(error = %e, "holding workload ports to their addresses"),
                 }
             }
             let flow_limit = FLOW_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
             if flow_limit > 0 && !present("inet", FLOW_TABLE) {
                 tracing::warn!("the flow limit's table was removed or emptied; putting it back");
-                metrics::counter!("weave_firewall_repairs_total").increment(1);
-                if let Err(e) = nft(&flow_ruleset(flow_limit)).await {
-                    tracing::warn!(error = %e, "limiting tracked connections per source");
+                match nft(&flow_ruleset(flow_limit)).await {
+                    Ok(()) => metrics::counter!("weave_firewall_repairs_total").increment(1),
+                    Err(e) => tracing::warn!(error = %e, "limiting tracked connections per source"),
                 }
             } else if flow_limit > 0
                 && checks.is_multiple_of(TABLES.len())

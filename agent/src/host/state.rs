@@ -128,6 +128,12 @@ impl StateDir {
         self.save_map(map)
     }
 
+    /// Rewrites the saved identity alone (the coordinator's addresses changed).
+    pub fn save_identity(&self, identity: &Identity) -> Result<(), Error> {
+        let json = serde_json::to_vec_pretty(identity).map_err(|e| Error::State(e.to_string()))?;
+        self.write(IDENTITY, &json)
+    }
+
     /// Forgets the membership (identity and map) and records `why`; the key
     /// stays until `agent reset`.
     pub fn forget_membership(&self, why: &str) -> Result<(), Error> {

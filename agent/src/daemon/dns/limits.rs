@@ -188,6 +188,18 @@ pub enum Refused {
 }
 
 impl Refused {
+    /// Every reason, for counting each from 0 at start.
+    pub const ALL: [Refused; 8] = [
+        Refused::NamespaceForwards,
+        Refused::NamespaceRate,
+        Refused::HostRate,
+        Refused::AgentForwards,
+        Refused::NamespaceConnections,
+        Refused::AgentConnections,
+        Refused::IdleEvicted,
+        Refused::AcceptError,
+    ];
+
     pub fn reason(self) -> &'static str {
         match self {
             Refused::NamespaceForwards => "namespace_forwards",
