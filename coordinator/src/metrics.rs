@@ -38,17 +38,32 @@ impl Probe for CoordinatorProbe {
         s.store.with_map(|map| {
             // IPv4 only, as Weave Net's: one IPv6 subnet (a member may add a
             // /48) would make it 10^24 and every used/max ratio zero.
-            let capacity: f64 = map
-                .subnets
-                .iter()
-                .filter_map(|sn| sn.cidr.parse::<IpNet>().ok())
-                .filter(|net| matches!(net, IpNet::V4(_)))
-                .map(|net| ipam::capacity(&net) as f64)
-                .sum();
+            // Used counts the same subnets as max (IPv6 allocations counted
+            // against IPv4 capacity made the ratio climb with no IPv4 use),
+            // and the fullest subnet's share is there for an alert: the
+            // cluster's ratio hides one small subnet that is full (found by a
+            // review, 2026-12-05).
+            let mut used: std::collections::HashMap<u64, f64> = std::collections::HashMap::new();
+            for a in &map.allocations {
+                *used.entry(a.subnet_id).or_default() += 1.0;
+            }
+            let (mut capacity, mut in_use, mut fullest) = (0.0, 0.0, 0.0_f64);
+            for (sn, net) in map.subnets.iter().filter_map(|sn| Some((sn, sn.cidr.parse::<IpNet>().ok()?))) {
+                if !matches!(net, IpNet::V4(_)) {
+                    continue;
+                }
+                let (max, n) = (ipam::capacity(&net) as f64, used.get(&sn.id).copied().unwrap_or(0.0));
+                capacity += max;
+                in_use += n;
+                if max > 0.0 {
+                    fullest = fullest.max(n / max);
+                }
+            }
             metrics::gauge!("weave_nodes").set(map.nodes.len() as f64);
             metrics::gauge!("weave_subnets").set(map.subnets.len() as f64);
-            metrics::gauge!("weave_ips", "state" => "used").set(map.allocations.len() as f64);
+            metrics::gauge!("weave_ips", "state" => "used").set(in_use);
             metrics::gauge!("weave_max_ips").set(capacity);
+            metrics::gauge!("weave_subnet_fullest_ratio").set(fullest);
             metrics::gauge!("weave_dns_entries").set(map.dns_records.len() as f64);
             metrics::gauge!("weave_map_revision").set(map.revision as f64);
         });
@@ -64,8 +79,12 @@ fn describe() {
     weave_proto::observe::recorder();
     describe_gauge!("weave_nodes", "Nodes (hosts) that joined the cluster.");
     describe_gauge!("weave_subnets", "Subnets defined.");
-    describe_gauge!("weave_ips", "Addresses handed out, by state.");
+    describe_gauge!("weave_ips", "Addresses the IPv4 subnets handed out (state used).");
     describe_gauge!("weave_max_ips", "Addresses the IPv4 subnets can hand out in all.");
+    describe_gauge!(
+        "weave_subnet_fullest_ratio",
+        "Share of its addresses the fullest IPv4 subnet has handed out (1: an attach there is refused)."
+    );
     describe_gauge!("weave_dns_entries", "DNS records in the cluster domain.");
     describe_gauge!("weave_map_revision", "Revision of the network map.");
     describe_gauge!("weave_watchers", "Map watch streams open (agents).");

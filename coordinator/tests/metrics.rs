@@ -5,7 +5,7 @@ mod common;
 
 use common::TestCoordinator;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weave_proto::v1::{AddSubnetRequest, ListNodesRequest};
+use weave_proto::v1::{AddSubnetRequest, AllocateRequest, ListNodesRequest};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -57,6 +57,18 @@ async fn metrics_follow_the_map_and_time_every_rpc() {
         assert_eq!(value(&body, counter), Some(0.0), "{counter}: {body}");
     }
     assert_eq!(value(&body, "weave_ips{state=\"used\"}"), Some(0.0), "{body}");
+    assert_eq!(value(&body, "weave_subnet_fullest_ratio"), Some(0.0), "{body}");
+    // Used counts what max counts (IPv4), and the fullest subnet shows: a
+    // /30 full beside the rest empty, and an IPv6 address that counts in neither.
+    admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.2.9.0/30".into(), name: "tiny".into() }).await.unwrap();
+    for (container, subnet) in [("t1", "tiny"), ("t2", "tiny"), ("v6", "fd01::/64")] {
+        let r = AllocateRequest { container: container.into(), subnet: subnet.into(), ..Default::default() };
+        node.ipam.allocate(r).await.unwrap();
+    }
+    let (_, body) = get(addr, "/metrics").await;
+    assert_eq!(value(&body, "weave_ips{state=\"used\"}"), Some(2.0), "{body}");
+    assert_eq!(value(&body, "weave_max_ips"), Some(65_534.0 + 254.0 + 2.0), "{body}");
+    assert_eq!(value(&body, "weave_subnet_fullest_ratio"), Some(1.0), "{body}");
     assert!(value(&body, "weave_joins_total{result=\"new\"}").is_some_and(|v| v >= 3.0), "{body}");
     // No re-join happened: its series is there all the same, from 0.
     assert!(value(&body, "weave_joins_total{result=\"rejoin\"}").is_some(), "{body}");
