@@ -105,6 +105,11 @@ pub struct PeerStatus {
     pub endpoint: Option<std::net::SocketAddr>,
     /// Seconds since the last completed handshake; `None` before the first.
     pub handshake_age_secs: Option<f64>,
+    /// A handshake is under way (sent, not yet answered): traffic is waiting
+    /// for the peer. Without one and without a recent handshake the tunnel
+    /// is idle (no keepalives unless behind NAT), not down.
+    #[serde(default)]
+    pub handshake_in_progress: bool,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
     /// Decrypted packets dropped because their inner source was not the peer's address.

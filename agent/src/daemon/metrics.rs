@@ -4,7 +4,9 @@
 //!
 //! Read at scrape time (nothing to keep current between scrapes): peers and
 //! `weave_connections{state}` (Weave Net's name: established = a handshake in
-//! the last 180 s), the oldest handshake, traffic in and out summed over
+//! the last 180 s; connecting = a handshake under way, unanswered so far;
+//! idle = neither: nothing was sent lately, and without keepalives a tunnel
+//! says nothing about its peer then), the oldest handshake, traffic in and out summed over
 //! peers, local workload addresses (`weave_ips{state="local"}`), DNS entries,
 //! the map revision and whether the watch is open. Kept where they happen:
 //! reconcile duration and errors (`control.rs`), firewall repairs
@@ -69,7 +71,11 @@ pub fn describe() {
     // Descriptions go to the installed recorder: install it first.
     weave_proto::observe::recorder();
     describe_gauge!("weave_peers", "Peers (other nodes) this agent has a tunnel to.");
-    describe_gauge!("weave_connections", "Peers by state: established (handshake within 180 s) or connecting.");
+    describe_gauge!(
+        "weave_connections",
+        "Peers by state: established (handshake within 180 s), connecting (a handshake sent and not yet \
+         answered) or idle (neither: nothing sent to it lately)."
+    );
     describe_gauge!("weave_handshake_age_max_seconds", Unit::Seconds, "Age of the oldest live handshake.");
     describe_counter!("weave_traffic_bytes_total", Unit::Bytes, "Bytes through the tunnels, by direction.");
     describe_counter!(
@@ -150,12 +156,17 @@ pub fn describe() {
     }
 }
 
-/// Peers by state, and the oldest live handshake (seconds).
-fn connections(peers: &[PeerStatus]) -> (usize, usize, f64) {
-    let live: Vec<f64> =
-        peers.iter().filter_map(|p| p.handshake_age_secs).filter(|age| *age < ESTABLISHED_SECS).collect();
-    let oldest = live.iter().copied().fold(0.0, f64::max);
-    (live.len(), peers.len() - live.len(), oldest)
+/// Peers by state (established, connecting, idle), and the oldest live
+/// handshake (seconds). An idle tunnel is no alarm: hosts not behind NAT
+/// send no keepalives, so a tunnel nothing crossed lately has no session,
+/// and counting it "connecting" made an alert on a dead peer fire for every
+/// quiet one (found by a review, 2026-12-05).
+fn connections(peers: &[PeerStatus]) -> (usize, usize, usize, f64) {
+    let live = |p: &PeerStatus| p.handshake_age_secs.is_some_and(|age| age < ESTABLISHED_SECS);
+    let established = peers.iter().filter(|p| live(p)).count();
+    let connecting = peers.iter().filter(|p| !live(p) && p.handshake_in_progress).count();
+    let oldest = peers.iter().filter(|p| live(p)).filter_map(|p| p.handshake_age_secs).fold(0.0, f64::max);
+    (established, connecting, peers.len() - established - connecting, oldest)
 }
 
 /// How much each counter grew since `seen` (a peer whose counters went
@@ -200,10 +211,11 @@ impl Probe for AgentProbe {
 
     fn refresh(&self) -> ProbeFuture<'_, ()> {
         let peers = self.transport.status();
-        let (established, connecting, oldest) = connections(&peers);
+        let (established, connecting, idle, oldest) = connections(&peers);
         metrics::gauge!("weave_peers").set(peers.len() as f64);
         metrics::gauge!("weave_connections", "state" => "established").set(established as f64);
         metrics::gauge!("weave_connections", "state" => "connecting").set(connecting as f64);
+        metrics::gauge!("weave_connections", "state" => "idle").set(idle as f64);
         metrics::gauge!("weave_handshake_age_max_seconds").set(oldest);
         let grown = growth(&mut self.seen.lock().unwrap_or_else(|p| p.into_inner()), &peers);
         metrics::counter!("weave_traffic_bytes_total", "direction" => "out").increment(grown.tx);
@@ -240,6 +252,7 @@ mod tests {
             address: Ipv4Addr::new(10, 47, 0, id as u8),
             endpoint: None,
             handshake_age_secs: age,
+            handshake_in_progress: false,
             tx_bytes: tx,
             rx_bytes: rx,
             dropped_spoofed: 0,
@@ -250,10 +263,19 @@ mod tests {
 
     #[test]
     fn peers_are_established_only_with_a_recent_handshake() {
-        let peers =
-            [peer(1, Some(3.0), 0, 0), peer(2, Some(500.0), 0, 0), peer(3, None, 0, 0), peer(4, Some(90.0), 0, 0)];
-        assert_eq!(connections(&peers), (2, 2, 90.0));
-        assert_eq!(connections(&[]), (0, 0, 0.0));
+        let mut peers = vec![
+            peer(1, Some(3.0), 0, 0),
+            peer(2, Some(500.0), 0, 0),
+            peer(3, None, 0, 0),
+            peer(4, Some(90.0), 0, 0),
+            peer(5, None, 0, 0),
+            peer(6, Some(400.0), 0, 0),
+        ];
+        // Trying to reach 5 and 6 (a handshake sent, not answered): connecting; 2 and 3 idle.
+        peers[4].handshake_in_progress = true;
+        peers[5].handshake_in_progress = true;
+        assert_eq!(connections(&peers), (2, 2, 2, 90.0));
+        assert_eq!(connections(&[]), (0, 0, 0, 0.0));
     }
 
     #[test]

@@ -411,6 +411,7 @@ mod tests {
                 address: "10.47.0.2".parse().unwrap(),
                 endpoint: Some("192.0.2.12:6784".parse().unwrap()),
                 handshake_age_secs: Some(3.0),
+                handshake_in_progress: false,
                 tx_bytes: 10,
                 rx_bytes: 20,
                 dropped_spoofed: 0,

@@ -184,7 +184,13 @@ pub(crate) async fn peers(socket: &Path, out: &Output) -> Outcome {
     }
     let mut table = Table::new(&["PEER", "ADDRESS", "ENDPOINT", "HANDSHAKE", "TX", "RX"]);
     for p in &status.peers {
-        let age = p.handshake_age_secs.map(|a| format!("{a:.0}s ago")).unwrap_or_else(|| "never".into());
+        let age = match (p.handshake_age_secs, p.handshake_in_progress) {
+            (Some(a), _) if a < 180.0 => format!("{a:.0}s ago"),
+            (_, true) => "connecting".into(),
+            // Idle: no keepalives unless behind NAT, so no session: not down.
+            (Some(a), false) => format!("{a:.0}s ago (idle)"),
+            (None, false) => "never (idle)".into(),
+        };
         let endpoint = p.endpoint.map_or_else(|| "-".to_string(), |e| e.to_string());
         table.row(vec![
             p.name.clone(),

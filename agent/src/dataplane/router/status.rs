@@ -8,13 +8,16 @@ impl Router {
         let table = self.table();
         let mut out: Vec<PeerStatus> = (table.by_index.values())
             .map(|p| {
-                let (age, tx, rx, _, _) = lock(&p.tunn).stats();
+                let tunn = lock(&p.tunn);
+                let ((age, tx, rx, _, _), handshaking) = (tunn.stats(), tunn.handshake_in_progress());
+                drop(tunn);
                 PeerStatus {
                     node_id: p.config.node_id,
                     name: p.config.name.clone(),
                     address: p.config.address,
                     endpoint: p.endpoint(),
                     handshake_age_secs: age.map(|d| d.as_secs_f64()),
+                    handshake_in_progress: handshaking,
                     tx_bytes: tx as u64,
                     rx_bytes: rx as u64,
                     dropped_spoofed: p.dropped_spoofed.load(Ordering::Relaxed),

@@ -628,6 +628,12 @@ impl Tunn {
         }
     }
 
+    /// Whether a handshake is under way (an initiation sent and not yet
+    /// answered, or one received and being answered): weave's "connecting".
+    pub fn handshake_in_progress(&self) -> bool {
+        self.handshake.is_in_progress()
+    }
+
     /// Return stats from the tunnel:
     /// * Time since last handshake in seconds
     /// * Data bytes sent

@@ -1,0 +1,53 @@
+//! `weave_connections{state}` and `weavectl status peers` tell an idle tunnel
+//! from one whose peer does not answer. Hosts not behind NAT send no
+//! keepalives, so a tunnel nothing crossed lately has no session; it was
+//! counted "connecting", and an alert on `connecting > 0` fired for every
+//! quiet cluster while a dead peer looked the same (found by a review,
+//! 2026-12-05). Now: established (a handshake within 180 s), connecting (a
+//! handshake sent and not answered), idle (neither: `metrics.rs`'s unit
+//! test; a bed's tunnels shake hands at once, and go idle only after 180 s).
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nix::{sys::signal::Signal, unistd::Pid};
+
+fn gauge(host: &str, state: &str) -> Option<f64> {
+    let page = scrape(host);
+    let prefix = format!("weave_connections{{state=\"{state}\"}} ");
+    page.lines().find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn an_unanswered_peer_is_connecting_and_an_answering_one_established() {
+    let mut bed = Bed::with_hosts(3);
+    let host = bed.hosts[0].ns.clone();
+    let stopped = bed.status(2).expect("host 3 answers").address;
+    // Host 3's agent stopped (SIGSTOP), host 1's restarted: its new tunnels
+    // shake hands with host 2, and with host 3 in vain.
+    let pid = Pid::from_raw(bed.hosts[2].agent.as_ref().unwrap().id() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGSTOP).unwrap();
+    bed.signal_agent(0, Signal::SIGTERM);
+    bed.start_agent(0, false);
+    bed.wait_status(0);
+    let ping = |bed: &Bed| in_ns(&bed.hosts[0].ns, &["ping", "-c", "2", "-W", "1", &stopped.to_string()]);
+    assert!(!ping(&bed).status.success(), "a stopped agent answered");
+    let peer_2 = bed.status(1).unwrap().address.to_string();
+    in_ns(&host, &["ping", "-c", "1", "-W", "2", &peer_2]);
+    wait_for("host 1 to count host 3 connecting and host 2 established", Duration::from_secs(10), || {
+        let states = (gauge(&host, "established"), gauge(&host, "connecting"), gauge(&host, "idle"));
+        (states == (Some(1.0), Some(1.0), Some(0.0))).then_some(())
+    });
+    let out = bed.weavectl(0, &["status", "peers"]);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(table.lines().any(|l| l.starts_with("h3") && l.contains("connecting")), "{table}");
+
+    // Back: the handshake completes, established.
+    nix::sys::signal::kill(pid, Signal::SIGCONT).unwrap();
+    wait_for("host 3 to answer again", Duration::from_secs(20), || ping(&bed).status.success().then_some(()));
+    wait_for("host 1 to count both established", Duration::from_secs(10), || {
+        (gauge(&host, "established") == Some(2.0) && gauge(&host, "connecting") == Some(0.0)).then_some(())
+    });
+}
