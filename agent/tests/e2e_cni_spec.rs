@@ -136,4 +136,16 @@ fn older_configuration_versions_get_results_in_their_form() {
     let out = plugin(&bin, "ADD", &format!("/run/netns/{ns}"), &ns, &conf, None);
     assert_eq!(json_out(&out)["code"], 1, "{}", String::from_utf8_lossy(&out.stdout));
     assert!(bed.allocations().iter().all(|a| !a.contains("cni:")), "{:?}", bed.allocations());
+
+    // A container id no allocation can have: ADD refused, and the DEL after
+    // it succeeds (the spec's DEL of what is not there), namespace gone or not.
+    let conf = json!({"cniVersion": "1.0.0", "name": "weave", "type": "weave-cni", "socket": socket});
+    let ns = bed.add_container("badid");
+    let netns = format!("/run/netns/{ns}");
+    let out = plugin(&bin, "ADD", &netns, "bad id", &conf, None);
+    assert_eq!(json_out(&out)["code"], 101, "{}", String::from_utf8_lossy(&out.stdout));
+    for netns in [netns.as_str(), "/run/netns/gone-for-good"] {
+        let out = plugin(&bin, "DEL", netns, "bad id", &conf, None);
+        assert!(out.status.success(), "DEL of a refused id: {}", String::from_utf8_lossy(&out.stdout));
+    }
 }

@@ -222,6 +222,16 @@ fn agents_fail_over_to_the_surviving_coordinator_on_sigkill() {
     bed.start_agent(late, true);
     bed.wait_status(late);
     assert_eq!(saved(&bed), both_addresses, "agent join with a token listing both coordinators");
+    // A token of the same coordinator at an address where it does not answer
+    // (a typo, a stale token) changes nothing.
+    let mut elsewhere = weave_proto::token::JoinToken::parse(&bed.token).unwrap();
+    elsewhere.coordinator = "192.0.2.99:6783".into();
+    let full = std::mem::replace(&mut bed.token, elsewhere.to_string());
+    bed.signal_agent(late, nix::sys::signal::Signal::SIGTERM);
+    bed.start_agent(late, true);
+    bed.wait_status(late);
+    bed.token = full;
+    assert_eq!(saved(&bed), both_addresses, "a token whose addresses do not answer");
     let (c1_ns, c2_ns_) = (bed.coordinator_ns.clone(), c2_ns.clone());
     let (w1, w2) = wait_for("all four watches open", Duration::from_secs(30), || {
         let (a, b) = (watchers(&c1_ns)?, watchers(&c2_ns_)?);

@@ -661,7 +661,9 @@ async fn dns_records_are_owned_by_containers_or_external() {
         Code::AlreadyExists,
         "already resolves to 192.0.2.77",
     );
-    admin.dns.remove_records(RemoveRecordsRequest { name: "mapped".into(), address: String::new() }).await.unwrap();
+    // And removed by the same form.
+    let req = RemoveRecordsRequest { name: "mapped".into(), address: "::ffff:192.0.2.77".into() };
+    assert_eq!(admin.dns.remove_records(req).await.unwrap().into_inner().removed, 1);
     assert_status(
         admin.dns.add_record(AddRecordRequest { name: "a..b".into(), address: "192.0.2.1".into() }).await,
         Code::InvalidArgument,
@@ -863,4 +865,32 @@ async fn an_observed_endpoint_inside_the_overlay_is_not_kept() {
         let node = store.update_endpoints(host1.id, &eps, Some(seen)).await.unwrap();
         assert_eq!(node.observed_endpoint, kept, "seen at {seen}");
     }
+}
+
+/// A subnet named `Default` before names were one whatever their case (only
+/// `default` itself was refused then) keeps its name: `Default` finds it, not
+/// the default subnet (which put its containers on the shared segment; found
+/// by a review, 2026-12-05); `default` is still the default subnet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subnet_named_default_in_another_case_before_keeps_its_name() {
+    use sqlx::Connection as _;
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.33.0.0/24".into(), name: "legacy".into() }).await.unwrap();
+    let rename = "UPDATE subnets SET name = 'Default' WHERE name = 'legacy'";
+    match common::store_at(&c.data_dir().join("coordinator.db")) {
+        weave_coordinator::store::Location::Sqlite(path) => {
+            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+            sqlx::query(rename).execute(&mut conn).await.unwrap();
+        }
+        weave_coordinator::store::Location::Postgres(url) => {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query(rename).execute(&mut conn).await.unwrap();
+        }
+    }
+    let (_, mut node) = c.join("host1", 1).await;
+    let legacy = node.ipam.allocate(alloc("c1", "Default")).await.unwrap().into_inner();
+    assert_eq!(legacy.subnet, "10.33.0.0/24", "{legacy:?}");
+    let default = node.ipam.allocate(alloc("c2", "default")).await.unwrap().into_inner();
+    assert!(default.subnet.starts_with("10.32."), "{default:?}");
 }

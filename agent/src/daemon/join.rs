@@ -81,15 +81,36 @@ async fn join_locked(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
         // saved list becomes the token's, so the agent can fail over to
         // them. Before, an agent joined while there was one coordinator kept
         // only that one's address for good (found by a review, 2026-12-05).
+        // Only once this coordinator (its pinned identity) answers at one of
+        // them, and the saved addresses stay after the token's: a stale or
+        // mistyped token left in a unit's environment must not cut the agent off.
         (Some(t), Some(mut saved), _) if t.pin.to_string() == saved.pin && t.coordinator != saved.coordinator => {
-            tracing::info!(
-                before = saved.coordinator,
-                now = t.coordinator,
-                "already joined; the token lists other coordinator addresses: saved them, restarting from the \
-                 saved identity"
-            );
-            saved.coordinator = t.coordinator;
-            dir.save_identity(&saved)?;
+            match connect(&t.coordinator, t.pin).await {
+                Ok(_) => {
+                    let mut list: Vec<&str> = Vec::new();
+                    for a in t.coordinator.split(',').chain(saved.coordinator.split(',')).map(str::trim) {
+                        if !a.is_empty() && !list.contains(&a) {
+                            list.push(a);
+                        }
+                    }
+                    let merged = list.join(",");
+                    tracing::info!(
+                        before = saved.coordinator,
+                        now = merged,
+                        "already joined; the token lists other coordinator addresses: saved them, restarting from \
+                         the saved identity"
+                    );
+                    if merged != saved.coordinator {
+                        saved.coordinator = merged;
+                        dir.save_identity(&saved)?;
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    error = %e, token = t.coordinator,
+                    "already joined; the token lists other coordinator addresses, but the coordinator does not \
+                     answer there: keeping the saved ones"
+                ),
+            }
         }
         _ => tracing::info!(data_dir = %dir.path().display(), "already joined; restarting from the saved identity"),
     }

@@ -119,14 +119,23 @@ pub async fn guard_ports(netlink: &Netlink) -> Result<usize, Error> {
     let ports = netlink.pinned_ports().await?;
     let limit = BROADCAST_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
     nft(&guard_ruleset(&ports, limit)).await?;
+    GUARDED.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(ports.len())
 }
+
+/// This process has put the guard table in: one missing since was removed.
+static GUARDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// [`guard_ports`] for the reconcile's full pass, which puts back a guard
 /// table someone removed or emptied: that counts as a repair, and is logged,
 /// as the 10 s check does (the pass often came first, and the repair went
 /// uncounted; found by a review, 2026-12-05).
 pub async fn reguard_ports(netlink: &Netlink) -> Result<usize, Error> {
+    // Not this process's table yet (its first pass, after a reboot's empty
+    // ruleset): making it is no repair.
+    if !GUARDED.load(std::sync::atomic::Ordering::Relaxed) {
+        return guard_ports(netlink).await;
+    }
     match nft_with(&["list", "chain", "bridge", GUARD_TABLE, "prerouting"], "").await {
         Ok(out) if holds_rules(&out) => {}
         // nft could not be run: no verdict.

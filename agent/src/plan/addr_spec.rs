@@ -81,5 +81,14 @@ mod tests {
         assert_eq!(AddrSpec::parse("net:backend").unwrap().subnet(&map).unwrap().id, 3);
         let e = AddrSpec::parse("net:frontend").unwrap().subnet(&map).unwrap_err();
         assert!(e.kind == ErrorKind::NotFound && e.message.contains("no subnet is named frontend"), "{e}");
+        // In any case, the exact spelling first: a subnet named `Default`
+        // before names were one whatever their case keeps its name.
+        assert_eq!(AddrSpec::parse("net:BACKEND").unwrap().subnet(&map).unwrap().id, 3);
+        let mut map = map;
+        map.subnets[0].name = "default".into();
+        map.subnets[1].name = "Default".into();
+        assert_eq!(AddrSpec::parse("net:Default").unwrap().subnet(&map).unwrap().id, 2);
+        assert_eq!(AddrSpec::parse("net:default").unwrap().subnet(&map).unwrap().id, 1);
+        assert_eq!(AddrSpec::parse("net:DEFAULT").unwrap().subnet(&map).unwrap().id, 1);
     }
 }

@@ -137,10 +137,11 @@ impl NetConf {
         out["cniVersion"] = json!(self.cni_version);
         // Before 1.0.0 each address says its family.
         if self.cni_version.starts_with("0.") {
-            for ip in out["ips"].as_array_mut().into_iter().flatten() {
-                if ip.get("version").is_none() {
-                    let v6 = ip["address"].as_str().is_some_and(|a| a.contains(':'));
-                    ip["version"] = json!(if v6 { "6" } else { "4" });
+            // (Entries of the previous result that are not objects stay as they are.)
+            for ip in out["ips"].as_array_mut().into_iter().flatten().filter_map(Value::as_object_mut) {
+                if !ip.contains_key("version") {
+                    let v6 = ip.get("address").and_then(Value::as_str).is_some_and(|a| a.contains(':'));
+                    ip.insert("version".into(), json!(if v6 { "6" } else { "4" }));
                 }
             }
         }
@@ -368,6 +369,17 @@ mod tests {
         assert_eq!((r["cniVersion"].as_str(), r["ips"][0]["version"].as_str()), (Some("0.4.0"), Some("4")));
         assert_eq!(r["ips"][0]["interface"], 0);
         assert_eq!(r["dns"]["nameservers"][0], NAMESERVER);
+        // A previous result of the wrong shape is passed on, not a panic (after the agent attached).
+        for prev in [r#"{"ips":["192.168.50.2/24", 7, null]}"#, r#"{"ips":{"a":1},"interfaces":"x"}"#, "[1]"] {
+            let r = conf_with_prev("0.4.0", prev).add_result(
+                "/x",
+                "eth0",
+                "0a:58:0a:20:00:07",
+                &["10.32.0.7/16".into()],
+                true,
+            );
+            assert!(r["ips"].as_array().unwrap().iter().any(|i| i["address"] == "10.32.0.7/16"), "{prev}: {r}");
+        }
     }
 
     #[test]

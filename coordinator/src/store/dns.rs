@@ -216,7 +216,8 @@ impl Store {
 
     /// Removes the records of `name` (only the one for `address`, if given).
     pub async fn remove_records(&self, caller: &Caller, name: &str, address: Option<&str>) -> Result<u32> {
-        let address = address.map(rows::parse_ip).transpose()?.map(|a| a.to_string());
+        // Canonical, as add_record stores it (an IPv4-mapped address is its IPv4 address).
+        let address = address.map(rows::parse_ip).transpose()?.map(|a| a.to_canonical().to_string());
         let mut tx = self.begin().await?;
         let fqdn = qualify_name(name, &domain(&mut tx).await?)?;
         let node_id = match caller {

@@ -131,7 +131,10 @@ pub(super) async fn resolve_node(c: &mut Conn, sel: &str) -> Result<v1::Node> {
 pub(super) async fn resolve_subnet(c: &mut Conn, sel: &str) -> Result<SubnetRow> {
     let sel = sel.trim();
     let sel = sel.strip_prefix("net:").unwrap_or(sel);
-    let row = if sel.is_empty() || sel.eq_ignore_ascii_case("default") {
+    // "default" exactly; a case variant ("Default") is a name first: a
+    // subnet named so before names were one whatever their case keeps it,
+    // and else the lookup below finds the default subnet, named "default".
+    let row = if sel.is_empty() || sel == "default" {
         db::query(sqlx::AssertSqlSafe(format!("SELECT {SUBNET_COLUMNS} FROM subnets WHERE is_default")))
             .fetch_optional(&mut *c)
             .await?

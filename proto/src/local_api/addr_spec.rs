@@ -36,7 +36,7 @@ impl std::fmt::Display for AddrSpec {
 impl AddrSpec {
     pub fn parse(s: &str) -> Result<Self, Refusal> {
         if let Some(net) = s.strip_prefix("net:") {
-            if net.eq_ignore_ascii_case("default") {
+            if net == "default" {
                 return Ok(Self::Default);
             }
             let cidr = match parse_net(net) {

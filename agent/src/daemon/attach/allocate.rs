@@ -224,6 +224,12 @@ impl Attacher {
             // Nothing held under that key: already released (a repeated
             // detach or CNI DEL), which is what was asked.
             Err(s) if s.code() == tonic::Code::NotFound => Ok(Vec::new()),
+            // A key no allocation can have (a CNI id the coordinator refuses
+            // to allocate for): nothing held either, so a DEL after the
+            // refused ADD succeeds, as the spec asks.
+            Err(s) if s.code() == tonic::Code::InvalidArgument && s.message().contains("is not a container id") => {
+                Ok(Vec::new())
+            }
             Err(s) => Err(Refusal::status(&s)),
         }
     }
