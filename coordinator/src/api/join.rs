@@ -14,15 +14,20 @@ use crate::{
 
 pub struct Join(pub Shared);
 
-/// A host name: what DNS allows in one label, so nodes can be named in records later.
-fn check_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
+/// What node names were before 2026-12-05 (a node of such a name re-joins under it).
+fn legacy_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 63
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && name.parse::<i64>().is_err()
+}
+
+/// A host name: what DNS allows in one label, so nodes can be named in records later.
+fn check_name(name: &str) -> Result<(), Error> {
+    let ok = legacy_name(name)
         // Host-name labels: none empty, none starting or ending with '-' (a
         // name like "-n" would read as a flag to `weavectl node rm`).
-        && name.split('.').all(|l| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-'))
-        && name.parse::<i64>().is_err();
+        && name.split('.').all(|l| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-'));
     if ok {
         Ok(())
     } else {
@@ -152,7 +157,13 @@ impl Join {
         // Until its answer: a join may wait on the store past --authenticate-within.
         let busy = self.0.connections.busy(local, from);
         let name = r.name.trim().to_string();
-        check_name(&name)?;
+        // A node named before the rules were tightened re-joins under its
+        // name (after `--new-identity`, or a lost identity): the name is its.
+        if let Err(e) = check_name(&name)
+            && !(legacy_name(&name) && self.0.store.node(&name).await.is_ok_and(|n| n.name == name))
+        {
+            return Err(e.into());
+        }
         let key = WgPublicKey::from_bytes(&r.public_key).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         check_key(&key)?;
         let endpoints = check_endpoints(&r.endpoints)?;
