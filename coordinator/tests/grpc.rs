@@ -470,6 +470,10 @@ async fn subnets_refuse_overlaps_bad_cidrs_and_the_node_block() {
     let (_, mut node) = c.join("host1", 1).await;
     let typo = node.ipam.allocate(alloc("cx", "BACKEND")).await.unwrap().into_inner();
     assert_eq!(typo.subnet, "10.2.3.0/24", "{typo:?}");
+    // Case only in ASCII: the Kelvin sign is no 'k' (PostgreSQL's lower() made it one).
+    assert_status(node.ipam.allocate(alloc("cz", "bac\u{212a}end")).await, Code::NotFound, "not defined");
+    let req = ListAllocationsRequest { node: "HOST\u{212a}1".into(), ..Default::default() };
+    assert_status(admin.ipam.list_allocations(req).await, Code::NotFound, "no node");
     assert!(node.ipam.allocate(alloc("cy", "Default")).await.unwrap().into_inner().subnet.starts_with("10.32."));
     // A node is found by its name in any case too, as join refuses 'HOST1' beside it.
     let req = ReleaseRequest { container: "cx".into(), node: "HOST1".into(), ..Default::default() };

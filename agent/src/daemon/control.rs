@@ -282,7 +282,7 @@ pub async fn reconcile_loop(
         // The source guard from the ports there now: ports that went leave
         // it, and a guard table someone removed comes back.
         if full {
-            match crate::host::firewall::reguard_ports(&netlink).await {
+            match crate::host::firewall::guard_ports(&netlink).await {
                 // Guarded: a port an unfinished attach left down may come up.
                 Ok(_) => match netlink.raise_recorded_ports().await {
                     Ok(raised) if !raised.is_empty() => tracing::info!(ports = ?raised, "workload ports set up"),

@@ -6,7 +6,7 @@ use std::{
 };
 
 use weave_proto::{
-    client::{Api, connect},
+    client::{Api, addresses, connect, connect_within},
     token::JoinToken,
     v1::{ChallengeRequest, GetMapRequest, JoinRequest, NetworkMap},
 };
@@ -81,35 +81,45 @@ async fn join_locked(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
         // saved list becomes the token's, so the agent can fail over to
         // them. Before, an agent joined while there was one coordinator kept
         // only that one's address for good (found by a review, 2026-12-05).
-        // Only once this coordinator (its pinned identity) answers at one of
-        // them, and the saved addresses stay after the token's: a stale or
-        // mistyped token left in a unit's environment must not cut the agent off.
-        (Some(t), Some(mut saved), _) if t.pin.to_string() == saved.pin && t.coordinator != saved.coordinator => {
-            match connect(&t.coordinator, t.pin).await {
-                Ok(_) => {
-                    let mut list: Vec<&str> = Vec::new();
-                    for a in t.coordinator.split(',').chain(saved.coordinator.split(',')).map(str::trim) {
-                        if !a.is_empty() && !list.contains(&a) {
-                            list.push(a);
-                        }
-                    }
-                    let merged = list.join(",");
-                    tracing::info!(
-                        before = saved.coordinator,
-                        now = merged,
-                        "already joined; the token lists other coordinator addresses: saved them, restarting from \
-                         the saved identity"
-                    );
-                    if merged != saved.coordinator {
-                        saved.coordinator = merged;
-                        dir.save_identity(&saved)?;
-                    }
-                }
-                Err(e) => tracing::warn!(
-                    error = %e, token = t.coordinator,
+        // Token addresses the saved list lacks, each only once this
+        // coordinator (its pinned identity) answers there (probed together,
+        // 2 s each: an agent start waits for it), after the saved ones kept:
+        // a stale or mistyped token left in a unit's environment must neither
+        // cut the agent off nor slow every start (found by a review, 2026-12-05).
+        (Some(t), Some(mut saved), _) if t.pin.to_string() == saved.pin => {
+            let known = addresses(&saved.coordinator);
+            let new: Vec<String> =
+                addresses(&t.coordinator).into_iter().filter(|a| !known.contains(a)).map(str::to_string).collect();
+            let mut probes = tokio::task::JoinSet::new();
+            for address in new.clone() {
+                let pin = t.pin;
+                probes.spawn(async move {
+                    let answered = connect_within(&address, pin, Duration::from_secs(2)).await.is_ok();
+                    (address, answered)
+                });
+            }
+            let answered: Vec<String> =
+                probes.join_all().await.into_iter().filter(|(_, ok)| *ok).map(|(a, _)| a).collect();
+            // In the token's order, after the saved ones.
+            let added: Vec<&String> = new.iter().filter(|a| answered.contains(a)).collect();
+            if !added.is_empty() {
+                let mut list: Vec<&str> = known.clone();
+                list.extend(added.iter().map(|a| a.as_str()));
+                saved.coordinator = list.join(",");
+                tracing::info!(
+                    now = saved.coordinator,
+                    "already joined; the token lists other coordinator addresses: saved those that answered, \
+                     restarting from the saved identity"
+                );
+                dir.save_identity(&saved)?;
+            } else if !new.is_empty() {
+                tracing::warn!(
+                    token = t.coordinator,
                     "already joined; the token lists other coordinator addresses, but the coordinator does not \
                      answer there: keeping the saved ones"
-                ),
+                );
+            } else {
+                tracing::info!(data_dir = %dir.path().display(), "already joined; restarting from the saved identity");
             }
         }
         _ => tracing::info!(data_dir = %dir.path().display(), "already joined; restarting from the saved identity"),

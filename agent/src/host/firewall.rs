@@ -116,39 +116,29 @@ pub async fn set_broadcast_limit(per_second: u32) {
 /// someone removed). Returns how many ports are guarded.
 pub async fn guard_ports(netlink: &Netlink) -> Result<usize, Error> {
     let _one = GUARD.lock().await;
+    // Once this process has put the table in, one missing or emptied was
+    // removed by someone: counted and logged here, whoever puts it back (the
+    // 10 s check, the reconcile, an attach, the Docker driver; found by a review, 2026-12-05).
+    let removed = GUARDED.load(std::sync::atomic::Ordering::Relaxed)
+        && match nft_with(&["list", "chain", "bridge", GUARD_TABLE, "prerouting"], "").await {
+            Ok(out) => !holds_rules(&out),
+            // nft could not be run: no verdict.
+            Err(Error::Io(..)) => false,
+            Err(_) => true,
+        };
     let ports = netlink.pinned_ports().await?;
     let limit = BROADCAST_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
     nft(&guard_ruleset(&ports, limit)).await?;
     GUARDED.store(true, std::sync::atomic::Ordering::Relaxed);
+    if removed {
+        tracing::warn!("the source guard table was removed or emptied; put it back");
+        metrics::counter!("weave_firewall_repairs_total").increment(1);
+    }
     Ok(ports.len())
 }
 
 /// This process has put the guard table in: one missing since was removed.
 static GUARDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// [`guard_ports`] for the reconcile's full pass, which puts back a guard
-/// table someone removed or emptied: that counts as a repair, and is logged,
-/// as the 10 s check does (the pass often came first, and the repair went
-/// uncounted; found by a review, 2026-12-05).
-pub async fn reguard_ports(netlink: &Netlink) -> Result<usize, Error> {
-    // Not this process's table yet (its first pass, after a reboot's empty
-    // ruleset): making it is no repair.
-    if !GUARDED.load(std::sync::atomic::Ordering::Relaxed) {
-        return guard_ports(netlink).await;
-    }
-    match nft_with(&["list", "chain", "bridge", GUARD_TABLE, "prerouting"], "").await {
-        Ok(out) if holds_rules(&out) => {}
-        // nft could not be run: no verdict.
-        Err(Error::Io(..)) => {}
-        _ => {
-            tracing::warn!("the source guard table was removed or emptied; putting it back");
-            let guarded = guard_ports(netlink).await?;
-            metrics::counter!("weave_firewall_repairs_total").increment(1);
-            return Ok(guarded);
-        }
-    }
-    guard_ports(netlink).await
-}
 
 /// `--flow-limit` as applied (0: none), for the repairs of [`keep`].
 static FLOW_LIMIT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -360,12 +350,11 @@ pub async fn keep(
                 applied = None;
             }
             // The source guard too (a `flush ruleset` takes every table).
-            if !present("bridge", GUARD_TABLE) {
-                tracing::warn!("the source guard table was removed or emptied; putting it back");
-                match guard_ports(&netlink).await {
-                    Ok(_) => metrics::counter!("weave_firewall_repairs_total").increment(1),
-                    Err(e) => tracing::warn!(error = %e, "holding workload ports to their addresses"),
-                }
+            // (`guard_ports` counts and logs the repair.)
+            if !present("bridge", GUARD_TABLE)
+                && let Err(e) = guard_ports(&netlink).await
+            {
+                tracing::warn!(error = %e, "holding workload ports to their addresses");
             }
             let flow_limit = FLOW_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
             if flow_limit > 0 && !present("inet", FLOW_TABLE) {

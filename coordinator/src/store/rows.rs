@@ -110,6 +110,9 @@ pub(super) async fn resolve_node(c: &mut Conn, sel: &str) -> Result<v1::Node> {
                 .fetch_optional(&mut *c)
                 .await?
         }
+        // No name is other than ASCII: PostgreSQL's lower() folds Unicode
+        // (the Kelvin sign to 'k'), SQLite's does not; neither is asked.
+        Err(_) if !sel.is_ascii() => None,
         // Names differing only in case are one name (join refuses the
         // second): 'H1' finds 'h1', the exact spelling first.
         Err(_) => {
@@ -144,6 +147,9 @@ pub(super) async fn resolve_subnet(c: &mut Conn, sel: &str) -> Result<SubnetRow>
             .bind(net.to_string())
             .fetch_optional(&mut *c)
             .await?
+    } else if !sel.is_ascii() {
+        // No name is (see resolve_node).
+        None
     } else {
         // As node names: case does not tell two apart, the exact spelling first.
         db::query(sqlx::AssertSqlSafe(format!(
