@@ -877,21 +877,10 @@ async fn an_observed_endpoint_inside_the_overlay_is_not_kept() {
 /// by a review, 2026-12-05); `default` is still the default subnet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subnet_named_default_in_another_case_before_keeps_its_name() {
-    use sqlx::Connection as _;
     let c = TestCoordinator::start().await;
     let mut admin = c.admin().await;
     admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.33.0.0/24".into(), name: "legacy".into() }).await.unwrap();
-    let rename = "UPDATE subnets SET name = 'Default' WHERE name = 'legacy'";
-    match common::store_at(&c.data_dir().join("coordinator.db")) {
-        weave_coordinator::store::Location::Sqlite(path) => {
-            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
-            sqlx::query(rename).execute(&mut conn).await.unwrap();
-        }
-        weave_coordinator::store::Location::Postgres(url) => {
-            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-            sqlx::query(rename).execute(&mut conn).await.unwrap();
-        }
-    }
+    common::execute_sql(&c, "UPDATE subnets SET name = 'Default' WHERE name = 'legacy'").await;
     let (_, mut node) = c.join("host1", 1).await;
     let legacy = node.ipam.allocate(alloc("c1", "Default")).await.unwrap().into_inner();
     assert_eq!(legacy.subnet, "10.33.0.0/24", "{legacy:?}");

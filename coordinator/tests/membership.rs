@@ -617,22 +617,11 @@ async fn a_proof_for_a_key_no_node_has_does_not_stand_in_for_a_token() {
 /// name (found by a review, 2026-12-05).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_named_before_the_rules_were_tightened_rejoins_under_its_name() {
-    use sqlx::Connection as _;
     let c = TestCoordinator::start().await;
     let mut anon = c.admin().await;
     let first = proven_join_request(&mut anon, &c.token(), "old", 31, 31).await;
     anon.join.join(first).await.unwrap();
-    let rename = "UPDATE nodes SET name = 'old-' WHERE name = 'old'";
-    match common::store_at(&c.data_dir().join("coordinator.db")) {
-        weave_coordinator::store::Location::Sqlite(path) => {
-            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
-            sqlx::query(rename).execute(&mut conn).await.unwrap();
-        }
-        weave_coordinator::store::Location::Postgres(url) => {
-            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-            sqlx::query(rename).execute(&mut conn).await.unwrap();
-        }
-    }
+    common::execute_sql(&c, "UPDATE nodes SET name = 'old-' WHERE name = 'old'").await;
     let again = proven_join_request(&mut anon, &c.token(), "old-", 31, 31).await;
     let node = anon.join.join(again).await.expect("the old name re-joins").into_inner().node.unwrap();
     assert_eq!(node.name, "old-");

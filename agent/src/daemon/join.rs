@@ -76,17 +76,18 @@ async fn join_locked(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
                 Ok(()) => {}
             }
         }
-        // A token of the same coordinator identity (the pin) listing other
-        // addresses (coordinators added on a shared PostgreSQL, or moved): the
-        // saved list becomes the token's, so the agent can fail over to
-        // them. Before, an agent joined while there was one coordinator kept
-        // only that one's address for good (found by a review, 2026-12-05).
-        // Token addresses the saved list lacks, each only once this
-        // coordinator (its pinned identity) answers there (probed together,
-        // 2 s each: an agent start waits for it), after the saved ones kept:
-        // a stale or mistyped token left in a unit's environment must neither
-        // cut the agent off nor slow every start (found by a review, 2026-12-05).
-        (Some(t), Some(mut saved), _) if t.pin.to_string() == saved.pin => {
+        // A token of the same coordinator identity (the pin) listing addresses
+        // the saved list lacks (coordinators added on a shared PostgreSQL, or
+        // moved): each is added, after the saved ones, once this coordinator
+        // answers there (probed together, 2 s each: an agent start waits for
+        // it), so the agent can fail over to them. Before, an agent joined
+        // while there was one coordinator kept its address for good; a stale
+        // or mistyped token must neither cut the agent off nor slow every
+        // start (found by reviews, 2026-12-05).
+        (Some(t), Some(mut saved), _)
+            if t.pin.to_string() == saved.pin
+                && addresses(&t.coordinator).iter().any(|a| !addresses(&saved.coordinator).contains(a)) =>
+        {
             let known = addresses(&saved.coordinator);
             let new: Vec<String> =
                 addresses(&t.coordinator).into_iter().filter(|a| !known.contains(a)).map(str::to_string).collect();
@@ -112,14 +113,12 @@ async fn join_locked(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
                      restarting from the saved identity"
                 );
                 dir.save_identity(&saved)?;
-            } else if !new.is_empty() {
+            } else {
                 tracing::warn!(
                     token = t.coordinator,
                     "already joined; the token lists other coordinator addresses, but the coordinator does not \
                      answer there: keeping the saved ones"
                 );
-            } else {
-                tracing::info!(data_dir = %dir.path().display(), "already joined; restarting from the saved identity");
             }
         }
         _ => tracing::info!(data_dir = %dir.path().display(), "already joined; restarting from the saved identity"),

@@ -120,12 +120,7 @@ pub async fn guard_ports(netlink: &Netlink) -> Result<usize, Error> {
     // removed by someone: counted and logged here, whoever puts it back (the
     // 10 s check, the reconcile, an attach, the Docker driver; found by a review, 2026-12-05).
     let removed = GUARDED.load(std::sync::atomic::Ordering::Relaxed)
-        && match nft_with(&["list", "chain", "bridge", GUARD_TABLE, "prerouting"], "").await {
-            Ok(out) => !holds_rules(&out),
-            // nft could not be run: no verdict.
-            Err(Error::Io(..)) => false,
-            Err(_) => true,
-        };
+        && emptied("bridge", GUARD_TABLE, "prerouting").await == Some(true);
     let ports = netlink.pinned_ports().await?;
     let limit = BROADCAST_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
     nft(&guard_ruleset(&ports, limit)).await?;
@@ -224,19 +219,22 @@ async fn tables(turn: usize) -> Option<BTreeSet<String>> {
     for k in 0..CHAINS_PER_CHECK {
         let (family, table, chain) = TABLES[(turn * CHAINS_PER_CHECK + k) % TABLES.len()];
         let name = format!("{family} {table}");
-        if present.contains(&name) {
-            match nft_with(&["list", "chain", family, table, chain], "").await {
-                Ok(out) if holds_rules(&out) => {}
-                // nft could not be run this time (no verdict: the next check asks again).
-                Err(Error::Io(..)) => {}
-                // Emptied, or its chain deleted.
-                _ => {
-                    present.remove(&name);
-                }
-            }
+        // (No verdict, nft not run: the next check asks again.)
+        if present.contains(&name) && emptied(family, table, chain).await == Some(true) {
+            present.remove(&name);
         }
     }
     Some(present)
+}
+
+/// Whether weave's chain `chain` of `family table` was emptied or deleted
+/// (never empty as weave writes it); None when nft could not be run (no verdict).
+async fn emptied(family: &str, table: &str, chain: &str) -> Option<bool> {
+    match nft_with(&["list", "chain", family, table, chain], "").await {
+        Ok(out) => Some(!holds_rules(&out)),
+        Err(Error::Io(..)) => None,
+        Err(_) => Some(true),
+    }
 }
 
 /// Chains of [`TABLES`] listed by each check: every one within three.

@@ -111,16 +111,20 @@ impl Netlink {
 
     /// Waits (at most 10 s) for the reconcile to make `bridge`: a subnet this
     /// host left out (a member's, inside its LAN) gets one only once this
-    /// host's first allocation in it comes back in the map.
-    pub async fn wait_bridge(&self, bridge: &str) -> Result<(), Error> {
+    /// host's first allocation in it comes back in the map. False, at once,
+    /// when `gone` says the bridge will not come (its subnet was removed).
+    pub async fn wait_bridge(&self, bridge: &str, gone: impl Fn() -> bool) -> Result<bool, Error> {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         while self.link_index(bridge).await?.is_none() {
+            if gone() {
+                return Ok(false);
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Dataplane(format!("bridge {bridge} did not appear (is the agent connected?)")));
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// MTU of the interface that holds `ip` (the underlay), if any does.

@@ -200,6 +200,22 @@ pub fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
+/// Runs `sql` on the coordinator's database from a connection of the
+/// test's own (a state the API no longer makes, such as a name of older rules).
+pub async fn execute_sql(c: &TestCoordinator, sql: &str) {
+    use sqlx::Connection;
+    match store_at(&c.data_dir().join("coordinator.db")) {
+        weave_coordinator::store::Location::Sqlite(path) => {
+            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.unwrap();
+        }
+        weave_coordinator::store::Location::Postgres(url) => {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.unwrap();
+        }
+    }
+}
+
 /// The store's write lock (SQLite's, or the writers' advisory lock in
 /// PostgreSQL), held from a connection of the test's own until dropped.
 #[expect(dead_code, reason = "the connection is held for its lock, never read")]

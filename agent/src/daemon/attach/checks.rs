@@ -20,17 +20,11 @@ impl super::Attacher {
     /// meanwhile (`subnet rm` racing the attach) is not found, at once.
     pub(super) async fn bridge_of(&self, subnet: &Subnet) -> Result<String, Refusal> {
         let bridge = bridge_name(subnet.vni);
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while self.netlink.link_index(&bridge).await.map_err(failed)?.is_none() {
-            if self.removed(subnet) {
-                return Err(removed(subnet));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Refusal::failed(format!("bridge {bridge} did not appear (is the agent connected?)")));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if self.netlink.wait_bridge(&bridge, || self.removed(subnet)).await.map_err(failed)? {
+            Ok(bridge)
+        } else {
+            Err(removed(subnet))
         }
-        Ok(bridge)
     }
 
     /// Whether `subnet` has left the map.

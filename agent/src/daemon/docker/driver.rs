@@ -199,7 +199,7 @@ impl Plugin {
             .ok_or_else(|| Refused::not_found(format!("unknown network {}", req.network_id)))?;
         let vni = self.subnet(&network.cidr).await?;
         let bridge = bridge_name(vni);
-        self.attacher.netlink.wait_bridge(&bridge).await.map_err(|e| Refused::bad(e.to_string()))?;
+        self.attacher.netlink.wait_bridge(&bridge, || false).await.map_err(|e| Refused::bad(e.to_string()))?;
         let host_if = wire::host_ifname(&req.endpoint_id).map_err(Refused::bad)?;
         let peer = format!("{host_if}p");
         let mac = parse_mac(&ep.mac).ok_or_else(|| Refused::bad(format!("bad MAC '{}'", ep.mac)))?;
