@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Everything the agent runs and the tests shell out to, from Debian's archive.
-# Idempotent and non-interactive. The agent itself needs only nftables (`nft`,
+# Idempotent and non-interactive. The agent itself needs nftables (`nft`,
 # its firewall tables; it builds interfaces over netlink, so iproute2 is only for
 # looking at them); the rest is for the tests and the demo
 # (network namespaces, ping, capture, throughput, DNS queries).
 set -euo pipefail
 need=()
 for pair in nft:nftables ip:iproute2 bridge:iproute2 ping:iputils-ping tcpdump:tcpdump iperf3:iperf3 \
-    pkill:procps sysctl:procps dig:bind9-dnsutils; do
+    pkill:procps sysctl:procps dig:bind9-dnsutils iptables:iptables; do
     bin=${pair%%:*} pkg=${pair#*:}
     command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
 done

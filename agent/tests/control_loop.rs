@@ -83,7 +83,7 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 async fn add_subnet(running: &Coordinator, cidr: &str) {
     let channel = connect(&running.admin.coordinator, running.admin.pin).await.unwrap();
     let mut admin = Api::new(channel, &running.admin.secret).unwrap();
-    admin.subnets.add_subnet(AddSubnetRequest { cidr: cidr.into(), name: String::new() }).await.unwrap();
+    admin.subnets.add_subnet(AddSubnetRequest { cidr: cidr.into(), name: String::new(), egress: false }).await.unwrap();
 }
 
 fn has_subnet(map: &NetworkMap, cidr: &str) -> bool {
@@ -170,7 +170,7 @@ async fn watch_applies_saves_survives_an_outage_and_resumes() {
     while state.load().unwrap().2.revision == after.revision {
         assert!(tokio::time::Instant::now() < deadline, "no save while the watch stayed busy ({changes} changes)");
         let cidr = format!("10.{}.{}.0/24", 50 + changes / 256, changes % 256);
-        admin.subnets.add_subnet(AddSubnetRequest { cidr, name: String::new() }).await.unwrap();
+        admin.subnets.add_subnet(AddSubnetRequest { cidr, name: String::new(), egress: false }).await.unwrap();
         changes += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

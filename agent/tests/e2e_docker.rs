@@ -311,6 +311,31 @@ fn docker_networks_on_weave() {
     let mode = h2.enter().args(["stat", "-c", "%a %U", "/run/docker/plugins/weave.sock"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&mode.stdout).trim(), "600 root");
 
+    // An egress subnet: a container Docker starts there leaves through its
+    // host (Docker sets the default route to the gateway the Join names:
+    // the host's address there); one started before has no way out.
+    let outside = "192.0.2.200";
+    bed.add_bare_host(outside);
+    let out = bed.weavectl_admin(&["subnet", "set", NET1, "--egress", "on"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The agent's map follows the change within moments: until it has, a
+    // Join gives no gateway.
+    let routes = wait_for("a Docker container with weave's default route", Duration::from_secs(15), || {
+        h1.run("leaver", "net1");
+        let routes = h1.ok(&["exec", "leaver", "ip", "route"]);
+        if routes.contains("default via 10.2.3.") {
+            return Some(routes);
+        }
+        h1.ok(&["rm", "-f", "leaver"]);
+        None
+    });
+    assert!(routes.contains("dev ethwe0"), "{routes}");
+    h1.wait_reach("leaver", outside);
+    assert!(!h1.reaches("web", outside), "web, started before egress, left the overlay");
+    h1.ok(&["rm", "-f", "leaver"]);
+    let out = bed.weavectl_admin(&["subnet", "set", NET1, "--egress", "off"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
     // Restarting the agent keeps the containers connected (and named).
     bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
     bed.start_agent(0, false);

@@ -92,7 +92,8 @@ fn arp_and_multicast_cross_hosts() {
 fn subnets_are_isolated_even_with_a_foreign_address() {
     let mut bed = Bed::with_hosts(2);
     let other = bed.admin(|mut api| async move {
-        let req = weave_proto::v1::AddSubnetRequest { cidr: "10.40.0.0/24".into(), name: "other".into() };
+        let req =
+            weave_proto::v1::AddSubnetRequest { cidr: "10.40.0.0/24".into(), name: "other".into(), egress: false };
         api.subnets.add_subnet(req).await.unwrap().into_inner()
     });
     let a = bed.add_workload(0, "default");

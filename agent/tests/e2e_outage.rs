@@ -50,7 +50,11 @@ fn traffic_survives_a_coordinator_outage() {
     // The coordinator returns; a change reaches every agent.
     bed.start_coordinator();
     let subnet = bed.admin(|mut api| async move {
-        let req = weave_proto::v1::AddSubnetRequest { cidr: "10.33.0.0/24".into(), name: "after-outage".into() };
+        let req = weave_proto::v1::AddSubnetRequest {
+            cidr: "10.33.0.0/24".into(),
+            name: "after-outage".into(),
+            egress: false,
+        };
         api.subnets.add_subnet(req).await.unwrap().into_inner()
     });
     for h in 0..3 {

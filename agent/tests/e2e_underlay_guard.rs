@@ -26,7 +26,7 @@ fn a_subnet_over_the_hosts_lan_is_not_installed_and_a_host_inside_one_is_refused
         ok_in(&bed.hosts[i].ns, &["ip", "route", "add", "203.0.113.0/24", "via", "192.0.2.42"]);
     }
     let trap = bed.admin(|mut api| async move {
-        let r = weave_proto::v1::AddSubnetRequest { cidr: "192.0.2.40/29".into(), name: String::new() };
+        let r = weave_proto::v1::AddSubnetRequest { cidr: "192.0.2.40/29".into(), name: String::new(), egress: false };
         api.subnets.add_subnet(r).await.expect("no node holds an address in it").into_inner()
     });
     bed.wait_peers(0, 1);
@@ -94,7 +94,7 @@ fn a_subnet_over_the_hosts_lan_is_not_installed_and_a_host_inside_one_is_refused
 fn takes(bed: &Bed, cidr: &str, address: &str) -> weave_proto::v1::Subnet {
     let (cidr, address) = (cidr.to_string(), address.to_string());
     bed.member(0, |mut api| async move {
-        let r = weave_proto::v1::AddSubnetRequest { cidr, name: String::new() };
+        let r = weave_proto::v1::AddSubnetRequest { cidr, name: String::new(), egress: false };
         let subnet = api.subnets.add_subnet(r).await.expect("inside --node-subnets, over no endpoint").into_inner();
         let a = weave_proto::v1::AllocateRequest {
             container: format!("thief-{address}"),

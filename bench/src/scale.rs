@@ -316,7 +316,7 @@ pub(crate) async fn fan_out(
     let (mut p50s, mut p99s, mut maxes) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..changes {
         let t0 = Instant::now();
-        let req = AddSubnetRequest { cidr: format!("10.100.{i}.0/24"), name: format!("b{i}") };
+        let req = AddSubnetRequest { cidr: format!("10.100.{i}.0/24"), name: format!("b{i}"), egress: false };
         admin.subnets.add_subnet(req).await?;
         let mut lat = Vec::with_capacity(watchers);
         let mut by_coordinator: Vec<Vec<f64>> = Vec::new();

@@ -49,7 +49,7 @@ async fn writes_dropped_at_random_moments_leave_memory_equal_to_the_database() {
         // eighth waits a second, so some are done however slow the disk.
         let delay = if i % 8 == 0 { Duration::from_secs(1) } else { Duration::from_micros(next(&mut rng) % 4000) };
         let net = format!("10.33.{}.0/24", i % 250).parse().unwrap();
-        let r = tokio::time::timeout(delay, store.add_subnet(&net, None, &[])).await;
+        let r = tokio::time::timeout(delay, store.add_subnet(&net, None, &[], false)).await;
         if r.is_ok() {
             done += 1
         } else {
@@ -62,7 +62,7 @@ async fn writes_dropped_at_random_moments_leave_memory_equal_to_the_database() {
     }
     assert!(dropped > 0 && done > 0, "the delays should cut some writes and not others ({done} done, {dropped} cut)");
     // One write that is not cut: it queues behind anything still committing.
-    store.add_subnet(&"10.34.0.0/24".parse().unwrap(), None, &[]).await.unwrap();
+    store.add_subnet(&"10.34.0.0/24".parse().unwrap(), None, &[], false).await.unwrap();
 
     let memory = store.snapshot().await.unwrap();
     let remembered = revisions(store.events_after(base, 10_000).await.unwrap());

@@ -57,8 +57,10 @@ async fn writes_fail_while_the_disk_is_full_and_go_through_again_once_it_is_not(
     fill(&filler);
     let mut failed = 0;
     for i in 0..20 {
-        let r =
-            admin.subnets.add_subnet(AddSubnetRequest { cidr: format!("10.78.{i}.0/24"), name: String::new() }).await;
+        let r = admin
+            .subnets
+            .add_subnet(AddSubnetRequest { cidr: format!("10.78.{i}.0/24"), name: String::new(), egress: false })
+            .await;
         match r {
             Ok(_) => {}
             Err(s) => {
@@ -78,7 +80,7 @@ async fn writes_fail_while_the_disk_is_full_and_go_through_again_once_it_is_not(
     for i in 20..25 {
         admin
             .subnets
-            .add_subnet(AddSubnetRequest { cidr: format!("10.78.{i}.0/24"), name: String::new() })
+            .add_subnet(AddSubnetRequest { cidr: format!("10.78.{i}.0/24"), name: String::new(), egress: false })
             .await
             .unwrap_or_else(|s| panic!("a write once there is room again: {:?}: {}", s.code(), s.message()));
     }

@@ -11,7 +11,7 @@ use weave_proto::{
 };
 
 fn subnet(cidr: &str) -> AddSubnetRequest {
-    AddSubnetRequest { cidr: cidr.into(), name: String::new() }
+    AddSubnetRequest { cidr: cidr.into(), name: String::new(), egress: false }
 }
 
 fn alloc(container: &str, subnet: &str) -> AllocateRequest {
@@ -242,10 +242,24 @@ async fn every_mutating_rpc_checks_the_callers_role() {
     // never a named one, and never one that overlaps.
     node.subnets.add_subnet(subnet("10.9.0.0/24")).await.unwrap();
     assert_status(
-        node.subnets.add_subnet(AddSubnetRequest { cidr: "10.9.1.0/24".into(), name: "mine".into() }).await,
+        node.subnets
+            .add_subnet(AddSubnetRequest { cidr: "10.9.1.0/24".into(), name: "mine".into(), egress: false })
+            .await,
         denied,
         "admin role",
     );
+    // Egress (its workloads routed out of the overlay by every exposed
+    // host) is a policy: the admin's, when adding and when changing.
+    assert_status(
+        node.subnets
+            .add_subnet(AddSubnetRequest { cidr: "10.9.1.0/24".into(), name: String::new(), egress: true })
+            .await,
+        denied,
+        "admin role",
+    );
+    let on = |subnet: &str| UpdateSubnetRequest { subnet: subnet.into(), egress: Some(true) };
+    assert_status(node.subnets.update_subnet(on("10.9.0.0/24")).await, denied, "admin role");
+    assert_status(node.subnets.update_subnet(on("default")).await, denied, "admin role");
     assert_status(
         node.subnets.add_subnet(subnet("10.9.0.0/16")).await,
         Code::AlreadyExists,
@@ -400,7 +414,7 @@ async fn subnets_refuse_overlaps_bad_cidrs_and_the_node_block() {
     let mut admin = c.admin().await;
     let s = admin
         .subnets
-        .add_subnet(AddSubnetRequest { cidr: "10.2.3.0/24".into(), name: "backend".into() })
+        .add_subnet(AddSubnetRequest { cidr: "10.2.3.0/24".into(), name: "backend".into(), egress: false })
         .await
         .unwrap()
         .into_inner();
@@ -441,13 +455,19 @@ async fn subnets_refuse_overlaps_bad_cidrs_and_the_node_block() {
         "did you mean 10.5.3.0/24",
     );
     assert_status(
-        admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.6.0.0/24".into(), name: "backend".into() }).await,
+        admin
+            .subnets
+            .add_subnet(AddSubnetRequest { cidr: "10.6.0.0/24".into(), name: "backend".into(), egress: false })
+            .await,
         Code::AlreadyExists,
         "name 'backend' is taken",
     );
     for bad in ["-backend", "backend-"] {
         assert_status(
-            admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.6.0.0/24".into(), name: bad.into() }).await,
+            admin
+                .subnets
+                .add_subnet(AddSubnetRequest { cidr: "10.6.0.0/24".into(), name: bad.into(), egress: false })
+                .await,
             Code::InvalidArgument,
             "not valid",
         );
@@ -456,12 +476,18 @@ async fn subnets_refuse_overlaps_bad_cidrs_and_the_node_block() {
     // Names differing only in case are one name: refused beside each other,
     // and found in any case (a typo does not reach another subnet).
     assert_status(
-        admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.6.0.0/24".into(), name: "Backend".into() }).await,
+        admin
+            .subnets
+            .add_subnet(AddSubnetRequest { cidr: "10.6.0.0/24".into(), name: "Backend".into(), egress: false })
+            .await,
         Code::AlreadyExists,
         "name 'Backend' is taken (as 'backend') by 10.2.3.0/24",
     );
     assert_status(
-        admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.6.0.0/24".into(), name: "Default".into() }).await,
+        admin
+            .subnets
+            .add_subnet(AddSubnetRequest { cidr: "10.6.0.0/24".into(), name: "Default".into(), egress: false })
+            .await,
         Code::InvalidArgument,
         "names the default subnet",
     );
@@ -521,7 +547,11 @@ async fn subnets_refuse_overlaps_bad_cidrs_and_the_node_block() {
 async fn ipam_allocates_lowest_free_idempotently_and_refuses_conflicts() {
     let c = TestCoordinator::start().await;
     let mut admin = c.admin().await;
-    admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.2.3.0/30".into(), name: "tiny".into() }).await.unwrap();
+    admin
+        .subnets
+        .add_subnet(AddSubnetRequest { cidr: "10.2.3.0/30".into(), name: "tiny".into(), egress: false })
+        .await
+        .unwrap();
     admin.subnets.add_subnet(subnet("10.2.4.0/24")).await.unwrap();
     let (_, mut node) = c.join("host1", 1).await;
 
@@ -879,11 +909,59 @@ async fn an_observed_endpoint_inside_the_overlay_is_not_kept() {
 async fn a_subnet_named_default_in_another_case_before_keeps_its_name() {
     let c = TestCoordinator::start().await;
     let mut admin = c.admin().await;
-    admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.33.0.0/24".into(), name: "legacy".into() }).await.unwrap();
+    admin
+        .subnets
+        .add_subnet(AddSubnetRequest { cidr: "10.33.0.0/24".into(), name: "legacy".into(), egress: false })
+        .await
+        .unwrap();
     common::execute_sql(&c, "UPDATE subnets SET name = 'Default' WHERE name = 'legacy'").await;
     let (_, mut node) = c.join("host1", 1).await;
     let legacy = node.ipam.allocate(alloc("c1", "Default")).await.unwrap().into_inner();
     assert_eq!(legacy.subnet, "10.33.0.0/24", "{legacy:?}");
     let default = node.ipam.allocate(alloc("c2", "default")).await.unwrap().into_inner();
     assert!(default.subnet.starts_with("10.32."), "{default:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subnets_egress_is_set_at_add_and_changed_by_name_or_cidr_and_agents_see_it() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    let out = AddSubnetRequest { cidr: "10.44.0.0/24".into(), name: "out".into(), egress: true };
+    assert!(admin.subnets.add_subnet(out).await.unwrap().into_inner().egress);
+    let (_, mut node) = c.join("host1", 1).await;
+    let map = || async { c.admin().await.map.get_map(GetMapRequest {}).await.unwrap().into_inner() };
+    let egress = |m: &NetworkMap, cidr: &str| m.subnets.iter().find(|s| s.cidr == cidr).unwrap().egress;
+    let before = map().await;
+    let default = before.subnets.iter().find(|s| s.is_default).unwrap().cidr.clone();
+    assert!(egress(&before, "10.44.0.0/24") && !egress(&before, &default), "{before:?}");
+    // A watcher (an agent) sees the change as the subnet again.
+    let mut watch =
+        node.map.watch(WatchRequest { from_revision: before.revision, ..Default::default() }).await.unwrap();
+    let set = |subnet: &str, egress: Option<bool>| UpdateSubnetRequest { subnet: subnet.into(), egress };
+    let off = admin.subnets.update_subnet(set("OUT", Some(false))).await.unwrap().into_inner();
+    assert!(!off.egress && off.name == "out", "{off:?}");
+    let change = loop {
+        let event = watch.get_mut().message().await.unwrap().unwrap();
+        if let Some(watch_event::Event::Change(c)) = event.event {
+            break c;
+        }
+    };
+    match change.change {
+        Some(map_change::Change::SubnetAdded(s)) => assert!(s.cidr == "10.44.0.0/24" && !s.egress, "{s:?}"),
+        other => panic!("{other:?}"),
+    }
+    // The default subnet too (Kubernetes' pods live there); setting what
+    // it is already changes nothing, not even the revision.
+    admin.subnets.update_subnet(set("default", Some(true))).await.unwrap();
+    let now = map().await;
+    assert!(egress(&now, &default) && !egress(&now, "10.44.0.0/24"));
+    admin.subnets.update_subnet(set(&default, Some(true))).await.unwrap();
+    assert_eq!(map().await.revision, now.revision);
+    // Listed as it is.
+    let listed = admin.subnets.list_subnets(ListSubnetsRequest {}).await.unwrap().into_inner().subnets;
+    assert!(listed.iter().any(|s| s.is_default && s.egress), "{listed:?}");
+    // Bad input, each with its own status.
+    assert_status(admin.subnets.update_subnet(set("nosuch", Some(true))).await, Code::NotFound, "nosuch");
+    assert_status(admin.subnets.update_subnet(set(" ", Some(true))).await, Code::InvalidArgument, "name the subnet");
+    assert_status(admin.subnets.update_subnet(set("out", None)).await, Code::InvalidArgument, "nothing to change");
 }

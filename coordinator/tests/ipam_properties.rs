@@ -74,7 +74,7 @@ async fn run(ops: Vec<Op>) {
         .await
         .unwrap();
     for s in SUBNETS {
-        store.add_subnet(&s.parse().unwrap(), None, &[]).await.unwrap();
+        store.add_subnet(&s.parse().unwrap(), None, &[], false).await.unwrap();
     }
     let secret_hash = weave_proto::token::hash_secret("s");
     store

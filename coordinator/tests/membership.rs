@@ -292,7 +292,11 @@ async fn a_released_address_is_kept_for_its_container() {
     assert_status(h1.ipam.allocate(asking("web", &web)).await, Code::AlreadyExists, "on node h2");
 
     // A small subnet: what is left free is held for another node's container.
-    admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.9.7.0/29".into(), name: "tiny".into() }).await.unwrap();
+    admin
+        .subnets
+        .add_subnet(AddSubnetRequest { cidr: "10.9.7.0/29".into(), name: "tiny".into(), egress: false })
+        .await
+        .unwrap();
     let tiny = |container: &str| AllocateRequest { subnet: "tiny".into(), ..auto(container) };
     let mut filled = Vec::new();
     for i in 0..6 {
@@ -360,7 +364,11 @@ async fn address_holds_are_listed_until_they_end() {
     let mut admin = c.admin().await;
     let (n1, mut h1) = c.join("h1", 1).await;
     let (_, mut h2) = c.join("h2", 2).await;
-    admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.9.8.0/24".into(), name: "side".into() }).await.unwrap();
+    admin
+        .subnets
+        .add_subnet(AddSubnetRequest { cidr: "10.9.8.0/24".into(), name: "side".into(), egress: false })
+        .await
+        .unwrap();
     let alloc = |container: &str, subnet: &str| AllocateRequest {
         container: container.into(),
         subnet: subnet.into(),
@@ -561,7 +569,7 @@ async fn a_removed_nodes_id_is_never_given_again() {
     let c = TestCoordinator::start().await;
     let (first, _) = c.join("host1", 1).await;
     let (removed, mut member) = c.join("host2", 2).await;
-    let r = AddSubnetRequest { cidr: "10.77.0.0/24".into(), name: String::new() };
+    let r = AddSubnetRequest { cidr: "10.77.0.0/24".into(), name: String::new(), egress: false };
     member.subnets.add_subnet(r).await.expect("a member's subnet");
     let mut admin = c.admin().await;
     admin.nodes.remove_node(RemoveNodeRequest { node: "host2".into() }).await.unwrap();
@@ -584,7 +592,11 @@ async fn a_removed_nodes_id_is_never_given_again() {
 async fn a_proof_for_a_key_no_node_has_does_not_stand_in_for_a_token() {
     let c = TestCoordinator::start().await;
     let mut admin = c.admin().await;
-    admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.2.3.0/24".into(), name: String::new() }).await.unwrap();
+    admin
+        .subnets
+        .add_subnet(AddSubnetRequest { cidr: "10.2.3.0/24".into(), name: String::new(), egress: false })
+        .await
+        .unwrap();
     let mut stranger = c.api_with("").await;
     let mut forged = weave_proto::token::JoinToken::parse(&c.token()).unwrap();
     forged.id = "0123456789abcdef".into();

@@ -35,16 +35,27 @@ async fn metrics_follow_the_map_and_time_every_rpc() {
     c.join("m1", 1).await;
     c.join("m2", 2).await;
     let mut admin = c.admin().await;
-    admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.2.3.0/24".into(), name: String::new() }).await.unwrap();
+    admin
+        .subnets
+        .add_subnet(AddSubnetRequest { cidr: "10.2.3.0/24".into(), name: String::new(), egress: false })
+        .await
+        .unwrap();
     let (_, mut node) = c.join("m3", 3).await;
     // Outside --node-subnets: a node is refused (counted as PERMISSION_DENIED below).
-    let denied = node.subnets.add_subnet(AddSubnetRequest { cidr: "100.64.0.0/24".into(), name: String::new() }).await;
+    let denied = node
+        .subnets
+        .add_subnet(AddSubnetRequest { cidr: "100.64.0.0/24".into(), name: String::new(), egress: false })
+        .await;
     assert_eq!(denied.unwrap_err().code(), tonic::Code::PermissionDenied);
     admin.nodes.list_nodes(ListNodesRequest {}).await.unwrap();
 
     // An IPv6 subnet counts as a subnet, not in weave_max_ips (a /64 would
     // be 1.8e19 of it and every used/max ratio zero).
-    admin.subnets.add_subnet(AddSubnetRequest { cidr: "fd01::/64".into(), name: String::new() }).await.unwrap();
+    admin
+        .subnets
+        .add_subnet(AddSubnetRequest { cidr: "fd01::/64".into(), name: String::new(), egress: false })
+        .await
+        .unwrap();
 
     let (status, body) = get(addr, "/metrics").await;
     assert_eq!(status, 200);
@@ -60,7 +71,11 @@ async fn metrics_follow_the_map_and_time_every_rpc() {
     assert_eq!(value(&body, "weave_subnet_fullest_ratio"), Some(0.0), "{body}");
     // Used counts what max counts (IPv4), and the fullest subnet shows: a
     // /30 full beside the rest empty, and an IPv6 address that counts in neither.
-    admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.2.9.0/30".into(), name: "tiny".into() }).await.unwrap();
+    admin
+        .subnets
+        .add_subnet(AddSubnetRequest { cidr: "10.2.9.0/30".into(), name: "tiny".into(), egress: false })
+        .await
+        .unwrap();
     for (container, subnet) in [("t1", "tiny"), ("t2", "tiny"), ("v6", "fd01::/64")] {
         let r = AllocateRequest { container: container.into(), subnet: subnet.into(), ..Default::default() };
         node.ipam.allocate(r).await.unwrap();

@@ -68,10 +68,18 @@ async fn a_sqlite_cluster_moves_to_postgres_and_goes_on_without_rejoining() {
         let resp = admin.join.join(join_request(&old.token(), name, i as u8 + 1)).await.unwrap().into_inner();
         creds.push(resp.credential);
     }
-    admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.9.0.0/24".into(), name: "backend".into() }).await.unwrap();
+    admin
+        .subnets
+        // With egress: the column moves too (the map below compares it).
+        .add_subnet(AddSubnetRequest { cidr: "10.9.0.0/24".into(), name: "backend".into(), egress: true })
+        .await
+        .unwrap();
     // One added by a node (it counts against that node's subnet quota).
     let mut h1 = old.api_with(&creds[0]).await;
-    h1.subnets.add_subnet(AddSubnetRequest { cidr: "10.7.0.0/24".into(), name: String::new() }).await.unwrap();
+    h1.subnets
+        .add_subnet(AddSubnetRequest { cidr: "10.7.0.0/24".into(), name: String::new(), egress: false })
+        .await
+        .unwrap();
     drop(h1);
     let mut held = BTreeSet::new();
     for (node, c) in [("h1", "a"), ("h2", "b"), ("h3", "c"), ("h1", "d")] {
@@ -147,7 +155,10 @@ async fn a_sqlite_cluster_moves_to_postgres_and_goes_on_without_rejoining() {
     let mine = h1.ipam.allocate(alloc("", "new1", "backend")).await.unwrap().into_inner();
     assert!(!held.contains(&mine.address), "{} was handed out twice", mine.address);
     // Who added a subnet moved too: h1's one still counts against its quota (1 here).
-    let more = h1.subnets.add_subnet(AddSubnetRequest { cidr: "10.7.1.0/24".into(), name: String::new() }).await;
+    let more = h1
+        .subnets
+        .add_subnet(AddSubnetRequest { cidr: "10.7.1.0/24".into(), name: String::new(), egress: false })
+        .await;
     assert_status(more, Code::ResourceExhausted, "already added 1 subnets");
     // The hold moved too: h1 may not take h2's restarting container's address, which gets it back.
     let squat = AllocateRequest { address: restarting.clone(), ..alloc("", "squat", "backend") };
@@ -186,7 +197,10 @@ async fn a_sqlite_cluster_moves_to_postgres_and_goes_on_without_rejoining() {
     let joined = admin.join.join(join_request(&token.secret_token, "h4", 9)).await.unwrap().into_inner();
     let node = joined.node.unwrap();
     assert!(before.nodes.iter().all(|n| n.id != node.id && n.address != node.address), "{node:?}");
-    let sub = admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.8.0.0/24".into(), name: String::new() }).await;
+    let sub = admin
+        .subnets
+        .add_subnet(AddSubnetRequest { cidr: "10.8.0.0/24".into(), name: String::new(), egress: false })
+        .await;
     let sub = sub.unwrap().into_inner();
     assert!(before.subnets.iter().all(|s| s.id != sub.id));
     let a = admin.ipam.allocate(alloc("h4", "x", "")).await.unwrap().into_inner();

@@ -144,7 +144,11 @@ async fn writes_go_through_while_bogus_credentials_flood_the_reads() {
     let since = Instant::now();
     write(
         "adding a subnet",
-        admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.40.0.0/24".into(), name: "flooded".into() }),
+        admin.subnets.add_subnet(AddSubnetRequest {
+            cidr: "10.40.0.0/24".into(),
+            name: "flooded".into(),
+            egress: false,
+        }),
     )
     .await;
     for i in 0..10 {

@@ -49,7 +49,11 @@ async fn watch_sends_a_snapshot_then_every_change_in_order_and_resumes() {
     );
     assert_eq!(map.subnets.iter().map(|s| s.cidr.as_str()).collect::<Vec<_>>(), ["10.32.0.0/16"]);
 
-    admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.2.3.0/24".into(), name: String::new() }).await.unwrap();
+    admin
+        .subnets
+        .add_subnet(AddSubnetRequest { cidr: "10.2.3.0/24".into(), name: String::new(), egress: false })
+        .await
+        .unwrap();
     let (node, mut api) = c.join("host1", 1).await;
     let a = api
         .ipam
@@ -88,7 +92,11 @@ async fn watch_sends_a_snapshot_then_every_change_in_order_and_resumes() {
     assert_eq!(later[0].revision, base + 4);
 
     // Both streams then receive live changes.
-    admin.subnets.add_subnet(AddSubnetRequest { cidr: "10.2.4.0/24".into(), name: String::new() }).await.unwrap();
+    admin
+        .subnets
+        .add_subnet(AddSubnetRequest { cidr: "10.2.4.0/24".into(), name: String::new(), egress: false })
+        .await
+        .unwrap();
     for s in [&mut stream, &mut resumed] {
         let e = next(s).await;
         assert_eq!((kind(&e), e.revision), ("subnet+", base + 8));
@@ -121,7 +129,7 @@ async fn a_snapshot_plus_changes_equals_the_current_map() {
     // A member's subnet, then the member removed: the subnet stays, as it
     // was (snapshot plus changes still equal a fresh snapshot).
     let (host2, mut member) = c.join("host2", 2).await;
-    let r = AddSubnetRequest { cidr: "10.77.0.0/24".into(), name: String::new() };
+    let r = AddSubnetRequest { cidr: "10.77.0.0/24".into(), name: String::new(), egress: false };
     assert_eq!(member.subnets.add_subnet(r).await.unwrap().into_inner().added_by_node, host2.id);
     admin.nodes.remove_node(RemoveNodeRequest { node: "host2".into() }).await.unwrap();
     let target = admin.map.get_map(GetMapRequest {}).await.unwrap().into_inner();
@@ -158,7 +166,7 @@ async fn a_watch_resumed_from_another_history_gets_a_snapshot() {
     if common::postgres() {
         return; // the backup restored here is the data dir's SQLite file
     }
-    let add = |cidr: &str| AddSubnetRequest { cidr: cidr.into(), name: String::new() };
+    let add = |cidr: &str| AddSubnetRequest { cidr: cidr.into(), name: String::new(), egress: false };
     let copy = |from: &std::path::Path, to: &std::path::Path| {
         let _ = std::fs::remove_dir_all(to);
         let ok = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success();

@@ -79,7 +79,8 @@ pub fn run(data: &[u8]) {
         other => panic!("the agent read another request: {other:?}"),
     }
     // The chained result too: the previous result is whatever JSON the runtime passed.
-    let result = conf.add_result(&netns, &ifname, "02:57:0a:20:00:05", &prev, multicast).to_string();
+    let gateway = multicast.then_some("10.32.0.1");
+    let result = conf.add_result(&netns, &ifname, "02:57:0a:20:00:05", &prev, multicast, gateway).to_string();
     let _: serde_json::Value = serde_json::from_str(&result).expect("the ADD result is JSON");
     let _ = cni::refusal(&Refusal::unknown_container(container.clone())).to_json().to_string();
     let _ = CniError::new(cni::code::BAD_ENV, command, ifname).to_json();

@@ -137,6 +137,10 @@ pub struct Attached {
     /// runtimes such as podman parse it from the ADD result.
     #[serde(default)]
     pub mac: String,
+    /// The container's default gateway through this interface (its host's
+    /// address on an egress subnet), when the default route is weave's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -185,6 +185,20 @@ pub(crate) enum SubnetCommand {
         /// A label to refer to it by.
         #[arg(long)]
         name: Option<String>,
+        /// Its workloads leave the overlay through their own host (routed
+        /// and masqueraded; a default route through the host, which is
+        /// exposed on it at the first attach).
+        #[arg(long)]
+        egress: bool,
+    },
+    /// Change a subnet: `weavectl subnet set default --egress on`.
+    Set {
+        /// CIDR or name.
+        subnet: String,
+        /// Whether its workloads leave the overlay through their own host
+        /// (containers attached before keep the routes they have).
+        #[arg(long, required = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), value_name = "on|off")]
+        egress: bool,
     },
     /// List subnets with their usage.
     #[command(alias = "list")]

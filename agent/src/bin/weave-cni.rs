@@ -111,7 +111,8 @@ async fn add(
     match ask(conf, request).await? {
         Response::Attached(list) if !list.is_empty() => {
             let addresses: Vec<String> = list.iter().map(|a| a.address.clone()).collect();
-            Ok(conf.add_result(netns, &list[0].interface, &list[0].mac, &addresses, multicast))
+            let gateway = list[0].gateway.as_deref();
+            Ok(conf.add_result(netns, &list[0].interface, &list[0].mac, &addresses, multicast, gateway))
         }
         other => Err(CniError::new(code::REFUSED, "unexpected answer from the agent", format!("{other:?}"))),
     }

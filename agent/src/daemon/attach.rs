@@ -217,6 +217,13 @@ impl Attacher {
                 checks::exact_ifname(&inside, container, n, &before, subnet).await?;
             }
         }
+        // An egress subnet's default gateway, this host (exposed there
+        // first): before anything of the container's changes.
+        let mut gateways = std::collections::BTreeMap::new();
+        for (_, subnet) in wanted.iter().filter(|(_, s)| s.egress) {
+            let gateway = self.gateway(subnet).await.map_err(|e| self.or_removed(subnet, e))?;
+            gateways.insert(subnet.id, gateway);
+        }
         // The name before anything is allocated for it: an agent killed from
         // here on leaves a container that a detach by that name finds.
         let named = match registered {
@@ -264,6 +271,10 @@ impl Attacher {
                 // Before the interface comes up: no router advertisement lands first.
                 netlink::harden_workload(&c.netns, &ifname).map_err(failed)?;
                 inside.configure_workload(&ifname, *ip, *len, multicast).await.map_err(failed)?;
+                let gateway = match gateways.get(&subnet.id) {
+                    Some(gw) => inside.default_route(&ifname, *gw).await.map_err(failed)?.then_some(*gw),
+                    None => None,
+                };
                 let mac = inside
                     .workload_interfaces(Some(&ifname))
                     .await
@@ -298,16 +309,17 @@ impl Attacher {
                 if self.netlink.link_index(&port).await.map_err(failed)?.is_some() {
                     self.netlink.set_up(&port).await.map_err(failed)?;
                 }
-                Ok::<_, Refusal>((ifname, mac))
+                Ok::<_, Refusal>((ifname, mac, gateway))
             };
             match step.await {
-                Ok((ifname, mac)) => result.push(Attached {
+                Ok((ifname, mac, gateway)) => result.push(Attached {
                     address: format!("{ip}/{len}"),
                     subnet: subnet.cidr.clone(),
                     interface: ifname,
                     bridge,
                     mtu: self.mtu,
                     mac: format_mac(&mac),
+                    gateway: gateway.map(|g| g.to_string()),
                 }),
                 Err(e) => {
                     for ifname in &created {

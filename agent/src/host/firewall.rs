@@ -1,5 +1,7 @@
 //! The only module that touches nftables: applies [`crate::plan::firewall`]'s
-//! ruleset, keeps it in place, removes it.
+//! ruleset, keeps it in place, removes it. (And, for a subnet's egress on a
+//! host whose iptables `FORWARD` drops by default, the one place that runs
+//! `iptables`: [`defer_iptables_forward`].)
 //!
 //! Why `nft -f -` and not netlink (the one documented exception to "netlink,
 //! not commands"): the `nftnl` crate binds libnftnl, whose C headers are not
@@ -55,8 +57,65 @@ async fn nft_with(args: &[&str], script: &str) -> Result<String, Error> {
 
 pub async fn apply(rules: &Rules) -> Result<(), Error> {
     nft(&ruleset(rules)).await?;
+    if rules.segments.iter().any(|s| s.egress) {
+        forward_for_egress();
+        defer_iptables_forward().await;
+    }
     publish(rules);
     Ok(())
+}
+
+/// A host whose iptables `FORWARD` policy is DROP (Docker sets it) drops
+/// egress whatever weave's table says: a packet must pass every base chain
+/// of its hook. There the agent puts two rules at the top of `FORWARD` that
+/// leave whatever enters or leaves a weave bridge to weave's own table, as
+/// Weave Net and flannel did (idempotent: added only when missing; checked
+/// at every full reload, so a Docker that rebuilt its chains gets them
+/// again). No iptables, or a policy of ACCEPT: nothing.
+async fn defer_iptables_forward() {
+    async fn iptables(args: Vec<&str>) -> Result<std::process::Output, String> {
+        Command::new("iptables").arg("-w").args(&args).output().await.map_err(|e| e.to_string())
+    }
+    let listed = match iptables(vec!["-S", "FORWARD"]).await {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        _ => return,
+    };
+    if !listed.lines().any(|l| l.trim() == "-P FORWARD DROP") {
+        return;
+    }
+    let bridges = format!("{}+", crate::plan::kernel::BRIDGE_PREFIX);
+    for dir in ["-o", "-i"] {
+        let rule = vec![dir, bridges.as_str(), "-j", "ACCEPT"];
+        if iptables([&["-C", "FORWARD"][..], &rule].concat()).await.is_ok_and(|o| o.status.success()) {
+            continue;
+        }
+        match iptables([&["-I", "FORWARD", "1"][..], &rule].concat()).await {
+            Ok(out) if out.status.success() => {
+                tracing::info!(rule = %rule.join(" "), "iptables FORWARD drops by default: weave's bridges left to weave's table")
+            }
+            Ok(out) => {
+                tracing::warn!(stderr = %String::from_utf8_lossy(&out.stderr).trim(), "egress: iptables FORWARD rule not added")
+            }
+            Err(e) => tracing::warn!(error = %e, "egress: iptables FORWARD rule not added"),
+        }
+    }
+}
+
+/// Egress needs IPv4 forwarding on the interfaces its replies come in at
+/// (after the masquerade is undone they are routed into a bridge), which
+/// can be any of the host's: so host-wide, as Docker, Kubernetes and Weave
+/// Net turn it on. Weave's forward chain still drops everything routed into
+/// or out of its devices but what its rules let through. Never turned off
+/// again: something else on the host may have come to rely on it.
+fn forward_for_egress() {
+    const PATH: &str = "net/ipv4/ip_forward";
+    if std::fs::read_to_string(format!("/proc/sys/{PATH}")).is_ok_and(|v| v.trim() == "1") {
+        return;
+    }
+    match crate::host::netlink::sysctl(PATH, "1") {
+        Ok(()) => tracing::info!("IPv4 forwarding turned on host-wide for a subnet's egress"),
+        Err(e) => tracing::warn!(error = %e, "egress needs IPv4 forwarding, which could not be turned on"),
+    }
 }
 
 /// The exposed addresses the applied rules let workloads in at.

@@ -101,8 +101,16 @@ impl NetConf {
     /// (the spec: a plugin passes the previous result on), weave's interface
     /// appended. DNS stays the previous plugin's where it named servers (the
     /// first network's resolver is the container's); else weave's.
-    pub fn add_result(&self, netns: &str, interface: &str, mac: &str, addresses: &[String], multicast: bool) -> Value {
-        let ours = add_result(netns, interface, mac, addresses, multicast);
+    pub fn add_result(
+        &self,
+        netns: &str,
+        interface: &str,
+        mac: &str,
+        addresses: &[String],
+        multicast: bool,
+        gateway: Option<&str>,
+    ) -> Value {
+        let ours = add_result(netns, interface, mac, addresses, multicast, gateway);
         let mut out = match &self.prev_result {
             Some(prev @ Value::Object(_)) => {
                 let list = |v: &Value, key: &str| v[key].as_array().cloned().unwrap_or_default();
@@ -220,10 +228,27 @@ impl NetConf {
 }
 
 /// The ADD result: one interface in the sandbox (with its MAC: podman
-/// parses it and refuses a result without one), its addresses, routes, DNS.
-pub fn add_result(netns: &str, interface: &str, mac: &str, addresses: &[String], multicast: bool) -> Value {
-    let ips: Vec<Value> = addresses.iter().map(|a| json!({"address": a, "interface": 0})).collect();
+/// parses it and refuses a result without one), its addresses, routes, DNS;
+/// on an egress subnet, the default route through the host (`gateway`).
+pub fn add_result(
+    netns: &str,
+    interface: &str,
+    mac: &str,
+    addresses: &[String],
+    multicast: bool,
+    gateway: Option<&str>,
+) -> Value {
+    let ips: Vec<Value> = addresses
+        .iter()
+        .map(|a| match gateway {
+            Some(gw) => json!({"address": a, "gateway": gw, "interface": 0}),
+            None => json!({"address": a, "interface": 0}),
+        })
+        .collect();
     let mut routes = Vec::new();
+    if let Some(gw) = gateway {
+        routes.push(json!({"dst": "0.0.0.0/0", "gw": gw}));
+    }
     if multicast {
         routes.push(json!({"dst": "224.0.0.0/4"}));
     }
@@ -344,6 +369,7 @@ mod tests {
             "0a:58:0a:20:00:07",
             &["10.32.0.7/16".into()],
             true,
+            Some("10.32.0.1"),
         );
         let names: Vec<&str> =
             r["interfaces"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
@@ -354,7 +380,7 @@ mod tests {
             (r["ips"][1]["address"].as_str(), r["ips"][1]["interface"].as_u64()),
             (Some("10.32.0.7/16"), Some(2))
         );
-        assert_eq!(r["routes"].as_array().unwrap().len(), 2, "the multicast route once: {r}");
+        assert_eq!(r["routes"].as_array().unwrap().len(), 2, "the multicast and default routes once: {r}");
         assert_eq!(r["dns"]["nameservers"][0], "192.168.50.1", "the first network's resolver stays");
         assert_eq!(r["cniVersion"], "1.0.0");
         assert!(r["ips"][1].get("version").is_none(), "1.0.0 has no ips[].version");
@@ -365,6 +391,7 @@ mod tests {
             "0a:58:0a:20:00:07",
             &["10.32.0.7/16".into()],
             false,
+            None,
         );
         assert_eq!((r["cniVersion"].as_str(), r["ips"][0]["version"].as_str()), (Some("0.4.0"), Some("4")));
         assert_eq!(r["ips"][0]["interface"], 0);
@@ -377,6 +404,7 @@ mod tests {
                 "0a:58:0a:20:00:07",
                 &["10.32.0.7/16".into()],
                 true,
+                None,
             );
             assert!(r["ips"].as_array().unwrap().iter().any(|i| i["address"] == "10.32.0.7/16"), "{prev}: {r}");
         }
@@ -415,7 +443,7 @@ mod tests {
 
     #[test]
     fn results_have_the_spec_shape() {
-        let r = add_result("/run/netns/x", "ethwe", "02:42:0a:20:00:05", &["10.32.0.5/16".into()], true);
+        let r = add_result("/run/netns/x", "ethwe", "02:42:0a:20:00:05", &["10.32.0.5/16".into()], true, None);
         assert_eq!(r["cniVersion"], "1.0.0");
         assert_eq!(r["interfaces"][0]["mac"], "02:42:0a:20:00:05");
         assert_eq!(r["interfaces"][0]["sandbox"], "/run/netns/x");
@@ -423,6 +451,12 @@ mod tests {
         assert_eq!(r["ips"][0]["address"], "10.32.0.5/16");
         assert_eq!(r["routes"][0]["dst"], "224.0.0.0/4");
         assert_eq!(r["dns"]["nameservers"][0], "127.0.0.11");
+        assert!(r["ips"][0].get("gateway").is_none(), "no gateway off an egress subnet: {r}");
+        // On an egress subnet: the host as gateway, and the default route through it.
+        let r = add_result("/x", "eth0", "02:42:0a:20:00:05", &["10.32.0.5/16".into()], true, Some("10.32.0.1"));
+        assert_eq!(r["ips"][0]["gateway"], "10.32.0.1");
+        assert_eq!(r["routes"][0], json!({"dst": "0.0.0.0/0", "gw": "10.32.0.1"}));
+        assert_eq!(r["routes"][1]["dst"], "224.0.0.0/4");
         assert_eq!(version_result()["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0"]));
         let e = CniError::new(code::BAD_CONFIG, "m", "d").to_json();
         assert_eq!((e["code"].as_u64(), e["msg"].as_str()), (Some(7), Some("m")));

@@ -208,21 +208,26 @@ pub fn wanted_address(address: &str) -> Result<Option<Ipv4Addr>, String> {
     Ok(Some(ip))
 }
 
-/// The Join answer: the veth end Docker moves in, no gateway (the
-/// overlay is not the container's way out, and no docker_gwbridge either),
-/// the multicast route when the network has it.
-pub fn join_response(src_name: &str, multicast: bool) -> Value {
+/// The Join answer: the veth end Docker moves in, the multicast route when
+/// the network has it, and no docker_gwbridge. A gateway (this host's
+/// address) only on an egress subnet: otherwise the overlay is not the
+/// container's way out.
+pub fn join_response(src_name: &str, multicast: bool, gateway: Option<Ipv4Addr>) -> Value {
     let routes: Vec<Value> = if multicast {
         // RouteType 1: connected (no next hop).
         vec![serde_json::json!({"Destination": "224.0.0.0/4", "RouteType": 1, "NextHop": ""})]
     } else {
         Vec::new()
     };
-    serde_json::json!({
+    let mut out = serde_json::json!({
         "InterfaceName": {"SrcName": src_name, "DstPrefix": DST_PREFIX},
         "StaticRoutes": routes,
         "DisableGatewayService": true,
-    })
+    });
+    if let Some(gw) = gateway {
+        out["Gateway"] = gw.to_string().into();
+    }
+    out
 }
 
 /// The host end of an endpoint's veth (`wvd` + 10 hex of the endpoint id:
@@ -319,11 +324,14 @@ mod tests {
         assert_eq!(host_ifname(id).unwrap(), "wvdec81aa991b");
         assert!(host_ifname(id).unwrap().len() < 15);
         assert!(host_ifname("../x").is_err() && host_ifname("abc").is_err());
-        let j = join_response("wvdec81aa991bp", true);
+        let j = join_response("wvdec81aa991bp", true, None);
         assert_eq!(j["InterfaceName"]["DstPrefix"], "ethwe");
         assert_eq!(j["StaticRoutes"][0]["Destination"], "224.0.0.0/4");
         assert_eq!(j["DisableGatewayService"], true);
-        assert_eq!(join_response("x", false)["StaticRoutes"].as_array().unwrap().len(), 0);
+        assert!(j.get("Gateway").is_none(), "no way out off an egress subnet: {j}");
+        assert_eq!(join_response("x", false, None)["StaticRoutes"].as_array().unwrap().len(), 0);
+        let egress = join_response("x", false, Some(Ipv4Addr::new(10, 2, 3, 1)));
+        assert_eq!((&egress["Gateway"], &egress["DisableGatewayService"]), (&"10.2.3.1".into(), &true.into()));
         let net: Value = serde_json::from_str(
             r#"{"Containers":{"5781":{"Name":"web","EndpointID":"ec81","IPv4Address":"10.2.3.174/24"}}}"#,
         )

@@ -54,6 +54,9 @@ pub struct Segment {
     /// This host's address in the subnet (`weavectl expose`), if exposed:
     /// the one address at which workloads and remote workloads reach it.
     pub exposed: Option<Ipv4Addr>,
+    /// Its workloads leave the overlay through this host ([`egress`]):
+    /// the subnet's egress, on a host exposed on it.
+    pub egress: bool,
 }
 
 /// Everything the rules are made of, from one map.
@@ -69,6 +72,8 @@ pub struct Rules {
     /// The MAC of this node's bridges (`kernel::bridge_mac` of its address),
     /// once the map has this node.
     pub bridge_mac: Option<String>,
+    /// The other nodes' IPv4 WireGuard endpoints: egress never reaches them.
+    pub endpoints: BTreeSet<(Ipv4Addr, u16)>,
 }
 
 /// The segments of `map`, seen from `own_node`.
@@ -76,14 +81,19 @@ pub fn segments(map: &NetworkMap, own_node: u64) -> Vec<Segment> {
     let mut remote = remote_workloads(map, own_node);
     let mut local = local_workloads(map, own_node);
     let mut exposed = exposed_addresses(map, own_node);
+    let egress: BTreeSet<u32> = map.subnets.iter().filter(|s| s.egress).map(|s| s.vni).collect();
     segment_subnets(map)
         .into_iter()
-        .map(|(vni, subnet)| Segment {
-            bridge: bridge_name(vni),
-            subnet,
-            remote: remote.remove(&vni).unwrap_or_default(),
-            local: local.remove(&vni).unwrap_or_default(),
-            exposed: exposed.remove(&vni),
+        .map(|(vni, subnet)| {
+            let exposed = exposed.remove(&vni);
+            Segment {
+                bridge: bridge_name(vni),
+                subnet,
+                remote: remote.remove(&vni).unwrap_or_default(),
+                local: local.remove(&vni).unwrap_or_default(),
+                egress: exposed.is_some() && egress.contains(&vni),
+                exposed,
+            }
         })
         .collect()
 }
@@ -105,7 +115,22 @@ pub fn rules(map: &NetworkMap, own_node: u64, coordinator: &[std::net::IpAddr], 
     let node_range = map.node_range.parse::<Ipv4Net>().ok().map(|n| n.trunc());
     let own_address = map.nodes.iter().find(|n| n.id == own_node).and_then(|n| n.address.parse().ok());
     let bridge_mac = own_address.map(|ip| format_mac(&bridge_mac(ip)));
-    Rules { segments, peers, overlay, node_range, bridge_mac }
+    let endpoints = map
+        .nodes
+        .iter()
+        .filter(|n| n.id != own_node)
+        .flat_map(|n| n.endpoints.iter().chain(std::iter::once(&n.observed_endpoint)))
+        .filter_map(|e| match e.parse::<std::net::SocketAddr>() {
+            Ok(std::net::SocketAddr::V4(a)) => Some((*a.ip(), a.port())),
+            _ => None,
+        })
+        .collect();
+    Rules { segments, peers, overlay, node_range, bridge_mac, endpoints }
+}
+
+/// A WireGuard endpoint as an element of the `endpoints` set.
+fn endpoint((ip, port): &(Ipv4Addr, u16)) -> String {
+    format!("{ip} . {port}")
 }
 
 /// `set <name> { type <kind>; elements = { .. } }` (no elements line when empty).
@@ -188,6 +213,7 @@ pub fn ruleset(rules: &Rules) -> String {
         set(&mut out, &format!("local{i}"), "ipv4_addr", false, &s.local);
     }
     set(&mut out, "peers", "ipv4_addr", false, &rules.peers);
+    set(&mut out, "endpoints", "ipv4_addr . inet_service", false, rules.endpoints.iter().map(endpoint));
     // The kernel refuses overlapping intervals: nested ranges are merged first.
     set(&mut out, "overlay", "ipv4_addr", true, Ipv4Net::aggregate(&rules.overlay.iter().copied().collect()));
     // Before defragmentation (-400), so each fragment is judged by itself:
@@ -292,6 +318,7 @@ pub fn ruleset(rules: &Rules) -> String {
     // bridge or the TUN.
     out += "  chain forward {\n    type filter hook forward priority filter - 10; policy accept;\n    \
             ct status dnat accept\n";
+    out += &egress::replies(segments);
     if !segments.is_empty() {
         let mut targets: Vec<(String, String)> =
             segments.iter().enumerate().map(|(i, s)| (s.bridge.clone(), format!("forward_seg{i}"))).collect();
@@ -321,7 +348,8 @@ pub fn ruleset(rules: &Rules) -> String {
         let _ = write!(
             out,
             "  chain forward_seg{i} {{\n    {within}\n    \
-             oifname \"{TUN_NAME}\" ip saddr {net} ip daddr @remote{i} accept\n    drop\n  }}\n"
+             oifname \"{TUN_NAME}\" ip saddr {net} ip daddr @remote{i} accept\n{}    drop\n  }}\n",
+            egress::out_of(i, s)
         );
     }
     if !segments.is_empty() {
@@ -370,6 +398,7 @@ pub fn ruleset(rules: &Rules) -> String {
     }
     out += &mss_chain();
     out += &untracked_vxlan();
+    out += &egress::nat_chain(segments);
     out += "}\n";
     out += &super::l2::bridge_table(segments);
     out += &arp_table(rules);
@@ -403,16 +432,14 @@ pub fn update(old: &Rules, new: &Rules) -> Option<String> {
         && old.node_range == new.node_range
         && old.bridge_mac == new.bridge_mac
         && old.segments.len() == new.segments.len()
-        && old
-            .segments
-            .iter()
-            .zip(&new.segments)
-            .all(|(a, b)| a.bridge == b.bridge && a.subnet == b.subnet && a.exposed == b.exposed);
+        && old.segments.iter().zip(&new.segments).all(|(a, b)| {
+            a.bridge == b.bridge && a.subnet == b.subnet && a.exposed == b.exposed && a.egress == b.egress
+        });
     if !same_chains {
         return None;
     }
     let mut out = String::new();
-    let mut elements = |name: &str, old: &BTreeSet<Ipv4Addr>, new: &BTreeSet<Ipv4Addr>| {
+    let mut elements = |name: &str, old: &BTreeSet<String>, new: &BTreeSet<String>| {
         for (verb, mut items) in [("delete", old.difference(new)), ("add", new.difference(old))] {
             if let Some(first) = items.next() {
                 let _ = write!(out, "{verb} element inet {TABLE} {name} {{ {first}");
@@ -423,13 +450,17 @@ pub fn update(old: &Rules, new: &Rules) -> Option<String> {
             }
         }
     };
+    let text = |set: &BTreeSet<Ipv4Addr>| -> BTreeSet<String> { set.iter().map(|a| a.to_string()).collect() };
     for (i, (a, b)) in old.segments.iter().zip(&new.segments).enumerate() {
-        elements(&format!("remote{i}"), &a.remote, &b.remote);
-        elements(&format!("local{i}"), &a.local, &b.local);
+        elements(&format!("remote{i}"), &text(&a.remote), &text(&b.remote));
+        elements(&format!("local{i}"), &text(&a.local), &text(&b.local));
     }
-    elements("peers", &old.peers, &new.peers);
+    elements("peers", &text(&old.peers), &text(&new.peers));
+    let endpoints = |r: &Rules| -> BTreeSet<String> { r.endpoints.iter().map(endpoint).collect() };
+    elements("endpoints", &endpoints(old), &endpoints(new));
     Some(out)
 }
 
+mod egress;
 #[cfg(test)]
 mod tests;

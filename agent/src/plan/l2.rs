@@ -224,6 +224,7 @@ mod tests {
             remote: BTreeSet::new(),
             local: BTreeSet::new(),
             exposed: None,
+            egress: false,
         };
         // Two segments with the same broadcast, a /31 and a /32 (no directed broadcast).
         let segments =

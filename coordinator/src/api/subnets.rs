@@ -3,7 +3,7 @@ use weave_proto::{
     cidr::{check_usable, parse_subnet},
     v1::{
         AddSubnetRequest, ListSubnetsRequest, ListSubnetsResponse, RemoveSubnetRequest, RemoveSubnetResponse, Subnet,
-        subnet_service_server::SubnetService,
+        UpdateSubnetRequest, subnet_service_server::SubnetService,
     },
 };
 
@@ -29,7 +29,9 @@ impl SubnetService for Subnets {
         let caller = self.0.map_reader(&request).await?;
         let r = request.get_ref();
         let name = Some(r.name.trim()).filter(|n| !n.is_empty());
-        if name.is_some() {
+        // Egress is a policy (its workloads leave the overlay through every
+        // exposed host): the admin's, as names are.
+        if name.is_some() || r.egress {
             self.0.admin(&request).await?;
         }
         let net = parse_subnet(&r.cidr).map_err(Error::from)?;
@@ -46,9 +48,9 @@ impl SubnetService for Subnets {
         let underlay = &self.0.underlay;
         let subnet = match &caller {
             Caller::Node { id, name: node } => self.0.store.add_node_subnet(&net, *id, node, underlay).await?,
-            Caller::Admin => self.0.store.add_subnet(&net, name, underlay).await?,
+            Caller::Admin => self.0.store.add_subnet(&net, name, underlay, r.egress).await?,
         };
-        tracing::info!(subnet = %subnet.cidr, vni = subnet.vni, by = ?caller, "subnet added");
+        tracing::info!(subnet = %subnet.cidr, vni = subnet.vni, egress = subnet.egress, by = ?caller, "subnet added");
         Ok(Response::new(subnet))
     }
 
@@ -73,6 +75,21 @@ impl SubnetService for Subnets {
         let (subnet, released) = self.0.store.remove_subnet(&r.subnet, r.force).await?;
         tracing::info!(subnet = %subnet.cidr, released, "subnet removed");
         Ok(Response::new(RemoveSubnetResponse { subnet: Some(subnet), released_allocations: released }))
+    }
+
+    #[tracing::instrument(skip_all, fields(subnet = %request.get_ref().subnet))]
+    async fn update_subnet(&self, request: Request<UpdateSubnetRequest>) -> Result<Response<Subnet>, Status> {
+        self.0.admin(&request).await?;
+        let r = request.get_ref();
+        if r.subnet.trim().is_empty() {
+            return Err(Error::InvalidArgument("name the subnet to change (CIDR or name)".into()).into());
+        }
+        let Some(egress) = r.egress else {
+            return Err(Error::InvalidArgument("nothing to change: set egress".into()).into());
+        };
+        let subnet = self.0.store.set_subnet_egress(&r.subnet, egress).await?;
+        tracing::info!(subnet = %subnet.cidr, egress, "subnet changed");
+        Ok(Response::new(subnet))
     }
 }
 

@@ -92,6 +92,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("added_by", OptInt),
             ("by_member", Bool),
             ("origin_node", OptInt),
+            ("egress", Bool),
         ],
     ),
     (

@@ -308,7 +308,7 @@ impl Store {
         .bind(i64::from(settings.segment_mtu.unwrap_or(DEFAULT_SEGMENT_MTU)))
         .execute(tx.c())
         .await?;
-        subnets::insert(&mut tx, &settings.default_subnet, Some("default"), true, None, &[]).await?;
+        subnets::insert(&mut tx, &settings.default_subnet, Some("default"), true, None, &[], false).await?;
         self.commit(tx).await?;
         self.reload_live().await?;
         let cluster = self.cluster().await?.ok_or_else(|| Error::NotFound("cluster settings vanished".into()))?;

@@ -354,6 +354,11 @@ mod tests {
                     "c32c06868dc7eeba630a22ef12cc2fc708344989f782d79e80c17e983e304459dab01edc5eb24f5f5387d4cc30461bac"
                         .to_string()
                 ),
+                (
+                    12,
+                    "af59954739a4a01188b531b474207a1f768d72ebc7c5ce2ecc7688bdc9ca8e9444c31e413cabdff7225f4156b8dba0f0"
+                        .to_string()
+                ),
             ]
         );
         let pg: Vec<(i64, String)> =

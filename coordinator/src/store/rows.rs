@@ -61,7 +61,7 @@ pub(super) fn dns_record(r: &Row) -> Result<v1::DnsRecord> {
     })
 }
 
-pub(super) const SUBNET_COLUMNS: &str = "id, cidr, name, is_default, vni, added_by, by_member, origin_node";
+pub(super) const SUBNET_COLUMNS: &str = "id, cidr, name, is_default, vni, added_by, by_member, origin_node, egress";
 
 /// A subnet row with its parsed network.
 #[derive(Debug, Clone)]
@@ -90,6 +90,7 @@ pub(super) fn subnet(r: &Row) -> Result<SubnetRow> {
                 .or(r.try_get::<Option<i64>, _>("origin_node")?)
                 .unwrap_or(0) as u64,
             by_member: r.try_get("by_member")?,
+            egress: r.try_get("egress")?,
             allocated: 0,
             capacity: crate::ipam::capacity(&net).to_string(),
         },

@@ -90,6 +90,7 @@ pub(super) async fn insert(
     is_default: bool,
     added_by: Option<AddedBy<'_>>,
     underlay: &[IpAddr],
+    egress: bool,
 ) -> Result<v1::Subnet> {
     let node_range: String = db::query_scalar("SELECT node_range FROM cluster WHERE id = 1").fetch_one(tx.c()).await?;
     let node_range = parse_net(node_range)?;
@@ -148,7 +149,7 @@ pub(super) async fn insert(
     let vni = (0..).map(|attempt| ipam::vni(net, attempt)).find(|v| !used.contains(v)).unwrap_or(1);
     let row = db::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO subnets (cidr, name, first_key, last_key, is_default, vni, created_at, added_by, by_member, \
-         origin_node) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8) RETURNING {SUBNET_COLUMNS}"
+         origin_node, egress) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8, $10) RETURNING {SUBNET_COLUMNS}"
     )))
     .bind(net.to_string())
     .bind(name)
@@ -159,6 +160,7 @@ pub(super) async fn insert(
     .bind(now())
     .bind(added_by.as_ref().map(|a| a.id as i64))
     .bind(added_by.is_some())
+    .bind(egress)
     .fetch_one(tx.c())
     .await?;
     let subnet = rows::subnet(&row)?.record;
@@ -169,9 +171,15 @@ pub(super) async fn insert(
 impl Store {
     /// A subnet of the admin's; `underlay`: the coordinators' own addresses,
     /// which no subnet may hold (nor any node's endpoint).
-    pub async fn add_subnet(&self, net: &IpNet, name: Option<&str>, underlay: &[IpAddr]) -> Result<v1::Subnet> {
+    pub async fn add_subnet(
+        &self,
+        net: &IpNet,
+        name: Option<&str>,
+        underlay: &[IpAddr],
+        egress: bool,
+    ) -> Result<v1::Subnet> {
         let mut tx = self.begin().await?;
-        let subnet = insert(&mut tx, net, name, false, None, underlay).await?;
+        let subnet = insert(&mut tx, net, name, false, None, underlay, egress).await?;
         self.commit(tx).await?;
         Ok(subnet)
     }
@@ -187,9 +195,31 @@ impl Store {
     ) -> Result<v1::Subnet> {
         let mut tx = self.begin().await?;
         let added_by = AddedBy { id: node_id, name: node_name, quota: self.node_subnet_quota };
-        let subnet = insert(&mut tx, net, None, false, Some(added_by), underlay).await?;
+        let subnet = insert(&mut tx, net, None, false, Some(added_by), underlay, false).await?;
         self.commit(tx).await?;
         Ok(subnet)
+    }
+
+    /// Turns a subnet's egress on or off (the admin's); the agents see the
+    /// change as the subnet again (`SubnetAdded` replaces it by id). Setting
+    /// what it already is changes nothing and records nothing.
+    pub async fn set_subnet_egress(&self, sel: &str, egress: bool) -> Result<v1::Subnet> {
+        let mut tx = self.begin().await?;
+        let subnet = rows::resolve_subnet(tx.c(), sel).await?;
+        if subnet.record.egress == egress {
+            return Ok(subnet.record);
+        }
+        let row = db::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE subnets SET egress = $1 WHERE id = $2 RETURNING {SUBNET_COLUMNS}"
+        )))
+        .bind(egress)
+        .bind(subnet.id)
+        .fetch_one(tx.c())
+        .await?;
+        let updated = rows::subnet(&row)?.record;
+        tx.record(Change::SubnetAdded(updated.clone())).await?;
+        self.commit(tx).await?;
+        Ok(updated)
     }
 
     pub async fn list_subnets(&self) -> Result<Vec<v1::Subnet>> {

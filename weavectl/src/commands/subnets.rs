@@ -1,9 +1,9 @@
-//! `weavectl subnet add|ls|rm`.
+//! `weavectl subnet add|set|ls|rm`.
 use serde_json::{Value, json};
 use weave_proto::{
     cidr::parse_subnet,
     client::Api,
-    v1::{AddSubnetRequest, ListSubnetsRequest, RemoveSubnetRequest, Subnet},
+    v1::{AddSubnetRequest, ListSubnetsRequest, RemoveSubnetRequest, Subnet, UpdateSubnetRequest},
 };
 
 use super::{Output, or_dash};
@@ -17,7 +17,7 @@ use crate::{
 /// (which suggests the network when host bits are set).
 pub(super) fn check(command: SubnetCommand) -> Outcome<SubnetCommand> {
     match &command {
-        SubnetCommand::Add { cidr, name } => {
+        SubnetCommand::Add { cidr, name, .. } => {
             parse_subnet(cidr).map_err(|e| Failure::usage(format!("adding subnet {cidr}"), e))?;
             // The API reads an empty name as none: given, it was a mistake.
             if name.as_deref().is_some_and(|n| n.trim().is_empty()) {
@@ -28,6 +28,9 @@ pub(super) fn check(command: SubnetCommand) -> Outcome<SubnetCommand> {
         SubnetCommand::Rm { subnet, .. } if subnet.contains('/') => {
             parse_subnet(subnet).map_err(|e| Failure::usage(format!("removing subnet {subnet}"), e))?;
         }
+        SubnetCommand::Set { subnet, .. } if subnet.contains('/') => {
+            parse_subnet(subnet).map_err(|e| Failure::usage(format!("changing subnet {subnet}"), e))?;
+        }
         _ => {}
     }
     Ok(command)
@@ -35,13 +38,20 @@ pub(super) fn check(command: SubnetCommand) -> Outcome<SubnetCommand> {
 
 pub(super) async fn run(api: &mut Api, out: &Output, command: SubnetCommand) -> Outcome {
     match command {
-        SubnetCommand::Add { cidr, name } => {
+        SubnetCommand::Add { cidr, name, egress } => {
             // Checked above; sent normalised ("10.2.3.0/24", not " 10.2.3.0/24").
             let net = parse_subnet(&cidr).map_err(|e| Failure::usage(format!("adding subnet {cidr}"), e))?;
-            let req = AddSubnetRequest { cidr: net.to_string(), name: name.unwrap_or_default() };
+            let req = AddSubnetRequest { cidr: net.to_string(), name: name.unwrap_or_default(), egress };
             let s = api.subnets.add_subnet(req).await.doing(format!("adding subnet {net}"))?;
             let label = if s.name.is_empty() { String::new() } else { format!(" ({})", s.name) };
-            out.done(&format!("added subnet {}{label}, vni {}", s.cidr, s.vni), || subnet_json(&s));
+            let egress = if s.egress { ", egress" } else { "" };
+            out.done(&format!("added subnet {}{label}, vni {}{egress}", s.cidr, s.vni), || subnet_json(&s));
+        }
+        SubnetCommand::Set { subnet, egress } => {
+            let req = UpdateSubnetRequest { subnet: subnet.clone(), egress: Some(egress) };
+            let s = api.subnets.update_subnet(req).await.doing(format!("changing subnet {subnet}"))?;
+            let state = if s.egress { "on" } else { "off" };
+            out.done(&format!("subnet {}: egress {state}", s.cidr), || subnet_json(&s));
         }
         SubnetCommand::Ls => list(api, out).await?,
         SubnetCommand::Rm { subnet, force } => {
@@ -66,7 +76,7 @@ pub(super) async fn run(api: &mut Api, out: &Output, command: SubnetCommand) -> 
 
 pub(super) async fn list(api: &mut Api, out: &Output) -> Outcome {
     let subnets = api.subnets.list_subnets(ListSubnetsRequest {}).await.doing("listing subnets")?.subnets;
-    let mut table = Table::new(&["CIDR", "NAME", "DEFAULT", "VNI", "ALLOCATED"]);
+    let mut table = Table::new(&["CIDR", "NAME", "DEFAULT", "VNI", "ALLOCATED", "EGRESS"]);
     for s in &subnets {
         table.row(vec![
             s.cidr.clone(),
@@ -74,6 +84,7 @@ pub(super) async fn list(api: &mut Api, out: &Output) -> Outcome {
             if s.is_default { "yes".into() } else { String::new() },
             s.vni.to_string(),
             format!("{}/{}", s.allocated, s.capacity),
+            if s.egress { "yes".into() } else { String::new() },
         ]);
     }
     out.list(&table, || Value::Array(subnets.iter().map(subnet_json).collect()));
@@ -90,5 +101,6 @@ fn subnet_json(s: &Subnet) -> Value {
         "allocated": s.allocated,
         // A decimal string: an IPv6 subnet's capacity does not fit a JSON number.
         "capacity": s.capacity,
+        "egress": s.egress,
     })
 }

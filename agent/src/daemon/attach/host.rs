@@ -1,6 +1,6 @@
 //! `expose` and `hide`: this host's own address on a subnet's bridge
 //! (container `host:<node>` in IPAM), as `weave expose` gave it.
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
 
 use ipnet::Ipv4Net;
 use weave_proto::{
@@ -16,11 +16,49 @@ impl Attacher {
     /// `host:<node>` in IPAM).
     pub async fn expose(&self, addrs: &[String]) -> Result<Vec<Attached>, Refusal> {
         let specs = AddrSpec::parse_all(addrs)?;
-        let _one = self.lock.lock().await;
-        let key = format!("host:{}", self.node_name);
+        let one = self.lock.lock().await;
         let wanted = self.subnets(&specs).await?;
+        let result = self.expose_on(&wanted).await?;
+        drop(one); // Not held while the firewall catches up: other attaches go on.
+        let ips = result.iter().filter_map(|a| a.address.parse::<Ipv4Net>().ok()).map(|n| n.addr());
+        crate::host::firewall::wait_open(ips, Duration::from_secs(5)).await;
+        Ok(result)
+    }
+
+    /// This host's address on `subnet`, an egress subnet a container is
+    /// being attached to: its default gateway. Exposes the host there first
+    /// if it is not (the attach lock held), and waits for the rules that
+    /// let the subnet out through it. The exposure stays after the
+    /// container goes (`weavectl hide` takes it away).
+    pub(super) async fn gateway(&self, subnet: &Subnet) -> Result<Ipv4Addr, Refusal> {
+        let key = format!("host:{}", self.node_name);
+        if let Some(held) = held_address(&self.held(&key), subnet) {
+            return Ok(held);
+        }
+        let cidr = subnet.cidr.parse::<Ipv4Net>().map_err(|e| Refusal::failed(e.to_string()))?;
+        let exposed = self.expose_on(&[(AddrSpec::Net(cidr), subnet.clone())]).await?;
+        let ip = exposed
+            .first()
+            .and_then(|a| a.address.parse::<Ipv4Net>().ok())
+            .map(|n| n.addr())
+            .ok_or_else(|| Refusal::failed(format!("exposing this host on {} gave no address", subnet.cidr)))?;
+        tracing::info!(subnet = %subnet.cidr, %ip, "exposed this host as the egress gateway of its containers");
+        crate::host::firewall::wait_open([ip], Duration::from_secs(5)).await;
+        Ok(ip)
+    }
+
+    /// The egress gateway (see `gateway`) for a runtime that makes its own
+    /// interfaces (Docker's Join): takes the attach lock first.
+    pub async fn egress_gateway(&self, subnet: &Subnet) -> Result<Ipv4Addr, Refusal> {
+        let _one = self.lock.lock().await;
+        self.gateway(subnet).await.map_err(|e| self.or_removed(subnet, e))
+    }
+
+    /// `expose` with the attach lock held.
+    async fn expose_on(&self, wanted: &[(AddrSpec, Subnet)]) -> Result<Vec<Attached>, Refusal> {
+        let key = format!("host:{}", self.node_name);
         let previously = self.held(&key);
-        let allocated = self.allocate_all(&key, "", false, &wanted).await?;
+        let allocated = self.allocate_all(&key, "", false, wanted).await?;
         let mut result = Vec::new();
         for (subnet, ip, len) in &allocated {
             let bridge = bridge_name(subnet.vni);
@@ -47,10 +85,9 @@ impl Attacher {
                 bridge,
                 mtu: self.mtu,
                 mac: String::new(),
+                gateway: None,
             });
         }
-        drop(_one); // Not held while the firewall catches up: other attaches go on.
-        crate::host::firewall::wait_open(allocated.iter().map(|(_, ip, _)| *ip), Duration::from_secs(5)).await;
         Ok(result)
     }
 

@@ -123,12 +123,12 @@ impl Plugin {
     }
 
     /// The VNI of subnet `cidr`, once the map has it.
-    async fn subnet(&self, cidr: &str) -> Result<u32, Refused> {
+    async fn subnet(&self, cidr: &str) -> Result<weave_proto::v1::Subnet, Refused> {
         let mut maps = self.attacher.maps.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             if let Some(s) = maps.borrow_and_update().subnets.iter().find(|s| s.cidr == cidr) {
-                return Ok(s.vni);
+                return Ok(s.clone());
             }
             if tokio::time::timeout_at(deadline, maps.changed()).await.is_err() {
                 return Err(Refused::bad(format!(
@@ -197,8 +197,14 @@ impl Plugin {
             .state
             .network(&req.network_id)
             .ok_or_else(|| Refused::not_found(format!("unknown network {}", req.network_id)))?;
-        let vni = self.subnet(&network.cidr).await?;
-        let bridge = bridge_name(vni);
+        let subnet = self.subnet(&network.cidr).await?;
+        // An egress subnet's way out is this host (exposed there first),
+        // before anything of the endpoint's is made.
+        let gateway = match subnet.egress {
+            true => Some(self.attacher.egress_gateway(&subnet).await.map_err(|e| Refused::bad(e.message))?),
+            false => None,
+        };
+        let bridge = bridge_name(subnet.vni);
         self.attacher.netlink.wait_bridge(&bridge, || false).await.map_err(|e| Refused::bad(e.to_string()))?;
         let host_if = wire::host_ifname(&req.endpoint_id).map_err(Refused::bad)?;
         let peer = format!("{host_if}p");
@@ -237,7 +243,7 @@ impl Plugin {
             req.sandbox_key.clone(),
             address.addr(),
         ));
-        Ok(wire::join_response(&peer, multicast))
+        Ok(wire::join_response(&peer, multicast, gateway))
     }
 
     async fn leave(&self, req: &EndpointRequest) -> Result<Value, Refused> {

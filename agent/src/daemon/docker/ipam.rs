@@ -56,7 +56,7 @@ impl Plugin {
         // Retried on UNAVAILABLE like every coordinator call here (a
         // balanced channel may send it to a coordinator that just died); a
         // repeat of one that was applied is refused and settled below.
-        let req = AddSubnetRequest { cidr: cidr.into(), name: String::new() };
+        let req = AddSubnetRequest { cidr: cidr.into(), name: String::new(), egress: false };
         let added = retry_unavailable(|| {
             let (mut subnets, req) = (self.attacher.api.subnets.clone(), req.clone());
             async move { subnets.add_subnet(req).await }

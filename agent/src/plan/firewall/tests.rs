@@ -18,6 +18,7 @@ fn seg(vni: u32, subnet: &str, remote: &[&str]) -> Segment {
         remote: remote.iter().map(|a| a.parse().unwrap()).collect(),
         local: BTreeSet::new(),
         exposed: None,
+        egress: false,
     }
 }
 
@@ -31,6 +32,7 @@ fn a_packet_meets_as_many_rules_with_64_segments_as_with_one() {
                 remote: [format!("10.100.{i}.9").parse().unwrap()].into(),
                 local: [format!("10.100.{i}.2").parse().unwrap()].into(),
                 exposed: Some(format!("10.100.{i}.1").parse().unwrap()),
+                egress: false,
             })
             .collect(),
         ..Default::default()
@@ -246,6 +248,7 @@ fn element_changes_update_the_sets_and_anything_else_replaces_the_tables() {
         overlay: ["10.32.0.0/12".parse().unwrap()].into(),
         node_range: Some("10.47.0.0/16".parse().unwrap()),
         bridge_mac: Some("02:57:0a:2f:00:01".into()),
+        endpoints: BTreeSet::new(),
     };
     let mut new = old.clone();
     new.segments[0].remote.remove(&"10.32.0.9".parse().unwrap());
@@ -286,4 +289,49 @@ fn no_arp_for_an_overlay_address_is_answered_from_outside_weaves_devices() {
     let arp = r.split("table arp weave {\n").nth(1).expect("the arp table");
     assert!(arp.contains("elements = { 10.2.3.0/24, 10.32.0.0/12 }"), "{arp}");
     assert!(arp.contains("iifname != \"wv*\" arp operation request arp daddr ip @overlay drop"), "{arp}");
+}
+
+#[test]
+fn egress_lets_only_an_exposed_segments_own_workloads_out_and_their_replies_back() {
+    let shut = Segment { exposed: Some("10.2.3.1".parse().unwrap()), ..seg(9, "10.2.3.0/24", &[]) };
+    let out = Segment {
+        exposed: Some("10.44.0.1".parse().unwrap()),
+        local: ["10.44.0.2".parse().unwrap()].into(),
+        egress: true,
+        ..seg(5, "10.44.0.0/24", &["10.44.0.9"])
+    };
+    let endpoints = [("192.0.2.2".parse().unwrap(), 6784)].into();
+    let r = ruleset(&Rules { segments: vec![shut.clone(), out.clone()], endpoints, ..Default::default() });
+    let forward = chain(&r, "forward");
+    // Replies back into the egress bridge only, to its own workloads.
+    assert!(
+        forward
+            .contains(&format!("oifname \"{}\" ct direction reply ct status snat ip daddr @local1 accept", out.bridge)),
+        "{forward}"
+    );
+    assert!(!forward.contains(&format!("oifname \"{}\" ct direction reply", shut.bridge)), "{forward}");
+    // Out of the egress bridge: its own workloads, not to weave's ranges or devices, nor a peer's endpoint.
+    let seg1 = chain(&r, "forward_seg1");
+    let drop_endpoints = seg1.find("ip daddr . udp dport @endpoints drop").expect(seg1);
+    let accept = seg1.find("ip saddr @local1 ip daddr != @overlay oifname != \"wv*\" accept").expect(seg1);
+    assert!(drop_endpoints < accept, "{seg1}");
+    assert!(!chain(&r, "forward_seg0").contains("@overlay"), "no egress for the other segment");
+    assert!(r.contains("elements = { 192.0.2.2 . 6784 }"), "{r}");
+    // Masqueraded, the egress subnet only, never into weave's devices.
+    let nat = chain(&r, "egress_nat");
+    assert!(nat.contains("ip saddr { 10.44.0.0/24 } ip daddr != @overlay masquerade"), "{nat}");
+    assert!(nat.contains("oifname \"wv*\" return"), "{nat}");
+    // Without an egress segment: no NAT chain, nothing let out.
+    let none = ruleset(&Rules { segments: vec![shut, Segment { egress: false, ..out.clone() }], ..Default::default() });
+    assert!(
+        !none.contains("egress_nat") && !none.contains("ct status snat") && !none.contains("!= @overlay"),
+        "{none}"
+    );
+    // Turning it on or off replaces the tables; an endpoint changes an element.
+    let on = Rules { segments: vec![out.clone()], ..Default::default() };
+    let off = Rules { segments: vec![Segment { egress: false, ..out }], ..Default::default() };
+    assert!(update(&on, &off).is_none());
+    let moved = Rules { endpoints: [("192.0.2.3".parse().unwrap(), 6784)].into(), ..on.clone() };
+    let script = update(&on, &moved).unwrap();
+    assert_eq!(script, "add element inet weave endpoints { 192.0.2.3 . 6784 }\n");
 }
