@@ -120,6 +120,25 @@ for a in $(seq $HOSTS); do
     done
 done
 
+echo "== egress: a subnet whose workloads leave through their own host"
+# An outside machine on the underlay that never joined, and a subnet with
+# egress: a container attached there gets a default route through its
+# host, which masquerades it; the default subnet (no egress) stays inside.
+plug "$P-o" o 192.0.2.100
+ADMIN=(ip netns exec "$P-c" "$BIN/weavectl" --data-dir "$DIR/coordinator")
+"${ADMIN[@]}" subnet add 10.40.0.0/24 --name out --egress
+ip netns add "$P-e1"
+out=$("$BIN/weavectl" --socket "$DIR/h1.sock" attach --name e1 net:out "/run/netns/$P-e1")
+echo "e1 on h1: $out, $(ip -n "$P-e1" route show default)"
+wait_for "e1 -> outside" ip netns exec "$P-e1" ping -c1 -W1 192.0.2.100
+printf 'e1 -> 192.0.2.100 (outside, never joined): '
+ip netns exec "$P-e1" ping -c3 -i0.2 -q 192.0.2.100 | tail -1
+if ip netns exec "$P-w1" ping -c1 -W1 192.0.2.100 >/dev/null 2>&1; then
+    echo "demo.sh: w1 (default subnet, no egress) reached the outside" >&2
+    exit 1
+fi
+echo "w1 -> 192.0.2.100: no route out (the default subnet has no egress), as it should"
+
 for i in $(seq $HOSTS); do
     echo "== agent status h$i"
     "$BIN/agent" status --socket "$DIR/h$i.sock"
