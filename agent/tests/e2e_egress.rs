@@ -106,6 +106,16 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
         "host 1 exposed at {gateway}: {:?}",
         bed.allocations()
     );
+    // `agent status` says so: egress through the exposed address here, not yet there.
+    let egress_of = |i: usize| {
+        let status = bed.status(i).unwrap();
+        status.segments.into_iter().find(|g| g.subnet == "10.44.0.0/24").unwrap().egress
+    };
+    assert_eq!((egress_of(0), egress_of(1)), (Some(gateway.clone()), Some(String::new())));
+    let status = bed.status(0).unwrap();
+    assert!(status.segments.iter().filter(|g| g.subnet != "10.44.0.0/24").all(|g| g.egress.is_none()));
+    let text = weave_proto::local_api::format_status(&status);
+    assert!(text.contains(&format!("egress via {gateway}")), "{text}");
     // Out, as its host.
     assert_eq!(seen_from(&c1).as_deref(), Some(h0.as_str()), "c1 reaches the server as host 1");
     let forward = ok_in(&bed.hosts[0].ns, &["iptables", "-w", "-S", "FORWARD"]);

@@ -239,6 +239,10 @@ pub struct SegmentStatus {
     /// Why this host does not install it (it holds an underlay address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// The subnet has egress: this host's address on it, its workloads'
+    /// gateway, once the host is exposed there (empty before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -301,7 +305,14 @@ pub fn format_status(s: &AgentStatus) -> String {
     for seg in &s.segments {
         match &seg.skipped {
             Some(why) => out += &format!("segment {} vni {} NOT INSTALLED: {why}\n", seg.subnet, seg.vni),
-            None => out += &format!("segment {} vni {} bridge {} mtu {}\n", seg.subnet, seg.vni, seg.bridge, seg.mtu),
+            None => {
+                out += &format!("segment {} vni {} bridge {} mtu {}", seg.subnet, seg.vni, seg.bridge, seg.mtu);
+                match seg.egress.as_deref() {
+                    Some("") => out += " egress (not exposed yet)\n",
+                    Some(gw) => out += &format!(" egress via {gw}\n"),
+                    None => out += "\n",
+                }
+            }
         }
     }
     out +=

@@ -299,6 +299,13 @@ impl LocalService {
             &self.coordinator_ips,
             &crate::host::routes::lan(self.identity.node_id),
         );
+        let host = format!("host:{}", self.identity.name);
+        let exposed = |subnet: u64| {
+            map.allocations
+                .iter()
+                .find(|a| a.subnet_id == subnet && a.node_id == self.identity.node_id && a.container == host)
+                .map(|a| a.address.split('/').next().unwrap_or_default().to_string())
+        };
         AgentStatus {
             node_id: self.identity.node_id,
             name: self.identity.name.clone(),
@@ -315,6 +322,7 @@ impl LocalService {
                     vni: s.vni,
                     bridge: bridge_name(s.vni),
                     mtu: self.segment_mtu,
+                    egress: s.egress.then(|| exposed(s.id).unwrap_or_default()),
                 })
                 .collect(),
             peers: self.transport.status(),
