@@ -125,6 +125,9 @@ echo "== egress: a subnet whose workloads leave through their own host"
 # egress: a container attached there gets a default route through its
 # host, which masquerades it; the default subnet (no egress) stays inside.
 plug "$P-o" o 192.0.2.100
+# The host routes for its workloads: IPv4 forwarding, which the agent leaves
+# to the admin (Docker and Kubernetes nodes have it on already).
+ip netns exec "$P-h1" sysctl -qw net.ipv4.ip_forward=1
 ADMIN=(ip netns exec "$P-c" "$BIN/weavectl" --data-dir "$DIR/coordinator")
 "${ADMIN[@]}" subnet add 10.40.0.0/24 --name out --egress
 ip netns add "$P-e1"

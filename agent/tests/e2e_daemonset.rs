@@ -179,4 +179,10 @@ fn daemonset_runs_the_installer_the_image_ships() {
     assert!(containerfile.contains("COPY 10-weave.conflist /usr/local/share/weave/10-weave.conflist"));
     let build = read("deploy/image/build.sh");
     assert!(build.contains(r#"cp "$src/deploy/kubernetes/weave-install-cni.sh" "$ctx/weave-install-cni""#));
+    // Kubernetes' conflist: weave's resolver stays out of pods (cluster DNS
+    // binds port 53 in its own pods; kubelet writes pods' resolv.conf).
+    assert!(build.contains(r#"cp "$src/deploy/kubernetes/10-weave.conflist" "$ctx/10-weave.conflist""#));
+    let conflist: serde_json::Value = serde_json::from_str(&read("deploy/kubernetes/10-weave.conflist")).unwrap();
+    assert_eq!(conflist["plugins"][0]["type"], "weave-cni");
+    assert_eq!(conflist["plugins"][0]["dns"], false);
 }

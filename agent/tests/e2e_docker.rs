@@ -316,6 +316,8 @@ fn docker_networks_on_weave() {
     // the host's address there); one started before has no way out.
     let outside = "192.0.2.200";
     bed.add_bare_host(outside);
+    // The host forwards (Docker turns it on itself when it runs with iptables).
+    ok_in(&bed.host_ns(0), &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     let out = bed.weavectl_admin(&["subnet", "set", NET1, "--egress", "on"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The agent's map follows the change within moments: until it has, a

@@ -20,6 +20,7 @@ use common::*;
 
 const SERVER: &str = "192.0.2.200";
 const MARKER: &[u8] = b"egress-marker";
+const WG_MARKER: &[u8] = b"wireguard-shaped";
 
 /// A TCP server in `ns` at SERVER:8080 that answers each connection with
 /// the address it came from; runs until the bed's namespaces go.
@@ -116,10 +117,26 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
     assert!(status.segments.iter().filter(|g| g.subnet != "10.44.0.0/24").all(|g| g.egress.is_none()));
     let text = weave_proto::local_api::format_status(&status);
     assert!(text.contains(&format!("egress via {gateway}")), "{text}");
+    // Not while the host does not forward: the agent leaves that to the
+    // admin (host-wide, it would route between the host's other networks),
+    // and says so.
+    assert_eq!(seen_from(&c1), None, "egress through a host with net.ipv4.ip_forward 0");
+    let held = weave_proto::local_api::format_status(&bed.status(0).unwrap());
+    assert!(held.contains("(held: net.ipv4.ip_forward is 0 on this host)"), "{held}");
+    assert!(bed.log(0).contains("net.ipv4.ip_forward is 0"), "{}", bed.log(0));
+    for host in &bed.hosts {
+        ok_in(&host.ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    }
     // Out, as its host.
     assert_eq!(seen_from(&c1).as_deref(), Some(h0.as_str()), "c1 reaches the server as host 1");
+    // Hiding the host there would take c1's way out: refused (exit 5), nothing changed.
+    let hide = bed.weavectl(0, &["hide", "net:out"]);
+    let why = String::from_utf8_lossy(&hide.stderr).into_owned();
+    assert_eq!(hide.status.code(), Some(5), "{why}");
+    assert!(why.contains("1 container(s) of this host on subnet 10.44.0.0/24 leave through this host"), "{why}");
+    assert_eq!(seen_from(&c1).as_deref(), Some(h0.as_str()), "c1 still leaves after the refused hide");
     let forward = ok_in(&bed.hosts[0].ns, &["iptables", "-w", "-S", "FORWARD"]);
-    assert!(forward.contains("-A FORWARD -i wvbr-+ -j ACCEPT") && forward.contains("-o wvbr-+ -j ACCEPT"), "{forward}");
+    assert!(forward.contains("-A FORWARD -i wv+ -j ACCEPT") && forward.contains("-o wv+ -j ACCEPT"), "{forward}");
 
     // The same subnet on the other host leaves through that host.
     let c4 = bed.add_container("c4");
@@ -129,11 +146,11 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
     // a pod of the subnet on another node. The pod sees c1 itself.
     serve_peer_address(&c4);
     let backend = format!("{}:8080", bed.workloads[w4].ip);
-    let node = &bed.hosts[0].ns;
-    ok_in(node, &["nft", "add", "table", "ip", "kp"]);
-    ok_in(node, &["nft", "add", "chain", "ip", "kp", "pre", "{ type nat hook prerouting priority dstnat; }"]);
+    let node = bed.hosts[0].ns.clone();
+    ok_in(&node, &["nft", "add", "table", "ip", "kp"]);
+    ok_in(&node, &["nft", "add", "chain", "ip", "kp", "pre", "{ type nat hook prerouting priority dstnat; }"]);
     ok_in(
-        node,
+        &node,
         &["nft", "add", "rule", "ip", "kp", "pre", "ip", "daddr", "10.96.0.10", "tcp", "dport", "80"]
             .into_iter()
             .chain(["dnat", "to", &backend])
@@ -143,12 +160,64 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
         seen_at(&c1, "10.96.0.10:80".parse().unwrap())
     });
     assert_eq!(via_service, c1_ip.to_string(), "the service's pod sees the client pod, not its host");
+    // The node itself through the Service (kube-proxy DNATs in output and
+    // masquerades what is not a pod's), and an outside client through a
+    // NodePort: both reach c4 on the other node from host 1's address on
+    // the subnet (the TUN's own address is a node address, refused there).
+    let nodeport = format!("{}:30080", h0);
+    for rule in [
+        vec!["add", "chain", "ip", "kp", "out", "{ type nat hook output priority -100; }"],
+        vec![
+            "add",
+            "rule",
+            "ip",
+            "kp",
+            "out",
+            "ip",
+            "daddr",
+            "10.96.0.10",
+            "tcp",
+            "dport",
+            "80",
+            "dnat",
+            "to",
+            &backend,
+        ],
+        vec!["add", "rule", "ip", "kp", "pre", "ip", "daddr", &h0, "tcp", "dport", "30080", "dnat", "to", &backend],
+        vec!["add", "chain", "ip", "kp", "post", "{ type nat hook postrouting priority srcnat; }"],
+        vec![
+            "add",
+            "rule",
+            "ip",
+            "kp",
+            "post",
+            "ip",
+            "daddr",
+            "10.44.0.0/24",
+            "ip",
+            "saddr",
+            "!=",
+            "10.44.0.0/24",
+            "masquerade",
+        ],
+    ] {
+        ok_in(&node, &[&["nft"][..], &rule].concat());
+    }
+    ok_in(&node, &["ip", "route", "add", "10.96.0.0/12", "dev", "eth0"]);
+    assert_eq!(seen_at(&node, "10.96.0.10:80".parse().unwrap()), Some(gateway.clone()), "the node through a service");
+    assert_eq!(seen_at(&server, nodeport.parse().unwrap()), Some(gateway.clone()), "a client through a NodePort");
+    // And a workload of the egress subnet reaches its own host at its
+    // underlay address (a kubelet, a node-local cache), as it reaches the other host's.
+    assert!(answered(&c1, h0.parse().unwrap(), 6999), "c1 reached not its own host's underlay address");
 
     // A CNI runtime's pod on the egress subnet: the result names the route
     // and the gateway (host 2, exposed at c4's attach), and the pod leaves.
     let pod = bed.add_container("pod");
     let socket = bed.hosts[1].socket.to_str().unwrap().to_string();
-    let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "weave", "type": "weave-cni", "socket": socket, "subnet": "out"});
+    // Kubernetes' conflist: no resolver of weave's in the pod, so cluster
+    // DNS can bind port 53 in its own pods.
+    let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "weave", "type": "weave-cni", "socket": socket,
+        "subnet": "out", "dns": false});
     let added = cni::plugin(&cni::weave_cni(), "ADD", &format!("/run/netns/{pod}"), "pod1", &conf, None);
     assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stdout));
     let result = cni::json_out(&added);
@@ -156,6 +225,9 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
     assert_eq!(result["routes"][0], serde_json::json!({"dst": "0.0.0.0/0", "gw": gw}), "{result}");
     assert!(default_route(&pod).starts_with(&format!("default via {gw} dev eth0")), "{}", default_route(&pod));
     assert_eq!(seen_from(&pod).as_deref(), Some(h1.as_str()), "the pod reaches the server as host 2");
+    assert_eq!(result["dns"], serde_json::json!({}), "{result}");
+    let bound = in_netns(&pod, || (UdpSocket::bind("0.0.0.0:53").is_ok(), TcpListener::bind("0.0.0.0:53").is_ok()));
+    assert_eq!(bound.join().unwrap(), (true, true), "a DNS server in the pod binds port 53");
     assert_eq!(seen_from(&c4).as_deref(), Some(h1.as_str()), "c4 reaches the server as host 2");
     // Where FORWARD accepts by default, iptables is left as it was.
     let forward = in_ns(&bed.hosts[1].ns, &["iptables", "-w", "-S", "FORWARD"]);
@@ -178,6 +250,7 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
     let shut_gw = String::from_utf8_lossy(&exposed.stdout).trim().to_string();
     ok_in(&c2, &["ip", "route", "add", "default", "via", &shut_gw]);
     assert_eq!(seen_from(&c2), None, "a subnet without egress does not leave, even routed through its host");
+    assert!(!answered(&c2, h0.parse().unwrap(), 6999), "c2 reached its host's underlay address");
 
     // Through its gateway, the egress subnet reaches no other subnet (c2
     // on this host, c3 on the other), and the other subnet none of it.
@@ -190,27 +263,52 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
     assert!(!ping_once(&c1, c2_ip) && !ping_once(&c1, c3_ip), "c1 pinged another subnet");
     assert!(!ping_once(&c2, c1_ip), "c2 pinged the egress subnet");
 
-    // Nor a peer's WireGuard endpoint (UDP from host 1's address and port
-    // range would spend what host 2 allows host 1), while UDP elsewhere
-    // leaves: the control that the datagrams were sent at all.
+    // Nor a WireGuard message to a peer's endpoint (from host 1's address it
+    // would spend what host 2 allows host 1), while other UDP to the same
+    // address and port leaves (a member announces its endpoints itself: one
+    // naming a public DNS server must not cut the egress workloads off it),
+    // and so does a WireGuard-shaped datagram to a server that is no peer.
     let port: u16 = bed.hosts[1].endpoint().rsplit_once(':').unwrap().1.parse().unwrap();
     let on_peer = Capture::start(&bed.hosts[1].ns, "eth0", "udp", bed.path("peer.pcap"));
     let on_server = Capture::start(&server, "eth0", "udp", bed.path("server.pcap"));
     let h1_ip: Ipv4Addr = h1.parse().unwrap();
+    let wireguard: Vec<u8> = [&[1u8, 0, 0, 0][..], WG_MARKER].concat();
     in_netns(&c1, move || {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
         for _ in 0..5 {
+            let _ = s.send_to(&wireguard, (h1_ip, port));
             let _ = s.send_to(MARKER, (h1_ip, port));
-            let _ = s.send_to(MARKER, (SERVER.parse::<Ipv4Addr>().unwrap(), 9999));
+            let _ = s.send_to(&wireguard, (SERVER.parse::<Ipv4Addr>().unwrap(), 9999));
             thread::sleep(Duration::from_millis(100));
         }
     })
     .join()
     .unwrap();
     thread::sleep(Duration::from_millis(500));
-    let (on_peer, on_server) = (on_peer.stop(), on_server.stop());
-    assert!(contains(&fs::read(&on_server).unwrap(), MARKER), "the control: UDP to the server leaves");
-    assert!(!contains(&fs::read(&on_peer).unwrap(), MARKER), "UDP from c1 reached host 2's WireGuard port");
+    let (on_peer, on_server) = (fs::read(on_peer.stop()).unwrap(), fs::read(on_server.stop()).unwrap());
+    assert!(contains(&on_server, WG_MARKER), "the control: UDP to the server leaves, WireGuard-shaped or not");
+    assert!(contains(&on_peer, MARKER), "other UDP to a peer's endpoint leaves");
+    assert!(!contains(&on_peer, WG_MARKER), "a WireGuard message from c1 reached host 2's WireGuard port");
+
+    // Nor a coordinator's gRPC port, directly or through a Service's DNAT (a
+    // workload sending bad credentials from its host's address locked the
+    // host's agent out), while the coordinator's host is reached on other
+    // ports (a refusal is an answer).
+    let coordinator: Ipv4Addr = COORDINATOR_IP.parse().unwrap();
+    assert!(answered(&c1, coordinator, 6999), "the control: the coordinator's host answers on another port");
+    assert!(!answered(&c1, coordinator, 6783), "c1 reached the coordinator's gRPC port");
+    // Nor any node's address at that port (a coordinator on a node's host
+    // network, as Kubernetes runs it), while other ports of it answer.
+    let h1_ip: Ipv4Addr = h1.parse().unwrap();
+    assert!(answered(&c1, h1_ip, 6999) && !answered(&c1, h1_ip, 6783), "c1 reached host 2 at the gRPC port");
+    ok_in(
+        &node,
+        &["nft", "add", "rule", "ip", "kp", "pre", "ip", "daddr", "10.96.0.20", "tcp", "dport", "443"]
+            .into_iter()
+            .chain(["dnat", "to", "192.0.2.2:6783"])
+            .collect::<Vec<_>>(),
+    );
+    assert!(!answered(&c1, "10.96.0.20".parse().unwrap(), 443), "c1 reached the coordinator through a service");
 
     // The server cannot come in through the gateway host.
     ok_in(&server, &["ip", "route", "add", "10.44.0.0/24", "via", &h0]);
@@ -223,6 +321,16 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
     admin_ok(&bed, &["subnet", "set", "10.44.0.0/24", "--egress", "on"]);
     let back = wait_for("egress to come back", Duration::from_secs(15), || seen_from(&c1));
     assert_eq!(back, h0);
+
+    // A FORWARD policy that turns DROP later (Docker started after the
+    // agent) is met within a 10 s check: c4's way out and its segment work again.
+    ok_in(&bed.hosts[1].ns, &["iptables", "-w", "-P", "FORWARD", "DROP"]);
+    wait_for("host 2's FORWARD rules for weave's devices", Duration::from_secs(25), || {
+        let forward = ok_in(&bed.hosts[1].ns, &["iptables", "-w", "-S", "FORWARD"]);
+        forward.contains("-A FORWARD -i wv+ -j ACCEPT").then_some(())
+    });
+    assert_eq!(seen_from(&c4).as_deref(), Some(h1.as_str()), "c4 reaches the server again");
+    assert!(ping_once(&c1, bed.workloads[w4].ip), "c1 pings c4 across hosts again");
 }
 
 #[test]

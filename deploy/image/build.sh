@@ -93,7 +93,8 @@ for b in coordinator agent weave-cni weavectl; do cp "$WORK/target/release/$b" "
 strip --strip-debug "$ctx"/bin/*
 cp "$src/deploy/kubernetes/weave-install-cni.sh" "$ctx/weave-install-cni"
 chmod 0755 "$ctx/weave-install-cni"
-cp "$src/deploy/cni/10-weave.conflist" "$ctx/10-weave.conflist"
+# Kubernetes' conflist: no resolver in pods (cluster DNS binds port 53 in its own).
+cp "$src/deploy/kubernetes/10-weave.conflist" "$ctx/10-weave.conflist"
 
 echo "== podman build $TAG"
 pod build --build-arg BASE="$BASE" --label org.opencontainers.image.revision="$COMMIT" --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \

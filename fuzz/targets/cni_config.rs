@@ -47,6 +47,7 @@ pub fn run(data: &[u8]) {
             addrs: vec![addr.clone()],
             no_multicast: !multicast,
             exact_ifname: conf.prev_result.is_none(),
+            no_dns: !conf.dns.unwrap_or(true),
         },
         _ => Request::Detach {
             container: netns.clone(),
@@ -67,10 +68,12 @@ pub fn run(data: &[u8]) {
             name: None,
             netns_fd,
             exact_ifname,
+            no_dns,
             ..
         } => {
             assert!(netns_fd);
             assert_eq!(exact_ifname, conf.prev_result.is_none());
+            assert_eq!(no_dns, conf.dns == Some(false));
             assert_eq!((c, i, f, addrs, no_multicast), (netns.clone(), id, ifname.clone(), vec![addr], !multicast));
         }
         Request::Detach { container: c, id: Some(i), ifname: Some(f), addrs, netns_fd: false, .. } => {

@@ -55,22 +55,29 @@ pub fn addresses(list: &str) -> Vec<&str> {
 /// names resolved now (blocking), IPv4-mapped ones as IPv4, sorted and
 /// without repeats; and the entries that resolved to nothing.
 pub fn resolve(list: &str) -> (Vec<std::net::IpAddr>, Vec<&str>) {
-    let (mut ips, mut unresolved) = (Vec::new(), Vec::new());
+    let (addrs, unresolved) = resolve_addrs(list);
+    let mut ips: Vec<std::net::IpAddr> = addrs.into_iter().map(|a| a.ip()).collect();
+    ips.sort();
+    ips.dedup();
+    (ips, unresolved)
+}
+
+/// [`resolve`] with the ports: each coordinator's address and port.
+pub fn resolve_addrs(list: &str) -> (Vec<std::net::SocketAddr>, Vec<&str>) {
+    let (mut out, mut unresolved) = (Vec::new(), Vec::new());
     for addr in addresses(list) {
-        let found: Vec<std::net::IpAddr> = match addr.parse::<std::net::SocketAddr>() {
-            Ok(a) => vec![a.ip()],
-            Err(_) => std::net::ToSocketAddrs::to_socket_addrs(addr)
-                .map(|found| found.map(|a| a.ip()).collect())
-                .unwrap_or_default(),
+        let found: Vec<std::net::SocketAddr> = match addr.parse::<std::net::SocketAddr>() {
+            Ok(a) => vec![a],
+            Err(_) => std::net::ToSocketAddrs::to_socket_addrs(addr).map(|found| found.collect()).unwrap_or_default(),
         };
         if found.is_empty() {
             unresolved.push(addr);
         }
-        ips.extend(found.into_iter().map(|ip| ip.to_canonical()));
+        out.extend(found.into_iter().map(|a| std::net::SocketAddr::new(a.ip().to_canonical(), a.port())));
     }
-    ips.sort();
-    ips.dedup();
-    (ips, unresolved)
+    out.sort();
+    out.dedup();
+    (out, unresolved)
 }
 
 /// Opens a TLS channel that trusts only `pin` to the first coordinator in

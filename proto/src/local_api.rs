@@ -203,6 +203,11 @@ pub enum Request {
         /// CNI ADD outside a chain).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         exact_ifname: bool,
+        /// No resolver in the container (a CNI network with `"dns": false`:
+        /// Kubernetes, whose pods resolve through cluster DNS, which must
+        /// bind port 53 in its own pods); the name is registered all the same.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        no_dns: bool,
     },
     /// Removes the subnets of `addrs` (all if none) from the container.
     Detach {
@@ -256,6 +261,10 @@ pub struct AgentStatus {
     pub coordinator_connected: bool,
     pub segments: Vec<SegmentStatus>,
     pub peers: Vec<PeerStatus>,
+    /// `net.ipv4.ip_forward` on this host (egress needs it; the agent does
+    /// not turn it on); None from an agent that did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_forward: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -308,10 +317,14 @@ pub fn format_status(s: &AgentStatus) -> String {
             None => {
                 out += &format!("segment {} vni {} bridge {} mtu {}", seg.subnet, seg.vni, seg.bridge, seg.mtu);
                 match seg.egress.as_deref() {
-                    Some("") => out += " egress (not exposed yet)\n",
-                    Some(gw) => out += &format!(" egress via {gw}\n"),
-                    None => out += "\n",
+                    Some("") => out += " egress (not exposed yet)",
+                    Some(gw) => out += &format!(" egress via {gw}"),
+                    None => {}
                 }
+                if seg.egress.is_some() && s.ip_forward == Some(false) {
+                    out += " (held: net.ipv4.ip_forward is 0 on this host)";
+                }
+                out += "\n";
             }
         }
     }

@@ -177,6 +177,13 @@ pub(crate) enum NodeCommand {
     },
 }
 
+/// A switch's two positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OnOff {
+    On,
+    Off,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum SubnetCommand {
     /// Add a subnet, like `weavectl subnet add 10.2.3.0/24`.
@@ -197,8 +204,8 @@ pub(crate) enum SubnetCommand {
         subnet: String,
         /// Whether its workloads leave the overlay through their own host
         /// (containers attached before keep the routes they have).
-        #[arg(long, required = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), value_name = "on|off")]
-        egress: bool,
+        #[arg(long, value_enum)]
+        egress: OnOff,
     },
     /// List subnets with their usage.
     #[command(alias = "list")]

@@ -115,7 +115,9 @@ async fn serve(
     crate::host::routes::set_dns_upstreams(&upstreams);
     let networks = crate::host::routes::lan(identity.node_id);
     let coordinator_ips = crate::host::routes::coordinator_ips(&identity.coordinator);
-    let rules = plan::firewall::rules(&map, identity.node_id, &coordinator_ips, &networks);
+    let coordinator_addrs = weave_proto::client::resolve_addrs(&identity.coordinator).0;
+    let rules = plan::firewall::rules(&map, identity.node_id, &coordinator_ips, &networks)
+        .with_coordinators(&coordinator_addrs);
     firewall::set_broadcast_limit(args.broadcast_limit).await;
     firewall::apply(&rules)
         .await
@@ -193,7 +195,7 @@ async fn serve(
             netlink.clone(),
             map_rx.clone(),
             identity.node_id,
-            coordinator_ips.clone(),
+            (coordinator_ips.clone(), coordinator_addrs),
             Some(rules),
         )),
         tokio::spawn(control::dns_loop(dns.clone(), map_rx.clone())),

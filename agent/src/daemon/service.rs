@@ -209,6 +209,7 @@ fn dns_target(container: &str, passed: Option<&std::sync::Arc<std::fs::File>>) -
 impl LocalService {
     fn dns_plan(&self, request: &Request) -> Option<DnsPlan> {
         match request {
+            Request::Attach { no_dns: true, .. } => None,
             Request::Attach { container, netns, name, id, .. } => {
                 let (netns, key) = dns_target(container, netns.as_ref())?;
                 Some(DnsPlan::Serve { netns, key, aliases: name.iter().chain(id).cloned().collect() })
@@ -326,6 +327,7 @@ impl LocalService {
                 })
                 .collect(),
             peers: self.transport.status(),
+            ip_forward: Some(crate::host::firewall::forwarding_on()),
         }
     }
 }

@@ -58,20 +58,23 @@ async fn nft_with(args: &[&str], script: &str) -> Result<String, Error> {
 pub async fn apply(rules: &Rules) -> Result<(), Error> {
     nft(&ruleset(rules)).await?;
     if rules.segments.iter().any(|s| s.egress) {
-        forward_for_egress();
-        defer_iptables_forward().await;
+        warn_without_forwarding();
     }
+    defer_iptables_forward().await;
     publish(rules);
     Ok(())
 }
 
 /// A host whose iptables `FORWARD` policy is DROP (Docker sets it) drops
-/// egress whatever weave's table says: a packet must pass every base chain
-/// of its hook. There the agent puts two rules at the top of `FORWARD` that
-/// leave whatever enters or leaves a weave bridge to weave's own table, as
-/// Weave Net and flannel did (idempotent: added only when missing; checked
-/// at every full reload, so a Docker that rebuilt its chains gets them
-/// again). No iptables, or a policy of ACCEPT: nothing.
+/// what weave routes between a bridge and the TUN (a segment's traffic
+/// across hosts) and egress, whatever weave's table says: a packet must pass
+/// every base chain of its hook (and with `br_netfilter`, even a bridged
+/// frame meets `FORWARD`). There the agent puts two rules at the top of
+/// `FORWARD` that leave whatever enters or leaves a weave device to weave's
+/// own table, as Weave Net and flannel did: at start and at every 10 s check
+/// (added only when missing, so a Docker that rebuilt its chains or a
+/// policy changed later gets them again within 10 s; found by a review,
+/// 2026-12-05). No iptables, or a policy of ACCEPT: nothing.
 async fn defer_iptables_forward() {
     async fn iptables(args: Vec<&str>) -> Result<std::process::Output, String> {
         Command::new("iptables").arg("-w").args(&args).output().await.map_err(|e| e.to_string())
@@ -83,9 +86,12 @@ async fn defer_iptables_forward() {
     if !listed.lines().any(|l| l.trim() == "-P FORWARD DROP") {
         return;
     }
-    let bridges = format!("{}+", crate::plan::kernel::BRIDGE_PREFIX);
+    // `wv+`: weave's devices (bridges, the TUN, VXLAN), whose forwarding
+    // weave's table judges (a NodePort to a workload on another host goes
+    // from the underlay into the TUN).
+    let devices = crate::plan::kernel::WEAVE_DEVICES.replace('*', "+");
     for dir in ["-o", "-i"] {
-        let rule = vec![dir, bridges.as_str(), "-j", "ACCEPT"];
+        let rule = vec![dir, devices.as_str(), "-j", "ACCEPT"];
         if iptables([&["-C", "FORWARD"][..], &rule].concat()).await.is_ok_and(|o| o.status.success()) {
             continue;
         }
@@ -103,18 +109,24 @@ async fn defer_iptables_forward() {
 
 /// Egress needs IPv4 forwarding on the interfaces its replies come in at
 /// (after the masquerade is undone they are routed into a bridge), which
-/// can be any of the host's: so host-wide, as Docker, Kubernetes and Weave
-/// Net turn it on. Weave's forward chain still drops everything routed into
-/// or out of its devices but what its rules let through. Never turned off
-/// again: something else on the host may have come to rely on it.
-fn forward_for_egress() {
-    const PATH: &str = "net/ipv4/ip_forward";
-    if std::fs::read_to_string(format!("/proc/sys/{PATH}")).is_ok_and(|v| v.trim() == "1") {
-        return;
-    }
-    match crate::host::netlink::sysctl(PATH, "1") {
-        Ok(()) => tracing::info!("IPv4 forwarding turned on host-wide for a subnet's egress"),
-        Err(e) => tracing::warn!(error = %e, "egress needs IPv4 forwarding, which could not be turned on"),
+/// can be any of the host's: `net.ipv4.ip_forward`. The agent does not turn
+/// it on: host-wide, it would make the host a router between its other
+/// networks for anyone on the underlay, which weave's rules (its own
+/// devices only) cannot take back (found by a review, 2026-12-05). Docker
+/// and Kubernetes nodes have it on; elsewhere the admin turns it on, as for
+/// a Tailscale subnet router. Until then: one warning per agent, and `agent
+/// status` says so.
+pub fn forwarding_on() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "1")
+}
+
+fn warn_without_forwarding() {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !forwarding_on() && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "a subnet here has egress, but net.ipv4.ip_forward is 0: its workloads go nowhere outside weave until \
+             it is turned on (sysctl -w net.ipv4.ip_forward=1)"
+        );
     }
 }
 
@@ -338,7 +350,7 @@ pub async fn keep(
     netlink: Netlink,
     mut maps: watch::Receiver<NetworkMap>,
     own_node: u64,
-    coordinator: Vec<std::net::IpAddr>,
+    (coordinator, coordinator_addrs): (Vec<std::net::IpAddr>, Vec<std::net::SocketAddr>),
     mut applied: Option<Rules>,
 ) {
     let mut reloaded = Instant::now();
@@ -353,7 +365,8 @@ pub async fn keep(
     let mut repairing = false;
     loop {
         let networks = super::routes::lan(own_node);
-        let rules = rules(&maps.borrow_and_update(), own_node, &coordinator, &networks);
+        let rules =
+            rules(&maps.borrow_and_update(), own_node, &coordinator, &networks).with_coordinators(&coordinator_addrs);
         let updated = tokio::time::Instant::now();
         if applied.as_ref() != Some(&rules) {
             let elements = applied.as_ref().and_then(|old| update(old, &rules));
@@ -406,6 +419,7 @@ pub async fn keep(
             } else if reloaded.elapsed() >= FULL_RELOAD {
                 applied = None;
             }
+            defer_iptables_forward().await;
             // The source guard too (a `flush ruleset` takes every table).
             // (`guard_ports` counts and logs the repair.)
             if !present("bridge", GUARD_TABLE)

@@ -35,6 +35,7 @@ use crate::{
 
 mod dump;
 mod neighbour;
+mod route;
 mod workload;
 use dump::{bridge_learned_max, bridge_snoops, dump, vxlan_learned_max};
 pub use workload::{WorkloadInterface, harden_workload};

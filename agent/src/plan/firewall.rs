@@ -72,8 +72,26 @@ pub struct Rules {
     /// The MAC of this node's bridges (`kernel::bridge_mac` of its address),
     /// once the map has this node.
     pub bridge_mac: Option<String>,
-    /// The other nodes' IPv4 WireGuard endpoints: egress never reaches them.
+    /// The other nodes' IPv4 WireGuard endpoints: egress sends no
+    /// WireGuard message to them ([`egress`]).
     pub endpoints: BTreeSet<(Ipv4Addr, u16)>,
+    /// The coordinators' IPv4 addresses and gRPC ports: egress never
+    /// reaches them ([`Rules::with_coordinators`]).
+    pub coordinators: BTreeSet<(Ipv4Addr, u16)>,
+}
+
+impl Rules {
+    /// These rules with the coordinators at `addrs` (the agent's list, resolved).
+    pub fn with_coordinators(mut self, addrs: &[std::net::SocketAddr]) -> Self {
+        self.coordinators = addrs
+            .iter()
+            .filter_map(|a| match a {
+                std::net::SocketAddr::V4(a) => Some((*a.ip(), a.port())),
+                std::net::SocketAddr::V6(_) => None,
+            })
+            .collect();
+        self
+    }
 }
 
 /// The segments of `map`, seen from `own_node`.
@@ -125,7 +143,7 @@ pub fn rules(map: &NetworkMap, own_node: u64, coordinator: &[std::net::IpAddr], 
             _ => None,
         })
         .collect();
-    Rules { segments, peers, overlay, node_range, bridge_mac, endpoints }
+    Rules { segments, peers, overlay, node_range, bridge_mac, endpoints, coordinators: BTreeSet::new() }
 }
 
 /// A WireGuard endpoint as an element of the `endpoints` set.
@@ -214,6 +232,7 @@ pub fn ruleset(rules: &Rules) -> String {
     }
     set(&mut out, "peers", "ipv4_addr", false, &rules.peers);
     set(&mut out, "endpoints", "ipv4_addr . inet_service", false, rules.endpoints.iter().map(endpoint));
+    set(&mut out, "grpc", "ipv4_addr . inet_service", false, egress::grpc(rules));
     // The kernel refuses overlapping intervals: nested ranges are merged first.
     set(&mut out, "overlay", "ipv4_addr", true, Ipv4Net::aggregate(&rules.overlay.iter().copied().collect()));
     // Before defragmentation (-400), so each fragment is judged by itself:
@@ -310,14 +329,16 @@ pub fn ruleset(rules: &Rules) -> String {
                 "    ip daddr {exposed} accept\n    meta nfproto ipv4 fib daddr . iif type {{ broadcast, multicast }} accept"
             );
         }
+        out += egress::into_host(s);
         out += "  }\n";
     }
     // Port mappings (CNI portmap, DNAT) are the one explicit way in. Within a
     // bridge anything goes; between a bridge and the TUN only the subnet's
     // own addresses and its remote workloads; nothing else into or out of a
     // bridge or the TUN.
-    out += "  chain forward {\n    type filter hook forward priority filter - 10; policy accept;\n    \
-            ct status dnat accept\n";
+    out += "  chain forward {\n    type filter hook forward priority filter - 10; policy accept;\n";
+    out += &egress::guards(rules);
+    out += "    ct status dnat accept\n";
     out += &egress::replies(segments);
     if !segments.is_empty() {
         let mut targets: Vec<(String, String)> =
@@ -394,7 +415,8 @@ pub fn ruleset(rules: &Rules) -> String {
     }
     out += "    drop\n  }\n";
     for (i, s) in segments.iter().enumerate() {
-        let _ = write!(out, "  chain output_seg{i} {{\n    ip saddr != {} drop\n  }}\n", s.subnet);
+        let _ =
+            write!(out, "  chain output_seg{i} {{\n{}    ip saddr != {} drop\n  }}\n", egress::from_host(s), s.subnet);
     }
     out += &mss_chain();
     out += &untracked_vxlan();
@@ -431,6 +453,7 @@ pub fn update(old: &Rules, new: &Rules) -> Option<String> {
     let same_chains = old.overlay == new.overlay
         && old.node_range == new.node_range
         && old.bridge_mac == new.bridge_mac
+        && old.coordinators == new.coordinators
         && old.segments.len() == new.segments.len()
         && old.segments.iter().zip(&new.segments).all(|(a, b)| {
             a.bridge == b.bridge && a.subnet == b.subnet && a.exposed == b.exposed && a.egress == b.egress
@@ -458,6 +481,7 @@ pub fn update(old: &Rules, new: &Rules) -> Option<String> {
     elements("peers", &text(&old.peers), &text(&new.peers));
     let endpoints = |r: &Rules| -> BTreeSet<String> { r.endpoints.iter().map(endpoint).collect() };
     elements("endpoints", &endpoints(old), &endpoints(new));
+    elements("grpc", &egress::grpc(old), &egress::grpc(new));
     Some(out)
 }
 

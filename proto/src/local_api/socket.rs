@@ -418,6 +418,7 @@ mod tests {
                 dropped_foreign_segment: 0,
                 dropped_storm: 0,
             }],
+            ip_forward: Some(true),
         }
     }
 
@@ -455,6 +456,7 @@ mod tests {
             addrs: vec![],
             no_multicast: false,
             exact_ifname: false,
+            no_dns: false,
         };
         let opened = Arc::new(File::open(&file).unwrap());
         let want = std::fs::metadata(&file).unwrap().ino().to_string();

@@ -93,6 +93,7 @@ pub(crate) async fn run(socket: &Path, out: &Output, c: LocalCommand) -> Outcome
                 addrs,
                 no_multicast,
                 exact_ifname: false,
+                no_dns: false,
             };
             match request(socket, &what, &req).await? {
                 Response::Attached(list) => print_addresses(out, &list),

@@ -8,7 +8,7 @@ use weave_proto::{
 
 use super::{Output, or_dash};
 use crate::{
-    cli::SubnetCommand,
+    cli::{OnOff, SubnetCommand},
     failure::{Doing, Failure, Outcome},
     table::Table,
 };
@@ -48,7 +48,7 @@ pub(super) async fn run(api: &mut Api, out: &Output, command: SubnetCommand) -> 
             out.done(&format!("added subnet {}{label}, vni {}{egress}", s.cidr, s.vni), || subnet_json(&s));
         }
         SubnetCommand::Set { subnet, egress } => {
-            let req = UpdateSubnetRequest { subnet: subnet.clone(), egress: Some(egress) };
+            let req = UpdateSubnetRequest { subnet: subnet.clone(), egress: Some(egress == OnOff::On) };
             let s = api.subnets.update_subnet(req).await.doing(format!("changing subnet {subnet}"))?;
             let state = if s.egress { "on" } else { "off" };
             out.done(&format!("subnet {}: egress {state}", s.cidr), || subnet_json(&s));

@@ -54,6 +54,18 @@ impl Attacher {
         self.gateway(subnet).await.map_err(|e| self.or_removed(subnet, e))
     }
 
+    /// How many of this host's containers hold an address on `subnet` (not
+    /// the host itself, nor Docker's gateway reservation).
+    fn egress_users(&self, subnet: &Subnet) -> usize {
+        let host = format!("host:{}", self.node_name);
+        let map = self.maps.borrow();
+        map.allocations
+            .iter()
+            .filter(|a| a.node_id == self.node_id && a.subnet_id == subnet.id)
+            .filter(|a| a.container != host && a.container != crate::plan::docker::GATEWAY_KEY)
+            .count()
+    }
+
     /// `expose` with the attach lock held.
     async fn expose_on(&self, wanted: &[(AddrSpec, Subnet)]) -> Result<Vec<Attached>, Refusal> {
         let key = format!("host:{}", self.node_name);
@@ -113,6 +125,19 @@ impl Attacher {
             }
             wanted.into_iter().map(|(_, s)| s).collect()
         };
+        // The way out of this host's containers of an egress subnet: not
+        // taken from under them (found by a review, 2026-12-05), before
+        // anything changes.
+        for s in subnets.iter().filter(|s| s.egress) {
+            let using = self.egress_users(s);
+            if using > 0 {
+                return Err(Refusal::conflict(format!(
+                    "{using} container(s) of this host on subnet {} leave through this host (egress): detach them \
+                     first, or turn its egress off",
+                    s.cidr
+                )));
+            }
+        }
         let mut released = Vec::new();
         for s in &subnets {
             if let Some(addr) = held.get(&s.id).and_then(|a| a.parse::<Ipv4Net>().ok()) {

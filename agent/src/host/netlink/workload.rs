@@ -352,32 +352,6 @@ impl Netlink {
         }
         Ok(())
     }
-
-    /// A default route through `gateway` on `ifname` (its subnet's egress),
-    /// unless the container has a default route already (another network's,
-    /// or its own): that one stays. Whether the default route is this one.
-    pub async fn default_route(&self, ifname: &str, gateway: Ipv4Addr) -> Result<bool, Error> {
-        let index = self.link_index(ifname).await?.ok_or_else(|| Error::Netlink(format!("{ifname} does not exist")))?;
-        let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-            .gateway(gateway)
-            .output_interface(index)
-            .build();
-        match self.handle.route().add(route).execute().await {
-            Ok(()) => return Ok(true),
-            Err(e) if errno(&e) == Some(EEXIST) => {}
-            Err(e) => return Err(nl(format!("default route via {gateway} on {ifname}"), e)),
-        }
-        let routes: Vec<RouteMessage> = dump("dump routes", || {
-            self.handle.route().get(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build()).execute()
-        })
-        .await?;
-        Ok(routes.iter().any(|r| {
-            r.header.destination_prefix_length == 0
-                && r.attributes.contains(&RouteAttribute::Gateway(RouteAddress::Inet(gateway)))
-                && r.attributes.contains(&RouteAttribute::Oif(index))
-        }))
-    }
 }
 
 /// The sysctls of a workload interface, set from inside its namespace:

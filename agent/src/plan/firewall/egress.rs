@@ -6,13 +6,51 @@
 //! addresses outside every weave range (the node range and every subnet:
 //! another subnet stays as far away as before), only out of a device that
 //! is not weave's, and masqueraded to the host's own address there. Back in
-//! only as replies to those connections. Not to another node's WireGuard
-//! endpoint over UDP: a workload would speak to a peer from its host's
-//! address and port range, and what a peer does with unauthenticated
-//! datagrams from a host (its handshake limiter) is the host's to spend.
+//! only as replies to those connections.
+//!
+//! Masqueraded, a workload speaks with its host's address, so two things
+//! that count what a host's address sends stay out of its reach, also
+//! through a DNAT (a Kubernetes Service in front of them): the coordinators'
+//! gRPC ports (their failed-authentication limit is per address: a workload
+//! sending bad credentials locked its own host's agent out; found by a
+//! review, 2026-12-05) and WireGuard messages to another node's endpoint
+//! (its handshake limiter, per address, is the host's to spend). Only
+//! datagrams shaped as WireGuard messages: a member announces its endpoints
+//! itself, and one that announced a public DNS server's address must not
+//! cut every egress workload off from it (found by the same review).
 use std::fmt::Write;
 
-use super::{Segment, TUN_NAME, WEAVE_DEVICES};
+use super::{BRIDGE_PREFIX, Rules, Segment, TUN_NAME, WEAVE_DEVICES};
+
+/// The first four bytes of each WireGuard message (its type, then three
+/// zero bytes), as nftables reads the payload: big-endian.
+const WIREGUARD_TYPES: &str = "0x01000000, 0x02000000, 0x03000000, 0x04000000";
+
+/// Forward-chain lines (the base chain, first: before DNATed traffic is let
+/// through) that keep egress off what counts its host's address.
+pub(super) fn guards(rules: &Rules) -> String {
+    if !rules.segments.iter().any(|s| s.egress) {
+        return String::new();
+    }
+    // To a coordinator's address, or to any node's at a coordinator's port
+    // (a coordinator on a host network, Kubernetes', is reached at its
+    // node's address, which the agent's list does not have), also where a
+    // DNAT sent it (this hook sees the destination after it); or to an
+    // address the agent knows a coordinator by that a DNAT sent elsewhere (a
+    // Service's cluster IP, what the Kubernetes manifests advertise).
+    let mut out = format!("    iifname \"{BRIDGE_PREFIX}*\" ip daddr . tcp dport @grpc drop\n");
+    for (ip, port) in &rules.coordinators {
+        let _ = writeln!(
+            out,
+            "    iifname \"{BRIDGE_PREFIX}*\" meta l4proto tcp ct original ip daddr {ip} ct original proto-dst {port} drop"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "    iifname \"{BRIDGE_PREFIX}*\" ip daddr . udp dport @endpoints @th,64,32 {{ {WIREGUARD_TYPES} }} drop"
+    );
+    out
+}
 
 /// Forward-chain lines (the base chain, before the per-interface map):
 /// replies to an egress connection, back to the workload that made it.
@@ -25,28 +63,69 @@ pub(super) fn replies(segments: &[Segment]) -> String {
     out
 }
 
+/// The elements of the `grpc` set: the coordinators, and every node's
+/// endpoint address at each coordinator's port.
+pub(super) fn grpc(rules: &Rules) -> std::collections::BTreeSet<String> {
+    let ports: std::collections::BTreeSet<u16> = rules.coordinators.iter().map(|(_, p)| *p).collect();
+    let nodes = rules.endpoints.iter().flat_map(|(ip, _)| ports.iter().map(move |p| (*ip, *p)));
+    rules.coordinators.iter().copied().chain(nodes).map(|(ip, port)| format!("{ip} . {port}")).collect()
+}
+
 /// The line of segment `i`'s forward chain (traffic from its bridge) that
 /// lets its workloads out.
 pub(super) fn out_of(i: usize, s: &Segment) -> String {
     if !s.egress {
         return String::new();
     }
-    format!(
-        "    ip daddr . udp dport @endpoints drop\n    \
-         ip saddr @local{i} ip daddr != @overlay oifname != \"{WEAVE_DEVICES}\" accept\n"
-    )
+    format!("    ip saddr @local{i} ip daddr != @overlay oifname != \"{WEAVE_DEVICES}\" accept\n")
 }
 
 /// The NAT chain: egress leaves with the host's address on the way out.
+/// And to a workload of an egress subnet on another host (over the TUN or
+/// the segment), whatever is not from that subnet (the host itself, or an
+/// outside client through a Service or NodePort DNAT) leaves from this
+/// host's address there, which every host takes as the subnet's: kube-proxy
+/// masqueraded the node's own to the TUN's address, a node address the
+/// other host refuses, and an outside client's went unchanged, its answer
+/// then leaving through the other host (found by a review, 2026-12-05).
+/// Before kube-proxy's masquerade (srcnat + 0): a connection's first SNAT
+/// is the one that holds. A workload of this host keeps seeing the client.
 pub(super) fn nat_chain(segments: &[Segment]) -> String {
-    let nets: Vec<String> = segments.iter().filter(|s| s.egress).map(|s| s.subnet.to_string()).collect();
-    if nets.is_empty() {
+    let egress: Vec<&Segment> = segments.iter().filter(|s| s.egress).collect();
+    if egress.is_empty() {
         return String::new();
     }
-    format!(
-        "  chain egress_nat {{\n    type nat hook postrouting priority srcnat + 10; policy accept;\n    \
-         oifname \"{WEAVE_DEVICES}\" return\n    oifname \"{TUN_NAME}\" return\n    \
-         ip saddr {{ {} }} ip daddr != @overlay masquerade\n  }}\n",
+    let mut out =
+        "  chain egress_nat {\n    type nat hook postrouting priority srcnat - 10; policy accept;\n".to_string();
+    for (i, s) in segments.iter().enumerate().filter(|(_, s)| s.egress) {
+        if let Some(exposed) = s.exposed {
+            let (net, bridge) = (s.subnet, &s.bridge);
+            let _ = writeln!(
+                out,
+                "    oifname {{ \"{TUN_NAME}\", \"{bridge}\" }} ip daddr @remote{i} ip saddr != {net} snat ip to {exposed}"
+            );
+        }
+    }
+    let nets: Vec<String> = egress.iter().map(|s| s.subnet.to_string()).collect();
+    let _ = write!(
+        out,
+        "    oifname \"{WEAVE_DEVICES}\" return\n    ip saddr {{ {} }} ip daddr != @overlay masquerade\n  }}\n",
         nets.join(", ")
-    )
+    );
+    out
+}
+
+/// The line of segment `i`'s input chain (traffic from its bridge to this
+/// host) for an egress segment: its workloads reach the host at any of its
+/// addresses outside weave's ranges, as they reach every other host (a
+/// Kubernetes pod reaches its own node's kubelet, a node-local DNS cache);
+/// not the node address or another subnet's exposed address.
+pub(super) fn into_host(s: &Segment) -> &'static str {
+    if s.egress { "    ip daddr != @overlay accept\n" } else { "" }
+}
+
+/// And the host's answers from those addresses (the output chain lets the
+/// host speak on a segment only from the subnet's addresses otherwise).
+pub(super) fn from_host(s: &Segment) -> &'static str {
+    if s.egress { "    ct direction reply ip saddr != @overlay accept\n" } else { "" }
 }

@@ -249,6 +249,7 @@ fn element_changes_update_the_sets_and_anything_else_replaces_the_tables() {
         node_range: Some("10.47.0.0/16".parse().unwrap()),
         bridge_mac: Some("02:57:0a:2f:00:01".into()),
         endpoints: BTreeSet::new(),
+        coordinators: BTreeSet::new(),
     };
     let mut new = old.clone();
     new.segments[0].remote.remove(&"10.32.0.9".parse().unwrap());
@@ -301,8 +302,25 @@ fn egress_lets_only_an_exposed_segments_own_workloads_out_and_their_replies_back
         ..seg(5, "10.44.0.0/24", &["10.44.0.9"])
     };
     let endpoints = [("192.0.2.2".parse().unwrap(), 6784)].into();
-    let r = ruleset(&Rules { segments: vec![shut.clone(), out.clone()], endpoints, ..Default::default() });
+    let rules = Rules { segments: vec![shut.clone(), out.clone()], endpoints, ..Default::default() };
+    let r =
+        ruleset(&rules.with_coordinators(&["192.0.2.9:6783".parse().unwrap(), "[2001:db8::9]:6783".parse().unwrap()]));
     let forward = chain(&r, "forward");
+    // First, before DNATed traffic is let through: no coordinator's gRPC port
+    // (also behind a DNAT), no WireGuard message to a peer's endpoint.
+    let coordinator = forward.find("iifname \"wvbr-*\" ip daddr . tcp dport @grpc drop").expect(forward);
+    // The coordinator, and every node's address at its port (a coordinator on a node's host network).
+    assert!(r.contains("elements = { 192.0.2.2 . 6783, 192.0.2.9 . 6783 }"), "{r}");
+    let behind_dnat = forward
+        .find("iifname \"wvbr-*\" meta l4proto tcp ct original ip daddr 192.0.2.9 ct original proto-dst 6783 drop")
+        .expect(forward);
+    assert!(behind_dnat < forward.find("ct status dnat accept").unwrap(), "{forward}");
+    let wireguard = forward
+        .find("iifname \"wvbr-*\" ip daddr . udp dport @endpoints @th,64,32 { 0x01000000, 0x02000000, 0x03000000, 0x04000000 } drop")
+        .expect(forward);
+    let dnat = forward.find("ct status dnat accept").unwrap();
+    assert!(coordinator < dnat && wireguard < dnat, "{forward}");
+    assert!(!forward.contains("2001:db8"), "IPv4 only: {forward}");
     // Replies back into the egress bridge only, to its own workloads.
     assert!(
         forward
@@ -312,21 +330,34 @@ fn egress_lets_only_an_exposed_segments_own_workloads_out_and_their_replies_back
     assert!(!forward.contains(&format!("oifname \"{}\" ct direction reply", shut.bridge)), "{forward}");
     // Out of the egress bridge: its own workloads, not to weave's ranges or devices, nor a peer's endpoint.
     let seg1 = chain(&r, "forward_seg1");
-    let drop_endpoints = seg1.find("ip daddr . udp dport @endpoints drop").expect(seg1);
-    let accept = seg1.find("ip saddr @local1 ip daddr != @overlay oifname != \"wv*\" accept").expect(seg1);
-    assert!(drop_endpoints < accept, "{seg1}");
+    assert!(seg1.contains("ip saddr @local1 ip daddr != @overlay oifname != \"wv*\" accept"), "{seg1}");
     assert!(!chain(&r, "forward_seg0").contains("@overlay"), "no egress for the other segment");
     assert!(r.contains("elements = { 192.0.2.2 . 6784 }"), "{r}");
     // Masqueraded, the egress subnet only, never into weave's devices.
     let nat = chain(&r, "egress_nat");
     assert!(nat.contains("ip saddr { 10.44.0.0/24 } ip daddr != @overlay masquerade"), "{nat}");
     assert!(nat.contains("oifname \"wv*\" return"), "{nat}");
+    // To the subnet's remote workloads from elsewhere (the host, a NodePort's
+    // client): from the host's address there, before kube-proxy's masquerade.
+    let snat = format!(
+        "oifname {{ \"wvtun0\", \"{}\" }} ip daddr @remote1 ip saddr != 10.44.0.0/24 snat ip to 10.44.0.1",
+        out.bridge
+    );
+    let tun = nat.find(&snat).expect(nat);
+    assert!(tun < nat.find("oifname \"wv*\" return").unwrap(), "{nat}");
+    assert!(r.contains("type nat hook postrouting priority srcnat - 10;"), "{r}");
+    // Its workloads reach the host at its addresses outside weave's ranges; the other segment's do not.
+    assert!(chain(&r, "input_seg1").contains("ip daddr != @overlay accept"), "{r}");
+    assert!(!chain(&r, "input_seg0").contains("!= @overlay"), "{r}");
+    assert!(chain(&r, "output_seg1").starts_with("    ct direction reply ip saddr != @overlay accept\n"), "{r}");
+    assert!(!chain(&r, "output_seg0").contains("ct direction"), "{r}");
     // Without an egress segment: no NAT chain, nothing let out.
     let none = ruleset(&Rules { segments: vec![shut, Segment { egress: false, ..out.clone() }], ..Default::default() });
     assert!(
         !none.contains("egress_nat") && !none.contains("ct status snat") && !none.contains("!= @overlay"),
         "{none}"
     );
+    assert!(!none.contains("ct original") && !none.contains("@th,64,32"), "no guards without egress: {none}");
     // Turning it on or off replaces the tables; an endpoint changes an element.
     let on = Rules { segments: vec![out.clone()], ..Default::default() };
     let off = Rules { segments: vec![Segment { egress: false, ..out }], ..Default::default() };
@@ -334,4 +365,7 @@ fn egress_lets_only_an_exposed_segments_own_workloads_out_and_their_replies_back
     let moved = Rules { endpoints: [("192.0.2.3".parse().unwrap(), 6784)].into(), ..on.clone() };
     let script = update(&on, &moved).unwrap();
     assert_eq!(script, "add element inet weave endpoints { 192.0.2.3 . 6784 }\n");
+    let with = |r: &Rules| r.clone().with_coordinators(&["192.0.2.9:6783".parse().unwrap()]);
+    let script = update(&with(&on), &with(&moved)).unwrap();
+    assert!(script.contains("add element inet weave grpc { 192.0.2.3 . 6783 }\n"), "{script}");
 }
