@@ -226,6 +226,18 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
     assert!(default_route(&pod).starts_with(&format!("default via {gw} dev eth0")), "{}", default_route(&pod));
     assert_eq!(seen_from(&pod).as_deref(), Some(h1.as_str()), "the pod reaches the server as host 2");
     assert_eq!(result["dns"], serde_json::json!({}), "{result}");
+    // CHECK looks at the default route too: there, fine; gone, failed (code 100).
+    let mut check = conf.clone();
+    check["prevResult"] = result.clone();
+    let netns = format!("/run/netns/{pod}");
+    let checked = cni::plugin(&cni::weave_cni(), "CHECK", &netns, "pod1", &check, None);
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stdout));
+    ok_in(&pod, &["ip", "route", "del", "default"]);
+    let checked = cni::plugin(&cni::weave_cni(), "CHECK", &netns, "pod1", &check, None);
+    let e = cni::json_out(&checked);
+    assert_eq!(e["code"], 100, "{e}");
+    assert!(e["msg"].as_str().unwrap().contains(&format!("the default route via {gw} on eth0 is missing")), "{e}");
+    ok_in(&pod, &["ip", "route", "add", "default", "via", &gw]);
     let bound = in_netns(&pod, || (UdpSocket::bind("0.0.0.0:53").is_ok(), TcpListener::bind("0.0.0.0:53").is_ok()));
     assert_eq!(bound.join().unwrap(), (true, true), "a DNS server in the pod binds port 53");
     assert_eq!(seen_from(&c4).as_deref(), Some(h1.as_str()), "c4 reaches the server as host 2");

@@ -181,10 +181,19 @@ async fn check(conf: &NetConf, netns: &str) -> Result<(), CniError> {
         return Err(CniError::new(code::CHECK_FAILED, format!("{name} has MAC {have_mac}, not {mac}"), ""));
     }
     let addresses: Vec<String> = have.addresses.iter().map(|(ip, len)| format!("{ip}/{len}")).collect();
-    match want.iter().find(|a| !addresses.contains(a)) {
-        Some(missing) => {
-            Err(CniError::new(code::CHECK_FAILED, format!("{missing} is missing on {name} in {netns}"), ""))
-        }
-        None => Ok(()),
+    if let Some(missing) = want.iter().find(|a| !addresses.contains(a)) {
+        return Err(CniError::new(code::CHECK_FAILED, format!("{missing} is missing on {name} in {netns}"), ""));
     }
+    // An egress subnet's default route, where ADD gave one.
+    if let Some(gateway) = conf.prev_weave_gateway(&name) {
+        let has = inside
+            .has_default_via(&name, gateway)
+            .await
+            .map_err(|e| CniError::new(code::CHECK_FAILED, "netlink", e.to_string()))?;
+        if !has {
+            let what = format!("the default route via {gateway} on {name} is missing in {netns}");
+            return Err(CniError::new(code::CHECK_FAILED, what, ""));
+        }
+    }
+    Ok(())
 }

@@ -192,6 +192,18 @@ impl NetConf {
         found
     }
 
+    /// The gateway the previous result gives weave's interface `name` (an
+    /// egress subnet's: the default route through the host).
+    pub fn prev_weave_gateway(&self, name: &str) -> Option<std::net::Ipv4Addr> {
+        let prev = self.prev_result.as_ref()?;
+        let ifaces = prev["interfaces"].as_array()?;
+        prev["ips"].as_array()?.iter().find_map(|ip| {
+            let iface = ifaces.get(usize::try_from(ip["interface"].as_u64()?).ok()?)?;
+            (iface["name"].as_str()? == name).then_some(())?;
+            ip["gateway"].as_str()?.parse().ok()
+        })
+    }
+
     /// A `subnet` the agent could never read is the configuration's fault
     /// (7), not a refusal. For ADD and CHECK only: a DEL must still release
     /// what the previous result names, whatever became of the configuration

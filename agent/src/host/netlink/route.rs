@@ -7,23 +7,9 @@ impl Netlink {
     /// (one of metric 0 beside another network's of 100 took its traffic;
     /// found by a review, 2026-12-05). Whether the default route is this one.
     pub async fn default_route(&self, ifname: &str, gateway: Ipv4Addr) -> Result<bool, Error> {
-        let index = self.link_index(ifname).await?.ok_or_else(|| Error::Netlink(format!("{ifname} does not exist")))?;
-        let routes: Vec<RouteMessage> = dump("dump routes", || {
-            self.handle.route().get(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build()).execute()
-        })
-        .await?;
-        let defaults: Vec<&RouteMessage> = routes
-            .iter()
-            .filter(|r| {
-                r.header.destination_prefix_length == 0
-                    && r.header.table == netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN
-            })
-            .collect();
+        let (index, defaults) = self.defaults(ifname).await?;
         if !defaults.is_empty() {
-            return Ok(defaults.iter().any(|r| {
-                r.attributes.contains(&RouteAttribute::Gateway(RouteAddress::Inet(gateway)))
-                    && r.attributes.contains(&RouteAttribute::Oif(index))
-            }));
+            return Ok(defaults.iter().any(|r| via(r, gateway, index)));
         }
         let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
@@ -35,4 +21,29 @@ impl Netlink {
             Err(e) => Err(nl(format!("default route via {gateway} on {ifname}"), e)),
         }
     }
+
+    /// Whether the container's default route goes through `gateway` on
+    /// `ifname` (CNI CHECK), changing nothing.
+    pub async fn has_default_via(&self, ifname: &str, gateway: Ipv4Addr) -> Result<bool, Error> {
+        let (index, defaults) = self.defaults(ifname).await?;
+        Ok(defaults.iter().any(|r| via(r, gateway, index)))
+    }
+
+    /// `ifname`'s index and the IPv4 default routes of the main table.
+    async fn defaults(&self, ifname: &str) -> Result<(u32, Vec<RouteMessage>), Error> {
+        let index = self.link_index(ifname).await?.ok_or_else(|| Error::Netlink(format!("{ifname} does not exist")))?;
+        let routes: Vec<RouteMessage> = dump("dump routes", || {
+            self.handle.route().get(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build()).execute()
+        })
+        .await?;
+        let main = netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN;
+        let defaults =
+            routes.into_iter().filter(|r| r.header.destination_prefix_length == 0 && r.header.table == main).collect();
+        Ok((index, defaults))
+    }
+}
+
+fn via(route: &RouteMessage, gateway: Ipv4Addr, index: u32) -> bool {
+    route.attributes.contains(&RouteAttribute::Gateway(RouteAddress::Inet(gateway)))
+        && route.attributes.contains(&RouteAttribute::Oif(index))
 }

@@ -177,3 +177,17 @@ fn names_from_cni_args() {
     assert_eq!(dns_name("K8S_POD_NAME=bad name!"), None, "not a DNS label: no name, still an address");
     assert_eq!(dns_name("K8S_POD_NAME=-x"), None);
 }
+
+#[test]
+fn the_gateway_of_weaves_interface_comes_from_the_previous_result() {
+    let prev = r#"{"interfaces":[{"name":"eth0","mac":"aa:bb:cc:dd:ee:ff"},{"name":"eth1","mac":"02:57:0a:20:00:07"}],
+        "ips":[{"address":"192.168.50.2/24","gateway":"192.168.50.1","interface":0},
+               {"address":"10.32.0.7/16","gateway":"10.32.0.1","interface":1}]}"#;
+    let conf = NetConf::parse(
+        format!(r#"{{"cniVersion":"1.0.0","name":"w","type":"weave-cni","prevResult":{prev}}}"#).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(conf.prev_weave_gateway("eth1"), Some("10.32.0.1".parse().unwrap()));
+    assert_eq!(conf.prev_weave_gateway("eth0"), Some("192.168.50.1".parse().unwrap()));
+    assert_eq!(conf.prev_weave_gateway("eth9"), None);
+}
