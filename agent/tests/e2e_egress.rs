@@ -137,6 +137,22 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
     assert_eq!(seen_from(&c1).as_deref(), Some(h0.as_str()), "c1 still leaves after the refused hide");
     let forward = ok_in(&bed.hosts[0].ns, &["iptables", "-w", "-S", "FORWARD"]);
     assert!(forward.contains("-A FORWARD -i wv+ -j ACCEPT") && forward.contains("-o wv+ -j ACCEPT"), "{forward}");
+    // Appended: a rule the admin puts before them (Docker's DOCKER-USER) still judges weave's traffic.
+    let ns0 = bed.hosts[0].ns.clone();
+    ok_in(&ns0, &["iptables", "-w", "-N", "DOCKER-USER"]);
+    ok_in(&ns0, &["iptables", "-w", "-A", "DOCKER-USER", "-d", SERVER, "-p", "tcp", "--dport", "8080", "-j", "DROP"]);
+    ok_in(&ns0, &["iptables", "-w", "-I", "FORWARD", "1", "-j", "DOCKER-USER"]);
+    // The agent's rules taken away: put back within a check, after DOCKER-USER's jump.
+    for dir in ["-i", "-o"] {
+        ok_in(&ns0, &["iptables", "-w", "-D", "FORWARD", dir, "wv+", "-j", "ACCEPT"]);
+    }
+    wait_for("host 1's FORWARD rules for weave's devices again", Duration::from_secs(25), || {
+        let forward = ok_in(&ns0, &["iptables", "-w", "-S", "FORWARD"]);
+        forward.contains("-A FORWARD -o wv+ -j ACCEPT").then_some(forward)
+    });
+    assert_eq!(seen_from(&c1), None, "DOCKER-USER's drop was passed over");
+    ok_in(&ns0, &["iptables", "-w", "-F", "DOCKER-USER"]);
+    assert_eq!(seen_from(&c1).as_deref(), Some(h0.as_str()), "c1 leaves again once DOCKER-USER lets it");
 
     // The same subnet on the other host leaves through that host.
     let c4 = bed.add_container("c4");
@@ -263,6 +279,9 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
     ok_in(&c2, &["ip", "route", "add", "default", "via", &shut_gw]);
     assert_eq!(seen_from(&c2), None, "a subnet without egress does not leave, even routed through its host");
     assert!(!answered(&c2, h0.parse().unwrap(), 6999), "c2 reached its host's underlay address");
+    // Nor through a Service of its host whose pod is on the egress subnet
+    // on another host (the DNAT passes; no SNAT makes c2 one of the subnet's).
+    assert_eq!(seen_at(&c2, "10.96.0.10:80".parse().unwrap()), None, "c2 reached c4 through a service");
 
     // Through its gateway, the egress subnet reaches no other subnet (c2
     // on this host, c3 on the other), and the other subnet none of it.

@@ -655,6 +655,14 @@ async fn an_address_that_keeps_failing_to_authenticate_is_refused_before_any_loo
     let from = "127.0.0.9";
     let channel = c.channel_from(from).await.unwrap();
     let mut bogus = weave_proto::client::Api::new(channel.clone(), "not-a-credential").unwrap();
+    // A node whose agent calls from that address before (its credential
+    // proved there): a container masqueraded to the same address must not
+    // lock it out.
+    let mut admin = c.admin().await;
+    let joined = admin.join.join(join_request(&c.token(), "host9", 9)).await.unwrap().into_inner();
+    let mut node_there =
+        weave_proto::client::Api::new(c.channel_from(from).await.unwrap(), &joined.credential).unwrap();
+    node_there.status.get_status(GetStatusRequest {}).await.expect("the node's first call");
     let mut refused = 0;
     for i in 0..3 * FAILURES_BURST {
         let r = if i % 2 == 0 {
@@ -675,9 +683,14 @@ async fn an_address_that_keeps_failing_to_authenticate_is_refused_before_any_loo
     }
     // A burst of 50 (and what came back while it was spent).
     assert!((FAILURES_BURST..=3 * FAILURES_BURST - FAILURES_BURST).contains(&refused), "{refused} refused");
-    // A valid credential from that address is refused too, before its lookup ...
+    // A valid credential never proved from that address is refused too, before its lookup ...
     let mut admin_there = c.admin_from(from).await.unwrap();
     assert_status(admin_there.status.get_status(GetStatusRequest {}).await, Code::ResourceExhausted, "failed");
+    // ... but the node's, proved there before, is served, on a new connection too.
+    node_there.status.get_status(GetStatusRequest {}).await.expect("the node is served meanwhile");
+    let mut reconnected =
+        weave_proto::client::Api::new(c.channel_from(from).await.unwrap(), &joined.credential).unwrap();
+    reconnected.status.get_status(GetStatusRequest {}).await.expect("the node is served on a new connection");
     // ... while one from another address is served.
     let mut admin = c.admin_from("127.0.0.10").await.unwrap();
     admin.status.get_status(GetStatusRequest {}).await.expect("another address is served");

@@ -69,9 +69,9 @@ pub async fn apply(rules: &Rules) -> Result<(), Error> {
 /// what weave routes between a bridge and the TUN (a segment's traffic
 /// across hosts) and egress, whatever weave's table says: a packet must pass
 /// every base chain of its hook (and with `br_netfilter`, even a bridged
-/// frame meets `FORWARD`). There the agent puts two rules at the top of
-/// `FORWARD` that leave whatever enters or leaves a weave device to weave's
-/// own table, as Weave Net and flannel did: at start and at every 10 s check
+/// frame meets `FORWARD`). There the agent appends two rules to `FORWARD`
+/// that leave whatever enters or leaves a weave device to weave's own
+/// table, as Weave Net and flannel did: at start and at every 10 s check
 /// (added only when missing, so a Docker that rebuilt its chains or a
 /// policy changed later gets them again within 10 s; found by a review,
 /// 2026-12-05). No iptables, or a policy of ACCEPT: nothing.
@@ -95,7 +95,9 @@ async fn defer_iptables_forward() {
         if iptables([&["-C", "FORWARD"][..], &rule].concat()).await.is_ok_and(|o| o.status.success()) {
             continue;
         }
-        match iptables([&["-I", "FORWARD", "1"][..], &rule].concat()).await {
+        // Appended: `DOCKER-USER` and any policy layer before them still
+        // judge weave's traffic (found by a review, 2026-12-05).
+        match iptables([&["-A", "FORWARD"][..], &rule].concat()).await {
             Ok(out) if out.status.success() => {
                 tracing::info!(rule = %rule.join(" "), "iptables FORWARD drops by default: weave's bridges left to weave's table")
             }

@@ -78,6 +78,8 @@ pub struct Rules {
     /// The coordinators' IPv4 addresses and gRPC ports: egress never
     /// reaches them ([`Rules::with_coordinators`]).
     pub coordinators: BTreeSet<(Ipv4Addr, u16)>,
+    /// This node's address (in the node range), once the map has this node.
+    pub own_address: Option<Ipv4Addr>,
 }
 
 impl Rules {
@@ -143,7 +145,7 @@ pub fn rules(map: &NetworkMap, own_node: u64, coordinator: &[std::net::IpAddr], 
             _ => None,
         })
         .collect();
-    Rules { segments, peers, overlay, node_range, bridge_mac, endpoints, coordinators: BTreeSet::new() }
+    Rules { segments, peers, overlay, node_range, bridge_mac, endpoints, coordinators: BTreeSet::new(), own_address }
 }
 
 /// A WireGuard endpoint as an element of the `endpoints` set.
@@ -420,7 +422,7 @@ pub fn ruleset(rules: &Rules) -> String {
     }
     out += &mss_chain();
     out += &untracked_vxlan();
-    out += &egress::nat_chain(segments);
+    out += &egress::nat_chain(rules);
     out += "}\n";
     out += &super::l2::bridge_table(segments);
     out += &arp_table(rules);
@@ -454,6 +456,7 @@ pub fn update(old: &Rules, new: &Rules) -> Option<String> {
         && old.node_range == new.node_range
         && old.bridge_mac == new.bridge_mac
         && old.coordinators == new.coordinators
+        && old.own_address == new.own_address
         && old.segments.len() == new.segments.len()
         && old.segments.iter().zip(&new.segments).all(|(a, b)| {
             a.bridge == b.bridge && a.subnet == b.subnet && a.exposed == b.exposed && a.egress == b.egress

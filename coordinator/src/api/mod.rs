@@ -106,7 +106,12 @@ impl State {
     }
 
     async fn authenticate<T>(&self, req: &Request<T>) -> Result<(Caller, String), Status> {
-        self.failures.counted(req.remote_addr(), self.find_caller(req)).await
+        let proof = req
+            .metadata()
+            .get("authorization")
+            .and_then(|h| bearer_secret(h.as_bytes()))
+            .map(|secret| hash_secret(&secret));
+        self.failures.counted_with(req.remote_addr(), proof.as_deref(), self.find_caller(req)).await
     }
 
     async fn find_caller<T>(&self, req: &Request<T>) -> Result<(Caller, String), Status> {

@@ -86,16 +86,29 @@ pub const FAILURES_BURST: u32 = 50;
 /// budget comes back (a second for five). A source is an IPv4 address or
 /// an IPv6 /64. The price: members that share an address (one NAT, or a
 /// load balancer that hides the callers' addresses) with someone failing
-/// this often are refused with it.
+/// this often are refused with it, unless their credential has been proved
+/// from that address before: a credential that authenticated from a source
+/// is let through to its lookup there whatever the source's budget (a
+/// container masqueraded to its host's address, sending bad credentials,
+/// locked the host's own agent out; found by a review, 2026-12-05). The
+/// lookup of a credential proved before is the one a member's call costs
+/// anyway; what an outsider sends was never proved anywhere.
 pub struct Failures {
     /// Per source: when its budget is whole again, as an offset from `epoch`.
     due: Mutex<HashMap<Source, Duration>>,
+    /// Per source: the hashes of the last credentials that authenticated from it.
+    proven: Mutex<HashMap<Source, Vec<String>>>,
     epoch: Instant,
 }
 
+/// Credentials remembered per source (a host's agent and an admin's
+/// weavectl behind one address, with room to spare), and sources in all.
+const PROVEN_PER_SOURCE: usize = 8;
+const PROVEN_SOURCES: usize = 100_000;
+
 impl Default for Failures {
     fn default() -> Self {
-        Self { due: Mutex::default(), epoch: Instant::now() }
+        Self { due: Mutex::default(), proven: Mutex::default(), epoch: Instant::now() }
     }
 }
 
@@ -142,12 +155,49 @@ impl Failures {
         from: Option<std::net::SocketAddr>,
         call: impl std::future::Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
-        self.check(from)?;
+        self.counted_with(from, None, call).await
+    }
+
+    /// [`Self::counted`] for a call that presents a credential of hash
+    /// `proof`: let through past an exhausted budget when that credential
+    /// authenticated from the same source before, and remembered when it does.
+    pub async fn counted_with<T>(
+        &self,
+        from: Option<std::net::SocketAddr>,
+        proof: Option<&str>,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        if !proof.is_some_and(|p| self.proved(from, p)) {
+            self.check(from)?;
+        }
         let answer = call.await;
-        if answer.as_ref().is_err_and(|s| s.code() == tonic::Code::Unauthenticated) {
-            self.failed(from);
+        match (&answer, proof) {
+            (Err(s), _) if s.code() == tonic::Code::Unauthenticated => self.failed(from),
+            (Ok(_), Some(p)) => self.prove(from, p),
+            _ => {}
         }
         answer
+    }
+
+    fn proved(&self, from: Option<std::net::SocketAddr>, proof: &str) -> bool {
+        let Some(from) = from else { return false };
+        let proven = self.proven.lock().unwrap_or_else(|p| p.into_inner());
+        proven.get(&source_key(from.ip())).is_some_and(|hashes| hashes.iter().any(|h| h == proof))
+    }
+
+    fn prove(&self, from: Option<std::net::SocketAddr>, proof: &str) {
+        let Some(from) = from else { return };
+        let mut proven = self.proven.lock().unwrap_or_else(|p| p.into_inner());
+        if proven.len() >= PROVEN_SOURCES && !proven.contains_key(&source_key(from.ip())) {
+            proven.clear();
+        }
+        let hashes = proven.entry(source_key(from.ip())).or_default();
+        if let Some(i) = hashes.iter().position(|h| h == proof) {
+            hashes.remove(i);
+        } else if hashes.len() >= PROVEN_PER_SOURCE {
+            hashes.remove(0);
+        }
+        hashes.push(proof.to_string());
     }
 
     /// Charges `from`'s source one failure.

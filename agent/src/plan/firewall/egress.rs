@@ -82,28 +82,38 @@ pub(super) fn out_of(i: usize, s: &Segment) -> String {
 
 /// The NAT chain: egress leaves with the host's address on the way out.
 /// And to a workload of an egress subnet on another host (over the TUN or
-/// the segment), whatever is not from that subnet (the host itself, or an
-/// outside client through a Service or NodePort DNAT) leaves from this
-/// host's address there, which every host takes as the subnet's: kube-proxy
+/// the segment), what comes from outside weave's ranges or from the node
+/// itself (an outside client through a Service or NodePort DNAT, the host)
+/// leaves from this host's address there, which every host takes as the
+/// subnet's: kube-proxy
 /// masqueraded the node's own to the TUN's address, a node address the
 /// other host refuses, and an outside client's went unchanged, its answer
 /// then leaving through the other host (found by a review, 2026-12-05).
 /// Before kube-proxy's masquerade (srcnat + 0): a connection's first SNAT
 /// is the one that holds. A workload of this host keeps seeing the client.
-pub(super) fn nat_chain(segments: &[Segment]) -> String {
+pub(super) fn nat_chain(rules: &Rules) -> String {
+    let segments = &rules.segments;
     let egress: Vec<&Segment> = segments.iter().filter(|s| s.egress).collect();
     if egress.is_empty() {
         return String::new();
     }
     let mut out =
         "  chain egress_nat {\n    type nat hook postrouting priority srcnat - 10; policy accept;\n".to_string();
+    // Sources outside weave's ranges, and the node's own address: never a
+    // workload of another subnet, which a DNAT on this host (a Service's)
+    // would otherwise have carried into this segment as this host (found
+    // by a review, 2026-12-05).
+    let mut sources = vec!["ip saddr != @overlay".to_string()];
+    sources.extend(rules.own_address.map(|a| format!("ip saddr {a}")));
     for (i, s) in segments.iter().enumerate().filter(|(_, s)| s.egress) {
         if let Some(exposed) = s.exposed {
-            let (net, bridge) = (s.subnet, &s.bridge);
-            let _ = writeln!(
-                out,
-                "    oifname {{ \"{TUN_NAME}\", \"{bridge}\" }} ip daddr @remote{i} ip saddr != {net} snat ip to {exposed}"
-            );
+            let bridge = &s.bridge;
+            for from in &sources {
+                let _ = writeln!(
+                    out,
+                    "    oifname {{ \"{TUN_NAME}\", \"{bridge}\" }} ip daddr @remote{i} {from} snat ip to {exposed}"
+                );
+            }
         }
     }
     let nets: Vec<String> = egress.iter().map(|s| s.subnet.to_string()).collect();

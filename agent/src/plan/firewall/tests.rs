@@ -250,6 +250,7 @@ fn element_changes_update_the_sets_and_anything_else_replaces_the_tables() {
         bridge_mac: Some("02:57:0a:2f:00:01".into()),
         endpoints: BTreeSet::new(),
         coordinators: BTreeSet::new(),
+        own_address: None,
     };
     let mut new = old.clone();
     new.segments[0].remote.remove(&"10.32.0.9".parse().unwrap());
@@ -302,7 +303,12 @@ fn egress_lets_only_an_exposed_segments_own_workloads_out_and_their_replies_back
         ..seg(5, "10.44.0.0/24", &["10.44.0.9"])
     };
     let endpoints = [("192.0.2.2".parse().unwrap(), 6784)].into();
-    let rules = Rules { segments: vec![shut.clone(), out.clone()], endpoints, ..Default::default() };
+    let rules = Rules {
+        segments: vec![shut.clone(), out.clone()],
+        endpoints,
+        own_address: Some("10.47.0.1".parse().unwrap()),
+        ..Default::default()
+    };
     let r =
         ruleset(&rules.with_coordinators(&["192.0.2.9:6783".parse().unwrap(), "[2001:db8::9]:6783".parse().unwrap()]));
     let forward = chain(&r, "forward");
@@ -339,11 +345,17 @@ fn egress_lets_only_an_exposed_segments_own_workloads_out_and_their_replies_back
     assert!(nat.contains("oifname \"wv*\" return"), "{nat}");
     // To the subnet's remote workloads from elsewhere (the host, a NodePort's
     // client): from the host's address there, before kube-proxy's masquerade.
+    // Only from outside weave's ranges or from the node itself: never another subnet's workload.
     let snat = format!(
-        "oifname {{ \"wvtun0\", \"{}\" }} ip daddr @remote1 ip saddr != 10.44.0.0/24 snat ip to 10.44.0.1",
+        "oifname {{ \"wvtun0\", \"{}\" }} ip daddr @remote1 ip saddr != @overlay snat ip to 10.44.0.1",
         out.bridge
     );
     let tun = nat.find(&snat).expect(nat);
+    let own = format!(
+        "oifname {{ \"wvtun0\", \"{}\" }} ip daddr @remote1 ip saddr 10.47.0.1 snat ip to 10.44.0.1",
+        out.bridge
+    );
+    assert!(nat.contains(&own), "{nat}");
     assert!(tun < nat.find("oifname \"wv*\" return").unwrap(), "{nat}");
     assert!(r.contains("type nat hook postrouting priority srcnat - 10;"), "{r}");
     // Its workloads reach the host at its addresses outside weave's ranges; the other segment's do not.
