@@ -96,15 +96,75 @@ pub const FAILURES_BURST: u32 = 50;
 pub struct Failures {
     /// Per source: when its budget is whole again, as an offset from `epoch`.
     due: Mutex<HashMap<Source, Duration>>,
-    /// Per source: the hashes of the last credentials that authenticated from it.
-    proven: Mutex<HashMap<Source, Vec<String>>>,
+    /// Which credentials authenticated from which sources.
+    proven: Mutex<Proven>,
     epoch: Instant,
 }
 
-/// Credentials remembered per source (a host's agent and an admin's
-/// weavectl behind one address, with room to spare), and sources in all.
-const PROVEN_PER_SOURCE: usize = 8;
-const PROVEN_SOURCES: usize = 100_000;
+/// Credentials remembered per source (the nodes behind one NAT, an admin's
+/// weavectl), and sources per credential: one credential cannot push the
+/// others' proofs out by proving itself from ever new addresses (found by
+/// a review, 2026-12-05), so what is remembered is bounded by the
+/// credentials there are.
+const PROVEN_PER_SOURCE: usize = 64;
+const SOURCES_PER_CREDENTIAL: usize = 16;
+
+#[derive(Default)]
+struct Proven {
+    /// Per source: the hashes of the credentials that authenticated from it.
+    by_source: HashMap<Source, Vec<String>>,
+    /// Per credential hash: its sources, oldest first.
+    by_credential: HashMap<String, std::collections::VecDeque<Source>>,
+}
+
+impl Proven {
+    fn has(&self, source: Source, proof: &str) -> bool {
+        self.by_source.get(&source).is_some_and(|hashes| hashes.iter().any(|h| h == proof))
+    }
+
+    fn add(&mut self, source: Source, proof: &str) {
+        if self.has(source, proof) {
+            return;
+        }
+        let sources = self.by_credential.entry(proof.to_string()).or_default();
+        sources.push_back(source);
+        let dropped = if sources.len() > SOURCES_PER_CREDENTIAL { sources.pop_front() } else { None };
+        if let Some(old) = dropped {
+            self.remove_from(old, proof);
+        }
+        let hashes = self.by_source.entry(source).or_default();
+        if hashes.len() >= PROVEN_PER_SOURCE {
+            let evicted = hashes.remove(0);
+            if let Some(sources) = self.by_credential.get_mut(&evicted) {
+                sources.retain(|s| *s != source);
+                if sources.is_empty() {
+                    self.by_credential.remove(&evicted);
+                }
+            }
+        }
+        self.by_source.entry(source).or_default().push(proof.to_string());
+    }
+
+    /// Forgets that `proof` authenticated from `source` (it failed there since).
+    fn remove(&mut self, source: Source, proof: &str) {
+        self.remove_from(source, proof);
+        if let Some(sources) = self.by_credential.get_mut(proof) {
+            sources.retain(|s| *s != source);
+            if sources.is_empty() {
+                self.by_credential.remove(proof);
+            }
+        }
+    }
+
+    fn remove_from(&mut self, source: Source, proof: &str) {
+        if let Some(hashes) = self.by_source.get_mut(&source) {
+            hashes.retain(|h| h != proof);
+            if hashes.is_empty() {
+                self.by_source.remove(&source);
+            }
+        }
+    }
+}
 
 impl Default for Failures {
     fn default() -> Self {
@@ -172,8 +232,20 @@ impl Failures {
         }
         let answer = call.await;
         match (&answer, proof) {
-            (Err(s), _) if s.code() == tonic::Code::Unauthenticated => self.failed(from),
-            (Ok(_), Some(p)) => self.prove(from, p),
+            (Err(s), _) if s.code() == tonic::Code::Unauthenticated => {
+                self.failed(from);
+                // A credential that fails now (a removed node's, a rotated
+                // admin's) is not let past the budget again (found by a
+                // review, 2026-12-05).
+                if let (Some(from), Some(p)) = (from, proof) {
+                    self.proven.lock().unwrap_or_else(|p| p.into_inner()).remove(source_key(from.ip()), p);
+                }
+            }
+            (Ok(_), Some(p)) => {
+                if let Some(from) = from {
+                    self.proven.lock().unwrap_or_else(|p| p.into_inner()).add(source_key(from.ip()), p);
+                }
+            }
             _ => {}
         }
         answer
@@ -181,23 +253,7 @@ impl Failures {
 
     fn proved(&self, from: Option<std::net::SocketAddr>, proof: &str) -> bool {
         let Some(from) = from else { return false };
-        let proven = self.proven.lock().unwrap_or_else(|p| p.into_inner());
-        proven.get(&source_key(from.ip())).is_some_and(|hashes| hashes.iter().any(|h| h == proof))
-    }
-
-    fn prove(&self, from: Option<std::net::SocketAddr>, proof: &str) {
-        let Some(from) = from else { return };
-        let mut proven = self.proven.lock().unwrap_or_else(|p| p.into_inner());
-        if proven.len() >= PROVEN_SOURCES && !proven.contains_key(&source_key(from.ip())) {
-            proven.clear();
-        }
-        let hashes = proven.entry(source_key(from.ip())).or_default();
-        if let Some(i) = hashes.iter().position(|h| h == proof) {
-            hashes.remove(i);
-        } else if hashes.len() >= PROVEN_PER_SOURCE {
-            hashes.remove(0);
-        }
-        hashes.push(proof.to_string());
+        self.proven.lock().unwrap_or_else(|p| p.into_inner()).has(source_key(from.ip()), proof)
     }
 
     /// Charges `from`'s source one failure.
@@ -291,5 +347,45 @@ mod tests {
         }
         let p = Pacer::new(Some(0));
         assert_eq!(p.admit(1, "h1", MAP_READ, S).unwrap(), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn a_credential_proved_from_a_source_passes_its_spent_budget_until_it_fails() {
+        let f = Failures::default();
+        let at: std::net::SocketAddr = "192.0.2.1:1000".parse().unwrap();
+        let ok = || async { Ok::<(), Status>(()) };
+        let bad = || async { Err::<(), Status>(Status::unauthenticated("no")) };
+        f.counted_with(Some(at), Some("node"), ok()).await.unwrap();
+        while f.check(Some(at)).is_ok() {
+            let _ = f.counted_with(Some(at), Some("outsider"), bad()).await;
+        }
+        // Spent: an unproved credential is refused before its lookup, the proved one is looked up.
+        let refused = f.counted_with(Some(at), Some("admin"), ok()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        f.counted_with(Some(at), Some("node"), ok()).await.expect("proved before");
+        // Once it fails (a removed node's), it is refused like any other.
+        let _ = f.counted_with(Some(at), Some("node"), bad()).await;
+        let refused = f.counted_with(Some(at), Some("node"), ok()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn one_credential_proving_itself_everywhere_pushes_out_only_its_own_proofs() {
+        let mut p = Proven::default();
+        let source = |i: u32| Source::V4(0xc000_0200 + i);
+        p.add(source(0), "node");
+        for i in 1..=100_000 {
+            p.add(source(i), "member");
+        }
+        assert!(p.has(source(0), "node"), "another credential's proof was pushed out");
+        assert_eq!(p.by_credential["member"].len(), SOURCES_PER_CREDENTIAL);
+        assert!(p.has(source(100_000), "member") && !p.has(source(1), "member"));
+        assert_eq!(p.by_source.len(), SOURCES_PER_CREDENTIAL + 1, "forgotten sources are dropped");
+        // A source keeps at most so many credentials, each still bounded per credential.
+        for c in 0..2 * PROVEN_PER_SOURCE {
+            p.add(source(7), &format!("c{c}"));
+        }
+        assert_eq!(p.by_source[&source(7)].len(), PROVEN_PER_SOURCE);
+        assert!(!p.by_credential.contains_key("c0"), "an evicted credential's sources go too");
     }
 }

@@ -99,11 +99,12 @@ pub(super) fn nat_chain(rules: &Rules) -> String {
     }
     let mut out =
         "  chain egress_nat {\n    type nat hook postrouting priority srcnat - 10; policy accept;\n".to_string();
-    // Sources outside weave's ranges, and the node's own address: never a
-    // workload of another subnet, which a DNAT on this host (a Service's)
-    // would otherwise have carried into this segment as this host (found
-    // by a review, 2026-12-05).
-    let mut sources = vec!["ip saddr != @overlay".to_string()];
+    // Sources outside weave's ranges, the node's own address and the other
+    // nodes' (a kubelet whose node IP is its weave address, at a NodePort
+    // here): never a workload of another subnet, which a DNAT on this host
+    // (a Service's) would otherwise have carried into this segment as this
+    // host (found by a review, 2026-12-05).
+    let mut sources = vec!["ip saddr != @overlay".to_string(), "ip saddr @peers".to_string()];
     sources.extend(rules.own_address.map(|a| format!("ip saddr {a}")));
     for (i, s) in segments.iter().enumerate().filter(|(_, s)| s.egress) {
         if let Some(exposed) = s.exposed {

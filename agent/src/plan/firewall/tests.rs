@@ -356,6 +356,7 @@ fn egress_lets_only_an_exposed_segments_own_workloads_out_and_their_replies_back
         out.bridge
     );
     assert!(nat.contains(&own), "{nat}");
+    assert!(nat.contains("ip daddr @remote1 ip saddr @peers snat ip to 10.44.0.1"), "{nat}");
     assert!(tun < nat.find("oifname \"wv*\" return").unwrap(), "{nat}");
     assert!(r.contains("type nat hook postrouting priority srcnat - 10;"), "{r}");
     // Its workloads reach the host at its addresses outside weave's ranges; the other segment's do not.
