@@ -300,13 +300,8 @@ impl LocalService {
             &self.coordinator_ips,
             &crate::host::routes::lan(self.identity.node_id),
         );
-        let host = format!("host:{}", self.identity.name);
-        let exposed = |subnet: u64| {
-            map.allocations
-                .iter()
-                .find(|a| a.subnet_id == subnet && a.node_id == self.identity.node_id && a.container == host)
-                .map(|a| a.address.split('/').next().unwrap_or_default().to_string())
-        };
+        // This host's address on each segment, as the isolation rules read it.
+        let exposed = crate::plan::reconcile::exposed_addresses(&map, self.identity.node_id);
         AgentStatus {
             node_id: self.identity.node_id,
             name: self.identity.name.clone(),
@@ -323,7 +318,7 @@ impl LocalService {
                     vni: s.vni,
                     bridge: bridge_name(s.vni),
                     mtu: self.segment_mtu,
-                    egress: s.egress.then(|| exposed(s.id).unwrap_or_default()),
+                    egress: s.egress.then(|| exposed.get(&s.vni).map(|a| a.to_string()).unwrap_or_default()),
                 })
                 .collect(),
             peers: self.transport.status(),

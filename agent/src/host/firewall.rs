@@ -1,7 +1,7 @@
 //! The only module that touches nftables: applies [`crate::plan::firewall`]'s
-//! ruleset, keeps it in place, removes it. (And, for a subnet's egress on a
-//! host whose iptables `FORWARD` drops by default, the one place that runs
-//! `iptables`: [`defer_iptables_forward`].)
+//! ruleset, keeps it in place, removes it. (And, on a host whose iptables
+//! `FORWARD` drops by default, the one place that runs `iptables`:
+//! `defer_iptables_forward`.)
 //!
 //! Why `nft -f -` and not netlink (the one documented exception to "netlink,
 //! not commands"): the `nftnl` crate binds libnftnl, whose C headers are not
@@ -99,12 +99,12 @@ async fn defer_iptables_forward() {
         // judge weave's traffic (found by a review, 2026-12-05).
         match iptables([&["-A", "FORWARD"][..], &rule].concat()).await {
             Ok(out) if out.status.success() => {
-                tracing::info!(rule = %rule.join(" "), "iptables FORWARD drops by default: weave's bridges left to weave's table")
+                tracing::info!(rule = %rule.join(" "), "iptables FORWARD drops by default: weave's devices left to weave's table")
             }
             Ok(out) => {
-                tracing::warn!(stderr = %String::from_utf8_lossy(&out.stderr).trim(), "egress: iptables FORWARD rule not added")
+                tracing::warn!(stderr = %String::from_utf8_lossy(&out.stderr).trim(), "iptables FORWARD rule for weave's devices not added")
             }
-            Err(e) => tracing::warn!(error = %e, "egress: iptables FORWARD rule not added"),
+            Err(e) => tracing::warn!(error = %e, "iptables FORWARD rule for weave's devices not added"),
         }
     }
 }
