@@ -349,6 +349,17 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
     // Off: nothing leaves (the route stays, the host drops it); on again: it does.
     assert!(admin_ok(&bed, &["subnet", "set", "out", "--egress", "off"]).contains("egress off"));
     wait_for("egress to stop", Duration::from_secs(15), || seen_from(&c1).is_none().then_some(()));
+    // c1 still routes through host 1's address: hiding it would hand that
+    // address to the next container attached, and c1's outbound traffic
+    // with it. Refused (exit 5) while c1 is there, also after a restart.
+    bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
+    bed.start_agent(0, false);
+    bed.wait_peers(0, 1);
+    let hide = bed.weavectl(0, &["hide", "net:out"]);
+    let why = String::from_utf8_lossy(&hide.stderr).into_owned();
+    assert_eq!(hide.status.code(), Some(5), "{why}");
+    assert!(why.contains("may have this host's address as their default route"), "{why}");
+    assert!(bed.allocations().iter().any(|a| a.contains(&gateway)), "{:?}", bed.allocations());
     admin_ok(&bed, &["subnet", "set", "10.44.0.0/24", "--egress", "on"]);
     let back = wait_for("egress to come back", Duration::from_secs(15), || seen_from(&c1));
     assert_eq!(back, h0);
@@ -362,6 +373,13 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
     });
     assert_eq!(seen_from(&c4).as_deref(), Some(h1.as_str()), "c4 reaches the server again");
     assert!(ping_once(&c1, bed.workloads[w4].ip), "c1 pings c4 across hosts again");
+    // With c1 gone (egress off again), host 1 may be hidden there.
+    admin_ok(&bed, &["subnet", "set", "out", "--egress", "off"]);
+    let detach = bed.weavectl(0, &["detach", &format!("/run/netns/{c1}")]);
+    assert!(detach.status.success(), "{}", String::from_utf8_lossy(&detach.stderr));
+    let hide = bed.weavectl(0, &["hide", "net:out"]);
+    assert!(hide.status.success(), "{}", String::from_utf8_lossy(&hide.stderr));
+    assert!(!bed.allocations().iter().any(|a| a.contains(&gateway)), "{:?}", bed.allocations());
 }
 
 #[test]

@@ -38,6 +38,10 @@ struct Saved {
     /// A `--name` or CNI id -> the DNS key of its namespace.
     #[serde(default)]
     aliases: BTreeMap<String, String>,
+    /// Subnets (ids) on which containers of this host were given this
+    /// host's address as their default route (egress), until it is hidden.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    gateways: BTreeSet<u64>,
 }
 
 pub struct Registry {
@@ -135,6 +139,28 @@ impl Registry {
         saved.aliases.retain(|_, k| !moved.contains(k));
         self.write(&saved);
         moved
+    }
+
+    /// This host's address on `subnet` became its containers' way out.
+    pub fn gave_gateway(&self, subnet: u64) {
+        let mut saved = self.saved();
+        if saved.gateways.insert(subnet) {
+            self.write(&saved);
+        }
+    }
+
+    /// Whether containers of this host may route through its address on
+    /// `subnet` (given since it was last hidden there).
+    pub fn gateway_given(&self, subnet: u64) -> bool {
+        self.saved().gateways.contains(&subnet)
+    }
+
+    /// This host's address on `subnet` is gone (hidden), with its routes.
+    pub fn gateway_gone(&self, subnet: u64) {
+        let mut saved = self.saved();
+        if saved.gateways.remove(&subnet) {
+            self.write(&saved);
+        }
     }
 
     fn saved(&self) -> MutexGuard<'_, Saved> {

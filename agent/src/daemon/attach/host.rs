@@ -32,6 +32,9 @@ impl Attacher {
     /// container goes (`weavectl hide` takes it away).
     pub(super) async fn gateway(&self, subnet: &Subnet) -> Result<Ipv4Addr, Refusal> {
         let key = format!("host:{}", self.node_name);
+        // Remembered until the host is hidden there: the containers keep
+        // that route when egress goes off (see `hide`).
+        self.names.gave_gateway(subnet.id);
         if let Some(held) = held_address(&self.held(&key), subnet) {
             return Ok(held);
         }
@@ -127,13 +130,23 @@ impl Attacher {
         };
         // The way out of this host's containers of an egress subnet: not
         // taken from under them (found by a review, 2026-12-05), before
-        // anything changes.
-        for s in subnets.iter().filter(|s| s.egress) {
+        // anything changes. Nor once egress is off while containers given
+        // that route remain: the freed address would go to the next
+        // container, and their outbound traffic with it, past the L2 guard
+        // (found by a review, 2026-12-05).
+        for s in &subnets {
             let using = self.egress_users(s);
-            if using > 0 {
+            if using > 0 && s.egress {
                 return Err(Refusal::conflict(format!(
                     "{using} container(s) of this host on subnet {} leave through this host (egress): detach them \
                      first, or turn its egress off",
+                    s.cidr
+                )));
+            }
+            if using > 0 && self.names.gateway_given(s.id) {
+                return Err(Refusal::conflict(format!(
+                    "{using} container(s) of this host on subnet {} may have this host's address as their default \
+                     route (given while egress was on): detach them first",
                     s.cidr
                 )));
             }
@@ -147,6 +160,7 @@ impl Attacher {
                     .map_err(failed)?;
             }
             released.extend(self.release(&key, &s.cidr).await?);
+            self.names.gateway_gone(s.id);
         }
         Ok(released)
     }
