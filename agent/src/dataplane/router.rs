@@ -73,6 +73,9 @@ struct Peer {
     dropped_storm: AtomicU64,
     /// When the last NAT keepalive went to it (ms on the router's clock).
     last_keepalive: AtomicU64,
+    /// When its last handshake completed (ms on the router's clock, 0: never):
+    /// boringtun forgets that with the sessions after 540 s without traffic.
+    handshake_at: AtomicU64,
 }
 
 impl Peer {
@@ -223,6 +226,7 @@ impl Router {
             storm: storm::Meter::default(),
             dropped_storm: AtomicU64::new(0),
             last_keepalive: AtomicU64::new(self.now_ms()),
+            handshake_at: AtomicU64::new(0),
         }
     }
 
@@ -388,6 +392,9 @@ impl Router {
                 self.keepalive(peer, now, buf, sink);
             }
             let mut tunn = lock(&peer.tunn);
+            if let Some(age) = tunn.time_since_last_handshake() {
+                peer.handshake_at.store(now.saturating_sub(age.as_millis() as u64).max(1), Ordering::Relaxed);
+            }
             if let Some(next) = peer.fallback.due(now, peer.endpoint()) {
                 tracing::info!(peer = %peer.config.name, from = ?peer.endpoint(), to = %next, "no answer: trying the peer's next endpoint");
                 *lock(&peer.endpoint) = Some(next);

@@ -1,16 +1,21 @@
 //! What `agent status` shows of each peer.
-use std::sync::atomic::Ordering;
+use std::{sync::atomic::Ordering, time::Duration};
 
 use super::{PeerStatus, Router, lock};
 
 impl Router {
     pub fn status(&self) -> Vec<PeerStatus> {
         let table = self.table();
+        let now = self.now_ms();
         let mut out: Vec<PeerStatus> = (table.by_index.values())
             .map(|p| {
                 let tunn = lock(&p.tunn);
                 let ((age, tx, rx, _, _), handshaking) = (tunn.stats(), tunn.handshake_in_progress());
                 drop(tunn);
+                // An idle peer's sessions expire (and boringtun's age with
+                // them); its last handshake is still what `wg show` would say.
+                let at = p.handshake_at.load(Ordering::Relaxed);
+                let age = age.or_else(|| (at > 0).then(|| Duration::from_millis(now.saturating_sub(at))));
                 PeerStatus {
                     node_id: p.config.node_id,
                     name: p.config.name.clone(),

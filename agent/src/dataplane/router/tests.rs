@@ -4,6 +4,7 @@ use super::*;
 
 /// Where a peer is: which packets move its endpoint, and what queues meanwhile.
 mod roaming;
+mod status;
 mod vxlan;
 
 #[derive(Default)]
