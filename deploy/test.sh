@@ -37,32 +37,20 @@ bash deploy/check-manifests.sh
 # (agent/tests/fuzz_corpus.rs: the targets' bodies in the ordinary test
 # build); the long runs, under libFuzzer and ASan, are `bash fuzz/run.sh 600`.
 # Every test binary built once, for the whole workspace (features unified
-# as in the run below), and the coordinator's listed: its suite runs a
-# second time on PostgreSQL from these same binaries (`cargo test -p` would
-# resolve features for one package and rebuild half the dependencies).
+# as in `cargo test --workspace`), then run by deploy/run-tests.py: two at a
+# time (an end-to-end binary spends most of its time waiting on its
+# namespaces), the ones that load the machine alone; the coordinator's suite
+# a second time on PostgreSQL from these same binaries (`cargo test -p`
+# would resolve features for one package and rebuild half the
+# dependencies): each of those binaries starts a throwaway server (initdb
+# into a temporary directory, as the postgres user, a Unix socket only) and
+# gives every coordinator a fresh database.
 artifacts=$(cargo test --workspace --locked --no-run --message-format=json-render-diagnostics)
-# An assignment, so that a failure of the script stops this one (set -e);
-# it fails when it finds no test binary of the coordinator.
-list=$(python3 deploy/test-binaries.py weave-coordinator <<<"$artifacts")
-mapfile -t coordinator_tests <<<"$list"
-# One test binary at a time (each runs its tests in parallel): the end-to-end
-# binaries each build several namespaces and share two cores.
-main_ok=0
-cargo test --workspace --locked --no-fail-fast -- "${ignored[@]}" || main_ok=$?
-# The coordinator's whole suite again on PostgreSQL (after the main run, not
-# beside it: tests on both sides bound how long an answer may take): each
-# test binary starts a throwaway server (initdb into a temporary directory,
-# as the postgres user, a Unix socket only) and gives every coordinator a
-# fresh database.
-pg_ok=0
+cargo test --workspace --locked --doc
+postgres=()
 if [ "$(id -u)" = 0 ]; then
-    echo "=== the coordinator's suite on PostgreSQL ==="
-    for t in "${coordinator_tests[@]}"; do
-        echo "     Running $t (WEAVE_TEST_STORE=postgres)"
-        (cd coordinator && WEAVE_TEST_STORE=postgres "$t" "${ignored[@]}") || pg_ok=1
-    done
+    postgres=(--postgres weave-coordinator)
 else
     echo "test.sh: not root: the coordinator's suite on PostgreSQL is skipped (it starts postgres via runuser)" >&2
 fi
-[ "$pg_ok" = 0 ] || echo "test.sh: the coordinator's suite on PostgreSQL failed" >&2
-[ "$main_ok" = 0 ] && [ "$pg_ok" = 0 ]
+python3 deploy/run-tests.py --lanes 2 "${postgres[@]}" -- "${ignored[@]}" <<<"$artifacts"

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Runs the workspace's test executables, two at a time.
+
+Reads the JSON messages of `cargo test --workspace --no-run
+--message-format=json-render-diagnostics` on stdin and runs every test
+executable they name as `cargo test` would (in its package's directory, with
+cargo's variables), passing on the arguments after `--` (e.g.
+`--include-ignored`). With `--postgres PKG`, PKG's executables run a second
+time with WEAVE_TEST_STORE=postgres (each starts its own throwaway server).
+
+Why two at a time: an end-to-end binary builds its hosts out of network
+namespaces and runs its tests one bed at a time (agent/tests/common: one
+`Bed` per binary at once); most of its time is spent waiting (for a
+handshake, for a packet that must not come), so two binaries share this
+2-core machine well, and the suite takes about half as long. The binaries
+in ALONE run with nothing beside them: they push traffic as fast as they
+can, count CPU time, drive a real runtime (dockerd, podman) or bound how
+fast a loaded coordinator must answer; sharing the cores would measure the
+neighbour, not weave.
+
+Each executable's output is printed whole when it ends (cargo's `Running`
+line first), so two never interleave; the exit status is 1 if any failed,
+and the failed ones are named at the end."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+# Executable names (the file name up to cargo's `-hash`).
+ALONE = {
+    "e2e_cpu_latency", "e2e_flood", "e2e_udp_flood", "e2e_dns_flood", "e2e_queues",
+    "e2e_conntrack", "e2e_docker", "e2e_podman", "e2e_cni_portmap", "e2e_aead",
+    "dataplane_alloc", "docker_retry", "limits", "read_flood", "store_engines",
+}
+# Seconds each took in a CI run: the longest start first, so that the two
+# lanes end together. Only an order; an executable not listed counts 5.
+HINT = {
+    "e2e_l2_guard": 160, "e2e_isolation": 125, "e2e_attach_gone": 100, "e2e_outage": 65,
+    "e2e_l2": 55, "e2e_underlay_nat": 50, "e2e_egress": 50, "e2e_failover": 45,
+    "e2e_pg_outage": 30, "e2e_outsider": 25, "e2e_attach": 25, "membership": 18,
+    "e2e_rogue": 17, "e2e_migrate": 12, "e2e_dns": 12, "e2e_underlay_mtu": 12,
+    "e2e_daemonset": 11, "e2e_membership": 11, "e2e_underlay_guard": 10, "e2e_mesh": 9,
+    "e2e_cni": 8, "e2e_prometheus": 7, "e2e_restart": 7, "e2e_underlay_move": 7,
+}
+
+
+def executables(lines):
+    """(package, manifest directory, path, kind) of every test executable, in cargo's order."""
+    seen, out = set(), []
+    for line in lines:
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
+        if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+            continue
+        if not m.get("profile", {}).get("test"):
+            continue
+        if m["executable"] in seen:
+            continue
+        seen.add(m["executable"])
+        package = m["package_id"].rsplit("#", 1)[-1].split("@")[0]
+        kind = m["target"]["kind"][0]
+        label = f"tests/{m['target']['name']}.rs" if kind == "test" else f"unittests {os.path.relpath(m['target']['src_path'], os.path.dirname(m['manifest_path']))}"
+        out.append((package, os.path.dirname(m["manifest_path"]), m["executable"], label))
+    return out
+
+
+def name_of(path):
+    return os.path.basename(path).rsplit("-", 1)[0]
+
+
+def main():
+    argv = sys.argv[1:]
+    test_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    opts = argv[: argv.index("--")] if "--" in argv else argv
+    postgres = opts[opts.index("--postgres") + 1] if "--postgres" in opts else None
+    lanes = int(opts[opts.index("--lanes") + 1]) if "--lanes" in opts else 2
+
+    found = executables(sys.stdin)
+    if not found:
+        sys.exit("run-tests.py: no test executables in cargo's messages")
+    jobs = []
+    for package, cwd, path, label in found:
+        jobs.append((package, cwd, path, label, {}))
+    if postgres:
+        pg = [j for j in found if j[0] == postgres]
+        if not pg:
+            sys.exit(f"run-tests.py: no test executables of {postgres} in cargo's messages")
+        for package, cwd, path, label in pg:
+            jobs.append((package, cwd, path, label + " (WEAVE_TEST_STORE=postgres)", {"WEAVE_TEST_STORE": "postgres"}))
+
+    # A renamed binary would quietly leave ALONE and share the cores.
+    unknown = ALONE - {name_of(j[2]) for j in jobs}
+    if unknown:
+        sys.exit(f"run-tests.py: no test executable named {', '.join(sorted(unknown))} (ALONE is out of date)")
+    shared = [j for j in jobs if name_of(j[2]) not in ALONE]
+    alone = [j for j in jobs if name_of(j[2]) in ALONE]
+    shared.sort(key=lambda j: -HINT.get(name_of(j[2]), 5))
+
+    cargo = os.environ.get("CARGO") or shutil.which("cargo") or "cargo"
+    print_lock, queue_lock = threading.Lock(), threading.Lock()
+    failed, timings = [], []
+
+    def run(job):
+        package, cwd, path, label, extra = job
+        env = dict(os.environ, CARGO=cargo, CARGO_MANIFEST_DIR=cwd, CARGO_PKG_NAME=package, **extra)
+        start = time.monotonic()
+        with tempfile.TemporaryFile() as out:
+            code = subprocess.run([path, *test_args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                  stdout=out, stderr=subprocess.STDOUT).returncode
+            out.seek(0)
+            text = out.read().decode(errors="replace")
+        took = time.monotonic() - start
+        with print_lock:
+            rel = os.path.relpath(path)
+            print(f"     Running {label} ({rel}){'' if code == 0 else f' FAILED (exit {code})'}", flush=True)
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            timings.append((took, label, rel))
+            if code != 0:
+                failed.append(f"{label} ({rel})")
+
+    def lane():
+        while True:
+            with queue_lock:
+                if not shared:
+                    return
+                job = shared.pop(0)
+            run(job)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=lane) for _ in range(max(1, lanes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for job in alone:
+        run(job)
+
+    total = time.monotonic() - started
+    print(f"run-tests.py: {len(jobs)} test executables in {total:.0f} s ({lanes} at a time, "
+          f"{len(alone)} alone); the longest:")
+    for took, label, rel in sorted(timings, reverse=True)[:8]:
+        print(f"    {took:6.1f} s  {label}")
+    if failed:
+        print(f"run-tests.py: {len(failed)} failed:", *failed, sep="\n    ")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
