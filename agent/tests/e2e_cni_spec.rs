@@ -110,7 +110,7 @@ fn older_configuration_versions_get_results_in_their_form() {
     let bin = weave_cni();
     let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
     let out = plugin(&bin, "VERSION", "", "", &json!({"cniVersion": "1.0.0"}), None);
-    assert_eq!(json_out(&out)["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0"]));
+    assert_eq!(json_out(&out)["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
     for (i, version) in ["0.3.1", "0.4.0"].into_iter().enumerate() {
         let conf = json!({"cniVersion": version, "name": "weave", "type": "weave-cni", "socket": socket});
         let ns = bed.add_container(&format!("v{i}"));

@@ -65,6 +65,7 @@ fn an_agent_that_cannot_see_the_namespaces_attaches_them_by_descriptor() {
         no_multicast: false,
         exact_ifname: false,
         no_dns: false,
+        network: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let Response::Error(e) = rt.block_on(local_api::request(&socket, &old)).unwrap() else {

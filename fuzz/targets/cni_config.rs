@@ -48,6 +48,7 @@ pub fn run(data: &[u8]) {
             no_multicast: !multicast,
             exact_ifname: conf.prev_result.is_none(),
             no_dns: !conf.dns.unwrap_or(true),
+            network: Some(conf.name.clone()),
         },
         _ => Request::Detach {
             container: netns.clone(),
@@ -69,8 +70,10 @@ pub fn run(data: &[u8]) {
             netns_fd,
             exact_ifname,
             no_dns,
+            network,
             ..
         } => {
+            assert_eq!(network.as_ref(), Some(&conf.name));
             assert!(netns_fd);
             assert_eq!(exact_ifname, conf.prev_result.is_none());
             assert_eq!(no_dns, conf.dns == Some(false));

@@ -123,6 +123,14 @@ pub struct PeerStatus {
     pub dropped_storm: u64,
 }
 
+/// One of a CNI network's valid attachments (`cni.dev/valid-attachments`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CniAttachment {
+    /// The IPAM key (`cni:<CNI_CONTAINERID>`).
+    pub id: String,
+    pub ifname: String,
+}
+
 /// The result of one attach, per subnet.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Attached {
@@ -208,6 +216,18 @@ pub enum Request {
         /// bind port 53 in its own pods); the name is registered all the same.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         no_dns: bool,
+        /// The CNI network (its configuration's `name`) of this attachment,
+        /// remembered for that network's GC.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        network: Option<String>,
+    },
+    /// CNI GC (1.1.0) of `network`: every attachment of it on this host
+    /// (remembered at ADD) that is not in `keep` and whose namespace is not
+    /// alive gives back what it holds on the subnet of `addrs`.
+    CniGc {
+        network: String,
+        addrs: Vec<String>,
+        keep: Vec<CniAttachment>,
     },
     /// Removes the subnets of `addrs` (all if none) from the container.
     Detach {

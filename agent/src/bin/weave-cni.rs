@@ -1,4 +1,4 @@
-//! `weave-cni`: a CNI 1.0 plugin (ADD, DEL, CHECK, VERSION). The runtime
+//! `weave-cni`: a CNI 1.1 plugin (ADD, DEL, CHECK, GC, STATUS, VERSION). The runtime
 //! passes the command and container in `CNI_*` variables and the network
 //! configuration on stdin; ADD and DEL go to the local agent's socket, which
 //! does the attach/detach (see weave_agent::attach). Results and errors are
@@ -43,11 +43,11 @@ async fn run() -> Result<Option<serde_json::Value>, CniError> {
     if command == "VERSION" {
         return Ok(Some(cni::version_result()));
     }
-    if !matches!(command.as_str(), "ADD" | "DEL" | "CHECK") {
+    if !matches!(command.as_str(), "ADD" | "DEL" | "CHECK" | "GC" | "STATUS") {
         return Err(CniError::new(
             code::BAD_ENV,
             format!("unknown CNI_COMMAND {command}"),
-            "expected ADD, DEL, CHECK or VERSION",
+            "expected ADD, DEL, CHECK, GC, STATUS or VERSION",
         ));
     }
     let mut stdin = Vec::new();
@@ -55,6 +55,18 @@ async fn run() -> Result<Option<serde_json::Value>, CniError> {
         .read_to_end(&mut stdin)
         .map_err(|e| CniError::new(code::BAD_CONFIG, "cannot read the configuration", e.to_string()))?;
     let conf = NetConf::parse(&stdin)?;
+    // Neither names a container: the runtime passes no CNI_CONTAINERID.
+    if matches!(command.as_str(), "GC" | "STATUS") {
+        if !conf.has_gc() {
+            let why = format!("{command} is in CNI 1.1.0 and later; the configuration says {}", conf.cni_version);
+            return Err(CniError::new(code::INCOMPATIBLE_VERSION, "incompatible CNI version", why));
+        }
+        return match command.as_str() {
+            "GC" => gc(&conf).await,
+            _ => status(&conf).await,
+        }
+        .map(|()| None);
+    }
     if command != "DEL" {
         conf.check_subnet()?;
     }
@@ -108,6 +120,7 @@ async fn add(
         // interface in a chain (a prevResult), weave adds an ethwe* of its own.
         exact_ifname: conf.prev_result.is_none(),
         no_dns: !conf.dns.unwrap_or(true),
+        network: Some(conf.name.clone()),
     };
     match ask(conf, request).await? {
         Response::Attached(list) if !list.is_empty() => {
@@ -147,6 +160,41 @@ async fn del(conf: &NetConf, netns: String, id: &str, ifname: &str) -> Result<()
         addrs: if mine.is_empty() { vec![conf.addr()] } else { mine },
     };
     ask(conf, request).await.map(|_| ())
+}
+
+/// GC: what this host remembers of the network's attachments that the
+/// runtime's list leaves out, and whose namespace is gone, is given back
+/// (`Attacher::cni_gc`). Without a list, nothing: an empty one would be
+/// every attachment.
+async fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let keep = conf.gc_keep().ok_or_else(|| {
+        CniError::new(code::BAD_CONFIG, "GC needs cni.dev/valid-attachments", "the runtime must pass the list")
+    })?;
+    let keep = keep
+        .iter()
+        .map(|a| local_api::CniAttachment { id: cni::container_key(&a.container_id), ifname: a.ifname.clone() })
+        .collect();
+    let request = Request::CniGc { network: conf.name.clone(), addrs: vec![conf.addr()], keep };
+    ask(conf, request).await.map(|_| ())
+}
+
+/// STATUS: ready when the agent answers with a map (it can allocate). An
+/// agent that does not answer is the data plane of every container here
+/// (51); one without a map yet cannot serve ADD (50). A coordinator that is
+/// away is not reported: ADD then fails with "try again" for a while, but
+/// a runtime that took it for "network not ready" would mark every node of
+/// the cluster not ready at once (Kubernetes then evicts their pods).
+async fn status(conf: &NetConf) -> Result<(), CniError> {
+    match local_api::request(Path::new(conf.socket()), &Request::Status).await {
+        Ok(Response::Status(s)) if s.revision > 0 => Ok(()),
+        Ok(Response::Status(_)) => Err(CniError::new(
+            code::NOT_AVAILABLE,
+            "the weave agent has not received the network map yet",
+            "it is joining or has not reached the coordinator since it started",
+        )),
+        Ok(other) => Err(CniError::new(code::NOT_AVAILABLE, "unexpected answer from the agent", format!("{other:?}"))),
+        Err(e) => Err(CniError::new(code::NOT_AVAILABLE_LIMITED, "the weave agent is not reachable", e.to_string())),
+    }
 }
 
 /// Weave's interface of the previous result (`CNI_IFNAME`, or its `ethwe*`

@@ -21,6 +21,7 @@ use weave_proto::{
 mod allocate;
 mod checks;
 mod container;
+mod gc;
 mod host;
 mod retire;
 pub mod sweep;
@@ -30,7 +31,7 @@ use checks::{failed, held_address, not_at, on_subnet, once_each, own_mac};
 use crate::{
     host::{
         netlink::{self, Netlink, WorkloadInterface},
-        registry::{self, Registry},
+        registry::{self, CniRecord, Registry},
     },
     plan::{
         addr_spec::{AddrSpec, NamesSubnet},
@@ -136,6 +137,7 @@ impl Attacher {
         addrs: &[String],
         multicast: bool,
         exact_ifname: bool,
+        network: Option<&str>,
     ) -> Result<Vec<Attached>, Refusal> {
         let specs = AddrSpec::parse_all(addrs)?;
         if exact_ifname && (ifname.is_none() || specs.len() > 1) {
@@ -336,6 +338,11 @@ impl Attacher {
                     return Err(self.or_removed(subnet, e));
                 }
             }
+        }
+        if let (Some(network), Some(id), Some(ifname)) = (network, id, ifname) {
+            let record =
+                CniRecord { id: id.to_string(), ifname: ifname.to_string(), netns: c.path.clone(), inode: c.inode };
+            self.names.cni_added(network, record);
         }
         Ok(result)
     }

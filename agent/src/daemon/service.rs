@@ -74,22 +74,32 @@ impl Handler for LocalService {
                     Response::Done
                 }
                 Request::Allocate { container, subnet } => self.allocate(container, subnet).await,
-                Request::Attach { container, netns, name, id, ifname, addrs, no_multicast, exact_ifname, .. } => {
-                    reply_attached(
-                        self.attacher
-                            .attach(
-                                &container,
-                                netns.as_deref(),
-                                name.as_deref(),
-                                id.as_deref(),
-                                ifname.as_deref(),
-                                &addrs,
-                                !no_multicast,
-                                exact_ifname,
-                            )
-                            .await,
-                    )
-                }
+                Request::Attach {
+                    container,
+                    netns,
+                    name,
+                    id,
+                    ifname,
+                    addrs,
+                    no_multicast,
+                    exact_ifname,
+                    network,
+                    ..
+                } => reply_attached(
+                    self.attacher
+                        .attach(
+                            &container,
+                            netns.as_deref(),
+                            name.as_deref(),
+                            id.as_deref(),
+                            ifname.as_deref(),
+                            &addrs,
+                            !no_multicast,
+                            exact_ifname,
+                            network.as_deref(),
+                        )
+                        .await,
+                ),
                 Request::Detach { container, netns, id, ifname, addrs, .. } => {
                     let detached = self
                         .attacher
@@ -100,8 +110,23 @@ impl Handler for LocalService {
                     if detached.as_ref().is_ok_and(|d| !d.whole) {
                         dns = None;
                     }
+                    if let (true, Some(id), Some(ifname)) = (detached.is_ok(), &id, &ifname) {
+                        self.registry.cni_gone(None, id, ifname);
+                    }
                     reply_released(detached.map(|d| d.released))
                 }
+                Request::CniGc { network, addrs, keep } => match self.attacher.cni_gc(&network, &addrs, &keep).await {
+                    Ok((released, gone)) => {
+                        for id in gone {
+                            if let Some(key) = self.registry.dns_key(&id) {
+                                self.dns.stop(&key);
+                                self.registry.stop_dns(&key);
+                            }
+                        }
+                        Response::Released(released)
+                    }
+                    Err(e) => Response::Error(e),
+                },
                 Request::Expose { addrs } => {
                     let r = reply_attached(self.attacher.expose(&addrs).await);
                     self.reconcile_now.notify_one();

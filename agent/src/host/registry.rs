@@ -38,10 +38,24 @@ struct Saved {
     /// A `--name` or CNI id -> the DNS key of its namespace.
     #[serde(default)]
     aliases: BTreeMap<String, String>,
+    /// CNI network name -> its attachments on this host (for its GC).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    cni: BTreeMap<String, Vec<CniRecord>>,
     /// Subnets (ids) on which containers of this host were given this
     /// host's address as their default route (egress), until it is hidden.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     gateways: BTreeSet<u64>,
+}
+
+/// A CNI ADD that succeeded, until its DEL or the network's GC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniRecord {
+    /// The IPAM key (`cni:<CNI_CONTAINERID>`).
+    pub id: String,
+    pub ifname: String,
+    /// The namespace as the runtime named it (`CNI_NETNS`), and its inode.
+    pub netns: PathBuf,
+    pub inode: u64,
 }
 
 pub struct Registry {
@@ -139,6 +153,39 @@ impl Registry {
         saved.aliases.retain(|_, k| !moved.contains(k));
         self.write(&saved);
         moved
+    }
+
+    /// A CNI ADD on `network` succeeded (again: the same record).
+    pub fn cni_added(&self, network: &str, record: CniRecord) {
+        let mut saved = self.saved();
+        let list = saved.cni.entry(network.to_string()).or_default();
+        if list.contains(&record) {
+            return;
+        }
+        list.retain(|r| (&r.id, &r.ifname) != (&record.id, &record.ifname));
+        list.push(record);
+        self.write(&saved);
+    }
+
+    /// The attachments of CNI `network` on this host.
+    pub fn cni_records(&self, network: &str) -> Vec<CniRecord> {
+        self.saved().cni.get(network).cloned().unwrap_or_default()
+    }
+
+    /// Attachment `id`/`ifname` is gone (DEL, GC): from every network (a
+    /// DEL does not say which), or from `network` alone.
+    pub fn cni_gone(&self, network: Option<&str>, id: &str, ifname: &str) {
+        let mut saved = self.saved();
+        let before: usize = saved.cni.values().map(Vec::len).sum();
+        for (n, list) in saved.cni.iter_mut() {
+            if network.is_none_or(|w| w == n) {
+                list.retain(|r| (r.id.as_str(), r.ifname.as_str()) != (id, ifname));
+            }
+        }
+        saved.cni.retain(|_, list| !list.is_empty());
+        if saved.cni.values().map(Vec::len).sum::<usize>() != before {
+            self.write(&saved);
+        }
     }
 
     /// This host's address on `subnet` became its containers' way out.

@@ -1,4 +1,4 @@
-//! The pure half of the `weave-cni` plugin (CNI spec 1.0): the network
+//! The pure half of the `weave-cni` plugin (CNI spec 1.1): the network
 //! configuration it reads from stdin, the result and error JSON it prints.
 //! The binary (src/bin/weave-cni.rs) does the I/O: env vars, the agent's
 //! local socket (the namespace goes to the agent as an open descriptor),
@@ -10,11 +10,11 @@ use weave_proto::local_api::{ErrorKind, Refusal};
 use crate::plan::kernel::{format_mac, workload_mac};
 
 /// The newest version of the spec this plugin speaks (its errors are in it).
-pub const CNI_VERSION: &str = "1.0.0";
+pub const CNI_VERSION: &str = "1.1.0";
 /// Every version whose configurations it takes, its results then in that
 /// version's form (as the reference plugins do: a Multus attachment or an
-/// older conflist says 0.3.1 or 0.4.0). 1.1.0 adds GC and STATUS, not here.
-pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+/// older conflist says 0.3.1 or 0.4.0). 1.1.0 adds GC and STATUS.
+pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 pub const DOMAIN: &str = "weave.local";
 pub const NAMESERVER: &str = "127.0.0.11";
 
@@ -26,6 +26,11 @@ pub mod code {
     pub const DECODE: u32 = 6;
     pub const BAD_CONFIG: u32 = 7;
     pub const TRY_AGAIN: u32 = 11;
+    /// STATUS: ADD cannot be served (the agent has no map yet).
+    pub const NOT_AVAILABLE: u32 = 50;
+    /// STATUS: and existing containers may have limited connectivity (the
+    /// agent, their data plane, is not running).
+    pub const NOT_AVAILABLE_LIMITED: u32 = 51;
     /// Plugin-specific: CHECK found the container not as ADD left it.
     pub const CHECK_FAILED: u32 = 100;
     /// Plugin-specific: the agent refused the request.
@@ -57,6 +62,20 @@ pub struct NetConf {
     pub dns: Option<bool>,
     #[serde(default)]
     pub prev_result: Option<Value>,
+    /// GC: the attachments of this network the runtime still knows (the
+    /// spec's key; libcni writes the older `cni.dev/attachments` beside it).
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<ValidAttachment>>,
+    #[serde(default, rename = "cni.dev/attachments")]
+    pub attachments: Option<Vec<ValidAttachment>>,
+}
+
+/// One entry of `cni.dev/valid-attachments`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ValidAttachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +114,17 @@ impl NetConf {
             ));
         }
         Ok(conf)
+    }
+
+    /// Whether the configuration's version has GC and STATUS (1.1.0 on).
+    pub fn has_gc(&self) -> bool {
+        !self.cni_version.starts_with("0.") && self.cni_version != "1.0.0"
+    }
+
+    /// GC's list of valid attachments, under either key; None if neither
+    /// is there (GC then refuses: no list is not an empty list).
+    pub fn gc_keep(&self) -> Option<&[ValidAttachment]> {
+        self.valid_attachments.as_deref().or(self.attachments.as_deref())
     }
 
     /// Whether the configuration's version has CHECK (0.4.0 on).

@@ -457,6 +457,7 @@ mod tests {
             no_multicast: false,
             exact_ifname: false,
             no_dns: false,
+            network: None,
         };
         let opened = Arc::new(File::open(&file).unwrap());
         let want = std::fs::metadata(&file).unwrap().ino().to_string();

@@ -94,6 +94,7 @@ pub(crate) async fn run(socket: &Path, out: &Output, c: LocalCommand) -> Outcome
                 no_multicast,
                 exact_ifname: false,
                 no_dns: false,
+                network: None,
             };
             match request(socket, &what, &req).await? {
                 Response::Attached(list) => print_addresses(out, &list),

@@ -27,12 +27,13 @@ fn config_parses_and_refuses() {
     }
     assert_eq!(NetConf::parse(br#"{"cniVersion":"1.0.0","type":"weave-cni"}"#).unwrap_err().code, code::BAD_CONFIG);
     // The versions the reference plugins take, not one they do not know.
-    for v in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"] {
+    for v in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
         let text = format!(r#"{{"cniVersion":"{v}","name":"w","type":"weave-cni"}}"#);
         let conf = NetConf::parse(text.as_bytes()).unwrap();
         assert_eq!(conf.has_check(), v != "0.3.0" && v != "0.3.1", "{v}");
+        assert_eq!(conf.has_gc(), v == "1.1.0", "{v}");
     }
-    for v in ["0.2.0", "1.1.0", "2.0.0", ""] {
+    for v in ["0.2.0", "1.2.0", "2.0.0", ""] {
         let text = format!(r#"{{"cniVersion":"{v}","name":"w","type":"weave-cni"}}"#);
         assert_eq!(NetConf::parse(text.as_bytes()).unwrap_err().code, code::INCOMPATIBLE_VERSION, "{v}");
     }
@@ -125,7 +126,7 @@ fn del_names_only_the_addresses_of_its_own_interface() {
 #[test]
 fn results_have_the_spec_shape() {
     let r = add_result("/run/netns/x", "ethwe", "02:42:0a:20:00:05", &["10.32.0.5/16".into()], true, None);
-    assert_eq!(r["cniVersion"], "1.0.0");
+    assert_eq!(r["cniVersion"], CNI_VERSION);
     assert_eq!(r["interfaces"][0]["mac"], "02:42:0a:20:00:05");
     assert_eq!(r["interfaces"][0]["sandbox"], "/run/netns/x");
     assert_eq!(r["ips"][0]["interface"], 0);
@@ -141,7 +142,7 @@ fn results_have_the_spec_shape() {
     let off = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"w","type":"weave-cni","dns":false}"#).unwrap();
     let r = off.add_result("/x", "eth0", "02:42:0a:20:00:05", &["10.32.0.5/16".into()], true, None);
     assert_eq!(r["dns"], json!({}), "no resolver named with dns false: {r}");
-    assert_eq!(version_result()["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0"]));
+    assert_eq!(version_result()["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
     let e = CniError::new(code::BAD_CONFIG, "m", "d").to_json();
     assert_eq!((e["code"].as_u64(), e["msg"].as_str()), (Some(7), Some("m")));
 }
@@ -190,4 +191,28 @@ fn the_gateway_of_weaves_interface_comes_from_the_previous_result() {
     assert_eq!(conf.prev_weave_gateway("eth1"), Some("10.32.0.1".parse().unwrap()));
     assert_eq!(conf.prev_weave_gateway("eth0"), Some("192.168.50.1".parse().unwrap()));
     assert_eq!(conf.prev_weave_gateway("eth9"), None);
+}
+
+/// GC's list under the spec's key, the older one, or both (libcni writes
+/// both); none at all is not an empty list.
+#[test]
+fn gc_reads_the_valid_attachments_under_either_key() {
+    let parse = |extra: &str| {
+        let text = format!(r#"{{"cniVersion":"1.1.0","name":"w","type":"weave-cni"{extra}}}"#);
+        NetConf::parse(text.as_bytes()).unwrap()
+    };
+    let one = r#"[{"containerID":"abc","ifname":"eth0"}]"#;
+    for extra in [
+        format!(r#","cni.dev/valid-attachments":{one}"#),
+        format!(r#","cni.dev/attachments":{one}"#),
+        format!(r#","cni.dev/valid-attachments":{one},"cni.dev/attachments":{one}"#),
+    ] {
+        let conf = parse(&extra);
+        let keep = conf.gc_keep().unwrap();
+        assert_eq!((keep.len(), keep[0].container_id.as_str(), keep[0].ifname.as_str()), (1, "abc", "eth0"), "{extra}");
+    }
+    assert_eq!(parse(r#","cni.dev/valid-attachments":[]"#).gc_keep().map(<[_]>::len), Some(0));
+    assert!(parse("").gc_keep().is_none());
+    let bad = r#"{"cniVersion":"1.1.0","name":"w","type":"weave-cni","cni.dev/valid-attachments":[{"ifname":"eth0"}]}"#;
+    assert_eq!(NetConf::parse(bad.as_bytes()).unwrap_err().code, code::BAD_CONFIG);
 }

@@ -1,0 +1,115 @@
+//! CNI 1.1's GC and STATUS, driven as a runtime drives them (CRI-O calls
+//! GC; containerd and CRI-O ask STATUS for the node's network readiness).
+//!
+//! GC: a pod whose DEL never came (the runtime lost its state, the node
+//! crashed) kept its address for ever on a network without DNS (Kubernetes'
+//! conflist: nothing of the agent's held its namespace, so the sweep never
+//! saw it go), as Weave Net's IPAM leaks did. Now the runtime's list of the
+//! attachments it still knows frees the rest of that network, and only
+//! those: not another network's, not one whose namespace is alive (another
+//! runtime's container on a network named alike), not without a list.
+mod common;
+
+use std::{net::Ipv4Addr, process::Output};
+
+use common::{cni::*, *};
+use serde_json::{Value, json};
+
+fn run_gc(conf: &Value, keep: &[(&str, &str)]) -> Output {
+    let mut conf = conf.clone();
+    let list: Vec<Value> = keep.iter().map(|(id, ifname)| json!({"containerID": id, "ifname": ifname})).collect();
+    // As libcni writes it: the spec's key and the older one, both.
+    conf["cni.dev/valid-attachments"] = json!(list);
+    conf["cni.dev/attachments"] = json!(list);
+    plugin(&weave_cni(), "GC", "", "", &conf, None)
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn gc_frees_what_the_runtime_no_longer_knows_and_nothing_else() {
+    let mut bed = Bed::with_hosts(1);
+    let bin = weave_cni();
+    let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
+    let conf = json!({"cniVersion": "1.1.0", "name": "weave", "type": "weave-cni", "socket": socket, "dns": false});
+    let mut other = conf.clone();
+    other["name"] = json!("weave-other");
+    let add = |bed: &mut Bed, conf: &Value, name: &str| -> (String, String, Ipv4Addr) {
+        let ns = bed.add_container(name);
+        let netns = format!("/run/netns/{ns}");
+        let id = format!("{}-{name}", bed.prefix);
+        let out = plugin(&bin, "ADD", &netns, &id, conf, None);
+        assert!(out.status.success(), "ADD {name}: {}", String::from_utf8_lossy(&out.stdout));
+        let result = json_out(&out);
+        assert_eq!(result["cniVersion"], "1.1.0", "{result}");
+        let ip = result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap();
+        (ns, id, ip)
+    };
+    let held = |bed: &Bed, ip: Ipv4Addr| bed.allocations().iter().any(|a| a.contains(&format!(" {ip}/")));
+
+    // STATUS: ready.
+    let out = plugin(&bin, "STATUS", "", "", &conf, None);
+    assert!(out.status.success() && out.stdout.is_empty(), "STATUS: {}", String::from_utf8_lossy(&out.stdout));
+    let versions = json_out(&plugin(&bin, "VERSION", "", "", &json!({"cniVersion": "1.1.0"}), None));
+    assert!(versions["supportedVersions"].as_array().unwrap().contains(&json!("1.1.0")), "{versions}");
+
+    let (_, kept_id, kept_ip) = add(&mut bed, &conf, "kept");
+    let (lost_ns, lost_id, lost_ip) = add(&mut bed, &conf, "lost");
+    let (lost2_ns, _, lost2_ip) = add(&mut bed, &conf, "lost2");
+    let (_, _, alive_ip) = add(&mut bed, &conf, "alive");
+    let (other_ns, _, other_ip) = add(&mut bed, &other, "other");
+    // Their namespaces go with no DEL (the runtime lost them).
+    for ns in [&lost_ns, &lost2_ns, &other_ns] {
+        ok(&["ip", "netns", "del", ns]);
+    }
+    // Nothing of weave's noticed: no DNS held them (the sweep's view).
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    for ip in [kept_ip, lost_ip, lost2_ip, alive_ip, other_ip] {
+        assert!(held(&bed, ip), "{ip} released before GC: {:?}", bed.allocations());
+    }
+
+    // No list: refused (an empty one would be every attachment), nothing freed.
+    let mut bare = conf.clone();
+    bare.as_object_mut().unwrap().remove("cni.dev/valid-attachments");
+    let out = plugin(&bin, "GC", "", "", &bare, None);
+    assert!(!out.status.success());
+    assert_eq!(json_out(&out)["code"], 7, "{}", String::from_utf8_lossy(&out.stdout));
+    // A 1.0.0 configuration has no GC.
+    let mut old = conf.clone();
+    old["cniVersion"] = json!("1.0.0");
+    old["cni.dev/valid-attachments"] = json!([]);
+    let out = plugin(&bin, "GC", "", "", &old, None);
+    assert_eq!(json_out(&out)["code"], 1, "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(held(&bed, lost_ip), "{:?}", bed.allocations());
+
+    // The agent restarts in between: what it remembers of the network survives.
+    bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
+    bed.start_agent(0, false);
+    bed.wait_status(0);
+
+    // The runtime knows only `kept` (and, say, `lost` on another interface).
+    let out = run_gc(&conf, &[(kept_id.as_str(), "eth0"), (lost_id.as_str(), "eth1")]);
+    assert!(out.status.success(), "GC: {}{}", String::from_utf8_lossy(&out.stdout), bed.log(0));
+    assert!(held(&bed, kept_ip), "the listed one was freed: {:?}", bed.allocations());
+    assert!(!held(&bed, lost_ip) && !held(&bed, lost2_ip), "the lost ones are still held: {:?}", bed.allocations());
+    assert!(held(&bed, alive_ip), "a live namespace's address was freed: {:?}", bed.allocations());
+    assert!(held(&bed, other_ip), "another network's attachment was freed: {:?}", bed.allocations());
+    assert!(bed.log(0).contains("namespace is alive: kept"), "{}", bed.log(0));
+    // Idempotent; and the other network's own GC frees its lost one.
+    assert!(run_gc(&conf, &[(kept_id.as_str(), "eth0")]).status.success());
+    assert!(held(&bed, kept_ip) && held(&bed, alive_ip));
+    let out = run_gc(&other, &[]);
+    assert!(out.status.success(), "GC: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(!held(&bed, other_ip), "{:?}", bed.allocations());
+    // A freed address goes to the next pod; the kept pod still works.
+    let (_, _, next_ip) = add(&mut bed, &conf, "next");
+    assert!(held(&bed, next_ip) && held(&bed, kept_ip));
+
+    // STATUS with the agent down: its data plane is gone too (51).
+    bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
+    let out = plugin(&bin, "STATUS", "", "", &conf, None);
+    assert!(!out.status.success());
+    assert_eq!(json_out(&out)["code"], 51, "{}", String::from_utf8_lossy(&out.stdout));
+    let mut old = conf.clone();
+    old["cniVersion"] = json!("1.0.0");
+    assert_eq!(json_out(&plugin(&bin, "STATUS", "", "", &old, None))["code"], 1);
+}
