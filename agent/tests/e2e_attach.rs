@@ -197,7 +197,19 @@ fn bad_input_is_one_line_and_changes_nothing() {
     let exposed = bed.weavectl(0, &["expose", &format!("net:{SUBNET}")]);
     assert!(exposed.status.success(), "expose: {}", stderr(&exposed));
     let hpath = format!("/run/netns/{holder}");
+    // An IPv6 subnet by its name: refused as by its CIDR (it reached IPAM,
+    // and the addresses of the call stayed allocated; found by a review).
+    let out = bed.weavectl_admin(&["subnet", "add", "fd00:4::/64", "--name", "six"]);
+    assert!(out.status.success(), "subnet add: {}", stderr(&out));
+    let fpath = format!("/run/netns/{fresh}");
+    for args in [vec!["attach", "net:default", "net:six", &fpath], vec!["expose", "net:six"]] {
+        let out = bed.weavectl(0, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
     let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["attach".into(), "net:default".into(), "net:six".into(), fpath.clone()], "IPv4 subnets only"),
+        (vec!["attach".into(), "--name".into(), "six1".into(), "net:six".into(), fpath.clone()], "IPv4 subnets only"),
+        (vec!["expose".into(), "net:SIX".into()], "subnet SIX (fd00:4::/64) is IPv6"),
         (vec!["attach".into(), missing.clone()], "unknown container"),
         (vec!["attach".into(), "no-such-name".into()], "unknown container"),
         (vec!["attach".into(), format!("net:{SUBNET}"), "net:10.9.0.0/24".into(), cpath.clone()], "not defined"),
@@ -252,7 +264,6 @@ fn bad_input_is_one_line_and_changes_nothing() {
     // A subnet by the name it was added with (`net:<name>`), as in `subnet rm` and CNI's `subnet`.
     let out = bed.weavectl_admin(&["subnet", "add", "10.2.5.0/24", "--name", "side"]);
     assert!(out.status.success(), "subnet add: {}", stderr(&out));
-    let fpath = format!("/run/netns/{fresh}");
     assert!(attach_line(&bed, 0, &["net:side", &fpath]).starts_with("10.2.5."));
     let unknown = bed.weavectl(0, &["attach", "net:nosuch", &fpath]);
     assert_eq!(unknown.status.code(), Some(4), "{}", stderr(&unknown));

@@ -4,7 +4,7 @@
 use ipnet::Ipv4Net;
 pub use weave_proto::local_api::addr_spec::AddrSpec;
 use weave_proto::{
-    local_api::Refusal,
+    local_api::{Refusal, addr_spec},
     v1::{NetworkMap, Subnet},
 };
 
@@ -28,12 +28,20 @@ impl NamesSubnet for AddrSpec {
             }
             // Case does not tell two names apart (the coordinator refuses
             // the second): the exact spelling first.
-            Self::Named(name) => map
-                .subnets
-                .iter()
-                .find(|s| s.name == *name)
-                .or_else(|| map.subnets.iter().find(|s| !s.name.is_empty() && s.name.eq_ignore_ascii_case(name)))
-                .ok_or_else(|| Refusal::not_found(format!("no subnet is named {name} (weavectl subnet ls)"))),
+            Self::Named(name) => {
+                let s = map
+                    .subnets
+                    .iter()
+                    .find(|s| s.name == *name)
+                    .or_else(|| map.subnets.iter().find(|s| !s.name.is_empty() && s.name.eq_ignore_ascii_case(name)))
+                    .ok_or_else(|| Refusal::not_found(format!("no subnet is named {name} (weavectl subnet ls)")))?;
+                // As `net:<IPv6 CIDR>` is refused when parsed: by name it
+                // reached IPAM, and its address then nothing (found by a review).
+                match cidr(s) {
+                    Some(_) => Ok(s),
+                    None => Err(addr_spec::ipv6(&format!("net:{name}"), &format!("subnet {name} ({})", s.cidr))),
+                }
+            }
             Self::Ip(ip, len) => {
                 let s = map.subnets.iter().find(|s| cidr(s).is_some_and(|c| c.contains(ip))).ok_or_else(|| {
                     // Its subnet is not defined: not found (4), as `net:<CIDR>` of one that is not.

@@ -100,7 +100,8 @@ fn is_subnet_name(s: &str) -> bool {
         && s.parse::<i64>().is_err()
 }
 
-fn ipv6(s: &str, what: &str) -> Refusal {
+/// The refusal of an `ADDR` that names an IPv6 subnet (`what`).
+pub fn ipv6(s: &str, what: &str) -> Refusal {
     Refusal::invalid(format!(
         "'{s}': {what} is IPv6; attach, detach, expose and hide take IPv4 subnets only (an IPv6 subnet is address \
          management through the coordinator's API)"

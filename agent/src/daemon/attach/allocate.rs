@@ -62,22 +62,30 @@ impl Attacher {
                 }
                 other => other,
             };
+            // A refusal releases what this call allocated before it (and an
+            // address it cannot use, the one just given).
+            let undo = |also: Option<&Subnet>| {
+                let fresh: Vec<String> = (out.iter().map(|(s, _, _)| s).chain(also))
+                    .filter(|s| !held.contains_key(&s.id))
+                    .map(|s| s.cidr.clone())
+                    .collect();
+                async move {
+                    for cidr in fresh {
+                        let _ = self.release(key, &cidr).await;
+                    }
+                }
+            };
             let got = match got {
                 Ok(a) => a.into_inner(),
                 Err(s) => {
-                    for (sub, _, _) in &out {
-                        let sub: &Subnet = sub;
-                        if !held.contains_key(&sub.id) {
-                            let _ = self.release(key, &sub.cidr).await;
-                        }
-                    }
+                    undo(None).await;
                     return Err(Refusal::status(&s));
                 }
             };
-            let net: Ipv4Net = got
-                .address
-                .parse()
-                .map_err(|_| Refusal::failed(format!("the coordinator gave a bad address '{}'", got.address)))?;
+            let Ok(net) = got.address.parse::<Ipv4Net>() else {
+                undo(Some(subnet)).await;
+                return Err(Refusal::failed(format!("the coordinator gave a bad address '{}'", got.address)));
+            };
             out.push((subnet.clone(), net.addr(), net.prefix_len()));
             ids.push(got.id);
         }
