@@ -308,6 +308,14 @@ async fn every_mutating_rpc_checks_the_callers_role() {
     let twice = ["198.51.100.1:6784", "[::ffff:198.51.100.1]:6784", "198.51.100.1:6784"].map(String::from).to_vec();
     let eps = UpdateEndpointsRequest { node: String::new(), endpoints: twice };
     assert_eq!(node.nodes.update_endpoints(eps).await.unwrap().into_inner().endpoints, ["198.51.100.1:6784"]);
+    // The same endpoints again change nothing: no map change for every
+    // agent's watch to reconcile (a member repeating them churned the cluster).
+    let revision = admin.map.get_map(GetMapRequest {}).await.unwrap().into_inner().revision;
+    for _ in 0..3 {
+        let eps = UpdateEndpointsRequest { node: String::new(), endpoints: vec!["198.51.100.1:6784".into()] };
+        assert_eq!(node.nodes.update_endpoints(eps).await.unwrap().into_inner().endpoints, ["198.51.100.1:6784"]);
+    }
+    assert_eq!(admin.map.get_map(GetMapRequest {}).await.unwrap().into_inner().revision, revision);
     // A node removing another node's records removes nothing, and is told why
     // (it can list them): PERMISSION_DENIED, like adding one; so are an admin's.
     other.dns.add_record(AddRecordRequest { name: "db".into(), address: ip.clone() }).await.unwrap();

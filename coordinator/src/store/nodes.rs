@@ -287,6 +287,17 @@ impl Store {
     ) -> Result<v1::Node> {
         let mut tx = self.begin().await?;
         let observed = check_outside_overlay_in(&mut tx, endpoints, observed).await?;
+        // The same again is no change: each one reached every agent's watch
+        // and reconcile (a member repeating them churned the cluster).
+        let current = db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1")))
+            .bind(node_id as i64)
+            .fetch_optional(tx.c())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no node {node_id}")))?;
+        let current = rows::node(&current)?;
+        if current.endpoints == endpoints && observed.as_deref().is_none_or(|o| o == current.observed_endpoint) {
+            return Ok(current);
+        }
         let row = db::query(sqlx::AssertSqlSafe(format!(
             "UPDATE nodes SET endpoints = $1, updated_at = $2, observed = CASE WHEN $5 THEN $4 ELSE observed END \
              WHERE id = $3 RETURNING {NODE_COLUMNS}"
