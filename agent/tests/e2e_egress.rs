@@ -134,6 +134,11 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
     let why = String::from_utf8_lossy(&hide.stderr).into_owned();
     assert_eq!(hide.status.code(), Some(5), "{why}");
     assert!(why.contains("1 container(s) of this host on subnet 10.44.0.0/24 leave through this host"), "{why}");
+    // A bare hide (every subnet) too, and it says how to hide the others.
+    let hide = bed.weavectl(0, &["hide"]);
+    let why = String::from_utf8_lossy(&hide.stderr).into_owned();
+    assert_eq!(hide.status.code(), Some(5), "{why}");
+    assert!(why.contains("nothing was hidden: name the other subnets"), "{why}");
     assert_eq!(seen_from(&c1).as_deref(), Some(h0.as_str()), "c1 still leaves after the refused hide");
     let forward = ok_in(&bed.hosts[0].ns, &["iptables", "-w", "-S", "FORWARD"]);
     assert!(forward.contains("-A FORWARD -i wv+ -j ACCEPT") && forward.contains("-o wv+ -j ACCEPT"), "{forward}");

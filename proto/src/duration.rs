@@ -3,8 +3,12 @@
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("'{0}' is not a duration: use a number with s, m, h or d (like 30m, 24h, 7d), or 'never'")]
-pub struct DurationError(pub String);
+pub enum DurationError {
+    #[error("'{0}' is not a duration: use a number with s, m, h or d (like 30m, 24h, 7d), or 'never'")]
+    Malformed(String),
+    #[error("'{0}' is no time at all: give a positive duration (like 30m, 24h, 7d), or 'never'")]
+    Zero(String),
+}
 
 /// `None` means never.
 pub fn parse(s: &str) -> Result<Option<Duration>, DurationError> {
@@ -14,16 +18,16 @@ pub fn parse(s: &str) -> Result<Option<Duration>, DurationError> {
     }
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().map_err(|_| DurationError(s.to_string()))?;
+    let n: u64 = n.parse().map_err(|_| DurationError::Malformed(s.to_string()))?;
     let secs = match unit {
         "s" | "" => n,
-        "m" => n.checked_mul(60).ok_or_else(|| DurationError(s.to_string()))?,
-        "h" => n.checked_mul(3600).ok_or_else(|| DurationError(s.to_string()))?,
-        "d" => n.checked_mul(86_400).ok_or_else(|| DurationError(s.to_string()))?,
-        _ => return Err(DurationError(s.to_string())),
+        "m" => n.checked_mul(60).ok_or_else(|| DurationError::Malformed(s.to_string()))?,
+        "h" => n.checked_mul(3600).ok_or_else(|| DurationError::Malformed(s.to_string()))?,
+        "d" => n.checked_mul(86_400).ok_or_else(|| DurationError::Malformed(s.to_string()))?,
+        _ => return Err(DurationError::Malformed(s.to_string())),
     };
     if secs == 0 {
-        return Err(DurationError(s.to_string()));
+        return Err(DurationError::Zero(s.to_string()));
     }
     Ok(Some(Duration::from_secs(secs)))
 }

@@ -53,8 +53,9 @@ pub(crate) struct Global {
         value_name = "PATH"
     )]
     pub(crate) socket: PathBuf,
-    /// Print JSON instead of tables (for scripts).
-    #[arg(long, global = true, env = "WEAVE_JSON")]
+    /// Print JSON instead of tables (for scripts); WEAVE_JSON takes 1/0,
+    /// true/false, yes/no, on/off.
+    #[arg(long, global = true, env = "WEAVE_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub(crate) json: bool,
 }
 

@@ -334,7 +334,20 @@ fn token_create_list_revoke() {
         2,
         "weavectl: --ttl: 'soon' is not a duration: use a number with s, m, h or d (like 30m, 24h, 7d), or 'never'",
     );
+    c.fails(
+        &["token", "create", "--ttl", "0s"],
+        2,
+        "weavectl: --ttl: '0s' is no time at all: give a positive duration (like 30m, 24h, 7d), or 'never'",
+    );
     c.weavectl().args(["token", "create", "--uses", "0"]).assert().code(2);
+    // WEAVE_JSON as scripts set it (1, yes, true), and off (0).
+    for on in ["1", "yes", "true"] {
+        let out = c.weavectl().env("WEAVE_JSON", on).args(["subnet", "ls"]).assert().success();
+        let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+        assert!(text.trim_start().starts_with('['), "WEAVE_JSON={on}: {text}");
+    }
+    let out = c.weavectl().env("WEAVE_JSON", "0").args(["subnet", "ls"]).assert().success();
+    assert!(!String::from_utf8_lossy(&out.get_output().stdout).trim_start().starts_with('['));
     // A usage error clap finds is one line too, as every other.
     c.fails(
         &["token", "create", "--uses", "many"],

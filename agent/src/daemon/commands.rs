@@ -68,7 +68,10 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         return Err(Error::RemovedEarlier(why));
     }
     if !dir.is_joined() {
-        return Err(Error::State(format!("no identity in {}: run `agent join --token …` first", dir.path().display())));
+        return Err(Error::State(format!(
+            "no identity in {}: run `agent join --token-file <file>` first",
+            dir.path().display()
+        )));
     }
     let _lock = dir.lock()?;
     let (key, identity, map) = dir.load()?;

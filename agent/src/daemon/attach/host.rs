@@ -134,19 +134,21 @@ impl Attacher {
         // that route remain: the freed address would go to the next
         // container, and their outbound traffic with it, past the L2 guard
         // (found by a review, 2026-12-05).
+        // A bare `hide` too (nothing hidden then, as for any refusal).
+        let others = if addrs.is_empty() { "; nothing was hidden: name the other subnets to hide those" } else { "" };
         for s in &subnets {
             let using = self.egress_users(s);
             if using > 0 && s.egress {
                 return Err(Refusal::conflict(format!(
                     "{using} container(s) of this host on subnet {} leave through this host (egress): detach them \
-                     first, or turn its egress off",
+                     first, or turn its egress off{others}",
                     s.cidr
                 )));
             }
             if using > 0 && self.names.gateway_given(s.id) {
                 return Err(Refusal::conflict(format!(
                     "{using} container(s) of this host on subnet {} may have this host's address as their default \
-                     route (given while egress was on): detach them first",
+                     route (given while egress was on): detach them first{others}",
                     s.cidr
                 )));
             }
