@@ -408,3 +408,59 @@ fn a_query_from_the_resolvers_own_address_is_answered_once() {
     assert!(more < 1.0, "the resolver kept answering itself: {more} more queries in 2 s");
     assert_eq!(d.dig(w, &["self"]), [d.ip(w)]);
 }
+
+/// A DNS server of the container's own on `0.0.0.0:53` (UDP and TCP),
+/// answering every datagram with its payload reversed; prints `bound`.
+const OWN_SERVER: &str = r#"
+import socket, sys, threading
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 53))
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind(("0.0.0.0", 53)); t.listen(8)
+print("bound", flush=True)
+while True:
+    data, peer = u.recvfrom(512)
+    u.sendto(data[::-1], peer)
+"#;
+
+/// The resolver answers 127.0.0.11:53 from another port (a DNAT rule in the
+/// container's own `table ip weave_dns`, as Docker does), so a container may
+/// run a DNS server of its own on `0.0.0.0:53`: it held 127.0.0.11:53
+/// itself, and such a bind failed "address in use". weave.local still
+/// answers there, and others reach the container's server at its address.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_container_may_run_its_own_dns_server_on_port_53() {
+    let mut d = DnsBed::new(1);
+    let w = d.workload(0, "own");
+    let other = d.workload(0, "other");
+    d.wait_answer(w, "other", &[d.ip(other)]);
+    let ns = d.bed.workloads[w].ns.clone();
+    let rules = ok_in(&ns, &["nft", "list", "table", "ip", "weave_dns"]);
+    assert!(rules.contains("udp dport 53 dnat to 127.0.0.11:"), "{rules}");
+    let mut server = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "python3", "-c", OWN_SERVER])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut line).unwrap();
+    if line.trim() != "bound" {
+        let _ = server.kill();
+        let out = server.wait_with_output().unwrap();
+        panic!("the container's own server could not bind port 53: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // weave.local and the upstream still answer through 127.0.0.11:53 (UDP and TCP).
+    assert_eq!(d.dig(w, &["other"]), [d.ip(other)]);
+    assert_eq!(d.dig(w, &["+tcp", "other"]), [d.ip(other)]);
+    assert_eq!(d.dig(w, &[UPSTREAM_NAME]), [UPSTREAM_ANSWER]);
+    // Another workload reaches the container's own server at its address.
+    let ask = format!(
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3); \
+         s.sendto(b'olleh', ('{}', 53)); print(s.recv(64).decode())",
+        d.ip(w)
+    );
+    let got = ok_in(&d.bed.workloads[other].ns, &["python3", "-c", &ask]);
+    assert_eq!(got.trim(), "hello");
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -1,6 +1,7 @@
 //! The agent's DNS server for workloads, in the style of Docker's embedded
-//! DNS: inside every attached container namespace a UDP and a TCP socket on
-//! 127.0.0.11:53, all served from one in-memory copy of the map's records.
+//! DNS: inside every attached container namespace a UDP and a TCP socket
+//! answering 127.0.0.11:53 ([`redirect`]: on another port, with a DNAT rule
+//! in the container), all served from one in-memory copy of the map's records.
 //! The answers are [`crate::plan::dns`]'s; every other query is relayed byte
 //! for byte to the upstream resolvers (from the agent's own namespace).
 //!
@@ -29,6 +30,7 @@ use tokio::{
 use weave_proto::v1::NetworkMap;
 
 pub mod limits;
+mod redirect;
 mod serve;
 
 use limits::Budget;
@@ -366,14 +368,28 @@ fn open_in_file(
         let label = label.clone();
         move |w: &str| format!("{w} in {label}")
     };
+    let shown = label.clone();
     netns::run_in(&file, &label, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::Io(what("runtime"), e))?;
         rt.block_on(async { Netlink::connect()?.set_up("lo").await })?;
-        let udp = std::net::UdpSocket::bind(addr).map_err(|e| Error::Io(what(&format!("bind udp {addr}")), e))?;
-        let tcp = std::net::TcpListener::bind(addr).map_err(|e| Error::Io(what(&format!("bind tcp {addr}")), e))?;
+        // Port 53 left to the container where the rule can be placed; a
+        // Docker sandbox's 127.0.0.12:53 is what dockerd's `--dns` names.
+        let redirected = match addr == LISTEN {
+            true => redirect::bind(addr.ip())
+                .inspect_err(|e| tracing::warn!(netns = shown, error = e, "DNS at port 53 itself: no DNAT rule"))
+                .ok(),
+            false => None,
+        };
+        let (udp, tcp) = match redirected {
+            Some(pair) => pair,
+            None => (
+                std::net::UdpSocket::bind(addr).map_err(|e| Error::Io(what(&format!("bind udp {addr}")), e))?,
+                std::net::TcpListener::bind(addr).map_err(|e| Error::Io(what(&format!("bind tcp {addr}")), e))?,
+            ),
+        };
         udp.set_nonblocking(true).map_err(|e| Error::Io(what("udp"), e))?;
         tcp.set_nonblocking(true).map_err(|e| Error::Io(what("tcp"), e))?;
         Ok((udp, tcp))
