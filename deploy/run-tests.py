@@ -63,11 +63,21 @@ def executables(lines):
         if m["executable"] in seen:
             continue
         seen.add(m["executable"])
-        package = m["package_id"].rsplit("#", 1)[-1].split("@")[0]
+        package = package_name(m["package_id"])
         kind = m["target"]["kind"][0]
         label = f"tests/{m['target']['name']}.rs" if kind == "test" else f"unittests {os.path.relpath(m['target']['src_path'], os.path.dirname(m['manifest_path']))}"
         out.append((package, os.path.dirname(m["manifest_path"]), m["executable"], label))
     return out
+
+
+def package_name(package_id):
+    """`path+file:///…/coordinator#weave-coordinator@0.1.0`, or
+    `path+file:///…/weavectl#0.1.0` where the directory is the package's
+    name, or the older `weavectl 0.1.0 (path+file:///…)`."""
+    if "#" not in package_id:
+        return package_id.split(" ")[0]
+    url, fragment = package_id.rsplit("#", 1)
+    return fragment.split("@")[0] if "@" in fragment else url.rstrip("/").rsplit("/", 1)[-1]
 
 
 def name_of(path):
@@ -110,11 +120,15 @@ def main():
         package, cwd, path, label, extra = job
         env = dict(os.environ, CARGO=cargo, CARGO_MANIFEST_DIR=cwd, CARGO_PKG_NAME=package, **extra)
         start = time.monotonic()
-        with tempfile.TemporaryFile() as out:
-            code = subprocess.run([path, *test_args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                  stdout=out, stderr=subprocess.STDOUT).returncode
-            out.seek(0)
-            text = out.read().decode(errors="replace")
+        # A binary that cannot even start is a failure too (not a lane gone quiet).
+        try:
+            with tempfile.TemporaryFile() as out:
+                code = subprocess.run([path, *test_args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                      stdout=out, stderr=subprocess.STDOUT).returncode
+                out.seek(0)
+                text = out.read().decode(errors="replace")
+        except Exception as e:  # noqa: BLE001 (reported, then counted as a failure)
+            code, text = -1, f"run-tests.py: cannot run it: {e!r}\n"
         took = time.monotonic() - start
         with print_lock:
             rel = os.path.relpath(path)
@@ -143,6 +157,8 @@ def main():
         run(job)
 
     total = time.monotonic() - started
+    if len(timings) != len(jobs):
+        failed.append(f"{len(jobs) - len(timings)} test executable(s) never ran")
     print(f"run-tests.py: {len(jobs)} test executables in {total:.0f} s ({lanes} at a time, "
           f"{len(alone)} alone); the longest:")
     for took, label, rel in sorted(timings, reverse=True)[:8]:

@@ -15,6 +15,17 @@ use std::{net::Ipv4Addr, process::Output};
 use common::{cni::*, *};
 use serde_json::{Value, json};
 
+/// The process holding a namespace's only mount in a mount namespace of
+/// its own; killed (by its pid) and reaped when dropped, also on a failure.
+struct Holder(std::process::Child);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn run_gc(conf: &Value, keep: &[(&str, &str)]) -> Output {
     let mut conf = conf.clone();
     let list: Vec<Value> = keep.iter().map(|(id, ifname)| json!({"containerID": id, "ifname": ifname})).collect();
@@ -57,13 +68,38 @@ fn gc_frees_what_the_runtime_no_longer_knows_and_nothing_else() {
     let (lost2_ns, _, lost2_ip) = add(&mut bed, &conf, "lost2");
     let (_, _, alive_ip) = add(&mut bed, &conf, "alive");
     let (other_ns, _, other_ip) = add(&mut bed, &other, "other");
-    // Their namespaces go with no DEL (the runtime lost them).
-    for ns in [&lost_ns, &lost2_ns, &other_ns] {
+    // A live one the agent cannot see by any path: podman's namespaces are
+    // mounted in podman's own mount namespace (here: a private one that
+    // holds the only mount left once the runtime's path is gone).
+    let (hidden_ns, _, hidden_ip) = add(&mut bed, &conf, "hidden");
+    let keep = bed.dir.path().join("hidden-keep");
+    let script = format!(
+        "touch {k} && mount --bind /run/netns/{hidden_ns} {k} && echo ready && exec sleep 600",
+        k = keep.display()
+    );
+    let mut holder = Holder(
+        std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.0.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    // Their namespaces go with no DEL (the runtime lost them); the hidden
+    // one only loses the path the runtime gave.
+    for ns in [&lost_ns, &lost2_ns, &other_ns, &hidden_ns] {
         ok(&["ip", "netns", "del", ns]);
     }
+    // A container of weavectl's, whose namespace may get a freed inode.
+    let fresh = bed.add_container("fresh");
+    let fresh_ip = bed.weavectl_attach(0, &fresh, &[&format!("/run/netns/{fresh}")])[0];
+    let fresh_ip = bed.workloads[fresh_ip].ip;
     // Nothing of weave's noticed: no DNS held them (the sweep's view).
     std::thread::sleep(std::time::Duration::from_secs(6));
-    for ip in [kept_ip, lost_ip, lost2_ip, alive_ip, other_ip] {
+    for ip in [kept_ip, lost_ip, lost2_ip, alive_ip, other_ip, hidden_ip] {
         assert!(held(&bed, ip), "{ip} released before GC: {:?}", bed.allocations());
     }
 
@@ -92,18 +128,30 @@ fn gc_frees_what_the_runtime_no_longer_knows_and_nothing_else() {
     assert!(held(&bed, kept_ip), "the listed one was freed: {:?}", bed.allocations());
     assert!(!held(&bed, lost_ip) && !held(&bed, lost2_ip), "the lost ones are still held: {:?}", bed.allocations());
     assert!(held(&bed, alive_ip), "a live namespace's address was freed: {:?}", bed.allocations());
+    assert!(held(&bed, hidden_ip), "a live namespace mounted out of sight was freed: {:?}", bed.allocations());
+    let (pid, net) = (holder.0.id().to_string(), format!("--net={}", keep.display()));
+    let hidden_addr = ok(&["nsenter", "-t", &pid, "-m", "--", "nsenter", &net, "--", "ip", "-4", "-o", "addr", "show"]);
+    assert!(hidden_addr.contains(&format!(" {hidden_ip}/")), "its interface went: {hidden_addr}");
+    assert!(interfaces(&fresh).iter().any(|i| i.contains(&format!(" {fresh_ip}/"))), "{:?}", interfaces(&fresh));
+    assert!(held(&bed, fresh_ip), "{:?}", bed.allocations());
     assert!(held(&bed, other_ip), "another network's attachment was freed: {:?}", bed.allocations());
     assert!(bed.log(0).contains("namespace is alive: kept"), "{}", bed.log(0));
     // Idempotent; and the other network's own GC frees its lost one.
     assert!(run_gc(&conf, &[(kept_id.as_str(), "eth0")]).status.success());
     assert!(held(&bed, kept_ip) && held(&bed, alive_ip));
-    let out = run_gc(&other, &[]);
+    // Its configuration names another subnet by now: what the ADD attached goes all the same.
+    let out = bed.weavectl_admin(&["subnet", "add", "10.2.9.0/24", "--name", "nine"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut moved = other.clone();
+    moved["subnet"] = json!("nine");
+    let out = run_gc(&moved, &[]);
     assert!(out.status.success(), "GC: {}", String::from_utf8_lossy(&out.stdout));
     assert!(!held(&bed, other_ip), "{:?}", bed.allocations());
     // A freed address goes to the next pod; the kept pod still works.
     let (_, _, next_ip) = add(&mut bed, &conf, "next");
     assert!(held(&bed, next_ip) && held(&bed, kept_ip));
 
+    drop(holder);
     // STATUS with the agent down: its data plane is gone too (51).
     bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
     let out = plugin(&bin, "STATUS", "", "", &conf, None);

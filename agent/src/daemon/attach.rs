@@ -340,8 +340,9 @@ impl Attacher {
             }
         }
         if let (Some(network), Some(id), Some(ifname)) = (network, id, ifname) {
-            let record =
-                CniRecord { id: id.to_string(), ifname: ifname.to_string(), netns: c.path.clone(), inode: c.inode };
+            let subnets = result.iter().map(|a| a.subnet.clone()).collect();
+            let (id, ifname, netns) = (id.to_string(), ifname.to_string(), c.path.clone());
+            let record = CniRecord { id, ifname, netns, inode: c.inode, subnets };
             self.names.cni_added(network, record);
         }
         Ok(result)

@@ -56,6 +56,10 @@ pub struct CniRecord {
     /// The namespace as the runtime named it (`CNI_NETNS`), and its inode.
     pub netns: PathBuf,
     pub inode: u64,
+    /// The subnets (CIDRs) the ADD attached it to: what its GC gives back
+    /// (the configuration may name another subnet by then).
+    #[serde(default)]
+    pub subnets: Vec<String>,
 }
 
 pub struct Registry {
