@@ -131,8 +131,9 @@ fn older_configuration_versions_get_results_in_their_form() {
         assert!(out.status.success(), "DEL {version}: {}", String::from_utf8_lossy(&out.stdout));
         assert!(interfaces(&ns).is_empty(), "{:?}", interfaces(&ns));
     }
-    let conf = json!({"cniVersion": "1.1.0", "name": "weave", "type": "weave-cni", "socket": socket});
-    let ns = bed.add_container("v11");
+    // A version after the newest it speaks (1.1.0): refused, nothing allocated.
+    let conf = json!({"cniVersion": "1.2.0", "name": "weave", "type": "weave-cni", "socket": socket});
+    let ns = bed.add_container("v12");
     let out = plugin(&bin, "ADD", &format!("/run/netns/{ns}"), &ns, &conf, None);
     assert_eq!(json_out(&out)["code"], 1, "{}", String::from_utf8_lossy(&out.stdout));
     assert!(bed.allocations().iter().all(|a| !a.contains("cni:")), "{:?}", bed.allocations());

@@ -473,6 +473,16 @@ fn a_container_may_run_its_own_dns_server_on_port_53() {
     );
     let got = ok_in(&d.bed.workloads[other].ns, &["python3", "-c", &ask]);
     assert_eq!(got.trim(), "hello");
+    // Stopped for a container that lives on (a detach): the rule goes too,
+    // and its own 127.0.0.11:53 is its own server's again.
+    let stop = Request::DnsStop { key: ns.clone() };
+    match d.rt.block_on(local_api::request(&d.bed.hosts[0].socket, &stop)).unwrap() {
+        Response::Done => {}
+        other => panic!("dns_stop: {other:?}"),
+    }
+    assert!(!in_ns(&ns, &["nft", "list", "table", "ip", "weave_dns"]).status.success(), "the rule stayed");
+    let ask_own = ask.replace(&format!("('{}', 53)", d.ip(w)), "('127.0.0.11', 53)");
+    assert_eq!(ok_in(&ns, &["python3", "-c", &ask_own]).trim(), "hello");
     let _ = server.kill();
     let _ = server.wait();
 }

@@ -70,7 +70,7 @@ impl Handler for LocalService {
                     Err(e) => Response::Error(Refusal::failed(e.to_string())),
                 },
                 Request::DnsStop { key } => {
-                    self.dns.stop(&key);
+                    self.dns.stop_detached(&key).await;
                     Response::Done
                 }
                 Request::Allocate { container, subnet } => self.allocate(container, subnet).await,
@@ -271,7 +271,7 @@ impl LocalService {
             }
             (Some(DnsPlan::Stop { key }), Response::Released(_)) => {
                 // Closes the sockets and forgets the key's names (the registry).
-                self.dns.stop(&key);
+                self.dns.stop_detached(&key).await;
                 self.registry.stop_dns(&key);
             }
             _ => {}

@@ -76,9 +76,12 @@ impl Attacher {
         if registry::alive(&r.netns, r.inode) || registry::in_use(r.inode) {
             return Ok(true);
         }
+        // A record without its subnets (none should be: they came with GC):
+        // a port on any subnet keeps it.
         let vnis: Vec<u32> = {
             let map = self.maps.borrow();
-            map.subnets.iter().filter(|s| r.subnets.contains(&s.cidr)).map(|s| s.vni).collect()
+            let its = |cidr: &String| r.subnets.is_empty() || r.subnets.contains(cidr);
+            map.subnets.iter().filter(|s| its(&s.cidr)).map(|s| s.vni).collect()
         };
         for vni in vnis {
             if self.netlink.link_index(&host_ifname(r.inode, vni)).await.map_err(failed)?.is_some() {

@@ -74,6 +74,9 @@ struct Inner {
     /// TCP connections and forwarded queries across namespaces.
     budget: Budget,
     served: Mutex<HashMap<String, Vec<JoinHandle<()>>>>,
+    /// The namespaces whose 127.0.0.11:53 leads to the key's port through a
+    /// DNAT rule ([`redirect`]): a detach takes the rule away too.
+    redirected: Mutex<HashMap<String, std::fs::File>>,
 }
 
 impl DnsServer {
@@ -88,6 +91,7 @@ impl DnsServer {
                 records: RwLock::new(Arc::new(records)),
                 budget: Budget::for_file_limit(limits::file_limit()),
                 served: Mutex::new(HashMap::new()),
+                redirected: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -173,10 +177,11 @@ impl DnsServer {
         }
         let path = netns.to_path_buf();
         let addr = listen_for(key);
-        let (udp, tcp) = tokio::task::spawn_blocking(move || open_in_netns(&path, addr))
+        let (udp, tcp, rule) = tokio::task::spawn_blocking(move || open_in_netns(&path, addr))
             .await
             .map_err(|e| Error::Dns(format!("socket thread: {e}")))??;
         self.serve_sockets(udp, tcp, key)?;
+        self.redirected_in(key, rule);
         if let Some(r) = &self.inner.registry {
             r.serve_dns(key, Some(netns.display().to_string()));
         }
@@ -194,10 +199,11 @@ impl DnsServer {
         let file = netns.try_clone().map_err(|e| Error::Io(format!("the namespace of {key}"), e))?;
         let label = key.to_string();
         let addr = listen_for(key);
-        let (udp, tcp) = tokio::task::spawn_blocking(move || open_in_file(file, label, addr))
+        let (udp, tcp, rule) = tokio::task::spawn_blocking(move || open_in_file(file, label, addr))
             .await
             .map_err(|e| Error::Dns(format!("socket thread: {e}")))??;
         self.serve_sockets(udp, tcp, key)?;
+        self.redirected_in(key, rule);
         tracing::info!(key, "serving DNS at {LISTEN} (passed namespace)");
         Ok(())
     }
@@ -224,8 +230,40 @@ impl DnsServer {
         Ok(())
     }
 
+    fn redirected_in(&self, key: &str, rule: Option<std::fs::File>) {
+        let mut redirected = self.inner.redirected.lock().unwrap_or_else(|e| e.into_inner());
+        match rule {
+            Some(netns) => redirected.insert(key.to_string(), netns),
+            None => redirected.remove(key),
+        };
+    }
+
+    /// [`DnsServer::stop`] for a container that lives on (a detach): its
+    /// DNAT rule goes too, so that its 127.0.0.11:53 is its own again (a
+    /// server of its own there answers; found by a review). Awaited: an
+    /// attach right after finds the rule gone, not its new one removed.
+    pub async fn stop_detached(&self, key: &str) -> bool {
+        let netns = self.inner.redirected.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        let found = self.stop(key);
+        if let Some(netns) = netns {
+            let label = key.to_string();
+            let removed = tokio::task::spawn_blocking(move || {
+                netns::run_in(&netns, &label, || {
+                    redirect::remove();
+                    Ok(())
+                })
+            })
+            .await;
+            if let Ok(Err(e)) = removed {
+                tracing::debug!(key, error = %e, "the DNS rule stays");
+            }
+        }
+        found
+    }
+
     /// Closes the sockets of `key`. Returns whether it was served.
     pub fn stop(&self, key: &str) -> bool {
+        self.inner.redirected.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
         let tasks = self.inner.served.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
         let found = tasks.is_some();
         for t in tasks.into_iter().flatten() {
@@ -353,17 +391,18 @@ fn form_error(query: &[u8]) -> Option<Vec<u8>> {
 
 /// On a thread of its own (setns changes only the calling thread): enter the
 /// namespace, bring `lo` up, bind both sockets. They stay in that namespace.
-fn open_in_netns(netns: &Path, addr: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpListener), Error> {
+/// The sockets, and the namespace (kept to take the rule away) when a DNAT
+/// rule leads 127.0.0.11:53 to them.
+type Opened = (std::net::UdpSocket, std::net::TcpListener, Option<std::fs::File>);
+
+fn open_in_netns(netns: &Path, addr: SocketAddr) -> Result<Opened, Error> {
     let file = std::fs::File::open(netns).map_err(|e| Error::Io(netns.display().to_string(), e))?;
     open_in_file(file, netns.display().to_string(), addr)
 }
 
 /// The sockets, opened inside the namespace `file` (`label` names it in errors).
-fn open_in_file(
-    file: std::fs::File,
-    label: String,
-    addr: SocketAddr,
-) -> Result<(std::net::UdpSocket, std::net::TcpListener), Error> {
+fn open_in_file(file: std::fs::File, label: String, addr: SocketAddr) -> Result<Opened, Error> {
+    let kept = file.try_clone().ok();
     let what = {
         let label = label.clone();
         move |w: &str| format!("{w} in {label}")
@@ -383,6 +422,7 @@ fn open_in_file(
                 .ok(),
             false => None,
         };
+        let ruled = redirected.is_some();
         let (udp, tcp) = match redirected {
             Some(pair) => pair,
             None => (
@@ -392,8 +432,9 @@ fn open_in_file(
         };
         udp.set_nonblocking(true).map_err(|e| Error::Io(what("udp"), e))?;
         tcp.set_nonblocking(true).map_err(|e| Error::Io(what("tcp"), e))?;
-        Ok((udp, tcp))
+        Ok((udp, tcp, ruled))
     })
+    .map(|(udp, tcp, ruled)| (udp, tcp, kept.filter(|_| ruled)))
 }
 
 #[cfg(test)]

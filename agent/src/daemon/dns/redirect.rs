@@ -62,6 +62,26 @@ pub(super) fn bind(ip: IpAddr) -> Result<(UdpSocket, TcpListener), String> {
     Ok((udp, tcp))
 }
 
+/// On the thread that entered the container's namespace: the rule goes
+/// (there or not; best effort: the namespace may be going too).
+pub(super) fn remove() {
+    let removed = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .and_then(|mut child| {
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(format!("table ip {TABLE}\ndelete table ip {TABLE}\n").as_bytes())?;
+            }
+            child.wait()
+        });
+    if let Err(e) = removed {
+        tracing::debug!(error = %e, "nft: the DNS rule stays");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
