@@ -44,7 +44,13 @@ pub(super) fn bind(ip: IpAddr) -> Result<(UdpSocket, TcpListener), String> {
             Some((udp, tcp, port))
         })
         .ok_or_else(|| format!("no port of {ip} free for both UDP and TCP"))?;
-    // Spawned from this thread, nft runs in the container's namespace.
+    nft(&script(ip, port))?;
+    Ok((udp, tcp))
+}
+
+/// `nft -f -` with `script`, spawned from this thread: in the namespace it
+/// entered.
+fn nft(script: &str) -> Result<(), String> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -53,32 +59,20 @@ pub(super) fn bind(ip: IpAddr) -> Result<(UdpSocket, TcpListener), String> {
         .spawn()
         .map_err(|e| format!("run nft: {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script(ip, port).as_bytes()).map_err(|e| format!("write to nft: {e}"))?;
+        stdin.write_all(script.as_bytes()).map_err(|e| format!("write to nft: {e}"))?;
     }
     let out = child.wait_with_output().map_err(|e| format!("run nft: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim())),
     }
-    Ok((udp, tcp))
 }
 
 /// On the thread that entered the container's namespace: the rule goes
 /// (there or not; best effort: the namespace may be going too).
 pub(super) fn remove() {
-    let removed = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .and_then(|mut child| {
-            if let Some(mut stdin) = child.stdin.take() {
-                stdin.write_all(format!("table ip {TABLE}\ndelete table ip {TABLE}\n").as_bytes())?;
-            }
-            child.wait()
-        });
-    if let Err(e) = removed {
-        tracing::debug!(error = %e, "nft: the DNS rule stays");
+    if let Err(e) = nft(&format!("table ip {TABLE}\ndelete table ip {TABLE}\n")) {
+        tracing::debug!(error = e, "the DNS rule stays");
     }
 }
 
