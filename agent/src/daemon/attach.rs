@@ -277,6 +277,11 @@ impl Attacher {
                     Some(gw) => inside.default_route(&ifname, *gw).await.map_err(failed)?.then_some(*gw),
                     None => None,
                 };
+                // Remembered until the host is hidden there: the container
+                // keeps that route when egress goes off (see `hide`).
+                if gateway.is_some() {
+                    self.names.gave_gateway(subnet.id, *ip);
+                }
                 let mac = inside
                     .workload_interfaces(Some(&ifname))
                     .await

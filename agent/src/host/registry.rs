@@ -41,10 +41,11 @@ struct Saved {
     /// CNI network name -> its attachments on this host (for its GC).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     cni: BTreeMap<String, Vec<CniRecord>>,
-    /// Subnets (ids) on which containers of this host were given this
-    /// host's address as their default route (egress), until it is hidden.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    gateways: BTreeSet<u64>,
+    /// Subnet id -> the addresses of this host's containers given this
+    /// host's address there as their default route (egress), until it is
+    /// hidden there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    egress_routed: BTreeMap<u64, BTreeSet<std::net::Ipv4Addr>>,
 }
 
 /// A CNI ADD that succeeded, until its DEL or the network's GC.
@@ -192,24 +193,35 @@ impl Registry {
         }
     }
 
-    /// This host's address on `subnet` became its containers' way out.
-    pub fn gave_gateway(&self, subnet: u64) {
+    /// The container at `address` on `subnet` was given this host's address
+    /// there as its default route.
+    pub fn gave_gateway(&self, subnet: u64, address: std::net::Ipv4Addr) {
         let mut saved = self.saved();
-        if saved.gateways.insert(subnet) {
+        if saved.egress_routed.entry(subnet).or_default().insert(address) {
             self.write(&saved);
         }
     }
 
-    /// Whether containers of this host may route through its address on
-    /// `subnet` (given since it was last hidden there).
-    pub fn gateway_given(&self, subnet: u64) -> bool {
-        self.saved().gateways.contains(&subnet)
+    /// The addresses on `subnet` given this host's address there as their
+    /// default route since it was last hidden there (some may be released
+    /// since: the caller looks at which are still held).
+    pub fn gateway_given(&self, subnet: u64) -> BTreeSet<std::net::Ipv4Addr> {
+        self.saved().egress_routed.get(&subnet).cloned().unwrap_or_default()
+    }
+
+    /// The container at `address` on `subnet` gave it back: its route went
+    /// with it (the address may go to a container never given one).
+    pub fn route_gone(&self, subnet: u64, address: std::net::Ipv4Addr) {
+        let mut saved = self.saved();
+        if saved.egress_routed.get_mut(&subnet).is_some_and(|set| set.remove(&address)) {
+            self.write(&saved);
+        }
     }
 
     /// This host's address on `subnet` is gone (hidden), with its routes.
     pub fn gateway_gone(&self, subnet: u64) {
         let mut saved = self.saved();
-        if saved.gateways.remove(&subnet) {
+        if saved.egress_routed.remove(&subnet).is_some() {
             self.write(&saved);
         }
     }

@@ -225,6 +225,11 @@ impl Attacher {
         {
             Ok(r) => {
                 let released = r.into_inner().released;
+                for a in &released {
+                    if let Some(ip) = crate::plan::netmap::allocation_address(&a.address) {
+                        self.names.route_gone(a.subnet_id, ip);
+                    }
+                }
                 let ids: Vec<u64> = released.iter().map(|a| a.id).collect();
                 self.map_shows(key, &ids, false).await;
                 Ok(released.into_iter().map(|a| a.address).collect())

@@ -32,9 +32,6 @@ impl Attacher {
     /// container goes (`weavectl hide` takes it away).
     pub(super) async fn gateway(&self, subnet: &Subnet) -> Result<Ipv4Addr, Refusal> {
         let key = format!("host:{}", self.node_name);
-        // Remembered until the host is hidden there: the containers keep
-        // that route when egress goes off (see `hide`).
-        self.names.gave_gateway(subnet.id);
         if let Some(held) = held_address(&self.held(&key), subnet) {
             return Ok(held);
         }
@@ -51,10 +48,13 @@ impl Attacher {
     }
 
     /// The egress gateway (see `gateway`) for a runtime that makes its own
-    /// interfaces (Docker's Join): takes the attach lock first.
-    pub async fn egress_gateway(&self, subnet: &Subnet) -> Result<Ipv4Addr, Refusal> {
+    /// interfaces (Docker's Join) of its container at `address`, which is
+    /// remembered as routed through it: takes the attach lock first.
+    pub async fn egress_gateway(&self, subnet: &Subnet, address: Ipv4Addr) -> Result<Ipv4Addr, Refusal> {
         let _one = self.lock.lock().await;
-        self.gateway(subnet).await.map_err(|e| self.or_removed(subnet, e))
+        let gateway = self.gateway(subnet).await.map_err(|e| self.or_removed(subnet, e))?;
+        self.names.gave_gateway(subnet.id, address);
+        Ok(gateway)
     }
 
     /// How many of this host's containers hold an address on `subnet` (not
@@ -66,6 +66,23 @@ impl Attacher {
             .iter()
             .filter(|a| a.node_id == self.node_id && a.subnet_id == subnet.id)
             .filter(|a| a.container != host && a.container != crate::plan::docker::GATEWAY_KEY)
+            .count()
+    }
+
+    /// How many of this host's containers on `subnet` hold an address that
+    /// was given this host's address as its default route (remembered
+    /// across restarts, until the host is hidden there).
+    fn routed_users(&self, subnet: &Subnet) -> usize {
+        let routed = self.names.gateway_given(subnet.id);
+        if routed.is_empty() {
+            return 0;
+        }
+        let map = self.maps.borrow();
+        map.allocations
+            .iter()
+            .filter(|a| a.node_id == self.node_id && a.subnet_id == subnet.id)
+            .filter_map(|a| crate::plan::netmap::allocation_address(&a.address))
+            .filter(|ip| routed.contains(ip))
             .count()
     }
 
@@ -145,9 +162,10 @@ impl Attacher {
                     s.cidr
                 )));
             }
-            if using > 0 && self.names.gateway_given(s.id) {
+            let routed = self.routed_users(s);
+            if routed > 0 {
                 return Err(Refusal::conflict(format!(
-                    "{using} container(s) of this host on subnet {} may have this host's address as their default \
+                    "{routed} container(s) of this host on subnet {} have this host's address as their default \
                      route (given while egress was on): detach them first{others}",
                     s.cidr
                 )));

@@ -200,8 +200,11 @@ impl Plugin {
         let subnet = self.subnet(&network.cidr).await?;
         // An egress subnet's way out is this host (exposed there first),
         // before anything of the endpoint's is made.
+        let address: Ipv4Net = ep.address.parse().map_err(|_| Refused::bad(format!("bad address '{}'", ep.address)))?;
         let gateway = match subnet.egress {
-            true => Some(self.attacher.egress_gateway(&subnet).await.map_err(|e| Refused::bad(e.message))?),
+            true => {
+                Some(self.attacher.egress_gateway(&subnet, address.addr()).await.map_err(|e| Refused::bad(e.message))?)
+            }
             false => None,
         };
         let bridge = bridge_name(subnet.vni);
@@ -209,7 +212,6 @@ impl Plugin {
         let host_if = wire::host_ifname(&req.endpoint_id).map_err(Refused::bad)?;
         let peer = format!("{host_if}p");
         let mac = parse_mac(&ep.mac).ok_or_else(|| Refused::bad(format!("bad MAC '{}'", ep.mac)))?;
-        let address: Ipv4Net = ep.address.parse().map_err(|_| Refused::bad(format!("bad address '{}'", ep.address)))?;
         let nl = &self.attacher.netlink;
         let kernel = |e: crate::error::Error| Refused::bad(e.to_string());
         // A Join Docker retries after a failure finds the old pair.
