@@ -335,8 +335,10 @@ pub fn read_token(args: &JoinArgs) -> Result<String, crate::error::Error> {
         (None, Some(path)) => std::fs::read_to_string(path)
             .map(|t| t.trim().to_string())
             .map_err(|e| crate::error::Error::Io(format!("--token-file {}", path.display()), e)),
-        (None, None) => Err(crate::error::Error::Token(
-            "this host has not joined yet: pass --token-file PATH, --token - (stdin) or WEAVE_TOKEN".into(),
+        // No token at all is a usage error (exit 2), not a bad token.
+        (None, None) => Err(crate::error::Error::Usage(
+            "no join token: this host has not joined yet: pass --token-file PATH, --token - (stdin) or WEAVE_TOKEN"
+                .into(),
         )),
     }
 }
@@ -344,6 +346,18 @@ pub fn read_token(args: &JoinArgs) -> Result<String, crate::error::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No token at all is a usage error (exit 2), said so, not a bad token.
+    #[test]
+    fn a_join_without_a_token_is_a_usage_error() {
+        let Ok(Command::Join(args)) = Cli::try_parse_from(["agent", "join", "--data-dir", "/d"]).map(|c| c.command)
+        else {
+            panic!("agent join parses")
+        };
+        let e = read_token(&args).unwrap_err();
+        assert!(matches!(e, crate::error::Error::Usage(_)), "{e:?}");
+        assert!(e.to_string().starts_with("no join token: this host has not joined yet"), "{e}");
+    }
 
     #[test]
     fn run_args_survive_the_re_exec_without_the_token() {
