@@ -203,10 +203,9 @@ async fn serve(
         )),
         tokio::spawn(control::dns_loop(dns.clone(), map_rx.clone())),
         tokio::spawn({
-            let (dns, registry) = (dns.clone(), registry.clone());
+            let dns = dns.clone();
             attacher.clone().retire_dead_every(connected.clone(), move |key| {
                 dns.stop(key);
-                registry.stop_dns(key);
             })
         }),
         tokio::spawn(async move {

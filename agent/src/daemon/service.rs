@@ -120,7 +120,6 @@ impl Handler for LocalService {
                         for id in gone {
                             if let Some(key) = self.registry.dns_key(&id) {
                                 self.dns.stop(&key);
-                                self.registry.stop_dns(&key);
                             }
                         }
                         Response::Released(released)
@@ -272,7 +271,6 @@ impl LocalService {
             (Some(DnsPlan::Stop { key }), Response::Released(_)) => {
                 // Closes the sockets and forgets the key's names (the registry).
                 self.dns.stop_detached(&key).await;
-                self.registry.stop_dns(&key);
             }
             _ => {}
         }

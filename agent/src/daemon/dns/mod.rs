@@ -261,7 +261,8 @@ impl DnsServer {
         found
     }
 
-    /// Closes the sockets of `key`. Returns whether it was served.
+    /// Closes the sockets of `key` and forgets it in the registry (its
+    /// namespace and names). Returns whether it was served.
     pub fn stop(&self, key: &str) -> bool {
         self.inner.redirected.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
         let tasks = self.inner.served.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
@@ -389,12 +390,12 @@ fn form_error(query: &[u8]) -> Option<Vec<u8>> {
     Message::error_msg(id, OpCode::Query, ResponseCode::FormErr).to_vec().ok()
 }
 
-/// On a thread of its own (setns changes only the calling thread): enter the
-/// namespace, bring `lo` up, bind both sockets. They stay in that namespace.
 /// The sockets, and the namespace (kept to take the rule away) when a DNAT
 /// rule leads 127.0.0.11:53 to them.
 type Opened = (std::net::UdpSocket, std::net::TcpListener, Option<std::fs::File>);
 
+/// On a thread of its own (setns changes only the calling thread): enter the
+/// namespace, bring `lo` up, bind both sockets. They stay in that namespace.
 fn open_in_netns(netns: &Path, addr: SocketAddr) -> Result<Opened, Error> {
     let file = std::fs::File::open(netns).map_err(|e| Error::Io(netns.display().to_string(), e))?;
     open_in_file(file, netns.display().to_string(), addr)
