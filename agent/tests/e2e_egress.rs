@@ -399,6 +399,45 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
     let hide = bed.weavectl(0, &["hide", "net:out"]);
     assert!(hide.status.success(), "{}", String::from_utf8_lossy(&hide.stderr));
     assert!(!bed.allocations().iter().any(|a| a.contains(&gateway)), "{:?}", bed.allocations());
+
+    // Egress on again: the containers attached while it was off get their
+    // way out as an attach would give it (the host exposed there again),
+    // without being attached again (a pod's runtime cannot), except one
+    // with a default route of its own, which stays.
+    let c6 = bed.add_container("c6");
+    bed.weavectl_attach(0, &c6, &["net:out", &format!("/run/netns/{c6}")]);
+    ok_in(&c6, &["ip", "link", "add", "own0", "type", "veth", "peer", "name", "own1"]);
+    ok_in(&c6, &["ip", "link", "set", "own0", "up"]);
+    ok_in(&c6, &["ip", "link", "set", "own1", "up"]);
+    ok_in(&c6, &["ip", "route", "add", "default", "dev", "own0"]);
+    admin_ok(&bed, &["subnet", "set", "out", "--egress", "on"]);
+    let route = wait_for("c5's default route once egress is on", Duration::from_secs(15), || {
+        Some(default_route(&c5)).filter(|r| !r.is_empty())
+    });
+    let again = bed
+        .allocations()
+        .into_iter()
+        .find(|a| a.contains(&format!("host:{}", bed.hosts[0].name)) && a.contains("10.44.0."))
+        .expect("host 1 exposed on the egress subnet again");
+    let gateway = route.split(' ').nth(2).unwrap().to_string();
+    assert!(route.starts_with("default via ") && again.contains(&gateway), "{route} / {again}");
+    assert_eq!(seen_from(&c5).as_deref(), Some(h0.as_str()), "c5 reaches the server as host 1");
+    assert_eq!(default_route(&c6), "default dev own0 scope link", "c6's own default route stays alone");
+    // And hiding the host there is refused again: c5 now routes through it.
+    let hide = bed.weavectl(0, &["hide", "net:out"]);
+    assert_eq!(hide.status.code(), Some(5), "{}", String::from_utf8_lossy(&hide.stderr));
+    // Turned on while the agent was down: given when it starts.
+    admin_ok(&bed, &["subnet", "set", "out", "--egress", "off"]);
+    let c7 = bed.add_container("c7");
+    bed.weavectl_attach(0, &c7, &["net:out", &format!("/run/netns/{c7}")]);
+    assert_eq!(default_route(&c7), "", "no route through the host with egress off");
+    bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
+    admin_ok(&bed, &["subnet", "set", "out", "--egress", "on"]);
+    bed.start_agent(0, false);
+    wait_for("c7's default route after the restart", Duration::from_secs(20), || {
+        Some(default_route(&c7)).filter(|r| r.starts_with(&format!("default via {gateway} dev ethwe")))
+    });
+    assert_eq!(seen_from(&c7).as_deref(), Some(h0.as_str()), "c7 reaches the server as host 1");
 }
 
 #[test]

@@ -21,6 +21,7 @@ use weave_proto::{
 mod allocate;
 mod checks;
 mod container;
+mod egress;
 mod gc;
 mod host;
 mod retire;

@@ -202,6 +202,7 @@ async fn serve(
             Some(rules),
         )),
         tokio::spawn(control::dns_loop(dns.clone(), map_rx.clone())),
+        tokio::spawn(attacher.clone().route_on_egress()),
         tokio::spawn({
             let dns = dns.clone();
             attacher.clone().retire_dead_every(connected.clone(), move |key| {

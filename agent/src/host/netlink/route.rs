@@ -29,6 +29,23 @@ impl Netlink {
         Ok(defaults.iter().any(|r| via(r, gateway, index)))
     }
 
+    /// Inside a workload's namespace: the interface that holds `address`,
+    /// and whether the namespace has an IPv4 default route of the main table
+    /// already (any interface, any metric). None: no interface holds it.
+    pub async fn holder_of(&self, address: Ipv4Addr) -> Result<Option<(String, bool)>, Error> {
+        let addrs = dump("list addresses", || self.handle.address().get().execute()).await?;
+        let local = AddressAttribute::Local(IpAddr::V4(address));
+        let Some(index) = addrs.iter().find(|a| a.attributes.contains(&local)).map(|a| a.header.index) else {
+            return Ok(None);
+        };
+        let links = self.links().await?;
+        let Some(name) = links.iter().find(|l| l.header.index == index).and_then(name).map(str::to_string) else {
+            return Ok(None);
+        };
+        let (_, defaults) = self.defaults(&name).await?;
+        Ok(Some((name, !defaults.is_empty())))
+    }
+
     /// `ifname`'s index and the IPv4 default routes of the main table.
     async fn defaults(&self, ifname: &str) -> Result<(u32, Vec<RouteMessage>), Error> {
         let index = self.link_index(ifname).await?.ok_or_else(|| Error::Netlink(format!("{ifname} does not exist")))?;
