@@ -4,7 +4,8 @@
 //! reaches it again speaking first (host 2 learns the new endpoint from the
 //! map, not from host 3), and one on host 1 too; the map shows the new
 //! endpoint. Host 4 joined with `--endpoint` (pinned): its move changes
-//! nothing in the map.
+//! nothing in the map; host 1 roams to it when it speaks from there, and
+//! falls back to the map's endpoint when host 4 is back there and silent.
 mod common;
 
 use std::{
@@ -64,4 +65,19 @@ fn a_host_whose_address_changes_is_reached_again_within_10s_and_the_map_follows(
     thread::sleep(Duration::from_secs(3));
     assert_eq!(endpoints_of(&bed, "h4"), ["192.0.2.14:6784"], "a pinned endpoint changed");
     assert!(!bed.log(3).contains("endpoints updated"), "the pinned agent announced endpoints");
+    // Host 4 speaks first from its new address: host 1 roams there.
+    bed.wait_ping(w[3], w[0], Duration::from_secs(10));
+    let to_h4 = |bed: &Bed| bed.status(0).unwrap().peers.into_iter().find(|p| p.name == "h4").unwrap().endpoint;
+    assert_eq!(to_h4(&bed), Some("192.0.2.114:6784".parse().unwrap()), "host 1 roamed to host 4's new address");
+    // Past host 4's passive keepalive (10 s after it last heard from host 1),
+    // so that it has nothing more to say; then back at its pinned address.
+    thread::sleep(Duration::from_secs(12));
+    ok_in(&bed.hosts[3].ns, &["ip", "addr", "del", "192.0.2.114/24", "dev", "eth0"]);
+    ok_in(&bed.hosts[3].ns, &["ip", "addr", "add", "192.0.2.14/24", "dev", "eth0"]);
+    // Host 1 speaks first: unanswered at the roamed address, it falls back
+    // to the map's (it waited for host 4 to speak, for ever).
+    let back = Instant::now();
+    bed.wait_ping(w[0], w[3], Duration::from_secs(10));
+    eprintln!("host 4 reached again {:?} after its move back", back.elapsed());
+    assert_eq!(to_h4(&bed), Some("192.0.2.14:6784".parse().unwrap()), "host 1's tunnel to host 4");
 }

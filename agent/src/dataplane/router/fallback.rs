@@ -1,7 +1,8 @@
 //! Endpoint fallback for peers with several endpoints (a dual-stack host
-//! advertises one per family): when data has gone out to a peer and nothing
-//! authenticated came back for [`AFTER_MS`], the router moves the peer to
-//! its next endpoint and starts a handshake there. A working path answers
+//! advertises one per family), or one it roamed away from: when data has
+//! gone out to a peer and nothing authenticated came back for [`AFTER_MS`],
+//! the router moves the peer to its next endpoint from the map (from a
+//! roamed one, the first) and starts a handshake there. A working path answers
 //! data at once (replies) or within WireGuard's passive keepalive (10 s);
 //! so a quiet but healthy path can cost one needless switch to another
 //! endpoint of the same peer, and one handshake, never the tunnel.
@@ -67,15 +68,16 @@ impl Fallback {
             return None;
         }
         let c = self.candidates.lock().unwrap_or_else(|e| e.into_inner());
-        if c.len() < 2 {
-            return None;
-        }
-        self.unanswered_since.store(now, Ordering::Relaxed);
-        // The one after the current; a roamed endpoint (not a candidate) falls back to the first.
+        // The one after the current; a roamed endpoint (not a candidate)
+        // falls back to the first, also for a peer with one endpoint (the
+        // address it roamed from may be its own again: it stayed cut off
+        // until it spoke first; found by a review, 2026-12-05).
         let next = match current.and_then(|e| c.iter().position(|x| *x == e)) {
+            Some(_) if c.len() < 2 => return None,
             Some(i) => c[(i + 1) % c.len()],
-            None => c[0],
+            None => *c.first()?,
         };
+        self.unanswered_since.store(now, Ordering::Relaxed);
         Some(next)
     }
 }
@@ -104,5 +106,10 @@ mod tests {
         let single = Fallback::new(vec![v4]);
         single.sent(1);
         assert_eq!(single.due(100_000, Some(v4)), None, "one endpoint: nowhere to go");
+        assert_eq!(single.due(100_000, Some(roamed)), Some(v4), "roamed away from its one endpoint: back to it");
+        assert_eq!(single.due(200_000, Some(v4)), None, "and there it stays");
+        let none = Fallback::new(vec![]);
+        none.sent(1);
+        assert_eq!(none.due(100_000, Some(roamed)), None, "no endpoint in the map: the roamed one stays");
     }
 }
