@@ -52,8 +52,19 @@ const MAX_SOURCES: usize = 4096;
 /// XChaCha20-Poly1305 seal and a send on the thread that also moves the
 /// data), and at ~70,000 a second from one address the tunnels through that
 /// host lost 40 % of their packets (found by a review, 2026-12-04). The
-/// peers' endpoints are not held to this total (only to their own bucket).
+/// peers' endpoints have a total of their own (below).
 const COOKIE_REPLIES_PER_SECOND: u64 = 1_000;
+/// weave: while under load, cookie replies to the peers' endpoints (trusted
+/// sources): at most this many a second for all of them together, and no
+/// bucket per source. Someone who spoofs a peer's address on the underlay
+/// (and knows the host's public key) emptied that peer's 20 a second with
+/// forged initiations, and the peer, restarted, got no cookie reply to its
+/// own and no tunnel for as long as the flood went on (2,000 a second did
+/// it; found by a review, 2026-12-05). Now such a flood must pass this
+/// total to cost the peer more than a retry; a member flooding from its
+/// own endpoint makes the host seal and send at most this many (~2 % of a
+/// core), as the kernel's WireGuard answers every one.
+const TRUSTED_COOKIE_REPLIES_PER_SECOND: u64 = 5_000;
 
 /// A source of handshake packets, as the per-source bucket keys it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -117,6 +128,8 @@ pub struct RateLimiter {
     /// not trusted), and how many went out since the last reset.
     cookie_sources: Mutex<HashMap<Source, Bucket>>,
     cookies: AtomicU64,
+    /// weave: cookie replies to trusted sources since the last reset.
+    trusted_cookies: AtomicU64,
 }
 
 impl RateLimiter {
@@ -137,6 +150,7 @@ impl RateLimiter {
             trusted: Mutex::new(HashSet::new()),
             cookie_sources: Mutex::new(HashMap::new()),
             cookies: AtomicU64::new(0),
+            trusted_cookies: AtomicU64::new(0),
         }
     }
 
@@ -164,6 +178,7 @@ impl RateLimiter {
         if current_time.duration_since(*last_reset_time).as_secs() >= RESET_PERIOD {
             self.count.store(0, Ordering::SeqCst);
             self.cookies.store(0, Ordering::SeqCst);
+            self.trusted_cookies.store(0, Ordering::SeqCst);
             *last_reset_time = current_time;
             drop(last_reset_time);
             self.prune_sources(self.nanos());
@@ -174,6 +189,7 @@ impl RateLimiter {
     /// (tests spread a flood over several seconds with it).
     pub fn reset_cookies(&self) {
         self.cookies.store(0, Ordering::SeqCst);
+        self.trusted_cookies.store(0, Ordering::SeqCst);
     }
 
     /// Nanoseconds since the limiter started: the per-source buckets' clock.
@@ -188,18 +204,19 @@ impl RateLimiter {
     }
 
     /// weave: may an initiation from `addr` without a valid mac2 have a
-    /// cookie reply? Within its source's own bucket, and, unless it is a
-    /// peer's endpoint, [`COOKIE_REPLIES_PER_SECOND`] for all. A member
-    /// flooding from its own endpoint (trusted: every member is every host's
-    /// peer) gets its bucket's share like anyone.
+    /// cookie reply? A peer's endpoint (trusted): within
+    /// [`TRUSTED_COOKIE_REPLIES_PER_SECOND`] for all of them, no bucket of
+    /// its own (a spoofer would empty it). Any other source: within its own
+    /// bucket and [`COOKIE_REPLIES_PER_SECOND`] for all.
     fn cookie_allowed(&self, addr: IpAddr, now: u64) -> bool {
         let source = Source::of(addr);
-        let trusted = self.trusted.lock().contains(&source);
+        if self.trusted.lock().contains(&source) {
+            return self.trusted_cookies.fetch_add(1, Ordering::Relaxed) < TRUSTED_COOKIE_REPLIES_PER_SECOND;
+        }
         // Twice the table: a source that proves its address (mac2) after
-        // its cookie reply is in both. A trusted source gets a bucket even
-        // while it is full.
+        // its cookie reply is in both.
         self.charge(&self.cookie_sources, 2 * MAX_SOURCES, source, now)
-            && (trusted || self.cookies.fetch_add(1, Ordering::Relaxed) < COOKIE_REPLIES_PER_SECOND)
+            && self.cookies.fetch_add(1, Ordering::Relaxed) < COOKIE_REPLIES_PER_SECOND
     }
 
     fn charge(&self, table: &Mutex<HashMap<Source, Bucket>>, max: usize, source: Source, now: u64) -> bool {
