@@ -80,4 +80,24 @@ fn a_host_whose_address_changes_is_reached_again_within_10s_and_the_map_follows(
     bed.wait_ping(w[0], w[3], Duration::from_secs(10));
     eprintln!("host 4 reached again {:?} after its move back", back.elapsed());
     assert_eq!(to_h4(&bed), Some("192.0.2.14:6784".parse().unwrap()), "host 1's tunnel to host 4");
+
+    // Moved for good: its unit's `agent join --endpoint` with the new
+    // address pins that one (it was ignored, and the map kept the old one:
+    // found by a review, 2026-12-05). Host 2, which never heard from it
+    // there, reaches it speaking first.
+    bed.signal_agent(3, nix::sys::signal::Signal::SIGTERM);
+    move_host(&bed, 3, "192.0.2.114");
+    bed.hosts[3].ip = "192.0.2.114".parse().unwrap();
+    bed.start_agent(3, true);
+    wait_for("the map to show host 4's new pinned endpoint", Duration::from_secs(10), || {
+        (endpoints_of(&bed, "h4") == ["192.0.2.114:6784"]).then_some(())
+    });
+    bed.wait_ping(w[1], w[3], Duration::from_secs(10));
+    assert!(bed.log(3).contains("this node's endpoints are now the ones given"), "{}", bed.log(3));
+    // Started the same way again: nothing to change, and it stays pinned.
+    bed.signal_agent(3, nix::sys::signal::Signal::SIGTERM);
+    bed.start_agent(3, true);
+    bed.wait_peers(3, 3);
+    assert_eq!(bed.log(3).matches("this node's endpoints are now the ones given").count(), 1, "{}", bed.log(3));
+    assert_eq!(endpoints_of(&bed, "h4"), ["192.0.2.114:6784"]);
 }

@@ -8,7 +8,7 @@ use std::{
 use weave_proto::{
     client::{Api, addresses, connect, connect_within},
     token::JoinToken,
-    v1::{ChallengeRequest, GetMapRequest, JoinRequest, NetworkMap},
+    v1::{ChallengeRequest, GetMapRequest, JoinRequest, NetworkMap, UpdateEndpointsRequest},
 };
 
 use super::config::JoinArgs;
@@ -56,6 +56,9 @@ async fn join_locked(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
     // 2026-12-05). Not a token of another coordinator (a host moves to
     // another cluster by `agent reset` and a join), and if the join fails (a
     // stale token left in the unit's environment), the saved identity stays.
+    if !args.endpoint.is_empty() {
+        repin(args, dir).await?;
+    }
     let token = secret.as_ref().ok().and_then(|s| JoinToken::parse(s).ok());
     let saved = dir.load().ok().map(|(_, identity, _)| identity);
     match (token, saved, secret) {
@@ -124,6 +127,43 @@ async fn join_locked(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
         _ => tracing::info!(data_dir = %dir.path().display(), "already joined; restarting from the saved identity"),
     }
     Ok(())
+}
+
+/// `--endpoint` on a host that has joined: the node's endpoints become
+/// those (pinned), announced to the coordinator now, unless they are what
+/// the saved map has for it already. Before, they were ignored without a
+/// word, and a host whose pinned address had changed stayed unreachable
+/// at the old one (found by a review, 2026-12-05); changing them took an
+/// `agent reset` and a new join. When the coordinator cannot be reached
+/// the saved ones stay, with a warning (a unit's start must not hang on
+/// it); the next start tries again.
+async fn repin(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
+    let Ok((_, mut saved, map)) = dir.load() else { return Ok(()) };
+    let wanted: Vec<String> = args.endpoint.iter().map(ToString::to_string).collect();
+    let current = map.nodes.iter().find(|n| n.id == saved.node_id).map(|n| n.endpoints.clone());
+    if saved.endpoints_pinned && current.as_ref() == Some(&wanted) {
+        return Ok(());
+    }
+    let update = async {
+        let channel = connect_within(&saved.coordinator, saved.pin()?, Duration::from_secs(5))
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        let api = Api::new(channel, &saved.credential).map_err(|e| Error::Connect(e.to_string()))?;
+        let request = UpdateEndpointsRequest { node: String::new(), endpoints: wanted.clone() };
+        api.nodes.clone().update_endpoints(request).await.map_err(|s| Error::Connect(s.message().to_string()))
+    };
+    match tokio::time::timeout(JOIN_TIMEOUT, update).await.unwrap_or_else(|_| Err(Error::Connect("timed out".into()))) {
+        Ok(_) => {
+            tracing::info!(before = ?current.unwrap_or_default(), now = ?wanted, "already joined; this node's endpoints are now the ones given (pinned)");
+            saved.endpoint = args.endpoint[0];
+            saved.endpoints_pinned = true;
+            dir.save_identity(&saved)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, endpoints = ?wanted, "already joined; cannot tell the coordinator the endpoints given: keeping the saved ones");
+            Ok(())
+        }
+    }
 }
 
 /// Joins with token `secret` (this host's saved key, or a new one).
