@@ -132,4 +132,32 @@ fn an_agent_restarted_without_its_map_plugs_its_workloads_back_at_once() {
     let (from, to) = (&bed.workloads[w[0]].ns, bed.workloads[w[1]].ip);
     assert!(ping_within(from, to, 10), "traffic did not resume within 10 s (a full pass is 30 s away): {}", bed.log(1));
     eprintln!("traffic resumed {:?} after the restart", restarted.elapsed());
+
+    // A damaged map (a cache of the coordinator's) is set aside, not the
+    // end of the agent (it exited 1 at every start of its unit).
+    let before = bed.wait_status(1);
+    bed.signal_agent(1, Signal::SIGTERM);
+    let dir = bed.hosts[1].data_dir.clone();
+    let map = std::fs::read(dir.join("map.pb")).unwrap();
+    std::fs::write(dir.join("map.pb"), &map[..map.len() / 2]).unwrap();
+    bed.start_agent(1, false);
+    let (from, to) = (&bed.workloads[w[0]].ns, bed.workloads[w[1]].ip);
+    assert!(ping_within(from, to, 10), "traffic did not resume with a damaged map: {}", bed.log(1));
+    assert!(dir.join("map.pb.unreadable").exists() && bed.log(1).contains("the saved network map is unreadable"));
+
+    // A damaged identity: `agent run` says what to do, and `agent join`
+    // with the token does it (the same node, its containers kept).
+    bed.signal_agent(1, Signal::SIGTERM);
+    let identity = std::fs::read(dir.join("identity.json")).unwrap();
+    std::fs::write(dir.join("identity.json"), &identity[..40]).unwrap();
+    let run = bed.agent_command(1, false).output().unwrap();
+    let why = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(!run.status.success(), "agent run with a damaged identity: {why}");
+    assert!(why.contains("identity.json is unreadable") && why.contains("run `agent join` with a new token"), "{why}");
+    bed.start_agent(1, true);
+    let after = bed.wait_status(1);
+    assert_eq!((after.node_id, after.address), (before.node_id, before.address), "{}", bed.log(1));
+    let (from, to) = (&bed.workloads[w[0]].ns, bed.workloads[w[1]].ip);
+    assert!(ping_within(from, to, 10), "traffic did not resume after the join: {}", bed.log(1));
+    assert!(dir.join("identity.json.unreadable").exists());
 }

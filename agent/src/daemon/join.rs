@@ -46,6 +46,11 @@ async fn join_locked(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
         return Err(Error::RemovedEarlier(why));
     }
     let secret = super::config::read_token(args);
+    if secret.is_ok()
+        && let Some(why) = dir.set_aside_unreadable_identity()
+    {
+        tracing::warn!(error = why, "this host's saved identity is unreadable: joining again with its saved key");
+    }
     if !dir.is_joined() {
         return join_with(args, dir, secret?).await;
     }

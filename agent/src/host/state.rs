@@ -160,14 +160,40 @@ impl StateDir {
     pub fn load(&self) -> Result<(NodeKey, Identity, NetworkMap), Error> {
         let key = self.load_key()?.ok_or_else(|| Error::State(format!("{KEY} is missing")))?;
         let identity = fs::read(self.dir.join(IDENTITY)).map_err(|e| self.io(IDENTITY, e))?;
-        let identity: Identity =
-            serde_json::from_slice(&identity).map_err(|e| Error::State(format!("{IDENTITY}: {e}")))?;
+        let identity: Identity = serde_json::from_slice(&identity).map_err(|e| {
+            Error::State(format!(
+                "{IDENTITY} is unreadable ({e}): run `agent join` with a new token; it sets the file aside and \
+                 joins again with this host's saved key ({KEY}), as the same node (its name, address and containers)"
+            ))
+        })?;
+        // A cache of the coordinator's: one that cannot be read is set aside
+        // and the map comes whole from the coordinator (it stopped the agent
+        // for good, restarted in a loop by its unit; found by a review,
+        // 2026-12-05).
         let map = match fs::read(self.dir.join(MAP)) {
-            Ok(bytes) => NetworkMap::decode(bytes.as_slice()).map_err(|e| Error::State(format!("{MAP}: {e}")))?,
+            Ok(bytes) => NetworkMap::decode(bytes.as_slice()).unwrap_or_else(|e| {
+                let aside = self.dir.join(format!("{MAP}.unreadable"));
+                let _ = fs::rename(self.dir.join(MAP), &aside);
+                tracing::error!(
+                    error = %e, kept = %aside.display(),
+                    "the saved network map is unreadable: starting without it (the coordinator sends it whole)"
+                );
+                NetworkMap::default()
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => NetworkMap::default(),
             Err(e) => return Err(self.io(MAP, e)),
         };
         Ok((key, identity, map))
+    }
+
+    /// Sets a saved identity that cannot be read aside (`agent join` with a
+    /// token then joins again with the saved key); the reason, if it did.
+    pub fn set_aside_unreadable_identity(&self) -> Option<String> {
+        let bytes = fs::read(self.dir.join(IDENTITY)).ok()?;
+        let e = serde_json::from_slice::<Identity>(&bytes).err()?;
+        let aside = self.dir.join(format!("{IDENTITY}.unreadable"));
+        fs::rename(self.dir.join(IDENTITY), &aside).ok()?;
+        Some(format!("{e} (kept as {})", aside.display()))
     }
 
     /// Takes the directory for this process (made if missing), by a `flock`
