@@ -972,4 +972,21 @@ async fn a_subnets_egress_is_set_at_add_and_changed_by_name_or_cidr_and_agents_s
     assert_status(admin.subnets.update_subnet(set("nosuch", Some(true))).await, Code::NotFound, "nosuch");
     assert_status(admin.subnets.update_subnet(set(" ", Some(true))).await, Code::InvalidArgument, "name the subnet");
     assert_status(admin.subnets.update_subnet(set("out", None)).await, Code::InvalidArgument, "nothing to change");
+    // IPv4 only (attach takes IPv4 subnets only): an IPv6 subnet with
+    // egress was stored and shown, and never worked. Refused at add and at
+    // set, nothing stored; off is fine.
+    let v6 = AddSubnetRequest { cidr: "fd00:3::/64".into(), name: String::new(), egress: true };
+    assert_status(admin.subnets.add_subnet(v6).await, Code::InvalidArgument, "egress is for IPv4 subnets only");
+    let listed = admin.subnets.list_subnets(ListSubnetsRequest {}).await.unwrap().into_inner().subnets;
+    assert!(!listed.iter().any(|s| s.cidr == "fd00:3::/64"), "{listed:?}");
+    let v6 = AddSubnetRequest { cidr: "fd00:3::/64".into(), name: "six".into(), egress: false };
+    admin.subnets.add_subnet(v6).await.unwrap();
+    let revision = map().await.revision;
+    assert_status(
+        admin.subnets.update_subnet(set("six", Some(true))).await,
+        Code::InvalidArgument,
+        "IPv4 subnets only",
+    );
+    assert!(!admin.subnets.update_subnet(set("six", Some(false))).await.unwrap().into_inner().egress);
+    assert_eq!(map().await.revision, revision, "nothing changed");
 }

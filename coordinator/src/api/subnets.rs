@@ -36,6 +36,11 @@ impl SubnetService for Subnets {
         }
         let net = parse_subnet(&r.cidr).map_err(Error::from)?;
         check_usable(&net).map_err(Error::from)?;
+        // Its workloads are IPv4 alone (attach takes IPv4 subnets only): an
+        // IPv6 subnet with egress was stored and shown, and never worked.
+        if r.egress && net.addr().is_ipv6() {
+            return Err(Error::InvalidArgument(format!("{net}: egress is for IPv4 subnets only")).into());
+        }
         if let Caller::Node { name, .. } = &caller {
             node_may_add(&net, name, &self.0.node_subnets).map_err(Error::PermissionDenied)?;
         }

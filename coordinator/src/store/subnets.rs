@@ -209,6 +209,9 @@ impl Store {
         if subnet.record.egress == egress {
             return Ok(subnet.record);
         }
+        if egress && subnet.net.addr().is_ipv6() {
+            return Err(Error::InvalidArgument(format!("{}: egress is for IPv4 subnets only", subnet.net)));
+        }
         let row = db::query(sqlx::AssertSqlSafe(format!(
             "UPDATE subnets SET egress = $1 WHERE id = $2 RETURNING {SUBNET_COLUMNS}"
         )))
