@@ -152,10 +152,15 @@ ip netns exec "$P-c" "$BIN/weavectl" --data-dir "$DIR/coordinator" node ls
 ip netns exec "$P-c" "$BIN/weavectl" --data-dir "$DIR/coordinator" ipam ls
 
 if [[ $KEEP == 1 ]]; then
+    # The tear-down line names this demo's prefix and directory: run bare,
+    # --down would take the default demo's (someone else's) and leave this one.
     cat <<MSG
 == the demo stays up
   workloads:   ip netns exec $P-w1 ping ${IPS[2]}
-  status:      $BIN/agent status --socket $DIR/h1.sock
-  tear down:   $0 --down
+  agent:       $BIN/agent status --socket $DIR/h1.sock   (h1..h$HOSTS: $DIR/h<i>.sock, logs $DIR/h<i>.log)
+  admin:       ip netns exec $P-c $BIN/weavectl --data-dir $DIR/coordinator status
+  gRPC:        192.0.2.2:6783 from namespace $P-c (or any host's), credential $DIR/coordinator/admin.credential,
+               certificate $DIR/coordinator/tls/coordinator.crt
+  tear down:   WEAVE_DEMO_PREFIX=$P WEAVE_DEMO_DIR=$DIR $0 --down
 MSG
 fi
