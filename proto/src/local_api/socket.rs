@@ -301,7 +301,9 @@ async fn send_with_fd(stream: &UnixStream, bytes: &[u8], fd: RawFd) -> std::io::
 /// Client side, for `agent status`, weavectl and weave-cni. A request that
 /// carries a namespace ([`Request::Attach`]/[`Request::Detach`] `netns`)
 /// sends it as a descriptor. An answer that is not JSON is
-/// [`std::io::ErrorKind::InvalidData`]; every other error is the socket's.
+/// [`std::io::ErrorKind::InvalidData`]; none at all (the agent went away
+/// mid-request) [`std::io::ErrorKind::UnexpectedEof`]; every other error is
+/// the socket's.
 pub async fn request(path: &Path, request: &Request) -> std::io::Result<Response> {
     let stream = UnixStream::connect(path).await?;
     let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
@@ -312,7 +314,13 @@ pub async fn request(path: &Path, request: &Request) -> std::io::Result<Response
     };
     let (read, mut write) = stream.into_split();
     write.write_all(&line[sent..]).await?;
-    let answer = BufReader::new(read).lines().next_line().await?.unwrap_or_default();
+    let Some(answer) = BufReader::new(read).lines().next_line().await? else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the agent closed the connection without an answer (it stopped?): the change may be partly made; \
+             repeat the request once the agent runs again",
+        ));
+    };
     serde_json::from_str(&answer)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad answer from the agent: {e}")))
 }
@@ -324,6 +332,24 @@ mod tests {
 
     /// A file at the path stays; a live socket is not taken over; a stale
     /// one is replaced.
+    /// An agent that goes away mid-request (killed) leaves no answer: said
+    /// so, as the connection's end (weavectl: exit 3), not as a bad answer.
+    #[tokio::test]
+    async fn no_answer_at_all_is_an_unexpected_end_not_bad_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut line = String::new();
+            BufReader::new(stream).read_line(&mut line).await.unwrap();
+        });
+        let e = request(&path, &Request::Status).await.unwrap_err();
+        server.await.unwrap();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+        assert!(e.to_string().contains("closed the connection without an answer"), "{e}");
+    }
+
     #[tokio::test]
     async fn binding_replaces_only_a_stale_socket() {
         let dir = tempfile::tempdir().unwrap();

@@ -24,6 +24,7 @@ use crate::{
 pub(crate) async fn request(socket: &Path, what: &str, req: &Request) -> Outcome<Response> {
     let answer = local_api::request(socket, req).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::InvalidData => Failure::new(Exit::Other, what, e),
+        std::io::ErrorKind::UnexpectedEof => Failure::new(Exit::Unreachable, what, e),
         _ => Failure::new(Exit::Unreachable, format!("cannot reach the agent at {}", socket.display()), e),
     })?;
     match answer {
