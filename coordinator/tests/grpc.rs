@@ -113,7 +113,7 @@ async fn join_accepts_valid_tokens_and_refuses_the_rest() {
     assert_status(
         admin.join.join(join_request(&c.token(), "other", 1)).await,
         Code::PermissionDenied,
-        "node 'host1' already exists with this WireGuard key",
+        "node 'host1' already exists with this WireGuard key (this join asks for the name 'other')",
     );
 
     // Garbage and tampered tokens.

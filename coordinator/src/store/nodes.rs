@@ -208,9 +208,13 @@ impl Store {
         let uses_left = check_token(tx.c(), &r, t).await?;
         if let Some(existing) = by_key {
             // Names and public keys are in every node's map: knowing them proves nothing.
+            let asked = match existing.name == r.name {
+                true => String::new(),
+                false => format!(" (this join asks for the name '{}')", r.name),
+            };
             return Err(Error::PermissionDenied(format!(
-                "node '{}' already exists with this WireGuard key, and joining as it again needs proof that \
-                 this host holds its private key (`agent join` sends one; it was missing or wrong)",
+                "node '{}' already exists with this WireGuard key{asked}, and joining with it again needs proof \
+                 that this host holds its private key (`agent join` sends one; it was missing or wrong)",
                 existing.name
             )));
         }
