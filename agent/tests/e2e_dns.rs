@@ -344,6 +344,31 @@ fn detach_by_name_after_a_restart_stops_dns_in_that_namespace() {
     assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
     let out = in_ns(&ns, &["dig", "+time=1", "+tries=1", UPSTREAM_NAME]);
     assert!(!out.status.success(), "still answered after detach: {}", String::from_utf8_lossy(&out.stdout));
+
+    // A detach cut short (its agent killed) after it forgot the name, before
+    // its DNS stopped: the name still detaches it, through the DNS alias
+    // (it was "unknown container" for ever). The registry is left as such
+    // a detach leaves it: the name gone, its DNS and alias kept.
+    let ns = d.bed.add_container("cut");
+    d.resolv.push(ResolvConf::write(&ns));
+    let w = d.bed.weavectl_attach(0, &ns, &["--name", "dns-cut", &format!("/run/netns/{ns}")])[0];
+    d.wait_answer(w, "dns-cut", &[d.ip(w)]);
+    d.bed.signal_agent(0, nix::sys::signal::Signal::SIGKILL);
+    let file = d.bed.hosts[0].data_dir.join("containers.json");
+    let mut saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert!(saved["names"].as_object_mut().unwrap().remove("dns-cut").is_some(), "{saved}");
+    assert!(saved["aliases"].get("dns-cut").is_some(), "{saved}");
+    std::fs::write(&file, serde_json::to_vec(&saved).unwrap()).unwrap();
+    d.bed.start_agent(0, false);
+    d.bed.wait_status(0);
+    d.wait_answer(w, "dns-cut", &[d.ip(w)]);
+    let out = d.bed.weavectl(0, &["detach", "dns-cut"]);
+    assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
+    let ip = d.ip(w);
+    assert!(!d.bed.allocations().iter().any(|a| a.contains(&format!("{ip}/"))), "{:?}", d.bed.allocations());
+    let out = in_ns(&ns, &["dig", "+time=1", "+tries=1", UPSTREAM_NAME]);
+    assert!(!out.status.success(), "still answered after detach: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(ok_in(&ns, &["ip", "-br", "link", "show", "type", "veth"]).trim(), "", "its interface stayed");
 }
 
 /// `weavectl detach ADDR... C`: the resolver stays while C is on another

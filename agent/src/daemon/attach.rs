@@ -368,7 +368,20 @@ impl Attacher {
         addrs: &[String],
     ) -> Result<Detached, Refusal> {
         let _one = self.lock.lock().await;
-        let c = match self.resolve(container, passed, None, id) {
+        // A name a detach cut short forgot (its agent killed) still leads to
+        // its namespace through the DNS alias: detached by that path (it
+        // was "unknown container" for ever; found by a review, 2026-12-05).
+        let aliased = match (self.names.get(container), id, passed) {
+            (None, None, None) => self.names.dns_path(container).filter(|(key, path)| {
+                key.strip_prefix("netns:")
+                    .and_then(|i| i.parse().ok())
+                    .is_some_and(|inode| registry::alive(std::path::Path::new(path), inode))
+            }),
+            _ => None,
+        };
+        let target = aliased.as_ref().map_or(container, |(_, path)| path.as_str());
+        // Under its name, its IPAM key.
+        let c = match self.resolve(target, passed, aliased.as_ref().map(|_| container), id) {
             Ok(c) => c,
             Err(e) => {
                 // A CNI DEL once the namespace is gone: the container is, and

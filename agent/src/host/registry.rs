@@ -145,6 +145,13 @@ impl Registry {
         self.saved().aliases.get(alias).cloned()
     }
 
+    /// The path the namespace `alias` leads to is served DNS at, if any.
+    pub fn dns_path(&self, alias: &str) -> Option<(String, String)> {
+        let saved = self.saved();
+        let key = saved.aliases.get(alias)?;
+        Some((key.clone(), saved.dns.get(key)?.clone()))
+    }
+
     /// `aliases` now lead to DNS `key`. Returns the other keys they led to
     /// (dead namespaces: attach refuses a live one's name), which lose every
     /// alias: their servers are to stop.

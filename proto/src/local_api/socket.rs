@@ -298,12 +298,10 @@ async fn send_with_fd(stream: &UnixStream, bytes: &[u8], fd: RawFd) -> std::io::
     }
 }
 
-/// Client side, for `agent status`, weavectl and weave-cni. A request that
-/// carries a namespace ([`Request::Attach`]/[`Request::Detach`] `netns`)
-/// sends it as a descriptor. An answer that is not JSON is
-/// [`std::io::ErrorKind::InvalidData`]; none at all (the agent went away
-/// mid-request) [`std::io::ErrorKind::UnexpectedEof`]; every other error is
-/// the socket's.
+/// Client side, for `agent status`, weavectl and weave-cni. A request with a
+/// namespace ([`Request::Attach`]/[`Request::Detach`] `netns`) sends it as a
+/// descriptor. An answer not JSON is [`std::io::ErrorKind::InvalidData`],
+/// none (the agent went away) `UnexpectedEof`, all else the socket's.
 pub async fn request(path: &Path, request: &Request) -> std::io::Result<Response> {
     let stream = UnixStream::connect(path).await?;
     let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
@@ -332,17 +330,16 @@ mod tests {
 
     /// A file at the path stays; a live socket is not taken over; a stale
     /// one is replaced.
-    /// An agent that goes away mid-request (killed) leaves no answer: said
-    /// so, as the connection's end (weavectl: exit 3), not as a bad answer.
+    /// An agent gone mid-request (killed) leaves no answer: the connection's
+    /// end (weavectl: exit 3), not a bad answer.
     #[tokio::test]
     async fn no_answer_at_all_is_an_unexpected_end_not_bad_data() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.sock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
         let server = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
             let mut line = String::new();
-            BufReader::new(stream).read_line(&mut line).await.unwrap();
+            BufReader::new(listener.accept().await.unwrap().0).read_line(&mut line).await.unwrap();
         });
         let e = request(&path, &Request::Status).await.unwrap_err();
         server.await.unwrap();
