@@ -117,6 +117,8 @@ fn subnet_add_list_remove() {
     let cidrs: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["cidr"].as_str().unwrap()).collect();
     assert_eq!(cidrs, ["10.32.0.0/16", "10.2.3.0/24", "10.9.0.0/16"]);
     assert_eq!(list[0]["default"], true);
+    assert_eq!((&list[0]["is_default"], &list[1]["is_default"]), (&true.into(), &false.into()), "the API's name");
+    assert_eq!((&list[1]["by_member"], &list[1]["added_by_node"]), (&false.into(), &0.into()), "the admin's");
     assert_eq!(list[1]["capacity"], "254");
 
     assert_eq!(c.ok(&["subnet", "rm", "blue"]), "removed subnet 10.9.0.0/16\n");
@@ -409,6 +411,7 @@ fn nodes_and_allocations_until_node_removal() {
     let json = c.json(&["node", "ls"]);
     assert_eq!(json[0]["name"], "host-1");
     assert_eq!(json[0]["key_fingerprint"], "BwcHBwcH");
+    assert_eq!(json[0]["public_key"], "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=", "whole, as the API has it");
 
     let allocations = c.json(&["ipam", "ls"]);
     assert_eq!(allocations.as_array().unwrap().len(), 1);

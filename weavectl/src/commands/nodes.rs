@@ -69,6 +69,8 @@ fn node_json(n: &Node) -> Value {
         "endpoints": n.endpoints,
         "observed_endpoint": n.observed_endpoint,
         "key_fingerprint": fingerprint(&n.public_key),
+        // Whole, as the API gives it (base64, as `wg` shows keys).
+        "public_key": weave_proto::key::WgPublicKey::from_bytes(&n.public_key).map(|k| k.to_base64()).ok(),
         "joined_at": n.joined_at,
     })
 }

@@ -97,6 +97,10 @@ fn subnet_json(s: &Subnet) -> Value {
         "cidr": s.cidr,
         "name": s.name,
         "default": s.is_default,
+        // The API's names too (`default` stays for scripts that read it).
+        "is_default": s.is_default,
+        "added_by_node": s.added_by_node,
+        "by_member": s.by_member,
         "vni": s.vni,
         "allocated": s.allocated,
         // A decimal string: an IPv6 subnet's capacity does not fit a JSON number.
