@@ -990,3 +990,38 @@ async fn a_subnets_egress_is_set_at_add_and_changed_by_name_or_cidr_and_agents_s
     assert!(!admin.subnets.update_subnet(set("six", Some(false))).await.unwrap().into_inner().egress);
     assert_eq!(map().await.revision, revision, "nothing changed");
 }
+
+/// An id is never given twice, also after the row that had it went: SQLite
+/// gave the newest removed subnet's, allocation's or DNS record's id to the
+/// next one, and a script or watcher that kept it (`subnet_removed`,
+/// `Allocation.subnet_id`) took the new row for the old one (found by a
+/// review, 2026-12-05). Across a restart too (the ids' floor is stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_of_removed_subnets_allocations_and_records_are_not_given_again() {
+    let mut c = TestCoordinator::start().await;
+    c.join("host1", 1).await;
+    let mut seen = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..2 {
+        for _ in 0..2 {
+            let mut admin = c.admin().await;
+            let s = admin.subnets.add_subnet(subnet("10.2.3.0/24")).await.unwrap().into_inner();
+            let a = AllocateRequest { node: "host1".into(), ..alloc("c1", "10.2.3.0/24") };
+            let a = admin.ipam.allocate(a).await.unwrap().into_inner();
+            let r = AddRecordRequest { name: "ext".into(), address: "192.0.2.50".into() };
+            let d = admin.dns.add_record(r).await.unwrap().into_inner();
+            seen.0.push(s.id);
+            seen.1.push(a.id);
+            seen.2.push(d.id);
+            let r = RemoveRecordsRequest { name: "ext".into(), address: String::new() };
+            admin.dns.remove_records(r).await.unwrap();
+            let r = RemoveSubnetRequest { subnet: "10.2.3.0/24".into(), force: true };
+            admin.subnets.remove_subnet(r).await.unwrap();
+        }
+        if round == 0 {
+            c = TestCoordinator::start_in(c.stop().await, |_| {}).await;
+        }
+    }
+    for ids in [&seen.0, &seen.1, &seen.2] {
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "an id given twice: {seen:?}");
+    }
+}

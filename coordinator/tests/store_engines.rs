@@ -98,7 +98,9 @@ fn settings() -> ClusterSettings {
 
 async fn insert_subnet(pool: &sqlx::PgPool, cidr: &str, vni: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO subnets (cidr, first_key, last_key, is_default, vni, created_at) VALUES ($1, '', '', FALSE, $2, 0)",
+        // The id as the store gives them (its own, never the sequence's).
+        "INSERT INTO subnets (id, cidr, first_key, last_key, is_default, vni, created_at) \
+         VALUES ((SELECT MAX(id) + 1 FROM subnets), $1, '', '', FALSE, $2, 0)",
     )
     .bind(cidr)
     .bind(vni)
@@ -129,7 +131,8 @@ async fn the_postgres_schema_itself_refuses_overlaps_and_duplicate_addresses() {
     let taken = store.allocate(&Caller::Admin, node, "c1", "default", None, None).await.unwrap();
     let ip = taken.address.split('/').next().unwrap().to_string();
     let e = sqlx::query(
-        "INSERT INTO allocations (subnet_id, node_id, container, address, created_at) VALUES ($1, $2, 'c2', $3, 0)",
+        "INSERT INTO allocations (id, subnet_id, node_id, container, address, created_at) \
+         VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM allocations), $1, $2, 'c2', $3, 0)",
     )
     .bind(taken.subnet_id as i64)
     .bind(node as i64)

@@ -156,16 +156,18 @@ impl Store {
             if let Some(keep) = room_for_holds {
                 holds::fit(&mut tx, node_id, keep).await?;
             }
-            let id: i64 = db::query_scalar(
-                "INSERT INTO allocations (subnet_id, node_id, container, address, created_at) \
-                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            let id = tx.next_id("allocations").await?;
+            db::query(
+                "INSERT INTO allocations (id, subnet_id, node_id, container, address, created_at) \
+                 VALUES ($6, $1, $2, $3, $4, $5)",
             )
             .bind(subnet.id)
             .bind(node_id as i64)
             .bind(container)
             .bind(address.to_string())
             .bind(super::now())
-            .fetch_one(tx.c())
+            .bind(id)
+            .execute(tx.c())
             .await?;
             let allocation = by_id(&mut tx, id).await?;
             tx.record(Change::AllocationAdded(allocation.clone())).await?;

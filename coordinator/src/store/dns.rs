@@ -139,14 +139,16 @@ pub(super) async fn insert_if_absent(
                     )));
                 }
             }
-            let id: i64 = db::query_scalar(
-                "INSERT INTO dns_records (name, address, allocation_id, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+            let id = tx.next_id("dns_records").await?;
+            db::query(
+                "INSERT INTO dns_records (id, name, address, allocation_id, created_at) VALUES ($5, $1, $2, $3, $4)",
             )
             .bind(&fqdn)
             .bind(address)
             .bind(allocation_id)
             .bind(super::now())
-            .fetch_one(tx.c())
+            .bind(id)
+            .execute(tx.c())
             .await?;
             (id, true)
         }

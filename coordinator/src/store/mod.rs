@@ -123,6 +123,28 @@ use self::live::{Live, load_snapshot};
 pub(crate) use batch::Tx;
 
 impl Tx {
+    /// The id of a new row of `table` (subnets, allocations, dns_records):
+    /// past every id it has given, removed rows' included (SQLite gave the
+    /// newest removed row's id to the next one), recorded in `id_floors`.
+    async fn next_id(&mut self, table: &'static str) -> Result<i64> {
+        let last: Option<i64> = db::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT MAX(n) FROM (SELECT last AS n FROM id_floors WHERE tbl = $1 \
+             UNION ALL SELECT MAX(id) AS n FROM {table}) AS ids"
+        )))
+        .bind(table)
+        .fetch_one(self.c())
+        .await?;
+        let id = last.unwrap_or(0) + 1;
+        db::query(
+            "INSERT INTO id_floors (tbl, last) VALUES ($1, $2) ON CONFLICT (tbl) DO UPDATE SET last = excluded.last",
+        )
+        .bind(table)
+        .bind(id)
+        .execute(self.c())
+        .await?;
+        Ok(id)
+    }
+
     /// Bumps the revision and appends `change` to the event log.
     async fn record(&mut self, change: Change) -> Result<u64> {
         let rev: i64 = db::query_scalar("UPDATE cluster SET revision = revision + 1 WHERE id = 1 RETURNING revision")

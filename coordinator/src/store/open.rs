@@ -359,6 +359,11 @@ mod tests {
                     "af59954739a4a01188b531b474207a1f768d72ebc7c5ce2ecc7688bdc9ca8e9444c31e413cabdff7225f4156b8dba0f0"
                         .to_string()
                 ),
+                (
+                    13,
+                    "106fdf92fa9046c5253e8cd559ae3a65b64f4f82db4c85ee291c9e05891c7ff4064a772ad441835a707d5b6b94441b66"
+                        .to_string()
+                ),
             ]
         );
         let pg: Vec<(i64, String)> =

@@ -147,9 +147,10 @@ pub(super) async fn insert(
     }
     let used: Vec<u32> = existing.iter().map(|s| s.vni).collect();
     let vni = (0..).map(|attempt| ipam::vni(net, attempt)).find(|v| !used.contains(v)).unwrap_or(1);
+    let id = tx.next_id("subnets").await?;
     let row = db::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO subnets (cidr, name, first_key, last_key, is_default, vni, created_at, added_by, by_member, \
-         origin_node, egress) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8, $10) RETURNING {SUBNET_COLUMNS}"
+        "INSERT INTO subnets (id, cidr, name, first_key, last_key, is_default, vni, created_at, added_by, by_member, \
+         origin_node, egress) VALUES ($11, $1, $2, $3, $4, $5, $6, $7, $8, $9, $8, $10) RETURNING {SUBNET_COLUMNS}"
     )))
     .bind(net.to_string())
     .bind(name)
@@ -161,6 +162,7 @@ pub(super) async fn insert(
     .bind(added_by.as_ref().map(|a| a.id as i64))
     .bind(added_by.is_some())
     .bind(egress)
+    .bind(id)
     .fetch_one(tx.c())
     .await?;
     let subnet = rows::subnet(&row)?.record;
