@@ -226,7 +226,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         watches_by_credential: Default::default(),
         stopping,
         pacer: api::pace::Pacer::new(settings.node_rate),
-        failures: crate::api::pace::Failures::default(),
+        failures: crate::api::pace::Failures::knowing(store.valid_credential_hashes().await?),
         connections: connections.clone(),
     });
     let first_token = if first_start {

@@ -98,6 +98,13 @@ pub struct Failures {
     due: Mutex<HashMap<Source, Duration>>,
     /// Which credentials authenticated from which sources.
     proven: Mutex<Proven>,
+    /// The credentials valid when this coordinator started (every node's,
+    /// the admin's): let past the budget from anywhere until one fails. A
+    /// restart forgot which had authenticated where, and an outsider
+    /// failing from the hosts' shared IPv6 /64 kept every agent from
+    /// watching again (found by a review, 2026-12-05). A credential is a
+    /// 256-bit secret: what presents one that is valid is its holder.
+    known: Mutex<std::collections::HashSet<String>>,
     epoch: Instant,
 }
 
@@ -168,16 +175,33 @@ impl Proven {
 
 impl Default for Failures {
     fn default() -> Self {
-        Self { due: Mutex::default(), proven: Mutex::default(), epoch: Instant::now() }
+        Self { due: Mutex::default(), proven: Mutex::default(), known: Mutex::default(), epoch: Instant::now() }
     }
 }
 
-/// An IPv4 address, or an IPv6 /64.
+impl Failures {
+    /// Failures that let the credentials of `hashes` (valid now) past the
+    /// budget from any source.
+    pub fn knowing(hashes: impl IntoIterator<Item = String>) -> Self {
+        Self { known: Mutex::new(hashes.into_iter().collect()), ..Self::default() }
+    }
+}
+
+/// An IPv4 address, or an IPv6 /64 (`V6Host`: one IPv6 address, charged
+/// beside its /64).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Source {
     V4(u32),
     V6(u64),
+    V6Host(u128),
 }
+
+/// How many times one address's budget an IPv6 /64's is. Each IPv6 address
+/// has a budget of its own, and its /64 one this many times larger: one
+/// outsider address in the hosts' shared /64 (a LAN, a cloud subnet) spent
+/// the whole /64's and locked every host out, joins included (found by a
+/// review, 2026-12-05); now it must fail from this many addresses at once.
+const PREFIX_SHARE: u32 = 16;
 
 fn source_key(ip: std::net::IpAddr) -> Source {
     match ip.to_canonical() {
@@ -196,8 +220,9 @@ impl Failures {
 
     fn check_at(&self, from: Option<std::net::SocketAddr>, now: Duration) -> Result<(), Status> {
         let Some(from) = from else { return Ok(()) };
-        let due = self.due.lock().unwrap_or_else(|p| p.into_inner()).get(&source_key(from.ip())).copied();
-        if due.is_some_and(|d| d >= now + Self::PER_FAILURE * FAILURES_BURST) {
+        let due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+        let over = |key| due.get(&key).is_some_and(|d| *d >= now + Self::PER_FAILURE * FAILURES_BURST);
+        if buckets(from.ip()).iter().any(|(key, _)| over(*key)) {
             metrics::counter!("weave_rpc_refused_after_failures_total").increment(1);
             return Err(Status::resource_exhausted(format!(
                 "too many failed authentications from {}: retry in a few seconds",
@@ -234,6 +259,9 @@ impl Failures {
         match (&answer, proof) {
             (Err(s), _) if s.code() == tonic::Code::Unauthenticated => {
                 self.failed(from);
+                if let Some(p) = proof {
+                    self.known.lock().unwrap_or_else(|p| p.into_inner()).remove(p);
+                }
                 // A credential that fails now (a removed node's, a rotated
                 // admin's) is not let past the budget again (found by a
                 // review, 2026-12-05).
@@ -253,7 +281,8 @@ impl Failures {
 
     fn proved(&self, from: Option<std::net::SocketAddr>, proof: &str) -> bool {
         let Some(from) = from else { return false };
-        self.proven.lock().unwrap_or_else(|p| p.into_inner()).has(source_key(from.ip()), proof)
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).contains(proof)
+            || self.proven.lock().unwrap_or_else(|p| p.into_inner()).has(source_key(from.ip()), proof)
     }
 
     /// Charges `from`'s source one failure.
@@ -267,11 +296,25 @@ impl Failures {
         if due.len() > 100_000 {
             due.retain(|_, d| *d > now);
         }
-        let next = due.get(&source_key(from.ip())).copied().unwrap_or(now).max(now) + Self::PER_FAILURE;
-        // Never more than one failure past the budget (calls that got past
-        // the check while others were being looked up are charged up to it),
-        // so the budget comes back at its rate once they stop failing.
-        due.insert(source_key(from.ip()), next.min(now + Self::PER_FAILURE * (FAILURES_BURST + 1)));
+        for (key, cost) in buckets(from.ip()) {
+            let next = due.get(&key).copied().unwrap_or(now).max(now) + cost;
+            // Never more than one failure past the budget (calls that got
+            // past the check while others were being looked up are charged
+            // up to it), so the budget comes back at its rate once they stop.
+            due.insert(key, next.min(now + Self::PER_FAILURE * FAILURES_BURST + cost));
+        }
+    }
+}
+
+/// The budgets a failure from `ip` is charged to, with what it costs each:
+/// an IPv4 address's; an IPv6 address's and its /64's (a share of it).
+fn buckets(ip: std::net::IpAddr) -> Vec<(Source, Duration)> {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(_) => vec![(source_key(ip), Failures::PER_FAILURE)],
+        std::net::IpAddr::V6(v6) => vec![
+            (Source::V6Host(u128::from(v6)), Failures::PER_FAILURE),
+            (source_key(ip), Failures::PER_FAILURE / PREFIX_SHARE),
+        ],
     }
 }
 
@@ -301,9 +344,17 @@ mod tests {
         }
         assert!(f.check_at(Some(a), t).is_err());
         f.check_at(Some(a), t + S / FAILURES_PER_SECOND * 2).unwrap();
-        // An IPv6 /64 is one source; IPv4-mapped is the IPv4 address.
-        for i in 0..FAILURES_BURST {
-            f.failed_at(Some(format!("[2001:db8::{i}]:1").parse().unwrap()), t);
+        // An IPv6 address has its own budget: one outsider address in the
+        // hosts' /64 spends only its own.
+        for _ in 0..FAILURES_BURST {
+            f.failed_at(Some("[2001:db8::66]:1".parse().unwrap()), t);
+        }
+        assert!(f.check_at(Some("[2001:db8::66]:2".parse().unwrap()), t).is_err());
+        f.check_at(Some("[2001:db8::ffff]:1".parse().unwrap()), t).unwrap();
+        // Its /64 has PREFIX_SHARE times that: failing from as many
+        // addresses at once spends it; another /64 is not touched.
+        for i in 0..FAILURES_BURST * PREFIX_SHARE {
+            f.failed_at(Some(format!("[2001:db8::1:{i:x}]:1").parse().unwrap()), t);
         }
         assert!(f.check_at(Some("[2001:db8::ffff]:1".parse().unwrap()), t).is_err());
         f.check_at(Some("[2001:db8:0:1::1]:1".parse().unwrap()), t).unwrap();

@@ -66,6 +66,16 @@ impl Store {
         node.map(|r| Ok(Caller::Node { id: r.try_get::<i64, _>("id")? as u64, name: r.try_get("name")? })).transpose()
     }
 
+    /// The hashes of the credentials valid now: each node's and the admin's.
+    pub async fn valid_credential_hashes(&self) -> Result<Vec<String>> {
+        Ok(db::query_scalar(
+            "SELECT credential_hash FROM nodes UNION ALL \
+             SELECT secret_hash FROM admin_credentials WHERE revoked_at IS NULL",
+        )
+        .fetch_all(&self.read)
+        .await?)
+    }
+
     /// The name of the node that held `secret_hash` when an admin removed it.
     pub async fn removed_node(&self, secret_hash: &str) -> Result<Option<String>> {
         Ok(db::query_scalar("SELECT name FROM removed_nodes WHERE credential_hash = $1")
