@@ -74,10 +74,11 @@ fn a_host_whose_address_changes_is_reached_again_within_10s_and_the_map_follows(
     thread::sleep(Duration::from_secs(12));
     ok_in(&bed.hosts[3].ns, &["ip", "addr", "del", "192.0.2.114/24", "dev", "eth0"]);
     ok_in(&bed.hosts[3].ns, &["ip", "addr", "add", "192.0.2.14/24", "dev", "eth0"]);
-    // Host 1 speaks first: unanswered at the roamed address, it falls back
-    // to the map's (it waited for host 4 to speak, for ever).
+    // Host 1 speaks first: unanswered at the roamed address for 15 s (past
+    // a passive keepalive: a healthy path that only receives is kept), it
+    // falls back to the map's (it waited for host 4 to speak, for ever).
     let back = Instant::now();
-    bed.wait_ping(w[0], w[3], Duration::from_secs(10));
+    bed.wait_ping(w[0], w[3], Duration::from_secs(25));
     eprintln!("host 4 reached again {:?} after its move back", back.elapsed());
     assert_eq!(to_h4(&bed), Some("192.0.2.14:6784".parse().unwrap()), "host 1's tunnel to host 4");
 

@@ -2,7 +2,8 @@
 //! advertises one per family), or one it roamed away from: when data has
 //! gone out to a peer and nothing authenticated came back for [`AFTER_MS`],
 //! the router moves the peer to its next endpoint from the map (from a
-//! roamed one, the first) and starts a handshake there. A working path answers
+//! roamed one, the first; for a peer with one endpoint, only after
+//! [`ROAMED_AFTER_MS`]) and starts a handshake there. A working path answers
 //! data at once (replies) or within WireGuard's passive keepalive (10 s);
 //! so a quiet but healthy path can cost one needless switch to another
 //! endpoint of the same peer, and one handshake, never the tunnel.
@@ -16,6 +17,11 @@ use std::{
 
 /// Unanswered for this long (ms), the path is taken for broken.
 pub(super) const AFTER_MS: u64 = 3_000;
+/// The same for a peer with one endpoint that roamed away from it: longer
+/// than WireGuard's passive keepalive (10 s) and the rekey wait after it, so
+/// a healthy path that only receives (a one-way stream to a peer behind a
+/// port-mapping NAT) is never left for one that may not work.
+pub(super) const ROAMED_AFTER_MS: u64 = 15_000;
 
 #[derive(Default)]
 pub(super) struct Fallback {
@@ -75,6 +81,7 @@ impl Fallback {
         let next = match current.and_then(|e| c.iter().position(|x| *x == e)) {
             Some(_) if c.len() < 2 => return None,
             Some(i) => c[(i + 1) % c.len()],
+            None if c.len() == 1 && now.saturating_sub(since) < ROAMED_AFTER_MS => return None,
             None => *c.first()?,
         };
         self.unanswered_since.store(now, Ordering::Relaxed);
@@ -108,6 +115,12 @@ mod tests {
         assert_eq!(single.due(100_000, Some(v4)), None, "one endpoint: nowhere to go");
         assert_eq!(single.due(100_000, Some(roamed)), Some(v4), "roamed away from its one endpoint: back to it");
         assert_eq!(single.due(200_000, Some(v4)), None, "and there it stays");
+        // Only past the passive keepalive and a rekey's wait (a one-way
+        // stream is answered every 10 s on a healthy path).
+        let single = Fallback::new(vec![v4]);
+        single.sent(1_000);
+        assert_eq!(single.due(1_000 + ROAMED_AFTER_MS - 1, Some(roamed)), None);
+        assert_eq!(single.due(1_000 + ROAMED_AFTER_MS, Some(roamed)), Some(v4));
         let none = Fallback::new(vec![]);
         none.sent(1);
         assert_eq!(none.due(100_000, Some(roamed)), None, "no endpoint in the map: the roamed one stays");
