@@ -195,6 +195,21 @@ fn a_pod_whose_name_another_node_holds_still_gets_its_address() {
     wait_for("db-0.shop to resolve", Duration::from_secs(10), || {
         (lookup(&bed, "db-0.shop.weave.local") == [db.to_string()]).then_some(())
     });
+    // A pod's names lead to its resolver, not to a detach (its runtime's
+    // DEL gives it back): refused, the pod untouched (one took its
+    // interface and left its address held; found by a review, 2026-12-05).
+    for name in ["db-0.shop", &format!("cni:{}-db-0", bed.prefix)] {
+        let out = bed.weavectl(0, &["detach", name]);
+        assert_eq!(out.status.code(), Some(4), "detach {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let pod = ok(&["ip", "netns", "list"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .find(|n| n.starts_with(&bed.prefix) && n.ends_with("-db-0"))
+        .unwrap()
+        .to_string();
+    assert!(in_ns(&pod, &["ip", "link", "show", "eth0"]).status.success(), "the pod lost its interface");
+    assert_eq!(lookup(&bed, "db-0.shop.weave.local"), [db.to_string()]);
     let web = add(&mut bed, "web-0");
     assert!(bed.allocations().iter().any(|a| a.contains(&format!(" {web}/"))), "{:?}", bed.allocations());
     wait_for("web-0.shop to resolve", Duration::from_secs(10), || {

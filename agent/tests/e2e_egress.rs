@@ -410,6 +410,12 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
     ok_in(&c6, &["ip", "link", "set", "own0", "up"]);
     ok_in(&c6, &["ip", "link", "set", "own1", "up"]);
     ok_in(&c6, &["ip", "route", "add", "default", "dev", "own0"]);
+    // And one whose own routes make the route fail (it took its subnet's
+    // away): it stays without, the others are routed all the same (it
+    // stopped the whole pass; found by a review, 2026-12-05).
+    let c8 = bed.add_container("c8");
+    bed.weavectl_attach(0, &c8, &["net:out", &format!("/run/netns/{c8}")]);
+    ok_in(&c8, &["ip", "route", "del", "10.44.0.0/24"]);
     admin_ok(&bed, &["subnet", "set", "out", "--egress", "on"]);
     let route = wait_for("c5's default route once egress is on", Duration::from_secs(15), || {
         Some(default_route(&c5)).filter(|r| !r.is_empty())
@@ -423,6 +429,7 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
     assert!(route.starts_with("default via ") && again.contains(&gateway), "{route} / {again}");
     assert_eq!(seen_from(&c5).as_deref(), Some(h0.as_str()), "c5 reaches the server as host 1");
     assert_eq!(default_route(&c6), "default dev own0 scope link", "c6's own default route stays alone");
+    assert_eq!(default_route(&c8), "", "c8 cannot be routed");
     // And hiding the host there is refused again: c5 now routes through it.
     let hide = bed.weavectl(0, &["hide", "net:out"]);
     assert_eq!(hide.status.code(), Some(5), "{}", String::from_utf8_lossy(&hide.stderr));

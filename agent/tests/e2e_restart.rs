@@ -134,15 +134,28 @@ fn an_agent_restarted_without_its_map_plugs_its_workloads_back_at_once() {
     eprintln!("traffic resumed {:?} after the restart", restarted.elapsed());
 
     // A damaged map (a cache of the coordinator's) is set aside, not the
-    // end of the agent (it exited 1 at every start of its unit).
+    // end of the agent (it exited 1 at every start of its unit); and while
+    // the coordinator does not answer, the empty map in its place takes
+    // nothing down (it removed every bridge, cutting the host's workloads
+    // off each other; found by a review, 2026-12-05).
     let before = bed.wait_status(1);
+    let ns = bed.add_container("nomap-local");
+    let local = bed.weavectl_attach(1, &ns, &[&format!("/run/netns/{ns}")])[0];
     bed.signal_agent(1, Signal::SIGTERM);
     let dir = bed.hosts[1].data_dir.clone();
     let map = std::fs::read(dir.join("map.pb")).unwrap();
     std::fs::write(dir.join("map.pb"), &map[..map.len() / 2]).unwrap();
+    bed.kill_coordinator();
     bed.start_agent(1, false);
+    bed.wait_status(1);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let bridges = ok_in(&bed.hosts[1].ns, &["ip", "-br", "link", "show", "type", "bridge"]);
+    assert!(bridges.contains("wvbr-"), "the bridges went with the map: {bridges}");
+    let (from, to) = (&bed.workloads[w[1]].ns, bed.workloads[local].ip);
+    assert!(ping_within(from, to, 3), "workloads of one host cut off each other: {}", bed.log(1));
+    bed.start_coordinator();
     let (from, to) = (&bed.workloads[w[0]].ns, bed.workloads[w[1]].ip);
-    assert!(ping_within(from, to, 10), "traffic did not resume with a damaged map: {}", bed.log(1));
+    assert!(ping_within(from, to, 15), "traffic did not resume with a damaged map: {}", bed.log(1));
     assert!(dir.join("map.pb.unreadable").exists() && bed.log(1).contains("the saved network map is unreadable"));
 
     // A damaged identity: `agent run` says what to do, and `agent join`

@@ -141,6 +141,24 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     }
     let (tls, tls_created) = load_or_create_tls(&settings.data_dir)?;
     let (mut cluster, first_start) = store.init_cluster(&settings.cluster).await?;
+    // One identity per cluster: a key that is not the one recorded is not
+    // served (two coordinators started at once on an empty database each
+    // made one; found by a review, 2026-12-05).
+    let pin = tls.pin.to_string();
+    let recorded = store.cluster_pin(&pin, settings.new_identity && tls_created).await?;
+    if recorded != pin {
+        if tls_created {
+            // Made by this start: gone again, so a restart does not serve it.
+            let _ = std::fs::remove_dir_all(settings.data_dir.join("tls"));
+        }
+        anyhow::bail!(
+            "this database's cluster is served under another TLS identity ({recorded}; {}'s tls/ is {pin}): \
+             another coordinator made it (started at the same time?), or tls/ is another cluster's. Copy that \
+             coordinator's tls/ and admin.credential into {} and start again",
+            settings.data_dir.display(),
+            settings.data_dir.display()
+        );
+    }
     match (tls_created, first_start) {
         (true, true) => tracing::info!(pin = %tls.pin, "created the coordinator's TLS identity"),
         (true, false) => tracing::warn!(

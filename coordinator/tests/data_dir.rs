@@ -189,3 +189,74 @@ fn a_lost_tls_identity_is_not_replaced_without_being_asked() {
         "--new-identity made no new certificate"
     );
 }
+
+/// One TLS identity per cluster, recorded in the database: a coordinator
+/// whose tls/ holds another key (another cluster's copied by mistake, or the
+/// one a coordinator made when it started at the same moment as another on
+/// an empty shared database and lost) is refused with one line and serves
+/// nothing; before, the race's loser, restarted, served the cluster under
+/// its own pin and replaced the admin credential (found by a review,
+/// 2026-12-05). Two stores opened at once on one empty database make one
+/// cluster between them.
+#[test]
+fn a_coordinator_with_another_tls_identity_is_refused_by_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, other, second) = (dir.path().join("data"), dir.path().join("other"), dir.path().join("second"));
+    for d in [&data, &other] {
+        let mut c = serve(d);
+        credential(d, &mut c);
+        stop(c);
+    }
+    std::fs::create_dir_all(&second).unwrap();
+    let copy = |from: &Path, to: &Path| {
+        std::fs::create_dir_all(to.join("tls")).unwrap();
+        for f in ["tls/coordinator.crt", "tls/coordinator.key"] {
+            std::fs::copy(from.join(f), to.join(f)).unwrap();
+        }
+    };
+    copy(&other, &second);
+    let store = format!("sqlite://{}", data.join("coordinator.db").display());
+    let mut refused = serve_with(&second, "127.0.0.1:0", &["--store", &store]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refused.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            stop(refused);
+            panic!("a coordinator serves the cluster under another TLS identity");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = refused.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("served under another TLS identity"), "{stderr}");
+    assert!(!second.join("admin.credential").exists(), "it wrote an admin credential");
+    assert!(second.join("tls/coordinator.key").exists(), "a key it did not make is left alone");
+    // With the first one's identity it serves the same cluster.
+    copy(&data, &second);
+    let mut served = serve_with(&second, "127.0.0.1:0", &["--store", &store]);
+    credential(&second, &mut served);
+    stop(served);
+
+    // The race itself, on the store: both find the database empty.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use weave_coordinator::store::{Location, Store};
+        let location: Location = format!("sqlite://{}", dir.path().join("race.db").display()).parse().unwrap();
+        let (a, b) = (Store::connect(&location).await.unwrap(), Store::connect(&location).await.unwrap());
+        let settings = weave_coordinator::store::ClusterSettings {
+            range: "10.32.0.0/12".parse().unwrap(),
+            node_range: "10.47.0.0/16".parse().unwrap(),
+            default_subnet: "10.32.0.0/16".parse().unwrap(),
+            dns_domain: "weave.local.".into(),
+            segment_mtu: None,
+        };
+        let (ra, rb) = tokio::join!(a.init_cluster(&settings), b.init_cluster(&settings));
+        let (first_a, first_b) = (ra.unwrap().1, rb.unwrap().1);
+        assert!(first_a ^ first_b, "exactly one made the cluster: {first_a} {first_b}");
+        let pin_a = a.cluster_pin("sha256:aa", false).await.unwrap();
+        let pin_b = b.cluster_pin("sha256:bb", false).await.unwrap();
+        assert_eq!((pin_a.as_str(), pin_b.as_str()), ("sha256:aa", "sha256:aa"), "the first pin recorded stays");
+        assert_eq!(b.cluster_pin("sha256:bb", true).await.unwrap(), "sha256:bb", "--new-identity replaces it");
+    });
+}

@@ -122,9 +122,16 @@ async fn serve(
     let rules = plan::firewall::rules(&map, identity.node_id, &coordinator_ips, &networks)
         .with_coordinators(&coordinator_addrs);
     firewall::set_broadcast_limit(args.broadcast_limit).await;
-    firewall::apply(&rules)
-        .await
-        .map_err(|e| Error::Dataplane(format!("cannot install the isolation rules (nftables): {e}")))?;
+    // No map (none saved, or a damaged one set aside) and a previous run's
+    // tables, made from a real map: they stay until the coordinator sends
+    // one (an empty map's rules cut the host's workloads off each other;
+    // found by a review, 2026-12-05). No tables: the empty map's, nothing passes.
+    let kept = map.revision == 0 && firewall::in_place().await;
+    if !kept {
+        firewall::apply(&rules)
+            .await
+            .map_err(|e| Error::Dataplane(format!("cannot install the isolation rules (nftables): {e}")))?;
+    }
     firewall::limit_flows(args.flow_limit).await?;
     netlink::sysctl(&format!("net/ipv4/conf/{TUN_NAME}/forwarding"), "1")?;
     tracing::info!(node = identity.node_id, address = %identity.address, tun_mtu, segment_mtu, revision = map.revision, "data plane up");
@@ -199,7 +206,7 @@ async fn serve(
             map_rx.clone(),
             identity.node_id,
             (coordinator_ips.clone(), coordinator_addrs),
-            Some(rules),
+            (!kept).then_some(rules),
         )),
         tokio::spawn(control::dns_loop(dns.clone(), map_rx.clone())),
         tokio::spawn(attacher.clone().route_on_egress()),

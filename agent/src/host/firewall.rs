@@ -118,6 +118,11 @@ async fn defer_iptables_forward() {
 /// and Kubernetes nodes have it on; elsewhere the admin turns it on, as for
 /// a Tailscale subnet router. Until then: one warning per agent, and `agent
 /// status` says so.
+/// Whether weave's isolation tables are in place (a previous run's).
+pub async fn in_place() -> bool {
+    tables(0).await.is_some_and(|t| ["inet", "bridge", "arp"].iter().all(|f| t.contains(&format!("{f} {TABLE}"))))
+}
+
 pub fn forwarding_on() -> bool {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "1")
 }
@@ -366,6 +371,14 @@ pub async fn keep(
     // scrape that sees the repair sees the rules in place).
     let mut repairing = false;
     loop {
+        // Started without a map and with a previous run's tables (`serve`
+        // kept them): they stay until the coordinator sends one.
+        if applied.is_none() && maps.borrow_and_update().revision == 0 {
+            if maps.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
         let networks = super::routes::lan(own_node);
         let rules =
             rules(&maps.borrow_and_update(), own_node, &coordinator, &networks).with_coordinators(&coordinator_addrs);

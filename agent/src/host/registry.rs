@@ -145,10 +145,16 @@ impl Registry {
         self.saved().aliases.get(alias).cloned()
     }
 
-    /// The path the namespace `alias` leads to is served DNS at, if any.
+    /// The path the namespace `alias` leads to is served DNS at, if any, and
+    /// not a CNI attachment's (its aliases are the pod's names and id, not
+    /// IPAM keys).
     pub fn dns_path(&self, alias: &str) -> Option<(String, String)> {
         let saved = self.saved();
         let key = saved.aliases.get(alias)?;
+        let inode = key.strip_prefix("netns:").and_then(|i| i.parse::<u64>().ok())?;
+        if saved.cni.values().flatten().any(|r| r.inode == inode) {
+            return None;
+        }
         Some((key.clone(), saved.dns.get(key)?.clone()))
     }
 

@@ -47,6 +47,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("revision", Int),
             ("created_at", Int),
             ("segment_mtu", Int),
+            ("pin", OptText),
         ],
     ),
     ("admin_credentials", &[("id", Int), ("secret_hash", Text), ("created_at", Int), ("revoked_at", OptInt)]),

@@ -312,9 +312,12 @@ impl Store {
         }
         let mut tx = self.begin().await?;
         let created = now();
-        db::query(
+        // Another coordinator of a shared database may have made it since
+        // the look above (both found it empty): the write lock orders the
+        // two, and the second inserts nothing (it failed on the key).
+        let inserted = db::query(
             "INSERT INTO cluster (id, range_cidr, node_range, node_first, node_last, dns_domain, revision, created_at, \
-             segment_mtu) VALUES (1, $1, $2, $3, $4, $5, 0, $6, $7)",
+             segment_mtu) VALUES (1, $1, $2, $3, $4, $5, 0, $6, $7) ON CONFLICT (id) DO NOTHING",
         )
         .bind(settings.range.to_string())
         .bind(settings.node_range.to_string())
@@ -325,6 +328,11 @@ impl Store {
         .bind(i64::from(settings.segment_mtu.unwrap_or(DEFAULT_SEGMENT_MTU)))
         .execute(tx.c())
         .await?;
+        if inserted == 0 {
+            self.commit(tx).await?;
+            let cluster = self.cluster().await?.ok_or_else(|| Error::NotFound("cluster settings vanished".into()))?;
+            return Ok((cluster, false));
+        }
         subnets::insert(&mut tx, &settings.default_subnet, Some("default"), true, None, &[], false).await?;
         self.commit(tx).await?;
         self.reload_live().await?;
@@ -344,6 +352,22 @@ impl Store {
         self.commit(tx).await?;
         self.reload_live().await?;
         Ok(done == 1)
+    }
+
+    /// The pin the cluster is served under: recorded as `pin` when none is
+    /// (a new cluster, or one made before pins were kept) or when `replace`
+    /// (`--new-identity`). Returns the recorded one.
+    pub async fn cluster_pin(&self, pin: &str, replace: bool) -> Result<String> {
+        let mut tx = self.begin().await?;
+        db::query("UPDATE cluster SET pin = $1 WHERE id = 1 AND (pin IS NULL OR $2)")
+            .bind(pin)
+            .bind(replace)
+            .execute(tx.c())
+            .await?;
+        let recorded: Option<String> =
+            db::query_scalar("SELECT pin FROM cluster WHERE id = 1").fetch_one(tx.c()).await?;
+        self.commit(tx).await?;
+        Ok(recorded.unwrap_or_default())
     }
 
     pub async fn cluster(&self) -> Result<Option<Cluster>> {

@@ -364,6 +364,11 @@ mod tests {
                     "106fdf92fa9046c5253e8cd559ae3a65b64f4f82db4c85ee291c9e05891c7ff4064a772ad441835a707d5b6b94441b66"
                         .to_string()
                 ),
+                (
+                    14,
+                    "1265231d8545e6ab80688b4e65fb1149d10162396c996d9acdf4174d4aab72f737f0bdff029b39f60c155d38788a11b5"
+                        .to_string()
+                ),
             ]
         );
         let pg: Vec<(i64, String)> =

@@ -110,18 +110,28 @@ impl Attacher {
             if netns.metadata().map(|m| m.ino()).ok() != Some(inode) {
                 continue;
             }
-            let inside = Netlink::in_netns(&netns).await.map_err(failed)?;
-            let Some((ifname, has_default)) = inside.holder_of(*ip).await.map_err(failed)? else { continue };
-            if has_default {
-                continue;
-            }
+            let inside = match Netlink::in_netns(&netns).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(container = %ip, error = %e, "egress on: cannot enter a container's namespace");
+                    continue;
+                }
+            };
+            let Ok(Some((ifname, false))) = inside.holder_of(*ip).await else { continue };
             let gw = match gateway {
                 Some(gw) => gw,
                 None => *gateway.insert(self.gateway(subnet).await.map_err(|e| self.or_removed(subnet, e))?),
             };
-            if inside.default_route(&ifname, gw).await.map_err(failed)? {
-                self.names.gave_gateway(subnet.id, *ip);
-                tracing::info!(subnet = %subnet.cidr, container = %ip, gateway = %gw, "egress on: gave a container its way out");
+            // One container's own doing (its routes changed) is its alone:
+            // the others are routed still (it stopped the whole pass; found
+            // by a review, 2026-12-05).
+            match inside.default_route(&ifname, gw).await {
+                Ok(true) => {
+                    self.names.gave_gateway(subnet.id, *ip);
+                    tracing::info!(subnet = %subnet.cidr, container = %ip, gateway = %gw, "egress on: gave a container its way out");
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(container = %ip, error = %e, "egress on: cannot give a container its way out"),
             }
         }
         Ok(())

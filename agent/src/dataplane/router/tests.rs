@@ -299,8 +299,8 @@ fn a_members_handshake_flood_with_valid_cookies_is_bounded_per_source_address_an
 /// Under load, an initiation without a valid mac2 gets a cookie reply only
 /// within its source's share (a burst of 5, 20 a second) and 1,000 a second
 /// for all sources; a peer's endpoint is answered when those 1,000 are
-/// spent, and shares 5,000 a second with the other peers' endpoints, no
-/// bucket of its own that a spoofer could empty. A
+/// spent, and has 5,000 a second of its own (not a bucket of 20 that a
+/// spoofer could empty), the peers' endpoints 20,000 together. A
 /// member knows every host's public key, so it can make initiations with a
 /// valid mac1 at will: before, each got a cookie reply, made and sent on
 /// the thread that moves the data, and ~70,000 a second from one address
@@ -309,8 +309,8 @@ fn a_members_handshake_flood_with_valid_cookies_is_bounded_per_source_address_an
 #[test]
 fn cookie_replies_are_bounded_per_source_and_in_all_and_peers_are_still_answered() {
     let b = node(2);
-    let d = node(4);
-    b.router.set_peers(&[config(&d, Some(d.endpoint))], &b.wire);
+    let (d, e) = (node(4), node(5));
+    b.router.set_peers(&[config(&d, Some(d.endpoint)), config(&e, Some(e.endpoint))], &b.wire);
     d.router.set_peers(&[config(&b, Some(b.endpoint))], &d.wire);
     b.router.refresh_trusted();
     b.wire.net.borrow_mut().clear();
@@ -365,11 +365,16 @@ fn cookie_replies_are_bounded_per_source_and_in_all_and_peers_are_still_answered
     d.router.set_peers(&[config(&b, Some(b.endpoint))], &d.wire);
     b.receive(d.endpoint, &initiation(&d, &b));
     assert_eq!(cookies_to(&b, d.endpoint.ip()), 1, "d's own initiation got its cookie reply amid the flood");
-    // Trusted sources together get 5,000 a second.
+    // One trusted source gets its share, 5,000 a second, and the other
+    // peers theirs still (one shared total let one take every peer's).
     for _ in 0..10_000 {
         b.receive(d.endpoint, &flood);
     }
-    assert_eq!(cookies_to(&b, d.endpoint.ip()), 1_999, "cookie replies to peers' endpoints in one second");
+    assert_eq!(cookies_to(&b, d.endpoint.ip()), 1_999, "cookie replies to one peer's endpoint in one second");
+    let e = node(5);
+    e.router.set_peers(&[config(&b, Some(b.endpoint))], &e.wire);
+    b.receive(e.endpoint, &initiation(&e, &b));
+    assert_eq!(cookies_to(&b, e.endpoint.ip()), 1, "another peer's initiation got its cookie reply");
 }
 
 /// An outsider who can answer cookie replies at thousands of addresses (an

@@ -55,16 +55,21 @@ const MAX_SOURCES: usize = 4096;
 /// peers' endpoints have a total of their own (below).
 const COOKIE_REPLIES_PER_SECOND: u64 = 1_000;
 /// weave: while under load, cookie replies to the peers' endpoints (trusted
-/// sources): at most this many a second for all of them together, and no
-/// bucket per source. Someone who spoofs a peer's address on the underlay
-/// (and knows the host's public key) emptied that peer's 20 a second with
-/// forged initiations, and the peer, restarted, got no cookie reply to its
-/// own and no tunnel for as long as the flood went on (2,000 a second did
-/// it; found by a review, 2026-12-05). Now such a flood must pass this
-/// total to cost the peer more than a retry; a member flooding from its
-/// own endpoint makes the host seal and send at most this many (~2 % of a
-/// core), as the kernel's WireGuard answers every one.
-const TRUSTED_COOKIE_REPLIES_PER_SECOND: u64 = 5_000;
+/// sources): at most this many a second to each source, and
+/// [`TRUSTED_COOKIE_REPLIES_PER_SECOND`] to all of them together. Someone who
+/// spoofs a peer's address on the underlay (and knows the host's public
+/// key) emptied that peer's 20 a second with forged initiations, and the
+/// peer, restarted, got no cookie reply to its own and no tunnel for as long
+/// as the flood went on (2,000 a second did it; found by a review,
+/// 2026-12-05): such a flood must now pass this many to cost the peer more
+/// than a retry. And one source (a member at its own endpoint, an outsider
+/// in a peer's IPv6 /64) takes only its share of the total: one shared
+/// total without shares let it take every peer's (found by the next review).
+const TRUSTED_SOURCE_COOKIE_REPLIES_PER_SECOND: u64 = 5_000;
+/// weave: see [`TRUSTED_SOURCE_COOKIE_REPLIES_PER_SECOND`]. At most this many
+/// seals and sends a second (~5 % of a core), where the kernel's WireGuard
+/// answers every one.
+const TRUSTED_COOKIE_REPLIES_PER_SECOND: u64 = 20_000;
 
 /// A source of handshake packets, as the per-source bucket keys it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -128,8 +133,10 @@ pub struct RateLimiter {
     /// not trusted), and how many went out since the last reset.
     cookie_sources: Mutex<HashMap<Source, Bucket>>,
     cookies: AtomicU64,
-    /// weave: cookie replies to trusted sources since the last reset.
+    /// weave: cookie replies to trusted sources since the last reset, in
+    /// all and per source (only trusted sources: bounded by the peers).
     trusted_cookies: AtomicU64,
+    trusted_cookies_by_source: Mutex<HashMap<Source, u64>>,
 }
 
 impl RateLimiter {
@@ -151,6 +158,7 @@ impl RateLimiter {
             cookie_sources: Mutex::new(HashMap::new()),
             cookies: AtomicU64::new(0),
             trusted_cookies: AtomicU64::new(0),
+            trusted_cookies_by_source: Mutex::new(HashMap::new()),
         }
     }
 
@@ -179,6 +187,7 @@ impl RateLimiter {
             self.count.store(0, Ordering::SeqCst);
             self.cookies.store(0, Ordering::SeqCst);
             self.trusted_cookies.store(0, Ordering::SeqCst);
+            self.trusted_cookies_by_source.lock().clear();
             *last_reset_time = current_time;
             drop(last_reset_time);
             self.prune_sources(self.nanos());
@@ -190,6 +199,7 @@ impl RateLimiter {
     pub fn reset_cookies(&self) {
         self.cookies.store(0, Ordering::SeqCst);
         self.trusted_cookies.store(0, Ordering::SeqCst);
+        self.trusted_cookies_by_source.lock().clear();
     }
 
     /// Nanoseconds since the limiter started: the per-source buckets' clock.
@@ -204,14 +214,22 @@ impl RateLimiter {
     }
 
     /// weave: may an initiation from `addr` without a valid mac2 have a
-    /// cookie reply? A peer's endpoint (trusted): within
-    /// [`TRUSTED_COOKIE_REPLIES_PER_SECOND`] for all of them, no bucket of
-    /// its own (a spoofer would empty it). Any other source: within its own
-    /// bucket and [`COOKIE_REPLIES_PER_SECOND`] for all.
+    /// cookie reply? A peer's endpoint (trusted): within its share,
+    /// [`TRUSTED_SOURCE_COOKIE_REPLIES_PER_SECOND`] (not a bucket of 20 a
+    /// spoofer would empty), and the total for all of them. Any other
+    /// source: within its own bucket and [`COOKIE_REPLIES_PER_SECOND`] for all.
     fn cookie_allowed(&self, addr: IpAddr, now: u64) -> bool {
         let source = Source::of(addr);
         if self.trusted.lock().contains(&source) {
-            return self.trusted_cookies.fetch_add(1, Ordering::Relaxed) < TRUSTED_COOKIE_REPLIES_PER_SECOND;
+            let mut by_source = self.trusted_cookies_by_source.lock();
+            let sent = by_source.entry(source).or_insert(0);
+            if *sent >= TRUSTED_SOURCE_COOKIE_REPLIES_PER_SECOND
+                || self.trusted_cookies.fetch_add(1, Ordering::Relaxed) >= TRUSTED_COOKIE_REPLIES_PER_SECOND
+            {
+                return false;
+            }
+            *sent += 1;
+            return true;
         }
         // Twice the table: a source that proves its address (mac2) after
         // its cookie reply is in both.
