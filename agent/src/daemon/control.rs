@@ -215,10 +215,8 @@ pub async fn reconcile_loop(
     let mut made = std::collections::BTreeSet::new();
     let mut mtu_told = false;
     loop {
-        // No map at all yet (none saved, or a damaged one set aside, and the
-        // coordinator not answered yet): an empty one is not applied, it
-        // would take down every bridge and cut the host's own workloads off
-        // each other (found by a review, 2026-12-05).
+        // No map yet (none saved, or a damaged one set aside): an empty one would take
+        // down every bridge, cutting local workloads apart (a review, 2026-12-05).
         if maps.borrow_and_update().revision == 0 {
             if maps.changed().await.is_err() {
                 return;

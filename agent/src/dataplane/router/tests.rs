@@ -299,13 +299,10 @@ fn a_members_handshake_flood_with_valid_cookies_is_bounded_per_source_address_an
 /// Under load, an initiation without a valid mac2 gets a cookie reply only
 /// within its source's share (a burst of 5, 20 a second) and 1,000 a second
 /// for all sources; a peer's endpoint is answered when those 1,000 are
-/// spent, and has 5,000 a second of its own (not a bucket of 20 that a
-/// spoofer could empty), the peers' endpoints 20,000 together. A
-/// member knows every host's public key, so it can make initiations with a
-/// valid mac1 at will: before, each got a cookie reply, made and sent on
-/// the thread that moves the data, and ~70,000 a second from one address
-/// cost the tunnels through that host 40 % of their packets (found by a
-/// review, 2026-12-04).
+/// spent, with 5,000 a second of its own (20,000 for all peers). A member
+/// can make initiations with a valid mac1 at will: each got a cookie reply,
+/// and ~70,000 a second from one address cost the tunnels through that host
+/// 40 % of their packets (found by a review, 2026-12-04).
 #[test]
 fn cookie_replies_are_bounded_per_source_and_in_all_and_peers_are_still_answered() {
     let b = node(2);
@@ -350,10 +347,8 @@ fn cookie_replies_are_bounded_per_source_and_in_all_and_peers_are_still_answered
     b.receive(d.endpoint, &initiation(&d, &b));
     let (dst, response) = b.wire.net.borrow_mut().pop().expect("d was answered");
     assert_eq!((dst, response[0]), (d.endpoint, 2), "d's initiation with the cookie got a handshake response");
-    // Someone spoofing d's address (or a member flooding from its own
-    // endpoint) does not spend a bucket of d's: d, restarted, still gets
-    // its cookie reply (a bucket of 20 a second, emptied by the forgeries,
-    // kept it out for as long as they came; found by a review, 2026-12-05).
+    // Someone spoofing d's address does not empty d's share: d, restarted, still
+    // gets its cookie reply (a bucket of 20 a second kept it out; a review, 12-05).
     b.router.rate_limiter.reset_cookies();
     b.wire.net.borrow_mut().clear();
     let flood = initiation(&member, &b);
@@ -365,8 +360,7 @@ fn cookie_replies_are_bounded_per_source_and_in_all_and_peers_are_still_answered
     d.router.set_peers(&[config(&b, Some(b.endpoint))], &d.wire);
     b.receive(d.endpoint, &initiation(&d, &b));
     assert_eq!(cookies_to(&b, d.endpoint.ip()), 1, "d's own initiation got its cookie reply amid the flood");
-    // One trusted source gets its share, 5,000 a second, and the other
-    // peers theirs still (one shared total let one take every peer's).
+    // One trusted source gets its 5,000 a second, the other peers theirs still.
     for _ in 0..10_000 {
         b.receive(d.endpoint, &flood);
     }
