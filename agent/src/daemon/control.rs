@@ -27,10 +27,11 @@ use crate::{
     },
 };
 
-/// Retry delays for the watch: start small so a restarted coordinator is
-/// picked up quickly, cap low enough that changes never wait long.
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+use retry::{BACKOFF_MIN, QUICK_RETRIES};
+pub use retry::{membership_ended, next_backoff};
+
+mod retry;
+
 /// A full reconcile pass (the kernel read again, not the state the agent
 /// last applied) runs at least this often, to repair interfaces, routes and
 /// entries someone else changed.
@@ -41,26 +42,6 @@ const SAVE_WITHIN: Duration = Duration::from_secs(2);
 /// Passes after map changes start at least this far apart: the changes of a
 /// burst that arrive meanwhile are applied together.
 const DEBOUNCE: Duration = Duration::from_millis(50);
-
-/// Next retry delay: doubled, capped, with up to 25 % jitter so that many
-/// agents do not reconnect in lockstep after a coordinator restart.
-pub fn next_backoff(current: Duration) -> Duration {
-    let doubled = (current * 2).min(BACKOFF_MAX);
-    let jitter = doubled.mul_f64(rand::random::<f64>() * 0.25);
-    (doubled + jitter).min(BACKOFF_MAX)
-}
-
-/// Whether a failed watch means this node is no longer a member. The
-/// coordinator says so with UNAUTHENTICATED (the node was removed, or its
-/// credential replaced by a re-join elsewhere); anything else (unreachable,
-/// restarting, overloaded) is an outage to wait out.
-pub fn membership_ended(status: &tonic::Status) -> bool {
-    // The coordinator marks a real end of membership (`weave-membership:
-    // removed|replaced`); a bare UNAUTHENTICATED (a coordinator restored
-    // from an older backup, a wrong one behind the same address) is waited
-    // out: tearing the network down for it would be the worse mistake.
-    status.code() == tonic::Code::Unauthenticated && status.metadata().get("weave-membership").is_some()
-}
 
 /// Holds the watch until this node stops being a member. Publishes every
 /// applied event on `maps` and saves the map to disk (once no further event
@@ -75,6 +56,7 @@ pub async fn watch_map(
     connected: Arc<AtomicBool>,
 ) -> Error {
     let mut backoff = BACKOFF_MIN;
+    let mut quick = 0;
     loop {
         // A map without the cluster's segment MTU (saved from a coordinator
         // that had none yet, or none saved) asks for a whole snapshot: a
@@ -87,6 +69,7 @@ pub async fn watch_map(
             Ok(response) => {
                 tracing::info!(from_revision = from, "watching the network map");
                 connected.store(true, Ordering::Relaxed);
+                quick = 0;
                 if let Err(removed) = follow(response.into_inner(), &state, &maps, &mut backoff).await {
                     connected.store(false, Ordering::Relaxed);
                     return removed;
@@ -98,6 +81,15 @@ pub async fn watch_map(
             }
         }
         connected.store(false, Ordering::Relaxed);
+        // The balanced channel picks a dead coordinator again a few times
+        // before it leaves it out (a refused connect costs nothing): the
+        // first retries come at once, then they slow down (a survivor held
+        // the watches ~4 s after a SIGKILL; found by a review, 2026-12-05).
+        if quick < QUICK_RETRIES {
+            quick += 1;
+            tokio::time::sleep(BACKOFF_MIN).await;
+            continue;
+        }
         tokio::time::sleep(backoff).await;
         backoff = next_backoff(backoff);
     }
@@ -387,7 +379,7 @@ async fn reconcile_once(netlink: &Netlink, desired: &Desired, applied: Option<Ob
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{retry::BACKOFF_MAX, *};
 
     #[test]
     fn only_a_marked_unauthenticated_ends_membership() {

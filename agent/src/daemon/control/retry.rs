@@ -1,0 +1,27 @@
+//! How the map watch retries: the delays, and what ends a membership.
+use std::time::Duration;
+
+/// Retry delays for the watch: start small, cap low enough that changes never wait long.
+pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(200);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Retries at `BACKOFF_MIN` after a watch ends, before the backoff grows.
+pub(super) const QUICK_RETRIES: u32 = 5;
+/// Next retry delay: doubled, capped, with up to 25 % jitter so that many
+/// agents do not reconnect in lockstep after a coordinator restart.
+pub fn next_backoff(current: Duration) -> Duration {
+    let doubled = (current * 2).min(BACKOFF_MAX);
+    let jitter = doubled.mul_f64(rand::random::<f64>() * 0.25);
+    (doubled + jitter).min(BACKOFF_MAX)
+}
+
+/// Whether a failed watch means this node is no longer a member. The
+/// coordinator says so with UNAUTHENTICATED (the node was removed, or its
+/// credential replaced by a re-join elsewhere); anything else (unreachable,
+/// restarting, overloaded) is an outage to wait out.
+pub fn membership_ended(status: &tonic::Status) -> bool {
+    // The coordinator marks a real end of membership (`weave-membership:
+    // removed|replaced`); a bare UNAUTHENTICATED (a coordinator restored
+    // from an older backup, a wrong one behind the same address) is waited
+    // out: tearing the network down for it would be the worse mistake.
+    status.code() == tonic::Code::Unauthenticated && status.metadata().get("weave-membership").is_some()
+}
