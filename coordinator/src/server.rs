@@ -140,11 +140,11 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         );
     }
     let (tls, tls_created) = load_or_create_tls(&settings.data_dir)?;
-    let (mut cluster, first_start) = store.init_cluster(&settings.cluster).await?;
     // One identity per cluster: a key that is not the one recorded is not
     // served (two coordinators started at once on an empty database each
     // made one; found by a review, 2026-12-05).
     let pin = tls.pin.to_string();
+    let (mut cluster, first_start) = store.init_cluster_pinned(&settings.cluster, Some(&pin)).await?;
     let recorded = store.cluster_pin(&pin, settings.new_identity && tls_created).await?;
     if recorded != pin {
         if tls_created {

@@ -251,12 +251,17 @@ fn a_coordinator_with_another_tls_identity_is_refused_by_the_database() {
             dns_domain: "weave.local.".into(),
             segment_mtu: None,
         };
-        let (ra, rb) = tokio::join!(a.init_cluster(&settings), b.init_cluster(&settings));
+        let (ra, rb) = tokio::join!(
+            a.init_cluster_pinned(&settings, Some("sha256:aa")),
+            b.init_cluster_pinned(&settings, Some("sha256:bb"))
+        );
         let (first_a, first_b) = (ra.unwrap().1, rb.unwrap().1);
         assert!(first_a ^ first_b, "exactly one made the cluster: {first_a} {first_b}");
-        let pin_a = a.cluster_pin("sha256:aa", false).await.unwrap();
+        // Whichever asks first, the identity is the one that made it.
+        let winner = if first_a { "sha256:aa" } else { "sha256:bb" };
         let pin_b = b.cluster_pin("sha256:bb", false).await.unwrap();
-        assert_eq!((pin_a.as_str(), pin_b.as_str()), ("sha256:aa", "sha256:aa"), "the first pin recorded stays");
+        let pin_a = a.cluster_pin("sha256:aa", false).await.unwrap();
+        assert_eq!((pin_a.as_str(), pin_b.as_str()), (winner, winner), "the identity that made the cluster stays");
         assert_eq!(b.cluster_pin("sha256:bb", true).await.unwrap(), "sha256:bb", "--new-identity replaces it");
     });
 }

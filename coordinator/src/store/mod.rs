@@ -307,6 +307,13 @@ impl Store {
     /// Later starts: returns what was recorded (flags that differ are ignored
     /// with a warning by the caller).
     pub async fn init_cluster(&self, settings: &ClusterSettings) -> Result<(Cluster, bool)> {
+        self.init_cluster_pinned(settings, None).await
+    }
+
+    /// [`Self::init_cluster`], recording `pin` with the cluster it makes:
+    /// in the same insert, so of two coordinators that find the database
+    /// empty at once, the one whose insert lands holds the identity.
+    pub async fn init_cluster_pinned(&self, settings: &ClusterSettings, pin: Option<&str>) -> Result<(Cluster, bool)> {
         if let Some(c) = self.cluster().await? {
             return Ok((c, false));
         }
@@ -317,7 +324,7 @@ impl Store {
         // two, and the second inserts nothing (it failed on the key).
         let inserted = db::query(
             "INSERT INTO cluster (id, range_cidr, node_range, node_first, node_last, dns_domain, revision, created_at, \
-             segment_mtu) VALUES (1, $1, $2, $3, $4, $5, 0, $6, $7) ON CONFLICT (id) DO NOTHING",
+             segment_mtu, pin) VALUES (1, $1, $2, $3, $4, $5, 0, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
         )
         .bind(settings.range.to_string())
         .bind(settings.node_range.to_string())
@@ -326,6 +333,7 @@ impl Store {
         .bind(&settings.dns_domain)
         .bind(created)
         .bind(i64::from(settings.segment_mtu.unwrap_or(DEFAULT_SEGMENT_MTU)))
+        .bind(pin.map(str::to_string))
         .execute(tx.c())
         .await?;
         if inserted == 0 {
