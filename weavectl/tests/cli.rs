@@ -476,6 +476,9 @@ fn status_summary_views_and_json() {
     assert!(text.contains("node range      10.47.0.0/16"), "{text}");
     assert!(text.contains("dns domain      weave.local."), "{text}");
     let s = c.json(&["status"]);
+    // Which coordinator answered (of several): the address the call reached.
+    assert_eq!(s["answered_at"], c.admin.coordinator.as_str(), "{s}");
+    assert!(text.contains(&format!("coordinator     {}", c.admin.coordinator)), "{text}");
     assert_eq!(s["range"], "10.32.0.0/12");
     assert_eq!(s["nodes"], 0);
     assert_eq!(s["subnets"], 1);

@@ -26,6 +26,7 @@ impl StatusService for StatusApi {
             active_tokens: c.active_tokens,
             started_at: self.0.started_at,
             watchers: self.0.watchers.load(Ordering::Relaxed),
+            answered_at: request.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         }))
     }
 }

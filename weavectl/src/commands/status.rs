@@ -29,6 +29,9 @@ async fn cluster(api: &mut Api, out: &Output) -> Outcome {
     let s = api.status.get_status(GetStatusRequest {}).await.doing("getting the cluster status")?;
     let mut table = Table::new(&["CLUSTER", ""]);
     let rows = [
+        // Of several coordinators, the one that answered (the rest of the
+        // numbers are the cluster's, but for started and watchers).
+        ("coordinator", s.answered_at.clone()),
         ("version", s.version.clone()),
         ("started", relative(s.started_at)),
         ("revision", s.revision.to_string()),
@@ -61,6 +64,7 @@ async fn cluster(api: &mut Api, out: &Output) -> Outcome {
             "active_tokens": s.active_tokens,
             "started_at": s.started_at,
             "watchers": s.watchers,
+            "answered_at": s.answered_at,
         })
     });
     Ok(())
