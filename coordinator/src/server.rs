@@ -130,12 +130,16 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     // one made because tls/ went missing (a lost file, a second coordinator
     // of a shared database not given the first one's) locked every agent
     // out, with nothing but INFO said (found by a review, 2026-12-04).
+    // What --new-identity replaces: the pin recorded before this start made
+    // a key (another start doing the same meanwhile wins, this one is refused).
+    let replaced = store.recorded_pin().await?;
     if !crate::identity::tls_exists(&settings.data_dir) && !settings.new_identity && store.cluster().await?.is_some() {
         anyhow::bail!(
             "{} has no TLS identity (tls/coordinator.key) but the database holds a cluster, whose agents and \
              tokens pin the identity it was made with: restore tls/ (for one more coordinator of a shared \
              database: copy the first one's tls/ and admin.credential), or start with --new-identity to make a \
-             new one (every agent must then join again, with a new token)",
+             new one for the cluster (every agent must then join again, with a new token; with several \
+             coordinators, on one of them, then copy its tls/ and admin.credential to the others)",
             settings.data_dir.display()
         );
     }
@@ -145,7 +149,8 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     // made one; found by a review, 2026-12-05).
     let pin = tls.pin.to_string();
     let (mut cluster, first_start) = store.init_cluster_pinned(&settings.cluster, Some(&pin)).await?;
-    let recorded = store.cluster_pin(&pin, settings.new_identity && tls_created).await?;
+    let recorded =
+        store.cluster_pin(&pin, replaced.as_deref().filter(|_| settings.new_identity && tls_created)).await?;
     if recorded != pin {
         if tls_created {
             // Made by this start: gone again, so a restart does not serve it.

@@ -259,9 +259,12 @@ fn a_coordinator_with_another_tls_identity_is_refused_by_the_database() {
         assert!(first_a ^ first_b, "exactly one made the cluster: {first_a} {first_b}");
         // Whichever asks first, the identity is the one that made it.
         let winner = if first_a { "sha256:aa" } else { "sha256:bb" };
-        let pin_b = b.cluster_pin("sha256:bb", false).await.unwrap();
-        let pin_a = a.cluster_pin("sha256:aa", false).await.unwrap();
+        let pin_b = b.cluster_pin("sha256:bb", None).await.unwrap();
+        let pin_a = a.cluster_pin("sha256:aa", None).await.unwrap();
         assert_eq!((pin_a.as_str(), pin_b.as_str()), (winner, winner), "the identity that made the cluster stays");
-        assert_eq!(b.cluster_pin("sha256:bb", true).await.unwrap(), "sha256:bb", "--new-identity replaces it");
+        // --new-identity replaces the pin it read at its start, once: of two
+        // such starts at once, the second finds another pin and is refused.
+        assert_eq!(b.cluster_pin("sha256:cc", Some(winner)).await.unwrap(), "sha256:cc", "--new-identity");
+        assert_eq!(a.cluster_pin("sha256:dd", Some(winner)).await.unwrap(), "sha256:cc", "a second one at once");
     });
 }

@@ -55,8 +55,10 @@ pub async fn watch_map(
     maps: watch::Sender<NetworkMap>,
     connected: Arc<AtomicBool>,
 ) -> Error {
-    let mut backoff = BACKOFF_MIN;
-    let mut quick = 0;
+    // The next retry's delay, and how many quick retries were made since
+    // the last event (`follow` resets both on an event, not on a watch that
+    // is accepted and then ends: that one backs off).
+    let mut retry = (BACKOFF_MIN, 0u32);
     loop {
         // A map without the cluster's segment MTU (saved from a coordinator
         // that had none yet, or none saved) asks for a whole snapshot: a
@@ -69,8 +71,7 @@ pub async fn watch_map(
             Ok(response) => {
                 tracing::info!(from_revision = from, "watching the network map");
                 connected.store(true, Ordering::Relaxed);
-                quick = 0;
-                if let Err(removed) = follow(response.into_inner(), &state, &maps, &mut backoff).await {
+                if let Err(removed) = follow(response.into_inner(), &state, &maps, &mut retry).await {
                     connected.store(false, Ordering::Relaxed);
                     return removed;
                 }
@@ -85,13 +86,14 @@ pub async fn watch_map(
         // before it leaves it out (a refused connect costs nothing): the
         // first retries come at once, then they slow down (a survivor held
         // the watches ~4 s after a SIGKILL; found by a review, 2026-12-05).
-        if quick < QUICK_RETRIES {
-            quick += 1;
-            tokio::time::sleep(BACKOFF_MIN).await;
+        if retry.1 < QUICK_RETRIES {
+            retry.1 += 1;
+            // With jitter, as the backoff: not every agent at once.
+            tokio::time::sleep(BACKOFF_MIN.mul_f64(1.0 + rand::random::<f64>() * 0.5)).await;
             continue;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = next_backoff(backoff);
+        tokio::time::sleep(retry.0).await;
+        retry.0 = next_backoff(retry.0);
     }
 }
 
@@ -109,7 +111,7 @@ async fn follow<S>(
     mut stream: S,
     state: &StateDir,
     maps: &watch::Sender<NetworkMap>,
-    backoff: &mut Duration,
+    retry: &mut (Duration, u32),
 ) -> Result<(), Error>
 where
     S: futures::Stream<Item = Result<WatchEvent, tonic::Status>> + Unpin,
@@ -134,7 +136,7 @@ where
         };
         match next {
             Some(Ok(event)) => {
-                *backoff = BACKOFF_MIN;
+                *retry = (BACKOFF_MIN, 0);
                 let revision = event.revision;
                 // In place: no copy of the whole map per change.
                 let mut applied = Ok(());
@@ -411,7 +413,7 @@ mod tests {
         let state = StateDir::new(dir.path());
         let (maps, mut seen) = watch::channel(NetworkMap::default());
         let (events, stream) = futures::channel::mpsc::unbounded();
-        let task = tokio::spawn(async move { follow(stream, &state, &maps, &mut BACKOFF_MIN.clone()).await });
+        let task = tokio::spawn(async move { follow(stream, &state, &maps, &mut (BACKOFF_MIN, 0)).await });
         let snapshot = |revision| WatchEvent {
             revision,
             event: Some(Event::Snapshot(NetworkMap {

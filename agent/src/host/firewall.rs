@@ -109,6 +109,11 @@ async fn defer_iptables_forward() {
     }
 }
 
+/// Whether weave's isolation tables are in place (a previous run's).
+pub async fn in_place() -> bool {
+    tables(0).await.is_some_and(|t| ["inet", "bridge", "arp"].iter().all(|f| t.contains(&format!("{f} {TABLE}"))))
+}
+
 /// Egress needs IPv4 forwarding on the interfaces its replies come in at
 /// (after the masquerade is undone they are routed into a bridge), which
 /// can be any of the host's: `net.ipv4.ip_forward`. The agent does not turn
@@ -118,11 +123,6 @@ async fn defer_iptables_forward() {
 /// and Kubernetes nodes have it on; elsewhere the admin turns it on, as for
 /// a Tailscale subnet router. Until then: one warning per agent, and `agent
 /// status` says so.
-/// Whether weave's isolation tables are in place (a previous run's).
-pub async fn in_place() -> bool {
-    tables(0).await.is_some_and(|t| ["inet", "bridge", "arp"].iter().all(|f| t.contains(&format!("{f} {TABLE}"))))
-}
-
 pub fn forwarding_on() -> bool {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "1")
 }

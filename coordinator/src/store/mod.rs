@@ -26,6 +26,7 @@ pub mod db;
 mod dns;
 mod follow;
 mod holds;
+mod ids;
 mod live;
 pub mod migrate;
 mod nodes;
@@ -123,23 +124,6 @@ use self::live::{Live, load_snapshot};
 pub(crate) use batch::Tx;
 
 impl Tx {
-    /// The id of a new row of `table` (subnets, allocations, dns_records):
-    /// past every id it has given, removed rows' included (SQLite gave the
-    /// newest removed row's id to the next one), recorded in `id_floors`.
-    async fn next_id(&mut self, table: &'static str) -> Result<i64> {
-        // One statement (it runs for every allocation): the floor moves
-        // past itself and past the table's highest id.
-        let id: i64 = db::query_scalar(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO id_floors (tbl, last) VALUES ($1, (SELECT COALESCE(MAX(id), 0) + 1 FROM {table})) \
-             ON CONFLICT (tbl) DO UPDATE SET last = CASE WHEN id_floors.last + 1 > excluded.last \
-             THEN id_floors.last + 1 ELSE excluded.last END RETURNING last"
-        )))
-        .bind(table)
-        .fetch_one(self.c())
-        .await?;
-        Ok(id)
-    }
-
     /// Bumps the revision and appends `change` to the event log.
     async fn record(&mut self, change: Change) -> Result<u64> {
         let rev: i64 = db::query_scalar("UPDATE cluster SET revision = revision + 1 WHERE id = 1 RETURNING revision")
@@ -360,22 +344,6 @@ impl Store {
         self.commit(tx).await?;
         self.reload_live().await?;
         Ok(done == 1)
-    }
-
-    /// The pin the cluster is served under: recorded as `pin` when none is
-    /// (a new cluster, or one made before pins were kept) or when `replace`
-    /// (`--new-identity`). Returns the recorded one.
-    pub async fn cluster_pin(&self, pin: &str, replace: bool) -> Result<String> {
-        let mut tx = self.begin().await?;
-        db::query("UPDATE cluster SET pin = $1 WHERE id = 1 AND (pin IS NULL OR $2)")
-            .bind(pin)
-            .bind(replace)
-            .execute(tx.c())
-            .await?;
-        let recorded: Option<String> =
-            db::query_scalar("SELECT pin FROM cluster WHERE id = 1").fetch_one(tx.c()).await?;
-        self.commit(tx).await?;
-        Ok(recorded.unwrap_or_default())
     }
 
     pub async fn cluster(&self) -> Result<Option<Cluster>> {

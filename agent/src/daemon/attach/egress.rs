@@ -47,9 +47,11 @@ impl Attacher {
                     continue;
                 }
                 match self.route_existing(subnet).await {
-                    Ok(()) => {
+                    Ok(true) => {
                         done.insert(subnet.id);
                     }
+                    // A container that could not be routed now: again later.
+                    Ok(false) => {}
                     Err(e) => tracing::warn!(
                         subnet = %subnet.cidr, error = %e.message,
                         "cannot give this host's containers their way out yet (egress)"
@@ -66,15 +68,16 @@ impl Attacher {
 
     /// Gives each container of this host on `subnet` that holds an address
     /// there not yet routed through this host, and has no default route,
-    /// this host's address as its default route.
-    async fn route_existing(&self, subnet: &Subnet) -> Result<(), Refusal> {
+    /// this host's address as its default route. False when one of them
+    /// could not be routed now (tried again in [`RETRY`]).
+    async fn route_existing(&self, subnet: &Subnet) -> Result<bool, Refusal> {
         let _one = self.lock.lock().await;
         let routed = self.names.gateway_given(subnet.id);
         let host = format!("host:{}", self.node_name);
         let wanting: BTreeSet<Ipv4Addr> = {
             let map = self.maps.borrow();
             if !map.subnets.iter().any(|s| s.id == subnet.id && s.egress) {
-                return Ok(());
+                return Ok(true);
             }
             map.allocations
                 .iter()
@@ -85,7 +88,7 @@ impl Attacher {
                 .collect()
         };
         if wanting.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         // Each such address's port, by the name an attach gave it (the
         // namespace's inode and the subnet's VNI): its namespace is the one
@@ -100,9 +103,9 @@ impl Attacher {
             .map(|(port, ip, _)| (port, ip))
             .collect();
         if ports.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
-        let mut gateway = None;
+        let (mut gateway, mut complete) = (None, true);
         for (inode, path) in every_namespace() {
             let Some(ip) = ports.get(&host_ifname(inode, subnet.vni)) else { continue };
             // Opened, then checked: the path may lead elsewhere by now.
@@ -114,10 +117,18 @@ impl Attacher {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(container = %ip, error = %e, "egress on: cannot enter a container's namespace");
+                    complete = false;
                     continue;
                 }
             };
-            let Ok(Some((ifname, false))) = inside.holder_of(*ip).await else { continue };
+            let ifname = match inside.holder_of(*ip).await {
+                Ok(Some((ifname, false))) => ifname,
+                Ok(_) => continue,
+                Err(_) => {
+                    complete = false;
+                    continue;
+                }
+            };
             let gw = match gateway {
                 Some(gw) => gw,
                 None => *gateway.insert(self.gateway(subnet).await.map_err(|e| self.or_removed(subnet, e))?),
@@ -131,9 +142,12 @@ impl Attacher {
                     tracing::info!(subnet = %subnet.cidr, container = %ip, gateway = %gw, "egress on: gave a container its way out");
                 }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(container = %ip, error = %e, "egress on: cannot give a container its way out"),
+                Err(e) => {
+                    tracing::warn!(container = %ip, error = %e, "egress on: cannot give a container its way out");
+                    complete = false;
+                }
             }
         }
-        Ok(())
+        Ok(complete)
     }
 }

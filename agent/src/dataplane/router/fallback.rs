@@ -2,8 +2,8 @@
 //! advertises one per family), or one it roamed away from: when data has
 //! gone out to a peer and nothing authenticated came back for [`AFTER_MS`],
 //! the router moves the peer to its next endpoint from the map (from a
-//! roamed one, the first; for a peer with one endpoint, only after
-//! [`ROAMED_AFTER_MS`]) and starts a handshake there. A working path answers
+//! roamed one, the first, only after [`ROAMED_AFTER_MS`]) and starts a
+//! handshake there. A working path answers
 //! data at once (replies) or within WireGuard's passive keepalive (10 s);
 //! so a quiet but healthy path can cost one needless switch to another
 //! endpoint of the same peer, and one handshake, never the tunnel.
@@ -17,10 +17,11 @@ use std::{
 
 /// Unanswered for this long (ms), the path is taken for broken.
 pub(super) const AFTER_MS: u64 = 3_000;
-/// The same for a peer with one endpoint that roamed away from it: longer
-/// than WireGuard's passive keepalive (10 s) and the rekey wait after it, so
-/// a healthy path that only receives (a one-way stream to a peer behind a
-/// port-mapping NAT) is never left for one that may not work.
+/// The same for a peer that roamed to an endpoint the map does not name:
+/// longer than WireGuard's passive keepalive (10 s) and the rekey wait after
+/// it, so a healthy path that only receives (a one-way stream to a peer
+/// behind a port-mapping NAT, one endpoint per family or not) is never left
+/// for one that may not work.
 pub(super) const ROAMED_AFTER_MS: u64 = 15_000;
 
 #[derive(Default)]
@@ -81,7 +82,7 @@ impl Fallback {
         let next = match current.and_then(|e| c.iter().position(|x| *x == e)) {
             Some(_) if c.len() < 2 => return None,
             Some(i) => c[(i + 1) % c.len()],
-            None if c.len() == 1 && now.saturating_sub(since) < ROAMED_AFTER_MS => return None,
+            None if now.saturating_sub(since) < ROAMED_AFTER_MS => return None,
             None => *c.first()?,
         };
         self.unanswered_since.store(now, Ordering::Relaxed);
@@ -109,7 +110,8 @@ mod tests {
         assert_eq!(f.due(20_000, Some(v4)), None, "answered");
         f.sent(21_000);
         let roamed: SocketAddr = "198.51.100.7:40000".parse().unwrap();
-        assert_eq!(f.due(25_000, Some(roamed)), Some(v4));
+        assert_eq!(f.due(25_000, Some(roamed)), None, "a roamed path is kept past a passive keepalive");
+        assert_eq!(f.due(21_000 + ROAMED_AFTER_MS, Some(roamed)), Some(v4));
         let single = Fallback::new(vec![v4]);
         single.sent(1);
         assert_eq!(single.due(100_000, Some(v4)), None, "one endpoint: nowhere to go");
