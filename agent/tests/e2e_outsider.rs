@@ -227,13 +227,7 @@ fn a_flood_spoofed_from_a_peers_address_does_not_keep_it_out() {
     let w1 = bed.add_workload(1, "default");
     bed.wait_ping(w1, w0, Duration::from_secs(15));
     let outsider = bed.add_bare_host(OUTSIDER);
-    let target = boringtun::x25519::PublicKey::from(&common::rogue::key(&bed, 0));
-    let own = boringtun::x25519::StaticSecret::from(rand::random::<[u8; 32]>());
-    let mut tunn = boringtun::noise::Tunn::new(own, target, None, None, 7, None);
-    let mut buf = [0u8; 256];
-    let boringtun::noise::TunnResult::WriteToNetwork(init) = tunn.format_handshake_initiation(&mut buf, true) else {
-        panic!("no initiation")
-    };
+    let init = common::rogue::stranger_initiation(&bed, 0);
     let hex: String = init.iter().map(|b| format!("{b:02x}")).collect();
     let (peer, host) = (bed.hosts[1].ip.to_string(), bed.hosts[0].ip.to_string());
     let mut flood = Holder(

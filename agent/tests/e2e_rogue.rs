@@ -243,20 +243,12 @@ fn a_members_flood_of_initiations_gets_few_cookie_replies() {
     let w0 = bed.add_workload(0, "default");
     let w1 = bed.add_workload(1, "default");
     bed.wait_ping(w0, w1, Duration::from_secs(15));
-    let target = boringtun::x25519::PublicKey::from(&key(&bed, 1));
+    let init = stranger_initiation(&bed, 1);
     let outsider = bed.add_bare_host("192.0.2.77");
     let to = SocketAddr::from((bed.hosts[1].ip, common::WG_PORT));
     let (sent, replies, took) = in_netns(&outsider, move || {
         let sock = std::net::UdpSocket::bind(("192.0.2.77", 0)).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-        let own = boringtun::x25519::StaticSecret::from(rand::random::<[u8; 32]>());
-        let mut tunn = boringtun::noise::Tunn::new(own, target, None, None, 7, None);
-        let mut buf = [0u8; 256];
-        let boringtun::noise::TunnResult::WriteToNetwork(init) = tunn.format_handshake_initiation(&mut buf, true)
-        else {
-            panic!("no initiation")
-        };
-        let init = init.to_vec();
         let counter = sock.try_clone().unwrap();
         let replies = std::thread::spawn(move || {
             let (mut n, mut datagram) = (0u32, [0u8; 256]);

@@ -48,6 +48,24 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
+/// Waits (30 s at most) for a coordinator that must refuse to start;
+/// returns its stderr, after checking it is one line and exit 1.
+fn refused(mut child: Child, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            stop(child);
+            panic!("{what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    stderr
+}
+
 #[test]
 fn a_second_coordinator_on_the_same_data_dir_stops_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -157,19 +175,7 @@ fn a_lost_tls_identity_is_not_replaced_without_being_asked() {
     let cert = std::fs::read(data.join("tls/coordinator.crt")).unwrap();
     std::fs::remove_file(&key).unwrap();
 
-    let mut refused = serve(&data);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while refused.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            stop(refused);
-            panic!("a coordinator serves with a new TLS identity");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = refused.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let stderr = refused(serve(&data), "a coordinator serves with a new TLS identity");
     assert!(stderr.starts_with("coordinator: ") && stderr.contains("has no TLS identity"), "{stderr}");
     assert!(stderr.contains("--new-identity"), "{stderr}");
     assert!(!key.exists(), "a key was made");
@@ -216,19 +222,8 @@ fn a_coordinator_with_another_tls_identity_is_refused_by_the_database() {
     };
     copy(&other, &second);
     let store = format!("sqlite://{}", data.join("coordinator.db").display());
-    let mut refused = serve_with(&second, "127.0.0.1:0", &["--store", &store]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while refused.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            stop(refused);
-            panic!("a coordinator serves the cluster under another TLS identity");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = refused.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let child = serve_with(&second, "127.0.0.1:0", &["--store", &store]);
+    let stderr = refused(child, "a coordinator serves the cluster under another TLS identity");
     assert!(stderr.contains("served under another TLS identity"), "{stderr}");
     assert!(!second.join("admin.credential").exists(), "it wrote an admin credential");
     assert!(second.join("tls/coordinator.key").exists(), "a key it did not make is left alone");

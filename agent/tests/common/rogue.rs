@@ -17,6 +17,18 @@ use boringtun::{
 
 use super::{Bed, WG_PORT, in_netns};
 
+/// A handshake initiation to host `i` from a key of nobody's: what anyone who
+/// knows the host's public key (no secret) can make, a valid mac1 included.
+pub fn stranger_initiation(bed: &Bed, i: usize) -> Vec<u8> {
+    let target = PublicKey::from(&key(bed, i));
+    let mut tunn = Tunn::new(StaticSecret::from(rand::random::<[u8; 32]>()), target, None, None, 7, None);
+    let mut buf = [0u8; 256];
+    match tunn.format_handshake_initiation(&mut buf, true) {
+        TunnResult::WriteToNetwork(init) => init.to_vec(),
+        _ => panic!("no initiation"),
+    }
+}
+
 /// Host `i`'s private key, read from its data dir.
 pub fn key(bed: &Bed, i: usize) -> StaticSecret {
     let text = fs::read_to_string(bed.hosts[i].data_dir.join("private.key")).unwrap();
