@@ -168,7 +168,7 @@ impl Attacher {
         let wanted = self.subnets(&specs).await?;
         // A name for a container attached without one would be a second IPAM
         // key, with a second address on its interface (found by a review, 2026-12-05).
-        if let Some(n) = registered.filter(|_| !self.held(&format!("netns:{}", c.inode)).is_empty()) {
+        if let Some(n) = registered.filter(|_| !self.held(&crate::host::netns::key_of(c.inode)).is_empty()) {
             return Err(Refusal::conflict(format!(
                 "container '{container}' is attached without a name: detach it first to attach it as '{n}'"
             )));
@@ -372,11 +372,10 @@ impl Attacher {
         // its namespace through the DNS alias: detached by that path (it
         // was "unknown container" for ever; found by a review, 2026-12-05).
         let aliased = match (self.names.get(container), id, passed) {
-            (None, None, None) => self.names.dns_path(container).filter(|(key, path)| {
-                key.strip_prefix("netns:")
-                    .and_then(|i| i.parse().ok())
-                    .is_some_and(|inode| registry::alive(std::path::Path::new(path), inode))
-            }),
+            (None, None, None) => self
+                .names
+                .dns_path(container)
+                .filter(|(inode, path)| registry::alive(std::path::Path::new(path), *inode)),
             _ => None,
         };
         let target = aliased.as_ref().map_or(container, |(_, path)| path.as_str());

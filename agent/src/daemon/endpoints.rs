@@ -31,6 +31,21 @@ fn wanted(port: u16) -> Vec<String> {
     }
 }
 
+/// Tells the coordinator this node's endpoints are `endpoints`, within 5 s,
+/// over a connection of its own made now: the agent's long-lived one may be
+/// bound to an address that just went away (its TCP dead until HTTP/2
+/// keepalive notices, tens of seconds later). Also `agent join --endpoint`
+/// on a host that joined before.
+pub async fn announce(identity: &Identity, pin: Pin, endpoints: &[String]) -> Result<(), String> {
+    let request = UpdateEndpointsRequest { node: String::new(), endpoints: endpoints.to_vec() };
+    let call = async {
+        let channel = connect_lazy(&identity.coordinator, pin).map_err(|e| e.to_string())?;
+        let api = Api::new(channel, &identity.credential).map_err(|e| e.to_string())?;
+        api.nodes.clone().update_endpoints(request).await.map_err(|s| s.message().to_string())
+    };
+    tokio::time::timeout(CALL, call).await.unwrap_or_else(|_| Err("timed out".into())).map(drop)
+}
+
 /// Runs until aborted: announces the host's endpoints whenever they differ
 /// from the last ones announced (at start: from the map's).
 pub async fn keep(identity: Identity, pin: Pin, maps: watch::Receiver<NetworkMap>) {
@@ -47,16 +62,7 @@ pub async fn keep(identity: Identity, pin: Pin, maps: watch::Receiver<NetworkMap
         let want = wanted(port);
         // No address at all (between a removal and an add): nothing to announce.
         if !want.is_empty() && !announced.starts_with(&want) {
-            let request = UpdateEndpointsRequest { node: String::new(), endpoints: want.clone() };
-            // A connection of its own, made now: the agent's long-lived one
-            // may be bound to the address that just went away (its TCP is
-            // dead until HTTP/2 keepalive notices, tens of seconds later).
-            let call = async {
-                let channel = connect_lazy(&identity.coordinator, pin).map_err(|e| e.to_string())?;
-                let api = Api::new(channel, &identity.credential).map_err(|e| e.to_string())?;
-                api.nodes.clone().update_endpoints(request).await.map_err(|s| s.message().to_string())
-            };
-            match tokio::time::timeout(CALL, call).await.unwrap_or_else(|_| Err("timed out".into())) {
+            match announce(&identity, pin, &want).await {
                 Ok(_) => {
                     tracing::info!(endpoints = ?want, "this host's addresses changed: endpoints updated");
                     announced = want;

@@ -8,7 +8,7 @@ use std::{
 use weave_proto::{
     client::{Api, addresses, connect, connect_within},
     token::JoinToken,
-    v1::{ChallengeRequest, GetMapRequest, JoinRequest, NetworkMap, UpdateEndpointsRequest},
+    v1::{ChallengeRequest, GetMapRequest, JoinRequest, NetworkMap},
 };
 
 use super::config::JoinArgs;
@@ -149,15 +149,7 @@ async fn repin(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
     if saved.endpoints_pinned && current.as_ref() == Some(&wanted) {
         return Ok(());
     }
-    let update = async {
-        let channel = connect_within(&saved.coordinator, saved.pin()?, Duration::from_secs(5))
-            .await
-            .map_err(|e| Error::Connect(e.to_string()))?;
-        let api = Api::new(channel, &saved.credential).map_err(|e| Error::Connect(e.to_string()))?;
-        let request = UpdateEndpointsRequest { node: String::new(), endpoints: wanted.clone() };
-        api.nodes.clone().update_endpoints(request).await.map_err(|s| Error::Connect(s.message().to_string()))
-    };
-    match tokio::time::timeout(JOIN_TIMEOUT, update).await.unwrap_or_else(|_| Err(Error::Connect("timed out".into()))) {
+    match super::endpoints::announce(&saved, saved.pin()?, &wanted).await {
         Ok(_) => {
             tracing::info!(before = ?current.unwrap_or_default(), now = ?wanted, "already joined; this node's endpoints are now the ones given (pinned)");
             saved.endpoint = args.endpoint[0];

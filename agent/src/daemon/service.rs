@@ -201,7 +201,7 @@ fn dns_netns(container: &str) -> Option<std::path::PathBuf> {
 /// One DNS server per container namespace, keyed by the namespace's inode.
 fn dns_key(netns: &std::path::Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(netns).ok().map(|m| format!("netns:{}", m.ino()))
+    std::fs::metadata(netns).ok().map(|m| crate::host::netns::key_of(m.ino()))
 }
 
 /// The namespace to serve DNS in: a path the agent sees, or a descriptor
@@ -216,7 +216,7 @@ fn dns_target(container: &str, passed: Option<&std::sync::Arc<std::fs::File>>) -
     use std::os::unix::fs::MetadataExt;
     match passed {
         Some(f) => {
-            let key = format!("netns:{}", f.metadata().ok()?.ino());
+            let key = crate::host::netns::key_of(f.metadata().ok()?.ino());
             // A path the agent sees too leads to the same namespace: serve by
             // path, which DnsServer::restore serves again after a restart.
             let path = dns_netns(container).filter(|p| dns_key(p).as_deref() == Some(key.as_str()));

@@ -22,32 +22,74 @@ pub fn run_in<T: Send + 'static>(
     .map_err(|_| Error::Netns(format!("the thread in the namespace of {label} panicked")))?
 }
 
+/// The key a namespace known only by its inode is attached and served DNS
+/// under (no name, no CNI id): `netns:<inode>`.
+pub fn key_of(inode: u64) -> String {
+    format!("netns:{inode}")
+}
+
+/// The inode a `netns:<inode>` key names; `None` for a name or a CNI id.
+pub fn inode_in_key(key: &str) -> Option<u64> {
+    key.strip_prefix("netns:")?.parse().ok()
+}
+
 /// Every network namespace this agent can see, by inode, with a path that
 /// leads to it: a mount of it first (`ip netns add`, a runtime's bind mount
 /// under `/run`), else a process's `/proc/<pid>/ns/net`. Not the agent's own.
 pub fn every_namespace() -> std::collections::BTreeMap<u64, std::path::PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let mut found = std::collections::BTreeMap::new();
-    let own = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).ok();
+    scan(false, |ino, path| {
+        found.entry(ino).or_insert(path);
+        false
+    });
+    if let Ok(own) = std::fs::metadata("/proc/self/ns/net") {
+        found.remove(&own.ino());
+    }
+    found
+}
+
+/// Whether network namespace `inode` is still in use by anyone but the agent:
+/// mounted somewhere this agent sees (`ip netns add`, a runtime's bind
+/// mount), or the namespace of a process or any of its threads (a process's
+/// main thread may have ended while others go on; found by a review,
+/// 2026-12-05). Not the agent's own threads: they enter a namespace only for
+/// a moment, and its DNS sockets are what keeps it in being.
+pub fn in_use(inode: u64) -> bool {
+    scan(true, |ino, _| ino == inode)
+}
+
+/// Offers `seen` each namespace mounted where this agent sees it, then each
+/// of every other process (with `threads`, of each of its threads too), with
+/// a path that leads to it, until `seen` returns true (then true).
+fn scan(threads: bool, mut seen: impl FnMut(u64, std::path::PathBuf) -> bool) -> bool {
+    use std::path::{Path, PathBuf};
     let inode = |link: &str| link.strip_prefix("net:[")?.strip_suffix(']')?.parse::<u64>().ok();
     for line in std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines() {
         let mut fields = line.split(' ').skip(3);
-        if let (Some(Some(ino)), Some(point)) = (fields.next().map(inode), fields.next()) {
-            found.entry(ino).or_insert_with(|| unescape_mount_point(point).into());
+        if let (Some(Some(ino)), Some(point)) = (fields.next().map(inode), fields.next())
+            && seen(ino, unescape_mount_point(point).into())
+        {
+            return true;
         }
     }
-    let numeric = |n: &str| n.bytes().all(|b| b.is_ascii_digit());
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().filter(|n| numeric(n)).map(str::to_string) else { continue };
-        let path = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
-        if let Some(ino) = std::fs::read_link(&path).ok().and_then(|l| l.to_str().and_then(inode)) {
-            found.entry(ino).or_insert(path);
+    let own = std::process::id().to_string();
+    let numbered = |dir: &Path| -> Vec<PathBuf> {
+        let numeric = |n: &str| n.bytes().all(|b| b.is_ascii_digit()) && n != own;
+        let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
+        entries.filter(|e| e.file_name().to_str().is_some_and(numeric)).map(|e| e.path()).collect()
+    };
+    let mut entered = |dir: &Path| {
+        let path = dir.join("ns/net");
+        let ino = std::fs::read_link(&path).ok().and_then(|l| l.to_str().and_then(inode));
+        ino.is_some_and(|ino| seen(ino, path))
+    };
+    for process in numbered(Path::new("/proc")) {
+        if entered(&process) || (threads && numbered(&process.join("task")).iter().any(|t| entered(t))) {
+            return true;
         }
     }
-    if let Some(own) = own {
-        found.remove(&own);
-    }
-    found
+    false
 }
 
 /// A mount point as `/proc/self/mountinfo` writes it: space, tab, newline
@@ -81,6 +123,40 @@ mod tests {
         assert_eq!(unescape_mount_point("/run/netns/a\\040b"), "/run/netns/a b");
         assert_eq!(unescape_mount_point("/x\\134y\\0"), "/x\\y\\0");
         assert_eq!(unescape_mount_point("/run/netns/plain"), "/run/netns/plain");
+    }
+
+    #[test]
+    fn a_key_names_an_inode_or_not() {
+        assert_eq!(inode_in_key(&key_of(4026532000)), Some(4026532000));
+        assert_eq!(inode_in_key("web"), None);
+        assert_eq!(inode_in_key("netns:"), None);
+        assert_eq!(inode_in_key("netns:12x"), None);
+    }
+
+    #[test]
+    fn a_namespace_is_in_use_while_a_thread_of_another_process_is_in_it() {
+        use std::os::unix::fs::MetadataExt;
+        // A child in a namespace of its own that no mount holds: only the
+        // walk of processes finds it.
+        let mut child = std::process::Command::new("unshare").args(["-n", "sleep", "30"]).spawn().expect("unshare");
+        let path = format!("/proc/{}/ns/net", child.id());
+        let mut inode = None;
+        for _ in 0..100 {
+            inode = std::fs::metadata(&path)
+                .ok()
+                .map(|m| m.ino())
+                .filter(|i| *i != std::fs::metadata("/proc/self/ns/net").unwrap().ino());
+            if inode.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let inode = inode.expect("the child's own namespace");
+        assert!(in_use(inode));
+        assert!(every_namespace().contains_key(&inode));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!in_use(inode), "nothing holds it once the child is gone");
     }
 
     #[test]

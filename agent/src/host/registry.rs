@@ -148,14 +148,14 @@ impl Registry {
     /// The path the namespace `alias` leads to is served DNS at, if any, and
     /// not a CNI attachment's (its aliases are the pod's names and id, not
     /// IPAM keys).
-    pub fn dns_path(&self, alias: &str) -> Option<(String, String)> {
+    pub fn dns_path(&self, alias: &str) -> Option<(u64, String)> {
         let saved = self.saved();
         let key = saved.aliases.get(alias)?;
-        let inode = key.strip_prefix("netns:").and_then(|i| i.parse::<u64>().ok())?;
+        let inode = super::netns::inode_in_key(key)?;
         if saved.cni.values().flatten().any(|r| r.inode == inode) {
             return None;
         }
-        Some((key.clone(), saved.dns.get(key)?.clone()))
+        Some((inode, saved.dns.get(key)?.clone()))
     }
 
     /// `aliases` now lead to DNS `key`. Returns the other keys they led to
@@ -365,31 +365,6 @@ impl Registry {
 /// The namespace at `path` is still the one with `inode`.
 pub fn alive(path: &Path, inode: u64) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.ino() == inode)
-}
-
-/// Whether network namespace `inode` is still in use by anyone but the agent:
-/// mounted somewhere this agent sees (`ip netns add`, a runtime's bind
-/// mount), or the namespace of a process. A namespace whose path stopped
-/// leading to it may live on (attached by `/proc/<pid>/ns/net`, a process
-/// that ended while its pod's other processes go on): it is not gone.
-pub fn in_use(inode: u64) -> bool {
-    let ns = format!("net:[{inode}]");
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(3) == Some(ns.as_str())));
-    // Any thread's, not only a process's main thread (which may have ended
-    // while others go on; found by a review, 2026-12-05). Not the agent's
-    // own: its DNS sockets are what keeps the namespace in being.
-    let own = std::process::id().to_string();
-    let numeric = |e: &std::fs::DirEntry| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
-    let entered = |dir: &Path| std::fs::read_link(dir.join("ns/net")).is_ok_and(|l| l.as_os_str() == ns.as_str());
-    mounted
-        || std::fs::read_dir("/proc").is_ok_and(|d| {
-            d.flatten().filter(|e| numeric(e) && e.file_name() != own.as_str()).any(|p| {
-                entered(&p.path())
-                    || std::fs::read_dir(p.path().join("task"))
-                        .is_ok_and(|t| t.flatten().filter(numeric).any(|t| entered(&t.path())))
-            })
-        })
 }
 
 #[cfg(test)]

@@ -94,7 +94,7 @@ impl Attacher {
             None => self.names.of(inode),
         };
         let name = name.map(str::to_string).or(registered);
-        let key = id.map(str::to_string).or_else(|| name.clone()).unwrap_or_else(|| format!("netns:{inode}"));
+        let key = id.map(str::to_string).or_else(|| name.clone()).unwrap_or_else(|| crate::host::netns::key_of(inode));
         Ok(Container { netns, key, name, inode, path })
     }
 }

@@ -73,7 +73,7 @@ impl Attacher {
     /// namespace given the same inode since keeps the record too: the safe
     /// side, until the next GC.
     async fn may_live(&self, r: &CniRecord) -> Result<bool, Refusal> {
-        if registry::alive(&r.netns, r.inode) || registry::in_use(r.inode) {
+        if registry::alive(&r.netns, r.inode) || crate::host::netns::in_use(r.inode) {
             return Ok(true);
         }
         // A record without its subnets (none should be: they came with GC):

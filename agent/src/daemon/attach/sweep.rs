@@ -19,7 +19,10 @@ use super::Attacher;
 use weave_proto::v1::ListAllocationsRequest;
 
 use crate::{
-    host::registry::{alive, in_use},
+    host::{
+        netns::{in_use, inode_in_key, key_of},
+        registry::alive,
+    },
     plan::netmap::{allocation_address, held_by},
 };
 
@@ -123,7 +126,7 @@ impl Attacher {
             }
         }
         for (key, path) in self.names.dns_served() {
-            let Some(inode) = key.strip_prefix("netns:").and_then(|i| i.parse::<u64>().ok()) else { continue };
+            let Some(inode) = inode_in_key(&key) else { continue };
             if !alive(Path::new(&path), inode) {
                 dead.entry(inode).or_insert_with(|| self.names.name_of(inode));
             }
@@ -133,7 +136,7 @@ impl Attacher {
             if in_use(inode) {
                 continue;
             }
-            let key = format!("netns:{inode}");
+            let key = key_of(inode);
             match self.retire(name.as_deref().unwrap_or(&key), Some(inode), name.as_deref(), &[]).await {
                 Ok(_) => gone.push(key),
                 Err(e) => {

@@ -137,10 +137,11 @@ impl DnsServer {
             let path = Path::new(&netns);
             let same = std::fs::metadata(path).ok().map(|m| {
                 use std::os::unix::fs::MetadataExt;
-                key.strip_prefix("netns:").is_none_or(|ino| ino == m.ino().to_string())
+                let inode = crate::host::netns::inode_in_key(&key);
+                inode.is_none_or(|ino| ino == m.ino())
             });
             if same != Some(true) {
-                if !key.starts_with("netns:") {
+                if crate::host::netns::inode_in_key(&key).is_none() {
                     self.unregister(&key);
                 }
                 continue;
