@@ -210,6 +210,40 @@ async fn a_stranger_declaring_a_huge_request_is_refused_from_its_header() {
     api.ipam.allocate(alloc("c1")).await.expect("a normal request");
 }
 
+/// A stranger's request that is not protobuf (wire type 7 does not exist,
+/// then a length past the end) gets one answer, `INTERNAL` "failed to
+/// decode", as the gRPC status-code table has it for a request a server
+/// cannot parse (grpc-go answers the same); nothing is served or written,
+/// and the coordinator goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_is_not_protobuf_is_refused_in_one_answer() {
+    use tower::ServiceExt;
+    let c = TestCoordinator::start().await;
+    for garbage in [vec![0xffu8; 16], vec![0x0a, 0x7f, b'x']] {
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(garbage.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&garbage);
+        let body = http_body_util::Full::new(bytes::Bytes::from(frame));
+        let request = http::Request::builder()
+            .method("POST")
+            .uri("/weave.v1.JoinService/Join")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(body))
+            .unwrap();
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), c.channel().await.oneshot(request))
+            .await
+            .expect("answered")
+            .expect("a response");
+        let header = |name: &str| answer.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        assert_eq!(header("grpc-status").as_deref(), Some("13"), "{garbage:?}: {:?}", answer.headers());
+        let message = header("grpc-message").unwrap_or_default();
+        assert!(message.contains("decode"), "{garbage:?}: {message}");
+    }
+    let (_, mut api) = c.join("host1", 1).await;
+    api.ipam.allocate(alloc("c1")).await.expect("still serving");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_past_its_subnet_quota_is_refused_and_the_admin_is_not_counted() {
     let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.node_subnet_quota = 2).await;
