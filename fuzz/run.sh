@@ -22,12 +22,12 @@ case "${1:-}" in
 *[!0-9]*) ;;
 *) seconds=$1; shift ;;
 esac
+command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz is missing: cargo install cargo-fuzz --locked" >&2; exit 1; }
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
 	mapfile -t targets < <(cargo fuzz list)
 fi
 
-command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz is missing: cargo install cargo-fuzz --locked" >&2; exit 1; }
 cargo fuzz build >/dev/null 2>&1 || cargo fuzz build
 
 failed=0

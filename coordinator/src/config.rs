@@ -43,7 +43,7 @@ pub struct ServeArgs {
     pub dns_domain: String,
     /// Make a new TLS identity for a cluster whose tls/ is gone (every agent
     /// must then join again, with a new token): without it such a start is refused.
-    #[arg(long, env = "WEAVE_NEW_IDENTITY")]
+    #[arg(long, env = "WEAVE_NEW_IDENTITY", value_parser = clap::builder::BoolishValueParser::new())]
     pub new_identity: bool,
     /// MTU of every segment on every host (containers' interfaces, bridges,
     /// VXLAN), recorded at the first start [default: 1370, for 1500-byte

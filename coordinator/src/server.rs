@@ -266,7 +266,24 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    // The server as a whole ("") and each weave service by name, as probes
+    // that name one ask (`grpc_health_probe -service`, a Kubernetes gRPC
+    // probe's `service:`); NOT_SERVING once a stop begins.
+    let served = [
+        "",
+        <JoinServiceServer<api::Join> as tonic::server::NamedService>::NAME,
+        <NodeServiceServer<api::Nodes> as tonic::server::NamedService>::NAME,
+        <MapServiceServer<api::Map> as tonic::server::NamedService>::NAME,
+        <SubnetServiceServer<api::Subnets> as tonic::server::NamedService>::NAME,
+        <IpamServiceServer<api::Ipam> as tonic::server::NamedService>::NAME,
+        <DnsServiceServer<api::Dns> as tonic::server::NamedService>::NAME,
+        <TokenServiceServer<api::Tokens> as tonic::server::NamedService>::NAME,
+        <AdminServiceServer<api::Admin> as tonic::server::NamedService>::NAME,
+        <StatusServiceServer<api::StatusApi> as tonic::server::NamedService>::NAME,
+    ];
+    for name in served {
+        health.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(weave_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -323,6 +340,9 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     // Tell the watch streams first, then let tonic drain the connections.
     let shutdown = async move {
         shutdown.await;
+        for name in served {
+            health.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+        }
         let _ = stop_tx.send(true);
     };
     // The data dir stays this coordinator's until it has stopped serving.

@@ -17,7 +17,12 @@ fn serve_on(data: &Path, listen: &str) -> Child {
 }
 
 fn serve_with(data: &Path, listen: &str, flags: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_coordinator"))
+    command(data, listen, flags).spawn().expect("coordinator binary starts")
+}
+
+fn command(data: &Path, listen: &str, flags: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_coordinator"));
+    command
         .args(["serve", "--listen", listen, "--metrics-listen", "off"])
         .args(flags)
         .arg("--data-dir")
@@ -25,9 +30,8 @@ fn serve_with(data: &Path, listen: &str, flags: &[&str]) -> Child {
         .env("RUST_LOG", "warn")
         .env_remove("WEAVE_STORE")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("coordinator binary starts")
+        .stderr(Stdio::piped());
+    command
 }
 
 /// Waits for `<data>/admin.credential`; returns its text.
@@ -181,19 +185,29 @@ fn a_lost_tls_identity_is_not_replaced_without_being_asked() {
     assert!(!key.exists(), "a key was made");
     assert_eq!(std::fs::read(data.join("tls/coordinator.crt")).unwrap(), cert, "the certificate was replaced");
 
-    let mut again = serve_with(&data, "127.0.0.1:0", &["--new-identity"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !key.exists() {
-        assert!(again.try_wait().unwrap().is_none(), "--new-identity: the coordinator exited");
-        assert!(Instant::now() < deadline, "--new-identity: no key after 60 s");
-        std::thread::sleep(Duration::from_millis(50));
+    // The flag, then (the key lost again) the variable as an environment
+    // file writes it: `WEAVE_NEW_IDENTITY=1` was "invalid value '1'".
+    for how in ["--new-identity", "WEAVE_NEW_IDENTITY=1"] {
+        let before = std::fs::read(data.join("tls/coordinator.crt")).unwrap();
+        let _ = std::fs::remove_file(&key);
+        let mut again = match how.split_once('=') {
+            Some((name, value)) => command(&data, "127.0.0.1:0", &[]).env(name, value).spawn().unwrap(),
+            None => serve_with(&data, "127.0.0.1:0", &[how]),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !key.exists() {
+            if let Some(status) = again.try_wait().unwrap() {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(again.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+                panic!("{how}: the coordinator exited ({status}): {stderr}");
+            }
+            assert!(Instant::now() < deadline, "{how}: no key after 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop(again);
+        let now = std::fs::read(data.join("tls/coordinator.crt")).unwrap();
+        assert!(now != before && now != cert, "{how} made no new certificate");
     }
-    stop(again);
-    assert_ne!(
-        std::fs::read(data.join("tls/coordinator.crt")).unwrap(),
-        cert,
-        "--new-identity made no new certificate"
-    );
 }
 
 /// One TLS identity per cluster, recorded in the database: a coordinator

@@ -696,6 +696,25 @@ async fn dns_records_are_owned_by_containers_or_external() {
             "a DNS record points at one host",
         );
     }
+    // localhost is the host itself (RFC 6761), for a node as for the admin;
+    // a name that only contains it is a name like any other.
+    for reserved in ["localhost", "LOCALHOST.weave.local.", "x.localhost"] {
+        assert_status(
+            admin.dns.add_record(AddRecordRequest { name: reserved.into(), address: "192.0.2.1".into() }).await,
+            Code::InvalidArgument,
+            "localhost is always the host itself",
+        );
+        assert_status(
+            node.dns.add_record(AddRecordRequest { name: reserved.into(), address: ip1.clone() }).await,
+            Code::InvalidArgument,
+            "reserved",
+        );
+    }
+    for fine in ["localhost-ish", "localhost.x"] {
+        admin.dns.add_record(AddRecordRequest { name: fine.into(), address: "192.0.2.1".into() }).await.unwrap();
+        let gone = RemoveRecordsRequest { name: fine.into(), address: String::new() };
+        assert_eq!(admin.dns.remove_records(gone).await.unwrap().into_inner().removed, 1);
+    }
     // An IPv4-mapped address is its IPv4 address: one record, not two.
     admin.dns.add_record(AddRecordRequest { name: "mapped".into(), address: "192.0.2.77".into() }).await.unwrap();
     assert_status(

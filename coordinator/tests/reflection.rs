@@ -59,6 +59,30 @@ async fn reflection_lists_every_service_and_health_is_serving() {
     let mut health = HealthClient::new(c.channel().await);
     let status = health.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
     assert_eq!(status.status(), ServingStatus::Serving);
+    // Each weave service by name too (`grpc_health_probe -service`); others
+    // are NOT_FOUND, as the health protocol says.
+    for service in names.iter().filter(|n| n.starts_with("weave.v1.")) {
+        let status = health.check(HealthCheckRequest { service: service.clone() }).await.unwrap().into_inner();
+        assert_eq!(status.status(), ServingStatus::Serving, "{service}");
+    }
+    let unknown = health.check(HealthCheckRequest { service: "weave.v1.Nothing".into() }).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+}
+
+/// A probe watching health sees NOT_SERVING when the coordinator begins to
+/// stop, before its connections go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_not_serving_when_a_stop_begins() {
+    let c = TestCoordinator::start().await;
+    let mut health = HealthClient::new(c.channel().await);
+    let request = HealthCheckRequest { service: "weave.v1.IpamService".into() };
+    let mut watch = health.watch(request).await.unwrap().into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status(), ServingStatus::Serving);
+    let stopping = tokio::spawn(c.stop());
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message()).await.expect("an update");
+    assert_eq!(next.unwrap().map(|m| m.status()), Some(ServingStatus::NotServing));
+    drop((watch, health));
+    let _ = stopping.await;
 }
 
 /// Python's grpcio-reflection, Postman and older tools speak only v1alpha.

@@ -49,7 +49,7 @@ pub struct RunArgs {
     pub listen_port: u16,
     /// On SIGTERM, also remove bridges and VXLAN devices (default: keep them so
     /// that attached workloads survive an agent restart or upgrade).
-    #[arg(long, env = "WEAVE_CLEANUP_ON_EXIT")]
+    #[arg(long, env = "WEAVE_CLEANUP_ON_EXIT", value_parser = clap::builder::BoolishValueParser::new())]
     pub cleanup_on_exit: bool,
     /// ip:port of a resolver for names outside the cluster domain (repeatable;
     /// comma-separated in the env) [default: the nameservers of /etc/resolv.conf].

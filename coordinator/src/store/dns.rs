@@ -96,7 +96,17 @@ pub(super) async fn insert_if_absent(
     allocation_id: Option<i64>,
     claimant: Option<Claimant>,
 ) -> Result<(v1::DnsRecord, bool)> {
-    let fqdn = qualify_name(name, &domain(tx).await?)?;
+    let domain = domain(tx).await?;
+    let fqdn = qualify_name(name, &domain)?;
+    // `localhost` (and any name under it) is the host itself (RFC 6761):
+    // a record would send a container that asks its resolver for it, not its
+    // hosts file, to whoever published it (found by a review, 2026-12-05).
+    let relative = fqdn.strip_suffix(&format!(".{}", domain.trim_start_matches('.'))).unwrap_or(&fqdn);
+    if relative.rsplit('.').next() == Some("localhost") {
+        return Err(Error::InvalidArgument(format!(
+            "'{name}' is reserved: localhost is always the host itself (RFC 6761)"
+        )));
+    }
     if let Some(Claimant { node, .. }) = claimant {
         check_hold(tx, &fqdn, node).await?;
         let holder: Option<Option<String>> = db::query_scalar(
