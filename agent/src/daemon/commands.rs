@@ -315,8 +315,8 @@ pub async fn reset(args: ResetArgs) -> Result<(), Error> {
         use std::io::Write as _;
         let _ = writeln!(
             std::io::stderr(),
-            "agent reset: node '{}' ({}) is still a member of the cluster at {}, holding its addresses and \
-             names: remove it with `weavectl node rm {}`",
+            "agent reset: node '{}' ({}) may still be a member of the cluster at {}, holding its addresses \
+             and names: if `weavectl node ls` lists it, remove it with `weavectl node rm {}`",
             i.name,
             i.address,
             i.coordinator,

@@ -66,7 +66,27 @@ async fn join_locked(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
     }
     let token = secret.as_ref().ok().and_then(|s| JoinToken::parse(s).ok());
     let saved = dir.load().ok().map(|(_, identity, _)| identity);
+    let forgotten = match (&token, &saved, &secret) {
+        (Some(t), Some(saved), Ok(_)) if t.pin.to_string() == saved.pin => credential_forgotten(saved).await,
+        _ => false,
+    };
     match (token, saved, secret) {
+        // A token of this cluster, and a coordinator that does not know this
+        // node's credential: a backup restored from before it joined (or it
+        // was removed while its agent was down). Before, the token was
+        // ignored and the agent waited for ever, its address given to the
+        // next host that joined (found by a review, 2026-12-05); joined
+        // again as a new node, with this host's key.
+        (Some(_), Some(saved), Ok(secret)) if forgotten => {
+            tracing::warn!(
+                node = saved.name,
+                before = saved.node_id,
+                "the coordinator does not know this node's credential (a backup restored?): joining again with the token"
+            );
+            if let Err(e) = join_with(args, dir, secret).await {
+                tracing::warn!(error = %e, "cannot join again with the token; restarting from the saved identity");
+            }
+        }
         (Some(t), Some(saved), Ok(secret)) if t.coordinator == saved.coordinator && t.pin.to_string() != saved.pin => {
             tracing::warn!(
                 saved = saved.pin, token = %t.pin,
@@ -132,6 +152,23 @@ async fn join_locked(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
         _ => tracing::info!(data_dir = %dir.path().display(), "already joined; restarting from the saved identity"),
     }
     Ok(())
+}
+
+/// Whether the coordinator answers, and answers that it does not know the
+/// saved credential (`UNAUTHENTICATED` "not recognised"; not a coordinator
+/// that cannot be reached, nor a credential it knows as revoked).
+async fn credential_forgotten(saved: &Identity) -> bool {
+    let ask = async {
+        let channel = connect_within(&saved.coordinator, saved.pin().ok()?, Duration::from_secs(5)).await.ok()?;
+        let mut api = Api::new(channel, &saved.credential).ok()?;
+        Some(api.status.get_status(weave_proto::v1::GetStatusRequest {}).await)
+    };
+    match tokio::time::timeout(JOIN_TIMEOUT, ask).await {
+        Ok(Some(Err(status))) => {
+            status.code() == tonic::Code::Unauthenticated && status.message().contains("not recognised")
+        }
+        _ => false,
+    }
 }
 
 /// `--endpoint` on a host that has joined: the node's endpoints become
