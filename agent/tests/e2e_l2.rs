@@ -173,6 +173,28 @@ fn workloads_with_reverse_path_filtering_are_reachable_from_other_hosts() {
     let here = bed.weavectl_attach(1, &ns, &[&path])[0];
     // The remote workload speaks first: host 2 must resolve the container's MAC itself.
     bed.wait_ping(far, here, Duration::from_secs(10));
+    // Host 2 exposed, then hidden: the bridge's last address gone, the
+    // kernel flushes its neighbour table, pins too. They come back with the
+    // hide; before, host 2 ARPed from its underlay address, which the
+    // container ignores, until it was attached again (found by a review,
+    // 2026-12-05).
+    for verb in ["expose", "hide"] {
+        let out = bed.weavectl(1, &[verb]);
+        assert!(out.status.success(), "{verb}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let bridge = bed.wait_status(1).segments[0].bridge.clone();
+    let ip = bed.workloads[here].ip.to_string();
+    let neigh = ok_in(&bed.hosts[1].ns, &["ip", "neigh", "show", "dev", &bridge]);
+    assert!(neigh.lines().any(|l| l.starts_with(&format!("{ip} ")) && l.contains("PERMANENT")), "{neigh}");
+    let (from, to) = (&bed.workloads[far].ns, bed.workloads[here].ip);
+    assert!(ping_within(from, to, 5), "the container with rp_filter is cut off after expose and hide");
+    // A pin removed by someone else (`ip addr flush`, `ip neigh del`) is put
+    // back by the next full pass (every 30 s).
+    ok_in(&bed.hosts[1].ns, &["ip", "neigh", "del", &ip, "dev", &bridge]);
+    wait_for("the pin to come back", Duration::from_secs(40), || {
+        let neigh = ok_in(&bed.hosts[1].ns, &["ip", "neigh", "show", "dev", &bridge]);
+        neigh.lines().any(|l| l.starts_with(&format!("{ip} ")) && l.contains("PERMANENT")).then_some(())
+    });
 }
 
 /// A bridge deleted by hand (or while its subnet was left out) is made again

@@ -182,6 +182,13 @@ impl Attacher {
             released.extend(self.release(&key, &s.cidr).await?);
             self.names.gateway_gone(s.id);
         }
+        // The bridge's last address gone, the kernel flushed its neighbour
+        // table: the workloads' pins go back at once (the control loop's full
+        // pass would, within 30 s).
+        let held = crate::plan::netmap::held_by(&self.maps.borrow(), self.node_id);
+        if let Err(e) = self.netlink.replug_ports(|ip| held.contains(&ip)).await {
+            tracing::warn!(error = %e, "pinning this host's workloads again after hide");
+        }
         Ok(released)
     }
 }

@@ -226,9 +226,26 @@ impl Netlink {
     /// `subnet rm --force`, then the subnet added again): locked to that
     /// address's MAC, it made every attach of the address on this host fail,
     /// and answered for it (found by a review, 2026-12-05). Returns the ports moved.
+    ///
+    /// A port in its bridge whose address is no longer pinned there is
+    /// pinned again: removing a bridge's last IPv4 address (`weavectl hide`,
+    /// `ip addr flush`) flushes its neighbour table, permanent entries too,
+    /// and the host then ARPed for its own workloads from its underlay
+    /// address, which a workload with reverse-path filtering ignores, until
+    /// the container was attached again (found by a review, 2026-12-05).
     pub async fn replug_ports(&self, held: impl Fn(Ipv4Addr) -> bool) -> Result<Vec<String>, Error> {
         let links = self.links().await?;
         let index_of = |n: &str| links.iter().find(|l| name(l) == Some(n)).map(|l| l.header.index);
+        let pinned: std::collections::BTreeSet<(u32, Ipv4Addr)> = dump("dump neighbours", || {
+            let mut request = self.handle.neighbours().get();
+            request.message_mut().header.family = AddressFamily::Inet;
+            request.execute()
+        })
+        .await?
+        .iter()
+        .filter(|n| n.header.state == NeighbourState::Permanent)
+        .filter_map(|n| Some((n.header.ifindex, super::neighbour_ip(n)?)))
+        .collect();
         let mut moved = Vec::new();
         for l in &links {
             let Some((port, bridge, pin)) = port_record(l) else { continue };
@@ -239,6 +256,10 @@ impl Netlink {
             let controller =
                 l.attributes.iter().find_map(|a| if let LinkAttribute::Controller(c) = a { Some(*c) } else { None });
             if controller == Some(bridge_index) {
+                if let Some((ip, mac)) = pin.as_ref().filter(|(ip, _)| !pinned.contains(&(bridge_index, *ip))) {
+                    self.pin_neighbour(bridge, *ip, mac).await?;
+                    moved.push(format!("{port} (its address pinned again)"));
+                }
                 continue;
             }
             let set = |msg| self.handle.link().set(msg).execute();
