@@ -167,12 +167,16 @@ fn an_agent_restarted_without_its_map_plugs_its_workloads_back_at_once() {
     let why = String::from_utf8_lossy(&run.stderr).into_owned();
     assert!(!run.status.success(), "agent run with a damaged identity: {why}");
     assert!(why.contains("identity.json is unreadable") && why.contains("run `agent join` with a new token"), "{why}");
+    // Without `--name`, as the message says it: the name comes from the
+    // saved map (the host name was refused: the key is node h2's).
+    bed.name_on_join = false;
     bed.start_agent(1, true);
     let after = bed.wait_status(1);
     assert_eq!((after.node_id, after.address), (before.node_id, before.address), "{}", bed.log(1));
     let (from, to) = (&bed.workloads[w[0]].ns, bed.workloads[w[1]].ip);
     assert!(ping_within(from, to, 10), "traffic did not resume after the join: {}", bed.log(1));
     assert!(dir.join("identity.json.unreadable").exists());
+    assert_eq!(after.name, "h2");
 }
 
 /// A coordinator restored from a backup taken before a host joined does not

@@ -215,9 +215,11 @@ async fn join_with(args: &JoinArgs, dir: &StateDir, secret: String) -> Result<()
         }
         pinned => pinned.to_vec(),
     };
-    let name = match &args.name {
-        Some(n) => n.clone(),
-        None => hostname()?,
+    let saved_name = || dir.load_key().ok().flatten().and_then(|key| dir.saved_name_of(&key));
+    let name = match (&args.name, saved_name()) {
+        (Some(n), _) => n.clone(),
+        (None, Some(saved)) => saved,
+        (None, None) => hostname()?,
     };
     let channel = connect(&token.coordinator, token.pin).await.map_err(|e| Error::Connect(e.to_string()))?;
     let mut api = Api::new(channel.clone(), "-").map_err(|e| Error::Connect(e.to_string()))?;

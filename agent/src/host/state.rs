@@ -162,8 +162,9 @@ impl StateDir {
         let identity = fs::read(self.dir.join(IDENTITY)).map_err(|e| self.io(IDENTITY, e))?;
         let identity: Identity = serde_json::from_slice(&identity).map_err(|e| {
             Error::State(format!(
-                "{IDENTITY} is unreadable ({e}): run `agent join` with a new token; it sets the file aside and \
-                 joins again with this host's saved key ({KEY}), as the same node (its name, address and containers)"
+                "{IDENTITY} is unreadable ({e}): run `agent join` with a new token (and the --endpoint flags it \
+                 joined with, if any); it sets the file aside and joins again with this host's saved key ({KEY}), \
+                 as the same node (its name, address and containers)"
             ))
         })?;
         // A cache of the coordinator's: one that cannot be read is set aside
@@ -188,6 +189,17 @@ impl StateDir {
 
     /// Sets a saved identity that cannot be read aside (`agent join` with a
     /// token then joins again with the saved key); the reason, if it did.
+    /// The name the saved map gives the node with `key` (an identity file
+    /// set aside still leaves the map, which lists every node's key): an
+    /// `agent join` without `--name` then joins again as that node, not
+    /// under the host name (the coordinator refused that: the key is the
+    /// node's; found by a review, 2026-12-05).
+    pub fn saved_name_of(&self, key: &NodeKey) -> Option<String> {
+        let map = NetworkMap::decode(fs::read(self.dir.join(MAP)).ok()?.as_slice()).ok()?;
+        let public = key.public();
+        map.nodes.into_iter().find(|n| n.public_key == public.as_bytes()).map(|n| n.name)
+    }
+
     pub fn set_aside_unreadable_identity(&self) -> Option<String> {
         let bytes = fs::read(self.dir.join(IDENTITY)).ok()?;
         let e = serde_json::from_slice::<Identity>(&bytes).err()?;

@@ -207,6 +207,8 @@ pub struct Bed {
     /// Hosts joined while this is false get no `--endpoint`: they advertise
     /// their addresses and follow them (default true: pinned).
     pub pin_endpoints: bool,
+    /// While false, `agent join` gets no `--name` (the agent picks one).
+    pub name_on_join: bool,
     namespaces: Vec<String>,
     /// Other processes to kill on drop.
     extra: Vec<Child>,
@@ -244,6 +246,7 @@ impl Bed {
             agent_args: Vec::new(),
             mount_holders: Default::default(),
             pin_endpoints: true,
+            name_on_join: true,
             namespaces: Vec::new(),
             extra: Vec::new(),
             _serial: serial,
@@ -457,7 +460,10 @@ impl Bed {
         };
         cmd.arg(agent_bin());
         if join {
-            cmd.args(["join", "--token", &self.token, "--name", &h.name]);
+            cmd.args(["join", "--token", &self.token]);
+            if self.name_on_join {
+                cmd.args(["--name", &h.name]);
+            }
             for e in self.endpoints(i).into_iter().filter(|_| self.pin_endpoints) {
                 cmd.args(["--endpoint", &e]);
             }
