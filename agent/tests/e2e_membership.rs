@@ -49,6 +49,7 @@ fn a_removed_node_is_unreachable_within_5s() {
     let attached = bed.weavectl(2, &["attach", &format!("/run/netns/{c3}")]);
     assert!(attached.status.success(), "attach: {}", String::from_utf8_lossy(&attached.stderr));
     assert!(interfaces(&c3).iter().any(|i| i.starts_with("ethwe")), "attached: {:?}", interfaces(&c3));
+    assert!(in_ns(&c3, &["nft", "list", "table", "ip", "weave_dns"]).status.success(), "c3's DNS rule");
 
     // The way an operator does it: `weavectl node rm` on the coordinator host.
     let removed = bed.weavectl_admin(&["node", "rm", "h3"]);
@@ -88,6 +89,8 @@ fn a_removed_node_is_unreachable_within_5s() {
     assert!(!interfaces(&bed.hosts[2].ns).iter().any(|i| i.starts_with("wvtun0")), "the removed host kept its tunnel");
     // Its containers' interfaces go too: their addresses are back in the pool.
     assert!(!interfaces(&c3).iter().any(|i| i.starts_with("ethwe")), "c3 kept {:?}", interfaces(&c3));
+    // And its DNS rule, which led 127.0.0.11:53 to a port no one listens on.
+    assert!(!in_ns(&c3, &["nft", "list", "table", "ip", "weave_dns"]).status.success(), "c3 kept its DNS rule");
     assert!(!interfaces(&bed.hosts[2].ns).iter().any(|i| i.starts_with("wv")), "{:?}", interfaces(&bed.hosts[2].ns));
     // It stays unreachable, and the others still reach each other.
     for _ in 0..3 {

@@ -64,6 +64,8 @@ fn sigterm_keeps_segments_and_reset_removes_everything() {
     assert!(!rules.contains("weave_guard"), "reset leaves the source guard: {rules}");
     let h = &bed.hosts[0];
     assert!(!h.data_dir.exists(), "reset leaves {:?}", files_under(&h.data_dir));
+    // The container's DNS rule goes with its interface.
+    assert!(!in_ns(&ns, &["nft", "list", "table", "ip", "weave_dns"]).status.success(), "the DNS rule stays");
 }
 
 #[test]
@@ -105,6 +107,8 @@ fn reset_after_attach_by_name_removes_the_data_dir() {
     assert!(said.contains("node 'h1'") && said.contains("weavectl node rm h1"), "{said}");
     let h = &bed.hosts[0];
     assert!(!h.data_dir.exists(), "reset leaves {:?}", files_under(&h.data_dir));
+    // The container's DNS rule goes with its interface.
+    assert!(!in_ns(&ns, &["nft", "list", "table", "ip", "weave_dns"]).status.success(), "the DNS rule stays");
 }
 
 /// An agent restarted without its saved map (lost, or a fresh data dir

@@ -264,6 +264,9 @@ async fn serve(
     for t in &tasks {
         t.abort();
     }
+    if removed.is_some() {
+        dns.unredirect_all().await;
+    }
     dns.stop_all();
     for t in tasks {
         let _ = t.await;
@@ -308,6 +311,14 @@ pub async fn reset(args: ResetArgs) -> Result<(), Error> {
     firewall::remove().await?;
     local_api::remove_socket(socket).map_err(|e| Error::Io(socket.display().to_string(), e))?;
     let identity = dir.load().ok().map(|(_, identity, _)| identity);
+    // The containers' DNS rules, from the paths the registry saved (a path
+    // that leads elsewhere now holds no weave_dns table, or a stale one).
+    let served = Registry::load(dir.path()).dns_served();
+    tokio::task::spawn_blocking(move || {
+        super::dns::redirect::remove_in(served.into_iter().map(|(key, path)| (key, std::fs::File::open(path))))
+    })
+    .await
+    .map_err(|e| Error::State(format!("removing the containers' DNS rules: {e}")))?;
     dir.remove()?;
     // The coordinator still lists the node, with its addresses and names,
     // and this host can no longer prove it is that node (its key is gone).

@@ -30,7 +30,7 @@ use tokio::{
 use weave_proto::v1::NetworkMap;
 
 pub mod limits;
-mod redirect;
+pub mod redirect;
 mod serve;
 
 use limits::Budget;
@@ -260,6 +260,14 @@ impl DnsServer {
             }
         }
         found
+    }
+
+    /// Every container's DNAT rule out (the node removed; found by a
+    /// review, 2026-12-05). Before [`Self::stop_all`].
+    pub async fn unredirect_all(&self) {
+        let all: Vec<_> = self.inner.redirected.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        let namespaces = all.into_iter().map(|(key, netns)| (key, Ok(netns)));
+        let _ = tokio::task::spawn_blocking(move || redirect::remove_in(namespaces)).await;
     }
 
     /// Closes the sockets of `key` and forgets it in the registry (its

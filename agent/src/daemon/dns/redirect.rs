@@ -76,6 +76,24 @@ pub(super) fn remove() {
     }
 }
 
+/// Removes the DNAT rule in each namespace (its key, and the namespace or
+/// why it cannot be opened); best effort, as [`remove`]. Also for
+/// `agent reset`, from the paths the registry saved.
+pub fn remove_in(namespaces: impl IntoIterator<Item = (String, std::io::Result<std::fs::File>)>) {
+    for (key, netns) in namespaces {
+        let removed =
+            netns.map_err(|e| crate::error::Error::Io(format!("open the namespace of {key}"), e)).and_then(|netns| {
+                crate::host::netns::run_in(&netns, &key, || {
+                    remove();
+                    Ok(())
+                })
+            });
+        if let Err(e) = removed {
+            tracing::debug!(key, error = %e, "the DNS rule stays");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
