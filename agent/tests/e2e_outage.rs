@@ -42,6 +42,14 @@ fn traffic_survives_a_coordinator_outage() {
     bed.wait_ping(2, 1, Duration::from_secs(10));
     assert!(!bed.status(2).unwrap().coordinator_connected);
 
+    // An attach meanwhile says why it cannot be done, exit 3 (it was
+    // tonic's bare "tcp connect error").
+    let c = bed.add_container("during-outage");
+    let refused = bed.weavectl(0, &["attach", &format!("/run/netns/{c}")]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{said}");
+    assert!(said.contains("the coordinator cannot serve this now") && said.contains("try again"), "{said}");
+
     let out = pinger.join().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let expected = format!("{} packets transmitted, {} received", secs * 10, secs * 10);

@@ -90,9 +90,16 @@ impl Refusal {
         Self::new(ErrorKind::Failed, message)
     }
 
-    /// A coordinator's gRPC refusal, its message passed through.
+    /// A coordinator's gRPC refusal, its message passed through; one that
+    /// never reached it says so (it was tonic's bare "tcp connect error").
     pub fn status(status: &tonic::Status) -> Self {
-        Self::new(ErrorKind::of_code(status.code()), status.message())
+        let kind = ErrorKind::of_code(status.code());
+        match status.code() {
+            tonic::Code::Unavailable => {
+                Self::new(kind, format!("the coordinator cannot serve this now ({}); try again", status.message()))
+            }
+            _ => Self::new(kind, status.message()),
+        }
     }
 }
 
