@@ -24,6 +24,8 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The code's own docs (private items too): no broken link, no stray HTML.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --locked
 if [ -n "$deps_pid" ]; then
     deps_ok=0
     wait "$deps_pid" || deps_ok=$?

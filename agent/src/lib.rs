@@ -1,3 +1,5 @@
+// The docs are for the people working on the agent: they link private items.
+#![allow(rustdoc::private_intra_doc_links)]
 //! weave's host agent: joins the coordinator, keeps a watch on the network
 //! map, and turns it into WireGuard tunnels and per-subnet L2 segments.
 //!

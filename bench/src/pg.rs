@@ -19,7 +19,7 @@ pub(crate) struct PgServer {
     pid: u32,
 }
 
-/// The newest installed server's bin directory (Debian: /usr/lib/postgresql/<major>/bin).
+/// The newest installed server's bin directory (Debian: `/usr/lib/postgresql/<major>/bin`).
 fn bin_dir() -> anyhow::Result<PathBuf> {
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .context("PostgreSQL is not installed (.ci/install-deps.sh installs Debian's postgresql)")?

@@ -303,7 +303,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Adds `changes` subnets (`b<i>`, 10.100.<i>.0/24) through `admin`, one at a
+/// Adds `changes` subnets (`b<i>`, `10.100.<i>.0/24`) through `admin`, one at a
 /// time, and times each one's arrival at all `watchers` (reported on `rx` by
 /// [`watch_all`]); p50, p99 and max in ms per change. With watchers on
 /// several coordinators, each one's p50/p99 is printed too.

@@ -10,6 +10,7 @@ use crate::{
     store::{ClusterSettings, Location},
 };
 
+#[allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)] // the docs are `--help`
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Address for the gRPC API (TLS).

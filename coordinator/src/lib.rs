@@ -1,3 +1,5 @@
+// The docs are for the people working on it: they link private items.
+#![allow(rustdoc::private_intra_doc_links)]
 //! The weave coordinator: the one owner of the cluster's truth.
 //!
 //! - [`config`]: `coordinator serve` flags (each also a `WEAVE_*` variable), checked at start.

@@ -26,7 +26,7 @@ pub mod observe;
 pub mod proof;
 pub mod token;
 
-#[allow(unreachable_pub, clippy::all)]
+#[allow(unreachable_pub, clippy::all, rustdoc::invalid_html_tags)]
 pub mod v1 {
     tonic::include_proto!("weave.v1");
 

@@ -1,5 +1,7 @@
 //! The command line: one clap-derived tree; every global flag also reads a
-//! `WEAVE_*` variable.
+//! `WEAVE_*` variable. Its doc comments are `--help` text, where `<CIDR>`
+//! and `[ADDR...]` are words, not HTML or links.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};

@@ -1,5 +1,7 @@
 //! Command-line flags of the `agent` binary; every flag also reads a `WEAVE_*`
 //! variable so that systemd units and containers can configure it the same way.
+//! The doc comments are `--help` text: `[ipv6]:port` is a word, not a link.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};

@@ -24,7 +24,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `agent join`: joins with the token unless this host already has an
 /// identity. Returns once the identity is saved; the caller then becomes
-/// `agent run` ([`exec_run`]), so the long-running process never holds the
+/// `agent run` ([`super::commands::exec_run`]), so the long-running process never holds the
 /// token. No interface is created here. The private key is written before
 /// the join is sent (a join the coordinator committed must never leave a
 /// host that cannot prove it is that node), and removed again when the

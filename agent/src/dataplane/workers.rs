@@ -1,7 +1,7 @@
 //! The packet work of one queue, in two halves: TUN -> UDP (read, encrypt,
 //! GSO send) and UDP -> TUN (GRO receive, decrypt, GRO write). Neither half
 //! blocks in a read: each reads whatever is queued and leaves the waiting
-//! to the queue's [`Pacer`] (poll briefly after traffic, then sleep).
+//! to the queue's [`super::spin::Pacer`] (poll briefly after traffic, then sleep).
 //!
 //! By default one thread runs both halves of a queue ([`joint`]): after it
 //! writes decrypted packets to the TUN it reads the TUN again at once, and

@@ -15,7 +15,7 @@
 //! a /32 route per remote workload through the TUN, a proxy-ARP entry for it
 //! on its subnet's bridge (so local workloads get the bridge's MAC for it),
 //! and a route for the subnet onto its bridge (for packets from the TUN to
-//! local workloads). These carry [`ROUTE_PROTOCOL`] so they are recognised as ours.
+//! local workloads). These carry [`super::kernel::ROUTE_PROTOCOL`] so they are recognised as ours.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,

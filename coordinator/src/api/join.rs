@@ -41,7 +41,7 @@ fn check_name(name: &str) -> Result<(), Error> {
 /// few NATs. Each goes to every agent in the map and in watch events, so an
 /// unbounded list would let one node make events no agent can decode.
 pub const MAX_ENDPOINTS: usize = 16;
-/// "ip:port" is at most 47 characters ("[v6]:port").
+/// "ip:port" is at most 47 characters (`[v6]:port`).
 const MAX_ENDPOINT_LEN: usize = 64;
 
 /// A low-order public key (its Diffie-Hellman with any secret is all zeros)

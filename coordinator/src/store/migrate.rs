@@ -130,7 +130,8 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
 /// continue after the copied ids, or the next insert would collide.
 const IDENTITY_TABLES: &[&str] = &["admin_credentials", "nodes", "subnets", "allocations", "dns_records", "histories"];
 
-/// `coordinator migrate` flags.
+/// `coordinator migrate` flags (their docs are `--help`: `<path>` is text).
+#[allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 #[derive(Debug, Clone, clap::Args)]
 pub struct MigrateArgs {
     /// The source: sqlite://<path> (its coordinator stopped).

@@ -85,7 +85,7 @@ impl DnsServer {
         }
     }
 
-    /// Accepts connections: at most [`Budget::ns_tcp`] here (the one
+    /// Accepts connections: at most [`super::limits::Budget::ns_tcp`] here (the one
     /// idle the longest makes room, else the new one is closed) and within
     /// the agent's budget; pauses after an accept error not the connection's.
     pub(super) async fn tcp_loop(self, listener: TcpListener, namespace: Arc<NsForwards>) {
