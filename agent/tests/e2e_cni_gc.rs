@@ -41,7 +41,8 @@ fn gc_frees_what_the_runtime_no_longer_knows_and_nothing_else() {
     let mut bed = Bed::with_hosts(1);
     let bin = weave_cni();
     let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
-    let conf = json!({"cniVersion": "1.1.0", "name": "weave", "type": "weave-cni", "socket": socket, "dns": false});
+    let conf =
+        json!({"cniVersion": "1.1.0", "name": "weave", "type": "weave-cni", "socket": socket, "resolver": false});
     let mut other = conf.clone();
     other["name"] = json!("weave-other");
     let add = |bed: &mut Bed, conf: &Value, name: &str| -> (String, String, Ipv4Addr) {

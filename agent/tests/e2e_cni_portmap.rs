@@ -24,23 +24,43 @@ fn conflist_chains_weave_cni_with_portmap() {
     let id = format!("{}-web", bed.prefix);
     let host = bed.hosts[0].ns.clone();
     let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
-    let mut prev: Option<Value> = None;
-    for p in list["plugins"].as_array().unwrap() {
+    // As libcni does: the port mappings go to each plugin that declares the
+    // capability, weave-cni too (it refuses them where replies cannot get back).
+    let conf_of = |p: &Value| {
         let mut conf = p.clone();
         conf["cniVersion"] = list["cniVersion"].clone();
         conf["name"] = list["name"].clone();
         if p["type"] == "weave-cni" {
             conf["socket"] = json!(socket);
         }
-        if p["type"] == "portmap" {
+        if p["capabilities"]["portMappings"] == true {
             conf["runtimeConfig"] =
                 json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]});
         }
+        conf
+    };
+    assert_eq!(list["plugins"][0]["capabilities"]["portMappings"], true, "weave-cni must see the port mappings");
+    // The default subnet has no egress: the container would get no default
+    // route, and the replies to a published port nowhere to go.
+    let out = plugin(&weave_cni(), "ADD", &netns, &id, &conf_of(&list["plugins"][0]), Some(&host));
+    let refused = json_out(&out);
+    assert_eq!(refused["code"], 101, "{refused}");
+    assert!(refused["details"].as_str().unwrap_or_default().contains("has no egress"), "{refused}");
+    assert!(interfaces(&ns).is_empty(), "a refused ADD left {:?}", interfaces(&ns));
+    let out = bed.weavectl_admin(&["subnet", "set", "default", "--egress", "on"]);
+    assert!(out.status.success(), "egress on: {}", String::from_utf8_lossy(&out.stderr));
+    ok_in(&host, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let mut prev: Option<Value> = None;
+    for p in list["plugins"].as_array().unwrap() {
+        let mut conf = conf_of(p);
         if let Some(prev) = &prev {
             conf["prevResult"] = prev.clone();
         }
         let bin = if p["type"] == "weave-cni" { weave_cni() } else { portmap.to_string() };
-        let out = plugin(&bin, "ADD", &netns, &id, &conf, Some(&host));
+        let out = wait_for("the agent to see egress on", Duration::from_secs(10), || {
+            let out = plugin(&bin, "ADD", &netns, &id, &conf, Some(&host));
+            (!String::from_utf8_lossy(&out.stdout).contains("has no egress")).then_some(out)
+        });
         assert!(
             out.status.success(),
             "{} ADD: {}{}",
@@ -60,14 +80,12 @@ fn conflist_chains_weave_cni_with_portmap() {
         let (mut s, _) = l.accept().unwrap();
         s.write_all(b"hello from the container").unwrap();
     });
-    // The host reaches the subnet through its exposed address; a connection
-    // from it to its own underlay address, port 8080, goes through portmap's DNAT.
-    let out = bed.weavectl(0, &["expose"]);
-    assert!(out.status.success(), "expose: {}", String::from_utf8_lossy(&out.stderr));
+    // The egress subnet's attach exposed the host and gave the container its
+    // default route through it; a connection from the host to its own
+    // underlay address, port 8080, goes through portmap's DNAT.
+    let routes = ok_in(&ns, &["ip", "route", "show", "default"]);
+    assert!(routes.starts_with("default via 10.32."), "{routes}");
     let hip = bed.hosts[0].ip;
-    // Replies go back through the host (a runtime would give the container a default route).
-    let exposed = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    ok_in(&ns, &["ip", "route", "add", "default", "via", &exposed]);
     // Polled: `expose` waits for the firewall only up to 5 s, and the
     // listener's thread may still be binding.
     let connect = format!("exec 3<>/dev/tcp/{hip}/8080; timeout 5 cat <&3");

@@ -184,5 +184,6 @@ fn daemonset_runs_the_installer_the_image_ships() {
     assert!(build.contains(r#"cp "$src/deploy/kubernetes/10-weave.conflist" "$ctx/10-weave.conflist""#));
     let conflist: serde_json::Value = serde_json::from_str(&read("deploy/kubernetes/10-weave.conflist")).unwrap();
     assert_eq!(conflist["plugins"][0]["type"], "weave-cni");
-    assert_eq!(conflist["plugins"][0]["dns"], false);
+    assert_eq!(conflist["plugins"][0]["resolver"], false);
+    assert!(conflist["plugins"][0].get("dns").is_none(), "libcni reads \"dns\" as the spec's DNS dictionary");
 }

@@ -238,7 +238,7 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
     // Kubernetes' conflist: no resolver of weave's in the pod, so cluster
     // DNS can bind port 53 in its own pods.
     let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "weave", "type": "weave-cni", "socket": socket,
-        "subnet": "out", "dns": false});
+        "subnet": "out", "resolver": false});
     let added = cni::plugin(&cni::weave_cni(), "ADD", &format!("/run/netns/{pod}"), "pod1", &conf, None);
     assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stdout));
     let result = cni::json_out(&added);

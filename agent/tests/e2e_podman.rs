@@ -82,9 +82,11 @@ impl Podman {
         let root = self.dir.join("image");
         fs::create_dir_all(root.join("bin")).unwrap();
         fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
-        for applet in ["sh", "sleep", "ping", "ip", "nslookup", "cat"] {
+        for applet in ["sh", "sleep", "ping", "ip", "nslookup", "cat", "httpd"] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
+        fs::create_dir_all(root.join("www")).unwrap();
+        fs::write(root.join("www/index.html"), "hello from podman\n").unwrap();
         let tar = self.dir.join("image.tar");
         ok(&["tar", "-C", root.to_str().unwrap(), "-cf", tar.to_str().unwrap(), "."]);
         self.ok(&["import", tar.to_str().unwrap(), IMAGE]);
@@ -194,4 +196,73 @@ fn podman_network_disconnect_of_a_second_weave_network_leaves_the_first() {
     hosts[0].ok(&["network", "disconnect", "weave-b", "pd-a"]);
     assert!(!addrs().contains(" 10.2.3."), "the removed subnet's interface outlived the disconnect: {}", addrs());
     assert!(hosts[0].ping("pd-a", &b.to_string()), "pd-a lost its first network with the second disconnect");
+}
+
+/// Both shipped conflists load through libcni (podman's; containerd's and
+/// CRI-O's are the same library): Kubernetes' said `"dns": false`, a key
+/// the spec keeps for a DNS dictionary, and libcni refused the whole file
+/// (found by a review, 2026-12-05). A published port (`-p`) on a subnet
+/// without egress is refused at ADD, naming the fix; its replies had no way
+/// back and `podman run -p` timed out without a word. With egress on, a
+/// machine on the underlay reaches the container at the host's port.
+#[test]
+#[ignore = "needs root: network namespaces, podman"]
+fn podman_loads_both_conflists_and_publishes_ports_only_where_replies_get_back() {
+    let mut bed = Bed::with_hosts(1);
+    let client = bed.add_bare_host("192.0.2.99");
+    let podman = Podman::new(&bed, 0);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/10-weave.conflist");
+    let mut k8s: serde_json::Value = serde_json::from_slice(&fs::read(repo).unwrap()).unwrap();
+    k8s["name"] = "weave-k8s".into();
+    k8s["plugins"][0]["socket"] = bed.hosts[0].socket.to_str().unwrap().into();
+    fs::write(podman.dir.join("net.d").join("30-weave-k8s.conflist"), k8s.to_string()).unwrap();
+    podman.ok(&["run", "-d", "--name", "pk-k8s", "--network", "weave-k8s", IMAGE, "sleep", "600"]);
+    let ip = podman.ok(&["inspect", "-f", "{{.NetworkSettings.Networks.weave_k8s.IPAddress}}", "pk-k8s"]);
+    let ip = if ip.parse::<std::net::Ipv4Addr>().is_ok() {
+        ip
+    } else {
+        podman.ok(&["exec", "pk-k8s", "ip", "-o", "-4", "addr", "show"])
+    };
+    assert!(ip.contains("10.32."), "the Kubernetes conflist's container has no weave address: {ip}");
+
+    let publish = ["run", "-d", "--name", "pk-web", "--network", "weave", "-p", "8080:80", IMAGE];
+    let serve = ["httpd", "-f", "-p", "80", "-h", "/www"];
+    let refused = podman.run(&[&publish[..], &serve[..]].concat());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "a published port on a subnet without egress was accepted");
+    assert!(said.contains("has no egress") && said.contains("--egress on"), "{said}");
+    let _ = podman.run(&["rm", "-f", "pk-web"]);
+    let out = bed.weavectl_admin(&["subnet", "set", "default", "--egress", "on"]);
+    assert!(out.status.success(), "egress on: {}", String::from_utf8_lossy(&out.stderr));
+    // Nor on a host that does not forward (as egress needs).
+    let refused = wait_for("the agent to see egress on", Duration::from_secs(10), || {
+        let out = podman.run(&[&publish[..], &serve[..]].concat());
+        let _ = podman.run(&["rm", "-f", "pk-web"]);
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        (!said.contains("has no egress")).then_some((out.status.success(), said))
+    });
+    assert!(!refused.0 && refused.1.contains("net.ipv4.ip_forward is 0"), "{}", refused.1);
+    ok_in(&bed.hosts[0].ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    podman.ok(&[&publish[..], &serve[..]].concat());
+    let url = format!(
+        "exec 3<>/dev/tcp/{}/8080; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; timeout 5 cat <&3",
+        bed.hosts[0].ip
+    );
+    let mut last;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        let out = in_ns(&client, &["timeout", "10", "bash", "-c", &url]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("hello from podman") {
+            break text;
+        }
+        last = format!("{text}{}", String::from_utf8_lossy(&out.stderr));
+        if std::time::Instant::now() > deadline {
+            let routes = podman.run(&["exec", "pk-web", "ip", "route"]);
+            let rules = ok_in(&bed.hosts[0].ns, &["nft", "list", "ruleset"]);
+            panic!("unreachable: {last}\nroutes: {}\nrules: {rules}", String::from_utf8_lossy(&routes.stdout));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(got.starts_with("HTTP/1."), "{got}");
 }

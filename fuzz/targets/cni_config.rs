@@ -47,8 +47,9 @@ pub fn run(data: &[u8]) {
             addrs: vec![addr.clone()],
             no_multicast: !multicast,
             exact_ifname: conf.prev_result.is_none(),
-            no_dns: !conf.dns.unwrap_or(true),
+            no_dns: !conf.resolver.unwrap_or(true),
             network: Some(conf.name.clone()),
+            needs_egress: conf.publishes_ports(),
         },
         _ => Request::Detach {
             container: netns.clone(),
@@ -71,12 +72,13 @@ pub fn run(data: &[u8]) {
             exact_ifname,
             no_dns,
             network,
+            needs_egress,
             ..
         } => {
             assert_eq!(network.as_ref(), Some(&conf.name));
             assert!(netns_fd);
             assert_eq!(exact_ifname, conf.prev_result.is_none());
-            assert_eq!(no_dns, conf.dns == Some(false));
+            assert_eq!((no_dns, needs_egress), (conf.resolver == Some(false), conf.publishes_ports()));
             assert_eq!((c, i, f, addrs, no_multicast), (netns.clone(), id, ifname.clone(), vec![addr], !multicast));
         }
         Request::Detach { container: c, id: Some(i), ifname: Some(f), addrs, netns_fd: false, .. } => {

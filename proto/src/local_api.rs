@@ -218,11 +218,16 @@ pub enum Request {
         /// CNI ADD outside a chain).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         exact_ifname: bool,
-        /// No resolver in the container (a CNI network with `"dns": false`:
-        /// Kubernetes, whose pods resolve through cluster DNS, which must
-        /// bind port 53 in its own pods); the name is registered all the same.
+        /// No resolver in the container (a CNI network with `"resolver":
+        /// false`: Kubernetes, whose pods resolve through cluster DNS, which
+        /// must bind port 53 in its own pods); the name is registered all the same.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         no_dns: bool,
+        /// Refused unless every subnet has egress: the runtime publishes
+        /// ports (CNI `portMappings`), whose replies leave by the default
+        /// route only an egress subnet gives.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        needs_egress: bool,
         /// The CNI network (its configuration's `name`) of this attachment,
         /// remembered for that network's GC.
         #[serde(default, skip_serializing_if = "Option::is_none")]

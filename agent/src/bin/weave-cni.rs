@@ -119,8 +119,9 @@ async fn add(
         // The spec: the runtime's name or an error. After another plugin's
         // interface in a chain (a prevResult), weave adds an ethwe* of its own.
         exact_ifname: conf.prev_result.is_none(),
-        no_dns: !conf.dns.unwrap_or(true),
+        no_dns: !conf.resolver.unwrap_or(true),
         network: Some(conf.name.clone()),
+        needs_egress: conf.publishes_ports(),
     };
     match ask(conf, request).await? {
         Response::Attached(list) if !list.is_empty() => {

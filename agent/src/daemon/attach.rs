@@ -139,6 +139,7 @@ impl Attacher {
         multicast: bool,
         exact_ifname: bool,
         network: Option<&str>,
+        needs_egress: bool,
     ) -> Result<Vec<Attached>, Refusal> {
         let specs = AddrSpec::parse_all(addrs)?;
         if exact_ifname && (ifname.is_none() || specs.len() > 1) {
@@ -166,6 +167,7 @@ impl Attacher {
             None => None,
         };
         let wanted = self.subnets(&specs).await?;
+        checks::egress_for_ports(&wanted, needs_egress)?;
         // A name for a container attached without one would be a second IPAM
         // key, with a second address on its interface (found by a review, 2026-12-05).
         if let Some(n) = registered.filter(|_| !self.held(&crate::host::netns::key_of(c.inode)).is_empty()) {

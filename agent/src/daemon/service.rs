@@ -84,6 +84,7 @@ impl Handler for LocalService {
                     no_multicast,
                     exact_ifname,
                     network,
+                    needs_egress,
                     ..
                 } => reply_attached(
                     self.attacher
@@ -97,6 +98,7 @@ impl Handler for LocalService {
                             !no_multicast,
                             exact_ifname,
                             network.as_deref(),
+                            needs_egress,
                         )
                         .await,
                 ),

@@ -57,9 +57,19 @@ pub struct NetConf {
     /// Serve `weave.local` (and relay the rest) at 127.0.0.11:53 inside the
     /// container, and name it in the result [default: true]. Kubernetes'
     /// conflist says false: pods resolve through cluster DNS, whose own pods
-    /// must bind port 53.
+    /// must bind port 53. (It was `"dns"`, which the spec keeps for a DNS
+    /// dictionary: libcni, and so podman, containerd and CRI-O, refused the
+    /// whole conflist; found by a review, 2026-12-05.)
     #[serde(default)]
-    pub dns: Option<bool>,
+    pub resolver: Option<bool>,
+    /// The spec's DNS dictionary, or the boolean of an older conflist
+    /// (refused, naming `resolver`).
+    #[serde(default)]
+    dns: Option<Value>,
+    /// What the runtime passes for the capabilities the plugin's entry
+    /// declares (`portMappings`).
+    #[serde(default)]
+    runtime_config: Option<Value>,
     #[serde(default)]
     pub prev_result: Option<Value>,
     /// GC: the attachments of this network the runtime still knows (the
@@ -106,6 +116,13 @@ impl NetConf {
         if conf.name.is_empty() || conf.kind.is_empty() {
             return Err(CniError::new(code::BAD_CONFIG, "invalid network configuration", "name and type are required"));
         }
+        if let Some(Value::Bool(_)) = conf.dns {
+            return Err(CniError::new(
+                code::BAD_CONFIG,
+                "invalid network configuration",
+                "\"dns\" is the CNI spec's DNS dictionary (libcni refuses a boolean there): say \"resolver\": false",
+            ));
+        }
         if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
             return Err(CniError::new(
                 code::INCOMPATIBLE_VERSION,
@@ -114,6 +131,12 @@ impl NetConf {
             ));
         }
         Ok(conf)
+    }
+
+    /// Whether the runtime publishes ports of the container (a non-empty
+    /// `runtimeConfig.portMappings`).
+    pub fn publishes_ports(&self) -> bool {
+        self.runtime_config.as_ref().and_then(|r| r["portMappings"].as_array()).is_some_and(|m| !m.is_empty())
     }
 
     /// Whether the configuration's version has GC and STATUS (1.1.0 on).
@@ -137,7 +160,7 @@ impl NetConf {
     /// (the spec: a plugin passes the previous result on), weave's interface
     /// appended. DNS stays the previous plugin's where it named servers (the
     /// first network's resolver is the container's); else weave's (none
-    /// with `"dns": false`).
+    /// with `"resolver": false`).
     pub fn add_result(
         &self,
         netns: &str,
@@ -148,7 +171,7 @@ impl NetConf {
         gateway: Option<&str>,
     ) -> Value {
         let mut ours = add_result(netns, interface, mac, addresses, multicast, gateway);
-        if !self.dns.unwrap_or(true) {
+        if !self.resolver.unwrap_or(true) {
             ours["dns"] = json!({});
         }
         let mut out = match &self.prev_result {

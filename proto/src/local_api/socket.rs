@@ -98,9 +98,8 @@ pub fn usable(path: &Path) -> std::io::Result<SocketPath> {
     }
 }
 
-/// Removes the socket at `path` if nobody serves it any more: this
-/// process's own once its listener is closed, never one another process
-/// bound there since.
+/// Removes the socket at `path` if nobody serves it any more: this process's
+/// own once its listener is closed, never one another process bound since.
 pub fn remove_socket(path: &Path) -> std::io::Result<()> {
     match probe(path)? {
         SocketPath::Stale => std::fs::remove_file(path),
@@ -481,6 +480,7 @@ mod tests {
             exact_ifname: false,
             no_dns: false,
             network: None,
+            needs_egress: false,
         };
         let opened = Arc::new(File::open(&file).unwrap());
         let want = std::fs::metadata(&file).unwrap().ino().to_string();

@@ -96,6 +96,7 @@ pub(crate) async fn run(socket: &Path, out: &Output, c: LocalCommand) -> Outcome
                 exact_ifname: false,
                 no_dns: false,
                 network: None,
+                needs_egress: false,
             };
             match request(socket, &what, &req).await? {
                 Response::Attached(list) => print_addresses(out, &list),

@@ -108,6 +108,26 @@ pub(super) fn own_mac(name: &str, mac: &[u8], ip: Ipv4Addr) -> Result<(), Refusa
 }
 
 /// A kernel call that failed: no kind of its own.
+/// Published ports (`needs`: a CNI runtime's `portMappings`) on a subnet
+/// without egress: the DNAT works and the replies have no way back to the
+/// client (the container has no default route), so `podman run -p` timed
+/// out without a word (found by a review, 2026-12-05). Refused, saying how.
+/// The host forwards them only with `net.ipv4.ip_forward` on.
+pub(super) fn egress_for_ports(wanted: &[(AddrSpec, Subnet)], needs: bool) -> Result<(), Refusal> {
+    match wanted.iter().find(|(_, s)| needs && !s.egress) {
+        Some((_, s)) => Err(Refusal::conflict(format!(
+            "published ports need a way back out: subnet {} has no egress (`weavectl subnet set {} --egress on`), \
+             and without it their replies cannot reach the client",
+            s.cidr,
+            if s.name.is_empty() { &s.cidr } else { &s.name }
+        ))),
+        None if needs && !crate::host::firewall::forwarding_on() => Err(Refusal::conflict(
+            "published ports need this host to forward: net.ipv4.ip_forward is 0 (sysctl -w net.ipv4.ip_forward=1)",
+        )),
+        None => Ok(()),
+    }
+}
+
 pub(super) fn failed(e: Error) -> Refusal {
     Refusal::failed(e.to_string())
 }

@@ -139,9 +139,23 @@ fn results_have_the_spec_shape() {
     assert_eq!(r["ips"][0]["gateway"], "10.32.0.1");
     assert_eq!(r["routes"][0], json!({"dst": "0.0.0.0/0", "gw": "10.32.0.1"}));
     assert_eq!(r["routes"][1]["dst"], "224.0.0.0/4");
-    let off = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"w","type":"weave-cni","dns":false}"#).unwrap();
+    let off = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"w","type":"weave-cni","resolver":false}"#).unwrap();
     let r = off.add_result("/x", "eth0", "02:42:0a:20:00:05", &["10.32.0.5/16".into()], true, None);
-    assert_eq!(r["dns"], json!({}), "no resolver named with dns false: {r}");
+    assert_eq!(r["dns"], json!({}), "no resolver named with resolver false: {r}");
+    // `"dns"` is the spec's dictionary (libcni refuses a boolean there, and
+    // with it the whole conflist): a dictionary is taken, a boolean refused.
+    let e = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"w","type":"weave-cni","dns":false}"#).unwrap_err();
+    assert!(e.code == code::BAD_CONFIG && e.details.contains("\"resolver\": false"), "{e:?}");
+    NetConf::parse(br#"{"cniVersion":"1.0.0","name":"w","type":"weave-cni","dns":{"nameservers":["10.0.0.10"]}}"#)
+        .unwrap();
+    // Published ports: what the runtime passes for the portMappings capability.
+    let conf = |rc: &str| {
+        let text = format!(r#"{{"cniVersion":"1.0.0","name":"w","type":"weave-cni"{rc}}}"#);
+        NetConf::parse(text.as_bytes()).unwrap().publishes_ports()
+    };
+    assert!(!conf(""));
+    assert!(!conf(r#","runtimeConfig":{"portMappings":[]}"#));
+    assert!(conf(r#","runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]}"#));
     assert_eq!(version_result()["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
     let e = CniError::new(code::BAD_CONFIG, "m", "d").to_json();
     assert_eq!((e["code"].as_u64(), e["msg"].as_str()), (Some(7), Some("m")));
