@@ -4,7 +4,8 @@
 //! GC: a pod whose DEL never came (the runtime lost its state, the node
 //! crashed) kept its address for ever on a network without DNS (Kubernetes'
 //! conflist: nothing of the agent's held its namespace, so the sweep never
-//! saw it go), as Weave Net's IPAM leaks did. Now the runtime's list of the
+//! saw it go), as Weave Net's IPAM leaks did. Now the sweep gives back one
+//! whose namespace is gone for sure, and the runtime's list of the
 //! attachments it still knows frees the rest of that network, and only
 //! those: not another network's, not one whose namespace is alive (another
 //! runtime's container on a network named alike), not without a list.
@@ -98,10 +99,16 @@ fn gc_frees_what_the_runtime_no_longer_knows_and_nothing_else() {
     let fresh = bed.add_container("fresh");
     let fresh_ip = bed.weavectl_attach(0, &fresh, &[&format!("/run/netns/{fresh}")])[0];
     let fresh_ip = bed.workloads[fresh_ip].ip;
-    // Nothing of weave's noticed: no DNS held them (the sweep's view).
-    std::thread::sleep(std::time::Duration::from_secs(6));
-    for ip in [kept_ip, lost_ip, lost2_ip, alive_ip, other_ip, hidden_ip] {
-        assert!(held(&bed, ip), "{ip} released before GC: {:?}", bed.allocations());
+    // The sweep (every 5 s) gives back those whose namespace is gone for
+    // sure: no path, mount or process holds it and its port went with it
+    // (a DEL that failed is never sent again: podman's `rm -f` while the
+    // agent was down kept its address and name for ever; found by a
+    // review, 2026-12-05). Not the hidden one, whose port lives on.
+    wait_for("the sweep to give back the lost ones", std::time::Duration::from_secs(20), || {
+        [lost_ip, lost2_ip, other_ip].iter().all(|ip| !held(&bed, *ip)).then_some(())
+    });
+    for ip in [kept_ip, alive_ip, hidden_ip] {
+        assert!(held(&bed, ip), "{ip} released by the sweep: {:?}", bed.allocations());
     }
 
     // No list: refused (an empty one would be every attachment), nothing freed.
@@ -116,7 +123,7 @@ fn gc_frees_what_the_runtime_no_longer_knows_and_nothing_else() {
     old["cni.dev/valid-attachments"] = json!([]);
     let out = plugin(&bin, "GC", "", "", &old, None);
     assert_eq!(json_out(&out)["code"], 1, "{}", String::from_utf8_lossy(&out.stdout));
-    assert!(held(&bed, lost_ip), "{:?}", bed.allocations());
+    assert!(held(&bed, kept_ip) && held(&bed, alive_ip), "{:?}", bed.allocations());
 
     // The agent restarts in between: what it remembers of the network survives.
     bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
@@ -135,19 +142,18 @@ fn gc_frees_what_the_runtime_no_longer_knows_and_nothing_else() {
     assert!(hidden_addr.contains(&format!(" {hidden_ip}/")), "its interface went: {hidden_addr}");
     assert!(interfaces(&fresh).iter().any(|i| i.contains(&format!(" {fresh_ip}/"))), "{:?}", interfaces(&fresh));
     assert!(held(&bed, fresh_ip), "{:?}", bed.allocations());
-    assert!(held(&bed, other_ip), "another network's attachment was freed: {:?}", bed.allocations());
     assert!(bed.log(0).contains("namespace is alive: kept"), "{}", bed.log(0));
-    // Idempotent; and the other network's own GC frees its lost one.
+    // Idempotent; and another network's GC, its configuration naming
+    // another subnet by now, takes nothing of this one's.
     assert!(run_gc(&conf, &[(kept_id.as_str(), "eth0")]).status.success());
     assert!(held(&bed, kept_ip) && held(&bed, alive_ip));
-    // Its configuration names another subnet by now: what the ADD attached goes all the same.
     let out = bed.weavectl_admin(&["subnet", "add", "10.2.9.0/24", "--name", "nine"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut moved = other.clone();
     moved["subnet"] = json!("nine");
     let out = run_gc(&moved, &[]);
     assert!(out.status.success(), "GC: {}", String::from_utf8_lossy(&out.stdout));
-    assert!(!held(&bed, other_ip), "{:?}", bed.allocations());
+    assert!(held(&bed, kept_ip) && held(&bed, alive_ip) && held(&bed, hidden_ip), "{:?}", bed.allocations());
     // A freed address goes to the next pod; the kept pod still works.
     let (_, _, next_ip) = add(&mut bed, &conf, "next");
     assert!(held(&bed, next_ip) && held(&bed, kept_ip));

@@ -190,6 +190,12 @@ impl Registry {
         self.saved().cni.get(network).cloned().unwrap_or_default()
     }
 
+    /// Every CNI attachment on this host, with its network.
+    pub fn cni_all(&self) -> Vec<(String, CniRecord)> {
+        let saved = self.saved();
+        saved.cni.iter().flat_map(|(n, list)| list.iter().map(|r| (n.clone(), r.clone()))).collect()
+    }
+
     /// Attachment `id`/`ifname` is gone (DEL, GC): from every network (a
     /// DEL does not say which), or from `network` alone.
     pub fn cni_gone(&self, network: Option<&str>, id: &str, ifname: &str) {

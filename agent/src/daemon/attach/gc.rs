@@ -45,24 +45,67 @@ impl Attacher {
                 );
                 continue;
             }
-            let subnets: Vec<String> = match r.subnets.is_empty() {
-                true => addrs.to_vec(),
-                false => r.subnets.iter().map(|c| format!("net:{c}")).collect(),
-            };
-            // No inode: its ports go by the addresses given back, not by a
-            // name the kernel may have given another namespace's (the
-            // inode is reused once the namespace is gone; found by a review).
-            match self.retire(&r.id, None, None, &subnets).await {
-                Ok(d) => released.extend(d.released),
-                // Its subnet is gone: so is everything on it.
-                Err(e) if e.kind == ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-            self.names.cni_gone(Some(network), &r.id, &r.ifname);
+            released.extend(self.give_back(network, &r, addrs).await?);
             tracing::info!(network, container = r.id, ifname = r.ifname, "CNI GC: a stale attachment given back");
             gone.push(r.id);
         }
         Ok((released, gone))
+    }
+
+    /// What attachment `r` of `network` holds on its subnets (else those of
+    /// `addrs`) goes back, and the record with it. Returns the addresses.
+    async fn give_back(&self, network: &str, r: &CniRecord, addrs: &[String]) -> Result<Vec<String>, Refusal> {
+        let subnets: Vec<String> = match r.subnets.is_empty() {
+            true => addrs.to_vec(),
+            false => r.subnets.iter().map(|c| format!("net:{c}")).collect(),
+        };
+        // No inode: its ports go by the addresses given back, not by a
+        // name the kernel may have given another namespace's (the
+        // inode is reused once the namespace is gone; found by a review).
+        let released = match self.retire(&r.id, None, None, &subnets).await {
+            Ok(d) => d.released,
+            // Its subnet is gone: so is everything on it.
+            Err(e) if e.kind == ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        self.names.cni_gone(Some(network), &r.id, &r.ifname);
+        Ok(released)
+    }
+
+    /// Every [`super::sweep::SWEEP`]: each CNI attachment whose namespace
+    /// is gone for sure ([`Self::may_live`]: not by its path, no mount or
+    /// process holds it, and its port went with it) gives back what it
+    /// holds, as a GC would. A DEL that failed was never sent again (podman's
+    /// `rm -f` while the agent was down: its address and name stayed taken
+    /// for ever, the name answering with a dead address; found by a review,
+    /// 2026-12-05). Not before the map has come (the ports' subnets are the
+    /// map's). Returns the IPAM keys given back.
+    pub async fn retire_dead_cni(&self) -> Vec<String> {
+        let _one = self.lock.lock().await;
+        if self.maps.borrow().revision == 0 {
+            return Vec::new();
+        }
+        let mut gone = Vec::new();
+        for (network, r) in self.names.cni_all() {
+            if !matches!(self.may_live(&r).await, Ok(false)) {
+                continue;
+            }
+            match self.give_back(&network, &r, &[]).await {
+                Ok(released) => {
+                    tracing::info!(
+                        network,
+                        container = r.id,
+                        ?released,
+                        "a CNI container whose namespace is gone: given back"
+                    );
+                    gone.push(r.id);
+                }
+                Err(e) => {
+                    tracing::warn!(network, container = r.id, error = %e.message, "cannot give back a CNI container that is gone")
+                }
+            }
+        }
+        gone
     }
 
     /// Whether `r`'s namespace may be alive: its path still leads to it, a

@@ -45,6 +45,7 @@ impl Attacher {
             for key in self.retire_dead().await {
                 gone(&key);
             }
+            self.retire_dead_cni().await;
             orphans = match connected.load(Ordering::Relaxed) {
                 true => self.remove_orphan_ports(&orphans).await,
                 false => BTreeSet::new(),
