@@ -73,6 +73,8 @@ fn cni_add_check_del_version_and_errors() {
     down["socket"] = json!(bed.path("no-agent.sock").to_str().unwrap());
     bad = plugin(&bin, "ADD", &netns, &id, &down, None);
     assert_eq!(json_out(&bad)["code"], 11);
+    let details = json_out(&bad)["details"].as_str().unwrap_or_default().to_string();
+    assert!(details.contains("no-agent.sock"), "the socket tried is named: {details}");
     assert_eq!((interfaces(&ns), bed.allocations()), (ifs, allocs), "failed calls changed nothing");
 
     // DEL twice: both succeed; the interface and the allocation are gone.

@@ -86,8 +86,14 @@ async fn ask(conf: &NetConf, request: Request) -> Result<Response, CniError> {
     match local_api::request(Path::new(conf.socket()), &request).await {
         Ok(Response::Error(e)) => Err(cni::refusal(&e)),
         Ok(r) => Ok(r),
-        Err(e) => Err(CniError::new(code::TRY_AGAIN, "the weave agent is not reachable", e.to_string())),
+        Err(e) => Err(CniError::new(code::TRY_AGAIN, "the weave agent is not reachable", unreachable(conf, e))),
     }
+}
+
+/// Why the agent's socket did not answer, naming it: a mistyped `socket`
+/// and a stopped agent said the same (found by a review, 2026-12-05).
+fn unreachable(conf: &NetConf, e: impl std::fmt::Display) -> String {
+    format!("{e} (the configuration's socket: {})", conf.socket())
 }
 
 /// The runtime's namespace, opened here: the agent gets the descriptor, so
@@ -194,7 +200,9 @@ async fn status(conf: &NetConf) -> Result<(), CniError> {
             "it is joining or has not reached the coordinator since it started",
         )),
         Ok(other) => Err(CniError::new(code::NOT_AVAILABLE, "unexpected answer from the agent", format!("{other:?}"))),
-        Err(e) => Err(CniError::new(code::NOT_AVAILABLE_LIMITED, "the weave agent is not reachable", e.to_string())),
+        Err(e) => {
+            Err(CniError::new(code::NOT_AVAILABLE_LIMITED, "the weave agent is not reachable", unreachable(conf, e)))
+        }
     }
 }
 
