@@ -225,6 +225,15 @@ fn podman_loads_both_conflists_and_publishes_ports_only_where_replies_get_back()
     };
     assert!(ip.contains("10.32."), "the Kubernetes conflist's container has no weave address: {ip}");
 
+    // An address or MAC asked for is refused, not ignored.
+    for (flag, value) in [("--ip", "10.32.0.50"), ("--mac-address", "02:11:22:33:44:55")] {
+        let out =
+            podman.run(&["run", "-d", "--name", "pk-fixed", "--network", "weave", flag, value, IMAGE, "sleep", "60"]);
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        let _ = podman.run(&["rm", "-f", "pk-fixed"]);
+        assert!(!out.status.success() && said.contains("takes no requested address or MAC"), "{flag}: {said}");
+    }
+
     let publish = ["run", "-d", "--name", "pk-web", "--network", "weave", "-p", "8080:80", IMAGE];
     let serve = ["httpd", "-f", "-p", "80", "-h", "/www"];
     let refused = podman.run(&[&publish[..], &serve[..]].concat());

@@ -74,7 +74,18 @@ async fn run() -> Result<Option<serde_json::Value>, CniError> {
     let ifname = env("CNI_IFNAME")?;
     match command.as_str() {
         "ADD" => {
-            let name = cni::dns_name(&std::env::var("CNI_ARGS").unwrap_or_default());
+            let args = std::env::var("CNI_ARGS").unwrap_or_default();
+            if let Some(asked) = cni::fixed_request(&args) {
+                return Err(CniError::new(
+                    code::REFUSED,
+                    "weave-cni takes no requested address or MAC",
+                    format!(
+                        "CNI_ARGS {asked}: weave's IPAM gives the address, and the address the MAC (a fixed \
+                         address: weavectl attach ip:ADDR/LEN)"
+                    ),
+                ));
+            }
+            let name = cni::dns_name(&args);
             add(&conf, &env("CNI_NETNS")?, &id, name, &ifname).await.map(Some)
         }
         "DEL" => del(&conf, std::env::var("CNI_NETNS").unwrap_or_default(), &id, &ifname).await.map(|()| None),

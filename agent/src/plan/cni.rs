@@ -366,6 +366,20 @@ pub fn dns_name(cni_args: &str) -> Option<String> {
     (name.len() <= 200 && name.split('.').all(label)).then(|| name.to_ascii_lowercase())
 }
 
+/// An address or MAC the runtime asks for in `CNI_ARGS` (`IP=`, `MAC=`:
+/// `podman run --ip`, `--mac-address`), which weave does not take: its IPAM
+/// gives the address and the address the MAC. Refused rather than ignored
+/// (the container got another address without a word; found by a review,
+/// 2026-12-05). `IgnoreUnknown` does not cover these: they are known, and
+/// not done.
+pub fn fixed_request(cni_args: &str) -> Option<String> {
+    cni_args
+        .split(';')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, v)| matches!(*k, "IP" | "MAC") && !v.trim().is_empty())
+        .map(|(k, v)| format!("{k}={}", v.trim()))
+}
+
 /// The IPAM key of a CNI container, so that DEL can release it without its namespace.
 pub fn container_key(container_id: &str) -> String {
     format!("cni:{container_id}")

@@ -191,6 +191,11 @@ fn names_from_cni_args() {
     assert_eq!(dns_name("K8S_POD_NAME="), None);
     assert_eq!(dns_name("K8S_POD_NAME=bad name!"), None, "not a DNS label: no name, still an address");
     assert_eq!(dns_name("K8S_POD_NAME=-x"), None);
+    // What weave does not take is named, not ignored: `podman run --ip`, `--mac-address`.
+    assert_eq!(fixed_request(k8s), None);
+    assert_eq!(fixed_request("IgnoreUnknown=1;K8S_POD_NAME=s1;IP=10.32.0.50").as_deref(), Some("IP=10.32.0.50"));
+    assert_eq!(fixed_request("MAC=02:11:22:33:44:55;K8S_POD_NAME=s1").as_deref(), Some("MAC=02:11:22:33:44:55"));
+    assert_eq!(fixed_request("IP=;K8S_POD_NAME=s1"), None);
 }
 
 #[test]
