@@ -168,3 +168,35 @@ fn gc_frees_what_the_runtime_no_longer_knows_and_nothing_else() {
     old["cniVersion"] = json!("1.0.0");
     assert_eq!(json_out(&plugin(&bin, "STATUS", "", "", &old, None))["code"], 1);
 }
+
+/// One container id in two namespaces (podman keeps the id across a stop
+/// and a start; the first namespace's DEL was lost): the IPAM key's address
+/// is the live one's. The sweep drops the dead namespace's record and gives
+/// nothing back; it released the address and took the live container's port
+/// (found by a review, 2026-12-05).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_dead_record_of_a_live_containers_id_gives_nothing_back() {
+    let mut bed = Bed::with_hosts(1);
+    let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
+    let conf =
+        json!({"cniVersion": "1.1.0", "name": "weave", "type": "weave-cni", "socket": socket, "resolver": false});
+    let id = format!("{}-same", bed.prefix);
+    let (old, new) = (bed.add_container("old"), bed.add_container("new"));
+    let mut ips = Vec::new();
+    for (ns, ifname) in [(&old, "eth1"), (&new, "eth0")] {
+        let out = plugin_on(&weave_cni(), "ADD", &format!("/run/netns/{ns}"), &id, &conf, ifname);
+        assert!(out.status.success(), "ADD in {ns}: {}", String::from_utf8_lossy(&out.stdout));
+        ips.push(json_out(&out)["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string());
+    }
+    assert_eq!(ips[0], ips[1], "one IPAM key, one address");
+    ok(&["ip", "netns", "del", &old]);
+    // Two sweeps and more.
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    let held = bed.allocations().iter().any(|a| a.contains(&format!(" {}/", ips[1])));
+    assert!(held, "the live container's address was given back: {:?}", bed.allocations());
+    let ifaces = interfaces(&new);
+    assert!(ifaces.iter().any(|i| i.contains(&format!(" {}/", ips[1]))), "its interface went: {ifaces:?}");
+    let registry = std::fs::read_to_string(bed.hosts[0].data_dir.join("containers.json")).unwrap();
+    assert!(!registry.contains(&format!("/run/netns/{old}")), "the dead record stays: {registry}");
+}

@@ -311,14 +311,23 @@ pub async fn reset(args: ResetArgs) -> Result<(), Error> {
     firewall::remove().await?;
     local_api::remove_socket(socket).map_err(|e| Error::Io(socket.display().to_string(), e))?;
     let identity = dir.load().ok().map(|(_, identity, _)| identity);
-    // The containers' DNS rules, from the paths the registry saved (a path
-    // that leads elsewhere now holds no weave_dns table, or a stale one).
-    let served = Registry::load(dir.path()).dns_served();
-    tokio::task::spawn_blocking(move || {
-        super::dns::redirect::remove_in(served.into_iter().map(|(key, path)| (key, std::fs::File::open(path))))
-    })
-    .await
-    .map_err(|e| Error::State(format!("removing the containers' DNS rules: {e}")))?;
+    // The containers' DNS rules, from the paths the registry saved: only
+    // where a path still leads to the namespace it named (a `/proc/<pid>`
+    // path may lead to another process's now; found by a review).
+    let registry = Registry::load(dir.path());
+    let inodes: std::collections::HashMap<String, u64> =
+        registry.seen_names().into_iter().map(|(name, _, inode)| (name, inode)).collect();
+    let served: Vec<(String, std::io::Result<std::fs::File>)> = registry
+        .dns_served()
+        .into_iter()
+        .filter_map(|(key, path)| {
+            let inode = crate::host::netns::inode_in_key(&key).or_else(|| inodes.get(&key).copied())?;
+            crate::host::registry::alive(std::path::Path::new(&path), inode).then(|| (key, std::fs::File::open(path)))
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || super::dns::redirect::remove_in(served))
+        .await
+        .map_err(|e| Error::State(format!("removing the containers' DNS rules: {e}")))?;
     dir.remove()?;
     // The coordinator still lists the node, with its addresses and names,
     // and this host can no longer prove it is that node (its key is gone).

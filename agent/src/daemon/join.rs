@@ -72,8 +72,8 @@ async fn join_locked(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
     };
     match (token, saved, secret) {
         // A token of this cluster, and a coordinator that does not know this
-        // node's credential: a backup restored from before it joined (or it
-        // was removed while its agent was down). Before, the token was
+        // node's credential: a backup restored from before it joined (a node
+        // removed is told "removed", and stays out). Before, the token was
         // ignored and the agent waited for ever, its address given to the
         // next host that joined (found by a review, 2026-12-05); joined
         // again as a new node, with this host's key.

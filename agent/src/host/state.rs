@@ -187,8 +187,6 @@ impl StateDir {
         Ok((key, identity, map))
     }
 
-    /// Sets a saved identity that cannot be read aside (`agent join` with a
-    /// token then joins again with the saved key); the reason, if it did.
     /// The name the saved map gives the node with `key` (an identity file
     /// set aside still leaves the map, which lists every node's key): an
     /// `agent join` without `--name` then joins again as that node, not
@@ -200,6 +198,8 @@ impl StateDir {
         map.nodes.into_iter().find(|n| n.public_key == public.as_bytes()).map(|n| n.name)
     }
 
+    /// Sets a saved identity that cannot be read aside (`agent join` with a
+    /// token then joins again with the saved key); the reason, if it did.
     pub fn set_aside_unreadable_identity(&self) -> Option<String> {
         let bytes = fs::read(self.dir.join(IDENTITY)).ok()?;
         let e = serde_json::from_slice::<Identity>(&bytes).err()?;

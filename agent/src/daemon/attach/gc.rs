@@ -45,6 +45,10 @@ impl Attacher {
                 );
                 continue;
             }
+            if self.key_lives_on(&r, &self.names.cni_all()).await {
+                self.names.cni_gone(Some(network), &r.id, &r.ifname);
+                continue;
+            }
             released.extend(self.give_back(network, &r, addrs).await?);
             tracing::info!(network, container = r.id, ifname = r.ifname, "CNI GC: a stale attachment given back");
             gone.push(r.id);
@@ -86,11 +90,16 @@ impl Attacher {
             return Vec::new();
         }
         let mut gone = Vec::new();
-        for (network, r) in self.names.cni_all() {
-            if !matches!(self.may_live(&r).await, Ok(false)) {
+        let all = self.names.cni_all();
+        for (network, r) in &all {
+            if !matches!(self.may_live(r).await, Ok(false)) {
                 continue;
             }
-            match self.give_back(&network, &r, &[]).await {
+            if self.key_lives_on(r, &all).await {
+                self.names.cni_gone(Some(network), &r.id, &r.ifname);
+                continue;
+            }
+            match self.give_back(network, r, &[]).await {
                 Ok(released) => {
                     tracing::info!(
                         network,
@@ -98,7 +107,7 @@ impl Attacher {
                         ?released,
                         "a CNI container whose namespace is gone: given back"
                     );
-                    gone.push(r.id);
+                    gone.push(r.id.clone());
                 }
                 Err(e) => {
                     tracing::warn!(network, container = r.id, error = %e.message, "cannot give back a CNI container that is gone")
@@ -106,6 +115,20 @@ impl Attacher {
             }
         }
         gone
+    }
+
+    /// Whether another record of `r`'s IPAM key (the same container id in
+    /// another namespace: podman keeps the id across a stop and start, the
+    /// old one's DEL lost) may be alive: the key's address is then its, and
+    /// only `r`'s record goes (the address and the live one's port went with
+    /// the dead record; found by a review, 2026-12-05).
+    async fn key_lives_on(&self, r: &CniRecord, all: &[(String, CniRecord)]) -> bool {
+        for (_, other) in all.iter().filter(|(_, o)| o.id == r.id && o.inode != r.inode) {
+            if !matches!(self.may_live(other).await, Ok(false)) {
+                return true;
+            }
+        }
+        false
     }
 
     /// Whether `r`'s namespace may be alive: its path still leads to it, a

@@ -45,7 +45,12 @@ impl Attacher {
             for key in self.retire_dead().await {
                 gone(&key);
             }
-            self.retire_dead_cni().await;
+            // Their DNS servers stop too, as after a GC.
+            for id in self.retire_dead_cni().await {
+                if let Some(key) = self.names.dns_key(&id) {
+                    gone(&key);
+                }
+            }
             orphans = match connected.load(Ordering::Relaxed) {
                 true => self.remove_orphan_ports(&orphans).await,
                 false => BTreeSet::new(),

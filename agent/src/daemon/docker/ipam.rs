@@ -68,13 +68,26 @@ impl Plugin {
                 Ok(())
             }
             Err(s) => {
-                // Another host's `docker network create` may just have added it.
-                let list = retry_unavailable(|| {
-                    let mut subnets = self.attacher.api.subnets.clone();
-                    async move { subnets.list_subnets(ListSubnetsRequest {}).await }
-                })
-                .await?;
-                if list.into_inner().subnets.iter().any(|x| x.cidr == cidr) { Ok(()) } else { Err(s.into()) }
+                // Another host's `docker network create` may just have added
+                // it: its write can still be in the coordinator's open batch,
+                // which a read does not see for a moment (the refusal did:
+                // one of two hosts running the same create at once failed;
+                // found by a review, 2026-12-05). Looked for a few times.
+                let settles = s.code() == tonic::Code::AlreadyExists;
+                for attempt in 0..if settles { 10 } else { 1 } {
+                    if attempt > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    let list = retry_unavailable(|| {
+                        let mut subnets = self.attacher.api.subnets.clone();
+                        async move { subnets.list_subnets(ListSubnetsRequest {}).await }
+                    })
+                    .await?;
+                    if list.into_inner().subnets.iter().any(|x| x.cidr == cidr) {
+                        return Ok(());
+                    }
+                }
+                Err(s.into())
             }
         }
     }
