@@ -373,4 +373,40 @@ fn docker_networks_on_weave() {
         (!listed().contains(&format!("{web}/24"))).then_some(())
     });
     assert!(!engines[1].reaches("client", "web"), "web still resolves");
+
+    // Removed while the agent is down: Docker gives up its Leave,
+    // DeleteEndpoint and ReleaseAddress after its retries. The agent, back,
+    // takes down what Docker no longer lists (address, name, veth, record)
+    // within two sweeps; they stayed for good (found by a review, 2026-12-05).
+    let gone = engines[1].run("gone", "net1");
+    let admin = |bed: &Bed, what: &str| String::from_utf8_lossy(&bed.weavectl_admin(&[what, "ls"]).stdout).to_string();
+    wait_for("gone's name", Duration::from_secs(15), || admin(&bed, "dns").contains("gone.weave.local").then_some(()));
+    bed.signal_agent(1, nix::sys::signal::Signal::SIGTERM);
+    engines[1].ok(&["rm", "-f", "gone"]);
+    assert!(
+        admin(&bed, "ipam").contains(&format!("{gone}/24")),
+        "released with the agent down? {}",
+        admin(&bed, "ipam")
+    );
+    bed.start_agent(1, false);
+    wait_for("the agent to release what Docker removed", Duration::from_secs(40), || {
+        (!admin(&bed, "ipam").contains(&format!("{gone}/24")) && !admin(&bed, "dns").contains("gone.weave.local"))
+            .then_some(())
+    });
+    let saved = fs::read_to_string(bed.hosts[1].data_dir.join("docker.json")).unwrap();
+    assert!(!saved.contains(&format!("\"{gone}/24\"")), "the endpoint's record stays: {saved}");
+    // What Docker still lists stays.
+    engines[1].wait_reach("client", "late");
+
+    // `--internal`: no way out, so not on a subnet with egress (it was
+    // ignored: the containers got the egress route; found by a review).
+    let out = bed.weavectl_admin(&["subnet", "add", "10.2.9.0/24", "--egress"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let internal = ["network", "create", "-d", "weave", "--ipam-driver", "weave", "--internal"];
+    let e = engines[0].refused(&[&internal[..], &["--subnet", "10.2.9.0/24", "int9"]].concat());
+    assert!(e.contains("--internal") && e.contains("has egress"), "{e}");
+    engines[0].ok(&[&internal[..], &["--subnet", "10.2.10.0/24", "int10"]].concat());
+    engines[0].ok(&["run", "-d", "--name", "inside", "--net", "int10", IMAGE, "sleep", "900"]);
+    let routes = engines[0].ok(&["exec", "inside", "ip", "route"]);
+    assert!(!routes.contains("default"), "an internal network's container has a way out: {routes}");
 }

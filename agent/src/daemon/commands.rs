@@ -224,7 +224,9 @@ async fn serve(
         }),
         tokio::spawn(async move {
             if let Some((listener, plugin)) = docker_plugin {
+                let swept = tokio::spawn(plugin.clone().sweep_every());
                 super::docker::serve(listener, plugin).await;
+                swept.abort();
             }
         }),
         tokio::spawn(local_api::serve(

@@ -81,6 +81,11 @@ impl DockerState {
         self.saved().endpoints.get(id).cloned()
     }
 
+    /// Every endpoint, by id.
+    pub fn endpoints(&self) -> Vec<(String, Endpoint)> {
+        self.saved().endpoints.iter().map(|(id, e)| (id.clone(), e.clone())).collect()
+    }
+
     pub fn set_endpoint(&self, id: &str, endpoint: Endpoint) {
         let mut s = self.saved();
         s.endpoints.insert(id.to_string(), endpoint);
@@ -130,7 +135,7 @@ mod tests {
     fn networks_and_endpoints_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let s = DockerState::load(dir.path());
-        s.add_network("n1", Network { cidr: "10.2.3.0/24".into(), multicast: false });
+        s.add_network("n1", Network { cidr: "10.2.3.0/24".into(), multicast: false, internal: false });
         let ep = Endpoint {
             network: "n1".into(),
             address: "10.2.3.2/24".into(),
@@ -144,7 +149,7 @@ mod tests {
         assert_eq!(s.endpoint("e1"), Some(ep));
         assert!(s.sandbox_in_use("/x", "e2") && !s.sandbox_in_use("/x", "e1"));
         assert!(!s.multicast_in("/p", "e2"), "n1 has no multicast");
-        s.add_network("n2", Network { cidr: "10.2.4.0/24".into(), multicast: true });
+        s.add_network("n2", Network { cidr: "10.2.4.0/24".into(), multicast: true, internal: false });
         s.set_endpoint("e3", Endpoint { network: "n2".into(), sandbox_path: "/p".into(), ..Default::default() });
         assert!(s.multicast_in("/p", "e2") && !s.multicast_in("/p", "e3"));
         s.remove_endpoint("e3");

@@ -22,6 +22,7 @@ pub const DST_PREFIX: &str = "ethwe";
 pub const OPT_MULTICAST: &str = "works.weave.multicast";
 /// Where Docker puts the `--opt` values of `docker network create`.
 const GENERIC: &str = "com.docker.network.generic";
+const INTERNAL: &str = "com.docker.network.internal";
 /// Docker's `RequestAddress` option that marks the gateway request.
 const REQUEST_TYPE: &str = "RequestAddressType";
 const GATEWAY_TYPE: &str = "com.docker.network.gateway";
@@ -133,6 +134,11 @@ pub struct EndpointInterface {
 pub struct Network {
     pub cidr: String,
     pub multicast: bool,
+    /// `docker network create --internal`: no way out, so never on a subnet
+    /// with egress (it was ignored: the containers got the egress route;
+    /// found by a review, 2026-12-05).
+    #[serde(default)]
+    pub internal: bool,
 }
 
 /// What `CreateNetwork` means: the subnet of its pool, and its options.
@@ -170,7 +176,22 @@ pub fn network_of(req: &CreateNetwork) -> Result<Network, String> {
             }
         }
     }
-    Ok(Network { cidr: cidr.to_string(), multicast })
+    let internal = req.options.get(INTERNAL).is_some_and(|v| v == &Value::Bool(true) || v == "true");
+    Ok(Network { cidr: cidr.to_string(), multicast, internal })
+}
+
+/// Refused: an `--internal` network on a subnet with egress (its containers
+/// leave through their host), at create and at every Join (egress may have
+/// been turned on since).
+pub fn internal_check(network: &Network, egress: bool) -> Result<(), String> {
+    match network.internal && egress {
+        true => Err(format!(
+            "--internal: weave subnet {} has egress (its containers leave through their host): turn its egress \
+             off (weavectl subnet set {} --egress off) or leave out --internal",
+            network.cidr, network.cidr
+        )),
+        false => Ok(()),
+    }
 }
 
 /// A pool id is the subnet's CIDR.
@@ -249,6 +270,12 @@ pub fn container_name(network: &Value, endpoint_id: &str) -> Option<String> {
     })
 }
 
+/// The endpoint ids of a `GET /networks/<id>` answer's containers.
+pub fn endpoint_ids(network: &Value) -> Vec<String> {
+    let containers = network.get("Containers").and_then(Value::as_object);
+    containers.into_iter().flatten().filter_map(|(_, c)| c.get("EndpointID")?.as_str().map(str::to_string)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,7 +300,18 @@ mod tests {
             r#"{"NetworkID":"113a","Options":{"com.docker.network.enable_ipv6":false,"com.docker.network.generic":{}},
             "IPv4Data":[{"AddressSpace":"weave","Gateway":"10.2.3.23/24","Pool":"10.2.3.0/24"}],"IPv6Data":[]}"#,
         );
-        assert_eq!(network_of(&req), Ok(Network { cidr: "10.2.3.0/24".into(), multicast: true }));
+        let plain = Network { cidr: "10.2.3.0/24".into(), multicast: true, internal: false };
+        assert_eq!(network_of(&req), Ok(plain.clone()));
+        assert_eq!(internal_check(&plain, true), Ok(()));
+        // `--internal`, as Docker sends it: refused on a subnet with egress only.
+        let req = create(
+            r#"{"NetworkID":"1","Options":{"com.docker.network.internal":true,"com.docker.network.generic":{}},
+            "IPv4Data":[{"AddressSpace":"weave","Pool":"10.2.3.0/24"}]}"#,
+        );
+        let internal = network_of(&req).unwrap();
+        assert!(internal.internal);
+        assert_eq!(internal_check(&internal, false), Ok(()));
+        assert!(internal_check(&internal, true).unwrap_err().contains("has egress"));
         let req = create(
             r#"{"NetworkID":"1","Options":{"com.docker.network.generic":{"works.weave.multicast":"false"}},
             "IPv4Data":[{"AddressSpace":"weave","Pool":"10.2.3.0/24"}]}"#,

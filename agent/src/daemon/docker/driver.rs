@@ -33,7 +33,7 @@ pub struct Plugin {
     pub(super) dns: DnsServer,
     pub(super) state: DockerState,
     /// Docker's API socket (for container names only).
-    docker_host: PathBuf,
+    pub(super) docker_host: PathBuf,
     /// One endpoint change at a time.
     lock: tokio::sync::Mutex<()>,
 }
@@ -100,7 +100,8 @@ impl Plugin {
                 other.chars().take(12).collect::<String>()
             )));
         }
-        self.subnet(&network.cidr).await?;
+        let subnet = self.subnet(&network.cidr).await?;
+        wire::internal_check(&network, subnet.egress).map_err(Refused::bad)?;
         tracing::info!(network = req.network_id, subnet = network.cidr, "Docker network on a weave subnet");
         self.state.add_network(&req.network_id, network);
         Ok(json!({}))
@@ -175,7 +176,7 @@ impl Plugin {
         })
     }
 
-    async fn delete_endpoint(&self, req: &EndpointRequest) -> Result<Value, Refused> {
+    pub(super) async fn delete_endpoint(&self, req: &EndpointRequest) -> Result<Value, Refused> {
         let _one = self.lock.lock().await;
         let host_if = wire::host_ifname(&req.endpoint_id).map_err(Refused::bad)?;
         let known = self.state.endpoint(&req.endpoint_id);
@@ -198,6 +199,7 @@ impl Plugin {
             .network(&req.network_id)
             .ok_or_else(|| Refused::not_found(format!("unknown network {}", req.network_id)))?;
         let subnet = self.subnet(&network.cidr).await?;
+        wire::internal_check(&network, subnet.egress).map_err(Refused::bad)?;
         // An egress subnet's way out is this host (exposed there first),
         // before anything of the endpoint's is made.
         let address: Ipv4Net = ep.address.parse().map_err(|_| Refused::bad(format!("bad address '{}'", ep.address)))?;
@@ -248,7 +250,7 @@ impl Plugin {
         Ok(wire::join_response(&peer, multicast, gateway))
     }
 
-    async fn leave(&self, req: &EndpointRequest) -> Result<Value, Refused> {
+    pub(super) async fn leave(&self, req: &EndpointRequest) -> Result<Value, Refused> {
         let _one = self.lock.lock().await;
         let mut ep = self.known(&req.endpoint_id)?;
         let host_if = wire::host_ifname(&req.endpoint_id).map_err(Refused::bad)?;

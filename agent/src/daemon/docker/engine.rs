@@ -1,7 +1,8 @@
-//! The one thing the agent asks Docker's own API: which container an
-//! endpoint belongs to (its name, for weave DNS). Docker tells a network
-//! plugin no container names, so after a Join the agent reads
-//! `GET /networks/<id>` on the Docker socket until the endpoint shows up.
+//! What the agent asks Docker's own API, `GET /networks/<id>`: which
+//! container an endpoint belongs to (its name, for weave DNS: Docker tells a
+//! network plugin no container names, so after a Join the agent reads it
+//! until the endpoint shows up), and which endpoints a network still has
+//! (the sweep of those Docker removed while the agent was down).
 use std::{path::Path, time::Duration};
 
 use serde_json::Value;
@@ -46,5 +47,15 @@ pub async fn container_of(
             return Err(last);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The endpoints network `network_id` has now (its containers'), or None if
+/// Docker does not know the network any more (404).
+pub async fn endpoints_on(socket: &Path, network_id: &str) -> Result<Option<Vec<String>>, String> {
+    match get(socket, &format!("/networks/{network_id}")).await {
+        Ok(net) => Ok(Some(crate::plan::docker::endpoint_ids(&net))),
+        Err(e) if e.starts_with("HTTP/") && e.split_whitespace().nth(1) == Some("404") => Ok(None),
+        Err(e) => Err(e),
     }
 }

@@ -120,7 +120,7 @@ impl Plugin {
 
     /// Finds the allocation by address (Docker names only that), among the
     /// keys this plugin made ([`wire::is_docker_key`]), and releases it.
-    async fn release_address(&self, req: &RequestAddress) -> Result<Value, Refused> {
+    pub(super) async fn release_address(&self, req: &RequestAddress) -> Result<Value, Refused> {
         let cidr = wire::pool_cidr(&req.pool_id).map_err(Refused::bad)?.to_string();
         let Some(ip) = wire::wanted_address(&req.address).map_err(Refused::bad)? else {
             return Err(Refused::bad("ReleaseAddress without an address"));

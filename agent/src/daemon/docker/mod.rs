@@ -18,6 +18,7 @@ use crate::{error::Error, plan::docker as wire};
 pub mod driver;
 pub mod engine;
 mod ipam;
+mod sweep;
 
 pub use driver::Plugin;
 

@@ -1,0 +1,87 @@
+//! Endpoints Docker removed while the agent could not hear it (the agent
+//! down or restarting during a `docker rm -f`, `docker network disconnect`):
+//! Docker gave up its Leave, DeleteEndpoint and ReleaseAddress after its
+//! retries, and the address, the DNS name, the veth and the endpoint's
+//! record stayed for good, the name answering with a dead address (found by
+//! a review, 2026-12-05). Docker's own list of each network's endpoints is
+//! the truth: one the agent holds that Docker does not list, twice in a
+//! row, goes as those calls would have taken it.
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use ipnet::Ipv4Net;
+
+use super::{Plugin, engine};
+use crate::plan::docker::{EndpointRequest, RequestAddress};
+
+/// Between looks. An endpoint is taken for gone when two looks this far
+/// apart miss it: one between its CreateEndpoint and its Join (Docker lists
+/// it only once joined) is there by the second.
+const SWEEP: Duration = Duration::from_secs(10);
+
+impl Plugin {
+    /// Runs until aborted: every [`SWEEP`], [`Self::sweep_once`].
+    pub async fn sweep_every(self: Arc<Self>) {
+        let mut every = tokio::time::interval(SWEEP);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut missing = BTreeSet::new();
+        loop {
+            every.tick().await;
+            missing = self.sweep_once(&missing).await;
+        }
+    }
+
+    /// Takes down each endpoint Docker does not list now and did not list
+    /// last time (`last`); returns those it does not list now. Docker that
+    /// does not answer for a network: nothing of that network goes.
+    async fn sweep_once(&self, last: &BTreeSet<String>) -> BTreeSet<String> {
+        let mut missing = BTreeSet::new();
+        let endpoints = self.state.endpoints();
+        let networks: BTreeSet<&str> = endpoints.iter().map(|(_, e)| e.network.as_str()).collect();
+        for network in networks {
+            let listed = match engine::endpoints_on(&self.docker_host, network).await {
+                Ok(listed) => listed.unwrap_or_default(),
+                Err(e) => {
+                    tracing::debug!(network, error = e, "cannot list a Docker network's endpoints");
+                    continue;
+                }
+            };
+            for (id, ep) in endpoints.iter().filter(|(id, e)| e.network == network && !listed.contains(id)) {
+                if !last.contains(id) {
+                    missing.insert(id.clone());
+                    continue;
+                }
+                let req = EndpointRequest {
+                    network_id: network.to_string(),
+                    endpoint_id: id.clone(),
+                    interface: None,
+                    sandbox_key: String::new(),
+                };
+                let _ = self.leave(&req).await;
+                let _ = self.delete_endpoint(&req).await;
+                let released = match ep.address.parse::<Ipv4Net>() {
+                    Ok(a) => {
+                        let pool = RequestAddress {
+                            pool_id: a.trunc().to_string(),
+                            address: a.addr().to_string(),
+                            options: None,
+                        };
+                        self.release_address(&pool).await.map(drop).map_err(|e| format!("{e:?}"))
+                    }
+                    Err(_) => Ok(()),
+                };
+                match released {
+                    Ok(()) => tracing::info!(
+                        endpoint = id,
+                        address = ep.address,
+                        "a Docker endpoint Docker no longer has (removed while the agent was not listening): taken down"
+                    ),
+                    // Its record is gone: the address waits for the admin.
+                    Err(e) => {
+                        tracing::warn!(endpoint = id, error = e, "cannot release a removed Docker endpoint's address")
+                    }
+                }
+            }
+        }
+        missing
+    }
+}
