@@ -312,7 +312,14 @@ impl Plugin {
                 return;
             }
         };
-        let req = AddRecordRequest { name: name.clone(), address: ip.to_string() };
+        self.register(&name, ip, false).await;
+    }
+
+    /// `name` for `ip`; a refusal is a warning, or (`again`: the sweep's
+    /// retries, every 10 s while another host's container holds the name)
+    /// only a debug line.
+    pub(super) async fn register(&self, name: &str, ip: Ipv4Addr, again: bool) {
+        let req = AddRecordRequest { name: name.to_string(), address: ip.to_string() };
         // A repeat of one that was applied answers "already resolves", as below.
         let added = retry_unavailable(|| {
             let (mut dns, req) = (self.attacher.api.dns.clone(), req.clone());
@@ -322,7 +329,10 @@ impl Plugin {
         match added {
             Ok(r) => tracing::info!(name = r.into_inner().name, %ip, "registered a Docker container's name"),
             Err(s) if s.code() == tonic::Code::AlreadyExists && s.message().contains("already resolves") => {}
-            Err(s) => tracing::warn!(name, %ip, error = s.message(), "cannot register a Docker container's name"),
+            Err(s) if again => tracing::debug!(name, %ip, error = s.message(), "still cannot register a name"),
+            Err(s) => {
+                tracing::warn!(name, %ip, error = s.message(), "cannot register a Docker container's name (tried again every 10 s)")
+            }
         }
     }
 }

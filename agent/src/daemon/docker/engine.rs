@@ -50,11 +50,11 @@ pub async fn container_of(
     }
 }
 
-/// The endpoints network `network_id` has now (its containers'), or None if
-/// Docker does not know the network any more (404).
-pub async fn endpoints_on(socket: &Path, network_id: &str) -> Result<Option<Vec<String>>, String> {
+/// Network `network_id` as Docker shows it now (its containers' endpoints
+/// and names), or None if Docker does not know it any more (404).
+pub async fn network(socket: &Path, network_id: &str) -> Result<Option<Value>, String> {
     match get(socket, &format!("/networks/{network_id}")).await {
-        Ok(net) => Ok(Some(crate::plan::docker::endpoint_ids(&net))),
+        Ok(net) => Ok(Some(net)),
         Err(e) if e.starts_with("HTTP/") && e.split_whitespace().nth(1) == Some("404") => Ok(None),
         Err(e) => Err(e),
     }

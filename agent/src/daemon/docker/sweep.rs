@@ -5,13 +5,17 @@
 //! record stayed for good, the name answering with a dead address (found by
 //! a review, 2026-12-05). Docker's own list of each network's endpoints is
 //! the truth: one the agent holds that Docker does not list, twice in a
-//! row, goes as those calls would have taken it.
+//! row, goes as those calls would have taken it. And a listed one whose
+//! container's name does not resolve to it is named again.
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use ipnet::Ipv4Net;
 
 use super::{Plugin, engine};
-use crate::plan::docker::{EndpointRequest, RequestAddress};
+use crate::{
+    host::docker::Endpoint,
+    plan::docker::{EndpointRequest, RequestAddress, container_name, endpoint_ids},
+};
 
 /// Between looks. An endpoint is taken for gone when two looks this far
 /// apart miss it: one between its CreateEndpoint and its Join (Docker lists
@@ -38,13 +42,16 @@ impl Plugin {
         let endpoints = self.state.endpoints();
         let networks: BTreeSet<&str> = endpoints.iter().map(|(_, e)| e.network.as_str()).collect();
         for network in networks {
-            let listed = match engine::endpoints_on(&self.docker_host, network).await {
-                Ok(listed) => listed.unwrap_or_default(),
+            let shown = match engine::network(&self.docker_host, network).await {
+                Ok(shown) => shown.unwrap_or_default(),
                 Err(e) => {
                     tracing::debug!(network, error = e, "cannot list a Docker network's endpoints");
                     continue;
                 }
             };
+            let listed = endpoint_ids(&shown);
+            self.name_again(&shown, endpoints.iter().filter(|(id, e)| e.network == network && listed.contains(id)))
+                .await;
             for (id, ep) in endpoints.iter().filter(|(id, e)| e.network == network && !listed.contains(id)) {
                 if !last.contains(id) {
                     missing.insert(id.clone());
@@ -83,5 +90,27 @@ impl Plugin {
             }
         }
         missing
+    }
+
+    /// Each joined endpoint of `shown` (a network as Docker shows it) whose
+    /// container's name does not resolve to its address: registered again.
+    /// At its Join the name may have been another host's container's (a node
+    /// may not take a name another holds), and once that one had gone it
+    /// stayed unregistered for good (found by a review, 2026-12-05).
+    async fn name_again<'e>(&self, shown: &serde_json::Value, joined: impl Iterator<Item = &'e (String, Endpoint)>) {
+        for (id, ep) in joined.filter(|(_, e)| !e.sandbox.is_empty()) {
+            let (Some(name), Ok(address)) = (container_name(shown, id), ep.address.parse::<Ipv4Net>()) else {
+                continue;
+            };
+            let ip = address.addr().to_string();
+            let resolves = {
+                let map = self.attacher.maps.borrow();
+                let fqdn = weave_proto::dns_name::qualify(&name, &map.dns_domain).unwrap_or_default();
+                map.dns_records.iter().any(|r| r.name == fqdn && r.address == ip)
+            };
+            if !resolves {
+                self.register(&name, address.addr(), true).await;
+            }
+        }
     }
 }
