@@ -402,6 +402,27 @@ fn docker_networks_on_weave() {
     // What Docker still lists stays.
     engines[1].wait_reach("client", "late");
 
+    // An agent killed after a Join, before it served DNS in the container
+    // and named it (the endpoint's `sandbox` still empty): the next agent
+    // does both. They stayed missing for good (found by a review).
+    bed.signal_agent(1, nix::sys::signal::Signal::SIGKILL);
+    let file = bed.hosts[1].data_dir.join("docker.json");
+    let mut saved: serde_json::Value = serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
+    let late_ip = engines[1].address("late", "net1");
+    for ep in saved["endpoints"].as_object_mut().unwrap().values_mut() {
+        if ep["address"].as_str().is_some_and(|a| a.starts_with(&format!("{late_ip}/"))) {
+            ep["sandbox"] = "".into();
+        }
+    }
+    fs::write(&file, saved.to_string()).unwrap();
+    let out = bed.weavectl_admin(&["dns", "rm", "late"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    bed.start_agent(1, false);
+    wait_for("late's name again", Duration::from_secs(30), || {
+        admin(&bed, "dns").contains("late.weave.local").then_some(())
+    });
+    engines[1].wait_reach("late", "client");
+
     // One name on two hosts: the second host's container is refused the name
     // (a node may not take a name another holds) and gets it once the first
     // one is gone; it stayed nameless for good (found by a review).

@@ -21,6 +21,7 @@ use weave_proto::{
 mod allocate;
 mod checks;
 mod container;
+mod early;
 mod egress;
 mod gc;
 mod host;
@@ -32,7 +33,7 @@ use checks::{failed, held_address, not_at, on_subnet, once_each, own_mac};
 use crate::{
     host::{
         netlink::{self, Netlink, WorkloadInterface},
-        registry::{self, CniRecord, Registry},
+        registry::{self, Registry},
     },
     plan::{
         addr_spec::{AddrSpec, NamesSubnet},
@@ -239,12 +240,17 @@ impl Attacher {
             let unseen = passed.is_some() && !registry::alive(&c.path, c.inode);
             self.names.remember(n, c.path.clone(), c.inode, unseen);
         }
+        let cni = network.zip(id).zip(ifname).map(|((n, i), f)| (n, i, f));
+        let fresh_path = self.record_early(&c, cni, registered.is_some() || id.is_some(), &wanted);
         let previously = self.held(&c.key);
         let allocated = match self.allocate_all(&c.key, c.name.as_deref().unwrap_or(""), id.is_some(), &wanted).await {
             Ok(a) => a,
             Err(e) => {
                 if let Some(n) = named {
                     self.names.forget(n);
+                }
+                if fresh_path {
+                    self.names.stop_dns(&c.key);
                 }
                 return Err(e);
             }
@@ -347,12 +353,7 @@ impl Attacher {
                 }
             }
         }
-        if let (Some(network), Some(id), Some(ifname)) = (network, id, ifname) {
-            let subnets = result.iter().map(|a| a.subnet.clone()).collect();
-            let (id, ifname, netns) = (id.to_string(), ifname.to_string(), c.path.clone());
-            let record = CniRecord { id, ifname, netns, inode: c.inode, subnets };
-            self.names.cni_added(network, record);
-        }
+        self.record_cni(cni, &c, result.iter().map(|a| a.subnet.clone()).collect());
         Ok(result)
     }
 
@@ -388,7 +389,11 @@ impl Attacher {
                 // A CNI DEL once the namespace is gone: the container is, and
                 // everything it held goes (a DEL for each network follows).
                 if let Some(id) = id {
-                    return self.retire(id, None, None, &[]).await;
+                    let elsewhere = self.cni_id_lives_elsewhere(id, container).await;
+                    return match elsewhere {
+                        true => Ok(Detached { released: Vec::new(), whole: true }),
+                        false => self.retire(id, None, None, &[]).await,
+                    };
                 }
                 let registered = self.names.get(container).map(|(_, ino)| ino);
                 return match registered {

@@ -138,7 +138,7 @@ impl Attacher {
     /// it; found by a review). A port of that name that belongs to another
     /// namespace given the same inode since keeps the record too: the safe
     /// side, until the next GC.
-    async fn may_live(&self, r: &CniRecord) -> Result<bool, Refusal> {
+    pub(super) async fn may_live(&self, r: &CniRecord) -> Result<bool, Refusal> {
         if registry::alive(&r.netns, r.inode) || crate::host::netns::in_use(r.inode) {
             return Ok(true);
         }

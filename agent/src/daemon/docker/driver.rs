@@ -274,7 +274,13 @@ impl Plugin {
 
     /// Once the container runs: weave DNS in its namespace (Docker makes the
     /// namespace at the container's start, after the Join), then its name.
-    async fn after_join(self: Arc<Self>, network_id: String, endpoint_id: String, sandbox: String, ip: Ipv4Addr) {
+    pub(super) async fn after_join(
+        self: Arc<Self>,
+        network_id: String,
+        endpoint_id: String,
+        sandbox: String,
+        ip: Ipv4Addr,
+    ) {
         let deadline = tokio::time::Instant::now() + NAME_WAIT;
         let key = loop {
             if let Some(key) = dns_key(&sandbox) {

@@ -25,6 +25,16 @@ const SWEEP: Duration = Duration::from_secs(10);
 impl Plugin {
     /// Runs until aborted: every [`SWEEP`], [`Self::sweep_once`].
     pub async fn sweep_every(self: Arc<Self>) {
+        // Joins whose follow-up (weave DNS in the container, its name) an
+        // agent killed after the Join did not finish: done now. They stayed
+        // without both for good (found by a review, 2026-12-05).
+        for (id, ep) in self.state.endpoints() {
+            if let (true, false, Ok(a)) =
+                (ep.sandbox.is_empty(), ep.sandbox_path.is_empty(), ep.address.parse::<Ipv4Net>())
+            {
+                tokio::spawn(self.clone().after_join(ep.network.clone(), id, ep.sandbox_path.clone(), a.addr()));
+            }
+        }
         let mut every = tokio::time::interval(SWEEP);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut missing = BTreeSet::new();

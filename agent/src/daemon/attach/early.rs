@@ -1,0 +1,59 @@
+//! What an attach records before it allocates: what lets the sweep find the
+//! container should the agent be killed from then on. A CNI ADD or a
+//! nameless `weavectl attach` cut short there held its address for good
+//! (found by a review, 2026-12-05): the CNI record and the namespace's path
+//! were written only once the attach had answered.
+use weave_proto::v1::Subnet;
+
+use super::{Attacher, container::Container};
+use crate::{
+    host::registry::{self, CniRecord},
+    plan::addr_spec::AddrSpec,
+};
+
+impl Attacher {
+    /// A CNI attachment's record (its subnets the wanted ones; the finished
+    /// attach writes it again), or a nameless container's namespace path (the
+    /// sweep finds those by the path they are served DNS at; a named one is
+    /// remembered by its name already). Returns whether that path is new, so
+    /// that an attach that allocates nothing forgets it.
+    pub(super) fn record_early(
+        &self,
+        c: &Container,
+        cni: Option<(&str, &str, &str)>,
+        named: bool,
+        wanted: &[(AddrSpec, Subnet)],
+    ) -> bool {
+        if cni.is_some() {
+            self.record_cni(cni, c, wanted.iter().map(|(_, s)| s.cidr.clone()).collect());
+            return false;
+        }
+        if named || !registry::alive(&c.path, c.inode) || self.names.dns_served().iter().any(|(k, _)| *k == c.key) {
+            return false;
+        }
+        self.names.serve_dns(&c.key, Some(c.path.display().to_string()));
+        true
+    }
+
+    /// The record of CNI attachment `cni` (network, IPAM key, interface) of
+    /// container `c` on `subnets`, for its GC and the sweep.
+    pub(super) fn record_cni(&self, cni: Option<(&str, &str, &str)>, c: &Container, subnets: Vec<String>) {
+        if let Some((network, id, ifname)) = cni {
+            let (id, ifname, netns) = (id.to_string(), ifname.to_string(), c.path.clone());
+            self.names.cni_added(network, CniRecord { id, ifname, netns, inode: c.inode, subnets });
+        }
+    }
+
+    /// Whether CNI container `id` lives on in a namespace other than the one
+    /// at `netns` (podman keeps the id across a stop and a start): a late DEL
+    /// for the old namespace must not take what the IPAM key holds, the live
+    /// one's address (found by a review, 2026-12-05).
+    pub(super) async fn cni_id_lives_elsewhere(&self, id: &str, netns: &str) -> bool {
+        for r in self.names.cni_all().into_iter().map(|(_, r)| r).filter(|r| r.id == id) {
+            if r.netns != std::path::Path::new(netns) && !matches!(self.may_live(&r).await, Ok(false)) {
+                return true;
+            }
+        }
+        false
+    }
+}
