@@ -179,12 +179,12 @@ fn gc_frees_what_the_runtime_no_longer_knows_and_nothing_else() {
 fn a_dead_record_of_a_live_containers_id_gives_nothing_back() {
     let mut bed = Bed::with_hosts(1);
     let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
-    let conf =
-        json!({"cniVersion": "1.1.0", "name": "weave", "type": "weave-cni", "socket": socket, "resolver": false});
+    // With the resolver: a late DEL must leave the live one's DNS too.
+    let conf = json!({"cniVersion": "1.1.0", "name": "weave", "type": "weave-cni", "socket": socket});
     let id = format!("{}-same", bed.prefix);
     let (old, new) = (bed.add_container("old"), bed.add_container("new"));
     let mut ips = Vec::new();
-    for (ns, ifname) in [(&old, "eth1"), (&new, "eth0")] {
+    for (ns, ifname) in [(&old, "eth0"), (&new, "eth0")] {
         let out = plugin_on(&weave_cni(), "ADD", &format!("/run/netns/{ns}"), &id, &conf, ifname);
         assert!(out.status.success(), "ADD in {ns}: {}", String::from_utf8_lossy(&out.stdout));
         ips.push(json_out(&out)["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string());
@@ -201,12 +201,16 @@ fn a_dead_record_of_a_live_containers_id_gives_nothing_back() {
     assert!(!registry.contains(&format!("/run/netns/{old}")), "the dead record stays: {registry}");
     // The old namespace's DEL, late: it succeeds and takes nothing of the
     // live one's (it released the IPAM key whole; found by a review).
-    let out = plugin_on(&weave_cni(), "DEL", &format!("/run/netns/{old}"), &id, &conf, "eth1");
+    let out = plugin_on(&weave_cni(), "DEL", &format!("/run/netns/{old}"), &id, &conf, "eth0");
     assert!(out.status.success(), "late DEL: {}", String::from_utf8_lossy(&out.stdout));
     let held = bed.allocations().iter().any(|a| a.contains(&format!(" {}/", ips[1])));
     assert!(held, "a late DEL of the old namespace released the live one's address: {:?}", bed.allocations());
     let ifaces = interfaces(&new);
     assert!(ifaces.iter().any(|i| i.contains(&format!(" {}/", ips[1]))), "its interface went: {ifaces:?}");
+    let registry = std::fs::read_to_string(bed.hosts[0].data_dir.join("containers.json")).unwrap();
+    assert!(registry.contains(&format!("/run/netns/{new}")), "the live one's record went: {registry}");
+    let dns = in_ns(&new, &["nft", "list", "table", "ip", "weave_dns"]);
+    assert!(dns.status.success(), "the live one's resolver went with a late DEL of the old namespace");
     // The live one's own DEL takes it.
     let out = plugin_on(&weave_cni(), "DEL", &format!("/run/netns/{new}"), &id, &conf, "eth0");
     assert!(out.status.success(), "DEL: {}", String::from_utf8_lossy(&out.stdout));

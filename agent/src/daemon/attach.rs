@@ -246,12 +246,7 @@ impl Attacher {
         let allocated = match self.allocate_all(&c.key, c.name.as_deref().unwrap_or(""), id.is_some(), &wanted).await {
             Ok(a) => a,
             Err(e) => {
-                if let Some(n) = named {
-                    self.names.forget(n);
-                }
-                if fresh_path {
-                    self.names.stop_dns(&c.key);
-                }
+                self.undo_early(named, fresh_path, &c.key);
                 return Err(e);
             }
         };
@@ -346,9 +341,7 @@ impl Attacher {
                             let _ = self.release(&c.key, &s.cidr).await;
                         }
                     }
-                    if let Some(n) = named {
-                        self.names.forget(n);
-                    }
+                    self.undo_early(named, fresh_path, &c.key);
                     return Err(self.or_removed(subnet, e));
                 }
             }
@@ -391,7 +384,7 @@ impl Attacher {
                 if let Some(id) = id {
                     let elsewhere = self.cni_id_lives_elsewhere(id, container).await;
                     return match elsewhere {
-                        true => Ok(Detached { released: Vec::new(), whole: true }),
+                        true => Ok(Detached { released: Vec::new(), whole: false, kept: true }),
                         false => self.retire(id, None, None, &[]).await,
                     };
                 }
@@ -487,7 +480,7 @@ impl Attacher {
         if whole && let Some(n) = &c.name {
             self.names.forget(n);
         }
-        Ok(Detached { released, whole })
+        Ok(Detached { released, whole, kept: false })
     }
 }
 
@@ -496,4 +489,7 @@ impl Attacher {
 pub struct Detached {
     pub released: Vec<String>,
     pub whole: bool,
+    /// Nothing was touched: a late CNI DEL for a container id that lives on
+    /// in another namespace (its record and DNS stay the live one's).
+    pub kept: bool,
 }

@@ -108,11 +108,13 @@ impl Handler for LocalService {
                         .detach(&container, netns.as_deref(), id.as_deref(), ifname.as_deref(), &addrs)
                         .await;
                     // Its DNS stays while it is on another subnet here (a
-                    // container on two weave networks, one disconnected).
+                    // container on two weave networks, one disconnected),
+                    // and, with its record, when the id lives on elsewhere.
                     if detached.as_ref().is_ok_and(|d| !d.whole) {
                         dns = None;
                     }
-                    if let (true, Some(id), Some(ifname)) = (detached.is_ok(), &id, &ifname) {
+                    let gone = detached.as_ref().is_ok_and(|d| !d.kept);
+                    if let (true, Some(id), Some(ifname)) = (gone, &id, &ifname) {
                         self.registry.cni_gone(None, id, ifname);
                     }
                     reply_released(detached.map(|d| d.released))

@@ -35,6 +35,18 @@ impl Attacher {
         true
     }
 
+    /// An attach that failed: the name it remembered (`named`) and the path
+    /// it recorded (`fresh_path`) go; a CNI record stays (the namespace is
+    /// the container's either way: the sweep or its DEL clears it).
+    pub(super) fn undo_early(&self, named: Option<&str>, fresh_path: bool, key: &str) {
+        if let Some(n) = named {
+            self.names.forget(n);
+        }
+        if fresh_path {
+            self.names.stop_dns(key);
+        }
+    }
+
     /// The record of CNI attachment `cni` (network, IPAM key, interface) of
     /// container `c` on `subnets`, for its GC and the sweep.
     pub(super) fn record_cni(&self, cni: Option<(&str, &str, &str)>, c: &Container, subnets: Vec<String>) {
@@ -48,7 +60,12 @@ impl Attacher {
     /// at `netns` (podman keeps the id across a stop and a start): a late DEL
     /// for the old namespace must not take what the IPAM key holds, the live
     /// one's address (found by a review, 2026-12-05).
+    /// A DEL without a namespace is not one of an old namespace: it takes
+    /// what the key holds, as before (found by a review).
     pub(super) async fn cni_id_lives_elsewhere(&self, id: &str, netns: &str) -> bool {
+        if netns.is_empty() {
+            return false;
+        }
         for r in self.names.cni_all().into_iter().map(|(_, r)| r).filter(|r| r.id == id) {
             if r.netns != std::path::Path::new(netns) && !matches!(self.may_live(&r).await, Ok(false)) {
                 return true;

@@ -89,6 +89,6 @@ impl Attacher {
             self.names.forget(n);
         }
         tracing::info!(container = key, ?released, "released the addresses of a container whose namespace is gone");
-        Ok(Detached { released, whole })
+        Ok(Detached { released, whole, kept: false })
     }
 }

@@ -18,8 +18,8 @@ use crate::{
 };
 
 /// Between looks. An endpoint is taken for gone when two looks this far
-/// apart miss it: one between its CreateEndpoint and its Join (Docker lists
-/// it only once joined) is there by the second.
+/// apart miss it (Docker lists one from its creation; the second look spares
+/// one the first caught in a change).
 const SWEEP: Duration = Duration::from_secs(10);
 
 impl Plugin {
@@ -28,13 +28,17 @@ impl Plugin {
         // Joins whose follow-up (weave DNS in the container, its name) an
         // agent killed after the Join did not finish: done now. They stayed
         // without both for good (found by a review, 2026-12-05).
-        for (id, ep) in self.state.endpoints() {
-            if let (true, false, Ok(a)) =
-                (ep.sandbox.is_empty(), ep.sandbox_path.is_empty(), ep.address.parse::<Ipv4Net>())
-            {
-                tokio::spawn(self.clone().after_join(ep.network.clone(), id, ep.sandbox_path.clone(), a.addr()));
+        // One after another: two endpoints of one container would both
+        // find its resolver not yet served and both bind it (review).
+        let unfinished: Vec<_> = self.state.endpoints().into_iter().filter(|(_, e)| e.sandbox.is_empty()).collect();
+        let plugin = self.clone();
+        tokio::spawn(async move {
+            for (id, ep) in unfinished {
+                if let (false, Ok(a)) = (ep.sandbox_path.is_empty(), ep.address.parse::<Ipv4Net>()) {
+                    plugin.clone().after_join(ep.network.clone(), id, ep.sandbox_path.clone(), a.addr()).await;
+                }
             }
-        }
+        });
         let mut every = tokio::time::interval(SWEEP);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut missing = BTreeSet::new();
@@ -52,8 +56,13 @@ impl Plugin {
         let endpoints = self.state.endpoints();
         let networks: BTreeSet<&str> = endpoints.iter().map(|(_, e)| e.network.as_str()).collect();
         for network in networks {
+            // A network Docker does not know (404) is no word on its
+            // endpoints: a `--docker-host` that is another daemon than the
+            // plugin's says so of every network, and would take every
+            // container down (found by a review, 2026-12-05).
             let shown = match engine::network(&self.docker_host, network).await {
-                Ok(shown) => shown.unwrap_or_default(),
+                Ok(Some(shown)) => shown,
+                Ok(None) => continue,
                 Err(e) => {
                     tracing::debug!(network, error = e, "cannot list a Docker network's endpoints");
                     continue;
@@ -75,7 +84,12 @@ impl Plugin {
                 };
                 let _ = self.leave(&req).await;
                 let _ = self.delete_endpoint(&req).await;
+                // Docker names an address only: one another endpoint here
+                // holds now (Docker's own late ReleaseAddress freed it, and
+                // it went to a new container) is that one's.
+                let shared = endpoints.iter().any(|(other, e)| other != id && e.address == ep.address);
                 let released = match ep.address.parse::<Ipv4Net>() {
+                    Ok(_) if shared => Ok(()),
                     Ok(a) => {
                         let pool = RequestAddress {
                             pool_id: a.trunc().to_string(),
@@ -113,10 +127,13 @@ impl Plugin {
                 continue;
             };
             let ip = address.addr().to_string();
+            // A name that is no DNS name is never registered: not asked again.
             let resolves = {
                 let map = self.attacher.maps.borrow();
-                let fqdn = weave_proto::dns_name::qualify(&name, &map.dns_domain).unwrap_or_default();
-                map.dns_records.iter().any(|r| r.name == fqdn && r.address == ip)
+                match weave_proto::dns_name::qualify(&name, &map.dns_domain) {
+                    Ok(fqdn) => map.dns_records.iter().any(|r| r.name == fqdn && r.address == ip),
+                    Err(_) => true,
+                }
             };
             if !resolves {
                 self.register(&name, address.addr(), true).await;
