@@ -237,14 +237,8 @@ impl Netlink {
                 observed.subnets.insert((*vni, net));
             }
         }
-        let neighbours: Vec<NeighbourMessage> = dump("dump neighbours", || {
-            let mut request = self.handle.neighbours().get();
-            request.message_mut().header.family = AddressFamily::Inet;
-            request.execute()
-        })
-        .await?;
-        for n in neighbours.iter().filter(|n| n.header.state == NeighbourState::Permanent) {
-            if let (Some(vni), Some(ip)) = (bridge_vni.get(&n.header.ifindex), neighbour_ip(n)) {
+        for (index, ip) in self.permanent_neighbours().await? {
+            if let Some(vni) = bridge_vni.get(&index) {
                 observed.pinned.entry(*vni).or_default().insert(ip);
             }
         }

@@ -63,14 +63,7 @@ impl Attacher {
     /// A DEL without a namespace is not one of an old namespace: it takes
     /// what the key holds, as before (found by a review).
     pub(super) async fn cni_id_lives_elsewhere(&self, id: &str, netns: &str) -> bool {
-        if netns.is_empty() {
-            return false;
-        }
-        for r in self.names.cni_all().into_iter().map(|(_, r)| r).filter(|r| r.id == id) {
-            if r.netns != std::path::Path::new(netns) && !matches!(self.may_live(&r).await, Ok(false)) {
-                return true;
-            }
-        }
-        false
+        !netns.is_empty()
+            && self.id_lives_on(id, &self.names.cni_all(), |r| r.netns == std::path::Path::new(netns)).await
     }
 }

@@ -34,6 +34,7 @@ impl Attacher {
         let keep: BTreeSet<(&str, &str)> = keep.iter().map(|a| (a.id.as_str(), a.ifname.as_str())).collect();
         let _one = self.lock.lock().await;
         let (mut released, mut gone) = (Vec::new(), Vec::new());
+        let all = self.names.cni_all();
         for r in self.names.cni_records(network) {
             if keep.contains(&(r.id.as_str(), r.ifname.as_str())) {
                 continue;
@@ -45,7 +46,7 @@ impl Attacher {
                 );
                 continue;
             }
-            if self.key_lives_on(&r, &self.names.cni_all()).await {
+            if self.key_lives_on(&r, &all).await {
                 self.names.cni_gone(Some(network), &r.id, &r.ifname);
                 continue;
             }
@@ -123,7 +124,18 @@ impl Attacher {
     /// only `r`'s record goes (the address and the live one's port went with
     /// the dead record; found by a review, 2026-12-05).
     async fn key_lives_on(&self, r: &CniRecord, all: &[(String, CniRecord)]) -> bool {
-        for (_, other) in all.iter().filter(|(_, o)| o.id == r.id && o.inode != r.inode) {
+        self.id_lives_on(&r.id, all, |o| o.inode == r.inode).await
+    }
+
+    /// Whether a record of IPAM key `id` among `all`, other than those
+    /// `same` picks (the namespace in question), may be alive.
+    pub(super) async fn id_lives_on(
+        &self,
+        id: &str,
+        all: &[(String, CniRecord)],
+        same: impl Fn(&CniRecord) -> bool,
+    ) -> bool {
+        for (_, other) in all.iter().filter(|(_, o)| o.id == id && !same(o)) {
             if !matches!(self.may_live(other).await, Ok(false)) {
                 return true;
             }
@@ -138,7 +150,7 @@ impl Attacher {
     /// it; found by a review). A port of that name that belongs to another
     /// namespace given the same inode since keeps the record too: the safe
     /// side, until the next GC.
-    pub(super) async fn may_live(&self, r: &CniRecord) -> Result<bool, Refusal> {
+    async fn may_live(&self, r: &CniRecord) -> Result<bool, Refusal> {
         if registry::alive(&r.netns, r.inode) || crate::host::netns::in_use(r.inode) {
             return Ok(true);
         }

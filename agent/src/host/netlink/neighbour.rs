@@ -117,6 +117,19 @@ impl Netlink {
         self.acked(req, &format!("multicast snooping off on {br}"), |_| false).await
     }
 
+    /// Every permanent IPv4 neighbour entry (pinned workloads), by the
+    /// interface index it is on.
+    pub(super) async fn permanent_neighbours(&self) -> Result<Vec<(u32, Ipv4Addr)>, Error> {
+        let all = dump("dump neighbours", || {
+            let mut request = self.handle.neighbours().get();
+            request.message_mut().header.family = AddressFamily::Inet;
+            request.execute()
+        })
+        .await?;
+        let permanent = all.iter().filter(|n| n.header.state == NeighbourState::Permanent);
+        Ok(permanent.filter_map(|n| Some((n.header.ifindex, super::neighbour_ip(n)?))).collect())
+    }
+
     /// A permanent neighbour entry for a local workload on its bridge. The
     /// host then never has to ARP for it: its ARP would come from an address
     /// outside the subnet, which a workload with reverse-path filtering (and

@@ -236,16 +236,8 @@ impl Netlink {
     pub async fn replug_ports(&self, held: impl Fn(Ipv4Addr) -> bool) -> Result<Vec<String>, Error> {
         let links = self.links().await?;
         let index_of = |n: &str| links.iter().find(|l| name(l) == Some(n)).map(|l| l.header.index);
-        let pinned: std::collections::BTreeSet<(u32, Ipv4Addr)> = dump("dump neighbours", || {
-            let mut request = self.handle.neighbours().get();
-            request.message_mut().header.family = AddressFamily::Inet;
-            request.execute()
-        })
-        .await?
-        .iter()
-        .filter(|n| n.header.state == NeighbourState::Permanent)
-        .filter_map(|n| Some((n.header.ifindex, super::neighbour_ip(n)?)))
-        .collect();
+        let pinned: std::collections::BTreeSet<(u32, Ipv4Addr)> =
+            self.permanent_neighbours().await?.into_iter().collect();
         let mut moved = Vec::new();
         for l in &links {
             let Some((port, bridge, pin)) = port_record(l) else { continue };
