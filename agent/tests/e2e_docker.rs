@@ -220,6 +220,41 @@ fn docker_networks_on_weave() {
     h2.wait_reach("client", "web");
     h2.wait_reach("client", "web.weave.local");
     h1.wait_reach("web", "client.weave.local");
+    // Aliases are names too (Docker's own resolver answers them on their
+    // host only): two containers sharing one (Compose's scaled service)
+    // answer with both addresses; the alias goes with its container.
+    let admin = |bed: &Bed, what: &str| String::from_utf8_lossy(&bed.weavectl_admin(&[what, "ls"]).stdout).to_string();
+    let aliased = |name: &str, aliases: &[&str]| {
+        let mut args = vec!["run", "-d", "--name", name, "--net", "net1"];
+        aliases.iter().for_each(|a| args.extend(["--network-alias", a]));
+        h1.ok(&[&args[..], &[IMAGE, "sleep", "900"]].concat());
+        h1.address(name, "net1")
+    };
+    let (api1, api2) = (aliased("api1", &["api", "db"]), aliased("api2", &["api"]));
+    h2.wait_reach("client", "db");
+    h2.wait_reach("client", "api.weave.local");
+    let records = |name: &str| -> Vec<String> {
+        let listed = admin(&bed, "dns");
+        let mut found: Vec<String> = listed
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some(name))
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+            .collect();
+        found.sort();
+        found
+    };
+    let mut both = vec![api1.clone(), api2.clone()];
+    both.sort();
+    wait_for("api to answer with both addresses", Duration::from_secs(15), || {
+        (records("api.weave.local.") == both).then_some(())
+    });
+    assert_eq!(records("db.weave.local."), std::slice::from_ref(&api1));
+    assert!(records(&format!("{}.weave.local.", &h1.ok(&["inspect", "-f", "{{.Id}}", "api1"])[..12])).is_empty());
+    h1.ok(&["rm", "-f", "api1"]);
+    wait_for("api1's aliases to go with it", Duration::from_secs(15), || {
+        (records("api.weave.local.") == [api2.clone()] && records("db.weave.local.").is_empty()).then_some(())
+    });
+    h1.ok(&["rm", "-f", "api2"]);
 
     // A second network is isolated from the first.
     let no_multicast = ["--opt", "works.weave.multicast=false"];
@@ -230,8 +265,9 @@ fn docker_networks_on_weave() {
     assert!(!h1.ok(&["exec", "other", "ip", "route"]).contains("224.0.0.0/4"), "--opt works.weave.multicast=false");
     assert!(!h2.reaches("client", &other) && !h2.reaches("client", &other), "net1 reached net2's {other}");
     // connect puts the running client on net2 too; disconnect takes it off.
-    h2.ok(&["network", "connect", "net2", "client"]);
+    h2.ok(&["network", "connect", "--alias", "cache", "net2", "client"]);
     h2.wait_reach("client", &other);
+    h1.wait_reach("other", "cache");
     let links = h2.ok(&["exec", "client", "ip", "-o", "link"]);
     assert!(links.contains("ethwe0") && links.contains("ethwe1"), "{links}");
     h2.ok(&["network", "disconnect", "net2", "client"]);
@@ -282,6 +318,17 @@ fn docker_networks_on_weave() {
     ]);
     // Docker checks --gateway and --ip against --subnet itself, before asking the plugin.
     assert!(e.contains("no matching subnet for gateway 10.9.9.1"), "{e}");
+    // Refused after the plugin added the subnet for Docker's pool: an MTU
+    // of the network's own (every weave segment has the cluster's), an IPv6
+    // pool. The subnet goes again (it stayed: found by a review).
+    let create = ["network", "create", "-d", "weave", "--ipam-driver", "weave", "--subnet"];
+    let e = h1.refused(&[&create[..], &["10.2.11.0/24", "-o", "com.docker.network.driver.mtu=1400", "mtu"]].concat());
+    assert!(e.contains("com.docker.network.driver.mtu=1400") && e.contains("the cluster's MTU"), "{e}");
+    let e = h1.refused(&[&create[..], &["10.2.12.0/24", "--ipv6", "--subnet", "fd00:12::/64", "v6"]].concat());
+    assert!(e.contains("no IPv6 pools"), "{e}");
+    let subnets = admin(&bed, "subnet");
+    assert!(!subnets.contains("10.2.11.0/24") && !subnets.contains("10.2.12.0/24"), "{subnets}");
+    assert!(subnets.contains(NET1), "{subnets}");
     let e = h2.refused(&["run", "--rm", "--net", "net1", "--ip", &web, IMAGE, "true"]);
     assert!(e.contains(&format!("{web} is already held by container")) && e.contains("on node h1"), "{e}");
     let e = h2.refused(&["run", "--rm", "--net", "net1", "--ip", "10.9.9.9", IMAGE, "true"]);
@@ -383,7 +430,6 @@ fn docker_networks_on_weave() {
     // takes down what Docker no longer lists (address, name, veth, record)
     // within two sweeps; they stayed for good (found by a review, 2026-12-05).
     let gone = engines[1].run("gone", "net1");
-    let admin = |bed: &Bed, what: &str| String::from_utf8_lossy(&bed.weavectl_admin(&[what, "ls"]).stdout).to_string();
     wait_for("gone's name", Duration::from_secs(15), || admin(&bed, "dns").contains("gone.weave.local").then_some(()));
     bed.signal_agent(1, nix::sys::signal::Signal::SIGTERM);
     engines[1].ok(&["rm", "-f", "gone"]);

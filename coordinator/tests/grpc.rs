@@ -273,7 +273,7 @@ async fn every_mutating_rpc_checks_the_callers_role() {
     assert_status(
         node.subnets.remove_subnet(RemoveSubnetRequest { subnet: "10.2.3.0/24".into(), force: true }).await,
         denied,
-        "admin role",
+        "is the admin's",
     );
     assert_status(node.nodes.remove_node(RemoveNodeRequest { node: "host2".into() }).await, denied, "admin role");
     assert_status(node.tokens.create_token(CreateTokenRequest::default()).await, denied, "admin role");
@@ -343,6 +343,45 @@ async fn every_mutating_rpc_checks_the_callers_role() {
 
 /// The malicious member (or a mistaken admin): a subnet holding a host's
 /// underlay address would be routed into the overlay on every host.
+/// A node's Docker plugin takes back the subnet of a `docker network
+/// create` that failed after it added it: a node removes an empty subnet it
+/// added itself, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removes_only_an_empty_subnet_it_added_itself() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    admin.subnets.add_subnet(subnet("10.2.3.0/24")).await.unwrap();
+    let (_n1, mut node) = c.join("host1", 1).await;
+    let (_n2, mut other) = c.join("host2", 2).await;
+    node.subnets.add_subnet(subnet("10.9.0.0/24")).await.unwrap();
+    let rm = |subnet: &str, force: bool| RemoveSubnetRequest { subnet: subnet.into(), force };
+    let denied = Code::PermissionDenied;
+    // The admin's subnet, another node's, the default: not a node's to remove.
+    assert_status(node.subnets.remove_subnet(rm("10.2.3.0/24", false)).await, denied, "is the admin's");
+    assert_status(other.subnets.remove_subnet(rm("10.9.0.0/24", false)).await, denied, "is the admin's");
+    assert_status(node.subnets.remove_subnet(rm("default", false)).await, Code::FailedPrecondition, "default");
+    // Its own while another host holds an address there, and never with --force.
+    other.ipam.allocate(alloc("docker-gateway", "10.9.0.0/24")).await.unwrap();
+    assert_status(node.subnets.remove_subnet(rm("10.9.0.0/24", false)).await, Code::FailedPrecondition, "host2");
+    assert_status(node.subnets.remove_subnet(rm("10.9.0.0/24", true)).await, denied, "--force");
+    let release = ReleaseRequest { node: String::new(), container: "docker-gateway".into(), subnet: String::new() };
+    other.ipam.release(release).await.unwrap();
+    // One the admin has given egress since is the admin's now.
+    let egress = |on: bool| UpdateSubnetRequest { subnet: "10.9.0.0/24".into(), egress: Some(on) };
+    admin.subnets.update_subnet(egress(true)).await.unwrap();
+    assert_status(node.subnets.remove_subnet(rm("10.9.0.0/24", false)).await, denied, "without egress");
+    admin.subnets.update_subnet(egress(false)).await.unwrap();
+    let listed = || async {
+        let mut admin = c.admin().await;
+        admin.subnets.list_subnets(ListSubnetsRequest {}).await.unwrap().into_inner().subnets
+    };
+    assert!(listed().await.iter().any(|s| s.cidr == "10.9.0.0/24"), "a refused removal removed it");
+    let gone = node.subnets.remove_subnet(rm("10.9.0.0/24", false)).await.unwrap().into_inner();
+    assert_eq!(gone.subnet.unwrap().cidr, "10.9.0.0/24");
+    assert!(!listed().await.iter().any(|s| s.cidr == "10.9.0.0/24"));
+    assert_status(node.subnets.remove_subnet(rm("10.9.0.0/24", false)).await, Code::NotFound, "not defined");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subnets_holding_underlay_addresses_are_refused_for_everyone() {
     let c = TestCoordinator::start().await;
@@ -833,6 +872,10 @@ async fn endpoints_inside_the_overlay_or_not_unicast_are_refused() {
     {
         assert_status(node.nodes.update_endpoints(update(bad)).await, Code::InvalidArgument, "not a unicast");
     }
+    // None at all, from the node or the admin: no peer could reach it first.
+    let none = |node: &str| UpdateEndpointsRequest { node: node.into(), endpoints: vec![] };
+    assert_status(node.nodes.update_endpoints(none("")).await, Code::InvalidArgument, "at least one");
+    assert_status(admin.nodes.update_endpoints(none("host1")).await, Code::InvalidArgument, "at least one");
     assert_eq!(revision().await, before, "nothing was written");
     let nodes = admin.nodes.list_nodes(ListNodesRequest {}).await.unwrap().into_inner().nodes;
     assert_eq!(nodes.len(), 1, "host2 did not join: {nodes:?}");

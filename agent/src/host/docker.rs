@@ -3,7 +3,7 @@
 //! each endpoint's address, MAC and sandbox. Docker does not tell a plugin
 //! again after it restarts, so a restarted agent must still know them.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::{Mutex, MutexGuard},
 };
@@ -26,12 +26,20 @@ pub struct Endpoint {
     /// The sandbox path Docker gave at Join.
     #[serde(default)]
     pub sandbox_path: String,
+    /// Its container's aliases on the network (registered as names beside
+    /// the container's own), once read after the Join.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Saved {
     networks: BTreeMap<String, Network>,
     endpoints: BTreeMap<String, Endpoint>,
+    /// Subnets this host added for a Docker pool whose network Docker has
+    /// not created yet: taken back if Docker releases the pool first.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    added_pools: BTreeSet<String>,
 }
 
 pub struct DockerState {
@@ -65,6 +73,25 @@ impl DockerState {
         if s.networks.remove(id).is_some() {
             self.write(&s);
         }
+    }
+
+    /// Subnet `cidr` was added here for a pool (Docker's network not made yet).
+    pub fn add_pool(&self, cidr: &str) {
+        let mut s = self.saved();
+        if s.added_pools.insert(cidr.to_string()) {
+            self.write(&s);
+        }
+    }
+
+    /// Whether subnet `cidr` was added here for a pool no network has used
+    /// yet; forgotten either way.
+    pub fn take_pool(&self, cidr: &str) -> bool {
+        let mut s = self.saved();
+        let added = s.added_pools.remove(cidr);
+        if added {
+            self.write(&s);
+        }
+        added
     }
 
     /// A Docker network on subnet `cidr`, if any.
@@ -142,6 +169,7 @@ mod tests {
             mac: "02:00:00:00:00:01".into(),
             sandbox: "/x".into(),
             sandbox_path: "/p".into(),
+            aliases: vec!["api".into()],
         };
         s.set_endpoint("e1", ep.clone());
         let s = DockerState::load(dir.path());
@@ -156,7 +184,9 @@ mod tests {
         s.remove_network("n2");
         assert!(s.remove_endpoint("e1").is_some());
         s.remove_network("n1");
+        s.add_pool("10.2.5.0/24");
         let s = DockerState::load(dir.path());
+        assert!(s.take_pool("10.2.5.0/24") && !s.take_pool("10.2.5.0/24") && !s.take_pool("10.2.6.0/24"));
         assert_eq!((s.network("n1"), s.endpoint("e1")), (None, None));
     }
 }

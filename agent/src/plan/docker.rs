@@ -180,6 +180,26 @@ pub fn network_of(req: &CreateNetwork) -> Result<Network, String> {
     Ok(Network { cidr: cidr.to_string(), multicast, internal })
 }
 
+/// Docker's own option for a network's MTU (`-o com.docker.network.driver.mtu=N`,
+/// Compose's `driver_opts`).
+pub const OPT_MTU: &str = "com.docker.network.driver.mtu";
+
+/// Refused: an MTU option other than the cluster's `mtu`. Every weave
+/// segment has the cluster's MTU on every host (a frame one container sends
+/// at its MTU must fit every other's), so one network cannot have its own;
+/// it was ignored, and the user believed the containers had theirs.
+pub fn mtu_check(req: &CreateNetwork, mtu: u32) -> Result<(), String> {
+    let Some(v) = req.options.get(GENERIC).and_then(|g| g.get(OPT_MTU)) else { return Ok(()) };
+    let given = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    match given.trim().parse::<u32>() {
+        Ok(n) if n == mtu => Ok(()),
+        _ => Err(format!(
+            "-o {OPT_MTU}={given}: every weave network has the cluster's MTU, {mtu} (coordinator --mtu, the same \
+             on every host): leave the option out"
+        )),
+    }
+}
+
 /// Refused: an `--internal` network on a subnet with egress (its containers
 /// leave through their host), at create and at every Join (egress may have
 /// been turned on since).
@@ -265,9 +285,40 @@ pub fn host_ifname(endpoint_id: &str) -> Result<String, String> {
 /// The container name of endpoint `endpoint_id` in Docker's
 /// `GET /networks/<id>` answer (`Containers: {id: {Name, EndpointID}}`).
 pub fn container_name(network: &Value, endpoint_id: &str) -> Option<String> {
-    network.get("Containers")?.as_object()?.values().find_map(|c| {
-        (c.get("EndpointID")?.as_str()? == endpoint_id).then(|| c.get("Name")?.as_str().map(str::to_string))?
+    container_of(network, endpoint_id).map(|(_, name)| name)
+}
+
+/// The container (its id and name) of endpoint `endpoint_id` in Docker's
+/// `GET /networks/<id>` answer.
+pub fn container_of(network: &Value, endpoint_id: &str) -> Option<(String, String)> {
+    network.get("Containers")?.as_object()?.iter().find_map(|(id, c)| {
+        let name = c.get("Name")?.as_str()?;
+        (c.get("EndpointID")?.as_str()? == endpoint_id).then(|| (id.clone(), name.to_string()))
     })
+}
+
+/// The names a container answers to on network `network_id` besides its
+/// own, in Docker's `GET /containers/<id>/json` answer: its aliases there
+/// (`--network-alias`, `docker network connect --alias`, Compose's service
+/// names), without the container's own name and the short id Docker adds
+/// itself, each once.
+pub fn aliases(container: &Value, network_id: &str) -> Vec<String> {
+    let id = container.get("Id").and_then(Value::as_str).unwrap_or_default();
+    let name = container.get("Name").and_then(Value::as_str).unwrap_or_default().trim_start_matches('/');
+    let networks = container.pointer("/NetworkSettings/Networks").and_then(Value::as_object);
+    let on_network = networks.into_iter().flat_map(|n| n.values()).filter(|n| n["NetworkID"] == network_id);
+    let mut out: Vec<String> = Vec::new();
+    for alias in on_network.flat_map(|n| n["Aliases"].as_array().into_iter().flatten().filter_map(Value::as_str)) {
+        let short_id = alias.len() == 12 && id.starts_with(alias);
+        if !alias.is_empty()
+            && !alias.eq_ignore_ascii_case(name)
+            && !short_id
+            && !out.iter().any(|a| a.eq_ignore_ascii_case(alias))
+        {
+            out.push(alias.to_string());
+        }
+    }
+    out
 }
 
 /// The endpoint ids of a `GET /networks/<id>` answer's containers.
@@ -322,6 +373,15 @@ mod tests {
             "IPv4Data":[{"AddressSpace":"weave","Pool":"10.2.3.0/24"}]}"#,
         );
         assert!(network_of(&req).unwrap_err().contains("unknown option --opt works.weave.multicst"));
+        // Docker's MTU option: only the cluster's own.
+        let req = create(
+            r#"{"NetworkID":"1","Options":{"com.docker.network.generic":{"com.docker.network.driver.mtu":"1400"}},
+            "IPv4Data":[{"AddressSpace":"weave","Pool":"10.2.3.0/24"}]}"#,
+        );
+        let e = mtu_check(&req, 1370).unwrap_err();
+        assert!(e.contains("mtu=1400") && e.contains("cluster's MTU, 1370"), "{e}");
+        assert_eq!(mtu_check(&req, 1400), Ok(()));
+        assert_eq!(mtu_check(&create(r#"{"NetworkID":"1"}"#), 1370), Ok(()));
         let req = create(r#"{"NetworkID":"1","IPv4Data":[{"AddressSpace":"LocalDefault","Pool":"172.18.0.0/16"}]}"#);
         assert!(network_of(&req).unwrap_err().contains("--ipam-driver weave"));
         let req = create(
@@ -329,6 +389,24 @@ mod tests {
             "IPv6Data":[{"AddressSpace":"weave","Pool":"fd00::/64"}]}"#,
         );
         assert!(network_of(&req).unwrap_err().contains("IPv4 only"));
+    }
+
+    #[test]
+    fn a_containers_aliases_on_one_network() {
+        // As Docker 20.10 answers `GET /containers/<id>/json` for `docker run
+        // --name web --network-alias api --network-alias API --net n1 …`
+        // also on n2 with `--alias db`: its short id is an alias Docker adds.
+        let inspect: Value = serde_json::from_str(
+            r#"{"Id":"3f1c2b4a5d6e7f8091a2b3c4d5e6f708","Name":"/web","NetworkSettings":{"Networks":{
+            "n1":{"NetworkID":"aaa1","EndpointID":"e1","Aliases":["api","3f1c2b4a5d6e","web","API",""]},
+            "n2":{"NetworkID":"bbb2","EndpointID":"e2","Aliases":["db"]},
+            "n3":{"NetworkID":"ccc3","EndpointID":"e3","Aliases":null}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(aliases(&inspect, "aaa1"), ["api"]);
+        assert_eq!(aliases(&inspect, "bbb2"), ["db"]);
+        assert!(aliases(&inspect, "ccc3").is_empty() && aliases(&inspect, "zzz").is_empty());
+        assert!(aliases(&Value::Null, "aaa1").is_empty());
     }
 
     #[test]

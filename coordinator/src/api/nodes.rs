@@ -8,7 +8,7 @@ use super::{
     Shared,
     join::{check_endpoints, observed_endpoint},
 };
-use crate::store::Caller;
+use crate::{error::Error, store::Caller};
 
 pub struct Nodes(pub Shared);
 
@@ -35,6 +35,16 @@ impl NodeService for Nodes {
         let caller = self.0.caller(&request).await?;
         let r = request.get_ref();
         let node = self.0.target_node(&caller, &r.node).await?;
+        // None would leave the node unreachable for every peer that has not
+        // heard from it, and no agent sends none (it announces only what it
+        // has): an admin's empty list was taken, and stayed (found by a
+        // review, 2026-12-05).
+        if r.endpoints.is_empty() {
+            return Err(Error::InvalidArgument(
+                "no endpoints: a node needs at least one ip:port where its peers reach it".into(),
+            )
+            .into());
+        }
         let endpoints = check_endpoints(&r.endpoints)?;
         self.0.store.with_map(|map| crate::store::check_outside_overlay(&endpoints, map))?;
         // Only the node's own call says where it is; an admin's keeps what was seen.

@@ -22,7 +22,7 @@ impl SubnetService for Subnets {
     async fn add_subnet(&self, request: Request<AddSubnetRequest>) -> Result<Response<Subnet>, Status> {
         // A node may add an unnamed subnet (an agent's Docker plugin maps
         // `docker network create --subnet` onto one); naming, renaming and
-        // removing stay the admin's. Overlaps are refused for everyone. A
+        // removing stay the admin's (but for an empty one the node added). Overlaps are refused for everyone. A
         // node pays for it as for a whole-map read: the store checks the new
         // subnet against every node's underlay addresses, inside the write
         // transaction every other write waits behind.
@@ -72,13 +72,18 @@ impl SubnetService for Subnets {
         &self,
         request: Request<RemoveSubnetRequest>,
     ) -> Result<Response<RemoveSubnetResponse>, Status> {
-        self.0.admin(&request).await?;
+        // The admin's; a node's only for an empty subnet it added itself
+        // (its Docker plugin undoing a `docker network create` that failed).
+        let by_node = match self.0.caller(&request).await? {
+            Caller::Admin => None,
+            Caller::Node { id, .. } => Some(id),
+        };
         let r = request.get_ref();
         if r.subnet.trim().is_empty() {
             return Err(Error::InvalidArgument("name the subnet to remove (CIDR or name)".into()).into());
         }
-        let (subnet, released) = self.0.store.remove_subnet(&r.subnet, r.force).await?;
-        tracing::info!(subnet = %subnet.cidr, released, "subnet removed");
+        let (subnet, released) = self.0.store.remove_subnet_by(&r.subnet, r.force, by_node).await?;
+        tracing::info!(subnet = %subnet.cidr, released, by_node, "subnet removed");
         Ok(Response::new(RemoveSubnetResponse { subnet: Some(subnet), released_allocations: released }))
     }
 

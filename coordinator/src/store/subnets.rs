@@ -235,6 +235,16 @@ impl Store {
     /// Refused while containers hold addresses in it, unless `force`, which
     /// releases them (and their DNS records) in the same transaction.
     pub async fn remove_subnet(&self, sel: &str, force: bool) -> Result<(v1::Subnet, u32)> {
+        self.remove_subnet_by(sel, force, None).await
+    }
+
+    /// [`Self::remove_subnet`] for `by_node` (None: the admin). A node
+    /// removes only a subnet it added that the admin has not named or given
+    /// egress since, and never with `force` (its holders' allocations): an
+    /// agent's Docker plugin takes back the subnet of a `docker network
+    /// create` that failed after the subnet was added (it stayed, a bridge
+    /// and a VXLAN device on every host; found by a review, 2026-12-05).
+    pub async fn remove_subnet_by(&self, sel: &str, force: bool, by_node: Option<u64>) -> Result<(v1::Subnet, u32)> {
         let mut tx = self.begin().await?;
         let subnet = rows::resolve_subnet(tx.c(), sel).await?;
         if subnet.record.is_default {
@@ -242,6 +252,19 @@ impl Store {
                 "{} is the default subnet and cannot be removed",
                 subnet.net
             )));
+        }
+        if let Some(node) = by_node {
+            let added_by: Option<i64> = db::query_scalar("SELECT added_by FROM subnets WHERE id = $1")
+                .bind(subnet.id)
+                .fetch_one(tx.c())
+                .await?;
+            if force || added_by != Some(node as i64) || !subnet.record.name.is_empty() || subnet.record.egress {
+                return Err(Error::PermissionDenied(format!(
+                    "a node may remove only an empty subnet it added, unnamed and without egress, and not with \
+                     --force: removing {} is the admin's (weavectl subnet rm)",
+                    subnet.net
+                )));
+            }
         }
         let holders = db::query(
             "SELECT a.container, n.name AS node FROM allocations a JOIN nodes n ON n.id = a.node_id \

@@ -8,9 +8,8 @@ use std::{net::Ipv4Addr, os::unix::fs::MetadataExt, path::PathBuf, sync::Arc, ti
 
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
-use weave_proto::{client::retry_unavailable, v1::AddRecordRequest};
 
-use super::{Refused, engine, ipam::parse};
+use super::{Refused, ipam::parse};
 use crate::plan::docker::GATEWAY_KEY;
 use crate::{
     daemon::{
@@ -26,7 +25,7 @@ use crate::{
 
 /// How long Join waits for a new subnet's bridge (the reconcile makes it).
 /// How long after a Join the agent looks for the container's name.
-const NAME_WAIT: Duration = Duration::from_secs(30);
+pub(super) const NAME_WAIT: Duration = Duration::from_secs(30);
 
 pub struct Plugin {
     pub(super) attacher: Arc<Attacher>,
@@ -35,7 +34,7 @@ pub struct Plugin {
     /// Docker's API socket (for container names only).
     pub(super) docker_host: PathBuf,
     /// One endpoint change at a time.
-    lock: tokio::sync::Mutex<()>,
+    pub(super) lock: tokio::sync::Mutex<()>,
 }
 
 impl Plugin {
@@ -90,6 +89,7 @@ impl Plugin {
 
     async fn create_network(&self, req: &CreateNetwork) -> Result<Value, Refused> {
         let network = wire::network_of(req).map_err(Refused::bad)?;
+        wire::mtu_check(req, self.attacher.mtu).map_err(Refused::bad)?;
         // Two Docker networks on one weave subnet would be one segment: a
         // user expects them apart (found by a review, 2026-12-04).
         if let Some(other) = self.state.network_on(&network.cidr).filter(|id| *id != req.network_id) {
@@ -103,6 +103,8 @@ impl Plugin {
         let subnet = self.subnet(&network.cidr).await?;
         wire::internal_check(&network, subnet.egress).map_err(Refused::bad)?;
         tracing::info!(network = req.network_id, subnet = network.cidr, "Docker network on a weave subnet");
+        // Its subnet is a network's now: kept when Docker releases the pool.
+        self.state.take_pool(&network.cidr);
         self.state.add_network(&req.network_id, network);
         Ok(json!({}))
     }
@@ -304,42 +306,7 @@ impl Plugin {
             },
             None => tracing::warn!(sandbox, "the Docker container's namespace did not appear: no weave DNS in it"),
         }
-        self.register_name(network_id, endpoint_id, ip).await;
-    }
-
-    /// `<container name>.<domain>` for the endpoint's address, owned by its
-    /// allocation (released with it).
-    async fn register_name(&self, network_id: String, endpoint_id: String, ip: Ipv4Addr) {
-        let name = match engine::container_of(&self.docker_host, &network_id, &endpoint_id, NAME_WAIT).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(endpoint = endpoint_id, docker = %self.docker_host.display(), error = e,
-                    "no DNS name for a Docker container: its name is unknown");
-                return;
-            }
-        };
-        self.register(&name, ip, false).await;
-    }
-
-    /// `name` for `ip`; a refusal is a warning, or (`again`: the sweep's
-    /// retries, every 10 s while another host's container holds the name)
-    /// only a debug line.
-    pub(super) async fn register(&self, name: &str, ip: Ipv4Addr, again: bool) {
-        let req = AddRecordRequest { name: name.to_string(), address: ip.to_string() };
-        // A repeat of one that was applied answers "already resolves", as below.
-        let added = retry_unavailable(|| {
-            let (mut dns, req) = (self.attacher.api.dns.clone(), req.clone());
-            async move { dns.add_record(req).await }
-        })
-        .await;
-        match added {
-            Ok(r) => tracing::info!(name = r.into_inner().name, %ip, "registered a Docker container's name"),
-            Err(s) if s.code() == tonic::Code::AlreadyExists && s.message().contains("already resolves") => {}
-            Err(s) if again => tracing::debug!(name, %ip, error = s.message(), "still cannot register a name"),
-            Err(s) => {
-                tracing::warn!(name, %ip, error = s.message(), "cannot register a Docker container's name (tried again every 10 s)")
-            }
-        }
+        self.register_names(network_id, endpoint_id, ip).await;
     }
 }
 

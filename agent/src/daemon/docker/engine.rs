@@ -2,16 +2,25 @@
 //! container an endpoint belongs to (its name, for weave DNS: Docker tells a
 //! network plugin no container names, so after a Join the agent reads it
 //! until the endpoint shows up), and which endpoints a network still has
-//! (the sweep of those Docker removed while the agent was down).
+//! (the sweep of those Docker removed while the agent was down); and
+//! `GET /containers/<id>/json`: the container's aliases on the network.
 use std::{path::Path, time::Duration};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::plan::docker::container_name;
+use crate::plan::docker::{aliases, container_of};
+
+/// How long one answer from Docker may take: a Docker that accepts and
+/// never answers must not hold a Join's follow-up or the sweep for good.
+const ANSWER: Duration = Duration::from_secs(30);
 
 /// One `GET` on the Docker socket at `socket`; the JSON body of a 200.
 async fn get(socket: &Path, path: &str) -> Result<Value, String> {
+    tokio::time::timeout(ANSWER, get_now(socket, path)).await.map_err(|_| format!("no answer within {ANSWER:?}"))?
+}
+
+async fn get_now(socket: &Path, path: &str) -> Result<Value, String> {
     let mut s = tokio::net::UnixStream::connect(socket).await.map_err(|e| format!("{}: {e}", socket.display()))?;
     // HTTP/1.0: the answer is the whole body, then the end of the stream.
     let request = format!("GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n");
@@ -26,19 +35,19 @@ async fn get(socket: &Path, path: &str) -> Result<Value, String> {
     serde_json::from_str(body).map_err(|e| e.to_string())
 }
 
-/// The name of the container of endpoint `endpoint_id` on network
+/// The container (id, name) of endpoint `endpoint_id` on network
 /// `network_id`, once Docker shows it (within `wait`).
-pub async fn container_of(
+pub async fn container(
     socket: &Path,
     network_id: &str,
     endpoint_id: &str,
     wait: Duration,
-) -> Result<String, String> {
+) -> Result<(String, String), String> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let last = match get(socket, &format!("/networks/{network_id}")).await {
-            Ok(net) => match container_name(&net, endpoint_id) {
-                Some(name) => return Ok(name),
+            Ok(net) => match container_of(&net, endpoint_id) {
+                Some(found) => return Ok(found),
                 None => "not on the network yet".to_string(),
             },
             Err(e) => e,
@@ -58,4 +67,23 @@ pub async fn network(socket: &Path, network_id: &str) -> Result<Option<Value>, S
         Err(e) if e.starts_with("HTTP/") && e.split_whitespace().nth(1) == Some("404") => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// The aliases on network `network_id` ([`aliases`]) of the container
+/// `(id, name)` as the network showed it. Docker lists an endpoint whose
+/// sandbox it has not joined yet (`docker network connect` of a running
+/// container) under `ep-<endpoint id>`, not the container's id: the
+/// container is then asked for by its name. Docker answers once the
+/// container has started, or been connected.
+pub async fn aliases_of(socket: &Path, (id, name): (&str, &str), network_id: &str) -> Result<Vec<String>, String> {
+    let is_id = !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit());
+    // Docker's own rule for names: [a-zA-Z0-9][a-zA-Z0-9_.-]+.
+    let is_name = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    let container = match (is_id, is_name) {
+        (true, _) => id,
+        (false, true) => name,
+        (false, false) => return Err(format!("neither '{id}' nor '{name}' names a container")),
+    };
+    Ok(aliases(&get(socket, &format!("/containers/{container}/json")).await?, network_id))
 }

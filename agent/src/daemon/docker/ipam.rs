@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use weave_proto::{
     client::retry_unavailable,
-    v1::{AddSubnetRequest, AllocateRequest, ListAllocationsRequest, ListSubnetsRequest},
+    v1::{AddSubnetRequest, AllocateRequest, ListAllocationsRequest, ListSubnetsRequest, RemoveSubnetRequest},
 };
 
 use super::{Refused, driver::Plugin};
@@ -20,9 +20,7 @@ impl Plugin {
                 Ok(json!({"LocalDefaultAddressSpace": ADDRESS_SPACE, "GlobalDefaultAddressSpace": ADDRESS_SPACE}))
             }
             "RequestPool" => self.request_pool(&parse(body)?).await,
-            // The weave subnet stays: other hosts' networks may use it, and
-            // removing a subnet is the admin's (`weavectl subnet rm`).
-            "ReleasePool" => parse::<PoolRef>(body).map(|_| json!({})),
+            "ReleasePool" => self.release_pool(&parse(body)?).await,
             "RequestAddress" => self.request_address(&parse(body)?).await,
             "ReleaseAddress" => self.release_address(&parse(body)?).await,
             _ => Err(Refused::not_found(format!("unknown IPAM method {method}"))),
@@ -45,13 +43,43 @@ impl Plugin {
             )));
         }
         let cidr = wire::pool_cidr(&req.pool).map_err(Refused::bad)?.to_string();
-        self.ensure_subnet(&cidr).await?;
+        if self.ensure_subnet(&cidr).await? {
+            self.state.add_pool(&cidr);
+        }
         Ok(json!({"PoolID": cidr, "Pool": cidr, "Data": {}}))
     }
 
-    async fn ensure_subnet(&self, cidr: &str) -> Result<(), Refused> {
+    /// The weave subnet stays (other hosts' networks may use it; removing
+    /// one is the admin's, `weavectl subnet rm`), unless this host added it
+    /// for this pool and Docker releases the pool before any network used
+    /// it: a `docker network create` refused after its pool was made
+    /// (`--ipv6`, a driver option refused, `--internal` on egress) left the
+    /// subnet it added, a bridge and a VXLAN device on every host (found by
+    /// a review, 2026-12-05). The coordinator removes it only while it is
+    /// empty and as this node added it.
+    async fn release_pool(&self, req: &PoolRef) -> Result<Value, Refused> {
+        let Ok(cidr) = wire::pool_cidr(&req.pool_id).map(|c| c.to_string()) else { return Ok(json!({})) };
+        if self.state.networks_on(&cidr) > 0 || !self.state.take_pool(&cidr) {
+            return Ok(json!({}));
+        }
+        let req = RemoveSubnetRequest { subnet: cidr.clone(), force: false };
+        let removed = retry_unavailable(|| {
+            let (mut subnets, req) = (self.attacher.api.subnets.clone(), req.clone());
+            async move { subnets.remove_subnet(req).await }
+        })
+        .await;
+        match removed {
+            Ok(_) => tracing::info!(subnet = cidr, "took back the weave subnet of a Docker network never made"),
+            // Another host's network holds an address there by now: it stays.
+            Err(s) => tracing::info!(subnet = cidr, reason = s.message(), "the weave subnet of a Docker pool stays"),
+        }
+        Ok(json!({}))
+    }
+
+    /// Subnet `cidr` in the cluster: true if this call added it.
+    async fn ensure_subnet(&self, cidr: &str) -> Result<bool, Refused> {
         if self.attacher.maps.borrow().subnets.iter().any(|s| s.cidr == cidr) {
-            return Ok(());
+            return Ok(false);
         }
         // Retried on UNAVAILABLE like every coordinator call here (a
         // balanced channel may send it to a coordinator that just died); a
@@ -65,7 +93,7 @@ impl Plugin {
         match added {
             Ok(s) => {
                 tracing::info!(subnet = %s.into_inner().cidr, "added a weave subnet for a Docker network");
-                Ok(())
+                Ok(true)
             }
             Err(s) => {
                 // Another host's `docker network create` may just have added
@@ -84,7 +112,7 @@ impl Plugin {
                     })
                     .await?;
                     if list.into_inner().subnets.iter().any(|x| x.cidr == cidr) {
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
                 Err(s.into())

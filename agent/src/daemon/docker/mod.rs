@@ -4,7 +4,7 @@
 //! answers and the mapping onto weave subnets are `plan::docker`, the work
 //! is [`driver`] (reusing attach's veths, the coordinator's IPAM and the
 //! DNS server), and Docker's own API is asked only for container names
-//! ([`engine`]). The socket is root's (0600) and lives in the host's mount
+//! and aliases ([`engine`], `names`). The socket is root's (0600) and lives in the host's mount
 //! namespace, so a container can reach neither it nor the Docker socket.
 use std::{convert::Infallible, os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
 
@@ -18,6 +18,7 @@ use crate::{error::Error, plan::docker as wire};
 pub mod driver;
 pub mod engine;
 mod ipam;
+mod names;
 mod sweep;
 
 pub use driver::Plugin;

@@ -6,16 +6,14 @@
 //! a review, 2026-12-05). Docker's own list of each network's endpoints is
 //! the truth: one the agent holds that Docker does not list, twice in a
 //! row, goes as those calls would have taken it. And a listed one whose
-//! container's name does not resolve to it is named again.
+//! container's name or aliases do not resolve to it is named again
+//! ([`Plugin::name_again`]).
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use ipnet::Ipv4Net;
 
 use super::{Plugin, engine};
-use crate::{
-    host::docker::Endpoint,
-    plan::docker::{EndpointRequest, RequestAddress, container_name, endpoint_ids},
-};
+use crate::plan::docker::{EndpointRequest, RequestAddress, endpoint_ids};
 
 /// Between looks. An endpoint is taken for gone when two looks this far
 /// apart miss it (Docker lists one from its creation; the second look spares
@@ -114,30 +112,5 @@ impl Plugin {
             }
         }
         missing
-    }
-
-    /// Each joined endpoint of `shown` (a network as Docker shows it) whose
-    /// container's name does not resolve to its address: registered again.
-    /// At its Join the name may have been another host's container's (a node
-    /// may not take a name another holds), and once that one had gone it
-    /// stayed unregistered for good (found by a review, 2026-12-05).
-    async fn name_again<'e>(&self, shown: &serde_json::Value, joined: impl Iterator<Item = &'e (String, Endpoint)>) {
-        for (id, ep) in joined.filter(|(_, e)| !e.sandbox.is_empty()) {
-            let (Some(name), Ok(address)) = (container_name(shown, id), ep.address.parse::<Ipv4Net>()) else {
-                continue;
-            };
-            let ip = address.addr().to_string();
-            // A name that is no DNS name is never registered: not asked again.
-            let resolves = {
-                let map = self.attacher.maps.borrow();
-                match weave_proto::dns_name::qualify(&name, &map.dns_domain) {
-                    Ok(fqdn) => map.dns_records.iter().any(|r| r.name == fqdn && r.address == ip),
-                    Err(_) => true,
-                }
-            };
-            if !resolves {
-                self.register(&name, address.addr(), true).await;
-            }
-        }
     }
 }
