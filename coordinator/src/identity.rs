@@ -53,12 +53,18 @@ pub fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
 }
 
 /// Writes `contents` to `path` with mode 0600, atomically (temp file + rename).
+/// Each write has a temp file of its own: two writers sharing one renamed
+/// each other's (or found it gone) (found by a review, 2026-12-05).
 pub fn write_secret_file(path: &Path, contents: &str) -> Result<(), IdentityError> {
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!("tmp.{}.{:016x}", std::process::id(), rand::random::<u64>()));
     let mut f =
         fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
-    f.write_all(contents.as_bytes()).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))
+    let written = f.write_all(contents.as_bytes()).and_then(|_| f.sync_all()).map_err(io(&tmp));
+    let renamed = written.and_then(|()| fs::rename(&tmp, path).map_err(io(path)));
+    if renamed.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    renamed
 }
 
 /// Loads `tls/coordinator.{crt,key}` under `dir`, creating them on first start.

@@ -244,6 +244,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         challenger: Default::default(),
         data_dir: settings.data_dir.clone(),
         credentials_epoch: tokio::sync::watch::channel(0).0,
+        rotation: Default::default(),
         started_at: now(),
         watchers: AtomicU32::new(0),
         watches_by_credential: Default::default(),

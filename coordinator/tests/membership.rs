@@ -469,6 +469,42 @@ async fn the_admin_credential_rotates_and_the_old_one_dies() {
     c.admin().await.status.get_status(GetStatusRequest {}).await.unwrap();
 }
 
+/// Rotations at once with one credential: one rotates, the others are
+/// refused and change nothing, and the file holds the one valid credential.
+/// Before, two at once wrote the file and the database in different orders
+/// (and one temp file for both): callers got credentials that did not work,
+/// and weavectl's file held a dead one (found by a review, 2026-12-05).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_at_once_leave_one_valid_credential_in_the_file() {
+    let c = TestCoordinator::start().await;
+    let mut current = c.running.admin.secret.clone();
+    for _ in 0..3 {
+        let mut clients = Vec::new();
+        for _ in 0..6 {
+            clients.push(c.api_with(&current).await);
+        }
+        let calls = clients.into_iter().map(|mut a| {
+            tokio::spawn(async move { a.admin.rotate_admin_credential(RotateAdminCredentialRequest {}).await })
+        });
+        let answers: Vec<_> = futures::future::join_all(calls).await.into_iter().map(Result::unwrap).collect();
+        let mut handed = Vec::new();
+        for answer in answers {
+            match answer {
+                Ok(r) => handed.push(AdminCredential::parse(&r.into_inner().credential).unwrap()),
+                Err(s) => assert_eq!(s.code(), Code::Unauthenticated, "{s:?}"),
+            }
+        }
+        assert_eq!(handed.len(), 1, "one rotation per credential");
+        let path = c.data_dir().join("admin.credential");
+        let file = AdminCredential::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(file, handed[0]);
+        c.api_with(&file.secret).await.status.get_status(GetStatusRequest {}).await.expect("the file's credential");
+        let strays: Vec<_> = std::fs::read_dir(c.data_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(!strays.iter().any(|n| n.to_string_lossy().contains("tmp")), "{strays:?}");
+        current = file.secret;
+    }
+}
+
 /// Two coordinators on one database (the second given the first's TLS
 /// identity and admin credential, as the README says): an admin credential
 /// rotated through one ends the admin watches open on the other too, within

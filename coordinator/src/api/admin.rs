@@ -16,6 +16,11 @@ impl AdminService for Admin {
         &self,
         request: Request<RotateAdminCredentialRequest>,
     ) -> Result<Response<RotateAdminCredentialResponse>, Status> {
+        // The caller is checked inside the turn: of two rotations with one
+        // credential, the second finds it rotated away (UNAUTHENTICATED,
+        // nothing changed), and no caller is handed a credential that an
+        // overlapping rotation has already replaced.
+        let _turn = self.0.rotation.lock().await;
         self.0.admin(&request).await?;
         let secret = new_secret();
         let hash = hash_secret(&secret);

@@ -64,6 +64,10 @@ pub struct State {
     /// Bumped when credentials stop being valid without a map change (admin
     /// rotation): open watch streams re-check their caller then.
     pub credentials_epoch: tokio::sync::watch::Sender<u64>,
+    /// One admin rotation at a time: two at once wrote the file and the
+    /// database in different orders, and left callers holding credentials
+    /// that did not work (found by a review, 2026-12-05).
+    pub rotation: tokio::sync::Mutex<()>,
     /// Becomes true when the coordinator shuts down: watch streams end then,
     /// or graceful shutdown would wait for them forever.
     pub stopping: tokio::sync::watch::Receiver<bool>,
