@@ -11,6 +11,10 @@ pub enum Error {
     JoinRefused(String),
     #[error("saved state: {0}")]
     State(String),
+    /// The running agent refused a request (`agent allocate`, `agent
+    /// status`): its sentence, and its kind for the exit code.
+    #[error("{1}")]
+    Refused(weave_proto::local_api::ErrorKind, String),
     /// A flag's value is wrong (found before anything was done).
     #[error("{0}")]
     Usage(String),

@@ -44,6 +44,8 @@ async fn main() -> ExitCode {
                     ExitCode::from(3)
                 }
                 weave_agent::error::Error::Usage(_) => ExitCode::from(2),
+                // As weavectl's: a script tells a full subnet (7) from a missing one (4).
+                weave_agent::error::Error::Refused(kind, _) => ExitCode::from(kind.exit_code()),
                 _ => ExitCode::FAILURE,
             }
         }

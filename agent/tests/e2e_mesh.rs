@@ -15,6 +15,35 @@ fn three_hosts_workloads_ping_each_other() {
     // The third through the agent's own local API (`agent allocate`).
     bed.add_workload_via_agent(2, "default");
     assert_eq!(bed.workloads[2].subnet, bed.workloads[0].subnet);
+    // Its refusals exit as weavectl's do (a script tells a full subnet from
+    // a missing one), and say what the coordinator said: they all exited 1,
+    // "saved state: …" (found by a review, 2026-12-05).
+    let out = bed.weavectl_admin(&["subnet", "add", "10.2.9.0/30"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let socket = bed.hosts[2].socket.clone();
+    let allocate = |container: &str, subnet: &str| {
+        let socket = socket.to_str().unwrap();
+        run(&[
+            agent_bin().to_str().unwrap(),
+            "allocate",
+            "--socket",
+            socket,
+            "--container",
+            container,
+            "--subnet",
+            subnet,
+        ])
+    };
+    let refused = |out: std::process::Output, code: i32, says: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(code), "{stderr}");
+        assert!(stderr.contains(says) && !stderr.contains("saved state"), "{stderr}");
+    };
+    refused(allocate("x1", "10.2.99.0/24"), 4, "not defined");
+    for c in ["f1", "f2"] {
+        assert!(allocate(c, "10.2.9.0/30").status.success());
+    }
+    refused(allocate("f3", "10.2.9.0/30"), 7, "no free address");
     for a in 0..3 {
         for b in 0..3 {
             if a != b {

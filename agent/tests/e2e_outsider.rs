@@ -190,14 +190,21 @@ fn nothing_from_the_underlay_reaches_a_workload_except_through_wireguard() {
 /// WireGuard) to `dst`:`port`, `rate` datagrams a second, until killed.
 const SPOOF_PY: &str = r#"
 import socket, struct, sys, time
+import hashlib
 src, dst, port, payload, rate = sys.argv[1], sys.argv[2], int(sys.argv[3]), bytes.fromhex(sys.argv[4]), float(sys.argv[5])
+# With the target's public key: each initiation made anew (another sender
+# index, its mac1 computed again), not the same one replayed.
+mac1_key = hashlib.blake2s(b'mac1----' + bytes.fromhex(sys.argv[6])).digest() if len(sys.argv) > 6 else None
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-udp = struct.pack('!HHHH', 6784, port, 8 + len(payload), 0) + payload
-ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
-step, due = 10 / rate, time.time()
+ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 48 + len(payload), 0, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
+step, due, n = 10 / rate, time.time(), 0
 while True:
     for _ in range(10):
-        s.sendto(ip + udp, (dst, 0))
+        if mac1_key:
+            n += 1
+            body = payload[:4] + struct.pack('<I', n) + payload[8:116]
+            payload = body + hashlib.blake2s(body, key=mac1_key, digest_size=16).digest() + bytes(16)
+        s.sendto(ip + struct.pack('!HHHH', 6784, port, 8 + len(payload), 0) + payload, (dst, 0))
     due += step
     time.sleep(max(0.0, due - time.time()))
 "#;
@@ -219,6 +226,10 @@ impl Drop for Holder {
 /// get its own cookie reply and its tunnel back: the forgeries emptied a
 /// bucket of 20 replies a second that the peer's address had, and it stayed
 /// cut off for as long as they came (found by a review, 2026-12-05).
+/// First, one captured initiation replayed as fast: the host under load
+/// answers it once a second, not once per copy (the copies spent the peer's
+/// 5,000 replies a second, and its own initiation mostly found none left;
+/// found by the next review).
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn a_flood_spoofed_from_a_peers_address_does_not_keep_it_out() {
@@ -228,21 +239,35 @@ fn a_flood_spoofed_from_a_peers_address_does_not_keep_it_out() {
     bed.wait_ping(w1, w0, Duration::from_secs(15));
     let outsider = bed.add_bare_host(OUTSIDER);
     let init = common::rogue::stranger_initiation(&bed, 0);
-    let hex: String = init.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let public = boringtun::x25519::PublicKey::from(&common::rogue::key(&bed, 0));
     let (peer, host) = (bed.hosts[1].ip.to_string(), bed.hosts[0].ip.to_string());
-    let mut flood = Holder(
-        std::process::Command::new("ip")
-            .args(["netns", "exec", &outsider, "python3", "-c", SPOOF_PY, &peer, &host, &WG_PORT.to_string(), &hex])
-            .arg("4500")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("the flood"),
-    );
+    let spoof = |extra: &[String]| {
+        Holder(
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &outsider, "python3", "-c", SPOOF_PY, &peer, &host, &WG_PORT.to_string()])
+                .arg(hex(&init))
+                .arg("4500")
+                .args(extra)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("the flood"),
+        )
+    };
+    let cookies_to_peer = |name: &str| {
+        let capture = Capture::start(&bed.hosts[1].ns, "eth0", "udp src port 6784 and udp[8] = 3", bed.path(name));
+        thread::sleep(Duration::from_secs(2));
+        fs::read(capture.stop()).unwrap()
+    };
+    // The replay: a pcap's header is 24 bytes, a cookie reply's record 122.
+    let mut replay = spoof(&[]);
+    let cookies = cookies_to_peer("replayed.pcap");
+    assert!(cookies.len() <= 24 + 4 * 122, "a replay answered {} times in 2 s", (cookies.len() - 24) / 122);
+    assert!(replay.0.try_wait().unwrap().is_none(), "the replay ended early: the check is void");
+    drop(replay);
     // Host 1 under load, answering the forgeries with cookie replies to host 2.
-    let capture =
-        Capture::start(&bed.hosts[1].ns, "eth0", "udp src port 6784 and udp[8] = 3", bed.path("cookies.pcap"));
-    thread::sleep(Duration::from_secs(2));
-    let cookies = fs::read(capture.stop()).unwrap();
+    let mut flood = spoof(&[hex(public.as_bytes())]);
+    let cookies = cookies_to_peer("cookies.pcap");
     // A pcap's header is 24 bytes, a cookie reply's record 122.
     assert!(cookies.len() > 24 + 10 * 122, "host 1 is not under load: {} bytes of cookie replies", cookies.len());
     bed.signal_agent(1, nix::sys::signal::Signal::SIGTERM);

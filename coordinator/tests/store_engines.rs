@@ -596,3 +596,66 @@ async fn a_database_that_stops_answering_gives_an_answer_within_the_deadline() {
     }
     c.stop().await;
 }
+
+/// A database a newer weave migrated (a rolling upgrade on one PostgreSQL
+/// database: the first upgraded coordinator migrates it for all) stops an
+/// older coordinator's start with one sentence that says so; it said only
+/// sqlx's "migration 15 was previously applied but is missing in the
+/// resolved migrations" (found by a review, 2026-12-05).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_a_newer_weave_migrated_is_named_as_such() {
+    let c = TestCoordinator::start().await;
+    let checksum = if common::postgres() { "'\\x00'" } else { "x'00'" };
+    common::execute_sql(
+        &c,
+        &format!(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (9999, 'from the future', TRUE, {checksum}, 1)"
+        ),
+    )
+    .await;
+    let dir = c.stop().await;
+    let mut args =
+        weave_coordinator::config::ServeArgs::for_data_dir(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+    args.store = common::store_flag(&dir.path().join("data/coordinator.db"));
+    let refused =
+        weave_coordinator::start(args.settings().unwrap(), std::future::pending()).await.err().expect("refused");
+    let said = format!("{refused:#}");
+    assert!(said.contains("migrated by a newer weave") && said.contains("migration 9999"), "{said}");
+}
+
+/// The listener for other coordinators' changes has a session of its own,
+/// not one of the 16 read sessions (sqlx took it from the read pool, so a
+/// read flood kept it from reconnecting; found by a review, 2026-12-05),
+/// and every session says what it is for in `application_name`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: starts PostgreSQL as the postgres user (deploy/test.sh runs it)"]
+async fn the_listener_has_a_session_of_its_own_and_every_session_is_named() {
+    use sqlx::Connection;
+    let url = pg::shared().create_database();
+    let from = url.clone();
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), move |a| a.store = Some(from)).await;
+    c.admin().await.subnets.list_subnets(ListSubnetsRequest {}).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let rows: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT application_name, query FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        let seen: Vec<(String, String)> =
+            rows.into_iter().map(|(a, q)| (a.unwrap_or_default(), q.unwrap_or_default())).collect();
+        if seen.iter().any(|(_, q)| q.starts_with("LISTEN")) || Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let listening: Vec<&str> = seen.iter().filter(|(_, q)| q.starts_with("LISTEN")).map(|(a, _)| a.as_str()).collect();
+    assert_eq!(listening, ["weave-coordinator listen"], "{seen:?}");
+    let kinds: BTreeSet<&str> = seen.iter().map(|(a, _)| a.as_str()).collect();
+    assert!(kinds.contains("weave-coordinator read") && kinds.contains("weave-coordinator write"), "{seen:?}");
+    assert!(kinds.iter().all(|k| k.starts_with("weave-coordinator ")), "{seen:?}");
+}

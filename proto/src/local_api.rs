@@ -55,6 +55,21 @@ impl ErrorKind {
             _ => Self::Failed,
         }
     }
+
+    /// The exit status a command line gives for it, as weavectl's: 2 bad
+    /// input, 3 unreachable or try again, 4 not found, 5 conflict, 6 denied,
+    /// 7 exhausted, 1 anything else.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Invalid => 2,
+            Self::Unavailable => 3,
+            Self::UnknownContainer | Self::NotFound => 4,
+            Self::Conflict => 5,
+            Self::Denied => 6,
+            Self::Exhausted => 7,
+            Self::Failed => 1,
+        }
+    }
 }
 
 /// A refused request: its kind, and a sentence for people.

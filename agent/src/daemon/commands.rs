@@ -353,7 +353,7 @@ pub async fn status(args: StatusArgs) -> Result<String, Error> {
     match local_api::request(&args.socket, &Request::Status).await.map_err(|e| socket_error(&args.socket, e))? {
         Response::Status(s) if args.json => serde_json::to_string_pretty(&s).map_err(|e| Error::State(e.to_string())),
         Response::Status(s) => Ok(local_api::format_status(&s)),
-        Response::Error(e) => Err(Error::State(e.message)),
+        Response::Error(e) => Err(Error::Refused(e.kind, e.message)),
         other => Err(Error::State(format!("unexpected answer: {other:?}"))),
     }
 }
@@ -363,7 +363,7 @@ pub async fn allocate(args: AllocateArgs) -> Result<String, Error> {
     let request = Request::Allocate { container: args.container, subnet: args.subnet };
     match local_api::request(&args.socket, &request).await.map_err(|e| socket_error(&args.socket, e))? {
         Response::Allocated(a) => plan::kernel::allocated_line(&a.address, &a.bridge, a.mtu).map_err(Error::State),
-        Response::Error(e) => Err(Error::State(e.message)),
+        Response::Error(e) => Err(Error::Refused(e.kind, e.message)),
         other => Err(Error::State(format!("unexpected answer: {other:?}"))),
     }
 }

@@ -109,9 +109,17 @@ impl Store {
     /// Starts following the database (PostgreSQL only) until every other
     /// handle on this store is dropped.
     pub(super) fn follow(&self) {
-        let Pool::Postgres(pool) = &self.read else { return };
+        let Pool::Postgres(read) = &self.read else { return };
+        // A session of its own, not one of the read pool's: sqlx's listener
+        // takes its connection from the pool it is given, so it held one of
+        // the 16 read sessions (18 in all, not 19), and with those kept busy
+        // by bogus credentials its reconnection after a database restart
+        // queued behind them (found by a review, 2026-12-05).
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(super::open::pg_session(&read.connect_options(), "listen"));
         let wake = Arc::new(Notify::new());
-        let listener = tokio::spawn(listen(pool.clone(), wake.clone()));
+        let listener = tokio::spawn(listen(pool, wake.clone()));
         let store = self.clone();
         tokio::spawn(async move {
             while Arc::strong_count(&store.alive) > 1 {

@@ -192,6 +192,34 @@ fn owner_only(path: &std::path::Path) -> Result<()> {
 }
 
 /// The write and read pools for `location`, migrated.
+/// The options of one kind of PostgreSQL session (`write`, `read`,
+/// `listen`): `application_name` `weave-coordinator <kind>`, so that
+/// `pg_stat_activity` tells them apart, unless `--store` set one.
+pub(super) fn pg_session(options: &PgConnectOptions, kind: &str) -> PgConnectOptions {
+    match options.get_application_name() {
+        Some(name) if !name.starts_with("weave-coordinator ") => options.clone(),
+        _ => options.clone().application_name(&format!("weave-coordinator {kind}")),
+    }
+}
+
+/// sqlx's refusal of a database that a newer weave migrated (a migration
+/// this binary does not have), said as what it means: during a rolling
+/// upgrade on one PostgreSQL database, a coordinator not upgraded yet that
+/// restarts after the first upgraded one started stops here. It said only
+/// "migration 15 was previously applied but is missing in the resolved
+/// migrations" (found by a review, 2026-12-05).
+fn newer_schema(e: sqlx::migrate::MigrateError, known: &sqlx::migrate::Migrator) -> Error {
+    match e {
+        sqlx::migrate::MigrateError::VersionMissing(version) => Error::FailedPrecondition(format!(
+            "the database was migrated by a newer weave (it has schema migration {version}; this coordinator knows \
+             up to {}): run this coordinator's newer version (going back needs the database from before the \
+             upgrade)",
+            known.iter().map(|m| m.version).max().unwrap_or(0)
+        )),
+        e => e.into(),
+    }
+}
+
 pub(super) async fn pools(location: &Location) -> Result<(Pool, Pool)> {
     match location {
         Location::Sqlite(path) => {
@@ -205,7 +233,8 @@ pub(super) async fn pools(location: &Location) -> Result<(Pool, Pool)> {
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
             let write = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
-            sqlx::migrate!("../migrations/sqlite").run(&write).await?;
+            let schema = sqlx::migrate!("../migrations/sqlite");
+            schema.run(&write).await.map_err(|e| newer_schema(e, &schema))?;
             let read = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
             Ok((Pool::Sqlite(write), Pool::Sqlite(read)))
         }
@@ -231,16 +260,18 @@ pub(super) async fn pools(location: &Location) -> Result<(Pool, Pool)> {
                 })?
                 .map_err(|e| Error::Unavailable(format!("cannot connect to the database {shown}: {e}")))?;
             let _ = first.close().await;
-            // Both pools' sessions get the same options (the idle-in-transaction timeout above).
+            // Both pools' sessions get the same options (the idle-in-transaction
+            // timeout above), each its own application_name.
             let write = PgPoolOptions::new()
                 .max_connections(PG_WRITE_CONNECTIONS)
                 .acquire_timeout(PG_CONNECT_TIMEOUT)
-                .connect_lazy_with(options.clone());
-            sqlx::migrate!("../migrations/postgres").run(&write).await?;
+                .connect_lazy_with(pg_session(&options, "write"));
+            let schema = sqlx::migrate!("../migrations/postgres");
+            schema.run(&write).await.map_err(|e| newer_schema(e, &schema))?;
             let read = PgPoolOptions::new()
                 .max_connections(PG_READ_CONNECTIONS)
                 .acquire_timeout(PG_CONNECT_TIMEOUT)
-                .connect_lazy_with(options);
+                .connect_lazy_with(pg_session(&options, "read"));
             Ok((Pool::Postgres(write), Pool::Postgres(read)))
         }
     }

@@ -238,6 +238,8 @@ mod tests {
             // The same sentence for every kind: only the kind decides.
             let f = refused("attaching c", Refusal::new(kind, "subnet is not defined, already in use"));
             assert_eq!(f.exit, exit, "{kind:?}");
+            // `agent allocate` exits as weavectl does.
+            assert_eq!(kind.exit_code(), exit as u8, "{kind:?}");
             assert_eq!(f.to_string(), "attaching c: subnet is not defined, already in use");
         }
     }

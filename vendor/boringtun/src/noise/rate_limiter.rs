@@ -7,6 +7,7 @@ use mock_instant::Instant;
 use portable_atomic::{AtomicU64, Ordering};
 use std::collections::hash_map::{Entry, HashMap};
 use std::collections::HashSet;
+use std::convert::TryFrom;
 use std::net::IpAddr;
 
 #[cfg(not(feature = "mock-instant"))]
@@ -70,6 +71,11 @@ const TRUSTED_SOURCE_COOKIE_REPLIES_PER_SECOND: u64 = 5_000;
 /// seals and sends a second (~5 % of a core), where the kernel's WireGuard
 /// answers every one.
 const TRUSTED_COOKIE_REPLIES_PER_SECOND: u64 = 20_000;
+
+/// weave: handshake messages remembered per reset period (a second) while
+/// under load, to drop their repeats; past this many, new ones are not
+/// remembered (each was answered or let through: bounded by the limits above).
+const MAX_SEEN: usize = 1 << 17;
 
 /// A source of handshake packets, as the per-source bucket keys it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -137,6 +143,15 @@ pub struct RateLimiter {
     /// all and per source (only trusted sources: bounded by the peers).
     trusted_cookies: AtomicU64,
     trusted_cookies_by_source: Mutex<HashMap<Source, u64>>,
+    /// weave: the mac1 of each handshake message answered (a cookie reply)
+    /// or let through while under load since the last reset. A repeat is a
+    /// replay (every initiation has a fresh ephemeral key, and so a fresh
+    /// mac1) and gets nothing: an outsider replaying one captured initiation
+    /// from a peer's address at 15,000 a second spent that address's 5,000
+    /// cookie replies early in every second, and the restarted peer's own
+    /// initiation mostly found none left (its tunnel back after 13-18 s, not
+    /// 2; found by a review, 2026-12-05).
+    seen: Mutex<HashSet<[u8; 16]>>,
 }
 
 impl RateLimiter {
@@ -159,6 +174,7 @@ impl RateLimiter {
             cookies: AtomicU64::new(0),
             trusted_cookies: AtomicU64::new(0),
             trusted_cookies_by_source: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashSet::new()),
         }
     }
 
@@ -188,6 +204,7 @@ impl RateLimiter {
             self.cookies.store(0, Ordering::SeqCst);
             self.trusted_cookies.store(0, Ordering::SeqCst);
             self.trusted_cookies_by_source.lock().clear();
+            self.seen.lock().clear();
             *last_reset_time = current_time;
             drop(last_reset_time);
             self.prune_sources(self.nanos());
@@ -200,6 +217,21 @@ impl RateLimiter {
         self.cookies.store(0, Ordering::SeqCst);
         self.trusted_cookies.store(0, Ordering::SeqCst);
         self.trusted_cookies_by_source.lock().clear();
+        self.seen.lock().clear();
+    }
+
+    /// weave: whether a handshake message of this `mac1` was answered or let
+    /// through since the last reset (a replay).
+    fn seen_before(&self, mac1: &[u8]) -> bool {
+        <[u8; 16]>::try_from(mac1).is_ok_and(|m| self.seen.lock().contains(&m))
+    }
+
+    /// weave: remembers `mac1` as answered or let through.
+    fn remember(&self, mac1: &[u8]) {
+        let mut seen = self.seen.lock();
+        if let (true, Ok(m)) = (seen.len() < MAX_SEEN, <[u8; 16]>::try_from(mac1)) {
+            seen.insert(m);
+        }
     }
 
     /// Nanoseconds since the limiter started: the per-source buckets' clock.
@@ -365,6 +397,10 @@ impl RateLimiter {
                     None => return Err(TunnResult::Err(WireGuardError::UnderLoad)),
                     Some(addr) => addr,
                 };
+                // weave: a replay of one answered or let through this second.
+                if self.seen_before(mac1) {
+                    return Err(TunnResult::Err(WireGuardError::UnderLoad));
+                }
 
                 // Only given an address can we validate mac2
                 let cookie = self.current_cookie(addr);
@@ -377,6 +413,7 @@ impl RateLimiter {
                     let cookie_packet = self
                         .format_cookie_reply(sender_idx, cookie, mac1, dst)
                         .map_err(TunnResult::Err)?;
+                    self.remember(mac1);
                     return Err(TunnResult::WriteToNetwork(cookie_packet));
                 }
 
@@ -385,6 +422,7 @@ impl RateLimiter {
                 if !self.source_allowed(addr, self.nanos()) {
                     return Err(TunnResult::Err(WireGuardError::UnderLoad));
                 }
+                self.remember(mac1);
             }
         }
 
@@ -406,8 +444,11 @@ mod tests {
     /// `limiter` gives `addr`) check out: what a member sends once it
     /// answered a cookie reply.
     fn initiation(limiter: &RateLimiter, addr: IpAddr) -> Vec<u8> {
+        // Each one of its own (a fresh sender index), as a real initiator's.
+        static NEXT: AtomicU64 = AtomicU64::new(1);
         let mut packet = vec![0u8; super::super::HANDSHAKE_INIT_SZ];
         packet[0] = super::super::HANDSHAKE_INIT as u8;
+        packet[4..12].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_le_bytes());
         let n = packet.len();
         let mac1 = b2s_keyed_mac_16(&limiter.mac1_key, &packet[..n - 32]);
         packet[n - 32..n - 16].copy_from_slice(&mac1);
@@ -434,15 +475,14 @@ mod tests {
         let limiter = limiter(0);
         let flooder: IpAddr = "192.0.2.1".parse().unwrap();
         let other: IpAddr = "192.0.2.2".parse().unwrap();
-        let (flood, fine) = (initiation(&limiter, flooder), initiation(&limiter, other));
         let start = std::time::Instant::now();
         let mut passed = 0;
         for i in 0..1000 {
-            passed += passes(&limiter, flooder, &flood) as u64;
+            passed += passes(&limiter, flooder, &initiation(&limiter, flooder)) as u64;
             // Within its own burst: served however hard the flooder floods.
             if i % 200 == 100 {
                 assert!(
-                    passes(&limiter, other, &fine),
+                    passes(&limiter, other, &initiation(&limiter, other)),
                     "a second source was locked out at {}",
                     i
                 );
@@ -547,6 +587,49 @@ mod tests {
         assert!(limiter.sources.lock().is_empty());
         let late = addr(MAX_SOURCES + extra);
         assert!(passes(&limiter, late, &initiation(&limiter, late)));
+    }
+
+    /// weave: an initiation without a valid mac2 (what a restarted peer
+    /// sends first) from `addr`, of its own.
+    fn first_initiation(limiter: &RateLimiter) -> Vec<u8> {
+        let mut packet = initiation(limiter, "192.0.2.250".parse().unwrap());
+        let n = packet.len();
+        packet[n - 16..].fill(0);
+        packet
+    }
+
+    /// Whether `packet` from `addr` gets a cookie reply.
+    fn cookie_for(limiter: &RateLimiter, addr: IpAddr, packet: &[u8]) -> bool {
+        let mut dst = [0u8; 64];
+        match limiter.verify_packet(Some(addr), packet, &mut dst) {
+            Err(TunnResult::WriteToNetwork(_)) => true,
+            Err(TunnResult::Err(WireGuardError::UnderLoad)) => false,
+            _ => panic!("unexpected result"),
+        }
+    }
+
+    #[test]
+    fn a_replayed_handshake_message_is_answered_once_a_second_and_the_peers_own_still_is() {
+        let limiter = limiter(0);
+        let peer: IpAddr = "192.0.2.12".parse().unwrap();
+        limiter.set_trusted([peer]);
+        // One captured initiation replayed from the peer's address, more
+        // often than the peer's share of cookie replies: answered once.
+        let captured = first_initiation(&limiter);
+        let answered = (0..2 * TRUSTED_SOURCE_COOKIE_REPLIES_PER_SECOND)
+            .filter(|_| cookie_for(&limiter, peer, &captured))
+            .count();
+        assert_eq!(answered, 1);
+        // The peer's own (a fresh ephemeral key: another message) still is.
+        assert!(cookie_for(&limiter, peer, &first_initiation(&limiter)));
+        // With the cookie, its next initiation passes; a replay of that one does not.
+        let proven = initiation(&limiter, peer);
+        assert!(passes(&limiter, peer, &proven));
+        assert!(!passes(&limiter, peer, &proven));
+        // The next second the replay is answered once again.
+        limiter.reset_cookies();
+        assert!(cookie_for(&limiter, peer, &captured));
+        assert!(!cookie_for(&limiter, peer, &captured));
     }
 
     /// Lets `d` pass on the clock the code under test reads.
