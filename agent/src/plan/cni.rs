@@ -348,11 +348,8 @@ pub fn version_result() -> Value {
 /// None when there is no name or it is not a valid DNS name (the container
 /// then gets an address without a name rather than no address).
 pub fn dns_name(cni_args: &str) -> Option<String> {
-    let arg = |key: &str| {
-        cni_args.split(';').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v.trim()))
-    };
-    let pod = arg("K8S_POD_NAME").filter(|p| !p.is_empty())?;
-    let name = match arg("K8S_POD_NAMESPACE").filter(|n| !n.is_empty()) {
+    let pod = cni_arg(cni_args, "K8S_POD_NAME")?;
+    let name = match cni_arg(cni_args, "K8S_POD_NAMESPACE") {
         Some(ns) => format!("{pod}.{ns}"),
         None => pod.to_string(),
     };
@@ -373,11 +370,15 @@ pub fn dns_name(cni_args: &str) -> Option<String> {
 /// 2026-12-05). `IgnoreUnknown` does not cover these: they are known, and
 /// not done.
 pub fn fixed_request(cni_args: &str) -> Option<String> {
+    ["IP", "MAC"].into_iter().find_map(|k| cni_arg(cni_args, k).map(|v| format!("{k}={v}")))
+}
+
+/// The value of `key` in `CNI_ARGS` (`K=V;K=V`), trimmed; None when absent or empty.
+fn cni_arg<'a>(cni_args: &'a str, key: &str) -> Option<&'a str> {
     cni_args
         .split(';')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, v)| matches!(*k, "IP" | "MAC") && !v.trim().is_empty())
-        .map(|(k, v)| format!("{k}={}", v.trim()))
+        .find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v.trim()))
+        .filter(|v| !v.is_empty())
 }
 
 /// The IPAM key of a CNI container, so that DEL can release it without its namespace.
