@@ -221,16 +221,18 @@ fn docker_networks_on_weave() {
     h2.wait_reach("client", "web.weave.local");
     h1.wait_reach("web", "client.weave.local");
     // Aliases are names too (Docker's own resolver answers them on their
-    // host only): two containers sharing one (Compose's scaled service)
-    // answer with both addresses; the alias goes with its container.
+    // host only), the network's own as Docker has them: registered under
+    // the network's scope (its weave subnet), and answered to its
+    // containers as `<alias>`. Two containers sharing one (Compose's scaled
+    // service) answer with both addresses; the alias goes with its container.
     let admin = |bed: &Bed, what: &str| String::from_utf8_lossy(&bed.weavectl_admin(&[what, "ls"]).stdout).to_string();
-    let aliased = |name: &str, aliases: &[&str]| {
-        let mut args = vec!["run", "-d", "--name", name, "--net", "net1"];
+    let aliased = |host: &Engine, name: &str, net: &str, aliases: &[&str]| {
+        let mut args = vec!["run", "-d", "--name", name, "--net", net];
         aliases.iter().for_each(|a| args.extend(["--network-alias", a]));
-        h1.ok(&[&args[..], &[IMAGE, "sleep", "900"]].concat());
-        h1.address(name, "net1")
+        host.ok(&[&args[..], &[IMAGE, "sleep", "900"]].concat());
+        host.address(name, net)
     };
-    let (api1, api2) = (aliased("api1", &["api", "db"]), aliased("api2", &["api"]));
+    let (api1, api2) = (aliased(h1, "api1", "net1", &["api", "db"]), aliased(h1, "api2", "net1", &["api"]));
     h2.wait_reach("client", "db");
     h2.wait_reach("client", "api.weave.local");
     let records = |name: &str| -> Vec<String> {
@@ -245,22 +247,39 @@ fn docker_networks_on_weave() {
     };
     let mut both = vec![api1.clone(), api2.clone()];
     both.sort();
+    let (api_name, db_name) = ("api.10-2-3-0-24.weave.local.", "db.10-2-3-0-24.weave.local.");
     wait_for("api to answer with both addresses", Duration::from_secs(15), || {
-        (records("api.weave.local.") == both).then_some(())
+        (records(api_name) == both).then_some(())
     });
-    assert_eq!(records("db.weave.local."), std::slice::from_ref(&api1));
+    assert_eq!(records(db_name), std::slice::from_ref(&api1));
+    assert!(records("db.weave.local.").is_empty(), "an alias is not a name of the whole cluster");
     assert!(records(&format!("{}.weave.local.", &h1.ok(&["inspect", "-f", "{{.Id}}", "api1"])[..12])).is_empty());
-    h1.ok(&["rm", "-f", "api1"]);
-    wait_for("api1's aliases to go with it", Duration::from_secs(15), || {
-        (records("api.weave.local.") == [api2.clone()] && records("db.weave.local.").is_empty()).then_some(())
-    });
-    h1.ok(&["rm", "-f", "api2"]);
 
     // A second network is isolated from the first.
     let no_multicast = ["--opt", "works.weave.multicast=false"];
     h1.create_network("net2", NET2, &no_multicast);
     h2.create_network("net2", NET2, &no_multicast);
     let other = h1.run("other", "net2");
+    // Another project with a `db` of its own on net2: net2's containers on
+    // another host get that one, net1's keep theirs (as Docker scopes them).
+    let other_db = aliased(h1, "otherdb", "net2", &["db"]);
+    let resolved = |host: &Engine, container: &str, name: &str| -> Option<String> {
+        let out = host.docker(&["exec", container, "ping", "-c1", "-W1", name]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.split_once('(').and_then(|(_, rest)| rest.split_once(')')).map(|(ip, _)| ip.to_string())
+    };
+    h2.ok(&["run", "-d", "--name", "b-client", "--net", "net2", IMAGE, "sleep", "900"]);
+    wait_for("net2's db from another host", Duration::from_secs(15), || {
+        (resolved(h2, "b-client", "db").as_deref() == Some(other_db.as_str())).then_some(())
+    });
+    assert_eq!(resolved(h2, "client", "db"), Some(api1.clone()), "net1's db");
+    h2.ok(&["rm", "-f", "b-client"]);
+    h1.ok(&["rm", "-f", "otherdb"]);
+    h1.ok(&["rm", "-f", "api1"]);
+    wait_for("api1's aliases to go with it", Duration::from_secs(15), || {
+        (records(api_name) == [api2.clone()] && records(db_name).is_empty()).then_some(())
+    });
+    h1.ok(&["rm", "-f", "api2"]);
     assert!(h1.ok(&["exec", "web", "ip", "route"]).contains("224.0.0.0/4 dev ethwe0"));
     assert!(!h1.ok(&["exec", "other", "ip", "route"]).contains("224.0.0.0/4"), "--opt works.weave.multicast=false");
     assert!(!h2.reaches("client", &other) && !h2.reaches("client", &other), "net1 reached net2's {other}");

@@ -659,3 +659,46 @@ async fn the_listener_has_a_session_of_its_own_and_every_session_is_named() {
     assert!(kinds.contains("weave-coordinator read") && kinds.contains("weave-coordinator write"), "{seen:?}");
     assert!(kinds.iter().all(|k| k.starts_with("weave-coordinator ")), "{seen:?}");
 }
+
+/// Two coordinators of one database rotating the admin credential at once
+/// with the same credential: one rotation, the other refused with nothing
+/// changed, and the credential handed out works through both. Both answered
+/// with a new credential, one of them already revoked (found by a review,
+/// 2026-12-05: the rotation lock is per process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: starts PostgreSQL as the postgres user (deploy/test.sh runs it)"]
+async fn rotations_through_two_coordinators_at_once_rotate_once() {
+    use weave_proto::{token::AdminCredential, v1::RotateAdminCredentialRequest};
+    let url = pg::shared().create_database();
+    let from = url.clone();
+    let a = TestCoordinator::start_in(tempfile::tempdir().unwrap(), move |x| x.store = Some(from)).await;
+    let b = second_coordinator(&a, &url).await;
+    let mut current = a.running.admin.secret.clone();
+    for _ in 0..5 {
+        let (mut x, mut y) = (a.api_with(&current).await, b.api_with(&current).await);
+        let (rx, ry) = tokio::join!(
+            x.admin.rotate_admin_credential(RotateAdminCredentialRequest {}),
+            y.admin.rotate_admin_credential(RotateAdminCredentialRequest {})
+        );
+        let mut handed = Vec::new();
+        for (r, c) in [(rx, &a), (ry, &b)] {
+            match r {
+                Ok(r) => handed.push((AdminCredential::parse(&r.into_inner().credential).unwrap(), c.data_dir())),
+                Err(s) => assert_eq!(s.code(), Code::Unauthenticated, "{s:?}"),
+            }
+        }
+        assert_eq!(handed.len(), 1, "one rotation per credential");
+        let (new, dir) = &handed[0];
+        for c in [&a, &b] {
+            c.api_with(&new.secret)
+                .await
+                .status
+                .get_status(weave_proto::v1::GetStatusRequest {})
+                .await
+                .expect("the new credential");
+        }
+        let file = std::fs::read_to_string(dir.join("admin.credential")).unwrap();
+        assert_eq!(&AdminCredential::parse(&file).unwrap(), new);
+        current = new.secret.clone();
+    }
+}

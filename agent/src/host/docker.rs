@@ -30,6 +30,10 @@ pub struct Endpoint {
     /// the container's own), once read after the Join.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// Whether `aliases` was read from Docker (the sweep reads it again
+    /// until it has been: Docker busy at the Join, an agent from before).
+    #[serde(default)]
+    pub aliases_read: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -137,6 +141,14 @@ impl DockerState {
         })
     }
 
+    /// The subnets of the networks whose endpoints joined `sandbox` (its
+    /// DNS key), each once, in order.
+    pub fn subnets_of_sandbox(&self, sandbox: &str) -> Vec<String> {
+        let s = self.saved();
+        let cidrs = s.endpoints.values().filter(|e| e.sandbox == sandbox).filter_map(|e| s.networks.get(&e.network));
+        cidrs.map(|n| n.cidr.clone()).collect::<BTreeSet<_>>().into_iter().collect()
+    }
+
     /// Whether another endpoint than `except` is joined to `sandbox`.
     pub fn sandbox_in_use(&self, sandbox: &str, except: &str) -> bool {
         self.saved().endpoints.iter().any(|(id, e)| id != except && e.sandbox == sandbox)
@@ -170,6 +182,7 @@ mod tests {
             sandbox: "/x".into(),
             sandbox_path: "/p".into(),
             aliases: vec!["api".into()],
+            aliases_read: true,
         };
         s.set_endpoint("e1", ep.clone());
         let s = DockerState::load(dir.path());

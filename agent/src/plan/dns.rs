@@ -149,8 +149,9 @@ pub enum Answer {
     Forward,
 }
 
-/// Builds the answer to `query` from `records` (shuffling with `rng`). Pure.
-pub fn answer(records: &Records, query: &Message, rng: &mut impl rand::Rng) -> Answer {
+/// Builds the answer to `query` from `records` (shuffling with `rng`), for
+/// a container on networks of `scopes` ([`scoped`]). Pure.
+pub fn answer(records: &Records, query: &Message, scopes: &[String], rng: &mut impl rand::Rng) -> Answer {
     let mut response = Message::response(query.metadata.id, query.metadata.op_code);
     response.metadata.recursion_desired = query.metadata.recursion_desired;
     response.metadata.recursion_available = true;
@@ -202,7 +203,7 @@ pub fn answer(records: &Records, query: &Message, rng: &mut impl rand::Rng) -> A
         return Answer::Forward;
     }
     response.metadata.authoritative = true;
-    let Some(addrs) = records.by_name.get(&name) else {
+    let Some(addrs) = scoped(records, &name, scopes).or_else(|| records.by_name.get(&name)) else {
         if !records.non_terminals.contains(&name) {
             response.metadata.response_code = ResponseCode::NXDomain;
         }
@@ -224,6 +225,26 @@ pub fn answer(records: &Records, query: &Message, rng: &mut impl rand::Rng) -> A
         response.add_authority(soa(&records.domain, &records.domain));
     }
     Answer::Local(response)
+}
+
+/// The addresses of a one-label name of the domain (`db.weave.local.`) in
+/// the first of the asking container's `scopes` that has it
+/// (`db.<scope>.weave.local.`): a Docker network's aliases live under its
+/// scope ([`scope_of`]), as Docker's aliases are the network's own, and
+/// shadow a name of the whole cluster for the network's containers.
+fn scoped<'r>(records: &'r Records, name: &str, scopes: &[String]) -> Option<&'r Vec<IpAddr>> {
+    let label = name.strip_suffix(&records.domain)?.strip_suffix('.')?;
+    if label.is_empty() || label.contains('.') {
+        return None;
+    }
+    scopes.iter().find_map(|scope| records.by_name.get(&format!("{label}.{scope}.{}", records.domain)))
+}
+
+/// The DNS label that scopes names to weave subnet `cidr` (`10.2.3.0/24` ->
+/// `10-2-3-0-24`): a Docker alias `db` on that subnet's network is the
+/// record `db.10-2-3-0-24.<domain>`.
+pub fn scope_of(cidr: &str) -> String {
+    cidr.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect()
 }
 
 /// The SOA of zone `apex` (the cluster domain, or a reverse zone of its
@@ -275,222 +296,5 @@ pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use hickory_proto::op::Query;
-    use rand::SeedableRng;
-    use weave_proto::v1::DnsRecord;
-
-    fn map() -> NetworkMap {
-        let rec = |id, name: &str, address: &str| DnsRecord {
-            id,
-            name: name.into(),
-            address: address.into(),
-            ..Default::default()
-        };
-        NetworkMap {
-            dns_domain: "weave.local.".into(),
-            dns_records: vec![
-                rec(1, "web.weave.local.", "10.32.0.1"),
-                rec(2, "web.weave.local.", "10.32.0.2"),
-                rec(3, "db.weave.local.", "10.32.0.3/12"),
-                rec(4, "v6.weave.local.", "fd00::1"),
-            ],
-            ..Default::default()
-        }
-    }
-
-    fn ask(name: &str, t: RecordType) -> Message {
-        let mut m = Message::query();
-        m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
-        m
-    }
-
-    fn local(records: &Records, name: &str, t: RecordType, seed: u64) -> Message {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        match answer(records, &ask(name, t), &mut rng) {
-            Answer::Local(m) => m,
-            Answer::Forward => panic!("{name} was forwarded"),
-        }
-    }
-
-    fn addrs(m: &Message) -> Vec<String> {
-        m.answers.iter().map(|r| r.data.to_string()).collect()
-    }
-
-    #[test]
-    fn qualifies_single_labels_and_lowercases() {
-        assert_eq!(qualify("Web", "weave.local."), "web.weave.local.");
-        assert_eq!(qualify("web.", "weave.local."), "web.weave.local.");
-        assert_eq!(qualify("WEB.Weave.Local", "weave.local."), "web.weave.local.");
-        assert_eq!(qualify("example.com.", "weave.local."), "example.com.");
-    }
-
-    #[test]
-    fn parses_reverse_names() {
-        assert_eq!(ptr_address("4.3.2.10.in-addr.arpa."), Some("10.2.3.4".parse().unwrap()));
-        assert_eq!(ptr_address("4.3.2.10.IN-ADDR.ARPA"), Some("10.2.3.4".parse().unwrap()));
-        assert_eq!(ptr_address("3.2.10.in-addr.arpa."), None);
-        assert_eq!(ptr_address("x.3.2.10.in-addr.arpa."), None);
-        let v6 = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.";
-        assert_eq!(ptr_address(v6), Some("fd00::1".parse().unwrap()));
-        assert_eq!(ptr_address("web.weave.local."), None);
-    }
-
-    #[test]
-    fn builds_records_from_the_map() {
-        let r = Records::from_map(&map(), DEFAULT_DOMAIN);
-        assert_eq!(r.len(), 4);
-        assert_eq!(r.lookup("db"), vec!["10.32.0.3".parse::<IpAddr>().unwrap()]);
-        assert_eq!(r.lookup("nope"), Vec::<IpAddr>::new());
-        let empty = NetworkMap::default();
-        assert_eq!(Records::from_map(&empty, "other.").domain, "other.");
-    }
-
-    #[test]
-    fn each_name_and_address_pair_once_in_the_maps_order() {
-        let mut m = map();
-        // Case and the trailing dot do not make another pair; a prefix length does not either.
-        for (name, address) in [("WEB.weave.local", "10.32.0.2/12"), ("web.weave.local.", "10.32.0.1")] {
-            m.dns_records.push(DnsRecord { name: name.into(), address: address.into(), ..Default::default() });
-        }
-        // One address with a member's whole quota of names, twice over.
-        for round in 0..2 {
-            for i in 0..8192 {
-                let name = format!("n{i}.weave.local.");
-                m.dns_records.push(DnsRecord { id: round, name, address: "10.32.0.9".into(), ..Default::default() });
-            }
-        }
-        let r = Records::from_map(&m, DEFAULT_DOMAIN);
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(r.lookup("web"), [ip("10.32.0.1"), ip("10.32.0.2")]);
-        let names = &r.by_address[&ip("10.32.0.9")];
-        assert_eq!(names.len(), 8192);
-        assert!(names.iter().enumerate().all(|(i, n)| *n == format!("n{i}.weave.local.")));
-        assert_eq!(r.by_address[&ip("10.32.0.1")], ["web.weave.local."]);
-        assert_eq!(r.len(), 4 + 8192);
-    }
-
-    #[test]
-    fn answers_a_with_every_record_shuffled_and_ttl_1() {
-        let r = Records::from_map(&map(), DEFAULT_DOMAIN);
-        let mut orders = std::collections::HashSet::new();
-        for seed in 0..20 {
-            let m = local(&r, "web.weave.local.", RecordType::A, seed);
-            assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-            assert!(m.answers.iter().all(|a| a.ttl == TTL));
-            let mut got = addrs(&m);
-            orders.insert(got.clone());
-            got.sort();
-            assert_eq!(got, ["10.32.0.1", "10.32.0.2"]);
-        }
-        assert_eq!(orders.len(), 2, "both orders over 20 answers");
-    }
-
-    #[test]
-    fn unqualified_and_mixed_case_names_resolve() {
-        let r = Records::from_map(&map(), DEFAULT_DOMAIN);
-        assert_eq!(addrs(&local(&r, "DB.", RecordType::A, 1)), ["10.32.0.3"]);
-        assert_eq!(addrs(&local(&r, "Db.WEAVE.local.", RecordType::A, 1)), ["10.32.0.3"]);
-    }
-
-    #[test]
-    fn aaaa_ptr_and_nxdomain() {
-        let r = Records::from_map(&map(), DEFAULT_DOMAIN);
-        assert_eq!(addrs(&local(&r, "v6.weave.local.", RecordType::AAAA, 1)), ["fd00::1"]);
-        let none = local(&r, "v6.weave.local.", RecordType::A, 1);
-        assert_eq!((none.metadata.response_code, none.answers.len()), (ResponseCode::NoError, 0));
-        let ptr = local(&r, "3.0.32.10.in-addr.arpa.", RecordType::PTR, 1);
-        assert_eq!(addrs(&ptr), ["db.weave.local."]);
-        let nx = local(&r, "nope.weave.local.", RecordType::A, 1);
-        assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
-        // Negative answers carry the zone's SOA (RFC 2308), minimum 1 s; positive ones none.
-        for m in [&none, &nx] {
-            let soa = m.authorities.iter().map(|a| (a.name.to_ascii(), a.data.to_string())).collect::<Vec<_>>();
-            let want = "ns.dns.weave.local. hostmaster.weave.local. 1 7200 1800 86400 1";
-            assert_eq!(soa, [("weave.local.".to_string(), want.to_string())]);
-        }
-        assert!(ptr.authorities.is_empty());
-    }
-
-    #[test]
-    fn other_opcodes_are_notimp_and_other_edns_versions_badvers() {
-        let r = Records::from_map(&map(), DEFAULT_DOMAIN);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-        let mut notify = ask("web.weave.local.", RecordType::SOA);
-        notify.metadata.op_code = OpCode::Notify;
-        let Answer::Local(m) = answer(&r, &notify, &mut rng) else { panic!("forwarded") };
-        assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
-        let mut v1 = ask("example.com.", RecordType::A);
-        let mut edns = Edns::new();
-        edns.set_version(1);
-        v1.edns = Some(edns);
-        let Answer::Local(m) = answer(&r, &v1, &mut rng) else { panic!("forwarded") };
-        let wire = Message::from_vec(&m.to_vec().unwrap()).unwrap();
-        // 16 (BADVERS and BADSIG share it: hickory reads it back as the latter).
-        assert_eq!(u16::from(wire.metadata.response_code), 16);
-        assert_eq!(wire.edns.map(|e| e.version()), Some(0));
-    }
-
-    /// The domain itself and a name with names below it exist (NOERROR, no
-    /// data); a reverse name in the cluster's range with no record is
-    /// NXDOMAIN here, not asked upstream (found by a review, 2026-12-04).
-    #[test]
-    fn empty_non_terminals_exist_and_the_ranges_reverse_names_stay_here() {
-        let mut m = map();
-        m.range = "10.32.0.0/12".into();
-        m.dns_records.push(DnsRecord {
-            name: "a.b.c.weave.local.".into(),
-            address: "10.32.0.9".into(),
-            ..Default::default()
-        });
-        let r = Records::from_map(&m, DEFAULT_DOMAIN);
-        for name in ["weave.local.", "b.c.weave.local.", "C.weave.local."] {
-            let m = local(&r, name, RecordType::A, 1);
-            assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NoError, 0), "{name}");
-        }
-        for name in ["x.b.c.weave.local.", "c.b.weave.local."] {
-            assert_eq!(local(&r, name, RecordType::A, 1).metadata.response_code, ResponseCode::NXDomain, "{name}");
-        }
-        let nx = local(&r, "99.0.33.10.in-addr.arpa.", RecordType::PTR, 1);
-        assert!(nx.metadata.authoritative && nx.metadata.response_code == ResponseCode::NXDomain);
-        assert_eq!(nx.authorities[0].name.to_ascii(), "33.10.in-addr.arpa.");
-        assert_eq!(reverse_zone("10.2.3.4".parse().unwrap(), 24), "3.2.10.in-addr.arpa.");
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-        assert!(matches!(answer(&r, &ask("1.0.48.10.in-addr.arpa.", RecordType::PTR), &mut rng), Answer::Forward));
-    }
-
-    #[test]
-    fn other_names_and_unknown_addresses_go_upstream() {
-        let r = Records::from_map(&map(), DEFAULT_DOMAIN);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-        assert!(matches!(answer(&r, &ask("example.com.", RecordType::A), &mut rng), Answer::Forward));
-        assert!(matches!(answer(&r, &ask("9.9.9.9.in-addr.arpa.", RecordType::PTR), &mut rng), Answer::Forward));
-    }
-
-    #[test]
-    fn big_answers_are_truncated_for_udp() {
-        let mut m = map();
-        m.dns_records = (1..=50)
-            .map(|i| DnsRecord {
-                id: i,
-                name: "many.weave.local.".into(),
-                address: format!("10.40.0.{i}"),
-                ..Default::default()
-            })
-            .collect();
-        let r = Records::from_map(&m, DEFAULT_DOMAIN);
-        let full = local(&r, "many", RecordType::A, 1);
-        assert_eq!(full.answers.len(), 50);
-        let short = Message::from_vec(&encode_udp(&full, 512).unwrap()).unwrap();
-        assert!(short.metadata.truncation && short.answers.is_empty());
-        let fits = Message::from_vec(&encode_udp(&full, 4096).unwrap()).unwrap();
-        assert!(!fits.metadata.truncation && fits.answers.len() == 50);
-    }
-
-    #[test]
-    fn reads_nameservers_from_resolv_conf() {
-        let text = "# c\nsearch x\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\nnameserver bad\noptions ndots:1\n";
-        assert_eq!(parse_resolv_conf(text), ["192.0.2.53:53".parse().unwrap(), "[fe80::1]:53".parse().unwrap()]);
-    }
-}
+#[path = "dns_tests.rs"]
+mod tests;

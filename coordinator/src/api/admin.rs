@@ -6,6 +6,7 @@ use weave_proto::{
 
 use super::Shared;
 use crate::identity::{admin_credential_path, new_secret, write_secret_file};
+use crate::store::Caller;
 
 pub struct Admin(pub Shared);
 
@@ -21,7 +22,10 @@ impl AdminService for Admin {
         // nothing changed), and no caller is handed a credential that an
         // overlapping rotation has already replaced.
         let _turn = self.0.rotation.lock().await;
-        self.0.admin(&request).await?;
+        let (caller, caller_hash) = self.0.caller_and_hash(&request).await?;
+        if let Caller::Node { name, .. } = caller {
+            return Err(Status::permission_denied(format!("node {name} may not do this: it needs the admin role")));
+        }
         let secret = new_secret();
         let hash = hash_secret(&secret);
         let credential = AdminCredential { coordinator: self.0.advertise.clone(), pin: self.0.pin, secret };
@@ -31,12 +35,25 @@ impl AdminService for Admin {
         // step fails after it, the old credential still works now and the
         // next start completes the rotation.
         let path = admin_credential_path(&self.0.data_dir);
+        let before = std::fs::read_to_string(&path).ok();
         write_secret_file(&path, &format!("{credential}\n")).map_err(|e| {
             tracing::error!(error = %e, "cannot write the new admin credential; nothing rotated");
             Status::internal(format!("cannot write {}: {e}; the admin credential was not rotated", path.display()))
         })?;
-        // A fresh secret: never revoked, so always made the one valid credential.
-        self.0.store.replace_admin_credential(&hash).await?;
+        // Only while the caller's credential is still the valid one: another
+        // coordinator of the database may have rotated it away meanwhile
+        // (this one's lock does not reach it). Then the file is put back.
+        if !self.0.store.rotate_admin_credential(&caller_hash, &hash).await? {
+            if let Some(before) = before
+                && let Err(e) = write_secret_file(&path, &before)
+            {
+                tracing::error!(error = %e, "cannot put the admin credential file back");
+            }
+            return Err(Status::unauthenticated(
+                "this admin credential was rotated away meanwhile (through another coordinator?): nothing rotated; \
+                 use the current one",
+            ));
+        }
         // Open watches of the old credential end now.
         self.0.credentials_epoch.send_modify(|e| *e += 1);
         tracing::info!("admin credential rotated; the previous one no longer works");

@@ -48,6 +48,37 @@ impl Store {
         Ok(true)
     }
 
+    /// Rotation: `to_hash` becomes the one admin credential only if
+    /// `from_hash` (the caller's) is still valid, checked in the write
+    /// transaction; `Ok(false)`, nothing changed, if another rotation took it
+    /// first. Two coordinators of one database each rotating with the same
+    /// credential both answered with a new one, and one of the two was
+    /// already revoked (found by a review, 2026-12-05).
+    pub async fn rotate_admin_credential(&self, from_hash: &str, to_hash: &str) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let now = super::now();
+        let taken =
+            db::query("UPDATE admin_credentials SET revoked_at = $2 WHERE secret_hash = $1 AND revoked_at IS NULL")
+                .bind(from_hash)
+                .bind(now)
+                .execute(tx.c())
+                .await?;
+        if taken != 1 {
+            return Ok(false);
+        }
+        db::query("UPDATE admin_credentials SET revoked_at = $1 WHERE revoked_at IS NULL")
+            .bind(now)
+            .execute(tx.c())
+            .await?;
+        db::query("INSERT INTO admin_credentials (secret_hash, created_at) VALUES ($1, $2)")
+            .bind(to_hash)
+            .bind(now)
+            .execute(tx.c())
+            .await?;
+        self.commit(tx).await?;
+        Ok(true)
+    }
+
     /// The caller holding the credential whose hash is `secret_hash`, if any.
     pub async fn caller(&self, secret_hash: &str) -> Result<Option<Caller>> {
         let admin: Option<String> =

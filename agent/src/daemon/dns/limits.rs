@@ -102,11 +102,17 @@ pub struct Budget {
 /// One namespace's forwards: how many may wait on an upstream at once (its
 /// share of [`Budget::forwards`]) and how many a second may start.
 pub struct NsForwards {
+    /// The scopes of the namespace's networks (`plan::dns::scoped`): not a
+    /// limit, but what is the namespace's own beside them.
+    pub scopes: Scopes,
     pub permits: Arc<Semaphore>,
     rate: Option<Mutex<Bucket>>,
     /// The agent's bucket, shared by every namespace.
     host_rate: Option<Arc<Mutex<Bucket>>>,
 }
+
+/// A namespace's scopes, shared by its serving loops and `set_scopes`.
+pub type Scopes = Arc<std::sync::RwLock<Vec<String>>>;
 
 /// `per_second` forwards a second, at most twice that at once.
 struct Bucket {
@@ -147,8 +153,9 @@ impl Budget {
     }
 
     /// A new namespace's forwards: its share of the budget and its rate.
-    pub fn namespace_forwards(&self) -> Arc<NsForwards> {
+    pub fn namespace_forwards(&self, scopes: Scopes) -> Arc<NsForwards> {
         Arc::new(NsForwards {
+            scopes,
             permits: Arc::new(Semaphore::new(self.ns_forwards)),
             rate: (self.ns_rate > 0).then(|| Mutex::new(Bucket::new(self.ns_rate))),
             host_rate: self.host_rate.clone(),
@@ -346,7 +353,8 @@ mod tests {
         }
         // At 1024: a flooding namespace holds its 16, another still gets its own 16.
         let budget = Budget::for_file_limit(Some(1024));
-        let (flooder, other) = (budget.namespace_forwards(), budget.namespace_forwards());
+        let (flooder, other) =
+            (budget.namespace_forwards(Scopes::default()), budget.namespace_forwards(Scopes::default()));
         let held: Vec<_> = std::iter::from_fn(|| forward_permit(&flooder, &budget.forwards).ok()).collect();
         assert_eq!(held.len(), 16);
         assert_eq!(forward_permit(&flooder, &budget.forwards).err(), Some(Refused::NamespaceForwards));
@@ -357,7 +365,8 @@ mod tests {
 
     #[test]
     fn a_forward_needs_both_the_namespace_and_the_agent_permit() {
-        let ns = NsForwards { permits: Arc::new(Semaphore::new(2)), rate: None, host_rate: None };
+        let ns =
+            NsForwards { scopes: Scopes::default(), permits: Arc::new(Semaphore::new(2)), rate: None, host_rate: None };
         let agent = Arc::new(Semaphore::new(1));
         let first = forward_permit(&ns, &agent).unwrap();
         // The namespace has room, the agent not: nothing is kept.
@@ -373,7 +382,7 @@ mod tests {
         let mut budget = Budget::for_file_limit(Some(65536));
         assert_eq!(budget.ns_rate, DEFAULT_FORWARD_RATE);
         budget.ns_rate = 10;
-        let ns = budget.namespace_forwards();
+        let ns = budget.namespace_forwards(Scopes::default());
         // Twice the rate at once (each permit given back as an answer would).
         let started = (0..100).filter(|_| forward_permit(&ns, &budget.forwards).is_ok()).count();
         assert_eq!(started, 20);
@@ -384,17 +393,17 @@ mod tests {
         while bucket.take(start) {}
         assert_eq!((0..5).filter(|_| bucket.take(start + Duration::from_millis(250))).count(), 2);
         budget.ns_rate = 0;
-        let free = budget.namespace_forwards();
+        let free = budget.namespace_forwards(Scopes::default());
         assert_eq!((0..100).filter(|_| forward_permit(&free, &budget.forwards).is_ok()).count(), 100);
         // Across namespaces: the host's rate, shared.
         budget.ns_rate = 10;
         budget.set_host_rate(15);
-        let (a, b) = (budget.namespace_forwards(), budget.namespace_forwards());
+        let (a, b) = (budget.namespace_forwards(Scopes::default()), budget.namespace_forwards(Scopes::default()));
         let started = (0..100).filter(|_| forward_permit(&a, &budget.forwards).is_ok()).count()
             + (0..100).filter(|_| forward_permit(&b, &budget.forwards).is_ok()).count();
         assert_eq!(started, 30, "twice the host's rate at once, across both namespaces");
         assert_eq!(forward_permit(&b, &budget.forwards).err(), Some(Refused::NamespaceRate));
-        let c = budget.namespace_forwards();
+        let c = budget.namespace_forwards(Scopes::default());
         assert_eq!(forward_permit(&c, &budget.forwards).err(), Some(Refused::HostRate));
     }
 

@@ -31,6 +31,7 @@ use weave_proto::v1::NetworkMap;
 
 pub mod limits;
 pub mod redirect;
+mod scopes;
 mod serve;
 
 use limits::Budget;
@@ -74,6 +75,8 @@ struct Inner {
     /// TCP connections and forwarded queries across namespaces.
     budget: Budget,
     served: Mutex<HashMap<String, Vec<JoinHandle<()>>>>,
+    /// Per namespace key: the scopes of its networks ([`DnsServer::set_scopes`]).
+    scopes: Mutex<HashMap<String, limits::Scopes>>,
     /// The namespaces whose 127.0.0.11:53 leads to the key's port through a
     /// DNAT rule ([`redirect`]): a detach takes the rule away too.
     redirected: Mutex<HashMap<String, std::fs::File>>,
@@ -91,6 +94,7 @@ impl DnsServer {
                 records: RwLock::new(Arc::new(records)),
                 budget: Budget::for_file_limit(limits::file_limit()),
                 served: Mutex::new(HashMap::new()),
+                scopes: Mutex::new(HashMap::new()),
                 redirected: Mutex::new(HashMap::new()),
             }),
         }
@@ -219,7 +223,7 @@ impl DnsServer {
             (UdpSocket::from_std(udp).map_err(io)?, TcpListener::from_std(tcp).map_err(io)?)
         };
         // Shared by the namespace's UDP and TCP queries: its share of the budget.
-        let forwards = self.inner.budget.namespace_forwards();
+        let forwards = self.inner.budget.namespace_forwards(self.scopes_of(key));
         let tasks = vec![
             runtime.spawn(self.clone().udp_loop(udp, forwards.clone())),
             runtime.spawn(self.clone().tcp_loop(tcp, forwards)),
@@ -274,6 +278,7 @@ impl DnsServer {
     /// namespace and names). Returns whether it was served.
     pub fn stop(&self, key: &str) -> bool {
         self.inner.redirected.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.inner.scopes.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
         let tasks = self.inner.served.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
         let found = tasks.is_some();
         for t in tasks.into_iter().flatten() {
@@ -300,7 +305,7 @@ impl DnsServer {
             Ok(m) => m,
             Err(_) => return form_error(query),
         };
-        match self.decide(&message, udp_max) {
+        match self.decide(&message, udp_max, &[]) {
             Decided::Reply(out) => out,
             Decided::Forward(failed) => self.forwarded(query, udp_max.is_some(), failed).await,
         }
@@ -308,8 +313,8 @@ impl DnsServer {
 
     /// The answer from the map, or that the query goes upstream (counted in
     /// `weave_dns_queries_total` either way).
-    fn decide(&self, message: &Message, udp_max: Option<u16>) -> Decided {
-        let decided = answer(&self.records(), message, &mut rand::rng());
+    fn decide(&self, message: &Message, udp_max: Option<u16>, scopes: &[String]) -> Decided {
+        let decided = answer(&self.records(), message, scopes, &mut rand::rng());
         let result = match &decided {
             Answer::Local(r) if r.metadata.response_code == ResponseCode::NXDomain => "nxdomain",
             Answer::Local(r) if r.answers.is_empty() => "empty",
@@ -448,52 +453,4 @@ fn open_in_file(file: std::fs::File, label: String, addr: SocketAddr) -> Result<
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `x.example. A`, id `id`.
-    fn query(id: u16) -> Vec<u8> {
-        let mut q = id.to_be_bytes().to_vec();
-        q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'x', 7]);
-        q.extend_from_slice(b"example\x00\x00\x01\x00\x01");
-        q
-    }
-
-    /// Over UDP the upstream (or whoever reaches the agent's socket from
-    /// its address) first sends the query back, a reply to another id and
-    /// a runt: only the answer after them is relayed. Over TCP a reply that
-    /// is not an answer (QR clear) is not relayed either: SERVFAIL instead.
-    #[tokio::test]
-    async fn only_an_answer_to_the_query_is_relayed() {
-        let up = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let udp_upstream = up.local_addr().unwrap();
-        let udp = std::thread::spawn(move || {
-            let mut buf = [0u8; 512];
-            let (n, from) = up.recv_from(&mut buf).unwrap();
-            let q = buf[..n].to_vec();
-            let (mut other, mut answer) = (q.clone(), q.clone());
-            other[1] ^= 1;
-            other[2] |= 0x80;
-            answer[2] |= 0x80;
-            for d in [q.clone(), other, q[..2].to_vec(), answer] {
-                up.send_to(&d, from).unwrap();
-            }
-        });
-        let server = DnsServer::new("weave.local.", vec![udp_upstream]);
-        let q = query(7);
-        let got = server.forward(&q, true).await.expect("the upstream's answer");
-        assert!(got.len() == q.len() && got[..2] == q[..2] && got[2] & 0x80 != 0, "{got:?}");
-        udp.join().unwrap();
-
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let tcp_upstream = listener.local_addr().unwrap();
-        let tcp = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let q = read_framed(&mut s).await.unwrap();
-            write_framed(&mut s, &q).await.unwrap();
-        });
-        let server = DnsServer::new("weave.local.", vec![tcp_upstream]);
-        assert_eq!(server.forward(&q, false).await, None, "a query sent back is no answer");
-        tcp.await.unwrap();
-    }
-}
+mod tests;

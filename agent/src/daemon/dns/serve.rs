@@ -28,7 +28,7 @@ struct Conn {
 
 impl DnsServer {
     /// What to do with a query as bytes (a FORMERR echo if it does not parse).
-    fn decide_bytes(&self, query: &[u8], udp: bool) -> Decided {
+    fn decide_bytes(&self, query: &[u8], udp: bool, namespace: &NsForwards) -> Decided {
         // An answer (QR set), parseable or not, is never answered: a
         // datagram spoofed from the resolver's own address and port made it
         // answer itself, each answer (FORMERR is one) coming back as the next
@@ -39,7 +39,7 @@ impl DnsServer {
         match Message::from_vec(query) {
             Ok(m) => {
                 let max = udp.then(|| m.max_payload());
-                self.decide(&m, max)
+                self.decide(&m, max, &namespace.scopes.read().unwrap_or_else(|e| e.into_inner()))
             }
             Err(_) => Decided::Reply(super::form_error(query)),
         }
@@ -64,7 +64,7 @@ impl DnsServer {
                 }
             };
             let query = &buf[..n];
-            match self.decide_bytes(query, true) {
+            match self.decide_bytes(query, true, &namespace) {
                 Decided::Reply(Some(out)) => {
                     let _ = socket.send_to(&out, from).await;
                 }
@@ -152,7 +152,7 @@ impl DnsServer {
             idle.idle();
             let Ok(Ok(query)) = timeout(TCP_IDLE, read_framed(&mut stream)).await else { return };
             idle.busy();
-            let out = match self.decide_bytes(&query, false) {
+            let out = match self.decide_bytes(&query, false, &namespace) {
                 Decided::Reply(out) => out,
                 Decided::Forward(failed) => match forward_permit(&namespace, &self.inner.budget.forwards) {
                     Ok(_permit) => self.forwarded(&query, false, failed).await,

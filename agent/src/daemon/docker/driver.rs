@@ -265,12 +265,15 @@ impl Plugin {
         {
             tracing::debug!(error = %e, "unpin on leave");
         }
-        if !ep.sandbox.is_empty() && !self.state.sandbox_in_use(&ep.sandbox, &req.endpoint_id) {
-            self.dns.stop(&ep.sandbox);
-        }
-        ep.sandbox.clear();
+        let sandbox = std::mem::take(&mut ep.sandbox);
         ep.sandbox_path.clear();
         self.state.set_endpoint(&req.endpoint_id, ep);
+        match (sandbox.is_empty(), self.state.sandbox_in_use(&sandbox, &req.endpoint_id)) {
+            (true, _) => {}
+            (false, false) => drop(self.dns.stop(&sandbox)),
+            // Its other networks' scopes stay; this one's go.
+            (false, true) => self.rescope(&sandbox),
+        }
         Ok(json!({}))
     }
 
@@ -298,8 +301,9 @@ impl Plugin {
                 Ok(()) => {
                     let _one = self.lock.lock().await;
                     if let Some(mut ep) = self.state.endpoint(&endpoint_id) {
-                        ep.sandbox = key;
+                        ep.sandbox = key.clone();
                         self.state.set_endpoint(&endpoint_id, ep);
+                        self.rescope(&key);
                     }
                 }
                 Err(e) => tracing::warn!(sandbox, error = %e, "cannot serve weave DNS in a Docker container"),

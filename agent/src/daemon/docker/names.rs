@@ -1,21 +1,31 @@
-//! The names of a Docker container in the cluster's domain: its own, and
-//! its aliases on the network (`--network-alias`, `docker network connect
-//! --alias`, Compose's service names), each `<name>.<domain>` for the
-//! endpoint's address and owned by its allocation (released with it).
-//! Docker's resolver answers aliases for the containers of its own host
-//! only; a container on another host asked weave DNS and got NXDOMAIN
-//! (found by a review, 2026-12-05).
+//! The names of a Docker container in the cluster's domain: its own
+//! (`<name>.<domain>`), and its aliases on a network (`--network-alias`,
+//! `docker network connect --alias`, Compose's service names) under that
+//! network's scope, `<alias>.<scope>.<domain>` (`plan::dns::scope_of` of
+//! its weave subnet), each for the endpoint's address and owned by its
+//! allocation (released with it). The network's containers ask `<alias>`
+//! and get the scoped record first (the resolver in each Docker sandbox
+//! knows its networks' scopes): aliases are the network's own, as Docker
+//! has them, so two Compose projects each with a `db` on their own network
+//! each get theirs. Docker's resolver answers aliases for the containers of
+//! its own host only; a container on another host asked weave DNS and got
+//! NXDOMAIN (found by a review, 2026-12-05).
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use weave_proto::{client::retry_unavailable, v1::AddRecordRequest};
 
 use super::{Plugin, driver::NAME_WAIT, engine};
-use crate::{host::docker::Endpoint, plan::docker::container_name};
+use crate::{
+    host::docker::Endpoint,
+    plan::{
+        dns::scope_of,
+        docker::{container_name, container_of},
+    },
+};
 
 impl Plugin {
-    /// After a Join: the container's name, then its aliases (remembered on
-    /// the endpoint, so the sweep can register them again).
+    /// After a Join: the container's name, then its aliases.
     pub(super) async fn register_names(&self, network_id: String, endpoint_id: String, ip: Ipv4Addr) {
         let (id, name) = match engine::container(&self.docker_host, &network_id, &endpoint_id, NAME_WAIT).await {
             Ok(found) => found,
@@ -26,29 +36,39 @@ impl Plugin {
             }
         };
         self.register(&name, ip, false).await;
-        let aliases = match engine::aliases_of(&self.docker_host, (&id, &name), &network_id).await {
+        self.register_aliases(&network_id, &endpoint_id, (&id, &name), ip).await;
+    }
+
+    /// Reads the container's aliases on the network and registers them,
+    /// remembered on the endpoint (the sweep registers them again, and reads
+    /// them again until it has: Docker busy at the Join left them unread,
+    /// and unregistered for good; found by a review, 2026-12-05).
+    async fn register_aliases(&self, network_id: &str, endpoint_id: &str, container: (&str, &str), ip: Ipv4Addr) {
+        let aliases = match engine::aliases_of(&self.docker_host, container, network_id).await {
             Ok(aliases) => aliases,
             Err(e) => {
-                tracing::warn!(container = name, error = e, "cannot read a Docker container's aliases: not registered");
+                tracing::warn!(
+                    container = container.1,
+                    error = e,
+                    "cannot read a Docker container's aliases now (tried again every 10 s)"
+                );
                 return;
             }
         };
-        if aliases.is_empty() {
-            return;
-        }
-        {
+        let cidr = {
             let _one = self.lock.lock().await;
-            match self.state.endpoint(&endpoint_id) {
-                Some(mut ep) => {
-                    ep.aliases = aliases.clone();
-                    self.state.set_endpoint(&endpoint_id, ep);
-                }
+            let (Some(mut ep), Some(network)) = (self.state.endpoint(endpoint_id), self.state.network(network_id))
+            else {
                 // Left already: its address is not this container's now.
-                None => return,
-            }
-        }
+                return;
+            };
+            ep.aliases = aliases.clone();
+            ep.aliases_read = true;
+            self.state.set_endpoint(endpoint_id, ep);
+            network.cidr
+        };
         for alias in &aliases {
-            self.register(alias, ip, false).await;
+            self.register(&format!("{alias}.{}", scope_of(&cidr)), ip, false).await;
         }
     }
 
@@ -73,12 +93,18 @@ impl Plugin {
         }
     }
 
+    /// The scopes sandbox `key`'s lookups try first: those of the subnets
+    /// of the networks it joined. After each Join and Leave, and each sweep.
+    pub(super) fn rescope(&self, key: &str) {
+        self.dns.set_scopes(key, self.state.subnets_of_sandbox(key).iter().map(|c| scope_of(c)).collect());
+    }
+
     /// Each joined endpoint of `shown` (a network as Docker shows it) whose
     /// container's name or one of its aliases does not resolve to its
-    /// address: registered again. At its Join the name may have been another
-    /// host's container's (a node may not take a name another holds), and
-    /// once that one had gone it stayed unregistered for good (found by a
-    /// review, 2026-12-05).
+    /// address: registered again; aliases not read yet are read. At its
+    /// Join the name may have been another host's container's (a node may
+    /// not take a name another holds), and once that one had gone it stayed
+    /// unregistered for good (found by a review, 2026-12-05).
     pub(super) async fn name_again<'e>(
         &self,
         shown: &serde_json::Value,
@@ -88,20 +114,29 @@ impl Plugin {
             let (Some(name), Ok(address)) = (container_name(shown, id), ep.address.parse::<Ipv4Net>()) else {
                 continue;
             };
-            let ip = address.addr().to_string();
-            for name in std::iter::once(&name).chain(&ep.aliases) {
-                // A name that is no DNS name is never registered: not asked again.
-                let resolves = {
-                    let map = self.attacher.maps.borrow();
-                    match weave_proto::dns_name::qualify(name, &map.dns_domain) {
-                        Ok(fqdn) => map.dns_records.iter().any(|r| r.name == fqdn && r.address == ip),
-                        Err(_) => true,
-                    }
-                };
-                if !resolves {
-                    self.register(name, address.addr(), true).await;
+            self.rescope(&ep.sandbox);
+            if !ep.aliases_read
+                && let Some((container, _)) = container_of(shown, id)
+            {
+                self.register_aliases(&ep.network, id, (&container, &name), address.addr()).await;
+            }
+            let scope = self.state.network(&ep.network).map(|n| scope_of(&n.cidr)).unwrap_or_default();
+            let scoped = ep.aliases.iter().map(|a| format!("{a}.{scope}"));
+            for name in std::iter::once(name.clone()).chain(scoped) {
+                if !self.resolves(&name, address.addr()) {
+                    self.register(&name, address.addr(), true).await;
                 }
             }
+        }
+    }
+
+    /// Whether `name` resolves to `ip` in this host's map; a name that is no
+    /// DNS name counts as resolving (it is never registered: not asked again).
+    fn resolves(&self, name: &str, ip: Ipv4Addr) -> bool {
+        let map = self.attacher.maps.borrow();
+        match weave_proto::dns_name::qualify(name, &map.dns_domain) {
+            Ok(fqdn) => map.dns_records.iter().any(|r| r.name == fqdn && r.address == ip.to_string()),
+            Err(_) => true,
         }
     }
 }

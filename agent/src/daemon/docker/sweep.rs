@@ -28,6 +28,10 @@ impl Plugin {
         // without both for good (found by a review, 2026-12-05).
         // One after another: two endpoints of one container would both
         // find its resolver not yet served and both bind it (review).
+        // Each served sandbox's scopes, from what is saved (Docker need not answer).
+        for (_, ep) in self.state.endpoints().iter().filter(|(_, e)| !e.sandbox.is_empty()) {
+            self.rescope(&ep.sandbox);
+        }
         let unfinished: Vec<_> = self.state.endpoints().into_iter().filter(|(_, e)| e.sandbox.is_empty()).collect();
         let plugin = self.clone();
         tokio::spawn(async move {

@@ -1,0 +1,48 @@
+//! The DNS server's own tests.
+use super::*;
+
+/// `x.example. A`, id `id`.
+fn query(id: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'x', 7]);
+    q.extend_from_slice(b"example\x00\x00\x01\x00\x01");
+    q
+}
+
+/// Over UDP the upstream (or whoever reaches the agent's socket from
+/// its address) first sends the query back, a reply to another id and
+/// a runt: only the answer after them is relayed. Over TCP a reply that
+/// is not an answer (QR clear) is not relayed either: SERVFAIL instead.
+#[tokio::test]
+async fn only_an_answer_to_the_query_is_relayed() {
+    let up = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_upstream = up.local_addr().unwrap();
+    let udp = std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        let (n, from) = up.recv_from(&mut buf).unwrap();
+        let q = buf[..n].to_vec();
+        let (mut other, mut answer) = (q.clone(), q.clone());
+        other[1] ^= 1;
+        other[2] |= 0x80;
+        answer[2] |= 0x80;
+        for d in [q.clone(), other, q[..2].to_vec(), answer] {
+            up.send_to(&d, from).unwrap();
+        }
+    });
+    let server = DnsServer::new("weave.local.", vec![udp_upstream]);
+    let q = query(7);
+    let got = server.forward(&q, true).await.expect("the upstream's answer");
+    assert!(got.len() == q.len() && got[..2] == q[..2] && got[2] & 0x80 != 0, "{got:?}");
+    udp.join().unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp_upstream = listener.local_addr().unwrap();
+    let tcp = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let q = read_framed(&mut s).await.unwrap();
+        write_framed(&mut s, &q).await.unwrap();
+    });
+    let server = DnsServer::new("weave.local.", vec![tcp_upstream]);
+    assert_eq!(server.forward(&q, false).await, None, "a query sent back is no answer");
+    tcp.await.unwrap();
+}
