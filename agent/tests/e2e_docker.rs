@@ -512,4 +512,59 @@ fn docker_networks_on_weave() {
     engines[0].ok(&["run", "-d", "--name", "inside", "--net", "int10", IMAGE, "sleep", "900"]);
     let routes = engines[0].ok(&["exec", "inside", "ip", "route"]);
     assert!(!routes.contains("default"), "an internal network's container has a way out: {routes}");
+
+    // `docker rename`: the new name within a sweep, and the old one goes
+    // (it kept answering with this container; found by a review).
+    let shop = engines[0].run("shop", "net1");
+    let named =
+        |bed: &Bed, name: &str| admin(bed, "dns").lines().any(|l| l.starts_with(&format!("{name}.weave.local. ")));
+    wait_for("shop's name", Duration::from_secs(15), || named(&bed, "shop").then_some(()));
+    engines[0].ok(&["rename", "shop", "shop_old"]);
+    wait_for("the new name only", Duration::from_secs(30), || {
+        (named(&bed, "shop_old") && !named(&bed, "shop")).then_some(())
+    });
+    assert!(admin(&bed, "dns").contains(&shop));
+
+    // `--gateway` the same on every host: the second says why not.
+    let gw = ["network", "create", "-d", "weave", "--ipam-driver", "weave", "--subnet", "10.2.6.0/24"];
+    let gw = [&gw[..], &["--gateway", "10.2.6.254", "gw6"]].concat();
+    engines[0].ok(&gw);
+    let e = engines[1].refused(&gw);
+    assert!(e.contains("--gateway 10.2.6.254") && e.contains("leave out --gateway"), "{e}");
+
+    // A network removed while the agent is down (Compose's `down` during an
+    // agent restart): its container's name and address, its gateway and its
+    // record go, and a network on its subnet is made again at once (it was
+    // refused, naming a network Docker no longer had; found by a review).
+    let h2 = &engines[1];
+    h2.create_network("net5", "10.2.5.0/24", &[]);
+    let ghost = h2.run("ghost", "net5");
+    let id = h2.ok(&["network", "inspect", "-f", "{{.Id}}", "net5"]);
+    let file = bed.hosts[1].data_dir.join("docker.json");
+    let docker_json = || -> serde_json::Value { serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap() };
+    wait_for("a sweep to see net5", Duration::from_secs(25), || {
+        (docker_json()["networks"][&id]["seen"] == true).then_some(())
+    });
+    wait_for("ghost's name", Duration::from_secs(15), || named(&bed, "ghost").then_some(()));
+    bed.signal_agent(1, nix::sys::signal::Signal::SIGTERM);
+    h2.ok(&["rm", "-f", "ghost"]);
+    h2.ok(&["network", "rm", "net5"]);
+    // And one the sweep has not taken down yet when a network is made on its
+    // subnet (a record as such a network leaves it, on 10.2.7.0/24).
+    let mut saved = docker_json();
+    let stale = "7".repeat(64);
+    saved["networks"][&stale] = serde_json::json!({"cidr": "10.2.7.0/24", "multicast": true, "seen": true});
+    fs::write(&file, saved.to_string()).unwrap();
+    bed.start_agent(1, false);
+    h2.create_network("net7", "10.2.7.0/24", &[]);
+    let gateways = |bed: &Bed, prefix: &str| {
+        admin(bed, "ipam").lines().filter(|l| l.starts_with(prefix) && l.contains("docker-gateway")).count()
+    };
+    wait_for("net5, ghost's name and address to go", Duration::from_secs(40), || {
+        let gone = !named(&bed, "ghost") && !admin(&bed, "ipam").contains(&format!("{ghost}/24"));
+        (gone && gateways(&bed, "10.2.5.") == 0 && docker_json()["networks"].get(&id).is_none()).then_some(())
+    });
+    h2.create_network("net5again", "10.2.5.0/24", &[]);
+    assert_eq!(gateways(&bed, "10.2.5."), 1, "{}", admin(&bed, "ipam"));
+    assert_eq!(gateways(&bed, "10.2.7."), 1, "{}", admin(&bed, "ipam"));
 }

@@ -262,7 +262,11 @@ fn a_flood_spoofed_from_a_peers_address_does_not_keep_it_out() {
     // The replay: a pcap's header is 24 bytes, a cookie reply's record 122.
     let mut replay = spoof(&[]);
     let cookies = cookies_to_peer("replayed.pcap");
-    assert!(cookies.len() <= 24 + 4 * 122, "a replay answered {} times in 2 s", (cookies.len() - 24) / 122);
+    let answered = (cookies.len() - 24) / 122;
+    assert!(
+        (1..=4).contains(&answered),
+        "a replay answered {answered} times in 2 s (the host under load answers once a second)"
+    );
     assert!(replay.0.try_wait().unwrap().is_none(), "the replay ended early: the check is void");
     drop(replay);
     // Host 1 under load, answering the forgeries with cookie replies to host 2.

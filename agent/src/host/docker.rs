@@ -30,6 +30,9 @@ pub struct Endpoint {
     /// the container's own), once read after the Join.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// The container's name registered for it (`docker rename` replaces it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
     /// Whether `aliases` was read from Docker (the sweep reads it again
     /// until it has been: Docker busy at the Join, an agent from before).
     #[serde(default)]
@@ -64,6 +67,20 @@ impl DockerState {
 
     pub fn network(&self, id: &str) -> Option<Network> {
         self.saved().networks.get(id).cloned()
+    }
+
+    /// Every network, by id.
+    pub fn networks(&self) -> Vec<(String, Network)> {
+        self.saved().networks.iter().map(|(id, n)| (id.clone(), n.clone())).collect()
+    }
+
+    /// Docker has shown network `id`.
+    pub fn saw_network(&self, id: &str) {
+        let mut s = self.saved();
+        if let Some(n) = s.networks.get_mut(id).filter(|n| !n.seen) {
+            n.seen = true;
+            self.write(&s);
+        }
     }
 
     pub fn add_network(&self, id: &str, network: Network) {
@@ -174,7 +191,7 @@ mod tests {
     fn networks_and_endpoints_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let s = DockerState::load(dir.path());
-        s.add_network("n1", Network { cidr: "10.2.3.0/24".into(), multicast: false, internal: false });
+        s.add_network("n1", Network { cidr: "10.2.3.0/24".into(), multicast: false, internal: false, seen: false });
         let ep = Endpoint {
             network: "n1".into(),
             address: "10.2.3.2/24".into(),
@@ -183,6 +200,7 @@ mod tests {
             sandbox_path: "/p".into(),
             aliases: vec!["api".into()],
             aliases_read: true,
+            name: "web".into(),
         };
         s.set_endpoint("e1", ep.clone());
         let s = DockerState::load(dir.path());
@@ -190,7 +208,7 @@ mod tests {
         assert_eq!(s.endpoint("e1"), Some(ep));
         assert!(s.sandbox_in_use("/x", "e2") && !s.sandbox_in_use("/x", "e1"));
         assert!(!s.multicast_in("/p", "e2"), "n1 has no multicast");
-        s.add_network("n2", Network { cidr: "10.2.4.0/24".into(), multicast: true, internal: false });
+        s.add_network("n2", Network { cidr: "10.2.4.0/24".into(), multicast: true, internal: false, seen: false });
         s.set_endpoint("e3", Endpoint { network: "n2".into(), sandbox_path: "/p".into(), ..Default::default() });
         assert!(s.multicast_in("/p", "e2") && !s.multicast_in("/p", "e3"));
         s.remove_endpoint("e3");

@@ -139,6 +139,10 @@ pub struct Network {
     /// found by a review, 2026-12-05).
     #[serde(default)]
     pub internal: bool,
+    /// Docker (at `--docker-host`) has shown this network: a later 404 for
+    /// it means Docker removed it.
+    #[serde(default)]
+    pub seen: bool,
 }
 
 /// What `CreateNetwork` means: the subnet of its pool, and its options.
@@ -177,7 +181,7 @@ pub fn network_of(req: &CreateNetwork) -> Result<Network, String> {
         }
     }
     let internal = req.options.get(INTERNAL).is_some_and(|v| v == &Value::Bool(true) || v == "true");
-    Ok(Network { cidr: cidr.to_string(), multicast, internal })
+    Ok(Network { cidr: cidr.to_string(), multicast, internal, seen: false })
 }
 
 /// Docker's own option for a network's MTU (`-o com.docker.network.driver.mtu=N`,
@@ -351,7 +355,7 @@ mod tests {
             r#"{"NetworkID":"113a","Options":{"com.docker.network.enable_ipv6":false,"com.docker.network.generic":{}},
             "IPv4Data":[{"AddressSpace":"weave","Gateway":"10.2.3.23/24","Pool":"10.2.3.0/24"}],"IPv6Data":[]}"#,
         );
-        let plain = Network { cidr: "10.2.3.0/24".into(), multicast: true, internal: false };
+        let plain = Network { cidr: "10.2.3.0/24".into(), multicast: true, internal: false, seen: false };
         assert_eq!(network_of(&req), Ok(plain.clone()));
         assert_eq!(internal_check(&plain, true), Ok(()));
         // `--internal`, as Docker sends it: refused on a subnet with egress only.

@@ -9,7 +9,7 @@ use std::{net::Ipv4Addr, os::unix::fs::MetadataExt, path::PathBuf, sync::Arc, ti
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 
-use super::{Refused, ipam::parse};
+use super::{Refused, engine, ipam::parse};
 use crate::plan::docker::GATEWAY_KEY;
 use crate::{
     daemon::{
@@ -92,7 +92,9 @@ impl Plugin {
         wire::mtu_check(req, self.attacher.mtu).map_err(Refused::bad)?;
         // Two Docker networks on one weave subnet would be one segment: a
         // user expects them apart (found by a review, 2026-12-04).
-        if let Some(other) = self.state.network_on(&network.cidr).filter(|id| *id != req.network_id) {
+        if let Some(other) = self.state.network_on(&network.cidr).filter(|id| *id != req.network_id)
+            && !self.stale(&other).await
+        {
             return Err(Refused::bad(format!(
                 "weave subnet {} is Docker network {} on this host already: one Docker network per weave subnet \
                  (connect containers to that one, or give this one another --subnet)",
@@ -109,11 +111,28 @@ impl Plugin {
         Ok(json!({}))
     }
 
+    /// Whether network `id`, which Docker showed before, is gone from Docker
+    /// (removed while the agent was not listening, and not swept yet): then
+    /// it is taken down now. A network on its subnet was refused, naming a
+    /// network `docker network ls` did not show (found by a review,
+    /// 2026-12-05).
+    async fn stale(&self, id: &str) -> bool {
+        if !self.state.network(id).is_some_and(|n| n.seen) {
+            return false;
+        }
+        let asked = tokio::time::timeout(Duration::from_secs(5), engine::network(&self.docker_host, id)).await;
+        if !matches!(asked, Ok(Ok(None))) {
+            return false;
+        }
+        self.take_down_network(id, &self.state.endpoints(), true).await;
+        true
+    }
+
     /// Forgets the network; with the last one on its subnet goes this host's
     /// gateway address there (Docker releases it before it deletes the
     /// network, while the network still holds it: it stayed held for good,
     /// and `subnet rm` refused; found by a review, 2026-12-04).
-    async fn delete_network(&self, req: &EndpointRequest) -> Result<Value, Refused> {
+    pub(super) async fn delete_network(&self, req: &EndpointRequest) -> Result<Value, Refused> {
         let network = self.state.network(&req.network_id);
         self.state.remove_network(&req.network_id);
         if let Some(n) = network

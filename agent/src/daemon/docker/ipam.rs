@@ -141,8 +141,21 @@ impl Plugin {
             let (mut ipam, req) = (self.attacher.api.ipam.clone(), allocate.clone());
             async move { ipam.allocate(req).await }
         })
-        .await?
-        .into_inner();
+        .await;
+        let got = match (got, wanted.filter(|_| req.is_gateway())) {
+            (Ok(got), _) => got.into_inner(),
+            // `--gateway` (Compose's `ipam.config.gateway`) the same on
+            // every host: the second host's was refused with no word on why
+            // (found by a review, 2026-12-05).
+            (Err(s), Some(gateway)) if s.code() == tonic::Code::AlreadyExists => {
+                return Err(Refused::bad(format!(
+                    "--gateway {gateway}: {}; each host's Docker network reserves a gateway address of its own (no \
+                     traffic goes through it): leave out --gateway, or give each host another one",
+                    s.message()
+                )));
+            }
+            (Err(s), _) => return Err(s.into()),
+        };
         Ok(json!({"Address": got.address, "Data": {}}))
     }
 

@@ -13,7 +13,10 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use weave_proto::{client::retry_unavailable, v1::AddRecordRequest};
+use weave_proto::{
+    client::retry_unavailable,
+    v1::{AddRecordRequest, RemoveRecordsRequest},
+};
 
 use super::{Plugin, driver::NAME_WAIT, engine};
 use crate::{
@@ -36,7 +39,39 @@ impl Plugin {
             }
         };
         self.register(&name, ip, false).await;
+        self.named(&endpoint_id, &name).await;
         self.register_aliases(&network_id, &endpoint_id, (&id, &name), ip).await;
+    }
+
+    /// Remembers `name` as endpoint `endpoint_id`'s container's name.
+    async fn named(&self, endpoint_id: &str, name: &str) {
+        let _one = self.lock.lock().await;
+        if let Some(mut ep) = self.state.endpoint(endpoint_id) {
+            ep.name = name.to_string();
+            self.state.set_endpoint(endpoint_id, ep);
+        }
+    }
+
+    /// After `docker rename`: the old name's record for `ip` goes (it kept
+    /// answering with this container, beside or instead of a new container
+    /// given the old name, and kept another host's container of that name
+    /// from it for good; found by a review, 2026-12-05).
+    async fn renamed(&self, endpoint_id: &str, old: &str, new: &str, ip: Ipv4Addr) {
+        let req = RemoveRecordsRequest { name: old.to_string(), address: ip.to_string() };
+        let removed = retry_unavailable(|| {
+            let (mut dns, req) = (self.attacher.api.dns.clone(), req.clone());
+            async move { dns.remove_records(req).await }
+        })
+        .await;
+        match removed {
+            Ok(_) => tracing::info!(old, new, %ip, "a renamed Docker container's old name removed"),
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => {
+                tracing::warn!(old, %ip, error = s.message(), "cannot remove a renamed Docker container's old name");
+                return;
+            }
+        }
+        self.named(endpoint_id, new).await;
     }
 
     /// Reads the container's aliases on the network and registers them,
@@ -115,6 +150,11 @@ impl Plugin {
                 continue;
             };
             self.rescope(&ep.sandbox);
+            match ep.name.as_str() {
+                "" => self.named(id, &name).await,
+                old if old != name => self.renamed(id, old, &name, address.addr()).await,
+                _ => {}
+            }
             if !ep.aliases_read
                 && let Some((container, _)) = container_of(shown, id)
             {

@@ -13,7 +13,10 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 use ipnet::Ipv4Net;
 
 use super::{Plugin, engine};
-use crate::plan::docker::{EndpointRequest, RequestAddress, endpoint_ids};
+use crate::{
+    host::docker::Endpoint,
+    plan::docker::{EndpointRequest, RequestAddress, endpoint_ids},
+};
 
 /// Between looks. An endpoint is taken for gone when two looks this far
 /// apart miss it (Docker lists one from its creation; the second look spares
@@ -51,25 +54,41 @@ impl Plugin {
     }
 
     /// Takes down each endpoint Docker does not list now and did not list
-    /// last time (`last`); returns those it does not list now. Docker that
-    /// does not answer for a network: nothing of that network goes.
+    /// last time, and each network Docker showed before and answers 404 for
+    /// now and last time (`last`: the ids, endpoints' and networks', missing
+    /// last time); returns those missing now. Docker that does not answer
+    /// for a network: nothing of that network goes.
     async fn sweep_once(&self, last: &BTreeSet<String>) -> BTreeSet<String> {
         let mut missing = BTreeSet::new();
         let endpoints = self.state.endpoints();
-        let networks: BTreeSet<&str> = endpoints.iter().map(|(_, e)| e.network.as_str()).collect();
-        for network in networks {
-            // A network Docker does not know (404) is no word on its
-            // endpoints: a `--docker-host` that is another daemon than the
-            // plugin's says so of every network, and would take every
-            // container down (found by a review, 2026-12-05).
-            let shown = match engine::network(&self.docker_host, network).await {
+        for (network, known) in self.state.networks() {
+            let shown = match engine::network(&self.docker_host, &network).await {
                 Ok(Some(shown)) => shown,
-                Ok(None) => continue,
+                // A network Docker does not know (404) is no word on its
+                // endpoints unless Docker showed it before: a
+                // `--docker-host` that is another daemon than the plugin's
+                // says so of every network, and would take every container
+                // down (found by a review, 2026-12-05). One it showed was
+                // removed (`docker network rm`, Compose's `down`) while the
+                // agent was not listening: its endpoints, names, addresses
+                // and gateway stayed for good, and a network on its subnet
+                // was refused (found by the next review).
+                Ok(None) if known.seen && last.contains(&network) => {
+                    self.take_down_network(&network, &endpoints, false).await;
+                    continue;
+                }
+                Ok(None) => {
+                    missing.insert(network);
+                    continue;
+                }
                 Err(e) => {
                     tracing::debug!(network, error = e, "cannot list a Docker network's endpoints");
                     continue;
                 }
             };
+            if !known.seen {
+                self.state.saw_network(&network);
+            }
             let listed = endpoint_ids(&shown);
             self.name_again(&shown, endpoints.iter().filter(|(id, e)| e.network == network && listed.contains(id)))
                 .await;
@@ -78,43 +97,71 @@ impl Plugin {
                     missing.insert(id.clone());
                     continue;
                 }
-                let req = EndpointRequest {
-                    network_id: network.to_string(),
-                    endpoint_id: id.clone(),
-                    interface: None,
-                    sandbox_key: String::new(),
-                };
-                let _ = self.leave(&req).await;
-                let _ = self.delete_endpoint(&req).await;
-                // Docker names an address only: one another endpoint here
-                // holds now (Docker's own late ReleaseAddress freed it, and
-                // it went to a new container) is that one's.
-                let shared = endpoints.iter().any(|(other, e)| other != id && e.address == ep.address);
-                let released = match ep.address.parse::<Ipv4Net>() {
-                    Ok(_) if shared => Ok(()),
-                    Ok(a) => {
-                        let pool = RequestAddress {
-                            pool_id: a.trunc().to_string(),
-                            address: a.addr().to_string(),
-                            options: None,
-                        };
-                        self.release_address(&pool).await.map(drop).map_err(|e| format!("{e:?}"))
-                    }
-                    Err(_) => Ok(()),
-                };
-                match released {
-                    Ok(()) => tracing::info!(
-                        endpoint = id,
-                        address = ep.address,
-                        "a Docker endpoint Docker no longer has (removed while the agent was not listening): taken down"
-                    ),
-                    // Its record is gone: the address waits for the admin.
-                    Err(e) => {
-                        tracing::warn!(endpoint = id, error = e, "cannot release a removed Docker endpoint's address")
-                    }
-                }
+                self.take_down_endpoint(id, ep, &endpoints).await;
             }
         }
         missing
+    }
+
+    /// Network `network` and its endpoints, as Docker's calls would have
+    /// taken them (Leave, DeleteEndpoint, ReleaseAddress, DeleteNetwork);
+    /// with `replaced`, a network on its subnet is being made now and has
+    /// this host's gateway address there (Docker asked for it before the
+    /// CreateNetwork, and got the one held): it stays.
+    pub(super) async fn take_down_network(&self, network: &str, endpoints: &[(String, Endpoint)], replaced: bool) {
+        for (id, ep) in endpoints.iter().filter(|(_, e)| e.network == network) {
+            self.take_down_endpoint(id, ep, endpoints).await;
+        }
+        if replaced {
+            self.state.remove_network(network);
+            tracing::info!(
+                network,
+                "a Docker network Docker no longer has (removed while the agent was not listening): forgotten"
+            );
+            return;
+        }
+        let req = EndpointRequest { network_id: network.to_string(), ..Default::default() };
+        match self.delete_network(&req).await {
+            Ok(_) => tracing::info!(
+                network,
+                "a Docker network Docker no longer has (removed while the agent was not listening): taken down"
+            ),
+            Err(e) => tracing::warn!(network, error = ?e, "cannot take down a removed Docker network"),
+        }
+    }
+
+    /// One endpoint, as Docker's Leave, DeleteEndpoint and ReleaseAddress
+    /// would have taken it.
+    async fn take_down_endpoint(&self, id: &str, ep: &Endpoint, endpoints: &[(String, Endpoint)]) {
+        let req = EndpointRequest {
+            network_id: ep.network.clone(),
+            endpoint_id: id.to_string(),
+            interface: None,
+            sandbox_key: String::new(),
+        };
+        let _ = self.leave(&req).await;
+        let _ = self.delete_endpoint(&req).await;
+        // Docker names an address only: one another endpoint here
+        // holds now (Docker's own late ReleaseAddress freed it, and
+        // it went to a new container) is that one's.
+        let shared = endpoints.iter().any(|(other, e)| other != id && e.address == ep.address);
+        let released = match ep.address.parse::<Ipv4Net>() {
+            Ok(_) if shared => Ok(()),
+            Ok(a) => {
+                let pool =
+                    RequestAddress { pool_id: a.trunc().to_string(), address: a.addr().to_string(), options: None };
+                self.release_address(&pool).await.map(drop).map_err(|e| format!("{e:?}"))
+            }
+            Err(_) => Ok(()),
+        };
+        match released {
+            Ok(()) => tracing::info!(
+                endpoint = id,
+                address = ep.address,
+                "a Docker endpoint Docker no longer has (removed while the agent was not listening): taken down"
+            ),
+            // Its record is gone: the address waits for the admin.
+            Err(e) => tracing::warn!(endpoint = id, error = e, "cannot release a removed Docker endpoint's address"),
+        }
     }
 }

@@ -151,7 +151,7 @@ pub struct RateLimiter {
     /// cookie replies early in every second, and the restarted peer's own
     /// initiation mostly found none left (its tunnel back after 13-18 s, not
     /// 2; found by a review, 2026-12-05).
-    seen: Mutex<HashSet<[u8; 16]>>,
+    seen: Mutex<HashSet<(Source, [u8; 16])>>,
 }
 
 impl RateLimiter {
@@ -220,17 +220,19 @@ impl RateLimiter {
         self.seen.lock().clear();
     }
 
-    /// weave: whether a handshake message of this `mac1` was answered or let
-    /// through since the last reset (a replay).
-    fn seen_before(&self, mac1: &[u8]) -> bool {
-        <[u8; 16]>::try_from(mac1).is_ok_and(|m| self.seen.lock().contains(&m))
+    /// weave: whether a handshake message of this `mac1` from `addr`'s
+    /// source was answered or let through since the last reset (a replay).
+    /// Per source: a copy sent first from another address must not make the
+    /// real one a repeat.
+    fn seen_before(&self, addr: IpAddr, mac1: &[u8]) -> bool {
+        <[u8; 16]>::try_from(mac1).is_ok_and(|m| self.seen.lock().contains(&(Source::of(addr), m)))
     }
 
-    /// weave: remembers `mac1` as answered or let through.
-    fn remember(&self, mac1: &[u8]) {
+    /// weave: remembers `mac1` from `addr`'s source as answered or let through.
+    fn remember(&self, addr: IpAddr, mac1: &[u8]) {
         let mut seen = self.seen.lock();
         if let (true, Ok(m)) = (seen.len() < MAX_SEEN, <[u8; 16]>::try_from(mac1)) {
-            seen.insert(m);
+            seen.insert((Source::of(addr), m));
         }
     }
 
@@ -398,7 +400,7 @@ impl RateLimiter {
                     Some(addr) => addr,
                 };
                 // weave: a replay of one answered or let through this second.
-                if self.seen_before(mac1) {
+                if self.seen_before(addr, mac1) {
                     return Err(TunnResult::Err(WireGuardError::UnderLoad));
                 }
 
@@ -413,7 +415,7 @@ impl RateLimiter {
                     let cookie_packet = self
                         .format_cookie_reply(sender_idx, cookie, mac1, dst)
                         .map_err(TunnResult::Err)?;
-                    self.remember(mac1);
+                    self.remember(addr, mac1);
                     return Err(TunnResult::WriteToNetwork(cookie_packet));
                 }
 
@@ -422,7 +424,7 @@ impl RateLimiter {
                 if !self.source_allowed(addr, self.nanos()) {
                     return Err(TunnResult::Err(WireGuardError::UnderLoad));
                 }
-                self.remember(mac1);
+                self.remember(addr, mac1);
             }
         }
 
@@ -626,6 +628,11 @@ mod tests {
         let proven = initiation(&limiter, peer);
         assert!(passes(&limiter, peer, &proven));
         assert!(!passes(&limiter, peer, &proven));
+        // A copy sent first from another address does not make the peer's
+        // own a repeat.
+        let fresh = first_initiation(&limiter);
+        assert!(cookie_for(&limiter, "192.0.2.99".parse().unwrap(), &fresh));
+        assert!(cookie_for(&limiter, peer, &fresh));
         // The next second the replay is answered once again.
         limiter.reset_cookies();
         assert!(cookie_for(&limiter, peer, &captured));
