@@ -540,10 +540,11 @@ fn docker_networks_on_weave() {
     h2.create_network("net5", "10.2.5.0/24", &[]);
     let ghost = h2.run("ghost", "net5");
     let id = h2.ok(&["network", "inspect", "-f", "{{.Id}}", "net5"]);
+    let daemon = h2.ok(&["info", "-f", "{{.ID}}"]);
     let file = bed.hosts[1].data_dir.join("docker.json");
     let docker_json = || -> serde_json::Value { serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap() };
     wait_for("a sweep to see net5", Duration::from_secs(25), || {
-        (docker_json()["networks"][&id]["seen"] == true).then_some(())
+        (docker_json()["networks"][&id]["seen_by"] == daemon.as_str()).then_some(())
     });
     wait_for("ghost's name", Duration::from_secs(15), || named(&bed, "ghost").then_some(()));
     bed.signal_agent(1, nix::sys::signal::Signal::SIGTERM);
@@ -553,10 +554,17 @@ fn docker_networks_on_weave() {
     // subnet (a record as such a network leaves it, on 10.2.7.0/24).
     let mut saved = docker_json();
     let stale = "7".repeat(64);
-    saved["networks"][&stale] = serde_json::json!({"cidr": "10.2.7.0/24", "multicast": true, "seen": true});
+    saved["networks"][&stale] = serde_json::json!({"cidr": "10.2.7.0/24", "multicast": true, "seen_by": daemon});
+    // One another daemon showed (a `--docker-host` changed since): its 404
+    // from this daemon says nothing, and it stays.
+    let foreign = "8".repeat(64);
+    saved["networks"][&foreign] = serde_json::json!({"cidr": "10.2.8.0/24", "multicast": true, "seen_by": "another"});
     fs::write(&file, saved.to_string()).unwrap();
     bed.start_agent(1, false);
     h2.create_network("net7", "10.2.7.0/24", &[]);
+    let e =
+        h2.refused(&["network", "create", "-d", "weave", "--ipam-driver", "weave", "--subnet", "10.2.8.0/24", "n8"]);
+    assert!(e.contains("is Docker network 888888888888 on this host already"), "{e}");
     let gateways = |bed: &Bed, prefix: &str| {
         admin(bed, "ipam").lines().filter(|l| l.starts_with(prefix) && l.contains("docker-gateway")).count()
     };
@@ -567,4 +575,5 @@ fn docker_networks_on_weave() {
     h2.create_network("net5again", "10.2.5.0/24", &[]);
     assert_eq!(gateways(&bed, "10.2.5."), 1, "{}", admin(&bed, "ipam"));
     assert_eq!(gateways(&bed, "10.2.7."), 1, "{}", admin(&bed, "ipam"));
+    assert!(docker_json()["networks"].get(&foreign).is_some(), "another daemon's network was taken down");
 }

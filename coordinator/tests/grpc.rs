@@ -795,6 +795,27 @@ async fn dns_records_are_owned_by_containers_or_external() {
     let all = admin.dns.list_records(ListRecordsRequest {}).await.unwrap().into_inner().records;
     assert_eq!(all.len(), 1);
     assert_eq!((all[0].container.as_str(), all[0].node.as_str()), ("c2", "host1"));
+
+    // A name under a subnet's scope label (a Docker network's alias, which
+    // that network's containers get first) only for an address in it: one
+    // pointing elsewhere took a name another holds from them (a review).
+    let add = |name: &str, address: &str| AddRecordRequest { name: name.into(), address: address.into() };
+    let refused = Code::InvalidArgument;
+    let outside = node.ipam.allocate(alloc("c5", "")).await.unwrap().into_inner().address;
+    let outside = outside.split('/').next().unwrap().to_string();
+    assert_status(
+        node.dns.add_record(add("web.10-2-3-0-24", &outside)).await,
+        refused,
+        "only for an address in 10.2.3.0/24",
+    );
+    assert_status(admin.dns.add_record(add("x.10-2-3-0-24", "192.0.2.81")).await, refused, "10.2.3.0/24");
+    admin.subnets.add_subnet(subnet("10.2.3.0/24")).await.unwrap();
+    let inside = node.ipam.allocate(alloc("c3", "10.2.3.0/24")).await.unwrap().into_inner().address;
+    let inside = inside.split('/').next().unwrap();
+    node.dns.add_record(add("web.10-2-3-0-24", inside)).await.expect("an alias in its own subnet");
+    let mut r = alloc("c4", "");
+    r.dns_name = "db.10-2-3-0-24".into();
+    assert_status(node.ipam.allocate(r).await, refused, "only for an address in 10.2.3.0/24");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -676,6 +676,7 @@ async fn rotations_through_two_coordinators_at_once_rotate_once() {
     let mut current = a.running.admin.secret.clone();
     for _ in 0..5 {
         let (mut x, mut y) = (a.api_with(&current).await, b.api_with(&current).await);
+        let before = [&a, &b].map(|c| std::fs::read_to_string(c.data_dir().join("admin.credential")).unwrap());
         let (rx, ry) = tokio::join!(
             x.admin.rotate_admin_credential(RotateAdminCredentialRequest {}),
             y.admin.rotate_admin_credential(RotateAdminCredentialRequest {})
@@ -684,7 +685,12 @@ async fn rotations_through_two_coordinators_at_once_rotate_once() {
         for (r, c) in [(rx, &a), (ry, &b)] {
             match r {
                 Ok(r) => handed.push((AdminCredential::parse(&r.into_inner().credential).unwrap(), c.data_dir())),
-                Err(s) => assert_eq!(s.code(), Code::Unauthenticated, "{s:?}"),
+                Err(s) => {
+                    assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+                    // Its file is put back: the new secret there was never the database's.
+                    let file = std::fs::read_to_string(c.data_dir().join("admin.credential")).unwrap();
+                    assert_eq!(file, before[if std::ptr::eq(c, &a) { 0 } else { 1 }], "the refused one's file");
+                }
             }
         }
         assert_eq!(handed.len(), 1, "one rotation per credential");

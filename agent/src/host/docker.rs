@@ -74,11 +74,11 @@ impl DockerState {
         self.saved().networks.iter().map(|(id, n)| (id.clone(), n.clone())).collect()
     }
 
-    /// Docker has shown network `id`.
-    pub fn saw_network(&self, id: &str) {
+    /// Docker daemon `daemon` has shown network `id`.
+    pub fn saw_network(&self, id: &str, daemon: &str) {
         let mut s = self.saved();
-        if let Some(n) = s.networks.get_mut(id).filter(|n| !n.seen) {
-            n.seen = true;
+        if let Some(n) = s.networks.get_mut(id).filter(|n| n.seen_by != daemon) {
+            n.seen_by = daemon.to_string();
             self.write(&s);
         }
     }
@@ -191,7 +191,10 @@ mod tests {
     fn networks_and_endpoints_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let s = DockerState::load(dir.path());
-        s.add_network("n1", Network { cidr: "10.2.3.0/24".into(), multicast: false, internal: false, seen: false });
+        s.add_network(
+            "n1",
+            Network { cidr: "10.2.3.0/24".into(), multicast: false, internal: false, seen_by: String::new() },
+        );
         let ep = Endpoint {
             network: "n1".into(),
             address: "10.2.3.2/24".into(),
@@ -208,7 +211,10 @@ mod tests {
         assert_eq!(s.endpoint("e1"), Some(ep));
         assert!(s.sandbox_in_use("/x", "e2") && !s.sandbox_in_use("/x", "e1"));
         assert!(!s.multicast_in("/p", "e2"), "n1 has no multicast");
-        s.add_network("n2", Network { cidr: "10.2.4.0/24".into(), multicast: true, internal: false, seen: false });
+        s.add_network(
+            "n2",
+            Network { cidr: "10.2.4.0/24".into(), multicast: true, internal: false, seen_by: String::new() },
+        );
         s.set_endpoint("e3", Endpoint { network: "n2".into(), sandbox_path: "/p".into(), ..Default::default() });
         assert!(s.multicast_in("/p", "e2") && !s.multicast_in("/p", "e3"));
         s.remove_endpoint("e3");

@@ -203,7 +203,8 @@ pub fn answer(records: &Records, query: &Message, scopes: &[String], rng: &mut i
         return Answer::Forward;
     }
     response.metadata.authoritative = true;
-    let Some(addrs) = scoped(records, &name, scopes).or_else(|| records.by_name.get(&name)) else {
+    let scoped = scoped(records, &name, scopes);
+    let Some(addrs) = scoped.as_ref().or_else(|| records.by_name.get(&name)) else {
         if !records.non_terminals.contains(&name) {
             response.metadata.response_code = ResponseCode::NXDomain;
         }
@@ -232,19 +233,29 @@ pub fn answer(records: &Records, query: &Message, scopes: &[String], rng: &mut i
 /// (`db.<scope>.weave.local.`): a Docker network's aliases live under its
 /// scope ([`scope_of`]), as Docker's aliases are the network's own, and
 /// shadow a name of the whole cluster for the network's containers.
-fn scoped<'r>(records: &'r Records, name: &str, scopes: &[String]) -> Option<&'r Vec<IpAddr>> {
+/// Only a scoped record's addresses inside the scope's subnet count: the
+/// coordinator refuses others now, but a record from before (or from a
+/// member) pointing elsewhere must not answer the network's containers in
+/// place of a name another holds (found by a review, 2026-12-05).
+fn scoped(records: &Records, name: &str, scopes: &[String]) -> Option<Vec<IpAddr>> {
     let label = name.strip_suffix(&records.domain)?.strip_suffix('.')?;
     if label.is_empty() || label.contains('.') {
         return None;
     }
-    scopes.iter().find_map(|scope| records.by_name.get(&format!("{label}.{scope}.{}", records.domain)))
+    scopes.iter().find_map(|scope| {
+        let net = weave_proto::dns_name::scope_subnet(scope)?;
+        let found = records.by_name.get(&format!("{label}.{scope}.{}", records.domain))?;
+        let inside: Vec<IpAddr> =
+            found.iter().copied().filter(|ip| matches!(ip, IpAddr::V4(v4) if net.contains(v4))).collect();
+        (!inside.is_empty()).then_some(inside)
+    })
 }
 
 /// The DNS label that scopes names to weave subnet `cidr` (`10.2.3.0/24` ->
 /// `10-2-3-0-24`): a Docker alias `db` on that subnet's network is the
 /// record `db.10-2-3-0-24.<domain>`.
 pub fn scope_of(cidr: &str) -> String {
-    cidr.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect()
+    weave_proto::dns_name::scope_label(cidr)
 }
 
 /// The SOA of zone `apex` (the cluster domain, or a reverse zone of its

@@ -56,6 +56,9 @@ fn a_networks_aliases_answer_its_containers_first() {
     m.dns_records.push(rec(9, "db.10-2-3-0-24.weave.local.", "10.2.3.7"));
     m.dns_records.push(rec(10, "db.10-2-4-0-24.weave.local.", "10.2.4.7"));
     m.dns_records.push(rec(11, "cache.10-2-4-0-24.weave.local.", "10.2.4.8"));
+    // One pointing outside its scope's subnet (a member's, or from before the
+    // coordinator refused them) answers no one first.
+    m.dns_records.push(rec(12, "web.10-2-3-0-24.weave.local.", "10.40.0.66"));
     let r = Records::from_map(&m, DEFAULT_DOMAIN);
     let on = |scopes: &[&str], name: &str| {
         let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
@@ -74,6 +77,8 @@ fn a_networks_aliases_answer_its_containers_first() {
     assert_eq!(on(&["10-2-3-0-24"], "cache.weave.local.").0, Vec::<String>::new());
     assert_eq!(on(&["10-2-4-0-24"], "cache.weave.local.").0, ["10.2.4.8"]);
     assert_eq!(on(&[], "cache.10-2-4-0-24.weave.local.").0, ["10.2.4.8"]);
+    assert_eq!(on(&["10-2-3-0-24"], "web.weave.local.").0.len(), 2, "the cluster's web, not 10.40.0.66");
+    assert!(!on(&["10-2-3-0-24"], "web").0.contains(&"10.40.0.66".to_string()));
 }
 
 #[test]

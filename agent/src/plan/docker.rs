@@ -139,10 +139,12 @@ pub struct Network {
     /// found by a review, 2026-12-05).
     #[serde(default)]
     pub internal: bool,
-    /// Docker (at `--docker-host`) has shown this network: a later 404 for
-    /// it means Docker removed it.
-    #[serde(default)]
-    pub seen: bool,
+    /// The ID of the Docker daemon (at `--docker-host`) that has shown this
+    /// network: a later 404 for it from that daemon means Docker removed it
+    /// (from another daemon, a `--docker-host` changed since, it means
+    /// nothing; found by a review, 2026-12-05).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub seen_by: String,
 }
 
 /// What `CreateNetwork` means: the subnet of its pool, and its options.
@@ -181,7 +183,7 @@ pub fn network_of(req: &CreateNetwork) -> Result<Network, String> {
         }
     }
     let internal = req.options.get(INTERNAL).is_some_and(|v| v == &Value::Bool(true) || v == "true");
-    Ok(Network { cidr: cidr.to_string(), multicast, internal, seen: false })
+    Ok(Network { cidr: cidr.to_string(), multicast, internal, seen_by: String::new() })
 }
 
 /// Docker's own option for a network's MTU (`-o com.docker.network.driver.mtu=N`,
@@ -355,7 +357,7 @@ mod tests {
             r#"{"NetworkID":"113a","Options":{"com.docker.network.enable_ipv6":false,"com.docker.network.generic":{}},
             "IPv4Data":[{"AddressSpace":"weave","Gateway":"10.2.3.23/24","Pool":"10.2.3.0/24"}],"IPv6Data":[]}"#,
         );
-        let plain = Network { cidr: "10.2.3.0/24".into(), multicast: true, internal: false, seen: false };
+        let plain = Network { cidr: "10.2.3.0/24".into(), multicast: true, internal: false, seen_by: String::new() };
         assert_eq!(network_of(&req), Ok(plain.clone()));
         assert_eq!(internal_check(&plain, true), Ok(()));
         // `--internal`, as Docker sends it: refused on a subnet with egress only.

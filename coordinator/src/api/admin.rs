@@ -43,12 +43,23 @@ impl AdminService for Admin {
         // Only while the caller's credential is still the valid one: another
         // coordinator of the database may have rotated it away meanwhile
         // (this one's lock does not reach it). Then the file is put back.
-        if !self.0.store.rotate_admin_credential(&caller_hash, &hash).await? {
-            if let Some(before) = before
-                && let Err(e) = write_secret_file(&path, &before)
-            {
+        // On any failure the file is put back: a secret the database never
+        // took, left there, was made the one valid credential by the next
+        // start, locking out the one rotated to since (found by a review,
+        // 2026-12-05). A crash in between still leaves it for the start to
+        // complete, as before.
+        let rotated = self.0.store.rotate_admin_credential(&caller_hash, &hash).await;
+        if !matches!(rotated, Ok(true)) {
+            let put_back = match &before {
+                Some(before) => write_secret_file(&path, before),
+                None => std::fs::remove_file(&path)
+                    .map_err(|source| crate::identity::IdentityError::Io { path: path.clone(), source }),
+            };
+            if let Err(e) = put_back {
                 tracing::error!(error = %e, "cannot put the admin credential file back");
             }
+        }
+        if !rotated? {
             return Err(Status::unauthenticated(
                 "this admin credential was rotated away meanwhile (through another coordinator?): nothing rotated; \
                  use the current one",

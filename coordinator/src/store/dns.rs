@@ -107,6 +107,13 @@ pub(super) async fn insert_if_absent(
             "'{name}' is reserved: localhost is always the host itself (RFC 6761)"
         )));
     }
+    // A name under a subnet's scope label (a Docker network's alias) only
+    // for an address in that subnet: it answers that network's containers
+    // first, so one pointing elsewhere took a name another holds from them
+    // (found by a review, 2026-12-05).
+    if let Ok(ip) = address.parse() {
+        weave_proto::dns_name::check_scope(&fqdn, &domain, ip).map_err(Error::InvalidArgument)?;
+    }
     if let Some(Claimant { node, .. }) = claimant {
         check_hold(tx, &fqdn, node).await?;
         let holder: Option<Option<String>> = db::query_scalar(

@@ -117,11 +117,15 @@ impl Plugin {
     /// network `docker network ls` did not show (found by a review,
     /// 2026-12-05).
     async fn stale(&self, id: &str) -> bool {
-        if !self.state.network(id).is_some_and(|n| n.seen) {
+        let Some(seen_by) = self.state.network(id).map(|n| n.seen_by).filter(|d| !d.is_empty()) else {
             return false;
-        }
-        let asked = tokio::time::timeout(Duration::from_secs(5), engine::network(&self.docker_host, id)).await;
-        if !matches!(asked, Ok(Ok(None))) {
+        };
+        let asked = tokio::time::timeout(Duration::from_secs(5), async {
+            let daemon = engine::daemon_id(&self.docker_host).await?;
+            Ok::<_, String>((daemon, engine::network(&self.docker_host, id).await?))
+        })
+        .await;
+        if !matches!(asked, Ok(Ok((daemon, None))) if daemon == seen_by) {
             return false;
         }
         self.take_down_network(id, &self.state.endpoints(), true).await;

@@ -87,3 +87,11 @@ pub async fn aliases_of(socket: &Path, (id, name): (&str, &str), network_id: &st
     };
     Ok(aliases(&get(socket, &format!("/containers/{container}/json")).await?, network_id))
 }
+
+/// The ID of the Docker daemon at `socket` (`GET /info`): a 404 for a
+/// network is Docker's word that it removed it only from the daemon that
+/// showed the network before.
+pub async fn daemon_id(socket: &Path) -> Result<String, String> {
+    let info = get(socket, "/info").await?;
+    info.get("ID").and_then(Value::as_str).filter(|id| !id.is_empty()).map(str::to_string).ok_or("no daemon ID".into())
+}

@@ -147,7 +147,9 @@ impl Plugin {
             // `--gateway` (Compose's `ipam.config.gateway`) the same on
             // every host: the second host's was refused with no word on why
             // (found by a review, 2026-12-05).
-            (Err(s), Some(gateway)) if s.code() == tonic::Code::AlreadyExists => {
+            (Err(s), Some(gateway))
+                if s.code() == tonic::Code::AlreadyExists && !held_here(s.message(), &self.attacher.node_name) =>
+            {
                 return Err(Refused::bad(format!(
                     "--gateway {gateway}: {}; each host's Docker network reserves a gateway address of its own (no \
                      traffic goes through it): leave out --gateway, or give each host another one",
@@ -187,6 +189,15 @@ impl Plugin {
         self.attacher.release(&held.container, &cidr).await.map_err(|r| Refused::bad(r.message))?;
         Ok(json!({}))
     }
+}
+
+/// Whether the coordinator's "… is already held by container X on node N"
+/// names this node: another network of this host then holds the address,
+/// and the advice for another host's does not apply.
+fn held_here(message: &str, node: &str) -> bool {
+    message.split_once(" on node ").is_some_and(|(_, rest)| {
+        rest.split(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == ':').next() == Some(node)
+    })
 }
 
 pub(super) fn parse<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Refused> {

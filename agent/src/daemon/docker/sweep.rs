@@ -61,6 +61,7 @@ impl Plugin {
     async fn sweep_once(&self, last: &BTreeSet<String>) -> BTreeSet<String> {
         let mut missing = BTreeSet::new();
         let endpoints = self.state.endpoints();
+        let daemon = engine::daemon_id(&self.docker_host).await.ok();
         for (network, known) in self.state.networks() {
             let shown = match engine::network(&self.docker_host, &network).await {
                 Ok(Some(shown)) => shown,
@@ -73,7 +74,7 @@ impl Plugin {
                 // agent was not listening: its endpoints, names, addresses
                 // and gateway stayed for good, and a network on its subnet
                 // was refused (found by the next review).
-                Ok(None) if known.seen && last.contains(&network) => {
+                Ok(None) if daemon.as_ref().is_some_and(|d| *d == known.seen_by) && last.contains(&network) => {
                     self.take_down_network(&network, &endpoints, false).await;
                     continue;
                 }
@@ -86,8 +87,8 @@ impl Plugin {
                     continue;
                 }
             };
-            if !known.seen {
-                self.state.saw_network(&network);
+            if let Some(daemon) = &daemon {
+                self.state.saw_network(&network, daemon);
             }
             let listed = endpoint_ids(&shown);
             self.name_again(&shown, endpoints.iter().filter(|(id, e)| e.network == network && listed.contains(id)))
