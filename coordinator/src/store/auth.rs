@@ -2,7 +2,7 @@
 use super::db;
 use subtle::ConstantTimeEq;
 
-use super::Store;
+use super::{Store, Tx};
 use crate::error::Result;
 
 /// The authenticated caller of an RPC.
@@ -12,6 +12,24 @@ pub enum Caller {
     Admin,
     /// An agent: may read the map and change its own endpoints, allocations and records.
     Node { id: u64, name: String },
+}
+
+/// Makes `secret_hash` the one valid admin credential in `tx`: every other
+/// valid one revoked at `now`, and it recorded if it was not.
+async fn make_sole(tx: &mut Tx, secret_hash: &str, now: i64) -> Result<()> {
+    db::query("UPDATE admin_credentials SET revoked_at = $2 WHERE secret_hash <> $1 AND revoked_at IS NULL")
+        .bind(secret_hash)
+        .bind(now)
+        .execute(tx.c())
+        .await?;
+    db::query(
+        "INSERT INTO admin_credentials (secret_hash, created_at) VALUES ($1, $2) ON CONFLICT (secret_hash) DO NOTHING",
+    )
+    .bind(secret_hash)
+    .bind(now)
+    .execute(tx.c())
+    .await?;
+    Ok(())
 }
 
 impl Store {
@@ -32,18 +50,7 @@ impl Store {
         if revoked.is_some() {
             return Ok(false);
         }
-        db::query("UPDATE admin_credentials SET revoked_at = $2 WHERE secret_hash <> $1 AND revoked_at IS NULL")
-            .bind(secret_hash)
-            .bind(super::now())
-            .execute(tx.c())
-            .await?;
-        db::query(
-            "INSERT INTO admin_credentials (secret_hash, created_at) VALUES ($1, $2) ON CONFLICT (secret_hash) DO NOTHING",
-        )
-        .bind(secret_hash)
-        .bind(super::now())
-        .execute(tx.c())
-        .await?;
+        make_sole(&mut tx, secret_hash, super::now()).await?;
         self.commit(tx).await?;
         Ok(true)
     }
@@ -66,15 +73,7 @@ impl Store {
         if taken != 1 {
             return Ok(false);
         }
-        db::query("UPDATE admin_credentials SET revoked_at = $1 WHERE revoked_at IS NULL")
-            .bind(now)
-            .execute(tx.c())
-            .await?;
-        db::query("INSERT INTO admin_credentials (secret_hash, created_at) VALUES ($1, $2)")
-            .bind(to_hash)
-            .bind(now)
-            .execute(tx.c())
-            .await?;
+        make_sole(&mut tx, to_hash, now).await?;
         self.commit(tx).await?;
         Ok(true)
     }

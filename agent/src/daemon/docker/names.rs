@@ -21,10 +21,7 @@ use weave_proto::{
 use super::{Plugin, driver::NAME_WAIT, engine};
 use crate::{
     host::docker::Endpoint,
-    plan::{
-        dns::scope_of,
-        docker::{container_name, container_of},
-    },
+    plan::{dns::scope_of, docker::container_of},
 };
 
 impl Plugin {
@@ -103,7 +100,7 @@ impl Plugin {
             network.cidr
         };
         for alias in &aliases {
-            self.register(&format!("{alias}.{}", scope_of(&cidr)), ip, false).await;
+            self.register(&alias_name(alias, &cidr), ip, false).await;
         }
     }
 
@@ -129,9 +126,19 @@ impl Plugin {
     }
 
     /// The scopes sandbox `key`'s lookups try first: those of the subnets
-    /// of the networks it joined. After each Join and Leave, and each sweep.
+    /// of the networks it joined. After each Join and Leave.
     pub(super) fn rescope(&self, key: &str) {
         self.dns.set_scopes(key, self.state.subnets_of_sandbox(key).iter().map(|c| scope_of(c)).collect());
+    }
+
+    /// Every joined sandbox's scopes, once each, from what is saved (Docker
+    /// need not answer): at start and every sweep.
+    pub(super) fn rescope_all(&self) {
+        let sandboxes: std::collections::BTreeSet<String> =
+            self.state.endpoints().into_iter().map(|(_, e)| e.sandbox).filter(|s| !s.is_empty()).collect();
+        for key in &sandboxes {
+            self.rescope(key);
+        }
     }
 
     /// Each joined endpoint of `shown` (a network as Docker shows it) whose
@@ -146,22 +153,20 @@ impl Plugin {
         joined: impl Iterator<Item = &'e (String, Endpoint)>,
     ) {
         for (id, ep) in joined.filter(|(_, e)| !e.sandbox.is_empty()) {
-            let (Some(name), Ok(address)) = (container_name(shown, id), ep.address.parse::<Ipv4Net>()) else {
+            let (Some((container, name)), Ok(address)) = (container_of(shown, id), ep.address.parse::<Ipv4Net>())
+            else {
                 continue;
             };
-            self.rescope(&ep.sandbox);
             match ep.name.as_str() {
                 "" => self.named(id, &name).await,
                 old if old != name => self.renamed(id, old, &name, address.addr()).await,
                 _ => {}
             }
-            if !ep.aliases_read
-                && let Some((container, _)) = container_of(shown, id)
-            {
+            if !ep.aliases_read {
                 self.register_aliases(&ep.network, id, (&container, &name), address.addr()).await;
             }
-            let scope = self.state.network(&ep.network).map(|n| scope_of(&n.cidr)).unwrap_or_default();
-            let scoped = ep.aliases.iter().map(|a| format!("{a}.{scope}"));
+            let cidr = self.state.network(&ep.network).map(|n| n.cidr).unwrap_or_default();
+            let scoped = ep.aliases.iter().map(|a| alias_name(a, &cidr));
             for name in std::iter::once(name.clone()).chain(scoped) {
                 if !self.resolves(&name, address.addr()) {
                     self.register(&name, address.addr(), true).await;
@@ -179,4 +184,10 @@ impl Plugin {
             Err(_) => true,
         }
     }
+}
+
+/// The record name of alias `alias` on a network of weave subnet `cidr`:
+/// `<alias>.<scope>`.
+fn alias_name(alias: &str, cidr: &str) -> String {
+    format!("{alias}.{}", scope_of(cidr))
 }

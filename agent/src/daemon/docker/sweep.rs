@@ -26,15 +26,12 @@ const SWEEP: Duration = Duration::from_secs(10);
 impl Plugin {
     /// Runs until aborted: every [`SWEEP`], [`Self::sweep_once`].
     pub async fn sweep_every(self: Arc<Self>) {
+        self.rescope_all();
         // Joins whose follow-up (weave DNS in the container, its name) an
         // agent killed after the Join did not finish: done now. They stayed
         // without both for good (found by a review, 2026-12-05).
         // One after another: two endpoints of one container would both
         // find its resolver not yet served and both bind it (review).
-        // Each served sandbox's scopes, from what is saved (Docker need not answer).
-        for (_, ep) in self.state.endpoints().iter().filter(|(_, e)| !e.sandbox.is_empty()) {
-            self.rescope(&ep.sandbox);
-        }
         let unfinished: Vec<_> = self.state.endpoints().into_iter().filter(|(_, e)| e.sandbox.is_empty()).collect();
         let plugin = self.clone();
         tokio::spawn(async move {
@@ -61,6 +58,7 @@ impl Plugin {
     async fn sweep_once(&self, last: &BTreeSet<String>) -> BTreeSet<String> {
         let mut missing = BTreeSet::new();
         let endpoints = self.state.endpoints();
+        self.rescope_all();
         let daemon = engine::daemon_id(&self.docker_host).await.ok();
         for (network, known) in self.state.networks() {
             let shown = match engine::network(&self.docker_host, &network).await {
