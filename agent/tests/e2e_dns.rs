@@ -511,3 +511,47 @@ fn a_container_may_run_its_own_dns_server_on_port_53() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// One name on containers of two hosts (Weave Net's "the same name on
+/// several hosts scales a service"): refused whole until the admin shares
+/// it (`weavectl dns share`), then both answer it in turn, each reachable.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_shared_name_answers_with_containers_of_several_hosts() {
+    let mut d = DnsBed::new(2);
+    let (ns1, ns2, ns3) = (d.bed.add_container("web1"), d.bed.add_container("web2"), d.bed.add_container("cl"));
+    for ns in [&ns1, &ns2, &ns3] {
+        d.resolv.push(ResolvConf::write(ns));
+    }
+    let path = |ns: &str| format!("/run/netns/{ns}");
+    let web1 = d.bed.weavectl_attach(0, &ns1, &["--name", "web", &path(&ns1)])[0];
+    // Not shared: the second host's container is refused, with the way out,
+    // and nothing is left in it.
+    let refused = d.bed.weavectl(1, &["attach", "--name", "web", &path(&ns2)]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(5), "{err}");
+    assert!(err.contains("weavectl dns share web.weave.local"), "{err}");
+    let links = in_ns(&ns2, &["ip", "-o", "link"]);
+    assert_eq!(String::from_utf8_lossy(&links.stdout).lines().count(), 1, "only lo: {links:?}");
+
+    let shared = d.bed.weavectl_admin(&["dns", "share", "web"]);
+    assert!(shared.status.success(), "{shared:?}");
+    let web2 = d.bed.weavectl_attach(1, &ns2, &["--name", "web", &path(&ns2)])[0];
+    let client = d.bed.weavectl_attach(0, &ns3, &["--name", "client", &path(&ns3)])[0];
+    let both = [d.ip(web1), d.ip(web2)];
+    d.wait_answer(client, "web", &both);
+    // In turn: each address comes first in some answers.
+    let mut first = HashSet::new();
+    for _ in 0..30 {
+        first.insert(d.dig(client, &["web"])[0].clone());
+    }
+    assert_eq!(first.len(), 2, "the answers' order never changed: {first:?}");
+    for ip in &both {
+        let out = in_ns(&ns3, &["ping", "-c1", "-W2", ip]);
+        assert!(out.status.success(), "client to {ip}: {out:?}");
+    }
+    // One replica goes: the other answers alone.
+    let out = d.bed.weavectl(0, &["detach", &path(&ns1)]);
+    assert!(out.status.success(), "{out:?}");
+    d.wait_answer(client, "web", &[d.ip(web2)]);
+}

@@ -278,6 +278,8 @@ async fn every_mutating_rpc_checks_the_callers_role() {
     assert_status(node.nodes.remove_node(RemoveNodeRequest { node: "host2".into() }).await, denied, "admin role");
     assert_status(node.tokens.create_token(CreateTokenRequest::default()).await, denied, "admin role");
     assert_status(node.tokens.list_tokens(ListTokensRequest {}).await, denied, "admin role");
+    let share = ShareNameRequest { name: "web".into(), shared: true };
+    assert_status(node.dns.share_name(share).await, denied, "admin role");
     assert_status(
         node.tokens.revoke_token(RevokeTokenRequest { id: "0000000000000000".into() }).await,
         denied,

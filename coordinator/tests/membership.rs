@@ -246,6 +246,64 @@ async fn a_restarting_containers_name_is_kept_for_it_in_the_gap() {
     assert_status(h1.ipam.allocate(alloc("db", "db")).await, Code::AlreadyExists, "node h2's container");
 }
 
+/// A name an admin shared (`weavectl dns share`) takes every node's
+/// containers, in turn (Weave Net's round robin across hosts): no node is
+/// refused as "held by" and none waits out a hold; only the admin shares or
+/// unshares; unsharing keeps the records there and makes new claims first
+/// come, first served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_name_takes_every_nodes_containers() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCoordinator::start_in(dir, |a| a.dns_name_hold = "60s".into()).await;
+    let mut admin = c.admin().await;
+    let (_, mut h1) = c.join("h1", 1).await;
+    let (_, mut h2) = c.join("h2", 2).await;
+    let (_, mut h3) = c.join("h3", 3).await;
+    let ip = |a: &Allocation| a.address.split('/').next().unwrap().to_string();
+    let share = |name: &str, shared: bool| ShareNameRequest { name: name.into(), shared };
+    let release = |container: &str| ReleaseRequest { container: container.into(), ..Default::default() };
+    let a1 = h1.ipam.allocate(alloc("web1", "web")).await.unwrap().into_inner();
+    // Not shared: the second host's replica is refused, whole, and told how.
+    assert_status(h2.ipam.allocate(alloc("web2", "web")).await, Code::AlreadyExists, "weavectl dns share web");
+    // Only the admin shares.
+    assert_status(h2.dns.share_name(share("web", true)).await, Code::PermissionDenied, "");
+    let r = admin.dns.share_name(share("WEB", true)).await.unwrap().into_inner();
+    assert_eq!((r.name.as_str(), r.shared, r.changed), ("web.weave.local.", true, true));
+    assert!(!admin.dns.share_name(share("web.weave.local.", true)).await.unwrap().into_inner().changed);
+    let a2 = h2.ipam.allocate(alloc("web2", "web")).await.expect("a shared name's second host").into_inner();
+    let a3 = h3.ipam.allocate(alloc("web3", "web")).await.expect("and third").into_inner();
+    let found = admin.dns.lookup(LookupRequest { name: "web".into() }).await.unwrap().into_inner().addresses;
+    assert_eq!(found, [ip(&a1), ip(&a2), ip(&a3)]);
+    let listed = h3.dns.list_records(ListRecordsRequest {}).await.unwrap().into_inner();
+    assert_eq!(listed.shared_names, ["web.weave.local."]);
+    // Each record stays its container's: a node removes only its own.
+    let theirs = RemoveRecordsRequest { name: "web".into(), address: ip(&a1) };
+    assert_status(h2.dns.remove_records(theirs).await, Code::PermissionDenied, "node h1's containers' record");
+    // Every holder gone: no hold keeps the name from any node.
+    for (h, c) in [(&mut h1, "web1"), (&mut h2, "web2"), (&mut h3, "web3")] {
+        h.ipam.release(release(c)).await.unwrap();
+    }
+    // (h3 released it last: unshared, the name would be h3's for 60 s.)
+    let back = h1.ipam.allocate(alloc("web4", "web")).await.expect("no hold on a shared name").into_inner();
+    // Unshared: h1's record stays, the next host is refused again.
+    let r = admin.dns.share_name(share("web", false)).await.unwrap().into_inner();
+    assert_eq!((r.shared, r.changed), (false, true));
+    assert!(!admin.dns.share_name(share("web", false)).await.unwrap().into_inner().changed);
+    assert_eq!(
+        admin.dns.lookup(LookupRequest { name: "web".into() }).await.unwrap().into_inner().addresses,
+        [ip(&back)]
+    );
+    assert_status(h2.ipam.allocate(alloc("web5", "web")).await, Code::AlreadyExists, "held by node h1");
+    assert!(admin.dns.list_records(ListRecordsRequest {}).await.unwrap().into_inner().shared_names.is_empty());
+    // A shared external name: the admin's record and containers' together.
+    admin.dns.share_name(share("api", true)).await.unwrap();
+    admin.dns.add_record(AddRecordRequest { name: "api".into(), address: "192.0.2.90".into() }).await.unwrap();
+    h2.ipam.allocate(alloc("api1", "api")).await.expect("a node joins an admin's shared name");
+    for bad in ["localhost", "a..b", ""] {
+        assert_status(admin.dns.share_name(share(bad, true)).await, Code::InvalidArgument, "");
+    }
+}
+
 /// A container's released address goes to no one else for
 /// `--address-hold`: automatic allocation skips it and gives it back to the
 /// same container on the same node; another node asking for it by name is

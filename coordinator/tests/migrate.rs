@@ -17,8 +17,8 @@ use common::{TestCoordinator, assert_status, join_request, pg};
 use sqlx::Connection as _;
 use tonic::Code;
 use weave_proto::v1::{
-    AddRecordRequest, AddSubnetRequest, AllocateRequest, CreateTokenRequest, GetMapRequest, ReleaseRequest,
-    RemoveNodeRequest, WatchRequest, watch_event::Event,
+    AddRecordRequest, AddSubnetRequest, AllocateRequest, CreateTokenRequest, GetMapRequest, ListRecordsRequest,
+    ReleaseRequest, RemoveNodeRequest, ShareNameRequest, WatchRequest, watch_event::Event,
 };
 
 /// Runs `coordinator migrate`; returns its exit code, stdout and stderr.
@@ -90,6 +90,7 @@ async fn a_sqlite_cluster_moves_to_postgres_and_goes_on_without_rejoining() {
     let named = AllocateRequest { dns_name: "web".into(), ..alloc("h2", "web", "") };
     held.insert(admin.ipam.allocate(named).await.unwrap().into_inner().address);
     admin.dns.add_record(AddRecordRequest { name: "ext".into(), address: "192.0.2.80".into() }).await.unwrap();
+    admin.dns.share_name(ShareNameRequest { name: "shared".into(), shared: true }).await.unwrap();
     let token = admin
         .tokens
         .create_token(CreateTokenRequest { uses: 1, description: "spare".into(), ..Default::default() })
@@ -165,6 +166,9 @@ async fn a_sqlite_cluster_moves_to_postgres_and_goes_on_without_rejoining() {
     assert_status(h1.ipam.allocate(squat).await, Code::AlreadyExists, "kept for it");
     let back = admin.ipam.allocate(alloc("h2", "restarting", "backend")).await.unwrap().into_inner();
     assert_eq!(back.address, restarting);
+    // The shared names moved too.
+    let shared = admin.dns.list_records(ListRecordsRequest {}).await.unwrap().into_inner().shared_names;
+    assert_eq!(shared, ["shared.weave.local."]);
     // The removed node's marker moved too: it learns it was removed.
     let mut gone = new.api_with(&creds[3]).await;
     assert_status(gone.map.get_map(GetMapRequest {}).await, Code::Unauthenticated, "was removed");

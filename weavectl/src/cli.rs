@@ -276,6 +276,11 @@ pub(crate) enum DnsCommand {
     /// List every record.
     #[command(alias = "list")]
     Ls,
+    /// Open a name to every node's containers (round robin across hosts);
+    /// without a name, list the shared names.
+    Share { name: Option<String> },
+    /// Close a shared name again: new claims are first come, first served.
+    Unshare { name: String },
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use assert_cmd::Command;
 use predicates::prelude::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 use weave_coordinator::config::ServeArgs;
@@ -394,6 +394,35 @@ fn dns_add_lookup_remove() {
         2,
         "weavectl: adding bad name -> 10.2.3.9: 'bad name' is not a valid DNS name (labels of letters, digits, '-' \
          and '_', separated by dots)",
+    );
+}
+
+#[test]
+fn dns_share_and_unshare() {
+    let c = Cluster::start();
+    assert_eq!(c.ok(&["dns", "share"]), "NAME\n");
+    assert_eq!(c.ok(&["dns", "share", "Web"]), "shared web.weave.local.: every node's containers may now take it\n");
+    assert_eq!(c.ok(&["dns", "share", "web.weave.local."]), "web.weave.local. was already shared\n");
+    assert_eq!(c.json(&["dns", "share"]), json!(["web.weave.local."]));
+    c.ok(&["dns", "add", "web", "10.2.3.9"]);
+    c.ok(&["dns", "add", "db", "10.2.3.10"]);
+    let table = c.ok(&["dns", "ls"]);
+    assert!(table.lines().next().unwrap().ends_with("SHARED"), "{table}");
+    let line = |name: &str| table.lines().find(|l| l.starts_with(name)).unwrap().to_string();
+    assert!(line("web.").ends_with("yes"), "{table}");
+    assert!(line("db.").ends_with('-'), "{table}");
+    let listed = c.json(&["dns", "ls"]);
+    let shared: Vec<_> = listed.as_array().unwrap().iter().map(|r| (r["name"].clone(), r["shared"].clone())).collect();
+    assert!(shared.contains(&(json!("web.weave.local."), json!(true))), "{listed}");
+    assert!(shared.contains(&(json!("db.weave.local."), json!(false))), "{listed}");
+    let unshared = c.json(&["dns", "unshare", "web"]);
+    assert_eq!(unshared, json!({"name": "web.weave.local.", "shared": false, "changed": true}));
+    assert_eq!(c.ok(&["dns", "unshare", "web"]), "web.weave.local. was not shared\n");
+    assert_eq!(c.ok(&["dns", "lookup", "web"]), "10.2.3.9\n", "unsharing keeps the records");
+    c.fails(
+        &["dns", "share", "localhost"],
+        2,
+        "weavectl: sharing localhost: 'localhost' is reserved: localhost is always the host itself (RFC 6761)",
     );
 }
 

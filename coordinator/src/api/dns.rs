@@ -1,7 +1,7 @@
 use tonic::{Request, Response, Status};
 use weave_proto::v1::{
     AddRecordRequest, DnsRecord, ListRecordsRequest, ListRecordsResponse, LookupRequest, LookupResponse,
-    RemoveRecordsRequest, RemoveRecordsResponse, dns_service_server::DnsService,
+    RemoveRecordsRequest, RemoveRecordsResponse, ShareNameRequest, ShareNameResponse, dns_service_server::DnsService,
 };
 
 use super::Shared;
@@ -40,6 +40,18 @@ impl DnsService for Dns {
         request: Request<ListRecordsRequest>,
     ) -> Result<Response<ListRecordsResponse>, Status> {
         self.0.map_reader(&request).await?;
-        Ok(Response::new(ListRecordsResponse { records: self.0.store.list_records().await? }))
+        let records = self.0.store.list_records().await?;
+        Ok(Response::new(ListRecordsResponse { records, shared_names: self.0.store.shared_names().await? }))
+    }
+
+    #[tracing::instrument(skip_all, fields(name = %request.get_ref().name, shared = request.get_ref().shared))]
+    async fn share_name(&self, request: Request<ShareNameRequest>) -> Result<Response<ShareNameResponse>, Status> {
+        self.0.admin(&request).await?;
+        let r = request.get_ref();
+        let (name, changed) = self.0.store.share_name(&r.name, r.shared).await?;
+        if changed {
+            tracing::info!(%name, shared = r.shared, "DNS name sharing changed");
+        }
+        Ok(Response::new(ShareNameResponse { name, shared: r.shared, changed }))
     }
 }

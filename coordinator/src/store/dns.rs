@@ -28,6 +28,7 @@ async fn domain(tx: &mut Tx) -> Result<String> {
 /// answers for any more is held (an admin's round robin across nodes goes
 /// on: the others' containers keep claiming it), and a hold is renewed only
 /// by its own node; holds that ran out go. Called after the records went.
+/// (A shared name's hold keeps no one out while it is shared.)
 pub(super) async fn hold<'a>(tx: &mut Tx, released: impl Iterator<Item = (&'a str, i64)>, secs: u64) -> Result<()> {
     let now = super::now();
     db::query("DELETE FROM dns_holds WHERE held_until <= $1").bind(now).execute(tx.c()).await?;
@@ -79,6 +80,26 @@ async fn check_hold(tx: &mut Tx, fqdn: &str, node: u64) -> Result<()> {
     }
 }
 
+/// `localhost` (and any name under it) is the host itself (RFC 6761): a
+/// record would send a container that asks its resolver for it, not its
+/// hosts file, to whoever published it (found by a review, 2026-12-05).
+fn not_localhost(name: &str, fqdn: &str, domain: &str) -> Result<()> {
+    let relative = fqdn.strip_suffix(&format!(".{}", domain.trim_start_matches('.'))).unwrap_or(fqdn);
+    if relative.rsplit('.').next() == Some("localhost") {
+        return Err(Error::InvalidArgument(format!(
+            "'{name}' is reserved: localhost is always the host itself (RFC 6761)"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether an admin opened `fqdn` to every node's containers (`weavectl dns share`).
+async fn is_shared(tx: &mut Tx, fqdn: &str) -> Result<bool> {
+    let n: i64 =
+        db::query_scalar("SELECT COUNT(*) FROM dns_shared_names WHERE name = $1").bind(fqdn).fetch_one(tx.c()).await?;
+    Ok(n > 0)
+}
+
 /// A node adding a record, and how many it may hold (None: no limit).
 pub(super) struct Claimant {
     pub node: u64,
@@ -88,7 +109,8 @@ pub(super) struct Claimant {
 /// Adds (name, address) unless it is there; returns the record either way.
 /// With `claimant` (a node caller), the name must not be held by another
 /// node's container or by an external record: a node cannot join someone
-/// else's round robin; and a new record must fit in the node's quota.
+/// else's round robin unless an admin shared the name; and a new record must
+/// fit in the node's quota.
 pub(super) async fn insert_if_absent(
     tx: &mut Tx,
     name: &str,
@@ -98,15 +120,7 @@ pub(super) async fn insert_if_absent(
 ) -> Result<(v1::DnsRecord, bool)> {
     let domain = domain(tx).await?;
     let fqdn = qualify_name(name, &domain)?;
-    // `localhost` (and any name under it) is the host itself (RFC 6761):
-    // a record would send a container that asks its resolver for it, not its
-    // hosts file, to whoever published it (found by a review, 2026-12-05).
-    let relative = fqdn.strip_suffix(&format!(".{}", domain.trim_start_matches('.'))).unwrap_or(&fqdn);
-    if relative.rsplit('.').next() == Some("localhost") {
-        return Err(Error::InvalidArgument(format!(
-            "'{name}' is reserved: localhost is always the host itself (RFC 6761)"
-        )));
-    }
+    not_localhost(name, &fqdn, &domain)?;
     // A name under a subnet's scope label (a Docker network's alias) only
     // for an address in that subnet: it answers that network's containers
     // first, so one pointing elsewhere took a name another holds from them
@@ -114,7 +128,11 @@ pub(super) async fn insert_if_absent(
     if let Ok(ip) = address.parse() {
         weave_proto::dns_name::check_scope(&fqdn, &domain, ip).map_err(Error::InvalidArgument)?;
     }
-    if let Some(Claimant { node, .. }) = claimant {
+    // A shared name (`weavectl dns share`) takes every node's containers:
+    // round robin across hosts, and no hold to wait out.
+    if let Some(Claimant { node, .. }) = claimant
+        && !is_shared(tx, &fqdn).await?
+    {
         check_hold(tx, &fqdn, node).await?;
         let holder: Option<Option<String>> = db::query_scalar(
             "SELECT n.name FROM dns_records d LEFT JOIN allocations a ON a.id = d.allocation_id \
@@ -129,7 +147,9 @@ pub(super) async fn insert_if_absent(
             let by = holder.map_or_else(|| "an external record".to_string(), |n| format!("node {n}'s containers"));
             // The agent leaves a CNI pod's name out on " is held by " (`attach/allocate.rs`).
             return Err(Error::AlreadyExists(format!(
-                "{fqdn} is held by {by}; a node may add only names that no other node holds"
+                "{fqdn} is held by {by}; a node may add only names that no other node holds \
+                 (for containers on several hosts under one name, an admin shares it: `weavectl dns share {}`)",
+                fqdn.trim_end_matches('.')
             )));
         }
     }
@@ -294,6 +314,33 @@ impl Store {
         }
         self.commit(tx).await?;
         Ok(ids.len() as u32)
+    }
+
+    /// Opens `name` to every node's containers (`shared`), or closes it:
+    /// returns the qualified name and whether this call changed anything.
+    /// Closing leaves the records there (each goes with its container); new
+    /// claims are then first come, first served again.
+    pub async fn share_name(&self, name: &str, shared: bool) -> Result<(String, bool)> {
+        let mut tx = self.begin().await?;
+        let domain = domain(&mut tx).await?;
+        let fqdn = qualify_name(name, &domain)?;
+        not_localhost(name, &fqdn, &domain)?;
+        let changed = if shared {
+            db::query("INSERT INTO dns_shared_names (name, shared_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+                .bind(&fqdn)
+                .bind(super::now())
+                .execute(tx.c())
+                .await?
+        } else {
+            db::query("DELETE FROM dns_shared_names WHERE name = $1").bind(&fqdn).execute(tx.c()).await?
+        };
+        self.commit(tx).await?;
+        Ok((fqdn, changed > 0))
+    }
+
+    /// The shared names, sorted.
+    pub async fn shared_names(&self) -> Result<Vec<String>> {
+        Ok(db::query_scalar("SELECT name FROM dns_shared_names ORDER BY name").fetch_all(&self.read).await?)
     }
 
     pub async fn lookup(&self, name: &str, domain: &str) -> Result<(String, Vec<String>)> {

@@ -400,6 +400,11 @@ mod tests {
                     "1265231d8545e6ab80688b4e65fb1149d10162396c996d9acdf4174d4aab72f737f0bdff029b39f60c155d38788a11b5"
                         .to_string()
                 ),
+                (
+                    15,
+                    "e0dc06485cfed761b6ba3c74041f951a27bda2d709b4c992a1ca504ab5dde65452b759bbdca86e6e53eb0dc878563f5c"
+                        .to_string()
+                ),
             ]
         );
         let pg: Vec<(i64, String)> =

@@ -1,11 +1,11 @@
-//! `weavectl dns add|rm|lookup|ls`.
+//! `weavectl dns add|rm|lookup|ls|share|unshare`.
 use std::{net::IpAddr, path::Path};
 
 use serde_json::{Value, json};
 use weave_proto::{
     client::Api,
     local_api::{Request, Response},
-    v1::{AddRecordRequest, DnsRecord, ListRecordsRequest, LookupRequest, RemoveRecordsRequest},
+    v1::{AddRecordRequest, DnsRecord, ListRecordsRequest, LookupRequest, RemoveRecordsRequest, ShareNameRequest},
 };
 
 use super::{Output, or_dash};
@@ -59,7 +59,30 @@ pub(super) async fn run(api: &mut Api, out: &Output, command: DnsCommand) -> Out
             }
         }
         DnsCommand::Ls => list(api, out).await?,
+        DnsCommand::Share { name: None } => {
+            let names = api.dns.list_records(ListRecordsRequest {}).await.doing("listing shared names")?.shared_names;
+            let mut table = Table::new(&["NAME"]);
+            for n in &names {
+                table.row(vec![n.clone()]);
+            }
+            out.list(&table, || json!(names));
+        }
+        DnsCommand::Share { name: Some(name) } => share(api, out, name, true).await?,
+        DnsCommand::Unshare { name } => share(api, out, name, false).await?,
     }
+    Ok(())
+}
+
+async fn share(api: &mut Api, out: &Output, name: String, shared: bool) -> Outcome {
+    let doing = format!("{} {name}", if shared { "sharing" } else { "unsharing" });
+    let r = api.dns.share_name(ShareNameRequest { name, shared }).await.doing(doing)?;
+    let text = match (r.shared, r.changed) {
+        (true, true) => format!("shared {}: every node's containers may now take it", r.name),
+        (true, false) => format!("{} was already shared", r.name),
+        (false, true) => format!("unshared {}: its records stay; new ones are first come, first served", r.name),
+        (false, false) => format!("{} was not shared", r.name),
+    };
+    out.done(&text, || json!({ "name": r.name, "shared": r.shared, "changed": r.changed }));
     Ok(())
 }
 
@@ -91,8 +114,9 @@ pub(super) async fn lookup_local(socket: &Path, name: &str, out: &Output) -> Opt
 }
 
 pub(super) async fn list(api: &mut Api, out: &Output) -> Outcome {
-    let records = api.dns.list_records(ListRecordsRequest {}).await.doing("listing DNS records")?.records;
-    let mut table = Table::new(&["NAME", "ADDRESS", "NODE", "CONTAINER"]);
+    let listed = api.dns.list_records(ListRecordsRequest {}).await.doing("listing DNS records")?;
+    let (records, shared) = (listed.records, listed.shared_names);
+    let mut table = Table::new(&["NAME", "ADDRESS", "NODE", "CONTAINER", "SHARED"]);
     for r in &records {
         let external = r.allocation_id == 0;
         table.row(vec![
@@ -100,9 +124,21 @@ pub(super) async fn list(api: &mut Api, out: &Output) -> Outcome {
             r.address.clone(),
             if external { "(external)".into() } else { or_dash(&r.node) },
             if external { "-".into() } else { or_dash(&r.container) },
+            if shared.contains(&r.name) { "yes".into() } else { "-".into() },
         ]);
     }
-    out.list(&table, || Value::Array(records.iter().map(record_json).collect()));
+    out.list(&table, || {
+        Value::Array(
+            records
+                .iter()
+                .map(|r| {
+                    let mut v = record_json(r);
+                    v["shared"] = json!(shared.contains(&r.name));
+                    v
+                })
+                .collect(),
+        )
+    });
     Ok(())
 }
 
