@@ -255,6 +255,17 @@ fn docker_networks_on_weave() {
     assert!(records("db.weave.local.").is_empty(), "an alias is not a name of the whole cluster");
     assert!(records(&format!("{}.weave.local.", &h1.ok(&["inspect", "-f", "{{.Id}}", "api1"])[..12])).is_empty());
 
+    // A host name in the domain is a name too (Weave Net's proxy registered
+    // `-h search.weave.local`); Docker's default, the short id, is not.
+    h1.ok(&["run", "-d", "--name", "s1", "-h", "search.weave.local", "--net", "net1", IMAGE, "sleep", "900"]);
+    let search = h1.address("s1", "net1");
+    h2.wait_reach("client", "search");
+    assert_eq!(records("search.weave.local."), [search]);
+    h1.ok(&["rm", "-f", "s1"]);
+    wait_for("the host name to go with its container", Duration::from_secs(15), || {
+        records("search.weave.local.").is_empty().then_some(())
+    });
+
     // A second network is isolated from the first.
     let no_multicast = ["--opt", "works.weave.multicast=false"];
     h1.create_network("net2", NET2, &no_multicast);

@@ -327,6 +327,24 @@ pub fn aliases(container: &Value, network_id: &str) -> Vec<String> {
     out
 }
 
+/// The container's host name when it is in the cluster's `domain` (`docker
+/// run -h web.weave.local`, or `-h web --domainname weave.local`): Weave
+/// Net's proxy registered such a host name, and its users name containers
+/// so. Any other host name (Docker's default is the short id) is no name
+/// of the cluster's.
+pub fn hostname_in(container: &Value, domain: &str) -> Option<String> {
+    let config = container.get("Config")?;
+    let host = config.get("Hostname").and_then(Value::as_str).unwrap_or_default();
+    let full = match config.get("Domainname").and_then(Value::as_str).unwrap_or_default() {
+        "" => host.to_string(),
+        d => format!("{host}.{d}"),
+    };
+    let domain = domain.trim_matches('.');
+    let relative = full.trim_end_matches('.').to_ascii_lowercase();
+    let relative = relative.strip_suffix(&domain.to_ascii_lowercase())?.strip_suffix('.')?;
+    (!host.is_empty() && !relative.is_empty()).then(|| format!("{relative}.{domain}."))
+}
+
 /// The endpoint ids of a `GET /networks/<id>` answer's containers.
 pub fn endpoint_ids(network: &Value) -> Vec<String> {
     let containers = network.get("Containers").and_then(Value::as_object);
@@ -336,6 +354,19 @@ pub fn endpoint_ids(network: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_name_in_the_domain_is_a_name() {
+        let c = |host: &str, domain: &str| serde_json::json!({"Config": {"Hostname": host, "Domainname": domain}});
+        let all = ["web.weave.local", "Web.Weave.Local.", "web|weave.local", "a.b|weave.local", "0123456789ab", "web"];
+        let all = all.into_iter().chain(["weave.local", "|weave.local", "webweave.local", "web.weave.local.evil"]);
+        let want = ["web", "web", "web", "a.b"].map(|n| Some(format!("{n}.weave.local.")));
+        for (spec, want) in all.zip(want.into_iter().chain(std::iter::repeat(None))) {
+            let (host, domain) = spec.split_once('|').unwrap_or((spec, ""));
+            assert_eq!(hostname_in(&c(host, domain), "weave.local."), want, "{spec}");
+        }
+        assert_eq!(hostname_in(&serde_json::json!({}), "weave.local."), None);
+    }
 
     #[test]
     fn only_the_plugins_own_keys_are_docker_keys() {

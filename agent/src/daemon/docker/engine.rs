@@ -3,13 +3,14 @@
 //! network plugin no container names, so after a Join the agent reads it
 //! until the endpoint shows up), and which endpoints a network still has
 //! (the sweep of those Docker removed while the agent was down); and
-//! `GET /containers/<id>/json`: the container's aliases on the network.
+//! `GET /containers/<id>/json`: the container's aliases on the network and
+//! its host name.
 use std::{path::Path, time::Duration};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::plan::docker::{aliases, container_of};
+use crate::plan::docker::{aliases, container_of, hostname_in};
 
 /// How long one answer from Docker may take: a Docker that accepts and
 /// never answers must not hold a Join's follow-up or the sweep for good.
@@ -75,7 +76,13 @@ pub async fn network(socket: &Path, network_id: &str) -> Result<Option<Value>, S
 /// container) under `ep-<endpoint id>`, not the container's id: the
 /// container is then asked for by its name. Docker answers once the
 /// container has started, or been connected.
-pub async fn aliases_of(socket: &Path, (id, name): (&str, &str), network_id: &str) -> Result<Vec<String>, String> {
+/// With them, its host name if it is in `domain` ([`hostname_in`]), or "".
+pub async fn aliases_of(
+    socket: &Path,
+    (id, name): (&str, &str),
+    network_id: &str,
+    domain: &str,
+) -> Result<(Vec<String>, String), String> {
     let is_id = !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit());
     // Docker's own rule for names: [a-zA-Z0-9][a-zA-Z0-9_.-]+.
     let is_name = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
@@ -85,7 +92,8 @@ pub async fn aliases_of(socket: &Path, (id, name): (&str, &str), network_id: &st
         (false, true) => name,
         (false, false) => return Err(format!("neither '{id}' nor '{name}' names a container")),
     };
-    Ok(aliases(&get(socket, &format!("/containers/{container}/json")).await?, network_id))
+    let shown = get(socket, &format!("/containers/{container}/json")).await?;
+    Ok((aliases(&shown, network_id), hostname_in(&shown, domain).unwrap_or_default()))
 }
 
 /// The ID of the Docker daemon at `socket` (`GET /info`): a 404 for a

@@ -1,5 +1,6 @@
 //! The names of a Docker container in the cluster's domain: its own
-//! (`<name>.<domain>`), and its aliases on a network (`--network-alias`,
+//! (`<name>.<domain>`), its host name if that is in the domain (`docker run
+//! -h web.weave.local`, as Weave Net's proxy registered it), and its aliases on a network (`--network-alias`,
 //! `docker network connect --alias`, Compose's service names) under that
 //! network's scope, `<alias>.<scope>.<domain>` (`plan::dns::scope_of` of
 //! its weave subnet), each for the endpoint's address and owned by its
@@ -76,8 +77,9 @@ impl Plugin {
     /// them again until it has: Docker busy at the Join left them unread,
     /// and unregistered for good; found by a review, 2026-12-05).
     async fn register_aliases(&self, network_id: &str, endpoint_id: &str, container: (&str, &str), ip: Ipv4Addr) {
-        let aliases = match engine::aliases_of(&self.docker_host, container, network_id).await {
-            Ok(aliases) => aliases,
+        let domain = self.attacher.maps.borrow().dns_domain.clone();
+        let (aliases, hostname) = match engine::aliases_of(&self.docker_host, container, network_id, &domain).await {
+            Ok(found) => found,
             Err(e) => {
                 tracing::warn!(
                     container = container.1,
@@ -95,12 +97,14 @@ impl Plugin {
                 return;
             };
             ep.aliases = aliases.clone();
+            ep.hostname = hostname.clone();
             ep.aliases_read = true;
             self.state.set_endpoint(endpoint_id, ep);
             network.cidr
         };
-        for alias in &aliases {
-            self.register(&alias_name(alias, &cidr), ip, false).await;
+        let hostname = Some(hostname).filter(|h| !h.is_empty());
+        for name in aliases.iter().map(|a| alias_name(a, &cidr)).chain(hostname) {
+            self.register(&name, ip, false).await;
         }
     }
 
@@ -167,7 +171,8 @@ impl Plugin {
             }
             let cidr = self.state.network(&ep.network).map(|n| n.cidr).unwrap_or_default();
             let scoped = ep.aliases.iter().map(|a| alias_name(a, &cidr));
-            for name in std::iter::once(name.clone()).chain(scoped) {
+            let hostname = Some(ep.hostname.clone()).filter(|h| !h.is_empty());
+            for name in std::iter::once(name.clone()).chain(scoped).chain(hostname) {
                 if !self.resolves(&name, address.addr()) {
                     self.register(&name, address.addr(), true).await;
                 }
