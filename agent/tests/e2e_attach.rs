@@ -294,6 +294,11 @@ fn a_name_belongs_to_one_live_namespace() {
         assert_eq!((interfaces(&a), interfaces(&b), bed.allocations()), (a_ifs, b_ifs, allocs), "{args:?} changed");
     };
     refused(&bed, &["attach", "--name", "web", &format!("/run/netns/{b}")], "name 'web' is already in use");
+    // A name is its DNS name: another spelling of it is the same name (two
+    // live containers held web as `web` and `WEB` before; a review).
+    for spelling in ["WEB", "web.weave.local", "Web.Weave.Local."] {
+        refused(&bed, &["attach", "--name", spelling, &format!("/run/netns/{b}")], "name 'web' is already in use");
+    }
     // One name per namespace, too.
     refused(&bed, &["attach", "--name", "db", &format!("/run/netns/{a}")], "already attached as 'web'");
     assert!(interfaces(&b).is_empty(), "{:?}", interfaces(&b));
@@ -317,8 +322,8 @@ fn a_name_belongs_to_one_live_namespace() {
         "{web:?}"
     );
     assert!(interfaces(&b).iter().any(|l| l.starts_with(&format!("ethwe {taken}/"))), "{:?}", interfaces(&b));
-    // `web` is b now.
-    let out = bed.weavectl(0, &["detach", "web"]);
+    // `web` is b now, by any spelling.
+    let out = bed.weavectl(0, &["detach", "WEB.weave.local"]);
     assert!(out.status.success(), "detach web: {}", stderr(&out));
     assert!(interfaces(&b).is_empty(), "{:?}", interfaces(&b));
 

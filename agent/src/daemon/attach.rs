@@ -146,7 +146,8 @@ impl Attacher {
         if exact_ifname && (ifname.is_none() || specs.len() > 1) {
             return Err(Refusal::invalid("an exact interface name is for one interface: one ADDR and its name"));
         }
-        let _one = self.lock.lock().await;
+        let name = name.map(|n| self.canonical(n)).transpose().map_err(Refusal::invalid)?;
+        let (name, _one) = (name.as_deref(), self.lock.lock().await);
         let c = self.resolve(container, passed, name, id)?;
         // With an `id` (a CNI runtime) the name is only the DNS name: the
         // runtime keeps its names unique, and DEL comes by id.
@@ -367,7 +368,8 @@ impl Attacher {
         // A name a detach cut short forgot (its agent killed) still leads to
         // its namespace through the DNS alias: detached by that path (it
         // was "unknown container" for ever; found by a review, 2026-12-05).
-        let aliased = match (self.names.get(container), id, passed) {
+        let by_name = self.registered(container);
+        let aliased = match (&by_name, id, passed) {
             (None, None, None) => self
                 .names
                 .dns_path(container)
@@ -388,9 +390,8 @@ impl Attacher {
                         false => self.retire(id, None, None, &[]).await,
                     };
                 }
-                let registered = self.names.get(container).map(|(_, ino)| ino);
-                return match registered {
-                    Some(inode) => self.retire(container, Some(inode), Some(container), addrs).await,
+                return match by_name {
+                    Some((n, _, inode)) => self.retire(&n, Some(inode), Some(&n), addrs).await,
                     None => Err(e),
                 };
             }

@@ -21,6 +21,26 @@ pub(super) struct Container {
 }
 
 impl Attacher {
+    /// `name` as the registry keeps names: the DNS name it is, relative to
+    /// the cluster's domain (`WEB`, `web.weave.local` and `web.weave.local.`
+    /// are `web`). Kept as given, two live containers held one name as `web`
+    /// and `WEB` (found by a review, 2026-12-05).
+    pub(super) fn canonical(&self, name: &str) -> Result<String, String> {
+        let domain = Some(self.maps.borrow().dns_domain.clone()).filter(|d| !d.is_empty());
+        let domain = domain.unwrap_or_else(|| "weave.local.".into());
+        let fqdn = weave_proto::dns_name::qualify(name, &domain)?;
+        let suffix = format!(".{}.", domain.trim_matches('.').to_ascii_lowercase());
+        Ok(fqdn.strip_suffix(&suffix).unwrap_or(&fqdn).to_string())
+    }
+
+    /// The registered name `container` means, as registered (canonical, or
+    /// as given by an agent from before), with its (netns path, inode).
+    pub(super) fn registered(&self, container: &str) -> Option<(String, PathBuf, u64)> {
+        let canonical = self.canonical(container).ok().filter(|c| c != container);
+        let mut tried = canonical.into_iter().chain([container.to_string()]);
+        tried.find_map(|n| self.names.get(&n).map(|(path, ino)| (n, path, ino)))
+    }
+
     /// `id`, when given, is the IPAM key (e.g. `cni:<container id>`, so
     /// that a CNI DEL can release it after the namespace is gone).
     /// `passed`: the namespace the caller sent as a descriptor; it wins over
@@ -37,7 +57,8 @@ impl Attacher {
         // to another namespace (`ip netns del` then `add`, a reused pid).
         let mut registered_inode = None;
         let mut netns = None;
-        let path = if let Some(file) = passed.filter(|_| self.names.get(container).is_none()) {
+        let by_name = self.registered(container);
+        let path = if let Some(file) = passed.filter(|_| by_name.is_none()) {
             netns = Some(
                 file.try_clone().map_err(|e| Refusal::failed(format!("the passed namespace of '{container}': {e}")))?,
             );
@@ -46,7 +67,7 @@ impl Attacher {
             PathBuf::from(container)
         } else if !container.is_empty() && container.bytes().all(|b| b.is_ascii_digit()) {
             PathBuf::from(format!("/proc/{container}/ns/net"))
-        } else if let Some((p, ino)) = self.names.get(container) {
+        } else if let Some((_, p, ino)) = by_name {
             registered_inode = Some(ino);
             p
         } else if !container.is_empty() && !container.contains('/') && Path::new("/run/netns").join(container).exists()
