@@ -186,6 +186,10 @@ fn names_round_robin_ptr_case_upstream_and_outage() {
     };
     assert_eq!(status(&["-x", "10.32.255.254"]), "NXDOMAIN");
     assert_eq!(status(&["weave.local", "SOA"]), "NOERROR");
+    // A single label the domain lacks goes upstream (a top-level domain's
+    // NS was NXDOMAIN here, with weave.local.'s SOA): the test upstream has
+    // no `com.` and nowhere to ask, so SERVFAIL proves it was asked.
+    assert_eq!(status(&["com", "NS"]), "SERVFAIL");
 
     // Other names go to the upstream (in its own namespace on the underlay).
     assert_eq!(d.dig(a1, &[UPSTREAM_NAME]), [UPSTREAM_ANSWER]);

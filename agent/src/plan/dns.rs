@@ -49,6 +49,10 @@ pub struct Records {
     /// NXDOMAIN here, not relayed upstream (RFC 6303's idea: the overlay's
     /// addresses are nobody else's to answer for, and not to leak).
     pub range: Option<ipnet::Ipv4Net>,
+    /// The cluster's subnets (a Docker network's may lie outside the
+    /// range, IPv6 ones always do): their reverse names stay here too (they
+    /// were relayed upstream; found by a review, 2026-12-05).
+    pub subnets: Vec<ipnet::IpNet>,
 }
 
 impl Records {
@@ -56,6 +60,7 @@ impl Records {
         let domain = if map.dns_domain.is_empty() { default_domain } else { &map.dns_domain };
         let mut records = Records { domain: fqdn_lower(domain), range: map.range.parse().ok(), ..Default::default() };
         records.non_terminals.insert(records.domain.clone());
+        records.subnets = map.subnets.iter().filter_map(|s| s.cidr.parse().ok()).collect();
         // Each (name, address) pair once, in the map's order. One set, not a
         // scan of each list: a member may give one address thousands of names
         // (its quota), and every agent rebuilds this on every map change
@@ -180,15 +185,17 @@ pub fn answer(records: &Records, query: &Message, scopes: &[String], rng: &mut i
     if qtype == RecordType::PTR {
         let Some(ip) = ptr_address(&asked) else { return Answer::Forward };
         let Some(names) = records.by_address.get(&ip) else {
-            let ours = matches!((ip, records.range), (IpAddr::V4(v4), Some(range)) if range.contains(&v4));
-            if !ours {
+            let range = records.range.map(ipnet::IpNet::V4).filter(|r| r.contains(&ip));
+            let Some(ours) = range.or_else(|| records.subnets.iter().copied().find(|s| s.contains(&ip))) else {
                 return Answer::Forward;
-            }
+            };
             response.metadata.authoritative = true;
             response.metadata.response_code = ResponseCode::NXDomain;
-            if let (IpAddr::V4(v4), Some(range)) = (ip, records.range) {
-                response.add_authority(soa(&reverse_zone(v4, range.prefix_len()), &records.domain));
-            }
+            let zone = match ip {
+                IpAddr::V4(v4) => reverse_zone(v4, ours.prefix_len()),
+                IpAddr::V6(v6) => reverse_zone6(v6, ours.prefix_len()),
+            };
+            response.add_authority(soa(&zone, &records.domain));
             return Answer::Local(response);
         };
         response.metadata.authoritative = true;
@@ -202,9 +209,19 @@ pub fn answer(records: &Records, query: &Message, scopes: &[String], rng: &mut i
     if !records.in_domain(&name) {
         return Answer::Forward;
     }
-    response.metadata.authoritative = true;
     let scoped = scoped(records, &name, scopes);
-    let Some(addrs) = scoped.as_ref().or_else(|| records.by_name.get(&name)) else {
+    let found = scoped.as_ref().or_else(|| records.by_name.get(&name));
+    // A single label the domain does not have is some other name (`com`,
+    // `localhost`, a search-list lookup): the upstream's to answer, as
+    // Docker's resolver does. Answered NXDOMAIN with weave.local.'s SOA, a
+    // resolver in the container that asked `NS com` or `DS com` took it
+    // as "nothing exists under com." (RFC 8020; a review, 2026-12-05).
+    let single_label = !fqdn_lower(&asked).trim_end_matches('.').contains('.');
+    if single_label && found.is_none() && !records.non_terminals.contains(&name) {
+        return Answer::Forward;
+    }
+    response.metadata.authoritative = true;
+    let Some(addrs) = found else {
         if !records.non_terminals.contains(&name) {
             response.metadata.response_code = ResponseCode::NXDomain;
         }
@@ -276,6 +293,14 @@ fn reverse_zone(ip: Ipv4Addr, prefix: u8) -> String {
     let octets = usize::from(prefix.div_ceil(8).min(4));
     let labels: Vec<String> = ip.octets()[..octets].iter().rev().map(u8::to_string).collect();
     labels.iter().map(|l| format!("{l}.")).collect::<String>() + "in-addr.arpa."
+}
+
+/// The `ip6.arpa.` zone of `ip`'s first `prefix` bits, in whole nibbles
+/// (rounded up, as [`reverse_zone`] rounds to whole octets).
+fn reverse_zone6(ip: std::net::Ipv6Addr, prefix: u8) -> String {
+    let hex = format!("{:032x}", u128::from(ip));
+    let nibbles = usize::from(prefix.div_ceil(4).min(32));
+    hex[..nibbles].chars().rev().map(|c| format!("{c}.")).collect::<String>() + "ip6.arpa."
 }
 
 /// Encodes `response` for UDP: if it is bigger than the client said it can

@@ -221,6 +221,19 @@ fn empty_non_terminals_exist_and_the_ranges_reverse_names_stay_here() {
     assert_eq!(reverse_zone("10.2.3.4".parse().unwrap(), 24), "3.2.10.in-addr.arpa.");
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     assert!(matches!(answer(&r, &ask("1.0.48.10.in-addr.arpa.", RecordType::PTR), &[], &mut rng), Answer::Forward));
+    // So are the subnets' outside the range (a Docker network's, IPv6 ones):
+    // they went upstream (a review, 2026-12-05).
+    let subnet = |cidr: &str| weave_proto::v1::Subnet { cidr: cidr.into(), ..Default::default() };
+    m.subnets = vec![subnet("10.50.0.0/24"), subnet("fd00:0:0:12::/64")];
+    let r = Records::from_map(&m, DEFAULT_DOMAIN);
+    let nx = local(&r, "77.0.50.10.in-addr.arpa.", RecordType::PTR, 1);
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(nx.authorities[0].name.to_ascii(), "0.50.10.in-addr.arpa.");
+    let v6 = "2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.2.1.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.";
+    let nx = local(&r, v6, RecordType::PTR, 1);
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(nx.authorities[0].name.to_ascii(), "2.1.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.");
+    assert!(matches!(answer(&r, &ask("1.0.51.10.in-addr.arpa.", RecordType::PTR), &[], &mut rng), Answer::Forward));
 }
 
 #[test]
@@ -229,6 +242,19 @@ fn other_names_and_unknown_addresses_go_upstream() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     assert!(matches!(answer(&r, &ask("example.com.", RecordType::A), &[], &mut rng), Answer::Forward));
     assert!(matches!(answer(&r, &ask("9.9.9.9.in-addr.arpa.", RecordType::PTR), &[], &mut rng), Answer::Forward));
+    // A single label the domain lacks is another name (a top-level domain,
+    // localhost): NXDOMAIN with weave.local.'s SOA denied all of `com.` to a
+    // resolver in the container (a review, 2026-12-05). One it has stays here.
+    for (name, t) in
+        [("com.", RecordType::NS), ("com.", RecordType::DS), ("localhost.", RecordType::A), ("x.", RecordType::A)]
+    {
+        let forwarded = matches!(answer(&r, &ask(name, t), &[], &mut rng), Answer::Forward);
+        assert!(forwarded, "{name} {t}");
+    }
+    assert_eq!(addrs(&local(&r, "WEB.", RecordType::A, 1)).len(), 2);
+    let no_data = local(&r, "web.", RecordType::MX, 1);
+    assert_eq!((no_data.metadata.response_code, no_data.answers.len()), (ResponseCode::NoError, 0));
+    assert_eq!(local(&r, "nosuch.weave.local.", RecordType::A, 1).metadata.response_code, ResponseCode::NXDomain);
 }
 
 #[test]

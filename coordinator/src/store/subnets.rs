@@ -265,6 +265,28 @@ impl Store {
                     subnet.net
                 )));
             }
+            // Another node's container's address kept for it counts as in
+            // use: removing the subnet (and its holds) and adding it again
+            // let a member take that address while the container restarted
+            // (found by a review, 2026-12-05).
+            let kept: Option<(String, String)> = db::query(
+                "SELECT h.container, n.name FROM address_holds h JOIN nodes n ON n.id = h.node_id \
+                 WHERE h.subnet_id = $1 AND h.node_id <> $2 AND h.held_until > $3 ORDER BY h.held_until DESC LIMIT 1",
+            )
+            .bind(subnet.id)
+            .bind(node as i64)
+            .bind(super::now())
+            .fetch_optional(tx.c())
+            .await?
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
+            .transpose()?;
+            if let Some((container, holder)) = kept {
+                return Err(Error::FailedPrecondition(format!(
+                    "subnet {} holds an address released by {container} on {holder}, kept for it \
+                     (coordinator --address-hold); try again once that hold ran out",
+                    subnet.net
+                )));
+            }
         }
         let holders = db::query(
             "SELECT a.container, n.name AS node FROM allocations a JOIN nodes n ON n.id = a.node_id \

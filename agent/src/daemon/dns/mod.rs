@@ -307,7 +307,7 @@ impl DnsServer {
         };
         match self.decide(&message, udp_max, &[]) {
             Decided::Reply(out) => out,
-            Decided::Forward(failed) => self.forwarded(query, udp_max.is_some(), failed).await,
+            Decided::Forward(failed) => self.forwarded(query, failed).await,
         }
     }
 
@@ -327,14 +327,23 @@ impl DnsServer {
                 Some(max) => encode_udp(&response, max),
                 None => response.to_vec().ok(),
             }),
-            Answer::Forward => Decided::Forward(Failed { id: message.metadata.id, op_code: message.metadata.op_code }),
+            Answer::Forward => {
+                Decided::Forward(Failed { id: message.metadata.id, op_code: message.metadata.op_code, udp_max })
+            }
         }
     }
 
-    /// The upstream's answer to `query`, or SERVFAIL if none answered.
-    async fn forwarded(&self, query: &[u8], udp: bool, failed: Failed) -> Option<Vec<u8>> {
-        match self.forward(query, udp).await {
-            Some(bytes) => Some(bytes),
+    /// The upstream's answer to `query`, or SERVFAIL if none answered; to a
+    /// UDP client, truncated to what it takes ([`fit_udp`]): an upstream
+    /// that ignored the client's size had its whole answer relayed (2 KB
+    /// to a client without EDNS, which takes 512; found by a review,
+    /// 2026-12-05).
+    async fn forwarded(&self, query: &[u8], failed: Failed) -> Option<Vec<u8>> {
+        match self.forward(query, failed.udp_max.is_some()).await {
+            Some(bytes) => Some(match failed.udp_max {
+                Some(max) => fit_udp(bytes, max),
+                None => bytes,
+            }),
             None => failed.servfail(),
         }
     }
@@ -389,12 +398,32 @@ enum Decided {
 struct Failed {
     id: u16,
     op_code: OpCode,
+    /// What a UDP client said it takes; None over TCP.
+    udp_max: Option<u16>,
 }
 
 impl Failed {
     fn servfail(&self) -> Option<Vec<u8>> {
         Message::error_msg(self.id, self.op_code, ResponseCode::ServFail).to_vec().ok()
     }
+}
+
+/// An upstream's UDP answer for a client that takes at most `max` bytes:
+/// as it is if it fits, else its header and question with the TC bit
+/// ([`encode_udp`]; the client asks again over TCP), or, if it does not
+/// parse, its header alone with TC and no records.
+fn fit_udp(reply: Vec<u8>, max: u16) -> Vec<u8> {
+    if reply.len() <= usize::from(max) {
+        return reply;
+    }
+    if let Some(short) = Message::from_vec(&reply).ok().and_then(|m| encode_udp(&m, max)) {
+        return short;
+    }
+    let mut header = reply[..12.min(reply.len())].to_vec();
+    header.resize(12, 0);
+    header[2] |= 0x02;
+    header[4..].fill(0);
+    header
 }
 
 /// FORMERR for a query that does not parse, echoing its id if it has one

@@ -74,7 +74,7 @@ impl DnsServer {
                         let (server, socket, query) = (self.clone(), socket.clone(), query.to_vec());
                         forwards.spawn(async move {
                             let _permit = permit;
-                            if let Some(out) = server.forwarded(&query, true, failed).await {
+                            if let Some(out) = server.forwarded(&query, failed).await {
                                 let _ = socket.send_to(&out, from).await;
                             }
                         });
@@ -155,7 +155,7 @@ impl DnsServer {
             let out = match self.decide_bytes(&query, false, &namespace) {
                 Decided::Reply(out) => out,
                 Decided::Forward(failed) => match forward_permit(&namespace, &self.inner.budget.forwards) {
-                    Ok(_permit) => self.forwarded(&query, false, failed).await,
+                    Ok(_permit) => self.forwarded(&query, failed).await,
                     Err(refused) => {
                         refused.count("tcp");
                         failed.servfail()

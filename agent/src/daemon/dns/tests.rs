@@ -46,3 +46,47 @@ async fn only_an_answer_to_the_query_is_relayed() {
     assert_eq!(server.forward(&q, false).await, None, "a query sent back is no answer");
     tcp.await.unwrap();
 }
+
+/// An upstream's answer bigger than the UDP client takes is truncated (TC,
+/// header and question) for it, as the map's own answers are; over TCP, or
+/// when it fits, it goes whole. One that does not parse goes as its header.
+#[tokio::test]
+async fn a_relayed_answer_fits_the_udp_clients_size() {
+    let up = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let upstream = up.local_addr().unwrap();
+    // Answers each query with 40 TXT records of 50 bytes (~2.5 KB), then a runt answer.
+    let answers = std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        for round in 0..3 {
+            let (n, from) = up.recv_from(&mut buf).unwrap();
+            let q = Message::from_vec(&buf[..n]).unwrap();
+            let mut a = Message::response(q.metadata.id, q.metadata.op_code);
+            a.queries = q.queries.clone();
+            for _ in 0..40 {
+                let txt = hickory_proto::rr::rdata::TXT::new(vec!["x".repeat(50)]);
+                a.add_answer(hickory_proto::rr::Record::from_rdata(
+                    q.queries[0].name().clone(),
+                    60,
+                    hickory_proto::rr::RData::TXT(txt),
+                ));
+            }
+            let mut bytes = a.to_vec().unwrap();
+            if round == 2 {
+                bytes.truncate(600); // cut inside a record: does not parse
+            }
+            up.send_to(&bytes, from).unwrap();
+        }
+    });
+    let server = DnsServer::new("weave.local.", vec![upstream]);
+    let q = query(9);
+    let short = server.respond(&q, Some(512)).await.unwrap();
+    let m = Message::from_vec(&short).unwrap();
+    assert!(short.len() <= 512 && m.metadata.truncation && m.answers.is_empty(), "{}", short.len());
+    assert_eq!((m.metadata.id, m.queries.len()), (9, 1));
+    let whole = server.respond(&q, Some(4096)).await.unwrap();
+    assert_eq!(Message::from_vec(&whole).unwrap().answers.len(), 40);
+    let cut = server.respond(&q, Some(512)).await.unwrap();
+    assert_eq!(cut.len(), 12);
+    assert!(cut[..2] == q[..2] && cut[2] & 0x02 != 0 && cut[4..].iter().all(|b| *b == 0), "{cut:?}");
+    answers.join().unwrap();
+}
