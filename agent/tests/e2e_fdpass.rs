@@ -67,6 +67,7 @@ fn an_agent_that_cannot_see_the_namespaces_attaches_them_by_descriptor() {
         no_dns: false,
         network: None,
         needs_egress: false,
+        address: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let Response::Error(e) = rt.block_on(local_api::request(&socket, &old)).unwrap() else {

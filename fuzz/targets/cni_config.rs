@@ -50,6 +50,7 @@ pub fn run(data: &[u8]) {
             no_dns: !conf.resolver.unwrap_or(true),
             network: Some(conf.name.clone()),
             needs_egress: conf.publishes_ports(),
+            address: None,
         },
         _ => Request::Detach {
             container: netns.clone(),

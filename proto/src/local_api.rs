@@ -247,6 +247,10 @@ pub enum Request {
         /// remembered for that network's GC.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         network: Option<String>,
+        /// This address on the one subnet of `addrs` (CNI_ARGS `IP=`: the
+        /// runtime's fixed address, or the container's own at a reload).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
     },
     /// CNI GC (1.1.0) of `network`: every attachment of it on this host
     /// (remembered at ADD) that is not in `keep` and whose namespace is not

@@ -75,18 +75,10 @@ async fn run() -> Result<Option<serde_json::Value>, CniError> {
     match command.as_str() {
         "ADD" => {
             let args = std::env::var("CNI_ARGS").unwrap_or_default();
-            if let Some(asked) = cni::fixed_request(&args) {
-                return Err(CniError::new(
-                    code::REFUSED,
-                    "weave-cni takes no requested address or MAC",
-                    format!(
-                        "CNI_ARGS {asked}: weave's IPAM gives the address, and the address the MAC (a fixed \
-                         address: weavectl attach ip:ADDR/LEN)"
-                    ),
-                ));
-            }
+            let address = cni::requested_address(&args)
+                .map_err(|why| CniError::new(code::REFUSED, "weave-cni cannot take the requested address", why))?;
             let name = cni::dns_name(&args);
-            add(&conf, &env("CNI_NETNS")?, &id, name, &ifname).await.map(Some)
+            add(&conf, &env("CNI_NETNS")?, &id, name, &ifname, address).await.map(Some)
         }
         "DEL" => del(&conf, std::env::var("CNI_NETNS").unwrap_or_default(), &id, &ifname).await.map(|()| None),
         _ => check(&conf, &env("CNI_NETNS")?).await.map(|()| None),
@@ -122,6 +114,7 @@ async fn add(
     id: &str,
     name: Option<String>,
     ifname: &str,
+    address: Option<std::net::Ipv4Addr>,
 ) -> Result<serde_json::Value, CniError> {
     let multicast = conf.multicast.unwrap_or(true);
     let request = Request::Attach {
@@ -139,6 +132,7 @@ async fn add(
         no_dns: !conf.resolver.unwrap_or(true),
         network: Some(conf.name.clone()),
         needs_egress: conf.publishes_ports(),
+        address: address.map(|a| a.to_string()),
     };
     match ask(conf, request).await? {
         Response::Attached(list) if !list.is_empty() => {

@@ -140,7 +140,7 @@ impl Attacher {
         multicast: bool,
         exact_ifname: bool,
         network: Option<&str>,
-        needs_egress: bool,
+        (needs_egress, address): (bool, Option<&str>),
     ) -> Result<Vec<Attached>, Refusal> {
         let specs = AddrSpec::parse_all(addrs)?;
         if exact_ifname && (ifname.is_none() || specs.len() > 1) {
@@ -168,7 +168,7 @@ impl Attacher {
             }
             None => None,
         };
-        let wanted = self.subnets(&specs).await?;
+        let wanted = checks::fixed_address(self.subnets(&specs).await?, address)?;
         checks::egress_for_ports(&wanted, needs_egress)?;
         // A name for a container attached without one would be a second IPAM
         // key, with a second address on its interface (found by a review, 2026-12-05).

@@ -85,6 +85,7 @@ impl Handler for LocalService {
                     exact_ifname,
                     network,
                     needs_egress,
+                    address,
                     ..
                 } => reply_attached(
                     self.attacher
@@ -98,7 +99,7 @@ impl Handler for LocalService {
                             !no_multicast,
                             exact_ifname,
                             network.as_deref(),
-                            needs_egress,
+                            (needs_egress, address.as_deref()),
                         )
                         .await,
                 ),

@@ -363,14 +363,29 @@ pub fn dns_name(cni_args: &str) -> Option<String> {
     (name.len() <= 200 && name.split('.').all(label)).then(|| name.to_ascii_lowercase())
 }
 
-/// An address or MAC the runtime asks for in `CNI_ARGS` (`IP=`, `MAC=`:
-/// `podman run --ip`, `--mac-address`), which weave does not take: its IPAM
-/// gives the address and the address the MAC. Refused rather than ignored
-/// (the container got another address without a word; found by a review,
-/// 2026-12-05). `IgnoreUnknown` does not cover these: they are known, and
-/// not done.
-pub fn fixed_request(cni_args: &str) -> Option<String> {
-    ["IP", "MAC"].into_iter().find_map(|k| cni_arg(cni_args, k).map(|v| format!("{k}={v}")))
+/// The address the runtime asks for in `CNI_ARGS` (`IP=`: `podman run --ip`,
+/// and `podman network reload`, which gives each container its own address
+/// back: refused, every container lost its network at a reload; found by a
+/// review, 2026-12-05), taken on the configured subnet. A `MAC=` is taken
+/// only as the one weave gives that address (`0a:58:` and the address: the
+/// reload passes it back too); any other, or one without `IP=`, is refused
+/// (`podman run --mac-address`): weave's MACs follow the addresses.
+/// `IgnoreUnknown` does not cover these: they are known.
+pub fn requested_address(cni_args: &str) -> Result<Option<std::net::Ipv4Addr>, String> {
+    let ip = match cni_arg(cni_args, "IP") {
+        None => None,
+        Some(v) => Some(v.parse::<std::net::Ipv4Addr>().map_err(|_| format!("CNI_ARGS IP={v}: not an IPv4 address"))?),
+    };
+    if let Some(mac) = cni_arg(cni_args, "MAC") {
+        let given = ip.map(|ip| super::kernel::format_mac(&super::kernel::workload_mac(ip)));
+        if given.as_ref().is_none_or(|g| !g.eq_ignore_ascii_case(mac)) {
+            return Err(format!(
+                "CNI_ARGS MAC={mac}: weave gives each address its own MAC{} (a fixed address: IP=, podman's --ip)",
+                given.map(|g| format!(", {g} for {}", ip.unwrap())).unwrap_or_default()
+            ));
+        }
+    }
+    Ok(ip)
 }
 
 /// The value of `key` in `CNI_ARGS` (`K=V;K=V`), trimmed; None when absent or empty.

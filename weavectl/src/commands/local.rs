@@ -97,6 +97,7 @@ pub(crate) async fn run(socket: &Path, out: &Output, c: LocalCommand) -> Outcome
                 no_dns: false,
                 network: None,
                 needs_egress: false,
+                address: None,
             };
             match request(socket, &what, &req).await? {
                 Response::Attached(list) => print_addresses(out, &list),

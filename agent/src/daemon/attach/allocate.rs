@@ -12,7 +12,10 @@ use weave_proto::{
 use super::Attacher;
 use crate::{
     host::netlink::WorkloadInterface,
-    plan::addr_spec::{AddrSpec, NamesSubnet},
+    plan::{
+        addr_spec::{AddrSpec, NamesSubnet},
+        kernel::workload_mac,
+    },
 };
 
 impl Attacher {
@@ -155,20 +158,28 @@ impl Attacher {
         // One borrow of the map at a time (del_candidates takes its own): a
         // second read while a new map waits to be written would deadlock.
         let candidates = self.del_candidates(held, before, ifname, addrs);
-        let found: Vec<(String, Option<u32>)> = {
+        let found: Vec<(String, Option<u32>, bool)> = {
             let map = self.maps.borrow();
             candidates
                 .into_iter()
                 .map(|c| {
-                    let vni = map.subnets.iter().find(|s| s.cidr == c).map(|s| s.vni);
-                    (c, vni)
+                    let subnet = map.subnets.iter().find(|s| s.cidr == c);
+                    // An interface looked at with the MAC weave gave the held
+                    // address is that address's, even with the address gone:
+                    // a container that flushed it kept it (and its name) for
+                    // good, its DEL taken for another network's (a review).
+                    let held = subnet.and_then(|s| super::held_address(held, s));
+                    let by_mac = held.is_some_and(|ip| before.iter().any(|i| i.mac == workload_mac(ip)));
+                    (c, subnet.map(|s| s.vni), by_mac)
                 })
                 .collect()
         };
         let mut mine = Vec::new();
-        for (cidr, vni) in found {
+        for (cidr, vni, by_mac) in found {
             let elsewhere = match vni {
-                Some(vni) if super::on_subnet(before, &cidr).is_none() => self.plugged_on(inode, vni).await?,
+                Some(vni) if super::on_subnet(before, &cidr).is_none() && !by_mac => {
+                    self.plugged_on(inode, vni).await?
+                }
                 _ => false,
             };
             if !elsewhere {

@@ -147,3 +147,24 @@ pub(super) fn once_each(found: Vec<(AddrSpec, Subnet)>) -> Result<Vec<(AddrSpec,
     }
     Ok(found)
 }
+
+/// `wanted` with its one subnet's spec made `address` there (CNI_ARGS `IP=`:
+/// `podman run --ip`, a `podman network reload` giving each container its
+/// own address back): refused unless there is one subnet and it holds the
+/// address. The coordinator then grants it or names its holder.
+pub(super) fn fixed_address(
+    mut wanted: Vec<(AddrSpec, Subnet)>,
+    address: Option<&str>,
+) -> Result<Vec<(AddrSpec, Subnet)>, Refusal> {
+    let Some(address) = address else { return Ok(wanted) };
+    let ip: Ipv4Addr = address.parse().map_err(|_| Refusal::invalid(format!("'{address}' is not an IPv4 address")))?;
+    let [(spec, subnet)] = &mut wanted[..] else {
+        return Err(Refusal::invalid(format!("a requested address ({ip}) is for one subnet")));
+    };
+    let net: Ipv4Net = subnet.cidr.parse().map_err(|_| Refusal::failed(format!("subnet '{}'", subnet.cidr)))?;
+    if !net.contains(&ip) {
+        return Err(Refusal::invalid(format!("the requested address {ip} is not in {net}, this network's subnet")));
+    }
+    *spec = AddrSpec::Ip(ip, net.prefix_len());
+    Ok(wanted)
+}

@@ -191,11 +191,18 @@ fn names_from_cni_args() {
     assert_eq!(dns_name("K8S_POD_NAME="), None);
     assert_eq!(dns_name("K8S_POD_NAME=bad name!"), None, "not a DNS label: no name, still an address");
     assert_eq!(dns_name("K8S_POD_NAME=-x"), None);
-    // What weave does not take is named, not ignored: `podman run --ip`, `--mac-address`.
-    assert_eq!(fixed_request(k8s), None);
-    assert_eq!(fixed_request("IgnoreUnknown=1;K8S_POD_NAME=s1;IP=10.32.0.50").as_deref(), Some("IP=10.32.0.50"));
-    assert_eq!(fixed_request("MAC=02:11:22:33:44:55;K8S_POD_NAME=s1").as_deref(), Some("MAC=02:11:22:33:44:55"));
-    assert_eq!(fixed_request("IP=;K8S_POD_NAME=s1"), None);
+    // An address asked for (`podman run --ip`, `network reload`) is taken;
+    // a MAC only as the one weave gives that address; anything else named.
+    let ip = Some("10.32.0.50".parse().unwrap());
+    assert_eq!(requested_address(k8s), Ok(None));
+    assert_eq!(requested_address("IgnoreUnknown=1;K8S_POD_NAME=s1;IP=10.32.0.50"), Ok(ip));
+    assert_eq!(requested_address("IP=10.32.0.50;MAC=0A:58:0a:20:00:32"), Ok(ip));
+    assert_eq!(requested_address("IP=;K8S_POD_NAME=s1"), Ok(None));
+    let refused = |args: &str| requested_address(args).unwrap_err();
+    assert!(refused("MAC=02:11:22:33:44:55;K8S_POD_NAME=s1").contains("its own MAC"));
+    assert!(refused("IP=10.32.0.50;MAC=02:11:22:33:44:55").contains("0a:58:0a:20:00:32 for 10.32.0.50"));
+    assert!(refused("IP=10.32.0.500").contains("not an IPv4 address"));
+    assert!(refused("IP=fd00::5").contains("not an IPv4 address"));
 }
 
 #[test]

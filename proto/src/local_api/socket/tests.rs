@@ -1,0 +1,175 @@
+//! The local API socket's tests.
+use super::*;
+use crate::local_api::{AgentStatus, ErrorKind, PeerStatus, Reply, format_status};
+
+/// A file at the path stays; a live socket is not taken over; a stale
+/// one is replaced.
+/// An agent gone mid-request (killed) leaves no answer: the connection's
+/// end (weavectl: exit 3), not a bad answer.
+#[tokio::test]
+async fn no_answer_at_all_is_an_unexpected_end_not_bad_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let server = tokio::spawn(async move {
+        let mut line = String::new();
+        BufReader::new(listener.accept().await.unwrap().0).read_line(&mut line).await.unwrap();
+    });
+    let e = request(&path, &Request::Status).await.unwrap_err();
+    server.await.unwrap();
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    assert!(e.to_string().contains("closed the connection without an answer"), "{e}");
+}
+
+#[tokio::test]
+async fn binding_replaces_only_a_stale_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("precious");
+    std::fs::write(&file, "important").unwrap();
+    let err = bind(&file).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists, "{err}");
+    remove_socket(&file).unwrap();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "important");
+
+    let sock = dir.path().join("agent.sock");
+    let live = bind(&sock).unwrap();
+    let err = bind(&sock).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+    // Served: neither replaced nor removed.
+    remove_socket(&sock).unwrap();
+    assert_eq!(probe(&sock).unwrap(), SocketPath::Served);
+    drop(live);
+    assert_eq!(probe(&sock).unwrap(), SocketPath::Stale);
+    let again = bind(&sock).expect("a socket nobody serves is replaced");
+    drop(again);
+    remove_socket(&sock).unwrap();
+    assert_eq!(probe(&sock).unwrap(), SocketPath::Free);
+    // A symlink is not a socket, even to one.
+    let link = dir.path().join("link");
+    let _target = bind(&sock).unwrap();
+    std::os::unix::fs::symlink(&sock, &link).unwrap();
+    assert_eq!(probe(&link).unwrap(), SocketPath::NotASocket);
+}
+
+#[tokio::test]
+async fn out_of_descriptors_pauses_instead_of_spinning() {
+    let emfile = || std::io::Error::from_raw_os_error(24);
+    let mut results: VecDeque<std::io::Result<u32>> = VecDeque::from([
+        Err(emfile()),
+        Err(std::io::Error::from_raw_os_error(23)), // ENFILE
+        Ok(1),
+        Err(std::io::Error::from(std::io::ErrorKind::ConnectionAborted)),
+        Ok(2),
+    ]);
+    let mut calls = 0;
+    let start = std::time::Instant::now();
+    let first = next_connection(|| {
+        calls += 1;
+        std::future::ready(results.pop_front().unwrap())
+    })
+    .await;
+    assert_eq!((first, calls), (1, 3));
+    assert!(start.elapsed() >= 2 * BACKOFF, "one pause per EMFILE/ENFILE");
+    let start = std::time::Instant::now();
+    let second = next_connection(|| std::future::ready(results.pop_front().unwrap())).await;
+    assert_eq!(second, 2);
+    assert!(start.elapsed() < BACKOFF, "no pause for one aborted connection");
+}
+
+struct Fixed;
+impl Handler for Fixed {
+    fn handle(&self, request: Request) -> Reply<'_> {
+        Box::pin(async move {
+            match request {
+                Request::Status => Response::Status(status()),
+                // Answers with the inode of the descriptor that came along.
+                Request::Attach { netns: Some(f), .. } => {
+                    use std::os::unix::fs::MetadataExt;
+                    Response::Dns { name: f.metadata().unwrap().ino().to_string(), addresses: vec![] }
+                }
+                other => Response::Error(Refusal::failed(format!("not here: {other:?}"))),
+            }
+        })
+    }
+}
+
+fn status() -> AgentStatus {
+    AgentStatus {
+        node_id: 1,
+        name: "h1".into(),
+        address: "10.47.0.1".parse().unwrap(),
+        endpoint: "192.0.2.11:6784".into(),
+        revision: 9,
+        coordinator_connected: true,
+        segments: vec![],
+        peers: vec![PeerStatus {
+            node_id: 2,
+            name: "h2".into(),
+            address: "10.47.0.2".parse().unwrap(),
+            endpoint: Some("192.0.2.12:6784".parse().unwrap()),
+            handshake_age_secs: Some(3.0),
+            handshake_in_progress: false,
+            tx_bytes: 10,
+            rx_bytes: 20,
+            dropped_spoofed: 0,
+            dropped_foreign_segment: 0,
+            dropped_storm: 0,
+        }],
+        ip_forward: Some(true),
+    }
+}
+
+#[tokio::test]
+async fn status_round_trips_over_the_socket_with_mode_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run/agent.sock");
+    let listener = bind(&path).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    tokio::spawn(serve(listener, Arc::new(Fixed)));
+    let Response::Status(s) = request(&path, &Request::Status).await.unwrap() else { panic!("not a status") };
+    assert_eq!(s.peers[0].rx_bytes, 20);
+    let table = format_status(&s);
+    assert!(table.contains("h2") && table.contains("3s ago"), "{table}");
+    let release = Request::Release { container: "c".into() };
+    assert!(matches!(request(&path, &release).await.unwrap(), Response::Error(_)));
+}
+
+#[tokio::test]
+async fn a_passed_descriptor_reaches_the_handler() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    tokio::spawn(serve(bind(&path).unwrap(), Arc::new(Fixed)));
+    // Any file stands in for a namespace here; the path is one the server cannot open.
+    let file = dir.path().join("ns");
+    std::fs::write(&file, "").unwrap();
+    let attach = |netns_fd, netns| Request::Attach {
+        container: "/nowhere/ns".into(),
+        netns_fd,
+        netns,
+        name: None,
+        id: None,
+        ifname: None,
+        addrs: vec![],
+        no_multicast: false,
+        exact_ifname: false,
+        no_dns: false,
+        network: None,
+        needs_egress: false,
+        address: None,
+    };
+    let opened = Arc::new(File::open(&file).unwrap());
+    let want = std::fs::metadata(&file).unwrap().ino().to_string();
+    for _ in 0..2 {
+        let Response::Dns { name, .. } = request(&path, &attach(true, Some(opened.clone()))).await.unwrap() else {
+            panic!("the descriptor did not arrive")
+        };
+        assert_eq!(name, want);
+    }
+    // The flag without a descriptor is refused, not taken from elsewhere.
+    let Response::Error(e) = request(&path, &attach(true, None)).await.unwrap() else { panic!("accepted") };
+    assert!(e.kind == ErrorKind::Invalid && e.message.contains("no descriptor"), "{e}");
+    // An old client (a path, no flag) reaches the handler without one.
+    let Response::Error(e) = request(&path, &attach(false, None)).await.unwrap() else { panic!("accepted") };
+    assert!(e.message.contains("not here"), "{e}");
+}
