@@ -228,8 +228,9 @@ async fn a_restarting_containers_name_is_kept_for_it_in_the_gap() {
     h2.ipam.allocate(alloc("api", "api")).await.unwrap();
     h2.ipam.release(release("api")).await.unwrap();
     assert_status(h1.ipam.allocate(alloc("api", "api")).await, Code::AlreadyExists, "node h2's container");
-    // The admin frees a held name at once (`weavectl dns rm`).
-    admin.dns.remove_records(RemoveRecordsRequest { name: "api".into(), ..Default::default() }).await.unwrap();
+    // The admin frees a held name at once (`weavectl dns rm`), and is told so.
+    let freed = admin.dns.remove_records(RemoveRecordsRequest { name: "api".into(), ..Default::default() }).await;
+    assert_eq!(freed.unwrap().into_inner(), RemoveRecordsResponse { removed: 0, freed_hold: true });
     let api = h1.ipam.allocate(alloc("api", "api")).await.expect("a freed name").into_inner();
     assert_status(h2.ipam.allocate(alloc("api2", "api")).await, Code::AlreadyExists, "held by node h1");
     assert_eq!(lookup(&admin, "api").await, [ip(&api)]);

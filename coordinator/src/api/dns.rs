@@ -25,8 +25,8 @@ impl DnsService for Dns {
         let caller = self.0.caller(&request).await?;
         let r = request.get_ref();
         let address = Some(r.address.trim()).filter(|a| !a.is_empty());
-        let removed = self.0.store.remove_records(&caller, &r.name, address).await?;
-        Ok(Response::new(RemoveRecordsResponse { removed }))
+        let (removed, freed_hold) = self.0.store.remove_records(&caller, &r.name, address).await?;
+        Ok(Response::new(RemoveRecordsResponse { removed, freed_hold }))
     }
 
     async fn lookup(&self, request: Request<LookupRequest>) -> Result<Response<LookupResponse>, Status> {

@@ -253,8 +253,9 @@ impl Store {
         Ok(record)
     }
 
-    /// Removes the records of `name` (only the one for `address`, if given).
-    pub async fn remove_records(&self, caller: &Caller, name: &str, address: Option<&str>) -> Result<u32> {
+    /// Removes the records of `name` (only the one for `address`, if given);
+    /// returns how many, and whether the admin freed a hold on the name.
+    pub async fn remove_records(&self, caller: &Caller, name: &str, address: Option<&str>) -> Result<(u32, bool)> {
         // Canonical, as add_record stores it (an IPv4-mapped address is its IPv4 address).
         let address = address.map(rows::parse_ip).transpose()?.map(|a| a.to_canonical().to_string());
         let mut tx = self.begin().await?;
@@ -281,7 +282,7 @@ impl Store {
         };
         if ids.is_empty() && holds > 0 {
             self.commit(tx).await?;
-            return Ok(0);
+            return Ok((0, true));
         }
         if ids.is_empty() {
             let what = address.as_ref().map(|a| format!(" with address {a}")).unwrap_or_default();
@@ -313,7 +314,7 @@ impl Store {
             tx.record(Change::DnsRecordRemoved(*id as u64)).await?;
         }
         self.commit(tx).await?;
-        Ok(ids.len() as u32)
+        Ok((ids.len() as u32, holds > 0))
     }
 
     /// Opens `name` to every node's containers (`shared`), or closes it:

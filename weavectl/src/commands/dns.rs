@@ -46,7 +46,11 @@ pub(super) async fn run(api: &mut Api, out: &Output, command: DnsCommand) -> Out
             let what =
                 if address.is_empty() { format!("removing {name}") } else { format!("removing {name} -> {address}") };
             let r = api.dns.remove_records(RemoveRecordsRequest { name, address }).await.doing(what)?;
-            out.done(&format!("removed {} record(s)", r.removed), || json!({ "removed": r.removed }));
+            let freed = if r.freed_hold { "; the name's hold is freed: any node may take it now" } else { "" };
+            out.done(
+                &format!("removed {} record(s){freed}", r.removed),
+                || json!({ "removed": r.removed, "freed_hold": r.freed_hold }),
+            );
         }
         DnsCommand::Lookup { name } => {
             let r = api.dns.lookup(LookupRequest { name: name.clone() }).await.doing(format!("looking up {name}"))?;
