@@ -286,16 +286,29 @@ async fn a_shared_name_takes_every_nodes_containers() {
     }
     // (h3 released it last: unshared, the name would be h3's for 60 s.)
     let back = h1.ipam.allocate(alloc("web4", "web")).await.expect("no hold on a shared name").into_inner();
-    // Unshared: h1's record stays, the next host is refused again.
+    // Unshared with replicas on three hosts: the name is its first node's
+    // again (h1's oldest record): the others' records go, and h1's restarted
+    // container takes it back (a member's replica kept it from h1 before).
+    let a6 = h2.ipam.allocate(alloc("web6", "web")).await.unwrap().into_inner();
+    h3.ipam.allocate(alloc("web7", "web")).await.unwrap();
+    let lookup = |admin: &weave_proto::client::Api| {
+        let mut admin = admin.clone();
+        async move { admin.dns.lookup(LookupRequest { name: "web".into() }).await.unwrap().into_inner().addresses }
+    };
+    assert_eq!(lookup(&admin).await.len(), 3);
     let r = admin.dns.share_name(share("web", false)).await.unwrap().into_inner();
-    assert_eq!((r.shared, r.changed), (false, true));
+    assert_eq!((r.shared, r.changed, r.removed), (false, true, 2));
     assert!(!admin.dns.share_name(share("web", false)).await.unwrap().into_inner().changed);
-    assert_eq!(
-        admin.dns.lookup(LookupRequest { name: "web".into() }).await.unwrap().into_inner().addresses,
-        [ip(&back)]
-    );
+    assert_eq!(lookup(&admin).await, [ip(&back)]);
     assert_status(h2.ipam.allocate(alloc("web5", "web")).await, Code::AlreadyExists, "held by node h1");
     assert!(admin.dns.list_records(ListRecordsRequest {}).await.unwrap().into_inner().shared_names.is_empty());
+    h1.ipam.release(release("web4")).await.unwrap();
+    let again = h1.ipam.allocate(alloc("web4", "web")).await.expect("the first node's restart").into_inner();
+    assert_eq!(lookup(&admin).await, [ip(&again)]);
+    // h2's container keeps its address, only the name went.
+    let theirs = ListAllocationsRequest { node: "h2".into(), ..Default::default() };
+    let h2_has = admin.ipam.list_allocations(theirs).await.unwrap().into_inner().allocations;
+    assert!(h2_has.iter().any(|a| a.address == a6.address), "{h2_has:?}");
     // A shared external name: the admin's record and containers' together.
     admin.dns.share_name(share("api", true)).await.unwrap();
     admin.dns.add_record(AddRecordRequest { name: "api".into(), address: "192.0.2.90".into() }).await.unwrap();

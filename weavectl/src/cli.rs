@@ -279,7 +279,8 @@ pub(crate) enum DnsCommand {
     /// Open a name to every node's containers (round robin across hosts);
     /// without a name, list the shared names.
     Share { name: Option<String> },
-    /// Close a shared name again: new claims are first come, first served.
+    /// Close a shared name: it is its first node's again (the other nodes'
+    /// containers' records of it go).
     Unshare { name: String },
 }
 

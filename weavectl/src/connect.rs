@@ -35,11 +35,17 @@ fn load(global: &Global) -> Outcome<AdminCredential> {
     // Not `exists()`: a directory this user may not enter (0700, root's) is
     // not "does not exist" but permission denied, as for --admin-file.
     if matches!(path.try_exists(), Ok(false)) {
+        // On a host with an agent, what needs no admin credential.
+        let here = if global.socket.exists() {
+            "; this host's own view needs none: `weavectl status peers`, `agent status`"
+        } else {
+            ""
+        };
         return Err(Failure::usage(
             "no admin credential",
             format!(
                 "{} does not exist; pass --admin <wva1…> (WEAVE_ADMIN), --admin-file <path> (WEAVE_ADMIN_FILE), \
-                 or --data-dir <the coordinator's data dir> (WEAVE_DATA_DIR)",
+                 or --data-dir <the coordinator's data dir> (WEAVE_DATA_DIR){here}",
                 path.display()
             ),
         ));

@@ -416,7 +416,7 @@ fn dns_share_and_unshare() {
     assert!(shared.contains(&(json!("web.weave.local."), json!(true))), "{listed}");
     assert!(shared.contains(&(json!("db.weave.local."), json!(false))), "{listed}");
     let unshared = c.json(&["dns", "unshare", "web"]);
-    assert_eq!(unshared, json!({"name": "web.weave.local.", "shared": false, "changed": true}));
+    assert_eq!(unshared, json!({"name": "web.weave.local.", "shared": false, "changed": true, "removed": 0}));
     assert_eq!(c.ok(&["dns", "unshare", "web"]), "web.weave.local. was not shared\n");
     assert_eq!(c.ok(&["dns", "lookup", "web"]), "10.2.3.9\n", "unsharing keeps the records");
     c.fails(
@@ -576,6 +576,14 @@ fn missing_or_malformed_credential() {
         "weavectl: no admin credential: {} does not exist; pass --admin <wva1…> (WEAVE_ADMIN), --admin-file <path> \
          (WEAVE_ADMIN_FILE), or --data-dir <the coordinator's data dir> (WEAVE_DATA_DIR)\n",
         path.display()
+    ));
+    // On a host with an agent (its socket there): what needs no credential.
+    let socket = empty.path().join("agent.sock");
+    std::fs::write(&socket, "").unwrap();
+    let mut on_a_host = bare();
+    on_a_host.arg("--data-dir").arg(empty.path()).arg("--socket").arg(&socket).arg("status");
+    on_a_host.assert().code(2).stderr(predicate::str::ends_with(
+        "; this host's own view needs none: `weavectl status peers`, `agent status`\n",
     ));
     bare()
         .args(["--admin", "hello", "status"])

@@ -146,7 +146,9 @@ impl Attacher {
         if exact_ifname && (ifname.is_none() || specs.len() > 1) {
             return Err(Refusal::invalid("an exact interface name is for one interface: one ADDR and its name"));
         }
-        let name = name.map(|n| self.canonical(n)).transpose().map_err(Refusal::invalid)?;
+        // Canonical, or the spelling an agent from before registered it in.
+        let name = name.map(|n| self.canonical(n).map(|c| self.registered(&c).map_or(c, |(k, ..)| k)));
+        let name = name.transpose().map_err(Refusal::invalid)?;
         let (name, _one) = (name.as_deref(), self.lock.lock().await);
         let c = self.resolve(container, passed, name, id)?;
         // With an `id` (a CNI runtime) the name is only the DNS name: the

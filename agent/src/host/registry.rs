@@ -255,6 +255,11 @@ impl Registry {
         self.saved().names.get(name).cloned()
     }
 
+    /// The first registered name `same` says is the one meant, with where.
+    pub fn find(&self, same: impl Fn(&str) -> bool) -> Option<(String, PathBuf, u64)> {
+        self.saved().names.iter().find(|(n, _)| same(n)).map(|(n, (p, i))| (n.clone(), p.clone(), *i))
+    }
+
     /// The name of the live namespace `inode`. Namespace inodes are reused
     /// once a namespace dies, so the registered path must still lead to it.
     pub fn of(&self, inode: u64) -> Option<String> {

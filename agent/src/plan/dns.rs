@@ -205,19 +205,35 @@ pub fn answer(records: &Records, query: &Message, scopes: &[String], rng: &mut i
         }
         return Answer::Local(response);
     }
+    // localhost is the host itself, answered here as RFC 6761 asks of a
+    // caching server: loopback for addresses, no data for other types.
+    let lower = fqdn_lower(&asked);
+    if lower == "localhost." || lower.ends_with(".localhost.") {
+        let rdata = match qtype {
+            RecordType::A => Some(RData::A(A(Ipv4Addr::LOCALHOST))),
+            RecordType::AAAA => Some(RData::AAAA(AAAA(std::net::Ipv6Addr::LOCALHOST))),
+            _ => None,
+        };
+        response.metadata.authoritative = true;
+        response.answers.extend(rdata.map(|r| Record::from_rdata(q.name().clone(), TTL, r)));
+        return Answer::Local(response);
+    }
     let name = qualify(&asked, &records.domain);
     if !records.in_domain(&name) {
         return Answer::Forward;
     }
     let scoped = scoped(records, &name, scopes);
     let found = scoped.as_ref().or_else(|| records.by_name.get(&name));
-    // A single label the domain does not have is some other name (`com`,
-    // `localhost`, a search-list lookup): the upstream's to answer, as
-    // Docker's resolver does. Answered NXDOMAIN with weave.local.'s SOA, a
-    // resolver in the container that asked `NS com` or `DS com` took it
-    // as "nothing exists under com." (RFC 8020; a review, 2026-12-05).
-    let single_label = !fqdn_lower(&asked).trim_end_matches('.').contains('.');
-    if single_label && found.is_none() && !records.non_terminals.contains(&name) {
+    // A single label the domain does not have: asked for an address, it is
+    // a container's short name (maybe one restarting, its name held for it)
+    // and stays NXDOMAIN here, never asked upstream where a machine on the
+    // LAN could answer for it; of other types (`NS com`, `DS com`) it is a
+    // top-level domain, the upstream's: NXDOMAIN with weave.local.'s SOA told
+    // a resolver in the container "nothing exists under com." (RFC 8020;
+    // reviews, 2026-12-05).
+    let single_label = !lower.trim_end_matches('.').contains('.');
+    let address = matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY);
+    if single_label && !address && found.is_none() && !records.non_terminals.contains(&name) {
         return Answer::Forward;
     }
     response.metadata.authoritative = true;

@@ -48,10 +48,10 @@ impl DnsService for Dns {
     async fn share_name(&self, request: Request<ShareNameRequest>) -> Result<Response<ShareNameResponse>, Status> {
         self.0.admin(&request).await?;
         let r = request.get_ref();
-        let (name, changed) = self.0.store.share_name(&r.name, r.shared).await?;
+        let (name, changed, removed) = self.0.store.share_name(&r.name, r.shared).await?;
         if changed {
-            tracing::info!(%name, shared = r.shared, "DNS name sharing changed");
+            tracing::info!(%name, shared = r.shared, removed, "DNS name sharing changed");
         }
-        Ok(Response::new(ShareNameResponse { name, shared: r.shared, changed }))
+        Ok(Response::new(ShareNameResponse { name, shared: r.shared, changed, removed }))
     }
 }

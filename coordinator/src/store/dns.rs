@@ -318,10 +318,13 @@ impl Store {
     }
 
     /// Opens `name` to every node's containers (`shared`), or closes it:
-    /// returns the qualified name and whether this call changed anything.
-    /// Closing leaves the records there (each goes with its container); new
-    /// claims are then first come, first served again.
-    pub async fn share_name(&self, name: &str, shared: bool) -> Result<(String, bool)> {
+    /// returns the qualified name, whether this call changed anything, and
+    /// how many records it removed. Closing gives the name back to the node
+    /// of its oldest container record: the other nodes' containers' records
+    /// go (the admin's stay), so that node's containers may claim it again
+    /// (left there, a member's replica kept the name from the node that had
+    /// it first once that node's container restarted; a review, 2026-12-05).
+    pub async fn share_name(&self, name: &str, shared: bool) -> Result<(String, bool, u32)> {
         let mut tx = self.begin().await?;
         let domain = domain(&mut tx).await?;
         let fqdn = qualify_name(name, &domain)?;
@@ -335,8 +338,25 @@ impl Store {
         } else {
             db::query("DELETE FROM dns_shared_names WHERE name = $1").bind(&fqdn).execute(tx.c()).await?
         };
+        let mut removed = 0;
+        if !shared && changed > 0 {
+            let others: Vec<i64> = db::query_scalar(
+                "SELECT d.id FROM dns_records d JOIN allocations a ON a.id = d.allocation_id \
+                 WHERE d.name = $1 AND a.node_id <> (SELECT a2.node_id FROM dns_records d2 \
+                 JOIN allocations a2 ON a2.id = d2.allocation_id WHERE d2.name = $1 ORDER BY d2.id LIMIT 1) \
+                 ORDER BY d.id",
+            )
+            .bind(&fqdn)
+            .fetch_all(tx.c())
+            .await?;
+            for id in &others {
+                db::query("DELETE FROM dns_records WHERE id = $1").bind(id).execute(tx.c()).await?;
+                tx.record(Change::DnsRecordRemoved(*id as u64)).await?;
+            }
+            removed = others.len() as u32;
+        }
         self.commit(tx).await?;
-        Ok((fqdn, changed > 0))
+        Ok((fqdn, changed > 0, removed))
     }
 
     /// The shared names, sorted.

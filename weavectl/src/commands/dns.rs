@@ -83,10 +83,13 @@ async fn share(api: &mut Api, out: &Output, name: String, shared: bool) -> Outco
     let text = match (r.shared, r.changed) {
         (true, true) => format!("shared {}: every node's containers may now take it", r.name),
         (true, false) => format!("{} was already shared", r.name),
-        (false, true) => format!("unshared {}: its records stay; new ones are first come, first served", r.name),
+        (false, true) => format!(
+            "unshared {}: it is its first node's again ({} record(s) of other nodes' containers removed)",
+            r.name, r.removed
+        ),
         (false, false) => format!("{} was not shared", r.name),
     };
-    out.done(&text, || json!({ "name": r.name, "shared": r.shared, "changed": r.changed }));
+    out.done(&text, || json!({ "name": r.name, "shared": r.shared, "changed": r.changed, "removed": r.removed }));
     Ok(())
 }
 

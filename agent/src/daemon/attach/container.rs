@@ -23,22 +23,31 @@ pub(super) struct Container {
 impl Attacher {
     /// `name` as the registry keeps names: the DNS name it is, relative to
     /// the cluster's domain (`WEB`, `web.weave.local` and `web.weave.local.`
-    /// are `web`). Kept as given, two live containers held one name as `web`
-    /// and `WEB` (found by a review, 2026-12-05).
+    /// are `web`), or the whole name where the relative one would itself end
+    /// in the domain (`a.weave.local.weave.local.`, which is not
+    /// `a.weave.local`). Kept as given, two live containers held one name as
+    /// `web` and `WEB` (found by reviews, 2026-12-05).
     pub(super) fn canonical(&self, name: &str) -> Result<String, String> {
-        let domain = Some(self.maps.borrow().dns_domain.clone()).filter(|d| !d.is_empty());
-        let domain = domain.unwrap_or_else(|| "weave.local.".into());
-        let fqdn = weave_proto::dns_name::qualify(name, &domain)?;
-        let suffix = format!(".{}.", domain.trim_matches('.').to_ascii_lowercase());
-        Ok(fqdn.strip_suffix(&suffix).unwrap_or(&fqdn).to_string())
+        canonical_in(name, &self.domain())
     }
 
-    /// The registered name `container` means, as registered (canonical, or
-    /// as given by an agent from before), with its (netns path, inode).
+    /// The cluster's DNS domain, lower case, without dots at either end.
+    fn domain(&self) -> String {
+        let domain = Some(self.maps.borrow().dns_domain.clone()).filter(|d| !d.is_empty());
+        domain.unwrap_or_else(|| "weave.local.".into()).trim_matches('.').to_ascii_lowercase()
+    }
+
+    /// The registered name `container` means, with its (netns path, inode):
+    /// that very key, else its canonical one, else one an agent from before
+    /// registered in another spelling of the same name (`WEB`).
     pub(super) fn registered(&self, container: &str) -> Option<(String, PathBuf, u64)> {
-        let canonical = self.canonical(container).ok().filter(|c| c != container);
-        let mut tried = canonical.into_iter().chain([container.to_string()]);
-        tried.find_map(|n| self.names.get(&n).map(|(path, ino)| (n, path, ino)))
+        if let Some((path, ino)) = self.names.get(container) {
+            return Some((container.to_string(), path, ino));
+        }
+        // The map is read before the registry is locked, never while.
+        let domain = self.domain();
+        let canonical = canonical_in(container, &domain).ok()?;
+        self.names.find(|n| n == canonical || canonical_in(n, &domain).is_ok_and(|c| c == canonical))
     }
 
     /// `id`, when given, is the IPAM key (e.g. `cni:<container id>`, so
@@ -117,5 +126,35 @@ impl Attacher {
         let name = name.map(str::to_string).or(registered);
         let key = id.map(str::to_string).or_else(|| name.clone()).unwrap_or_else(|| crate::host::netns::key_of(inode));
         Ok(Container { netns, key, name, inode, path })
+    }
+}
+
+/// [`Attacher::canonical`] in `domain` (lower case, no dots at the ends).
+fn canonical_in(name: &str, domain: &str) -> Result<String, String> {
+    let fqdn = weave_proto::dns_name::qualify(name, domain)?;
+    Ok(match fqdn.strip_suffix(&format!(".{domain}.")) {
+        Some(relative) if relative != domain && !relative.ends_with(&format!(".{domain}")) => relative.into(),
+        _ => fqdn,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_name_is_kept_as_the_dns_name_it_is() {
+        let c = |n: &str| super::canonical_in(n, "weave.local");
+        for web in ["web", "WEB", "web.weave.local", "Web.Weave.Local."] {
+            assert_eq!(c(web).as_deref(), Ok("web"), "{web}");
+        }
+        assert_eq!(c("a.b").as_deref(), Ok("a.b"));
+        // Not a.weave.local: that qualifies to a.weave.local., another name.
+        for twice in ["a.weave.local.weave.local", "a.weave.local.weave.local."] {
+            assert_eq!(c(twice).as_deref(), Ok("a.weave.local.weave.local."), "{twice}");
+        }
+        // Idempotent: what it keeps is read back as itself.
+        for n in ["web", "a.b", "a.weave.local.weave.local."] {
+            assert_eq!(c(&c(n).unwrap()), c(n), "{n}");
+        }
+        assert!(c("a..b").is_err() && c("x.example.com.").is_err());
     }
 }

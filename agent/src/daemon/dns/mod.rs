@@ -327,21 +327,19 @@ impl DnsServer {
                 Some(max) => encode_udp(&response, max),
                 None => response.to_vec().ok(),
             }),
-            Answer::Forward => {
-                Decided::Forward(Failed { id: message.metadata.id, op_code: message.metadata.op_code, udp_max })
-            }
+            Answer::Forward => Decided::Forward(Failed { query: message.clone(), udp_max }),
         }
     }
 
     /// The upstream's answer to `query`, or SERVFAIL if none answered; to a
-    /// UDP client, truncated to what it takes ([`fit_udp`]): an upstream
+    /// UDP client, truncated to what it takes ([`Failed::fit_udp`]): an upstream
     /// that ignored the client's size had its whole answer relayed (2 KB
     /// to a client without EDNS, which takes 512; found by a review,
     /// 2026-12-05).
     async fn forwarded(&self, query: &[u8], failed: Failed) -> Option<Vec<u8>> {
         match self.forward(query, failed.udp_max.is_some()).await {
             Some(bytes) => Some(match failed.udp_max {
-                Some(max) => fit_udp(bytes, max),
+                Some(max) => failed.fit_udp(bytes, max),
                 None => bytes,
             }),
             None => failed.servfail(),
@@ -394,36 +392,48 @@ enum Decided {
     Forward(Failed),
 }
 
-/// Enough of a query to answer SERVFAIL to it.
+/// A query on its way upstream: what its SERVFAIL or its truncated
+/// answer is made from.
 struct Failed {
-    id: u16,
-    op_code: OpCode,
+    query: Message,
     /// What a UDP client said it takes; None over TCP.
     udp_max: Option<u16>,
 }
 
 impl Failed {
-    fn servfail(&self) -> Option<Vec<u8>> {
-        Message::error_msg(self.id, self.op_code, ResponseCode::ServFail).to_vec().ok()
+    /// The answer to the query with `code` and no records: its id, question
+    /// and RD, RA set. A bare header (no question, no RD) could be taken
+    /// for a spurious reply by a stub resolver, which then waits out its
+    /// timeout (a review, 2026-12-05).
+    fn reply(&self, code: ResponseCode) -> Message {
+        let mut m = Message::response(self.query.metadata.id, self.query.metadata.op_code);
+        m.metadata.recursion_desired = self.query.metadata.recursion_desired;
+        m.metadata.recursion_available = true;
+        m.metadata.response_code = code;
+        m.queries = self.query.queries.clone();
+        m
     }
-}
 
-/// An upstream's UDP answer for a client that takes at most `max` bytes:
-/// as it is if it fits, else its header and question with the TC bit
-/// ([`encode_udp`]; the client asks again over TCP), or, if it does not
-/// parse, its header alone with TC and no records.
-fn fit_udp(reply: Vec<u8>, max: u16) -> Vec<u8> {
-    if reply.len() <= usize::from(max) {
-        return reply;
+    fn servfail(&self) -> Option<Vec<u8>> {
+        self.reply(ResponseCode::ServFail).to_vec().ok()
     }
-    if let Some(short) = Message::from_vec(&reply).ok().and_then(|m| encode_udp(&m, max)) {
-        return short;
+
+    /// An upstream's UDP answer for a client that takes at most `max`
+    /// bytes: as it is if it fits, else its header and question with the TC
+    /// bit ([`encode_udp`]; the client asks again over TCP); one that does
+    /// not parse, as the query's own question with TC (a bare header was
+    /// ignored by glibc, which then never retried over TCP; a review).
+    fn fit_udp(&self, reply: Vec<u8>, max: u16) -> Vec<u8> {
+        if reply.len() <= usize::from(max) {
+            return reply;
+        }
+        if let Some(short) = Message::from_vec(&reply).ok().and_then(|m| encode_udp(&m, max)) {
+            return short;
+        }
+        let mut short = self.reply(ResponseCode::NoError);
+        short.metadata.truncation = true;
+        short.to_vec().unwrap_or_default()
     }
-    let mut header = reply[..12.min(reply.len())].to_vec();
-    header.resize(12, 0);
-    header[2] |= 0x02;
-    header[4..].fill(0);
-    header
 }
 
 /// FORMERR for a query that does not parse, echoing its id if it has one

@@ -49,7 +49,8 @@ async fn only_an_answer_to_the_query_is_relayed() {
 
 /// An upstream's answer bigger than the UDP client takes is truncated (TC,
 /// header and question) for it, as the map's own answers are; over TCP, or
-/// when it fits, it goes whole. One that does not parse goes as its header.
+/// when it fits, it goes whole. One that does not parse goes as the query's
+/// question with TC.
 #[tokio::test]
 async fn a_relayed_answer_fits_the_udp_clients_size() {
     let up = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -85,8 +86,22 @@ async fn a_relayed_answer_fits_the_udp_clients_size() {
     assert_eq!((m.metadata.id, m.queries.len()), (9, 1));
     let whole = server.respond(&q, Some(4096)).await.unwrap();
     assert_eq!(Message::from_vec(&whole).unwrap().answers.len(), 40);
-    let cut = server.respond(&q, Some(512)).await.unwrap();
-    assert_eq!(cut.len(), 12);
-    assert!(cut[..2] == q[..2] && cut[2] & 0x02 != 0 && cut[4..].iter().all(|b| *b == 0), "{cut:?}");
+    let cut = Message::from_vec(&server.respond(&q, Some(512)).await.unwrap()).unwrap();
+    let asked = Message::from_vec(&q).unwrap();
+    assert!(cut.metadata.truncation && cut.answers.is_empty(), "{cut:?}");
+    assert_eq!((cut.metadata.id, &cut.queries), (9, &asked.queries));
     answers.join().unwrap();
+}
+
+/// SERVFAIL when no upstream answers carries the question and RD, RA, as
+/// any answer does (a bare header could be taken for a spurious reply).
+#[tokio::test]
+async fn a_servfail_answers_the_question() {
+    let server = DnsServer::new("weave.local.", vec![]);
+    let (q, asked) = (query(11), Message::from_vec(&query(11)).unwrap());
+    for udp in [Some(512), None] {
+        let m = Message::from_vec(&server.respond(&q, udp).await.unwrap()).unwrap();
+        assert_eq!((m.metadata.response_code, m.metadata.id, &m.queries), (ResponseCode::ServFail, 11, &asked.queries));
+        assert!(m.metadata.recursion_desired && m.metadata.recursion_available, "{m:?}");
+    }
 }
