@@ -261,6 +261,8 @@ fn docker_networks_on_weave() {
     let search = h1.address("s1", "net1");
     h2.wait_reach("client", "search");
     assert_eq!(records("search.weave.local."), [search]);
+    // Docker lists the host name among the aliases too: not also scoped.
+    assert!(admin(&bed, "dns").lines().all(|l| !l.starts_with("search.weave.local.10-")), "{}", admin(&bed, "dns"));
     h1.ok(&["rm", "-f", "s1"]);
     wait_for("the host name to go with its container", Duration::from_secs(15), || {
         records("search.weave.local.").is_empty().then_some(())
@@ -298,6 +300,15 @@ fn docker_networks_on_weave() {
     h2.ok(&["network", "connect", "--alias", "cache", "net2", "client"]);
     h2.wait_reach("client", &other);
     h1.wait_reach("other", "cache");
+    // Its name, on both networks now, answers other (on net2 alone) with the
+    // net2 address: the net1 one is unreachable from there (a review).
+    let client2 = h2.address("client", "net2");
+    wait_for("client's name on net2", Duration::from_secs(15), || {
+        (records("client.weave.local.").len() == 2).then_some(())
+    });
+    for _ in 0..6 {
+        assert_eq!(resolved(h1, "other", "client"), Some(client2.clone()), "other asking client");
+    }
     let links = h2.ok(&["exec", "client", "ip", "-o", "link"]);
     assert!(links.contains("ethwe0") && links.contains("ethwe1"), "{links}");
     h2.ok(&["network", "disconnect", "net2", "client"]);

@@ -30,10 +30,11 @@ pub struct Endpoint {
     /// the container's own), once read after the Join.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
-    /// The container's host name in the cluster's domain (`docker run -h
-    /// web.weave.local`), registered as the name is; read with `aliases`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub hostname: String,
+    /// The container's names in the cluster's domain (its host name, `docker
+    /// run -h web.weave.local`, and aliases such as `cache.weave.local`),
+    /// registered as its name is; read with `aliases`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_domain: Vec<String>,
     /// The container's name registered for it (`docker rename` replaces it).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
@@ -207,7 +208,7 @@ mod tests {
             sandbox_path: "/p".into(),
             aliases: vec!["api".into()],
             aliases_read: true,
-            hostname: "web.weave.local.".into(),
+            in_domain: vec!["web.weave.local.".into()],
             name: "web".into(),
         };
         s.set_endpoint("e1", ep.clone());

@@ -114,11 +114,16 @@ pub fn fqdn_lower(name: &str) -> String {
 }
 
 /// Lower case, trailing dot, and a single label gets the domain appended
-/// (`Web` -> `web.weave.local.`), as Weave resolved unqualified names.
+/// (`Web` -> `web.weave.local.`), as Weave resolved unqualified names; so
+/// does a label under a subnet's scope label (`db.10-2-3-0-24`, a Docker
+/// network's alias asked in full from another network).
 pub fn qualify(name: &str, domain: &str) -> String {
     let n = fqdn_lower(name);
     let labels = n.trim_end_matches('.');
-    if !labels.is_empty() && !labels.contains('.') { format!("{n}{domain}") } else { n }
+    let under_scope = labels
+        .split_once('.')
+        .is_some_and(|(_, scope)| !scope.contains('.') && weave_proto::dns_name::scope_subnet(scope).is_some());
+    if !labels.is_empty() && (!labels.contains('.') || under_scope) { format!("{n}{domain}") } else { n }
 }
 
 /// The address a reverse name stands for: `4.3.2.1.in-addr.arpa.` -> 1.2.3.4,
@@ -244,7 +249,7 @@ pub fn answer(records: &Records, query: &Message, scopes: &[String], rng: &mut i
         response.add_authority(soa(&records.domain, &records.domain));
         return Answer::Local(response);
     };
-    let mut addrs = addrs.clone();
+    let mut addrs = on_networks(addrs, scopes);
     addrs.shuffle(rng);
     for ip in addrs {
         let rdata = match (ip, qtype) {
@@ -282,6 +287,22 @@ fn scoped(records: &Records, name: &str, scopes: &[String]) -> Option<Vec<IpAddr
             found.iter().copied().filter(|ip| matches!(ip, IpAddr::V4(v4) if net.contains(v4))).collect();
         (!inside.is_empty()).then_some(inside)
     })
+}
+
+/// Of a name's addresses, those on the asking container's networks (its
+/// `scopes`' subnets), if any are: a container on two weave networks has
+/// its name on both, and one asked from a container on one of them answered
+/// the other's address too, unreachable from there, first half the time
+/// (Docker answers a name with the address on the asker's network; found
+/// by a review, 2026-12-05). All of them when none is, or with no scopes.
+fn on_networks(addrs: &[IpAddr], scopes: &[String]) -> Vec<IpAddr> {
+    let nets: Vec<ipnet::Ipv4Net> = scopes.iter().filter_map(|s| weave_proto::dns_name::scope_subnet(s)).collect();
+    let inside: Vec<IpAddr> = addrs
+        .iter()
+        .copied()
+        .filter(|ip| matches!(ip, IpAddr::V4(v4) if nets.iter().any(|n| n.contains(v4))))
+        .collect();
+    if inside.is_empty() { addrs.to_vec() } else { inside }
 }
 
 /// The DNS label that scopes names to weave subnet `cidr` (`10.2.3.0/24` ->

@@ -79,6 +79,26 @@ fn a_networks_aliases_answer_its_containers_first() {
     assert_eq!(on(&[], "cache.10-2-4-0-24.weave.local.").0, ["10.2.4.8"]);
     assert_eq!(on(&["10-2-3-0-24"], "web.weave.local.").0.len(), 2, "the cluster's web, not 10.40.0.66");
     assert!(!on(&["10-2-3-0-24"], "web").0.contains(&"10.40.0.66".to_string()));
+    // A scoped alias asked in full without the domain, from another network.
+    assert_eq!(on(&["10-2-9-0-24"], "cache.10-2-4-0-24.").0, ["10.2.4.8"]);
+    // A container on two networks: its name answers the asker's network's
+    // address (the other is unreachable from there; a review, 2026-12-05).
+    let mut m = m.clone();
+    m.dns_records.push(rec(13, "api.weave.local.", "10.2.3.11"));
+    m.dns_records.push(rec(14, "api.weave.local.", "10.2.4.2"));
+    let r = Records::from_map(&m, DEFAULT_DOMAIN);
+    let on = |scopes: &[&str]| {
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let Answer::Local(m) = answer(&r, &ask("api.", RecordType::A), &scopes, &mut rng) else { panic!() };
+        let mut got = addrs(&m);
+        got.sort();
+        got
+    };
+    assert_eq!(on(&["10-2-3-0-24"]), ["10.2.3.11"]);
+    assert_eq!(on(&["10-2-4-0-24"]), ["10.2.4.2"]);
+    assert_eq!(on(&["10-2-9-0-24"]), ["10.2.3.11", "10.2.4.2"], "none on the asker's networks: all");
+    assert_eq!(on(&[]), ["10.2.3.11", "10.2.4.2"]);
 }
 
 #[test]
@@ -86,6 +106,8 @@ fn qualifies_single_labels_and_lowercases() {
     assert_eq!(qualify("Web", "weave.local."), "web.weave.local.");
     assert_eq!(qualify("web.", "weave.local."), "web.weave.local.");
     assert_eq!(qualify("WEB.Weave.Local", "weave.local."), "web.weave.local.");
+    assert_eq!(qualify("db.10-2-3-0-24", "weave.local."), "db.10-2-3-0-24.weave.local.");
+    assert_eq!(qualify("db.example", "weave.local."), "db.example.");
     assert_eq!(qualify("example.com.", "weave.local."), "example.com.");
 }
 

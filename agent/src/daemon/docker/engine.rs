@@ -10,7 +10,7 @@ use std::{path::Path, time::Duration};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::plan::docker::{aliases, container_of, hostname_in};
+use crate::plan::docker::{aliases, container_of, domain_names};
 
 /// How long one answer from Docker may take: a Docker that accepts and
 /// never answers must not hold a Join's follow-up or the sweep for good.
@@ -76,13 +76,13 @@ pub async fn network(socket: &Path, network_id: &str) -> Result<Option<Value>, S
 /// container) under `ep-<endpoint id>`, not the container's id: the
 /// container is then asked for by its name. Docker answers once the
 /// container has started, or been connected.
-/// With them, its host name if it is in `domain` ([`hostname_in`]), or "".
+/// With them, its names in `domain` ([`domain_names`]: its host name, dotted aliases).
 pub async fn aliases_of(
     socket: &Path,
     (id, name): (&str, &str),
     network_id: &str,
     domain: &str,
-) -> Result<(Vec<String>, String), String> {
+) -> Result<(Vec<String>, Vec<String>), String> {
     let is_id = !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit());
     // Docker's own rule for names: [a-zA-Z0-9][a-zA-Z0-9_.-]+.
     let is_name = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
@@ -93,7 +93,7 @@ pub async fn aliases_of(
         (false, false) => return Err(format!("neither '{id}' nor '{name}' names a container")),
     };
     let shown = get(socket, &format!("/containers/{container}/json")).await?;
-    Ok((aliases(&shown, network_id), hostname_in(&shown, domain).unwrap_or_default()))
+    Ok((aliases(&shown, network_id), domain_names(&shown, network_id, domain)))
 }
 
 /// The ID of the Docker daemon at `socket` (`GET /info`): a 404 for a

@@ -78,7 +78,7 @@ impl Plugin {
     /// and unregistered for good; found by a review, 2026-12-05).
     async fn register_aliases(&self, network_id: &str, endpoint_id: &str, container: (&str, &str), ip: Ipv4Addr) {
         let domain = self.attacher.maps.borrow().dns_domain.clone();
-        let (aliases, hostname) = match engine::aliases_of(&self.docker_host, container, network_id, &domain).await {
+        let (aliases, in_domain) = match engine::aliases_of(&self.docker_host, container, network_id, &domain).await {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(
@@ -97,13 +97,12 @@ impl Plugin {
                 return;
             };
             ep.aliases = aliases.clone();
-            ep.hostname = hostname.clone();
+            ep.in_domain = in_domain.clone();
             ep.aliases_read = true;
             self.state.set_endpoint(endpoint_id, ep);
             network.cidr
         };
-        let hostname = Some(hostname).filter(|h| !h.is_empty());
-        for name in aliases.iter().map(|a| alias_name(a, &cidr)).chain(hostname) {
+        for name in aliases.iter().map(|a| alias_name(a, &cidr)).chain(in_domain) {
             self.register(&name, ip, false).await;
         }
     }
@@ -171,8 +170,8 @@ impl Plugin {
             }
             let cidr = self.state.network(&ep.network).map(|n| n.cidr).unwrap_or_default();
             let scoped = ep.aliases.iter().map(|a| alias_name(a, &cidr));
-            let hostname = Some(ep.hostname.clone()).filter(|h| !h.is_empty());
-            for name in std::iter::once(name.clone()).chain(scoped).chain(hostname) {
+            let in_domain = ep.in_domain.iter().cloned();
+            for name in std::iter::once(name.clone()).chain(scoped).chain(in_domain) {
                 if !self.resolves(&name, address.addr()) {
                     self.register(&name, address.addr(), true).await;
                 }
