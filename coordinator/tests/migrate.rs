@@ -126,6 +126,17 @@ async fn a_sqlite_cluster_moves_to_postgres_and_goes_on_without_rejoining() {
     }
     let latest = sqlx::migrate!("../migrations/sqlite").iter().map(|m| m.version).max().unwrap();
     refused(migrate(&sqlite_url(&stale), &target), &format!("schema is at version {}", latest - 1));
+    // One a newer weave migrated: that version's migrate, not "serve it once"
+    // (which refuses such a database; a review, 2026-12-05).
+    let newer = dir.path().join("newer.db");
+    std::fs::copy(&db, &newer).unwrap();
+    {
+        let mut c = sqlx::SqliteConnection::connect(&sqlite_url(&newer)).await.unwrap();
+        let q = "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                 VALUES (9999, 'from the future', TRUE, x'00', 1)";
+        sqlx::query(q).execute(&mut c).await.unwrap();
+    }
+    refused(migrate(&sqlite_url(&newer), &target), "migrated by a newer weave; migrate it with that version's");
     // A coordinator still writing holds SQLite's write lock: refused, not copied half-way.
     {
         let mut c = sqlx::SqliteConnection::connect(&sqlite).await.unwrap();

@@ -49,6 +49,10 @@ impl Failure {
             _ => Exit::Other,
         };
         let why = match status.message() {
+            // tonic's answer for a method the server does not have.
+            "" if status.code() == Code::Unimplemented => {
+                "the coordinator does not know this call: it is older than this weavectl (upgrade it)".to_string()
+            }
             "" => format!("{} (no message from the coordinator)", status.code().description()),
             // A transport failure mid-call has the cause in the status source.
             m if exit == Exit::Unreachable => match std::error::Error::source(status) {
@@ -116,5 +120,11 @@ mod tests {
         assert_eq!(Failure::status("x", &tonic::Status::resource_exhausted("y")).exit, Exit::Exhausted);
         assert_eq!(Failure::status("x", &tonic::Status::internal("y")).exit, Exit::Other);
         assert_eq!(Failure::usage("x", "a\nb").to_string(), "x: a b");
+        // A call an older coordinator does not have (tonic answers it without a message).
+        let older = Failure::status("sharing web", &tonic::Status::unimplemented(""));
+        assert_eq!(
+            older.to_string(),
+            "sharing web: the coordinator does not know this call: it is older than this weavectl (upgrade it)"
+        );
     }
 }

@@ -137,6 +137,16 @@ async fn add(
     match ask(conf, request).await? {
         Response::Attached(list) if !list.is_empty() => {
             let addresses: Vec<String> = list.iter().map(|a| a.address.clone()).collect();
+            // An agent from before CNI_ARGS IP= was taken ignores it: the
+            // runtime gets its address or an error, never another (a review).
+            let given = addresses.iter().filter_map(|a| a.split('/').next()?.parse().ok()).collect::<Vec<_>>();
+            if let Some(asked) = address.filter(|a| !given.contains(a)) {
+                return Err(CniError::new(
+                    code::REFUSED,
+                    "the weave agent did not give the requested address",
+                    format!("asked {asked}, got {} (an agent older than weave-cni? restart it)", addresses.join(", ")),
+                ));
+            }
             let gateway = list[0].gateway.as_deref();
             Ok(conf.add_result(netns, &list[0].interface, &list[0].mac, &addresses, multicast, gateway))
         }

@@ -147,7 +147,7 @@ impl Attacher {
             return Err(Refusal::invalid("an exact interface name is for one interface: one ADDR and its name"));
         }
         // Canonical, or the spelling an agent from before registered it in.
-        let name = name.map(|n| self.canonical(n).map(|c| self.registered(&c).map_or(c, |(k, ..)| k)));
+        let name = name.map(|n| self.canonical(n).map(|c| self.registered(n).map_or(c, |(k, ..)| k)));
         let name = name.transpose().map_err(Refusal::invalid)?;
         let (name, _one) = (name.as_deref(), self.lock.lock().await);
         let c = self.resolve(container, passed, name, id)?;

@@ -35,6 +35,10 @@ pub struct Endpoint {
     /// registered as its name is; read with `aliases`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub in_domain: Vec<String>,
+    /// Whether `in_domain` was read (an endpoint an agent from before saved
+    /// has `aliases_read` without it: read again once by the sweep).
+    #[serde(default)]
+    pub in_domain_read: bool,
     /// The container's name registered for it (`docker rename` replaces it).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
@@ -209,6 +213,7 @@ mod tests {
             aliases: vec!["api".into()],
             aliases_read: true,
             in_domain: vec!["web.weave.local.".into()],
+            in_domain_read: true,
             name: "web".into(),
         };
         s.set_endpoint("e1", ep.clone());
@@ -231,5 +236,16 @@ mod tests {
         let s = DockerState::load(dir.path());
         assert!(s.take_pool("10.2.5.0/24") && !s.take_pool("10.2.5.0/24") && !s.take_pool("10.2.6.0/24"));
         assert_eq!((s.network("n1"), s.endpoint("e1")), (None, None));
+    }
+
+    /// An endpoint an agent from before saved (aliases read, no names in the
+    /// domain yet) loads with `in_domain_read` false: the sweep reads its
+    /// container again once, so a `-h web.weave.local` from before the
+    /// upgrade gets its name (a review, 2026-12-05).
+    #[test]
+    fn an_older_agents_endpoint_is_read_again_for_its_names_in_the_domain() {
+        let old = r#"{"network":"n1","address":"10.2.3.2/24","mac":"m","aliases":["api"],"aliases_read":true}"#;
+        let ep: Endpoint = serde_json::from_str(old).unwrap();
+        assert!(ep.aliases_read && !ep.in_domain_read && ep.in_domain.is_empty());
     }
 }

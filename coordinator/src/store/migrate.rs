@@ -229,6 +229,13 @@ async fn copy(source: &Pool, from: &Location, to: &Location) -> Result<Copied> {
         .fetch_one(&mut src)
         .await
         .map_err(|_| Error::FailedPrecondition(format!("--from {from}: not a weave coordinator database")))?;
+    if applied.is_some_and(|a| a > latest) {
+        return Err(Error::FailedPrecondition(format!(
+            "--from {from}: its schema is at version {} but this coordinator's is at {latest}: it was migrated \
+             by a newer weave; migrate it with that version's `coordinator migrate`",
+            applied.unwrap_or(0)
+        )));
+    }
     if applied != Some(latest) {
         return Err(Error::FailedPrecondition(format!(
             "--from {from}: its schema is at version {} but this coordinator's is at {latest}; \

@@ -98,6 +98,7 @@ impl Plugin {
             };
             ep.aliases = aliases.clone();
             ep.in_domain = in_domain.clone();
+            ep.in_domain_read = true;
             ep.aliases_read = true;
             self.state.set_endpoint(endpoint_id, ep);
             network.cidr
@@ -165,7 +166,7 @@ impl Plugin {
                 old if old != name => self.renamed(id, old, &name, address.addr()).await,
                 _ => {}
             }
-            if !ep.aliases_read {
+            if !ep.aliases_read || !ep.in_domain_read {
                 self.register_aliases(&ep.network, id, (&container, &name), address.addr()).await;
             }
             let cidr = self.state.network(&ep.network).map(|n| n.cidr).unwrap_or_default();
