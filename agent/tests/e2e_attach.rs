@@ -434,6 +434,9 @@ fn names_an_older_agent_kept_in_two_spellings_still_attach_by_their_own() {
     let second = attach_line(&bed, 0, &["--name", "WEB", &format!("/run/netns/{b}")]);
     assert_eq!(attach_line(&bed, 0, &["--name", "WEB", &format!("/run/netns/{b}")]), second, "idempotent as WEB");
     assert_eq!(attach_line(&bed, 0, &["--name", "web", &format!("/run/netns/{a}")]), first, "idempotent as web");
+    // A third spelling is the canonical key's (`web`), not the first in order (`WEB`).
+    let third = attach_line(&bed, 0, &["--name", "web.weave.local", &format!("/run/netns/{a}")]);
+    assert_eq!(third, first, "web.weave.local is web");
     let out = bed.weavectl(0, &["attach", "--name", "Web", &format!("/run/netns/{c}")]);
     assert_eq!(out.status.code(), Some(5), "a third container took the name: {}", stderr(&out));
 }

@@ -114,16 +114,24 @@ pub fn fqdn_lower(name: &str) -> String {
 }
 
 /// Lower case, trailing dot, and a single label gets the domain appended
-/// (`Web` -> `web.weave.local.`), as Weave resolved unqualified names; so
-/// does a label under a subnet's scope label (`db.10-2-3-0-24`, a Docker
-/// network's alias asked in full from another network).
+/// (`Web` -> `web.weave.local.`), as Weave resolved unqualified names.
 pub fn qualify(name: &str, domain: &str) -> String {
     let n = fqdn_lower(name);
     let labels = n.trim_end_matches('.');
-    let under_scope = labels
-        .split_once('.')
-        .is_some_and(|(_, scope)| !scope.contains('.') && weave_proto::dns_name::scope_subnet(scope).is_some());
-    if !labels.is_empty() && (!labels.contains('.') || under_scope) { format!("{n}{domain}") } else { n }
+    if !labels.is_empty() && !labels.contains('.') { format!("{n}{domain}") } else { n }
+}
+
+/// [`qualify`], and a label under the scope label of one of the cluster's
+/// subnets gets the domain too (`db.10-2-3-0-24`: a Docker network's alias
+/// asked in full from another network); under a label that only looks like
+/// one (no such subnet) it is some other name.
+fn qualify_in(records: &Records, name: &str) -> String {
+    let n = qualify(name, &records.domain);
+    let under_scope = n.trim_end_matches('.').split_once('.').is_some_and(|(_, scope)| {
+        let subnet = weave_proto::dns_name::scope_subnet(scope);
+        subnet.is_some_and(|s| records.subnets.contains(&ipnet::IpNet::V4(s)))
+    });
+    if under_scope { format!("{n}{}", records.domain) } else { n }
 }
 
 /// The address a reverse name stands for: `4.3.2.1.in-addr.arpa.` -> 1.2.3.4,
@@ -223,22 +231,21 @@ pub fn answer(records: &Records, query: &Message, scopes: &[String], rng: &mut i
         response.answers.extend(rdata.map(|r| Record::from_rdata(q.name().clone(), TTL, r)));
         return Answer::Local(response);
     }
-    let name = qualify(&asked, &records.domain);
+    let name = qualify_in(records, &asked);
     if !records.in_domain(&name) {
         return Answer::Forward;
     }
     let scoped = scoped(records, &name, scopes);
     let found = scoped.as_ref().or_else(|| records.by_name.get(&name));
-    // A single label the domain does not have: asked for an address, it is
-    // a container's short name (maybe one restarting, its name held for it)
-    // and stays NXDOMAIN here, never asked upstream where a machine on the
-    // LAN could answer for it; of other types (`NS com`, `DS com`) it is a
-    // top-level domain, the upstream's: NXDOMAIN with weave.local.'s SOA told
-    // a resolver in the container "nothing exists under com." (RFC 8020;
-    // reviews, 2026-12-05).
+    // A single label the domain does not have is some other name (`nas` on
+    // the LAN, `com`): the upstream's, as Docker's resolver and Weave Net
+    // relay it (answered NXDOMAIN with weave.local.'s SOA, `NS com` told a
+    // resolver in the container "nothing exists under com.", RFC 8020, and
+    // `ping nas` failed where the LAN's resolver knows it; reviews,
+    // 2026-12-05). The price: a container's short name asked in the moment
+    // it has none (a restart) is asked upstream too; `db.weave.local` never is.
     let single_label = !lower.trim_end_matches('.').contains('.');
-    let address = matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY);
-    if single_label && !address && found.is_none() && !records.non_terminals.contains(&name) {
+    if single_label && found.is_none() && !records.non_terminals.contains(&name) {
         return Answer::Forward;
     }
     response.metadata.authoritative = true;
@@ -297,12 +304,12 @@ fn scoped(records: &Records, name: &str, scopes: &[String]) -> Option<Vec<IpAddr
 /// by a review, 2026-12-05). All of them when none is, or with no scopes.
 fn on_networks(addrs: &[IpAddr], scopes: &[String]) -> Vec<IpAddr> {
     let nets: Vec<ipnet::Ipv4Net> = scopes.iter().filter_map(|s| weave_proto::dns_name::scope_subnet(s)).collect();
-    let inside: Vec<IpAddr> = addrs
-        .iter()
-        .copied()
-        .filter(|ip| matches!(ip, IpAddr::V4(v4) if nets.iter().any(|n| n.contains(v4))))
-        .collect();
-    if inside.is_empty() { addrs.to_vec() } else { inside }
+    let inside = |ip: &IpAddr| matches!(ip, IpAddr::V4(v4) if nets.iter().any(|n| n.contains(v4)));
+    if !addrs.iter().any(inside) {
+        return addrs.to_vec();
+    }
+    // The IPv4 addresses on the asker's networks; IPv6 ones (AAAA) all stay.
+    addrs.iter().copied().filter(|ip| ip.is_ipv6() || inside(ip)).collect()
 }
 
 /// The DNS label that scopes names to weave subnet `cidr` (`10.2.3.0/24` ->

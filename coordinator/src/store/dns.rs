@@ -321,7 +321,8 @@ impl Store {
     /// returns the qualified name, whether this call changed anything, and
     /// how many records it removed. Closing gives the name back to the node
     /// of its oldest container record: the other nodes' containers' records
-    /// go (the admin's stay), so that node's containers may claim it again
+    /// go (an admin's record for a container's address is that container's;
+    /// external ones stay), so that node's containers may claim it again
     /// (left there, a member's replica kept the name from the node that had
     /// it first once that node's container restarted; a review, 2026-12-05).
     pub async fn share_name(&self, name: &str, shared: bool) -> Result<(String, bool, u32)> {

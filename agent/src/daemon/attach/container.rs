@@ -47,7 +47,10 @@ impl Attacher {
         // The map is read before the registry is locked, never while.
         let domain = self.domain();
         let canonical = canonical_in(container, &domain).ok()?;
-        self.names.find(|n| n == canonical || canonical_in(n, &domain).is_ok_and(|c| c == canonical))
+        if let Some((path, ino)) = self.names.get(&canonical) {
+            return Some((canonical, path, ino));
+        }
+        self.names.find(|n| canonical_in(n, &domain).is_ok_and(|c| c == canonical))
     }
 
     /// `id`, when given, is the IPAM key (e.g. `cni:<container id>`, so
