@@ -43,6 +43,16 @@ pub(crate) struct Global {
     /// The coordinator's data dir; its admin.credential is used when neither of the above is given.
     #[arg(long, global = true, env = "WEAVE_DATA_DIR", default_value = "/var/lib/weave", value_name = "DIR")]
     pub(crate) data_dir: PathBuf,
+    /// The local agent's data dir: without an admin credential, `status`
+    /// reads the cluster with this host's node credential (read only).
+    #[arg(
+        long,
+        global = true,
+        env = "WEAVE_AGENT_DATA_DIR",
+        default_value = "/var/lib/weave/agent",
+        value_name = "DIR"
+    )]
+    pub(crate) agent_data_dir: PathBuf,
     /// host:port of the coordinator, instead of the address inside the credential.
     #[arg(long, global = true, env = "WEAVE_COORDINATOR", value_name = "HOST:PORT")]
     pub(crate) coordinator: Option<String>,

@@ -64,6 +64,32 @@ fn read_file(path: &Path, source: &str) -> Outcome<AdminCredential> {
     AdminCredential::parse(&text).map_err(|e| Failure::usage(what, e))
 }
 
+/// Connects as admin or, with no admin credential given or found, as this
+/// host's node (its agent's `identity.json`, root's): what `status` reads
+/// a node may read too, so `weavectl status` works on every host, as
+/// Weave Net's `weave status` did on every peer (a review, 2026-12-05).
+pub(crate) async fn reader_api(global: &Global) -> Outcome<Api> {
+    let no_admin = global.admin.is_none()
+        && global.admin_file.is_none()
+        && matches!(global.data_dir.join("admin.credential").try_exists(), Ok(false));
+    let identity = global.agent_data_dir.join("identity.json");
+    if !no_admin || !matches!(identity.try_exists(), Ok(true)) {
+        return admin_api(global).await;
+    }
+    let what = format!("this host's node credential {}", identity.display());
+    let text = std::fs::read(&identity).map_err(|e| match e.kind() {
+        ErrorKind::PermissionDenied => Failure::new(Exit::Denied, &what, "permission denied (run as root)"),
+        _ => Failure::usage(&what, e),
+    })?;
+    let saved: serde_json::Value = serde_json::from_slice(&text).map_err(|e| Failure::usage(&what, e))?;
+    let field = |k: &str| saved.get(k).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
+    let pin = weave_proto::token::Pin::parse(&field("pin")).ok_or_else(|| Failure::usage(&what, "no pin in it"))?;
+    let coordinator = field("coordinator");
+    let addr = global.coordinator.as_deref().map(str::trim).unwrap_or(&coordinator);
+    let channel = connect(addr, pin).await.map_err(Failure::connect)?;
+    Api::new(channel, &field("credential")).map_err(Failure::connect)
+}
+
 /// Connects as admin. Fails here, before any command runs, when the coordinator
 /// is unreachable or its identity does not match the credential's pin.
 pub(crate) async fn admin_api(global: &Global) -> Outcome<Api> {

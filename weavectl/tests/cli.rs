@@ -90,6 +90,8 @@ fn bare() -> Command {
     for var in ["WEAVE_ADMIN", "WEAVE_ADMIN_FILE", "WEAVE_DATA_DIR", "WEAVE_COORDINATOR", "WEAVE_JSON"] {
         cmd.env_remove(var);
     }
+    // Never the machine's own agent (its node credential would answer `status`).
+    cmd.env("WEAVE_AGENT_DATA_DIR", "/nonexistent/weave-agent");
     cmd
 }
 
@@ -529,6 +531,49 @@ fn status_summary_views_and_json() {
         .assert()
         .code(3)
         .stderr(predicates::str::contains("cannot reach the agent at"));
+}
+
+/// On a host with an agent and no admin credential, `status` reads the
+/// cluster with the node's own credential (its agent's identity.json), as
+/// Weave Net's `weave status` worked on every peer; changes still need the admin.
+#[test]
+fn status_on_a_host_reads_with_the_nodes_credential() {
+    let c = Cluster::start();
+    let credential = c.rt.block_on(async {
+        let channel = connect(&c.admin.coordinator, c.admin.pin).await.unwrap();
+        let mut admin = Api::new(channel, &c.admin.secret).unwrap();
+        let join = JoinRequest {
+            token: c.first_token.to_string(),
+            name: "h1".into(),
+            public_key: vec![7; 32],
+            endpoints: vec!["192.0.2.1:6784".into()],
+            ..Default::default()
+        };
+        admin.join.join(join).await.unwrap().into_inner().credential
+    });
+    let host = tempfile::tempdir().unwrap();
+    let agent = host.path().join("agent");
+    std::fs::create_dir(&agent).unwrap();
+    let identity =
+        json!({"coordinator": c.admin.coordinator, "pin": c.admin.pin.to_string(), "credential": credential});
+    std::fs::write(agent.join("identity.json"), identity.to_string()).unwrap();
+    let on_host = |args: &[&str]| {
+        let mut cmd = bare();
+        cmd.arg("--data-dir").arg(host.path()).arg("--agent-data-dir").arg(&agent).args(args);
+        cmd.output().unwrap()
+    };
+    let out = on_host(&["status"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nodes           1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let nodes = on_host(&["status", "nodes"]);
+    assert!(String::from_utf8_lossy(&nodes.stdout).contains("h1"), "{nodes:?}");
+    // Only status: a change still asks for the admin credential.
+    let add = on_host(&["subnet", "add", "10.2.3.0/24"]);
+    assert_eq!(add.status.code(), Some(2), "{add:?}");
 }
 
 #[test]

@@ -65,7 +65,7 @@ pub(crate) async fn run(cli: Cli) -> Outcome {
             Ok(())
         }
         Command::Status { view: crate::cli::StatusView::Peers } => local::peers(&cli.global.socket, &out).await,
-        Command::Status { view } => status::run(&mut admin_api(&cli.global).await?, &out, view).await,
+        Command::Status { view } => status::run(&mut crate::connect::reader_api(&cli.global).await?, &out, view).await,
     }
 }
 
