@@ -44,12 +44,33 @@ fn three_hosts_workloads_ping_each_other() {
         assert!(allocate(c, "10.2.9.0/30").status.success());
     }
     refused(allocate("f3", "10.2.9.0/30"), 7, "no free address");
+    // An IPv6 subnet is the API's alone: refused before an address is taken
+    // (each call took one, answered "saved state", exit 1, and kept it: a
+    // /126 was full after three), and no host builds it a segment (a bridge
+    // and VXLAN device no workload could use; found by an IPv6 review,
+    // 2026-12-06).
+    let out = bed.weavectl_admin(&["subnet", "add", "fd00:9::/126", "--name", "six"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let held = bed.allocations();
+    for (c, subnet) in [("s1", "six"), ("s2", "fd00:9::/126"), ("s3", "six"), ("s4", "six")] {
+        refused(allocate(c, subnet), 2, "is IPv6");
+    }
+    assert_eq!(bed.allocations(), held, "an IPv6 allocate took addresses");
+    let six = wait_for("the IPv6 subnet in host 3's status", Duration::from_secs(10), || {
+        bed.status(2).unwrap().segments.into_iter().find(|g| g.subnet == "fd00:9::/126")
+    });
+    assert!(six.skipped.as_deref().is_some_and(|w| w.contains("IPv6")), "{six:?}");
     for a in 0..3 {
         for b in 0..3 {
             if a != b {
                 bed.wait_ping(a, b, Duration::from_secs(10));
             }
         }
+    }
+    // By now every agent has reconciled the map with the IPv6 subnet.
+    for h in &bed.hosts {
+        let link = in_ns(&h.ns, &["ip", "link", "show", &six.bridge]);
+        assert!(!link.status.success(), "{} has {}", h.ns, six.bridge);
     }
     // 10,000 bytes: the workload fragments (its MTU leaves room for VXLAN and
     // WireGuard), the tunnel never has to.

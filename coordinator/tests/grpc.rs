@@ -746,6 +746,24 @@ async fn dns_records_are_owned_by_containers_or_external() {
             "a DNS record points at one host",
         );
     }
+    // Loopback is each asking container itself; an IPv6 link-local address
+    // is nothing without its zone (found by an IPv6 review, 2026-12-06). A
+    // link-local service's IPv4 address may have a name.
+    for (nowhere, why) in
+        [("127.0.0.1", "loopback"), ("127.9.9.9", "loopback"), ("::1", "loopback"), ("fe80::1", "link-local")]
+    {
+        assert_status(
+            admin.dns.add_record(AddRecordRequest { name: "nowhere".into(), address: nowhere.into() }).await,
+            Code::InvalidArgument,
+            why,
+        );
+    }
+    admin
+        .dns
+        .add_record(AddRecordRequest { name: "metadata".into(), address: "169.254.169.254".into() })
+        .await
+        .unwrap();
+    admin.dns.remove_records(RemoveRecordsRequest { name: "metadata".into(), address: String::new() }).await.unwrap();
     // localhost is the host itself (RFC 6761), for a node as for the admin;
     // a name that only contains it is a name like any other.
     for reserved in ["localhost", "LOCALHOST.weave.local.", "x.localhost"] {

@@ -282,7 +282,14 @@ impl LocalService {
     }
 
     async fn allocate(&self, container: String, subnet: String) -> Response {
-        let req = AllocateRequest { container, subnet, ..Default::default() };
+        // What it prints is for a workload on a segment (its MAC is made
+        // from an IPv4 address): an IPv6 subnet is refused before anything is
+        // taken, as attach refuses it.
+        let known = self.maps.borrow().subnets.iter().find(|s| s.name == subnet || same_net(&s.cidr, &subnet)).cloned();
+        if known.is_some_and(|s| s.cidr.parse::<ipnet::Ipv6Net>().is_ok()) {
+            return Response::Error(weave_proto::local_api::addr_spec::ipv6(&subnet, "the subnet"));
+        }
+        let req = AllocateRequest { container: container.clone(), subnet, ..Default::default() };
         let alloc = match retry_unavailable(|| {
             let (mut ipam, req) = (self.api.ipam.clone(), req.clone());
             async move { ipam.allocate(req).await }
@@ -292,6 +299,11 @@ impl LocalService {
             Ok(a) => a.into_inner(),
             Err(s) => return Response::Error(Refusal::status(&s)),
         };
+        if alloc.address.parse::<ipnet::Ipv4Net>().is_err() {
+            // A subnet too new for the map: what was just taken goes back.
+            let _ = self.attacher.release(&container, &alloc.subnet).await;
+            return Response::Error(weave_proto::local_api::addr_spec::ipv6(&alloc.subnet, "the subnet"));
+        }
         // The subnet's vni comes from the map; a brand-new subnet may not have
         // reached it yet.
         let mut maps = self.maps.clone();
@@ -341,7 +353,10 @@ impl LocalService {
                 .subnets
                 .iter()
                 .map(|s| SegmentStatus {
-                    skipped: skipped.get(&s.vni).cloned(),
+                    skipped: skipped.get(&s.vni).cloned().or_else(|| {
+                        (!crate::plan::reconcile::is_segment(s))
+                            .then(|| "IPv6: address management through the API only, no segment".to_string())
+                    }),
                     subnet: s.cidr.clone(),
                     vni: s.vni,
                     bridge: bridge_name(s.vni),
@@ -353,4 +368,10 @@ impl LocalService {
             ip_forward: Some(crate::host::firewall::forwarding_on()),
         }
     }
+}
+
+/// Whether CIDR `a` and `b` are one network (`10.2.3.0/24` and `10.2.3.0/24`,
+/// `fd00::/64` and `fd00:0::/64`); false when either is not a CIDR.
+fn same_net(a: &str, b: &str) -> bool {
+    matches!((a.parse::<ipnet::IpNet>(), b.parse::<ipnet::IpNet>()), (Ok(a), Ok(b)) if a.trunc() == b.trunc())
 }

@@ -197,7 +197,8 @@ pub fn held_by(map: &NetworkMap, own: u64) -> std::collections::BTreeSet<Ipv4Add
 pub fn peers(map: &NetworkMap, own_node: u64) -> (Vec<PeerConfig>, Vec<String>) {
     let mut peers = Vec::new();
     let mut problems = Vec::new();
-    let vni: std::collections::HashMap<u64, u32> = map.subnets.iter().map(|s| (s.id, s.vni)).collect();
+    let vni: std::collections::HashMap<u64, u32> =
+        map.subnets.iter().filter(|s| super::reconcile::is_segment(s)).map(|s| (s.id, s.vni)).collect();
     let mut routes: std::collections::HashMap<u64, Vec<(Ipv4Addr, u32)>> = Default::default();
     let mut segments: std::collections::HashMap<u64, std::collections::BTreeSet<u32>> = Default::default();
     for a in &map.allocations {

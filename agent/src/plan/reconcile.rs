@@ -85,18 +85,26 @@ pub fn exposed_addresses(map: &NetworkMap, own_node: u64) -> BTreeMap<u32, Ipv4A
         .collect()
 }
 
+/// Whether subnet `s` has a segment (a bridge and VXLAN device on every
+/// host): a vni and IPv4. An IPv6 subnet is address management through the
+/// API alone (workloads are IPv4, and a frame's IPv6 source must be its
+/// workload's link-local), so no host builds a segment for it.
+pub fn is_segment(s: &weave_proto::v1::Subnet) -> bool {
+    s.vni != 0 && s.cidr.parse::<Ipv4Net>().is_ok()
+}
+
 /// The subnets with a segment, by vni.
 pub fn segment_subnets(map: &NetworkMap) -> BTreeMap<u32, Ipv4Net> {
     map.subnets
         .iter()
-        .filter(|s| s.vni != 0)
+        .filter(|s| is_segment(s))
         .filter_map(|s| Some((s.vni, s.cidr.parse::<Ipv4Net>().ok()?.trunc())))
         .collect()
 }
 
 impl Desired {
     pub fn from_map(map: &NetworkMap, own_node: u64, local: Ipv4Addr, mtu: u32) -> Self {
-        let segments = map.subnets.iter().filter(|s| s.vni != 0).map(|s| (s.vni, s.cidr.clone())).collect();
+        let segments = map.subnets.iter().filter(|s| is_segment(s)).map(|s| (s.vni, s.cidr.clone())).collect();
         let peers: BTreeMap<u64, Ipv4Addr> = map
             .nodes
             .iter()
@@ -104,7 +112,7 @@ impl Desired {
             .filter_map(|n| Some((n.id, n.address.parse().ok()?)))
             .filter(|(_, a)| *a != local)
             .collect();
-        let vni_of: BTreeMap<u64, u32> = map.subnets.iter().map(|s| (s.id, s.vni)).collect();
+        let vni_of: BTreeMap<u64, u32> = map.subnets.iter().filter(|s| is_segment(s)).map(|s| (s.id, s.vni)).collect();
         let mut flood: BTreeMap<u32, BTreeSet<Ipv4Addr>> = BTreeMap::new();
         for a in &map.allocations {
             if let (Some(&vni), Some(&peer)) = (vni_of.get(&a.subnet_id), peers.get(&a.node_id))

@@ -204,8 +204,11 @@ pub(super) async fn insert_if_absent(
 
 /// An address a record may point at: one a client can connect to. The
 /// unspecified, broadcast and multicast addresses are refused (a name for
-/// them is a mistake); an IPv4-mapped IPv6 address is its IPv4 address, as
-/// the same address must be one record, not two.
+/// them is a mistake), and so are loopback (every container would reach
+/// itself) and IPv6 link-local ones (useless without the zone, which a
+/// record cannot carry); IPv4 link-local stays (a name for a link-local
+/// service is the admin's choice). An IPv4-mapped IPv6 address is its IPv4
+/// address, as the same address must be one record, not two.
 fn answerable(ip: std::net::IpAddr) -> Result<std::net::IpAddr> {
     let ip = ip.to_canonical();
     let bad = match ip {
@@ -215,6 +218,18 @@ fn answerable(ip: std::net::IpAddr) -> Result<std::net::IpAddr> {
     if bad {
         return Err(Error::InvalidArgument(format!(
             "{ip} is an unspecified, broadcast or multicast address: a DNS record points at one host"
+        )));
+    }
+    if ip.is_loopback() {
+        return Err(Error::InvalidArgument(format!(
+            "{ip} is a loopback address: each container asking would reach itself, not one host"
+        )));
+    }
+    if let std::net::IpAddr::V6(v6) = ip
+        && v6.is_unicast_link_local()
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{ip} is an IPv6 link-local address, which needs its link's zone (a record cannot carry one)"
         )));
     }
     Ok(ip)

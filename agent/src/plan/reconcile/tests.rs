@@ -147,10 +147,21 @@ fn desired_from_map_skips_self_and_vni_zero_and_floods_only_to_members() {
             Subnet { id: 1, cidr: "10.32.0.0/16".into(), vni: 100, ..Default::default() },
             Subnet { id: 2, cidr: "10.2.0.0/24".into(), vni: 0, ..Default::default() },
             Subnet { id: 3, cidr: "10.3.0.0/24".into(), vni: 300, ..Default::default() },
+            // IPv6: the API's addresses alone, no segment (no bridge, no flood).
+            Subnet { id: 4, cidr: "fd00:4::/64".into(), vni: 400, ..Default::default() },
         ],
-        // Node 2 has a workload in the first two subnets, this node in all
-        // three, node 3 in none; one allocation names a node not in the map.
-        allocations: vec![alloc(1, 2, 1), alloc(2, 2, 2), alloc(3, 1, 1), alloc(4, 1, 3), alloc(5, 9, 3)],
+        // Node 2 has a workload in the first two subnets (and an address in
+        // the IPv6 one), this node in all three, node 3 in none; one
+        // allocation names a node not in the map.
+        allocations: vec![
+            alloc(1, 2, 1),
+            alloc(2, 2, 2),
+            alloc(3, 1, 1),
+            alloc(4, 1, 3),
+            alloc(5, 9, 3),
+            alloc(6, 2, 4),
+            alloc(7, 1, 4),
+        ],
         ..Default::default()
     };
     let d = Desired::from_map(&map, 1, ip("10.47.0.1"), 1370);
