@@ -161,13 +161,31 @@ fn addresses_persist_across_agent_and_coordinator_restarts_and_names_detach() {
     bed.wait_status(0);
     // By its registered name, after the agent restarted.
     assert_eq!(attach_line(&bed, 0, &["web"]), first);
+    let exposed = bed.weavectl(0, &["expose"]);
+    assert!(exposed.status.success(), "expose: {}", stderr(&exposed));
+    let host = bed.hosts[0].ns.clone();
+    let (web_ifs, host_ifs, allocs) = (interfaces(&web), interfaces(&host), bed.allocations());
     bed.kill_coordinator();
+    // A detach or hide the coordinator cannot record changes nothing: they
+    // unplugged the container (took the address off the bridge), then said
+    // "try again", and the address stayed in IPAM (found by a chaos review,
+    // 2026-12-06).
+    for args in [["detach", "web"], ["hide", ""]] {
+        let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+        let out = bed.weavectl(0, &args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("try again"), "{args:?}: {}", stderr(&out));
+        assert_eq!((interfaces(&web), interfaces(&host)), (web_ifs.clone(), host_ifs.clone()), "{args:?}");
+    }
     bed.start_coordinator();
     let again = wait_for("attach after the coordinator restart", Duration::from_secs(30), || {
         let out = bed.weavectl(0, &["attach", &format!("/run/netns/{web}")]);
         out.status.success().then(|| stdout(&out))
     });
     assert_eq!(again, first);
+    assert_eq!(bed.allocations(), allocs);
+    let hidden = bed.weavectl(0, &["hide"]);
+    assert!(hidden.status.success() && !stdout(&hidden).is_empty(), "hide: {}", stderr(&hidden));
     // Detach by name removes everything.
     let out = bed.weavectl(0, &["detach", "web"]);
     assert!(out.status.success(), "detach: {}", stderr(&out));

@@ -27,6 +27,7 @@ mod gc;
 mod host;
 mod retire;
 pub mod sweep;
+mod unplug;
 
 use checks::{failed, held_address, not_at, on_subnet, once_each, own_mac};
 
@@ -434,31 +435,7 @@ impl Attacher {
             wanted.into_iter().map(|(_, s)| s.cidr).collect()
         };
         let whole = addrs.is_empty() || self.holds_only(&c.key, &subnets);
-        let mut released = Vec::new();
-        for cidr in &subnets {
-            if let Some((i, _)) = on_subnet(&before, cidr) {
-                inside.delete_link(&i.name).await.map_err(failed)?;
-            }
-            // And the host's end, whatever the container did with its own: a
-            // container that renamed its interface (or took its address off)
-            // was not found above, kept its port, lock and guard entry after
-            // its address was released, and then answered for whoever got the
-            // address next (found by a review, 2026-12-03). Deleting the host's
-            // end removes the pair.
-            let subnet = self.maps.borrow().subnets.iter().find(|s| s.cidr == *cidr).cloned();
-            if let Some(s) = &subnet {
-                self.netlink.delete_link(&host_ifname(c.inode, s.vni)).await.map_err(failed)?;
-            }
-            // The address it holds, not the one it shows (a neighbour's). Best
-            // effort: the reconcile also removes pins of addresses no longer ours.
-            let held = subnet.and_then(|s| Some((bridge_name(s.vni), held.get(&s.id)?.parse::<Ipv4Net>().ok()?)));
-            if let Some((bridge, ip)) = held
-                && let Err(e) = self.netlink.unpin_neighbour(&bridge, ip.addr()).await
-            {
-                tracing::debug!(error = %e, "unpin on detach");
-            }
-            released.extend(self.release(&c.key, cidr).await?);
-        }
+        let released = self.release_then_unplug(&c.key, c.inode, &inside, &before, &held, &subnets).await?;
         // Detaching all: also `ethwe*` interfaces on subnets the map no longer
         // has (`subnet rm --force` leaves them; IPAM freed their addresses
         // then, so none is reported released here). Only weave's own names

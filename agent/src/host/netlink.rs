@@ -47,6 +47,7 @@ const ENOENT: i32 = 2;
 const ENODEV: i32 = 19;
 const ESRCH: i32 = 3;
 const EINVAL: i32 = 22;
+const EADDRNOTAVAIL: i32 = 99;
 /// How [`Netlink::apply`] recognises a route whose source address the kernel refused.
 const NO_SOURCE: &str = "source address not on this host";
 

@@ -171,15 +171,20 @@ impl Attacher {
                 )));
             }
         }
+        // The coordinator first, as for detach: a hide it cannot record
+        // (the coordinator down) leaves the address on the bridge; taking
+        // it off first cut the host off its workloads and then answered "try
+        // again", the address kept in IPAM (found by a chaos review,
+        // 2026-12-06).
         let mut released = Vec::new();
         for s in &subnets {
+            released.extend(self.release(&key, &s.cidr).await?);
             if let Some(addr) = held.get(&s.id).and_then(|a| a.parse::<Ipv4Net>().ok()) {
                 self.netlink
                     .set_address(&bridge_name(s.vni), addr.addr(), addr.prefix_len(), false)
                     .await
                     .map_err(failed)?;
             }
-            released.extend(self.release(&key, &s.cidr).await?);
             self.names.gateway_gone(s.id);
         }
         // The bridge's last address gone, the kernel flushed its neighbour

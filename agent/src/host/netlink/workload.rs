@@ -449,13 +449,13 @@ impl Netlink {
         for a in addrs {
             let ours =
                 a.attributes.iter().any(|x| matches!(x, AddressAttribute::Local(IpAddr::V4(ip)) if *ip == address));
+            // Gone meanwhile (the reconcile, once the map lost it) is removed.
             if ours {
-                self.handle
-                    .address()
-                    .del(a)
-                    .execute()
-                    .await
-                    .map_err(|e| nl(format!("remove {address} from {ifname}"), e))?;
+                match self.handle.address().del(a).execute().await {
+                    Ok(()) => {}
+                    Err(e) if errno(&e) == Some(EADDRNOTAVAIL) => {}
+                    Err(e) => return Err(nl(format!("remove {address} from {ifname}"), e)),
+                }
             }
         }
         Ok(())
