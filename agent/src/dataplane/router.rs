@@ -46,6 +46,7 @@ const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// Largest buffer any output needs: a full-size IP packet plus WireGuard's framing.
 pub const BUF_SIZE: usize = 65_535 + 64;
 /// WireGuard message types (the first byte of every datagram).
+const HANDSHAKE_INITIATION: u8 = 1;
 const HANDSHAKE_RESPONSE: u8 = 2;
 const DATA: u8 = 4;
 
@@ -326,7 +327,9 @@ impl Router {
                 // real place will. A cookie (the rate limiter under load) is
                 // what boringtun answers anyone.
                 authenticated = matches!((datagram[0], reply.first()), (HANDSHAKE_RESPONSE, Some(&DATA)));
-                sink.to_network(src, reply);
+                // A cookie reply's initiation, sent again at once, goes where the peer is.
+                let again = reply.first() == Some(&HANDSHAKE_INITIATION);
+                sink.to_network(if again { peer.endpoint().unwrap_or(src) } else { src }, reply);
                 // Packets queued while our handshake ran go under its new
                 // session. Not after answering an initiation: that session
                 // cannot send before the initiator's first data, so boringtun
@@ -402,6 +405,8 @@ impl Router {
                     sink.to_network(next, init);
                 }
             }
+            // boringtun's timers log (REKEY_TIMEOUT, …) under the peer's name.
+            let _peer = tracing::info_span!("peer", name = %peer.config.name).entered();
             if let TunnResult::WriteToNetwork(out) = tunn.update_timers(buf)
                 && let Some(endpoint) = peer.endpoint()
             {

@@ -72,6 +72,8 @@ pub struct Tunn {
     tx_bytes: usize,
     rx_bytes: usize,
     rate_limiter: Arc<RateLimiter>,
+    /// weave: when a cookie reply last made the initiation go again at once.
+    cookie_resent: Option<std::time::Instant>,
 }
 
 type MessageType = u32;
@@ -221,6 +223,7 @@ impl Tunn {
             rate_limiter: rate_limiter.unwrap_or_else(|| {
                 Arc::new(RateLimiter::new(&static_public, PEER_HANDSHAKE_RATE_LIMIT))
             }),
+            cookie_resent: None,
         }
     }
 
@@ -362,7 +365,7 @@ impl Tunn {
         match packet {
             Packet::HandshakeInit(p) => self.handle_handshake_init(p, dst),
             Packet::HandshakeResponse(p) => self.handle_handshake_response(p, dst),
-            Packet::PacketCookieReply(p) => self.handle_cookie_reply(p),
+            Packet::PacketCookieReply(p) => self.handle_cookie_reply(p, dst),
             Packet::PacketData(p) => self.handle_data(p, dst),
         }
         .unwrap_or_else(TunnResult::from)
@@ -424,6 +427,7 @@ impl Tunn {
     fn handle_cookie_reply<'a>(
         &mut self,
         p: PacketCookieReply,
+        dst: &'a mut [u8],
     ) -> Result<TunnResult<'a>, WireGuardError> {
         tracing::debug!(
             message = "Received cookie_reply",
@@ -435,6 +439,21 @@ impl Tunn {
         self.timer_tick(TimerName::TimeCookieReceived);
 
         tracing::debug!("Did set cookie");
+
+        // weave: the initiation the peer answered with a cookie goes again at
+        // once, now with mac2, instead of at the 5 s retry: a host under load
+        // (an outsider replaying captured initiations past its 100 handshake
+        // messages a second) cost every peer's handshake with it 5 s. At
+        // most once a second: only the peer (or someone with its public key
+        // who sees this host's initiations) can make a valid cookie reply,
+        // and each one would otherwise be worth an initiation.
+        let recent = self
+            .cookie_resent
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1));
+        if self.handshake.timer().is_some() && !recent {
+            self.cookie_resent = Some(std::time::Instant::now());
+            return Ok(self.format_handshake_initiation(dst, true));
+        }
 
         Ok(TunnResult::Done)
     }
@@ -826,6 +845,41 @@ mod tests {
             their_tun.handle_verified_packet(packet, &mut out),
             TunnResult::WriteToNetwork(_)
         ));
+    }
+
+    // weave: a cookie reply makes the initiation go again at once (with mac2).
+    #[test]
+    fn a_cookie_reply_sends_the_initiation_again_with_the_cookie() {
+        let my_secret = x25519_dalek::StaticSecret::random_from_rng(OsRng);
+        let their_secret = x25519_dalek::StaticSecret::random_from_rng(OsRng);
+        let (my_public, their_public) = (
+            x25519_dalek::PublicKey::from(&my_secret),
+            x25519_dalek::PublicKey::from(&their_secret),
+        );
+        let mut my_tun = Tunn::new(my_secret, their_public, None, None, 1, None);
+        // Always under load: every handshake message needs a cookie.
+        let limiter = Arc::new(RateLimiter::new(&their_public, 0));
+        let mut their_tun = Tunn::new(their_secret, my_public, None, None, 2, Some(limiter));
+        let addr: IpAddr = "192.0.2.1".parse().unwrap();
+        let (mut dst, mut out) = (vec![0u8; 2048], vec![0u8; 2048]);
+        let init = create_handshake_init(&mut my_tun);
+        let cookie = match their_tun.decapsulate(Some(addr), &init, &mut out) {
+            TunnResult::WriteToNetwork(c) => c.to_vec(),
+            _ => panic!("no cookie reply under load"),
+        };
+        assert!(matches!(Tunn::parse_incoming_packet(&cookie), Ok(Packet::PacketCookieReply(_))));
+        let again = match my_tun.decapsulate(Some(addr), &cookie, &mut dst) {
+            TunnResult::WriteToNetwork(i) => i.to_vec(),
+            _ => panic!("the cookie reply did not send the initiation again"),
+        };
+        assert!(matches!(Tunn::parse_incoming_packet(&again), Ok(Packet::HandshakeInit(_))));
+        // With the cookie (mac2) it is taken despite the load.
+        match their_tun.decapsulate(Some(addr), &again, &mut out) {
+            TunnResult::WriteToNetwork(r) => {
+                assert!(matches!(Tunn::parse_incoming_packet(r), Ok(Packet::HandshakeResponse(_))))
+            }
+            _ => panic!("the initiation with the cookie was not answered"),
+        }
     }
 
     #[test]
