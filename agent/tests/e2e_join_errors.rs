@@ -72,6 +72,12 @@ fn bad_tokens_fail_fast_and_leave_nothing_behind() {
         eprintln!("{what} ({took:?}): {}", lines[0]);
         assert_nothing_left(&host, &dir);
     }
+    // The coordinator logs the refusal with its source and the token's id,
+    // never the secret (it logged nothing: a review, 2026-12-06).
+    let log = std::fs::read_to_string(bed.path("coordinator.log")).unwrap();
+    let line = log.lines().find(|l| l.contains("authentication failed")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("192.0.2.30") && line.contains(&real.id) && line.contains("wrong secret"), "{line}");
+    assert!(!log.contains(&real.secret) && !log.contains(&wrong_secret.secret), "a secret in the log");
 }
 
 /// A flag the agent cannot use is refused before the join (exit 2, one

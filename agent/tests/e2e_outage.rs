@@ -29,6 +29,15 @@ fn traffic_survives_a_coordinator_outage() {
         });
     }
 
+    // The agents say why, under tonic's "tcp connect error" (a review,
+    // 2026-12-06: the cause was left out).
+    wait_for("host 1 to log why the watch failed", Duration::from_secs(20), || {
+        let log = bed.log(0);
+        log.lines()
+            .any(|l| l.contains("cannot watch the network map") && l.contains("Connection refused"))
+            .then_some(())
+    });
+
     // 10 pings a second for the whole outage, none may be lost.
     let secs = outage();
     let count = (secs * 10).to_string();

@@ -136,7 +136,33 @@ fn nothing_from_the_underlay_reaches_a_workload_except_through_wireguard() {
     })
     .join()
     .unwrap();
+    // Each kind is counted in weave_tunnel_rejected_total{reason} (nothing
+    // counted them: an alert could not see a scan; found by a review,
+    // 2026-12-06): 10 a kind, a well-formed initiation whose mac1 is not for
+    // this host's key, a data message to an index no peer has, junk.
+    let rejected = |reason: &str| total(&scrape(&host), &format!("weave_tunnel_rejected_total{{reason=\"{reason}\"}}"));
+    let before: Vec<f64> = ["bad_mac", "unknown_peer", "malformed"].iter().map(|r| rejected(r)).collect();
+    let to = SocketAddr::from((host_ip.parse::<Ipv4Addr>().unwrap(), WG_PORT));
+    in_netns(&outsider, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let kinds: [Vec<u8>; 3] = [
+            [&[1u8, 0, 0, 0][..], &[0x5a; 144]].concat(),
+            [&[4u8, 0, 0, 0][..], &[0xa5; 60]].concat(),
+            MARKER.to_vec(),
+        ];
+        for kind in &kinds {
+            for _ in 0..10 {
+                let _ = s.send_to(kind, to);
+            }
+        }
+    })
+    .join()
+    .unwrap();
     thread::sleep(Duration::from_secs(1));
+    for (i, reason) in ["bad_mac", "unknown_peer", "malformed"].iter().enumerate() {
+        let grew = rejected(reason) - before[i];
+        assert!(grew >= 10.0, "{reason}: counted {grew} of 10");
+    }
 
     for cap in caps {
         let file = cap.stop();

@@ -50,4 +50,29 @@ fn an_unanswered_peer_is_connecting_and_an_answering_one_established() {
     wait_for("host 1 to count both established", Duration::from_secs(10), || {
         (gauge(&host, "established") == Some(2.0) && gauge(&host, "connecting") == Some(0.0)).then_some(())
     });
+
+    // Host 3 stops answering with a fresh session: host 1's traffic to it
+    // goes unanswered, boringtun starts a handshake 15 s on, and that is
+    // connecting although the last handshake is under 180 s old (it stayed
+    // "established" for up to 3 minutes; found by a review, 2026-12-06).
+    nix::sys::signal::kill(pid, Signal::SIGSTOP).unwrap();
+    let mut pinger = std::process::Command::new("ip")
+        .args(["netns", "exec", &host, "ping", "-q", "-i", "0.5", "-c", "80", &stopped.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("host 1 to count host 3 connecting again", Duration::from_secs(40), || {
+        let states = (gauge(&host, "established"), gauge(&host, "connecting"));
+        (states == (Some(1.0), Some(1.0))).then_some(())
+    });
+    let out = bed.weavectl(0, &["status", "peers"]);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    // boringtun's retries are logged under the peer's name (they named no
+    // peer: the same review).
+    let retry = wait_for("host 1 to log its retry to h3", Duration::from_secs(20), || {
+        bed.log(0).lines().find(|l| l.contains("REKEY_TIMEOUT") && l.contains("h3")).map(str::to_string)
+    });
+    let _ = (pinger.kill(), pinger.wait(), retry);
+    nix::sys::signal::kill(pid, Signal::SIGCONT).unwrap();
+    assert!(table.lines().any(|l| l.starts_with("h3") && l.contains("connecting (last ")), "{table}");
 }

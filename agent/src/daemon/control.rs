@@ -78,7 +78,16 @@ pub async fn watch_map(
             }
             Err(status) if membership_ended(&status) => return Error::Removed(status.message().to_string()),
             Err(status) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "cannot watch the network map; retrying");
+                // The causes under tonic's "tcp connect error" (No route to
+                // host, Connection refused: a review, 2026-12-06).
+                let mut causes = Vec::new();
+                let mut next = std::error::Error::source(&status);
+                while let Some(e) = next {
+                    causes.push(e.to_string());
+                    next = e.source();
+                }
+                let cause = causes.join(": ");
+                tracing::warn!(code = ?status.code(), message = status.message(), cause, "cannot watch the network map; retrying");
             }
         }
         connected.store(false, Ordering::Relaxed);

@@ -4,7 +4,7 @@
 //!
 //! Read at scrape time (nothing to keep current between scrapes): peers and
 //! `weave_connections{state}` (Weave Net's name: established = a handshake in
-//! the last 180 s; connecting = a handshake under way, unanswered so far;
+//! the last 180 s and none under way; connecting = a handshake under way, unanswered so far;
 //! idle = neither: nothing was sent lately, and without keepalives a tunnel
 //! says nothing about its peer then), the oldest handshake, traffic in and out summed over
 //! peers, local workload addresses (`weave_ips{state="local"}`), DNS entries,
@@ -103,7 +103,7 @@ pub fn describe() {
         "Time the CPU wake-up latency request was in force (whole seconds)."
     );
     describe_counter!("weave_cpu_latency_holds_total", "Times the CPU wake-up latency request was made.");
-    describe_gauge!("weave_ips", "Workload addresses on this host (state local).");
+    describe_gauge!("weave_ips", "Workload addresses on this host (state local; not the host's exposed addresses).");
     describe_gauge!("weave_dns_entries", "DNS records this agent answers from.");
     describe_gauge!("weave_map_revision", "Revision of the network map applied.");
     describe_gauge!("weave_coordinator_connected", "1 while a watch on the coordinator is open.");
@@ -122,7 +122,15 @@ pub fn describe() {
         "New connections dropped because their source address already held --flow-limit tracked \
          connections on this host (read every 60 s)."
     );
-    describe_counter!("weave_dns_queries_total", "DNS queries answered by the agent, by result.");
+    describe_counter!(
+        "weave_tunnel_rejected_total",
+        "Datagrams on the WireGuard port no peer's tunnel took, by reason (malformed, bad_mac, under_load, \
+         unknown_peer, failed): outsiders, removed members, handshake floods."
+    );
+    describe_counter!(
+        "weave_dns_queries_total",
+        "DNS queries answered by the agent, by result (forward_failed: forwarded, and no upstream answered)."
+    );
     describe_counter!(
         "weave_dns_dropped_total",
         "DNS work refused by the limits, by proto and reason: UDP queries dropped, TCP queries answered \
@@ -146,7 +154,7 @@ pub fn describe() {
     for direction in ["in", "out"] {
         metrics::counter!("weave_traffic_bytes_total", "direction" => direction).increment(0);
     }
-    for result in ["answered", "empty", "nxdomain", "forwarded"] {
+    for result in ["answered", "empty", "nxdomain", "forwarded", "forward_failed"] {
         metrics::counter!("weave_dns_queries_total", "result" => result).increment(0);
     }
     for proto in ["udp", "tcp"] {
@@ -161,10 +169,15 @@ pub fn describe() {
 /// send no keepalives, so a tunnel nothing crossed lately has no session,
 /// and counting it "connecting" made an alert on a dead peer fire for every
 /// quiet one (found by a review, 2026-12-05).
+/// A handshake under way is connecting whatever the age of the last one: a
+/// peer that stopped answering (its host died) is re-handshaken 15 s after
+/// data went unanswered, and stayed "established" until its last session
+/// was 180 s old (found by a review, 2026-12-06). A rekey of a live tunnel
+/// is under way for one round trip.
 fn connections(peers: &[PeerStatus]) -> (usize, usize, usize, f64) {
     let live = |p: &PeerStatus| p.handshake_age_secs.is_some_and(|age| age < ESTABLISHED_SECS);
-    let established = peers.iter().filter(|p| live(p)).count();
-    let connecting = peers.iter().filter(|p| !live(p) && p.handshake_in_progress).count();
+    let established = peers.iter().filter(|p| live(p) && !p.handshake_in_progress).count();
+    let connecting = peers.iter().filter(|p| p.handshake_in_progress).count();
     let oldest = peers.iter().filter(|p| live(p)).filter_map(|p| p.handshake_age_secs).fold(0.0, f64::max);
     (established, connecting, peers.len() - established - connecting, oldest)
 }
@@ -223,13 +236,21 @@ impl Probe for AgentProbe {
         metrics::counter!("weave_spoofed_packets_dropped_total").increment(grown.spoofed);
         metrics::counter!("weave_segment_frames_dropped_total").increment(grown.foreign_segment);
         metrics::counter!("weave_storm_frames_dropped_total").increment(grown.storm);
+        for (reason, n) in self.transport.rejected() {
+            metrics::counter!("weave_tunnel_rejected_total", "reason" => reason).absolute(n);
+        }
         let hold = self.transport.cpu_latency();
         metrics::gauge!("weave_cpu_latency_hold").set(f64::from(u8::from(hold.held)));
         metrics::counter!("weave_cpu_latency_hold_seconds_total").absolute(hold.held_seconds as u64);
         metrics::counter!("weave_cpu_latency_holds_total").absolute(hold.holds);
         {
             let map = self.maps.borrow();
-            let local = map.allocations.iter().filter(|a| a.node_id == self.node_id).count();
+            // Workloads' addresses: not the host's own (`expose`), which is no workload.
+            let local = map
+                .allocations
+                .iter()
+                .filter(|a| a.node_id == self.node_id && !a.container.starts_with("host:"))
+                .count();
             metrics::gauge!("weave_ips", "state" => "local").set(local as f64);
             metrics::gauge!("weave_dns_entries").set(map.dns_records.len() as f64);
             metrics::gauge!("weave_map_revision").set(map.revision as f64);
@@ -275,6 +296,9 @@ mod tests {
         peers[4].handshake_in_progress = true;
         peers[5].handshake_in_progress = true;
         assert_eq!(connections(&peers), (2, 2, 2, 90.0));
+        // 4 stopped answering: its session is 90 s old, its handshake unanswered.
+        peers[3].handshake_in_progress = true;
+        assert_eq!(connections(&peers), (1, 3, 2, 90.0));
         assert_eq!(connections(&[]), (0, 0, 0, 0.0));
     }
 

@@ -37,6 +37,10 @@ pub trait Transport: Send + Sync {
     /// keep the NAT's mapping (and so the path in) open.
     fn set_behind_nat(&self, behind: bool);
     fn status(&self) -> Vec<PeerStatus>;
+    /// Datagrams no peer's tunnel took since the start, by reason (label).
+    fn rejected(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
     /// The CPU-latency request this transport holds while packets move.
     fn cpu_latency(&self) -> cpu_latency::HoldStatus {
         cpu_latency::HoldStatus::default()

@@ -28,11 +28,14 @@ use super::PeerStatus;
 use crate::plan::netmap::PeerConfig;
 
 mod fallback;
+pub mod rejected;
 mod settings;
 mod status;
 mod storm;
+mod timers;
 mod vxlan;
 use fallback::Fallback;
+use rejected::Reason;
 use vxlan::Foreign;
 
 /// Seconds between keepalives to every peer from a host behind NAT (what
@@ -126,6 +129,8 @@ pub struct Router {
     behind_nat: std::sync::atomic::AtomicBool,
     /// `--broadcast-limit` (0: none), for the peers' storm meters.
     broadcast_limit: AtomicU32,
+    /// Datagrams no peer's tunnel took, by reason.
+    pub rejected: rejected::Rejected,
 }
 
 /// A poisoned lock means a panic mid-update of one peer's tunnel state; the
@@ -148,6 +153,7 @@ impl Router {
             nat_keepalive_ms: AtomicU64::new(0),
             behind_nat: Default::default(),
             broadcast_limit: AtomicU32::new(0),
+            rejected: Default::default(),
         }
     }
 
@@ -283,17 +289,20 @@ impl Router {
                         sink.to_network(src, cookie);
                         return None;
                     }
-                    _ => return None,
+                    Err(TunnResult::Err(WireGuardError::InvalidMac)) => return self.rejected.drop(Reason::BadMac),
+                    _ => return self.rejected.drop(Reason::UnderLoad),
                 };
-                let half = parse_handshake_anon(&self.secret, &self.public, &init).ok()?;
+                let Ok(half) = parse_handshake_anon(&self.secret, &self.public, &init) else {
+                    return self.rejected.drop(Reason::UnknownPeer);
+                };
                 (table.by_key.get(&half.peer_static_public), Some(init))
             }
             Ok(Packet::HandshakeResponse(p)) => (table.by_index.get(&(p.receiver_idx >> 8)), None),
             Ok(Packet::PacketCookieReply(p)) => (table.by_index.get(&(p.receiver_idx >> 8)), None),
             Ok(Packet::PacketData(p)) => (table.by_index.get(&(p.receiver_idx >> 8)), None),
-            Err(_) => return None,
+            Err(_) => return self.rejected.drop(Reason::Malformed),
         };
-        let peer = peer?;
+        let Some(peer) = peer else { return self.rejected.drop(Reason::UnknownPeer) };
         let mut tunn = lock(&peer.tunn);
         // Whether the datagram proved to come from the peer now: only then is
         // its source where the peer is (roaming). Anyone can send a cookie
@@ -315,7 +324,7 @@ impl Router {
                 }
                 None
             }
-            TunnResult::Err(WireGuardError::DuplicateCounter) | TunnResult::Err(_) => return None,
+            TunnResult::Err(_) => return self.rejected.drop(Reason::Failed),
             TunnResult::WriteToNetwork(reply) => {
                 // boringtun answers a response that matched its own initiation
                 // with a keepalive: only that proves where the peer is. An
@@ -382,61 +391,6 @@ impl Router {
             peer.fallback.answered();
         }
         plain
-    }
-
-    /// Timers for every peer (rekey, keepalive, expiry); call every ~250 ms.
-    pub fn tick(&self, buf: &mut [u8], sink: &impl Sink) {
-        let table = self.table();
-        let now = self.now_ms();
-        let keepalive_ms = self.nat_keepalive_ms.load(Ordering::Relaxed);
-        let nat = self.behind_nat.load(Ordering::Relaxed) && keepalive_ms > 0;
-        for peer in table.by_index.values() {
-            if nat && now.saturating_sub(peer.last_keepalive.load(Ordering::Relaxed)) >= keepalive_ms {
-                self.keepalive(peer, now, buf, sink);
-            }
-            let mut tunn = lock(&peer.tunn);
-            if let Some(age) = tunn.time_since_last_handshake() {
-                peer.handshake_at.store(now.saturating_sub(age.as_millis() as u64).max(1), Ordering::Relaxed);
-            }
-            if let Some(next) = peer.fallback.due(now, peer.endpoint()) {
-                tracing::info!(peer = %peer.config.name, from = ?peer.endpoint(), to = %next, "no answer: trying the peer's next endpoint");
-                *lock(&peer.endpoint) = Some(next);
-                if let TunnResult::WriteToNetwork(init) = tunn.format_handshake_initiation(buf, true) {
-                    sink.to_network(next, init);
-                }
-            }
-            // boringtun's timers log (REKEY_TIMEOUT, …) under the peer's name.
-            let _peer = tracing::info_span!("peer", name = %peer.config.name).entered();
-            if let TunnResult::WriteToNetwork(out) = tunn.update_timers(buf)
-                && let Some(endpoint) = peer.endpoint()
-            {
-                sink.to_network(endpoint, out);
-            }
-            // boringtun's timers never send what it queued: a session made
-            // current by the initiator's data, its keepalive lost, would
-            // leave the queue waiting for the next keepalive (found by a
-            // review). An empty queue costs one pop.
-            if tunn.time_since_last_handshake().is_some()
-                && let Some(endpoint) = peer.endpoint()
-            {
-                flush_queued(&mut tunn, endpoint, buf, sink);
-            }
-        }
-    }
-
-    /// Call once a second: the handshake rate limit is per second.
-    pub fn reset_rate_limit(&self) {
-        self.rate_limiter.reset_count();
-        self.refresh_trusted();
-    }
-
-    /// The peers' addresses (in the map, and where each is now: roaming,
-    /// a NAT's mapping) keep a place in the handshake limiter's source table
-    /// while an outsider fills it (the vendored `RateLimiter::set_trusted`).
-    fn refresh_trusted(&self) {
-        let mut known = lock(&self.map_endpoints).clone();
-        known.extend(self.table().by_index.values().filter_map(|p| p.endpoint()).map(|e| e.ip()));
-        self.rate_limiter.set_trusted(known);
     }
 }
 

@@ -275,6 +275,10 @@ impl Transport for TunUdp {
     fn cpu_latency(&self) -> HoldStatus {
         self.hold.status()
     }
+
+    fn rejected(&self) -> Vec<(&'static str, u64)> {
+        self.router.rejected.counts().into_iter().map(|(r, n)| (r.label(), n)).collect()
+    }
 }
 
 impl Drop for TunUdp {

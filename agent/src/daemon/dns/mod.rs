@@ -342,7 +342,12 @@ impl DnsServer {
                 Some(max) => failed.fit_udp(bytes, max),
                 None => bytes,
             }),
-            None => failed.servfail(),
+            None => {
+                // Also counted as forwarded: an alert on a broken upstream
+                // compares the two (a failure was counted as forwarded alone).
+                metrics::counter!("weave_dns_queries_total", "result" => "forward_failed").increment(1);
+                failed.servfail()
+            }
         }
     }
 

@@ -1,0 +1,64 @@
+//! The peers' timers (rekey, keepalive, expiry, the endpoint fallback) and
+//! the handshake limiter's second.
+use std::sync::atomic::Ordering;
+
+use boringtun::noise::TunnResult;
+
+use super::{Router, Sink, flush_queued, lock};
+
+impl Router {
+    /// Timers for every peer (rekey, keepalive, expiry); call every ~250 ms.
+    pub fn tick(&self, buf: &mut [u8], sink: &impl Sink) {
+        let table = self.table();
+        let now = self.now_ms();
+        let keepalive_ms = self.nat_keepalive_ms.load(Ordering::Relaxed);
+        let nat = self.behind_nat.load(Ordering::Relaxed) && keepalive_ms > 0;
+        for peer in table.by_index.values() {
+            if nat && now.saturating_sub(peer.last_keepalive.load(Ordering::Relaxed)) >= keepalive_ms {
+                self.keepalive(peer, now, buf, sink);
+            }
+            let mut tunn = lock(&peer.tunn);
+            if let Some(age) = tunn.time_since_last_handshake() {
+                peer.handshake_at.store(now.saturating_sub(age.as_millis() as u64).max(1), Ordering::Relaxed);
+            }
+            if let Some(next) = peer.fallback.due(now, peer.endpoint()) {
+                tracing::info!(peer = %peer.config.name, from = ?peer.endpoint(), to = %next, "no answer: trying the peer's next endpoint");
+                *lock(&peer.endpoint) = Some(next);
+                if let TunnResult::WriteToNetwork(init) = tunn.format_handshake_initiation(buf, true) {
+                    sink.to_network(next, init);
+                }
+            }
+            // boringtun's timers log (REKEY_TIMEOUT, …) under the peer's name.
+            let _peer = tracing::info_span!("peer", name = %peer.config.name).entered();
+            if let TunnResult::WriteToNetwork(out) = tunn.update_timers(buf)
+                && let Some(endpoint) = peer.endpoint()
+            {
+                sink.to_network(endpoint, out);
+            }
+            // boringtun's timers never send what it queued: a session made
+            // current by the initiator's data, its keepalive lost, would
+            // leave the queue waiting for the next keepalive (found by a
+            // review). An empty queue costs one pop.
+            if tunn.time_since_last_handshake().is_some()
+                && let Some(endpoint) = peer.endpoint()
+            {
+                flush_queued(&mut tunn, endpoint, buf, sink);
+            }
+        }
+    }
+
+    /// Call once a second: the handshake rate limit is per second.
+    pub fn reset_rate_limit(&self) {
+        self.rate_limiter.reset_count();
+        self.refresh_trusted();
+    }
+
+    /// The peers' addresses (in the map, and where each is now: roaming,
+    /// a NAT's mapping) keep a place in the handshake limiter's source table
+    /// while an outsider fills it (the vendored `RateLimiter::set_trusted`).
+    pub(super) fn refresh_trusted(&self) {
+        let mut known = lock(&self.map_endpoints).clone();
+        known.extend(self.table().by_index.values().filter_map(|p| p.endpoint()).map(|e| e.ip()));
+        self.rate_limiter.set_trusted(known);
+    }
+}
