@@ -79,6 +79,13 @@ impl From<Error> for Status {
             Error::Database(sqlx::Error::Database(db)) if db.message().contains("overlaps") => Code::AlreadyExists,
             // PostgreSQL's exclusion constraint (overlapping subnets).
             Error::Database(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23P01") => Code::AlreadyExists,
+            // Room runs out: not "try again" at once (UNAVAILABLE, exit 3,
+            // "cannot reach the coordinator": a review, 2026-12-06) but
+            // exhausted, saying what is.
+            Error::Database(db) if disk_full(db) => {
+                tracing::error!(error = %e, "the database's disk is full");
+                return Status::resource_exhausted(clipped(format!("the coordinator's database disk is full: {e}")));
+            }
             Error::Database(_) | Error::Migrate(_) | Error::Bug(_) => {
                 tracing::error!(error = %e, "internal error");
                 Code::Internal
@@ -103,6 +110,12 @@ pub fn database_unreachable(e: &sqlx::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether `e` says the database's disk is full: SQLite's SQLITE_FULL (13),
+/// PostgreSQL's disk_full (SQLSTATE 53100).
+pub fn disk_full(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("13") | Some("53100")))
 }
 
 impl From<weave_proto::cidr::CidrError> for Error {

@@ -94,6 +94,10 @@ fn describe() {
         "Write transactions committed (each one fsync; group commit shares one among the writes queued together)."
     );
     describe_counter!(
+        "weave_store_commit_failures_total",
+        "Write transactions that did not commit (their writes answered an error): a full disk, a lost database."
+    );
+    describe_counter!(
         "weave_store_committed_writes_total",
         "Writes acknowledged after their batch committed: divided by weave_store_commits_total, the mean batch size."
     );
@@ -129,6 +133,7 @@ fn describe() {
     // (a series that appears with its first increment has no rate).
     for counter in [
         "weave_store_commits_total",
+        "weave_store_commit_failures_total",
         "weave_store_committed_writes_total",
         "weave_rpc_paced_total",
         "weave_rpc_refused_after_failures_total",

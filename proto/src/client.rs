@@ -132,6 +132,13 @@ pub fn connect_lazy(list: &str, pin: Pin) -> Result<Channel, ConnectError> {
 
 /// Attempts of [`retry_unavailable`].
 const UNAVAILABLE_ATTEMPTS: u32 = 10;
+/// No attempt of [`retry_unavailable`] starts later than this after the
+/// first: an unreachable coordinator (no route: about 3 s per connect; a
+/// black hole: the 5 s connect timeout) cost an attach 10 attempts, 66 s,
+/// before "try again" (found by a chaos review, 2026-12-06). A refused
+/// connect (a killed coordinator among several) costs nothing, so failover
+/// keeps its ten.
+const UNAVAILABLE_WITHIN: Duration = Duration::from_secs(12);
 
 /// Runs `call` again (up to 10 times, 50 ms apart) while it answers
 /// `UNAVAILABLE`. Only for idempotent calls (an allocation for a container
@@ -161,9 +168,10 @@ where
     D: Fn(&tonic::Status) -> Option<T>,
 {
     let mut attempt = 1;
+    let first = tokio::time::Instant::now();
     loop {
         match call().await {
-            Err(s) if cut_off(&s) && attempt < UNAVAILABLE_ATTEMPTS => {
+            Err(s) if cut_off(&s) && attempt < UNAVAILABLE_ATTEMPTS && first.elapsed() < UNAVAILABLE_WITHIN => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -407,6 +415,26 @@ mod tests {
 
     fn not_found_is_done(s: &Status) -> Option<u32> {
         (s.code() == Code::NotFound).then_some(0)
+    }
+
+    /// Connects that take their time (no route: ~3 s each) are retried
+    /// only within `UNAVAILABLE_WITHIN` (ten of them made 66 s).
+    #[tokio::test(start_paused = true)]
+    async fn slow_failures_are_retried_only_within_a_bound() {
+        let calls = AtomicU32::new(0);
+        let start = tokio::time::Instant::now();
+        let r: Result<u32, Status> = retry_unavailable(|| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Err(Status::unavailable("tcp connect error"))
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap_err().code(), Code::Unavailable);
+        // Attempts start at 0, 3.05, 6.1, 9.15 s; the next would be past 12.
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        assert!(start.elapsed() < Duration::from_secs(13), "{:?}", start.elapsed());
     }
 
     #[tokio::test]

@@ -132,6 +132,7 @@ impl Writer {
 
     /// Gives up the open batch (rolled back): every write in it fails.
     fn abort(&mut self, why: &Error) {
+        count_failure();
         self.dirty = false;
         self.forget_addresses();
         if let Some(batch) = self.open.take() {
@@ -143,7 +144,21 @@ impl Writer {
 }
 
 fn batch_failed(why: &Error) -> Error {
-    Error::Database(sqlx::Error::Io(std::io::Error::other(format!("the shared write transaction failed: {why}"))))
+    match why {
+        // Each write of the batch is told the disk is full (as the one that
+        // found it), not that the database is out of reach.
+        Error::Database(e) if crate::error::disk_full(e) => Error::Exhausted(format!(
+            "the coordinator's database disk is full: the shared write transaction failed: {why}"
+        )),
+        _ => Error::Database(sqlx::Error::Io(std::io::Error::other(format!(
+            "the shared write transaction failed: {why}"
+        )))),
+    }
+}
+
+/// Counts a batch that did not commit (`weave_store_commit_failures_total`).
+fn count_failure() {
+    metrics::counter!("weave_store_commit_failures_total").increment(1);
 }
 
 impl Store {
@@ -212,6 +227,7 @@ impl Store {
         };
         if let Err(e) = notified.map_err(Error::from) {
             tracing::error!(error = %e, writes = batch.waiters.len(), "group commit failed");
+            count_failure();
             writer.forget_addresses();
             for w in batch.waiters {
                 let _ = w.send(Err(batch_failed(&e)));
@@ -221,6 +237,7 @@ impl Store {
         if let Err(e) = batch.tx.commit().await {
             let e = Error::from(e);
             tracing::error!(error = %e, writes = batch.waiters.len(), "group commit failed");
+            count_failure();
             writer.forget_addresses();
             for w in batch.waiters {
                 let _ = w.send(Err(batch_failed(&e)));
