@@ -76,3 +76,32 @@ fn an_unanswered_peer_is_connecting_and_an_answering_one_established() {
     nix::sys::signal::kill(pid, Signal::SIGCONT).unwrap();
     assert!(table.lines().any(|l| l.starts_with("h3") && l.contains("connecting (last ")), "{table}");
 }
+
+/// `weavectl node ls` says which nodes' agents watch the map now and when
+/// the others were last seen (a dead host looked like a live one; found by
+/// a review, 2026-12-06).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn node_ls_tells_a_stopped_agent_from_a_running_one() {
+    let mut bed = Bed::with_hosts(2);
+    let seen = |bed: &Bed, node: &str| {
+        let out = bed.weavectl_admin(&["node", "ls"]);
+        let table = String::from_utf8_lossy(&out.stdout).to_string();
+        let row = table.lines().find(|l| l.split_whitespace().nth(1) == Some(node)).map(str::to_string);
+        row.unwrap_or_else(|| panic!("no {node} in {table}"))
+    };
+    for node in ["h1", "h2"] {
+        wait_for(&format!("{node} connected"), Duration::from_secs(10), || {
+            seen(&bed, node).trim_end().ends_with("connected").then_some(())
+        });
+    }
+    bed.signal_agent(1, Signal::SIGKILL);
+    wait_for("h2 last seen, not connected", Duration::from_secs(10), || {
+        seen(&bed, "h2").trim_end().ends_with("ago").then_some(())
+    });
+    assert!(seen(&bed, "h1").trim_end().ends_with("connected"));
+    bed.start_agent(1, false);
+    wait_for("h2 connected again", Duration::from_secs(15), || {
+        seen(&bed, "h2").trim_end().ends_with("connected").then_some(())
+    });
+}

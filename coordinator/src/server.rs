@@ -232,6 +232,8 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     let (stop_tx, stopping) = tokio::sync::watch::channel(false);
     let stopping_sweep = stopping.clone();
     let connections = crate::accept::Connections::default();
+    let (presence, recording) = api::presence::Presence::new(store.clone());
+    tokio::spawn(recording);
     let state = Arc::new(State {
         store: store.clone(),
         cluster,
@@ -252,6 +254,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         pacer: api::pace::Pacer::new(settings.node_rate),
         failures: crate::api::pace::Failures::knowing(store.valid_credential_hashes().await?),
         connections: connections.clone(),
+        presence,
     });
     let first_token = if first_start {
         let ttl = settings.first_token_ttl.map(|d| d.as_secs());

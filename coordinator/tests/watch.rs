@@ -207,3 +207,58 @@ async fn a_watch_resumed_from_another_history_gets_a_snapshot() {
     let e = next(&mut same).await;
     assert_eq!((kind(&e), e.revision), ("subnet+", now.revision));
 }
+
+/// `node ls` tells a node holding a watch from one that stopped: connected
+/// while its watch is open, then when it was last seen (a dead host looked
+/// like a live one; found by a review, 2026-12-06). The admin's watches
+/// count for no node, and the map's revision does not move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ls_says_which_nodes_watch_and_when_the_others_were_seen() {
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    let (one, mut api1) = c.join("host1", 1).await;
+    let (two, _api2) = c.join("host2", 2).await;
+    let presence = |admin: &mut weave_proto::client::Api| {
+        let mut admin = admin.clone();
+        async move { admin.nodes.list_nodes(ListNodesRequest {}).await.unwrap().into_inner().presence }
+    };
+    let _admin_watch = admin.map.watch(WatchRequest::default()).await.unwrap().into_inner();
+    assert!(presence(&mut admin).await.is_empty(), "nobody watched yet");
+    let revision = admin.map.get_map(GetMapRequest {}).await.unwrap().into_inner().revision;
+    let mut watch = api1.map.watch(WatchRequest::default()).await.unwrap().into_inner();
+    next(&mut watch).await;
+    let connected = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let p = presence(&mut admin).await;
+            if let [p] = &p[..]
+                && p.connected
+            {
+                return *p;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("host1 connected");
+    assert_eq!(connected.node_id, one.id);
+    assert!(connected.seen_at > 0);
+    drop(watch);
+    let gone = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(p) = presence(&mut admin).await.into_iter().find(|p| p.node_id == one.id && !p.connected) {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("host1 seen, not connected, once its watch ended");
+    assert!(gone.seen_at >= connected.seen_at);
+    let p = presence(&mut admin).await;
+    assert!(!p.iter().any(|p| p.node_id == two.id), "host2 never watched: {p:?}");
+    let after = admin.map.get_map(GetMapRequest {}).await.unwrap().into_inner().revision;
+    assert_eq!(after, revision, "presence moved the map's revision");
+    // Its node removed, its presence goes with it.
+    admin.nodes.remove_node(RemoveNodeRequest { node: "host1".into() }).await.unwrap();
+    assert!(presence(&mut admin).await.is_empty());
+}

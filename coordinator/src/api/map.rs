@@ -38,10 +38,12 @@ pub const MAX_WATCHES_PER_CREDENTIAL: u32 = 4;
 struct WatcherGuard {
     state: Shared,
     hash: String,
+    /// The node watching (none for the admin), for `weavectl node ls`.
+    node: Option<u64>,
 }
 
 impl WatcherGuard {
-    fn acquire(state: &Shared, hash: &str) -> Result<Self, Status> {
+    fn acquire(state: &Shared, hash: &str, caller: &Caller) -> Result<Self, Status> {
         let mut open = state.watches_by_credential.lock().unwrap_or_else(|p| p.into_inner());
         let count = open.entry(hash.to_string()).or_default();
         if *count >= MAX_WATCHES_PER_CREDENTIAL {
@@ -52,13 +54,23 @@ impl WatcherGuard {
         }
         *count += 1;
         state.watchers.fetch_add(1, Ordering::Relaxed);
-        Ok(Self { state: state.clone(), hash: hash.to_string() })
+        let node = match caller {
+            Caller::Node { id, .. } => Some(*id),
+            Caller::Admin => None,
+        };
+        if let Some(id) = node {
+            state.presence.watch(id, true);
+        }
+        Ok(Self { state: state.clone(), hash: hash.to_string(), node })
     }
 }
 
 impl Drop for WatcherGuard {
     fn drop(&mut self) {
         self.state.watchers.fetch_sub(1, Ordering::Relaxed);
+        if let Some(id) = self.node {
+            self.state.presence.watch(id, false);
+        }
         let mut open = self.state.watches_by_credential.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(count) = open.get_mut(&self.hash) {
             *count -= 1;
@@ -234,7 +246,7 @@ impl MapService for Map {
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let caller = self.0.caller_costing(&request, super::pace::MAP_READ).await?;
         tracing::debug!(caller = ?caller.0, "watch opened");
-        let guard = WatcherGuard::acquire(&self.0, &caller.1)?;
+        let guard = WatcherGuard::acquire(&self.0, &caller.1, &caller.0)?;
         let (tx, rx) = mpsc::channel(256);
         // A revision of another history (a restored backup's) may name other changes: a snapshot.
         let WatchRequest { from_revision, from_history } = *request.get_ref();

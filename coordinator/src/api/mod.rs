@@ -12,6 +12,7 @@ mod join;
 mod map;
 mod nodes;
 pub mod pace;
+pub mod presence;
 mod status;
 mod subnets;
 pub(crate) mod tokens;
@@ -77,6 +78,8 @@ pub struct State {
     pub failures: pace::Failures,
     /// The connections held: a call that proves a credential marks its own.
     pub(crate) connections: crate::accept::Connections,
+    /// Which nodes watch the map here (`weavectl node ls`).
+    pub presence: presence::Presence,
 }
 
 pub type Shared = Arc<State>;

@@ -16,7 +16,8 @@ pub struct Nodes(pub Shared);
 impl NodeService for Nodes {
     async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
         self.0.map_reader(&request).await?;
-        Ok(Response::new(ListNodesResponse { nodes: self.0.store.list_nodes().await? }))
+        let nodes = self.0.store.list_nodes().await?;
+        Ok(Response::new(ListNodesResponse { nodes, presence: self.0.store.presence().await? }))
     }
 
     #[tracing::instrument(skip_all, fields(node = %request.get_ref().node))]

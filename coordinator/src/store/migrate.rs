@@ -125,6 +125,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
     ("histories", &[("id", Int), ("history", Int), ("since", Int), ("started_at", Int)]),
     ("id_floors", &[("tbl", Text), ("last", Int)]),
     ("dns_shared_names", &[("name", Text), ("shared_at", Int)]),
+    ("node_presence", &[("node_id", Int), ("watching", Bool), ("seen_at", Int)]),
 ];
 
 /// Tables whose `id` is a PostgreSQL identity column: its sequence must

@@ -31,6 +31,7 @@ mod live;
 pub mod migrate;
 mod nodes;
 mod open;
+mod presence;
 mod rows;
 mod subnets;
 mod tokens;
@@ -53,6 +54,7 @@ pub use self::{
     dns::qualify_name,
     nodes::{JoinRequest, JoinedNode, check_outside_overlay},
     open::{Location, LocationError},
+    presence::REFRESH_SECS as PRESENCE_REFRESH_SECS,
     subnets::underlay_conflict,
     tokens::NewToken,
 };

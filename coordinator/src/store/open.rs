@@ -405,6 +405,11 @@ mod tests {
                     "e0dc06485cfed761b6ba3c74041f951a27bda2d709b4c992a1ca504ab5dde65452b759bbdca86e6e53eb0dc878563f5c"
                         .to_string()
                 ),
+                (
+                    16,
+                    "3fae4a8dfdec864aded4c5e3ca359881d01730221ab8431899d4ad035d7b8be7ea42be6428e20939f7a927c722e39b89"
+                        .to_string()
+                ),
             ]
         );
         let pg: Vec<(i64, String)> =

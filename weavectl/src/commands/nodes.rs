@@ -3,7 +3,7 @@ use serde_json::{Value, json};
 use weave_proto::{
     client::Api,
     key::fingerprint,
-    v1::{ListNodesRequest, Node, RemoveNodeRequest},
+    v1::{ListNodesRequest, Node, NodePresence, RemoveNodeRequest},
 };
 
 use super::{Output, relative};
@@ -39,8 +39,10 @@ pub(super) async fn run(api: &mut Api, out: &Output, command: NodeCommand) -> Ou
 }
 
 pub(super) async fn list(api: &mut Api, out: &Output) -> Outcome {
-    let nodes = api.nodes.list_nodes(ListNodesRequest {}).await.doing("listing nodes")?.nodes;
-    let mut table = Table::new(&["ID", "NAME", "ADDRESS", "ENDPOINTS", "KEY", "JOINED"]);
+    let listed = api.nodes.list_nodes(ListNodesRequest {}).await.doing("listing nodes")?;
+    let (nodes, presence) = (listed.nodes, listed.presence);
+    let seen = |n: &Node| presence.iter().find(|p| p.node_id == n.id);
+    let mut table = Table::new(&["ID", "NAME", "ADDRESS", "ENDPOINTS", "KEY", "JOINED", "SEEN"]);
     for n in &nodes {
         table.row(vec![
             n.id.to_string(),
@@ -49,10 +51,28 @@ pub(super) async fn list(api: &mut Api, out: &Output) -> Outcome {
             endpoints_cell(n),
             fingerprint(&n.public_key),
             relative(n.joined_at),
+            seen_cell(seen(n)),
         ]);
     }
-    out.list(&table, || Value::Array(nodes.iter().map(node_json).collect()));
+    let listed = |n: &Node| {
+        let mut v = node_json(n);
+        v["connected"] = json!(seen(n).is_some_and(|p| p.connected));
+        v["seen_at"] = json!(seen(n).map(|p| p.seen_at));
+        v
+    };
+    out.list(&table, || Value::Array(nodes.iter().map(listed).collect()));
     Ok(())
+}
+
+/// Whether the node watches the map now, else when a coordinator last saw
+/// it (a dead host looked like a live one: found by a review, 2026-12-06);
+/// "never" for one that never watched (or only before this column existed).
+fn seen_cell(p: Option<&NodePresence>) -> String {
+    match p {
+        Some(p) if p.connected => "connected".into(),
+        Some(p) => relative(p.seen_at),
+        None => "never".into(),
+    }
 }
 
 /// The node's endpoints, and where the coordinator saw it when elsewhere (behind NAT).

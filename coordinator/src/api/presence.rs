@@ -1,0 +1,67 @@
+//! Which nodes hold a map watch on this coordinator, recorded in the store
+//! for `weavectl node ls` (`store/presence.rs`): when a node's first watch
+//! opens or its last one ends, and every `REFRESH_SECS` for the nodes still
+//! watching. One task writes everything, in the order it happened, and what
+//! arrived together in one transaction (10,000 agents reconnecting at once
+//! are a few writes, not 10,000 commits).
+use std::collections::HashMap;
+
+use tokio::sync::mpsc;
+
+use crate::store::{PRESENCE_REFRESH_SECS, Store};
+
+/// Where watch streams report their node's watch opening and ending.
+#[derive(Clone)]
+pub struct Presence(mpsc::UnboundedSender<(u64, bool)>);
+
+impl Presence {
+    /// The tracker, and its task: run it for the coordinator's life.
+    pub fn new(store: Store) -> (Self, impl std::future::Future<Output = ()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self(tx), run(store, rx))
+    }
+
+    /// Node `node`'s watch opened (`true`) or ended (`false`).
+    pub fn watch(&self, node: u64, open: bool) {
+        let _ = self.0.send((node, open));
+    }
+}
+
+async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<(u64, bool)>) {
+    let mut open: HashMap<u64, u32> = HashMap::new();
+    let period = std::time::Duration::from_secs(PRESENCE_REFRESH_SECS as u64);
+    let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        let mut changed: HashMap<u64, bool> = HashMap::new();
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(first) = event else { return };
+                let mut next = Some(first);
+                while let Some((node, opened)) = next {
+                    let count = open.entry(node).or_default();
+                    let before = *count > 0;
+                    *count = if opened { *count + 1 } else { count.saturating_sub(1) };
+                    let now_open = *count > 0;
+                    if !now_open {
+                        open.remove(&node);
+                    }
+                    // Its first watch opened, or its last one ended.
+                    if before != now_open {
+                        changed.insert(node, now_open);
+                    }
+                    next = rx.try_recv().ok();
+                }
+            }
+            _ = refresh.tick() => {
+                changed.extend(open.keys().map(|n| (*n, true)));
+            }
+        }
+        if changed.is_empty() {
+            continue;
+        }
+        let changes: Vec<(u64, bool)> = changed.into_iter().collect();
+        if let Err(e) = store.nodes_seen(&changes).await {
+            tracing::debug!(error = %e, nodes = changes.len(), "recording node presence");
+        }
+    }
+}
