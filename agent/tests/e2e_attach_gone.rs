@@ -294,6 +294,36 @@ fn a_namespace_that_outlives_the_process_it_was_attached_by_stays() {
     wait_for("the address to be given back", Duration::from_secs(20), || (!holds(&bed, ip)).then_some(()));
 }
 
+/// A named container's namespace path deleted while a process still runs
+/// in it, and made again for the next container: the name stays the running
+/// one's (exit 5) and so does its interface. The attach cut it off and said
+/// the namespace was gone (found by a review, 2026-12-06). Once the process
+/// ends, the name is free.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_reused_path_does_not_take_a_live_containers_name() {
+    let mut bed = Bed::with_hosts(1);
+    let ns = bed.add_container("t1");
+    let mut app = Command::new("ip").args(["netns", "exec", &ns, "sleep", "600"]).spawn().unwrap();
+    let w = bed.weavectl_attach(0, &ns, &["--name", "t1", &format!("/run/netns/{ns}")])[0];
+    let ip = bed.workloads[w].ip;
+    ok(&["ip", "netns", "del", &ns]);
+    ok(&["ip", "netns", "add", &ns]);
+    let pid = app.id().to_string();
+    let inside = |pid: &str| ok(&["nsenter", "-t", pid, "-n", "ip", "-o", "-4", "addr", "show"]);
+    let out = bed.weavectl(0, &["attach", "--name", "t1", &format!("/run/netns/{ns}")]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(5), "{said}");
+    assert!(said.contains("lives on"), "{said}");
+    assert!(inside(&pid).contains(&format!("{ip}/")), "the running container lost its address: {}", inside(&pid));
+    assert!(interfaces(&ns).is_empty(), "{:?}", interfaces(&ns));
+    let _ = app.kill();
+    let _ = app.wait();
+    wait_for("the name to be free once the process ended", Duration::from_secs(20), || {
+        bed.weavectl(0, &["attach", "--name", "t1", &format!("/run/netns/{ns}")]).status.success().then_some(())
+    });
+}
+
 /// A process whose main thread ends (`pthread_exit`) while a second thread
 /// sleeps; it says so on stdout first.
 const PTHREAD_EXIT: &str = "import ctypes, threading, time, sys

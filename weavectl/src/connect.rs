@@ -37,7 +37,9 @@ fn load(global: &Global) -> Outcome<AdminCredential> {
     if matches!(path.try_exists(), Ok(false)) {
         // On a host with an agent, what needs no admin credential.
         let here = if global.socket.exists() {
-            "; this host's own view needs none: `weavectl status peers`, `agent status`"
+            "; this host's own view needs none: `weavectl status peers`, `agent status`, and `weavectl \
+             status` reads with the host's node credential (--agent-data-dir <the agent's data dir>, \
+             WEAVE_AGENT_DATA_DIR, when it is not /var/lib/weave/agent)"
         } else {
             ""
         };

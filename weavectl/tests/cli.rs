@@ -628,7 +628,9 @@ fn missing_or_malformed_credential() {
     let mut on_a_host = bare();
     on_a_host.arg("--data-dir").arg(empty.path()).arg("--socket").arg(&socket).arg("status");
     on_a_host.assert().code(2).stderr(predicate::str::ends_with(
-        "; this host's own view needs none: `weavectl status peers`, `agent status`\n",
+        "; this host's own view needs none: `weavectl status peers`, `agent status`, and `weavectl status` reads \
+         with the host's node credential (--agent-data-dir <the agent's data dir>, WEAVE_AGENT_DATA_DIR, when it \
+         is not /var/lib/weave/agent)\n",
     ));
     bare()
         .args(["--admin", "hello", "status"])

@@ -158,10 +158,14 @@ impl Attacher {
         let stale = match registered {
             Some(n) => {
                 let holder_plugged = match self.names.get(n) {
-                    // Only where the path cannot tell: a namespace the agent
-                    // sees dies at `ip netns del` while its veths may linger.
-                    Some((path, ino)) if ino != c.inode && self.names.unseen(n) && !registry::alive(&path, ino) => {
-                        self.plugged(ino).await
+                    // Dead by its path, but a process still runs in it (its
+                    // path deleted and made again for the next one: the next
+                    // attach cut a live container off; found by a review,
+                    // 2026-12-06), or, where the path cannot tell (a
+                    // namespace the agent sees dies at `ip netns del`), its
+                    // veths linger.
+                    Some((path, ino)) if ino != c.inode && !registry::alive(&path, ino) => {
+                        crate::host::netns::in_use(ino) || (self.names.unseen(n) && self.plugged(ino).await)
                     }
                     _ => false,
                 };

@@ -318,9 +318,16 @@ impl Registry {
         if let Some((path, holder)) = saved.names.get(n)
             && *holder != inode
         {
-            if holder_plugged || alive(path, *holder) {
+            if alive(path, *holder) {
                 return Err(format!(
                     "name '{n}' is already in use by another container ({}): weavectl detach {n} first",
+                    path.display()
+                ));
+            }
+            if holder_plugged {
+                return Err(format!(
+                    "name '{n}' is already in use by the container that was at {}: its namespace lives on (a \
+                     process or an interface in it); weavectl detach {n} first",
                     path.display()
                 ));
             }

@@ -60,6 +60,12 @@ pub struct Timers {
     want_keepalive: bool,
     /// Did we send data without hearing back?
     want_handshake: bool,
+    /// weave: when the first data went out since the last packet came in
+    /// (none since): the start of KEEPALIVE + REKEY_TIMEOUT, as the kernel's
+    /// `new_handshake` timer. Measured from the last packet received, a send
+    /// after 15 s of quiet started a handshake at once (a warning and a
+    /// handshake per peer for each broadcast; firezone/boringtun#66).
+    pub(super) first_unanswered: Option<Duration>,
     persistent_keepalive: usize,
     /// Should this timer call reset rr function (if not a shared rr instance)
     pub(super) should_reset_rr: bool,
@@ -74,6 +80,7 @@ impl Timers {
             session_timers: Default::default(),
             want_keepalive: Default::default(),
             want_handshake: Default::default(),
+            first_unanswered: None,
             persistent_keepalive: usize::from(persistent_keepalive.unwrap_or(0)),
             should_reset_rr: reset_rr,
         }
@@ -92,6 +99,7 @@ impl Timers {
         }
         self.want_handshake = false;
         self.want_keepalive = false;
+        self.first_unanswered = None;
     }
 }
 
@@ -114,6 +122,11 @@ impl Tunn {
             TimeLastPacketReceived => {
                 self.timers.want_keepalive = true;
                 self.timers.want_handshake = false;
+                self.timers.first_unanswered = None;
+            }
+            TimeLastDataPacketSent => {
+                let now = self.timers[TimeCurrent];
+                self.timers.first_unanswered.get_or_insert(now);
             }
             TimeLastPacketSent => {
                 self.timers.want_handshake = true;
@@ -256,7 +269,9 @@ impl Tunn {
                         && now - session_established
                             >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
                     {
-                        tracing::warn!(
+                        // weave: debug, as its "on send" twin: the rekey of
+                        // every live tunnel, not a fault.
+                        tracing::debug!(
                             "HANDSHAKE(REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - \
                         REKEY_TIMEOUT \
                         (on receive))"
@@ -267,9 +282,12 @@ impl Tunn {
 
                 // If we have sent a packet to a given peer but have not received a
                 // packet after from that peer for (KEEPALIVE + REKEY_TIMEOUT) ms,
-                // we initiate a new handshake.
+                // we initiate a new handshake. weave: counted from the first
+                // data sent since (`first_unanswered`), not from the last
+                // packet received.
+                let unanswered = self.timers.first_unanswered.map(|t| now.saturating_sub(t));
                 if data_packet_sent > aut_packet_received
-                    && now - aut_packet_received >= KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
+                    && unanswered.is_some_and(|u| u >= KEEPALIVE_TIMEOUT + REKEY_TIMEOUT)
                     && mem::replace(&mut self.timers.want_handshake, false)
                 {
                     tracing::warn!("HANDSHAKE(KEEPALIVE + REKEY_TIMEOUT)");
@@ -331,5 +349,53 @@ impl Tunn {
         } else {
             None
         }
+    }
+}
+
+// weave: `first_unanswered` (the timers aged by moving their start back).
+#[cfg(all(test, not(feature = "mock-instant")))]
+mod tests {
+    use super::*;
+    use crate::noise::Packet;
+    use rand_core::OsRng;
+
+    fn age(tun: &mut Tunn, d: Duration) {
+        tun.timers.time_started = tun.timers.time_started.earlier(d);
+    }
+
+    #[test]
+    fn a_send_after_a_quiet_spell_starts_a_handshake_only_once_unanswered_for_15_s() {
+        let (a_secret, b_secret) = (
+            x25519_dalek::StaticSecret::random_from_rng(OsRng),
+            x25519_dalek::StaticSecret::random_from_rng(OsRng),
+        );
+        let (a_public, b_public) = (
+            x25519_dalek::PublicKey::from(&a_secret),
+            x25519_dalek::PublicKey::from(&b_secret),
+        );
+        let mut a = Tunn::new(a_secret, b_public, None, None, 1, None);
+        let mut b = Tunn::new(b_secret, a_public, None, None, 2, None);
+        let (mut x, mut y) = (vec![0u8; 2048], vec![0u8; 2048]);
+        let TunnResult::WriteToNetwork(init) = a.format_handshake_initiation(&mut x, false) else { panic!() };
+        let TunnResult::WriteToNetwork(resp) = b.decapsulate(None, init, &mut y) else { panic!() };
+        let TunnResult::WriteToNetwork(_) = a.decapsulate(None, resp, &mut x) else { panic!("no keepalive") };
+        // 30 s of quiet, then a packet to the peer: no handshake for it yet
+        // (the release started one at once, 15 s after the last packet in).
+        age(&mut a, Duration::from_secs(30));
+        let is_init = |r: TunnResult| match r {
+            TunnResult::WriteToNetwork(p) => matches!(Tunn::parse_incoming_packet(p), Ok(Packet::HandshakeInit(_))),
+            _ => false,
+        };
+        assert!(!is_init(a.update_timers(&mut x)));
+        let mut packet = vec![0u8; 40];
+        packet[0] = 0x45;
+        packet[3] = 40;
+        assert!(matches!(a.encapsulate(&packet, &mut x), TunnResult::WriteToNetwork(_)));
+        assert!(!is_init(a.update_timers(&mut x)), "a handshake for a send just made");
+        age(&mut a, Duration::from_secs(10));
+        assert!(!is_init(a.update_timers(&mut x)), "a handshake 10 s after the send");
+        // Unanswered for 16 s: now one.
+        age(&mut a, Duration::from_secs(6));
+        assert!(is_init(a.update_timers(&mut x)), "no handshake 16 s after an unanswered send");
     }
 }

@@ -61,6 +61,13 @@ impl Instant {
     pub fn elapsed(&self) -> Duration {
         Self::now().duration_since(*self)
     }
+
+    /// weave (tests): the instant `d` before this one, to age a tunnel's
+    /// timers without waiting.
+    #[cfg(test)]
+    pub(crate) fn earlier(&self, d: Duration) -> Self {
+        Self { t: self.t.earlier(d) }
+    }
 }
 
 #[cfg(test)]

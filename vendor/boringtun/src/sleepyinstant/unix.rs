@@ -51,6 +51,11 @@ impl Instant {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn earlier(&self, d: Duration) -> Self {
+        Self { t: self.t - TimeSpec::from_duration(d) }
+    }
+
     pub(crate) fn duration_since(&self, earlier: Instant) -> Duration {
         self.checked_duration_since(earlier)
             .unwrap_or(Duration::ZERO)
