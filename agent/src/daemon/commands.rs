@@ -208,7 +208,7 @@ async fn serve(
             (coordinator_ips.clone(), coordinator_addrs),
             (!kept).then_some(rules),
         )),
-        tokio::spawn(control::dns_loop(dns.clone(), map_rx.clone())),
+        tokio::spawn(control::dns_loop(dns.clone(), map_rx.clone(), identity.node_id)),
         tokio::spawn(attacher.clone().route_on_egress()),
         tokio::spawn({
             let dns = dns.clone();

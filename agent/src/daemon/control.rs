@@ -328,12 +328,25 @@ pub async fn reconcile_loop(
 /// change; a review, 2026-12-05). Most map changes are none of these: a
 /// member allocating and releasing as fast as its pace allows made every
 /// agent rebuild every name of the cluster each time.
-pub async fn dns_loop(dns: DnsServer, mut maps: watch::Receiver<NetworkMap>) {
+pub async fn dns_loop(dns: DnsServer, mut maps: watch::Receiver<NetworkMap>, own_node: u64) {
     type Built = (String, String, Vec<String>, Vec<weave_proto::v1::DnsRecord>);
     let mut built: Option<Built> = None;
+    let mut held: Vec<(String, u64)> = Vec::new();
     loop {
         let records = {
             let map = maps.borrow_and_update();
+            // The subnets of this node's containers: each one's scopes.
+            let mut now: Vec<(String, u64)> = map
+                .allocations
+                .iter()
+                .filter(|a| a.node_id == own_node)
+                .map(|a| (a.container.clone(), a.subnet_id))
+                .collect();
+            now.sort();
+            if now != held {
+                dns.scopes_from_map(&map, own_node);
+                held = now;
+            }
             let cidrs: Vec<String> = map.subnets.iter().map(|s| s.cidr.clone()).collect();
             let same = built.as_ref().is_some_and(|(d, range, c, r)| {
                 *d == map.dns_domain && *range == map.range && *c == cidrs && *r == map.dns_records

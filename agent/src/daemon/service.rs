@@ -272,6 +272,10 @@ impl LocalService {
                 if let Err(e) = served {
                     tracing::warn!(key, error = %e, "attached, but cannot serve DNS in the container");
                 }
+                // Its subnets now (the map shows the attach by now): the
+                // map loop sets them on changes, but may have run before
+                // this key was served.
+                self.dns.scopes_from_map(&self.maps.borrow(), self.identity.node_id);
             }
             (Some(DnsPlan::Stop { key }), Response::Released(_)) => {
                 // Closes the sockets and forgets the key's names (the registry).

@@ -140,6 +140,11 @@ impl Registry {
         }
     }
 
+    /// The `--name`s and CNI ids that lead to DNS key `key`.
+    pub fn aliases_of(&self, key: &str) -> Vec<String> {
+        self.saved().aliases.iter().filter(|(_, k)| *k == key).map(|(a, _)| a.clone()).collect()
+    }
+
     /// The DNS key a `--name` or CNI id leads to.
     pub fn dns_key(&self, alias: &str) -> Option<String> {
         self.saved().aliases.get(alias).cloned()

@@ -71,7 +71,7 @@ async fn dns_records_are_rebuilt_only_when_they_change() {
         ..Default::default()
     };
     let (maps, seen) = watch::channel(NetworkMap { dns_records: vec![record("a")], ..Default::default() });
-    let task = tokio::spawn(dns_loop(dns.clone(), seen));
+    let task = tokio::spawn(dns_loop(dns.clone(), seen, 1));
     let settled = || async {
         for _ in 0..10 {
             tokio::task::yield_now().await;
