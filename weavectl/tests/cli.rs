@@ -484,7 +484,8 @@ fn the_admin_releases_a_containers_addresses() {
     c.fails(
         &["ipam", "release", "c9", "--node", "host-1"],
         4,
-        "weavectl: releasing the addresses of c9 on host-1: container 'c9' on node host-1 has no address",
+        "weavectl: releasing the addresses of c9 on host-1: container 'c9' on node host-1 has no address, and none \
+         is kept for it",
     );
     c.fails(
         &["ipam", "release", "c1", "--node", "host-1", "--subnet", "10.32.0.1/16"],
@@ -497,6 +498,14 @@ fn the_admin_releases_a_containers_addresses() {
     );
     assert_eq!(c.json(&["ipam", "ls"]), serde_json::json!([]));
     c.fails(&["dns", "lookup", "web"], 4, "weavectl: looking up web: no record for web.weave.local.");
+    // Released, its address is kept for it (--address-hold); released
+    // again, the hold ends and another host's container may take it.
+    assert_eq!(c.json(&["ipam", "holds"])[0]["address"], address.as_str());
+    assert_eq!(
+        c.ok(&["ipam", "release", "c1", "--node", "host-1"]),
+        format!("ended the hold on {address}: any node may take it now\n")
+    );
+    assert_eq!(c.json(&["ipam", "holds"]), serde_json::json!([]));
 }
 
 #[test]

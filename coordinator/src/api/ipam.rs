@@ -8,7 +8,10 @@ use weave_proto::{
 };
 
 use super::Shared;
-use crate::{error::Error, store::AllocationFilter};
+use crate::{
+    error::Error,
+    store::{AllocationFilter, Caller},
+};
 
 pub struct Ipam(pub Shared);
 
@@ -49,8 +52,19 @@ impl IpamService for Ipam {
         let caller = self.0.caller(&request).await?;
         let r = request.get_ref();
         let node = self.0.target_node(&caller, &r.node).await?;
-        let (released, records) = self.0.store.release(node, r.container.trim(), opt(&r.subnet)).await?;
-        Ok(Response::new(ReleaseResponse { released, removed_dns_records: records }))
+        let (released, records) = match self.0.store.release(node, r.container.trim(), opt(&r.subnet)).await {
+            // Nothing allocated: the admin ends what is kept for it (a
+            // node's repeated release stays "already released").
+            Err(Error::NotFound(why)) if matches!(caller, Caller::Admin) => {
+                let freed = self.0.store.end_holds(node, r.container.trim(), opt(&r.subnet)).await?;
+                if freed.is_empty() {
+                    return Err(Error::NotFound(format!("{why}, and none is kept for it")).into());
+                }
+                return Ok(Response::new(ReleaseResponse { freed_holds: freed, ..Default::default() }));
+            }
+            other => other?,
+        };
+        Ok(Response::new(ReleaseResponse { released, removed_dns_records: records, freed_holds: Vec::new() }))
     }
 
     async fn list_allocations(

@@ -158,8 +158,8 @@ pub(super) async fn check_explicit(tx: &mut Tx, caller: &Caller, ip: IpAddr, nod
     match (held, caller) {
         (Some((node, container, released_at, until)), Caller::Node { .. }) => Err(Error::AlreadyExists(format!(
             "{ip} was released by container {container} on node {node} {}s ago and is kept for it for another {}s \
-             (coordinator --address-hold), in case it comes back; an admin's Allocate through the API may \
-             assign it now",
+             (coordinator --address-hold), in case it comes back; the admin can end that now: weavectl ipam \
+             release {container} --node {node}",
             now.saturating_sub(released_at),
             until.saturating_sub(now),
         ))),
@@ -176,6 +176,39 @@ pub(super) async fn taken(tx: &mut Tx, ip: IpAddr) -> Result<()> {
 impl super::Store {
     /// The live holds, oldest release first, of `node_id` and in `subnet`
     /// (a CIDR or a name) when given.
+    /// Ends the holds kept for container `container` of node `node_id`
+    /// (in `subnet`, or all): the admin's `weavectl ipam release` of a
+    /// container already released, to give its address to another host's
+    /// container now (it said "has no address" and the hold's message
+    /// named an API call weavectl did not have; found by a review,
+    /// 2026-12-06). The addresses freed, with their prefix.
+    pub async fn end_holds(&self, node_id: u64, container: &str, subnet: Option<&str>) -> Result<Vec<String>> {
+        let mut tx = self.begin().await?;
+        let subnet_id = match subnet {
+            Some(sel) => Some(rows::resolve_subnet(tx.c(), sel).await?.id),
+            None => None,
+        };
+        let rows = db::query(
+            "DELETE FROM address_holds WHERE node_id = $1 AND container = $2 AND held_until > $3 \
+             AND ($4 IS NULL OR subnet_id = $4) RETURNING address, subnet_id",
+        )
+        .bind(node_id as i64)
+        .bind(container)
+        .bind(super::now())
+        .bind(subnet_id)
+        .fetch_all(tx.c())
+        .await?;
+        let mut freed = Vec::new();
+        for r in &rows {
+            let (address, subnet): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
+            let cidr: String =
+                db::query_scalar("SELECT cidr FROM subnets WHERE id = $1").bind(subnet).fetch_one(tx.c()).await?;
+            freed.push(rows::with_prefix(&address, &cidr));
+        }
+        self.commit(tx).await?;
+        Ok(freed)
+    }
+
     pub async fn list_holds(&self, node_id: Option<u64>, subnet: Option<&str>) -> Result<Vec<v1::AddressHold>> {
         let mut c = self.read.acquire().await?;
         let subnet_id = match subnet {

@@ -42,10 +42,18 @@ pub(super) async fn run(api: &mut Api, out: &Output, command: IpamCommand) -> Ou
             let what = format!("releasing the addresses of {container} on {node}");
             let r = api.ipam.release(req).await.doing(what)?;
             let addresses: Vec<&str> = r.released.iter().map(|a| a.address.as_str()).collect();
-            out.done(
-                &format!("released {} ({} DNS record(s) removed)", addresses.join(", "), r.removed_dns_records),
-                || json!({ "released": addresses, "removed_dns_records": r.removed_dns_records }),
-            );
+            // Nothing held any more: the addresses kept for it go to anyone now.
+            let said = match addresses.is_empty() {
+                true => format!("ended the hold on {}: any node may take it now", r.freed_holds.join(", ")),
+                false => format!("released {} ({} DNS record(s) removed)", addresses.join(", "), r.removed_dns_records),
+            };
+            out.done(&said, || {
+                json!({
+                    "released": addresses,
+                    "removed_dns_records": r.removed_dns_records,
+                    "freed_holds": r.freed_holds,
+                })
+            });
             Ok(())
         }
         IpamCommand::Holds { node, subnet } => {
