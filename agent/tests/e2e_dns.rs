@@ -596,6 +596,11 @@ fn a_name_on_two_subnets_answers_each_tier_its_own_address() {
     }
     // api itself, on both: both.
     d.wait_answer(api[0], "api.weave.local", &[front.clone(), back.clone()]);
+    // Asked on the other host, a name says where it lives (it said
+    // "unknown container" alone; the same review).
+    let out = d.bed.weavectl(1, &["detach", "net:10.2.1.0/24", "api"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(4) && said.contains("is attached on host h1"), "{said}");
     // Off the front subnet: the front tier's container gets what is left.
     let out = d.bed.weavectl(0, &["detach", "net:10.2.1.0/24", "api"]);
     assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));

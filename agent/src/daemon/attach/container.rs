@@ -86,8 +86,16 @@ impl Attacher {
         {
             Path::new("/run/netns").join(container)
         } else {
+            // Another host's container, by its name (found by a review,
+            // 2026-12-06: "unknown container" said nothing of where it is).
+            let map = self.maps.borrow();
+            let node = map.allocations.iter().find(|a| a.container == container && a.node_id != self.node_id);
+            let elsewhere =
+                node.and_then(|a| map.nodes.iter().find(|n| n.id == a.node_id)).map_or_else(String::new, |n| {
+                    format!(" (a container '{container}' is attached on host {}: run this there)", n.name)
+                });
             return Err(Refusal::unknown_container(format!(
-                "unknown container '{container}': give a netns path, a pid, or a name registered with --name"
+                "unknown container '{container}': give a netns path, a pid, or a name registered with --name{elsewhere}"
             )));
         };
         let netns = match netns {
