@@ -596,6 +596,16 @@ fn a_name_on_two_subnets_answers_each_tier_its_own_address() {
     }
     // api itself, on both: both.
     d.wait_answer(api[0], "api.weave.local", &[front.clone(), back.clone()]);
+    // A name under the front subnet's scope (what a Docker network's alias
+    // is, or a member's `dns add web.<scope>`) does not shadow the cluster's
+    // `web` for containers attached by weavectl (it did for all of them;
+    // found by a review, 2026-12-06).
+    let web_ip = d.ip(web);
+    let out = d.bed.weavectl_admin(&["dns", "add", "web.10-2-1-0-24", &front]);
+    assert!(out.status.success(), "dns add: {}", String::from_utf8_lossy(&out.stderr));
+    d.wait_answer(api[0], "web.10-2-1-0-24.weave.local", std::slice::from_ref(&front));
+    assert_eq!(d.dig(api[0], &["web.weave.local"]), std::slice::from_ref(&web_ip));
+    assert_eq!(d.dig(api[0], &["web"]), std::slice::from_ref(&web_ip));
     // Asked on the other host, a name says where it lives (it said
     // "unknown container" alone; the same review).
     let out = d.bed.weavectl(1, &["detach", "net:10.2.1.0/24", "api"]);

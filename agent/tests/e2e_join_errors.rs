@@ -78,6 +78,20 @@ fn bad_tokens_fail_fast_and_leave_nothing_behind() {
     let line = log.lines().find(|l| l.contains("authentication failed")).unwrap_or_else(|| panic!("{log}"));
     assert!(line.contains("192.0.2.30") && line.contains(&real.id) && line.contains("wrong secret"), "{line}");
     assert!(!log.contains(&real.secret) && !log.contains(&wrong_secret.secret), "a secret in the log");
+    // What a caller sends is logged escaped: a name with a line break in it
+    // wrote a line of the caller's choosing into the log (found by a
+    // review, 2026-12-06).
+    let forged = "evil\n2026-12-06T02:00:00Z  INFO weave_coordinator: forged";
+    // Another coordinator's pin: refused before the name is checked.
+    let token = JoinToken { pin: weave_proto::token::Pin([9; 32]), ..wrong_secret.clone() }.to_string();
+    bed.admin(move |mut api| async move {
+        let req =
+            weave_proto::v1::JoinRequest { token, name: forged.into(), public_key: vec![7; 32], ..Default::default() };
+        assert!(api.join.join(req).await.is_err());
+    });
+    let log = std::fs::read_to_string(bed.path("coordinator.log")).unwrap();
+    assert!(!log.lines().any(|l| l.starts_with("2026-12-06T02:00:00Z")), "{log}");
+    assert!(log.contains("evil\\n2026"), "the name is not in the log, escaped: {log}");
 }
 
 /// A flag the agent cannot use is refused before the join (exit 2, one

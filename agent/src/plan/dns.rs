@@ -287,7 +287,8 @@ fn scoped(records: &Records, name: &str, scopes: &[String]) -> Option<Vec<IpAddr
     if label.is_empty() || label.contains('.') {
         return None;
     }
-    scopes.iter().find_map(|scope| {
+    // A subnet the asker is only on (`NETWORK_ONLY`) lends it no aliases.
+    scopes.iter().filter(|s| !s.starts_with(NETWORK_ONLY)).find_map(|scope| {
         let net = weave_proto::dns_name::scope_subnet(scope)?;
         let found = records.by_name.get(&format!("{label}.{scope}.{}", records.domain))?;
         let inside: Vec<IpAddr> =
@@ -303,7 +304,8 @@ fn scoped(records: &Records, name: &str, scopes: &[String]) -> Option<Vec<IpAddr
 /// (Docker answers a name with the address on the asker's network; found
 /// by a review, 2026-12-05). All of them when none is, or with no scopes.
 fn on_networks(addrs: &[IpAddr], scopes: &[String]) -> Vec<IpAddr> {
-    let nets: Vec<ipnet::Ipv4Net> = scopes.iter().filter_map(|s| weave_proto::dns_name::scope_subnet(s)).collect();
+    let nets: Vec<ipnet::Ipv4Net> =
+        scopes.iter().filter_map(|s| weave_proto::dns_name::scope_subnet(s.trim_start_matches(NETWORK_ONLY))).collect();
     let inside = |ip: &IpAddr| matches!(ip, IpAddr::V4(v4) if nets.iter().any(|n| n.contains(v4)));
     if !addrs.iter().any(inside) {
         return addrs.to_vec();
@@ -311,6 +313,15 @@ fn on_networks(addrs: &[IpAddr], scopes: &[String]) -> Vec<IpAddr> {
     // The IPv4 addresses on the asker's networks; IPv6 ones (AAAA) all stay.
     addrs.iter().copied().filter(|ip| ip.is_ipv6() || inside(ip)).collect()
 }
+
+/// Marks a scope the asker is on but whose aliases are not its own: the
+/// subnets of a container attached by weavectl or CNI (taken from the map)
+/// narrow a name's addresses to its networks ([`on_networks`]), and lend
+/// it no `label.<scope>` names ([`scoped`]): those are a Docker network's
+/// aliases, and for every container they shadowed the cluster's name, a
+/// member's `dns add db.<scope>` taking `db` over for all (found by a
+/// review, 2026-12-06). No DNS label holds it.
+pub const NETWORK_ONLY: char = '~';
 
 /// The DNS label that scopes names to weave subnet `cidr` (`10.2.3.0/24` ->
 /// `10-2-3-0-24`): a Docker alias `db` on that subnet's network is the

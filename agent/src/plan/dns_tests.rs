@@ -110,6 +110,20 @@ fn a_networks_aliases_answer_its_containers_first() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let Answer::Local(six) = answer(&r, &ask("api.", RecordType::AAAA), &scopes, &mut rng) else { panic!() };
     assert_eq!(addrs(&six), ["fd00::2"]);
+    // A container attached by weavectl or CNI is on its subnets only
+    // (NETWORK_ONLY): the same narrowing, and no Docker alias shadows the
+    // cluster's name for it (a member's `db.<scope>` took `db` over for
+    // every such container; found by a review, 2026-12-06).
+    assert_eq!(on(&["~10-2-3-0-24"]), ["10.2.3.11"]);
+    let r = Records::from_map(&m, DEFAULT_DOMAIN);
+    let db = |scopes: &[&str]| {
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let Answer::Local(m) = answer(&r, &ask("db.", RecordType::A), &scopes, &mut rng) else { panic!() };
+        addrs(&m)
+    };
+    assert_eq!(db(&["10-2-3-0-24"]), ["10.2.3.7"], "a Docker container on the network: its alias");
+    assert_eq!(db(&["~10-2-3-0-24"]), ["10.32.0.3"], "any other container: the cluster's db");
 }
 
 #[test]

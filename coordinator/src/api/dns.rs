@@ -10,14 +10,14 @@ pub struct Dns(pub Shared);
 
 #[tonic::async_trait]
 impl DnsService for Dns {
-    #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
+    #[tracing::instrument(skip_all, fields(name = ?request.get_ref().name))]
     async fn add_record(&self, request: Request<AddRecordRequest>) -> Result<Response<DnsRecord>, Status> {
         let caller = self.0.caller(&request).await?;
         let r = request.get_ref();
         Ok(Response::new(self.0.store.add_record(&caller, &r.name, &r.address).await?))
     }
 
-    #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
+    #[tracing::instrument(skip_all, fields(name = ?request.get_ref().name))]
     async fn remove_records(
         &self,
         request: Request<RemoveRecordsRequest>,
@@ -44,7 +44,7 @@ impl DnsService for Dns {
         Ok(Response::new(ListRecordsResponse { records, shared_names: self.0.store.shared_names().await? }))
     }
 
-    #[tracing::instrument(skip_all, fields(name = %request.get_ref().name, shared = request.get_ref().shared))]
+    #[tracing::instrument(skip_all, fields(name = ?request.get_ref().name, shared = request.get_ref().shared))]
     async fn share_name(&self, request: Request<ShareNameRequest>) -> Result<Response<ShareNameResponse>, Status> {
         self.0.admin(&request).await?;
         let r = request.get_ref();

@@ -31,7 +31,7 @@ impl Ipam {
 
 #[tonic::async_trait]
 impl IpamService for Ipam {
-    #[tracing::instrument(skip_all, fields(container = %request.get_ref().container, subnet = %request.get_ref().subnet))]
+    #[tracing::instrument(skip_all, fields(container = ?request.get_ref().container, subnet = ?request.get_ref().subnet))]
     async fn allocate(&self, request: Request<AllocateRequest>) -> Result<Response<Allocation>, Status> {
         let caller = self.0.caller(&request).await?;
         let r = request.get_ref();
@@ -47,7 +47,7 @@ impl IpamService for Ipam {
         Ok(Response::new(allocation))
     }
 
-    #[tracing::instrument(skip_all, fields(container = %request.get_ref().container, subnet = %request.get_ref().subnet))]
+    #[tracing::instrument(skip_all, fields(container = ?request.get_ref().container, subnet = ?request.get_ref().subnet))]
     async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
         let caller = self.0.caller(&request).await?;
         let r = request.get_ref();

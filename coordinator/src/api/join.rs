@@ -134,7 +134,7 @@ pub(super) fn observed_endpoint(from: Option<std::net::SocketAddr>, endpoints: &
 
 #[tonic::async_trait]
 impl JoinService for Join {
-    #[tracing::instrument(skip_all, fields(node = %request.get_ref().name))]
+    #[tracing::instrument(skip_all, fields(node = ?request.get_ref().name))]
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         self.0.failures.counted(request.remote_addr(), self.join_checked(request)).await
     }

@@ -20,7 +20,7 @@ impl NodeService for Nodes {
         Ok(Response::new(ListNodesResponse { nodes, presence: self.0.store.presence().await? }))
     }
 
-    #[tracing::instrument(skip_all, fields(node = %request.get_ref().node))]
+    #[tracing::instrument(skip_all, fields(node = ?request.get_ref().node))]
     async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
         self.0.admin(&request).await?;
         let (node, allocations, records) = self.0.store.remove_node(&request.get_ref().node).await?;

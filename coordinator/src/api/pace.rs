@@ -262,7 +262,7 @@ impl Failures {
                 // second): a refused join or a dead credential left no trace
                 // but a histogram bucket (found by a review, 2026-12-06). The
                 // messages name token ids, never a secret.
-                tracing::warn!(source = ?from.map(|f| f.ip()), reason = s.message(), "authentication failed");
+                tracing::warn!(source = ?from.map(|f| f.ip()), reason = ?s.message(), "authentication failed");
                 self.failed(from);
                 if let Some(p) = proof {
                     self.known.lock().unwrap_or_else(|p| p.into_inner()).remove(p);

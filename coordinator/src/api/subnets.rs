@@ -18,7 +18,7 @@ pub struct Subnets(pub Shared);
 
 #[tonic::async_trait]
 impl SubnetService for Subnets {
-    #[tracing::instrument(skip_all, fields(subnet = %request.get_ref().cidr))]
+    #[tracing::instrument(skip_all, fields(subnet = ?request.get_ref().cidr))]
     async fn add_subnet(&self, request: Request<AddSubnetRequest>) -> Result<Response<Subnet>, Status> {
         // A node may add an unnamed subnet (an agent's Docker plugin maps
         // `docker network create --subnet` onto one); naming, renaming and
@@ -67,7 +67,7 @@ impl SubnetService for Subnets {
         Ok(Response::new(ListSubnetsResponse { subnets: self.0.store.list_subnets().await? }))
     }
 
-    #[tracing::instrument(skip_all, fields(subnet = %request.get_ref().subnet))]
+    #[tracing::instrument(skip_all, fields(subnet = ?request.get_ref().subnet))]
     async fn remove_subnet(
         &self,
         request: Request<RemoveSubnetRequest>,
@@ -87,7 +87,7 @@ impl SubnetService for Subnets {
         Ok(Response::new(RemoveSubnetResponse { subnet: Some(subnet), released_allocations: released }))
     }
 
-    #[tracing::instrument(skip_all, fields(subnet = %request.get_ref().subnet))]
+    #[tracing::instrument(skip_all, fields(subnet = ?request.get_ref().subnet))]
     async fn update_subnet(&self, request: Request<UpdateSubnetRequest>) -> Result<Response<Subnet>, Status> {
         self.0.admin(&request).await?;
         let r = request.get_ref();

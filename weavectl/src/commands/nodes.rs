@@ -51,7 +51,7 @@ pub(super) async fn list(api: &mut Api, out: &Output) -> Outcome {
             endpoints_cell(n),
             fingerprint(&n.public_key),
             relative(n.joined_at),
-            seen_cell(seen(n)),
+            seen_cell(seen(n), !presence.is_empty()),
         ]);
     }
     let listed = |n: &Node| {
@@ -66,12 +66,15 @@ pub(super) async fn list(api: &mut Api, out: &Output) -> Outcome {
 
 /// Whether the node watches the map now, else when a coordinator last saw
 /// it (a dead host looked like a live one: found by a review, 2026-12-06);
-/// "never" for one that never watched (or only before this column existed).
-fn seen_cell(p: Option<&NodePresence>) -> String {
+/// "never" for one that never watched (or only before this column existed);
+/// "-" for all when none has any (a coordinator older than this weavectl
+/// sends none, and "never" would say every node is down).
+fn seen_cell(p: Option<&NodePresence>, any: bool) -> String {
     match p {
         Some(p) if p.connected => "connected".into(),
         Some(p) => relative(p.seen_at),
-        None => "never".into(),
+        None if any => "never".into(),
+        None => "-".into(),
     }
 }
 

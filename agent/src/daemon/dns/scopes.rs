@@ -8,7 +8,10 @@ use std::{collections::HashMap, sync::Arc};
 use weave_proto::v1::NetworkMap;
 
 use super::{DnsServer, limits::Scopes};
-use crate::{host::netns::inode_in_key, plan::dns::scope_of};
+use crate::{
+    host::netns::inode_in_key,
+    plan::dns::{NETWORK_ONLY, scope_of},
+};
 
 impl DnsServer {
     /// The scopes of namespace `key`, made empty if it has none yet.
@@ -25,7 +28,8 @@ impl DnsServer {
 
     /// Each served namespace's scopes from `map`: the subnets its container
     /// holds addresses in on this node (`own_node`), found under every name
-    /// that leads to it (its DNS key, `--name`, CNI id). A container on two
+    /// that leads to it (its DNS key, `--name`, CNI id), as network-only
+    /// scopes (`plan::dns::NETWORK_ONLY`: no Docker aliases). A container on two
     /// subnets has its name on both, and one asked from the other tier got
     /// the address it cannot reach first most of the time (found by a
     /// review, 2026-12-06). A key whose container holds nothing under those
@@ -37,7 +41,7 @@ impl DnsServer {
         let mut held: HashMap<&str, Vec<String>> = HashMap::new();
         for a in map.allocations.iter().filter(|a| a.node_id == own_node) {
             if let Some(c) = cidr.get(&a.subnet_id) {
-                held.entry(a.container.as_str()).or_default().push(scope_of(c));
+                held.entry(a.container.as_str()).or_default().push(format!("{NETWORK_ONLY}{}", scope_of(c)));
             }
         }
         let served: Vec<String> = self.inner.served.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
@@ -49,7 +53,14 @@ impl DnsServer {
                 names.iter().filter_map(|n| held.get(n.as_str())).flatten().cloned().collect();
             scopes.sort();
             scopes.dedup();
-            if !scopes.is_empty() {
+            // The Docker plugin's (whole scopes) stay as it set them.
+            let docker = self
+                .scopes_of(&key)
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|s| !s.starts_with(NETWORK_ONLY));
+            if !scopes.is_empty() && !docker {
                 self.set_scopes(&key, scopes);
             }
         }
