@@ -215,6 +215,32 @@ fn a_dead_record_of_a_live_containers_id_gives_nothing_back() {
     let out = plugin_on(&weave_cni(), "DEL", &format!("/run/netns/{new}"), &id, &conf, "eth0");
     assert!(out.status.success(), "DEL: {}", String::from_utf8_lossy(&out.stdout));
     assert!(!bed.allocations().iter().any(|a| a.contains(&format!(" {}/", ips[1]))), "{:?}", bed.allocations());
+
+    // On two networks, back again on the first alone (podman dropped the
+    // second while its DEL failed): the dead namespace's address on the
+    // second network's subnet is the dead one's alone, and goes back. It
+    // stayed held for good, its name answering with a dead address (found
+    // by a review, 2026-12-06).
+    let out = bed.weavectl_admin(&["subnet", "add", "10.2.3.0/24"]);
+    assert!(out.status.success(), "subnet add: {}", String::from_utf8_lossy(&out.stderr));
+    let mut back = conf.clone();
+    back["name"] = json!("back");
+    back["subnet"] = json!("10.2.3.0/24");
+    let id = format!("{}-two", bed.prefix);
+    let (old, new) = (bed.add_container("old2"), bed.add_container("new2"));
+    let add = |ns: &str, conf: &Value, ifname: &str| {
+        let out = plugin_on(&weave_cni(), "ADD", &format!("/run/netns/{ns}"), &id, conf, ifname);
+        assert!(out.status.success(), "ADD in {ns}: {}", String::from_utf8_lossy(&out.stdout));
+        json_out(&out)["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string()
+    };
+    let (front, second) = (add(&old, &conf, "eth0"), add(&old, &back, "eth1"));
+    assert_eq!(add(&new, &conf, "eth0"), front);
+    ok(&["ip", "netns", "del", &old]);
+    let held = |ip: &str| bed.allocations().iter().any(|a| a.contains(&format!(" {ip}/")));
+    wait_for("the second network's address to be given back", std::time::Duration::from_secs(30), || {
+        (!held(&second)).then_some(())
+    });
+    assert!(held(&front), "the live one's address went: {:?}", bed.allocations());
 }
 
 /// An agent killed while the coordinator is giving containers their

@@ -144,9 +144,16 @@ fn podman_containers_on_two_hosts_get_addresses_names_and_release_them() {
     // `podman network reload` (a DEL and an ADD asking for the container's
     // own address and MAC back, CNI_ARGS IP= MAC=) keeps its address, name
     // and traffic: every container lost its interface before (a review).
+    // A container run with --ip too: its reload's ADD has the address in
+    // runtimeConfig.ips and its MAC in CNI_ARGS, no IP= (refused: it lost
+    // its network; found by a review, 2026-12-06).
+    let fixed = ["run", "-d", "--name", "pw-fixed", "--network", "weave", "--ip", "10.32.0.50", IMAGE, "sleep", "600"];
+    hosts[0].ok(&fixed);
     hosts[0].ok(&["network", "reload", "--all"]);
     let inside = hosts[0].ok(&["exec", "pw-a", "ip", "-o", "-4", "addr", "show", "eth0"]);
     assert!(inside.contains(&format!(" {a}/")), "pw-a after the reload: {inside}");
+    let inside = hosts[0].ok(&["exec", "pw-fixed", "ip", "-o", "-4", "addr", "show", "eth0"]);
+    assert!(inside.contains(" 10.32.0.50/"), "pw-fixed after the reload: {inside}");
     assert!(held(a), "{:?}", bed.allocations());
     wait_for("pw-b to ping pw-a by name after the reload", Duration::from_secs(15), || {
         hosts[1].ping("pw-b", "pw-a").then_some(())

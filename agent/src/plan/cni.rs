@@ -139,6 +139,15 @@ impl NetConf {
         self.runtime_config.as_ref().and_then(|r| r["portMappings"].as_array()).is_some_and(|m| !m.is_empty())
     }
 
+    /// The addresses the runtime asks for in `runtimeConfig.ips` (the CNI
+    /// `ips` capability: `podman network reload` of a `--ip` container sends
+    /// them there, with `MAC=` and no `IP=`), as given ("10.2.3.4" or
+    /// "10.2.3.4/24").
+    pub fn runtime_ips(&self) -> Vec<String> {
+        let ips = self.runtime_config.as_ref().and_then(|r| r["ips"].as_array().cloned()).unwrap_or_default();
+        ips.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
+    }
+
     /// Whether the configuration's version has GC and STATUS (1.1.0 on).
     pub fn has_gc(&self) -> bool {
         !self.cni_version.starts_with("0.") && self.cni_version != "1.0.0"
@@ -370,10 +379,28 @@ pub fn dns_name(cni_args: &str) -> Option<String> {
 /// only as the one weave gives that address (`0a:58:` and the address: the
 /// reload passes it back too); any other, or one without `IP=`, is refused
 /// (`podman run --mac-address`): weave's MACs follow the addresses.
-/// `IgnoreUnknown` does not cover these: they are known.
-pub fn requested_address(cni_args: &str) -> Result<Option<std::net::Ipv4Addr>, String> {
+/// `IgnoreUnknown` does not cover these: they are known. Without `IP=`, the
+/// IPv4 address of `runtime_ips` (`runtimeConfig.ips`: a reload of a `--ip`
+/// container sent it there, twice, and its `MAC=` was refused; found by a
+/// review, 2026-12-06); IPv6 ones are not weave's (its workloads are IPv4).
+pub fn requested_address(cni_args: &str, runtime_ips: &[String]) -> Result<Option<std::net::Ipv4Addr>, String> {
     let ip = match cni_arg(cni_args, "IP") {
-        None => None,
+        None => {
+            let mut v4: Vec<std::net::Ipv4Addr> = Vec::new();
+            for given in runtime_ips {
+                let bare = given.split('/').next().unwrap_or_default();
+                match bare.parse::<std::net::IpAddr>() {
+                    Ok(std::net::IpAddr::V4(a)) if !v4.contains(&a) => v4.push(a),
+                    Ok(_) => {}
+                    Err(_) => return Err(format!("runtimeConfig.ips {given}: not an IP address")),
+                }
+            }
+            match v4[..] {
+                [] => None,
+                [one] => Some(one),
+                _ => return Err(format!("runtimeConfig.ips asks for {v4:?}: weave gives one address per network")),
+            }
+        }
         Some(v) => Some(v.parse::<std::net::Ipv4Addr>().map_err(|_| format!("CNI_ARGS IP={v}: not an IPv4 address"))?),
     };
     if let Some(mac) = cni_arg(cni_args, "MAC") {

@@ -46,8 +46,8 @@ impl Attacher {
                 );
                 continue;
             }
-            if self.key_lives_on(&r, &all).await {
-                self.names.cni_gone(Some(network), &r.id, &r.ifname);
+            if let Some(live) = self.key_lives_on(&r, &all).await {
+                released.extend(self.give_back_unshared(network, &r, &live).await?);
                 continue;
             }
             released.extend(self.give_back(network, &r, addrs).await?);
@@ -96,8 +96,10 @@ impl Attacher {
             if !matches!(self.may_live(r).await, Ok(false)) {
                 continue;
             }
-            if self.key_lives_on(r, &all).await {
-                self.names.cni_gone(Some(network), &r.id, &r.ifname);
+            if let Some(live) = self.key_lives_on(r, &all).await {
+                if let Err(e) = self.give_back_unshared(network, r, &live).await {
+                    tracing::warn!(network, container = r.id, error = %e.message, "cannot give back a CNI container that is gone");
+                }
                 continue;
             }
             match self.give_back(network, r, &[]).await {
@@ -118,13 +120,45 @@ impl Attacher {
         gone
     }
 
-    /// Whether another record of `r`'s IPAM key (the same container id in
-    /// another namespace: podman keeps the id across a stop and start, the
-    /// old one's DEL lost) may be alive: the key's address is then its, and
-    /// only `r`'s record goes (the address and the live one's port went with
-    /// the dead record; found by a review, 2026-12-05).
-    async fn key_lives_on(&self, r: &CniRecord, all: &[(String, CniRecord)]) -> bool {
-        self.id_lives_on(&r.id, all, |o| o.inode == r.inode).await
+    /// The subnets of the other records of `r`'s IPAM key (the same
+    /// container id in another namespace: podman keeps the id across a stop
+    /// and start, the old one's DEL lost) that may be alive; None when none
+    /// may. The key's addresses on those subnets are the live one's (they and
+    /// its port went with the dead record; found by a review, 2026-12-05).
+    async fn key_lives_on(&self, r: &CniRecord, all: &[(String, CniRecord)]) -> Option<BTreeSet<String>> {
+        let mut live: Option<BTreeSet<String>> = None;
+        for (_, other) in all.iter().filter(|(_, o)| o.id == r.id && o.inode != r.inode) {
+            if !matches!(self.may_live(other).await, Ok(false)) {
+                live.get_or_insert_with(BTreeSet::new).extend(other.subnets.iter().cloned());
+            }
+        }
+        live
+    }
+
+    /// Dead record `r`'s addresses on subnets no live record of its key
+    /// (`live`) is on go back, and the record with them: a container whose
+    /// second network podman dropped while its DEL failed, then restarted
+    /// on the first alone, kept that network's address and name for good,
+    /// the name answering with a dead address (found by a review,
+    /// 2026-12-06). Returns the addresses.
+    async fn give_back_unshared(
+        &self,
+        network: &str,
+        r: &CniRecord,
+        live: &BTreeSet<String>,
+    ) -> Result<Vec<String>, Refusal> {
+        let unshared: Vec<String> =
+            r.subnets.iter().filter(|c| !live.contains(*c)).map(|c| format!("net:{c}")).collect();
+        let released = match unshared.is_empty() {
+            true => Vec::new(),
+            false => match self.retire(&r.id, None, None, &unshared).await {
+                Ok(d) => d.released,
+                Err(e) if e.kind == ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(e),
+            },
+        };
+        self.names.cni_gone(Some(network), &r.id, &r.ifname);
+        Ok(released)
     }
 
     /// Whether a record of IPAM key `id` among `all`, other than those
