@@ -219,6 +219,23 @@ fn a_pod_whose_name_another_node_holds_still_gets_its_address() {
     });
     assert_eq!(lookup(&bed, "web-0.shop.weave.local"), [squat_ip], "the pod joined the member's name");
     assert!(bed.log(0).contains("DNS name left out"), "the agent did not say why the pod has no name");
+
+    // A podman container named like a weavectl container of this host
+    // (`--name same`): the weavectl container keeps its name's alias and
+    // its resolver (the pod's ADD took both: its DNS rule led to a closed
+    // port; found by a review, 2026-12-06).
+    let same = bed.add_container("same");
+    bed.weavectl_attach(0, &same, &["--name", "same", &format!("/run/netns/{same}")]);
+    let served = || in_ns(&same, &["dig", "@127.0.0.11", "+time=1", "+tries=1", "db-0.shop.weave.local"]);
+    assert!(served().status.success(), "no resolver in the weavectl container");
+    let ns = bed.add_container("pod-same");
+    let netns = format!("/run/netns/{ns}");
+    let out = plugin_with_args(&bin, "ADD", &netns, &format!("{}-same", bed.prefix), &conf, None, "K8S_POD_NAME=same");
+    assert!(out.status.success(), "ADD: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(served().status.success(), "the pod's ADD stopped the weavectl container's resolver");
+    let out = bed.weavectl(0, &["detach", "same"]);
+    assert!(out.status.success(), "detach by name: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(interfaces(&same).is_empty() && !interfaces(&ns).is_empty(), "detach took the wrong one");
 }
 
 /// A container that moves its end of the pair into a namespace that outlives

@@ -236,11 +236,48 @@ fn a_dead_record_of_a_live_containers_id_gives_nothing_back() {
     let (front, second) = (add(&old, &conf, "eth0"), add(&old, &back, "eth1"));
     assert_eq!(add(&new, &conf, "eth0"), front);
     ok(&["ip", "netns", "del", &old]);
-    let held = |ip: &str| bed.allocations().iter().any(|a| a.contains(&format!(" {ip}/")));
+    let held = |bed: &Bed, ip: &str| bed.allocations().iter().any(|a| a.contains(&format!(" {ip}/")));
     wait_for("the second network's address to be given back", std::time::Duration::from_secs(30), || {
-        (!held(&second)).then_some(())
+        (!held(&bed, &second)).then_some(())
     });
-    assert!(held(&front), "the live one's address went: {:?}", bed.allocations());
+    assert!(held(&bed, &front), "the live one's address went: {:?}", bed.allocations());
+
+    // The live record as an agent from before 2026-12-05 saved it, without
+    // its subnets: it may be on any, so the dead one (another network on
+    // the same subnet) has nothing of its own. Its address went back and
+    // the live one's port with it (found by a review, 2026-12-06).
+    let id = format!("{}-old", bed.prefix);
+    let mut other = conf.clone();
+    other["name"] = json!("weave2");
+    let (old, new) = (bed.add_container("old3"), bed.add_container("new3"));
+    let add = |ns: &str, conf: &Value| {
+        let out = plugin_on(&weave_cni(), "ADD", &format!("/run/netns/{ns}"), &id, conf, "eth0");
+        assert!(out.status.success(), "ADD in {ns}: {}", String::from_utf8_lossy(&out.stdout));
+        json_out(&out)["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string()
+    };
+    let shared = add(&old, &other);
+    assert_eq!(add(&new, &conf), shared);
+    bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
+    let file = bed.hosts[0].data_dir.join("containers.json");
+    let mut saved: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let mut stripped = 0;
+    for records in saved["cni"].as_object_mut().unwrap().values_mut() {
+        for r in records.as_array_mut().unwrap() {
+            if r["netns"].as_str() == Some(&format!("/run/netns/{new}")) {
+                r["subnets"] = json!([]);
+                stripped += 1;
+            }
+        }
+    }
+    assert_eq!(stripped, 1, "{saved}");
+    std::fs::write(&file, saved.to_string()).unwrap();
+    bed.start_agent(0, false);
+    bed.wait_status(0);
+    ok(&["ip", "netns", "del", &old]);
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    assert!(held(&bed, &shared), "the live one's address went: {:?}", bed.allocations());
+    let ifaces = interfaces(&new);
+    assert!(ifaces.iter().any(|i| i.contains(&format!(" {shared}/"))), "its interface went: {ifaces:?}");
 }
 
 /// An agent killed while the coordinator is giving containers their

@@ -75,8 +75,8 @@ async fn run() -> Result<Option<serde_json::Value>, CniError> {
     match command.as_str() {
         "ADD" => {
             let args = std::env::var("CNI_ARGS").unwrap_or_default();
-            let address = cni::requested_address(&args, &conf.runtime_ips())
-                .map_err(|why| CniError::new(code::REFUSED, "weave-cni cannot take the requested address", why))?;
+            let refused = |why| CniError::new(code::REFUSED, "weave-cni cannot take the requested address", why);
+            let address = cni::requested_address(&args, &conf.runtime_ips().map_err(refused)?).map_err(refused)?;
             let name = cni::dns_name(&args);
             add(&conf, &env("CNI_NETNS")?, &id, name, &ifname, address).await.map(Some)
         }

@@ -241,7 +241,16 @@ impl LocalService {
             Request::Attach { no_dns: true, .. } => None,
             Request::Attach { container, netns, name, id, .. } => {
                 let (netns, key) = dns_target(container, netns.as_ref())?;
-                Some(DnsPlan::Serve { netns, key, aliases: name.iter().chain(id).cloned().collect() })
+                // A CNI container is found by its id alone: its name is only
+                // its DNS name, which a weavectl container's `--name` on this
+                // host may be too (a pod named so took that name's alias and
+                // stopped that container's resolver; found by a review,
+                // 2026-12-06).
+                let aliases = match id {
+                    Some(id) => vec![id.clone()],
+                    None => name.iter().cloned().collect(),
+                };
+                Some(DnsPlan::Serve { netns, key, aliases })
             }
             // Stopped only if the detach leaves the container without the
             // overlay (`Detached::whole`). By name or CNI id too: the

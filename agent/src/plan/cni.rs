@@ -143,9 +143,17 @@ impl NetConf {
     /// `ips` capability: `podman network reload` of a `--ip` container sends
     /// them there, with `MAC=` and no `IP=`), as given ("10.2.3.4" or
     /// "10.2.3.4/24").
-    pub fn runtime_ips(&self) -> Vec<String> {
-        let ips = self.runtime_config.as_ref().and_then(|r| r["ips"].as_array().cloned()).unwrap_or_default();
-        ips.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
+    /// Anything but a list of strings is refused, not ignored (another
+    /// address than the one asked for would be given).
+    pub fn runtime_ips(&self) -> Result<Vec<String>, String> {
+        let ips = match self.runtime_config.as_ref().map(|r| &r["ips"]) {
+            None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
+            Some(serde_json::Value::Array(ips)) => ips,
+            Some(other) => return Err(format!("runtimeConfig.ips {other}: not a list of addresses")),
+        };
+        ips.iter()
+            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| format!("runtimeConfig.ips {v}: not an address")))
+            .collect()
     }
 
     /// Whether the configuration's version has GC and STATUS (1.1.0 on).
@@ -388,11 +396,16 @@ pub fn requested_address(cni_args: &str, runtime_ips: &[String]) -> Result<Optio
         None => {
             let mut v4: Vec<std::net::Ipv4Addr> = Vec::new();
             for given in runtime_ips {
-                let bare = given.split('/').next().unwrap_or_default();
-                match bare.parse::<std::net::IpAddr>() {
-                    Ok(std::net::IpAddr::V4(a)) if !v4.contains(&a) => v4.push(a),
-                    Ok(_) => {}
-                    Err(_) => return Err(format!("runtimeConfig.ips {given}: not an IP address")),
+                let (bare, prefix) = given.split_once('/').map_or((given.as_str(), None), |(a, p)| (a, Some(p)));
+                let bad = || format!("runtimeConfig.ips {given}: not an IP address");
+                let ip = bare.parse::<std::net::IpAddr>().map_err(|_| bad())?.to_canonical();
+                let most = if ip.is_ipv4() { 32 } else { 128 };
+                if prefix.is_some_and(|p| p.parse::<u8>().map_or(true, |p| p > most)) {
+                    return Err(bad());
+                }
+                match ip {
+                    std::net::IpAddr::V4(a) if !v4.contains(&a) => v4.push(a),
+                    _ => {}
                 }
             }
             match v4[..] {

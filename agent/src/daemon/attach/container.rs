@@ -89,7 +89,11 @@ impl Attacher {
             // Another host's container, by its name (found by a review,
             // 2026-12-06: "unknown container" said nothing of where it is).
             let map = self.maps.borrow();
-            let node = map.allocations.iter().find(|a| a.container == container && a.node_id != self.node_id);
+            // Only what a `--name` can be: not an IPAM key of another kind
+            // (`cni:…`, `host:…`, `netns:…`, a Docker endpoint id).
+            let endpoint_id = container.len() == 64 && container.bytes().all(|b| b.is_ascii_hexdigit());
+            let named = !container.contains(':') && !endpoint_id;
+            let node = map.allocations.iter().find(|a| named && a.container == container && a.node_id != self.node_id);
             let elsewhere =
                 node.and_then(|a| map.nodes.iter().find(|n| n.id == a.node_id)).map_or_else(String::new, |n| {
                     format!(" (a container '{container}' is attached on host {}: run this there)", n.name)

@@ -129,7 +129,12 @@ impl Attacher {
         let mut live: Option<BTreeSet<String>> = None;
         for (_, other) in all.iter().filter(|(_, o)| o.id == r.id && o.inode != r.inode) {
             if !matches!(self.may_live(other).await, Ok(false)) {
-                live.get_or_insert_with(BTreeSet::new).extend(other.subnets.iter().cloned());
+                // A record without subnets (an agent from before 2026-12-05
+                // wrote none) may be on any: all of `r`'s are shared (its
+                // address went back, the live one's port with it: found by
+                // a review, 2026-12-06).
+                let on = if other.subnets.is_empty() { &r.subnets } else { &other.subnets };
+                live.get_or_insert_with(BTreeSet::new).extend(on.iter().cloned());
             }
         }
         live

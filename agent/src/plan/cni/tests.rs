@@ -211,6 +211,24 @@ fn names_from_cni_args() {
     );
     assert!(requested_address("", &ips(&["nope"])).unwrap_err().contains("not an IP address"));
     assert!(requested_address(reload, &[]).unwrap_err().contains("its own MAC"));
+    // What is not understood is refused, not answered with another address
+    // (the same review's follow-up): a mapped address is its IPv4 one, a
+    // prefix past the family's is bad, and so is any other shape.
+    assert_eq!(requested_address("", &ips(&["::ffff:10.32.0.50"])), Ok(ip));
+    assert!(requested_address("", &ips(&["10.32.0.50/99"])).unwrap_err().contains("not an IP address"));
+    assert!(requested_address("", &ips(&["10.32.0.50/x"])).unwrap_err().contains("not an IP address"));
+    let conf = |ips: &str| {
+        NetConf::parse(
+            format!(r#"{{"cniVersion":"1.0.0","name":"w","type":"weave-cni","runtimeConfig":{{"ips":{ips}}}}}"#)
+                .as_bytes(),
+        )
+        .unwrap()
+        .runtime_ips()
+    };
+    assert_eq!(conf(r#"["10.32.0.50/16"]"#), Ok(vec!["10.32.0.50/16".to_string()]));
+    assert_eq!(conf("null"), Ok(Vec::new()));
+    assert!(conf(r#""10.32.0.78""#).unwrap_err().contains("not a list"));
+    assert!(conf("[1,2]").unwrap_err().contains("not an address"));
     let refused = |args: &str| requested_address(args, &[]).unwrap_err();
     assert!(refused("MAC=02:11:22:33:44:55;K8S_POD_NAME=s1").contains("its own MAC"));
     assert!(refused("IP=10.32.0.50;MAC=02:11:22:33:44:55").contains("0a:58:0a:20:00:32 for 10.32.0.50"));
