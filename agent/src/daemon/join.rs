@@ -191,6 +191,13 @@ async fn repin(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
             tracing::info!(before = ?current.unwrap_or_default(), now = ?wanted, "already joined; this node's endpoints are now the ones given (pinned)");
             saved.endpoint = args.endpoint[0];
             saved.endpoints_pinned = true;
+            // The saved map follows now (the running agent writes it within
+            // 2 s of a change): a start within those 2 s announced them again.
+            let mut map = map;
+            if let Some(n) = map.nodes.iter_mut().find(|n| n.id == saved.node_id) {
+                n.endpoints = wanted;
+            }
+            dir.save_map(&map)?;
             dir.save_identity(&saved)
         }
         Err(e) => {
