@@ -80,13 +80,8 @@ pub async fn watch_map(
             Err(status) => {
                 // The causes under tonic's "tcp connect error" (No route to
                 // host, Connection refused: a review, 2026-12-06).
-                let mut causes = Vec::new();
-                let mut next = std::error::Error::source(&status);
-                while let Some(e) = next {
-                    causes.push(e.to_string());
-                    next = e.source();
-                }
-                let cause = causes.join(": ");
+                let cause =
+                    std::error::Error::source(&status).map(weave_proto::client::error_chain).unwrap_or_default();
                 tracing::warn!(code = ?status.code(), message = status.message(), cause, "cannot watch the network map; retrying");
             }
         }

@@ -174,8 +174,6 @@ pub(super) async fn taken(tx: &mut Tx, ip: IpAddr) -> Result<()> {
 }
 
 impl super::Store {
-    /// The live holds, oldest release first, of `node_id` and in `subnet`
-    /// (a CIDR or a name) when given.
     /// Ends the holds kept for container `container` of node `node_id`
     /// (in `subnet`, or all): the admin's `weavectl ipam release` of a
     /// container already released, to give its address to another host's
@@ -209,6 +207,8 @@ impl super::Store {
         Ok(freed)
     }
 
+    /// The live holds, oldest release first, of `node_id` and in `subnet`
+    /// (a CIDR or a name) when given.
     pub async fn list_holds(&self, node_id: Option<u64>, subnet: Option<&str>) -> Result<Vec<v1::AddressHold>> {
         let mut c = self.read.acquire().await?;
         let subnet_id = match subnet {
