@@ -80,6 +80,9 @@ struct Peer {
     /// When its last handshake completed (ms on the router's clock, 0: never):
     /// boringtun forgets that with the sessions after 540 s without traffic.
     handshake_at: AtomicU64,
+    /// When the handshake attempt that was reported unanswered began (ms on
+    /// the router's clock, 0: none reported): one warning per outage.
+    down_since: AtomicU64,
 }
 
 impl Peer {
@@ -234,6 +237,7 @@ impl Router {
             dropped_storm: AtomicU64::new(0),
             last_keepalive: AtomicU64::new(self.now_ms()),
             handshake_at: AtomicU64::new(0),
+            down_since: AtomicU64::new(0),
         }
     }
 

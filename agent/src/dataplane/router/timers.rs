@@ -1,10 +1,15 @@
 //! The peers' timers (rekey, keepalive, expiry, the endpoint fallback) and
 //! the handshake limiter's second.
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use boringtun::noise::TunnResult;
+use boringtun::noise::{Tunn, TunnResult};
 
-use super::{Router, Sink, flush_queued, lock};
+use super::{Peer, Router, Sink, flush_queued, lock};
+
+/// boringtun sends an initiation again after 5 s without an answer
+/// (REKEY_TIMEOUT); a peer is reported down at its first retry.
+const UNANSWERED: Duration = Duration::from_secs(5);
 
 impl Router {
     /// Timers for every peer (rekey, keepalive, expiry); call every ~250 ms.
@@ -35,6 +40,7 @@ impl Router {
             {
                 sink.to_network(endpoint, out);
             }
+            report_reachability(peer, &tunn, now);
             // boringtun's timers never send what it queued: a session made
             // current by the initiator's data, its keepalive lost, would
             // leave the queue waiting for the next keepalive (found by a
@@ -60,5 +66,34 @@ impl Router {
         let mut known = lock(&self.map_endpoints).clone();
         known.extend(self.table().by_index.values().filter_map(|p| p.endpoint()).map(|e| e.ip()));
         self.rate_limiter.set_trusted(known);
+    }
+}
+
+/// One warning per outage (boringtun logged one every 5 s for as long as a
+/// peer was down, at debug now) and one line when the peer answers again.
+fn report_reachability(peer: &Peer, tunn: &Tunn, now: u64) {
+    let down_since = peer.down_since.load(Ordering::Relaxed);
+    if down_since == 0 {
+        if let Some(age) = tunn.unanswered_handshake().filter(|age| *age >= UNANSWERED) {
+            tracing::warn!(
+                peer = %peer.config.name,
+                endpoint = ?peer.endpoint(),
+                "no answer to a handshake for 5 s: the peer is down or cannot be reached \
+                 (retrying every 5 s while there is traffic for it)"
+            );
+            peer.down_since.store(now.saturating_sub(age.as_millis() as u64).max(1), Ordering::Relaxed);
+        }
+        return;
+    }
+    let down_for = now.saturating_sub(down_since);
+    // A handshake completed since the unanswered attempt began.
+    if tunn.time_since_last_handshake().is_some_and(|age| (age.as_millis() as u64) < down_for) {
+        tracing::info!(
+            peer = %peer.config.name,
+            endpoint = ?peer.endpoint(),
+            unanswered_s = down_for / 1000,
+            "the peer answers again"
+        );
+        peer.down_since.store(0, Ordering::Relaxed);
     }
 }

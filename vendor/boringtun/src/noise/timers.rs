@@ -219,7 +219,9 @@ impl Tunn {
             // All ephemeral private keys and symmetric session keys are zeroed out after
             // (REJECT_AFTER_TIME * 3) ms if no new keys have been exchanged.
             if now - session_established >= REJECT_AFTER_TIME * 3 {
-                tracing::error!("CONNECTION_EXPIRED(REJECT_AFTER_TIME * 3)");
+                // weave: debug: the keys of a tunnel idle for 9 minutes
+                // wiped, as they should be, not a fault.
+                tracing::debug!("CONNECTION_EXPIRED(REJECT_AFTER_TIME * 3)");
                 self.handshake.set_expired();
                 self.clear_all();
                 return TunnResult::Err(WireGuardError::ConnectionExpired);
@@ -232,7 +234,9 @@ impl Tunn {
                     // the retries give up and cease, and clear all existing packets queued
                     // up to be sent. If a packet is explicitly queued up to be sent, then
                     // this timer is reset.
-                    tracing::error!("CONNECTION_EXPIRED(REKEY_ATTEMPT_TIME)");
+                    // weave: debug, as the retries: the agent says once per
+                    // outage that the peer does not answer.
+                    tracing::debug!("CONNECTION_EXPIRED(REKEY_ATTEMPT_TIME)");
                     self.handshake.set_expired();
                     self.clear_all();
                     return TunnResult::Err(WireGuardError::ConnectionExpired);
@@ -244,7 +248,10 @@ impl Tunn {
                     // A handshake initiation is retried after REKEY_TIMEOUT + jitter ms,
                     // if a response has not been received, where jitter is some random
                     // value between 0 and 333 ms.
-                    tracing::warn!("HANDSHAKE(REKEY_TIMEOUT)");
+                    // weave: debug: one line every 5 s for as long as a peer
+                    // is down; the agent logs the outage once
+                    // (`Tunn::unanswered_handshake`).
+                    tracing::debug!("HANDSHAKE(REKEY_TIMEOUT)");
                     handshake_initiation_required = true;
                 }
             } else {
@@ -290,7 +297,9 @@ impl Tunn {
                     && unanswered.is_some_and(|u| u >= KEEPALIVE_TIMEOUT + REKEY_TIMEOUT)
                     && mem::replace(&mut self.timers.want_handshake, false)
                 {
-                    tracing::warn!("HANDSHAKE(KEEPALIVE + REKEY_TIMEOUT)");
+                    // weave: debug: the agent warns if this handshake goes
+                    // unanswered too.
+                    tracing::debug!("HANDSHAKE(KEEPALIVE + REKEY_TIMEOUT)");
                     handshake_initiation_required = true;
                 }
 
@@ -327,6 +336,15 @@ impl Tunn {
         }
 
         TunnResult::Done
+    }
+
+    /// weave: how long this host's current handshake attempt has gone
+    /// unanswered (its first initiation to now, retries included), or
+    /// `None` when no initiation of this host waits for an answer.
+    pub fn unanswered_handshake(&self) -> Option<Duration> {
+        self.handshake.timer()?;
+        let now = Instant::now().duration_since(self.timers.time_started);
+        Some(now.saturating_sub(self.timers[TimeLastHandshakeStarted]))
     }
 
     pub fn time_since_last_handshake(&self) -> Option<Duration> {
