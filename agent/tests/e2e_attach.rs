@@ -458,3 +458,28 @@ fn names_an_older_agent_kept_in_two_spellings_still_attach_by_their_own() {
     let out = bed.weavectl(0, &["attach", "--name", "Web", &format!("/run/netns/{c}")]);
     assert_eq!(out.status.code(), Some(5), "a third container took the name: {}", stderr(&out));
 }
+
+/// A detach by another spelling of the name stops the container's resolver
+/// too: it released the addresses but left the DNS sockets, the
+/// 127.0.0.11 rule and the alias (which kept the namespace alive, and made
+/// the next `detach web` succeed instead of "unknown container"; found by
+/// a review, 2026-12-06).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_detach_by_any_spelling_stops_the_containers_resolver() {
+    let mut bed = Bed::with_hosts(1);
+    let resolver = |ns: &str| in_ns(ns, &["nft", "list", "table", "ip", "weave_dns"]).status.success();
+    for (i, (attach_as, detach_as)) in
+        [("web", "WEB.weave.local."), ("WEB", "web"), ("Web.weave.local", "wEB")].into_iter().enumerate()
+    {
+        let c = bed.add_container(&format!("sp{i}"));
+        attach_line(&bed, 0, &["--name", attach_as, &format!("/run/netns/{c}")]);
+        wait_for("the container's resolver", Duration::from_secs(10), || resolver(&c).then_some(()));
+        let out = bed.weavectl(0, &["detach", detach_as]);
+        assert!(out.status.success(), "detach {detach_as}: {}", stderr(&out));
+        assert!(!resolver(&c), "{attach_as} detached as {detach_as}: its resolver's rule stayed");
+        let out = bed.weavectl(0, &["detach", attach_as]);
+        assert_eq!(out.status.code(), Some(4), "detach {attach_as} again: {}", stderr(&out));
+        ok(&["ip", "netns", "del", &c]);
+    }
+}

@@ -378,8 +378,8 @@ impl Attacher {
         let by_name = self.registered(container);
         let aliased = match (&by_name, id, passed) {
             (None, None, None) => self
-                .names
-                .dns_path(container)
+                .alias_of(container)
+                .and_then(|alias| self.names.dns_path(&alias))
                 .filter(|(inode, path)| registry::alive(std::path::Path::new(path), *inode)),
             _ => None,
         };

@@ -248,7 +248,7 @@ impl LocalService {
                 // 2026-12-06).
                 let aliases = match id {
                     Some(id) => vec![id.clone()],
-                    None => name.iter().cloned().collect(),
+                    None => name.iter().map(|n| self.attacher.alias(n)).collect(),
                 };
                 Some(DnsPlan::Serve { netns, key, aliases })
             }
@@ -258,7 +258,7 @@ impl LocalService {
             Request::Detach { container, netns, id, .. } => {
                 let key = dns_target(container, netns.as_ref())
                     .map(|(_, key)| key)
-                    .or_else(|| self.registry.dns_key(container))
+                    .or_else(|| self.registry.dns_key(&self.attacher.alias_of(container)?))
                     .or_else(|| id.as_ref().and_then(|i| self.registry.dns_key(i)))?;
                 Some(DnsPlan::Stop { key })
             }

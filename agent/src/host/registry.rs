@@ -145,6 +145,11 @@ impl Registry {
         self.saved().aliases.iter().filter(|(_, k)| *k == key).map(|(a, _)| a.clone()).collect()
     }
 
+    /// The first alias (`--name` or CNI id) `same` holds for.
+    pub fn find_alias(&self, same: impl Fn(&str) -> bool) -> Option<String> {
+        self.saved().aliases.keys().find(|a| same(a)).cloned()
+    }
+
     /// The DNS key a `--name` or CNI id leads to.
     pub fn dns_key(&self, alias: &str) -> Option<String> {
         self.saved().aliases.get(alias).cloned()

@@ -53,6 +53,25 @@ impl Attacher {
         self.names.find(|n| canonical_in(n, &domain).is_ok_and(|c| c == canonical))
     }
 
+    /// The DNS alias a `--name` is kept under: its canonical spelling (as
+    /// given if it is no name).
+    pub(crate) fn alias(&self, name: &str) -> String {
+        self.canonical(name).unwrap_or_else(|_| name.to_string())
+    }
+
+    /// The alias `container` means in any spelling of the name: that very
+    /// alias, else one whose canonical spelling is the same (an attach as
+    /// `WEB` kept it so until 2026-12-06, and a detach as `web` or
+    /// `WEB.weave.local.` left its resolver running; found by a review).
+    pub(crate) fn alias_of(&self, container: &str) -> Option<String> {
+        if self.names.dns_key(container).is_some() {
+            return Some(container.to_string());
+        }
+        let domain = self.domain();
+        let canonical = canonical_in(container, &domain).ok()?;
+        self.names.find_alias(|a| canonical_in(a, &domain).is_ok_and(|c| c == canonical))
+    }
+
     /// `id`, when given, is the IPAM key (e.g. `cni:<container id>`, so
     /// that a CNI DEL can release it after the namespace is gone).
     /// `passed`: the namespace the caller sent as a descriptor; it wins over
