@@ -32,6 +32,7 @@ pub mod migrate;
 mod nodes;
 mod open;
 mod presence;
+mod redact;
 mod rows;
 mod subnets;
 mod tokens;

@@ -9,7 +9,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-use super::db::Pool;
+use super::{db::Pool, redact::redact};
 use crate::error::{Error, Result};
 
 /// How long a coordinator waits for a PostgreSQL connection, at start and
@@ -116,18 +116,6 @@ impl fmt::Debug for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
     }
-}
-
-/// The URL with the password (if any) replaced by `***`.
-pub(crate) fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_string() };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else { return url.to_string() };
-    let userinfo = &authority[..at];
-    let Some(colon) = userinfo.find(':') else { return url.to_string() };
-    format!("{}{}:***{}", &url[..scheme_end + 3], &userinfo[..colon], &rest[at..])
 }
 
 /// A warning when the database is reached over the network without a
@@ -318,6 +306,14 @@ mod tests {
         assert_eq!(redact("postgres://u@h/d"), "postgres://u@h/d");
         assert_eq!(redact("postgres://u:p@h/d"), "postgres://u:***@h/d");
         assert_eq!(redact("postgres://u:p@h/d?sslmode=disable"), "postgres://u:***@h/d?sslmode=disable");
+        for bad in [
+            "postgres:/weave:wrongpw@h:5433/w1",
+            "postgres://weave:se/cretpw@h:5433/w1",
+            "postgres://weave:se?cretpw@h/w1",
+        ] {
+            let e = bad.parse::<Location>().unwrap_err().to_string();
+            assert!(!e.contains("wrongpw") && !e.contains("cretpw"), "{e}");
+        }
     }
 
     /// Databases created before the migrations moved to migrations/sqlite/
