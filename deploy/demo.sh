@@ -76,8 +76,9 @@ wait_for() { # what, command...
 
 echo "== coordinator in $P-c (192.0.2.2:6783)"
 plug "$P-c" c 192.0.2.2
-ip netns exec "$P-c" "$BIN/coordinator" serve --listen 192.0.2.2:6783 --data-dir "$DIR/coordinator" \
-    >"$DIR/coordinator.out" 2>"$DIR/coordinator.log" </dev/null &
+# Its output holds the first-start join token: 0600, as the token files.
+(umask 077; exec ip netns exec "$P-c" "$BIN/coordinator" serve --listen 192.0.2.2:6783 --data-dir "$DIR/coordinator" \
+    >"$DIR/coordinator.out" 2>"$DIR/coordinator.log" </dev/null) &
 echo $! >>"$DIR/pids"
 wait_for "the coordinator" grep -q "join token" "$DIR/coordinator.out"
 # The first-start token is single-use: one token for all the demo's hosts,

@@ -231,3 +231,27 @@ fn a_refused_join_leaves_what_an_earlier_run_kept() {
     left.sort();
     assert_eq!(left, ["containers.json", "map.pb"], "what the refused join left");
 }
+
+/// A data dir other users may write to is refused before anything is made
+/// in it (they could swap the private key or the saved identity between two
+/// starts; it was used as it was: found by a review, 2026-12-06).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_data_dir_others_may_write_to_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut bed = Bed::with_hosts(1);
+    let other = bed.add_bare_host("192.0.2.41");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (ok, stderr, _) = join(&other, &bed.token, dir.path());
+    assert!(!ok, "joined through a world-writable data dir");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() == 1 && lines[0].contains("writable by other users (mode 0777)"), "{stderr}");
+    assert!(files_under(&data).is_empty(), "made in it: {:?}", files_under(&data));
+    let nodes = bed.admin(|mut api| async move {
+        api.nodes.list_nodes(weave_proto::v1::ListNodesRequest {}).await.unwrap().into_inner().nodes
+    });
+    assert!(nodes.iter().all(|n| n.name != "bad"), "joined: {nodes:?}");
+}

@@ -139,6 +139,26 @@ fn a_data_dir_that_is_a_file_is_said_once() {
     assert_eq!(err.trim_end(), format!("coordinator: {}: a file, not a directory", file.display()), "{err}");
 }
 
+/// A data dir other users may write to is refused before anything is made
+/// in it: they could swap the admin credential and the database between two
+/// starts (found by a review, 2026-12-06: it was used as it was).
+#[test]
+fn a_data_dir_others_may_write_to_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for mode in [0o777, 0o775] {
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = serve(&data).wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("writable by other users (mode {mode:04o})")), "{err}");
+        assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0, "made in it");
+    }
+}
+
 /// Whether process `pid` holds a `flock` on `path` (from /proc/locks: looking
 /// must not take the lock, or the coordinator could find it held).
 fn held_by(pid: u32, path: &Path) -> bool {

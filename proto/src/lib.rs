@@ -23,6 +23,7 @@ pub mod local_api;
 pub mod map;
 #[cfg(feature = "observe")]
 pub mod observe;
+pub mod private_dir;
 pub mod proof;
 pub mod token;
 

@@ -6,7 +6,13 @@
 //! DNS server), and Docker's own API is asked only for container names
 //! and aliases ([`engine`], `names`). The socket is root's (0600) and lives in the host's mount
 //! namespace, so a container can reach neither it nor the Docker socket.
-use std::{convert::Infallible, os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, StatusCode, body::Bytes, header, server::conn::http1, service::service_fn};
@@ -30,8 +36,11 @@ const MAX_BODY: usize = 1 << 20;
 /// stale socket from an earlier run replaced), root only.
 pub fn bind(path: &Path) -> Result<UnixListener, Error> {
     let io = |e| Error::Io(path.display().to_string(), e);
+    // A directory it makes is 0755 whatever the umask: with 0777 another
+    // user could move the socket away and bind its own where dockerd
+    // connects (found by a review, 2026-12-06).
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(io)?;
     }
     weave_proto::local_api::clear_stale(path).map_err(io)?;
     let listener = UnixListener::bind(path).map_err(io)?;
