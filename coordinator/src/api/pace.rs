@@ -74,6 +74,8 @@ impl Pacer {
 
 /// Failed authentications one source address may have a second (a wrong
 /// or unknown credential, a join token that is not valid), and at once.
+mod log_budget;
+
 pub const FAILURES_PER_SECOND: u32 = 5;
 pub const FAILURES_BURST: u32 = 50;
 
@@ -105,6 +107,8 @@ pub struct Failures {
     /// watching again (found by a review, 2026-12-05). A credential is a
     /// 256-bit secret: what presents one that is valid is its holder.
     known: Mutex<std::collections::HashSet<String>>,
+    /// The failure lines in total.
+    log_budget: Mutex<log_budget::LogBudget>,
     epoch: Instant,
 }
 
@@ -175,7 +179,13 @@ impl Proven {
 
 impl Default for Failures {
     fn default() -> Self {
-        Self { due: Mutex::default(), proven: Mutex::default(), known: Mutex::default(), epoch: Instant::now() }
+        Self {
+            due: Mutex::default(),
+            proven: Mutex::default(),
+            known: Mutex::default(),
+            log_budget: Mutex::default(),
+            epoch: Instant::now(),
+        }
     }
 }
 
@@ -262,7 +272,14 @@ impl Failures {
                 // second): a refused join or a dead credential left no trace
                 // but a histogram bucket (found by a review, 2026-12-06). The
                 // messages name token ids, never a secret.
-                tracing::warn!(source = ?from.map(|f| f.ip()), reason = ?s.message(), "authentication failed");
+                let (line, unlogged) =
+                    self.log_budget.lock().unwrap_or_else(|p| p.into_inner()).admit(self.epoch.elapsed());
+                if unlogged > 0 {
+                    tracing::warn!(unlogged, "authentication failures not logged in a second past the log's budget");
+                }
+                if line {
+                    tracing::warn!(source = ?from.map(|f| f.ip()), reason = ?s.message(), "authentication failed");
+                }
                 self.failed(from);
                 if let Some(p) = proof {
                     self.known.lock().unwrap_or_else(|p| p.into_inner()).remove(p);
