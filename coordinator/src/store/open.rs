@@ -66,6 +66,14 @@ impl FromStr for Location {
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            if let Some(name) = super::redact::unknown_parameter(s) {
+                return Err(LocationError(format!(
+                    "'{}': unknown connect parameter {name} (sqlx would ignore it; known: sslmode, sslrootcert, \
+                     sslcert, sslkey, host, hostaddr, port, dbname, user, password, application_name, options, \
+                     statement-cache-capacity)",
+                    redact(s)
+                )));
+            }
             PgConnectOptions::from_str(s)
                 .map_err(|e| LocationError(format!("'{}' is not a valid PostgreSQL URL: {e}", redact(s))))?;
             return Ok(Self::Postgres(s.to_string()));
