@@ -36,6 +36,13 @@ fn wait_ping_name(ns: &str, name: &str) {
     });
 }
 
+/// Whether the container's resolver is there: its 127.0.0.11 rule, and an
+/// answer from behind it.
+fn answers(ns: &str) -> bool {
+    in_ns(ns, &["nft", "list", "table", "ip", "weave_dns"]).status.success()
+        && in_ns(ns, &["dig", "@127.0.0.11", "+short", "+time=1", "+tries=1", "localhost"]).status.success()
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
@@ -446,17 +453,32 @@ fn names_an_older_agent_kept_in_two_spellings_still_attach_by_their_own() {
     let b_path = format!("/run/netns/{b}");
     let b_inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&b_path).unwrap());
     saved["names"]["WEB"] = serde_json::json!([b_path, b_inode]);
+    // Its resolver too, under the alias as given.
+    let b_key = format!("netns:{b_inode}");
+    saved["aliases"]["WEB"] = serde_json::json!(b_key);
+    saved["dns"][&b_key] = serde_json::json!(b_path);
     std::fs::write(&file, serde_json::to_vec(&saved).unwrap()).unwrap();
     bed.start_agent(0, false);
     bed.wait_status(0);
+    let resolver = |ns: &str| answers(ns);
+    wait_for("both resolvers", Duration::from_secs(10), || (resolver(&a) && resolver(&b)).then_some(()));
     let second = attach_line(&bed, 0, &["--name", "WEB", &format!("/run/netns/{b}")]);
     assert_eq!(attach_line(&bed, 0, &["--name", "WEB", &format!("/run/netns/{b}")]), second, "idempotent as WEB");
     assert_eq!(attach_line(&bed, 0, &["--name", "web", &format!("/run/netns/{a}")]), first, "idempotent as web");
     // A third spelling is the canonical key's (`web`), not the first in order (`WEB`).
     let third = attach_line(&bed, 0, &["--name", "web.weave.local", &format!("/run/netns/{a}")]);
     assert_eq!(third, first, "web.weave.local is web");
+    // Re-attaching b as WEB took `web`'s alias over as its canonical
+    // spelling and stopped a's resolver (a review, 2026-12-06).
+    assert!(resolver(&a) && resolver(&b), "a resolver stopped: a {} b {}", resolver(&a), resolver(&b));
     let out = bed.weavectl(0, &["attach", "--name", "Web", &format!("/run/netns/{c}")]);
     assert_eq!(out.status.code(), Some(5), "a third container took the name: {}", stderr(&out));
+    // A detach by a third spelling is web's (a) whole: its addresses and its
+    // resolver, not b's resolver.
+    let out = bed.weavectl(0, &["detach", "web.weave.local"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(interfaces(&a).is_empty() && !interfaces(&b).is_empty(), "{:?} {:?}", interfaces(&a), interfaces(&b));
+    assert!(!resolver(&a) && resolver(&b), "after detaching web: a {} b {}", resolver(&a), resolver(&b));
 }
 
 /// A detach by another spelling of the name stops the container's resolver
@@ -468,7 +490,7 @@ fn names_an_older_agent_kept_in_two_spellings_still_attach_by_their_own() {
 #[ignore = "needs root: network namespaces"]
 fn a_detach_by_any_spelling_stops_the_containers_resolver() {
     let mut bed = Bed::with_hosts(1);
-    let resolver = |ns: &str| in_ns(ns, &["nft", "list", "table", "ip", "weave_dns"]).status.success();
+    let resolver = |ns: &str| answers(ns);
     for (i, (attach_as, detach_as)) in
         [("web", "WEB.weave.local."), ("WEB", "web"), ("Web.weave.local", "wEB")].into_iter().enumerate()
     {

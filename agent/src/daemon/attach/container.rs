@@ -53,22 +53,36 @@ impl Attacher {
         self.names.find(|n| canonical_in(n, &domain).is_ok_and(|c| c == canonical))
     }
 
-    /// The DNS alias a `--name` is kept under: its canonical spelling (as
-    /// given if it is no name).
+    /// The DNS alias a `--name` is kept under: the spelling the registry
+    /// holds the name in (an older agent's `WEB` beside `web` stays its
+    /// own: taken as `web`, it stopped the other container's resolver; found
+    /// by a review, 2026-12-06), else its canonical spelling (as given if it
+    /// is no name).
     pub(crate) fn alias(&self, name: &str) -> String {
-        self.canonical(name).unwrap_or_else(|_| name.to_string())
+        match self.registered(name) {
+            Some((registered, ..)) => registered,
+            None => self.canonical(name).unwrap_or_else(|_| name.to_string()),
+        }
     }
 
-    /// The alias `container` means in any spelling of the name: that very
-    /// alias, else one whose canonical spelling is the same (an attach as
-    /// `WEB` kept it so until 2026-12-06, and a detach as `web` or
+    /// The alias `container` means in any spelling of the name: the one of
+    /// the name `registered` finds (so that a detach stops the resolver of
+    /// the container whose addresses it released), else that very alias,
+    /// else one whose canonical spelling is the same (an attach as `WEB`
+    /// kept it so until 2026-12-06, and a detach as `web` or
     /// `WEB.weave.local.` left its resolver running; found by a review).
     pub(crate) fn alias_of(&self, container: &str) -> Option<String> {
+        if let Some((registered, ..)) = self.registered(container).filter(|(n, ..)| self.names.dns_key(n).is_some()) {
+            return Some(registered);
+        }
         if self.names.dns_key(container).is_some() {
             return Some(container.to_string());
         }
         let domain = self.domain();
         let canonical = canonical_in(container, &domain).ok()?;
+        if self.names.dns_key(&canonical).is_some() {
+            return Some(canonical);
+        }
         self.names.find_alias(|a| canonical_in(a, &domain).is_ok_and(|c| c == canonical))
     }
 
