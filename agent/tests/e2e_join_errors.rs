@@ -232,26 +232,40 @@ fn a_refused_join_leaves_what_an_earlier_run_kept() {
     assert_eq!(left, ["containers.json", "map.pb"], "what the refused join left");
 }
 
-/// A data dir other users may write to is refused before anything is made
-/// in it (they could swap the private key or the saved identity between two
-/// starts; it was used as it was: found by a review, 2026-12-06).
+/// A data dir another user owns is refused before anything is made in it
+/// (they could swap the private key or the saved identity between two
+/// starts), and one other users may write to is made private (it was used
+/// as it was: found by a review, 2026-12-06; `weave_proto::private_dir`).
 #[test]
 #[ignore = "needs root: network namespaces"]
-fn a_data_dir_others_may_write_to_is_refused() {
+fn a_data_dir_of_another_user_is_refused_and_a_loose_one_made_private() {
     use std::os::unix::fs::PermissionsExt;
     let mut bed = Bed::with_hosts(1);
     let other = bed.add_bare_host("192.0.2.41");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::chown(&data, Some(65534), None).unwrap();
     let (ok, stderr, _) = join(&other, &bed.token, dir.path());
-    assert!(!ok, "joined through a world-writable data dir");
+    assert!(!ok, "joined through another user's data dir");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert!(lines.len() == 1 && lines[0].contains("writable by other users (mode 0777)"), "{stderr}");
+    assert!(lines.len() == 1 && lines[0].contains("belongs to uid 65534"), "{stderr}");
     assert!(files_under(&data).is_empty(), "made in it: {:?}", files_under(&data));
     let nodes = bed.admin(|mut api| async move {
         api.nodes.list_nodes(weave_proto::v1::ListNodesRequest {}).await.unwrap().into_inner().nodes
     });
     assert!(nodes.iter().all(|n| n.name != "bad"), "joined: {nodes:?}");
+
+    // Ours but 0777: made 0755 (a join with a token the coordinator refuses,
+    // so that nothing runs; a file of an earlier run keeps the directory).
+    std::os::unix::fs::chown(&data, Some(0), None).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(data.join("kept"), "").unwrap();
+    let mut wrong = JoinToken::parse(&bed.token).unwrap();
+    let first = if wrong.secret.starts_with('A') { "B" } else { "A" };
+    wrong.secret.replace_range(..1, first);
+    let (ok, stderr, _) = join(&other, &wrong.to_string(), dir.path());
+    assert!(!ok, "joined with a wrong secret");
+    assert!(stderr.contains("was writable by other users (mode 0777): made 0755"), "{stderr}");
+    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o7777, 0o755);
 }

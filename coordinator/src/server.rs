@@ -105,7 +105,11 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std:
 
 /// Starts a coordinator with `settings`; it serves until `shutdown` resolves.
 pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Running> {
-    weave_proto::private_dir::refuse_loose(&settings.data_dir).map_err(|e| anyhow::anyhow!("--data-dir: {e}"))?;
+    if let Some(warning) =
+        weave_proto::private_dir::secure(&settings.data_dir).map_err(|e| anyhow::anyhow!("--data-dir: {e}"))?
+    {
+        tracing::warn!("--data-dir: {warning}");
+    }
     create_private_dir(&settings.data_dir)?;
     let lock = lock_data_dir(&settings.data_dir)?;
     // Bound before anything is created: a first start that cannot listen

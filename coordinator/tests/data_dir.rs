@@ -139,24 +139,36 @@ fn a_data_dir_that_is_a_file_is_said_once() {
     assert_eq!(err.trim_end(), format!("coordinator: {}: a file, not a directory", file.display()), "{err}");
 }
 
-/// A data dir other users may write to is refused before anything is made
-/// in it: they could swap the admin credential and the database between two
-/// starts (found by a review, 2026-12-06: it was used as it was).
+/// A data dir other users may write to is made private when it is the
+/// coordinator's, with a warning: they could swap the admin credential and
+/// the database between two starts (found by a review, 2026-12-06: it was
+/// used as it was). Another user's is refused before anything is made in
+/// it; root's that the coordinator may not change (Kubernetes' `fsGroup`
+/// volumes) is used with a warning (`weave_proto::private_dir`).
 #[test]
-fn a_data_dir_others_may_write_to_is_refused() {
+fn a_data_dir_others_may_write_to_is_made_private_and_another_users_refused() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    for mode in [0o777, 0o775] {
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(mode)).unwrap();
-        let out = serve(&data).wait_with_output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_ne!(out.status.code(), Some(0), "{err}");
-        assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.contains(&format!("writable by other users (mode {mode:04o})")), "{err}");
-        assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0, "made in it");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut child = serve(&data);
+    credential(&data, &mut child);
+    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o7777, 0o755);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("was writable by other users (mode 0777): made 0755"), "{stderr}");
+
+    if !nix::unistd::geteuid().is_root() {
+        return;
     }
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+    let err = refused(serve(&theirs), "started in another user's data dir");
+    assert!(err.contains("belongs to uid 65534"), "{err}");
+    assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0, "made in it");
 }
 
 /// Whether process `pid` holds a `flock` on `path` (from /proc/locks: looking

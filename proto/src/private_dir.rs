@@ -1,66 +1,94 @@
 //! A data directory holds secrets (private keys, credentials, the
 //! database): one that another user may write to lets them swap those files
-//! between two starts (the coordinator's admin credential and database, say),
-//! so the daemons refuse it, as sshd's `StrictModes` does (found by a
-//! review, 2026-12-06: a `--data-dir` made 0777 beforehand was used as it
-//! was).
-use std::{os::unix::fs::MetadataExt, path::Path};
+//! between two starts (the coordinator's admin credential and database, say;
+//! found by a review, 2026-12-06: a `--data-dir` made 0777 beforehand was used
+//! as it was).
+//!
+//! What the daemons do with an existing one: another user's (not root's) is
+//! refused; group or other write is taken away when the directory is this
+//! process's; a root-owned one this process may not change (Kubernetes'
+//! `fsGroup` volumes: kubelet makes them group-writable, setgid, on every
+//! mount, and a local-path volume is 0777) is used with a warning. sshd's
+//! `StrictModes` refuses all of these; a refusal would stop the shipped
+//! coordinator StatefulSet (found by the review of that change).
+use std::{
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::Path,
+};
 
-/// One line when `dir` exists and is writable by its group or by others, or
-/// belongs to another user than this process's; nothing when it does not
-/// exist yet (the daemons make it 0700) or is no directory (their own check
-/// says so).
-pub fn refuse_loose(dir: &Path) -> Result<(), String> {
-    let Ok(meta) = std::fs::metadata(dir) else { return Ok(()) };
+/// `Err` (one line) for a directory another user owns; `Ok(Some(warning))`
+/// when it was, or still is, writable by others; `Ok(None)` when all is
+/// well or `dir` does not exist yet (the daemons make it 0700) or is no
+/// directory (their own check says so).
+pub fn secure(dir: &Path) -> Result<Option<String>, String> {
+    let Ok(meta) = std::fs::metadata(dir) else { return Ok(None) };
     if !meta.is_dir() {
-        return Ok(());
+        return Ok(None);
     }
     let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != me {
+    if meta.uid() != me && meta.uid() != 0 {
         return Err(format!(
-            "{} belongs to uid {}, not to this process's user ({me}): that user could replace its keys; \
+            "{} belongs to uid {}, not to this process's user ({me}) or root: that user could replace its keys; \
              chown it or use another directory",
             dir.display(),
             meta.uid()
         ));
     }
     let mode = meta.mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(format!(
-            "{} is writable by other users (mode {mode:04o}): they could replace its keys and credentials; \
-             chmod 700 it or use another directory",
-            dir.display()
-        ));
+    if mode & 0o022 == 0 {
+        return Ok(None);
     }
-    Ok(())
+    let tight = mode & !0o022;
+    if meta.uid() == me && std::fs::set_permissions(dir, std::fs::Permissions::from_mode(tight)).is_ok() {
+        return Ok(Some(format!(
+            "{} was writable by other users (mode {mode:04o}): made {tight:04o}, as they could have replaced \
+             its keys and credentials",
+            dir.display()
+        )));
+    }
+    Ok(Some(format!(
+        "{} is writable by other users (mode {mode:04o}) and not this process's to change: whoever may write \
+         to it could replace its keys and credentials",
+        dir.display()
+    )))
 }
 
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use super::refuse_loose;
+    use super::secure;
 
     #[test]
-    fn a_directory_others_may_write_to_is_refused() {
+    fn a_directory_others_may_write_to_is_made_private_when_it_is_ours() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(refuse_loose(dir.path()), Ok(()));
-        assert_eq!(refuse_loose(&dir.path().join("not-yet")), Ok(()));
-        for (mode, ok) in [
-            (0o700, true),
-            (0o755, true),
-            (0o750, true),
-            (0o775, false),
-            (0o777, false),
-            (0o1777, false),
-            (0o722, false),
-        ] {
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
-            let r = refuse_loose(dir.path());
-            assert_eq!(r.is_ok(), ok, "{mode:o}: {r:?}");
-            if let Err(e) = r {
-                assert!(e.contains(&format!("mode {mode:04o}")) && e.contains("chmod 700"), "{e}");
+        assert_eq!(secure(dir.path()), Ok(None));
+        assert_eq!(secure(&dir.path().join("not-yet")), Ok(None));
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        for (given, kept) in
+            [(0o700, 0o700), (0o755, 0o755), (0o775, 0o755), (0o777, 0o755), (0o2777, 0o2755), (0o722, 0o700)]
+        {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(given)).unwrap();
+            let warned = secure(dir.path()).unwrap();
+            assert_eq!(mode(dir.path()), kept, "{given:o}");
+            assert_eq!(warned.is_some(), given != kept, "{given:o}: {warned:?}");
+            if let Some(w) = warned {
+                assert!(w.contains(&format!("(mode {given:04o}): made {kept:04o}")), "{w}");
             }
         }
+    }
+
+    /// Run as root (CI): another user's directory is refused, root's is not.
+    #[test]
+    fn another_users_directory_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(65534), None).unwrap();
+        let e = secure(dir.path()).unwrap_err();
+        assert!(e.contains("belongs to uid 65534") && e.contains("chown it"), "{e}");
+        std::os::unix::fs::chown(dir.path(), Some(0), None).unwrap();
+        assert_eq!(secure(dir.path()), Ok(None));
     }
 }

@@ -216,7 +216,11 @@ impl StateDir {
     /// stopped (found by a review, 2026-12-04). Held until the returned lock
     /// is dropped; `agent reset` takes it too.
     pub fn lock(&self) -> Result<nix::fcntl::Flock<fs::File>, Error> {
-        weave_proto::private_dir::refuse_loose(&self.dir).map_err(|e| Error::State(format!("--data-dir: {e}")))?;
+        if let Some(warning) =
+            weave_proto::private_dir::secure(&self.dir).map_err(|e| Error::State(format!("--data-dir: {e}")))?
+        {
+            tracing::warn!("--data-dir: {warning}");
+        }
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir).map_err(|e| self.io("create", e))?;
         let dir = fs::File::open(&self.dir).map_err(|e| self.io("open", e))?;
         nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
