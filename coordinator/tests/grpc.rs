@@ -204,6 +204,13 @@ async fn join_accepts_valid_tokens_and_refuses_the_rest() {
     let tokens = admin.tokens.list_tokens(ListTokensRequest {}).await.unwrap().into_inner().tokens;
     let once_listed = tokens.iter().find(|t| t.description == "once").unwrap();
     assert_eq!((once_listed.uses, once_listed.uses_left, once_listed.unlimited), (1, 0, false));
+    // Who joined with a token, for a leaked one's intruders (they were in
+    // the database only; found by a review, 2026-12-06).
+    assert_eq!(once_listed.joined_nodes, ["host3"]);
+    assert!(tokens.iter().find(|t| t.id == id).unwrap().joined_nodes.is_empty());
+    let once_id = once_listed.id.clone();
+    let revoked = admin.tokens.revoke_token(RevokeTokenRequest { id: once_id }).await.unwrap().into_inner();
+    assert_eq!(revoked.joined_nodes, ["host3"]);
 
     // Bad requests.
     let mut r = join_request(&c.token(), "h6", 6);

@@ -291,7 +291,7 @@ fn token_create_list_revoke() {
 
     assert_eq!(
         c.ok(&["token", "revoke", &token.id]),
-        format!("revoked token {}; nodes that joined with it stay\n", token.id)
+        format!("revoked token {}; no member joined with it\n", token.id)
     );
     let list = c.json(&["token", "ls"]);
     let revoked = list.as_array().unwrap().iter().find(|t| t["id"] == token.id.as_str()).unwrap();
@@ -302,7 +302,7 @@ fn token_create_list_revoke() {
     let pasted = c.json(&["token", "create"]);
     let whole = pasted["secret_token"].as_str().unwrap().to_string();
     let id = pasted["id"].as_str().unwrap().to_string();
-    assert_eq!(c.ok(&["token", "revoke", &whole]), format!("revoked token {id}; nodes that joined with it stay\n"));
+    assert_eq!(c.ok(&["token", "revoke", &whole]), format!("revoked token {id}; no member joined with it\n"));
     let out = c.weavectl().args(["token", "revoke", "wv1.not-a-token.secretsecret"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -443,6 +443,18 @@ fn nodes_and_allocations_until_node_removal() {
     assert_eq!(json[0]["name"], "host-1");
     assert_eq!(json[0]["key_fingerprint"], "BwcHBwcH");
     assert_eq!(json[0]["public_key"], "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=", "whole, as the API has it");
+    // The token it joined with names it: revoking a leaked one says whom to check.
+    let first = c.first_token.id.clone();
+    let tokens = c.ok(&["token", "ls"]);
+    let row = tokens.lines().find(|l| l.starts_with(&first)).unwrap();
+    assert!(tokens.starts_with("ID") && tokens.contains("NODES") && row.contains("host-1"), "{tokens}");
+    assert_eq!(
+        c.ok(&["token", "revoke", &first]),
+        format!(
+            "revoked token {first}; the nodes that joined with it stay: host-1 (`weavectl node rm <name>` for any \
+             you do not know)\n"
+        )
+    );
 
     let allocations = c.json(&["ipam", "ls"]);
     assert_eq!(allocations.as_array().unwrap().len(), 1);

@@ -26,6 +26,7 @@ fn token(r: &Row) -> Result<v1::Token> {
         revoked: r.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
         uses: r.try_get::<i64, _>("uses")? as u32,
         description: r.try_get("description")?,
+        joined_nodes: Vec::new(),
     })
 }
 
@@ -56,7 +57,17 @@ impl Store {
             db::query(sqlx::AssertSqlSafe(format!("SELECT {TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at, id")))
                 .fetch_all(&self.read)
                 .await?;
-        rows.iter().map(token).collect()
+        let mut tokens: Vec<v1::Token> = rows.iter().map(token).collect::<Result<_>>()?;
+        let joined = db::query("SELECT name, joined_via FROM nodes WHERE joined_via IS NOT NULL ORDER BY name")
+            .fetch_all(&self.read)
+            .await?;
+        for r in &joined {
+            let via: String = r.try_get("joined_via")?;
+            if let Some(t) = tokens.iter_mut().find(|t| t.id == via) {
+                t.joined_nodes.push(r.try_get("name")?);
+            }
+        }
+        Ok(tokens)
     }
 
     /// Revoking twice is not an error: the token stays revoked.
@@ -77,7 +88,12 @@ impl Store {
         .fetch_optional(tx.c())
         .await?
         .ok_or_else(|| Error::NotFound(format!("no join token with id '{id}' (see `weavectl token ls`)")))?;
-        let out = token(&row)?;
+        let mut out = token(&row)?;
+        for r in
+            db::query("SELECT name FROM nodes WHERE joined_via = $1 ORDER BY name").bind(&id).fetch_all(tx.c()).await?
+        {
+            out.joined_nodes.push(r.try_get("name")?);
+        }
         self.commit(tx).await?;
         Ok(out)
     }

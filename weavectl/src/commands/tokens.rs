@@ -65,7 +65,7 @@ pub(super) async fn run(api: &mut Api, out: &Output, c: Checked) -> Outcome {
         }
         TokenCommand::Ls => {
             let tokens = api.tokens.list_tokens(ListTokensRequest {}).await.doing("listing join tokens")?.tokens;
-            let mut table = Table::new(&["ID", "STATE", "EXPIRES", "USES", "LEFT", "CREATED", "DESCRIPTION"]);
+            let mut table = Table::new(&["ID", "STATE", "EXPIRES", "USES", "LEFT", "CREATED", "NODES", "DESCRIPTION"]);
             for t in &tokens {
                 table.row(vec![
                     t.id.clone(),
@@ -74,6 +74,7 @@ pub(super) async fn run(api: &mut Api, out: &Output, c: Checked) -> Outcome {
                     t.uses.to_string(),
                     if t.unlimited { "unlimited".into() } else { t.uses_left.to_string() },
                     relative(t.created_at),
+                    or_dash(&t.joined_nodes.join(",")),
                     or_dash(&t.description),
                 ]);
             }
@@ -85,7 +86,14 @@ pub(super) async fn run(api: &mut Api, out: &Output, c: Checked) -> Outcome {
             let id = weave_proto::token::JoinToken::parse(&id).map(|t| t.id).unwrap_or(id);
             let token =
                 api.tokens.revoke_token(RevokeTokenRequest { id: id.clone() }).await.doing("revoking a join token")?;
-            out.done(&format!("revoked token {}; nodes that joined with it stay", token.id), || token_json(&token));
+            let stay = match token.joined_nodes.as_slice() {
+                [] => "no member joined with it".to_string(),
+                nodes => format!(
+                    "the nodes that joined with it stay: {} (`weavectl node rm <name>` for any you do not know)",
+                    nodes.join(", ")
+                ),
+            };
+            out.done(&format!("revoked token {}; {stay}", token.id), || token_json(&token));
         }
     }
     Ok(())
@@ -132,5 +140,6 @@ fn token_json(t: &Token) -> Value {
         "uses_left": if t.unlimited { Value::Null } else { json!(t.uses_left) },
         "revoked": t.revoked,
         "description": t.description,
+        "joined_nodes": t.joined_nodes,
     })
 }
