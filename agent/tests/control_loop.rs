@@ -131,7 +131,9 @@ async fn watch_applies_saves_survives_an_outage_and_resumes() {
     let node_api = Api::new(connect_lazy(&token.coordinator, token.pin).unwrap(), &joined.credential).unwrap();
     let (tx, rx) = watch::channel(joined.map.unwrap());
     let connected = Arc::new(AtomicBool::new(false));
-    let watcher = tokio::spawn(control::watch_map(node_api.map.clone(), state.clone(), tx, connected.clone()));
+    let refused = Arc::new(std::sync::Mutex::new(None));
+    let watcher =
+        tokio::spawn(control::watch_map(node_api.map.clone(), state.clone(), tx, connected.clone(), refused.clone()));
 
     add_subnet(&running, "10.40.0.0/24").await;
     wait_until("the new subnet in the map", || has_subnet(&rx.borrow(), "10.40.0.0/24")).await;
@@ -141,6 +143,7 @@ async fn watch_applies_saves_survives_an_outage_and_resumes() {
     assert!(has_subnet(&saved, "10.40.0.0/24"), "the map on disk has the change");
     assert_eq!(saved.revision, rx.borrow().revision);
     assert!(connected.load(Ordering::Relaxed));
+    assert_eq!(*refused.lock().unwrap(), None, "an open watch is no refusal");
 
     // Outage: the agent notices, keeps its map.
     stop.now();

@@ -219,8 +219,17 @@ fn a_host_the_restored_coordinator_forgot_joins_again_with_a_token() {
     bed.signal_agent(h2, Signal::SIGTERM);
     bed.start_agent(h2, false);
     wait_for("the forgotten host to say so", Duration::from_secs(30), || {
-        bed.log(h2).contains("credential not recognised").then_some(())
+        // With what to do (a review, 2026-12-06).
+        bed.log(h2)
+            .contains("restored from a backup taken before it joined: run `agent join --token-file")
+            .then_some(())
     });
+    // Its status says so too: "unreachable" before (the same review).
+    let status = bed.status(h2).unwrap();
+    assert!(!status.coordinator_connected);
+    let why = status.coordinator_refused.clone().unwrap_or_default();
+    assert!(why.contains("agent join --token-file"), "{status:?}");
+    assert!(weave_proto::local_api::format_status(&status).contains("refuses this node (using the saved map)"));
     // The token again: a new node for the coordinator, the same host.
     bed.signal_agent(h2, Signal::SIGTERM);
     bed.start_agent(h2, true);

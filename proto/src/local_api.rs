@@ -310,6 +310,10 @@ pub struct AgentStatus {
     pub revision: u64,
     /// A watch on the coordinator is open right now.
     pub coordinator_connected: bool,
+    /// Why the coordinator answers but turns this node's credential away
+    /// (it does not know the node: a restored backup, another cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator_refused: Option<String>,
     pub segments: Vec<SegmentStatus>,
     pub peers: Vec<PeerStatus>,
     /// `net.ipv4.ip_forward` on this host (egress needs it; the agent does
@@ -360,7 +364,11 @@ pub fn format_status(s: &AgentStatus) -> String {
         s.address,
         s.endpoint,
         s.revision,
-        if s.coordinator_connected { "connected" } else { "unreachable (using the saved map)" }
+        match (&s.coordinator_refused, s.coordinator_connected) {
+            (_, true) => "connected".to_string(),
+            (Some(why), false) => format!("refuses this node (using the saved map): {why}"),
+            (None, false) => "unreachable (using the saved map)".to_string(),
+        }
     );
     for seg in &s.segments {
         match &seg.skipped {

@@ -184,7 +184,9 @@ async fn serve(
     let probe =
         super::metrics::AgentProbe::new(identity.node_id, dyn_transport.clone(), map_rx.clone(), connected.clone());
     let last_map = map_rx.clone();
-    let mut membership = tokio::spawn(control::watch_map(api.map.clone(), dir.clone(), map_tx, connected.clone()));
+    let refused = Arc::new(std::sync::Mutex::new(None));
+    let mut membership =
+        tokio::spawn(control::watch_map(api.map.clone(), dir.clone(), map_tx, connected.clone(), refused.clone()));
     // Endpoints follow the host's addresses unless --endpoint pinned them.
     let endpoints = match identity.endpoints_pinned {
         true => None,
@@ -238,6 +240,7 @@ async fn serve(
                 transport: transport.clone(),
                 maps: map_rx,
                 connected,
+                refused,
                 dns: dns.clone(),
                 registry,
                 segment_mtu,

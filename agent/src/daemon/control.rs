@@ -47,14 +47,18 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 /// applied event on `maps` and saves the map to disk (once no further event
 /// is waiting, [`follow`]); while the coordinator is unreachable the last
 /// map stays in force. `connected` tells the status API whether a watch is
-/// open. Returns only when the coordinator refused this
-/// node's credential, with its reason.
+/// open, and `refused` why the coordinator turns the credential away while
+/// it does (a coordinator restored from an older backup: the status said
+/// "unreachable"; found by a review, 2026-12-06). Returns only when the
+/// coordinator said this node is no longer a member, with its reason.
 pub async fn watch_map(
     mut client: MapServiceClient<AuthChannel>,
     state: StateDir,
     maps: watch::Sender<NetworkMap>,
     connected: Arc<AtomicBool>,
+    refused: Arc<std::sync::Mutex<Option<String>>>,
 ) -> Error {
+    let refuse = |why: Option<String>| *refused.lock().unwrap_or_else(|e| e.into_inner()) = why;
     // The next retry's delay, and how many quick retries were made since
     // the last event (`follow` resets both on an event, not on a watch that
     // is accepted and then ends: that one backs off).
@@ -70,6 +74,7 @@ pub async fn watch_map(
         match client.watch(WatchRequest { from_revision: from, from_history: history }).await {
             Ok(response) => {
                 tracing::info!(from_revision = from, "watching the network map");
+                refuse(None);
                 connected.store(true, Ordering::Relaxed);
                 if let Err(removed) = follow(response.into_inner(), &state, &maps, &mut retry).await {
                     connected.store(false, Ordering::Relaxed);
@@ -78,6 +83,7 @@ pub async fn watch_map(
             }
             Err(status) if membership_ended(&status) => return Error::Removed(status.message().to_string()),
             Err(status) => {
+                refuse((status.code() == tonic::Code::Unauthenticated).then(|| status.message().to_string()));
                 // The causes under tonic's "tcp connect error" (No route to
                 // host, Connection refused: a review, 2026-12-06).
                 let cause =

@@ -35,6 +35,8 @@ pub(super) struct LocalService {
     pub(super) transport: Arc<TunUdp>,
     pub(super) maps: watch::Receiver<NetworkMap>,
     pub(super) connected: Arc<AtomicBool>,
+    /// Why the coordinator turns this node's credential away, while it does.
+    pub(super) refused: Arc<std::sync::Mutex<Option<String>>>,
     pub(super) dns: DnsServer,
     /// Which container is which: `--name` names and CNI ids -> DNS server
     /// key, for a detach by those (also after a restart).
@@ -362,6 +364,7 @@ impl LocalService {
             endpoint: self.identity.endpoint.to_string(),
             revision: map.revision,
             coordinator_connected: self.connected.load(Ordering::Relaxed),
+            coordinator_refused: self.refused.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             segments: map
                 .subnets
                 .iter()

@@ -135,13 +135,23 @@ impl State {
             }
             return Ok((caller, hash));
         }
-        Err(match self.store.removed_node(&hash).await.map_err(Status::from)? {
-            Some(name) => membership_ended(format!("node '{name}' was removed from the cluster"), "removed"),
-            None => Status::unauthenticated(
-                "credential not recognised by this coordinator (wrong coordinator, the node was removed, \
-                 or the credential was replaced)",
-            ),
-        })
+        if let Some(name) = self.store.removed_node(&hash).await.map_err(Status::from)? {
+            return Err(membership_ended(format!("node '{name}' was removed from the cluster"), "removed"));
+        }
+        // Each case says what to do (a rotated admin credential and a node
+        // a restored backup does not know were told "wrong coordinator, the
+        // node was removed, or …"; found by a review, 2026-12-06).
+        if self.store.rotated_admin(&hash).await.map_err(Status::from)? {
+            return Err(Status::unauthenticated(
+                "this admin credential was replaced by `weavectl admin rotate`: use the new one (the \
+                 coordinator's <data-dir>/admin.credential, or what the rotation printed)",
+            ));
+        }
+        Err(Status::unauthenticated(
+            "credential not recognised by this coordinator: another cluster's, or a node this coordinator does \
+             not know (restored from a backup taken before it joined: run `agent join --token-file <file>` \
+             on that host)",
+        ))
     }
 
     pub async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {

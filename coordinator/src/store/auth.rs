@@ -107,6 +107,17 @@ impl Store {
     }
 
     /// The name of the node that held `secret_hash` when an admin removed it.
+    /// Whether `secret_hash` is an admin credential a rotation replaced.
+    pub async fn rotated_admin(&self, secret_hash: &str) -> Result<bool> {
+        let revoked: Option<i64> = db::query_scalar(
+            "SELECT revoked_at FROM admin_credentials WHERE secret_hash = $1 AND revoked_at IS NOT NULL",
+        )
+        .bind(secret_hash)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(revoked.is_some())
+    }
+
     pub async fn removed_node(&self, secret_hash: &str) -> Result<Option<String>> {
         Ok(db::query_scalar("SELECT name FROM removed_nodes WHERE credential_hash = $1")
             .bind(secret_hash)

@@ -101,6 +101,7 @@ fn status() -> AgentStatus {
         endpoint: "192.0.2.11:6784".into(),
         revision: 9,
         coordinator_connected: true,
+        coordinator_refused: None,
         segments: vec![],
         peers: vec![PeerStatus {
             node_id: 2,
