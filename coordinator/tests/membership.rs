@@ -517,7 +517,12 @@ async fn the_admin_credential_rotates_and_the_old_one_dies() {
     let new = AdminCredential::parse(&new.credential).unwrap();
     assert_ne!(new.secret, old.secret);
     assert_eq!(new.pin, old.pin);
-    assert_status(admin.status.get_status(GetStatusRequest {}).await, Code::Unauthenticated, "not recognised");
+    // It says it was rotated (a review, 2026-12-06: "not recognised").
+    assert_status(
+        admin.status.get_status(GetStatusRequest {}).await,
+        Code::Unauthenticated,
+        "this admin credential was replaced",
+    );
     let (status, took) = end_of(&mut watch).await;
     assert_eq!(status.code(), Code::Unauthenticated);
     assert!(took < Duration::from_secs(1), "{took:?}");
@@ -539,7 +544,11 @@ async fn the_admin_credential_rotates_and_the_old_one_dies() {
     std::fs::write(&file, format!("{old}\n")).unwrap();
     let c = TestCoordinator::start_in(dir, |_| {}).await;
     let mut stale = c.api_with(&old.secret).await;
-    assert_status(stale.status.get_status(GetStatusRequest {}).await, Code::Unauthenticated, "not recognised");
+    assert_status(
+        stale.status.get_status(GetStatusRequest {}).await,
+        Code::Unauthenticated,
+        "this admin credential was replaced",
+    );
     c.api_with(&new.secret).await.status.get_status(GetStatusRequest {}).await.expect("the rotated credential");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{old}\n"));
 
@@ -550,7 +559,11 @@ async fn the_admin_credential_rotates_and_the_old_one_dies() {
     let c = TestCoordinator::start_in(dir, |_| {}).await;
     assert_ne!(c.running.admin.secret, new.secret);
     let mut stale = c.api_with(&new.secret).await;
-    assert_status(stale.status.get_status(GetStatusRequest {}).await, Code::Unauthenticated, "not recognised");
+    assert_status(
+        stale.status.get_status(GetStatusRequest {}).await,
+        Code::Unauthenticated,
+        "this admin credential was replaced",
+    );
     c.admin().await.status.get_status(GetStatusRequest {}).await.unwrap();
 }
 
@@ -609,7 +622,11 @@ async fn a_rotation_through_one_coordinator_ends_admin_watches_on_another() {
     let mut on_b = b.admin().await;
     let mut watch = open_watch(&mut on_b).await;
     a.admin().await.admin.rotate_admin_credential(RotateAdminCredentialRequest {}).await.unwrap();
-    assert_status(on_b.status.get_status(GetStatusRequest {}).await, Code::Unauthenticated, "not recognised");
+    assert_status(
+        on_b.status.get_status(GetStatusRequest {}).await,
+        Code::Unauthenticated,
+        "this admin credential was replaced",
+    );
     let ended = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             match watch.message().await {

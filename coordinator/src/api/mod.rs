@@ -143,8 +143,9 @@ impl State {
         // node was removed, or …"; found by a review, 2026-12-06).
         if self.store.rotated_admin(&hash).await.map_err(Status::from)? {
             return Err(Status::unauthenticated(
-                "this admin credential was replaced by `weavectl admin rotate`: use the new one (the \
-                 coordinator's <data-dir>/admin.credential, or what the rotation printed)",
+                "this admin credential was replaced (`weavectl admin rotate`, or a coordinator started without \
+                 its admin.credential): use the current one, in the coordinator's <data-dir>/admin.credential \
+                 or as the rotation printed it",
             ));
         }
         Err(Status::unauthenticated(
