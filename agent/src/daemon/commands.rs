@@ -75,7 +75,27 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     }
     let _lock = dir.lock()?;
     let (key, identity, map) = dir.load()?;
+    let current = map.nodes.iter().find(|n| n.id == identity.node_id).map(|n| n.endpoints.clone()).unwrap_or_default();
+    if let Some(warning) = std::env::var("WEAVE_ENDPOINT").ok().and_then(|e| endpoint_env_ignored(&e, &current)) {
+        tracing::warn!("{warning}");
+    }
     serve(dir, key, identity, map, args, shutdown).await
+}
+
+/// `WEAVE_ENDPOINT` is `agent join`'s: under `agent run` (the systemd
+/// unit's, with an environment file) a new one was ignored without a word
+/// (found by a review, 2026-12-06). Says so when it is not what the map
+/// holds for this node (`current`).
+fn endpoint_env_ignored(env: &str, current: &[String]) -> Option<String> {
+    let given: Vec<String> = env.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+    let same = given.iter().all(|g| g.parse::<SocketAddr>().is_ok_and(|a| current.contains(&a.to_string())));
+    (!given.is_empty() && !same).then(|| {
+        format!(
+            "WEAVE_ENDPOINT ({env}) is not this node's endpoints ({}) and `agent run` does not read it: \
+             `agent join --endpoint <ip:port> --data-dir <dir>` (no token needed) pins new ones",
+            current.join(", ")
+        )
+    })
 }
 
 async fn serve(
@@ -382,4 +402,20 @@ fn socket_error(socket: &std::path::Path, e: std::io::Error) -> Error {
 /// Tonic's errors carry their cause deep down; one line with all of it.
 pub fn describe(e: &Error) -> String {
     error_chain(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_env_ignored;
+
+    #[test]
+    fn an_endpoint_in_the_environment_that_run_would_ignore_is_said() {
+        let current = ["192.0.2.11:6784".to_string(), "[2001:db8::11]:6784".to_string()];
+        assert_eq!(endpoint_env_ignored("192.0.2.11:6784", &current), None);
+        assert_eq!(endpoint_env_ignored("192.0.2.11:6784, [2001:db8::11]:6784", &current), None);
+        assert_eq!(endpoint_env_ignored("", &current), None);
+        let said = endpoint_env_ignored("192.0.2.21:6784", &current).unwrap();
+        assert!(said.contains("does not read it") && said.contains("agent join --endpoint"), "{said}");
+        assert!(endpoint_env_ignored("not an address", &current).is_some());
+    }
 }

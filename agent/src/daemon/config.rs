@@ -21,7 +21,7 @@ pub struct Cli {
 pub enum Command {
     /// Join the cluster with a token, then keep running (restarts from the saved identity if already joined).
     Join(JoinArgs),
-    /// Run from the saved identity (no token needed).
+    /// Run from the saved identity (no token needed; `agent join --endpoint` changes pinned endpoints).
     Run(RunArgs),
     /// Show this host's peers from the running agent.
     Status(StatusArgs),
