@@ -66,14 +66,16 @@ impl FromStr for Location {
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            if let Some(name) = super::redact::unknown_parameter(s) {
-                return Err(LocationError(format!(
-                    "'{}': unknown connect parameter {name} (sqlx would ignore it; known: sslmode, sslrootcert, \
+            let (url, dropped) = super::redact::without_unknown_parameters(s);
+            if !dropped.is_empty() {
+                tracing::warn!(
+                    parameters = ?dropped,
+                    "--store: connect parameters sqlx does not know are left out (known: sslmode, sslrootcert, \
                      sslcert, sslkey, host, hostaddr, port, dbname, user, password, application_name, options, \
-                     statement-cache-capacity)",
-                    redact(s)
-                )));
+                     statement-cache-capacity)"
+                );
             }
+            let s = url.as_str();
             PgConnectOptions::from_str(s)
                 .map_err(|e| LocationError(format!("'{}' is not a valid PostgreSQL URL: {e}", redact(s))))?;
             return Ok(Self::Postgres(s.to_string()));

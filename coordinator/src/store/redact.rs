@@ -40,19 +40,36 @@ const KNOWN: &[&str] = &[
     "options",
 ];
 
-/// The first query parameter of a PostgreSQL URL that sqlx does not know.
-/// sqlx ignores one with a warning that prints its value (an
-/// `sslpassword=` in clear), and a misspelt `sslmode` left the connection
-/// without verified TLS: refused instead (found by a review, 2026-12-06).
-/// A part without `=` is not named: it may be a misplaced secret.
-pub(crate) fn unknown_parameter(text: &str) -> Option<String> {
-    let u = url::Url::parse(text).ok()?;
-    u.query()?.split('&').filter(|part| !part.is_empty()).find_map(|part| {
-        let Some((name, _)) = part.split_once('=') else { return Some("a part without '='".into()) };
+/// The URL without the query parameters sqlx does not know, and their
+/// names (a part without `=` is not named: it may be a misplaced secret).
+/// sqlx ignores such a parameter with a warning that prints its value (an
+/// `sslpassword=` in clear), on every parse of the URL; a misspelt `sslmode`
+/// also leaves the connection without verified TLS, which the coordinator's
+/// own warning then says (found by a review, 2026-12-06). Not refused: a
+/// libpq parameter (`connect_timeout`, `target_session_attrs`) in a URL that
+/// worked before must not stop an upgraded coordinator.
+pub(crate) fn without_unknown_parameters(text: &str) -> (String, Vec<String>) {
+    let Ok(u) = url::Url::parse(text) else { return (text.to_string(), Vec::new()) };
+    let Some(query) = u.query() else { return (text.to_string(), Vec::new()) };
+    let (mut kept, mut dropped) = (Vec::new(), Vec::new());
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let Some((name, _)) = part.split_once('=') else {
+            dropped.push("(a part without '=')".to_string());
+            continue;
+        };
         let name = url::form_urlencoded::parse(name.as_bytes()).next().map(|(n, _)| n.into_owned()).unwrap_or_default();
-        let known = KNOWN.contains(&name.as_str()) || (name.starts_with("options[") && name.ends_with(']'));
-        (!known).then(|| format!("'{name}'"))
-    })
+        if KNOWN.contains(&name.as_str()) || (name.starts_with("options[") && name.ends_with(']')) {
+            kept.push(part);
+        } else {
+            dropped.push(name);
+        }
+    }
+    if dropped.is_empty() {
+        return (text.to_string(), dropped);
+    }
+    let base = &text[..text.find('?').unwrap_or(text.len())];
+    let url = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
+    (url, dropped)
 }
 
 fn parsed(u: &url::Url) -> String {
@@ -165,12 +182,21 @@ mod tests {
     }
 
     #[test]
-    fn a_parameter_sqlx_would_ignore_is_named() {
-        let unknown = |u: &str| super::unknown_parameter(u);
-        assert_eq!(unknown("postgres://u:p@h/w?sslmode=verify-full&application_name=x&options[search_path]=a"), None);
-        assert_eq!(unknown("postgres://u@h/w?sslmdoe=verify-full").as_deref(), Some("'sslmdoe'"));
-        assert_eq!(unknown("postgres://u@h/w?sslpassword=S3cret").as_deref(), Some("'sslpassword'"));
-        assert_eq!(unknown("postgres://u@h/w?sslmode=disable&S3cret").as_deref(), Some("a part without '='"));
-        assert_eq!(unknown("postgres://u@h/w"), None);
+    fn parameters_sqlx_would_ignore_are_left_out_and_named() {
+        let strip = |u: &str| super::without_unknown_parameters(u);
+        let known = "postgres://u:p@h/w?sslmode=verify-full&application_name=x&options[search_path]=a";
+        assert_eq!(strip(known), (known.to_string(), vec![]));
+        assert_eq!(strip("postgres://u@h/w"), ("postgres://u@h/w".to_string(), vec![]));
+        assert_eq!(
+            strip("postgres://u@h/w?sslmdoe=verify-full&sslmode=require&connect_timeout=10"),
+            (
+                "postgres://u@h/w?sslmode=require".to_string(),
+                vec!["sslmdoe".to_string(), "connect_timeout".to_string()]
+            )
+        );
+        let (url, dropped) = strip("postgres://u@h/w?sslpassword=S3cret&S3cr3t2");
+        assert_eq!(url, "postgres://u@h/w");
+        assert_eq!(dropped, ["sslpassword", "(a part without '=')"]);
+        assert!(!format!("{dropped:?}").contains("S3cr"));
     }
 }
