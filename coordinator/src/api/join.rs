@@ -159,8 +159,12 @@ impl Join {
         let name = r.name.trim().to_string();
         // A node named before the rules were tightened re-joins under its
         // name (after `--new-identity`, or a lost identity): the name is its.
+        // Looked up in the map in memory: before the token is checked, a
+        // database query here was work an outsider could have done at will,
+        // answered INVALID_ARGUMENT and so never counted against its
+        // source's budget (found by a review, 2026-12-06).
         if let Err(e) = check_name(&name)
-            && !(legacy_name(&name) && self.0.store.node(&name).await.is_ok_and(|n| n.name == name))
+            && !(legacy_name(&name) && self.0.store.with_map(|m| m.nodes.iter().any(|n| n.name == name)))
         {
             return Err(e.into());
         }
