@@ -626,6 +626,11 @@ async fn ipam_allocates_lowest_free_idempotently_and_refuses_conflicts() {
     assert_eq!(again, a1, "same container and subnet: same allocation");
     let a2 = node.ipam.allocate(alloc("c2", "net:default")).await.unwrap().into_inner();
     assert_eq!(a2.address, "10.32.0.2/16");
+    // `host:<name>` is a node's own exposed address: another node's is
+    // refused (its agent took it for its own; a review, 2026-12-06).
+    assert_status(node.ipam.allocate(alloc("host:other", "default")).await, Code::InvalidArgument, "another node's");
+    let own = node.ipam.allocate(alloc("host:host1", "default")).await.unwrap().into_inner();
+    node.ipam.release(ReleaseRequest { container: own.container, ..Default::default() }).await.unwrap();
 
     // Explicit addresses.
     let mut want = alloc("c3", "10.2.4.0/24");

@@ -78,9 +78,14 @@ fn addresses_by_segment(
 /// This host's exposed address (its `host:` allocation) per segment, by vni.
 pub fn exposed_addresses(map: &NetworkMap, own_node: u64) -> BTreeMap<u32, Ipv4Addr> {
     let vni_of: BTreeMap<u64, u32> = map.subnets.iter().filter(|s| s.vni != 0).map(|s| (s.id, s.vni)).collect();
+    // Its own name's key only: `host:<another>` is no exposed address of
+    // this host's (the same review as the coordinator's refusal of it).
+    let Some(own) = map.nodes.iter().find(|n| n.id == own_node).map(|n| format!("host:{}", n.name)) else {
+        return BTreeMap::new();
+    };
     map.allocations
         .iter()
-        .filter(|a| a.node_id == own_node && a.container.starts_with("host:"))
+        .filter(|a| a.node_id == own_node && a.container == own)
         .filter_map(|a| Some((*vni_of.get(&a.subnet_id)?, allocation_address(&a.address)?)))
         .collect()
 }

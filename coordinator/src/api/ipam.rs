@@ -36,6 +36,20 @@ impl IpamService for Ipam {
         let caller = self.0.caller(&request).await?;
         let r = request.get_ref();
         let node = self.0.target_node(&caller, &r.node).await?;
+        // `host:<name>` is a node's own exposed address (its agent's
+        // expose): no node's key for another (a member allocating
+        // `host:h1` on itself listed a second `host:h1`, and its own agent
+        // took that for its exposed address; found by a review, 2026-12-06).
+        if let Some(named) = r.container.trim().strip_prefix("host:") {
+            let own = self.0.store.with_map(|m| m.nodes.iter().find(|n| n.id == node).map(|n| n.name.clone()));
+            if own.as_deref() != Some(named) {
+                return Err(Error::InvalidArgument(format!(
+                    "'host:{named}' is another node's exposed-address key: a node's is host:<its name> (`weavectl \
+                     expose` on it)"
+                ))
+                .into());
+            }
+        }
         let explicit = match opt(&r.address) {
             Some(a) => Some(parse_address(a).ok_or_else(|| {
                 Error::InvalidArgument(format!("'{a}' is not an address (like 10.2.3.7 or 10.2.3.7/24)"))

@@ -175,7 +175,7 @@ fn workloads_reach_their_host_only_at_its_exposed_address_and_never_over_ipv6() 
 #[test]
 fn the_overlay_is_sealed_from_the_underlay_and_vxlan_comes_only_from_peers_over_the_tun() {
     use weave_proto::v1::{Allocation, Node, Subnet};
-    let node = |id, address: &str| Node { id, address: address.into(), ..Default::default() };
+    let node = |id, address: &str| Node { id, name: format!("h{id}"), address: address.into(), ..Default::default() };
     let subnet = |cidr: &str, vni: u32| Subnet { id: vni.into(), cidr: cidr.into(), vni, ..Default::default() };
     let host = |node_id, subnet_id, address: &str| Allocation {
         node_id,

@@ -132,7 +132,9 @@ fn partial_segment_is_completed_without_touching_good_flood_entries() {
 
 /// Nodes 1 (this one, 10.47.0.1) and 2 (10.47.0.2).
 fn two_nodes() -> Vec<Node> {
-    [1, 2].map(|id| Node { id, address: format!("10.47.0.{id}"), ..Default::default() }).to_vec()
+    [1, 2]
+        .map(|id| Node { id, name: format!("h{id}"), address: format!("10.47.0.{id}"), ..Default::default() })
+        .to_vec()
 }
 
 #[test]
@@ -140,7 +142,7 @@ fn desired_from_map_skips_self_and_vni_zero_and_floods_only_to_members() {
     use weave_proto::v1::Allocation;
     let alloc = |id, node_id, subnet_id| Allocation { id, node_id, subnet_id, ..Default::default() };
     let mut nodes = two_nodes();
-    nodes.push(Node { id: 3, address: "10.47.0.3".into(), ..Default::default() });
+    nodes.push(Node { id: 3, name: "h3".into(), address: "10.47.0.3".into(), ..Default::default() });
     let map = NetworkMap {
         nodes,
         subnets: vec![
