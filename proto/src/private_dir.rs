@@ -38,6 +38,16 @@ pub fn secure(dir: &Path) -> Result<Option<String>, String> {
     if mode & 0o022 == 0 {
         return Ok(None);
     }
+    // A shared directory (sticky, as /tmp) is left as it is: taking others'
+    // write away from a mistyped `--data-dir /tmp` would break the host
+    // (found by the review of the first version of this).
+    if mode & 0o1000 != 0 {
+        return Ok(Some(format!(
+            "{} is a shared directory (mode {mode:04o}, like /tmp): other users could replace its keys and \
+             credentials; give the daemon a directory of its own",
+            dir.display()
+        )));
+    }
     let tight = mode & !0o022;
     if meta.uid() == me && std::fs::set_permissions(dir, std::fs::Permissions::from_mode(tight)).is_ok() {
         return Ok(Some(format!(
@@ -65,15 +75,23 @@ mod tests {
         assert_eq!(secure(dir.path()), Ok(None));
         assert_eq!(secure(&dir.path().join("not-yet")), Ok(None));
         let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
-        for (given, kept) in
-            [(0o700, 0o700), (0o755, 0o755), (0o775, 0o755), (0o777, 0o755), (0o2777, 0o2755), (0o722, 0o700)]
-        {
+        for (given, kept) in [
+            (0o700, 0o700),
+            (0o755, 0o755),
+            (0o775, 0o755),
+            (0o777, 0o755),
+            (0o2777, 0o2755),
+            (0o722, 0o700),
+            (0o1777, 0o1777),
+        ] {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(given)).unwrap();
             let warned = secure(dir.path()).unwrap();
             assert_eq!(mode(dir.path()), kept, "{given:o}");
-            assert_eq!(warned.is_some(), given != kept, "{given:o}: {warned:?}");
-            if let Some(w) = warned {
-                assert!(w.contains(&format!("(mode {given:04o}): made {kept:04o}")), "{w}");
+            assert_eq!(warned.is_some(), given & 0o022 != 0, "{given:o}: {warned:?}");
+            match warned {
+                Some(w) if given & 0o1000 != 0 => assert!(w.contains("a shared directory (mode 1777"), "{w}"),
+                Some(w) => assert!(w.contains(&format!("(mode {given:04o}): made {kept:04o}")), "{w}"),
+                None => {}
             }
         }
     }

@@ -712,9 +712,10 @@ fn unknown_credential_is_refused_by_the_coordinator() {
     let second = Cluster::start();
     let stranger = AdminCredential { secret: second.admin.secret.clone(), ..first.admin.clone() };
     bare().arg("--admin").arg(stranger.to_string()).arg("status").assert().code(6).stdout("").stderr(
-        "weavectl: getting the cluster status: credential not recognised by this coordinator: another cluster's, or \
-         a node this coordinator does not know (restored from a backup taken before it joined: run `agent join \
-         --token-file <file>` on that host)\n",
+        "weavectl: getting the cluster status: credential not recognised by this coordinator: another cluster's; a \
+         node's it does not know (restored from a backup taken before it joined: run `agent join --token-file \
+         <file>` on that host); or an admin credential it never had (use the one in its \
+         <data-dir>/admin.credential)\n",
     );
 }
 

@@ -54,6 +54,9 @@ pub fn exec_run(args: &RunArgs) -> Error {
         .args(args.to_args())
         .env_remove("WEAVE_TOKEN")
         .env_remove("WEAVE_TOKEN_FILE")
+        // Read by the join above (which said if it could not apply it):
+        // `agent run` would warn that it does not read it.
+        .env_remove("WEAVE_ENDPOINT")
         .exec();
     Error::Io(format!("re-execute {} as `agent run`", exe.display()), e)
 }
@@ -88,7 +91,13 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
 /// holds for this node (`current`).
 fn endpoint_env_ignored(env: &str, current: &[String]) -> Option<String> {
     let given: Vec<String> = env.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
-    let same = given.iter().all(|g| g.parse::<SocketAddr>().is_ok_and(|a| current.contains(&a.to_string())));
+    let mut given_norm: Vec<String> =
+        given.iter().map(|g| g.parse::<SocketAddr>().map_or_else(|_| g.clone(), |a| a.to_string())).collect();
+    let mut current_sorted = current.to_vec();
+    given_norm.sort();
+    given_norm.dedup();
+    current_sorted.sort();
+    let same = given_norm == current_sorted;
     (!given.is_empty() && !same).then(|| {
         format!(
             "WEAVE_ENDPOINT ({env}) is not this node's endpoints ({}) and `agent run` does not read it: \
@@ -411,11 +420,14 @@ mod tests {
     #[test]
     fn an_endpoint_in_the_environment_that_run_would_ignore_is_said() {
         let current = ["192.0.2.11:6784".to_string(), "[2001:db8::11]:6784".to_string()];
-        assert_eq!(endpoint_env_ignored("192.0.2.11:6784", &current), None);
+        assert!(endpoint_env_ignored("192.0.2.11:6784", &current).is_some(), "a subset drops the other");
         assert_eq!(endpoint_env_ignored("192.0.2.11:6784, [2001:db8::11]:6784", &current), None);
         assert_eq!(endpoint_env_ignored("", &current), None);
         let said = endpoint_env_ignored("192.0.2.21:6784", &current).unwrap();
         assert!(said.contains("does not read it") && said.contains("agent join --endpoint"), "{said}");
         assert!(endpoint_env_ignored("not an address", &current).is_some());
+        // A node with that one alone: no change.
+        assert!(endpoint_env_ignored("192.0.2.11:6784", &current[..1]).is_none());
+        assert!(endpoint_env_ignored("[2001:db8::11]:6784", &current).is_some());
     }
 }

@@ -149,9 +149,9 @@ impl State {
             ));
         }
         Err(Status::unauthenticated(
-            "credential not recognised by this coordinator: another cluster's, or a node this coordinator does \
-             not know (restored from a backup taken before it joined: run `agent join --token-file <file>` \
-             on that host)",
+            "credential not recognised by this coordinator: another cluster's; a node's it does not know \
+             (restored from a backup taken before it joined: run `agent join --token-file <file>` on that \
+             host); or an admin credential it never had (use the one in its <data-dir>/admin.credential)",
         ))
     }
 

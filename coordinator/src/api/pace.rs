@@ -274,8 +274,17 @@ impl Failures {
                 // messages name token ids, never a secret.
                 let (line, unlogged) =
                     self.log_budget.lock().unwrap_or_else(|p| p.into_inner()).admit(self.epoch.elapsed());
-                if unlogged > 0 {
-                    tracing::warn!(unlogged, "authentication failures not logged in a second past the log's budget");
+                if let Some((second, unlogged)) = unlogged {
+                    // When that second began, on the wall clock.
+                    let ago = self.epoch.elapsed().saturating_sub(Duration::from_secs(second));
+                    let at = (std::time::SystemTime::now() - ago)
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    tracing::warn!(
+                        unlogged,
+                        second_unix = at,
+                        "authentication failures in that second were not logged (past the log's 20 a second)"
+                    );
                 }
                 if line {
                     tracing::warn!(source = ?from.map(|f| f.ip()), reason = ?s.message(), "authentication failed");

@@ -87,7 +87,14 @@ pub(super) async fn run(api: &mut Api, out: &Output, c: Checked) -> Outcome {
             let token =
                 api.tokens.revoke_token(RevokeTokenRequest { id: id.clone() }).await.doing("revoking a join token")?;
             let stay = match token.joined_nodes.as_slice() {
-                [] => "no member joined with it".to_string(),
+                [] if token.uses == 0 => "no member joined with it".to_string(),
+                // Removed since, or a coordinator from before 2026-12-06
+                // that does not name them: not "no member" (a review).
+                [] => format!(
+                    "{} join(s) with it, and the coordinator names no member that joined with it (removed \
+                     since, or an older coordinator: check `weavectl node ls`)",
+                    token.uses
+                ),
                 nodes => format!(
                     "the nodes that joined with it stay: {} (`weavectl node rm <name>` for any you do not know)",
                     nodes.join(", ")

@@ -17,13 +17,14 @@ pub(super) struct LogBudget {
 }
 
 impl LogBudget {
-    /// Whether a failure at `now` gets its line, and how many failures of an
-    /// earlier second went unlogged (to be said once, now).
-    pub(super) fn admit(&mut self, now: Duration) -> (bool, u64) {
+    /// Whether a failure at `now` gets its line, and (the second, counted
+    /// from the same start as `now`; how many) failures of an earlier second
+    /// that went unlogged, to be said once, now.
+    pub(super) fn admit(&mut self, now: Duration) -> (bool, Option<(u64, u64)>) {
         let second = now.as_secs();
-        let mut unlogged = 0;
+        let mut unlogged = None;
         if second != self.second {
-            unlogged = std::mem::take(&mut self.unlogged);
+            unlogged = Some((self.second, std::mem::take(&mut self.unlogged))).filter(|(_, n)| *n > 0);
             (self.second, self.logged) = (second, 0);
         }
         if self.logged < PER_SECOND {
@@ -46,15 +47,15 @@ mod tests {
         let mut b = LogBudget::default();
         let at = |ms| Duration::from_millis(ms);
         for i in 0..PER_SECOND {
-            assert_eq!(b.admit(at(u64::from(i))), (true, 0));
+            assert_eq!(b.admit(at(u64::from(i))), (true, None));
         }
         for i in 0..500 {
-            assert_eq!(b.admit(at(100 + i)), (false, 0));
+            assert_eq!(b.admit(at(100 + i)), (false, None));
         }
-        // The next second: its first line, and the 500 unlogged said.
-        assert_eq!(b.admit(at(1_200)), (true, 500));
-        assert_eq!(b.admit(at(1_300)), (true, 0));
+        // Later: its first line, and the 500 unlogged of second 0 said.
+        assert_eq!(b.admit(at(7_200)), (true, Some((0, 500))));
+        assert_eq!(b.admit(at(7_300)), (true, None));
         // A quiet stretch: nothing left to say.
-        assert_eq!(b.admit(at(9_000)), (true, 0));
+        assert_eq!(b.admit(at(9_000)), (true, None));
     }
 }
