@@ -72,10 +72,10 @@ impl Pacer {
     }
 }
 
-/// Failed authentications one source address may have a second (a wrong
-/// or unknown credential, a join token that is not valid), and at once.
 mod log_budget;
 
+/// Failed authentications one source address may have a second (a wrong
+/// or unknown credential, a join token that is not valid), and at once.
 pub const FAILURES_PER_SECOND: u32 = 5;
 pub const FAILURES_BURST: u32 = 50;
 
