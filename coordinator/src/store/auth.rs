@@ -106,7 +106,6 @@ impl Store {
         .await?)
     }
 
-    /// The name of the node that held `secret_hash` when an admin removed it.
     /// Whether `secret_hash` is an admin credential a rotation replaced.
     pub async fn rotated_admin(&self, secret_hash: &str) -> Result<bool> {
         let revoked: Option<i64> = db::query_scalar(
@@ -118,6 +117,7 @@ impl Store {
         Ok(revoked.is_some())
     }
 
+    /// The name of the node that held `secret_hash` when an admin removed it.
     pub async fn removed_node(&self, secret_hash: &str) -> Result<Option<String>> {
         Ok(db::query_scalar("SELECT name FROM removed_nodes WHERE credential_hash = $1")
             .bind(secret_hash)
