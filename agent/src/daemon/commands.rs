@@ -90,15 +90,18 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
 /// (found by a review, 2026-12-06). Says so when it is not what the map
 /// holds for this node (`current`).
 fn endpoint_env_ignored(env: &str, current: &[String]) -> Option<String> {
-    let given: Vec<String> = env.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
-    let mut given_norm: Vec<String> =
-        given.iter().map(|g| g.parse::<SocketAddr>().map_or_else(|_| g.clone(), |a| a.to_string())).collect();
+    // As the map writes them (`[v6]:port`), in order, once each.
+    let mut given: Vec<String> = env
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| e.parse::<SocketAddr>().map_or_else(|_| e.to_string(), |a| a.to_string()))
+        .collect();
+    given.sort();
+    given.dedup();
     let mut current_sorted = current.to_vec();
-    given_norm.sort();
-    given_norm.dedup();
     current_sorted.sort();
-    let same = given_norm == current_sorted;
-    (!given.is_empty() && !same).then(|| {
+    (!given.is_empty() && given != current_sorted).then(|| {
         format!(
             "WEAVE_ENDPOINT ({env}) is not this node's endpoints ({}) and `agent run` does not read it: \
              `agent join --endpoint <ip:port> --data-dir <dir>` (no token needed) pins new ones",

@@ -272,11 +272,11 @@ impl Failures {
                 // second): a refused join or a dead credential left no trace
                 // but a histogram bucket (found by a review, 2026-12-06). The
                 // messages name token ids, never a secret.
-                let (line, unlogged) =
-                    self.log_budget.lock().unwrap_or_else(|p| p.into_inner()).admit(self.epoch.elapsed());
+                let elapsed = self.epoch.elapsed();
+                let (line, unlogged) = self.log_budget.lock().unwrap_or_else(|p| p.into_inner()).admit(elapsed);
                 if let Some((second, unlogged)) = unlogged {
                     // When that second began, on the wall clock.
-                    let ago = self.epoch.elapsed().saturating_sub(Duration::from_secs(second));
+                    let ago = elapsed.saturating_sub(Duration::from_secs(second));
                     let at = (std::time::SystemTime::now() - ago)
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs());

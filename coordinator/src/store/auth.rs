@@ -32,6 +32,11 @@ async fn make_sole(tx: &mut Tx, secret_hash: &str, now: i64) -> Result<()> {
     Ok(())
 }
 
+/// An admin credential's revocation time, if it was revoked (a rotation, a
+/// start after the credential file was deleted).
+const REVOKED_ADMIN: &str =
+    "SELECT revoked_at FROM admin_credentials WHERE secret_hash = $1 AND revoked_at IS NOT NULL";
+
 impl Store {
     /// Makes `secret_hash` the one admin credential: every other one stops
     /// working in the same transaction, and stays known as revoked (rotation,
@@ -41,12 +46,7 @@ impl Store {
     /// having gone through another coordinator of a shared database).
     pub async fn replace_admin_credential(&self, secret_hash: &str) -> Result<bool> {
         let mut tx = self.begin().await?;
-        let revoked: Option<i64> = db::query_scalar(
-            "SELECT revoked_at FROM admin_credentials WHERE secret_hash = $1 AND revoked_at IS NOT NULL",
-        )
-        .bind(secret_hash)
-        .fetch_optional(tx.c())
-        .await?;
+        let revoked: Option<i64> = db::query_scalar(REVOKED_ADMIN).bind(secret_hash).fetch_optional(tx.c()).await?;
         if revoked.is_some() {
             return Ok(false);
         }
@@ -108,12 +108,7 @@ impl Store {
 
     /// Whether `secret_hash` is an admin credential a rotation replaced.
     pub async fn rotated_admin(&self, secret_hash: &str) -> Result<bool> {
-        let revoked: Option<i64> = db::query_scalar(
-            "SELECT revoked_at FROM admin_credentials WHERE secret_hash = $1 AND revoked_at IS NOT NULL",
-        )
-        .bind(secret_hash)
-        .fetch_optional(&self.read)
-        .await?;
+        let revoked: Option<i64> = db::query_scalar(REVOKED_ADMIN).bind(secret_hash).fetch_optional(&self.read).await?;
         Ok(revoked.is_some())
     }
 
