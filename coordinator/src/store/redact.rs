@@ -57,7 +57,7 @@ pub(crate) fn without_unknown_parameters(text: &str) -> (String, Vec<String>) {
             dropped.push("(a part without '=')".to_string());
             continue;
         };
-        let name = url::form_urlencoded::parse(name.as_bytes()).next().map(|(n, _)| n.into_owned()).unwrap_or_default();
+        let name = decoded(name);
         if KNOWN.contains(&name.as_str()) || (name.starts_with("options[") && name.ends_with(']')) {
             kept.push(part);
         } else {
@@ -127,18 +127,19 @@ fn split_query(text: &str) -> (&str, Option<&str>) {
     text.split_once('?').map_or((text, None), |(head, query)| (head, Some(query)))
 }
 
+/// A query parameter's name as sqlx reads it (percent-decoded).
+fn decoded(name: &str) -> String {
+    url::form_urlencoded::parse(name.as_bytes()).next().map(|(n, _)| n.into_owned()).unwrap_or_default()
+}
+
 /// `query` with the value of each parameter whose decoded, lower-case name
 /// `hide` picks replaced by `***`.
 fn hide_values(query: &str, hide: impl Fn(&str) -> bool) -> String {
     let pairs: Vec<String> = query
         .split('&')
-        .map(|pair| {
-            let name = pair.split('=').next().unwrap_or_default();
-            let decoded = url::form_urlencoded::parse(name.as_bytes()).next().map(|(n, _)| n.to_lowercase());
-            match decoded {
-                Some(n) if pair.contains('=') && hide(&n) => format!("{name}=***"),
-                _ => pair.to_string(),
-            }
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if hide(&decoded(name).to_lowercase()) => format!("{name}=***"),
+            _ => pair.to_string(),
         })
         .collect();
     pairs.join("&")
