@@ -416,7 +416,7 @@ fn a_detached_containers_address_is_kept_for_it() {
 
     let again = bed.weavectl_attach(0, &a, &["--name", "a", &format!("/run/netns/{a}")])[0];
     assert_eq!(bed.workloads[again].ip, a_ip, "the container came back to another address");
-    assert!(ping_within(&b, a_ip, 5), "b cannot reach a at its address");
+    assert!(ping_within(&b, a_ip, 10), "b cannot reach a at its address");
 }
 
 /// `expose` right after `subnet add` waits for the subnet's bridge, as attach

@@ -123,9 +123,10 @@ impl DnsBed {
         Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect())
     }
 
-    /// Polls until `name` has no record for workload `w`.
+    /// Polls until `name` has no record for workload `w` (one try a
+    /// query: a lost one must not spend a 2 s bound's whole budget).
     fn wait_gone(&self, what: &str, w: usize, name: &str, within: Duration) {
-        wait_for(what, within, || self.try_dig(w, &[name]).is_ok_and(|a| a.is_empty()).then_some(()));
+        wait_for(what, within, || self.try_dig(w, &["+tries=1", name]).is_ok_and(|a| a.is_empty()).then_some(()));
     }
 
     fn ip(&self, w: usize) -> String {

@@ -115,16 +115,19 @@ fn incremental_updates_leave_the_same_kernel_state_as_a_full_reconcile() {
     routed(24);
     admin(true);
     routed(20);
-    // Settled: the set updates are in too (and no pass is still running).
-    let incremental = wait_for("a stable state", Duration::from_secs(20), || {
+    // Settled: the set updates are in too, the two subnets' sets of remote
+    // workloads (13 on the default subnet, 7 on the other; the firewall's
+    // task applies them apart from the routes' pass), and no pass is still
+    // running.
+    let sets = |state: &[String]| -> Vec<usize> {
+        state.iter().filter(|l| l.starts_with("elements")).map(|l| l.matches("\"10.").count()).collect()
+    };
+    let incremental = wait_for("a stable state with both sets filled", Duration::from_secs(20), || {
         let a = kernel_state(&ns);
+        let filled = sets(&a);
         std::thread::sleep(Duration::from_millis(500));
-        (kernel_state(&ns) == a).then_some(a)
+        (filled.contains(&13) && filled.contains(&7) && kernel_state(&ns) == a).then_some(a)
     });
-    // The two subnets' sets of remote workloads: 13 on the default subnet, 7 on the other.
-    let sets: Vec<usize> =
-        incremental.iter().filter(|l| l.starts_with("elements")).map(|l| l.matches("\"10.").count()).collect();
-    assert!(sets.contains(&13) && sets.contains(&7), "{incremental:#?}");
 
     // The same map applied from nothing: a full reconcile and a new ruleset.
     bed.signal_agent(0, Signal::SIGKILL);

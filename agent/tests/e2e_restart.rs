@@ -236,13 +236,15 @@ fn a_host_the_restored_coordinator_forgot_joins_again_with_a_token() {
     wait_for("the forgotten host to join again", Duration::from_secs(30), || {
         bed.log(h2).contains("joining again with the token").then_some(())
     });
+    // (The log line comes before the join's request; the status socket
+    // opens after its answer.)
+    let after = bed.wait_status(h2);
+    assert_eq!(after.name, before.name);
     let nodes = bed.admin(|mut api| async move {
         api.nodes.list_nodes(weave_proto::v1::ListNodesRequest {}).await.unwrap().into_inner().nodes
     });
     let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["h1", "h2"], "{nodes:?}");
-    let after = bed.wait_status(h2);
-    assert_eq!(after.name, before.name);
     // Its workload attached again (the restored coordinator released its
     // address with the node), and traffic flows.
     let w = bed.add_workload(h2, "default");
