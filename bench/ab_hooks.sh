@@ -12,6 +12,10 @@
 #                    tables; since 397de3e the agents fill emptied ones again within 30 s, so run
 #                    it with weaveB's agents from 6290966 (WVB_BIN_B) to repeat it
 #   empty-inet       only `inet weave` emptied (its conntrack use goes with it; the same caveat)
+#   inet-chains      every chain of `inet weave` emptied but `prerouting` (5 rules, which the agents'
+#                    10 s check lists, so today's agents do not notice), emptied again every 20 s
+#                    (their 5-minute full reload, a map change) by a loop that ends with the host's
+#                    namespace: what the isolation rules of the forward, input and output paths cost
 set -euo pipefail
 mode=$1 ha=$2 hb=$3 wa=$4 wb=$5 ipb=$6
 nsx() { ip netns exec "$@"; }
@@ -52,6 +56,19 @@ empty-tables | empty-inet)
             nsx "$h" nft flush table bridge weave
             nsx "$h" nft flush table bridge weave_guard
         fi
+    done ;;
+inet-chains)
+    flush_chains() { # HOSTNS: every base and regular chain of inet weave but prerouting
+        local c
+        for c in $(nsx "$1" nft list table inet weave | awk '$1 == "chain" && $2 != "prerouting" {print $2}'); do
+            nsx "$1" nft flush chain inet weave "$c"
+        done
+    }
+    for h in "$ha" "$hb"; do
+        flush_chains "$h"
+        # (Kept emptied while the namespace lives; ends with it, no PID to track.)
+        (while sleep 20 && [ -e "/run/netns/$h" ]; do flush_chains "$h" 2>/dev/null || true; done) \
+            > /dev/null 2>&1 < /dev/null &
     done ;;
 *) echo "ab_hooks: unknown mode $mode" >&2; exit 2 ;;
 esac

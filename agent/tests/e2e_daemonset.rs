@@ -178,6 +178,10 @@ fn daemonset_runs_the_installer_the_image_ships() {
     assert!(containerfile.contains("COPY weave-install-cni /usr/local/bin/weave-install-cni"));
     assert!(containerfile.contains("COPY 10-weave.conflist /usr/local/share/weave/10-weave.conflist"));
     let build = read("deploy/image/build.sh");
+    // iptables in the image: the agent opens a FORWARD that drops by default
+    // with it (without it, nothing crossed nodes; `e2e_forward_drop`).
+    assert!(build.contains("--include=nftables,iproute2,iptables "), "the base's packages");
+    assert!(containerfile.contains("install -y --no-install-recommends nftables iproute2 iptables"));
     assert!(build.contains(r#"cp "$src/deploy/kubernetes/weave-install-cni.sh" "$ctx/weave-install-cni""#));
     // Kubernetes' conflist: weave's resolver stays out of pods (cluster DNS
     // binds port 53 in its own pods; kubelet writes pods' resolv.conf).

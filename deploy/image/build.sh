@@ -30,7 +30,8 @@ REF=${WEAVE_IMAGE_REF:-HEAD}
 COMMIT=$(git -C "$ROOT" rev-parse --verify "$REF^{commit}")
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)
 TAG=${WEAVE_IMAGE_TAG:-localhost/weave:$VERSION}
-BASE=localhost/weave-debian-base:$SUITE
+# (The tag names what the base holds: one built before iptables was in it is not reused.)
+BASE=localhost/weave-debian-base:$SUITE-iptables
 
 [[ $(id -u) == 0 ]] || { echo "build.sh: needs root (debootstrap, podman's vfs store)" >&2; exit 1; }
 
@@ -59,10 +60,10 @@ export CONTAINERS_CONF=$WORK/containers.conf
 pod() { podman --root "$WORK/storage" --runroot "$WORK/run" --storage-driver vfs "$@"; }
 
 if ! pod image exists "$BASE"; then
-    echo "== base: debootstrap $SUITE (minbase + nftables, iproute2)"
+    echo "== base: debootstrap $SUITE (minbase + nftables, iproute2, iptables)"
     rootfs=$WORK/rootfs
     rm -rf "$rootfs"
-    debootstrap --variant=minbase --include=nftables,iproute2 "$SUITE" "$rootfs" "$MIRROR" >"$WORK/debootstrap.log"
+    debootstrap --variant=minbase --include=nftables,iproute2,iptables "$SUITE" "$rootfs" "$MIRROR" >"$WORK/debootstrap.log"
     # What a slim image leaves out: package caches, lists, docs, man pages, locales.
     chroot "$rootfs" apt-get clean
     rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/log/*.log \
@@ -102,7 +103,7 @@ pod build --build-arg BASE="$BASE" --label org.opencontainers.image.revision="$C
 
 echo "== smoke: every binary runs in the image"
 for b in coordinator agent weavectl; do pod run --rm --network none "$TAG" "$b" --version; done
-pod run --rm --network none "$TAG" sh -c 'nft --version && ip -V && test -x /usr/local/bin/weave-cni &&
+pod run --rm --network none "$TAG" sh -c 'nft --version && ip -V && iptables --version && test -x /usr/local/bin/weave-cni &&
     test -x /usr/local/bin/weave-install-cni && test -s /usr/local/share/weave/10-weave.conflist'
 
 rm -f "$WORK/weave.oci.tar"

@@ -1,7 +1,7 @@
 //! The only module that touches nftables: applies [`crate::plan::firewall`]'s
 //! ruleset, keeps it in place, removes it. (And, on a host whose iptables
 //! `FORWARD` drops by default, the one place that runs `iptables`:
-//! `defer_iptables_forward`.)
+//! [`forward`].)
 //!
 //! Why `nft -f -` and not netlink (the one documented exception to "netlink,
 //! not commands"): the `nftnl` crate binds libnftnl, whose C headers are not
@@ -20,6 +20,8 @@ use std::{
 
 use tokio::{io::AsyncWriteExt, process::Command, sync::watch};
 use weave_proto::v1::NetworkMap;
+
+mod forward;
 
 use crate::{
     error::Error,
@@ -60,53 +62,9 @@ pub async fn apply(rules: &Rules) -> Result<(), Error> {
     if rules.segments.iter().any(|s| s.egress) {
         warn_without_forwarding();
     }
-    defer_iptables_forward().await;
+    forward::defer_forward().await;
     publish(rules);
     Ok(())
-}
-
-/// A host whose iptables `FORWARD` policy is DROP (Docker sets it) drops
-/// what weave routes between a bridge and the TUN (a segment's traffic
-/// across hosts) and egress, whatever weave's table says: a packet must pass
-/// every base chain of its hook (and with `br_netfilter`, even a bridged
-/// frame meets `FORWARD`). There the agent appends two rules to `FORWARD`
-/// that leave whatever enters or leaves a weave device to weave's own
-/// table, as Weave Net and flannel did: at start and at every 10 s check
-/// (added only when missing, so a Docker that rebuilt its chains or a
-/// policy changed later gets them again within 10 s; found by a review,
-/// 2026-12-05). No iptables, or a policy of ACCEPT: nothing.
-async fn defer_iptables_forward() {
-    async fn iptables(args: Vec<&str>) -> Result<std::process::Output, String> {
-        Command::new("iptables").arg("-w").args(&args).output().await.map_err(|e| e.to_string())
-    }
-    let listed = match iptables(vec!["-S", "FORWARD"]).await {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
-        _ => return,
-    };
-    if !listed.lines().any(|l| l.trim() == "-P FORWARD DROP") {
-        return;
-    }
-    // `wv+`: weave's devices (bridges, the TUN, VXLAN), whose forwarding
-    // weave's table judges (a NodePort to a workload on another host goes
-    // from the underlay into the TUN).
-    let devices = crate::plan::kernel::WEAVE_DEVICES.replace('*', "+");
-    for dir in ["-o", "-i"] {
-        let rule = vec![dir, devices.as_str(), "-j", "ACCEPT"];
-        if iptables([&["-C", "FORWARD"][..], &rule].concat()).await.is_ok_and(|o| o.status.success()) {
-            continue;
-        }
-        // Appended: `DOCKER-USER` and any policy layer before them still
-        // judge weave's traffic (found by a review, 2026-12-05).
-        match iptables([&["-A", "FORWARD"][..], &rule].concat()).await {
-            Ok(out) if out.status.success() => {
-                tracing::info!(rule = %rule.join(" "), "iptables FORWARD drops by default: weave's devices left to weave's table")
-            }
-            Ok(out) => {
-                tracing::warn!(stderr = %String::from_utf8_lossy(&out.stderr).trim(), "iptables FORWARD rule for weave's devices not added")
-            }
-            Err(e) => tracing::warn!(error = %e, "iptables FORWARD rule for weave's devices not added"),
-        }
-    }
 }
 
 /// Whether weave's isolation tables are in place (a previous run's).
@@ -434,7 +392,7 @@ pub async fn keep(
             } else if reloaded.elapsed() >= FULL_RELOAD {
                 applied = None;
             }
-            defer_iptables_forward().await;
+            forward::defer_forward().await;
             // The source guard too (a `flush ruleset` takes every table).
             // (`guard_ports` counts and logs the repair.)
             if !present("bridge", GUARD_TABLE)
