@@ -18,6 +18,9 @@ DIR=${WEAVE_DEMO_DIR:-/tmp/weave-demo}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${WEAVE_BIN:-$ROOT/target/debug}
 HOSTS=${WEAVE_DEMO_HOSTS:-3}
+# Host i is 192.0.2.1<i>; two at least: the demo is traffic between hosts.
+[[ $HOSTS =~ ^[0-9]+$ ]] && ((HOSTS >= 2 && HOSTS <= 99)) ||
+    { echo "demo.sh: WEAVE_DEMO_HOSTS must be 2 to 99 (was '$HOSTS')" >&2; exit 2; }
 
 down() {
     if [[ -f $DIR/pids ]]; then

@@ -79,7 +79,9 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     let _lock = dir.lock()?;
     let (key, identity, map) = dir.load()?;
     let current = map.nodes.iter().find(|n| n.id == identity.node_id).map(|n| n.endpoints.clone()).unwrap_or_default();
-    if let Some(warning) = std::env::var("WEAVE_ENDPOINT").ok().and_then(|e| endpoint_env_ignored(&e, &current)) {
+    if let Some(warning) =
+        std::env::var("WEAVE_ENDPOINT").ok().and_then(|e| endpoint_env_ignored(&e, args.listen_port, &current))
+    {
         tracing::warn!("{warning}");
     }
     serve(dir, key, identity, map, args, shutdown).await
@@ -88,14 +90,18 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
 /// `WEAVE_ENDPOINT` is `agent join`'s: under `agent run` (the systemd
 /// unit's, with an environment file) a new one was ignored without a word
 /// (found by a review, 2026-12-06). Says so when it is not what the map
-/// holds for this node (`current`).
-fn endpoint_env_ignored(env: &str, current: &[String]) -> Option<String> {
+/// holds for this node (`current`); an address alone with `port`, as
+/// `agent join` reads it.
+fn endpoint_env_ignored(env: &str, port: u16, current: &[String]) -> Option<String> {
     // As the map writes them (`[v6]:port`), in order, once each.
     let mut given: Vec<String> = env
         .split(',')
         .map(str::trim)
         .filter(|e| !e.is_empty())
-        .map(|e| e.parse::<SocketAddr>().map_or_else(|_| e.to_string(), |a| a.to_string()))
+        .map(|e| {
+            super::config::parse_endpoint(e)
+                .map_or_else(|_| e.to_string(), |a| super::config::with_port(&[a], port)[0].to_string())
+        })
         .collect();
     given.sort();
     given.dedup();
@@ -423,14 +429,17 @@ mod tests {
     #[test]
     fn an_endpoint_in_the_environment_that_run_would_ignore_is_said() {
         let current = ["192.0.2.11:6784".to_string(), "[2001:db8::11]:6784".to_string()];
-        assert!(endpoint_env_ignored("192.0.2.11:6784", &current).is_some(), "a subset drops the other");
-        assert_eq!(endpoint_env_ignored("192.0.2.11:6784, [2001:db8::11]:6784", &current), None);
-        assert_eq!(endpoint_env_ignored("", &current), None);
-        let said = endpoint_env_ignored("192.0.2.21:6784", &current).unwrap();
+        assert!(endpoint_env_ignored("192.0.2.11:6784", 6784, &current).is_some(), "a subset drops the other");
+        assert_eq!(endpoint_env_ignored("192.0.2.11:6784, [2001:db8::11]:6784", 6784, &current), None);
+        assert_eq!(endpoint_env_ignored("", 6784, &current), None);
+        let said = endpoint_env_ignored("192.0.2.21:6784", 6784, &current).unwrap();
         assert!(said.contains("does not read it") && said.contains("agent join --endpoint"), "{said}");
-        assert!(endpoint_env_ignored("not an address", &current).is_some());
+        assert!(endpoint_env_ignored("not an address", 6784, &current).is_some());
         // A node with that one alone: no change.
-        assert!(endpoint_env_ignored("192.0.2.11:6784", &current[..1]).is_none());
-        assert!(endpoint_env_ignored("[2001:db8::11]:6784", &current).is_some());
+        assert!(endpoint_env_ignored("192.0.2.11:6784", 6784, &current[..1]).is_none());
+        assert!(endpoint_env_ignored("[2001:db8::11]:6784", 6784, &current).is_some());
+        // Addresses alone, as `agent join` reads them: with the listen port.
+        assert_eq!(endpoint_env_ignored("192.0.2.11, 2001:db8::11", 6784, &current), None);
+        assert!(endpoint_env_ignored("192.0.2.11, 2001:db8::11", 7000, &current).is_some());
     }
 }

@@ -243,11 +243,12 @@ pub struct JoinArgs {
     /// This host's name in the cluster [default: the host name].
     #[arg(long, env = "WEAVE_NAME")]
     pub name: Option<String>,
-    /// ip:port (or [ipv6]:port) where peers reach this host's WireGuard; repeat it (or
-    /// separate with commas) for one per family on a dual-stack host. Pins the
-    /// endpoints [default: the host's first non-loopback IPv4 and first
-    /// global IPv6 address, with --listen-port].
-    #[arg(long, env = "WEAVE_ENDPOINT", value_delimiter = ',')]
+    /// ip:port, [ipv6]:port or an address alone (port: --listen-port) where
+    /// peers reach this host's WireGuard; repeat it (or separate with commas)
+    /// for one per family on a dual-stack host. Pins the endpoints [default:
+    /// the host's first non-loopback IPv4 and first global IPv6 address,
+    /// with --listen-port].
+    #[arg(long, env = "WEAVE_ENDPOINT", value_delimiter = ',', value_parser = parse_endpoint)]
     pub endpoint: Vec<SocketAddr>,
     #[command(flatten)]
     pub run: RunArgs,
@@ -324,6 +325,32 @@ pub struct AllocateArgs {
     pub subnet: String,
 }
 
+/// An endpoint as given: `ip:port`, `[ipv6]:port`, or an address alone,
+/// whose port 0 stands for --listen-port ([`JoinArgs::endpoints`]). The
+/// address alone is what Kubernetes' downward API can give for an IPv6
+/// node (`$(HOST_IP):6784` made `fd00::22:6784`, refused; found by a
+/// review of the manifests, 2026-12-06).
+pub fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    s.parse::<SocketAddr>().or_else(|_| {
+        s.parse::<std::net::IpAddr>()
+            .map(|ip| SocketAddr::new(ip, 0))
+            .map_err(|_| format!("{s}: not ip:port, [ipv6]:port or an address"))
+    })
+}
+
+impl JoinArgs {
+    /// The endpoints given, an address alone with --listen-port.
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        with_port(&self.endpoint, self.run.listen_port)
+    }
+}
+
+/// `endpoints` with port 0 (an address given alone) as `port`.
+pub fn with_port(endpoints: &[SocketAddr], port: u16) -> Vec<SocketAddr> {
+    endpoints.iter().map(|e| if e.port() == 0 { SocketAddr::new(e.ip(), port) } else { *e }).collect()
+}
+
 /// The join token from --token (`-`: stdin), --token-file or WEAVE_TOKEN.
 pub fn read_token(args: &JoinArgs) -> Result<String, crate::error::Error> {
     match (&args.token, &args.token_file) {
@@ -359,6 +386,26 @@ mod tests {
         let e = read_token(&args).unwrap_err();
         assert!(matches!(e, crate::error::Error::Usage(_)), "{e:?}");
         assert!(e.to_string().starts_with("no join token: this host has not joined yet"), "{e}");
+    }
+
+    /// `--endpoint` (and WEAVE_ENDPOINT): ip:port, [ipv6]:port, or an
+    /// address alone with --listen-port (an IPv6 node's `$(HOST_IP)`).
+    #[test]
+    fn an_endpoint_given_as_an_address_alone_takes_the_listen_port() {
+        let parse = |given: &[&str]| {
+            let mut argv = vec!["agent", "join", "--listen-port", "7000"];
+            argv.extend_from_slice(given);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Join(args)) => Ok(args.endpoints().iter().map(ToString::to_string).collect::<Vec<_>>()),
+                Ok(_) => panic!("a join"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let got = parse(&["--endpoint", "fd00::22", "--endpoint", "192.0.2.1,[2001:db8::1]:6784"]).unwrap();
+        assert_eq!(got, ["[fd00::22]:7000", "192.0.2.1:7000", "[2001:db8::1]:6784"]);
+        assert_eq!(parse(&["--endpoint", "192.0.2.1:6784"]).unwrap(), ["192.0.2.1:6784"]);
+        let refused = parse(&["--endpoint", "host.example:6784"]).unwrap_err();
+        assert!(refused.contains("not ip:port, [ipv6]:port or an address"), "{refused}");
     }
 
     #[test]

@@ -181,7 +181,8 @@ async fn credential_forgotten(saved: &Identity) -> bool {
 /// it); the next start tries again.
 async fn repin(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
     let Ok((_, mut saved, map)) = dir.load() else { return Ok(()) };
-    let wanted: Vec<String> = args.endpoint.iter().map(ToString::to_string).collect();
+    let given = args.endpoints();
+    let wanted: Vec<String> = given.iter().map(ToString::to_string).collect();
     let current = map.nodes.iter().find(|n| n.id == saved.node_id).map(|n| n.endpoints.clone());
     if saved.endpoints_pinned && current.as_ref() == Some(&wanted) {
         return Ok(());
@@ -189,7 +190,7 @@ async fn repin(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
     match super::endpoints::announce(&saved, saved.pin()?, &wanted).await {
         Ok(_) => {
             tracing::info!(before = ?current.unwrap_or_default(), now = ?wanted, "already joined; this node's endpoints are now the ones given (pinned)");
-            saved.endpoint = args.endpoint[0];
+            saved.endpoint = given[0];
             saved.endpoints_pinned = true;
             // The saved map follows now (the running agent writes it within
             // 2 s of a change): a start within those 2 s announced them again.
@@ -210,7 +211,7 @@ async fn repin(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
 /// Joins with token `secret` (this host's saved key, or a new one).
 async fn join_with(args: &JoinArgs, dir: &StateDir, secret: String) -> Result<(), Error> {
     let token = JoinToken::parse(&secret).map_err(|e| Error::Token(e.to_string()))?;
-    let endpoints = match &args.endpoint[..] {
+    let endpoints = match &args.endpoints()[..] {
         [] => {
             let ips = addresses::advertised()?;
             if ips.is_empty() {

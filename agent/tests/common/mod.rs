@@ -207,6 +207,8 @@ pub struct Bed {
     /// Hosts joined while this is false get no `--endpoint`: they advertise
     /// their addresses and follow them (default true: pinned).
     pub pin_endpoints: bool,
+    /// Pinned endpoints given as addresses alone (the agent adds its port).
+    pub bare_endpoints: bool,
     /// While false, `agent join` gets no `--name` (the agent picks one).
     pub name_on_join: bool,
     namespaces: Vec<String>,
@@ -246,6 +248,7 @@ impl Bed {
             agent_args: Vec::new(),
             mount_holders: Default::default(),
             pin_endpoints: true,
+            bare_endpoints: false,
             name_on_join: true,
             namespaces: Vec::new(),
             extra: Vec::new(),
@@ -465,6 +468,10 @@ impl Bed {
                 cmd.args(["--name", &h.name]);
             }
             for e in self.endpoints(i).into_iter().filter(|_| self.pin_endpoints) {
+                let e = match self.bare_endpoints {
+                    true => e.parse::<std::net::SocketAddr>().unwrap().ip().to_string(),
+                    false => e,
+                };
                 cmd.args(["--endpoint", &e]);
             }
         } else {
