@@ -16,8 +16,14 @@ use nix::sys::signal::Signal;
 const WARNING: &str = "a forward chain of another firewall drops by default";
 
 /// The lines of host `i`'s log warning of `chain`.
+fn warned(bed: &Bed, i: usize, chain: &str) -> Vec<String> {
+    // (The field comes last on the line: the whole name, nothing after it.)
+    let named = format!("chain={chain}");
+    bed.log(i).lines().filter(|l| l.contains(WARNING) && l.trim_end().ends_with(&named)).map(str::to_string).collect()
+}
+
 fn warnings(bed: &Bed, i: usize, chain: &str) -> usize {
-    bed.log(i).lines().filter(|l| l.contains(WARNING) && l.contains(&format!("chain={chain}"))).count()
+    warned(bed, i, chain).len()
 }
 
 #[test]
@@ -43,6 +49,7 @@ fn a_forward_chain_that_drops_by_default_is_named_once_and_opened_by_its_admin()
     // Once: another check (10 s) later, still one line.
     std::thread::sleep(Duration::from_secs(11));
     assert_eq!(warnings(&bed, 0, "inet hostfw forward"), 1, "{}", bed.log(0));
+    assert!(!warned(&bed, 0, "inet hostfw forward")[0].contains("install iptables"), "not iptables' chain");
     // What it says to do works.
     for dir in ["iifname", "oifname"] {
         ok_in(&h1, &["nft", "add", "rule", "inet", "hostfw", "forward", dir, "\"wv*\"", "accept"]);
@@ -68,7 +75,7 @@ fn a_forward_chain_that_drops_by_default_is_named_once_and_opened_by_its_admin()
     wait_for("host 2's agent to name iptables' FORWARD", Duration::from_secs(25), || {
         (warnings(&bed, 1, "ip filter FORWARD") == 1).then_some(())
     });
-    assert!(bed.log(1).contains("install iptables"), "{}", bed.log(1));
+    assert!(warned(&bed, 1, "ip filter FORWARD")[0].contains("install iptables"), "{}", bed.log(1));
     assert!(!ping_within(&from, to, 2), "iptables' FORWARD dropping by default let weave's traffic through");
     // With `iptables` there, the agent opens FORWARD for weave's devices itself.
     bed.signal_agent(1, Signal::SIGTERM);
@@ -77,4 +84,15 @@ fn a_forward_chain_that_drops_by_default_is_named_once_and_opened_by_its_admin()
     let forward = ok_in(&h2, &["iptables", "-w", "-S", "FORWARD"]);
     assert!(forward.contains("-A FORWARD -o wv+ -j ACCEPT"), "{forward}");
     assert_eq!(warnings(&bed, 1, "ip filter FORWARD"), 1, "named again once opened: {}", bed.log(1));
+
+    // Legacy iptables tables loaded in host 1's namespace, their FORWARD
+    // dropping by default: opened with `iptables-legacy` within a check.
+    // (The rules below are the agent's: nothing else adds them.)
+    ok_in(&h1, &["iptables-legacy", "-w", "-P", "FORWARD", "DROP"]);
+    bed.wait_ping(a, b, Duration::from_secs(25));
+    let forward = ok_in(&h1, &["iptables-legacy", "-w", "-S", "FORWARD"]);
+    assert!(
+        forward.contains("-A FORWARD -o wv+ -j ACCEPT") && forward.contains("-A FORWARD -i wv+ -j ACCEPT"),
+        "{forward}"
+    );
 }

@@ -106,7 +106,11 @@ fn hosts_pinned_by_their_ipv6_address_alone_advertise_it_with_the_listen_port() 
         api.nodes.list_nodes(weave_proto::v1::ListNodesRequest {}).await.unwrap().into_inner().nodes
     });
     let h2 = nodes.iter().find(|n| n.name == bed.hosts[1].name).unwrap();
-    assert_eq!(h2.endpoints, [want], "pinned: {nodes:?}");
+    assert_eq!(h2.endpoints, [want], "{nodes:?}");
+    // Pinned, not found by the agent (which would advertise the same here).
+    let identity = std::fs::read_to_string(bed.hosts[1].data_dir.join("identity.json")).unwrap();
+    let identity: serde_json::Value = serde_json::from_str(&identity).unwrap();
+    assert_eq!(identity["endpoints_pinned"], true, "{identity}");
     let (a, b) = (bed.add_workload(0, "default"), bed.add_workload(1, "default"));
     bed.wait_ping(a, b, Duration::from_secs(15));
 }

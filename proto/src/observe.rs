@@ -78,9 +78,21 @@ pub fn recorder() -> PrometheusHandle {
         .clone()
 }
 
-/// Binds `addr` (so a taken port is an error at start, not later).
+/// Binds `addr` (so a taken port is an error at start, not later). `[::]`
+/// takes IPv4 too (Linux's default, `bindv6only` 0), and where the host has
+/// no IPv6 at all (`ipv6.disable=1`) it is IPv4's any address: the
+/// Kubernetes manifests' `[::]:6782` serves the kubelet's probes on IPv4,
+/// IPv6 and dual-stack nodes alike (with `0.0.0.0` an IPv6 node's probes
+/// were refused; found by a review, 2026-12-06).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    match TcpListener::bind(addr).await {
+        Err(e)
+            if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) && e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) =>
+        {
+            TcpListener::bind(SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port())).await
+        }
+        bound => bound,
+    }
 }
 
 /// Serves the three paths on `listener` until `shutdown` completes.
@@ -237,6 +249,19 @@ mod tests {
 
     fn get(path: &str) -> Request<()> {
         Request::builder().uri(path).body(()).unwrap()
+    }
+
+    /// `[::]` (the manifests' address) answers IPv4 and IPv6 clients.
+    #[tokio::test]
+    async fn the_ipv6_any_address_takes_ipv4_clients_too() {
+        let listener = bind("[::]:0".parse().unwrap()).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for client in ["127.0.0.1", "::1"] {
+            let to = SocketAddr::new(client.parse().unwrap(), port);
+            let (connected, accepted) = tokio::join!(tokio::net::TcpStream::connect(to), listener.accept());
+            connected.unwrap_or_else(|e| panic!("{to}: {e}"));
+            accepted.unwrap();
+        }
     }
 
     #[tokio::test]

@@ -7,13 +7,24 @@
 //! loaded in this namespace, `iptables-legacy`; any other such chain (an
 //! nftables ruleset of the host's own, iptables' `FORWARD` on a host or an
 //! image without `iptables`, where it dropped everything silently: found by
-//! a review of the Kubernetes image, 2026-12-06) is named in one warning.
+//! a review of the Kubernetes image, 2026-12-06; a `bridge` table's, which
+//! drops what a host's containers send each other) is named in one warning.
+//! Read as JSON (names may hold spaces), a few chains a check, a bounded
+//! number for the life of the process. (IPv6 forwarding is not weave's:
+//! its traffic between hosts and egress are routed IPv4.)
 use std::{collections::BTreeSet, sync::Mutex};
 
+use serde_json::{Value, json};
 use tokio::process::Command;
 
 use super::nft_with;
-use crate::plan::kernel::WEAVE_DEVICES;
+use crate::plan::{firewall::TABLE, flows::FLOW_TABLE, kernel::WEAVE_DEVICES, l2::GUARD_TABLE};
+
+/// Chains listed a check, at most (each is one `nft` run; a host with
+/// hundreds of such chains made every 10 s check that much slower).
+const LISTED_PER_CHECK: usize = 8;
+/// Chains named, at most, for the life of the process.
+const NAMED_AT_MOST: usize = 64;
 
 /// Run at start and at every 10 s check: opens iptables' `FORWARD` where
 /// it drops by default, then warns (once per chain) of each forward chain
@@ -26,18 +37,31 @@ pub(super) async fn defer_forward() {
     for command in commands {
         defer_iptables_forward(command).await;
     }
-    let Ok(chains) = nft_with(&["list", "chains"], "").await else { return };
-    for (family, table, chain) in dropping(&chains) {
-        let listed = nft_with(&["list", "chain", &family, &table, &chain], "").await.unwrap_or_default();
-        let name = format!("{family} {table} {chain}");
-        if names_weave(&listed) || !WARNED.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone()) {
+    // JSON: names may hold spaces and braces (netlink takes them; `nft`'s
+    // text neither quotes them nor takes them back on its command line).
+    let Ok(chains) = nft_with(&["-j", "list", "chains"], "").await else { return };
+    // (A dormant table's chain is named too: nft 1.0.6's JSON prints
+    // table flags wrong, and its text not at all in `list tables`.)
+    let candidates: Vec<Chain> =
+        dropping(&chains).into_iter().filter(|c| !lock().contains(&c.to_string())).take(LISTED_PER_CHECK).collect();
+    for c in candidates {
+        let list = json!({"nftables": [{"list": {"chain": {"family": c.family, "table": c.table, "name": c.name}}}]});
+        let Ok(listed) = nft_with(&["-j", "-f", "-"], &list.to_string()).await else { continue };
+        let mut warned = lock();
+        if names_weave(&listed) || warned.len() >= NAMED_AT_MOST || !warned.insert(c.to_string()) {
             continue;
         }
+        let hint = if (c.family.as_str(), c.table.as_str(), c.name.as_str()) == ("ip", "filter", "FORWARD") {
+            "iptables' FORWARD: install iptables, and the agent adds them"
+        } else {
+            "or have its owner do so"
+        };
         tracing::warn!(
-            chain = %name,
+            chain = %c,
             "a forward chain of another firewall drops by default and has no rule for weave's devices ({WEAVE_DEVICES}): \
-             traffic between this host's containers and other hosts, and egress, are dropped here; accept iifname \
-             \"{WEAVE_DEVICES}\" and oifname \"{WEAVE_DEVICES}\" in it (iptables' FORWARD: install iptables, and the agent adds them)"
+             what weave forwards here (between containers and other hosts, egress; in a bridge table, between \
+             containers on this host) is dropped; accept iifname \"{WEAVE_DEVICES}\" and oifname \"{WEAVE_DEVICES}\" \
+             in it ({hint})"
         );
     }
 }
@@ -45,32 +69,51 @@ pub(super) async fn defer_forward() {
 /// The chains warned of: once each for the life of the process.
 static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
-/// The IP forward chains of `nft list chains` that drop by default, as
-/// (family, table, chain), weave's own tables left out.
-fn dropping(listed: &str) -> Vec<(String, String, String)> {
-    let (mut table, mut chain) = (None::<(String, String)>, None::<String>);
-    let mut out = Vec::new();
-    for line in listed.lines().map(str::trim) {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words[..] {
-            ["table", family, name, "{"] => table = Some((family.to_string(), name.to_string())),
-            ["chain", name, "{"] => chain = Some(name.to_string()),
-            _ if line.contains("hook forward") && line.contains("policy drop;") => {
-                if let (Some((family, name)), Some(c)) = (&table, &chain)
-                    && ["ip", "ip6", "inet"].contains(&family.as_str())
-                    && !name.starts_with("weave")
-                {
-                    out.push((family.clone(), name.clone(), c.clone()));
-                }
-            }
-            _ => {}
-        }
-    }
-    out
+fn lock() -> std::sync::MutexGuard<'static, BTreeSet<String>> {
+    WARNED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A chain's listing names a weave device (iptables' `-o wv+` lists as
-/// `oifname "wv*"`): its admin has seen to weave's traffic.
+/// A base chain of another program's table.
+#[derive(Debug, PartialEq)]
+struct Chain {
+    family: String,
+    table: String,
+    name: String,
+}
+
+impl std::fmt::Display for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {}", self.family, self.table, self.name)
+    }
+}
+
+/// The objects of kind `kind` in `nft -j` output.
+fn objects<'a>(json: &'a Value, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    json["nftables"].as_array().into_iter().flatten().filter_map(move |o| o.get(kind))
+}
+
+/// The forward chains of `nft -j list chains` that drop by default, in the
+/// families whose forwarding weave's traffic passes (IPv4 routed between a
+/// bridge and the TUN: `ip`, `inet`; bridged between a host's containers:
+/// `bridge`), weave's own tables left out.
+fn dropping(listed: &str) -> Vec<Chain> {
+    let Ok(json) = serde_json::from_str::<Value>(listed) else { return Vec::new() };
+    objects(&json, "chain")
+        .filter(|c| c["hook"] == "forward" && c["policy"] == "drop")
+        .filter_map(|c| {
+            let (family, table, name) = (c["family"].as_str()?, c["table"].as_str()?, c["name"].as_str()?);
+            let ours = match family {
+                "ip" | "inet" => [TABLE, FLOW_TABLE].contains(&table),
+                "bridge" => [TABLE, GUARD_TABLE].contains(&table),
+                _ => return None,
+            };
+            (!ours).then(|| Chain { family: family.into(), table: table.into(), name: name.into() })
+        })
+        .collect()
+}
+
+/// A chain's listing (`nft -j`) matches a weave device (iptables' `-o wv+`
+/// lists as `oifname "wv*"`): its admin has seen to weave's traffic.
 fn names_weave(listed: &str) -> bool {
     listed.contains("\"wv")
 }
@@ -120,25 +163,36 @@ async fn defer_iptables_forward(command: &str) {
 mod tests {
     use super::*;
 
-    /// `nft list chains` as nft 1.0.6 prints it: iptables-nft's filter
-    /// table, a host's own inet table, weave's, a bridge table.
-    const LISTED: &str = "table ip filter {\n\tchain FORWARD {\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n\tchain INPUT {\n\t\ttype filter hook input priority filter; policy drop;\n\t}\n\tchain DOCKER-USER {\n\t}\n}\n\
-table inet host {\n\tchain fwd {\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n\tchain open {\n\t\ttype filter hook forward priority 10; policy accept;\n\t}\n}\n\
-table inet weave {\n\tchain forward {\n\t\ttype filter hook forward priority filter - 10; policy drop;\n\t}\n}\n\
-table bridge other {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n}\n";
+    /// `nft -j list chains` as nft 1.0.6 prints it: iptables-nft's filter
+    /// table, a host's own inet table (a name with a space), weave's, a
+    /// bridge table, an ip6 table, a regular chain whose comment reads like
+    /// a base chain.
+    const LISTED: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+      {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+      {"chain": {"family": "ip", "table": "filter", "name": "INPUT", "handle": 2, "type": "filter", "hook": "input", "prio": 0, "policy": "drop"}},
+      {"chain": {"family": "ip", "table": "filter", "name": "DOCKER-USER", "handle": 3}},
+      {"chain": {"family": "inet", "table": "host fw", "name": "f d", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+      {"chain": {"family": "inet", "table": "host fw", "name": "open", "handle": 2, "type": "filter", "hook": "forward", "prio": 10, "policy": "accept"}},
+      {"chain": {"family": "inet", "table": "weave", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": -10, "policy": "drop"}},
+      {"chain": {"family": "inet", "table": "weaver", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+      {"chain": {"family": "bridge", "table": "weave_guard", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+      {"chain": {"family": "bridge", "table": "lan", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+      {"chain": {"family": "ip6", "table": "filter", "name": "FORWARD", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+      {"chain": {"family": "inet", "table": "c", "name": "reg", "handle": 1, "comment": "type filter hook forward priority 0; policy drop;"}}]}"#;
 
     #[test]
-    fn the_ip_forward_chains_that_drop_by_default_and_not_weaves() {
-        let got = dropping(LISTED);
-        let want = [("ip", "filter", "FORWARD"), ("inet", "host", "fwd")]
-            .map(|(f, t, c)| (f.to_string(), t.to_string(), c.to_string()));
-        assert_eq!(got, want);
-        assert!(dropping("").is_empty());
+    fn the_forward_chains_that_drop_by_default_and_not_weaves() {
+        let got: Vec<String> = dropping(LISTED).iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["ip filter FORWARD", "inet host fw f d", "inet weaver forward", "bridge lan forward"]);
+        assert!(dropping("").is_empty() && dropping("{}").is_empty());
     }
 
     #[test]
     fn a_chain_with_a_rule_for_weaves_devices_is_seen_to() {
-        assert!(names_weave("table ip filter {\n\tchain FORWARD {\n\t\toifname \"wv*\" counter accept\n\t}\n}"));
-        assert!(!names_weave("table inet host {\n\tchain fwd {\n\t\tiifname \"eth0\" accept\n\t}\n}"));
+        let ours = r#"{"rule": {"expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "wv*"}}, {"accept": null}]}}"#;
+        assert!(names_weave(ours));
+        assert!(!names_weave(
+            r#"{"rule": {"expr": [{"match": {"left": {"meta": {"key": "iifname"}}, "right": "eth0"}}]}}"#
+        ));
     }
 }
