@@ -12,7 +12,7 @@
 #                    tables; since 397de3e the agents fill emptied ones again within 30 s, so run
 #                    it with weaveB's agents from 6290966 (WVB_BIN_B) to repeat it
 #   empty-inet       only `inet weave` emptied (its conntrack use goes with it; the same caveat)
-#   inet-chains      every chain of `inet weave` emptied but `prerouting` (5 rules, which the agents'
+#   inet-chains      every chain of `inet weave` emptied but `prerouting` (6 rules, which the agents'
 #                    10 s check lists, so today's agents do not notice), emptied again every 20 s
 #                    (their 5-minute full reload, a map change) by a loop that ends with the host's
 #                    namespace: what the isolation rules of the forward, input and output paths cost
