@@ -55,6 +55,30 @@ fn a_forward_chain_that_drops_by_default_is_named_once_and_opened_by_its_admin()
         ok_in(&h1, &["nft", "add", "rule", "inet", "hostfw", "forward", dir, "\"wv*\"", "accept"]);
     }
     bed.wait_ping(a, b, Duration::from_secs(10));
+    // Eight more such chains that accept weave's devices (one check's
+    // worth), then one that does not: it is named too (the first eight
+    // were listed again every check, and a ninth never looked at).
+    for t in 0..8 {
+        let table = format!("open{t}");
+        ok_in(&h1, &["nft", "add", "table", "inet", &table]);
+        let hook = "{ type filter hook forward priority 0; policy drop; }";
+        ok_in(&h1, &["nft", "add", "chain", "inet", &table, "forward", hook]);
+        for dir in ["iifname", "oifname"] {
+            ok_in(&h1, &["nft", "add", "rule", "inet", &table, "forward", dir, "\"wv*\"", "accept"]);
+        }
+    }
+    bed.wait_ping(a, b, Duration::from_secs(10));
+    ok_in(&h1, &["nft", "add", "table", "inet", "zlast"]);
+    ok_in(
+        &h1,
+        &["nft", "add", "chain", "inet", "zlast", "forward", "{ type filter hook forward priority 0; policy drop; }"],
+    );
+    wait_for("host 1's agent to name the ninth chain", Duration::from_secs(35), || {
+        (warnings(&bed, 0, "inet zlast forward") == 1).then_some(())
+    });
+    assert!((0..8).all(|t| warnings(&bed, 0, &format!("inet open{t} forward")) == 0), "{}", bed.log(0));
+    ok_in(&h1, &["nft", "delete", "table", "inet", "zlast"]);
+    bed.wait_ping(a, b, Duration::from_secs(10));
 
     // Host 2: iptables' FORWARD drops by default, and the agent runs where
     // there is no `iptables` (only `nft` and `ip`, as a minimal image).

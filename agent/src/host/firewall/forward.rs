@@ -23,8 +23,8 @@ use crate::plan::{firewall::TABLE, flows::FLOW_TABLE, kernel::WEAVE_DEVICES, l2:
 /// Chains listed a check, at most (each is one `nft` run; a host with
 /// hundreds of such chains made every 10 s check that much slower).
 const LISTED_PER_CHECK: usize = 8;
-/// Chains named, at most, for the life of the process.
-const NAMED_AT_MOST: usize = 64;
+/// Chains looked at, at most, for the life of the process.
+const LOOKED_AT_MOST: usize = 64;
 
 /// Run at start and at every 10 s check: opens iptables' `FORWARD` where
 /// it drops by default, then warns (once per chain) of each forward chain
@@ -47,8 +47,9 @@ pub(super) async fn defer_forward() {
     for c in candidates {
         let list = json!({"nftables": [{"list": {"chain": {"family": c.family, "table": c.table, "name": c.name}}}]});
         let Ok(listed) = nft_with(&["-j", "-f", "-"], &list.to_string()).await else { continue };
-        let mut warned = lock();
-        if names_weave(&listed) || warned.len() >= NAMED_AT_MOST || !warned.insert(c.to_string()) {
+        // Looked at once: named, or seen to (listing those again every
+        // check kept a ninth chain from ever being looked at).
+        if !remember(&c) || names_weave(&listed) {
             continue;
         }
         let hint = if (c.family.as_str(), c.table.as_str(), c.name.as_str()) == ("ip", "filter", "FORWARD") {
@@ -66,11 +67,19 @@ pub(super) async fn defer_forward() {
     }
 }
 
-/// The chains warned of: once each for the life of the process.
-static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+/// Records `c` as looked at; false when it was, or when [`LOOKED_AT_MOST`]
+/// are (then no more are listed).
+fn remember(c: &Chain) -> bool {
+    let mut looked = lock();
+    looked.len() < LOOKED_AT_MOST && looked.insert(c.to_string())
+}
+
+/// The chains looked at (named, or found to accept weave's devices): once
+/// each for the life of the process.
+static LOOKED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 fn lock() -> std::sync::MutexGuard<'static, BTreeSet<String>> {
-    WARNED.lock().unwrap_or_else(|e| e.into_inner())
+    LOOKED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A base chain of another program's table.
@@ -112,10 +121,12 @@ fn dropping(listed: &str) -> Vec<Chain> {
         .collect()
 }
 
-/// A chain's listing (`nft -j`) matches a weave device (iptables' `-o wv+`
-/// lists as `oifname "wv*"`): its admin has seen to weave's traffic.
+/// A rule of a chain's listing (`nft -j`) names a weave device (iptables'
+/// `-o wv+` lists as `oifname "wv*"`): its admin has seen to weave's
+/// traffic. The rules' expressions only (a table named `wv…` is not).
 fn names_weave(listed: &str) -> bool {
-    listed.contains("\"wv")
+    let Ok(json) = serde_json::from_str::<Value>(listed) else { return false };
+    objects(&json, "rule").any(|r| r["expr"].to_string().contains("\"wv"))
 }
 
 /// `command`'s `FORWARD` drops by default: two rules appended that leave
@@ -189,10 +200,17 @@ mod tests {
 
     #[test]
     fn a_chain_with_a_rule_for_weaves_devices_is_seen_to() {
-        let ours = r#"{"rule": {"expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "wv*"}}, {"accept": null}]}}"#;
-        assert!(names_weave(ours));
-        assert!(!names_weave(
-            r#"{"rule": {"expr": [{"match": {"left": {"meta": {"key": "iifname"}}, "right": "eth0"}}]}}"#
-        ));
+        let chain =
+            r#"{"chain": {"family": "inet", "table": "wvlan", "name": "f", "hook": "forward", "policy": "drop"}}"#;
+        let rule = |right: &str| {
+            let expr = format!(
+                r#"[{{"match": {{"op": "==", "left": {{"meta": {{"key": "oifname"}}}}, "right": "{right}"}}}}]"#
+            );
+            format!(r#"{{"nftables": [{chain}, {{"rule": {{"table": "wvlan", "chain": "f", "expr": {expr}}}}}]}}"#)
+        };
+        assert!(names_weave(&rule("wv*")));
+        // The table's name is no rule.
+        assert!(!names_weave(&rule("eth0")));
+        assert!(!names_weave(&format!(r#"{{"nftables": [{chain}]}}"#)));
     }
 }
