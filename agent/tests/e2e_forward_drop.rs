@@ -14,6 +14,8 @@ use common::*;
 use nix::sys::signal::Signal;
 
 const WARNING: &str = "a forward chain of another firewall drops by default";
+/// A forward base chain that drops by default.
+const DROPPING: &str = "{ type filter hook forward priority 0; policy drop; }";
 
 /// The lines of host `i`'s log warning of `chain`.
 fn warned(bed: &Bed, i: usize, chain: &str) -> Vec<String> {
@@ -37,10 +39,7 @@ fn a_forward_chain_that_drops_by_default_is_named_once_and_opened_by_its_admin()
     // Host 1's own nftables ruleset drops what it forwards by default.
     let h1 = bed.hosts[0].ns.clone();
     ok_in(&h1, &["nft", "add", "table", "inet", "hostfw"]);
-    ok_in(
-        &h1,
-        &["nft", "add", "chain", "inet", "hostfw", "forward", "{ type filter hook forward priority 0; policy drop; }"],
-    );
+    ok_in(&h1, &["nft", "add", "chain", "inet", "hostfw", "forward", DROPPING]);
     let (from, to) = (bed.workloads[a].ns.clone(), bed.workloads[b].ip);
     assert!(!ping_within(&from, to, 2), "a chain dropping by default let weave's traffic through");
     wait_for("host 1's agent to name the chain", Duration::from_secs(25), || {
@@ -61,18 +60,14 @@ fn a_forward_chain_that_drops_by_default_is_named_once_and_opened_by_its_admin()
     for t in 0..8 {
         let table = format!("open{t}");
         ok_in(&h1, &["nft", "add", "table", "inet", &table]);
-        let hook = "{ type filter hook forward priority 0; policy drop; }";
-        ok_in(&h1, &["nft", "add", "chain", "inet", &table, "forward", hook]);
+        ok_in(&h1, &["nft", "add", "chain", "inet", &table, "forward", DROPPING]);
         for dir in ["iifname", "oifname"] {
             ok_in(&h1, &["nft", "add", "rule", "inet", &table, "forward", dir, "\"wv*\"", "accept"]);
         }
     }
     bed.wait_ping(a, b, Duration::from_secs(10));
     ok_in(&h1, &["nft", "add", "table", "inet", "zlast"]);
-    ok_in(
-        &h1,
-        &["nft", "add", "chain", "inet", "zlast", "forward", "{ type filter hook forward priority 0; policy drop; }"],
-    );
+    ok_in(&h1, &["nft", "add", "chain", "inet", "zlast", "forward", DROPPING]);
     wait_for("host 1's agent to name the ninth chain", Duration::from_secs(35), || {
         (warnings(&bed, 0, "inet zlast forward") == 1).then_some(())
     });

@@ -100,7 +100,7 @@ fn endpoint_env_ignored(env: &str, port: u16, current: &[String]) -> Option<Stri
         .filter(|e| !e.is_empty())
         .map(|e| {
             super::config::parse_endpoint(e)
-                .map_or_else(|_| e.to_string(), |a| super::config::with_port(&[a], port)[0].to_string())
+                .map_or_else(|_| e.to_string(), |a| super::config::with_port(a, port).to_string())
         })
         .collect();
     given.sort();

@@ -342,13 +342,13 @@ pub fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
 impl JoinArgs {
     /// The endpoints given, an address alone with --listen-port.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
-        with_port(&self.endpoint, self.run.listen_port)
+        self.endpoint.iter().map(|e| with_port(*e, self.run.listen_port)).collect()
     }
 }
 
-/// `endpoints` with port 0 (an address given alone) as `port`.
-pub fn with_port(endpoints: &[SocketAddr], port: u16) -> Vec<SocketAddr> {
-    endpoints.iter().map(|e| if e.port() == 0 { SocketAddr::new(e.ip(), port) } else { *e }).collect()
+/// `endpoint` with port 0 (an address given alone) as `port`.
+pub fn with_port(endpoint: SocketAddr, port: u16) -> SocketAddr {
+    if endpoint.port() == 0 { SocketAddr::new(endpoint.ip(), port) } else { endpoint }
 }
 
 /// The join token from --token (`-`: stdin), --token-file or WEAVE_TOKEN.

@@ -62,7 +62,7 @@ pub async fn apply(rules: &Rules) -> Result<(), Error> {
     if rules.segments.iter().any(|s| s.egress) {
         warn_without_forwarding();
     }
-    forward::defer_forward().await;
+    forward::open_iptables().await;
     publish(rules);
     Ok(())
 }
@@ -392,7 +392,8 @@ pub async fn keep(
             } else if reloaded.elapsed() >= FULL_RELOAD {
                 applied = None;
             }
-            forward::defer_forward().await;
+            forward::open_iptables().await;
+            forward::name_dropping_chains().await;
             // The source guard too (a `flush ruleset` takes every table).
             // (`guard_ports` counts and logs the repair.)
             if !present("bridge", GUARD_TABLE)

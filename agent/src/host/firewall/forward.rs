@@ -26,10 +26,9 @@ const LISTED_PER_CHECK: usize = 8;
 /// Chains looked at, at most, for the life of the process.
 const LOOKED_AT_MOST: usize = 64;
 
-/// Run at start and at every 10 s check: opens iptables' `FORWARD` where
-/// it drops by default, then warns (once per chain) of each forward chain
-/// that still drops by default with no rule for weave's devices.
-pub(super) async fn defer_forward() {
+/// Opens iptables' `FORWARD` where it drops by default: with every
+/// ruleset applied (egress turned on needs it at once) and every 10 s check.
+pub(super) async fn open_iptables() {
     let mut commands = vec!["iptables"];
     if std::fs::read_to_string("/proc/net/ip_tables_names").is_ok_and(|t| t.lines().any(|l| l == "filter")) {
         commands.push("iptables-legacy");
@@ -37,6 +36,12 @@ pub(super) async fn defer_forward() {
     for command in commands {
         defer_iptables_forward(command).await;
     }
+}
+
+/// At every 10 s check, after [`open_iptables`]: warns (once per chain) of
+/// each forward chain that still drops by default with no rule for weave's
+/// devices (not with every ruleset applied: a warning can wait a check).
+pub(super) async fn name_dropping_chains() {
     // JSON: names may hold spaces and braces (netlink takes them; `nft`'s
     // text neither quotes them nor takes them back on its command line).
     let Ok(chains) = nft_with(&["-j", "list", "chains"], "").await else { return };
