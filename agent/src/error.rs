@@ -40,6 +40,23 @@ pub enum Error {
          interfaces are removed. To join again: `agent reset`, then `agent join` with a new token"
     )]
     Removed(String),
+    /// The coordinator forgot this node: it held no map watch for longer
+    /// than its token's `--forget-after`. Not an admin's decision, so
+    /// nothing keeps it out: started again with its token, it joins as a
+    /// new node.
+    #[error(
+        "this node is no longer a member of the cluster (the coordinator said: {0}); its tunnels and \
+         interfaces are removed. Started again with its token (`agent join --token-file <file>`, as a \
+         service manager or Kubernetes restarts it), it joins again as a new node"
+    )]
+    Forgotten(String),
+    /// `agent run` on a host whose node the coordinator forgot (above), not
+    /// joined since: it has no token to join with.
+    #[error(
+        "the coordinator forgot this node earlier (it said: {0}); `agent run` has no token to join with: \
+         `agent join --token-file <file>` joins it again as a new node"
+    )]
+    ForgottenEarlier(String),
     /// `agent join` on a host whose membership ended earlier.
     #[error(
         "this host was removed from the cluster earlier (the coordinator said: {0}); it does not join again \

@@ -40,9 +40,9 @@ async fn main() -> ExitCode {
             eprintln!("agent: {}", commands::describe(&e));
             match e {
                 // Distinct, so that a service manager does not restart it (RestartPreventExitStatus=3).
-                weave_agent::error::Error::Removed(_) | weave_agent::error::Error::RemovedEarlier(_) => {
-                    ExitCode::from(3)
-                }
+                weave_agent::error::Error::Removed(_)
+                | weave_agent::error::Error::RemovedEarlier(_)
+                | weave_agent::error::Error::ForgottenEarlier(_) => ExitCode::from(3),
                 weave_agent::error::Error::Usage(_) => ExitCode::from(2),
                 // As weavectl's: a script tells a full subnet (7) from a missing one (4).
                 weave_agent::error::Error::Refused(kind, _) => ExitCode::from(kind.exit_code()),

@@ -129,6 +129,10 @@ fn describe() {
         "weave_connections_unauthenticated_closed_total",
         "Connections closed for sending no authenticated call within --authenticate-within."
     );
+    describe_counter!(
+        "weave_nodes_forgotten_total",
+        "Nodes the coordinator removed for holding no map watch for their token's --forget-after."
+    );
     // Every counter from 0 at start, so that rate() sees its first event
     // (a series that appears with its first increment has no rate).
     for counter in [
@@ -142,6 +146,7 @@ fn describe() {
         "weave_connections_refused_total",
         "weave_connections_evicted_total",
         "weave_connections_unauthenticated_closed_total",
+        "weave_nodes_forgotten_total",
     ] {
         metrics::counter!(counter).increment(0);
     }

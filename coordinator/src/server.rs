@@ -261,10 +261,11 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         connections: connections.clone(),
         presence,
     });
+    tokio::spawn(api::presence::forget_unseen(state.clone()));
     let first_token = if first_start {
         let ttl = settings.first_token_ttl.map(|d| d.as_secs());
         let uses = Some(settings.first_token_uses).filter(|u| *u > 0);
-        let (token, join) = api::Tokens::create(&state, ttl, uses, "created at first start".into()).await?;
+        let (token, join) = api::Tokens::create(&state, ttl, uses, "created at first start".into(), 0).await?;
         tracing::info!(
             token = %token.id, expires_at = token.expires_at, uses = ?uses,
             "first-start join token created (see --first-token-ttl and --first-token-uses)"

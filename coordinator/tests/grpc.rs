@@ -155,6 +155,7 @@ async fn join_accepts_valid_tokens_and_refuses_the_rest() {
             ttl_seconds: Some(0),
             uses: None,
             description: String::new(),
+            forget_after: 0,
         })
         .await
         .unwrap();

@@ -84,6 +84,7 @@ async fn run(ops: Vec<Op>) {
             ttl_seconds: None,
             uses: None,
             description: String::new(),
+            forget_after: 0,
         })
         .await
         .unwrap();

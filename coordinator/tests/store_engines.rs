@@ -152,6 +152,7 @@ async fn join(store: &Store, name: &str, key: u8) -> u64 {
         ttl_seconds: None,
         uses: None,
         description: "".into(),
+        forget_after: 0,
     };
     store.create_token(token).await.unwrap();
     let join = JoinRequest {

@@ -32,9 +32,30 @@ pub fn parse(s: &str) -> Result<Option<Duration>, DurationError> {
     Ok(Some(Duration::from_secs(secs)))
 }
 
+/// `secs` as [`parse`] reads it back, in the largest unit that divides
+/// it: 600 is "10m", 90 is "90s", 172800 is "2d".
+pub fn format(secs: u64) -> String {
+    match secs {
+        0 => "0s".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_in_the_largest_unit_that_divides_and_parses_back() {
+        for (secs, text) in [(600, "10m"), (90, "90s"), (172_800, "2d"), (7200, "2h"), (86_401, "86401s")] {
+            assert_eq!(format(secs), text);
+            assert_eq!(parse(text).unwrap(), Some(Duration::from_secs(secs)));
+        }
+        assert_eq!(format(0), "0s");
+    }
 
     #[test]
     fn parses_units_and_never() {

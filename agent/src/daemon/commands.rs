@@ -70,6 +70,11 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     if let Some(why) = dir.removed() {
         return Err(Error::RemovedEarlier(why));
     }
+    if !dir.is_joined()
+        && let Some(why) = dir.forgotten()
+    {
+        return Err(Error::ForgottenEarlier(why));
+    }
     if !dir.is_joined() {
         return Err(Error::State(format!(
             "no identity in {}: run `agent join --token-file <file>` first",
@@ -323,8 +328,11 @@ async fn serve(
         transport.set_peers(&[]);
         netlink.remove_all(TUN_NAME, true).await?;
         firewall::remove().await?;
-        if let Error::Removed(why) = &removed {
-            dir.forget_membership(why)?;
+        match &removed {
+            Error::Removed(why) => dir.forget_membership(why, false)?,
+            // The next `agent join` with the token joins again.
+            Error::Forgotten(why) => dir.forget_membership(why, true)?,
+            _ => {}
         }
         drop(transport);
         return Err(removed);

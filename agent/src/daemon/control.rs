@@ -28,7 +28,7 @@ use crate::{
 };
 
 use retry::{BACKOFF_MIN, QUICK_RETRIES};
-pub use retry::{membership_ended, next_backoff};
+pub use retry::{membership_ended, membership_error, next_backoff};
 
 mod retry;
 
@@ -81,7 +81,7 @@ pub async fn watch_map(
                     return removed;
                 }
             }
-            Err(status) if membership_ended(&status) => return Error::Removed(status.message().to_string()),
+            Err(status) if membership_ended(&status) => return membership_error(&status),
             Err(status) => {
                 refuse((status.code() == tonic::Code::Unauthenticated).then(|| status.message().to_string()));
                 // The causes under tonic's "tcp connect error" (No route to
@@ -169,7 +169,7 @@ where
                 tracing::warn!("the coordinator closed the watch");
                 break Ok(());
             }
-            Some(Err(status)) if membership_ended(&status) => break Err(Error::Removed(status.message().to_string())),
+            Some(Err(status)) if membership_ended(&status) => break Err(membership_error(&status)),
             Some(Err(status)) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "watch broke");
                 break Ok(());

@@ -25,6 +25,10 @@ const MAP: &str = "map.pb";
 /// refuses until `agent reset` (a supervisor restarting a removed agent with
 /// its old token must not bring the node back behind the admin's back).
 const REMOVED: &str = "removed";
+/// Written when the coordinator forgot this node (its token's
+/// `--forget-after`): `agent run` says so and stops (it has no token to
+/// join with); `agent join` joins again as a new node, and removes it.
+const FORGOTTEN: &str = "forgotten";
 
 /// The node's WireGuard key pair. The private half is never sent anywhere.
 #[derive(Clone)]
@@ -125,7 +129,11 @@ impl StateDir {
         self.save_key(key)?;
         let json = serde_json::to_vec_pretty(identity).map_err(|e| Error::State(e.to_string()))?;
         self.write(IDENTITY, &json)?;
-        self.save_map(map)
+        self.save_map(map)?;
+        match fs::remove_file(self.dir.join(FORGOTTEN)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.io(FORGOTTEN, e)),
+            _ => Ok(()),
+        }
     }
 
     /// Rewrites the saved identity alone (the coordinator's addresses changed).
@@ -134,11 +142,16 @@ impl StateDir {
         self.write(IDENTITY, &json)
     }
 
-    /// Forgets the membership (identity and map) and records `why`; the key
+    /// Forgets the membership (identity and map) and records `why`: as a
+    /// removal, which keeps `agent join` from joining again, or (`may_rejoin`:
+    /// the coordinator forgot the node) as what `agent run` says; the key
     /// stays until `agent reset`.
-    pub fn forget_membership(&self, why: &str) -> Result<(), Error> {
-        self.write(REMOVED, why.as_bytes())?;
-        for name in [IDENTITY, MAP] {
+    pub fn forget_membership(&self, why: &str, may_rejoin: bool) -> Result<(), Error> {
+        self.write(if may_rejoin { FORGOTTEN } else { REMOVED }, why.as_bytes())?;
+        // The containers' interfaces went with the network, and their
+        // addresses back to the pool: a node joining again starts with none.
+        let attached = if may_rejoin { Some(registry::FILE) } else { None };
+        for name in [IDENTITY, MAP].into_iter().chain(attached) {
             match fs::remove_file(self.dir.join(name)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -151,6 +164,12 @@ impl StateDir {
     /// Why this host's membership ended, if it did (see [`Self::forget_membership`]).
     pub fn removed(&self) -> Option<String> {
         fs::read_to_string(self.dir.join(REMOVED)).ok()
+    }
+
+    /// Why the coordinator forgot this node, if it did and the host has not
+    /// joined since.
+    pub fn forgotten(&self) -> Option<String> {
+        fs::read_to_string(self.dir.join(FORGOTTEN)).ok()
     }
 
     pub fn save_map(&self, map: &NetworkMap) -> Result<(), Error> {
@@ -297,13 +316,8 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn join_state_round_trips_with_private_modes() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = StateDir::new(tmp.path().join("agent"));
-        assert!(!dir.is_joined());
-        let key = NodeKey::generate();
-        let identity = Identity {
+    fn identity() -> Identity {
+        Identity {
             node_id: 7,
             name: "h1".into(),
             address: "10.47.0.1".parse().unwrap(),
@@ -313,7 +327,16 @@ mod tests {
             endpoint: "192.0.2.11:6784".parse().unwrap(),
             listen_port: 6784,
             endpoints_pinned: false,
-        };
+        }
+    }
+
+    #[test]
+    fn join_state_round_trips_with_private_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("agent"));
+        assert!(!dir.is_joined());
+        let key = NodeKey::generate();
+        let identity = identity();
         let map = NetworkMap { revision: 42, range: "10.32.0.0/12".into(), ..Default::default() };
         dir.save_join(&key, &identity, &map).unwrap();
         assert!(dir.is_joined());
@@ -343,11 +366,23 @@ mod tests {
         assert_eq!(dir.load_key().unwrap().unwrap().public().as_bytes(), key.public().as_bytes());
         assert!(fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
         assert_eq!(dir.removed(), None);
-        dir.forget_membership("node 'h1' was removed from the cluster").unwrap();
+        dir.forget_membership("node 'h1' was removed from the cluster", false).unwrap();
         assert!(dir.load_key().unwrap().is_some());
         assert_eq!(dir.removed().as_deref(), Some("node 'h1' was removed from the cluster"));
         // `agent reset` clears the mark with everything else.
         dir.remove().unwrap();
         assert_eq!(dir.removed(), None);
+        // Forgotten by the coordinator: no removal mark, the key kept for
+        // the next join, whose save clears what `agent run` would say.
+        dir.save_key(&key).unwrap();
+        fs::write(dir.path().join(registry::FILE), "[]").unwrap();
+        dir.forget_membership("node 'h1' was forgotten", true).unwrap();
+        assert!(!dir.path().join(registry::FILE).exists(), "the attached containers stayed listed");
+        assert_eq!(dir.removed(), None);
+        assert_eq!(dir.forgotten().as_deref(), Some("node 'h1' was forgotten"));
+        assert!(dir.load_key().unwrap().is_some() && !dir.is_joined());
+        dir.save_join(&key, &identity(), &NetworkMap::default()).unwrap();
+        assert_eq!(dir.forgotten(), None);
+        assert!(dir.is_joined());
     }
 }

@@ -108,7 +108,10 @@ async fn revoked(state: &Shared, caller: &Caller, hash: &str) -> Result<Option<S
                     format!("node '{name}' joined again elsewhere: this credential was replaced"),
                     "replaced",
                 ),
-                Err(_) => super::membership_ended(format!("node '{name}' was removed from the cluster"), "removed"),
+                Err(_) => match state.store.removed_node(hash).await {
+                    Ok(Some((name, forgotten))) => super::removed(&name, forgotten),
+                    _ => super::removed(name, false),
+                },
             },
         })),
         // The database is out of reach: nobody can revoke anything meanwhile

@@ -135,8 +135,8 @@ impl State {
             }
             return Ok((caller, hash));
         }
-        if let Some(name) = self.store.removed_node(&hash).await.map_err(Status::from)? {
-            return Err(membership_ended(format!("node '{name}' was removed from the cluster"), "removed"));
+        if let Some((name, forgotten)) = self.store.removed_node(&hash).await.map_err(Status::from)? {
+            return Err(removed(&name, forgotten));
         }
         // Each case says what to do (a rotated admin credential and a node
         // a restored backup does not know were told "wrong coordinator, the
@@ -185,10 +185,26 @@ impl State {
 }
 
 /// The metadata key that tells an agent its membership is over (value
-/// `removed` or `replaced`): only then does it tear its network down and
-/// stop. A bare UNAUTHENTICATED (a coordinator restored from an older
+/// `removed`, `forgotten` or `replaced`): only then does it tear its network
+/// down and stop (after `forgotten`, free to join again with its token). A bare UNAUTHENTICATED (a coordinator restored from an older
 /// backup, a wrong coordinator) is waited out like an outage.
 pub const MEMBERSHIP_KEY: &str = "weave-membership";
+
+/// What the agent of node `name` is told once its node is gone: removed by
+/// an admin, or forgotten by the coordinator (`--forget-after`; not an
+/// admin's decision, so its agent may join again with its token).
+pub fn removed(name: &str, forgotten: bool) -> Status {
+    match forgotten {
+        false => membership_ended(format!("node '{name}' was removed from the cluster"), "removed"),
+        true => membership_ended(
+            format!(
+                "node '{name}' was forgotten: it held no map watch for longer than its token's --forget-after, \
+                 and its addresses and DNS records were given back"
+            ),
+            "forgotten",
+        ),
+    }
+}
 
 /// UNAUTHENTICATED carrying [`MEMBERSHIP_KEY`] = `why`.
 pub fn membership_ended(message: String, why: &'static str) -> Status {

@@ -65,3 +65,40 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<(u64, bool)>) {
         }
     }
 }
+
+/// How often a coordinator looks for nodes to forget (`--forget-after`).
+pub const FORGET_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Every [`FORGET_CHECK`] until the coordinator stops: forgets the nodes
+/// that held no map watch for their token's `--forget-after`
+/// ([`Store::forget_unseen`]). Every coordinator of a shared database runs
+/// it; each node goes once (the second finds it gone).
+pub async fn forget_unseen(state: super::Shared) {
+    let mut stopping = state.stopping.clone();
+    let mut tick = tokio::time::interval(FORGET_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopping.changed() => return,
+        }
+        if *stopping.borrow() {
+            return;
+        }
+        match state.store.forget_unseen(crate::store::now(), state.started_at).await {
+            Ok(gone) => {
+                for (node, allocations, records) in gone {
+                    metrics::counter!("weave_nodes_forgotten_total").increment(1);
+                    tracing::info!(
+                        node = %node.name, id = node.id, forget_after = node.forget_after_seconds, allocations, records,
+                        "node forgotten: it held no map watch for its token's --forget-after (seconds); its \
+                         addresses and DNS records are given back"
+                    );
+                }
+            }
+            // An outage is said elsewhere (every RPC says it); the next check tries again.
+            Err(e) if e.is_unavailable() => tracing::debug!(error = %e, "cannot look for nodes to forget now"),
+            Err(e) => tracing::warn!(error = %e, "cannot look for nodes to forget; trying again in 5 s"),
+        }
+    }
+}

@@ -19,6 +19,9 @@ pub struct Tokens(pub Shared);
 pub const MAX_DESCRIPTION_LEN: usize = 256;
 /// The longest lifetime a token may be given (ten years); past it, `never`.
 const MAX_TTL_SECONDS: u64 = 3650 * 86_400;
+/// The shortest `forget_after` a token may give its nodes: an agent's
+/// restart takes a few seconds, and less would forget nodes in passing.
+const MIN_FORGET_AFTER: u64 = 10;
 
 /// Why a token lifetime of `ttl` seconds is refused, if it is: checked for a
 /// request's `ttl_seconds` and for `--token-ttl`/`--first-token-ttl` at start.
@@ -51,7 +54,14 @@ impl Tokens {
         ttl_seconds: Option<u64>,
         uses: Option<u32>,
         description: String,
+        forget_after: u64,
     ) -> Result<(Token, JoinToken), crate::error::Error> {
+        if forget_after != 0 && !(MIN_FORGET_AFTER..=MAX_TTL_SECONDS).contains(&forget_after) {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "forget after {forget_after} s: between {MIN_FORGET_AFTER} s and {} days (0: never)",
+                MAX_TTL_SECONDS / 86_400
+            )));
+        }
         if description.len() > MAX_DESCRIPTION_LEN {
             return Err(crate::error::Error::InvalidArgument(format!(
                 "a token description of {} bytes: at most {MAX_DESCRIPTION_LEN}",
@@ -78,6 +88,7 @@ impl Tokens {
                 ttl_seconds,
                 uses,
                 description,
+                forget_after,
             })
             .await?;
         let join = JoinToken { coordinator: state.advertise.clone(), pin: state.pin, id, secret };
@@ -103,8 +114,11 @@ impl TokenService for Tokens {
             return Err(crate::error::Error::InvalidArgument(e).into());
         }
         let uses = Some(r.uses).filter(|u| *u > 0);
-        let (token, join) = Self::create(&self.0, ttl, uses, r.description).await?;
-        tracing::info!(token = %token.id, expires_at = token.expires_at, uses = ?uses, "join token created");
+        let (token, join) = Self::create(&self.0, ttl, uses, r.description, r.forget_after_seconds).await?;
+        tracing::info!(
+            token = %token.id, expires_at = token.expires_at, uses = ?uses, forget_after = r.forget_after_seconds,
+            "join token created"
+        );
         Ok(Response::new(CreateTokenResponse { token: Some(token), secret_token: join.to_string() }))
     }
 

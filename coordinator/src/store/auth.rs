@@ -112,11 +112,14 @@ impl Store {
         Ok(revoked.is_some())
     }
 
-    /// The name of the node that held `secret_hash` when an admin removed it.
-    pub async fn removed_node(&self, secret_hash: &str) -> Result<Option<String>> {
-        Ok(db::query_scalar("SELECT name FROM removed_nodes WHERE credential_hash = $1")
+    /// The name of the node that held `secret_hash` when it was removed, and
+    /// whether the coordinator forgot it (`--forget-after`) rather than an
+    /// admin removed it.
+    pub async fn removed_node(&self, secret_hash: &str) -> Result<Option<(String, bool)>> {
+        let row = db::query("SELECT name, forgotten FROM removed_nodes WHERE credential_hash = $1")
             .bind(secret_hash)
             .fetch_optional(&self.read)
-            .await?)
+            .await?;
+        Ok(row.map(|r| Ok::<_, sqlx::Error>((r.try_get("name")?, r.try_get("forgotten")?))).transpose()?)
     }
 }

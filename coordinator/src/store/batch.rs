@@ -340,6 +340,7 @@ mod tests {
             ttl_seconds: None,
             uses: None,
             description: String::new(),
+            forget_after: 0,
         };
         store.create_token(token).await.unwrap();
         let join = JoinRequest {

@@ -62,6 +62,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("uses_left", OptInt),
             ("uses", Int),
             ("revoked_at", OptInt),
+            ("forget_after", Int),
         ],
     ),
     (
@@ -77,6 +78,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("joined_at", Int),
             ("updated_at", Int),
             ("observed", Text),
+            ("forget_after", Int),
         ],
     ),
     (
@@ -109,7 +111,10 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
     ),
     ("dns_records", &[("id", Int), ("name", Text), ("address", Text), ("allocation_id", OptInt), ("created_at", Int)]),
     ("map_events", &[("revision", Int), ("change", Bytes), ("created_at", Int)]),
-    ("removed_nodes", &[("credential_hash", Text), ("node_id", Int), ("name", Text), ("removed_at", Int)]),
+    (
+        "removed_nodes",
+        &[("credential_hash", Text), ("node_id", Int), ("name", Text), ("removed_at", Int), ("forgotten", Bool)],
+    ),
     ("dns_holds", &[("name", Text), ("node_id", Int), ("released_at", Int), ("held_until", Int)]),
     (
         "address_holds",

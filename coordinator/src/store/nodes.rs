@@ -37,14 +37,17 @@ pub struct JoinedNode {
 }
 
 /// Checks `r`'s join token (known, right secret, not revoked, not expired);
-/// returns its uses left (None: unlimited). Checked again inside the writing
-/// transaction, which is what counts.
-async fn check_token(c: &mut Conn, r: &JoinRequest, t: i64) -> Result<Option<i64>> {
-    let token = db::query("SELECT secret_hash, expires_at, uses_left, revoked_at FROM join_tokens WHERE id = $1")
-        .bind(&r.token_id)
-        .fetch_optional(&mut *c)
-        .await?
-        .ok_or_else(|| Error::Unauthenticated(format!("join token {} is not known to this coordinator", r.token_id)))?;
+/// returns its uses left (None: unlimited) and its `forget_after`. Checked
+/// again inside the writing transaction, which is what counts.
+async fn check_token(c: &mut Conn, r: &JoinRequest, t: i64) -> Result<(Option<i64>, i64)> {
+    let token =
+        db::query("SELECT secret_hash, expires_at, uses_left, revoked_at, forget_after FROM join_tokens WHERE id = $1")
+            .bind(&r.token_id)
+            .fetch_optional(&mut *c)
+            .await?
+            .ok_or_else(|| {
+                Error::Unauthenticated(format!("join token {} is not known to this coordinator", r.token_id))
+            })?;
     let hash: String = token.try_get("secret_hash")?;
     if !bool::from(hash.as_bytes().ct_eq(r.token_secret_hash.as_bytes())) {
         return Err(Error::Unauthenticated(format!("join token {} has a wrong secret", r.token_id)));
@@ -58,7 +61,7 @@ async fn check_token(c: &mut Conn, r: &JoinRequest, t: i64) -> Result<Option<i64
             r.token_id
         )));
     }
-    Ok(token.try_get::<Option<i64>, _>("uses_left")?)
+    Ok((token.try_get::<Option<i64>, _>("uses_left")?, token.try_get("forget_after")?))
 }
 
 /// An endpoint inside the overlay (the range, the node range or any subnet)
@@ -205,7 +208,7 @@ impl Store {
         }
 
         // Everything else is a first join: the token must be valid and have uses left.
-        let uses_left = check_token(tx.c(), &r, t).await?;
+        let (uses_left, forget_after) = check_token(tx.c(), &r, t).await?;
         if let Some(existing) = by_key {
             // Names and public keys are in every node's map: knowing them proves nothing.
             let asked = match existing.name == r.name {
@@ -245,9 +248,9 @@ impl Store {
         // subnet's `origin_node` keep naming that node.
         let row = db::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO nodes (id, name, public_key, endpoints, address, credential_hash, joined_via, joined_at, \
-             updated_at, observed) VALUES ((SELECT COALESCE(MAX(n), 0) + 1 FROM (SELECT id AS n FROM nodes \
-             UNION ALL SELECT node_id FROM removed_nodes UNION ALL SELECT origin_node FROM subnets) AS ids), \
-             $1, $2, $3, $4, $5, $6, $7, $7, $8) RETURNING {NODE_COLUMNS}"
+             updated_at, observed, forget_after) VALUES ((SELECT COALESCE(MAX(n), 0) + 1 FROM (SELECT id AS n \
+             FROM nodes UNION ALL SELECT node_id FROM removed_nodes UNION ALL SELECT origin_node FROM subnets) \
+             AS ids), $1, $2, $3, $4, $5, $6, $7, $7, $8, $9) RETURNING {NODE_COLUMNS}"
         )))
         .bind(&r.name)
         .bind(&r.public_key[..])
@@ -257,6 +260,7 @@ impl Store {
         .bind(&r.token_id)
         .bind(t)
         .bind(&observed)
+        .bind(forget_after)
         .fetch_one(tx.c())
         .await?;
         let node = rows::node(&row)?;
@@ -324,23 +328,32 @@ impl Store {
     pub async fn remove_node(&self, sel: &str) -> Result<(v1::Node, u32, u32)> {
         let mut tx = self.begin().await?;
         let node = rows::resolve_node(tx.c(), sel).await?;
-        let (allocations, records) = release_where(&mut tx, "a.node_id = $1", node.id as i64, Holds::default()).await?;
-        // Remembered by its credential, so that its agent learns why even if it was away.
-        db::query(
-            "INSERT INTO removed_nodes (credential_hash, node_id, name, removed_at) \
-             SELECT credential_hash, id, name, $2 FROM nodes WHERE id = $1 ON CONFLICT (credential_hash) DO NOTHING",
-        )
-        .bind(node.id as i64)
-        .bind(now())
-        .execute(tx.c())
-        .await?;
-        db::query("DELETE FROM nodes WHERE id = $1").bind(node.id as i64).execute(tx.c()).await?;
-        tx.record(Change::NodeRemoved(node.id)).await?;
-        // Its subnets stay (workloads elsewhere may use them) and still name
-        // it (`origin_node`): nothing about them changes, so no change is sent.
+        let (allocations, records) = remove_in(&mut tx, &node, false).await?;
         self.commit(tx).await?;
         Ok((node, allocations, records))
     }
+}
+
+/// Removes `node` in `tx` with every allocation and DNS record it held;
+/// `forgotten`: by the coordinator ([`Store::forget_unseen`]), not an admin.
+/// Returns how many allocations and records went.
+pub(super) async fn remove_in(tx: &mut Tx, node: &v1::Node, forgotten: bool) -> Result<(u32, u32)> {
+    let (allocations, records) = release_where(tx, "a.node_id = $1", node.id as i64, Holds::default()).await?;
+    // Remembered by its credential, so that its agent learns why even if it was away.
+    db::query(
+        "INSERT INTO removed_nodes (credential_hash, node_id, name, removed_at, forgotten) \
+         SELECT credential_hash, id, name, $2, $3 FROM nodes WHERE id = $1 ON CONFLICT (credential_hash) DO NOTHING",
+    )
+    .bind(node.id as i64)
+    .bind(now())
+    .bind(forgotten)
+    .execute(tx.c())
+    .await?;
+    db::query("DELETE FROM nodes WHERE id = $1").bind(node.id as i64).execute(tx.c()).await?;
+    tx.record(Change::NodeRemoved(node.id)).await?;
+    // Its subnets stay (workloads elsewhere may use them) and still name
+    // it (`origin_node`): nothing about them changes, so no change is sent.
+    Ok((allocations, records))
 }
 
 /// Deletes the allocations matching `condition` (on alias `a`, one i64

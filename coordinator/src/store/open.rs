@@ -416,6 +416,11 @@ mod tests {
                     "3fae4a8dfdec864aded4c5e3ca359881d01730221ab8431899d4ad035d7b8be7ea42be6428e20939f7a927c722e39b89"
                         .to_string()
                 ),
+                (
+                    17,
+                    "8adb751b38846b38aa75f54d3d5f8997016428e30a60a92a7ac3c963ae869ec5a49863c7cd29525ccf68591958423cc2"
+                        .to_string()
+                ),
             ]
         );
         let pg: Vec<(i64, String)> =

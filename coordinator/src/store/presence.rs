@@ -3,7 +3,7 @@
 //! revision, nothing sent to the agents.
 use weave_proto::v1;
 
-use super::{Store, db, now};
+use super::{Store, db, now, rows};
 use crate::error::Result;
 
 /// An open watch refreshes its node's presence this often (seconds).
@@ -49,5 +49,59 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+/// A node with a `forget_after`, and when it was last seen.
+const FORGETTABLE: &str = "SELECT n.id, n.forget_after, n.joined_at, p.watching, p.seen_at FROM nodes n \
+     LEFT JOIN node_presence p ON p.node_id = n.id WHERE n.forget_after > 0";
+
+/// Whether the node in `r` (a [`FORGETTABLE`] row) is due to be forgotten
+/// at `now`: it holds no watch (or its coordinator stopped refreshing one),
+/// and has not since `forget_after` seconds before `now`. Its time counts
+/// from when it was last seen, joined, or `since` (this coordinator's start:
+/// one that was down for longer must not forget every node at once, before
+/// their agents had a chance to come back), whichever is latest.
+fn due(r: &db::Row, now: i64, since: i64) -> std::result::Result<bool, sqlx::Error> {
+    let (forget_after, joined_at): (i64, i64) = (r.try_get("forget_after")?, r.try_get("joined_at")?);
+    let (watching, seen_at): (Option<bool>, Option<i64>) = (r.try_get("watching")?, r.try_get("seen_at")?);
+    if watching == Some(true) && seen_at.is_some_and(|s| now.saturating_sub(s) <= 2 * REFRESH_SECS) {
+        return Ok(false);
+    }
+    let last = seen_at.unwrap_or(joined_at).max(joined_at).max(since);
+    // Whole seconds both: `>`, so that a node seen at 10.9 is not forgotten at 20.0.
+    Ok(now.saturating_sub(last) > forget_after)
+}
+
+impl Store {
+    /// Removes, each as `RemoveNode` would (its addresses and DNS records
+    /// released, the change sent to every agent), every node that joined
+    /// with a `--forget-after` token and is due ([`due`]), checked again in
+    /// its write transaction (a watch that opened meanwhile keeps it).
+    /// Returns what went: each node, with its allocations and records.
+    pub async fn forget_unseen(&self, now: i64, since: i64) -> Result<Vec<(v1::Node, u32, u32)>> {
+        let rows = db::query(FORGETTABLE).fetch_all(&self.read).await?;
+        let mut ids = Vec::new();
+        for r in &rows {
+            if due(r, now, since)? {
+                ids.push(r.try_get::<i64, _>("id")?);
+            }
+        }
+        let mut forgotten = Vec::new();
+        for id in ids {
+            let mut tx = self.begin().await?;
+            let row = db::query(sqlx::AssertSqlSafe(format!("{FORGETTABLE} AND n.id = $1")))
+                .bind(id)
+                .fetch_optional(tx.c())
+                .await?;
+            if !row.map(|r| due(&r, now, since)).transpose()?.unwrap_or(false) {
+                continue;
+            }
+            let node = rows::resolve_node(tx.c(), &id.to_string()).await?;
+            let (allocations, records) = super::nodes::remove_in(&mut tx, &node, true).await?;
+            self.commit(tx).await?;
+            forgotten.push((node, allocations, records));
+        }
+        Ok(forgotten)
     }
 }

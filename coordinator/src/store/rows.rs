@@ -8,7 +8,7 @@ use weave_proto::{cidr::parse_subnet, v1};
 
 use crate::error::{Error, Result};
 
-pub(super) const NODE_COLUMNS: &str = "id, name, public_key, endpoints, address, joined_at, observed";
+pub(super) const NODE_COLUMNS: &str = "id, name, public_key, endpoints, address, joined_at, observed, forget_after";
 
 pub(super) fn node(r: &Row) -> Result<v1::Node> {
     let endpoints: String = r.try_get("endpoints")?;
@@ -20,6 +20,7 @@ pub(super) fn node(r: &Row) -> Result<v1::Node> {
         address: r.try_get("address")?,
         joined_at: r.try_get("joined_at")?,
         observed_endpoint: r.try_get("observed")?,
+        forget_after_seconds: r.try_get::<i64, _>("forget_after")? as u64,
     })
 }
 

@@ -11,9 +11,11 @@ pub struct NewToken {
     pub ttl_seconds: Option<u64>,
     pub uses: Option<u32>,
     pub description: String,
+    /// Seconds unseen after which a node that joined with it is forgotten; 0: never.
+    pub forget_after: u64,
 }
 
-const TOKEN_COLUMNS: &str = "id, created_at, expires_at, uses_left, revoked_at, uses, description";
+const TOKEN_COLUMNS: &str = "id, created_at, expires_at, uses_left, revoked_at, uses, description, forget_after";
 
 fn token(r: &Row) -> Result<v1::Token> {
     let uses_left: Option<i64> = r.try_get("uses_left")?;
@@ -27,6 +29,7 @@ fn token(r: &Row) -> Result<v1::Token> {
         uses: r.try_get::<i64, _>("uses")? as u32,
         description: r.try_get("description")?,
         joined_nodes: Vec::new(),
+        forget_after_seconds: r.try_get::<i64, _>("forget_after")? as u64,
     })
 }
 
@@ -36,8 +39,8 @@ impl Store {
         let expires = t.ttl_seconds.map(|s| created.saturating_add(s.min(i64::MAX as u64) as i64));
         let mut tx = self.begin().await?;
         let row = db::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO join_tokens (id, secret_hash, description, created_at, expires_at, uses_left) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TOKEN_COLUMNS}"
+            "INSERT INTO join_tokens (id, secret_hash, description, created_at, expires_at, uses_left, forget_after) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {TOKEN_COLUMNS}"
         )))
         .bind(&t.id)
         .bind(&t.secret_hash)
@@ -45,6 +48,7 @@ impl Store {
         .bind(created)
         .bind(expires)
         .bind(t.uses.map(i64::from))
+        .bind(t.forget_after.min(i64::MAX as u64) as i64)
         .fetch_one(tx.c())
         .await?;
         let out = token(&row)?;

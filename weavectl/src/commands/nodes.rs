@@ -42,7 +42,7 @@ pub(super) async fn list(api: &mut Api, out: &Output) -> Outcome {
     let listed = api.nodes.list_nodes(ListNodesRequest {}).await.doing("listing nodes")?;
     let (nodes, presence) = (listed.nodes, listed.presence);
     let seen = |n: &Node| presence.iter().find(|p| p.node_id == n.id);
-    let mut table = Table::new(&["ID", "NAME", "ADDRESS", "ENDPOINTS", "KEY", "JOINED", "SEEN"]);
+    let mut table = Table::new(&["ID", "NAME", "ADDRESS", "ENDPOINTS", "KEY", "JOINED", "SEEN", "FORGET"]);
     for n in &nodes {
         table.row(vec![
             n.id.to_string(),
@@ -52,6 +52,7 @@ pub(super) async fn list(api: &mut Api, out: &Output) -> Outcome {
             fingerprint(&n.public_key),
             relative(n.joined_at),
             seen_cell(seen(n), !presence.is_empty()),
+            super::tokens::forget_cell(n.forget_after_seconds),
         ]);
     }
     let listed = |n: &Node| {
@@ -95,5 +96,6 @@ fn node_json(n: &Node) -> Value {
         // Whole, as the API gives it (base64, as `wg` shows keys).
         "public_key": weave_proto::key::WgPublicKey::from_bytes(&n.public_key).map(|k| k.to_base64()).ok(),
         "joined_at": n.joined_at,
+        "forget_after_seconds": super::tokens::forget_json(n.forget_after_seconds),
     })
 }

@@ -17,6 +17,8 @@ pub(super) struct Checked {
     /// 0: the coordinator's default lifetime.
     ttl_seconds: u64,
     never_expires: bool,
+    /// 0: never.
+    forget_after: u64,
 }
 
 pub(super) fn check(command: TokenCommand) -> Outcome<Checked> {
@@ -28,7 +30,14 @@ pub(super) fn check(command: TokenCommand) -> Outcome<Checked> {
         },
         _ => (0, false),
     };
-    Ok(Checked { command, ttl_seconds, never_expires })
+    let forget_after = match &command {
+        TokenCommand::Create { forget_after: Some(f), .. } => match weave_proto::duration::parse(f) {
+            Ok(d) => d.map_or(0, |d| d.as_secs()),
+            Err(e) => return Err(Failure::usage("--forget-after", e)),
+        },
+        _ => 0,
+    };
+    Ok(Checked { command, ttl_seconds, never_expires, forget_after })
 }
 
 pub(super) async fn run(api: &mut Api, out: &Output, c: Checked) -> Outcome {
@@ -44,6 +53,7 @@ pub(super) async fn run(api: &mut Api, out: &Output, c: Checked) -> Outcome {
                 },
                 description,
                 never_expires: c.never_expires,
+                forget_after_seconds: c.forget_after,
             };
             let resp = api.tokens.create_token(req).await.doing("creating a join token")?;
             let token = resp.token.unwrap_or_default();
@@ -55,8 +65,12 @@ pub(super) async fn run(api: &mut Api, out: &Output, c: Checked) -> Outcome {
             } else {
                 // Only the token on stdout (`T=$(weavectl token create)`); the hint is for people.
                 told(format!("{}\n", resp.secret_token), "the new join token", &resp.secret_token)?;
+                let forget = match token.forget_after_seconds {
+                    0 => String::new(),
+                    s => format!(", its nodes forgotten after {} out of touch", weave_proto::duration::format(s)),
+                };
                 eprintln!(
-                    "token {} ({}, {}); on each host: agent join --token-file <a file holding it>",
+                    "token {} ({}, {}{forget}); on each host: agent join --token-file <a file holding it>",
                     token.id,
                     uses_text(&token),
                     expiry(token.expires_at)
@@ -65,7 +79,8 @@ pub(super) async fn run(api: &mut Api, out: &Output, c: Checked) -> Outcome {
         }
         TokenCommand::Ls => {
             let tokens = api.tokens.list_tokens(ListTokensRequest {}).await.doing("listing join tokens")?.tokens;
-            let mut table = Table::new(&["ID", "STATE", "EXPIRES", "USES", "LEFT", "CREATED", "NODES", "DESCRIPTION"]);
+            let mut table =
+                Table::new(&["ID", "STATE", "EXPIRES", "USES", "LEFT", "CREATED", "FORGET", "NODES", "DESCRIPTION"]);
             for t in &tokens {
                 table.row(vec![
                     t.id.clone(),
@@ -74,6 +89,7 @@ pub(super) async fn run(api: &mut Api, out: &Output, c: Checked) -> Outcome {
                     t.uses.to_string(),
                     if t.unlimited { "unlimited".into() } else { t.uses_left.to_string() },
                     relative(t.created_at),
+                    forget_cell(t.forget_after_seconds),
                     or_dash(&t.joined_nodes.join(",")),
                     or_dash(&t.description),
                 ]);
@@ -148,5 +164,17 @@ fn token_json(t: &Token) -> Value {
         "revoked": t.revoked,
         "description": t.description,
         "joined_nodes": t.joined_nodes,
+        "forget_after_seconds": forget_json(t.forget_after_seconds),
     })
+}
+
+/// A `forget_after` as `token ls`/`node ls` show it: after how long out of
+/// touch the coordinator forgets a node, "-" for never.
+pub(super) fn forget_cell(secs: u64) -> String {
+    if secs == 0 { "-".into() } else { weave_proto::duration::format(secs) }
+}
+
+/// A `forget_after` in JSON: null for never.
+pub(super) fn forget_json(secs: u64) -> Value {
+    if secs == 0 { Value::Null } else { json!(secs) }
 }

@@ -1,6 +1,8 @@
 //! How the map watch retries: the delays, and what ends a membership.
 use std::time::Duration;
 
+use crate::error::Error;
+
 /// Retry delays for the watch: start small, cap low enough that changes never wait long.
 pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(200);
 pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -24,4 +26,16 @@ pub fn membership_ended(status: &tonic::Status) -> bool {
     // from an older backup, a wrong one behind the same address) is waited
     // out: tearing the network down for it would be the worse mistake.
     status.code() == tonic::Code::Unauthenticated && status.metadata().get("weave-membership").is_some()
+}
+
+/// The error a status for which [`membership_ended`] holds stops the agent
+/// with: [`Error::Forgotten`] when the coordinator forgot the node
+/// (`weave-membership: forgotten`, its token's `--forget-after`), which may
+/// join again with its token; else [`Error::Removed`], which stays out.
+pub fn membership_error(status: &tonic::Status) -> Error {
+    let why = status.message().to_string();
+    match status.metadata().get("weave-membership").is_some_and(|v| v.as_bytes() == b"forgotten") {
+        true => Error::Forgotten(why),
+        false => Error::Removed(why),
+    }
 }

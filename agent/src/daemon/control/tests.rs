@@ -18,6 +18,19 @@ fn only_a_marked_unauthenticated_ends_membership() {
     }
 }
 
+#[test]
+fn a_forgotten_node_may_join_again_and_a_removed_or_replaced_one_stays_out() {
+    let ended = |why: &'static str| {
+        let mut s = tonic::Status::unauthenticated(format!("node 'h3': {why}"));
+        s.metadata_mut().insert("weave-membership", tonic::metadata::MetadataValue::from_static(why));
+        membership_error(&s)
+    };
+    assert!(matches!(ended("forgotten"), Error::Forgotten(m) if m.contains("h3")));
+    for why in ["removed", "replaced", "anything else"] {
+        assert!(matches!(ended(why), Error::Removed(_)), "{why}");
+    }
+}
+
 /// A change is on disk before the watch waits for the next one, not a
 /// quiet period later: an agent killed then (SIGKILL, no chance to save
 /// on exit) restarts from a map that has it. Failed with the 200 ms

@@ -13,6 +13,7 @@ fn node(id: u64, addr: &str) -> Node {
         address: addr.into(),
         joined_at: 0,
         observed_endpoint: String::new(),
+        forget_after_seconds: 0,
     }
 }
 
