@@ -75,12 +75,18 @@ fn addresses_by_segment(
     out
 }
 
+/// The allocation key of node `name`'s own (exposed) address on a segment:
+/// `host:<name>` (the coordinator refuses it to any other node).
+pub fn host_key(name: &str) -> String {
+    format!("host:{name}")
+}
+
 /// This host's exposed address (its `host:` allocation) per segment, by vni.
 pub fn exposed_addresses(map: &NetworkMap, own_node: u64) -> BTreeMap<u32, Ipv4Addr> {
     let vni_of: BTreeMap<u64, u32> = map.subnets.iter().filter(|s| s.vni != 0).map(|s| (s.id, s.vni)).collect();
     // Its own name's key only: `host:<another>` is no exposed address of
     // this host's (the same review as the coordinator's refusal of it).
-    let Some(own) = map.nodes.iter().find(|n| n.id == own_node).map(|n| format!("host:{}", n.name)) else {
+    let Some(own) = map.nodes.iter().find(|n| n.id == own_node).map(|n| host_key(&n.name)) else {
         return BTreeMap::new();
     };
     map.allocations

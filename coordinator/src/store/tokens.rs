@@ -65,10 +65,13 @@ impl Store {
         let joined = db::query("SELECT name, joined_via FROM nodes WHERE joined_via IS NOT NULL ORDER BY name")
             .fetch_all(&self.read)
             .await?;
+        // By id: a linear search per node was tokens × nodes.
+        let index: std::collections::HashMap<String, usize> =
+            tokens.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
         for r in &joined {
             let via: String = r.try_get("joined_via")?;
-            if let Some(t) = tokens.iter_mut().find(|t| t.id == via) {
-                t.joined_nodes.push(r.try_get("name")?);
+            if let Some(&i) = index.get(&via) {
+                tokens[i].joined_nodes.push(r.try_get("name")?);
             }
         }
         Ok(tokens)

@@ -73,7 +73,7 @@ impl Attacher {
     async fn route_existing(&self, subnet: &Subnet) -> Result<bool, Refusal> {
         let _one = self.lock.lock().await;
         let routed = self.names.gateway_given(subnet.id);
-        let host = format!("host:{}", self.node_name);
+        let host = crate::plan::reconcile::host_key(&self.node_name);
         let wanting: BTreeSet<Ipv4Addr> = {
             let map = self.maps.borrow();
             if !map.subnets.iter().any(|s| s.id == subnet.id && s.egress) {

@@ -31,7 +31,7 @@ impl Attacher {
     /// let the subnet out through it. The exposure stays after the
     /// container goes (`weavectl hide` takes it away).
     pub(super) async fn gateway(&self, subnet: &Subnet) -> Result<Ipv4Addr, Refusal> {
-        let key = format!("host:{}", self.node_name);
+        let key = crate::plan::reconcile::host_key(&self.node_name);
         if let Some(held) = held_address(&self.held(&key), subnet) {
             return Ok(held);
         }
@@ -60,7 +60,7 @@ impl Attacher {
     /// How many of this host's containers hold an address on `subnet` (not
     /// the host itself, nor Docker's gateway reservation).
     fn egress_users(&self, subnet: &Subnet) -> usize {
-        let host = format!("host:{}", self.node_name);
+        let host = crate::plan::reconcile::host_key(&self.node_name);
         let map = self.maps.borrow();
         map.allocations
             .iter()
@@ -88,7 +88,7 @@ impl Attacher {
 
     /// `expose` with the attach lock held.
     async fn expose_on(&self, wanted: &[(AddrSpec, Subnet)]) -> Result<Vec<Attached>, Refusal> {
-        let key = format!("host:{}", self.node_name);
+        let key = crate::plan::reconcile::host_key(&self.node_name);
         let previously = self.held(&key);
         let allocated = self.allocate_all(&key, "", false, wanted).await?;
         let mut result = Vec::new();
@@ -126,7 +126,7 @@ impl Attacher {
     /// `hide`: removes this host's address from the given subnets (all if none).
     pub async fn hide(&self, addrs: &[String]) -> Result<Vec<String>, Refusal> {
         let _one = self.lock.lock().await;
-        let key = format!("host:{}", self.node_name);
+        let key = crate::plan::reconcile::host_key(&self.node_name);
         let held = self.held(&key);
         let subnets: Vec<Subnet> = if addrs.is_empty() {
             self.maps.borrow().subnets.iter().filter(|s| held.contains_key(&s.id)).cloned().collect()
