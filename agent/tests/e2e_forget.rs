@@ -23,7 +23,9 @@ fn a_host_out_of_touch_for_its_forget_after_is_forgotten_and_joins_again_with_it
     let mut bed = Bed::new();
     let made = bed.weavectl_admin(&["token", "create", "--uses", "unlimited", "--forget-after", "10s"]);
     assert!(made.status.success(), "token create: {}", String::from_utf8_lossy(&made.stderr));
-    assert!(String::from_utf8_lossy(&made.stderr).contains("forgotten after 10s"), "{made:?}");
+    let said = String::from_utf8_lossy(&made.stderr);
+    // Default lifetime (24 h): said to limit when a forgotten host can come back.
+    assert!(said.contains("forgotten after 10s") && said.contains("only while it has uses left"), "{said}");
     bed.token = String::from_utf8(made.stdout).unwrap().trim().to_string();
     bed.add_host();
     bed.add_host();
@@ -80,4 +82,10 @@ fn a_host_out_of_touch_for_its_forget_after_is_forgotten_and_joins_again_with_it
     // c2's old address is not taken back behind the new node's back.
     assert!(!interfaces(&c2).iter().any(|i| i.starts_with("ethwe")), "c2 came back as {:?}", interfaces(&c2));
     assert!(!bed.hosts[1].data_dir.join("forgotten").exists(), "the join left the forgotten mark");
+
+    // An agent out of touch for half of its --forget-after says what is coming.
+    let warning = "half of this node's --forget-after";
+    assert!(!bed.log(0).contains(warning), "h1 warned while connected");
+    bed.kill_coordinator();
+    wait_for("h1 to warn it is out of touch", Duration::from_secs(15), || bed.log(0).contains(warning).then_some(()));
 }

@@ -111,3 +111,36 @@ async fn a_node_out_of_touch_for_its_tokens_forget_after_is_forgotten_and_may_jo
     assert!(nodes(&c).await.iter().any(|n| n.id == plain.id), "the plain token's node stays");
     c.stop().await;
 }
+
+/// A coordinator that sees no node watching at all (its own network down,
+/// every agent cut off from it) forgets nobody: their time counts from when
+/// a watch returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_node_is_forgotten_while_none_holds_a_watch() {
+    let c = TestCoordinator::start().await;
+    let started = Instant::now();
+    let mut admin = c.admin().await;
+    let made = CreateTokenRequest { forget_after_seconds: 10, ..Default::default() };
+    let token = admin.tokens.create_token(made).await.unwrap().into_inner().secret_token;
+    let mut joined = Vec::new();
+    for (name, key) in [("a", 1), ("b", 2)] {
+        let r = admin.join.join(join_request(&token, name, key)).await.unwrap().into_inner();
+        joined.push(c.api_with(&r.credential).await);
+    }
+    // Three checks past their 10 s: both kept.
+    tokio::time::sleep(Duration::from_secs(16).saturating_sub(started.elapsed())).await;
+    let names = |nodes: Vec<Node>| nodes.into_iter().map(|n| n.name).collect::<Vec<_>>();
+    assert_eq!(names(nodes(&c).await), ["a", "b"], "forgotten while no node watched");
+    // b comes back: a's time starts (from the last check that saw no one).
+    let back = Instant::now();
+    let mut watch = joined[1].map.watch(WatchRequest::default()).await.unwrap().into_inner();
+    watch.message().await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(names(nodes(&c).await), ["a", "b"], "a forgotten {:?} after a watch came back", back.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while names(nodes(&c).await) != ["b"] {
+        assert!(Instant::now() < deadline, "a was not forgotten once b watched again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.stop().await;
+}

@@ -236,6 +236,7 @@ async fn serve(
         false => Some(tokio::spawn(super::endpoints::keep(identity.clone(), identity.pin()?, map_rx.clone()))),
     };
     let tasks = [
+        tokio::spawn(control::warn_out_of_touch(identity.node_id, map_rx.clone(), connected.clone())),
         tokio::spawn(control::reconcile_loop(
             netlink.clone(),
             dyn_transport,

@@ -28,7 +28,7 @@ use crate::{
 };
 
 use retry::{BACKOFF_MIN, QUICK_RETRIES};
-pub use retry::{membership_ended, membership_error, next_backoff};
+pub use retry::{membership_ended, membership_error, next_backoff, warn_out_of_touch};
 
 mod retry;
 

@@ -180,6 +180,19 @@ impl DockerState {
         self.saved().endpoints.iter().any(|(id, e)| id != except && e.sandbox == sandbox)
     }
 
+    /// Forgets every endpoint (networks stay: Docker still has them, and
+    /// their subnets are the cluster's): this node's membership ended, its
+    /// containers' interfaces went with its network and their addresses back
+    /// to the pool. Nothing is written where no file was.
+    pub fn forget_endpoints(dir: &Path) {
+        if dir.join(FILE).exists() {
+            let state = Self::load(dir);
+            let mut s = state.saved();
+            s.endpoints.clear();
+            state.write(&s);
+        }
+    }
+
     fn write(&self, saved: &Saved) {
         let tmp = self.file.with_extension("tmp");
         let written = serde_json::to_vec(saved)
@@ -219,7 +232,15 @@ mod tests {
         s.set_endpoint("e1", ep.clone());
         let s = DockerState::load(dir.path());
         assert_eq!(s.network("n1").map(|n| n.cidr).as_deref(), Some("10.2.3.0/24"));
-        assert_eq!(s.endpoint("e1"), Some(ep));
+        assert_eq!(s.endpoint("e1"), Some(ep.clone()));
+        // A forgotten node's endpoints go (their addresses went back), its networks stay.
+        DockerState::forget_endpoints(dir.path());
+        let s = DockerState::load(dir.path());
+        assert_eq!((s.endpoint("e1"), s.network("n1").is_some()), (None, true));
+        s.set_endpoint("e1", ep.clone());
+        let elsewhere = tempfile::tempdir().unwrap();
+        DockerState::forget_endpoints(elsewhere.path());
+        assert!(!elsewhere.path().join(FILE).exists(), "written where no Docker plugin ran");
         assert!(s.sandbox_in_use("/x", "e2") && !s.sandbox_in_use("/x", "e1"));
         assert!(!s.multicast_in("/p", "e2"), "n1 has no multicast");
         s.add_network(

@@ -151,6 +151,9 @@ impl StateDir {
         // The containers' interfaces went with the network, and their
         // addresses back to the pool: a node joining again starts with none.
         let attached = if may_rejoin { Some(registry::FILE) } else { None };
+        if may_rejoin {
+            super::docker::DockerState::forget_endpoints(&self.dir);
+        }
         for name in [IDENTITY, MAP].into_iter().chain(attached) {
             match fs::remove_file(self.dir.join(name)) {
                 Ok(()) => {}

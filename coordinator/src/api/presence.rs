@@ -77,6 +77,10 @@ pub async fn forget_unseen(state: super::Shared) {
     let mut stopping = state.stopping.clone();
     let mut tick = tokio::time::interval(FORGET_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Time out of touch counts from this coordinator's start, and from the
+    // last check that found no node watching at all (see `forget_unseen`).
+    let mut since = state.started_at;
+    let mut cut_off = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -85,8 +89,19 @@ pub async fn forget_unseen(state: super::Shared) {
         if *stopping.borrow() {
             return;
         }
-        match state.store.forget_unseen(crate::store::now(), state.started_at).await {
-            Ok(gone) => {
+        let now = crate::store::now();
+        match state.store.forget_unseen(now, since).await {
+            Ok(None) => {
+                if !cut_off {
+                    tracing::warn!(
+                        "no node holds a map watch on any coordinator: forgetting nodes (--forget-after) is paused \
+                         until one does, and their time out of touch counts from then"
+                    );
+                }
+                (since, cut_off) = (now, true);
+            }
+            Ok(Some(gone)) => {
+                cut_off = false;
                 for (node, allocations, records) in gone {
                     metrics::counter!("weave_nodes_forgotten_total").increment(1);
                     tracing::info!(

@@ -58,7 +58,8 @@ impl Tokens {
     ) -> Result<(Token, JoinToken), crate::error::Error> {
         if forget_after != 0 && !(MIN_FORGET_AFTER..=MAX_TTL_SECONDS).contains(&forget_after) {
             return Err(crate::error::Error::InvalidArgument(format!(
-                "forget after {forget_after} s: between {MIN_FORGET_AFTER} s and {} days (0: never)",
+                "forget after {forget_after} s: between {MIN_FORGET_AFTER} s and {} days (or never: 0 in the API, \
+                 `never` to weavectl)",
                 MAX_TTL_SECONDS / 86_400
             )));
         }

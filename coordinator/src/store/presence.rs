@@ -79,7 +79,27 @@ impl Store {
     /// with a `--forget-after` token and is due ([`due`]), checked again in
     /// its write transaction (a watch that opened meanwhile keeps it).
     /// Returns what went: each node, with its allocations and records.
-    pub async fn forget_unseen(&self, now: i64, since: i64) -> Result<Vec<(v1::Node, u32, u32)>> {
+    ///
+    /// `None`, and nothing forgotten, while no node at all holds a watch
+    /// (on any coordinator) though some exist: that is more likely this
+    /// coordinator cut off (its own network down) than every host gone, and
+    /// forgetting them all would take every one of them down as it comes
+    /// back. The caller counts their time from when watches return, as
+    /// after its own start.
+    pub async fn forget_unseen(&self, now: i64, since: i64) -> Result<Option<Vec<(v1::Node, u32, u32)>>> {
+        let (nodes, watching): (i64, i64) = {
+            let r = db::query(
+                "SELECT (SELECT COUNT(*) FROM nodes), \
+                 (SELECT COUNT(*) FROM node_presence WHERE watching AND seen_at >= $1)",
+            )
+            .bind(now.saturating_sub(2 * REFRESH_SECS))
+            .fetch_one(&self.read)
+            .await?;
+            (r.try_get(0)?, r.try_get(1)?)
+        };
+        if nodes > 0 && watching == 0 {
+            return Ok(None);
+        }
         let rows = db::query(FORGETTABLE).fetch_all(&self.read).await?;
         let mut ids = Vec::new();
         for r in &rows {
@@ -102,6 +122,6 @@ impl Store {
             self.commit(tx).await?;
             forgotten.push((node, allocations, records));
         }
-        Ok(forgotten)
+        Ok(Some(forgotten))
     }
 }

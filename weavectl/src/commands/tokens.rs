@@ -75,6 +75,13 @@ pub(super) async fn run(api: &mut Api, out: &Output, c: Checked) -> Outcome {
                     uses_text(&token),
                     expiry(token.expires_at)
                 );
+                // A forgotten host comes back by joining again with it.
+                if token.forget_after_seconds > 0 && (!token.unlimited || !never(token.expires_at)) {
+                    eprintln!(
+                        "note: a forgotten host joins again with this token only while it has uses left and has \
+                         not expired (--uses unlimited --ttl never keeps it usable)"
+                    );
+                }
             }
         }
         TokenCommand::Ls => {

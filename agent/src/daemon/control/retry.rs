@@ -39,3 +39,37 @@ pub fn membership_error(status: &tonic::Status) -> Error {
         false => Error::Removed(why),
     }
 }
+
+/// Warns, once an outage has lasted half of this node's `forget_after` (from
+/// its token, in the map), that the coordinator forgets it if it lasts the
+/// whole: its addresses then go to other containers while its own still use
+/// them, and it takes its network down when it reconnects. Runs for the
+/// agent's life; `connected` is the map watch's.
+pub async fn warn_out_of_touch(
+    node: u64,
+    maps: tokio::sync::watch::Receiver<weave_proto::v1::NetworkMap>,
+    connected: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut lost: Option<tokio::time::Instant> = None;
+    let mut warned = false;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if connected.load(std::sync::atomic::Ordering::Relaxed) {
+            (lost, warned) = (None, false);
+            continue;
+        }
+        let since = *lost.get_or_insert_with(tokio::time::Instant::now);
+        let forget_after = maps.borrow().nodes.iter().find(|n| n.id == node).map_or(0, |n| n.forget_after_seconds);
+        if warned || forget_after == 0 || since.elapsed() < Duration::from_secs(forget_after) / 2 {
+            continue;
+        }
+        warned = true;
+        tracing::warn!(
+            out_of_touch_s = since.elapsed().as_secs(),
+            forget_after_s = forget_after,
+            "no map watch on any coordinator for half of this node's --forget-after: if that lasts the whole, the \
+             coordinator forgets this node (its addresses go to other containers) and, when it is reached again, \
+             this agent takes the host's network down and must join again"
+        );
+    }
+}
