@@ -338,7 +338,8 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .add_service(limited!(DnsServiceServer::new(api::Dns(state.clone()))))
         .add_service(limited!(TokenServiceServer::new(api::Tokens(state.clone()))))
         .add_service(limited!(AdminServiceServer::new(api::Admin(state.clone()))))
-        .add_service(limited!(StatusServiceServer::new(api::StatusApi(state))));
+        .add_service(limited!(StatusServiceServer::new(api::StatusApi(state.clone()))));
+    let presence = state.presence.clone();
     // No Nagle: a join answer (with the whole map) would otherwise wait for a delayed ACK.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(30)));
     let limits = crate::accept::Limits {
@@ -360,6 +361,8 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     let task = tokio::spawn(async move {
         let _lock = lock;
         let served = router.serve_with_incoming_shutdown(incoming, shutdown).await;
+        // No watch of this coordinator is held now: recorded before the store closes.
+        let _ = tokio::time::timeout(Duration::from_secs(5), presence.stop()).await;
         closing.close().await;
         served
     });

@@ -1,5 +1,6 @@
 //! SIGKILL in the middle of a stream of allocations: after a restart every
-//! acknowledged allocation is there, with the same address, and none is doubled.
+//! acknowledged allocation is there, with the same address, and none is
+//! doubled. SIGTERM records the open watches as ended.
 mod common;
 
 use std::{
@@ -36,7 +37,8 @@ fn spawn(data_dir: &Path) -> Coordinator {
         command.env("WEAVE_STORE", store);
     }
     let mut child = command
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        // No metrics port: the tests here run at once, and 6781 is one.
+        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir"])
         .arg(data_dir)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -130,4 +132,54 @@ async fn sigkill_during_allocations_loses_no_acknowledged_allocation() {
 
 fn api_pin(data_dir: &Path) -> weave_proto::token::Pin {
     AdminCredential::parse(&std::fs::read_to_string(data_dir.join("admin.credential")).unwrap()).unwrap().pin
+}
+
+/// SIGTERM (a service stop, an upgrade) records the coordinator's open
+/// watches as ended before it exits: they stayed "watching", and their
+/// nodes showed `connected` (and were kept from being forgotten) for two
+/// presence refreshes after it came back, agent or no agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_coordinators_watches_are_recorded_as_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = spawn(&data);
+    let mut admin = admin(&first, &data).await;
+    let r = JoinRequest {
+        token: first.token.clone().unwrap(),
+        name: "h1".into(),
+        public_key: vec![1; 32],
+        endpoints: vec!["192.0.2.1:6784".into()],
+        ..Default::default()
+    };
+    let joined = admin.join.join(r).await.unwrap().into_inner();
+    let mut node = Api::new(connect(&first.addr, api_pin(&data)).await.unwrap(), &joined.credential).unwrap();
+    // As an agent does: a watch, and another at once whenever it ends
+    // (one opened while the coordinator drained its connections was left
+    // recorded as held).
+    let mut watch = node.map.watch(WatchRequest::default()).await.unwrap().into_inner();
+    watch.message().await.unwrap().unwrap();
+    let rewatch = tokio::spawn(async move {
+        loop {
+            if let Ok(w) = node.map.watch(WatchRequest::default()).await {
+                let mut w = w.into_inner();
+                while let Ok(Some(_)) = w.message().await {}
+            }
+        }
+    });
+    let connected = |listed: ListNodesResponse| listed.presence.first().map(|p| p.connected);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while connected(admin.nodes.list_nodes(ListNodesRequest {}).await.unwrap().into_inner()) != Some(true) {
+        assert!(std::time::Instant::now() < deadline, "the watch was not recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut first = first;
+    let pid = nix::unistd::Pid::from_raw(first.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(first.child.wait().unwrap().success());
+    let second = spawn(&data);
+    let mut admin = self::admin(&second, &data).await;
+    let listed = admin.nodes.list_nodes(ListNodesRequest {}).await.unwrap().into_inner();
+    assert_eq!(connected(listed), Some(false), "a watch of the stopped coordinator still counted");
+    rewatch.abort();
+    drop(watch);
 }

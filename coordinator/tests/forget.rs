@@ -144,3 +144,27 @@ async fn no_node_is_forgotten_while_none_holds_a_watch() {
     }
     c.stop().await;
 }
+
+/// A stopping coordinator ends every watch it counted open, even one whose
+/// end it was not told of (a stream opened while it drained, or dropped
+/// with the runtime): the node is not shown `connected`, nor kept from being
+/// forgotten, for two presence refreshes after it stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_trackers_watches_count_as_ended() {
+    let c = TestCoordinator::start().await;
+    let (node, _) = c.join("h1", 1).await;
+    let store = c.running.store.clone();
+    let (presence, run) = weave_coordinator::api::presence::Presence::new(store.clone());
+    tokio::spawn(run);
+    let connected =
+        || async { store.presence().await.unwrap().iter().find(|p| p.node_id == node.id).map(|p| p.connected) };
+    presence.watch(node.id, true);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connected().await != Some(true) {
+        assert!(Instant::now() < deadline, "the watch was not recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    presence.stop().await;
+    assert_eq!(connected().await, Some(false));
+    c.stop().await;
+}

@@ -12,7 +12,15 @@ use crate::store::{PRESENCE_REFRESH_SECS, Store};
 
 /// Where watch streams report their node's watch opening and ending.
 #[derive(Clone)]
-pub struct Presence(mpsc::UnboundedSender<(u64, bool)>);
+pub struct Presence(mpsc::UnboundedSender<Event>);
+
+enum Event {
+    /// Node `.0`'s watch opened (`true`) or ended (`false`).
+    Watch(u64, bool),
+    /// The coordinator stopped serving: every watch it still counts open
+    /// ended; say so once written.
+    Stopped(tokio::sync::oneshot::Sender<()>),
+}
 
 impl Presence {
     /// The tracker, and its task: run it for the coordinator's life.
@@ -23,21 +31,45 @@ impl Presence {
 
     /// Node `node`'s watch opened (`true`) or ended (`false`).
     pub fn watch(&self, node: u64, open: bool) {
-        let _ = self.0.send((node, open));
+        let _ = self.0.send(Event::Watch(node, open));
+    }
+
+    /// The coordinator stopped serving: records every watch still counted
+    /// open as ended (none of its watches is held any more, whether or not
+    /// its stream was seen to end), and returns once written (or not:
+    /// the store is out of reach). Called before the store closes. A
+    /// stopped coordinator's watches stayed "watching", and their nodes
+    /// showed `connected` and were kept from being forgotten for two
+    /// refreshes after it stopped (found by a review, 2026-12-06).
+    pub async fn stop(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.0.send(Event::Stopped(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<(u64, bool)>) {
+async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Event>) {
     let mut open: HashMap<u64, u32> = HashMap::new();
     let period = std::time::Duration::from_secs(PRESENCE_REFRESH_SECS as u64);
     let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         let mut changed: HashMap<u64, bool> = HashMap::new();
+        let mut flushed = Vec::new();
         tokio::select! {
             event = rx.recv() => {
                 let Some(first) = event else { return };
                 let mut next = Some(first);
-                while let Some((node, opened)) = next {
+                while let Some(event) = next {
+                    let (node, opened) = match event {
+                        Event::Watch(node, opened) => (node, opened),
+                        Event::Stopped(done) => {
+                            changed.extend(open.drain().map(|(n, _)| (n, false)));
+                            flushed.push(done);
+                            next = rx.try_recv().ok();
+                            continue;
+                        }
+                    };
                     let count = open.entry(node).or_default();
                     let before = *count > 0;
                     *count = if opened { *count + 1 } else { count.saturating_sub(1) };
@@ -56,12 +88,14 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<(u64, bool)>) {
                 changed.extend(open.keys().map(|n| (*n, true)));
             }
         }
-        if changed.is_empty() {
-            continue;
+        if !changed.is_empty() {
+            let changes: Vec<(u64, bool)> = changed.into_iter().collect();
+            if let Err(e) = store.nodes_seen(&changes).await {
+                tracing::debug!(error = %e, nodes = changes.len(), "recording node presence");
+            }
         }
-        let changes: Vec<(u64, bool)> = changed.into_iter().collect();
-        if let Err(e) = store.nodes_seen(&changes).await {
-            tracing::debug!(error = %e, nodes = changes.len(), "recording node presence");
+        for done in flushed {
+            let _ = done.send(());
         }
     }
 }
