@@ -20,7 +20,8 @@ fn node_names(bed: &Bed) -> Vec<String> {
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn a_host_out_of_touch_for_its_forget_after_is_forgotten_and_joins_again_with_its_token() {
-    let mut bed = Bed::new();
+    // Durations down to 10 s (the default floor is 5 minutes).
+    let mut bed = Bed::with_hosts_and_coordinator_args(0, &["--forget-after-floor", "10s"]);
     let made = bed.weavectl_admin(&["token", "create", "--uses", "unlimited", "--forget-after", "10s"]);
     assert!(made.status.success(), "token create: {}", String::from_utf8_lossy(&made.stderr));
     let said = String::from_utf8_lossy(&made.stderr);

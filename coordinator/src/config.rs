@@ -60,6 +60,11 @@ pub struct ServeArgs {
     /// How many hosts may join with the token printed at first start (0: unlimited).
     #[arg(long, env = "WEAVE_FIRST_TOKEN_USES", default_value_t = 1)]
     pub first_token_uses: u32,
+    /// The shortest `token create --forget-after` allowed (at least 10s).
+    /// Under 5m, a coordinator that restarts or loses its own network can
+    /// forget hosts that are alive (README: "Hosts that leave for good").
+    #[arg(long, env = "WEAVE_FORGET_AFTER_FLOOR", default_value = "5m")]
+    pub forget_after_floor: String,
     /// Plain-HTTP address for /metrics, /healthz and /readyz ("off" for none).
     /// Loopback by default; 0.0.0.0:6781 lets Prometheus and probes reach it.
     #[arg(long, env = "WEAVE_METRICS_LISTEN", default_value = "127.0.0.1:6781")]
@@ -142,6 +147,8 @@ pub struct Settings {
     pub token_ttl: Option<Duration>,
     pub first_token_ttl: Option<Duration>,
     pub first_token_uses: u32,
+    /// The shortest `forget_after` a token may give its nodes (seconds).
+    pub forget_after_floor: u64,
     /// Where /metrics, /healthz and /readyz are served (None: nowhere).
     pub metrics_listen: Option<SocketAddr>,
     /// Most addresses one node may hold (None: no limit).
@@ -193,6 +200,7 @@ impl ServeArgs {
             token_ttl: "24h".into(),
             first_token_ttl: "1h".into(),
             first_token_uses: 1,
+            forget_after_floor: "5m".into(),
             // Tests start many coordinators in one process: no fixed port.
             metrics_listen: "off".into(),
             node_quota: 4096,
@@ -305,6 +313,16 @@ impl ServeArgs {
                 return Err(flag(name, e));
             }
         }
+        let forget_after_floor = match weave_proto::duration::parse(&self.forget_after_floor) {
+            Ok(Some(d)) if d.as_secs() >= crate::api::tokens::MIN_FORGET_AFTER => d.as_secs(),
+            Ok(_) => {
+                return Err(flag(
+                    "forget-after-floor",
+                    format!("'{}': a duration of at least 10s", self.forget_after_floor),
+                ));
+            }
+            Err(e) => return Err(flag("forget-after-floor", e)),
+        };
         let rpc_deadline = weave_proto::duration::parse(&self.rpc_deadline).map_err(|e| flag("rpc-deadline", e))?;
         // A paced call may wait up to MAX_WAIT for its turn: the deadline must leave it that.
         if rpc_deadline.is_some_and(|d| d <= crate::api::pace::MAX_WAIT) {
@@ -372,6 +390,7 @@ impl ServeArgs {
             token_ttl,
             first_token_ttl,
             first_token_uses: self.first_token_uses,
+            forget_after_floor,
             node_quota: Some(self.node_quota).filter(|q| *q > 0),
             node_subnet_quota: Some(self.node_subnet_quota).filter(|q| *q > 0),
             node_dns_quota: Some(self.node_dns_quota).filter(|q| *q > 0),

@@ -248,6 +248,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         node_subnets: settings.node_subnets.clone(),
         pin: tls.pin,
         token_ttl: settings.token_ttl,
+        forget_after_floor: settings.forget_after_floor,
         challenger: Default::default(),
         data_dir: settings.data_dir.clone(),
         credentials_epoch: tokio::sync::watch::channel(0).0,

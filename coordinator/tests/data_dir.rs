@@ -193,6 +193,16 @@ fn a_bad_flag_is_one_line() {
         String::from_utf8_lossy(&out.stderr),
         "coordinator: invalid value 'bogus' for '--listen <LISTEN>': invalid socket address syntax (see --help)\n"
     );
+    // A floor under 10 s, or none, is refused the same way.
+    for floor in ["9s", "never"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--forget-after-floor", floor])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{said}");
+        assert!(said.contains("--forget-after-floor") && said.contains("at least 10s") && said.lines().count() == 1);
+    }
 }
 
 /// A data dir whose `tls/` is gone, on a database that holds a cluster, is

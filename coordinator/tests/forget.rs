@@ -15,20 +15,26 @@ use weave_proto::v1::{
     WatchRequest, map_change::Change, watch_event::Event,
 };
 
+/// A coordinator that allows `forget_after` down to 10 s (the default
+/// floor is 5 minutes).
+async fn with_floor_of_10s() -> TestCoordinator {
+    TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.forget_after_floor = "10s".into()).await
+}
+
 async fn nodes(c: &TestCoordinator) -> Vec<Node> {
     c.admin().await.nodes.list_nodes(ListNodesRequest {}).await.unwrap().into_inner().nodes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_out_of_touch_for_its_tokens_forget_after_is_forgotten_and_may_join_again() {
-    let c = TestCoordinator::start().await;
+    let c = with_floor_of_10s().await;
     let started = Instant::now();
     let mut admin = c.admin().await;
     let create = |forget_after_seconds| CreateTokenRequest { forget_after_seconds, ..Default::default() };
     // Bounds: less than 10 s would forget a node in an agent's restart.
     for bad in [1, 9, 3650 * 86_400 + 1] {
         let r = admin.tokens.create_token(create(bad)).await;
-        assert_status(r, Code::InvalidArgument, "between 10 s and 3650 days");
+        assert_status(r, Code::InvalidArgument, "between 10s and 3650 days");
     }
     let made = admin.tokens.create_token(create(10)).await.unwrap().into_inner();
     assert_eq!(made.token.as_ref().unwrap().forget_after_seconds, 10);
@@ -117,7 +123,7 @@ async fn a_node_out_of_touch_for_its_tokens_forget_after_is_forgotten_and_may_jo
 /// a watch returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_node_is_forgotten_while_none_holds_a_watch() {
-    let c = TestCoordinator::start().await;
+    let c = with_floor_of_10s().await;
     let started = Instant::now();
     let mut admin = c.admin().await;
     let made = CreateTokenRequest { forget_after_seconds: 10, ..Default::default() };
@@ -152,6 +158,10 @@ async fn no_node_is_forgotten_while_none_holds_a_watch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_trackers_watches_count_as_ended() {
     let c = TestCoordinator::start().await;
+    // The default floor: five minutes.
+    let short = CreateTokenRequest { forget_after_seconds: 299, ..Default::default() };
+    let r = c.admin().await.tokens.create_token(short).await;
+    assert_status(r, Code::InvalidArgument, "between 5m and 3650 days");
     let (node, _) = c.join("h1", 1).await;
     let store = c.running.store.clone();
     let (presence, run) = weave_coordinator::api::presence::Presence::new(store.clone());

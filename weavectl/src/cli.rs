@@ -161,8 +161,9 @@ pub(crate) enum TokenCommand {
         description: Option<String>,
         /// Nodes that join with it are removed by the coordinator, with
         /// their addresses and DNS records, once their agent has been out of
-        /// touch this long (like 10m, 1h; at least 10s): for hosts that go
-        /// away without a `node rm` (autoscaling). [default: never]
+        /// touch this long (like 1h; at least 5m, or the coordinator's
+        /// --forget-after-floor): for hosts that go away without a `node rm`
+        /// (autoscaling). [default: never]
         #[arg(long, value_name = "DURATION")]
         forget_after: Option<String>,
     },

@@ -52,6 +52,8 @@ pub struct State {
     pub node_subnets: Vec<ipnet::IpNet>,
     pub pin: Pin,
     pub token_ttl: Option<std::time::Duration>,
+    /// The shortest `forget_after` a token may give (seconds).
+    pub forget_after_floor: u64,
     pub started_at: i64,
     /// Watch streams open now.
     pub watchers: AtomicU32,

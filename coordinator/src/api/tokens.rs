@@ -19,9 +19,9 @@ pub struct Tokens(pub Shared);
 pub const MAX_DESCRIPTION_LEN: usize = 256;
 /// The longest lifetime a token may be given (ten years); past it, `never`.
 const MAX_TTL_SECONDS: u64 = 3650 * 86_400;
-/// The shortest `forget_after` a token may give its nodes: an agent's
-/// restart takes a few seconds, and less would forget nodes in passing.
-const MIN_FORGET_AFTER: u64 = 10;
+/// The shortest `--forget-after-floor`: an agent's restart takes a few
+/// seconds, and less would forget nodes in passing.
+pub(crate) const MIN_FORGET_AFTER: u64 = 10;
 
 /// Why a token lifetime of `ttl` seconds is refused, if it is: checked for a
 /// request's `ttl_seconds` and for `--token-ttl`/`--first-token-ttl` at start.
@@ -56,10 +56,13 @@ impl Tokens {
         description: String,
         forget_after: u64,
     ) -> Result<(Token, JoinToken), crate::error::Error> {
-        if forget_after != 0 && !(MIN_FORGET_AFTER..=MAX_TTL_SECONDS).contains(&forget_after) {
+        let floor = state.forget_after_floor;
+        if forget_after != 0 && !(floor..=MAX_TTL_SECONDS).contains(&forget_after) {
             return Err(crate::error::Error::InvalidArgument(format!(
-                "forget after {forget_after} s: between {MIN_FORGET_AFTER} s and {} days (or never: 0 in the API, \
-                 `never` to weavectl)",
+                "forget after {forget_after} s: between {} and {} days (or never: 0 in the API, `never` to \
+                 weavectl); shorter than 5m can forget live hosts in the coordinator's own outage, and needs \
+                 `coordinator serve --forget-after-floor`",
+                weave_proto::duration::format(floor),
                 MAX_TTL_SECONDS / 86_400
             )));
         }

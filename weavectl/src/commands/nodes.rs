@@ -42,7 +42,8 @@ pub(super) async fn list(api: &mut Api, out: &Output) -> Outcome {
     let listed = api.nodes.list_nodes(ListNodesRequest {}).await.doing("listing nodes")?;
     let (nodes, presence) = (listed.nodes, listed.presence);
     let seen = |n: &Node| presence.iter().find(|p| p.node_id == n.id);
-    let mut table = Table::new(&["ID", "NAME", "ADDRESS", "ENDPOINTS", "KEY", "JOINED", "SEEN", "FORGET"]);
+    // SEEN last, as before FORGET came (scripts read the last column).
+    let mut table = Table::new(&["ID", "NAME", "ADDRESS", "ENDPOINTS", "KEY", "JOINED", "FORGET", "SEEN"]);
     for n in &nodes {
         table.row(vec![
             n.id.to_string(),
@@ -51,8 +52,8 @@ pub(super) async fn list(api: &mut Api, out: &Output) -> Outcome {
             endpoints_cell(n),
             fingerprint(&n.public_key),
             relative(n.joined_at),
-            seen_cell(seen(n), !presence.is_empty()),
             super::tokens::forget_cell(n.forget_after_seconds),
+            seen_cell(seen(n), !presence.is_empty()),
         ]);
     }
     let listed = |n: &Node| {
