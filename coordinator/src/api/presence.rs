@@ -113,8 +113,10 @@ pub async fn forget_unseen(state: super::Shared) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Time out of touch counts from this coordinator's start, and from the
     // last check that found no node watching at all (see `forget_unseen`).
+    // A start is such a pause already (agents reconnect within seconds):
+    // no warning for it, only for one that follows watches.
     let mut since = state.started_at;
-    let mut cut_off = false;
+    let mut cut_off = true;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
