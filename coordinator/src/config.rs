@@ -318,7 +318,11 @@ impl ServeArgs {
             Ok(_) => {
                 return Err(flag(
                     "forget-after-floor",
-                    format!("'{}': a duration of at least 10s", self.forget_after_floor),
+                    format!(
+                        "'{}': a duration of at least {}",
+                        self.forget_after_floor,
+                        weave_proto::duration::format(crate::api::tokens::MIN_FORGET_AFTER)
+                    ),
                 ));
             }
             Err(e) => return Err(flag("forget-after-floor", e)),

@@ -70,12 +70,10 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     if let Some(why) = dir.removed() {
         return Err(Error::RemovedEarlier(why));
     }
-    if !dir.is_joined()
-        && let Some(why) = dir.forgotten()
-    {
-        return Err(Error::ForgottenEarlier(why));
-    }
     if !dir.is_joined() {
+        if let Some(why) = dir.forgotten() {
+            return Err(Error::ForgottenEarlier(why));
+        }
         return Err(Error::State(format!(
             "no identity in {}: run `agent join --token-file <file>` first",
             dir.path().display()

@@ -150,7 +150,7 @@ impl StateDir {
         self.write(if may_rejoin { FORGOTTEN } else { REMOVED }, why.as_bytes())?;
         // The containers' interfaces went with the network, and their
         // addresses back to the pool: a node joining again starts with none.
-        let attached = if may_rejoin { Some(registry::FILE) } else { None };
+        let attached = may_rejoin.then_some(registry::FILE);
         if may_rejoin {
             super::docker::DockerState::forget_endpoints(&self.dir);
         }

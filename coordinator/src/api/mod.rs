@@ -188,8 +188,9 @@ impl State {
 
 /// The metadata key that tells an agent its membership is over (value
 /// `removed`, `forgotten` or `replaced`): only then does it tear its network
-/// down and stop (after `forgotten`, free to join again with its token). A bare UNAUTHENTICATED (a coordinator restored from an older
-/// backup, a wrong coordinator) is waited out like an outage.
+/// down and stop (after `forgotten`, free to join again with its token). A
+/// bare UNAUTHENTICATED (a coordinator restored from an older backup, a
+/// wrong coordinator) is waited out like an outage.
 pub const MEMBERSHIP_KEY: &str = "weave-membership";
 
 /// What the agent of node `name` is told once its node is gone: removed by

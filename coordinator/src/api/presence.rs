@@ -55,7 +55,7 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Event>) {
     let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         let mut changed: HashMap<u64, bool> = HashMap::new();
-        let mut flushed = Vec::new();
+        let mut stopped = Vec::new();
         tokio::select! {
             event = rx.recv() => {
                 let Some(first) = event else { return };
@@ -65,7 +65,7 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Event>) {
                         Event::Watch(node, opened) => (node, opened),
                         Event::Stopped(done) => {
                             changed.extend(open.drain().map(|(n, _)| (n, false)));
-                            flushed.push(done);
+                            stopped.push(done);
                             next = rx.try_recv().ok();
                             continue;
                         }
@@ -94,7 +94,7 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Event>) {
                 tracing::debug!(error = %e, nodes = changes.len(), "recording node presence");
             }
         }
-        for done in flushed {
+        for done in stopped {
             let _ = done.send(());
         }
     }
