@@ -165,7 +165,8 @@ impl Attacher {
                     // namespace the agent sees dies at `ip netns del`), its
                     // veths linger.
                     Some((path, ino)) if ino != c.inode && !registry::alive(&path, ino) => {
-                        crate::host::netns::in_use(ino) || (self.names.unseen(n) && self.plugged(ino).await)
+                        use crate::host::netns::{Use, in_use};
+                        in_use(ino, None) != Use::Unseen || (self.names.unseen(n) && self.plugged(ino).await)
                     }
                     _ => false,
                 };

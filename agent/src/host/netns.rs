@@ -22,6 +22,24 @@ pub fn run_in<T: Send + 'static>(
     .map_err(|_| Error::Netns(format!("the thread in the namespace of {label} panicked")))?
 }
 
+// `SO_NETNS_COOKIE` (Linux 5.14), which nix does not name.
+use nix::{getsockopt_impl, libc, sockopt_impl};
+sockopt_impl!(NetnsCookie, GetOnly, libc::SOL_SOCKET, libc::SO_NETNS_COOKIE, u64);
+
+/// The cookie of namespace `netns`: unlike its inode, which the kernel gives
+/// the next namespace as soon as this one is gone, never given to another
+/// while the host runs. Read from a socket made inside it; None if it cannot
+/// be (a kernel before 5.14).
+pub fn cookie(netns: &File) -> Option<u64> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, getsockopt, socket};
+    let read = run_in(netns, "its cookie", || {
+        let s = socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
+            .map_err(|e| Error::Io("a socket to read the namespace's cookie".into(), e.into()))?;
+        getsockopt(&s, NetnsCookie).map_err(|e| Error::Io("SO_NETNS_COOKIE".into(), e.into()))
+    });
+    read.ok()
+}
+
 /// The key a namespace known only by its inode is attached and served DNS
 /// under (no name, no CNI id): `netns:<inode>`.
 pub fn key_of(inode: u64) -> String {
@@ -49,14 +67,48 @@ pub fn every_namespace() -> std::collections::BTreeMap<u64, std::path::PathBuf> 
     found
 }
 
-/// Whether network namespace `inode` is still in use by anyone but the agent:
-/// mounted somewhere this agent sees (`ip netns add`, a runtime's bind
-/// mount), or the namespace of a process or any of its threads (a process's
-/// main thread may have ended while others go on; found by a review,
-/// 2026-12-05). Not the agent's own threads: they enter a namespace only for
-/// a moment, and its DNS sockets are what keeps it in being.
-pub fn in_use(inode: u64) -> bool {
-    scan(true, |ino, _| ino == inode)
+/// Whether a network namespace is still in use by anyone but the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Mounted somewhere this agent sees (`ip netns add`, a runtime's bind
+    /// mount), or the namespace of a process or any of its threads.
+    Held,
+    /// Nothing this agent sees holds it (it may live out of its sight).
+    Unseen,
+    /// Its inode is another namespace's now (the cookie differs): the one
+    /// asked about is gone for sure.
+    Gone,
+}
+
+/// Whether network namespace `inode` (whose [`cookie`], if known, is
+/// `cookie`) is still in use by anyone but the agent: see [`Use`]. A
+/// process's main thread may have ended while others go on (found by a
+/// review, 2026-12-05). Not the agent's own threads: they enter a namespace
+/// only for a moment, and its DNS sockets are what keeps it in being.
+/// Without the cookie, a namespace that was given the inode of one gone
+/// passes for it: the kernel gives a freed inode to the next namespace
+/// made, and a dead CNI container's address stayed held while any
+/// namespace had its inode (a CI run, 2026-12-06).
+pub fn in_use(inode: u64, cookie: Option<u64>) -> Use {
+    let mut found = None;
+    let seen = scan(true, |ino, path| {
+        let hit = ino == inode;
+        if hit {
+            found = Some(path);
+        }
+        hit
+    });
+    match (seen, cookie) {
+        (false, _) => Use::Unseen,
+        (true, None) => Use::Held,
+        (true, Some(c)) => {
+            // Two live namespaces never share an inode. One that cannot be
+            // read (its process just ended) counts as held: the next look
+            // tells.
+            let now = found.and_then(|p| File::open(p).ok()).and_then(|f| self::cookie(&f));
+            if now.is_some_and(|now| now != c) { Use::Gone } else { Use::Held }
+        }
+    }
 }
 
 /// Offers `seen` each namespace mounted where this agent sees it, then each
@@ -152,11 +204,18 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let inode = inode.expect("the child's own namespace");
-        assert!(in_use(inode));
+        assert_eq!(in_use(inode, None), Use::Held);
+        let theirs = cookie(&File::open(&path).unwrap()).expect("its cookie");
+        let own = cookie(&File::open("/proc/self/ns/net").unwrap()).expect("the agent's cookie");
+        assert_ne!(theirs, own);
+        assert_eq!(cookie(&File::open(&path).unwrap()), Some(theirs), "the same namespace, the same cookie");
+        assert_eq!(in_use(inode, Some(theirs)), Use::Held);
+        // Another namespace's cookie: this inode is not that one's now.
+        assert_eq!(in_use(inode, Some(theirs + 1)), Use::Gone);
         assert!(every_namespace().contains_key(&inode));
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(!in_use(inode), "nothing holds it once the child is gone");
+        assert_eq!(in_use(inode, Some(theirs)), Use::Unseen, "nothing holds it once the child is gone");
     }
 
     #[test]

@@ -41,9 +41,8 @@ struct Saved {
     /// CNI network name -> its attachments on this host (for its GC).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     cni: BTreeMap<String, Vec<CniRecord>>,
-    /// Subnet id -> the addresses of this host's containers given this
-    /// host's address there as their default route (egress), until it is
-    /// hidden there.
+    /// Subnet id -> the addresses of this host's containers given this host's
+    /// address there as their default route (egress), until it is hidden.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     egress_routed: BTreeMap<u64, BTreeSet<std::net::Ipv4Addr>>,
 }
@@ -61,6 +60,10 @@ pub struct CniRecord {
     /// (the configuration may name another subnet by then).
     #[serde(default)]
     pub subnets: Vec<String>,
+    /// Its [`super::netns::cookie`], which tells it from a namespace given its
+    /// inode once it is gone (None: an older agent's record, a kernel < 5.14).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<u64>,
 }
 
 pub struct Registry {

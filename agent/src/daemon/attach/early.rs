@@ -52,7 +52,8 @@ impl Attacher {
     pub(super) fn record_cni(&self, cni: Option<(&str, &str, &str)>, c: &Container, subnets: Vec<String>) {
         if let Some((network, id, ifname)) = cni {
             let (id, ifname, netns) = (id.to_string(), ifname.to_string(), c.path.clone());
-            self.names.cni_added(network, CniRecord { id, ifname, netns, inode: c.inode, subnets });
+            let cookie = crate::host::netns::cookie(&c.netns);
+            self.names.cni_added(network, CniRecord { id, ifname, netns, inode: c.inode, subnets, cookie });
         }
     }
 

@@ -190,8 +190,15 @@ impl Attacher {
     /// namespace given the same inode since keeps the record too: the safe
     /// side, until the next GC.
     async fn may_live(&self, r: &CniRecord) -> Result<bool, Refusal> {
-        if registry::alive(&r.netns, r.inode) || crate::host::netns::in_use(r.inode) {
+        use crate::host::netns::{Use, in_use};
+        if registry::alive(&r.netns, r.inode) {
             return Ok(true);
+        }
+        match in_use(r.inode, r.cookie) {
+            Use::Held => return Ok(true),
+            // A port of its name is the new namespace's, if any.
+            Use::Gone => return Ok(false),
+            Use::Unseen => {}
         }
         // A record without its subnets (none should be: they came with GC):
         // a port on any subnet keeps it.

@@ -20,7 +20,7 @@ use weave_proto::v1::ListAllocationsRequest;
 
 use crate::{
     host::{
-        netns::{in_use, inode_in_key, key_of},
+        netns::{Use, in_use, inode_in_key, key_of},
         registry::alive,
     },
     plan::netmap::{allocation_address, held_by},
@@ -139,7 +139,9 @@ impl Attacher {
         }
         let mut gone = Vec::new();
         for (inode, name) in dead {
-            if in_use(inode) {
+            // No cookie: the agent's DNS sockets hold these namespaces while
+            // they are recorded, so none is given their inode.
+            if in_use(inode, None) != Use::Unseen {
                 continue;
             }
             let key = key_of(inode);
