@@ -505,3 +505,58 @@ fn a_detach_by_any_spelling_stops_the_containers_resolver() {
         ok(&["ip", "netns", "del", &c]);
     }
 }
+
+/// A container attached by its pid with a name is the same container by
+/// its `/proc/<pid>/ns/net` path: the pid was recorded bare, and a detach
+/// by the path cut the container off while its address and name stayed
+/// held; an attach by the path added a second address to its interface
+/// and failed, leaving it there (found by a review, 2026-12-06). A second
+/// key on an attached interface (a CNI ADD into it) is refused and adds
+/// nothing.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_container_named_by_its_pid_is_the_same_by_its_proc_path() {
+    struct Process(std::process::Child);
+    impl Drop for Process {
+        fn drop(&mut self) {
+            let _ = (self.0.kill(), self.0.wait());
+        }
+    }
+    let bed = Bed::with_hosts(1);
+    let child = Process(std::process::Command::new("unshare").args(["-n", "sleep", "300"]).spawn().unwrap());
+    let pid = child.0.id().to_string();
+    let path = format!("/proc/{pid}/ns/net");
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    wait_for("the child in a namespace of its own", Duration::from_secs(5), || {
+        std::fs::read_link(&path).is_ok_and(|l| l != own).then_some(())
+    });
+    let addresses = || {
+        let args = ["-t", &pid, "-n", "ip", "-o", "-4", "addr", "show"];
+        let out = std::process::Command::new("nsenter").args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .filter(|l| !l.contains(" lo "))
+            .map(|l| l.split_whitespace().nth(3).unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let held = |ip: &str| bed.allocations().iter().any(|a| a.contains(&format!(" {ip}/")));
+    let ip = attach_line(&bed, 0, &["--name", "bypid", &pid]);
+    assert_eq!(attach_line(&bed, 0, &[&path]), ip, "the same container by its path");
+    assert_eq!(addresses().len(), 1, "{:?}", addresses());
+    // Another key on that interface: refused, nothing added, nothing held.
+    let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
+    let conf = serde_json::json!({"cniVersion": "1.1.0", "name": "weave", "type": "weave-cni",
+        "socket": socket, "resolver": false});
+    let before = bed.allocations().len();
+    let out = common::cni::plugin(&common::cni::weave_cni(), "ADD", &path, "other-key", &conf, None);
+    assert!(!out.status.success(), "a second key on an attached interface");
+    assert_eq!(addresses().len(), 1, "an address stayed: {:?}", addresses());
+    assert_eq!(bed.allocations().len(), before, "{:?}", bed.allocations());
+    // Detached by its path: its address goes back, its interface with it.
+    let out = bed.weavectl(0, &["detach", &path]);
+    assert!(out.status.success(), "detach: {}", stderr(&out));
+    assert!(stdout(&out).contains(&ip), "detach printed: {}", stdout(&out));
+    assert!(!held(&ip), "still held: {:?}", bed.allocations());
+    assert!(addresses().is_empty(), "{:?}", addresses());
+    drop(child);
+}

@@ -266,6 +266,17 @@ impl Attacher {
             let bridge = bridge_name(subnet.vni);
             let step = async {
                 let ifname = match on_subnet(&before, &subnet.cidr) {
+                    // Another address there: the container is attached under
+                    // another key (its name, a CNI id). Added beside it, that
+                    // address stayed on the interface when the MAC check
+                    // refused the attach (found by a review, 2026-12-06).
+                    Some((i, have)) if have != *ip => {
+                        return Err(Refusal::conflict(format!(
+                            "{} in the container has {have} on {} already, attached under another name or \
+                             CNI id: attach it by that, or detach it first",
+                            i.name, subnet.cidr
+                        )));
+                    }
                     Some((i, _)) => i.name.clone(),
                     None => {
                         // The CNI runtime's name, for the first interface it asks for.

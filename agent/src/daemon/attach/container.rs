@@ -107,10 +107,17 @@ impl Attacher {
             netns = Some(
                 file.try_clone().map_err(|e| Refusal::failed(format!("the passed namespace of '{container}': {e}")))?,
             );
-            PathBuf::from(container)
+            // A pid as the path it means: recorded as the bare pid, a later
+            // `detach /proc/<pid>/ns/net` did not find the name, cut the
+            // container off and left its address and name held (found by a
+            // review, 2026-12-06).
+            match is_pid(container) {
+                true => PathBuf::from(format!("/proc/{container}/ns/net")),
+                false => PathBuf::from(container),
+            }
         } else if container.starts_with('/') {
             PathBuf::from(container)
-        } else if !container.is_empty() && container.bytes().all(|b| b.is_ascii_digit()) {
+        } else if is_pid(container) {
             PathBuf::from(format!("/proc/{container}/ns/net"))
         } else if let Some((_, p, ino)) = by_name {
             registered_inode = Some(ino);
@@ -175,6 +182,11 @@ impl Attacher {
         let key = id.map(str::to_string).or_else(|| name.clone()).unwrap_or_else(|| crate::host::netns::key_of(inode));
         Ok(Container { netns, key, name, inode, path })
     }
+}
+
+/// Whether `container` names a process by its pid.
+fn is_pid(container: &str) -> bool {
+    !container.is_empty() && container.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// [`Attacher::canonical`] in `domain` (lower case, no dots at the ends).
