@@ -1064,6 +1064,7 @@ async fn a_subnets_egress_is_set_at_add_and_changed_by_name_or_cidr_and_agents_s
     let (_, mut node) = c.join("host1", 1).await;
     let map = || async { c.admin().await.map.get_map(GetMapRequest {}).await.unwrap().into_inner() };
     let egress = |m: &NetworkMap, cidr: &str| m.subnets.iter().find(|s| s.cidr == cidr).unwrap().egress;
+    node.ipam.allocate(alloc("web", "10.44.0.0/24")).await.unwrap();
     let before = map().await;
     let default = before.subnets.iter().find(|s| s.is_default).unwrap().cidr.clone();
     assert!(egress(&before, "10.44.0.0/24") && !egress(&before, &default), "{before:?}");
@@ -1073,6 +1074,10 @@ async fn a_subnets_egress_is_set_at_add_and_changed_by_name_or_cidr_and_agents_s
     let set = |subnet: &str, egress: Option<bool>| UpdateSubnetRequest { subnet: subnet.into(), egress };
     let off = admin.subnets.update_subnet(set("OUT", Some(false))).await.unwrap().into_inner();
     assert!(!off.egress && off.name == "out", "{off:?}");
+    // With its count, as `subnet ls` shows it (it said 0).
+    assert_eq!(off.allocated, 1, "{off:?}");
+    let again = admin.subnets.update_subnet(set("out", Some(false))).await.unwrap().into_inner();
+    assert_eq!(again.allocated, 1, "{again:?}");
     let change = loop {
         let event = watch.get_mut().message().await.unwrap().unwrap();
         if let Some(watch_event::Event::Change(c)) = event.event {

@@ -25,15 +25,20 @@ pub(super) async fn all(c: &mut Conn, with_counts: bool) -> Result<Vec<v1::Subne
     for r in &rows {
         let mut s = rows::subnet(r)?.record;
         if with_counts {
-            let n: i64 = db::query_scalar("SELECT COUNT(*) FROM allocations WHERE subnet_id = $1")
-                .bind(s.id as i64)
-                .fetch_one(&mut *c)
-                .await?;
-            s.allocated = n as u64;
+            s.allocated = allocated(c, s.id).await?;
         }
         out.push(s);
     }
     Ok(out)
+}
+
+/// How many addresses subnet `id` has given.
+async fn allocated(c: &mut Conn, id: u64) -> Result<u64> {
+    let n: i64 = db::query_scalar("SELECT COUNT(*) FROM allocations WHERE subnet_id = $1")
+        .bind(id as i64)
+        .fetch_one(&mut *c)
+        .await?;
+    Ok(n as u64)
 }
 
 /// A subnet label: what DNS allows in a label, so it can name things later.
@@ -205,11 +210,14 @@ impl Store {
     /// Turns a subnet's egress on or off (the admin's); the agents see the
     /// change as the subnet again (`SubnetAdded` replaces it by id). Setting
     /// what it already is changes nothing and records nothing.
+    /// Returns the subnet as `subnet ls` shows it, with its count of
+    /// addresses given (it said 0; found by a review, 2026-12-06).
     pub async fn set_subnet_egress(&self, sel: &str, egress: bool) -> Result<v1::Subnet> {
         let mut tx = self.begin().await?;
         let subnet = rows::resolve_subnet(tx.c(), sel).await?;
         if subnet.record.egress == egress {
-            return Ok(subnet.record);
+            let allocated = allocated(tx.c(), subnet.record.id).await?;
+            return Ok(v1::Subnet { allocated, ..subnet.record });
         }
         if egress && subnet.net.addr().is_ipv6() {
             return Err(Error::InvalidArgument(format!("{}: egress is for IPv4 subnets only", subnet.net)));
@@ -223,8 +231,9 @@ impl Store {
         .await?;
         let updated = rows::subnet(&row)?.record;
         tx.record(Change::SubnetAdded(updated.clone())).await?;
+        let allocated = allocated(tx.c(), subnet.record.id).await?;
         self.commit(tx).await?;
-        Ok(updated)
+        Ok(v1::Subnet { allocated, ..updated })
     }
 
     pub async fn list_subnets(&self) -> Result<Vec<v1::Subnet>> {
