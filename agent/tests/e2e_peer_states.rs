@@ -80,12 +80,21 @@ fn an_unanswered_peer_is_connecting_and_an_answering_one_established() {
     std::thread::sleep(Duration::from_secs(12));
     assert_eq!(count(&bed, "no answer to a handshake"), warned, "a second warning within one outage:\n{}", bed.log(0));
     assert!(!bed.log(0).contains("REKEY_TIMEOUT"), "boringtun's retries logged:\n{}", bed.log(0));
-    let _ = (pinger.kill(), pinger.wait());
+    // Back with the pings still going: its queued initiations answered,
+    // host 1's latest retry among them refused as a flood. A session, and
+    // still one line: the router warned and said "answers again" by turns
+    // every 250 ms until that retry was answered (found by a review,
+    // 2026-12-06).
     nix::sys::signal::kill(pid, Signal::SIGCONT).unwrap();
     wait_for("host 3 to answer again", Duration::from_secs(20), || ping(&bed).status.success().then_some(()));
     wait_for("host 1 to log that h3 answers again", Duration::from_secs(5), || {
         (count(&bed, "the peer answers again") > again_before).then_some(())
     });
+    std::thread::sleep(Duration::from_secs(6));
+    let _ = (pinger.kill(), pinger.wait());
+    let log = bed.log(0);
+    assert_eq!(count(&bed, "no answer to a handshake"), warned, "warned again after h3 came back:\n{log}");
+    assert_eq!(count(&bed, "the peer answers again"), again_before + 1, "said twice:\n{log}");
     assert!(table.lines().any(|l| l.starts_with("h3") && l.contains("connecting (last ")), "{table}");
 }
 

@@ -97,3 +97,31 @@ fn report_reachability(peer: &Peer, tunn: &Tunn, now: u64) {
         peer.down_since.store(0, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use boringtun::noise::{Tunn, TunnResult};
+    use boringtun::x25519::{PublicKey, StaticSecret};
+
+    /// A paused peer, back, answers the initiation before this host's last
+    /// retry (the retry, taken within 20 ms, is refused as a flood): a
+    /// session, the retry still in progress. That is an answer: the router
+    /// warned and said "answers again" by turns every 250 ms until the retry
+    /// was answered (found by a review, 2026-12-06).
+    #[test]
+    fn a_session_made_while_a_retry_waits_is_an_answer() {
+        let (a_secret, b_secret) = (StaticSecret::from([1; 32]), StaticSecret::from([2; 32]));
+        let (a_public, b_public) = (PublicKey::from(&a_secret), PublicKey::from(&b_secret));
+        let mut a = Tunn::new(a_secret, b_public, None, None, 1, None);
+        let mut b = Tunn::new(b_secret, a_public, None, None, 2, None);
+        let (mut x, mut y) = (vec![0u8; 2048], vec![0u8; 2048]);
+        let TunnResult::WriteToNetwork(first) = a.format_handshake_initiation(&mut x, false) else { panic!() };
+        let first = first.to_vec();
+        let TunnResult::WriteToNetwork(_) = a.format_handshake_initiation(&mut x, true) else { panic!("no retry") };
+        assert!(a.unanswered_handshake().is_some(), "a's attempt waits");
+        let TunnResult::WriteToNetwork(resp) = b.decapsulate(None, &first, &mut y) else { panic!("no response") };
+        let TunnResult::WriteToNetwork(_) = a.decapsulate(None, resp, &mut x) else { panic!("no keepalive") };
+        assert!(a.time_since_last_handshake().is_some() && a.handshake_in_progress(), "a session, the retry on");
+        assert_eq!(a.unanswered_handshake(), None);
+    }
+}

@@ -341,10 +341,20 @@ impl Tunn {
     /// weave: how long this host's current handshake attempt has gone
     /// unanswered (its first initiation to now, retries included), or
     /// `None` when no initiation of this host waits for an answer.
+    /// A session made since the attempt began, with the peer's own
+    /// initiation, is an answer: the attempt stays in progress (and is
+    /// retried until answered) while the peer is plainly there (weave's
+    /// router warned and said "answers again" by turns, every 250 ms, after
+    /// a paused peer came back; found by a review, 2026-12-06).
     pub fn unanswered_handshake(&self) -> Option<Duration> {
         self.handshake.timer()?;
+        let started = self.timers[TimeLastHandshakeStarted];
+        let session = self.sessions[self.current % super::N_SESSIONS].is_some();
+        if session && self.timers[TimeSessionEstablished] >= started {
+            return None;
+        }
         let now = Instant::now().duration_since(self.timers.time_started);
-        Some(now.saturating_sub(self.timers[TimeLastHandshakeStarted]))
+        Some(now.saturating_sub(started))
     }
 
     pub fn time_since_last_handshake(&self) -> Option<Duration> {
@@ -415,5 +425,34 @@ mod tests {
         // Unanswered for 16 s: now one.
         age(&mut a, Duration::from_secs(6));
         assert!(is_init(a.update_timers(&mut x)), "no handshake 16 s after an unanswered send");
+    }
+
+    #[test]
+    fn a_session_made_by_an_earlier_initiation_answers_this_hosts_attempt() {
+        let (a_secret, b_secret) = (
+            x25519_dalek::StaticSecret::random_from_rng(OsRng),
+            x25519_dalek::StaticSecret::random_from_rng(OsRng),
+        );
+        let (a_public, b_public) = (
+            x25519_dalek::PublicKey::from(&a_secret),
+            x25519_dalek::PublicKey::from(&b_secret),
+        );
+        let mut a = Tunn::new(a_secret, b_public, None, None, 1, None);
+        let mut b = Tunn::new(b_secret, a_public, None, None, 2, None);
+        let (mut x, mut y) = (vec![0u8; 2048], vec![0u8; 2048]);
+        // b paused: a's initiation and its retry 6 s later wait in b's
+        // socket. b, back, answers the first (the second, taken within
+        // 20 ms, is refused as a flood).
+        let TunnResult::WriteToNetwork(first) = a.format_handshake_initiation(&mut x, false) else { panic!() };
+        let first = first.to_vec();
+        age(&mut a, Duration::from_secs(6));
+        let TunnResult::WriteToNetwork(_) = a.format_handshake_initiation(&mut x, true) else { panic!() };
+        assert!(a.unanswered_handshake().is_some_and(|d| d >= Duration::from_secs(6)));
+        let TunnResult::WriteToNetwork(resp) = b.decapsulate(None, &first, &mut y) else { panic!("no response") };
+        let TunnResult::WriteToNetwork(_) = a.decapsulate(None, resp, &mut x) else { panic!("no keepalive") };
+        // A session, and a's retry still waits for its answer.
+        assert!(a.time_since_last_handshake().is_some());
+        assert!(a.handshake.timer().is_some(), "a's retry is still in progress");
+        assert_eq!(a.unanswered_handshake(), None, "the peer answered");
     }
 }
