@@ -161,6 +161,39 @@ fn bad_flags_are_refused_before_the_token_is_used() {
     assert!(nodes.as_array().unwrap().iter().all(|n| n["name"] != "flags"), "a node was registered: {nodes}");
 }
 
+/// A host without nftables: `agent join` says so before it joins. It
+/// joined, then the data plane refused to start, the token's use spent
+/// (found by a review, 2026-12-06).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_host_without_nft_is_told_so_before_the_token_is_used() {
+    let mut bed = Bed::new();
+    let host = bed.add_bare_host("192.0.2.32");
+    let dir = bed.path("nonft");
+    let empty = dir.join("bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    let ip =
+        ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].into_iter().find(|p| Path::new(p).exists()).unwrap();
+    let out = Command::new(ip)
+        .args(["netns", "exec", &host])
+        .arg(agent_bin())
+        .args(["join", "--token", &bed.token, "--name", "nonft", "--endpoint", "192.0.2.32:6784", "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--socket")
+        .arg(dir.join("agent.sock"))
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() == 1 && lines[0].contains("nft") && lines[0].contains("install it"), "{stderr}");
+    assert!(!dir.join("data").exists(), "state written");
+    let nodes = bed.weavectl_admin(&["--json", "node", "ls"]);
+    let nodes: serde_json::Value = serde_json::from_slice(&nodes.stdout).unwrap();
+    assert!(nodes.as_array().unwrap().iter().all(|n| n["name"] != "nonft"), "it joined: {nodes}");
+}
+
 /// Runs `args` with a 30 s bound (an agent that should have stopped but
 /// serves is killed and the test fails).
 fn exits(mut cmd: Command, what: &str) -> std::process::Output {

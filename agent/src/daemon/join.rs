@@ -31,6 +31,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// coordinator refused the join.
 pub async fn join(args: &JoinArgs) -> Result<(), Error> {
     args.run.check().map_err(Error::Usage)?;
+    crate::host::firewall::nft_runs().await?;
     let dir = StateDir::new(&args.run.paths.data_dir);
     let lock = dir.lock()?;
     let joined = join_locked(args, &dir).await;

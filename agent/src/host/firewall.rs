@@ -57,6 +57,22 @@ async fn nft_with(args: &[&str], script: &str) -> Result<String, Error> {
     }
 }
 
+/// Whether `nft` runs here: `agent join` asks before it spends a token (it
+/// joined, then the data plane refused to start without nftables, the
+/// token's use gone; found by a review, 2026-12-06).
+pub async fn nft_runs() -> Result<(), Error> {
+    let out = Command::new("nft").arg("--version").stdin(Stdio::null()).output().await;
+    let why = match out {
+        Ok(o) if o.status.success() => return Ok(()),
+        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        Err(e) => e.to_string(),
+    };
+    Err(Error::Nft(format!(
+        "cannot run it ({why}): the agent keeps subnets apart with nftables; install it (Debian: \
+         apt install nftables) and join again (nothing was sent to the coordinator)"
+    )))
+}
+
 pub async fn apply(rules: &Rules) -> Result<(), Error> {
     nft(&ruleset(rules)).await?;
     if rules.segments.iter().any(|s| s.egress) {
@@ -133,13 +149,18 @@ pub async fn set_broadcast_limit(per_second: u32) {
     let mut limit = per_second;
     if limit > 0 {
         let probe = guard_ruleset(&[("wvprobe".into(), Ipv4Addr::UNSPECIFIED, vec![2, 0, 0, 0, 0, 1])], limit);
-        if let Err(e) = nft_with(&["--check", "-f", "-"], &probe).await {
-            tracing::warn!(
-                error = %e,
-                "nftables refuses the storm-control meters here: workload ports are not metered \
-                 (--broadcast-limit still meters what peers send into segments)"
-            );
-            limit = 0;
+        match nft_with(&["--check", "-f", "-"], &probe).await {
+            Ok(_) => {}
+            // No nft at all: the isolation rules' failure says so, next.
+            Err(Error::Io(..)) => {}
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "nftables refuses the storm-control meters here: workload ports are not metered \
+                     (--broadcast-limit still meters what peers send into segments)"
+                );
+                limit = 0;
+            }
         }
     }
     BROADCAST_LIMIT.store(limit, std::sync::atomic::Ordering::Relaxed);
