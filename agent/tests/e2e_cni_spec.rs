@@ -124,6 +124,8 @@ fn older_configuration_versions_get_results_in_their_form() {
         let out = plugin(&bin, "CHECK", &netns, &ns, &check, None);
         if version == "0.3.1" {
             assert_eq!(json_out(&out)["code"], 1, "CHECK is not in 0.3.1: {}", String::from_utf8_lossy(&out.stdout));
+            // An error in the configuration's version too (it said 1.1.0).
+            assert_eq!(json_out(&out)["cniVersion"], "0.3.1", "{}", String::from_utf8_lossy(&out.stdout));
         } else {
             assert!(out.status.success(), "CHECK {version}: {}", String::from_utf8_lossy(&out.stdout));
         }
@@ -136,6 +138,8 @@ fn older_configuration_versions_get_results_in_their_form() {
     let ns = bed.add_container("v12");
     let out = plugin(&bin, "ADD", &format!("/run/netns/{ns}"), &ns, &conf, None);
     assert_eq!(json_out(&out)["code"], 1, "{}", String::from_utf8_lossy(&out.stdout));
+    // In a version it speaks.
+    assert_eq!(json_out(&out)["cniVersion"], "1.1.0", "{}", String::from_utf8_lossy(&out.stdout));
     assert!(bed.allocations().iter().all(|a| !a.contains("cni:")), "{:?}", bed.allocations());
 
     // A container id no allocation can have: ADD refused, and the DEL after

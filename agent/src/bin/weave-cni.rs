@@ -21,24 +21,27 @@ fn env(name: &str) -> Result<String, CniError> {
 fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
-        Err(e) => return fail(&CniError::new(code::TRY_AGAIN, "cannot start", e.to_string())),
+        Err(e) => return fail(&CniError::new(code::TRY_AGAIN, "cannot start", e.to_string()), None),
     };
-    match runtime.block_on(run()) {
+    // The configuration's version, once read: errors answer in it too (they
+    // said 1.1.0 to a 0.3.1 configuration; found by a review, 2026-12-06).
+    let mut version = None;
+    match runtime.block_on(run(&mut version)) {
         Ok(Some(out)) => {
             println!("{out}");
             ExitCode::SUCCESS
         }
         Ok(None) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
+        Err(e) => fail(&e, version.as_deref()),
     }
 }
 
-fn fail(e: &CniError) -> ExitCode {
-    println!("{}", e.to_json());
+fn fail(e: &CniError, version: Option<&str>) -> ExitCode {
+    println!("{}", e.to_json_in(version));
     ExitCode::FAILURE
 }
 
-async fn run() -> Result<Option<serde_json::Value>, CniError> {
+async fn run(version: &mut Option<String>) -> Result<Option<serde_json::Value>, CniError> {
     let command = env("CNI_COMMAND")?;
     if command == "VERSION" {
         return Ok(Some(cni::version_result()));
@@ -55,6 +58,7 @@ async fn run() -> Result<Option<serde_json::Value>, CniError> {
         .read_to_end(&mut stdin)
         .map_err(|e| CniError::new(code::BAD_CONFIG, "cannot read the configuration", e.to_string()))?;
     let conf = NetConf::parse(&stdin)?;
+    *version = Some(conf.cni_version.clone());
     // Neither names a container: the runtime passes no CNI_CONTAINERID.
     if matches!(command.as_str(), "GC" | "STATUS") {
         if !conf.has_gc() {

@@ -101,7 +101,15 @@ impl CniError {
     }
 
     pub fn to_json(&self) -> Value {
-        json!({"cniVersion": CNI_VERSION, "code": self.code, "msg": self.msg, "details": self.details})
+        self.to_json_in(None)
+    }
+
+    /// As the configuration's `cniVersion` asks (errors are alike in every
+    /// version; only the version they name differs), else in this
+    /// plugin's (the configuration unread, or its version unsupported).
+    pub fn to_json_in(&self, version: Option<&str>) -> Value {
+        let version = version.filter(|v| SUPPORTED_VERSIONS.contains(v)).unwrap_or(CNI_VERSION);
+        json!({"cniVersion": version, "code": self.code, "msg": self.msg, "details": self.details})
     }
 }
 
