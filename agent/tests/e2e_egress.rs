@@ -134,6 +134,8 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
     let why = String::from_utf8_lossy(&hide.stderr).into_owned();
     assert_eq!(hide.status.code(), Some(5), "{why}");
     assert!(why.contains("1 container(s) of this host on subnet 10.44.0.0/24 leave through this host"), "{why}");
+    // Not "or turn its egress off": they keep that route, and hide is refused still.
+    assert!(why.contains("detach them first (turning its egress off leaves them that route)"), "{why}");
     // A bare hide (every subnet) too, and it says how to hide the others.
     let hide = bed.weavectl(0, &["hide"]);
     let why = String::from_utf8_lossy(&hide.stderr).into_owned();

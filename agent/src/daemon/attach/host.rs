@@ -158,7 +158,7 @@ impl Attacher {
             if using > 0 && s.egress {
                 return Err(Refusal::conflict(format!(
                     "{using} container(s) of this host on subnet {} leave through this host (egress): detach them \
-                     first, or turn its egress off{others}",
+                     first (turning its egress off leaves them that route){others}",
                     s.cidr
                 )));
             }
