@@ -347,13 +347,20 @@ impl ServeArgs {
                 "1 is too low: a whole-map read (an agent's watch) costs 10; use 2 or more, or 0 for no limit",
             ));
         }
+        // Its own words for every refusal: the parser's offer 'never' is
+        // refused here too (found by a review, 2026-12-06).
         let authenticate_within = weave_proto::duration::parse(&self.authenticate_within)
-            .map_err(|e| flag("authenticate-within", e))?
+            .ok()
+            .flatten()
             .filter(|d| !d.is_zero())
             .ok_or_else(|| {
                 flag(
                     "authenticate-within",
-                    "must be a time of 1s or more (a connection that proves nothing is closed then)",
+                    format!(
+                        "'{}' is not a time of 1s or more, like 10s or 1m (a connection that proves nothing is \
+                         closed then; there is no 'never')",
+                        self.authenticate_within
+                    ),
                 )
             })?;
         let hold = |name: &str, value: &str| match value.trim() {

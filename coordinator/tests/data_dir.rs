@@ -203,6 +203,17 @@ fn a_bad_flag_is_one_line() {
         assert_eq!(out.status.code(), Some(2), "{said}");
         assert!(said.contains("--forget-after-floor") && said.contains("at least 10s") && said.lines().count() == 1);
     }
+    // --authenticate-within has no 'never', and no refusal offers one.
+    for within in ["0s", "never", "soon"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--authenticate-within", within])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{said}");
+        assert!(said.contains(&format!("'{within}' is not a time of 1s or more")), "{said}");
+        assert!(!said.contains("or 'never'") && said.lines().count() == 1, "{said}");
+    }
 }
 
 /// A data dir whose `tls/` is gone, on a database that holds a cluster, is

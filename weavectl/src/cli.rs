@@ -12,7 +12,8 @@ Exit codes:
   1  anything else (an internal error in the coordinator, an unexpected reply)
   2  bad usage or a value refused before or by the coordinator (CIDR, duration, IP, name;
      a credential file that is missing or holds no credential)
-  3  cannot reach the coordinator, or its identity does not match the credential's pin
+  3  cannot reach the coordinator, or its identity does not match the credential's pin;
+     cannot reach this host's agent (attach, detach, expose, hide, status peers)
   4  not found (node, subnet, token, DNS record)
   5  already exists or conflicts with the current state (overlap, default subnet, in use)
   6  permission denied or authentication failed (a credential file this user may not read,

@@ -256,7 +256,13 @@ pub(super) async fn pools(location: &Location) -> Result<(Pool, Pool)> {
                         PG_CONNECT_TIMEOUT.as_secs()
                     ))
                 })?
-                .map_err(|e| Error::Unavailable(format!("cannot connect to the database {shown}: {e}")))?;
+                .map_err(|e| {
+                    // The server's own sentence: sqlx's adds "error returned from
+                    // database" and the line of PostgreSQL's source it came from
+                    // ("at line 334"), which read as a line of the user's.
+                    let why = e.as_database_error().map_or_else(|| e.to_string(), |d| d.message().to_string());
+                    Error::Unavailable(format!("cannot connect to the database {shown}: {why}"))
+                })?;
             let _ = first.close().await;
             // Both pools' sessions get the same options (the idle-in-transaction
             // timeout above), each its own application_name.
