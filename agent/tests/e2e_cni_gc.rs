@@ -330,6 +330,51 @@ fn a_dead_namespaces_inode_given_to_another_keeps_nothing() {
     assert_eq!(with_inode(), Some(holder), "the inode's holder went while the address went back");
 }
 
+/// A live pod's namespace is found at a path that leads elsewhere by the
+/// time it is opened (a mount stacked on the one holding it, a process
+/// that left it): read there, another namespace's cookie passed for the
+/// pod's, and its address was given back while it lived (found by a review,
+/// 2026-12-06). Its address stays.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_live_pod_seen_through_a_path_that_leads_elsewhere_keeps_its_address() {
+    /// The pod's process, then its mounts, undone on drop (also on a failure).
+    struct Pod(std::process::Child, String);
+    impl Drop for Pod {
+        fn drop(&mut self) {
+            let _ = (self.0.kill(), self.0.wait());
+            for _ in 0..2 {
+                let _ = std::process::Command::new("umount").arg(&self.1).output();
+            }
+            let _ = std::fs::remove_file(&self.1);
+        }
+    }
+    let mut bed = Bed::with_hosts(1);
+    let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
+    let conf =
+        json!({"cniVersion": "1.1.0", "name": "weave", "type": "weave-cni", "socket": socket, "resolver": false});
+    let stack = format!("/run/netns/{}-stack", bed.prefix);
+    let mut pod =
+        Pod(std::process::Command::new("unshare").args(["-n", "sleep", "300"]).spawn().unwrap(), stack.clone());
+    let path = format!("/proc/{}/ns/net", pod.0.id());
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    wait_for("the pod in a namespace of its own", std::time::Duration::from_secs(5), || {
+        std::fs::read_link(&path).is_ok_and(|l| l != own).then_some(())
+    });
+    let out = plugin(&weave_cni(), "ADD", &path, &format!("{}-stacked", bed.prefix), &conf, None);
+    assert!(out.status.success(), "ADD: {}", String::from_utf8_lossy(&out.stdout));
+    let ip = json_out(&out)["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    // Held by a mount, another namespace's mounted over it; its process gone.
+    std::fs::write(&stack, "").unwrap();
+    ok(&["mount", "--bind", &path, &stack]);
+    let other = bed.add_container("other");
+    ok(&["mount", "--bind", &format!("/run/netns/{other}"), &stack]);
+    let _ = (pod.0.kill(), pod.0.wait());
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    assert!(bed.allocations().iter().any(|a| a.contains(&format!(" {ip}/"))), "given back: {:?}", bed.allocations());
+    drop(pod);
+}
+
 /// An agent killed while the coordinator is giving containers their
 /// addresses (a CNI ADD, a nameless `weavectl attach`): what lets the sweep
 /// find them is on disk already, the CNI record and the namespace's path,

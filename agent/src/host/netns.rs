@@ -90,6 +90,7 @@ pub enum Use {
 /// made, and a dead CNI container's address stayed held while any
 /// namespace had its inode (a CI run, 2026-12-06).
 pub fn in_use(inode: u64, cookie: Option<u64>) -> Use {
+    use std::os::unix::fs::MetadataExt;
     let mut found = None;
     let seen = scan(true, |ino, path| {
         let hit = ino == inode;
@@ -104,8 +105,13 @@ pub fn in_use(inode: u64, cookie: Option<u64>) -> Use {
         (true, Some(c)) => {
             // Two live namespaces never share an inode. One that cannot be
             // read (its process just ended) counts as held: the next look
-            // tells.
-            let now = found.and_then(|p| File::open(p).ok()).and_then(|f| self::cookie(&f));
+            // tells. So does a path that leads elsewhere by the time it is
+            // opened (a process that left the namespace, a mount stacked on
+            // it): read there, another namespace's cookie gave away a live
+            // pod's address (found by a review, 2026-12-06).
+            let opened = found.and_then(|p| File::open(p).ok());
+            let same = opened.filter(|f| f.metadata().is_ok_and(|m| m.ino() == inode));
+            let now = same.and_then(|f| self::cookie(&f));
             if now.is_some_and(|now| now != c) { Use::Gone } else { Use::Held }
         }
     }
