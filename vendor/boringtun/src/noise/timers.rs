@@ -341,20 +341,22 @@ impl Tunn {
     /// weave: how long this host's current handshake attempt has gone
     /// unanswered (its first initiation to now, retries included), or
     /// `None` when no initiation of this host waits for an answer.
-    /// A session made since the attempt began, with the peer's own
-    /// initiation, is an answer: the attempt stays in progress (and is
-    /// retried until answered) while the peer is plainly there (weave's
-    /// router warned and said "answers again" by turns, every 250 ms, after
-    /// a paused peer came back; found by a review, 2026-12-06).
+    /// A session made since the attempt began (the peer answered an earlier
+    /// initiation of it) is an answer: the time counts from that session,
+    /// while the attempt stays in progress, retried until its own answer
+    /// comes. Counted from the attempt's start, weave's router warned and
+    /// said "answers again" by turns every 250 ms after a paused peer came
+    /// back (found by a review, 2026-12-06); not counted at all, a peer that
+    /// stopped again right after went unreported until the attempt expired
+    /// (90 s; found by the review of that fix).
     pub fn unanswered_handshake(&self) -> Option<Duration> {
         self.handshake.timer()?;
-        let started = self.timers[TimeLastHandshakeStarted];
-        let session = self.sessions[self.current % super::N_SESSIONS].is_some();
-        if session && self.timers[TimeSessionEstablished] >= started {
-            return None;
+        let mut since = self.timers[TimeLastHandshakeStarted];
+        if self.sessions[self.current % super::N_SESSIONS].is_some() {
+            since = since.max(self.timers[TimeSessionEstablished]);
         }
         let now = Instant::now().duration_since(self.timers.time_started);
-        Some(now.saturating_sub(started))
+        Some(now.saturating_sub(since))
     }
 
     pub fn time_since_last_handshake(&self) -> Option<Duration> {
@@ -449,10 +451,16 @@ mod tests {
         let TunnResult::WriteToNetwork(_) = a.format_handshake_initiation(&mut x, true) else { panic!() };
         assert!(a.unanswered_handshake().is_some_and(|d| d >= Duration::from_secs(6)));
         let TunnResult::WriteToNetwork(resp) = b.decapsulate(None, &first, &mut y) else { panic!("no response") };
+        // The timers' clock is the last tick's (every 250 ms in weave).
+        let _ = a.update_timers(&mut x);
         let TunnResult::WriteToNetwork(_) = a.decapsulate(None, resp, &mut x) else { panic!("no keepalive") };
-        // A session, and a's retry still waits for its answer.
+        // A session, and a's retry still waits for its answer: unanswered
+        // since the session, not since the attempt began.
         assert!(a.time_since_last_handshake().is_some());
         assert!(a.handshake.timer().is_some(), "a's retry is still in progress");
-        assert_eq!(a.unanswered_handshake(), None, "the peer answered");
+        assert!(a.unanswered_handshake().is_some_and(|d| d < Duration::from_secs(1)), "the peer answered");
+        // b silent again for 6 s: unanswered for those.
+        age(&mut a, Duration::from_secs(6));
+        assert!(a.unanswered_handshake().is_some_and(|d| d >= Duration::from_secs(6)));
     }
 }
