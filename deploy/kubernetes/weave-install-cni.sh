@@ -87,11 +87,23 @@ esac
 [[ -x $PLUGIN ]] || { log "no executable weave-cni at $PLUGIN"; exit 1; }
 [[ -r $CONFLIST ]] || { log "no conflist at $CONFLIST"; exit 1; }
 
+# SIGTERM ends it at once, also while it waits: as the container's PID 1
+# without a handler it was ignored (the kernel drops it), and a pod whose
+# agent waited for its token or coordinator took its whole grace period to
+# stop. Every sleep runs in the background so that the trap runs at once.
+sleeper=
+trap '[[ -n $sleeper ]] && kill "$sleeper" 2>/dev/null; exit 0' TERM INT
+nap() {
+    sleep "$1" &
+    sleeper=$!
+    wait "$sleeper" || true
+}
+
 log "waiting for the agent (socket $SOCKET${READY_URL:+, $READY_URL}) before installing the CNI config"
 waited=0
 until ready; do
     if ((waited % 30 == 0)); then log "agent not ready yet (${waited}s)"; fi
-    sleep "$INTERVAL"
+    nap "$INTERVAL"
     waited=$((waited + INTERVAL))
 done
 
@@ -106,10 +118,6 @@ log "agent ready: installed $BIN_DIR/weave-cni and $CONF_DIR/10-weave.conflist"
 # Stay up with the agent. The conflist is left in place on exit: removing it
 # would mark the node's network unready during every agent upgrade, while the
 # interfaces of running pods survive an agent restart.
-sleeper=
-trap '[[ -n $sleeper ]] && kill "$sleeper" 2>/dev/null; exit 0' TERM INT
 while :; do
-    sleep 3600 &
-    sleeper=$!
-    wait "$sleeper" || true
+    nap 3600
 done
