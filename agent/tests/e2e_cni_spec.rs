@@ -140,6 +140,11 @@ fn older_configuration_versions_get_results_in_their_form() {
     assert_eq!(json_out(&out)["code"], 1, "{}", String::from_utf8_lossy(&out.stdout));
     // In a version it speaks.
     assert_eq!(json_out(&out)["cniVersion"], "1.1.0", "{}", String::from_utf8_lossy(&out.stdout));
+    // A configuration it refuses, in the version that one names.
+    let bad = json!({"cniVersion": "0.4.0", "name": "weave", "type": "weave-cni", "socket": socket, "dns": false});
+    let out = plugin(&bin, "ADD", &format!("/run/netns/{ns}"), &ns, &bad, None);
+    assert_eq!(json_out(&out)["code"], 7, "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(json_out(&out)["cniVersion"], "0.4.0", "{}", String::from_utf8_lossy(&out.stdout));
     assert!(bed.allocations().iter().all(|a| !a.contains("cni:")), "{:?}", bed.allocations());
 
     // A container id no allocation can have: ADD refused, and the DEL after

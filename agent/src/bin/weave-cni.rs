@@ -57,8 +57,11 @@ async fn run(version: &mut Option<String>) -> Result<Option<serde_json::Value>, 
     std::io::stdin()
         .read_to_end(&mut stdin)
         .map_err(|e| CniError::new(code::BAD_CONFIG, "cannot read the configuration", e.to_string()))?;
+    // Before the whole configuration is read: one it refuses names its
+    // version too.
+    let raw = serde_json::from_slice::<serde_json::Value>(&stdin).ok();
+    *version = raw.as_ref().and_then(|v| v["cniVersion"].as_str()).map(str::to_string);
     let conf = NetConf::parse(&stdin)?;
-    *version = Some(conf.cni_version.clone());
     // Neither names a container: the runtime passes no CNI_CONTAINERID.
     if matches!(command.as_str(), "GC" | "STATUS") {
         if !conf.has_gc() {
