@@ -8,7 +8,8 @@
 //! refused; group or other write is taken away when the directory is this
 //! process's; a root-owned one this process may not change (Kubernetes'
 //! `fsGroup` volumes: kubelet makes them group-writable, setgid, on every
-//! mount, and a local-path volume is 0777) is used with a warning. sshd's
+//! mount, and a local-path volume is 0777) is used with a warning, unless
+//! only this process's own group may write to it. sshd's
 //! `StrictModes` refuses all of these; a refusal would stop the shipped
 //! coordinator StatefulSet (found by the review of that change).
 use std::{
@@ -21,11 +22,15 @@ use std::{
 /// well or `dir` does not exist yet (the daemons make it 0700) or is no
 /// directory (their own check says so).
 pub fn secure(dir: &Path) -> Result<Option<String>, String> {
+    secure_as(dir, nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw())
+}
+
+/// [`secure`] for a process of user `me` and group `group`.
+fn secure_as(dir: &Path, me: u32, group: u32) -> Result<Option<String>, String> {
     let Ok(meta) = std::fs::metadata(dir) else { return Ok(None) };
     if !meta.is_dir() {
         return Ok(None);
     }
-    let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me && meta.uid() != 0 {
         return Err(format!(
             "{} belongs to uid {}, not to this process's user ({me}) or root: that user could replace its keys; \
@@ -55,6 +60,13 @@ pub fn secure(dir: &Path) -> Result<Option<String>, String> {
              its keys and credentials",
             dir.display()
         )));
+    }
+    // Root's, writable by this process's own group alone: Kubernetes'
+    // `fsGroup` set to the pod's group, as the shipped StatefulSet does.
+    // Nobody but the pod's own processes may write there, and every start
+    // warned of it (found by a review, 2026-12-06).
+    if mode & 0o002 == 0 && meta.gid() == group {
+        return Ok(None);
     }
     Ok(Some(format!(
         "{} is writable by other users (mode {mode:04o}) and not this process's to change: whoever may write \
@@ -108,5 +120,17 @@ mod tests {
         assert!(e.contains("belongs to uid 65534") && e.contains("chown it"), "{e}");
         std::os::unix::fs::chown(dir.path(), Some(0), None).unwrap();
         assert_eq!(secure(dir.path()), Ok(None));
+        // Root's, as a process of user and group 65532 finds a Kubernetes
+        // `fsGroup: 65532` volume: its group's write is the pod's own; others'
+        // or another group's is warned of, and left (not the process's).
+        std::os::unix::fs::chown(dir.path(), Some(0), Some(65532)).unwrap();
+        let mode = |m| std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(m)).unwrap();
+        mode(0o2775);
+        assert_eq!(super::secure_as(dir.path(), 65532, 65532), Ok(None));
+        let warned = super::secure_as(dir.path(), 65532, 65533).unwrap().unwrap_or_default();
+        assert!(warned.contains("(mode 2775) and not this process's to change"), "{warned}");
+        mode(0o2777);
+        let warned = super::secure_as(dir.path(), 65532, 65532).unwrap().unwrap_or_default();
+        assert!(warned.contains("(mode 2777) and not this process's to change"), "{warned}");
     }
 }
