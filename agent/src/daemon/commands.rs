@@ -215,11 +215,17 @@ async fn serve(
         netlink.clone(),
         registry.clone(),
     ));
-    let docker_plugin = docker_listener.map(|l| {
-        let state = crate::host::docker::DockerState::load(dir.path());
-        let plugin = super::docker::Plugin::new(attacher.clone(), dns.clone(), state, args.docker_host.clone());
-        (l, Arc::new(plugin))
-    });
+    let docker_plugin = {
+        let (attacher, dns, dir, host) = (attacher.clone(), dns.clone(), dir.clone(), args.docker_host.clone());
+        move || {
+            let state = crate::host::docker::DockerState::load(dir.path());
+            Arc::new(super::docker::Plugin::new(attacher, dns, state, host))
+        }
+    };
+    let docker_awaited = args.docker_plugin_awaited();
+    if let Some(path) = &docker_awaited {
+        tracing::info!(socket = %path.display(), "no Docker plugin directory (yet): the plugin is served once dockerd makes it");
+    }
     let dyn_transport: Arc<dyn Transport> = transport.clone();
     let reconcile_now = Arc::new(tokio::sync::Notify::new());
     let probe =
@@ -267,11 +273,15 @@ async fn serve(
             }
         }),
         tokio::spawn(async move {
-            if let Some((listener, plugin)) = docker_plugin {
-                let swept = tokio::spawn(plugin.clone().sweep_every());
-                super::docker::serve(listener, plugin).await;
-                swept.abort();
-            }
+            let listener = match (docker_listener, docker_awaited) {
+                (Some(listener), _) => listener,
+                (None, Some(path)) => super::docker::bind_once_made(&path).await,
+                (None, None) => return,
+            };
+            let plugin = docker_plugin();
+            let swept = tokio::spawn(plugin.clone().sweep_every());
+            super::docker::serve(listener, plugin).await;
+            swept.abort();
         }),
         tokio::spawn(local_api::serve(
             listener,

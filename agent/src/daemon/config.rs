@@ -168,6 +168,18 @@ impl Aead {
 pub const DOCKER_PLUGIN_DEFAULT: &str = "/run/docker/plugins/weave.sock";
 
 impl RunArgs {
+    /// The default Docker plugin socket when its directory does not exist
+    /// yet (dockerd makes it when it starts): served once it does. Checked
+    /// once at start, an agent started before dockerd (every boot where
+    /// the two race) served no plugin until restarted, and Docker found no
+    /// `weave` driver (found by a review, 2026-12-06).
+    pub fn docker_plugin_awaited(&self) -> Option<PathBuf> {
+        match self.docker_plugin {
+            None => Some(PathBuf::from(DOCKER_PLUGIN_DEFAULT)).filter(|p| p.parent().is_some_and(|d| !d.is_dir())),
+            Some(_) => None,
+        }
+    }
+
     /// The Docker plugin socket to serve, if any.
     pub fn docker_plugin_path(&self) -> Option<PathBuf> {
         match self.docker_plugin.as_deref().map(str::trim) {

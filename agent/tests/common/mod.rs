@@ -202,7 +202,8 @@ pub struct Bed {
     /// Extra flags for every agent started after they are set (e.g. `--dns-upstream`).
     pub agent_args: Vec<String>,
     /// Host index -> pid of a process holding that host's own mount
-    /// namespace: its agent runs there (with `nsenter`), beside its dockerd.
+    /// namespace, with a /run of its own: its agent runs there (with
+    /// `nsenter`), beside its dockerd, and serves its Docker plugin.
     pub mount_holders: std::collections::BTreeMap<usize, u32>,
     /// Hosts joined while this is false get no `--endpoint`: they advertise
     /// their addresses and follow them (default true: pinned).
@@ -480,8 +481,11 @@ impl Bed {
         cmd.arg("--data-dir").arg(&h.data_dir).arg("--socket").arg(&h.socket);
         cmd.args(&self.agent_args);
         cmd.env("RUST_LOG", "info,weave_agent=debug");
-        // Never the machine's Docker plugin directory (a test serves its own).
-        cmd.env("WEAVE_DOCKER_PLUGIN", "off");
+        // Never the machine's Docker plugin directory (a test serves its own,
+        // or gives the host a /run of its own: a mount holder's).
+        if !self.mount_holders.contains_key(&i) {
+            cmd.env("WEAVE_DOCKER_PLUGIN", "off");
+        }
         cmd
     }
 

@@ -48,6 +48,28 @@ pub fn bind(path: &Path) -> Result<UnixListener, Error> {
     Ok(listener)
 }
 
+/// Waits for the directory of `path` to be made (by dockerd, at its start),
+/// then binds `path`, as [`bind`]; tries again on a failure.
+pub async fn bind_once_made(path: &Path) -> UnixListener {
+    let mut warned = false;
+    loop {
+        if path.parent().is_some_and(Path::is_dir) {
+            match bind(path) {
+                Ok(listener) => {
+                    tracing::info!(socket = %path.display(), "dockerd made its plugin directory: serving the Docker network and IPAM plugin");
+                    return listener;
+                }
+                Err(e) if !warned => {
+                    tracing::warn!(error = %e, "cannot serve the Docker plugin yet: trying again every 2 s");
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
 /// Serves Docker's requests on `listener` for ever.
 pub async fn serve(listener: UnixListener, plugin: Arc<Plugin>) {
     loop {
