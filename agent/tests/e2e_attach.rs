@@ -530,8 +530,15 @@ fn a_container_named_by_its_pid_is_the_same_by_its_proc_path() {
     wait_for("the child in a namespace of its own", Duration::from_secs(5), || {
         std::fs::read_link(&path).is_ok_and(|l| l != own).then_some(())
     });
+    // A second process in it: it outlives the first below.
+    let second =
+        Process(std::process::Command::new("nsenter").args(["-t", &pid, "-n", "sleep", "300"]).spawn().unwrap());
+    let other = second.0.id().to_string();
+    wait_for("the second process in the namespace", Duration::from_secs(5), || {
+        (std::fs::read_link(format!("/proc/{other}/ns/net")).ok()? == std::fs::read_link(&path).ok()?).then_some(())
+    });
     let addresses = || {
-        let args = ["-t", &pid, "-n", "ip", "-o", "-4", "addr", "show"];
+        let args = ["-t", &other, "-n", "ip", "-o", "-4", "addr", "show"];
         let out = std::process::Command::new("nsenter").args(args).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         text.lines()
@@ -558,5 +565,16 @@ fn a_container_named_by_its_pid_is_the_same_by_its_proc_path() {
     assert!(stdout(&out).contains(&ip), "detach printed: {}", stdout(&out));
     assert!(!held(&ip), "still held: {:?}", bed.allocations());
     assert!(addresses().is_empty(), "{:?}", addresses());
+    // Named by the first pid, which ends; the second is the same container
+    // (by its namespace's cookie): an attach by it is the named one's, and
+    // a detach by it releases the address and name (it cut the container
+    // off and left both held; found by a review, 2026-12-06).
+    let ip = attach_line(&bed, 0, &["--name", "bypid", &pid]);
     drop(child);
+    assert_eq!(attach_line(&bed, 0, &[&other]), ip, "the named container through another of its processes");
+    let out = bed.weavectl(0, &["detach", &other]);
+    assert!(out.status.success() && stdout(&out).contains(&ip), "detach: {} {}", stdout(&out), stderr(&out));
+    assert!(!held(&ip), "still held: {:?}", bed.allocations());
+    assert!(addresses().is_empty(), "{:?}", addresses());
+    drop(second);
 }

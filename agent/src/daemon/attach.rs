@@ -247,7 +247,7 @@ impl Attacher {
         };
         if let Some(n) = registered {
             let unseen = passed.is_some() && !registry::alive(&c.path, c.inode);
-            self.names.remember(n, c.path.clone(), c.inode, unseen);
+            self.names.remember(n, c.path.clone(), c.inode, crate::host::netns::cookie(&c.netns), unseen);
         }
         let cni = network.zip(id).zip(ifname).map(|((n, i), f)| (n, i, f));
         let fresh_path = self.record_early(&c, cni, registered.is_some() || id.is_some(), &wanted);
@@ -271,9 +271,15 @@ impl Attacher {
                     // address stayed on the interface when the MAC check
                     // refused the attach (found by a review, 2026-12-06).
                     Some((i, have)) if have != *ip => {
+                        let key = {
+                            use crate::plan::netmap::allocation_address;
+                            let map = self.maps.borrow();
+                            let mut here = map.allocations.iter().filter(|a| a.node_id == self.node_id);
+                            here.find(|a| allocation_address(&a.address) == Some(have)).map(|a| a.container.clone())
+                        };
+                        let key = key.map_or_else(|| "another name or CNI id".into(), |k| format!("'{k}'"));
                         return Err(Refusal::conflict(format!(
-                            "{} in the container has {have} on {} already, attached under another name or \
-                             CNI id: attach it by that, or detach it first",
+                            "{} in the container has {have} on {} already, attached as {key}: attach or detach it by that",
                             i.name, subnet.cidr
                         )));
                     }

@@ -32,6 +32,11 @@ struct Saved {
     /// cannot see: their death does not show at the path.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     unseen: BTreeSet<String>,
+    /// name -> the [`super::netns::cookie`] of its namespace: the namespace
+    /// passed again through another process of it is told from one given
+    /// its inode since (names of agents from before 2026-12-07 have none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    cookies: BTreeMap<String, u64>,
     /// DNS key -> the namespace path it is served in.
     #[serde(default)]
     dns: BTreeMap<String, String>,
@@ -304,13 +309,23 @@ impl Registry {
 
     /// Like [`Registry::of`] for a namespace the caller passed as a descriptor
     /// (alive: it is open) by `path`, which the agent may not see: the name
-    /// given to that inode under that same path.
-    pub fn of_passed(&self, inode: u64, path: &Path) -> Option<String> {
-        self.saved()
-            .names
-            .iter()
-            .find(|(_, (p, ino))| *ino == inode && (p == path || alive(p, *ino)))
-            .map(|(n, _)| n.clone())
+    /// given to that inode under that same path, or to that very namespace
+    /// (its `cookie`, read only if a name has that inode): the pid it was
+    /// attached by may have ended while another process of it is passed
+    /// (a detach by that one cut the container off and left its address and
+    /// name held; found by a review, 2026-12-06).
+    pub fn of_passed(&self, inode: u64, path: &Path, cookie: impl FnOnce() -> Option<u64>) -> Option<String> {
+        let saved = self.saved();
+        let on_inode = saved.names.iter().filter(|(_, (_, ino))| *ino == inode);
+        if let Some((n, _)) = on_inode.clone().find(|(_, (p, ino))| p == path || alive(p, *ino)) {
+            return Some(n.clone());
+        }
+        let known: Vec<(&String, u64)> = on_inode.filter_map(|(n, _)| Some((n, *saved.cookies.get(n)?))).collect();
+        if known.is_empty() {
+            return None;
+        }
+        let now = cookie()?;
+        known.into_iter().find(|(_, c)| *c == now).map(|(n, _)| n.clone())
     }
 
     /// `attach --name n` for `container` (namespace `inode`; `passed`: its
@@ -358,11 +373,15 @@ impl Registry {
         Ok(None)
     }
 
-    /// Gives `name` to namespace `inode` at `path`; `unseen`: the agent
-    /// cannot see that path (the namespace came as a descriptor).
-    pub fn remember(&self, name: &str, path: PathBuf, inode: u64, unseen: bool) {
+    /// Gives `name` to namespace `inode` (with `cookie`) at `path`;
+    /// `unseen`: the agent cannot see that path (it came as a descriptor).
+    pub fn remember(&self, name: &str, path: PathBuf, inode: u64, cookie: Option<u64>, unseen: bool) {
         let mut saved = self.saved();
         saved.names.insert(name.to_string(), (path, inode));
+        match cookie {
+            Some(c) => saved.cookies.insert(name.to_string(), c),
+            None => saved.cookies.remove(name),
+        };
         if unseen {
             saved.unseen.insert(name.to_string());
         } else {
@@ -374,6 +393,7 @@ impl Registry {
     pub fn forget(&self, name: &str) {
         let mut saved = self.saved();
         saved.unseen.remove(name);
+        saved.cookies.remove(name);
         if saved.names.remove(name).is_some() {
             self.write(&saved);
         }
@@ -399,102 +419,4 @@ pub fn alive(path: &Path, inode: u64) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_name_belongs_to_one_live_namespace() {
-        let dir = tempfile::tempdir().unwrap();
-        // Two "namespaces": any files, told apart by inode.
-        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        std::fs::write(&a, "").unwrap();
-        std::fs::write(&b, "").unwrap();
-        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
-        let (ia, ib) = (ino(&a), ino(&b));
-        let names = Registry::load(dir.path());
-        assert_eq!(names.check("web", "a", ia, None, false), Ok(None));
-        names.remember("web", a.clone(), ia, false);
-        assert_eq!(names.check("web", "a", ia, None, false), Ok(None), "same name, same namespace");
-        let e = names.check("web", "b", ib, None, false).unwrap_err();
-        assert!(e.contains("already in use") && e.contains("weavectl detach web"), "{e}");
-        let e = names.check("db", "a", ia, None, false).unwrap_err();
-        assert!(e.contains("already attached as 'web'"), "{e}");
-        assert_eq!(names.of(ia).as_deref(), Some("web"));
-        // Passed by descriptor under a path the agent cannot see.
-        let unseen = Path::new("/nowhere/a");
-        names.remember("hid", unseen.to_path_buf(), ib, true);
-        assert!(names.unseen("hid") && !names.unseen("web"));
-        assert_eq!(names.of(ib), None, "not alive by path");
-        assert_eq!(names.of_passed(ib, unseen).as_deref(), Some("hid"));
-        assert_eq!(names.of_passed(ib, Path::new("/nowhere/b")), None, "another path: a reused inode");
-        // Its name stays its own while its veths live, and it cannot take a second one.
-        let e = names.check("hid", "a", ia, None, true).unwrap_err();
-        assert!(e.contains("already in use"), "{e}");
-        assert_eq!(names.check("hid", "a", ia, None, false), Ok(Some(ib)), "no veths: dead");
-        let e = names.check("other", "/nowhere/a", ib, Some(unseen), false).unwrap_err();
-        assert!(e.contains("already attached as 'hid'"), "{e}");
-        names.forget("hid");
-        // Saved across restarts.
-        let names = Registry::load(dir.path());
-        assert_eq!(names.get("web"), Some((a.clone(), ia)));
-        // a dies: its name is free, and its inode (reusable) names nothing.
-        std::fs::remove_file(&a).unwrap();
-        assert_eq!(names.check("web", "b", ib, None, false), Ok(Some(ia)));
-        assert_eq!(names.of(ia), None);
-        assert_eq!(names.check("db", "a", ia, None, false), Ok(None));
-        names.forget("web");
-        assert_eq!(Registry::load(dir.path()).get("web"), None);
-    }
-
-    #[test]
-    fn dns_keys_and_their_names_survive_a_restart_in_one_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = Registry::load(dir.path());
-        r.serve_dns("netns:1", Some("/run/netns/a".into()));
-        r.serve_dns("netns:2", None);
-        assert!(r.alias_dns(&["web".into(), "cni:x".into()], "netns:1").is_empty());
-        // A restarted agent knows where `web` was served, and stops it by name.
-        let r = Registry::load(dir.path());
-        assert_eq!(r.dns_served(), [("netns:1".to_string(), "/run/netns/a".to_string())]);
-        assert_eq!(r.dns_key("web").as_deref(), Some("netns:1"));
-        // The name moves to a new namespace: the old key loses all its names.
-        assert_eq!(r.alias_dns(&["web".into()], "netns:3"), ["netns:1"]);
-        assert_eq!(r.dns_key("cni:x"), None);
-        r.stop_dns("netns:3");
-        assert_eq!(r.dns_key("web"), None);
-        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(files, [FILE], "one file, no temporaries");
-    }
-
-    /// Root's only, and an unreadable file is kept aside (and said), not
-    /// silently replaced by the next write (found by a review, 2026-12-04).
-    #[test]
-    fn the_file_is_roots_and_an_unreadable_one_is_kept_aside() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = Registry::load(dir.path());
-        r.serve_dns("netns:1", Some("/run/netns/a".into()));
-        let mode =
-            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.path().join(FILE)).unwrap().permissions())
-                & 0o777;
-        assert_eq!(mode, 0o600);
-        std::fs::write(dir.path().join(FILE), r#"{"names":{"w2":"#).unwrap();
-        let r = Registry::load(dir.path());
-        assert!(r.dns_served().is_empty());
-        let aside = dir.path().join(format!("{FILE}.unreadable"));
-        assert_eq!(std::fs::read_to_string(&aside).unwrap(), r#"{"names":{"w2":"#);
-        r.serve_dns("netns:2", None);
-        assert_eq!(std::fs::read_to_string(&aside).unwrap(), r#"{"names":{"w2":"#, "kept");
-    }
-
-    #[test]
-    fn the_two_legacy_files_are_taken_over_and_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("names.json"), r#"{"names":{"web":["/run/netns/a",7]}}"#).unwrap();
-        std::fs::write(dir.path().join("dns-namespaces.json"), r#"{"netns:7":"/run/netns/a"}"#).unwrap();
-        let r = Registry::load(dir.path());
-        assert_eq!(r.get("web"), Some((PathBuf::from("/run/netns/a"), 7)));
-        assert_eq!(r.dns_served().len(), 1);
-        assert!(LEGACY_FILES.iter().all(|f| !dir.path().join(f).exists()));
-        assert_eq!(Registry::load(dir.path()).get("web"), Some((PathBuf::from("/run/netns/a"), 7)));
-    }
-}
+mod tests;

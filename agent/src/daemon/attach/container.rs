@@ -175,7 +175,7 @@ impl Attacher {
             )));
         }
         let registered = match passed {
-            Some(_) => self.names.of_passed(inode, &path),
+            Some(_) => self.names.of_passed(inode, &path, || crate::host::netns::cookie(&netns)),
             None => self.names.of(inode),
         };
         let name = name.map(str::to_string).or(registered);
