@@ -476,3 +476,71 @@ fn egress_is_the_admins_to_give() {
     let listed = admin_ok(&bed, &["subnet", "ls"]);
     assert!(listed.lines().any(|l| l.starts_with("10.46.0.0/24") && !l.contains("yes")), "{listed}");
 }
+
+/// `python3 -c SHADOW IP PORT SECS`: from UDP port PORT, sends a datagram
+/// that is no WireGuard message to IP:PORT every 200 ms for SECS seconds;
+/// prints how many datagrams came back.
+const SHADOW: &str = r#"
+import socket, sys, time
+ip, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", port))
+s.settimeout(0.2)
+got, end = 0, time.time() + secs
+while time.time() < end:
+    s.sendto(b"hello, not wireguard", (ip, port))
+    try:
+        s.recvfrom(4096)
+        got += 1
+    except socket.timeout:
+        pass
+print(got)
+"#;
+
+/// An egress workload sending from its host's WireGuard port to a peer's
+/// endpoint, once the tunnel between them is idle (its conntrack entry
+/// gone): masqueraded with the port kept, its connection's replies were
+/// every datagram the peer sent to this host, delivered to the workload.
+/// The peer was cut off from this host, and the workload read its
+/// handshakes and data (found by a review, 2026-12-06). Now that port is
+/// never an egress workload's on the way out.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn an_egress_workload_cannot_take_its_hosts_wireguard_port() {
+    let mut bed = Bed::with_hosts(2);
+    bed.wait_peers(0, 1);
+    admin_ok(&bed, &["subnet", "add", "10.44.0.0/24", "--name", "out", "--egress"]);
+    for host in &bed.hosts {
+        ok_in(&host.ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    }
+    let attach = |bed: &mut Bed, i: usize, name: &str| {
+        let ns = bed.add_container(name);
+        let out = bed.weavectl(i, &["attach", "--json", "net:out", &format!("/run/netns/{ns}")]);
+        assert!(out.status.success(), "attach: {}", String::from_utf8_lossy(&out.stderr));
+        let attached: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (ns, attached[0]["address"].as_str().unwrap().split('/').next().unwrap().to_string())
+    };
+    let (c1, c1_ip) = attach(&mut bed, 0, "c1");
+    let (c2, _) = attach(&mut bed, 1, "c2");
+    let ping = |from: &str, to: &str| in_ns(from, &["ping", "-c", "1", "-W", "1", to]).status.success();
+    wait_for("c2 to reach c1", Duration::from_secs(10), || ping(&c2, &c1_ip).then_some(()));
+    // Host 1 forgets an idle UDP flow in 2 s (its own namespace's timeouts):
+    // the tunnel to host 2, idle, has no entry left.
+    for (key, value) in [("nf_conntrack_udp_timeout", "1"), ("nf_conntrack_udp_timeout_stream", "2")] {
+        ok_in(&bed.hosts[0].ns, &["sysctl", "-qw", &format!("net.netfilter.{key}={value}")]);
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let peer = bed.hosts[1].ip.to_string();
+    let shadow = std::process::Command::new("ip")
+        .args(["netns", "exec", &c1, "python3", "-c", SHADOW, &peer, "6784", "8"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // Host 2's workloads still reach host 1's: its datagrams go to the agent.
+    let reached = (0..6).any(|_| ping(&c2, &c1_ip));
+    let out = shadow.wait_with_output().unwrap();
+    let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(reached, "host 2 cut off from host 1 by c1's datagrams (c1 got {got} back)");
+    assert_eq!(got, "0", "c1 received what host 2 sent to host 1's WireGuard port");
+}

@@ -161,7 +161,8 @@ async fn serve(
     let coordinator_ips = crate::host::routes::coordinator_ips(&identity.coordinator);
     let coordinator_addrs = weave_proto::client::resolve_addrs(&identity.coordinator).0;
     let rules = plan::firewall::rules(&map, identity.node_id, &coordinator_ips, &networks)
-        .with_coordinators(&coordinator_addrs);
+        .with_coordinators(&coordinator_addrs)
+        .with_listen_port(args.listen_port);
     firewall::set_broadcast_limit(args.broadcast_limit).await;
     // No map (none saved, or a damaged one set aside) and a previous run's
     // tables, made from a real map: they stay until the coordinator sends
@@ -255,7 +256,7 @@ async fn serve(
             netlink.clone(),
             map_rx.clone(),
             identity.node_id,
-            (coordinator_ips.clone(), coordinator_addrs),
+            (coordinator_ips.clone(), coordinator_addrs, args.listen_port),
             (!kept).then_some(rules),
         )),
         tokio::spawn(control::dns_loop(dns.clone(), map_rx.clone(), identity.node_id)),

@@ -69,7 +69,7 @@ pub async fn nft_runs() -> Result<(), Error> {
     };
     Err(Error::Nft(format!(
         "cannot run it ({why}): the agent keeps subnets apart with nftables; install it (Debian: \
-         apt install nftables) and join again (nothing was sent to the coordinator)"
+         apt install nftables) or put it on PATH, and join again (nothing was sent to the coordinator)"
     )))
 }
 
@@ -336,7 +336,7 @@ pub async fn keep(
     netlink: Netlink,
     mut maps: watch::Receiver<NetworkMap>,
     own_node: u64,
-    (coordinator, coordinator_addrs): (Vec<std::net::IpAddr>, Vec<std::net::SocketAddr>),
+    (coordinator, coordinator_addrs, listen_port): (Vec<std::net::IpAddr>, Vec<std::net::SocketAddr>, u16),
     mut applied: Option<Rules>,
 ) {
     let mut reloaded = Instant::now();
@@ -359,8 +359,9 @@ pub async fn keep(
             continue;
         }
         let networks = super::routes::lan(own_node);
-        let rules =
-            rules(&maps.borrow_and_update(), own_node, &coordinator, &networks).with_coordinators(&coordinator_addrs);
+        let rules = rules(&maps.borrow_and_update(), own_node, &coordinator, &networks)
+            .with_coordinators(&coordinator_addrs)
+            .with_listen_port(listen_port);
         let updated = tokio::time::Instant::now();
         if applied.as_ref() != Some(&rules) {
             let elements = applied.as_ref().and_then(|old| update(old, &rules));

@@ -80,6 +80,9 @@ pub struct Rules {
     pub coordinators: BTreeSet<(Ipv4Addr, u16)>,
     /// This node's address (in the node range), once the map has this node.
     pub own_address: Option<Ipv4Addr>,
+    /// The agent's WireGuard port (0: none): egress never leaves from it
+    /// ([`Rules::with_listen_port`]).
+    pub listen_port: u16,
 }
 
 impl Rules {
@@ -92,6 +95,19 @@ impl Rules {
                 std::net::SocketAddr::V6(_) => None,
             })
             .collect();
+        self
+    }
+
+    /// These rules with the agent's WireGuard port `port`. An egress
+    /// workload's datagram from that port to a peer's endpoint, masqueraded
+    /// with the port kept (Linux keeps it while the tuple is free: the
+    /// agent's own tunnel to that peer idle, its conntrack entry gone), made
+    /// the peer's every datagram to this host's endpoint the reply of the
+    /// workload's connection, delivered to it: the peer cut off from this
+    /// host, its handshakes and data read by the workload (found by a
+    /// review, 2026-12-06). Egress from that port leaves from another.
+    pub fn with_listen_port(mut self, port: u16) -> Self {
+        self.listen_port = port;
         self
     }
 }
@@ -145,7 +161,8 @@ pub fn rules(map: &NetworkMap, own_node: u64, coordinator: &[std::net::IpAddr], 
             _ => None,
         })
         .collect();
-    Rules { segments, peers, overlay, node_range, bridge_mac, endpoints, coordinators: BTreeSet::new(), own_address }
+    let coordinators = BTreeSet::new();
+    Rules { segments, peers, overlay, node_range, bridge_mac, endpoints, coordinators, own_address, listen_port: 0 }
 }
 
 /// A WireGuard endpoint as an element of the `endpoints` set.

@@ -117,12 +117,16 @@ pub(super) fn nat_chain(rules: &Rules) -> String {
             }
         }
     }
-    let nets: Vec<String> = egress.iter().map(|s| s.subnet.to_string()).collect();
-    let _ = write!(
-        out,
-        "    oifname \"{WEAVE_DEVICES}\" return\n    ip saddr {{ {} }} ip daddr != @overlay masquerade\n  }}\n",
-        nets.join(", ")
-    );
+    let nets = egress.iter().map(|s| s.subnet.to_string()).collect::<Vec<_>>().join(", ");
+    let _ = writeln!(out, "    oifname \"{WEAVE_DEVICES}\" return");
+    // Never from the agent's WireGuard port ([`Rules::with_listen_port`]):
+    // a range without it, as large as can be.
+    let port = rules.listen_port;
+    if port > 0 {
+        let range = if port > 32768 { format!("1024-{}", port - 1) } else { format!("{}-65535", port + 1) };
+        let _ = writeln!(out, "    ip saddr {{ {nets} }} ip daddr != @overlay udp sport {port} masquerade to :{range}");
+    }
+    let _ = write!(out, "    ip saddr {{ {nets} }} ip daddr != @overlay masquerade\n  }}\n");
     out
 }
 

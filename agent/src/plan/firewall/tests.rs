@@ -251,6 +251,7 @@ fn element_changes_update_the_sets_and_anything_else_replaces_the_tables() {
         endpoints: BTreeSet::new(),
         coordinators: BTreeSet::new(),
         own_address: None,
+        listen_port: 6784,
     };
     let mut new = old.clone();
     new.segments[0].remote.remove(&"10.32.0.9".parse().unwrap());
@@ -309,8 +310,8 @@ fn egress_lets_only_an_exposed_segments_own_workloads_out_and_their_replies_back
         own_address: Some("10.47.0.1".parse().unwrap()),
         ..Default::default()
     };
-    let r =
-        ruleset(&rules.with_coordinators(&["192.0.2.9:6783".parse().unwrap(), "[2001:db8::9]:6783".parse().unwrap()]));
+    let coordinators = ["192.0.2.9:6783".parse().unwrap(), "[2001:db8::9]:6783".parse().unwrap()];
+    let r = ruleset(&rules.clone().with_coordinators(&coordinators).with_listen_port(6784));
     let forward = chain(&r, "forward");
     // First, before DNATed traffic is let through: no coordinator's gRPC port
     // (also behind a DNAT), no WireGuard message to a peer's endpoint.
@@ -342,6 +343,13 @@ fn egress_lets_only_an_exposed_segments_own_workloads_out_and_their_replies_back
     // Masqueraded, the egress subnet only, never into weave's devices.
     let nat = chain(&r, "egress_nat");
     assert!(nat.contains("ip saddr { 10.44.0.0/24 } ip daddr != @overlay masquerade"), "{nat}");
+    // Never from the agent's WireGuard port, first; a port above the middle
+    // of the range gets the range below it.
+    let away = "ip saddr { 10.44.0.0/24 } ip daddr != @overlay udp sport 6784 masquerade to :6785-65535";
+    assert!(nat.find(away).expect(nat) < nat.find("@overlay masquerade\n").expect(nat), "{nat}");
+    let high = ruleset(&rules.with_listen_port(51820));
+    let high = chain(&high, "egress_nat");
+    assert!(high.contains("udp sport 51820 masquerade to :1024-51819"), "{high}");
     assert!(nat.contains("oifname \"wv*\" return"), "{nat}");
     // To the subnet's remote workloads from elsewhere (the host, a NodePort's
     // client): from the host's address there, before kube-proxy's masquerade.
