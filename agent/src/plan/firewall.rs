@@ -69,8 +69,7 @@ pub struct Rules {
     pub overlay: BTreeSet<Ipv4Net>,
     /// The node range alone: the hosts' addresses in the tunnel.
     pub node_range: Option<Ipv4Net>,
-    /// The MAC of this node's bridges (`kernel::bridge_mac` of its address),
-    /// once the map has this node.
+    /// The MAC of this node's bridges (`kernel::bridge_mac`), once the map has this node.
     pub bridge_mac: Option<String>,
     /// The other nodes' IPv4 WireGuard endpoints: egress sends no
     /// WireGuard message to them ([`egress`]).
@@ -80,8 +79,7 @@ pub struct Rules {
     pub coordinators: BTreeSet<(Ipv4Addr, u16)>,
     /// This node's address (in the node range), once the map has this node.
     pub own_address: Option<Ipv4Addr>,
-    /// The agent's WireGuard port (0: none): egress never leaves from it
-    /// ([`Rules::with_listen_port`]).
+    /// The agent's WireGuard port (0: none; [`Rules::with_listen_port`]).
     pub listen_port: u16,
 }
 
@@ -98,14 +96,7 @@ impl Rules {
         self
     }
 
-    /// These rules with the agent's WireGuard port `port`. An egress
-    /// workload's datagram from that port to a peer's endpoint, masqueraded
-    /// with the port kept (Linux keeps it while the tuple is free: the
-    /// agent's own tunnel to that peer idle, its conntrack entry gone), made
-    /// the peer's every datagram to this host's endpoint the reply of the
-    /// workload's connection, delivered to it: the peer cut off from this
-    /// host, its handshakes and data read by the workload (found by a
-    /// review, 2026-12-06). Egress from that port leaves from another.
+    /// These rules with the agent's WireGuard port, never egress's ([`egress::nat_chain`]).
     pub fn with_listen_port(mut self, port: u16) -> Self {
         self.listen_port = port;
         self
@@ -161,8 +152,7 @@ pub fn rules(map: &NetworkMap, own_node: u64, coordinator: &[std::net::IpAddr], 
             _ => None,
         })
         .collect();
-    let coordinators = BTreeSet::new();
-    Rules { segments, peers, overlay, node_range, bridge_mac, endpoints, coordinators, own_address, listen_port: 0 }
+    Rules { segments, peers, overlay, node_range, bridge_mac, endpoints, own_address, ..Default::default() }
 }
 
 /// A WireGuard endpoint as an element of the `endpoints` set.

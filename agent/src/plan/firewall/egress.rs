@@ -119,8 +119,12 @@ pub(super) fn nat_chain(rules: &Rules) -> String {
     }
     let nets = egress.iter().map(|s| s.subnet.to_string()).collect::<Vec<_>>().join(", ");
     let _ = writeln!(out, "    oifname \"{WEAVE_DEVICES}\" return");
-    // Never from the agent's WireGuard port ([`Rules::with_listen_port`]):
-    // a range without it, as large as can be.
+    // Never from the agent's WireGuard port, which Linux keeps while the
+    // tuple is free (the tunnel to that peer idle, its conntrack entry
+    // gone): the peer's every datagram to this host's endpoint was then the
+    // reply of the workload's flow, delivered to it, the peer cut off from
+    // this host (found by a review, 2026-12-06). A range without it, as
+    // large as can be.
     let port = rules.listen_port;
     if port > 0 {
         let range = if port > 32768 { format!("1024-{}", port - 1) } else { format!("{}-65535", port + 1) };
