@@ -62,8 +62,9 @@ impl Installer {
     }
 
     /// SIGTERM to the script (PID 1 in its namespace), as the kubelet stops
-    /// a container; it must exit 0, promptly (unshare exits as it did).
-    fn stop(mut self) {
+    /// a container; it must exit promptly, with `code` (unshare exits as it
+    /// did): 0 once installed, 143 before.
+    fn stop(mut self, code: i32) {
         let children = format!("/proc/{}/task/{}/children", self.child.id(), self.child.id());
         let script = wait_for("the script under unshare", Duration::from_secs(10), || {
             fs::read_to_string(&children).ok()?.split_whitespace().next()?.parse::<i32>().ok()
@@ -72,7 +73,7 @@ impl Installer {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         let status =
             wait_for("the installer to exit on SIGTERM", Duration::from_secs(10), || self.child.try_wait().unwrap());
-        assert!(status.success(), "installer exited with {status} on SIGTERM: {}", self.log());
+        assert_eq!(status.code(), Some(code), "installer exited with {status} on SIGTERM: {}", self.log());
     }
 }
 
@@ -140,13 +141,13 @@ fn conflist_is_written_only_once_the_agent_has_joined() {
     assert_eq!(bed.hosts[0].socket, socket);
     assert_installed(&mut installer, &root);
     assert!(bed.status(0).expect("agent answers").coordinator_connected);
-    installer.stop();
+    installer.stop(0);
 }
 
 /// Stopped while it waits for the agent (agents waiting for their token's
 /// Secret, a coordinator down during an upgrade): it ignored SIGTERM there
 /// as PID 1, and every such pod took its whole grace period to go (found by
-/// a review, 2026-12-06).
+/// a review, 2026-12-06). It exits 143: nothing was installed.
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn the_installer_stops_on_sigterm_while_it_waits() {
@@ -155,7 +156,7 @@ fn the_installer_stops_on_sigterm_while_it_waits() {
     fs::create_dir(&root).unwrap();
     let mut installer = Installer::start(&root, &bed.path("none.sock"));
     assert_waiting(&mut installer, &root, "no agent runs");
-    installer.stop();
+    installer.stop(143);
 }
 
 #[test]
@@ -186,7 +187,7 @@ fn an_agent_without_its_coordinator_is_not_ready() {
 
     bed.start_coordinator();
     assert_installed(&mut installer, &root);
-    installer.stop();
+    installer.stop(0);
 }
 
 /// The manifests run the script this test exercises, under the name the

@@ -70,12 +70,15 @@ ready() { agent_ready || url_ready; }
 
 # Copies $1 to $2 through a temporary file in $2's directory, then renames:
 # a runtime reading the directory sees either nothing or the whole file.
+# The file being written, for the SIGTERM trap to remove.
+partial=
 install_atomic() {
-    local src=$1 dst=$2 mode=$3 tmp
-    tmp=$(dirname "$dst")/.$(basename "$dst").weave-tmp.$$
-    cp "$src" "$tmp"
-    chmod "$mode" "$tmp"
-    mv -f "$tmp" "$dst"
+    local src=$1 dst=$2 mode=$3
+    partial=$(dirname "$dst")/.$(basename "$dst").weave-tmp.$$
+    cp "$src" "$partial"
+    chmod "$mode" "$partial"
+    mv -f "$partial" "$dst"
+    partial=
 }
 
 case "${1:-}" in
@@ -91,8 +94,17 @@ esac
 # without a handler it was ignored (the kernel drops it), and a pod whose
 # agent waited for its token or coordinator took its whole grace period to
 # stop. Every sleep runs in the background so that the trap runs at once.
-sleeper=
-trap '[[ -n $sleeper ]] && kill "$sleeper" 2>/dev/null; exit 0' TERM INT
+# Stopped before both files are in place it exits 143, as a shell killed by
+# SIGTERM does (`--once` must not pass for installed), leaving no partial
+# file; once they are, 0.
+sleeper= installed=
+stop() {
+    [[ -n $sleeper ]] && kill "$sleeper" 2>/dev/null
+    [[ -n $partial ]] && rm -f "$partial"
+    [[ -n $installed ]] && exit 0
+    exit 143
+}
+trap stop TERM INT
 nap() {
     sleep "$1" &
     sleeper=$!
@@ -111,6 +123,7 @@ mkdir -p "$BIN_DIR" "$CONF_DIR"
 # The plugin first: the conflist makes the runtime call it at once.
 install_atomic "$PLUGIN" "$BIN_DIR/weave-cni" 0755
 install_atomic "$CONFLIST" "$CONF_DIR/10-weave.conflist" 0644
+installed=1
 log "agent ready: installed $BIN_DIR/weave-cni and $CONF_DIR/10-weave.conflist"
 
 [[ ${1:-} == --once ]] && exit 0
