@@ -522,7 +522,8 @@ fn a_container_named_by_its_pid_is_the_same_by_its_proc_path() {
             let _ = (self.0.kill(), self.0.wait());
         }
     }
-    let bed = Bed::with_hosts(1);
+    let mut bed = Bed::with_hosts(1);
+    let forged = bed.add_container("forged");
     let child = Process(std::process::Command::new("unshare").args(["-n", "sleep", "300"]).spawn().unwrap());
     let pid = child.0.id().to_string();
     let path = format!("/proc/{pid}/ns/net");
@@ -571,7 +572,22 @@ fn a_container_named_by_its_pid_is_the_same_by_its_proc_path() {
     // off and left both held; found by a review, 2026-12-06).
     let ip = attach_line(&bed, 0, &["--name", "bypid", &pid]);
     drop(child);
+    // Not a second name through it either (found by a review, 2026-12-06).
+    let out = bed.weavectl(0, &["attach", "--name", "second", &other]);
+    assert_eq!(out.status.code(), Some(5), "a second name: {}", stderr(&out));
+    assert!(stderr(&out).contains("already attached as 'bypid'"), "{}", stderr(&out));
     assert_eq!(attach_line(&bed, 0, &[&other]), ip, "the named container through another of its processes");
+    // A container that put that address on an `ethwe` of its own is not
+    // told it is 'bypid' (an admin would detach the real one).
+    ok_in(&forged, &["ip", "link", "add", "ethwe", "type", "veth", "peer", "name", "fpeer"]);
+    ok_in(&forged, &["ip", "addr", "add", &format!("{ip}/16"), "dev", "ethwe"]);
+    // And the MAC weave gives that address.
+    let o = ip.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    let mac = format!("0a:58:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+    ok_in(&forged, &["ip", "link", "set", "ethwe", "address", &mac]);
+    let out = bed.weavectl(0, &["attach", &format!("/run/netns/{forged}")]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("which weave gave no attachment of this container"), "{}", stderr(&out));
     let out = bed.weavectl(0, &["detach", &other]);
     assert!(out.status.success() && stdout(&out).contains(&ip), "detach: {} {}", stdout(&out), stderr(&out));
     assert!(!held(&ip), "still held: {:?}", bed.allocations());

@@ -170,8 +170,9 @@ impl Attacher {
                     }
                     _ => false,
                 };
+                let own = (c.inode, crate::host::netns::cookie(&c.netns));
                 self.names
-                    .check(n, container, c.inode, passed.map(|_| c.path.as_path()), holder_plugged)
+                    .check(n, container, own, passed.map(|_| c.path.as_path()), holder_plugged)
                     .map_err(Refusal::conflict)?
             }
             None => None,
@@ -271,15 +272,12 @@ impl Attacher {
                     // address stayed on the interface when the MAC check
                     // refused the attach (found by a review, 2026-12-06).
                     Some((i, have)) if have != *ip => {
-                        let key = {
-                            use crate::plan::netmap::allocation_address;
-                            let map = self.maps.borrow();
-                            let mut here = map.allocations.iter().filter(|a| a.node_id == self.node_id);
-                            here.find(|a| allocation_address(&a.address) == Some(have)).map(|a| a.container.clone())
+                        let why = match self.key_here(&c, have) {
+                            Some(k) => format!("attached as '{k}': attach or detach it by that"),
+                            None => "which weave gave no attachment of this container: take it off".into(),
                         };
-                        let key = key.map_or_else(|| "another name or CNI id".into(), |k| format!("'{k}'"));
                         return Err(Refusal::conflict(format!(
-                            "{} in the container has {have} on {} already, attached as {key}: attach or detach it by that",
+                            "{} in the container has {have} on {} already, {why}",
                             i.name, subnet.cidr
                         )));
                     }

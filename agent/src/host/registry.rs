@@ -328,9 +328,11 @@ impl Registry {
         known.into_iter().find(|(_, c)| *c == now).map(|(n, _)| n.clone())
     }
 
-    /// `attach --name n` for `container` (namespace `inode`; `passed`: its
-    /// path as the caller gave it, when it came as a descriptor): refuses a name another live namespace
-    /// holds, or a second name for a named namespace. `holder_plugged`: the
+    /// `attach --name n` for `container` (namespace `inode`, with `cookie`;
+    /// `passed`: its path as the caller gave it, when it came as a
+    /// descriptor): refuses a name another live namespace holds, or a second
+    /// name for a named namespace, also one named through another process of
+    /// it (the cookie: found by a review, 2026-12-06). `holder_plugged`: the
     /// name's holder, dead by its path, still has veths (a namespace passed
     /// by descriptor under a path the agent cannot see). Returns the inode of
     /// a dead namespace that held the name (to retire).
@@ -338,7 +340,7 @@ impl Registry {
         &self,
         n: &str,
         container: &str,
-        inode: u64,
+        (inode, cookie): (u64, Option<u64>),
         passed: Option<&Path>,
         holder_plugged: bool,
     ) -> Result<Option<u64>, String> {
@@ -363,8 +365,9 @@ impl Registry {
         }
         // A passed namespace is alive (it is open): a name given to its inode
         // under the same path is its own, though the agent cannot see that path.
+        let same_cookie = |m: &String| cookie.is_some() && saved.cookies.get(m) == cookie.as_ref();
         if let Some((other, _)) = saved.names.iter().find(|(m, (path, ino))| {
-            m.as_str() != n && *ino == inode && (passed == Some(path.as_path()) || alive(path, *ino))
+            m.as_str() != n && *ino == inode && (passed == Some(path.as_path()) || alive(path, *ino) || same_cookie(m))
         }) {
             return Err(format!(
                 "container '{container}' is already attached as '{other}': weavectl detach {other} first"

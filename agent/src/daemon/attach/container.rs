@@ -184,6 +184,26 @@ impl Attacher {
     }
 }
 
+impl Attacher {
+    /// The key that holds `address` on this host, if it is one of container
+    /// `c`'s: its `netns:<inode>`, a name or a CNI record given to its
+    /// namespace. Not another's: a container may put a neighbour's address
+    /// on an `ethwe` of its own, and a refusal that said "attached as 'w1'"
+    /// had the admin detach w1 (found by a review, 2026-12-06).
+    pub(super) fn key_here(&self, c: &Container, address: std::net::Ipv4Addr) -> Option<String> {
+        use crate::plan::netmap::allocation_address;
+        let key = {
+            let map = self.maps.borrow();
+            let mut here = map.allocations.iter().filter(|a| a.node_id == self.node_id);
+            here.find(|a| allocation_address(&a.address) == Some(address)).map(|a| a.container.clone())
+        }?;
+        let ours = key == crate::host::netns::key_of(c.inode)
+            || self.names.get(&key).is_some_and(|(_, ino)| ino == c.inode)
+            || self.names.cni_all().iter().any(|(_, r)| r.id == key && r.inode == c.inode);
+        ours.then_some(key)
+    }
+}
+
 /// Whether `container` names a process by its pid.
 fn is_pid(container: &str) -> bool {
     !container.is_empty() && container.bytes().all(|b| b.is_ascii_digit())

@@ -10,12 +10,12 @@ fn a_name_belongs_to_one_live_namespace() {
     let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
     let (ia, ib) = (ino(&a), ino(&b));
     let names = Registry::load(dir.path());
-    assert_eq!(names.check("web", "a", ia, None, false), Ok(None));
+    assert_eq!(names.check("web", "a", (ia, None), None, false), Ok(None));
     names.remember("web", a.clone(), ia, None, false);
-    assert_eq!(names.check("web", "a", ia, None, false), Ok(None), "same name, same namespace");
-    let e = names.check("web", "b", ib, None, false).unwrap_err();
+    assert_eq!(names.check("web", "a", (ia, None), None, false), Ok(None), "same name, same namespace");
+    let e = names.check("web", "b", (ib, None), None, false).unwrap_err();
     assert!(e.contains("already in use") && e.contains("weavectl detach web"), "{e}");
-    let e = names.check("db", "a", ia, None, false).unwrap_err();
+    let e = names.check("db", "a", (ia, None), None, false).unwrap_err();
     assert!(e.contains("already attached as 'web'"), "{e}");
     assert_eq!(names.of(ia).as_deref(), Some("web"));
     // Passed by descriptor under a path the agent cannot see.
@@ -32,20 +32,25 @@ fn a_name_belongs_to_one_live_namespace() {
     assert_eq!(names.of_passed(ib, Path::new("/nowhere/b"), || None), None, "no cookie to tell");
     assert_eq!(names.of_passed(ia + ib, Path::new("/nowhere/b"), never), None, "no name has the inode");
     // Its name stays its own while its veths live, and it cannot take a second one.
-    let e = names.check("hid", "a", ia, None, true).unwrap_err();
+    let e = names.check("hid", "a", (ia, None), None, true).unwrap_err();
     assert!(e.contains("already in use"), "{e}");
-    assert_eq!(names.check("hid", "a", ia, None, false), Ok(Some(ib)), "no veths: dead");
-    let e = names.check("other", "/nowhere/a", ib, Some(unseen), false).unwrap_err();
+    assert_eq!(names.check("hid", "a", (ia, None), None, false), Ok(Some(ib)), "no veths: dead");
+    let e = names.check("other", "/nowhere/a", (ib, None), Some(unseen), false).unwrap_err();
     assert!(e.contains("already attached as 'hid'"), "{e}");
+    // Through another process of it (another path, its first one ended): the cookie tells.
+    let e = names.check("other", "/nowhere/c", (ib, Some(7)), Some(Path::new("/nowhere/c")), false).unwrap_err();
+    assert!(e.contains("already attached as 'hid'"), "{e}");
+    let other = names.check("other", "/nowhere/c", (ib, Some(8)), Some(Path::new("/nowhere/c")), false);
+    assert_eq!(other, Ok(None), "another namespace, given the inode since");
     names.forget("hid");
     // Saved across restarts.
     let names = Registry::load(dir.path());
     assert_eq!(names.get("web"), Some((a.clone(), ia)));
     // a dies: its name is free, and its inode (reusable) names nothing.
     std::fs::remove_file(&a).unwrap();
-    assert_eq!(names.check("web", "b", ib, None, false), Ok(Some(ia)));
+    assert_eq!(names.check("web", "b", (ib, None), None, false), Ok(Some(ia)));
     assert_eq!(names.of(ia), None);
-    assert_eq!(names.check("db", "a", ia, None, false), Ok(None));
+    assert_eq!(names.check("db", "a", (ia, None), None, false), Ok(None));
     names.forget("web");
     assert_eq!(Registry::load(dir.path()).get("web"), None);
 }
