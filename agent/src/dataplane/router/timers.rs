@@ -86,8 +86,11 @@ fn report_reachability(peer: &Peer, tunn: &Tunn, now: u64) {
         return;
     }
     let down_for = now.saturating_sub(down_since);
-    // A handshake completed since the unanswered attempt began.
-    if tunn.time_since_last_handshake().is_some_and(|age| (age.as_millis() as u64) < down_for) {
+    // A session in use made since the unanswered attempt began: one this
+    // host made answering the peer counts once the peer used it (its
+    // packets to the peer all lost, it said "answers again" and then
+    // nothing; found by a review, 2026-12-06).
+    if tunn.current_session_age().is_some_and(|age| (age.as_millis() as u64) < down_for) {
         tracing::info!(
             peer = %peer.config.name,
             endpoint = ?peer.endpoint(),
@@ -128,5 +131,35 @@ mod tests {
         // Unanswered since the session (a peer that stops again right after
         // is reported 5 s on), not since the attempt began.
         assert!(a.unanswered_handshake().is_some_and(|d| d.as_millis() < 600), "{:?}", a.unanswered_handshake());
+    }
+
+    /// A session this host made answering the peer is no proof that the
+    /// peer hears it until the peer uses it: a host whose packets to the
+    /// peer were all lost said "answers again" 250 ms after its warning, and
+    /// nothing more while its traffic was lost (found by a review,
+    /// 2026-12-06). `report_reachability` counts the session in use.
+    #[test]
+    fn a_session_this_host_answered_counts_once_the_peer_uses_it() {
+        let (a_secret, b_secret) = (StaticSecret::from([1; 32]), StaticSecret::from([2; 32]));
+        let (a_public, b_public) = (PublicKey::from(&a_secret), PublicKey::from(&b_secret));
+        let mut a = Tunn::new(a_secret, b_public, None, None, 1, None);
+        let mut b = Tunn::new(b_secret, a_public, None, None, 2, None);
+        let (mut x, mut y) = (vec![0u8; 2048], vec![0u8; 2048]);
+        let TunnResult::WriteToNetwork(init) = a.format_handshake_initiation(&mut x, false) else { panic!() };
+        let TunnResult::WriteToNetwork(resp) = b.decapsulate(None, init, &mut y) else { panic!("no response") };
+        let TunnResult::WriteToNetwork(_) = a.decapsulate(None, resp, &mut x) else { panic!("no keepalive") };
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+        // b's initiation, answered by a; the answer is lost.
+        let _ = (a.update_timers(&mut x), b.update_timers(&mut y));
+        let TunnResult::WriteToNetwork(init) = b.format_handshake_initiation(&mut y, true) else { panic!() };
+        let TunnResult::WriteToNetwork(resp) = a.decapsulate(None, init, &mut x) else { panic!("no response") };
+        let resp = resp.to_vec();
+        assert!(a.time_since_last_handshake().is_some_and(|d| d.as_millis() < 600), "a session made");
+        let old = a.current_session_age().unwrap();
+        assert!(old.as_millis() >= 1200, "the session in use is still the first: {old:?}");
+        // b gets it and uses it: now it is.
+        let TunnResult::WriteToNetwork(keepalive) = b.decapsulate(None, &resp, &mut y) else { panic!("no keepalive") };
+        assert!(matches!(a.decapsulate(None, keepalive, &mut x), TunnResult::Done));
+        assert!(a.current_session_age().is_some_and(|d| d.as_millis() < 600), "{:?}", a.current_session_age());
     }
 }

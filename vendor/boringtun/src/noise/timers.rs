@@ -349,14 +349,31 @@ impl Tunn {
     /// back (found by a review, 2026-12-06); not counted at all, a peer that
     /// stopped again right after went unreported until the attempt expired
     /// (90 s; found by the review of that fix).
+    /// Only the session in use counts ([`Self::current_session_age`]): one
+    /// this host made answering the peer's initiation is not proof that the
+    /// peer hears it until the peer uses it (a host whose packets to the
+    /// peer were all lost said "answers again" and nothing more; found by a
+    /// review, 2026-12-06).
     pub fn unanswered_handshake(&self) -> Option<Duration> {
         self.handshake.timer()?;
-        let mut since = self.timers[TimeLastHandshakeStarted];
-        if self.sessions[self.current % super::N_SESSIONS].is_some() {
-            since = since.max(self.timers[TimeSessionEstablished]);
-        }
         let now = Instant::now().duration_since(self.timers.time_started);
+        let mut since = self.timers[TimeLastHandshakeStarted];
+        if let Some(age) = self.current_session_age() {
+            since = since.max(now.saturating_sub(age));
+        }
         Some(now.saturating_sub(since))
+    }
+
+    /// weave: how long ago the session in use was made, or `None` when
+    /// there is none. Unlike [`Self::time_since_last_handshake`] (the last
+    /// session made, in use or not), a session this host made answering the
+    /// peer's initiation counts only once the peer sent data on it (it
+    /// becomes the one in use then): proof that the peer hears this host.
+    pub fn current_session_age(&self) -> Option<Duration> {
+        let i = self.current % super::N_SESSIONS;
+        self.sessions[i].as_ref()?;
+        let now = Instant::now().duration_since(self.timers.time_started);
+        Some(now.saturating_sub(self.timers.session_timers[i]))
     }
 
     pub fn time_since_last_handshake(&self) -> Option<Duration> {
@@ -462,5 +479,17 @@ mod tests {
         // b silent again for 6 s: unanswered for those.
         age(&mut a, Duration::from_secs(6));
         assert!(a.unanswered_handshake().is_some_and(|d| d >= Duration::from_secs(6)));
+        // b's own initiation, answered by a, the answer lost: no proof that
+        // b hears a, the session in use still the old one. Once b uses the
+        // new one, it is.
+        let TunnResult::WriteToNetwork(init) = b.format_handshake_initiation(&mut y, false) else { panic!() };
+        let _ = a.update_timers(&mut x);
+        let TunnResult::WriteToNetwork(resp) = a.decapsulate(None, init, &mut x) else { panic!("no response") };
+        let resp = resp.to_vec();
+        assert!(a.time_since_last_handshake().is_some_and(|d| d < Duration::from_secs(1)), "a session made");
+        assert!(a.current_session_age().is_some_and(|d| d >= Duration::from_secs(6)), "a's answer may be lost");
+        let TunnResult::WriteToNetwork(keepalive) = b.decapsulate(None, &resp, &mut y) else { panic!() };
+        assert!(matches!(a.decapsulate(None, keepalive, &mut x), TunnResult::Done));
+        assert!(a.current_session_age().is_some_and(|d| d < Duration::from_secs(1)), "b used a's session");
     }
 }
