@@ -8,8 +8,8 @@
 //! refused; group or other write is taken away when the directory is this
 //! process's; a root-owned one this process may not change (Kubernetes'
 //! `fsGroup` volumes: kubelet makes them group-writable, setgid, on every
-//! mount, and a local-path volume is 0777) is used with a warning, unless
-//! only this process's own group may write to it. sshd's
+//! mount, and a local-path volume is 0777) is used with a warning (one that
+//! says so when only this process's own group may write to it). sshd's
 //! `StrictModes` refuses all of these; a refusal would stop the shipped
 //! coordinator StatefulSet (found by the review of that change).
 use std::{
@@ -62,11 +62,17 @@ fn secure_as(dir: &Path, me: u32, group: u32) -> Result<Option<String>, String> 
         )));
     }
     // Root's, writable by this process's own group alone: Kubernetes'
-    // `fsGroup` set to the pod's group, as the shipped StatefulSet does.
-    // Nobody but the pod's own processes may write there, and every start
-    // warned of it (found by a review, 2026-12-06).
+    // `fsGroup` set to the pod's group, as the shipped StatefulSet does,
+    // where only the pod's processes are in it. Said so (a warning that
+    // others could write read as an attack at every start); not silent, as
+    // elsewhere that group may be shared (`users`: found by the review of
+    // a version that said nothing, 2026-12-06).
     if mode & 0o002 == 0 && meta.gid() == group {
-        return Ok(None);
+        return Ok(Some(format!(
+            "{} is writable by its group ({group}, this process's own, as a Kubernetes fsGroup volume is) and \
+             not this process's to change: any other member of that group could replace its keys and credentials",
+            dir.display()
+        )));
     }
     Ok(Some(format!(
         "{} is writable by other users (mode {mode:04o}) and not this process's to change: whoever may write \
@@ -121,12 +127,13 @@ mod tests {
         std::os::unix::fs::chown(dir.path(), Some(0), None).unwrap();
         assert_eq!(secure(dir.path()), Ok(None));
         // Root's, as a process of user and group 65532 finds a Kubernetes
-        // `fsGroup: 65532` volume: its group's write is the pod's own; others'
-        // or another group's is warned of, and left (not the process's).
+        // `fsGroup: 65532` volume: its own group's write is said to be so;
+        // others' or another group's is warned of; all left (not the process's).
         std::os::unix::fs::chown(dir.path(), Some(0), Some(65532)).unwrap();
         let mode = |m| std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(m)).unwrap();
         mode(0o2775);
-        assert_eq!(super::secure_as(dir.path(), 65532, 65532), Ok(None));
+        let warned = super::secure_as(dir.path(), 65532, 65532).unwrap().unwrap_or_default();
+        assert!(warned.contains("writable by its group (65532, this process's own"), "{warned}");
         let warned = super::secure_as(dir.path(), 65532, 65533).unwrap().unwrap_or_default();
         assert!(warned.contains("(mode 2775) and not this process's to change"), "{warned}");
         mode(0o2777);
