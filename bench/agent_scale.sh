@@ -107,7 +107,7 @@ TICK_MS=$((1000 / $(getconf CLK_TCK)))
 
 echo "== agent join (snapshot of $TOTAL remote workloads)"
 t0=$(now)
-ip netns exec "$H" env WEAVE_TOKEN="$TOKEN" "$BIN/agent" join --name h --endpoint 192.0.2.2:6784 \
+ip netns exec "$H" env WEAVE_TOKEN="$TOKEN" WEAVE_DOCKER_PLUGIN=off "$BIN/agent" join --name h --endpoint 192.0.2.2:6784 \
     --data-dir "$DIR/h" --socket "$DIR/h.sock" --metrics-listen off 2>>"$DIR/agent.err" &
 AGENT=$!
 converged "$TOTAL"
@@ -161,7 +161,7 @@ ip netns exec "$H" nft delete table inet weave 2>/dev/null || true
 ip netns exec "$H" nft delete table bridge weave 2>/dev/null || true
 [[ $(routes) == 0 ]] || { echo "routes left behind" >&2; exit 1; }
 t0=$(now)
-ip netns exec "$H" "$BIN/agent" run --data-dir "$DIR/h" --socket "$DIR/h.sock" --metrics-listen off 2>>"$DIR/agent.err" &
+ip netns exec "$H" env WEAVE_DOCKER_PLUGIN=off "$BIN/agent" run --data-dir "$DIR/h" --socket "$DIR/h.sock" --metrics-listen off 2>>"$DIR/agent.err" &
 AGENT=$!
 converged $((TOTAL + ATTACHES))
 t1=$(now)

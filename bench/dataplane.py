@@ -295,7 +295,8 @@ def setup_weave(underlay, key="weave", agent_args=None, suffix="", coordinator=2
         h = f"h{i}{suffix}"
         ns = plug(underlay, h, addr(base + i))
         sock = os.path.join(DIR, f"{h}.sock")
-        env = dict(os.environ, RUST_LOG="warn")
+        # No Docker plugin: the hosts share this machine's /run.
+        env = dict(os.environ, RUST_LOG="warn", WEAVE_DOCKER_PLUGIN="off")
         extra = list(agent_args or [])
         p = spawn("agent", ns, [f"{BIN}/agent", "join", "--token", tok, "--name", h,
                                 "--endpoint", sock_addr(base + i, 6784), "--data-dir", os.path.join(DIR, h),

@@ -92,8 +92,10 @@ wait_for "the coordinator" grep -q "join token" "$DIR/coordinator.out"
 for i in $(seq $HOSTS); do
     echo "== agent h$i in $P-h$i (192.0.2.1$i)"
     plug "$P-h$i" "h$i" "192.0.2.1$i"
+    # No Docker plugin: the simulated hosts share this machine's /run, and
+    # its dockerd (if any) must not find a demo agent's plugin there.
     ip netns exec "$P-h$i" "$BIN/agent" join --token-file "$DIR/token" --name "h$i" --endpoint "192.0.2.1$i:6784" \
-        --data-dir "$DIR/h$i" --socket "$DIR/h$i.sock" >"$DIR/h$i.log" 2>&1 </dev/null &
+        --data-dir "$DIR/h$i" --socket "$DIR/h$i.sock" --docker-plugin off >"$DIR/h$i.log" 2>&1 </dev/null &
     echo $! >>"$DIR/pids"
 done
 

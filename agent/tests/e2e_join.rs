@@ -53,6 +53,8 @@ fn the_running_agent_holds_no_token() {
         let h = &bed.hosts[i];
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns]).arg(agent_bin()).args(["join", "--name", &name]);
+        // Never the machine's Docker plugin directory (as the bed's agents).
+        cmd.env("WEAVE_DOCKER_PLUGIN", "off");
         cmd.args(["--endpoint", &h.endpoint(), "--data-dir"]).arg(&h.data_dir).arg("--socket").arg(&h.socket);
         match how {
             "env" => {
