@@ -154,8 +154,12 @@ fn the_installer_stops_on_sigterm_while_it_waits() {
     let bed = Bed::new();
     let root = bed.path("host-root");
     fs::create_dir(&root).unwrap();
-    let mut installer = Installer::start(&root, &bed.path("none.sock"));
-    assert_waiting(&mut installer, &root, "no agent runs");
+    // An "agent" that takes the connection and never answers: the status
+    // call must not hold the script (bash runs no trap until it ends).
+    let socket = bed.path("silent.sock");
+    let _silent = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let mut installer = Installer::start(&root, &socket);
+    assert_waiting(&mut installer, &root, "no agent answers");
     installer.stop(143);
 }
 

@@ -45,9 +45,12 @@ log() { echo "weave-install-cni: $*" >&2; }
 # Ready = the agent answers on its socket and its watch on the coordinator is
 # open (it has joined and holds the current network map). An agent that answers
 # but runs from its saved map with the coordinator unreachable is not ready.
+# Within 3 s: an agent that accepts and never answers held the script, and
+# bash runs no trap (SIGTERM) until the command it waits for ends (found by
+# a review, 2026-12-06).
 agent_ready() {
     local out
-    out=$("$AGENT" status --json --socket "$SOCKET" 2>/dev/null) || return 1
+    out=$(timeout 3 "$AGENT" status --json --socket "$SOCKET" 2>/dev/null) || return 1
     [[ $out =~ \"coordinator_connected\":[[:space:]]*true ]]
 }
 

@@ -119,16 +119,24 @@ pub(super) fn nat_chain(rules: &Rules) -> String {
     }
     let nets = egress.iter().map(|s| s.subnet.to_string()).collect::<Vec<_>>().join(", ");
     let _ = writeln!(out, "    oifname \"{WEAVE_DEVICES}\" return");
-    // Never from the agent's WireGuard port, which Linux keeps while the
-    // tuple is free (the tunnel to that peer idle, its conntrack entry
-    // gone): the peer's every datagram to this host's endpoint was then the
-    // reply of the workload's flow, delivered to it, the peer cut off from
-    // this host (found by a review, 2026-12-06). A range without it, as
-    // large as can be.
+    // Never from the agent's WireGuard port: neither kept (Linux keeps a
+    // flow's port while the tuple is free, the tunnel to that peer idle and
+    // its conntrack entry gone) nor picked for a flow whose port clashed
+    // (from a default range that holds it). The peer's every datagram to
+    // this host's endpoint was then the reply of the workload's flow,
+    // delivered to it, the peer cut off from this host (found by reviews,
+    // 2026-12-06). UDP gets ranges without it; a kept port stays kept.
     let port = rules.listen_port;
     if port > 0 {
+        let from = format!("    ip saddr {{ {nets} }} ip daddr != @overlay udp sport");
+        if port > 1 {
+            let _ = writeln!(out, "{from} < {port} masquerade to :1-{}", port - 1);
+        }
+        if port < 65535 {
+            let _ = writeln!(out, "{from} > {port} masquerade to :{}-65535", port + 1);
+        }
         let range = if port > 32768 { format!("1024-{}", port - 1) } else { format!("{}-65535", port + 1) };
-        let _ = writeln!(out, "    ip saddr {{ {nets} }} ip daddr != @overlay udp sport {port} masquerade to :{range}");
+        let _ = writeln!(out, "{from} {port} masquerade to :{range}");
     }
     let _ = write!(out, "    ip saddr {{ {nets} }} ip daddr != @overlay masquerade\n  }}\n");
     out

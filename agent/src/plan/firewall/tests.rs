@@ -347,6 +347,10 @@ fn egress_lets_only_an_exposed_segments_own_workloads_out_and_their_replies_back
     // of the range gets the range below it.
     let away = "ip saddr { 10.44.0.0/24 } ip daddr != @overlay udp sport 6784 masquerade to :6785-65535";
     assert!(nat.find(away).expect(nat) < nat.find("@overlay masquerade\n").expect(nat), "{nat}");
+    // Nor picked for a flow whose own port clashed: UDP from either side of
+    // it is given a range on that side.
+    assert!(nat.contains("@overlay udp sport < 6784 masquerade to :1-6783"), "{nat}");
+    assert!(nat.contains("@overlay udp sport > 6784 masquerade to :6785-65535"), "{nat}");
     let high = ruleset(&rules.with_listen_port(51820));
     let high = chain(&high, "egress_nat");
     assert!(high.contains("udp sport 51820 masquerade to :1024-51819"), "{high}");
