@@ -223,7 +223,12 @@ async fn serve(
             Arc::new(super::docker::Plugin::new(attacher, dns, state, host))
         }
     };
-    let docker_awaited = args.docker_plugin_awaited();
+    // Not bound now, the default path is served once dockerd makes its
+    // directory: looked at once, an agent started before dockerd (every
+    // boot where the two race) served no plugin until restarted (found by a
+    // review, 2026-12-06). Decided by the bind above, not by a second look
+    // at the directory, which dockerd may make in between.
+    let docker_awaited = args.docker_plugin_default().filter(|_| docker_listener.is_none());
     if let Some(path) = &docker_awaited {
         tracing::info!(socket = %path.display(), "no Docker plugin directory (yet): the plugin is served once dockerd makes it");
     }

@@ -168,16 +168,11 @@ impl Aead {
 pub const DOCKER_PLUGIN_DEFAULT: &str = "/run/docker/plugins/weave.sock";
 
 impl RunArgs {
-    /// The default Docker plugin socket when its directory does not exist
-    /// yet (dockerd makes it when it starts): served once it does. Checked
-    /// once at start, an agent started before dockerd (every boot where
-    /// the two race) served no plugin until restarted, and Docker found no
-    /// `weave` driver (found by a review, 2026-12-06).
-    pub fn docker_plugin_awaited(&self) -> Option<PathBuf> {
-        match self.docker_plugin {
-            None => Some(PathBuf::from(DOCKER_PLUGIN_DEFAULT)).filter(|p| p.parent().is_some_and(|d| !d.is_dir())),
-            Some(_) => None,
-        }
+    /// The default Docker plugin socket when no `--docker-plugin` says
+    /// otherwise, whether or not its directory exists yet (dockerd makes it
+    /// when it starts; [`Self::docker_plugin_path`] is it only once it does).
+    pub fn docker_plugin_default(&self) -> Option<PathBuf> {
+        self.docker_plugin.is_none().then(|| PathBuf::from(DOCKER_PLUGIN_DEFAULT))
     }
 
     /// The Docker plugin socket to serve, if any.
