@@ -170,7 +170,7 @@ impl Attacher {
                     }
                     _ => false,
                 };
-                let own = (c.inode, crate::host::netns::cookie(&c.netns));
+                let own = (c.inode, c.cookie());
                 self.names
                     .check(n, container, own, passed.map(|_| c.path.as_path()), holder_plugged)
                     .map_err(Refusal::conflict)?
@@ -248,7 +248,7 @@ impl Attacher {
         };
         if let Some(n) = registered {
             let unseen = passed.is_some() && !registry::alive(&c.path, c.inode);
-            self.names.remember(n, c.path.clone(), c.inode, crate::host::netns::cookie(&c.netns), unseen);
+            self.names.remember(n, c.path.clone(), c.inode, c.cookie(), unseen);
         }
         let cni = network.zip(id).zip(ifname).map(|((n, i), f)| (n, i, f));
         let fresh_path = self.record_early(&c, cni, registered.is_some() || id.is_some(), &wanted);

@@ -18,6 +18,15 @@ pub(super) struct Container {
     pub(super) name: Option<String>,
     pub(super) inode: u64,
     pub(super) path: PathBuf,
+    /// Its [`crate::host::netns::cookie`], read once, when first asked.
+    cookie: std::sync::OnceLock<Option<u64>>,
+}
+
+impl Container {
+    /// The namespace's cookie (a thread enters it to read it: once).
+    pub(super) fn cookie(&self) -> Option<u64> {
+        *self.cookie.get_or_init(|| crate::host::netns::cookie(&self.netns))
+    }
 }
 
 impl Attacher {
@@ -174,13 +183,16 @@ impl Attacher {
                 path.display()
             )));
         }
+        let cookie = std::sync::OnceLock::new();
         let registered = match passed {
-            Some(_) => self.names.of_passed(inode, &path, || crate::host::netns::cookie(&netns)),
+            Some(_) => {
+                self.names.of_passed(inode, &path, || *cookie.get_or_init(|| crate::host::netns::cookie(&netns)))
+            }
             None => self.names.of(inode),
         };
         let name = name.map(str::to_string).or(registered);
         let key = id.map(str::to_string).or_else(|| name.clone()).unwrap_or_else(|| crate::host::netns::key_of(inode));
-        Ok(Container { netns, key, name, inode, path })
+        Ok(Container { netns, key, name, inode, path, cookie })
     }
 }
 

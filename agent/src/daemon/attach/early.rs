@@ -52,7 +52,7 @@ impl Attacher {
     pub(super) fn record_cni(&self, cni: Option<(&str, &str, &str)>, c: &Container, subnets: Vec<String>) {
         if let Some((network, id, ifname)) = cni {
             let (id, ifname, netns) = (id.to_string(), ifname.to_string(), c.path.clone());
-            let cookie = crate::host::netns::cookie(&c.netns);
+            let cookie = c.cookie();
             self.names.cni_added(network, CniRecord { id, ifname, netns, inode: c.inode, subnets, cookie });
         }
     }
