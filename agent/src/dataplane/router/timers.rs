@@ -106,6 +106,13 @@ mod tests {
     use boringtun::noise::{Tunn, TunnResult};
     use boringtun::x25519::{PublicKey, StaticSecret};
 
+    /// Two tunnels that are each other's peer.
+    fn pair() -> (Tunn, Tunn) {
+        let (a_secret, b_secret) = (StaticSecret::from([1; 32]), StaticSecret::from([2; 32]));
+        let (a_public, b_public) = (PublicKey::from(&a_secret), PublicKey::from(&b_secret));
+        (Tunn::new(a_secret, b_public, None, None, 1, None), Tunn::new(b_secret, a_public, None, None, 2, None))
+    }
+
     /// A paused peer, back, answers the initiation before this host's last
     /// retry (the retry, taken within 20 ms, is refused as a flood): a
     /// session, the retry still in progress. That is an answer: the router
@@ -113,10 +120,7 @@ mod tests {
     /// was answered (found by a review, 2026-12-06).
     #[test]
     fn a_session_made_while_a_retry_waits_is_an_answer() {
-        let (a_secret, b_secret) = (StaticSecret::from([1; 32]), StaticSecret::from([2; 32]));
-        let (a_public, b_public) = (PublicKey::from(&a_secret), PublicKey::from(&b_secret));
-        let mut a = Tunn::new(a_secret, b_public, None, None, 1, None);
-        let mut b = Tunn::new(b_secret, a_public, None, None, 2, None);
+        let (mut a, mut b) = pair();
         let (mut x, mut y) = (vec![0u8; 2048], vec![0u8; 2048]);
         let TunnResult::WriteToNetwork(first) = a.format_handshake_initiation(&mut x, false) else { panic!() };
         let first = first.to_vec();
@@ -140,10 +144,7 @@ mod tests {
     /// 2026-12-06). `report_reachability` counts the session in use.
     #[test]
     fn a_session_this_host_answered_counts_once_the_peer_uses_it() {
-        let (a_secret, b_secret) = (StaticSecret::from([1; 32]), StaticSecret::from([2; 32]));
-        let (a_public, b_public) = (PublicKey::from(&a_secret), PublicKey::from(&b_secret));
-        let mut a = Tunn::new(a_secret, b_public, None, None, 1, None);
-        let mut b = Tunn::new(b_secret, a_public, None, None, 2, None);
+        let (mut a, mut b) = pair();
         let (mut x, mut y) = (vec![0u8; 2048], vec![0u8; 2048]);
         let TunnResult::WriteToNetwork(init) = a.format_handshake_initiation(&mut x, false) else { panic!() };
         let TunnResult::WriteToNetwork(resp) = b.decapsulate(None, init, &mut y) else { panic!("no response") };
