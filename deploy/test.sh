@@ -49,6 +49,9 @@ bash deploy/check-manifests.sh
 # gives every coordinator a fresh database.
 artifacts=$(cargo test --workspace --locked --no-run --message-format=json-render-diagnostics)
 cargo test --workspace --locked --doc
+# The vendored boringtun's own unit tests (its rate limiter and timers carry
+# weave's changes; vendor/boringtun/WEAVE.md): not a workspace member.
+bash vendor/boringtun/test.sh
 postgres=()
 if [ "$(id -u)" = 0 ]; then
     postgres=(--postgres weave-coordinator)
