@@ -194,8 +194,8 @@ fn save(state: &StateDir, maps: &watch::Sender<NetworkMap>, unsaved: &mut bool) 
 /// A pass after a map change diffs against the kernel state the previous
 /// pass left (kept in memory, [`Observed::record`]), so it costs only the
 /// changes. The kernel is read again (a full pass) at start, when `now` is
-/// notified (attach, expose and hide change the bridges themselves), after
-/// any failed change, and every [`RESYNC`] (repairs what someone else changed).
+/// notified (expose and hide change the bridges themselves), after any
+/// failed change, and every [`RESYNC`] (repairs what someone else changed).
 #[allow(clippy::too_many_arguments)]
 pub async fn reconcile_loop(
     netlink: Netlink,
