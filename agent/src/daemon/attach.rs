@@ -234,12 +234,9 @@ impl Attacher {
             }
         }
         // An egress subnet's default gateway, this host (exposed there
-        // first): before anything of the container's changes.
-        let mut gateways = std::collections::BTreeMap::new();
-        for (_, subnet) in wanted.iter().filter(|(_, s)| s.egress) {
-            let gateway = self.gateway(subnet).await.map_err(|e| self.or_removed(subnet, e))?;
-            gateways.insert(subnet.id, gateway);
-        }
+        // first, and taken back if the attach is refused): before anything
+        // of the container's changes.
+        let (gateways, exposed) = self.gateways(&wanted).await?;
         // The name before anything is allocated for it: an agent killed from
         // here on leaves a container that a detach by that name finds.
         let named = match registered {
@@ -257,6 +254,7 @@ impl Attacher {
             Ok(a) => a,
             Err(e) => {
                 self.undo_early(named, fresh_path, &c.key);
+                self.unexpose(&exposed).await;
                 return Err(e);
             }
         };
@@ -366,6 +364,7 @@ impl Attacher {
                         }
                     }
                     self.undo_early(named, fresh_path, &c.key);
+                    self.unexpose(&exposed).await;
                     return Err(self.or_removed(subnet, e));
                 }
             }

@@ -9,6 +9,11 @@ use weave_proto::{
 };
 
 use super::{Attacher, failed, held_address, not_at};
+
+/// Subnet id to this host's address there, a container's default gateway.
+pub(super) type Gateways = std::collections::BTreeMap<u64, Ipv4Addr>;
+/// The subnets an attach exposed this host on, with the address it got.
+pub(super) type Exposed = Vec<(Subnet, Ipv4Addr)>;
 use crate::plan::{addr_spec::AddrSpec, kernel::bridge_name};
 
 impl Attacher {
@@ -45,6 +50,46 @@ impl Attacher {
         tracing::info!(subnet = %subnet.cidr, %ip, "exposed this host as the egress gateway of its containers");
         crate::host::firewall::wait_open([ip], Duration::from_secs(5)).await;
         Ok(ip)
+    }
+
+    /// The default gateways ([`Self::gateway`]) of the egress subnets in
+    /// `wanted`, and the exposures this call made for them: an attach
+    /// refused after this takes those back ([`Self::unexpose`]). A refused
+    /// attach left the host exposed there, masquerading for the subnet, its
+    /// address taken (and "no free address" said of a subnet that had one
+    /// when the attach began; found by a review, 2026-12-06).
+    pub(super) async fn gateways(&self, wanted: &[(AddrSpec, Subnet)]) -> Result<(Gateways, Exposed), Refusal> {
+        let key = crate::plan::reconcile::host_key(&self.node_name);
+        let (mut gateways, mut exposed) = (Gateways::new(), Vec::new());
+        for (_, subnet) in wanted.iter().filter(|(_, s)| s.egress) {
+            let new = held_address(&self.held(&key), subnet).is_none();
+            match self.gateway(subnet).await {
+                Ok(ip) => {
+                    gateways.insert(subnet.id, ip);
+                    if new {
+                        exposed.push((subnet.clone(), ip));
+                    }
+                }
+                Err(e) => {
+                    self.unexpose(&exposed).await;
+                    return Err(self.or_removed(subnet, e));
+                }
+            }
+        }
+        Ok((gateways, exposed))
+    }
+
+    /// Takes back what [`Self::gateways`] exposed: the coordinator first,
+    /// as `hide` does (an address it still holds for the host stays on the
+    /// bridge, where the next attach's gateway expects it).
+    pub(super) async fn unexpose(&self, exposed: &Exposed) {
+        let key = crate::plan::reconcile::host_key(&self.node_name);
+        for (subnet, ip) in exposed {
+            let len = subnet.cidr.parse::<Ipv4Net>().map_or(32, |n| n.prefix_len());
+            if self.release(&key, &subnet.cidr).await.is_ok() {
+                let _ = self.netlink.set_address(&bridge_name(subnet.vni), *ip, len, false).await;
+            }
+        }
     }
 
     /// The egress gateway (see `gateway`) for a runtime that makes its own
