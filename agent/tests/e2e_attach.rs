@@ -506,6 +506,31 @@ fn a_detach_by_any_spelling_stops_the_containers_resolver() {
     }
 }
 
+/// A named container attached again by its path, without the name (an
+/// idempotent attach), keeps no second record: the registry kept its path
+/// under the name as a nameless container's, which the detach by name left
+/// behind, and the restarted agent served the detached namespace DNS again
+/// (found by a review, 2026-12-06).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_named_containers_nameless_reattach_leaves_nothing_after_its_detach() {
+    let mut bed = Bed::with_hosts(1);
+    let c = bed.add_container("q1");
+    let path = format!("/run/netns/{c}");
+    let first = attach_line(&bed, 0, &["--name", "q1", &path]);
+    assert_eq!(attach_line(&bed, 0, &[&path]), first, "attached again, as it was");
+    wait_for("the container's resolver", Duration::from_secs(10), || answers(&c).then_some(()));
+    let out = bed.weavectl(0, &["detach", "q1"]);
+    assert!(out.status.success(), "detach q1: {}", stderr(&out));
+    assert!(!answers(&c), "detached: its resolver stayed");
+    let registry = std::fs::read_to_string(bed.hosts[0].data_dir.join("containers.json")).unwrap();
+    assert!(!registry.contains(&path), "detached, and its path is kept: {registry}");
+    bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
+    bed.start_agent(0, false);
+    bed.wait_status(0);
+    assert!(!answers(&c), "detached, and served DNS again after a restart");
+}
+
 /// A container attached by its pid with a name is the same container by
 /// its `/proc/<pid>/ns/net` path: the pid was recorded bare, and a detach
 /// by the path cut the container off while its address and name stayed

@@ -248,7 +248,8 @@ impl Attacher {
             self.names.remember(n, c.path.clone(), c.inode, c.cookie(), unseen);
         }
         let cni = network.zip(id).zip(ifname).map(|((n, i), f)| (n, i, f));
-        let fresh_path = self.record_early(&c, cni, registered.is_some() || id.is_some(), &wanted);
+        // Named: by `--name`, or by the name its namespace was registered under.
+        let fresh_path = self.record_early(&c, cni, c.name.is_some() || id.is_some(), &wanted);
         let previously = self.held(&c.key);
         let allocated = match self.allocate_all(&c.key, c.name.as_deref().unwrap_or(""), id.is_some(), &wanted).await {
             Ok(a) => a,
