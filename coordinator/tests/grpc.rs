@@ -771,6 +771,16 @@ async fn dns_records_are_owned_by_containers_or_external() {
             why,
         );
     }
+    // Nor a subnet's network or broadcast address, which IPAM gives no host
+    // (found by a review, 2026-12-06).
+    let net: ipnet::Ipv4Net = a.address.parse().unwrap();
+    for nowhere in [net.network(), net.broadcast()] {
+        assert_status(
+            admin.dns.add_record(AddRecordRequest { name: "nowhere".into(), address: nowhere.to_string() }).await,
+            Code::InvalidArgument,
+            &format!("the network or broadcast address of subnet {}", net.trunc()),
+        );
+    }
     admin
         .dns
         .add_record(AddRecordRequest { name: "metadata".into(), address: "169.254.169.254".into() })
@@ -858,6 +868,24 @@ async fn dns_records_are_owned_by_containers_or_external() {
     let mut r = alloc("c4", "");
     r.dns_name = "db.10-2-3-0-24".into();
     assert_status(node.ipam.allocate(r).await, refused, "only for an address in 10.2.3.0/24");
+    // Nor, for another node, in place of a name host1 holds: the subnet's
+    // containers would get it ahead of host1's `store` (found by a review,
+    // 2026-12-06). A name nobody holds is its to take.
+    let mut r = alloc("c6", "");
+    r.dns_name = "store".into();
+    node.ipam.allocate(r).await.unwrap();
+    let (_, mut other) = c.join("host2", 2).await;
+    let theirs = other.ipam.allocate(alloc("o1", "10.2.3.0/24")).await.unwrap().into_inner().address;
+    let theirs = theirs.split('/').next().unwrap();
+    assert_status(
+        other.dns.add_record(add("STORE.10-2-3-0-24.weave.local", theirs)).await,
+        Code::AlreadyExists,
+        "in place of store.weave.local.: store.weave.local. is held by node host1's containers",
+    );
+    let mut r = alloc("o2", "10.2.3.0/24");
+    r.dns_name = "store.10-2-3-0-24".into();
+    assert_status(other.ipam.allocate(r).await, Code::AlreadyExists, "in place of store.weave.local.");
+    other.dns.add_record(add("api.10-2-3-0-24", theirs)).await.expect("an alias nobody else holds");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

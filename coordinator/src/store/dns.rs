@@ -128,29 +128,18 @@ pub(super) async fn insert_if_absent(
     if let Ok(ip) = address.parse() {
         weave_proto::dns_name::check_scope(&fqdn, &domain, ip).map_err(Error::InvalidArgument)?;
     }
-    // A shared name (`weavectl dns share`) takes every node's containers:
-    // round robin across hosts, and no hold to wait out.
-    if let Some(Claimant { node, .. }) = claimant
-        && !is_shared(tx, &fqdn).await?
-    {
-        check_hold(tx, &fqdn, node).await?;
-        let holder: Option<Option<String>> = db::query_scalar(
-            "SELECT n.name FROM dns_records d LEFT JOIN allocations a ON a.id = d.allocation_id \
-             LEFT JOIN nodes n ON n.id = a.node_id \
-             WHERE d.name = $1 AND (a.node_id IS NULL OR a.node_id <> $2) ORDER BY d.id LIMIT 1",
-        )
-        .bind(&fqdn)
-        .bind(node as i64)
-        .fetch_optional(tx.c())
-        .await?;
-        if let Some(holder) = holder {
-            let by = holder.map_or_else(|| "an external record".to_string(), |n| format!("node {n}'s containers"));
-            // The agent leaves a CNI pod's name out on " is held by " (`attach/allocate.rs`).
-            return Err(Error::AlreadyExists(format!(
-                "{fqdn} is held by {by}; a node may add only names that no other node holds \
-                 (for containers on several hosts under one name, an admin shares it: `weavectl dns share {}`)",
-                fqdn.trim_end_matches('.')
-            )));
+    if let Some(Claimant { node, .. }) = claimant {
+        claimable(tx, &fqdn, node).await?;
+        // A Docker network's alias (`db.<scope>`) answers that network's
+        // containers ahead of the name `db`: not in place of another
+        // node's (found by a review, 2026-12-06).
+        if let Some(unscoped) = weave_proto::dns_name::unscoped(&fqdn, &domain) {
+            claimable(tx, &unscoped, node).await.map_err(|e| match e {
+                Error::AlreadyExists(why) => Error::AlreadyExists(format!(
+                    "{fqdn} would answer its subnet's containers in place of {unscoped}: {why}"
+                )),
+                e => e,
+            })?;
         }
     }
     let existing: Option<i64> = db::query_scalar("SELECT id FROM dns_records WHERE name = $1 AND address = $2")
@@ -200,6 +189,36 @@ pub(super) async fn insert_if_absent(
         tx.record(Change::DnsRecordAdded(record.clone())).await?;
     }
     Ok((record, new))
+}
+
+/// Whether node `node` may add a record named `fqdn`: the name is shared
+/// by the admin, or no other node's container, no external record and no
+/// hold for another node has it (`ALREADY_EXISTS` saying which).
+async fn claimable(tx: &mut Tx, fqdn: &str, node: u64) -> Result<()> {
+    // A shared name (`weavectl dns share`) takes every node's containers:
+    // round robin across hosts, and no hold to wait out.
+    if !is_shared(tx, fqdn).await? {
+        check_hold(tx, fqdn, node).await?;
+        let holder: Option<Option<String>> = db::query_scalar(
+            "SELECT n.name FROM dns_records d LEFT JOIN allocations a ON a.id = d.allocation_id \
+             LEFT JOIN nodes n ON n.id = a.node_id \
+             WHERE d.name = $1 AND (a.node_id IS NULL OR a.node_id <> $2) ORDER BY d.id LIMIT 1",
+        )
+        .bind(fqdn)
+        .bind(node as i64)
+        .fetch_optional(tx.c())
+        .await?;
+        if let Some(holder) = holder {
+            let by = holder.map_or_else(|| "an external record".to_string(), |n| format!("node {n}'s containers"));
+            // The agent leaves a CNI pod's name out on " is held by " (`attach/allocate.rs`).
+            return Err(Error::AlreadyExists(format!(
+                "{fqdn} is held by {by}; a node may add only names that no other node holds \
+                 (for containers on several hosts under one name, an admin shares it: `weavectl dns share {}`)",
+                fqdn.trim_end_matches('.')
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// An address a record may point at: one a client can connect to. The
@@ -255,6 +274,19 @@ impl Store {
             return Err(Error::PermissionDenied(format!(
                 "node {node} may add records only for addresses its containers hold, and {ip} is not one"
             )));
+        }
+        // A subnet's network or broadcast address no host has (IPAM gives
+        // neither): the record would lead nowhere.
+        if let (Ok(std::net::IpAddr::V4(v4)), None) = (ip.parse(), holder) {
+            let cidrs: Vec<String> = db::query_scalar("SELECT cidr FROM subnets").fetch_all(tx.c()).await?;
+            for net in cidrs.iter().filter_map(|c| c.parse::<ipnet::IpNet>().ok()) {
+                if crate::ipam::check_explicit(&net, v4.into()) == Err(crate::ipam::Unusable::Reserved) {
+                    return Err(Error::InvalidArgument(format!(
+                        "{v4} is the network or broadcast address of subnet {net}, which no host has: a DNS record \
+                         points at one host"
+                    )));
+                }
+            }
         }
         let claimant = match caller {
             Caller::Admin => None,
