@@ -23,6 +23,7 @@ pub mod challenge;
 pub mod config;
 mod deadline;
 pub mod error;
+mod health_watches;
 pub mod identity;
 pub mod ipam;
 pub mod metrics;

@@ -118,6 +118,10 @@ fn describe() {
         "Reads refused because their credential had 16 reads still being answered or sent (a client not reading)."
     );
     describe_counter!(
+        "weave_rpc_health_watches_refused_total",
+        "Health Watch streams refused because 64 were open on the coordinator (poll Check instead)."
+    );
+    describe_counter!(
         "weave_connections_refused_total",
         "Connections closed as they arrived: the coordinator held its limit of open connections."
     );
@@ -143,6 +147,7 @@ fn describe() {
         "weave_rpc_refused_after_failures_total",
         "weave_rpc_deadline_exceeded_total",
         "weave_rpc_unread_refused_total",
+        "weave_rpc_health_watches_refused_total",
         "weave_connections_refused_total",
         "weave_connections_evicted_total",
         "weave_connections_unauthenticated_closed_total",

@@ -144,7 +144,7 @@ where
                 .into_http::<ResBody>()
                 .map(Held::new));
             };
-            Ok(future.await?.map(|inner| Held { permit: Some(permit), ..Held::new(inner) }))
+            Ok(future.await?.map(|inner| Held::holding(inner, permit)))
         })
     }
 }
@@ -160,6 +160,11 @@ pub(crate) struct Held<B> {
 impl<B> Held<B> {
     fn new(inner: B) -> Self {
         Held { inner, pending: Bytes::new(), permit: None }
+    }
+
+    /// `inner`, holding `permit` until its last byte (or until it is dropped).
+    pub(crate) fn holding(inner: B, permit: OwnedSemaphorePermit) -> Self {
+        Held { permit: Some(permit), ..Held::new(inner) }
     }
 }
 
