@@ -169,7 +169,7 @@ impl Netlink {
             .add(rtnetlink::LinkVeth::new(host_if, peer).mtu(mtu).build())
             .execute()
             .await
-            .map_err(|e| nl(format!("create veth {host_if}"), e))?;
+            .map_err(|e| nl(format!("create veth pair {host_if} / {peer}"), e))?;
         let result = async {
             let peer_index = self.link_index(peer).await?.ok_or_else(|| Error::Netlink(format!("{peer} vanished")))?;
             let set = |msg| self.handle.link().set(msg).execute();
