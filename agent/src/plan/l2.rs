@@ -58,6 +58,16 @@ fn l2_group_destinations(segments: &[Segment]) -> Vec<String> {
 /// a segment turns the bridges' snooping on its terms; no weave bridge is a
 /// querier, so without one the bridges flood multicast, as before (found by
 /// a review, 2026-12-04).
+/// No IPv4 or IPv6 fragment in an L2 broadcast or multicast frame enters
+/// from a weave port: each reached every host of the segment, and the
+/// kernel of each (the host's own stack, or `br_netfilter` on the bridged
+/// path) and every workload held it for reassembly, up to 30 s, from one
+/// pool a namespace has (4 MB by default). A container's 2,000 first
+/// fragments, 2.7 MB sent once, filled that pool on every host of its
+/// segment and in every workload there, and large fragmented packets
+/// (other subnets' traffic, the tunnel's own on an underlay that splits
+/// them) were dropped on all of them for as long as it went on (found by a
+/// review, 2026-12-06). Whole multicast datagrams pass as before.
 /// IPv4 unicast never leaves for the VXLAN device: it crosses hosts routed,
 /// through the TUN, and every host drops it arriving over VXLAN (the
 /// prerouting rule above). Dropped before it goes, a container's IPv4 to
@@ -75,6 +85,8 @@ pub(super) fn bridge_table(segments: &[Segment]) -> String {
          iifname \"{VXLAN_PREFIX}*\" ether type arp drop\n    \
          iifname \"{VXLAN_PREFIX}*\" ether type ip ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop\n    \
          iifname \"{port}\" ether type ip ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 ip daddr != {{ {groups} }} drop\n    \
+         iifname \"{port}\" ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 ip frag-off & 0x3fff != 0 drop\n    \
+         iifname \"{port}\" ether type ip6 ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 exthdr frag exists drop\n    \
          iifname \"{port}\" icmpv6 type {{ nd-router-advert, nd-redirect }} drop\n    \
          iifname \"{port}\" icmpv6 type mld-listener-query drop\n    \
          iifname \"{port}\" igmp type membership-query drop\n    \
