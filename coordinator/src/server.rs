@@ -138,7 +138,21 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     // What --new-identity replaces: the pin recorded before this start made
     // a key (another start doing the same meanwhile wins, this one is refused).
     let replaced = store.recorded_pin().await?;
-    if !crate::identity::tls_exists(&settings.data_dir) && !settings.new_identity && store.cluster().await?.is_some() {
+    let (had_tls, had_cluster) = (crate::identity::tls_exists(&settings.data_dir), store.cluster().await?.is_some());
+    // Its mirror: an identity without a cluster (coordinator.db lost or
+    // emptied, a --store pointing elsewhere) made a new, empty cluster under
+    // the old pin, and every agent was told to join again with a token,
+    // into it, where addresses in use are given again (found by a review,
+    // 2026-12-06).
+    if had_tls && !had_cluster && !settings.new_identity {
+        anyhow::bail!(
+            "{} has a TLS identity (tls/) but the database ({}) holds no cluster: it was lost or emptied, or              --store names another one. Restore it from a backup (or point --store at the cluster's); to              make a new cluster here instead, move tls/ and admin.credential out of {} first",
+            settings.data_dir.display(),
+            settings.store,
+            settings.data_dir.display()
+        );
+    }
+    if !had_tls && !settings.new_identity && had_cluster {
         anyhow::bail!(
             "{} has no TLS identity (tls/coordinator.key) but the database holds a cluster, whose agents and \
              tokens pin the identity it was made with: restore tls/ (for one more coordinator of a shared \
@@ -153,7 +167,17 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     // served (two coordinators started at once on an empty database each
     // made one; found by a review, 2026-12-05).
     let pin = tls.pin.to_string();
-    let (mut cluster, first_start) = store.init_cluster_pinned(&settings.cluster, Some(&pin)).await?;
+    let (mut cluster, first_start) = match store.init_cluster_pinned(&settings.cluster, Some(&pin)).await {
+        Ok(made) => made,
+        Err(e) => {
+            if tls_created && !had_cluster {
+                // Made by this start for a cluster not made: not left to
+                // stand for a cluster the next start would not find.
+                let _ = std::fs::remove_dir_all(settings.data_dir.join("tls"));
+            }
+            return Err(e.into());
+        }
+    };
     let recorded =
         store.cluster_pin(&pin, replaced.as_deref().filter(|_| settings.new_identity && tls_created)).await?;
     if recorded != pin {

@@ -263,6 +263,44 @@ fn a_lost_tls_identity_is_not_replaced_without_being_asked() {
     }
 }
 
+/// Its mirror: a data dir whose database is gone or emptied, its `tls/`
+/// still there, is refused with one line saying how to go on. Before, a new
+/// empty cluster was made under the old pin, and every agent, told its
+/// credential was unknown, was told to join again with a token: into it,
+/// where addresses in use are given again (found by a review, 2026-12-06).
+/// Restored, the database is served again.
+#[test]
+fn a_lost_database_is_not_replaced_by_a_new_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut first = serve(&data);
+    credential(&data, &mut first);
+    stop(first);
+    // Set aside with its log (the coordinator was killed: the log holds it).
+    let db = data.join("coordinator.db");
+    let files =
+        ["", "-wal", "-shm"].map(|s| (data.join(format!("coordinator.db{s}")), dir.path().join(format!("kept{s}"))));
+    for (file, kept) in &files {
+        let _ = std::fs::rename(file, kept);
+    }
+    for how in ["deleted", "emptied"] {
+        if how == "emptied" {
+            std::fs::write(&db, b"").unwrap();
+        }
+        let stderr = refused(serve(&data), &format!("a coordinator serves a new cluster, its database {how}"));
+        assert!(stderr.contains("has a TLS identity (tls/) but the database"), "{how}: {stderr}");
+        assert!(stderr.contains("Restore it from a backup"), "{how}: {stderr}");
+    }
+    for (file, kept) in &files {
+        let _ = std::fs::remove_file(file);
+        let _ = std::fs::rename(kept, file);
+    }
+    let mut again = serve(&data);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(again.try_wait().unwrap().is_none(), "the restored database is not served");
+    stop(again);
+}
+
 /// One TLS identity per cluster, recorded in the database: a coordinator
 /// whose tls/ holds another key (another cluster's copied by mistake, or the
 /// one a coordinator made when it started at the same moment as another on
