@@ -145,6 +145,16 @@ async fn a_sqlite_cluster_moves_to_postgres_and_goes_on_without_rejoining() {
         sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
     }
 
+    // An idle one holds no SQLite lock, but its data dir's: refused too
+    // (what it wrote after the copy was lost; found by a review, 2026-12-06).
+    {
+        let mut lock = std::fs::OpenOptions::new();
+        let lock = lock.create(true).truncate(false).write(true).open(db.with_file_name("coordinator.lock")).unwrap();
+        let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+        refused(migrate(&sqlite, &target), "a coordinator serves it");
+        drop(held);
+    }
+
     let (code, out, err) = migrate(&sqlite, &target);
     assert_eq!(code, Some(0), "migrate failed: {err}");
     assert!(out.contains(&format!("at revision {}", before.revision)), "{out}");

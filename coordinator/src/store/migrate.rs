@@ -206,6 +206,10 @@ pub async fn migrate(from: &Location, to: &Location) -> Result<Copied> {
     if !path.is_file() {
         return Err(Error::InvalidArgument(format!("--from {from}: no such file")));
     }
+    // An idle coordinator holds no SQLite lock, but its data dir's (the
+    // default store is in it): what it wrote after the copy was lost (found
+    // by a review, 2026-12-06). Held through the copy: none starts meanwhile.
+    let _serving = serving_lock(from, path)?;
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(false)
@@ -220,6 +224,21 @@ pub async fn migrate(from: &Location, to: &Location) -> Result<Copied> {
     let result = copy(&source, from, to).await;
     source.close().await;
     result
+}
+
+/// `coordinator.lock` beside the file at `path`, if there is one, taken
+/// (a coordinator serving that data dir holds it); refused if taken.
+fn serving_lock(from: &Location, path: &std::path::Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    let lock = path.with_file_name("coordinator.lock");
+    let Ok(file) = std::fs::File::open(&lock) else { return Ok(None) };
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(held) => Ok(Some(held)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(Error::FailedPrecondition(format!(
+            "--from {from}: a coordinator serves it (it holds {}); is its coordinator still running? stop it first",
+            lock.display()
+        ))),
+        Err((_, e)) => Err(Error::FailedPrecondition(format!("--from {from}: {}: {e}", lock.display()))),
+    }
 }
 
 async fn copy(source: &Pool, from: &Location, to: &Location) -> Result<Copied> {
