@@ -223,6 +223,13 @@ fn postgres_stopped_for_10s_under_load_gives_unavailable_and_everything_recovers
     });
     eprintln!("first allocation acknowledged {:?} after postgres was back", recovered.saturating_duration_since(back));
     assert!(recovered < back + RECOVERY, "writes failed for {:?} after postgres was back", recovered - back);
+    // The coordinator said, at its default level, that it could not follow
+    // the database's changes, and that it does again (it was DEBUG alone).
+    let said = |what: &str| std::fs::read_to_string(bed.dir.path().join("coordinator.log")).unwrap().contains(what);
+    assert!(said("cannot read other coordinators' changes from the database"), "no warning of the outage");
+    wait_for("the coordinator to say it follows again", Duration::from_secs(10), || {
+        said("reading other coordinators' changes again").then_some(())
+    });
 
     // Right then: a join, attaches, a change every watch sees.
     let t = Instant::now();

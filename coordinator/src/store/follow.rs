@@ -122,13 +122,30 @@ impl Store {
         let listener = tokio::spawn(listen(pool, wake.clone()));
         let store = self.clone();
         tokio::spawn(async move {
+            // The first failure of a run said at WARN, and the end of it:
+            // said at DEBUG alone, an outage left this coordinator's watchers
+            // behind the others' changes without a word at the default level
+            // (found by a review, 2026-12-06).
+            let mut failing: Option<std::time::Instant> = None;
             while Arc::strong_count(&store.alive) > 1 {
                 tokio::select! {
                     _ = wake.notified() => {}
                     _ = tokio::time::sleep(POLL) => {}
                 }
-                if let Err(e) = store.catch_up().await {
-                    tracing::debug!(error = %e, "catching up with the event log failed");
+                match (store.catch_up().await, failing) {
+                    (Err(e), None) => {
+                        tracing::warn!(
+                            error = %e,
+                            "cannot read other coordinators' changes from the database; retrying every second"
+                        );
+                        failing = Some(std::time::Instant::now());
+                    }
+                    (Err(e), Some(_)) => tracing::debug!(error = %e, "catching up with the event log failed"),
+                    (Ok(()), Some(since)) => {
+                        tracing::info!(after = ?since.elapsed(), "reading other coordinators' changes again");
+                        failing = None;
+                    }
+                    (Ok(()), None) => {}
                 }
             }
             listener.abort();
