@@ -158,7 +158,8 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
              tokens pin the identity it was made with: restore tls/ (for one more coordinator of a shared \
              database: copy the first one's tls/ and admin.credential), or start with --new-identity to make a \
              new one for the cluster (every agent must then join again, with a new token; with several \
-             coordinators, on one of them, then copy its tls/ and admin.credential to the others)",
+             coordinators: stop them all, start one with it, then copy its tls/ and admin.credential to the \
+             others and start them)",
             settings.data_dir.display()
         );
     }
