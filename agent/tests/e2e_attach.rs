@@ -531,6 +531,32 @@ fn a_named_containers_nameless_reattach_leaves_nothing_after_its_detach() {
     assert!(!answers(&c), "detached, and served DNS again after a restart");
 }
 
+/// The README's way back once `containers.json` is lost: a detach by the
+/// namespace's path releases what the forgotten name held (its address and
+/// DNS record). It removed the interface and released nothing: both stayed
+/// held for good (found by a review, 2026-12-06).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_detach_by_path_releases_what_a_forgotten_name_held() {
+    let mut bed = Bed::with_hosts(1);
+    let c = bed.add_container("n4");
+    let path = format!("/run/netns/{c}");
+    let ip = attach_line(&bed, 0, &["--name", "n4", &path]);
+    let listed = |bed: &Bed, what: &str| String::from_utf8_lossy(&bed.weavectl_admin(&[what, "ls"]).stdout).to_string();
+    assert!(listed(&bed, "dns").contains("n4.weave.local"), "{}", listed(&bed, "dns"));
+    bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
+    std::fs::remove_file(bed.hosts[0].data_dir.join("containers.json")).unwrap();
+    bed.start_agent(0, false);
+    bed.wait_status(0);
+    let out = bed.weavectl(0, &["detach", &path]);
+    assert!(out.status.success(), "detach {path}: {}", stderr(&out));
+    assert!(interfaces(&c).is_empty(), "{:?}", interfaces(&c));
+    wait_for("the forgotten name's address and record to go", Duration::from_secs(10), || {
+        (!listed(&bed, "ipam").contains(&format!("{ip}/")) && !listed(&bed, "dns").contains("n4.weave.local"))
+            .then_some(())
+    });
+}
+
 /// A container attached by its pid with a name is the same container by
 /// its `/proc/<pid>/ns/net` path: the pid was recorded bare, and a detach
 /// by the path cut the container off while its address and name stayed

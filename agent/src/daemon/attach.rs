@@ -421,7 +421,8 @@ impl Attacher {
         };
         let inside = Netlink::in_netns(&c.netns).await.map_err(failed)?;
         let before = inside.workload_interfaces(ifname).await.map_err(failed)?;
-        let held = self.held(&c.key);
+        let key = self.detach_key(&c, &before, id).await;
+        let held = self.held(&key);
         let subnets: Vec<String> = if addrs.is_empty() {
             let map = self.maps.borrow();
             let mut all: Vec<String> =
@@ -454,8 +455,8 @@ impl Attacher {
             }
             wanted.into_iter().map(|(_, s)| s.cidr).collect()
         };
-        let whole = addrs.is_empty() || self.holds_only(&c.key, &subnets);
-        let released = self.release_then_unplug(&c.key, c.inode, &inside, &before, &held, &subnets).await?;
+        let whole = addrs.is_empty() || self.holds_only(&key, &subnets);
+        let released = self.release_then_unplug(&key, c.inode, &inside, &before, &held, &subnets).await?;
         // Detaching all: also `ethwe*` interfaces on subnets the map no longer
         // has (`subnet rm --force` leaves them; IPAM freed their addresses
         // then, so none is reported released here). Only weave's own names

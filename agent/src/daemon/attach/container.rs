@@ -197,6 +197,33 @@ impl Attacher {
 }
 
 impl Attacher {
+    /// The IPAM key a detach releases for container `c`: its own, unless
+    /// that holds nothing here (and no CNI `id` names it) and the agent
+    /// forgot the container (its registry lost or set aside). Then the key
+    /// that holds, on this node, an address on one of its interfaces which
+    /// the agent pinned to this namespace's own port (`host_ifname` of its
+    /// inode): a detach by path, the README's way back, released nothing,
+    /// its address and DNS name held for good (found by a review, 2026-12-06).
+    pub(super) async fn detach_key(
+        &self,
+        c: &Container,
+        before: &[crate::host::netlink::WorkloadInterface],
+        id: Option<&str>,
+    ) -> String {
+        if id.is_some() || !self.held(&c.key).is_empty() {
+            return c.key.clone();
+        }
+        let Ok(pinned) = self.netlink.pinned_ports().await else { return c.key.clone() };
+        let map = self.maps.borrow();
+        let ports: Vec<String> = map.subnets.iter().map(|s| crate::plan::kernel::host_ifname(c.inode, s.vni)).collect();
+        let ours = |ip: &std::net::Ipv4Addr| pinned.iter().any(|(port, pin, _)| pin == ip && ports.contains(port));
+        let on_it: Vec<_> = before.iter().flat_map(|i| i.addresses.iter().map(|(ip, _)| *ip)).filter(ours).collect();
+        let address = |a: &&weave_proto::v1::Allocation| crate::plan::netmap::allocation_address(&a.address);
+        let mut here = map.allocations.iter().filter(|a| a.node_id == self.node_id);
+        here.find(|a| address(a).is_some_and(|ip| on_it.contains(&ip)))
+            .map_or_else(|| c.key.clone(), |a| a.container.clone())
+    }
+
     /// The key that holds `address` on this host, if it is one of container
     /// `c`'s: its `netns:<inode>`, a name or a CNI record given to its
     /// namespace. Not another's: a container may put a neighbour's address
