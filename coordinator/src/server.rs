@@ -240,9 +240,22 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
 
     // The admin credential: keep its secret across restarts; refresh address and pin.
     let admin_path = admin_credential_path(&settings.data_dir);
-    let secret = match std::fs::read_to_string(&admin_path).ok().and_then(|s| AdminCredential::parse(&s).ok()) {
-        Some(existing) => existing.secret,
-        None => new_secret(),
+    // A file that is there but cannot be read or parsed is refused before
+    // anything changes: it was rotated away in the database (a directory in
+    // its place failed the start only after that), or silently replaced
+    // (found by a review, 2026-12-06). Only a missing file makes a new one.
+    let unusable = |why: String| {
+        anyhow::anyhow!(
+            "{}: {why}: restore it (from a backup, or another coordinator of this cluster), or delete it to make              a new admin credential (the old one then stops working)",
+            admin_path.display()
+        )
+    };
+    let secret = match std::fs::read_to_string(&admin_path) {
+        Ok(text) => {
+            AdminCredential::parse(&text).map_err(|e| unusable(format!("not an admin credential ({e})")))?.secret
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => new_secret(),
+        Err(e) => return Err(unusable(e.to_string())),
     };
     // The file's credential is the only valid one: deleting the file and
     // restarting is an offline rotation (`weavectl admin rotate` is the online

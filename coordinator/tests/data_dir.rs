@@ -301,6 +301,46 @@ fn a_lost_database_is_not_replaced_by_a_new_cluster() {
     stop(again);
 }
 
+/// An `admin.credential` that is there but cannot be read (a directory in
+/// its place) or parsed (garbage) is refused with one line, and nothing
+/// changes: the first was rotated away in the database before the start
+/// failed, the second replaced without a word (found by a review,
+/// 2026-12-06). Put back, the same credential is served; only a missing
+/// file makes a new one.
+#[test]
+fn an_unusable_admin_credential_is_refused_and_not_rotated() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut first = serve(&data);
+    let original = credential(&data, &mut first);
+    stop(first);
+    let file = data.join("admin.credential");
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let stderr = refused(serve(&data), "a coordinator serves with a directory for its admin credential");
+    assert!(stderr.contains("admin.credential") && stderr.contains("restore it"), "{stderr}");
+    std::fs::remove_dir(&file).unwrap();
+    std::fs::write(&file, "garbage\n").unwrap();
+    let stderr = refused(serve(&data), "a coordinator serves with garbage for its admin credential");
+    assert!(stderr.contains("not an admin credential") && stderr.contains("delete it"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "garbage\n", "the file was replaced");
+    std::fs::write(&file, &original).unwrap();
+    let mut again = serve(&data);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(again.try_wait().unwrap().is_none(), "the original credential's coordinator stopped");
+    stop(again);
+    // Still the valid one: no warning that it was rotated away at the next start.
+    let mut last = command(&data, "127.0.0.1:0", &[]).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = last.kill();
+    let out = last.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("rotated away"), "{stderr}");
+    // The same secret (the address in the file is this start's).
+    let secret = |c: &str| c.trim().rsplit('.').next().unwrap().to_string();
+    assert_eq!(secret(&std::fs::read_to_string(&file).unwrap()), secret(&original));
+}
+
 /// One TLS identity per cluster, recorded in the database: a coordinator
 /// whose tls/ holds another key (another cluster's copied by mistake, or the
 /// one a coordinator made when it started at the same moment as another on
