@@ -296,11 +296,12 @@ fn a_forged_packet_too_big_from_an_ipv6_underlay_does_not_shrink_the_tunnel() {
 
 /// An agent whose saved map has no segment MTU (saved from a coordinator
 /// that had none yet: a cluster created before there was one, given one
-/// later with `--mtu`) asks for a whole snapshot when it watches, since a
-/// resumed watch sends only changes and the MTU is in none; it says that it
-/// runs with another MTU, and takes the cluster's at its next start. Before,
-/// it resumed from its revision and never learned it (found by a review,
-/// 2026-12-04).
+/// later with `--mtu`) asks the coordinator for it as it starts, and runs
+/// with it at once (until 2026-12-06 it derived one from its underlay, said
+/// so, and took the cluster's only at its next start); and it asks for a
+/// whole snapshot when it watches, since a resumed watch sends only changes
+/// and the MTU is in none, so the saved map has it. Before, it resumed from
+/// its revision and never learned it (found by a review, 2026-12-04).
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn an_agent_whose_saved_map_has_no_mtu_learns_the_clusters() {
@@ -323,14 +324,18 @@ fn an_agent_whose_saved_map_has_no_mtu_learns_the_clusters() {
     map.segment_mtu = 0;
     std::fs::write(&path, map.encode_to_vec()).unwrap();
     bed.start_agent(h, false);
-    wait_for("the agent to say it runs with another MTU", Duration::from_secs(15), || {
-        bed.log(h).contains("the cluster's segment MTU is not the one this agent runs with").then_some(())
+    bed.wait_status(h);
+    wait_for("the cluster's MTU on the bridge at once", Duration::from_secs(15), || {
+        (bridge_mtu(&bed) == (1370, "1370".to_string())).then_some(())
     });
     wait_for("the saved map to have the cluster's MTU", Duration::from_secs(15), || {
         let saved = weave_proto::v1::NetworkMap::decode(std::fs::read(&path).ok()?.as_slice()).ok()?;
         (saved.segment_mtu == 1370).then_some(())
     });
+    assert!(!bed.log(h).contains("the cluster's segment MTU is not the one this agent runs with"), "{}", bed.log(h));
+    // Without the coordinator, from the saved map, after a restart.
     bed.signal_agent(h, nix::sys::signal::Signal::SIGTERM);
+    bed.kill_coordinator();
     bed.start_agent(h, false);
     bed.wait_status(h);
     // The status answers from the saved map; the reconcile's first pass,

@@ -119,6 +119,19 @@ fn endpoint_env_ignored(env: &str, port: u16, current: &[String]) -> Option<Stri
     })
 }
 
+/// The cluster's segment MTU, asked of the coordinator (5 s at most) when
+/// no saved map gives it (lost, or set aside): one derived from this host's
+/// underlay built bridges and workloads of 8,870 bytes on a 9,000-byte
+/// underlay in a cluster of 1,370, until a second restart (found by a
+/// review, 2026-12-06). None if the coordinator does not answer.
+async fn cluster_segment_mtu(identity: &Identity) -> Option<u32> {
+    let channel = connect_lazy(&identity.coordinator, identity.pin().ok()?).ok()?;
+    let mut api = Api::new(channel, &identity.credential).ok()?;
+    let asked = api.map.get_map(weave_proto::v1::GetMapRequest {});
+    let map = tokio::time::timeout(Duration::from_secs(5), asked).await.ok()?.ok()?.into_inner();
+    Some(map.segment_mtu).filter(|m| *m != 0)
+}
+
 async fn serve(
     dir: StateDir,
     key: NodeKey,
@@ -128,9 +141,15 @@ async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let netlink = Netlink::connect()?;
+    // The saved map stays as it is: without an MTU, its watch asks for a
+    // whole snapshot, which saves the cluster's.
+    let cluster_mtu = match map.segment_mtu {
+        0 => cluster_segment_mtu(&identity).await.unwrap_or(0),
+        saved => saved,
+    };
     let underlay = netlink.mtu_of_address(identity.endpoint.ip()).await?.unwrap_or(1500);
-    let (tun_mtu, segment_mtu) = mtus(underlay, map.segment_mtu);
-    if let Some(warning) = mtu_warning(underlay, map.segment_mtu) {
+    let (tun_mtu, segment_mtu) = mtus(underlay, cluster_mtu);
+    if let Some(warning) = mtu_warning(underlay, cluster_mtu) {
         tracing::warn!(underlay, segment_mtu, "{warning}");
     }
     // Both families (IPv4 only on a kernel without IPv6).
