@@ -48,7 +48,7 @@ async fn join_locked(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
     }
     let secret = super::config::read_token(args);
     if secret.is_ok()
-        && let Some(why) = dir.set_aside_unreadable_identity()
+        && let Some(why) = dir.set_aside_unreadable_identity()?
     {
         tracing::warn!(error = why, "this host's saved identity is unreadable: joining again with its saved key");
     }

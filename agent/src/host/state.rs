@@ -196,11 +196,19 @@ impl StateDir {
         let map = match fs::read(self.dir.join(MAP)) {
             Ok(bytes) => NetworkMap::decode(bytes.as_slice()).unwrap_or_else(|e| {
                 let aside = self.dir.join(format!("{MAP}.unreadable"));
-                let _ = fs::rename(self.dir.join(MAP), &aside);
-                tracing::error!(
-                    error = %e, kept = %aside.display(),
-                    "the saved network map is unreadable: starting without it (the coordinator sends it whole)"
-                );
+                // Said as it happened: a rename that failed (an immutable
+                // file) was reported as done (found by a review, 2026-12-06).
+                match fs::rename(self.dir.join(MAP), &aside) {
+                    Ok(()) => tracing::error!(
+                        error = %e, kept = %aside.display(),
+                        "the saved network map is unreadable: starting without it (the coordinator sends it whole)"
+                    ),
+                    Err(r) => tracing::error!(
+                        error = %e, set_aside = %r,
+                        "the saved network map is unreadable, and cannot be set aside: starting without it (the \
+                         coordinator sends it whole; it replaces the file if it can)"
+                    ),
+                }
                 NetworkMap::default()
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => NetworkMap::default(),
@@ -222,12 +230,22 @@ impl StateDir {
 
     /// Sets a saved identity that cannot be read aside (`agent join` with a
     /// token then joins again with the saved key); the reason, if it did.
-    pub fn set_aside_unreadable_identity(&self) -> Option<String> {
-        let bytes = fs::read(self.dir.join(IDENTITY)).ok()?;
-        let e = serde_json::from_slice::<Identity>(&bytes).err()?;
+    /// One that cannot be set aside is an error naming why: it was dropped,
+    /// and the join then told to run the same join again (found by a
+    /// review, 2026-12-06).
+    pub fn set_aside_unreadable_identity(&self) -> Result<Option<String>, Error> {
+        let Ok(bytes) = fs::read(self.dir.join(IDENTITY)) else { return Ok(None) };
+        let Err(e) = serde_json::from_slice::<Identity>(&bytes) else { return Ok(None) };
         let aside = self.dir.join(format!("{IDENTITY}.unreadable"));
-        fs::rename(self.dir.join(IDENTITY), &aside).ok()?;
-        Some(format!("{e} (kept as {})", aside.display()))
+        fs::rename(self.dir.join(IDENTITY), &aside).map_err(|r| {
+            Error::State(format!(
+                "{}/{IDENTITY} is unreadable ({e}) and cannot be set aside as {} ({r}): make the data dir \
+                 writable, or move the file away yourself, and join again",
+                self.dir.display(),
+                aside.display()
+            ))
+        })?;
+        Ok(Some(format!("{e} (kept as {})", aside.display())))
     }
 
     /// Takes the directory for this process (made if missing), by a `flock`
@@ -279,11 +297,17 @@ impl StateDir {
             registry::LEGACY_FILES[0],
             registry::LEGACY_FILES[1],
         ];
-        for name in [KEY, IDENTITY, MAP, REMOVED].into_iter().chain(registry) {
-            match fs::remove_file(self.dir.join(name)) {
+        // And what set-aside and interrupted writes leave: `agent reset`
+        // left them, and the directory with them (found by a review, 2026-12-06).
+        let aside = [MAP, IDENTITY].map(|n| format!("{n}.unreadable"));
+        let partial = [KEY, IDENTITY, MAP].map(|n| format!(".{n}.tmp"));
+        let all =
+            [KEY, IDENTITY, MAP, REMOVED].into_iter().chain(registry).map(str::to_string).chain(aside).chain(partial);
+        for name in all {
+            match fs::remove_file(self.dir.join(&name)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(self.io(name, e)),
+                Err(e) => return Err(self.io(&name, e)),
             }
         }
         let _ = fs::remove_dir(&self.dir);
@@ -387,5 +411,29 @@ mod tests {
         dir.save_join(&key, &identity(), &NetworkMap::default()).unwrap();
         assert_eq!(dir.forgotten(), None);
         assert!(dir.is_joined());
+    }
+
+    /// An unreadable identity that cannot be set aside is an error naming
+    /// why (the join said to run itself again); `agent reset` removes what
+    /// set-aside files and interrupted writes leave, and the directory
+    /// (found by a review, 2026-12-06).
+    #[test]
+    fn set_aside_and_partial_files_are_said_and_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("agent"));
+        dir.save_join(&NodeKey::generate(), &identity(), &NetworkMap::default()).unwrap();
+        fs::write(dir.path().join(IDENTITY), "garbage").unwrap();
+        let blocker = dir.path().join(format!("{IDENTITY}.unreadable"));
+        fs::create_dir_all(blocker.join("in-the-way")).unwrap();
+        let e = dir.set_aside_unreadable_identity().unwrap_err().to_string();
+        assert!(e.contains("cannot be set aside") && e.contains("join again"), "{e}");
+        fs::remove_dir_all(&blocker).unwrap();
+        let why = dir.set_aside_unreadable_identity().unwrap().expect("set aside");
+        assert!(why.contains("kept as") && blocker.is_file(), "{why}");
+        for leftover in [format!("{MAP}.unreadable"), format!(".{MAP}.tmp"), format!(".{IDENTITY}.tmp")] {
+            fs::write(dir.path().join(leftover), "x").unwrap();
+        }
+        dir.remove().unwrap();
+        assert!(!dir.path().exists(), "{:?}", fs::read_dir(dir.path()).map(|d| d.count()));
     }
 }
