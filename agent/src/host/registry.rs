@@ -74,6 +74,9 @@ pub struct CniRecord {
 pub struct Registry {
     file: PathBuf,
     saved: Mutex<Saved>,
+    /// The last write failed (a full or read-only disk): the sweep writes
+    /// again until one succeeds ([`Registry::save_if_unsaved`]).
+    unsaved: std::sync::atomic::AtomicBool,
 }
 
 impl Registry {
@@ -88,7 +91,7 @@ impl Registry {
         };
         match found {
             Some(b) => match b.and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
-                Ok(saved) => Self { saved: Mutex::new(saved), file },
+                Ok(saved) => Self { saved: Mutex::new(saved), file, unsaved: Default::default() },
                 // Said, and kept aside: it went unnoticed, and the names in
                 // it (detach by name, each container's DNS) with it (found
                 // by a review, 2026-12-04).
@@ -99,7 +102,7 @@ impl Registry {
                         path = %file.display(), kept = %aside.display(), error = %e,
                         "the container names are unreadable: starting without them (detach by namespace path)"
                     );
-                    Self { saved: Mutex::new(Saved::default()), file }
+                    Self { saved: Mutex::new(Saved::default()), file, unsaved: Default::default() }
                 }
             },
             None => {
@@ -107,7 +110,7 @@ impl Registry {
                     read(&dir.join(LEGACY_FILES[0])).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
                 saved.dns =
                     read(&dir.join(LEGACY_FILES[1])).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-                let registry = Self { file, saved: Mutex::new(saved) };
+                let registry = Self { file, saved: Mutex::new(saved), unsaved: Default::default() };
                 if LEGACY_FILES.iter().any(|f| dir.join(f).exists()) {
                     registry.write(&registry.saved());
                     for f in LEGACY_FILES {
@@ -409,9 +412,32 @@ impl Registry {
         let written = serde_json::to_vec(saved)
             .map_err(std::io::Error::other)
             .and_then(|b| super::state::replace_durably(&tmp, &self.file, &b));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            tracing::error!(path = %self.file.display(), error = %e, "cannot save the container names");
+        let was_unsaved = self.unsaved.swap(written.is_err(), std::sync::atomic::Ordering::Relaxed);
+        match written {
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                if !was_unsaved {
+                    tracing::error!(
+                        path = %self.file.display(), error = %e,
+                        "cannot save the container names (tried again every 5 s): an agent restarted meanwhile \
+                         forgets what changed since"
+                    );
+                }
+            }
+            Ok(()) if was_unsaved => tracing::info!(path = %self.file.display(), "saved the container names again"),
+            Ok(()) => {}
+        }
+    }
+
+    /// Writes the file again if the last write failed: once the disk has
+    /// room again, what changed meanwhile is saved. It was not, until some
+    /// later change happened to write it, and a restart brought back a
+    /// detached container's DNS and forgot an attached one's name (found by
+    /// a review, 2026-12-06).
+    pub fn save_if_unsaved(&self) {
+        if self.unsaved.load(std::sync::atomic::Ordering::Relaxed) {
+            let saved = self.saved();
+            self.write(&saved);
         }
     }
 }

@@ -42,6 +42,7 @@ impl Attacher {
         let mut orphans = BTreeSet::new();
         loop {
             every.tick().await;
+            self.names.save_if_unsaved();
             for key in self.retire_dead().await {
                 gone(&key);
             }

@@ -106,3 +106,24 @@ fn the_two_legacy_files_are_taken_over_and_removed() {
     assert!(LEGACY_FILES.iter().all(|f| !dir.path().join(f).exists()));
     assert_eq!(Registry::load(dir.path()).get("web"), Some((PathBuf::from("/run/netns/a"), 7)));
 }
+
+/// A write that failed (a full disk: here a directory where the file's
+/// temporary copy goes) is tried again by the sweep until it succeeds: what
+/// changed meanwhile was not saved until another change wrote the file
+/// (found by a review, 2026-12-06).
+#[test]
+fn a_failed_save_is_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = Registry::load(dir.path());
+    let blocker = dir.path().join("containers.tmp").join("in-the-way");
+    std::fs::create_dir_all(&blocker).unwrap();
+    names.remember("web", dir.path().join("a"), 7, None, false);
+    assert!(!dir.path().join(FILE).exists(), "saved through the blocker?");
+    names.save_if_unsaved();
+    assert!(!dir.path().join(FILE).exists());
+    std::fs::remove_dir_all(blocker.parent().unwrap()).unwrap();
+    names.save_if_unsaved();
+    let saved = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+    assert!(saved.contains("\"web\""), "{saved}");
+    assert_eq!(Registry::load(dir.path()).get("web").map(|(_, ino)| ino), Some(7));
+}
