@@ -116,10 +116,11 @@ impl StateDir {
                     .decode(text.trim())
                     .ok()
                     .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| Error::State(format!("{KEY} is not a base64 X25519 key")))?;
+                    .ok_or_else(|| lost_key("is not a base64 X25519 key"))?;
                 Ok(Some(NodeKey(StaticSecret::from(key))))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(lost_key(&e.to_string())),
             Err(e) => Err(self.io(KEY, e)),
         }
     }
@@ -180,7 +181,7 @@ impl StateDir {
     }
 
     pub fn load(&self) -> Result<(NodeKey, Identity, NetworkMap), Error> {
-        let key = self.load_key()?.ok_or_else(|| Error::State(format!("{KEY} is missing")))?;
+        let key = self.load_key()?.ok_or_else(|| lost_key("is missing"))?;
         let identity = fs::read(self.dir.join(IDENTITY)).map_err(|e| self.io(IDENTITY, e))?;
         let identity: Identity = serde_json::from_slice(&identity).map_err(|e| {
             Error::State(format!(
@@ -337,6 +338,16 @@ pub fn replace_durably(tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result
     }
 }
 
+/// The saved key is lost (`why`), and with it this host's node: the way
+/// on, said (it stopped with the reason alone; found by a review, 2026-12-06).
+fn lost_key(why: &str) -> Error {
+    Error::State(format!(
+        "{KEY} {why}: this host's WireGuard key, which its node is known by, is lost. Restore it from a \
+         backup of the data dir; failing that, run `agent reset` here (it takes this host's containers off \
+         weave), `weavectl node rm <this node>` as the admin, then `agent join` with a new token (a new node)"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -429,6 +440,12 @@ mod tests {
         assert!(e.contains("cannot be set aside") && e.contains("join again"), "{e}");
         fs::remove_dir_all(&blocker).unwrap();
         let why = dir.set_aside_unreadable_identity().unwrap().expect("set aside");
+        // A damaged or lost key says the way on.
+        for damaged in [&b"not a key"[..], &[0xff, 0xfe][..]] {
+            fs::write(dir.path().join(KEY), damaged).unwrap();
+            let e = dir.load_key().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("is lost") && e.contains("weavectl node rm"), "{e}");
+        }
         assert!(why.contains("kept as") && blocker.is_file(), "{why}");
         for leftover in [format!("{MAP}.unreadable"), format!(".{MAP}.tmp"), format!(".{IDENTITY}.tmp")] {
             fs::write(dir.path().join(leftover), "x").unwrap();
