@@ -124,8 +124,25 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         }
         None => None,
     };
+    // A damaged SQLite file says what to do (it gave SQLite's words alone;
+    // found by a review, 2026-12-06).
     let store = Store::connect(&settings.store)
-        .await?
+        .await
+        .map_err(|e| {
+            let said = e.to_string();
+            match &settings.store {
+                crate::store::Location::Sqlite(path)
+                    if said.contains("malformed") || said.contains("not a database") =>
+                {
+                    anyhow::anyhow!(
+                        "{}: {said}: the file is damaged; restore it from a backup (with its -wal file if the \
+                         backup has one)",
+                        path.display()
+                    )
+                }
+                _ => e.into(),
+            }
+        })?
         .with_node_quota(settings.node_quota)
         .with_node_subnet_quota(settings.node_subnet_quota)
         .with_node_dns_quota(settings.node_dns_quota)

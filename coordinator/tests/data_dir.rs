@@ -291,6 +291,10 @@ fn a_lost_database_is_not_replaced_by_a_new_cluster() {
         assert!(stderr.contains("has a TLS identity (tls/) but the database"), "{how}: {stderr}");
         assert!(stderr.contains("Restore it from a backup"), "{how}: {stderr}");
     }
+    // A damaged one says so, and what to do.
+    std::fs::write(&db, vec![0x5a; 8192]).unwrap();
+    let stderr = refused(serve(&data), "a coordinator serves a damaged database");
+    assert!(stderr.contains("the file is damaged; restore it from a backup"), "{stderr}");
     for (file, kept) in &files {
         let _ = std::fs::remove_file(file);
         let _ = std::fs::rename(kept, file);
