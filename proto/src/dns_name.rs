@@ -62,17 +62,6 @@ pub fn scope_subnet(label: &str) -> Option<ipnet::Ipv4Net> {
     (net.trunc() == net && scope_label(&net.to_string()) == label).then_some(net)
 }
 
-/// The name a scoped one stands in for, to its subnet's containers
-/// (`db.10-2-3-0-24.weave.local.` -> `db.weave.local.`); None for a name
-/// not under a scope label (`fqdn` and `domain` as [`qualify`] gives them).
-pub fn unscoped(fqdn: &str, domain: &str) -> Option<String> {
-    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    let relative = fqdn.trim_end_matches('.').to_ascii_lowercase();
-    let relative = relative.strip_suffix(&format!(".{domain}"))?;
-    let (name, scope) = relative.rsplit_once('.')?;
-    scope_subnet(scope).map(|_| format!("{name}.{domain}."))
-}
-
 /// Refused: a name whose last label under `domain` is a subnet's scope
 /// label, for an address outside that subnet. Such a record would answer a
 /// Docker network's containers first in place of a name another holds.
@@ -110,12 +99,6 @@ mod tests {
         // Not a scope: any address.
         assert!(check_scope("10-2-3-0-24.weave.local.", "weave.local.", ip("10.40.0.66")).is_ok());
         assert!(check_scope("db.web.weave.local.", "weave.local.", ip("10.40.0.66")).is_ok());
-        // What a scoped name stands in for.
-        assert_eq!(unscoped("db.10-2-3-0-24.weave.local.", "weave.local."), Some("db.weave.local.".into()));
-        assert_eq!(unscoped("a.b.10-2-3-0-24.weave.local.", "weave.local."), Some("a.b.weave.local.".into()));
-        for not in ["10-2-3-0-24.weave.local.", "db.web.weave.local.", "db.10-2-3-0-24.other."] {
-            assert_eq!(unscoped(not, "weave.local."), None, "{not}");
-        }
     }
     use super::*;
 

@@ -130,17 +130,6 @@ pub(super) async fn insert_if_absent(
     }
     if let Some(Claimant { node, .. }) = claimant {
         claimable(tx, &fqdn, node).await?;
-        // A Docker network's alias (`db.<scope>`) answers that network's
-        // containers ahead of the name `db`: not in place of another
-        // node's (found by a review, 2026-12-06).
-        if let Some(unscoped) = weave_proto::dns_name::unscoped(&fqdn, &domain) {
-            claimable(tx, &unscoped, node).await.map_err(|e| match e {
-                Error::AlreadyExists(why) => Error::AlreadyExists(format!(
-                    "{fqdn} would answer its subnet's containers in place of {unscoped}: {why}"
-                )),
-                e => e,
-            })?;
-        }
     }
     let existing: Option<i64> = db::query_scalar("SELECT id FROM dns_records WHERE name = $1 AND address = $2")
         .bind(&fqdn)
