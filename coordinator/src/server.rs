@@ -148,6 +148,27 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .with_node_dns_quota(settings.node_dns_quota)
         .with_dns_hold(settings.dns_name_hold.map(|d| d.as_secs()))
         .with_address_hold(settings.address_hold.map(|d| d.as_secs()));
+    // The admin credential's file, read before anything is made (a first
+    // start it refuses leaves no cluster behind).
+    let admin_path = admin_credential_path(&settings.data_dir);
+    // A file that is there but cannot be read or parsed is refused before
+    // anything changes: it was rotated away in the database (a directory in
+    // its place failed the start only after that), or silently replaced
+    // (found by a review, 2026-12-06). Only a missing file makes a new one.
+    let unusable = |why: String| {
+        anyhow::anyhow!(
+            "{}: {why}: restore it (from a backup, or another coordinator of this cluster), or delete it to \
+             make a new admin credential (the old one then stops working)",
+            admin_path.display()
+        )
+    };
+    let existing_secret = match std::fs::read_to_string(&admin_path) {
+        Ok(text) => {
+            Some(AdminCredential::parse(&text).map_err(|e| unusable(format!("not an admin credential ({e})")))?.secret)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(unusable(e.to_string())),
+    };
     // Every token and credential pins the key that made the cluster: a new
     // one made because tls/ went missing (a lost file, a second coordinator
     // of a shared database not given the first one's) locked every agent
@@ -163,7 +184,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     // 2026-12-06).
     if had_tls && !had_cluster && !settings.new_identity {
         anyhow::bail!(
-            "{} has a TLS identity (tls/) but the database ({}) holds no cluster: it was lost or emptied, or              --store names another one. Restore it from a backup (or point --store at the cluster's); to              make a new cluster here instead, move tls/ and admin.credential out of {} first",
+            "{} has a TLS identity (tls/) but the database ({}) holds no cluster: it was lost or emptied, or --store names another one. Restore it from a backup (or point --store at the cluster's); to make a new cluster here instead, move tls/ and admin.credential out of {} first",
             settings.data_dir.display(),
             settings.store,
             settings.data_dir.display()
@@ -256,24 +277,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     let advertise = settings.advertise.clone().unwrap_or_else(|| advertise_for(local_addr));
 
     // The admin credential: keep its secret across restarts; refresh address and pin.
-    let admin_path = admin_credential_path(&settings.data_dir);
-    // A file that is there but cannot be read or parsed is refused before
-    // anything changes: it was rotated away in the database (a directory in
-    // its place failed the start only after that), or silently replaced
-    // (found by a review, 2026-12-06). Only a missing file makes a new one.
-    let unusable = |why: String| {
-        anyhow::anyhow!(
-            "{}: {why}: restore it (from a backup, or another coordinator of this cluster), or delete it to make              a new admin credential (the old one then stops working)",
-            admin_path.display()
-        )
-    };
-    let secret = match std::fs::read_to_string(&admin_path) {
-        Ok(text) => {
-            AdminCredential::parse(&text).map_err(|e| unusable(format!("not an admin credential ({e})")))?.secret
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => new_secret(),
-        Err(e) => return Err(unusable(e.to_string())),
-    };
+    let secret = existing_secret.unwrap_or_else(new_secret);
     // The file's credential is the only valid one: deleting the file and
     // restarting is an offline rotation (`weavectl admin rotate` is the online
     // one). Unless it was rotated away: then it stays revoked.

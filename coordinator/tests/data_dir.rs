@@ -291,7 +291,11 @@ fn a_lost_database_is_not_replaced_by_a_new_cluster() {
         assert!(stderr.contains("has a TLS identity (tls/) but the database"), "{how}: {stderr}");
         assert!(stderr.contains("Restore it from a backup"), "{how}: {stderr}");
     }
-    // A damaged one says so, and what to do.
+    // A damaged one says so, and what to do (alone: a log left beside it
+    // by the refused starts above would stand in for its first page).
+    for (file, _) in &files[1..] {
+        let _ = std::fs::remove_file(file);
+    }
     std::fs::write(&db, vec![0x5a; 8192]).unwrap();
     let stderr = refused(serve(&data), "a coordinator serves a damaged database");
     assert!(stderr.contains("the file is damaged; restore it from a backup"), "{stderr}");
@@ -327,6 +331,17 @@ fn an_unusable_admin_credential_is_refused_and_not_rotated() {
     std::fs::write(&file, "garbage\n").unwrap();
     let stderr = refused(serve(&data), "a coordinator serves with garbage for its admin credential");
     assert!(stderr.contains("not an admin credential") && stderr.contains("delete it"), "{stderr}");
+    // Read before anything is made: a first start refused so makes nothing.
+    let fresh = dir.path().join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    std::fs::write(fresh.join("admin.credential"), "garbage\n").unwrap();
+    refused(serve(&fresh), "a first start serves with garbage for its admin credential");
+    assert!(!fresh.join("tls").exists(), "a refused first start made an identity");
+    // Put right, it is a first start (no "no cluster" refusal).
+    std::fs::remove_file(fresh.join("admin.credential")).unwrap();
+    let mut made = serve(&fresh);
+    credential(&fresh, &mut made);
+    stop(made);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "garbage\n", "the file was replaced");
     std::fs::write(&file, &original).unwrap();
     let mut again = serve(&data);
