@@ -199,18 +199,22 @@ impl Attacher {
 impl Attacher {
     /// The IPAM key a detach releases for container `c`: its own, unless
     /// that holds nothing here (and no CNI `id` names it) and the agent
-    /// forgot the container (its registry lost or set aside). Then the key
-    /// that holds, on this node, an address on one of its interfaces which
-    /// the agent pinned to this namespace's own port (`host_ifname` of its
-    /// inode): a detach by path, the README's way back, released nothing,
-    /// its address and DNS name held for good (found by a review, 2026-12-06).
+    /// forgot the container (its registry lost or set aside). Then the
+    /// name, unknown to the agent, that holds on this node an address on one
+    /// of its interfaces which the agent pinned to this namespace's own port
+    /// (`host_ifname` of its inode): a detach by path, the README's way
+    /// back, released nothing, its address and DNS name held for good (found
+    /// by a review, 2026-12-06).
     pub(super) async fn detach_key(
         &self,
         c: &Container,
         before: &[crate::host::netlink::WorkloadInterface],
         id: Option<&str>,
     ) -> String {
-        if id.is_some() || !self.held(&c.key).is_empty() {
+        // Only for a container the agent knows no name of: a known name
+        // whose address was released behind its back (`ipam release`) left
+        // its port pinned to an address that may be another's now.
+        if id.is_some() || c.name.is_some() || !self.held(&c.key).is_empty() {
             return c.key.clone();
         }
         let Ok(pinned) = self.netlink.pinned_ports().await else { return c.key.clone() };
@@ -219,7 +223,10 @@ impl Attacher {
         let ours = |ip: &std::net::Ipv4Addr| pinned.iter().any(|(port, pin, _)| pin == ip && ports.contains(port));
         let on_it: Vec<_> = before.iter().flat_map(|i| i.addresses.iter().map(|(ip, _)| *ip)).filter(ours).collect();
         let address = |a: &&weave_proto::v1::Allocation| crate::plan::netmap::allocation_address(&a.address);
-        let mut here = map.allocations.iter().filter(|a| a.node_id == self.node_id);
+        // A name, as `--name` gives them (no `docker:`, `cni:` or `host:` key),
+        // that the agent does not know: the forgotten one.
+        let forgotten = |key: &str| !key.contains(':') && self.names.get(key).is_none();
+        let mut here = map.allocations.iter().filter(|a| a.node_id == self.node_id && forgotten(&a.container));
         here.find(|a| address(a).is_some_and(|ip| on_it.contains(&ip)))
             .map_or_else(|| c.key.clone(), |a| a.container.clone())
     }
