@@ -84,7 +84,9 @@ impl Attacher {
     /// bridge, where the next attach's gateway expects it).
     pub(super) async fn unexpose(&self, exposed: &Exposed) {
         let key = crate::plan::reconcile::host_key(&self.node_name);
-        for (subnet, ip) in exposed {
+        // Not from under a container of this host that stays there (one
+        // attached before, given the route now): `hide` refuses the same.
+        for (subnet, ip) in exposed.iter().filter(|(s, _)| self.egress_users(s) == 0 && self.routed_users(s) == 0) {
             let len = subnet.cidr.parse::<Ipv4Net>().map_or(32, |n| n.prefix_len());
             if self.release(&key, &subnet.cidr).await.is_ok() {
                 let _ = self.netlink.set_address(&bridge_name(subnet.vni), *ip, len, false).await;
