@@ -119,7 +119,7 @@ fn describe() {
     );
     describe_counter!(
         "weave_rpc_health_watches_refused_total",
-        "Health Watch streams refused because 64 were open on the coordinator (poll Check instead)."
+        "Health Watch streams refused: 4 were open from the address, or 256 on the coordinator (poll Check instead)."
     );
     describe_counter!(
         "weave_connections_refused_total",

@@ -123,36 +123,43 @@ async fn admin_channel(c: &TestCoordinator) -> AuthChannel {
     tonic::service::interceptor::InterceptedService::new(c.channel().await, Bearer::new(&secret).unwrap())
 }
 
-/// At most 64 health `Watch` streams are open on a coordinator at once: a
-/// member's connections (authenticated, so never closed) held thousands,
-/// 5.6 KB of the coordinator's memory each (found by a review,
-/// 2026-12-06). The 65th is refused at once, saying what to do; `Check`
-/// still answers; a closed watch makes room.
+/// At most 4 health `Watch` streams are open from one address, and 256 on
+/// a coordinator: a member's connections (authenticated, so never closed)
+/// held thousands, 5.6 KB of the coordinator's memory each (found by a
+/// review, 2026-12-06). The next is refused at once, saying what to do;
+/// `Check` still answers; a closed watch makes room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_watches_are_bounded() {
     let c = TestCoordinator::start().await;
     let request = || HealthCheckRequest { service: String::new() };
-    // Two connections (one carries at most 64 streams).
-    let mut clients = Vec::new();
-    for _ in 0..2 {
-        clients.push(HealthClient::new(c.channel().await));
-    }
+    let watch = |mut client: HealthClient<tonic::transport::Channel>| async move {
+        let mut w = client.watch(request()).await?.into_inner();
+        assert_eq!(w.message().await.unwrap().unwrap().status(), ServingStatus::Serving);
+        Ok::<_, tonic::Status>(w)
+    };
+    // 64 addresses with 4 each: the coordinator's 256.
     let mut open = Vec::new();
     for i in 0..64 {
-        let mut watch = clients[i % 2].watch(request()).await.expect("a watch within the bound").into_inner();
-        assert_eq!(watch.message().await.unwrap().unwrap().status(), ServingStatus::Serving);
-        open.push(watch);
+        let client = HealthClient::new(c.channel_from(&format!("127.0.1.{}", i + 1)).await.unwrap());
+        for _ in 0..4 {
+            open.push(watch(client.clone()).await.expect("a watch within the bounds"));
+        }
+        if i == 0 {
+            let fifth = watch(client.clone()).await.map(|_| ()).unwrap_err();
+            assert_eq!(fifth.code(), tonic::Code::ResourceExhausted, "{fifth:?}");
+            assert!(fifth.message().contains("from this address"), "{}", fifth.message());
+        }
     }
-    let mut third = HealthClient::new(c.channel().await);
-    let refused = third.watch(request()).await.map(|_| ()).unwrap_err();
+    let mut other = HealthClient::new(c.channel_from("127.0.2.1").await.unwrap());
+    let refused = watch(other.clone()).await.map(|_| ()).unwrap_err();
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
     assert!(refused.message().contains("poll grpc.health.v1.Health/Check"), "{}", refused.message());
-    let status = third.check(request()).await.expect("Check answers").into_inner();
+    let status = other.check(request()).await.expect("Check answers").into_inner();
     assert_eq!(status.status(), ServingStatus::Serving);
     drop(open.pop());
     let again = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         loop {
-            match third.watch(request()).await {
+            match watch(other.clone()).await {
                 Ok(w) => return w,
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
             }
