@@ -146,8 +146,9 @@ impl State {
         if self.store.rotated_admin(&hash).await.map_err(Status::from)? {
             return Err(Status::unauthenticated(
                 "this admin credential was replaced (`weavectl admin rotate`, or a coordinator started without \
-                 its admin.credential): use the current one, in the coordinator's <data-dir>/admin.credential \
-                 or as the rotation printed it",
+                 its admin.credential): use the current one, in the <data-dir>/admin.credential of the \
+                 coordinator it was rotated through (with several, the others' copies are stale until copied) or \
+                 as the rotation printed it",
             ));
         }
         Err(Status::unauthenticated(
