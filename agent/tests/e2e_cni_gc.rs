@@ -305,13 +305,16 @@ fn a_dead_namespaces_inode_given_to_another_keeps_nothing() {
     // Namespaces made until one has that inode: the kernel frees it once
     // the dead one is cleaned up and gives the lowest free, and those made
     // meanwhile fill the holes below it. Another test's namespace may take
-    // it first, which is the same case.
+    // it first, which is the same case. Up to 30 s: every namespace kind
+    // shares those numbers, and under load (a CI run's other lane) the
+    // cleanup is slow and another's mount namespaces (`ip netns exec`)
+    // take and give back the number meanwhile (10 s was once too few).
     let with_inode = || {
         let entries = std::fs::read_dir("/run/netns").unwrap().flatten();
         entries.map(|e| e.path()).find(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == inode))
     };
     let mut holder = None;
-    for i in 0..100 {
+    for i in 0..300 {
         bed.add_container(&format!("reuse{i}"));
         holder = with_inode();
         if holder.is_some() {
