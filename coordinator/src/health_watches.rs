@@ -16,17 +16,18 @@
 //! use `Check`.
 use std::{
     collections::HashMap,
-    net::IpAddr,
-    pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
 };
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
-use http_body::{Frame, SizeHint};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tonic::{body::Body, server::NamedService};
+
+use crate::{
+    api::pace::{Source, source_key},
+    unread::Held,
+};
 
 /// Health `Watch` streams open at once, from every caller together.
 pub(crate) const MAX_HEALTH_WATCHES: usize = 256;
@@ -34,7 +35,7 @@ pub(crate) const MAX_HEALTH_WATCHES: usize = 256;
 pub(crate) const PER_SOURCE: usize = 4;
 const WATCH: &str = "/grpc.health.v1.Health/Watch";
 
-type Sources = Arc<Mutex<HashMap<IpAddr, usize>>>;
+type Sources = Arc<Mutex<HashMap<Option<Source>, usize>>>;
 
 #[derive(Clone)]
 pub(crate) struct HealthWatches<S> {
@@ -56,11 +57,11 @@ impl<S: NamedService> NamedService for HealthWatches<S> {
 /// One source's open watch, counted until dropped.
 struct SourceSlot {
     sources: Sources,
-    source: IpAddr,
+    source: Option<Source>,
 }
 
 impl SourceSlot {
-    fn take(sources: &Sources, source: IpAddr) -> Option<Self> {
+    fn take(sources: &Sources, source: Option<Source>) -> Option<Self> {
         let mut open = sources.lock().unwrap_or_else(|e| e.into_inner());
         let count = open.entry(source).or_default();
         if *count >= PER_SOURCE {
@@ -83,38 +84,12 @@ impl Drop for SourceSlot {
     }
 }
 
-/// A watch's answer, holding its room until it ends or its client goes.
-struct Guarded {
-    inner: Body,
-    _room: (OwnedSemaphorePermit, SourceSlot),
-}
-
-impl http_body::Body for Guarded {
-    type Data = Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The address a request came from, an IPv6 one as its /64.
-fn source_of<B>(request: &http::Request<B>) -> IpAddr {
+/// The address a request came from, an IPv6 one as its /64 (as the
+/// failed-authentication pacing keys them).
+fn source_of<B>(request: &http::Request<B>) -> Option<Source> {
     let mut probe = http::Request::new(());
     *probe.extensions_mut() = request.extensions().clone();
-    match tonic::Request::from_http(probe).remote_addr().map(|a| a.ip().to_canonical()) {
-        Some(IpAddr::V6(v6)) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        Some(v4) => v4,
-        None => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-    }
+    tonic::Request::from_http(probe).remote_addr().map(|a| source_key(a.ip()))
 }
 
 fn refused(why: String) -> BoxFuture<'static, Result<http::Response<Body>, std::convert::Infallible>> {
@@ -150,6 +125,6 @@ where
             ));
         };
         let future = self.inner.call(request);
-        Box::pin(async move { Ok(future.await?.map(|inner| Body::new(Guarded { inner, _room: (permit, slot) }))) })
+        Box::pin(async move { Ok(future.await?.map(|inner| Body::new(Held::holding(inner, (permit, slot))))) })
     }
 }

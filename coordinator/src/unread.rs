@@ -150,31 +150,33 @@ where
 }
 
 /// An answer's body, handed out in pieces of at most [`SLICE`] bytes,
-/// holding its credential's room until the last (or until it is dropped).
-pub(crate) struct Held<B> {
+/// holding its room (`G`: its credential's permit here; a health watch's
+/// permit and source slot, `health_watches`) until the last byte, or until
+/// it is dropped.
+pub(crate) struct Held<B, G = OwnedSemaphorePermit> {
     inner: B,
     pending: Bytes,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<G>,
 }
 
-impl<B> Held<B> {
+impl<B, G> Held<B, G> {
     fn new(inner: B) -> Self {
         Held { inner, pending: Bytes::new(), permit: None }
     }
 
     /// `inner`, holding `permit` until its last byte (or until it is dropped).
-    pub(crate) fn holding(inner: B, permit: OwnedSemaphorePermit) -> Self {
+    pub(crate) fn holding(inner: B, permit: G) -> Self {
         Held { permit: Some(permit), ..Held::new(inner) }
     }
 }
 
-impl<B: Default> Default for Held<B> {
+impl<B: Default, G> Default for Held<B, G> {
     fn default() -> Self {
         Held::new(B::default())
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Held<B> {
+impl<B: Body<Data = Bytes> + Unpin, G: Unpin> Body for Held<B, G> {
     type Data = Bytes;
     type Error = B::Error;
 

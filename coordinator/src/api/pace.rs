@@ -200,7 +200,7 @@ impl Failures {
 /// An IPv4 address, or an IPv6 /64 (`V6Host`: one IPv6 address, charged
 /// beside its /64).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Source {
+pub(crate) enum Source {
     V4(u32),
     V6(u64),
     V6Host(u128),
@@ -213,7 +213,7 @@ enum Source {
 /// review, 2026-12-05); now it must fail from this many addresses at once.
 const PREFIX_SHARE: u32 = 16;
 
-fn source_key(ip: std::net::IpAddr) -> Source {
+pub(crate) fn source_key(ip: std::net::IpAddr) -> Source {
     match ip.to_canonical() {
         std::net::IpAddr::V4(v4) => Source::V4(u32::from(v4)),
         std::net::IpAddr::V6(v6) => Source::V6((u128::from(v6) >> 64) as u64),

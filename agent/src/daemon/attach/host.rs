@@ -9,12 +9,12 @@ use weave_proto::{
 };
 
 use super::{Attacher, failed, held_address, not_at};
+use crate::plan::{addr_spec::AddrSpec, kernel::bridge_name};
 
 /// Subnet id to this host's address there, a container's default gateway.
 pub(super) type Gateways = std::collections::BTreeMap<u64, Ipv4Addr>;
 /// The subnets an attach exposed this host on, with the address it got.
 pub(super) type Exposed = Vec<(Subnet, Ipv4Addr)>;
-use crate::plan::{addr_spec::AddrSpec, kernel::bridge_name};
 
 impl Attacher {
     /// `expose`: an address on each subnet's bridge for this host (container
