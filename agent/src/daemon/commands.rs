@@ -124,10 +124,9 @@ fn endpoint_env_ignored(env: &str, port: u16, current: &[String]) -> Option<Stri
 /// underlay built bridges and workloads of 8,870 bytes on a 9,000-byte
 /// underlay in a cluster of 1,370, until a second restart (found by a
 /// review, 2026-12-06). None if the coordinator does not answer.
-async fn cluster_segment_mtu(identity: &Identity) -> Option<u32> {
-    let channel = connect_lazy(&identity.coordinator, identity.pin().ok()?).ok()?;
-    let mut api = Api::new(channel, &identity.credential).ok()?;
-    let asked = api.map.get_map(weave_proto::v1::GetMapRequest {});
+async fn cluster_segment_mtu(api: &Api) -> Option<u32> {
+    let mut maps = api.map.clone();
+    let asked = maps.get_map(weave_proto::v1::GetMapRequest {});
     let map = tokio::time::timeout(Duration::from_secs(5), asked).await.ok()?.ok()?.into_inner();
     Some(map.segment_mtu).filter(|m| *m != 0)
 }
@@ -141,10 +140,12 @@ async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let netlink = Netlink::connect()?;
+    let channel = connect_lazy(&identity.coordinator, identity.pin()?).map_err(|e| Error::Connect(e.to_string()))?;
+    let api = Api::new(channel, &identity.credential).map_err(|e| Error::Connect(e.to_string()))?;
     // The saved map stays as it is: without an MTU, its watch asks for a
     // whole snapshot, which saves the cluster's.
     let cluster_mtu = match map.segment_mtu {
-        0 => cluster_segment_mtu(&identity).await.unwrap_or(0),
+        0 => cluster_segment_mtu(&api).await.unwrap_or(0),
         saved => saved,
     };
     let underlay = netlink.mtu_of_address(identity.endpoint.ip()).await?.unwrap_or(1500);
@@ -197,8 +198,6 @@ async fn serve(
     netlink::sysctl(&format!("net/ipv4/conf/{TUN_NAME}/forwarding"), "1")?;
     tracing::info!(node = identity.node_id, address = %identity.address, tun_mtu, segment_mtu, revision = map.revision, "data plane up");
 
-    let channel = connect_lazy(&identity.coordinator, identity.pin()?).map_err(|e| Error::Connect(e.to_string()))?;
-    let api = Api::new(channel, &identity.credential).map_err(|e| Error::Connect(e.to_string()))?;
     // Records come from the saved map first: names resolve before (or without) the coordinator.
     let registry = Arc::new(Registry::load(dir.path()));
     let dns = DnsServer::with_registry(plan::dns::DEFAULT_DOMAIN, upstreams, registry.clone())
