@@ -154,6 +154,15 @@ async fn a_sqlite_cluster_moves_to_postgres_and_goes_on_without_rejoining() {
         refused(migrate(&sqlite, &target), "a coordinator serves it");
         drop(held);
     }
+    // One it cannot open (here a link to itself; for a user, another user's
+    // mode-0600 lock) is not taken for "none there".
+    {
+        let lock = db.with_file_name("coordinator.lock");
+        std::fs::remove_file(&lock).unwrap();
+        std::os::unix::fs::symlink("coordinator.lock", &lock).unwrap();
+        refused(migrate(&sqlite, &target), "to see whether a coordinator serves it");
+        std::fs::remove_file(&lock).unwrap();
+    }
 
     let (code, out, err) = migrate(&sqlite, &target);
     assert_eq!(code, Some(0), "migrate failed: {err}");

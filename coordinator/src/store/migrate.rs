@@ -227,10 +227,22 @@ pub async fn migrate(from: &Location, to: &Location) -> Result<Copied> {
 }
 
 /// `coordinator.lock` beside the file at `path`, if there is one, taken
-/// (a coordinator serving that data dir holds it); refused if taken.
+/// (a coordinator serving that data dir holds it); refused if taken, and
+/// if it is there but cannot be opened (another user's, mode 0600): whether
+/// a coordinator holds it cannot be known then.
 fn serving_lock(from: &Location, path: &std::path::Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
     let lock = path.with_file_name("coordinator.lock");
-    let Ok(file) = std::fs::File::open(&lock) else { return Ok(None) };
+    let file = match std::fs::File::open(&lock) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::FailedPrecondition(format!(
+                "--from {from}: cannot open {} to see whether a coordinator serves it ({e}); \
+                 run migrate as the user the coordinator runs as",
+                lock.display()
+            )));
+        }
+    };
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(held) => Ok(Some(held)),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(Error::FailedPrecondition(format!(
