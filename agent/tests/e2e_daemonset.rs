@@ -5,6 +5,10 @@
 //! appear once it is, next to an executable weave-cni, and the installer stays
 //! up afterwards as a container must. Root only (network namespaces):
 //!
+//!
+//! Also the coordinator's command as `deploy/kubernetes/coordinator.yaml`
+//! writes it, on an IPv6-only and on an IPv4 underlay.
+//!
 //!   cargo test -p weave-agent --test e2e_daemonset -- --include-ignored
 mod common;
 
@@ -17,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Bed, agent_bin, wait_for};
+use common::{Bed, COORDINATOR_IP, Underlay, agent_bin, v6_of, wait_for};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("agent/ is inside the workspace").to_path_buf()
@@ -192,6 +196,87 @@ fn an_agent_without_its_coordinator_is_not_ready() {
     bed.start_coordinator();
     assert_installed(&mut installer, &root);
     installer.stop(0);
+}
+
+/// The coordinator container's command in `coordinator.yaml`: the folded
+/// (`>-`) block after `- -c`, its lines joined by spaces as YAML does.
+fn manifest_coordinator_script() -> String {
+    let yaml = fs::read_to_string(repo().join("deploy/kubernetes/coordinator.yaml")).unwrap();
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != "- -c").skip(1);
+    let head = lines.next().expect("a line after `- -c`");
+    assert_eq!(head.trim(), "- >-", "the command is a folded block");
+    let indent = head.len() - head.trim_start().len();
+    let body: Vec<&str> =
+        lines.take_while(|l| l.len() - l.trim_start().len() > indent && !l.trim().is_empty()).map(str::trim).collect();
+    assert!(!body.is_empty(), "an empty command");
+    body.join(" ")
+}
+
+/// A bed whose coordinator is started, first start included, by the
+/// manifest's command with the Service's cluster IP `service` (here the
+/// coordinator's own underlay address, as kube-proxy would lead to it), and
+/// two hosts that join with the token that start printed.
+fn manifest_coordinator_bed(family: Underlay, service: &str) -> Bed {
+    let mut bed = Bed::with_underlay(family);
+    bed.kill_coordinator();
+    fs::remove_dir_all(&bed.coordinator_dir).unwrap();
+    bed.token.clear();
+    let vars = vec![
+        ("WEAVE_COORDINATOR_SERVICE_HOST".to_string(), service.to_string()),
+        ("WEAVE_METRICS_LISTEN".to_string(), "[::]:6781".to_string()),
+    ];
+    bed.coordinator_script = Some((manifest_coordinator_script(), vars));
+    bed.start_coordinator();
+    for _ in 0..2 {
+        bed.add_host();
+    }
+    for i in 0..2 {
+        bed.wait_peers(i, 1);
+    }
+    bed
+}
+
+/// On an IPv6-only cluster the Service's address is IPv6: the manifest
+/// once advertised `2001:db8::2:6783`, which no client parses, and listened
+/// on 0.0.0.0, where no IPv6 client reaches it.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn the_coordinator_manifest_serves_an_ipv6_only_cluster() {
+    let service = v6_of(COORDINATOR_IP.parse().unwrap()).to_string();
+    let bed = manifest_coordinator_bed(Underlay::V6, &service);
+    assert_eq!(bed.admin.coordinator, format!("[{service}]:6783"), "the token and credential carry the Service");
+    assert!(bed.status(0).unwrap().coordinator_connected);
+    // Without --advertise, `[::]` on a host with no IPv4 advertises its IPv6
+    // address (it was 127.0.0.1).
+    let dir = bed.path("coordinator-bare");
+    let out = common::in_ns(
+        &bed.coordinator_ns,
+        &[
+            "timeout",
+            "5",
+            common::coordinator_bin().to_str().unwrap(),
+            "serve",
+            "--listen",
+            "[::]:6790",
+            "--metrics-listen",
+            "off",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    let banner = String::from_utf8_lossy(&out.stdout);
+    assert!(banner.contains(&format!("(advertised as [{service}]:6790)")), "{banner}");
+}
+
+/// The same command on IPv4: `[::]` answers IPv4 clients too.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn the_coordinator_manifest_serves_an_ipv4_cluster() {
+    let bed = manifest_coordinator_bed(Underlay::V4, COORDINATOR_IP);
+    assert_eq!(bed.admin.coordinator, format!("{COORDINATOR_IP}:6783"));
+    let metrics = common::ok_in(&bed.coordinator_ns, &["ss", "-Htln", "sport = :6781"]);
+    assert!(metrics.contains("[::]:6781") || metrics.contains("*:6781"), "metrics on [::]: {metrics}");
+    assert!(bed.status(1).unwrap().coordinator_connected);
 }
 
 /// The manifests run the script this test exercises, under the name the

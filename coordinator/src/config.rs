@@ -18,7 +18,8 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     /// host:port that agents and weavectl use to reach this coordinator; it goes
     /// into join tokens. Default: the listen address, or this host's first
-    /// non-loopback address when listening on all addresses.
+    /// non-loopback IPv4 address when listening on all addresses (on `[::]`
+    /// with no IPv4, its first IPv6 one that is not link-local).
     #[arg(long, env = "WEAVE_ADVERTISE")]
     pub advertise: Option<String>,
     /// Database, TLS identity and admin credential live here.
@@ -291,6 +292,15 @@ impl ServeArgs {
                     let (host, port) = a.rsplit_once(':').unwrap_or((a, ""));
                     if !matches!(port.parse::<u16>(), Ok(p) if p > 0) || port.starts_with('+') {
                         return Err(flag("advertise", format!("'{a}': the port must be 1 to 65535")));
+                    }
+                    // `fd00::1:6783` reads as host `fd00::1` but no
+                    // client parses it back (the Kubernetes manifest once
+                    // built one from an IPv6 Service address).
+                    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+                        return Err(flag(
+                            "advertise",
+                            format!("'{a}': write an IPv6 address in brackets, as [{host}]:{port}"),
+                        ));
                     }
                     let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>();
                     if ip.is_ok_and(|ip| ip.is_unspecified()) {

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use weave_proto::{
     token::{AdminCredential, JoinToken, hash_secret},
@@ -67,12 +67,19 @@ pub struct Running {
     pub task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
+/// What tokens carry when `--advertise` is not given: the listen address, or
+/// for an any address the host's first IPv4 address that is not loopback,
+/// or (listening on `[::]`, a host without IPv4) its first IPv6 one that is
+/// neither loopback nor link-local.
 fn advertise_for(listen: SocketAddr) -> String {
     let ip = if listen.ip().is_unspecified() {
-        if_addrs::get_if_addrs()
-            .ok()
-            .and_then(|ifs| ifs.into_iter().map(|i| i.ip()).find(|ip| ip.is_ipv4() && !ip.is_loopback()))
-            .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+        let ips: Vec<IpAddr> = if_addrs::get_if_addrs().unwrap_or_default().into_iter().map(|i| i.ip()).collect();
+        let usable = |ip: &&IpAddr| match ip {
+            IpAddr::V4(v4) => !v4.is_loopback(),
+            IpAddr::V6(v6) => listen.is_ipv6() && !v6.is_loopback() && !v6.is_unicast_link_local(),
+        };
+        let v4 = ips.iter().filter(|ip| ip.is_ipv4()).find(usable);
+        v4.or_else(|| ips.iter().find(usable)).copied().unwrap_or(IpAddr::from([127, 0, 0, 1]))
     } else {
         listen.ip()
     };
@@ -115,8 +122,10 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     // Bound before anything is created: a first start that cannot listen
     // (a mistyped --listen) must leave no database behind, or the next start
     // would keep that one's --range and print no first join token.
-    let listener =
-        TcpListener::bind(settings.listen).await.map_err(|e| anyhow::anyhow!("--listen {}: {e}", settings.listen))?;
+    // `[::]` (the Kubernetes manifest's) falls back to IPv4 on a host without IPv6.
+    let listener = weave_proto::observe::bind(settings.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("--listen {}: {e}", settings.listen))?;
     // Bound now too, so a taken port fails the start rather than a later scrape.
     let metrics_listener = match settings.metrics_listen {
         Some(addr) => {

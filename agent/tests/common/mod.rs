@@ -195,6 +195,11 @@ pub struct Bed {
     pub coordinator_dir: PathBuf,
     /// Extra flags for the coordinator from its next start on (e.g. `--store`).
     pub coordinator_args: Vec<String>,
+    /// When set, the coordinator starts as `sh -c <script>` with these
+    /// variables (and `coordinator` on PATH, its data dir in
+    /// `WEAVE_DATA_DIR`): a manifest's command, as written. No `--listen`
+    /// or `coordinator_args` are added.
+    pub coordinator_script: Option<(String, Vec<(String, String)>)>,
     pub token: String,
     pub admin: AdminCredential,
     pub hosts: Vec<Host>,
@@ -235,6 +240,7 @@ impl Bed {
             family,
             coordinator_dir: dir.path().join("coordinator"),
             coordinator_args: Vec::new(),
+            coordinator_script: None,
             prefix,
             dir,
             coordinator: None,
@@ -376,12 +382,22 @@ impl Bed {
     pub fn start_coordinator(&mut self) {
         let log = self.dir.path().join("coordinator.log");
         let out = self.dir.path().join("coordinator.out");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.coordinator_ns])
-            .arg(coordinator_bin())
-            .args(["serve", "--listen", &self.coordinator_addr(), "--data-dir"])
-            .arg(&self.coordinator_dir)
-            .args(&self.coordinator_args)
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.coordinator_ns]);
+        match &self.coordinator_script {
+            Some((script, vars)) => {
+                let bin = coordinator_bin();
+                let path = format!("{}:{}", bin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+                command.args(["sh", "-c", script]).envs(vars.iter().cloned()).env("PATH", path);
+                command.env("WEAVE_DATA_DIR", &self.coordinator_dir)
+            }
+            None => command
+                .arg(coordinator_bin())
+                .args(["serve", "--listen", &self.coordinator_addr(), "--data-dir"])
+                .arg(&self.coordinator_dir)
+                .args(&self.coordinator_args),
+        };
+        let child = command
             .stdout(fs::File::create(&out).unwrap())
             .stderr(fs::OpenOptions::new().create(true).append(true).open(&log).unwrap())
             .spawn()

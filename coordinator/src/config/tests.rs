@@ -68,6 +68,7 @@ fn defaults_split_the_weave_range() {
         ("[::]:6783", "is where a server listens"),
         ("192.0.2.1:0", "the port must be 1 to 65535"),
         ("192.0.2.1:99999", "the port must be 1 to 65535"),
+        ("2001:db8::1:6783", "write an IPv6 address in brackets, as [2001:db8::1]:6783"),
     ] {
         a.advertise = Some(format!("192.0.2.9:6783,{bad}"));
         let e = a.settings().unwrap_err().to_string();
