@@ -121,7 +121,7 @@ pub(crate) enum StatusView {
 pub(crate) enum LocalCommand {
     /// Attach a running container: `attach [ADDR...] <container>`; prints its addresses.
     ///
-    /// ADDR: net:default, net:<CIDR>, ip:<IP>/<len> or <IP>/<len> (none = net:default).
+    /// ADDR: net:default, net:<CIDR>, net:<subnet name>, ip:<IP>/<len> or <IP>/<len> (none = net:default).
     /// Container: a netns path (/run/netns/x, /proc/<pid>/ns/net), a pid, or a name given with --name.
     Attach {
         #[arg(required = true, value_name = "ADDR... CONTAINER")]
@@ -133,7 +133,7 @@ pub(crate) enum LocalCommand {
         #[arg(long)]
         no_multicast_route: bool,
     },
-    /// Detach: `detach [ADDR...] <container>`: from the subnets net:<CIDR> names,
+    /// Detach: `detach [ADDR...] <container>`: from the subnets net:<CIDR> (or net:<name>) names,
     /// and at the addresses ip:<IP>/<len> names (from all if none); prints what was released.
     Detach {
         #[arg(required = true, value_name = "ADDR... CONTAINER")]
@@ -141,7 +141,7 @@ pub(crate) enum LocalCommand {
     },
     /// Give this host an address on the subnets (net:default if none); prints it.
     Expose { addrs: Vec<String> },
-    /// Remove this host's address from the subnets net:<CIDR> names, or the
+    /// Remove this host's address from the subnets net:<CIDR> (or net:<name>) names, or the
     /// address ip:<IP>/<len> names (all if none).
     Hide { addrs: Vec<String> },
 }
