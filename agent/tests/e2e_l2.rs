@@ -197,6 +197,51 @@ fn workloads_with_reverse_path_filtering_are_reachable_from_other_hosts() {
     });
 }
 
+/// This host's exposed address, flushed from its bridge by someone else
+/// (`ip addr flush`), is put back: its workloads reach it again, and so
+/// does a remote workload (whose route from this host has it as source,
+/// a route the flush took away). And one the coordinator no longer gives
+/// this host (`ipam release host:<node>`) is taken off the bridge. Before,
+/// the pins came back and the address did not: an egress subnet's
+/// containers lost their gateway while `agent status` still named it; and
+/// a released address stayed, answering for one IPAM hands to others (found
+/// by a review, 2026-12-06).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn an_exposed_address_is_kept_in_step_with_the_map_on_its_bridge() {
+    let mut bed = Bed::with_hosts(2);
+    let ns = bed.add_container("local");
+    let here = bed.weavectl_attach(0, &ns, &[&format!("/run/netns/{ns}")])[0];
+    let far = bed.add_workload(1, "default");
+    let out = bed.weavectl(0, &["expose"]);
+    assert!(out.status.success(), "expose: {}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    let ip: Ipv4Addr = printed.split(|c: char| c.is_whitespace() || c == '/').next().unwrap().parse().unwrap();
+    let h1 = bed.hosts[0].ns.clone();
+    let bridge = bed.wait_status(0).segments[0].bridge.clone();
+    let on_bridge =
+        || ok_in(&h1, &["ip", "-4", "-o", "addr", "show", "dev", &bridge]).contains(&format!(" inet {ip}/"));
+    assert!(on_bridge(), "expose put {ip} on {bridge}: {printed}");
+    assert!(ping_within(&bed.workloads[here].ns, ip, 5), "the local workload reaches the exposed address");
+    assert!(ping_within(&bed.workloads[far].ns, ip, 5), "the remote workload reaches the exposed address");
+
+    ok_in(&h1, &["ip", "addr", "flush", "dev", &bridge]);
+    assert!(!on_bridge());
+    // Two sweeps (5 s each) see it missing, then it is put back.
+    wait_for("the exposed address back on its bridge", Duration::from_secs(30), || on_bridge().then_some(()));
+    assert!(ping_within(&bed.workloads[here].ns, ip, 10), "the local workload reaches it again");
+    assert!(ping_within(&bed.workloads[far].ns, ip, 10), "the remote workload reaches it again");
+    assert!(bed.log(0).contains("exposed address was gone from its bridge: put back"), "{}", bed.log(0));
+
+    let name = bed.hosts[0].name.clone();
+    let out = bed.weavectl_admin(&["ipam", "release", &format!("host:{name}"), "--node", &name]);
+    assert!(out.status.success(), "release: {}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the released address off the bridge", Duration::from_secs(30), || (!on_bridge()).then_some(()));
+    assert!(bed.log(0).contains("removed an address this host does not hold from its bridge"), "{}", bed.log(0));
+    // The workload itself was never touched.
+    bed.wait_ping(far, here, Duration::from_secs(10));
+}
+
 /// A bridge deleted by hand (or while its subnet was left out) is made again
 /// by the next full pass, and the workloads attached to it are put back into
 /// it: their ports remember their bridge (an alias). Before, the bridge came

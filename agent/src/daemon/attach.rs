@@ -23,6 +23,7 @@ mod checks;
 mod container;
 mod early;
 mod egress;
+mod exposures;
 mod gc;
 mod host;
 mod retire;

@@ -286,9 +286,14 @@ async fn serve(
         tokio::spawn(attacher.clone().route_on_egress()),
         tokio::spawn({
             let dns = dns.clone();
-            attacher.clone().retire_dead_every(connected.clone(), move |key| {
-                dns.stop(key);
-            })
+            let now = reconcile_now.clone();
+            attacher.clone().retire_dead_every(
+                connected.clone(),
+                move |key| {
+                    dns.stop(key);
+                },
+                now,
+            )
         }),
         tokio::spawn(async move {
             if let Some(listener) = metrics_listener {

@@ -36,10 +36,17 @@ impl Attacher {
     /// a map saved before an attach's allocation reached it, and not brought
     /// up to date since (the coordinator unreachable), must not pass for the
     /// coordinator's word.
-    pub async fn retire_dead_every(self: Arc<Self>, connected: Arc<AtomicBool>, gone: impl Fn(&str)) {
+    /// So are this host's exposed addresses on their bridges
+    /// ([`Self::repair_exposures`]); `reconcile` is told when one changed.
+    pub async fn retire_dead_every(
+        self: Arc<Self>,
+        connected: Arc<AtomicBool>,
+        gone: impl Fn(&str),
+        reconcile: Arc<tokio::sync::Notify>,
+    ) {
         let mut every = tokio::time::interval(SWEEP);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut orphans = BTreeSet::new();
+        let (mut orphans, mut mismatches) = (BTreeSet::new(), BTreeSet::new());
         loop {
             every.tick().await;
             self.names.save_if_unsaved();
@@ -52,9 +59,16 @@ impl Attacher {
                     gone(&key);
                 }
             }
-            orphans = match connected.load(Ordering::Relaxed) {
-                true => self.remove_orphan_ports(&orphans).await,
-                false => BTreeSet::new(),
+            (orphans, mismatches) = match connected.load(Ordering::Relaxed) {
+                true => {
+                    let orphans = self.remove_orphan_ports(&orphans).await;
+                    let (mismatches, changed) = self.repair_exposures(&mismatches).await;
+                    if changed {
+                        reconcile.notify_one();
+                    }
+                    (orphans, mismatches)
+                }
+                false => (BTreeSet::new(), BTreeSet::new()),
             };
         }
     }
@@ -107,7 +121,7 @@ impl Attacher {
     }
 
     /// The addresses the coordinator says this host holds (None: no answer).
-    async fn holds_now(&self) -> Option<BTreeSet<Ipv4Addr>> {
+    pub(super) async fn holds_now(&self) -> Option<BTreeSet<Ipv4Addr>> {
         let req = ListAllocationsRequest { node: self.node_id.to_string(), ..Default::default() };
         let mut ipam = self.api.ipam.clone();
         let answer = tokio::time::timeout(Duration::from_secs(5), ipam.list_allocations(req)).await;
