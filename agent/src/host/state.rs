@@ -184,10 +184,16 @@ impl StateDir {
         let key = self.load_key()?.ok_or_else(|| lost_key("is missing"))?;
         let identity = fs::read(self.dir.join(IDENTITY)).map_err(|e| self.io(IDENTITY, e))?;
         let identity: Identity = serde_json::from_slice(&identity).map_err(|e| {
+            // The join takes the node's name from the saved map; without
+            // one the coordinator asks for it (a review, 2026-12-06).
+            let name = match self.saved_name_of(&key) {
+                Some(_) => "",
+                None => ", and --name with this node's name (`weavectl node ls`): the saved map that gives it is gone",
+            };
             Error::State(format!(
                 "{IDENTITY} is unreadable ({e}): run `agent join` with a new token (and the --endpoint flags it \
-                 joined with, if any); it sets the file aside and joins again with this host's saved key ({KEY}), \
-                 as the same node (its name, address and containers)"
+                 joined with, if any{name}); it sets the file aside and joins again with this host's saved key \
+                 ({KEY}), as the same node (its name, address and containers)"
             ))
         })?;
         // A cache of the coordinator's: one that cannot be read is set aside
@@ -447,6 +453,22 @@ mod tests {
             assert!(e.contains("is lost") && e.contains("weavectl node rm"), "{e}");
         }
         assert!(why.contains("kept as") && blocker.is_file(), "{why}");
+        // The way back asks for the node's name only when the saved map
+        // that gives it to the join is gone too (a review, 2026-12-06).
+        let key = NodeKey::generate();
+        let mut map = NetworkMap { revision: 3, ..Default::default() };
+        map.nodes.push(weave_proto::v1::Node {
+            name: "h1".into(),
+            public_key: key.public().as_bytes().to_vec(),
+            ..Default::default()
+        });
+        dir.save_join(&key, &identity(), &map).unwrap();
+        fs::write(dir.path().join(IDENTITY), "garbage").unwrap();
+        let e = dir.load().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("run `agent join` with a new token") && !e.contains("--name"), "{e}");
+        fs::write(dir.path().join(MAP), "junk").unwrap();
+        let e = dir.load().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("and --name with this node's name"), "{e}");
         for leftover in [format!("{MAP}.unreadable"), format!(".{MAP}.tmp"), format!(".{IDENTITY}.tmp")] {
             fs::write(dir.path().join(leftover), "x").unwrap();
         }
