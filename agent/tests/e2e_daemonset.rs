@@ -266,6 +266,24 @@ fn the_coordinator_manifest_serves_an_ipv6_only_cluster() {
     );
     let banner = String::from_utf8_lossy(&out.stdout);
     assert!(banner.contains(&format!("(advertised as [{service}]:6790)")), "{banner}");
+    // On 0.0.0.0 there it has nothing to advertise but loopback: it says so.
+    let out = common::in_ns(
+        &bed.coordinator_ns,
+        &[
+            "timeout",
+            "5",
+            common::coordinator_bin().to_str().unwrap(),
+            "serve",
+            "--listen",
+            "0.0.0.0:6791",
+            "--metrics-listen",
+            "off",
+            "--data-dir",
+            bed.path("coordinator-v4").to_str().unwrap(),
+        ],
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no address other hosts could dial") && said.contains("give --advertise"), "{said}");
 }
 
 /// The same command on IPv4: `[::]` answers IPv4 clients too.

@@ -79,7 +79,13 @@ fn advertise_for(listen: SocketAddr) -> String {
             IpAddr::V6(v6) => listen.is_ipv6() && !v6.is_loopback() && !v6.is_unicast_link_local(),
         };
         let v4 = ips.iter().filter(|ip| ip.is_ipv4()).find(usable);
-        v4.or_else(|| ips.iter().find(usable)).copied().unwrap_or(IpAddr::from([127, 0, 0, 1]))
+        v4.or_else(|| ips.iter().find(usable)).copied().unwrap_or_else(|| {
+            tracing::warn!(
+                "--listen {listen}: this host has no address other hosts could dial; tokens carry 127.0.0.1, \
+                 which joins only this host: give --advertise"
+            );
+            IpAddr::from([127, 0, 0, 1])
+        })
     } else {
         listen.ip()
     };

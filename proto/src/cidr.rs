@@ -16,8 +16,8 @@ pub enum CidrError {
     HostBits { given: String, network: IpNet },
     #[error("'{0}' is too small to hold an address (largest prefix: /30 for IPv4, /126 for IPv6)")]
     TooSmall(String),
-    #[error("'{given}' overlaps {range} ({what}): pick a private range such as 10.0.0.0/8 or fd00::/8")]
-    SpecialUse { given: String, range: &'static str, what: &'static str },
+    #[error("'{given}' overlaps {range} ({what}): pick a private range such as {instead}")]
+    SpecialUse { given: String, range: &'static str, what: &'static str, instead: &'static str },
 }
 
 /// Ranges no subnet may overlap: they mean something else on every host.
@@ -41,7 +41,9 @@ pub fn check_usable(net: &IpNet) -> Result<(), CidrError> {
     for (range, what) in SPECIAL_USE {
         let special: IpNet = range.parse().expect("a valid range");
         if special.contains(&net.network()) || net.contains(&special.network()) {
-            return Err(CidrError::SpecialUse { given: net.to_string(), range, what });
+            // One of its own family: `--range` takes IPv4 alone.
+            let instead = if net.addr().is_ipv4() { "10.0.0.0/8" } else { "fd00::/8" };
+            return Err(CidrError::SpecialUse { given: net.to_string(), range, what, instead });
         }
     }
     Ok(())
@@ -158,8 +160,10 @@ mod tests {
         assert_eq!(
             e,
             "'169.254.0.0/16' overlaps 169.254.0.0/16 (link-local, with the cloud metadata service at \
-             169.254.169.254): pick a private range such as 10.0.0.0/8 or fd00::/8"
+             169.254.169.254): pick a private range such as 10.0.0.0/8"
         );
+        let e = check_usable(&parse_subnet("fe80::/64").unwrap()).unwrap_err().to_string();
+        assert!(e.ends_with("pick a private range such as fd00::/8"), "{e}");
     }
 
     #[test]

@@ -147,7 +147,7 @@ fn subnet_refusals() {
         &["subnet", "add", "169.254.0.0/16"],
         2,
         "weavectl: adding subnet 169.254.0.0/16: '169.254.0.0/16' overlaps 169.254.0.0/16 (link-local, with the \
-         cloud metadata service at 169.254.169.254): pick a private range such as 10.0.0.0/8 or fd00::/8",
+         cloud metadata service at 169.254.169.254): pick a private range such as 10.0.0.0/8",
     );
     for special in ["224.0.0.0/24", "fe80::/64", "::ffff:10.9.9.0/120", "127.0.0.0/24", "0.0.0.0/8"] {
         c.weavectl().args(["subnet", "add", special]).assert().code(2);
