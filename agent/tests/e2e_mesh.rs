@@ -183,3 +183,47 @@ fn bulk_tcp_arrives_intact_and_the_underlay_carries_only_wireguard() {
         );
     }
 }
+
+/// An underlay that loses a tenth of the tunnel's datagrams each way (host
+/// 1's firewall drops some it sends, so its agent's sends fail with EPERM;
+/// host 2's some it receives): TCP still arrives whole in both directions,
+/// pings still mostly answer, and neither agent stops or floods its log
+/// over the failed sends.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_lossy_underlay_still_carries_tcp_intact() {
+    let mut bed = Bed::with_hosts(2);
+    bed.add_workload(0, "default");
+    bed.add_workload(1, "default");
+    bed.wait_ping(0, 1, Duration::from_secs(10));
+    let lossy = |ns: &str, hook: &str, port: &str| {
+        ok_in(ns, &["nft", "add", "table", "inet", "wvlossy"]);
+        let chain = format!("{{ type filter hook {hook} priority -500; }}");
+        ok_in(ns, &["nft", "add", "chain", "inet", "wvlossy", "c", &chain]);
+        let rule = format!("udp {port} 6784 numgen random mod 100 < 10 counter drop");
+        ok_in(ns, &["nft", "add", "rule", "inet", "wvlossy", "c", &rule]);
+    };
+    lossy(&bed.hosts[0].ns, "output", "sport");
+    lossy(&bed.hosts[1].ns, "input", "dport");
+    let ping = in_ns(&bed.workloads[0].ns, &["ping", "-c", "40", "-i", "0.05", "-q", &bed.workloads[1].ip.to_string()]);
+    let summary = String::from_utf8_lossy(&ping.stdout).to_string();
+    let received: u32 = summary
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" received"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("ping said: {summary}"));
+    // About 0.9 * 0.9 of 40 (each ping crosses both hosts' rules once).
+    assert!(received >= 20, "only {received} of 40 pings answered over 10 % loss each way: {summary}");
+    flows::tcp_flows_arrive_intact(&bed, 0, 1, 2, 4 << 20);
+    flows::tcp_flows_arrive_intact(&bed, 1, 0, 2, 4 << 20);
+    for i in 0..2 {
+        assert!(bed.status(i).is_some(), "agent {} stopped: {}", i + 1, bed.log(i));
+        // The rules did drop (a rule that never matched would prove nothing).
+        let table = ok_in(&bed.hosts[i].ns, &["nft", "list", "table", "inet", "wvlossy"]);
+        let dropped: u64 = table.split("packets ").nth(1).and_then(|r| r.split(' ').next()?.parse().ok()).unwrap_or(0);
+        assert!(dropped >= 5, "host {} dropped only {dropped} datagrams: {table}", i + 1);
+    }
+    let log = bed.log(0);
+    let warnings = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).count();
+    assert!(warnings < 20, "host 1's agent logged {warnings} warnings over dropped sends: {log}");
+}
