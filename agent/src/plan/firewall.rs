@@ -226,7 +226,7 @@ fn untracked_vxlan() -> String {
     )
 }
 
-/// Both tables for these rules (pure, for tests and logs).
+/// The three tables for these rules (pure, for tests and logs).
 pub fn ruleset(rules: &Rules) -> String {
     let segments = &rules.segments;
     // Declare-then-delete, then define: one transaction, so the tables are
