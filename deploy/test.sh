@@ -23,9 +23,13 @@ else
 fi
 
 cargo fmt --all -- --check
+# Each phase's end, in seconds since the start (where CI's time goes).
+phase() { echo "test.sh: $1 done at ${SECONDS} s"; }
 cargo clippy --workspace --all-targets --locked -- -D warnings
+phase clippy
 # The code's own docs (private items too): no broken link, no stray HTML.
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --locked
+phase docs
 if [ -n "$deps_pid" ]; then
     deps_ok=0
     wait "$deps_pid" || deps_ok=$?
@@ -35,6 +39,7 @@ if [ -n "$deps_pid" ]; then
 fi
 # The Kubernetes manifests against Kubernetes' schemas (oldest and newest minor).
 bash deploy/check-manifests.sh
+phase "packages and manifests"
 # Every fuzz target's saved corpus is replayed by the test run below
 # (agent/tests/fuzz_corpus.rs: the targets' bodies in the ordinary test
 # build); the long runs, under libFuzzer and ASan, are `bash fuzz/run.sh 600`.
@@ -48,10 +53,13 @@ bash deploy/check-manifests.sh
 # into a temporary directory, as the postgres user, a Unix socket only) and
 # gives every coordinator a fresh database.
 artifacts=$(cargo test --workspace --locked --no-run --message-format=json-render-diagnostics)
+phase "test build"
 cargo test --workspace --locked --doc
+phase "doc tests"
 # The vendored boringtun's own unit tests (its rate limiter and timers carry
 # weave's changes; vendor/boringtun/WEAVE.md): not a workspace member.
 bash vendor/boringtun/test.sh
+phase "boringtun's tests"
 postgres=()
 if [ "$(id -u)" = 0 ]; then
     postgres=(--postgres weave-coordinator)
@@ -59,3 +67,4 @@ else
     echo "test.sh: not root: the coordinator's suite on PostgreSQL is skipped (it starts postgres via runuser)" >&2
 fi
 python3 deploy/run-tests.py --lanes 2 "${postgres[@]}" -- "${ignored[@]}" <<<"$artifacts"
+phase tests

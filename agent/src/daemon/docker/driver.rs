@@ -87,7 +87,7 @@ impl Plugin {
         self.state.endpoint(endpoint_id).ok_or_else(|| Refused::not_found(format!("unknown endpoint {endpoint_id}")))
     }
 
-    async fn create_network(&self, req: &CreateNetwork) -> Result<Value, Refused> {
+    async fn create_network(self: &Arc<Self>, req: &CreateNetwork) -> Result<Value, Refused> {
         let network = wire::network_of(req).map_err(Refused::bad)?;
         wire::mtu_check(req, self.attacher.mtu).map_err(Refused::bad)?;
         // Two Docker networks on one weave subnet would be one segment: a
@@ -108,6 +108,7 @@ impl Plugin {
         // Its subnet is a network's now: kept when Docker releases the pool.
         self.state.take_pool(&network.cidr);
         self.state.add_network(&req.network_id, network);
+        tokio::spawn(self.clone().note_shown(req.network_id.clone()));
         Ok(json!({}))
     }
 

@@ -50,6 +50,27 @@ impl Plugin {
         }
     }
 
+    /// Records which daemon shows network `id` as soon as it does (Docker
+    /// lists a network once its CreateNetwork is answered), not at the next
+    /// sweep up to 10 s later: an agent stopped before that sweep took a
+    /// network removed meanwhile for one Docker never showed, and left it
+    /// for good, its gateway address held and a network on its subnet
+    /// refused (found by a review, 2026-12-06). Up to 5 s.
+    pub(super) async fn note_shown(self: Arc<Self>, id: String) {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if self.state.network(&id).is_none() {
+                return;
+            }
+            if let (Ok(daemon), Ok(Some(_))) =
+                (engine::daemon_id(&self.docker_host).await, engine::network(&self.docker_host, &id).await)
+            {
+                self.state.saw_network(&id, &daemon);
+                return;
+            }
+        }
+    }
+
     /// Takes down each endpoint Docker does not list now and did not list
     /// last time, and each network Docker showed before and answers 404 for
     /// now and last time (`last`: the ids, endpoints' and networks', missing
