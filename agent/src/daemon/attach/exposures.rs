@@ -37,12 +37,12 @@ impl Attacher {
         if revision == 0 {
             return (BTreeSet::new(), false);
         }
+        let Ok(links) = self.netlink.ipv4_by_link().await else { return (BTreeSet::new(), false) };
         let mut found = BTreeSet::new();
         for (vni, net) in &segments {
             let bridge = bridge_name(*vni);
             // No bridge (yet, or a skipped segment): the reconcile's to make.
-            let Ok(Some(_)) = self.netlink.link_index(&bridge).await else { continue };
-            let Ok(have) = self.netlink.addresses_of(&bridge).await else { continue };
+            let Some(have) = links.get(&bridge) else { continue };
             let wanted = exposed.get(vni);
             if let Some(ip) = wanted
                 && !have.iter().any(|(a, _)| a == ip)

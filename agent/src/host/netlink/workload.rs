@@ -465,18 +465,23 @@ impl Netlink {
         dump("list addresses", || self.handle.address().get().set_link_index_filter(index).execute()).await
     }
 
-    /// IPv4 addresses on `ifname` in this namespace.
-    pub async fn addresses_of(&self, ifname: &str) -> Result<Vec<(Ipv4Addr, u8)>, Error> {
-        let Some(index) = self.link_index(ifname).await? else { return Ok(Vec::new()) };
-        let addrs = self.address_messages(index).await?;
-        Ok(addrs
-            .iter()
-            .flat_map(|a| {
-                a.attributes.iter().filter_map(move |x| match x {
-                    AddressAttribute::Local(IpAddr::V4(ip)) => Some((*ip, a.header.prefix_len)),
-                    _ => None,
-                })
-            })
-            .collect())
+    /// The IPv4 addresses (with prefix lengths) of every link in this
+    /// namespace, by link name; a link without any is there, empty. Two
+    /// dumps, however many links.
+    pub async fn ipv4_by_link(&self) -> Result<std::collections::BTreeMap<String, Vec<(Ipv4Addr, u8)>>, Error> {
+        let links = self.links().await?;
+        let names: std::collections::BTreeMap<u32, String> =
+            links.iter().filter_map(|l| Some((l.header.index, super::name(l)?.to_string()))).collect();
+        let mut out: std::collections::BTreeMap<String, Vec<(Ipv4Addr, u8)>> =
+            names.values().map(|n| (n.clone(), Vec::new())).collect();
+        for a in dump("list addresses", || self.handle.address().get().execute()).await? {
+            let Some(name) = names.get(&a.header.index) else { continue };
+            for x in &a.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(ip)) = x {
+                    out.entry(name.clone()).or_default().push((*ip, a.header.prefix_len));
+                }
+            }
+        }
+        Ok(out)
     }
 }
