@@ -326,12 +326,7 @@ impl Attacher {
                 // Another port of this host pinned to the address IPAM just gave
                 // this container is a container's whose address was released
                 // behind its back (`subnet rm --force`, `ipam release`): it goes.
-                for (stale, ..) in self.netlink.pinned_ports().await.map_err(failed)?.iter().filter(|p| p.1 == *ip) {
-                    if *stale != port {
-                        self.netlink.delete_link(stale).await.map_err(failed)?;
-                        tracing::info!(port = stale, %ip, "removed the port of a container whose address was released");
-                    }
-                }
+                self.netlink.remove_ports_pinned_to(*ip, &port).await.map_err(failed)?;
                 if self.netlink.link_index(&port).await.map_err(failed)?.is_some() {
                     self.netlink.lock_port(&port, &mac).await.map_err(failed)?;
                 }

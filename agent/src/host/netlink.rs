@@ -33,6 +33,7 @@ use crate::{
     },
 };
 
+mod bridge_ip;
 mod dump;
 mod neighbour;
 mod route;

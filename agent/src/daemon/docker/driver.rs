@@ -244,6 +244,12 @@ impl Plugin {
         let kernel = |e: crate::error::Error| Refused::bad(e.to_string());
         // A Join Docker retries after a failure finds the old pair.
         nl.delete_link(&host_if).await.map_err(kernel)?;
+        // Another container's port pinned to this address, which was
+        // released behind its back, goes as attach's does: it stayed, locked
+        // to the MAC that goes with the address, and refused this Join and
+        // every later one at the address (the address held here again, the
+        // sweep of orphaned ports spared it; found by a review, 2026-12-06).
+        nl.remove_ports_pinned_to(address.addr(), &host_if).await.map_err(kernel)?;
         // Up at once: its other end waits, down, outside any container until
         // Docker moves it in after this Join, which guards it first.
         nl.veth_on_bridge(&host_if, &peer, &bridge, self.attacher.mtu, Some(&mac), true).await.map_err(kernel)?;

@@ -1,6 +1,6 @@
 //! The workload side of netlink: a container's interfaces seen from inside
-//! its namespace, the veth that plugs it into a bridge, and addresses on a
-//! bridge (expose/hide).
+//! its namespace, and the veth that plugs it into a bridge (a bridge's own
+//! addresses are `bridge_ip`'s).
 use super::*;
 
 /// An IPv4 address of a workload interface, as found in its namespace.
@@ -322,6 +322,22 @@ impl Netlink {
             .collect())
     }
 
+    /// Deletes every workload port but `keep` pinned to `ip`: a
+    /// container's whose address was released behind its back (`subnet rm
+    /// --force`, `ipam release`) and that IPAM has just given to another
+    /// (attach, Docker's Join). Left, it kept sending as the new holder, its
+    /// pin not the map's word once the address was held here again.
+    /// Returns the ports it deleted.
+    pub async fn remove_ports_pinned_to(&self, ip: Ipv4Addr, keep: &str) -> Result<Vec<String>, Error> {
+        let mut gone = Vec::new();
+        for (port, ..) in self.pinned_ports().await?.into_iter().filter(|p| p.1 == ip && p.0 != keep) {
+            self.delete_link(&port).await?;
+            tracing::info!(port, %ip, "removed the port of a container whose address was released");
+            gone.push(port);
+        }
+        Ok(gone)
+    }
+
     /// Inside a workload's namespace: `ifname` up with `address`, plus the
     /// multicast route (224.0.0.0/4) through it unless one exists. Idempotent.
     pub async fn configure_workload(
@@ -431,57 +447,4 @@ pub fn harden_workload(netns: &std::fs::File, ifname: &str) -> Result<(), Error>
         }
         Ok(())
     })
-}
-
-impl Netlink {
-    /// Adds (or removes) `address/prefix` on `ifname` in this namespace
-    /// (expose/hide on a bridge). Idempotent both ways.
-    pub async fn set_address(&self, ifname: &str, address: Ipv4Addr, prefix: u8, present: bool) -> Result<(), Error> {
-        let index = self.link_index(ifname).await?.ok_or_else(|| Error::Netlink(format!("{ifname} does not exist")))?;
-        if present {
-            return match self.handle.address().add(index, address.into(), prefix).execute().await {
-                Ok(()) => Ok(()),
-                Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
-                Err(e) => Err(nl(format!("add {address}/{prefix} to {ifname}"), e)),
-            };
-        }
-        let addrs = self.address_messages(index).await?;
-        for a in addrs {
-            let ours =
-                a.attributes.iter().any(|x| matches!(x, AddressAttribute::Local(IpAddr::V4(ip)) if *ip == address));
-            // Gone meanwhile (the reconcile, once the map lost it) is removed.
-            if ours {
-                match self.handle.address().del(a).execute().await {
-                    Ok(()) => {}
-                    Err(e) if errno(&e) == Some(EADDRNOTAVAIL) => {}
-                    Err(e) => return Err(nl(format!("remove {address} from {ifname}"), e)),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn address_messages(&self, index: u32) -> Result<Vec<AddressMessage>, Error> {
-        dump("list addresses", || self.handle.address().get().set_link_index_filter(index).execute()).await
-    }
-
-    /// The IPv4 addresses (with prefix lengths) of every link in this
-    /// namespace, by link name; a link without any is there, empty. Two
-    /// dumps, however many links.
-    pub async fn ipv4_by_link(&self) -> Result<std::collections::BTreeMap<String, Vec<(Ipv4Addr, u8)>>, Error> {
-        let links = self.links().await?;
-        let names: std::collections::BTreeMap<u32, String> =
-            links.iter().filter_map(|l| Some((l.header.index, super::name(l)?.to_string()))).collect();
-        let mut out: std::collections::BTreeMap<String, Vec<(Ipv4Addr, u8)>> =
-            names.values().map(|n| (n.clone(), Vec::new())).collect();
-        for a in dump("list addresses", || self.handle.address().get().execute()).await? {
-            let Some(name) = names.get(&a.header.index) else { continue };
-            for x in &a.attributes {
-                if let AddressAttribute::Local(IpAddr::V4(ip)) = x {
-                    out.entry(name.clone()).or_default().push((*ip, a.header.prefix_len));
-                }
-            }
-        }
-        Ok(out)
-    }
 }
