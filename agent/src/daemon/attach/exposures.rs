@@ -57,8 +57,10 @@ impl Attacher {
             true => self.holds_now().await,
             false => None,
         };
-        let (mut left, mut changed) = (BTreeSet::new(), false);
-        for m in found {
+        let (mut left, mut changed, mut emptied) = (BTreeSet::new(), false, BTreeSet::new());
+        // Removals first: see below.
+        let (removals, additions): (Vec<Mismatch>, Vec<Mismatch>) = found.into_iter().partition(|m| !m.3);
+        for m in removals.into_iter().chain(additions) {
             let (bridge, ip, len, missing) = &m;
             let sure = last.contains(&m) && (*missing || confirmed.as_ref().is_some_and(|now| !now.contains(ip)));
             if !sure {
@@ -73,10 +75,35 @@ impl Attacher {
                 Ok(()) => {
                     tracing::warn!(bridge, %ip, "removed an address this host does not hold from its bridge");
                     changed = true;
+                    emptied.insert(bridge.clone());
                 }
                 Err(e) => {
                     tracing::warn!(bridge, %ip, error = %e, "cannot bring a bridge's address in step with the map");
                     left.insert(m);
+                }
+            }
+        }
+        // The kernel takes an address's secondaries with it when it goes
+        // (`promote_secondaries` is 0 in a new namespace, and wherever
+        // systemd does not set it): the exposed address made after the one
+        // removed went too, and was back only two sweeps later, its
+        // containers' gateway gone meanwhile (found by a review,
+        // 2026-12-06). It is put back at once.
+        if !emptied.is_empty()
+            && let Ok(links) = self.netlink.ipv4_by_link().await
+        {
+            for (vni, ip) in &exposed {
+                let (bridge, len) = (bridge_name(*vni), segments.get(vni).map_or(32, |n| n.prefix_len()));
+                let gone = links.get(&bridge).is_some_and(|have| !have.iter().any(|(a, _)| a == ip));
+                if emptied.contains(&bridge) && gone {
+                    match self.netlink.set_address(&bridge, *ip, len, true).await {
+                        Ok(()) => {
+                            tracing::warn!(bridge, %ip, "this host's exposed address went with the removed one: put back")
+                        }
+                        Err(e) => {
+                            tracing::warn!(bridge, %ip, error = %e, "cannot put back this host's exposed address")
+                        }
+                    }
                 }
             }
         }
