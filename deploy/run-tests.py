@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs the workspace's test executables, two at a time.
+"""Runs the workspace's test executables, a few at a time (`--lanes`).
 
 Reads the JSON messages of `cargo test --workspace --no-run
 --message-format=json-render-diagnostics` on stdin and runs every test
@@ -8,11 +8,12 @@ cargo's variables), passing on the arguments after `--` (e.g.
 `--include-ignored`). With `--postgres PKG`, PKG's executables run a second
 time with WEAVE_TEST_STORE=postgres (each starts its own throwaway server).
 
-Why two at a time: an end-to-end binary builds its hosts out of network
+Why several at a time: an end-to-end binary builds its hosts out of network
 namespaces and runs its tests one bed at a time (agent/tests/common: one
 `Bed` per binary at once); most of its time is spent waiting (for a
-handshake, for a packet that must not come), so two binaries share this
-2-core machine well, and the suite takes about half as long. The binaries
+handshake, for a packet that must not come), so three binaries share this
+2-core machine well (deploy/test.sh's `--lanes 3`; two until 2026-12-06),
+and the suite takes well under half as long. The binaries
 in ALONE run with nothing beside them: they push traffic as fast as they
 can, count CPU time, drive a real runtime (dockerd, podman) or bound how
 fast a loaded coordinator must answer; sharing the cores would measure the
@@ -36,7 +37,7 @@ ALONE = {
     "e2e_conntrack", "e2e_docker", "e2e_podman", "e2e_cni_portmap", "e2e_aead",
     "dataplane_alloc", "docker_retry", "limits", "read_flood", "store_engines",
 }
-# Seconds each took in a CI run: the longest start first, so that the two
+# Seconds each took in a CI run: the longest start first, so that the
 # lanes end together. Only an order; an executable not listed counts 5.
 HINT = {
     "e2e_l2_guard": 160, "e2e_isolation": 125, "e2e_attach_gone": 100, "e2e_outage": 65,

@@ -44,8 +44,8 @@ phase "packages and manifests"
 # (agent/tests/fuzz_corpus.rs: the targets' bodies in the ordinary test
 # build); the long runs, under libFuzzer and ASan, are `bash fuzz/run.sh 600`.
 # Every test binary built once, for the whole workspace (features unified
-# as in `cargo test --workspace`), then run by deploy/run-tests.py: two at a
-# time (an end-to-end binary spends most of its time waiting on its
+# as in `cargo test --workspace`), then run by deploy/run-tests.py: three at
+# a time (an end-to-end binary spends most of its time waiting on its
 # namespaces), the ones that load the machine alone; the coordinator's suite
 # a second time on PostgreSQL from these same binaries (`cargo test -p`
 # would resolve features for one package and rebuild half the
@@ -66,5 +66,5 @@ if [ "$(id -u)" = 0 ]; then
 else
     echo "test.sh: not root: the coordinator's suite on PostgreSQL is skipped (it starts postgres via runuser)" >&2
 fi
-python3 deploy/run-tests.py --lanes 2 "${postgres[@]}" -- "${ignored[@]}" <<<"$artifacts"
+python3 deploy/run-tests.py --lanes 3 "${postgres[@]}" -- "${ignored[@]}" <<<"$artifacts"
 phase tests
