@@ -247,41 +247,17 @@ fn the_coordinator_manifest_serves_an_ipv6_only_cluster() {
     assert_eq!(bed.admin.coordinator, format!("[{service}]:6783"), "the token and credential carry the Service");
     assert!(bed.status(0).unwrap().coordinator_connected);
     // Without --advertise, `[::]` on a host with no IPv4 advertises its IPv6
-    // address (it was 127.0.0.1).
-    let dir = bed.path("coordinator-bare");
-    let out = common::in_ns(
-        &bed.coordinator_ns,
-        &[
-            "timeout",
-            "5",
-            common::coordinator_bin().to_str().unwrap(),
-            "serve",
-            "--listen",
-            "[::]:6790",
-            "--metrics-listen",
-            "off",
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ],
-    );
+    // address (it was 127.0.0.1). A first start for 5 s, in a data dir of its own.
+    let bare = |listen: &str, dir: &str| {
+        let (bin, dir) = (common::coordinator_bin(), bed.path(dir));
+        let serve = ["serve", "--listen", listen, "--metrics-listen", "off", "--data-dir", dir.to_str().unwrap()];
+        common::in_ns(&bed.coordinator_ns, &[&["timeout", "5", bin.to_str().unwrap()][..], &serve].concat())
+    };
+    let out = bare("[::]:6790", "coordinator-bare");
     let banner = String::from_utf8_lossy(&out.stdout);
     assert!(banner.contains(&format!("(advertised as [{service}]:6790)")), "{banner}");
     // On 0.0.0.0 there it has nothing to advertise but loopback: it says so.
-    let out = common::in_ns(
-        &bed.coordinator_ns,
-        &[
-            "timeout",
-            "5",
-            common::coordinator_bin().to_str().unwrap(),
-            "serve",
-            "--listen",
-            "0.0.0.0:6791",
-            "--metrics-listen",
-            "off",
-            "--data-dir",
-            bed.path("coordinator-v4").to_str().unwrap(),
-        ],
-    );
+    let out = bare("0.0.0.0:6791", "coordinator-v4");
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("no address other hosts could dial") && said.contains("give --advertise"), "{said}");
 }
