@@ -22,12 +22,26 @@ HOSTS=${WEAVE_DEMO_HOSTS:-3}
 [[ $HOSTS =~ ^[0-9]+$ ]] && ((HOSTS >= 2 && HOSTS <= 99)) ||
     { echo "demo.sh: WEAVE_DEMO_HOSTS must be 2 to 99 (was '$HOSTS')" >&2; exit 2; }
 
+# The demo's own processes still running: a pid that is not a weave
+# coordinator or agent any more is another's by now (pids are reused).
+ours() {
+    [[ -f $DIR/pids ]] || return 0
+    while read -r pid; do
+        tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -Eq '^[^ ]*(coordinator|agent) ' && echo "$pid"
+    done <"$DIR/pids"
+    return 0
+}
+
 down() {
-    if [[ -f $DIR/pids ]]; then
-        while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$DIR/pids"
-        sleep 0.5
-        while read -r pid; do kill -9 "$pid" 2>/dev/null || true; done <"$DIR/pids"
-    fi
+    local pids
+    pids=$(ours)
+    for pid in $pids; do kill "$pid" 2>/dev/null || true; done
+    # Up to 5 s to stop as a service manager would let them, then SIGKILL.
+    for _ in $(seq 50); do
+        [[ -n $(ours) ]] || break
+        sleep 0.1
+    done
+    for pid in $(ours); do kill -9 "$pid" 2>/dev/null || true; done
     for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do
         ip netns del "$ns"
         rm -rf "/etc/netns/$ns"
