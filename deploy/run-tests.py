@@ -37,6 +37,10 @@ ALONE = {
     "e2e_conntrack", "e2e_docker", "e2e_podman", "e2e_cni_portmap", "e2e_aead",
     "dataplane_alloc", "docker_retry", "limits", "read_flood", "store_engines",
 }
+# Executables whose tests run one at a time within them: `limits` counts
+# connections per source in /proc/net/tcp and failures per second, and two
+# of its tests at once once failed both (a CI run, 2026-12-06).
+SERIAL = {"limits"}
 # Seconds each took in a CI run: the longest start first, so that the
 # lanes end together. Only an order; an executable not listed counts 5.
 HINT = {
@@ -106,9 +110,9 @@ def main():
             jobs.append((package, cwd, path, label + " (WEAVE_TEST_STORE=postgres)", {"WEAVE_TEST_STORE": "postgres"}))
 
     # A renamed binary would quietly leave ALONE and share the cores.
-    unknown = ALONE - {name_of(j[2]) for j in jobs}
+    unknown = (ALONE | SERIAL) - {name_of(j[2]) for j in jobs}
     if unknown:
-        sys.exit(f"run-tests.py: no test executable named {', '.join(sorted(unknown))} (ALONE is out of date)")
+        sys.exit(f"run-tests.py: no test executable named {', '.join(sorted(unknown))} (ALONE or SERIAL is out of date)")
     shared = [j for j in jobs if name_of(j[2]) not in ALONE]
     alone = [j for j in jobs if name_of(j[2]) in ALONE]
     shared.sort(key=lambda j: -HINT.get(name_of(j[2]), 5))
@@ -120,11 +124,12 @@ def main():
     def run(job):
         package, cwd, path, label, extra = job
         env = dict(os.environ, CARGO=cargo, CARGO_MANIFEST_DIR=cwd, CARGO_PKG_NAME=package, **extra)
+        args = [*test_args, "--test-threads=1"] if name_of(path) in SERIAL else test_args
         start = time.monotonic()
         # A binary that cannot even start is a failure too (not a lane gone quiet).
         try:
             with tempfile.TemporaryFile() as out:
-                code = subprocess.run([path, *test_args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                code = subprocess.run([path, *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                       stdout=out, stderr=subprocess.STDOUT).returncode
                 out.seek(0)
                 text = out.read().decode(errors="replace")
