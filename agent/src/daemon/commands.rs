@@ -286,13 +286,12 @@ async fn serve(
         tokio::spawn(attacher.clone().route_on_egress()),
         tokio::spawn({
             let dns = dns.clone();
-            let now = reconcile_now.clone();
             attacher.clone().retire_dead_every(
                 connected.clone(),
                 move |key| {
                     dns.stop(key);
                 },
-                now,
+                reconcile_now.clone(),
             )
         }),
         tokio::spawn(async move {

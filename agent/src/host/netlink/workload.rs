@@ -327,15 +327,12 @@ impl Netlink {
     /// --force`, `ipam release`) and that IPAM has just given to another
     /// (attach, Docker's Join). Left, it kept sending as the new holder, its
     /// pin not the map's word once the address was held here again.
-    /// Returns the ports it deleted.
-    pub async fn remove_ports_pinned_to(&self, ip: Ipv4Addr, keep: &str) -> Result<Vec<String>, Error> {
-        let mut gone = Vec::new();
+    pub async fn remove_ports_pinned_to(&self, ip: Ipv4Addr, keep: &str) -> Result<(), Error> {
         for (port, ..) in self.pinned_ports().await?.into_iter().filter(|p| p.1 == ip && p.0 != keep) {
             self.delete_link(&port).await?;
             tracing::info!(port, %ip, "removed the port of a container whose address was released");
-            gone.push(port);
         }
-        Ok(gone)
+        Ok(())
     }
 
     /// Inside a workload's namespace: `ifname` up with `address`, plus the
