@@ -1,5 +1,6 @@
 //! Bad input to `agent join` fails fast with one clear line and a non-zero
-//! exit, leaving no files and no interfaces behind.
+//! exit, leaving no files and no interfaces behind; the agent's client
+//! commands without an agent behind the socket say so.
 mod common;
 
 use std::{
@@ -301,4 +302,22 @@ fn a_data_dir_of_another_user_is_refused_and_a_loose_one_made_private() {
     assert!(!ok, "joined with a wrong secret");
     assert!(stderr.contains("was writable by other users (mode 0777): made 0755"), "{stderr}");
     assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o7777, 0o755);
+}
+
+/// `agent status` and `agent allocate` with no agent behind the socket say
+/// so in weavectl's words, with its exit code for "unreachable, try again"
+/// (3). They printed the socket's bare error and exited 1.
+#[test]
+fn status_and_allocate_without_an_agent_say_so_and_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    for args in [vec!["status"], vec!["allocate", "--container", "c1"]] {
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(&args).arg("--socket").arg(&socket);
+        let out = exits(cmd, args[0]);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {said}");
+        assert!(said.starts_with(&format!("agent: cannot reach the agent at {}: ", socket.display())), "{said}");
+        assert!(said.contains("`agent run`") && said.lines().count() == 1, "{said}");
+    }
 }

@@ -454,11 +454,16 @@ pub async fn allocate(args: AllocateArgs) -> Result<String, Error> {
     }
 }
 
-/// A failed exchange with the running agent: the socket's error, or an answer that is not JSON.
+/// A failed exchange with the running agent: an answer that is not JSON, or
+/// no agent to answer, said and exited (3) as weavectl does (it was the
+/// socket's bare error, exit 1).
 fn socket_error(socket: &std::path::Path, e: std::io::Error) -> Error {
     match e.kind() {
         std::io::ErrorKind::InvalidData => Error::State(e.to_string()),
-        _ => Error::Io(socket.display().to_string(), e),
+        _ => Error::Refused(
+            local_api::ErrorKind::Unavailable,
+            format!("cannot reach the agent at {}: {e} (is `agent run` running?)", socket.display()),
+        ),
     }
 }
 
