@@ -398,11 +398,13 @@ pub fn dns_name(cni_args: &str) -> Option<String> {
 /// `IgnoreUnknown` does not cover these: they are known. Without `IP=`, the
 /// IPv4 address of `runtime_ips` (`runtimeConfig.ips`: a reload of a `--ip`
 /// container sent it there, twice, and its `MAC=` was refused; found by a
-/// review, 2026-12-06); IPv6 ones are not weave's (its workloads are IPv4).
+/// review, 2026-12-06); IPv6 ones are not weave's (its workloads are IPv4):
+/// passed over beside an IPv4 one, refused alone. A length given with the
+/// address is not checked: the result says the subnet's.
 pub fn requested_address(cni_args: &str, runtime_ips: &[String]) -> Result<Option<std::net::Ipv4Addr>, String> {
     let ip = match cni_arg(cni_args, "IP") {
         None => {
-            let mut v4: Vec<std::net::Ipv4Addr> = Vec::new();
+            let (mut v4, mut v6): (Vec<std::net::Ipv4Addr>, Vec<&str>) = (Vec::new(), Vec::new());
             for given in runtime_ips {
                 let (bare, prefix) = given.split_once('/').map_or((given.as_str(), None), |(a, p)| (a, Some(p)));
                 let bad = || format!("runtimeConfig.ips {given}: not an IP address");
@@ -413,10 +415,21 @@ pub fn requested_address(cni_args: &str, runtime_ips: &[String]) -> Result<Optio
                 }
                 match ip {
                     std::net::IpAddr::V4(a) if !v4.contains(&a) => v4.push(a),
-                    _ => {}
+                    std::net::IpAddr::V4(_) => {}
+                    std::net::IpAddr::V6(_) => v6.push(given),
                 }
             }
             match v4[..] {
+                // IPv6 alone: refused as `IP=` of IPv6 is, not answered
+                // with an IPv4 address of weave's choosing (found by a
+                // review, 2026-12-06).
+                [] if !v6.is_empty() => {
+                    return Err(format!(
+                        "runtimeConfig.ips asks for {} alone: weave gives each workload an IPv4 address (its IPv6 \
+                         one is the link-local address of its MAC)",
+                        v6.join(", ")
+                    ));
+                }
                 [] => None,
                 [one] => Some(one),
                 _ => return Err(format!("runtimeConfig.ips asks for {v4:?}: weave gives one address per network")),

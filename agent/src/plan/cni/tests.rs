@@ -217,6 +217,11 @@ fn names_from_cni_args() {
     assert_eq!(requested_address("", &ips(&["::ffff:10.32.0.50"])), Ok(ip));
     assert!(requested_address("", &ips(&["10.32.0.50/99"])).unwrap_err().contains("not an IP address"));
     assert!(requested_address("", &ips(&["10.32.0.50/x"])).unwrap_err().contains("not an IP address"));
+    // IPv6 alone is refused, as IP= of IPv6 is: it was passed over and an
+    // address of weave's choosing given (a review, 2026-12-06).
+    let v6_alone = requested_address("", &ips(&["fd00::9/64"])).unwrap_err();
+    assert!(v6_alone.contains("fd00::9/64 alone") && v6_alone.contains("IPv4"), "{v6_alone}");
+    assert_eq!(requested_address("IP=10.32.0.50", &ips(&["fd00::9/64"])), Ok(ip), "CNI_ARGS first");
     let conf = |ips: &str| {
         NetConf::parse(
             format!(r#"{{"cniVersion":"1.0.0","name":"w","type":"weave-cni","runtimeConfig":{{"ips":{ips}}}}}"#)
