@@ -75,6 +75,11 @@ fn cni_add_check_del_version_and_errors() {
     assert_eq!(json_out(&bad)["code"], 11);
     let details = json_out(&bad)["details"].as_str().unwrap_or_default().to_string();
     assert!(details.contains("no-agent.sock"), "the socket tried is named: {details}");
+    // CHECK with the agent down: the interface is whole, its traffic is not
+    // carried (it passed, looking only inside the namespace; a review).
+    down["prevResult"] = result.clone();
+    bad = plugin(&bin, "CHECK", &netns, &id, &down, None);
+    assert_eq!(json_out(&bad)["code"], 11, "{}", String::from_utf8_lossy(&bad.stdout));
     assert_eq!((interfaces(&ns), bed.allocations()), (ifs, allocs), "failed calls changed nothing");
 
     // DEL twice: both succeed; the interface and the allocation are gone.
@@ -469,8 +474,17 @@ fn a_del_after_its_subnet_was_removed_by_force_removes_the_interface() {
     wait_for("the host to drop the removed subnet", Duration::from_secs(15), || {
         ok_in(&host, &["ip", "route", "show", "10.2.3.0/24"]).trim().is_empty().then_some(())
     });
+    // CHECK of the removed subnet's network while its interface is still
+    // there (the agent unplugs it after two sweeps, 5 s apart): the agent
+    // no longer carries it (CHECK looked only inside the namespace).
     let mut del_b = conf_b.clone();
     del_b["prevResult"] = results[1].clone();
+    let out = plugin_on(&bin, "CHECK", &netns, &id, &del_b, "eth1");
+    let said = json_out(&out);
+    assert_eq!(said["code"], 100, "{said}");
+    if interfaces(&ns).iter().any(|i| i.starts_with("eth1 ")) {
+        assert!(said["msg"].as_str().unwrap().contains("does not install its subnet"), "{said}");
+    }
     for n in 1..=2 {
         let out = plugin_on(&bin, "DEL", &netns, &id, &del_b, "eth1");
         assert!(out.status.success(), "DEL weave-b #{n}: {}", String::from_utf8_lossy(&out.stdout));

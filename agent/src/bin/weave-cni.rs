@@ -230,7 +230,8 @@ async fn status(conf: &NetConf) -> Result<(), CniError> {
 
 /// Weave's interface of the previous result (`CNI_IFNAME`, or its `ethwe*`
 /// after another plugin's) is in the namespace with its MAC and every address
-/// the result gave it. Other plugins' interfaces and addresses are theirs to check.
+/// the result gave it, and the agent serves their subnets. Other plugins'
+/// interfaces and addresses are theirs to check.
 async fn check(conf: &NetConf, netns: &str) -> Result<(), CniError> {
     if !conf.has_check() {
         let why = format!("CHECK is in CNI 0.4.0 and later; the configuration says {}", conf.cni_version);
@@ -271,6 +272,32 @@ async fn check(conf: &NetConf, netns: &str) -> Result<(), CniError> {
             .map_err(|e| CniError::new(code::CHECK_FAILED, "netlink", e.to_string()))?;
         if !has {
             let what = format!("the default route via {gateway} on {name} is missing in {netns}");
+            return Err(CniError::new(code::CHECK_FAILED, what, ""));
+        }
+    }
+    agent_serves(conf, &want).await
+}
+
+/// CHECK's last step: the agent, which carries the interface's traffic,
+/// answers and installs the subnet of each address. CHECK looked only
+/// inside the namespace, and passed with the agent down, where STATUS said
+/// so (found by a review, 2026-12-06).
+async fn agent_serves(conf: &NetConf, addresses: &[String]) -> Result<(), CniError> {
+    let status = match local_api::request(Path::new(conf.socket()), &Request::Status).await {
+        Ok(Response::Status(s)) => s,
+        Ok(other) => {
+            return Err(CniError::new(code::TRY_AGAIN, "unexpected answer from the agent", format!("{other:?}")));
+        }
+        Err(e) => return Err(CniError::new(code::TRY_AGAIN, "the weave agent is not reachable", unreachable(conf, e))),
+    };
+    for address in addresses {
+        let Ok(ip) = address.split('/').next().unwrap_or_default().parse::<std::net::Ipv4Addr>() else { continue };
+        let installed = status
+            .segments
+            .iter()
+            .any(|s| s.skipped.is_none() && s.subnet.parse::<ipnet::Ipv4Net>().is_ok_and(|net| net.contains(&ip)));
+        if !installed {
+            let what = format!("{address}: the weave agent does not install its subnet on this host (agent status)");
             return Err(CniError::new(code::CHECK_FAILED, what, ""));
         }
     }
