@@ -116,6 +116,16 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std:
     })
 }
 
+/// A TLS identity whose database holds no cluster (or is not there).
+fn no_cluster(settings: &Settings) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} has a TLS identity (tls/) but the database ({}) holds no cluster: it was lost or emptied, or --store names another one. Restore it from a backup (or point --store at the cluster's); to make a new cluster here instead, move tls/ and admin.credential out of {} first",
+        settings.data_dir.display(),
+        settings.store,
+        settings.data_dir.display()
+    )
+}
+
 /// Starts a coordinator with `settings`; it serves until `shutdown` resolves.
 pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Running> {
     if let Some(warning) =
@@ -139,6 +149,17 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         }
         None => None,
     };
+    // A TLS identity without its SQLite file is refused before the file is
+    // made: the refused start left a new, empty database and its -wal, which
+    // SQLite read over the backup copied in next, refusing that too (found
+    // by a review, 2026-12-06). An emptied file is refused below.
+    if let crate::store::Location::Sqlite(path) = &settings.store
+        && crate::identity::tls_exists(&settings.data_dir)
+        && !settings.new_identity
+        && !path.exists()
+    {
+        return Err(no_cluster(&settings));
+    }
     // A damaged SQLite file says what to do (it gave SQLite's words alone;
     // found by a review, 2026-12-06).
     let store = Store::connect(&settings.store)
@@ -198,12 +219,10 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     // into it, where addresses in use are given again (found by a review,
     // 2026-12-06).
     if had_tls && !had_cluster && !settings.new_identity {
-        anyhow::bail!(
-            "{} has a TLS identity (tls/) but the database ({}) holds no cluster: it was lost or emptied, or --store names another one. Restore it from a backup (or point --store at the cluster's); to make a new cluster here instead, move tls/ and admin.credential out of {} first",
-            settings.data_dir.display(),
-            settings.store,
-            settings.data_dir.display()
-        );
+        // Closed whole: its -wal folded in, none left beside the file for
+        // SQLite to read over a backup copied in.
+        store.close().await;
+        return Err(no_cluster(&settings));
     }
     if !had_tls && !settings.new_identity && had_cluster {
         anyhow::bail!(
