@@ -129,7 +129,8 @@ pub fn describe() {
     );
     describe_counter!(
         "weave_dns_queries_total",
-        "DNS queries answered by the agent, by result (forward_failed: forwarded, and no upstream answered)."
+        "DNS queries answered by the agent, by result (forward_failed: forwarded, and no upstream answered; \
+         malformed: FORMERR or NOTIMP, unparsed past the header where it is misshapen)."
     );
     describe_counter!(
         "weave_dns_dropped_total",
@@ -154,7 +155,7 @@ pub fn describe() {
     for direction in ["in", "out"] {
         metrics::counter!("weave_traffic_bytes_total", "direction" => direction).increment(0);
     }
-    for result in ["answered", "empty", "nxdomain", "forwarded", "forward_failed"] {
+    for result in ["answered", "empty", "nxdomain", "forwarded", "forward_failed", "malformed"] {
         metrics::counter!("weave_dns_queries_total", "result" => result).increment(0);
     }
     for proto in ["udp", "tcp"] {

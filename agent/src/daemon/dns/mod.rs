@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use hickory_proto::op::{Message, OpCode, ResponseCode};
+use hickory_proto::op::{Message, ResponseCode};
 use tokio::{
     net::{TcpListener, TcpStream, UdpSocket},
     task::JoinHandle,
@@ -33,9 +33,11 @@ pub mod limits;
 pub mod redirect;
 mod scopes;
 mod serve;
+mod shape;
 
 use limits::Budget;
 use serve::{any_for, read_framed, write_framed};
+use shape::{malformed, misshapen};
 
 use crate::{
     error::Error,
@@ -301,9 +303,12 @@ impl DnsServer {
     /// Public for the fuzz target (fuzz/fuzz_targets/dns_query.rs). Outside
     /// the limits: the serving loops decide and forward themselves.
     pub async fn respond(&self, query: &[u8], udp_max: Option<u16>) -> Option<Vec<u8>> {
+        if let Some(refused) = misshapen(query) {
+            return refused;
+        }
         let message = match Message::from_vec(query) {
             Ok(m) => m,
-            Err(_) => return form_error(query),
+            Err(_) => return malformed(query),
         };
         match self.decide(&message, udp_max, &[]) {
             Decided::Reply(out) => out,
@@ -439,13 +444,6 @@ impl Failed {
         short.metadata.truncation = true;
         short.to_vec().unwrap_or_default()
     }
-}
-
-/// FORMERR for a query that does not parse, echoing its id if it has one
-/// (so that the client stops waiting); nothing for fewer than two bytes.
-fn form_error(query: &[u8]) -> Option<Vec<u8>> {
-    let id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
-    Message::error_msg(id, OpCode::Query, ResponseCode::FormErr).to_vec().ok()
 }
 
 /// The sockets, and the namespace (kept to take the rule away) when a DNAT

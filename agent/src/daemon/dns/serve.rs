@@ -36,12 +36,15 @@ impl DnsServer {
         if query.get(2).is_some_and(|flags| flags & 0x80 != 0) {
             return Decided::Reply(None);
         }
+        if let Some(refused) = super::shape::misshapen(query) {
+            return Decided::Reply(refused);
+        }
         match Message::from_vec(query) {
             Ok(m) => {
                 let max = udp.then(|| m.max_payload());
                 self.decide(&m, max, &namespace.scopes.read().unwrap_or_else(|e| e.into_inner()))
             }
-            Err(_) => Decided::Reply(super::form_error(query)),
+            Err(_) => Decided::Reply(super::shape::malformed(query)),
         }
     }
 
