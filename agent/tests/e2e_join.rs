@@ -165,4 +165,16 @@ fn after_a_new_coordinator_identity_a_new_token_joins_again_as_the_same_node() {
     });
     assert_eq!(again.node_id, before.node_id);
     assert!(bed.log(0).contains("cannot join again with the token"), "{}", bed.log(0));
+
+    // Another --name on a joined host: said, not applied (it was dropped
+    // without a word, where --endpoint is applied; a review, 2026-12-06).
+    bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
+    let name = std::mem::replace(&mut bed.hosts[0].name, "renamed".into());
+    bed.start_agent(0, true);
+    let renamed = wait_for("the agent to go on under its name", Duration::from_secs(20), || {
+        bed.status(0).filter(|s| s.coordinator_connected)
+    });
+    assert_eq!((renamed.node_id, renamed.name.as_str()), (before.node_id, name.as_str()));
+    assert!(bed.log(0).contains("already joined under another name: --name is not applied"), "{}", bed.log(0));
+    bed.hosts[0].name = name;
 }

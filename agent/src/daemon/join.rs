@@ -71,6 +71,19 @@ async fn join_locked(args: &JoinArgs, dir: &StateDir) -> Result<(), Error> {
         (Some(t), Some(saved), Ok(_)) if t.pin.to_string() == saved.pin => credential_forgotten(saved).await,
         _ => false,
     };
+    // `--name` is the join's: said, not dropped without a word, as
+    // `--endpoint` is applied (found by a review, 2026-12-06).
+    if let (Some(asked), Some(saved)) = (&args.name, &saved)
+        && !forgotten
+        && !asked.eq_ignore_ascii_case(&saved.name)
+    {
+        tracing::warn!(
+            name = saved.name,
+            asked,
+            "already joined under another name: --name is not applied (to rename the host: `weavectl node rm \
+             <name>`, then `agent reset` and `agent join --name` with a new token)"
+        );
+    }
     match (token, saved, secret) {
         // A token of this cluster, and a coordinator that does not know this
         // node's credential: a backup restored from before it joined (a node
