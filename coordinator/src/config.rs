@@ -124,6 +124,12 @@ pub struct ServeArgs {
     /// most is closed for a newcomer from a source that holds fewer.
     #[arg(long, env = "WEAVE_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: u32,
+    /// Connections all sources together may hold before a call on them
+    /// proved a credential or join token (0: as many as --max-connections).
+    /// Past it, the oldest such connection is closed for a newcomer: what
+    /// anyone who reaches the port may make the coordinator hold.
+    #[arg(long, env = "WEAVE_MAX_UNAUTHENTICATED_CONNECTIONS", default_value_t = 64)]
+    pub max_unauthenticated_connections: u32,
     /// How long a connection may stay open before a call on it proves a
     /// credential or a join token (a call still waiting for its answer
     /// holds it open); then it is closed, and with every slot held such
@@ -170,6 +176,8 @@ pub struct Settings {
     pub max_connections_per_source: Option<u32>,
     /// Connections all sources may hold together (None: the open-file limit less 512).
     pub max_connections: Option<u32>,
+    /// Of those, connections that proved nothing yet (None: no other limit).
+    pub max_unauthenticated_connections: Option<u32>,
     /// How long a connection may stay open without proving a credential.
     pub authenticate_within: Duration,
     /// Where a node may add subnets (empty: nowhere).
@@ -213,6 +221,7 @@ impl ServeArgs {
             node_rate: 50,
             max_connections_per_source: 256,
             max_connections: 0,
+            max_unauthenticated_connections: 64,
             authenticate_within: "10s".into(),
             node_subnets: DEFAULT_NODE_SUBNETS.into(),
         }
@@ -421,6 +430,7 @@ impl ServeArgs {
             node_rate: Some(self.node_rate).filter(|r| *r > 0),
             max_connections_per_source: Some(self.max_connections_per_source).filter(|n| *n > 0),
             max_connections: Some(self.max_connections).filter(|n| *n > 0),
+            max_unauthenticated_connections: Some(self.max_unauthenticated_connections).filter(|n| *n > 0),
             authenticate_within,
             metrics_listen: match self.metrics_listen.trim() {
                 "off" | "none" | "" => None,

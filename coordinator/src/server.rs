@@ -33,14 +33,18 @@ use crate::{
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub use crate::accept::AUTHENTICATE_WITHIN;
 /// Concurrent RPCs (streams) on one HTTP/2 connection. An agent needs a
-/// watch and a few calls; weavectl one at a time.
+/// watch and a few calls; weavectl one at a time; a script may start many
+/// at once on a new connection (fewer were refused, REFUSED_STREAM, before
+/// the client had the server's settings).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// The largest request message any service decodes. tonic's default is 4
 /// MiB, reserved as soon as a message's 5-byte header declares it and held
 /// until the body is complete, before any handler or credential check: a
 /// client that never joined could hold 256 MiB per connection (64 streams)
 /// by declaring 4 MiB and sending all but the last byte; at 8 KiB that is
-/// 512 KiB per connection. Every request weave defines is under 2 KiB (16
+/// 512 KiB per connection (some 2.1 MB with HTTP/2's and tonic's own
+/// buffers, as a review measured), and `--max-unauthenticated-connections`
+/// bounds how many such connections are held. Every request weave defines is under 2 KiB (16
 /// endpoints, 253-byte names, 256-byte descriptions); a larger one is
 /// refused with OUT_OF_RANGE from its header.
 pub const MAX_REQUEST_BYTES: usize = 8 << 10;
@@ -438,9 +442,18 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(30)));
     let limits = crate::accept::Limits {
         authenticate_within: settings.authenticate_within,
-        ..crate::accept::Limits::for_process(settings.max_connections_per_source, settings.max_connections)
+        ..crate::accept::Limits::for_process(
+            settings.max_connections_per_source,
+            settings.max_connections,
+            settings.max_unauthenticated_connections,
+        )
     };
-    tracing::debug!(per_source = limits.per_source, total = limits.total, "connection limits");
+    tracing::debug!(
+        per_source = limits.per_source,
+        total = limits.total,
+        unproven = limits.unproven,
+        "connection limits"
+    );
     let incoming = crate::accept::limited(crate::accept::backing_off(incoming), limits, connections, stopping_sweep);
     // Tell the watch streams first, then let tonic drain the connections.
     let shutdown = async move {

@@ -585,6 +585,46 @@ async fn an_outsider_with_a_source_per_slot_does_not_keep_members_out() {
     drop(held);
 }
 
+/// Connections that proved nothing are bounded on their own
+/// (`--max-unauthenticated-connections`, 3 here), whatever their sources:
+/// past it a newcomer closes the oldest of them, so an outsider's many
+/// connections (each up to 64 half-sent requests in memory, some 2.1 MB:
+/// from four addresses a review grew a coordinator to 2.3 GB, 2026-12-06)
+/// stay at that many, and a member still gets in and keeps its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_proved_nothing_are_bounded_on_their_own() {
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.max_unauthenticated_connections = 3).await;
+    let port = c.running.local_addr.port();
+    let outsiders = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+    let held_now = || outsiders.iter().map(|a| established(a.parse().unwrap(), port).len()).sum::<usize>();
+    let mut held = Vec::new();
+    // One source, then three: never more than 3 held at once.
+    for n in 0..6 {
+        held.push(c.channel_from(outsiders[n % 3]).await.expect("an outsider's connection"));
+    }
+    let mut bounded = false;
+    for _ in 0..50 {
+        if held_now() <= 3 {
+            bounded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(bounded, "{} connections that proved nothing held, past 3", held_now());
+    let mut member = c.admin_from("127.0.0.6").await.expect("connect");
+    member.subnets.list_subnets(ListSubnetsRequest {}).await.expect("the member is let in");
+    let member_port = established("127.0.0.6".parse().unwrap(), port);
+    assert_eq!(member_port.len(), 1);
+    for from in outsiders {
+        held.push(c.channel_from(from).await.expect("an outsider replaces an outsider"));
+    }
+    member.subnets.list_subnets(ListSubnetsRequest {}).await.expect("the member's connection stays");
+    assert_eq!(established("127.0.0.6".parse().unwrap(), port), member_port, "the member's was closed");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(held_now() <= 3, "{} held", held_now());
+    drop(held);
+}
+
 /// A join that waits on a busy store (the write lock held elsewhere) past
 /// `--authenticate-within` (2 s here) is answered, not cut off with its
 /// connection: a connection with a call in flight stays open until the

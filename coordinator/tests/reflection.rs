@@ -130,7 +130,8 @@ async fn admin_channel(c: &TestCoordinator) -> AuthChannel {
 /// `Check` still answers; a closed watch makes room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_watches_are_bounded() {
-    let c = TestCoordinator::start().await;
+    // 65 connections that prove nothing: past --max-unauthenticated-connections.
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.max_unauthenticated_connections = 0).await;
     let request = || HealthCheckRequest { service: String::new() };
     let watch = |mut client: HealthClient<tonic::transport::Channel>| async move {
         let mut w = client.watch(request()).await?.into_inner();

@@ -76,6 +76,8 @@ pub(super) struct Held {
     /// from the front as they are met.
     unproven: VecDeque<(Instant, Entry)>,
     pub(super) total: usize,
+    /// Of `total`, those that have not proved anything yet.
+    pub(super) unproven_held: usize,
     next: u64,
 }
 
@@ -122,6 +124,7 @@ impl Held {
         }
         self.unproven.push_back((prove_by, (id, ends, slot.clone())));
         self.total += 1;
+        self.unproven_held += 1;
         (id, slot)
     }
 
@@ -133,6 +136,9 @@ impl Held {
         let Ok(at) = q.binary_search_by_key(&id, |e| e.0) else { return };
         let (_, _, slot) = q.remove(at).expect("found");
         slot.released.store(true, Ordering::Release);
+        if !slot.authenticated.load(Ordering::Acquire) {
+            self.unproven_held -= 1;
+        }
         // The waker holds the connection's task (its buffers) in memory.
         drop(slot.waker.take());
         let len = q.len();
@@ -154,9 +160,16 @@ impl Held {
 
     /// Marks the connection with `ends` as having proved a credential.
     #[cfg(test)]
-    pub(super) fn authenticated(&self, ends: Ends) {
-        if let Some(slot) = self.slot(ends) {
-            slot.authenticated.store(true, Ordering::Release);
+    pub(super) fn authenticated(&mut self, ends: Ends) {
+        if let Some(slot) = self.slot(ends).cloned() {
+            self.proved(&slot);
+        }
+    }
+
+    /// Marks `slot`'s connection as having proved a credential (once).
+    pub(super) fn proved(&mut self, slot: &Slot) {
+        if !slot.authenticated.swap(true, Ordering::AcqRel) && !slot.released.load(Ordering::Acquire) {
+            self.unproven_held -= 1;
         }
     }
 
@@ -220,16 +233,8 @@ impl Held {
     /// group would hold), so that one source (or a few) cannot keep every
     /// other out by holding all slots.
     pub(super) fn make_room(&mut self, from_group: usize, now: Instant) -> Option<Evicted> {
-        while self.unproven.front().is_some_and(|(_, e)| !Self::unproven(e)) {
-            self.unproven.pop_front();
-        }
-        // The oldest not held open by a call in flight (those are few: a
-        // call holds its connection at most BUSY_GRACE past its time).
-        let at = self.unproven.iter().position(|(by, e)| Self::unproven(e) && !Self::held_open(*by, e, now));
-        if let Some((_, entry)) = at.and_then(|i| self.unproven.remove(i)) {
-            let address = entry.1.1.ip().to_canonical();
-            self.close(entry);
-            return Some(Evicted::Unauthenticated(address));
+        if let Some(evicted) = self.close_oldest_unproven(now) {
+            return Some(evicted);
         }
         let (&most, groups) = self.by_size.last_key_value()?;
         if most <= from_group + 1 {
@@ -240,6 +245,23 @@ impl Held {
         let address = entry.1.1.ip().to_canonical();
         self.close(entry);
         Some(Evicted::Biggest(address))
+    }
+}
+
+impl Held {
+    /// Closes the oldest connection that has not proved anything and has
+    /// no call in flight (those are few: a call holds its connection at
+    /// most [`BUSY_GRACE`] past its time): for a newcomer when every slot,
+    /// or every slot for such connections, is taken.
+    pub(super) fn close_oldest_unproven(&mut self, now: Instant) -> Option<Evicted> {
+        while self.unproven.front().is_some_and(|(_, e)| !Self::unproven(e)) {
+            self.unproven.pop_front();
+        }
+        let at = self.unproven.iter().position(|(by, e)| Self::unproven(e) && !Self::held_open(*by, e, now));
+        let (_, entry) = at.and_then(|i| self.unproven.remove(i))?;
+        let address = entry.1.1.ip().to_canonical();
+        self.close(entry);
+        Some(Evicted::Unauthenticated(address))
     }
 }
 
@@ -319,16 +341,19 @@ mod tests {
         h.authenticated(peer("192.0.2.1", 2));
         h.authenticated(peer("192.0.2.9", 1)); // no such connection: nothing
         // The member's group is the biggest (2), but the outsiders go first.
+        assert_eq!(h.unproven_held, 3, "the members' are not counted as unproven");
         assert_eq!(h.make_room(0, t), Some(Evicted::Unauthenticated(ip("192.0.2.2"))));
         assert!(outsiders[0].1.closed.load(Ordering::Acquire));
         // One outsider proves a credential after all: kept.
         h.authenticated(peer("192.0.2.3", 9));
+        h.authenticated(peer("192.0.2.3", 9)); // again: counted once
+        assert_eq!(h.unproven_held, 1);
         // Nothing is due before its time; at 4 s the one left is.
         assert_eq!(h.sweep(t + s * 3), 0);
         assert_eq!(h.sweep(t + s * 4), 1);
         assert!(outsiders[2].1.closed.load(Ordering::Acquire) && !outsiders[1].1.closed.load(Ordering::Acquire));
         assert!(!member.1.closed.load(Ordering::Acquire) && !member2.1.closed.load(Ordering::Acquire));
-        assert_eq!((h.total, h.sweep(t + s * 100)), (3, 0));
+        assert_eq!((h.total, h.sweep(t + s * 100), h.unproven_held), (3, 0, 0));
         // None unproven left: the biggest group gives way as before.
         assert_eq!(h.make_room(0, t), Some(Evicted::Biggest(ip("192.0.2.1"))));
         // A closed connection's peer address taken by a new one: the new one is the one marked.
@@ -336,6 +361,11 @@ mod tests {
         let again = h.admit(peer("192.0.2.3", 9), t);
         h.authenticated(peer("192.0.2.3", 9));
         assert!(again.1.authenticated.load(Ordering::Acquire));
+        // Released proven or not, and the one that closed to make room: none unproven.
+        for (id, ends) in [(member2.0, peer("192.0.2.1", 2)), (again.0, peer("192.0.2.3", 9))] {
+            h.release(id, ends);
+        }
+        assert_eq!((h.total, h.unproven_held), (0, 0));
         assert!(h.unproven.len() <= 1, "authenticated and closed ones are dropped as they are met");
     }
 
