@@ -133,7 +133,7 @@ async fn watch_applies_saves_survives_an_outage_and_resumes() {
     let connected = Arc::new(AtomicBool::new(false));
     let refused = Arc::new(std::sync::Mutex::new(None));
     let watcher =
-        tokio::spawn(control::watch_map(node_api.map.clone(), state.clone(), tx, connected.clone(), refused.clone()));
+        tokio::spawn(control::watch_map(node_api.clone(), state.clone(), tx, connected.clone(), refused.clone()));
 
     add_subnet(&running, "10.40.0.0/24").await;
     wait_until("the new subnet in the map", || has_subnet(&rx.borrow(), "10.40.0.0/24")).await;

@@ -289,6 +289,29 @@ fn agents_fail_over_to_the_surviving_coordinator_on_sigkill() {
         bed.kill_coordinator();
     }
     status_ok(&bed);
+
+    // Both down for 20 s (every agent's retries at their slowest), then both
+    // back: every agent watches again within a few retries. The balanced
+    // channel left a connection it had begun mid-handshake while the watch
+    // waited out its backoff, the coordinator closed it at its 5 s TLS
+    // timeout, and the next attempt met that and began another: agents took
+    // 13-96 s (found by a review, 2026-12-06).
+    bed.kill_coordinator();
+    c2.kill();
+    std::thread::sleep(Duration::from_secs(20));
+    bed.start_coordinator();
+    c2 = start_second(&c2_ns, &c2_dir, &url, &both, &c2_out);
+    let back = Instant::now();
+    for h in 0..4 {
+        wait_for(&format!("host {} to watch again", h + 1), Duration::from_secs(60), || {
+            bed.status(h).filter(|s| s.coordinator_connected).map(|_| ())
+        });
+        eprintln!("host {} watches again after {:?}", h + 1, back.elapsed());
+    }
+    let took = back.elapsed();
+    let log = bed.log(0);
+    let tail = &log[log.len().saturating_sub(4000)..];
+    assert!(took < Duration::from_secs(15), "the agents took {took:?} to watch again; host 1's log:\n{tail}");
     drop(c2);
     drop(bed);
     drop(server);

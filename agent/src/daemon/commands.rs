@@ -257,7 +257,7 @@ async fn serve(
     let last_map = map_rx.clone();
     let refused = Arc::new(std::sync::Mutex::new(None));
     let mut membership =
-        tokio::spawn(control::watch_map(api.map.clone(), dir.clone(), map_tx, connected.clone(), refused.clone()));
+        tokio::spawn(control::watch_map(api.clone(), dir.clone(), map_tx, connected.clone(), refused.clone()));
     // Endpoints follow the host's addresses unless --endpoint pinned them.
     let endpoints = match identity.endpoints_pinned {
         true => None,

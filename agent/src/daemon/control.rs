@@ -12,8 +12,8 @@ use std::{
 
 use tokio::sync::watch;
 use weave_proto::{
-    client::AuthChannel,
-    v1::{NetworkMap, WatchEvent, WatchRequest, map_service_client::MapServiceClient},
+    client::Api,
+    v1::{NetworkMap, WatchEvent, WatchRequest},
 };
 
 use super::dns::DnsServer;
@@ -52,7 +52,7 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 /// "unreachable"; found by a review, 2026-12-06). Returns only when the
 /// coordinator said this node is no longer a member, with its reason.
 pub async fn watch_map(
-    mut client: MapServiceClient<AuthChannel>,
+    mut api: Api,
     state: StateDir,
     maps: watch::Sender<NetworkMap>,
     connected: Arc<AtomicBool>,
@@ -64,6 +64,8 @@ pub async fn watch_map(
     // is accepted and then ends: that one backs off).
     let mut retry = (BACKOFF_MIN, 0u32);
     loop {
+        // The last attempt did not reach a coordinator (see `wait_or_answered`).
+        let mut cut_off = false;
         // A map without the cluster's segment MTU (saved from a coordinator
         // that had none yet, or none saved) asks for a whole snapshot: a
         // resumed watch sends only changes, and the MTU is in no change.
@@ -71,7 +73,7 @@ pub async fn watch_map(
             m if m.segment_mtu == 0 => (0, 0),
             m => (m.revision, m.history),
         };
-        match client.watch(WatchRequest { from_revision: from, from_history: history }).await {
+        match api.map.watch(WatchRequest { from_revision: from, from_history: history }).await {
             Ok(response) => {
                 tracing::info!(from_revision = from, "watching the network map");
                 refuse(None);
@@ -83,6 +85,7 @@ pub async fn watch_map(
             }
             Err(status) if membership_ended(&status) => return membership_error(&status),
             Err(status) => {
+                cut_off = weave_proto::client::cut_off(&status);
                 refuse((status.code() == tonic::Code::Unauthenticated).then(|| status.message().to_string()));
                 // The causes under tonic's "tcp connect error" (No route to
                 // host, Connection refused: a review, 2026-12-06).
@@ -102,7 +105,10 @@ pub async fn watch_map(
             tokio::time::sleep(BACKOFF_MIN.mul_f64(1.0 + rand::random::<f64>() * 0.5)).await;
             continue;
         }
-        tokio::time::sleep(retry.0).await;
+        match cut_off {
+            true => retry::wait_or_answered(&mut api.status, retry.0).await,
+            false => tokio::time::sleep(retry.0).await,
+        }
         retry.0 = next_backoff(retry.0);
     }
 }

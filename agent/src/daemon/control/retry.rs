@@ -16,6 +16,29 @@ pub fn next_backoff(current: Duration) -> Duration {
     (doubled + jitter).min(BACKOFF_MAX)
 }
 
+/// Waits `wait`, or until a coordinator answers a status call, made every
+/// [`BACKOFF_MIN`] meanwhile (at least one such pause first). A balanced
+/// channel over several coordinators advances a connection only while a
+/// call waits on it: one begun by a failed watch stood mid-handshake while
+/// the watch slept its backoff, the coordinator closed it at its 5 s TLS
+/// timeout, and the next watch met that and began another. Agents took
+/// 13-96 s to watch again after both coordinators restarted (found by a
+/// review, 2026-12-06).
+pub(super) async fn wait_or_answered(
+    status: &mut weave_proto::v1::status_service_client::StatusServiceClient<weave_proto::client::AuthChannel>,
+    wait: Duration,
+) {
+    let probe = async {
+        loop {
+            tokio::time::sleep(BACKOFF_MIN).await;
+            if status.get_status(weave_proto::v1::GetStatusRequest {}).await.is_ok() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(wait, probe).await;
+}
+
 /// Whether a failed watch means this node is no longer a member. The
 /// coordinator says so with UNAUTHENTICATED (the node was removed, or its
 /// credential replaced by a re-join elsewhere); anything else (unreachable,
