@@ -9,6 +9,11 @@ pub enum Error {
     Connect(String),
     #[error("the coordinator refused to join this host: {0}")]
     JoinRefused(String),
+    /// A refusal that trying again does not change (a token unknown,
+    /// expired, revoked or used up; a name taken): exit 2, which the
+    /// systemd unit does not restart.
+    #[error("the coordinator refused to join this host: {0}")]
+    JoinDenied(String),
     #[error("saved state: {0}")]
     State(String),
     /// The running agent refused a request (`agent allocate`, `agent

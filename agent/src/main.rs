@@ -43,7 +43,10 @@ async fn main() -> ExitCode {
                 weave_agent::error::Error::Removed(_)
                 | weave_agent::error::Error::RemovedEarlier(_)
                 | weave_agent::error::Error::ForgottenEarlier(_) => ExitCode::from(3),
-                weave_agent::error::Error::Usage(_) => ExitCode::from(2),
+                // Not restarted by the systemd unit: trying again changes nothing.
+                weave_agent::error::Error::Usage(_)
+                | weave_agent::error::Error::Token(_)
+                | weave_agent::error::Error::JoinDenied(_) => ExitCode::from(2),
                 // As weavectl's: a script tells a full subnet (7) from a missing one (4).
                 weave_agent::error::Error::Refused(kind, _) => ExitCode::from(kind.exit_code()),
                 _ => ExitCode::FAILURE,

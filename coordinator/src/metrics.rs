@@ -111,7 +111,7 @@ fn describe() {
     );
     describe_counter!(
         "weave_rpc_deadline_exceeded_total",
-        "RPCs answered UNAVAILABLE because they were not answered within --rpc-deadline (the database is not answering)."
+        "RPCs answered DEADLINE_EXCEEDED because they were not answered within --rpc-deadline (the database is not answering)."
     );
     describe_counter!(
         "weave_rpc_unread_refused_total",

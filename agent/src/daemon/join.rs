@@ -276,7 +276,10 @@ async fn join_with(args: &JoinArgs, dir: &StateDir, secret: String) -> Result<()
             if created && refused(&status) {
                 dir.forget_key();
             }
-            return Err(Error::JoinRefused(status.message().to_string()));
+            return Err(match denied(&status) {
+                true => Error::JoinDenied(status.message().to_string()),
+                false => Error::JoinRefused(status.message().to_string()),
+            });
         }
         Ok(Ok(r)) => r.into_inner(),
     };
@@ -323,6 +326,17 @@ async fn whole_map(channel: tonic::transport::Channel, credential: &str, setting
 
 /// Whether a failed join call is a refusal (the coordinator answered and
 /// committed nothing) rather than a lost answer.
+/// A refusal that the same join, tried again, meets again (a supervisor
+/// restarting it looped until its start limit; found by a review,
+/// 2026-12-06): not a paced or exhausted one, nor a coordinator's outage.
+fn denied(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied | Code::AlreadyExists | Code::NotFound
+    )
+}
+
 fn refused(status: &tonic::Status) -> bool {
     use tonic::Code;
     matches!(
