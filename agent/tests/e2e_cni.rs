@@ -168,7 +168,9 @@ fn del_is_idempotent_once_the_namespace_is_gone() {
 /// predict) cannot keep the pod from starting: ADD gets the pod its address
 /// and leaves the name out (before, the whole ADD was refused, over and
 /// over); the name still answers with the member's address alone, not the
-/// pod's. A pod whose name nobody holds gets it (the control).
+/// pod's, until the member gives it up: then the pod gets it. A pod whose
+/// name nobody holds gets it (the control); one whose name is kept for its
+/// old copy on another host starts, and gets it when the hold ends.
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn a_pod_whose_name_another_node_holds_still_gets_its_address() {
@@ -224,6 +226,38 @@ fn a_pod_whose_name_another_node_holds_still_gets_its_address() {
     });
     assert_eq!(lookup(&bed, "web-0.shop.weave.local"), [squat_ip], "the pod joined the member's name");
     assert!(bed.log(0).contains("DNS name left out"), "the agent did not say why the pod has no name");
+    // Once the member gives the name up (its node's hold freed by the
+    // admin), the pod gets it without a restart: the agent registers a
+    // left-out name once it is free (it waited for the pod's next ADD).
+    bed.member(1, |mut api| async move {
+        let req = weave_proto::v1::ReleaseRequest { container: "squat".into(), ..Default::default() };
+        api.ipam.release(req).await.expect("the member's release")
+    });
+    let out = bed.weavectl_admin(&["dns", "rm", "web-0.shop"]);
+    assert!(out.status.success(), "dns rm: {}", String::from_utf8_lossy(&out.stderr));
+    wait_for("web-0.shop to resolve to the pod", Duration::from_secs(20), || {
+        (lookup(&bed, "web-0.shop.weave.local") == [web.to_string()]).then_some(())
+    });
+    // A pod moved from another host while its old copy's name is kept
+    // (`--dns-name-hold`): the ADD gives it its address, not code 101 (which
+    // kubelet retried until the hold ended, and podman not at all), and the
+    // name once the hold ends (freed by the admin here).
+    let conf1 = json!({"cniVersion": "1.0.0", "name": "weave", "type": "weave-cni",
+        "socket": bed.hosts[1].socket.to_str().unwrap()});
+    let old = bed.add_container("api-old");
+    let (old_netns, old_id) = (format!("/run/netns/{old}"), format!("{}-api-old", bed.prefix));
+    let api_args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=api-0";
+    let out = plugin_with_args(&bin, "ADD", &old_netns, &old_id, &conf1, None, api_args);
+    assert!(out.status.success(), "ADD api-0 on host 2: {}", String::from_utf8_lossy(&out.stdout));
+    let out = plugin_with_args(&bin, "DEL", &old_netns, &old_id, &conf1, None, api_args);
+    assert!(out.status.success(), "DEL api-0 on host 2: {}", String::from_utf8_lossy(&out.stdout));
+    let api = add(&mut bed, "api-0");
+    assert!(lookup(&bed, "api-0.shop.weave.local").is_empty(), "the held name answered");
+    let out = bed.weavectl_admin(&["dns", "rm", "api-0.shop"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hold is freed"), "{}", String::from_utf8_lossy(&out.stdout));
+    wait_for("api-0.shop to resolve to the moved pod", Duration::from_secs(20), || {
+        (lookup(&bed, "api-0.shop.weave.local") == [api.to_string()]).then_some(())
+    });
 
     // A podman container named like a weavectl container of this host
     // (`--name same`): the weavectl container keeps its name's alias and

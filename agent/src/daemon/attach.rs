@@ -26,6 +26,7 @@ mod egress;
 mod exposures;
 mod gc;
 mod host;
+mod left_out;
 mod retire;
 pub mod sweep;
 mod unplug;

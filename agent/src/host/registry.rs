@@ -50,6 +50,11 @@ struct Saved {
     /// address there as their default route (egress), until it is hidden.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     egress_routed: BTreeMap<u64, BTreeSet<std::net::Ipv4Addr>>,
+    /// IPAM key -> the DNS name its CNI ADD left out (held by another
+    /// node's container, or kept for one just released): the sweep
+    /// registers it once it is free.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    left_out: BTreeMap<String, String>,
 }
 
 /// A CNI ADD that succeeded, until its DEL or the network's GC.
@@ -427,6 +432,24 @@ impl Registry {
             Ok(()) if was_unsaved => tracing::info!(path = %self.file.display(), "saved the container names again"),
             Ok(()) => {}
         }
+    }
+
+    /// The DNS name of the container with IPAM key `key` was left out
+    /// (`Some`), or is its own now or no longer wanted (`None`).
+    pub fn set_left_out(&self, key: &str, name: Option<&str>) {
+        let mut saved = self.saved();
+        let changed = match name {
+            Some(n) => saved.left_out.insert(key.to_string(), n.to_string()).is_none_or(|old| old != n),
+            None => saved.left_out.remove(key).is_some(),
+        };
+        if changed {
+            self.write(&saved);
+        }
+    }
+
+    /// Every left-out name: (IPAM key, name).
+    pub fn left_out(&self) -> Vec<(String, String)> {
+        self.saved().left_out.iter().map(|(k, n)| (k.clone(), n.clone())).collect()
     }
 
     /// Writes the file again if the last write failed: once the disk has

@@ -21,11 +21,13 @@ use crate::{
 impl Attacher {
     /// Allocates every spec; on any refusal, releases what this call added.
     /// With `optional_name` (a CNI runtime's pod name), a DNS name another
-    /// node's container holds is left out instead of refusing the address: a
+    /// node's container holds, or that is kept for one just released
+    /// (`--dns-name-hold`), is left out instead of refusing the address: a
     /// pod whose name a member claimed first (or a node that went down still
-    /// holds) must still start. A name kept for a container that was just
-    /// released (`--dns-name-hold`) still refuses: the runtime retries, and
-    /// gets the name once the hold ends.
+    /// holds) must still start, and one moved to another host started only
+    /// once the hold ended (podman not at all: it does not retry; found by a
+    /// review, 2026-12-06). The sweep registers it once it is free
+    /// ([`Attacher::register_left_out_names`]).
     pub(super) async fn allocate_all(
         &self,
         key: &str,
@@ -58,10 +60,25 @@ impl Attacher {
                     if optional_name
                         && !dns.is_empty()
                         && s.code() == tonic::Code::AlreadyExists
-                        && s.message().contains(" is held by ") =>
+                        && (s.message().contains(" is held by ") || s.message().contains("--dns-name-hold")) =>
                 {
-                    tracing::warn!(container = key, name = dns, reason = s.message(), "DNS name left out");
-                    allocate(AllocateRequest { dns_name: String::new(), ..req }).await
+                    tracing::warn!(
+                        container = key,
+                        name = dns,
+                        reason = s.message(),
+                        "DNS name left out (registered once it is free)"
+                    );
+                    let got = allocate(AllocateRequest { dns_name: String::new(), ..req }).await;
+                    if got.is_ok() {
+                        self.names.set_left_out(key, Some(dns));
+                    }
+                    got
+                }
+                Ok(a) => {
+                    if optional_name {
+                        self.names.set_left_out(key, None);
+                    }
+                    Ok(a)
                 }
                 other => other,
             };

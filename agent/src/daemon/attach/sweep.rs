@@ -38,6 +38,8 @@ impl Attacher {
     /// coordinator's word.
     /// So are this host's exposed addresses on their bridges
     /// ([`Self::repair_exposures`]); `reconcile` is told when one changed.
+    /// Every other sweep, left-out DNS names are tried again
+    /// ([`Self::register_left_out_names`]).
     pub async fn retire_dead_every(
         self: Arc<Self>,
         connected: Arc<AtomicBool>,
@@ -47,8 +49,10 @@ impl Attacher {
         let mut every = tokio::time::interval(SWEEP);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut orphans, mut mismatches) = (BTreeSet::new(), BTreeSet::new());
+        let mut odd = false;
         loop {
             every.tick().await;
+            odd = !odd;
             self.names.save_if_unsaved();
             for key in self.retire_dead().await {
                 gone(&key);
@@ -65,6 +69,9 @@ impl Attacher {
                     let (mismatches, changed) = self.repair_exposures(&mismatches).await;
                     if changed {
                         reconcile.notify_one();
+                    }
+                    if odd {
+                        self.register_left_out_names().await;
                     }
                     (orphans, mismatches)
                 }
