@@ -260,8 +260,8 @@ async fn serve(
         tokio::spawn(control::watch_map(api.clone(), dir.clone(), map_tx, connected.clone(), refused.clone()));
     // Endpoints follow the host's addresses unless --endpoint pinned them.
     let endpoints = match identity.endpoints_pinned {
-        true => None,
-        false => Some(tokio::spawn(super::endpoints::keep(identity.clone(), identity.pin()?, map_rx.clone()))),
+        true => tokio::spawn(super::endpoints::warn_pinned_gone(identity.node_id, map_rx.clone())),
+        false => tokio::spawn(super::endpoints::keep(identity.clone(), identity.pin()?, map_rx.clone())),
     };
     let tasks = [
         tokio::spawn(control::warn_out_of_touch(identity.node_id, map_rx.clone(), connected.clone())),
@@ -343,9 +343,7 @@ async fn serve(
             tracing::warn!(error = %e, "cannot save the network map");
         }
     }
-    if let Some(e) = &endpoints {
-        e.abort();
-    }
+    endpoints.abort();
     for t in &tasks {
         t.abort();
     }

@@ -2,7 +2,10 @@
 //! host's addresses (unless `--endpoint` pinned them): a host that moves
 //! (DHCP renewal, a laptop on another network, a VM migrated) is found by
 //! peers that speak first, not only by those it speaks to.
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use tokio::sync::{mpsc, watch};
 use weave_proto::{
@@ -29,6 +32,42 @@ fn wanted(port: u16) -> Vec<String> {
             Vec::new()
         }
     }
+}
+
+/// `--endpoint` pinned this node's endpoints: never changed by the agent,
+/// but a pinned address that was this host's and went away is said (WARN,
+/// once each time): peers that speak first reach the host only once it
+/// speaks from its new address, and lose it again when one restarts. It
+/// went without a word (found by a review, 2026-12-06). An address never
+/// on the host (a NAT's, forwarded to it) is not watched.
+pub async fn warn_pinned_gone(node_id: u64, maps: watch::Receiver<NetworkMap>) {
+    let (tx, mut changed) = mpsc::channel(1);
+    let watcher = tokio::spawn(async move {
+        if let Err(e) = addresses::watch(tx, QUIET).await {
+            tracing::debug!(error = %e, "not watching this host's addresses");
+        }
+    });
+    let pinned = || {
+        let map = maps.borrow();
+        let node = map.nodes.iter().find(|n| n.id == node_id);
+        node.map(|n| n.endpoints.iter().filter_map(|e| e.parse::<SocketAddr>().ok()).map(|e| e.ip()).collect())
+            .unwrap_or_else(Vec::new)
+    };
+    let here = || addresses::all().unwrap_or_default();
+    let mut was_here: Vec<IpAddr> = pinned().into_iter().filter(|ip| here().contains(ip)).collect();
+    while changed.recv().await.is_some() {
+        let now = here();
+        for gone in was_here.iter().filter(|ip| !now.contains(ip)) {
+            tracing::warn!(
+                endpoint = %gone,
+                "a pinned endpoint is no longer an address of this host: peers reach it only once it speaks to them; \
+                 pin the new one with `agent join --endpoint <address>`, or join without --endpoint to follow the \
+                 host's addresses"
+            );
+        }
+        was_here = pinned().into_iter().filter(|ip| now.contains(ip)).collect();
+    }
+    watcher.abort();
 }
 
 /// Tells the coordinator this node's endpoints are `endpoints`, within 5 s,

@@ -30,6 +30,12 @@ pub fn advertised() -> Result<Vec<IpAddr>, Error> {
     Ok(v4.into_iter().chain(v6).copied().collect())
 }
 
+/// Every address of this host outside the agent's own interfaces.
+pub fn all() -> Result<Vec<IpAddr>, Error> {
+    let addrs = if_addrs::get_if_addrs().map_err(|e| Error::Io("list addresses".into(), e))?;
+    Ok(addrs.iter().filter(|i| !is_ours(&i.name)).map(|i| i.ip()).collect())
+}
+
 /// Sends `()` on `tx` once the host's addresses changed and then stayed
 /// put for `quiet` (a burst of events, such as an address replaced by
 /// another, is one change). Runs until `tx` is closed.
