@@ -249,7 +249,7 @@ pub(crate) fn limited(
                 || from_group >= limits.per_net
                 || (h.unproven_held >= limits.unproven && {
                     flag = "--max-unauthenticated-connections";
-                    evicted = h.close_oldest_unproven(now);
+                    evicted = h.close_unproven_of_biggest();
                     evicted.is_none()
                 })
                 || (h.total >= limits.total && {

@@ -126,8 +126,9 @@ pub struct ServeArgs {
     pub max_connections: u32,
     /// Connections all sources together may hold before a call on them
     /// proved a credential or join token (0: as many as --max-connections).
-    /// Past it, the oldest such connection is closed for a newcomer: what
-    /// anyone who reaches the port may make the coordinator hold.
+    /// Past it, the oldest such connection of the source holding the most is
+    /// closed for a newcomer: what anyone who reaches the port may make the
+    /// coordinator hold.
     #[arg(long, env = "WEAVE_MAX_UNAUTHENTICATED_CONNECTIONS", default_value_t = 64)]
     pub max_unauthenticated_connections: u32,
     /// How long a connection may stay open before a call on it proves a

@@ -587,7 +587,8 @@ async fn an_outsider_with_a_source_per_slot_does_not_keep_members_out() {
 
 /// Connections that proved nothing are bounded on their own
 /// (`--max-unauthenticated-connections`, 3 here), whatever their sources:
-/// past it a newcomer closes the oldest of them, so an outsider's many
+/// past it a newcomer closes the oldest of them from the source holding the
+/// most, so an outsider's many
 /// connections (each up to 64 half-sent requests in memory, some 2.1 MB:
 /// from four addresses a review grew a coordinator to 2.3 GB, 2026-12-06)
 /// stay at that many, and a member still gets in and keeps its connection.
@@ -598,6 +599,17 @@ async fn connections_that_proved_nothing_are_bounded_on_their_own() {
     let outsiders = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
     let held_now = || outsiders.iter().map(|a| established(a.parse().unwrap(), port).len()).sum::<usize>();
     let mut held = Vec::new();
+    // A newcomer from elsewhere, before any call: one source's connections
+    // past the bound close that source's own, not it (the oldest of all
+    // were closed, and an outsider reopening its own from one address kept
+    // every newcomer from its first call; a review, 2026-12-06).
+    let lone = c.channel_from("127.0.0.9").await.expect("a newcomer's connection");
+    for _ in 0..6 {
+        held.push(c.channel_from(outsiders[0]).await.expect("an outsider's connection"));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(established("127.0.0.9".parse().unwrap(), port).len(), 1, "the newcomer's was closed");
+    drop(lone);
     // One source, then three: never more than 3 held at once.
     for n in 0..6 {
         held.push(c.channel_from(outsiders[n % 3]).await.expect("an outsider's connection"));

@@ -36,6 +36,8 @@ pub(super) struct Slot {
     /// Calls on it not answered yet: the sweep leaves it open meanwhile (a
     /// join queued behind a busy store is not cut off at 10 s).
     pub(super) in_flight: AtomicU32,
+    /// Its group (set when admitted).
+    group: Option<IpAddr>,
 }
 
 /// A connection as a request knows it: (local, peer) socket addresses. One
@@ -78,6 +80,8 @@ pub(super) struct Held {
     pub(super) total: usize,
     /// Of `total`, those that have not proved anything yet.
     pub(super) unproven_held: usize,
+    /// The same per group.
+    unproven_by_group: HashMap<IpAddr, usize>,
     next: u64,
 }
 
@@ -106,7 +110,8 @@ impl Held {
     /// by `prove_by`.
     pub(super) fn admit(&mut self, ends: Ends, prove_by: Instant) -> (u64, Arc<Slot>) {
         let address = ends.1.ip().to_canonical();
-        let (id, slot, group) = (self.next, Arc::new(Slot::default()), group_of(address));
+        let group = group_of(address);
+        let (id, slot) = (self.next, Arc::new(Slot { group: Some(group), ..Slot::default() }));
         self.next += 1;
         let q = self.groups.entry(group).or_default();
         q.push_back((id, ends, slot.clone()));
@@ -124,7 +129,7 @@ impl Held {
         }
         self.unproven.push_back((prove_by, (id, ends, slot.clone())));
         self.total += 1;
-        self.unproven_held += 1;
+        self.count_unproven(Some(group), true);
         (id, slot)
     }
 
@@ -136,12 +141,12 @@ impl Held {
         let Ok(at) = q.binary_search_by_key(&id, |e| e.0) else { return };
         let (_, _, slot) = q.remove(at).expect("found");
         slot.released.store(true, Ordering::Release);
-        if !slot.authenticated.load(Ordering::Acquire) {
-            self.unproven_held -= 1;
-        }
         // The waker holds the connection's task (its buffers) in memory.
         drop(slot.waker.take());
         let len = q.len();
+        if !slot.authenticated.load(Ordering::Acquire) {
+            self.count_unproven(slot.group, false);
+        }
         if len == 0 {
             self.groups.remove(&group);
         }
@@ -169,7 +174,20 @@ impl Held {
     /// Marks `slot`'s connection as having proved a credential (once).
     pub(super) fn proved(&mut self, slot: &Slot) {
         if !slot.authenticated.swap(true, Ordering::AcqRel) && !slot.released.load(Ordering::Acquire) {
-            self.unproven_held -= 1;
+            self.count_unproven(slot.group, false);
+        }
+    }
+
+    /// One more (`up`) or one fewer connection of `group` that proved nothing.
+    fn count_unproven(&mut self, group: Option<IpAddr>, up: bool) {
+        let Some(group) = group else { return };
+        let n = self.unproven_by_group.entry(group).or_default();
+        match up {
+            true => (*n, self.unproven_held) = (*n + 1, self.unproven_held + 1),
+            false => (*n, self.unproven_held) = (n.saturating_sub(1), self.unproven_held.saturating_sub(1)),
+        }
+        if *n == 0 {
+            self.unproven_by_group.remove(&group);
         }
     }
 
@@ -249,6 +267,28 @@ impl Held {
 }
 
 impl Held {
+    /// With every slot for connections that proved nothing taken: closes
+    /// the oldest such connection, with no call in flight, of the group
+    /// (address, IPv6 /64) holding the most of them; among groups holding
+    /// as many, the oldest of all. The globally oldest was closed at first,
+    /// and an outsider reopening its own from one address closed every
+    /// newcomer's before its first call could prove anything (a review,
+    /// 2026-12-06): now it closes its own.
+    pub(super) fn close_unproven_of_biggest(&mut self) -> Option<Evicted> {
+        let most = *self.unproven_by_group.values().max()?;
+        let candidate = |e: &Entry| Self::unproven(e) && e.2.in_flight.load(Ordering::Acquire) == 0;
+        let entry = self
+            .unproven_by_group
+            .iter()
+            .filter(|(_, n)| **n == most)
+            .filter_map(|(g, _)| self.groups.get(g)?.iter().find(|e| candidate(e)))
+            .min_by_key(|e| e.0)?
+            .clone();
+        let address = entry.1.1.ip().to_canonical();
+        self.close(entry);
+        Some(Evicted::Unauthenticated(address))
+    }
+
     /// Closes the oldest connection that has not proved anything and has
     /// no call in flight (those are few: a call holds its connection at
     /// most [`BUSY_GRACE`] past its time): for a newcomer when every slot,
@@ -367,6 +407,28 @@ mod tests {
         }
         assert_eq!((h.total, h.unproven_held), (0, 0));
         assert!(h.unproven.len() <= 1, "authenticated and closed ones are dropped as they are met");
+    }
+
+    /// Past the bound for connections that proved nothing, the group holding
+    /// the most of them gives one up: an outsider's own, not a newcomer's
+    /// from elsewhere; among groups holding as many, the oldest of all; one
+    /// with a call in flight is passed over.
+    #[test]
+    fn unproven_connections_past_the_bound_come_from_the_biggest_group() {
+        let (mut h, t) = (Held::default(), Instant::now());
+        let lone = h.admit(peer("192.0.2.9", 1), t);
+        let outsider: Vec<_> = (1..=3).map(|p| h.admit(peer("192.0.2.2", p), t)).collect();
+        assert_eq!(h.unproven_held, 4);
+        outsider[0].1.in_flight.store(1, Ordering::Release);
+        assert_eq!(h.close_unproven_of_biggest(), Some(Evicted::Unauthenticated(ip("192.0.2.2"))));
+        assert!(outsider[1].1.closed.load(Ordering::Acquire), "its oldest without a call in flight");
+        assert_eq!(h.close_unproven_of_biggest(), Some(Evicted::Unauthenticated(ip("192.0.2.2"))));
+        assert!(outsider[2].1.closed.load(Ordering::Acquire) && !lone.1.closed.load(Ordering::Acquire));
+        // One each now: the oldest of all, the lone one (the outsider's has a call in flight).
+        assert_eq!(h.close_unproven_of_biggest(), Some(Evicted::Unauthenticated(ip("192.0.2.9"))));
+        assert_eq!(h.close_unproven_of_biggest(), None, "only one with a call in flight is left");
+        h.proved(&outsider[0].1.clone());
+        assert_eq!((h.unproven_held, h.unproven_by_group.len(), h.total), (0, 0, 1));
     }
 
     /// A connection with a call in flight (a join behind a busy store) is
