@@ -275,6 +275,11 @@ pub(crate) fn limited(
                 metrics::counter!("weave_connections_evicted_total").increment(1);
                 if every_10s(&EVICTED_LOGGED) {
                     let (from, which) = match evicted {
+                        // Past --max-unauthenticated-connections: of the
+                        // source holding the most of them.
+                        Evicted::Unauthenticated(from) if flag != "--max-connections" => {
+                            (from, "the oldest that proved no credential yet, of the source holding the most")
+                        }
                         Evicted::Unauthenticated(from) => (from, "the oldest that proved no credential yet"),
                         Evicted::Biggest(from) => (from, "the oldest of the source holding the most"),
                     };
