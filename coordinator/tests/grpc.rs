@@ -296,6 +296,11 @@ async fn every_mutating_rpc_checks_the_callers_role() {
     let mut for_other = alloc("c9", "");
     for_other.node = "host2".into();
     assert_status(node.ipam.allocate(for_other).await, denied, "only on itself");
+    // Its own name in another letter case is itself (names are one in any
+    // case; it was PERMISSION_DENIED, a review 2026-12-07).
+    let mut upper = alloc("c8", "");
+    upper.node = "HOST1".into();
+    assert_eq!(node.ipam.allocate(upper).await.unwrap().into_inner().node, "host1");
     let release_other = ReleaseRequest { node: "host2".into(), container: "c2".into(), subnet: String::new() };
     assert_status(node.ipam.release(release_other).await, denied, "only on itself");
     let eps = UpdateEndpointsRequest { node: "host2".into(), endpoints: vec!["192.0.2.9:1".into()] };
@@ -370,7 +375,11 @@ async fn a_node_removes_only_an_empty_subnet_it_added_itself() {
     // The admin's subnet, another node's, the default: not a node's to remove.
     assert_status(node.subnets.remove_subnet(rm("10.2.3.0/24", false)).await, denied, "is the admin's");
     assert_status(other.subnets.remove_subnet(rm("10.9.0.0/24", false)).await, denied, "is the admin's");
-    assert_status(node.subnets.remove_subnet(rm("default", false)).await, Code::FailedPrecondition, "default");
+    // The default too: PERMISSION_DENIED, as for anything a node may never
+    // do (it answered FAILED_PRECONDITION; a review, 2026-12-07). The admin
+    // is told why it cannot.
+    assert_status(node.subnets.remove_subnet(rm("default", false)).await, denied, "is the admin's");
+    assert_status(admin.subnets.remove_subnet(rm("default", true)).await, Code::FailedPrecondition, "default subnet");
     // Its own while another host holds an address there, and never with --force.
     other.ipam.allocate(alloc("docker-gateway", "10.9.0.0/24")).await.unwrap();
     assert_status(node.subnets.remove_subnet(rm("10.9.0.0/24", false)).await, Code::FailedPrecondition, "host2");
@@ -658,6 +667,11 @@ async fn ipam_allocates_lowest_free_idempotently_and_refuses_conflicts() {
     let mut change = alloc("c3", "10.2.4.0/24");
     change.address = "10.2.4.8".into();
     assert_status(node.ipam.allocate(change).await, Code::AlreadyExists, "already has 10.2.4.7/24");
+    // A wrong prefix for c3's own address is as wrong on a retry (it was
+    // taken once the address was allocated; a review, 2026-12-07).
+    let mut retry = alloc("c3", "10.2.4.0/24");
+    retry.address = "10.2.4.7/16".into();
+    assert_status(node.ipam.allocate(retry).await, Code::InvalidArgument, "prefix length there is /24");
 
     // Exhaustion names the subnet; release makes room and the lowest is reused.
     assert_eq!(node.ipam.allocate(alloc("t1", "tiny")).await.unwrap().into_inner().address, "10.2.3.1/30");

@@ -63,4 +63,14 @@ async fn python_grpcio_adds_and_lists_a_subnet_through_reflection() {
     let (code, _, err) = tokio::task::block_in_place(|| run(&["status"], &forged));
     assert_eq!(code, Some(1));
     assert!(err.starts_with("UNAUTHENTICATED"), "{err}");
+
+    // A credential that is not one is said in one line, exit 2, before any
+    // call (it was a Python traceback; a review, 2026-12-07).
+    for bad in ["wva1.x.y.z", "wva1.QUJD.pin.", "not a credential"] {
+        let file = c.dir.path().join("bad.credential");
+        std::fs::write(&file, bad).unwrap();
+        let (code, _, err) = tokio::task::block_in_place(|| run(&["--address", "127.0.0.1:1", "status"], &file));
+        assert_eq!(code, Some(2), "{bad}: {err}");
+        assert!(err.contains("not a wva1. admin credential") && !err.contains("Traceback"), "{bad}: {err}");
+    }
 }

@@ -29,9 +29,12 @@ def parse_credential(text):
     import base64
 
     parts = text.strip().split(".")
-    if len(parts) != 4 or parts[0] != "wva1":
-        raise ValueError("not a wva1. admin credential")
-    address = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)).decode()
+    if len(parts) != 4 or parts[0] != "wva1" or not parts[3]:
+        raise ValueError("not a wva1. admin credential (wva1.<address>.<pin>.<secret>)")
+    try:
+        address = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)).decode()
+    except ValueError as e:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"not a wva1. admin credential: its address part does not decode ({e})") from None
     return address, parts[3]
 
 
@@ -72,7 +75,13 @@ def main():
     p.add_argument("command", choices=["subnet-add", "subnet-ls", "status"])
     p.add_argument("cidr", nargs="?")
     a = p.parse_args()
-    address, secret = parse_credential(open(a.admin_file).read())
+    try:
+        address, secret = parse_credential(open(a.admin_file).read())
+    except (OSError, ValueError) as e:
+        # One line and exit 2 (a usage error, as weavectl's), not a traceback
+        # (found by a review, 2026-12-07).
+        print(f"{a.admin_file}: {e}", file=sys.stderr)
+        return 2
     api = Weave(a.address or address, open(a.cert, "rb").read(), secret)
     try:
         if a.command == "subnet-add":

@@ -173,7 +173,9 @@ impl State {
         let requested = requested.trim();
         match caller {
             Caller::Node { id, name } => {
-                if requested.is_empty() || requested == name || requested == id.to_string() {
+                // Names are one in any letter case (as the store looks them
+                // up): "H1" from h1 was PERMISSION_DENIED (a review, 2026-12-07).
+                if requested.is_empty() || requested.eq_ignore_ascii_case(name) || requested == id.to_string() {
                     Ok(*id)
                 } else {
                     Err(Status::permission_denied(format!("node {name} may act only on itself, not on '{requested}'")))

@@ -64,6 +64,17 @@ impl Store {
         let mut tx = self.begin().await?;
         let subnet = rows::resolve_subnet(tx.c(), subnet).await?;
         let net = subnet.net;
+        // Before the existing allocation is looked at: the same wrong prefix
+        // is refused whatever the state (it was taken on a retry once the
+        // address was allocated; found by a review, 2026-12-07).
+        if let Some((ip, Some(p))) = explicit
+            && p != net.prefix_len()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{ip}/{p} does not match subnet {net}: the prefix length there is /{}",
+                net.prefix_len()
+            )));
+        }
         let existing: Option<i64> =
             db::query_scalar("SELECT id FROM allocations WHERE node_id = $1 AND container = $2 AND subnet_id = $3")
                 .bind(node_id as i64)
@@ -105,13 +116,7 @@ impl Store {
                 }
             }
             let address = match explicit {
-                Some((ip, prefix)) => {
-                    if let Some(p) = prefix.filter(|p| *p != net.prefix_len()) {
-                        return Err(Error::InvalidArgument(format!(
-                            "{ip}/{p} does not match subnet {net}: the prefix length there is /{}",
-                            net.prefix_len()
-                        )));
-                    }
+                Some((ip, _)) => {
                     match ipam::check_explicit(&net, ip) {
                         Err(Unusable::Outside) => {
                             return Err(Error::InvalidArgument(format!("{ip} is outside subnet {net}")));

@@ -256,12 +256,6 @@ impl Store {
     pub async fn remove_subnet_by(&self, sel: &str, force: bool, by_node: Option<u64>) -> Result<(v1::Subnet, u32)> {
         let mut tx = self.begin().await?;
         let subnet = rows::resolve_subnet(tx.c(), sel).await?;
-        if subnet.record.is_default {
-            return Err(Error::FailedPrecondition(format!(
-                "{} is the default subnet and cannot be removed",
-                subnet.net
-            )));
-        }
         if let Some(node) = by_node {
             let added_by: Option<i64> = db::query_scalar("SELECT added_by FROM subnets WHERE id = $1")
                 .bind(subnet.id)
@@ -296,6 +290,16 @@ impl Store {
                     subnet.net
                 )));
             }
+        }
+        // After the node's checks: a node asking for what it may never do
+        // is told so (PERMISSION_DENIED), whichever subnet it named; the
+        // default subnet answered FAILED_PRECONDITION, the others
+        // PERMISSION_DENIED (found by a review, 2026-12-07).
+        if subnet.record.is_default {
+            return Err(Error::FailedPrecondition(format!(
+                "{} is the default subnet and cannot be removed",
+                subnet.net
+            )));
         }
         let holders = db::query(
             "SELECT a.container, n.name AS node FROM allocations a JOIN nodes n ON n.id = a.node_id \
