@@ -641,6 +641,65 @@ async fn a_rotation_through_one_coordinator_ends_admin_watches_on_another() {
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
 }
 
+/// An admin watch that is thousands of changes behind reads them in batches
+/// of 1,000 without waiting in between: a rotation of its credential ends
+/// it after the batch under way, not once it has caught up. It went on
+/// through every change made before it caught up (found by a review,
+/// 2026-12-07).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_ends_an_admin_watch_still_catching_up() {
+    const CHANGES: usize = 5000;
+    let c = TestCoordinator::start().await;
+    let mut admin = c.admin().await;
+    let mut first = admin.map.watch(WatchRequest::default()).await.unwrap().into_inner();
+    let from = first.message().await.unwrap().expect("a snapshot").revision;
+    drop(first);
+    // Two nodes: --node-quota is 4,096 each.
+    c.join("h1", 1).await;
+    c.join("h2", 2).await;
+    // The admin's calls (a node's are paced by --node-rate).
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let mut admin = admin.clone();
+            tokio::spawn(async move {
+                for i in (t..CHANGES - 1).step_by(8) {
+                    let node = if i % 2 == 0 { "h1" } else { "h2" };
+                    let r = AllocateRequest { node: node.into(), container: format!("c{i}"), ..Default::default() };
+                    admin.ipam.allocate(r).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut watch =
+        admin.map.watch(WatchRequest { from_revision: from, ..Default::default() }).await.unwrap().into_inner();
+    for _ in 0..10 {
+        watch.message().await.unwrap().expect("a change");
+    }
+    admin.admin.rotate_admin_credential(RotateAdminCredentialRequest {}).await.unwrap();
+    let (after, ended) = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut after = 0;
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => after += 1,
+                Ok(None) => panic!("the watch ended without a status after {after} changes"),
+                Err(status) => return (after, status),
+            }
+        }
+    })
+    .await
+    .expect("the watch ended within 20 s");
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    // What the transport had taken in before the rotation arrives, and the
+    // batch under way: not the thousands after them.
+    assert!(
+        after <= CHANGES - 2000,
+        "{after} of {CHANGES} changes sent after the rotation (the batches under way, not the rest)"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_start_token_is_single_use_and_short_lived_by_default() {
     let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| {

@@ -211,7 +211,20 @@ async fn stream(_guard: WatcherGuard, state: Shared, (caller, hash): (Caller, St
                     }
                     seen = revision;
                 }
-                if caught_up {
+                if !caught_up {
+                    // A reader a whole batch or more behind loops without
+                    // waiting, so the select below never ran: a credential
+                    // rotated meanwhile went unnoticed until it caught up
+                    // (thousands of changes later; found by a review,
+                    // 2026-12-07). Looked at between batches too.
+                    if credentials.has_changed().unwrap_or(false) {
+                        credentials.borrow_and_update();
+                        check = true;
+                    }
+                    if admin && futures::FutureExt::now_or_never(recheck.tick()).is_some() {
+                        check = true;
+                    }
+                } else {
                     let stop = tokio::select! {
                         r = revisions.wait_for(|r| *r > seen) => r.is_err(),
                         r = credentials.changed() => {
