@@ -344,3 +344,35 @@ fn an_agent_whose_saved_map_has_no_mtu_learns_the_clusters() {
         (bridge_mtu(&bed) == (1370, "1370".to_string())).then_some(())
     });
 }
+
+/// A host exposed on a subnet sends to a remote workload from its exposed
+/// address, through the TUN: its route there carries the segments' MTU, so
+/// a packet with DF too big for the far bridge is refused at once with that
+/// MTU ("message too long, mtu=1370", or PMTU for TCP) instead of vanishing.
+/// The TUN's MTU is the segments' plus VXLAN's 50 bytes, and everything of
+/// 1371-1420 bytes was dropped at the far bridge, whose "fragmentation
+/// needed" (from the far host's node address) no host lets into the tunnel
+/// (found by a review, 2026-12-07).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn an_exposed_host_is_told_the_segments_mtu_for_remote_workloads() {
+    let mut bed = Bed::with_hosts(2);
+    let w2 = bed.add_workload_via_agent(1, "net:default");
+    let out = bed.weavectl(0, &["expose"]);
+    assert!(out.status.success(), "{out:?}");
+    let h1 = bed.hosts[0].ns.clone();
+    let to = bed.workloads[w2].ip.to_string();
+    wait_for("the exposed host to ping the remote workload", Duration::from_secs(20), || {
+        in_ns(&h1, &["ping", "-c1", "-W1", &to]).status.success().then_some(())
+    });
+    let route = ok_in(&h1, &["ip", "route", "show", &to]);
+    assert!(route.contains("dev wvtun0") && route.contains("mtu 1370"), "{route}");
+    let fits = in_ns(&h1, &["ping", "-c2", "-W3", "-M", "do", "-s", "1342", &to]);
+    assert!(fits.status.success(), "1370 bytes with DF: {fits:?}");
+    let big = in_ns(&h1, &["ping", "-c1", "-W3", "-M", "do", "-s", "1343", &to]);
+    let said = format!("{}{}", String::from_utf8_lossy(&big.stdout), String::from_utf8_lossy(&big.stderr));
+    assert!(!big.status.success() && said.contains("mtu=1370"), "1371 bytes with DF: {said}");
+    // Without DF the host fragments to the segments' MTU: it arrives.
+    let fragmented = in_ns(&h1, &["ping", "-c2", "-W3", "-M", "dont", "-s", "1400", &to]);
+    assert!(fragmented.status.success(), "1428 bytes without DF: {fragmented:?}");
+}

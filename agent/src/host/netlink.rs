@@ -17,7 +17,7 @@ use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
     link::{InfoBridge, InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope},
 };
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
@@ -222,12 +222,15 @@ impl Netlink {
             dump("dump routes", || self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute())
                 .await?;
         for r in routes.iter().filter(|r| u8::from(r.header.protocol) == ROUTE_PROTOCOL) {
-            let (mut dst, mut oif, mut src) = (None, None, None);
+            let (mut dst, mut oif, mut src, mut mtu) = (None, None, None, None);
             for a in &r.attributes {
                 match a {
                     RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
                     RouteAttribute::Oif(i) => oif = Some(*i),
                     RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => src = Some(*ip),
+                    RouteAttribute::Metrics(m) => {
+                        mtu = m.iter().find_map(|m| if let RouteMetric::Mtu(v) = m { Some(*v) } else { None })
+                    }
                     _ => {}
                 }
             }
@@ -235,6 +238,7 @@ impl Netlink {
             let len = r.header.destination_prefix_length;
             if Some(oif) == tun && len == 32 {
                 observed.routes.insert(dst, src);
+                observed.route_mtus.extend(mtu.map(|m| (dst, m)));
             } else if let (Some(vni), Ok(net)) = (bridge_vni.get(&oif), Ipv4Net::new(dst, len)) {
                 observed.subnets.insert((*vni, net));
             }
@@ -263,11 +267,11 @@ impl Netlink {
     /// (it is then installed without one).
     pub async fn apply(&self, change: &Change) -> Result<Change, Error> {
         let result = match *change {
-            Change::AddRoute { dst, src: Some(_) } => match self.apply_one(change).await {
+            Change::AddRoute { dst, src: Some(_), mtu } => match self.apply_one(change).await {
                 Err(Error::Netlink(e)) if e.contains(NO_SOURCE) => self
-                    .apply_one(&Change::AddRoute { dst, src: None })
+                    .apply_one(&Change::AddRoute { dst, src: None, mtu })
                     .await
-                    .map(|()| Change::AddRoute { dst, src: None }),
+                    .map(|()| Change::AddRoute { dst, src: None, mtu }),
                 other => other.map(|()| change.clone()),
             },
             _ => self.apply_one(change).await.map(|()| change.clone()),
@@ -292,9 +296,11 @@ impl Netlink {
                 let Some(tun) = self.cached_index(TUN_NAME).await? else { return Ok(()) };
                 self.del_route(route(Ipv4Net::from(dst), tun, None, None), format!("route {dst}")).await
             }
-            Change::AddRoute { dst, src } => {
+            Change::AddRoute { dst, src, mtu } => {
                 let tun = self.cached_index(TUN_NAME).await?.ok_or_else(|| Error::Netlink(format!("no {TUN_NAME}")))?;
-                let add = self.handle.route().add(route(Ipv4Net::from(dst), tun, src, None)).replace().execute();
+                let mut message = route(Ipv4Net::from(dst), tun, src, None);
+                message.attributes.push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+                let add = self.handle.route().add(message).replace().execute();
                 match add.await {
                     // The exposed address is not on the bridge yet (or no more):
                     // `apply` routes without it now; the pass after the expose fixes it.

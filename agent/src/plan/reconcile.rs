@@ -227,6 +227,8 @@ pub struct Observed {
     pub segments: BTreeMap<u32, ObservedSegment>,
     /// Our /32 routes through the TUN, with their preferred source.
     pub routes: BTreeMap<Ipv4Addr, Option<Ipv4Addr>>,
+    /// The MTU each of those routes carries (absent: none, the TUN's).
+    pub route_mtus: BTreeMap<Ipv4Addr, u32>,
     /// Proxy-ARP entries on our bridges, by vni.
     pub proxies: BTreeMap<u32, BTreeSet<Ipv4Addr>>,
     /// Our subnet routes on our bridges.
@@ -284,10 +286,16 @@ pub enum Change {
         vni: u32,
         addr: Ipv4Addr,
     },
-    /// Adds or replaces the route (the source may have changed).
+    /// Adds or replaces the route (the source may have changed), with the
+    /// segments' MTU: the TUN's is larger by VXLAN's 50 bytes, and a host's
+    /// own packet of a size between the two (its exposed address's, with
+    /// DF) was dropped at the far bridge, whose "fragmentation needed" no
+    /// host lets back into the tunnel (found by a review, 2026-12-07). With
+    /// the route's MTU the sender is told at once (EMSGSIZE, or PMTU).
     AddRoute {
         dst: Ipv4Addr,
         src: Option<Ipv4Addr>,
+        mtu: u32,
     },
 }
 
@@ -339,8 +347,8 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Change> {
         }
     }
     for (&dst, &src) in &desired.routes {
-        if observed.routes.get(&dst) != Some(&src) {
-            changes.push(Change::AddRoute { dst, src });
+        if observed.routes.get(&dst) != Some(&src) || observed.route_mtus.get(&dst) != Some(&desired.mtu) {
+            changes.push(Change::AddRoute { dst, src, mtu: desired.mtu });
         }
     }
     changes
@@ -447,9 +455,11 @@ impl Observed {
             }
             Change::RemoveRoute { dst } => {
                 self.routes.remove(&dst);
+                self.route_mtus.remove(&dst);
             }
-            Change::AddRoute { dst, src } => {
+            Change::AddRoute { dst, src, mtu } => {
                 self.routes.insert(dst, src);
+                self.route_mtus.insert(dst, mtu);
             }
             Change::RemoveProxy { vni, addr } => {
                 if let Some(p) = self.proxies.get_mut(&vni) {

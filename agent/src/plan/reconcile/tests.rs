@@ -230,11 +230,24 @@ fn remote_workloads_get_routes_proxy_entries_and_their_subnet_a_route() {
     let observed = Observed {
         segments: [(100, complete(&["10.47.0.2"])), (200, complete(&["10.47.0.2"]))].into(),
         routes: d.routes.clone(),
+        route_mtus: d.routes.keys().map(|r| (*r, 1370)).collect(),
         proxies: d.proxies.clone(),
         subnets: d.subnets.iter().map(|(v, n)| (*v, *n)).collect(),
         pinned: [(100, [ip("10.32.0.1")].into())].into(),
     };
     assert!(diff(&d, &observed).is_empty(), "{:?}", diff(&d, &observed));
+    // A route without the segments' MTU (an older agent's, or one changed
+    // by hand) is replaced with it.
+    let mut no_mtu = observed.clone();
+    no_mtu.route_mtus.remove(&ip("10.32.0.2"));
+    no_mtu.route_mtus.insert(ip("10.2.3.2"), 1420);
+    assert_eq!(
+        diff(&d, &no_mtu),
+        vec![
+            Change::AddRoute { dst: ip("10.2.3.2"), src: Some(ip("10.2.3.1")), mtu: 1370 },
+            Change::AddRoute { dst: ip("10.32.0.2"), src: None, mtu: 1370 },
+        ]
+    );
     let mut moved = map.clone();
     moved.allocations.retain(|a| a.id != 2 && a.id != 4);
     let d2 = Desired::from_map(&moved, 1, ip("10.47.0.1"), 1370);
@@ -245,7 +258,7 @@ fn remote_workloads_get_routes_proxy_entries_and_their_subnet_a_route() {
             Change::RemoveProxy { vni: 100, addr: ip("10.32.0.2") },
             // Node 2 has no workload left in segment 100.
             Change::RemoveFlood { vni: 100, peer: ip("10.47.0.2") },
-            Change::AddRoute { dst: ip("10.2.3.2"), src: None },
+            Change::AddRoute { dst: ip("10.2.3.2"), src: None, mtu: 1370 },
         ]
     );
     // A pinned address that is not in the map (yet) stays pinned; one that
@@ -428,7 +441,10 @@ fn one_more_remote_workload_is_two_changes() {
     d.routes.insert(ip("10.5.2.1"), None);
     assert_eq!(
         diff(&d, &model),
-        vec![Change::AddProxy { vni: 5, addr: ip("10.5.2.1") }, Change::AddRoute { dst: ip("10.5.2.1"), src: None }]
+        vec![
+            Change::AddProxy { vni: 5, addr: ip("10.5.2.1") },
+            Change::AddRoute { dst: ip("10.5.2.1"), src: None, mtu: d.mtu }
+        ]
     );
 }
 
