@@ -209,6 +209,13 @@ impl Router {
             let mut tunn = lock(&p.tunn);
             if let TunnResult::WriteToNetwork(init) = tunn.format_handshake_initiation(&mut buf, false) {
                 sink.to_network(endpoint, init);
+                // The wait for an answer starts here: the data that follows
+                // is queued behind this handshake (nothing "sent"), and a
+                // restarted agent stayed on a first endpoint that does not
+                // answer (a NATed host's private address) until the peer
+                // spoke first, a minute and more (found by a review,
+                // 2026-12-07).
+                p.fallback.sent_at(|| self.now_ms());
             }
         }
     }

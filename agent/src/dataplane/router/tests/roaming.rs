@@ -192,3 +192,36 @@ fn a_forged_cookie_reply_from_a_new_address_leaves_the_endpoint_unchanged() {
         assert_eq!(a.router.status()[0].endpoint, Some(b.endpoint), "a cookie reply is not authenticated");
     }
 }
+
+/// A restarted agent's first handshake to a peer whose first endpoint does
+/// not answer (a host behind NAT: its private address first, the address
+/// the coordinator saw it at next) moves to the next endpoint after
+/// `fallback::AFTER_MS`, though data sent meanwhile only queued behind the
+/// handshake. It stayed on the first until the peer spoke first (found by
+/// a review, 2026-12-07).
+#[test]
+fn an_unanswered_first_handshake_moves_to_the_peers_next_endpoint() {
+    let (a, b) = (node(1), node(2));
+    b.router.set_peers(&[config(&a, None)], &b.wire);
+    let private = SocketAddr::from(([198, 51, 100, 2], 6784));
+    let mut peer = config(&b, Some(private));
+    peer.endpoints = vec![private, b.endpoint];
+    a.router.set_peers(&[peer], &a.wire);
+    a.send(&ipv4(workload(&a), workload(&b), b"queued"));
+    let sent: Vec<SocketAddr> = a.wire.net.borrow_mut().drain(..).map(|(d, _)| d).collect();
+    assert_eq!(sent, [private], "the initiation, to the first endpoint");
+    std::thread::sleep(std::time::Duration::from_millis(super::fallback::AFTER_MS + 300));
+    let mut buf = vec![0u8; 256];
+    a.router.tick(&mut buf, &a.wire);
+    let sent: Vec<SocketAddr> = a.wire.net.borrow().iter().map(|(d, _)| *d).collect();
+    assert!(sent.contains(&b.endpoint), "a handshake to the next endpoint: {sent:?}");
+    // It answers there, and the queued packet follows.
+    for _ in 0..3 {
+        let msgs: Vec<_> = a.wire.net.borrow_mut().drain(..).filter(|(d, _)| *d == b.endpoint).collect();
+        for (_, m) in msgs {
+            b.receive(a.endpoint, &m);
+        }
+        deliver(&b, &a, b.endpoint);
+    }
+    assert!(b.wire.tun.borrow().iter().any(|p| p.ends_with(b"queued")), "the queued packet arrived");
+}
