@@ -218,7 +218,7 @@ async fn docker_networks_name_their_subnet_one_each_and_give_their_gateway_back(
         async move { plugin.handle(method, body.to_string().as_bytes()).await }
     };
     let refused = call("/IpamDriver.RequestPool", json!({"AddressSpace": "weave", "Pool": ""})).await.unwrap_err();
-    assert!(refused.message.contains("weave networks need --subnet: --subnet 10."), "{}", refused.message);
+    assert!(refused.message.contains("weave networks need an IPv4 --subnet: --subnet 10."), "{}", refused.message);
 
     call("/IpamDriver.RequestPool", json!({"AddressSpace": "weave", "Pool": "10.78.0.0/24"})).await.unwrap();
     // The agent's watch would bring the new subnet: here the test does.

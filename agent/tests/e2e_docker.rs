@@ -391,8 +391,20 @@ fn docker_networks_on_weave() {
     assert!(e.contains("com.docker.network.driver.mtu=1400") && e.contains("the cluster's MTU"), "{e}");
     let e = h1.refused(&[&create[..], &["10.2.12.0/24", "--ipv6", "--subnet", "fd00:12::/64", "v6"]].concat());
     assert!(e.contains("no IPv6 pools"), "{e}");
+    // An `--aux-address` Docker cannot have (the broadcast): Docker gives up
+    // with ReleasePool alone, and the gateway address it had got goes with
+    // the pool, and the subnet with it (both stayed: found by a review,
+    // 2026-12-07). An IPv6 `--subnet` alone is told weave's are IPv4.
+    let e = h1.refused(&[&create[..], &["10.2.13.0/24", "--aux-address", "a=10.2.13.255", "aux"]].concat());
+    assert!(e.contains("network or broadcast"), "{e}");
+    let e = h1.refused(&[&create[..], &["fd00:14::/64", "v6only"]].concat());
+    assert!(e.contains("need an IPv4 --subnet"), "{e}");
+    assert!(!admin(&bed, "ipam").contains("10.2.13."), "{}", admin(&bed, "ipam"));
     let subnets = admin(&bed, "subnet");
-    assert!(!subnets.contains("10.2.11.0/24") && !subnets.contains("10.2.12.0/24"), "{subnets}");
+    assert!(
+        !subnets.contains("10.2.11.0/24") && !subnets.contains("10.2.12.0/24") && !subnets.contains("10.2.13.0/24"),
+        "{subnets}"
+    );
     assert!(subnets.contains(NET1), "{subnets}");
     let e = h2.refused(&["run", "--rm", "--net", "net1", "--ip", &web, IMAGE, "true"]);
     assert!(e.contains(&format!("{web} is already held by container")) && e.contains("on node h1"), "{e}");
@@ -503,7 +515,10 @@ fn docker_networks_on_weave() {
     // time.
     let h2 = &engines[1];
     let gone = h2.run("gone", "net1");
-    h2.create_network("net5", "10.2.5.0/24", &[]);
+    // With an `--aux-address` reservation, which goes with the network (it
+    // stayed held for good; a review, 2026-12-07).
+    h2.create_network("net5", "10.2.5.0/24", &["--aux-address", "printer=10.2.5.200"]);
+    assert!(admin(&bed, "ipam").contains("10.2.5.200/24"), "{}", admin(&bed, "ipam"));
     let id = h2.ok(&["network", "inspect", "-f", "{{.Id}}", "net5"]);
     let daemon = h2.ok(&["info", "-f", "{{.ID}}"]);
     let file = bed.hosts[1].data_dir.join("docker.json");
@@ -553,7 +568,9 @@ fn docker_networks_on_weave() {
         let ipam = admin(&bed, "ipam");
         let gone = !named(&bed, "gone") && !ipam.contains(&format!("{gone}/24"));
         let ghost = !named(&bed, "ghost") && !ipam.contains(&format!("{ghost}/24"));
-        (gone && ghost && gateways(&bed, "10.2.5.") == 0 && docker_json()["networks"].get(&id).is_none()).then_some(())
+        let aux = !ipam.contains("10.2.5.200/24");
+        (gone && ghost && aux && gateways(&bed, "10.2.5.") == 0 && docker_json()["networks"].get(&id).is_none())
+            .then_some(())
     });
     let saved = fs::read_to_string(&file).unwrap();
     assert!(!saved.contains(&format!("\"{gone}/24\"")), "the endpoint's record stays: {saved}");

@@ -38,8 +38,11 @@ impl Plugin {
             // review, 2026-12-04): so the subnet must be named.
             let map = self.attacher.maps.borrow();
             let default = map.subnets.iter().find(|s| s.is_default).map_or("<CIDR>", |s| s.cidr.as_str());
+            // Also what an IPv6-only `--subnet` gets (Docker asks for an
+            // IPv4 pool with none named): say IPv4 (a review, 2026-12-07).
             return Err(Refused::bad(format!(
-                "weave networks need --subnet: --subnet {default} for the default subnet, or a subnet of your own"
+                "weave networks need an IPv4 --subnet: --subnet {default} for the default subnet, or an IPv4 \
+                 subnet of your own (weave serves no IPv6 pools)"
             )));
         }
         let cidr = wire::pool_cidr(&req.pool).map_err(Refused::bad)?.to_string();
@@ -57,9 +60,22 @@ impl Plugin {
     /// subnet it added, a bridge and a VXLAN device on every host (found by
     /// a review, 2026-12-05). The coordinator removes it only while it is
     /// empty and as this node added it.
+    ///
+    /// With no network of this host on the pool, what this host holds there
+    /// under the plugin's keys goes with it ([`Self::release_leftovers`]):
+    /// Docker gives up a create whose `--aux-address` failed with this call
+    /// alone (its own IPAM frees a pool's addresses with the pool), and the
+    /// gateway address it had got stayed held, and the subnet with it (found
+    /// by a review, 2026-12-07).
     async fn release_pool(&self, req: &PoolRef) -> Result<Value, Refused> {
         let Ok(cidr) = wire::pool_cidr(&req.pool_id).map(|c| c.to_string()) else { return Ok(json!({})) };
-        if self.state.networks_on(&cidr) > 0 || !self.state.take_pool(&cidr) {
+        if self.state.networks_on(&cidr) > 0 {
+            return Ok(json!({}));
+        }
+        if let Err(e) = self.release_leftovers(&cidr).await {
+            tracing::warn!(subnet = cidr, error = ?e, "cannot release this host's Docker addresses of a released pool");
+        }
+        if !self.state.take_pool(&cidr) {
             return Ok(json!({}));
         }
         let req = RemoveSubnetRequest { subnet: cidr.clone(), force: false };
@@ -188,6 +204,40 @@ impl Plugin {
         }
         self.attacher.release(&held.container, &cidr).await.map_err(|r| Refused::bad(r.message))?;
         Ok(json!({}))
+    }
+}
+
+impl Plugin {
+    /// Releases what this node holds in subnet `cidr` under the plugin's
+    /// keys ([`wire::is_docker_key`]: its gateway address, endpoints',
+    /// `--aux-address` reservations), for when no Docker network of this
+    /// host is on it (one network per subnet per host): a network removed
+    /// while the agent was down left its `--aux-address` reservations held
+    /// for good, recorded nowhere (found by a review, 2026-12-07). Returns
+    /// how many went.
+    pub(super) async fn release_leftovers(&self, cidr: &str) -> Result<usize, Refused> {
+        let list = ListAllocationsRequest { subnet: cidr.to_string(), ..Default::default() };
+        let all = retry_unavailable(|| {
+            let (mut ipam, req) = (self.attacher.api.ipam.clone(), list.clone());
+            async move { ipam.list_allocations(req).await }
+        })
+        .await?
+        .into_inner()
+        .allocations;
+        let mine: Vec<_> = all
+            .into_iter()
+            .filter(|a| a.node_id == self.attacher.node_id && wire::is_docker_key(&a.container))
+            .collect();
+        for a in &mine {
+            self.attacher.release(&a.container, cidr).await.map_err(|r| Refused::bad(r.message))?;
+            tracing::info!(
+                subnet = cidr,
+                key = a.container,
+                address = a.address,
+                "released a Docker address of a subnet no Docker network of this host is on"
+            );
+        }
+        Ok(mine.len())
     }
 }
 
