@@ -118,3 +118,32 @@ fn without_keepalives_the_nat_forgets_the_host_behind_it_after_the_silence() {
     bed.wait_ping(w2, w1, Duration::from_secs(15));
     bed.wait_ping(w1, w2, Duration::from_secs(15));
 }
+
+/// The NAT's public address changes (192.0.2.1 to 192.0.2.9) while host 2's
+/// own address stays: host 2's map watch, reopened from the new address,
+/// moves its observed endpoint there, and host 1's container reaches host
+/// 2's through it. It stayed at the old address until host 2's own
+/// addresses changed, an agent restart included, and peers starting over
+/// were sent there (found by a review, 2026-12-07).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn the_observed_endpoint_follows_the_nats_new_address() {
+    let (bed, w1, w2) = nat_bed("2");
+    bed.wait_ping(w1, w2, Duration::from_secs(15));
+    let router = format!("{}-nat", bed.prefix);
+    // Masquerade takes the new primary address; removing the old one ends
+    // the mappings made with it (the kernel's masquerade flushes them).
+    ok_in(&router, &["sysctl", "-qw", "net.ipv4.conf.eth0.promote_secondaries=1"]);
+    ok_in(&router, &["ip", "addr", "add", "192.0.2.9/24", "dev", "eth0"]);
+    ok_in(&router, &["ip", "addr", "del", "192.0.2.1/24", "dev", "eth0"]);
+    let observed = || {
+        bed.admin(|mut api| async move {
+            let nodes = api.nodes.list_nodes(weave_proto::v1::ListNodesRequest {}).await.unwrap().into_inner().nodes;
+            nodes.into_iter().find(|n| n.name == "h2").unwrap().observed_endpoint
+        })
+    };
+    wait_for("h2's observed endpoint to follow the NAT", Duration::from_secs(90), || {
+        (observed() == "192.0.2.9:6784").then_some(())
+    });
+    assert!(pings_within(&bed, w1, w2, Duration::from_secs(20)), "host 2's container unreachable after the NAT moved");
+}

@@ -147,6 +147,36 @@ fn concerns(caller: &Caller, change: &MapChange) -> bool {
 }
 
 /// How often an admin watch checks that its credential is still the one.
+/// A node's map watch comes from where the coordinator sees the node now:
+/// behind a NAT whose public address changed, that is the node's observed
+/// endpoint (peers try it after the node's own). Recorded in the
+/// background, only when it differs ([`crate::store::Store::refresh_observed`]);
+/// a watch from one of the node's own endpoints, or from nowhere peers
+/// could reach, changes nothing (the node's `UpdateEndpoints` clears it).
+fn refresh_observed(state: &Shared, node: u64, from: Option<std::net::SocketAddr>) {
+    let Some((endpoints, current)) = state.store.with_map(|m| {
+        m.nodes.iter().find(|n| n.id == node).map(|n| (n.endpoints.clone(), n.observed_endpoint.clone()))
+    }) else {
+        return;
+    };
+    let observed = super::join::observed_endpoint(from, &endpoints);
+    if observed.is_empty() || observed == current {
+        return;
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        match state.store.refresh_observed(node, &endpoints, &observed).await {
+            Ok(Some(n)) => tracing::info!(
+                node = n.name,
+                observed,
+                "a node's watch came from a new address: its observed endpoint follows"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(node, error = %e, "cannot record a node's observed endpoint"),
+        }
+    });
+}
+
 const ADMIN_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn stream(_guard: WatcherGuard, state: Shared, (caller, hash): (Caller, String), from: u64, tx: Out) {
@@ -263,6 +293,9 @@ impl MapService for Map {
         let caller = self.0.caller_costing(&request, super::pace::MAP_READ).await?;
         tracing::debug!(caller = ?caller.0, "watch opened");
         let guard = WatcherGuard::acquire(&self.0, &caller.1, &caller.0)?;
+        if let Caller::Node { id, .. } = &caller.0 {
+            refresh_observed(&self.0, *id, request.remote_addr());
+        }
         let (tx, rx) = mpsc::channel(256);
         // A revision of another history (a restored backup's) may name other changes: a snapshot.
         let WatchRequest { from_revision, from_history } = *request.get_ref();

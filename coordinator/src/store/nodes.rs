@@ -324,6 +324,44 @@ impl Store {
         Ok(node)
     }
 
+    /// Records where node `node_id`'s map watch came from, `observed`
+    /// (`ip:port` as [`crate::api`]'s `observed_endpoint` makes it from the
+    /// node's endpoints `made_from`), if that is still its endpoints and the
+    /// record differs: a NAT whose public address changed left the old one
+    /// in the map until the node's own addresses changed (an agent restart
+    /// did not refresh it either), and peers that had to start over were
+    /// sent there (found by a review, 2026-12-07). None: nothing changed.
+    pub async fn refresh_observed(
+        &self,
+        node_id: u64,
+        made_from: &[String],
+        observed: &str,
+    ) -> Result<Option<v1::Node>> {
+        let mut tx = self.begin().await?;
+        let current = db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1")))
+            .bind(node_id as i64)
+            .fetch_optional(tx.c())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no node {node_id}")))?;
+        let current = rows::node(&current)?;
+        let observed = check_outside_overlay_in(&mut tx, &current.endpoints, Some(observed)).await?.unwrap_or_default();
+        if current.endpoints != made_from || observed.is_empty() || observed == current.observed_endpoint {
+            return Ok(None);
+        }
+        let row = db::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE nodes SET observed = $1, updated_at = $2 WHERE id = $3 RETURNING {NODE_COLUMNS}"
+        )))
+        .bind(&observed)
+        .bind(now())
+        .bind(node_id as i64)
+        .fetch_one(tx.c())
+        .await?;
+        let node = rows::node(&row)?;
+        tx.record(Change::NodeUpserted(node.clone())).await?;
+        self.commit(tx).await?;
+        Ok(Some(node))
+    }
+
     /// Removes a node with every allocation and DNS record it held, in one transaction.
     pub async fn remove_node(&self, sel: &str) -> Result<(v1::Node, u32, u32)> {
         let mut tx = self.begin().await?;
