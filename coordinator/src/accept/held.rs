@@ -291,8 +291,9 @@ impl Held {
 
     /// Closes the oldest connection that has not proved anything and has
     /// no call in flight (those are few: a call holds its connection at
-    /// most [`BUSY_GRACE`] past its time): for a newcomer when every slot,
-    /// or every slot for such connections, is taken.
+    /// most [`BUSY_GRACE`] past its time): [`Self::make_room`]'s first
+    /// choice for a newcomer when every slot is taken (the bound on such
+    /// connections alone is [`Self::close_unproven_of_biggest`]'s).
     pub(super) fn close_oldest_unproven(&mut self, now: Instant) -> Option<Evicted> {
         while self.unproven.front().is_some_and(|(_, e)| !Self::unproven(e)) {
             self.unproven.pop_front();

@@ -3,8 +3,13 @@ use hickory_proto::op::{Message, OpCode, ResponseCode};
 
 /// FORMERR for a query that is not one, counted.
 pub(super) fn malformed(query: &[u8]) -> Option<Vec<u8>> {
-    metrics::counter!("weave_dns_queries_total", "result" => "malformed").increment(1);
+    count_malformed();
     form_error(query)
+}
+
+/// `weave_dns_queries_total{result="malformed"}`: FORMERR and NOTIMP alike.
+fn count_malformed() {
+    metrics::counter!("weave_dns_queries_total", "result" => "malformed").increment(1);
 }
 
 /// The longest query taken, in bytes: one question (a name of at most 255
@@ -26,7 +31,7 @@ pub(super) fn misshapen(query: &[u8]) -> Option<Option<Vec<u8>>> {
         return Some(malformed(query));
     }
     if op_code != 0 {
-        metrics::counter!("weave_dns_queries_total", "result" => "malformed").increment(1);
+        count_malformed();
         let id = count(0);
         return Some(Message::error_msg(id, OpCode::Unknown(op_code), ResponseCode::NotImp).to_vec().ok());
     }
