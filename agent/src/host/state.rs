@@ -19,6 +19,9 @@ use super::registry;
 use crate::error::Error;
 
 const KEY: &str = "private.key";
+/// How long [`StateDir::lock`] waits for another process to let go of the
+/// directory (an agent exiting lets go within a moment).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 const IDENTITY: &str = "identity.json";
 const MAP: &str = "map.pb";
 /// Written when the coordinator ended this node's membership: `agent join`
@@ -269,15 +272,28 @@ impl StateDir {
             tracing::warn!("--data-dir: {warning}");
         }
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir).map_err(|e| self.io("create", e))?;
-        let dir = fs::File::open(&self.dir).map_err(|e| self.io("open", e))?;
-        nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
-            nix::errno::Errno::EWOULDBLOCK => Error::State(format!(
-                "another agent uses --data-dir {} (it holds a lock on it): stop it, or give this one a --data-dir \
-                 of its own",
-                self.dir.display()
-            )),
-            e => self.io("lock", e.into()),
-        })
+        let mut dir = fs::File::open(&self.dir).map_err(|e| self.io("open", e))?;
+        // A held lock is waited for a moment: an agent killed or stopping
+        // holds it until it has exited, and one started right after it (a
+        // restart) failed (found by a review, 2026-12-07).
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(lock),
+                Err((back, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                    dir = back;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                    return Err(Error::State(format!(
+                        "another agent uses --data-dir {} (it holds a lock on it): stop it, or give this one a \
+                         --data-dir of its own",
+                        self.dir.display()
+                    )));
+                }
+                Err((_, e)) => return Err(self.io("lock", e.into())),
+            }
+        }
     }
 
     /// Removes the directory if nothing is in it (a join that failed made
@@ -355,124 +371,4 @@ fn lost_key(why: &str) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
-    use super::*;
-
-    fn identity() -> Identity {
-        Identity {
-            node_id: 7,
-            name: "h1".into(),
-            address: "10.47.0.1".parse().unwrap(),
-            coordinator: "192.0.2.2:6783".into(),
-            pin: Pin([3; 32]).to_string(),
-            credential: "secret".into(),
-            endpoint: "192.0.2.11:6784".parse().unwrap(),
-            listen_port: 6784,
-            endpoints_pinned: false,
-        }
-    }
-
-    #[test]
-    fn join_state_round_trips_with_private_modes() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = StateDir::new(tmp.path().join("agent"));
-        assert!(!dir.is_joined());
-        let key = NodeKey::generate();
-        let identity = identity();
-        let map = NetworkMap { revision: 42, range: "10.32.0.0/12".into(), ..Default::default() };
-        dir.save_join(&key, &identity, &map).unwrap();
-        assert!(dir.is_joined());
-        for f in [KEY, IDENTITY, MAP] {
-            let mode = fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600, "{f}");
-        }
-        let (k, id, m) = dir.load().unwrap();
-        assert_eq!(k.public().as_bytes(), key.public().as_bytes());
-        assert_eq!(id.node_id, 7);
-        assert_eq!(id.pin().unwrap(), Pin([3; 32]));
-        assert_eq!(m.revision, 42);
-        dir.remove().unwrap();
-        assert!(!dir.path().exists());
-    }
-
-    #[test]
-    fn the_key_is_saved_alone_before_a_join_and_survives_forgetting() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = StateDir::new(tmp.path().join("agent"));
-        assert!(dir.load_key().unwrap().is_none());
-        let key = NodeKey::generate();
-        dir.save_key(&key).unwrap();
-        assert!(!dir.is_joined(), "a key alone is not a membership");
-        let mode = fs::metadata(dir.path().join(KEY)).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(dir.load_key().unwrap().unwrap().public().as_bytes(), key.public().as_bytes());
-        assert!(fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
-        assert_eq!(dir.removed(), None);
-        dir.forget_membership("node 'h1' was removed from the cluster", false).unwrap();
-        assert!(dir.load_key().unwrap().is_some());
-        assert_eq!(dir.removed().as_deref(), Some("node 'h1' was removed from the cluster"));
-        // `agent reset` clears the mark with everything else.
-        dir.remove().unwrap();
-        assert_eq!(dir.removed(), None);
-        // Forgotten by the coordinator: no removal mark, the key kept for
-        // the next join, whose save clears what `agent run` would say.
-        dir.save_key(&key).unwrap();
-        fs::write(dir.path().join(registry::FILE), "[]").unwrap();
-        dir.forget_membership("node 'h1' was forgotten", true).unwrap();
-        assert!(!dir.path().join(registry::FILE).exists(), "the attached containers stayed listed");
-        assert_eq!(dir.removed(), None);
-        assert_eq!(dir.forgotten().as_deref(), Some("node 'h1' was forgotten"));
-        assert!(dir.load_key().unwrap().is_some() && !dir.is_joined());
-        dir.save_join(&key, &identity(), &NetworkMap::default()).unwrap();
-        assert_eq!(dir.forgotten(), None);
-        assert!(dir.is_joined());
-    }
-
-    /// An unreadable identity that cannot be set aside is an error naming
-    /// why (the join said to run itself again); `agent reset` removes what
-    /// set-aside files and interrupted writes leave, and the directory
-    /// (found by a review, 2026-12-06).
-    #[test]
-    fn set_aside_and_partial_files_are_said_and_removed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = StateDir::new(tmp.path().join("agent"));
-        dir.save_join(&NodeKey::generate(), &identity(), &NetworkMap::default()).unwrap();
-        fs::write(dir.path().join(IDENTITY), "garbage").unwrap();
-        let blocker = dir.path().join(format!("{IDENTITY}.unreadable"));
-        fs::create_dir_all(blocker.join("in-the-way")).unwrap();
-        let e = dir.set_aside_unreadable_identity().unwrap_err().to_string();
-        assert!(e.contains("cannot be set aside") && e.contains("join again"), "{e}");
-        fs::remove_dir_all(&blocker).unwrap();
-        let why = dir.set_aside_unreadable_identity().unwrap().expect("set aside");
-        // A damaged or lost key says the way on.
-        for damaged in [&b"not a key"[..], &[0xff, 0xfe][..]] {
-            fs::write(dir.path().join(KEY), damaged).unwrap();
-            let e = dir.load_key().err().map(|e| e.to_string()).unwrap_or_default();
-            assert!(e.contains("is lost") && e.contains("weavectl node rm"), "{e}");
-        }
-        assert!(why.contains("kept as") && blocker.is_file(), "{why}");
-        // The way back asks for the node's name only when the saved map
-        // that gives it to the join is gone too (a review, 2026-12-06).
-        let key = NodeKey::generate();
-        let mut map = NetworkMap { revision: 3, ..Default::default() };
-        map.nodes.push(weave_proto::v1::Node {
-            name: "h1".into(),
-            public_key: key.public().as_bytes().to_vec(),
-            ..Default::default()
-        });
-        dir.save_join(&key, &identity(), &map).unwrap();
-        fs::write(dir.path().join(IDENTITY), "garbage").unwrap();
-        let e = dir.load().err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.contains("run `agent join` with a new token") && !e.contains("--name"), "{e}");
-        fs::write(dir.path().join(MAP), "junk").unwrap();
-        let e = dir.load().err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.contains("and --name with this node's name"), "{e}");
-        for leftover in [format!("{MAP}.unreadable"), format!(".{MAP}.tmp"), format!(".{IDENTITY}.tmp")] {
-            fs::write(dir.path().join(leftover), "x").unwrap();
-        }
-        dir.remove().unwrap();
-        assert!(!dir.path().exists(), "{:?}", fs::read_dir(dir.path()).map(|d| d.count()));
-    }
-}
+mod tests;

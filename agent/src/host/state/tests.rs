@@ -1,0 +1,141 @@
+use std::os::unix::fs::PermissionsExt;
+
+use super::*;
+
+fn identity() -> Identity {
+    Identity {
+        node_id: 7,
+        name: "h1".into(),
+        address: "10.47.0.1".parse().unwrap(),
+        coordinator: "192.0.2.2:6783".into(),
+        pin: Pin([3; 32]).to_string(),
+        credential: "secret".into(),
+        endpoint: "192.0.2.11:6784".parse().unwrap(),
+        listen_port: 6784,
+        endpoints_pinned: false,
+    }
+}
+
+#[test]
+fn join_state_round_trips_with_private_modes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = StateDir::new(tmp.path().join("agent"));
+    assert!(!dir.is_joined());
+    let key = NodeKey::generate();
+    let identity = identity();
+    let map = NetworkMap { revision: 42, range: "10.32.0.0/12".into(), ..Default::default() };
+    dir.save_join(&key, &identity, &map).unwrap();
+    assert!(dir.is_joined());
+    for f in [KEY, IDENTITY, MAP] {
+        let mode = fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    let (k, id, m) = dir.load().unwrap();
+    assert_eq!(k.public().as_bytes(), key.public().as_bytes());
+    assert_eq!(id.node_id, 7);
+    assert_eq!(id.pin().unwrap(), Pin([3; 32]));
+    assert_eq!(m.revision, 42);
+    dir.remove().unwrap();
+    assert!(!dir.path().exists());
+}
+
+#[test]
+fn the_key_is_saved_alone_before_a_join_and_survives_forgetting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = StateDir::new(tmp.path().join("agent"));
+    assert!(dir.load_key().unwrap().is_none());
+    let key = NodeKey::generate();
+    dir.save_key(&key).unwrap();
+    assert!(!dir.is_joined(), "a key alone is not a membership");
+    let mode = fs::metadata(dir.path().join(KEY)).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(dir.load_key().unwrap().unwrap().public().as_bytes(), key.public().as_bytes());
+    assert!(fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+    assert_eq!(dir.removed(), None);
+    dir.forget_membership("node 'h1' was removed from the cluster", false).unwrap();
+    assert!(dir.load_key().unwrap().is_some());
+    assert_eq!(dir.removed().as_deref(), Some("node 'h1' was removed from the cluster"));
+    // `agent reset` clears the mark with everything else.
+    dir.remove().unwrap();
+    assert_eq!(dir.removed(), None);
+    // Forgotten by the coordinator: no removal mark, the key kept for
+    // the next join, whose save clears what `agent run` would say.
+    dir.save_key(&key).unwrap();
+    fs::write(dir.path().join(registry::FILE), "[]").unwrap();
+    dir.forget_membership("node 'h1' was forgotten", true).unwrap();
+    assert!(!dir.path().join(registry::FILE).exists(), "the attached containers stayed listed");
+    assert_eq!(dir.removed(), None);
+    assert_eq!(dir.forgotten().as_deref(), Some("node 'h1' was forgotten"));
+    assert!(dir.load_key().unwrap().is_some() && !dir.is_joined());
+    dir.save_join(&key, &identity(), &NetworkMap::default()).unwrap();
+    assert_eq!(dir.forgotten(), None);
+    assert!(dir.is_joined());
+}
+
+/// An unreadable identity that cannot be set aside is an error naming
+/// why (the join said to run itself again); `agent reset` removes what
+/// set-aside files and interrupted writes leave, and the directory
+/// (found by a review, 2026-12-06).
+#[test]
+fn set_aside_and_partial_files_are_said_and_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = StateDir::new(tmp.path().join("agent"));
+    dir.save_join(&NodeKey::generate(), &identity(), &NetworkMap::default()).unwrap();
+    fs::write(dir.path().join(IDENTITY), "garbage").unwrap();
+    let blocker = dir.path().join(format!("{IDENTITY}.unreadable"));
+    fs::create_dir_all(blocker.join("in-the-way")).unwrap();
+    let e = dir.set_aside_unreadable_identity().unwrap_err().to_string();
+    assert!(e.contains("cannot be set aside") && e.contains("join again"), "{e}");
+    fs::remove_dir_all(&blocker).unwrap();
+    let why = dir.set_aside_unreadable_identity().unwrap().expect("set aside");
+    // A damaged or lost key says the way on.
+    for damaged in [&b"not a key"[..], &[0xff, 0xfe][..]] {
+        fs::write(dir.path().join(KEY), damaged).unwrap();
+        let e = dir.load_key().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("is lost") && e.contains("weavectl node rm"), "{e}");
+    }
+    assert!(why.contains("kept as") && blocker.is_file(), "{why}");
+    // The way back asks for the node's name only when the saved map
+    // that gives it to the join is gone too (a review, 2026-12-06).
+    let key = NodeKey::generate();
+    let mut map = NetworkMap { revision: 3, ..Default::default() };
+    map.nodes.push(weave_proto::v1::Node {
+        name: "h1".into(),
+        public_key: key.public().as_bytes().to_vec(),
+        ..Default::default()
+    });
+    dir.save_join(&key, &identity(), &map).unwrap();
+    fs::write(dir.path().join(IDENTITY), "garbage").unwrap();
+    let e = dir.load().err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("run `agent join` with a new token") && !e.contains("--name"), "{e}");
+    fs::write(dir.path().join(MAP), "junk").unwrap();
+    let e = dir.load().err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("and --name with this node's name"), "{e}");
+    for leftover in [format!("{MAP}.unreadable"), format!(".{MAP}.tmp"), format!(".{IDENTITY}.tmp")] {
+        fs::write(dir.path().join(leftover), "x").unwrap();
+    }
+    dir.remove().unwrap();
+    assert!(!dir.path().exists(), "{:?}", fs::read_dir(dir.path()).map(|d| d.count()));
+}
+
+/// A lock let go within [`LOCK_WAIT`] (an agent exiting) is taken; one held
+/// for longer (a second agent) is refused with one sentence.
+#[test]
+fn the_lock_waits_for_an_exiting_holder_but_not_for_ever() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::new(dir.path().join("data"));
+    let held = state.lock().unwrap();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        drop(held);
+    });
+    let started = std::time::Instant::now();
+    let again = state.lock().expect("taken once the holder let go");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400), "{:?}", started.elapsed());
+    releaser.join().unwrap();
+    let started = std::time::Instant::now();
+    let Err(e) = state.lock() else { panic!("two locks at once") };
+    assert!(started.elapsed() >= LOCK_WAIT, "{:?}", started.elapsed());
+    assert!(e.to_string().contains("another agent uses --data-dir"), "{e}");
+    drop(again);
+}
