@@ -240,6 +240,8 @@ fn bad_input_is_one_line_and_changes_nothing() {
         (vec!["attach".into(), format!("net:{SUBNET}"), "net:10.9.0.0/24".into(), cpath.clone()], "not defined"),
         (vec!["attach".into(), "ip:10.2.3.9/16".into(), cpath.clone()], "outside subnet"),
         (vec!["attach".into(), "10.99.0.5/24".into(), cpath.clone()], "outside every subnet"),
+        // The Docker plugin's gateway key is no container's name (a review, 2026-12-07).
+        (vec!["attach".into(), "--name".into(), "docker-gateway".into(), fpath.clone()], "Docker plugin's gateway"),
         // The first subnet is fine, the second address is held: nothing of either stays.
         (
             vec!["attach".into(), "net:default".into(), "ip:10.2.3.7/24".into(), format!("/run/netns/{fresh}")],

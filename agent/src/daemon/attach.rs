@@ -152,6 +152,9 @@ impl Attacher {
         // Canonical, or the spelling an agent from before registered it in.
         let name = name.map(|n| self.canonical(n).map(|c| self.registered(n).map_or(c, |(k, ..)| k)));
         let name = name.transpose().map_err(Refusal::invalid)?;
+        if let Some(n) = name.as_deref().filter(|_| id.is_none()) {
+            container::check_key_free(n).map_err(Refusal::invalid)?;
+        }
         let (name, _one) = (name.as_deref(), self.lock.lock().await);
         let c = self.resolve(container, passed, name, id)?;
         // With an `id` (a CNI runtime) the name is only the DNS name: the

@@ -264,6 +264,17 @@ fn canonical_in(name: &str, domain: &str) -> Result<String, String> {
     })
 }
 
+/// A `--name` is its container's IPAM key: the Docker plugin's gateway key
+/// is not one to take (a container so named lost its address when a Docker
+/// network on its subnet went; found by a review, 2026-12-07). A CNI
+/// attach's name is only its DNS name (its key is `cni:<id>`).
+pub(super) fn check_key_free(kept: &str) -> Result<(), String> {
+    match crate::plan::docker::is_docker_key(kept) {
+        true => Err(format!("'{kept}' is the key of the Docker plugin's gateway addresses: choose another name")),
+        false => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -282,5 +293,11 @@ mod tests {
             assert_eq!(c(&c(n).unwrap()), c(n), "{n}");
         }
         assert!(c("a..b").is_err() && c("x.example.com.").is_err());
+        // The Docker plugin's gateway key, in any spelling it is kept in.
+        for taken in ["docker-gateway", "DOCKER-GATEWAY.weave.local."] {
+            let kept = c(taken).unwrap();
+            assert!(super::check_key_free(&kept).is_err_and(|e| e.contains("Docker plugin")), "{taken}");
+        }
+        assert!(super::check_key_free("web").is_ok());
     }
 }

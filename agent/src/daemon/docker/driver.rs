@@ -10,6 +10,7 @@ use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 
 use super::{Refused, engine, ipam::parse};
+use crate::plan::docker::GATEWAY_KEY;
 use crate::{
     daemon::{
         attach::Attacher,
@@ -132,19 +133,18 @@ impl Plugin {
         true
     }
 
-    /// Forgets the network; with the last one on its subnet goes what this
-    /// host holds there under the plugin's keys: its gateway address (Docker
-    /// releases it before it deletes the network, while the network still
-    /// holds it: it stayed held for good, and `subnet rm` refused; found by
-    /// a review, 2026-12-04) and, for a network removed while the agent was
-    /// down, its `--aux-address` reservations (2026-12-07).
+    /// Forgets the network; with the last one on its subnet goes this host's
+    /// gateway address there (Docker releases it before it deletes the
+    /// network, while the network still holds it: it stayed held for good,
+    /// and `subnet rm` refused; found by a review, 2026-12-04).
     pub(super) async fn delete_network(&self, req: &EndpointRequest) -> Result<Value, Refused> {
         let network = self.state.network(&req.network_id);
         self.state.remove_network(&req.network_id);
         if let Some(n) = network
             && self.state.networks_on(&n.cidr) == 0
         {
-            self.release_leftovers(&n.cidr).await?;
+            // Nothing held there (released already): fine.
+            self.attacher.release(GATEWAY_KEY, &n.cidr).await.map_err(|r| Refused::bad(r.message))?;
         }
         Ok(json!({}))
     }

@@ -61,21 +61,17 @@ impl Plugin {
     /// a review, 2026-12-05). The coordinator removes it only while it is
     /// empty and as this node added it.
     ///
-    /// With no network of this host on the pool, what this host holds there
-    /// under the plugin's keys goes with it ([`Self::release_leftovers`]):
-    /// Docker gives up a create whose `--aux-address` failed with this call
-    /// alone (its own IPAM frees a pool's addresses with the pool), and the
-    /// gateway address it had got stayed held, and the subnet with it (found
-    /// by a review, 2026-12-07).
+    /// Nothing held on the pool is released here: Docker gives up a create
+    /// whose `--aux-address` failed with this call alone, so its gateway
+    /// address stays held (the next create of that subnet on this host takes
+    /// it again), but the pool's id is its subnet, which another create on
+    /// this host may be using at the same moment, and weave's IPAM may serve
+    /// another driver's network, which this plugin never sees: releasing
+    /// what this host held there took their addresses (a review,
+    /// 2026-12-07).
     async fn release_pool(&self, req: &PoolRef) -> Result<Value, Refused> {
         let Ok(cidr) = wire::pool_cidr(&req.pool_id).map(|c| c.to_string()) else { return Ok(json!({})) };
-        if self.state.networks_on(&cidr) > 0 {
-            return Ok(json!({}));
-        }
-        if let Err(e) = self.release_leftovers(&cidr).await {
-            tracing::warn!(subnet = cidr, error = ?e, "cannot release this host's Docker addresses of a released pool");
-        }
-        if !self.state.take_pool(&cidr) {
+        if self.state.networks_on(&cidr) > 0 || !self.state.take_pool(&cidr) {
             return Ok(json!({}));
         }
         let req = RemoveSubnetRequest { subnet: cidr.clone(), force: false };
@@ -210,11 +206,12 @@ impl Plugin {
 impl Plugin {
     /// Releases what this node holds in subnet `cidr` under the plugin's
     /// keys ([`wire::is_docker_key`]: its gateway address, endpoints',
-    /// `--aux-address` reservations), for when no Docker network of this
-    /// host is on it (one network per subnet per host): a network removed
-    /// while the agent was down left its `--aux-address` reservations held
-    /// for good, recorded nowhere (found by a review, 2026-12-07). Returns
-    /// how many went.
+    /// `--aux-address` reservations), for the sweep's take-down of the last
+    /// network of this host on it, removed while the agent was down (no
+    /// network on its subnet being made: `take_down_network`'s `replaced`):
+    /// its `--aux-address` reservations stayed held for good, recorded
+    /// nowhere (found by a review, 2026-12-07). Docker's own `network rm`
+    /// releases them itself. Returns how many went.
     pub(super) async fn release_leftovers(&self, cidr: &str) -> Result<usize, Refused> {
         let list = ListAllocationsRequest { subnet: cidr.to_string(), ..Default::default() };
         let all = retry_unavailable(|| {

@@ -140,8 +140,18 @@ impl Plugin {
             );
             return;
         }
+        // The last network on its subnet (none being made there: not
+        // `replaced`): its `--aux-address` reservations go too, which
+        // Docker's ReleaseAddress would have freed and nothing records.
+        let cidr = self.state.network(network).map(|n| n.cidr);
         let req = EndpointRequest { network_id: network.to_string(), ..Default::default() };
-        match self.delete_network(&req).await {
+        let deleted = self.delete_network(&req).await;
+        if let Some(cidr) = cidr.filter(|c| deleted.is_ok() && self.state.networks_on(c) == 0)
+            && let Err(e) = self.release_leftovers(&cidr).await
+        {
+            tracing::warn!(network, error = ?e, "cannot release a removed Docker network's --aux-address reservations");
+        }
+        match deleted {
             Ok(_) => tracing::info!(
                 network,
                 "a Docker network Docker no longer has (removed while the agent was not listening): taken down"
