@@ -122,7 +122,8 @@ fn without_keepalives_the_nat_forgets_the_host_behind_it_after_the_silence() {
 /// The NAT's public address changes (192.0.2.1 to 192.0.2.9) while host 2's
 /// own address stays: host 2's map watch, reopened from the new address,
 /// moves its observed endpoint there, and host 1's container reaches host
-/// 2's through it. It stayed at the old address until host 2's own
+/// 2's through it; once host 2 reaches the coordinator from its own
+/// address, the observed endpoint goes. It stayed at the old address until host 2's own
 /// addresses changed, an agent restart included, and peers starting over
 /// were sent there (found by a review, 2026-12-07).
 #[test]
@@ -146,4 +147,13 @@ fn the_observed_endpoint_follows_the_nats_new_address() {
         (observed() == "192.0.2.9:6784").then_some(())
     });
     assert!(pings_within(&bed, w1, w2, Duration::from_secs(20)), "host 2's container unreachable after the NAT moved");
+    // Then host 2 reaches the coordinator without the NAT (a route back,
+    // no masquerade for it): its watch, reopened from its own address,
+    // clears the observed endpoint (it stayed, a dead address for peers to
+    // fall back to; a review, 2026-12-07).
+    ok_in(&bed.coordinator_ns, &["ip", "route", "add", "198.51.100.0/24", "via", "192.0.2.19"]);
+    ok_in(&router, &["nft", "insert rule ip nat post ip daddr 192.0.2.2 accept"]);
+    ok_in(&router, &["ip", "addr", "add", "192.0.2.19/24", "dev", "eth0"]);
+    ok_in(&router, &["ip", "addr", "del", "192.0.2.9/24", "dev", "eth0"]);
+    wait_for("h2's observed endpoint to clear", Duration::from_secs(90), || observed().is_empty().then_some(()));
 }

@@ -68,6 +68,8 @@ impl Probe for CoordinatorProbe {
             metrics::gauge!("weave_map_revision").set(map.revision as f64);
         });
         metrics::gauge!("weave_watchers").set(f64::from(s.watchers.load(Ordering::Relaxed)));
+        let watching = s.watches_by_node.lock().unwrap_or_else(|p| p.into_inner()).len();
+        metrics::gauge!("weave_watching_nodes").set(watching as f64);
         Box::pin(async {})
     }
 }
@@ -87,7 +89,12 @@ fn describe() {
     );
     describe_gauge!("weave_dns_entries", "DNS records in the cluster domain.");
     describe_gauge!("weave_map_revision", "Revision of the network map.");
-    describe_gauge!("weave_watchers", "Map watch streams open (agents).");
+    describe_gauge!("weave_watchers", "Map watch streams open (agents, and admins' own).");
+    describe_gauge!(
+        "weave_watching_nodes",
+        "Nodes with a map watch open on this coordinator (summed over the coordinators of a shared store, \
+         compare with weave_nodes)."
+    );
     describe_counter!("weave_joins_total", "Successful joins: new nodes and re-joins.");
     describe_counter!(
         "weave_store_commits_total",

@@ -353,6 +353,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         started_at: now(),
         watchers: AtomicU32::new(0),
         watches_by_credential: Default::default(),
+        watches_by_node: Default::default(),
         stopping,
         pacer: api::pace::Pacer::new(settings.node_rate),
         failures: crate::api::pace::Failures::knowing(store.valid_credential_hashes().await?),

@@ -63,7 +63,7 @@ pub(super) fn check_key(key: &WgPublicKey) -> Result<(), Error> {
 /// Whether peers could reach a node at `ip`: loopback and link-local would
 /// point every peer at a service on its own host or its own link (a
 /// metadata server at 169.254.169.254), never at this node.
-fn reachable(ip: std::net::IpAddr) -> bool {
+pub(super) fn reachable(ip: std::net::IpAddr) -> bool {
     match ip.to_canonical() {
         std::net::IpAddr::V4(v4) => {
             !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_loopback() || v4.is_link_local())

@@ -60,6 +60,7 @@ impl WatcherGuard {
         };
         if let Some(id) = node {
             state.presence.watch(id, true);
+            *state.watches_by_node.lock().unwrap_or_else(|p| p.into_inner()).entry(id).or_default() += 1;
         }
         Ok(Self { state: state.clone(), hash: hash.to_string(), node })
     }
@@ -70,6 +71,13 @@ impl Drop for WatcherGuard {
         self.state.watchers.fetch_sub(1, Ordering::Relaxed);
         if let Some(id) = self.node {
             self.state.presence.watch(id, false);
+            let mut by_node = self.state.watches_by_node.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = by_node.get_mut(&id) {
+                *count -= 1;
+                if *count == 0 {
+                    by_node.remove(&id);
+                }
+            }
         }
         let mut open = self.state.watches_by_credential.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(count) = open.get_mut(&self.hash) {
@@ -149,18 +157,23 @@ fn concerns(caller: &Caller, change: &MapChange) -> bool {
 /// How often an admin watch checks that its credential is still the one.
 /// A node's map watch comes from where the coordinator sees the node now:
 /// behind a NAT whose public address changed, that is the node's observed
-/// endpoint (peers try it after the node's own). Recorded in the
-/// background, only when it differs ([`crate::store::Store::refresh_observed`]);
-/// a watch from one of the node's own endpoints, or from nowhere peers
-/// could reach, changes nothing (the node's `UpdateEndpoints` clears it).
+/// endpoint (peers try it after the node's own); from one of its own
+/// endpoints, it has none (no longer behind the NAT: the old one stayed, a
+/// dead address for peers to fall back to; a review, 2026-12-07). Recorded
+/// in the background, only when it differs
+/// ([`crate::store::Store::refresh_observed`]); a watch from nowhere peers
+/// could reach (loopback, link-local) says nothing.
 fn refresh_observed(state: &Shared, node: u64, from: Option<std::net::SocketAddr>) {
+    let Some(ip) = from.map(|a| a.ip().to_canonical()).filter(|ip| super::join::reachable(*ip)) else { return };
     let Some((endpoints, current)) = state.store.with_map(|m| {
         m.nodes.iter().find(|n| n.id == node).map(|n| (n.endpoints.clone(), n.observed_endpoint.clone()))
     }) else {
         return;
     };
+    let own =
+        endpoints.iter().filter_map(|e| e.parse::<std::net::SocketAddr>().ok()).any(|e| e.ip().to_canonical() == ip);
     let observed = super::join::observed_endpoint(from, &endpoints);
-    if observed.is_empty() || observed == current {
+    if (observed.is_empty() && !own) || observed == current {
         return;
     }
     let state = state.clone();

@@ -60,6 +60,10 @@ pub struct State {
     /// Watch streams open now per credential (by its hash), for the limit
     /// [`MAX_WATCHES_PER_CREDENTIAL`].
     pub watches_by_credential: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Open watches by node (the admin's not counted): how many nodes watch
+    /// (`weave_watching_nodes`; the stream count alone let one node's extra
+    /// watches hide another that had none, a review 2026-12-07).
+    pub watches_by_node: std::sync::Mutex<std::collections::HashMap<u64, u32>>,
     /// Issues and checks the challenges of re-joins.
     pub challenger: crate::challenge::Challenger,
     /// Where `admin.credential` lives: rotation rewrites it.

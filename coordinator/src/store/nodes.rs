@@ -330,7 +330,8 @@ impl Store {
     /// record differs: a NAT whose public address changed left the old one
     /// in the map until the node's own addresses changed (an agent restart
     /// did not refresh it either), and peers that had to start over were
-    /// sent there (found by a review, 2026-12-07). None: nothing changed.
+    /// sent there (found by a review, 2026-12-07). `observed` empty: the
+    /// node is seen at its own endpoints, and has none. None: nothing changed.
     pub async fn refresh_observed(
         &self,
         node_id: u64,
@@ -345,7 +346,7 @@ impl Store {
             .ok_or_else(|| Error::NotFound(format!("no node {node_id}")))?;
         let current = rows::node(&current)?;
         let observed = check_outside_overlay_in(&mut tx, &current.endpoints, Some(observed)).await?.unwrap_or_default();
-        if current.endpoints != made_from || observed.is_empty() || observed == current.observed_endpoint {
+        if current.endpoints != made_from || observed == current.observed_endpoint {
             return Ok(None);
         }
         let row = db::query(sqlx::AssertSqlSafe(format!(
