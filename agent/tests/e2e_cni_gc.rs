@@ -169,6 +169,41 @@ fn gc_frees_what_the_runtime_no_longer_knows_and_nothing_else() {
     assert_eq!(json_out(&plugin(&bin, "STATUS", "", "", &old, None))["code"], 1);
 }
 
+/// A DEL naming a pod's id with another namespace that lives (the old one
+/// of a container podman started again, still pinned; or any empty one)
+/// takes nothing: the attachment lives in the other. It released the pod's
+/// address, and the sweep then removed its interface (found by a review,
+/// 2026-12-07); only a namespace path that no longer existed was checked.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_del_naming_another_live_namespace_takes_nothing() {
+    let mut bed = Bed::with_hosts(1);
+    let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
+    let conf = json!({"cniVersion": "1.1.0", "name": "weave", "type": "weave-cni", "socket": socket});
+    let id = format!("{}-pod", bed.prefix);
+    let (old, new, empty) = (bed.add_container("old"), bed.add_container("new"), bed.add_container("empty"));
+    let mut ip = String::new();
+    for ns in [&old, &new] {
+        let out = plugin_on(&weave_cni(), "ADD", &format!("/run/netns/{ns}"), &id, &conf, "eth0");
+        assert!(out.status.success(), "ADD in {ns}: {}", String::from_utf8_lossy(&out.stdout));
+        ip = json_out(&out)["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    }
+    for ns in [&old, &empty] {
+        let out = plugin_on(&weave_cni(), "DEL", &format!("/run/netns/{ns}"), &id, &conf, "eth0");
+        assert!(out.status.success(), "DEL in {ns}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    // Two sweeps and more.
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    let held = bed.allocations().iter().any(|a| a.contains(&format!(" {ip}/")));
+    assert!(held, "a DEL of another namespace released the pod's address: {:?}", bed.allocations());
+    let ifaces = interfaces(&new);
+    assert!(ifaces.iter().any(|i| i.contains(&format!(" {ip}/"))), "the pod's interface went: {ifaces:?}");
+    // Its own DEL takes it.
+    let out = plugin_on(&weave_cni(), "DEL", &format!("/run/netns/{new}"), &id, &conf, "eth0");
+    assert!(out.status.success(), "DEL: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(!bed.allocations().iter().any(|a| a.contains(&format!(" {ip}/"))), "{:?}", bed.allocations());
+}
+
 /// One container id in two namespaces (podman keeps the id across a stop
 /// and a start; the first namespace's DEL was lost): the IPAM key's address
 /// is the live one's. The sweep drops the dead namespace's record and gives

@@ -407,9 +407,8 @@ impl Attacher {
                 // A CNI DEL once the namespace is gone: the container is, and
                 // everything it held goes (a DEL for each network follows).
                 if let Some(id) = id {
-                    let elsewhere = self.cni_id_lives_elsewhere(id, container).await;
-                    return match elsewhere {
-                        true => Ok(Detached { released: Vec::new(), whole: false, kept: true }),
+                    return match self.cni_id_lives_elsewhere(id, container).await {
+                        true => Ok(Detached::kept()),
                         false => self.retire(id, None, None, &[]).await,
                     };
                 }
@@ -419,6 +418,11 @@ impl Attacher {
                 };
             }
         };
+        if let Some(id) = id
+            && self.cni_lives_apart(id, c.inode).await
+        {
+            return Ok(Detached::kept());
+        }
         let inside = Netlink::in_netns(&c.netns).await.map_err(failed)?;
         let before = inside.workload_interfaces(ifname).await.map_err(failed)?;
         let key = self.detach_key(&c, &before, id).await;

@@ -5,7 +5,7 @@
 //! were written only once the attach had answered.
 use weave_proto::v1::Subnet;
 
-use super::{Attacher, container::Container};
+use super::{Attacher, Detached, container::Container};
 use crate::{
     host::registry::{self, CniRecord},
     plan::addr_spec::AddrSpec,
@@ -66,5 +66,23 @@ impl Attacher {
     pub(super) async fn cni_id_lives_elsewhere(&self, id: &str, netns: &str) -> bool {
         !netns.is_empty()
             && self.id_lives_on(id, &self.names.cni_all(), |r| r.netns == std::path::Path::new(netns)).await
+    }
+
+    /// Whether CNI container `id` is attached in a namespace other than the
+    /// one of `inode` (a DEL names), which may still live: that DEL is not
+    /// the live attachment's, and takes nothing. One naming any other live
+    /// namespace (an empty one, or the old one of a container podman started
+    /// again, still pinned) released the live one's address, and the sweep
+    /// then removed its interface (found by a review, 2026-12-07); only a
+    /// namespace path that no longer existed was checked.
+    pub(super) async fn cni_lives_apart(&self, id: &str, inode: u64) -> bool {
+        self.id_lives_on(id, &self.names.cni_all(), |r| r.inode == inode).await
+    }
+}
+
+impl Detached {
+    /// Nothing released: the attachment lives on elsewhere.
+    pub(super) fn kept() -> Self {
+        Self { released: Vec::new(), whole: false, kept: true }
     }
 }
