@@ -134,6 +134,39 @@ fn qualify_in(records: &Records, name: &str) -> String {
     if under_scope { format!("{n}{}", records.domain) } else { n }
 }
 
+/// An `in-addr.arpa.` name of 1-4 labels: the network its labels name (its
+/// address, and the bits they fix).
+fn reverse_network(name: &str) -> Option<ipnet::Ipv4Net> {
+    let rest = fqdn_lower(name).strip_suffix(".in-addr.arpa.")?.to_string();
+    let labels: Vec<u8> = rest.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    if labels.is_empty() || labels.len() > 4 {
+        return None;
+    }
+    let mut octets = [0u8; 4];
+    for (i, l) in labels.iter().rev().enumerate() {
+        octets[i] = *l;
+    }
+    ipnet::Ipv4Net::new(Ipv4Addr::from(octets), 8 * labels.len() as u8).ok()
+}
+
+/// Fewer than four labels (a zone's name, not one address's).
+fn asked_partial(name: &str) -> bool {
+    reverse_network(name).is_some_and(|n| n.prefix_len() < 32)
+}
+
+/// A reverse name inside the cluster's range or a subnet: the reverse zone
+/// that answers for it, and its address if it names a whole one.
+fn reverse_of_ours(records: &Records, name: &str) -> Option<(String, Option<IpAddr>)> {
+    let net = reverse_network(name)?;
+    let range = records.range.filter(|r| r.contains(&net));
+    let ours = range
+        .map(ipnet::IpNet::V4)
+        .or_else(|| records.subnets.iter().copied().find(|s| matches!(s, ipnet::IpNet::V4(v4) if v4.contains(&net))))?;
+    let IpAddr::V4(base) = ours.network() else { return None };
+    let full = (net.prefix_len() == 32).then_some(IpAddr::V4(net.addr()));
+    Some((reverse_zone(base, ours.prefix_len()), full))
+}
+
 /// The address a reverse name stands for: `4.3.2.1.in-addr.arpa.` -> 1.2.3.4,
 /// and the 32-nibble `ip6.arpa.` form.
 pub fn ptr_address(name: &str) -> Option<IpAddr> {
@@ -195,8 +228,26 @@ pub fn answer(records: &Records, query: &Message, scopes: &[String], rng: &mut i
     };
     let asked = q.name().to_ascii();
     let qtype = q.query_type();
-    if qtype == RecordType::PTR {
-        let Some(ip) = ptr_address(&asked) else { return Answer::Forward };
+    // A reverse name in the cluster's range that is not a PTR question of
+    // one address (another type, or a zone's name like `32.10.in-addr.arpa.`)
+    // is ours too: no data, or no such name under an address that has none,
+    // never relayed. They went upstream, telling it which overlay addresses
+    // containers look up, and its answers came back (found by a review,
+    // 2026-12-07).
+    if let Some((ours, full)) =
+        reverse_of_ours(records, &asked).filter(|_| qtype != RecordType::PTR || asked_partial(&asked))
+    {
+        response.metadata.authoritative = true;
+        if full.is_some_and(|ip| !records.by_address.contains_key(&ip)) {
+            response.metadata.response_code = ResponseCode::NXDomain;
+        }
+        response.add_authority(soa(&ours, &records.domain));
+        return Answer::Local(response);
+    }
+    // PTR of a name that is no reverse name (`w2.weave.local`): answered as
+    // any other type of that name below (it went upstream, and the
+    // upstream's records for a weave name came back; a review, 2026-12-07).
+    if let (RecordType::PTR, Some(ip)) = (qtype, ptr_address(&asked)) {
         let Some(names) = records.by_address.get(&ip) else {
             let range = records.range.map(ipnet::IpNet::V4).filter(|r| r.contains(&ip));
             let Some(ours) = range.or_else(|| records.subnets.iter().copied().find(|s| s.contains(&ip))) else {
@@ -372,6 +423,27 @@ pub fn encode_udp(response: &Message, client_max: u16) -> Option<Vec<u8>> {
     short.queries = response.queries.clone();
     short.edns = response.edns.clone();
     short.to_vec().ok()
+}
+
+/// Encodes `response` for TCP, whose messages take at most 65,535 bytes: a
+/// name with more records than fit is answered with as many as fit, and
+/// TC. hickory's encoder cut such a message short and left the start of the
+/// record that did not fit at its end: a malformed answer (found by a
+/// review, 2026-12-07, at some 2,200 records).
+pub fn encode_tcp(response: &Message) -> Option<Vec<u8>> {
+    let mut r = response.clone();
+    loop {
+        let bytes = r.to_vec().ok()?;
+        let whole = Message::from_vec(&bytes).is_ok_and(|m| m.answers.len() == r.answers.len());
+        if bytes.len() <= usize::from(u16::MAX) && whole {
+            return Some(bytes);
+        }
+        if r.answers.is_empty() {
+            return encode_udp(response, 0);
+        }
+        r.answers.truncate(r.answers.len() * 3 / 4);
+        r.metadata.truncation = true;
+    }
 }
 
 /// The nameservers of a resolv.conf, port 53.

@@ -282,6 +282,45 @@ fn empty_non_terminals_exist_and_the_ranges_reverse_names_stay_here() {
     assert!(matches!(answer(&r, &ask("1.0.51.10.in-addr.arpa.", RecordType::PTR), &[], &mut rng), Answer::Forward));
 }
 
+/// A weave name asked as PTR, a reverse name of the range asked as another
+/// type, and the range's zone names are answered here: they went upstream,
+/// and the upstream's records came back (a review, 2026-12-07).
+#[test]
+fn reverse_and_weave_names_of_any_type_stay_here() {
+    let mut m = map();
+    m.range = "10.32.0.0/12".into();
+    let r = Records::from_map(&m, DEFAULT_DOMAIN);
+    for name in ["web.weave.local.", "web.", "WEB.weave.local."] {
+        let ptr = local(&r, name, RecordType::PTR, 1);
+        assert!(ptr.metadata.authoritative && ptr.answers.is_empty(), "{name}");
+        assert_eq!(ptr.metadata.response_code, ResponseCode::NoError, "{name}");
+        assert_eq!(ptr.authorities[0].name.to_ascii(), "weave.local.", "{name}");
+    }
+    // An address with names: no data for other types; one without: no such name.
+    for (name, t, code) in [
+        ("1.0.32.10.in-addr.arpa.", RecordType::A, ResponseCode::NoError),
+        ("1.0.32.10.in-addr.arpa.", RecordType::TXT, ResponseCode::NoError),
+        ("9.9.32.10.in-addr.arpa.", RecordType::TXT, ResponseCode::NXDomain),
+        // The zones' names: they exist (NXDOMAIN would deny every name under them).
+        ("32.10.in-addr.arpa.", RecordType::SOA, ResponseCode::NoError),
+        ("32.10.in-addr.arpa.", RecordType::PTR, ResponseCode::NoError),
+        ("0.32.10.in-addr.arpa.", RecordType::NS, ResponseCode::NoError),
+    ] {
+        let m = local(&r, name, t, 1);
+        assert!(m.metadata.authoritative && m.answers.is_empty(), "{name} {t}");
+        assert_eq!(m.metadata.response_code, code, "{name} {t}");
+        assert!(m.authorities[0].name.to_ascii().ends_with(".in-addr.arpa."), "{name} {t}");
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    // Wider than the range, or outside it: the LAN's.
+    for name in ["10.in-addr.arpa.", "1.0.48.10.in-addr.arpa.", "0.48.10.in-addr.arpa."] {
+        for t in [RecordType::PTR, RecordType::A, RecordType::SOA] {
+            assert!(matches!(answer(&r, &ask(name, t), &[], &mut rng), Answer::Forward), "{name} {t}");
+        }
+    }
+    assert!(matches!(answer(&r, &ask("example.com.", RecordType::PTR), &[], &mut rng), Answer::Forward));
+}
+
 #[test]
 fn other_names_and_unknown_addresses_go_upstream() {
     let r = Records::from_map(&map(), DEFAULT_DOMAIN);
@@ -328,6 +367,33 @@ fn big_answers_are_truncated_for_udp() {
     assert!(short.metadata.truncation && short.answers.is_empty());
     let fits = Message::from_vec(&encode_udp(&full, 4096).unwrap()).unwrap();
     assert!(!fits.metadata.truncation && fits.answers.len() == 50);
+}
+
+/// Over TCP (65,535 bytes at most) a name with more records than fit gets
+/// as many as fit, and TC, in a well-formed message: the encoder left the
+/// start of a record that did not fit at its end (a review, 2026-12-07).
+#[test]
+fn answers_too_big_for_tcp_are_cut_to_whole_records() {
+    let mut m = map();
+    m.dns_records = (0..4200u32)
+        .map(|i| DnsRecord {
+            id: u64::from(i) + 1,
+            name: "big.weave.local.".into(),
+            address: format!("198.18.{}.{}", i / 250, i % 250 + 1),
+            ..Default::default()
+        })
+        .collect();
+    let r = Records::from_map(&m, DEFAULT_DOMAIN);
+    let full = local(&r, "big", RecordType::A, 1);
+    assert_eq!(full.answers.len(), 4200);
+    let bytes = encode_tcp(&full).unwrap();
+    assert!(bytes.len() <= 65_535, "{}", bytes.len());
+    let parsed = Message::from_vec(&bytes).unwrap();
+    assert!(parsed.metadata.truncation && !parsed.answers.is_empty() && parsed.answers.len() < 4200);
+    assert_eq!(parsed.to_vec().unwrap().len(), bytes.len(), "no bytes past the message");
+    // What fits goes whole, as before.
+    let small = local(&Records::from_map(&map(), DEFAULT_DOMAIN), "web", RecordType::A, 1);
+    assert_eq!(encode_tcp(&small).unwrap(), small.to_vec().unwrap());
 }
 
 #[test]

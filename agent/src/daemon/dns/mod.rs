@@ -42,7 +42,7 @@ use shape::{malformed, misshapen};
 use crate::{
     error::Error,
     host::{netlink::Netlink, netns, registry::Registry},
-    plan::dns::{Answer, Records, answer, encode_udp, fqdn_lower},
+    plan::dns::{Answer, Records, answer, encode_tcp, encode_udp, fqdn_lower},
 };
 
 /// Docker's embedded-DNS address; workloads put it in their resolv.conf.
@@ -330,7 +330,7 @@ impl DnsServer {
         match decided {
             Answer::Local(response) => Decided::Reply(match udp_max {
                 Some(max) => encode_udp(&response, max),
-                None => response.to_vec().ok(),
+                None => encode_tcp(&response),
             }),
             Answer::Forward => Decided::Forward(Failed { query: message.clone(), udp_max }),
         }
