@@ -77,8 +77,15 @@ async fn run(version: &mut Option<String>) -> Result<Option<serde_json::Value>, 
     if command != "DEL" {
         conf.check_subnet()?;
     }
-    let id = cni::container_key(&env("CNI_CONTAINERID")?);
-    let ifname = env("CNI_IFNAME")?;
+    let (raw_id, ifname) = (env("CNI_CONTAINERID")?, env("CNI_IFNAME")?);
+    if let Err(why) = cni::check_env(&raw_id, &ifname) {
+        // Nothing was ever added under such values: their DEL succeeds.
+        if command == "DEL" {
+            return Ok(None);
+        }
+        return Err(CniError::new(code::BAD_ENV, "invalid CNI environment", why));
+    }
+    let id = cni::container_key(&raw_id);
     match command.as_str() {
         "ADD" => {
             let args = std::env::var("CNI_ARGS").unwrap_or_default();
