@@ -20,7 +20,7 @@ use std::{
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, ResponseCode},
     rr::{
-        Name, RData, Record, RecordType,
+        DNSClass, Name, RData, Record, RecordType,
         rdata::{A, AAAA, PTR, SOA},
     },
 };
@@ -285,6 +285,18 @@ pub fn answer(records: &Records, query: &Message, scopes: &[String], rng: &mut i
     let name = qualify_in(records, &asked);
     if !records.in_domain(&name) {
         return Answer::Forward;
+    }
+    // The domain is class IN's: another class is refused (it was answered
+    // with IN records; RFC 1035 4.1.3), and the domain's own SOA is its
+    // answer (it was only ever in negative answers; a review, 2026-12-07).
+    if !matches!(q.query_class(), DNSClass::IN | DNSClass::ANY) {
+        response.metadata.response_code = ResponseCode::Refused;
+        return Answer::Local(response);
+    }
+    if name == records.domain && matches!(qtype, RecordType::SOA | RecordType::ANY) {
+        response.metadata.authoritative = true;
+        response.add_answer(soa(&records.domain, &records.domain));
+        return Answer::Local(response);
     }
     let scoped = scoped(records, &name, scopes);
     let found = scoped.as_ref().or_else(|| records.by_name.get(&name));

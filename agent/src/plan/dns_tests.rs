@@ -321,6 +321,24 @@ fn reverse_and_weave_names_of_any_type_stay_here() {
     assert!(matches!(answer(&r, &ask("example.com.", RecordType::PTR), &[], &mut rng), Answer::Forward));
 }
 
+/// weave.local is class IN: another class is refused; its SOA is answered
+/// at its top (a review, 2026-12-07).
+#[test]
+fn the_domain_answers_its_soa_and_only_class_in() {
+    let r = Records::from_map(&map(), DEFAULT_DOMAIN);
+    let soa = local(&r, "weave.local.", RecordType::SOA, 1);
+    assert!(soa.metadata.authoritative && soa.metadata.response_code == ResponseCode::NoError);
+    assert_eq!(soa.answers.len(), 1);
+    assert_eq!(soa.answers[0].record_type(), RecordType::SOA);
+    let mut chaos = ask("web.weave.local.", RecordType::A);
+    chaos.queries[0].set_query_class(DNSClass::CH);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let Answer::Local(m) = answer(&r, &chaos, &[], &mut rng) else { panic!("forwarded") };
+    assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::Refused, 0));
+    // IN as before.
+    assert_eq!(local(&r, "web.weave.local.", RecordType::A, 1).answers.len(), 2);
+}
+
 #[test]
 fn other_names_and_unknown_addresses_go_upstream() {
     let r = Records::from_map(&map(), DEFAULT_DOMAIN);
