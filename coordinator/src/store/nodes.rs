@@ -297,12 +297,7 @@ impl Store {
         let observed = check_outside_overlay_in(&mut tx, endpoints, observed).await?;
         // The same again is no change: each one reached every agent's watch
         // and reconcile (a member repeating them churned the cluster).
-        let current = db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1")))
-            .bind(node_id as i64)
-            .fetch_optional(tx.c())
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no node {node_id}")))?;
-        let current = rows::node(&current)?;
+        let current = node_in(&mut tx, node_id).await?;
         if current.endpoints == endpoints && observed.as_deref().is_none_or(|o| o == current.observed_endpoint) {
             return Ok(current);
         }
@@ -339,12 +334,7 @@ impl Store {
         observed: &str,
     ) -> Result<Option<v1::Node>> {
         let mut tx = self.begin().await?;
-        let current = db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1")))
-            .bind(node_id as i64)
-            .fetch_optional(tx.c())
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no node {node_id}")))?;
-        let current = rows::node(&current)?;
+        let current = node_in(&mut tx, node_id).await?;
         let observed = check_outside_overlay_in(&mut tx, &current.endpoints, Some(observed)).await?.unwrap_or_default();
         if current.endpoints != made_from || observed == current.observed_endpoint {
             return Ok(None);
@@ -443,4 +433,14 @@ pub(super) async fn release_where(tx: &mut Tx, condition: &str, param: i64, hold
         super::holds::hold(tx, &released, secs).await?;
     }
     Ok((released.len() as u32, records.len() as u32))
+}
+
+/// Node `node_id` as `tx` reads it.
+async fn node_in(tx: &mut Tx, node_id: u64) -> Result<v1::Node> {
+    let row = db::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1")))
+        .bind(node_id as i64)
+        .fetch_optional(tx.c())
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no node {node_id}")))?;
+    rows::node(&row)
 }

@@ -180,19 +180,11 @@ impl Plugin {
         let Some(ip) = wire::wanted_address(&req.address).map_err(Refused::bad)? else {
             return Err(Refused::bad("ReleaseAddress without an address"));
         };
-        let list = ListAllocationsRequest { subnet: cidr.clone(), ..Default::default() };
-        let all = retry_unavailable(|| {
-            let (mut ipam, req) = (self.attacher.api.ipam.clone(), list.clone());
-            async move { ipam.list_allocations(req).await }
-        })
-        .await?
-        .into_inner()
-        .allocations;
-        let held = all.into_iter().find(|a| {
-            a.node_id == self.attacher.node_id
-                && a.address.split('/').next() == Some(ip.to_string().as_str())
-                && wire::is_docker_key(&a.container)
-        });
+        let held = self
+            .docker_allocations(&cidr)
+            .await?
+            .into_iter()
+            .find(|a| a.address.split('/').next() == Some(ip.to_string().as_str()));
         let Some(held) = held else { return Ok(json!({})) };
         // Another Docker network on this subnet still has this gateway.
         if held.container == GATEWAY_KEY && self.state.networks_on(&cidr) > 0 {
@@ -213,18 +205,7 @@ impl Plugin {
     /// nowhere (found by a review, 2026-12-07). Docker's own `network rm`
     /// releases them itself. Returns how many went.
     pub(super) async fn release_leftovers(&self, cidr: &str) -> Result<usize, Refused> {
-        let list = ListAllocationsRequest { subnet: cidr.to_string(), ..Default::default() };
-        let all = retry_unavailable(|| {
-            let (mut ipam, req) = (self.attacher.api.ipam.clone(), list.clone());
-            async move { ipam.list_allocations(req).await }
-        })
-        .await?
-        .into_inner()
-        .allocations;
-        let mine: Vec<_> = all
-            .into_iter()
-            .filter(|a| a.node_id == self.attacher.node_id && wire::is_docker_key(&a.container))
-            .collect();
+        let mine = self.docker_allocations(cidr).await?;
         for a in &mine {
             self.attacher.release(&a.container, cidr).await.map_err(|r| Refused::bad(r.message))?;
             tracing::info!(
@@ -235,6 +216,22 @@ impl Plugin {
             );
         }
         Ok(mine.len())
+    }
+
+    /// This node's allocations in subnet `cidr` under the plugin's keys.
+    async fn docker_allocations(&self, cidr: &str) -> Result<Vec<weave_proto::v1::Allocation>, Refused> {
+        let list = ListAllocationsRequest { subnet: cidr.to_string(), ..Default::default() };
+        let all = retry_unavailable(|| {
+            let (mut ipam, req) = (self.attacher.api.ipam.clone(), list.clone());
+            async move { ipam.list_allocations(req).await }
+        })
+        .await?
+        .into_inner()
+        .allocations;
+        Ok(all
+            .into_iter()
+            .filter(|a| a.node_id == self.attacher.node_id && wire::is_docker_key(&a.container))
+            .collect())
     }
 }
 
