@@ -169,6 +169,36 @@ fn gc_frees_what_the_runtime_no_longer_knows_and_nothing_else() {
     assert_eq!(json_out(&plugin(&bin, "STATUS", "", "", &old, None))["code"], 1);
 }
 
+/// An ADD refused in a namespace whose `eth0` another id holds (its
+/// address is that id's), then the runtime's DEL of the refused id: it takes
+/// nothing. It removed the other id's interface, whose address then stayed
+/// held for good (found by a review, 2026-12-07).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_del_after_a_refused_add_leaves_the_other_ids_interface() {
+    let mut bed = Bed::with_hosts(1);
+    let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
+    let conf = json!({"cniVersion": "1.0.0", "name": "weave", "type": "weave-cni", "socket": socket});
+    let ns = bed.add_container("shared");
+    let netns = format!("/run/netns/{ns}");
+    let (first, second) = (format!("{}-first", bed.prefix), format!("{}-second", bed.prefix));
+    let out = plugin_on(&weave_cni(), "ADD", &netns, &first, &conf, "eth0");
+    assert!(out.status.success(), "ADD: {}", String::from_utf8_lossy(&out.stdout));
+    let ip = json_out(&out)["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    let refused = plugin_on(&weave_cni(), "ADD", &netns, &second, &conf, "eth0");
+    assert_eq!(json_out(&refused)["code"], 101, "{}", String::from_utf8_lossy(&refused.stdout));
+    let out = plugin_on(&weave_cni(), "DEL", &netns, &second, &conf, "eth0");
+    assert!(out.status.success(), "DEL of the refused id: {}", String::from_utf8_lossy(&out.stdout));
+    let ifaces = interfaces(&ns);
+    assert!(ifaces.iter().any(|i| i.contains(&format!(" {ip}/"))), "the first id's interface went: {ifaces:?}");
+    assert!(bed.allocations().iter().any(|a| a.contains(&format!(" {ip}/"))), "{:?}", bed.allocations());
+    // The first id's own DEL takes it.
+    let out = plugin_on(&weave_cni(), "DEL", &netns, &first, &conf, "eth0");
+    assert!(out.status.success(), "DEL: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(!bed.allocations().iter().any(|a| a.contains(&format!(" {ip}/"))), "{:?}", bed.allocations());
+    assert!(!interfaces(&ns).iter().any(|i| i.contains("eth0")), "{:?}", interfaces(&ns));
+}
+
 /// A DEL naming a pod's id with another namespace that lives (the old one
 /// of a container podman started again, still pinned; or any empty one)
 /// takes nothing: the attachment lives in the other. It released the pod's

@@ -237,8 +237,24 @@ impl Attacher {
         };
         let own: Vec<WorkloadInterface> =
             before.iter().filter(|i| ifname.is_some_and(|n| n == i.name)).cloned().collect();
-        let of_interface: Vec<String> =
-            map.subnets.iter().filter(|s| super::on_subnet(&own, &s.cidr).is_some()).map(|s| s.cidr.clone()).collect();
+        // The interface of that name is this id's only where the id holds
+        // an address on its subnet, or nobody holds the interface's: a DEL
+        // after a refused ADD (its id holds nothing) took the interface of
+        // another id in the namespace, whose address then stayed held for
+        // good (found by a review, 2026-12-07).
+        let another_holds = |s: &Subnet, ip: Ipv4Addr| {
+            super::held_address(held, s).is_none()
+                && map
+                    .allocations
+                    .iter()
+                    .any(|a| a.subnet_id == s.id && a.address.split('/').next() == Some(&ip.to_string()))
+        };
+        let of_interface: Vec<String> = map
+            .subnets
+            .iter()
+            .filter(|s| super::on_subnet(&own, &s.cidr).is_some_and(|(_, ip)| !another_holds(s, ip)))
+            .map(|s| s.cidr.clone())
+            .collect();
         [subnets_of(true), of_interface, subnets_of(false)].into_iter().find(|s| !s.is_empty()).unwrap_or_default()
     }
 
