@@ -162,9 +162,10 @@ fn reverse_of_ours(records: &Records, name: &str) -> Option<(String, Option<IpAd
     let ours = range
         .map(ipnet::IpNet::V4)
         .or_else(|| records.subnets.iter().copied().find(|s| matches!(s, ipnet::IpNet::V4(v4) if v4.contains(&net))))?;
-    let IpAddr::V4(base) = ours.network() else { return None };
     let full = (net.prefix_len() == 32).then_some(IpAddr::V4(net.addr()));
-    Some((reverse_zone(base, ours.prefix_len()), full))
+    // The zone of the asked name, as the PTR answers name it (the range's
+    // own address gave `32.10.` for `44.10.` in 10.32.0.0/12; a review).
+    Some((reverse_zone(net.addr(), ours.prefix_len()), full))
 }
 
 /// The address a reverse name stands for: `4.3.2.1.in-addr.arpa.` -> 1.2.3.4,
@@ -228,6 +229,18 @@ pub fn answer(records: &Records, query: &Message, scopes: &[String], rng: &mut i
     };
     let asked = q.name().to_ascii();
     let qtype = q.query_type();
+    // Class IN only, for every name that is ours (reverse ones too): another
+    // class is refused, and what is not ours is relayed as before.
+    if !matches!(q.query_class(), DNSClass::IN | DNSClass::ANY) {
+        let ours = records.in_domain(&qualify_in(records, &asked))
+            || reverse_of_ours(records, &asked).is_some()
+            || ptr_address(&asked).is_some_and(|ip| records.by_address.contains_key(&ip));
+        if !ours {
+            return Answer::Forward;
+        }
+        response.metadata.response_code = ResponseCode::Refused;
+        return Answer::Local(response);
+    }
     // A reverse name in the cluster's range that is not a PTR question of
     // one address (another type, or a zone's name like `32.10.in-addr.arpa.`)
     // is ours too: no data, or no such name under an address that has none,
@@ -286,13 +299,8 @@ pub fn answer(records: &Records, query: &Message, scopes: &[String], rng: &mut i
     if !records.in_domain(&name) {
         return Answer::Forward;
     }
-    // The domain is class IN's: another class is refused (it was answered
-    // with IN records; RFC 1035 4.1.3), and the domain's own SOA is its
-    // answer (it was only ever in negative answers; a review, 2026-12-07).
-    if !matches!(q.query_class(), DNSClass::IN | DNSClass::ANY) {
-        response.metadata.response_code = ResponseCode::Refused;
-        return Answer::Local(response);
-    }
+    // The domain's own SOA is its answer (it was only ever in negative
+    // answers; a review, 2026-12-07).
     if name == records.domain && matches!(qtype, RecordType::SOA | RecordType::ANY) {
         response.metadata.authoritative = true;
         response.add_answer(soa(&records.domain, &records.domain));

@@ -311,6 +311,11 @@ fn reverse_and_weave_names_of_any_type_stay_here() {
         assert_eq!(m.metadata.response_code, code, "{name} {t}");
         assert!(m.authorities[0].name.to_ascii().ends_with(".in-addr.arpa."), "{name} {t}");
     }
+    // The zone named is the asked name's, as a PTR answer names it.
+    let txt = local(&r, "9.0.44.10.in-addr.arpa.", RecordType::TXT, 1);
+    let ptr = local(&r, "9.0.44.10.in-addr.arpa.", RecordType::PTR, 1);
+    assert_eq!(txt.authorities[0].name.to_ascii(), "44.10.in-addr.arpa.");
+    assert_eq!(ptr.authorities[0].name, txt.authorities[0].name);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     // Wider than the range, or outside it: the LAN's.
     for name in ["10.in-addr.arpa.", "1.0.48.10.in-addr.arpa.", "0.48.10.in-addr.arpa."] {
@@ -335,6 +340,19 @@ fn the_domain_answers_its_soa_and_only_class_in() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let Answer::Local(m) = answer(&r, &chaos, &[], &mut rng) else { panic!("forwarded") };
     assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::Refused, 0));
+    // Reverse names of ours too; what is not ours is relayed.
+    let mut m = map();
+    m.range = "10.32.0.0/12".into();
+    let r = Records::from_map(&m, DEFAULT_DOMAIN);
+    for (name, t) in [("1.0.32.10.in-addr.arpa.", RecordType::PTR), ("9.0.44.10.in-addr.arpa.", RecordType::TXT)] {
+        let mut q = ask(name, t);
+        q.queries[0].set_query_class(DNSClass::CH);
+        let Answer::Local(m) = answer(&r, &q, &[], &mut rng) else { panic!("{name} forwarded") };
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{name}");
+    }
+    let mut q = ask("version.bind.", RecordType::TXT);
+    q.queries[0].set_query_class(DNSClass::CH);
+    assert!(matches!(answer(&r, &q, &[], &mut rng), Answer::Forward));
     // IN as before.
     assert_eq!(local(&r, "web.weave.local.", RecordType::A, 1).answers.len(), 2);
 }
