@@ -149,11 +149,6 @@ fn reverse_network(name: &str) -> Option<ipnet::Ipv4Net> {
     ipnet::Ipv4Net::new(Ipv4Addr::from(octets), 8 * labels.len() as u8).ok()
 }
 
-/// Fewer than four labels (a zone's name, not one address's).
-fn asked_partial(name: &str) -> bool {
-    reverse_network(name).is_some_and(|n| n.prefix_len() < 32)
-}
-
 /// A reverse name inside the cluster's range or a subnet: the reverse zone
 /// that answers for it, and its address if it names a whole one.
 fn reverse_of_ours(records: &Records, name: &str) -> Option<(String, Option<IpAddr>)> {
@@ -248,7 +243,7 @@ pub fn answer(records: &Records, query: &Message, scopes: &[String], rng: &mut i
     // containers look up, and its answers came back (found by a review,
     // 2026-12-07).
     if let Some((ours, full)) =
-        reverse_of_ours(records, &asked).filter(|_| qtype != RecordType::PTR || asked_partial(&asked))
+        reverse_of_ours(records, &asked).filter(|(_, full)| qtype != RecordType::PTR || full.is_none())
     {
         response.metadata.authoritative = true;
         if full.is_some_and(|ip| !records.by_address.contains_key(&ip)) {

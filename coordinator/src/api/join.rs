@@ -63,7 +63,7 @@ pub(super) fn check_key(key: &WgPublicKey) -> Result<(), Error> {
 /// Whether peers could reach a node at `ip`: loopback and link-local would
 /// point every peer at a service on its own host or its own link (a
 /// metadata server at 169.254.169.254), never at this node.
-pub(super) fn reachable(ip: std::net::IpAddr) -> bool {
+fn reachable(ip: std::net::IpAddr) -> bool {
     match ip.to_canonical() {
         std::net::IpAddr::V4(v4) => {
             !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_loopback() || v4.is_link_local())
@@ -118,18 +118,27 @@ pub(super) fn check_endpoints(endpoints: &[String]) -> Result<Vec<String>, Error
 /// where it does not, peers learn the real one from the node's first
 /// authenticated packet (roaming). '' when not applicable.
 pub(super) fn observed_endpoint(from: Option<std::net::SocketAddr>, endpoints: &[String]) -> String {
-    let Some(ip) = from.map(|a| a.ip().to_canonical()) else { return String::new() };
+    seen_from(from, endpoints).unwrap_or_default()
+}
+
+/// What `from` says of where a node with `endpoints` is: nothing (None: no
+/// address, one peers could not reach, or none of the node's endpoints is of
+/// its family), that it is at one of its own endpoints (''), or the endpoint
+/// it is observed at ([`observed_endpoint`]'s).
+pub(super) fn seen_from(from: Option<std::net::SocketAddr>, endpoints: &[String]) -> Option<String> {
+    let ip = from.map(|a| a.ip().to_canonical())?;
     let own: Vec<std::net::SocketAddr> = endpoints.iter().filter_map(|e| e.parse().ok()).collect();
     // Not where peers could not reach it either (the store also drops one
     // inside the overlay: a member that reaches the coordinator through the
     // tunnel is seen at its overlay address).
-    if !reachable(ip) || own.iter().any(|e| e.ip().to_canonical() == ip) {
-        return String::new();
+    if !reachable(ip) {
+        return None;
     }
-    match own.iter().find(|e| e.ip().to_canonical().is_ipv4() == ip.is_ipv4()) {
-        Some(e) => std::net::SocketAddr::new(ip, e.port()).to_string(),
-        None => String::new(),
+    if own.iter().any(|e| e.ip().to_canonical() == ip) {
+        return Some(String::new());
     }
+    let e = own.iter().find(|e| e.ip().to_canonical().is_ipv4() == ip.is_ipv4())?;
+    Some(std::net::SocketAddr::new(ip, e.port()).to_string())
 }
 
 #[tonic::async_trait]

@@ -71,20 +71,19 @@ impl Drop for WatcherGuard {
         self.state.watchers.fetch_sub(1, Ordering::Relaxed);
         if let Some(id) = self.node {
             self.state.presence.watch(id, false);
-            let mut by_node = self.state.watches_by_node.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(count) = by_node.get_mut(&id) {
-                *count -= 1;
-                if *count == 0 {
-                    by_node.remove(&id);
-                }
-            }
+            one_less(&self.state.watches_by_node, &id);
         }
-        let mut open = self.state.watches_by_credential.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = open.get_mut(&self.hash) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.hash);
-            }
+        one_less(&self.state.watches_by_credential, &self.hash);
+    }
+}
+
+/// One watch fewer under `key` in `counts` (gone at none).
+fn one_less<K: std::hash::Hash + Eq>(counts: &std::sync::Mutex<std::collections::HashMap<K, u32>>, key: &K) {
+    let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(count) = counts.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(key);
         }
     }
 }
@@ -164,18 +163,12 @@ fn concerns(caller: &Caller, change: &MapChange) -> bool {
 /// ([`crate::store::Store::refresh_observed`]); a watch from nowhere peers
 /// could reach (loopback, link-local) says nothing.
 fn refresh_observed(state: &Shared, node: u64, from: Option<std::net::SocketAddr>) {
-    let Some(ip) = from.map(|a| a.ip().to_canonical()).filter(|ip| super::join::reachable(*ip)) else { return };
     let Some((endpoints, current)) = state.store.with_map(|m| {
         m.nodes.iter().find(|n| n.id == node).map(|n| (n.endpoints.clone(), n.observed_endpoint.clone()))
     }) else {
         return;
     };
-    let own =
-        endpoints.iter().filter_map(|e| e.parse::<std::net::SocketAddr>().ok()).any(|e| e.ip().to_canonical() == ip);
-    let observed = super::join::observed_endpoint(from, &endpoints);
-    if (observed.is_empty() && !own) || observed == current {
-        return;
-    }
+    let Some(observed) = super::join::seen_from(from, &endpoints).filter(|o| *o != current) else { return };
     let state = state.clone();
     tokio::spawn(async move {
         match state.store.refresh_observed(node, &endpoints, &observed).await {

@@ -15,6 +15,7 @@ use crate::{
     plan::{
         addr_spec::{AddrSpec, NamesSubnet},
         kernel::workload_mac,
+        netmap::allocation_address,
     },
 };
 
@@ -244,10 +245,7 @@ impl Attacher {
         // good (found by a review, 2026-12-07).
         let another_holds = |s: &Subnet, ip: Ipv4Addr| {
             super::held_address(held, s).is_none()
-                && map
-                    .allocations
-                    .iter()
-                    .any(|a| a.subnet_id == s.id && a.address.split('/').next() == Some(&ip.to_string()))
+                && map.allocations.iter().any(|a| a.subnet_id == s.id && allocation_address(&a.address) == Some(ip))
         };
         let of_interface: Vec<String> = map
             .subnets
