@@ -11,7 +11,7 @@ for pair in nft:nftables ip:iproute2 bridge:iproute2 ping:iputils-ping tcpdump:t
     bin=${pair%%:*} pkg=${pair#*:}
     command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
 done
-# The CNI test chains weave-cni with the standard portmap plugin.
+# The CNI test chains weave-cni with the standard portmap and bandwidth plugins.
 [[ -x /usr/lib/cni/portmap ]] || need+=(containernetworking-plugins)
 # e2e_podman: podman (CNI backend) with runc, and a busybox image made from busybox-static.
 for pair in podman:podman runc:runc conmon:conmon; do

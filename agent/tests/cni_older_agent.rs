@@ -27,6 +27,8 @@ impl Handler for Older {
                     mtu: 1370,
                     mac: "0a:58:0a:20:00:04".into(),
                     gateway: None,
+                    host_interface: String::new(),
+                    host_mac: String::new(),
                 }]),
                 other => Response::Error(weave_proto::local_api::Refusal::failed(format!("not here: {other:?}"))),
             }

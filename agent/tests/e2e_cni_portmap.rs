@@ -1,5 +1,5 @@
 //! deploy/cni/10-weave.conflist run as a runtime runs a chain: weave-cni,
-//! then the standard portmap plugin.
+//! then the standard portmap and bandwidth plugins.
 mod common;
 
 use std::{io::Write, time::Duration};
@@ -8,12 +8,21 @@ use common::{cni::*, *};
 use serde_json::{Value, json};
 
 /// The conflist of deploy/cni/ run as a runtime runs a chain: each plugin's
-/// result is the next one's prevResult, portmap runs in the host namespace.
+/// result is the next one's prevResult, portmap and bandwidth run in the
+/// host namespace. bandwidth finds the container interface's veth peer among
+/// the result's host interfaces (weave's result named none until 2026-12-07,
+/// and bandwidth failed every ADD that asked for a limit).
 #[test]
 #[ignore = "needs root: network namespaces"]
-fn conflist_chains_weave_cni_with_portmap() {
-    let portmap = "/usr/lib/cni/portmap";
-    assert!(std::path::Path::new(portmap).exists(), "install containernetworking-plugins (.ci/install-deps.sh)");
+fn conflist_chains_weave_cni_with_portmap_and_bandwidth() {
+    let bin_of = |t: &Value| match t.as_str().unwrap() {
+        "weave-cni" => weave_cni(),
+        other => format!("/usr/lib/cni/{other}"),
+    };
+    for t in ["portmap", "bandwidth"] {
+        let p = bin_of(&json!(t));
+        assert!(std::path::Path::new(&p).exists(), "install containernetworking-plugins (.ci/install-deps.sh)");
+    }
     let mut bed = Bed::with_hosts(1);
     let list: Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/cni/10-weave.conflist")).unwrap(),
@@ -24,8 +33,14 @@ fn conflist_chains_weave_cni_with_portmap() {
     let id = format!("{}-web", bed.prefix);
     let host = bed.hosts[0].ns.clone();
     let socket = bed.hosts[0].socket.to_str().unwrap().to_string();
-    // As libcni does: the port mappings go to each plugin that declares the
-    // capability, weave-cni too (it refuses them where replies cannot get back).
+    // As libcni does: the port mappings and the bandwidth (as kubelet
+    // passes a pod's bandwidth annotations, in bits) go to each plugin that
+    // declares the capability, weave-cni too (it refuses port mappings
+    // where replies cannot get back).
+    let runtime = json!({
+        "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
+        "bandwidth": {"ingressRate": 80_000_000, "ingressBurst": 800_000, "egressRate": 40_000_000, "egressBurst": 400_000},
+    });
     let conf_of = |p: &Value| {
         let mut conf = p.clone();
         conf["cniVersion"] = list["cniVersion"].clone();
@@ -33,12 +48,15 @@ fn conflist_chains_weave_cni_with_portmap() {
         if p["type"] == "weave-cni" {
             conf["socket"] = json!(socket);
         }
-        if p["capabilities"]["portMappings"] == true {
-            conf["runtimeConfig"] =
-                json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]});
+        for (capability, on) in p["capabilities"].as_object().into_iter().flatten() {
+            if on == true {
+                conf["runtimeConfig"][capability] = runtime[capability].clone();
+            }
         }
         conf
     };
+    let types: Vec<&str> = list["plugins"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["weave-cni", "portmap", "bandwidth"]);
     assert_eq!(list["plugins"][0]["capabilities"]["portMappings"], true, "weave-cni must see the port mappings");
     // The default subnet has no egress: the container would get no default
     // route, and the replies to a published port nowhere to go.
@@ -56,9 +74,8 @@ fn conflist_chains_weave_cni_with_portmap() {
         if let Some(prev) = &prev {
             conf["prevResult"] = prev.clone();
         }
-        let bin = if p["type"] == "weave-cni" { weave_cni() } else { portmap.to_string() };
         let out = wait_for("the agent to see egress on", Duration::from_secs(10), || {
-            let out = plugin(&bin, "ADD", &netns, &id, &conf, Some(&host));
+            let out = plugin(&bin_of(&p["type"]), "ADD", &netns, &id, &conf, Some(&host));
             (!String::from_utf8_lossy(&out.stdout).contains("has no egress")).then_some(out)
         });
         assert!(
@@ -72,6 +89,40 @@ fn conflist_chains_weave_cni_with_portmap() {
     }
     let result = prev.unwrap();
     let ip = validate_add_result(&result, &netns)[0].0;
+    // weave's host side (no sandbox, its MAC) is in the result, and it is
+    // the container interface's veth peer; bandwidth shaped it: an htb root
+    // for what goes to the container, and an ifb of its own (listed after)
+    // for what comes from it (Debian's plugin shapes with tbf, later ones with htb).
+    let ifs = result["interfaces"].as_array().unwrap();
+    let port = ifs.iter().find(|i| i["sandbox"].is_null() && i["name"].as_str().unwrap().starts_with("wv")).unwrap();
+    let port = port["name"].as_str().unwrap().to_string();
+    let link: Value = serde_json::from_str(&ok_in(&host, &["ip", "-j", "link", "show", &port])).unwrap();
+    let peer: Value = serde_json::from_str(&ok_in(&ns, &["ip", "-j", "link", "show", "eth0"])).unwrap();
+    assert_eq!(link[0]["ifindex"], peer[0]["link_index"], "{port} is eth0's peer: {link} {peer}");
+    assert_eq!(link[0]["address"], ifs.iter().find(|i| i["name"] == port.as_str()).unwrap()["mac"], "{result}");
+    let ifb = ifs.iter().find(|i| i["name"].as_str().unwrap().starts_with("bwp")).expect("bandwidth's ifb");
+    let ifb = ifb["name"].as_str().unwrap().to_string();
+    let shaped = |dev: &str| {
+        let root = ok_in(&host, &["tc", "qdisc", "show", "dev", dev, "root"]);
+        root.starts_with("qdisc tbf") || root.starts_with("qdisc htb")
+    };
+    assert!(shaped(&port) && shaped(&ifb), "{}", ok_in(&host, &["tc", "qdisc", "show"]));
+    assert!(ok_in(&host, &["tc", "qdisc", "show", "dev", &port, "ingress"]).contains("ingress"), "to {ifb}");
+    // CHECK, as the runtime runs it: each plugin with the final result
+    // (but Debian's portmap, whose CHECK looks for iptables chains even with
+    // the nftables backend: its own limit).
+    for p in list["plugins"].as_array().unwrap().iter().filter(|p| p["type"] != "portmap") {
+        let mut conf = conf_of(p);
+        conf["prevResult"] = result.clone();
+        let out = plugin(&bin_of(&p["type"]), "CHECK", &netns, &id, &conf, Some(&host));
+        assert!(
+            out.status.success(),
+            "{} CHECK: {}{}",
+            p["type"],
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // portmap's DNAT: a connection to the host's port 8080 reaches the container's port 80.
     let rules = ok_in(&host, &["nft", "list", "ruleset"]);
     assert!(rules.contains("8080") && rules.contains(&ip.to_string()), "{rules}");
@@ -96,6 +147,12 @@ fn conflist_chains_weave_cni_with_portmap() {
     });
     assert_eq!(got, "hello from the container");
     server.join().unwrap();
+    // Through the shaping: both directions' root qdiscs carried the connection.
+    for dev in [&port, &ifb] {
+        let stats = ok_in(&host, &["tc", "-s", "qdisc", "show", "dev", dev, "root"]);
+        let sent = |line: &str| line.trim().strip_prefix("Sent ")?.split(' ').next()?.parse::<u64>().ok();
+        assert!(stats.lines().filter_map(sent).sum::<u64>() > 0, "nothing through {dev}'s root: {stats}");
+    }
     // DEL in reverse order, twice.
     for _ in 0..2 {
         for p in list["plugins"].as_array().unwrap().iter().rev() {
@@ -103,11 +160,9 @@ fn conflist_chains_weave_cni_with_portmap() {
             conf["cniVersion"] = list["cniVersion"].clone();
             conf["name"] = list["name"].clone();
             conf["socket"] = json!(socket);
-            conf["runtimeConfig"] =
-                json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]});
+            conf["runtimeConfig"] = runtime.clone();
             conf["prevResult"] = result.clone();
-            let bin = if p["type"] == "weave-cni" { weave_cni() } else { portmap.to_string() };
-            let out = plugin(&bin, "DEL", &netns, &id, &conf, Some(&host));
+            let out = plugin(&bin_of(&p["type"]), "DEL", &netns, &id, &conf, Some(&host));
             assert!(
                 out.status.success(),
                 "{} DEL: {}{}",
@@ -118,4 +173,6 @@ fn conflist_chains_weave_cni_with_portmap() {
         }
     }
     assert!(interfaces(&ns).is_empty());
+    assert!(!in_ns(&host, &["ip", "link", "show", &ifb]).status.success(), "bandwidth's DEL removes {ifb}");
+    assert!(!in_ns(&host, &["ip", "link", "show", &port]).status.success(), "weave's DEL removes {port}");
 }

@@ -57,7 +57,7 @@ fn the_interface_is_cni_ifname_or_the_add_fails_and_a_chain_passes_results_on() 
     assert_eq!(json_out(&again)["ips"], json_out(&first)["ips"]);
 
     // In a chain after the plugin that made eth0: its result is passed on,
-    // weave's own interface appended.
+    // weave's own interface appended, then the host side of its veth.
     let prev = json!({
         "cniVersion": "1.0.0",
         "interfaces": [{"name": "cni0", "mac": "aa:bb:cc:dd:ee:00"},
@@ -72,7 +72,8 @@ fn the_interface_is_cni_ifname_or_the_add_fails_and_a_chain_passes_results_on() 
     assert!(out.status.success(), "chained ADD: {}", String::from_utf8_lossy(&out.stdout));
     let r = json_out(&out);
     let names: Vec<&str> = r["interfaces"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["cni0", "eth0", "ethwe"], "{r}");
+    assert_eq!(names[..3], ["cni0", "eth0", "ethwe"], "{r}");
+    assert!(names.len() == 4 && names[3].starts_with("wv") && r["interfaces"][3]["sandbox"].is_null(), "{r}");
     assert_eq!(r["ips"][0]["address"], "192.168.50.2/24", "{r}");
     assert_eq!(r["ips"][1]["interface"], 2, "{r}");
     assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0", "{r}");

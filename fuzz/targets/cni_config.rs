@@ -89,7 +89,8 @@ pub fn run(data: &[u8]) {
     }
     // The chained result too: the previous result is whatever JSON the runtime passed.
     let gateway = multicast.then_some("10.32.0.1");
-    let result = conf.add_result(&netns, &ifname, "02:57:0a:20:00:05", &prev, multicast, gateway).to_string();
+    let host = multicast.then_some(("wv0a1b2c3d", "6e:57:0a:20:00:05"));
+    let result = conf.add_result(&netns, &ifname, "02:57:0a:20:00:05", &prev, gateway, host).to_string();
     let _: serde_json::Value = serde_json::from_str(&result).expect("the ADD result is JSON");
     let _ = cni::refusal(&Refusal::unknown_container(container.clone())).to_json().to_string();
     let _ = CniError::new(cni::code::BAD_ENV, command, ifname).to_json();

@@ -171,6 +171,14 @@ pub struct Attached {
     /// address on an egress subnet), when the default route is weave's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    /// The host side of the container's veth (`wv…`) and its MAC, for a CNI
+    /// result: chained plugins such as `bandwidth` look for the container
+    /// interface's peer among the result's host interfaces. Empty for
+    /// expose, and from agents before 2026-12-07.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host_interface: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host_mac: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

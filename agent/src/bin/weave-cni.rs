@@ -130,7 +130,7 @@ async fn add(
     ifname: &str,
     address: Option<std::net::Ipv4Addr>,
 ) -> Result<serde_json::Value, CniError> {
-    let multicast = conf.multicast.unwrap_or(true);
+    let multicast = conf.multicast();
     let request = Request::Attach {
         container: netns.to_string(),
         netns_fd: true,
@@ -161,8 +161,9 @@ async fn add(
                     format!("asked {asked}, got {} (an agent older than weave-cni? restart it)", addresses.join(", ")),
                 ));
             }
-            let gateway = list[0].gateway.as_deref();
-            Ok(conf.add_result(netns, &list[0].interface, &list[0].mac, &addresses, multicast, gateway))
+            let a = &list[0];
+            let host = (!a.host_interface.is_empty()).then_some((a.host_interface.as_str(), a.host_mac.as_str()));
+            Ok(conf.add_result(netns, &a.interface, &a.mac, &addresses, a.gateway.as_deref(), host))
         }
         other => Err(CniError::new(code::REFUSED, "unexpected answer from the agent", format!("{other:?}"))),
     }

@@ -31,6 +31,8 @@ mod retire;
 pub mod sweep;
 mod unplug;
 
+pub use retire::Detached;
+
 use checks::{failed, held_address, not_at, on_subnet, once_each, own_mac};
 
 use crate::{
@@ -340,13 +342,16 @@ impl Attacher {
                 crate::host::firewall::guard_ports(&self.netlink).await.map_err(failed)?;
                 // Only now up: a new port carries nothing before it is locked
                 // and guarded (an old one is up already; up again is a no-op).
-                if self.netlink.link_index(&port).await.map_err(failed)?.is_some() {
+                // Its MAC for the CNI result (chained plugins find the port there).
+                let host_mac = self.netlink.link_mac(&port).await.map_err(failed)?;
+                if host_mac.is_some() {
                     self.netlink.set_up(&port).await.map_err(failed)?;
                 }
-                Ok::<_, Refusal>((ifname, mac, gateway))
+                let host_port = host_mac.map(|m| (port, format_mac(&m))).unwrap_or_default();
+                Ok::<_, Refusal>((ifname, mac, gateway, host_port))
             };
             match step.await {
-                Ok((ifname, mac, gateway)) => result.push(Attached {
+                Ok((ifname, mac, gateway, (host_interface, host_mac))) => result.push(Attached {
                     address: format!("{ip}/{len}"),
                     subnet: subnet.cidr.clone(),
                     interface: ifname,
@@ -354,6 +359,8 @@ impl Attacher {
                     mtu: self.mtu,
                     mac: format_mac(&mac),
                     gateway: gateway.map(|g| g.to_string()),
+                    host_interface,
+                    host_mac,
                 }),
                 Err(e) => {
                     for ifname in &created {
@@ -487,14 +494,4 @@ impl Attacher {
         }
         Ok(Detached { released, whole, kept: false })
     }
-}
-
-/// What a detach released, and whether the container is now off every
-/// subnet on this node (all were named, or the named ones were all it had).
-pub struct Detached {
-    pub released: Vec<String>,
-    pub whole: bool,
-    /// Nothing was touched: a late CNI DEL for a container id that lives on
-    /// in another namespace (its record and DNS stay the live one's).
-    pub kept: bool,
 }

@@ -103,10 +103,18 @@ impl Netlink {
     }
 
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>, Error> {
+        Ok(self.link(name).await?.map(|l| l.header.index))
+    }
+
+    /// The MAC of the interface `name` (a workload's host port, for a CNI result).
+    pub async fn link_mac(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.link(name).await?.as_ref().and_then(mac))
+    }
+
+    async fn link(&self, name: &str) -> Result<Option<LinkMessage>, Error> {
         let mut stream = self.handle.link().get().match_name(name.to_string()).execute();
         match stream.try_next().await {
-            Ok(Some(link)) => Ok(Some(link.header.index)),
-            Ok(None) => Ok(None),
+            Ok(link) => Ok(link),
             Err(e) if matches!(errno(&e), Some(ENODEV)) => Ok(None),
             Err(e) => Err(nl(format!("find {name}"), e)),
         }
@@ -173,10 +181,7 @@ impl Netlink {
             if let Some(vni) = name.strip_prefix(BRIDGE_PREFIX).and_then(|v| v.parse::<u32>().ok()) {
                 let seg = segments.entry(vni).or_default();
                 seg.bridge_mtu = mtu(l);
-                seg.bridge_mac = l
-                    .attributes
-                    .iter()
-                    .find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.clone()) } else { None });
+                seg.bridge_mac = mac(l);
                 seg.bridge_uncapped = bridge_learned_max(l).is_some_and(|n| n != SEGMENT_LEARNED_MACS);
                 seg.bridge_snooping = bridge_snoops(l);
                 bridge_index.insert(vni, l.header.index);
@@ -468,6 +473,10 @@ fn route(net: Ipv4Net, oif: u32, src: Option<Ipv4Addr>, metric: Option<u32>) -> 
 
 fn name(l: &LinkMessage) -> Option<&str> {
     l.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.as_str()) } else { None })
+}
+
+fn mac(l: &LinkMessage) -> Option<Vec<u8>> {
+    l.attributes.iter().find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.clone()) } else { None })
 }
 
 fn mtu(l: &LinkMessage) -> Option<u32> {

@@ -178,6 +178,11 @@ impl NetConf {
         self.valid_attachments.as_deref().or(self.attachments.as_deref())
     }
 
+    /// Whether the container gets the multicast route (`"multicast"`, on by default).
+    pub fn multicast(&self) -> bool {
+        self.multicast.unwrap_or(true)
+    }
+
     /// Whether the configuration's version has CHECK (0.4.0 on).
     pub fn has_check(&self) -> bool {
         !self.cni_version.starts_with("0.3.")
@@ -195,10 +200,10 @@ impl NetConf {
         interface: &str,
         mac: &str,
         addresses: &[String],
-        multicast: bool,
         gateway: Option<&str>,
+        host: Option<(&str, &str)>,
     ) -> Value {
-        let mut ours = add_result(netns, interface, mac, addresses, multicast, gateway);
+        let mut ours = add_result(netns, interface, mac, addresses, self.multicast(), gateway, host);
         if !self.resolver.unwrap_or(true) {
             ours["dns"] = json!({});
         }
@@ -333,6 +338,9 @@ impl NetConf {
 /// The ADD result: one interface in the sandbox (with its MAC: podman
 /// parses it and refuses a result without one), its addresses, routes, DNS;
 /// on an egress subnet, the default route through the host (`gateway`).
+/// After it, the host side of its veth (`host`: name and MAC, no sandbox),
+/// where chained plugins such as `bandwidth` look for the container
+/// interface's peer; the addresses stay on interface 0.
 pub fn add_result(
     netns: &str,
     interface: &str,
@@ -340,6 +348,7 @@ pub fn add_result(
     addresses: &[String],
     multicast: bool,
     gateway: Option<&str>,
+    host: Option<(&str, &str)>,
 ) -> Value {
     let ips: Vec<Value> = addresses
         .iter()
@@ -355,9 +364,13 @@ pub fn add_result(
     if multicast {
         routes.push(json!({"dst": "224.0.0.0/4"}));
     }
+    let mut interfaces = vec![json!({"name": interface, "mac": mac, "sandbox": netns})];
+    if let Some((name, mac)) = host {
+        interfaces.push(json!({"name": name, "mac": mac}));
+    }
     json!({
         "cniVersion": CNI_VERSION,
-        "interfaces": [{"name": interface, "mac": mac, "sandbox": netns}],
+        "interfaces": interfaces,
         "ips": ips,
         "routes": routes,
         // The agent's DNS server answers inside every attached namespace (agent/src/dns.rs).

@@ -165,6 +165,8 @@ impl Attacher {
                 mtu: self.mtu,
                 mac: String::new(),
                 gateway: None,
+                host_interface: String::new(),
+                host_mac: String::new(),
             });
         }
         Ok(result)

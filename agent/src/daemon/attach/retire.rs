@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use weave_proto::{local_api::Refusal, v1::Subnet};
 
-use super::{Attacher, Detached, failed, held_address, not_at};
+use super::{Attacher, failed, held_address, not_at};
 use crate::plan::{
     addr_spec::AddrSpec,
     kernel::{bridge_name, host_ifname},
@@ -91,4 +91,14 @@ impl Attacher {
         tracing::info!(container = key, ?released, "released the addresses of a container whose namespace is gone");
         Ok(Detached { released, whole, kept: false })
     }
+}
+
+/// What a detach released, and whether the container is now off every
+/// subnet on this node (all were named, or the named ones were all it had).
+pub struct Detached {
+    pub released: Vec<String>,
+    pub whole: bool,
+    /// Nothing was touched: a late CNI DEL for a container id that lives on
+    /// in another namespace (its record and DNS stay the live one's).
+    pub kept: bool,
 }

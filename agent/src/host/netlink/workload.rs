@@ -94,11 +94,7 @@ impl Netlink {
                     name: n.to_string(),
                     index: l.header.index,
                     mtu: mtu(l).unwrap_or(0),
-                    mac: l
-                        .attributes
-                        .iter()
-                        .find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.clone()) } else { None })
-                        .unwrap_or_default(),
+                    mac: mac(l).unwrap_or_default(),
                     addresses: Vec::new(),
                 })
             })

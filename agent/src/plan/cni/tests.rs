@@ -54,11 +54,13 @@ fn a_chained_add_passes_the_previous_result_on() {
         "ethwe",
         "0a:58:0a:20:00:07",
         &["10.32.0.7/16".into()],
-        true,
         Some("10.32.0.1"),
+        Some(("wv0a1b2c3d", "6e:11:22:33:44:55")),
     );
     let names: Vec<&str> = r["interfaces"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["cni0", "eth0", "ethwe"]);
+    // The host side of weave's veth after its container side, with no sandbox.
+    assert_eq!(names, ["cni0", "eth0", "ethwe", "wv0a1b2c3d"]);
+    assert_eq!(r["interfaces"][3], json!({"name": "wv0a1b2c3d", "mac": "6e:11:22:33:44:55"}));
     assert_eq!(r["ips"][0]["address"], "192.168.50.2/24");
     assert_eq!(r["ips"][0]["interface"], 1);
     assert_eq!((r["ips"][1]["address"].as_str(), r["ips"][1]["interface"].as_u64()), (Some("10.32.0.7/16"), Some(2)));
@@ -72,10 +74,11 @@ fn a_chained_add_passes_the_previous_result_on() {
         "eth0",
         "0a:58:0a:20:00:07",
         &["10.32.0.7/16".into()],
-        false,
+        None,
         None,
     );
     assert_eq!((r["cniVersion"].as_str(), r["ips"][0]["version"].as_str()), (Some("0.4.0"), Some("4")));
+    assert_eq!(r["interfaces"].as_array().unwrap().len(), 1, "no host side named, none listed: {r}");
     assert_eq!(r["ips"][0]["interface"], 0);
     assert_eq!(r["dns"]["nameservers"][0], NAMESERVER);
     // A previous result of the wrong shape is passed on, not a panic (after the agent attached).
@@ -85,7 +88,7 @@ fn a_chained_add_passes_the_previous_result_on() {
             "eth0",
             "0a:58:0a:20:00:07",
             &["10.32.0.7/16".into()],
-            true,
+            None,
             None,
         );
         assert!(r["ips"].as_array().unwrap().iter().any(|i| i["address"] == "10.32.0.7/16"), "{prev}: {r}");
@@ -125,22 +128,24 @@ fn del_names_only_the_addresses_of_its_own_interface() {
 
 #[test]
 fn results_have_the_spec_shape() {
-    let r = add_result("/run/netns/x", "ethwe", "02:42:0a:20:00:05", &["10.32.0.5/16".into()], true, None);
+    let host = Some(("wv0a1b2c3d", "6e:11:22:33:44:55"));
+    let r = add_result("/run/netns/x", "ethwe", "02:42:0a:20:00:05", &["10.32.0.5/16".into()], true, None, host);
     assert_eq!(r["cniVersion"], CNI_VERSION);
     assert_eq!(r["interfaces"][0]["mac"], "02:42:0a:20:00:05");
     assert_eq!(r["interfaces"][0]["sandbox"], "/run/netns/x");
     assert_eq!(r["ips"][0]["interface"], 0);
     assert_eq!(r["ips"][0]["address"], "10.32.0.5/16");
+    assert_eq!(r["interfaces"][1], json!({"name": "wv0a1b2c3d", "mac": "6e:11:22:33:44:55"}), "{r}");
     assert_eq!(r["routes"][0]["dst"], "224.0.0.0/4");
     assert_eq!(r["dns"]["nameservers"][0], "127.0.0.11");
     assert!(r["ips"][0].get("gateway").is_none(), "no gateway off an egress subnet: {r}");
     // On an egress subnet: the host as gateway, and the default route through it.
-    let r = add_result("/x", "eth0", "02:42:0a:20:00:05", &["10.32.0.5/16".into()], true, Some("10.32.0.1"));
+    let r = add_result("/x", "eth0", "02:42:0a:20:00:05", &["10.32.0.5/16".into()], true, Some("10.32.0.1"), None);
     assert_eq!(r["ips"][0]["gateway"], "10.32.0.1");
     assert_eq!(r["routes"][0], json!({"dst": "0.0.0.0/0", "gw": "10.32.0.1"}));
     assert_eq!(r["routes"][1]["dst"], "224.0.0.0/4");
     let off = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"w","type":"weave-cni","resolver":false}"#).unwrap();
-    let r = off.add_result("/x", "eth0", "02:42:0a:20:00:05", &["10.32.0.5/16".into()], true, None);
+    let r = off.add_result("/x", "eth0", "02:42:0a:20:00:05", &["10.32.0.5/16".into()], None, None);
     assert_eq!(r["dns"], json!({}), "no resolver named with resolver false: {r}");
     // `"dns"` is the spec's dictionary (libcni refuses a boolean there, and
     // with it the whole conflist): a dictionary is taken, a boolean refused.
