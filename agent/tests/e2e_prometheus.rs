@@ -183,6 +183,7 @@ fn prometheus_scrapes_the_coordinator_and_agents() {
     value_is("weave_coordinator_connected", 1.0, 2);
     value_is("weave_watchers", 2.0, 1);
     value_is("weave_watching_nodes", 2.0, 1);
+    value_is("weave_connected_nodes", 2.0, 1);
     wait_for("traffic counted in both directions", Duration::from_secs(30), || {
         let r = query(&ns, "weave_traffic_bytes_total");
         (r.len() == 4 && r.iter().all(|(_, v)| *v > 0.0)).then_some(())

@@ -95,6 +95,11 @@ fn describe() {
         "Nodes with a map watch open on this coordinator (summed over the coordinators of a shared store, \
          compare with weave_nodes)."
     );
+    describe_gauge!(
+        "weave_connected_nodes",
+        "Nodes holding a map watch on any coordinator of this store, as the store records it (weavectl node ls's \
+         connected; the same on every coordinator of a shared store, compare with weave_nodes)."
+    );
     describe_counter!("weave_joins_total", "Successful joins: new nodes and re-joins.");
     describe_counter!(
         "weave_store_commits_total",

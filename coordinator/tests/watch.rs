@@ -242,6 +242,18 @@ async fn node_ls_says_which_nodes_watch_and_when_the_others_were_seen() {
     .expect("host1 connected");
     assert_eq!(connected.node_id, one.id);
     assert!(connected.seen_at > 0);
+    // The store's count (`weave_connected_nodes`, the same on every
+    // coordinator of the store) says the same; a second watch of the node's
+    // counts it once.
+    let store = c.running.store.clone();
+    let counted = || {
+        let store = store.clone();
+        async move { store.connected_nodes(weave_coordinator::store::now()).await.unwrap() }
+    };
+    let mut second = api1.map.watch(WatchRequest::default()).await.unwrap().into_inner();
+    next(&mut second).await;
+    assert_eq!(counted().await, 1);
+    drop(second);
     drop(watch);
     let gone = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -254,6 +266,7 @@ async fn node_ls_says_which_nodes_watch_and_when_the_others_were_seen() {
     .await
     .expect("host1 seen, not connected, once its watch ended");
     assert!(gone.seen_at >= connected.seen_at);
+    assert_eq!(counted().await, 0, "host1's watches ended");
     let p = presence(&mut admin).await;
     assert!(!p.iter().any(|p| p.node_id == two.id), "host2 never watched: {p:?}");
     let after = admin.map.get_map(GetMapRequest {}).await.unwrap().into_inner().revision;

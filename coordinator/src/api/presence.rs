@@ -103,7 +103,8 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Event>) {
 /// How often a coordinator looks for nodes to forget (`--forget-after`).
 pub const FORGET_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Every [`FORGET_CHECK`] until the coordinator stops: forgets the nodes
+/// Every [`FORGET_CHECK`] until the coordinator stops: sets
+/// `weave_connected_nodes` from the store, and forgets the nodes
 /// that held no map watch for their token's `--forget-after`
 /// ([`Store::forget_unseen`]). Every coordinator of a shared database runs
 /// it; each node goes once (the second finds it gone).
@@ -126,6 +127,10 @@ pub async fn forget_unseen(state: super::Shared) {
             return;
         }
         let now = crate::store::now();
+        // The store's view for `WeaveNodesNotWatching`, every check.
+        if let Ok(n) = state.store.connected_nodes(now).await {
+            metrics::gauge!("weave_connected_nodes").set(n as f64);
+        }
         match state.store.forget_unseen(now, since).await {
             Ok(None) => {
                 if !cut_off {

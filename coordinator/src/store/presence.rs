@@ -52,6 +52,20 @@ impl Store {
     }
 }
 
+impl Store {
+    /// How many nodes hold a map watch on some coordinator of this store at
+    /// `now` (`connected` in [`Store::presence`]): the same figure on every
+    /// coordinator, where each one's own count would count a node watching
+    /// two of them twice.
+    pub async fn connected_nodes(&self, now: i64) -> Result<u64> {
+        let r = db::query("SELECT COUNT(*) FROM node_presence WHERE watching AND seen_at >= $1")
+            .bind(now.saturating_sub(2 * REFRESH_SECS))
+            .fetch_one(&self.read)
+            .await?;
+        Ok(u64::try_from(r.try_get::<i64, _>(0)?).unwrap_or(0))
+    }
+}
+
 /// A node with a `forget_after`, and when it was last seen.
 const FORGETTABLE: &str = "SELECT n.id, n.forget_after, n.joined_at, p.watching, p.seen_at FROM nodes n \
      LEFT JOIN node_presence p ON p.node_id = n.id WHERE n.forget_after > 0";
@@ -93,17 +107,8 @@ impl Store {
         if rows.is_empty() {
             return Ok(Some(Vec::new()));
         }
-        let (nodes, watching): (i64, i64) = {
-            let r = db::query(
-                "SELECT (SELECT COUNT(*) FROM nodes), \
-                 (SELECT COUNT(*) FROM node_presence WHERE watching AND seen_at >= $1)",
-            )
-            .bind(now.saturating_sub(2 * REFRESH_SECS))
-            .fetch_one(&self.read)
-            .await?;
-            (r.try_get(0)?, r.try_get(1)?)
-        };
-        if nodes > 0 && watching == 0 {
+        let nodes: i64 = db::query("SELECT COUNT(*) FROM nodes").fetch_one(&self.read).await?.try_get(0)?;
+        if nodes > 0 && self.connected_nodes(now).await? == 0 {
             return Ok(None);
         }
         let mut ids = Vec::new();
