@@ -297,3 +297,41 @@ fn a_bridge_deleted_by_hand_comes_back_with_its_workloads() {
     assert!(detail.contains("locked on"), "{port} is not locked again: {detail}");
     assert!(bed.log(0).contains("workload ports put back into their bridges"), "{}", bed.log(0));
 }
+
+/// An address that moves to another host is reached there at once by the
+/// containers left behind, as on a switch: they knew it at its old port's
+/// MAC (`0a:58:<ip>`, the same on every host), which nothing carries once
+/// the port is gone, and until their entry aged out (9-50 s, longer with a
+/// longer reachable time) they could not reach it; the proxy-ARP entry the
+/// move brings is announced on the bridge and corrects them (found by a
+/// review, 2026-12-07).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn an_address_that_leaves_a_host_is_reached_at_its_new_one_at_once() {
+    let mut bed = Bed::with_hosts(2);
+    let (stay, _) = attached_at(&mut bed, 0, "stay");
+    let mover = bed.add_container("mover");
+    let w = bed.weavectl_attach(0, &mover, &["--name", "mover", &format!("/run/netns/{mover}")])[0];
+    let (addr, prefix) = (bed.workloads[w].ip, bed.workloads[w].prefix);
+    // A fresh entry that stays REACHABLE for a minute at least, without the announcement.
+    ok_in(&stay, &["sysctl", "-qw", "net.ipv4.neigh.ethwe.base_reachable_time_ms=120000"]);
+    ok_in(&stay, &["ip", "neigh", "flush", "dev", "ethwe"]);
+    assert!(ping_within(&stay, addr, 5), "stay reaches mover on its host");
+    let neigh = || ok_in(&stay, &["ip", "-4", "neigh", "show", &addr.to_string()]);
+    let old_mac = mac(&mover, "ethwe");
+    assert!(neigh().contains(&old_mac) && neigh().contains("REACHABLE"), "{}", neigh());
+
+    let out = bed.weavectl(0, &["detach", "mover"]);
+    assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
+    let name = bed.hosts[0].name.clone();
+    let out = bed.weavectl_admin(&["ipam", "release", "mover", "--node", &name]);
+    assert!(out.status.success(), "release: {}", String::from_utf8_lossy(&out.stderr));
+    let there = bed.add_container("there");
+    let ip = format!("{addr}/{prefix}");
+    let w2 = bed.weavectl_attach(1, &there, &[&ip, &format!("/run/netns/{there}")])[0];
+    assert_eq!(bed.workloads[w2].ip, addr);
+    assert_eq!(mac(&there, "ethwe"), old_mac, "the address keeps its MAC on its new host");
+    assert!(ping_within(&stay, addr, 5), "stay reaches the address on its new host: {}", neigh());
+    let bridge_mac = mac(&bed.hosts[0].ns, &bridge(&bed.hosts[0].ns));
+    assert!(neigh().contains(&bridge_mac), "through this host's bridge now: {}", neigh());
+}

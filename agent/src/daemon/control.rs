@@ -388,13 +388,15 @@ async fn reconcile_once(netlink: &Netlink, desired: &Desired, applied: Option<Ob
         },
     };
     let mut ok = true;
-    let mut unflooded = Vec::new();
+    let (mut unflooded, mut proxied) = (Vec::new(), Vec::new());
     for change in reconcile::diff(desired, &state) {
         match netlink.apply(&change).await {
             Ok(done) => {
                 tracing::debug!(?done, "applied");
-                if let Change::RemoveFlood { vni, peer } = done {
-                    unflooded.push((vni, peer));
+                match done {
+                    Change::RemoveFlood { vni, peer } => unflooded.push((vni, peer)),
+                    Change::AddProxy { vni, addr } => proxied.push((vni, addr)),
+                    _ => {}
                 }
                 state.record(&done);
             }
@@ -403,6 +405,11 @@ async fn reconcile_once(netlink: &Netlink, desired: &Desired, applied: Option<Ob
                 tracing::warn!(?change, error = %e, "change failed; retrying on the next pass");
             }
         }
+    }
+    // Containers here that knew a now-remote address at its old port's MAC
+    // learn the bridge's (`host/netlink/announce.rs`).
+    if let Err(e) = netlink.announce_proxies(&proxied) {
+        tracing::debug!(error = %e, addresses = proxied.len(), "proxy-ARP entries not announced");
     }
     match netlink.forget_learned(&unflooded).await {
         Ok(0) => {}

@@ -33,6 +33,7 @@ use crate::{
     },
 };
 
+mod announce;
 mod bridge_ip;
 mod dump;
 mod neighbour;
@@ -324,11 +325,7 @@ impl Netlink {
                 let msg = route(net, br, None, Some(SUBNET_ROUTE_METRIC));
                 self.handle.route().add(msg).replace().execute().await.map_err(|e| nl(format!("route {net}"), e))
             }
-            Change::AddProxy { vni, addr } => {
-                let br = self.bridge(vni).await?;
-                let request = self.handle.neighbours().add(br, IpAddr::V4(addr)).flags(NeighbourFlags::Proxy);
-                request.replace().execute().await.map_err(|e| nl(format!("proxy entry {addr}"), e))
-            }
+            Change::AddProxy { vni, addr } => self.add_proxy(vni, addr).await,
             Change::Unpin { vni, addr } => self.unpin_neighbour(&bridge_name(vni), addr).await,
             Change::RemoveProxy { vni, addr } => {
                 self.del_neighbour(&bridge_name(vni), addr, NeighbourFlags::Proxy).await
