@@ -233,7 +233,10 @@ pub async fn reconcile_loop(
             }
             continue;
         }
-        // Read every pass: a DHCP renewal or an interface coming up changes them.
+        // Timed from here: the host's routes and the desired state are part of a pass's cost.
+        let started = std::time::Instant::now();
+        // Every pass: a DHCP renewal or an interface coming up changes them
+        // (read again only when something changed, `host/routes.rs`).
         let networks = crate::host::routes::lan(own_node);
         let (desired, peers, behind_nat, held) = {
             let map = maps.borrow_and_update();
@@ -276,7 +279,6 @@ pub async fn reconcile_loop(
             transport.set_behind_nat(behind_nat);
             nat_set = Some(behind_nat);
         }
-        let started = std::time::Instant::now();
         let full = applied.is_none() || tokio::time::Instant::now() >= next_full;
         if full {
             applied = None;

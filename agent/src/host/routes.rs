@@ -18,6 +18,8 @@ use crate::plan::{
     netmap::HostLan,
 };
 
+mod changes;
+
 /// RTF_UP.
 const UP: u32 = 0x1;
 /// RTF_GATEWAY.
@@ -35,14 +37,51 @@ pub fn set_dns_upstreams(upstreams: &[std::net::SocketAddr]) {
     let _ = DNS_UPSTREAMS.set(upstreams.iter().map(|u| u.ip().to_canonical()).collect());
 }
 
+/// What the route tables say: connected networks, every other route, and
+/// the gateways.
+#[derive(Clone)]
+struct Tables {
+    networks: Vec<(IpNet, String)>,
+    routes: Vec<(IpNet, String)>,
+    gateways: Vec<IpAddr>,
+}
+
+/// The tables as last read, read again only when something not weave's
+/// changed since ([`changes`]) or after [`TABLES_MAX_AGE`] (a notification
+/// this misread costs that much at most).
+static TABLES: std::sync::Mutex<Option<(changes::Changes, Option<Read>)>> = std::sync::Mutex::new(None);
+
+/// When the tables were read, and what they said.
+type Read = (std::time::Instant, Tables);
+
+const TABLES_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn tables() -> Tables {
+    let mut kept = TABLES.lock().unwrap_or_else(|e| e.into_inner());
+    let (changes, last) = kept.get_or_insert_with(|| (changes::Changes::new(), None));
+    // Drained before the read: a change made during it is seen next time.
+    let changed = changes.since_last();
+    match last {
+        Some((at, t)) if !changed && at.elapsed() < TABLES_MAX_AGE => t.clone(),
+        _ => {
+            let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+            let (v4, v6) = (read("/proc/net/route"), read("/proc/net/ipv6_route"));
+            let mut gateways = gateways_v4(&v4);
+            gateways.extend(gateways_v6(&v6));
+            let t = Tables { networks: connected_networks_in(&v4, &v6), routes: routes_in(&v4, &v6), gateways };
+            *last = Some((std::time::Instant::now(), t.clone()));
+            t
+        }
+    }
+}
+
 /// This host's LAN, now. Unreadable files give nothing (the check then only
 /// protects announced endpoints and the coordinator's address, as before).
 /// `own_node`: this host's node id (its workloads' subnets are kept).
 pub fn lan(own_node: u64) -> HostLan {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let (v4, v6) = (read("/proc/net/route"), read("/proc/net/ipv6_route"));
-    let mut known = gateways_v4(&v4);
-    known.extend(gateways_v6(&v6));
+    let Tables { networks, routes, mut gateways } = tables();
+    let mut known = std::mem::take(&mut gateways);
     known.extend(nameservers(&read("/etc/resolv.conf")));
     // systemd-resolved: /etc/resolv.conf names only its stub (127.0.0.53);
     // the servers it asks are here.
@@ -50,7 +89,7 @@ pub fn lan(own_node: u64) -> HostLan {
     known.extend(DNS_UPSTREAMS.get().into_iter().flatten());
     known.sort();
     known.dedup();
-    HostLan { networks: connected_networks_in(&v4, &v6), routes: routes_in(&v4, &v6), known, own_node }
+    HostLan { networks, routes, known, own_node }
 }
 
 /// Every route of this host but weave's own and the default ones: connected,
