@@ -454,10 +454,9 @@ fn arp_table(rules: &Rules) -> String {
 }
 
 /// The element changes that turn the applied `old` rules into `new`, as one
-/// `nft -f` transaction, when only set elements differ (a remote workload or
-/// a peer came or went: the common case, O(change) instead of a reload of
-/// every element); `None` when the chains themselves change (segments,
-/// overlay ranges) and the tables must be replaced with [`ruleset`].
+/// `nft -f` transaction, when only set elements differ (a remote workload or a
+/// peer came or went: O(change), not a reload of every element); `None` when
+/// the chains change (segments, overlay ranges): [`ruleset`] replaces the tables.
 pub fn update(old: &Rules, new: &Rules) -> Option<String> {
     let same_chains = old.overlay == new.overlay
         && old.node_range == new.node_range
@@ -472,27 +471,28 @@ pub fn update(old: &Rules, new: &Rules) -> Option<String> {
         return None;
     }
     let mut out = String::new();
-    let mut elements = |name: &str, old: &BTreeSet<String>, new: &BTreeSet<String>| {
-        for (verb, mut items) in [("delete", old.difference(new)), ("add", new.difference(old))] {
-            if let Some(first) = items.next() {
-                let _ = write!(out, "{verb} element inet {TABLE} {name} {{ {first}");
-                for a in items {
-                    let _ = write!(out, ", {a}");
-                }
-                out.push_str(" }\n");
-            }
-        }
-    };
-    let text = |set: &BTreeSet<Ipv4Addr>| -> BTreeSet<String> { set.iter().map(|a| a.to_string()).collect() };
     for (i, (a, b)) in old.segments.iter().zip(&new.segments).enumerate() {
-        elements(&format!("remote{i}"), &text(&a.remote), &text(&b.remote));
-        elements(&format!("local{i}"), &text(&a.local), &text(&b.local));
+        elements(&mut out, &format!("remote{i}"), &a.remote, &b.remote);
+        elements(&mut out, &format!("local{i}"), &a.local, &b.local);
     }
-    elements("peers", &text(&old.peers), &text(&new.peers));
+    elements(&mut out, "peers", &old.peers, &new.peers);
     let endpoints = |r: &Rules| -> BTreeSet<String> { r.endpoints.iter().map(endpoint).collect() };
-    elements("endpoints", &endpoints(old), &endpoints(new));
-    elements("grpc", &egress::grpc(old), &egress::grpc(new));
+    elements(&mut out, "endpoints", &endpoints(old), &endpoints(new));
+    elements(&mut out, "grpc", &egress::grpc(old), &egress::grpc(new));
     Some(out)
+}
+
+/// `delete element` / `add element` lines for set `name` from `old` to `new` (only those become text).
+fn elements<T: Ord + std::fmt::Display>(out: &mut String, name: &str, old: &BTreeSet<T>, new: &BTreeSet<T>) {
+    for (verb, mut items) in [("delete", old.difference(new)), ("add", new.difference(old))] {
+        if let Some(first) = items.next() {
+            let _ = write!(out, "{verb} element inet {TABLE} {name} {{ {first}");
+            for a in items {
+                let _ = write!(out, ", {a}");
+            }
+            out.push_str(" }\n");
+        }
+    }
 }
 
 mod egress;
