@@ -284,6 +284,12 @@ fn a_workloads_broadcast_flood_is_cut_at_its_port() {
     assert!(from_a >= LIMIT / 20, "a's flood did not get its burst through: {from_a}");
     assert!(from_a <= bound(LIMIT, took), "a's flood was not cut at its port: {from_a} in {took:.2} s");
     assert!(from_b > bound(LIMIT, took_b), "without a limit more arrives: {from_b} in {took_b:.2} s");
+    // What the meter dropped is in host 1's metrics (read every 10 s).
+    let host1 = bed.hosts[0].ns.clone();
+    let cut = 20_000usize.saturating_sub(bound(LIMIT, took)) as f64;
+    wait_for("the storm drops in the agent's metrics", Duration::from_secs(25), || {
+        (total(&scrape(&host1), "weave_port_frames_dropped_total{reason=\"storm\"}") >= cut).then_some(())
+    });
     // Below the limit: all of it (500 frames, at most 400 a second).
     let paced = received_by(&b, || frames_at(&a, 500, Some(400)));
     assert!(paced >= 495, "a's paced frames: {paced} of 500");

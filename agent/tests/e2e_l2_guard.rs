@@ -217,6 +217,12 @@ fn a_workload_can_neither_send_from_nor_claim_another_address() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(neighbour(&near, victim_ip), Some(victim_mac.clone()), "near kept the victim's MAC");
     assert_eq!(neighbour(&near, attacker_ip), Some(mac_of(&attacker)), "near kept the attacker's own MAC");
+    // And the operator sees it: four forged datagrams and two ARP claims at
+    // least, counted by the guard's table and read every 10 s.
+    let host = bed.hosts[0].ns.clone();
+    let dropped = || total(&scrape(&host), "weave_port_frames_dropped_total{reason=\"guard\"}");
+    wait_for("the guard's drops in the agent's metrics", Duration::from_secs(25), || (dropped() >= 6.0).then_some(()));
+    assert_eq!(total(&scrape(&host), "weave_port_frames_dropped_total{reason=\"storm\"}"), 0.0);
 
     // Control: the same frames from the bare container arrive.
     let got = attack(&bare, bare_ip, "unguarded");
@@ -229,7 +235,6 @@ fn a_workload_can_neither_send_from_nor_claim_another_address() {
     });
 
     // A deleted guard table comes back (the agent checks every 10 s), and guards again.
-    let host = bed.hosts[0].ns.clone();
     ok_in(&host, &["nft", "delete", "table", "bridge", "weave_guard"]);
     wait_for("the agent to put the guard table back", Duration::from_secs(30), || {
         in_ns(&host, &["nft", "list", "table", "bridge", "weave_guard"]).status.success().then_some(())

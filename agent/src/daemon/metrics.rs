@@ -93,6 +93,11 @@ pub fn describe() {
          that segment let through together (--broadcast-limit a second per workload, up to 16, and for \
          its bridge)."
     );
+    describe_counter!(
+        "weave_port_frames_dropped_total",
+        "Frames a workload's port sent that its source guard dropped: reason guard (another address or MAC \
+         than the workload's, a VLAN tag), storm (past --broadcast-limit). Read every 10 s."
+    );
     describe_gauge!(
         "weave_cpu_latency_hold",
         "1 while the agent holds its CPU wake-up latency request (idle CPUs poll; --cpu-latency-hold-ms)."
@@ -154,6 +159,9 @@ pub fn describe() {
     }
     for direction in ["in", "out"] {
         metrics::counter!("weave_traffic_bytes_total", "direction" => direction).increment(0);
+    }
+    for reason in crate::host::firewall::PORT_DROP_REASONS {
+        metrics::counter!("weave_port_frames_dropped_total", "reason" => reason).increment(0);
     }
     for result in ["answered", "empty", "nxdomain", "forwarded", "forward_failed", "malformed"] {
         metrics::counter!("weave_dns_queries_total", "result" => result).increment(0);

@@ -22,6 +22,9 @@ use tokio::{io::AsyncWriteExt, process::Command, sync::watch};
 use weave_proto::v1::NetworkMap;
 
 mod forward;
+mod guard_counts;
+
+pub use guard_counts::REASONS as PORT_DROP_REASONS;
 
 use crate::{
     error::Error,
@@ -180,7 +183,10 @@ pub async fn guard_ports(netlink: &Netlink) -> Result<usize, Error> {
         && emptied("bridge", GUARD_TABLE, "prerouting").await == Some(true);
     let ports = netlink.pinned_ports().await?;
     let limit = BROADCAST_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
+    // What the table about to go counted, first.
+    guard_counts::count().await;
     nft(&guard_ruleset(&ports, limit)).await?;
+    guard_counts::replaced();
     GUARDED.store(true, std::sync::atomic::Ordering::Relaxed);
     if removed {
         tracing::warn!("the source guard table was removed or emptied; put it back");
@@ -423,6 +429,7 @@ pub async fn keep(
             {
                 tracing::warn!(error = %e, "holding workload ports to their addresses");
             }
+            guard_counts::count_locked().await;
             let flow_limit = FLOW_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
             if flow_limit > 0 && !present("inet", FLOW_TABLE) {
                 tracing::warn!("the flow limit's table was removed or emptied; putting it back");

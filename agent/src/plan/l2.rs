@@ -105,6 +105,11 @@ pub(super) fn bridge_table(segments: &[Segment]) -> String {
 /// The table that holds each workload port to its own address.
 pub const GUARD_TABLE: &str = "weave_guard";
 
+/// Its named counters: frames a port sent that were not its own (another
+/// source address or MAC, a VLAN tag), and frames past its storm meters
+/// (`weave_port_frames_dropped_total{reason="guard"|"storm"}`).
+pub const GUARD_COUNTERS: [&str; 2] = ["guard_drops", "storm_drops"];
+
 /// Source guard for workload ports, as one `nft -f` transaction that
 /// replaces the table `bridge weave_guard`: a frame from a port the agent
 /// made for a workload (`ports`: its name, and the address and MAC the agent
@@ -136,6 +141,10 @@ pub const GUARD_TABLE: &str = "weave_guard";
 pub fn guard_ruleset(ports: &[(String, Ipv4Addr, Vec<u8>)], broadcast_limit: u32) -> String {
     let t = GUARD_TABLE;
     let mut out = format!("table bridge {t} {{}}\ndelete table bridge {t}\ntable bridge {t} {{\n");
+    for c in GUARD_COUNTERS {
+        out += &format!("  counter {c} {{\n  }}\n");
+    }
+    let [guard, storm] = GUARD_COUNTERS.map(|c| format!("counter name \"{c}\" drop"));
     let names: BTreeSet<String> = ports.iter().map(|(p, _, _)| format!("\"{p}\"")).collect();
     let sources: BTreeSet<String> = ports.iter().map(|(p, ip, _)| format!("\"{p}\" . {ip}")).collect();
     let senders: BTreeSet<String> = ports
@@ -170,7 +179,7 @@ pub fn guard_ruleset(ports: &[(String, Ipv4Addr, Vec<u8>)], broadcast_limit: u32
         // it is copied once per member, not to every local port too.
         let meter = |set: &str, rate: u32| {
             let burst = (rate / 10).max(1);
-            format!("update @{set} {{ iifname limit rate over {rate}/second burst {burst} packets }} drop")
+            format!("update @{set} {{ iifname limit rate over {rate}/second burst {burst} packets }} {storm}")
         };
         for set in ["storm", "unicast_out"] {
             out += &format!(
@@ -197,20 +206,22 @@ pub fn guard_ruleset(ports: &[(String, Ipv4Addr, Vec<u8>)], broadcast_limit: u32
     out += "  chain prerouting {\n    type filter hook prerouting priority filter - 5; policy accept;\n    \
             iifname != @guarded accept\n    ";
     out += &group;
-    out += "ether type ip iifname . ip saddr @sources accept\n    \
-            ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
-            iifname . arp saddr ip . arp saddr ether @senders accept\n    \
-            ether type { ip, arp, vlan, 8021ad } drop\n    \
-            ether type ip6 iifname . ip6 saddr != @sources6 drop\n    \
-            ip6 saddr :: meta l4proto != ipv6-icmp drop\n    \
-            ip6 saddr :: icmpv6 type != { mld-listener-report, mld-listener-done, mld2-listener-report, \
-            nd-neighbor-solicit } drop\n";
+    out += &format!(
+        "ether type ip iifname . ip saddr @sources accept\n    \
+         ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
+         iifname . arp saddr ip . arp saddr ether @senders accept\n    \
+         ether type {{ ip, arp, vlan, 8021ad }} {guard}\n    \
+         ether type ip6 iifname . ip6 saddr != @sources6 {guard}\n    \
+         ip6 saddr :: meta l4proto != ipv6-icmp {guard}\n    \
+         ip6 saddr :: icmpv6 type != {{ mld-listener-report, mld-listener-done, mld2-listener-report, \
+         nd-neighbor-solicit }} {guard}\n"
+    );
     // A neighbour advertisement's target address, and that of a solicitation
     // from `::` (duplicate address detection), must be the port's own (bits
     // 64-191 of the ICMPv6 message; nft 1.0.6 has no name for them and no
     // set of such raw fields): two rules a port.
     for (port, _, mac) in ports {
-        let own = format!("@th,64,128 != 0x{:032x} drop\n", u128::from(super::kernel::link_local(mac)));
+        let own = format!("@th,64,128 != 0x{:032x} {guard}\n", u128::from(super::kernel::link_local(mac)));
         out += &format!("    iifname \"{port}\" icmpv6 type nd-neighbor-advert {own}");
         out += &format!("    iifname \"{port}\" ip6 saddr :: icmpv6 type nd-neighbor-solicit {own}");
     }
@@ -310,11 +321,11 @@ mod tests {
              ether type ip iifname . ip saddr @sources accept\n    \
              ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
              iifname . arp saddr ip . arp saddr ether @senders accept\n    \
-             ether type { ip, arp, vlan, 8021ad } drop\n    \
-             ether type ip6 iifname . ip6 saddr != @sources6 drop\n    \
-             ip6 saddr :: meta l4proto != ipv6-icmp drop\n    \
+             ether type { ip, arp, vlan, 8021ad } counter name \"guard_drops\" drop\n    \
+             ether type ip6 iifname . ip6 saddr != @sources6 counter name \"guard_drops\" drop\n    \
+             ip6 saddr :: meta l4proto != ipv6-icmp counter name \"guard_drops\" drop\n    \
              ip6 saddr :: icmpv6 type != { mld-listener-report, mld-listener-done, mld2-listener-report, \
-             nd-neighbor-solicit } drop\n"
+             nd-neighbor-solicit } counter name \"guard_drops\" drop\n"
         ));
         // IPv6: from the link-local address of the port's MAC or ::, and
         // neighbour advertisements only for that address.
@@ -327,16 +338,19 @@ mod tests {
         );
         assert!(
             g.contains(
-                "    iifname \"wv1a2b\" icmpv6 type nd-neighbor-advert @th,64,128 != 0xfe80000000000000004200fffe000005 drop\n\
+                "    iifname \"wv1a2b\" icmpv6 type nd-neighbor-advert @th,64,128 != 0xfe80000000000000004200fffe000005 counter name \"guard_drops\" drop\n\
                  \x20   iifname \"wv1a2b\" ip6 saddr :: icmpv6 type nd-neighbor-solicit \
-                 @th,64,128 != 0xfe80000000000000004200fffe000005 drop\n"
+                 @th,64,128 != 0xfe80000000000000004200fffe000005 counter name \"guard_drops\" drop\n"
             ),
             "{g}"
         );
         // No ports: empty sets (nft refuses an empty elements list), nothing guarded.
         let none = guard_ruleset(&[], 0);
         assert!(!none.contains("elements") && none.contains("iifname != @guarded accept"), "{none}");
-        assert!(!g.contains("storm"), "no limit: no meter");
+        assert!(!g.contains("set storm"), "no limit: no meter");
+        // Every drop counted, by why (`weave_port_frames_dropped_total`).
+        assert!(g.contains("  counter guard_drops {\n  }\n  counter storm_drops {\n  }\n"), "{g}");
+        assert_eq!(g.matches(" drop\n").count(), g.matches("counter name \"guard_drops\" drop\n").count(), "{g}");
     }
 
     #[test]
@@ -349,7 +363,7 @@ mod tests {
         assert!(
             g.contains(
                 "iifname != @guarded accept\n    ether type != arp ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 \
-                 update @storm { iifname limit rate over 500/second burst 50 packets } drop\n    \
+                 update @storm { iifname limit rate over 500/second burst 50 packets } counter name \"storm_drops\" drop\n    \
                  ether type ip iifname . ip saddr @sources accept\n"
             ),
             "{g}"
@@ -358,7 +372,7 @@ mod tests {
             g.contains(
                 "type filter hook forward priority filter - 5; policy accept;\n    oifname \"wvvx-*\" iifname @guarded \
                  ether type != ip ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 \
-                 update @unicast_out { iifname limit rate over 5000/second burst 500 packets } drop\n"
+                 update @unicast_out { iifname limit rate over 5000/second burst 500 packets } counter name \"storm_drops\" drop\n"
             ),
             "{g}"
         );

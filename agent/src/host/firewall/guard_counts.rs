@@ -1,0 +1,67 @@
+//! The source guard's drops as a metric: the named counters of `bridge
+//! weave_guard` ([`GUARD_COUNTERS`]), read every check and before the table
+//! is replaced (ports come and go: a new table counts from 0), added to
+//! `weave_port_frames_dropped_total{reason}`. A container sending as
+//! another address, or past its storm meter, was dropped without a trace an
+//! operator could see (found by a review, 2026-12-07).
+use std::sync::Mutex;
+
+use crate::plan::l2::{GUARD_COUNTERS, GUARD_TABLE};
+
+/// The metric's reason for each of [`GUARD_COUNTERS`].
+pub const REASONS: [&str; 2] = ["guard", "storm"];
+
+/// What the current table's counters held when last counted.
+static SEEN: Mutex<[u64; 2]> = Mutex::new([0; 2]);
+
+/// Adds what the counters grew by since they were last read. Called under
+/// the guard's lock, so that no replacement comes between the read and the
+/// bookkeeping.
+pub(super) async fn count() {
+    let Ok(out) = super::nft_with(&["list", "counters", "table", "bridge", GUARD_TABLE], "").await else { return };
+    let now = packets(&out);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    for (i, n) in now.into_iter().enumerate() {
+        let Some(n) = n else { continue };
+        // Smaller: a table put in by another hand (a repair) counts from 0.
+        let grown = n.checked_sub(seen[i]).unwrap_or(n);
+        metrics::counter!("weave_port_frames_dropped_total", "reason" => REASONS[i]).increment(grown);
+        seen[i] = n;
+    }
+}
+
+/// [`count`] under the guard's lock (the periodic check).
+pub(super) async fn count_locked() {
+    let _one = super::GUARD.lock().await;
+    count().await;
+}
+
+/// The table was just replaced: its counters start from 0.
+pub(super) fn replaced() {
+    *SEEN.lock().unwrap_or_else(|e| e.into_inner()) = [0; 2];
+}
+
+/// Each of [`GUARD_COUNTERS`]' packets in `nft list counters` output.
+fn packets(out: &str) -> [Option<u64>; 2] {
+    let mut found = [None; 2];
+    let mut current = None;
+    for line in out.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("counter ").and_then(|r| r.strip_suffix(" {")) {
+            current = GUARD_COUNTERS.iter().position(|c| *c == name);
+        } else if let (Some(i), Some(rest)) = (current, line.strip_prefix("packets ")) {
+            found[i] = rest.split_whitespace().next().and_then(|n| n.parse().ok());
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_counters_packets_are_read_by_its_name() {
+        let out = "table bridge weave_guard {\n\tcounter guard_drops {\n\t\tpackets 7 bytes 420\n\t}\n\
+                   \tcounter storm_drops {\n\t\tpackets 0 bytes 0\n\t}\n}\n";
+        assert_eq!(super::packets(out), [Some(7), Some(0)]);
+        assert_eq!(super::packets("table bridge weave_guard {\n}\n"), [None, None]);
+    }
+}
