@@ -112,7 +112,7 @@ fn endpoint_env_ignored(env: &str, port: u16, current: &[String]) -> Option<Stri
     current_sorted.sort();
     (!given.is_empty() && given != current_sorted).then(|| {
         format!(
-            "WEAVE_ENDPOINT ({env}) is not this node's endpoints ({}) and `agent run` does not read it: \
+            "WEAVE_ENDPOINT ({env}) is not this node's endpoints as last known here ({}) and `agent run` does not read it: \
              `agent join --endpoint <ip:port> --data-dir <dir>` (no token needed) pins new ones",
             current.join(", ")
         )

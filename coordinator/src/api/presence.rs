@@ -126,6 +126,10 @@ pub async fn forget_unseen(state: super::Shared) {
         if *stopping.borrow() {
             return;
         }
+        // The server's clock again (PostgreSQL), before any time is compared.
+        if let Err(e) = state.store.sync_clock().await {
+            tracing::debug!(error = %e, "cannot read the database server's clock now");
+        }
         let now = crate::store::now();
         // The store's view for `WeaveNodesNotWatching`, every check.
         if let Ok(n) = state.store.connected_nodes(now).await {

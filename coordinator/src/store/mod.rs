@@ -22,6 +22,7 @@
 mod allocations;
 mod auth;
 mod batch;
+mod clock;
 pub mod db;
 mod dns;
 mod follow;
@@ -52,6 +53,7 @@ use self::db::{Engine, Pool};
 pub use self::{
     allocations::AllocationFilter,
     auth::Caller,
+    clock::{LOCAL_SKEW_SECS, now},
     dns::qualify_name,
     nodes::{JoinRequest, JoinedNode, check_outside_overlay},
     open::{Location, LocationError},
@@ -161,10 +163,6 @@ pub const DEFAULT_DNS_HOLD_SECS: u64 = 60;
 /// [`Store::with_address_hold`]'s default, as `coordinator serve --address-hold`'s.
 pub const DEFAULT_ADDRESS_HOLD_SECS: u64 = 60;
 
-pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and migrates it.
     pub async fn open(path: &std::path::Path) -> Result<Self> {
@@ -192,6 +190,7 @@ impl Store {
             address_hold: Some(DEFAULT_ADDRESS_HOLD_SECS),
             alive: Arc::default(),
         };
+        store.sync_clock().await?;
         store.reload_live().await?;
         store.follow();
         Ok(store)
