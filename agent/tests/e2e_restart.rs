@@ -237,8 +237,12 @@ fn a_host_the_restored_coordinator_forgot_joins_again_with_a_token() {
             .contains("restored from a backup taken before it joined: run `agent join --token-file")
             .then_some(())
     });
-    // Its status says so too: "unreachable" before (the same review).
-    let status = bed.status(h2).unwrap();
+    // Its status says so too: "unreachable" before (the same review). (The
+    // log is the host's, and the agent stopped above may have said it
+    // first: the restarted one's socket may not answer yet.)
+    let status = wait_for("the restarted agent's status to say it", Duration::from_secs(30), || {
+        bed.status(h2).filter(|s| s.coordinator_refused.is_some())
+    });
     assert!(!status.coordinator_connected);
     let why = status.coordinator_refused.clone().unwrap_or_default();
     assert!(why.contains("agent join --token-file"), "{status:?}");
