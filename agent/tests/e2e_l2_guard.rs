@@ -223,6 +223,13 @@ fn a_workload_can_neither_send_from_nor_claim_another_address() {
     let dropped = || total(&scrape(&host), "weave_port_frames_dropped_total{reason=\"guard\"}");
     wait_for("the guard's drops in the agent's metrics", Duration::from_secs(25), || (dropped() >= 6.0).then_some(()));
     assert_eq!(total(&scrape(&host), "weave_port_frames_dropped_total{reason=\"storm\"}"), 0.0);
+    // A restarted agent counts from its start: the table it finds holds what
+    // the run before exported already (it counted them again).
+    bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
+    bed.start_agent(0, false);
+    wait_for("the restarted agent's metrics", Duration::from_secs(30), || (!scrape(&host).is_empty()).then_some(()));
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(dropped(), 0.0, "the restarted agent counted the run before's drops");
 
     // Control: the same frames from the bare container arrive.
     let got = attack(&bare, bare_ip, "unguarded");

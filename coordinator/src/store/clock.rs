@@ -27,6 +27,9 @@ pub static LOCAL_SKEW_SECS: AtomicI64 = AtomicI64::new(0);
 /// A difference of the clocks worth a word in the log (seconds).
 const NOTABLE_SECS: i64 = 5;
 
+/// The longest round trip whose measurement is taken.
+const MAX_ROUND_TRIP_MS: i64 = 1000;
+
 /// Now, in seconds since the epoch, on the store's clock.
 pub fn now() -> i64 {
     (local_ms() + OFFSET_MS.load(Relaxed)).div_euclid(1000)
@@ -48,7 +51,12 @@ impl Store {
         let server: i64 = db::query_scalar("SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint")
             .fetch_one(&self.read)
             .await?;
-        let offset = server - (before + local_ms()) / 2;
+        let after = local_ms();
+        // A slow round trip (a busy pool, a stalled server) measures little: kept as it was.
+        if after - before > MAX_ROUND_TRIP_MS {
+            return Ok(());
+        }
+        let offset = server - (before + after) / 2;
         let old = OFFSET_MS.swap(offset, Relaxed);
         if (offset - old).abs() >= NOTABLE_SECS * 1000 {
             tracing::warn!(

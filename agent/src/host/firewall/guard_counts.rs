@@ -11,8 +11,11 @@ use crate::plan::l2::{GUARD_COUNTERS, GUARD_TABLE};
 /// The metric's reason for each of [`GUARD_COUNTERS`].
 pub const REASONS: [&str; 2] = ["guard", "storm"];
 
-/// What the current table's counters held when last counted.
-static SEEN: Mutex<[u64; 2]> = Mutex::new([0; 2]);
+/// What the current table's counters held when last counted; None until
+/// this process first read them: a table an earlier run of the agent left
+/// holds what that run counted already (a restart counted it again; found
+/// by a review, 2026-12-07).
+static SEEN: Mutex<Option<[u64; 2]>> = Mutex::new(None);
 
 /// Adds what the counters grew by since they were last read. Called under
 /// the guard's lock, so that no replacement comes between the read and the
@@ -20,12 +23,16 @@ static SEEN: Mutex<[u64; 2]> = Mutex::new([0; 2]);
 pub(super) async fn count() {
     let Ok(out) = super::nft_with(&["list", "counters", "table", "bridge", GUARD_TABLE], "").await else { return };
     let now = packets(&out);
-    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut kept = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let first = kept.is_none();
+    let seen = kept.get_or_insert([0; 2]);
     for (i, n) in now.into_iter().enumerate() {
         let Some(n) = n else { continue };
         // Smaller: a table put in by another hand (a repair) counts from 0.
         let grown = n.checked_sub(seen[i]).unwrap_or(n);
-        metrics::counter!("weave_port_frames_dropped_total", "reason" => REASONS[i]).increment(grown);
+        if !first {
+            metrics::counter!("weave_port_frames_dropped_total", "reason" => REASONS[i]).increment(grown);
+        }
         seen[i] = n;
     }
 }
@@ -38,7 +45,7 @@ pub(super) async fn count_locked() {
 
 /// The table was just replaced: its counters start from 0.
 pub(super) fn replaced() {
-    *SEEN.lock().unwrap_or_else(|e| e.into_inner()) = [0; 2];
+    *SEEN.lock().unwrap_or_else(|e| e.into_inner()) = Some([0; 2]);
 }
 
 /// Each of [`GUARD_COUNTERS`]' packets in `nft list counters` output.
