@@ -160,7 +160,7 @@ pub fn describe() {
     for direction in ["in", "out"] {
         metrics::counter!("weave_traffic_bytes_total", "direction" => direction).increment(0);
     }
-    for reason in crate::host::firewall::PORT_DROP_REASONS {
+    for reason in crate::plan::l2::GUARD_DROP_REASONS {
         metrics::counter!("weave_port_frames_dropped_total", "reason" => reason).increment(0);
     }
     for result in ["answered", "empty", "nxdomain", "forwarded", "forward_failed", "malformed"] {

@@ -24,8 +24,6 @@ use weave_proto::v1::NetworkMap;
 mod forward;
 mod guard_counts;
 
-pub use guard_counts::REASONS as PORT_DROP_REASONS;
-
 use crate::{
     error::Error,
     host::netlink::Netlink,

@@ -80,8 +80,7 @@ fn tables() -> Tables {
 /// `own_node`: this host's node id (its workloads' subnets are kept).
 pub fn lan(own_node: u64) -> HostLan {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let Tables { networks, routes, mut gateways } = tables();
-    let mut known = std::mem::take(&mut gateways);
+    let Tables { networks, routes, gateways: mut known } = tables();
     known.extend(nameservers(&read("/etc/resolv.conf")));
     // systemd-resolved: /etc/resolv.conf names only its stub (127.0.0.53);
     // the servers it asks are here.
@@ -132,7 +131,12 @@ fn connected_networks_in(v4: &str, v6: &str) -> Vec<(IpNet, String)> {
 }
 
 fn weave_or_loopback(dev: &str) -> bool {
-    dev == "lo" || dev == TUN_NAME || dev.starts_with(BRIDGE_PREFIX) || dev.starts_with(VXLAN_PREFIX)
+    dev == "lo" || weaves(dev)
+}
+
+/// The TUN, a bridge or a VXLAN device.
+fn weaves(dev: &str) -> bool {
+    dev == TUN_NAME || dev.starts_with(BRIDGE_PREFIX) || dev.starts_with(VXLAN_PREFIX)
 }
 
 /// `Iface Destination Gateway Flags RefCnt Use Metric Mask …`, addresses as

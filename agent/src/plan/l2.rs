@@ -105,10 +105,11 @@ pub(super) fn bridge_table(segments: &[Segment]) -> String {
 /// The table that holds each workload port to its own address.
 pub const GUARD_TABLE: &str = "weave_guard";
 
-/// Its named counters: frames a port sent that were not its own (another
-/// source address or MAC, a VLAN tag), and frames past its storm meters
+/// Why it drops, each counted in its named counter `<reason>_drops`: frames
+/// a port sent that were not its own (another source address or MAC, a VLAN
+/// tag), and frames past its storm meters
 /// (`weave_port_frames_dropped_total{reason="guard"|"storm"}`).
-pub const GUARD_COUNTERS: [&str; 2] = ["guard_drops", "storm_drops"];
+pub const GUARD_DROP_REASONS: [&str; 2] = ["guard", "storm"];
 
 /// Source guard for workload ports, as one `nft -f` transaction that
 /// replaces the table `bridge weave_guard`: a frame from a port the agent
@@ -141,10 +142,10 @@ pub const GUARD_COUNTERS: [&str; 2] = ["guard_drops", "storm_drops"];
 pub fn guard_ruleset(ports: &[(String, Ipv4Addr, Vec<u8>)], broadcast_limit: u32) -> String {
     let t = GUARD_TABLE;
     let mut out = format!("table bridge {t} {{}}\ndelete table bridge {t}\ntable bridge {t} {{\n");
-    for c in GUARD_COUNTERS {
-        out += &format!("  counter {c} {{\n  }}\n");
+    for r in GUARD_DROP_REASONS {
+        out += &format!("  counter {r}_drops {{\n  }}\n");
     }
-    let [guard, storm] = GUARD_COUNTERS.map(|c| format!("counter name \"{c}\" drop"));
+    let [guard, storm] = GUARD_DROP_REASONS.map(|r| format!("counter name \"{r}_drops\" drop"));
     let names: BTreeSet<String> = ports.iter().map(|(p, _, _)| format!("\"{p}\"")).collect();
     let sources: BTreeSet<String> = ports.iter().map(|(p, ip, _)| format!("\"{p}\" . {ip}")).collect();
     let senders: BTreeSet<String> = ports

@@ -1,15 +1,12 @@
 //! The source guard's drops as a metric: the named counters of `bridge
-//! weave_guard` ([`GUARD_COUNTERS`]), read every check and before the table
+//! weave_guard` (`<reason>_drops`, [`GUARD_DROP_REASONS`]), read every check and before the table
 //! is replaced (ports come and go: a new table counts from 0), added to
 //! `weave_port_frames_dropped_total{reason}`. A container sending as
 //! another address, or past its storm meter, was dropped without a trace an
 //! operator could see (found by a review, 2026-12-07).
 use std::sync::Mutex;
 
-use crate::plan::l2::{GUARD_COUNTERS, GUARD_TABLE};
-
-/// The metric's reason for each of [`GUARD_COUNTERS`].
-pub const REASONS: [&str; 2] = ["guard", "storm"];
+use crate::plan::l2::{GUARD_DROP_REASONS, GUARD_TABLE};
 
 /// What the current table's counters held when last counted; None until
 /// this process first read them: a table an earlier run of the agent left
@@ -31,7 +28,8 @@ pub(super) async fn count() {
         // Smaller: a table put in by another hand (a repair) counts from 0.
         let grown = n.checked_sub(seen[i]).unwrap_or(n);
         if !first {
-            metrics::counter!("weave_port_frames_dropped_total", "reason" => REASONS[i]).increment(grown);
+            let reason = GUARD_DROP_REASONS[i];
+            metrics::counter!("weave_port_frames_dropped_total", "reason" => reason).increment(grown);
         }
         seen[i] = n;
     }
@@ -48,13 +46,13 @@ pub(super) fn replaced() {
     *SEEN.lock().unwrap_or_else(|e| e.into_inner()) = Some([0; 2]);
 }
 
-/// Each of [`GUARD_COUNTERS`]' packets in `nft list counters` output.
+/// Each reason's counter's packets in `nft list counters` output.
 fn packets(out: &str) -> [Option<u64>; 2] {
     let mut found = [None; 2];
     let mut current = None;
     for line in out.lines().map(str::trim) {
         if let Some(name) = line.strip_prefix("counter ").and_then(|r| r.strip_suffix(" {")) {
-            current = GUARD_COUNTERS.iter().position(|c| *c == name);
+            current = GUARD_DROP_REASONS.iter().position(|r| name.strip_suffix("_drops") == Some(*r));
         } else if let (Some(i), Some(rest)) = (current, line.strip_prefix("packets ")) {
             found[i] = rest.split_whitespace().next().and_then(|n| n.parse().ok());
         }

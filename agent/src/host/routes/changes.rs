@@ -14,7 +14,7 @@ use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{RouteNetlinkMessage, link::LinkAttribute, route::RouteAttribute};
 use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-use crate::plan::kernel::{BRIDGE_PREFIX, ROUTE_PROTOCOL, TUN_NAME, VXLAN_PREFIX, is_host_port};
+use crate::plan::kernel::{ROUTE_PROTOCOL, TUN_NAME, is_host_port};
 
 /// RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV6_ROUTE.
 const GROUPS: [u32; 5] = [1, 5, 7, 9, 11];
@@ -94,16 +94,11 @@ fn relevant(payload: &NetlinkPayload<RouteNetlinkMessage>, tun: Option<u32>) -> 
         }
         RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l) => {
             let name = l.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n) } else { None });
-            !name.is_some_and(|n| weaves(n))
+            !name.is_some_and(|n| super::weaves(n) || is_host_port(n))
         }
         RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_) => true,
         _ => false,
     }
-}
-
-/// The TUN, bridges, VXLAN devices and workload ports.
-fn weaves(name: &str) -> bool {
-    name == TUN_NAME || name.starts_with(BRIDGE_PREFIX) || name.starts_with(VXLAN_PREFIX) || is_host_port(name)
 }
 
 #[cfg(test)]
