@@ -23,6 +23,9 @@ use weave_proto::v1::NetworkMap;
 
 mod forward;
 mod guard_counts;
+mod listing;
+
+use listing::{counted, listing, tables_in};
 
 use crate::{
     error::Error,
@@ -86,7 +89,9 @@ pub async fn apply(rules: &Rules) -> Result<(), Error> {
 
 /// Whether weave's isolation tables are in place (a previous run's).
 pub async fn in_place() -> bool {
-    tables(0).await.is_some_and(|t| ["inet", "bridge", "arp"].iter().all(|f| t.contains(&format!("{f} {TABLE}"))))
+    let Some(listing) = listing().await else { return false };
+    let tables = tables_in(&listing);
+    ["inet", "bridge", "arp"].iter().all(|f| tables.contains(&format!("{f} {TABLE}")))
 }
 
 /// Egress needs IPv4 forwarding on the interfaces its replies come in at
@@ -177,12 +182,15 @@ pub async fn guard_ports(netlink: &Netlink) -> Result<usize, Error> {
     // Once this process has put the table in, one missing or emptied was
     // removed by someone: counted and logged here, whoever puts it back (the
     // 10 s check, the reconcile, an attach, the Docker driver; found by a review, 2026-12-05).
+    let listing = listing().await;
     let removed = GUARDED.load(std::sync::atomic::Ordering::Relaxed)
-        && emptied("bridge", GUARD_TABLE, "prerouting").await == Some(true);
+        && listing.as_ref().is_some_and(|l| !tables_in(l).contains(&format!("bridge {GUARD_TABLE}")));
     let ports = netlink.pinned_ports().await?;
     let limit = BROADCAST_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
     // What the table about to go counted, first.
-    guard_counts::count().await;
+    if let Some(listing) = &listing {
+        guard_counts::count(listing);
+    }
     nft(&guard_ruleset(&ports, limit)).await?;
     guard_counts::replaced();
     GUARDED.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -235,12 +243,6 @@ pub async fn limit_flows(limit: Option<u32>) -> Result<(), Error> {
     Ok(())
 }
 
-/// The connections the flow limit refused so far (None: no table).
-async fn flows_refused() -> Option<u64> {
-    let out = nft_with(&["list", "counter", "inet", FLOW_TABLE, flows::COUNTER], "").await.ok()?;
-    flows::dropped(&out)
-}
-
 /// Removes the tables (`agent reset`, `--cleanup-on-exit`); fine if absent.
 pub async fn remove() -> Result<(), Error> {
     let mut script = String::new();
@@ -265,58 +267,6 @@ const TABLES: [(&str, &str, &str); 6] = [
     ("inet", FLOW_TABLE, "input"),
 ];
 
-/// Weave's tables that are there now and still hold rules, as "FAMILY NAME"
-/// (someone may flush the ruleset, or one table: `nft flush table` keeps
-/// the table and its chains but empties them). One `nft list tables` (names
-/// only, where `nft list table` would print every element of every set)
-/// finds the removed ones; [`CHAINS_PER_CHECK`] `nft list chain` a check,
-/// for the tables in turn (`turn`), each look at one chain, never empty as
-/// weave writes it, so an emptied table is found within three checks (30 s,
-/// as the README says; with one a check it took up to 60 s; found by a
-/// review, 2026-12-05). (`nft` 1.0.6 fails a batch of several `list chain`
-/// commands.) None when nft could not be asked.
-async fn tables(turn: usize) -> Option<BTreeSet<String>> {
-    let mut present = named(&nft_with(&["list", "tables"], "").await.ok()?);
-    for k in 0..CHAINS_PER_CHECK {
-        let (family, table, chain) = TABLES[(turn * CHAINS_PER_CHECK + k) % TABLES.len()];
-        let name = format!("{family} {table}");
-        // (No verdict, nft not run: the next check asks again.)
-        if present.contains(&name) && emptied(family, table, chain).await == Some(true) {
-            present.remove(&name);
-        }
-    }
-    Some(present)
-}
-
-/// Whether weave's chain `chain` of `family table` was emptied or deleted
-/// (never empty as weave writes it); None when nft could not be run (no verdict).
-async fn emptied(family: &str, table: &str, chain: &str) -> Option<bool> {
-    match nft_with(&["list", "chain", family, table, chain], "").await {
-        Ok(out) => Some(!holds_rules(&out)),
-        Err(Error::Io(..)) => None,
-        Err(_) => Some(true),
-    }
-}
-
-/// Chains of [`TABLES`] listed by each check: every one within three.
-const CHAINS_PER_CHECK: usize = TABLES.len().div_ceil(3);
-
-/// "FAMILY NAME" of every `table FAMILY NAME` line of `nft list tables`.
-fn named(out: &str) -> BTreeSet<String> {
-    out.lines()
-        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
-            ["table", family, name, ..] => Some(format!("{family} {name}")),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Whether the chain `nft list chain` printed holds a rule: a line besides
-/// its table's and chain's, the `type … hook …` line and the braces.
-fn holds_rules(out: &str) -> bool {
-    out.lines().any(|line| !matches!(line.split_whitespace().next(), None | Some("table" | "chain" | "type" | "}")))
-}
-
 /// How often the tables are checked for having been removed by someone else.
 const RECHECK: Duration = Duration::from_secs(10);
 /// How often the tables are replaced as a whole even though only elements
@@ -329,7 +279,7 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 /// Applies the ruleset whenever the segments, their remote workloads, the
 /// peers or the overlay ranges change, retries a failed apply every 2 s, and puts the tables back if
 /// they vanish (a `flush ruleset`, a firewall reload: within a [`RECHECK`]) or
-/// are emptied (`nft flush table`: within three checks). `applied` is what the
+/// are emptied (`nft flush table`: within a check too). `applied` is what the
 /// caller already applied (see `agent::serve`, which applies before routing).
 /// When only set elements changed (a workload or a peer came or went) it
 /// adds and deletes just those elements ([`update`]); the tables are
@@ -405,10 +355,11 @@ pub async fn keep(
             checks += 1;
             // nft could not be asked: no verdict (putting everything back
             // would fail as surely, and would forget the flow limit's counts).
-            let Some(tables) = tables(checks).await else {
-                tracing::debug!("nft list tables failed; checking again later");
+            let Some(listing) = listing().await else {
+                tracing::debug!("nft list ruleset failed; checking again later");
                 continue;
             };
+            let tables = tables_in(&listing);
             let present = |family: &str, name: &str| tables.contains(&format!("{family} {name}"));
             if applied.is_some() && ["inet", "bridge", "arp"].iter().any(|family| !present(family, TABLE)) {
                 tracing::warn!("the isolation tables were removed or emptied; putting them back");
@@ -419,7 +370,7 @@ pub async fn keep(
                 applied = None;
             }
             forward::open_iptables().await;
-            forward::name_dropping_chains().await;
+            forward::name_dropping_chains(&listing);
             // The source guard too (a `flush ruleset` takes every table).
             // (`guard_ports` counts and logs the repair.)
             if !present("bridge", GUARD_TABLE)
@@ -427,7 +378,7 @@ pub async fn keep(
             {
                 tracing::warn!(error = %e, "holding workload ports to their addresses");
             }
-            guard_counts::count_locked().await;
+            guard_counts::count_locked(&listing).await;
             let flow_limit = FLOW_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
             if flow_limit > 0 && !present("inet", FLOW_TABLE) {
                 tracing::warn!("the flow limit's table was removed or emptied; putting it back");
@@ -437,7 +388,7 @@ pub async fn keep(
                 }
             } else if flow_limit > 0
                 && checks.is_multiple_of(TABLES.len())
-                && let Some(n) = flows_refused().await
+                && let Some(n) = counted(&listing, "inet", FLOW_TABLE, flows::COUNTER)
             {
                 // A table put back counts from 0 again: what it counted since.
                 let new = if n >= refused_seen { n - refused_seen } else { n };
@@ -460,23 +411,5 @@ pub async fn keep(
             }
             _ = tokio::time::sleep_until(next_check) => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{holds_rules, named};
-
-    #[test]
-    fn a_table_counts_only_while_its_chain_holds_rules() {
-        let filled = "table inet weave {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority -450; policy accept;\n\t\t\
-                      iifname { \"lo\", \"wvtun0\" } accept\n\t}\n}\n";
-        let emptied = "table bridge weave {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority filter; policy accept;\n\t}\n}\n";
-        assert!(holds_rules(filled));
-        assert!(!holds_rules(emptied), "the emptied table is not counted");
-        assert!(!holds_rules(""));
-        let names: Vec<String> =
-            named("table inet weave\ntable bridge weave_guard\ntable ip nat\n").into_iter().collect();
-        assert_eq!(names, ["bridge weave_guard", "inet weave", "ip nat"]);
     }
 }

@@ -90,13 +90,6 @@ pub fn holds_limit(listed: &str, limit: u32) -> bool {
     rules.len() == 2 && rules.iter().all(|r| r.contains(&format!("ct count over {limit} }}"))) && ordered
 }
 
-/// The packets the limit dropped, from `nft list counter` output.
-pub fn dropped(listing: &str) -> Option<u64> {
-    let mut words = listing.split_whitespace();
-    words.find(|w| *w == "packets")?;
-    words.next()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,12 +139,5 @@ mod tests {
         assert_eq!(default_limit(262_144), 16_384);
         assert_eq!(default_limit(65_536), 4_096);
         assert_eq!(default_limit(1_000), 1_024);
-    }
-
-    #[test]
-    fn drops_are_read_from_the_counter() {
-        let listing = "table inet weave_flows {\n\tcounter refused {\n\t\tpackets 12 bytes 720\n\t}\n}\n";
-        assert_eq!(dropped(listing), Some(12));
-        assert_eq!(dropped("table inet weave_flows {\n}\n"), None);
     }
 }

@@ -14,17 +14,13 @@
 //! its traffic between hosts and egress are routed IPv4.)
 use std::{collections::BTreeSet, sync::Mutex};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::process::Command;
 
-use super::nft_with;
 use crate::plan::{firewall::TABLE, flows::FLOW_TABLE, kernel::WEAVE_DEVICES, l2::GUARD_TABLE};
 
-/// Chains listed a check, at most (each is one `nft` run; a host with
-/// hundreds of such chains made every 10 s check that much slower).
-const LISTED_PER_CHECK: usize = 8;
-/// Chains looked at, at most, for the life of the process.
-const LOOKED_AT_MOST: usize = 64;
+/// Chains named, at most, for the life of the process.
+const NAMED_AT_MOST: usize = 64;
 
 /// Opens iptables' `FORWARD` where it drops by default: with every
 /// ruleset applied (egress turned on needs it at once) and every 10 s check.
@@ -39,22 +35,15 @@ pub(super) async fn open_iptables() {
 }
 
 /// At every 10 s check, after [`open_iptables`]: warns (once per chain) of
-/// each forward chain that still drops by default with no rule for weave's
-/// devices (not with every ruleset applied: a warning can wait a check).
-pub(super) async fn name_dropping_chains() {
-    // JSON: names may hold spaces and braces (netlink takes them; `nft`'s
-    // text neither quotes them nor takes them back on its command line).
-    let Ok(chains) = nft_with(&["-j", "list", "chains"], "").await else { return };
-    // (A dormant table's chain is named too: nft 1.0.6's JSON prints
-    // table flags wrong, and its text not at all in `list tables`.)
-    let candidates: Vec<Chain> =
-        dropping(&chains).into_iter().filter(|c| !lock().contains(&c.to_string())).take(LISTED_PER_CHECK).collect();
-    for c in candidates {
-        let list = json!({"nftables": [{"list": {"chain": {"family": c.family, "table": c.table, "name": c.name}}}]});
-        let Ok(listed) = nft_with(&["-j", "-f", "-"], &list.to_string()).await else { continue };
-        // Looked at once: named, or seen to (listing those again every
-        // check kept a ninth chain from ever being looked at).
-        if !remember(&c) || names_weave(&listed) {
+/// each forward chain in `listing` (the check's `nft -t -j list ruleset`)
+/// that drops by default with no rule for weave's devices (not with every
+/// ruleset applied: a warning can wait a check). (JSON: names may hold
+/// spaces and braces, which netlink takes and `nft`'s text neither quotes
+/// nor takes back. A dormant table's chain is named too: nft 1.0.6's JSON
+/// prints table flags wrong, and its text not at all in `list tables`.)
+pub(super) fn name_dropping_chains(listing: &Value) {
+    for c in dropping(listing) {
+        if names_weave(listing, &c) || !remember(&c) {
             continue;
         }
         let hint = if (c.family.as_str(), c.table.as_str(), c.name.as_str()) == ("ip", "filter", "FORWARD") {
@@ -72,19 +61,18 @@ pub(super) async fn name_dropping_chains() {
     }
 }
 
-/// Records `c` as looked at; false when it was, or when [`LOOKED_AT_MOST`]
-/// are (then no more are listed).
+/// Records `c` as named; false when it was, or when [`NAMED_AT_MOST`] are
+/// (then no more are named).
 fn remember(c: &Chain) -> bool {
-    let mut looked = lock();
-    looked.len() < LOOKED_AT_MOST && looked.insert(c.to_string())
+    let mut named = lock();
+    named.len() < NAMED_AT_MOST && named.insert(c.to_string())
 }
 
-/// The chains looked at (named, or found to accept weave's devices): once
-/// each for the life of the process.
-static LOOKED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+/// The chains named: once each for the life of the process.
+static NAMED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 fn lock() -> std::sync::MutexGuard<'static, BTreeSet<String>> {
-    LOOKED.lock().unwrap_or_else(|e| e.into_inner())
+    NAMED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A base chain of another program's table.
@@ -102,17 +90,16 @@ impl std::fmt::Display for Chain {
 }
 
 /// The objects of kind `kind` in `nft -j` output.
-fn objects<'a>(json: &'a Value, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+pub(super) fn objects<'a>(json: &'a Value, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
     json["nftables"].as_array().into_iter().flatten().filter_map(move |o| o.get(kind))
 }
 
-/// The forward chains of `nft -j list chains` that drop by default, in the
+/// The forward chains of an `nft -j` listing that drop by default, in the
 /// families whose forwarding weave's traffic passes (IPv4 routed between a
 /// bridge and the TUN: `ip`, `inet`; bridged between a host's containers:
 /// `bridge`), weave's own tables left out.
-fn dropping(listed: &str) -> Vec<Chain> {
-    let Ok(json) = serde_json::from_str::<Value>(listed) else { return Vec::new() };
-    objects(&json, "chain")
+fn dropping(listing: &Value) -> Vec<Chain> {
+    objects(listing, "chain")
         .filter(|c| c["hook"] == "forward" && c["policy"] == "drop")
         .filter_map(|c| {
             let (family, table, name) = (c["family"].as_str()?, c["table"].as_str()?, c["name"].as_str()?);
@@ -126,12 +113,13 @@ fn dropping(listed: &str) -> Vec<Chain> {
         .collect()
 }
 
-/// A rule of a chain's listing (`nft -j`) names a weave device (iptables'
-/// `-o wv+` lists as `oifname "wv*"`): its admin has seen to weave's
-/// traffic. The rules' expressions only (a table named `wv…` is not).
-fn names_weave(listed: &str) -> bool {
-    let Ok(json) = serde_json::from_str::<Value>(listed) else { return false };
-    objects(&json, "rule").any(|r| r["expr"].to_string().contains("\"wv"))
+/// A rule of chain `c` in `listing` names a weave device (iptables' `-o
+/// wv+` lists as `oifname "wv*"`): its admin has seen to weave's traffic.
+/// The rules' expressions only (a table named `wv…` is not).
+fn names_weave(listing: &Value, c: &Chain) -> bool {
+    objects(listing, "rule")
+        .filter(|r| r["family"] == c.family.as_str() && r["table"] == c.table.as_str() && r["chain"] == c.name.as_str())
+        .any(|r| r["expr"].to_string().contains("\"wv"))
 }
 
 /// `command`'s `FORWARD` drops by default: two rules appended that leave
@@ -179,7 +167,7 @@ async fn defer_iptables_forward(command: &str) {
 mod tests {
     use super::*;
 
-    /// `nft -j list chains` as nft 1.0.6 prints it: iptables-nft's filter
+    /// The chains of `nft -t -j list ruleset` as nft 1.0.6 prints them: iptables-nft's filter
     /// table, a host's own inet table (a name with a space), weave's, a
     /// bridge table, an ip6 table, a regular chain whose comment reads like
     /// a base chain.
@@ -198,24 +186,30 @@ mod tests {
 
     #[test]
     fn the_forward_chains_that_drop_by_default_and_not_weaves() {
-        let got: Vec<String> = dropping(LISTED).iter().map(ToString::to_string).collect();
+        let listing = serde_json::from_str(LISTED).unwrap();
+        let got: Vec<String> = dropping(&listing).iter().map(ToString::to_string).collect();
         assert_eq!(got, ["ip filter FORWARD", "inet host fw f d", "inet weaver forward", "bridge lan forward"]);
-        assert!(dropping("").is_empty() && dropping("{}").is_empty());
+        assert!(dropping(&Value::Null).is_empty() && dropping(&serde_json::json!({})).is_empty());
     }
 
     #[test]
     fn a_chain_with_a_rule_for_weaves_devices_is_seen_to() {
         let chain =
             r#"{"chain": {"family": "inet", "table": "wvlan", "name": "f", "hook": "forward", "policy": "drop"}}"#;
-        let rule = |right: &str| {
+        let c = Chain { family: "inet".into(), table: "wvlan".into(), name: "f".into() };
+        let rule = |chain_of_rule: &str, right: &str| {
             let expr = format!(
                 r#"[{{"match": {{"op": "==", "left": {{"meta": {{"key": "oifname"}}}}, "right": "{right}"}}}}]"#
             );
-            format!(r#"{{"nftables": [{chain}, {{"rule": {{"table": "wvlan", "chain": "f", "expr": {expr}}}}}]}}"#)
+            let rule = format!(
+                r#"{{"rule": {{"family": "inet", "table": "wvlan", "chain": "{chain_of_rule}", "expr": {expr}}}}}"#
+            );
+            serde_json::from_str::<Value>(&format!(r#"{{"nftables": [{chain}, {rule}]}}"#)).unwrap()
         };
-        assert!(names_weave(&rule("wv*")));
-        // The table's name is no rule.
-        assert!(!names_weave(&rule("eth0")));
-        assert!(!names_weave(&format!(r#"{{"nftables": [{chain}]}}"#)));
+        assert!(names_weave(&rule("f", "wv*"), &c));
+        // The table's name is no rule; another chain's rule is not this one's.
+        assert!(!names_weave(&rule("f", "eth0"), &c));
+        assert!(!names_weave(&rule("g", "wv*"), &c));
+        assert!(!names_weave(&serde_json::from_str(&format!(r#"{{"nftables": [{chain}]}}"#)).unwrap(), &c));
     }
 }

@@ -17,9 +17,8 @@ static SEEN: Mutex<Option<[u64; 2]>> = Mutex::new(None);
 /// Adds what the counters grew by since they were last read. Called under
 /// the guard's lock, so that no replacement comes between the read and the
 /// bookkeeping.
-pub(super) async fn count() {
-    let Ok(out) = super::nft_with(&["list", "counters", "table", "bridge", GUARD_TABLE], "").await else { return };
-    let now = packets(&out);
+pub(super) fn count(listing: &serde_json::Value) {
+    let now = GUARD_DROP_REASONS.map(|r| super::counted(listing, "bridge", GUARD_TABLE, &format!("{r}_drops")));
     let mut kept = SEEN.lock().unwrap_or_else(|e| e.into_inner());
     let first = kept.is_none();
     let seen = kept.get_or_insert([0; 2]);
@@ -35,38 +34,13 @@ pub(super) async fn count() {
     }
 }
 
-/// [`count`] under the guard's lock (the periodic check).
-pub(super) async fn count_locked() {
+/// [`count`] under the guard's lock (the periodic check, from its listing).
+pub(super) async fn count_locked(listing: &serde_json::Value) {
     let _one = super::GUARD.lock().await;
-    count().await;
+    count(listing);
 }
 
 /// The table was just replaced: its counters start from 0.
 pub(super) fn replaced() {
     *SEEN.lock().unwrap_or_else(|e| e.into_inner()) = Some([0; 2]);
-}
-
-/// Each reason's counter's packets in `nft list counters` output.
-fn packets(out: &str) -> [Option<u64>; 2] {
-    let mut found = [None; 2];
-    let mut current = None;
-    for line in out.lines().map(str::trim) {
-        if let Some(name) = line.strip_prefix("counter ").and_then(|r| r.strip_suffix(" {")) {
-            current = GUARD_DROP_REASONS.iter().position(|r| name.strip_suffix("_drops") == Some(*r));
-        } else if let (Some(i), Some(rest)) = (current, line.strip_prefix("packets ")) {
-            found[i] = rest.split_whitespace().next().and_then(|n| n.parse().ok());
-        }
-    }
-    found
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn each_counters_packets_are_read_by_its_name() {
-        let out = "table bridge weave_guard {\n\tcounter guard_drops {\n\t\tpackets 7 bytes 420\n\t}\n\
-                   \tcounter storm_drops {\n\t\tpackets 0 bytes 0\n\t}\n}\n";
-        assert_eq!(super::packets(out), [Some(7), Some(0)]);
-        assert_eq!(super::packets("table bridge weave_guard {\n}\n"), [None, None]);
-    }
 }
