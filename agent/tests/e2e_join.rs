@@ -3,7 +3,7 @@
 //! (the agent died before saving its identity) joins again as the same node.
 mod common;
 
-use std::{fs, net::Ipv4Addr, process::Command, thread, time::Duration};
+use std::{fs, net::Ipv4Addr, process::Command, time::Duration};
 
 use common::*;
 use nix::sys::signal::Signal;
@@ -138,9 +138,16 @@ fn after_a_new_coordinator_identity_a_new_token_joins_again_as_the_same_node() {
     });
     let old_token = std::mem::replace(&mut bed.token, new_token);
     assert_ne!(old_token, bed.token);
-    // The running agent refuses the new identity (it pins the old one).
-    thread::sleep(Duration::from_secs(2));
-    assert!(!bed.status(0).unwrap().coordinator_connected, "connected to a coordinator it does not pin");
+    // The running agent refuses the new identity (it pins the old one), and
+    // its status says why: not "unreachable", as for an outage (a review,
+    // 2026-12-07: a man in the middle looked like one).
+    let refused = wait_for("the status to name the identity", Duration::from_secs(20), || {
+        bed.status(0).filter(|s| s.coordinator_refused.is_some())
+    });
+    assert!(!refused.coordinator_connected, "connected to a coordinator it does not pin");
+    assert!(refused.coordinator_refused.as_deref().unwrap().contains("does not match the pin"), "{refused:?}");
+    let text = weave_proto::local_api::format_status(&refused);
+    assert!(text.contains("coordinator is not the one this node joined (using the saved map)"), "{text}");
 
     bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);
     bed.start_agent(0, true);

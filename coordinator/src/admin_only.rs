@@ -17,12 +17,25 @@
 //! marks its connection authenticated, as other calls do. Health stays open
 //! (load balancers and probes ask it without a credential; its answers are a
 //! few bytes).
-use std::task::{Context, Poll};
+//!
+//! A stream lives as long as its client likes, so the credential is checked
+//! again while it does, as an admin's map watch is: when this coordinator's
+//! admin credential is rotated, and every [`ADMIN_RECHECK`] (rotated through
+//! another coordinator of a shared database). One that no longer works ends
+//! the stream with the status a new call would get (a stream opened before
+//! `weavectl admin rotate` went on answering with the old credential; found
+//! by a review, 2026-12-07).
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
-use tonic::server::NamedService;
+use http_body::Frame;
+use tonic::{Status, body::Body, server::NamedService};
 
-use crate::api::Shared;
+use crate::api::{ADMIN_RECHECK, Shared};
 
 #[derive(Clone)]
 pub(crate) struct AdminOnly<S> {
@@ -40,12 +53,11 @@ impl<S: NamedService> NamedService for AdminOnly<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for AdminOnly<S>
+impl<S, ReqBody> tower::Service<http::Request<ReqBody>> for AdminOnly<S>
 where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     ReqBody: Send + 'static,
-    ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -60,14 +72,78 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let state = self.state.clone();
-        Box::pin(async move {
+        let (headers, extensions) = (request.headers().clone(), request.extensions().clone());
+        let probe = move || {
             let mut probe = http::Request::new(());
-            *probe.headers_mut() = request.headers().clone();
-            *probe.extensions_mut() = request.extensions().clone();
-            match state.admin(&tonic::Request::from_http(probe)).await {
-                Ok(_) => inner.call(request).await,
+            *probe.headers_mut() = headers.clone();
+            *probe.extensions_mut() = extensions.clone();
+            tonic::Request::from_http(probe)
+        };
+        Box::pin(async move {
+            match state.admin(&probe()).await {
+                Ok(_) => {
+                    let ended = Box::pin(revoked(state, probe()));
+                    let response = inner.call(request).await?;
+                    Ok(response.map(|inner| Body::new(Revocable { inner, ended: Some(ended) })))
+                }
                 Err(status) => Ok(status.into_http()),
             }
         })
+    }
+}
+
+/// Resolves, with the status a new call would get, once `probe`'s
+/// credential is no longer the admin's (checked again when this
+/// coordinator's is rotated and every [`ADMIN_RECHECK`]; a store that does
+/// not answer is no verdict).
+async fn revoked(state: Shared, probe: tonic::Request<()>) -> Status {
+    let mut epoch = state.credentials_epoch.subscribe();
+    loop {
+        tokio::select! {
+            changed = epoch.changed() => {
+                if changed.is_err() {
+                    // (The coordinator is going: its streams end with it.)
+                    std::future::pending::<()>().await;
+                }
+            }
+            _ = tokio::time::sleep(ADMIN_RECHECK) => {}
+        }
+        match state.admin(&probe).await {
+            Err(status) if matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
+                return status;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A response body that ends, with trailers carrying a status, when
+/// `ended` resolves.
+struct Revocable {
+    inner: Body,
+    ended: Option<BoxFuture<'static, Status>>,
+}
+
+impl http_body::Body for Revocable {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        let Some(ended) = this.ended.as_mut() else { return Poll::Ready(None) };
+        if let Poll::Ready(status) = ended.as_mut().poll(cx) {
+            this.ended = None;
+            let mut trailers = http::HeaderMap::new();
+            return Poll::Ready(Some(status.add_header(&mut trailers).map(|()| Frame::trailers(trailers))));
+        }
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) {
+            this.ended = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended.is_none() || self.inner.is_end_stream()
     }
 }

@@ -73,6 +73,9 @@ pub fn load_or_create_tls(dir: &Path) -> Result<(TlsIdentity, bool), IdentityErr
     let tls = dir.join("tls");
     let (cert_path, key_path) = (tls.join("coordinator.crt"), tls_key_path(dir));
     if key_path.exists() {
+        if let Some(warning) = weave_proto::private_dir::secret_file(&key_path) {
+            tracing::warn!("{warning}");
+        }
         let key_pem = fs::read_to_string(&key_path).map_err(io(&key_path))?;
         let cert_pem = fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| IdentityError::Invalid {

@@ -117,6 +117,50 @@ async fn reflection_v1alpha_is_served_too() {
     assert!(list.service.iter().any(|s| s.name == "weave.v1.SubnetService"), "{:?}", list.service);
 }
 
+/// A reflection stream lives as long as its client likes: one opened with
+/// the admin credential ends, UNAUTHENTICATED, when that credential is
+/// rotated (it went on answering the old one; found by a review,
+/// 2026-12-07), as an admin's map watch does. One opened with the new
+/// credential is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reflection_stream_ends_when_its_admin_credential_is_rotated() {
+    use weave_proto::v1::RotateAdminCredentialRequest;
+    let c = TestCoordinator::start().await;
+    let request = || ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol("weave.v1.TokenService".into())),
+    };
+    let mut reflection = ServerReflectionClient::new(admin_channel(&c).await);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut responses =
+        reflection.server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(request()).await.unwrap();
+    assert!(responses.message().await.unwrap().is_some(), "answered before the rotation");
+    let rotated = c.admin().await.admin.rotate_admin_credential(RotateAdminCredentialRequest {}).await.unwrap();
+    let rotated = weave_proto::token::AdminCredential::parse(&rotated.into_inner().credential).unwrap();
+    // Asked again after the rotation: the stream ends instead of answering.
+    let _ = tx.send(request()).await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match responses.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends once its credential is rotated");
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("replaced"), "{ended:?}");
+    // The new credential's stream answers.
+    let channel =
+        tonic::service::interceptor::InterceptedService::new(c.channel().await, Bearer::new(&rotated.secret).unwrap());
+    let mut fresh = ServerReflectionClient::new(channel);
+    let mut answers = fresh.server_reflection_info(tokio_stream::iter([request()])).await.unwrap().into_inner();
+    assert!(answers.message().await.unwrap().is_some());
+}
+
 /// A channel that sends the admin credential with every call.
 async fn admin_channel(c: &TestCoordinator) -> AuthChannel {
     let secret = c.running.admin.secret.clone();

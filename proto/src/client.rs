@@ -243,6 +243,10 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// What rustls says when the first bytes back are not a TLS record (an HTTP
 /// server, the coordinator's metrics port).
+/// In the error of a connection to a server that is not the pinned
+/// coordinator (a man in the middle, `--new-identity`, another cluster's).
+pub const PIN_MISMATCH: &str = "identity does not match the pin";
+
 const NOT_TLS: &str = "received corrupt message of type InvalidContentType";
 
 #[derive(Debug)]
@@ -274,7 +278,7 @@ impl ServerCertVerifier for PinnedServer {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(
-                "the coordinator's identity does not match the pin (expected {}, got {seen}): \
+                "the coordinator's {PIN_MISMATCH} (expected {}, got {seen}): \
                  wrong address, or a token from another coordinator",
                 self.pin
             )))

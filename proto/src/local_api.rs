@@ -319,7 +319,8 @@ pub struct AgentStatus {
     /// A watch on the coordinator is open right now.
     pub coordinator_connected: bool,
     /// Why the coordinator answers but turns this node's credential away
-    /// (it does not know the node: a restored backup, another cluster).
+    /// (it does not know the node: a restored backup, another cluster), or
+    /// why what answers is not the coordinator this node pinned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coordinator_refused: Option<String>,
     pub segments: Vec<SegmentStatus>,
@@ -374,6 +375,9 @@ pub fn format_status(s: &AgentStatus) -> String {
         s.revision,
         match (&s.coordinator_refused, s.coordinator_connected) {
             (_, true) => "connected".to_string(),
+            (Some(why), false) if why.contains(crate::client::PIN_MISMATCH) => {
+                format!("is not the one this node joined (using the saved map): {why}")
+            }
             (Some(why), false) => format!("refuses this node (using the saved map): {why}"),
             (None, false) => "unreachable (using the saved map)".to_string(),
         }

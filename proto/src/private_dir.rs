@@ -81,11 +81,77 @@ fn secure_as(dir: &Path, me: u32, group: u32) -> Result<Option<String>, String> 
     )))
 }
 
+/// A secret file (a private key, a credential) that other users may read
+/// is made private (its owner's bits alone) when it is this process's; the
+/// warning to log, if any. (A key at 0644 was used as it was, without a
+/// word; found by a review, 2026-12-07.) Group read alone, the group this
+/// process's own (a Kubernetes `fsGroup` volume, whose files kubelet makes
+/// group-readable at every mount), is taken away without a warning.
+pub fn secret_file(path: &Path) -> Option<String> {
+    secret_file_as(path, nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw())
+}
+
+/// [`secret_file`] for a process of user `me` and group `group`.
+fn secret_file_as(path: &Path, me: u32, group: u32) -> Option<String> {
+    let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return None;
+    }
+    let tight = mode & 0o700;
+    let changed = meta.uid() == me && std::fs::set_permissions(path, std::fs::Permissions::from_mode(tight)).is_ok();
+    match changed {
+        true if mode & 0o007 == 0 && meta.gid() == group => None,
+        true => Some(format!(
+            "{} was readable by other users (mode {mode:04o}): made {tight:04o}; whoever read it meanwhile holds \
+             this host's secret (a node's: `weavectl node rm` it and join again; the coordinator's: see \
+             --new-identity)",
+            path.display()
+        )),
+        false => Some(format!(
+            "{} is readable by other users (mode {mode:04o}) and not this process's to change: whoever may read \
+             it holds this host's secret",
+            path.display()
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use super::secure;
+    use super::{secret_file, secure};
+
+    #[test]
+    fn a_secret_file_others_may_read_is_made_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("private.key");
+        assert_eq!(secret_file(&file), None, "none yet");
+        std::fs::write(&file, "k").unwrap();
+        let mode = || std::fs::metadata(&file).unwrap().permissions().mode() & 0o7777;
+        let me = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+        for (given, kept, warned) in
+            [(0o600, 0o600, false), (0o400, 0o400, false), (0o644, 0o600, true), (0o604, 0o600, true)]
+        {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(given)).unwrap();
+            let w = secret_file(&file);
+            assert_eq!((mode(), w.is_some()), (kept, warned), "{given:o}: {w:?}");
+            if let Some(w) = w {
+                assert!(w.contains(&format!("(mode {given:04o}): made {kept:04o}")), "{w}");
+            }
+        }
+        // Group read, the process's own group (fsGroup): made private quietly; another group's: warned.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(super::secret_file_as(&file, me.0, me.1), None);
+        assert_eq!(mode(), 0o600);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(super::secret_file_as(&file, me.0, me.1.wrapping_add(1)).is_some());
+        // Not this process's: left, and said so.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let w = super::secret_file_as(&file, me.0.wrapping_add(1), me.1).unwrap();
+        assert!(w.contains("not this process's to change"), "{w}");
+        assert_eq!(mode(), 0o644);
+    }
 
     #[test]
     fn a_directory_others_may_write_to_is_made_private_when_it_is_ours() {

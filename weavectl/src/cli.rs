@@ -13,6 +13,7 @@ Exit codes:
   2  bad usage or a value refused before or by the coordinator (CIDR, duration, IP, name;
      a credential file that is missing or holds no credential)
   3  cannot reach the coordinator, or its identity does not match the credential's pin;
+     the connection broke before it answered (a change may or may not have been made);
      cannot reach this host's agent (attach, detach, expose, hide, status peers)
   4  not found (node, subnet, token, DNS record)
   5  already exists or conflicts with the current state (overlap, default subnet, in use)

@@ -39,6 +39,20 @@ impl Failure {
     /// A call the coordinator answered with an error. Its message is already
     /// specific ("10.2.0.0/16 overlaps subnet ..."), so it is passed through.
     pub(crate) fn status(what: impl Into<String>, status: &tonic::Status) -> Self {
+        // The connection broke mid-call (tonic's Unknown "transport error":
+        // a coordinator that closed it to hold fewer connections, one that
+        // went away): no answer, so no knowing (exit 1, "transport error",
+        // said nothing; found by a review, 2026-12-07).
+        if status.code() == Code::Unknown && weave_proto::client::cut_off(status) {
+            let cause = std::error::Error::source(status).map(weave_proto::client::error_chain);
+            let why = format!(
+                "the connection to the coordinator broke before it answered ({}): if this was a change, it may or \
+                 may not have been made (look, then retry); a coordinator that holds too many connections closes \
+                 some that proved nothing yet (its log says so: --max-unauthenticated-connections)",
+                cause.as_deref().unwrap_or(status.message())
+            );
+            return Self::new(Exit::Unreachable, what, why);
+        }
         let exit = match status.code() {
             Code::InvalidArgument | Code::OutOfRange => Exit::Usage,
             Code::Unavailable | Code::DeadlineExceeded => Exit::Unreachable,
@@ -119,6 +133,12 @@ mod tests {
         assert_eq!(Failure::status("x", &tonic::Status::unauthenticated("y")).exit, Exit::Denied);
         assert_eq!(Failure::status("x", &tonic::Status::resource_exhausted("y")).exit, Exit::Exhausted);
         assert_eq!(Failure::status("x", &tonic::Status::internal("y")).exit, Exit::Other);
+        // A connection that broke mid-call: exit 3, saying the change may have been made.
+        let broke = Failure::status("listing subnets", &tonic::Status::unknown("transport error"));
+        assert_eq!(broke.exit, Exit::Unreachable);
+        assert!(broke.to_string().contains("broke before it answered (transport error)"), "{broke}");
+        assert!(broke.to_string().contains("may or may not have been made"), "{broke}");
+        assert_eq!(Failure::status("x", &tonic::Status::unknown("y")).exit, Exit::Other);
         assert_eq!(Failure::usage("x", "a\nb").to_string(), "x: a b");
         // A call an older coordinator does not have (tonic answers it without a message).
         let older = Failure::status("sharing web", &tonic::Status::unimplemented(""));

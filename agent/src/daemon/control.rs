@@ -86,11 +86,17 @@ pub async fn watch_map(
             Err(status) if membership_ended(&status) => return membership_error(&status),
             Err(status) => {
                 cut_off = weave_proto::client::cut_off(&status);
-                refuse((status.code() == tonic::Code::Unauthenticated).then(|| status.message().to_string()));
                 // The causes under tonic's "tcp connect error" (No route to
                 // host, Connection refused: a review, 2026-12-06).
                 let cause =
                     std::error::Error::source(&status).map(weave_proto::client::error_chain).unwrap_or_default();
+                // What answers is not the pinned coordinator: the status says
+                // so (it said "unreachable", as for an outage; a review, 2026-12-07).
+                refuse(match status.code() {
+                    tonic::Code::Unauthenticated => Some(status.message().to_string()),
+                    _ if cause.contains(weave_proto::client::PIN_MISMATCH) => Some(cause.clone()),
+                    _ => None,
+                });
                 tracing::warn!(code = ?status.code(), message = status.message(), cause, "cannot watch the network map; retrying");
             }
         }

@@ -113,6 +113,9 @@ impl StateDir {
     /// The saved private key, if there is one (from a join that may not have
     /// finished, or from a node that was removed).
     pub fn load_key(&self) -> Result<Option<NodeKey>, Error> {
+        if let Some(warning) = weave_proto::private_dir::secret_file(&self.dir.join(KEY)) {
+            tracing::warn!("{warning}");
+        }
         match fs::read_to_string(self.dir.join(KEY)) {
             Ok(text) => {
                 let key: [u8; 32] = STANDARD
@@ -185,6 +188,10 @@ impl StateDir {
 
     pub fn load(&self) -> Result<(NodeKey, Identity, NetworkMap), Error> {
         let key = self.load_key()?.ok_or_else(|| lost_key("is missing"))?;
+        // Its node credential is as secret as the key.
+        if let Some(warning) = weave_proto::private_dir::secret_file(&self.dir.join(IDENTITY)) {
+            tracing::warn!("{warning}");
+        }
         let identity = fs::read(self.dir.join(IDENTITY)).map_err(|e| self.io(IDENTITY, e))?;
         let identity: Identity = serde_json::from_slice(&identity).map_err(|e| {
             // The join takes the node's name from the saved map; without
@@ -224,6 +231,26 @@ impl StateDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => NetworkMap::default(),
             Err(e) => return Err(self.io(MAP, e)),
         };
+        // A key that is not the node's (another host's backup restored, one
+        // key copied to several hosts): every peer refuses its handshakes,
+        // and the agent ran cut off, saying only that no handshake was
+        // answered (found by a review, 2026-12-07).
+        let public = key.public();
+        if let Some(node) = map.nodes.iter().find(|n| n.id == identity.node_id)
+            && !node.public_key.is_empty()
+            && node.public_key != public.as_bytes()
+        {
+            return Err(Error::State(format!(
+                "{KEY} is not node {}'s key: the cluster knows it by the public key {}, and this file's is {} \
+                 (another host's key restored, or one key copied to several hosts). Put the node's own {KEY} \
+                 back; or make this host a new node: `weavectl node rm {}`, `agent reset`, then `agent join` with \
+                 a token",
+                node.name,
+                STANDARD.encode(&node.public_key),
+                STANDARD.encode(public.as_bytes()),
+                node.name,
+            )));
+        }
         Ok((key, identity, map))
     }
 

@@ -183,7 +183,9 @@ fn refresh_observed(state: &Shared, node: u64, from: Option<std::net::SocketAddr
     });
 }
 
-const ADMIN_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often an admin's open stream checks its credential again (rotated
+/// through another coordinator of a shared database; `admin_only.rs` too).
+pub(crate) const ADMIN_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn stream(_guard: WatcherGuard, state: Shared, (caller, hash): (Caller, String), from: u64, tx: Out) {
     let mut revisions = state.store.revisions();

@@ -10,6 +10,7 @@ mod dns;
 mod ipam;
 mod join;
 mod map;
+pub(crate) use map::ADMIN_RECHECK;
 mod nodes;
 pub mod pace;
 pub mod presence;

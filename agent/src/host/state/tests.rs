@@ -39,6 +39,39 @@ fn join_state_round_trips_with_private_modes() {
     assert!(!dir.path().exists());
 }
 
+/// A key that is not the node's (the saved map lists the node with
+/// another) is refused with what to do; a key or credential others may
+/// read is made private as it is loaded.
+#[test]
+fn a_key_that_is_not_the_nodes_is_refused_and_secrets_are_made_private() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = StateDir::new(tmp.path().join("agent"));
+    let key = NodeKey::generate();
+    let node = |k: &NodeKey| weave_proto::v1::Node {
+        id: 7,
+        name: "h1".into(),
+        public_key: k.public().as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let map = NetworkMap { revision: 3, nodes: vec![node(&key)], ..Default::default() };
+    dir.save_join(&key, &identity(), &map).unwrap();
+    for f in [KEY, IDENTITY] {
+        fs::set_permissions(dir.path().join(f), fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    dir.load().unwrap();
+    for f in [KEY, IDENTITY] {
+        assert_eq!(fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777, 0o600, "{f}");
+    }
+    // Another host's key put in its place.
+    dir.save_key(&NodeKey::generate()).unwrap();
+    let Err(e) = dir.load() else { panic!("a key that is not the node's was taken") };
+    let e = e.to_string();
+    assert!(e.contains("private.key is not node h1's key") && e.contains("`weavectl node rm h1`"), "{e}");
+    // Without the node in the saved map there is nothing to compare with.
+    dir.save_map(&NetworkMap::default()).unwrap();
+    dir.load().unwrap();
+}
+
 #[test]
 fn the_key_is_saved_alone_before_a_join_and_survives_forgetting() {
     let tmp = tempfile::tempdir().unwrap();
