@@ -9,8 +9,11 @@
 #    runs from just before the allocation until 1 s after the agent's route
 #    and set element for it are in. The agent's CPU in that window: utime+stime
 #    from /proc/PID/stat (10 ms ticks), the run time of all its threads from
-#    /proc/PID/task/*/schedstat (ns), and its waited-for children (nft) from
-#    cutime+cstime; next to the same-length window with no change (idle).
+#    /proc/PID/task/*/schedstat (ns), the same for its threads but the data
+#    plane's (wg-*: the timers handshake with the fake nodes, which never
+#    answer, in bursts whatever the map does), and its waited-for children
+#    (nft) from cutime+cstime; next to the same-length window with no change
+#    (idle).
 #    Median of --attaches.
 #  - start-up from the saved map: the agent stopped, its interfaces and tables
 #    removed, `agent run` started again and timed until every route and set
@@ -30,7 +33,7 @@ while (($#)); do
     --per-node) PER=$2; shift ;;
     --attaches) ATTACHES=$2; shift ;;
     --no-build) BUILD=0 ;;
-    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "agent_scale.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -96,12 +99,20 @@ converged() {
         sleep 0.2
     done
 }
-# utime+stime (ticks), threads' run time (ns), cutime+cstime (ticks) of the agent.
+# utime+stime (ticks), threads' run time (ns), cutime+cstime (ticks) of the
+# agent, and the run time of its threads but the data plane's (named wg-*:
+# its packet threads and timers, which handshake with the fake nodes every
+# few seconds whatever the map does) (ns).
 cpu() {
-    local stat sched
+    local stat sched control t
     stat=$(sed 's/.*) //' "/proc/$AGENT/stat")
     sched=$(cat /proc/"$AGENT"/task/*/schedstat | awk '{s += $1} END {printf "%d", s}')
-    echo "$stat" | awk -v s="$sched" '{print $12 + $13, s, $14 + $15}'
+    control=0
+    for t in /proc/"$AGENT"/task/*; do
+        [[ $(cat "$t/comm" 2>/dev/null) == wg-* ]] && continue
+        control=$((control + $(awk '{print $1}' "$t/schedstat" 2>/dev/null || echo 0)))
+    done
+    echo "$stat" | awk -v s="$sched" -v c="$control" '{print $12 + $13, s, $14 + $15, c}'
 }
 TICK_MS=$((1000 / $(getconf CLK_TCK)))
 
@@ -120,7 +131,7 @@ rows=$DIR/rows
 : >"$rows"
 for i in $(seq "$ATTACHES"); do
     sleep 1
-    read -r u0 s0 c0 < <(cpu)
+    read -r u0 s0 c0 k0 < <(cpu)
     w0=$(now)
     ip=$(ip netns exec "$C" "$BIN/cp-bench" allocate --admin-file "$ADMIN" --node "fake-$((i % NODES))" --container "extra-$i")
     until ip -n "$H" -4 route show "$ip/32" proto 87 | grep -q . &&
@@ -129,14 +140,14 @@ for i in $(seq "$ATTACHES"); do
     done
     seen=$(now)
     sleep 1
-    read -r u1 s1 c1 < <(cpu)
+    read -r u1 s1 c1 k1 < <(cpu)
     w1=$(now)
     len=$(minus "$w1" "$w0")
     # The same length with no change.
-    read -r u2 s2 c2 < <(cpu)
+    read -r u2 s2 c2 k2 < <(cpu)
     sleep "$len"
-    read -r u3 s3 c3 < <(cpu)
-    echo "$(((u1 - u0) * TICK_MS)) $(((s1 - s0) / 1000)) $(((c1 - c0) * TICK_MS)) $(((u3 - u2) * TICK_MS)) $(((s3 - s2) / 1000)) $(((c3 - c2) * TICK_MS)) $(minus "$seen" "$w0")" >>"$rows"
+    read -r u3 s3 c3 k3 < <(cpu)
+    echo "$(((u1 - u0) * TICK_MS)) $(((s1 - s0) / 1000)) $(((c1 - c0) * TICK_MS)) $(((u3 - u2) * TICK_MS)) $(((s3 - s2) / 1000)) $(((c3 - c2) * TICK_MS)) $(minus "$seen" "$w0") $(((k1 - k0) / 1000)) $(((k3 - k2) / 1000))" >>"$rows"
     echo "attach $i ($ip): $(tail -1 "$rows")"
 done
 python3 - "$rows" <<'EOF'
@@ -146,6 +157,7 @@ col = lambda i: statistics.median(r[i] for r in rows)
 print(f"median of {len(rows)} attaches (agent process; window = until its route and set element are in + 1 s):")
 print(f"  utime+stime        : attach {col(0):7.1f} ms   idle window {col(3):7.1f} ms   (10 ms ticks)")
 print(f"  threads' run time  : attach {col(1)/1000:7.2f} ms   idle window {col(4)/1000:7.2f} ms   attach - idle (per row, median) {statistics.median((r[1]-r[4])/1000 for r in rows):.2f} ms")
+print(f"  control threads    : attach {col(7)/1000:7.2f} ms   idle window {col(8)/1000:7.2f} ms   attach - idle (per row, median) {statistics.median((r[7]-r[8])/1000 for r in rows):.2f} ms   (all but the data plane's wg-* threads)")
 print(f"  children (nft)     : attach {col(2):7.1f} ms   idle window {col(5):7.1f} ms   (10 ms ticks)")
 print(f"  allocation to route+element in the agent's namespace: {col(6)*1000:.0f} ms")
 EOF
@@ -165,6 +177,6 @@ ip netns exec "$H" env WEAVE_DOCKER_PLUGIN=off "$BIN/agent" run --data-dir "$DIR
 AGENT=$!
 converged $((TOTAL + ATTACHES))
 t1=$(now)
-read -r u s c < <(cpu)
+read -r u s c _ < <(cpu)
 printf 'start-up to every route and set element: %s s (agent CPU %d ms utime+stime, %d ms threads, children %d ms)\n' \
     "$(minus "$t1" "$t0")" $((u * TICK_MS)) $((s / 1000000)) $((c * TICK_MS))
