@@ -223,6 +223,17 @@ fn a_workload_can_neither_send_from_nor_claim_another_address() {
     let dropped = || total(&scrape(&host), "weave_port_frames_dropped_total{reason=\"guard\"}");
     wait_for("the guard's drops in the agent's metrics", Duration::from_secs(25), || (dropped() >= 6.0).then_some(()));
     assert_eq!(total(&scrape(&host), "weave_port_frames_dropped_total{reason=\"storm\"}"), 0.0);
+    // Emptied (`nft flush table` keeps the named counters and their
+    // counts) and put back by the 10 s check: counted once. The check
+    // counted the table it had listed before the repair again, after the
+    // repair (found by a review, 2026-12-07).
+    std::thread::sleep(Duration::from_secs(11));
+    let counted = dropped();
+    ok_in(&host, &["nft", "flush", "table", "bridge", "weave_guard"]);
+    let repairs = || total(&scrape(&host), "weave_firewall_repairs_total");
+    wait_for("the emptied guard table to be put back", Duration::from_secs(25), || (repairs() >= 1.0).then_some(()));
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(dropped(), counted, "the drops before the repair were counted again");
     // A restarted agent counts from its start: the table it finds holds what
     // the run before exported already (it counted them again).
     bed.signal_agent(0, nix::sys::signal::Signal::SIGTERM);

@@ -124,14 +124,6 @@ impl Connections {
         Some(InFlight(slot, self.clone()))
     }
 
-    /// A connection with `ends` counted as accepted, and a look at how
-    /// many calls are in flight on it (tests of the layers that mark it).
-    #[cfg(test)]
-    pub(crate) fn admitted_for_test(&self, ends: (SocketAddr, SocketAddr)) -> impl Fn() -> u32 + use<> {
-        let (_, slot) = self.lock().admit(ends, Instant::now() + AUTHENTICATE_WITHIN);
-        move || slot.in_flight.load(Ordering::Acquire)
-    }
-
     /// Every second until the coordinator stops: closes the connections
     /// that have not proved a credential in time.
     fn sweep_every_second(&self, within: Duration, mut stopping: tokio::sync::watch::Receiver<bool>) {

@@ -424,7 +424,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .layer(crate::metrics::RpcMetricsLayer)
         // Outside the deadline: a read waiting for room is not the store
         // failing to answer.
-        .layer(crate::unread::UnreadLayer::new(connections.clone()))
+        .layer(crate::unread::UnreadLayer::default())
         .layer(crate::deadline::DeadlineLayer(settings.rpc_deadline))
         .add_service(crate::health_watches::HealthWatches::new(limited!(health_service)))
         .add_service(AdminOnly::new(limited!(reflection), state.clone()))

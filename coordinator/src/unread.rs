@@ -13,15 +13,6 @@
 //! answers `RESOURCE_EXHAUSTED`. Only reads are counted (see [`is_read`]).
 //! Anyone may send a made-up credential: it only bounds that credential's
 //! own calls.
-//!
-//! A read waiting for room is a call in flight on its connection
-//! ([`crate::accept::Connections::busy`]), as one waiting on the store for
-//! its credential's lookup is: it has not proved its credential yet, but
-//! it is no idle connection to close to make room for new ones. (A burst of
-//! 140 `weavectl subnet ls` at once from one host, past the 16 reads of the
-//! admin credential, had the waiting ones closed by those connecting after
-//! them, "transport error"; found by a review, 2026-12-07. A made-up
-//! credential's reads are refused at once, so they never wait long.)
 use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
@@ -69,14 +60,7 @@ fn is_read(path: &str) -> bool {
 const PRUNE_AT: usize = 1024;
 
 #[derive(Clone, Default)]
-pub(crate) struct UnreadLayer(Arc<Credentials>, crate::accept::Connections);
-
-impl UnreadLayer {
-    /// Reads that wait mark their connection busy in `connections`.
-    pub(crate) fn new(connections: crate::accept::Connections) -> Self {
-        Self(Arc::default(), connections)
-    }
-}
+pub(crate) struct UnreadLayer(Arc<Credentials>);
 
 #[derive(Default)]
 struct Credentials {
@@ -109,7 +93,7 @@ impl Credentials {
 impl<S> tower::Layer<S> for UnreadLayer {
     type Service = Unread<S>;
     fn layer(&self, inner: S) -> Unread<S> {
-        Unread { inner, credentials: self.0.clone(), connections: self.1.clone() }
+        Unread { inner, credentials: self.0.clone() }
     }
 }
 
@@ -117,7 +101,6 @@ impl<S> tower::Layer<S> for UnreadLayer {
 pub(crate) struct Unread<S> {
     inner: S,
     credentials: Arc<Credentials>,
-    connections: crate::accept::Connections,
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Unread<S>
@@ -145,29 +128,14 @@ where
             .and_then(|h| crate::api::bearer_secret(h.as_bytes()))
             .filter(|s| s.len() >= MIN_SECRET);
         let semaphore = secret.map(|s| self.credentials.semaphore(&s));
-        let ends = semaphore.as_ref().map(|_| {
-            let mut probe = http::Request::new(());
-            *probe.extensions_mut() = request.extensions().clone();
-            let probe = tonic::Request::from_http(probe);
-            (probe.local_addr(), probe.remote_addr())
-        });
         // The inner service was made ready for this call: call it now, and
         // (for a counted read) only poll its future once there is room.
         let future = self.inner.call(request);
         let Some(semaphore) = semaphore else {
             return Box::pin(async move { Ok(future.await?.map(Held::new)) });
         };
-        let connections = self.connections.clone();
         Box::pin(async move {
-            let room = match semaphore.clone().try_acquire_owned() {
-                Ok(permit) => Ok(Ok(permit)),
-                Err(_) => {
-                    let (local, remote) = ends.unwrap_or_default();
-                    let _waiting = connections.busy(local, remote);
-                    tokio::time::timeout(WAIT, semaphore.acquire_owned()).await
-                }
-            };
-            let Ok(Ok(permit)) = room else {
+            let Ok(Ok(permit)) = tokio::time::timeout(WAIT, semaphore.acquire_owned()).await else {
                 metrics::counter!("weave_rpc_unread_refused_total").increment(1);
                 return Ok(tonic::Status::resource_exhausted(format!(
                     "{PER_CREDENTIAL} reads by this credential are still being answered or sent (is its client \
@@ -272,44 +240,6 @@ mod tests {
         ] {
             assert!(!is_read(other), "{other}");
         }
-    }
-
-    /// A read waiting for room marks its connection busy (not closed to
-    /// make room for new connections) while it waits, and only then.
-    #[tokio::test]
-    async fn a_read_waiting_for_room_is_a_call_in_flight() {
-        use tower::{Layer, Service, ServiceExt};
-        let connections = crate::accept::Connections::default();
-        let ends = ("192.0.2.1:6783".parse().unwrap(), "192.0.2.9:40000".parse().unwrap());
-        let in_flight = connections.admitted_for_test(ends);
-        let inner = tower::service_fn(|_: http::Request<()>| async {
-            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(Bytes::from("x"))))
-        });
-        let mut service = UnreadLayer::new(connections).layer(inner);
-        let read = || {
-            let mut r = http::Request::builder()
-                .uri("/weave.v1.IpamService/ListAllocations")
-                .header("authorization", format!("Bearer {}", "s".repeat(43)))
-                .body(())
-                .unwrap();
-            r.extensions_mut().insert(tonic::transport::server::TcpConnectInfo {
-                local_addr: Some(ends.0),
-                remote_addr: Some(ends.1),
-            });
-            r
-        };
-        // Answers not yet sent hold the credential's room.
-        let mut unsent = Vec::new();
-        for _ in 0..PER_CREDENTIAL {
-            unsent.push(service.ready().await.unwrap().call(read()).await.unwrap());
-            assert_eq!(in_flight(), 0, "a read with room does not wait");
-        }
-        let waiting = tokio::spawn(service.ready().await.unwrap().call(read()));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(in_flight(), 1, "the waiting read is a call in flight");
-        drop(unsent.pop());
-        waiting.await.unwrap().unwrap();
-        assert_eq!(in_flight(), 0, "no longer once it has room");
     }
 
     /// A node's secret inside an admin credential's form (any address and

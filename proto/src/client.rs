@@ -241,12 +241,12 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     )
 }
 
-/// What rustls says when the first bytes back are not a TLS record (an HTTP
-/// server, the coordinator's metrics port).
 /// In the error of a connection to a server that is not the pinned
 /// coordinator (a man in the middle, `--new-identity`, another cluster's).
 pub const PIN_MISMATCH: &str = "identity does not match the pin";
 
+/// What rustls says when the first bytes back are not a TLS record (an HTTP
+/// server, the coordinator's metrics port).
 const NOT_TLS: &str = "received corrupt message of type InvalidContentType";
 
 #[derive(Debug)]

@@ -378,7 +378,7 @@ pub async fn keep(
             {
                 tracing::warn!(error = %e, "holding workload ports to their addresses");
             }
-            guard_counts::count_locked(&listing).await;
+            guard_counts::count_locked().await;
             let flow_limit = FLOW_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
             if flow_limit > 0 && !present("inet", FLOW_TABLE) {
                 tracing::warn!("the flow limit's table was removed or emptied; putting it back");

@@ -34,10 +34,15 @@ pub(super) fn count(listing: &serde_json::Value) {
     }
 }
 
-/// [`count`] under the guard's lock (the periodic check, from its listing).
-pub(super) async fn count_locked(listing: &serde_json::Value) {
+/// [`count`] under the guard's lock, from a listing read under it (the
+/// periodic check: its own listing, read before the lock, may predate a
+/// replacement the reconcile made meanwhile, whose drops it counted again;
+/// found by a review, 2026-12-07).
+pub(super) async fn count_locked() {
     let _one = super::GUARD.lock().await;
-    count(listing);
+    if let Some(listing) = super::listing().await {
+        count(&listing);
+    }
 }
 
 /// The table was just replaced: its counters start from 0.
