@@ -30,6 +30,7 @@ mod left_out;
 mod retire;
 pub mod sweep;
 mod unplug;
+mod unplugged;
 
 pub use retire::Detached;
 

@@ -51,6 +51,7 @@ impl Handler for LocalService {
     fn handle(&self, request: Request) -> Reply<'_> {
         Box::pin(async move {
             let mut dns = self.dns_plan(&request);
+            let early = self.dns_early(dns.as_ref());
             let response = match request {
                 Request::Status => Response::Status(self.status()),
                 Request::DnsLookup { name } => {
@@ -161,6 +162,9 @@ impl Handler for LocalService {
                     }
                 }
             };
+            if let Some(key) = early.filter(|_| !matches!(response, Response::Attached(_))) {
+                self.registry.stop_dns(&key);
+            }
             self.dns_after(dns, &response).await;
             response
         })
@@ -266,6 +270,21 @@ impl LocalService {
             }
             _ => None,
         }
+    }
+
+    /// An attach's DNS, recorded before the attach by the namespace's path:
+    /// an agent killed between the container's interface and its resolver
+    /// (served after the attach) serves it at its next start
+    /// ([`super::dns::DnsServer::restore`]). A named container's resolver was
+    /// lost for good so (found by a crash review, 2026-12-07). Returns the
+    /// key when it was not recorded before (taken back if the attach fails).
+    fn dns_early(&self, plan: Option<&DnsPlan>) -> Option<String> {
+        let Some(DnsPlan::Serve { netns: DnsNetns::Path(path), key, .. }) = plan else { return None };
+        if self.registry.dns_served().iter().any(|(k, _)| k == key) {
+            return None;
+        }
+        self.registry.serve_dns(key, Some(path.display().to_string()));
+        Some(key.clone())
     }
 
     async fn dns_after(&self, plan: Option<DnsPlan>, response: &Response) {

@@ -49,6 +49,7 @@ impl Attacher {
         let mut every = tokio::time::interval(SWEEP);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut orphans, mut mismatches) = (BTreeSet::new(), BTreeSet::new());
+        let mut unplugged = super::unplugged::Suspects::new();
         let mut odd = false;
         loop {
             every.tick().await;
@@ -63,9 +64,13 @@ impl Attacher {
                     gone(&key);
                 }
             }
-            (orphans, mismatches) = match connected.load(Ordering::Relaxed) {
+            (orphans, mismatches, unplugged) = match connected.load(Ordering::Relaxed) {
                 true => {
                     let orphans = self.remove_orphan_ports(&orphans).await;
+                    let (unplugged, off) = self.release_unplugged(&unplugged).await;
+                    for key in off {
+                        gone(&key);
+                    }
                     let (mismatches, changed) = self.repair_exposures(&mismatches).await;
                     if changed {
                         reconcile.notify_one();
@@ -73,9 +78,9 @@ impl Attacher {
                     if odd {
                         self.register_left_out_names().await;
                     }
-                    (orphans, mismatches)
+                    (orphans, mismatches, unplugged)
                 }
-                false => (BTreeSet::new(), BTreeSet::new()),
+                false => (BTreeSet::new(), BTreeSet::new(), super::unplugged::Suspects::new()),
             };
         }
     }
