@@ -31,6 +31,7 @@ async fn main() -> ExitCode {
         Command::Join(args) => commands::join(&args).await.and_then(|()| Err(commands::exec_run(&args.run))),
         Command::Run(args) => commands::run(args, shutdown_signal()).await,
         Command::Reset(args) => commands::reset(args).await,
+        Command::Rekey(args) => weave_agent::daemon::rekey::rekey(args).await.map(|s| println!("{s}")),
         Command::Status(args) => commands::status(args).await.map(|s| print!("{s}")),
         Command::Allocate(args) => commands::allocate(args).await.map(|s| print!("{s}")),
     };

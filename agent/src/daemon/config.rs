@@ -27,6 +27,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Remove every interface and file the agent created on this host.
     Reset(ResetArgs),
+    /// Replace this node's WireGuard key with a new one (the agent stopped; start it after):
+    /// same node, address and credential; peers take the new key and refuse the old one.
+    Rekey(ResetArgs),
     /// Get an address for a workload from the running agent; prints `address bridge mtu mac`
     /// (give the workload's interface that MAC: other hosts take its frames only from it).
     Allocate(AllocateArgs),

@@ -12,4 +12,5 @@ pub mod docker;
 pub mod endpoints;
 pub mod join;
 pub mod metrics;
+pub mod rekey;
 pub mod service;

@@ -19,6 +19,8 @@ use super::registry;
 use crate::error::Error;
 
 const KEY: &str = "private.key";
+/// The key an `agent rekey` rotates to, until the coordinator took it.
+const PENDING_KEY: &str = "private.key.new";
 /// How long [`StateDir::lock`] waits for another process to let go of the
 /// directory (an agent exiting lets go within a moment).
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -110,6 +112,29 @@ impl StateDir {
         self.write(KEY, STANDARD.encode(key.0.to_bytes()).as_bytes())
     }
 
+    /// The key `agent rekey` rotates to: the one a rekey cut short saved,
+    /// else a new one, saved (0600) before the coordinator hears of it, so
+    /// that a rekey run again finishes with the key the coordinator may
+    /// already have taken.
+    pub fn pending_key(&self) -> Result<NodeKey, Error> {
+        let path = self.dir.join(PENDING_KEY);
+        if let Ok(text) = fs::read_to_string(&path) {
+            let key: Option<[u8; 32]> = STANDARD.decode(text.trim()).ok().and_then(|b| b.try_into().ok());
+            if let Some(key) = key {
+                return Ok(NodeKey(StaticSecret::from(key)));
+            }
+        }
+        let key = NodeKey::generate();
+        self.write(PENDING_KEY, STANDARD.encode(key.0.to_bytes()).as_bytes())?;
+        Ok(key)
+    }
+
+    /// The rotated key becomes the node's key (durably, replacing the old).
+    pub fn commit_pending_key(&self) -> Result<(), Error> {
+        fs::rename(self.dir.join(PENDING_KEY), self.dir.join(KEY)).map_err(|e| self.io(PENDING_KEY, e))?;
+        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| self.io("sync", e))
+    }
+
     /// The saved private key, if there is one (from a join that may not have
     /// finished, or from a node that was removed).
     pub fn load_key(&self) -> Result<Option<NodeKey>, Error> {
@@ -188,6 +213,33 @@ impl StateDir {
 
     pub fn load(&self) -> Result<(NodeKey, Identity, NetworkMap), Error> {
         let key = self.load_key()?.ok_or_else(|| lost_key("is missing"))?;
+        let (identity, map) = self.load_saved(&key)?;
+        // A key that is not the node's (another host's backup restored, one
+        // key copied to several hosts): every peer refuses its handshakes,
+        // and the agent ran cut off, saying only that no handshake was
+        // answered (found by a review, 2026-12-07).
+        let public = key.public();
+        if let Some(node) = map.nodes.iter().find(|n| n.id == identity.node_id)
+            && !node.public_key.is_empty()
+            && node.public_key != public.as_bytes()
+        {
+            return Err(Error::State(format!(
+                "{KEY} is not node {}'s key: the cluster knows it by the public key {}, and this file's is {} \
+                 (another host's key restored, or one key copied to several hosts; or an `agent rekey` cut \
+                 short: run it again). Put the node's own {KEY} back; or make this host a new node: `weavectl \
+                 node rm {}`, `agent reset`, then `agent join` with a token",
+                node.name,
+                STANDARD.encode(&node.public_key),
+                STANDARD.encode(public.as_bytes()),
+                node.name,
+            )));
+        }
+        Ok((key, identity, map))
+    }
+
+    /// The saved identity and map (`key`: the saved key, whose node's name
+    /// an unreadable identity's message gives).
+    pub fn load_saved(&self, key: &NodeKey) -> Result<(Identity, NetworkMap), Error> {
         // Its node credential is as secret as the key.
         if let Some(warning) = weave_proto::private_dir::secret_file(&self.dir.join(IDENTITY)) {
             tracing::warn!("{warning}");
@@ -196,7 +248,7 @@ impl StateDir {
         let identity: Identity = serde_json::from_slice(&identity).map_err(|e| {
             // The join takes the node's name from the saved map; without
             // one the coordinator asks for it (a review, 2026-12-06).
-            let name = match self.saved_name_of(&key) {
+            let name = match self.saved_name_of(key) {
                 Some(_) => "",
                 None => ", and --name with this node's name (`weavectl node ls`): the saved map that gives it is gone",
             };
@@ -231,27 +283,7 @@ impl StateDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => NetworkMap::default(),
             Err(e) => return Err(self.io(MAP, e)),
         };
-        // A key that is not the node's (another host's backup restored, one
-        // key copied to several hosts): every peer refuses its handshakes,
-        // and the agent ran cut off, saying only that no handshake was
-        // answered (found by a review, 2026-12-07).
-        let public = key.public();
-        if let Some(node) = map.nodes.iter().find(|n| n.id == identity.node_id)
-            && !node.public_key.is_empty()
-            && node.public_key != public.as_bytes()
-        {
-            return Err(Error::State(format!(
-                "{KEY} is not node {}'s key: the cluster knows it by the public key {}, and this file's is {} \
-                 (another host's key restored, or one key copied to several hosts). Put the node's own {KEY} \
-                 back; or make this host a new node: `weavectl node rm {}`, `agent reset`, then `agent join` with \
-                 a token",
-                node.name,
-                STANDARD.encode(&node.public_key),
-                STANDARD.encode(public.as_bytes()),
-                node.name,
-            )));
-        }
-        Ok((key, identity, map))
+        Ok((identity, map))
     }
 
     /// The name the saved map gives the node with `key` (an identity file

@@ -1,14 +1,18 @@
 use tonic::{Request, Response, Status};
 use weave_proto::v1::{
-    ListNodesRequest, ListNodesResponse, Node, RemoveNodeRequest, RemoveNodeResponse, UpdateEndpointsRequest,
-    node_service_server::NodeService,
+    ListNodesRequest, ListNodesResponse, Node, RemoveNodeRequest, RemoveNodeResponse, RotateKeyRequest,
+    UpdateEndpointsRequest, node_service_server::NodeService,
 };
 
 use super::{
     Shared,
-    join::{check_endpoints, observed_endpoint},
+    join::{check_endpoints, check_key, observed_endpoint},
 };
-use crate::{error::Error, store::Caller};
+use crate::{
+    error::Error,
+    store::{Caller, now},
+};
+use weave_proto::key::WgPublicKey;
 
 pub struct Nodes(pub Shared);
 
@@ -54,5 +58,35 @@ impl NodeService for Nodes {
             Caller::Admin => None,
         };
         Ok(Response::new(self.0.store.update_endpoints(node, &endpoints, observed.as_deref()).await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn rotate_key(&self, request: Request<RotateKeyRequest>) -> Result<Response<Node>, Status> {
+        let Caller::Node { id, name } = self.0.caller(&request).await? else {
+            return Err(Status::permission_denied(
+                "only the node itself rotates its key (`agent rekey` on its host): its private key never leaves it",
+            ));
+        };
+        let r = request.get_ref();
+        let current: [u8; 32] = self
+            .0
+            .store
+            .with_map(|m| m.nodes.iter().find(|n| n.id == id).map(|n| n.public_key.clone()))
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| Error::NotFound(format!("no node {id} in the map")))?;
+        let new = WgPublicKey::from_bytes(&r.public_key).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        check_key(&new)?;
+        // Proofs for a name no join takes (names hold no space): neither
+        // proof can stand in for a join's.
+        let purpose = format!("rotate {name}");
+        for (key, proof, whose) in [(&current, &r.proof, "current"), (new.as_bytes(), &r.new_proof, "new")] {
+            self.0
+                .challenger
+                .verify(now(), &r.challenge, &purpose, key, proof)
+                .map_err(|e| Error::Unauthenticated(format!("the proof by the {whose} key: {e}")))?;
+        }
+        let node = self.0.store.rotate_key(id, new.as_bytes(), &current).await?;
+        tracing::info!(node = %name, "WireGuard key rotated");
+        Ok(Response::new(node))
     }
 }

@@ -319,6 +319,37 @@ impl Store {
         Ok(node)
     }
 
+    /// Replaces node `node_id`'s WireGuard key `current` (as the caller
+    /// proved it) with `key`, in one transaction with its map change. A key
+    /// another node has is refused; the node's key changed meanwhile (a
+    /// second rotation) is a conflict.
+    pub async fn rotate_key(&self, node_id: u64, key: &[u8; 32], current: &[u8; 32]) -> Result<v1::Node> {
+        let mut tx = self.begin().await?;
+        let holder: Option<String> = db::query_scalar("SELECT name FROM nodes WHERE public_key = $1")
+            .bind(&key[..])
+            .fetch_optional(tx.c())
+            .await?;
+        if let Some(holder) = holder {
+            return Err(Error::AlreadyExists(format!("this WireGuard key already belongs to node '{holder}'")));
+        }
+        let row = db::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE nodes SET public_key = $1, updated_at = $2 WHERE id = $3 AND public_key = $4 RETURNING {NODE_COLUMNS}"
+        )))
+        .bind(&key[..])
+        .bind(now())
+        .bind(node_id as i64)
+        .bind(&current[..])
+        .fetch_optional(tx.c())
+        .await?
+        .ok_or_else(|| {
+            Error::FailedPrecondition(format!("node {node_id}'s key changed meanwhile (or the node was removed)"))
+        })?;
+        let node = rows::node(&row)?;
+        tx.record(Change::NodeUpserted(node.clone())).await?;
+        self.commit(tx).await?;
+        Ok(node)
+    }
+
     /// Records where node `node_id`'s map watch came from, `observed`
     /// (`ip:port` as [`crate::api`]'s `observed_endpoint` makes it from the
     /// node's endpoints `made_from`), if that is still its endpoints and the

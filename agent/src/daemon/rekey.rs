@@ -1,0 +1,89 @@
+//! `agent rekey`: the node's WireGuard key replaced by a new one made here,
+//! with the agent stopped (it holds the key in memory) and started after.
+//! The coordinator takes the new key on proofs that this host holds the
+//! current one and the new one (`RotateKey`); the node keeps its id,
+//! address, name, credential and workloads, and its peers take the new key
+//! with the map change and refuse the old one from then on. Before, a key
+//! that had to change (copied off the host, a policy's rotation) meant
+//! removing the node and joining as a new one, its addresses released
+//! (found by a lifecycle review, 2026-12-07).
+//!
+//! Crash-safe in order: the new key is saved first (`private.key.new`),
+//! then sent; once the coordinator has it, the saved map's entry and then
+//! `private.key` follow. A rekey cut short anywhere finishes when run again.
+use weave_proto::{
+    client::{Api, connect},
+    local_api,
+    v1::{ChallengeRequest, ListNodesRequest, RotateKeyRequest},
+};
+
+use super::config::ResetArgs;
+use crate::{
+    error::Error,
+    host::state::{NodeKey, StateDir},
+};
+
+pub async fn rekey(args: ResetArgs) -> Result<String, Error> {
+    let socket = &args.paths.socket;
+    if local_api::probe(socket).is_ok_and(|p| p == local_api::SocketPath::Served) {
+        return Err(Error::Usage(format!(
+            "{}: an agent is serving on it: stop it first (it holds the key in memory), rekey, then start it",
+            socket.display()
+        )));
+    }
+    let dir = StateDir::new(&args.paths.data_dir);
+    let _lock = dir.lock()?;
+    // (Not `load`: after a rekey cut short past the map's update, the
+    // saved map names the new key and `load` refuses the old one.)
+    let current = dir.load_key()?.ok_or_else(|| Error::State(format!("no {} in the data dir", "private.key")))?;
+    let (identity, mut map) = dir.load_saved(&current)?;
+    let pending = dir.pending_key()?;
+    let channel = connect(&identity.coordinator, identity.pin()?).await.map_err(|e| Error::Connect(e.to_string()))?;
+    let mut api = Api::new(channel, &identity.credential).map_err(|e| Error::Connect(e.to_string()))?;
+    let refused = |s: tonic::Status| Error::JoinRefused(s.message().to_string());
+    let nodes = api.nodes.list_nodes(ListNodesRequest {}).await.map_err(refused)?.into_inner().nodes;
+    let known = nodes.iter().find(|n| n.id == identity.node_id).map(|n| n.public_key.clone());
+    let (new, old) = (pending.public(), current.public());
+    match known {
+        Some(k) if k == new.as_bytes() => {} // a rekey cut short after the coordinator took it
+        Some(k) if k == old.as_bytes() => {
+            let challenge = api.join.challenge(ChallengeRequest {}).await.map_err(refused)?.into_inner();
+            let theirs: [u8; 32] = challenge
+                .coordinator_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::JoinRefused("the coordinator's challenge key is not 32 bytes".into()))?;
+            let purpose = format!("rotate {}", identity.name);
+            let prove = |key: &NodeKey| {
+                let shared = key.secret().diffie_hellman(&boringtun::x25519::PublicKey::from(theirs));
+                weave_proto::proof::compute(shared.as_bytes(), &challenge.nonce, &purpose, key.public().as_bytes())
+            };
+            let request = RotateKeyRequest {
+                challenge: challenge.nonce.clone(),
+                proof: prove(&current).to_vec(),
+                public_key: new.as_bytes().to_vec(),
+                new_proof: prove(&pending).to_vec(),
+            };
+            api.nodes.rotate_key(request).await.map_err(refused)?;
+        }
+        Some(_) => {
+            return Err(Error::State(
+                "the coordinator knows this node by a key that is neither this host's nor the one a rekey \
+                 made here: restore the node's own private.key"
+                    .into(),
+            ));
+        }
+        None => return Err(Error::State(format!("the coordinator has no node {}", identity.node_id))),
+    }
+    if let Some(node) = map.nodes.iter_mut().find(|n| n.id == identity.node_id) {
+        node.public_key = new.as_bytes().to_vec();
+        dir.save_map(&map)?;
+    }
+    dir.commit_pending_key()?;
+    use base64::Engine;
+    Ok(format!(
+        "node {} now has the WireGuard key {} (the old one is refused from now on): start the agent",
+        identity.name,
+        base64::engine::general_purpose::STANDARD.encode(new.as_bytes())
+    ))
+}
