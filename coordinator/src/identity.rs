@@ -83,6 +83,17 @@ pub fn load_or_create_tls(dir: &Path) -> Result<(TlsIdentity, bool), IdentityErr
             reason: format!("not a usable key or certificate: {e}"),
         })?;
         let pin = Pin::of_spki(&key.subject_public_key_info());
+        // Said of the file (an empty or damaged certificate failed later as
+        // "transport error: peer sent no certificates"; found by a review,
+        // 2026-12-07).
+        let invalid = |reason: &str| IdentityError::Invalid { path: cert_path.clone(), reason: reason.into() };
+        match weave_proto::client::pin_of_cert_pem(&cert_pem) {
+            None => return Err(invalid("no certificate that parses (restore it from a backup of the data dir)")),
+            Some(p) if p != pin => {
+                return Err(invalid("its public key is not coordinator.key's (restore the pair from one backup)"));
+            }
+            Some(_) => {}
+        }
         return Ok((TlsIdentity { cert_pem, key_pem, pin }, false));
     }
     create_private_dir(&tls)?;
@@ -117,4 +128,34 @@ pub fn tls_exists(dir: &Path) -> bool {
 /// looks for it on the coordinator host.
 pub fn admin_credential_path(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.credential")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certificate that is empty, damaged or another key's is refused at
+    /// start, naming the file.
+    #[test]
+    fn a_certificate_that_does_not_parse_or_match_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, created) = load_or_create_tls(dir.path()).unwrap();
+        assert!(created);
+        load_or_create_tls(dir.path()).unwrap();
+        let cert = dir.path().join("tls/coordinator.crt");
+        let good = fs::read_to_string(&cert).unwrap();
+        for (bad, says) in [("", "no certificate that parses"), ("garbage", "no certificate that parses")] {
+            fs::write(&cert, bad).unwrap();
+            let e = load_or_create_tls(dir.path()).err().expect("refused").to_string();
+            assert!(e.contains("coordinator.crt") && e.contains(says), "{e}");
+        }
+        // Another identity's certificate beside this key.
+        let other = tempfile::tempdir().unwrap();
+        load_or_create_tls(other.path()).unwrap();
+        fs::copy(other.path().join("tls/coordinator.crt"), &cert).unwrap();
+        let e = load_or_create_tls(dir.path()).err().expect("refused").to_string();
+        assert!(e.contains("coordinator.crt") && e.contains("is not coordinator.key's"), "{e}");
+        fs::write(&cert, good).unwrap();
+        load_or_create_tls(dir.path()).unwrap();
+    }
 }

@@ -241,6 +241,15 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     )
 }
 
+/// The pin of the first certificate in `pem` (None: no certificate there
+/// that parses), for a coordinator checking its own files at start.
+pub fn pin_of_cert_pem(pem: &str) -> Option<Pin> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()?;
+    let cert = webpki::EndEntityCert::try_from(&der).ok()?;
+    Some(Pin::of_spki(&cert.subject_public_key_info()))
+}
+
 /// In the error of a connection to a server that is not the pinned
 /// coordinator (a man in the middle, `--new-identity`, another cluster's).
 pub const PIN_MISMATCH: &str = "identity does not match the pin";

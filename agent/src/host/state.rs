@@ -410,8 +410,12 @@ impl StateDir {
 /// crash or power loss leaves the old file or the new one.
 pub fn replace_durably(tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(tmp)?;
-    f.write_all(bytes).and_then(|_| f.sync_all())?;
-    fs::rename(tmp, path)?;
+    // A write or rename that failed (a full disk) takes its temporary file
+    // with it (one stayed, empty; found by a review, 2026-12-07).
+    if let Err(e) = f.write_all(bytes).and_then(|_| f.sync_all()).and_then(|_| fs::rename(tmp, path)) {
+        let _ = fs::remove_file(tmp);
+        return Err(e);
+    }
     // The rename is durable only once the directory is synced.
     match path.parent() {
         Some(dir) => fs::File::open(dir).and_then(|d| d.sync_all()),

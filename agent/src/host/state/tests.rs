@@ -72,6 +72,20 @@ fn a_key_that_is_not_the_nodes_is_refused_and_secrets_are_made_private() {
     dir.load().unwrap();
 }
 
+/// A replacement that fails leaves no temporary file behind.
+#[test]
+fn a_failed_replacement_takes_its_temporary_file_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (file, target) = (tmp.path().join(".x.tmp"), tmp.path().join("x"));
+    // A directory that is not empty cannot be replaced by a file.
+    fs::create_dir_all(target.join("in")).unwrap();
+    assert!(replace_durably(&file, &target, b"new").is_err());
+    assert!(!file.exists(), "the temporary file stayed");
+    fs::remove_dir_all(&target).unwrap();
+    replace_durably(&file, &target, b"new").unwrap();
+    assert_eq!(fs::read(&target).unwrap(), b"new");
+}
+
 #[test]
 fn the_key_is_saved_alone_before_a_join_and_survives_forgetting() {
     let tmp = tempfile::tempdir().unwrap();
