@@ -61,6 +61,32 @@ fn a_rekeyed_node_keeps_its_address_and_its_peers_take_the_new_key() {
     bed.wait_ping(a, b, Duration::from_secs(15));
     bed.wait_ping(b, a, Duration::from_secs(15));
 
+    // A rekey cut short after the coordinator took the new key (here: the
+    // files as they were then put back): the agent does not start with the
+    // old key, cut off; a rekey run again finishes with the key it sent.
+    bed.signal_agent(0, Signal::SIGTERM);
+    let dir = bed.hosts[0].data_dir.clone();
+    let map_now = fs::read(dir.join("map.pb")).unwrap();
+    let out = rekey(&bed, 0);
+    assert!(out.status.success(), "second rekey: {}", String::from_utf8_lossy(&out.stderr));
+    let newer = fs::read_to_string(&key_file).unwrap();
+    fs::write(dir.join("private.key.new"), &newer).unwrap();
+    fs::write(&key_file, &new).unwrap();
+    fs::write(dir.join("map.pb"), &map_now).unwrap();
+    let out = bed.agent_command(0, false).output().unwrap();
+    assert!(!out.status.success(), "started with the key the coordinator no longer has");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("did not finish"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = rekey(&bed, 0);
+    assert!(out.status.success(), "the rekey run again: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read_to_string(&key_file).unwrap(), newer, "finished with the key the coordinator took");
+    bed.start_agent(0, false);
+    bed.wait_ping(a, b, Duration::from_secs(15));
+    let new = newer;
+
     // The old key back in its place: refused at start, saying what happened.
     bed.signal_agent(0, Signal::SIGTERM);
     fs::write(&key_file, &old).unwrap();

@@ -37,15 +37,21 @@ pub async fn rekey(args: ResetArgs) -> Result<String, Error> {
     // saved map names the new key and `load` refuses the old one.)
     let current = dir.load_key()?.ok_or_else(|| Error::State(format!("no {} in the data dir", "private.key")))?;
     let (identity, mut map) = dir.load_saved(&current)?;
-    let pending = dir.pending_key()?;
     let channel = connect(&identity.coordinator, identity.pin()?).await.map_err(|e| Error::Connect(e.to_string()))?;
     let mut api = Api::new(channel, &identity.credential).map_err(|e| Error::Connect(e.to_string()))?;
     let refused = |s: tonic::Status| Error::JoinRefused(s.message().to_string());
     let nodes = api.nodes.list_nodes(ListNodesRequest {}).await.map_err(refused)?.into_inner().nodes;
     let known = nodes.iter().find(|n| n.id == identity.node_id).map(|n| n.public_key.clone());
+    let left = dir.pending_key();
+    let pending = match (&known, left) {
+        // A rekey cut short after the coordinator took its key: finished with it.
+        (Some(k), Some(left)) if *k == left.public().as_bytes() => left,
+        // Else a new key (one left by a rekey the coordinator never heard of is no one's).
+        _ => dir.new_pending_key()?,
+    };
     let (new, old) = (pending.public(), current.public());
     match known {
-        Some(k) if k == new.as_bytes() => {} // a rekey cut short after the coordinator took it
+        Some(k) if k == new.as_bytes() => {}
         Some(k) if k == old.as_bytes() => {
             let challenge = api.join.challenge(ChallengeRequest {}).await.map_err(refused)?.into_inner();
             let theirs: [u8; 32] = challenge
@@ -64,16 +70,29 @@ pub async fn rekey(args: ResetArgs) -> Result<String, Error> {
                 public_key: new.as_bytes().to_vec(),
                 new_proof: prove(&pending).to_vec(),
             };
-            api.nodes.rotate_key(request).await.map_err(refused)?;
+            if let Err(status) = api.nodes.rotate_key(request).await {
+                // Refused (an answer): the coordinator keeps the current key
+                // and the new one is no one's. Cut off: it may have taken it,
+                // and a rekey run again finds out (the agent does not start
+                // meanwhile).
+                if !weave_proto::client::cut_off(&status) {
+                    dir.drop_pending_key();
+                }
+                return Err(refused(status));
+            }
         }
         Some(_) => {
+            dir.drop_pending_key();
             return Err(Error::State(
                 "the coordinator knows this node by a key that is neither this host's nor the one a rekey \
                  made here: restore the node's own private.key"
                     .into(),
             ));
         }
-        None => return Err(Error::State(format!("the coordinator has no node {}", identity.node_id))),
+        None => {
+            dir.drop_pending_key();
+            return Err(Error::State(format!("the coordinator has no node {}", identity.node_id)));
+        }
     }
     if let Some(node) = map.nodes.iter_mut().find(|n| n.id == identity.node_id) {
         node.public_key = new.as_bytes().to_vec();

@@ -279,11 +279,13 @@ impl LocalService {
     /// lost for good so (found by a crash review, 2026-12-07). Returns the
     /// key when it was not recorded before (taken back if the attach fails).
     fn dns_early(&self, plan: Option<&DnsPlan>) -> Option<String> {
-        let Some(DnsPlan::Serve { netns: DnsNetns::Path(path), key, .. }) = plan else { return None };
+        let Some(DnsPlan::Serve { netns: DnsNetns::Path(path), key, aliases }) = plan else { return None };
         if self.registry.dns_served().iter().any(|(k, _)| k == key) {
             return None;
         }
         self.registry.serve_dns(key, Some(path.display().to_string()));
+        // And its names, so that a detach by name finds it after a restart.
+        self.registry.alias_dns_new(aliases, key);
         Some(key.clone())
     }
 

@@ -55,6 +55,10 @@ struct Saved {
     /// registers it once it is free.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     left_out: BTreeMap<String, String>,
+    /// IPAM key -> the subnets an attach of it began on and did not end
+    /// (its agent killed): [`attaching`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    attaching: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// A CNI ADD that succeeded, until its DEL or the network's GC.
@@ -197,6 +201,19 @@ impl Registry {
         saved.aliases.retain(|_, k| !moved.contains(k));
         self.write(&saved);
         moved
+    }
+
+    /// `aliases` that lead nowhere yet lead to DNS key `key` (before an
+    /// attach: one that lead elsewhere are [`Registry::alias_dns`]'s, after it).
+    pub fn alias_dns_new(&self, aliases: &[String], key: &str) {
+        let mut saved = self.saved();
+        let before = saved.aliases.len();
+        for a in aliases {
+            saved.aliases.entry(a.clone()).or_insert_with(|| key.to_string());
+        }
+        if saved.aliases.len() != before {
+            self.write(&saved);
+        }
     }
 
     /// A CNI ADD on `network` succeeded (again: the same record).
@@ -470,5 +487,6 @@ pub fn alive(path: &Path, inode: u64) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.ino() == inode)
 }
 
+mod attaching;
 #[cfg(test)]
 mod tests;

@@ -112,21 +112,27 @@ impl StateDir {
         self.write(KEY, STANDARD.encode(key.0.to_bytes()).as_bytes())
     }
 
-    /// The key `agent rekey` rotates to: the one a rekey cut short saved,
-    /// else a new one, saved (0600) before the coordinator hears of it, so
-    /// that a rekey run again finishes with the key the coordinator may
-    /// already have taken.
-    pub fn pending_key(&self) -> Result<NodeKey, Error> {
-        let path = self.dir.join(PENDING_KEY);
-        if let Ok(text) = fs::read_to_string(&path) {
-            let key: Option<[u8; 32]> = STANDARD.decode(text.trim()).ok().and_then(|b| b.try_into().ok());
-            if let Some(key) = key {
-                return Ok(NodeKey(StaticSecret::from(key)));
-            }
-        }
+    /// The key a rekey cut short saved (`agent rekey` rotates to it, if the
+    /// coordinator may have taken it), if any.
+    pub fn pending_key(&self) -> Option<NodeKey> {
+        let text = fs::read_to_string(self.dir.join(PENDING_KEY)).ok()?;
+        let key: [u8; 32] = STANDARD.decode(text.trim()).ok().and_then(|b| b.try_into().ok())?;
+        Some(NodeKey(StaticSecret::from(key)))
+    }
+
+    /// A new key for `agent rekey`, saved (0600, over any earlier one: one
+    /// the coordinator never took is no one's) before the coordinator hears
+    /// of it, so that a rekey run again finishes with the key it may have
+    /// taken.
+    pub fn new_pending_key(&self) -> Result<NodeKey, Error> {
         let key = NodeKey::generate();
         self.write(PENDING_KEY, STANDARD.encode(key.0.to_bytes()).as_bytes())?;
         Ok(key)
+    }
+
+    /// A rekey that did not reach the coordinator: its key goes.
+    pub fn drop_pending_key(&self) {
+        let _ = fs::remove_file(self.dir.join(PENDING_KEY));
     }
 
     /// The rotated key becomes the node's key (durably, replacing the old).
@@ -212,6 +218,13 @@ impl StateDir {
     }
 
     pub fn load(&self) -> Result<(NodeKey, Identity, NetworkMap), Error> {
+        // The coordinator may have taken its key already: the old one would
+        // run cut off, every handshake refused (a review, 2026-12-07).
+        if self.dir.join(PENDING_KEY).exists() {
+            return Err(Error::State(format!(
+                "an `agent rekey` did not finish ({PENDING_KEY} is there): run it again, then start the agent"
+            )));
+        }
         let key = self.load_key()?.ok_or_else(|| lost_key("is missing"))?;
         let (identity, map) = self.load_saved(&key)?;
         // A key that is not the node's (another host's backup restored, one
@@ -382,9 +395,13 @@ impl StateDir {
         // And what set-aside and interrupted writes leave: `agent reset`
         // left them, and the directory with them (found by a review, 2026-12-06).
         let aside = [MAP, IDENTITY].map(|n| format!("{n}.unreadable"));
-        let partial = [KEY, IDENTITY, MAP].map(|n| format!(".{n}.tmp"));
-        let all =
-            [KEY, IDENTITY, MAP, REMOVED].into_iter().chain(registry).map(str::to_string).chain(aside).chain(partial);
+        let partial = [KEY, IDENTITY, MAP, PENDING_KEY].map(|n| format!(".{n}.tmp"));
+        let all = [KEY, IDENTITY, MAP, REMOVED, PENDING_KEY]
+            .into_iter()
+            .chain(registry)
+            .map(str::to_string)
+            .chain(aside)
+            .chain(partial);
         for name in all {
             match fs::remove_file(self.dir.join(&name)) {
                 Ok(()) => {}

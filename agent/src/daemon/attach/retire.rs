@@ -88,7 +88,11 @@ impl Attacher {
         if whole && let Some(n) = name {
             self.names.forget(n);
         }
-        tracing::info!(container = key, ?released, "released the addresses of a container whose namespace is gone");
+        tracing::info!(
+            container = key,
+            ?released,
+            "released the addresses of a container (its namespace gone, or an attach of it cut short)"
+        );
         Ok(Detached { released, whole, kept: false })
     }
 }

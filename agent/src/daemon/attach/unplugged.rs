@@ -1,7 +1,7 @@
-//! Addresses a live container holds on this host that no port carries: an
-//! attach cut short (the agent killed between the allocation and the port's
-//! record: no interface yet, or a pair still down without an address), or a
-//! port someone deleted by hand. The address and its DNS record stayed
+//! Addresses a live container holds on this host that no port carries,
+//! on the subnets of an attach cut short (the agent killed between the
+//! allocation and the port's record: no interface yet, or a pair still down
+//! without an address; `Registry::attach_began`). The address and its DNS record stayed
 //! held, answered by nothing, until someone attached or detached that
 //! container again, with nothing in the logs (found by a crash review,
 //! 2026-12-07). They are given back, as a detach of those subnets would,
@@ -25,9 +25,9 @@ pub(super) const GRACE: Duration = Duration::from_secs(30);
 pub(super) type Suspects = BTreeMap<(String, String), Instant>;
 
 impl Attacher {
-    /// Gives back each address a live container attached here (by name, or
-    /// nameless by its namespace's path) holds that no recorded port of this
-    /// host carries, found so by every sweep for [`GRACE`] (an attach holds
+    /// Gives back each address a live container holds, on a subnet an attach
+    /// of it began on and never ended, that no recorded port of this host
+    /// carries, found so by every sweep for [`GRACE`] (an attach holds
     /// the same lock from its allocation to its port's record, and the map
     /// may lag the coordinator). Returns the suspects still held, and the
     /// DNS keys of the containers left on no subnet.
@@ -37,35 +37,59 @@ impl Attacher {
         let now = Instant::now();
         let Ok(pinned) = self.netlink.pinned_ports().await else { return (suspects, off) };
         let carried: BTreeSet<std::net::Ipv4Addr> = pinned.iter().map(|(_, ip, _)| *ip).collect();
-        // Registered names, then nameless containers (served DNS by path);
-        // CNI's and Docker's attachments are their runtimes' to finish.
-        let mut containers: Vec<(String, Option<String>, u64)> = self
-            .names
-            .seen_names()
-            .into_iter()
-            .filter(|(_, path, inode)| alive(path, *inode))
-            .map(|(name, _, inode)| (name.clone(), Some(name), inode))
-            .collect();
-        for (key, path) in self.names.dns_served() {
-            if let Some(inode) = inode_in_key(&key).filter(|i| alive(std::path::Path::new(&path), *i)) {
-                containers.push((key, None, inode));
+        // The attaches begun and not ended (their agent killed), of live
+        // containers; a dead one's are `retire_dead`'s.
+        let mut containers: Vec<(String, Option<String>, u64, BTreeSet<String>)> = Vec::new();
+        for (key, subnets) in self.names.attaching() {
+            let (name, found) = match inode_in_key(&key) {
+                Some(inode) => {
+                    (None, self.names.dns_served().into_iter().find(|(k, _)| *k == key).map(|(_, p)| (p.into(), inode)))
+                }
+                None => (Some(key.clone()), self.names.get(&key)),
+            };
+            match found {
+                Some((path, inode)) if alive(std::path::Path::new(&path), inode) => {
+                    containers.push((key, name, inode, subnets));
+                }
+                Some(_) => {}
+                // Nothing leads to it: nothing to finish.
+                None => self.names.attach_ended(&key, &subnets.into_iter().collect::<Vec<_>>()),
             }
         }
-        for (key, name, inode) in containers {
-            let unported: Vec<String> = {
+        for (key, name, inode, subnets) in containers {
+            // Per subnet begun: its address carried by a port (the attach got
+            // that far: settled), held and not carried (suspect), or not held
+            // (settled once the map has had the grace to show it).
+            let (mut unported, mut settled, mut absent) = (Vec::new(), Vec::new(), Vec::new());
+            {
                 let map = self.maps.borrow();
                 if map.revision == 0 {
                     return (suspects, off);
                 }
-                map.allocations
-                    .iter()
-                    .filter(|a| a.node_id == self.node_id && a.container == key)
-                    .filter(|a| {
-                        crate::plan::netmap::allocation_address(&a.address).is_some_and(|ip| !carried.contains(&ip))
-                    })
-                    .filter_map(|a| map.subnets.iter().find(|s| s.id == a.subnet_id).map(|s| s.cidr.clone()))
-                    .collect()
-            };
+                for cidr in subnets {
+                    let held = map.subnets.iter().find(|s| s.cidr == cidr).and_then(|s| {
+                        map.allocations
+                            .iter()
+                            .find(|a| a.node_id == self.node_id && a.container == key && a.subnet_id == s.id)
+                    });
+                    match held.and_then(|a| crate::plan::netmap::allocation_address(&a.address)) {
+                        Some(ip) if carried.contains(&ip) => settled.push(cidr),
+                        Some(_) => unported.push(cidr),
+                        None => absent.push(cidr),
+                    }
+                }
+            }
+            for cidr in absent {
+                let suspect = (key.clone(), cidr.clone());
+                let since = last.get(&suspect).copied().unwrap_or(now);
+                match now.duration_since(since) >= GRACE {
+                    true => settled.push(cidr),
+                    false => {
+                        suspects.insert(suspect, since);
+                    }
+                }
+            }
+            self.names.attach_ended(&key, &settled);
             let mut confirmed = Vec::new();
             for cidr in unported {
                 let suspect = (key.clone(), cidr.clone());
@@ -82,10 +106,13 @@ impl Attacher {
             }
             match self.retire(&key, Some(inode), name.as_deref(), &confirmed).await {
                 Ok(done) => {
+                    let cidrs: Vec<String> =
+                        confirmed.iter().map(|c| c.trim_start_matches("net:").to_string()).collect();
+                    self.names.attach_ended(&key, &cidrs);
                     tracing::warn!(
                         container = key, released = ?done.released,
-                        "a container held addresses no port of this host carries (an attach cut short, or its \
-                         port deleted): given back; attach it again"
+                        "a container held addresses no port of this host carries (an attach cut short by \
+                         the agent's end, not tried again): given back; attach it again"
                     );
                     if done.whole {
                         off.push(key_of(inode));

@@ -72,6 +72,21 @@ fn a_key_that_is_not_the_nodes_is_refused_and_secrets_are_made_private() {
     dir.load().unwrap();
 }
 
+/// A rekey's key: saved before it is sent, refusing a start until the
+/// rekey ends, and taken by `agent reset` with the rest.
+#[test]
+fn a_pending_key_blocks_a_start_and_goes_with_a_reset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = StateDir::new(tmp.path().join("agent"));
+    dir.save_join(&NodeKey::generate(), &identity(), &NetworkMap::default()).unwrap();
+    let pending = dir.new_pending_key().unwrap();
+    assert_eq!(dir.pending_key().unwrap().public().as_bytes(), pending.public().as_bytes());
+    let Err(e) = dir.load() else { panic!("started with a rekey unfinished") };
+    assert!(e.to_string().contains("did not finish"), "{e}");
+    dir.remove().unwrap();
+    assert!(!dir.path().exists(), "left: {:?}", fs::read_dir(dir.path()).map(|d| d.count()));
+}
+
 /// A replacement that fails leaves no temporary file behind.
 #[test]
 fn a_failed_replacement_takes_its_temporary_file_with_it() {
