@@ -257,16 +257,12 @@ impl Attacher {
         }
         let cni = network.zip(id).zip(ifname).map(|((n, i), f)| (n, i, f));
         // Named: by `--name`, or by the name its namespace was registered under.
-        let fresh_path = self.record_early(&c, cni, c.name.is_some() || id.is_some(), &wanted);
-        // Until it ends either way (`attach/unplugged.rs`); CNI's are its runtime's to retry.
-        let began: Vec<String> = wanted.iter().filter(|_| cni.is_none()).map(|(_, s)| s.cidr.clone()).collect();
-        self.names.attach_began(&c.key, &began);
+        let (fresh_path, began) = self.record_early(&c, cni, c.name.is_some() || id.is_some(), &wanted);
         let previously = self.held(&c.key);
         let allocated = match self.allocate_all(&c.key, c.name.as_deref().unwrap_or(""), id.is_some(), &wanted).await {
             Ok(a) => a,
             Err(e) => {
-                self.names.attach_ended(&c.key, &began);
-                self.undo_early(named, fresh_path, &c.key);
+                self.undo_early(named, fresh_path, &c.key, &began);
                 self.unexpose(&exposed).await;
                 return Err(e);
             }
@@ -376,8 +372,7 @@ impl Attacher {
                             let _ = self.release(&c.key, &s.cidr).await;
                         }
                     }
-                    self.names.attach_ended(&c.key, &began);
-                    self.undo_early(named, fresh_path, &c.key);
+                    self.undo_early(named, fresh_path, &c.key, &began);
                     self.unexpose(&exposed).await;
                     return Err(self.or_removed(subnet, e));
                 }

@@ -15,30 +15,36 @@ impl Attacher {
     /// A CNI attachment's record (its subnets the wanted ones; the finished
     /// attach writes it again), or a nameless container's namespace path (the
     /// sweep finds those by the path they are served DNS at; a named one is
-    /// remembered by its name already). Returns whether that path is new, so
-    /// that an attach that allocates nothing forgets it.
+    /// remembered by its name already), and the subnets it begins on, until
+    /// it ends either way (`attach/unplugged.rs`; CNI's are its runtime's to
+    /// retry). Returns whether that path is new, so that an attach that
+    /// allocates nothing forgets it, and the subnets recorded.
     pub(super) fn record_early(
         &self,
         c: &Container,
         cni: Option<(&str, &str, &str)>,
         named: bool,
         wanted: &[(AddrSpec, Subnet)],
-    ) -> bool {
+    ) -> (bool, Vec<String>) {
+        let subnets: Vec<String> = wanted.iter().map(|(_, s)| s.cidr.clone()).collect();
         if cni.is_some() {
-            self.record_cni(cni, c, wanted.iter().map(|(_, s)| s.cidr.clone()).collect());
-            return false;
+            self.record_cni(cni, c, subnets);
+            return (false, Vec::new());
         }
+        self.names.attach_began(&c.key, &subnets);
         if named || !registry::alive(&c.path, c.inode) || self.names.dns_served().iter().any(|(k, _)| *k == c.key) {
-            return false;
+            return (false, subnets);
         }
         self.names.serve_dns(&c.key, Some(c.path.display().to_string()));
-        true
+        (true, subnets)
     }
 
-    /// An attach that failed: the name it remembered (`named`) and the path
-    /// it recorded (`fresh_path`) go; a CNI record stays (the namespace is
-    /// the container's either way: the sweep or its DEL clears it).
-    pub(super) fn undo_early(&self, named: Option<&str>, fresh_path: bool, key: &str) {
+    /// An attach that failed: the name it remembered (`named`), the path it
+    /// recorded (`fresh_path`) and the subnets it `began` on go; a CNI record
+    /// stays (the namespace is the container's either way: the sweep or its
+    /// DEL clears it).
+    pub(super) fn undo_early(&self, named: Option<&str>, fresh_path: bool, key: &str, began: &[String]) {
+        self.names.attach_ended(key, began);
         if let Some(n) = named {
             self.names.forget(n);
         }
