@@ -12,10 +12,7 @@ use common::*;
 use nix::sys::signal::Signal;
 
 fn rekey(bed: &Bed, i: usize) -> std::process::Output {
-    let h = &bed.hosts[i];
-    let agent = agent_bin();
-    let args = ["rekey", "--data-dir", h.data_dir.to_str().unwrap(), "--socket", h.socket.to_str().unwrap()];
-    in_ns(&h.ns, &[&[agent.to_str().unwrap()][..], &args[..]].concat())
+    bed.agent_on_files(i, "rekey")
 }
 
 #[test]

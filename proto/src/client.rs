@@ -244,9 +244,13 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// The pin of the first certificate in `pem` (None: no certificate there
 /// that parses), for a coordinator checking its own files at start.
 pub fn pin_of_cert_pem(pem: &str) -> Option<Pin> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let der = CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()?;
-    let cert = webpki::EndEntityCert::try_from(&der).ok()?;
+    use rustls::pki_types::pem::PemObject;
+    pin_of_cert(&CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()?)
+}
+
+/// The pin of a certificate (None: it does not parse).
+fn pin_of_cert(der: &CertificateDer<'_>) -> Option<Pin> {
+    let cert = webpki::EndEntityCert::try_from(der).ok()?;
     Some(Pin::of_spki(&cert.subject_public_key_info()))
 }
 
@@ -280,9 +284,8 @@ impl ServerCertVerifier for PinnedServer {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
-        let seen = Pin::of_spki(&cert.subject_public_key_info());
+        let seen =
+            pin_of_cert(end_entity).ok_or(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
         if seen == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {

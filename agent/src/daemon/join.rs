@@ -361,14 +361,20 @@ async fn prove(api: &mut Api, key: &NodeKey, name: &str, coordinator: &str) -> R
         Ok(Err(s)) => return Err(Error::JoinRefused(s.message().to_string())),
         Ok(Ok(c)) => c.into_inner(),
     };
+    let proof = proof(&challenge, key, name)?;
+    Ok((challenge.nonce, proof))
+}
+
+/// The proof for `challenge` that this host holds `key`, made for `name`
+/// (a join's, or `agent rekey`'s `rotate <name>`).
+pub(super) fn proof(challenge: &weave_proto::v1::JoinChallenge, key: &NodeKey, name: &str) -> Result<Vec<u8>, Error> {
     let theirs: [u8; 32] = challenge
         .coordinator_key
         .as_slice()
         .try_into()
         .map_err(|_| Error::JoinRefused("the coordinator's challenge key is not 32 bytes".into()))?;
     let shared = key.secret().diffie_hellman(&boringtun::x25519::PublicKey::from(theirs));
-    let proof = weave_proto::proof::compute(shared.as_bytes(), &challenge.nonce, name, key.public().as_bytes());
-    Ok((challenge.nonce, proof.to_vec()))
+    Ok(weave_proto::proof::compute(shared.as_bytes(), &challenge.nonce, name, key.public().as_bytes()).to_vec())
 }
 
 fn hostname() -> Result<String, Error> {

@@ -17,11 +17,8 @@ use weave_proto::{
     v1::{ChallengeRequest, ListNodesRequest, RotateKeyRequest},
 };
 
-use super::config::ResetArgs;
-use crate::{
-    error::Error,
-    host::state::{NodeKey, StateDir},
-};
+use super::{config::ResetArgs, join::proof};
+use crate::{error::Error, host::state::StateDir};
 
 pub async fn rekey(args: ResetArgs) -> Result<String, Error> {
     let socket = &args.paths.socket;
@@ -54,21 +51,12 @@ pub async fn rekey(args: ResetArgs) -> Result<String, Error> {
         Some(k) if k == new.as_bytes() => {}
         Some(k) if k == old.as_bytes() => {
             let challenge = api.join.challenge(ChallengeRequest {}).await.map_err(refused)?.into_inner();
-            let theirs: [u8; 32] = challenge
-                .coordinator_key
-                .as_slice()
-                .try_into()
-                .map_err(|_| Error::JoinRefused("the coordinator's challenge key is not 32 bytes".into()))?;
             let purpose = format!("rotate {}", identity.name);
-            let prove = |key: &NodeKey| {
-                let shared = key.secret().diffie_hellman(&boringtun::x25519::PublicKey::from(theirs));
-                weave_proto::proof::compute(shared.as_bytes(), &challenge.nonce, &purpose, key.public().as_bytes())
-            };
             let request = RotateKeyRequest {
-                challenge: challenge.nonce.clone(),
-                proof: prove(&current).to_vec(),
+                proof: proof(&challenge, &current, &purpose)?,
                 public_key: new.as_bytes().to_vec(),
-                new_proof: prove(&pending).to_vec(),
+                new_proof: proof(&challenge, &pending, &purpose)?,
+                challenge: challenge.nonce,
             };
             if let Err(status) = api.nodes.rotate_key(request).await {
                 // Refused (an answer): the coordinator keeps the current key

@@ -51,6 +51,17 @@ impl NodeKey {
     pub fn public(&self) -> PublicKey {
         PublicKey::from(&self.0)
     }
+
+    /// As a key file holds it: base64 of the 32 bytes.
+    fn to_file(&self) -> String {
+        STANDARD.encode(self.0.to_bytes())
+    }
+
+    /// A key file's contents (None: not a base64 X25519 key).
+    fn from_file(text: &str) -> Option<Self> {
+        let key: [u8; 32] = STANDARD.decode(text.trim()).ok()?.try_into().ok()?;
+        Some(Self(StaticSecret::from(key)))
+    }
 }
 
 /// Who this host is in the cluster, as the coordinator answered at join.
@@ -109,15 +120,13 @@ impl StateDir {
     /// again under its name.
     pub fn save_key(&self, key: &NodeKey) -> Result<(), Error> {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir).map_err(|e| self.io("create", e))?;
-        self.write(KEY, STANDARD.encode(key.0.to_bytes()).as_bytes())
+        self.write(KEY, key.to_file().as_bytes())
     }
 
     /// The key a rekey cut short saved (`agent rekey` rotates to it, if the
     /// coordinator may have taken it), if any.
     pub fn pending_key(&self) -> Option<NodeKey> {
-        let text = fs::read_to_string(self.dir.join(PENDING_KEY)).ok()?;
-        let key: [u8; 32] = STANDARD.decode(text.trim()).ok().and_then(|b| b.try_into().ok())?;
-        Some(NodeKey(StaticSecret::from(key)))
+        NodeKey::from_file(&fs::read_to_string(self.dir.join(PENDING_KEY)).ok()?)
     }
 
     /// A new key for `agent rekey`, saved (0600, over any earlier one: one
@@ -126,7 +135,7 @@ impl StateDir {
     /// taken.
     pub fn new_pending_key(&self) -> Result<NodeKey, Error> {
         let key = NodeKey::generate();
-        self.write(PENDING_KEY, STANDARD.encode(key.0.to_bytes()).as_bytes())?;
+        self.write(PENDING_KEY, key.to_file().as_bytes())?;
         Ok(key)
     }
 
@@ -148,14 +157,7 @@ impl StateDir {
             tracing::warn!("{warning}");
         }
         match fs::read_to_string(self.dir.join(KEY)) {
-            Ok(text) => {
-                let key: [u8; 32] = STANDARD
-                    .decode(text.trim())
-                    .ok()
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| lost_key("is not a base64 X25519 key"))?;
-                Ok(Some(NodeKey(StaticSecret::from(key))))
-            }
+            Ok(text) => NodeKey::from_file(&text).map(Some).ok_or_else(|| lost_key("is not a base64 X25519 key")),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(lost_key(&e.to_string())),
             Err(e) => Err(self.io(KEY, e)),

@@ -507,19 +507,15 @@ impl Bed {
 
     /// Runs `agent reset` for host `i` (its agent stopped).
     pub fn reset_agent(&self, i: usize) -> Output {
+        self.agent_on_files(i, "reset")
+    }
+
+    /// Runs `agent COMMAND` on host `i`'s data dir and socket (`reset`, `rekey`).
+    pub fn agent_on_files(&self, i: usize, command: &str) -> Output {
         let h = &self.hosts[i];
         let agent = agent_bin();
-        in_ns(
-            &h.ns,
-            &[
-                agent.to_str().unwrap(),
-                "reset",
-                "--data-dir",
-                h.data_dir.to_str().unwrap(),
-                "--socket",
-                h.socket.to_str().unwrap(),
-            ],
-        )
+        let (dir, socket) = (h.data_dir.to_str().unwrap(), h.socket.to_str().unwrap());
+        in_ns(&h.ns, &[agent.to_str().unwrap(), command, "--data-dir", dir, "--socket", socket])
     }
 
     pub fn start_agent(&mut self, i: usize, join: bool) {

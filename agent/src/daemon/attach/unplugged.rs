@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::Attacher;
+use super::{Attacher, held_address};
 use crate::host::{
     netns::{inode_in_key, key_of},
     registry::alive,
@@ -39,12 +39,11 @@ impl Attacher {
         let carried: BTreeSet<std::net::Ipv4Addr> = pinned.iter().map(|(_, ip, _)| *ip).collect();
         // The attaches begun and not ended (their agent killed), of live
         // containers; a dead one's are `retire_dead`'s.
+        let served = self.names.dns_served();
         let mut containers: Vec<(String, Option<String>, u64, BTreeSet<String>)> = Vec::new();
         for (key, subnets) in self.names.attaching() {
             let (name, found) = match inode_in_key(&key) {
-                Some(inode) => {
-                    (None, self.names.dns_served().into_iter().find(|(k, _)| *k == key).map(|(_, p)| (p.into(), inode)))
-                }
+                Some(inode) => (None, served.iter().find(|(k, _)| *k == key).map(|(_, p)| (p.into(), inode))),
                 None => (Some(key.clone()), self.names.get(&key)),
             };
             match found {
@@ -56,59 +55,43 @@ impl Attacher {
                 None => self.names.attach_ended(&key, &subnets.into_iter().collect::<Vec<_>>()),
             }
         }
+        if self.maps.borrow().revision == 0 {
+            return (suspects, off);
+        }
         for (key, name, inode, subnets) in containers {
-            // Per subnet begun: its address carried by a port (the attach got
-            // that far: settled), held and not carried (suspect), or not held
-            // (settled once the map has had the grace to show it).
-            let (mut unported, mut settled, mut absent) = (Vec::new(), Vec::new(), Vec::new());
-            {
-                let map = self.maps.borrow();
-                if map.revision == 0 {
-                    return (suspects, off);
-                }
-                for cidr in subnets {
-                    let held = map.subnets.iter().find(|s| s.cidr == cidr).and_then(|s| {
-                        map.allocations
-                            .iter()
-                            .find(|a| a.node_id == self.node_id && a.container == key && a.subnet_id == s.id)
-                    });
-                    match held.and_then(|a| crate::plan::netmap::allocation_address(&a.address)) {
-                        Some(ip) if carried.contains(&ip) => settled.push(cidr),
-                        Some(_) => unported.push(cidr),
-                        None => absent.push(cidr),
-                    }
-                }
-            }
-            for cidr in absent {
-                let suspect = (key.clone(), cidr.clone());
+            // Whether (key, subnet) has been so for the grace (else it is
+            // kept suspected, since when it was first).
+            let mut due = |cidr: &str| {
+                let suspect = (key.clone(), cidr.to_string());
                 let since = last.get(&suspect).copied().unwrap_or(now);
-                match now.duration_since(since) >= GRACE {
-                    true => settled.push(cidr),
-                    false => {
-                        suspects.insert(suspect, since);
-                    }
+                let due = now.duration_since(since) >= GRACE;
+                if !due {
+                    suspects.insert(suspect, since);
+                }
+                due
+            };
+            // Per subnet begun: its address carried by a port (the attach got
+            // that far: settled), held and not carried (given back once due),
+            // or not held (settled once the map has had the grace to show it).
+            let held = self.held(&key);
+            let (mut settled, mut confirmed) = (Vec::new(), Vec::new());
+            for cidr in subnets {
+                let subnet = self.maps.borrow().subnets.iter().find(|s| s.cidr == cidr).cloned();
+                match subnet.and_then(|s| held_address(&held, &s)) {
+                    Some(ip) if carried.contains(&ip) => settled.push(cidr),
+                    Some(_) if due(&cidr) => confirmed.push(cidr),
+                    None if due(&cidr) => settled.push(cidr),
+                    _ => {}
                 }
             }
             self.names.attach_ended(&key, &settled);
-            let mut confirmed = Vec::new();
-            for cidr in unported {
-                let suspect = (key.clone(), cidr.clone());
-                let since = last.get(&suspect).copied().unwrap_or(now);
-                match now.duration_since(since) >= GRACE {
-                    true => confirmed.push(format!("net:{cidr}")),
-                    false => {
-                        suspects.insert(suspect, since);
-                    }
-                }
-            }
             if confirmed.is_empty() {
                 continue;
             }
-            match self.retire(&key, Some(inode), name.as_deref(), &confirmed).await {
+            let specs: Vec<String> = confirmed.iter().map(|c| format!("net:{c}")).collect();
+            match self.retire(&key, Some(inode), name.as_deref(), &specs).await {
                 Ok(done) => {
-                    let cidrs: Vec<String> =
-                        confirmed.iter().map(|c| c.trim_start_matches("net:").to_string()).collect();
-                    self.names.attach_ended(&key, &cidrs);
+                    self.names.attach_ended(&key, &confirmed);
                     tracing::warn!(
                         container = key, released = ?done.released,
                         "a container held addresses no port of this host carries (an attach cut short by \
@@ -120,9 +103,7 @@ impl Attacher {
                 }
                 Err(e) => {
                     tracing::warn!(container = key, error = %e.message, "cannot give back addresses no port carries");
-                    let again =
-                        confirmed.iter().map(|c| ((key.clone(), c.trim_start_matches("net:").to_string()), now));
-                    suspects.extend(again);
+                    suspects.extend(confirmed.into_iter().map(|c| ((key.clone(), c), now)));
                 }
             }
         }
