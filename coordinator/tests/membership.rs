@@ -648,7 +648,7 @@ async fn a_rotation_through_one_coordinator_ends_admin_watches_on_another() {
 /// 2026-12-07).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_ends_an_admin_watch_still_catching_up() {
-    const CHANGES: usize = 5000;
+    const CHANGES: usize = 8000;
     let c = TestCoordinator::start().await;
     let mut admin = c.admin().await;
     let mut first = admin.map.watch(WatchRequest::default()).await.unwrap().into_inner();
@@ -673,8 +673,12 @@ async fn a_rotation_ends_an_admin_watch_still_catching_up() {
     for t in tasks {
         t.await.unwrap();
     }
+    // Over a connection of its own with small windows: the default ones
+    // (megabytes) let the coordinator send them all before the rotation
+    // came, when its store was quick (flaky in CI, 2026-12-07).
+    let mut reader = c.admin_narrow().await;
     let mut watch =
-        admin.map.watch(WatchRequest { from_revision: from, ..Default::default() }).await.unwrap().into_inner();
+        reader.map.watch(WatchRequest { from_revision: from, ..Default::default() }).await.unwrap().into_inner();
     for _ in 0..10 {
         watch.message().await.unwrap().expect("a change");
     }
@@ -692,10 +696,10 @@ async fn a_rotation_ends_an_admin_watch_still_catching_up() {
     .await
     .expect("the watch ended within 20 s");
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
-    // What the transport had taken in before the rotation arrives, and the
-    // batch under way: not the thousands after them.
+    // What the transport had taken in before the rotation arrives (the
+    // windows): not the thousands after them.
     assert!(
-        after <= CHANGES - 2000,
+        after <= CHANGES / 2,
         "{after} of {CHANGES} changes sent after the rotation (the batches under way, not the rest)"
     );
 }

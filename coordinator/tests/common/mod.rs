@@ -91,6 +91,15 @@ impl TestCoordinator {
         Ok(Api::new(self.channel_from(from).await?, &self.running.admin.secret).unwrap())
     }
 
+    /// The admin's API over a connection whose receive windows are HTTP/2's
+    /// smallest (64 KiB): what the coordinator can send ahead of a reader
+    /// is bounded by them, not by how fast it reads its store.
+    pub async fn admin_narrow(&self) -> Api {
+        let endpoint = weave_proto::client::endpoint(&self.addr(), self.running.admin.pin).expect("endpoint");
+        let narrow = endpoint.initial_stream_window_size(65_535).initial_connection_window_size(65_535);
+        Api::new(narrow.connect().await.expect("connect"), &self.running.admin.secret).unwrap()
+    }
+
     pub async fn api_with(&self, credential: &str) -> Api {
         Api::new(self.channel().await, credential).unwrap()
     }
