@@ -114,3 +114,24 @@ fn hosts_pinned_by_their_ipv6_address_alone_advertise_it_with_the_listen_port() 
     let (a, b) = (bed.add_workload(0, "default"), bed.add_workload(1, "default"));
     bed.wait_ping(a, b, Duration::from_secs(15));
 }
+
+/// `--endpoint 2001:db8::15:6784` (an address and port, no brackets) also
+/// reads as the address `2001:db8::15:6784`: on the host whose address is
+/// 2001:db8::15 it is refused with the bracketed form (it was taken, and
+/// peers were sent to an address that does not exist; found by a review,
+/// 2026-12-07).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn an_ipv6_endpoint_and_port_without_brackets_is_refused() {
+    let mut bed = Bed::with_underlay(Underlay::V6);
+    let ns = bed.add_bare_host("192.0.2.15");
+    let ip6 = v6_of("192.0.2.15".parse().unwrap());
+    let dir = bed.path("bare-agent");
+    let (agent, dir, given) = (agent_bin(), dir.to_str().unwrap().to_string(), format!("{ip6}:6784"));
+    let join = [agent.to_str().unwrap(), "join", "--token", &bed.token, "--endpoint", &given, "--data-dir", &dir];
+    let out = in_ns(&ns, &join);
+    assert!(!std::path::Path::new(&dir).join("identity.json").exists(), "nothing joined");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("write an IPv6 address and its port in brackets, as [{ip6}]:6784")), "{stderr}");
+}

@@ -200,7 +200,9 @@ pub fn cut_off(s: &tonic::Status) -> bool {
 /// its timeouts and keepalives), for a caller that tunes it further.
 pub fn endpoint(addr: &str, pin: Pin) -> Result<Endpoint, ConnectError> {
     let bad = || ConnectError::Address(addr.to_string());
-    if addr.contains('/') || !addr.contains(':') {
+    // A zone (`[fe80::1%eth0]:6783`) is no part of a URL's host: it was
+    // looked up as a name, and "cannot reach" said nothing of why.
+    if addr.contains('/') || !addr.contains(':') || addr.contains('%') {
         return Err(bad());
     }
     // The port: 1 to 65535 (a URL parser takes 0 and "connection refused"

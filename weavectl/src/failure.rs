@@ -89,9 +89,7 @@ impl Failure {
                 };
                 Self::new(Exit::Unreachable, format!("cannot reach the coordinator at {addr}"), why)
             }
-            ConnectError::Address(addr) => {
-                Self::usage("coordinator address", format!("'{addr}' is not host:port (like 192.0.2.1:6783)"))
-            }
+            ConnectError::Address(addr) => Self::usage("coordinator address", address_hint(&addr)),
             ConnectError::Credential => {
                 Self::usage("admin credential", "it contains characters not allowed in a header")
             }
@@ -121,6 +119,20 @@ impl<T> Doing<T> for Result<tonic::Response<T>, tonic::Status> {
     }
 }
 
+/// Why `addr` is no coordinator address, and how to write one: an IPv6
+/// address goes in brackets (the IPv4 example alone left that to guess),
+/// and a zone is not taken.
+fn address_hint(addr: &str) -> String {
+    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, ""));
+    if addr.contains('%') {
+        format!("'{addr}': a zone (%…) is not supported: give a global or unique-local address, as [2001:db8::1]:6783")
+    } else if host.contains(':') && !host.starts_with('[') && port.parse::<u16>().is_ok() {
+        format!("'{addr}': write an IPv6 address in brackets, as [{host}]:{port}")
+    } else {
+        format!("'{addr}' is not host:port (like 192.0.2.1:6783 or [2001:db8::1]:6783)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +152,14 @@ mod tests {
         assert!(broke.to_string().contains("may or may not have been made"), "{broke}");
         assert_eq!(Failure::status("x", &tonic::Status::unknown("y")).exit, Exit::Other);
         assert_eq!(Failure::usage("x", "a\nb").to_string(), "x: a b");
+        let bad = |a: &str| Failure::connect(ConnectError::Address(a.into()));
+        assert_eq!(
+            bad("2001:db8::2:6783").to_string(),
+            "coordinator address: '2001:db8::2:6783': write an IPv6 address in brackets, as [2001:db8::2]:6783"
+        );
+        assert_eq!(bad("2001:db8::2:6783").exit, Exit::Usage);
+        assert!(bad("[fe80::1%eth0]:6783").to_string().contains("a zone (%…) is not supported"));
+        assert!(bad("host").to_string().contains("is not host:port (like 192.0.2.1:6783 or [2001:db8::1]:6783)"));
         // A call an older coordinator does not have (tonic answers it without a message).
         let older = Failure::status("sharing web", &tonic::Status::unimplemented(""));
         assert_eq!(

@@ -788,14 +788,29 @@ fn unreachable_coordinator() {
     c.fails(
         &["--coordinator", "no-port", "status"],
         2,
-        "weavectl: coordinator address: 'no-port' is not host:port (like 192.0.2.1:6783)",
+        "weavectl: coordinator address: 'no-port' is not host:port (like 192.0.2.1:6783 or [2001:db8::1]:6783)",
+    );
+    // IPv6 without brackets, and a zone: a usage error that says how to
+    // write it (a zone was looked up as a name: exit 3, "cannot reach").
+    c.fails(
+        &["--coordinator", "::1:6783", "status"],
+        2,
+        "weavectl: coordinator address: '::1:6783': write an IPv6 address in brackets, as [::1]:6783",
+    );
+    c.fails(
+        &["--coordinator", "[fe80::1%lo]:6783", "status"],
+        2,
+        "weavectl: coordinator address: '[fe80::1%lo]:6783': a zone (%…) is not supported: give a global or \
+         unique-local address, as [2001:db8::1]:6783",
     );
     // A port no coordinator can have is a typo, not an outage.
     for bad in ["127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:-1", "[::1]"] {
         c.fails(
             &["--coordinator", bad, "status"],
             2,
-            &format!("weavectl: coordinator address: '{bad}' is not host:port (like 192.0.2.1:6783)"),
+            &format!(
+                "weavectl: coordinator address: '{bad}' is not host:port (like 192.0.2.1:6783 or [2001:db8::1]:6783)"
+            ),
         );
     }
 }

@@ -6,6 +6,9 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
+mod endpoint;
+pub use endpoint::{parse_endpoint, with_port};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "agent",
@@ -335,30 +338,11 @@ pub struct AllocateArgs {
     pub subnet: String,
 }
 
-/// An endpoint as given: `ip:port`, `[ipv6]:port`, or an address alone,
-/// whose port 0 stands for --listen-port ([`JoinArgs::endpoints`]). The
-/// address alone is what Kubernetes' downward API can give for an IPv6
-/// node (`$(HOST_IP):6784` made `fd00::22:6784`, refused; found by a
-/// review of the manifests, 2026-12-06).
-pub fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
-    let s = s.trim();
-    s.parse::<SocketAddr>().or_else(|_| {
-        s.parse::<std::net::IpAddr>()
-            .map(|ip| SocketAddr::new(ip, 0))
-            .map_err(|_| format!("{s}: not ip:port, [ipv6]:port or an address"))
-    })
-}
-
 impl JoinArgs {
     /// The endpoints given, an address alone with --listen-port.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
         self.endpoint.iter().map(|e| with_port(*e, self.run.listen_port)).collect()
     }
-}
-
-/// `endpoint` with port 0 (an address given alone) as `port`.
-pub fn with_port(endpoint: SocketAddr, port: u16) -> SocketAddr {
-    if endpoint.port() == 0 { SocketAddr::new(endpoint.ip(), port) } else { endpoint }
 }
 
 /// The join token from --token (`-`: stdin), --token-file or WEAVE_TOKEN.

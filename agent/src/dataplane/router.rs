@@ -171,7 +171,7 @@ impl Router {
                     Some(p) => {
                         let mut from_map = lock(&p.map_endpoint);
                         if *from_map != config.endpoint && config.endpoint.is_some() {
-                            *lock(&p.endpoint) = config.endpoint;
+                            *lock(&p.endpoint) = fallback::first_routable(&config.endpoints).or(config.endpoint);
                         }
                         *from_map = config.endpoint;
                         p.fallback.set_candidates(&config.endpoints);
@@ -232,7 +232,9 @@ impl Router {
             Some(Arc::clone(&self.rate_limiter)),
         );
         Peer {
-            endpoint: Mutex::new(config.endpoint),
+            // The first endpoint this host can reach (an IPv4-only host and
+            // a peer advertising its IPv6 endpoint first).
+            endpoint: Mutex::new(fallback::first_routable(&config.endpoints).or(config.endpoint)),
             map_endpoint: Mutex::new(config.endpoint),
             fallback: Fallback::new(config.endpoints.clone()),
             config,

@@ -26,7 +26,7 @@ impl Router {
             if let Some(age) = tunn.time_since_last_handshake() {
                 peer.handshake_at.store(now.saturating_sub(age.as_millis() as u64).max(1), Ordering::Relaxed);
             }
-            if let Some(next) = peer.fallback.due(now, peer.endpoint()) {
+            if let Some(next) = peer.fallback.due(now, peer.endpoint(), super::fallback::routable) {
                 tracing::info!(peer = %peer.config.name, from = ?peer.endpoint(), to = %next, "no answer: trying the peer's next endpoint");
                 *lock(&peer.endpoint) = Some(next);
                 if let TunnResult::WriteToNetwork(init) = tunn.format_handshake_initiation(buf, true) {
@@ -75,12 +75,25 @@ fn report_reachability(peer: &Peer, tunn: &Tunn, now: u64) {
     let down_since = peer.down_since.load(Ordering::Relaxed);
     if down_since == 0 {
         if let Some(age) = tunn.unanswered_handshake().filter(|age| *age >= UNANSWERED) {
-            tracing::warn!(
-                peer = %peer.config.name,
-                endpoint = ?peer.endpoint(),
-                "no answer to a handshake for 5 s: the peer is down or cannot be reached \
-                 (retrying every 5 s while there is traffic for it)"
-            );
+            // A peer whose endpoints are all of a family this host has no
+            // route to is not down: the two hosts share no address family
+            // (and weave has no relay). Said once per outage.
+            let candidates = peer.fallback.candidates();
+            if !candidates.is_empty() && !candidates.iter().any(|e| super::fallback::routable(*e)) {
+                tracing::warn!(
+                    peer = %peer.config.name,
+                    endpoints = ?candidates,
+                    "this host has no route to any of the peer's endpoints: hosts need an address family \
+                     (IPv4 or IPv6) in common, and weave has no relay"
+                );
+            } else {
+                tracing::warn!(
+                    peer = %peer.config.name,
+                    endpoint = ?peer.endpoint(),
+                    "no answer to a handshake for 5 s: the peer is down or cannot be reached \
+                     (retrying every 5 s while there is traffic for it)"
+                );
+            }
             peer.down_since.store(now.saturating_sub(age.as_millis() as u64).max(1), Ordering::Relaxed);
         }
         return;
