@@ -259,14 +259,15 @@ impl Attacher {
         // Named: by `--name`, or by the name its namespace was registered under.
         let (fresh_path, began) = self.record_early(&c, cni, c.name.is_some() || id.is_some(), &wanted);
         let previously = self.held(&c.key);
-        let allocated = match self.allocate_all(&c.key, c.name.as_deref().unwrap_or(""), id.is_some(), &wanted).await {
-            Ok(a) => a,
-            Err(e) => {
-                self.undo_early(named, fresh_path, &c.key, &began);
-                self.unexpose(&exposed).await;
-                return Err(e);
-            }
-        };
+        let allocated =
+            match self.allocate_recorded(&c.key, c.name.as_deref().unwrap_or(""), id.is_some(), &wanted).await {
+                Ok(a) => a,
+                Err(e) => {
+                    self.undo_early(named, fresh_path, &c.key, &began);
+                    self.unexpose(&exposed).await;
+                    return Err(e);
+                }
+            };
         let mut created: Vec<String> = Vec::new();
         let mut result = Vec::new();
         let mut used: Vec<String> = before.iter().map(|i| i.name.clone()).collect();

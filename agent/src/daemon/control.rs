@@ -192,11 +192,21 @@ where
     ended
 }
 
+/// The last save of the map failed: said once until one succeeds (with the
+/// data dir full it was said on every change, four lines for one attach).
+static MAP_UNSAVED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn save(state: &StateDir, maps: &watch::Sender<NetworkMap>, unsaved: &mut bool) {
-    if std::mem::take(unsaved)
-        && let Err(e) = state.save_map(&maps.borrow())
-    {
-        tracing::warn!(error = %e, "cannot save the network map");
+    if !std::mem::take(unsaved) {
+        return;
+    }
+    let failed = state.save_map(&maps.borrow()).err();
+    let was = MAP_UNSAVED.swap(failed.is_some(), std::sync::atomic::Ordering::Relaxed);
+    match failed {
+        Some(e) if !was => tracing::warn!(error = %e, "cannot save the network map (said again once it is saved)"),
+        Some(e) => tracing::debug!(error = %e, "cannot save the network map"),
+        None if was => tracing::info!("saved the network map again"),
+        None => {}
     }
 }
 

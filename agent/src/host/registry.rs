@@ -430,12 +430,17 @@ impl Registry {
     /// Replaces the file whole, durably (a crash or power loss leaves the
     /// old or the new one), readable by root only.
     fn write(&self, saved: &Saved) {
+        let _ = self.write_result(saved);
+    }
+
+    /// [`Registry::write`], saying how it went.
+    fn write_result(&self, saved: &Saved) -> std::io::Result<()> {
         let tmp = self.file.with_extension("tmp");
         let written = serde_json::to_vec(saved)
             .map_err(std::io::Error::other)
             .and_then(|b| super::state::replace_durably(&tmp, &self.file, &b));
         let was_unsaved = self.unsaved.swap(written.is_err(), std::sync::atomic::Ordering::Relaxed);
-        match written {
+        match &written {
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 if !was_unsaved {
@@ -449,6 +454,7 @@ impl Registry {
             Ok(()) if was_unsaved => tracing::info!(path = %self.file.display(), "saved the container names again"),
             Ok(()) => {}
         }
+        written
     }
 
     /// The DNS name of the container with IPAM key `key` was left out

@@ -3,7 +3,12 @@
 //! nameless `weavectl attach` cut short there held its address for good
 //! (found by a review, 2026-12-05): the CNI record and the namespace's path
 //! were written only once the attach had answered.
-use weave_proto::v1::Subnet;
+use std::net::Ipv4Addr;
+
+use weave_proto::{
+    local_api::{ErrorKind, Refusal},
+    v1::Subnet,
+};
 
 use super::{Attacher, Detached, container::Container};
 use crate::{
@@ -37,6 +42,27 @@ impl Attacher {
         }
         self.names.serve_dns(&c.key, Some(c.path.display().to_string()));
         (true, subnets)
+    }
+
+    /// What [`Attacher::record_early`] and the name wrote is on disk: an
+    /// attach allocates nothing a restarted agent would not know of. With
+    /// the data dir full or read-only an attach answered with its address,
+    /// and once the agent restarted that address and its DNS name were
+    /// held for good (found by a review, 2026-12-07).
+    /// Then [`Attacher::allocate_all`].
+    pub(super) async fn allocate_recorded(
+        &self,
+        key: &str,
+        dns: &str,
+        optional_name: bool,
+        wanted: &[(AddrSpec, Subnet)],
+    ) -> Result<Vec<(Subnet, Ipv4Addr, u8)>, Refusal> {
+        self.names.on_disk().map_err(|(kind, why)| {
+            let full = matches!(kind, std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded);
+            let kind = if full { ErrorKind::Exhausted } else { ErrorKind::Failed };
+            Refusal::new(kind, format!("{why}: nothing was allocated (an agent restarted now would not know of it)"))
+        })?;
+        self.allocate_all(key, dns, optional_name, wanted).await
     }
 
     /// An attach that failed: the name it remembered (`named`), the path it

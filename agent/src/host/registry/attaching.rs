@@ -36,6 +36,16 @@ impl Registry {
         }
     }
 
+    /// What is recorded is on disk, written again now if a write failed;
+    /// else why not (the error's kind, and a sentence naming the file).
+    pub fn on_disk(&self) -> Result<(), (std::io::ErrorKind, String)> {
+        if !self.unsaved.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let saved = self.saved();
+        self.write_result(&saved).map_err(|e| (e.kind(), format!("cannot record it in {}: {e}", self.file.display())))
+    }
+
     /// The attaches begun and not ended: IPAM key -> subnets.
     pub fn attaching(&self) -> Vec<(String, BTreeSet<String>)> {
         self.saved().attaching.iter().map(|(k, s)| (k.clone(), s.clone())).collect()
