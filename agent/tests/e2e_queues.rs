@@ -183,10 +183,11 @@ fn a_burst_waits_in_the_tun_queue_while_the_agent_is_stopped() {
     assert_eq!(txqlen, 4096, "the agent sets the TUN's transmit queue");
 
     let to = SocketAddr::from((bed.workloads[1].ip, 5301));
-    let receiver = in_netns(&bed.workloads[1].ns, move || {
-        let sock = UdpSocket::bind(to).unwrap();
-        // The receiving workload's own buffer is not what this test is about.
-        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20)).unwrap();
+    // Bound before anything is sent.
+    let sock = in_netns(&bed.workloads[1].ns, move || UdpSocket::bind(to).unwrap()).join().unwrap();
+    // The receiving workload's own buffer is not what this test is about.
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20)).unwrap();
+    let receiver = std::thread::spawn(move || {
         sock.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
         let mut buf = [0u8; 2048];
         let mut got = 0;
@@ -195,7 +196,6 @@ fn a_burst_waits_in_the_tun_queue_while_the_agent_is_stopped() {
         }
         got
     });
-    std::thread::sleep(Duration::from_millis(200)); // the receiver binds
     // Not Bed::signal_agent: that waits for the agent to exit.
     let agent = nix::unistd::Pid::from_raw(bed.hosts[0].agent.as_ref().unwrap().id() as i32);
     nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGSTOP).unwrap();

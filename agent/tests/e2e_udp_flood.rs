@@ -112,10 +112,12 @@ fn a_flood_of_forged_data_on_the_udp_port_does_not_hold_up_outgoing_traffic() {
     // Meanwhile workload 0 sends SENT datagrams, 5 ms apart, to workload 1.
     let to = SocketAddr::from((bed.workloads[1].ip, 9999));
     let sent_at = Arc::new(Mutex::new(vec![None::<Instant>; SENT as usize]));
+    // Bound before anything is sent (a bind in the receiving thread, while
+    // the flood kept both cores busy, could come after the first datagrams).
+    let s = in_netns(&bed.workloads[1].ns, move || UdpSocket::bind(to).unwrap()).join().unwrap();
     let receiver = {
         let sent_at = sent_at.clone();
-        in_netns(&bed.workloads[1].ns, move || {
-            let s = UdpSocket::bind(to).unwrap();
+        thread::spawn(move || {
             s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
             let deadline = Instant::now() + Duration::from_secs(20);
             let mut delays = Vec::new();
@@ -131,7 +133,6 @@ fn a_flood_of_forged_data_on_the_udp_port_does_not_hold_up_outgoing_traffic() {
             delays
         })
     };
-    thread::sleep(Duration::from_millis(300));
     let sender = {
         let sent_at = sent_at.clone();
         in_netns(&bed.workloads[0].ns, move || {

@@ -67,8 +67,11 @@ fn a_host_whose_address_changes_is_reached_again_within_10s_and_the_map_follows(
     assert!(!bed.log(3).contains("endpoints updated"), "the pinned agent announced endpoints");
     // Said, though: its pinned address is gone from the host (it went
     // without a word; a review, 2026-12-06).
-    let said = bed.log(3);
-    assert!(said.contains("a pinned endpoint is no longer an address of this host") && said.contains("192.0.2.14"));
+    wait_for("host 4 to say its pinned endpoint went", Duration::from_secs(10), || {
+        let said = bed.log(3);
+        (said.contains("a pinned endpoint is no longer an address of this host") && said.contains("192.0.2.14"))
+            .then_some(())
+    });
     // Host 4 speaks first from its new address: host 1 roams there.
     bed.wait_ping(w[3], w[0], Duration::from_secs(10));
     let to_h4 = |bed: &Bed| bed.status(0).unwrap().peers.into_iter().find(|p| p.name == "h4").unwrap().endpoint;
