@@ -279,3 +279,36 @@ async fn two_hosts_creating_one_network_at_once_both_succeed() {
         }
     }
 }
+
+/// An endpoint's address is not allocated while the plugin's record
+/// (docker.json) cannot be written: an address held under a key nothing
+/// on disk names stayed held for good once the agent restarted and the
+/// container went meanwhile (found by a review, 2026-12-07). Here the file
+/// cannot be replaced (a directory stands in its place, as a full or
+/// read-only data dir would refuse it); once it can, the same request
+/// goes through.
+#[tokio::test]
+async fn no_address_is_allocated_while_its_record_cannot_be_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_stop, live, pin, admin, credential, node_id) = coordinator_with_h1(dir.path()).await;
+    let (plugin, _maps) = plugin_of_h1(dir.path(), live, pin, &credential, node_id).await;
+    let call = |method: &'static str, body: Value| {
+        let plugin = plugin.clone();
+        async move { plugin.handle(method, body.to_string().as_bytes()).await }
+    };
+    call("/IpamDriver.RequestPool", json!({"AddressSpace": "weave", "Pool": "10.79.0.0/24"})).await.unwrap();
+    let file = dir.path().join(weave_agent::host::docker::FILE);
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let refused = call("/IpamDriver.RequestAddress", json!({"PoolID": "10.79.0.0/24"})).await.unwrap_err();
+    assert!(refused.message.contains("cannot record it in") && refused.message.contains("no address was allocated"));
+    let held = |mut admin: Api| async move {
+        let list = ListAllocationsRequest { subnet: "10.79.0.0/24".into(), ..Default::default() };
+        admin.ipam.list_allocations(list).await.unwrap().into_inner().allocations.len()
+    };
+    assert_eq!(held(admin.clone()).await, 0, "nothing allocated");
+    assert!(!dir.path().join("docker.tmp").exists(), "no temporary file left");
+    std::fs::remove_dir(&file).unwrap();
+    call("/IpamDriver.RequestAddress", json!({"PoolID": "10.79.0.0/24"})).await.unwrap();
+    assert_eq!(held(admin).await, 1);
+}

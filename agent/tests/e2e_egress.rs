@@ -609,3 +609,31 @@ fn a_refused_attach_to_an_egress_subnet_leaves_its_host_unexposed() {
     assert!(exposed(&bed).iter().any(|l| l.contains("10.48.0.")), "{:?}", exposed(&bed));
     assert!(default_route(&c).contains("via 10.48.0."), "{}", default_route(&c));
 }
+
+/// A host rebooted (its agent killed, its bridges gone, its data dir
+/// kept): the agent makes the bridges again with this host's exposed
+/// address on them in its first pass. It came back only when the
+/// exposures sweep found it missing twice, 5-10 s after the start, and an
+/// egress subnet's containers started meanwhile had no gateway (found by a
+/// review, 2026-12-07).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn an_exposed_address_is_on_its_bridge_again_as_soon_as_the_agent_restarts() {
+    let mut bed = Bed::with_hosts(1);
+    admin_ok(&bed, &["subnet", "add", "10.46.0.0/24", "--name", "out", "--egress"]);
+    let c1 = bed.add_container("c1");
+    bed.weavectl_attach(0, &c1, &["net:out", &format!("/run/netns/{c1}")]);
+    let host = bed.hosts[0].ns.clone();
+    let on_bridge = |host: &str| -> Option<String> {
+        let addrs = ok_in(host, &["ip", "-o", "-4", "addr", "show"]);
+        addrs.lines().find(|l| l.contains(" 10.46.0.")).map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+    };
+    let bridge = on_bridge(&host).expect("the host exposed on its bridge");
+    bed.signal_agent(0, nix::sys::signal::Signal::SIGKILL);
+    ok_in(&host, &["ip", "link", "del", &bridge]);
+    assert_eq!(on_bridge(&host), None);
+    bed.start_agent(0, false);
+    bed.wait_status(0);
+    // Well inside the sweeps' 5 s.
+    wait_for("the exposed address on the bridge made again", Duration::from_millis(2500), || on_bridge(&host));
+}

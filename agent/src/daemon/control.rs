@@ -22,6 +22,7 @@ use crate::{
     error::Error,
     host::{netlink::Netlink, state::StateDir},
     plan::{
+        kernel::bridge_name,
         netmap::{self, PeerConfig},
         reconcile::{self, Change, Desired, Observed},
     },
@@ -254,7 +255,7 @@ pub async fn reconcile_loop(
         // Every pass: a DHCP renewal or an interface coming up changes them
         // (read again only when something changed, `host/routes.rs`).
         let networks = crate::host::routes::lan(own_node);
-        let (desired, peers, behind_nat, held) = {
+        let (desired, peers, behind_nat, held, exposed) = {
             let map = maps.borrow_and_update();
             if map.segment_mtu != 0 && map.segment_mtu != segment_mtu && !std::mem::replace(&mut mtu_told, true) {
                 tracing::warn!(
@@ -280,7 +281,7 @@ pub async fn reconcile_loop(
             let depended_on = netmap::depended_on_in_member_subnets(&map, &networks);
             let desired =
                 Desired::from_map(&map, own_node, local, segment_mtu).without(&skipped).without_routes_to(&depended_on);
-            (desired, peers, behind_nat, netmap::held_by(&map, own_node))
+            (desired, peers, behind_nat, netmap::held_by(&map, own_node), reconcile::exposed_addresses(&map, own_node))
         };
         if peers_set.as_ref() != Some(&peers) {
             transport.set_peers(&peers);
@@ -302,6 +303,17 @@ pub async fn reconcile_loop(
         }
         applied = reconcile_once(&netlink, &desired, applied).await;
         let new_segments = desired.segments.keys().any(|vni| !made.contains(vni));
+        // This host's exposed address on a segment just made (every one at
+        // start): after a reboot the bridges came back without them, and an
+        // egress subnet's containers had no gateway until the exposures
+        // sweep put it back two sweeps later, 5-10 s (found by a review,
+        // 2026-12-07).
+        for (vni, ip) in exposed.iter().filter(|(vni, _)| !made.contains(*vni) && desired.segments.contains_key(*vni)) {
+            let (bridge, len) = (bridge_name(*vni), desired.subnets.get(vni).map_or(32, |n| n.prefix_len()));
+            if let Err(e) = netlink.set_address(&bridge, *ip, len, true).await {
+                tracing::warn!(bridge, %ip, error = %e, "cannot put this host's exposed address on its bridge");
+            }
+        }
         made = desired.segments.keys().copied().collect();
         // On full passes (incremental ones do not dump the kernel: a bridge
         // someone deleted is made again by a full pass anyway) and when a

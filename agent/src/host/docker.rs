@@ -194,14 +194,32 @@ impl DockerState {
     }
 
     fn write(&self, saved: &Saved) {
+        if let Err(e) = self.write_result(saved) {
+            tracing::warn!(path = %self.file.display(), error = %e, "cannot save the Docker networks");
+        }
+    }
+
+    /// Replaces the file whole, durably (a crash leaves the old or the new
+    /// one); a failed write leaves no temporary file behind.
+    fn write_result(&self, saved: &Saved) -> std::io::Result<()> {
         let tmp = self.file.with_extension("tmp");
         let written = serde_json::to_vec(saved)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, &self.file));
-        if let Err(e) = written {
-            tracing::warn!(path = %self.file.display(), error = %e, "cannot save the Docker networks");
+            .and_then(|b| super::state::replace_durably(&tmp, &self.file, &b));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
+        written
+    }
+
+    /// Whether the file can be written now (it is, whole): an endpoint's
+    /// address is not allocated where its record could not be saved. With
+    /// the data dir full, Docker got an address recorded nowhere, held for
+    /// good once the agent restarted and the container went meanwhile
+    /// (found by a review, 2026-12-07).
+    pub fn on_disk(&self) -> Result<(), (std::io::ErrorKind, String)> {
+        let saved = self.saved();
+        self.write_result(&saved).map_err(|e| (e.kind(), format!("cannot record it in {}: {e}", self.file.display())))
     }
 }
 

@@ -23,6 +23,12 @@ fn parse_on(s: &str, here: impl FnOnce() -> Vec<IpAddr>) -> Result<SocketAddr, S
     if let Ok(endpoint) = s.parse::<SocketAddr>() {
         return Ok(endpoint);
     }
+    // `[ipv6]` alone: an address without a port, written unambiguously.
+    if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']'))
+        && let Ok(ip) = inner.parse::<Ipv6Addr>()
+    {
+        return Ok(SocketAddr::new(ip.into(), 0));
+    }
     let ip = s.parse::<IpAddr>().map_err(|_| format!("{s}: not ip:port, [ipv6]:port or an address"))?;
     if let (IpAddr::V6(_), Some((head, port))) = (ip, s.rsplit_once(':'))
         && let (Ok(host), Ok(_)) = (head.parse::<Ipv6Addr>(), port.parse::<u16>())
@@ -30,7 +36,10 @@ fn parse_on(s: &str, here: impl FnOnce() -> Vec<IpAddr>) -> Result<SocketAddr, S
     {
         let here = here();
         if here.contains(&IpAddr::V6(host)) && !here.contains(&ip) {
-            return Err(format!("{s}: write an IPv6 address and its port in brackets, as [{head}]:{port}"));
+            return Err(format!(
+                "{s}: write an IPv6 address and its port in brackets, as [{head}]:{port} (or, if it is one \
+                 address, as [{s}])"
+            ));
         }
     }
     Ok(SocketAddr::new(ip, 0))
@@ -50,8 +59,12 @@ mod tests {
         let here = || vec!["2001:db8::15".parse().unwrap(), "192.0.2.15".parse().unwrap()];
         assert_eq!(
             parse_on("2001:db8::15:6784", here).unwrap_err(),
-            "2001:db8::15:6784: write an IPv6 address and its port in brackets, as [2001:db8::15]:6784"
+            "2001:db8::15:6784: write an IPv6 address and its port in brackets, as [2001:db8::15]:6784 (or, \
+             if it is one address, as [2001:db8::15:6784])"
         );
+        // That other reading, unambiguous.
+        assert_eq!(parse_on("[2001:db8::15:6784]", here), Ok("[2001:db8::15:6784]:0".parse().unwrap()));
+        assert!(parse_on("[192.0.2.15]", here).is_err(), "brackets are IPv6's");
         assert_eq!(parse_on("[2001:db8::15]:6784", here), Ok("[2001:db8::15]:6784".parse().unwrap()));
         assert_eq!(parse_on("2001:db8::15", here), Ok("[2001:db8::15]:0".parse().unwrap()), "an address alone");
         // Not this host's: an address alone (a NAT's, forwarded here).

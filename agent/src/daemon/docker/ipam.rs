@@ -137,6 +137,9 @@ impl Plugin {
     async fn request_address(&self, req: &RequestAddress) -> Result<Value, Refused> {
         let cidr = wire::pool_cidr(&req.pool_id).map_err(Refused::bad)?.to_string();
         let wanted = wire::wanted_address(&req.address).map_err(Refused::bad)?;
+        // Its record (the endpoint's, in docker.json) must be savable: an
+        // address held under a key nothing on disk names is held for good.
+        self.state.on_disk().map_err(|(_, why)| Refused::bad(format!("{why}: no address was allocated")))?;
         let key = if req.is_gateway() {
             GATEWAY_KEY.to_string()
         } else {

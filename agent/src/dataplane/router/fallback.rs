@@ -105,8 +105,13 @@ impl Fallback {
     }
 }
 
-/// The first of `candidates` this host has a route to, else the first.
+/// The first of `candidates` this host has a route to, else the first (no
+/// route lookup for a peer with one endpoint: most of them, and this runs
+/// under the peer table's write lock).
 pub(super) fn first_routable(candidates: &[SocketAddr]) -> Option<SocketAddr> {
+    if candidates.len() < 2 {
+        return candidates.first().copied();
+    }
     candidates.iter().copied().find(|e| routable(*e)).or_else(|| candidates.first().copied())
 }
 
