@@ -1,8 +1,8 @@
 //! The store's clock is the database server's: a coordinator whose own
 //! clock is off writes and compares the store's times (node presence,
 //! forget-after, holds, tokens) as the others do (PostgreSQL); with SQLite
-//! the store's clock is the host's. Alone in its binary: it moves the
-//! process's clock (`LOCAL_SKEW_SECS`) under any test beside it.
+//! the store's clock is the host's. Alone in its binary, its tests one at
+//! a time: they move the process's clock (`LOCAL_SKEW_SECS`).
 mod common;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -10,12 +10,16 @@ use std::sync::atomic::Ordering::Relaxed;
 use common::{TestCoordinator, postgres};
 use weave_coordinator::store::{LOCAL_SKEW_SECS, now};
 
+/// Held by each test for its length: both move the process's clock.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn real_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_whose_clock_is_off_keeps_the_stores_time() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let c = TestCoordinator::start().await;
     let (node, _api) = c.join("n1", 1).await;
     let store = c.running.store.clone();
@@ -42,4 +46,47 @@ async fn a_coordinator_whose_clock_is_off_keeps_the_stores_time() {
     LOCAL_SKEW_SECS.store(0, Relaxed);
     store.sync_clock().await.unwrap();
     assert!((now() - real_now()).abs() <= 2);
+}
+
+/// The store's clock jumps forward while nodes watch (NTP stepping it, a VM
+/// resumed): no node that watches is forgotten. Their last refresh looked
+/// minutes old, and once a watch opened in the next 5 s (so that not every
+/// node looked gone, which pauses forgetting) every node of a shorter
+/// `--forget-after` was forgotten and its agent told to leave (found by a
+/// review, 2026-12-07). With PostgreSQL the store's clock is the server's,
+/// which this host's skew does not move: nothing jumps there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_jumping_forward_forgets_no_node_that_watches() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    use std::time::Duration;
+    use tonic::Streaming;
+    use weave_proto::v1::{CreateTokenRequest, ListNodesRequest, WatchEvent, WatchRequest};
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.forget_after_floor = "10s".into()).await;
+    let mut admin = c.admin().await;
+    let made = CreateTokenRequest { forget_after_seconds: 10, ..Default::default() };
+    let token = admin.tokens.create_token(made).await.unwrap().into_inner().secret_token;
+    let watching = |name: &'static str, key: u8| {
+        let (c, token, mut admin) = (&c, token.clone(), admin.clone());
+        async move {
+            let joined = admin.join.join(common::join_request(&token, name, key)).await.unwrap().into_inner();
+            let mut api = c.api_with(&joined.credential).await;
+            let mut watch: Streaming<WatchEvent> = api.map.watch(WatchRequest::default()).await.unwrap().into_inner();
+            watch.message().await.unwrap().expect("a snapshot");
+            watch
+        }
+    };
+    let _a = watching("a", 1).await;
+    let _b = watching("b", 2).await;
+    // Past a check, so that the next one measures the jump from it.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    LOCAL_SKEW_SECS.store(600, Relaxed);
+    // A watch opens right after the jump (an agent reconnecting).
+    let _late = watching("late", 3).await;
+    // Past the 10 s forget-after counted from the check that saw the jump
+    // (up to 5 s after it), and the check after (5 s apart).
+    tokio::time::sleep(Duration::from_secs(22)).await;
+    let nodes = admin.nodes.list_nodes(ListNodesRequest {}).await.unwrap().into_inner().nodes;
+    LOCAL_SKEW_SECS.store(0, Relaxed);
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "late"], "nodes watching the whole time were forgotten");
 }

@@ -20,6 +20,8 @@ enum Event {
     /// The coordinator stopped serving: every watch it still counts open
     /// ended; say so once written.
     Stopped(tokio::sync::oneshot::Sender<()>),
+    /// Every node still watching is seen now (the store's clock jumped).
+    Refresh,
 }
 
 impl Presence {
@@ -32,6 +34,12 @@ impl Presence {
     /// Node `node`'s watch opened (`true`) or ended (`false`).
     pub fn watch(&self, node: u64, open: bool) {
         let _ = self.0.send(Event::Watch(node, open));
+    }
+
+    /// Records every node watching here as seen now, at once (not at the
+    /// next refresh, up to a minute away).
+    pub fn refresh(&self) {
+        let _ = self.0.send(Event::Refresh);
     }
 
     /// The coordinator stopped serving: records every watch still counted
@@ -69,6 +77,11 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Event>) {
                             next = rx.try_recv().ok();
                             continue;
                         }
+                        Event::Refresh => {
+                            changed.extend(open.keys().map(|n| (*n, true)));
+                            next = rx.try_recv().ok();
+                            continue;
+                        }
                     };
                     let count = open.entry(node).or_default();
                     let before = *count > 0;
@@ -103,6 +116,11 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Event>) {
 /// How often a coordinator looks for nodes to forget (`--forget-after`).
 pub const FORGET_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How far the store's clock may run ahead of the monotonic clock between
+/// two checks before it counts as a jump (seconds): more than a check's
+/// slack and the database clock's re-measurement (`store/clock.rs`).
+const CLOCK_JUMP_SECS: i64 = 10;
+
 /// Every [`FORGET_CHECK`] until the coordinator stops: sets
 /// `weave_connected_nodes` from the store, and forgets the nodes
 /// that held no map watch for their token's `--forget-after`
@@ -118,6 +136,8 @@ pub async fn forget_unseen(state: super::Shared) {
     // no warning for it, only for one that follows watches.
     let mut since = state.started_at;
     let mut cut_off = true;
+    // The last check's time on the store's clock and on the monotonic one.
+    let mut last: Option<(i64, std::time::Instant)> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -131,6 +151,25 @@ pub async fn forget_unseen(state: super::Shared) {
             tracing::debug!(error = %e, "cannot read the database server's clock now");
         }
         let now = crate::store::now();
+        // A clock that jumped forward (NTP stepping it, a VM resumed or
+        // migrated, the database server's clock set) is no time out of
+        // touch: every watching node's last refresh looked minutes old, and
+        // once any watch opened in the next 5 s (so that not every node
+        // looked gone, which pauses this) every node of a shorter
+        // --forget-after was forgotten, its agent told to leave (found by a
+        // review, 2026-12-07). Time out of touch counts from the jump, and
+        // the nodes watching here are recorded as seen now.
+        let jumped = last.map_or(0, |(was, at)| now - was - at.elapsed().as_secs() as i64);
+        last = Some((now, std::time::Instant::now()));
+        if jumped > CLOCK_JUMP_SECS {
+            tracing::warn!(
+                jumped_seconds = jumped,
+                "the store's clock jumped forward: nodes' time out of touch (--forget-after) counts from now"
+            );
+            (since, cut_off) = (now, true);
+            state.presence.refresh();
+            continue;
+        }
         // The store's view for `WeaveNodesNotWatching`, every check.
         if let Ok(n) = state.store.connected_nodes(now).await {
             metrics::gauge!("weave_connected_nodes").set(n as f64);
