@@ -27,6 +27,7 @@ pub use {boringtun::noise::DATAGRAM_LEAD, weave_aead::LEAD};
 use super::PeerStatus;
 use crate::plan::netmap::PeerConfig;
 
+mod clock_back;
 mod fallback;
 pub mod rejected;
 mod settings;
@@ -83,6 +84,9 @@ struct Peer {
     /// When the handshake attempt that was reported unanswered began (ms on
     /// the router's clock, 0: none reported): one warning per outage.
     down_since: AtomicU64,
+    /// When this host last answered a stale initiation of the peer's with
+    /// one of its own (ms on the router's clock, 0: never; `clock_back.rs`).
+    stale_answered_at: AtomicU64,
 }
 
 impl Peer {
@@ -247,6 +251,7 @@ impl Router {
             last_keepalive: AtomicU64::new(self.now_ms()),
             handshake_at: AtomicU64::new(0),
             down_since: AtomicU64::new(0),
+            stale_answered_at: AtomicU64::new(0),
         }
     }
 
@@ -322,6 +327,7 @@ impl Router {
         // reply (its key is derived from the public key) or replay an old
         // message, so neither may move the endpoint.
         let mut authenticated = false;
+        let initiation = init.is_some();
         let result = match init {
             Some(init) => tunn.handle_verified_packet(Packet::HandshakeInit(init), &mut out[LEAD..]),
             None => tunn.decapsulate_led(Some(src.ip()), led, out),
@@ -336,6 +342,10 @@ impl Router {
                     flush_queued(&mut tunn, src, &mut out[LEAD..], sink);
                 }
                 None
+            }
+            TunnResult::Err(WireGuardError::WrongTai64nTimestamp) if initiation => {
+                self.answer_stale_initiation(peer, &mut tunn, &mut out[LEAD..], sink);
+                return self.rejected.drop(Reason::Failed);
             }
             TunnResult::Err(_) => return self.rejected.drop(Reason::Failed),
             TunnResult::WriteToNetwork(reply) => {

@@ -2,7 +2,7 @@ use std::cell::RefCell;
 
 use super::*;
 
-/// Where a peer is: which packets move its endpoint, and what queues meanwhile.
+mod clock_back;
 mod roaming;
 mod status;
 mod vxlan;
