@@ -202,14 +202,17 @@ impl Drop for Counted {
     }
 }
 
-/// When the last refusal and the last eviction were logged (seconds since
-/// the epoch): at most one warning of each in 10 s.
+/// When the last refusal and the last eviction were logged (seconds on a
+/// monotonic clock, 10 at the first call; 0: never): at most one
+/// warning of each in 10 s. On the wall clock, a clock set back by an hour
+/// silenced them for that hour (found by a review, 2026-12-07).
 static REFUSED_LOGGED: AtomicU64 = AtomicU64::new(0);
 static EVICTED_LOGGED: AtomicU64 = AtomicU64::new(0);
 static UNAUTHENTICATED_LOGGED: AtomicU64 = AtomicU64::new(0);
 
 fn every_10s(last: &AtomicU64) -> bool {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let now = START.get_or_init(std::time::Instant::now).elapsed().as_secs() + 10;
     let before = last.load(Ordering::Relaxed);
     now >= before + 10 && last.compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
 }
@@ -347,6 +350,13 @@ impl AsyncWrite for Counted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_warning_is_logged_at_once_then_not_again_within_10_s() {
+        let last = AtomicU64::new(0);
+        assert!(every_10s(&last), "the first");
+        assert!(!every_10s(&last), "not again at once");
+    }
 
     #[test]
     fn the_limits_follow_the_per_source_setting() {
