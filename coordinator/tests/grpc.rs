@@ -225,6 +225,18 @@ async fn join_accepts_valid_tokens_and_refuses_the_rest() {
         r.public_key = low;
         assert_status(admin.join.join(r).await, Code::InvalidArgument, "low-order point");
     }
+    // Another spelling of a key (X25519 ignores the top bit and reads u mod
+    // 2^255-19): a second node under another's key got in so (a review,
+    // 2026-12-07). p itself and the top bit of a real key are refused.
+    let mut top = common::node_key(9).1.to_vec();
+    top[31] |= 0x80;
+    let mut p = vec![0xffu8; 32];
+    (p[0], p[31]) = (0xed, 0x7f);
+    for other in [top, p] {
+        let mut r = join_request(&c.token(), "h6", 6);
+        r.public_key = other;
+        assert_status(admin.join.join(r).await, Code::InvalidArgument, "not in its canonical form");
+    }
     let mut r = join_request(&c.token(), "h6", 6);
     r.endpoints = vec!["nowhere".into()];
     assert_status(admin.join.join(r).await, Code::InvalidArgument, "not ip:port");

@@ -50,6 +50,19 @@ const MAX_ENDPOINT_LEN: usize = 64;
 /// WireGuard refuses such keys. x25519 clamps every secret to a multiple of
 /// the cofactor, so one fixed secret tells them all.
 pub(super) fn check_key(key: &WgPublicKey) -> Result<(), Error> {
+    // One value, one form: X25519 ignores the top bit and reads u mod
+    // 2^255-19, so another spelling of a node's key passed the check that
+    // no two nodes hold one key, and a member added a node under another's
+    // key (it could not finish a handshake, but "one key, one node" no
+    // longer held; found by a review, 2026-12-07). Keys made by X25519 are
+    // always in this form.
+    if !canonical(key.as_bytes()) {
+        return Err(Error::InvalidArgument(
+            "the WireGuard public key is not in its canonical form (its top bit set, or not below 2^255-19): \
+             make a new key"
+                .into(),
+        ));
+    }
     let probe = x25519_dalek::StaticSecret::from([0x5a; 32]);
     if probe.diffie_hellman(&x25519_dalek::PublicKey::from(*key.as_bytes())).was_contributory() {
         Ok(())
@@ -58,6 +71,15 @@ pub(super) fn check_key(key: &WgPublicKey) -> Result<(), Error> {
             "the WireGuard public key is a low-order point (anyone could pose as its node): make a new key".into(),
         ))
     }
+}
+
+/// Whether `u` (little-endian) is below 2^255-19, its top bit clear.
+fn canonical(u: &[u8; 32]) -> bool {
+    // p = 2^255-19: 0xed, then 30 bytes of 0xff, then 0x7f.
+    let mut p = [0xffu8; 32];
+    (p[0], p[31]) = (0xed, 0x7f);
+    // Compared from the most significant byte.
+    u.iter().rev().lt(p.iter().rev())
 }
 
 /// Whether peers could reach a node at `ip`: loopback and link-local would
