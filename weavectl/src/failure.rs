@@ -105,6 +105,18 @@ impl fmt::Display for Failure {
     }
 }
 
+/// A request the coordinator answered without an option it does not know
+/// (`flag`: an older coordinator drops fields it has no place for), the
+/// change taken back (`undone`: how, if that worked).
+pub(crate) fn older_coordinator(what: impl Into<String>, flag: &str, undone: Option<&str>) -> Failure {
+    let back = undone.unwrap_or("taking it back failed: look, and undo it by hand");
+    Failure::new(
+        Exit::Other,
+        what,
+        format!("the coordinator does not know {flag}: it is older than this weavectl (upgrade it); {back}"),
+    )
+}
+
 /// `Result` for everything a command does.
 pub(crate) type Outcome<T = ()> = Result<T, Failure>;
 

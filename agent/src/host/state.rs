@@ -35,6 +35,12 @@ const REMOVED: &str = "removed";
 /// join with); `agent join` joins again as a new node, and removes it.
 const FORGOTTEN: &str = "forgotten";
 
+/// Whether `why` (the coordinator's word) says the node was forgotten
+/// (`--forget-after`), not removed.
+fn was_forgotten(why: &str) -> bool {
+    why.starts_with("node '") && why.contains("' was forgotten")
+}
+
 /// The node's WireGuard key pair. The private half is never sent anywhere.
 #[derive(Clone)]
 pub struct NodeKey(StaticSecret);
@@ -170,10 +176,14 @@ impl StateDir {
         let json = serde_json::to_vec_pretty(identity).map_err(|e| Error::State(e.to_string()))?;
         self.write(IDENTITY, &json)?;
         self.save_map(map)?;
-        match fs::remove_file(self.dir.join(FORGOTTEN)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.io(FORGOTTEN, e)),
-            _ => Ok(()),
+        let old = fs::read_to_string(self.dir.join(REMOVED)).ok().filter(|why| was_forgotten(why)).map(|_| REMOVED);
+        for name in std::iter::once(FORGOTTEN).chain(old) {
+            match fs::remove_file(self.dir.join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(self.io(name, e)),
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     /// Rewrites the saved identity alone (the coordinator's addresses changed).
@@ -206,13 +216,18 @@ impl StateDir {
 
     /// Why this host's membership ended, if it did (see [`Self::forget_membership`]).
     pub fn removed(&self) -> Option<String> {
-        fs::read_to_string(self.dir.join(REMOVED)).ok()
+        fs::read_to_string(self.dir.join(REMOVED)).ok().filter(|why| !was_forgotten(why))
     }
 
     /// Why the coordinator forgot this node, if it did and the host has not
-    /// joined since.
+    /// joined since: in `forgotten`, or in `removed` as agents before
+    /// 2026-12-05 wrote it (they had no `forgotten`: upgraded, such a host
+    /// refused to join again until `agent reset`; found by a review of
+    /// upgrades, 2026-12-07).
     pub fn forgotten(&self) -> Option<String> {
-        fs::read_to_string(self.dir.join(FORGOTTEN)).ok()
+        fs::read_to_string(self.dir.join(FORGOTTEN))
+            .ok()
+            .or_else(|| fs::read_to_string(self.dir.join(REMOVED)).ok().filter(|why| was_forgotten(why)))
     }
 
     pub fn save_map(&self, map: &NetworkMap) -> Result<(), Error> {

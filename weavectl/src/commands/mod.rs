@@ -5,6 +5,8 @@ mod dns;
 mod ipam;
 mod local;
 mod nodes;
+#[cfg(test)]
+mod older;
 mod status;
 mod subnets;
 mod tokens;

@@ -9,7 +9,7 @@ use weave_proto::{
 use super::{Output, or_dash};
 use crate::{
     cli::{OnOff, SubnetCommand},
-    failure::{Doing, Failure, Outcome},
+    failure::{Doing, Failure, Outcome, older_coordinator},
     table::Table,
 };
 
@@ -43,6 +43,13 @@ pub(super) async fn run(api: &mut Api, out: &Output, command: SubnetCommand) -> 
             let net = parse_subnet(&cidr).map_err(|e| Failure::usage(format!("adding subnet {cidr}"), e))?;
             let req = AddSubnetRequest { cidr: net.to_string(), name: name.unwrap_or_default(), egress };
             let s = api.subnets.add_subnet(req).await.doing(format!("adding subnet {net}"))?;
+            // An older coordinator made it without egress, without a word
+            // (found by a review of upgrades, 2026-12-07): taken back.
+            if egress && !s.egress {
+                let rm = RemoveSubnetRequest { subnet: s.cidr.clone(), force: false };
+                let undone = api.subnets.remove_subnet(rm).await.ok().map(|_| "the subnet was removed again");
+                return Err(older_coordinator(format!("adding subnet {net}"), "--egress", undone));
+            }
             let label = if s.name.is_empty() { String::new() } else { format!(" ({})", s.name) };
             let egress = if s.egress { ", egress" } else { "" };
             out.done(&format!("added subnet {}{label}, vni {}{egress}", s.cidr, s.vni), || subnet_json(&s));

@@ -8,7 +8,7 @@ use weave_proto::{
 use super::{Output, now, or_dash, relative, told};
 use crate::{
     cli::{TokenCommand, Uses},
-    failure::{Doing, Failure, Outcome},
+    failure::{Doing, Failure, Outcome, older_coordinator},
     table::Table,
 };
 
@@ -57,6 +57,13 @@ pub(super) async fn run(api: &mut Api, out: &Output, c: Checked) -> Outcome {
             };
             let resp = api.tokens.create_token(req).await.doing("creating a join token")?;
             let token = resp.token.unwrap_or_default();
+            // An older coordinator made one whose nodes are never forgotten
+            // (found by a review of upgrades, 2026-12-07): revoked.
+            if c.forget_after > 0 && token.forget_after_seconds != c.forget_after {
+                let revoke = RevokeTokenRequest { id: token.id.clone() };
+                let undone = api.tokens.revoke_token(revoke).await.ok().map(|_| "the token was revoked");
+                return Err(older_coordinator("creating a join token", "--forget-after", undone));
+            }
             if out.json {
                 let mut v = token_json(&token);
                 v["secret_token"] = json!(resp.secret_token);

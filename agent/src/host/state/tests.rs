@@ -132,6 +132,14 @@ fn the_key_is_saved_alone_before_a_join_and_survives_forgetting() {
     dir.save_join(&key, &identity(), &NetworkMap::default()).unwrap();
     assert_eq!(dir.forgotten(), None);
     assert!(dir.is_joined());
+    // Agents before 2026-12-05 wrote a forgetting as a removal: it is read
+    // as what it was, and the next join clears it.
+    let old = "node 'h1' was forgotten: it held no map watch for longer than its token's --forget-after";
+    fs::write(dir.path().join(REMOVED), old).unwrap();
+    assert_eq!((dir.removed(), dir.forgotten().as_deref()), (None, Some(old)));
+    dir.save_join(&key, &identity(), &NetworkMap::default()).unwrap();
+    assert_eq!((dir.removed(), dir.forgotten()), (None, None));
+    assert!(!dir.path().join(REMOVED).exists());
 }
 
 /// An unreadable identity that cannot be set aside is an error naming
