@@ -89,4 +89,18 @@ async fn a_clock_jumping_forward_forgets_no_node_that_watches() {
     LOCAL_SKEW_SECS.store(0, Relaxed);
     let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["a", "b", "late"], "nodes watching the whole time were forgotten");
+    // The clock back where it was: a node that never watches is forgotten
+    // again in its time (the jump's start, ten minutes ahead now, paused
+    // forgetting for those ten minutes).
+    let joined = admin.join.join(common::join_request(&token, "gone", 4)).await.unwrap().into_inner();
+    let gone = joined.node.unwrap().id;
+    let started = std::time::Instant::now();
+    loop {
+        let nodes = admin.nodes.list_nodes(ListNodesRequest {}).await.unwrap().into_inner().nodes;
+        if nodes.iter().all(|n| n.id != gone) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(40), "a node that never watched was kept");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

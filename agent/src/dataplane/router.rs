@@ -87,6 +87,7 @@ struct Peer {
     /// When this host last answered a stale initiation of the peer's with
     /// one of its own (ms on the router's clock, 0: never; `clock_back.rs`).
     stale_answered_at: AtomicU64,
+    stale_answered: clock_back::Answered,
 }
 
 impl Peer {
@@ -252,6 +253,7 @@ impl Router {
             handshake_at: AtomicU64::new(0),
             down_since: AtomicU64::new(0),
             stale_answered_at: AtomicU64::new(0),
+            stale_answered: Default::default(),
         }
     }
 
@@ -344,7 +346,7 @@ impl Router {
                 None
             }
             TunnResult::Err(WireGuardError::WrongTai64nTimestamp) if initiation => {
-                self.answer_stale_initiation(peer, &mut tunn, &mut out[LEAD..], sink);
+                self.answer_stale_initiation(peer, datagram, &mut tunn, &mut out[LEAD..], sink);
                 return self.rejected.drop(Reason::Failed);
             }
             TunnResult::Err(_) => return self.rejected.drop(Reason::Failed),

@@ -159,6 +159,10 @@ pub async fn forget_unseen(state: super::Shared) {
         // --forget-after was forgotten, its agent told to leave (found by a
         // review, 2026-12-07). Time out of touch counts from the jump, and
         // the nodes watching here are recorded as seen now.
+        // And one that went back (the database server's clock measured again
+        // after a jump of this host's) leaves no start in the future, which
+        // would pause forgetting for as long (found by a review, 2026-12-07).
+        since = since.min(now);
         let jumped = last.map_or(0, |(was, at)| now - was - at.elapsed().as_secs() as i64);
         last = Some((now, std::time::Instant::now()));
         if jumped > CLOCK_JUMP_SECS {

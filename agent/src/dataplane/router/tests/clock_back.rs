@@ -43,4 +43,11 @@ fn a_stale_initiation_is_answered_with_a_handshake_from_this_side() {
     b.send(&packet);
     deliver(&b, &a, b.endpoint);
     assert_eq!(a.wire.tun.borrow().last(), Some(&packet));
+    // Nor once the 5 s passed (as if never answered), the handshake done:
+    // each initiation is answered once, so a replayed one does not start a
+    // handshake every 5 s.
+    b.router.table().by_key[&a.public].stale_answered_at.store(0, std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    b.receive(elsewhere, &stale);
+    assert!(b.wire.net.borrow().is_empty(), "the same initiation answered again");
 }
