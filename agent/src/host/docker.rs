@@ -200,16 +200,12 @@ impl DockerState {
     }
 
     /// Replaces the file whole, durably (a crash leaves the old or the new
-    /// one); a failed write leaves no temporary file behind.
+    /// one); a failed write leaves no temporary file behind (`replace_durably`).
     fn write_result(&self, saved: &Saved) -> std::io::Result<()> {
         let tmp = self.file.with_extension("tmp");
-        let written = serde_json::to_vec(saved)
+        serde_json::to_vec(saved)
             .map_err(std::io::Error::other)
-            .and_then(|b| super::state::replace_durably(&tmp, &self.file, &b));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
+            .and_then(|b| super::state::replace_durably(&tmp, &self.file, &b))
     }
 
     /// Whether the file can be written now (it is, whole): an endpoint's

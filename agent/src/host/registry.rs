@@ -441,8 +441,8 @@ impl Registry {
             .and_then(|b| super::state::replace_durably(&tmp, &self.file, &b));
         let was_unsaved = self.unsaved.swap(written.is_err(), std::sync::atomic::Ordering::Relaxed);
         match &written {
+            // (`replace_durably` took its temporary file with it.)
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
                 if !was_unsaved {
                     tracing::error!(
                         path = %self.file.display(), error = %e,
@@ -481,10 +481,7 @@ impl Registry {
     /// detached container's DNS and forgot an attached one's name (found by
     /// a review, 2026-12-06).
     pub fn save_if_unsaved(&self) {
-        if self.unsaved.load(std::sync::atomic::Ordering::Relaxed) {
-            let saved = self.saved();
-            self.write(&saved);
-        }
+        let _ = self.on_disk();
     }
 }
 
