@@ -202,10 +202,7 @@ impl DockerState {
     /// Replaces the file whole, durably (a crash leaves the old or the new
     /// one); a failed write leaves no temporary file behind (`replace_durably`).
     fn write_result(&self, saved: &Saved) -> std::io::Result<()> {
-        let tmp = self.file.with_extension("tmp");
-        serde_json::to_vec(saved)
-            .map_err(std::io::Error::other)
-            .and_then(|b| super::state::replace_durably(&tmp, &self.file, &b))
+        super::state::save_json(&self.file, saved)
     }
 
     /// Whether the file can be written now (it is, whole): an endpoint's
@@ -215,7 +212,7 @@ impl DockerState {
     /// (found by a review, 2026-12-07).
     pub fn on_disk(&self) -> Result<(), (std::io::ErrorKind, String)> {
         let saved = self.saved();
-        self.write_result(&saved).map_err(|e| (e.kind(), format!("cannot record it in {}: {e}", self.file.display())))
+        self.write_result(&saved).map_err(|e| super::state::not_recorded(&self.file, &e))
     }
 }
 

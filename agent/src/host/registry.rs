@@ -435,10 +435,7 @@ impl Registry {
 
     /// [`Registry::write`], saying how it went.
     fn write_result(&self, saved: &Saved) -> std::io::Result<()> {
-        let tmp = self.file.with_extension("tmp");
-        let written = serde_json::to_vec(saved)
-            .map_err(std::io::Error::other)
-            .and_then(|b| super::state::replace_durably(&tmp, &self.file, &b));
+        let written = super::state::save_json(&self.file, saved);
         let was_unsaved = self.unsaved.swap(written.is_err(), std::sync::atomic::Ordering::Relaxed);
         match &written {
             // (`replace_durably` took its temporary file with it.)

@@ -457,6 +457,18 @@ pub fn replace_durably(tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result
     }
 }
 
+/// Writes `value` as JSON over `file` (through `<file>.tmp`), durably.
+pub fn save_json<T: Serialize>(file: &Path, value: &T) -> std::io::Result<()> {
+    let tmp = file.with_extension("tmp");
+    serde_json::to_vec(value).map_err(std::io::Error::other).and_then(|b| replace_durably(&tmp, file, &b))
+}
+
+/// Why a record could not be kept in `file`: the error's kind, and the
+/// sentence an attach or Docker request is refused with.
+pub fn not_recorded(file: &Path, e: &std::io::Error) -> (std::io::ErrorKind, String) {
+    (e.kind(), format!("cannot record it in {}: {e}", file.display()))
+}
+
 /// The saved key is lost (`why`), and with it this host's node: the way
 /// on, said (it stopped with the reason alone; found by a review, 2026-12-06).
 fn lost_key(why: &str) -> Error {

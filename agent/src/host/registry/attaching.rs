@@ -43,7 +43,7 @@ impl Registry {
             return Ok(());
         }
         let saved = self.saved();
-        self.write_result(&saved).map_err(|e| (e.kind(), format!("cannot record it in {}: {e}", self.file.display())))
+        self.write_result(&saved).map_err(|e| super::super::state::not_recorded(&self.file, &e))
     }
 
     /// The attaches begun and not ended: IPAM key -> subnets.
