@@ -289,6 +289,23 @@ fn an_egress_subnet_leaves_through_its_own_host_and_nothing_else_does() {
     // Nor through a Service of its host whose pod is on the egress subnet
     // on another host (the DNAT passes; no SNAT makes c2 one of the subnet's).
     assert_eq!(seen_at(&c2, "10.96.0.10:80".parse().unwrap()), None, "c2 reached c4 through a service");
+    // Nor through a DNAT of its host to the underlay (a Service whose
+    // backend is outside weave, a metadata proxy; the host masquerades what
+    // leaves it) or to the host's own underlay address (the API server's
+    // Service): DNATed packets passed every rule whichever way they went
+    // (found by a review, 2026-12-07). c1, of the egress subnet, is the control.
+    for rule in [
+        format!("add rule ip kp pre ip daddr 10.96.0.11 tcp dport 80 dnat to {SERVER}:8080"),
+        format!("add rule ip kp pre ip daddr 10.96.0.12 tcp dport 80 dnat to {h0}:6999"),
+        "add rule ip kp post ip saddr 10.45.0.0/24 oifname \"eth0\" masquerade".to_string(),
+    ] {
+        ok_in(&node, &["nft", &rule]);
+    }
+    let (to_server, to_host) = ("10.96.0.11:80".parse().unwrap(), "10.96.0.12".parse().unwrap());
+    assert_eq!(seen_at(&c1, to_server).as_deref(), Some(h0.as_str()), "the control: c1 through the DNAT");
+    assert!(answered(&c1, to_host, 80), "the control: c1 to its host through the DNAT");
+    assert_eq!(seen_at(&c2, to_server), None, "c2 reached the underlay through its host's DNAT");
+    assert!(!answered(&c2, to_host, 80), "c2 reached its host's underlay address through a DNAT");
 
     // Through its gateway, the egress subnet reaches no other subnet (c2
     // on this host, c3 on the other), and the other subnet none of it.

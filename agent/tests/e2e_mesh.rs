@@ -44,6 +44,15 @@ fn three_hosts_workloads_ping_each_other() {
         assert!(allocate(c, "10.2.9.0/30").status.success());
     }
     refused(allocate("f3", "10.2.9.0/30"), 7, "no free address");
+    // Keys of weave's own: `host:<this node>` exposed the host (or printed
+    // its exposed address for a veth to take), `cni:<id>` gave a pod's
+    // address; refused, exit 2, nothing taken (found by a review, 2026-12-07).
+    let held = bed.allocations();
+    let own = format!("host:{}", bed.hosts[2].name);
+    for key in [own.as_str(), "cni:abc", "netns:4026532999", "docker:ab12", "docker-gateway"] {
+        refused(allocate(key, "default"), 2, "a key weave's own attaches use");
+    }
+    assert_eq!(bed.allocations(), held, "a reserved key took an address");
     // An IPv6 subnet is the API's alone: refused before an address is taken
     // (each call took one, answered "saved state", exit 1, and kept it: a
     // /126 was full after three), and no host builds it a segment (a bridge

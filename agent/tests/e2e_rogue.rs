@@ -95,6 +95,56 @@ fn a_port_published_on_loopback_is_closed_to_members_and_workloads() {
     assert_eq!(syns(&w), control, "a member reached the port published on its peer's 127.0.0.1");
 }
 
+/// SYNs to `port` that host `ns` let through its `hook` (counted by a chain
+/// after weave's, which sees only what weave's accepted).
+fn passed(ns: &str, hook: &str, port: u16) -> u64 {
+    let rules = ok_in(ns, &["nft", "list", "chain", "ip", "passed", &format!("{hook}{port}")]);
+    let at = rules.find("packets ").unwrap_or_else(|| panic!("a counter in {rules}")) + "packets ".len();
+    rules[at..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// A host whose own rules DNAT an address (a cluster IP of kube-proxy's, a
+/// metadata proxy's) to its underlay address or onward to the underlay: a
+/// member sending to that address through the tunnel reached both, past
+/// every rule that keeps the tunnel to the host's exposed addresses and
+/// its segments (the rules judged a DNATed packet by its status alone;
+/// found by a review, 2026-12-07). The control: a port mapping on the
+/// host's node address to the same underlay port.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_member_cannot_use_its_peers_dnat_to_reach_the_host_or_the_underlay() {
+    let mut bed = Bed::with_hosts(2);
+    let (h2, node2, under2) = (bed.hosts[1].ns.clone(), bed.wait_status(1).address, bed.hosts[1].ip);
+    ok_in(
+        &h2,
+        &[
+            "nft",
+            &format!(
+                "add table ip cluster; \
+                 add chain ip cluster pre {{ type nat hook prerouting priority dstnat; }}; \
+                 add rule ip cluster pre ip daddr {node2} tcp dport 8082 dnat to {under2}:7443; \
+                 add rule ip cluster pre ip daddr 10.96.0.1 tcp dport 443 dnat to {under2}:7443; \
+                 add rule ip cluster pre ip daddr 10.96.0.2 tcp dport 443 dnat to 192.0.2.250:7444; \
+                 add table ip passed; \
+                 add chain ip passed input7443 {{ type filter hook input priority 10; }}; \
+                 add rule ip passed input7443 tcp dport 7443 tcp flags syn counter; \
+                 add chain ip passed forward7444 {{ type filter hook forward priority 10; }}; \
+                 add rule ip passed forward7444 tcp dport 7444 tcp flags syn counter"
+            ),
+        ],
+    );
+    let mut rogue = Rogue::connect(&mut bed, 0, 1);
+    rogue.send(&tcp_syn(rogue.address, 40001, node2, 8082));
+    let control = wait_for("the control: a port mapping on the node address", Duration::from_secs(5), || {
+        Some(passed(&h2, "input", 7443)).filter(|&n| n > 0)
+    });
+    rogue.send(&tcp_syn(rogue.address, 40002, "10.96.0.1".parse().unwrap(), 443));
+    rogue.send(&tcp_syn(rogue.address, 40003, "10.96.0.2".parse().unwrap(), 443));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(passed(&h2, "input", 7443), control, "a member reached its peer's underlay address through a DNAT");
+    assert_eq!(passed(&h2, "forward", 7444), 0, "a member reached the underlay through its peer's DNAT");
+}
+
 /// Deletes the rule of `inet weave`'s `chain` in `ns` whose text contains `what`.
 fn delete_rule(ns: &str, chain: &str, what: &str) {
     let rules = ok_in(ns, &["nft", "-a", "list", "chain", "inet", "weave", chain]);

@@ -10,6 +10,10 @@ use crate::{
     store::{ClusterSettings, Location},
 };
 
+/// The longest `--dns-domain`: a 63-character name in a subnet's scope
+/// (`<name>.<19-character scope label>.<domain>.`) still fits DNS's 253.
+const MAX_DOMAIN: usize = 253 - 64 - 20 - 1;
+
 #[allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)] // the docs are `--help`
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -276,6 +280,26 @@ impl ServeArgs {
             || !domain.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
         {
             return Err(flag("dns-domain", format!("'{}' is not a domain name", self.dns_domain)));
+        }
+        // Fixed at the first start, so checked before it: a label DNS cannot
+        // encode (over 63), or a domain leaving no room for a name (a 63-
+        // character label and a scope label, `db.10-2-3-0-24.<domain>`, in
+        // 253) was recorded, and every name was then refused as "too long"
+        // (found by a review, 2026-12-07).
+        if let Some(long) = domain.split('.').find(|l| l.len() > 63 || l.starts_with('-') || l.ends_with('-')) {
+            return Err(flag(
+                "dns-domain",
+                format!("'{long}' is not a DNS label (1-63 characters, no '-' at either end)"),
+            ));
+        }
+        if domain.len() > MAX_DOMAIN {
+            return Err(flag(
+                "dns-domain",
+                format!(
+                    "'{domain}' has {} characters: at most {MAX_DOMAIN}, to leave names room in DNS's 253",
+                    domain.len()
+                ),
+            ));
         }
         // IPv6's minimum (1280) below, the TUN's largest (65535) less the
         // VXLAN and WireGuard headers above.

@@ -318,6 +318,17 @@ impl LocalService {
     }
 
     async fn allocate(&self, container: String, subnet: String) -> Response {
+        // A key of weave's own paths (`host:<this node>` exposed the host or
+        // printed its exposed address for a veth to take; `cni:<id>` a pod's)
+        // is not a container of the caller's (found by a review, 2026-12-07).
+        if ["host:", "cni:", "netns:"].iter().any(|p| container.starts_with(p))
+            || crate::plan::docker::is_docker_key(&container)
+        {
+            return Response::Error(Refusal::invalid(format!(
+                "'{container}' is a key weave's own attaches use (host:, cni:, netns:, docker:, docker-gateway): \
+                 name your container otherwise"
+            )));
+        }
         // What it prints is for a workload on a segment (its MAC is made
         // from an IPv4 address): an IPv6 subnet is refused before anything is
         // taken, as attach refuses it.

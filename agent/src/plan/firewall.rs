@@ -303,9 +303,7 @@ pub fn ruleset(rules: &Rules) -> String {
     // with on that subnet: not its other addresses (node, underlay, another
     // subnet's), and never over IPv6 (the host takes no part in a segment's
     // IPv6: no link-local services, no router advertisements from a workload).
-    // A port mapping's replies (the host reaching a published port itself,
-    // DNATed to a workload) are the one exception, as in the other chains.
-    out += "    ct status dnat accept\n";
+    out += dnat::input(); // A port mapping's replies: the one exception.
     // Nothing else from a bridge: no other local address (a /32 on lo or
     // kube-ipvs0 inside the subnet included), no broadcast or multicast to
     // the host's sockets unless it is exposed there.
@@ -321,10 +319,11 @@ pub fn ruleset(rules: &Rules) -> String {
     // the address it was exposed with there: a member must not reach the
     // host's other services (bound to 0.0.0.0) through the tunnel, past an
     // underlay firewall that lets only WireGuard between hosts.
-    out += "  chain input_tun {\n    ct state established,related accept\n    ct status dnat accept\n";
+    out += "  chain input_tun {\n    ct state established,related accept\n";
+    out += &dnat::input_tun(rules);
     for (i, s) in segments.iter().enumerate() {
         if let Some(exposed) = s.exposed {
-            let _ = writeln!(out, "    ip saddr @remote{i} ip daddr {exposed} accept");
+            let _ = writeln!(out, "    ip saddr @remote{i} ct original ip daddr {exposed} accept");
         }
     }
     // A peer's node address may ping this host's (a diagnostic of the tunnel
@@ -338,16 +337,16 @@ pub fn ruleset(rules: &Rules) -> String {
                 "    ip daddr {exposed} accept\n    meta nfproto ipv4 fib daddr . iif type {{ broadcast, multicast }} accept"
             );
         }
+        out += &dnat::input_seg(s);
         out += egress::into_host(s);
         out += "  }\n";
     }
-    // Port mappings (CNI portmap, DNAT) are the one explicit way in. Within a
-    // bridge anything goes; between a bridge and the TUN only the subnet's
-    // own addresses and its remote workloads; nothing else into or out of a
-    // bridge or the TUN.
+    // Port mappings are the one explicit way in (`dnat.rs`). Within a bridge
+    // anything goes; between a bridge and the TUN only the subnet's own
+    // addresses and its remote workloads; nothing else in or out.
     out += "  chain forward {\n    type filter hook forward priority filter - 10; policy accept;\n";
     out += &egress::guards(rules);
-    out += "    ct status dnat accept\n";
+    out += &dnat::forward();
     out += &egress::replies(segments);
     if !segments.is_empty() {
         let mut targets: Vec<(String, String)> =
@@ -495,6 +494,7 @@ fn elements<T: Ord + std::fmt::Display>(out: &mut String, name: &str, old: &BTre
     }
 }
 
+mod dnat;
 mod egress;
 #[cfg(test)]
 mod tests;

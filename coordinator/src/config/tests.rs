@@ -121,6 +121,22 @@ fn bad_flags_name_the_flag() {
     let mut a = args();
     a.dns_domain = "bad domain".into();
     assert!(a.settings().is_err());
+    // Nothing DNS cannot carry is recorded for good: a label over 63, a
+    // domain leaving no room for names (a review, 2026-12-07).
+    let label = "q".repeat(64);
+    for (domain, says) in [
+        (format!("{label}.local"), format!("--dns-domain: '{label}' is not a DNS label")),
+        ("-a.local".to_string(), "--dns-domain: '-a' is not a DNS label".to_string()),
+        (format!("{}.local", vec!["z".repeat(60); 3].join(".")), "--dns-domain: 'zzz".to_string()),
+    ] {
+        let mut a = args();
+        a.dns_domain = domain.clone();
+        let e = a.settings().unwrap_err().to_string();
+        assert!(e.starts_with(&says), "{domain}: {e}");
+    }
+    let mut a = args();
+    a.dns_domain = format!("{}.local", vec!["z".repeat(60); 2].join("."));
+    assert!(a.settings().is_ok(), "a 127-character domain");
     let mut a = args();
     a.store = Some("mysql://db/weave".into());
     assert!(a.settings().unwrap_err().to_string().starts_with("--store: 'mysql://db/weave' is neither"));

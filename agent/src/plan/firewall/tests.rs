@@ -58,7 +58,7 @@ fn a_packet_meets_as_many_rules_with_64_segments_as_with_one() {
     assert!(chain(&many, "output_seg63").contains("ip saddr != 10.100.63.0/24 drop"), "{many}");
     // Only the TUN's input to the host itself (a new connection from a
     // remote workload to its host's exposed address) walks the segments.
-    assert_eq!(chain(&many, "input_tun").lines().count(), 64 + 4);
+    assert_eq!(chain(&many, "input_tun").lines().count(), 64 + 3);
     // No segments: no maps (nft refuses an empty one) and no segment chains.
     let none = ruleset(&Rules::default());
     assert!(!none.contains("vmap") && !none.contains("_seg"), "{none}");
@@ -76,7 +76,8 @@ fn the_ruleset_replaces_the_tables_and_routes_only_within_a_subnet() {
     let forward = chain(&r, "forward");
     assert!(
         forward.contains(
-            "    ct status dnat accept\n    iifname vmap { \"wvbr-5\" : jump forward_seg0, \
+            "    ct status dnat oifname \"wv*\" accept\n    ct status dnat iifname != \"wv*\" accept\n    \
+             ct status dnat ct direction reply accept\n    iifname vmap { \"wvbr-5\" : jump forward_seg0, \
              \"wvbr-9\" : jump forward_seg1, \"wvtun0\" : jump forward_tun }\n    iifname \"wvbr-*\" drop\n    \
              oifname \"wvbr-*\" drop\n    iifname \"wvtun0\" drop\n    oifname \"wvtun0\" drop\n"
         ),
@@ -140,9 +141,10 @@ fn workloads_reach_their_host_only_at_its_exposed_address_and_never_over_ipv6() 
     // segment's; IPv4 only: ff02::1 is multicast too, a review found.)
     let seg1 =
         "    ip daddr 10.2.3.1 accept\n    meta nfproto ipv4 fib daddr . iif type { broadcast, multicast } accept\n";
-    assert_eq!(chain(&r, "input_seg1"), seg1, "own exposed address");
+    let seg1 = format!("{seg1}    ct status dnat ct original ip daddr 10.2.3.1 accept\n");
+    assert_eq!(chain(&r, "input_seg1"), seg1, "own exposed address, also as a DNATed packet's first destination");
     assert_eq!(chain(&r, "input_seg0"), "", "not exposed: nothing");
-    assert!(input.find("ct status dnat accept").is_some_and(|d| d < exposed), "{input}");
+    assert!(input.find("ct status dnat ct direction reply accept").is_some_and(|d| d < exposed), "{input}");
     // Then everything else from a bridge, IPv6 included, is dropped.
     // So is anything from a workload port outside its bridge (its subnet
     // removed with --force, the bridge deleted by hand): fail closed.
@@ -232,8 +234,10 @@ fn the_overlay_is_sealed_from_the_underlay_and_vxlan_comes_only_from_peers_over_
     // Only where this host is exposed (10.2.3.0/24, segment 1 in vni
     // order), and only at that address: not at any other local address
     // in a subnet (a review: a member's subnet around a kube-ipvs0 /32).
-    let tun = "    ct state established,related accept\n    ct status dnat accept\n    \
-               ip saddr @remote1 ip daddr 10.2.3.1 accept\n    \
+    // Through a DNAT: a port mapping on its node address or (its first
+    // destination) on that exposed one, nothing else (a review, 2026-12-07).
+    let tun = "    ct state established,related accept\n    ct status dnat ct original ip daddr 10.47.0.1 accept\n    \
+               ip saddr @remote1 ct original ip daddr 10.2.3.1 accept\n    \
                ip saddr @peers icmp type echo-request accept\n    drop\n";
     assert_eq!(chain(&r, "input_tun"), tun, "{r}");
     assert_eq!(ruleset(&Rules::default()).matches("set peers {\n    type ipv4_addr\n  }").count(), 1);
@@ -321,11 +325,11 @@ fn egress_lets_only_an_exposed_segments_own_workloads_out_and_their_replies_back
     let behind_dnat = forward
         .find("iifname \"wvbr-*\" meta l4proto tcp ct original ip daddr 192.0.2.9 ct original proto-dst 6783 drop")
         .expect(forward);
-    assert!(behind_dnat < forward.find("ct status dnat accept").unwrap(), "{forward}");
+    assert!(behind_dnat < forward.find("ct status dnat oifname").unwrap(), "{forward}");
     let wireguard = forward
         .find("iifname \"wvbr-*\" ip daddr . udp dport @endpoints @th,64,32 { 0x01000000, 0x02000000, 0x03000000, 0x04000000 } drop")
         .expect(forward);
-    let dnat = forward.find("ct status dnat accept").unwrap();
+    let dnat = forward.find("ct status dnat oifname").unwrap();
     assert!(coordinator < dnat && wireguard < dnat, "{forward}");
     assert!(!forward.contains("2001:db8"), "IPv4 only: {forward}");
     // Replies back into the egress bridge only, to its own workloads.
@@ -382,7 +386,7 @@ fn egress_lets_only_an_exposed_segments_own_workloads_out_and_their_replies_back
         !none.contains("egress_nat") && !none.contains("ct status snat") && !none.contains("!= @overlay"),
         "{none}"
     );
-    assert!(!none.contains("ct original") && !none.contains("@th,64,32"), "no guards without egress: {none}");
+    assert!(!none.contains("ct original proto-dst") && !none.contains("@th,64,32"), "no guards without egress: {none}");
     // Turning it on or off replaces the tables; an endpoint changes an element.
     let on = Rules { segments: vec![out.clone()], ..Default::default() };
     let off = Rules { segments: vec![Segment { egress: false, ..out }], ..Default::default() };
