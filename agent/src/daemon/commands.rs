@@ -283,6 +283,7 @@ async fn serve(
             (!kept).then_some(rules),
         )),
         tokio::spawn(control::dns_loop(dns.clone(), map_rx.clone(), identity.node_id)),
+        tokio::spawn(dns.clone().serve_missing_every(map_rx.clone(), identity.node_id)),
         tokio::spawn(attacher.clone().route_on_egress()),
         tokio::spawn({
             let dns = dns.clone();

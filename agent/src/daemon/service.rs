@@ -162,8 +162,9 @@ impl Handler for LocalService {
                     }
                 }
             };
+            // Taken back with whatever `serve_missing` may have served meanwhile.
             if let Some(key) = early.filter(|_| !matches!(response, Response::Attached(_))) {
-                self.registry.stop_dns(&key);
+                self.dns.stop_detached(&key).await;
             }
             self.dns_after(dns, &response).await;
             response

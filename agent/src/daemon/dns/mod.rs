@@ -29,19 +29,22 @@ use tokio::{
 };
 use weave_proto::v1::NetworkMap;
 
+mod again;
 pub mod limits;
+mod open;
 pub mod redirect;
 mod scopes;
 mod serve;
 mod shape;
 
 use limits::Budget;
+use open::{open_in_file, open_in_netns};
 use serve::{any_for, read_framed, write_framed};
 use shape::{malformed, misshapen};
 
 use crate::{
     error::Error,
-    host::{netlink::Netlink, netns, registry::Registry},
+    host::{netns, registry::Registry},
     plan::dns::{Answer, Records, answer, encode_tcp, encode_udp, fqdn_lower},
 };
 
@@ -141,19 +144,14 @@ impl DnsServer {
     pub async fn restore(&self) {
         for (key, netns) in self.registered() {
             let path = Path::new(&netns);
-            let same = std::fs::metadata(path).ok().map(|m| {
-                use std::os::unix::fs::MetadataExt;
-                let inode = crate::host::netns::inode_in_key(&key);
-                inode.is_none_or(|ino| ino == m.ino())
-            });
-            if same != Some(true) {
+            if !again::same_namespace(&key, path) {
                 if crate::host::netns::inode_in_key(&key).is_none() {
                     self.unregister(&key);
                 }
                 continue;
             }
             if let Err(e) = self.serve_in(path, &key).await {
-                tracing::warn!(netns, error = %e, "cannot serve DNS again after restart");
+                tracing::warn!(netns, error = %e, "cannot serve DNS again after restart (tried again every 10 s)");
             }
         }
     }
@@ -182,6 +180,16 @@ impl DnsServer {
         if self.inner.served.lock().unwrap_or_else(|e| e.into_inner()).contains_key(key) {
             return Ok(());
         }
+        self.open_and_serve(netns, key).await?;
+        if let Some(r) = &self.inner.registry {
+            r.serve_dns(key, Some(netns.display().to_string()));
+        }
+        tracing::info!(netns = %netns.display(), key, "serving DNS at {}", listen_for(key));
+        Ok(())
+    }
+
+    /// [`DnsServer::serve_in`] without the record.
+    async fn open_and_serve(&self, netns: &Path, key: &str) -> Result<(), Error> {
         let path = netns.to_path_buf();
         let addr = listen_for(key);
         let (udp, tcp, rule) = tokio::task::spawn_blocking(move || open_in_netns(&path, addr))
@@ -189,10 +197,6 @@ impl DnsServer {
             .map_err(|e| Error::Dns(format!("socket thread: {e}")))??;
         self.serve_sockets(udp, tcp, key)?;
         self.redirected_in(key, rule);
-        if let Some(r) = &self.inner.registry {
-            r.serve_dns(key, Some(netns.display().to_string()));
-        }
-        tracing::info!(netns = %netns.display(), key, "serving DNS at {}", listen_for(key));
         Ok(())
     }
 
@@ -279,6 +283,9 @@ impl DnsServer {
     /// Closes the sockets of `key` and forgets it in the registry (its
     /// namespace and names). Returns whether it was served.
     pub fn stop(&self, key: &str) -> bool {
+        // Out of the record first: `serve_missing` serves, then looks at the
+        // record, so one of the two always sees the other.
+        self.unregister(key);
         self.inner.redirected.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
         self.inner.scopes.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
         let tasks = self.inner.served.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
@@ -286,7 +293,6 @@ impl DnsServer {
         for t in tasks.into_iter().flatten() {
             t.abort();
         }
-        self.unregister(key);
         found
     }
 
@@ -444,54 +450,6 @@ impl Failed {
         short.metadata.truncation = true;
         short.to_vec().unwrap_or_default()
     }
-}
-
-/// The sockets, and the namespace (kept to take the rule away) when a DNAT
-/// rule leads 127.0.0.11:53 to them.
-type Opened = (std::net::UdpSocket, std::net::TcpListener, Option<std::fs::File>);
-
-/// On a thread of its own (setns changes only the calling thread): enter the
-/// namespace, bring `lo` up, bind both sockets. They stay in that namespace.
-fn open_in_netns(netns: &Path, addr: SocketAddr) -> Result<Opened, Error> {
-    let file = std::fs::File::open(netns).map_err(|e| Error::Io(netns.display().to_string(), e))?;
-    open_in_file(file, netns.display().to_string(), addr)
-}
-
-/// The sockets, opened inside the namespace `file` (`label` names it in errors).
-fn open_in_file(file: std::fs::File, label: String, addr: SocketAddr) -> Result<Opened, Error> {
-    let kept = file.try_clone().ok();
-    let what = {
-        let label = label.clone();
-        move |w: &str| format!("{w} in {label}")
-    };
-    let shown = label.clone();
-    netns::run_in(&file, &label, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Io(what("runtime"), e))?;
-        rt.block_on(async { Netlink::connect()?.set_up("lo").await })?;
-        // Port 53 left to the container where the rule can be placed; a
-        // Docker sandbox's 127.0.0.12:53 is what dockerd's `--dns` names.
-        let redirected = match addr == LISTEN {
-            true => redirect::bind(addr.ip())
-                .inspect_err(|e| tracing::warn!(netns = shown, error = e, "DNS at port 53 itself: no DNAT rule"))
-                .ok(),
-            false => None,
-        };
-        let ruled = redirected.is_some();
-        let (udp, tcp) = match redirected {
-            Some(pair) => pair,
-            None => (
-                std::net::UdpSocket::bind(addr).map_err(|e| Error::Io(what(&format!("bind udp {addr}")), e))?,
-                std::net::TcpListener::bind(addr).map_err(|e| Error::Io(what(&format!("bind tcp {addr}")), e))?,
-            ),
-        };
-        udp.set_nonblocking(true).map_err(|e| Error::Io(what("udp"), e))?;
-        tcp.set_nonblocking(true).map_err(|e| Error::Io(what("tcp"), e))?;
-        Ok((udp, tcp, ruled))
-    })
-    .map(|(udp, tcp, ruled)| (udp, tcp, kept.filter(|_| ruled)))
 }
 
 #[cfg(test)]

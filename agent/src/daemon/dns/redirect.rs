@@ -31,40 +31,67 @@ pub(super) fn script(ip: IpAddr, port: u16) -> String {
     )
 }
 
+/// Why the rule could not be placed.
+#[derive(Debug)]
+pub(super) struct Unplaced {
+    pub why: String,
+    /// The agent is out of descriptors or memory (EMFILE, ENFILE, ENOMEM,
+    /// ENOBUFS, EAGAIN): the namespace may hold an earlier agent's rule,
+    /// which would lead port 53 away from a socket bound there instead, so
+    /// the caller does not fall back; it tries again later.
+    pub short: bool,
+}
+
+impl Unplaced {
+    fn io(what: String, e: &std::io::Error) -> Self {
+        use nix::libc::{EAGAIN, EMFILE, ENFILE, ENOBUFS, ENOMEM};
+        let short = matches!(e.raw_os_error(), Some(EMFILE | ENFILE | ENOMEM | ENOBUFS | EAGAIN));
+        Unplaced { why: format!("{what}: {e}"), short }
+    }
+}
+
 /// On the thread that entered the container's namespace: a UDP socket and
 /// a TCP listener on one free port of `ip`, and the rule that leads port
-/// 53 there. An error says why (no `nft`, no NAT in the kernel): the
-/// caller then binds port 53 itself.
-pub(super) fn bind(ip: IpAddr) -> Result<(UdpSocket, TcpListener), String> {
-    let (udp, tcp, port) = (0..16)
-        .find_map(|_| {
-            let udp = UdpSocket::bind((ip, 0)).ok()?;
-            let port = udp.local_addr().ok()?.port();
-            let tcp = TcpListener::bind((ip, port)).ok()?;
-            Some((udp, tcp, port))
-        })
-        .ok_or_else(|| format!("no port of {ip} free for both UDP and TCP"))?;
-    nft(&script(ip, port))?;
-    Ok((udp, tcp))
+/// 53 there. An error says why (no `nft`, no NAT in the kernel: the caller
+/// then binds port 53 itself; or no descriptors left, [`Unplaced::short`]).
+pub(super) fn bind(ip: IpAddr) -> Result<(UdpSocket, TcpListener), Unplaced> {
+    let mut last = Unplaced { why: format!("no port of {ip} free for both UDP and TCP"), short: false };
+    for _ in 0..16 {
+        let udp = UdpSocket::bind((ip, 0)).map_err(|e| Unplaced::io(format!("bind udp {ip}"), &e))?;
+        let port = udp.local_addr().map_err(|e| Unplaced::io("udp".into(), &e))?.port();
+        match TcpListener::bind((ip, port)) {
+            Ok(tcp) => {
+                nft(&script(ip, port))?;
+                return Ok((udp, tcp));
+            }
+            // Another's port for TCP: the next one (socket errors of the
+            // agent's own, EMFILE, stop the search; they were all "no port free").
+            Err(e) => last = Unplaced::io(format!("bind tcp {ip}:{port}"), &e),
+        }
+        if last.short {
+            break;
+        }
+    }
+    Err(last)
 }
 
 /// `nft -f -` with `script`, spawned from this thread: in the namespace it
 /// entered.
-fn nft(script: &str) -> Result<(), String> {
+fn nft(script: &str) -> Result<(), Unplaced> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("run nft: {e}"))?;
+        .map_err(|e| Unplaced::io("run nft".into(), &e))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(|e| format!("write to nft: {e}"))?;
+        stdin.write_all(script.as_bytes()).map_err(|e| Unplaced::io("write to nft".into(), &e))?;
     }
-    let out = child.wait_with_output().map_err(|e| format!("run nft: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| Unplaced::io("run nft".into(), &e))?;
     match out.status.success() {
         true => Ok(()),
-        false => Err(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim())),
+        false => Err(Unplaced { why: format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim()), short: false }),
     }
 }
 
@@ -72,7 +99,7 @@ fn nft(script: &str) -> Result<(), String> {
 /// (there or not; best effort: the namespace may be going too).
 pub(super) fn remove() {
     if let Err(e) = nft(&format!("table ip {TABLE}\ndelete table ip {TABLE}\n")) {
-        tracing::debug!(error = e, "the DNS rule stays");
+        tracing::debug!(error = e.why, "the DNS rule stays");
     }
 }
 
@@ -97,6 +124,17 @@ pub fn remove_in(namespaces: impl IntoIterator<Item = (String, std::io::Result<s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Out of descriptors is not "no NAT here": the caller must not bind
+    /// port 53 behind an earlier agent's rule (`open.rs`).
+    #[test]
+    fn running_out_of_descriptors_is_told_apart_from_a_kernel_without_nat() {
+        use nix::libc::{EADDRINUSE, EMFILE, ENFILE};
+        let short = Unplaced::io("bind udp 127.0.0.11".into(), &std::io::Error::from_raw_os_error(EMFILE));
+        assert!(short.short && short.why.starts_with("bind udp 127.0.0.11: "), "{short:?}");
+        assert!(Unplaced::io("run nft".into(), &std::io::Error::from_raw_os_error(ENFILE)).short);
+        assert!(!Unplaced::io("bind tcp".into(), &std::io::Error::from_raw_os_error(EADDRINUSE)).short);
+    }
 
     #[test]
     fn the_rule_leads_port_53_of_the_resolver_address_alone_to_the_port() {
