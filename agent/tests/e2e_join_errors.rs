@@ -327,3 +327,26 @@ fn status_and_allocate_without_an_agent_say_so_and_exit_3() {
         assert!(said.contains("`agent run`") && said.lines().count() == 1, "{said}");
     }
 }
+
+/// An agent that takes connections and never answers (stopped by SIGSTOP:
+/// the kernel still queues them on its socket) is "cannot reach the agent",
+/// exit 3, within 10 s for a read; `agent status` and every weavectl
+/// command on the socket waited for ever (found by a review, 2026-12-07).
+#[test]
+fn status_from_an_agent_that_never_answers_says_so_within_10_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let _stuck = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let mut agent = Command::new(agent_bin());
+    agent.args(["status", "--socket"]).arg(&socket);
+    let mut weavectl = Command::new(weavectl_bin());
+    weavectl.arg("--socket").arg(&socket).args(["status", "peers"]);
+    for (what, cmd) in [("agent status", agent), ("weavectl status peers", weavectl)] {
+        let started = Instant::now();
+        let out = exits(cmd, what);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{what}: {said}");
+        assert!(said.contains("no answer within 10 s (the agent is stopped or stuck)"), "{what}: {said}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{what}: {:?}", started.elapsed());
+    }
+}

@@ -132,12 +132,26 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::io::Result<T>>,
 {
+    // Said once a streak: ten lines a second while out of descriptors
+    // buried the log (found by a review, 2026-12-07).
+    let mut failed = 0u64;
     loop {
         match accept().await {
-            Ok(conn) => return conn,
+            Ok(conn) => {
+                if failed > 0 {
+                    tracing::warn!(failed, "local API: accepting again");
+                }
+                return conn;
+            }
             Err(e) if connection_only(&e) => tracing::debug!(error = %e, "local API: connection error on accept"),
             Err(e) => {
-                tracing::warn!(error = %e, "local API: accept failed (out of file descriptors?); pausing before the next");
+                if failed == 0 {
+                    tracing::warn!(
+                        error = %e,
+                        "local API: accept failed (out of file descriptors?); trying every 100 ms, said again once it works"
+                    );
+                }
+                failed += 1;
                 tokio::time::sleep(BACKOFF).await;
             }
         }
@@ -177,6 +191,14 @@ impl Request {
                 Ok(())
             }
             _ => Ok(()),
+        }
+    }
+
+    /// How long a client waits for this request's answer.
+    pub fn answer_within(&self) -> std::time::Duration {
+        match self {
+            Request::Status | Request::DnsLookup { .. } => READ_WITHIN,
+            _ => CHANGE_WITHIN,
         }
     }
 
@@ -301,7 +323,33 @@ async fn send_with_fd(stream: &UnixStream, bytes: &[u8], fd: RawFd) -> std::io::
 /// namespace ([`Request::Attach`]/[`Request::Detach`] `netns`) sends it as a
 /// descriptor. An answer not JSON is [`std::io::ErrorKind::InvalidData`],
 /// none (the agent went away) `UnexpectedEof`, all else the socket's.
+/// An agent that does not answer (stopped by SIGSTOP, stuck) is
+/// [`std::io::ErrorKind::TimedOut`] after [`Request::answer_within`]: every
+/// client waited for ever (found by a review, 2026-12-07).
 pub async fn request(path: &Path, request: &Request) -> std::io::Result<Response> {
+    let within = request.answer_within();
+    match tokio::time::timeout(within, exchange(path, request)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "no answer within {} s (the agent is stopped or stuck){}",
+                within.as_secs(),
+                match within == READ_WITHIN {
+                    true => "",
+                    false => ": the change may be partly made; repeat the request once the agent answers",
+                }
+            ),
+        )),
+    }
+}
+
+/// How long a client waits for a read's answer (status, a lookup).
+const READ_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+/// And for a change's (an attach waits out the coordinator's own bounds).
+const CHANGE_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
+
+async fn exchange(path: &Path, request: &Request) -> std::io::Result<Response> {
     let stream = UnixStream::connect(path).await?;
     let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
     line.push(b'\n');

@@ -21,6 +21,26 @@ async fn no_answer_at_all_is_an_unexpected_end_not_bad_data() {
     assert!(e.to_string().contains("closed the connection without an answer"), "{e}");
 }
 
+/// An agent that takes a request and never answers (stopped by SIGSTOP: the
+/// kernel still queues the connection) is a timeout, a read's sooner than
+/// a change's; every client waited for ever (found by a review, 2026-12-07).
+#[tokio::test(start_paused = true)]
+async fn an_agent_that_never_answers_is_a_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    let _listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let start = tokio::time::Instant::now();
+    let e = request(&path, &Request::Status).await.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+    assert_eq!(start.elapsed(), READ_WITHIN);
+    assert_eq!(e.to_string(), "no answer within 10 s (the agent is stopped or stuck)");
+    let start = tokio::time::Instant::now();
+    let change = Request::Expose { addrs: vec!["net:default".into()] };
+    let e = request(&path, &change).await.unwrap_err();
+    assert_eq!((e.kind(), start.elapsed()), (std::io::ErrorKind::TimedOut, CHANGE_WITHIN), "{e}");
+    assert!(e.to_string().ends_with("repeat the request once the agent answers"), "{e}");
+}
+
 #[tokio::test]
 async fn binding_replaces_only_a_stale_socket() {
     let dir = tempfile::tempdir().unwrap();
@@ -53,6 +73,25 @@ async fn binding_replaces_only_a_stale_socket() {
 
 #[tokio::test]
 async fn out_of_descriptors_pauses_instead_of_spinning() {
+    // A log line per failed accept was ten a second while out of
+    // descriptors (found by a review, 2026-12-07): one at the start of a
+    // streak, one at its end. (Here alone: a callsite another test reaches
+    // first, with no subscriber, may stay off for this one's.)
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let _on = tracing::subscriber::set_default(subscriber);
     let emfile = || std::io::Error::from_raw_os_error(24);
     let mut results: VecDeque<std::io::Result<u32>> = VecDeque::from([
         Err(emfile()),
@@ -70,6 +109,10 @@ async fn out_of_descriptors_pauses_instead_of_spinning() {
     .await;
     assert_eq!((first, calls), (1, 3));
     assert!(start.elapsed() >= 2 * BACKOFF, "one pause per EMFILE/ENFILE");
+    let log = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(log.matches("accept failed").count(), 1, "{log}");
+    assert_eq!(log.matches("accepting again").count(), 1, "{log}");
+    assert!(log.contains("failed=2"), "{log}");
     let start = std::time::Instant::now();
     let second = next_connection(|| std::future::ready(results.pop_front().unwrap())).await;
     assert_eq!(second, 2);
