@@ -116,13 +116,75 @@ fn node_ls_tells_a_stopped_agent_from_a_running_one() {
             seen(&bed, node).trim_end().ends_with("connected").then_some(())
         });
     }
+    // The coordinator's log says so too (it said nothing; a review, 2026-12-07).
+    let said = |bed: &Bed, what: &str| {
+        let log = std::fs::read_to_string(bed.path("coordinator.log")).unwrap_or_default();
+        log.lines().filter(|l| l.contains(what) && l.contains("name=\"h2\"")).count()
+    };
+    let (stopped, watching) = ("no longer watches the map here", "a node's agent watches the map here");
+    let before = (said(&bed, stopped), said(&bed, watching));
+    assert!(before.1 > 0, "{before:?}");
     bed.signal_agent(1, Signal::SIGKILL);
     wait_for("h2 last seen, not connected", Duration::from_secs(10), || {
         seen(&bed, "h2").trim_end().ends_with("ago").then_some(())
     });
     assert!(seen(&bed, "h1").trim_end().ends_with("connected"));
+    assert_eq!(said(&bed, stopped), before.0 + 1);
     bed.start_agent(1, false);
     wait_for("h2 connected again", Duration::from_secs(15), || {
         seen(&bed, "h2").trim_end().ends_with("connected").then_some(())
     });
+    wait_for("the coordinator to say h2 watches again", Duration::from_secs(5), || {
+        (said(&bed, watching) > before.1).then_some(())
+    });
+}
+
+/// One way lost (host 1 drops what host 2 sends it): host 1 sees host 2
+/// connecting; host 2, whose answers to host 1's handshakes never arrive,
+/// showed host 1 as handshaken seconds ago and established for as long as
+/// it lasted, with no warning (found by a review, 2026-12-07). Now it says
+/// one-way, counts it connecting, warns once, and says when it is heard again.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_host_whose_packets_do_not_reach_its_peer_says_so() {
+    let bed = Bed::with_hosts(2);
+    bed.wait_peers(0, 1);
+    let (h1, h2) = (bed.hosts[0].ns.clone(), bed.hosts[1].ns.clone());
+    let node2 = bed.status(1).unwrap().address;
+    let under2 = bed.hosts[1].ip.to_string();
+    ok_in(
+        &h1,
+        &[
+            "nft",
+            &format!(
+                "add table inet oneway; add chain inet oneway input {{ type filter hook input priority -300; }}; \
+                 add rule inet oneway input ip saddr {under2} udp dport 6784 drop"
+            ),
+        ],
+    );
+    let mut pinger = std::process::Command::new("ip")
+        .args(["netns", "exec", &h1, "ping", "-q", "-i", "0.5", "-c", "160", &node2.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let peers = |bed: &Bed| String::from_utf8_lossy(&bed.weavectl(1, &["status", "peers"]).stdout).to_string();
+    let row = wait_for("host 2 to show host 1 one-way", Duration::from_secs(60), || {
+        peers(&bed).lines().find(|l| l.starts_with("h1") && l.contains("one-way (unheard ")).map(str::to_string)
+    });
+    let socket = bed.hosts[1].socket.to_str().unwrap().to_string();
+    let status = String::from_utf8_lossy(&run(&[agent_bin().to_str().unwrap(), "status", "--socket", &socket]).stdout)
+        .to_string();
+    assert!(status.lines().any(|l| l.starts_with("h1") && l.contains("one-way (unheard ")), "{row}\n{status}");
+    assert_eq!((gauge(&h2, "established"), gauge(&h2, "connecting")), (Some(0.0), Some(1.0)), "{row}");
+    let warned = |bed: &Bed| bed.log(1).matches("it has not used this host's answers").count();
+    assert_eq!(warned(&bed), 1, "{}", bed.log(1));
+    ok_in(&h1, &["nft", "delete", "table", "inet", "oneway"]);
+    wait_for("host 2 to say host 1 hears it again", Duration::from_secs(20), || {
+        bed.log(1).contains("the peer hears this host again").then_some(())
+    });
+    let _ = (pinger.kill(), pinger.wait());
+    let row = peers(&bed);
+    let h1_row = row.lines().find(|l| l.starts_with("h1")).unwrap_or_default();
+    assert!(h1_row.contains("s ago") && !h1_row.contains("one-way"), "{row}");
+    assert_eq!(warned(&bed), 1, "{}", bed.log(1));
 }

@@ -168,7 +168,7 @@ async fn a_stopped_trackers_watches_count_as_ended() {
     tokio::spawn(run);
     let connected =
         || async { store.presence().await.unwrap().iter().find(|p| p.node_id == node.id).map(|p| p.connected) };
-    presence.watch(node.id, true);
+    presence.watch(node.id, "h1", true);
     let deadline = Instant::now() + Duration::from_secs(5);
     while connected().await != Some(true) {
         assert!(Instant::now() < deadline, "the watch was not recorded");

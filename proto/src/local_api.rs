@@ -132,6 +132,10 @@ pub struct PeerStatus {
     /// is idle (no keepalives unless behind NAT), not down.
     #[serde(default)]
     pub handshake_in_progress: bool,
+    /// Seconds the peer's handshakes have arrived while this host's answers
+    /// went unused (5 or more): its packets do not reach the peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unheard_secs: Option<f64>,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
     /// Decrypted packets dropped because their inner source was not the peer's address.
@@ -143,6 +147,29 @@ pub struct PeerStatus {
     /// ports in their segment let through (`--broadcast-limit` per workload).
     #[serde(default)]
     pub dropped_storm: u64,
+}
+
+/// A session is live this long after its handshake (WireGuard's REJECT_AFTER_TIME).
+pub const ESTABLISHED_SECS: f64 = 180.0;
+
+impl PeerStatus {
+    /// The HANDSHAKE column of `agent status` and `weavectl status peers`
+    /// (`agent status` showed neither "connecting" nor "idle" until
+    /// 2026-12-07; a review).
+    pub fn handshake_text(&self) -> String {
+        match (self.unheard_secs, self.handshake_age_secs, self.handshake_in_progress) {
+            // Its handshakes arrive, this host's answers do not: not up.
+            (Some(u), _, _) => format!("one-way (unheard {u:.0}s)"),
+            // Under way whatever the last one's age: a peer that stopped
+            // answering showed "31s ago" (a review, 2026-12-06).
+            (None, Some(a), true) if a < ESTABLISHED_SECS => format!("connecting (last {a:.0}s ago)"),
+            (None, _, true) => "connecting".into(),
+            (None, Some(a), _) if a < ESTABLISHED_SECS => format!("{a:.0}s ago"),
+            // Idle: no keepalives unless behind NAT, so no session: not down.
+            (None, Some(a), false) => format!("{a:.0}s ago (idle)"),
+            (None, None, false) => "never (idle)".into(),
+        }
+    }
 }
 
 /// One of a CNI network's valid attachments (`cni.dev/valid-attachments`).
@@ -402,7 +429,7 @@ pub fn format_status(s: &AgentStatus) -> String {
     out +=
         &format!("{:<16} {:<12} {:<22} {:>10} {:>12} {:>12}\n", "PEER", "ADDRESS", "ENDPOINT", "HANDSHAKE", "TX", "RX");
     for p in &s.peers {
-        let age = p.handshake_age_secs.map(|a| format!("{a:.0}s ago")).unwrap_or_else(|| "never".into());
+        let age = p.handshake_text();
         let ep = p.endpoint.map(|e| e.to_string()).unwrap_or_else(|| "-".into());
         out += &format!(
             "{:<16} {:<12} {:<22} {:>10} {:>12} {:>12}\n",

@@ -31,7 +31,7 @@ use crate::dataplane::{PeerStatus, Transport};
 
 /// A handshake younger than this means a live tunnel (WireGuard re-keys
 /// every 120 s while traffic flows; 180 s is REJECT_AFTER_TIME).
-const ESTABLISHED_SECS: f64 = 180.0;
+use weave_proto::local_api::ESTABLISHED_SECS;
 
 /// The agent's readiness and scrape-time gauges.
 pub struct AgentProbe {
@@ -185,8 +185,10 @@ pub fn describe() {
 /// is under way for one round trip.
 fn connections(peers: &[PeerStatus]) -> (usize, usize, usize, f64) {
     let live = |p: &PeerStatus| p.handshake_age_secs.is_some_and(|age| age < ESTABLISHED_SECS);
-    let established = peers.iter().filter(|p| live(p) && !p.handshake_in_progress).count();
-    let connecting = peers.iter().filter(|p| p.handshake_in_progress).count();
+    // One whose answers go unused (this host unheard) is not up either.
+    let connecting = |p: &PeerStatus| p.handshake_in_progress || p.unheard_secs.is_some();
+    let established = peers.iter().filter(|p| live(p) && !connecting(p)).count();
+    let connecting = peers.iter().filter(|p| connecting(p)).count();
     let oldest = peers.iter().filter(|p| live(p)).filter_map(|p| p.handshake_age_secs).fold(0.0, f64::max);
     (established, connecting, peers.len() - established - connecting, oldest)
 }
@@ -283,6 +285,7 @@ mod tests {
             endpoint: None,
             handshake_age_secs: age,
             handshake_in_progress: false,
+            unheard_secs: None,
             tx_bytes: tx,
             rx_bytes: rx,
             dropped_spoofed: 0,
@@ -308,6 +311,9 @@ mod tests {
         // 4 stopped answering: its session is 90 s old, its handshake unanswered.
         peers[3].handshake_in_progress = true;
         assert_eq!(connections(&peers), (1, 3, 2, 90.0));
+        // 1's handshakes arrive and this host's answers go unused: not up.
+        peers[0].unheard_secs = Some(30.0);
+        assert_eq!(connections(&peers), (0, 4, 2, 90.0));
         assert_eq!(connections(&[]), (0, 0, 0, 0.0));
     }
 

@@ -84,6 +84,9 @@ struct Peer {
     /// When the handshake attempt that was reported unanswered began (ms on
     /// the router's clock, 0: none reported): one warning per outage.
     down_since: AtomicU64,
+    /// When this host's answers to the peer's handshakes began to go
+    /// unused (its packets do not reach the peer); 0 while they are used.
+    unheard_since: AtomicU64,
     /// When this host last answered a stale initiation of the peer's with
     /// one of its own (ms on the router's clock, 0: never; `clock_back.rs`).
     stale_answered_at: AtomicU64,
@@ -252,6 +255,7 @@ impl Router {
             last_keepalive: AtomicU64::new(self.now_ms()),
             handshake_at: AtomicU64::new(0),
             down_since: AtomicU64::new(0),
+            unheard_since: AtomicU64::new(0),
             stale_answered_at: AtomicU64::new(0),
             stale_answered: Default::default(),
         }

@@ -39,7 +39,7 @@ struct WatcherGuard {
     state: Shared,
     hash: String,
     /// The node watching (none for the admin), for `weavectl node ls`.
-    node: Option<u64>,
+    node: Option<(u64, String)>,
 }
 
 impl WatcherGuard {
@@ -55,12 +55,12 @@ impl WatcherGuard {
         *count += 1;
         state.watchers.fetch_add(1, Ordering::Relaxed);
         let node = match caller {
-            Caller::Node { id, .. } => Some(*id),
+            Caller::Node { id, name } => Some((*id, name.clone())),
             Caller::Admin => None,
         };
-        if let Some(id) = node {
-            state.presence.watch(id, true);
-            *state.watches_by_node.lock().unwrap_or_else(|p| p.into_inner()).entry(id).or_default() += 1;
+        if let Some((id, name)) = &node {
+            state.presence.watch(*id, name, true);
+            *state.watches_by_node.lock().unwrap_or_else(|p| p.into_inner()).entry(*id).or_default() += 1;
         }
         Ok(Self { state: state.clone(), hash: hash.to_string(), node })
     }
@@ -69,9 +69,9 @@ impl WatcherGuard {
 impl Drop for WatcherGuard {
     fn drop(&mut self) {
         self.state.watchers.fetch_sub(1, Ordering::Relaxed);
-        if let Some(id) = self.node {
-            self.state.presence.watch(id, false);
-            one_less(&self.state.watches_by_node, &id);
+        if let Some((id, name)) = &self.node {
+            self.state.presence.watch(*id, name, false);
+            one_less(&self.state.watches_by_node, id);
         }
         one_less(&self.state.watches_by_credential, &self.hash);
     }

@@ -15,8 +15,8 @@ use crate::store::{PRESENCE_REFRESH_SECS, Store};
 pub struct Presence(mpsc::UnboundedSender<Event>);
 
 enum Event {
-    /// Node `.0`'s watch opened (`true`) or ended (`false`).
-    Watch(u64, bool),
+    /// Node `.0` (named `.1`)'s watch opened (`true`) or ended (`false`).
+    Watch(u64, String, bool),
     /// The coordinator stopped serving: every watch it still counts open
     /// ended; say so once written.
     Stopped(tokio::sync::oneshot::Sender<()>),
@@ -31,9 +31,9 @@ impl Presence {
         (Self(tx), run(store, rx))
     }
 
-    /// Node `node`'s watch opened (`true`) or ended (`false`).
-    pub fn watch(&self, node: u64, open: bool) {
-        let _ = self.0.send(Event::Watch(node, open));
+    /// Node `node`'s (named `name`) watch opened (`true`) or ended (`false`).
+    pub fn watch(&self, node: u64, name: &str, open: bool) {
+        let _ = self.0.send(Event::Watch(node, name.to_string(), open));
     }
 
     /// Records every node watching here as seen now, at once (not at the
@@ -69,8 +69,8 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Event>) {
                 let Some(first) = event else { return };
                 let mut next = Some(first);
                 while let Some(event) = next {
-                    let (node, opened) = match event {
-                        Event::Watch(node, opened) => (node, opened),
+                    let (node, name, opened) = match event {
+                        Event::Watch(node, name, opened) => (node, name, opened),
                         Event::Stopped(done) => {
                             changed.extend(open.drain().map(|(n, _)| (n, false)));
                             stopped.push(done);
@@ -90,9 +90,18 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Event>) {
                     if !now_open {
                         open.remove(&node);
                     }
-                    // Its first watch opened, or its last one ended.
+                    // Its first watch opened, or its last one ended: said,
+                    // as `weavectl node ls` shows it (a node's agent stopping
+                    // left no line here; found by a review, 2026-12-07).
                     if before != now_open {
                         changed.insert(node, now_open);
+                        match now_open {
+                            true => tracing::info!(node, name, "a node's agent watches the map here"),
+                            false => tracing::info!(
+                                node, name,
+                                "a node's agent no longer watches the map here (stopped, or connected elsewhere)"
+                            ),
+                        }
                     }
                     next = rx.try_recv().ok();
                 }

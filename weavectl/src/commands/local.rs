@@ -189,16 +189,7 @@ pub(crate) async fn peers(socket: &Path, out: &Output) -> Outcome {
     }
     let mut table = Table::new(&["PEER", "ADDRESS", "ENDPOINT", "HANDSHAKE", "TX", "RX"]);
     for p in &status.peers {
-        let age = match (p.handshake_age_secs, p.handshake_in_progress) {
-            // Under way whatever the last one's age: a peer that stopped
-            // answering showed "31s ago" (a review, 2026-12-06).
-            (Some(a), true) if a < 180.0 => format!("connecting (last {a:.0}s ago)"),
-            (_, true) => "connecting".into(),
-            (Some(a), _) if a < 180.0 => format!("{a:.0}s ago"),
-            // Idle: no keepalives unless behind NAT, so no session: not down.
-            (Some(a), false) => format!("{a:.0}s ago (idle)"),
-            (None, false) => "never (idle)".into(),
-        };
+        let age = p.handshake_text();
         let endpoint = p.endpoint.map_or_else(|| "-".to_string(), |e| e.to_string());
         table.row(vec![
             p.name.clone(),

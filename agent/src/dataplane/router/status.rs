@@ -10,8 +10,12 @@ impl Router {
         let mut out: Vec<PeerStatus> = (table.by_index.values())
             .map(|p| {
                 let tunn = lock(&p.tunn);
-                let ((age, tx, rx, _, _), handshaking) = (tunn.stats(), tunn.handshake_in_progress());
+                // The session in use: one this host made answering the peer
+                // is no handshake until the peer uses it.
+                let (age, (_, tx, rx, _, _), handshaking) =
+                    (tunn.current_session_age(), tunn.stats(), tunn.handshake_in_progress());
                 drop(tunn);
+                let unheard = p.unheard_since.load(Ordering::Relaxed);
                 // An idle peer's sessions expire (and boringtun's age with
                 // them); its last handshake is still what `wg show` would say.
                 let at = p.handshake_at.load(Ordering::Relaxed);
@@ -23,6 +27,7 @@ impl Router {
                     endpoint: p.endpoint(),
                     handshake_age_secs: age.map(|d| d.as_secs_f64()),
                     handshake_in_progress: handshaking,
+                    unheard_secs: (unheard > 0).then(|| now.saturating_sub(unheard) as f64 / 1000.0),
                     tx_bytes: tx as u64,
                     rx_bytes: rx as u64,
                     dropped_spoofed: p.dropped_spoofed.load(Ordering::Relaxed),

@@ -23,7 +23,9 @@ impl Router {
                 self.keepalive(peer, now, buf, sink);
             }
             let mut tunn = lock(&peer.tunn);
-            if let Some(age) = tunn.time_since_last_handshake() {
+            // The session in use: one made answering the peer counts once
+            // the peer used it (`report_unheard`).
+            if let Some(age) = tunn.current_session_age() {
                 peer.handshake_at.store(now.saturating_sub(age.as_millis() as u64).max(1), Ordering::Relaxed);
             }
             if let Some(next) = peer.fallback.due(now, peer.endpoint(), super::fallback::routable) {
@@ -41,6 +43,7 @@ impl Router {
                 sink.to_network(endpoint, out);
             }
             report_reachability(peer, &tunn, now);
+            report_unheard(peer, &tunn, now);
             // boringtun's timers never send what it queued: a session made
             // current by the initiator's data, its keepalive lost, would
             // leave the queue waiting for the next keepalive (found by a
@@ -66,6 +69,30 @@ impl Router {
         let mut known = lock(&self.map_endpoints).clone();
         known.extend(self.table().by_index.values().filter_map(|p| p.endpoint()).map(|e| e.ip()));
         self.rate_limiter.set_trusted(known);
+    }
+}
+
+/// One warning when the peer's handshakes arrive and this host's answers go
+/// unused for 5 s (the other way lost: a firewall or NAT dropping it), one
+/// line when one is used. That host saw the peer as just handshaken for as
+/// long as it lasted (found by a review, 2026-12-07).
+fn report_unheard(peer: &Peer, tunn: &Tunn, now: u64) {
+    let since = peer.unheard_since.load(Ordering::Relaxed);
+    match tunn.unused_answer_age() {
+        Some(age) if age >= UNANSWERED && since == 0 => {
+            tracing::warn!(
+                peer = %peer.config.name,
+                endpoint = ?peer.endpoint(),
+                "the peer's handshakes arrive, but for 5 s it has not used this host's answers: this host's \
+                 packets do not reach it (a firewall or NAT dropping that direction?)"
+            );
+            peer.unheard_since.store(now.saturating_sub(age.as_millis() as u64).max(1), Ordering::Relaxed);
+        }
+        None if since != 0 => {
+            tracing::info!(peer = %peer.config.name, unheard_s = now.saturating_sub(since) / 1000, "the peer hears this host again");
+            peer.unheard_since.store(0, Ordering::Relaxed);
+        }
+        _ => {}
     }
 }
 

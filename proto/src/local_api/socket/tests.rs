@@ -119,6 +119,25 @@ async fn out_of_descriptors_pauses_instead_of_spinning() {
     assert!(start.elapsed() < BACKOFF, "no pause for one aborted connection");
 }
 
+/// The HANDSHAKE column, one text for `agent status` and `weavectl status
+/// peers` (the agent's showed neither connecting nor idle; a review, 2026-12-07).
+#[test]
+fn a_peers_handshake_column_says_its_state() {
+    let mut p = status().peers.remove(0);
+    let text = |p: &PeerStatus| p.handshake_text();
+    for (age, connecting, unheard, says) in [
+        (Some(12.0), false, None, "12s ago"),
+        (Some(200.0), false, None, "200s ago (idle)"),
+        (None, false, None, "never (idle)"),
+        (Some(12.0), true, None, "connecting (last 12s ago)"),
+        (None, true, None, "connecting"),
+        (Some(2.0), false, Some(31.0), "one-way (unheard 31s)"),
+    ] {
+        (p.handshake_age_secs, p.handshake_in_progress, p.unheard_secs) = (age, connecting, unheard);
+        assert_eq!(text(&p), says);
+    }
+}
+
 struct Fixed;
 impl Handler for Fixed {
     fn handle(&self, request: Request) -> Reply<'_> {
@@ -153,6 +172,7 @@ fn status() -> AgentStatus {
             endpoint: Some("192.0.2.12:6784".parse().unwrap()),
             handshake_age_secs: Some(3.0),
             handshake_in_progress: false,
+            unheard_secs: None,
             tx_bytes: 10,
             rx_bytes: 20,
             dropped_spoofed: 0,

@@ -369,11 +369,32 @@ impl Tunn {
     /// session made, in use or not), a session this host made answering the
     /// peer's initiation counts only once the peer sent data on it (it
     /// becomes the one in use then): proof that the peer hears this host.
+    /// The slot of the session in use holds it only until a newer session
+    /// takes the slot (each handshake another of eight, in turn): eight
+    /// answers the peer never used, and one of them was taken for the
+    /// session in use (a host whose answers were all lost showed the peer as
+    /// handshaken seconds ago; found by a review, 2026-12-07).
     pub fn current_session_age(&self) -> Option<Duration> {
         let i = self.current % super::N_SESSIONS;
-        self.sessions[i].as_ref()?;
+        self.sessions[i].as_ref().filter(|s| s.local_index() == self.current)?;
         let now = Instant::now().duration_since(self.timers.time_started);
         Some(now.saturating_sub(self.timers.session_timers[i]))
+    }
+
+    /// weave: the age of the newest session when this host made it
+    /// answering the peer's initiation and the peer has not used it (it is
+    /// not the session in use): for longer than a round trip, the peer's
+    /// handshakes arrive but this host's answers do not reach it.
+    pub fn unused_answer_age(&self) -> Option<Duration> {
+        if self.timers.is_initiator || self.timers[TimeSessionEstablished].is_zero() {
+            return None;
+        }
+        let made = self.timers[TimeSessionEstablished];
+        let i = self.current % super::N_SESSIONS;
+        if self.current_session_age().is_some() && self.timers.session_timers[i] >= made {
+            return None;
+        }
+        Some(Instant::now().duration_since(self.timers.time_started).saturating_sub(made))
     }
 
     pub fn time_since_last_handshake(&self) -> Option<Duration> {
@@ -488,8 +509,23 @@ mod tests {
         let resp = resp.to_vec();
         assert!(a.time_since_last_handshake().is_some_and(|d| d < Duration::from_secs(1)), "a session made");
         assert!(a.current_session_age().is_some_and(|d| d >= Duration::from_secs(6)), "a's answer may be lost");
-        let TunnResult::WriteToNetwork(keepalive) = b.decapsulate(None, &resp, &mut y) else { panic!() };
+        assert!(a.unused_answer_age().is_some_and(|d| d < Duration::from_secs(1)), "a's answer is unused");
+        // Eight more of b's initiations answered, the answers lost: one of
+        // them takes the slot of the session in use, which is not it.
+        let mut last = resp;
+        for _ in 0..8 {
+            // (An initiation within 20 ms of the last is refused as a flood.)
+            std::thread::sleep(Duration::from_millis(25));
+            let TunnResult::WriteToNetwork(init) = b.format_handshake_initiation(&mut y, true) else { panic!() };
+            let TunnResult::WriteToNetwork(resp) = a.decapsulate(None, init, &mut x) else { panic!("no response") };
+            last = resp.to_vec();
+        }
+        // (The session in use is gone from its slot: none in use.)
+        assert!(a.current_session_age().is_none_or(|d| d >= Duration::from_secs(6)), "an unused answer counted");
+        assert!(a.unused_answer_age().is_some());
+        let TunnResult::WriteToNetwork(keepalive) = b.decapsulate(None, &last, &mut y) else { panic!() };
         assert!(matches!(a.decapsulate(None, keepalive, &mut x), TunnResult::Done));
         assert!(a.current_session_age().is_some_and(|d| d < Duration::from_secs(1)), "b used a's session");
+        assert_eq!(a.unused_answer_age(), None);
     }
 }
