@@ -376,3 +376,26 @@ fn an_exposed_host_is_told_the_segments_mtu_for_remote_workloads() {
     let fragmented = in_ns(&h1, &["ping", "-c2", "-W3", "-M", "dont", "-s", "1400", &to]);
     assert!(fragmented.status.success(), "1428 bytes without DF: {fragmented:?}");
 }
+
+/// A host's underlay link lowered at runtime (below what the cluster's
+/// segment MTU needs) is said within 10 s, and so is its return: it was
+/// read at start only, and every large frame between the hosts was lost
+/// without a word (found by a review, 2026-12-07).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn an_underlay_mtu_lowered_at_runtime_is_said() {
+    let bed = Bed::with_hosts(2);
+    bed.wait_peers(1, 1);
+    let h2 = bed.hosts[1].ns.clone();
+    assert!(!bed.log(1).contains("too small for the cluster's segment MTU"), "{}", bed.log(1));
+    ok_in(&h2, &["ip", "link", "set", "eth0", "mtu", "1300"]);
+    wait_for("host 2 to say its underlay shrank", Duration::from_secs(25), || {
+        let log = bed.log(1);
+        (log.contains("the underlay's MTU changed") && log.contains("too small for the cluster's segment MTU"))
+            .then_some(())
+    });
+    ok_in(&h2, &["ip", "link", "set", "eth0", "mtu", "1500"]);
+    wait_for("host 2 to say it fits again", Duration::from_secs(25), || {
+        bed.log(1).contains("it fits the cluster's segment MTU").then_some(())
+    });
+}

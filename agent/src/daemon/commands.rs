@@ -265,6 +265,12 @@ async fn serve(
     };
     let tasks = [
         tokio::spawn(control::warn_out_of_touch(identity.node_id, map_rx.clone(), connected.clone())),
+        tokio::spawn(super::endpoints::watch_underlay_mtu(
+            netlink.clone(),
+            identity.endpoint.ip(),
+            underlay,
+            cluster_mtu,
+        )),
         tokio::spawn(control::reconcile_loop(
             netlink.clone(),
             dyn_transport,

@@ -14,7 +14,7 @@ use weave_proto::{
     v1::{NetworkMap, UpdateEndpointsRequest},
 };
 
-use crate::host::{addresses, state::Identity};
+use crate::host::{addresses, netlink::Netlink, state::Identity};
 
 /// How long the addresses must stay put before they are announced.
 const QUIET: Duration = Duration::from_millis(500);
@@ -118,4 +118,33 @@ pub async fn keep(identity: Identity, pin: Pin, maps: watch::Receiver<NetworkMap
         }
     }
     watcher.abort();
+}
+
+/// Every 10 s, the MTU of the underlay link (the one holding `ip`), which
+/// was read at start only: a link lowered at runtime lost every large
+/// frame between hosts without a word (found by a review, 2026-12-07). A
+/// change is said, with what it means for the cluster's segment MTU
+/// (`cluster`, 0 for none); nothing is rebuilt (every host's segments keep
+/// the cluster's MTU).
+pub async fn watch_underlay_mtu(netlink: Netlink, ip: IpAddr, mut underlay: u32, cluster: u32) {
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Ok(Some(now)) = netlink.mtu_of_address(ip).await else { continue };
+        if now == underlay {
+            continue;
+        }
+        match crate::plan::kernel::mtu_warning(now, cluster) {
+            Some(why) => {
+                tracing::warn!(from = underlay, to = now, segment_mtu = cluster, "the underlay's MTU changed: {why}")
+            }
+            None => tracing::info!(
+                from = underlay,
+                to = now,
+                "the underlay's MTU changed; it fits the cluster's segment MTU"
+            ),
+        }
+        underlay = now;
+    }
 }

@@ -95,7 +95,12 @@ pub fn mtu_warning(underlay: u32, cluster_segment: u32) -> Option<&'static str> 
              its own from its underlay, and frames between hosts whose underlays differ are lost",
         )
     } else if tun + WIREGUARD_OVERHEAD > underlay {
-        Some("this host's underlay is too small for the cluster's segment MTU: datagrams to peers leave in fragments")
+        Some(
+            "this host's underlay is too small for the cluster's segment MTU: datagrams to peers leave in \
+             fragments, and peers' full-size ones reach this host only where a router on the way fragments \
+             them (across one LAN they are lost): give the cluster an --mtu 130 below this link's, or this \
+             link a larger MTU",
+        )
     } else {
         None
     }
