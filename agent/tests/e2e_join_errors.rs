@@ -350,3 +350,38 @@ fn status_from_an_agent_that_never_answers_says_so_within_10_s() {
         assert!(started.elapsed() < Duration::from_secs(30), "{what}: {:?}", started.elapsed());
     }
 }
+
+/// The coordinator says why it refused a valid token's join (a name taken
+/// by another key), and warns when a node joins at an endpoint another node
+/// announces (this host under its old name, joined again with a new key):
+/// only the agent said the first, nobody the second (found by a review,
+/// 2026-12-07).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn the_coordinator_says_a_refused_join_and_a_shared_endpoint() {
+    let bed = Bed::with_hosts(1);
+    let (token, endpoint) = (bed.token.clone(), bed.hosts[0].endpoint());
+    bed.admin(move |mut api| async move {
+        let taken = weave_proto::v1::JoinRequest {
+            token: token.clone(),
+            name: "h1".into(),
+            public_key: vec![7; 32],
+            ..Default::default()
+        };
+        let refused = api.join.join(taken).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+        let moved = weave_proto::v1::JoinRequest {
+            token,
+            name: "h9".into(),
+            public_key: vec![9; 32],
+            endpoints: vec![endpoint],
+            ..Default::default()
+        };
+        api.join.join(moved).await.unwrap();
+    });
+    let log = std::fs::read_to_string(bed.path("coordinator.log")).unwrap();
+    let refused = log.lines().find(|l| l.contains("join refused")).unwrap_or_else(|| panic!("{log}"));
+    assert!(refused.contains("AlreadyExists") && refused.contains("h1"), "{refused}");
+    let shared = log.lines().find(|l| l.contains("another node announces too")).unwrap_or_else(|| panic!("{log}"));
+    assert!(shared.contains("node=h9") && shared.contains("weavectl node rm h1"), "{shared}");
+}

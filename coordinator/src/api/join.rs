@@ -167,7 +167,17 @@ pub(super) fn seen_from(from: Option<std::net::SocketAddr>, endpoints: &[String]
 impl JoinService for Join {
     #[tracing::instrument(skip_all, fields(node = ?request.get_ref().name))]
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        self.0.failures.counted(request.remote_addr(), self.join_checked(request)).await
+        let from = request.remote_addr();
+        let joined = self.0.failures.counted(from, self.join_checked(request)).await;
+        // A refusal of a valid token's join (a name taken by another key, a
+        // key by another name) is said here too: only the agent said it
+        // (found by a review, 2026-12-07). Failed authentication is `pace`'s.
+        if let Err(s) = &joined
+            && matches!(s.code(), tonic::Code::AlreadyExists | tonic::Code::PermissionDenied)
+        {
+            tracing::warn!(?from, code = ?s.code(), "join refused: {}", s.message());
+        }
+        joined
     }
 
     async fn challenge(&self, _request: Request<ChallengeRequest>) -> Result<Response<JoinChallenge>, Status> {
@@ -243,6 +253,24 @@ impl Join {
         }
         tracing::info!(node = %joined.node.name, address = %joined.node.address, key = %key.to_base64().get(..8).unwrap_or(""), new = joined.new, token = %token.id, "node joined");
         metrics::counter!("weave_joins_total", "result" => if joined.new { "new" } else { "rejoin" }).increment(1);
+        // Another node at one of its endpoints: most often this host under
+        // its old name (joined again with a new key), whose peers then try
+        // both at one address (found by a review, 2026-12-07).
+        let shared = self.0.store.with_map(|m| {
+            let mine = |e: &String| joined.node.endpoints.contains(e);
+            m.nodes
+                .iter()
+                .filter(|n| n.id != joined.node.id && n.endpoints.iter().any(mine))
+                .map(|n| n.name.clone())
+                .collect::<Vec<_>>()
+        });
+        for other in shared {
+            tracing::warn!(
+                node = %joined.node.name, other,
+                "a node joined at an endpoint another node announces too: if that one was this host before \
+                 (joined again under a new name), remove it (`weavectl node rm {other}`); peers may reach the wrong one there"
+            );
+        }
         // The whole map is ~100 bytes a node: at 10,000 nodes, copying,
         // encoding and encrypting it was most of a join's cost. The agent
         // takes it from its first watch instead (the snapshot every new
