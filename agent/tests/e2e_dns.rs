@@ -644,6 +644,14 @@ fn a_resolver_that_could_not_be_opened_at_a_restart_is_opened_once_it_can_be() {
     wait_for("the agent to say it cannot serve c1", Duration::from_secs(10), || {
         d.bed.log(0).contains("cannot serve DNS again after restart").then_some(())
     });
+    // Tried every 10 s, said once (two lines every 10 s for as long as the
+    // container lived; a review, 2026-12-07).
+    let retried = "cannot serve DNS in the container; trying every 10 s";
+    wait_for("the retry to fail and say so", Duration::from_secs(25), || d.bed.log(0).contains(retried).then_some(()));
+    std::thread::sleep(Duration::from_secs(21));
+    let log = d.bed.log(0);
+    assert_eq!(log.matches(retried).count(), 1, "{log}");
+    assert!(!log.contains("DNS at port 53 itself"), "a failed fallback said as one that serves: {log}");
     ok_in(&ns1, &["ip", "addr", "add", "127.0.0.1/8", "dev", "lo"]);
     // Two looks 10 s apart: served within 20 s of the address's return.
     wait_for("c1's resolver back", Duration::from_secs(35), || {

@@ -296,6 +296,13 @@ fn a_bridge_deleted_by_hand_comes_back_with_its_workloads() {
     let detail = ok_in(&h1, &["bridge", "-d", "link", "show", "dev", &port]);
     assert!(detail.contains("locked on"), "{port} is not locked again: {detail}");
     assert!(bed.log(0).contains("workload ports put back into their bridges"), "{}", bed.log(0));
+    // And said (it was put back without a word; a review, 2026-12-07).
+    let log = bed.log(0);
+    let said = log.lines().find(|l| l.contains("bridge or VXLAN device was deleted or changed: made again"));
+    assert!(said.is_some_and(|l| l.contains(&seg.bridge)), "{log}");
+    let metrics = scrape(&h1);
+    assert!(metrics.lines().any(|l| l == "weave_segment_repairs_total 1"), "{metrics}");
+    assert!(scrape(&bed.hosts[1].ns).lines().any(|l| l == "weave_segment_repairs_total 0"));
 }
 
 /// An address that moves to another host is reached there at once by the

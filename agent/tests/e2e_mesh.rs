@@ -53,6 +53,27 @@ fn three_hosts_workloads_ping_each_other() {
         refused(allocate(key, "default"), 2, "a key weave's own attaches use");
     }
     assert_eq!(bed.allocations(), held, "a reserved key took an address");
+    // Nor through an attach's or detach's `id` (a CNI runtime's, `cni:<id>`).
+    let w = bed.add_container("idw");
+    for method in ["attach", "detach"] {
+        let request: weave_proto::local_api::Request = serde_json::from_value(serde_json::json!({
+            "method": method, "container": format!("/run/netns/{w}"), "id": own, "addrs": ["net:default"]
+        }))
+        .unwrap();
+        let socket = bed.hosts[2].socket.clone();
+        let answer = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(weave_proto::local_api::request(&socket, &request))
+            .unwrap();
+        match answer {
+            weave_proto::local_api::Response::Error(e) => {
+                assert_eq!(e.kind, weave_proto::local_api::ErrorKind::Invalid, "{method}: {e:?}");
+                assert!(e.message.contains("cni:<container id>"), "{method}: {e:?}");
+            }
+            other => panic!("{method} with id {own}: {other:?}"),
+        }
+    }
+    assert_eq!(bed.allocations(), held, "an attach with a reserved id took an address");
     // An IPv6 subnet is the API's alone: refused before an address is taken
     // (each call took one, answered "saved state", exit 1, and kept it: a
     // /126 was full after three), and no host builds it a segment (a bridge

@@ -301,7 +301,7 @@ pub async fn reconcile_loop(
             applied = None;
             next_full = tokio::time::Instant::now() + RESYNC;
         }
-        applied = reconcile_once(&netlink, &desired, applied).await;
+        applied = reconcile_once(&netlink, &desired, applied, &made).await;
         let new_segments = desired.segments.keys().any(|vni| !made.contains(vni));
         // This host's exposed address on a segment just made (every one at
         // start): after a reboot the bridges came back without them, and an
@@ -406,7 +406,15 @@ pub async fn dns_loop(dns: DnsServer, mut maps: watch::Receiver<NetworkMap>, own
 /// One pass from `applied` (the kernel state the last pass left), or from
 /// the kernel as read now when there is none. Returns the state this pass
 /// left, or `None` when a change failed (the next pass then reads the kernel).
-async fn reconcile_once(netlink: &Netlink, desired: &Desired, applied: Option<Observed>) -> Option<Observed> {
+/// A segment of `made` (made by an earlier pass) made again was deleted or
+/// changed behind the agent's back: said, and counted (it was put back
+/// without a word; found by a review, 2026-12-07).
+async fn reconcile_once(
+    netlink: &Netlink,
+    desired: &Desired,
+    applied: Option<Observed>,
+    made: &std::collections::BTreeSet<u32>,
+) -> Option<Observed> {
     let mut state = match applied {
         Some(state) => state,
         None => match netlink.observe().await {
@@ -424,6 +432,15 @@ async fn reconcile_once(netlink: &Netlink, desired: &Desired, applied: Option<Ob
             Ok(done) => {
                 tracing::debug!(?done, "applied");
                 match done {
+                    Change::EnsureSegment { vni, .. } if made.contains(&vni) => {
+                        let bridge = bridge_name(vni);
+                        tracing::warn!(
+                            vni,
+                            bridge,
+                            "a segment's bridge or VXLAN device was deleted or changed: made again"
+                        );
+                        metrics::counter!("weave_segment_repairs_total").increment(1);
+                    }
                     Change::RemoveFlood { vni, peer } => unflooded.push((vni, peer)),
                     Change::AddProxy { vni, addr } => proxied.push((vni, addr)),
                     _ => {}

@@ -123,6 +123,10 @@ pub fn describe() {
         "Times the nftables tables were found missing or stale and put back."
     );
     describe_counter!(
+        "weave_segment_repairs_total",
+        "Times a segment's bridge or VXLAN device this agent had made was found deleted or changed and made again."
+    );
+    describe_counter!(
         "weave_flows_refused_total",
         "New connections dropped because their source address already held --flow-limit tracked \
          connections on this host (read every 60 s)."
@@ -153,6 +157,7 @@ pub fn describe() {
         "weave_storm_frames_dropped_total",
         "weave_reconcile_errors_total",
         "weave_firewall_repairs_total",
+        "weave_segment_repairs_total",
         "weave_flows_refused_total",
     ] {
         metrics::counter!(counter).increment(0);

@@ -50,6 +50,16 @@ pub(super) struct LocalService {
 impl Handler for LocalService {
     fn handle(&self, request: Request) -> Reply<'_> {
         Box::pin(async move {
+            // An `id` is a CNI runtime's container, `cni:<id>` as weave-cni
+            // sends it: `host:<this node>` took the host's own exposed
+            // address, and its detach released it (found by a review, 2026-12-07).
+            if let Request::Attach { id: Some(id), .. } | Request::Detach { id: Some(id), .. } = &request
+                && id.strip_prefix("cni:").is_none_or(|rest| rest.is_empty())
+            {
+                return Response::Error(Refusal::invalid(format!(
+                    "id '{id}': an attach's id names a CNI runtime's container, `cni:<container id>` (as weave-cni sends it)"
+                )));
+            }
             let mut dns = self.dns_plan(&request);
             let early = self.dns_early(dns.as_ref());
             let response = match request {

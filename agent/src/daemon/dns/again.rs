@@ -22,23 +22,22 @@ impl DnsServer {
     pub async fn serve_missing_every(self, maps: watch::Receiver<NetworkMap>, own_node: u64) {
         let mut every = tokio::time::interval(AGAIN);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last = BTreeSet::new();
+        let mut looks = Looks::default();
         loop {
             every.tick().await;
-            let served;
-            (last, served) = self.serve_missing(&last).await;
-            if served {
+            if self.serve_missing(&mut looks).await {
                 self.scopes_from_map(&maps.borrow(), own_node);
             }
         }
     }
 
-    /// Serves each recorded namespace with no server that `last` (the
-    /// previous look's answer) named too, and is still the namespace it
-    /// was recorded as (one that is gone is the sweep's to retire). Returns
-    /// the ones found without a server this time and not served now, and
-    /// whether it served any.
-    pub async fn serve_missing(&self, last: &BTreeSet<String>) -> (BTreeSet<String>, bool) {
+    /// Serves each recorded namespace with no server that the previous look
+    /// found so too, and is still the namespace it was recorded as (one that
+    /// is gone is the sweep's to retire). Returns whether it served any. A
+    /// failure is said once a key (a container that took its loopback
+    /// address away made two lines every 10 s; found by a review,
+    /// 2026-12-07), and its end once.
+    pub async fn serve_missing(&self, looks: &mut Looks) -> bool {
         let (mut missing, mut served) = (BTreeSet::new(), false);
         for (key, netns) in self.registered() {
             if self.inner.served.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&key) {
@@ -48,7 +47,7 @@ impl DnsServer {
             if !same_namespace(&key, path) {
                 continue;
             }
-            if !last.contains(&key) {
+            if !looks.missing.contains(&key) {
                 missing.insert(key);
                 continue;
             }
@@ -63,13 +62,29 @@ impl DnsServer {
                     self.stop_detached(&key).await;
                 }
                 Err(e) => {
-                    tracing::warn!(netns, key, error = %e, "still cannot serve DNS in the container (tried every 10 s)");
+                    match looks.warned.contains(&key) {
+                        true => tracing::debug!(netns, key, error = %e, "still cannot serve DNS in the container"),
+                        false => tracing::warn!(
+                            netns, key, error = %e,
+                            "cannot serve DNS in the container; trying every 10 s, said again once it serves"
+                        ),
+                    }
                     missing.insert(key);
                 }
             }
         }
-        (missing, served)
+        looks.warned = missing.iter().filter(|k| looks.missing.contains(*k)).cloned().collect();
+        looks.missing = missing;
+        served
     }
+}
+
+/// What [`DnsServer::serve_missing`] found: the keys without a server, and
+/// those of them already said to fail.
+#[derive(Default)]
+pub struct Looks {
+    missing: BTreeSet<String>,
+    warned: BTreeSet<String>,
 }
 
 /// Whether `path` is still the namespace of `key` (for `netns:<inode>`

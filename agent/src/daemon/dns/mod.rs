@@ -254,6 +254,10 @@ impl DnsServer {
     /// server of its own there answers; found by a review). Awaited: an
     /// attach right after finds the rule gone, not its new one removed.
     pub async fn stop_detached(&self, key: &str) -> bool {
+        // Out of the record before the rule is taken: `serve_missing` places
+        // a rule, then looks at the record (and takes it away itself if the
+        // key went), so one of the two removes it (a review, 2026-12-07).
+        self.unregister(key);
         let netns = self.inner.redirected.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
         let found = self.stop(key);
         if let Some(netns) = netns {

@@ -37,27 +37,35 @@ pub(super) fn open_in_file(file: std::fs::File, label: String, addr: SocketAddr)
         // Docker sandbox's 127.0.0.12:53 is what dockerd's `--dns` names.
         let redirected = match addr == LISTEN {
             true => match redirect::bind(addr.ip()) {
-                Ok(pair) => Some(pair),
+                Ok(pair) => Ok(pair),
                 // Out of descriptors: an earlier agent's rule may still lead
                 // port 53 to a port of its own, so a socket on 53 would
                 // answer nothing; tried again later (`again.rs`). A restart
                 // short of descriptors left containers without DNS, the log
                 // saying "serving" (found by a review, 2026-12-07).
                 Err(e) if e.short => return Err(Error::Dns(format!("{} in {shown}", e.why))),
-                Err(e) => {
-                    tracing::warn!(netns = shown, error = e.why, "DNS at port 53 itself: no DNAT rule");
-                    None
-                }
+                Err(e) => Err(e.why),
             },
-            false => None,
+            false => Err(String::new()),
         };
-        let ruled = redirected.is_some();
+        let ruled = redirected.is_ok();
         let (udp, tcp) = match redirected {
-            Some(pair) => pair,
-            None => (
-                std::net::UdpSocket::bind(addr).map_err(|e| Error::Io(what(&format!("bind udp {addr}")), e))?,
-                std::net::TcpListener::bind(addr).map_err(|e| Error::Io(what(&format!("bind tcp {addr}")), e))?,
-            ),
+            Ok(pair) => pair,
+            Err(why) => {
+                // Said once it serves: a failure is the caller's to say, once
+                // (`again.rs`; it was said here on every try).
+                let why = if why.is_empty() { why } else { format!(" (no DNAT rule: {why})") };
+                let opened = std::net::UdpSocket::bind(addr)
+                    .map_err(|e| Error::Io(what(&format!("bind udp {addr}{why}")), e))
+                    .and_then(|u| {
+                        let t = std::net::TcpListener::bind(addr);
+                        Ok((u, t.map_err(|e| Error::Io(what(&format!("bind tcp {addr}{why}")), e))?))
+                    })?;
+                if !why.is_empty() {
+                    tracing::warn!(netns = shown, "DNS at port 53 itself{why}");
+                }
+                opened
+            }
         };
         udp.set_nonblocking(true).map_err(|e| Error::Io(what("udp"), e))?;
         tcp.set_nonblocking(true).map_err(|e| Error::Io(what("tcp"), e))?;
