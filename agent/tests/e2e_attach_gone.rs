@@ -461,3 +461,32 @@ fn an_attach_racing_the_removal_of_its_subnet_is_not_found_or_undone() {
     wait_for("every raced container's port to go", Duration::from_secs(30), || ports(&host).is_empty().then_some(()));
     assert!(bed.allocations().iter().all(|a| !a.contains("10.77.")), "{:?}", bed.allocations());
 }
+
+/// A live container whose interface was deleted behind the agent's back (its
+/// host-side port removed) is said once after the sweeps' grace, counted in
+/// `weave_workload_ports_missing`, and an attach again plugs it: it was left
+/// with no network and nothing noticed (found by a review, 2026-12-07).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_container_whose_interface_was_deleted_is_said() {
+    let mut bed = Bed::with_hosts(1);
+    let c = bed.add_container("cut");
+    let w = bed.weavectl_attach(0, &c, &["--name", "cut", &format!("/run/netns/{c}")])[0];
+    let host = bed.hosts[0].ns.clone();
+    let seg = bed.wait_status(0).segments.into_iter().find(|s| s.subnet == bed.workloads[w].subnet).unwrap();
+    let gauge = |host: &str| {
+        let page = scrape(host);
+        page.lines().find_map(|l| l.strip_prefix("weave_workload_ports_missing ")?.parse::<f64>().ok())
+    };
+    assert_eq!(gauge(&host), Some(0.0));
+    ok_in(&host, &["ip", "link", "del", &workload_port(&host, &seg.bridge)]);
+    let said = "a container's interface on weave is gone";
+    wait_for("the agent to say cut's interface is gone", Duration::from_secs(60), || {
+        bed.log(0).contains(said).then_some(())
+    });
+    assert_eq!(gauge(&host), Some(1.0));
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(bed.log(0).matches(said).count(), 1, "said again: {}", bed.log(0));
+    bed.weavectl_attach(0, &c, &["--name", "cut", &format!("/run/netns/{c}")]);
+    wait_for("the gauge back to 0", Duration::from_secs(15), || (gauge(&host) == Some(0.0)).then_some(()));
+}

@@ -109,6 +109,11 @@ pub fn describe() {
     );
     describe_counter!("weave_cpu_latency_holds_total", "Times the CPU wake-up latency request was made.");
     describe_gauge!("weave_ips", "Workload addresses on this host (state local; not the host's exposed addresses).");
+    describe_gauge!(
+        "weave_workload_ports_missing",
+        "Addresses containers weave attached here hold whose interface is gone (deleted behind the agent's back)."
+    );
+    metrics::gauge!("weave_workload_ports_missing").set(0.0);
     describe_gauge!("weave_dns_entries", "DNS records this agent answers from.");
     describe_gauge!("weave_map_revision", "Revision of the network map applied.");
     describe_gauge!("weave_coordinator_connected", "1 while a watch on the coordinator is open.");

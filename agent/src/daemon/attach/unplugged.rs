@@ -110,3 +110,60 @@ impl Attacher {
         (suspects, off)
     }
 }
+
+/// Addresses of finished attaches that no port carries: (key, address),
+/// with when each was first seen so.
+pub(super) type Cut = BTreeMap<(String, std::net::Ipv4Addr), Instant>;
+
+impl Attacher {
+    /// Says each address a live container weave attached holds on this host
+    /// that no port of this host carries, seen so by every sweep for
+    /// [`GRACE`]: its interface was deleted behind the agent's back (the
+    /// container has no network there, and nothing noticed; found by a
+    /// review, 2026-12-07). Said once each (`said` keeps which), counted in
+    /// `weave_workload_ports_missing`; nothing is released (the container
+    /// may be attached again, which plugs it again, or detached).
+    pub(super) async fn say_cut_off(&self, last: &Cut, said: &mut BTreeSet<(String, std::net::Ipv4Addr)>) -> Cut {
+        let _one = self.lock.lock().await;
+        let mut cut = Cut::new();
+        let Ok(pinned) = self.netlink.pinned_ports().await else { return last.clone() };
+        if self.maps.borrow().revision == 0 {
+            return cut;
+        }
+        let carried: BTreeSet<std::net::Ipv4Addr> = pinned.iter().map(|(_, ip, _)| *ip).collect();
+        let attaching: BTreeSet<String> = self.names.attaching().into_iter().map(|(k, _)| k).collect();
+        // The containers weave attached whose namespace lives: by name, by
+        // namespace (a nameless attach's DNS key), by CNI id.
+        let mut live: Vec<String> =
+            self.names.seen_names().into_iter().filter(|(_, p, i)| alive(p, *i)).map(|(n, ..)| n).collect();
+        live.extend(
+            self.names
+                .dns_served()
+                .into_iter()
+                .filter(|(k, p)| inode_in_key(k).is_some_and(|i| alive(std::path::Path::new(p), i)))
+                .map(|(k, _)| k),
+        );
+        live.extend(self.names.cni_all().into_iter().filter(|(_, r)| alive(&r.netns, r.inode)).map(|(_, r)| r.id));
+        let now = Instant::now();
+        for key in live.into_iter().filter(|k| !attaching.contains(k)) {
+            for address in self.held(&key).values() {
+                let Ok(ip) = address.parse::<ipnet::Ipv4Net>().map(|n| n.addr()) else { continue };
+                if carried.contains(&ip) {
+                    continue;
+                }
+                let since = last.get(&(key.clone(), ip)).copied().unwrap_or(now);
+                if now.duration_since(since) >= GRACE && said.insert((key.clone(), ip)) {
+                    tracing::warn!(
+                        container = key, %ip,
+                        "a container's interface on weave is gone (deleted behind the agent's back): it has no \
+                         network there; attach it again to plug it, or detach it to give the address back"
+                    );
+                }
+                cut.insert((key.clone(), ip), since);
+            }
+        }
+        said.retain(|k| cut.contains_key(k));
+        metrics::gauge!("weave_workload_ports_missing").set(said.len() as f64);
+        cut
+    }
+}
