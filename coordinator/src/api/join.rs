@@ -175,7 +175,7 @@ impl JoinService for Join {
         if let Err(s) = &joined
             && matches!(s.code(), tonic::Code::AlreadyExists | tonic::Code::PermissionDenied)
         {
-            tracing::warn!(?from, code = ?s.code(), "join refused: {}", s.message());
+            tracing::warn!(?from, code = ?s.code(), why = ?s.message(), "join refused");
         }
         joined
     }
