@@ -314,7 +314,12 @@ pub async fn reconcile_loop(
                 tracing::warn!(bridge, %ip, error = %e, "cannot put this host's exposed address on its bridge");
             }
         }
-        made = desired.segments.keys().copied().collect();
+        // After a pass that failed, only the segments made before: one whose
+        // making failed is not "made again" when it succeeds (a review).
+        made = match applied.is_some() {
+            true => desired.segments.keys().copied().collect(),
+            false => made.into_iter().filter(|v| desired.segments.contains_key(v)).collect(),
+        };
         // On full passes (incremental ones do not dump the kernel: a bridge
         // someone deleted is made again by a full pass anyway) and when a
         // segment appears.

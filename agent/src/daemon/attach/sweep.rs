@@ -50,7 +50,7 @@ impl Attacher {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut orphans, mut mismatches) = (BTreeSet::new(), BTreeSet::new());
         let mut unplugged = super::unplugged::Suspects::new();
-        let (mut cut, mut said) = (super::unplugged::Cut::new(), BTreeSet::new());
+        let mut cut = super::unplugged::Cut::default();
         let mut odd = false;
         loop {
             every.tick().await;
@@ -79,7 +79,7 @@ impl Attacher {
                     if odd {
                         self.register_left_out_names().await;
                     }
-                    cut = self.say_cut_off(&cut, &mut said).await;
+                    self.say_cut_off(&mut cut).await;
                     (orphans, mismatches, unplugged)
                 }
                 false => (BTreeSet::new(), BTreeSet::new(), super::unplugged::Suspects::new()),

@@ -111,24 +111,31 @@ impl Attacher {
     }
 }
 
-/// Addresses of finished attaches that no port carries: (key, address),
-/// with when each was first seen so.
-pub(super) type Cut = BTreeMap<(String, std::net::Ipv4Addr), Instant>;
+/// What [`Attacher::say_cut_off`] keeps between sweeps, by (key, address):
+/// the addresses a port of weave's carried since this agent started, those
+/// carried no more (since when), and those said.
+#[derive(Default)]
+pub(super) struct Cut {
+    plugged: BTreeSet<(String, std::net::Ipv4Addr)>,
+    since: BTreeMap<(String, std::net::Ipv4Addr), Instant>,
+    said: BTreeSet<(String, std::net::Ipv4Addr)>,
+}
 
 impl Attacher {
     /// Says each address a live container weave attached holds on this host
-    /// that no port of this host carries, seen so by every sweep for
-    /// [`GRACE`]: its interface was deleted behind the agent's back (the
-    /// container has no network there, and nothing noticed; found by a
-    /// review, 2026-12-07). Said once each (`said` keeps which), counted in
+    /// whose port (one weave made, seen carrying it since the agent
+    /// started) is gone, seen so by every sweep for [`GRACE`]: its
+    /// interface was deleted behind the agent's back (the container has no
+    /// network there, and nothing noticed; found by a review, 2026-12-07).
+    /// An address weave never plugged (`agent allocate`, a veth plugged by
+    /// hand) is not its to say. Said once each, counted in
     /// `weave_workload_ports_missing`; nothing is released (the container
     /// may be attached again, which plugs it again, or detached).
-    pub(super) async fn say_cut_off(&self, last: &Cut, said: &mut BTreeSet<(String, std::net::Ipv4Addr)>) -> Cut {
+    pub(super) async fn say_cut_off(&self, cut: &mut Cut) {
         let _one = self.lock.lock().await;
-        let mut cut = Cut::new();
-        let Ok(pinned) = self.netlink.pinned_ports().await else { return last.clone() };
+        let Ok(pinned) = self.netlink.pinned_ports().await else { return };
         if self.maps.borrow().revision == 0 {
-            return cut;
+            return;
         }
         let carried: BTreeSet<std::net::Ipv4Addr> = pinned.iter().map(|(_, ip, _)| *ip).collect();
         let attaching: BTreeSet<String> = self.names.attaching().into_iter().map(|(k, _)| k).collect();
@@ -144,26 +151,34 @@ impl Attacher {
                 .map(|(k, _)| k),
         );
         live.extend(self.names.cni_all().into_iter().filter(|(_, r)| alive(&r.netns, r.inode)).map(|(_, r)| r.id));
-        let now = Instant::now();
+        let (now, mut held) = (Instant::now(), BTreeSet::new());
         for key in live.into_iter().filter(|k| !attaching.contains(k)) {
             for address in self.held(&key).values() {
                 let Ok(ip) = address.parse::<ipnet::Ipv4Net>().map(|n| n.addr()) else { continue };
+                let pair = (key.clone(), ip);
+                held.insert(pair.clone());
                 if carried.contains(&ip) {
+                    cut.plugged.insert(pair.clone());
+                    cut.since.remove(&pair);
+                    cut.said.remove(&pair);
                     continue;
                 }
-                let since = last.get(&(key.clone(), ip)).copied().unwrap_or(now);
-                if now.duration_since(since) >= GRACE && said.insert((key.clone(), ip)) {
+                if !cut.plugged.contains(&pair) {
+                    continue;
+                }
+                let since = *cut.since.entry(pair.clone()).or_insert(now);
+                if now.duration_since(since) >= GRACE && cut.said.insert(pair) {
                     tracing::warn!(
                         container = key, %ip,
                         "a container's interface on weave is gone (deleted behind the agent's back): it has no \
                          network there; attach it again to plug it, or detach it to give the address back"
                     );
                 }
-                cut.insert((key.clone(), ip), since);
             }
         }
-        said.retain(|k| cut.contains_key(k));
-        metrics::gauge!("weave_workload_ports_missing").set(said.len() as f64);
-        cut
+        cut.plugged.retain(|p| held.contains(p));
+        cut.since.retain(|p, _| held.contains(p));
+        cut.said.retain(|p| held.contains(p));
+        metrics::gauge!("weave_workload_ports_missing").set(cut.said.len() as f64);
     }
 }

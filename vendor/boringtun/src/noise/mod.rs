@@ -74,6 +74,9 @@ pub struct Tunn {
     rate_limiter: Arc<RateLimiter>,
     /// weave: when a cookie reply last made the initiation go again at once.
     cookie_resent: Option<std::time::Instant>,
+    /// weave: the local index of the session this host made last answering
+    /// the peer's initiation ([`Tunn::unused_answer_age`]).
+    answered: Option<usize>,
 }
 
 type MessageType = u32;
@@ -224,6 +227,7 @@ impl Tunn {
                 Arc::new(RateLimiter::new(&static_public, PEER_HANDSHAKE_RATE_LIMIT))
             }),
             cookie_resent: None,
+            answered: None,
         }
     }
 
@@ -386,6 +390,7 @@ impl Tunn {
         // Store new session in ring buffer
         let index = session.local_index();
         self.sessions[index % N_SESSIONS] = Some(session);
+        self.answered = Some(index);
 
         self.timer_tick(TimerName::TimeLastPacketReceived);
         self.timer_tick(TimerName::TimeLastPacketSent);

@@ -381,17 +381,23 @@ impl Tunn {
         Some(now.saturating_sub(self.timers.session_timers[i]))
     }
 
-    /// weave: the age of the newest session when this host made it
-    /// answering the peer's initiation and the peer has not used it (it is
-    /// not the session in use): for longer than a round trip, the peer's
-    /// handshakes arrive but this host's answers do not reach it.
+    /// weave: the age of the session this host made last answering the
+    /// peer's initiation, while the peer has not used it: it is still in its
+    /// slot, not the session in use, and no session in use is as new. For
+    /// longer than a round trip, the peer's handshakes arrive but this
+    /// host's answers do not reach it. An answer the peer used, and which
+    /// then expired (an idle tunnel), is none: read from the newest session
+    /// alone, every idle peer this host had answered was "unheard" 180 s on
+    /// (found by a review, 2026-12-07).
     pub fn unused_answer_age(&self) -> Option<Duration> {
-        if self.timers.is_initiator || self.timers[TimeSessionEstablished].is_zero() {
-            return None;
-        }
-        let made = self.timers[TimeSessionEstablished];
-        let i = self.current % super::N_SESSIONS;
-        if self.current_session_age().is_some() && self.timers.session_timers[i] >= made {
+        let answered = self.answered?;
+        let slot = answered % super::N_SESSIONS;
+        self.sessions[slot].as_ref().filter(|s| s.local_index() == answered)?;
+        let made = self.timers.session_timers[slot];
+        if self.current == answered
+            || (self.current_session_age().is_some()
+                && self.timers.session_timers[self.current % super::N_SESSIONS] >= made)
+        {
             return None;
         }
         Some(Instant::now().duration_since(self.timers.time_started).saturating_sub(made))
@@ -527,5 +533,11 @@ mod tests {
         assert!(matches!(a.decapsulate(None, keepalive, &mut x), TunnResult::Done));
         assert!(a.current_session_age().is_some_and(|d| d < Duration::from_secs(1)), "b used a's session");
         assert_eq!(a.unused_answer_age(), None);
+        // Idle past the session's life: the used answer expires, and that
+        // is an idle tunnel, not an unheard host.
+        age(&mut a, Duration::from_secs(200));
+        let _ = a.update_timers(&mut x);
+        assert_eq!(a.current_session_age(), None, "the session expired");
+        assert_eq!(a.unused_answer_age(), None, "an expired answer the peer had used");
     }
 }
