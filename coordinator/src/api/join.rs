@@ -256,11 +256,14 @@ impl Join {
         // Another node at one of its endpoints: most often this host under
         // its old name (joined again with a new key), whose peers then try
         // both at one address (found by a review, 2026-12-07).
+        // Seen from the same place too (no NAT, or the same one): two sites
+        // behind NATs of their own may both announce one private address.
         let shared = self.0.store.with_map(|m| {
             let mine = |e: &String| joined.node.endpoints.contains(e);
             m.nodes
                 .iter()
                 .filter(|n| n.id != joined.node.id && n.endpoints.iter().any(mine))
+                .filter(|n| n.observed_endpoint == joined.node.observed_endpoint)
                 .map(|n| n.name.clone())
                 .collect::<Vec<_>>()
         });
