@@ -151,29 +151,35 @@ impl Attacher {
                 .map(|(k, _)| k),
         );
         live.extend(self.names.cni_all().into_iter().filter(|(_, r)| alive(&r.netns, r.inode)).map(|(_, r)| r.id));
-        let (now, mut held) = (Instant::now(), BTreeSet::new());
-        for key in live.into_iter().filter(|k| !attaching.contains(k)) {
-            for address in self.held(&key).values() {
-                let Ok(ip) = address.parse::<ipnet::Ipv4Net>().map(|n| n.addr()) else { continue };
-                let pair = (key.clone(), ip);
-                held.insert(pair.clone());
-                if carried.contains(&ip) {
-                    cut.plugged.insert(pair.clone());
-                    cut.since.remove(&pair);
-                    cut.said.remove(&pair);
-                    continue;
-                }
-                if !cut.plugged.contains(&pair) {
-                    continue;
-                }
-                let since = *cut.since.entry(pair.clone()).or_insert(now);
-                if now.duration_since(since) >= GRACE && cut.said.insert(pair) {
-                    tracing::warn!(
-                        container = key, %ip,
-                        "a container's interface on weave is gone (deleted behind the agent's back): it has no \
-                         network there; attach it again to plug it, or detach it to give the address back"
-                    );
-                }
+        let live: BTreeSet<String> = live.into_iter().filter(|k| !attaching.contains(k)).collect();
+        // Their addresses on this node, from one pass over the map.
+        let held: BTreeSet<(String, std::net::Ipv4Addr)> = self
+            .maps
+            .borrow()
+            .allocations
+            .iter()
+            .filter(|a| a.node_id == self.node_id && live.contains(&a.container))
+            .filter_map(|a| Some((a.container.clone(), a.address.parse::<ipnet::Ipv4Net>().ok()?.addr())))
+            .collect();
+        let now = Instant::now();
+        for pair in &held {
+            if carried.contains(&pair.1) {
+                cut.plugged.insert(pair.clone());
+                cut.since.remove(pair);
+                cut.said.remove(pair);
+                continue;
+            }
+            if !cut.plugged.contains(pair) {
+                continue;
+            }
+            let since = *cut.since.entry(pair.clone()).or_insert(now);
+            if now.duration_since(since) >= GRACE && cut.said.insert(pair.clone()) {
+                let (key, ip) = pair;
+                tracing::warn!(
+                    container = key, %ip,
+                    "a container's interface on weave is gone (deleted behind the agent's back): it has no \
+                     network there; attach it again to plug it, or detach it to give the address back"
+                );
             }
         }
         cut.plugged.retain(|p| held.contains(p));

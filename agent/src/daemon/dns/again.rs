@@ -90,6 +90,8 @@ pub struct Looks {
 /// Whether `path` is still the namespace of `key` (for `netns:<inode>`
 /// keys, the same inode).
 pub(super) fn same_namespace(key: &str, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).is_ok_and(|m| crate::host::netns::inode_in_key(key).is_none_or(|ino| ino == m.ino()))
+    match crate::host::netns::inode_in_key(key) {
+        Some(inode) => crate::host::registry::alive(path, inode),
+        None => path.exists(),
+    }
 }

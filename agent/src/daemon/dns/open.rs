@@ -35,6 +35,7 @@ pub(super) fn open_in_file(file: std::fs::File, label: String, addr: SocketAddr)
         rt.block_on(async { Netlink::connect()?.set_up("lo").await })?;
         // Port 53 left to the container where the rule can be placed; a
         // Docker sandbox's 127.0.0.12:53 is what dockerd's `--dns` names.
+        // Err: bind port 53 itself, saying why where a rule was wanted.
         let redirected = match addr == LISTEN {
             true => match redirect::bind(addr.ip()) {
                 Ok(pair) => Ok(pair),
@@ -44,27 +45,25 @@ pub(super) fn open_in_file(file: std::fs::File, label: String, addr: SocketAddr)
                 // short of descriptors left containers without DNS, the log
                 // saying "serving" (found by a review, 2026-12-07).
                 Err(e) if e.short => return Err(Error::Dns(format!("{} in {shown}", e.why))),
-                Err(e) => Err(e.why),
+                Err(e) => Err(Some(e.why)),
             },
-            false => Err(String::new()),
+            false => Err(None),
         };
         let ruled = redirected.is_ok();
         let (udp, tcp) = match redirected {
             Ok(pair) => pair,
             Err(why) => {
+                let why = why.map(|w| format!(" (no DNAT rule: {w})")).unwrap_or_default();
+                let udp = std::net::UdpSocket::bind(addr)
+                    .map_err(|e| Error::Io(what(&format!("bind udp {addr}{why}")), e))?;
+                let tcp = std::net::TcpListener::bind(addr)
+                    .map_err(|e| Error::Io(what(&format!("bind tcp {addr}{why}")), e))?;
                 // Said once it serves: a failure is the caller's to say, once
                 // (`again.rs`; it was said here on every try).
-                let why = if why.is_empty() { why } else { format!(" (no DNAT rule: {why})") };
-                let opened = std::net::UdpSocket::bind(addr)
-                    .map_err(|e| Error::Io(what(&format!("bind udp {addr}{why}")), e))
-                    .and_then(|u| {
-                        let t = std::net::TcpListener::bind(addr);
-                        Ok((u, t.map_err(|e| Error::Io(what(&format!("bind tcp {addr}{why}")), e))?))
-                    })?;
                 if !why.is_empty() {
                     tracing::warn!(netns = shown, "DNS at port 53 itself{why}");
                 }
-                opened
+                (udp, tcp)
             }
         };
         udp.set_nonblocking(true).map_err(|e| Error::Io(what("udp"), e))?;
