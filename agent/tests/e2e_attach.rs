@@ -116,14 +116,8 @@ fn seed_scenario() {
     // (by pid: a process inside it).
     let c = bed.add_container("c");
     assert!(interfaces(&c).is_empty(), "no interface yet: {:?}", interfaces(&c));
-    let mut sleeper = std::process::Command::new("ip").args(["netns", "exec", &c, "sleep", "300"]).spawn().unwrap();
+    let mut sleeper = spawn_in(&c, &["sleep", "300"]);
     let pid = sleeper.id().to_string();
-    wait_for("the sleeper to enter its namespace", Duration::from_secs(5), || {
-        let own = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
-        let target = std::fs::metadata(format!("/run/netns/{c}")).ok()?;
-        use std::os::unix::fs::MetadataExt;
-        own.to_string_lossy().contains(&target.ino().to_string()).then_some(())
-    });
     let first = attach_line(&bed, 0, &[&pid]);
     assert_eq!(first.split(' ').count(), 1, "{first}");
     let both = attach_line(&bed, 0, &["net:default", &format!("net:{SUBNET}"), &pid]);

@@ -342,7 +342,7 @@ fn sweep_time() -> Duration {
 fn a_namespace_that_outlives_the_process_it_was_attached_by_stays() {
     let mut bed = Bed::with_hosts(1);
     let pod = bed.add_container("pod");
-    let mut app = Command::new("ip").args(["netns", "exec", &pod, "sleep", "600"]).spawn().unwrap();
+    let mut app = spawn_in(&pod, &["sleep", "600"]);
     let w = bed.weavectl_attach(0, &pod, &["--name", "app", &app.id().to_string()])[0];
     let ip = bed.workloads[w].ip;
     let _ = app.kill();
@@ -378,7 +378,7 @@ fn a_namespace_that_outlives_the_process_it_was_attached_by_stays() {
 fn a_reused_path_does_not_take_a_live_containers_name() {
     let mut bed = Bed::with_hosts(1);
     let ns = bed.add_container("t1");
-    let mut app = Command::new("ip").args(["netns", "exec", &ns, "sleep", "600"]).spawn().unwrap();
+    let mut app = spawn_in(&ns, &["sleep", "600"]);
     let w = bed.weavectl_attach(0, &ns, &["--name", "t1", &format!("/run/netns/{ns}")])[0];
     let ip = bed.workloads[w].ip;
     ok(&["ip", "netns", "del", &ns]);

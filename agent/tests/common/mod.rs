@@ -127,6 +127,21 @@ pub fn ok_in(ns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Starts `args` inside namespace `ns` (`ip netns exec`) and returns once
+/// the process is in it. Its `/proc/<pid>/ns/net` read before then is the
+/// namespace it was started from: a CI run (2026-12-07) attached the
+/// machine's own namespace by such a pid.
+pub fn spawn_in(ns: &str, args: &[&str]) -> std::process::Child {
+    use std::os::unix::fs::MetadataExt;
+    let child = Command::new("ip").args(["netns", "exec", ns]).args(args).spawn().unwrap();
+    let target = std::fs::metadata(format!("/run/netns/{ns}")).unwrap().ino();
+    let path = format!("/proc/{}/ns/net", child.id());
+    wait_for("the process to enter its namespace", Duration::from_secs(10), || {
+        std::fs::metadata(&path).is_ok_and(|m| m.ino() == target).then_some(())
+    });
+    child
+}
+
 /// Polls `f` until it returns Some, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
