@@ -14,14 +14,22 @@
 //! either a `Watch` answers `RESOURCE_EXHAUSTED` at once, saying to poll
 //! `Check`, which nothing limits here. Agents and Kubernetes' gRPC probes
 //! use `Check`.
+//!
+//! A stop ends every `Watch` (`UNAVAILABLE`), as it ends the map watches:
+//! tonic drains connections until their streams end, and one held watch
+//! kept a stopped coordinator up, its lock held and its database open, for
+//! as long as the client liked (found by a review, 2026-12-07).
 use std::{
     collections::HashMap,
+    pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
 };
 
-use futures::future::BoxFuture;
-use tokio::sync::Semaphore;
+use bytes::Bytes;
+use futures::{FutureExt, future::BoxFuture};
+use http_body::Frame;
+use tokio::sync::{Semaphore, watch};
 use tonic::{body::Body, server::NamedService};
 
 use crate::{
@@ -42,11 +50,58 @@ pub(crate) struct HealthWatches<S> {
     inner: S,
     room: Arc<Semaphore>,
     sources: Sources,
+    /// True once the coordinator stops.
+    stopping: watch::Receiver<bool>,
 }
 
 impl<S> HealthWatches<S> {
-    pub(crate) fn new(inner: S) -> Self {
-        Self { inner, room: Arc::new(Semaphore::new(MAX_HEALTH_WATCHES)), sources: Sources::default() }
+    pub(crate) fn new(inner: S, stopping: watch::Receiver<bool>) -> Self {
+        Self { inner, room: Arc::new(Semaphore::new(MAX_HEALTH_WATCHES)), sources: Sources::default(), stopping }
+    }
+}
+
+/// A response body that ends, with `UNAVAILABLE` in its trailers, once the
+/// coordinator stops: between tonic's frames, each whole messages (inside
+/// [`Held`], which slices them).
+struct UntilStop<B> {
+    inner: B,
+    stop: Option<BoxFuture<'static, ()>>,
+}
+
+impl<B> UntilStop<B> {
+    fn new(inner: B, mut stopping: watch::Receiver<bool>) -> Self {
+        // A dropped sender is a coordinator gone too.
+        let stop = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        Self { inner, stop: Some(stop.boxed()) }
+    }
+}
+
+impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for UntilStop<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let Some(stop) = this.stop.as_mut() else { return Poll::Ready(None) };
+        // The inner stream first: a stop sets NOT_SERVING before it is
+        // signalled, and that update goes out before the end.
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if frame.is_pending() && stop.as_mut().poll(cx).is_ready() {
+            this.stop = None;
+            let mut trailers = http::HeaderMap::new();
+            let _ = tonic::Status::unavailable("the coordinator is stopping").add_header(&mut trailers);
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        if let Poll::Ready(None) = frame {
+            this.stop = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stop.is_none()
     }
 }
 
@@ -125,6 +180,9 @@ where
             ));
         };
         let future = self.inner.call(request);
-        Box::pin(async move { Ok(future.await?.map(|inner| Body::new(Held::holding(inner, (permit, slot))))) })
+        let stopping = self.stopping.clone();
+        Box::pin(async move {
+            Ok(future.await?.map(|inner| Body::new(Held::holding(UntilStop::new(inner, stopping), (permit, slot)))))
+        })
     }
 }

@@ -426,7 +426,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         // failing to answer.
         .layer(crate::unread::UnreadLayer::default())
         .layer(crate::deadline::DeadlineLayer(settings.rpc_deadline))
-        .add_service(crate::health_watches::HealthWatches::new(limited!(health_service)))
+        .add_service(crate::health_watches::HealthWatches::new(limited!(health_service), stopping_sweep.clone()))
         .add_service(AdminOnly::new(limited!(reflection), state.clone()))
         .add_service(AdminOnly::new(limited!(reflection_alpha), state.clone()))
         .add_service(limited!(JoinServiceServer::new(api::Join(state.clone()))))

@@ -70,19 +70,29 @@ async fn reflection_lists_every_service_and_health_is_serving() {
 }
 
 /// A probe watching health sees NOT_SERVING when the coordinator begins to
-/// stop, before its connections go.
+/// stop, before its connections go; then its watch ends (`UNAVAILABLE`) and
+/// the coordinator stops. One held open on a connection that proved a
+/// credential (a member's, a load balancer's health checking) kept a
+/// stopped coordinator up, its lock held, for as long as it was held (found
+/// by a review, 2026-12-07; `stop` fails after 30 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_turns_not_serving_when_a_stop_begins() {
+    use weave_proto::v1::ListSubnetsRequest;
     let c = TestCoordinator::start().await;
-    let mut health = HealthClient::new(c.channel().await);
+    let channel = c.channel().await;
+    let mut admin = weave_proto::client::Api::new(channel.clone(), &c.running.admin.secret).unwrap();
+    admin.subnets.list_subnets(ListSubnetsRequest {}).await.expect("a call that proves the connection");
+    let mut health = HealthClient::new(channel);
     let request = HealthCheckRequest { service: "weave.v1.IpamService".into() };
     let mut watch = health.watch(request).await.unwrap().into_inner();
     assert_eq!(watch.message().await.unwrap().unwrap().status(), ServingStatus::Serving);
     let stopping = tokio::spawn(c.stop());
     let next = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message()).await.expect("an update");
     assert_eq!(next.unwrap().map(|m| m.status()), Some(ServingStatus::NotServing));
-    drop((watch, health));
-    let _ = stopping.await;
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message()).await.expect("the end");
+    assert_eq!(end.map(|_| ()).unwrap_err().code(), tonic::Code::Unavailable);
+    stopping.await.unwrap();
+    drop((watch, health, admin));
 }
 
 /// Python's grpcio-reflection, Postman and older tools speak only v1alpha.
