@@ -7,18 +7,6 @@ use weave_agent::daemon::{
     config::{Cli, Command},
 };
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-        }
-        // Without handlers the process still ends on a signal, just without cleanup.
-        _ => std::future::pending().await,
-    }
-    tracing::info!("shutting down");
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -29,7 +17,7 @@ async fn main() -> ExitCode {
     let result = match weave_proto::command_line::parse_or_exit::<Cli>("agent").command {
         // A joined agent becomes `agent run`: the token leaves its command line.
         Command::Join(args) => commands::join(&args).await.and_then(|()| Err(commands::exec_run(&args.run))),
-        Command::Run(args) => commands::run(args, shutdown_signal()).await,
+        Command::Run(args) => commands::run(args, weave_proto::stop_signal::stop_requested()).await,
         Command::Reset(args) => commands::reset(args).await,
         Command::Rekey(args) => weave_agent::daemon::rekey::rekey(args).await.map(|s| println!("{s}")),
         Command::Status(args) => commands::status(args).await.map(|s| print!("{s}")),

@@ -74,22 +74,35 @@ fn sigterm_keeps_segments_and_reset_removes_everything() {
 fn cleanup_on_exit_removes_everything_on_sigterm() {
     let mut bed = Bed::with_hosts(2);
     bed.add_workload(0, "default");
-    // Restart host 1's agent with the flag (from the environment, as systemd would set it).
-    bed.signal_agent(0, Signal::SIGKILL);
-    let log = std::fs::OpenOptions::new().append(true).open(&bed.hosts[0].log).unwrap();
-    let child = bed
-        .agent_command(0, false)
-        .env("WEAVE_CLEANUP_ON_EXIT", "true")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    bed.hosts[0].agent = Some(child);
+    bed.add_workload(1, "default");
+    // Restart both agents with the flag (from the environment, as systemd would set it).
+    for i in 0..2 {
+        bed.signal_agent(i, Signal::SIGKILL);
+        let log = std::fs::OpenOptions::new().append(true).open(&bed.hosts[i].log).unwrap();
+        let child = bed
+            .agent_command(i, false)
+            .env("WEAVE_CLEANUP_ON_EXIT", "true")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        bed.hosts[i].agent = Some(child);
+    }
     bed.wait_peers(0, 1);
-    bed.signal_agent(0, Signal::SIGTERM);
-    let links = ok_in(&bed.hosts[0].ns, &["ip", "-o", "link", "show"]);
-    assert!(!links.contains("wvbr-") && !links.contains("wvvx-") && !links.contains("wvtun0"), "left: {links}");
-    assert!(bed.hosts[0].data_dir.exists(), "the identity stays for the next start");
+    bed.wait_peers(1, 1);
+    // SIGTERM; and SIGHUP (a terminal closed under an agent started with
+    // `&`), which killed it by the default action, cleaning nothing (found
+    // by a review, 2026-12-07).
+    for (i, signal) in [(0, Signal::SIGTERM), (1, Signal::SIGHUP)] {
+        let mut agent = bed.hosts[i].agent.take().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), signal).unwrap();
+        assert!(agent.wait().unwrap().success(), "{signal}: {}", bed.log(i));
+        let links = ok_in(&bed.hosts[i].ns, &["ip", "-o", "link", "show"]);
+        assert!(!links.contains("wvbr-") && !links.contains("wvvx-") && !links.contains("wvtun0"), "left: {links}");
+        assert!(bed.hosts[i].data_dir.exists(), "the identity stays for the next start");
+        assert!(!bed.hosts[i].socket.exists(), "{signal} left the socket");
+        assert!(bed.log(i).contains(&format!("shutting down signal=\"{signal}\"")), "{}", bed.log(i));
+    }
 }
 
 /// `agent reset` after `attach --name` removes the data dir: the container

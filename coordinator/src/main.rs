@@ -20,18 +20,6 @@ enum Command {
     Migrate(weave_coordinator::store::migrate::MigrateArgs),
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-        }
-        // Without signal handlers the process still ends on a signal, just not gracefully.
-        _ => std::future::pending().await,
-    }
-    tracing::info!("shutting down");
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -51,7 +39,7 @@ async fn main() -> ExitCode {
         }
     };
     let data_dir = settings.data_dir.clone();
-    let running = match weave_coordinator::start(settings, shutdown_signal()).await {
+    let running = match weave_coordinator::start(settings, weave_proto::stop_signal::stop_requested()).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("coordinator: {}", weave_proto::client::error_chain(e.as_ref()));

@@ -141,9 +141,30 @@ fn api_pin(data_dir: &Path) -> weave_proto::token::Pin {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_coordinators_watches_are_recorded_as_ended() {
     let dir = tempfile::tempdir().unwrap();
+    stopped_by(nix::sys::signal::Signal::SIGTERM, &dir.path().join("data")).await;
+}
+
+/// SIGHUP (a terminal closed under a coordinator started with `&`) stops
+/// it as SIGTERM does: it killed it by the default action, its watches
+/// left recorded and its write-ahead log unfolded (found by a review,
+/// 2026-12-07).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hangup_stops_the_coordinator_as_sigterm_does() {
+    let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let first = spawn(&data);
-    let mut admin = admin(&first, &data).await;
+    stopped_by(nix::sys::signal::Signal::SIGHUP, &data).await;
+    if !common::postgres() {
+        let wal = std::fs::metadata(data.join("coordinator.db-wal")).map(|m| m.len()).unwrap_or(0);
+        assert_eq!(wal, 0, "the write-ahead log is folded in at a stop");
+    }
+}
+
+/// Stops a coordinator on `data` with a node watching by `signal`, starts
+/// another there, checks the watch was recorded as ended, and stops that
+/// one by `signal` too.
+async fn stopped_by(signal: nix::sys::signal::Signal, data: &Path) {
+    let first = spawn(data);
+    let mut admin = admin(&first, data).await;
     let r = JoinRequest {
         token: first.token.clone().unwrap(),
         name: "h1".into(),
@@ -152,7 +173,7 @@ async fn a_stopped_coordinators_watches_are_recorded_as_ended() {
         ..Default::default()
     };
     let joined = admin.join.join(r).await.unwrap().into_inner();
-    let mut node = Api::new(connect(&first.addr, api_pin(&data)).await.unwrap(), &joined.credential).unwrap();
+    let mut node = Api::new(connect(&first.addr, api_pin(data)).await.unwrap(), &joined.credential).unwrap();
     // As an agent does: a watch, and another at once whenever it ends
     // (one opened while the coordinator drained its connections was left
     // recorded as held).
@@ -174,12 +195,15 @@ async fn a_stopped_coordinators_watches_are_recorded_as_ended() {
     }
     let mut first = first;
     let pid = nix::unistd::Pid::from_raw(first.child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    assert!(first.child.wait().unwrap().success());
-    let second = spawn(&data);
-    let mut admin = self::admin(&second, &data).await;
+    nix::sys::signal::kill(pid, signal).unwrap();
+    assert!(first.child.wait().unwrap().success(), "{signal}");
+    let second = spawn(data);
+    let mut admin = self::admin(&second, data).await;
     let listed = admin.nodes.list_nodes(ListNodesRequest {}).await.unwrap().into_inner();
     assert_eq!(connected(listed), Some(false), "a watch of the stopped coordinator still counted");
     rewatch.abort();
     drop(watch);
+    let mut second = second;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(second.child.id() as i32), signal).unwrap();
+    assert!(second.child.wait().unwrap().success(), "{signal}");
 }

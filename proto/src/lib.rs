@@ -25,6 +25,7 @@ pub mod map;
 pub mod observe;
 pub mod private_dir;
 pub mod proof;
+pub mod stop_signal;
 pub mod token;
 
 #[allow(unreachable_pub, clippy::all, rustdoc::invalid_html_tags)]
