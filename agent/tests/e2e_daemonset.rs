@@ -47,7 +47,7 @@ impl Installer {
             .env("WEAVE_AGENT_SOCKET", socket)
             .env("WEAVE_AGENT_BIN", agent_bin())
             .env("WEAVE_CNI_PLUGIN", env!("CARGO_BIN_EXE_weave-cni"))
-            .env("WEAVE_CNI_CONFLIST", repo().join("deploy/cni/10-weave.conflist"))
+            .env("WEAVE_CNI_CONFLIST", repo().join("deploy/kubernetes/10-weave.conflist"))
             .env("WEAVE_READY_INTERVAL", "1")
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -92,6 +92,17 @@ fn conflist(root: &Path) -> PathBuf {
     root.join("etc/cni/net.d/10-weave.conflist")
 }
 
+/// The plugins the Kubernetes conflist chains, as the node's CNI package
+/// puts them into the bin directory (stand-ins: the installer only looks).
+fn chained_plugins(root: &Path) {
+    let dir = root.join("opt/cni/bin");
+    fs::create_dir_all(&dir).unwrap();
+    for p in ["portmap", "bandwidth"] {
+        fs::write(dir.join(p), "#!/bin/sh\nexit 1\n").unwrap();
+        fs::set_permissions(dir.join(p), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
 /// While the agent is not ready the installer waits (still running) and
 /// writes nothing into the CNI config directory.
 fn assert_waiting(installer: &mut Installer, root: &Path, what: &str) {
@@ -123,7 +134,7 @@ fn assert_installed(installer: &mut Installer, root: &Path) {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     left.sort();
-    assert_eq!(left, ["10-weave.conflist", "weave-cni"], "only the two files, no temporaries");
+    assert_eq!(left, ["10-weave.conflist", "bandwidth", "portmap", "weave-cni"], "only the two files, no temporaries");
     // A container's command stays up with the agent.
     installer.assert_running();
 }
@@ -143,6 +154,16 @@ fn conflist_is_written_only_once_the_agent_has_joined() {
 
     bed.add_host();
     assert_eq!(bed.hosts[0].socket, socket);
+    // A node without the plugins the conflist chains stays unready: every
+    // pod's ADD would fail at portmap or bandwidth (a review, 2026-12-07).
+    wait_for(
+        &format!("the installer to name the missing plugins: {}", installer.log()),
+        Duration::from_secs(30),
+        || installer.log().contains("missing from").then_some(()),
+    );
+    assert!(installer.log().contains("/opt/cni/bin: portmap bandwidth"), "{}", installer.log());
+    assert_waiting(&mut installer, &root, "portmap and bandwidth are missing");
+    chained_plugins(&root);
     assert_installed(&mut installer, &root);
     assert!(bed.status(0).expect("agent answers").coordinator_connected);
     installer.stop(0);
@@ -178,6 +199,7 @@ fn an_agent_without_its_coordinator_is_not_ready() {
 
     let root = bed.path("host-root");
     fs::create_dir(&root).unwrap();
+    chained_plugins(&root);
     let socket = bed.hosts[0].socket.clone();
     let mut installer = Installer::start(&root, &socket);
     // The agent answers on its socket (running from its saved map), which

@@ -65,6 +65,11 @@ pub struct ServeArgs {
     /// How many hosts may join with the token printed at first start (0: unlimited).
     #[arg(long, env = "WEAVE_FIRST_TOKEN_USES", default_value_t = 1)]
     pub first_token_uses: u32,
+    /// Make no join token at first start (`weavectl token create` makes
+    /// them): where others read the coordinator's output (a cluster's log
+    /// pipeline), a live token there could add a node.
+    #[arg(long, env = "WEAVE_NO_FIRST_TOKEN", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_first_token: bool,
     /// The shortest `token create --forget-after` allowed (at least 10s).
     /// Under 5m, a coordinator that restarts or loses its own network can
     /// forget hosts that are alive (README: "Hosts that leave for good").
@@ -159,6 +164,8 @@ pub struct Settings {
     pub token_ttl: Option<Duration>,
     pub first_token_ttl: Option<Duration>,
     pub first_token_uses: u32,
+    /// `--no-first-token`.
+    pub no_first_token: bool,
     /// The shortest `forget_after` a token may give its nodes (seconds).
     pub forget_after_floor: u64,
     /// Where /metrics, /healthz and /readyz are served (None: nowhere).
@@ -214,6 +221,7 @@ impl ServeArgs {
             token_ttl: "24h".into(),
             first_token_ttl: "1h".into(),
             first_token_uses: 1,
+            no_first_token: false,
             forget_after_floor: "5m".into(),
             // Tests start many coordinators in one process: no fixed port.
             metrics_listen: "off".into(),
@@ -445,6 +453,7 @@ impl ServeArgs {
             token_ttl,
             first_token_ttl,
             first_token_uses: self.first_token_uses,
+            no_first_token: self.no_first_token,
             forget_after_floor,
             node_quota: Some(self.node_quota).filter(|q| *q > 0),
             node_subnet_quota: Some(self.node_subnet_quota).filter(|q| *q > 0),

@@ -361,7 +361,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         presence,
     });
     tokio::spawn(api::presence::forget_unseen(state.clone()));
-    let first_token = if first_start {
+    let first_token = if first_start && !settings.no_first_token {
         let ttl = settings.first_token_ttl.map(|d| d.as_secs());
         let uses = Some(settings.first_token_uses).filter(|u| *u > 0);
         let (token, join) = api::Tokens::create(&state, ttl, uses, "created at first start".into(), 0).await?;

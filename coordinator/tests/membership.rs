@@ -722,6 +722,19 @@ async fn the_first_start_token_is_single_use_and_short_lived_by_default() {
     assert_status(api.join.join(join_request(&c.token(), "h2", 2)).await, Code::Unauthenticated, "used up");
 }
 
+/// `--no-first-token`: a first start leaves no live token in its output
+/// (a cluster's log pipeline, which others read); tokens come from
+/// `weavectl token create` (found by a review of the Kubernetes manifests,
+/// 2026-12-07).
+#[tokio::test]
+async fn a_first_start_told_so_makes_no_token() {
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.no_first_token = true).await;
+    assert!(c.running.first_token.is_none(), "a token was made");
+    let mut api = c.admin().await;
+    let tokens = api.tokens.list_tokens(ListTokensRequest {}).await.unwrap().into_inner().tokens;
+    assert!(tokens.is_empty(), "{tokens:?}");
+}
+
 /// The agent's join (`map_by_watch`) answers with the cluster settings only,
 /// at revision 0; its first watch from there brings the whole map, itself
 /// included. A join without the flag still carries the whole map.

@@ -8,8 +8,9 @@
 #
 # Why wait: a container runtime marks the node's network ready as soon as any
 # conflist exists in its directory, and the scheduler then sends pods here.
-# Before the agent has joined and holds its watch on the coordinator, every
-# one of those pods would fail its CNI ADD.
+# Before the agent has joined and holds its watch on the coordinator, or
+# while a plugin the conflist chains (portmap, bandwidth) is missing from the
+# CNI bin directory, every one of those pods would fail its CNI ADD.
 #
 #   weave-install-cni            wait, install, stay running (the container command)
 #   weave-install-cni --once     wait, install, exit 0
@@ -114,10 +115,31 @@ nap() {
     wait "$sleeper" || true
 }
 
+# The plugins the conflist chains after weave-cni (portmap, bandwidth). A
+# runtime marks the node's network ready once the conflist loads, and finds
+# a missing plugin only at each pod's ADD ("failed to find plugin
+# \"bandwidth\" in path"): the node looked Ready and no pod started on it
+# (found by a review, 2026-12-07). They are waited for as the agent is.
+chained=$(grep -o '"type"[[:space:]]*:[[:space:]]*"[^"]*"' "$CONFLIST" | sed 's/.*"\([^"]*\)"$/\1/' | grep -vx weave-cni || true)
+lacking() {
+    local p out=()
+    for p in $chained; do [[ -x $BIN_DIR/$p ]] || out+=("$p"); done
+    echo "${out[*]}"
+}
+
 log "waiting for the agent (socket $SOCKET${READY_URL:+, $READY_URL}) before installing the CNI config"
-waited=0
-until ready; do
-    if ((waited % 30 == 0)); then log "agent not ready yet (${waited}s)"; fi
+waited=0 said=
+while :; do
+    if ready; then
+        missing=$(lacking)
+        [[ -z $missing ]] && break
+        why="the conflist chains CNI plugins missing from $BIN_DIR: $missing (install the containernetworking plugins there)"
+    else
+        why="agent not ready yet"
+    fi
+    # At once when the reason changes, then every 30 s.
+    if [[ $why != "$said" ]] || ((waited % 30 == 0)); then log "$why (${waited}s)"; fi
+    said=$why
     nap "$INTERVAL"
     waited=$((waited + INTERVAL))
 done
