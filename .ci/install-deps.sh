@@ -5,6 +5,16 @@
 # looking at them); the rest is for the tests and the demo
 # (network namespaces, ping, capture, throughput, DNS queries).
 set -euo pipefail
+# No service starts in this machine's own namespace as its package installs
+# (docker.io would start dockerd there: docker0, its NAT rules, its plugin
+# directory; postgresql a system cluster): the tests start their own
+# daemons, inside their namespaces and temporary directories. Debian's
+# policy-rc.d protocol, only while this runs, and only where none is set.
+if [[ $(id -u) == 0 && ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\n# .ci/install-deps.sh: no service starts while it installs\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 need=()
 for pair in nft:nftables ip:iproute2 bridge:iproute2 ping:iputils-ping tcpdump:tcpdump iperf3:iperf3 \
     pkill:procps sysctl:procps dig:bind9-dnsutils iptables:iptables; do

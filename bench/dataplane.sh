@@ -55,11 +55,18 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     if [[ -n $PY ]]; then kill "$PY" 2>/dev/null || true; wait "$PY" 2>/dev/null || true; fi
-    # Backstop for anything the Python side could not stop (it records every pid it starts).
+    # Backstop for anything the Python side could not stop (it records every
+    # pid it starts): only a pid still in one of this run's namespaces, as
+    # every process it starts is; one that ended may be another's by now.
     if [[ -f $WVB_DIR/pids ]]; then
-        while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$WVB_DIR/pids"
+        local inodes=" " ns pid
+        for ns in /run/netns/"$WVB_PREFIX"-*; do
+            [[ -e $ns ]] && inodes+="$(stat -L -c %i "$ns") "
+        done
+        ours() { [[ $inodes == *" $(stat -L -c %i "/proc/$1/ns/net" 2>/dev/null) "* ]]; }
+        while read -r pid; do ours "$pid" && { kill "$pid" 2>/dev/null || true; }; done <"$WVB_DIR/pids" || true
         sleep 0.3
-        while read -r pid; do kill -9 "$pid" 2>/dev/null || true; done <"$WVB_DIR/pids"
+        while read -r pid; do ours "$pid" && { kill -9 "$pid" 2>/dev/null || true; }; done <"$WVB_DIR/pids" || true
     fi
     for ns in $(ip netns list | awk '{print $1}' | grep "^$WVB_PREFIX-" || true); do
         ip netns del "$ns" 2>/dev/null || true

@@ -9,12 +9,13 @@
 #   sudo deploy/demo.sh --down    # tear down a kept demo
 #
 # Everything lives in namespaces named $WEAVE_DEMO_PREFIX-* (default wvdemo)
-# and in $WEAVE_DEMO_DIR (default /tmp/weave-demo); nothing touches the
+# and in $WEAVE_DEMO_DIR (default /tmp/weave-demo, /tmp/weave-demo-<prefix>
+# with another prefix: two demos never share one); nothing touches the
 # host's own namespace.
 set -euo pipefail
 
 P=${WEAVE_DEMO_PREFIX:-wvdemo}
-DIR=${WEAVE_DEMO_DIR:-/tmp/weave-demo}
+if [[ $P == wvdemo ]]; then DIR=${WEAVE_DEMO_DIR:-/tmp/weave-demo}; else DIR=${WEAVE_DEMO_DIR:-/tmp/weave-demo-$P}; fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${WEAVE_BIN:-$ROOT/target/debug}
 HOSTS=${WEAVE_DEMO_HOSTS:-3}
@@ -23,11 +24,14 @@ HOSTS=${WEAVE_DEMO_HOSTS:-3}
     { echo "demo.sh: WEAVE_DEMO_HOSTS must be 2 to 99 (was '$HOSTS')" >&2; exit 2; }
 
 # The demo's own processes still running: a pid that is not a weave
-# coordinator or agent any more is another's by now (pids are reused).
+# coordinator or agent of this demo's directory any more is another's by now
+# (pids are reused; another demo's or a test's agent was signalled).
 ours() {
     [[ -f $DIR/pids ]] || return 0
+    local cmd
     while read -r pid; do
-        tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -Eq '^[^ ]*(coordinator|agent) ' && echo "$pid"
+        cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || continue
+        [[ $cmd =~ ^[^\ ]*(coordinator|agent)\  && $cmd == *" $DIR/"* ]] && echo "$pid"
     done <"$DIR/pids"
     return 0
 }

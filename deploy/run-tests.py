@@ -25,6 +25,7 @@ and the failed ones are named at the end."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -89,6 +90,67 @@ def name_of(path):
     return os.path.basename(path).rsplit("-", 1)[0]
 
 
+# A binary still running after this long is killed, with every process of
+# its session, and counted as failed: the longest takes about 200 s, and one
+# hung (an agent that never exits, a wait with no bound) held the whole run
+# until CI's own limit.
+TIMEOUT = 1800
+
+
+def in_group(pgid):
+    """The command lines of the processes in process group `pgid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        # After the command's name (in parentheses, which may hold spaces):
+        # state, ppid, pgrp.
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and fields[2] == str(pgid):
+            found.append(cmdline[:120])
+    return found
+
+
+def run_binary(argv, cwd, env, out):
+    """Runs one test binary in a session of its own; kills that session's
+    leftovers (by process group) when it ends or times out, and removes the
+    namespaces its beds named after its pid (`wv<pid>x…`, agent/tests/common)
+    that its Drop did not get to: a binary killed by a signal runs no Drop,
+    and the next one given its pid would find them. Returns (code, note)."""
+    child = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    note = ""
+    try:
+        code = child.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        note = f"run-tests.py: still running after {TIMEOUT} s: killed\n"
+        code = -9
+    child.kill()
+    child.wait()
+    left = in_group(child.pid)
+    if left:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        note += f"run-tests.py: killed {len(left)} process(es) it left: {'; '.join(left)}\n"
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    left = [line.split()[0] for line in listed.splitlines()
+            if line.split() and line.split()[0].startswith(f"wv{child.pid}x")]
+    for ns in left:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    if left:
+        note += f"run-tests.py: removed {len(left)} namespace(s) it left: {' '.join(left)}\n"
+    return code, note
+
+
 def main():
     argv = sys.argv[1:]
     test_args = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -129,10 +191,9 @@ def main():
         # A binary that cannot even start is a failure too (not a lane gone quiet).
         try:
             with tempfile.TemporaryFile() as out:
-                code = subprocess.run([path, *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                      stdout=out, stderr=subprocess.STDOUT).returncode
+                code, note = run_binary([path, *args], cwd, env, out)
                 out.seek(0)
-                text = out.read().decode(errors="replace")
+                text = out.read().decode(errors="replace") + note
         except Exception as e:  # noqa: BLE001 (reported, then counted as a failure)
             code, text = -1, f"run-tests.py: cannot run it: {e!r}\n"
         took = time.monotonic() - start

@@ -352,11 +352,13 @@ fn a_namespace_that_outlives_the_process_it_was_attached_by_stays() {
     assert!(holds(&bed, ip), "{:?}", bed.allocations());
     // Held by a process whose main thread has ended while another thread
     // goes on (its /proc/<pid>/ns/net cannot be read): still in use.
-    let mut held = Command::new("ip")
-        .args(["netns", "exec", &pod, "python3", "-c", PTHREAD_EXIT])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut held = Killed(
+        Command::new("ip")
+            .args(["netns", "exec", &pod, "python3", "-c", PTHREAD_EXIT])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(held.stdout.as_mut().unwrap()), &mut line).unwrap();
     ok(&["ip", "netns", "del", &pod]);

@@ -157,10 +157,11 @@ fn older_configuration_versions_get_results_in_their_form() {
     // their DEL succeeds, as nothing was added under them (a 9,000-byte id's
     // DEL failed for ever; a review, 2026-12-07).
     let long = "x".repeat(9000);
+    let gone = format!("/run/netns/{}-gone-for-good", bed.prefix);
     for bad in ["bad id", "../../x", "-lead", "a:b", "ü", long.as_str()] {
         let out = plugin(&bin, "ADD", &netns, bad, &conf, None);
         assert_eq!(json_out(&out)["code"], 4, "{bad}: {}", String::from_utf8_lossy(&out.stdout));
-        for netns in [netns.as_str(), "/run/netns/gone-for-good"] {
+        for netns in [netns.as_str(), gone.as_str()] {
             let out = plugin(&bin, "DEL", netns, bad, &conf, None);
             assert!(out.status.success(), "DEL of a refused id: {}", String::from_utf8_lossy(&out.stdout));
         }

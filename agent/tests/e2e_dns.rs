@@ -483,18 +483,21 @@ fn a_container_may_run_its_own_dns_server_on_port_53() {
     let ns = d.bed.workloads[w].ns.clone();
     let rules = ok_in(&ns, &["nft", "list", "table", "ip", "weave_dns"]);
     assert!(rules.contains("udp dport 53 dnat to 127.0.0.11:"), "{rules}");
-    let mut server = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns, "python3", "-c", OWN_SERVER])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = Killed(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-c", OWN_SERVER])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut line).unwrap();
     if line.trim() != "bound" {
         let _ = server.kill();
-        let out = server.wait_with_output().unwrap();
-        panic!("the container's own server could not bind port 53: {}", String::from_utf8_lossy(&out.stderr));
+        let mut said = String::new();
+        let _ = std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut said);
+        panic!("the container's own server could not bind port 53: {said}");
     }
     // weave.local and the upstream still answer through 127.0.0.11:53 (UDP and TCP).
     assert_eq!(d.dig(w, &["other"]), [d.ip(other)]);
@@ -518,8 +521,7 @@ fn a_container_may_run_its_own_dns_server_on_port_53() {
     assert!(!in_ns(&ns, &["nft", "list", "table", "ip", "weave_dns"]).status.success(), "the rule stayed");
     let ask_own = ask.replace(&format!("('{}', 53)", d.ip(w)), "('127.0.0.11', 53)");
     assert_eq!(ok_in(&ns, &["python3", "-c", &ask_own]).trim(), "hello");
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }
 
 /// One name on containers of two hosts (Weave Net's "the same name on

@@ -8,7 +8,7 @@ mod common;
 
 use std::{
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::Duration,
 };
@@ -130,6 +130,19 @@ impl Engine {
     fn run(&self, name: &str, net: &str) -> String {
         self.ok(&["run", "-d", "--name", name, "--net", net, IMAGE, "sleep", "900"]);
         self.address(name, net)
+    }
+
+    /// Container `name`'s network namespace, as Docker mounts it (its
+    /// SandboxKey, seen through the holder's root): not by the pid of its
+    /// process, which the shim reaps and the kernel may give to another
+    /// (found by a review, 2026-12-07).
+    fn netns(&self, name: &str) -> String {
+        let key = self.ok(&["inspect", "-f", "{{.NetworkSettings.SandboxKey}}", name]);
+        let key = key.trim();
+        let key = key.strip_prefix("/var/run/").map(|k| format!("/run/{k}")).unwrap_or_else(|| key.to_string());
+        let path = format!("/proc/{}/root{key}", self.holder.id());
+        assert!(key.starts_with('/') && Path::new(&path).exists(), "{name}'s namespace: {path}");
+        path
     }
 
     fn address(&self, name: &str, net: &str) -> String {
@@ -345,15 +358,15 @@ fn docker_networks_on_weave() {
     // attach's and CNI's are): not even to client, beside it on its bridge,
     // whose own input counts the echo requests from each source.
     h2.ok(&["run", "-d", "--name", "spoofer", "--cap-add", "NET_ADMIN", "--net", "net1", IMAGE, "sleep", "900"]);
-    let pid = h2.ok(&["inspect", "-f", "{{.State.Pid}}", "client"]);
-    let in_client = |rules: &str| ok(&["nsenter", "-t", &pid, "-n", "nft", rules]);
+    let net = format!("--net={}", h2.netns("client"));
+    let in_client = |rules: &str| ok(&["nsenter", &net, "nft", rules]);
     in_client("add table ip seen; add chain ip seen input { type filter hook input priority 0; }");
     let (own, forged) = (h2.address("spoofer", "net1"), "10.2.3.250");
     for src in [own.as_str(), forged] {
         in_client(&format!("add rule ip seen input ip saddr {src} icmp type echo-request counter"));
     }
     let seen = |src: &str| -> u64 {
-        let rules = ok(&["nsenter", "-t", &pid, "-n", "nft", "list", "table", "ip", "seen"]);
+        let rules = ok(&["nsenter", &net, "nft", "list", "table", "ip", "seen"]);
         let line = rules.lines().find(|l| l.contains(&format!("ip saddr {src} "))).unwrap().to_string();
         line.split("packets ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
     };

@@ -26,7 +26,9 @@ fn restart_with_hidden_netns(bed: &mut Bed, i: usize) {
         .arg("mount -t tmpfs weave-hidden /run/netns && exec \"$@\"")
         .arg("sh")
         .args(agent)
-        .env("RUST_LOG", "info,weave_agent=debug");
+        // The bed's environment too: WEAVE_DOCKER_PLUGIN=off above all (the
+        // machine's /run/docker/plugins is this agent's /run).
+        .envs(plain.get_envs().filter_map(|(k, v)| Some((k, v?))));
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&bed.hosts[i].log).unwrap();
     let child = cmd.stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("start the agent");
     bed.hosts[i].agent = Some(child);

@@ -22,6 +22,8 @@ fn join(ns: &str, token: &str, dir: &Path) -> (Option<i32>, String, Duration) {
         .arg(dir.join("data"))
         .arg("--socket")
         .arg(dir.join("agent.sock"))
+        // Should a join that must fail succeed, never the machine's Docker plugin directory.
+        .env("WEAVE_DOCKER_PLUGIN", "off")
         .output()
         .unwrap();
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned(), started.elapsed())
@@ -152,6 +154,7 @@ fn bad_flags_are_refused_before_the_token_is_used() {
             .arg(agent_bin())
             .args(["join", "--token", &bed.token, "--name", "flags", "--endpoint", "192.0.2.31:6784"])
             .args(flags)
+            .env("WEAVE_DOCKER_PLUGIN", "off")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -187,6 +190,7 @@ fn a_host_without_nft_is_told_so_before_the_token_is_used() {
         .arg(dir.join("data"))
         .arg("--socket")
         .arg(dir.join("agent.sock"))
+        .env("WEAVE_DOCKER_PLUGIN", "off")
         .env("PATH", &empty)
         .output()
         .unwrap();
@@ -203,6 +207,8 @@ fn a_host_without_nft_is_told_so_before_the_token_is_used() {
 /// Runs `args` with a 30 s bound (an agent that should have stopped but
 /// serves is killed and the test fails).
 fn exits(mut cmd: Command, what: &str) -> std::process::Output {
+    // Should it not exit as it must, never the machine's Docker plugin directory.
+    cmd.env("WEAVE_DOCKER_PLUGIN", "off");
     let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while child.try_wait().unwrap().is_none() {

@@ -10,20 +10,11 @@ mod common;
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
-use common::{Bed, in_netns, wait_for};
-
-/// Kills Prometheus (by pid) when the test ends, also on failure.
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Bed, Killed, in_netns, wait_for};
 
 /// GET `path` from `addr` inside namespace `ns`: (status, body).
 fn get(ns: &str, addr: &str, path: &str) -> (u16, String) {

@@ -128,7 +128,22 @@ fn an_ipv6_endpoint_and_port_without_brackets_is_refused() {
     let ip6 = v6_of("192.0.2.15".parse().unwrap());
     let dir = bed.path("bare-agent");
     let (agent, dir, given) = (agent_bin(), dir.to_str().unwrap().to_string(), format!("{ip6}:6784"));
-    let join = [agent.to_str().unwrap(), "join", "--token", &bed.token, "--endpoint", &given, "--data-dir", &dir];
+    let socket = format!("{dir}.sock");
+    // The bed's own paths, should a join that must fail succeed.
+    let join = [
+        agent.to_str().unwrap(),
+        "join",
+        "--token",
+        &bed.token,
+        "--endpoint",
+        &given,
+        "--data-dir",
+        &dir,
+        "--socket",
+        &socket,
+        "--docker-plugin",
+        "off",
+    ];
     let out = in_ns(&ns, &join);
     assert!(!std::path::Path::new(&dir).join("identity.json").exists(), "nothing joined");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -127,13 +127,37 @@ pub fn ok_in(ns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A child process killed (by its pid) and reaped when dropped: a test that
+/// fails leaves it running no more than one that passes.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Killed {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Killed {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
 /// Starts `args` inside namespace `ns` (`ip netns exec`) and returns once
 /// the process is in it. Its `/proc/<pid>/ns/net` read before then is the
 /// namespace it was started from: a CI run (2026-12-07) attached the
 /// machine's own namespace by such a pid.
-pub fn spawn_in(ns: &str, args: &[&str]) -> std::process::Child {
+pub fn spawn_in(ns: &str, args: &[&str]) -> Killed {
     use std::os::unix::fs::MetadataExt;
-    let child = Command::new("ip").args(["netns", "exec", ns]).args(args).spawn().unwrap();
+    let child = Killed(Command::new("ip").args(["netns", "exec", ns]).args(args).spawn().unwrap());
     let target = std::fs::metadata(format!("/run/netns/{ns}")).unwrap().ino();
     let path = format!("/proc/{}/ns/net", child.id());
     wait_for("the process to enter its namespace", Duration::from_secs(10), || {

@@ -7,6 +7,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::{
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
@@ -84,6 +85,9 @@ impl PgServer {
             .arg("-k")
             .arg(&self.dir)
             .args(["-c", "listen_addresses=", "-c", "fsync=off", "-c", "max_connections=300"])
+            // Its watchdog (below) stops it after this binary has exited:
+            // not in the group the test runner kills then (deploy/run-tests.py).
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -108,8 +112,20 @@ impl PgServer {
         }
     }
 
+    /// Whether `self.pid` is still this server's postmaster (its command
+    /// line names the data directory): a stopped server's PID may be
+    /// another process's by now.
+    fn running(&self) -> bool {
+        let data = self.dir.join("data");
+        std::fs::read(format!("/proc/{}/cmdline", self.pid))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == data.as_os_str().as_encoded_bytes()))
+    }
+
     /// Stops the server (SIGQUIT: immediate) and waits until it has exited.
     pub fn kill(&self) {
+        if !self.running() {
+            return;
+        }
         let _ = Command::new("kill").args(["-QUIT", &self.pid.to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Path::new(&format!("/proc/{}", self.pid)).exists() && Instant::now() < deadline {
@@ -122,6 +138,9 @@ impl PgServer {
     /// socket removed) and waits until it has exited. [`PgServer::launch`]
     /// starts it again on the same data directory and socket.
     pub fn stop(&self) {
+        if !self.running() {
+            return;
+        }
         let _ = Command::new("kill").args(["-INT", &self.pid.to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Path::new(&format!("/proc/{}", self.pid)).exists() {
@@ -173,8 +192,11 @@ impl PgServer {
              while kill -0 $pid 2>/dev/null; do sleep 0.2; done; fi; rm -rf '{dir}'",
             dir = self.dir.display()
         );
+        // A process group of its own: the test runner kills what a test
+        // binary leaves in its group (deploy/run-tests.py).
         let mut child = Command::new("sh")
             .args(["-c", &script])
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
