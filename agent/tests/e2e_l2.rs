@@ -160,6 +160,33 @@ fn routes_and_proxy_entries_follow_remote_workloads() {
     );
 }
 
+/// No host writes its addresses into a workload's IPv4 options: a Record
+/// Route ping to a remote workload came back with both hosts' underlay and
+/// node addresses, which weave keeps from workloads otherwise (found by a
+/// review, 2026-12-07). What a host routes with options is dropped, as
+/// clouds' networks do; bridged, to a workload of the same host, they pass
+/// untouched, as on a switch.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn no_host_writes_its_addresses_into_a_workloads_record_route() {
+    let mut bed = Bed::with_hosts(2);
+    let (a, b, c) = (bed.add_workload(0, "default"), bed.add_workload(1, "default"), bed.add_workload(0, "default"));
+    bed.wait_ping(a, b, Duration::from_secs(15));
+    bed.wait_ping(b, a, Duration::from_secs(5));
+    let record_route =
+        |to: usize| in_ns(&bed.workloads[a].ns, &["ping", "-c1", "-W2", "-R", &bed.workloads[to].ip.to_string()]);
+    let out = record_route(b);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    for host in &bed.hosts {
+        assert!(!said.contains(&host.ip.to_string()), "{} in a workload's record route: {said}", host.ip);
+    }
+    assert!(!said.contains("10.47."), "a node address in a workload's record route: {said}");
+    assert!(!out.status.success(), "routed with its options: {said}");
+    let out = record_route(c);
+    assert!(out.status.success(), "bridged options dropped: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(ping_within(&bed.workloads[a].ns, bed.workloads[b].ip, 2), "plain IPv4 stopped");
+}
+
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn workloads_with_reverse_path_filtering_are_reachable_from_other_hosts() {

@@ -14,10 +14,9 @@
 //!   sends a packet for somewhere else still cannot carry traffic between
 //!   subnets (or between a subnet and anything else). Its output chain keeps
 //!   the host itself off a subnet it is not exposed on.
-//! - `bridge weave`: no ARP crosses a VXLAN device. Remote workloads are
-//!   answered by proxy ARP with the local bridge's MAC (their IPv4 unicast is
-//!   routed); a remote workload's own ARP would point workloads back at the
-//!   slow path, and a host would answer proxy ARP for another host's workloads.
+//! - `bridge weave`: no ARP crosses a VXLAN device. Remote workloads are answered
+//!   by proxy ARP with the local bridge's MAC (their IPv4 unicast is routed); a
+//!   remote one's own ARP, or a host's proxy ARP for another's, would mislead.
 //!   IPv4 in an L2 broadcast or multicast frame from a weave port (workload or
 //!   VXLAN) must be for a group: multicast, 255.255.255.255 or a segment's
 //!   directed broadcast. Linux takes unicast IP out of an L2 broadcast, so a
@@ -345,7 +344,7 @@ pub fn ruleset(rules: &Rules) -> String {
     // anything goes; between a bridge and the TUN only the subnet's own
     // addresses and its remote workloads; nothing else in or out.
     out += "  chain forward {\n    type filter hook forward priority filter - 10; policy accept;\n";
-    out += &egress::guards(rules);
+    out += &(routed::no_options(rules) + &egress::guards(rules));
     out += &dnat::forward();
     out += &egress::replies(segments);
     if !segments.is_empty() {
@@ -496,5 +495,6 @@ fn elements<T: Ord + std::fmt::Display>(out: &mut String, name: &str, old: &BTre
 
 mod dnat;
 mod egress;
+mod routed;
 #[cfg(test)]
 mod tests;
