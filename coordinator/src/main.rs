@@ -31,6 +31,10 @@ async fn main() -> ExitCode {
         Command::Serve(args) => *args,
         Command::Migrate(args) => return args.run().await,
     };
+    // At once: the banner tells a supervisor (or a test) it is up, and a
+    // signal from then on must stop it gracefully, not by its default
+    // action before the server first looked.
+    let stop = weave_proto::stop_signal::install();
     let settings = match args.settings() {
         Ok(s) => s,
         Err(e) => {
@@ -39,7 +43,7 @@ async fn main() -> ExitCode {
         }
     };
     let data_dir = settings.data_dir.clone();
-    let running = match weave_coordinator::start(settings, weave_proto::stop_signal::stop_requested()).await {
+    let running = match weave_coordinator::start(settings, stop.requested()).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("coordinator: {}", weave_proto::client::error_chain(e.as_ref()));

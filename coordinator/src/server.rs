@@ -48,6 +48,8 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// endpoints, 253-byte names, 256-byte descriptions); a larger one is
 /// refused with OUT_OF_RANGE from its header.
 pub const MAX_REQUEST_BYTES: usize = 8 << 10;
+/// How long a stop waits for open calls and streams to end.
+pub const DRAIN_WITHIN: Duration = Duration::from_secs(10);
 
 /// `server` decoding at most [`MAX_REQUEST_BYTES`] per request message.
 macro_rules! limited {
@@ -455,6 +457,7 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
         unproven = limits.unproven,
         "connection limits"
     );
+    let mut stopped = stopping_sweep.clone();
     let incoming = crate::accept::limited(crate::accept::backing_off(incoming), limits, connections, stopping_sweep);
     // Tell the watch streams first, then let tonic drain the connections.
     let shutdown = async move {
@@ -468,7 +471,21 @@ pub async fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send
     let closing = store.clone();
     let task = tokio::spawn(async move {
         let _lock = lock;
-        let served = router.serve_with_incoming_shutdown(incoming, shutdown).await;
+        // The drain is bounded: a client that does not read its answer (a
+        // zero window) or never finishes its request held a stopped
+        // coordinator, its lock and its unfolded log, for as long as it
+        // liked (found by a review, 2026-12-07).
+        let drained = async {
+            let _ = stopped.wait_for(|s| *s).await;
+            tokio::time::sleep(DRAIN_WITHIN).await;
+        };
+        let served = tokio::select! {
+            served = router.serve_with_incoming_shutdown(incoming, shutdown) => served,
+            () = drained => {
+                tracing::warn!(within = ?DRAIN_WITHIN, "connections still open after the stop began: closed");
+                Ok(())
+            }
+        };
         // No watch of this coordinator is held now: recorded before the store closes.
         let _ = tokio::time::timeout(Duration::from_secs(5), presence.stop()).await;
         closing.close().await;

@@ -32,7 +32,19 @@ impl Drop for Coordinator {
 }
 
 fn spawn(data_dir: &Path) -> Coordinator {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_coordinator"));
+    spawn_under(data_dir, &[])
+}
+
+/// Started by `wrapper` (`nohup`, which execs it: the same pid), if any.
+fn spawn_under(data_dir: &Path, wrapper: &[&str]) -> Coordinator {
+    let mut command = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(env!("CARGO_BIN_EXE_coordinator"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_coordinator")),
+    };
     if let Some(store) = common::store_flag(&data_dir.join("coordinator.db")) {
         command.env("WEAVE_STORE", store);
     }
@@ -157,6 +169,20 @@ async fn a_hangup_stops_the_coordinator_as_sigterm_does() {
         let wal = std::fs::metadata(data.join("coordinator.db-wal")).map(|m| m.len()).unwrap_or(0);
         assert_eq!(wal, 0, "the write-ahead log is folded in at a stop");
     }
+}
+
+/// Started with SIGHUP ignored (`nohup`), it stays ignored: a handler for
+/// it replaced that, and a `nohup coordinator serve &` stopped at logout
+/// (found by a review, 2026-12-07).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_started_under_nohup_outlives_a_hangup() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut c = spawn_under(&data, &["nohup"]);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.child.id() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(c.child.try_wait().unwrap().is_none(), "a hangup stopped a coordinator started under nohup");
+    admin(&c, &data).await.subnets.list_subnets(ListSubnetsRequest {}).await.expect("it still serves");
 }
 
 /// Stops a coordinator on `data` with a node watching by `signal`, starts

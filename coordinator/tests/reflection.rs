@@ -95,6 +95,28 @@ async fn health_turns_not_serving_when_a_stop_begins() {
     drop((watch, health, admin));
 }
 
+/// A client that never reads its answer (a zero receive window: the end of
+/// its watch cannot be sent) holds a stop no longer than the drain's bound.
+/// It held a stopped coordinator, its lock and its unfolded log, as long as
+/// it liked (found by a review, 2026-12-07).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_holds_a_stop_for_a_bounded_time() {
+    let c = TestCoordinator::start().await;
+    let endpoint = weave_proto::client::endpoint(&c.addr(), c.pin()).expect("endpoint");
+    let channel = endpoint.initial_stream_window_size(0u32).connect().await.expect("connect");
+    let mut health = HealthClient::new(channel);
+    let request = HealthCheckRequest { service: String::new() };
+    let watch = tokio::time::timeout(std::time::Duration::from_secs(10), health.watch(request))
+        .await
+        .expect("the watch's headers")
+        .expect("a watch");
+    let started = std::time::Instant::now();
+    c.stop().await;
+    let took = started.elapsed();
+    assert!(took < weave_coordinator::server::DRAIN_WITHIN + std::time::Duration::from_secs(8), "stopped in {took:?}");
+    drop((watch, health));
+}
+
 /// Python's grpcio-reflection, Postman and older tools speak only v1alpha.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_v1alpha_is_served_too() {

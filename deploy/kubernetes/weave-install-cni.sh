@@ -28,6 +28,9 @@
 #   WEAVE_CNI_CONFLIST     the conflist to install                     (/usr/local/share/weave/10-weave.conflist)
 #   WEAVE_CNI_BIN_DIR      under the root                              (/opt/cni/bin)
 #   WEAVE_CNI_CONF_DIR     under the root                              (/etc/cni/net.d)
+#   WEAVE_CNI_PLUGIN_DIRS  under the root, `:`-separated: where the runtime finds
+#                          the plugins the conflist chains (CRI-O's plugin_dirs,
+#                          containerd's bin_dirs; mount them)   (WEAVE_CNI_BIN_DIR)
 #   WEAVE_READY_INTERVAL   seconds between readiness checks            (2)
 set -euo pipefail
 
@@ -39,6 +42,7 @@ PLUGIN=${WEAVE_CNI_PLUGIN:-/usr/local/bin/weave-cni}
 CONFLIST=${WEAVE_CNI_CONFLIST:-/usr/local/share/weave/10-weave.conflist}
 BIN_DIR=$ROOT${WEAVE_CNI_BIN_DIR:-/opt/cni/bin}
 CONF_DIR=$ROOT${WEAVE_CNI_CONF_DIR:-/etc/cni/net.d}
+PLUGIN_DIRS=${WEAVE_CNI_PLUGIN_DIRS:-${WEAVE_CNI_BIN_DIR:-/opt/cni/bin}}
 INTERVAL=${WEAVE_READY_INTERVAL:-2}
 
 log() { echo "weave-install-cni: $*" >&2; }
@@ -122,8 +126,13 @@ nap() {
 # (found by a review, 2026-12-07). They are waited for as the agent is.
 chained=$(grep -o '"type"[[:space:]]*:[[:space:]]*"[^"]*"' "$CONFLIST" | sed 's/.*"\([^"]*\)"$/\1/' | grep -vx weave-cni || true)
 lacking() {
-    local p out=()
-    for p in $chained; do [[ -x $BIN_DIR/$p ]] || out+=("$p"); done
+    local p d found out=() dirs
+    IFS=: read -ra dirs <<<"$PLUGIN_DIRS"
+    for p in $chained; do
+        found=
+        for d in "${dirs[@]}"; do [[ -x $ROOT$d/$p ]] && found=1; done
+        [[ -n $found ]] || out+=("$p")
+    done
     echo "${out[*]}"
 }
 
@@ -133,7 +142,7 @@ while :; do
     if ready; then
         missing=$(lacking)
         [[ -z $missing ]] && break
-        why="the conflist chains CNI plugins missing from $BIN_DIR: $missing (install the containernetworking plugins there)"
+        why="the conflist chains CNI plugins missing from $PLUGIN_DIRS: $missing (install the containernetworking plugins there, or name the runtime's plugin directories in WEAVE_CNI_PLUGIN_DIRS)"
     else
         why="agent not ready yet"
     fi

@@ -5,7 +5,7 @@
 //! hosts' underlay and node addresses, which weave otherwise keeps from
 //! workloads (found by a review, 2026-12-07). A switch writes nothing, and
 //! neither do clouds' networks, which drop such packets: so does this, for
-//! what is routed (sent to the bridges' MAC, or out of the TUN). Bridged
+//! what is routed (sent to the bridges' MAC, or in from the TUN). Bridged
 //! frames keep their options: IGMP's Router Alert, within a segment.
 use super::{BRIDGE_PREFIX, Rules, TUN_NAME};
 
