@@ -13,12 +13,26 @@
 //! leaves such a write either whole in its batch or not at all
 //! (`store/batch.rs`). A watch stream is bounded only until its first answer
 //! (the handler returns the stream), never afterwards.
+//!
+//! A call whose request the client never finished sending is answered the
+//! same way, but said to be the client's: any credential could hold its
+//! requests half-sent and set off the "store not answering" warning and
+//! alert (`weave_rpc_deadline_exceeded_total`) at will (found by a review,
+//! 2026-12-07). It counts in `weave_rpc_requests_unfinished_total`.
 use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
+use http_body::Frame;
+use tonic::body::Body;
 
 #[derive(Clone, Copy)]
 pub(crate) struct DeadlineLayer(pub Option<Duration>);
@@ -36,9 +50,41 @@ pub(crate) struct Deadline<S> {
     limit: Option<Duration>,
 }
 
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Deadline<S>
+/// A request body that says when it has all arrived (its end, or its trailers).
+struct Arrived {
+    inner: Body,
+    all: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Arrived {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = &frame {
+            self.all.store(true, Ordering::Relaxed);
+        }
+        if let Poll::Ready(Some(Ok(f))) = &frame
+            && f.is_trailers()
+        {
+            self.all.store(true, Ordering::Relaxed);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end {
+            self.all.store(true, Ordering::Relaxed);
+        }
+        end
+    }
+}
+
+impl<S, ResBody> tower::Service<http::Request<Body>> for Deadline<S>
 where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S: tower::Service<http::Request<Body>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
     ResBody: Default + Send + 'static,
 {
@@ -50,14 +96,25 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let future = self.inner.call(request);
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let Some(limit) = self.limit else {
-            return Box::pin(future);
+            return Box::pin(self.inner.call(request));
         };
+        let all = Arc::new(AtomicBool::new(false));
+        let request = request.map(|inner| Body::new(Arrived { inner, all: all.clone() }));
+        let future = self.inner.call(request);
         Box::pin(async move {
             match tokio::time::timeout(limit, future).await {
                 Ok(answer) => answer,
+                Err(_) if !all.load(Ordering::Relaxed) => {
+                    tracing::debug!(after = ?limit, "a request not sent whole within --rpc-deadline: cut off");
+                    metrics::counter!("weave_rpc_requests_unfinished_total").increment(1);
+                    Ok(tonic::Status::deadline_exceeded(format!(
+                        "the request did not arrive whole within {}s (--rpc-deadline)",
+                        limit.as_secs()
+                    ))
+                    .into_http())
+                }
                 Err(_) => {
                     tracing::warn!(after = ?limit, "an RPC was not answered within --rpc-deadline: the store is not answering");
                     metrics::counter!("weave_rpc_deadline_exceeded_total").increment(1);

@@ -126,6 +126,10 @@ fn describe() {
         "RPCs answered DEADLINE_EXCEEDED because they were not answered within --rpc-deadline (the database is not answering)."
     );
     describe_counter!(
+        "weave_rpc_requests_unfinished_total",
+        "RPCs cut off at --rpc-deadline because their client had not sent the whole request (not the database's doing)."
+    );
+    describe_counter!(
         "weave_rpc_unread_refused_total",
         "Reads refused because their credential had 16 reads still being answered or sent (a client not reading)."
     );
@@ -158,6 +162,7 @@ fn describe() {
         "weave_rpc_paced_total",
         "weave_rpc_refused_after_failures_total",
         "weave_rpc_deadline_exceeded_total",
+        "weave_rpc_requests_unfinished_total",
         "weave_rpc_unread_refused_total",
         "weave_rpc_health_watches_refused_total",
         "weave_connections_refused_total",

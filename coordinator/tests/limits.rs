@@ -687,6 +687,27 @@ async fn a_request_held_half_sent_does_not_keep_its_connection() {
     let _ = tokio::time::timeout(Duration::from_secs(5), call).await.expect("the call ended with its connection");
 }
 
+/// A request a client never finishes sending, on a connection proven by a
+/// credential (which `--authenticate-within` does not cut), is cut off at
+/// the deadline as the client's, not the store's: any member could set off
+/// the "store not answering" alert at will (found by a review, 2026-12-07).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_never_finished_is_not_the_stores_fault() {
+    use tower::ServiceExt;
+    let c = TestCoordinator::start_in(tempfile::tempdir().unwrap(), |a| a.rpc_deadline = "6s".into()).await;
+    let channel = c.channel().await;
+    let mut admin = weave_proto::client::Api::new(channel.clone(), &c.running.admin.secret).unwrap();
+    admin.subnets.list_subnets(ListSubnetsRequest {}).await.expect("a call that proves the connection");
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(15), channel.oneshot(join_held_open(100, 10)))
+        .await
+        .expect("an answer at the deadline")
+        .expect("an HTTP answer");
+    let header = |name: &str| answer.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    assert_eq!(header("grpc-status"), (tonic::Code::DeadlineExceeded as i32).to_string());
+    let message = header("grpc-message");
+    assert!(message.contains("did%20not%20arrive%20whole") && !message.contains("database"), "{message}");
+}
+
 /// A member asking for the map again and again without reading the answers
 /// (its connection's stream window at zero: nothing can be sent) used to pile
 /// them up in the coordinator's memory without bound (found by a review).
