@@ -98,7 +98,8 @@ TIMEOUT = 1800
 
 
 def in_group(pgid):
-    """The command lines of the processes in process group `pgid`."""
+    """The command lines of the live processes in process group `pgid`
+    (not zombies: dead already, they wait for a parent to reap them)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -113,8 +114,8 @@ def in_group(pgid):
         # After the command's name (in parentheses, which may hold spaces):
         # state, ppid, pgrp.
         fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 2 and fields[2] == str(pgid):
-            found.append(cmdline[:120])
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            found.append(f"{entry} {cmdline[:120]}")
     return found
 
 
