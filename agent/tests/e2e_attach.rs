@@ -563,25 +563,15 @@ fn a_detach_by_path_releases_what_a_forgotten_name_held() {
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn a_container_named_by_its_pid_is_the_same_by_its_proc_path() {
-    struct Process(std::process::Child);
-    impl Drop for Process {
-        fn drop(&mut self) {
-            let _ = (self.0.kill(), self.0.wait());
-        }
-    }
     let mut bed = Bed::with_hosts(1);
     let forged = bed.add_container("forged");
-    let child = Process(std::process::Command::new("unshare").args(["-n", "sleep", "300"]).spawn().unwrap());
-    let pid = child.0.id().to_string();
+    let child = common::spawn_unshared(&["sleep", "300"]);
+    let pid = child.id().to_string();
     let path = format!("/proc/{pid}/ns/net");
-    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
-    wait_for("the child in a namespace of its own", Duration::from_secs(5), || {
-        std::fs::read_link(&path).is_ok_and(|l| l != own).then_some(())
-    });
     // A second process in it: it outlives the first below.
     let second =
-        Process(std::process::Command::new("nsenter").args(["-t", &pid, "-n", "sleep", "300"]).spawn().unwrap());
-    let other = second.0.id().to_string();
+        Killed(std::process::Command::new("nsenter").args(["-t", &pid, "-n", "sleep", "300"]).spawn().unwrap());
+    let other = second.id().to_string();
     wait_for("the second process in the namespace", Duration::from_secs(5), || {
         (std::fs::read_link(format!("/proc/{other}/ns/net")).ok()? == std::fs::read_link(&path).ok()?).then_some(())
     });

@@ -16,17 +16,6 @@ use std::{net::Ipv4Addr, process::Output};
 use common::{cni::*, *};
 use serde_json::{Value, json};
 
-/// The process holding a namespace's only mount in a mount namespace of
-/// its own; killed (by its pid) and reaped when dropped, also on a failure.
-struct Holder(std::process::Child);
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn run_gc(conf: &Value, keep: &[(&str, &str)]) -> Output {
     let mut conf = conf.clone();
     let list: Vec<Value> = keep.iter().map(|(id, ifname)| json!({"containerID": id, "ifname": ifname})).collect();
@@ -79,7 +68,7 @@ fn gc_frees_what_the_runtime_no_longer_knows_and_nothing_else() {
         "touch {k} && mount --bind /run/netns/{hidden_ns} {k} && echo ready && exec sleep 600",
         k = keep.display()
     );
-    let mut holder = Holder(
+    let mut holder = Killed(
         std::process::Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c", &script])
             .stdout(std::process::Stdio::piped())
@@ -418,7 +407,7 @@ fn a_dead_namespaces_inode_given_to_another_keeps_nothing() {
 #[ignore = "needs root: network namespaces"]
 fn a_live_pod_seen_through_a_path_that_leads_elsewhere_keeps_its_address() {
     /// The pod's process, then its mounts, undone on drop (also on a failure).
-    struct Pod(std::process::Child, String);
+    struct Pod(Killed, String);
     impl Drop for Pod {
         fn drop(&mut self) {
             let _ = (self.0.kill(), self.0.wait());
@@ -433,13 +422,8 @@ fn a_live_pod_seen_through_a_path_that_leads_elsewhere_keeps_its_address() {
     let conf =
         json!({"cniVersion": "1.1.0", "name": "weave", "type": "weave-cni", "socket": socket, "resolver": false});
     let stack = format!("/run/netns/{}-stack", bed.prefix);
-    let mut pod =
-        Pod(std::process::Command::new("unshare").args(["-n", "sleep", "300"]).spawn().unwrap(), stack.clone());
+    let mut pod = Pod(spawn_unshared(&["sleep", "300"]), stack.clone());
     let path = format!("/proc/{}/ns/net", pod.0.id());
-    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
-    wait_for("the pod in a namespace of its own", std::time::Duration::from_secs(5), || {
-        std::fs::read_link(&path).is_ok_and(|l| l != own).then_some(())
-    });
     let out = plugin(&weave_cni(), "ADD", &path, &format!("{}-stacked", bed.prefix), &conf, None);
     assert!(out.status.success(), "ADD: {}", String::from_utf8_lossy(&out.stdout));
     let ip = json_out(&out)["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();

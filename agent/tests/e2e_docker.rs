@@ -657,13 +657,7 @@ fn docker_networks_on_weave() {
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn an_agent_started_before_dockerd_serves_the_plugin_once_its_directory_is_made() {
-    struct Holder(Child);
-    impl Drop for Holder {
-        fn drop(&mut self) {
-            let _ = (self.0.kill(), self.0.wait());
-        }
-    }
-    let holder = Holder(
+    let holder = Killed(
         Command::new("unshare")
             .args(["-m", "--propagation", "slave", "sh", "-c"])
             .arg("mount -t tmpfs tmpfs /run && exec sleep 900")

@@ -62,12 +62,7 @@ impl http_body::Body for Arrived {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let frame = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = &frame {
-            self.all.store(true, Ordering::Relaxed);
-        }
-        if let Poll::Ready(Some(Ok(f))) = &frame
-            && f.is_trailers()
-        {
+        if matches!(&frame, Poll::Ready(None)) || matches!(&frame, Poll::Ready(Some(Ok(f))) if f.is_trailers()) {
             self.all.store(true, Ordering::Relaxed);
         }
         frame

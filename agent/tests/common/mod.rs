@@ -166,6 +166,18 @@ pub fn spawn_in(ns: &str, args: &[&str]) -> Killed {
     child
 }
 
+/// Starts `args` in a network namespace of its own (`unshare -n`) and
+/// returns once the process is in it (see [`spawn_in`]).
+pub fn spawn_unshared(args: &[&str]) -> Killed {
+    let child = Killed(Command::new("unshare").arg("-n").args(args).spawn().unwrap());
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let path = format!("/proc/{}/ns/net", child.id());
+    wait_for("the process in a namespace of its own", Duration::from_secs(10), || {
+        std::fs::read_link(&path).is_ok_and(|l| l != own).then_some(())
+    });
+    child
+}
+
 /// Polls `f` until it returns Some, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
