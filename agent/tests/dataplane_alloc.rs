@@ -217,7 +217,8 @@ fn encrypting_and_decrypting_batches_allocates_nothing() {
             // With the room in front that the receive leaves (here the
             // previous datagram's tail, or the buffer's own lead).
             let datagrams = &buf[e.start - DATAGRAM_LEAD..e.start + bytes];
-            count = batch::decrypt(&b.router, &table, a.endpoint, datagrams, e.len, &mut rx, count, least, &b.wire);
+            count =
+                batch::decrypt(&b.router, &table, a.endpoint, e.ecn, datagrams, e.len, &mut rx, count, least, &b.wire);
         });
         *count_from = count;
         // The TUN write's coalescing: every segment joins the first.

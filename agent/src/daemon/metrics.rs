@@ -139,7 +139,8 @@ pub fn describe() {
     describe_counter!(
         "weave_tunnel_rejected_total",
         "Datagrams on the WireGuard port no peer's tunnel took, by reason (malformed, bad_mac, under_load, \
-         unknown_peer, failed): outsiders, removed members, handshake floods."
+         unknown_peer, failed): outsiders, removed members, handshake floods; and ecn_not_ect: a packet \
+         whose sender does not do ECN in a datagram the underlay marked CE, dropped (RFC 6040)."
     );
     describe_counter!(
         "weave_dns_queries_total",

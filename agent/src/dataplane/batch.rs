@@ -9,7 +9,10 @@
 //!   the TUN write buffers, at the offset the virtio-net header needs.
 use std::net::SocketAddr;
 
-use super::router::{DATAGRAM_LEAD, LEAD, Router, Sink, Table};
+use super::{
+    ecn,
+    router::{DATAGRAM_LEAD, LEAD, Router, Sink, Table, rejected::Reason},
+};
 
 /// The kernel's limits on one UDP GSO send (and GRO receive): segments, bytes.
 pub use crate::plan::kernel::{UDP_GSO_BYTES as MAX_GSO_BYTES, UDP_GSO_SEGMENTS as MAX_GSO_SEGMENTS};
@@ -22,6 +25,8 @@ pub struct Encrypted {
     pub dst: SocketAddr,
     pub start: usize,
     pub len: usize,
+    /// The packet's ECN field, for the datagram's outer header ([`ecn`]).
+    pub ecn: u8,
 }
 
 /// The room one packet of `mtu` bytes needs in the send buffer.
@@ -53,10 +58,11 @@ pub fn encrypt<P: AsMut<[u8]>>(
     let mut encryptor = router.encryptor(table);
     for (packet, &size) in packets.iter_mut().zip(sizes) {
         let packet = packet.as_mut();
+        let ecn = ecn::of(&packet[LEAD..]);
         let padded = LEAD + pad(&mut packet[LEAD..], size, mtu);
         let room = &mut buf[cursor - DATAGRAM_LEAD..cursor + stride];
         if let Some((dst, len)) = encryptor.encapsulate(&packet[..padded], room) {
-            out.push(Encrypted { dst, start: cursor, len });
+            out.push(Encrypted { dst, start: cursor, len, ecn });
             cursor += len;
         }
     }
@@ -78,7 +84,8 @@ pub fn pad(packet: &mut [u8], size: usize, mtu: usize) -> usize {
 }
 
 /// Decrypts the datagrams of one receive from `src`, `received[DATAGRAM_LEAD..]`
-/// (`segment` bytes each, the last possibly shorter), into
+/// (`segment` bytes each, the last possibly shorter, their outer headers'
+/// ECN field `outer`: [`ecn::decapsulate`]), into
 /// `packets[count..]`, each at [`LEAD`] (which must hold the TUN's
 /// virtio-net header) with at least `least` bytes of room after it (the
 /// buffers' capacity must hold that: then nothing allocates). Returns the
@@ -90,6 +97,7 @@ pub fn decrypt(
     router: &Router,
     table: &Table,
     src: SocketAddr,
+    outer: u8,
     received: &[u8],
     segment: usize,
     packets: &mut [Vec<u8>],
@@ -112,25 +120,31 @@ pub fn decrypt(
             p.truncate(room);
         }
         if let Some(n) = router.decapsulate(table, src, &received[start - DATAGRAM_LEAD..end], p, sink) {
-            p.truncate(LEAD + n);
-            count += 1;
+            if ecn::decapsulate(&mut p[LEAD..LEAD + n], outer) {
+                p.truncate(LEAD + n);
+                count += 1;
+            } else {
+                router.rejected.drop::<()>(Reason::EcnNotEct);
+            }
         }
         start = end;
     }
     count
 }
 
-/// Splits a batch into runs that one GSO send can carry: same destination,
-/// consecutive, all the same size but the last, within the kernel's limits.
+/// Splits a batch into runs that one GSO send can carry: same destination
+/// and ECN field, consecutive, all the same size but the last, within the
+/// kernel's limits.
 /// Calls `run(first, count, bytes)` for each.
 pub fn group(out: &[Encrypted], mut run: impl FnMut(usize, usize, usize)) {
     let mut i = 0;
     while i < out.len() {
-        let (dst, segment) = (out[i].dst, out[i].len);
+        let (dst, segment, ecn) = (out[i].dst, out[i].len, out[i].ecn);
         let mut total = segment;
         let mut j = i + 1;
         while j < out.len()
             && out[j].dst == dst
+            && out[j].ecn == ecn
             && out[j - 1].len == segment
             && out[j].len <= segment
             && j - i < MAX_GSO_SEGMENTS
@@ -179,20 +193,26 @@ mod tests {
         let b: SocketAddr = "192.0.2.2:6784".parse().unwrap();
         let mut out = Vec::new();
         let mut start = 0;
-        let mut push = |dst, len| {
-            out.push(Encrypted { dst, start, len });
+        let mut push = |dst, len, ecn| {
+            out.push(Encrypted { dst, start, len, ecn });
             start += len;
         };
         // a: 3 full + 1 short; then a again (new run: the short one ended it);
-        // b: 70 full (split at 64).
+        // b: 70 full (split at 64); then b's ECT(0) packets (a run of their own).
         for len in [100, 100, 100, 60, 100] {
-            push(a, len);
+            push(a, len, ecn::NOT_ECT);
         }
         for _ in 0..70 {
-            push(b, 100);
+            push(b, 100, ecn::NOT_ECT);
+        }
+        for e in [ecn::ECT0, ecn::ECT0, ecn::CE, ecn::ECT0] {
+            push(b, 100, e);
         }
         let mut runs = Vec::new();
-        group(&out, |first, n, bytes| runs.push((out[first].dst, n, bytes)));
-        assert_eq!(runs, vec![(a, 4, 360), (a, 1, 100), (b, 64, 6400), (b, 6, 600)]);
+        group(&out, |first, n, bytes| runs.push((out[first].dst, n, bytes, out[first].ecn)));
+        let (not, ect0, ce) = (ecn::NOT_ECT, ecn::ECT0, ecn::CE);
+        let want = [(a, 4, 360, not), (a, 1, 100, not), (b, 64, 6400, not), (b, 6, 600, not)];
+        let want = [&want[..], &[(b, 2, 200, ect0), (b, 1, 100, ce), (b, 1, 100, ect0)]].concat();
+        assert_eq!(runs, want);
     }
 }

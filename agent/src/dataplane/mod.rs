@@ -17,6 +17,7 @@
 //! - `workers`: the two packet threads of each queue.
 pub mod batch;
 pub mod cpu_latency;
+pub mod ecn;
 pub mod router;
 pub mod spin;
 pub mod tun_udp;

@@ -18,9 +18,8 @@
 //! Each packet thread takes the peer table once per batch; the only lock
 //! per packet is the peer's own.
 use std::{
-    io::{self, IoSlice},
+    io,
     net::{SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -32,7 +31,7 @@ use std::{
 use boringtun::x25519::StaticSecret;
 use nix::{
     errno::Errno,
-    sys::socket::{self, ControlMessage, MsgFlags, SockaddrStorage, setsockopt, sockopt},
+    sys::socket::{setsockopt, sockopt},
 };
 use tun_rs::{DeviceBuilder, SyncDevice, VIRTIO_NET_HDR_LEN};
 
@@ -40,6 +39,7 @@ use super::{
     PeerStatus, Transport,
     batch::{Encrypted, group},
     cpu_latency::{self, CpuLatencyHold, HoldStatus},
+    ecn,
     router::{BUF_SIZE, NAT_KEEPALIVE, Router, Sink},
     spin::{DEFAULT_SPIN, Pacer},
     udp, workers,
@@ -71,27 +71,23 @@ pub(super) struct Io {
 
 impl Sink for Io {
     fn to_network(&self, dst: SocketAddr, datagram: &[u8]) {
-        if let Err(e) = self.udp.send_to(datagram, udp::wire(dst, self.v6)) {
-            tracing::trace!(%dst, error = %e, "udp send failed");
-        }
+        self.send_one(dst, datagram, ecn::NOT_ECT);
     }
 }
 
 impl Io {
-    /// Sends `datagrams`, all `segment` bytes long but the last, to `dst`:
-    /// one GSO send, or one send each where GSO is not available.
-    fn send_run(&self, dst: SocketAddr, datagrams: &[u8], segment: usize) {
+    fn send_one(&self, dst: SocketAddr, datagram: &[u8], ecn: u8) {
+        if let Err(e) = udp::send(&self.udp, self.v6, dst, datagram, None, ecn) {
+            tracing::trace!(%dst, error = %e, "udp send failed");
+        }
+    }
+
+    /// Sends `datagrams`, all `segment` bytes long but the last, to `dst`
+    /// with the outer ECN field `ecn`: one GSO send, or one send each where
+    /// GSO is not available.
+    fn send_run(&self, dst: SocketAddr, datagrams: &[u8], segment: usize, ecn: u8) {
         if datagrams.len() > segment && self.gso.load(Ordering::Relaxed) {
-            let size = segment as u16;
-            let addr = SockaddrStorage::from(udp::wire(dst, self.v6));
-            let sent = socket::sendmsg(
-                self.udp.as_raw_fd(),
-                &[IoSlice::new(datagrams)],
-                &[ControlMessage::UdpGsoSegments(&size)],
-                MsgFlags::empty(),
-                Some(&addr),
-            );
-            match sent {
+            match udp::send(&self.udp, self.v6, dst, datagrams, Some(segment as u16), ecn) {
                 Ok(_) => return,
                 // The path to this peer is narrower than a segment (a smaller
                 // path MTU): this run goes one datagram at a time, which the
@@ -108,7 +104,7 @@ impl Io {
             }
         }
         for d in datagrams.chunks(segment) {
-            self.to_network(dst, d);
+            self.send_one(dst, d, ecn);
         }
     }
 }
@@ -116,7 +112,7 @@ impl Io {
 pub(super) fn flush(io: &Io, buf: &[u8], out: &[Encrypted]) {
     group(out, |first, _, bytes| {
         let e = &out[first];
-        io.send_run(e.dst, &buf[e.start..e.start + bytes], e.len);
+        io.send_run(e.dst, &buf[e.start..e.start + bytes], e.len, e.ecn);
     });
 }
 

@@ -8,7 +8,7 @@
 //! both families. A host whose kernel has no IPv6 gets an IPv4-only socket.
 //! With several queues, each has its own socket on the same port.
 use std::{
-    io::{self, IoSliceMut},
+    io::{self, IoSlice, IoSliceMut},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket},
     os::fd::AsRawFd,
     sync::atomic::{AtomicBool, Ordering},
@@ -17,8 +17,8 @@ use std::{
 use nix::{
     errno::Errno,
     sys::socket::{
-        self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrIn6, SockaddrStorage,
-        setsockopt, sockopt,
+        self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrIn6,
+        SockaddrStorage, setsockopt, sockopt,
     },
 };
 
@@ -61,8 +61,10 @@ fn plain(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket, Errno> {
     }
     if addr.is_ipv4() {
         ignore_path_mtu_v4(&fd)?;
+        setsockopt(&fd, sockopt::IpRecvTos, &true)?;
     } else {
         ignore_path_mtu_v6(&fd)?;
+        setsockopt(&fd, sockopt::Ipv6RecvTClass, &true)?;
     }
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
     Ok(UdpSocket::from(fd))
@@ -78,6 +80,9 @@ fn dual_stack(port: u16, reuse_port: bool) -> Result<UdpSocket, Errno> {
     // IPPROTO_IP options on an IPv6 socket govern its IPv4(-mapped) sends.
     ignore_path_mtu_v4(&fd)?;
     ignore_path_mtu_v6(&fd)?;
+    // The outer ECN field of both families' datagrams (`super::ecn`).
+    setsockopt(&fd, sockopt::IpRecvTos, &true)?;
+    setsockopt(&fd, sockopt::Ipv6RecvTClass, &true)?;
     let addr = SockaddrIn6::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
     socket::bind(fd.as_raw_fd(), &addr)?;
     Ok(UdpSocket::from(fd))
@@ -148,22 +153,63 @@ pub fn is_v6(udp: &UdpSocket) -> io::Result<bool> {
     Ok(udp.local_addr()?.is_ipv6())
 }
 
-/// One `recvmsg`: the bytes, the sender, and the size of each datagram in
-/// them (all of it unless the kernel coalesced several with UDP GRO).
-pub fn recv_datagrams(
+/// Sends `datagrams` to `dst` (the router's form: [`wire`] maps it for a
+/// dual-stack socket): one datagram, or with `segment` one GSO send of
+/// datagrams `segment` bytes long but the last. Their outer ECN field is
+/// `ecn` (`super::ecn`); nothing else of the traffic class is set.
+pub fn send(
     udp: &UdpSocket,
-    buf: &mut [u8],
-    cmsg: &mut [u8],
-    flags: MsgFlags,
-) -> io::Result<(usize, SocketAddr, usize)> {
+    v6_socket: bool,
+    dst: SocketAddr,
+    datagrams: &[u8],
+    segment: Option<u16>,
+    ecn: u8,
+) -> nix::Result<usize> {
+    let addr = SockaddrStorage::from(wire(dst, v6_socket));
+    let (tos, class) = (ecn & 0b11, i32::from(ecn & 0b11));
+    let size = segment.unwrap_or(0);
+    // IPv4 destinations take IP_TOS, on a dual-stack socket as well.
+    let marked = match dst {
+        SocketAddr::V4(_) => ControlMessage::Ipv4Tos(&tos),
+        SocketAddr::V6(_) => ControlMessage::Ipv6TClass(&class),
+    };
+    let all = [ControlMessage::UdpGsoSegments(&size), marked];
+    let cmsgs = match (segment.is_some(), tos != 0) {
+        (true, true) => &all[..],
+        (true, false) => &all[..1],
+        (false, true) => &all[1..],
+        (false, false) => &[],
+    };
+    socket::sendmsg(udp.as_raw_fd(), &[IoSlice::new(datagrams)], cmsgs, MsgFlags::empty(), Some(&addr))
+}
+
+/// Room for what [`recv_datagrams`] asks the kernel to say about a
+/// receive: the GRO segment size and the traffic class.
+pub fn cmsg_buffer() -> Vec<u8> {
+    nix::cmsg_space!(i32, i32)
+}
+
+/// One receive: its bytes, their sender, the size of each datagram in them
+/// (all of it unless the kernel coalesced several with UDP GRO) and their
+/// outer ECN field (GRO coalesces only datagrams with equal headers).
+pub struct Received {
+    pub len: usize,
+    pub src: SocketAddr,
+    pub segment: usize,
+    pub ecn: u8,
+}
+
+/// One `recvmsg` into `buf`, with `cmsg` from [`cmsg_buffer`].
+pub fn recv_datagrams(udp: &UdpSocket, buf: &mut [u8], cmsg: &mut [u8], flags: MsgFlags) -> io::Result<Received> {
     let mut iov = [IoSliceMut::new(buf)];
     let msg = socket::recvmsg::<SockaddrStorage>(udp.as_raw_fd(), &mut iov, Some(cmsg), flags)?;
-    let mut segment = msg.bytes;
+    let (mut segment, mut ecn) = (msg.bytes, 0);
     for c in msg.cmsgs()? {
-        if let ControlMessageOwned::UdpGroSegments(s) = c
-            && s > 0
-        {
-            segment = s as usize;
+        match c {
+            ControlMessageOwned::UdpGroSegments(s) if s > 0 => segment = s as usize,
+            ControlMessageOwned::Ipv4Tos(tos) => ecn = tos & 0b11,
+            ControlMessageOwned::Ipv6TClass(class) => ecn = (class & 0b11) as u8,
+            _ => {}
         }
     }
     let src = msg
@@ -175,7 +221,7 @@ pub fn recv_datagrams(
         })
         .map(canonical)
         .ok_or_else(|| io::Error::other("datagram without an IP source"))?;
-    Ok((msg.bytes, src, segment.max(1)))
+    Ok(Received { len: msg.bytes, src, segment: segment.max(1), ecn })
 }
 
 #[cfg(test)]
@@ -231,17 +277,56 @@ mod tests {
         if !is_v6(&server).unwrap() {
             return; // no IPv6 in this kernel: nothing dual-stack to prove
         }
-        let mut cmsg = nix::cmsg_space!(i32);
+        let mut cmsg = cmsg_buffer();
         let mut buf = [0u8; 64];
         for client in ["127.0.0.1:0", "[::1]:0"] {
             let c = UdpSocket::bind(client).unwrap();
             let to = SocketAddr::new(c.local_addr().unwrap().ip(), port);
             c.send_to(b"hello", to).unwrap();
-            let (n, src, _) = recv_datagrams(&server, &mut buf, &mut cmsg, MsgFlags::empty()).unwrap();
-            assert_eq!((&buf[..n], src), (&b"hello"[..], c.local_addr().unwrap()));
-            server.send_to(b"back", wire(src, true)).unwrap();
+            let r = recv_datagrams(&server, &mut buf, &mut cmsg, MsgFlags::empty()).unwrap();
+            assert_eq!((&buf[..r.len], r.src), (&b"hello"[..], c.local_addr().unwrap()));
+            server.send_to(b"back", wire(r.src, true)).unwrap();
             let (n, _) = c.recv_from(&mut buf).unwrap();
             assert_eq!(&buf[..n], b"back");
+        }
+    }
+
+    /// The ECN field set on a send (alone, and with GSO) is the one the
+    /// receive reports, for both families on a dual-stack socket and on
+    /// plain ones; nothing else of the traffic class is set.
+    #[test]
+    fn the_outer_ecn_field_is_sent_and_received() {
+        let dual = bind("[::]:0".parse().unwrap(), false).unwrap();
+        let mut pairs = vec![(bind("127.0.0.1:0".parse().unwrap(), false).unwrap(), "127.0.0.1")];
+        if is_v6(&dual).unwrap() {
+            pairs.push((bind("[::1]:0".parse().unwrap(), false).unwrap(), "::1"));
+            let port = dual.local_addr().unwrap().port();
+            for ip in ["127.0.0.1", "::1"] {
+                pairs.push((dual.try_clone().unwrap(), ip));
+                let _ = port;
+            }
+        }
+        let mut cmsg = cmsg_buffer();
+        let mut buf = [0u8; 256];
+        for (server, ip) in &pairs {
+            let to = SocketAddr::new(ip.parse().unwrap(), server.local_addr().unwrap().port());
+            let sender = bind(SocketAddr::new(to.ip(), 0), false).unwrap();
+            // What the receiver sees of the whole traffic class, besides ECN.
+            let v6_sender = is_v6(&sender).unwrap();
+            for ecn in [0b00, 0b01, 0b10, 0b11] {
+                for segment in [None, Some(40)] {
+                    let sent = send(&sender, v6_sender, to, &[7u8; 100], segment, ecn).unwrap();
+                    assert_eq!(sent, 100);
+                    let mut got = Vec::new();
+                    while got.iter().map(|r: &Received| r.len).sum::<usize>() < 100 {
+                        got.push(recv_datagrams(server, &mut buf, &mut cmsg, MsgFlags::empty()).unwrap());
+                    }
+                    for r in &got {
+                        assert_eq!(r.ecn, ecn, "to {to} ({segment:?})");
+                        assert_eq!(r.src, sender.local_addr().unwrap(), "to {to}");
+                    }
+                }
+            }
         }
     }
 
@@ -256,7 +341,7 @@ mod tests {
             s.set_nonblocking(true).unwrap();
         }
         let to = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut cmsg = nix::cmsg_space!(i32);
+        let mut cmsg = cmsg_buffer();
         let mut buf = [0u8; 64];
         for _ in 0..8 {
             let c = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -34,7 +34,7 @@ use super::{
     router::{DATAGRAM_LEAD, LEAD, Router},
     spin::{Readable, Side, Woke},
     tun_udp::{BATCH, Io, OFFSET, TICK, TUN_BATCH, flush},
-    udp::recv_datagrams,
+    udp::{self, Received, recv_datagrams},
 };
 use crate::plan::kernel::TUN_READ_ROOM;
 
@@ -155,7 +155,7 @@ impl UdpHalf {
         Self {
             // The datagrams after room for the AEAD's lead (batch::decrypt).
             datagrams: vec![0u8; DATAGRAM_LEAD + 65_535],
-            cmsg: nix::cmsg_space!(i32),
+            cmsg: udp::cmsg_buffer(),
             // GRO appends a flow's packets to the first buffer of it: each needs
             // room for a whole super-packet, or GRO silently does nothing.
             // Each packet at LEAD, which holds the virtio-net header in front;
@@ -193,7 +193,7 @@ impl UdpHalf {
         let mut table = None;
         let mut drained = false;
         while count + MAX_GSO_SEGMENTS <= BATCH && read < BATCH {
-            let (len, src, segment) = match recv_datagrams(
+            let Received { len, src, segment, ecn } = match recv_datagrams(
                 &io.udp,
                 &mut self.datagrams[DATAGRAM_LEAD..],
                 &mut self.cmsg,
@@ -220,6 +220,7 @@ impl UdpHalf {
                 router,
                 table,
                 src,
+                ecn,
                 &self.datagrams[..DATAGRAM_LEAD + len],
                 segment,
                 &mut self.packets,

@@ -1,5 +1,5 @@
-//! Datagrams on the WireGuard port that no peer's tunnel took, counted by
-//! reason (`weave_tunnel_rejected_total{reason}`): an outsider scanning or
+//! Datagrams on the WireGuard port that no peer's tunnel took (and one
+//! kind it took and dropped: [`Reason::EcnNotEct`]), counted by reason (`weave_tunnel_rejected_total{reason}`): an outsider scanning or
 //! replaying, a removed member still sending, a host under a handshake
 //! flood. Nothing per datagram but one relaxed add, on the rejecting path.
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,11 +20,14 @@ pub enum Reason {
     /// forged or replayed data message, an old initiation, too many
     /// initiations).
     Failed,
+    /// A packet whose sender does not do ECN, in a datagram a router on
+    /// the underlay marked CE (congestion): RFC 6040 drops it ([`crate::dataplane::ecn`]).
+    EcnNotEct,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 5] =
-        [Reason::Malformed, Reason::BadMac, Reason::UnderLoad, Reason::UnknownPeer, Reason::Failed];
+    pub const ALL: [Reason; 6] =
+        [Reason::Malformed, Reason::BadMac, Reason::UnderLoad, Reason::UnknownPeer, Reason::Failed, Reason::EcnNotEct];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -33,12 +36,13 @@ impl Reason {
             Reason::UnderLoad => "under_load",
             Reason::UnknownPeer => "unknown_peer",
             Reason::Failed => "failed",
+            Reason::EcnNotEct => "ecn_not_ect",
         }
     }
 }
 
 #[derive(Default)]
-pub struct Rejected([AtomicU64; 5]);
+pub struct Rejected([AtomicU64; Reason::ALL.len()]);
 
 impl Rejected {
     /// Counts one datagram dropped for `reason`; always `None` (what the
