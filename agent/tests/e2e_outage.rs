@@ -86,3 +86,75 @@ fn traffic_survives_a_coordinator_outage() {
         });
     }
 }
+
+/// A named container that restarts while the coordinator is down gets its
+/// address back from the saved map: its release failed, so the coordinator
+/// holds it for the container still, as Weave Net's peers gave theirs back
+/// with no one to ask. It failed with "the coordinator cannot serve this
+/// now" (found by a review, 2026-12-08). Anything the map cannot answer
+/// (another address, another name) still needs the coordinator, and once
+/// it returns the address stays the container's. One whose attach failed
+/// so is still gone: the sweep gives its address back then.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_named_container_restarted_during_an_outage_gets_its_address_back() {
+    let mut bed = Bed::with_hosts(2);
+    let other = bed.add_workload(1, "default");
+    let web = bed.add_container("web");
+    let path = format!("/run/netns/{web}");
+    let attach = |bed: &Bed, args: &[&str]| bed.weavectl(0, &[&["attach"], args].concat());
+    let out = attach(&bed, &["--name", "web", &path]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let addr: std::net::Ipv4Addr = ip.parse().unwrap();
+    let from = bed.workloads[other].ns.clone();
+    let db = bed.add_container("db");
+    let db_path = format!("/run/netns/{db}");
+    let out = attach(&bed, &["--name", "db", &db_path]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let db_ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(ping_within(&from, addr, 10), "web at {ip} before the outage");
+
+    bed.kill_coordinator();
+    wait_for("host 1 to notice the outage", Duration::from_secs(60), || {
+        bed.status(0).filter(|s| !s.coordinator_connected).map(|_| ())
+    });
+    // The containers go (their release fails), and come back.
+    ok(&["ip", "netns", "del", &web]);
+    ok(&["ip", "netns", "del", &db]);
+    wait_for("the agent to try to give it back", Duration::from_secs(20), || {
+        bed.log(0).contains("cannot give back a container that is gone").then_some(())
+    });
+    ok(&["ip", "netns", "add", &web]);
+    ok(&["ip", "netns", "add", &db]);
+    // Another address or another name: the map cannot answer those.
+    let o = addr.octets();
+    let another = format!("ip:{}.{}.{}.{}/{}", o[0], o[1], o[2], o[3] % 200 + 20, bed.workloads[other].prefix);
+    let wrong = ["--name", "db", &another, &db_path];
+    for args in [vec!["--name", "web", &another, &path], vec!["--name", "web2", &path], wrong.to_vec()] {
+        let out = attach(&bed, &args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = attach(&bed, &["--name", "web", &path]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "restarted during the outage: {said}\n{}", bed.log(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), ip);
+    assert!(ping_within(&from, addr, 10), "web at {ip} after its restart");
+    assert!(bed.log(0).contains("no coordinator to ask: the container gets the address it holds"));
+    // db stays refused, and goes for good.
+    ok(&["ip", "netns", "del", &db]);
+
+    // The coordinator returns: the address is still web's, and it stays
+    // plugged through the sweeps that follow.
+    bed.start_coordinator();
+    wait_for("host 1 to reconnect", Duration::from_secs(60), || {
+        bed.status(0).filter(|s| s.coordinator_connected).map(|_| ())
+    });
+    std::thread::sleep(Duration::from_secs(12));
+    let held: Vec<String> = bed.allocations().into_iter().filter(|a| a.contains(&format!(" {ip}/"))).collect();
+    assert_eq!(held.len(), 1, "{:?}", bed.allocations());
+    wait_for("db's address to be given back", Duration::from_secs(20), || {
+        (!bed.allocations().iter().any(|a| a.contains(&format!(" {db_ip}/")))).then_some(())
+    });
+    assert!(ping_within(&from, addr, 5), "web at {ip} once the coordinator is back");
+}
