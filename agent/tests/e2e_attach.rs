@@ -631,3 +631,63 @@ fn a_container_named_by_its_pid_is_the_same_by_its_proc_path() {
     assert!(addresses().is_empty(), "{:?}", addresses());
     drop(second);
 }
+
+/// `weavectl ps` (Weave Net's `weave ps`): this host's containers, one row
+/// per address with its MAC (the interface's own), DNS names and namespace;
+/// the host's exposed address; not another host's containers; the same
+/// with the coordinator down (from the agent's map). There was no way to
+/// list a host's containers (found by a review, 2026-12-08).
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn ps_lists_this_hosts_containers_also_with_the_coordinator_down() {
+    let mut bed = Bed::with_hosts(2);
+    bed.add_workload(1, "default");
+    let (web, bare) = (bed.add_container("web"), bed.add_container("bare"));
+    let web_ip = attach_line(&bed, 0, &["--name", "web", &format!("/run/netns/{web}")]);
+    let bare_ip = attach_line(&bed, 0, &[&format!("/run/netns/{bare}")]);
+    let host_ip = stdout(&bed.weavectl(0, &["expose"]));
+    let ps = |bed: &Bed| -> serde_json::Value {
+        let out = bed.weavectl(0, &["--json", "ps"]);
+        assert!(out.status.success(), "ps: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let check = |list: &serde_json::Value| {
+        let all = list.as_array().unwrap();
+        assert_eq!(all.len(), 3, "web, bare and the host: {list:#}");
+        let of = |ip: &str| {
+            all.iter()
+                .find(|c| {
+                    c["addresses"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|a| a["address"].as_str().unwrap().starts_with(&format!("{ip}/")))
+                })
+                .unwrap_or_else(|| panic!("{ip} in {list:#}"))
+        };
+        let w = of(&web_ip);
+        assert_eq!(w["container"], "web");
+        assert_eq!(w["netns"], format!("/run/netns/{web}"));
+        assert_eq!(w["names"], serde_json::json!(["web.weave.local"]));
+        let mac = ok_in(&web, &["cat", "/sys/class/net/ethwe/address"]);
+        assert_eq!(w["addresses"][0]["mac"], mac.trim(), "the interface's MAC");
+        let b = of(&bare_ip);
+        assert!(b["container"].as_str().unwrap().starts_with("netns:"), "{b}");
+        assert_eq!(b["netns"], format!("/run/netns/{bare}"));
+        assert_eq!(b["names"], serde_json::json!([]));
+        let h = of(&host_ip);
+        assert_eq!(h["container"], "host:h1");
+        assert!(h["addresses"][0].get("mac").is_none(), "{h}");
+    };
+    check(&ps(&bed));
+    // The table: a row per address and a header.
+    let table = stdout(&bed.weavectl(0, &["ps"]));
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(table.lines().next().unwrap().starts_with("CONTAINER"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("web ") && l.contains("web.weave.local")), "{table}");
+    bed.kill_coordinator();
+    wait_for("host 1 to notice the outage", Duration::from_secs(60), || {
+        bed.status(0).filter(|s| !s.coordinator_connected).map(|_| ())
+    });
+    check(&ps(&bed));
+}

@@ -319,6 +319,37 @@ pub enum Request {
         #[serde(default)]
         addrs: Vec<String>,
     },
+    /// Every container on this host with its addresses (`weavectl ps`),
+    /// from the agent's copy of the map: answered with the coordinator down.
+    Containers,
+}
+
+/// One container on this host, as `weavectl ps` lists it (Weave Net's
+/// `weave ps`): what this node holds under one IPAM key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LocalContainer {
+    /// The IPAM key: its `--name`, `netns:<inode>` (attached without a
+    /// name), `cni:<container id>/<ifname>`, a Docker endpoint id; and
+    /// `host:<node>`, this host's own exposed addresses.
+    pub container: String,
+    /// Its namespace's path, where the agent has one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub netns: String,
+    /// Its addresses with their prefix length, and on which subnet.
+    pub addresses: Vec<LocalAddress>,
+    /// The DNS names on its addresses, fully qualified.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LocalAddress {
+    pub address: String,
+    pub subnet: String,
+    /// The MAC of its interface (weave gives each address its own:
+    /// `0a:58:<ip>`); empty for the host's exposed addresses (the bridge's).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -372,6 +403,8 @@ pub enum Response {
     Allocated(Attachment),
     Released(Vec<String>),
     Attached(Vec<Attached>),
+    /// Answer to `containers`, by container.
+    Containers(Vec<LocalContainer>),
     Error(Refusal),
 }
 

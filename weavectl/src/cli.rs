@@ -145,6 +145,9 @@ pub(crate) enum LocalCommand {
     /// Remove this host's address from the subnets net:<CIDR> (or net:<name>) names, or the
     /// address ip:<IP>/<len> names (all if none).
     Hide { addrs: Vec<String> },
+    /// This host's containers: one line per address, with its MAC, DNS names and namespace
+    /// (Weave Net's `weave ps`). From the local agent: answered with the coordinator down.
+    Ps,
 }
 
 #[derive(Debug, Subcommand)]

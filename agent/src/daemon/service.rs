@@ -17,7 +17,8 @@ use weave_proto::{
 };
 
 use weave_proto::local_api::{
-    AgentStatus, Attached, Attachment, ErrorKind, Handler, Refusal, Reply, Request, Response, SegmentStatus,
+    AgentStatus, Attached, Attachment, ErrorKind, Handler, LocalAddress, LocalContainer, Refusal, Reply, Request,
+    Response, SegmentStatus,
 };
 
 use super::{attach::Attacher, dns::DnsServer};
@@ -64,6 +65,7 @@ impl Handler for LocalService {
             let early = self.dns_early(dns.as_ref());
             let response = match request {
                 Request::Status => Response::Status(self.status()),
+                Request::Containers => Response::Containers(self.containers()),
                 Request::DnsLookup { name } => {
                     // As the coordinator qualifies and checks it: one name,
                     // one answer and one error, whichever weavectl asks.
@@ -389,6 +391,35 @@ impl LocalService {
             bridge: bridge_name(vni),
             mtu: self.segment_mtu,
         })
+    }
+
+    /// What this node holds, by container, from the saved map (`weavectl ps`).
+    fn containers(&self) -> Vec<LocalContainer> {
+        use crate::plan::{kernel, netmap::allocation_address};
+        let map = self.maps.borrow();
+        let served = self.registry.dns_served();
+        let mut all: std::collections::BTreeMap<&str, LocalContainer> = Default::default();
+        for a in map.allocations.iter().filter(|a| a.node_id == self.identity.node_id) {
+            let c = all.entry(&a.container).or_insert_with(|| LocalContainer {
+                container: a.container.clone(),
+                netns: (self.registry.get(&a.container).map(|(path, _)| path.display().to_string()))
+                    .or_else(|| served.iter().find(|(key, _)| *key == a.container).map(|(_, path)| path.clone()))
+                    .unwrap_or_default(),
+                addresses: Vec::new(),
+                names: Vec::new(),
+            });
+            let mac = allocation_address(&a.address)
+                .filter(|_| !a.container.starts_with("host:"))
+                .map_or_else(String::new, |ip| kernel::format_mac(&kernel::workload_mac(ip)));
+            c.addresses.push(LocalAddress { address: a.address.clone(), subnet: a.subnet.clone(), mac });
+            for r in map.dns_records.iter().filter(|r| r.allocation_id == a.id) {
+                let name = r.name.trim_end_matches('.').to_string();
+                if !c.names.contains(&name) {
+                    c.names.push(name);
+                }
+            }
+        }
+        all.into_values().collect()
     }
 
     fn status(&self) -> AgentStatus {

@@ -11,7 +11,9 @@ use std::{
     sync::Arc,
 };
 
-use weave_proto::local_api::{self, Attached, ErrorKind, Refusal, Request, Response, addr_spec::AddrSpec};
+use weave_proto::local_api::{
+    self, Attached, ErrorKind, LocalContainer, Refusal, Request, Response, addr_spec::AddrSpec,
+};
 
 use super::Output;
 use crate::{
@@ -130,6 +132,13 @@ pub(crate) async fn run(socket: &Path, out: &Output, c: LocalCommand) -> Outcome
                 other => return Err(unexpected(what, &other)),
             }
         }
+        LocalCommand::Ps => {
+            let what = "asking the agent for its containers";
+            match request(socket, what, &Request::Containers).await? {
+                Response::Containers(list) => print_containers(out, &list),
+                other => return Err(unexpected(what, &other)),
+            }
+        }
         LocalCommand::Hide { addrs } => {
             let what = "hiding this host";
             check_addrs(what, &addrs)?;
@@ -174,6 +183,28 @@ fn print_released(out: &Output, released: &[String]) {
     if !released.is_empty() {
         crate::out!("{}\n", released.join(" "));
     }
+}
+
+/// `weavectl ps`: a row per address (a container on two subnets has two).
+fn print_containers(out: &Output, list: &[LocalContainer]) {
+    if out.json {
+        out.print_json(&serde_json::to_value(list).unwrap_or_default());
+        return;
+    }
+    let mut table = Table::new(&["CONTAINER", "ADDRESS", "MAC", "NAMES", "NETNS"]);
+    let or_dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
+    for c in list {
+        for a in &c.addresses {
+            table.row(vec![
+                c.container.clone(),
+                a.address.clone(),
+                or_dash(a.mac.clone()),
+                or_dash(c.names.join(",")),
+                or_dash(c.netns.clone()),
+            ]);
+        }
+    }
+    crate::out!("{table}");
 }
 
 /// `weavectl status peers`: this host's peers from the agent.
