@@ -197,7 +197,7 @@ impl Attacher {
         // The name's namespace is gone: this one takes the name over, and
         // nothing of the dead one (addresses, DNS name, veths) carries over.
         if let (Some(n), Some(inode)) = (registered, stale) {
-            self.take_over(n, inode).await?;
+            self.retire(n, Some(inode), Some(n), &[]).await?;
         }
         let inside = Netlink::in_netns(&c.netns).await.map_err(failed)?;
         let mut before = inside.workload_interfaces(ifname).await.map_err(failed)?;
@@ -247,9 +247,10 @@ impl Attacher {
         let (gateways, exposed) = self.gateways(&wanted).await?;
         // The name before anything is allocated for it: an agent killed from
         // here on leaves a container that a detach by that name finds.
-        let named = registered
-            .map(|n| (n, self.names.get(n)))
-            .filter(|(_, prior)| prior.as_ref().is_none_or(|(_, ino)| *ino != c.inode));
+        let named = match registered {
+            Some(n) if self.names.get(n).is_none_or(|(_, ino)| ino != c.inode) => Some(n),
+            _ => None,
+        };
         if let Some(n) = registered {
             let unseen = passed.is_some() && !registry::alive(&c.path, c.inode);
             self.names.remember(n, c.path.clone(), c.inode, c.cookie(), unseen);

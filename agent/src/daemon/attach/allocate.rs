@@ -4,9 +4,9 @@ use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use ipnet::Ipv4Net;
 use weave_proto::{
-    client::{cut_off, retry_unavailable},
+    client::retry_unavailable,
     local_api::Refusal,
-    v1::{AllocateRequest, Allocation, DnsRecord, NetworkMap, ReleaseRequest, Subnet},
+    v1::{AllocateRequest, NetworkMap, ReleaseRequest, Subnet},
 };
 
 use super::Attacher;
@@ -98,13 +98,10 @@ impl Attacher {
             };
             let got = match got {
                 Ok(a) => a.into_inner(),
-                Err(s) => match self.held_while_unreachable(&s, key, dns, spec, subnet) {
-                    Some(a) => a,
-                    None => {
-                        undo(None).await;
-                        return Err(Refusal::status(&s));
-                    }
-                },
+                Err(s) => {
+                    undo(None).await;
+                    return Err(Refusal::status(&s));
+                }
             };
             let Ok(net) = got.address.parse::<Ipv4Net>() else {
                 undo(Some(subnet)).await;
@@ -115,50 +112,6 @@ impl Attacher {
         }
         self.map_shows(key, &ids, true).await;
         Ok(out)
-    }
-
-    /// With no coordinator to ask (`status` says the call never reached
-    /// one), the address `key` holds on `subnet` by the saved map, where it
-    /// is what `spec` and `dns` ask for (the same address, the name's record
-    /// on it): a named container that restarted while the coordinator was
-    /// down (its release failed, so the coordinator holds the address for
-    /// it still) gets its address back as Weave Net's peers gave theirs.
-    /// It failed with UNAVAILABLE until 2026-12-08 (found by a review). A
-    /// new address, a new name or another subnet still need the coordinator.
-    fn held_while_unreachable(
-        &self,
-        status: &tonic::Status,
-        key: &str,
-        dns: &str,
-        spec: &AddrSpec,
-        subnet: &Subnet,
-    ) -> Option<Allocation> {
-        if !cut_off(status) {
-            return None;
-        }
-        let map = self.maps.borrow();
-        let held = map
-            .allocations
-            .iter()
-            .find(|a| a.node_id == self.node_id && a.container == key && a.subnet_id == subnet.id)?;
-        let ip = allocation_address(&held.address)?;
-        if matches!(spec, AddrSpec::Ip(want, _) if *want != ip) {
-            return None;
-        }
-        let bare = |n: &str| n.trim_end_matches('.').to_ascii_lowercase();
-        let (name, domain) = (bare(dns), bare(&map.dns_domain));
-        let name = if name.ends_with(&format!(".{domain}")) { name } else { format!("{name}.{domain}") };
-        let named = |r: &DnsRecord| r.allocation_id == held.id && bare(&r.name) == name;
-        if !dns.is_empty() && !map.dns_records.iter().any(named) {
-            return None;
-        }
-        tracing::warn!(
-            container = key,
-            address = %held.address,
-            error = status.message(),
-            "no coordinator to ask: the container gets the address it holds by the saved map"
-        );
-        Some(held.clone())
     }
 
     /// Addresses this node holds for `key`, by subnet id, from the map (see

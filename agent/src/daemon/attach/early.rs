@@ -16,9 +16,6 @@ use crate::{
     plan::addr_spec::AddrSpec,
 };
 
-/// A name an attach registered, with where it was registered before.
-pub(super) type Named<'a> = (&'a str, Option<(std::path::PathBuf, u64)>);
-
 impl Attacher {
     /// A CNI attachment's record (its subnets the wanted ones; the finished
     /// attach writes it again), or a nameless container's namespace path (the
@@ -68,19 +65,14 @@ impl Attacher {
         self.allocate_all(key, dns, optional_name, wanted).await
     }
 
-    /// An attach that failed: the name it remembered (`named`, with the
-    /// namespace it was registered to before) goes back to that namespace,
-    /// or goes; the path it recorded (`fresh_path`) and the subnets it
-    /// `began` on go; a CNI record stays (the namespace is the container's
-    /// either way: the sweep or its DEL clears it). The namespace before is
-    /// a dead one whose addresses the name kept ([`Attacher::take_over`]
-    /// with no coordinator): the sweep gives them back once it answers.
-    pub(super) fn undo_early(&self, named: Option<Named<'_>>, fresh_path: bool, key: &str, began: &[String]) {
+    /// An attach that failed: the name it remembered (`named`), the path it
+    /// recorded (`fresh_path`) and the subnets it `began` on go; a CNI record
+    /// stays (the namespace is the container's either way: the sweep or its
+    /// DEL clears it).
+    pub(super) fn undo_early(&self, named: Option<&str>, fresh_path: bool, key: &str, began: &[String]) {
         self.names.attach_ended(key, began);
-        match named {
-            Some((n, Some((path, inode)))) => self.names.remember(n, path, inode, None, false),
-            Some((n, None)) => self.names.forget(n),
-            None => {}
+        if let Some(n) = named {
+            self.names.forget(n);
         }
         if fresh_path {
             self.names.stop_dns(key);

@@ -3,10 +3,7 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use weave_proto::{
-    local_api::{ErrorKind, Refusal},
-    v1::Subnet,
-};
+use weave_proto::{local_api::Refusal, v1::Subnet};
 
 use super::{Attacher, failed, held_address, not_at};
 use crate::plan::{
@@ -15,27 +12,6 @@ use crate::plan::{
 };
 
 impl Attacher {
-    /// A new namespace takes over `name`, whose namespace (`inode`) is
-    /// gone: [`Self::retire`]. With no coordinator to ask, the name keeps
-    /// the addresses it holds (only the dead one's ports go), and the attach
-    /// plugs them into the new namespace (`allocate.rs`
-    /// `held_while_unreachable`): a named container that restarted during an
-    /// outage failed to start until 2026-12-08 (found by a review).
-    pub(super) async fn take_over(&self, name: &str, inode: u64) -> Result<(), Refusal> {
-        match self.retire(name, Some(inode), Some(name), &[]).await {
-            Err(r) if r.kind == ErrorKind::Unavailable && !self.held(name).is_empty() => {
-                let held: Vec<String> = self.held(name).into_values().collect();
-                tracing::warn!(
-                    container = name,
-                    ?held,
-                    "no coordinator to ask: the name's new namespace keeps its addresses"
-                );
-                Ok(())
-            }
-            other => other.map(|_| ()),
-        }
-    }
-
     /// What a container whose namespace is gone still holds: the host ends of
     /// its veths (deleting one takes its `ethwe*` with it, should the
     /// namespace live on where we cannot see it), its addresses on the
