@@ -86,3 +86,45 @@ fn traffic_survives_a_coordinator_outage() {
         });
     }
 }
+
+/// A named container that restarts while the coordinator is down is
+/// refused (exit 3: the saved map cannot say whether its address is still
+/// its own; an admin may have released it meanwhile); once the coordinator
+/// answers, the gone container's address is given back and kept for it,
+/// and the next attach gets it again.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_named_container_restarted_during_an_outage_gets_its_address_once_the_coordinator_answers() {
+    let mut bed = Bed::with_hosts(2);
+    let other = bed.add_workload(1, "default");
+    let web = bed.add_container("web");
+    let path = format!("/run/netns/{web}");
+    let attach = |bed: &Bed| bed.weavectl(0, &["attach", "--name", "web", &path]);
+    let out = attach(&bed);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let from = bed.workloads[other].ns.clone();
+    assert!(ping_within(&from, ip.parse().unwrap(), 10), "web at {ip} before the outage");
+
+    bed.kill_coordinator();
+    wait_for("host 1 to notice the outage", Duration::from_secs(60), || {
+        bed.status(0).filter(|s| !s.coordinator_connected).map(|_| ())
+    });
+    ok(&["ip", "netns", "del", &web]);
+    ok(&["ip", "netns", "add", &web]);
+    let out = attach(&bed);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(said.contains("the coordinator cannot serve this now"), "{said}");
+
+    bed.start_coordinator();
+    wait_for("host 1 to reconnect", Duration::from_secs(60), || {
+        bed.status(0).filter(|s| s.coordinator_connected).map(|_| ())
+    });
+    let again = wait_for("the restarted container's attach", Duration::from_secs(30), || {
+        let out = attach(&bed);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    });
+    assert_eq!(again, ip, "the address kept for web");
+    assert!(ping_within(&from, ip.parse().unwrap(), 10), "web at {ip} after its restart");
+}
