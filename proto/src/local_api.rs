@@ -332,14 +332,11 @@ pub struct LocalContainer {
     /// name), `cni:<container id>/<ifname>`, a Docker endpoint id; and
     /// `host:<node>`, this host's own exposed addresses.
     pub container: String,
-    /// Its namespace's path, where the agent has one.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// Its namespace's path, where the agent has one (else empty).
+    #[serde(default)]
     pub netns: String,
     /// Its addresses with their prefix length, and on which subnet.
     pub addresses: Vec<LocalAddress>,
-    /// The DNS names on its addresses, fully qualified.
-    #[serde(default)]
-    pub names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -348,8 +345,11 @@ pub struct LocalAddress {
     pub subnet: String,
     /// The MAC of its interface (weave gives each address its own:
     /// `0a:58:<ip>`); empty for the host's exposed addresses (the bridge's).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(default)]
     pub mac: String,
+    /// The DNS names on this address, fully qualified, without the last dot.
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -406,18 +406,16 @@ impl LocalService {
                     .or_else(|| served.iter().find(|(key, _)| *key == a.container).map(|(_, path)| path.clone()))
                     .unwrap_or_default(),
                 addresses: Vec::new(),
-                names: Vec::new(),
             });
             let mac = allocation_address(&a.address)
                 .filter(|_| !a.container.starts_with("host:"))
                 .map_or_else(String::new, |ip| kernel::format_mac(&kernel::workload_mac(ip)));
-            c.addresses.push(LocalAddress { address: a.address.clone(), subnet: a.subnet.clone(), mac });
-            for r in map.dns_records.iter().filter(|r| r.allocation_id == a.id) {
-                let name = r.name.trim_end_matches('.').to_string();
-                if !c.names.contains(&name) {
-                    c.names.push(name);
-                }
-            }
+            let mut names: Vec<String> = (map.dns_records.iter().filter(|r| r.allocation_id == a.id))
+                .map(|r| r.name.trim_end_matches('.').to_string())
+                .collect();
+            names.sort();
+            names.dedup();
+            c.addresses.push(LocalAddress { address: a.address.clone(), subnet: a.subnet.clone(), mac, names });
         }
         all.into_values().collect()
     }

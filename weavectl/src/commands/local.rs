@@ -199,7 +199,7 @@ fn print_containers(out: &Output, list: &[LocalContainer]) {
                 c.container.clone(),
                 a.address.clone(),
                 or_dash(a.mac.clone()),
-                or_dash(c.names.join(",")),
+                or_dash(a.names.join(",")),
                 or_dash(c.netns.clone()),
             ]);
         }

@@ -269,10 +269,16 @@ fn canonical_in(name: &str, domain: &str) -> Result<String, String> {
 /// network on its subnet went; found by a review, 2026-12-07). A CNI
 /// attach's name is only its DNS name (its key is `cni:<id>`).
 pub(super) fn check_key_free(kept: &str) -> Result<(), String> {
-    match crate::plan::docker::is_docker_key(kept) {
-        true => Err(format!("'{kept}' is the key of the Docker plugin's gateway addresses: choose another name")),
-        false => Ok(()),
+    if crate::plan::docker::is_docker_key(kept) {
+        return Err(format!("'{kept}' is the key of the Docker plugin's gateway addresses: choose another name"));
     }
+    // A container given as digits is a pid: `detach 32533` detached the
+    // container of process 32533, not the one named so (found by a review,
+    // 2026-12-08).
+    if is_pid(kept) {
+        return Err(format!("'{kept}' is all digits, which names a process (a pid): choose a name with a letter"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -299,5 +305,7 @@ mod tests {
             assert!(super::check_key_free(&kept).is_err_and(|e| e.contains("Docker plugin")), "{taken}");
         }
         assert!(super::check_key_free("web").is_ok());
+        assert!(super::check_key_free("32533").is_err_and(|e| e.contains("pid")));
+        assert!(super::check_key_free("web1").is_ok() && super::check_key_free("1web").is_ok());
     }
 }
