@@ -204,6 +204,10 @@ fn flag(name: &str, e: impl std::fmt::Display) -> ConfigError {
     ConfigError(format!("--{name}: {e}"))
 }
 
+/// The longest `--authenticate-within`: a connection that proves nothing
+/// holds one of the unproven slots that long.
+const MAX_AUTHENTICATE_WITHIN: Duration = Duration::from_secs(3600);
+
 impl ServeArgs {
     /// Defaults as `coordinator serve` has them, with another data dir and listen address.
     pub fn for_data_dir(data_dir: PathBuf, listen: SocketAddr) -> Self {
@@ -404,13 +408,13 @@ impl ServeArgs {
         let authenticate_within = weave_proto::duration::parse(&self.authenticate_within)
             .ok()
             .flatten()
-            .filter(|d| !d.is_zero())
+            .filter(|d| !d.is_zero() && *d <= MAX_AUTHENTICATE_WITHIN)
             .ok_or_else(|| {
                 flag(
                     "authenticate-within",
                     format!(
-                        "'{}' is not a time of 1s or more, like 10s or 1m (a connection that proves nothing is \
-                         closed then; there is no 'never')",
+                        "'{}' is not a time from 1s to 1h, like 10s or 1m (a connection that proves nothing is \
+                         closed then, and holds a connection slot until then; there is no 'never')",
                         self.authenticate_within
                     ),
                 )
@@ -424,6 +428,11 @@ impl ServeArgs {
             )),
         };
         let dns_name_hold = hold("dns-name-hold", &self.dns_name_hold)?;
+        // As long as it liked, a hold wrapped past the end of the store's
+        // seconds and held nothing (found by a review, 2026-12-08).
+        if dns_name_hold.is_some_and(|d| d > Duration::from_secs(86_400)) {
+            return Err(flag("dns-name-hold", "must be at most 24h (a held name is no other node's meanwhile)"));
+        }
         let address_hold = hold("address-hold", &self.address_hold)?;
         if address_hold.is_some_and(|d| d > Duration::from_secs(86_400)) {
             return Err(flag("address-hold", "must be at most 24h (a held address is no one else's meanwhile)"));

@@ -8,7 +8,15 @@ pub enum DurationError {
     Malformed(String),
     #[error("'{0}' is no time at all: give a positive duration (like 30m, 24h, 7d), or 'never'")]
     Zero(String),
+    #[error("'{0}' is too long: at most 36500d (100 years), or 'never' where that is taken")]
+    TooLong(String),
 }
+
+/// The longest duration [`parse`] takes: 100 years. Longer ones overflowed
+/// a deadline (`Instant + d`) and the coordinator panicked on every
+/// connection with `--authenticate-within 107000000000000d`, or wrapped a
+/// hold's end into the past (found by a review, 2026-12-08).
+pub const MAX: Duration = Duration::from_secs(36_500 * 86_400);
 
 /// `None` means never.
 pub fn parse(s: &str) -> Result<Option<Duration>, DurationError> {
@@ -28,6 +36,9 @@ pub fn parse(s: &str) -> Result<Option<Duration>, DurationError> {
     };
     if secs == 0 {
         return Err(DurationError::Zero(s.to_string()));
+    }
+    if secs > MAX.as_secs() {
+        return Err(DurationError::TooLong(s.to_string()));
     }
     Ok(Some(Duration::from_secs(secs)))
 }
@@ -67,5 +78,9 @@ mod tests {
         assert!(parse("soon").is_err());
         assert!(parse("5w").is_err());
         assert!(parse("").is_err());
+        assert_eq!(parse("36500d"), Ok(Some(MAX)));
+        for long in ["36501d", "107000000000000d", "18446744073709551615s", "99999999999d"] {
+            assert_eq!(parse(long), Err(DurationError::TooLong(long.into())), "{long}");
+        }
     }
 }

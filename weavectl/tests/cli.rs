@@ -504,6 +504,13 @@ fn the_admin_releases_a_containers_addresses() {
         2,
         "weavectl: --subnet: '10.32.0.1/16' has host bits set; did you mean 10.32.0.0/16?",
     );
+    // Empty is not "every subnet" (a script's empty $SUBNET released them all).
+    c.fails(
+        &["ipam", "release", "c1", "--node", "host-1", "--subnet", ""],
+        2,
+        "weavectl: --subnet: is empty: name a subnet (CIDR or name), or leave --subnet out",
+    );
+    assert_eq!(c.json(&["ipam", "ls"]).as_array().unwrap().len(), 1);
     assert_eq!(
         c.ok(&["ipam", "release", "c1", "--node", "host-1", "--subnet", "default"]),
         format!("released {address} (1 DNS record(s) removed)\n")

@@ -36,6 +36,10 @@ fn defaults_split_the_weave_range() {
     assert_eq!(a.settings().unwrap().address_hold, Some(Duration::from_secs(86_400)));
     a.address_hold = "never".into();
     assert!(a.settings().unwrap_err().to_string().starts_with("--address-hold: must be a time"));
+    a.dns_name_hold = "25h".into();
+    assert!(a.settings().unwrap_err().to_string().starts_with("--dns-name-hold: must be at most 24h"));
+    a.dns_name_hold = "18446744073709551615s".into();
+    assert!(a.settings().unwrap_err().to_string().starts_with("--dns-name-hold: '18446744073709551615s' is too long"));
     a.dns_name_hold = "soon".into();
     assert!(a.settings().unwrap_err().to_string().starts_with("--dns-name-hold: 'soon' is not a duration"));
     assert_eq!(s.node_subnets.len(), 4, "RFC 1918 and ULA");

@@ -20,6 +20,11 @@ pub(super) fn check(command: IpamCommand) -> Outcome<IpamCommand> {
     else {
         return Ok(command);
     };
+    // Empty means every subnet to the API: a script's empty `$SUBNET`
+    // released a container's every address (found by a review, 2026-12-08).
+    if subnet.trim().is_empty() {
+        return Err(Failure::usage("--subnet", "is empty: name a subnet (CIDR or name), or leave --subnet out"));
+    }
     if subnet.contains('/') {
         parse_subnet(subnet).map_err(|e| Failure::usage("--subnet", e))?;
     }
