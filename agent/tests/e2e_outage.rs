@@ -60,6 +60,11 @@ fn traffic_survives_a_coordinator_outage() {
     assert!(said.contains("the coordinator cannot serve this now") && said.contains("try again"), "{said}");
 
     let out = pinger.join().unwrap();
+    // Said once per agent, not at every retry (a WARN every 5 s for the
+    // whole outage; found by a review, 2026-12-08).
+    let warned =
+        bed.log(0).lines().filter(|l| l.contains(" WARN ") && l.contains("cannot watch the network map")).count();
+    assert!(warned <= 2, "{warned} warnings in a {secs} s outage");
     let text = String::from_utf8_lossy(&out.stdout);
     let expected = format!("{} packets transmitted, {} received", secs * 10, secs * 10);
     assert!(out.status.success() && text.contains(&expected), "loss during the outage:\n{text}");
@@ -85,6 +90,7 @@ fn traffic_survives_a_coordinator_outage() {
             has.then_some(())
         });
     }
+    assert!(bed.log(0).contains("watching the network map again"), "the end of the outage is said");
 }
 
 /// A named container that restarts while the coordinator is down is

@@ -64,6 +64,7 @@ pub async fn watch_map(
     // the last event (`follow` resets both on an event, not on a watch that
     // is accepted and then ends: that one backs off).
     let mut retry = (BACKOFF_MIN, 0u32);
+    let mut outage = retry::Outage::default();
     loop {
         // The last attempt did not reach a coordinator (see `wait_or_answered`).
         let mut cut_off = false;
@@ -76,7 +77,12 @@ pub async fn watch_map(
         };
         match api.map.watch(WatchRequest { from_revision: from, from_history: history }).await {
             Ok(response) => {
-                tracing::info!(from_revision = from, "watching the network map");
+                match outage.ended() {
+                    Some(d) => {
+                        tracing::info!(from_revision = from, after_s = d.as_secs(), "watching the network map again")
+                    }
+                    None => tracing::info!(from_revision = from, "watching the network map"),
+                }
                 refuse(None);
                 connected.store(true, Ordering::Relaxed);
                 if let Err(removed) = follow(response.into_inner(), &state, &maps, &mut retry).await {
@@ -98,7 +104,11 @@ pub async fn watch_map(
                     _ if cause.contains(weave_proto::client::PIN_MISMATCH) => Some(cause.clone()),
                     _ => None,
                 });
-                tracing::warn!(code = ?status.code(), message = status.message(), cause, "cannot watch the network map; retrying");
+                let (code, message) = (status.code(), status.message());
+                match outage.failed(&format!("{code:?} {message} {cause}")) {
+                    true => tracing::warn!(?code, message, cause, "cannot watch the network map; retrying"),
+                    false => tracing::debug!(?code, message, cause, "cannot watch the network map; retrying"),
+                }
             }
         }
         connected.store(false, Ordering::Relaxed);

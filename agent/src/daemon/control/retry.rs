@@ -96,3 +96,40 @@ pub async fn warn_out_of_touch(
         );
     }
 }
+
+/// How often a watch that keeps failing for the same reason says so again.
+pub(super) const REMIND_EVERY: Duration = Duration::from_secs(300);
+
+/// One outage of the watch, for its log: a WARN when it starts or its
+/// reason changes, a reminder every [`REMIND_EVERY`], DEBUG for the retries
+/// between, and how long it lasted once a watch is open again. Every agent
+/// wrote a WARN every 5 s for as long as the coordinator was away (3.7 MB a
+/// day each; found by a review, 2026-12-08).
+#[derive(Default)]
+pub(super) struct Outage {
+    /// When it began, the reason last said, and when it was said.
+    since: Option<(std::time::Instant, String, std::time::Instant)>,
+}
+
+impl Outage {
+    /// Whether this failure (`reason`) is to be said at WARN.
+    pub(super) fn failed(&mut self, reason: &str) -> bool {
+        let now = std::time::Instant::now();
+        match &mut self.since {
+            Some((_, said, at)) if said == reason && at.elapsed() < REMIND_EVERY => false,
+            Some((_, said, at)) => {
+                (*said, *at) = (reason.to_string(), now);
+                true
+            }
+            None => {
+                self.since = Some((now, reason.to_string(), now));
+                true
+            }
+        }
+    }
+
+    /// A watch is open: how long the outage lasted, if there was one.
+    pub(super) fn ended(&mut self) -> Option<Duration> {
+        self.since.take().map(|(began, ..)| began.elapsed())
+    }
+}

@@ -127,3 +127,18 @@ fn backoff_grows_and_stays_capped() {
     assert!(seen.iter().all(|d| *d <= BACKOFF_MAX));
     assert_eq!(*seen.last().unwrap(), BACKOFF_MAX);
 }
+
+/// An outage is said once, again when its reason changes, and its end says
+/// how long it lasted; the next one is said again.
+#[test]
+fn an_outage_is_said_once_per_reason() {
+    let mut o = retry::Outage::default();
+    assert!(o.failed("Unavailable refused"));
+    for _ in 0..10 {
+        assert!(!o.failed("Unavailable refused"), "a retry of the same");
+    }
+    assert!(o.failed("Unauthenticated pin mismatch"), "another reason");
+    assert!(o.ended().is_some());
+    assert!(o.ended().is_none(), "ended once");
+    assert!(o.failed("Unavailable refused"), "a new outage");
+}
