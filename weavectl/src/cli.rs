@@ -155,7 +155,9 @@ pub(crate) enum TokenCommand {
     /// Create a join token; prints it alone on the first line.
     Create {
         /// Lifetime, like 30m, 24h, 7d, or never [default: the coordinator's, 24h]
-        #[arg(long)]
+        // Hyphen values reach the duration check, which says what is wrong
+        // with `-1s` (clap said "unexpected argument '-1'").
+        #[arg(long, allow_hyphen_values = true)]
         ttl: Option<String>,
         /// How many hosts may join with it: a number, or "unlimited" (any
         /// number of hosts until it expires: whoever holds it can add nodes)
@@ -169,7 +171,7 @@ pub(crate) enum TokenCommand {
         /// touch this long (like 1h; at least 5m, or the coordinator's
         /// --forget-after-floor): for hosts that go away without a `node rm`
         /// (autoscaling). [default: never]
-        #[arg(long, value_name = "DURATION")]
+        #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
         forget_after: Option<String>,
     },
     /// List join tokens (never their secrets).

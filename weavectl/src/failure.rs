@@ -99,10 +99,25 @@ impl Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // One line, whatever the cause contained.
-        let why = self.why.replace(['\n', '\r'], " ");
-        write!(f, "{}: {}", self.what, why.trim())
+        // One line, whatever the cause or what the user typed contained:
+        // line breaks as spaces, and no other control character reaches the
+        // terminal (an argument with ESC sequences, quoted back by the
+        // coordinator, was echoed raw; a newline in an argument made two
+        // lines; found by a review, 2026-12-08).
+        write!(f, "{}: {}", printable(&self.what), printable(&self.why).trim())
     }
+}
+
+/// `s` for a terminal: `\n` and `\r` as spaces, other control characters
+/// escaped (`\u{1b}`).
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\n' | '\r' => " ".to_string(),
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// A request the coordinator answered without an option it does not know
@@ -148,6 +163,15 @@ fn address_hint(addr: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the user typed and what the coordinator quoted back reach the
+    /// terminal as one line, with no control character in it.
+    #[test]
+    fn a_failure_is_one_printable_line() {
+        let f = Failure::status("removing node a\nb", &tonic::Status::not_found("no node 'a\x1b[31mb'\r\n"));
+        assert_eq!(f.to_string(), "removing node a b: no node 'a\\u{1b}[31mb'");
+        assert!(!f.to_string().chars().any(char::is_control));
+    }
 
     #[test]
     fn statuses_map_to_exit_codes() {
