@@ -59,6 +59,8 @@ phase "doc tests"
 # The vendored boringtun's own unit tests (its rate limiter and timers carry
 # weave's changes; vendor/boringtun/WEAVE.md): not a workspace member.
 bash vendor/boringtun/test.sh
+# And those on a mock clock (its timers' rekeys, weave's idle-tunnel rule).
+bash vendor/boringtun/test.sh --features mock-instant
 phase "boringtun's tests"
 postgres=()
 if [ "$(id -u)" = 0 ]; then

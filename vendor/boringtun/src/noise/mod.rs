@@ -676,7 +676,7 @@ impl Tunn {
 #[cfg(test)]
 mod tests {
     #[cfg(feature = "mock-instant")]
-    use crate::noise::timers::{REKEY_AFTER_TIME, REKEY_TIMEOUT};
+    use crate::noise::timers::{KEEPALIVE_TIMEOUT, REKEY_AFTER_TIME, REKEY_TIMEOUT};
 
     use super::*;
     use rand_core::{OsRng, RngCore};
@@ -916,6 +916,42 @@ mod tests {
         //Advance to timeout
         mock_instant::MockClock::advance(REKEY_AFTER_TIME);
         assert!(matches!(their_tun.update_timers(&mut []), TunnResult::Done));
+        update_timer_results_in_handshake(&mut my_tun);
+    }
+
+    /// weave: a tunnel idle since its key's first seconds makes no handshake
+    /// when the key is REKEY_AFTER_TIME old, only at the next packet sent,
+    /// as the kernel's WireGuard rekeys on a send (one was made 120 s after
+    /// the last, and the idle peer showed as established for 300 s).
+    #[test]
+    #[cfg(feature = "mock-instant")]
+    fn an_idle_tunnel_rekeys_at_its_next_packet_not_before() {
+        let (mut my_tun, mut their_tun) = create_two_tuns_and_handshake();
+        let (mut a, mut b) = ([0u8; 2048], [0u8; 2048]);
+        let packet = create_ipv4_udp_packet();
+        // A packet each way at the start: delivered, and answered by a keepalive.
+        // (The timers read the clock in `update_timers` only.)
+        mock_instant::MockClock::advance(Duration::from_secs(1));
+        assert!(matches!(my_tun.update_timers(&mut a), TunnResult::Done));
+        assert!(matches!(their_tun.update_timers(&mut b), TunnResult::Done));
+        let sent = match my_tun.encapsulate(&packet, &mut a) {
+            TunnResult::WriteToNetwork(d) => d.to_vec(),
+            _ => panic!("sealed"),
+        };
+        assert!(matches!(their_tun.decapsulate(None, &sent, &mut b), TunnResult::WriteToTunnelV4(..)));
+        mock_instant::MockClock::advance(KEEPALIVE_TIMEOUT);
+        let keepalive = match their_tun.update_timers(&mut b) {
+            TunnResult::WriteToNetwork(d) => d.to_vec(),
+            _ => panic!("a passive keepalive"),
+        };
+        assert!(matches!(my_tun.decapsulate(None, &keepalive, &mut a), TunnResult::Done));
+        // Idle past REKEY_AFTER_TIME and the receive rule's time too: nothing.
+        for _ in 0..160 {
+            mock_instant::MockClock::advance(Duration::from_secs(1));
+            assert!(matches!(my_tun.update_timers(&mut a), TunnResult::Done), "a handshake while idle");
+        }
+        // The next packet: sealed with the old key, then a handshake.
+        assert!(matches!(my_tun.encapsulate(&packet, &mut a), TunnResult::WriteToNetwork(_)));
         update_timer_results_in_handshake(&mut my_tun);
     }
 

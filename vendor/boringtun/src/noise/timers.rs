@@ -20,7 +20,7 @@ pub(crate) const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
 const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
 const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
 pub(crate) const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const COOKIE_EXPIRATION_TIME: Duration = Duration::from_secs(120);
 
 #[derive(Debug)]
@@ -261,9 +261,12 @@ impl Tunn {
                     // ms old, we initiate a new handshake. If the sender was the original
                     // responder of the handshake, it does not re-initiate a new handshake
                     // after REKEY_AFTER_TIME ms like the original initiator does.
-                    if session_established < data_packet_sent
-                        && now - session_established >= REKEY_AFTER_TIME
-                    {
+                    // weave: a packet sent since the key became that old, as
+                    // the kernel's WireGuard checks it on each send; not any
+                    // packet since the session began (an idle tunnel made
+                    // one more handshake 120 s after its last, and showed
+                    // as established for up to 300 s after its traffic).
+                    if data_packet_sent >= session_established + REKEY_AFTER_TIME {
                         tracing::debug!("HANDSHAKE(REKEY_AFTER_TIME (on send))");
                         handshake_initiation_required = true;
                     }
@@ -272,9 +275,9 @@ impl Tunn {
                     // of the handshake and if the current session key is REJECT_AFTER_TIME
                     // - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT ms old, we initiate a new
                     // handshake.
-                    if session_established < data_packet_received
-                        && now - session_established
-                            >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
+                    // weave: a packet received since then, as above.
+                    if data_packet_received
+                        >= session_established + (REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT)
                     {
                         // weave: debug, as its "on send" twin: the rekey of
                         // every live tunnel, not a fault.
