@@ -14,7 +14,7 @@ pub fn parse_or_exit<P: clap::Parser>(name: &str) -> P {
             | ErrorKind::DisplayVersion
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
             _ => {
-                eprintln!("{name}: {} (see --help)", one_line(&e.render().to_string()));
+                eprintln!("{name}: {} (see --help)", printable(&one_line(&e.render().to_string())));
                 std::process::exit(2)
             }
         },
@@ -23,6 +23,21 @@ pub fn parse_or_exit<P: clap::Parser>(name: &str) -> P {
 
 /// clap's message without its "error: " and the usage and hint after it,
 /// its lines (a list of missing arguments) joined.
+/// `s` for a terminal, on one line: `\n` and `\r` as spaces, any other
+/// control character escaped (`\u{1b}`). An argument's ESC sequences,
+/// quoted back in an error (by clap, the coordinator, the agent), reached
+/// the terminal raw, and a newline in one made an error two lines (found by
+/// a review, 2026-12-08).
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\n' | '\r' => " ".to_string(),
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 fn one_line(rendered: &str) -> String {
     let lines: Vec<&str> = rendered
         .lines()
@@ -37,6 +52,12 @@ fn one_line(rendered: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_is_one_line_without_control_characters() {
+        assert_eq!(printable("a\nb\r\x1b[2J\tc ü"), "a b \\u{1b}[2J\\u{9}c ü");
+        assert_eq!(printable("plain"), "plain");
+    }
 
     #[derive(Debug, clap::Parser)]
     struct Cli {

@@ -104,20 +104,9 @@ impl fmt::Display for Failure {
         // terminal (an argument with ESC sequences, quoted back by the
         // coordinator, was echoed raw; a newline in an argument made two
         // lines; found by a review, 2026-12-08).
+        use weave_proto::command_line::printable;
         write!(f, "{}: {}", printable(&self.what), printable(&self.why).trim())
     }
-}
-
-/// `s` for a terminal: `\n` and `\r` as spaces, other control characters
-/// escaped (`\u{1b}`).
-fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '\n' | '\r' => " ".to_string(),
-            c if c.is_control() => c.escape_unicode().to_string(),
-            c => c.to_string(),
-        })
-        .collect()
 }
 
 /// A request the coordinator answered without an option it does not know

@@ -474,7 +474,7 @@ fn socket_error(socket: &std::path::Path, e: std::io::Error) -> Error {
 
 /// Tonic's errors carry their cause deep down; one line with all of it.
 pub fn describe(e: &Error) -> String {
-    error_chain(e)
+    weave_proto::command_line::printable(&error_chain(e))
 }
 
 #[cfg(test)]
