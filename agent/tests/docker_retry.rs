@@ -182,8 +182,7 @@ async fn docker_release_address_leaves_another_containers_allocation_at_that_add
     assert!(endpoint.container.starts_with("docker:"), "{endpoint:?}");
 
     // Behind Docker's back: released, and given to another container of h1.
-    let release =
-        ReleaseRequest { node: "h1".into(), container: endpoint.container, subnet: "10.77.0.0/24".into(), undo: false };
+    let release = ReleaseRequest { node: "h1".into(), container: endpoint.container, subnet: "10.77.0.0/24".into() };
     admin.ipam.release(release).await.unwrap();
     let web = AllocateRequest {
         node: "h1".into(),

@@ -710,35 +710,3 @@ fn a_name_of_digits_is_refused_as_it_would_name_a_pid() {
         attach_line(&bed, 0, &["--name", "n32533", &format!("/run/netns/{c}")]).parse::<std::net::Ipv4Addr>().is_ok()
     );
 }
-
-/// An attach refused on its second subnet (full) takes back the address it
-/// got on the first without keeping anything for the container: it never
-/// had it. An ordinary release held the address and the DNS name for a
-/// minute (`--address-hold`, `--dns-name-hold`), and another host's attach
-/// by that name was refused meanwhile (found by a review, 2026-12-08).
-#[test]
-#[ignore = "needs root: network namespaces"]
-fn a_refused_attach_keeps_nothing_for_the_name_it_asked_for() {
-    let mut bed = Bed::with_hosts(2);
-    bed.admin(|mut api| async move {
-        let req = weave_proto::v1::AddSubnetRequest { cidr: "10.50.0.0/30".into(), name: "tiny".into(), egress: false };
-        api.subnets.add_subnet(req).await.unwrap();
-    });
-    for fill in ["fill1", "fill2"] {
-        let ns = bed.add_container(fill);
-        attach_line(&bed, 0, &["net:tiny", &format!("/run/netns/{ns}")]);
-    }
-    let (a, b) = (bed.add_container("y1a"), bed.add_container("y1b"));
-    let before = bed.allocations().len();
-    let out = bed.weavectl(0, &["attach", "--name", "y1", "net:default", "net:tiny", &format!("/run/netns/{a}")]);
-    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
-    assert_eq!(bed.allocations().len(), before, "{:?}", bed.allocations());
-    let holds = bed.admin(|mut api| async move {
-        let req = weave_proto::v1::ListAddressHoldsRequest::default();
-        api.ipam.list_address_holds(req).await.unwrap().into_inner().holds
-    });
-    assert!(holds.is_empty(), "kept for a container that never had it: {holds:?}");
-    // The name is free for another host's container at once.
-    let ip = attach_line(&bed, 1, &["--name", "y1", &format!("/run/netns/{b}")]);
-    assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{ip}");
-}

@@ -313,8 +313,7 @@ async fn every_mutating_rpc_checks_the_callers_role() {
     let mut upper = alloc("c8", "");
     upper.node = "HOST1".into();
     assert_eq!(node.ipam.allocate(upper).await.unwrap().into_inner().node, "host1");
-    let release_other =
-        ReleaseRequest { node: "host2".into(), container: "c2".into(), subnet: String::new(), undo: false };
+    let release_other = ReleaseRequest { node: "host2".into(), container: "c2".into(), subnet: String::new() };
     assert_status(node.ipam.release(release_other).await, denied, "only on itself");
     let eps = UpdateEndpointsRequest { node: "host2".into(), endpoints: vec!["192.0.2.9:1".into()] };
     assert_status(node.nodes.update_endpoints(eps).await, denied, "only on itself");
@@ -397,8 +396,7 @@ async fn a_node_removes_only_an_empty_subnet_it_added_itself() {
     other.ipam.allocate(alloc("docker-gateway", "10.9.0.0/24")).await.unwrap();
     assert_status(node.subnets.remove_subnet(rm("10.9.0.0/24", false)).await, Code::FailedPrecondition, "host2");
     assert_status(node.subnets.remove_subnet(rm("10.9.0.0/24", true)).await, denied, "--force");
-    let release =
-        ReleaseRequest { node: String::new(), container: "docker-gateway".into(), subnet: String::new(), undo: false };
+    let release = ReleaseRequest { node: String::new(), container: "docker-gateway".into(), subnet: String::new() };
     other.ipam.release(release).await.unwrap();
     let released = std::time::Instant::now();
     // Nor while another node's container's address is kept for it there:
@@ -697,7 +695,7 @@ async fn ipam_allocates_lowest_free_idempotently_and_refuses_conflicts() {
     );
     let released = node
         .ipam
-        .release(ReleaseRequest { node: String::new(), container: "t1".into(), subnet: "tiny".into(), undo: false })
+        .release(ReleaseRequest { node: String::new(), container: "t1".into(), subnet: "tiny".into() })
         .await
         .unwrap()
         .into_inner();

@@ -141,7 +141,7 @@ async fn run(ops: Vec<Op>) {
                 let Some(&id) = nodes.get(&node) else { continue };
                 let name = format!("c{container}");
                 let held: Vec<Key> = model.keys().filter(|(n, c, _)| *n == node && *c == name).cloned().collect();
-                match store.release(id, &name, None, true).await {
+                match store.release(id, &name, None).await {
                     Ok((released, _)) => assert_eq!(released.len(), held.len()),
                     Err(Error::NotFound(_)) => assert!(held.is_empty()),
                     Err(e) => panic!("unexpected {e}"),

@@ -99,8 +99,7 @@ async fn a_sqlite_cluster_moves_to_postgres_and_goes_on_without_rejoining() {
         .into_inner();
     // A released address, held for its container (`address_holds` moves too).
     let restarting = admin.ipam.allocate(alloc("h2", "restarting", "backend")).await.unwrap().into_inner().address;
-    let release =
-        ReleaseRequest { node: "h2".into(), container: "restarting".into(), subnet: "backend".into(), undo: false };
+    let release = ReleaseRequest { node: "h2".into(), container: "restarting".into(), subnet: "backend".into() };
     admin.ipam.release(release).await.unwrap();
     let resume_from = admin.map.get_map(GetMapRequest {}).await.unwrap().into_inner().revision;
     admin.nodes.remove_node(RemoveNodeRequest { node: "gone".into() }).await.unwrap();

@@ -370,7 +370,7 @@ impl Attacher {
                     }
                     for (s, _, _) in &allocated {
                         if !previously.contains_key(&s.id) {
-                            let _ = self.undo_allocation(&c.key, &s.cidr).await;
+                            let _ = self.release(&c.key, &s.cidr).await;
                         }
                     }
                     self.undo_early(named, fresh_path, &c.key, &began);

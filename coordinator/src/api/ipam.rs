@@ -66,9 +66,7 @@ impl IpamService for Ipam {
         let caller = self.0.caller(&request).await?;
         let r = request.get_ref();
         let node = self.0.target_node(&caller, &r.node).await?;
-        // Only a node's own release waives the container's hold (`undo`).
-        let hold = !(r.undo && matches!(caller, Caller::Node { .. }));
-        let (released, records) = match self.0.store.release(node, r.container.trim(), opt(&r.subnet), hold).await {
+        let (released, records) = match self.0.store.release(node, r.container.trim(), opt(&r.subnet)).await {
             // Nothing allocated: the admin ends what is kept for it (a
             // node's repeated release stays "already released").
             Err(Error::NotFound(why)) if matches!(caller, Caller::Admin) => {

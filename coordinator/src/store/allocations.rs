@@ -192,14 +192,12 @@ impl Store {
     }
 
     /// Releases the container's address in `subnet`, or in every subnet when
-    /// `subnet` is None, with the DNS records that point at them; with
-    /// `hold`, what is kept for it after (`--address-hold`, `--dns-name-hold`).
+    /// `subnet` is None, with the DNS records that point at them.
     pub async fn release(
         &self,
         node_id: u64,
         container: &str,
         subnet: Option<&str>,
-        hold: bool,
     ) -> Result<(Vec<v1::Allocation>, u32)> {
         // Refused as Allocate refuses it: an id no allocation can have is the
         // caller's mistake, not an address already given back.
@@ -224,10 +222,7 @@ impl Store {
         }
         let mut records = 0;
         for a in &released {
-            let holds = match hold {
-                true => Holds { dns: self.dns_hold, address: self.address_hold },
-                false => Holds { dns: None, address: None },
-            };
+            let holds = Holds { dns: self.dns_hold, address: self.address_hold };
             records += super::nodes::release_where(&mut tx, "a.id = $1", a.id as i64, holds).await?.1;
         }
         self.commit(tx).await?;

@@ -42,12 +42,8 @@ pub(super) async fn run(api: &mut Api, out: &Output, command: IpamCommand) -> Ou
             list(api, out, req).await
         }
         IpamCommand::Release { container, node, subnet } => {
-            let req = ReleaseRequest {
-                node: node.clone(),
-                container: container.clone(),
-                subnet: subnet.unwrap_or_default(),
-                undo: false,
-            };
+            let req =
+                ReleaseRequest { node: node.clone(), container: container.clone(), subnet: subnet.unwrap_or_default() };
             let what = format!("releasing the addresses of {container} on {node}");
             let r = api.ipam.release(req).await.doing(what)?;
             let addresses: Vec<&str> = r.released.iter().map(|a| a.address.as_str()).collect();

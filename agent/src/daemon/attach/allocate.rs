@@ -92,7 +92,7 @@ impl Attacher {
                     .collect();
                 async move {
                     for cidr in fresh {
-                        let _ = self.undo_allocation(key, &cidr).await;
+                        let _ = self.release(key, &cidr).await;
                     }
                 }
             };
@@ -258,20 +258,7 @@ impl Attacher {
 
     /// Releases `key`'s address on `subnet` (every subnet if empty).
     pub(crate) async fn release(&self, key: &str, subnet: &str) -> Result<Vec<String>, Refusal> {
-        self.release_with(key, subnet, false).await
-    }
-
-    /// Takes back what a refused attach or expose of `key` allocated on
-    /// `subnet` itself: nothing is kept for it after (`undo`). An ordinary
-    /// release held the address and the DNS name for a minute for a
-    /// container that never had them, and another host's attach by that
-    /// name was refused meanwhile (found by a review, 2026-12-08).
-    pub(crate) async fn undo_allocation(&self, key: &str, subnet: &str) -> Result<Vec<String>, Refusal> {
-        self.release_with(key, subnet, true).await
-    }
-
-    async fn release_with(&self, key: &str, subnet: &str, undo: bool) -> Result<Vec<String>, Refusal> {
-        let req = ReleaseRequest { container: key.to_string(), subnet: subnet.to_string(), undo, ..Default::default() };
+        let req = ReleaseRequest { container: key.to_string(), subnet: subnet.to_string(), ..Default::default() };
         match retry_unavailable(|| {
             let (mut ipam, req) = (self.api.ipam.clone(), req.clone());
             async move { ipam.release(req).await }

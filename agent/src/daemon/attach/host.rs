@@ -88,7 +88,7 @@ impl Attacher {
         // attached before, given the route now): `hide` refuses the same.
         for (subnet, ip) in exposed.iter().filter(|(s, _)| self.egress_users(s) == 0 && self.routed_users(s) == 0) {
             let len = subnet.cidr.parse::<Ipv4Net>().map_or(32, |n| n.prefix_len());
-            if self.undo_allocation(&key, &subnet.cidr).await.is_ok() {
+            if self.release(&key, &subnet.cidr).await.is_ok() {
                 let _ = self.netlink.set_address(&bridge_name(subnet.vni), *ip, len, false).await;
             }
         }
@@ -152,7 +152,7 @@ impl Attacher {
                 for (s, ip, len) in &allocated {
                     if !previously.contains_key(&s.id) {
                         let _ = self.netlink.set_address(&bridge_name(s.vni), *ip, *len, false).await;
-                        let _ = self.undo_allocation(&key, &s.cidr).await;
+                        let _ = self.release(&key, &s.cidr).await;
                     }
                 }
                 return Err(self.or_removed(subnet, e));
