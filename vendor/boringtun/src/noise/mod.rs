@@ -919,6 +919,45 @@ mod tests {
         update_timer_results_in_handshake(&mut my_tun);
     }
 
+    /// weave: data only from the responder, every 20 s, answered by the
+    /// initiator's keepalives alone: the initiator still rekeys (at its
+    /// first keepalive past REKEY_AFTER_TIME, as the kernel does), before
+    /// the session's REJECT_AFTER_TIME.
+    #[test]
+    #[cfg(feature = "mock-instant")]
+    fn keepalives_alone_keep_the_initiator_rekeying() {
+        let (mut my_tun, mut their_tun) = create_two_tuns_and_handshake();
+        let (mut a, mut b) = ([0u8; 2048], [0u8; 2048]);
+        let packet = create_ipv4_udp_packet();
+        let mut rekeyed = None;
+        'time: for s in 1..180u64 {
+            mock_instant::MockClock::advance(Duration::from_secs(1));
+            assert!(!matches!(their_tun.update_timers(&mut b), TunnResult::Err(_)));
+            if s % 20 == 0 {
+                let sent = match their_tun.encapsulate(&packet, &mut b) {
+                    TunnResult::WriteToNetwork(d) => d.to_vec(),
+                    _ => panic!("sealed at {s} s"),
+                };
+                assert!(matches!(my_tun.decapsulate(None, &sent, &mut a), TunnResult::WriteToTunnelV4(..)));
+            }
+            if let TunnResult::WriteToNetwork(d) = my_tun.update_timers(&mut a) {
+                match Tunn::parse_incoming_packet(d).unwrap() {
+                    Packet::HandshakeInit(_) => {
+                        rekeyed = Some(s);
+                        break 'time;
+                    }
+                    // A passive keepalive: delivered.
+                    _ => {
+                        let d = d.to_vec();
+                        let _ = their_tun.decapsulate(None, &d, &mut b);
+                    }
+                }
+            }
+        }
+        let at = rekeyed.expect("no rekey before REJECT_AFTER_TIME");
+        assert!((120..=140).contains(&at), "rekeyed at {at} s");
+    }
+
     /// weave: a tunnel idle since its key's first seconds makes no handshake
     /// when the key is REKEY_AFTER_TIME old, only at the next packet sent,
     /// as the kernel's WireGuard rekeys on a send (one was made 120 s after

@@ -261,12 +261,13 @@ impl Tunn {
                     // ms old, we initiate a new handshake. If the sender was the original
                     // responder of the handshake, it does not re-initiate a new handshake
                     // after REKEY_AFTER_TIME ms like the original initiator does.
-                    // weave: a packet sent since the key became that old, as
-                    // the kernel's WireGuard checks it on each send; not any
-                    // packet since the session began (an idle tunnel made
-                    // one more handshake 120 s after its last, and showed
-                    // as established for up to 300 s after its traffic).
-                    if data_packet_sent >= session_established + REKEY_AFTER_TIME {
+                    // weave: a message sent since the key became that old, a
+                    // keepalive too, as the kernel's WireGuard checks it on
+                    // each send; not any data since the session began (an
+                    // idle tunnel made one more handshake 120 s after its
+                    // last, and showed as established for up to 300 s after
+                    // its traffic).
+                    if aut_packet_sent >= session_established + REKEY_AFTER_TIME {
                         tracing::debug!("HANDSHAKE(REKEY_AFTER_TIME (on send))");
                         handshake_initiation_required = true;
                     }
@@ -275,8 +276,8 @@ impl Tunn {
                     // of the handshake and if the current session key is REJECT_AFTER_TIME
                     // - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT ms old, we initiate a new
                     // handshake.
-                    // weave: a packet received since then, as above.
-                    if data_packet_received
+                    // weave: a message received since then, as above.
+                    if aut_packet_received
                         >= session_established + (REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT)
                     {
                         // weave: debug, as its "on send" twin: the rekey of
