@@ -93,7 +93,7 @@ pub fn parse_net(s: &str) -> Result<IpNet, CidrError> {
 
 /// A dotted quad of decimal numbers of which one has a leading zero (`010`,
 /// `00`).
-fn has_leading_zero(addr: &str) -> bool {
+pub fn has_leading_zero(addr: &str) -> bool {
     let parts: Vec<&str> = addr.split('.').collect();
     parts.len() == 4
         && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))

@@ -32,10 +32,16 @@ pub fn printable(s: &str) -> String {
     s.chars()
         .map(|c| match c {
             '\n' | '\r' => " ".to_string(),
-            c if c.is_control() => c.escape_unicode().to_string(),
+            c if c.is_control() || is_invisible_format(c) => c.escape_unicode().to_string(),
             c => c.to_string(),
         })
         .collect()
+}
+
+/// Unicode format characters that reorder or hide text on a terminal:
+/// bidirectional overrides and isolates, zero-width characters.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
 }
 
 fn one_line(rendered: &str) -> String {
@@ -57,6 +63,7 @@ mod tests {
     fn printable_is_one_line_without_control_characters() {
         assert_eq!(printable("a\nb\r\x1b[2J\tc ü"), "a b \\u{1b}[2J\\u{9}c ü");
         assert_eq!(printable("plain"), "plain");
+        assert_eq!(printable("a\u{202e}b\u{200b}"), "a\\u{202e}b\\u{200b}");
     }
 
     #[derive(Debug, clap::Parser)]

@@ -16,6 +16,10 @@ use crate::{
 };
 
 fn ip(s: &str) -> Outcome<IpAddr> {
+    // As subnets say it (it said "not an IP address", with no why).
+    if weave_proto::cidr::has_leading_zero(s.trim()) {
+        return Err(Failure::usage(format!("'{s}'"), weave_proto::cidr::CidrError::LeadingZero(s.into()).to_string()));
+    }
     s.trim().parse().map_err(|_| Failure::usage(format!("'{s}'"), "not an IP address (like 10.2.3.9 or fd00::9)"))
 }
 
