@@ -15,15 +15,7 @@ use common::{underlay::tcp_transfer, *};
 
 /// One counter of `/proc/net/netstat` in `ns` (`group` "IpExt:", "TcpExt:").
 fn netstat(ns: &str, group: &str, name: &str) -> u64 {
-    let text = ok_in(ns, &["cat", "/proc/net/netstat"]);
-    let mut lines = text.lines().filter(|l| l.starts_with(group));
-    let (names, values) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or_else(|| panic!("{group} {name} in /proc/net/netstat"))
+    proc_counter(ns, "netstat", group, name)
 }
 
 /// Receives UDP on port 5300 until 2 s pass without a datagram; prints

@@ -81,15 +81,7 @@ fn tcp_does_not_stall_across_a_1280_byte_link_nor_between_1500_byte_containers()
 
 /// One counter of `/proc/net/snmp` in `ns` (`group` "Ip:", "Icmp:", ...).
 fn snmp(ns: &str, group: &str, name: &str) -> u64 {
-    let text = ok_in(ns, &["cat", "/proc/net/snmp"]);
-    let mut lines = text.lines().filter(|l| l.starts_with(group));
-    let (names, values) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or_else(|| panic!("{group} {name} in /proc/net/snmp"))
+    proc_counter(ns, "snmp", group, name)
 }
 
 fn checksum(bytes: &[u8]) -> u16 {

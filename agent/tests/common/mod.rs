@@ -178,6 +178,20 @@ pub fn spawn_unshared(args: &[&str]) -> Killed {
     child
 }
 
+/// One counter of a `/proc/net/snmp`-style table in `ns`: `file` ("snmp",
+/// "netstat"), `group` ("Ip:", "Icmp:", "IpExt:", "TcpExt:"), `name`.
+pub fn proc_counter(ns: &str, file: &str, group: &str, name: &str) -> u64 {
+    let text = ok_in(ns, &["cat", &format!("/proc/net/{file}")]);
+    let mut lines = text.lines().filter(|l| l.starts_with(group));
+    let (names, values) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("{group} {name} in /proc/net/{file}"))
+}
+
 /// Polls `f` until it returns Some, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
