@@ -77,15 +77,13 @@ pub async fn watch_map(
         };
         match api.map.watch(WatchRequest { from_revision: from, from_history: history }).await {
             Ok(response) => {
-                match outage.ended() {
-                    Some(d) => {
-                        tracing::info!(from_revision = from, after_s = d.as_secs(), "watching the network map again")
-                    }
-                    None => tracing::info!(from_revision = from, "watching the network map"),
+                if !outage.ongoing() {
+                    tracing::info!(from_revision = from, "watching the network map");
                 }
                 refuse(None);
                 connected.store(true, Ordering::Relaxed);
-                if let Err(removed) = follow(response.into_inner(), &state, &maps, &mut retry).await {
+                let watch = (response.into_inner(), from);
+                if let Err(removed) = follow(watch, &state, &maps, &mut retry, &mut outage).await {
                     connected.store(false, Ordering::Relaxed);
                     return removed;
                 }
@@ -141,10 +139,11 @@ pub async fn watch_map(
 /// runs, later events queue up and are all applied before the next write:
 /// the writes of a long burst are bounded by how long one write takes.
 async fn follow<S>(
-    mut stream: S,
+    (mut stream, from): (S, u64),
     state: &StateDir,
     maps: &watch::Sender<NetworkMap>,
     retry: &mut (Duration, u32),
+    outage: &mut retry::Outage,
 ) -> Result<(), Error>
 where
     S: futures::Stream<Item = Result<WatchEvent, tonic::Status>> + Unpin,
@@ -152,6 +151,7 @@ where
     use futures::{FutureExt, StreamExt};
     let mut unsaved = false;
     let mut first_unsaved = tokio::time::Instant::now();
+    let holds_at = tokio::time::Instant::now() + retry::HOLDS_AFTER;
     let ended = loop {
         let next = match unsaved {
             true if tokio::time::Instant::now() >= first_unsaved + SAVE_WITHIN => {
@@ -165,10 +165,18 @@ where
                     continue;
                 }
             },
+            false if outage.ongoing() => match tokio::time::timeout_at(holds_at, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    outage.resumed(from);
+                    continue;
+                }
+            },
             false => stream.next().await,
         };
         match next {
             Some(Ok(event)) => {
+                outage.resumed(from);
                 *retry = (BACKOFF_MIN, 0);
                 let revision = event.revision;
                 // In place: no copy of the whole map per change.
@@ -189,12 +197,17 @@ where
                 }
             }
             None => {
-                tracing::warn!("the coordinator closed the watch");
+                if outage.failed("closed") {
+                    tracing::warn!("the coordinator closed the watch");
+                }
                 break Ok(());
             }
             Some(Err(status)) if membership_ended(&status) => break Err(membership_error(&status)),
             Some(Err(status)) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "watch broke");
+                let (code, message) = (status.code(), status.message());
+                if outage.failed(&format!("broke {code:?} {message}")) {
+                    tracing::warn!(?code, message, "watch broke");
+                }
                 break Ok(());
             }
         }

@@ -132,4 +132,23 @@ impl Outage {
     pub(super) fn ended(&mut self) -> Option<Duration> {
         self.since.take().map(|(began, ..)| began.elapsed())
     }
+
+    pub(super) fn ongoing(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// A watch delivered an event, or stayed open [`HOLDS_AFTER`]: the
+    /// outage is over (a watch accepted and then broken at once, a
+    /// coordinator whose database is away, is not the end of one).
+    pub(super) fn resumed(&mut self, from: u64) {
+        if let Some(d) = self.ended() {
+            tracing::info!(from_revision = from, after_s = d.as_secs(), "watching the network map again");
+        }
+    }
 }
+
+/// How long a watch stays open before an outage is taken to be over (1 s
+/// in unit tests).
+pub(super) const HOLDS_AFTER: Duration = Duration::from_secs(if cfg!(test) { 1 } else { 10 });
+
+impl Outage {}

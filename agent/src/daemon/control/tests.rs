@@ -44,7 +44,9 @@ async fn a_change_is_saved_before_the_next_one_is_awaited() {
     let state = StateDir::new(dir.path());
     let (maps, mut seen) = watch::channel(NetworkMap::default());
     let (events, stream) = futures::channel::mpsc::unbounded();
-    let task = tokio::spawn(async move { follow(stream, &state, &maps, &mut (BACKOFF_MIN, 0)).await });
+    let task = tokio::spawn(async move {
+        follow((stream, 0), &state, &maps, &mut (BACKOFF_MIN, 0), &mut Default::default()).await
+    });
     let snapshot = |revision| WatchEvent {
         revision,
         event: Some(Event::Snapshot(NetworkMap { revision, dns_domain: "weave.local.".into(), ..Default::default() })),
@@ -141,4 +143,28 @@ fn an_outage_is_said_once_per_reason() {
     assert!(o.ended().is_some());
     assert!(o.ended().is_none(), "ended once");
     assert!(o.failed("Unavailable refused"), "a new outage");
+}
+
+/// A watch accepted and broken at once (a coordinator whose database is
+/// away) does not end an outage, and its break is said once; one that
+/// stays open [`retry::HOLDS_AFTER`] does end it.
+#[tokio::test]
+async fn an_outage_ends_when_a_watch_holds_not_when_one_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::new(dir.path());
+    let (maps, _seen) = watch::channel(NetworkMap::default());
+    let mut outage = retry::Outage::default();
+    assert!(outage.failed("Unavailable refused"));
+    for _ in 0..3 {
+        let broke = futures::stream::iter(vec![Err(tonic::Status::unavailable("database"))]);
+        follow((broke, 0), &state, &maps, &mut (BACKOFF_MIN, 0), &mut outage).await.unwrap();
+        assert!(outage.ongoing(), "a watch that broke at once");
+    }
+    assert!(!outage.failed("broke Unavailable database"), "its break was said already");
+    let quiet = futures::stream::pending::<Result<WatchEvent, tonic::Status>>();
+    let held = retry::HOLDS_AFTER + Duration::from_secs(1);
+    let mut retry = (BACKOFF_MIN, 0);
+    let open = follow((quiet, 0), &state, &maps, &mut retry, &mut outage);
+    assert!(tokio::time::timeout(held, open).await.is_err(), "still open");
+    assert!(!outage.ongoing(), "a watch that held ends the outage");
 }
