@@ -419,24 +419,21 @@ impl ServeArgs {
                     ),
                 )
             })?;
-        let hold = |name: &str, value: &str| match value.trim() {
+        // At most 24h: what is held is no one else's meanwhile (and a
+        // --dns-name-hold as long as it liked wrapped past the end of the
+        // store's seconds and held nothing; found by a review, 2026-12-08).
+        let hold = |name: &str, value: &str, held: &str| match value.trim() {
             "0" | "0s" | "off" => Ok(None),
-            hold => Ok(Some(
-                weave_proto::duration::parse(hold)
-                    .map_err(|e| flag(name, e))?
-                    .ok_or_else(|| flag(name, "must be a time (like 60s), or 0s for no hold"))?,
-            )),
+            hold => match weave_proto::duration::parse(hold).map_err(|e| flag(name, e))? {
+                None => Err(flag(name, "must be a time (like 60s), or 0s for no hold")),
+                Some(d) if d > Duration::from_secs(86_400) => {
+                    Err(flag(name, format!("must be at most 24h (a held {held} meanwhile)")))
+                }
+                Some(d) => Ok(Some(d)),
+            },
         };
-        let dns_name_hold = hold("dns-name-hold", &self.dns_name_hold)?;
-        // As long as it liked, a hold wrapped past the end of the store's
-        // seconds and held nothing (found by a review, 2026-12-08).
-        if dns_name_hold.is_some_and(|d| d > Duration::from_secs(86_400)) {
-            return Err(flag("dns-name-hold", "must be at most 24h (a held name is no other node's meanwhile)"));
-        }
-        let address_hold = hold("address-hold", &self.address_hold)?;
-        if address_hold.is_some_and(|d| d > Duration::from_secs(86_400)) {
-            return Err(flag("address-hold", "must be at most 24h (a held address is no one else's meanwhile)"));
-        }
+        let dns_name_hold = hold("dns-name-hold", &self.dns_name_hold, "name is no other node's")?;
+        let address_hold = hold("address-hold", &self.address_hold, "address is no one else's")?;
         let store = match &self.store {
             Some(s) => s.parse::<Location>().map_err(|e| flag("store", e))?,
             None => Location::Sqlite(self.data_dir.join("coordinator.db")),

@@ -38,7 +38,7 @@ async fn main() -> ExitCode {
     let settings = match args.settings() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("coordinator: {}", weave_proto::command_line::printable(&e.to_string()));
+            say(&e.to_string());
             return ExitCode::from(2);
         }
     };
@@ -46,10 +46,7 @@ async fn main() -> ExitCode {
     let running = match weave_coordinator::start(settings, stop.requested()).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!(
-                "coordinator: {}",
-                weave_proto::command_line::printable(&weave_proto::client::error_chain(e.as_ref()))
-            );
+            say(&weave_proto::client::error_chain(e.as_ref()));
             return ExitCode::FAILURE;
         }
     };
@@ -83,12 +80,17 @@ async fn main() -> ExitCode {
     match running.task.await {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
-            eprintln!("coordinator: {}", weave_proto::command_line::printable(&weave_proto::client::error_chain(&e)));
+            say(&weave_proto::client::error_chain(&e));
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("coordinator: {}", weave_proto::command_line::printable(&e.to_string()));
+            say(&e.to_string());
             ExitCode::FAILURE
         }
     }
+}
+
+/// A failure on stderr, one printable line (`command_line::printable`).
+fn say(why: &str) {
+    eprintln!("coordinator: {}", weave_proto::command_line::printable(why));
 }

@@ -300,10 +300,8 @@ mod tests {
         let mut pairs = vec![(bind("127.0.0.1:0".parse().unwrap(), false).unwrap(), "127.0.0.1")];
         if is_v6(&dual).unwrap() {
             pairs.push((bind("[::1]:0".parse().unwrap(), false).unwrap(), "::1"));
-            let port = dual.local_addr().unwrap().port();
             for ip in ["127.0.0.1", "::1"] {
                 pairs.push((dual.try_clone().unwrap(), ip));
-                let _ = port;
             }
         }
         let mut cmsg = cmsg_buffer();
@@ -311,7 +309,6 @@ mod tests {
         for (server, ip) in &pairs {
             let to = SocketAddr::new(ip.parse().unwrap(), server.local_addr().unwrap().port());
             let sender = bind(SocketAddr::new(to.ip(), 0), false).unwrap();
-            // What the receiver sees of the whole traffic class, besides ECN.
             let v6_sender = is_v6(&sender).unwrap();
             for ecn in [0b00, 0b01, 0b10, 0b11] {
                 for segment in [None, Some(40)] {

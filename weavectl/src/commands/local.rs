@@ -15,7 +15,7 @@ use weave_proto::local_api::{
     self, Attached, ErrorKind, LocalContainer, Refusal, Request, Response, addr_spec::AddrSpec,
 };
 
-use super::Output;
+use super::{Output, or_dash};
 use crate::{
     cli::LocalCommand,
     failure::{Exit, Failure, Outcome},
@@ -192,15 +192,14 @@ fn print_containers(out: &Output, list: &[LocalContainer]) {
         return;
     }
     let mut table = Table::new(&["CONTAINER", "ADDRESS", "MAC", "NAMES", "NETNS"]);
-    let or_dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
     for c in list {
         for a in &c.addresses {
             table.row(vec![
                 c.container.clone(),
                 a.address.clone(),
-                or_dash(a.mac.clone()),
-                or_dash(a.names.join(",")),
-                or_dash(c.netns.clone()),
+                or_dash(&a.mac),
+                or_dash(&a.names.join(",")),
+                or_dash(&c.netns),
             ]);
         }
     }

@@ -100,6 +100,10 @@ pub async fn warn_out_of_touch(
 /// How often a watch that keeps failing for the same reason says so again.
 pub(super) const REMIND_EVERY: Duration = Duration::from_secs(300);
 
+/// How long a watch stays open before an outage is taken to be over (1 s
+/// in unit tests).
+pub(super) const HOLDS_AFTER: Duration = Duration::from_secs(if cfg!(test) { 1 } else { 10 });
+
 /// One outage of the watch, for its log: a WARN when it starts or its
 /// reason changes, a reminder every [`REMIND_EVERY`], DEBUG for the retries
 /// between, and how long it lasted once a watch is open again. Every agent
@@ -146,9 +150,3 @@ impl Outage {
         }
     }
 }
-
-/// How long a watch stays open before an outage is taken to be over (1 s
-/// in unit tests).
-pub(super) const HOLDS_AFTER: Duration = Duration::from_secs(if cfg!(test) { 1 } else { 10 });
-
-impl Outage {}

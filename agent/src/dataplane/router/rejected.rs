@@ -1,5 +1,6 @@
 //! Datagrams on the WireGuard port that no peer's tunnel took (and one
-//! kind it took and dropped: [`Reason::EcnNotEct`]), counted by reason (`weave_tunnel_rejected_total{reason}`): an outsider scanning or
+//! kind it took and dropped: [`Reason::EcnNotEct`]), counted by reason
+//! (`weave_tunnel_rejected_total{reason}`): an outsider scanning or
 //! replaying, a removed member still sending, a host under a handshake
 //! flood. Nothing per datagram but one relaxed add, on the rejecting path.
 use std::sync::atomic::{AtomicU64, Ordering};
